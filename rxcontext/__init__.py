@@ -1,0 +1,77 @@
+"""rxcontext: stream LLM replies as ReactiveX Observables into durable SQLite conversations.
+
+::
+
+    import rxcontext
+    from rxcontext import ContextWindow, operators as rxops
+
+    store = rxcontext.open("chat.db")
+    cw = ContextWindow(store, model, context="demo")
+    cw.add_prompt("Hello")
+    cw.stream().pipe(rxops.text()).subscribe(print)
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import operators
+from .chunks import Chunk, ChunkKind, Reply, ToolCall, Usage
+from .errors import (
+    CheckpointNotFound,
+    CheckpointResolved,
+    ContextNotFound,
+    NotADatabaseError,
+    ProviderError,
+    RxContextError,
+    StoreClosedError,
+    StoreError,
+    StreamInterrupted,
+    ToolLoopLimit,
+)
+from .records import Checkpoint, Context, ContextStats, Record, RecordType, TokenUsage
+from .store import SQLiteStore, Store
+from .tools import Tool
+from .window import ContextReader, ContextWindow
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointNotFound",
+    "CheckpointResolved",
+    "Chunk",
+    "ChunkKind",
+    "Context",
+    "ContextNotFound",
+    "ContextReader",
+    "ContextStats",
+    "ContextWindow",
+    "NotADatabaseError",
+    "ProviderError",
+    "Record",
+    "RecordType",
+    "Reply",
+    "RxContextError",
+    "SQLiteStore",
+    "Store",
+    "StoreClosedError",
+    "StoreError",
+    "StreamInterrupted",
+    "TokenUsage",
+    "Tool",
+    "ToolCall",
+    "ToolLoopLimit",
+    "Usage",
+    "open",
+    "operators",
+]
+
+
+def open(path: str | os.PathLike[str] = ":memory:") -> SQLiteStore:  # noqa: A001
+    """Open the SQLite store at ``path`` (created if missing; ``":memory:"`` for a private one).
+
+    Raises :class:`NotADatabaseError` (leaving the file untouched) if ``path`` is some other
+    kind of file, and :class:`StoreError` if it cannot be opened for writing.
+    """
+    return SQLiteStore(path)

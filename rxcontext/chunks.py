@@ -1,0 +1,329 @@
+"""Streaming values: the normalised chunk every provider emits, and the reply they reduce to.
+
+Everything here is a plain frozen value. Identity (ids, rows) is a storage concern and lives
+in :mod:`rxcontext.store`; I/O lives in :mod:`rxcontext.providers`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+__all__ = ["Chunk", "ChunkKind", "Reply", "ReplyBuilder", "ToolCall", "Usage"]
+
+
+class ChunkKind(str, Enum):
+    """What a :class:`Chunk` carries."""
+
+    TEXT = "text"
+    """A text delta of the reply."""
+    THINKING = "thinking"
+    """A reasoning delta (or, with ``metadata``, a thinking signature / redacted block)."""
+    TOOL_CALL = "tool_call"
+    """A tool-call start or argument fragment; ``index`` keys the call."""
+    TOOL_RESULT = "tool_result"
+    """The output of a tool the window ran during a tool loop (``id``/``name`` of the call)."""
+    USAGE = "usage"
+    """Token totals so far: replace, never add."""
+    DONE = "done"
+    """End of one model response: ``finish_reason`` and ``response_id``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one model response (or, summed with ``+``, of several).
+
+    ``total_tokens`` is the provider's own total where it gives one (Gemini counts thought
+    tokens in it), otherwise ``input_tokens + output_tokens``.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @classmethod
+    def of(
+        cls,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        total_tokens: int | None = None,
+        cached_tokens: int | None = None,
+        reasoning_tokens: int | None = None,
+    ) -> Usage:
+        """Normalise provider counts, any of which may be missing, into a ``Usage``."""
+        inp = int(input_tokens or 0)
+        out = int(output_tokens or 0)
+        total = int(total_tokens) if total_tokens else inp + out
+        return cls(inp, out, total, int(cached_tokens or 0), int(reasoning_tokens or 0))
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.total_tokens + other.total_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        """A JSON-ready dict of the counts."""
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "total_tokens": self.total_tokens,
+            "cached_tokens": self.cached_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Usage:
+        """Inverse of :meth:`to_dict` (unknown keys ignored)."""
+        return cls(**{k: int(data.get(k, 0) or 0) for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One normalised streaming event.
+
+    ``metadata`` carries provider extras that must survive a round trip: thinking
+    signatures (``signature``), redacted thinking (``redacted``), Gemini thought signatures
+    (``thought_signature``), Responses item ids (``item_id``).
+    """
+
+    kind: ChunkKind
+    text: str = ""
+    index: int = 0
+    id: str | None = None
+    name: str | None = None
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    response_id: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A complete tool call: ``arguments`` parsed, ``raw`` exactly as the model sent it.
+
+    ``arguments`` is ``{}`` for an empty ``raw``; ``error`` says why ``raw`` did not parse
+    to a JSON object (a cut stream, a model that wrote bad JSON).
+    """
+
+    id: str
+    name: str
+    arguments: Mapping[str, Any]
+    raw: str = ""
+    index: int = 0
+    error: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(
+        cls,
+        id: str,
+        name: str,
+        raw: str,
+        index: int = 0,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ToolCall:
+        """Build a call from its raw argument string, recording (not raising) a parse error."""
+        arguments: Mapping[str, Any] = {}
+        error = None
+        if raw.strip():
+            try:
+                parsed = json.loads(raw)
+            except ValueError as exc:
+                error = f"invalid JSON arguments: {exc}"
+            else:
+                if isinstance(parsed, dict):
+                    arguments = parsed
+                else:
+                    error = f"arguments must be a JSON object, got {type(parsed).__name__}"
+        return cls(id, name, arguments, raw, index, error, dict(metadata or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The reduction of a chunk stream: what one model response said."""
+
+    text: str = ""
+    thinking: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    response_id: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+class _CallParts:
+    __slots__ = ("id", "metadata", "name", "parts")
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.name: str | None = None
+        self.parts: list[str] = []
+        self.metadata: dict[str, Any] = {}
+
+
+class _ThinkingBlock:
+    __slots__ = ("parts", "redacted", "signature")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.signature: str | None = None
+        self.redacted: str | None = None
+
+
+class ReplyBuilder:
+    """Folds chunks into a :class:`Reply` in O(n): deltas are kept as lists, joined on build.
+
+    This is the one tool-call-fragment assembler every provider and operator shares: calls
+    are keyed by ``Chunk.index``; the first fragment (or any, for providers that repeat it)
+    brings ``id``/``name``, every fragment's ``text`` is an argument piece.
+    """
+
+    __slots__ = (
+        "_calls",
+        "_finish_reason",
+        "_metadata",
+        "_response_id",
+        "_text",
+        "_thinking",
+        "_thinking_blocks",
+        "_usage",
+        "chunks",
+    )
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+        self._thinking: list[str] = []
+        self._thinking_blocks: dict[int, _ThinkingBlock] = {}
+        self._calls: dict[int, _CallParts] = {}
+        self._usage: Usage | None = None
+        self._finish_reason: str | None = None
+        self._response_id: str | None = None
+        self._metadata: dict[str, Any] = {}
+        self.chunks = 0
+        """How many chunks have been added."""
+
+    def add(self, chunk: Chunk) -> None:
+        """Fold one chunk in."""
+        self.chunks += 1
+        kind = chunk.kind
+        if kind is ChunkKind.TEXT:
+            if chunk.text:
+                self._text.append(chunk.text)
+            if chunk.metadata:
+                self._metadata.update(chunk.metadata)
+        elif kind is ChunkKind.THINKING:
+            if chunk.text:
+                self._thinking.append(chunk.text)
+            block = self._thinking_blocks.get(chunk.index)
+            if block is None:
+                block = self._thinking_blocks[chunk.index] = _ThinkingBlock()
+            if chunk.text:
+                block.parts.append(chunk.text)
+            meta = chunk.metadata
+            if meta:
+                if "signature" in meta:
+                    block.signature = (block.signature or "") + str(meta["signature"])
+                if "redacted" in meta:
+                    block.redacted = str(meta["redacted"])
+        elif kind is ChunkKind.TOOL_CALL:
+            call = self._calls.get(chunk.index)
+            if call is None:
+                call = self._calls[chunk.index] = _CallParts()
+            if chunk.id and call.id is None:
+                call.id = chunk.id
+            if chunk.name and call.name is None:
+                call.name = chunk.name
+            if chunk.text:
+                call.parts.append(chunk.text)
+            if chunk.metadata:
+                call.metadata.update(chunk.metadata)
+        elif kind is ChunkKind.USAGE:
+            if chunk.usage is not None:
+                self._usage = chunk.usage
+        elif kind is ChunkKind.DONE:
+            if chunk.finish_reason is not None:
+                self._finish_reason = chunk.finish_reason
+            if chunk.response_id is not None:
+                self._response_id = chunk.response_id
+            if chunk.usage is not None:
+                self._usage = chunk.usage
+            if chunk.metadata:
+                self._metadata.update(chunk.metadata)
+
+    @property
+    def text(self) -> str:
+        """The text so far."""
+        return "".join(self._text)
+
+    @property
+    def thinking(self) -> str:
+        """The reasoning text so far."""
+        return "".join(self._thinking)
+
+    def tool_fragments(self) -> list[dict[str, Any]]:
+        """Tool calls so far as plain dicts (possibly incomplete arguments), for checkpoints."""
+        return [
+            {
+                "index": index,
+                "id": call.id,
+                "name": call.name,
+                "arguments": "".join(call.parts),
+                "metadata": dict(call.metadata),
+            }
+            for index, call in sorted(self._calls.items())
+        ]
+
+    def build(self) -> Reply:
+        """The :class:`Reply` of everything added so far."""
+        calls = tuple(
+            ToolCall.parse(
+                call.id or f"call_{index}",
+                call.name or "",
+                "".join(call.parts),
+                index,
+                call.metadata,
+            )
+            for index, call in sorted(self._calls.items())
+        )
+        metadata = dict(self._metadata)
+        blocks = self.thinking_blocks()
+        if blocks:
+            metadata["thinking_blocks"] = blocks
+        return Reply(
+            text="".join(self._text),
+            thinking="".join(self._thinking),
+            tool_calls=calls,
+            usage=self._usage,
+            finish_reason=self._finish_reason,
+            response_id=self._response_id,
+            metadata=metadata,
+        )
+
+    def thinking_blocks(self) -> list[dict[str, Any]]:
+        """Thinking blocks in order, with the signatures a provider needs back unchanged.
+
+        Only blocks that carry a signature or redacted data are listed: plain reasoning
+        text (OpenAI-compatible ``reasoning_content``) is kept in ``Reply.thinking`` alone.
+        """
+        out: list[dict[str, Any]] = []
+        for _, block in sorted(self._thinking_blocks.items()):
+            if block.redacted is not None:
+                out.append({"type": "redacted_thinking", "data": block.redacted})
+            elif block.signature is not None:
+                out.append(
+                    {
+                        "type": "thinking",
+                        "thinking": "".join(block.parts),
+                        "signature": block.signature,
+                    }
+                )
+        return out

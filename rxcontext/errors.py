@@ -1,0 +1,93 @@
+"""Every error rxcontext raises on purpose. All derive from :class:`RxContextError`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .records import Checkpoint
+
+__all__ = [
+    "CheckpointNotFound",
+    "CheckpointResolved",
+    "ContextNotFound",
+    "NotADatabaseError",
+    "ProviderError",
+    "RxContextError",
+    "StoreClosedError",
+    "StoreError",
+    "StreamInterrupted",
+    "ToolLoopLimit",
+]
+
+
+class RxContextError(Exception):
+    """Base class of rxcontext's errors."""
+
+
+class StoreError(RxContextError):
+    """The store cannot do what was asked (bad file, read-only, locked)."""
+
+
+class NotADatabaseError(StoreError):
+    """The path exists but is not an SQLite database; the file was left untouched."""
+
+
+class StoreClosedError(StoreError):
+    """The store was closed; open it again with :func:`rxcontext.open`."""
+
+
+class ContextNotFound(RxContextError, LookupError):
+    """No context with that id or name."""
+
+
+class CheckpointNotFound(RxContextError, LookupError):
+    """No checkpoint with that id in this context."""
+
+
+class CheckpointResolved(RxContextError):
+    """The checkpoint was already resumed (or is being resumed by another caller)."""
+
+
+class ToolLoopLimit(RxContextError):
+    """The model kept asking for tools past ``max_tool_rounds``."""
+
+
+class ProviderError(RxContextError):
+    """A provider call failed: HTTP status, transport error or an in-stream error payload.
+
+    The SDK's (or transport's) exception is ``__cause__``. ``retryable`` says whether the
+    same request may succeed if sent again (connection errors, 429, 5xx, overloaded).
+    Messages never contain API keys.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        retryable: bool = False,
+        status_code: int | None = None,
+        error_type: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.retryable = retryable
+        self.status_code = status_code
+        self.error_type = error_type
+        self.retry_after = retry_after
+
+
+class StreamInterrupted(RxContextError):
+    """A stream ended early; what had been delivered is saved in ``checkpoint``.
+
+    ``__cause__`` is the original error (an SDK exception, a transport error, a hook's
+    exception). Resume with ``ContextWindow.resume(exc.checkpoint.id)``.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, message: str | None = None) -> None:
+        super().__init__(
+            message or f"stream interrupted; partial reply saved as checkpoint {checkpoint.id}"
+        )
+        self.checkpoint = checkpoint

@@ -1,0 +1,249 @@
+"""Middleware as Rx operators: each is a function ``Observable -> Observable``.
+
+Compose them with ``pipe``::
+
+    from rxcontext import operators as rxops
+
+    cw.stream().pipe(
+        rxops.middleware(on_chunk=log),
+        rxops.batch_text(0.05),
+    ).subscribe(ui.append)
+
+Operators that keep state build it per subscription (through ``defer``), so a cold stream
+subscribed twice never shares an accumulator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import reactivex
+from reactivex import Observable, abc
+from reactivex import operators as ops
+from reactivex.disposable import SingleAssignmentDisposable
+
+from .chunks import Chunk, ChunkKind, Reply, ReplyBuilder
+
+__all__ = [
+    "Middleware",
+    "accumulate",
+    "batch_text",
+    "middleware",
+    "reduce_reply",
+    "text",
+    "thinking",
+    "tool_calls",
+]
+
+Operator = Callable[[Observable[Any]], Observable[Any]]
+
+
+def accumulate() -> Callable[[Observable[Chunk]], Observable[Reply]]:
+    """Running :class:`Reply` snapshots, one per chunk (``scan``)::
+
+        chunks:  --T("He")--T("llo")--D(stop)--|
+        result:  --R("He")--R("Hello")--R("Hello", stop)--|
+
+    Each snapshot joins the text so far, so its cost grows with the reply; for the final
+    reply alone use :func:`reduce_reply`, which is O(n) over the whole stream.
+    """
+
+    def _accumulate(source: Observable[Chunk]) -> Observable[Reply]:
+        def factory(_: abc.SchedulerBase | None = None) -> Observable[Reply]:
+            builder = ReplyBuilder()
+
+            def step(chunk: Chunk) -> Reply:
+                builder.add(chunk)
+                return builder.build()
+
+            return source.pipe(ops.map(step))
+
+        return reactivex.defer(factory)
+
+    return _accumulate
+
+
+def reduce_reply() -> Callable[[Observable[Chunk]], Observable[Reply]]:
+    """Only the final :class:`Reply`, on completion (``reduce``)::
+
+        chunks:  --T("He")--T("llo")--D(stop)--|
+        result:  --------------------------------R("Hello", stop)|
+
+    An empty stream gives an empty ``Reply()``.
+    """
+
+    def _reduce(source: Observable[Chunk]) -> Observable[Reply]:
+        def factory(_: abc.SchedulerBase | None = None) -> Observable[Reply]:
+            builder = ReplyBuilder()
+            return source.pipe(
+                ops.do_action(builder.add),
+                ops.ignore_elements(),
+                ops.concat(reactivex.defer(lambda _: reactivex.just(builder.build()))),
+            )
+
+        return reactivex.defer(factory)
+
+    return _reduce
+
+
+def _of_kind(kind: ChunkKind) -> Callable[[Observable[Chunk]], Observable[str]]:
+    return reactivex.compose(
+        ops.filter(lambda c: c.kind is kind and bool(c.text)),
+        ops.map(lambda c: c.text),
+    )
+
+
+def text() -> Callable[[Observable[Chunk]], Observable[str]]:
+    """The text deltas as strings (``filter`` + ``map``)::
+
+        chunks:  --T("He")--K("hmm")--T("llo")--D--|
+        result:  --"He"---------------"llo"--------|
+    """
+    return _of_kind(ChunkKind.TEXT)
+
+
+def thinking() -> Callable[[Observable[Chunk]], Observable[str]]:
+    """The reasoning deltas as strings."""
+    return _of_kind(ChunkKind.THINKING)
+
+
+def tool_calls() -> Callable[[Observable[Chunk]], Observable[Chunk]]:
+    """Only the tool-call fragments and tool results (for a tool-activity panel)."""
+    return ops.filter(lambda c: c.kind in (ChunkKind.TOOL_CALL, ChunkKind.TOOL_RESULT))
+
+
+def batch_text(
+    seconds: float, scheduler: abc.SchedulerBase | None = None
+) -> Callable[[Observable[Chunk]], Observable[str]]:
+    """Text joined per time window, for UI updates (``buffer_with_time``); empty windows dropped::
+
+        chunks:  -T("a")-T("b")----------T("c")--|      (windows of 3 ticks)
+        result:  ------"ab"-----------------"c"-|
+
+    ``scheduler`` drives the windows (a ``TestScheduler`` in tests); without one RxPY uses
+    timer threads, so deliver to a UI through its own thread-safe hand-off.
+    """
+    return reactivex.compose(
+        text(),
+        ops.buffer_with_time(seconds, scheduler=scheduler),
+        ops.map(lambda parts: "".join(parts)),
+        ops.filter(bool),
+    )
+
+
+class Middleware:
+    """Hooks as an operator. Made by :func:`middleware`; usable anywhere in a ``pipe``.
+
+    Passed to ``ContextWindow.stream(...)`` (or ``ContextWindow(middleware=[...])``) the
+    hooks run inside the stream, before the persister: a hook that raises ends the stream
+    with :class:`~rxcontext.StreamInterrupted` (a checkpoint is saved) chained to it.
+    """
+
+    __slots__ = ("on_chunk", "on_complete", "on_error", "on_start", "on_tool_call", "on_tool_result")
+
+    def __init__(
+        self,
+        on_start: Callable[[], None] | None = None,
+        on_chunk: Callable[[Chunk], None] | None = None,
+        on_complete: Callable[[], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        on_tool_call: Callable[[Chunk], None] | None = None,
+        on_tool_result: Callable[[Chunk], None] | None = None,
+    ) -> None:
+        self.on_start = on_start
+        self.on_chunk = on_chunk
+        self.on_complete = on_complete
+        self.on_error = on_error
+        self.on_tool_call = on_tool_call
+        self.on_tool_result = on_tool_result
+
+    def chunk(self, chunk: Chunk) -> None:
+        """Run the per-chunk hooks for ``chunk``."""
+        if self.on_chunk is not None:
+            self.on_chunk(chunk)
+        if chunk.kind is ChunkKind.TOOL_CALL and self.on_tool_call is not None and chunk.name:
+            self.on_tool_call(chunk)
+        elif chunk.kind is ChunkKind.TOOL_RESULT and self.on_tool_result is not None:
+            self.on_tool_result(chunk)
+
+    def __call__(self, source: Observable[Chunk]) -> Observable[Chunk]:
+        def subscribe(
+            observer: abc.ObserverBase[Chunk], scheduler: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            upstream = SingleAssignmentDisposable()
+            stopped = False
+
+            def fail(error: BaseException) -> None:
+                nonlocal stopped
+                stopped = True
+                upstream.dispose()
+                if self.on_error is not None:
+                    try:
+                        self.on_error(error)
+                    except Exception as hook_error:
+                        hook_error.__context__ = error
+                        error = hook_error
+                observer.on_error(error)  # type: ignore[arg-type]
+
+            def on_next(chunk: Chunk) -> None:
+                if stopped:
+                    return
+                try:
+                    self.chunk(chunk)
+                except Exception as error:
+                    fail(error)
+                    return
+                observer.on_next(chunk)
+
+            def on_error(error: Exception) -> None:
+                if not stopped:
+                    fail(error)
+
+            def on_completed() -> None:
+                nonlocal stopped
+                if stopped:
+                    return
+                if self.on_complete is not None:
+                    try:
+                        self.on_complete()
+                    except Exception as error:
+                        fail(error)
+                        return
+                stopped = True
+                observer.on_completed()
+
+            if self.on_start is not None:
+                try:
+                    self.on_start()
+                except Exception as error:
+                    fail(error)
+                    return upstream
+            upstream.disposable = source.subscribe(
+                on_next, on_error, on_completed, scheduler=scheduler
+            )
+            return upstream
+
+        return Observable(subscribe)
+
+
+def middleware(
+    on_start: Callable[[], None] | None = None,
+    on_chunk: Callable[[Chunk], None] | None = None,
+    on_complete: Callable[[], None] | None = None,
+    on_error: Callable[[BaseException], None] | None = None,
+    *,
+    on_tool_call: Callable[[Chunk], None] | None = None,
+    on_tool_result: Callable[[Chunk], None] | None = None,
+) -> Middleware:
+    """Hooks for stream events as an operator (chunks pass through unchanged)::
+
+        chunks:  --a--b--|
+        hooks:   S-c--c--C          (S on_start, c on_chunk, C on_complete)
+        result:  --a--b--|
+
+    A hook that raises ends the stream with that error (``on_error`` sees it first).
+    ``on_tool_call`` sees the first fragment of each tool call, ``on_tool_result`` each
+    tool output the window sends back to the model.
+    """
+    return Middleware(on_start, on_chunk, on_complete, on_error, on_tool_call, on_tool_result)

@@ -1,0 +1,129 @@
+"""Pieces every provider module shares: error classification, key scrubbing, lazy clients."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+import httpx2
+
+from ..errors import ProviderError
+
+__all__ = [
+    "Lazy",
+    "is_retryable_status",
+    "provider_error",
+    "retry_after_seconds",
+    "scrub",
+    "transport_error",
+]
+
+T = TypeVar("T")
+
+# Shapes of the providers' API keys; anything that looks like one is masked in messages.
+_KEY = re.compile(
+    r"(sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{20,}|"
+    r"(?i:bearer)\s+[A-Za-z0-9_\-.]{8,}|key=[A-Za-z0-9_\-]{8,})"
+)
+
+
+def scrub(message: str, *secrets: str | None) -> str:
+    """Mask API keys (known shapes, and the given ``secrets`` verbatim) in ``message``."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            message = message.replace(secret, "***")
+    return _KEY.sub("***", message)
+
+
+def is_retryable_status(status: int) -> bool:
+    """Whether an HTTP status may succeed on a retry: 408, 409, 429 and 5xx."""
+    return status in (408, 409, 429) or status >= 500
+
+
+def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
+    """The ``retry-after`` (or ``retry-after-ms``) header in seconds, if given and sane."""
+    if not headers:
+        return None
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def provider_error(
+    provider: str,
+    message: str,
+    *,
+    status_code: int | None = None,
+    error_type: str | None = None,
+    retryable: bool | None = None,
+    headers: Mapping[str, str] | None = None,
+    secrets: tuple[str | None, ...] = (),
+) -> ProviderError:
+    """Build a :class:`ProviderError`; ``retryable`` defaults from the status code."""
+    if retryable is None:
+        retryable = status_code is not None and is_retryable_status(status_code)
+    return ProviderError(
+        scrub(f"{provider}: {message}", *secrets),
+        provider=provider,
+        retryable=retryable,
+        status_code=status_code,
+        error_type=error_type,
+        retry_after=retry_after_seconds(headers),
+    )
+
+
+def transport_error(exc: BaseException, provider: str) -> ProviderError | None:
+    """Classify a raw httpx2 transport error (connection, read, timeout); else ``None``.
+
+    Transport errors are retryable: the request may well succeed on a new connection.
+    """
+    if isinstance(exc, httpx2.TimeoutException):
+        kind = "timeout"
+    elif isinstance(exc, httpx2.TransportError):
+        kind = "connection_error"
+    else:
+        return None
+    detail = str(exc) or type(exc).__name__
+    return provider_error(provider, f"{kind}: {detail}", error_type=kind, retryable=True)
+
+
+class Lazy(Generic[T]):
+    """A value built on first use, once, even when first used from several threads."""
+
+    __slots__ = ("_factory", "_lock", "_value")
+
+    def __init__(self, factory: Callable[[], T], value: T | None = None) -> None:
+        self._factory = factory
+        self._value = value
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        """The value, building it now if needed."""
+        value = self._value
+        if value is None:
+            with self._lock:
+                if self._value is None:
+                    self._value = self._factory()
+                value = self._value
+        return value

@@ -1,0 +1,18 @@
+"""Offline token estimates.
+
+A real tokenizer needs its vocabulary: tiktoken downloads encodings at run time, which this
+library cannot rely on. The estimate here (about four UTF-8 bytes a token, the rule of thumb
+the providers publish for English text) is cheap, deterministic and never under-counts empty
+text. Real counts come from the providers' usage, kept per context by the store.
+"""
+
+from __future__ import annotations
+
+__all__ = ["estimate_tokens"]
+
+
+def estimate_tokens(text: str) -> int:
+    """Estimated tokens of ``text``: ``ceil(utf8_bytes / 4)``; 0 for empty text."""
+    if not text:
+        return 0
+    return (len(text.encode("utf-8", "surrogatepass")) + 3) // 4

@@ -1,0 +1,267 @@
+"""Tool definitions: a small builder, JSON-schema import and per-provider schema conversion.
+
+Descriptions are kept in every provider's schema (contextwindow's Claude adapter dropped
+them; models choose tools by their descriptions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import json
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Tool", "ToolRegistry", "ToolResult", "ToolRunner"]
+
+ToolRunner = Callable[[dict[str, Any]], str] | Callable[[dict[str, Any]], Awaitable[str]]
+"""Runs a tool: takes the parsed arguments, returns the output text (sync or async)."""
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call.
+
+    Build one fluently::
+
+        Tool("weather", "Current weather for a city").string("city", "City name")
+
+    Every builder method returns a new ``Tool`` (tools are values).
+    """
+
+    name: str
+    description: str = ""
+    properties: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(
+                f"tool name {self.name!r} must be 1-64 letters, digits, '_' or '-' "
+                "(the providers' common rule)"
+            )
+
+    def _with(
+        self, name: str, schema: dict[str, Any], description: str, required: bool
+    ) -> Tool:
+        if description:
+            schema = {**schema, "description": description}
+        props = {**self.properties, name: schema}
+        req = tuple(r for r in self.required if r != name) + ((name,) if required else ())
+        return Tool(self.name, self.description, props, req)
+
+    def string(self, name: str, description: str = "", *, required: bool = True) -> Tool:
+        """Add a string parameter."""
+        return self._with(name, {"type": "string"}, description, required)
+
+    def number(self, name: str, description: str = "", *, required: bool = True) -> Tool:
+        """Add a number parameter."""
+        return self._with(name, {"type": "number"}, description, required)
+
+    def boolean(self, name: str, description: str = "", *, required: bool = True) -> Tool:
+        """Add a boolean parameter."""
+        return self._with(name, {"type": "boolean"}, description, required)
+
+    def array(
+        self, name: str, item_type: str, description: str = "", *, required: bool = True
+    ) -> Tool:
+        """Add an array parameter whose items are of JSON type ``item_type``."""
+        return self._with(
+            name, {"type": "array", "items": {"type": item_type}}, description, required
+        )
+
+    def object(
+        self,
+        name: str,
+        properties: Mapping[str, Mapping[str, Any]],
+        description: str = "",
+        *,
+        required: bool = True,
+    ) -> Tool:
+        """Add an object parameter with the given JSON-schema ``properties``."""
+        schema = {"type": "object", "properties": copy.deepcopy(dict(properties))}
+        return self._with(name, schema, description, required)
+
+    @classmethod
+    def from_json_schema(
+        cls, name: str, description: str, schema: Mapping[str, Any]
+    ) -> Tool:
+        """A tool whose parameters are an ``{"type": "object", ...}`` JSON schema."""
+        if schema.get("type", "object") != "object":
+            raise ValueError("a tool's parameter schema must be of type 'object'")
+        props = schema.get("properties", {})
+        if not isinstance(props, Mapping):
+            raise ValueError("'properties' must be an object")
+        return cls(name, description, copy.deepcopy(dict(props)), tuple(schema.get("required", ())))
+
+    def parameters(self) -> dict[str, Any]:
+        """The parameters as a JSON schema object."""
+        return {
+            "type": "object",
+            "properties": copy.deepcopy(dict(self.properties)),
+            "required": list(self.required),
+        }
+
+    def to_openai_chat(self) -> dict[str, Any]:
+        """Chat Completions ``tools`` entry."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters(),
+            },
+        }
+
+    def to_openai_responses(self) -> dict[str, Any]:
+        """Responses API ``tools`` entry."""
+        return {
+            "type": "function",
+            "name": self.name,
+            "description": self.description,
+            "parameters": self.parameters(),
+        }
+
+    def to_anthropic(self) -> dict[str, Any]:
+        """Anthropic Messages ``tools`` entry."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "input_schema": self.parameters(),
+        }
+
+    def to_gemini(self) -> dict[str, Any]:
+        """Gemini ``function_declarations`` entry (JSON schema via ``parameters_json_schema``)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "parameters_json_schema": self.parameters(),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as stored per context."""
+        return {"name": self.name, "description": self.description, **self.parameters()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Tool:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            str(data["name"]),
+            str(data.get("description", "")),
+            copy.deepcopy(dict(data.get("properties", {}))),
+            tuple(data.get("required", ())),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """What a tool run gave back to the model for one call."""
+
+    call_id: str
+    name: str
+    output: str
+    error: bool = False
+
+
+def _error_output(message: str) -> str:
+    # contextwindow's convention: the model reads the failure as the tool's output.
+    return f"error: {message}"
+
+
+class ToolRegistry:
+    """The tools a window offers, with their runners. Thread-safe for reads."""
+
+    def __init__(self) -> None:
+        self._tools: dict[str, tuple[Tool, ToolRunner]] = {}
+
+    def add(self, tool: Tool, runner: ToolRunner) -> None:
+        """Register (or replace) ``tool`` with its runner."""
+        if not isinstance(tool, Tool):
+            raise TypeError(f"expected a rxcontext.Tool, got {type(tool).__name__}")
+        if not callable(runner):
+            raise TypeError(f"the runner of tool {tool.name!r} must be callable")
+        self._tools = {**self._tools, tool.name: (tool, runner)}
+
+    def remove(self, name: str) -> bool:
+        """Unregister a tool; whether it was there."""
+        if name not in self._tools:
+            return False
+        self._tools = {k: v for k, v in self._tools.items() if k != name}
+        return True
+
+    def get(self, name: str) -> Tool | None:
+        """The tool called ``name``, if registered."""
+        entry = self._tools.get(name)
+        return entry[0] if entry else None
+
+    def has(self, name: str) -> bool:
+        """Whether a tool called ``name`` is registered."""
+        return name in self._tools
+
+    def list(self) -> list[Tool]:
+        """The registered tools, in registration order."""
+        return [tool for tool, _ in self._tools.values()]
+
+    def __bool__(self) -> bool:
+        return bool(self._tools)
+
+    def _prepare(self, call_id: str, name: str, arguments: Mapping[str, Any], parse_error: str | None
+                 ) -> ToolResult | tuple[ToolRunner, dict[str, Any]]:
+        entry = self._tools.get(name)
+        if entry is None:
+            known = ", ".join(sorted(self._tools)) or "none"
+            return ToolResult(call_id, name, _error_output(f"unknown tool {name!r} (tools: {known})"), True)
+        if parse_error is not None:
+            return ToolResult(call_id, name, _error_output(parse_error), True)
+        return entry[1], dict(arguments)
+
+    def run(self, call_id: str, name: str, arguments: Mapping[str, Any], parse_error: str | None = None
+            ) -> ToolResult:
+        """Run one call on this thread (an async runner gets its own event loop)."""
+        prepared = self._prepare(call_id, name, arguments, parse_error)
+        if isinstance(prepared, ToolResult):
+            return prepared
+        runner, args = prepared
+        try:
+            output = runner(args)
+            if inspect.isawaitable(output):
+                output = asyncio.run(_await(output))
+            return ToolResult(call_id, name, _as_text(output))
+        except Exception as exc:
+            return ToolResult(call_id, name, _error_output(str(exc) or type(exc).__name__), True)
+
+    async def arun(self, call_id: str, name: str, arguments: Mapping[str, Any],
+                   parse_error: str | None = None) -> ToolResult:
+        """Run one call: async runners on the running loop, sync ones in a worker thread."""
+        prepared = self._prepare(call_id, name, arguments, parse_error)
+        if isinstance(prepared, ToolResult):
+            return prepared
+        runner, args = prepared
+        try:
+            if inspect.iscoroutinefunction(runner):
+                output = await runner(args)
+            else:
+                output = await asyncio.to_thread(runner, args)
+                if inspect.isawaitable(output):
+                    output = await output
+            return ToolResult(call_id, name, _as_text(output))
+        except Exception as exc:
+            return ToolResult(call_id, name, _error_output(str(exc) or type(exc).__name__), True)
+
+
+async def _await(value: Awaitable[Any]) -> Any:
+    return await value
+
+
+def _as_text(output: Any) -> str:
+    if isinstance(output, str):
+        return output
+    try:
+        return json.dumps(output, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(output)

@@ -1,0 +1,461 @@
+"""ContextWindow: a named conversation in a store, and the model calls that extend it."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from reactivex import Observable, abc
+
+from .chunks import Chunk, Reply
+from .errors import CheckpointNotFound, CheckpointResolved, RxContextError
+from .operators import Middleware
+from .persist import ReplyPersister
+from .providers.base import Model, Request
+from .records import Checkpoint, Context, ContextStats, Record, RecordType, TokenUsage
+from .store.base import RecordDraft, Store
+from .streaming import Run, _drive, _Flag, run_async, run_observable
+from .tools import Tool, ToolRegistry, ToolRunner
+
+__all__ = ["CONTINUE_PROMPT", "ContextReader", "ContextWindow"]
+
+DEFAULT_MAX_TOKENS = 128_000
+CONTINUE_PROMPT = (
+    "Your previous reply was cut off. Continue it exactly where it stopped: do not repeat "
+    "anything already written and do not comment on the interruption."
+)
+
+
+def _text_arg(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    return value
+
+
+class ContextReader:
+    """A read-only view of one context, safe to use from other threads.
+
+    It reads through the store (which serialises access), never through the window's
+    mutable state, so it keeps following the same context after the window switches.
+    """
+
+    def __init__(self, store: Store, context_id: str, max_tokens: int) -> None:
+        self._store = store
+        self.context_id = context_id
+        self.max_tokens = max_tokens
+
+    def context(self) -> Context:
+        """The context's row."""
+        return self._store.get_context(self.context_id)
+
+    def live_records(self) -> list[Record]:
+        """Live records, oldest first."""
+        return self._store.records(self.context_id, live_only=True)
+
+    def records(self) -> list[Record]:
+        """All records (live and dead), oldest first."""
+        return self._store.records(self.context_id)
+
+    def live_tokens(self) -> int:
+        """Estimated tokens of the live records."""
+        return sum(r.est_tokens for r in self.live_records())
+
+    def token_usage(self) -> TokenUsage:
+        """Live tokens against ``max_tokens``."""
+        live = self.live_tokens()
+        percent = 100.0 * live / self.max_tokens if self.max_tokens else 0.0
+        return TokenUsage(live, self.max_tokens, percent)
+
+    def stats(self) -> ContextStats:
+        """Aggregate numbers of the context."""
+        return self._store.context_stats(self.context_id)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Unresolved checkpoints, oldest first."""
+        return self._store.checkpoints(self.context_id)
+
+    def export(self) -> dict[str, Any]:
+        """The context with its records and tools, JSON-ready."""
+        return self._store.export_context(self.context_id)
+
+
+class ContextWindow:
+    """A conversation kept in ``store`` under a name, extended by ``model``'s replies.
+
+    ::
+
+        store = rxcontext.open("chat.db")
+        cw = ContextWindow(store, model, context="demo")
+        cw.add_prompt("Hello")
+        cw.stream().pipe(rxops.text()).subscribe(print)   # stored when it completes
+
+    ``checkpoint_every`` (seconds) bounds what a killed process can lose of a streaming
+    reply; ``max_tool_rounds`` ends a runaway tool loop; ``middleware`` hooks run inside
+    every stream, before the persister.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        model: Model | None = None,
+        context: str = "default",
+        *,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        checkpoint_every: float | None = 1.0,
+        max_tool_rounds: int = 8,
+        middleware: Sequence[Middleware] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not hasattr(store, "get_or_create_context"):
+            raise TypeError("store must be an rxcontext store: use rxcontext.open(path)")
+        _text_arg(context, "context name")
+        if max_tokens <= 0:
+            raise ValueError("max_tokens must be positive")
+        self._store = store
+        self.model = model
+        self.max_tokens = max_tokens
+        self.checkpoint_every = checkpoint_every
+        self.max_tool_rounds = max_tool_rounds
+        self.middleware: list[Middleware] = list(middleware)
+        self._clock = clock
+        self._tools = ToolRegistry()
+        self._context = store.get_or_create_context(context)
+
+    def __repr__(self) -> str:
+        return f"ContextWindow(context={self._context.name!r}, model={self._model_name()!r})"
+
+    def _model_name(self) -> str | None:
+        return self.model.name if self.model is not None else None
+
+    # -- contexts -------------------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        """The store this window reads and writes."""
+        return self._store
+
+    @property
+    def context(self) -> Context:
+        """The current context (fresh from the store)."""
+        return self._store.get_context(self._context.id)
+
+    @property
+    def context_id(self) -> str:
+        """Id of the current context."""
+        return self._context.id
+
+    @property
+    def context_name(self) -> str:
+        """Name of the current context."""
+        return self._context.name
+
+    def switch_context(self, name: str) -> Context:
+        """Make ``name`` the current context, creating it if missing."""
+        self._context = self._store.get_or_create_context(_text_arg(name, "context name"))
+        for tool in self._tools.list():
+            self._store.set_context_tool(self._context.id, tool.name, tool.to_dict())
+        return self._context
+
+    def list_contexts(self) -> list[Context]:
+        """All contexts in the store, newest first."""
+        return self._store.list_contexts()
+
+    def delete_context(self, name: str) -> None:
+        """Delete a context with its records, tools and checkpoints.
+
+        Deleting the current context switches to the newest remaining one, or to a new
+        ``"default"``.
+        """
+        ctx = self._store.get_context_by_name(_text_arg(name, "context name"))
+        self._store.delete_context(ctx.id)
+        if ctx.id == self._context.id:
+            remaining = self._store.list_contexts()
+            self._context = remaining[0] if remaining else self._store.get_or_create_context("default")
+
+    def clone(self, dest: str) -> Context:
+        """Copy the current context's records (not its tools) into a new context ``dest``."""
+        return self._store.clone_context(self._context.id, _text_arg(dest, "clone name"))
+
+    def export(self) -> dict[str, Any]:
+        """The current context with its records and tools, JSON-ready."""
+        return self._store.export_context(self._context.id)
+
+    def export_json(self, indent: int | None = 2) -> str:
+        """:meth:`export` as JSON text."""
+        return json.dumps(self.export(), indent=indent, ensure_ascii=False)
+
+    def stats(self) -> ContextStats:
+        """Aggregate numbers of the current context (one query)."""
+        return self._store.context_stats(self._context.id)
+
+    def set_server_side_threading(self, enabled: bool) -> None:
+        """Send ``previous_response_id`` instead of the full history where the model allows."""
+        self._store.set_threading(self._context.id, enabled)
+
+    # -- records --------------------------------------------------------------------------
+
+    def _add(self, draft: RecordDraft) -> Record:
+        return self._store.add_record(self._context.id, draft)
+
+    def add_prompt(self, text: str) -> Record:
+        """Append a user prompt."""
+        if not _text_arg(text, "prompt").strip():
+            raise ValueError("the prompt is empty; providers reject empty messages")
+        return self._add(RecordDraft(RecordType.PROMPT, text))
+
+    def add_tool_call(self, name: str, arguments: str | dict[str, Any], id: str | None = None) -> Record:
+        """Append a tool call made outside a stream (``arguments`` as JSON text or a dict)."""
+        raw = arguments if isinstance(arguments, str) else json.dumps(arguments)
+        return self._add(
+            RecordDraft(RecordType.TOOL_CALL, raw, tool_call_id=id, tool_name=_text_arg(name, "tool name"))
+        )
+
+    def add_tool_output(self, output: str, id: str | None = None, name: str | None = None) -> Record:
+        """Append a tool's output (``id`` of the call it answers)."""
+        return self._add(
+            RecordDraft(RecordType.TOOL_OUTPUT, _text_arg(output, "tool output"), tool_call_id=id, tool_name=name)
+        )
+
+    def set_system_prompt(self, text: str) -> Record:
+        """Replace the system prompt (one transaction)."""
+        return self._store.replace_system_prompt(self._context.id, _text_arg(text, "system prompt"))
+
+    def live_records(self) -> list[Record]:
+        """Live records of the current context, oldest first."""
+        return self._store.records(self._context.id, live_only=True)
+
+    def records(self) -> list[Record]:
+        """All records of the current context, oldest first."""
+        return self._store.records(self._context.id)
+
+    def set_record_live_state(self, start: int, end: int, live: bool) -> int:
+        """Set ``live`` on records ``start``..``end`` (inclusive, in time order); returns the count."""
+        return self._store.set_live_range(self._context.id, start, end, live)
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    def reader(self) -> ContextReader:
+        """A read-only view of the current context, safe to use from other threads."""
+        return ContextReader(self._store, self._context.id, self.max_tokens)
+
+    def live_tokens(self) -> int:
+        """Estimated tokens of the live records."""
+        return self.reader().live_tokens()
+
+    def token_usage(self) -> TokenUsage:
+        """Live tokens against ``max_tokens``, with the percentage used."""
+        return self.reader().token_usage()
+
+    # -- tools ----------------------------------------------------------------------------
+
+    def add_tool(self, tool: Tool, runner: ToolRunner) -> None:
+        """Offer ``tool`` to the model; ``runner`` (``dict -> str``, or async) answers its calls."""
+        self._tools.add(tool, runner)
+        self._store.set_context_tool(self._context.id, tool.name, tool.to_dict())
+
+    def tools(self) -> list[Tool]:
+        """The tools this window offers."""
+        return self._tools.list()
+
+    def get_tool(self, name: str) -> Tool | None:
+        """The tool called ``name``, if offered."""
+        return self._tools.get(name)
+
+    def has_tool(self, name: str) -> bool:
+        """Whether a tool called ``name`` is offered."""
+        return self._tools.has(name)
+
+    def remove_tool(self, name: str) -> bool:
+        """Stop offering a tool; whether it was offered."""
+        self._store.remove_context_tool(self._context.id, name)
+        return self._tools.remove(name)
+
+    # -- streaming ------------------------------------------------------------------------
+
+    def _require_model(self) -> Model:
+        if self.model is None:
+            raise RxContextError(
+                "this ContextWindow has no model: pass one, e.g. ContextWindow(store, OpenAIModel(...))"
+            )
+        return self.model
+
+    def _run(
+        self,
+        hooks: Sequence[Middleware],
+        *,
+        streaming: bool,
+        disable_tools: bool,
+        resume: Checkpoint | None = None,
+    ) -> Run:
+        model = self._require_model()
+        store = self._store
+        context_id = self._context.id
+        tools = () if disable_tools else tuple(self._tools.list())
+
+        def request(round_: int) -> Request:
+            records = store.records(context_id, live_only=True)
+            if round_ == 0 and resume is not None:
+                records = [
+                    *records,
+                    _synthetic(context_id, RecordType.MODEL_RESP, resume.text),
+                    _synthetic(context_id, RecordType.PROMPT, CONTINUE_PROMPT),
+                ]
+            return Request(records=records, tools=tools)
+
+        persister = ReplyPersister(
+            store,
+            context_id,
+            checkpoint_every=self.checkpoint_every,
+            clock=self._clock,
+            resume=resume,
+            streamed=streaming,
+        )
+        return Run(
+            model=model,
+            persister=persister,
+            request=request,
+            hooks=[*self.middleware, *hooks],
+            tools=None if disable_tools else self._tools,
+            max_tool_rounds=self.max_tool_rounds,
+            streaming=streaming,
+        )
+
+    @staticmethod
+    def _split(operators: Sequence[Any]) -> tuple[list[Middleware], list[Any]]:
+        hooks = [op for op in operators if isinstance(op, Middleware)]
+        rest = [op for op in operators if not isinstance(op, Middleware)]
+        return hooks, rest
+
+    def stream(
+        self, *operators: Any, disable_tools: bool = False, stream: bool = True
+    ) -> Observable[Chunk]:
+        """A cold Observable of the model's reply to the live records.
+
+        Each subscription sends one request (or, with tools, one tool loop) built from the
+        records at that moment, and stores the reply before ``on_completed``. On error or
+        cancel, it saves a checkpoint (errors arrive as :class:`~rxcontext.StreamInterrupted`).
+        :func:`~rxcontext.operators.middleware` operators given here run inside, before the
+        persister; any other operators are applied to the output with ``pipe``.
+        ``stream=False`` uses the provider's non-streaming API (same chunks, one burst).
+        """
+        self._require_model()
+        hooks, rest = self._split(operators)
+        obs = run_observable(
+            lambda: self._run(hooks, streaming=stream, disable_tools=disable_tools)
+        )
+        return obs.pipe(*rest) if rest else obs
+
+    def call(self, *hooks: Middleware, disable_tools: bool = False, stream: bool = True) -> Reply:
+        """Run one reply (with any tool rounds) to the end on this thread; return the final reply.
+
+        Raises :class:`~rxcontext.StreamInterrupted` (checkpoint saved) if it fails.
+        """
+        run = self._run(hooks, streaming=stream, disable_tools=disable_tools)
+        return _call(run)
+
+    async def astream(
+        self, *hooks: Middleware, disable_tools: bool = False, stream: bool = True
+    ) -> AsyncIterator[Chunk]:
+        """The asyncio twin of :meth:`stream`: ``async for chunk in cw.astream(): ...``.
+
+        Uses the model's async client on the running loop. Close it early with
+        ``contextlib.aclosing`` (or cancel the task) and the checkpoint is saved.
+        """
+        run = self._run(hooks, streaming=stream, disable_tools=disable_tools)
+        async for chunk in run_async(run):
+            yield chunk
+
+    async def acall(self, *hooks: Middleware, disable_tools: bool = False, stream: bool = True) -> Reply:
+        """The asyncio twin of :meth:`call`."""
+        run = self._run(hooks, streaming=stream, disable_tools=disable_tools)
+        async for _ in run_async(run):
+            pass
+        assert run.persister.final is not None
+        return run.persister.final
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Unresolved checkpoints (interrupted replies) of the current context, oldest first."""
+        return self._store.checkpoints(self._context.id)
+
+    def _resumable(self, checkpoint_id: int) -> Checkpoint:
+        checkpoint = self._store.get_checkpoint(checkpoint_id)
+        if checkpoint.context_id != self._context.id:
+            raise CheckpointNotFound(
+                f"checkpoint {checkpoint_id} belongs to another context; switch_context() to it first"
+            )
+        if checkpoint.resolved:
+            raise CheckpointResolved(f"checkpoint {checkpoint_id} was already resumed")
+        return checkpoint
+
+    def _claim(self, checkpoint_id: int) -> Checkpoint:
+        checkpoint = self._resumable(checkpoint_id)
+        if not self._store.claim_checkpoint(checkpoint_id):
+            raise CheckpointResolved(
+                f"checkpoint {checkpoint_id} is being resumed by another caller (or was resolved)"
+            )
+        return checkpoint
+
+    def resume(self, checkpoint_id: int, *operators: Any, disable_tools: bool = False) -> Observable[Chunk]:
+        """Continue an interrupted reply: emits the continuation's chunks.
+
+        On completion the stored reply is one MODEL_RESP record holding the partial text plus
+        the continuation, and the checkpoint is resolved. The history is sent with the partial
+        reply as an assistant turn and an instruction to continue (no assistant prefill).
+        """
+        self._resumable(checkpoint_id)
+        hooks, rest = self._split(operators)
+        obs = run_observable(
+            lambda: self._run(
+                hooks, streaming=True, disable_tools=disable_tools, resume=self._claim(checkpoint_id)
+            )
+        )
+        return obs.pipe(*rest) if rest else obs
+
+    def resume_call(self, checkpoint_id: int, *hooks: Middleware, disable_tools: bool = False) -> Reply:
+        """:meth:`resume` to the end on this thread; returns the full (joined) reply."""
+        checkpoint = self._claim(checkpoint_id)
+        return _call(self._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint))
+
+    async def aresume(
+        self, checkpoint_id: int, *hooks: Middleware, disable_tools: bool = False
+    ) -> AsyncIterator[Chunk]:
+        """The asyncio twin of :meth:`resume`."""
+        run = self._run(
+            hooks, streaming=True, disable_tools=disable_tools, resume=self._claim(checkpoint_id)
+        )
+        async for chunk in run_async(run):
+            yield chunk
+
+
+def _synthetic(context_id: str, type_: RecordType, content: str) -> Record:
+    # A record sent to the model but never stored (id -1).
+    return Record(-1, context_id, type_, content, True, 0, datetime.now(UTC))
+
+
+class _Collect(abc.ObserverBase[Chunk]):
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+
+    def on_next(self, value: Chunk) -> None:
+        pass
+
+    def on_error(self, error: Exception) -> None:
+        self.error = error
+
+    def on_completed(self) -> None:
+        pass
+
+
+def _call(run: Run) -> Reply:
+    sink = _Collect()
+    _drive(run, sink, _Flag())
+    if sink.error is not None:
+        raise sink.error
+    assert run.persister.final is not None
+    return run.persister.final
+

@@ -1,0 +1,158 @@
+"""Replay transport for the real SDKs: serves recorded (or crafted) wire bytes over httpx2.
+
+The SDKs run their own request building and stream parsing on top of it; only the network
+is replaced. Each response is one entry of ``responses``, served in request order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = Path(os.environ.get("RXCONTEXT_FIXTURES", ROOT.parent / "shared" / "fixtures" / "real"))
+
+
+def real_fixture(relpath: str) -> Path:
+    """Path of a recorded stream in ../shared/fixtures/real; skips the test when absent."""
+    path = REAL / relpath
+    if not path.exists():
+        pytest.skip(f"recorded fixture {relpath} not found: ../shared/fixtures/real is absent")
+    return path
+
+
+def real_files(provider: str, pattern: str = "*.sse") -> list[Path]:
+    """All recorded files of a provider folder (empty list when the folder is absent)."""
+    folder = REAL / provider
+    return sorted(folder.glob(pattern)) if folder.is_dir() else []
+
+
+def sse(*events: Any, event_names: Sequence[str | None] | None = None, crlf: bool = False) -> bytes:
+    """Frame JSON-able payloads (or raw strings) as SSE ``data:`` events."""
+    nl = "\r\n" if crlf else "\n"
+    out = []
+    for i, ev in enumerate(events):
+        data = ev if isinstance(ev, str) else json.dumps(ev)
+        name = event_names[i] if event_names else None
+        head = f"event: {name}{nl}" if name else ""
+        out.append(f"{head}data: {data}{nl}{nl}")
+    return "".join(out).encode()
+
+
+@dataclass
+class Reply:
+    """One canned HTTP response."""
+
+    body: bytes = b""
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=lambda: {"content-type": "text/event-stream"})
+    cut_after: int | None = None
+    """Raise ``error`` after this many body pieces (pieces are SSE events)."""
+    error: Exception | None = None
+    gate: threading.Event | None = None
+    """If set, each piece after the first waits for this event (to hold a stream open)."""
+
+
+def pieces(body: bytes) -> list[bytes]:
+    """Split a body at SSE event boundaries (keeping the separators)."""
+    out: list[bytes] = []
+    start = 0
+    i = 0
+    while i < len(body):
+        for sep in (b"\r\n\r\n", b"\n\n"):
+            if body.startswith(sep, i):
+                out.append(body[start : i + len(sep)])
+                i += len(sep)
+                start = i
+                break
+        else:
+            i += 1
+    if start < len(body):
+        out.append(body[start:])
+    return out
+
+
+class _Stream(httpx2.SyncByteStream, httpx2.AsyncByteStream):
+    def __init__(self, transport: Replay, reply: Reply) -> None:
+        self._t = transport
+        self._reply = reply
+        self._closed = False
+
+    def _parts(self) -> Iterator[bytes]:
+        for n, part in enumerate(pieces(self._reply.body)):
+            if self._reply.cut_after is not None and n >= self._reply.cut_after:
+                raise self._reply.error or httpx2.ReadError("connection reset (replay cut)")
+            if n and self._reply.gate is not None:
+                self._reply.gate.wait(5)
+            self._t.delivered += 1
+            yield part
+        if self._reply.cut_after is not None and self._reply.error is not None:
+            raise self._reply.error
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._parts()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for part in self._parts():
+            yield part
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with self._t.lock:
+                self._t.closed += 1
+
+    def close(self) -> None:
+        self._close()
+
+    async def aclose(self) -> None:
+        self._close()
+
+
+class Replay:
+    """An httpx2 transport serving ``responses`` in order and recording requests."""
+
+    def __init__(self, *responses: Reply | bytes | Path) -> None:
+        self.responses = [self._norm(r) for r in responses]
+        self.requests: list[httpx2.Request] = []
+        self.bodies: list[Any] = []
+        self.closed = 0
+        self.delivered = 0
+        self.lock = threading.Lock()
+        self.transport = httpx2.MockTransport(self._handle)
+
+    @staticmethod
+    def _norm(r: Reply | bytes | Path) -> Reply:
+        if isinstance(r, Reply):
+            return r
+        if isinstance(r, Path):
+            return Reply(r.read_bytes())
+        return Reply(r)
+
+    def _handle(self, request: httpx2.Request) -> httpx2.Response:
+        with self.lock:
+            n = len(self.requests)
+            self.requests.append(request)
+            raw = request.read()
+            try:
+                self.bodies.append(json.loads(raw) if raw else None)
+            except ValueError:
+                self.bodies.append(raw)
+        if n >= len(self.responses):
+            raise AssertionError(f"unexpected request #{n + 1}: {request.method} {request.url}")
+        reply = self.responses[n]
+        return httpx2.Response(reply.status, headers=reply.headers, stream=_Stream(self, reply))
+
+    def client(self) -> httpx2.Client:
+        return httpx2.Client(transport=self.transport)
+
+    def async_client(self) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(transport=self.transport)

@@ -68,7 +68,7 @@ __all__ = [
 ]
 
 
-def open(path: str | os.PathLike[str] = ":memory:") -> SQLiteStore:  # noqa: A001
+def open(path: str | os.PathLike[str] = ":memory:") -> SQLiteStore:
     """Open the SQLite store at ``path`` (created if missing; ``":memory:"`` for a private one).
 
     Raises :class:`NotADatabaseError` (leaving the file untouched) if ``path`` is some other

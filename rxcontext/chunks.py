@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 __all__ = ["Chunk", "ChunkKind", "Reply", "ReplyBuilder", "ToolCall", "Usage"]
 
 
-class ChunkKind(str, Enum):
+class ChunkKind(StrEnum):
     """What a :class:`Chunk` carries."""
 
     TEXT = "text"

@@ -76,11 +76,11 @@ def reduce_reply() -> Callable[[Observable[Chunk]], Observable[Reply]]:
     def _reduce(source: Observable[Chunk]) -> Observable[Reply]:
         def factory(_: abc.SchedulerBase | None = None) -> Observable[Reply]:
             builder = ReplyBuilder()
-            return source.pipe(
-                ops.do_action(builder.add),
-                ops.ignore_elements(),
-                ops.concat(reactivex.defer(lambda _: reactivex.just(builder.build()))),
+            final: Observable[Reply] = reactivex.defer(lambda _: reactivex.just(builder.build()))
+            folded: Observable[Chunk] = source.pipe(
+                ops.do_action(builder.add), ops.ignore_elements()
             )
+            return reactivex.concat(folded, final)  # type: ignore[arg-type]
 
         return reactivex.defer(factory)
 
@@ -88,17 +88,20 @@ def reduce_reply() -> Callable[[Observable[Chunk]], Observable[Reply]]:
 
 
 def _of_kind(kind: ChunkKind) -> Callable[[Observable[Chunk]], Observable[str]]:
-    return reactivex.compose(
-        ops.filter(lambda c: c.kind is kind and bool(c.text)),
-        ops.map(lambda c: c.text),
-    )
+    def keep(chunk: Chunk) -> bool:
+        return chunk.kind is kind and bool(chunk.text)
+
+    def delta(chunk: Chunk) -> str:
+        return chunk.text
+
+    return reactivex.compose(ops.filter(keep), ops.map(delta))
 
 
 def text() -> Callable[[Observable[Chunk]], Observable[str]]:
     """The text deltas as strings (``filter`` + ``map``)::
 
-        chunks:  --T("He")--K("hmm")--T("llo")--D--|
-        result:  --"He"---------------"llo"--------|
+    chunks:  --T("He")--K("hmm")--T("llo")--D--|
+    result:  --"He"---------------"llo"--------|
     """
     return _of_kind(ChunkKind.TEXT)
 
@@ -127,7 +130,7 @@ def batch_text(
     return reactivex.compose(
         text(),
         ops.buffer_with_time(seconds, scheduler=scheduler),
-        ops.map(lambda parts: "".join(parts)),
+        ops.map("".join),
         ops.filter(bool),
     )
 
@@ -140,7 +143,14 @@ class Middleware:
     with :class:`~rxcontext.StreamInterrupted` (a checkpoint is saved) chained to it.
     """
 
-    __slots__ = ("on_chunk", "on_complete", "on_error", "on_start", "on_tool_call", "on_tool_result")
+    __slots__ = (
+        "on_chunk",
+        "on_complete",
+        "on_error",
+        "on_start",
+        "on_tool_call",
+        "on_tool_result",
+    )
 
     def __init__(
         self,

@@ -113,7 +113,9 @@ class Run:
     def store_results(self, results: Sequence[ToolResult]) -> None:
         self.persister.store_tool_outputs(
             [
-                RecordDraft(RecordType.TOOL_OUTPUT, r.output, tool_call_id=r.call_id, tool_name=r.name)
+                RecordDraft(
+                    RecordType.TOOL_OUTPUT, r.output, tool_call_id=r.call_id, tool_name=r.name
+                )
                 for r in results
             ]
         )
@@ -319,4 +321,3 @@ async def run_async(run: Run) -> AsyncIterator[Chunk]:
             aclose = getattr(it, "aclose", None)
             if aclose is not None:
                 await aclose()
-

@@ -46,9 +46,7 @@ class Tool:
                 "(the providers' common rule)"
             )
 
-    def _with(
-        self, name: str, schema: dict[str, Any], description: str, required: bool
-    ) -> Tool:
+    def _with(self, name: str, schema: dict[str, Any], description: str, required: bool) -> Tool:
         if description:
             schema = {**schema, "description": description}
         props = {**self.properties, name: schema}
@@ -88,9 +86,7 @@ class Tool:
         return self._with(name, schema, description, required)
 
     @classmethod
-    def from_json_schema(
-        cls, name: str, description: str, schema: Mapping[str, Any]
-    ) -> Tool:
+    def from_json_schema(cls, name: str, description: str, schema: Mapping[str, Any]) -> Tool:
         """A tool whose parameters are an ``{"type": "object", ...}`` JSON schema."""
         if schema.get("type", "object") != "object":
             raise ValueError("a tool's parameter schema must be of type 'object'")
@@ -210,18 +206,22 @@ class ToolRegistry:
     def __bool__(self) -> bool:
         return bool(self._tools)
 
-    def _prepare(self, call_id: str, name: str, arguments: Mapping[str, Any], parse_error: str | None
-                 ) -> ToolResult | tuple[ToolRunner, dict[str, Any]]:
+    def _prepare(
+        self, call_id: str, name: str, arguments: Mapping[str, Any], parse_error: str | None
+    ) -> ToolResult | tuple[ToolRunner, dict[str, Any]]:
         entry = self._tools.get(name)
         if entry is None:
             known = ", ".join(sorted(self._tools)) or "none"
-            return ToolResult(call_id, name, _error_output(f"unknown tool {name!r} (tools: {known})"), True)
+            return ToolResult(
+                call_id, name, _error_output(f"unknown tool {name!r} (tools: {known})"), True
+            )
         if parse_error is not None:
             return ToolResult(call_id, name, _error_output(parse_error), True)
         return entry[1], dict(arguments)
 
-    def run(self, call_id: str, name: str, arguments: Mapping[str, Any], parse_error: str | None = None
-            ) -> ToolResult:
+    def run(
+        self, call_id: str, name: str, arguments: Mapping[str, Any], parse_error: str | None = None
+    ) -> ToolResult:
         """Run one call on this thread (an async runner gets its own event loop)."""
         prepared = self._prepare(call_id, name, arguments, parse_error)
         if isinstance(prepared, ToolResult):
@@ -235,8 +235,9 @@ class ToolRegistry:
         except Exception as exc:
             return ToolResult(call_id, name, _error_output(str(exc) or type(exc).__name__), True)
 
-    async def arun(self, call_id: str, name: str, arguments: Mapping[str, Any],
-                   parse_error: str | None = None) -> ToolResult:
+    async def arun(
+        self, call_id: str, name: str, arguments: Mapping[str, Any], parse_error: str | None = None
+    ) -> ToolResult:
         """Run one call: async runners on the running loop, sync ones in a worker thread."""
         prepared = self._prepare(call_id, name, arguments, parse_error)
         if isinstance(prepared, ToolResult):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from reactivex import Observable, abc
@@ -173,7 +173,9 @@ class ContextWindow:
         self._store.delete_context(ctx.id)
         if ctx.id == self._context.id:
             remaining = self._store.list_contexts()
-            self._context = remaining[0] if remaining else self._store.get_or_create_context("default")
+            self._context = (
+                remaining[0] if remaining else self._store.get_or_create_context("default")
+            )
 
     def clone(self, dest: str) -> Context:
         """Copy the current context's records (not its tools) into a new context ``dest``."""
@@ -206,17 +208,28 @@ class ContextWindow:
             raise ValueError("the prompt is empty; providers reject empty messages")
         return self._add(RecordDraft(RecordType.PROMPT, text))
 
-    def add_tool_call(self, name: str, arguments: str | dict[str, Any], id: str | None = None) -> Record:
+    def add_tool_call(
+        self, name: str, arguments: str | dict[str, Any], id: str | None = None
+    ) -> Record:
         """Append a tool call made outside a stream (``arguments`` as JSON text or a dict)."""
         raw = arguments if isinstance(arguments, str) else json.dumps(arguments)
         return self._add(
-            RecordDraft(RecordType.TOOL_CALL, raw, tool_call_id=id, tool_name=_text_arg(name, "tool name"))
+            RecordDraft(
+                RecordType.TOOL_CALL, raw, tool_call_id=id, tool_name=_text_arg(name, "tool name")
+            )
         )
 
-    def add_tool_output(self, output: str, id: str | None = None, name: str | None = None) -> Record:
+    def add_tool_output(
+        self, output: str, id: str | None = None, name: str | None = None
+    ) -> Record:
         """Append a tool's output (``id`` of the call it answers)."""
         return self._add(
-            RecordDraft(RecordType.TOOL_OUTPUT, _text_arg(output, "tool output"), tool_call_id=id, tool_name=name)
+            RecordDraft(
+                RecordType.TOOL_OUTPUT,
+                _text_arg(output, "tool output"),
+                tool_call_id=id,
+                tool_name=name,
+            )
         )
 
     def set_system_prompt(self, text: str) -> Record:
@@ -232,7 +245,7 @@ class ContextWindow:
         return self._store.records(self._context.id)
 
     def set_record_live_state(self, start: int, end: int, live: bool) -> int:
-        """Set ``live`` on records ``start``..``end`` (inclusive, in time order); returns the count."""
+        """Set ``live`` on records ``start``..``end`` (inclusive, time order); returns the count."""
         return self._store.set_live_range(self._context.id, start, end, live)
 
     # -- tokens ---------------------------------------------------------------------------
@@ -278,7 +291,8 @@ class ContextWindow:
     def _require_model(self) -> Model:
         if self.model is None:
             raise RxContextError(
-                "this ContextWindow has no model: pass one, e.g. ContextWindow(store, OpenAIModel(...))"
+                "this ContextWindow has no model: pass one, "
+                "e.g. ContextWindow(store, OpenAIModel(...))"
             )
         return self.model
 
@@ -368,7 +382,9 @@ class ContextWindow:
         async for chunk in run_async(run):
             yield chunk
 
-    async def acall(self, *hooks: Middleware, disable_tools: bool = False, stream: bool = True) -> Reply:
+    async def acall(
+        self, *hooks: Middleware, disable_tools: bool = False, stream: bool = True
+    ) -> Reply:
         """The asyncio twin of :meth:`call`."""
         run = self._run(hooks, streaming=stream, disable_tools=disable_tools)
         async for _ in run_async(run):
@@ -386,7 +402,8 @@ class ContextWindow:
         checkpoint = self._store.get_checkpoint(checkpoint_id)
         if checkpoint.context_id != self._context.id:
             raise CheckpointNotFound(
-                f"checkpoint {checkpoint_id} belongs to another context; switch_context() to it first"
+                f"checkpoint {checkpoint_id} belongs to another context; "
+                "switch_context() to it first"
             )
         if checkpoint.resolved:
             raise CheckpointResolved(f"checkpoint {checkpoint_id} was already resumed")
@@ -400,7 +417,9 @@ class ContextWindow:
             )
         return checkpoint
 
-    def resume(self, checkpoint_id: int, *operators: Any, disable_tools: bool = False) -> Observable[Chunk]:
+    def resume(
+        self, checkpoint_id: int, *operators: Any, disable_tools: bool = False
+    ) -> Observable[Chunk]:
         """Continue an interrupted reply: emits the continuation's chunks.
 
         On completion the stored reply is one MODEL_RESP record holding the partial text plus
@@ -411,15 +430,22 @@ class ContextWindow:
         hooks, rest = self._split(operators)
         obs = run_observable(
             lambda: self._run(
-                hooks, streaming=True, disable_tools=disable_tools, resume=self._claim(checkpoint_id)
+                hooks,
+                streaming=True,
+                disable_tools=disable_tools,
+                resume=self._claim(checkpoint_id),
             )
         )
         return obs.pipe(*rest) if rest else obs
 
-    def resume_call(self, checkpoint_id: int, *hooks: Middleware, disable_tools: bool = False) -> Reply:
+    def resume_call(
+        self, checkpoint_id: int, *hooks: Middleware, disable_tools: bool = False
+    ) -> Reply:
         """:meth:`resume` to the end on this thread; returns the full (joined) reply."""
         checkpoint = self._claim(checkpoint_id)
-        return _call(self._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint))
+        return _call(
+            self._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint)
+        )
 
     async def aresume(
         self, checkpoint_id: int, *hooks: Middleware, disable_tools: bool = False
@@ -458,4 +484,3 @@ def _call(run: Run) -> Reply:
         raise sink.error
     assert run.persister.final is not None
     return run.persister.final
-

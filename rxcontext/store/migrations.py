@@ -59,7 +59,7 @@ def m001_contextwindow_tables(db: sqlite3.Connection) -> None:
             created_at TEXT NOT NULL,
             UNIQUE(context_id, tool_name)
         );
-        """
+        """,
     )
 
 
@@ -96,7 +96,7 @@ def m003_checkpoints(db: sqlite3.Connection) -> None:
             resolved_at TEXT
         );
         CREATE INDEX idx_checkpoints_context ON checkpoints(context_id, resolved_at);
-        """
+        """,
     )
 
 

@@ -44,7 +44,13 @@ _CHECKPOINT_COLUMNS = (
     "id, context_id, text, thinking, tool_calls, usage, error, created_at, resolved_at,"
     " updated_at, chunks, response_id, metadata"
 )
-_USAGE_FIELDS = ("input_tokens", "output_tokens", "total_tokens", "cached_tokens", "reasoning_tokens")
+_USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+)
 
 
 def _now() -> str:
@@ -195,7 +201,9 @@ class SQLiteStore:
     def _db(self) -> sqlite3.Connection:
         conn = self._conn
         if conn is None:
-            raise StoreClosedError(f"store {self.path!r} is closed; open it again with rxcontext.open()")
+            raise StoreClosedError(
+                f"store {self.path!r} is closed; open it again with rxcontext.open()"
+            )
         return conn
 
     @contextmanager
@@ -500,7 +508,9 @@ class SQLiteStore:
                 db, context_id, RecordDraft(RecordType.SYSTEM_PROMPT, content), first or _now()
             )
 
-    def replace_records(self, context_id: str, dead_ids: Sequence[int], draft: RecordDraft) -> Record:
+    def replace_records(
+        self, context_id: str, dead_ids: Sequence[int], draft: RecordDraft
+    ) -> Record:
         """Mark ``dead_ids`` dead and append ``draft`` (a summary), in one transaction."""
         with self._tx() as db:
             self._require_context(db, context_id)

@@ -1,0 +1,7 @@
+"""``python -m rxcontext``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

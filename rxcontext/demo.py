@@ -1,0 +1,93 @@
+"""``rxcontext demo``: the offline main job, a reply streamed live and stored in SQLite.
+
+The first run streams a reply through the real OpenAI SDK (over a replay transport, so no
+key and no network), renders it as it arrives and shows what was stored. Later runs show a
+tool call, a stream cut halfway (checkpointed) and its resume.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from typing import TextIO
+
+from .errors import StreamInterrupted
+from .providers.replay import ScriptedReply, replay_model
+from .records import RecordType
+from .render import Renderer
+from .store import SQLiteStore
+from .tools import Tool
+from .window import ContextWindow
+
+__all__ = ["run_demo"]
+
+CONTEXT = "demo"
+CUT_AFTER = 9  # events of the second run's answer delivered before the cut
+_WORDS = re.compile(r"\S+\s*|\s+")
+
+
+def _text(name: str) -> str:
+    return resources.files("rxcontext").joinpath("data", name).read_text(encoding="utf-8")
+
+
+def _weather(args: dict[str, object]) -> str:
+    return f"sunny, 21 °C in {args.get('city', 'that city')}"
+
+
+def run_demo(db: Path, *, delay: float, out: TextIO, live: bool | None = None) -> int:
+    """Run the demo against the database at ``db``; returns an exit status."""
+    render = Renderer(out, live=live)
+    store = SQLiteStore(db)
+    try:
+        cw = ContextWindow(store, context=CONTEXT)
+        first = not any(r.type is RecordType.MODEL_RESP for r in cw.records())
+        if first:
+            _first_run(cw, render, delay)
+        else:
+            _second_run(cw, render, delay)
+        render.records(cw.records(), title=f"context {CONTEXT!r} in {db}")
+        if first:
+            render.line("Run the demo again: a tool call, a cut stream and its resume.")
+    finally:
+        store.close()
+    return 0
+
+
+def _first_run(cw: ContextWindow, render: Renderer, delay: float) -> None:
+    cw.model, _ = replay_model([ScriptedReply(_text("demo_reply.md"), usage=(42, 0))], delay=delay)
+    cw.set_system_prompt("You explain rxcontext briefly and precisely.")
+    cw.add_prompt("What happens when rxcontext streams a reply?")
+    render.heading("streaming a reply (OpenAI SDK over a replay transport, no API key)")
+    render.stream(cw.stream())
+
+
+def _second_run(cw: ContextWindow, render: Renderer, delay: float) -> None:
+    answer = _text("demo_second.md").strip()
+    words = _WORDS.findall(answer)
+    # Events: one role event, then two words per event; the cut keeps CUT_AFTER events.
+    seen = "".join(words[: 2 * (CUT_AFTER - 1)])
+    rest = answer[len(seen) :]
+    model, _ = replay_model(
+        [
+            ScriptedReply(
+                tool_calls=[("call_demo_weather", "weather", {"city": "Lisbon"})], usage=(60, 12)
+            ),
+            ScriptedReply(answer, cut_after=CUT_AFTER, usage=(90, 0)),
+            ScriptedReply(rest, usage=(120, 0)),
+        ],
+        delay=delay,
+    )
+    cw.model = model
+    cw.add_tool(Tool("weather", "Current weather for a city").string("city", "City name"), _weather)
+    cw.add_prompt("Should I go for a walk in Lisbon today?")
+    render.heading("a tool call, then a stream cut halfway")
+    try:
+        render.stream(cw.stream())
+    except StreamInterrupted as exc:
+        cp = exc.checkpoint
+        render.line(f"stream cut ({cp.error}); checkpoint {cp.id} holds {len(cp.text)} characters")
+        render.heading(f"resuming checkpoint {cp.id}")
+        render.stream(cw.resume(cp.id), prefix=cp.text)
+    else:  # pragma: no cover - the replay always cuts
+        render.line("the stream was not cut")

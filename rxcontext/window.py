@@ -370,17 +370,16 @@ class ContextWindow:
         run = self._run(hooks, streaming=stream, disable_tools=disable_tools)
         return _call(run)
 
-    async def astream(
+    def astream(
         self, *hooks: Middleware, disable_tools: bool = False, stream: bool = True
     ) -> AsyncIterator[Chunk]:
         """The asyncio twin of :meth:`stream`: ``async for chunk in cw.astream(): ...``.
 
-        Uses the model's async client on the running loop. Close it early with
-        ``contextlib.aclosing`` (or cancel the task) and the checkpoint is saved.
+        Uses the model's async client on the running loop; the request is built when the
+        iteration starts. Close it early with ``contextlib.aclosing`` (or cancel the task)
+        and the checkpoint is saved and the provider stream closed.
         """
-        run = self._run(hooks, streaming=stream, disable_tools=disable_tools)
-        async for chunk in run_async(run):
-            yield chunk
+        return run_async(self._run(hooks, streaming=stream, disable_tools=disable_tools))
 
     async def acall(
         self, *hooks: Middleware, disable_tools: bool = False, stream: bool = True
@@ -447,15 +446,14 @@ class ContextWindow:
             self._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint)
         )
 
-    async def aresume(
+    def aresume(
         self, checkpoint_id: int, *hooks: Middleware, disable_tools: bool = False
     ) -> AsyncIterator[Chunk]:
-        """The asyncio twin of :meth:`resume`."""
-        run = self._run(
-            hooks, streaming=True, disable_tools=disable_tools, resume=self._claim(checkpoint_id)
+        """The asyncio twin of :meth:`resume` (claims the checkpoint now)."""
+        checkpoint = self._claim(checkpoint_id)
+        return run_async(
+            self._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint)
         )
-        async for chunk in run_async(run):
-            yield chunk
 
 
 def _synthetic(context_id: str, type_: RecordType, content: str) -> Record:

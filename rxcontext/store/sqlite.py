@@ -15,7 +15,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -503,10 +503,15 @@ class SQLiteStore:
                 "DELETE FROM records WHERE context_id = ? AND source = ?",
                 (context_id, int(RecordType.SYSTEM_PROMPT)),
             )
-            # The system prompt sorts first: it takes the time of the oldest record.
-            return self._insert(
-                db, context_id, RecordDraft(RecordType.SYSTEM_PROMPT, content), first or _now()
+            # The system prompt sorts first: a microsecond before the oldest record.
+            ts = (
+                (datetime.fromisoformat(first) - timedelta(microseconds=1)).isoformat(
+                    timespec="microseconds"
+                )
+                if first
+                else _now()
             )
+            return self._insert(db, context_id, RecordDraft(RecordType.SYSTEM_PROMPT, content), ts)
 
     def replace_records(
         self, context_id: str, dead_ids: Sequence[int], draft: RecordDraft

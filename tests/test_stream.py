@@ -1,0 +1,452 @@
+"""cw.stream() / call() / astream() / acall(): persistence, checkpoints, cancellation, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+
+import pytest
+import reactivex
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reactivex import operators as ops
+from reactivex.scheduler import ThreadPoolScheduler
+
+import rxcontext
+from rxcontext import (
+    CheckpointNotFound,
+    CheckpointResolved,
+    Chunk,
+    ChunkKind,
+    ContextWindow,
+    RecordType,
+    Reply,
+    StreamInterrupted,
+    Usage,
+)
+from rxcontext import operators as rxops
+from rxcontext.providers import ScriptedModel
+
+
+def T(text: str) -> Chunk:
+    return Chunk(ChunkKind.TEXT, text)
+
+
+DONE = Chunk(ChunkKind.DONE, finish_reason="stop", response_id="resp_1")
+
+
+def window(*scripts, **kwargs) -> tuple[ContextWindow, ScriptedModel]:
+    model = ScriptedModel(list(scripts))
+    cw = ContextWindow(rxcontext.open(":memory:"), model, "t", **kwargs)
+    cw.add_prompt("hi")
+    return cw, model
+
+
+def replies(cw: ContextWindow) -> list[str]:
+    return [r.content for r in cw.records() if r.type is RecordType.MODEL_RESP]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.items: list[Chunk] = []
+        self.error: Exception | None = None
+        self.completed = False
+
+    def subscribe(self, obs: reactivex.Observable[Chunk]) -> Recorder:
+        obs.subscribe(self.items.append, self._error, self._done)
+        return self
+
+    def _error(self, e: Exception) -> None:
+        self.error = e
+
+    def _done(self) -> None:
+        self.completed = True
+
+    @property
+    def text(self) -> str:
+        return "".join(c.text for c in self.items if c.kind is ChunkKind.TEXT)
+
+
+# -- completion -------------------------------------------------------------------------
+
+
+def test_reply_is_stored_before_on_completed_reaches_subscribers():
+    cw, _ = window([T("Hel"), T("lo"), Chunk(ChunkKind.USAGE, usage=Usage.of(3, 2)), DONE])
+    seen_at_completion: list[list[str]] = []
+    got: list[str] = []
+    cw.stream().pipe(rxops.text()).subscribe(
+        got.append, on_completed=lambda: seen_at_completion.append(replies(cw))
+    )
+    assert got == ["Hel", "lo"]
+    assert seen_at_completion == [["Hello"]]
+    rec = cw.live_records()[-1]
+    assert rec.type is RecordType.MODEL_RESP and rec.streamed and rec.response_id == "resp_1"
+    assert cw.stats().usage == Usage.of(3, 2)
+    assert cw.context.last_response_id == "resp_1"
+    assert cw.checkpoints() == []
+
+
+def test_stream_is_cold_and_builds_the_request_at_subscription():
+    cw, model = window([T("a"), DONE], [T("b"), DONE])
+    obs = cw.stream()
+    assert model.requests == []  # nothing sent before subscribe
+    cw.add_prompt("second prompt, added after stream() but before subscribe")
+    obs.subscribe()
+    obs.subscribe()
+    assert len(model.requests) == 2
+    first = [r.content for r in model.requests[0].records]
+    assert first[-1].startswith("second prompt")
+    # The second subscription sees the first one's stored reply.
+    assert [r.content for r in model.requests[1].records][-1] == "a"
+    assert replies(cw) == ["a", "b"]
+
+
+def test_call_returns_the_reduced_reply_and_matches_the_operator():
+    script = [T("x"), Chunk(ChunkKind.THINKING, "hmm"), T("y"), DONE]
+    cw, _ = window(script, script)
+    reply = cw.call()
+    streamed = cw.stream().pipe(rxops.reduce_reply()).run()
+    assert reply == streamed
+    assert reply.text == "xy" and reply.thinking == "hmm" and reply.finish_reason == "stop"
+    assert cw.live_records()[-1].metadata["thinking"] == "hmm"
+
+
+def test_non_streaming_call_gives_the_same_reply_and_marks_it_not_streamed():
+    script = [T("x"), T("y"), Chunk(ChunkKind.USAGE, usage=Usage.of(1, 2)), DONE]
+    cw, _ = window(script, script)
+    assert cw.call(stream=False) == cw.call(stream=True)
+    kinds = [r.streamed for r in cw.records() if r.type is RecordType.MODEL_RESP]
+    assert kinds == [False, True]
+
+
+# -- errors and cancellation --------------------------------------------------------------
+
+
+def test_error_saves_exactly_the_delivered_text_before_on_error():
+    cause = ConnectionError("reset")
+    cw, _ = window([T("par"), T("tial"), cause])
+    at_error: list[int] = []
+    rec = Recorder()
+    cw.stream().subscribe(
+        rec.items.append, lambda e: (at_error.append(len(cw.checkpoints())), rec._error(e))
+    )
+    assert isinstance(rec.error, StreamInterrupted)
+    assert rec.error.__cause__ is cause
+    cp = rec.error.checkpoint
+    assert at_error == [1]
+    assert cp.text == "partial" == rec.text
+    assert cp.error == "ConnectionError: reset"
+    assert cw.checkpoints() == [cp]
+    assert replies(cw) == []  # nothing stored as a reply
+
+
+def test_call_raises_stream_interrupted_with_the_checkpoint():
+    cw, _ = window([T("a"), RuntimeError("boom")])
+    with pytest.raises(StreamInterrupted) as info:
+        cw.call()
+    assert info.value.checkpoint.text == "a"
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    parts=st.lists(st.text(min_size=1, max_size=5), min_size=1, max_size=12),
+    data=st.data(),
+)
+def test_disposing_after_k_chunks_checkpoints_exactly_k_chunks(parts, data):
+    k = data.draw(st.integers(min_value=1, max_value=len(parts)))
+    cw, model = window([*(T(p) for p in parts), DONE])
+    got: list[Chunk] = []
+    cw.stream().pipe(ops.take(k)).subscribe(got.append)
+    assert len(got) == k
+    if k <= len(parts):
+        (cp,) = cw.checkpoints()
+        assert cp.text == "".join(parts[:k])
+        assert cp.chunks == k
+        assert cp.error == "cancelled"
+        assert model.closed == 1  # the provider stream was closed
+        assert replies(cw) == []
+
+
+def test_dispose_from_another_thread_stops_and_checkpoints():
+    release = threading.Event()
+    emitted = threading.Event()
+
+    def gate(_: Chunk) -> None:
+        emitted.set()
+        release.wait(5)
+
+    cw, _ = window([T("a"), T("b"), T("c"), DONE])
+    done = threading.Event()
+    producer = ThreadPoolScheduler(max_workers=1)
+    sub = cw.stream(rxops.middleware(on_chunk=gate)).subscribe(
+        on_completed=done.set, on_error=lambda e: done.set(), scheduler=producer
+    )
+    assert emitted.wait(5)
+    sub.dispose()
+    release.set()
+    # The producer sees the disposal before its next emission and checkpoints; joining its
+    # thread is the synchronisation.
+    producer.executor.shutdown(wait=True)
+    (cp,) = cw.checkpoints()
+    assert cp.text == "a"
+    assert not done.is_set()
+
+
+def test_a_raising_middleware_hook_interrupts_with_a_checkpoint_chained_to_it():
+    hook_error = ValueError("hook failed")
+
+    def on_chunk(chunk: Chunk) -> None:
+        if chunk.text == "c":
+            raise hook_error
+
+    cw, model = window([T("a"), T("b"), T("c"), T("d"), DONE])
+    rec = Recorder().subscribe(cw.stream(rxops.middleware(on_chunk=on_chunk)))
+    assert isinstance(rec.error, StreamInterrupted)
+    assert rec.error.__cause__ is hook_error
+    assert rec.error.checkpoint.text == "ab" == rec.text
+    assert model.closed == 1
+
+
+def test_a_subscriber_that_raises_leaves_a_checkpoint_including_the_chunk_it_got():
+    cw, _ = window([T("a"), T("b"), DONE])
+
+    def on_next(c: Chunk) -> None:
+        if c.text == "b":
+            raise KeyError("ui broke")
+
+    errors: list[Exception] = []
+    cw.stream().subscribe(on_next, errors.append)
+    assert isinstance(errors[0], StreamInterrupted)
+    assert errors[0].checkpoint.text == "ab"
+
+
+def test_store_closed_is_a_clear_error():
+    cw, _ = window([T("a"), DONE])
+    cw.store.close()
+    with pytest.raises(rxcontext.StoreClosedError):
+        cw.call()
+
+
+def test_window_without_a_model_says_so():
+    cw = ContextWindow(rxcontext.open(":memory:"))
+    with pytest.raises(rxcontext.RxContextError, match="no model"):
+        cw.stream()
+
+
+# -- periodic checkpoints ---------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_periodic_checkpoint_is_updated_in_place_and_removed_on_completion():
+    clock = FakeClock()
+    model = ScriptedModel([[T("a"), T("b"), T("c"), T("d"), DONE]])
+    cw = ContextWindow(rxcontext.open(":memory:"), model, "p", checkpoint_every=1.0, clock=clock)
+    cw.add_prompt("go")
+    snapshots: list[tuple[int, str]] = []
+
+    def tick(chunk: Chunk) -> None:
+        snapshots.append(tuple((cp.id, cp.text) for cp in cw.checkpoints()))
+        clock.now += 0.6  # two chunks per interval
+
+    cw.stream().subscribe(tick)
+    # After chunk 2 (t=1.2 >= 1.0 on chunk 3's add) a checkpoint holds a prefix; it is
+    # updated in place, never duplicated, and deleted when the reply commits.
+    ids = {cp_id for snap in snapshots for cp_id, _ in snap}
+    assert len(ids) == 1
+    texts = [text for snap in snapshots for _, text in snap]
+    assert texts and all("abcd".startswith(t) for t in texts)
+    assert cw.checkpoints() == []
+    assert replies(cw) == ["abcd"]
+
+
+def test_periodic_checkpointing_can_be_disabled():
+    clock = FakeClock()
+    model = ScriptedModel([[T("a"), T("b"), RuntimeError("x")]])
+    cw = ContextWindow(rxcontext.open(":memory:"), model, "p", checkpoint_every=None, clock=clock)
+    cw.add_prompt("go")
+    counts = []
+    cw.stream().subscribe(lambda c: counts.append(len(cw.checkpoints())), lambda e: None)
+    assert counts == [0, 0]
+    assert len(cw.checkpoints()) == 1
+
+
+# -- resume -------------------------------------------------------------------------------
+
+
+def interrupted(cw: ContextWindow) -> int:
+    with pytest.raises(StreamInterrupted) as info:
+        cw.call()
+    return info.value.checkpoint.id
+
+
+def test_resume_stores_partial_plus_continuation_as_one_reply():
+    cw, model = window([T("The quick "), ConnectionError("cut")], [T("brown fox."), DONE])
+    cp_id = interrupted(cw)
+    got = Recorder().subscribe(cw.resume(cp_id))
+    assert got.completed and got.text == "brown fox."
+    assert replies(cw) == ["The quick brown fox."]
+    assert cw.checkpoints() == []
+    assert cw.store.get_checkpoint(cp_id).resolved
+    # The continuation request carried the partial reply as an assistant turn, then a prompt.
+    last_two = model.requests[1].records[-2:]
+    assert [r.type for r in last_two] == [RecordType.MODEL_RESP, RecordType.PROMPT]
+    assert last_two[0].content == "The quick "
+
+
+def test_resume_call_returns_the_joined_reply():
+    cw, _ = window([T("one "), RuntimeError("cut")], [T("two"), DONE])
+    reply = cw.resume_call(interrupted(cw))
+    assert reply.text == "one two"
+
+
+def test_resume_that_fails_again_updates_the_same_checkpoint():
+    cw, _ = window([T("a"), RuntimeError("1")], [T("b"), RuntimeError("2")], [T("c"), DONE])
+    cp_id = interrupted(cw)
+    rec = Recorder().subscribe(cw.resume(cp_id))
+    assert isinstance(rec.error, StreamInterrupted)
+    assert rec.error.checkpoint.id == cp_id and rec.error.checkpoint.text == "ab"
+    assert cw.resume_call(cp_id).text == "abc"
+
+
+def test_resume_errors_are_clear():
+    cw, _ = window([T("a"), RuntimeError("cut")], [T("b"), DONE])
+    cp_id = interrupted(cw)
+    with pytest.raises(CheckpointNotFound):
+        cw.resume(999)
+    cw.resume_call(cp_id)
+    with pytest.raises(CheckpointResolved):
+        cw.resume(cp_id)
+
+
+def test_concurrent_resume_of_one_checkpoint_one_wins():
+    cw, _ = window([T("a"), RuntimeError("cut")], [T("b"), DONE])
+    cp_id = interrupted(cw)
+    assert cw.store.claim_checkpoint(cp_id)  # another caller holds it
+    with pytest.raises(CheckpointResolved, match="being resumed"):
+        cw.resume_call(cp_id)
+
+
+def test_checkpoint_of_another_context_is_not_resumable_here():
+    cw, _ = window([T("a"), RuntimeError("cut")])
+    cp_id = interrupted(cw)
+    cw.switch_context("elsewhere")
+    with pytest.raises(CheckpointNotFound, match="another context"):
+        cw.resume(cp_id)
+
+
+# -- asyncio ------------------------------------------------------------------------------
+
+
+SCRIPT = [T("a"), Chunk(ChunkKind.THINKING, "t"), T("b"), DONE]
+
+
+async def test_astream_yields_the_same_chunks_as_stream_and_stores_the_reply():
+    cw, _ = window(SCRIPT, SCRIPT)
+    sync_chunks = Recorder().subscribe(cw.stream()).items
+    async_chunks = [c async for c in cw.astream()]
+    assert async_chunks == sync_chunks
+    assert replies(cw) == ["ab", "ab"]
+
+
+async def test_acall_matches_call():
+    cw, _ = window(SCRIPT, SCRIPT)
+    assert await cw.acall() == cw.call()
+
+
+async def test_closing_astream_early_checkpoints_what_was_consumed():
+    cw, model = window([T("a"), T("b"), T("c"), DONE])
+    async with contextlib.aclosing(cw.astream()) as chunks:
+        async for chunk in chunks:
+            if chunk.text == "b":
+                break
+    (cp,) = cw.checkpoints()
+    assert cp.text == "ab"
+    assert model.closed == 1
+
+
+async def test_cancelling_the_task_checkpoints_and_closes_the_provider():
+    gate = asyncio.Event()
+    seen: list[str] = []
+
+    async def consume(cw: ContextWindow) -> None:
+        async for chunk in cw.astream():
+            seen.append(chunk.text)
+            if chunk.text == "b":
+                gate.set()
+
+    cw, model = window([T("a"), T("b"), T("c"), T("d"), DONE])
+    model._delay = 0  # every chunk still yields to the loop (asyncio.sleep(0))
+    task = asyncio.create_task(consume(cw))
+    await gate.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (cp,) = cw.checkpoints()
+    assert cp.text == "".join(seen)
+    assert model.closed == 1
+
+
+async def test_async_error_is_stream_interrupted():
+    cw, _ = window([T("a"), RuntimeError("cut")])
+    with pytest.raises(StreamInterrupted) as info:
+        await cw.acall()
+    assert info.value.checkpoint.text == "a"
+
+
+async def test_many_concurrent_async_streams_into_many_contexts():
+    store = rxcontext.open(":memory:")
+    n = 50
+    windows = []
+    for i in range(n):
+        parts = [T(f"{i}-{j} ") for j in range(20)]
+        cw = ContextWindow(store, ScriptedModel([[*parts, DONE]]), f"c{i}")
+        cw.add_prompt("go")
+        windows.append(cw)
+    results = await asyncio.gather(*(cw.acall() for cw in windows))
+    for i, (cw, reply) in enumerate(zip(windows, results, strict=True)):
+        expected = "".join(f"{i}-{j} " for j in range(20))
+        assert reply.text == expected
+        assert replies(cw) == [expected]
+
+
+def test_threads_streaming_into_one_context_never_interleave_records():
+    store = rxcontext.open(":memory:")
+    n = 8
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            model = ScriptedModel([[*(T(f"{i}.{j};") for j in range(50)), DONE]])
+            cw = ContextWindow(store, model, "shared")
+            barrier.wait(5)
+            cw.call()
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    cw = ContextWindow(store, None, "shared")
+    stored = sorted(replies(cw))
+    assert stored == sorted("".join(f"{i}.{j};" for j in range(50)) for i in range(n))
+
+
+def test_reply_value_is_plain_and_frozen():
+    cw, _ = window([T("a"), DONE])
+    reply = cw.call()
+    assert isinstance(reply, Reply)
+    with pytest.raises(AttributeError):
+        reply.text = "b"  # type: ignore[misc]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reactivex import Observable, abc
@@ -20,7 +20,7 @@ from reactivex.disposable import CompositeDisposable, Disposable
 from reactivex.scheduler import CurrentThreadScheduler
 
 from .chunks import Chunk, ChunkKind, Reply, ToolCall
-from .errors import StoreError, ToolLoopLimit
+from .errors import ProviderError, StoreError, ToolLoopLimit
 from .operators import Middleware
 from .persist import ReplyPersister
 from .providers.base import Model, Request
@@ -145,11 +145,15 @@ class Run:
         return interrupted
 
     def chunks(self, request: Request) -> Iterator[Chunk]:
+        if request.fallback is not None:
+            return _with_fallback(self, request, request.fallback)
         if self.streaming:
             return self.model.iter_chunks(request)
         return iter(reply_chunks(self.model.complete(request)))
 
     def achunks(self, request: Request) -> AsyncIterator[Chunk]:
+        if request.fallback is not None:
+            return _awith_fallback(self, request, request.fallback)
         if self.streaming:
             return self.model.aiter_chunks(request)
         return _completed(self.model, request)
@@ -158,6 +162,61 @@ class Run:
 async def _completed(model: Model, request: Request) -> AsyncIterator[Chunk]:
     for chunk in reply_chunks(await model.acomplete(request)):
         yield chunk
+
+
+def _with_fallback(run: Run, request: Request, full: Request) -> Iterator[Chunk]:
+    """A threaded request; if the provider rejects it before any chunk, the full one, once."""
+    it: Iterator[Chunk] | None = None
+    try:
+        try:
+            it = run.chunks(replace(request, fallback=None))
+            first = next(it)
+        except StopIteration:
+            return
+        except ProviderError:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+            run.requests.append(full)
+            it = run.chunks(full)
+            first_or_none = next(it, None)
+            if first_or_none is None:
+                return
+            first = first_or_none
+        yield first
+        yield from it
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
+async def _awith_fallback(run: Run, request: Request, full: Request) -> AsyncIterator[Chunk]:
+    """The asyncio twin of :func:`_with_fallback`."""
+    it: AsyncIterator[Chunk] | None = None
+    try:
+        try:
+            it = run.achunks(replace(request, fallback=None))
+            first = await anext(it)
+        except StopAsyncIteration:
+            return
+        except ProviderError:
+            aclose = getattr(it, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            run.requests.append(full)
+            it = run.achunks(full)
+            first_or_none = await anext(it, None)
+            if first_or_none is None:
+                return
+            first = first_or_none
+        yield first
+        async for chunk in it:
+            yield chunk
+    finally:
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class _Flag:

@@ -10,6 +10,8 @@ from typing import Any
 
 from reactivex import Observable, abc
 
+from . import summarize
+from .chain import new_input, validate_chain
 from .chunks import Chunk, Reply
 from .errors import CheckpointNotFound, CheckpointResolved, RxContextError
 from .operators import Middleware
@@ -18,6 +20,7 @@ from .providers.base import Model, Request
 from .records import Checkpoint, Context, ContextStats, Record, RecordType, TokenUsage
 from .store.base import RecordDraft, Store
 from .streaming import Run, _drive, _Flag, run_async, run_observable
+from .summarize import SummaryProposal
 from .tools import Tool, ToolRegistry, ToolRunner
 
 __all__ = ["CONTINUE_PROMPT", "ContextReader", "ContextWindow"]
@@ -108,6 +111,8 @@ class ContextWindow:
         max_tool_rounds: int = 8,
         middleware: Sequence[Middleware] = (),
         clock: Callable[[], float] = time.monotonic,
+        summarizer: Model | None = None,
+        summary_prompt: str | None = None,
     ) -> None:
         if not hasattr(store, "get_or_create_context"):
             raise TypeError("store must be an rxcontext store: use rxcontext.open(path)")
@@ -121,6 +126,10 @@ class ContextWindow:
         self.max_tool_rounds = max_tool_rounds
         self.middleware: list[Middleware] = list(middleware)
         self._clock = clock
+        self.summarizer = summarizer
+        """Model for :meth:`summarize` (default: the window's model)."""
+        self.summary_prompt = summary_prompt
+        """Summariser instructions (default: the prompt shipped in ``rxcontext/data``)."""
         self._tools = ToolRegistry()
         self._context = store.get_or_create_context(context)
 
@@ -262,6 +271,64 @@ class ContextWindow:
         """Live tokens against ``max_tokens``, with the percentage used."""
         return self.reader().token_usage()
 
+    # -- summaries ------------------------------------------------------------------------
+
+    def _summarizer(self) -> Model:
+        model = self.summarizer or self.model
+        if model is None:
+            raise RxContextError("no model to summarize with: set ContextWindow.summarizer")
+        return model
+
+    def summarize(
+        self, *, on_chunk: Callable[[Chunk], None] | None = None, prompt: str | None = None
+    ) -> SummaryProposal:
+        """Propose a summary of the live records; nothing changes until :meth:`accept_summary`.
+
+        The summariser streams; ``on_chunk`` sees each chunk as it arrives.
+        """
+        return summarize.propose(
+            self._summarizer(),
+            self._context.id,
+            self.live_records(),
+            prompt or self.summary_prompt,
+            on_chunk,
+        )
+
+    async def asummarize(
+        self, *, on_chunk: Callable[[Chunk], None] | None = None, prompt: str | None = None
+    ) -> SummaryProposal:
+        """The asyncio twin of :meth:`summarize`."""
+        return await summarize.apropose(
+            self._summarizer(),
+            self._context.id,
+            self.live_records(),
+            prompt or self.summary_prompt,
+            on_chunk,
+        )
+
+    def accept_summary(self, proposal: SummaryProposal) -> Record:
+        """Apply ``proposal``: its records go dead and the summary goes live, in one transaction.
+
+        Raises ``ValueError`` (changing nothing) if the proposal is for another context or
+        its records changed since it was made.
+        """
+        if proposal.context_id != self._context.id:
+            raise ValueError("this summary was proposed for another context")
+        return self._store.replace_records(
+            self._context.id, proposal.replaced_ids, summarize.summary_draft(proposal)
+        )
+
+    def reject_summary(self, proposal: SummaryProposal) -> None:
+        """Discard ``proposal`` (nothing was changed by proposing it)."""
+
+    def auto_compact(self, threshold_percent: float) -> SummaryProposal | None:
+        """Summarize and accept when the live tokens reach ``threshold_percent`` of max_tokens."""
+        if self.token_usage().percent < threshold_percent:
+            return None
+        proposal = self.summarize()
+        self.accept_summary(proposal)
+        return proposal
+
     # -- tools ----------------------------------------------------------------------------
 
     def add_tool(self, tool: Tool, runner: ToolRunner) -> None:
@@ -309,6 +376,8 @@ class ContextWindow:
         context_id = self._context.id
         tools = () if disable_tools else tuple(self._tools.list())
 
+        threads = bool(getattr(model, "supports_previous_response_id", False))
+
         def request(round_: int) -> Request:
             records = store.records(context_id, live_only=True)
             if round_ == 0 and resume is not None:
@@ -317,7 +386,18 @@ class ContextWindow:
                     _synthetic(context_id, RecordType.MODEL_RESP, resume.text),
                     _synthetic(context_id, RecordType.PROMPT, CONTINUE_PROMPT),
                 ]
-            return Request(records=records, tools=tools)
+                return Request(records=records, tools=tools)
+            full = Request(records=records, tools=tools)
+            if threads:
+                ctx = store.get_context(context_id)
+                if ctx.use_server_side_threading and validate_chain(ctx, records)[0]:
+                    return Request(
+                        records=new_input(records),
+                        tools=tools,
+                        previous_response_id=ctx.last_response_id,
+                        fallback=full,
+                    )
+            return full
 
         persister = ReplyPersister(
             store,

@@ -24,7 +24,9 @@ class Request:
     """What one model call sends: the records (oldest first) plus tools and options.
 
     ``previous_response_id`` is set when server-side threading is on and the chain is valid;
-    the records are then only the new input since that response.
+    the records are then only the new input since that response, and ``fallback`` is the
+    full-history request the window sends instead if the provider rejects the threaded one.
+    Models that can thread say so with a ``supports_previous_response_id = True`` attribute.
     """
 
     records: Sequence[Record]
@@ -32,6 +34,7 @@ class Request:
     previous_response_id: str | None = None
     max_output_tokens: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    fallback: Request | None = None
 
 
 @runtime_checkable

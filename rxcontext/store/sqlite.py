@@ -516,14 +516,30 @@ class SQLiteStore:
     def replace_records(
         self, context_id: str, dead_ids: Sequence[int], draft: RecordDraft
     ) -> Record:
-        """Mark ``dead_ids`` dead and append ``draft`` (a summary), in one transaction."""
+        """Mark ``dead_ids`` dead and insert ``draft`` in their place, in one transaction.
+
+        The new record takes the time of the earliest replaced one, so it sorts where they
+        were. Raises ``ValueError`` (changing nothing) if any of them is no longer a live
+        record of this context: the proposal is stale.
+        """
+        ids = list(dict.fromkeys(dead_ids))
+        if not ids:
+            raise ValueError("no records to replace")
         with self._tx() as db:
             self._require_context(db, context_id)
-            db.executemany(
-                "UPDATE records SET live = 0 WHERE id = ? AND context_id = ?",
-                [(i, context_id) for i in dead_ids],
-            )
-            return self._insert(db, context_id, draft, _now())
+            marks = ",".join("?" * len(ids))
+            row = db.execute(
+                f"SELECT COUNT(*), MIN(ts) FROM records"
+                f" WHERE context_id = ? AND live = 1 AND id IN ({marks})",
+                (context_id, *ids),
+            ).fetchone()
+            if row[0] != len(ids):
+                raise ValueError(
+                    f"{len(ids) - row[0]} of the {len(ids)} records to replace are no longer "
+                    "live in this context (stale summary?); nothing was changed"
+                )
+            db.executemany("UPDATE records SET live = 0 WHERE id = ?", [(i,) for i in ids])
+            return self._insert(db, context_id, draft, row[1])
 
     def commit_reply(
         self,

@@ -1,0 +1,164 @@
+"""Summaries: propose a compressed history, then accept (one transaction) or reject it.
+
+A proposal changes nothing. Accepting marks the replaced records dead and inserts the
+summary as one live record, atomically. System prompts are never replaced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+
+from .chunks import Chunk, Reply, ReplyBuilder
+from .providers.base import Model, Request
+from .records import Record, RecordType
+from .store.base import RecordDraft
+from .tokens import estimate_tokens
+
+__all__ = [
+    "SUMMARY_PREFIX",
+    "SummaryProposal",
+    "default_prompt",
+    "summary_draft",
+    "summary_request",
+    "transcript",
+]
+
+SUMMARY_PREFIX = "Summary of the conversation so far:\n\n"
+
+
+def default_prompt() -> str:
+    """The summariser instructions shipped with the package (``data/summarize_prompt.md``)."""
+    return resources.files("rxcontext").joinpath("data", "summarize_prompt.md").read_text("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryProposal:
+    """A summary that has not been applied: accept it with ``ContextWindow.accept_summary``."""
+
+    context_id: str
+    text: str
+    replaced_ids: tuple[int, ...]
+    original_tokens: int
+    summary_tokens: int
+    reply: Reply
+
+
+_LABELS = {
+    RecordType.PROMPT: "User",
+    RecordType.MODEL_RESP: "Assistant",
+    RecordType.TOOL_CALL: "Tool call",
+    RecordType.TOOL_OUTPUT: "Tool result",
+}
+
+
+def transcript(records: Sequence[Record]) -> str:
+    """A plain-text transcript of the non-system records, for the summariser to read."""
+    lines = []
+    for r in records:
+        if r.type is RecordType.SYSTEM_PROMPT:
+            continue
+        label = _LABELS[r.type]
+        if r.type is RecordType.TOOL_CALL:
+            lines.append(f"{label} {r.tool_name or '?'}({r.content})")
+        elif r.type is RecordType.TOOL_OUTPUT:
+            lines.append(f"{label} ({r.tool_name or r.tool_call_id or '?'}): {r.content}")
+        else:
+            lines.append(f"{label}: {r.content}")
+    return "\n\n".join(lines)
+
+
+def _synthetic(context_id: str, type_: RecordType, content: str) -> Record:
+    return Record(-1, context_id, type_, content, True, 0, datetime.now(UTC))
+
+
+def summary_request(context_id: str, live: Sequence[Record], prompt: str) -> Request:
+    """The summariser's request: its instructions as the system prompt, the transcript as input.
+
+    A transcript (rather than the raw turns) works with every provider, whatever role the
+    history ends on.
+    """
+    return Request(
+        records=[
+            _synthetic(context_id, RecordType.SYSTEM_PROMPT, prompt),
+            _synthetic(context_id, RecordType.PROMPT, transcript(live)),
+        ]
+    )
+
+
+def replaceable(live: Sequence[Record]) -> list[Record]:
+    """The records a summary replaces: every live record but the system prompts."""
+    return [r for r in live if r.type is not RecordType.SYSTEM_PROMPT]
+
+
+def propose(
+    model: Model,
+    context_id: str,
+    live: Sequence[Record],
+    prompt: str | None = None,
+    on_chunk: Callable[[Chunk], None] | None = None,
+) -> SummaryProposal:
+    """Ask ``model`` for a summary of ``live`` (streaming; ``on_chunk`` sees each chunk)."""
+    replaced = replaceable(live)
+    if not replaced:
+        raise ValueError(
+            "nothing to summarize: the context has no live records besides system prompts"
+        )
+    builder = ReplyBuilder()
+    for chunk in model.iter_chunks(summary_request(context_id, live, prompt or default_prompt())):
+        builder.add(chunk)
+        if on_chunk is not None:
+            on_chunk(chunk)
+    return _proposal(context_id, replaced, builder.build())
+
+
+async def apropose(
+    model: Model,
+    context_id: str,
+    live: Sequence[Record],
+    prompt: str | None = None,
+    on_chunk: Callable[[Chunk], None] | None = None,
+) -> SummaryProposal:
+    """The asyncio twin of :func:`propose`."""
+    replaced = replaceable(live)
+    if not replaced:
+        raise ValueError(
+            "nothing to summarize: the context has no live records besides system prompts"
+        )
+    builder = ReplyBuilder()
+    request = summary_request(context_id, live, prompt or default_prompt())
+    async for chunk in model.aiter_chunks(request):
+        builder.add(chunk)
+        if on_chunk is not None:
+            on_chunk(chunk)
+    return _proposal(context_id, replaced, builder.build())
+
+
+def _proposal(context_id: str, replaced: Sequence[Record], reply: Reply) -> SummaryProposal:
+    text = reply.text.strip()
+    if not text:
+        raise ValueError("the summariser returned no text; nothing was changed")
+    return SummaryProposal(
+        context_id=context_id,
+        text=text,
+        replaced_ids=tuple(r.id for r in replaced),
+        original_tokens=sum(r.est_tokens for r in replaced),
+        summary_tokens=estimate_tokens(text),
+        reply=reply,
+    )
+
+
+def summary_draft(proposal: SummaryProposal) -> RecordDraft:
+    """The record an accepted summary becomes.
+
+    It is stored as a user-side record (``PROMPT``, metadata ``summary: true``) so that every
+    provider accepts the history that follows it: Anthropic requires the first message to be
+    the user's.
+    """
+    return RecordDraft(
+        RecordType.PROMPT,
+        SUMMARY_PREFIX + proposal.text,
+        metadata={"summary": True, "replaced": len(proposal.replaced_ids)},
+    )

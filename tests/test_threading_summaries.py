@@ -1,0 +1,211 @@
+"""Server-side threading (previous_response_id) chain rules, and summaries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+import rxcontext
+from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType
+from rxcontext.chain import new_input, validate_chain
+from rxcontext.errors import ProviderError
+from rxcontext.providers import ScriptedModel
+from rxcontext.records import Context, Record
+from rxcontext.summarize import SUMMARY_PREFIX, default_prompt
+
+
+def T(text: str) -> Chunk:
+    return Chunk(ChunkKind.TEXT, text)
+
+
+def done(response_id: str | None) -> Chunk:
+    return Chunk(ChunkKind.DONE, finish_reason="stop", response_id=response_id)
+
+
+class ThreadingModel(ScriptedModel):
+    """A scripted model that, like OpenAIResponsesModel, accepts previous_response_id."""
+
+    supports_previous_response_id = True
+
+
+def rec(type_: RecordType, content: str = "x", response_id: str | None = None) -> Record:
+    return Record(0, "c", type_, content, True, 1, datetime.now(UTC), response_id=response_id)
+
+
+def ctx(last: str | None) -> Context:
+    return Context("c", "n", datetime.now(UTC), True, last)
+
+
+# -- chain rules ------------------------------------------------------------------------
+
+
+P, R, TC, TO, S = (
+    RecordType.PROMPT,
+    RecordType.MODEL_RESP,
+    RecordType.TOOL_CALL,
+    RecordType.TOOL_OUTPUT,
+    RecordType.SYSTEM_PROMPT,
+)
+
+
+@pytest.mark.parametrize(
+    ("last", "records", "valid", "reason"),
+    [
+        ("r2", [rec(P), rec(R, response_id="r1"), rec(P), rec(R, response_id="r2")], True, "valid"),
+        (None, [rec(P), rec(R, response_id="r1")], False, "no last_response_id"),
+        ("r1", [rec(P), rec(R, response_id="r1"), rec(TC), rec(TO)], False, "tool calls"),
+        ("r2", [rec(P), rec(R), rec(P), rec(R, response_id="r2")], False, "mixed"),
+        ("r9", [rec(P), rec(R, response_id="r1")], False, "not among"),
+        ("r1", [rec(P), rec(R, response_id="r1"), rec(R, response_id="r2")], False, "last reply"),
+        ("r1", [rec(P)], False, "no live model reply"),
+    ],
+)
+def test_chain_rules(last, records, valid, reason):
+    ok, why = validate_chain(ctx(last), records)
+    assert ok is valid
+    assert reason in why
+
+
+def test_new_input_keeps_system_prompts_and_what_follows_the_last_reply():
+    records = [rec(S, "sys"), rec(P, "q1"), rec(R, "a1", "r1"), rec(P, "q2")]
+    assert [r.content for r in new_input(records)] == ["sys", "q2"]
+
+
+# -- threading through the window -----------------------------------------------------------
+
+
+def threaded_window(*scripts) -> tuple[ContextWindow, ThreadingModel]:
+    model = ThreadingModel(list(scripts))
+    cw = ContextWindow(rxcontext.open(":memory:"), model, "t")
+    cw.set_system_prompt("sys")
+    cw.set_server_side_threading(True)
+    return cw, model
+
+
+def test_valid_chain_sends_only_new_input_with_previous_response_id():
+    cw, model = threaded_window([T("a1"), done("resp_1")], [T("a2"), done("resp_2")])
+    cw.add_prompt("q1")
+    cw.call()
+    cw.add_prompt("q2")
+    cw.call()
+    first, second = model.requests
+    assert first.previous_response_id is None  # nothing to continue yet
+    assert second.previous_response_id == "resp_1"
+    assert [r.content for r in second.records] == ["sys", "q2"]
+    assert second.fallback is None  # the window keeps the full request to itself
+    assert cw.context.last_response_id == "resp_2"
+
+
+def test_threading_off_or_broken_chain_sends_the_full_history():
+    cw, model = threaded_window(
+        [T("a1"), done("resp_1")], [T("a2"), done(None)], [T("a3"), done("x")]
+    )
+    cw.set_server_side_threading(False)
+    cw.add_prompt("q1")
+    cw.call()
+    cw.add_prompt("q2")
+    cw.call()
+    assert model.requests[1].previous_response_id is None
+    cw.set_server_side_threading(True)
+    cw.add_prompt("q3")  # the second reply had no id: the chain is mixed
+    cw.call()
+    assert model.requests[2].previous_response_id is None
+    assert len(model.requests[2].records) == 6
+
+
+def test_a_rejected_previous_response_id_falls_back_once_to_the_full_history():
+    rejected = ProviderError("previous response not found", provider="openai", status_code=400)
+    cw, model = threaded_window([T("a1"), done("resp_1")], [rejected], [T("a2"), done("resp_2")])
+    cw.add_prompt("q1")
+    cw.call()
+    cw.add_prompt("q2")
+    reply = cw.call()
+    assert reply.text == "a2"
+    threaded, full = model.requests[1:]
+    assert threaded.previous_response_id == "resp_1"
+    assert full.previous_response_id is None and len(full.records) == 4
+
+
+async def test_async_fallback_and_only_once():
+    rejected = ProviderError("bad id", provider="openai", status_code=400)
+    cw, model = threaded_window(
+        [T("a1"), done("resp_1")], [rejected], [ProviderError("down", provider="openai")]
+    )
+    cw.add_prompt("q1")
+    await cw.acall()
+    cw.add_prompt("q2")
+    with pytest.raises(rxcontext.StreamInterrupted) as info:
+        await cw.acall()
+    assert str(info.value.__cause__) == "down"  # the fallback's error, no third attempt
+    assert len(model.requests) == 3
+
+
+# -- summaries --------------------------------------------------------------------------
+
+
+def summarizing_window(summary: str = "The user greeted; the assistant answered."):
+    model = ScriptedModel([[T("hello back"), done(None)]])
+    summarizer = ScriptedModel([[T(summary[:10]), T(summary[10:]), done(None)]])
+    cw = ContextWindow(rxcontext.open(":memory:"), model, "s", summarizer=summarizer)
+    cw.set_system_prompt("be kind")
+    cw.add_prompt("hello")
+    cw.call()
+    return cw, summarizer
+
+
+def test_summarize_proposes_without_changing_anything():
+    cw, summarizer = summarizing_window()
+    before = cw.records()
+    seen: list[Chunk] = []
+    proposal = cw.summarize(on_chunk=seen.append)
+    assert proposal.text == "The user greeted; the assistant answered."
+    assert len(seen) == 3  # streamed
+    assert cw.records() == before
+    request = summarizer.requests[0]
+    assert request.records[0].type is RecordType.SYSTEM_PROMPT
+    assert request.records[0].content == default_prompt()
+    assert "User: hello" in request.records[1].content
+    assert "Assistant: hello back" in request.records[1].content
+    cw.reject_summary(proposal)
+    assert cw.records() == before
+
+
+def test_accept_summary_replaces_live_records_in_one_step():
+    cw, _ = summarizing_window()
+    proposal = cw.summarize()
+    summary = cw.accept_summary(proposal)
+    live = cw.live_records()
+    assert [(r.type, r.content) for r in live] == [
+        (RecordType.SYSTEM_PROMPT, "be kind"),
+        (RecordType.PROMPT, SUMMARY_PREFIX + proposal.text),
+    ]
+    assert summary.metadata["summary"] is True
+    assert len(cw.records()) == 4  # the replaced ones are kept, dead
+    with pytest.raises(ValueError, match="no longer"):
+        cw.accept_summary(proposal)  # stale: nothing changes
+    assert cw.live_records() == live
+
+
+async def test_asummarize_and_custom_prompt():
+    cw, summarizer = summarizing_window()
+    proposal = await cw.asummarize(prompt="Be short.")
+    assert summarizer.requests[0].records[0].content == "Be short."
+    assert proposal.summary_tokens > 0
+
+
+def test_auto_compact_only_past_the_threshold():
+    cw, _ = summarizing_window()
+    cw.max_tokens = 10_000
+    assert cw.auto_compact(50.0) is None
+    cw.max_tokens = 4
+    proposal = cw.auto_compact(50.0)
+    assert proposal is not None
+    assert cw.live_records()[-1].content.startswith(SUMMARY_PREFIX)
+
+
+def test_nothing_to_summarize_is_a_clear_error():
+    cw = ContextWindow(rxcontext.open(":memory:"), ScriptedModel([]), "e")
+    cw.set_system_prompt("only this")
+    with pytest.raises(ValueError, match="nothing to summarize"):
+        cw.summarize()

@@ -93,6 +93,17 @@ def replaceable(live: Sequence[Record]) -> list[Record]:
     return [r for r in live if r.type is not RecordType.SYSTEM_PROMPT]
 
 
+def _prepare(
+    context_id: str, live: Sequence[Record], prompt: str | None
+) -> tuple[list[Record], Request]:
+    replaced = replaceable(live)
+    if not replaced:
+        raise ValueError(
+            "nothing to summarize: the context has no live records besides system prompts"
+        )
+    return replaced, summary_request(context_id, live, prompt or default_prompt())
+
+
 def propose(
     model: Model,
     context_id: str,
@@ -101,13 +112,9 @@ def propose(
     on_chunk: Callable[[Chunk], None] | None = None,
 ) -> SummaryProposal:
     """Ask ``model`` for a summary of ``live`` (streaming; ``on_chunk`` sees each chunk)."""
-    replaced = replaceable(live)
-    if not replaced:
-        raise ValueError(
-            "nothing to summarize: the context has no live records besides system prompts"
-        )
+    replaced, request = _prepare(context_id, live, prompt)
     builder = ReplyBuilder()
-    for chunk in model.iter_chunks(summary_request(context_id, live, prompt or default_prompt())):
+    for chunk in model.iter_chunks(request):
         builder.add(chunk)
         if on_chunk is not None:
             on_chunk(chunk)
@@ -122,13 +129,8 @@ async def apropose(
     on_chunk: Callable[[Chunk], None] | None = None,
 ) -> SummaryProposal:
     """The asyncio twin of :func:`propose`."""
-    replaced = replaceable(live)
-    if not replaced:
-        raise ValueError(
-            "nothing to summarize: the context has no live records besides system prompts"
-        )
+    replaced, request = _prepare(context_id, live, prompt)
     builder = ReplyBuilder()
-    request = summary_request(context_id, live, prompt or default_prompt())
     async for chunk in model.aiter_chunks(request):
         builder.add(chunk)
         if on_chunk is not None:

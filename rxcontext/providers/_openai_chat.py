@@ -1,0 +1,283 @@
+"""OpenAI Chat Completions: records → ``messages``, stream chunks → :class:`Chunk`.
+
+Two readers of the same wire format share one state: :meth:`ChatStream.sdk` reads the
+SDK's ``ChatCompletionChunk`` objects, :meth:`ChatStream.fast` the raw JSON dicts of the
+``wire="fast"`` path. Both feed :meth:`ChatStream._delta`, so they emit the same chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from ..chunks import Chunk, ChunkKind, Usage
+from ..errors import ProviderError
+from ..records import Record, RecordType
+from ._common import provider_error
+
+__all__ = ["ChatStream", "chat_messages", "completion_chunks", "in_stream_error", "turns"]
+
+PROVIDER = "openai"
+_TEXT = ChunkKind.TEXT
+_THINKING = ChunkKind.THINKING
+_TOOL_CALL = ChunkKind.TOOL_CALL
+# In-stream error types worth sending again (the HTTP status, when given, decides first).
+_RETRYABLE_TYPES = frozenset({"server_error", "rate_limit_exceeded", "rate_limit_error", "timeout"})
+
+
+def turns(records: Sequence[Record]) -> Iterator[tuple[Record | None, list[Record]]]:
+    """Records with each MODEL_RESP grouped with the TOOL_CALLs that follow it.
+
+    Yields ``(record, [])`` for other records, ``(model_resp, calls)`` for an assistant turn,
+    and ``(None, calls)`` for tool calls with no reply record before them.
+    """
+    i, n = 0, len(records)
+    while i < n:
+        record = records[i]
+        head: Record | None = record
+        if record.type is RecordType.TOOL_CALL:
+            head = None
+        elif record.type is not RecordType.MODEL_RESP:
+            yield record, []
+            i += 1
+            continue
+        else:
+            i += 1
+        calls: list[Record] = []
+        while i < n and records[i].type is RecordType.TOOL_CALL:
+            calls.append(records[i])
+            i += 1
+        yield head, calls
+
+
+def chat_messages(records: Sequence[Record]) -> list[dict[str, Any]]:
+    """The Chat Completions ``messages`` for ``records`` (oldest first)."""
+    messages: list[dict[str, Any]] = []
+    for record, calls in turns(records):
+        if record is None or record.type is RecordType.MODEL_RESP:
+            content = record.content if record is not None else ""
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if calls:
+                message["content"] = content or None
+                message["tool_calls"] = [
+                    {
+                        "id": call.tool_call_id,
+                        "type": "function",
+                        "function": {"name": call.tool_name, "arguments": call.content},
+                    }
+                    for call in calls
+                ]
+            messages.append(message)
+        elif record.type is RecordType.SYSTEM_PROMPT:
+            messages.append({"role": "system", "content": record.content})
+        elif record.type is RecordType.PROMPT:
+            messages.append({"role": "user", "content": record.content})
+        elif record.type is RecordType.TOOL_OUTPUT:
+            messages.append(
+                {"role": "tool", "tool_call_id": record.tool_call_id, "content": record.content}
+            )
+    return messages
+
+
+def usage_of(usage: Any) -> Usage:
+    """Normalise an SDK ``CompletionUsage``."""
+    prompt = getattr(usage, "prompt_tokens_details", None)
+    completion = getattr(usage, "completion_tokens_details", None)
+    return Usage.of(
+        getattr(usage, "prompt_tokens", None),
+        getattr(usage, "completion_tokens", None),
+        getattr(usage, "total_tokens", None),
+        getattr(prompt, "cached_tokens", None),
+        getattr(completion, "reasoning_tokens", None),
+    )
+
+
+def usage_of_dict(usage: Mapping[str, Any]) -> Usage:
+    """Normalise a raw ``usage`` object."""
+    prompt = usage.get("prompt_tokens_details") or {}
+    completion = usage.get("completion_tokens_details") or {}
+    return Usage.of(
+        usage.get("prompt_tokens"),
+        usage.get("completion_tokens"),
+        usage.get("total_tokens"),
+        prompt.get("cached_tokens"),
+        completion.get("reasoning_tokens"),
+    )
+
+
+def in_stream_error(
+    message: str, body: object, secrets: tuple[str | None, ...] = ()
+) -> ProviderError:
+    """An error payload sent inside a 200 stream (``{"error": ...}``, Groq's ``event: error``)."""
+    status: int | None = None
+    error_type: str | None = None
+    if isinstance(body, Mapping):
+        for key in ("status_code", "code", "status"):
+            value = body.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and 100 <= value < 600:
+                status = value
+                break
+        for key in ("type", "code"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                error_type = value
+                break
+    retryable = None if status is not None else error_type in _RETRYABLE_TYPES
+    return provider_error(
+        PROVIDER,
+        f"error in the stream: {message}",
+        status_code=status,
+        error_type=error_type,
+        retryable=retryable,
+        secrets=secrets,
+    )
+
+
+def _reasoning(extra: Mapping[str, Any] | None) -> str | None:
+    # OpenAI-compatible servers name it differently: DeepSeek/vLLM ``reasoning_content``,
+    # OpenRouter/Groq ``reasoning``; some send both with the same text.
+    if not extra:
+        return None
+    text = extra.get("reasoning_content")
+    if not (isinstance(text, str) and text):
+        text = extra.get("reasoning")
+    return text if isinstance(text, str) and text else None
+
+
+class ChatStream:
+    """Per-stream state: response id, finish reason, usage and which calls were announced."""
+
+    __slots__ = ("_ids", "_names", "finish_reason", "response_id", "usage")
+
+    def __init__(self) -> None:
+        self.response_id: str | None = None
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        self._ids: set[int] = set()
+        self._names: set[int] = set()
+
+    def _call(self, out: list[Chunk], index: int, call_id: Any, name: Any, arguments: Any) -> None:
+        # id/name go on the first fragment only, even from servers that repeat them.
+        if call_id and index not in self._ids:
+            self._ids.add(index)
+        else:
+            call_id = None
+        if name and index not in self._names:
+            self._names.add(index)
+        else:
+            name = None
+        if call_id or name or arguments:
+            out.append(Chunk(_TOOL_CALL, arguments or "", index, call_id, name))
+
+    def sdk(self, chunk: Any) -> list[Chunk]:
+        """Chunks for one SDK ``ChatCompletionChunk``."""
+        out: list[Chunk] = []
+        if chunk.id and self.response_id is None:
+            self.response_id = chunk.id
+        for choice in chunk.choices or ():
+            if choice.index:
+                continue
+            delta = choice.delta
+            if delta is not None:
+                thinking = _reasoning(delta.model_extra)
+                if thinking:
+                    out.append(Chunk(_THINKING, thinking))
+                if delta.content:
+                    out.append(Chunk(_TEXT, delta.content))
+                for position, call in enumerate(delta.tool_calls or ()):
+                    index = getattr(call, "index", None)
+                    function = call.function
+                    self._call(
+                        out,
+                        position if index is None else index,
+                        call.id,
+                        function.name if function is not None else None,
+                        function.arguments if function is not None else None,
+                    )
+            if choice.finish_reason is not None:
+                self.finish_reason = choice.finish_reason
+        if chunk.usage is not None:
+            self.usage = usage_of(chunk.usage)
+            out.append(Chunk(ChunkKind.USAGE, usage=self.usage))
+        return out
+
+    def fast(self, data: Mapping[str, Any]) -> list[Chunk]:
+        """Chunks for one raw chunk dict (the ``wire="fast"`` twin of :meth:`sdk`)."""
+        out: list[Chunk] = []
+        if self.response_id is None and data.get("id"):
+            self.response_id = data["id"]
+        for choice in data.get("choices") or ():
+            if choice.get("index"):
+                continue
+            delta = choice.get("delta")
+            if delta:
+                if "reasoning_content" in delta or "reasoning" in delta:
+                    thinking = _reasoning(delta)
+                    if thinking:
+                        out.append(Chunk(_THINKING, thinking))
+                content = delta.get("content")
+                if content:
+                    out.append(Chunk(_TEXT, content))
+                calls = delta.get("tool_calls")
+                if calls:
+                    for position, call in enumerate(calls):
+                        index = call.get("index")
+                        function = call.get("function")
+                        self._call(
+                            out,
+                            position if index is None else index,
+                            call.get("id"),
+                            function.get("name") if function is not None else None,
+                            function.get("arguments") if function is not None else None,
+                        )
+            finish_reason = choice.get("finish_reason")
+            if finish_reason is not None:
+                self.finish_reason = finish_reason
+        usage = data.get("usage")
+        if usage is not None:
+            self.usage = usage_of_dict(usage)
+            out.append(Chunk(ChunkKind.USAGE, usage=self.usage))
+        return out
+
+    def done(self) -> Chunk:
+        """The final DONE chunk."""
+        return Chunk(
+            ChunkKind.DONE,
+            finish_reason=self.finish_reason,
+            response_id=self.response_id,
+            usage=self.usage,
+        )
+
+
+def completion_chunks(completion: Any) -> list[Chunk]:
+    """The chunks a non-streaming ``ChatCompletion`` amounts to (whole parts, one each)."""
+    out: list[Chunk] = []
+    finish_reason = None
+    for choice in completion.choices or ():
+        if choice.index:
+            continue
+        message = choice.message
+        thinking = _reasoning(message.model_extra)
+        if thinking:
+            out.append(Chunk(_THINKING, thinking))
+        if message.content:
+            out.append(Chunk(_TEXT, message.content))
+        for index, call in enumerate(message.tool_calls or ()):
+            function = getattr(call, "function", None)
+            if function is not None:
+                out.append(
+                    Chunk(_TOOL_CALL, function.arguments or "", index, call.id, function.name)
+                )
+        finish_reason = choice.finish_reason
+    usage = usage_of(completion.usage) if completion.usage is not None else None
+    if usage is not None:
+        out.append(Chunk(ChunkKind.USAGE, usage=usage))
+    out.append(
+        Chunk(
+            ChunkKind.DONE,
+            finish_reason=finish_reason,
+            response_id=completion.id or None,
+            usage=usage,
+        )
+    )
+    return out

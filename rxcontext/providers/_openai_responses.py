@@ -1,0 +1,320 @@
+"""OpenAI Responses API: records → ``input`` items, stream events → :class:`Chunk`.
+
+Output items a later request must send back (reasoning items with ``encrypted_content``,
+message items with their id and ``phase``, function-call item ids) are kept, in output
+order, in the DONE chunk's metadata under :data:`OUTPUT_KEY`, and so in the MODEL_RESP
+record's metadata. :meth:`ResponsesStream.sdk` reads the SDK's event objects,
+:meth:`ResponsesStream.fast` the raw JSON dicts; both go through the same handlers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..chunks import Chunk, ChunkKind, Usage
+from ..errors import ProviderError
+from ..records import Record, RecordType
+from ._common import provider_error
+from ._openai_chat import PROVIDER, turns
+
+__all__ = ["OUTPUT_KEY", "ResponsesStream", "response_chunks", "responses_input"]
+
+OUTPUT_KEY = "openai_responses_output"
+"""Reply/record metadata key: the response's output items needed for a stateless round trip."""
+
+_RETRYABLE_CODES = frozenset({"server_error", "rate_limit_exceeded", "vector_store_timeout"})
+_THINKING_DELTAS = frozenset(
+    {"response.reasoning_summary_text.delta", "response.reasoning_text.delta"}
+)
+
+
+def kept_item(item: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The round-trip form of one output item (raw dict), or ``None`` if none is needed."""
+    kind = item.get("type")
+    if kind == "reasoning":
+        kept: dict[str, Any] = {"type": "reasoning", "id": item.get("id")}
+        kept["summary"] = [
+            {"type": "summary_text", "text": part.get("text", "")}
+            for part in item.get("summary") or ()
+        ]
+        if item.get("encrypted_content") is not None:
+            kept["encrypted_content"] = item["encrypted_content"]
+        content = [
+            {"type": "reasoning_text", "text": part.get("text", "")}
+            for part in item.get("content") or ()
+            if part.get("type") == "reasoning_text"
+        ]
+        if content:
+            kept["content"] = content
+        return kept
+    if kind == "message":
+        text = "".join(
+            part.get("text", "")
+            for part in item.get("content") or ()
+            if part.get("type") == "output_text"
+        )
+        kept = {"type": "message", "id": item.get("id"), "text": text}
+        if item.get("phase") is not None:
+            kept["phase"] = item["phase"]
+        return kept
+    if kind == "function_call":
+        return {"type": "function_call", "id": item.get("id"), "call_id": item.get("call_id")}
+    return None
+
+
+def _function_call(call: Record, item_id: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "type": "function_call",
+        "call_id": call.tool_call_id,
+        "name": call.tool_name,
+        "arguments": call.content,
+    }
+    if item_id:
+        out["id"] = item_id
+    return out
+
+
+def _assistant_items(record: Record | None, calls: list[Record]) -> list[dict[str, Any]]:
+    kept = record.metadata.get(OUTPUT_KEY) if record is not None else None
+    if record is None or not isinstance(kept, list):
+        items: list[dict[str, Any]] = []
+        if record is not None and record.content:
+            items.append({"role": "assistant", "content": record.content})
+        return items + [_function_call(call) for call in calls]
+    # The stored message texts are used only while they still add up to the record's text.
+    texts = [item.get("text", "") for item in kept if item.get("type") == "message"]
+    exact = "".join(texts) == record.content
+    by_call_id = {call.tool_call_id: call for call in calls}
+    # A call's item id pairs it with the reasoning item before it; without one, leave it out
+    # (a stateless request may not name items the server never stored).
+    paired = any(item.get("type") == "reasoning" for item in kept)
+    items = []
+    replaced = False
+    for item in kept:
+        kind = item.get("type")
+        if kind == "reasoning":
+            items.append(dict(item))
+        elif kind == "message" and exact:
+            message: dict[str, Any] = {
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [
+                    {"type": "output_text", "text": item.get("text", ""), "annotations": []}
+                ],
+            }
+            for key in ("id", "phase"):
+                if item.get(key) is not None:
+                    message[key] = item[key]
+            items.append(message)
+        elif kind == "message" and not replaced:
+            replaced = True
+            if record.content:
+                items.append({"role": "assistant", "content": record.content})
+        elif kind == "function_call":
+            call = by_call_id.pop(item.get("call_id"), None)
+            if call is not None:
+                items.append(_function_call(call, item.get("id") if paired else None))
+    if not texts and record.content:
+        items.append({"role": "assistant", "content": record.content})
+    return items + [_function_call(call) for call in calls if call.tool_call_id in by_call_id]
+
+
+def responses_input(records: Sequence[Record]) -> tuple[str | None, list[dict[str, Any]]]:
+    """``(instructions, input)`` for ``records``.
+
+    System prompts before the first other record become ``instructions``; later ones are
+    sent in place as ``system`` messages.
+    """
+    instructions: list[str] = []
+    items: list[dict[str, Any]] = []
+    for record, calls in turns(records):
+        if record is None or record.type is RecordType.MODEL_RESP:
+            items.extend(_assistant_items(record, calls))
+        elif record.type is RecordType.SYSTEM_PROMPT:
+            if items:
+                items.append({"role": "system", "content": record.content})
+            else:
+                instructions.append(record.content)
+        elif record.type is RecordType.PROMPT:
+            items.append({"role": "user", "content": record.content})
+        elif record.type is RecordType.TOOL_OUTPUT:
+            items.append(
+                {
+                    "type": "function_call_output",
+                    "call_id": record.tool_call_id,
+                    "output": record.content,
+                }
+            )
+    return ("\n\n".join(instructions) if instructions else None), items
+
+
+def usage_of_dict(usage: Mapping[str, Any]) -> Usage:
+    """Normalise a Responses ``usage`` object (raw dict)."""
+    inp = usage.get("input_tokens_details") or {}
+    out = usage.get("output_tokens_details") or {}
+    return Usage.of(
+        usage.get("input_tokens"),
+        usage.get("output_tokens"),
+        usage.get("total_tokens"),
+        inp.get("cached_tokens"),
+        out.get("reasoning_tokens"),
+    )
+
+
+def failed_error(
+    response: Mapping[str, Any], secrets: tuple[str | None, ...] = ()
+) -> ProviderError:
+    """The error for a ``response.failed`` / ``response.incomplete`` response (raw dict)."""
+    if response.get("status") == "incomplete":
+        reason = (response.get("incomplete_details") or {}).get("reason") or "unknown"
+        return provider_error(
+            PROVIDER,
+            f"response incomplete ({reason}); raise max_output_tokens or shorten the input",
+            error_type=reason,
+            retryable=False,
+            secrets=secrets,
+        )
+    error = response.get("error") or {}
+    return error_event(error.get("message") or "response failed", error.get("code"), secrets)
+
+
+def error_event(
+    message: str, code: str | None, secrets: tuple[str | None, ...] = ()
+) -> ProviderError:
+    """The error for a bare ``error`` event (or a failed response's ``error``)."""
+    return provider_error(
+        PROVIDER,
+        f"response failed: {message}",
+        error_type=code,
+        retryable=code in _RETRYABLE_CODES,
+        secrets=secrets,
+    )
+
+
+class ResponsesStream:
+    """Per-stream state: tool-call indexes by item id and the output items to keep."""
+
+    __slots__ = ("_args", "_indexes", "_kept", "finished", "secrets")
+
+    def __init__(self, secrets: tuple[str | None, ...] = ()) -> None:
+        self._indexes: dict[str, int] = {}
+        self._args: set[int] = set()
+        self._kept: dict[int, dict[str, Any]] = {}
+        self.finished = False
+        self.secrets = secrets
+
+    def sdk(self, event: Any) -> list[Chunk]:
+        """Chunks for one SDK event object."""
+        kind = event.type
+        if kind == "response.output_text.delta":
+            return [Chunk(ChunkKind.TEXT, event.delta)] if event.delta else []
+        if kind in _THINKING_DELTAS:
+            if not event.delta:
+                return []
+            return [Chunk(ChunkKind.THINKING, event.delta, event.output_index)]
+        if kind == "response.function_call_arguments.delta":
+            return self._arguments(event.item_id, getattr(event, "output_index", None), event.delta)
+        if kind in ("response.output_item.added", "response.output_item.done"):
+            return self._item(kind, event.output_index, event.item.to_dict())
+        if kind in ("response.completed", "response.failed", "response.incomplete"):
+            return self._end(kind, event.response.to_dict())
+        if kind == "error":
+            raise error_event(event.message, event.code, self.secrets)
+        return []
+
+    def fast(self, data: Mapping[str, Any]) -> list[Chunk]:
+        """Chunks for one raw event dict (the ``wire="fast"`` twin of :meth:`sdk`)."""
+        kind = data.get("type")
+        if kind == "response.output_text.delta":
+            delta = data.get("delta")
+            return [Chunk(ChunkKind.TEXT, delta)] if delta else []
+        if kind in _THINKING_DELTAS:
+            delta = data.get("delta")
+            return (
+                [Chunk(ChunkKind.THINKING, delta, data.get("output_index") or 0)] if delta else []
+            )
+        if kind == "response.function_call_arguments.delta":
+            return self._arguments(data.get("item_id"), data.get("output_index"), data.get("delta"))
+        if kind in ("response.output_item.added", "response.output_item.done"):
+            return self._item(kind, data.get("output_index") or 0, data.get("item") or {})
+        if kind in ("response.completed", "response.failed", "response.incomplete"):
+            return self._end(kind, data.get("response") or {})
+        if kind == "error":
+            raise error_event(data.get("message") or "error", data.get("code"), self.secrets)
+        return []
+
+    def _arguments(self, item_id: Any, output_index: Any, delta: Any) -> list[Chunk]:
+        index = self._indexes.get(item_id, output_index or 0)
+        if not delta:
+            return []
+        self._args.add(index)
+        return [Chunk(ChunkKind.TOOL_CALL, delta, index)]
+
+    def _item(self, kind: str, index: int, item: Mapping[str, Any]) -> list[Chunk]:
+        is_call = item.get("type") == "function_call"
+        if kind == "response.output_item.added":
+            if not is_call:
+                return []
+            if item.get("id"):
+                self._indexes[item["id"]] = index
+            arguments = item.get("arguments") or ""
+            if arguments:
+                self._args.add(index)
+            return [
+                Chunk(ChunkKind.TOOL_CALL, arguments, index, item.get("call_id"), item.get("name"))
+            ]
+        kept = kept_item(item)
+        if kept is not None:
+            self._kept[index] = kept
+        # Servers that send a call's arguments only whole, in the finished item.
+        if is_call and index not in self._args and item.get("arguments"):
+            self._args.add(index)
+            return [Chunk(ChunkKind.TOOL_CALL, item["arguments"], index)]
+        return []
+
+    def _end(self, kind: str, response: Mapping[str, Any]) -> list[Chunk]:
+        status = response.get("status")
+        if kind == "response.incomplete" or status == "incomplete":
+            raise failed_error({**response, "status": "incomplete"}, self.secrets)
+        if kind == "response.failed" or status == "failed":
+            raise failed_error({**response, "status": "failed"}, self.secrets)
+        self.finished = True
+        out: list[Chunk] = []
+        usage = usage_of_dict(response["usage"]) if response.get("usage") else None
+        if usage is not None:
+            out.append(Chunk(ChunkKind.USAGE, usage=usage))
+        metadata = {OUTPUT_KEY: [self._kept[i] for i in sorted(self._kept)]} if self._kept else {}
+        out.append(
+            Chunk(
+                ChunkKind.DONE,
+                finish_reason=response.get("status"),
+                response_id=response.get("id"),
+                usage=usage,
+                metadata=metadata,
+            )
+        )
+        return out
+
+
+def response_chunks(
+    response: Mapping[str, Any], secrets: tuple[str | None, ...] = ()
+) -> list[Chunk]:
+    """The chunks a non-streaming ``Response`` (raw dict) amounts to."""
+    stream = ResponsesStream(secrets)
+    out: list[Chunk] = []
+    for index, item in enumerate(response.get("output") or ()):
+        kind = item.get("type")
+        if kind == "reasoning":
+            for part in [*(item.get("summary") or ()), *(item.get("content") or ())]:
+                if part.get("text"):
+                    out.append(Chunk(ChunkKind.THINKING, part["text"], index))
+        elif kind == "message":
+            for part in item.get("content") or ():
+                if part.get("type") == "output_text" and part.get("text"):
+                    out.append(Chunk(ChunkKind.TEXT, part["text"]))
+        out.extend(stream._item("response.output_item.added", index, item))
+        out.extend(stream._item("response.output_item.done", index, item))
+    out.extend(stream._end("response.completed", response))
+    return out

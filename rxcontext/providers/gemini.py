@@ -1,0 +1,785 @@
+"""Google Gemini (``google-genai`` SDK): records → ``generate_content`` requests, stream → chunks.
+
+Two wire paths give the same chunks (tests/test_wire_gemini.py checks it): ``wire="sdk"``
+iterates the SDK's ``models.generate_content_stream`` (one pydantic
+``GenerateContentResponse`` per event); ``wire="fast"`` (the default, over 10× faster) lets
+the SDK build, authenticate, send and status-check the request (its private
+``_api_client`` machinery: the calls ``generate_content_stream`` makes, pinned to
+google-genai 3.x) but decodes the SSE frames itself with ``json.loads`` and dict access.
+The one framing difference: SSE comment lines, which Gemini does not send, are skipped by
+the fast path and make the SDK fail.
+
+Choices worth knowing:
+
+- Only the first candidate is read. ``thought: true`` parts are THINKING (one block,
+  index 0); other text parts are TEXT; each ``functionCall`` part is one whole TOOL_CALL
+  fragment (``index`` = its position among the response's calls, ``text`` = its ``args``
+  as JSON). A call without an ``id`` gets a stable one built from the response id and its
+  position (``call_<responseId>_<n>``; a hash of name and arguments when the response has
+  no id) and ``metadata["gemini_synthetic_id"] = True``, so the id is not sent back to the
+  API as if Gemini had chosen it.
+- ``thoughtSignature``: on a function call it goes to that call's metadata
+  (``thought_signature``), on any other part (text, thought, code execution; often an empty
+  text part) to the reply's metadata (``gemini_thought_signature``, the last one wins), as
+  standard base64. Both go back unchanged on the next request (the SDK encodes them again).
+- ``executableCode`` / ``codeExecutionResult`` parts (built-in code execution) and
+  ``groundingMetadata`` (Google Search) are server-side tool activity: they make no chunks
+  (the window must not run them; the answer's text is kept). Only their signature is kept.
+- Usage: ``promptTokenCount`` → input, ``candidatesTokenCount`` → output,
+  ``totalTokenCount`` (Gemini's own total: it counts thought and tool-use prompt tokens)
+  → total, ``cachedContentTokenCount`` → cached, ``thoughtsTokenCount`` → reasoning. Every
+  chunk carries the totals so far; a USAGE chunk is emitted when they change.
+- The finish reason is Gemini's string (``"STOP"``, ``"SAFETY"``,
+  ``"MALFORMED_FUNCTION_CALL"``...). (``finishMessage`` is not kept: the SDK drops it.) A
+  stream that ends without any finish reason was cut: a retryable ``ProviderError``
+  (``error_type="incomplete_stream"``).
+- A chunk with no candidates and ``promptFeedback.blockReason`` is a blocked prompt:
+  ``ProviderError(error_type="prompt_blocked:<REASON>")``, not retryable.
+- An ``{"error": ...}`` payload inside a 200 stream: the SDK raises ``ClientError`` /
+  ``ServerError`` by its ``code``; it is classified like an HTTP error of that status (one
+  without a ``code`` makes the SDK fail with a TypeError: ``error_type="invalid_response"``).
+- Cancellation: the SDK's async stream leaves its HTTP response open when closed early, so
+  the sdk path finds that response and closes it (see ``_open_responses``).
+- Requests: tool outputs go back as ``functionResponse.response = {"output": <text>}``
+  (the key the API documents). Automatic function calling and automatic continuation of
+  the SDK are turned off: the window runs tools and resumes interrupted replies itself,
+  and one call is one HTTP request on both wire paths.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gc
+import hashlib
+import json
+import types as pytypes
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+import httpx2
+from google import genai
+from google.genai import _api_client as genai_api
+from google.genai import _common as genai_common
+from google.genai import errors as genai_errors
+from google.genai import models as genai_models
+from google.genai import types
+
+from ..chunks import Chunk, ChunkKind, Reply, Usage
+from ..errors import ProviderError
+from ..records import Record, RecordType
+from ._common import Lazy, is_retryable_status, provider_error, transport_error
+from ._sse import SSEDecoder
+from .base import Request, reply_from_chunks
+
+__all__ = ["GeminiModel", "build_contents"]
+
+PROVIDER = "gemini"
+
+Wire = Literal["sdk", "fast"]
+
+# google.rpc status names that may succeed when the same request is sent again.
+_RETRYABLE_STATUS = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"})
+
+_SIGNATURE = "thought_signature"
+_REPLY_SIGNATURE = "gemini_thought_signature"
+_SYNTHETIC = "gemini_synthetic_id"
+
+_TEXT = ChunkKind.TEXT
+_THINKING = ChunkKind.THINKING
+_TOOL_CALL = ChunkKind.TOOL_CALL
+_USAGE = ChunkKind.USAGE
+
+
+class GeminiModel:
+    """Gemini through the official ``google-genai`` SDK (sync and async).
+
+    ::
+
+        GeminiModel("gemini-2.5-flash", client=genai.Client(...), temperature=0.2)
+
+    ``params`` are ``GenerateContentConfig`` fields that go into every request
+    (``temperature``, ``max_output_tokens`` — ``max_tokens`` is accepted as an alias —,
+    ``thinking_config``, extra server ``tools``...); ``Request.max_output_tokens`` and
+    ``Request.options`` override them. ``client`` serves both paths (its ``.aio`` for
+    asyncio); ``async_client`` (a ``genai.Client`` or its ``.aio``) only the async one.
+    Without them a client is built from ``GEMINI_API_KEY`` / ``GOOGLE_API_KEY`` on first
+    use of that path. ``wire="sdk"`` parses the stream with the SDK's own models instead of
+    the default fast decoder (same chunks; see the module docstring).
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        client: genai.Client | None = None,
+        async_client: genai.Client | genai.client.AsyncClient | None = None,
+        wire: Wire = "fast",
+        **params: Any,
+    ) -> None:
+        if wire not in ("sdk", "fast"):
+            raise ValueError(f"wire must be 'sdk' or 'fast', not {wire!r}")
+        self.model_name = model_name
+        self.wire: Wire = wire
+        self.params = dict(params)
+        self._client: Lazy[genai.Client] = Lazy(_env_client, client)
+        aio: genai.client.AsyncClient | None = None
+        if isinstance(async_client, genai.Client):
+            aio = async_client.aio
+        elif async_client is not None:
+            aio = async_client
+        elif client is not None:
+            aio = client.aio
+        self._async_client: Lazy[genai.client.AsyncClient] = Lazy(lambda: _env_client().aio, aio)
+
+    @property
+    def name(self) -> str:
+        """``"gemini:<model>"``."""
+        return f"{PROVIDER}:{self.model_name}"
+
+    def request_config(self, request: Request) -> types.GenerateContentConfig:
+        """The ``GenerateContentConfig`` for ``request``."""
+        config: dict[str, Any] = dict(self.params)
+        if "max_tokens" in config:
+            config["max_output_tokens"] = config.pop("max_tokens")
+        if request.max_output_tokens is not None:
+            config["max_output_tokens"] = request.max_output_tokens
+        system = [r.content for r in request.records if r.type is RecordType.SYSTEM_PROMPT]
+        if any(system):
+            config["system_instruction"] = "\n\n".join(s for s in system if s)
+        if request.tools:
+            declarations = [t.to_gemini() for t in request.tools]
+            config["tools"] = [*config.get("tools", ()), {"function_declarations": declarations}]
+        config.update(request.options)
+        config.setdefault("automatic_function_calling", {"disable": True})
+        config.setdefault("automatic_continuation", False)
+        return types.GenerateContentConfig(**config)
+
+    # -- streaming ---------------------------------------------------------------------
+
+    def iter_chunks(self, request: Request) -> Iterator[Chunk]:
+        """Stream ``request`` with the sync client; closing the generator closes the stream."""
+        client = self._client.get()
+        contents = build_contents(request.records)
+        config = self.request_config(request)
+        if self.wire == "fast":
+            chunks = _fast_chunks(client, self.model_name, contents, config)
+        else:
+            chunks = _sdk_chunks(client, self.model_name, contents, config)
+        return _guard(chunks, _secrets(client))
+
+    def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
+        """The asyncio twin of :meth:`iter_chunks` (``aclose()`` closes the stream)."""
+        client = self._async_client.get()
+        contents = build_contents(request.records)
+        config = self.request_config(request)
+        if self.wire == "fast":
+            chunks = _afast_chunks(client, self.model_name, contents, config)
+        else:
+            chunks = _asdk_chunks(client, self.model_name, contents, config)
+        return _aguard(chunks, _secrets(client))
+
+    # -- non-streaming -----------------------------------------------------------------
+
+    def complete(self, request: Request) -> Reply:
+        """One non-streaming ``generate_content`` call, reduced like a stream."""
+        client = self._client.get()
+        contents = build_contents(request.records)
+        config = self.request_config(request)
+        try:
+            response = client.models.generate_content(
+                model=self.model_name, contents=contents, config=config
+            )
+        except Exception as exc:
+            raise _classified(exc, _secrets(client)) from exc
+        return reply_from_chunks(_response_chunks(response))
+
+    async def acomplete(self, request: Request) -> Reply:
+        """The asyncio twin of :meth:`complete`."""
+        client = self._async_client.get()
+        contents = build_contents(request.records)
+        config = self.request_config(request)
+        try:
+            response = await client.models.generate_content(
+                model=self.model_name, contents=contents, config=config
+            )
+        except Exception as exc:
+            raise _classified(exc, _secrets(client)) from exc
+        return reply_from_chunks(_response_chunks(response))
+
+
+def _env_client() -> genai.Client:
+    try:
+        return genai.Client()
+    except ValueError as exc:
+        raise ProviderError(
+            f"{PROVIDER}: no API key: set GEMINI_API_KEY (or GOOGLE_API_KEY), or pass "
+            "client=genai.Client(api_key=...) to GeminiModel",
+            provider=PROVIDER,
+            error_type="configuration",
+        ) from exc
+
+
+# -- records → request ------------------------------------------------------------------
+
+
+def build_contents(records: Iterable[Record]) -> list[types.Content]:
+    """The ``contents`` for ``records`` (system prompts go to the config, not here).
+
+    A MODEL_RESP and the TOOL_CALLs after it make one ``model`` content: its text part
+    (carrying the reply's thought signature, if any), then one ``function_call`` part per
+    call with the call's thought signature. Consecutive TOOL_OUTPUTs make one ``user``
+    content of ``function_response`` parts. Other providers' metadata is ignored.
+    """
+    contents: list[types.Content] = []
+    # The model turn being built: a MODEL_RESP is followed by its TOOL_CALLs.
+    model_parts: list[types.Part] | None = None
+    outputs: list[types.Part] | None = None
+    # Ids we generated are not sent: Gemini did not choose them (see _Turn.call).
+    synthetic_ids: set[str | None] = set()
+
+    def flush() -> None:
+        nonlocal model_parts, outputs
+        if model_parts:
+            contents.append(types.Content(role="model", parts=model_parts))
+        if outputs:
+            contents.append(types.Content(role="user", parts=outputs))
+        model_parts = outputs = None
+
+    for record in records:
+        kind = record.type
+        if kind is RecordType.MODEL_RESP:
+            flush()
+            model_parts = []
+            signature = _signature_bytes(record.metadata.get(_REPLY_SIGNATURE))
+            if record.content or signature is not None:
+                model_parts.append(types.Part(text=record.content, thought_signature=signature))
+        elif kind is RecordType.TOOL_CALL:
+            if model_parts is None:
+                flush()
+                model_parts = []
+            synthetic = bool(record.metadata.get(_SYNTHETIC))
+            if synthetic:
+                synthetic_ids.add(record.tool_call_id)
+            call = types.FunctionCall(
+                id=None if synthetic else record.tool_call_id,
+                name=record.tool_name,
+                args=_arguments(record.content),
+            )
+            signature = _signature_bytes(record.metadata.get(_SIGNATURE))
+            model_parts.append(types.Part(function_call=call, thought_signature=signature))
+        elif kind is RecordType.TOOL_OUTPUT:
+            if outputs is None:
+                flush()
+                outputs = []
+            call_id = record.tool_call_id
+            response = types.FunctionResponse(
+                id=None if call_id in synthetic_ids else call_id,
+                name=record.tool_name,
+                response={"output": record.content},
+            )
+            outputs.append(types.Part(function_response=response))
+        elif kind is RecordType.PROMPT:
+            flush()
+            contents.append(types.Content(role="user", parts=[types.Part(text=record.content)]))
+    flush()
+    return contents
+
+
+def _arguments(raw: str) -> dict[str, Any]:
+    # Arguments that do not parse (a cut stream) cannot go back as written; the API needs
+    # an object, so they go back empty.
+    if not raw.strip():
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _signature_bytes(value: object) -> bytes | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+def _secrets(client: genai.Client | genai.client.AsyncClient) -> tuple[str | None, ...]:
+    api = getattr(client, "_api_client", None)
+    key = getattr(api, "api_key", None)
+    return (key if isinstance(key, str) else None,)
+
+
+def _api_error(
+    code: int | None,
+    status: str | None,
+    detail: str,
+    headers: Mapping[str, str] | None,
+    secrets: tuple[str | None, ...],
+) -> ProviderError:
+    """Classify an HTTP error status, or an ``{"error": ...}`` payload in a 200 stream."""
+    retryable = (code is not None and is_retryable_status(code)) or status in _RETRYABLE_STATUS
+    message = f"HTTP {code} {status or 'error'}: {detail}"
+    if retryable:
+        message += " (retryable: send the request again later)"
+    elif code in (401, 403):
+        message += " (check GEMINI_API_KEY / GOOGLE_API_KEY or the client's api_key)"
+    return provider_error(
+        PROVIDER,
+        message,
+        status_code=code,
+        error_type=status or None,
+        retryable=retryable,
+        headers=headers,
+        secrets=secrets,
+    )
+
+
+def _invalid(detail: str, secrets: tuple[str | None, ...]) -> ProviderError:
+    return provider_error(
+        PROVIDER,
+        f"the response could not be read: {detail}",
+        error_type="invalid_response",
+        retryable=False,
+        secrets=secrets,
+    )
+
+
+def _classify(exc: BaseException, secrets: tuple[str | None, ...]) -> BaseException:
+    """The :class:`ProviderError` for ``exc``, or ``exc`` itself if it is not a provider failure."""
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, genai_errors.APIError):
+        headers = getattr(exc.response, "headers", None)
+        detail = str(exc.message or exc.details)
+        code = exc.code if isinstance(exc.code, int) else None
+        status = exc.status if isinstance(exc.status, str) else None
+        return _api_error(code, status, detail, headers, secrets)
+    err = transport_error(exc, PROVIDER)
+    if err is not None:
+        return err
+    if isinstance(exc, ValueError | TypeError | AttributeError | KeyError):
+        # The SDK fails this way on a frame that is not JSON (UnknownApiResponseError, a
+        # ValueError) or on an error payload without a status code (TypeError, ...).
+        return _invalid(f"{type(exc).__name__}: {exc}", secrets)
+    return exc
+
+
+def _classified(exc: Exception, secrets: tuple[str | None, ...]) -> BaseException:
+    """``exc`` as a :class:`ProviderError` (to raise ``from exc``); ``exc`` re-raised if not one."""
+    err = _classify(exc, secrets)
+    if err is exc:
+        raise exc
+    return err
+
+
+def _blocked(reason: str, message: str | None) -> ProviderError:
+    detail = f": {message}" if message else ""
+    return provider_error(
+        PROVIDER,
+        f"the prompt was blocked ({reason}){detail}; sent again it will be blocked again, "
+        "change the prompt",
+        error_type=f"prompt_blocked:{reason}",
+        retryable=False,
+    )
+
+
+def _incomplete() -> ProviderError:
+    return provider_error(
+        PROVIDER,
+        "the stream ended before the reply was complete (no finishReason); send the request again",
+        error_type="incomplete_stream",
+        retryable=True,
+    )
+
+
+def _guard(chunks: Iterator[Chunk], secrets: tuple[str | None, ...]) -> Iterator[Chunk]:
+    try:
+        yield from chunks
+    except Exception as exc:
+        raise _classified(exc, secrets) from exc
+
+
+async def _aguard(
+    chunks: AsyncGenerator[Chunk, None], secrets: tuple[str | None, ...]
+) -> AsyncIterator[Chunk]:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except Exception as exc:
+        raise _classified(exc, secrets) from exc
+    finally:
+        await chunks.aclose()
+
+
+# -- stream state shared by both wire paths ----------------------------------------------
+
+
+class _Turn:
+    """What one streamed response has said so far besides its deltas."""
+
+    __slots__ = ("_counts", "calls", "finish_reason", "response_id", "signature", "usage")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.response_id: str | None = None
+        self.finish_reason: str | None = None
+        self.signature: str | None = None
+        self.usage: Usage | None = None
+        self._counts: tuple[int | None, ...] = ()
+
+    def call(self, name: str, args: object, call_id: str | None, signature: str | None) -> Chunk:
+        """A whole function call as one TOOL_CALL fragment."""
+        index = self.calls
+        self.calls += 1
+        raw = json.dumps(args if args is not None else {})
+        metadata: dict[str, Any] = {}
+        if signature:
+            metadata[_SIGNATURE] = signature
+        if not call_id:
+            call_id = self._call_id(index, name, raw)
+            metadata[_SYNTHETIC] = True
+        return Chunk(_TOOL_CALL, raw, index, call_id, name, metadata=metadata)
+
+    def _call_id(self, index: int, name: str, raw: str) -> str:
+        # Deterministic: the same response read again (or by the other wire path, or
+        # without streaming) gives the same ids.
+        if self.response_id:
+            return f"call_{self.response_id}_{index}"
+        digest = hashlib.sha256(f"{name}\0{raw}".encode()).hexdigest()[:16]
+        return f"call_{digest}_{index}"
+
+    def count(
+        self,
+        prompt: int | None,
+        candidates: int | None,
+        total: int | None,
+        cached: int | None,
+        thoughts: int | None,
+    ) -> Chunk | None:
+        """Take a chunk's usage (totals so far); a USAGE chunk if they changed."""
+        counts = (prompt, candidates, total, cached, thoughts)
+        if counts == self._counts:
+            return None
+        self._counts = counts
+        usage = Usage.of(*counts)
+        if usage == self.usage:
+            return None
+        self.usage = usage
+        return Chunk(_USAGE, usage=usage)
+
+    def done(self) -> Chunk:
+        """The final DONE chunk; raises if the response never finished."""
+        if self.finish_reason is None:
+            raise _incomplete()
+        metadata: dict[str, Any] = {}
+        if self.signature:
+            metadata[_REPLY_SIGNATURE] = self.signature
+        return Chunk(
+            ChunkKind.DONE,
+            finish_reason=self.finish_reason,
+            response_id=self.response_id,
+            usage=self.usage,
+            metadata=metadata,
+        )
+
+
+# -- wire="sdk": the SDK's response models -----------------------------------------------
+
+
+def _enum_str(value: object) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _sdk_signature(value: bytes | None) -> str | None:
+    return base64.b64encode(value).decode("ascii") if value else None
+
+
+def _sdk_response(turn: _Turn, response: types.GenerateContentResponse) -> list[Chunk]:
+    """The chunks of one ``GenerateContentResponse`` (a stream event or a whole response)."""
+    out: list[Chunk] = []
+    if response.response_id:
+        turn.response_id = response.response_id
+    candidates = response.candidates
+    if candidates:
+        candidate = candidates[0]
+        content = candidate.content
+        for part in (content.parts if content else None) or ():
+            signature = _sdk_signature(part.thought_signature)
+            call = part.function_call
+            if call is not None:
+                out.append(turn.call(call.name or "", call.args, call.id, signature))
+                continue
+            if signature:
+                turn.signature = signature
+            if part.text:
+                out.append(Chunk(_THINKING if part.thought else _TEXT, part.text))
+        if candidate.finish_reason is not None:
+            turn.finish_reason = _enum_str(candidate.finish_reason)
+    else:
+        feedback = response.prompt_feedback
+        if feedback is not None and feedback.block_reason is not None:
+            raise _blocked(_enum_str(feedback.block_reason), feedback.block_reason_message)
+    meta = response.usage_metadata
+    if meta is not None:
+        usage = turn.count(
+            meta.prompt_token_count,
+            meta.candidates_token_count,
+            meta.total_token_count,
+            meta.cached_content_token_count,
+            meta.thoughts_token_count,
+        )
+        if usage is not None:
+            out.append(usage)
+    return out
+
+
+def _response_chunks(response: types.GenerateContentResponse) -> list[Chunk]:
+    turn = _Turn()
+    chunks = _sdk_response(turn, response)
+    chunks.append(turn.done())
+    return chunks
+
+
+def _sdk_chunks(
+    client: genai.Client,
+    model: str,
+    contents: list[types.Content],
+    config: types.GenerateContentConfig,
+) -> Iterator[Chunk]:
+    stream = client.models.generate_content_stream(model=model, contents=contents, config=config)
+    try:
+        turn = _Turn()
+        for response in stream:
+            yield from _sdk_response(turn, response)
+        yield turn.done()
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+
+async def _asdk_chunks(
+    client: genai.client.AsyncClient,
+    model: str,
+    contents: list[types.Content],
+    config: types.GenerateContentConfig,
+) -> AsyncGenerator[Chunk, None]:
+    stream = await client.models.generate_content_stream(
+        model=model, contents=contents, config=config
+    )
+    finished = False
+    try:
+        turn = _Turn()
+        async for response in stream:
+            for chunk in _sdk_response(turn, response):
+                yield chunk
+        finished = True
+        yield turn.done()
+    finally:
+        # The SDK's async stream does not close its HTTP response when it is closed early
+        # (its nested async generators are left suspended), so find and close it here.
+        responses = () if finished else _open_responses(stream)
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        for http_response in responses:
+            await http_response.aclose()
+
+
+def _open_responses(stream: object) -> list[httpx2.Response]:
+    """The httpx2 responses held by a suspended async generator and the ones it iterates."""
+    found: list[httpx2.Response] = []
+    seen: set[int] = set()
+    todo: list[object] = [stream]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, httpx2.Response):
+            if not obj.is_closed:
+                found.append(obj)
+        elif isinstance(obj, pytypes.AsyncGeneratorType | pytypes.FrameType | pytypes.CellType):
+            todo.extend(gc.get_referents(obj))
+        elif isinstance(obj, genai_api.HttpResponse):
+            todo.append(obj.response_stream)
+    return found
+
+
+# -- wire="fast": SSE frames → json.loads → chunks ---------------------------------------
+
+
+def _wire_signature(value: object) -> str | None:
+    if not value:
+        return None
+    # Decoded as the SDK decodes it, so both paths keep the same (standard base64) text.
+    part = types.Part.model_validate({"thought_signature": value})
+    return _sdk_signature(part.thought_signature)
+
+
+def _wire_event(turn: _Turn, data: str, response: Any) -> list[Chunk]:
+    """The chunks of one ``data:`` frame, as :func:`_sdk_response` gives for the SDK's model.
+
+    A frame that is not JSON, or an error payload, raises what the SDK raises for it (so
+    both paths classify the same exception).
+    """
+    try:
+        event = json.loads(data)
+    except ValueError as exc:
+        raise genai_errors.UnknownApiResponseError(
+            f"Failed to parse response as JSON. Raw response: {data}"
+        ) from exc
+    if not isinstance(event, dict):
+        if isinstance(event, int | float):  # the SDK fails on these; skips lists, strings
+            raise TypeError(f"a response event must be an object, got {data}")
+        return []
+    if "error" in event and next(iter(event)) == "error":
+        # As the SDK does: a payload whose first key is "error" is raised by its code.
+        genai_errors.APIError.raise_error(event.get("error", {}).get("code"), event, response)
+    out: list[Chunk] = []
+    response_id = event.get("responseId")
+    if response_id:
+        turn.response_id = response_id
+    candidates = event.get("candidates")
+    if candidates:
+        candidate = candidates[0]
+        content = candidate.get("content")
+        parts = content.get("parts") if content else None
+        for part in parts or ():
+            signature = part.get("thoughtSignature")
+            if signature:
+                signature = _wire_signature(signature)
+            call = part.get("functionCall")
+            if call is not None:
+                out.append(
+                    turn.call(call.get("name") or "", call.get("args"), call.get("id"), signature)
+                )
+                continue
+            if signature:
+                turn.signature = signature
+            text = part.get("text")
+            if text:
+                out.append(Chunk(_THINKING if part.get("thought") else _TEXT, text))
+        reason = candidate.get("finishReason")
+        if reason is not None:
+            turn.finish_reason = reason
+    else:
+        feedback = event.get("promptFeedback")
+        if feedback and feedback.get("blockReason") is not None:
+            raise _blocked(feedback["blockReason"], feedback.get("blockReasonMessage"))
+    meta = event.get("usageMetadata")
+    if meta is not None:
+        usage = turn.count(
+            meta.get("promptTokenCount"),
+            meta.get("candidatesTokenCount"),
+            meta.get("totalTokenCount"),
+            meta.get("cachedContentTokenCount"),
+            meta.get("thoughtsTokenCount"),
+        )
+        if usage is not None:
+            out.append(usage)
+    return out
+
+
+def _flush(decoder: SSEDecoder) -> list[str]:
+    """The data of the events left at the end of the stream.
+
+    Unlike the OpenAI and Anthropic SDKs, google-genai also reads a last event that has no
+    blank line after it, which :meth:`SSEDecoder.flush` leaves undispatched.
+    """
+    out = [data for _, data in decoder.flush()]
+    if decoder._data:
+        out.append("\n".join(decoder._data))
+        decoder._data = []
+    return out
+
+
+def _stream_request(
+    models: genai_models.Models | genai_models.AsyncModels,
+    model: str,
+    contents: list[types.Content],
+    config: types.GenerateContentConfig,
+) -> tuple[Any, types.HttpOptions | None]:
+    """The SDK's own HTTP request for ``streamGenerateContent`` (as its stream methods build it)."""
+    api = models._api_client
+    params = types._GenerateContentParameters(model=model, contents=contents, config=config)
+    if api.vertexai:
+        body = genai_models._GenerateContentParameters_to_vertex(api, params, None, params)
+    else:
+        body = genai_models._GenerateContentParameters_to_mldev(api, params, None, params)
+    url = body.get("_url")
+    path = "{model}:streamGenerateContent?alt=sse"
+    path = path.format_map(url) if url else path
+    query = body.get("_query")
+    if query:
+        path = f"{path}?{urlencode(query)}"
+    body.pop("config", None)
+    http_options = params.config.http_options if params.config is not None else None
+    body = genai_common.encode_unserializable_types(genai_common.convert_to_dict(body))
+    return api._build_request("post", path, body, http_options), http_options
+
+
+def _fast_chunks(
+    client: genai.Client,
+    model: str,
+    contents: list[types.Content],
+    config: types.GenerateContentConfig,
+) -> Iterator[Chunk]:
+    api = client.models._api_client
+    http_request, http_options = _stream_request(client.models, model, contents, config)
+    response: Any = api._request(http_request, http_options, stream=True).response_stream
+    try:
+        turn = _Turn()
+        decoder = SSEDecoder()
+        if isinstance(response, httpx2.Response):
+            pieces = response.iter_bytes()
+        else:  # requests, which the SDK uses with google-auth credentials
+            pieces = response.iter_content(chunk_size=None)
+        for piece in pieces:
+            for _, data in decoder.feed(piece):
+                yield from _wire_event(turn, data, response)
+        for data in _flush(decoder):
+            yield from _wire_event(turn, data, response)
+        yield turn.done()
+    finally:
+        response.close()
+
+
+async def _afast_chunks(
+    client: genai.client.AsyncClient,
+    model: str,
+    contents: list[types.Content],
+    config: types.GenerateContentConfig,
+) -> AsyncGenerator[Chunk, None]:
+    api = client.models._api_client
+    http_request, http_options = _stream_request(client.models, model, contents, config)
+    sent = await api._async_request(http_request, http_options, stream=True)
+    response: Any = sent.response_stream
+    try:
+        turn = _Turn()
+        decoder = SSEDecoder()
+        if isinstance(response, httpx2.Response):
+            pieces = response.aiter_bytes()
+        else:  # aiohttp, which the SDK prefers when it is installed and no client is given
+            pieces = response.content.iter_any()
+        async for piece in pieces:
+            for _, data in decoder.feed(piece):
+                for chunk in _wire_event(turn, data, response):
+                    yield chunk
+        for data in _flush(decoder):
+            for chunk in _wire_event(turn, data, response):
+                yield chunk
+        yield turn.done()
+    finally:
+        if isinstance(response, httpx2.Response):
+            await response.aclose()
+        else:
+            response.release()

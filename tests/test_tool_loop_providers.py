@@ -1,0 +1,147 @@
+"""The tool loop through each real SDK on recorded two-round streams.
+
+Round 1 (recorded) asks for a tool; the window runs our runner, stores the call and its
+output, and sends round 2, whose body — what the SDK actually put on the wire — must carry
+the call and output with their ids, arguments and order, as the recorded round-2 request did.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+from google import genai
+from google.genai import types
+from replay import Replay, real_fixture
+
+import rxcontext
+from rxcontext import ChunkKind, ContextWindow, RecordType, Tool
+from rxcontext.providers import AnthropicModel, GeminiModel, OpenAIModel, OpenAIResponsesModel
+
+KEY = "sk-test-toolloop-0123456789"
+
+
+def rounds(folder: str, name: str) -> tuple[Replay, dict[str, Any]]:
+    replay = Replay(
+        real_fixture(f"{folder}/{name}.1.sse"),
+        real_fixture(f"{folder}/{name}.2.sse"),
+    )
+    recorded = json.loads(real_fixture(f"{folder}/{name}.2.request.json").read_text())
+    return replay, recorded
+
+
+def model_for(kind: str, replay: Replay, wire: str) -> Any:
+    if kind in ("chat", "responses"):
+        client = openai.OpenAI(api_key=KEY, max_retries=0, http_client=replay.client())
+        aclient = openai.AsyncOpenAI(api_key=KEY, max_retries=0, http_client=replay.async_client())
+        cls = OpenAIModel if kind == "chat" else OpenAIResponsesModel
+        return cls("gpt-test", client=client, async_client=aclient, wire=wire)
+    if kind == "anthropic":
+        client = anthropic.Anthropic(api_key=KEY, max_retries=0, http_client=replay.client())
+        aclient = anthropic.AsyncAnthropic(
+            api_key=KEY, max_retries=0, http_client=replay.async_client()
+        )
+        return AnthropicModel("claude-test", client=client, async_client=aclient, wire=wire)
+    options = types.HttpOptions(
+        httpx_client=replay.client(), httpx_async_client=replay.async_client()
+    )
+    client = genai.Client(api_key=KEY, http_options=options)
+    return GeminiModel("gemini-test", client=client, wire=wire)
+
+
+async def run_loop(
+    kind: str, replay: Replay, tool: Tool, output: str, prompt: str, mode: str, wire: str
+) -> ContextWindow:
+    cw = ContextWindow(rxcontext.open(":memory:"), model_for(kind, replay, wire), "loop")
+    calls: list[dict[str, Any]] = []
+
+    def runner(args: dict[str, Any]) -> str:
+        calls.append(args)
+        return output
+
+    cw.add_tool(tool, runner)
+    cw.add_prompt(prompt)
+    if mode == "sync":
+        chunks = []
+        cw.stream().subscribe(chunks.append)
+    else:
+        chunks = [c async for c in cw.astream()]
+    assert len(replay.requests) == 2
+    assert len(calls) == 1
+    results = [c for c in chunks if c.kind is ChunkKind.TOOL_RESULT]
+    assert [r.text for r in results] == [output]
+    types_ = [r.type for r in cw.live_records()]
+    assert types_[-1] is RecordType.MODEL_RESP and cw.live_records()[-1].content
+    assert RecordType.TOOL_CALL in types_ and RecordType.TOOL_OUTPUT in types_
+    return cw
+
+
+MODES = [("sync", "sdk"), ("async", "sdk"), ("sync", "fast"), ("async", "fast")]
+
+
+@pytest.mark.parametrize(("mode", "wire"), MODES)
+async def test_openai_chat_tool_loop(mode, wire):
+    replay, recorded = rounds("openai_chat", "tool_call_roundtrip_gpt4o_mini")
+    tool = Tool("multiply", "Multiply two numbers.").number("a").number("b")
+    await run_loop("chat", replay, tool, "2869461", "What is 1231 * 2331?", mode, wire)
+    sent = replay.bodies[1]["messages"]
+    want = recorded["messages"]
+    assert sent[0] == want[0]
+    (call,) = next(m for m in sent if m.get("tool_calls"))["tool_calls"]
+    (want_call,) = want[2]["tool_calls"]
+    assert call["id"] == want_call["id"]
+    assert call["function"]["name"] == "multiply"
+    assert json.loads(call["function"]["arguments"]) == json.loads(
+        want_call["function"]["arguments"]
+    )
+    assert sent[-1] == want[-1]  # role tool, same tool_call_id, same output
+    assert replay.bodies[1]["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.parametrize(("mode", "wire"), MODES)
+async def test_openai_responses_tool_loop(mode, wire):
+    replay, recorded = rounds("openai_responses", "function_call_roundtrip_gpt55")
+    tool = Tool("multiply", "Multiply two numbers.").number("a").number("b")
+    prompt = "What is 1231 * 2331? Use the multiply tool."
+    await run_loop("responses", replay, tool, "2869461", prompt, mode, wire)
+    sent = [
+        i
+        for i in replay.bodies[1]["input"]
+        if i.get("type") in ("function_call", "function_call_output")
+    ]
+    want = recorded["input"][1:]
+    assert [(i["type"], i["call_id"]) for i in sent] == [(i["type"], i["call_id"]) for i in want]
+    assert json.loads(sent[0]["arguments"]) == json.loads(want[0]["arguments"])
+    assert sent[1]["output"] == want[1]["output"]
+
+
+@pytest.mark.parametrize(("mode", "wire"), MODES)
+async def test_anthropic_tool_loop_sends_thinking_back_with_its_signature(mode, wire):
+    replay, recorded = rounds("anthropic", "thinking_tool_use_roundtrip_haiku45")
+    tool = Tool("fixed_version", "Return a fixed test version string")
+    prompt = recorded["messages"][0]["content"][0]["text"]
+    await run_loop("anthropic", replay, tool, "0.32a0", prompt, mode, wire)
+    sent = replay.bodies[1]["messages"]
+    assert sent[1:] == recorded["messages"][1:]  # thinking+signature, tool_use, tool_result
+
+
+@pytest.mark.parametrize(("mode", "wire"), MODES)
+async def test_gemini_tool_loop_sends_the_thought_signature_back(mode, wire):
+    replay, recorded = rounds("gemini", "function_call_thought_signature_roundtrip_gemini3pro")
+    tool = Tool("get_country", "")
+    prompt = recorded["contents"][0]["parts"][0]["text"]
+    await run_loop("gemini", replay, tool, "Mexico", prompt, mode, wire)
+    sent = replay.bodies[1]["contents"]
+    want = recorded["contents"]
+    call = sent[1]["parts"][0]
+    assert sent[1]["role"] == "model"
+    assert call["thoughtSignature"] == want[1]["parts"][0]["thoughtSignature"]
+    assert call["functionCall"]["name"] == "get_country"
+    response = sent[2]["parts"][0]["functionResponse"]
+    assert response["name"] == "get_country"
+    # Gemini gave the call no id; ours is generated, and the response must carry the same one.
+    assert response.get("id") == call["functionCall"].get("id")
+    assert "Mexico" in json.dumps(response["response"])

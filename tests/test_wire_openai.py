@@ -1,0 +1,519 @@
+"""Differential tests: ``wire="fast"`` gives exactly what ``wire="sdk"`` gives.
+
+The same bytes, split into network chunks at random places, go through both wires on the
+sync and the async path; chunks (and errors: type, flags, message, cause type) must match.
+Streams are the recorded ones plus generated ones (hypothesis): random text, reasoning and
+tool-call fragments in random interleavings, quirks of OpenAI-compatible servers, error
+payloads, failed responses and transport cuts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from replay import real_files
+
+from rxcontext.chunks import Chunk
+from rxcontext.errors import ProviderError
+from rxcontext.providers.base import Request
+from rxcontext.providers.openai import OpenAIModel, OpenAIResponsesModel
+
+KEY = "sk-test-RXCONTEXT0123456789secret"
+
+
+@dataclass
+class Served:
+    body: bytes = b""
+    cuts: list[int] = field(default_factory=list)
+    """Offsets where the body is split into network chunks."""
+    error_after: int | None = None
+    """Raise ``error`` after this many network chunks."""
+    error: Exception | None = None
+    status: int = 200
+    closed: int = 0
+
+
+class Pieces(httpx2.SyncByteStream, httpx2.AsyncByteStream):
+    def __init__(self, served: Served) -> None:
+        self.served = served
+        self._closed = False
+
+    def _parts(self) -> Iterator[bytes]:
+        s = self.served
+        bounds = [0, *sorted(set(s.cuts)), len(s.body)]
+        parts = [s.body[a:b] for a, b in pairwise(bounds) if b > a]
+        for n, part in enumerate(parts):
+            if s.error_after is not None and n >= s.error_after:
+                break
+            yield part
+        if s.error is not None:
+            raise s.error
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._parts()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for part in self._parts():
+            yield part
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.served.closed += 1
+
+    async def aclose(self) -> None:
+        self.close()
+
+
+class Server:
+    """One transport for all examples; ``served`` is what the next request gets."""
+
+    def __init__(self) -> None:
+        self.served = Served()
+        self.transport = httpx2.MockTransport(self._handle)
+
+    def _handle(self, request: httpx2.Request) -> httpx2.Response:
+        request.read()
+        return httpx2.Response(
+            self.served.status,
+            headers={"content-type": "text/event-stream"},
+            stream=Pieces(self.served),
+        )
+
+
+SERVER = Server()
+
+
+def _models(cls: Any) -> dict[str, Any]:
+    client = openai.OpenAI(
+        api_key=KEY, max_retries=0, http_client=httpx2.Client(transport=SERVER.transport)
+    )
+    async_client = openai.AsyncOpenAI(
+        api_key=KEY, max_retries=0, http_client=httpx2.AsyncClient(transport=SERVER.transport)
+    )
+    return {w: cls("m", client=client, async_client=async_client, wire=w) for w in ("sdk", "fast")}
+
+
+CHAT = _models(OpenAIModel)
+RESPONSES = _models(OpenAIResponsesModel)
+REQUEST = Request([])
+
+Outcome = tuple[list[Chunk], tuple[Any, ...] | None]
+
+
+def run(m: Any, mode: str, served: Served) -> Outcome:
+    SERVER.served = served
+    got: list[Chunk] = []
+
+    async def consume() -> None:
+        async for c in m.aiter_chunks(REQUEST):
+            got.append(c)
+
+    error = None
+    try:
+        if mode == "sync":
+            for c in m.iter_chunks(REQUEST):
+                got.append(c)
+        else:
+            asyncio.run(consume())
+    except ProviderError as exc:
+        error = (
+            exc.retryable,
+            exc.status_code,
+            exc.error_type,
+            exc.retry_after,
+            str(exc),
+            type(exc.__cause__),
+        )
+    assert served.closed == 1
+    return got, error
+
+
+def same_everywhere(models: dict[str, Any], make: Any) -> Outcome:
+    """Run sdk/fast × sync/async on fresh copies of a served body; all must agree."""
+    outcomes = {
+        (w, mode): run(models[w], mode, make()) for w in models for mode in ("sync", "async")
+    }
+    first = outcomes["sdk", "sync"]
+    for key, outcome in outcomes.items():
+        assert outcome == first, key
+    return first
+
+
+def served_factory(body: bytes, cuts: list[int], error_after: int | None = None, error: Any = None):
+    return lambda: Served(body, list(cuts), error_after, error)
+
+
+# --- recorded streams, split at random places ----------------------------------------------
+
+RECORDED = [
+    *[(p, "chat") for p in real_files("openai_chat")],
+    *[(p, "responses") for p in real_files("openai_responses")],
+]
+
+
+@pytest.mark.fixtures
+@pytest.mark.skipif(not RECORDED, reason="../shared/fixtures/real is absent")
+@pytest.mark.parametrize(("path", "api"), RECORDED, ids=[p.name for p, _ in RECORDED])
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_recorded_streams_split_anywhere(path: Any, api: str, data: st.DataObject) -> None:
+    body = path.read_bytes()
+    cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=40))
+    models = CHAT if api == "chat" else RESPONSES
+    chunks, _ = same_everywhere(models, served_factory(body, cuts))
+    assert chunks
+
+
+# --- generated chat streams ----------------------------------------------------------------
+
+texts = st.text(max_size=8)
+names = st.sampled_from(["f", "get_weather", "search_the_web"])
+
+
+def frame(payloads: list[Any], crlf: bool, comments: list[bool], events: list[str | None]) -> bytes:
+    nl = "\r\n" if crlf else "\n"
+    out = []
+    for i, payload in enumerate(payloads):
+        if comments[i % len(comments)]:
+            out.append(f": OPENROUTER PROCESSING{nl}{nl}")
+        data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=crlf)
+        name = events[i] if i < len(events) else None
+        head = f"event: {name}{nl}" if name else ""
+        out.append(f"{head}data: {data}{nl}{nl}")
+    return "".join(out).encode()
+
+
+def chat_chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> dict:
+    out: dict[str, Any] = {"id": "chatcmpl-g", "object": "chat.completion.chunk", "created": 1}
+    out["model"] = "m"
+    if delta is not None:
+        out["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+    out.update(extra)
+    return out
+
+
+@st.composite
+def tool_call_fragments(draw: st.DrawFn, index: int) -> list[dict[str, Any]]:
+    args = json.dumps(draw(st.dictionaries(st.text(max_size=4), texts, max_size=3)))
+    style = draw(st.sampled_from(["standard", "repeat", "whole", "no_args_key"]))
+    call_id, name = f"call_{index}_{draw(st.integers(0, 99))}", draw(names)
+    if style == "whole":
+        return [
+            {
+                "index": index,
+                "id": call_id,
+                "type": "function",
+                "function": {"name": name, "arguments": args},
+            }
+        ]
+    cuts = sorted(draw(st.lists(st.integers(0, len(args)), max_size=5)))
+    pieces = [args[a:b] for a, b in zip([0, *cuts], [*cuts, len(args)], strict=False)]
+    first: dict[str, Any] = {
+        "index": index,
+        "id": call_id,
+        "type": "function",
+        "function": {"name": name},
+    }
+    if style != "no_args_key":
+        first["function"]["arguments"] = ""
+    out = [first]
+    for piece in pieces:
+        frag: dict[str, Any] = {"index": index, "function": {"arguments": piece}}
+        if style == "repeat":
+            frag.update(id=call_id, type="function")
+            frag["function"]["name"] = name
+        out.append(frag)
+    return out
+
+
+def usage(p: int, c: int, r: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": p,
+        "completion_tokens": c,
+        "total_tokens": p + c,
+        "prompt_tokens_details": {"cached_tokens": r},
+        "completion_tokens_details": {"reasoning_tokens": r},
+    }
+
+
+@st.composite
+def chat_streams(draw: st.DrawFn) -> tuple[bytes, list[int], int | None, Exception | None]:
+    queues: list[list[dict[str, Any]]] = []
+    queues.append([{"content": t} for t in draw(st.lists(texts, max_size=6))])
+    field_name = draw(st.sampled_from(["reasoning_content", "reasoning"]))
+    queues.append([{field_name: t} for t in draw(st.lists(texts, max_size=4))])
+    queues.append(
+        draw(st.lists(st.sampled_from([{"role": "assistant"}, {}, {"content": None}]), max_size=3))
+    )
+    for i in range(draw(st.integers(0, 3))):
+        queues.append([{"tool_calls": [f]} for f in draw(tool_call_fragments(i))])
+    deltas: list[dict[str, Any]] = []
+    while any(queues):
+        q = draw(st.sampled_from([q for q in queues if q]))
+        deltas.append(q.pop(0))
+    # Sometimes two tool-call fragments share one delta.
+    merged: list[dict[str, Any]] = []
+    for d in deltas:
+        if merged and "tool_calls" in d and "tool_calls" in merged[-1] and draw(st.booleans()):
+            merged[-1] = {"tool_calls": merged[-1]["tool_calls"] + d["tool_calls"]}
+        else:
+            merged.append(d)
+    payloads: list[Any] = []
+    if draw(st.booleans()):
+        payloads.append({**chat_chunk(None, choices=[]), "id": "", "prompt_filter_results": []})
+    payloads += [chat_chunk(d) for d in merged]
+    finish = draw(st.sampled_from([None, "stop", "length", "tool_calls", "content_filter"]))
+    payloads.append(chat_chunk({}, finish))
+    tail = draw(st.sampled_from(["usage_chunk", "usage_in_choice", "none"]))
+    u = usage(*draw(st.tuples(st.integers(0, 99), st.integers(0, 99), st.integers(0, 9))))
+    if tail == "usage_chunk":
+        payloads.append(chat_chunk(None, choices=[], usage=u))
+    elif tail == "usage_in_choice":
+        payloads.append(chat_chunk({"role": "assistant", "content": ""}, usage=u))
+    events: list[str | None] = [None] * len(payloads)
+    ending = draw(
+        st.sampled_from(["done", "done", "done", "none", "none", "error", "groq_error", "bad_json"])
+    )
+    if ending == "done":
+        payloads.append("[DONE]")
+    elif ending in ("error", "groq_error"):
+        at = draw(st.integers(0, len(payloads)))
+        body = {
+            "message": draw(texts) or None,
+            "type": draw(st.sampled_from([None, "server_error", "x"])),
+        }
+        if draw(st.booleans()):
+            body["code"] = draw(st.sampled_from([400, 429, 500, "tool_use_failed"]))
+        payloads.insert(at, {"error": body})
+        events.insert(at, "error" if ending == "groq_error" else None)
+    elif ending == "bad_json":
+        at = draw(st.integers(0, len(payloads)))
+        payloads.insert(at, draw(st.sampled_from(["{", "", "nope", '{"a": }'])))
+        events.insert(at, None)
+    comments = draw(st.lists(st.booleans(), min_size=1, max_size=5))
+    body_bytes = frame(payloads, draw(st.booleans()), comments, events)
+    cuts = draw(st.lists(st.integers(0, len(body_bytes)), max_size=30))
+    error_after: int | None = None
+    error: Exception | None = None
+    if draw(st.sampled_from([False] * 7 + [True])):
+        error_after = draw(st.integers(0, len(cuts) + 1))
+        error = draw(
+            st.sampled_from(
+                [
+                    httpx2.ReadError("reset"),
+                    httpx2.RemoteProtocolError("peer closed"),
+                    httpx2.ReadTimeout("slow"),
+                ]
+            )
+        )
+    return body_bytes, cuts, error_after, error
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(stream=chat_streams())
+def test_generated_chat_streams(
+    stream: tuple[bytes, list[int], int | None, Exception | None],
+) -> None:
+    same_everywhere(CHAT, served_factory(*stream))
+
+
+# --- generated Responses streams -----------------------------------------------------------
+
+
+def ev(kind: str, **kw: Any) -> dict[str, Any]:
+    return {"type": kind, **kw}
+
+
+@st.composite
+def responses_streams(draw: st.DrawFn) -> tuple[bytes, list[int], int | None, Exception | None]:
+    queues: list[list[dict[str, Any]]] = []
+    output: list[dict[str, Any]] = []
+    n_items = draw(st.integers(0, 4))
+    for index in range(n_items):
+        kind = draw(st.sampled_from(["message", "reasoning", "function_call"]))
+        pieces = draw(st.lists(texts, max_size=5))
+        joined = "".join(pieces)
+        item_id = f"{kind[:2]}_{index}"
+        if kind == "message":
+            item = {
+                "type": "message",
+                "id": item_id,
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": joined, "annotations": []}],
+            }
+            if draw(st.booleans()):
+                item["phase"] = draw(st.sampled_from(["commentary", "final_answer"]))
+            added = {**item, "content": [], "status": "in_progress"}
+            deltas = [
+                ev(
+                    "response.output_text.delta",
+                    item_id=item_id,
+                    output_index=index,
+                    content_index=0,
+                    delta=p,
+                    logprobs=[],
+                )
+                for p in pieces
+            ]
+        elif kind == "reasoning":
+            summary = draw(st.booleans())
+            item = {
+                "type": "reasoning",
+                "id": item_id,
+                "summary": [{"type": "summary_text", "text": joined}] if summary else [],
+                "encrypted_content": draw(st.one_of(st.none(), st.text(max_size=6))),
+            }
+            if not summary:
+                item["content"] = [{"type": "reasoning_text", "text": joined}]
+            added = {**item, "summary": []}
+            name = (
+                "response.reasoning_summary_text.delta"
+                if summary
+                else "response.reasoning_text.delta"
+            )
+            deltas = [
+                ev(
+                    name,
+                    item_id=item_id,
+                    output_index=index,
+                    summary_index=0,
+                    content_index=0,
+                    delta=p,
+                )
+                for p in pieces
+            ]
+        else:
+            args = json.dumps(draw(st.dictionaries(st.text(max_size=3), texts, max_size=2)))
+            cuts = sorted(draw(st.lists(st.integers(0, len(args)), max_size=4)))
+            pieces = [args[a:b] for a, b in zip([0, *cuts], [*cuts, len(args)], strict=False)]
+            item = {
+                "type": "function_call",
+                "id": item_id,
+                "call_id": f"call_{index}",
+                "name": draw(names),
+                "arguments": args,
+                "status": "completed",
+            }
+            style = draw(st.sampled_from(["deltas", "whole_in_done", "whole_in_added"]))
+            added = {
+                **item,
+                "arguments": args if style == "whole_in_added" else "",
+                "status": "in_progress",
+            }
+            deltas = (
+                []
+                if style != "deltas"
+                else [
+                    ev(
+                        "response.function_call_arguments.delta",
+                        item_id=item_id,
+                        output_index=index,
+                        delta=p,
+                    )
+                    for p in pieces
+                ]
+            )
+        output.append(item)
+        queues.append(
+            [
+                ev("response.output_item.added", output_index=index, item=added),
+                *deltas,
+                ev("response.output_item.done", output_index=index, item=item),
+            ]
+        )
+    payloads: list[Any] = [
+        ev("response.created", response={"id": "resp_g", "status": "in_progress", "output": []})
+    ]
+    while any(queues):
+        q = draw(st.sampled_from([q for q in queues if q]))
+        payloads.append(q.pop(0))
+    response = {
+        "id": "resp_g",
+        "object": "response",
+        "model": "m",
+        "output": output,
+        "usage": {
+            "input_tokens": draw(st.integers(0, 50)),
+            "output_tokens": 3,
+            "total_tokens": 99,
+            "input_tokens_details": {"cached_tokens": 1},
+            "output_tokens_details": {"reasoning_tokens": 2},
+        },
+    }
+    ending = draw(
+        st.sampled_from([*["completed"] * 5, "failed", "incomplete", "error", "error_key", "none"])
+    )
+    if ending == "completed":
+        payloads.append(ev("response.completed", response={**response, "status": "completed"}))
+    elif ending == "failed":
+        error = {"code": draw(st.sampled_from(["server_error", "invalid_prompt"])), "message": "m"}
+        payloads.append(
+            ev("response.failed", response={**response, "status": "failed", "error": error})
+        )
+    elif ending == "incomplete":
+        details = {"reason": draw(st.sampled_from(["max_output_tokens", "content_filter"]))}
+        payloads.append(
+            ev(
+                "response.incomplete",
+                response={**response, "status": "incomplete", "incomplete_details": details},
+            )
+        )
+    elif ending == "error":
+        code = draw(st.sampled_from([None, "rate_limit_exceeded", "bad"]))
+        payloads.insert(
+            draw(st.integers(1, len(payloads))), ev("error", code=code, message="boom", param=None)
+        )
+    elif ending == "error_key":
+        payloads.append({"error": {"message": "boom", "type": "server_error"}})
+    payloads = [
+        {**p, "sequence_number": i} if isinstance(p, dict) and "type" in p else p
+        for i, p in enumerate(payloads)
+    ]
+    if draw(st.booleans()):
+        payloads.append("[DONE]")
+    events = [p.get("type") if isinstance(p, dict) else None for p in payloads]
+    comments = draw(st.lists(st.booleans(), min_size=1, max_size=3))
+    body = frame(payloads, draw(st.booleans()), comments, events)
+    cuts = draw(st.lists(st.integers(0, len(body)), max_size=30))
+    error_after: int | None = None
+    err: Exception | None = None
+    if draw(st.sampled_from([False] * 7 + [True])):
+        error_after = draw(st.integers(0, len(cuts) + 1))
+        err = draw(st.sampled_from([httpx2.ReadError("reset"), httpx2.ReadTimeout("slow")]))
+    return body, cuts, error_after, err
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(stream=responses_streams())
+def test_generated_responses_streams(
+    stream: tuple[bytes, list[int], int | None, Exception | None],
+) -> None:
+    same_everywhere(RESPONSES, served_factory(*stream))
+
+
+# --- HTTP errors ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("models", [CHAT, RESPONSES], ids=["chat", "responses"])
+@pytest.mark.parametrize("status", [400, 401, 404, 429, 500, 503])
+def test_http_errors_agree(models: dict[str, Any], status: int) -> None:
+    body = json.dumps({"error": {"message": f"bad key {KEY}", "type": "invalid_request_error"}})
+
+    def make() -> Served:
+        return Served(body.encode(), status=status)
+
+    chunks, error = same_everywhere(models, make)
+    assert chunks == [] and error is not None and error[1] == status
+    assert KEY not in error[4]

@@ -137,7 +137,8 @@ class ToolCall:
         if raw.strip():
             try:
                 parsed = json.loads(raw)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
+                # RecursionError: nesting deeper than the decoder's limit ("[[[[...").
                 error = f"invalid JSON arguments: {exc}"
             else:
                 if isinstance(parsed, dict):
@@ -179,6 +180,34 @@ class _ThinkingBlock:
         self.redacted: str | None = None
 
 
+_COALESCE = 256
+"""Deltas kept as separate strings before they are joined into one block.
+
+A str object costs about 50 bytes beyond its characters, so a long reply held as
+token-sized deltas would take several times its own size (about 9x for 10-character
+deltas, measured by benchmarks/bench_memory.py). Joining every run of deltas once keeps
+the builder O(n) and near 1x the text.
+"""
+
+
+def _coalesce(parts: list[str]) -> None:
+    # The last _COALESCE entries are fresh deltas; earlier ones are blocks already joined.
+    block = "".join(parts[-_COALESCE:])
+    del parts[-_COALESCE:]
+    parts.append(block)
+
+
+def _joined(parts: list[str]) -> str:
+    """The text of ``parts``, which then become that one string.
+
+    Keeping the result in place frees the pieces now and makes the next join (a running
+    snapshot, the next checkpoint) one copy instead of a walk over every delta.
+    """
+    if len(parts) > 1:
+        parts[:] = ["".join(parts)]
+    return parts[0] if parts else ""
+
+
 class ReplyBuilder:
     """Folds chunks into a :class:`Reply` in O(n): deltas are kept as lists, joined on build.
 
@@ -193,15 +222,19 @@ class ReplyBuilder:
         "_metadata",
         "_response_id",
         "_text",
+        "_text_fresh",
         "_thinking",
         "_thinking_blocks",
+        "_thinking_fresh",
         "_usage",
         "chunks",
     )
 
     def __init__(self) -> None:
         self._text: list[str] = []
+        self._text_fresh = 0  # deltas at the end of _text not yet coalesced
         self._thinking: list[str] = []
+        self._thinking_fresh = 0
         self._thinking_blocks: dict[int, _ThinkingBlock] = {}
         self._calls: dict[int, _CallParts] = {}
         self._usage: Usage | None = None
@@ -218,11 +251,19 @@ class ReplyBuilder:
         if kind is ChunkKind.TEXT:
             if chunk.text:
                 self._text.append(chunk.text)
+                self._text_fresh += 1
+                if self._text_fresh == _COALESCE:
+                    _coalesce(self._text)
+                    self._text_fresh = 0
             if chunk.metadata:
                 self._metadata.update(chunk.metadata)
         elif kind is ChunkKind.THINKING:
             if chunk.text:
                 self._thinking.append(chunk.text)
+                self._thinking_fresh += 1
+                if self._thinking_fresh == _COALESCE:
+                    _coalesce(self._thinking)
+                    self._thinking_fresh = 0
             block = self._thinking_blocks.get(chunk.index)
             if block is None:
                 block = self._thinking_blocks[chunk.index] = _ThinkingBlock()
@@ -262,12 +303,14 @@ class ReplyBuilder:
     @property
     def text(self) -> str:
         """The text so far."""
-        return "".join(self._text)
+        self._text_fresh = 0
+        return _joined(self._text)
 
     @property
     def thinking(self) -> str:
         """The reasoning text so far."""
-        return "".join(self._thinking)
+        self._thinking_fresh = 0
+        return _joined(self._thinking)
 
     def tool_fragments(self) -> list[dict[str, Any]]:
         """Tool calls so far as plain dicts (possibly incomplete arguments), for checkpoints."""
@@ -299,8 +342,8 @@ class ReplyBuilder:
         if blocks:
             metadata["thinking_blocks"] = blocks
         return Reply(
-            text="".join(self._text),
-            thinking="".join(self._thinking),
+            text=self.text,
+            thinking=self.thinking,
             tool_calls=calls,
             usage=self._usage,
             finish_reason=self._finish_reason,

@@ -12,6 +12,7 @@ import inspect
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ __all__ = ["Tool", "ToolRegistry", "ToolResult", "ToolRunner"]
 ToolRunner = Callable[[dict[str, Any]], str] | Callable[[dict[str, Any]], Awaitable[str]]
 """Runs a tool: takes the parsed arguments, returns the output text (sync or async)."""
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +41,8 @@ class Tool:
     required: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
+        # fullmatch: "$" would also accept a trailing newline ("weather\n").
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise ValueError(
                 f"tool name {self.name!r} must be 1-64 letters, digits, '_' or '-' "
                 "(the providers' common rule)"
@@ -93,7 +95,11 @@ class Tool:
         props = schema.get("properties", {})
         if not isinstance(props, Mapping):
             raise ValueError("'properties' must be an object")
-        return cls(name, description, copy.deepcopy(dict(props)), tuple(schema.get("required", ())))
+        required = schema.get("required", ())
+        # A bare string would silently become one requirement per character.
+        if isinstance(required, str) or not all(isinstance(r, str) for r in required):
+            raise ValueError("'required' must be a list of parameter names")
+        return cls(name, description, copy.deepcopy(dict(props)), tuple(required))
 
     def parameters(self) -> dict[str, Any]:
         """The parameters as a JSON schema object."""
@@ -230,7 +236,7 @@ class ToolRegistry:
         try:
             output = runner(args)
             if inspect.isawaitable(output):
-                output = asyncio.run(_await(output))
+                output = _wait_for(output)
             return ToolResult(call_id, name, _as_text(output))
         except Exception as exc:
             return ToolResult(call_id, name, _error_output(str(exc) or type(exc).__name__), True)
@@ -257,6 +263,18 @@ class ToolRegistry:
 
 async def _await(value: Awaitable[Any]) -> Any:
     return await value
+
+
+def _wait_for(awaitable: Awaitable[Any]) -> Any:
+    """Run ``awaitable`` to completion from synchronous code."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_await(awaitable))
+    # A blocking call made from async code (``cw.call()`` inside a coroutine): this thread's
+    # loop is busy waiting for us, so the runner gets a fresh loop on a helper thread.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rxcontext-tool") as pool:
+        return pool.submit(asyncio.run, _await(awaitable)).result()
 
 
 def _as_text(output: Any) -> str:

@@ -61,8 +61,24 @@ def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+def _storable(text: str) -> str:
+    """``text`` as SQLite can hold it: split surrogate pairs joined, lone ones replaced.
+
+    A provider may cut an escaped emoji between two deltas ("\\ud83d" then "\\ude00"); the
+    joined reply then holds a surrogate pair that UTF-8 refuses, and the whole reply would
+    be lost at commit. Text without surrogates (nearly all) is returned as is.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def _json(value: Any) -> str | None:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")) if value else None
+    if not value:
+        return None
+    return _storable(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
 
 
 def _unjson(value: str | None, default: Any) -> Any:
@@ -416,7 +432,9 @@ class SQLiteStore:
     def _insert(db: sqlite3.Connection, context_id: str, draft: RecordDraft, ts: str) -> Record:
         if not isinstance(draft.content, str):
             raise TypeError(f"record content must be a str, not {type(draft.content).__name__}")
-        est = estimate_tokens(draft.content)
+        content = _storable(draft.content)
+        metadata = _json(dict(draft.metadata))
+        est = estimate_tokens(content)
         cur = db.execute(
             "INSERT INTO records (context_id, ts, source, content, live, est_tokens, response_id,"
             " streamed, tool_call_id, tool_name, metadata) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -424,14 +442,14 @@ class SQLiteStore:
                 context_id,
                 ts,
                 int(draft.type),
-                draft.content,
+                content,
                 int(draft.live),
                 est,
                 draft.response_id,
                 int(draft.streamed),
                 draft.tool_call_id,
                 draft.tool_name,
-                _json(dict(draft.metadata)),
+                metadata,
             ),
         )
         assert cur.lastrowid is not None
@@ -439,7 +457,7 @@ class SQLiteStore:
             id=cur.lastrowid,
             context_id=context_id,
             type=RecordType(draft.type),
-            content=draft.content,
+            content=content,
             live=draft.live,
             est_tokens=est,
             timestamp=datetime.fromisoformat(ts),
@@ -447,7 +465,7 @@ class SQLiteStore:
             streamed=draft.streamed,
             tool_call_id=draft.tool_call_id,
             tool_name=draft.tool_name,
-            metadata=dict(draft.metadata),
+            metadata=_unjson(metadata, {}),  # exactly what a read gives back
         )
 
     @staticmethod
@@ -556,8 +574,10 @@ class SQLiteStore:
         Writes ``drafts``, adds ``usage`` to the context's totals, remembers the last response
         id, deletes the reply's running checkpoint and marks a resumed one resolved.
         """
-        now = _now()
         with self._tx(durable=True) as db:
+            # Read the clock inside the transaction: a time taken before waiting for the
+            # lock would sort this reply before replies committed ahead of it.
+            now = _now()
             self._require_context(db, context_id)
             out = [self._insert(db, context_id, d, now) for d in drafts]
             if usage is not None:
@@ -621,11 +641,11 @@ class SQLiteStore:
         """Insert a checkpoint, or update ``checkpoint_id`` in place."""
         now = _now()
         values = (
-            draft.text,
-            draft.thinking,
-            json.dumps(list(draft.tool_calls), ensure_ascii=False),
+            _storable(draft.text),
+            _storable(draft.thinking),
+            _storable(json.dumps(list(draft.tool_calls), ensure_ascii=False)),
             _json(draft.usage.to_dict()) if draft.usage else None,
-            draft.error,
+            _storable(draft.error) if draft.error is not None else None,
             draft.chunks,
             draft.response_id,
             _json(dict(draft.metadata)),

@@ -1,0 +1,929 @@
+"""The SQLite store: schema and migrations, contextwindow's queries, checkpoints, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import rxcontext
+from rxcontext import (
+    CheckpointNotFound,
+    ContextNotFound,
+    NotADatabaseError,
+    RecordType,
+    SQLiteStore,
+    StoreClosedError,
+    StoreError,
+    Usage,
+)
+from rxcontext.store import CheckpointDraft, RecordDraft, Store
+from rxcontext.store.migrations import MIGRATIONS, migrate
+
+HOSTILE_NAMES = [
+    "it's",
+    'say "hi"',
+    "x'); DROP TABLE records;--",
+    "Robert'); DROP TABLE contexts;--",
+    "%_*?[]\\",
+    "emoji 🦀🔥 ✓",
+    "a" * 500,
+    "line\nbreak\ttab",
+    "nul\x00byte",
+    "   ",
+]
+
+
+def P(content: str, **kw: Any) -> RecordDraft:
+    return RecordDraft(RecordType.PROMPT, content, **kw)
+
+
+def R(content: str, **kw: Any) -> RecordDraft:
+    return RecordDraft(RecordType.MODEL_RESP, content, **kw)
+
+
+@pytest.fixture
+def store() -> Iterator[SQLiteStore]:
+    s = rxcontext.open(":memory:")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "chat.db"
+
+
+@pytest.fixture(params=["memory", "file"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStore]:
+    s = rxcontext.open(":memory:" if request.param == "memory" else tmp_path / "any.db")
+    yield s
+    s.close()
+
+
+def contents(store: SQLiteStore, context_id: str, *, live_only: bool = False) -> list[str]:
+    return [r.content for r in store.records(context_id, live_only=live_only)]
+
+
+def pragma(store: SQLiteStore, name: str) -> Any:
+    # The connection's own settings are only visible through that connection.
+    return store._db().execute(f"PRAGMA {name}").fetchone()[0]
+
+
+# -- Opening, schema, migrations ----------------------------------------------------------
+
+
+def test_open_creates_the_file_and_records_every_migration(db_path: Path):
+    with rxcontext.open(db_path) as s:
+        assert isinstance(s, SQLiteStore)
+        assert db_path.exists()
+    con = sqlite3.connect(db_path)
+    names = [r[0] for r in con.execute("SELECT name FROM schema_migrations ORDER BY rowid")]
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    con.close()
+    assert names == [name for name, _ in MIGRATIONS]
+    assert {"contexts", "records", "context_tools", "checkpoints", "schema_migrations"} <= tables
+
+
+def test_migrations_are_idempotent_on_reopen(db_path: Path):
+    with rxcontext.open(db_path) as s:
+        ctx = s.get_or_create_context("keep")
+        s.add_record(ctx.id, P("hello"))
+    for _ in range(2):
+        with rxcontext.open(db_path) as s:
+            assert contents(s, ctx.id) == ["hello"]
+            assert migrate(s._db()) == []
+    con = sqlite3.connect(db_path)
+    count = con.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0]
+    con.close()
+    assert count == len(MIGRATIONS)
+
+
+def test_an_older_database_gets_only_the_missing_steps(db_path: Path):
+    con = sqlite3.connect(db_path, isolation_level=None)
+    con.execute(
+        "CREATE TABLE schema_migrations (name TEXT PRIMARY KEY,"
+        " applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+    )
+    name, first_step = MIGRATIONS[0]
+    first_step(con)
+    con.execute("INSERT INTO schema_migrations (name) VALUES (?)", (name,))
+    con.execute("INSERT INTO contexts (id, name, start_time) VALUES ('c1', 'old', '2020-01-01')")
+    con.execute(
+        "INSERT INTO records (context_id, ts, source, content, live, est_tokens)"
+        " VALUES ('c1', '2020-01-01T00:00:00+00:00', 0, 'from v1', 1, 2)"
+    )
+    con.close()
+    with rxcontext.open(db_path) as s:
+        (record,) = s.records("c1")
+        assert (record.content, record.streamed, record.tool_call_id) == ("from v1", False, None)
+        assert s.context_stats("c1").usage == Usage()
+        assert migrate(s._db()) == []
+    con = sqlite3.connect(db_path)
+    names = [r[0] for r in con.execute("SELECT name FROM schema_migrations ORDER BY rowid")]
+    con.close()
+    assert names == [n for n, _ in MIGRATIONS]
+
+
+def test_a_failing_step_is_rolled_back_and_not_recorded(monkeypatch: pytest.MonkeyPatch):
+    def broken(db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE half_done (x)")
+        raise RuntimeError("step failed")
+
+    monkeypatch.setattr(
+        "rxcontext.store.migrations.MIGRATIONS", [*MIGRATIONS, ("m999_broken", broken)]
+    )
+    con = sqlite3.connect(":memory:", isolation_level=None)
+    with pytest.raises(RuntimeError, match="step failed"):
+        migrate(con)
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    done = {r[0] for r in con.execute("SELECT name FROM schema_migrations")}
+    assert "half_done" not in tables and "m999_broken" not in done
+    assert done == {n for n, _ in MIGRATIONS}
+
+
+def test_file_store_uses_wal_foreign_keys_and_a_busy_timeout(db_path: Path):
+    with rxcontext.open(db_path) as s:
+        assert pragma(s, "journal_mode") == "wal"
+        assert pragma(s, "foreign_keys") == 1
+        assert pragma(s, "busy_timeout") == 5000
+        assert pragma(s, "synchronous") == 1  # NORMAL between durable commits
+    with SQLiteStore(db_path, busy_timeout=0.25) as s:
+        assert pragma(s, "busy_timeout") == 250
+
+
+def test_durable_commit_restores_normal_synchronous(any_store: SQLiteStore):
+    ctx = any_store.get_or_create_context("c")
+    any_store.commit_reply(ctx.id, [R("x")])
+    assert pragma(any_store, "synchronous") == 1
+
+
+def test_memory_store_has_foreign_keys_and_is_private():
+    with rxcontext.open(":memory:") as a, rxcontext.open() as b:
+        assert pragma(a, "foreign_keys") == 1
+        a.get_or_create_context("only-in-a")
+        assert [c.name for c in b.list_contexts()] == []
+
+
+def test_repr_and_close_are_idempotent(db_path: Path):
+    s = rxcontext.open(db_path)
+    assert "chat.db" in repr(s) and not s.closed
+    s.close()
+    s.close()
+    assert s.closed and "closed" in repr(s)
+
+
+# -- Contexts ------------------------------------------------------------------------------
+
+
+def test_get_or_create_by_name(any_store: SQLiteStore):
+    a = any_store.get_or_create_context("alpha")
+    again = any_store.get_or_create_context("alpha")
+    assert a == again
+    assert a.name == "alpha" and len(a.id) == 32
+    assert not a.use_server_side_threading and a.last_response_id is None
+    assert any_store.get_or_create_context("beta").id != a.id
+
+
+def test_empty_name_gets_a_generated_one(store: SQLiteStore):
+    first = store.get_or_create_context("")
+    second = store.get_or_create_context("")
+    assert first.name and second.name and first.name != second.name
+    assert store.get_context_by_name(first.name) == first
+
+
+def test_context_name_must_be_a_string(store: SQLiteStore):
+    with pytest.raises(TypeError, match="must be a str"):
+        store.get_or_create_context(None)  # type: ignore[arg-type]
+
+
+def test_list_newest_first(store: SQLiteStore):
+    for name in ["one", "two", "three"]:
+        store.get_or_create_context(name)
+    assert [c.name for c in store.list_contexts()] == ["three", "two", "one"]
+
+
+def test_get_by_id_and_name(store: SQLiteStore):
+    ctx = store.get_or_create_context("x")
+    assert store.get_context(ctx.id) == ctx == store.get_context_by_name("x")
+    with pytest.raises(ContextNotFound, match="no context with id 'nope'"):
+        store.get_context("nope")
+    with pytest.raises(ContextNotFound, match="no context named 'nope'"):
+        store.get_context_by_name("nope")
+    assert issubclass(ContextNotFound, LookupError)
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=range(len(HOSTILE_NAMES)))
+def test_hostile_context_names_round_trip(any_store: SQLiteStore, name: str):
+    ctx = any_store.get_or_create_context(name)
+    any_store.add_record(ctx.id, P(name))
+    assert any_store.get_context_by_name(name) == ctx
+    assert any_store.get_or_create_context(name).id == ctx.id
+    assert contents(any_store, ctx.id) == [name]
+    clone = any_store.clone_context(ctx.id, name + "'copy")
+    assert clone.name == name + "'copy"
+    assert any_store.export_context(ctx.id)["context"]["name"] == name
+    assert {c.name for c in any_store.list_contexts()} == {name, name + "'copy"}
+    tables = {r[0] for r in any_store._db().execute("SELECT name FROM sqlite_master")}
+    assert {"records", "contexts"} <= tables
+
+
+def test_delete_cascades_records_tools_and_checkpoints(any_store: SQLiteStore):
+    doomed = any_store.get_or_create_context("doomed")
+    kept = any_store.get_or_create_context("kept")
+    for ctx in (doomed, kept):
+        any_store.add_record(ctx.id, P("hi"))
+        any_store.set_context_tool(ctx.id, "t", {"name": "t"})
+        any_store.save_checkpoint(ctx.id, CheckpointDraft("partial"))
+    any_store.delete_context(doomed.id)
+    with pytest.raises(ContextNotFound):
+        any_store.get_context(doomed.id)
+    db = any_store._db()
+    for table in ("records", "context_tools", "checkpoints"):
+        rows = db.execute(f"SELECT context_id FROM {table}").fetchall()
+        assert rows == [(kept.id,)], table
+    with pytest.raises(ContextNotFound):
+        any_store.delete_context(doomed.id)
+
+
+def test_clone_copies_records_with_timestamps_and_order_but_not_tools(any_store: SQLiteStore):
+    src = any_store.get_or_create_context("src")
+    any_store.set_threading(src.id, True)
+    any_store.replace_system_prompt(src.id, "be brief")
+    any_store.add_record(src.id, P("q1"))
+    any_store.commit_reply(
+        src.id,
+        [
+            R("a1", streamed=True, response_id="r1", metadata={"k": [1]}),
+            RecordDraft(RecordType.TOOL_CALL, "{}", tool_call_id="c1", tool_name="f"),
+        ],
+        last_response_id="r1",
+    )
+    any_store.set_live_range(src.id, 1, 1, False)
+    any_store.set_context_tool(src.id, "f", {"name": "f"})
+    any_store.save_checkpoint(src.id, CheckpointDraft("partial"))
+
+    dst = any_store.clone_context(src.id, "dst")
+    assert dst.id != src.id and dst.name == "dst"
+    assert dst.use_server_side_threading and dst.last_response_id == "r1"
+
+    def shape(records: list[rxcontext.Record]) -> list[tuple[Any, ...]]:
+        return [
+            (r.type, r.content, r.live, r.est_tokens, r.timestamp, r.response_id, r.streamed,
+             r.tool_call_id, r.tool_name, dict(r.metadata))
+            for r in records
+        ]  # fmt: skip
+
+    src_records, dst_records = any_store.records(src.id), any_store.records(dst.id)
+    assert shape(dst_records) == shape(src_records)
+    assert len(dst_records) == 4
+    assert {r.id for r in dst_records}.isdisjoint(r.id for r in src_records)
+    assert all(r.context_id == dst.id for r in dst_records)
+    assert any_store.context_tools(dst.id) == []
+    assert any_store.checkpoints(dst.id) == []
+
+
+def test_clone_refuses_an_existing_name_and_a_missing_source(store: SQLiteStore):
+    a = store.get_or_create_context("a")
+    store.get_or_create_context("b")
+    with pytest.raises(ValueError, match="already exists"):
+        store.clone_context(a.id, "b")
+    with pytest.raises(ValueError, match="needs a name"):
+        store.clone_context(a.id, "")
+    with pytest.raises(ContextNotFound):
+        store.clone_context("missing", "c")
+    assert sorted(c.name for c in store.list_contexts()) == ["a", "b"]
+
+
+def test_export_to_a_json_ready_dict(store: SQLiteStore):
+    ctx = store.get_or_create_context("exp")
+    store.replace_system_prompt(ctx.id, "sys")
+    store.add_record(ctx.id, P("q"))
+    store.commit_reply(
+        ctx.id,
+        [R("a", streamed=True, metadata={"thinking_blocks": [{"type": "thinking"}]})],
+        usage=Usage.of(3, 4),
+    )
+    store.set_context_tool(ctx.id, "f", {"name": "f", "description": "d"})
+    data = store.export_context(ctx.id)
+    assert json.loads(json.dumps(data)) == data
+    assert data["context"]["id"] == ctx.id and data["context"]["name"] == "exp"
+    assert data["context"]["usage"] == Usage(3, 4, 7).to_dict()
+    assert [(r["type"], r["source"], r["content"]) for r in data["records"]] == [
+        ("SYSTEM_PROMPT", 4, "sys"),
+        ("PROMPT", 0, "q"),
+        ("MODEL_RESP", 1, "a"),
+    ]
+    assert data["records"][2]["streamed"] is True
+    assert data["records"][2]["metadata"] == {"thinking_blocks": [{"type": "thinking"}]}
+    assert [(t["name"], t["definition"]) for t in data["tools"]] == [
+        ("f", {"name": "f", "description": "d"})
+    ]
+    with pytest.raises(ContextNotFound):
+        store.export_context("missing")
+
+
+def test_stats_aggregate_counts_tokens_and_summed_usage(store: SQLiteStore):
+    ctx = store.get_or_create_context("s")
+    empty = store.context_stats(ctx.id)
+    assert (empty.records, empty.live_tokens, empty.last_activity) == (0, 0, None)
+    assert empty.usage == Usage()
+
+    store.add_record(ctx.id, P("abcdefgh"))  # 2 tokens
+    store.commit_reply(ctx.id, [R("abcd")], usage=Usage(10, 1, 11, 2, 0))  # 1 token
+    store.commit_reply(
+        ctx.id,
+        [
+            RecordDraft(RecordType.TOOL_CALL, '{"a":1}', tool_call_id="c", tool_name="f"),
+            RecordDraft(RecordType.TOOL_OUTPUT, "x" * 12, tool_call_id="c", tool_name="f"),
+        ],
+        usage=Usage(20, 5, 30, 0, 3),
+    )
+    store.set_live_range(ctx.id, 0, 0, False)
+    store.save_checkpoint(ctx.id, CheckpointDraft("p"))
+    resolved = store.save_checkpoint(ctx.id, CheckpointDraft("q"))
+    store.commit_reply(ctx.id, [], resolve_checkpoint=resolved.id)
+
+    stats = store.context_stats(ctx.id)
+    records = store.records(ctx.id)
+    assert (stats.context_id, stats.name) == (ctx.id, "s")
+    assert (stats.records, stats.live_records) == (4, 3)
+    assert (stats.prompts, stats.replies, stats.tool_calls, stats.tool_outputs) == (1, 1, 1, 1)
+    assert stats.total_tokens == sum(r.est_tokens for r in records) == 2 + 1 + 2 + 3
+    assert stats.live_tokens == sum(r.est_tokens for r in records if r.live) == 1 + 2 + 3
+    assert stats.open_checkpoints == 1
+    assert stats.usage == Usage(30, 6, 41, 2, 3)
+    assert stats.last_activity == max(r.timestamp for r in records)
+    with pytest.raises(ContextNotFound):
+        store.context_stats("missing")
+
+
+def test_stats_is_one_aggregate_query(store: SQLiteStore):
+    ctx = store.get_or_create_context("s")
+    store.add_record(ctx.id, P("x"))
+    statements: list[str] = []
+    store._db().set_trace_callback(statements.append)
+    try:
+        store.context_stats(ctx.id)
+    finally:
+        store._db().set_trace_callback(None)
+    assert len(statements) == 1 and statements[0].lstrip().startswith("SELECT")
+
+
+def test_threading_flag_and_last_response_id(store: SQLiteStore):
+    ctx = store.get_or_create_context("t")
+    store.set_threading(ctx.id, True)
+    store.set_last_response_id(ctx.id, "resp_9")
+    got = store.get_context(ctx.id)
+    assert got.use_server_side_threading and got.last_response_id == "resp_9"
+    store.set_threading(ctx.id, False)
+    store.set_last_response_id(ctx.id, None)
+    got = store.get_context(ctx.id)
+    assert not got.use_server_side_threading and got.last_response_id is None
+    with pytest.raises(ContextNotFound):
+        store.set_threading("missing", True)
+
+
+# -- Records -------------------------------------------------------------------------------
+
+
+def test_add_record_returns_what_records_reads_back(any_store: SQLiteStore):
+    ctx = any_store.get_or_create_context("r")
+    added = any_store.add_record(
+        ctx.id,
+        RecordDraft(
+            RecordType.TOOL_OUTPUT,
+            "sunny",
+            live=False,
+            response_id="r1",
+            streamed=True,
+            tool_call_id="call_1",
+            tool_name="weather",
+            metadata={"nested": {"a": [1, "é"]}, "pair": (1, 2)},
+        ),
+    )
+    (read,) = any_store.records(ctx.id)
+    assert read == added  # metadata as stored: the tuple comes back as a JSON list
+    assert read.metadata["pair"] == [1, 2]
+    assert read.type is RecordType.TOOL_OUTPUT and read.est_tokens == 2
+    assert read.timestamp.tzinfo is not None
+    assert any_store.records(ctx.id, live_only=True) == []
+
+
+def test_add_record_to_a_missing_context(store: SQLiteStore):
+    with pytest.raises(ContextNotFound):
+        store.add_record("missing", P("x"))
+
+
+def test_records_ordered_by_time_then_id(store: SQLiteStore):
+    ctx = store.get_or_create_context("o")
+    db = store._db()
+    # Rows inserted out of time order; equal times fall back to id.
+    for ts, content in [("2024-01-02", "c"), ("2024-01-01", "a"), ("2024-01-02", "d")]:
+        db.execute(
+            "INSERT INTO records (context_id, ts, source, content, live, est_tokens)"
+            " VALUES (?, ?, 0, ?, 1, 1)",
+            (ctx.id, ts + "T00:00:00+00:00", content),
+        )
+    store.add_record(ctx.id, P("e"))  # now: after all of them
+    assert contents(store, ctx.id) == ["a", "c", "d", "e"]
+    replies = store.commit_reply(ctx.id, [R("f"), R("g"), R("h")])
+    assert len({r.timestamp for r in replies}) == 1  # one transaction, one time
+    assert contents(store, ctx.id) == ["a", "c", "d", "e", "f", "g", "h"]
+
+
+def test_set_live_range_is_inclusive_and_checked(store: SQLiteStore):
+    ctx = store.get_or_create_context("l")
+    for i in range(5):
+        store.add_record(ctx.id, P(str(i)))
+    assert store.set_live_range(ctx.id, 1, 3, False) == 3
+    assert contents(store, ctx.id, live_only=True) == ["0", "4"]
+    assert store.set_live_range(ctx.id, 2, 2, True) == 1
+    assert contents(store, ctx.id, live_only=True) == ["0", "2", "4"]
+    before = store.records(ctx.id)
+    for start, end in [(0, 5), (-1, 2), (3, 2), (5, 5), (10, 20)]:
+        with pytest.raises(IndexError):
+            store.set_live_range(ctx.id, start, end, False)
+        assert store.records(ctx.id) == before
+
+
+def test_replace_system_prompt_keeps_one_sorted_first(store: SQLiteStore):
+    ctx = store.get_or_create_context("sys")
+    first = store.replace_system_prompt(ctx.id, "v1")
+    assert first.type is RecordType.SYSTEM_PROMPT
+    store.add_record(ctx.id, P("q"))
+    store.commit_reply(ctx.id, [R("a")])
+    store.replace_system_prompt(ctx.id, "v2")
+    store.replace_system_prompt(ctx.id, "v3")
+    records = store.records(ctx.id)
+    assert [(r.type, r.content) for r in records] == [
+        (RecordType.SYSTEM_PROMPT, "v3"),
+        (RecordType.PROMPT, "q"),
+        (RecordType.MODEL_RESP, "a"),
+    ]
+    assert records[0].timestamp < records[1].timestamp
+    with pytest.raises(ContextNotFound):
+        store.replace_system_prompt("missing", "x")
+
+
+def test_replace_records_marks_dead_and_inserts_in_place(store: SQLiteStore):
+    ctx = store.get_or_create_context("sum")
+    ids = [store.add_record(ctx.id, P(c)).id for c in "abcd"]
+    summary = store.replace_records(ctx.id, [ids[1], ids[2], ids[1]], R("summary of b, c"))
+    assert summary.timestamp == store.records(ctx.id)[1].timestamp
+    assert contents(store, ctx.id, live_only=True) == ["a", "summary of b, c", "d"]
+    before = store.records(ctx.id)
+    with pytest.raises(ValueError, match="no longer live"):
+        store.replace_records(ctx.id, [ids[0], ids[1]], R("stale"))
+    with pytest.raises(ValueError, match="no records"):
+        store.replace_records(ctx.id, [], R("nothing"))
+    assert store.records(ctx.id) == before
+
+
+def test_commit_reply_writes_every_draft_in_one_transaction(store: SQLiteStore):
+    ctx = store.get_or_create_context("c")
+    store.add_record(ctx.id, P("q"))
+    statements: list[str] = []
+    store._db().set_trace_callback(statements.append)
+    try:
+        out = store.commit_reply(
+            ctx.id,
+            [
+                R("calling", streamed=True, response_id="r1"),
+                RecordDraft(RecordType.TOOL_CALL, '{"a": 1}', tool_call_id="c1", tool_name="f"),
+            ],
+            usage=Usage.of(5, 2),
+            last_response_id="r1",
+        )
+    finally:
+        store._db().set_trace_callback(None)
+    assert sum(s.startswith("BEGIN") for s in statements) == 1
+    assert sum(s == "COMMIT" for s in statements) == 1
+    assert [r.content for r in out] == ["calling", '{"a": 1}']
+    assert store.records(ctx.id)[1:] == out
+    assert store.get_context(ctx.id).last_response_id == "r1"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        RecordDraft(RecordType.MODEL_RESP, b"bytes"),  # type: ignore[arg-type]
+        RecordDraft(RecordType.MODEL_RESP, None),  # type: ignore[arg-type]
+        RecordDraft(99, "unknown type"),  # type: ignore[arg-type]
+        RecordDraft(RecordType.MODEL_RESP, "x", metadata={"f": object()}),
+    ],
+    ids=["bytes", "none", "bad-type", "unserialisable-metadata"],
+)
+def test_commit_reply_with_one_bad_draft_stores_nothing(store: SQLiteStore, bad: RecordDraft):
+    ctx = store.get_or_create_context("c")
+    store.add_record(ctx.id, P("q"))
+    cp = store.save_checkpoint(ctx.id, CheckpointDraft("partial"))
+    before = store.records(ctx.id)
+    with pytest.raises((TypeError, ValueError)):
+        store.commit_reply(
+            ctx.id,
+            [R("good one"), bad, R("after")],
+            usage=Usage.of(5, 5),
+            last_response_id="r1",
+            drop_checkpoint=cp.id,
+        )
+    assert store.records(ctx.id) == before
+    stats = store.context_stats(ctx.id)
+    assert stats.usage == Usage() and stats.open_checkpoints == 1
+    assert store.get_context(ctx.id).last_response_id is None
+    # The store is still usable afterwards.
+    store.commit_reply(ctx.id, [R("fine")])
+    assert contents(store, ctx.id) == ["q", "fine"]
+
+
+def test_commit_reply_to_a_deleted_context_stores_nothing(store: SQLiteStore):
+    ctx = store.get_or_create_context("gone")
+    store.delete_context(ctx.id)
+    with pytest.raises(ContextNotFound, match="deleted"):
+        store.commit_reply(ctx.id, [R("x")])
+    assert store._db().execute("SELECT COUNT(*) FROM records").fetchone()[0] == 0
+
+
+def test_commit_reply_drops_the_running_checkpoint(store: SQLiteStore):
+    ctx = store.get_or_create_context("c")
+    cp = store.save_checkpoint(ctx.id, CheckpointDraft("run"))
+    store.commit_reply(ctx.id, [R("run done")], drop_checkpoint=cp.id)
+    assert store.checkpoints(ctx.id, include_resolved=True) == []
+    with pytest.raises(CheckpointNotFound):
+        store.get_checkpoint(cp.id)
+
+
+def test_empty_and_huge_content_round_trip(any_store: SQLiteStore):
+    ctx = any_store.get_or_create_context("big")
+    huge = "0123456789abcdef🦀\n" * (10 * 1024 * 1024 // 20)
+    assert len(huge.encode()) >= 10_000_000
+    empty = any_store.add_record(ctx.id, P(""))
+    big = any_store.commit_reply(ctx.id, [R(huge)])[0]
+    assert empty.est_tokens == 0
+    assert big.est_tokens == (len(huge.encode()) + 3) // 4
+    assert contents(any_store, ctx.id) == ["", huge]
+
+
+def test_surrogates_are_stored_not_lost(store: SQLiteStore):
+    # An emoji escaped as a pair and cut between two deltas joins to a surrogate pair that
+    # UTF-8 refuses; the reply must still be stored (the pair joined, a lone half replaced).
+    ctx = store.get_or_create_context("s")
+    split_pair = "smile " + "\ud83d" + "\ude00"
+    (stored,) = store.commit_reply(
+        ctx.id, [R(split_pair + " and half \ud83d", metadata={"k": "\udc00"})]
+    )
+    assert stored.content == "smile 😀 and half \ufffd"
+    assert dict(stored.metadata) == {"k": "\ufffd"}
+    assert store.records(ctx.id) == [stored]
+    cp = store.save_checkpoint(
+        ctx.id,
+        CheckpointDraft(
+            split_pair,
+            thinking="\ud800",
+            tool_calls=[{"arguments": '{"a": "\ud83d'}],
+            error="cut \ud83d",
+        ),
+    )
+    assert (cp.text, cp.thinking, cp.error) == ("smile 😀", "\ufffd", "cut \ufffd")
+    assert cp.tool_calls == ({"arguments": '{"a": "\ufffd'},)
+
+
+# -- Tools ---------------------------------------------------------------------------------
+
+
+def test_context_tools_set_update_list_remove(store: SQLiteStore):
+    ctx = store.get_or_create_context("t")
+    store.set_context_tool(ctx.id, "a", {"name": "a", "v": 1})
+    store.set_context_tool(ctx.id, "b", {"name": "b"})
+    store.set_context_tool(ctx.id, "a", {"name": "a", "v": 2})  # update keeps its place
+    tools = store.context_tools(ctx.id)
+    assert [(t["name"], t["definition"]) for t in tools] == [
+        ("a", {"name": "a", "v": 2}),
+        ("b", {"name": "b"}),
+    ]
+    assert store.remove_context_tool(ctx.id, "a") is True
+    assert store.remove_context_tool(ctx.id, "a") is False
+    assert [t["name"] for t in store.context_tools(ctx.id)] == ["b"]
+    with pytest.raises(ContextNotFound):
+        store.set_context_tool("missing", "a", {})
+
+
+# -- Checkpoints ---------------------------------------------------------------------------
+
+
+def test_checkpoint_insert_then_update_in_place(store: SQLiteStore):
+    ctx = store.get_or_create_context("cp")
+    first = store.save_checkpoint(ctx.id, CheckpointDraft("He", chunks=1))
+    assert (first.text, first.chunks, first.resolved_at, first.usage) == ("He", 1, None, None)
+    assert first.updated_at == first.created_at
+    fragments = [{"index": 0, "id": "c", "name": "f", "arguments": '{"a'}]
+    second = store.save_checkpoint(
+        ctx.id,
+        CheckpointDraft(
+            "Hello",
+            thinking="hmm",
+            tool_calls=fragments,
+            usage=Usage.of(3, 2),
+            error="RuntimeError: boom",
+            chunks=2,
+            response_id="resp",
+            metadata={"model": "m"},
+        ),
+        checkpoint_id=first.id,
+    )
+    assert second.id == first.id and second.created_at == first.created_at
+    assert second.updated_at is not None and second.updated_at >= first.created_at
+    assert (second.text, second.thinking, second.chunks, second.error) == (
+        "Hello",
+        "hmm",
+        2,
+        "RuntimeError: boom",
+    )
+    assert second.tool_calls == tuple(fragments)
+    assert second.usage == Usage(3, 2, 5)
+    assert (second.response_id, dict(second.metadata)) == ("resp", {"model": "m"})
+    assert store.get_checkpoint(first.id) == second
+    assert store.checkpoints(ctx.id) == [second]
+
+
+def test_checkpoint_lookups(store: SQLiteStore):
+    ctx = store.get_or_create_context("cp")
+    with pytest.raises(CheckpointNotFound):
+        store.get_checkpoint(12345)
+    with pytest.raises(CheckpointNotFound):
+        store.save_checkpoint(ctx.id, CheckpointDraft("x"), checkpoint_id=12345)
+    with pytest.raises(ContextNotFound):
+        store.save_checkpoint("missing", CheckpointDraft("x"))
+    assert issubclass(CheckpointNotFound, LookupError)
+
+
+def test_claim_is_atomic_and_resolve_goes_through_commit_reply(store: SQLiteStore):
+    ctx = store.get_or_create_context("cp")
+    a = store.save_checkpoint(ctx.id, CheckpointDraft("a"))
+    b = store.save_checkpoint(ctx.id, CheckpointDraft("b"))
+    assert [c.id for c in store.checkpoints(ctx.id)] == [a.id, b.id]
+
+    assert store.claim_checkpoint(a.id) is True
+    assert store.claim_checkpoint(a.id) is False
+    store.release_checkpoint(a.id)
+    assert store.claim_checkpoint(a.id) is True
+    assert store.claim_checkpoint(999) is False
+
+    store.commit_reply(ctx.id, [R("a + rest")], resolve_checkpoint=a.id)
+    resolved = store.get_checkpoint(a.id)
+    assert resolved.resolved and resolved.resolved_at is not None
+    assert [c.id for c in store.checkpoints(ctx.id)] == [b.id]
+    assert [c.id for c in store.checkpoints(ctx.id, include_resolved=True)] == [a.id, b.id]
+    store.release_checkpoint(a.id)
+    assert store.claim_checkpoint(a.id) is False  # resolved stays unclaimable
+
+
+def test_only_one_of_many_threads_claims_a_checkpoint(db_path: Path):
+    with rxcontext.open(db_path) as s:
+        ctx = s.get_or_create_context("race")
+        cp = s.save_checkpoint(ctx.id, CheckpointDraft("x"))
+        stores = [rxcontext.open(db_path) for _ in range(8)]
+        barrier = threading.Barrier(len(stores))
+        wins: list[bool] = []
+
+        def claim(other: SQLiteStore) -> None:
+            barrier.wait()
+            wins.append(other.claim_checkpoint(cp.id))
+
+        threads = [threading.Thread(target=claim, args=(o,)) for o in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for o in stores:
+            o.close()
+    assert sorted(wins) == [False] * 7 + [True]
+
+
+# -- Closed store --------------------------------------------------------------------------
+
+CALLS: dict[str, Callable[[SQLiteStore, str], object]] = {
+    "get_or_create_context": lambda s, c: s.get_or_create_context("x"),
+    "list_contexts": lambda s, c: s.list_contexts(),
+    "get_context": lambda s, c: s.get_context(c),
+    "get_context_by_name": lambda s, c: s.get_context_by_name("x"),
+    "delete_context": lambda s, c: s.delete_context(c),
+    "clone_context": lambda s, c: s.clone_context(c, "y"),
+    "export_context": lambda s, c: s.export_context(c),
+    "context_stats": lambda s, c: s.context_stats(c),
+    "set_threading": lambda s, c: s.set_threading(c, True),
+    "set_last_response_id": lambda s, c: s.set_last_response_id(c, "r"),
+    "add_record": lambda s, c: s.add_record(c, P("x")),
+    "records": lambda s, c: s.records(c),
+    "set_live_range": lambda s, c: s.set_live_range(c, 0, 0, False),
+    "replace_system_prompt": lambda s, c: s.replace_system_prompt(c, "x"),
+    "replace_records": lambda s, c: s.replace_records(c, [1], R("x")),
+    "commit_reply": lambda s, c: s.commit_reply(c, [R("x")]),
+    "set_context_tool": lambda s, c: s.set_context_tool(c, "t", {}),
+    "context_tools": lambda s, c: s.context_tools(c),
+    "remove_context_tool": lambda s, c: s.remove_context_tool(c, "t"),
+    "save_checkpoint": lambda s, c: s.save_checkpoint(c, CheckpointDraft("x")),
+    "get_checkpoint": lambda s, c: s.get_checkpoint(1),
+    "checkpoints": lambda s, c: s.checkpoints(c),
+    "claim_checkpoint": lambda s, c: s.claim_checkpoint(1),
+    "release_checkpoint": lambda s, c: s.release_checkpoint(1),
+}
+
+
+def test_the_closed_store_table_covers_the_whole_interface():
+    public = {
+        name
+        for name, value in vars(Store).items()
+        if callable(value) and not name.startswith("_") and name != "close"
+    }
+    assert public == set(CALLS)
+
+
+@pytest.mark.parametrize("method", sorted(CALLS))
+def test_every_method_of_a_closed_store_raises_store_closed(db_path: Path, method: str):
+    s = rxcontext.open(db_path)
+    ctx = s.get_or_create_context("x")
+    s.add_record(ctx.id, P("kept"))
+    s.close()
+    with pytest.raises(StoreClosedError, match=r"closed; open it again with rxcontext\.open"):
+        CALLS[method](s, ctx.id)
+    assert issubclass(StoreClosedError, StoreError)
+    with rxcontext.open(db_path) as again:
+        assert contents(again, ctx.id) == ["kept"]
+
+
+# -- Bad files -----------------------------------------------------------------------------
+
+
+def snapshot(path: Path) -> tuple[bytes, int, list[str]]:
+    return path.read_bytes(), path.stat().st_mtime_ns, sorted(os.listdir(path.parent))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"hello, I am a text file\n",
+        os.urandom(4096),
+        b"SQLite",  # shorter than the header
+        b"SQLite format 2\x00" + bytes(100),
+        b"SQLite format 3\x00" + b"\xff" * 200,  # the header, then garbage
+    ],
+    ids=["text", "random", "short", "near-header", "corrupt-after-header"],
+)
+def test_a_non_database_file_is_refused_and_left_untouched(db_path: Path, content: bytes):
+    db_path.write_bytes(content)
+    os.utime(db_path, ns=(1_000_000_000, 1_000_000_000))
+    before = snapshot(db_path)
+    with pytest.raises(NotADatabaseError, match=r"not a.* SQLite database") as info:
+        rxcontext.open(db_path)
+    assert str(db_path) in str(info.value)
+    assert snapshot(db_path) == before
+
+
+def test_an_empty_file_becomes_a_database(db_path: Path):
+    db_path.write_bytes(b"")
+    with rxcontext.open(db_path) as s:
+        s.get_or_create_context("x")
+    assert db_path.read_bytes().startswith(b"SQLite format 3\x00")
+
+
+def test_a_directory_is_refused(tmp_path: Path):
+    with pytest.raises(StoreError, match="is a directory"):
+        rxcontext.open(tmp_path)
+
+
+def test_a_missing_folder_is_refused_without_creating_it(tmp_path: Path):
+    target = tmp_path / "no" / "such" / "chat.db"
+    with pytest.raises(StoreError, match="does not exist"):
+        rxcontext.open(target)
+    assert not (tmp_path / "no").exists()
+
+
+@contextmanager
+def unwritable(path: Path) -> Iterator[Path]:
+    """``path`` made read-only for this process for the duration of the block."""
+    path.chmod(0o444)
+    if os.geteuid() != 0:
+        yield path
+        return
+    # chmod does not stop root; the immutable attribute does, where the system allows it.
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(path)]).returncode != 0:
+        pytest.skip("running as root, and chattr +i is not available to make a read-only file")
+    try:
+        yield path
+    finally:
+        subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+def test_a_read_only_database_reads_but_refuses_writes_clearly(db_path: Path):
+    with rxcontext.open(db_path) as s:
+        ctx = s.get_or_create_context("ro")
+        s.add_record(ctx.id, P("before"))
+    data = db_path.read_bytes()
+    with unwritable(db_path), rxcontext.open(db_path) as s:
+        assert contents(s, ctx.id) == ["before"]
+        with pytest.raises(StoreError, match="read-only"):
+            s.add_record(ctx.id, P("lost?"))
+        with pytest.raises(StoreError, match="read-only"):
+            s.commit_reply(ctx.id, [R("lost?")])
+        assert contents(s, ctx.id) == ["before"]
+    assert db_path.read_bytes() == data
+
+
+def test_an_empty_read_only_file_is_refused_clearly(db_path: Path):
+    # It needs the schema written and cannot get it.
+    db_path.write_bytes(b"")
+    with unwritable(db_path):
+        with pytest.raises(StoreError, match="read-only"):
+            rxcontext.open(db_path)
+        assert db_path.read_bytes() == b""
+
+
+# -- Other processes and threads -----------------------------------------------------------
+
+READER = """
+import json, sys
+import rxcontext
+with rxcontext.open(sys.argv[1]) as s:
+    ctx = s.get_context_by_name(sys.argv[2])
+    print(json.dumps([[r.type.name, r.content, r.streamed] for r in s.records(ctx.id)]))
+"""
+
+
+def test_another_process_sees_every_committed_reply(db_path: Path):
+    s = rxcontext.open(db_path)  # stays open: the replies may still be in the WAL only
+    name = "x'); DROP TABLE records;-- 🦀"
+    ctx = s.get_or_create_context(name)
+    expected = []
+    for i in range(20):
+        s.add_record(ctx.id, P(f"q{i}"))
+        s.commit_reply(ctx.id, [R(f"a{i} ✓", streamed=True)], usage=Usage.of(1, 1))
+        expected += [["PROMPT", f"q{i}", False], ["MODEL_RESP", f"a{i} ✓", True]]
+    out = subprocess.run(
+        [sys.executable, "-c", READER, str(db_path), name],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert json.loads(out.stdout) == expected
+    s.close()
+
+
+def test_this_process_sees_what_another_process_committed(db_path: Path):
+    writer = """
+import sys, rxcontext
+from rxcontext import RecordType
+from rxcontext.store import RecordDraft
+s = rxcontext.open(sys.argv[1])
+ctx = s.get_or_create_context("shared")
+s.commit_reply(ctx.id, [RecordDraft(RecordType.MODEL_RESP, "from the child")])
+s.close()
+"""
+    with rxcontext.open(db_path) as s:
+        ctx = s.get_or_create_context("shared")
+        subprocess.run([sys.executable, "-c", writer, str(db_path)], check=True, timeout=60)
+        assert contents(s, ctx.id) == ["from the child"]
+
+
+def test_threads_adding_to_one_store_lose_nothing(any_store: SQLiteStore):
+    ctx = any_store.get_or_create_context("threads")
+    workers, per_worker = 8, 50
+    barrier = threading.Barrier(workers)
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(per_worker):
+                if i % 2:
+                    any_store.add_record(ctx.id, P(f"{n}:{i}"))
+                else:
+                    any_store.commit_reply(ctx.id, [R(f"{n}:{i}")], usage=Usage(1, 1, 2))
+                any_store.records(ctx.id, live_only=True)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    got = contents(any_store, ctx.id)
+    assert sorted(got) == sorted(f"{n}:{i}" for n in range(workers) for i in range(per_worker))
+    for n in range(workers):  # each thread's own records stay in its order
+        mine = [c for c in got if c.split(":")[0] == str(n)]
+        assert mine == [f"{n}:{i}" for i in range(per_worker)]
+    assert any_store.context_stats(ctx.id).usage == Usage(200, 200, 400)

@@ -40,13 +40,17 @@ class SSEDecoder:
         self._buf = b"" if lines[-1][-1:] == b"\n" else lines.pop()
         return self._lines(lines)
 
-    def flush(self) -> list[Event]:
+    def flush(self, *, dispatch_pending: bool = False) -> list[Event]:
         """End of stream: decode a last unterminated line.
 
-        An event with no blank line after it is not dispatched, as in the SDKs' decoders.
+        An event with no blank line after it is not dispatched, as in the OpenAI and
+        Anthropic SDKs' decoders, unless ``dispatch_pending`` (google-genai reads it).
         """
         buf, self._buf = self._buf, b""
-        return self._lines([buf]) if buf else []
+        out = self._lines([buf]) if buf else []
+        if dispatch_pending and self._data:
+            out.append(self._dispatch())
+        return out
 
     def _dispatch(self) -> Event:
         data = self._data[0] if len(self._data) == 1 else "\n".join(self._data)

@@ -693,13 +693,9 @@ def _flush(decoder: SSEDecoder) -> list[str]:
     """The data of the events left at the end of the stream.
 
     Unlike the OpenAI and Anthropic SDKs, google-genai also reads a last event that has no
-    blank line after it, which :meth:`SSEDecoder.flush` leaves undispatched.
+    blank line after it: ``flush(dispatch_pending=True)``.
     """
-    out = [data for _, data in decoder.flush()]
-    if decoder._data:
-        out.append("\n".join(decoder._data))
-        decoder._data = []
-    return out
+    return [data for _, data in decoder.flush(dispatch_pending=True)]
 
 
 def _stream_request(

@@ -240,7 +240,18 @@ class ChatStream:
         return out
 
     def done(self) -> Chunk:
-        """The final DONE chunk."""
+        """The final DONE chunk; a stream that never gave a finish_reason was cut.
+
+        Without this a truncated body (no finish_reason, no ``[DONE]``) would be stored
+        as a complete reply.
+        """
+        if self.finish_reason is None:
+            raise provider_error(
+                PROVIDER,
+                "the stream ended before a finish_reason (connection cut?)",
+                error_type="incomplete_stream",
+                retryable=True,
+            )
         return Chunk(
             ChunkKind.DONE,
             finish_reason=self.finish_reason,

@@ -21,15 +21,19 @@ from .errors import (
     CheckpointNotFound,
     CheckpointResolved,
     ContextNotFound,
+    FirstChunkTimeout,
+    IdleTimeout,
     NotADatabaseError,
     ProviderError,
     RxContextError,
     StoreClosedError,
     StoreError,
     StreamInterrupted,
+    StreamTimeout,
     ToolLoopLimit,
 )
 from .records import Checkpoint, Context, ContextStats, Record, RecordType, TokenUsage
+from .retry import NO_RETRY, RetryPolicy, Timeouts
 from .store import SQLiteStore, Store
 from .tools import Tool
 from .window import ContextReader, ContextWindow
@@ -37,6 +41,7 @@ from .window import ContextReader, ContextWindow
 __version__ = "0.1.0"
 
 __all__ = [
+    "NO_RETRY",
     "Checkpoint",
     "CheckpointNotFound",
     "CheckpointResolved",
@@ -47,17 +52,22 @@ __all__ = [
     "ContextReader",
     "ContextStats",
     "ContextWindow",
+    "FirstChunkTimeout",
+    "IdleTimeout",
     "NotADatabaseError",
     "ProviderError",
     "Record",
     "RecordType",
     "Reply",
+    "RetryPolicy",
     "RxContextError",
     "SQLiteStore",
     "Store",
     "StoreClosedError",
     "StoreError",
     "StreamInterrupted",
+    "StreamTimeout",
+    "Timeouts",
     "TokenUsage",
     "Tool",
     "ToolCall",

@@ -11,12 +11,15 @@ __all__ = [
     "CheckpointNotFound",
     "CheckpointResolved",
     "ContextNotFound",
+    "FirstChunkTimeout",
+    "IdleTimeout",
     "NotADatabaseError",
     "ProviderError",
     "RxContextError",
     "StoreClosedError",
     "StoreError",
     "StreamInterrupted",
+    "StreamTimeout",
     "ToolLoopLimit",
 ]
 
@@ -91,3 +94,30 @@ class StreamInterrupted(RxContextError):
             message or f"stream interrupted; partial reply saved as checkpoint {checkpoint.id}"
         )
         self.checkpoint = checkpoint
+
+
+class StreamTimeout(RxContextError, TimeoutError):
+    """The provider sent nothing for longer than a configured timeout (``Timeouts``).
+
+    ``seconds`` is the limit that was exceeded. It reaches subscribers as the ``__cause__``
+    of a :class:`StreamInterrupted`; the provider stream was closed.
+    """
+
+    def __init__(self, message: str, *, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+
+
+class FirstChunkTimeout(StreamTimeout):
+    """No chunk arrived within ``Timeouts.first_chunk`` of sending the request.
+
+    Nothing was delivered, so it is retried like a connection error (see ``RetryPolicy``).
+    """
+
+
+class IdleTimeout(StreamTimeout):
+    """The stream went quiet for longer than ``Timeouts.idle`` between two chunks.
+
+    Text had already been delivered, so it is never retried: the partial reply is saved as
+    a checkpoint; continue it with ``ContextWindow.resume``.
+    """

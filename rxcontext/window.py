@@ -18,6 +18,7 @@ from .operators import Middleware
 from .persist import ReplyPersister
 from .providers.base import Model, Request
 from .records import Checkpoint, Context, ContextStats, Record, RecordType, TokenUsage
+from .retry import DEFAULT_RETRY, RetryPolicy, Timeouts
 from .store.base import RecordDraft, Store
 from .streaming import Run, _drive, _Flag, run_async, run_observable
 from .summarize import SummaryProposal
@@ -97,7 +98,10 @@ class ContextWindow:
 
     ``checkpoint_every`` (seconds) bounds what a killed process can lose of a streaming
     reply; ``max_tool_rounds`` ends a runaway tool loop; ``middleware`` hooks run inside
-    every stream, before the persister.
+    every stream, before the persister. ``retry`` sends a failed request again while none of
+    its reply has been delivered (None: never); ``timeouts`` bound how long a stream may stay
+    quiet. Their waits run on the subscription's scheduler, else on ``scheduler`` (a
+    ``reactivex.testing.TestScheduler`` makes them virtual), else on the real clock.
     """
 
     def __init__(
@@ -113,6 +117,9 @@ class ContextWindow:
         clock: Callable[[], float] = time.monotonic,
         summarizer: Model | None = None,
         summary_prompt: str | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        timeouts: Timeouts | None = None,
+        scheduler: abc.SchedulerBase | None = None,
     ) -> None:
         if not hasattr(store, "get_or_create_context"):
             raise TypeError("store must be an rxcontext store: use rxcontext.open(path)")
@@ -126,6 +133,9 @@ class ContextWindow:
         self.max_tool_rounds = max_tool_rounds
         self.middleware: list[Middleware] = list(middleware)
         self._clock = clock
+        self.retry = retry
+        self.timeouts = timeouts if timeouts is not None else Timeouts()
+        self.scheduler = scheduler
         self.summarizer = summarizer
         """Model for :meth:`summarize` (default: the window's model)."""
         self.summary_prompt = summary_prompt
@@ -415,6 +425,9 @@ class ContextWindow:
             tools=None if disable_tools else self._tools,
             max_tool_rounds=self.max_tool_rounds,
             streaming=streaming,
+            retry=self.retry,
+            timeouts=self.timeouts,
+            scheduler=self.scheduler,
         )
 
     @staticmethod
@@ -438,7 +451,8 @@ class ContextWindow:
         self._require_model()
         hooks, rest = self._split(operators)
         obs = run_observable(
-            lambda: self._run(hooks, streaming=stream, disable_tools=disable_tools)
+            lambda: self._run(hooks, streaming=stream, disable_tools=disable_tools),
+            self.scheduler,
         )
         return obs.pipe(*rest) if rest else obs
 
@@ -513,7 +527,8 @@ class ContextWindow:
                 streaming=True,
                 disable_tools=disable_tools,
                 resume=self._claim(checkpoint_id),
-            )
+            ),
+            self.scheduler,
         )
         return obs.pipe(*rest) if rest else obs
 

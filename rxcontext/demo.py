@@ -8,6 +8,7 @@ tool call, a stream cut halfway (checkpointed) and its resume.
 from __future__ import annotations
 
 import re
+import shlex
 from importlib import resources
 from pathlib import Path
 from typing import TextIO
@@ -15,7 +16,7 @@ from typing import TextIO
 from .errors import StreamInterrupted
 from .providers.replay import ScriptedReply, replay_model
 from .records import RecordType
-from .render import Renderer
+from .render import Renderer, Window
 from .store import SQLiteStore
 from .tools import Tool
 from .window import ContextWindow
@@ -35,6 +36,10 @@ def _weather(args: dict[str, object]) -> str:
     return f"sunny, 21 °C in {args.get('city', 'that city')}"
 
 
+def _window(cw: ContextWindow) -> Window:
+    return Window(cw.live_tokens(), cw.max_tokens)
+
+
 def run_demo(db: Path, *, delay: float, out: TextIO, live: bool | None = None) -> int:
     """Run the demo against the database at ``db``; returns an exit status."""
     render = Renderer(out, live=live)
@@ -49,6 +54,12 @@ def run_demo(db: Path, *, delay: float, out: TextIO, live: bool | None = None) -
         render.records(cw.records(), title=f"context {CONTEXT!r} in {db}")
         if first:
             render.line("Run the demo again: a tool call, a cut stream and its resume.")
+        else:
+            where = shlex.quote(str(db))
+            render.line(
+                f"Look around: rxcontext contexts show {CONTEXT} --db {where}   ·   "
+                f"rxcontext checkpoints --all --db {where}"
+            )
     finally:
         store.close()
     return 0
@@ -59,7 +70,8 @@ def _first_run(cw: ContextWindow, render: Renderer, delay: float) -> None:
     cw.set_system_prompt("You explain rxcontext briefly and precisely.")
     cw.add_prompt("What happens when rxcontext streams a reply?")
     render.heading("streaming a reply (OpenAI SDK over a replay transport, no API key)")
-    render.stream(cw.stream())
+    window = _window(cw)
+    render.status(render.stream(cw.stream(), window=window), window, "stored in one transaction")
 
 
 def _second_run(cw: ContextWindow, render: Renderer, delay: float) -> None:
@@ -83,11 +95,14 @@ def _second_run(cw: ContextWindow, render: Renderer, delay: float) -> None:
     cw.add_prompt("Should I go for a walk in Lisbon today?")
     render.heading("a tool call, then a stream cut halfway")
     try:
-        render.stream(cw.stream())
+        render.stream(cw.stream(), window=_window(cw))
     except StreamInterrupted as exc:
         cp = exc.checkpoint
-        render.line(f"stream cut ({cp.error}); checkpoint {cp.id} holds {len(cp.text)} characters")
-        render.heading(f"resuming checkpoint {cp.id}")
-        render.stream(cw.resume(cp.id), prefix=cp.text)
+        render.note(f"stream cut ({cp.error})")
+        render.note(f"checkpoint {cp.id} saved: exactly the {len(cp.text)} characters shown above")
+        render.heading(f"resuming checkpoint {cp.id} (the same as `rxcontext resume {cp.id}`)")
+        window = _window(cw)
+        stats = render.stream(cw.resume(cp.id), prefix=cp.text, window=window)
+        render.status(stats, window, f"checkpoint {cp.id} resolved; reply stored as one record")
     else:  # pragma: no cover - the replay always cuts
         render.line("the stream was not cut")

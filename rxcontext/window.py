@@ -390,7 +390,10 @@ class ContextWindow:
 
         def request(round_: int) -> Request:
             records = store.records(context_id, live_only=True)
-            if round_ == 0 and resume is not None:
+            if round_ == 0 and resume is not None and resume.text:
+                # The partial reply goes back as an assistant turn plus a continuation
+                # prompt. With nothing delivered yet, the original request is sent as it
+                # was (providers reject an empty assistant turn).
                 records = [
                     *records,
                     _synthetic(context_id, RecordType.MODEL_RESP, resume.text),

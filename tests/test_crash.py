@@ -180,13 +180,6 @@ def check_database(path: Path, reports: list[tuple[int, float, float]]) -> None:
     store.close()
 
 
-@pytest.mark.xfail(
-    reason="store: claim_checkpoint() marks a checkpoint as being resumed and only an "
-    "interrupt releases it, so a process killed mid-resume leaves it claimed forever "
-    "(CheckpointResolved 'being resumed by another caller'); claims need an owner or expiry",
-    raises=rxcontext.CheckpointResolved,
-    strict=False,
-)
 def test_sigkill_during_a_resume_leaves_a_resumable_checkpoint(tmp_path):
     path = tmp_path / "crash.db"
     child = subprocess.Popen(

@@ -943,3 +943,20 @@ def test_lazy_client_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     client, secrets = m._sync()
     assert client.api_key == KEY and secrets == (KEY,)
     assert m._sync()[0] is client
+
+
+def test_missing_key_is_a_clear_configuration_error(monkeypatch):
+    from rxcontext.errors import ProviderError
+    from rxcontext.providers.base import Request
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    model = OpenAIModel("gpt-x")
+    with pytest.raises(ProviderError, match="OPENAI_API_KEY") as info:
+        list(model.iter_chunks(Request(records=[])))
+    assert info.value.error_type == "configuration"
+
+
+def test_default_clients_leave_retries_to_rxcontext(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-env-0123456789")
+    model = OpenAIModel("gpt-x")
+    assert model._client.get().max_retries == 0

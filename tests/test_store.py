@@ -927,3 +927,35 @@ def test_threads_adding_to_one_store_lose_nothing(any_store: SQLiteStore):
         mine = [c for c in got if c.split(":")[0] == str(n)]
         assert mine == [f"{n}:{i}" for i in range(per_worker)]
     assert any_store.context_stats(ctx.id).usage == Usage(200, 200, 400)
+
+
+def test_a_claim_is_held_until_released_then_expires_by_lease(tmp_path):
+    store = rxcontext.open(tmp_path / "claims.db")
+    ctx = store.get_or_create_context("c")
+    cp = store.save_checkpoint(ctx.id, CheckpointDraft("partial"))
+    assert store.claim_checkpoint(cp.id)
+    assert not store.claim_checkpoint(cp.id)  # held by this (live) process
+    assert store.claim_checkpoint(cp.id, stale_after=-1.0)  # lease over: taken over
+    store.release_checkpoint(cp.id)
+    assert store.claim_checkpoint(cp.id)
+    store.close()
+
+
+def test_a_claim_of_a_process_that_exited_can_be_taken_over(tmp_path):
+    path = tmp_path / "claims.db"
+    store = rxcontext.open(path)
+    ctx = store.get_or_create_context("c")
+    cp = store.save_checkpoint(ctx.id, CheckpointDraft("partial"))
+    code = (
+        "import sys, rxcontext; s = rxcontext.open(sys.argv[1]);"
+        "print(s.claim_checkpoint(int(sys.argv[2])))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(cp.id)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "True"
+    assert store.claim_checkpoint(cp.id)  # the claimer has exited
+    store.close()

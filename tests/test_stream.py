@@ -450,3 +450,11 @@ def test_reply_value_is_plain_and_frozen():
     assert isinstance(reply, Reply)
     with pytest.raises(AttributeError):
         reply.text = "b"  # type: ignore[misc]
+
+
+def test_resuming_an_empty_checkpoint_resends_the_original_request():
+    cw, model = window([RuntimeError("no bytes at all")], [T("whole"), DONE])
+    cp_id = interrupted(cw)
+    assert cw.store.get_checkpoint(cp_id).text == ""
+    assert cw.resume_call(cp_id).text == "whole"
+    assert [r.content for r in model.requests[1].records] == ["hi"]

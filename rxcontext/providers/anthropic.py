@@ -90,9 +90,12 @@ class AnthropicModel:
         self.model_name = model_name
         self.wire: Wire = wire
         self.params = dict(params)
-        self._client: Lazy[anthropic.Anthropic] = Lazy(anthropic.Anthropic, client)
+        # The SDK's own retries are off: rxcontext retries itself (before the first chunk).
+        self._client: Lazy[anthropic.Anthropic] = Lazy(
+            lambda: anthropic.Anthropic(max_retries=0), client
+        )
         self._async_client: Lazy[anthropic.AsyncAnthropic] = Lazy(
-            anthropic.AsyncAnthropic, async_client
+            lambda: anthropic.AsyncAnthropic(max_retries=0), async_client
         )
 
     @property

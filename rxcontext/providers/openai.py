@@ -14,7 +14,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from contextlib import aclosing
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx2
 import openai
@@ -83,6 +83,25 @@ def _error(exc: BaseException, secrets: tuple[str | None, ...]) -> ProviderError
             retryable=False,
         )
     return provider_error(PROVIDER, str(exc) or type(exc).__name__, secrets=secrets)
+
+
+_C = TypeVar("_C", openai.OpenAI, openai.AsyncOpenAI)
+
+
+def _env_client(cls: type[_C]) -> _C:
+    """A client from ``OPENAI_API_KEY`` (and ``OPENAI_BASE_URL``).
+
+    The SDK's own retries are off: rxcontext retries itself, before the first chunk only,
+    and the two would multiply.
+    """
+    try:
+        return cls(max_retries=0)
+    except openai.OpenAIError as exc:
+        raise ProviderError(
+            f"{PROVIDER}: no API key: set OPENAI_API_KEY, or pass client=openai.OpenAI(...)",
+            provider=PROVIDER,
+            error_type="configuration",
+        ) from exc
 
 
 class _Converting:
@@ -174,8 +193,10 @@ class _OpenAIBase:
         self.wire: Wire = wire
         self.params = dict(params)
         """Extra request parameters sent with every call (``Request.options`` override them)."""
-        self._client: Lazy[openai.OpenAI] = Lazy(openai.OpenAI, client)
-        self._async_client: Lazy[openai.AsyncOpenAI] = Lazy(openai.AsyncOpenAI, async_client)
+        self._client: Lazy[openai.OpenAI] = Lazy(lambda: _env_client(openai.OpenAI), client)
+        self._async_client: Lazy[openai.AsyncOpenAI] = Lazy(
+            lambda: _env_client(openai.AsyncOpenAI), async_client
+        )
 
     @property
     def name(self) -> str:

@@ -113,6 +113,12 @@ def m004_context_usage(db: sqlite3.Connection) -> None:
         db.execute(f"ALTER TABLE contexts ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
 
 
+@migration
+def m005_checkpoint_claim_owner(db: sqlite3.Connection) -> None:
+    """Who claimed a checkpoint for a resume, so a dead claimer's claim can be taken over."""
+    db.execute("ALTER TABLE checkpoints ADD COLUMN claimed_by TEXT")
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Apply the steps not yet recorded, each in its own transaction; return their names."""
     db.execute(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import threading
 import uuid
@@ -129,6 +130,27 @@ def _checkpoint(row: sqlite3.Row | tuple[Any, ...]) -> Checkpoint:
         response_id=row[11],
         metadata=_unjson(row[12], {}),
     )
+
+
+_OWNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_gone(owner: str | None) -> bool:
+    """Whether the process that claimed a checkpoint is known to have exited."""
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine: only the lease can expire it
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _check_file(path: str) -> None:
@@ -695,20 +717,42 @@ class SQLiteStore:
             ).fetchall()
         return [_checkpoint(r) for r in rows]
 
-    def claim_checkpoint(self, checkpoint_id: int) -> bool:
-        """Atomically take an unresolved, unclaimed checkpoint for a resume; False if taken."""
+    def claim_checkpoint(self, checkpoint_id: int, *, stale_after: float = 300.0) -> bool:
+        """Atomically take an unresolved checkpoint for a resume; False if someone holds it.
+
+        A claim is held by a process (``host:pid``). It can be taken over when that process
+        is gone (same host) or when neither the claim nor the checkpoint has been touched for
+        ``stale_after`` seconds (a resume's periodic checkpoints keep it fresh), so a resume
+        killed mid-way does not lock its checkpoint for ever.
+        """
+        now = datetime.now(UTC)
+        cutoff = (now - timedelta(seconds=stale_after)).isoformat(timespec="microseconds")
         with self._tx() as db:
-            cur = db.execute(
-                "UPDATE checkpoints SET claimed_at = ? WHERE id = ?"
-                " AND claimed_at IS NULL AND resolved_at IS NULL",
-                (_now(), checkpoint_id),
+            row = db.execute(
+                "SELECT claimed_at, claimed_by, updated_at, resolved_at FROM checkpoints"
+                " WHERE id = ?",
+                (checkpoint_id,),
+            ).fetchone()
+            if row is None or row[3] is not None:
+                return False
+            claimed_at, claimed_by, updated_at = row[0], row[1], row[2]
+            if claimed_at is not None:
+                stale = max(claimed_at, updated_at or "") < cutoff or _owner_gone(claimed_by)
+                if not stale:
+                    return False
+            db.execute(
+                "UPDATE checkpoints SET claimed_at = ?, claimed_by = ? WHERE id = ?",
+                (now.isoformat(timespec="microseconds"), _OWNER, checkpoint_id),
             )
-            return cur.rowcount == 1
+            return True
 
     def release_checkpoint(self, checkpoint_id: int) -> None:
         """Give a claimed checkpoint back (its resume failed)."""
         with self._tx() as db:
-            db.execute("UPDATE checkpoints SET claimed_at = NULL WHERE id = ?", (checkpoint_id,))
+            db.execute(
+                "UPDATE checkpoints SET claimed_at = NULL, claimed_by = NULL WHERE id = ?",
+                (checkpoint_id,),
+            )
 
 
 def open_store(path: str | os.PathLike[str] = ":memory:", **kwargs: Any) -> SQLiteStore:

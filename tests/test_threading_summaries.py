@@ -209,3 +209,62 @@ def test_nothing_to_summarize_is_a_clear_error():
     cw.set_system_prompt("only this")
     with pytest.raises(ValueError, match="nothing to summarize"):
         cw.summarize()
+
+
+# -- threading through the real openai SDK (Responses API) ------------------------------
+
+
+def responses_window(*responses):
+    import openai
+    from replay import Replay, real_fixture
+
+    from rxcontext.providers import OpenAIResponsesModel
+
+    body = real_fixture("openai_responses/text_basic_gpt55.sse")
+    replay = Replay(*(body if r is None else r for r in responses))
+    client = openai.OpenAI(
+        api_key="sk-test-thread-0123456789", max_retries=0, http_client=replay.client()
+    )
+    model = OpenAIResponsesModel("gpt-test", client=client)
+    cw = ContextWindow(rxcontext.open(":memory:"), model, "r", retry=None)
+    cw.set_system_prompt("Answer tersely.")
+    cw.set_server_side_threading(True)
+    return cw, replay
+
+
+RESP_ID = "resp_00592e63e61b66660169fab1b9f8e481a2b321356198d7ac1b"
+
+
+def test_responses_second_turn_sends_previous_response_id_and_only_new_input():
+    cw, replay = responses_window(None, None)
+    cw.add_prompt("Reply with exactly: pong")
+    assert cw.call().text == "pong"
+    cw.add_prompt("Again")
+    cw.call()
+    first, second = replay.bodies
+    assert "previous_response_id" not in first
+    assert second["previous_response_id"] == RESP_ID
+    assert second["instructions"] == "Answer tersely."
+    assert [item.get("content") for item in second["input"]] == ["Again"]
+
+
+def test_responses_rejected_thread_falls_back_to_full_history_through_the_sdk():
+    from replay import Reply as Canned
+
+    rejected = Canned(
+        b'{"error": {"message": "Previous response not found.", "type": "invalid_request_error"}}',
+        status=400,
+        headers={"content-type": "application/json"},
+    )
+    cw, replay = responses_window(None, rejected, None)
+    cw.add_prompt("Reply with exactly: pong")
+    cw.call()
+    cw.add_prompt("Again")
+    assert cw.call().text == "pong"
+    threaded, full = replay.bodies[1:]
+    assert threaded["previous_response_id"] == RESP_ID
+    assert "previous_response_id" not in full
+    assert [i.get("content") for i in full["input"] if i.get("role") == "user"] == [
+        "Reply with exactly: pong",
+        "Again",
+    ]

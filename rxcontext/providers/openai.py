@@ -319,6 +319,8 @@ class OpenAIResponsesModel(_OpenAIBase):
     """
 
     _label = "openai-responses"
+    supports_previous_response_id = True
+    """The window may send ``previous_response_id`` with only the new input."""
 
     def _kwargs(self, request: Request) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"model": self.model_name}

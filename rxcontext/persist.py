@@ -11,16 +11,23 @@ exactly what subscribers have received. It then either
 
 Periodic checkpoints cost one clock read per chunk and one small write per interval: there is
 no write per chunk on the hot path.
+
+With a model that resumes natively (OpenAI Responses background mode), the run's
+:class:`~rxcontext.providers.base.ResumeCursor` is asked at checkpoint time only where the
+stream stood after the last delivered chunk; that point goes into the checkpoint's metadata
+(``NATIVE_RESUME_KEY``) and its stream id into ``response_id``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
-from .chunks import Chunk, Reply, ReplyBuilder, Usage
+from .chunks import Chunk, ChunkKind, Reply, ReplyBuilder, Usage
 from .errors import StreamInterrupted
+from .providers.base import NATIVE_RESUME_KEY, ResumeCursor
 from .records import Checkpoint, Record, RecordType
 from .store.base import CheckpointDraft, RecordDraft, Store
 
@@ -85,6 +92,7 @@ class ReplyPersister:
         clock: Clock = time.monotonic,
         resume: Checkpoint | None = None,
         streamed: bool = True,
+        cursor: ResumeCursor | None = None,
     ) -> None:
         self.store = store
         self.context_id = context_id
@@ -98,6 +106,8 @@ class ReplyPersister:
         self._prefix_thinking = resume.thinking if resume is not None else ""
         self._streamed = streamed
         self._usage_total: Usage | None = None
+        self._cursor = cursor
+        self._seeded = 0  # chunks folded in from the checkpoint, not delivered by this stream
         self.final: Reply | None = None
         """The last committed reply of this run (the answer after any tool rounds)."""
         self.records: list[Record] = []
@@ -115,15 +125,22 @@ class ReplyPersister:
 
     def _draft(self, error: str | None) -> CheckpointDraft:
         reply = self.builder.build()
+        delivered = self.builder.chunks - self._seeded
+        metadata = dict(reply.metadata)
+        response_id = reply.response_id
+        point = self._cursor.point(delivered) if self._cursor is not None else None
+        if point is not None:
+            metadata[NATIVE_RESUME_KEY] = point
+            response_id = response_id or point["stream_id"]
         return CheckpointDraft(
             text=self._prefix + reply.text,
             thinking=self._prefix_thinking + reply.thinking,
             tool_calls=self.builder.tool_fragments(),
             usage=reply.usage,
             error=error,
-            chunks=self.builder.chunks,
-            response_id=reply.response_id,
-            metadata=dict(reply.metadata),
+            chunks=delivered,
+            response_id=response_id,
+            metadata=metadata,
         )
 
     def flush(self) -> Checkpoint:
@@ -150,16 +167,55 @@ class ReplyPersister:
         """:meth:`interrupt` and return the :class:`StreamInterrupted` to raise ``from error``."""
         return StreamInterrupted(self.interrupt(error))
 
+    @property
+    def resuming(self) -> Checkpoint | None:
+        """The checkpoint this round continues (None when not resuming, or after round one)."""
+        return self._resume
+
+    def continue_natively(self) -> None:
+        """This round continues the checkpoint's own stream (native resume), not a new reply.
+
+        The checkpoint's tool-call fragments are folded in first, so a call cut mid-arguments
+        is completed by the rest of its stream; the text and thinking are kept as prefixes,
+        as for a continuation. Idempotent (a retry of the round calls it again).
+        """
+        if self._resume is None or self._seeded or self.builder.chunks:
+            return
+        for fragment in self._resume.tool_calls:
+            self.builder.add(
+                Chunk(
+                    ChunkKind.TOOL_CALL,
+                    str(fragment.get("arguments") or ""),
+                    int(fragment.get("index") or 0),
+                    fragment.get("id"),
+                    fragment.get("name"),
+                    metadata=dict(fragment.get("metadata") or {}),
+                )
+            )
+        self._seeded = self.builder.chunks
+
+    def continue_with_prompt(self) -> None:
+        """Native resume failed before any chunk: this round is a continuation after all."""
+        if self._seeded:
+            self.builder = ReplyBuilder()
+            self._seeded = 0
+
     # -- completion -----------------------------------------------------------------------
 
     def complete(self) -> Reply:
         """Commit the finished round durably and start a fresh one; return its reply."""
         reply = self.builder.build()
-        text = self._prefix + reply.text if self._prefix else None
+        if self._prefix or self._prefix_thinking:
+            # A resumed round: the reply is the checkpoint's part plus this round's.
+            reply = replace(
+                reply,
+                text=self._prefix + reply.text,
+                thinking=self._prefix_thinking + reply.thinking,
+            )
         resumed = self._resume is not None and self._checkpoint_id == self._resume.id
         records = self.store.commit_reply(
             self.context_id,
-            reply_drafts(reply, streamed=self._streamed, text=text),
+            reply_drafts(reply, streamed=self._streamed),
             usage=reply.usage,
             last_response_id=reply.response_id,
             drop_checkpoint=None if resumed else self._checkpoint_id,
@@ -169,16 +225,6 @@ class ReplyPersister:
         if reply.usage is not None:
             self._usage_total = (
                 reply.usage if self._usage_total is None else self._usage_total + reply.usage
-            )
-        if text is not None:
-            reply = Reply(
-                text,
-                self._prefix_thinking + reply.thinking,
-                reply.tool_calls,
-                reply.usage,
-                reply.finish_reason,
-                reply.response_id,
-                reply.metadata,
             )
         self.final = reply
         self._start_round()
@@ -192,6 +238,9 @@ class ReplyPersister:
 
     def _start_round(self) -> None:
         self.builder = ReplyBuilder()
+        self._seeded = 0
+        if self._cursor is not None:
+            self._cursor.begin()  # the next round's stream has not started yet
         self._checkpoint_id = None
         self._prefix = ""
         self._prefix_thinking = ""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,10 +15,10 @@ from reactivex import Observable, abc
 from . import summarize
 from .chain import new_input, validate_chain
 from .chunks import Chunk, Reply
-from .errors import CheckpointNotFound, CheckpointResolved, RxContextError
+from .errors import CheckpointNotFound, CheckpointResolved, ProviderError, RxContextError
 from .operators import Middleware
 from .persist import ReplyPersister
-from .providers.base import Model, Request
+from .providers.base import Model, Request, ResumeCursor
 from .records import Checkpoint, Context, ContextStats, Record, RecordType, TokenUsage
 from .retry import DEFAULT_RETRY, RetryPolicy, Timeouts
 from .store.base import RecordDraft, Store
@@ -25,6 +27,8 @@ from .summarize import SummaryProposal
 from .tools import Tool, ToolRegistry, ToolRunner
 
 __all__ = ["CONTINUE_PROMPT", "ContextReader", "ContextWindow"]
+
+_log = logging.getLogger("rxcontext.window")
 
 DEFAULT_MAX_TOKENS = 128_000
 CONTINUE_PROMPT = (
@@ -387,6 +391,10 @@ class ContextWindow:
         tools = () if disable_tools else tuple(self._tools.list())
 
         threads = bool(getattr(model, "supports_previous_response_id", False))
+        # A model that can resume natively notes where its streams stand in a cursor the
+        # persister reads when it writes a checkpoint (see providers.base.ResumeCursor).
+        native = callable(getattr(model, "resume_chunks", None))
+        cursor = ResumeCursor() if native else None
 
         def request(round_: int) -> Request:
             records = store.records(context_id, live_only=True)
@@ -399,8 +407,8 @@ class ContextWindow:
                     _synthetic(context_id, RecordType.MODEL_RESP, resume.text),
                     _synthetic(context_id, RecordType.PROMPT, CONTINUE_PROMPT),
                 ]
-                return Request(records=records, tools=tools)
-            full = Request(records=records, tools=tools)
+                return Request(records=records, tools=tools, cursor=cursor)
+            full = Request(records=records, tools=tools, cursor=cursor)
             if threads:
                 ctx = store.get_context(context_id)
                 if ctx.use_server_side_threading and validate_chain(ctx, records)[0]:
@@ -409,6 +417,7 @@ class ContextWindow:
                         tools=tools,
                         previous_response_id=ctx.last_response_id,
                         fallback=full,
+                        cursor=cursor,
                     )
             return full
 
@@ -419,8 +428,9 @@ class ContextWindow:
             clock=self._clock,
             resume=resume,
             streamed=streaming,
+            cursor=cursor,
         )
-        return Run(
+        return (_NativeResumeRun if resume is not None and native else Run)(
             model=model,
             persister=persister,
             request=request,
@@ -519,7 +529,9 @@ class ContextWindow:
         """Continue an interrupted reply: emits the continuation's chunks.
 
         On completion the stored reply is one MODEL_RESP record holding the partial text plus
-        the continuation, and the checkpoint is resolved. The history is sent with the partial
+        the continuation, and the checkpoint is resolved. Where the model can resume the
+        checkpoint's own stream (OpenAI Responses with ``background=True``), the continuation
+        is the rest of that stream, exactly; otherwise the history is sent with the partial
         reply as an assistant turn and an instruction to continue (no assistant prefill).
         """
         self._resumable(checkpoint_id)
@@ -552,6 +564,106 @@ class ContextWindow:
         return run_async(
             self._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint)
         )
+
+
+@dataclass
+class _NativeResumeRun(Run):
+    """A resume run whose first round the model may continue natively.
+
+    The model's ``resume_chunks`` decides per checkpoint (None: it cannot, and the round is
+    the continuation-prompt request the window built). Retries of the round ask again.
+    """
+
+    def _native(self, name: str, request: Request) -> Any:
+        checkpoint = self.persister.resuming
+        if checkpoint is None:  # a later round (after tools): a request as usual
+            return None
+        chunks = getattr(self.model, name)(checkpoint, request.cursor)
+        if chunks is not None:
+            self.persister.continue_natively()
+        return chunks
+
+    def chunks(self, request: Request) -> Iterator[Chunk]:
+        native: Iterator[Chunk] | None = self._native("resume_chunks", request)
+        if native is None:
+            return super().chunks(request)
+        return self._or_prompt(native, request)
+
+    def achunks(self, request: Request) -> AsyncIterator[Chunk]:
+        native: AsyncIterator[Chunk] | None = self._native("aresume_chunks", request)
+        if native is None:
+            return super().achunks(request)
+        return self._aor_prompt(native, request)
+
+    def _gave_up(self, error: ProviderError) -> bool:
+        # A retryable failure (connection, 5xx) is left to the retry policy, which asks for
+        # the native stream again; any other (the response expired: 404) falls back now.
+        if error.retryable:
+            return False
+        _log.info(
+            "%s could not resume natively (%s); continuing with a prompt", self.model.name, error
+        )
+        self.persister.continue_with_prompt()
+        return True
+
+    def _or_prompt(self, native: Iterator[Chunk], request: Request) -> Iterator[Chunk]:
+        """The native stream; if it fails before its first chunk, the continuation request."""
+        it = native
+        try:
+            try:
+                first = next(it)
+            except StopIteration:
+                return
+            except ProviderError as error:
+                if not self._gave_up(error):
+                    raise
+                _close(it)
+                it = Run.chunks(self, request)
+                first_or_none = next(it, None)
+                if first_or_none is None:
+                    return
+                first = first_or_none
+            yield first
+            yield from it
+        finally:
+            _close(it)
+
+    async def _aor_prompt(
+        self, native: AsyncIterator[Chunk], request: Request
+    ) -> AsyncIterator[Chunk]:
+        """The asyncio twin of :meth:`_or_prompt`."""
+        it = native
+        try:
+            try:
+                first = await anext(it)
+            except StopAsyncIteration:
+                return
+            except ProviderError as error:
+                if not self._gave_up(error):
+                    raise
+                await _aclose(it)
+                it = Run.achunks(self, request)
+                first_or_none = await anext(it, None)
+                if first_or_none is None:
+                    return
+                first = first_or_none
+            yield first
+            async for chunk in it:
+                yield chunk
+        finally:
+            await _aclose(it)
+
+
+def _close(it: Iterator[Chunk]) -> None:
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
+
+
+async def _aclose(it: AsyncIterator[Chunk]) -> None:
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _synthetic(context_id: str, type_: RecordType, content: str) -> Record:

@@ -14,14 +14,27 @@ from typing import Any
 
 from ..chunks import Chunk, ChunkKind, Usage
 from ..errors import ProviderError
-from ..records import Record, RecordType
+from ..records import Checkpoint, Record, RecordType
 from ._common import provider_error
 from ._openai_chat import PROVIDER, turns
+from .base import NATIVE_RESUME_KEY, ResumeCursor
 
-__all__ = ["OUTPUT_KEY", "ResponsesStream", "response_chunks", "responses_input"]
+__all__ = [
+    "BACKGROUND",
+    "OUTPUT_KEY",
+    "ResponsesStream",
+    "background_point",
+    "response_chunks",
+    "responses_input",
+]
 
 OUTPUT_KEY = "openai_responses_output"
 """Reply/record metadata key: the response's output items needed for a stateless round trip."""
+
+BACKGROUND = "openai-responses"
+"""``provider`` of the native-resume points this module writes and reads."""
+
+_STARTS = frozenset({"response.created", "response.queued"})
 
 _RETRYABLE_CODES = frozenset({"server_error", "rate_limit_exceeded", "vector_store_timeout"})
 _THINKING_DELTAS = frozenset(
@@ -193,17 +206,78 @@ def error_event(
     )
 
 
+def background_point(checkpoint: Checkpoint) -> tuple[str, int] | None:
+    """``(response_id, starting_after)`` to resume ``checkpoint``'s background stream, if any."""
+    point = checkpoint.metadata.get(NATIVE_RESUME_KEY)
+    if not isinstance(point, Mapping) or point.get("provider") != BACKGROUND:
+        return None
+    response_id, after = point.get("stream_id"), point.get("after")
+    if not isinstance(response_id, str) or not response_id:
+        return None
+    if not isinstance(after, int) or isinstance(after, bool):
+        return None
+    return response_id, after
+
+
 class ResponsesStream:
-    """Per-stream state: tool-call indexes by item id and the output items to keep."""
+    """Per-stream state: tool-call indexes by item id and the output items to keep.
 
-    __slots__ = ("_args", "_indexes", "_kept", "finished", "secrets")
+    With a ``cursor`` (background mode) the ``*_at`` twins of :meth:`sdk` / :meth:`fast` also
+    note the stream's response id (at ``response.created`` / ``response.queued``) and, per
+    event that yields chunks, its ``sequence_number``: a method call with two attribute
+    stores, no per-chunk dict work. Without one, nothing is noted.
 
-    def __init__(self, secrets: tuple[str | None, ...] = ()) -> None:
+    ``resumed`` marks a stream continued with ``retrieve(starting_after=...)``: the events
+    before the cut are not seen again, so output items the reply must keep are taken from the
+    final response, and calls whose arguments were already (partly) delivered are not sent
+    whole again.
+    """
+
+    __slots__ = ("_args", "_indexes", "_kept", "chunks", "cursor", "finished", "resumed", "secrets")
+
+    def __init__(
+        self,
+        secrets: tuple[str | None, ...] = (),
+        cursor: ResumeCursor | None = None,
+        *,
+        resumed: Checkpoint | None = None,
+    ) -> None:
         self._indexes: dict[str, int] = {}
         self._args: set[int] = set()
         self._kept: dict[int, dict[str, Any]] = {}
         self.finished = False
         self.secrets = secrets
+        self.cursor = cursor
+        self.chunks = 0  # chunks yielded so far (counted only with a cursor)
+        self.resumed = resumed is not None
+        if resumed is not None:
+            self._args = {
+                int(call.get("index") or 0) for call in resumed.tool_calls if call.get("arguments")
+            }
+
+    def sdk_at(self, event: Any) -> list[Chunk]:
+        """:meth:`sdk`, noting the stream's position in the cursor."""
+        out = self.sdk(event)
+        cursor = self.cursor
+        assert cursor is not None
+        if out:
+            self.chunks += len(out)
+            cursor.at(self.chunks, getattr(event, "sequence_number", None))
+        elif event.type in _STARTS:
+            cursor.started(event.response.id, getattr(event, "sequence_number", None))
+        return out
+
+    def fast_at(self, data: Mapping[str, Any]) -> list[Chunk]:
+        """:meth:`fast`, noting the stream's position in the cursor."""
+        out = self.fast(data)
+        cursor = self.cursor
+        assert cursor is not None
+        if out:
+            self.chunks += len(out)
+            cursor.at(self.chunks, data.get("sequence_number"))
+        elif data.get("type") in _STARTS:
+            cursor.started((data.get("response") or {}).get("id"), data.get("sequence_number"))
+        return out
 
     def sdk(self, event: Any) -> list[Chunk]:
         """Chunks for one SDK event object."""
@@ -281,6 +355,12 @@ class ResponsesStream:
         if kind == "response.failed" or status == "failed":
             raise failed_error({**response, "status": "failed"}, self.secrets)
         self.finished = True
+        if self.resumed:
+            for index, item in enumerate(response.get("output") or ()):
+                if index not in self._kept:
+                    kept = kept_item(item)
+                    if kept is not None:
+                        self._kept[index] = kept
         out: list[Chunk] = []
         usage = usage_of_dict(response["usage"]) if response.get("usage") else None
         if usage is not None:

@@ -4,6 +4,17 @@ A model turns a :class:`Request` (the live records, the tools, options) into a s
 :class:`~rxcontext.chunks.Chunk`. It offers a blocking iterator for the sync path and an
 async iterator for asyncio; the window wraps them in Observables, adds the persister and
 the tool loop. Closing an iterator (``close()`` / ``aclose()``) must close the HTTP stream.
+
+Optional capability, native resume (found with ``getattr``; no other model needs it): a model
+whose provider can continue an interrupted stream itself (OpenAI Responses background mode)
+notes in :attr:`Request.cursor` where each of its streams stands and offers
+
+    def resume_chunks(self, checkpoint, cursor=None) -> Iterator[Chunk] | None
+    def aresume_chunks(self, checkpoint, cursor=None) -> AsyncIterator[Chunk] | None
+
+which return the chunks that follow a checkpoint's text exactly (``cursor`` to note the
+resumed stream's own progress), or None when native resume does not apply to it; the window
+then sends the history with a continuation prompt instead.
 """
 
 from __future__ import annotations
@@ -16,7 +27,71 @@ from ..chunks import Chunk, Reply, ReplyBuilder
 from ..records import Record
 from ..tools import Tool
 
-__all__ = ["Model", "Request", "reply_from_chunks"]
+__all__ = ["NATIVE_RESUME_KEY", "Model", "Request", "ResumeCursor", "reply_from_chunks"]
+
+NATIVE_RESUME_KEY = "native_resume"
+"""Checkpoint metadata key: where a natively resumable stream stopped (:class:`ResumeCursor`)."""
+
+
+class ResumeCursor:
+    """Where a natively resumable stream stands, noted by the model, read at checkpoint time.
+
+    The window gives one to each run of a model that offers ``resume_chunks`` (in
+    :attr:`Request.cursor`); the model calls :meth:`begin` when a stream starts,
+    :meth:`started` once it knows the stream's id, and :meth:`at` before it yields the chunks
+    of each provider event. The persister asks :meth:`point` only when it writes a checkpoint,
+    so the hot path costs one small method call per chunk-bearing event and no dict work.
+
+    The resume point is the position of the last event whose chunks were *all* delivered:
+    the stream continues after it, so no delivered chunk repeats and none is skipped.
+    """
+
+    __slots__ = ("_chunks", "_position", "_prev_chunks", "_prev_position", "provider", "stream_id")
+
+    def __init__(self) -> None:
+        self.begin()
+
+    def begin(self, provider: str | None = None) -> None:
+        """Forget the previous stream (a new round, a retry, a fallback request)."""
+        self.provider = provider
+        self.stream_id: str | None = None
+        self._chunks = 0
+        self._position: int | None = None
+        self._prev_chunks = 0
+        self._prev_position: int | None = None
+
+    def started(self, stream_id: str | None, position: int | None) -> None:
+        """The stream's id is known; ``position`` is its opening event (nothing yielded yet)."""
+        self.stream_id = stream_id
+        if self._chunks:  # a late opening event: keep the point of what was yielded
+            return
+        self._chunks = self._prev_chunks = 0
+        self._position = self._prev_position = position
+
+    def at(self, chunks: int, position: int | None) -> None:
+        """``chunks`` chunks in all are about to have been yielded, through event ``position``."""
+        self._prev_chunks = self._chunks
+        self._prev_position = self._position
+        self._chunks = chunks
+        self._position = position
+
+    def point(self, delivered: int) -> dict[str, Any] | None:
+        """What a checkpoint keeps when ``delivered`` chunks of this stream reached subscribers.
+
+        None when the stream cannot be resumed natively from there (no id yet, no position).
+        """
+        if self.stream_id is None:
+            return None
+        if delivered >= self._chunks:
+            position = self._position
+        elif delivered >= self._prev_chunks:
+            # The last event's chunks were pulled but not (all) delivered: replay that event.
+            position = self._prev_position
+        else:
+            return None
+        if position is None:
+            return None
+        return {"provider": self.provider, "stream_id": self.stream_id, "after": position}
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +102,8 @@ class Request:
     the records are then only the new input since that response, and ``fallback`` is the
     full-history request the window sends instead if the provider rejects the threaded one.
     Models that can thread say so with a ``supports_previous_response_id = True`` attribute.
+    ``cursor`` is set by the window for models that offer native resume (see the module
+    docstring); they note there where the stream stands.
     """
 
     records: Sequence[Record]
@@ -35,6 +112,7 @@ class Request:
     max_output_tokens: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     fallback: Request | None = None
+    cursor: ResumeCursor | None = field(default=None, compare=False, repr=False)
 
 
 @runtime_checkable

@@ -21,11 +21,19 @@ import openai
 
 from ..chunks import Chunk, Reply
 from ..errors import ProviderError
+from ..records import Checkpoint
 from ._common import Lazy, provider_error, scrub, transport_error
 from ._openai_chat import PROVIDER, ChatStream, chat_messages, completion_chunks, in_stream_error
-from ._openai_responses import OUTPUT_KEY, ResponsesStream, response_chunks, responses_input
+from ._openai_responses import (
+    BACKGROUND,
+    OUTPUT_KEY,
+    ResponsesStream,
+    background_point,
+    response_chunks,
+    responses_input,
+)
 from ._sse import aiter_sse, iter_sse
-from .base import Request, reply_from_chunks
+from .base import Request, ResumeCursor, reply_from_chunks
 
 __all__ = ["OUTPUT_KEY", "OpenAIModel", "OpenAIResponsesModel"]
 
@@ -316,6 +324,11 @@ class OpenAIResponsesModel(_OpenAIBase):
     with ``store=False`` pass ``include=["reasoning.encrypted_content"]`` so reasoning can
     round-trip. ``Request.previous_response_id`` threads on the server: only the records
     given are sent.
+
+    With ``background=True`` (which needs the default ``store=True``) the response runs on the
+    server whatever happens to the connection, and an interrupted reply resumes natively:
+    ``cw.resume(id)`` streams the rest of the same response (:meth:`resume_chunks`) instead
+    of asking the model to continue.
     """
 
     _label = "openai-responses"
@@ -338,21 +351,43 @@ class OpenAIResponsesModel(_OpenAIBase):
             kwargs["previous_response_id"] = request.previous_response_id
         return kwargs
 
+    def _stream_state(
+        self,
+        kwargs: Mapping[str, Any],
+        secrets: tuple[str | None, ...],
+        cursor: ResumeCursor | None,
+        resumed: Checkpoint | None = None,
+    ) -> ResponsesStream:
+        # Only a background response can be retrieved again mid-stream, so only then is the
+        # stream's position noted (and the plain loop, with no per-event noting, used otherwise).
+        if cursor is not None:
+            cursor.begin(BACKGROUND)
+            if not kwargs.get("background") and resumed is None:
+                cursor = None
+        return ResponsesStream(secrets, cursor, resumed=resumed)
+
     def iter_chunks(self, request: Request) -> Iterator[Chunk]:
-        """Stream ``request`` on this thread; closing the generator closes the HTTP stream."""
+        """Stream ``request`` on this thread; closing the generator closes the HTTP stream.
+
+        With ``background=True`` the stream's response id and the sequence number of each
+        delivered event are noted in ``request.cursor``, so an interrupted reply can be
+        resumed with :meth:`resume_chunks`.
+        """
         client, secrets = self._sync()
         kwargs = self._kwargs(request)
         kwargs["stream"] = True
-        state = ResponsesStream(secrets)
+        state = self._stream_state(kwargs, secrets, request.cursor)
         with _Converting(secrets):
             if self.wire == "fast":
+                fast = state.fast if state.cursor is None else state.fast_at
                 with client.responses.with_streaming_response.create(**kwargs) as raw:
                     for data in _events(raw):
-                        yield from state.fast(data)
+                        yield from fast(data)
             else:
+                sdk = state.sdk if state.cursor is None else state.sdk_at
                 with client.responses.create(**kwargs) as stream:
                     for sdk_event in stream:
-                        yield from state.sdk(sdk_event)
+                        yield from sdk(sdk_event)
         if not state.finished:
             raise _unfinished()
 
@@ -361,20 +396,102 @@ class OpenAIResponsesModel(_OpenAIBase):
         client, secrets = self._async()
         kwargs = self._kwargs(request)
         kwargs["stream"] = True
-        state = ResponsesStream(secrets)
+        state = self._stream_state(kwargs, secrets, request.cursor)
         with _Converting(secrets):
             if self.wire == "fast":
+                fast = state.fast if state.cursor is None else state.fast_at
                 async with (
                     client.responses.with_streaming_response.create(**kwargs) as raw,
                     aclosing(_aevents(raw)) as events,
                 ):
                     async for data in events:
-                        for chunk in state.fast(data):
+                        for chunk in fast(data):
                             yield chunk
             else:
+                sdk = state.sdk if state.cursor is None else state.sdk_at
                 async with await client.responses.create(**kwargs) as stream:
                     async for sdk_event in stream:
-                        for chunk in state.sdk(sdk_event):
+                        for chunk in sdk(sdk_event):
+                            yield chunk
+        if not state.finished:
+            raise _unfinished()
+
+    # -- native resume (background mode) --------------------------------------------------
+
+    def resume_chunks(
+        self, checkpoint: Checkpoint, cursor: ResumeCursor | None = None
+    ) -> Iterator[Chunk] | None:
+        """The rest of ``checkpoint``'s background response, or None if it cannot be resumed.
+
+        Streams ``GET /responses/{id}?stream=true&starting_after=<n>`` (the SDK's
+        ``responses.retrieve``), where ``n`` is the sequence number of the last event whose
+        chunks were delivered: the chunks continue the checkpoint's text exactly. None when
+        the checkpoint holds no such point (the reply was not made with ``background=True``,
+        or was cut before its response id arrived): the window then continues with a prompt.
+        """
+        point = background_point(checkpoint)
+        if point is None:
+            return None
+        return self._resume(checkpoint, point, cursor)
+
+    def aresume_chunks(
+        self, checkpoint: Checkpoint, cursor: ResumeCursor | None = None
+    ) -> AsyncIterator[Chunk] | None:
+        """The asyncio twin of :meth:`resume_chunks`."""
+        point = background_point(checkpoint)
+        if point is None:
+            return None
+        return self._aresume(checkpoint, point, cursor)
+
+    def _resume(
+        self, checkpoint: Checkpoint, point: tuple[str, int], cursor: ResumeCursor | None
+    ) -> Iterator[Chunk]:
+        client, secrets = self._sync()
+        response_id, after = point
+        cursor = cursor if cursor is not None else ResumeCursor()
+        state = self._stream_state({}, secrets, cursor, checkpoint)
+        cursor.started(response_id, after)
+        with _Converting(secrets):
+            if self.wire == "fast":
+                with client.responses.with_streaming_response.retrieve(
+                    response_id, stream=True, starting_after=after
+                ) as raw:
+                    for data in _events(raw):
+                        yield from state.fast_at(data)
+            else:
+                with client.responses.retrieve(
+                    response_id, stream=True, starting_after=after
+                ) as stream:
+                    for sdk_event in stream:
+                        yield from state.sdk_at(sdk_event)
+        if not state.finished:
+            raise _unfinished()
+
+    async def _aresume(
+        self, checkpoint: Checkpoint, point: tuple[str, int], cursor: ResumeCursor | None
+    ) -> AsyncIterator[Chunk]:
+        client, secrets = self._async()
+        response_id, after = point
+        cursor = cursor if cursor is not None else ResumeCursor()
+        state = self._stream_state({}, secrets, cursor, checkpoint)
+        cursor.started(response_id, after)
+        with _Converting(secrets):
+            if self.wire == "fast":
+                async with (
+                    client.responses.with_streaming_response.retrieve(
+                        response_id, stream=True, starting_after=after
+                    ) as raw,
+                    aclosing(_aevents(raw)) as events,
+                ):
+                    async for data in events:
+                        for chunk in state.fast_at(data):
+                            yield chunk
+            else:
+                async with await client.responses.retrieve(
+                    response_id, stream=True, starting_after=after
+                ) as stream:
+                    async for sdk_event in stream:
+                        for chunk in state.sdk_at(sdk_event):
                             yield chunk
         if not state.finished:
             raise _unfinished()

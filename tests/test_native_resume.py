@@ -1,0 +1,600 @@
+"""Native resume of OpenAI Responses background mode, through the real openai SDK on replay.
+
+A reply made with ``background=True`` keeps running on the server when its stream is cut, and
+``GET /responses/{id}?stream=true&starting_after=<n>`` streams the events after sequence
+number ``n``. The checkpoint keeps the response id and the sequence number of the last event
+whose chunks reached subscribers; ``cw.resume(id)`` streams the rest of the same response,
+so the stored MODEL_RESP is exactly the uncut reply: no delta repeated, none missing, no
+continuation prompt. Without background mode the continuation-prompt path is unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+from reactivex import operators as ops
+from replay import Replay, sse
+from replay import Reply as Served
+
+import rxcontext
+from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType, StreamInterrupted
+from rxcontext.providers import OpenAIResponsesModel
+from rxcontext.providers.base import NATIVE_RESUME_KEY, ResumeCursor
+from rxcontext.providers.openai import OUTPUT_KEY
+from rxcontext.window import CONTINUE_PROMPT
+
+KEY = "sk-test-RXCONTEXT0123456789secret"
+RID = "resp_bg_0123"
+PATHS = [("sync", "sdk"), ("sync", "fast"), ("async", "sdk"), ("async", "fast")]
+IDS = ["-".join(p) for p in PATHS]
+
+DELTAS = ["Hel", "lo, ", "wor", "ld", "!"]
+FULL = "".join(DELTAS)
+THOUGHT = "think first"
+
+
+# -- a crafted background-mode stream -----------------------------------------------------
+
+
+def response(status: str, output: list[dict[str, Any]] | None = None, **kw: Any) -> dict:
+    return {
+        "id": RID,
+        "object": "response",
+        "created_at": 1,
+        "model": "gpt-5.5",
+        "status": status,
+        "background": True,
+        "output": output or [],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        **kw,
+    }
+
+
+REASONING = {
+    "type": "reasoning",
+    "id": "rs_1",
+    "summary": [{"type": "summary_text", "text": THOUGHT}],
+}
+
+
+def message(text: str, status: str = "completed") -> dict[str, Any]:
+    return {
+        "type": "message",
+        "id": "msg_1",
+        "role": "assistant",
+        "status": status,
+        "content": [{"type": "output_text", "text": text, "annotations": []}] if text else [],
+    }
+
+
+USAGE = {
+    "input_tokens": 9,
+    "input_tokens_details": {"cached_tokens": 0},
+    "output_tokens": 7,
+    "output_tokens_details": {"reasoning_tokens": 2},
+    "total_tokens": 16,
+}
+
+
+def background_events(deltas: list[str] = DELTAS) -> list[dict[str, Any]]:
+    """The events of a background response, numbered as the API numbers them."""
+    text = "".join(deltas)
+    part = {"type": "output_text", "text": "", "annotations": []}
+    payloads: list[dict[str, Any]] = [
+        {"type": "response.created", "response": response("queued")},
+        {"type": "response.queued", "response": response("queued")},
+        {"type": "response.in_progress", "response": response("in_progress")},
+        {
+            "type": "response.output_item.added",
+            "output_index": 0,
+            "item": {"type": "reasoning", "id": "rs_1", "summary": []},
+        },
+        {
+            "type": "response.reasoning_summary_text.delta",
+            "item_id": "rs_1",
+            "output_index": 0,
+            "summary_index": 0,
+            "delta": THOUGHT,
+        },
+        {"type": "response.output_item.done", "output_index": 0, "item": REASONING},
+        {
+            "type": "response.output_item.added",
+            "output_index": 1,
+            "item": message("", "in_progress"),
+        },
+        {
+            "type": "response.content_part.added",
+            "item_id": "msg_1",
+            "output_index": 1,
+            "content_index": 0,
+            "part": part,
+        },
+        *(
+            {
+                "type": "response.output_text.delta",
+                "item_id": "msg_1",
+                "output_index": 1,
+                "content_index": 0,
+                "delta": delta,
+                "logprobs": [],
+            }
+            for delta in deltas
+        ),
+        {
+            "type": "response.output_text.done",
+            "item_id": "msg_1",
+            "output_index": 1,
+            "content_index": 0,
+            "text": text,
+            "logprobs": [],
+        },
+        {
+            "type": "response.content_part.done",
+            "item_id": "msg_1",
+            "output_index": 1,
+            "content_index": 0,
+            "part": {**part, "text": text},
+        },
+        {"type": "response.output_item.done", "output_index": 1, "item": message(text)},
+        {
+            "type": "response.completed",
+            "response": response("completed", [REASONING, message(text)], usage=USAGE),
+        },
+    ]
+    return [{**p, "sequence_number": i} for i, p in enumerate(payloads)]
+
+
+EVENTS = background_events()
+FIRST_DELTA = next(i for i, e in enumerate(EVENTS) if e["type"] == "response.output_text.delta")
+
+
+def frame(events: list[dict[str, Any]]) -> bytes:
+    return sse(*events, event_names=[e["type"] for e in events])
+
+
+def yields_chunks(event: dict[str, Any]) -> bool:
+    """Whether an event of this stream becomes a chunk (an oracle independent of the adapter)."""
+    return event["type"].endswith(".delta") or event["type"] == "response.completed"
+
+
+def resume_point(k: int) -> int | None:
+    """The sequence number to resume after when events[:k] arrived (None: no response id yet)."""
+    seen = EVENTS[:k]
+    if not any(e["type"] in ("response.created", "response.queued") for e in seen):
+        return None
+    after = None
+    for e in seen:
+        if e["type"] in ("response.created", "response.queued") or yields_chunks(e):
+            after = e["sequence_number"]
+    return after
+
+
+def delivered_text(events: list[dict[str, Any]]) -> str:
+    return "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+
+
+# -- windows and runners --------------------------------------------------------------------
+
+
+def model(replay: Replay, wire: str, **params: Any) -> OpenAIResponsesModel:
+    return OpenAIResponsesModel(
+        "gpt-5.5",
+        client=openai.OpenAI(api_key=KEY, max_retries=0, http_client=replay.client()),
+        async_client=openai.AsyncOpenAI(
+            api_key=KEY, max_retries=0, http_client=replay.async_client()
+        ),
+        wire=wire,  # type: ignore[arg-type]
+        **params,
+    )
+
+
+def window(replay: Replay, wire: str = "fast", **params: Any) -> ContextWindow:
+    params.setdefault("background", True)
+    cw = ContextWindow(rxcontext.open(":memory:"), model(replay, wire, **params), "bg", retry=None)
+    cw.add_prompt("say hello")
+    return cw
+
+
+def text(chunks: list[Chunk]) -> str:
+    return "".join(c.text for c in chunks if c.kind is ChunkKind.TEXT)
+
+
+def replies(cw: ContextWindow) -> list[str]:
+    return [r.content for r in cw.records() if r.type is RecordType.MODEL_RESP]
+
+
+def run(mode: str, cw: ContextWindow, checkpoint_id: int | None = None) -> tuple[list[Chunk], Any]:
+    got: list[Chunk] = []
+    if mode == "sync":
+        errors: list[Exception] = []
+        obs = cw.stream() if checkpoint_id is None else cw.resume(checkpoint_id)
+        obs.subscribe(got.append, errors.append)
+        return got, (errors[0] if errors else None)
+
+    async def consume() -> Any:
+        chunks = cw.astream() if checkpoint_id is None else cw.aresume(checkpoint_id)
+        try:
+            async for chunk in chunks:
+                got.append(chunk)
+        except StreamInterrupted as e:
+            return e
+        return None
+
+    return got, asyncio.run(consume())
+
+
+def reference(wire: str = "fast") -> tuple[str, dict[str, Any], str]:
+    """The stored MODEL_RESP (content, metadata) and thinking of the uncut stream."""
+    cw = window(Replay(frame(EVENTS)), wire)
+    reply = cw.call()
+    [record] = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
+    return record.content, dict(record.metadata), reply.thinking
+
+
+def check_get(request: httpx2.Request, after: int) -> None:
+    assert request.method == "GET"
+    assert request.url.path == f"/v1/responses/{RID}"
+    assert dict(request.url.params) == {"stream": "true", "starting_after": str(after)}
+
+
+# -- the tests ------------------------------------------------------------------------------
+
+
+def test_the_crafted_stream_reduces_to_the_full_reply():
+    content, metadata, thinking = reference()
+    assert content == FULL and thinking == THOUGHT
+    assert metadata[OUTPUT_KEY] == [
+        {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": THOUGHT}]},
+        {"type": "message", "id": "msg_1", "text": FULL},
+    ]
+    assert reference("sdk") == (content, metadata, thinking)
+
+
+def test_background_is_sent_with_the_request():
+    replay = Replay(frame(EVENTS))
+    window(replay).call()
+    assert replay.requests[0].method == "POST" and replay.bodies[0]["background"] is True
+    assert replay.bodies[0]["stream"] is True
+
+
+@pytest.mark.parametrize("mode,wire", PATHS, ids=IDS)
+@pytest.mark.parametrize("k", range(1, len(EVENTS)))
+def test_cut_after_event_k_resumes_the_same_response_exactly(k, mode, wire):
+    after = resume_point(k)
+    assert after is not None
+    rest = [e for e in EVENTS if e["sequence_number"] > after]
+    replay = Replay(Served(frame(EVENTS), cut_after=k), frame(rest))
+    cw = window(replay, wire)
+
+    got, error = run(mode, cw)
+
+    assert isinstance(error, StreamInterrupted)
+    delivered = text(got)
+    assert delivered == delivered_text(EVENTS[:k])
+    cp = error.checkpoint
+    assert cp.text == delivered
+    assert cp.response_id == RID
+    assert cp.metadata[NATIVE_RESUME_KEY] == {
+        "provider": "openai-responses",
+        "stream_id": RID,
+        "after": after,
+    }
+    assert cw.checkpoints() == [cp] and replies(cw) == []
+
+    more, error = run(mode, cw, cp.id)
+
+    assert error is None
+    assert len(replay.requests) == 2
+    check_get(replay.requests[1], after)
+    assert delivered + text(more) == FULL  # no delta repeated, none missing
+    content, metadata, _ = reference(wire)
+    [record] = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
+    assert (record.content, dict(record.metadata)) == (content, metadata)
+    assert record.response_id == RID
+    assert cw.context.last_response_id == RID
+    assert cw.checkpoints() == [] and cw.store.get_checkpoint(cp.id).resolved
+    # Nothing was asked of the model: no continuation prompt, no new response.
+    assert all(
+        r.type is not RecordType.PROMPT or r.content != CONTINUE_PROMPT for r in cw.records()
+    )
+
+
+@pytest.mark.parametrize("mode,wire", PATHS, ids=IDS)
+def test_a_cut_before_the_response_id_resends_the_request(mode, wire):
+    replay = Replay(Served(frame(EVENTS), cut_after=0), frame(EVENTS))
+    cw = window(replay, wire)
+    _, error = run(mode, cw)
+    assert isinstance(error, StreamInterrupted)
+    assert NATIVE_RESUME_KEY not in error.checkpoint.metadata
+    more, error = run(mode, cw, error.checkpoint.id)
+    assert error is None and text(more) == FULL
+    assert replay.requests[1].method == "POST"  # the original request again
+    assert replies(cw) == [FULL]
+
+
+@pytest.mark.parametrize("wire", ["sdk", "fast"])
+@pytest.mark.parametrize("n", range(1, len(DELTAS)))
+def test_take_n_resumes_after_the_nth_delivered_delta(n, wire):
+    # take(n) disposes after the n-th chunk; the driver has already pulled the next one from
+    # the model (its event was noted) but never delivers it: the point must not include it.
+    deltas = [FIRST_DELTA + i for i in range(len(DELTAS))]
+    replay = Replay(frame(EVENTS), frame(EVENTS[deltas[n - 1] + 1 :]))
+    cw = window(replay, wire)
+    got: list[Chunk] = []
+    cw.stream().pipe(ops.filter(lambda c: c.kind is ChunkKind.TEXT), ops.take(n)).subscribe(
+        got.append
+    )
+    [cp] = cw.checkpoints()
+    assert cp.text == text(got) == "".join(DELTAS[:n])
+    assert cp.metadata[NATIVE_RESUME_KEY]["after"] == deltas[n - 1]
+    assert cw.resume_call(cp.id).text == FULL
+    check_get(replay.requests[1], deltas[n - 1])
+    assert replies(cw) == [FULL]
+
+
+@pytest.mark.parametrize("wire", ["sdk", "fast"])
+def test_periodic_checkpoint_holds_the_point_of_what_was_delivered(wire):
+    now = [0.0]
+    replay = Replay(frame(EVENTS))
+    m = model(replay, wire, background=True)
+    cw = ContextWindow(
+        rxcontext.open(":memory:"), m, "bg", retry=None, checkpoint_every=1.0, clock=lambda: now[0]
+    )
+    cw.add_prompt("say hello")
+    seen: list[tuple[str, Any]] = []
+
+    def tick(chunk: Chunk) -> None:
+        for cp in cw.checkpoints():
+            seen.append((cp.text, cp.metadata.get(NATIVE_RESUME_KEY, {}).get("after")))
+        now[0] += 1.0  # every chunk's add writes the running checkpoint
+
+    cw.stream().subscribe(tick)
+    assert replies(cw) == [FULL] and cw.checkpoints() == []
+    texts = [t for t, _ in seen]
+    assert texts and all(FULL.startswith(t) for t in texts)
+    # each periodic point is the event of the last chunk folded in at that moment
+    for t, after in seen:
+        assert after is not None
+        assert delivered_text(EVENTS[: after + 1]) == t
+
+
+@pytest.mark.parametrize("mode,wire", PATHS, ids=IDS)
+def test_a_resume_cut_again_moves_the_point_and_resumes_again(mode, wire):
+    first_cut = FIRST_DELTA + 2  # two deltas delivered
+    after1 = FIRST_DELTA + 1
+    rest1 = [e for e in EVENTS if e["sequence_number"] > after1]
+    after2 = FIRST_DELTA + 3
+    rest2 = [e for e in EVENTS if e["sequence_number"] > after2]
+    replay = Replay(
+        Served(frame(EVENTS), cut_after=first_cut),
+        Served(frame(rest1), cut_after=2),  # two more deltas, then the cut
+        frame(rest2),
+    )
+    cw = window(replay, wire)
+    _, error = run(mode, cw)
+    cp_id = error.checkpoint.id
+    _, error = run(mode, cw, cp_id)
+    assert isinstance(error, StreamInterrupted) and error.checkpoint.id == cp_id
+    assert error.checkpoint.text == "".join(DELTAS[:4])
+    assert error.checkpoint.metadata[NATIVE_RESUME_KEY]["after"] == after2
+    more, error = run(mode, cw, cp_id)
+    assert error is None and text(more) == DELTAS[4]
+    check_get(replay.requests[1], after1)
+    check_get(replay.requests[2], after2)
+    assert replies(cw) == [FULL] and cw.checkpoints() == []
+
+
+@pytest.mark.parametrize("mode,wire", PATHS, ids=IDS)
+def test_without_background_mode_the_continuation_prompt_is_used(mode, wire):
+    plain = [
+        {**e, "response": {**e["response"], "background": False}} if "response" in e else e
+        for e in EVENTS
+        if e["type"] != "response.queued"
+    ]
+    k = next(i for i, e in enumerate(plain) if e["type"] == "response.output_text.delta") + 2
+    continuation = frame(background_events([" and more"]))
+    replay = Replay(Served(frame(plain), cut_after=k), continuation)
+    cw = window(replay, wire, background=False)
+
+    got, error = run(mode, cw)
+    assert isinstance(error, StreamInterrupted)
+    cp = error.checkpoint
+    assert cp.text == text(got) == "".join(DELTAS[:2])
+    assert NATIVE_RESUME_KEY not in cp.metadata and cp.response_id is None
+
+    more, error = run(mode, cw, cp.id)
+    assert error is None and text(more) == " and more"
+    assert replay.requests[1].method == "POST"
+    assert replay.requests[1].url.path == "/v1/responses"
+    assert replay.bodies[1]["input"][-2:] == [
+        {"role": "assistant", "content": cp.text},
+        {"role": "user", "content": CONTINUE_PROMPT},
+    ]
+    assert replies(cw) == [cp.text + " and more"]
+
+
+def error_reply(status: int, message: str) -> Served:
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error"}})
+    return Served(body.encode(), status=status, headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize("mode,wire", PATHS, ids=IDS)
+def test_a_retryable_native_failure_keeps_the_point_for_the_next_resume(mode, wire):
+    k = FIRST_DELTA + 1
+    rest = [e for e in EVENTS if e["sequence_number"] > FIRST_DELTA]
+    replay = Replay(Served(frame(EVENTS), cut_after=k), error_reply(500, "boom"), frame(rest))
+    cw = window(replay, wire)
+    _, error = run(mode, cw)
+    cp = error.checkpoint
+    _, error = run(mode, cw, cp.id)
+    assert isinstance(error, StreamInterrupted)
+    assert error.__cause__.status_code == 500
+    assert error.checkpoint.id == cp.id and error.checkpoint.text == cp.text
+    assert error.checkpoint.metadata[NATIVE_RESUME_KEY] == cp.metadata[NATIVE_RESUME_KEY]
+    more, error = run(mode, cw, cp.id)
+    assert error is None and cp.text + text(more) == FULL
+    check_get(replay.requests[1], FIRST_DELTA)
+    check_get(replay.requests[2], FIRST_DELTA)
+    assert replies(cw) == [FULL]
+
+
+@pytest.mark.parametrize("mode,wire", PATHS, ids=IDS)
+def test_an_expired_response_falls_back_to_the_continuation_prompt(mode, wire):
+    k = FIRST_DELTA + 2
+    replay = Replay(
+        Served(frame(EVENTS), cut_after=k),
+        error_reply(404, f"Response with id '{RID}' not found."),
+        frame(background_events([" and more"])),
+    )
+    cw = window(replay, wire)
+    _, error = run(mode, cw)
+    cp = error.checkpoint
+    more, error = run(mode, cw, cp.id)
+    assert error is None and text(more) == " and more"
+    check_get(replay.requests[1], FIRST_DELTA + 1)
+    assert replay.requests[2].method == "POST"
+    assert replay.bodies[2]["input"][-2:] == [
+        {"role": "assistant", "content": cp.text},
+        {"role": "user", "content": CONTINUE_PROMPT},
+    ]
+    assert replies(cw) == [cp.text + " and more"]
+    assert cw.checkpoints() == [] and cw.store.get_checkpoint(cp.id).resolved
+
+
+def tool_events() -> list[dict[str, Any]]:
+    item = {
+        "type": "function_call",
+        "id": "fc_1",
+        "call_id": "call_1",
+        "name": "weather",
+        "arguments": "",
+        "status": "in_progress",
+    }
+    args = ['{"ci', 'ty": "Pa', 'ris"}']
+    done = {**item, "arguments": "".join(args), "status": "completed"}
+    payloads: list[dict[str, Any]] = [
+        {"type": "response.created", "response": response("queued")},
+        {"type": "response.in_progress", "response": response("in_progress")},
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        *(
+            {
+                "type": "response.function_call_arguments.delta",
+                "item_id": "fc_1",
+                "output_index": 0,
+                "delta": a,
+            }
+            for a in args
+        ),
+        {
+            "type": "response.function_call_arguments.done",
+            "item_id": "fc_1",
+            "output_index": 0,
+            "arguments": "".join(args),
+        },
+        {"type": "response.output_item.done", "output_index": 0, "item": done},
+        {
+            "type": "response.completed",
+            "response": response("completed", [done], usage=USAGE),
+        },
+    ]
+    return [{**p, "sequence_number": i} for i, p in enumerate(payloads)]
+
+
+@pytest.mark.parametrize("mode,wire", PATHS, ids=IDS)
+def test_a_tool_call_cut_mid_arguments_is_completed_by_the_rest_of_its_stream(mode, wire):
+    events = tool_events()
+    k = 5  # created, in_progress, item added, two argument deltas
+    rest = [e for e in events if e["sequence_number"] > 4]
+    replay = Replay(Served(frame(events), cut_after=k), frame(rest))
+    cw = window(replay, wire)
+    _, error = run(mode, cw)
+    cp = error.checkpoint
+    assert [dict(f) for f in cp.tool_calls] == [
+        {"index": 0, "id": "call_1", "name": "weather", "arguments": '{"city": "Pa', "metadata": {}}
+    ]
+    assert cp.metadata[NATIVE_RESUME_KEY]["after"] == 4
+    _, error = run(mode, cw, cp.id)
+    assert error is None
+    check_get(replay.requests[1], 4)
+    calls = [r for r in cw.records() if r.type is RecordType.TOOL_CALL]
+    assert [(c.tool_call_id, c.tool_name, c.content) for c in calls] == [
+        ("call_1", "weather", '{"city": "Paris"}')
+    ]
+
+
+def test_the_cursor_points_before_an_event_whose_chunks_were_not_all_delivered():
+    cursor = ResumeCursor()
+    assert cursor.point(0) is None  # no stream id yet
+    cursor.begin("p")
+    cursor.started("s", 1)
+    assert cursor.point(0) == {"provider": "p", "stream_id": "s", "after": 1}
+    cursor.at(1, 4)
+    cursor.at(3, 9)  # an event with two chunks
+    assert cursor.point(3)["after"] == 9
+    assert cursor.point(2)["after"] == 4 and cursor.point(1)["after"] == 4
+    assert cursor.point(0) is None  # older than the cursor remembers
+    cursor.at(4, None)  # an event without a sequence number
+    assert cursor.point(4) is None
+
+
+def test_models_without_native_resume_are_untouched():
+    from rxcontext.providers import ScriptedModel
+
+    model = ScriptedModel(
+        [[Chunk(ChunkKind.TEXT, "a"), RuntimeError("cut")], [Chunk(ChunkKind.TEXT, "b")]]
+    )
+    cw = ContextWindow(rxcontext.open(":memory:"), model, "s", retry=None)
+    cw.add_prompt("go")
+    with contextlib.suppress(StreamInterrupted):
+        cw.call()
+    [cp] = cw.checkpoints()
+    assert NATIVE_RESUME_KEY not in cp.metadata
+    assert cw.resume_call(cp.id).text == "ab"
+    assert all(r.cursor is None for r in model.requests)
+
+
+@pytest.mark.parametrize("mode,wire", PATHS, ids=IDS)
+def test_a_resumed_tool_call_runs_once_and_the_loop_continues_with_a_request(mode, wire):
+    events = tool_events()
+    rest = [e for e in events if e["sequence_number"] > 4]
+    answer = background_events(["Sunny."])
+    replay = Replay(Served(frame(events), cut_after=5), frame(rest), frame(answer))
+    cw = window(replay, wire)
+    ran: list[dict[str, Any]] = []
+    cw.add_tool(
+        rxcontext.Tool("weather", "Weather").string("city", "City"),
+        lambda args: ran.append(args) or "sunny",
+    )
+    _, error = run(mode, cw)
+    assert isinstance(error, StreamInterrupted) and ran == []
+    more, error = run(mode, cw, error.checkpoint.id)
+    assert error is None and ran == [{"city": "Paris"}]
+    assert text(more) == "Sunny."
+    check_get(replay.requests[1], 4)
+    assert replay.requests[2].method == "POST"  # the next round is an ordinary request
+    assert replay.bodies[2]["input"][-1] == {
+        "type": "function_call_output",
+        "call_id": "call_1",
+        "output": "sunny",
+    }
+    records = cw.records()
+    assert [r.type for r in records] == [
+        RecordType.PROMPT,
+        RecordType.MODEL_RESP,  # empty text, the output items the next request sends back
+        RecordType.TOOL_CALL,
+        RecordType.TOOL_OUTPUT,
+        RecordType.MODEL_RESP,
+    ]
+    assert records[1].metadata[OUTPUT_KEY] == [
+        {"type": "function_call", "id": "fc_1", "call_id": "call_1"}
+    ]
+    assert records[2].content == '{"city": "Paris"}' and records[4].content == "Sunny."
+    assert cw.checkpoints() == []

@@ -86,7 +86,7 @@ class Usage:
         return cls(**{k: int(data.get(k, 0) or 0) for k in cls.__dataclass_fields__})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Chunk:
     """One normalised streaming event.
 
@@ -104,6 +104,47 @@ class Chunk:
     finish_reason: str | None = None
     response_id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    # One Chunk is built per provider event, so its constructor is on every stream's hot
+    # path. The one dataclass generates for a frozen class calls object.__setattr__ per
+    # field (about 2 us a chunk, a fifth of a fast-path event); writing the slots through
+    # their descriptors takes half that. Same signature, same values.
+    def __init__(
+        self,
+        kind: ChunkKind,
+        text: str = "",
+        index: int = 0,
+        id: str | None = None,
+        name: str | None = None,
+        usage: Usage | None = None,
+        finish_reason: str | None = None,
+        response_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        _set_kind(self, kind)
+        _set_text(self, text)
+        _set_index(self, index)
+        _set_id(self, id)
+        _set_name(self, name)
+        _set_usage(self, usage)
+        _set_finish_reason(self, finish_reason)
+        _set_response_id(self, response_id)
+        _set_metadata(self, {} if metadata is None else metadata)
+
+
+def _slot_setter(name: str) -> Any:
+    return Chunk.__dict__[name].__set__
+
+
+_set_kind = _slot_setter("kind")
+_set_text = _slot_setter("text")
+_set_index = _slot_setter("index")
+_set_id = _slot_setter("id")
+_set_name = _slot_setter("name")
+_set_usage = _slot_setter("usage")
+_set_finish_reason = _slot_setter("finish_reason")
+_set_response_id = _slot_setter("response_id")
+_set_metadata = _slot_setter("metadata")
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,11 +242,15 @@ def _joined(parts: list[str]) -> str:
     """The text of ``parts``, which then become that one string.
 
     Keeping the result in place frees the pieces now and makes the next join (a running
-    snapshot, the next checkpoint) one copy instead of a walk over every delta.
+    snapshot, the next checkpoint) one copy instead of a walk over every delta. Only the
+    parts present at the start are replaced, so a delta appended meanwhile is kept.
     """
-    if len(parts) > 1:
-        parts[:] = ["".join(parts)]
-    return parts[0] if parts else ""
+    n = len(parts)
+    if n > 1:
+        joined = "".join(parts[:n])
+        parts[:n] = [joined]
+        return joined
+    return parts[0] if n else ""
 
 
 class ReplyBuilder:

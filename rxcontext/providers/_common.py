@@ -15,6 +15,7 @@ from ..errors import ProviderError
 
 __all__ = [
     "Lazy",
+    "incomplete_stream",
     "is_retryable_status",
     "provider_error",
     "retry_after_seconds",
@@ -90,6 +91,20 @@ def provider_error(
         status_code=status_code,
         error_type=error_type,
         retry_after=retry_after_seconds(headers),
+    )
+
+
+def incomplete_stream(provider: str, missing: str) -> ProviderError:
+    """A stream that ended before the provider said it was finished (``missing`` never came).
+
+    Retryable: the body was cut, not refused. Raising it keeps a cut reply from being
+    stored as a complete one.
+    """
+    return provider_error(
+        provider,
+        f"the stream ended before {missing}: the connection was cut; send the request again",
+        error_type="incomplete_stream",
+        retryable=True,
     )
 
 

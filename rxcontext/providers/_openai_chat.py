@@ -13,7 +13,7 @@ from typing import Any
 from ..chunks import Chunk, ChunkKind, Usage
 from ..errors import ProviderError
 from ..records import Record, RecordType
-from ._common import provider_error
+from ._common import incomplete_stream, provider_error
 
 __all__ = ["ChatStream", "chat_messages", "completion_chunks", "in_stream_error", "turns"]
 
@@ -246,12 +246,7 @@ class ChatStream:
         as a complete reply.
         """
         if self.finish_reason is None:
-            raise provider_error(
-                PROVIDER,
-                "the stream ended before a finish_reason (connection cut?)",
-                error_type="incomplete_stream",
-                retryable=True,
-            )
+            raise incomplete_stream(PROVIDER, "a finish_reason")
         return Chunk(
             ChunkKind.DONE,
             finish_reason=self.finish_reason,

@@ -41,7 +41,7 @@ import httpx2
 from ..chunks import Chunk, ChunkKind, Reply, Usage
 from ..errors import ProviderError
 from ..records import Record, RecordType
-from ._common import Lazy, is_retryable_status, provider_error, transport_error
+from ._common import Lazy, incomplete_stream, is_retryable_status, provider_error, transport_error
 from ._sse import SSEDecoder
 from .base import Request, reply_from_chunks
 
@@ -329,12 +329,7 @@ def _classify(exc: BaseException, secrets: tuple[str | None, ...]) -> BaseExcept
 
 
 def _incomplete() -> ProviderError:
-    return provider_error(
-        PROVIDER,
-        "the stream ended before the message was complete (no stop_reason); send the request again",
-        error_type="incomplete_stream",
-        retryable=True,
-    )
+    return incomplete_stream(PROVIDER, "a stop_reason (no message_delta)")
 
 
 def _guard(chunks: Iterator[Chunk], secrets: tuple[str | None, ...]) -> Iterator[Chunk]:

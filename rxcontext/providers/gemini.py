@@ -69,7 +69,7 @@ from google.genai import types
 from ..chunks import Chunk, ChunkKind, Reply, Usage
 from ..errors import ProviderError
 from ..records import Record, RecordType
-from ._common import Lazy, is_retryable_status, provider_error, transport_error
+from ._common import Lazy, incomplete_stream, is_retryable_status, provider_error, transport_error
 from ._sse import SSEDecoder
 from .base import Request, reply_from_chunks
 
@@ -392,12 +392,7 @@ def _blocked(reason: str, message: str | None) -> ProviderError:
 
 
 def _incomplete() -> ProviderError:
-    return provider_error(
-        PROVIDER,
-        "the stream ended before the reply was complete (no finishReason); send the request again",
-        error_type="incomplete_stream",
-        retryable=True,
-    )
+    return incomplete_stream(PROVIDER, "a finishReason")
 
 
 def _guard(chunks: Iterator[Chunk], secrets: tuple[str | None, ...]) -> Iterator[Chunk]:

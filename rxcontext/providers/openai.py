@@ -22,7 +22,7 @@ import openai
 from ..chunks import Chunk, Reply
 from ..errors import ProviderError
 from ..records import Checkpoint
-from ._common import Lazy, provider_error, scrub, transport_error
+from ._common import Lazy, incomplete_stream, provider_error, scrub, transport_error
 from ._openai_chat import PROVIDER, ChatStream, chat_messages, completion_chunks, in_stream_error
 from ._openai_responses import (
     BACKGROUND,
@@ -304,12 +304,7 @@ class OpenAIModel(_OpenAIBase):
 
 
 def _unfinished() -> ProviderError:
-    return provider_error(
-        PROVIDER,
-        "the stream ended before response.completed; send the request again",
-        error_type="incomplete_stream",
-        retryable=True,
-    )
+    return incomplete_stream(PROVIDER, "response.completed")
 
 
 class OpenAIResponsesModel(_OpenAIBase):

@@ -15,4 +15,6 @@ def estimate_tokens(text: str) -> int:
     """Estimated tokens of ``text``: ``ceil(utf8_bytes / 4)``; 0 for empty text."""
     if not text:
         return 0
-    return (len(text.encode("utf-8", "surrogatepass")) + 3) // 4
+    # ASCII text is one byte a character: no need to encode (a copy of a long reply).
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    return (size + 3) // 4

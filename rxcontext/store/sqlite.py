@@ -86,22 +86,26 @@ def _unjson(value: str | None, default: Any) -> Any:
     return json.loads(value) if value else default
 
 
+_RECORD_TYPES = {int(t): t for t in RecordType}
+
+
 def _record(row: sqlite3.Row | tuple[Any, ...]) -> Record:
-    ts = _time(row[2])
-    assert ts is not None
+    # Every request reads the whole live history through here: positional arguments, a
+    # dict lookup instead of the enum constructor, and json only when there is metadata.
+    meta = row[11]
     return Record(
-        id=row[0],
-        context_id=row[1],
-        type=RecordType(row[3]),
-        content=row[4],
-        live=bool(row[5]),
-        est_tokens=row[6],
-        timestamp=ts,
-        response_id=row[7],
-        streamed=bool(row[8]),
-        tool_call_id=row[9],
-        tool_name=row[10],
-        metadata=_unjson(row[11], {}),
+        row[0],
+        row[1],
+        _RECORD_TYPES[row[3]],
+        row[4],
+        bool(row[5]),
+        row[6],
+        datetime.fromisoformat(row[2]),
+        row[7],
+        bool(row[8]),
+        row[9],
+        row[10],
+        json.loads(meta) if meta else {},
     )
 
 

@@ -234,21 +234,38 @@ async def _completed(model: Model, request: Request) -> AsyncIterator[Chunk]:
         yield chunk
 
 
-def _with_fallback(run: Run, request: Request, full: Request) -> Iterator[Chunk]:
-    """A threaded request; if the provider rejects it before any chunk, the full one, once."""
+def _close(it: Iterator[Chunk] | None) -> None:
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
+
+
+async def _aclose(it: AsyncIterator[Chunk] | None) -> None:
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def before_first_chunk(
+    primary: Callable[[], Iterator[Chunk]],
+    fallback: Callable[[], Iterator[Chunk]],
+    gives_up: Callable[[ProviderError], bool],
+) -> Iterator[Chunk]:
+    """``primary``'s chunks; if it fails before its first chunk with an error ``gives_up``
+    accepts, ``fallback``'s instead (once). Both streams are closed however this ends.
+    """
     it: Iterator[Chunk] | None = None
     try:
         try:
-            it = run.chunks(replace(request, fallback=None))
+            it = primary()
             first = next(it)
         except StopIteration:
             return
-        except ProviderError:
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
-            run.requests.append(full)
-            it = run.chunks(full)
+        except ProviderError as error:
+            if not gives_up(error):
+                raise
+            _close(it)
+            it = fallback()
             first_or_none = next(it, None)
             if first_or_none is None:
                 return
@@ -256,26 +273,27 @@ def _with_fallback(run: Run, request: Request, full: Request) -> Iterator[Chunk]
         yield first
         yield from it
     finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
+        _close(it)
 
 
-async def _awith_fallback(run: Run, request: Request, full: Request) -> AsyncIterator[Chunk]:
-    """The asyncio twin of :func:`_with_fallback`."""
+async def abefore_first_chunk(
+    primary: Callable[[], AsyncIterator[Chunk]],
+    fallback: Callable[[], AsyncIterator[Chunk]],
+    gives_up: Callable[[ProviderError], bool],
+) -> AsyncIterator[Chunk]:
+    """The asyncio twin of :func:`before_first_chunk`."""
     it: AsyncIterator[Chunk] | None = None
     try:
         try:
-            it = run.achunks(replace(request, fallback=None))
+            it = primary()
             first = await anext(it)
         except StopAsyncIteration:
             return
-        except ProviderError:
-            aclose = getattr(it, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            run.requests.append(full)
-            it = run.achunks(full)
+        except ProviderError as error:
+            if not gives_up(error):
+                raise
+            await _aclose(it)
+            it = fallback()
             first_or_none = await anext(it, None)
             if first_or_none is None:
                 return
@@ -284,9 +302,35 @@ async def _awith_fallback(run: Run, request: Request, full: Request) -> AsyncIte
         async for chunk in it:
             yield chunk
     finally:
-        aclose = getattr(it, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await _aclose(it)
+
+
+def _any_error(_: ProviderError) -> bool:
+    return True
+
+
+def _with_fallback(run: Run, request: Request, full: Request) -> Iterator[Chunk]:
+    """A threaded request; if the provider rejects it before any chunk, the full one, once."""
+
+    def full_history() -> Iterator[Chunk]:
+        run.requests.append(full)
+        return run.chunks(full)
+
+    return before_first_chunk(
+        lambda: run.chunks(replace(request, fallback=None)), full_history, _any_error
+    )
+
+
+def _awith_fallback(run: Run, request: Request, full: Request) -> AsyncIterator[Chunk]:
+    """The asyncio twin of :func:`_with_fallback`."""
+
+    def full_history() -> AsyncIterator[Chunk]:
+        run.requests.append(full)
+        return run.achunks(full)
+
+    return abefore_first_chunk(
+        lambda: run.achunks(replace(request, fallback=None)), full_history, _any_error
+    )
 
 
 class _Flag:
@@ -497,12 +541,6 @@ class _SyncDriver:
                 _close(it)
         self.observer.on_completed()
         return None
-
-
-def _close(it: Iterator[Chunk]) -> None:
-    close = getattr(it, "close", None)
-    if close is not None:
-        close()
 
 
 def _drive(
@@ -722,9 +760,3 @@ async def run_async(run: Run) -> AsyncIterator[Chunk]:
     finally:
         if it is not None:
             await _aclose(it)
-
-
-async def _aclose(it: AsyncIterator[Chunk]) -> None:
-    aclose = getattr(it, "aclose", None)
-    if aclose is not None:
-        await aclose()

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,11 +13,12 @@ from reactivex import Observable, abc
 from . import summarize
 from .chain import new_input, validate_chain
 from .chunks import Chunk, Reply
-from .errors import CheckpointNotFound, CheckpointResolved, ProviderError, RxContextError
+from .errors import CheckpointNotFound, CheckpointResolved, RxContextError
 from .operators import Middleware
 from .persist import ReplyPersister
 from .providers.base import Model, Request, ResumeCursor
 from .records import Checkpoint, Context, ContextStats, Record, RecordType, TokenUsage
+from .resume import NativeResumeRun
 from .retry import DEFAULT_RETRY, RetryPolicy, Timeouts
 from .store.base import RecordDraft, Store
 from .streaming import Run, _drive, _Flag, run_async, run_observable
@@ -27,8 +26,6 @@ from .summarize import SummaryProposal
 from .tools import Tool, ToolRegistry, ToolRunner
 
 __all__ = ["CONTINUE_PROMPT", "ContextReader", "ContextWindow"]
-
-_log = logging.getLogger("rxcontext.window")
 
 DEFAULT_MAX_TOKENS = 128_000
 CONTINUE_PROMPT = (
@@ -430,7 +427,7 @@ class ContextWindow:
             streamed=streaming,
             cursor=cursor,
         )
-        return (_NativeResumeRun if resume is not None and native else Run)(
+        return (NativeResumeRun if resume is not None and native else Run)(
             model=model,
             persister=persister,
             request=request,
@@ -564,106 +561,6 @@ class ContextWindow:
         return run_async(
             self._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint)
         )
-
-
-@dataclass
-class _NativeResumeRun(Run):
-    """A resume run whose first round the model may continue natively.
-
-    The model's ``resume_chunks`` decides per checkpoint (None: it cannot, and the round is
-    the continuation-prompt request the window built). Retries of the round ask again.
-    """
-
-    def _native(self, name: str, request: Request) -> Any:
-        checkpoint = self.persister.resuming
-        if checkpoint is None:  # a later round (after tools): a request as usual
-            return None
-        chunks = getattr(self.model, name)(checkpoint, request.cursor)
-        if chunks is not None:
-            self.persister.continue_natively()
-        return chunks
-
-    def chunks(self, request: Request) -> Iterator[Chunk]:
-        native: Iterator[Chunk] | None = self._native("resume_chunks", request)
-        if native is None:
-            return super().chunks(request)
-        return self._or_prompt(native, request)
-
-    def achunks(self, request: Request) -> AsyncIterator[Chunk]:
-        native: AsyncIterator[Chunk] | None = self._native("aresume_chunks", request)
-        if native is None:
-            return super().achunks(request)
-        return self._aor_prompt(native, request)
-
-    def _gave_up(self, error: ProviderError) -> bool:
-        # A retryable failure (connection, 5xx) is left to the retry policy, which asks for
-        # the native stream again; any other (the response expired: 404) falls back now.
-        if error.retryable:
-            return False
-        _log.info(
-            "%s could not resume natively (%s); continuing with a prompt", self.model.name, error
-        )
-        self.persister.continue_with_prompt()
-        return True
-
-    def _or_prompt(self, native: Iterator[Chunk], request: Request) -> Iterator[Chunk]:
-        """The native stream; if it fails before its first chunk, the continuation request."""
-        it = native
-        try:
-            try:
-                first = next(it)
-            except StopIteration:
-                return
-            except ProviderError as error:
-                if not self._gave_up(error):
-                    raise
-                _close(it)
-                it = Run.chunks(self, request)
-                first_or_none = next(it, None)
-                if first_or_none is None:
-                    return
-                first = first_or_none
-            yield first
-            yield from it
-        finally:
-            _close(it)
-
-    async def _aor_prompt(
-        self, native: AsyncIterator[Chunk], request: Request
-    ) -> AsyncIterator[Chunk]:
-        """The asyncio twin of :meth:`_or_prompt`."""
-        it = native
-        try:
-            try:
-                first = await anext(it)
-            except StopAsyncIteration:
-                return
-            except ProviderError as error:
-                if not self._gave_up(error):
-                    raise
-                await _aclose(it)
-                it = Run.achunks(self, request)
-                first_or_none = await anext(it, None)
-                if first_or_none is None:
-                    return
-                first = first_or_none
-            yield first
-            async for chunk in it:
-                yield chunk
-        finally:
-            await _aclose(it)
-
-
-def _close(it: Iterator[Chunk]) -> None:
-    close = getattr(it, "close", None)
-    if close is not None:
-        close()
-
-
-async def _aclose(it: AsyncIterator[Chunk]) -> None:
-    aclose = getattr(it, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 def _synthetic(context_id: str, type_: RecordType, content: str) -> Record:

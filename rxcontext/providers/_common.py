@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 import httpx2
 
@@ -15,6 +15,8 @@ from ..errors import ProviderError
 
 __all__ = [
     "Lazy",
+    "Wire",
+    "check_wire",
     "incomplete_stream",
     "is_retryable_status",
     "provider_error",
@@ -24,6 +26,19 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+Wire = Literal["sdk", "fast"]
+"""How a model reads the provider's stream: the SDK's event models, or SSE frames directly."""
+
+
+def check_wire(wire: str) -> Wire:
+    """``wire`` if it is ``"sdk"`` or ``"fast"``; otherwise a ``ValueError`` saying so."""
+    if wire == "sdk":
+        return "sdk"
+    if wire == "fast":
+        return "fast"
+    raise ValueError(f"wire must be 'sdk' or 'fast', not {wire!r}")
+
 
 # Shapes of the providers' API keys; anything that looks like one is masked in messages.
 _KEY = re.compile(

@@ -33,7 +33,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import anthropic
 import httpx2
@@ -41,7 +41,15 @@ import httpx2
 from ..chunks import Chunk, ChunkKind, Reply, Usage
 from ..errors import ProviderError
 from ..records import Record, RecordType
-from ._common import Lazy, incomplete_stream, is_retryable_status, provider_error, transport_error
+from ._common import (
+    Lazy,
+    Wire,
+    check_wire,
+    incomplete_stream,
+    is_retryable_status,
+    provider_error,
+    transport_error,
+)
 from ._sse import SSEDecoder
 from .base import Request, reply_from_chunks
 
@@ -51,7 +59,6 @@ PROVIDER = "anthropic"
 DEFAULT_MAX_TOKENS = 4096
 """``max_tokens`` is required by the API; this is used unless params or the request say."""
 
-Wire = Literal["sdk", "fast"]
 
 # Error body types that may succeed when the same request is sent again.
 _RETRYABLE_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error", "timeout_error"})
@@ -85,10 +92,8 @@ class AnthropicModel:
         wire: Wire = "fast",
         **params: Any,
     ) -> None:
-        if wire not in ("sdk", "fast"):
-            raise ValueError(f"wire must be 'sdk' or 'fast', not {wire!r}")
         self.model_name = model_name
-        self.wire: Wire = wire
+        self.wire: Wire = check_wire(wire)
         self.params = dict(params)
         # The SDK's own retries are off: rxcontext retries itself (before the first chunk).
         self._client: Lazy[anthropic.Anthropic] = Lazy(

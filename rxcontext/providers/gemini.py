@@ -55,7 +55,7 @@ import hashlib
 import json
 import types as pytypes
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx2
@@ -69,7 +69,15 @@ from google.genai import types
 from ..chunks import Chunk, ChunkKind, Reply, Usage
 from ..errors import ProviderError
 from ..records import Record, RecordType
-from ._common import Lazy, incomplete_stream, is_retryable_status, provider_error, transport_error
+from ._common import (
+    Lazy,
+    Wire,
+    check_wire,
+    incomplete_stream,
+    is_retryable_status,
+    provider_error,
+    transport_error,
+)
 from ._sse import SSEDecoder
 from .base import Request, reply_from_chunks
 
@@ -77,7 +85,6 @@ __all__ = ["GeminiModel", "build_contents"]
 
 PROVIDER = "gemini"
 
-Wire = Literal["sdk", "fast"]
 
 # google.rpc status names that may succeed when the same request is sent again.
 _RETRYABLE_STATUS = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"})
@@ -118,10 +125,8 @@ class GeminiModel:
         wire: Wire = "fast",
         **params: Any,
     ) -> None:
-        if wire not in ("sdk", "fast"):
-            raise ValueError(f"wire must be 'sdk' or 'fast', not {wire!r}")
         self.model_name = model_name
-        self.wire: Wire = wire
+        self.wire: Wire = check_wire(wire)
         self.params = dict(params)
         self._client: Lazy[genai.Client] = Lazy(_env_client, client)
         aio: genai.client.AsyncClient | None = None

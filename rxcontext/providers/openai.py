@@ -14,7 +14,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from contextlib import aclosing
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import httpx2
 import openai
@@ -22,7 +22,15 @@ import openai
 from ..chunks import Chunk, Reply
 from ..errors import ProviderError
 from ..records import Checkpoint
-from ._common import Lazy, incomplete_stream, provider_error, scrub, transport_error
+from ._common import (
+    Lazy,
+    Wire,
+    check_wire,
+    incomplete_stream,
+    provider_error,
+    scrub,
+    transport_error,
+)
 from ._openai_chat import PROVIDER, ChatStream, chat_messages, completion_chunks, in_stream_error
 from ._openai_responses import (
     BACKGROUND,
@@ -37,7 +45,6 @@ from .base import Request, ResumeCursor, reply_from_chunks
 
 __all__ = ["OUTPUT_KEY", "OpenAIModel", "OpenAIResponsesModel"]
 
-Wire = Literal["sdk", "fast"]
 
 _ERRORS = (openai.OpenAIError, httpx2.TransportError, json.JSONDecodeError)
 _HINTS = {
@@ -195,10 +202,8 @@ class _OpenAIBase:
         wire: Wire = "fast",
         **params: Any,
     ) -> None:
-        if wire not in ("sdk", "fast"):
-            raise ValueError(f"wire must be 'sdk' or 'fast', not {wire!r}")
         self.model_name = model_name
-        self.wire: Wire = wire
+        self.wire: Wire = check_wire(wire)
         self.params = dict(params)
         """Extra request parameters sent with every call (``Request.options`` override them)."""
         self._client: Lazy[openai.OpenAI] = Lazy(lambda: _env_client(openai.OpenAI), client)

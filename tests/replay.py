@@ -6,16 +6,25 @@ is replaced. Each response is one entry of ``responses``, served in request orde
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
+
+from rxcontext.chunks import Chunk
+from rxcontext.chunks import Reply as ChunkReply
+from rxcontext.persist import reply_drafts
+from rxcontext.providers.base import Model, Request
+from rxcontext.records import Record, RecordType
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = Path(os.environ.get("RXCONTEXT_FIXTURES", ROOT.parent / "shared" / "fixtures" / "real"))
@@ -156,3 +165,55 @@ class Replay:
 
     def async_client(self) -> httpx2.AsyncClient:
         return httpx2.AsyncClient(transport=self.transport)
+
+
+# -- records and chunk collection shared by the provider tests ---------------------------
+
+_record_ids = itertools.count(1)
+
+
+def record(kind: RecordType, content: str = "", **fields: Any) -> Record:
+    """A live record of context ``"ctx"`` (fields: tool_call_id, tool_name, metadata, ...)."""
+    return Record(next(_record_ids), "ctx", kind, content, True, 1, datetime.now(UTC), **fields)
+
+
+def stored(reply: ChunkReply) -> list[Record]:
+    """The records the window stores for ``reply`` (the persister's own mapping)."""
+    return [
+        record(
+            d.type,
+            d.content,
+            response_id=d.response_id,
+            streamed=d.streamed,
+            tool_call_id=d.tool_call_id,
+            tool_name=d.tool_name,
+            metadata=dict(d.metadata),
+        )
+        for d in reply_drafts(reply, streamed=True)
+    ]
+
+
+def collect_sync(model: Model, request: Request) -> tuple[list[Chunk], BaseException | None]:
+    """The chunks of one sync call, and the exception that ended it (or None)."""
+    out: list[Chunk] = []
+    try:
+        for chunk in model.iter_chunks(request):
+            out.append(chunk)
+    except Exception as exc:
+        return out, exc
+    return out, None
+
+
+def collect_async(model: Model, request: Request) -> tuple[list[Chunk], BaseException | None]:
+    """The asyncio twin of :func:`collect_sync` (runs its own event loop)."""
+
+    async def run() -> tuple[list[Chunk], BaseException | None]:
+        out: list[Chunk] = []
+        try:
+            async for chunk in model.aiter_chunks(request):
+                out.append(chunk)
+        except Exception as exc:
+            return out, exc
+        return out, None
+
+    return asyncio.run(run())

@@ -19,7 +19,7 @@ from typing import Any
 import anthropic
 import httpx2
 import pytest
-from replay import REAL, Replay, real_files, real_fixture
+from replay import REAL, Replay, collect_async, collect_sync, real_files, real_fixture
 from replay import Reply as Canned
 
 from rxcontext.chunks import Chunk, ChunkKind, Reply, ToolCall, Usage
@@ -73,33 +73,6 @@ def model(replay: Replay, wire: str = "sdk", **params: Any) -> AnthropicModel:
         wire=wire,  # type: ignore[arg-type]
         **params,
     )
-
-
-def collect_sync(
-    m: AnthropicModel, request: Request = HI
-) -> tuple[list[Chunk], BaseException | None]:
-    out: list[Chunk] = []
-    try:
-        for chunk in m.iter_chunks(request):
-            out.append(chunk)
-    except Exception as exc:
-        return out, exc
-    return out, None
-
-
-def collect_async(
-    m: AnthropicModel, request: Request = HI
-) -> tuple[list[Chunk], BaseException | None]:
-    async def go() -> tuple[list[Chunk], BaseException | None]:
-        out: list[Chunk] = []
-        try:
-            async for chunk in m.aiter_chunks(request):
-                out.append(chunk)
-        except Exception as exc:
-            return out, exc
-        return out, None
-
-    return asyncio.run(go())
 
 
 def assert_no_key(exc: BaseException) -> None:
@@ -699,7 +672,7 @@ def test_transport_error_at_connect(
         ),
         wire=wire,  # type: ignore[arg-type]
     )
-    for chunks, error in (collect_sync(m), collect_async(m)):
+    for chunks, error in (collect_sync(m, HI), collect_async(m, HI)):
         assert chunks == []
         assert isinstance(error, ProviderError)
         assert error.retryable and error.error_type == error_type
@@ -1078,7 +1051,7 @@ def test_clients_are_built_lazily_per_path(monkeypatch: pytest.MonkeyPatch) -> N
         ),
     )
     assert m.name == "anthropic:claude-test-4"
-    chunks, error = collect_async(m)
+    chunks, error = collect_async(m, HI)
     assert error is None and reply_from_chunks(chunks).text == "hello"
 
 

@@ -23,7 +23,7 @@ import pytest
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
-from replay import REAL, Replay, real_files, real_fixture, sse
+from replay import REAL, Replay, collect_async, collect_sync, real_files, real_fixture, sse
 from replay import Reply as Canned
 
 from rxcontext.chunks import Chunk, ChunkKind, Reply, Usage
@@ -85,31 +85,6 @@ def client(replay: Replay) -> genai.Client:
 
 def model(replay: Replay, wire: str = "sdk", **params: Any) -> GeminiModel:
     return GeminiModel("gemini-test", client=client(replay), wire=wire, **params)  # type: ignore[arg-type]
-
-
-def collect_sync(m: GeminiModel, request: Request = HI) -> tuple[list[Chunk], BaseException | None]:
-    out: list[Chunk] = []
-    try:
-        for chunk in m.iter_chunks(request):
-            out.append(chunk)
-    except Exception as exc:
-        return out, exc
-    return out, None
-
-
-def collect_async(
-    m: GeminiModel, request: Request = HI
-) -> tuple[list[Chunk], BaseException | None]:
-    async def run() -> tuple[list[Chunk], BaseException | None]:
-        out: list[Chunk] = []
-        try:
-            async for chunk in m.aiter_chunks(request):
-                out.append(chunk)
-        except Exception as exc:
-            return out, exc
-        return out, None
-
-    return asyncio.run(run())
 
 
 def play(*bodies: bytes | Path | Canned, request: Request = HI) -> list[Chunk]:
@@ -1026,7 +1001,7 @@ def test_clients_are_built_lazily_from_the_environment(monkeypatch: pytest.Monke
     monkeypatch.delenv("GOOGLE_GENAI_USE_VERTEXAI", raising=False)
     replay = Replay(sse(event({"text": "async only"}, finish="STOP")))
     m = GeminiModel("gemini-test", async_client=client(replay))
-    chunks, error = collect_async(m)
+    chunks, error = collect_async(m, HI)
     assert error is None and reply_from_chunks(chunks).text == "async only"
     with pytest.raises(ProviderError, match="GEMINI_API_KEY") as info:
         m.iter_chunks(HI)
@@ -1038,7 +1013,7 @@ def test_clients_are_built_lazily_from_the_environment(monkeypatch: pytest.Monke
     # The .aio of a given genai.Client serves the async path.
     replay2 = Replay(sse(event({"text": "via aio"}, finish="STOP")))
     m2 = GeminiModel("gemini-test", async_client=client(replay2).aio)
-    assert reply_from_chunks(collect_async(m2)[0]).text == "via aio"
+    assert reply_from_chunks(collect_async(m2, HI)[0]).text == "via aio"
 
 
 def test_reply_values_are_plain() -> None:

@@ -9,21 +9,21 @@ import asyncio
 import gc
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import openai
 import pytest
-from replay import Replay, real_files, real_fixture, sse
+from replay import Replay, real_files, real_fixture, sse, stored
 from replay import Reply as Served
+from replay import record as rec
 
 from rxcontext.chunks import Chunk, ChunkKind, Reply, ToolCall, Usage
 from rxcontext.errors import ProviderError
 from rxcontext.providers.base import Request, reply_from_chunks
 from rxcontext.providers.openai import OpenAIModel
-from rxcontext.records import Record, RecordType
+from rxcontext.records import RecordType
 from rxcontext.tools import Tool
 
 KEY = "sk-test-RXCONTEXT0123456789secret"
@@ -41,13 +41,6 @@ def model(replay: Replay, wire: str = "sdk", **params: Any) -> OpenAIModel:
         wire=wire,  # type: ignore[arg-type]
         **params,
     )
-
-
-_ids = iter(range(1, 10_000))
-
-
-def rec(kind: RecordType, content: str = "", **kw: Any) -> Record:
-    return Record(next(_ids), "ctx", kind, content, True, 1, datetime.now(UTC), **kw)
 
 
 HELLO = Request([rec(RecordType.PROMPT, "hi")])
@@ -288,29 +281,6 @@ def test_openrouter_error_payload_after_finish_reason(wire: str) -> None:
 # --- second turn: what the SDK actually sent ---------------------------------------------
 
 
-def records_of(reply: Reply) -> list[Record]:
-    """The records the window stores for a reply."""
-    out = [
-        rec(
-            RecordType.MODEL_RESP,
-            reply.text,
-            response_id=reply.response_id,
-            metadata=dict(reply.metadata),
-        )
-    ]
-    for tc in reply.tool_calls:
-        out.append(
-            rec(
-                RecordType.TOOL_CALL,
-                tc.raw,
-                tool_call_id=tc.id,
-                tool_name=tc.name,
-                metadata=dict(tc.metadata),
-            )
-        )
-    return out
-
-
 def recorded(path: str) -> dict[str, Any]:
     return json.loads(real_fixture(path).read_text())
 
@@ -349,7 +319,7 @@ def test_second_turn_request_matches_recording(mode: str, wire: str) -> None:
     )
     history = [rec(RecordType.PROMPT, "What is 1231 * 2331?")]
     first = reply_from_chunks(collect(m, mode, Request(history, tools=[multiply])))
-    history += records_of(first)
+    history += stored(first)
     history.append(
         rec(
             RecordType.TOOL_OUTPUT,
@@ -405,7 +375,7 @@ def test_groq_third_turn_request_matches_recording(wire: str) -> None:
         rec(RecordType.TOOL_OUTPUT, w[3]["content"], tool_call_id=w[3]["tool_call_id"]),
     ]
     second = reply_from_chunks(collect(m, "sync", Request(history)))
-    history += records_of(second)
+    history += stored(second)
     history.append(
         rec(RecordType.TOOL_OUTPUT, w[5]["content"], tool_call_id=second.tool_calls[0].id)
     )

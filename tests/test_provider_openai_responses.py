@@ -5,21 +5,21 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import openai
 import pytest
-from replay import Replay, real_files, real_fixture, sse
+from replay import Replay, real_files, real_fixture, sse, stored
 from replay import Reply as Served
+from replay import record as rec
 
-from rxcontext.chunks import Chunk, ChunkKind, Reply, ToolCall, Usage
+from rxcontext.chunks import Chunk, ChunkKind, ToolCall, Usage
 from rxcontext.errors import ProviderError
 from rxcontext.providers.base import Request, reply_from_chunks
 from rxcontext.providers.openai import OUTPUT_KEY, OpenAIResponsesModel
-from rxcontext.records import Record, RecordType
+from rxcontext.records import RecordType
 from rxcontext.tools import Tool
 
 KEY = "sk-test-RXCONTEXT0123456789secret"
@@ -37,13 +37,6 @@ def model(replay: Replay, wire: str = "sdk", **params: Any) -> OpenAIResponsesMo
         wire=wire,  # type: ignore[arg-type]
         **params,
     )
-
-
-_ids = iter(range(1, 10_000))
-
-
-def rec(kind: RecordType, content: str = "", **kw: Any) -> Record:
-    return Record(next(_ids), "ctx", kind, content, True, 1, datetime.now(UTC), **kw)
 
 
 HELLO = Request([rec(RecordType.PROMPT, "hi")])
@@ -328,28 +321,6 @@ def test_reasoning_text_from_openrouter_is_kept_with_its_item() -> None:
 # --- second turn: what the SDK actually sent ---------------------------------------------
 
 
-def records_of(reply: Reply) -> list[Record]:
-    out = [
-        rec(
-            RecordType.MODEL_RESP,
-            reply.text,
-            response_id=reply.response_id,
-            metadata=dict(reply.metadata),
-        )
-    ]
-    for tc in reply.tool_calls:
-        out.append(
-            rec(
-                RecordType.TOOL_CALL,
-                tc.raw,
-                tool_call_id=tc.id,
-                tool_name=tc.name,
-                metadata=dict(tc.metadata),
-            )
-        )
-    return out
-
-
 def recorded(path: str) -> dict[str, Any]:
     return json.loads(real_fixture(path).read_text())
 
@@ -367,7 +338,7 @@ def test_stateless_function_call_round_trip(mode: str, wire: str) -> None:
     m = model(replay, wire, reasoning={"effort": "low"})
     history = [rec(RecordType.PROMPT, want["input"][0]["content"])]
     first = reply_from_chunks(collect(m, mode, Request(history, options=options)))
-    history += records_of(first)
+    history += stored(first)
     history.append(rec(RecordType.TOOL_OUTPUT, "2869461", tool_call_id=first.tool_calls[0].id))
     second = reply_from_chunks(collect(m, mode, Request(history, options=options)))
     assert second.text == "1231 × 2331 = **2,869,461**"
@@ -406,7 +377,7 @@ def test_reasoning_items_round_trip(mode: str, wire: str) -> None:
         rec(RecordType.PROMPT, "What is the capital of PotatoLand?"),
     ]
     first = reply_from_chunks(collect(m, mode, Request(history, options=options)))
-    history += records_of(first)
+    history += stored(first)
     history.append(rec(RecordType.TOOL_OUTPUT, "Potato City", tool_call_id=first.tool_calls[0].id))
     collect(m, mode, Request(history, options=options))
     first_sent, sent = replay.bodies

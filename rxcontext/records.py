@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any
 
@@ -55,6 +55,11 @@ class Record:
     tool_call_id: str | None = None
     tool_name: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def unsaved(cls, context_id: str, type: RecordType, content: str) -> Record:
+        """A record sent to a model but never stored (id -1): a continuation prompt, say."""
+        return cls(-1, context_id, type, content, True, 0, datetime.now(UTC))
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib import resources
 
 from .chunks import Chunk, Reply, ReplyBuilder
@@ -70,10 +69,6 @@ def transcript(records: Sequence[Record]) -> str:
     return "\n\n".join(lines)
 
 
-def _synthetic(context_id: str, type_: RecordType, content: str) -> Record:
-    return Record(-1, context_id, type_, content, True, 0, datetime.now(UTC))
-
-
 def summary_request(context_id: str, live: Sequence[Record], prompt: str) -> Request:
     """The summariser's request: its instructions as the system prompt, the transcript as input.
 
@@ -82,8 +77,8 @@ def summary_request(context_id: str, live: Sequence[Record], prompt: str) -> Req
     """
     return Request(
         records=[
-            _synthetic(context_id, RecordType.SYSTEM_PROMPT, prompt),
-            _synthetic(context_id, RecordType.PROMPT, transcript(live)),
+            Record.unsaved(context_id, RecordType.SYSTEM_PROMPT, prompt),
+            Record.unsaved(context_id, RecordType.PROMPT, transcript(live)),
         ]
     )
 

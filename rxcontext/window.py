@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from reactivex import Observable, abc
@@ -401,8 +400,8 @@ class ContextWindow:
                 # was (providers reject an empty assistant turn).
                 records = [
                     *records,
-                    _synthetic(context_id, RecordType.MODEL_RESP, resume.text),
-                    _synthetic(context_id, RecordType.PROMPT, CONTINUE_PROMPT),
+                    Record.unsaved(context_id, RecordType.MODEL_RESP, resume.text),
+                    Record.unsaved(context_id, RecordType.PROMPT, CONTINUE_PROMPT),
                 ]
                 return Request(records=records, tools=tools, cursor=cursor)
             full = Request(records=records, tools=tools, cursor=cursor)
@@ -561,11 +560,6 @@ class ContextWindow:
         return run_async(
             self._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint)
         )
-
-
-def _synthetic(context_id: str, type_: RecordType, content: str) -> Record:
-    # A record sent to the model but never stored (id -1).
-    return Record(-1, context_id, type_, content, True, 0, datetime.now(UTC))
 
 
 class _Collect(abc.ObserverBase[Chunk]):

@@ -1,8 +1,16 @@
-"""Storage behind a small interface: :class:`Store`, with SQLite as the first implementation."""
+"""Storage behind a small interface: :class:`Store`, with SQLite as the embedded default."""
 
 from __future__ import annotations
 
-from .base import CheckpointDraft, RecordDraft, Store
+from .base import CheckpointDraft, RecordDraft, ReplyEnd, ReplyTicket, Store
 from .sqlite import SQLiteStore, open_store
 
-__all__ = ["CheckpointDraft", "RecordDraft", "SQLiteStore", "Store", "open_store"]
+__all__ = [
+    "CheckpointDraft",
+    "RecordDraft",
+    "ReplyEnd",
+    "ReplyTicket",
+    "SQLiteStore",
+    "Store",
+    "open_store",
+]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -67,6 +68,25 @@ def _check_file(path: str) -> None:
         )
 
 
+def _use_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """Switch a database to WAL (once; a no-op after). Processes racing to open a new file
+    all try: SQLite may refuse the switch at once ("database is locked") instead of waiting
+    for the busy timeout, so it is tried again until the timeout."""
+    deadline = time.monotonic() + busy_timeout
+    pause = 0.001
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)  # another process holds the lock for a moment: wait, then retry
+        pause = min(pause * 2, 0.05)
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -113,7 +133,7 @@ class SQLiteStore(SQLiteReplies):
             # Decide whether this is our database before anything (WAL included) writes.
             pending(conn, self.path)
             if not self._memory:
-                conn.execute("PRAGMA journal_mode = WAL")
+                _use_wal(conn, busy_timeout)
             conn.execute("PRAGMA synchronous = NORMAL")
             migrate(conn, self.path)
         except sqlite3.DatabaseError as exc:

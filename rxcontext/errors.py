@@ -18,6 +18,7 @@ __all__ = [
     "ProviderError",
     "ReplyBusy",
     "ReplyExists",
+    "ReplySuperseded",
     "RxContextError",
     "SchemaTooNew",
     "StoreBusy",
@@ -75,6 +76,13 @@ class ReplyBusy(CheckpointResolved):
     def __init__(self, message: str, *, state: str) -> None:
         super().__init__(message)
         self.state = state
+
+
+class ReplySuperseded(CheckpointResolved):
+    """The interrupted reply's prompt was answered again by a later reply (a retry).
+
+    Resuming or keeping it would put two answers to one prompt in a row; discard it.
+    """
 
 
 class ReplyExists(RxContextError, ValueError):

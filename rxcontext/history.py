@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from .records import Record, RecordType
+from .records import Checkpoint, Record, RecordType
 from .store.base import RecordDraft, Store
 
-__all__ = ["INTERRUPTED_TOOL_OUTPUT", "request_history", "unanswered_calls"]
+__all__ = ["INTERRUPTED_TOOL_OUTPUT", "answered_again", "request_history", "unanswered_calls"]
 
 INTERRUPTED_TOOL_OUTPUT = (
     "Error: this tool call was interrupted before it returned; it has no output. "
@@ -49,6 +49,27 @@ def unanswered_calls(records: Sequence[Record]) -> list[Record]:
             if calls:
                 waiting.remove(calls.pop(0))
     return waiting
+
+
+def answered_again(store: Store, checkpoint: Checkpoint) -> Record | None:
+    """Another reply to ``checkpoint``'s prompt, if one is stored (a retry answered it): a
+    reply between the prompt before the checkpoint's place and the next prompt. Resuming
+    or keeping it would then put two answers to one prompt in a row."""
+    if checkpoint.pos is None:
+        return None
+    found: Record | None = None
+    for r in store.records(checkpoint.context_id, live_only=True):
+        if r.type is RecordType.PROMPT:
+            if r.pos > checkpoint.pos:
+                break
+            found = None  # a later prompt before the place: earlier replies answered others
+        elif (
+            r.type in (RecordType.MODEL_RESP, RecordType.TOOL_CALL)
+            and r.pos != checkpoint.pos
+            and found is None
+        ):
+            found = r
+    return found
 
 
 def request_history(

@@ -13,8 +13,8 @@ from .astreaming import run_async
 from .chain import new_input, validate_chain
 from .checkpointer import checkpointer_for
 from .chunks import Chunk, Reply
-from .errors import CheckpointNotFound, RxContextError
-from .history import request_history
+from .errors import CheckpointNotFound, ReplySuperseded, RxContextError
+from .history import answered_again, request_history
 from .operators import Middleware
 from .persist import ReplyPersister
 from .providers.base import Model, Request, ResumeCursor
@@ -553,16 +553,25 @@ class ContextWindow:
             )
         return checkpoint
 
-    def _resumable(self, checkpoint_id: int) -> Checkpoint:
-        """The checkpoint, if it can be claimed now; else the typed error that says why not."""
+    def _settleable(self, checkpoint_id: int, verb: str) -> Checkpoint:
+        """The checkpoint, if it can be resumed or kept now; else the typed error saying why."""
         checkpoint = self._own(checkpoint_id)
-        refusal = settle_refusal(checkpoint, "resume")
+        refusal = settle_refusal(checkpoint, verb)
         if refusal is not None:
             raise refusal
+        later = answered_again(self._store, checkpoint)
+        if later is not None:
+            raise ReplySuperseded(
+                f"checkpoint {checkpoint_id}'s prompt was answered again by a later reply "
+                f"(record {later.id}); {verb}ing it would put two answers in a row: discard it"
+            )
         return checkpoint
 
+    def _resumable(self, checkpoint_id: int) -> Checkpoint:
+        return self._settleable(checkpoint_id, "resume")
+
     def _claim(self, checkpoint_id: int) -> Checkpoint:
-        self._own(checkpoint_id)
+        self._resumable(checkpoint_id)
         return self._store.claim_checkpoint(checkpoint_id, owner=worker_id())
 
     def discard(self, checkpoint_id: int) -> Checkpoint:
@@ -579,16 +588,16 @@ class ContextWindow:
         """Keep an interrupted reply as it is: its partial text is stored as the reply, in
         its own place in the conversation (a MODEL_RESP whose metadata has ``partial``).
 
-        Raises ``ValueError`` if it holds no text (discard it instead), and the errors of
-        :meth:`discard`.
+        Raises ``ValueError`` if it holds no text (discard it instead),
+        :class:`~rxcontext.ReplySuperseded` if its prompt was answered again by a later
+        reply, and the errors of :meth:`discard`.
         """
-        checkpoint = self._own(checkpoint_id)
-        if not checkpoint.state.final and not checkpoint.state.live:
-            # Tool calls of its earlier rounds that never got outputs are answered first,
-            # so the kept text follows them.
-            request_history(
-                self._store, self._context.id, upto=checkpoint.pos, reply_id=checkpoint.reply_id
-            )
+        checkpoint = self._settleable(checkpoint_id, "keep")
+        # Tool calls of its earlier rounds that never got outputs are answered first, so
+        # the kept text follows them.
+        request_history(
+            self._store, self._context.id, upto=checkpoint.pos, reply_id=checkpoint.reply_id
+        )
         (record,) = self._store.keep_checkpoint(checkpoint_id)
         return record
 
@@ -605,7 +614,9 @@ class ContextWindow:
         ``background=True``), the continuation is the rest of that stream, exactly;
         otherwise the history is sent with the partial reply as an assistant turn and an
         instruction to continue (no assistant prefill). A resume that fails is interrupted
-        again (its claim released at once), and can be resumed again.
+        again (its claim released at once), and can be resumed again. A reply whose prompt
+        was answered again by a later reply (a retry) gives
+        :class:`~rxcontext.ReplySuperseded`: discard it.
         """
         self._resumable(checkpoint_id)
         hooks, rest = self._split(operators)

@@ -23,6 +23,7 @@ from rxcontext import (
     ReplyBusy,
     ReplyExists,
     ReplyState,
+    ReplySuperseded,
     StreamInterrupted,
     Tool,
 )
@@ -177,6 +178,18 @@ def test_keep_of_an_empty_checkpoint_says_discard_instead():
     with pytest.raises(ValueError, match="discard it instead"):
         cw.keep(cp_id)
     assert [c.id for c in cw.checkpoints()] == [cp_id]
+
+
+def test_a_reply_answered_again_by_a_retry_can_only_be_discarded():
+    cw, _ = window([T("first try "), ConnectionError("cut")], [T("second try"), DONE])
+    cw.add_prompt("A?")
+    cp_id = cut(cw)
+    cw.call()  # the user asked again: a new reply answers the same prompt
+    for settle in (cw.resume, cw.resume_call, cw.keep):
+        with pytest.raises(ReplySuperseded, match=r"answered again.*discard it"):
+            settle(cp_id)
+    assert cw.discard(cp_id).state is ReplyState.DISCARDED
+    assert shape(cw) == [("PROMPT", "A?"), ("MODEL_RESP", "second try")]
 
 
 # -- positions ----------------------------------------------------------------------------

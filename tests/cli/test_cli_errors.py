@@ -1,0 +1,170 @@
+"""Errors a user can meet: one line and a hint on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cliutil import (
+    assert_user_error,
+    chat_ok,
+    checkpoints,
+    records,
+    replay,
+    run,
+)
+
+# -- errors a user can meet -------------------------------------------------------------------
+
+
+def test_unknown_model_prefix(env: dict[str, str], tmp_path: Path) -> None:
+    result = run(env, "chat", "--db", str(tmp_path / "x.db"), "--model", "mistral:large", "hi")
+    assert_user_error(result, "unknown model provider 'mistral'", "openai:")
+    assert not (tmp_path / "x.db").exists()  # nothing written before the model was known
+
+
+def test_model_without_provider(env: dict[str, str], tmp_path: Path) -> None:
+    result = run(env, "chat", "--db", str(tmp_path / "x.db"), "--model", "gpt-4o", "hi")
+    assert_user_error(result, "provider:model")
+
+
+@pytest.mark.parametrize(
+    ("model", "variable"),
+    [
+        ("openai:gpt-4o-mini", "OPENAI_API_KEY"),
+        ("openai-responses:gpt-5-mini", "OPENAI_API_KEY"),
+        ("anthropic:claude-sonnet-4-5", "ANTHROPIC_API_KEY"),
+        ("gemini:gemini-2.5-flash", "GEMINI_API_KEY"),
+    ],
+)
+def test_missing_api_key(env: dict[str, str], tmp_path: Path, model: str, variable: str) -> None:
+    result = run(env, "chat", "--db", str(tmp_path / "x.db"), "--model", model, "hi")
+    assert_user_error(result, f"{variable}", "rxcontext demo")
+
+
+def test_unreachable_base_url(env: dict[str, str], tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = tmp_path / "u.db"
+    url = f"http://127.0.0.1:{port}/v1"
+    result = run(env, "chat", "--db", str(db), "--model", "openai:llama", "--base-url", url, "hi")
+    assert_user_error(result, f"cannot reach {url}", "--base-url")
+    # Nothing arrived: no empty checkpoint, and the unanswered prompt is retired.
+    assert checkpoints(db) == []
+    (prompt,) = records(db)
+    assert prompt.content == "hi" and not prompt.live
+
+
+@pytest.mark.parametrize(
+    ("status", "hint"),
+    [(401, "check the API key"), (404, "check the model name")],
+)
+def test_server_refuses(env: dict[str, str], tmp_path: Path, status: int, hint: str) -> None:
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.dumps({"error": {"message": f"refused with {status}", "type": "x"}})
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        db = tmp_path / "refused.db"
+        args = ("chat", "--db", str(db), "--model", "openai:m", "--base-url", url, "hi")
+        result = run({**env, "OPENAI_API_KEY": "sk-test-0123456789abcdef"}, *args)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert_user_error(result, f"HTTP {status}", f"refused with {status}", hint)
+    assert "sk-test-0123456789abcdef" not in result.stderr
+
+
+def test_not_a_database(env: dict[str, str], tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    for args in (("contexts",), ("chat", "--replay", replay(tmp_path, "r", [{"text": "x"}]), "hi")):
+        result = run(env, *args, "--db", str(notes))
+        assert_user_error(result, "not an SQLite database", "--db")
+    assert notes.read_text() == "my notes\n"
+
+
+def test_bad_database_paths(env: dict[str, str], tmp_path: Path) -> None:
+    assert_user_error(run(env, "contexts", "--db", str(tmp_path / "none.db")), "no database at")
+    file = replay(tmp_path, "r", [{"text": "x"}])
+    result = run(env, "chat", "--replay", file, "--db", str(tmp_path / "no" / "dir.db"), "hi")
+    assert_user_error(result, "does not exist")
+    assert_user_error(run(env, "chat", "--replay", file, "--db", str(tmp_path), "hi"), "directory")
+
+
+def test_unknown_context_and_checkpoint(env: dict[str, str], tmp_path: Path) -> None:
+    db = tmp_path / "e.db"
+    chat_ok(env, tmp_path, db, "x", "hi")
+    shown = run(env, "contexts", "show", "nope", "--db", str(db))
+    assert_user_error(shown, "no context named 'nope'")
+    file = replay(tmp_path, "r", [{"text": "x"}])
+    result = run(env, "resume", "42", "--db", str(db), "--replay", file)
+    assert_user_error(result, "no checkpoint with id 42", "rxcontext checkpoints")
+
+
+def test_bad_replay_file(env: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert_user_error(run(env, "chat", "--db", str(tmp_path / "x.db"), "--replay", str(bad), "hi"))
+
+
+def test_no_command_prints_help(env: dict[str, str]) -> None:
+    result = run(env)
+    assert result.returncode == 2
+    assert "demo" in result.stdout and "chat" in result.stdout
+
+
+# -- model specs ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "variable", "cls"),
+    [
+        ("openai:gpt-4o-mini", "OPENAI_API_KEY", "OpenAIModel"),
+        ("openai-responses:gpt-5-mini", "OPENAI_API_KEY", "OpenAIResponsesModel"),
+        ("anthropic:claude-sonnet-4-5", "ANTHROPIC_API_KEY", "AnthropicModel"),
+        ("gemini:gemini-2.5-flash", "GOOGLE_API_KEY", "GeminiModel"),
+    ],
+)
+def test_model_from_spec(
+    monkeypatch: pytest.MonkeyPatch, spec: str, variable: str, cls: str
+) -> None:
+    from rxcontext import providers
+    from rxcontext.providers.factory import model_from_spec
+
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, "test-key-not-real")
+    model = model_from_spec(spec)
+    assert isinstance(model, getattr(providers, cls))
+    assert model.name == spec
+
+
+def test_model_from_spec_base_url_needs_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rxcontext.providers import OpenAIModel
+    from rxcontext.providers.factory import ModelSpecError, model_from_spec
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    model = model_from_spec("openai:llama3.2", base_url="http://127.0.0.1:11434/v1")
+    assert isinstance(model, OpenAIModel) and model.name == "openai:llama3.2"
+    with pytest.raises(ModelSpecError, match="OPENAI_API_KEY"):
+        model_from_spec("openai:gpt-4o-mini")
+    with pytest.raises(ModelSpecError, match="unknown model provider"):
+        model_from_spec("cohere:command")

@@ -8,7 +8,10 @@ size and wait on output (with timeouts), never on sleeps.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import re
 import signal
@@ -60,7 +63,39 @@ def replay(tmp_path: Path, name: str, replies: Sequence[dict[str, Any]], delay: 
 
 
 def run(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """``python -m rxcontext ARGS`` with pipes (not a terminal)."""
+    """``rxcontext ARGS`` with pipes for stdin, stdout and stderr (not a terminal).
+
+    It runs :func:`rxcontext.cli.main` in this process, as the ``rxcontext`` script does,
+    with ``env`` as the whole environment: a fresh interpreter per command would cost the
+    suite most of its time on a loaded machine. :func:`run_process` is the real thing, for
+    the tests about the process itself.
+    """
+    from rxcontext.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_stdin = dict(os.environ), sys.stdin
+    handlers = list(logging.getLogger().handlers)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.stdin = io.StringIO(stdin)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = main(list(args))
+            except SystemExit as exit_:  # --help, --version
+                status = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.stdin = saved_stdin
+        logging.getLogger().handlers[:] = handlers  # main's basicConfig wrote to `err`
+    return subprocess.CompletedProcess(["rxcontext", *args], status, out.getvalue(), err.getvalue())
+
+
+def run_process(
+    env: dict[str, str], *args: str, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """``python -m rxcontext ARGS`` in a new process, with pipes (not a terminal)."""
     return subprocess.run(
         [sys.executable, "-m", "rxcontext", *args],
         input=stdin,

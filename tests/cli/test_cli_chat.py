@@ -14,6 +14,7 @@ from cliutil import (
     records,
     replay,
     run,
+    run_process,
 )
 
 from rxcontext import RecordType
@@ -26,7 +27,7 @@ def test_demo_plain_twice_streams_stores_cuts_and_resumes(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     db = tmp_path / "demo.db"
-    first = run(env, "demo", "--db", str(db), "--fast")
+    first = run_process(env, "demo", "--db", str(db), "--fast")
     assert first.returncode == 0, first.stderr
     assert "\x1b[" not in first.stdout  # no redraws when not a terminal
     assert "## What just happened" in first.stdout
@@ -35,7 +36,7 @@ def test_demo_plain_twice_streams_stores_cuts_and_resumes(
     assert len(replies) == 1 and replies[0].streamed
     assert replies[0].content.startswith("## What just happened")
 
-    second = run(env, "demo", "--db", str(db), "--fast")
+    second = run_process(env, "demo", "--db", str(db), "--fast")
     assert second.returncode == 0, second.stderr
     assert "[tool call] weather" in second.stdout
     assert "checkpoint 1 saved" in second.stdout
@@ -79,7 +80,8 @@ def test_chat_one_shot_plain_output_is_the_reply(env: dict[str, str], tmp_path: 
     db = tmp_path / "c.db"
     text = "Rivers: the *Tagus*, the Douro and the Mondego."
     file = replay(tmp_path, "r", [{"text": text, "usage": [20, 12]}])
-    result = run(env, "chat", "--db", str(db), "--replay", file, "--system", "Be terse.", "Rivers?")
+    args = ("chat", "--db", str(db), "--replay", file, "--system", "Be terse.", "Rivers?")
+    result = run_process(env, *args)
     assert result.returncode == 0, result.stderr
     assert result.stdout == text + "\n"
     assert "20 in / 12 out tokens" in result.stderr and "stored as record" in result.stderr

@@ -168,3 +168,136 @@ def test_model_from_spec_base_url_needs_no_key(monkeypatch: pytest.MonkeyPatch) 
         model_from_spec("openai:gpt-4o-mini")
     with pytest.raises(ModelSpecError, match="unknown model provider"):
         model_from_spec("cohere:command")
+
+
+# -- arguments checked before anything else ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("chat", ""), "the prompt is empty"),
+        (("chat", "  ", " "), "the prompt is empty"),
+        (("chat", "--max-tokens", "0", "hi"), "--max-tokens"),
+        (("chat", "--max-tokens", "-5", "hi"), "--max-tokens"),
+        (("chat", "--max-tokens", "lots", "hi"), "--max-tokens"),
+        (("chat", "--context-window", "0", "hi"), "--context-window"),
+        (("chat", "--context", "", "hi"), "the context name is empty"),
+        (("resume", "abc"), "invalid int value"),
+        (("contexts", "show", ""), "needs a context name"),
+        (("contexts", "clone", "default", ""), "needs SRC and DEST"),
+        (("contexts", "frobnicate"), "invalid choice"),
+        (("chat", "--model", "", "hi"), "provider:model"),
+    ],
+)
+def test_bad_arguments_are_usage_errors_without_a_key(
+    env: dict[str, str], tmp_path: Path, args: tuple[str, ...], needle: str
+) -> None:
+    db = tmp_path / "args.db"
+    chat_ok(env, tmp_path, db, "x", "hi")
+    before = records(db)
+    result = run(env, *args, "--db", str(db))  # no API key in env: the usage error comes first
+    assert_user_error(result, needle)
+    assert "API key" not in result.stderr
+    if result.stderr.count("see rxcontext"):
+        assert result.returncode == 2
+    assert records(db) == before
+
+
+def test_max_tokens_is_the_reply_limit_and_context_window_the_budget(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    from localserver import openai_server
+
+    db = tmp_path / "limits.db"
+    with openai_server(["Short."]) as server:
+        result = run(
+            env, "chat", "--db", str(db), "--model", "openai:local", "--base-url", server.url,
+            "--max-tokens", "50", "--context-window", "1000", "hi",
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Short.\n"
+    (sent,) = server.requests
+    assert sent["max_tokens"] == 50  # what OpenAI-compatible servers read
+    assert "max_completion_tokens" not in sent
+    assert "/1,000 tokens" in result.stderr  # the status line's budget
+
+
+@pytest.mark.parametrize(
+    ("provider", "base_url", "param"),
+    [
+        ("openai", None, "max_completion_tokens"),
+        ("openai", "http://127.0.0.1:1/v1", "max_tokens"),
+        ("openai-responses", None, "max_output_tokens"),
+        ("anthropic", None, "max_tokens"),
+        ("gemini", None, "max_output_tokens"),
+    ],
+)
+def test_output_limit_is_named_as_each_sdk_names_it(
+    provider: str, base_url: str | None, param: str
+) -> None:
+    from rxcontext.cli.common import output_limit
+
+    assert output_limit(provider, base_url, 64) == {param: 64}
+
+
+# -- the checkpoint, the confirmation and the base URL come before the API key ----------------
+
+
+def test_resume_names_the_checkpoint_problem_before_the_key(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    db = tmp_path / "r.db"
+    chat_ok(env, tmp_path, db, "x", "hi")
+    missing = run(env, "resume", "99", "--db", str(db))  # no key, no --replay
+    assert_user_error(missing, "no checkpoint with id 99", "rxcontext checkpoints")
+
+    cut = replay(tmp_path, "cut", [{"text": "one two three four five", "cut_after": 2}])
+    assert run(env, "chat", "--db", str(db), "--replay", cut, "count").returncode == 1
+    rest = replay(tmp_path, "rest", [{"text": "three four five"}])
+    assert run(env, "resume", "1", "--db", str(db), "--replay", rest).returncode == 0
+    again = run(env, "resume", "1", "--db", str(db))  # resolved, and still no key
+    assert_user_error(again, "already resumed")
+
+
+def test_openai_base_url_env_needs_no_key_like_the_option(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    from localserver import openai_server
+
+    with openai_server(["From the env URL."]) as server:
+        db = tmp_path / "env.db"
+        by_env = run({**env, "OPENAI_BASE_URL": server.url}, "chat", "--db", str(db), "hi")
+        by_option = run(env, "chat", "--db", str(db), "--base-url", server.url, "again")
+    assert by_env.returncode == 0, by_env.stderr
+    assert by_option.returncode == 0, by_option.stderr
+    assert by_env.stdout == by_option.stdout == "From the env URL.\n"
+    assert len(server.requests) == 2
+    # The SDK insists on a key; a placeholder goes to the local server, never a real one.
+    assert {h.get("authorization") for h in server.headers} == {"Bearer not-needed"}
+
+
+def test_openai_base_url_env_names_the_url_when_unreachable(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    result = run({**env, "OPENAI_BASE_URL": url}, "chat", "--db", str(tmp_path / "u.db"), "hi")
+    assert_user_error(result, f"cannot reach {url}")
+
+
+def test_summarize_in_a_script_refuses_before_sending_anything(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    from localserver import openai_server
+
+    db = tmp_path / "s.db"
+    chat_ok(env, tmp_path, db, "Paris.", "Capital of France?")
+    before = records(db)
+    with openai_server(["A summary nobody asked for."]) as server:
+        args = ("summarize", "--db", str(db), "--model", "openai:m", "--base-url", server.url)
+        refused = run(env, *args)
+    assert_user_error(refused, "nothing was sent", "--yes")
+    assert server.requests == []  # nothing paid for
+    assert records(db) == before

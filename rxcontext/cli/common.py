@@ -24,6 +24,7 @@ __all__ = [
     "add_common",
     "add_model_options",
     "build_model",
+    "confirm",
     "db_path",
     "default_db",
     "open_store",
@@ -74,6 +75,16 @@ def db_path(value: str | None, *, create: bool) -> Path:
 def open_store(value: str | None, *, create: bool = False) -> SQLiteStore:
     """The store at ``--db`` (see :func:`db_path`)."""
     return SQLiteStore(db_path(value, create=create))
+
+
+def confirm(question: str) -> bool:
+    """Ask ``question [y/N]`` on the terminal; only y or yes is a yes (Ctrl-D is a no)."""
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        print(file=sys.stdout, flush=True)
+        return False
+    return answer.strip().lower() in ("y", "yes")
 
 
 def renderer(*, plain_info_to_stderr: bool = False) -> Renderer:

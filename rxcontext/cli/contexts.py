@@ -10,7 +10,7 @@ from typing import Any
 
 from ..records import Context, ContextStats
 from ..store import SQLiteStore
-from .common import CLIError, add_common, open_store, renderer
+from .common import CLIError, add_common, confirm, open_store, renderer
 from .render import Renderer
 from .text import to_json
 
@@ -120,8 +120,7 @@ def _delete(store: SQLiteStore, render: Renderer, ctx: Context, *, yes: bool) ->
                 "pass --yes to delete from a script",
             )
         count = len(store.records(ctx.id))
-        answer = input(f"Delete context {ctx.name!r} and its {count} records? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
+        if not confirm(f"Delete context {ctx.name!r} and its {count} records?"):
             render.line("kept")
             return 1
     store.delete_context(ctx.id)

@@ -15,7 +15,15 @@ from .. import summarize as summaries
 from ..chunks import Chunk
 from ..summarize import SummaryProposal
 from ..window import ContextWindow
-from .common import CLIError, add_common, add_model_options, build_model, open_store, renderer
+from .common import (
+    CLIError,
+    add_common,
+    add_model_options,
+    build_model,
+    confirm,
+    open_store,
+    renderer,
+)
 
 __all__ = ["register", "run"]
 
@@ -90,12 +98,10 @@ def run(args: argparse.Namespace) -> int:
             f"summary: {proposal.summary_tokens} tokens in place of "
             f"{len(proposal.replaced_ids)} records ({proposal.original_tokens} tokens)"
         )
-        if not args.yes:
-            answer = input("Accept this summary? [y/N] ")
-            if answer.strip().lower() not in ("y", "yes"):
-                cw.reject_summary(proposal)
-                render.note("summary not applied; the context is unchanged")
-                return 0
+        if not args.yes and not confirm("Accept this summary?"):
+            cw.reject_summary(proposal)
+            render.note("summary not applied; the context is unchanged")
+            return 0
         record = cw.accept_summary(proposal)
         render.note(
             f"summary accepted as record {record.id}; {len(proposal.replaced_ids)} records "

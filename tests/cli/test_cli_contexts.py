@@ -97,6 +97,13 @@ def test_contexts_delete_asks_in_a_terminal(
     assert child.exitstatus == 1 and len(records(db)) == 2
     child = spawn("contexts", "delete", "default", "--db", str(db))
     child.expect(r"\[y/N\]")
+    child.sendeof()  # Ctrl-D answers no
+    child.expect("kept")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 1 and len(records(db)) == 2
+    child = spawn("contexts", "delete", "default", "--db", str(db))
+    child.expect(r"\[y/N\]")
     child.sendline("y")
     child.expect("deleted context 'default'")
     child.expect(pexpect.EOF)

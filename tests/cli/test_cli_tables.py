@@ -157,15 +157,13 @@ def test_contexts_list_at_each_width(
 @pytest.mark.parametrize("width", WIDTHS)
 def test_demo_tables_at_each_width(env: dict[str, str], tmp_path: Path, width: int) -> None:
     db = tmp_path / "demo.db"
-    for _ in range(2):
-        _, text, status = run_pty(env, width, "demo", "--db", str(db), "--fast")
-        assert status == 0, text
-        table = text[text.rindex("context 'demo' in") :]
-        _fits(table, width)
-        for kind in ("SYSTEM_PROMPT", "PROMPT", "MODEL_RESP"):
-            assert re.search(rf"{LEAD}\d+{SEP}{kind}{SEP}yes\b", table, re.M), table
-    assert re.search(rf"{LEAD}\d+{SEP}TOOL_CALL{SEP}yes\b", table, re.M), table
-    assert re.search(rf"{LEAD}\d+{SEP}TOOL_OUTPUT{SEP}yes\b", table, re.M), table
+    assert run(env, "demo", "--db", str(db), "--fast").returncode == 0  # the first run
+    _, text, status = run_pty(env, width, "demo", "--db", str(db), "--fast")
+    assert status == 0, text
+    table = text[text.rindex("context 'demo' in") :]
+    _fits(table, width)
+    for kind in ("SYSTEM_PROMPT", "PROMPT", "MODEL_RESP", "TOOL_CALL", "TOOL_OUTPUT"):
+        assert re.search(rf"{LEAD}\d+{SEP}{kind}{SEP}yes\b", table, re.M), table
 
 
 def test_chat_shows_hostile_checkpoints_and_history_as_text(

@@ -59,12 +59,18 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx2
-from google import genai
-from google.genai import _api_client as genai_api
-from google.genai import _common as genai_common
-from google.genai import errors as genai_errors
-from google.genai import models as genai_models
-from google.genai import types
+
+from ._sdk import missing_sdk
+
+try:
+    from google import genai
+    from google.genai import _api_client as genai_api
+    from google.genai import _common as genai_common
+    from google.genai import errors as genai_errors
+    from google.genai import models as genai_models
+    from google.genai import types
+except ImportError as exc:  # an optional extra: name it
+    raise missing_sdk("google-genai", "gemini", exc) from exc
 
 from ..chunks import Chunk, ChunkKind, Reply, Usage
 from ..errors import ProviderError

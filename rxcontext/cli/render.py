@@ -330,7 +330,7 @@ class Renderer:
                     cp.id,
                     name,
                     cp.created_at.strftime(date),
-                    "resolved" if cp.resolved else "open",
+                    cp.state.value,
                     len(as_text(cp.text)),
                     cp.error or "",
                     cp.text if self.live else preview(cp.text, 40),

@@ -157,7 +157,7 @@ def test_interactive_chat_ctrl_c_cancels_reply_keeps_checkpoint_and_session(
     assert "word20 " in cp.text and LONG.startswith(cp.text) and cp.text != LONG
 
     child.sendline("/checkpoints")
-    child.expect(f"{cp_id}.*open")
+    child.expect(f"{cp_id}.*interrupted")
     child.expect("you> ")
     child.sendline("/resume")
     child.expect(f"resuming checkpoint {cp_id}")

@@ -9,6 +9,7 @@ from typing import Any
 from cliutil import (
     assert_user_error,
     chat_ok,
+    checkpoints,
     pexpect,
     records,
     replay,
@@ -33,9 +34,10 @@ def test_cut_reply_then_checkpoints_and_resume(env: dict[str, str], tmp_path: Pa
     header, row = listed.stdout.strip().splitlines()
     assert header.split("\t")[:2] == ["id", "context"]
     cells = row.split("\t")
-    assert (cells[0], cells[1], cells[3], cells[4]) == ("1", "default", "open", "19")
+    assert (cells[0], cells[1], cells[3], cells[4]) == ("1", "default", "interrupted", "19")
     as_json = json.loads(run(env, "checkpoints", "--json", "--db", str(db)).stdout)
     assert as_json[0]["text"] == "one two three four "
+    assert as_json[0]["state"] == "interrupted" and as_json[0]["reply_id"]
 
     rest = replay(tmp_path, "rest", [{"text": "five six seven eight nine ten"}])
     resumed = run(env, "resume", "1", "--db", str(db), "--replay", rest)
@@ -45,6 +47,34 @@ def test_cut_reply_then_checkpoints_and_resume(env: dict[str, str], tmp_path: Pa
     assert "no open checkpoints" in run(env, "checkpoints", "--db", str(db)).stdout
     again = run(env, "resume", "1", "--db", str(db), "--replay", rest)
     assert_user_error(again, "already resumed")
+
+
+def test_checkpoints_keep_and_discard(env: dict[str, str], tmp_path: Path) -> None:
+    db = tmp_path / "settle.db"
+    for name, prompt in (("a", "first?"), ("b", "second?")):
+        cut = replay(tmp_path, name, [{"text": f"{name}1 {name}2 {name}3 {name}4", "cut_after": 2}])
+        assert run(env, "chat", "--db", str(db), "--replay", cut, prompt).returncode == 1
+    first, second = checkpoints(db)
+    assert first.text == "a1 a2 " and second.text == "b1 b2 "
+
+    kept = run(env, "checkpoints", "keep", str(first.id), "--db", str(db))
+    assert kept.returncode == 0, kept.stderr
+    assert f"checkpoint {first.id} kept" in kept.stdout + kept.stderr
+    dropped = run(env, "checkpoints", "--db", str(db), "discard", str(second.id))
+    assert dropped.returncode == 0, dropped.stderr
+    assert [(r.type.name, r.content, dict(r.metadata)) for r in records(db) if r.live] == [
+        ("PROMPT", "first?", {}),
+        ("MODEL_RESP", "a1 a2 ", {"partial": True}),
+        ("PROMPT", "second?", {}),
+    ]
+    assert "no open checkpoints" in run(env, "checkpoints", "--db", str(db)).stdout
+    every = run(env, "checkpoints", "--all", "--db", str(db)).stdout
+    assert "\tcompleted\t" in every and "\tdiscarded\t" in every
+
+    again = run(env, "checkpoints", "keep", str(second.id), "--db", str(db))
+    assert_user_error(again, "already discarded")
+    assert_user_error(run(env, "checkpoints", "discard", "99", "--db", str(db)), "no checkpoint")
+    assert_user_error(run(env, "resume", str(first.id), "--db", str(db)), "already resumed")
 
 
 # -- contexts ---------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ rows = st.lists(
     st.tuples(
         st.integers(0, 10**6).map(str),
         st.sampled_from(["PROMPT", "MODEL_RESP", "SYSTEM_PROMPT"]),
-        st.sampled_from(["open", "resolved"]),
+        st.sampled_from(["interrupted", "completed", "discarded"]),
         st.integers(0, 10**5).map(str),
         cells,
         cells,
@@ -70,7 +70,7 @@ def test_rendered_lines_fit_and_keep_the_key_cells(
 
 
 def test_columns_are_hidden_in_drop_order_only_when_needed() -> None:
-    row = ("1", "PROMPT", "open", "12345", "a-context-name", "E" * 40, "text " * 30)
+    row = ("1", "PROMPT", "interrupted", "12345", "a-context-name", "E" * 40, "text " * 30)
     # Fixed columns take 18 cells; name, error and content need 8 + 20 + 10 at least.
     assert layout(COLUMNS, [row], 80).hidden == ()
     assert layout(COLUMNS, [row], 60).hidden == ("error",)
@@ -78,7 +78,7 @@ def test_columns_are_hidden_in_drop_order_only_when_needed() -> None:
 
 
 def test_flexible_columns_share_room_short_cells_first() -> None:
-    row = ("1", "PROMPT", "open", "9", "short", "", "x" * 200)
+    row = ("1", "PROMPT", "interrupted", "9", "short", "", "x" * 200)
     plan = layout(COLUMNS, [row], 80)
     widths = dict(zip((COLUMNS[i].header for i in plan.shown), plan.widths, strict=True))
     assert widths["name"] == len("short")  # fits whole: not cut to share

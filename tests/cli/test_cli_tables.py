@@ -133,8 +133,8 @@ def test_checkpoints_at_each_width(
     assert status == 0, text
     _clean_terminal(raw)
     _fits(text, width)
-    assert re.search(rf"{LEAD}{open_id}{SEP}.*\bopen\b", text, re.M), text
-    resolved_row = re.search(rf"{LEAD}{resolved_id}{SEP}.*\bresolved\b", text, re.M)
+    assert re.search(rf"{LEAD}{open_id}{SEP}.*\binterrupted\b", text, re.M), text
+    resolved_row = re.search(rf"{LEAD}{resolved_id}{SEP}.*\bcompleted\b", text, re.M)
     assert bool(resolved_row) == all_, text
     # A header line names the id and state columns.
     assert re.search(r"\bid\b.*\bstate\b", text), text
@@ -179,7 +179,7 @@ def test_chat_shows_hostile_checkpoints_and_history_as_text(
     text = screen_text(raw)
     _clean_terminal(raw)
     _fits(text, 80)
-    assert re.search(rf"{LEAD}{open_id}{SEP}.*\bopen\b", text, re.M), text
+    assert re.search(rf"{LEAD}{open_id}{SEP}.*\binterrupted\b", text, re.M), text
     assert "[/usr/local/bin]" in text
     child.sendeof()
     child.expect(pexpect.EOF)

@@ -35,6 +35,7 @@ from reactivex.disposable import CompositeDisposable, Disposable
 from reactivex.observer import AutoDetachObserver
 from reactivex.scheduler import CurrentThreadScheduler, TrampolineScheduler, VirtualTimeScheduler
 
+from ._signals import HandOver
 from .chunks import Chunk, ToolCall
 from .providers.base import Request
 from .run import Run, abefore_first_chunk, before_first_chunk, close_chunks, reply_chunks
@@ -126,6 +127,7 @@ class _SyncDriver:
         self.lock = threading.Lock()
         self.waiting = False
         self.timer: abc.DisposableBase | None = None
+        self.guard = HandOver()
         flag.on_dispose = self._on_dispose
 
     def clock(self) -> float:
@@ -136,25 +138,29 @@ class _SyncDriver:
     def start(self, _: Any = None, __: Any = None) -> None:
         """Drive until the run ends or waits for a retry (then schedule the rest)."""
         try:
-            while True:
-                delay = self._advance()
-                if delay is None:
-                    return
-                sched = self.scheduler
-                if sched is not None and not isinstance(sched, TrampolineScheduler):
-                    with self.lock:
-                        if not self.flag.disposed:
-                            self.waiting = True
-                            self.timer = sched.schedule_relative(delay, self._wake)
-                            return
-                    self.run.persister.interrupt(None)
-                    return
-                if not self._block(delay):
-                    self.run.persister.interrupt(None)
-                    return
+            with self.guard:
+                self._start()
         finally:
             if self.run.persister.finished:
                 self.run.close()
+
+    def _start(self) -> None:
+        while True:
+            delay = self._advance()
+            if delay is None:
+                return
+            sched = self.scheduler
+            if sched is not None and not isinstance(sched, TrampolineScheduler):
+                with self.lock:
+                    if not self.flag.disposed:
+                        self.waiting = True
+                        self.timer = sched.schedule_relative(delay, self._wake)
+                        return
+                self.run.persister.interrupt(None)
+                return
+            if not self._block(delay):
+                self.run.persister.interrupt(None)
+                return
 
     def _block(self, delay: float) -> bool:
         """Wait on this thread; False if disposed meanwhile."""
@@ -186,23 +192,29 @@ class _SyncDriver:
     def _deliver(self, chunk: Chunk, fold: bool = True) -> None:
         """Hand ``chunk`` to the subscriber if it still wants it; then fold it in."""
         p = self.run.persister
+        guard = self.guard
+        guard.critical = True  # a Ctrl-C in our code from here waits for the fold
         p.busy = True
         if p._claimed:
             p.wait_claim()
         if self.flag.disposed or self.watch.is_stopped:
             p.busy = False
+            guard.release()
             raise _Cancelled
         try:
             self.emit(chunk)
-        except BaseException:
-            self.user_raised = True  # delivered: the subscriber had it when it raised
+        except BaseException as error:
+            # Delivered: the subscriber had it when it (or a signal in its code) raised.
+            self.user_raised = isinstance(error, Exception)
             if fold:
                 p.add(chunk)
             p.busy = False
+            guard.critical = False
             raise
         if fold:
             p.add(chunk)
         p.busy = False
+        guard.release()
         if p.attention:
             p.attend()
         if self.flag.disposed or self.watch.is_stopped:

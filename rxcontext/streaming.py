@@ -33,7 +33,12 @@ from typing import Any
 from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable, Disposable
 from reactivex.observer import AutoDetachObserver
-from reactivex.scheduler import CurrentThreadScheduler, TrampolineScheduler, VirtualTimeScheduler
+from reactivex.scheduler import (
+    CurrentThreadScheduler,
+    ImmediateScheduler,
+    TrampolineScheduler,
+    VirtualTimeScheduler,
+)
 
 from ._signals import HandOver
 from .chunks import Chunk, ToolCall
@@ -79,6 +84,41 @@ class _Running:
     is_stopped = False
 
 
+class _AnyStopped:
+    """Stopped when any of the subscribers in a chain is."""
+
+    __slots__ = ("_chain",)
+
+    def __init__(self, chain: Sequence[AutoDetachObserver[Chunk]]) -> None:
+        self._chain = chain
+
+    @property
+    def is_stopped(self) -> bool:
+        return any(o.is_stopped for o in self._chain)
+
+
+def _subscriber(observer: abc.ObserverBase[Chunk]) -> tuple[Any, Callable[[Chunk], None]]:
+    """What to watch for disposal, and the callback that delivers a chunk.
+
+    Every ``subscribe`` in RxPY wraps its observer in an ``AutoDetachObserver``, which sets
+    ``is_stopped`` before it disposes upstream; a chain of them (one per ``subscribe_on``,
+    ``take``, ``map``... between us and the user) ends in the user's callback. A dispose can
+    stop any of them without reaching our disposable — ``subscribe_on`` on a thread hands
+    it ours only after the producer returns — so the producer watches the whole chain, and
+    calls the innermost callback directly (past the chain's own checks): a chunk it
+    decided to deliver is really delivered, so the checkpoint can count it.
+    """
+    chain: list[AutoDetachObserver[Chunk]] = []
+    target: Any = observer
+    while type(target) is AutoDetachObserver:
+        chain.append(target)
+        target = getattr(target._on_next, "__self__", None)
+    if not chain:
+        return _Running, observer.on_next
+    emit: Callable[[Chunk], None] = chain[-1]._on_next
+    return (chain[0] if len(chain) == 1 else _AnyStopped(chain)), emit
+
+
 def _run_tools_sync(run: Run, calls: Sequence[ToolCall]) -> list[ToolResult]:
     tools = run.tools
     assert tools is not None
@@ -107,16 +147,7 @@ class _SyncDriver:
     ) -> None:
         self.run = run
         self.observer = observer
-        # RxPY's subscriber sets ``is_stopped`` before it disposes upstream; reading it too
-        # catches a dispose our disposable never hears of (subscribe_on on a thread), and
-        # calling its callback directly (past its own check of that flag) makes a chunk
-        # we decided to deliver really delivered.
-        if type(observer) is AutoDetachObserver:
-            self.watch: Any = observer
-            self.emit: Callable[[Chunk], None] = observer._on_next
-        else:
-            self.watch = _Running
-            self.emit = observer.on_next
+        self.watch, self.emit = _subscriber(observer)
         self.flag = flag
         self.scheduler = scheduler
         self.time = scheduler if scheduler is not None else run.scheduler
@@ -345,6 +376,13 @@ def run_observable(
     ) -> abc.DisposableBase:
         flag = _Flag()
         sched = subscribe_scheduler or scheduler or CurrentThreadScheduler.singleton()
+        if isinstance(sched, ImmediateScheduler) or (
+            isinstance(sched, TrampolineScheduler) and sched is not CurrentThreadScheduler.singleton()
+        ):
+            # These run an action inside schedule(), so the producer would run to its end
+            # before this subscription is wired (a take(n) downstream could never stop it).
+            # The thread's own trampoline runs it right after, on the same thread.
+            sched = CurrentThreadScheduler.singleton()
 
         def action(_: abc.SchedulerBase, __: Any = None) -> None:
             if flag.disposed or getattr(observer, "is_stopped", False):

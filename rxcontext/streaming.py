@@ -375,14 +375,15 @@ def run_observable(
         observer: abc.ObserverBase[Chunk], subscribe_scheduler: abc.SchedulerBase | None = None
     ) -> abc.DisposableBase:
         flag = _Flag()
-        sched = subscribe_scheduler or scheduler or CurrentThreadScheduler.singleton()
+        trampoline = CurrentThreadScheduler.singleton()
+        sched = subscribe_scheduler or scheduler or trampoline
         if isinstance(sched, ImmediateScheduler) or (
-            isinstance(sched, TrampolineScheduler) and sched is not CurrentThreadScheduler.singleton()
+            isinstance(sched, TrampolineScheduler) and sched is not trampoline
         ):
             # These run an action inside schedule(), so the producer would run to its end
             # before this subscription is wired (a take(n) downstream could never stop it).
             # The thread's own trampoline runs it right after, on the same thread.
-            sched = CurrentThreadScheduler.singleton()
+            sched = trampoline
 
         def action(_: abc.SchedulerBase, __: Any = None) -> None:
             if flag.disposed or getattr(observer, "is_stopped", False):

@@ -382,7 +382,7 @@ class ContextWindow:
         *,
         streaming: bool,
         disable_tools: bool,
-        resume: Checkpoint | None = None,
+        resume: int | None = None,
         reply_id: str | None = None,
     ) -> Run:
         model = self._require_model()
@@ -400,7 +400,7 @@ class ContextWindow:
             context_id,
             reply_id=reply_id,
             checkpoint_every=self.checkpoint_every,
-            resume=resume,
+            claim=(lambda: self._claim(resume)) if resume is not None else None,
             streamed=streaming,
             cursor=cursor,
         )
@@ -409,7 +409,8 @@ class ContextWindow:
             records = request_history(
                 store, context_id, upto=persister.pos, reply_id=persister.reply_id
             )
-            if round_ == 0 and resume is not None and resume.text:
+            resume = persister.resuming
+            if resume is not None and resume.text:
                 # The partial reply goes back as an assistant turn plus a continuation
                 # prompt. With nothing delivered yet, the original request is sent as it
                 # was (providers reject an empty assistant turn).
@@ -625,7 +626,7 @@ class ContextWindow:
                 hooks,
                 streaming=True,
                 disable_tools=disable_tools,
-                resume=self._claim(checkpoint_id),
+                resume=checkpoint_id,
             ),
             self.scheduler,
         )
@@ -635,9 +636,9 @@ class ContextWindow:
         self, checkpoint_id: int, *hooks: Middleware, disable_tools: bool = False
     ) -> Reply:
         """:meth:`resume` to the end on this thread; returns the full (joined) reply."""
-        checkpoint = self._claim(checkpoint_id)
+        self._resumable(checkpoint_id)
         return _call(
-            self._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint)
+            self._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint_id)
         )
 
     def aresume(
@@ -646,18 +647,9 @@ class ContextWindow:
         """The asyncio twin of :meth:`resume`: checks the checkpoint now, claims it when
         the iteration starts (an iterator closed before that leaves it untouched)."""
         self._resumable(checkpoint_id)
-        return _aresume(self, checkpoint_id, hooks, disable_tools)
-
-
-async def _aresume(
-    cw: ContextWindow, checkpoint_id: int, hooks: Sequence[Middleware], disable_tools: bool
-) -> AsyncIterator[Chunk]:
-    from .astreaming import off_loop
-
-    checkpoint = await off_loop(cw._claim, checkpoint_id)
-    run = cw._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint)
-    async for chunk in run_async(run):
-        yield chunk
+        return run_async(
+            self._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint_id)
+        )
 
 
 class _Collect(abc.ObserverBase[Chunk]):

@@ -72,9 +72,9 @@ CHILD = textwrap.dedent(
         except StreamInterrupted as e:
             cp_id = e.checkpoint.id
             out.write("d cut:\\n")
-    out.write("ready\\n")
-    out.flush()
     try:
+        out.write("ready\\n")
+        out.flush()
         if mode == "sync":
             obs = cw.resume(cp_id) if cp_id else cw.stream()
             obs.subscribe(report, lambda e: out.write(f"E {type(e).__name__}\\n"))
@@ -120,13 +120,18 @@ def _trial(tmp: Path, scenario: str, mode: str, sig: int, seed: int) -> dict[str
                 break
         else:
             pytest.fail(f"child failed to start: {child.stderr.read()}")
-        # A random instant of the reply (about 40 chunks x 0.2 ms, then the commit).
-        with_timeout = rng.uniform(0, 0.03)
+        # A random instant of the reply (about 40 chunks x 0.2 ms, then the commit; the
+        # asyncio child takes longer to get there).
+        with_timeout = rng.uniform(0, 0.03 if mode == "sync" else 0.09)
         try:
             child.wait(with_timeout)
         except subprocess.TimeoutExpired:
             child.send_signal(sig)
-        rest, err = child.communicate(timeout=60)
+        # Read through the same buffered file the lines above came from (communicate()
+        # would read the pipe underneath it and miss what that file already buffered).
+        rest = child.stdout.read()
+        err = child.stderr.read()
+        child.wait(60)
     finally:
         if child.poll() is None:  # pragma: no cover
             child.kill()

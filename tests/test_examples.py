@@ -53,10 +53,15 @@ def run_example(name: str, tmp_path: Path) -> str:
     return run_script(EXAMPLES / name, tmp_path)
 
 
+def code_blocks_in(text: str, language: str) -> list[str]:
+    """The fenced ``language`` blocks of Markdown ``text``, in order."""
+    pattern = re.compile(rf"^```{language}\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+    return pattern.findall(text)
+
+
 def code_blocks(path: Path, language: str) -> list[str]:
     """The fenced ``language`` blocks of a Markdown file, in order."""
-    pattern = re.compile(rf"^```{language}\n(.*?)^```$", re.MULTILINE | re.DOTALL)
-    return pattern.findall(path.read_text(encoding="utf-8"))
+    return code_blocks_in(path.read_text(encoding="utf-8"), language)
 
 
 def python_samples() -> list[tuple[str, str]]:
@@ -160,7 +165,7 @@ def test_every_python_sample_runs_as_written(tmp_path: Path, where: str, code: s
 
 
 def _readme_sample(tmp_path: Path) -> Path:
-    (code,) = code_blocks(ROOT / "README.md", "python")
+    code = code_blocks(ROOT / "README.md", "python")[0]  # "In code", the first one
     script = tmp_path / "sample.py"
     script.write_text(code, encoding="utf-8")
     return script
@@ -237,3 +242,14 @@ def test_readme_demo_command_runs_as_written(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "Run the demo again" in result.stdout
     assert (tmp_path / "demo.db").exists()
+
+
+def test_readme_lifecycle_sample_prints_what_the_readme_says(tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Replies have an id and a state") :]
+    code = code_blocks_in(section, "python")[0]
+    printed = section[section.index("prints\n\n```\n") + len("prints\n\n```\n") :]
+    printed = printed[: printed.index("```")]
+    script = tmp_path / "lifecycle.py"
+    script.write_text(code, encoding="utf-8")
+    assert run_script(script, tmp_path) == printed

@@ -14,7 +14,7 @@ from .chain import new_input, validate_chain
 from .checkpointer import checkpointer_for
 from .chunks import Chunk, Reply
 from .errors import CheckpointNotFound, ReplySuperseded, RxContextError
-from .history import answered_again, request_history
+from .history import HistoryCache, answered_again, request_history
 from .operators import Middleware
 from .persist import ReplyPersister
 from .providers.base import Model, Request, ResumeCursor
@@ -67,8 +67,8 @@ class ContextReader:
         return self._store.records(self.context_id)
 
     def live_tokens(self) -> int:
-        """Estimated tokens of the live records."""
-        return sum(r.est_tokens for r in self.live_records())
+        """Estimated tokens of the live records (kept by the store on every write)."""
+        return self._store.live_tokens(self.context_id)
 
     def token_usage(self) -> TokenUsage:
         """Live tokens against ``max_tokens``."""
@@ -145,6 +145,7 @@ class ContextWindow:
         """Summariser instructions (default: the prompt shipped in ``rxcontext/data``)."""
         self._tools = ToolRegistry()
         self._context = store.get_or_create_context(context)
+        self._histories: dict[str, HistoryCache] = {}
 
     def __repr__(self) -> str:
         return f"ContextWindow(context={self._context.name!r}, model={self._model_name()!r})"
@@ -405,9 +406,11 @@ class ContextWindow:
             cursor=cursor,
         )
 
+        history = self._history(context_id)
+
         def request(round_: int) -> Request:
             records = request_history(
-                store, context_id, upto=persister.pos, reply_id=persister.reply_id
+                store, context_id, upto=persister.pos, reply_id=persister.reply_id, cache=history
             )
             resume = persister.resuming
             if resume is not None and resume.text:
@@ -447,6 +450,13 @@ class ContextWindow:
             scheduler=self.scheduler,
             checkpointer=checkpointer_for(store, every, self.scheduler) if every else None,
         )
+
+    def _history(self, context_id: str) -> HistoryCache:
+        """The live-records cache of a context (requests re-read only what changed)."""
+        cache = self._histories.get(context_id)
+        if cache is None:
+            cache = self._histories[context_id] = HistoryCache(self._store, context_id)
+        return cache
 
     @staticmethod
     def _split(operators: Sequence[Any]) -> tuple[list[Middleware], list[Any]]:

@@ -486,7 +486,8 @@ def test_set_live_range_is_inclusive_and_checked(store: SQLiteStore):
         assert store.records(ctx.id) == before
 
 
-def test_replace_system_prompt_keeps_one_sorted_first(store: SQLiteStore):
+def test_replace_system_prompt_keeps_one_live_sorted_first_and_the_old_ones_dead(store):
+    # As contextwindow does: the previous system prompt stays, as a dead record.
     ctx = store.get_or_create_context("sys")
     first = store.replace_system_prompt(ctx.id, "v1")
     assert first.type is RecordType.SYSTEM_PROMPT
@@ -494,13 +495,16 @@ def test_replace_system_prompt_keeps_one_sorted_first(store: SQLiteStore):
     store.commit_reply(ctx.id, [R("a")])
     store.replace_system_prompt(ctx.id, "v2")
     store.replace_system_prompt(ctx.id, "v3")
-    records = store.records(ctx.id)
-    assert [(r.type, r.content) for r in records] == [
-        (RecordType.SYSTEM_PROMPT, "v3"),
-        (RecordType.PROMPT, "q"),
-        (RecordType.MODEL_RESP, "a"),
+    assert [(r.type, r.content, r.live) for r in store.records(ctx.id)] == [
+        (RecordType.SYSTEM_PROMPT, "v3", True),
+        (RecordType.SYSTEM_PROMPT, "v2", False),
+        (RecordType.SYSTEM_PROMPT, "v1", False),
+        (RecordType.PROMPT, "q", True),
+        (RecordType.MODEL_RESP, "a", True),
     ]
-    assert records[0].pos < records[1].pos
+    live = store.records(ctx.id, live_only=True)
+    assert [r.content for r in live] == ["v3", "q", "a"]
+    assert store.live_tokens(ctx.id) == sum(r.est_tokens for r in live)
     with pytest.raises(ContextNotFound):
         store.replace_system_prompt("missing", "x")
 
@@ -783,6 +787,8 @@ CALLS: dict[str, Callable[[SQLiteStore, str], object]] = {
     "set_last_response_id": lambda s, c: s.set_last_response_id(c, "r"),
     "add_record": lambda s, c: s.add_record(c, P("x")),
     "records": lambda s, c: s.records(c),
+    "history": lambda s, c: s.history(c),
+    "live_tokens": lambda s, c: s.live_tokens(c),
     "set_live_range": lambda s, c: s.set_live_range(c, 0, 0, False),
     "replace_system_prompt": lambda s, c: s.replace_system_prompt(c, "x"),
     "replace_records": lambda s, c: s.replace_records(c, [1], R("x")),

@@ -188,6 +188,7 @@ async def run_async(run: Run) -> AsyncIterator[Chunk]:
             while True:
                 attempt += 1
                 run.requests.append(request)
+                persister.sent()
                 it = run.achunks(request)
                 delivered = False
                 try:

@@ -404,6 +404,7 @@ class ContextWindow:
             claim=(lambda: self._claim(resume)) if resume is not None else None,
             streamed=streaming,
             cursor=cursor,
+            model_name=model.name,
         )
 
         history = self._history(context_id)

@@ -581,14 +581,14 @@ def test_error_payload_mid_stream(code: int, status: str, cls: type, retryable: 
 @pytest.mark.parametrize("payload", [{"error": {"message": "no code"}}, {"error": "text"}])
 def test_error_payload_without_code(payload: dict[str, Any]) -> None:
     _, error = fail(sse(event({"text": "Hi"}), payload))
-    assert error.error_type == "invalid_response"
+    assert error.error_type == "invalid_event"
     assert not error.retryable
 
 
 def test_frame_that_is_not_json() -> None:
     chunks, error = fail(sse(event({"text": "Hi"}), "{not json"))
     assert [c.text for c in chunks] == ["Hi"]
-    assert error.error_type == "invalid_response"
+    assert error.error_type == "invalid_json"
     assert isinstance(error.__cause__, genai_errors.UnknownApiResponseError)
 
 

@@ -319,11 +319,11 @@ class ChatStream:
                 self.usage = usage_of_dict(usage)
                 out.append(Chunk(ChunkKind.USAGE, usage=self.usage))
             return out
-        except READ_ERRORS:
+        except READ_ERRORS as exc:
             if saved is not None:
                 self._ids, self._names = saved
             if self.sdk_event is None:
-                raise
+                raise malformed_event(PROVIDER, exc) from exc
             return self.sdk(self.sdk_event(data))
 
     def done(self) -> Chunk:

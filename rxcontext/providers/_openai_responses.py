@@ -422,9 +422,9 @@ class ResponsesStream:
                     raise BadEvent
                 self._error_event(message, code, data)
             return []
-        except READ_ERRORS:
+        except READ_ERRORS as exc:
             if self.sdk_event is None:
-                raise
+                raise malformed_event(PROVIDER, exc, secrets=self.secrets) from exc
             return self.sdk(self.sdk_event(data))
 
     def _error_event(self, message: Any, code: Any, body: object) -> NoReturn:

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from replay import real_files
-from wire_faults import assert_well_typed, broken, cause_chain, truncated
+from wire_faults import EXAMPLES, assert_well_typed, broken, cause_chain, truncated
 
 from rxcontext.chunks import Chunk, ChunkKind
 from rxcontext.errors import ProviderError
@@ -404,7 +404,7 @@ def broken_streams(draw: st.DrawFn) -> tuple[bytes, Exception | None]:
     return body, cut
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     stream=broken_streams(), cuts=st.lists(st.integers(min_value=0, max_value=1 << 16), max_size=12)
 )

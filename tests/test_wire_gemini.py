@@ -31,7 +31,7 @@ from google.genai import types
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from replay import real_files, sse
-from wire_faults import assert_well_typed, broken, cause_chain, sdk_cause, truncated
+from wire_faults import EXAMPLES, assert_well_typed, broken, cause_chain, sdk_cause, truncated
 
 from rxcontext.chunks import Chunk
 from rxcontext.errors import ProviderError
@@ -450,7 +450,7 @@ def broken_stream(draw: st.DrawFn) -> tuple[list[bytes], Exception | None]:
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @settings(
-    max_examples=200,
+    max_examples=EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -498,6 +498,21 @@ def _body(*middle: bytes) -> bytes:
             sse({"candidates": [{"content": {"parts": [{"functionCall": {"args": [1]}}]}}]}),
             "invalid_event",
             id="args-list",
+        ),
+        pytest.param(
+            sse({"candidates": [{"content": {"parts": [{"text": "", "thought": "maybe"}]}}]}),
+            "invalid_event",
+            id="thought-of-empty-text",
+        ),
+        pytest.param(
+            sse({"candidates": [{"content": {"parts": [{"text": 0}]}}]}),
+            "invalid_event",
+            id="text-zero",
+        ),
+        pytest.param(
+            sse({"candidates": [{"content": {"parts": [{"text": "a", "thoughtSignature": 0}]}}]}),
+            "invalid_event",
+            id="signature-zero",
         ),
         pytest.param(b'data: {"candidates": [\n\n', "invalid_json", id="cut-json"),
         pytest.param(

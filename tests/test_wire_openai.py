@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from replay import real_files
-from wire_faults import assert_well_typed, broken, cause_chain, sdk_cause, truncated
+from wire_faults import EXAMPLES, assert_well_typed, broken, cause_chain, sdk_cause, truncated
 
 from rxcontext.chunks import Chunk
 from rxcontext.errors import ProviderError
@@ -573,7 +573,7 @@ def broken_chat_streams(draw: st.DrawFn) -> tuple[bytes, list[int], int | None, 
     return body, cuts, error_after, error
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(stream=broken_chat_streams())
 def test_broken_chat_events_end_both_wires_alike(
     stream: tuple[bytes, list[int], int | None, Exception | None],
@@ -608,7 +608,7 @@ def broken_responses_streams(
     return body, cuts, error_after, error
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(stream=broken_responses_streams())
 def test_broken_responses_events_end_both_wires_alike(
     stream: tuple[bytes, list[int], int | None, Exception | None],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,6 +22,9 @@ from rxcontext.chunks import Chunk, ChunkKind, Usage
 from rxcontext.errors import ProviderError
 
 Path = tuple[Any, ...]
+
+EXAMPLES = int(os.environ.get("RXCONTEXT_WIRE_EXAMPLES", "250"))
+"""Examples per broken-stream test; raise it (e.g. 5000) for a longer hunt."""
 
 # Values of every JSON kind, some of which a lax validator coerces ("5" → 5, 5.0 → 5,
 # True → 1): where the SDK coerces a value, both wires must agree on the coerced one.

@@ -46,11 +46,11 @@ class SSEDecoder:
         "_buf",
         "_data",
         "_eager_cr",
-        "_errors",
         "_event",
         "_pending",
         "_per_event",
         "_raw",
+        "_replace",
         "_skip_lf",
     )
 
@@ -59,7 +59,7 @@ class SSEDecoder:
         self._event: str | None = None
         self._data: list[str] = []
         self._pending = False
-        self._errors = "replace" if like == "google-genai" else "strict"
+        self._replace = like == "google-genai"
         self._per_event = like == "anthropic"
         self._eager_cr = like == "openai"
         self._skip_lf = False
@@ -116,12 +116,11 @@ class SSEDecoder:
     def _lines(self, lines: list[bytes], final: bool = False) -> Iterable[Event]:
         out: list[Event] = []
         data = self._data
-        errors = self._errors
         raw = b""
         try:
             for raw in lines:
                 if raw[:6] == b"data: ":
-                    data.append(raw[6:].rstrip(b"\r\n").decode("utf-8", errors))
+                    data.append(raw[6:].rstrip(b"\r\n").decode())
                     self._pending = True
                     continue
                 line = raw.rstrip(b"\r\n")
@@ -132,7 +131,7 @@ class SSEDecoder:
                     continue
                 # Other lines are decoded whole, as the SDKs decode them (a comment with
                 # invalid UTF-8 fails there too).
-                text = line.decode("utf-8", errors)
+                text = line.decode()
                 if self._raw is not None:
                     chunk = self._raw.add(text)
                     if chunk is not None:
@@ -158,8 +157,14 @@ class SSEDecoder:
     def _invalid(
         self, out: list[Event], lines: list[bytes], bad: bytes, final: bool
     ) -> Iterable[Event]:
-        """The events before an invalid line, then its error (now, or when its event ends)."""
+        """The events before an invalid line, then its error (now, or when its event ends);
+        or, like google-genai, the events of the lines with invalid bytes as U+FFFD."""
         at = next(i for i, line in enumerate(lines) if line is bad)
+        if self._replace:
+            # Decoded strictly first (the common case costs nothing extra); the rest of the
+            # lines again, with U+FFFD for what is not UTF-8, as valid UTF-8.
+            rest = [line.decode("utf-8", "replace").encode() for line in lines[at:]]
+            return out + list(self._lines(rest, final))
         if self._per_event and not final:
             rest = lines[at + 1 :]
             if not any(not line.rstrip(b"\r\n") for line in rest):

@@ -479,11 +479,11 @@ class _Turn:
         A count that is not an int raises before anything is taken.
         """
         counts = (prompt, candidates, total, cached, thoughts)
+        if counts == self._counts:  # the usual case: unchanged (and checked before)
+            return None
         for count in counts:
             if count is not None and count.__class__ is not int:
                 raise bad_field("a usageMetadata count", count)
-        if counts == self._counts:
-            return None
         self._counts = counts
         usage = Usage.of(*counts)
         if usage == self.usage:
@@ -670,7 +670,7 @@ class _FastReader:
     SDK's model of it.
 
     A frame that is not JSON, or an error payload, raises what the SDK raises for it (the
-    same exception, built with the same arguments). A frame that is not what :meth:`_read`
+    same exception, built with the same arguments). A frame that is not what :meth:`read`
     expects is read again the SDK's way (:meth:`_sdk_model`), so both paths agree on it.
     """
 
@@ -683,6 +683,7 @@ class _FastReader:
         self.turn = _Turn()
 
     def read(self, data: str) -> list[Chunk]:
+        """The chunks of one ``data:`` frame."""
         try:
             event = json.loads(data)
         except ValueError as exc:
@@ -692,12 +693,89 @@ class _FastReader:
         if event.__class__ is dict and "error" in event and next(iter(event)) == "error":
             # As the SDK does: a payload whose first key is "error" is raised by its code.
             genai_errors.APIError.raise_error(event.get("error", {}).get("code"), event, self.sent)
-        calls = self.turn.calls
+        turn = self.turn
+        calls = turn.calls
         try:
-            return self._read(event)
+            out: list[Chunk] = []
+            response_id = event.get("responseId")
+            candidates = event.get("candidates")
+            meta = event.get("usageMetadata")
+            if response_id is None and candidates is None and meta is None:
+                raise BadEvent  # the SDK's reader decides (another field, or an empty event)
+            if response_id is not None:
+                if response_id.__class__ is not str:
+                    raise BadEvent
+                if response_id:
+                    turn.response_id = response_id
+            if candidates:
+                candidate = candidates[0]
+                if candidates.__class__ is not list or candidate.__class__ is not dict:
+                    raise BadEvent
+                content = candidate.get("content")
+                if content is not None and content.__class__ is not dict:
+                    raise BadEvent
+                parts = content.get("parts") if content else None
+                if parts is not None and parts.__class__ is not list:
+                    raise BadEvent
+                for part in parts or ():
+                    signature = part.get("thoughtSignature")
+                    if signature is not None:
+                        if signature.__class__ is not str:
+                            raise BadEvent
+                        signature = _wire_signature(signature)
+                    call = part.get("functionCall")
+                    if call is not None:
+                        name, args, call_id = call.get("name"), call.get("args"), call.get("id")
+                        if (
+                            (name is not None and name.__class__ is not str)
+                            or (args is not None and args.__class__ is not dict)
+                            or (call_id is not None and call_id.__class__ is not str)
+                        ):
+                            raise BadEvent
+                        out.append(turn.call(name or "", args, call_id, signature))
+                        continue
+                    if signature:
+                        turn.signature = signature
+                    text = part.get("text")
+                    thought = part.get("thought")
+                    if (text is not None and text.__class__ is not str) or (
+                        thought is not None and thought.__class__ is not bool
+                    ):
+                        raise BadEvent
+                    if text:
+                        out.append(Chunk(_THINKING if thought else _TEXT, text))
+                reason = candidate.get("finishReason")
+                if reason is not None:
+                    if reason.__class__ is not str:
+                        raise BadEvent
+                    turn.finish_reason = reason
+            elif candidates is not None and candidates.__class__ is not list:
+                raise BadEvent
+            else:
+                feedback = event.get("promptFeedback")
+                if feedback is not None:
+                    reason = feedback.get("blockReason")
+                    message = feedback.get("blockReasonMessage")
+                    if (reason is not None and reason.__class__ is not str) or (
+                        message is not None and message.__class__ is not str
+                    ):
+                        raise BadEvent
+                    if reason is not None:
+                        raise _blocked(reason, message)
+            if meta is not None:
+                usage = turn.count(
+                    meta.get("promptTokenCount"),
+                    meta.get("candidatesTokenCount"),
+                    meta.get("totalTokenCount"),
+                    meta.get("cachedContentTokenCount"),
+                    meta.get("thoughtsTokenCount"),
+                )
+                if usage is not None:
+                    out.append(usage)
+            return out
         except READ_ERRORS:
-            self.turn.calls = calls  # the calls of this event are numbered again
-            return _sdk_response(self.turn, self._sdk_model(event))
+            turn.calls = calls  # the calls of this event are numbered again
+            return _sdk_response(turn, self._sdk_model(event))
 
     def _sdk_model(self, event: Any) -> types.GenerateContentResponse:
         """The SDK's model of one event, built as ``Models._generate_content_stream`` does."""
@@ -716,84 +794,6 @@ class _FastReader:
                 "include_all_fields": getattr(config, "include_all_fields", None),
             }
         return types.GenerateContentResponse._from_response(response=response, kwargs=kwargs)
-
-    def _read(self, event: Any) -> list[Chunk]:
-        turn = self.turn
-        out: list[Chunk] = []
-        response_id = event.get("responseId")
-        candidates = event.get("candidates")
-        meta = event.get("usageMetadata")
-        if response_id is None and candidates is None and meta is None:
-            raise BadEvent  # the SDK's reader decides (another field, or an empty event)
-        if response_id is not None:
-            if response_id.__class__ is not str:
-                raise BadEvent
-            if response_id:
-                turn.response_id = response_id
-        if candidates:
-            candidate = candidates[0]
-            if candidates.__class__ is not list or candidate.__class__ is not dict:
-                raise BadEvent
-            content = candidate.get("content")
-            if content is not None and content.__class__ is not dict:
-                raise BadEvent
-            parts = content.get("parts") if content else None
-            if parts is not None and parts.__class__ is not list:
-                raise BadEvent
-            for part in parts or ():
-                signature = part.get("thoughtSignature")
-                if signature:
-                    signature = _wire_signature(signature)
-                call = part.get("functionCall")
-                if call is not None:
-                    name, args, call_id = call.get("name"), call.get("args"), call.get("id")
-                    if (
-                        (name is not None and name.__class__ is not str)
-                        or (args is not None and args.__class__ is not dict)
-                        or (call_id is not None and call_id.__class__ is not str)
-                    ):
-                        raise BadEvent
-                    out.append(turn.call(name or "", args, call_id, signature))
-                    continue
-                if signature:
-                    turn.signature = signature
-                text = part.get("text")
-                if text:
-                    if text.__class__ is not str:
-                        raise BadEvent
-                    thought = part.get("thought")
-                    if thought is not None and thought.__class__ is not bool:
-                        raise BadEvent
-                    out.append(Chunk(_THINKING if thought else _TEXT, text))
-            reason = candidate.get("finishReason")
-            if reason is not None:
-                if reason.__class__ is not str:
-                    raise BadEvent
-                turn.finish_reason = reason
-        elif candidates is not None and candidates.__class__ is not list:
-            raise BadEvent
-        else:
-            feedback = event.get("promptFeedback")
-            if feedback is not None:
-                reason = feedback.get("blockReason")
-                message = feedback.get("blockReasonMessage")
-                if (reason is not None and reason.__class__ is not str) or (
-                    message is not None and message.__class__ is not str
-                ):
-                    raise BadEvent
-                if reason is not None:
-                    raise _blocked(reason, message)
-        if meta is not None:
-            usage = turn.count(
-                meta.get("promptTokenCount"),
-                meta.get("candidatesTokenCount"),
-                meta.get("totalTokenCount"),
-                meta.get("cachedContentTokenCount"),
-                meta.get("thoughtsTokenCount"),
-            )
-            if usage is not None:
-                out.append(usage)
-        return out
 
 
 def _flush(decoder: SSEDecoder) -> list[str]:

@@ -129,27 +129,29 @@ class SSEDecoder:
                         out.append(self._dispatch())
                         data = self._data
                     continue
-                # Other lines are decoded whole, as the SDKs decode them (a comment with
-                # invalid UTF-8 fails there too).
-                text = line.decode()
                 if self._raw is not None:
-                    chunk = self._raw.add(text)
+                    chunk = self._raw.add(line.decode())
                     if chunk is not None:
                         out.append((None, chunk))
                     continue
-                if text[:1] == ":":
+                # The SDKs decode every line whole: one with invalid UTF-8 fails there even
+                # where its text does not matter (a comment, an unknown field).
+                if line[:1] == b":":
+                    line.decode()
                     continue
-                name, _, value = text.partition(":")
-                if value[:1] == " ":
+                name, _, value = line.partition(b":")
+                if value[:1] == b" ":
                     value = value[1:]
-                if name == "data":
-                    data.append(value)
+                if name == b"data":
+                    data.append(value.decode())
                     self._pending = True
-                elif name == "event":
-                    self._event = value
+                elif name == b"event":
+                    self._event = value.decode()
                     self._pending = True
-                elif name in ("id", "retry"):
-                    self._pending = True
+                else:
+                    line.decode()
+                    if name in (b"id", b"retry"):
+                        self._pending = True
         except UnicodeDecodeError:
             return self._invalid(out, lines, raw, final)
         return out

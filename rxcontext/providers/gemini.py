@@ -479,11 +479,16 @@ class _Turn:
         A count that is not an int raises before anything is taken.
         """
         counts = (prompt, candidates, total, cached, thoughts)
-        if counts == self._counts:  # the usual case: unchanged (and checked before)
+        if counts == self._counts:  # unchanged (and checked before)
             return None
-        for count in counts:
-            if count is not None and count.__class__ is not int:
-                raise bad_field("a usageMetadata count", count)
+        if not (
+            (prompt.__class__ is int or prompt is None)
+            and (candidates.__class__ is int or candidates is None)
+            and (total.__class__ is int or total is None)
+            and (cached.__class__ is int or cached is None)
+            and (thoughts.__class__ is int or thoughts is None)
+        ):
+            raise bad_field("a usageMetadata count", counts)
         self._counts = counts
         usage = Usage.of(*counts)
         if usage == self.usage:
@@ -702,20 +707,17 @@ class _FastReader:
             meta = event.get("usageMetadata")
             if response_id is None and candidates is None and meta is None:
                 raise BadEvent  # the SDK's reader decides (another field, or an empty event)
-            if response_id is not None:
-                if response_id.__class__ is not str:
-                    raise BadEvent
+            if response_id.__class__ is str:
                 if response_id:
                     turn.response_id = response_id
+            elif response_id is not None:
+                raise BadEvent
             if candidates:
+                # Not a list, or not dicts: [0] or .get fails, and the except below reads it.
                 candidate = candidates[0]
-                if candidates.__class__ is not list or candidate.__class__ is not dict:
-                    raise BadEvent
                 content = candidate.get("content")
-                if content is not None and content.__class__ is not dict:
-                    raise BadEvent
-                parts = content.get("parts") if content else None
-                if parts is not None and parts.__class__ is not list:
+                parts = content.get("parts") if content is not None else None
+                if parts.__class__ is not list and parts is not None:
                     raise BadEvent
                 for part in parts or ():
                     signature = part.get("thoughtSignature")
@@ -738,7 +740,7 @@ class _FastReader:
                         turn.signature = signature
                     text = part.get("text")
                     thought = part.get("thought")
-                    if (text is not None and text.__class__ is not str) or (
+                    if (text.__class__ is not str and text is not None) or (
                         thought is not None and thought.__class__ is not bool
                     ):
                         raise BadEvent

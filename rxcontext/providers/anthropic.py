@@ -672,106 +672,110 @@ class _FastReader:
         if not payload:
             return ()
         data = json.loads(payload)
-        turn = self.turn
         try:
-            kind = data.get("type")
-            if kind == "content_block_delta":
-                delta: Any = data["delta"]
-                index = data["index"]
-                if index.__class__ is not int:
+            if data.get("type") != "content_block_delta":
+                return self._other(data)
+            delta = data["delta"]
+            index = data["index"]
+            dtype = delta.get("type")
+            if dtype == "text_delta":
+                text = delta["text"]
+                if text.__class__ is not str or index.__class__ is not int:
                     raise BadEvent
-                dtype = delta.get("type")
-                if dtype == "text_delta":
-                    text = delta["text"]
-                    if text.__class__ is not str:
-                        raise BadEvent
-                    return (Chunk(_TEXT, text, index),) if text else ()
-                if dtype == "input_json_delta":
-                    piece = delta["partial_json"]
-                    if piece.__class__ is not str:
-                        raise BadEvent
-                    if piece and turn.blocks.get(index) == "tool_use":
-                        return (Chunk(_TOOL_CALL, piece, index),)
-                    return ()
-                if dtype == "thinking_delta":
-                    text = delta["thinking"]
-                    if text.__class__ is not str:
-                        raise BadEvent
-                    return (Chunk(_THINKING, text, index),) if text else ()
-                if dtype == "signature_delta":
-                    sig = delta["signature"]
-                    if sig.__class__ is not str:
-                        raise BadEvent
-                    if sig:
-                        return (Chunk(_THINKING, "", index, metadata={"signature": sig}),)
+                return (Chunk(_TEXT, text, index),) if text else ()
+            if index.__class__ is not int:
+                raise BadEvent
+            if dtype == "input_json_delta":
+                piece = delta["partial_json"]
+                if piece.__class__ is not str:
+                    raise BadEvent
+                if piece and self.turn.blocks.get(index) == "tool_use":
+                    return (Chunk(_TOOL_CALL, piece, index),)
                 return ()
-            if kind == "content_block_start":
-                block = data["content_block"]
-                index = data["index"]
-                if index.__class__ is not int or block.__class__ is not dict:
+            if dtype == "thinking_delta":
+                text = delta["thinking"]
+                if text.__class__ is not str:
                     raise BadEvent
-                btype = block.get("type")
-                if btype == "text":
-                    text = block["text"]
-                    if text.__class__ is not str:
-                        raise BadEvent
-                    turn.blocks[index] = btype
-                    return (Chunk(_TEXT, text, index),) if text else ()
-                if btype == "tool_use":
-                    call_id, name = block["id"], block["name"]
-                    if call_id.__class__ is not str or name.__class__ is not str:
-                        raise BadEvent
-                    turn.blocks[index] = btype
-                    return (Chunk(_TOOL_CALL, "", index, id=call_id, name=name),)
-                if btype == "thinking":
-                    text, sig = block["thinking"], block["signature"]
-                    if text.__class__ is not str or sig.__class__ is not str:
-                        raise BadEvent
-                    turn.blocks[index] = btype
-                    out = [Chunk(_THINKING, text, index)] if text else []
-                    if sig:
-                        out.append(Chunk(_THINKING, "", index, metadata={"signature": sig}))
-                    return out
-                if btype == "redacted_thinking":
-                    redacted = block["data"]
-                    if redacted.__class__ is not str:
-                        raise BadEvent
-                    turn.blocks[index] = btype
-                    return (Chunk(_THINKING, "", index, metadata={"redacted": redacted}),)
-                turn.blocks[index] = btype
-                return ()
-            if kind == "message_delta":
-                delta = data.get("delta")
-                if delta is None:
-                    delta = {}
-                elif delta.__class__ is not dict:
+                return (Chunk(_THINKING, text, index),) if text else ()
+            if dtype == "signature_delta":
+                sig = delta["signature"]
+                if sig.__class__ is not str:
                     raise BadEvent
-                stop_reason, stop_sequence = delta.get("stop_reason"), delta.get("stop_sequence")
-                if stop_reason is not None and stop_reason.__class__ is not str:
-                    raise BadEvent
-                if stop_sequence is not None and stop_sequence.__class__ is not str:
-                    raise BadEvent
-                usage = data.get("usage")
-                chunk = _wire_usage(turn, {} if usage is None else usage)
-                turn.stop_reason = stop_reason
-                turn.stop_sequence = stop_sequence
-                return (chunk,)
-            if kind == "message_start":
-                message = data["message"]
-                response_id = message.get("id")
-                if response_id is not None and response_id.__class__ is not str:
-                    raise BadEvent
-                usage = message.get("usage")
-                chunk = _wire_usage(turn, {} if usage is None else usage)
-                turn.response_id = response_id
-                return (chunk,)
+                if sig:
+                    return (Chunk(_THINKING, "", index, metadata={"signature": sig}),)
             return ()
         except READ_ERRORS:
             cast_to: Any = RawMessageStreamEvent
             model: Any = self.client._process_response_data(
                 data=data, cast_to=cast_to, response=self.http
             )
-            return _sdk_event(turn, model)
+            return _sdk_event(self.turn, model)
+
+    def _other(self, data: Any) -> Sequence[Chunk]:
+        """:meth:`read` for the events other than deltas (raises on what it does not expect)."""
+        turn = self.turn
+        kind = data.get("type")
+        if kind == "content_block_start":
+            block = data["content_block"]
+            index = data["index"]
+            if index.__class__ is not int or block.__class__ is not dict:
+                raise BadEvent
+            btype = block.get("type")
+            if btype == "text":
+                text = block["text"]
+                if text.__class__ is not str:
+                    raise BadEvent
+                turn.blocks[index] = btype
+                return (Chunk(_TEXT, text, index),) if text else ()
+            if btype == "tool_use":
+                call_id, name = block["id"], block["name"]
+                if call_id.__class__ is not str or name.__class__ is not str:
+                    raise BadEvent
+                turn.blocks[index] = btype
+                return (Chunk(_TOOL_CALL, "", index, id=call_id, name=name),)
+            if btype == "thinking":
+                text, sig = block["thinking"], block["signature"]
+                if text.__class__ is not str or sig.__class__ is not str:
+                    raise BadEvent
+                turn.blocks[index] = btype
+                out = [Chunk(_THINKING, text, index)] if text else []
+                if sig:
+                    out.append(Chunk(_THINKING, "", index, metadata={"signature": sig}))
+                return out
+            if btype == "redacted_thinking":
+                redacted = block["data"]
+                if redacted.__class__ is not str:
+                    raise BadEvent
+                turn.blocks[index] = btype
+                return (Chunk(_THINKING, "", index, metadata={"redacted": redacted}),)
+            turn.blocks[index] = btype
+            return ()
+        if kind == "message_delta":
+            delta = data.get("delta")
+            if delta is None:
+                delta = {}
+            elif delta.__class__ is not dict:
+                raise BadEvent
+            stop_reason, stop_sequence = delta.get("stop_reason"), delta.get("stop_sequence")
+            if stop_reason is not None and stop_reason.__class__ is not str:
+                raise BadEvent
+            if stop_sequence is not None and stop_sequence.__class__ is not str:
+                raise BadEvent
+            usage = data.get("usage")
+            chunk = _wire_usage(turn, {} if usage is None else usage)
+            turn.stop_reason = stop_reason
+            turn.stop_sequence = stop_sequence
+            return (chunk,)
+        if kind == "message_start":
+            message = data["message"]
+            response_id = message.get("id")
+            if response_id is not None and response_id.__class__ is not str:
+                raise BadEvent
+            usage = message.get("usage")
+            chunk = _wire_usage(turn, {} if usage is None else usage)
+            turn.response_id = response_id
+            return (chunk,)
+        return ()
 
     def _raise_error(self, payload: str) -> None:
         """Raise an ``error`` event's exception exactly as the SDK's stream builds it."""

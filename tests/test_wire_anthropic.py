@@ -156,6 +156,25 @@ def test_recorded_stream_same_on_both_wires(path: Any) -> None:
 
 @pytest.mark.fixtures
 @pytest.mark.skipif(not FILES, reason="../shared/fixtures/real is absent")
+def test_recorded_streams_never_fall_back_to_the_sdk_models(monkeypatch: Any) -> None:
+    """The fast wire reads well-formed events itself: the SDK's event models are built only
+    for an event that is not what it expects."""
+    built: list[Any] = []
+    for cls in (anthropic.Anthropic, anthropic.AsyncAnthropic):
+        process = cls._process_response_data
+
+        def spy(self: Any, *args: Any, process: Any = process, **kwargs: Any) -> Any:
+            built.append(kwargs.get("data"))
+            return process(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "_process_response_data", spy)
+    for path in FILES:
+        assert play([path.read_bytes()], "fast")[0][1] is None
+    assert built == []
+
+
+@pytest.mark.fixtures
+@pytest.mark.skipif(not FILES, reason="../shared/fixtures/real is absent")
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     index=st.integers(min_value=0, max_value=max(len(FILES) - 1, 0)),

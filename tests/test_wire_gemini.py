@@ -203,6 +203,30 @@ def test_recordings_byte_by_byte_and_cut(path: Any) -> None:
     assert error is not None and error[2] == "connection_error"
 
 
+@pytest.mark.fixtures
+@pytest.mark.skipif(
+    not FILES, reason="recorded fixtures not found: ../shared/fixtures/real is absent"
+)
+def test_recordings_never_fall_back_to_the_sdk_models(monkeypatch: Any) -> None:
+    """The fast path reads well-formed events itself: the SDK's conversion and model are
+    used only for an event that is not what it expects."""
+    from google.genai import models as genai_models
+
+    built: list[Any] = []
+    for name in ("_GenerateContentResponse_from_mldev", "_GenerateContentResponse_from_vertex"):
+        convert = getattr(genai_models, name)
+
+        def spy(*args: Any, convert: Any = convert) -> Any:
+            built.append(args[0])
+            return convert(*args)
+
+        monkeypatch.setattr(genai_models, name, spy)
+    for path in FILES:
+        served = Served([path.read_bytes()])
+        assert _sync(served, "fast")[1] is None and _async(served, "fast")[1] is None
+    assert built == []
+
+
 # -- generated streams ---------------------------------------------------------------------
 
 TEXT = st.text(

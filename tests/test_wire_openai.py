@@ -180,6 +180,28 @@ def test_recorded_streams_split_anywhere(path: Any, api: str, data: st.DataObjec
     assert chunks
 
 
+@pytest.mark.fixtures
+@pytest.mark.skipif(not RECORDED, reason="../shared/fixtures/real is absent")
+def test_recorded_streams_never_fall_back_to_the_sdk_models(monkeypatch: Any) -> None:
+    """On well-formed events the fast wire reads every event itself: the SDK's event models
+    are built only for an event that is not what it expects (and that costs the SDK's time)."""
+    built: list[Any] = []
+    for models in (CHAT, RESPONSES):
+        for client in (models["fast"]._client.get(), models["fast"]._async_client.get()):
+            process = client._process_response_data
+
+            def spy(*args: Any, process: Any = process, **kwargs: Any) -> Any:
+                built.append(kwargs.get("data"))
+                return process(*args, **kwargs)
+
+            monkeypatch.setattr(client, "_process_response_data", spy)
+    for path, api in RECORDED:
+        models = CHAT if api == "chat" else RESPONSES
+        for mode in ("sync", "async"):
+            run(models["fast"], mode, Served(path.read_bytes()))
+    assert built == []
+
+
 # --- generated chat streams ----------------------------------------------------------------
 
 texts = st.text(max_size=8)

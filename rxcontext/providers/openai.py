@@ -11,7 +11,7 @@ chunks) lives in :mod:`._openai_chat` and :mod:`._openai_responses`.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any, TypeVar
@@ -22,6 +22,8 @@ from ._sdk import missing_sdk
 
 try:
     import openai
+    from openai.types.chat import ChatCompletionChunk
+    from openai.types.responses import ResponseStreamEvent
 except ImportError as exc:  # an optional extra: name it
     raise missing_sdk("openai", "openai", exc) from exc
 
@@ -29,10 +31,12 @@ from ..chunks import Chunk, Reply
 from ..errors import ProviderError
 from ..records import Checkpoint
 from ._common import (
+    READ_ERRORS,
     Lazy,
     Wire,
     check_wire,
     incomplete_stream,
+    malformed_event,
     provider_error,
     scrub,
     transport_error,
@@ -52,7 +56,7 @@ from .base import Request, ResumeCursor, reply_from_chunks
 __all__ = ["OUTPUT_KEY", "OpenAIModel", "OpenAIResponsesModel"]
 
 
-_ERRORS = (openai.OpenAIError, httpx2.TransportError, json.JSONDecodeError)
+_ERRORS = (openai.OpenAIError, httpx2.TransportError, json.JSONDecodeError, UnicodeDecodeError)
 _HINTS = {
     401: "check the API key (OPENAI_API_KEY)",
     403: "the key has no access to this model or endpoint",
@@ -96,13 +100,9 @@ def _error(exc: BaseException, secrets: tuple[str | None, ...]) -> ProviderError
     transport = transport_error(exc, PROVIDER)
     if transport is not None:
         return transport
-    if isinstance(exc, json.JSONDecodeError):
-        return provider_error(
-            PROVIDER,
-            f"invalid JSON in a stream event: {exc}",
-            error_type="invalid_json",
-            retryable=False,
-        )
+    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+        # Raised by the SDK's stream (wire="sdk") or by our decoder (wire="fast") alike.
+        return malformed_event(PROVIDER, exc, secrets=secrets)
     return provider_error(PROVIDER, str(exc) or type(exc).__name__, secrets=secrets)
 
 
@@ -144,6 +144,23 @@ class _Converting:
     ) -> None:
         if exc is not None and isinstance(exc, _ERRORS):
             raise _error(exc, self.secrets) from exc
+
+
+def _sdk_event(
+    client: openai.OpenAI | openai.AsyncOpenAI, cast_to: Any, raw: Any
+) -> Callable[[Any], Any]:
+    """What the SDK's stream yields for one decoded event: its model, built as it builds it.
+
+    The fast readers read an event this way when it is not what they expect, so a malformed
+    event ends both wires alike.
+    """
+    process = client._process_response_data
+    response = raw.http_response
+
+    def model(data: Any) -> Any:
+        return process(data=data, cast_to=cast_to, response=response)
+
+    return model
 
 
 def _event_data(data: str, request: httpx2.Request) -> Any:
@@ -270,6 +287,7 @@ class OpenAIModel(_OpenAIBase):
         with _Converting(secrets):
             if self.wire == "fast":
                 with client.chat.completions.with_streaming_response.create(**kwargs) as raw:
+                    state.sdk_event = _sdk_event(client, ChatCompletionChunk, raw)
                     for data in _events(raw):
                         yield from state.fast(data)
             else:
@@ -289,6 +307,7 @@ class OpenAIModel(_OpenAIBase):
                     client.chat.completions.with_streaming_response.create(**kwargs) as raw,
                     aclosing(_aevents(raw)) as events,
                 ):
+                    state.sdk_event = _sdk_event(client, ChatCompletionChunk, raw)
                     async for data in events:
                         for chunk in state.fast(data):
                             yield chunk
@@ -304,14 +323,31 @@ class OpenAIModel(_OpenAIBase):
         client, secrets = self._sync()
         with _Converting(secrets):
             completion = client.chat.completions.create(**self._kwargs(request))
-        return reply_from_chunks(completion_chunks(completion))
+        return _read_whole(completion_chunks, completion, secrets)
 
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
         client, secrets = self._async()
         with _Converting(secrets):
             completion = await client.chat.completions.create(**self._kwargs(request))
-        return reply_from_chunks(completion_chunks(completion))
+        return _read_whole(completion_chunks, completion, secrets)
+
+
+def _bind(state: ResponsesStream, client: openai.OpenAI | openai.AsyncOpenAI, raw: Any) -> None:
+    """Give a fast-path Responses reader the SDK's event model and the stream's request."""
+    state.sdk_event = _sdk_event(client, ResponseStreamEvent, raw)
+    state.request = raw.http_response.request
+
+
+def _read_whole(
+    read: Callable[[Any], list[Chunk]], whole: Any, secrets: tuple[str | None, ...]
+) -> Reply:
+    """The reply of a non-streaming call; a malformed one raises ``ProviderError``."""
+    try:
+        chunks = read(whole)
+    except READ_ERRORS as exc:
+        raise malformed_event(PROVIDER, exc, secrets=secrets) from exc
+    return reply_from_chunks(chunks)
 
 
 def _unfinished() -> ProviderError:
@@ -387,11 +423,13 @@ class OpenAIResponsesModel(_OpenAIBase):
             if self.wire == "fast":
                 fast = state.fast if state.cursor is None else state.fast_at
                 with client.responses.with_streaming_response.create(**kwargs) as raw:
+                    _bind(state, client, raw)
                     for data in _events(raw):
                         yield from fast(data)
             else:
                 sdk = state.sdk if state.cursor is None else state.sdk_at
                 with client.responses.create(**kwargs) as stream:
+                    state.request = stream.response.request
                     for sdk_event in stream:
                         yield from sdk(sdk_event)
         if not state.finished:
@@ -410,12 +448,14 @@ class OpenAIResponsesModel(_OpenAIBase):
                     client.responses.with_streaming_response.create(**kwargs) as raw,
                     aclosing(_aevents(raw)) as events,
                 ):
+                    _bind(state, client, raw)
                     async for data in events:
                         for chunk in fast(data):
                             yield chunk
             else:
                 sdk = state.sdk if state.cursor is None else state.sdk_at
                 async with await client.responses.create(**kwargs) as stream:
+                    state.request = stream.response.request
                     async for sdk_event in stream:
                         for chunk in sdk(sdk_event):
                             yield chunk
@@ -462,12 +502,14 @@ class OpenAIResponsesModel(_OpenAIBase):
                 with client.responses.with_streaming_response.retrieve(
                     response_id, stream=True, starting_after=after
                 ) as raw:
+                    _bind(state, client, raw)
                     for data in _events(raw):
                         yield from state.fast_at(data)
             else:
                 with client.responses.retrieve(
                     response_id, stream=True, starting_after=after
                 ) as stream:
+                    state.request = stream.response.request
                     for sdk_event in stream:
                         yield from state.sdk_at(sdk_event)
         if not state.finished:
@@ -489,6 +531,7 @@ class OpenAIResponsesModel(_OpenAIBase):
                     ) as raw,
                     aclosing(_aevents(raw)) as events,
                 ):
+                    _bind(state, client, raw)
                     async for data in events:
                         for chunk in state.fast_at(data):
                             yield chunk
@@ -496,6 +539,7 @@ class OpenAIResponsesModel(_OpenAIBase):
                 async with await client.responses.retrieve(
                     response_id, stream=True, starting_after=after
                 ) as stream:
+                    state.request = stream.response.request
                     async for sdk_event in stream:
                         for chunk in state.sdk_at(sdk_event):
                             yield chunk
@@ -507,11 +551,11 @@ class OpenAIResponsesModel(_OpenAIBase):
         client, secrets = self._sync()
         with _Converting(secrets):
             response = client.responses.create(**self._kwargs(request))
-        return reply_from_chunks(response_chunks(response.to_dict(), secrets))
+        return _read_whole(lambda r: response_chunks(r.to_dict(), secrets), response, secrets)
 
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
         client, secrets = self._async()
         with _Converting(secrets):
             response = await client.responses.create(**self._kwargs(request))
-        return reply_from_chunks(response_chunks(response.to_dict(), secrets))
+        return _read_whole(lambda r: response_chunks(r.to_dict(), secrets), response, secrets)

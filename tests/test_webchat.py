@@ -18,6 +18,8 @@ CI they fail. Screenshots go to a temporary folder (``$WEBCHAT_SCREENSHOTS`` if 
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import os
 import queue
 import re
@@ -26,6 +28,8 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,6 +303,51 @@ def test_a_complete_reply_is_stored(
     assert proc.stderr is not None and proc.stderr.read() == ""
 
 
+def _post(url: str, data: dict[str, Any]) -> Any:
+    request = urllib.request.Request(
+        url, data=json.dumps(data).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def test_stopping_the_server_mid_reply_keeps_a_checkpoint_the_next_one_offers(
+    browser: Any, example: Callable[..., subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    proc = example("--port", "0", "--db", "chat.db", "--delay", "0.05")
+    assert proc.stdout is not None
+    url = proc.stdout.readline().split()[2]
+    reply_id = _post(url + "/api/send", {"context": "webchat", "prompt": "hi"})["reply_id"]
+    received = ""
+    with urllib.request.urlopen(f"{url}/api/watch?reply={reply_id}", timeout=30) as events:
+        for line in events:
+            if line.startswith(b"data: "):
+                received += json.loads(line[6:]).get("text", "")
+            if len(received) > 40:
+                break
+    proc.terminate()  # SIGTERM: the reply is cut, its checkpoint saved
+    assert proc.wait(timeout=30) == 0
+    assert proc.stderr is not None and proc.stderr.read() == ""
+    with rxcontext.open(tmp_path / "chat.db") as store:
+        (cp,) = store.checkpoints(store.get_context_by_name("webchat").id)
+    assert cp.state is ReplyState.INTERRUPTED and cp.reply_id == reply_id
+    assert cp.text.startswith(received) and answer("hi").startswith(cp.text)
+
+    proc = example("--port", "0", "--db", "chat.db", "--delay", "0")
+    assert proc.stdout is not None
+    page = new_page(browser)
+    open_chat(page, proc.stdout.readline().split()[2])
+    assert page.text_content(".msg.interrupted .note") == (
+        "Reply cut off: the server stopped. Resume it, keep it as it is, or discard it."
+    )
+    page.click(".msg.interrupted button[data-action=resume]")
+    page.wait_for_selector(".msg.assistant[data-record]")
+    with rxcontext.open(tmp_path / "chat.db") as store:
+        records = store.records(store.get_context_by_name("webchat").id)
+    assert [r.content for r in records] == ["hi", answer("hi")]
+    page.close()
+
+
 def test_a_busy_port_is_one_clear_line(example: Callable[..., subprocess.Popen[str]]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -323,6 +372,42 @@ def test_an_unusable_database_is_one_clear_line(
     assert proc.returncode == 1 and out == ""
     assert err.startswith("webchat: cannot open the database notes.txt: ")
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def _call(url: str, method: str, path: str, body: bytes = b"", **headers: str) -> tuple[int, Any]:
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+def test_the_api_refuses_what_it_cannot_do(webchat: Webchat) -> None:
+    url = webchat.url
+    as_json = {"Content-Type": "application/json"}
+    send = json.dumps({"context": "webchat", "prompt": "hi"}).encode()
+    # A form post from another site, a rebound DNS name: refused.
+    assert _call(url, "POST", "/api/send", send, **{"Content-Type": "text/plain"})[0] == 415
+    assert _call(url, "GET", "/api/state", Host="evil.example:80") == (
+        403,
+        {"error": "unknown Host header"},
+    )
+    empty = json.dumps({"context": "webchat", "prompt": "  "}).encode()
+    assert _call(url, "POST", "/api/send", empty, **as_json) == (
+        400,
+        {"error": "the message is empty"},
+    )
+    assert _call(url, "GET", "/api/state?context=nope")[0] == 404
+    status, body = _call(url, "POST", "/api/resume", b'{"context": "webchat", "checkpoint": 99}',
+                         **as_json)  # fmt: skip
+    assert status == 404 and "99" in body["error"]
+    assert _call(url, "POST", "/api/send", send, **as_json)[0] == 200
+    status, body = _call(url, "POST", "/api/send", send, **as_json)  # one reply at a time
+    assert status == 409 and "still streaming" in body["error"]
+    assert _call(url, "POST", "/api/stop", b'{"reply_id": "nope"}', **as_json)[0] == 404
 
 
 # -- Markdown, streamed and safe ---------------------------------------------------------------

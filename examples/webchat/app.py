@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import errno
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 
@@ -56,9 +57,11 @@ def _model(spec: str | None, pace: Pace) -> Model:
         raise StartupError(f"{exc}: {exc.hint}") from None
 
 
-async def _listen(server: Server, host: str, port: int) -> asyncio.Server:
+def _bind(host: str, port: int) -> socket.socket:
+    # Bound before anything slow is loaded, so a busy port is said at once.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return await asyncio.start_server(server.handle, host, port)
+        return socket.create_server((host, port), family=family)
     except OSError as exc:
         why = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
         raise StartupError(
@@ -74,18 +77,22 @@ async def serve(
 ) -> None:
     """Serve until cancelled (or SIGINT / SIGTERM). ``pace`` paces the offline bot (default:
     ``--delay``); ``ready`` is called with the URL and the chat once the server listens."""
-    model = _model(args.model, pace or Delay(args.delay))
     try:
         store = rxcontext.open(args.db)
     except rxcontext.StoreError as exc:
         raise StartupError(f"cannot open the database {args.db}: {exc}") from None
     try:
-        chat = Chat(store, model)
-        await chat.create_context(args.context)
+        sock = _bind(args.host, args.port)
+        port = sock.getsockname()[1]
+        try:
+            chat = Chat(store, _model(args.model, pace or Delay(args.delay)))
+            await chat.create_context(args.context)
+        except BaseException:
+            sock.close()
+            raise
         server = Server(chat, args.context)
-        listener = await _listen(server, args.host, args.port)
-        port = listener.sockets[0].getsockname()[1]
         server.listen_on(args.host, port)
+        listener = await asyncio.start_server(server.handle, sock=sock)
         url = f"http://{args.host}:{port}"
         print(f"serving on {url} (database {args.db})", flush=True)
         if ready is not None:

@@ -138,7 +138,7 @@ class Chat:
         self._windows: dict[str, ContextWindow] = {}
         self.live: dict[str, LiveReply] = {}
         self.usage: dict[str, UsageTally] = {}
-        self.stopped: set[str] = set()
+        self.stopped: dict[str, str] = {}  # reply id -> why it was stopped here
         self._starting = asyncio.Lock()  # one reply at a time per context
 
     # -- contexts ---------------------------------------------------------------------------
@@ -213,14 +213,17 @@ class Chat:
 
     def box(self, cp: Checkpoint) -> dict[str, Any]:
         """An interrupted reply as the page draws it: its text, why it stopped, its usage."""
+        error = cp.error or ""
         if cp.reply_id in self.stopped:
-            reason = "stopped"
-        elif cp.error == ORPHANED:
-            reason = "the server stopped while it was streaming"
-        elif cp.error in (None, IN_PROGRESS) or "CancelledError" in (cp.error or ""):
+            reason = self.stopped[cp.reply_id]
+        elif error.startswith("CancelledError: "):  # stopped by a server, saying why
+            reason = error.removeprefix("CancelledError: ")
+        elif error == ORPHANED:
+            reason = "cut off: its server stopped while it was streaming"
+        elif error in ("", IN_PROGRESS, "cancelled", "CancelledError"):
             reason = "cut off"
         else:
-            reason = cp.error or "cut off"
+            reason = f"cut off ({error})"
         tally = self.usage.get(cp.reply_id)
         return {
             "checkpoint": cp.id,
@@ -262,7 +265,7 @@ class Chat:
             # aresume() checks the checkpoint now (typed errors), claims it when iterated.
             chunks = cast(Chunks, await _off_loop(cw.aresume, checkpoint_id))
             cp: Checkpoint = await _off_loop(self.store.get_checkpoint, checkpoint_id)
-            self.stopped.discard(cp.reply_id)
+            self.stopped.pop(cp.reply_id, None)
             tally = self.usage.setdefault(cp.reply_id, UsageTally(done=cp.usage or Usage()))
             tally.current = None
             self._start(LiveReply(cp.reply_id, name, prefix=cp.text), chunks)
@@ -301,20 +304,25 @@ class Chat:
                 self.live.pop(live.reply_id, None)
                 await live.end(error)
 
-    async def stop(self, reply_id: str) -> Checkpoint:
-        """Cut a reply streaming here: its checkpoint holds exactly what was delivered."""
+    async def stop(self, reply_id: str, why: str = "stopped") -> Checkpoint:
+        """Cut a reply streaming here: its checkpoint holds exactly what was delivered.
+        ``why`` is what the page says of it ("Reply stopped.")."""
         live = self.live.get(reply_id)
         if live is None or live.task is None:
             raise ReplyGone(f"reply {reply_id!r} is not streaming here")
-        self.stopped.add(reply_id)
-        live.task.cancel()
+        self.stopped[reply_id] = why
+        live.task.cancel(why)  # the checkpoint's error says why, for other processes
         await asyncio.wait({live.task})
         cp = await _off_loop(self.store.find_reply, reply_id)
         self.live.pop(reply_id, None)
-        if cp is None:  # it completed before the cancel landed
-            self.stopped.discard(reply_id)
-            await live.end(None)
-            raise ReplyGone(f"reply {reply_id!r} had already ended")
+        if cp is None:
+            self.stopped.pop(reply_id, None)
+            if await _off_loop(self.stored_reply, reply_id) is not None:
+                await live.end(None)  # it completed before the cancel landed
+                raise ReplyGone(f"reply {reply_id!r} had already ended")
+            gone = ReplyGone(f"reply {reply_id!r} was stopped before it began")
+            await live.end(gone)
+            raise gone
         await live.end(StreamInterrupted(cp))
         return cp
 
@@ -322,7 +330,7 @@ class Chat:
         """Stop every reply streaming here (each keeps its checkpoint)."""
         for reply_id in list(self.live):
             with contextlib.suppress(ReplyGone):
-                await self.stop(reply_id)
+                await self.stop(reply_id, "cut off: the server stopped")
 
     def watch(self, reply_id: str, after: int = 0) -> Chunks:
         """Reply ``reply_id``'s chunks after the first ``after``: those so far, then live ones.

@@ -14,7 +14,8 @@ server-sent events that follow a reply.
 
 Watching is all a page does with a reply: closing the page (or reloading it) leaves the reply
 streaming. POSTs must carry JSON (so another site cannot post a form here), and requests must
-name this server in their ``Host`` header (so a rebound DNS name cannot read the chats).
+name this server in their ``Host`` header (so a rebound DNS name cannot read the chats), unless
+it listens on every address.
 """
 
 from __future__ import annotations
@@ -155,7 +156,11 @@ class Server:
         self.allowed_hosts: set[str] = set()
 
     def listen_on(self, host: str, port: int) -> None:
-        """Accept ``Host`` headers naming this address (and localhost, for loopback)."""
+        """Accept ``Host`` headers naming this address (and localhost, for loopback). A
+        server listening on every address (``0.0.0.0``, ``::``) accepts any name."""
+        if host in ("", "0.0.0.0", "::"):
+            self.allowed_hosts = set()
+            return
         names = {host, f"[{host}]"}
         if host in ("127.0.0.1", "::1", "localhost"):
             names |= {"127.0.0.1", "localhost", "[::1]"}

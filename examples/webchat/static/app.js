@@ -147,6 +147,7 @@ function drawInterrupted(item, box) {
     ["discard", "Discard", () => discard(item, box)],
   ];
   for (const [name, label, act] of buttons) {
+    if (name === "keep" && !box.text) continue; // nothing to keep
     const button = element("button", name, label);
     button.type = "button";
     button.dataset.action = name;

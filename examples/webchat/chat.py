@@ -20,7 +20,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar
 
 import rxcontext
 from rxcontext import (
@@ -252,8 +252,7 @@ class Chat:
             await _off_loop(self._refuse_if_busy, name, cw)
             await _off_loop(cw.add_prompt, prompt)
             reply_id = uuid.uuid4().hex
-            # cw.astream() is an async generator (typed as an iterator): aclosing() fits it.
-            chunks = cast(Chunks, cw.astream(reply_id=reply_id))
+            chunks = cw.astream(reply_id=reply_id)  # an async generator: aclosing() fits it
             self._start(LiveReply(reply_id, name), chunks)
         return reply_id
 
@@ -263,7 +262,7 @@ class Chat:
         async with self._starting:
             await _off_loop(self._refuse_if_busy, name, cw)
             # aresume() checks the checkpoint now (typed errors), claims it when iterated.
-            chunks = cast(Chunks, await _off_loop(cw.aresume, checkpoint_id))
+            chunks: Chunks = await _off_loop(cw.aresume, checkpoint_id)
             cp: Checkpoint = await _off_loop(self.store.get_checkpoint, checkpoint_id)
             self.stopped.pop(cp.reply_id, None)
             tally = self.usage.setdefault(cp.reply_id, UsageTally(done=cp.usage or Usage()))

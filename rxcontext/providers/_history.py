@@ -53,9 +53,10 @@ def spaced_json(value: Any) -> bytes:
     return _spaced(value).encode()
 
 
-def splice(body: bytes, items: list[bytes], token: bytes) -> bytes | None:
+def splice(body: bytes, items: list[bytes], token: bytes, sep: bytes = b",") -> bytes | None:
     """``body`` with the one occurrence of ``token`` (the encoded ``[MARKER]``) replaced by
-    the JSON array of ``items`` (each an encoded JSON value); None if ``token`` is not there
+    the JSON array of ``items`` (each an encoded JSON value, joined by ``sep``, the
+    encoder's item separator); None if ``token`` is not there
     exactly once (a parameter such as ``extra_body`` replaced the history): the caller then
     lets the SDK encode the body itself.
 
@@ -70,12 +71,12 @@ def splice(body: bytes, items: list[bytes], token: bytes) -> bytes | None:
     pieces = items.copy()
     pieces[0] = b"".join((head, b"[", pieces[0]))
     pieces[-1] = b"".join((pieces[-1], b"]", tail))
-    return b",".join(pieces)
+    return sep.join(pieces)
 
 
-def json_array(items: list[bytes]) -> bytes:
-    """The JSON array of ``items`` (each an encoded JSON value)."""
-    return b"".join((b"[", b",".join(items), b"]"))
+def json_array(items: list[bytes], sep: bytes = b",") -> bytes:
+    """The JSON array of ``items`` (each an encoded JSON value, joined by ``sep``)."""
+    return b"".join((b"[", sep.join(items), b"]"))
 
 
 def _same(kept: Record, record: Record) -> bool:

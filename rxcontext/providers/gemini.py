@@ -49,13 +49,12 @@ Choices worth knowing:
 from __future__ import annotations
 
 import base64
-import binascii
 import gc
 import hashlib
 import json
 import types as pytypes
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import httpx2
@@ -68,7 +67,7 @@ from google.genai import types
 
 from ..chunks import Chunk, ChunkKind, Reply, Usage
 from ..errors import ProviderError
-from ..records import Record, RecordType
+from ..records import RecordType
 from ._common import (
     Lazy,
     Wire,
@@ -77,6 +76,16 @@ from ._common import (
     is_retryable_status,
     provider_error,
     transport_error,
+)
+from ._gemini_request import (
+    PLACEHOLDER,
+    REPLY_SIGNATURE,
+    SIGNATURE,
+    SYNTHETIC,
+    GeminiHistory,
+    build_contents,
+    spliced_client,
+    splicing,
 )
 from ._sse import SSEDecoder
 from .base import Request, reply_from_chunks
@@ -89,14 +98,15 @@ PROVIDER = "gemini"
 # google.rpc status names that may succeed when the same request is sent again.
 _RETRYABLE_STATUS = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"})
 
-_SIGNATURE = "thought_signature"
-_REPLY_SIGNATURE = "gemini_thought_signature"
-_SYNTHETIC = "gemini_synthetic_id"
+_SIGNATURE = SIGNATURE
+_REPLY_SIGNATURE = REPLY_SIGNATURE
+_SYNTHETIC = SYNTHETIC
 
 _TEXT = ChunkKind.TEXT
 _THINKING = ChunkKind.THINKING
 _TOOL_CALL = ChunkKind.TOOL_CALL
 _USAGE = ChunkKind.USAGE
+_C = TypeVar("_C", genai.Client, genai.client.AsyncClient)
 
 
 class GeminiModel:
@@ -128,6 +138,7 @@ class GeminiModel:
         self.model_name = model_name
         self.wire: Wire = check_wire(wire)
         self.params = dict(params)
+        self._history = GeminiHistory()
         self._client: Lazy[genai.Client] = Lazy(_env_client, client)
         aio: genai.client.AsyncClient | None = None
         if isinstance(async_client, genai.Client):
@@ -161,12 +172,23 @@ class GeminiModel:
         config.setdefault("automatic_continuation", False)
         return types.GenerateContentConfig(**config)
 
+    def _prepared(self, client: _C, request: Request) -> tuple[_C, list[types.Content]]:
+        """The client to call and the ``contents`` for ``request``.
+
+        A Gemini API client gets the history already encoded: a stand-in sends it in place
+        of :data:`PLACEHOLDER` (see :mod:`._history`); Vertex AI clients get SDK types.
+        """
+        if splicing(client):
+            history = self._history.encode(request.records)
+            if history:  # (no contents: the SDK's own call says they are required)
+                return spliced_client(client, history), PLACEHOLDER
+        return client, build_contents(request.records)
+
     # -- streaming ---------------------------------------------------------------------
 
     def iter_chunks(self, request: Request) -> Iterator[Chunk]:
         """Stream ``request`` with the sync client; closing the generator closes the stream."""
-        client = self._client.get()
-        contents = build_contents(request.records)
+        client, contents = self._prepared(self._client.get(), request)
         config = self.request_config(request)
         if self.wire == "fast":
             chunks = _fast_chunks(client, self.model_name, contents, config)
@@ -176,8 +198,7 @@ class GeminiModel:
 
     def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
         """The asyncio twin of :meth:`iter_chunks` (``aclose()`` closes the stream)."""
-        client = self._async_client.get()
-        contents = build_contents(request.records)
+        client, contents = self._prepared(self._async_client.get(), request)
         config = self.request_config(request)
         if self.wire == "fast":
             chunks = _afast_chunks(client, self.model_name, contents, config)
@@ -189,8 +210,7 @@ class GeminiModel:
 
     def complete(self, request: Request) -> Reply:
         """One non-streaming ``generate_content`` call, reduced like a stream."""
-        client = self._client.get()
-        contents = build_contents(request.records)
+        client, contents = self._prepared(self._client.get(), request)
         config = self.request_config(request)
         try:
             response = client.models.generate_content(
@@ -202,8 +222,7 @@ class GeminiModel:
 
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
-        client = self._async_client.get()
-        contents = build_contents(request.records)
+        client, contents = self._prepared(self._async_client.get(), request)
         config = self.request_config(request)
         try:
             response = await client.models.generate_content(
@@ -224,93 +243,6 @@ def _env_client() -> genai.Client:
             provider=PROVIDER,
             error_type="configuration",
         ) from exc
-
-
-# -- records → request ------------------------------------------------------------------
-
-
-def build_contents(records: Iterable[Record]) -> list[types.Content]:
-    """The ``contents`` for ``records`` (system prompts go to the config, not here).
-
-    A MODEL_RESP and the TOOL_CALLs after it make one ``model`` content: its text part
-    (carrying the reply's thought signature, if any), then one ``function_call`` part per
-    call with the call's thought signature. Consecutive TOOL_OUTPUTs make one ``user``
-    content of ``function_response`` parts. Other providers' metadata is ignored.
-    """
-    contents: list[types.Content] = []
-    # The model turn being built: a MODEL_RESP is followed by its TOOL_CALLs.
-    model_parts: list[types.Part] | None = None
-    outputs: list[types.Part] | None = None
-    # Ids we generated are not sent: Gemini did not choose them (see _Turn.call).
-    synthetic_ids: set[str | None] = set()
-
-    def flush() -> None:
-        nonlocal model_parts, outputs
-        if model_parts:
-            contents.append(types.Content(role="model", parts=model_parts))
-        if outputs:
-            contents.append(types.Content(role="user", parts=outputs))
-        model_parts = outputs = None
-
-    for record in records:
-        kind = record.type
-        if kind is RecordType.MODEL_RESP:
-            flush()
-            model_parts = []
-            signature = _signature_bytes(record.metadata.get(_REPLY_SIGNATURE))
-            if record.content or signature is not None:
-                model_parts.append(types.Part(text=record.content, thought_signature=signature))
-        elif kind is RecordType.TOOL_CALL:
-            if model_parts is None:
-                flush()
-                model_parts = []
-            synthetic = bool(record.metadata.get(_SYNTHETIC))
-            if synthetic:
-                synthetic_ids.add(record.tool_call_id)
-            call = types.FunctionCall(
-                id=None if synthetic else record.tool_call_id,
-                name=record.tool_name,
-                args=_arguments(record.content),
-            )
-            signature = _signature_bytes(record.metadata.get(_SIGNATURE))
-            model_parts.append(types.Part(function_call=call, thought_signature=signature))
-        elif kind is RecordType.TOOL_OUTPUT:
-            if outputs is None:
-                flush()
-                outputs = []
-            call_id = record.tool_call_id
-            response = types.FunctionResponse(
-                id=None if call_id in synthetic_ids else call_id,
-                name=record.tool_name,
-                response={"output": record.content},
-            )
-            outputs.append(types.Part(function_response=response))
-        elif kind is RecordType.PROMPT:
-            flush()
-            contents.append(types.Content(role="user", parts=[types.Part(text=record.content)]))
-    flush()
-    return contents
-
-
-def _arguments(raw: str) -> dict[str, Any]:
-    # Arguments that do not parse (a cut stream) cannot go back as written; the API needs
-    # an object, so they go back empty.
-    if not raw.strip():
-        return {}
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
-
-
-def _signature_bytes(value: object) -> bytes | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        return None
 
 
 # -- errors -------------------------------------------------------------------------------

@@ -404,6 +404,38 @@ def test_generated_histories_send_the_sdks_bytes(provider: str, wire: str, mode:
         compare(provider, wire, mode, growing(provider, seed))
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_conversation_growing_record_by_record_sends_the_sdks_bytes(provider: str) -> None:
+    """Each request resumes the previous one's assembly where it can be continued (a turn
+    whose calls arrive later, messages of one role that merge, outputs of calls with made-up
+    ids, leading system prompts): every prefix of a conversation, in order, one model."""
+    for seed in range(300, 312):
+        records = history(seed)
+        requests = [request_for(provider, records[:n], seed) for n in range(1, len(records) + 1)]
+        compare(provider, "fast", "sync", requests)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_records_list_extended_in_place_sends_the_sdks_bytes(provider: str) -> None:
+    """The caller may extend the list it sent (a history kept in a list): what a request
+    kept of it must not change with it."""
+    records = history(31)
+    spliced, reference = Recorder(), Recorder()
+    model = make_model(provider, "fast", spliced, plain=False)
+    plain = make_model(provider, "fast", reference, plain=True) if provider != "gemini" else None
+    sent: list[Record] = []
+    for record in records:
+        sent.append(record)  # the same list object every time
+        request = Request(sent)
+        got = run(model, request, "sync", "stream")
+        if plain is None:
+            want = gemini_reference(reference, model, request, "sync", "stream")
+        else:
+            want = run(plain, request, "sync", "stream")
+        same_failure(got, want)
+    assert [s.body for s in spliced.sent] == [s.body for s in reference.sent]
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_non_streaming_calls_send_the_sdks_bytes(provider: str, mode: str) -> None:
@@ -440,7 +472,50 @@ def test_changed_records_are_encoded_again(provider: str) -> None:
         Record.unsaved("ctx", R.PROMPT, "Continue."),
     ]
     other = [replace(r, context_id="other") for r in changed]
-    sequence = [records, changed, records, unsaved, unsaved[:-1], other, records, records[:3]]
+    # The last record replaced by one that joins the turn (message, content) before it.
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    turn = [
+        Record(next(_ids), "turn", R.PROMPT, "weather?", True, 1, now),
+        Record(
+            next(_ids),
+            "turn",
+            R.MODEL_RESP,
+            "checking",
+            True,
+            1,
+            now,
+            metadata={
+                OUTPUT_KEY: [
+                    {"type": "reasoning", "id": "rs_1", "summary": []},
+                    {"type": "message", "id": "msg_1", "text": "checking"},
+                    {"type": "function_call", "id": "fc_1", "call_id": "c"},
+                ]
+            },
+        ),
+    ]
+    asked = [*turn, Record(next(_ids), "turn", R.PROMPT, "and?", True, 1, now)]
+    called = [
+        *turn,
+        Record(
+            next(_ids), "turn", R.TOOL_CALL, "{}", True, 1, now, tool_call_id="c", tool_name="f"
+        ),
+        Record(
+            next(_ids), "turn", R.TOOL_OUTPUT, "ok", True, 1, now, tool_call_id="c", tool_name="f"
+        ),
+    ]
+    sequence = [
+        records,
+        changed,
+        records,
+        unsaved,
+        unsaved[:-1],
+        other,
+        records,
+        records[:3],
+        asked,
+        called,
+        asked,
+    ]
     compare(provider, "fast", "sync", [request_for(provider, rs, 3) for rs in sequence])
 
 

@@ -132,14 +132,24 @@ class AnthropicHistory:
 
     def encode(self, records: Sequence[Record]) -> tuple[str, list[bytes]]:
         """What :func:`build_messages` gives, the messages as the SDK encodes them."""
-        system: list[str] = []
-        messages: list[bytes] = []
+        lookup = self.cache.lookup(records)
+        entries = lookup.entries
+        # Resume where the previous request's last message began, if its records are unchanged.
+        resume = lookup.resume
+        messages: list[bytes]
+        system: list[str]
+        if resume is not None and resume[0] < lookup.same:
+            start, messages, system = resume[0], resume[1][: resume[2]], resume[3][: resume[4]]
+        else:
+            start, messages, system = 0, [], []
         append = messages.append
+        mark = (start, len(messages), len(system))
         # The message being built: ``alone`` while it is one record's, ``merged`` once
         # records of the same role follow.
         alone: _Entry | None = None
         merged: list[bytes] | None = None
-        for entry in self.cache.entries(records):
+        for i in range(start, len(entries)):
+            entry = entries[i]
             if entry.system:
                 system.append(entry.system)
             if not entry.message:
@@ -155,10 +165,12 @@ class AnthropicHistory:
             elif alone is not None:
                 append(alone.message)
             alone = entry
+            mark = (i, len(messages), len(system))
         if merged is not None:
             append(b"".join((_OPEN[alone.role], b",".join(merged), _CLOSE)))  # type: ignore[union-attr,index]
         elif alone is not None:
             append(alone.message)
+        self.cache.keep(lookup, (mark[0], messages, mark[1], system, mark[2]))
         return "\n\n".join(system), messages
 
 

@@ -193,14 +193,24 @@ class GeminiHistory:
 
     def encode(self, records: Sequence[Record]) -> list[bytes]:
         """The encoded ``contents`` of ``records`` (the same grouping as :func:`build_contents`)."""
-        contents: list[bytes] = []
+        lookup = self.cache.lookup(records)
+        entries = lookup.entries
+        # Resume where the previous request's last content began, if its records are unchanged.
+        resume = lookup.resume
+        contents: list[bytes]
+        if resume is not None and resume[0] < lookup.same:
+            start, contents, made = resume[0], resume[1][: resume[2]], resume[3][: resume[4]]
+        else:
+            start, contents, made = 0, [], []
         append = contents.append
         # The open model content (a reply and the calls after it; ``head`` is the reply) or
-        # user content of tool outputs, as in build_contents.
+        # user content of tool outputs, as in build_contents; ``made``: the calls whose ids
+        # rxcontext made, in order (``synthetic`` as a set).
         head: _Entry | None = None
         model: list[bytes] | None = None
         outputs: list[bytes] | None = None
-        synthetic: set[str | None] = set()
+        synthetic = set(made)
+        mark = (start, len(contents), len(made))
 
         def flush() -> None:
             nonlocal head, model, outputs
@@ -214,30 +224,37 @@ class GeminiHistory:
 
         model_resp, tool_call = RecordType.MODEL_RESP, RecordType.TOOL_CALL
         tool_output, prompt = RecordType.TOOL_OUTPUT, RecordType.PROMPT
-        for entry in self.cache.entries(records):
+        for i in range(start, len(entries)):
+            entry = entries[i]
             kind = entry.kind
             if kind is prompt:
                 if model is not None or outputs is not None:
                     flush()
+                mark = (i, len(contents), len(made))
                 append(entry.json)
             elif kind is model_resp:
                 if model is not None or outputs is not None:
                     flush()
+                mark = (i, len(contents), len(made))
                 head = entry
                 model = [entry.json] if entry.json else []
             elif kind is tool_call:
                 if model is None:
                     flush()
+                    mark = (i, len(contents), len(made))
                     model = []
-                if entry.synthetic:
+                if entry.synthetic and entry.call_id not in synthetic:
                     synthetic.add(entry.call_id)
+                    made.append(entry.call_id)
                 model.append(entry.json)
             elif kind is tool_output:
                 if outputs is None:
                     flush()
+                    mark = (i, len(contents), len(made))
                     outputs = []
                 outputs.append(entry.json_without_id if entry.call_id in synthetic else entry.json)
         flush()
+        self.cache.keep(lookup, (mark[0], contents, mark[1], made, mark[2]))
         return contents
 
 

@@ -28,6 +28,7 @@ from ..records import Record
 __all__ = [
     "MARKER",
     "HistoryCache",
+    "Lookup",
     "compact_json",
     "spaced_json",
     "splice",
@@ -91,61 +92,133 @@ def _same(kept: Record, record: Record) -> bool:
     )
 
 
+class Lookup(Generic[E]):
+    """One request's entries (from :meth:`HistoryCache.lookup`), with what the context's
+    previous request left: :attr:`same` leading records are that request's, unchanged, and
+    :attr:`resume` is what its caller kept (see :meth:`HistoryCache.keep`)."""
+
+    __slots__ = ("_by_id", "context", "entries", "records", "resume", "same")
+
+    def __init__(
+        self,
+        context: str,
+        records: Sequence[Record],
+        entries: list[E],
+        same: int,
+        resume: Any,
+        by_id: dict[int, tuple[Record, E]],
+    ) -> None:
+        self.context = context
+        self.records = records
+        self.entries = entries
+        self.same = same
+        self.resume = resume
+        self._by_id = by_id
+
+
+class _Kept(Generic[E]):
+    __slots__ = ("by_id", "entries", "records", "resume")
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        entries: list[E],
+        by_id: dict[int, tuple[Record, E]],
+        resume: Any,
+    ) -> None:
+        self.records = records
+        self.entries = entries
+        self.by_id = by_id
+        self.resume = resume
+
+
 class HistoryCache(Generic[E]):
     """Each record's encoded form (``encode(record)``), kept per context between requests.
 
-    :meth:`entries` returns one entry per record, reusing the entry kept for a record with the
-    same id whose content (and everything else the conversion reads) is unchanged, else
-    encoding it again. Only the records of a context's latest request are kept (the rest are
-    dropped then), for the ``max_records`` most recently used records over all contexts;
-    records that were never stored (id < 0) are never kept. Entries must not be changed by
-    callers, except through memo fields that depend on the entry alone. Thread-safe.
+    :meth:`lookup` gives one entry per record: the previous request's entries for the
+    leading records that are unchanged (the same objects, or equal in everything a
+    conversion reads), the entry kept for a record with the same id and the same content
+    elsewhere, else a new encoding. A conversation grows at its end, so a request usually
+    repeats the previous one and adds a few records: its caller may then resume assembling
+    the body where the previous request's assembly can be continued (``Lookup.resume``,
+    whatever it passed to :meth:`keep`) instead of from the first record.
+
+    Only a context's latest request is kept, for the ``max_records`` most recently used
+    records over all contexts; records never stored (id < 0) are kept by position only.
+    Entries must not be changed by callers, except memo fields that depend on the entry
+    alone. Thread-safe: concurrent requests of one context each build their own result,
+    and the last one kept is kept.
     """
 
     __slots__ = ("_contexts", "_encode", "_kept", "_lock", "max_records")
 
     def __init__(self, encode: Callable[[Record], E], max_records: int = 200_000) -> None:
         self._encode = encode
-        self._contexts: OrderedDict[str, dict[int, tuple[Record, E]]] = OrderedDict()
+        self._contexts: OrderedDict[str, _Kept[E]] = OrderedDict()
         self._kept = 0
         self._lock = threading.Lock()
         self.max_records = max_records
 
-    def entries(self, records: Sequence[Record]) -> list[E]:
-        """The entry of each record of ``records`` (oldest first), encoding only new ones."""
-        if not records:
-            return []
-        context = records[0].context_id
+    def lookup(self, records: Sequence[Record]) -> Lookup[E]:
+        """The entries of ``records`` (oldest first), encoding only records not seen before."""
+        records = list(records)  # kept for the next request: the caller may change its list
+        context = records[0].context_id if records else ""
         with self._lock:
-            old = self._contexts.get(context) or {}
+            kept = self._contexts.get(context)
+        by_id: dict[int, tuple[Record, E]] = {}
+        if kept is None:
+            same, entries, resume, known = 0, [], None, by_id
+        else:
+            same = 0
+            for record, previous in zip(records, kept.records, strict=False):
+                if record is not previous and not _same(previous, record):
+                    break
+                same += 1
+            entries = kept.entries[:same]
+            resume = kept.resume
+            known = kept.by_id
+            # A request that only adds records keeps the id index; any other makes a new one,
+            # without the records it no longer has.
+            if same == len(kept.records):
+                by_id = known
         encode = self._encode
-        kept: dict[int, tuple[Record, E]] = {}
-        out: list[E] = []
-        append = out.append
-        for record in records:
+        append = entries.append
+        for record in records[same:]:
             rid = record.id
-            hit = old.get(rid)
+            hit = known.get(rid)
             if hit is not None and (hit[0] is record or _same(hit[0], record)):
-                kept[rid] = hit
+                by_id[rid] = hit
                 append(hit[1])
                 continue
             entry = encode(record)
             if rid >= 0:
-                kept[rid] = (record, entry)
+                by_id[rid] = (record, entry)
             append(entry)
-        self._keep(context, kept)
-        return out
+        if by_id is not known:
+            for record, entry in zip(records[:same], entries, strict=False):
+                if record.id >= 0:
+                    by_id[record.id] = (record, entry)
+        return Lookup(context, records, entries, same, resume, by_id)
 
-    def _keep(self, context: str, kept: dict[int, tuple[Record, E]]) -> None:
+    def keep(self, lookup: Lookup[E], resume: Any) -> None:
+        """Keep ``lookup``'s records and entries for the context's next request, with
+        ``resume``: where the caller's assembly of this request can be continued."""
+        kept = _Kept(lookup.records, lookup.entries, lookup._by_id, resume)
         with self._lock:
-            previous = self._contexts.pop(context, None)
+            previous = self._contexts.pop(lookup.context, None)
             if previous is not None:
-                self._kept -= len(previous)
-            self._contexts[context] = kept
-            self._kept += len(kept)
+                self._kept -= len(previous.records)
+            self._contexts[lookup.context] = kept
+            self._kept += len(kept.records)
             while self._kept > self.max_records and len(self._contexts) > 1:
                 _, dropped = self._contexts.popitem(last=False)
-                self._kept -= len(dropped)
+                self._kept -= len(dropped.records)
+
+    def entries(self, records: Sequence[Record]) -> list[E]:
+        """The entries of ``records``, kept for the next request (no assembly to resume)."""
+        lookup = self.lookup(records)
+        self.keep(lookup, None)
+        return lookup.entries
 
     def clear(self) -> None:
         """Forget every kept entry."""
@@ -154,5 +227,5 @@ class HistoryCache(Generic[E]):
             self._kept = 0
 
     def __len__(self) -> int:
-        """How many records' entries are kept."""
+        """How many records are kept (over all contexts)."""
         return self._kept

@@ -129,12 +129,21 @@ class ChatHistory:
 
     def encode(self, records: Sequence[Record]) -> list[bytes]:
         """The encoded items of the array :func:`chat_messages` gives for ``records``."""
-        entries = self.cache.entries(records)
-        parts: list[bytes] = []
+        lookup = self.cache.lookup(records)
+        entries = lookup.entries
+        # Resume where the previous request's last turn began, if its records are unchanged.
+        resume = lookup.resume
+        parts: list[bytes]
+        if resume is not None and resume[0] < lookup.same:
+            i, parts = resume[0], resume[1][: resume[2]]
+        else:
+            i, parts = 0, []
         append = parts.append
         tool_call, model_resp = RecordType.TOOL_CALL, RecordType.MODEL_RESP
-        i, n = 0, len(entries)
+        start, count = i, len(parts)
+        n = len(entries)
         while i < n:
+            start, count = i, len(parts)
             entry = entries[i]
             kind = entry.kind
             if kind is not tool_call and (
@@ -156,6 +165,7 @@ class ChatHistory:
                 entry.turn = turn
             append(turn[1])
             i = end
+        self.cache.keep(lookup, (start, parts, count))
         return parts
 
 

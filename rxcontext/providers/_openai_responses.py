@@ -205,14 +205,23 @@ class ResponsesHistory:
 
     def encode(self, records: Sequence[Record]) -> tuple[str | None, list[bytes]]:
         """What :func:`responses_input` gives for ``records``, the input as the SDK encodes it."""
-        entries = self.cache.entries(records)
-        instructions: list[str] = []
-        parts: list[bytes] = []
+        lookup = self.cache.lookup(records)
+        entries = lookup.entries
+        # Resume where the previous request's last turn began, if its records are unchanged.
+        resume = lookup.resume
+        parts: list[bytes]
+        instructions: list[str]
+        if resume is not None and resume[0] < lookup.same:
+            i, parts, instructions = resume[0], resume[1][: resume[2]], resume[3][: resume[4]]
+        else:
+            i, parts, instructions = 0, [], []
         append = parts.append
         tool_call, model_resp = RecordType.TOOL_CALL, RecordType.MODEL_RESP
         system = RecordType.SYSTEM_PROMPT
-        i, n = 0, len(entries)
+        start, count, texts = i, len(parts), len(instructions)
+        n = len(entries)
         while i < n:
+            start, count, texts = i, len(parts), len(instructions)
             entry = entries[i]
             kind = entry.kind
             if kind is not tool_call and (
@@ -237,8 +246,8 @@ class ResponsesHistory:
             if turn[1]:
                 append(turn[1])
             i = end
-        text = "\n\n".join(instructions) if instructions else None
-        return text, parts
+        self.cache.keep(lookup, (start, parts, count, instructions, texts))
+        return ("\n\n".join(instructions) if instructions else None), parts
 
 
 def usage_of_dict(usage: Mapping[str, Any]) -> Usage:

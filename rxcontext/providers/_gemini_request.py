@@ -157,12 +157,13 @@ class _Entry:
     """A record's encoded part (a prompt: its whole content), as the SDK would send it, and
     for a reply the ``model`` content its part makes alone."""
 
-    __slots__ = ("alone", "call_id", "json", "json_without_id", "kind", "synthetic")
+    __slots__ = ("alone", "call_id", "json", "json_without_id", "kind", "synthetic", "system")
 
     def __init__(self, record: Record) -> None:
         kind = self.kind = record.type
         self.call_id = record.tool_call_id
         self.synthetic = False
+        self.system = record.content if kind is RecordType.SYSTEM_PROMPT else None
         self.json = self.json_without_id = self.alone = b""
         if kind is RecordType.PROMPT:
             self.json = spaced_json({"parts": [{"text": record.content}], "role": "user"})
@@ -191,17 +192,20 @@ class GeminiHistory:
     def __init__(self) -> None:
         self.cache: HistoryCache[_Entry] = HistoryCache(_Entry)
 
-    def encode(self, records: Sequence[Record]) -> list[bytes]:
-        """The encoded ``contents`` of ``records`` (the same grouping as :func:`build_contents`)."""
+    def encode(self, records: Sequence[Record]) -> tuple[list[str], list[bytes]]:
+        """The system prompts and the encoded ``contents`` of ``records`` (the grouping of
+        :func:`build_contents`)."""
         lookup = self.cache.lookup(records)
         entries = lookup.entries
         # Resume where the previous request's last content began, if its records are unchanged.
         resume = lookup.resume
         contents: list[bytes]
+        system: list[str]
         if resume is not None and resume[0] < lookup.same:
             start, contents, made = resume[0], resume[1][: resume[2]], resume[3][: resume[4]]
+            system = resume[5][: resume[6]]
         else:
-            start, contents, made = 0, [], []
+            start, contents, made, system = 0, [], [], []
         append = contents.append
         # The open model content (a reply and the calls after it; ``head`` is the reply) or
         # user content of tool outputs, as in build_contents; ``made``: the calls whose ids
@@ -210,7 +214,7 @@ class GeminiHistory:
         model: list[bytes] | None = None
         outputs: list[bytes] | None = None
         synthetic = set(made)
-        mark = (start, len(contents), len(made))
+        mark = (start, len(contents), len(made), len(system))
 
         def flush() -> None:
             nonlocal head, model, outputs
@@ -230,18 +234,18 @@ class GeminiHistory:
             if kind is prompt:
                 if model is not None or outputs is not None:
                     flush()
-                mark = (i, len(contents), len(made))
+                mark = (i, len(contents), len(made), len(system))
                 append(entry.json)
             elif kind is model_resp:
                 if model is not None or outputs is not None:
                     flush()
-                mark = (i, len(contents), len(made))
+                mark = (i, len(contents), len(made), len(system))
                 head = entry
                 model = [entry.json] if entry.json else []
             elif kind is tool_call:
                 if model is None:
                     flush()
-                    mark = (i, len(contents), len(made))
+                    mark = (i, len(contents), len(made), len(system))
                     model = []
                 if entry.synthetic and entry.call_id not in synthetic:
                     synthetic.add(entry.call_id)
@@ -250,12 +254,14 @@ class GeminiHistory:
             elif kind is tool_output:
                 if outputs is None:
                     flush()
-                    mark = (i, len(contents), len(made))
+                    mark = (i, len(contents), len(made), len(system))
                     outputs = []
                 outputs.append(entry.json_without_id if entry.call_id in synthetic else entry.json)
+            elif entry.system is not None:
+                system.append(entry.system)
         flush()
-        self.cache.keep(lookup, (mark[0], contents, mark[1], made, mark[2]))
-        return contents
+        self.cache.keep(lookup, (mark[0], contents, mark[1], made, mark[2], system, mark[3]))
+        return system, contents
 
 
 # -- sending it through the SDK's own calls ------------------------------------------------

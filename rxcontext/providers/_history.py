@@ -102,7 +102,7 @@ class Lookup(Generic[E]):
     def __init__(
         self,
         context: str,
-        records: Sequence[Record],
+        records: list[Record],
         entries: list[E],
         same: int,
         resume: Any,
@@ -121,7 +121,7 @@ class _Kept(Generic[E]):
 
     def __init__(
         self,
-        records: Sequence[Record],
+        records: list[Record],
         entries: list[E],
         by_id: dict[int, tuple[Record, E]],
         resume: Any,
@@ -161,13 +161,13 @@ class HistoryCache(Generic[E]):
 
     def lookup(self, records: Sequence[Record]) -> Lookup[E]:
         """The entries of ``records`` (oldest first), encoding only records not seen before."""
-        records = list(records)  # kept for the next request: the caller may change its list
         context = records[0].context_id if records else ""
         with self._lock:
             kept = self._contexts.get(context)
         by_id: dict[int, tuple[Record, E]] = {}
         if kept is None:
             same, entries, resume, known = 0, [], None, by_id
+            kept_records: list[Record] = []
         else:
             same = 0
             for record, previous in zip(records, kept.records, strict=False):
@@ -176,6 +176,11 @@ class HistoryCache(Generic[E]):
                 same += 1
             entries = kept.entries[:same]
             resume = kept.resume
+            # The records kept for the next request are the ones kept before wherever they
+            # are unchanged: a store that reads new objects for them each time would otherwise
+            # have the previous request's copies freed here, while the caller waits. (A copy
+            # of the caller's list, which the caller may change.)
+            kept_records = kept.records[:same]
             known = kept.by_id
             # A request that only adds records keeps the id index; any other makes a new one,
             # without the records it no longer has.
@@ -183,22 +188,25 @@ class HistoryCache(Generic[E]):
                 by_id = known
         encode = self._encode
         append = entries.append
+        keep_record = kept_records.append
         for record in records[same:]:
             rid = record.id
             hit = known.get(rid)
             if hit is not None and (hit[0] is record or _same(hit[0], record)):
                 by_id[rid] = hit
+                keep_record(hit[0])
                 append(hit[1])
                 continue
             entry = encode(record)
             if rid >= 0:
                 by_id[rid] = (record, entry)
+            keep_record(record)
             append(entry)
         if by_id is not known:
-            for record, entry in zip(records[:same], entries, strict=False):
+            for record, entry in zip(kept_records[:same], entries, strict=False):
                 if record.id >= 0:
                     by_id[record.id] = (record, entry)
-        return Lookup(context, records, entries, same, resume, by_id)
+        return Lookup(context, kept_records, entries, same, resume, by_id)
 
     def keep(self, lookup: Lookup[E], resume: Any) -> None:
         """Keep ``lookup``'s records and entries for the context's next request, with

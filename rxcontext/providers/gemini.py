@@ -156,12 +156,15 @@ class GeminiModel:
 
     def request_config(self, request: Request) -> types.GenerateContentConfig:
         """The ``GenerateContentConfig`` for ``request``."""
+        system = [r.content for r in request.records if r.type is RecordType.SYSTEM_PROMPT]
+        return self._config(request, system)
+
+    def _config(self, request: Request, system: list[str]) -> types.GenerateContentConfig:
         config: dict[str, Any] = dict(self.params)
         if "max_tokens" in config:
             config["max_output_tokens"] = config.pop("max_tokens")
         if request.max_output_tokens is not None:
             config["max_output_tokens"] = request.max_output_tokens
-        system = [r.content for r in request.records if r.type is RecordType.SYSTEM_PROMPT]
         if any(system):
             config["system_instruction"] = "\n\n".join(s for s in system if s)
         if request.tools:
@@ -172,24 +175,26 @@ class GeminiModel:
         config.setdefault("automatic_continuation", False)
         return types.GenerateContentConfig(**config)
 
-    def _prepared(self, client: _C, request: Request) -> tuple[_C, list[types.Content]]:
-        """The client to call and the ``contents`` for ``request``.
+    def _prepared(
+        self, client: _C, request: Request
+    ) -> tuple[_C, list[types.Content], types.GenerateContentConfig]:
+        """The client to call, the ``contents`` and the config for ``request``.
 
         A Gemini API client gets the history already encoded: a stand-in sends it in place
         of :data:`PLACEHOLDER` (see :mod:`._history`); Vertex AI clients get SDK types.
         """
         if splicing(client):
-            history = self._history.encode(request.records)
+            system, history = self._history.encode(request.records)
             if history:  # (no contents: the SDK's own call says they are required)
-                return spliced_client(client, history), PLACEHOLDER
-        return client, build_contents(request.records)
+                config = self._config(request, system)
+                return spliced_client(client, history), PLACEHOLDER, config
+        return client, build_contents(request.records), self.request_config(request)
 
     # -- streaming ---------------------------------------------------------------------
 
     def iter_chunks(self, request: Request) -> Iterator[Chunk]:
         """Stream ``request`` with the sync client; closing the generator closes the stream."""
-        client, contents = self._prepared(self._client.get(), request)
-        config = self.request_config(request)
+        client, contents, config = self._prepared(self._client.get(), request)
         if self.wire == "fast":
             chunks = _fast_chunks(client, self.model_name, contents, config)
         else:
@@ -198,8 +203,7 @@ class GeminiModel:
 
     def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
         """The asyncio twin of :meth:`iter_chunks` (``aclose()`` closes the stream)."""
-        client, contents = self._prepared(self._async_client.get(), request)
-        config = self.request_config(request)
+        client, contents, config = self._prepared(self._async_client.get(), request)
         if self.wire == "fast":
             chunks = _afast_chunks(client, self.model_name, contents, config)
         else:
@@ -210,8 +214,7 @@ class GeminiModel:
 
     def complete(self, request: Request) -> Reply:
         """One non-streaming ``generate_content`` call, reduced like a stream."""
-        client, contents = self._prepared(self._client.get(), request)
-        config = self.request_config(request)
+        client, contents, config = self._prepared(self._client.get(), request)
         try:
             response = client.models.generate_content(
                 model=self.model_name, contents=contents, config=config
@@ -222,8 +225,7 @@ class GeminiModel:
 
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
-        client, contents = self._prepared(self._async_client.get(), request)
-        config = self.request_config(request)
+        client, contents, config = self._prepared(self._async_client.get(), request)
         try:
             response = await client.models.generate_content(
                 model=self.model_name, contents=contents, config=config

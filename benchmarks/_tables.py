@@ -258,6 +258,10 @@ def peers_lines(peers: Mapping[str, Any], metrics: Mapping[str, Any] | None = No
     return out
 
 
+def _added(ms: float | None) -> str:
+    return "—" if ms is None else f"{ms:+.1f} ms"
+
+
 def history_lines(metrics: Mapping[str, Any]) -> list[str]:
     """Time to first chunk at 10 and 10,000 live records (bench_history.py)."""
     history = metrics.get("history")
@@ -270,9 +274,9 @@ def history_lines(metrics: Mapping[str, Any]) -> list[str]:
         "`benchmarks/bench_history.py` for the method). *Added* is the 10,000-record median "
         "minus the 10-record one; the target is ≤ 10 ms for the pipeline.",
         "",
-        "| provider, wire | pipeline | added (≤ 10 ms) | of which store read | request alone "
-        "| added | first request (nothing encoded yet) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| provider, wire | pipeline | added (≤ 10 ms) | store read, added | request alone "
+        "| added | added, same record objects | first request (nothing encoded yet) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, m in history.items():
         p_short, p_long = m["pipeline_ms"]
@@ -281,7 +285,8 @@ def history_lines(metrics: Mapping[str, Any]) -> list[str]:
         out.append(
             f"| {name} | {p_short:.1f} → {p_long:.1f} ms | {added:+.1f} ms{_mark(added <= 10)} "
             f"| {m['store_added_ms']:+.1f} ms | {r_short:.1f} → {r_long:.1f} ms "
-            f"| {m['request_added_ms']:+.1f} ms | {m['first_request_ms']:.0f} ms |"
+            f"| {m['request_added_ms']:+.1f} ms | {_added(m.get('reused_added_ms'))} "
+            f"| {m['first_request_ms']:.0f} ms |"
         )
     return out
 

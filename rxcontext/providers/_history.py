@@ -171,7 +171,14 @@ class HistoryCache(Generic[E]):
         else:
             same = 0
             for record, previous in zip(records, kept.records, strict=False):
-                if record is not previous and not _same(previous, record):
+                # _same, inlined: this loop runs for every record of every request.
+                if record is not previous and not (
+                    previous.content == record.content
+                    and previous.type is record.type
+                    and previous.tool_call_id == record.tool_call_id
+                    and previous.tool_name == record.tool_name
+                    and previous.metadata == record.metadata
+                ):
                     break
                 same += 1
             entries = kept.entries[:same]

@@ -6,6 +6,8 @@ Two wire paths give the same chunks (tests/test_wire_anthropic.py checks it): th
 ``json.loads`` and dict access, about 3.5x faster than the SDK's own iteration;
 ``wire="sdk"`` iterates the SDK's raw event stream (``messages.create(..., stream=True)``,
 one pydantic model per event). Non-streaming calls always use the SDK's ``Message``.
+On every path the history goes into the SDK's body already encoded, each record once
+(:mod:`._history`; the request side is :mod:`._anthropic_request`).
 
 Choices worth knowing:
 

@@ -7,7 +7,8 @@ the SDK build, authenticate, send and status-check the request (its private
 ``_api_client`` machinery: the calls ``generate_content_stream`` makes, pinned to
 google-genai 3.x) but decodes the SSE frames itself with ``json.loads`` and dict access.
 The one framing difference: SSE comment lines, which Gemini does not send, are skipped by
-the fast path and make the SDK fail.
+the fast path and make the SDK fail. On both, the history goes into the SDK's body already
+encoded, each record once (:mod:`._history`; the request side is :mod:`._gemini_request`).
 
 Choices worth knowing:
 

@@ -3,9 +3,11 @@
 Both stream through the ``openai`` SDK. With ``wire="fast"`` (the default) the SDK builds,
 authenticates and sends the request and raises its HTTP errors, but the SSE frames are
 parsed here with ``json.loads`` (about 10-20x faster than the SDK's per-event pydantic
-models); ``wire="sdk"`` lets the SDK parse every event. The two wires give the same chunks
-and errors (tests/test_wire_openai.py checks it). The mapping itself (records → request, events →
-chunks) lives in :mod:`._openai_chat` and :mod:`._openai_responses`.
+models); ``wire="sdk"`` lets the SDK parse every event. On both, the history (``messages``,
+``input``) goes into the SDK's body already encoded, each record once (:mod:`._history`).
+The two wires give the same chunks and errors (tests/test_wire_openai.py checks it). The
+mapping itself (records → request, events → chunks) lives in :mod:`._openai_chat` and
+:mod:`._openai_responses`.
 """
 
 from __future__ import annotations
@@ -321,16 +323,16 @@ class OpenAIModel(_OpenAIBase):
     def complete(self, request: Request) -> Reply:
         """One non-streaming call; the :class:`Reply` streaming would reduce to."""
         client, secrets = self._sync()
-        client, kwargs = self._prepared(client, request, stream=False)
         with _Converting(secrets):
+            client, kwargs = self._prepared(client, request, stream=False)
             completion = client.chat.completions.create(**kwargs)
         return reply_from_chunks(completion_chunks(completion))
 
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
         client, secrets = self._async()
-        client, kwargs = self._prepared(client, request, stream=False)
         with _Converting(secrets):
+            client, kwargs = self._prepared(client, request, stream=False)
             completion = await client.chat.completions.create(**kwargs)
         return reply_from_chunks(completion_chunks(completion))
 
@@ -542,15 +544,15 @@ class OpenAIResponsesModel(_OpenAIBase):
     def complete(self, request: Request) -> Reply:
         """One non-streaming call; the :class:`Reply` streaming would reduce to."""
         client, secrets = self._sync()
-        client, kwargs = self._prepared(client, request, stream=False)
         with _Converting(secrets):
+            client, kwargs = self._prepared(client, request, stream=False)
             response = client.responses.create(**kwargs)
         return reply_from_chunks(response_chunks(response.to_dict(), secrets))
 
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
         client, secrets = self._async()
-        client, kwargs = self._prepared(client, request, stream=False)
         with _Converting(secrets):
+            client, kwargs = self._prepared(client, request, stream=False)
             response = await client.responses.create(**kwargs)
         return reply_from_chunks(response_chunks(response.to_dict(), secrets))

@@ -20,9 +20,12 @@ import itertools
 import json
 import random
 import ssl
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import anthropic
@@ -615,3 +618,62 @@ def test_the_cache_keeps_the_latest_requests_within_its_bound() -> None:
     assert len(encoded) == 24  # changed content: encoded again
     cache.clear()
     assert len(cache) == 0
+
+
+class ThreadRecorder(Recorder):
+    """A :class:`Recorder` that also files each request's body under the calling thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_thread: dict[int, list[bytes]] = {}
+
+    def _handle(self, request: httpx2.Request) -> httpx2.Response:
+        self.by_thread.setdefault(threading.get_ident(), []).append(request.read())
+        return super()._handle(request)
+
+
+def _requests(
+    model: Any, records: list[Record], barrier: threading.Barrier, plan: list[int]
+) -> list[BaseException]:
+    failures: list[BaseException] = []
+    try:
+        barrier.wait(timeout=30)
+        for cut in plan:
+            run(model, Request(records[:cut]), "sync", "stream")
+    except BaseException as exc:  # reported by the test
+        failures.append(exc)
+    return failures
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_threads_sharing_a_model_and_a_context_send_the_sdks_bytes(provider: str) -> None:
+    """Requests of one context from several threads at once, each a different prefix of the
+    conversation (so each keeps and resumes from what another left): every body is the
+    SDK's for its own records. Many bounded trials."""
+    records = [r for seed in range(400, 406) for r in history(seed)]
+    first = next(i for i, r in enumerate(records) if r.type is R.PROMPT)
+    cuts = list(range(first + 1, len(records) + 1))  # each with contents (Gemini needs one)
+    want: dict[int, bytes] = {}
+    reference = Recorder()
+    plain = None if provider == "gemini" else make_model(provider, "fast", reference, plain=True)
+    reference_client = gemini_client(reference)
+    for trial in range(5):
+        recorder = ThreadRecorder()
+        model = make_model(provider, "fast", recorder, plain=False)
+        plans = [random.Random(trial * 10 + t).choices(cuts, k=12) for t in range(4)]
+        barrier = threading.Barrier(len(plans))
+        with ThreadPoolExecutor(len(plans)) as pool:
+            results = list(pool.map(partial(_requests, model, records, barrier), plans))
+        assert results == [[]] * len(plans)
+        for plan in plans:
+            for cut in plan:
+                if cut not in want:
+                    request = Request(records[:cut])
+                    if plain is None:
+                        gemini_reference(reference_client, model, request, "sync", "stream")
+                    else:
+                        run(plain, request, "sync", "stream")
+                    want[cut] = reference.sent[-1].body
+        # Each thread's bodies, in its order, are the SDK's for its plan's records.
+        expected = sorted([want[cut] for cut in plan] for plan in plans)
+        assert sorted(recorder.by_thread.values()) == expected

@@ -7,7 +7,8 @@ Gemini's pydantic models and converters) and its JSON encoding: seconds at 10,00
 
 Records are immutable values, so a record's part of the request (a message, a block, a
 part) is encoded to JSON once and kept in a :class:`HistoryCache`; a request joins the kept
-fragments. The SDK still builds everything else with its own code: its ``create`` runs with
+fragments, and resumes where the previous request of the conversation left off. The SDK
+still builds everything else with its own code: its ``create`` runs with
 :data:`MARKER` in place of the history, its own encoder encodes the small body that results,
 and :func:`splice` puts the joined fragments where the marker's list is. The bytes sent are
 the bytes the SDK sends for the same messages (tests/test_request_bodies.py checks this over
@@ -30,6 +31,7 @@ __all__ = [
     "HistoryCache",
     "Lookup",
     "compact_json",
+    "json_array",
     "spaced_json",
     "splice",
 ]
@@ -57,9 +59,9 @@ def spaced_json(value: Any) -> bytes:
 def splice(body: bytes, items: list[bytes], token: bytes, sep: bytes = b",") -> bytes | None:
     """``body`` with the one occurrence of ``token`` (the encoded ``[MARKER]``) replaced by
     the JSON array of ``items`` (each an encoded JSON value, joined by ``sep``, the
-    encoder's item separator); None if ``token`` is not there
-    exactly once (a parameter such as ``extra_body`` replaced the history): the caller then
-    lets the SDK encode the body itself.
+    encoder's item separator); None if ``token`` is not there exactly once (a parameter
+    such as ``extra_body`` replaced the history): the caller then lets the SDK encode the
+    body itself.
 
     The result is built with one copy of the items: at 10,000 records each copy of a body of
     a few MB costs about a millisecond (mostly page faults).

@@ -25,8 +25,16 @@ from ._common import (
     provider_error,
     str_field,
 )
+from ._history import HistoryCache, compact_json
 
-__all__ = ["ChatStream", "chat_messages", "completion_chunks", "in_stream_error", "turns"]
+__all__ = [
+    "ChatHistory",
+    "ChatStream",
+    "chat_messages",
+    "completion_chunks",
+    "in_stream_error",
+    "turns",
+]
 
 PROVIDER = "openai"
 _TEXT = ChunkKind.TEXT
@@ -61,33 +69,115 @@ def turns(records: Sequence[Record]) -> Iterator[tuple[Record | None, list[Recor
         yield head, calls
 
 
+def _assistant(record: Record | None, calls: Sequence[Record]) -> dict[str, Any]:
+    content = record.content if record is not None else ""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["content"] = content or None
+        message["tool_calls"] = [
+            {
+                "id": call.tool_call_id,
+                "type": "function",
+                "function": {"name": call.tool_name, "arguments": call.content},
+            }
+            for call in calls
+        ]
+    return message
+
+
+def _message(record: Record) -> dict[str, Any] | None:
+    """The message of a record that is not part of an assistant turn (None: not sent)."""
+    kind = record.type
+    if kind is RecordType.SYSTEM_PROMPT:
+        return {"role": "system", "content": record.content}
+    if kind is RecordType.PROMPT:
+        return {"role": "user", "content": record.content}
+    if kind is RecordType.TOOL_OUTPUT:
+        return {"role": "tool", "tool_call_id": record.tool_call_id, "content": record.content}
+    return None
+
+
 def chat_messages(records: Sequence[Record]) -> list[dict[str, Any]]:
     """The Chat Completions ``messages`` for ``records`` (oldest first)."""
     messages: list[dict[str, Any]] = []
     for record, calls in turns(records):
         if record is None or record.type is RecordType.MODEL_RESP:
-            content = record.content if record is not None else ""
-            message: dict[str, Any] = {"role": "assistant", "content": content}
-            if calls:
-                message["content"] = content or None
-                message["tool_calls"] = [
-                    {
-                        "id": call.tool_call_id,
-                        "type": "function",
-                        "function": {"name": call.tool_name, "arguments": call.content},
-                    }
-                    for call in calls
-                ]
-            messages.append(message)
-        elif record.type is RecordType.SYSTEM_PROMPT:
-            messages.append({"role": "system", "content": record.content})
-        elif record.type is RecordType.PROMPT:
-            messages.append({"role": "user", "content": record.content})
-        elif record.type is RecordType.TOOL_OUTPUT:
-            messages.append(
-                {"role": "tool", "tool_call_id": record.tool_call_id, "content": record.content}
-            )
+            messages.append(_assistant(record, calls))
+        else:
+            message = _message(record)
+            if message is not None:
+                messages.append(message)
     return messages
+
+
+class _Entry:
+    """A record's encoded message, and the last assistant turn it headed (:class:`ChatHistory`)."""
+
+    __slots__ = ("json", "kind", "turn")
+
+    def __init__(self, record: Record) -> None:
+        self.kind = record.type
+        if self.kind is RecordType.MODEL_RESP:
+            message: dict[str, Any] | None = _assistant(record, ())
+        else:
+            message = _message(record)
+        self.json = compact_json(message) if message is not None else None
+        self.turn: tuple[tuple[_Entry, ...], bytes] | None = None
+
+
+class ChatHistory:
+    """``messages`` as JSON bytes, from records encoded once (see :mod:`._history`).
+
+    An assistant turn with tool calls is encoded once per set of calls: it is kept on the
+    entry that heads it, with the entries of its calls (the same entry objects while their
+    records are unchanged).
+    """
+
+    __slots__ = ("cache",)
+
+    def __init__(self) -> None:
+        self.cache: HistoryCache[_Entry] = HistoryCache(_Entry)
+
+    def encode(self, records: Sequence[Record]) -> list[bytes]:
+        """The encoded items of the array :func:`chat_messages` gives for ``records``."""
+        lookup = self.cache.lookup(records)
+        entries = lookup.entries
+        # Resume where the previous request's last turn began, if its records are unchanged.
+        resume = lookup.resume
+        parts: list[bytes]
+        if resume is not None and resume[0] < lookup.same:
+            i, parts = resume[0], resume[1][: resume[2]]
+        else:
+            i, parts = 0, []
+        append = parts.append
+        tool_call, model_resp = RecordType.TOOL_CALL, RecordType.MODEL_RESP
+        start, count = i, len(parts)
+        n = len(entries)
+        while i < n:
+            start, count = i, len(parts)
+            entry = entries[i]
+            kind = entry.kind
+            if kind is not tool_call and (
+                kind is not model_resp or i + 1 == n or entries[i + 1].kind is not tool_call
+            ):
+                if entry.json is not None:
+                    append(entry.json)
+                i += 1
+                continue
+            first = i + 1 if kind is model_resp else i
+            end = first
+            while end < n and entries[end].kind is tool_call:
+                end += 1
+            calls = tuple(entries[first:end]) if kind is model_resp else tuple(entries[i + 1 : end])
+            turn = entry.turn
+            if turn is None or turn[0] != calls:
+                head = records[i] if kind is model_resp else None
+                turn = (calls, compact_json(_assistant(head, records[first:end])))
+                entry.turn = turn
+            append(turn[1])
+            i = end
+        self.cache.keep(lookup, (start, parts, count))
+        return parts
 
 
 def usage_of(usage: Any) -> Usage:

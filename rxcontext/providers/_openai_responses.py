@@ -27,12 +27,14 @@ from ._common import (
     provider_error,
     str_field,
 )
+from ._history import HistoryCache, compact_json
 from ._openai_chat import PROVIDER, sdk_model, turns
 from .base import NATIVE_RESUME_KEY, ResumeCursor
 
 __all__ = [
     "BACKGROUND",
     "OUTPUT_KEY",
+    "ResponsesHistory",
     "ResponsesStream",
     "background_point",
     "response_chunks",
@@ -158,6 +160,22 @@ def _assistant_items(record: Record | None, calls: list[Record]) -> list[dict[st
     return items + [_function_call(call) for call in calls if call.tool_call_id in by_call_id]
 
 
+def _item(record: Record) -> dict[str, Any] | None:
+    """The input item of a prompt, tool output or (not leading) system prompt."""
+    kind = record.type
+    if kind is RecordType.SYSTEM_PROMPT:
+        return {"role": "system", "content": record.content}
+    if kind is RecordType.PROMPT:
+        return {"role": "user", "content": record.content}
+    if kind is RecordType.TOOL_OUTPUT:
+        return {
+            "type": "function_call_output",
+            "call_id": record.tool_call_id,
+            "output": record.content,
+        }
+    return None
+
+
 def responses_input(records: Sequence[Record]) -> tuple[str | None, list[dict[str, Any]]]:
     """``(instructions, input)`` for ``records``.
 
@@ -169,22 +187,91 @@ def responses_input(records: Sequence[Record]) -> tuple[str | None, list[dict[st
     for record, calls in turns(records):
         if record is None or record.type is RecordType.MODEL_RESP:
             items.extend(_assistant_items(record, calls))
-        elif record.type is RecordType.SYSTEM_PROMPT:
-            if items:
-                items.append({"role": "system", "content": record.content})
-            else:
-                instructions.append(record.content)
-        elif record.type is RecordType.PROMPT:
-            items.append({"role": "user", "content": record.content})
-        elif record.type is RecordType.TOOL_OUTPUT:
-            items.append(
-                {
-                    "type": "function_call_output",
-                    "call_id": record.tool_call_id,
-                    "output": record.content,
-                }
-            )
+        elif record.type is RecordType.SYSTEM_PROMPT and not items:
+            instructions.append(record.content)
+        else:
+            item = _item(record)
+            if item is not None:
+                items.append(item)
     return ("\n\n".join(instructions) if instructions else None), items
+
+
+def _items_json(items: list[dict[str, Any]]) -> bytes:
+    return b",".join(compact_json(item) for item in items)
+
+
+class _Entry:
+    """A record's encoded item(s), and the last assistant turn it headed."""
+
+    __slots__ = ("json", "kind", "turn")
+
+    def __init__(self, record: Record) -> None:
+        self.kind = record.type
+        if self.kind is RecordType.MODEL_RESP:
+            self.json = _items_json(_assistant_items(record, []))
+        else:
+            item = _item(record)
+            self.json = compact_json(item) if item is not None else b""
+        self.turn: tuple[tuple[_Entry, ...], bytes] | None = None
+
+
+class ResponsesHistory:
+    """``(instructions, input)`` with ``input`` as JSON bytes, from records encoded once.
+
+    As :class:`._openai_chat.ChatHistory`: an assistant turn with tool calls is encoded once
+    per set of calls and kept on the entry that heads it.
+    """
+
+    __slots__ = ("cache",)
+
+    def __init__(self) -> None:
+        self.cache: HistoryCache[_Entry] = HistoryCache(_Entry)
+
+    def encode(self, records: Sequence[Record]) -> tuple[str | None, list[bytes]]:
+        """What :func:`responses_input` gives for ``records``, the input as the SDK encodes it."""
+        lookup = self.cache.lookup(records)
+        entries = lookup.entries
+        # Resume where the previous request's last turn began, if its records are unchanged.
+        resume = lookup.resume
+        parts: list[bytes]
+        instructions: list[str]
+        if resume is not None and resume[0] < lookup.same:
+            i, parts, instructions = resume[0], resume[1][: resume[2]], resume[3][: resume[4]]
+        else:
+            i, parts, instructions = 0, [], []
+        append = parts.append
+        tool_call, model_resp = RecordType.TOOL_CALL, RecordType.MODEL_RESP
+        system = RecordType.SYSTEM_PROMPT
+        start, count, texts = i, len(parts), len(instructions)
+        n = len(entries)
+        while i < n:
+            start, count, texts = i, len(parts), len(instructions)
+            entry = entries[i]
+            kind = entry.kind
+            if kind is not tool_call and (
+                kind is not model_resp or i + 1 == n or entries[i + 1].kind is not tool_call
+            ):
+                if kind is system and not parts:
+                    instructions.append(records[i].content)
+                elif entry.json:
+                    append(entry.json)
+                i += 1
+                continue
+            first = i + 1 if kind is model_resp else i
+            end = first
+            while end < n and entries[end].kind is tool_call:
+                end += 1
+            calls = tuple(entries[first:end]) if kind is model_resp else tuple(entries[i + 1 : end])
+            turn = entry.turn
+            if turn is None or turn[0] != calls:
+                head = records[i] if kind is model_resp else None
+                turn = (calls, _items_json(_assistant_items(head, list(records[first:end]))))
+                entry.turn = turn
+            if turn[1]:
+                append(turn[1])
+            i = end
+        self.cache.keep(lookup, (start, parts, count, instructions, texts))
+        return ("\n\n".join(instructions) if instructions else None), parts
 
 
 def responses_usage(usage: Mapping[str, Any]) -> Usage:

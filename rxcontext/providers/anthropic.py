@@ -6,6 +6,8 @@ Two wire paths give the same chunks (tests/test_wire_anthropic.py checks it): th
 ``json.loads`` and dict access, about 3.5x faster than the SDK's own iteration;
 ``wire="sdk"`` iterates the SDK's raw event stream (``messages.create(..., stream=True)``,
 one pydantic model per event). Non-streaming calls always use the SDK's ``Message``.
+On every path the history goes into the SDK's body already encoded, each record once
+(:mod:`._history`; the request side is :mod:`._anthropic_request`).
 
 Choices worth knowing:
 
@@ -35,10 +37,9 @@ Choices worth knowing:
 
 from __future__ import annotations
 
-import inspect
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 from ._sdk import missing_sdk
 
@@ -51,7 +52,13 @@ from anthropic.types import RawMessageStreamEvent
 
 from ..chunks import Chunk, ChunkKind, Reply, Usage
 from ..errors import ProviderError
-from ..records import Record, RecordType
+from ._anthropic_request import (
+    AnthropicHistory,
+    build_messages,
+    encode_body,
+    sdk_kwargs,
+    splicing,
+)
 from ._common import (
     READ_ERRORS,
     BadEvent,
@@ -68,6 +75,7 @@ from ._common import (
     transport_error,
 )
 from ._sse import SSEDecoder
+from ._stainless import HISTORY, AsyncSplicingClient, SplicingClient
 from .base import Request, reply_from_chunks
 
 __all__ = ["DEFAULT_MAX_TOKENS", "AnthropicModel", "build_messages"]
@@ -83,6 +91,7 @@ _RETRYABLE_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error
 _TEXT = ChunkKind.TEXT
 _THINKING = ChunkKind.THINKING
 _TOOL_CALL = ChunkKind.TOOL_CALL
+_C = TypeVar("_C", anthropic.Anthropic, anthropic.AsyncAnthropic)
 
 
 class AnthropicModel:
@@ -112,6 +121,7 @@ class AnthropicModel:
         self.model_name = model_name
         self.wire: Wire = check_wire(wire)
         self.params = dict(params)
+        self._history = AnthropicHistory()
         # The SDK's own retries are off: rxcontext retries itself (before the first chunk).
         self._client: Lazy[anthropic.Anthropic] = Lazy(
             lambda: anthropic.Anthropic(max_retries=0), client
@@ -128,6 +138,9 @@ class AnthropicModel:
     def request_body(self, request: Request) -> dict[str, Any]:
         """The keyword arguments of ``messages.create`` for ``request`` (without ``stream``)."""
         system, messages = build_messages(request.records)
+        return self._body(request, system, messages)
+
+    def _body(self, request: Request, system: str, messages: Any) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model_name,
             "max_tokens": DEFAULT_MAX_TOKENS,
@@ -141,21 +154,37 @@ class AnthropicModel:
         if request.tools:
             body["tools"] = [*body.get("tools", ()), *(t.to_anthropic() for t in request.tools)]
         body.update(request.options)
-        return _sdk_kwargs(body)
+        return sdk_kwargs(body)
+
+    def _prepared(self, client: _C, request: Request) -> tuple[_C, dict[str, Any]]:
+        """The client to call and the ``messages.create`` arguments for ``request``.
+
+        A plain client gets the history already encoded, spliced into the body by a stand-in
+        (see :mod:`._history`); others get :meth:`request_body`.
+        """
+        if not splicing(client):
+            return client, self.request_body(request)
+        system, history = self._history.encode(request.records)
+        spliced: Any
+        if isinstance(client, anthropic.AsyncAnthropic):
+            spliced = AsyncSplicingClient(client, "messages", history, encode_body)
+            spliced.messages = anthropic.resources.messages.AsyncMessages(spliced)
+        else:
+            spliced = SplicingClient(client, "messages", history, encode_body)
+            spliced.messages = anthropic.resources.messages.Messages(spliced)
+        return spliced, self._body(request, system, HISTORY)
 
     # -- streaming ---------------------------------------------------------------------
 
     def iter_chunks(self, request: Request) -> Iterator[Chunk]:
         """Stream ``request`` with the sync client; closing the generator closes the stream."""
-        client = self._client.get()
-        body = self.request_body(request)
+        client, body = self._prepared(self._client.get(), request)
         chunks = _fast_chunks(client, body) if self.wire == "fast" else _sdk_chunks(client, body)
         return _guard(chunks, _secrets(client))
 
     def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
         """The asyncio twin of :meth:`iter_chunks`."""
-        client = self._async_client.get()
-        body = self.request_body(request)
+        client, body = self._prepared(self._async_client.get(), request)
         if self.wire == "fast":
             return _aguard(_afast_chunks(client, body), _secrets(client))
         return _aguard(_asdk_chunks(client, body), _secrets(client))
@@ -164,112 +193,21 @@ class AnthropicModel:
 
     def complete(self, request: Request) -> Reply:
         """One non-streaming ``messages.create`` call, reduced like a stream."""
-        client = self._client.get()
+        client, body = self._prepared(self._client.get(), request)
         try:
-            message = client.messages.create(**self.request_body(request))
+            message = client.messages.create(**body)
         except Exception as exc:
             raise _classify(exc, _secrets(client)) from exc
         return reply_from_chunks(_message_chunks(message))
 
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
-        client = self._async_client.get()
+        client, body = self._prepared(self._async_client.get(), request)
         try:
-            message = await client.messages.create(**self.request_body(request))
+            message = await client.messages.create(**body)
         except Exception as exc:
             raise _classify(exc, _secrets(client)) from exc
         return reply_from_chunks(_message_chunks(message))
-
-
-# -- records → request ------------------------------------------------------------------
-
-
-def build_messages(records: Iterable[Record]) -> tuple[str, list[dict[str, Any]]]:
-    """The ``system`` text and ``messages`` for ``records``.
-
-    A MODEL_RESP becomes its thinking blocks (from ``metadata["thinking_blocks"]``,
-    unchanged and in order), then its text (if any); the TOOL_CALLs after it add
-    ``tool_use`` blocks to the same assistant turn. TOOL_OUTPUTs become ``tool_result``
-    blocks of a user turn. Consecutive turns of one role are merged, as the API requires.
-    """
-    system: list[str] = []
-    messages: list[dict[str, Any]] = []
-
-    def add(role: str, blocks: list[dict[str, Any]]) -> None:
-        if not blocks:
-            return
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"].extend(blocks)
-        else:
-            messages.append({"role": role, "content": blocks})
-
-    for record in records:
-        kind = record.type
-        if kind is RecordType.SYSTEM_PROMPT:
-            if record.content:
-                system.append(record.content)
-        elif kind is RecordType.PROMPT:
-            if record.content:
-                add("user", [{"type": "text", "text": record.content}])
-        elif kind is RecordType.MODEL_RESP:
-            blocks = _thinking_blocks(record.metadata)
-            if record.content:
-                blocks.append({"type": "text", "text": record.content})
-            add("assistant", blocks)
-        elif kind is RecordType.TOOL_CALL:
-            block = {
-                "type": "tool_use",
-                "id": record.tool_call_id,
-                "name": record.tool_name,
-                "input": _tool_input(record.content),
-            }
-            add("assistant", [block])
-        elif kind is RecordType.TOOL_OUTPUT:
-            result = {
-                "type": "tool_result",
-                "tool_use_id": record.tool_call_id,
-                "content": record.content,
-            }
-            add("user", [result])
-    return "\n\n".join(system), messages
-
-
-def _sdk_kwargs(body: dict[str, Any]) -> dict[str, Any]:
-    """Move what ``messages.create`` has no keyword for (``temperature``, ``top_p``... in
-    this SDK) into ``extra_body``, which the SDK merges into the JSON it sends."""
-    global _CREATE_KEYWORDS
-    if _CREATE_KEYWORDS is None:
-        _CREATE_KEYWORDS = frozenset(
-            inspect.signature(anthropic.resources.messages.Messages.create).parameters
-        ) - {"self"}
-    extra = {k: body.pop(k) for k in [k for k in body if k not in _CREATE_KEYWORDS]}
-    if extra:
-        body["extra_body"] = {**extra, **(body.get("extra_body") or {})}
-    return body
-
-
-_CREATE_KEYWORDS: frozenset[str] | None = None
-
-
-def _thinking_blocks(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
-    blocks = metadata.get("thinking_blocks") or ()
-    return [
-        dict(b)
-        for b in blocks
-        if isinstance(b, Mapping) and b.get("type") in ("thinking", "redacted_thinking")
-    ]
-
-
-def _tool_input(raw: str) -> Any:
-    # A call whose arguments were cut (max_tokens) cannot be sent back as written; the
-    # API needs an object, so it goes back empty.
-    if not raw.strip():
-        return {}
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
 
 
 # -- errors -------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ candidate...) fails the SDK path only. A field it reads that
 is not what it expects (a value of the wrong type, a non-object event) makes the fast path
 read that event the SDK's way (its conversion and model), so both paths give the same
 chunks or the same error for it, and coerce alike (``"5"`` for a count is 5 on both).
+On both, the history goes into the SDK's body already encoded, each record once
+(:mod:`._history`; the request side is :mod:`._gemini_request`).
 
 Choices worth knowing:
 
@@ -63,13 +65,12 @@ Choices worth knowing:
 from __future__ import annotations
 
 import base64
-import binascii
 import gc
 import hashlib
 import json
 import types as pytypes
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import httpx2
@@ -88,7 +89,7 @@ except ImportError as exc:  # an optional extra: name it
 
 from ..chunks import Chunk, ChunkKind, Reply, Usage
 from ..errors import ProviderError
-from ..records import Record, RecordType
+from ..records import RecordType
 from ._common import (
     READ_ERRORS,
     BadEvent,
@@ -102,6 +103,16 @@ from ._common import (
     provider_error,
     transport_error,
 )
+from ._gemini_request import (
+    PLACEHOLDER,
+    REPLY_SIGNATURE,
+    SIGNATURE,
+    SYNTHETIC,
+    GeminiHistory,
+    build_contents,
+    spliced_client,
+    splicing,
+)
 from ._sse import SSEDecoder
 from .base import Request, reply_from_chunks
 
@@ -113,14 +124,15 @@ PROVIDER = "gemini"
 # google.rpc status names that may succeed when the same request is sent again.
 _RETRYABLE_STATUS = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"})
 
-_SIGNATURE = "thought_signature"
-_REPLY_SIGNATURE = "gemini_thought_signature"
-_SYNTHETIC = "gemini_synthetic_id"
+_SIGNATURE = SIGNATURE
+_REPLY_SIGNATURE = REPLY_SIGNATURE
+_SYNTHETIC = SYNTHETIC
 
 _TEXT = ChunkKind.TEXT
 _THINKING = ChunkKind.THINKING
 _TOOL_CALL = ChunkKind.TOOL_CALL
 _USAGE = ChunkKind.USAGE
+_C = TypeVar("_C", genai.Client, genai.client.AsyncClient)
 
 
 class GeminiModel:
@@ -152,6 +164,7 @@ class GeminiModel:
         self.model_name = model_name
         self.wire: Wire = check_wire(wire)
         self.params = dict(params)
+        self._history = GeminiHistory()
         self._client: Lazy[genai.Client] = Lazy(_env_client, client)
         aio: genai.client.AsyncClient | None = None
         if isinstance(async_client, genai.Client):
@@ -169,12 +182,15 @@ class GeminiModel:
 
     def request_config(self, request: Request) -> types.GenerateContentConfig:
         """The ``GenerateContentConfig`` for ``request``."""
+        system = [r.content for r in request.records if r.type is RecordType.SYSTEM_PROMPT]
+        return self._config(request, system)
+
+    def _config(self, request: Request, system: list[str]) -> types.GenerateContentConfig:
         config: dict[str, Any] = dict(self.params)
         if "max_tokens" in config:
             config["max_output_tokens"] = config.pop("max_tokens")
         if request.max_output_tokens is not None:
             config["max_output_tokens"] = request.max_output_tokens
-        system = [r.content for r in request.records if r.type is RecordType.SYSTEM_PROMPT]
         if any(system):
             config["system_instruction"] = "\n\n".join(s for s in system if s)
         if request.tools:
@@ -185,13 +201,26 @@ class GeminiModel:
         config.setdefault("automatic_continuation", False)
         return types.GenerateContentConfig(**config)
 
+    def _prepared(
+        self, client: _C, request: Request
+    ) -> tuple[_C, list[types.Content], types.GenerateContentConfig]:
+        """The client to call, the ``contents`` and the config for ``request``.
+
+        A Gemini API client gets the history already encoded: a stand-in sends it in place
+        of :data:`PLACEHOLDER` (see :mod:`._history`); Vertex AI clients get SDK types.
+        """
+        if splicing(client):
+            system, history = self._history.encode(request.records)
+            if history:  # (no contents: the SDK's own call says they are required)
+                config = self._config(request, system)
+                return spliced_client(client, history), PLACEHOLDER, config
+        return client, build_contents(request.records), self.request_config(request)
+
     # -- streaming ---------------------------------------------------------------------
 
     def iter_chunks(self, request: Request) -> Iterator[Chunk]:
         """Stream ``request`` with the sync client; closing the generator closes the stream."""
-        client = self._client.get()
-        contents = build_contents(request.records)
-        config = self.request_config(request)
+        client, contents, config = self._prepared(self._client.get(), request)
         if self.wire == "fast":
             chunks = _fast_chunks(client, self.model_name, contents, config)
         else:
@@ -200,9 +229,7 @@ class GeminiModel:
 
     def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
         """The asyncio twin of :meth:`iter_chunks` (``aclose()`` closes the stream)."""
-        client = self._async_client.get()
-        contents = build_contents(request.records)
-        config = self.request_config(request)
+        client, contents, config = self._prepared(self._async_client.get(), request)
         if self.wire == "fast":
             chunks = _afast_chunks(client, self.model_name, contents, config)
         else:
@@ -213,9 +240,7 @@ class GeminiModel:
 
     def complete(self, request: Request) -> Reply:
         """One non-streaming ``generate_content`` call, reduced like a stream."""
-        client = self._client.get()
-        contents = build_contents(request.records)
-        config = self.request_config(request)
+        client, contents, config = self._prepared(self._client.get(), request)
         try:
             response = client.models.generate_content(
                 model=self.model_name, contents=contents, config=config
@@ -226,9 +251,7 @@ class GeminiModel:
 
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
-        client = self._async_client.get()
-        contents = build_contents(request.records)
-        config = self.request_config(request)
+        client, contents, config = self._prepared(self._async_client.get(), request)
         try:
             response = await client.models.generate_content(
                 model=self.model_name, contents=contents, config=config
@@ -248,110 +271,6 @@ def _env_client() -> genai.Client:
             provider=PROVIDER,
             error_type="configuration",
         ) from exc
-
-
-# -- records → request ------------------------------------------------------------------
-
-
-def build_contents(records: Iterable[Record]) -> list[types.Content]:
-    """The ``contents`` for ``records`` (system prompts go to the config, not here).
-
-    A MODEL_RESP and the TOOL_CALLs after it make one ``model`` content: its text part
-    (carrying the reply's thought signature, if any), then one ``function_call`` part per
-    call with the call's thought signature. Consecutive TOOL_OUTPUTs make one ``user``
-    content of ``function_response`` parts. Adjacent turns of one role are merged.
-    Other providers' metadata is ignored.
-    """
-    contents: list[types.Content] = []
-    # The model turn being built: a MODEL_RESP is followed by its TOOL_CALLs.
-    model_parts: list[types.Part] | None = None
-    outputs: list[types.Part] | None = None
-    # Ids we generated are not sent: Gemini did not choose them (see _Turn.call).
-    synthetic_ids: set[str | None] = set()
-
-    def flush() -> None:
-        nonlocal model_parts, outputs
-        if model_parts:
-            contents.append(types.Content(role="model", parts=model_parts))
-        if outputs:
-            contents.append(types.Content(role="user", parts=outputs))
-        model_parts = outputs = None
-
-    for record in records:
-        kind = record.type
-        if kind is RecordType.MODEL_RESP:
-            flush()
-            model_parts = []
-            signature = _signature_bytes(record.metadata.get(_REPLY_SIGNATURE))
-            if record.content or signature is not None:
-                model_parts.append(types.Part(text=record.content, thought_signature=signature))
-        elif kind is RecordType.TOOL_CALL:
-            if model_parts is None:
-                flush()
-                model_parts = []
-            synthetic = bool(record.metadata.get(_SYNTHETIC))
-            if synthetic:
-                synthetic_ids.add(record.tool_call_id)
-            call = types.FunctionCall(
-                id=None if synthetic else record.tool_call_id,
-                name=record.tool_name,
-                args=_arguments(record.content),
-            )
-            signature = _signature_bytes(record.metadata.get(_SIGNATURE))
-            model_parts.append(types.Part(function_call=call, thought_signature=signature))
-        elif kind is RecordType.TOOL_OUTPUT:
-            if outputs is None:
-                flush()
-                outputs = []
-            call_id = record.tool_call_id
-            response = types.FunctionResponse(
-                id=None if call_id in synthetic_ids else call_id,
-                name=record.tool_name,
-                response={"output": record.content},
-            )
-            outputs.append(types.Part(function_response=response))
-        elif kind is RecordType.PROMPT:
-            flush()
-            contents.append(types.Content(role="user", parts=[types.Part(text=record.content)]))
-    flush()
-    return _alternating(contents)
-
-
-def _alternating(contents: list[types.Content]) -> list[types.Content]:
-    """Adjacent contents of one role merged into one: Gemini wants user and model turns to
-    alternate ("Please ensure that multiturn requests alternate between user and model"),
-    and a prompt after an interrupted reply, or after tool outputs, would otherwise follow
-    another user turn."""
-    merged: list[types.Content] = []
-    for content in contents:
-        if merged and merged[-1].role == content.role:
-            merged[-1] = types.Content(
-                role=content.role, parts=[*(merged[-1].parts or []), *(content.parts or [])]
-            )
-        else:
-            merged.append(content)
-    return merged
-
-
-def _arguments(raw: str) -> dict[str, Any]:
-    # Arguments that do not parse (a cut stream) cannot go back as written; the API needs
-    # an object, so they go back empty.
-    if not raw.strip():
-        return {}
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
-
-
-def _signature_bytes(value: object) -> bytes | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        return None
 
 
 # -- errors -------------------------------------------------------------------------------

@@ -3,9 +3,11 @@
 Both stream through the ``openai`` SDK. With ``wire="fast"`` (the default) the SDK builds,
 authenticates and sends the request and raises its HTTP errors, but the SSE frames are
 parsed here with ``json.loads`` (about 10-20x faster than the SDK's per-event pydantic
-models); ``wire="sdk"`` lets the SDK parse every event. The two wires give the same chunks
-and errors (tests/test_wire_openai.py checks it). The mapping itself (records → request, events →
-chunks) lives in :mod:`._openai_chat` and :mod:`._openai_responses`.
+models); ``wire="sdk"`` lets the SDK parse every event. On both, the history (``messages``,
+``input``) goes into the SDK's body already encoded, each record once (:mod:`._history`).
+The two wires give the same chunks and errors (tests/test_wire_openai.py checks it). The
+mapping itself (records → request, events → chunks) lives in :mod:`._openai_chat` and
+:mod:`._openai_responses`.
 """
 
 from __future__ import annotations
@@ -41,16 +43,26 @@ from ._common import (
     scrub,
     transport_error,
 )
-from ._openai_chat import PROVIDER, ChatStream, chat_messages, completion_chunks, in_stream_error
+from ._openai_chat import (
+    PROVIDER,
+    ChatHistory,
+    ChatStream,
+    chat_messages,
+    completion_chunks,
+    in_stream_error,
+)
+from ._openai_request import chat_client, responses_client, splicing
 from ._openai_responses import (
     BACKGROUND,
     OUTPUT_KEY,
+    ResponsesHistory,
     ResponsesStream,
     background_point,
     response_chunks,
     responses_input,
 )
 from ._sse import aiter_sse, iter_sse
+from ._stainless import HISTORY
 from .base import Request, ResumeCursor, reply_from_chunks
 
 __all__ = ["OUTPUT_KEY", "OpenAIModel", "OpenAIResponsesModel"]
@@ -215,6 +227,7 @@ class _OpenAIBase:
     """Client handling shared by both OpenAI models."""
 
     _label = "openai"
+    _history_type: Callable[[], Any]
 
     def __init__(
         self,
@@ -233,6 +246,7 @@ class _OpenAIBase:
         self._async_client: Lazy[openai.AsyncOpenAI] = Lazy(
             lambda: _env_client(openai.AsyncOpenAI), async_client
         )
+        self._history = self._history_type()
 
     @property
     def name(self) -> str:
@@ -262,27 +276,40 @@ class OpenAIModel(_OpenAIBase):
     request. Streams ask for ``stream_options.include_usage`` so the last event has usage.
     """
 
-    def _kwargs(self, request: Request) -> dict[str, Any]:
+    _history: ChatHistory
+    _history_type = ChatHistory
+
+    def _kwargs(self, request: Request, messages: Any = None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"model": self.model_name}
         if request.max_output_tokens is not None:
             kwargs["max_completion_tokens"] = request.max_output_tokens
         kwargs.update(self.params)
         kwargs.update(request.options)
-        kwargs["messages"] = chat_messages(request.records)
+        kwargs["messages"] = chat_messages(request.records) if messages is None else messages
         if request.tools:
             kwargs["tools"] = [tool.to_openai_chat() for tool in request.tools]
         return kwargs
 
-    def _stream_kwargs(self, request: Request) -> dict[str, Any]:
-        kwargs = self._kwargs(request)
-        kwargs["stream"] = True
-        kwargs["stream_options"] = {**kwargs.get("stream_options", {}), "include_usage": True}
-        return kwargs
+    def _prepared(self, client: _C, request: Request, *, stream: bool) -> tuple[_C, dict[str, Any]]:
+        """The client to call and the ``chat.completions.create`` arguments for ``request``.
+
+        A plain client gets the history already encoded, spliced into the body by a stand-in
+        (see :mod:`._history`); others get the messages as dicts.
+        """
+        if splicing(client):
+            client = chat_client(client, self._history.encode(request.records))
+            kwargs = self._kwargs(request, HISTORY)
+        else:
+            kwargs = self._kwargs(request)
+        if stream:
+            kwargs["stream"] = True
+            kwargs["stream_options"] = {**kwargs.get("stream_options", {}), "include_usage": True}
+        return client, kwargs
 
     def iter_chunks(self, request: Request) -> Iterator[Chunk]:
         """Stream ``request`` on this thread; closing the generator closes the HTTP stream."""
         client, secrets = self._sync()
-        kwargs = self._stream_kwargs(request)
+        client, kwargs = self._prepared(client, request, stream=True)
         state = ChatStream()
         with _Converting(secrets):
             if self.wire == "fast":
@@ -299,7 +326,7 @@ class OpenAIModel(_OpenAIBase):
     async def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
         """The asyncio twin of :meth:`iter_chunks`."""
         client, secrets = self._async()
-        kwargs = self._stream_kwargs(request)
+        client, kwargs = self._prepared(client, request, stream=True)
         state = ChatStream()
         with _Converting(secrets):
             if self.wire == "fast":
@@ -322,14 +349,16 @@ class OpenAIModel(_OpenAIBase):
         """One non-streaming call; the :class:`Reply` streaming would reduce to."""
         client, secrets = self._sync()
         with _Converting(secrets):
-            completion = client.chat.completions.create(**self._kwargs(request))
+            client, kwargs = self._prepared(client, request, stream=False)
+            completion = client.chat.completions.create(**kwargs)
         return _read_whole(completion_chunks, completion, secrets)
 
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
         client, secrets = self._async()
         with _Converting(secrets):
-            completion = await client.chat.completions.create(**self._kwargs(request))
+            client, kwargs = self._prepared(client, request, stream=False)
+            completion = await client.chat.completions.create(**kwargs)
         return _read_whole(completion_chunks, completion, secrets)
 
 
@@ -377,13 +406,15 @@ class OpenAIResponsesModel(_OpenAIBase):
     supports_previous_response_id = True
     """The window may send ``previous_response_id`` with only the new input."""
 
-    def _kwargs(self, request: Request) -> dict[str, Any]:
+    _history: ResponsesHistory
+    _history_type = ResponsesHistory
+
+    def _kwargs(self, request: Request, instructions: str | None, items: Any) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"model": self.model_name}
         if request.max_output_tokens is not None:
             kwargs["max_output_tokens"] = request.max_output_tokens
         kwargs.update(self.params)
         kwargs.update(request.options)
-        instructions, items = responses_input(request.records)
         if instructions is not None:
             kwargs["instructions"] = instructions
         kwargs["input"] = items
@@ -392,6 +423,22 @@ class OpenAIResponsesModel(_OpenAIBase):
         if request.previous_response_id:
             kwargs["previous_response_id"] = request.previous_response_id
         return kwargs
+
+    def _prepared(self, client: _C, request: Request, *, stream: bool) -> tuple[_C, dict[str, Any]]:
+        """The client to call and the ``responses.create`` arguments for ``request``.
+
+        A plain client gets the input already encoded, spliced into the body by a stand-in
+        (see :mod:`._history`); others get the input items as dicts.
+        """
+        if splicing(client):
+            instructions, history = self._history.encode(request.records)
+            client = responses_client(client, history)
+            kwargs = self._kwargs(request, instructions, HISTORY)
+        else:
+            kwargs = self._kwargs(request, *responses_input(request.records))
+        if stream:
+            kwargs["stream"] = True
+        return client, kwargs
 
     def _stream_state(
         self,
@@ -416,8 +463,7 @@ class OpenAIResponsesModel(_OpenAIBase):
         resumed with :meth:`resume_chunks`.
         """
         client, secrets = self._sync()
-        kwargs = self._kwargs(request)
-        kwargs["stream"] = True
+        client, kwargs = self._prepared(client, request, stream=True)
         state = self._stream_state(kwargs, secrets, request.cursor)
         with _Converting(secrets):
             if self.wire == "fast":
@@ -438,8 +484,7 @@ class OpenAIResponsesModel(_OpenAIBase):
     async def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
         """The asyncio twin of :meth:`iter_chunks`."""
         client, secrets = self._async()
-        kwargs = self._kwargs(request)
-        kwargs["stream"] = True
+        client, kwargs = self._prepared(client, request, stream=True)
         state = self._stream_state(kwargs, secrets, request.cursor)
         with _Converting(secrets):
             if self.wire == "fast":
@@ -550,12 +595,14 @@ class OpenAIResponsesModel(_OpenAIBase):
         """One non-streaming call; the :class:`Reply` streaming would reduce to."""
         client, secrets = self._sync()
         with _Converting(secrets):
-            response = client.responses.create(**self._kwargs(request))
+            client, kwargs = self._prepared(client, request, stream=False)
+            response = client.responses.create(**kwargs)
         return _read_whole(lambda r: response_chunks(r.to_dict(), secrets), response, secrets)
 
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
         client, secrets = self._async()
         with _Converting(secrets):
-            response = await client.responses.create(**self._kwargs(request))
+            client, kwargs = self._prepared(client, request, stream=False)
+            response = await client.responses.create(**kwargs)
         return _read_whole(lambda r: response_chunks(r.to_dict(), secrets), response, secrets)

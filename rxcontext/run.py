@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from reactivex import abc
 
@@ -26,7 +27,7 @@ from .providers.base import Model, Request
 from .records import RecordType
 from .retry import RetryPolicy, Timeouts
 from .store.base import RecordDraft
-from .tools import ToolRegistry, ToolResult
+from .tools import ToolApproval, ToolRegistry, ToolResult
 
 __all__ = [
     "Run",
@@ -107,6 +108,8 @@ class Run:
     retries: list[tuple[float, BaseException]] = field(default_factory=list)
     """``(wait, error)`` of every retry this run made, in order."""
     checkpointer: Checkpointer | None = None
+    tool_approval: ToolApproval | None = None
+    """Sees each complete tool call before its tool runs (:data:`.tools.ToolApproval`)."""
 
     def open(self) -> None:
         """Begin the reply (its row, its position) and start its periodic checkpoints."""
@@ -131,7 +134,7 @@ class Run:
                 index=i,
                 id=r.call_id,
                 name=r.name,
-                metadata={"error": True} if r.error else {},
+                metadata=_result_metadata(r),
             )
             for i, r in enumerate(results)
         ]
@@ -231,6 +234,15 @@ class Run:
         if self.streaming:
             return self.model.aiter_chunks(request)
         return _completed(self.model, request)
+
+
+def _result_metadata(result: ToolResult) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    if result.error:
+        meta["error"] = True
+    if result.decision is not None:
+        meta[result.decision] = True
+    return meta
 
 
 def _completed_sync(model: Model, request: Request) -> Iterator[Chunk]:

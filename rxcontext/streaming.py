@@ -44,7 +44,7 @@ from ._signals import HandOver
 from .chunks import Chunk, ToolCall
 from .providers.base import Request
 from .run import Run, abefore_first_chunk, before_first_chunk, close_chunks, reply_chunks
-from .tools import ToolResult
+from .tools import ToolResult, review
 
 __all__ = [
     "Run",
@@ -122,10 +122,18 @@ def _subscriber(observer: abc.ObserverBase[Chunk]) -> tuple[Any, Callable[[Chunk
 def _run_tools_sync(run: Run, calls: Sequence[ToolCall]) -> list[ToolResult]:
     tools = run.tools
     assert tools is not None
-    if len(calls) > 1 and run.parallel_tools:
-        with ThreadPoolExecutor(max_workers=min(8, len(calls))) as pool:
-            return list(pool.map(lambda c: tools.run(c.id, c.name, c.arguments, c.error), calls))
-    return [tools.run(c.id, c.name, c.arguments, c.error) for c in calls]
+    # The approval hook sees every call first, one after the other (it may ask a person);
+    # then the approved tools run (in parallel when there are several).
+    approval = run.tool_approval
+    decided = [review(approval, c) if approval is not None else None for c in calls]
+    todo = [c for c, d in zip(calls, decided, strict=True) if d is None]
+    if len(todo) > 1 and run.parallel_tools:
+        with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
+            ran = list(pool.map(lambda c: tools.run(c.id, c.name, c.arguments, c.error), todo))
+    else:
+        ran = [tools.run(c.id, c.name, c.arguments, c.error) for c in todo]
+    results = iter(ran)
+    return [d if d is not None else next(results) for d in decided]
 
 
 class _SyncDriver:

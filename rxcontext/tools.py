@@ -16,7 +16,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Tool", "ToolRegistry", "ToolResult", "ToolRunner"]
+from .chunks import ToolCall
+
+__all__ = [
+    "Replace",
+    "Tool",
+    "ToolApproval",
+    "ToolRegistry",
+    "ToolResult",
+    "ToolRunner",
+    "Veto",
+    "areview",
+    "review",
+]
 
 ToolRunner = Callable[[dict[str, Any]], str] | Callable[[dict[str, Any]], Awaitable[str]]
 """Runs a tool: takes the parsed arguments, returns the output text (sync or async)."""
@@ -162,12 +174,74 @@ class Tool:
 
 @dataclass(frozen=True, slots=True)
 class ToolResult:
-    """What a tool run gave back to the model for one call."""
+    """What a tool run gave back to the model for one call.
+
+    ``decision`` is ``"vetoed"`` or ``"replaced"`` when a tool-approval hook decided instead
+    of the tool (see :class:`Veto`, :class:`Replace`).
+    """
 
     call_id: str
     name: str
     output: str
     error: bool = False
+    decision: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Veto:
+    """A tool-approval hook's "no": the tool does not run; the model is told ``reason``."""
+
+    reason: str = "not allowed"
+
+
+@dataclass(frozen=True, slots=True)
+class Replace:
+    """A tool-approval hook's own answer: the tool does not run; ``output`` is its result."""
+
+    output: str
+
+
+ToolApproval = Callable[[ToolCall], Any]
+"""Sees each tool call, complete, with its parsed ``arguments``, before the tool runs, and
+returns ``True`` / ``None`` (run it), ``False`` or :class:`Veto` (the model is told it was
+refused) or :class:`Replace` (this output instead). May be async on the asyncio path."""
+
+
+def _decided(decision: Any, call: ToolCall) -> ToolResult | None:
+    if decision is None or decision is True:
+        return None
+    if decision is False:
+        decision = Veto()
+    if isinstance(decision, Veto):
+        return ToolResult(
+            call.id,
+            call.name,
+            _error_output(f"the user did not allow this tool call ({decision.reason})"),
+            True,
+            "vetoed",
+        )
+    if isinstance(decision, Replace):
+        return ToolResult(call.id, call.name, _as_text(decision.output), False, "replaced")
+    raise TypeError(
+        "a tool-approval hook returns True/None (run), False or Veto(reason) (refuse) or "
+        f"Replace(output), not {type(decision).__name__}"
+    )
+
+
+def review(approval: ToolApproval, call: ToolCall) -> ToolResult | None:
+    """Ask ``approval`` about ``call``: None to run it, else the result it decided."""
+    decision = approval(call)
+    if inspect.isawaitable(decision):
+        decision = _wait_for(decision)
+    return _decided(decision, call)
+
+
+async def areview(approval: ToolApproval, call: ToolCall) -> ToolResult | None:
+    """The asyncio twin of :func:`review` (an async hook is awaited on the loop)."""
+    decision = approval(call)
+    if inspect.isawaitable(decision):
+        decision = await decision
+    return _decided(decision, call)
 
 
 def _error_output(message: str) -> str:

@@ -26,7 +26,7 @@ from .store.base import RecordDraft, Store, settle_refusal
 from .store.owner import worker_id
 from .streaming import Run, _drive, _Flag, run_observable
 from .summarize import SummaryProposal
-from .tools import Tool, ToolRegistry, ToolRunner
+from .tools import Tool, ToolApproval, ToolRegistry, ToolRunner
 
 __all__ = ["CONTINUE_PROMPT", "ContextReader", "ContextWindow"]
 
@@ -126,6 +126,7 @@ class ContextWindow:
         retry: RetryPolicy | None = DEFAULT_RETRY,
         timeouts: Timeouts | None = None,
         scheduler: abc.SchedulerBase | None = None,
+        tool_approval: ToolApproval | None = None,
     ) -> None:
         if not hasattr(store, "get_or_create_context"):
             raise TypeError("store must be an rxcontext store: use rxcontext.open(path)")
@@ -146,6 +147,10 @@ class ContextWindow:
         self.retry = retry
         self.timeouts = timeouts if timeouts is not None else Timeouts()
         self.scheduler = scheduler
+        self.tool_approval = tool_approval
+        """Sees each tool call, complete and parsed, before its tool runs, and may let it
+        run (True/None), refuse it (False or ``tools.Veto(reason)``: the model is told) or
+        answer it (``tools.Replace(output)``)."""
         self.summarizer = summarizer
         """Model for :meth:`summarize` (default: the window's model)."""
         self.summary_prompt = summary_prompt
@@ -500,6 +505,7 @@ class ContextWindow:
             timeouts=self.timeouts,
             scheduler=self.scheduler,
             checkpointer=checkpointer_for(store, every, self.scheduler) if every else None,
+            tool_approval=self.tool_approval,
         )
 
     def _history(self, context_id: str) -> HistoryCache:

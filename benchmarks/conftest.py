@@ -17,6 +17,15 @@ from _tables import render
 
 import rxcontext
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Benchmarks run in one process: the unit tests' ``-n auto`` (setup.cfg) would spread
+    them over workers, where pytest-benchmark times nothing."""
+    if getattr(config.option, "numprocesses", None):
+        config.option.numprocesses = 0
+        config.option.dist = "no"
+
+
 EVENTS = int(os.environ.get("RXCONTEXT_BENCH_EVENTS", "2000"))
 ROUNDS = int(os.environ.get("RXCONTEXT_BENCH_ROUNDS", "15"))
 

@@ -42,7 +42,7 @@ def test_the_browser_test_fails_in_ci_without_a_browser() -> None:
     env = {k: v for k, v in os.environ.items() if k != "RXCONTEXT_CHROMIUM"}
     env.update(PATH=str(Path(sys.executable).parent), CI="true")  # no chromium on this PATH
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rsf", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "-q", "-rsf", "-p", "no:cacheprovider", "-n", "0",
          str(ROOT / "tests" / "test_webchat.py"), "-k", "complete_reply"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

@@ -151,14 +151,19 @@ def test_sigkill_mid_stream_leaves_a_sound_db_and_a_recent_checkpoint(tmp_path, 
                 reports.append((int(n), float(hooked), float(got)))
         assert child.wait(30) == -signal.SIGKILL
     finally:
-        if child.poll() is None:  # pragma: no cover
-            child.kill()
-            child.wait(30)
-        child.stdout.close()
-        if child.stderr is not None:
-            child.stderr.close()
+        _reap(child)
 
     check_database(path, reports)
+
+
+def _reap(child: subprocess.Popen[str]) -> None:
+    """Make sure the child is gone and its pipes closed, however the test ended."""
+    if child.poll() is None:  # pragma: no cover
+        child.kill()
+        child.wait(30)
+    for pipe in (child.stdout, child.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def check_database(path: Path, reports: list[tuple[int, float, float]]) -> None:
@@ -218,12 +223,7 @@ def test_sigkill_during_a_resume_leaves_a_resumable_checkpoint(tmp_path):
         child.send_signal(signal.SIGKILL)
         child.wait(30)
     finally:
-        if child.poll() is None:  # pragma: no cover
-            child.kill()
-            child.wait(30)
-        child.stdout.close()
-        if child.stderr is not None:
-            child.stderr.close()
+        _reap(child)
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     store = rxcontext.open(path)
@@ -276,12 +276,7 @@ def test_a_pause_after_text_is_checkpointed_without_another_chunk(tmp_path):
         child.send_signal(signal.SIGKILL)
         assert child.wait(30) == -signal.SIGKILL
     finally:
-        if child.poll() is None:  # pragma: no cover
-            child.kill()
-            child.wait(30)
-        child.stdout.close()
-        if child.stderr is not None:
-            child.stderr.close()
+        _reap(child)
     store = rxcontext.open(path)
     (cp,) = ContextWindow(store, None, "crash").checkpoints()
     assert cp.text == expected and cp.chunks == shown

@@ -10,16 +10,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import anthropic
-import openai
 import pytest
-from google import genai
-from google.genai import types
+from provider_rules import model_for
 from replay import Replay, real_fixture
 
 import rxcontext
 from rxcontext import ChunkKind, ContextWindow, RecordType, Tool
-from rxcontext.providers import AnthropicModel, GeminiModel, OpenAIModel, OpenAIResponsesModel
 
 KEY = "sk-test-toolloop-0123456789"
 
@@ -31,25 +27,6 @@ def rounds(folder: str, name: str) -> tuple[Replay, dict[str, Any]]:
     )
     recorded = json.loads(real_fixture(f"{folder}/{name}.2.request.json").read_text())
     return replay, recorded
-
-
-def model_for(kind: str, replay: Replay, wire: str) -> Any:
-    if kind in ("chat", "responses"):
-        client = openai.OpenAI(api_key=KEY, max_retries=0, http_client=replay.client())
-        aclient = openai.AsyncOpenAI(api_key=KEY, max_retries=0, http_client=replay.async_client())
-        cls = OpenAIModel if kind == "chat" else OpenAIResponsesModel
-        return cls("gpt-test", client=client, async_client=aclient, wire=wire)
-    if kind == "anthropic":
-        client = anthropic.Anthropic(api_key=KEY, max_retries=0, http_client=replay.client())
-        aclient = anthropic.AsyncAnthropic(
-            api_key=KEY, max_retries=0, http_client=replay.async_client()
-        )
-        return AnthropicModel("claude-test", client=client, async_client=aclient, wire=wire)
-    options = types.HttpOptions(
-        httpx_client=replay.client(), httpx_async_client=replay.async_client()
-    )
-    client = genai.Client(api_key=KEY, http_options=options)
-    return GeminiModel("gemini-test", client=client, wire=wire)
 
 
 async def run_loop(

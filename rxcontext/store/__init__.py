@@ -1,8 +1,56 @@
-"""Storage behind a small interface: :class:`Store`, with SQLite as the first implementation."""
+"""Storage behind a small interface: :class:`Store`, with SQLite (the embedded default) and
+PostgreSQL (shared by many processes; the ``postgres`` extra) implementations.
+
+Nothing here imports the PostgreSQL driver until a ``postgresql://`` URL is opened.
+"""
 
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING, Any
+
+from ..errors import StoreError
 from .base import CheckpointDraft, RecordDraft, Store
 from .sqlite import SQLiteStore, open_store
 
-__all__ = ["CheckpointDraft", "RecordDraft", "SQLiteStore", "Store", "open_store"]
+if TYPE_CHECKING:
+    from .postgres import PostgresStore
+
+__all__ = [
+    "CheckpointDraft",
+    "RecordDraft",
+    "SQLiteStore",
+    "Store",
+    "is_postgres_url",
+    "open_any",
+    "open_postgres",
+    "open_store",
+]
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(target: object) -> bool:
+    """Whether ``target`` is a ``postgresql://`` (or ``postgres://``) URL, not a file path."""
+    return isinstance(target, str) and target[:13].lower().startswith(_POSTGRES_SCHEMES)
+
+
+def open_postgres(url: str, **options: Any) -> PostgresStore:
+    """Open the PostgreSQL store at ``url`` (needs ``pip install 'rxcontext[postgres]'``)."""
+    try:
+        from .postgres import PostgresStore
+    except ImportError as exc:
+        raise StoreError(
+            "opening a postgresql:// URL needs rxcontext's PostgreSQL support, which is not"
+            " installed: pip install 'rxcontext[postgres]' (psycopg and psycopg-pool)"
+            f" [{exc}]"
+        ) from exc
+    return PostgresStore(url, **options)
+
+
+def open_any(target: str | os.PathLike[str], **options: Any) -> SQLiteStore | PostgresStore:
+    """A PostgreSQL store for a ``postgresql://`` URL, else the SQLite store at that path."""
+    if is_postgres_url(target):
+        assert isinstance(target, str)
+        return open_postgres(target, **options)
+    return SQLiteStore(target, **options)

@@ -37,7 +37,7 @@ def migration(fn: Step) -> Step:
 def _script(conn: psycopg.Connection[Any], sql: str) -> None:
     for statement in sql.split(";"):
         if statement.strip():
-            conn.execute(statement)  # type: ignore[call-overload]
+            conn.execute(statement)
 
 
 @migration

@@ -159,7 +159,7 @@ class Runner:
                         return body(conn, ambiguous)
                     with conn.transaction():
                         if setup is not None:
-                            conn.execute(setup)  # type: ignore[call-overload]
+                            conn.execute(setup)
                         result = body(conn, ambiguous)
                         committing = True
                     return result

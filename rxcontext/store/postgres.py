@@ -412,9 +412,12 @@ class PostgresStore:
                 (new_id, enc(dest_name), context_id),
             ).fetchone()
             if row is None:
-                if ambiguous and conn.execute(
-                    "SELECT 1 FROM commits WHERE commit_id = %s", (commit_id,)
-                ).fetchone():
+                if (
+                    ambiguous
+                    and conn.execute(
+                        "SELECT 1 FROM commits WHERE commit_id = %s", (commit_id,)
+                    ).fetchone()
+                ):
                     raise Stored(self._context_by_id(conn, new_id))
                 raise ValueError(f"a context named {dest_name!r} already exists")
             conn.execute(
@@ -585,9 +588,7 @@ class PostgresStore:
                     f"record range {start}..{end} is outside 0..{len(ids) - 1} of this context"
                 )
             chosen = ids[start : end + 1]
-            conn.execute(
-                "UPDATE records SET live = %s WHERE id = ANY(%s)", (bool(live), chosen)
-            )
+            conn.execute("UPDATE records SET live = %s WHERE id = ANY(%s)", (bool(live), chosen))
             return len(chosen)
 
         return self._runner.run(body)

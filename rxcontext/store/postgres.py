@@ -219,11 +219,15 @@ def _written(conn: Conn, commit_id: str) -> list[Record]:
 
 
 def _settle(conn: Conn, ambiguous: bool, commit_id: str) -> None:
-    """After the lock, on a retry whose COMMIT was cut off: return what it already stored."""
+    """After the lock, on a retry whose COMMIT was cut off: return the record it stored.
+
+    For writes of one record. The lock waited for the earlier attempt if it was still
+    running on the server, so its outcome is settled by now.
+    """
     if ambiguous:
         done = _written(conn, commit_id)
         if done:
-            raise Stored(done)
+            raise Stored(done[0])
 
 
 _HOST = socket.gethostname()
@@ -267,6 +271,9 @@ class PostgresStore:
     ) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
+        scheme, sep, rest = url.partition("://")
+        if sep and scheme.lower() in ("postgresql", "postgres"):
+            url = scheme.lower() + sep + rest  # libpq knows the scheme in lower case only
         self.url = redact(url)  # never the password
         kwargs: dict[str, Any] = {
             "autocommit": True,

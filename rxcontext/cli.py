@@ -49,7 +49,7 @@ from .errors import (
 from .providers.base import Model
 from .records import Checkpoint, ContextStats, RecordType
 from .render import Renderer, Window
-from .store import SQLiteStore
+from .store import SQLiteStore, is_postgres_url, open_postgres
 from .summarize import SummaryProposal
 from .window import DEFAULT_MAX_TOKENS, ContextWindow
 
@@ -95,7 +95,16 @@ def _db_path(value: str | None, *, create: bool) -> Path:
     return path
 
 
-def _open_store(value: str | None, *, create: bool = False) -> SQLiteStore:
+def _db_url(value: str | None) -> str | None:
+    """``--db`` (or ``$RXCONTEXT_DB``) when it is a ``postgresql://`` URL rather than a path."""
+    raw = value or os.environ.get(DB_ENV)
+    return raw if is_postgres_url(raw) else None
+
+
+def _open_store(value: str | None, *, create: bool = False) -> Any:
+    url = _db_url(value)
+    if url is not None:
+        return open_postgres(url)
     return SQLiteStore(_db_path(value, create=create))
 
 
@@ -237,7 +246,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     delay = 0.0 if args.fast else 0.03
-    return run_demo(_db_path(args.db, create=True), delay=delay, out=sys.stdout)
+    db = _db_url(args.db) or _db_path(args.db, create=True)
+    return run_demo(db, delay=delay, out=sys.stdout)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:

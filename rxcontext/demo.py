@@ -17,7 +17,7 @@ from .errors import StreamInterrupted
 from .providers.replay import ScriptedReply, replay_model
 from .records import RecordType
 from .render import Renderer, Window
-from .store import SQLiteStore
+from .store import open_any
 from .tools import Tool
 from .window import ContextWindow
 
@@ -40,10 +40,10 @@ def _window(cw: ContextWindow) -> Window:
     return Window(cw.live_tokens(), cw.max_tokens)
 
 
-def run_demo(db: Path, *, delay: float, out: TextIO, live: bool | None = None) -> int:
+def run_demo(db: Path | str, *, delay: float, out: TextIO, live: bool | None = None) -> int:
     """Run the demo against the database at ``db``; returns an exit status."""
     render = Renderer(out, live=live)
-    store = SQLiteStore(db)
+    store = open_any(db)
     try:
         cw = ContextWindow(store, context=CONTEXT)
         first = not any(r.type is RecordType.MODEL_RESP for r in cw.records())

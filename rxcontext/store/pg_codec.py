@@ -34,6 +34,9 @@ def _unescape(match: re.Match[str]) -> str:
 def enc(text: str) -> str:
     """``text`` with NUL and ESC escaped, so PostgreSQL's ``text`` accepts it."""
     if _NUL in text or ESC in text:
+        # A string UTF-8 refuses (a lone surrogate) fails here with the very error, position
+        # included, that it gives unescaped, as it does with SQLite.
+        text.encode("utf-8")
         return text.replace(ESC, ESC + ESC).replace(_NUL, ESC + "0")
     return text
 

@@ -202,6 +202,7 @@ def test_a_server_down_past_the_retry_budget_gives_a_clear_error_and_writes_noth
     store.close()
 
 
+@faults
 def test_the_store_recovers_by_itself_after_an_outage(server: pgserver.PrivateServer, url: str):
     store = rxcontext.open(url, retry_budget=1.0)
     ctx = store.get_or_create_context("c")

@@ -82,9 +82,7 @@ __all__ = [
 ]
 
 
-def open(
-    path: str | os.PathLike[str] = ":memory:", **options: Any
-) -> SQLiteStore | PostgresStore:
+def open(path: str | os.PathLike[str] = ":memory:", **options: Any) -> SQLiteStore | PostgresStore:
     """Open a store: SQLite at ``path`` (created if missing; ``":memory:"`` for a private one),
     or PostgreSQL for a ``postgresql://user@host:5432/db`` URL.
 

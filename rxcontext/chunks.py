@@ -357,6 +357,21 @@ class ReplyBuilder:
         self._thinking_fresh = 0
         return _joined(self._thinking)
 
+    @property
+    def usage(self) -> Usage | None:
+        """The latest usage totals."""
+        return self._usage
+
+    @property
+    def response_id(self) -> str | None:
+        """The provider's response id, once known."""
+        return self._response_id
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Provider extras so far (a copy)."""
+        return dict(self._metadata)
+
     def tool_fragments(self) -> list[dict[str, Any]]:
         """Tool calls so far as plain dicts (possibly incomplete arguments), for checkpoints."""
         return [

@@ -197,9 +197,7 @@ class _Session:
                 self.cw.resume(checkpoint.id), prefix=checkpoint.text, window=window
             )
         except KeyboardInterrupt:
-            # Cancelled during a retry wait the driver has not released its claim; this
-            # process was the resumer, so give the checkpoint back for the next resume.
-            self.cw.store.release_checkpoint(checkpoint.id)
+            # The driver saved the checkpoint and released the claim: it can be resumed again.
             self.cancelled(self.cw.store.get_checkpoint(checkpoint.id))
             return 130
         self.render.status(stats, window, f"checkpoint {checkpoint.id} resolved")
@@ -229,7 +227,7 @@ class _Session:
         if not records or records[-1].id != prompt_id:
             return False  # a tool round was stored: the checkpoint can continue from it
         if checkpoint is not None:
-            self.cw.store.commit_reply(self.cw.context_id, [], drop_checkpoint=checkpoint.id)
+            self.cw.discard(checkpoint.id)
         self.cw.set_record_live_state(len(records) - 1, len(records) - 1, False)
         return True
 

@@ -14,8 +14,13 @@ __all__ = [
     "FirstChunkTimeout",
     "IdleTimeout",
     "NotADatabaseError",
+    "OwnershipLost",
     "ProviderError",
+    "ReplyBusy",
+    "ReplyExists",
     "RxContextError",
+    "SchemaTooNew",
+    "StoreBusy",
     "StoreClosedError",
     "StoreError",
     "StreamInterrupted",
@@ -36,6 +41,14 @@ class NotADatabaseError(StoreError):
     """The path exists but is not an SQLite database; the file was left untouched."""
 
 
+class StoreBusy(StoreError):
+    """Another process held the database's write lock for longer than the store waits."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer rxcontext; it was left untouched. Upgrade rxcontext."""
+
+
 class StoreClosedError(StoreError):
     """The store was closed; open it again with :func:`rxcontext.open`."""
 
@@ -49,7 +62,31 @@ class CheckpointNotFound(RxContextError, LookupError):
 
 
 class CheckpointResolved(RxContextError):
-    """The checkpoint was already resumed (or is being resumed by another caller)."""
+    """The reply was already settled: resumed, kept or discarded."""
+
+
+class ReplyBusy(CheckpointResolved):
+    """The reply is being generated right now (streaming, or resumed by another caller).
+
+    It cannot be resumed, kept or discarded until it stops; ``state`` says which.
+    A subclass of :class:`CheckpointResolved` so code written against that keeps working.
+    """
+
+    def __init__(self, message: str, *, state: str) -> None:
+        super().__init__(message)
+        self.state = state
+
+
+class ReplyExists(RxContextError, ValueError):
+    """A reply with that ``reply_id`` already exists; reply ids are unique per store."""
+
+
+class OwnershipLost(RxContextError):
+    """Another worker took this reply over (this one was presumed dead); nothing was written.
+
+    Raised to the subscriber of a stream whose process lost its claim (for example after a
+    long pause): the new owner's text stands, this one's writes were refused.
+    """
 
 
 class ToolLoopLimit(RxContextError):

@@ -1,16 +1,25 @@
-"""The terminal persister: folds a reply as it streams and stores it when the stream ends.
+"""The terminal persister: folds a reply as it is delivered and stores it as it ends.
 
-One :class:`ReplyPersister` lives per subscription (per ``stream()`` run). The stream driver
-feeds it every chunk *before* handing that chunk downstream, so at any moment its text is
-exactly what subscribers have received. It then either
+One :class:`ReplyPersister` lives per subscription (per reply). It opens the reply's
+lifecycle row before the request is sent (:meth:`ReplyPersister.begin`), folds every chunk
+*after* it reached the subscriber (so its state is exactly what was delivered), and then
+either commits the completed reply (one durable transaction: the MODEL_RESP record, the
+reply's TOOL_CALL records, the usage; the row goes away) or writes its checkpoint and marks
+it ``INTERRUPTED`` (on error, cancel, dispose), so it can be resumed, kept or discarded.
 
-* commits the completed reply (one durable transaction: the MODEL_RESP record, the reply's
-  TOOL_CALL records, the usage, and removal of the running checkpoint), or
-* saves a checkpoint (on error, on cancel, and every ``checkpoint_every`` seconds while the
-  stream runs, updated in place), so an interrupted reply can be resumed.
+While the reply streams, a timer (:mod:`rxcontext.checkpointer`) writes the text delivered
+since its last write every ``checkpoint_every`` seconds, whether or not chunks arrive;
+the stream never waits for it. Three parties can touch the state — the driver delivering
+chunks, the timer taking a snapshot, and a dispose from another thread writing the final
+checkpoint — and they agree through two flags (``busy``, set by the driver while it
+delivers and folds a chunk; ``_claimed``, set by a reader while it copies the state) and
+two locks, so the hot path takes no lock at all:
 
-Periodic checkpoints cost one clock read per chunk and one small write per interval: there is
-no write per chunk on the hot path.
+* the driver sets ``busy``, then looks at ``_claimed`` (and waits in the rare case it is
+  set); a reader sets ``_claimed``, then looks at ``busy`` and backs off if it is set. One
+  of them always sees the other, so a snapshot never sees half a chunk;
+* the final write (commit or interrupt) happens once, under ``_write``, and sets
+  ``finished``; a later writer finds it set and does nothing.
 
 With a model that resumes natively (OpenAI Responses background mode), the run's
 :class:`~rxcontext.providers.base.ResumeCursor` is asked at checkpoint time only where the
@@ -20,20 +29,23 @@ stream stood after the last delivered chunk; that point goes into the checkpoint
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+import threading
+import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from ._signals import deferred
 from .chunks import Chunk, ChunkKind, Reply, ReplyBuilder, Usage
-from .errors import StreamInterrupted
+from .errors import OwnershipLost, RxContextError, StreamInterrupted
 from .providers.base import NATIVE_RESUME_KEY, ResumeCursor
-from .records import Checkpoint, Record, RecordType
-from .store.base import CheckpointDraft, RecordDraft, Store
+from .records import Checkpoint, Record, RecordType, ReplyState
+from .store.base import IN_PROGRESS, CheckpointDraft, RecordDraft, ReplyTicket, Store
+from .store.owner import worker_id
 
 __all__ = ["ReplyPersister", "describe_error", "reply_drafts"]
 
-Clock = Callable[[], float]
+_COALESCE = 256  # pending deltas joined into one string past this many (memory, not speed)
 
 
 def describe_error(error: BaseException | None) -> str:
@@ -81,91 +93,240 @@ def reply_drafts(reply: Reply, *, streamed: bool, text: str | None = None) -> li
 
 
 class ReplyPersister:
-    """Per-run state between the stream driver and the store (see the module docstring)."""
+    """Per-reply state between the stream driver and the store (see the module docstring)."""
 
     def __init__(
         self,
         store: Store,
         context_id: str,
         *,
+        reply_id: str | None = None,
         checkpoint_every: float | None = 1.0,
-        clock: Clock = time.monotonic,
         resume: Checkpoint | None = None,
         streamed: bool = True,
         cursor: ResumeCursor | None = None,
     ) -> None:
         self.store = store
         self.context_id = context_id
+        self.reply_id = reply_id if resume is None else resume.reply_id
+        self.every = checkpoint_every if checkpoint_every and checkpoint_every > 0 else None
         self.builder = ReplyBuilder()
-        self._every = checkpoint_every if checkpoint_every and checkpoint_every > 0 else None
-        self._clock = clock
-        self._due = clock() + self._every if self._every else float("inf")
         self._resume = resume
-        self._checkpoint_id: int | None = resume.id if resume is not None else None
         self._prefix = resume.text if resume is not None else ""
         self._prefix_thinking = resume.thinking if resume is not None else ""
         self._streamed = streamed
-        self._usage_total: Usage | None = None
         self._cursor = cursor
         self._seeded = 0  # chunks folded in from the checkpoint, not delivered by this stream
+        self._usage_total: Usage | None = None
+        self.ticket: ReplyTicket | None = None
+        self.pos: int | None = resume.pos if resume is not None else None
+        # What delivered text the checkpoint does not hold yet (appended at the next write).
+        self._text: list[str] = []
+        self._thinking: list[str] = []
+        self._written = 0  # builder.chunks at the last checkpoint write
+        # The exactness protocol (module docstring).
+        self.busy = False
+        self._claimed = False
+        self._claim = threading.Lock()
+        self._write = threading.Lock()
+        self.finished = False
+        self.attention = False
+        """Set by the timer when the driver must act at its next chunk (flush, or stop)."""
+        self.lost: RxContextError | None = None
+        """Why this reply can no longer be written (taken over, or its context deleted)."""
         self.final: Reply | None = None
         """The last committed reply of this run (the answer after any tool rounds)."""
         self.records: list[Record] = []
         """Every record this run stored, in order."""
 
+    # -- opening --------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Open the reply's row (``STREAMING``, its position reserved) unless it has one.
+
+        A resumed reply was claimed already: its ticket carries the claim's epoch.
+        """
+        if self.ticket is not None:
+            return
+        if self._resume is not None:
+            self.ticket = ReplyTicket(self._resume.id, self._resume.epoch)
+            return
+        reply_id = self.reply_id or str(uuid.uuid4())
+        with deferred():
+            checkpoint = self.store.begin_reply(self.context_id, reply_id, owner=worker_id())
+            self.reply_id = reply_id
+            self.pos = checkpoint.pos
+            self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch)
+
     # -- the hot path ---------------------------------------------------------------------
 
     def add(self, chunk: Chunk) -> None:
-        """Fold in a chunk that is about to be delivered downstream."""
+        """Fold in a chunk that was just delivered downstream."""
         self.builder.add(chunk)
-        if self._clock() >= self._due:
-            self.flush()
+        kind = chunk.kind
+        if kind is ChunkKind.TEXT:
+            if chunk.text:
+                pending = self._text
+                pending.append(chunk.text)
+                if len(pending) >= _COALESCE:
+                    pending[:] = ["".join(pending)]
+        elif kind is ChunkKind.THINKING and chunk.text:
+            pending = self._thinking
+            pending.append(chunk.text)
+            if len(pending) >= _COALESCE:
+                pending[:] = ["".join(pending)]
 
-    # -- checkpoints ----------------------------------------------------------------------
+    def wait_claim(self) -> None:
+        """The driver's rare wait: a reader is copying the state right now."""
+        with self._claim:
+            pass
+
+    # -- snapshots ------------------------------------------------------------------------
 
     def _draft(self, error: str | None) -> CheckpointDraft:
-        reply = self.builder.build()
-        delivered = self.builder.chunks - self._seeded
-        metadata = dict(reply.metadata)
-        response_id = reply.response_id
+        """Take what the checkpoint does not hold yet (the pending text is handed over)."""
+        text, self._text = self._text, []
+        thinking, self._thinking = self._thinking, []
+        b = self.builder
+        delivered = b.chunks - self._seeded
+        metadata = dict(b.metadata)
+        response_id = b.response_id
         point = self._cursor.point(delivered) if self._cursor is not None else None
         if point is not None:
             metadata[NATIVE_RESUME_KEY] = point
             response_id = response_id or point["stream_id"]
         return CheckpointDraft(
-            text=self._prefix + reply.text,
-            thinking=self._prefix_thinking + reply.thinking,
-            tool_calls=self.builder.tool_fragments(),
-            usage=reply.usage,
+            append_text="".join(text),
+            append_thinking="".join(thinking),
+            tool_calls=b.tool_fragments(),
+            usage=b.usage,
             error=error,
             chunks=delivered,
             response_id=response_id,
             metadata=metadata,
         )
 
-    def flush(self) -> Checkpoint:
-        """Save the running checkpoint now (updated in place) and schedule the next one."""
-        checkpoint = self.store.save_checkpoint(
-            self.context_id, self._draft("in progress"), self._checkpoint_id
-        )
-        self._checkpoint_id = checkpoint.id
-        if self._every:
-            self._due = self._clock() + self._every
-        return checkpoint
+    def _give_back(self, draft: CheckpointDraft) -> None:
+        """A periodic write failed: its text is pending again, ahead of what came since."""
+        if draft.append_text:
+            self._text[0:0] = [draft.append_text]
+        if draft.append_thinking:
+            self._thinking[0:0] = [draft.append_thinking]
 
-    def interrupt(self, error: BaseException | None) -> Checkpoint:
-        """Save what was delivered as the run's checkpoint, with why it stopped."""
-        checkpoint = self.store.save_checkpoint(
-            self.context_id, self._draft(describe_error(error)), self._checkpoint_id
-        )
-        self._checkpoint_id = checkpoint.id
-        if self._resume is not None:
-            self.store.release_checkpoint(checkpoint.id)
-        return checkpoint
+    def _dirty(self) -> bool:
+        return bool(self._text or self._thinking) or self.builder.chunks != self._written
 
-    def interrupted(self, error: BaseException) -> StreamInterrupted:
-        """:meth:`interrupt` and return the :class:`StreamInterrupted` to raise ``from error``."""
-        return StreamInterrupted(self.interrupt(error))
+    def snapshot(self) -> CheckpointDraft | None:
+        """For the timer: the new part of the checkpoint, or None (nothing new, finished, or
+        the driver is mid-chunk — it was asked to flush itself at its next step).
+
+        The caller holds ``_write`` (see :meth:`periodic_lock`)."""
+        with self._claim:
+            if self.finished or self.ticket is None:
+                return None
+            self._claimed = True
+            try:
+                if self.busy:
+                    self.attention = True
+                    return None
+                if not self._dirty():
+                    return None
+                self._written = self.builder.chunks
+                return self._draft(IN_PROGRESS)
+            finally:
+                self._claimed = False
+
+    def periodic_lock(self) -> bool:
+        """For the timer: try to become this reply's writer for a moment (never blocks)."""
+        return self._write.acquire(blocking=False)
+
+    def periodic_done(self, draft: CheckpointDraft | None, written: bool | None) -> None:
+        """For the timer: its write ended (``written``: True, False if fenced, None if the
+        database was busy); releases the writer lock."""
+        try:
+            if draft is None:
+                return
+            if written is None:
+                with self._claim:
+                    self._give_back(draft)
+            elif not written and not self.finished:
+                self.lost = self.lost or OwnershipLost(
+                    f"reply {self.reply_id!r} was taken over by another worker while this one "
+                    "was streaming it; nothing more was stored from here"
+                )
+                self.attention = True
+        finally:
+            self._write.release()
+
+    def attend(self) -> None:
+        """The driver, between chunks, does what the timer asked."""
+        self.attention = False
+        if self.lost is not None:
+            raise self.lost
+        if not self._write.acquire(blocking=False):
+            return  # the timer (or a final write) is writing: it will be asked again
+        try:
+            if self.finished or self.ticket is None or not self._dirty():
+                return
+            self._written = self.builder.chunks
+            draft = self._draft(IN_PROGRESS)
+            written = self.store.save_checkpoints([(self.ticket, draft)])
+        except BaseException:
+            self._write.release()
+            raise
+        self.periodic_done(draft, written[0] if written else None)
+
+    # -- endings --------------------------------------------------------------------------
+
+    def _finish(self) -> bool:
+        """Become the one final writer; False if somebody already was. Holds ``_write``."""
+        with self._claim:
+            if self.finished:
+                return False
+            self.finished = True
+            return True
+
+    def interrupt(self, error: BaseException | None) -> Checkpoint | None:
+        """Write what was delivered as the reply's checkpoint, mark it ``INTERRUPTED``.
+
+        Returns the stored checkpoint; None when the reply had already ended (completed,
+        interrupted by a dispose from another thread, or taken over by another worker).
+        """
+        return self._interrupt(describe_error(error))
+
+    def _interrupt(self, why: str) -> Checkpoint | None:
+        with self._write, deferred():
+            if not self._finish() or self.ticket is None:
+                return None
+            draft = self._draft(why)
+            if not self.store.save_checkpoint(self.ticket, draft, state=ReplyState.INTERRUPTED):
+                return None
+        return self.store.get_checkpoint(self.ticket.checkpoint_id)
+
+    def cancel_from_elsewhere(self) -> None:
+        """A dispose from another thread: write the checkpoint now unless the driver is
+        delivering a chunk (then it does, right after that chunk)."""
+        with self._claim:
+            if self.finished or self.ticket is None:
+                return
+            self._claimed = True
+            busy = self.busy
+            self._claimed = False
+        if not busy:
+            self.interrupt(None)
+
+    def stopped_by_user_code(self) -> None:
+        """The subscriber's own code raised: keep what it received, but not its error."""
+        self._interrupt("cancelled: the subscriber's code raised")
+
+    def interrupted(self, error: BaseException) -> BaseException:
+        """:meth:`interrupt`, then what the subscriber should get: a
+        :class:`StreamInterrupted` carrying the checkpoint, or ``error`` itself when there
+        was nothing left to interrupt (the reply had been stored, or taken over)."""
+        checkpoint = self.interrupt(error)
+        if checkpoint is None:
+            return self.lost if self.lost is not None else error
+        return StreamInterrupted(checkpoint)
 
     @property
     def resuming(self) -> Checkpoint | None:
@@ -192,61 +353,76 @@ class ReplyPersister:
                     metadata=dict(fragment.get("metadata") or {}),
                 )
             )
-        self._seeded = self.builder.chunks
+        self._seeded = self._written = self.builder.chunks
 
     def continue_with_prompt(self) -> None:
         """Native resume failed before any chunk: this round is a continuation after all."""
         if self._seeded:
             self.builder = ReplyBuilder()
-            self._seeded = 0
+            self._seeded = self._written = 0
 
     # -- completion -----------------------------------------------------------------------
 
-    def complete(self) -> Reply:
-        """Commit the finished round durably and start a fresh one; return its reply."""
+    def reply(self) -> Reply:
+        """The round's reply so far (a resumed round includes the checkpoint's text)."""
         reply = self.builder.build()
         if self._prefix or self._prefix_thinking:
-            # A resumed round: the reply is the checkpoint's part plus this round's.
             reply = replace(
                 reply,
                 text=self._prefix + reply.text,
                 thinking=self._prefix_thinking + reply.thinking,
             )
-        resumed = self._resume is not None and self._checkpoint_id == self._resume.id
-        records = self.store.commit_reply(
-            self.context_id,
-            reply_drafts(reply, streamed=self._streamed),
-            usage=reply.usage,
-            last_response_id=reply.response_id,
-            drop_checkpoint=None if resumed else self._checkpoint_id,
-            resolve_checkpoint=self._checkpoint_id if resumed else None,
-        )
-        self.records.extend(records)
-        if reply.usage is not None:
-            self._usage_total = (
-                reply.usage if self._usage_total is None else self._usage_total + reply.usage
-            )
-        self.final = reply
-        self._start_round()
         return reply
 
+    def complete(self, reply: Reply, *, last: bool) -> bool:
+        """Commit the finished round durably; ``last``: the reply ends with it.
+
+        False (nothing stored) if the reply had already ended — disposed from another
+        thread while the round finished; raises :class:`OwnershipLost` if another worker
+        took it over.
+        """
+        assert self.ticket is not None
+        with self._write, deferred():
+            if last and not self._finish():
+                return False
+            if not last and self.finished:
+                return False
+            records = self.store.commit_reply(
+                self.context_id,
+                reply_drafts(reply, streamed=self._streamed),
+                usage=reply.usage,
+                last_response_id=reply.response_id,
+                reply=self.ticket,
+                end="reply" if last else "round",
+            )
+            self.records.extend(records)
+            if reply.usage is not None:
+                self._usage_total = (
+                    reply.usage if self._usage_total is None else self._usage_total + reply.usage
+                )
+            self.final = reply
+            self._next_round()
+        return True
+
     def store_tool_outputs(self, drafts: Sequence[RecordDraft]) -> list[Record]:
-        """Store the tool outputs of a round (one transaction)."""
-        records = self.store.commit_reply(self.context_id, drafts)
-        self.records.extend(records)
+        """Store the tool outputs of a round (one transaction) at the reply's position."""
+        assert self.ticket is not None
+        with self._write, deferred():
+            records = self.store.commit_reply(self.context_id, drafts, reply=self.ticket)
+            self.records.extend(records)
         return records
 
-    def _start_round(self) -> None:
-        self.builder = ReplyBuilder()
-        self._seeded = 0
+    def _next_round(self) -> None:
+        with self._claim:
+            self.builder = ReplyBuilder()
+            self._text = []
+            self._thinking = []
+            self._seeded = self._written = 0
         if self._cursor is not None:
             self._cursor.begin()  # the next round's stream has not started yet
-        self._checkpoint_id = None
         self._prefix = ""
         self._prefix_thinking = ""
         self._resume = None
-        if self._every:
-            self._due = self._clock() + self._every
 
     @property
     def usage_total(self) -> Usage | None:

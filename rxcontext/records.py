@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 from .chunks import Usage
@@ -19,6 +19,7 @@ __all__ = [
     "ContextStats",
     "Record",
     "RecordType",
+    "ReplyState",
     "TokenUsage",
 ]
 
@@ -33,9 +34,38 @@ class RecordType(IntEnum):
     SYSTEM_PROMPT = 4
 
 
+class ReplyState(StrEnum):
+    """Where a reply stands (its checkpoint's ``state``).
+
+    ``STREAMING`` → ``COMPLETED`` (its records are stored), or ``STREAMING`` → ``INTERRUPTED``
+    (cut, cancelled, or its process died) → ``RESUMING`` → ``COMPLETED``; an interrupted reply
+    can also be kept (``COMPLETED``, its partial text stored) or ``DISCARDED``.
+    """
+
+    STREAMING = "streaming"
+    INTERRUPTED = "interrupted"
+    RESUMING = "resuming"
+    COMPLETED = "completed"
+    DISCARDED = "discarded"
+
+    @property
+    def live(self) -> bool:
+        """Whether a process is generating this reply now (it cannot be resumed meanwhile)."""
+        return self in (ReplyState.STREAMING, ReplyState.RESUMING)
+
+    @property
+    def final(self) -> bool:
+        """Whether the reply is settled (completed, kept or discarded)."""
+        return self in (ReplyState.COMPLETED, ReplyState.DISCARDED)
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     """One entry of a context's history.
+
+    Records are ordered by ``pos``, a per-context position the store allocates in the same
+    transaction as the write (then by ``id``: the records of one reply share its position);
+    ``timestamp`` is for display only. ``reply_id`` names the reply that stored the record.
 
     For ``TOOL_CALL`` records ``content`` is the raw JSON arguments and ``tool_call_id`` /
     ``tool_name`` identify the call; a ``TOOL_OUTPUT`` carries the same id and name so the
@@ -55,6 +85,8 @@ class Record:
     tool_call_id: str | None = None
     tool_name: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    pos: int = 0
+    reply_id: str | None = None
 
     @classmethod
     def unsaved(cls, context_id: str, type: RecordType, content: str) -> Record:
@@ -75,10 +107,14 @@ class Context:
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """A partial reply saved when a stream failed, was cancelled, or was still running.
+    """A reply's lifecycle row: what it delivered so far, and where it stands.
 
-    ``text`` is exactly the text that subscribers had received. ``tool_calls`` holds the
-    tool-call fragments so far (dicts with index, id, name, arguments).
+    Every reply has one from the moment its request is sent (``state`` ``STREAMING``), named
+    by ``reply_id``. ``text`` is exactly the text that subscribers had received when it was
+    written (on error and cancel: everything they received). ``tool_calls`` holds the
+    tool-call fragments so far (dicts with index, id, name, arguments). ``pos`` is the
+    reply's place in the conversation, fixed when its request was sent; ``epoch`` counts the
+    claims on it (a writer holding an older epoch can no longer write).
     """
 
     id: int
@@ -94,11 +130,16 @@ class Checkpoint:
     chunks: int = 0
     response_id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    reply_id: str = ""
+    state: ReplyState = ReplyState.INTERRUPTED
+    pos: int | None = None
+    epoch: int = 0
+    owner: str | None = None
 
     @property
     def resolved(self) -> bool:
-        """Whether a resume (or a later completion) has settled this checkpoint."""
-        return self.resolved_at is not None
+        """Whether the reply is settled: completed (resumed or kept) or discarded."""
+        return self.state.final
 
 
 @dataclass(frozen=True, slots=True)

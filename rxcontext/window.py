@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from reactivex import Observable, abc
 
 from . import summarize
+from .astreaming import run_async
 from .chain import new_input, validate_chain
+from .checkpointer import checkpointer_for
 from .chunks import Chunk, Reply
-from .errors import CheckpointNotFound, CheckpointResolved, RxContextError
+from .errors import CheckpointNotFound, RxContextError
+from .history import request_history
 from .operators import Middleware
 from .persist import ReplyPersister
 from .providers.base import Model, Request, ResumeCursor
 from .records import Checkpoint, Context, ContextStats, Record, RecordType, TokenUsage
 from .resume import NativeResumeRun
 from .retry import DEFAULT_RETRY, RetryPolicy, Timeouts
-from .store.base import RecordDraft, Store
-from .streaming import Run, _drive, _Flag, run_async, run_observable
+from .store.base import RecordDraft, Store, settle_refusal
+from .store.owner import worker_id
+from .streaming import Run, _drive, _Flag, run_observable
 from .summarize import SummaryProposal
 from .tools import Tool, ToolRegistry, ToolRunner
 
@@ -97,11 +100,13 @@ class ContextWindow:
         cw.stream().pipe(rxops.text()).subscribe(print)   # stored when it completes
 
     ``checkpoint_every`` (seconds) bounds what a killed process can lose of a streaming
-    reply; ``max_tool_rounds`` ends a runaway tool loop; ``middleware`` hooks run inside
-    every stream, before the persister. ``retry`` sends a failed request again while none of
-    its reply has been delivered (None: never); ``timeouts`` bound how long a stream may stay
-    quiet. Their waits run on the subscription's scheduler, else on ``scheduler`` (a
-    ``reactivex.testing.TestScheduler`` makes them virtual), else on the real clock.
+    reply (a timer writes what was delivered, also while the stream pauses; on the
+    ``scheduler``'s clock when that is virtual); ``max_tool_rounds`` ends a runaway tool
+    loop; ``middleware`` hooks run inside every stream, before the persister. ``retry``
+    sends a failed request again while none of its reply has been delivered (None: never);
+    ``timeouts`` bound how long a stream may stay quiet. Their waits run on the
+    subscription's scheduler, else on ``scheduler`` (a ``reactivex.testing.TestScheduler``
+    makes them virtual), else on the real clock.
     """
 
     def __init__(
@@ -114,7 +119,6 @@ class ContextWindow:
         checkpoint_every: float | None = 1.0,
         max_tool_rounds: int = 8,
         middleware: Sequence[Middleware] = (),
-        clock: Callable[[], float] = time.monotonic,
         summarizer: Model | None = None,
         summary_prompt: str | None = None,
         retry: RetryPolicy | None = DEFAULT_RETRY,
@@ -132,7 +136,6 @@ class ContextWindow:
         self.checkpoint_every = checkpoint_every
         self.max_tool_rounds = max_tool_rounds
         self.middleware: list[Middleware] = list(middleware)
-        self._clock = clock
         self.retry = retry
         self.timeouts = timeouts if timeouts is not None else Timeouts()
         self.scheduler = scheduler
@@ -380,6 +383,7 @@ class ContextWindow:
         streaming: bool,
         disable_tools: bool,
         resume: Checkpoint | None = None,
+        reply_id: str | None = None,
     ) -> Run:
         model = self._require_model()
         store = self._store
@@ -391,9 +395,20 @@ class ContextWindow:
         # persister reads when it writes a checkpoint (see providers.base.ResumeCursor).
         native = callable(getattr(model, "resume_chunks", None))
         cursor = ResumeCursor() if native else None
+        persister = ReplyPersister(
+            store,
+            context_id,
+            reply_id=reply_id,
+            checkpoint_every=self.checkpoint_every,
+            resume=resume,
+            streamed=streaming,
+            cursor=cursor,
+        )
 
         def request(round_: int) -> Request:
-            records = store.records(context_id, live_only=True)
+            records = request_history(
+                store, context_id, upto=persister.pos, reply_id=persister.reply_id
+            )
             if round_ == 0 and resume is not None and resume.text:
                 # The partial reply goes back as an assistant turn plus a continuation
                 # prompt. With nothing delivered yet, the original request is sent as it
@@ -417,15 +432,7 @@ class ContextWindow:
                     )
             return full
 
-        persister = ReplyPersister(
-            store,
-            context_id,
-            checkpoint_every=self.checkpoint_every,
-            clock=self._clock,
-            resume=resume,
-            streamed=streaming,
-            cursor=cursor,
-        )
+        every = persister.every
         return (NativeResumeRun if resume is not None and native else Run)(
             model=model,
             persister=persister,
@@ -437,6 +444,7 @@ class ContextWindow:
             retry=self.retry,
             timeouts=self.timeouts,
             scheduler=self.scheduler,
+            checkpointer=checkpointer_for(store, every, self.scheduler) if every else None,
         )
 
     @staticmethod
@@ -446,13 +454,21 @@ class ContextWindow:
         return hooks, rest
 
     def stream(
-        self, *operators: Any, disable_tools: bool = False, stream: bool = True
+        self,
+        *operators: Any,
+        reply_id: str | None = None,
+        disable_tools: bool = False,
+        stream: bool = True,
     ) -> Observable[Chunk]:
         """A cold Observable of the model's reply to the live records.
 
-        Each subscription sends one request (or, with tools, one tool loop) built from the
-        records at that moment, and stores the reply before ``on_completed``. On error or
-        cancel, it saves a checkpoint (errors arrive as :class:`~rxcontext.StreamInterrupted`).
+        Each subscription is one reply: its lifecycle row (``STREAMING``) and its place in
+        the conversation exist from the moment the request is sent, named ``reply_id``
+        (unique; a UUID is made when not given — a second subscription with the same id
+        fails with :class:`~rxcontext.ReplyExists`). It sends one request (or, with tools,
+        one tool loop) built from the records before that place, and stores the reply
+        before ``on_completed``. On error, cancel or dispose it saves a checkpoint of
+        exactly what was delivered (errors arrive as :class:`~rxcontext.StreamInterrupted`).
         :func:`~rxcontext.operators.middleware` operators given here run inside, before the
         persister; any other operators are applied to the output with ``pipe``.
         ``stream=False`` uses the provider's non-streaming API (same chunks, one burst).
@@ -460,75 +476,136 @@ class ContextWindow:
         self._require_model()
         hooks, rest = self._split(operators)
         obs = run_observable(
-            lambda: self._run(hooks, streaming=stream, disable_tools=disable_tools),
+            lambda: self._run(
+                hooks, streaming=stream, disable_tools=disable_tools, reply_id=reply_id
+            ),
             self.scheduler,
         )
         return obs.pipe(*rest) if rest else obs
 
-    def call(self, *hooks: Middleware, disable_tools: bool = False, stream: bool = True) -> Reply:
+    def call(
+        self,
+        *hooks: Middleware,
+        reply_id: str | None = None,
+        disable_tools: bool = False,
+        stream: bool = True,
+    ) -> Reply:
         """Run one reply (with any tool rounds) to the end on this thread; return the final reply.
 
         Raises :class:`~rxcontext.StreamInterrupted` (checkpoint saved) if it fails.
         """
-        run = self._run(hooks, streaming=stream, disable_tools=disable_tools)
+        run = self._run(hooks, streaming=stream, disable_tools=disable_tools, reply_id=reply_id)
         return _call(run)
 
     def astream(
-        self, *hooks: Middleware, disable_tools: bool = False, stream: bool = True
+        self,
+        *hooks: Middleware,
+        reply_id: str | None = None,
+        disable_tools: bool = False,
+        stream: bool = True,
     ) -> AsyncIterator[Chunk]:
         """The asyncio twin of :meth:`stream`: ``async for chunk in cw.astream(): ...``.
 
-        Uses the model's async client on the running loop; the request is built when the
-        iteration starts. Close it early with ``contextlib.aclosing`` (or cancel the task)
-        and the checkpoint is saved and the provider stream closed.
+        Uses the model's async client on the running loop, and never blocks the loop on
+        the store; the reply begins when the iteration starts. Close it early with
+        ``contextlib.aclosing`` (or cancel the task) and the checkpoint is saved (before the
+        cancellation reaches whoever awaits the task) and the provider stream closed.
         """
-        return run_async(self._run(hooks, streaming=stream, disable_tools=disable_tools))
+        return run_async(
+            self._run(hooks, streaming=stream, disable_tools=disable_tools, reply_id=reply_id)
+        )
 
     async def acall(
-        self, *hooks: Middleware, disable_tools: bool = False, stream: bool = True
+        self,
+        *hooks: Middleware,
+        reply_id: str | None = None,
+        disable_tools: bool = False,
+        stream: bool = True,
     ) -> Reply:
         """The asyncio twin of :meth:`call`."""
-        run = self._run(hooks, streaming=stream, disable_tools=disable_tools)
+        run = self._run(hooks, streaming=stream, disable_tools=disable_tools, reply_id=reply_id)
         async for _ in run_async(run):
             pass
         assert run.persister.final is not None
         return run.persister.final
 
-    # -- checkpoints ----------------------------------------------------------------------
+    # -- replies and checkpoints ----------------------------------------------------------
 
     def checkpoints(self) -> list[Checkpoint]:
-        """Unresolved checkpoints (interrupted replies) of the current context, oldest first."""
+        """Interrupted replies of the current context (state ``INTERRUPTED``), in order.
+
+        A reply whose process died while it streamed is listed too. Each one can be
+        resumed (:meth:`resume`), kept (:meth:`keep`) or discarded (:meth:`discard`).
+        """
         return self._store.checkpoints(self._context.id)
 
-    def _resumable(self, checkpoint_id: int) -> Checkpoint:
+    def active_replies(self) -> list[Checkpoint]:
+        """Replies being generated right now in the current context (``STREAMING``, or
+        ``RESUMING``), by this process or any other; they cannot be resumed meanwhile."""
+        return self._store.active_replies(self._context.id)
+
+    def _own(self, checkpoint_id: int) -> Checkpoint:
         checkpoint = self._store.get_checkpoint(checkpoint_id)
         if checkpoint.context_id != self._context.id:
             raise CheckpointNotFound(
                 f"checkpoint {checkpoint_id} belongs to another context; "
                 "switch_context() to it first"
             )
-        if checkpoint.resolved:
-            raise CheckpointResolved(f"checkpoint {checkpoint_id} was already resumed")
+        return checkpoint
+
+    def _resumable(self, checkpoint_id: int) -> Checkpoint:
+        """The checkpoint, if it can be claimed now; else the typed error that says why not."""
+        checkpoint = self._own(checkpoint_id)
+        refusal = settle_refusal(checkpoint, "resume")
+        if refusal is not None:
+            raise refusal
         return checkpoint
 
     def _claim(self, checkpoint_id: int) -> Checkpoint:
-        checkpoint = self._resumable(checkpoint_id)
-        if not self._store.claim_checkpoint(checkpoint_id):
-            raise CheckpointResolved(
-                f"checkpoint {checkpoint_id} is being resumed by another caller (or was resolved)"
+        self._own(checkpoint_id)
+        return self._store.claim_checkpoint(checkpoint_id, owner=worker_id())
+
+    def discard(self, checkpoint_id: int) -> Checkpoint:
+        """Drop an interrupted reply: state ``DISCARDED`` (kept for audit), out of
+        :meth:`checkpoints`; the conversation goes on without it.
+
+        Raises :class:`~rxcontext.ReplyBusy` if it is being generated right now and
+        :class:`~rxcontext.CheckpointResolved` if it was settled already.
+        """
+        self._own(checkpoint_id)
+        return self._store.discard_checkpoint(checkpoint_id)
+
+    def keep(self, checkpoint_id: int) -> Record:
+        """Keep an interrupted reply as it is: its partial text is stored as the reply, in
+        its own place in the conversation (a MODEL_RESP whose metadata has ``partial``).
+
+        Raises ``ValueError`` if it holds no text (discard it instead), and the errors of
+        :meth:`discard`.
+        """
+        checkpoint = self._own(checkpoint_id)
+        if not checkpoint.state.final and not checkpoint.state.live:
+            # Tool calls of its earlier rounds that never got outputs are answered first,
+            # so the kept text follows them.
+            request_history(
+                self._store, self._context.id, upto=checkpoint.pos, reply_id=checkpoint.reply_id
             )
-        return checkpoint
+        (record,) = self._store.keep_checkpoint(checkpoint_id)
+        return record
 
     def resume(
         self, checkpoint_id: int, *operators: Any, disable_tools: bool = False
     ) -> Observable[Chunk]:
         """Continue an interrupted reply: emits the continuation's chunks.
 
-        On completion the stored reply is one MODEL_RESP record holding the partial text plus
-        the continuation, and the checkpoint is resolved. Where the model can resume the
-        checkpoint's own stream (OpenAI Responses with ``background=True``), the continuation
-        is the rest of that stream, exactly; otherwise the history is sent with the partial
-        reply as an assistant turn and an instruction to continue (no assistant prefill).
+        The reply is claimed when subscribed (``RESUMING``; a reply that is streaming or
+        being resumed elsewhere gives :class:`~rxcontext.ReplyBusy`). Its request carries
+        the history up to the reply's own place, and on completion the stored reply is one
+        MODEL_RESP record in that place, holding the partial text plus the continuation.
+        Where the model can resume the checkpoint's own stream (OpenAI Responses with
+        ``background=True``), the continuation is the rest of that stream, exactly;
+        otherwise the history is sent with the partial reply as an assistant turn and an
+        instruction to continue (no assistant prefill). A resume that fails is interrupted
+        again (its claim released at once), and can be resumed again.
         """
         self._resumable(checkpoint_id)
         hooks, rest = self._split(operators)
@@ -555,11 +632,21 @@ class ContextWindow:
     def aresume(
         self, checkpoint_id: int, *hooks: Middleware, disable_tools: bool = False
     ) -> AsyncIterator[Chunk]:
-        """The asyncio twin of :meth:`resume` (claims the checkpoint now)."""
-        checkpoint = self._claim(checkpoint_id)
-        return run_async(
-            self._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint)
-        )
+        """The asyncio twin of :meth:`resume`: checks the checkpoint now, claims it when
+        the iteration starts (an iterator closed before that leaves it untouched)."""
+        self._resumable(checkpoint_id)
+        return _aresume(self, checkpoint_id, hooks, disable_tools)
+
+
+async def _aresume(
+    cw: ContextWindow, checkpoint_id: int, hooks: Sequence[Middleware], disable_tools: bool
+) -> AsyncIterator[Chunk]:
+    from .astreaming import off_loop
+
+    checkpoint = await off_loop(cw._claim, checkpoint_id)
+    run = cw._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint)
+    async for chunk in run_async(run):
+        yield chunk
 
 
 class _Collect(abc.ObserverBase[Chunk]):

@@ -115,8 +115,10 @@ def records(db: Path, context: str = "default") -> list[rxcontext.Record]:
 
 
 def checkpoints(db: Path, context: str = "default") -> list[rxcontext.Checkpoint]:
+    """Interrupted and completed replies' checkpoints (not those discarded as empty)."""
     with rxcontext.open(db) as store:
-        return store.checkpoints(store.get_context_by_name(context).id, include_resolved=True)
+        found = store.checkpoints(store.get_context_by_name(context).id, include_resolved=True)
+    return [cp for cp in found if cp.state is not rxcontext.ReplyState.DISCARDED]
 
 
 # -- demo -------------------------------------------------------------------------------------
@@ -138,8 +140,9 @@ def test_demo_plain_twice_streams_stores_cuts_and_resumes(
     second = run(env, "demo", "--db", str(db), "--fast")
     assert second.returncode == 0, second.stderr
     assert "[tool call] weather" in second.stdout
-    assert "checkpoint 1 saved" in second.stdout
-    assert "checkpoint 1 resolved" in second.stdout
+    (cp,) = checkpoints(db, "demo")
+    assert f"checkpoint {cp.id} saved" in second.stdout
+    assert f"checkpoint {cp.id} resolved" in second.stdout
     kinds = [r.type for r in records(db, "demo")]
     assert kinds[-4:] == [
         RecordType.PROMPT,

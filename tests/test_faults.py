@@ -403,9 +403,9 @@ async def test_a_raising_hook_interrupts_astream_with_a_checkpoint_chained_to_it
     assert replies(cw) == []
 
 
-@pytest.mark.parametrize("where", ["on_start", "on_complete"])
-def test_raising_start_and_complete_hooks_interrupt_too(where):
-    boom = RuntimeError(where)
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_raising_start_hook_interrupts_too(mode):
+    boom = RuntimeError("on_start")
 
     def raise_it() -> None:
         raise boom
@@ -413,9 +413,33 @@ def test_raising_start_and_complete_hooks_interrupt_too(where):
     model = ScriptedModel([[T("a"), DONE]])
     cw = ContextWindow(rxcontext.open(":memory:"), model, "h")
     cw.add_prompt("go")
+    hooks = rxops.middleware(on_start=raise_it)
     with pytest.raises(StreamInterrupted) as info:
-        cw.call(rxops.middleware(**{where: raise_it}))
+        cw.call(hooks) if mode == "sync" else asyncio.run(cw.acall(hooks))
     assert info.value.__cause__ is boom
+    assert [cp.text for cp in cw.checkpoints()] == [""]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_complete_hook_that_raises_after_the_reply_was_stored_gets_its_own_error(mode):
+    # The reply is stored before on_complete hooks run; a hook that raises then cannot
+    # interrupt it: its exception reaches the subscriber as it is, and no (empty) checkpoint
+    # is left beside the stored reply.
+    boom = RuntimeError("on_complete")
+
+    def raise_it() -> None:
+        raise boom
+
+    model = ScriptedModel([[T("a"), DONE]])
+    cw = ContextWindow(rxcontext.open(":memory:"), model, "h")
+    cw.add_prompt("go")
+    hooks = rxops.middleware(on_complete=raise_it)
+    with pytest.raises(RuntimeError) as info:
+        cw.call(hooks) if mode == "sync" else asyncio.run(cw.acall(hooks))
+    assert info.value is boom
+    assert replies(cw) == ["a"]
+    assert cw.checkpoints() == [] == cw.active_replies()
+    assert cw.store.checkpoints(cw.context_id, include_resolved=True) == []
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
@@ -452,9 +476,14 @@ def check_context(cw: ContextWindow, expected_by_writer: dict[str, list[str]]) -
     for writer, expected in expected_by_writer.items():
         mine = [r for r in stored if r.startswith(f"<{writer}.")]
         assert mine == expected
-    ids = [r.id for r in cw.records()]
-    assert ids == sorted(ids)
-    assert cw.checkpoints() == []
+    # Every prompt and every reply took one place, allocated in the write's transaction:
+    # the places are contiguous (none lost or given twice), and each reply's records sit
+    # together at the place it reserved when its request was sent.
+    records = cw.records()
+    places = sorted({r.pos for r in records})
+    assert places == list(range(len(places)))
+    assert len(places) == len(records)  # one record per place (no tool rounds here)
+    assert cw.checkpoints() == [] == cw.active_replies()
 
 
 def scripted_replies(writer: str, count: int) -> tuple[list[list[Chunk]], list[str]]:

@@ -19,11 +19,13 @@ import httpx2
 import openai
 import pytest
 from reactivex import operators as ops
+from reactivex.testing import TestScheduler
 from replay import Replay, sse
 from replay import Reply as Served
 
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType, StreamInterrupted
+from rxcontext import operators as rxops
 from rxcontext.providers import OpenAIResponsesModel
 from rxcontext.providers.base import NATIVE_RESUME_KEY, ResumeCursor
 from rxcontext.providers.openai import OUTPUT_KEY
@@ -342,26 +344,28 @@ def test_take_n_resumes_after_the_nth_delivered_delta(n, wire):
 
 @pytest.mark.parametrize("wire", ["sdk", "fast"])
 def test_periodic_checkpoint_holds_the_point_of_what_was_delivered(wire):
-    now = [0.0]
+    ts = TestScheduler()
     replay = Replay(frame(EVENTS))
     m = model(replay, wire, background=True)
     cw = ContextWindow(
-        rxcontext.open(":memory:"), m, "bg", retry=None, checkpoint_every=1.0, clock=lambda: now[0]
+        rxcontext.open(":memory:"), m, "bg", retry=None, checkpoint_every=1.0, scheduler=ts
     )
     cw.add_prompt("say hello")
     seen: list[tuple[str, Any]] = []
 
     def tick(chunk: Chunk) -> None:
-        for cp in cw.checkpoints():
+        ts.advance_by(1.0)  # a periodic write between every two chunks
+        for cp in cw.active_replies():
             seen.append((cp.text, cp.metadata.get(NATIVE_RESUME_KEY, {}).get("after")))
-        now[0] += 1.0  # every chunk's add writes the running checkpoint
 
-    cw.stream().subscribe(tick)
+    cw.call(rxops.middleware(on_chunk=tick))
     assert replies(cw) == [FULL] and cw.checkpoints() == []
     texts = [t for t, _ in seen]
     assert texts and all(FULL.startswith(t) for t in texts)
-    # each periodic point is the event of the last chunk folded in at that moment
-    for t, after in seen:
+    # each periodic point is the event of the last chunk delivered when it was written
+    written = [(t, after) for t, after in seen if t]
+    assert len(written) > 2
+    for t, after in written:
         assert after is not None
         assert delivered_text(EVENTS[: after + 1]) == t
 

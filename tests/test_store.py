@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +24,22 @@ import pytest
 
 import rxcontext
 from rxcontext import (
+    Checkpoint,
     CheckpointNotFound,
+    CheckpointResolved,
     ContextNotFound,
     NotADatabaseError,
     RecordType,
+    ReplyBusy,
+    ReplyState,
     SQLiteStore,
     StoreClosedError,
     StoreError,
     Usage,
 )
-from rxcontext.store import CheckpointDraft, RecordDraft, Store
+from rxcontext.store import CheckpointDraft, RecordDraft, ReplyTicket, Store
 from rxcontext.store.migrations import MIGRATIONS, migrate
+from rxcontext.store.owner import worker_id
 
 HOSTILE_NAMES = [
     "it's",
@@ -73,6 +79,19 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     s = _open(request, request.param, tmp_path)
     yield s
     s.close()
+
+
+def cut(store: Store, context_id: str, text: str = "partial", **kw: Any) -> Checkpoint:
+    """A reply begun, then interrupted with ``text`` delivered."""
+    begun = store.begin_reply(context_id, f"r-{next(_ids)}", owner=worker_id())
+    ticket = ReplyTicket(begun.id, begun.epoch)
+    assert store.save_checkpoint(
+        ticket, CheckpointDraft(text, **kw), state=ReplyState.INTERRUPTED
+    )
+    return store.get_checkpoint(begun.id)
+
+
+_ids = iter(range(10**9))
 
 
 @pytest.fixture
@@ -179,21 +198,30 @@ def test_an_older_database_gets_only_the_missing_steps(db_path: Path):
 
 
 @sqlite_only
-def test_a_failing_step_is_rolled_back_and_not_recorded(monkeypatch: pytest.MonkeyPatch):
+def test_a_failing_step_rolls_the_whole_upgrade_back(monkeypatch: pytest.MonkeyPatch):
+    # The steps a database needs run in one transaction: an upgrade that fails part-way
+    # leaves the database exactly as it was (and the next open tries again).
+    con = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(con, ":memory:")
+
     def broken(db: sqlite3.Connection) -> None:
         db.execute("CREATE TABLE half_done (x)")
         raise RuntimeError("step failed")
 
+    def fine(db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE fine (x)")
+
     monkeypatch.setattr(
-        "rxcontext.store.migrations.MIGRATIONS", [*MIGRATIONS, ("m999_broken", broken)]
+        "rxcontext.store.migrations.MIGRATIONS",
+        [*MIGRATIONS, ("m998_fine", fine), ("m999_broken", broken)],
     )
-    con = sqlite3.connect(":memory:", isolation_level=None)
     with pytest.raises(RuntimeError, match="step failed"):
         migrate(con)
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     done = {r[0] for r in con.execute("SELECT name FROM schema_migrations")}
-    assert "half_done" not in tables and "m999_broken" not in done
+    assert "half_done" not in tables and "fine" not in tables
     assert done == {n for n, _ in MIGRATIONS}
+    assert not con.in_transaction
 
 
 @sqlite_only
@@ -291,10 +319,11 @@ def test_delete_cascades_records_tools_and_checkpoints(any_store: SQLiteStore):
     for ctx in (doomed, kept):
         any_store.add_record(ctx.id, P("hi"))
         any_store.set_context_tool(ctx.id, "t", {"name": "t"})
-        any_store.save_checkpoint(ctx.id, CheckpointDraft("partial"))
+        cut(any_store, ctx.id)
     any_store.delete_context(doomed.id)
     with pytest.raises(ContextNotFound):
         any_store.get_context(doomed.id)
+    assert rows(any_store, "SELECT COUNT(*) FROM checkpoint_parts") == [(1,)]
     for table in ("records", "context_tools", "checkpoints"):
         assert rows(any_store, f"SELECT context_id FROM {table}") == [(kept.id,)], table
     with pytest.raises(ContextNotFound):
@@ -316,7 +345,7 @@ def test_clone_copies_records_with_timestamps_and_order_but_not_tools(any_store:
     )
     any_store.set_live_range(src.id, 1, 1, False)
     any_store.set_context_tool(src.id, "f", {"name": "f"})
-    any_store.save_checkpoint(src.id, CheckpointDraft("partial"))
+    cut(any_store, src.id)
 
     dst = any_store.clone_context(src.id, "dst")
     assert dst.id != src.id and dst.name == "dst"
@@ -325,7 +354,7 @@ def test_clone_copies_records_with_timestamps_and_order_but_not_tools(any_store:
     def shape(records: list[rxcontext.Record]) -> list[tuple[Any, ...]]:
         return [
             (r.type, r.content, r.live, r.est_tokens, r.timestamp, r.response_id, r.streamed,
-             r.tool_call_id, r.tool_name, dict(r.metadata))
+             r.tool_call_id, r.tool_name, dict(r.metadata), r.pos)
             for r in records
         ]  # fmt: skip
 
@@ -395,9 +424,9 @@ def test_stats_aggregate_counts_tokens_and_summed_usage(store: SQLiteStore):
         usage=Usage(20, 5, 30, 0, 3),
     )
     store.set_live_range(ctx.id, 0, 0, False)
-    store.save_checkpoint(ctx.id, CheckpointDraft("p"))
-    resolved = store.save_checkpoint(ctx.id, CheckpointDraft("q"))
-    store.commit_reply(ctx.id, [], resolve_checkpoint=resolved.id)
+    cut(store, ctx.id, "p")
+    store.discard_checkpoint(cut(store, ctx.id, "q").id)
+    store.begin_reply(ctx.id, "streaming", owner=worker_id())  # not an open checkpoint
 
     stats = store.context_stats(ctx.id)
     records = store.records(ctx.id)
@@ -471,22 +500,21 @@ def test_add_record_to_a_missing_context(store: SQLiteStore):
         store.add_record("missing", P("x"))
 
 
-@sqlite_only
-def test_records_ordered_by_time_then_id(sqlite_store: SQLiteStore):
-    ctx = sqlite_store.get_or_create_context("o")
-    db = sqlite_store._db()
-    # Rows inserted out of time order; equal times fall back to id.
-    for ts, content in [("2024-01-02", "c"), ("2024-01-01", "a"), ("2024-01-02", "d")]:
-        db.execute(
-            "INSERT INTO records (context_id, ts, source, content, live, est_tokens)"
-            " VALUES (?, ?, 0, ?, 1, 1)",
-            (ctx.id, ts + "T00:00:00+00:00", content),
-        )
-    sqlite_store.add_record(ctx.id, P("e"))  # now: after all of them
-    assert contents(sqlite_store, ctx.id) == ["a", "c", "d", "e"]
-    replies = sqlite_store.commit_reply(ctx.id, [R("f"), R("g"), R("h")])
-    assert len({r.timestamp for r in replies}) == 1  # one transaction, one time
-    assert contents(sqlite_store, ctx.id) == ["a", "c", "d", "e", "f", "g", "h"]
+def test_records_are_ordered_by_position_not_by_clock(store: SQLiteStore):
+    # The store's clock steps back (NTP, a VM resumed) between writes: order is unchanged.
+    times = iter(
+        datetime(2024, 1, d, tzinfo=UTC) for d in (5, 1, 9, 2, 2, 2, 3, 8, 8, 8, 8, 8, 8)
+    )
+    store.clock = lambda: next(times)
+    ctx = store.get_or_create_context("o")
+    for content in "abc":
+        store.add_record(ctx.id, P(content))
+    replies = store.commit_reply(ctx.id, [R("d"), R("e"), R("f")])
+    assert {r.pos for r in replies} == {3}  # one reply, one place
+    store.add_record(ctx.id, P("g"))
+    assert contents(store, ctx.id) == list("abcdefg")
+    assert [r.pos for r in store.records(ctx.id)] == [0, 1, 2, 3, 3, 3, 4]
+    assert [r.timestamp.day for r in store.records(ctx.id)] == [1, 9, 2, 2, 2, 3, 8]
 
 
 def test_set_live_range_is_inclusive_and_checked(store: SQLiteStore):
@@ -518,7 +546,7 @@ def test_replace_system_prompt_keeps_one_sorted_first(store: SQLiteStore):
         (RecordType.PROMPT, "q"),
         (RecordType.MODEL_RESP, "a"),
     ]
-    assert records[0].timestamp < records[1].timestamp
+    assert records[0].pos < records[1].pos
     with pytest.raises(ContextNotFound):
         store.replace_system_prompt("missing", "x")
 
@@ -527,7 +555,7 @@ def test_replace_records_marks_dead_and_inserts_in_place(store: SQLiteStore):
     ctx = store.get_or_create_context("sum")
     ids = [store.add_record(ctx.id, P(c)).id for c in "abcd"]
     summary = store.replace_records(ctx.id, [ids[1], ids[2], ids[1]], R("summary of b, c"))
-    assert summary.timestamp == store.records(ctx.id)[1].timestamp
+    assert summary.pos == store.records(ctx.id)[1].pos
     assert contents(store, ctx.id, live_only=True) == ["a", "summary of b, c", "d"]
     before = store.records(ctx.id)
     with pytest.raises(ValueError, match="no longer live"):
@@ -575,7 +603,9 @@ def test_commit_reply_writes_every_draft_in_one_transaction(sqlite_store: SQLite
 def test_commit_reply_with_one_bad_draft_stores_nothing(store: SQLiteStore, bad: RecordDraft):
     ctx = store.get_or_create_context("c")
     store.add_record(ctx.id, P("q"))
-    cp = store.save_checkpoint(ctx.id, CheckpointDraft("partial"))
+    begun = store.begin_reply(ctx.id, "r", owner=worker_id())
+    ticket = ReplyTicket(begun.id, begun.epoch)
+    store.save_checkpoint(ticket, CheckpointDraft("partial"))
     before = store.records(ctx.id)
     with pytest.raises((TypeError, ValueError)):
         store.commit_reply(
@@ -583,11 +613,13 @@ def test_commit_reply_with_one_bad_draft_stores_nothing(store: SQLiteStore, bad:
             [R("good one"), bad, R("after")],
             usage=Usage.of(5, 5),
             last_response_id="r1",
-            drop_checkpoint=cp.id,
+            reply=ticket,
+            end="reply",
         )
     assert store.records(ctx.id) == before
-    stats = store.context_stats(ctx.id)
-    assert stats.usage == Usage() and stats.open_checkpoints == 1
+    assert store.context_stats(ctx.id).usage == Usage()
+    row = store.find_reply("r")
+    assert row is not None and (row.state, row.text) == (ReplyState.STREAMING, "partial")
     assert store.get_context(ctx.id).last_response_id is None
     # The store is still usable afterwards.
     store.commit_reply(ctx.id, [R("fine")])
@@ -602,13 +634,18 @@ def test_commit_reply_to_a_deleted_context_stores_nothing(store: SQLiteStore):
     assert rows(store, "SELECT COUNT(*) FROM records") == [(0,)]
 
 
-def test_commit_reply_drops_the_running_checkpoint(store: SQLiteStore):
+def test_commit_reply_drops_the_row_of_a_reply_never_interrupted(store: SQLiteStore):
     ctx = store.get_or_create_context("c")
-    cp = store.save_checkpoint(ctx.id, CheckpointDraft("run"))
-    store.commit_reply(ctx.id, [R("run done")], drop_checkpoint=cp.id)
+    begun = store.begin_reply(ctx.id, "run", owner=worker_id())
+    ticket = ReplyTicket(begun.id, begun.epoch)
+    store.save_checkpoint(ticket, CheckpointDraft("run"))
+    (rec,) = store.commit_reply(ctx.id, [R("run done")], reply=ticket, end="reply")
+    assert (rec.pos, rec.reply_id) == (begun.pos, "run")
     assert store.checkpoints(ctx.id, include_resolved=True) == []
+    assert store._db().execute("SELECT COUNT(*) FROM checkpoint_parts").fetchone()[0] == 0
     with pytest.raises(CheckpointNotFound):
-        store.get_checkpoint(cp.id)
+        store.get_checkpoint(begun.id)
+    assert store.find_reply("run") is None and store.reply_records("run") == [rec]
 
 
 def test_empty_and_huge_content_round_trip(any_store: SQLiteStore):
@@ -633,14 +670,13 @@ def test_surrogates_are_stored_not_lost(store: SQLiteStore):
     assert stored.content == "smile 😀 and half \ufffd"
     assert dict(stored.metadata) == {"k": "\ufffd"}
     assert store.records(ctx.id) == [stored]
-    cp = store.save_checkpoint(
+    cp = cut(
+        store,
         ctx.id,
-        CheckpointDraft(
-            split_pair,
-            thinking="\ud800",
-            tool_calls=[{"arguments": '{"a": "\ud83d'}],
-            error="cut \ud83d",
-        ),
+        split_pair,
+        append_thinking="\ud800",
+        tool_calls=[{"arguments": '{"a": "\ud83d'}],
+        error="cut \ud83d",
     )
     assert (cp.text, cp.thinking, cp.error) == ("smile 😀", "\ufffd", "cut \ufffd")
     assert cp.tool_calls == ({"arguments": '{"a": "\ufffd'},)
@@ -669,17 +705,21 @@ def test_context_tools_set_update_list_remove(store: SQLiteStore):
 # -- Checkpoints ---------------------------------------------------------------------------
 
 
-def test_checkpoint_insert_then_update_in_place(store: SQLiteStore):
+def test_checkpoint_text_is_appended_and_the_rest_replaced(store: SQLiteStore):
     ctx = store.get_or_create_context("cp")
-    first = store.save_checkpoint(ctx.id, CheckpointDraft("He", chunks=1))
-    assert (first.text, first.chunks, first.resolved_at, first.usage) == ("He", 1, None, None)
-    assert first.updated_at == first.created_at
+    begun = store.begin_reply(ctx.id, "r1", owner=worker_id())
+    assert (begun.state, begun.epoch, begun.text, begun.reply_id) == (
+        ReplyState.STREAMING, 1, "", "r1"
+    )
+    assert begun.updated_at == begun.created_at and begun.owner == worker_id()
+    ticket = ReplyTicket(begun.id, 1)
+    assert store.save_checkpoint(ticket, CheckpointDraft("He", chunks=1))
     fragments = [{"index": 0, "id": "c", "name": "f", "arguments": '{"a'}]
-    second = store.save_checkpoint(
-        ctx.id,
+    assert store.save_checkpoint(
+        ticket,
         CheckpointDraft(
-            "Hello",
-            thinking="hmm",
+            "llo",
+            append_thinking="hmm",
             tool_calls=fragments,
             usage=Usage.of(3, 2),
             error="RuntimeError: boom",
@@ -687,66 +727,83 @@ def test_checkpoint_insert_then_update_in_place(store: SQLiteStore):
             response_id="resp",
             metadata={"model": "m"},
         ),
-        checkpoint_id=first.id,
+        state=ReplyState.INTERRUPTED,
     )
-    assert second.id == first.id and second.created_at == first.created_at
-    assert second.updated_at is not None and second.updated_at >= first.created_at
+    second = store.get_checkpoint(begun.id)
+    assert second.created_at == begun.created_at
+    assert second.updated_at is not None and second.updated_at >= begun.created_at
     assert (second.text, second.thinking, second.chunks, second.error) == (
         "Hello",
         "hmm",
         2,
         "RuntimeError: boom",
     )
+    assert (second.state, second.owner) == (ReplyState.INTERRUPTED, None)
     assert second.tool_calls == tuple(fragments)
     assert second.usage == Usage(3, 2, 5)
     assert (second.response_id, dict(second.metadata)) == ("resp", {"model": "m"})
-    assert store.get_checkpoint(first.id) == second
     assert store.checkpoints(ctx.id) == [second]
+    assert store.find_reply("r1") == second
+    # Interrupted: the writer's ticket no longer writes (a late periodic write changes nothing).
+    assert not store.save_checkpoint(ticket, CheckpointDraft("late"))
+    assert store.get_checkpoint(begun.id).text == "Hello"
 
 
 def test_checkpoint_lookups(store: SQLiteStore):
     ctx = store.get_or_create_context("cp")
     with pytest.raises(CheckpointNotFound):
         store.get_checkpoint(12345)
-    with pytest.raises(CheckpointNotFound):
-        store.save_checkpoint(ctx.id, CheckpointDraft("x"), checkpoint_id=12345)
+    assert not store.save_checkpoint(ReplyTicket(12345, 1), CheckpointDraft("x"))
     with pytest.raises(ContextNotFound):
-        store.save_checkpoint("missing", CheckpointDraft("x"))
+        store.begin_reply("missing", "r", owner=worker_id())
+    assert store.find_reply("never") is None
+    assert store.checkpoints(ctx.id) == [] == store.active_replies(ctx.id)
     assert issubclass(CheckpointNotFound, LookupError)
 
 
 def test_claim_is_atomic_and_resolve_goes_through_commit_reply(store: SQLiteStore):
     ctx = store.get_or_create_context("cp")
-    a = store.save_checkpoint(ctx.id, CheckpointDraft("a"))
-    b = store.save_checkpoint(ctx.id, CheckpointDraft("b"))
+    a = cut(store, ctx.id, "a")
+    b = cut(store, ctx.id, "b")
     assert [c.id for c in store.checkpoints(ctx.id)] == [a.id, b.id]
 
-    assert store.claim_checkpoint(a.id) is True
-    assert store.claim_checkpoint(a.id) is False
-    store.release_checkpoint(a.id)
-    assert store.claim_checkpoint(a.id) is True
-    assert store.claim_checkpoint(999) is False
+    claimed = store.claim_checkpoint(a.id, owner=worker_id())
+    assert (claimed.state, claimed.epoch, claimed.text) == (ReplyState.RESUMING, 2, "a")
+    with pytest.raises(ReplyBusy, match="being resumed") as busy:
+        store.claim_checkpoint(a.id, owner=worker_id())
+    assert busy.value.state == "resuming"
+    assert [c.id for c in store.active_replies(ctx.id)] == [a.id]
+    with pytest.raises(CheckpointNotFound):
+        store.claim_checkpoint(999, owner=worker_id())
 
-    store.commit_reply(ctx.id, [R("a + rest")], resolve_checkpoint=a.id)
+    ticket = ReplyTicket(a.id, claimed.epoch)
+    (rec,) = store.commit_reply(ctx.id, [R("a + rest")], reply=ticket, end="reply")
+    assert rec.pos == a.pos
     resolved = store.get_checkpoint(a.id)
     assert resolved.resolved and resolved.resolved_at is not None
+    assert resolved.state is ReplyState.COMPLETED
     assert [c.id for c in store.checkpoints(ctx.id)] == [b.id]
     assert [c.id for c in store.checkpoints(ctx.id, include_resolved=True)] == [a.id, b.id]
-    store.release_checkpoint(a.id)
-    assert store.claim_checkpoint(a.id) is False  # resolved stays unclaimable
+    with pytest.raises(CheckpointResolved, match="already completed"):
+        store.claim_checkpoint(a.id, owner=worker_id())
 
 
 def test_only_one_of_many_threads_claims_a_checkpoint(target: str):
     with rxcontext.open(target) as s:
         ctx = s.get_or_create_context("race")
-        cp = s.save_checkpoint(ctx.id, CheckpointDraft("x"))
+        cp = cut(s, ctx.id, "x")
         stores = [rxcontext.open(target) for _ in range(8)]
         barrier = threading.Barrier(len(stores))
         wins: list[bool] = []
 
         def claim(other: SQLiteStore) -> None:
             barrier.wait()
-            wins.append(other.claim_checkpoint(cp.id))
+            try:
+                other.claim_checkpoint(cp.id, owner=worker_id())
+            except ReplyBusy:
+                wins.append(False)
+            else:
+                wins.append(True)
 
         threads = [threading.Thread(target=claim, args=(o,)) for o in stores]
         for t in threads:
@@ -780,11 +837,17 @@ CALLS: dict[str, Callable[[SQLiteStore, str], object]] = {
     "set_context_tool": lambda s, c: s.set_context_tool(c, "t", {}),
     "context_tools": lambda s, c: s.context_tools(c),
     "remove_context_tool": lambda s, c: s.remove_context_tool(c, "t"),
-    "save_checkpoint": lambda s, c: s.save_checkpoint(c, CheckpointDraft("x")),
+    "begin_reply": lambda s, c: s.begin_reply(c, "r", owner="me"),
+    "save_checkpoint": lambda s, c: s.save_checkpoint(ReplyTicket(1, 1), CheckpointDraft("x")),
+    "save_checkpoints": lambda s, c: s.save_checkpoints([]),
+    "renew_leases": lambda s, c: s.renew_leases("me"),
     "get_checkpoint": lambda s, c: s.get_checkpoint(1),
+    "find_reply": lambda s, c: s.find_reply("r"),
     "checkpoints": lambda s, c: s.checkpoints(c),
-    "claim_checkpoint": lambda s, c: s.claim_checkpoint(1),
-    "release_checkpoint": lambda s, c: s.release_checkpoint(1),
+    "active_replies": lambda s, c: s.active_replies(c),
+    "claim_checkpoint": lambda s, c: s.claim_checkpoint(1, owner="me"),
+    "discard_checkpoint": lambda s, c: s.discard_checkpoint(1),
+    "keep_checkpoint": lambda s, c: s.keep_checkpoint(1),
 }
 
 
@@ -997,26 +1060,15 @@ def test_threads_adding_to_one_store_lose_nothing(any_store: SQLiteStore):
     assert any_store.context_stats(ctx.id).usage == Usage(200, 200, 400)
 
 
-def test_a_claim_is_held_until_released_then_expires_by_lease(target: str):
-    store = rxcontext.open(target)
-    ctx = store.get_or_create_context("c")
-    cp = store.save_checkpoint(ctx.id, CheckpointDraft("partial"))
-    assert store.claim_checkpoint(cp.id)
-    assert not store.claim_checkpoint(cp.id)  # held by this (live) process
-    assert store.claim_checkpoint(cp.id, stale_after=-1.0)  # lease over: taken over
-    store.release_checkpoint(cp.id)
-    assert store.claim_checkpoint(cp.id)
-    store.close()
-
-
 def test_a_claim_of_a_process_that_exited_can_be_taken_over(target: str):
     path = target
     store = rxcontext.open(path)
     ctx = store.get_or_create_context("c")
-    cp = store.save_checkpoint(ctx.id, CheckpointDraft("partial"))
+    cp = cut(store, ctx.id)
     code = (
-        "import sys, rxcontext; s = rxcontext.open(sys.argv[1]);"
-        "print(s.claim_checkpoint(int(sys.argv[2])))"
+        "import os, sys, rxcontext; from rxcontext.store.owner import worker_id;"
+        "s = rxcontext.open(sys.argv[1]);"
+        "print(s.claim_checkpoint(int(sys.argv[2]), owner=worker_id()).state.value)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(path), str(cp.id)],
@@ -1024,6 +1076,8 @@ def test_a_claim_of_a_process_that_exited_can_be_taken_over(target: str):
         text=True,
         check=True,
     )
-    assert out.stdout.strip() == "True"
-    assert store.claim_checkpoint(cp.id)  # the claimer has exited
+    assert out.stdout.strip() == "resuming"
+    # The claimer has exited: its reply reads as interrupted, and can be claimed again.
+    assert store.checkpoints(ctx.id)[0].state is ReplyState.INTERRUPTED
+    assert store.claim_checkpoint(cp.id, owner=worker_id()).epoch == 3
     store.close()

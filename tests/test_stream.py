@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reactivex import operators as ops
 from reactivex.scheduler import ThreadPoolScheduler
+from reactivex.testing import TestScheduler
 
 import rxcontext
 from rxcontext import (
@@ -22,11 +23,13 @@ from rxcontext import (
     ContextWindow,
     RecordType,
     Reply,
+    ReplyBusy,
     StreamInterrupted,
     Usage,
 )
 from rxcontext import operators as rxops
 from rxcontext.providers import ScriptedModel
+from rxcontext.store.owner import worker_id
 
 
 def T(text: str) -> Chunk:
@@ -172,26 +175,32 @@ def test_disposing_after_k_chunks_checkpoints_exactly_k_chunks(parts, data):
 def test_dispose_from_another_thread_stops_and_checkpoints():
     release = threading.Event()
     emitted = threading.Event()
+    seen: list[str] = []
 
-    def gate(_: Chunk) -> None:
-        emitted.set()
-        release.wait(5)
+    def gate(chunk: Chunk) -> None:
+        if chunk.text == "b":  # the hook runs before "b" reaches the subscriber
+            emitted.set()
+            release.wait(5)
 
     cw, _ = window([T("a"), T("b"), T("c"), DONE])
     done = threading.Event()
     producer = ThreadPoolScheduler(max_workers=1)
     sub = cw.stream(rxops.middleware(on_chunk=gate)).subscribe(
-        on_completed=done.set, on_error=lambda e: done.set(), scheduler=producer
+        lambda c: seen.append(c.text),
+        on_completed=done.set,
+        on_error=lambda e: done.set(),
+        scheduler=producer,
     )
     assert emitted.wait(5)
     sub.dispose()
-    release.set()
-    # The producer sees the disposal before its next emission and checkpoints; joining its
-    # thread is the synchronisation.
-    producer.executor.shutdown(wait=True)
+    # The dispose saved the checkpoint itself (the producer was not delivering a chunk):
+    # exactly what the subscriber had, before the producer even wakes up.
     (cp,) = cw.checkpoints()
-    assert cp.text == "a"
-    assert not done.is_set()
+    assert cp.text == "".join(seen) == "a"
+    release.set()
+    producer.executor.shutdown(wait=True)
+    assert seen == ["a"] and not done.is_set()
+    assert [c.text for c in cw.checkpoints()] == ["a"]
 
 
 def test_a_raising_middleware_hook_interrupts_with_a_checkpoint_chained_to_it():
@@ -210,16 +219,22 @@ def test_a_raising_middleware_hook_interrupts_with_a_checkpoint_chained_to_it():
 
 
 def test_a_subscriber_that_raises_leaves_a_checkpoint_including_the_chunk_it_got():
-    cw, _ = window([T("a"), T("b"), DONE])
+    # The subscriber's exception is its own: raised from subscribe() as RxPY's own sources
+    # do, never handed to on_error as the stream's failure, never stored as its error.
+    cw, model = window([T("a"), T("b"), T("c"), DONE])
+    broke = KeyError("ui broke")
 
     def on_next(c: Chunk) -> None:
         if c.text == "b":
-            raise KeyError("ui broke")
+            raise broke
 
     errors: list[Exception] = []
-    cw.stream().subscribe(on_next, errors.append)
-    assert isinstance(errors[0], StreamInterrupted)
-    assert errors[0].checkpoint.text == "ab"
+    with pytest.raises(KeyError) as info:
+        cw.stream().subscribe(on_next, errors.append)
+    assert info.value is broke and errors == []
+    (cp,) = cw.checkpoints()
+    assert cp.text == "ab" and "KeyError" not in (cp.error or "")
+    assert model.closed == 1
 
 
 def test_store_closed_is_a_clear_error():
@@ -238,45 +253,61 @@ def test_window_without_a_model_says_so():
 # -- periodic checkpoints ---------------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_periodic_checkpoint_is_updated_in_place_and_removed_on_completion():
-    clock = FakeClock()
+def test_periodic_checkpoints_follow_the_timer_and_go_away_on_completion():
+    # Ticks come from the scheduler's clock, not from chunks: time passes inside a hook
+    # (between two chunks, as in a pause) and the checkpoint holds what was delivered.
+    ts = TestScheduler()
     model = ScriptedModel([[T("a"), T("b"), T("c"), T("d"), DONE]])
-    cw = ContextWindow(rxcontext.open(":memory:"), model, "p", checkpoint_every=1.0, clock=clock)
+    cw = ContextWindow(rxcontext.open(":memory:"), model, "p", checkpoint_every=1.0, scheduler=ts)
     cw.add_prompt("go")
-    snapshots: list[tuple[int, str]] = []
+    seen: list[list[tuple[int, str]]] = []
 
     def tick(chunk: Chunk) -> None:
-        snapshots.append(tuple((cp.id, cp.text) for cp in cw.checkpoints()))
-        clock.now += 0.6  # two chunks per interval
+        seen.append([(cp.id, cp.text) for cp in cw.active_replies()])
+        ts.advance_by(0.6)
 
-    cw.stream().subscribe(tick)
-    # After chunk 2 (t=1.2 >= 1.0 on chunk 3's add) a checkpoint holds a prefix; it is
-    # updated in place, never duplicated, and deleted when the reply commits.
-    ids = {cp_id for snap in snapshots for cp_id, _ in snap}
-    assert len(ids) == 1
-    texts = [text for snap in snapshots for _, text in snap]
-    assert texts and all("abcd".startswith(t) for t in texts)
-    assert cw.checkpoints() == []
+    cw.call(rxops.middleware(on_chunk=tick))
+    assert [[text for _, text in snap] for snap in seen] == [[""], [""], ["a"], ["a"], ["abc"]]
+    assert len({cp_id for snap in seen for cp_id, _ in snap}) == 1  # one row, written in place
+    assert cw.checkpoints() == [] == cw.active_replies()
     assert replies(cw) == ["abcd"]
 
 
-def test_periodic_checkpointing_can_be_disabled():
-    clock = FakeClock()
-    model = ScriptedModel([[T("a"), T("b"), RuntimeError("x")]])
-    cw = ContextWindow(rxcontext.open(":memory:"), model, "p", checkpoint_every=None, clock=clock)
+def test_a_pause_with_nothing_new_writes_nothing():
+    ts = TestScheduler()
+    store = rxcontext.open(":memory:")
+    model = ScriptedModel([[T("a"), T("b"), DONE]])
+    cw = ContextWindow(store, model, "p", checkpoint_every=1.0, scheduler=ts)
     cw.add_prompt("go")
-    counts = []
-    cw.stream().subscribe(lambda c: counts.append(len(cw.checkpoints())), lambda e: None)
-    assert counts == [0, 0]
-    assert len(cw.checkpoints()) == 1
+    parts: list[int] = []
+
+    def pause(chunk: Chunk) -> None:
+        if chunk.text == "b":
+            for _ in range(5):  # five intervals with nothing new after the first
+                ts.advance_by(1.0)
+                parts.append(
+                    store._db().execute("SELECT COUNT(*) FROM checkpoint_parts").fetchone()[0]
+                )
+
+    cw.call(rxops.middleware(on_chunk=pause))
+    assert parts == [1, 1, 1, 1, 1]
+
+
+def test_periodic_checkpointing_can_be_disabled():
+    ts = TestScheduler()
+    model = ScriptedModel([[T("a"), T("b"), RuntimeError("x")]])
+    cw = ContextWindow(rxcontext.open(":memory:"), model, "p", checkpoint_every=None, scheduler=ts)
+    cw.add_prompt("go")
+    texts: list[str] = []
+
+    def later(chunk: Chunk) -> None:
+        ts.advance_by(5.0)
+        texts.extend(cp.text for cp in cw.active_replies())
+
+    with pytest.raises(StreamInterrupted):
+        cw.call(rxops.middleware(on_chunk=later))
+    assert texts == ["", ""]
+    assert [cp.text for cp in cw.checkpoints()] == ["ab"]
 
 
 # -- resume -------------------------------------------------------------------------------
@@ -330,9 +361,10 @@ def test_resume_errors_are_clear():
 def test_concurrent_resume_of_one_checkpoint_one_wins():
     cw, _ = window([T("a"), RuntimeError("cut")], [T("b"), DONE])
     cp_id = interrupted(cw)
-    assert cw.store.claim_checkpoint(cp_id)  # another caller holds it
-    with pytest.raises(CheckpointResolved, match="being resumed"):
+    cw.store.claim_checkpoint(cp_id, owner=worker_id())  # another caller holds it
+    with pytest.raises(ReplyBusy, match="being resumed") as busy:
         cw.resume_call(cp_id)
+    assert isinstance(busy.value, CheckpointResolved) and busy.value.state == "resuming"
 
 
 def test_checkpoint_of_another_context_is_not_resumable_here():

@@ -19,6 +19,7 @@ from rxcontext import (
     Record,
     RecordType,
     Reply,
+    ReplyState,
     TokenUsage,
     ToolCall,
     Usage,
@@ -130,7 +131,9 @@ def test_chunk_defaults():
 def test_checkpoint_resolved_follows_resolved_at():
     open_ = Checkpoint(1, "c", "t", "", (), None, None, NOW)
     assert not open_.resolved
-    assert dataclasses.replace(open_, resolved_at=NOW).resolved
+    assert dataclasses.replace(open_, state=ReplyState.COMPLETED).resolved
+    assert dataclasses.replace(open_, state=ReplyState.DISCARDED).resolved
+    assert not dataclasses.replace(open_, state=ReplyState.STREAMING).resolved
 
 
 # -- ToolCall.parse -----------------------------------------------------------------------

@@ -10,7 +10,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
-from .base import CheckpointDraft, RecordDraft, Store
+from .base import CheckpointDraft, RecordDraft, ReplyEnd, ReplyTicket, Store
 from .sqlite import SQLiteStore, open_store
 
 if TYPE_CHECKING:
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CheckpointDraft",
     "RecordDraft",
+    "ReplyEnd",
+    "ReplyTicket",
     "SQLiteStore",
     "Store",
     "is_postgres_url",

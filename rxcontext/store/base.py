@@ -1,24 +1,67 @@
 """The storage interface the window and the persister use.
 
-Small on purpose: one SQLite implementation now (:mod:`.sqlite`), a shared PostgreSQL one
-later. Implementations must be safe to call from several threads.
+Small on purpose: SQLite (:mod:`.sqlite`) is the embedded default; other stores implement
+the same protocol and pass the same conformance tests. Implementations must be safe to call
+from several threads.
+
+Replies have a lifecycle row (a :class:`~rxcontext.records.Checkpoint`) from the moment
+their request is sent: :meth:`Store.begin_reply` creates it ``STREAMING`` at the reply's
+reserved position; checkpoint writes append what was delivered since the last one;
+:meth:`Store.commit_reply` stores the records at the reply's position and settles the row.
+Every write to a reply names the ``epoch`` its writer holds (a :class:`ReplyTicket`): once
+another worker has claimed the reply, the old writer's writes change nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ..chunks import Usage
-from ..records import Checkpoint, Context, ContextStats, Record, RecordType
+from ..errors import CheckpointResolved, ReplyBusy
+from ..records import Checkpoint, Context, ContextStats, Record, RecordType, ReplyState
 
-__all__ = ["CheckpointDraft", "RecordDraft", "Store"]
+__all__ = [
+    "IN_PROGRESS",
+    "ORPHANED",
+    "CheckpointDraft",
+    "RecordDraft",
+    "ReplyEnd",
+    "ReplyTicket",
+    "Store",
+    "settle_refusal",
+]
+
+IN_PROGRESS = "in progress"
+"""The ``error`` of a checkpoint written while its reply was still streaming."""
+ORPHANED = "its process stopped before the reply ended"
+"""The ``error`` a reader sees on a reply whose owner died while it streamed."""
+
+
+def settle_refusal(checkpoint: Checkpoint, verb: str) -> CheckpointResolved | None:
+    """Why ``checkpoint`` cannot be resumed, kept or discarded now (``verb``), or None.
+
+    A reply whose owner died reads as interrupted, so it can be settled.
+    """
+    state = checkpoint.state
+    if state.final:
+        return CheckpointResolved(
+            f"checkpoint {checkpoint.id} was already {state.value}; nothing to {verb}"
+        )
+    if state.live:
+        doing = "is still streaming" if state is ReplyState.STREAMING else "is being resumed"
+        return ReplyBusy(
+            f"reply {checkpoint.reply_id!r} (checkpoint {checkpoint.id}) {doing} by "
+            f"{checkpoint.owner}; it can be {verb}d once it stops (stop it, or let it end)",
+            state=state.value,
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
 class RecordDraft:
-    """A record not stored yet (the store assigns id, timestamp and token estimate)."""
+    """A record not stored yet (the store assigns id, position, timestamp and token estimate)."""
 
     type: RecordType
     content: str
@@ -32,16 +75,33 @@ class RecordDraft:
 
 @dataclass(frozen=True, slots=True)
 class CheckpointDraft:
-    """The state of an unfinished reply, to insert or update as a checkpoint."""
+    """What to write into a reply's checkpoint.
 
-    text: str
-    thinking: str = ""
+    ``append_text`` / ``append_thinking`` are *added* to what the checkpoint holds (so a
+    periodic write costs the new text only); the other fields replace the stored ones.
+    """
+
+    append_text: str = ""
+    append_thinking: str = ""
     tool_calls: Sequence[Mapping[str, Any]] = ()
     usage: Usage | None = None
     error: str | None = None
     chunks: int = 0
     response_id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyTicket:
+    """The right to write into one reply: its checkpoint row and the epoch its writer holds."""
+
+    checkpoint_id: int
+    epoch: int
+
+
+ReplyEnd = Literal["reply", "round"]
+"""How a commit settles its reply: ``"reply"`` completes it; ``"round"`` stores one tool
+round and keeps the reply streaming (its checkpoint starts over for the next round)."""
 
 
 class Store(Protocol):
@@ -51,6 +111,9 @@ class Store(Protocol):
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         ...
+
+    lease_ttl: float
+    """Seconds a reply's lease lasts without renewal before other hosts may take it over."""
 
     def close(self) -> None:
         """Release the connection; later calls raise :class:`~rxcontext.StoreClosedError`."""
@@ -70,7 +133,9 @@ class Store(Protocol):
 
     # records
     def add_record(self, context_id: str, draft: RecordDraft) -> Record: ...
-    def records(self, context_id: str, *, live_only: bool = False) -> list[Record]: ...
+    def records(
+        self, context_id: str, *, live_only: bool = False, upto: int | None = None
+    ) -> list[Record]: ...
     def set_live_range(self, context_id: str, start: int, end: int, live: bool) -> int: ...
     def replace_system_prompt(self, context_id: str, content: str) -> Record: ...
     def replace_records(
@@ -83,9 +148,18 @@ class Store(Protocol):
         *,
         usage: Usage | None = None,
         last_response_id: str | None = None,
-        drop_checkpoint: int | None = None,
-        resolve_checkpoint: int | None = None,
-    ) -> list[Record]: ...
+        reply: ReplyTicket | None = None,
+        end: ReplyEnd | None = None,
+        at: int | None = None,
+    ) -> list[Record]:
+        """Store ``drafts`` durably in one transaction, at the reply's position.
+
+        With ``reply`` the records go to that reply's position (and name it), the write is
+        refused with :class:`~rxcontext.OwnershipLost` unless the ticket's epoch still owns
+        a live reply, and ``end`` settles it. Without, they go at position ``at`` (or the
+        next one). ``usage`` is added to the context's totals.
+        """
+        ...
 
     # tools
     def set_context_tool(
@@ -94,13 +168,61 @@ class Store(Protocol):
     def context_tools(self, context_id: str) -> list[dict[str, Any]]: ...
     def remove_context_tool(self, context_id: str, name: str) -> bool: ...
 
-    # checkpoints
+    # replies
+    def begin_reply(self, context_id: str, reply_id: str, *, owner: str) -> Checkpoint:
+        """Reserve the next position for a reply and create its ``STREAMING`` row (epoch 1).
+
+        Raises :class:`~rxcontext.ReplyExists` if ``reply_id`` was used before.
+        """
+        ...
+
     def save_checkpoint(
-        self, context_id: str, draft: CheckpointDraft, checkpoint_id: int | None = None
-    ) -> Checkpoint: ...
+        self,
+        ticket: ReplyTicket,
+        draft: CheckpointDraft,
+        *,
+        state: ReplyState | None = None,
+    ) -> bool:
+        """Write ``draft`` into a live reply's checkpoint (moving it to ``state`` if given:
+        ``INTERRUPTED`` releases it). False, writing nothing, if the ticket lost the reply."""
+        ...
+
+    def save_checkpoints(
+        self, writes: Sequence[tuple[ReplyTicket, CheckpointDraft]]
+    ) -> list[bool] | None:
+        """Periodic writes of many replies in one transaction, off the foreground path.
+
+        None (nothing written; try again later) when the database is busy.
+        """
+        ...
+
+    def renew_leases(self, owner: str) -> None:
+        """Extend the leases of every live reply ``owner`` holds (its heartbeat)."""
+        ...
+
     def get_checkpoint(self, checkpoint_id: int) -> Checkpoint: ...
-    def checkpoints(
-        self, context_id: str, *, include_resolved: bool = False
-    ) -> list[Checkpoint]: ...
-    def claim_checkpoint(self, checkpoint_id: int, *, stale_after: float = 300.0) -> bool: ...
-    def release_checkpoint(self, checkpoint_id: int) -> None: ...
+    def find_reply(self, reply_id: str) -> Checkpoint | None:
+        """The reply's row if it still has one (a reply completed without interruption has
+        none: its records name it); replies whose owner died read as ``INTERRUPTED``."""
+        ...
+
+    def checkpoints(self, context_id: str, *, include_resolved: bool = False) -> list[Checkpoint]:
+        """Interrupted replies of a context, oldest first (settled ones too if asked)."""
+        ...
+
+    def active_replies(self, context_id: str) -> list[Checkpoint]:
+        """Replies being generated now (``STREAMING`` or ``RESUMING``) in a context."""
+        ...
+
+    def claim_checkpoint(self, checkpoint_id: int, *, owner: str) -> Checkpoint:
+        """Take an interrupted reply for a resume (``RESUMING``, next epoch); exactly one of
+        several racing callers wins, the others get :class:`~rxcontext.ReplyBusy`."""
+        ...
+
+    def discard_checkpoint(self, checkpoint_id: int) -> Checkpoint:
+        """Settle an interrupted reply as ``DISCARDED`` (the row stays, for audit)."""
+        ...
+
+    def keep_checkpoint(self, checkpoint_id: int) -> list[Record]:
+        """Store an interrupted reply's partial text as its reply (metadata ``partial``)."""
+        ...

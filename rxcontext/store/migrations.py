@@ -8,7 +8,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-__all__ = ["MIGRATIONS", "migrate"]
+from ..errors import NotADatabaseError, SchemaTooNew
+
+__all__ = ["MIGRATIONS", "migrate", "pending"]
 
 Step = Callable[[sqlite3.Connection], None]
 MIGRATIONS: list[tuple[str, Step]] = []
@@ -119,24 +121,111 @@ def m005_checkpoint_claim_owner(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE checkpoints ADD COLUMN claimed_by TEXT")
 
 
-def migrate(db: sqlite3.Connection) -> list[str]:
-    """Apply the steps not yet recorded, each in its own transaction; return their names."""
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        " name TEXT PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+@migration
+def m006_reply_lifecycle(db: sqlite3.Connection) -> None:
+    """Replies with ids, states and owners; records ordered by per-context positions.
+
+    Positions follow the order of before (time, then id); each open checkpoint gets the
+    place where its stream was (after the records written before it), so a resume lands
+    where the reply was asked for. Checkpoint text written from now on is appended in
+    parts, so a periodic write costs the new text only.
+    """
+    _script(
+        db,
+        """
+        ALTER TABLE contexts ADD COLUMN next_pos INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE records ADD COLUMN pos INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE records ADD COLUMN reply_id TEXT;
+        ALTER TABLE checkpoints ADD COLUMN reply_id TEXT;
+        ALTER TABLE checkpoints ADD COLUMN state TEXT NOT NULL DEFAULT 'interrupted';
+        ALTER TABLE checkpoints ADD COLUMN pos INTEGER;
+        ALTER TABLE checkpoints ADD COLUMN owner TEXT;
+        ALTER TABLE checkpoints ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE checkpoints ADD COLUMN lease_until TEXT;
+        ALTER TABLE checkpoints ADD COLUMN stop_requested INTEGER NOT NULL DEFAULT 0;
+        UPDATE checkpoints SET reply_id = 'legacy-' || id,
+            state = CASE WHEN resolved_at IS NULL THEN 'interrupted' ELSE 'completed' END;
+        CREATE TEMP TABLE m006_order AS
+            SELECT kind, id, context_id,
+                   ROW_NUMBER() OVER (PARTITION BY context_id ORDER BY ts, kind, id) - 1 AS pos
+            FROM (SELECT 0 AS kind, id, context_id, ts FROM records
+                  UNION ALL
+                  SELECT 1, id, context_id, created_at FROM checkpoints
+                  WHERE resolved_at IS NULL);
+        CREATE INDEX temp.m006_order_id ON m006_order(kind, id);
+        UPDATE records SET pos = (SELECT o.pos FROM m006_order o
+                                  WHERE o.kind = 0 AND o.id = records.id);
+        UPDATE checkpoints SET pos = (SELECT o.pos FROM m006_order o
+                                      WHERE o.kind = 1 AND o.id = checkpoints.id);
+        UPDATE contexts SET next_pos = COALESCE(
+            (SELECT MAX(o.pos) + 1 FROM m006_order o WHERE o.context_id = contexts.id), 0);
+        DROP TABLE temp.m006_order;
+        DROP INDEX idx_records_context_ts;
+        CREATE INDEX idx_records_context_pos ON records(context_id, pos, id);
+        CREATE INDEX idx_records_reply ON records(reply_id) WHERE reply_id IS NOT NULL;
+        CREATE UNIQUE INDEX idx_checkpoints_reply ON checkpoints(reply_id);
+        CREATE INDEX idx_checkpoints_state ON checkpoints(context_id, state);
+        CREATE TABLE checkpoint_parts (
+            checkpoint_id INTEGER NOT NULL REFERENCES checkpoints(id) ON DELETE CASCADE,
+            seq           INTEGER NOT NULL,
+            text          TEXT NOT NULL,
+            thinking      TEXT NOT NULL,
+            PRIMARY KEY (checkpoint_id, seq)
+        )
+        """,
     )
+
+
+def pending(db: sqlite3.Connection, path: str) -> list[str]:
+    """The steps this database still needs; refuses (writing nothing) one that is not ours.
+
+    Raises :class:`~rxcontext.errors.SchemaTooNew` for a database migrated by a newer
+    rxcontext and :class:`~rxcontext.errors.NotADatabaseError` for another application's.
+    """
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return [name for name, _ in MIGRATIONS]
+    if "schema_migrations" not in tables:
+        if {"contexts", "records"} <= tables:
+            what = "a contextwindow database (or another tool's with the same tables)"
+        else:
+            what = "another application's SQLite database"
+        raise NotADatabaseError(
+            f"{path!r} is {what}, not an rxcontext database; it was left unchanged. "
+            "Give the path of an rxcontext database or of a new file"
+        )
     done = {row[0] for row in db.execute("SELECT name FROM schema_migrations")}
-    applied = []
-    for name, step in MIGRATIONS:
-        if name in done:
-            continue
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            step(db)
-            db.execute("INSERT INTO schema_migrations (name) VALUES (?)", (name,))
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        applied.append(name)
-    return applied
+    known = {name for name, _ in MIGRATIONS}
+    newer = done - known
+    if newer:
+        raise SchemaTooNew(
+            f"{path!r} was written by a newer rxcontext (schema steps {sorted(newer)} are "
+            "unknown here); it was left unchanged: upgrade rxcontext to open it"
+        )
+    return [name for name, _ in MIGRATIONS if name not in done]
+
+
+def migrate(db: sqlite3.Connection, path: str = ":memory:") -> list[str]:
+    """Apply the steps not yet recorded, in one write transaction; return their names.
+
+    Safe when several processes open a new (or just-upgraded) database at once: the steps
+    still needed are decided again under the write lock, so each runs exactly once.
+    """
+    if not pending(db, path):
+        return []
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " name TEXT PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+        )
+        todo = pending(db, path)
+        for name, step in MIGRATIONS:
+            if name in todo:
+                step(db)
+                db.execute("INSERT INTO schema_migrations (name) VALUES (?)", (name,))
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return todo

@@ -39,7 +39,7 @@ from .base import CheckpointDraft, RecordDraft
 from .pg_codec import dec, dec_opt, enc, enc_opt
 from .pg_migrations import migrate
 from .pg_run import Conn, Runner, Stored, connect_with_retry, first_line, redact
-from .sqlite import _json, _storable
+from ._sqlite_rows import storable as _storable, to_json as _json
 
 __all__ = ["PostgresStore"]
 

@@ -1,0 +1,65 @@
+"""Store writes that a signal cannot cut in half.
+
+Python runs signal handlers between bytecodes of the main thread, so ``KeyboardInterrupt``
+(or a ``SystemExit`` raised by a SIGTERM handler) can land anywhere: right after
+``BEGIN IMMEDIATE`` (the write lock stays held, other processes see "database is locked"),
+between a commit and the line that notes it in memory (the next step then repeats or
+contradicts it). :func:`deferred` holds such signals for the length of a write and its
+bookkeeping, then delivers them to the handler that was installed, so the user still gets
+their ``KeyboardInterrupt`` — after the write happened whole, or not at all.
+
+Only the main thread runs Python signal handlers, so elsewhere this costs one comparison.
+``asyncio.CancelledError`` needs nothing here: it only lands at an ``await``, and the store's
+writes do not await.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+__all__ = ["deferred"]
+
+_DEFERRED = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None)
+_MAIN = threading.main_thread()
+_depth = 0  # main thread only: nested regions defer once, at the outermost
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM handlers until the block ends, then run them (main thread only)."""
+    global _depth
+    if threading.current_thread() is not _MAIN or _depth:
+        if threading.current_thread() is _MAIN:
+            _depth += 1
+            try:
+                yield
+            finally:
+                _depth -= 1
+        else:
+            yield
+        return
+    pending: list[tuple[int, FrameType | None]] = []
+    saved: dict[int, Any] = {}
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        pending.append((signum, frame))
+
+    _depth = 1
+    try:
+        for signum in _DEFERRED:
+            handler = signal.getsignal(signum)
+            if callable(handler):  # a Python-level handler (default_int_handler included)
+                saved[signum] = handler
+                signal.signal(signum, hold)
+        yield
+    finally:
+        _depth = 0
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        for signum, frame in pending:
+            saved[signum](signum, frame)

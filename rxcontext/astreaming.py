@@ -1,0 +1,260 @@
+"""The asyncio stream driver: one reply (or a tool loop of rounds) as an async iterator.
+
+The same loop as the Observable's (:mod:`.streaming`), over the model's async iterator.
+Nothing blocks the event loop on the store: opening the reply, reading its history,
+committing it and writing its checkpoints run in a worker thread the driver awaits; a write
+that was under way when the task is cancelled is waited for, so what the store holds and
+what the driver believes always agree, and then the cancellation goes on.
+
+A chunk is delivered when it is yielded. If the consumer stops while holding one (its task
+is cancelled, or it ends without closing the iterator), a done-callback on its task saves
+the checkpoint before anyone awaiting that task resumes, so code that lists checkpoints
+right after catching ``CancelledError`` finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
+
+from reactivex import abc
+
+from .chunks import Chunk, ToolCall
+from .persist import ReplyPersister
+from .run import Run, aclose_chunks
+from .tools import ToolResult
+
+__all__ = ["off_loop", "run_async"]
+
+_T = TypeVar("_T")
+
+
+async def off_loop(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """Run ``fn`` in a worker thread; a cancellation waits for it to end, then goes on."""
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            try:
+                await asyncio.shield(future)
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                break
+        if not future.cancelled():
+            future.exception()  # retrieved: the cancellation is what goes on
+        raise
+
+
+def _watch(persister: ReplyPersister) -> Callable[[], None] | None:
+    """Save the checkpoint when the consuming task ends while the reply is unfinished."""
+    task = asyncio.current_task()
+    if task is None:
+        return None
+
+    def done(_: asyncio.Task[Any]) -> None:
+        if not persister.finished:
+            persister.interrupt(None)
+
+    task.add_done_callback(done)
+
+    def unwatch() -> None:
+        task.remove_done_callback(done)
+
+    return unwatch
+
+
+async def _run_tools_async(run: Run, calls: Sequence[ToolCall]) -> list[ToolResult]:
+    tools = run.tools
+    assert tools is not None
+    jobs = [tools.arun(c.id, c.name, c.arguments, c.error) for c in calls]
+    if run.parallel_tools:
+        return list(await asyncio.gather(*jobs))
+    return [await job for job in jobs]
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _sleep(seconds: float, scheduler: abc.SchedulerBase | None) -> None:
+    """``asyncio.sleep``, or a wait on ``scheduler``'s clock (virtual under a TestScheduler)."""
+    if scheduler is None:
+        await asyncio.sleep(seconds)
+        return
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def fire(_: abc.SchedulerBase, __: Any = None) -> None:
+        loop.call_soon_threadsafe(_resolve, done)
+
+    timer = scheduler.schedule_relative(seconds, fire)
+    try:
+        await done
+    finally:
+        timer.dispose()
+
+
+class _Deadline:
+    """``asyncio.timeout`` on an Rx scheduler's clock: cancels the task when due.
+
+    Like ``asyncio.timeout`` it turns that cancellation (and only that one) into an expiry.
+    """
+
+    def __init__(self, seconds: float, scheduler: abc.SchedulerBase) -> None:
+        self._seconds = seconds
+        self._scheduler = scheduler
+        self._expired = False
+        self._exited = False
+        self._task: asyncio.Task[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: abc.DisposableBase | None = None
+
+    def expired(self) -> bool:
+        return self._expired
+
+    async def __aenter__(self) -> _Deadline:
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._scheduler.schedule_relative(self._seconds, self._fire)
+        return self
+
+    def _fire(self, _: abc.SchedulerBase, __: Any = None) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._expire)
+
+    def _expire(self) -> None:
+        if not self._exited and self._task is not None:
+            self._expired = True
+            self._task.cancel()
+
+    async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self._exited = True
+        if self._timer is not None:
+            self._timer.dispose()
+        if self._expired and kind is asyncio.CancelledError:
+            assert self._task is not None
+            if self._task.uncancel() == 0:
+                raise TimeoutError
+
+
+async def _next_within(
+    it: AsyncIterator[Chunk], seconds: float, scheduler: abc.SchedulerBase | None
+) -> Chunk:
+    """The next chunk, or TimeoutError (only for this deadline) after ``seconds``."""
+    deadline: asyncio.Timeout | _Deadline = (
+        asyncio.timeout(seconds) if scheduler is None else _Deadline(seconds, scheduler)
+    )
+    try:
+        async with deadline:
+            return await anext(it)
+    except TimeoutError:
+        if deadline.expired():
+            raise _Expired from None
+        raise
+
+
+class _Expired(Exception):
+    """Internal: a timeout of the driver's own (not one the model raised)."""
+
+
+async def run_async(run: Run) -> AsyncIterator[Chunk]:
+    """The asyncio driver: the same loop as the Observable's, over the model's async iterator.
+
+    Closing the iterator early (``aclose()``, a ``break`` under ``contextlib.aclosing``, a
+    cancelled task) saves the checkpoint and closes the provider stream. Retry waits and
+    timeouts use ``run.scheduler``'s clock, or the event loop's.
+    """
+    persister = run.persister
+    hooks = run.hooks
+    timeouts = run.timeouts
+    timed = timeouts.first_chunk is not None or timeouts.idle is not None
+    it: AsyncIterator[Chunk] | None = None
+    unwatch: Callable[[], None] | None = None
+    try:
+        await off_loop(run.open)
+        for hook in hooks:
+            if hook.on_start is not None:
+                hook.on_start()
+        rounds = 0
+        while True:
+            request = await off_loop(run.request, rounds)
+            attempt = 0
+            while True:
+                attempt += 1
+                run.requests.append(request)
+                it = run.achunks(request)
+                delivered = False
+                try:
+                    while True:
+                        limit = timeouts.limit(delivered) if timed else None
+                        try:
+                            if limit is None:
+                                chunk = await anext(it)
+                            else:
+                                chunk = await _next_within(it, limit, run.scheduler)
+                        except StopAsyncIteration:
+                            break
+                        except _Expired:
+                            assert limit is not None
+                            raise run.timeout(delivered, limit) from None
+                        for hook in hooks:
+                            hook.chunk(chunk)
+                        persister.busy = True
+                        if persister._claimed:
+                            persister.wait_claim()
+                        persister.add(chunk)  # delivered the moment it is yielded
+                        persister.busy = False
+                        delivered = True
+                        if persister.attention:
+                            await off_loop(persister.attend)
+                        if unwatch is None:
+                            unwatch = _watch(persister)
+                        yield chunk
+                except Exception as error:
+                    if delivered:
+                        raise
+                    await aclose_chunks(it)
+                    it = None
+                    delay = run.retry_delay(error, attempt)
+                    if delay is None:
+                        raise
+                    await _sleep(delay, run.scheduler)
+                    continue
+                break
+            it = None
+            reply = persister.reply()
+            calls = run.calls_to_run(reply)
+            if not await off_loop(persister.complete, reply, last=not calls):
+                return  # the consumer's task ended meanwhile: the checkpoint was saved
+            if not calls:
+                break
+            rounds += 1
+            run.check_rounds(rounds)
+            results = await _run_tools_async(run, calls)
+            await off_loop(run.store_results, results)
+            for chunk in run.result_chunks(results):
+                for hook in hooks:
+                    hook.chunk(chunk)
+                yield chunk
+        for hook in hooks:
+            if hook.on_complete is not None:
+                hook.on_complete()
+    except Exception as error:
+        failure = await off_loop(run.checkpointed, run.hooks_failed(error))
+        raise failure from failure.__cause__  # what fail() chained (a raising on_error hook)
+    except BaseException as error:  # GeneratorExit (closed early), CancelledError
+        if not persister.finished:
+            await off_loop(persister.interrupt, None if isinstance(error, GeneratorExit) else error)
+        raise
+    finally:
+        if unwatch is not None:
+            unwatch()
+        if it is not None:
+            await aclose_chunks(it)
+        run.close()

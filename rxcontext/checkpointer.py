@@ -1,0 +1,189 @@
+"""Periodic checkpoints on a timer: what streaming replies delivered, written while they pause.
+
+A reply that sends text and then pauses (reasoning, a slow tool, a stalled connection) must
+not keep that text only in memory: "a killed process loses at most ``checkpoint_every``
+seconds of what subscribers received" holds because a timer, not chunk arrival, drives the
+writes. One :class:`Checkpointer` serves every streaming reply of a store with the same
+interval: each tick copies the new part of every reply that has one (nothing is done for a
+reply with nothing new) and writes them all in one background transaction that waits for
+another process's lock only briefly — if it cannot write, the text stays pending for the
+next tick and the streams never wait. The same tick renews the leases of this worker's live
+replies (its heartbeat for other hosts).
+
+Ticks run on a thread of their own, or, when the window's scheduler is virtual (a
+``TestScheduler``), on that scheduler's clock so tests decide when time passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from typing import Any
+
+from reactivex import abc
+from reactivex.scheduler import VirtualTimeScheduler
+
+from .errors import CheckpointNotFound, ContextNotFound, OwnershipLost, StoreClosedError
+from .persist import ReplyPersister
+from .store.base import CheckpointDraft, Store
+from .store.owner import worker_id
+
+__all__ = ["Checkpointer", "checkpointer_for"]
+
+_log = logging.getLogger("rxcontext.checkpointer")
+
+
+class Checkpointer:
+    """Writes the checkpoints of ``store``'s streaming replies every ``every`` seconds."""
+
+    def __init__(
+        self, store: Store, every: float, scheduler: VirtualTimeScheduler | None = None
+    ) -> None:
+        self.store = store
+        self.every = every
+        self.scheduler = scheduler
+        self._replies: dict[int, ReplyPersister] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._timer: abc.DisposableBase | None = None
+        self._renewed = 0.0
+        self.ticks = 0
+        """How many ticks ran (for tests and benchmarks)."""
+
+    def register(self, persister: ReplyPersister) -> None:
+        """Start writing ``persister``'s checkpoints (until :meth:`unregister`)."""
+        with self._lock:
+            self._replies[id(persister)] = persister
+            if self.scheduler is not None:
+                if self._timer is None:
+                    self._timer = self.scheduler.schedule_relative(self.every, self._virtual_tick)
+            elif self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="rxcontext-checkpoints", daemon=True
+                )
+                self._thread.start()
+
+    def unregister(self, persister: ReplyPersister) -> None:
+        """Stop writing ``persister``'s checkpoints; the timer stops with the last reply."""
+        with self._lock:
+            self._replies.pop(id(persister), None)
+            if not self._replies:
+                if self._timer is not None:
+                    self._timer.dispose()
+                    self._timer = None
+                self._wake.notify_all()
+
+    def _virtual_tick(self, scheduler: abc.SchedulerBase, state: Any = None) -> None:
+        with self._lock:
+            if self._timer is None:
+                return
+        self.tick()
+        with self._lock:
+            if self._timer is not None and self._replies:
+                assert self.scheduler is not None
+                self._timer = self.scheduler.schedule_relative(self.every, self._virtual_tick)
+
+    def _run(self) -> None:
+        due = time.monotonic() + self.every
+        while True:
+            with self._lock:
+                while self._replies:
+                    left = due - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wake.wait(left)
+                if not self._replies:
+                    self._thread = None
+                    return
+            self.tick()
+            due += self.every
+            now = time.monotonic()
+            if due <= now:  # a write took longer than the interval: skip, never pile up
+                due = now + self.every
+
+    def tick(self) -> None:
+        """Write every registered reply's new text now (one transaction), renew leases."""
+        self.ticks += 1
+        with self._lock:
+            replies = list(self._replies.values())
+        batch: list[tuple[ReplyPersister, CheckpointDraft]] = []
+        for persister in replies:
+            if not persister.periodic_lock():
+                continue  # its final write is happening right now
+            try:
+                draft = persister.snapshot()
+            except BaseException:
+                persister.periodic_done(None, None)
+                raise
+            if draft is None:
+                persister.periodic_done(None, None)
+            else:
+                batch.append((persister, draft))
+        results: list[bool] | None = None
+        try:
+            if batch:
+                assert all(p.ticket is not None for p, _ in batch)
+                results = self.store.save_checkpoints(
+                    [(p.ticket, d) for p, d in batch]  # type: ignore[misc]
+                )
+        except StoreClosedError:
+            results = None
+        except Exception:
+            _log.exception("periodic checkpoint write failed; retrying at the next interval")
+            results = None
+        finally:
+            for i, (persister, draft) in enumerate(batch):
+                written = results[i] if results is not None else None
+                if written is False:
+                    persister.lost = _why_lost(self.store, persister)
+                persister.periodic_done(draft, written)
+        self._renew()
+
+    def _renew(self) -> None:
+        now = time.monotonic()
+        if now - self._renewed < min(1.0, self.store.lease_ttl / 3):
+            return
+        self._renewed = now
+        try:
+            self.store.renew_leases(worker_id())
+        except Exception:
+            _log.debug("lease renewal failed; retrying at the next interval", exc_info=True)
+
+
+def _why_lost(store: Store, persister: ReplyPersister) -> OwnershipLost | ContextNotFound:
+    assert persister.ticket is not None
+    try:
+        store.get_checkpoint(persister.ticket.checkpoint_id)
+    except CheckpointNotFound:
+        return ContextNotFound(
+            "the context was deleted while its reply streamed; nothing more can be stored"
+        )
+    except Exception:
+        pass
+    return OwnershipLost(
+        f"reply {persister.reply_id!r} was taken over by another worker while this one was "
+        "streaming it; nothing more was stored from here"
+    )
+
+
+_checkpointers: weakref.WeakKeyDictionary[Any, dict[tuple[int, float], Checkpointer]] = (
+    weakref.WeakKeyDictionary()
+)
+_registry_lock = threading.Lock()
+
+
+def checkpointer_for(
+    store: Store, every: float, scheduler: abc.SchedulerBase | None = None
+) -> Checkpointer:
+    """The checkpointer of ``store`` for interval ``every`` (virtual time if ``scheduler`` is)."""
+    virtual = scheduler if isinstance(scheduler, VirtualTimeScheduler) else None
+    key = (id(virtual), every)
+    with _registry_lock:
+        per_store = _checkpointers.setdefault(store, {})
+        found = per_store.get(key)
+        if found is None:
+            found = per_store[key] = Checkpointer(store, every, virtual)
+        return found

@@ -1,0 +1,116 @@
+"""How the SQLite store turns values into column values and rows back into values."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime
+from typing import Any
+
+from ..chunks import Usage
+from ..records import Checkpoint, Context, Record, RecordType, ReplyState
+
+RECORD_COLUMNS = (
+    "id, context_id, ts, source, content, live, est_tokens, response_id, streamed,"
+    " tool_call_id, tool_name, metadata, pos, reply_id"
+)
+CONTEXT_COLUMNS = "id, name, start_time, use_server_side_threading, last_response_id"
+CHECKPOINT_COLUMNS = (
+    "id, context_id, text, thinking, tool_calls, usage, error, created_at, resolved_at,"
+    " updated_at, chunks, response_id, metadata, reply_id, state, pos, epoch, owner, lease_until"
+)
+USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+)
+
+Row = sqlite3.Row | tuple[Any, ...]
+
+
+def time_of(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def storable(text: str) -> str:
+    """``text`` as SQLite can hold it: split surrogate pairs joined, lone ones replaced.
+
+    A provider may cut an escaped emoji between two deltas ("\\ud83d" then "\\ude00"); the
+    joined reply then holds a surrogate pair that UTF-8 refuses, and the whole reply would
+    be lost at commit. Text without surrogates (nearly all) is returned as is.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def to_json(value: Any) -> str | None:
+    if not value:
+        return None
+    return storable(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+
+def from_json(value: str | None, default: Any) -> Any:
+    return json.loads(value) if value else default
+
+
+_RECORD_TYPES = {int(t): t for t in RecordType}
+
+
+def record(row: Row) -> Record:
+    # Every request reads the live history through here: positional arguments, a dict
+    # lookup instead of the enum constructor, and json only when there is metadata.
+    meta = row[11]
+    return Record(
+        row[0],
+        row[1],
+        _RECORD_TYPES[row[3]],
+        row[4],
+        bool(row[5]),
+        row[6],
+        datetime.fromisoformat(row[2]),
+        row[7],
+        bool(row[8]),
+        row[9],
+        row[10],
+        json.loads(meta) if meta else {},
+        row[12],
+        row[13],
+    )
+
+
+def context(row: Row) -> Context:
+    start = time_of(row[2])
+    assert start is not None
+    return Context(row[0], row[1], start, bool(row[3]), row[4])
+
+
+def checkpoint(row: Row, text: str, thinking: str) -> Checkpoint:
+    """A checkpoint from its row; ``text``/``thinking`` are the row's plus its appended parts."""
+    created = time_of(row[7])
+    assert created is not None
+    usage = from_json(row[5], None)
+    return Checkpoint(
+        id=row[0],
+        context_id=row[1],
+        text=text,
+        thinking=thinking,
+        tool_calls=tuple(from_json(row[4], [])),
+        usage=Usage.from_dict(usage) if usage else None,
+        error=row[6],
+        created_at=created,
+        resolved_at=time_of(row[8]),
+        updated_at=time_of(row[9]),
+        chunks=row[10],
+        response_id=row[11],
+        metadata=from_json(row[12], {}),
+        reply_id=row[13],
+        state=ReplyState(row[14]),
+        pos=row[15],
+        epoch=row[16],
+        owner=row[17],
+    )

@@ -1,0 +1,404 @@
+"""The reply lifecycle on SQLite: begin, checkpoint, commit, claim, keep, discard.
+
+A reply's row in ``checkpoints`` carries its state, its owner (a worker id), its epoch and
+its reserved position. Every write names the epoch its writer holds and changes nothing if
+the reply has moved on (claimed by someone else, settled, deleted with its context): that
+makes a late write after a commit, a Ctrl-C between two writes, or a process presumed dead
+harmless by construction. Checkpoint text is appended in parts (``checkpoint_parts``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from ..chunks import Usage
+from ..errors import (
+    CheckpointNotFound,
+    OwnershipLost,
+    ReplyExists,
+    StoreBusy,
+)
+from ..records import Checkpoint, Record, RecordType, ReplyState
+from . import _sqlite_rows as rows
+from .base import (
+    IN_PROGRESS,
+    ORPHANED,
+    CheckpointDraft,
+    RecordDraft,
+    ReplyEnd,
+    ReplyTicket,
+    settle_refusal,
+)
+from .owner import owner_alive
+
+__all__ = ["SQLiteReplies"]
+
+_LIVE = ("streaming", "resuming")
+
+
+def _checkpoint_values(draft: CheckpointDraft) -> tuple[Any, ...]:
+    return (
+        rows.storable(json.dumps(list(draft.tool_calls), ensure_ascii=False)),
+        rows.to_json(draft.usage.to_dict()) if draft.usage else None,
+        rows.storable(draft.error) if draft.error is not None else None,
+        draft.chunks,
+        draft.response_id,
+        rows.to_json(dict(draft.metadata)),
+    )
+
+
+class SQLiteReplies:
+    """Reply lifecycle methods of :class:`~rxcontext.store.sqlite.SQLiteStore`."""
+
+    if TYPE_CHECKING:
+        clock: Callable[[], datetime]
+        lease_ttl: float
+
+        def now(self) -> str: ...
+        def _tx(
+            self, *, durable: bool = False, background: bool = False
+        ) -> AbstractContextManager[sqlite3.Connection]: ...
+        def _read(self) -> AbstractContextManager[sqlite3.Connection]: ...
+        @staticmethod
+        def _allocate(db: sqlite3.Connection, context_id: str, n: int = 1) -> int: ...
+        def _insert(
+            self,
+            db: sqlite3.Connection,
+            context_id: str,
+            draft: RecordDraft,
+            pos: int,
+            reply_id: str | None = None,
+        ) -> Record: ...
+
+    def _lease(self) -> str:
+        return (self.clock() + timedelta(seconds=self.lease_ttl)).isoformat(timespec="microseconds")
+
+    # -- reading --------------------------------------------------------------------------
+
+    @staticmethod
+    def _parts(db: sqlite3.Connection, checkpoint_id: int) -> tuple[list[str], list[str]]:
+        text: list[str] = []
+        thinking: list[str] = []
+        for t, k in db.execute(
+            "SELECT text, thinking FROM checkpoint_parts WHERE checkpoint_id = ? ORDER BY seq",
+            (checkpoint_id,),
+        ):
+            if t:
+                text.append(t)
+            if k:
+                thinking.append(k)
+        return text, thinking
+
+    def _load(self, db: sqlite3.Connection, row: rows.Row) -> Checkpoint:
+        text, thinking = self._parts(db, row[0])
+        cp = rows.checkpoint(row, row[2] + "".join(text), row[3] + "".join(thinking))
+        if cp.state.live and not owner_alive(cp.owner, rows.time_of(row[18]), self.clock()):
+            # Its process is gone: say what the next claim or sweep will make of it.
+            return _as_orphan(cp)
+        return cp
+
+    def _select(self, where: str, args: tuple[Any, ...]) -> list[Checkpoint]:
+        with self._read() as db:
+            found = db.execute(
+                f"SELECT {rows.CHECKPOINT_COLUMNS} FROM checkpoints WHERE {where}", args
+            ).fetchall()
+            return [self._load(db, r) for r in found]
+
+    def get_checkpoint(self, checkpoint_id: int) -> Checkpoint:
+        """One reply's checkpoint by id, or :class:`CheckpointNotFound`."""
+        found = self._select("id = ?", (checkpoint_id,))
+        if not found:
+            raise CheckpointNotFound(f"no checkpoint with id {checkpoint_id!r}")
+        return found[0]
+
+    def find_reply(self, reply_id: str) -> Checkpoint | None:
+        """The row of reply ``reply_id``, or None (never begun, or completed without a cut)."""
+        found = self._select("reply_id = ?", (reply_id,))
+        return found[0] if found else None
+
+    def reply_records(self, reply_id: str) -> list[Record]:
+        """The records reply ``reply_id`` stored, in order (empty if none yet)."""
+        with self._read() as db:
+            found = db.execute(
+                f"SELECT {rows.RECORD_COLUMNS} FROM records WHERE reply_id = ? ORDER BY pos, id",
+                (reply_id,),
+            ).fetchall()
+        return [rows.record(r) for r in found]
+
+    def checkpoints(self, context_id: str, *, include_resolved: bool = False) -> list[Checkpoint]:
+        """Interrupted replies of a context in conversation order (settled ones too if asked).
+
+        A reply whose process died is listed as interrupted (its row changes at the next
+        claim, keep or discard).
+        """
+        found = self._select(
+            "context_id = ? ORDER BY pos, id"
+            if include_resolved
+            else "context_id = ? AND state IN ('interrupted', 'streaming', 'resuming')"
+            " ORDER BY pos, id",
+            (context_id,),
+        )
+        return [cp for cp in found if include_resolved or cp.state is ReplyState.INTERRUPTED]
+
+    def active_replies(self, context_id: str) -> list[Checkpoint]:
+        """Replies being generated now in a context (``STREAMING`` or ``RESUMING``)."""
+        found = self._select(
+            "context_id = ? AND state IN ('streaming', 'resuming') ORDER BY pos, id",
+            (context_id,),
+        )
+        return [cp for cp in found if cp.state.live]
+
+    # -- writing --------------------------------------------------------------------------
+
+    def begin_reply(self, context_id: str, reply_id: str, *, owner: str) -> Checkpoint:
+        """Reserve the next position for a reply and create its ``STREAMING`` row (epoch 1)."""
+        if not isinstance(reply_id, str) or not reply_id:
+            raise TypeError("reply_id must be a non-empty str")
+        with self._tx() as db:
+            pos = self._allocate(db, context_id)
+            if db.execute(
+                "SELECT 1 FROM records WHERE reply_id = ? LIMIT 1", (reply_id,)
+            ).fetchone():
+                raise ReplyExists(f"reply id {reply_id!r} was already used (reply ids are unique)")
+            now = self.now()
+            try:
+                cur = db.execute(
+                    "INSERT INTO checkpoints (context_id, text, created_at, updated_at, reply_id,"
+                    " state, pos, owner, epoch, lease_until)"
+                    " VALUES (?, '', ?, ?, ?, 'streaming', ?, ?, 1, ?)",
+                    (context_id, now, now, reply_id, pos, owner, self._lease()),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise ReplyExists(
+                    f"reply id {reply_id!r} was already used (reply ids are unique)"
+                ) from exc
+            row = db.execute(
+                f"SELECT {rows.CHECKPOINT_COLUMNS} FROM checkpoints WHERE id = ?", (cur.lastrowid,)
+            ).fetchone()
+        return rows.checkpoint(row, "", "")
+
+    @staticmethod
+    def _write(
+        db: sqlite3.Connection,
+        ticket: ReplyTicket,
+        draft: CheckpointDraft,
+        now: str,
+        state: ReplyState | None,
+    ) -> bool:
+        release = state is ReplyState.INTERRUPTED
+        cur = db.execute(
+            "UPDATE checkpoints SET tool_calls = ?, usage = ?, error = ?, chunks = ?,"
+            " response_id = ?, metadata = ?, updated_at = ?, state = COALESCE(?, state),"
+            " owner = CASE WHEN ? THEN NULL ELSE owner END,"
+            " lease_until = CASE WHEN ? THEN NULL ELSE lease_until END"
+            " WHERE id = ? AND epoch = ? AND state IN ('streaming', 'resuming')",
+            (
+                *_checkpoint_values(draft),
+                now,
+                state.value if state is not None else None,
+                release,
+                release,
+                ticket.checkpoint_id,
+                ticket.epoch,
+            ),
+        )
+        if cur.rowcount == 0:
+            return False
+        if draft.append_text or draft.append_thinking:
+            db.execute(
+                "INSERT INTO checkpoint_parts (checkpoint_id, seq, text, thinking)"
+                " SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ? FROM checkpoint_parts"
+                " WHERE checkpoint_id = ?",
+                (
+                    ticket.checkpoint_id,
+                    rows.storable(draft.append_text),
+                    rows.storable(draft.append_thinking),
+                    ticket.checkpoint_id,
+                ),
+            )
+        return True
+
+    def save_checkpoint(
+        self,
+        ticket: ReplyTicket,
+        draft: CheckpointDraft,
+        *,
+        state: ReplyState | None = None,
+    ) -> bool:
+        """Write ``draft`` into the reply's checkpoint (appending its text); False if fenced."""
+        with self._tx() as db:
+            return self._write(db, ticket, draft, self.now(), state)
+
+    def save_checkpoints(
+        self, writes: Sequence[tuple[ReplyTicket, CheckpointDraft]]
+    ) -> list[bool] | None:
+        """Periodic writes in one background transaction; None if the database was busy."""
+        try:
+            with self._tx(background=True) as db:
+                now = self.now()
+                return [self._write(db, t, d, now, None) for t, d in writes]
+        except StoreBusy:
+            return None
+
+    def renew_leases(self, owner: str) -> None:
+        """Extend the leases of the live replies ``owner`` holds."""
+        with self._tx(background=True) as db:
+            db.execute(
+                "UPDATE checkpoints SET lease_until = ?"
+                " WHERE owner = ? AND state IN ('streaming', 'resuming')",
+                (self._lease(), owner),
+            )
+
+    def commit_reply(
+        self,
+        context_id: str,
+        drafts: Sequence[RecordDraft],
+        *,
+        usage: Usage | None = None,
+        last_response_id: str | None = None,
+        reply: ReplyTicket | None = None,
+        end: ReplyEnd | None = None,
+        at: int | None = None,
+    ) -> list[Record]:
+        """Store ``drafts`` durably in one transaction (see :meth:`Store.commit_reply`)."""
+        with self._tx(durable=True) as db:
+            nxt = self._allocate(db, context_id, 0 if reply is not None or at is not None else 1)
+            reply_id: str | None = None
+            if reply is not None:
+                row = db.execute(
+                    "SELECT pos, reply_id, epoch, state FROM checkpoints WHERE id = ?",
+                    (reply.checkpoint_id,),
+                ).fetchone()
+                # Tool outputs (no ``end``) may still land after a cancel: the tools ran.
+                settled = row is None or row[3] in ("completed", "discarded")
+                if settled or row[2] != reply.epoch or (end is not None and row[3] not in _LIVE):
+                    raise OwnershipLost(
+                        f"reply {row[1] if row else reply.checkpoint_id!r} was taken over or "
+                        "settled elsewhere; this writer's result was not stored"
+                    )
+                pos, reply_id = row[0], row[1]
+            else:
+                pos = at if at is not None else nxt
+            out = [self._insert(db, context_id, d, pos, reply_id) for d in drafts]
+            if usage is not None:
+                db.execute(
+                    "UPDATE contexts SET "
+                    + ", ".join(f"{f} = {f} + ?" for f in rows.USAGE_FIELDS)
+                    + " WHERE id = ?",
+                    (*(getattr(usage, f) for f in rows.USAGE_FIELDS), context_id),
+                )
+            if last_response_id is not None:
+                db.execute(
+                    "UPDATE contexts SET last_response_id = ? WHERE id = ?",
+                    (last_response_id, context_id),
+                )
+            if reply is not None and end is not None:
+                self._settle(db, reply, end)
+        return out
+
+    def _settle(self, db: sqlite3.Connection, reply: ReplyTicket, end: ReplyEnd) -> None:
+        cid = reply.checkpoint_id
+        db.execute("DELETE FROM checkpoint_parts WHERE checkpoint_id = ?", (cid,))
+        if end == "round":
+            db.execute(
+                "UPDATE checkpoints SET text = '', thinking = '', tool_calls = '[]', usage = NULL,"
+                " chunks = 0, response_id = NULL, metadata = NULL, updated_at = ? WHERE id = ?",
+                (self.now(), cid),
+            )
+        elif reply.epoch == 1:
+            # Never interrupted: nothing worth keeping beside its records (which name it).
+            db.execute("DELETE FROM checkpoints WHERE id = ?", (cid,))
+        else:
+            now = self.now()
+            db.execute(
+                "UPDATE checkpoints SET state = 'completed', resolved_at = ?, updated_at = ?,"
+                " owner = NULL, lease_until = NULL WHERE id = ?",
+                (now, now, cid),
+            )
+
+    # -- claims, keep, discard ------------------------------------------------------------
+
+    def _settleable(self, db: sqlite3.Connection, checkpoint_id: int, verb: str) -> Checkpoint:
+        """The reply, if it is interrupted (or orphaned); else the error that says why not."""
+        row = db.execute(
+            f"SELECT {rows.CHECKPOINT_COLUMNS} FROM checkpoints WHERE id = ?", (checkpoint_id,)
+        ).fetchone()
+        if row is None:
+            raise CheckpointNotFound(f"no checkpoint with id {checkpoint_id!r}")
+        cp = self._load(db, row)
+        refusal = settle_refusal(cp, verb)
+        if refusal is not None:
+            raise refusal
+        return cp
+
+    def claim_checkpoint(self, checkpoint_id: int, *, owner: str) -> Checkpoint:
+        """Take an interrupted reply for a resume: ``RESUMING`` under a new epoch."""
+        with self._tx() as db:
+            cp = self._settleable(db, checkpoint_id, "resume")
+            now = self.now()
+            db.execute(
+                "UPDATE checkpoints SET state = 'resuming', owner = ?, epoch = epoch + 1,"
+                " claimed_at = ?, claimed_by = ?, lease_until = ?, updated_at = ? WHERE id = ?",
+                (owner, now, owner, self._lease(), now, checkpoint_id),
+            )
+        return _replace_state(cp, ReplyState.RESUMING, cp.epoch + 1, owner)
+
+    def discard_checkpoint(self, checkpoint_id: int) -> Checkpoint:
+        """Settle an interrupted reply as ``DISCARDED``; the row stays for audit."""
+        with self._tx() as db:
+            cp = self._settleable(db, checkpoint_id, "discard")
+            now = self.now()
+            db.execute(
+                "UPDATE checkpoints SET state = 'discarded', epoch = epoch + 1, owner = NULL,"
+                " lease_until = NULL, resolved_at = ?, updated_at = ? WHERE id = ?",
+                (now, now, checkpoint_id),
+            )
+        return _replace_state(cp, ReplyState.DISCARDED, cp.epoch + 1, None)
+
+    def keep_checkpoint(self, checkpoint_id: int) -> list[Record]:
+        """Store an interrupted reply's partial text as its reply, in its own place."""
+        with self._tx(durable=True) as db:
+            cp = self._settleable(db, checkpoint_id, "keep")
+            if not cp.text:
+                raise ValueError(
+                    f"checkpoint {checkpoint_id} holds no text to keep; discard it instead"
+                )
+            assert cp.pos is not None
+            self._allocate(db, cp.context_id, 0)
+            out = [
+                self._insert(
+                    db,
+                    cp.context_id,
+                    RecordDraft(
+                        RecordType.MODEL_RESP, cp.text, streamed=True, metadata={"partial": True}
+                    ),
+                    cp.pos,
+                    cp.reply_id,
+                )
+            ]
+            now = self.now()
+            db.execute(
+                "UPDATE checkpoints SET state = 'completed', epoch = epoch + 1, owner = NULL,"
+                " lease_until = NULL, resolved_at = ?, updated_at = ? WHERE id = ?",
+                (now, now, checkpoint_id),
+            )
+        return out
+
+
+def _replace_state(cp: Checkpoint, state: ReplyState, epoch: int, owner: str | None) -> Checkpoint:
+    return replace(cp, state=state, epoch=epoch, owner=owner)
+
+
+def _as_orphan(cp: Checkpoint) -> Checkpoint:
+    """A live reply whose owner is gone, as every reader should see it: interrupted."""
+    return replace(
+        cp,
+        state=ReplyState.INTERRUPTED,
+        error=cp.error if cp.error and cp.error != IN_PROGRESS else ORPHANED,
+    )

@@ -505,7 +505,9 @@ def test_records_are_ordered_by_position_not_by_clock(store: SQLiteStore):
     times = iter(
         datetime(2024, 1, d, tzinfo=UTC) for d in (5, 1, 9, 2, 2, 2, 3, 8, 8, 8, 8, 8, 8)
     )
-    store.clock = lambda: next(times)
+    stepped = isinstance(store, SQLiteStore)  # PostgreSQL's clock is the server's
+    if stepped:
+        store.clock = lambda: next(times)
     ctx = store.get_or_create_context("o")
     for content in "abc":
         store.add_record(ctx.id, P(content))
@@ -514,7 +516,8 @@ def test_records_are_ordered_by_position_not_by_clock(store: SQLiteStore):
     store.add_record(ctx.id, P("g"))
     assert contents(store, ctx.id) == list("abcdefg")
     assert [r.pos for r in store.records(ctx.id)] == [0, 1, 2, 3, 3, 3, 4]
-    assert [r.timestamp.day for r in store.records(ctx.id)] == [1, 9, 2, 2, 2, 3, 8]
+    if stepped:
+        assert [r.timestamp.day for r in store.records(ctx.id)] == [1, 9, 2, 2, 2, 3, 8]
 
 
 def test_set_live_range_is_inclusive_and_checked(store: SQLiteStore):
@@ -642,7 +645,7 @@ def test_commit_reply_drops_the_row_of_a_reply_never_interrupted(store: SQLiteSt
     (rec,) = store.commit_reply(ctx.id, [R("run done")], reply=ticket, end="reply")
     assert (rec.pos, rec.reply_id) == (begun.pos, "run")
     assert store.checkpoints(ctx.id, include_resolved=True) == []
-    assert store._db().execute("SELECT COUNT(*) FROM checkpoint_parts").fetchone()[0] == 0
+    assert rows(store, "SELECT COUNT(*) FROM checkpoint_parts") == [(0,)]
     with pytest.raises(CheckpointNotFound):
         store.get_checkpoint(begun.id)
     assert store.find_reply("run") is None and store.reply_records("run") == [rec]

@@ -151,6 +151,7 @@ class Store(Protocol):
         reply: ReplyTicket | None = None,
         end: ReplyEnd | None = None,
         at: int | None = None,
+        commit_id: str | None = None,
     ) -> list[Record]:
         """Store ``drafts`` durably in one transaction, at the reply's position.
 
@@ -158,6 +159,11 @@ class Store(Protocol):
         refused with :class:`~rxcontext.OwnershipLost` unless the ticket's epoch still owns
         a live reply, and ``end`` settles it. Without, they go at position ``at`` (or the
         next one). ``usage`` is added to the context's totals.
+
+        ``commit_id`` is an idempotency key for stores where a commit's outcome can be
+        unknown (PostgreSQL: the connection lost during COMMIT): there a second commit with
+        the same key stores nothing and returns the first one's records. SQLite, whose
+        local transactions either commit or raise, accepts and ignores it.
         """
         ...
 

@@ -7,7 +7,7 @@ advisory lock, so N processes opening one database at once apply every step exac
 step this version does not know was migrated by a newer rxcontext: it is refused untouched.
 
 The tables mirror the SQLite ones, plus what the reply lifecycle and scale-out need
-(positions, reply ids and states, idempotent commits, workers); see shared/DESIGN.md.
+(positions, reply ids and states, idempotent commits); see shared/DESIGN.md.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from ..errors import StoreError
+from ..errors import SchemaTooNew
 
 __all__ = ["MIGRATIONS", "MIGRATIONS_TABLE", "migrate"]
 
@@ -99,20 +99,29 @@ def m001_contexts_records_tools(conn: psycopg.Connection[Any]) -> None:
 
 
 @migration
-def m002_checkpoints_and_workers(conn: psycopg.Connection[Any]) -> None:
-    """Replies in flight or interrupted (with leases and fencing), their parts, and workers."""
+def m002_replies(conn: psycopg.Connection[Any]) -> None:
+    """Reply lifecycle rows (state, owner, epoch, lease, reserved position) and their parts.
+
+    ``text_len``/``thinking_len`` count the characters the row and its parts hold, so a
+    writer can tell that acknowledged writes were lost (a server crash after a commit with
+    ``synchronous_commit = off``) and write the whole text again; ``last_write`` names the
+    write that last changed the row, so a retry after a cut-off COMMIT knows it landed.
+    """
     _script(
         conn,
         """
         CREATE TABLE checkpoints (
             id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             context_id  text NOT NULL REFERENCES contexts(id) ON DELETE CASCADE,
-            reply_id    text UNIQUE,
-            state       text NOT NULL DEFAULT 'streaming' CHECK (state IN
+            reply_id    text NOT NULL UNIQUE,
+            state       text NOT NULL CHECK (state IN
                         ('streaming', 'interrupted', 'resuming', 'completed', 'discarded')),
-            pos         bigint,
+            pos         bigint NOT NULL,
             text        text NOT NULL DEFAULT '',
             thinking    text NOT NULL DEFAULT '',
+            text_len    bigint NOT NULL DEFAULT 0,
+            thinking_len bigint NOT NULL DEFAULT 0,
+            parts       integer NOT NULL DEFAULT 0,
             tool_calls  text NOT NULL DEFAULT '[]',
             usage       text,
             error       text,
@@ -120,28 +129,25 @@ def m002_checkpoints_and_workers(conn: psycopg.Connection[Any]) -> None:
             response_id text,
             metadata    text,
             owner       text,
-            epoch       integer NOT NULL DEFAULT 0,
+            epoch       integer NOT NULL DEFAULT 1,
             lease_until timestamptz,
             stop_requested boolean NOT NULL DEFAULT false,
-            created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
-            updated_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+            last_write  text,
+            created_at  timestamptz NOT NULL,
+            updated_at  timestamptz NOT NULL,
             claimed_at  timestamptz,
             claimed_by  text,
             resolved_at timestamptz
         );
-        CREATE INDEX checkpoints_context ON checkpoints (context_id, resolved_at);
-        CREATE INDEX checkpoints_open_lease ON checkpoints (lease_until) WHERE resolved_at IS NULL;
+        CREATE INDEX checkpoints_context ON checkpoints (context_id, state, pos);
+        CREATE INDEX checkpoints_owner ON checkpoints (owner)
+            WHERE state IN ('streaming', 'resuming');
         CREATE TABLE checkpoint_parts (
             checkpoint_id bigint NOT NULL REFERENCES checkpoints(id) ON DELETE CASCADE,
             seq         integer NOT NULL,
-            text        text NOT NULL DEFAULT '',
-            thinking    text NOT NULL DEFAULT '',
+            text        text NOT NULL,
+            thinking    text NOT NULL,
             PRIMARY KEY (checkpoint_id, seq)
-        );
-        CREATE TABLE workers (
-            id           text PRIMARY KEY,
-            started_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
-            heartbeat_at timestamptz NOT NULL DEFAULT clock_timestamp()
         )
         """,
     )
@@ -160,7 +166,7 @@ def _locked(conn: psycopg.Connection[Any]) -> set[str]:
 def _refuse_newer(done: set[str], where: str) -> None:
     unknown = sorted(done - {name for name, _ in MIGRATIONS})
     if unknown:
-        raise StoreError(
+        raise SchemaTooNew(
             f"{where} was migrated by a newer rxcontext (schema steps {', '.join(unknown)} are"
             " unknown to this version); it was left unchanged: upgrade rxcontext to use it"
         )

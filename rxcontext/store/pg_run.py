@@ -179,6 +179,31 @@ class Runner:
                         f"store {self.where} was closed while retrying; nothing more was tried"
                     ) from exc
 
+    def attempt(
+        self, body: Callable[[Conn, bool], T], *, setup: str | None = None, wait: float = 0.05
+    ) -> T | None:
+        """Run ``body`` once, in one transaction, for background writes that must never
+        wait: None when no connection is free within ``wait`` seconds, a lock is busy (the
+        ``setup`` sets a ``lock_timeout``) or the server is unreachable.
+
+        None does not prove that nothing was written (the connection may have been lost
+        during COMMIT): the bodies make their next write settle that.
+        """
+        pool = self.pool()
+        try:
+            with pool.connection(timeout=wait) as conn, conn.transaction():
+                if setup is not None:
+                    conn.execute(setup)
+                return body(conn, False)
+        except Stored as done:
+            return done.value  # type: ignore[no-any-return]
+        except (pgerr.LockNotAvailable, pgerr.QueryCanceled):
+            return None
+        except psycopg.Error as exc:
+            if transient(exc):
+                return None
+            raise StoreError(f"database error on {self.where}: {first_line(exc)}") from exc
+
     def _exhausted(self, exc: BaseException, attempts: int, ambiguous: bool) -> StoreError:
         reason = (
             f"no connection within {self.retry_budget:g} s"

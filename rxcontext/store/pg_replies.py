@@ -233,9 +233,17 @@ class PostgresReplies:
                 known.thinking.append(write.thinking)
                 known.thinking_len += len(write.thinking)
 
-    def _apply(self, conn: Conn, write: _Write, result: Sequence[Any] | None) -> bool:
+    def _apply(
+        self,
+        conn: Conn,
+        write: _Write,
+        result: Sequence[Any] | None,
+        before: Sequence[_Write] = (),
+    ) -> bool:
         """Check the lengths a write returned; rewrite the whole text if acknowledged writes
-        were lost or an unsettled one landed after all (see the module docstring)."""
+        were lost or an unsettled one landed after all (see the module docstring).
+
+        ``before``: earlier writes of the same transaction to the same reply."""
         if result is None:
             return False
         cid = write.ticket.checkpoint_id
@@ -243,16 +251,18 @@ class PostgresReplies:
             known = self._written.get(cid)
         if known is None:
             return True
-        text_len = known.text_len + len(write.text)
-        thinking_len = known.thinking_len + len(write.thinking)
+        text = "".join(w.text for w in before) + write.text
+        thinking = "".join(w.thinking for w in before) + write.thinking
+        text_len = known.text_len + len(text)
+        thinking_len = known.thinking_len + len(thinking)
         if (result[0], result[1]) != (text_len, thinking_len):
             conn.execute("DELETE FROM checkpoint_parts WHERE checkpoint_id = %s", (cid,))
             conn.execute(
                 "UPDATE checkpoints SET text = %s, thinking = %s, text_len = %s,"
                 " thinking_len = %s, parts = 0 WHERE id = %s",
                 (
-                    enc("".join(known.text) + write.text),
-                    enc("".join(known.thinking) + write.thinking),
+                    enc("".join(known.text) + text),
+                    enc("".join(known.thinking) + thinking),
                     text_len,
                     thinking_len,
                     cid,
@@ -383,8 +393,12 @@ class PostgresReplies:
                 if not cur.nextset():
                     break
             ok = [False] * len(prepared)
+            landed: dict[int, list[_Write]] = {}
             for i, result in zip(order, results, strict=True):
-                ok[i] = self._apply(conn, prepared[i], result)
+                before = landed.setdefault(ids[i], [])
+                ok[i] = self._apply(conn, prepared[i], result, before)
+                if ok[i]:
+                    before.append(prepared[i])
             return ok
 
         done = self._runner.attempt(body, setup=_BACKGROUND % f"'{_BG_LOCK_WAIT}'")

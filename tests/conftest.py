@@ -1,11 +1,16 @@
-"""Fixtures shared by the test files: PostgreSQL databases (see tests/pgtest.py)."""
+"""Fixtures shared by the test files: PostgreSQL databases (see tests/pgtest.py) and
+stores of either kind for tests that run on both."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pgtest
 import pytest
+import stores
+
+import rxcontext
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +28,54 @@ def pg_server() -> Iterator[pgtest.PgServer]:
 def pg_url(pg_server: pgtest.PgServer) -> Iterator[str]:
     """The URL of a new, migrated database of this test's own, dropped afterwards."""
     yield from pgtest.fresh_database(pg_server)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Which store a test runs on; tests that use it run once on each."""
+    return str(request.param)
+
+
+def _opener(request: pytest.FixtureRequest, kind: str) -> Iterator[Callable[..., Any]]:
+    url = str(request.getfixturevalue("pg_url")) if kind == "postgres" else ":memory:"
+    opened: list[Any] = []
+
+    def make(**options: Any) -> Any:
+        store = rxcontext.open(url, **options)
+        opened.append(store)
+        if kind == "postgres":
+            stores.scalar(store, "WITH gone AS (DELETE FROM contexts RETURNING 1) SELECT 1")
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def make_store(request: pytest.FixtureRequest, store_kind: str) -> Iterator[Callable[..., Any]]:
+    """Opens stores of this test's kind: a private in-memory SQLite database per call, or
+    a store on this test's own PostgreSQL database, emptied first. All are closed after the
+    test."""
+    yield from _opener(request, store_kind)
+
+
+@pytest.fixture
+def both_stores(make_store: Callable[..., Any]) -> Iterator[None]:
+    """Run the test once per store: the helpers' :func:`stores.open_store` opens this one."""
+    stores.use(make_store)
+    try:
+        yield
+    finally:
+        stores.use(None)
+
+
+@pytest.fixture
+def on_postgres(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Run the test on PostgreSQL only: its helpers' :func:`stores.open_store` opens it."""
+    for make in _opener(request, "postgres"):
+        stores.use(make)
+        try:
+            yield
+        finally:
+            stores.use(None)

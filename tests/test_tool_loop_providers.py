@@ -16,12 +16,14 @@ import pytest
 from google import genai
 from google.genai import types
 from replay import Replay, real_fixture
+from stores import open_store
 
-import rxcontext
 from rxcontext import ChunkKind, ContextWindow, RecordType, Tool
 from rxcontext.providers import AnthropicModel, GeminiModel, OpenAIModel, OpenAIResponsesModel
 
 KEY = "sk-test-toolloop-0123456789"
+
+pytestmark = pytest.mark.usefixtures("both_stores")
 
 
 def rounds(folder: str, name: str) -> tuple[Replay, dict[str, Any]]:
@@ -55,7 +57,7 @@ def model_for(kind: str, replay: Replay, wire: str) -> Any:
 async def run_loop(
     kind: str, replay: Replay, tool: Tool, output: str, prompt: str, mode: str, wire: str
 ) -> ContextWindow:
-    cw = ContextWindow(rxcontext.open(":memory:"), model_for(kind, replay, wire), "loop")
+    cw = ContextWindow(open_store(), model_for(kind, replay, wire), "loop")
     calls: list[dict[str, Any]] = []
 
     def runner(args: dict[str, Any]) -> str:

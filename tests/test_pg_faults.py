@@ -10,7 +10,8 @@
 * 8 processes race to resume one checkpoint with ``ContextWindow.resume_call`` (on the shared
   server: not destructive): exactly one resumes it, the others are told why not.
 
-The default run has a short version of each; ``-m faults`` runs the long ones.
+The default run has a short version of each (the restart: ``-m immediate``); ``-m faults``
+runs the long ones.
 """
 
 from __future__ import annotations
@@ -180,6 +181,7 @@ def restart_while_streaming(
     check_everything_stored_once(url, acked)
 
 
+@faults  # the default run has the immediate (crash) one; -m faults runs both, longer
 def test_a_fast_restart_while_processes_stream_loses_and_duplicates_nothing(server, url):
     restart_while_streaming(server, url, "fast", workers=2, n=16, restarts=1)
 

@@ -12,20 +12,17 @@ The twin of :mod:`.sqlite_replies`, for a database shared by many hosts:
   (renewed by the owner's heartbeat, timed by the database's clock) has run out. Claims,
   keeps and discards take such a reply over with the next epoch, as one compare-and-set on
   the epoch and state that were read, so of several racing callers exactly one wins.
-* Checkpoint text is appended in parts (a periodic write costs the new text only). Periodic
-  writes (:meth:`PostgresReplies.save_checkpoints`) are one transaction with
+* Checkpoint text is appended in parts (:mod:`.pg_writes`). Periodic writes
+  (:meth:`PostgresReplies.save_checkpoints`) are one transaction with
   ``synchronous_commit = off`` that never waits: busy locks, no free connection or an
-  unreachable server give None. A server crash may lose the last of them (or a COMMIT cut
-  off may leave it unknown whether one landed), so the store remembers the text it wrote
-  for each reply it writes, and the row counts the characters it holds: the next write that
-  finds the count wrong writes the whole text again, so a checkpoint never has a hole.
+  unreachable server give None. What a crash or a cut-off COMMIT makes of them is repaired
+  by the next write (:class:`~.pg_writes.Ledger`).
 * A write retried after its COMMIT was cut off recognises its own earlier attempt (the
   row's ``last_write``, a commit's ``commit_id``) and is not applied twice.
 """
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -48,6 +45,7 @@ from .base import (
 from .owner import owner_alive
 from .pg_codec import dec, enc, enc_opt
 from .pg_run import Conn, Stored
+from .pg_writes import WRITE, CheckpointWrite, Ledger
 
 if TYPE_CHECKING:
     from .pg_run import Runner
@@ -58,75 +56,10 @@ _Then = Callable[[Conn, Checkpoint, str, bool], Any]
 
 _LIVE = ("streaming", "resuming")
 _BACKGROUND = (
-    "SELECT set_config('synchronous_commit', 'off', true), set_config('lock_timeout', %s, true)"
+    "SELECT set_config('synchronous_commit', 'off', true), set_config('lock_timeout', '50ms', true)"
 )
-_BG_LOCK_WAIT = "50ms"
-"""How long a periodic write waits for a lock before giving up until the next interval (the
-stream never waits for it)."""
-
-# One statement per checkpoint write: the fenced update, and its text part when it has one.
-_WRITE = (
-    "WITH u AS (UPDATE checkpoints SET tool_calls = %s, usage = %s, error = %s, chunks = %s,"
-    " response_id = %s, metadata = %s, updated_at = clock_timestamp(),"
-    " state = COALESCE(%s, state),"
-    " owner = CASE WHEN %s THEN NULL ELSE owner END,"
-    " lease_until = CASE WHEN %s THEN NULL ELSE lease_until END,"
-    " text_len = text_len + %s, thinking_len = thinking_len + %s,"
-    " parts = parts + %s::int, last_write = %s"
-    " WHERE id = %s AND epoch = %s AND state IN ('streaming', 'resuming')"
-    " RETURNING id, text_len, thinking_len, parts),"
-    " p AS (INSERT INTO checkpoint_parts (checkpoint_id, seq, text, thinking)"
-    " SELECT id, parts, %s, %s FROM u WHERE %s)"
-    " SELECT text_len, thinking_len FROM u"
-)
-
-
-class _Written:
-    """What this store wrote into one reply's checkpoint (text and thinking, in pieces)."""
-
-    __slots__ = ("text", "text_len", "thinking", "thinking_len")
-
-    def __init__(self, text: str = "", thinking: str = "") -> None:
-        self.text = [text] if text else []
-        self.thinking = [thinking] if thinking else []
-        self.text_len = len(text)
-        self.thinking_len = len(thinking)
-
-
-class _Write:
-    """One checkpoint write, encoded before its transaction starts."""
-
-    __slots__ = ("draft", "state", "text", "thinking", "ticket", "token", "values")
-
-    def __init__(
-        self, ticket: ReplyTicket, draft: CheckpointDraft, state: ReplyState | None
-    ) -> None:
-        self.ticket = ticket
-        self.draft = draft
-        self.state = state
-        self.text = rows.storable(draft.append_text)
-        self.thinking = rows.storable(draft.append_thinking)
-        self.values = rows.checkpoint_values(draft)
-        self.token = uuid.uuid4().hex
-
-    def params(self) -> tuple[Any, ...]:
-        release = self.state is ReplyState.INTERRUPTED
-        part = bool(self.text or self.thinking)
-        return (
-            *self.values,
-            self.state.value if self.state is not None else None,
-            release,
-            release,
-            len(self.text),
-            len(self.thinking),
-            part,
-            self.token,
-            self.ticket.checkpoint_id,
-            self.ticket.epoch,
-            enc(self.text),
-            enc(self.thinking),
-            part,
-        )
+"""Periodic writes (``SET LOCAL``): not waiting for the WAL flush, nor more than 50 ms for a
+lock (then they give up until the next interval; the stream never waits for them)."""
 
 
 class PostgresReplies:
@@ -138,8 +71,7 @@ class PostgresReplies:
         lease_ttl: float
 
     def __init__(self) -> None:
-        self._written: dict[int, _Written] = {}
-        self._written_lock = threading.Lock()
+        self._ledger = Ledger()
 
     # -- reading --------------------------------------------------------------------------
 
@@ -207,69 +139,6 @@ class PostgresReplies:
         )
         return [cp for cp in found if cp.state.live]
 
-    # -- what this store wrote ------------------------------------------------------------
-
-    def _remember(self, checkpoint_id: int, text: str = "", thinking: str = "") -> None:
-        with self._written_lock:
-            self._written[checkpoint_id] = _Written(text, thinking)
-
-    def _forget(self, checkpoint_id: int) -> None:
-        with self._written_lock:
-            self._written.pop(checkpoint_id, None)
-
-    def _wrote(self, write: _Write, ok: bool) -> None:
-        """After a commit: keep what ``write`` appended, or forget a reply no longer ours."""
-        cid = write.ticket.checkpoint_id
-        if not ok or write.state is ReplyState.INTERRUPTED:
-            self._forget(cid)
-            return
-        with self._written_lock:
-            known = self._written.get(cid)
-        if known is not None:
-            if write.text:
-                known.text.append(write.text)
-                known.text_len += len(write.text)
-            if write.thinking:
-                known.thinking.append(write.thinking)
-                known.thinking_len += len(write.thinking)
-
-    def _apply(
-        self,
-        conn: Conn,
-        write: _Write,
-        result: Sequence[Any] | None,
-        before: Sequence[_Write] = (),
-    ) -> bool:
-        """Check the lengths a write returned; rewrite the whole text if acknowledged writes
-        were lost or an unsettled one landed after all (see the module docstring).
-
-        ``before``: earlier writes of the same transaction to the same reply."""
-        if result is None:
-            return False
-        cid = write.ticket.checkpoint_id
-        with self._written_lock:
-            known = self._written.get(cid)
-        if known is None:
-            return True
-        text = "".join(w.text for w in before) + write.text
-        thinking = "".join(w.thinking for w in before) + write.thinking
-        text_len = known.text_len + len(text)
-        thinking_len = known.thinking_len + len(thinking)
-        if (result[0], result[1]) != (text_len, thinking_len):
-            conn.execute("DELETE FROM checkpoint_parts WHERE checkpoint_id = %s", (cid,))
-            conn.execute(
-                "UPDATE checkpoints SET text = %s, thinking = %s, text_len = %s,"
-                " thinking_len = %s, parts = 0 WHERE id = %s",
-                (
-                    enc("".join(known.text) + text),
-                    enc("".join(known.thinking) + thinking),
-                    text_len,
-                    thinking_len,
-                    cid,
-                ),
-            )
-        return True
-
     # -- writing --------------------------------------------------------------------------
 
     def begin_reply(self, context_id: str, reply_id: str, *, owner: str) -> Checkpoint:
@@ -310,7 +179,7 @@ class PostgresReplies:
             return rows.checkpoint(row)
 
         begun: Checkpoint = self._runner.run(body)
-        self._remember(begun.id)
+        self._ledger.start(begun.id)
         return begun
 
     def _lock_for(self, conn: Conn, checkpoint_id: int) -> str | None:
@@ -338,7 +207,7 @@ class PostgresReplies:
         Commits with the server's ``synchronous_commit`` (on by default): this is the write
         that interrupts a reply, before ``on_error`` reaches the subscriber.
         """
-        write = _Write(ticket, draft, state)
+        write = CheckpointWrite(ticket, draft, state)
 
         def body(conn: Conn, ambiguous: bool) -> bool:
             if self._lock_for(conn, ticket.checkpoint_id) is None:
@@ -351,11 +220,11 @@ class PostgresReplies:
                 ).fetchone()
             ):
                 raise Stored(True)
-            result = conn.execute(_WRITE, write.params()).fetchone()
-            return self._apply(conn, write, result)
+            result = conn.execute(WRITE, write.params()).fetchone()
+            return self._ledger.check(conn, write, result)
 
         ok: bool = self._runner.run(body)
-        self._wrote(write, ok)
+        self._ledger.committed(write, ok)
         return ok
 
     def save_checkpoints(
@@ -367,7 +236,7 @@ class PostgresReplies:
         if not writes:
             self._runner.pool()  # a closed store says so
             return []
-        prepared = [_Write(t, d, None) for t, d in writes]
+        prepared = [CheckpointWrite(t, d, None) for t, d in writes]
 
         def body(conn: Conn, _: bool) -> list[bool]:
             ids = [w.ticket.checkpoint_id for w in prepared]
@@ -386,25 +255,25 @@ class PostgresReplies:
             ).fetchall()
             order = sorted(range(len(prepared)), key=lambda i: ids[i])
             cur = conn.cursor()
-            cur.executemany(_WRITE, [prepared[i].params() for i in order], returning=True)
+            cur.executemany(WRITE, [prepared[i].params() for i in order], returning=True)
             results: list[Sequence[Any] | None] = []
             while True:
                 results.append(cur.fetchone())
                 if not cur.nextset():
                     break
             ok = [False] * len(prepared)
-            landed: dict[int, list[_Write]] = {}
+            landed: dict[int, list[CheckpointWrite]] = {}
             for i, result in zip(order, results, strict=True):
                 before = landed.setdefault(ids[i], [])
-                ok[i] = self._apply(conn, prepared[i], result, before)
+                ok[i] = self._ledger.check(conn, prepared[i], result, before)
                 if ok[i]:
                     before.append(prepared[i])
             return ok
 
-        done = self._runner.attempt(body, setup=_BACKGROUND % f"'{_BG_LOCK_WAIT}'")
+        done = self._runner.attempt(body, setup=_BACKGROUND)
         if done is not None:
             for write, ok in zip(prepared, done, strict=True):
-                self._wrote(write, ok)
+                self._ledger.committed(write, ok)
         return done
 
     def renew_leases(self, owner: str) -> None:
@@ -416,7 +285,7 @@ class PostgresReplies:
                 " AND state IN ('streaming', 'resuming')",
                 (self.lease_ttl, owner),
             ),
-            setup=_BACKGROUND % f"'{_BG_LOCK_WAIT}'",
+            setup=_BACKGROUND,
         )
 
     def commit_reply(
@@ -488,11 +357,9 @@ class PostgresReplies:
 
         out: list[Record] = self._runner.run(body, setup=self._durable)
         if reply is not None and end == "reply":
-            self._forget(reply.checkpoint_id)
+            self._ledger.forget(reply.checkpoint_id)
         elif reply is not None and end == "round":
-            with self._written_lock:
-                if reply.checkpoint_id in self._written:
-                    self._written[reply.checkpoint_id] = _Written()
+            self._ledger.restart(reply.checkpoint_id)
         return out
 
     # -- claims, keep, discard ------------------------------------------------------------
@@ -563,7 +430,7 @@ class PostgresReplies:
         )
         if not again:
             cp = replace(cp, state=ReplyState.RESUMING, epoch=cp.epoch + 1, owner=owner)
-        self._remember(checkpoint_id, cp.text, cp.thinking)
+        self._ledger.start(checkpoint_id, cp.text, cp.thinking)
         return cp
 
     def discard_checkpoint(self, checkpoint_id: int) -> Checkpoint:
@@ -574,7 +441,7 @@ class PostgresReplies:
             "state = 'discarded', owner = NULL, lease_until = NULL,"
             " resolved_at = clock_timestamp()",
         )
-        self._forget(checkpoint_id)
+        self._ledger.forget(checkpoint_id)
         if again:
             return cp
         return replace(cp, state=ReplyState.DISCARDED, epoch=cp.epoch + 1, owner=None)
@@ -606,7 +473,7 @@ class PostgresReplies:
             then=store,
             durable=True,
         )
-        self._forget(checkpoint_id)
+        self._ledger.forget(checkpoint_id)
         return list(kept)
 
 

@@ -41,8 +41,11 @@ def _opener(request: pytest.FixtureRequest, kind: str) -> Iterator[Callable[...,
     opened: list[Any] = []
 
     def make(**options: Any) -> Any:
-        store = rxcontext.open(url, **options)
-        opened.append(store)
+        if kind == "postgres" and not options and opened and not opened[-1].closed:
+            store = opened[-1]  # one pool per test (a hypothesis test opens one per example)
+        else:
+            store = rxcontext.open(url, **options)
+            opened.append(store)
         if kind == "postgres":
             stores.scalar(store, "WITH gone AS (DELETE FROM contexts RETURNING 1) SELECT 1")
         return store
@@ -55,8 +58,8 @@ def _opener(request: pytest.FixtureRequest, kind: str) -> Iterator[Callable[...,
 @pytest.fixture
 def make_store(request: pytest.FixtureRequest, store_kind: str) -> Iterator[Callable[..., Any]]:
     """Opens stores of this test's kind: a private in-memory SQLite database per call, or
-    a store on this test's own PostgreSQL database, emptied first. All are closed after the
-    test."""
+    this test's own PostgreSQL database, emptied first (the same store object again while it
+    is open). All are closed after the test."""
     yield from _opener(request, store_kind)
 
 

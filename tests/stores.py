@@ -2,9 +2,9 @@
 the ``both_stores`` fixture (tests/conftest.py), which runs a test once per store.
 
 Helpers call :func:`open_store` where they used ``rxcontext.open(":memory:")``: with SQLite
-every call gives a private in-memory database; with PostgreSQL every call gives a new store
-on that test's own database, emptied first (as a new in-memory database is empty: a
-hypothesis test makes one per example).
+every call gives a private in-memory database; with PostgreSQL every call gives that test's
+own database, emptied first (as a new in-memory database is empty: a hypothesis test makes
+one per example), through the same store while it is open.
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ median of per-round ratios from interleaved rounds).
 Regenerate (about ten minutes):
 
 ```sh
-pip install -e '.[test]'
+pip install -e '.[bench]'
 bash benchmarks/peers/run_peers.sh           # llm and litellm, in their own venv
 python benchmarks/report.py --out docs/benchmarks.md --peers benchmarks/peers/peers.json
 ```

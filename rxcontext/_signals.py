@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-__all__ = ["deferred"]
+__all__ = ["HandOver", "deferred"]
 
 _DEFERRED = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None)
 _MAIN = threading.main_thread()
@@ -63,3 +63,54 @@ def deferred() -> Iterator[None]:
             signal.signal(signum, handler)
         for signum, frame in pending:
             saved[signum](signum, frame)
+
+
+class HandOver:
+    """Holds SIGINT/SIGTERM while the sync driver hands a chunk over and folds it in.
+
+    A chunk is delivered once the subscriber's ``on_next`` ran; the driver folds it into the
+    checkpoint right after. A ``KeyboardInterrupt`` landing between the two (in the driver's
+    own code, after ``on_next`` returned) would leave a delivered chunk out of the
+    checkpoint. While :attr:`critical` is set, a signal that arrives in rxcontext's own code
+    waits for :meth:`release`; one that arrives in the subscriber's code is raised at once,
+    as usual (the chunk then counts as delivered). Installed once per run of the driver, on
+    the main thread only (elsewhere it does nothing): two flag writes per chunk.
+    """
+
+    __slots__ = ("_pending", "_saved", "critical")
+
+    def __init__(self) -> None:
+        self.critical = False
+        self._pending: list[tuple[int, FrameType | None]] = []
+        self._saved: dict[int, Any] = {}
+
+    def __enter__(self) -> HandOver:
+        if threading.current_thread() is _MAIN:
+            for signum in _DEFERRED:
+                handler = signal.getsignal(signum)
+                if callable(handler):
+                    self._saved[signum] = handler
+                    signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        saved, self._saved = self._saved, {}
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        self.critical = False
+        self._pending.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        ours = frame is not None and frame.f_globals.get("__name__", "").startswith("rxcontext")
+        if self.critical and ours:
+            self._pending.append((signum, frame))
+            return
+        self._saved[signum](signum, frame)
+
+    def release(self) -> None:
+        """End a critical stretch; deliver a signal held during it (it raises here)."""
+        self.critical = False
+        if self._pending:
+            pending, self._pending = self._pending, []
+            for signum, frame in pending:
+                self._saved[signum](signum, frame)

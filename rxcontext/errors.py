@@ -13,11 +13,13 @@ __all__ = [
     "ContextNotFound",
     "FirstChunkTimeout",
     "IdleTimeout",
+    "MissingDependency",
     "NotADatabaseError",
     "OwnershipLost",
     "ProviderError",
     "ReplyBusy",
     "ReplyExists",
+    "ReplySuperseded",
     "RxContextError",
     "SchemaTooNew",
     "StoreBusy",
@@ -31,6 +33,21 @@ __all__ = [
 
 class RxContextError(Exception):
     """Base class of rxcontext's errors."""
+
+
+class MissingDependency(RxContextError, ImportError):
+    """An optional package is not installed; ``hint`` is the ``pip install`` that adds it.
+
+    Raised when a provider module imports its SDK: ``extra`` names the rxcontext extra that
+    installs it (``rxcontext[anthropic]``, ``rxcontext[gemini]``...).
+    """
+
+    def __init__(self, package: str, extra: str, reason: str = "") -> None:
+        detail = f" ({reason})" if reason else ""
+        super().__init__(f"the {package} package is not installed{detail}")
+        self.package = package
+        self.extra = extra
+        self.hint = f"pip install 'rxcontext[{extra}]'"
 
 
 class StoreError(RxContextError):
@@ -75,6 +92,13 @@ class ReplyBusy(CheckpointResolved):
     def __init__(self, message: str, *, state: str) -> None:
         super().__init__(message)
         self.state = state
+
+
+class ReplySuperseded(CheckpointResolved):
+    """The interrupted reply's prompt was answered again by a later reply (a retry).
+
+    Resuming or keeping it would put two answers to one prompt in a row; discard it.
+    """
 
 
 class ReplyExists(RxContextError, ValueError):

@@ -14,13 +14,21 @@ interrupted, at the call's place, so the history stays honest and valid.
 
 from __future__ import annotations
 
+import bisect
+import threading
 from collections import defaultdict
 from collections.abc import Sequence
 
-from .records import Record, RecordType
+from .records import Checkpoint, Record, RecordType
 from .store.base import RecordDraft, Store
 
-__all__ = ["INTERRUPTED_TOOL_OUTPUT", "request_history", "unanswered_calls"]
+__all__ = [
+    "INTERRUPTED_TOOL_OUTPUT",
+    "HistoryCache",
+    "answered_again",
+    "request_history",
+    "unanswered_calls",
+]
 
 INTERRUPTED_TOOL_OUTPUT = (
     "Error: this tool call was interrupted before it returned; it has no output. "
@@ -51,11 +59,82 @@ def unanswered_calls(records: Sequence[Record]) -> list[Record]:
     return waiting
 
 
+class HistoryCache:
+    """A context's live records, kept in memory and brought up to date from the store's
+    version on each read: a request re-reads only the records written or changed since the
+    last one (another process's writes included; a stale list is never served)."""
+
+    def __init__(self, store: Store, context_id: str) -> None:
+        self.store = store
+        self.context_id = context_id
+        self._version: int | None = None
+        self._live: list[Record] = []
+        self._keys: list[tuple[int, int]] = []  # (pos, id) of _live, for bisect
+        self._lock = threading.Lock()
+
+    def live(self, upto: int | None = None) -> list[Record]:
+        """The live records in order (those at positions up to ``upto``, if given): a copy."""
+        with self._lock:
+            version, changed = self.store.history(self.context_id, since=self._version)
+            if self._version is None:
+                self._live = [r for r in changed if r.live]
+                self._keys = [(r.pos, r.id) for r in self._live]
+            else:
+                for r in changed:
+                    self._merge(r)
+            self._version = version
+            if upto is None:
+                return list(self._live)
+            return self._live[: bisect.bisect_right(self._keys, (upto, float("inf")))]
+
+    def _merge(self, record: Record) -> None:
+        key = (record.pos, record.id)
+        i = bisect.bisect_left(self._keys, key)
+        if i < len(self._keys) and self._keys[i] == key:
+            if record.live:
+                self._live[i] = record
+                return
+            del self._live[i]
+            del self._keys[i]
+        elif record.live:
+            self._live.insert(i, record)
+            self._keys.insert(i, key)
+
+
+def answered_again(store: Store, checkpoint: Checkpoint) -> Record | None:
+    """Another reply to ``checkpoint``'s prompt, if one is stored (a retry answered it): a
+    reply between the prompt before the checkpoint's place and the next prompt. Resuming
+    or keeping it would then put two answers to one prompt in a row."""
+    if checkpoint.pos is None:
+        return None
+    found: Record | None = None
+    for r in store.records(checkpoint.context_id, live_only=True):
+        if r.type is RecordType.PROMPT:
+            if r.pos > checkpoint.pos:
+                break
+            found = None  # a later prompt before the place: earlier replies answered others
+        elif (
+            r.type in (RecordType.MODEL_RESP, RecordType.TOOL_CALL)
+            and r.pos != checkpoint.pos
+            and found is None
+        ):
+            found = r
+    return found
+
+
 def request_history(
-    store: Store, context_id: str, *, upto: int | None, reply_id: str | None
+    store: Store,
+    context_id: str,
+    *,
+    upto: int | None,
+    reply_id: str | None,
+    cache: HistoryCache | None = None,
 ) -> list[Record]:
     """The live records a reply at position ``upto`` sends (see the module docstring)."""
-    records = store.records(context_id, live_only=True, upto=upto)
+    if cache is not None:
+        records = cache.live(upto)
+    else:
+        records = store.records(context_id, live_only=True, upto=upto)
     if any(r.reply_id is not None and r.reply_id != reply_id for r in records):
         busy = {cp.reply_id for cp in store.active_replies(context_id)} - {reply_id}
         if busy:
@@ -83,4 +162,4 @@ def request_history(
             ],
             at=pos,
         )
-    return request_history(store, context_id, upto=upto, reply_id=reply_id)
+    return request_history(store, context_id, upto=upto, reply_id=reply_id, cache=cache)

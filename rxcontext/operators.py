@@ -116,23 +116,33 @@ def tool_calls() -> Callable[[Observable[Chunk]], Observable[Chunk]]:
     return ops.filter(lambda c: c.kind in (ChunkKind.TOOL_CALL, ChunkKind.TOOL_RESULT))
 
 
+def _text_of(item: Chunk | str) -> str:
+    if isinstance(item, str):
+        return item
+    return item.text if item.kind is ChunkKind.TEXT else ""
+
+
 def batch_text(
     seconds: float, scheduler: abc.SchedulerBase | None = None
-) -> Callable[[Observable[Chunk]], Observable[str]]:
+) -> Callable[[Observable[Chunk | str]], Observable[str]]:
     """Text joined per time window, for UI updates (``buffer_with_time``); empty windows dropped::
 
         chunks:  -T("a")-T("b")----------T("c")--|      (windows of 3 ticks)
         result:  ------"ab"-----------------"c"-|
 
-    ``scheduler`` drives the windows (a ``TestScheduler`` in tests); without one RxPY uses
-    timer threads, so deliver to a UI through its own thread-safe hand-off.
+    It takes chunks (their text deltas count, other kinds are skipped) or the strings of
+    :func:`text`, so ``pipe(rxops.text(), rxops.batch_text(0.05))`` and
+    ``pipe(rxops.batch_text(0.05))`` give the same batches. ``scheduler`` drives the windows
+    (a ``TestScheduler`` in tests); without one RxPY uses timer threads, so deliver to a UI
+    through its own thread-safe hand-off.
     """
-    return reactivex.compose(
-        text(),
-        ops.buffer_with_time(seconds, scheduler=scheduler),
-        ops.map("".join),
-        ops.filter(bool),
+    deltas: Callable[[Observable[Chunk | str]], Observable[str]] = ops.map(_text_of)
+    windows: Callable[[Observable[str]], Observable[list[str]]] = ops.buffer_with_time(
+        seconds, scheduler=scheduler
     )
+    joined: Callable[[Observable[list[str]]], Observable[str]] = ops.map("".join)
+    nonempty: Callable[[Observable[str]], Observable[str]] = ops.filter(bool)
+    return reactivex.compose(deltas, nonempty, windows, joined, nonempty)
 
 
 class Middleware:

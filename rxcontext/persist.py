@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -102,25 +102,26 @@ class ReplyPersister:
         *,
         reply_id: str | None = None,
         checkpoint_every: float | None = 1.0,
-        resume: Checkpoint | None = None,
+        claim: Callable[[], Checkpoint] | None = None,
         streamed: bool = True,
         cursor: ResumeCursor | None = None,
     ) -> None:
         self.store = store
         self.context_id = context_id
-        self.reply_id = reply_id if resume is None else resume.reply_id
+        self.reply_id = reply_id
         self.every = checkpoint_every if checkpoint_every and checkpoint_every > 0 else None
         self.builder = ReplyBuilder()
-        self._resume = resume
-        self._prefix = resume.text if resume is not None else ""
-        self._prefix_thinking = resume.thinking if resume is not None else ""
+        self._claim_resume = claim
+        self._resume: Checkpoint | None = None
+        self._prefix = ""
+        self._prefix_thinking = ""
         self._streamed = streamed
         self._cursor = cursor
         self._seeded = 0  # chunks folded in from the checkpoint, not delivered by this stream
         self._usage_total: Usage | None = None
         self._commits = 0  # commits this run made (their idempotency keys count them)
         self.ticket: ReplyTicket | None = None
-        self.pos: int | None = resume.pos if resume is not None else None
+        self.pos: int | None = None
         # What delivered text the checkpoint does not hold yet (appended at the next write).
         self._text: list[str] = []
         self._thinking: list[str] = []
@@ -142,15 +143,27 @@ class ReplyPersister:
 
     # -- opening --------------------------------------------------------------------------
 
-    def begin(self) -> None:
-        """Open the reply's row (``STREAMING``, its position reserved) unless it has one.
+    @property
+    def resumes(self) -> bool:
+        """Whether this run continues an interrupted reply (``claim`` was given)."""
+        return self._claim_resume is not None
 
-        A resumed reply was claimed already: its ticket carries the claim's epoch.
-        """
+    def begin(self) -> None:
+        """Open the reply's row (``STREAMING``, its position reserved), or claim the
+        interrupted reply this run resumes (``RESUMING``: its ticket carries the claim's
+        epoch). Whole or not at all under Ctrl-C, and inside the driver, whose failure
+        path releases what it took."""
         if self.ticket is not None:
             return
-        if self._resume is not None:
-            self.ticket = ReplyTicket(self._resume.id, self._resume.epoch)
+        if self._claim_resume is not None:
+            with deferred():
+                checkpoint = self._claim_resume()
+                self._resume = checkpoint
+                self.reply_id = checkpoint.reply_id
+                self.pos = checkpoint.pos
+                self._prefix = checkpoint.text
+                self._prefix_thinking = checkpoint.thinking
+                self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch)
             return
         reply_id = self.reply_id or str(uuid.uuid4())
         with deferred():

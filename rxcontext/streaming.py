@@ -33,8 +33,14 @@ from typing import Any
 from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable, Disposable
 from reactivex.observer import AutoDetachObserver
-from reactivex.scheduler import CurrentThreadScheduler, TrampolineScheduler, VirtualTimeScheduler
+from reactivex.scheduler import (
+    CurrentThreadScheduler,
+    ImmediateScheduler,
+    TrampolineScheduler,
+    VirtualTimeScheduler,
+)
 
+from ._signals import HandOver
 from .chunks import Chunk, ToolCall
 from .providers.base import Request
 from .run import Run, abefore_first_chunk, before_first_chunk, close_chunks, reply_chunks
@@ -78,6 +84,41 @@ class _Running:
     is_stopped = False
 
 
+class _AnyStopped:
+    """Stopped when any of the subscribers in a chain is."""
+
+    __slots__ = ("_chain",)
+
+    def __init__(self, chain: Sequence[AutoDetachObserver[Chunk]]) -> None:
+        self._chain = chain
+
+    @property
+    def is_stopped(self) -> bool:
+        return any(o.is_stopped for o in self._chain)
+
+
+def _subscriber(observer: abc.ObserverBase[Chunk]) -> tuple[Any, Callable[[Chunk], None]]:
+    """What to watch for disposal, and the callback that delivers a chunk.
+
+    Every ``subscribe`` in RxPY wraps its observer in an ``AutoDetachObserver``, which sets
+    ``is_stopped`` before it disposes upstream; a chain of them (one per ``subscribe_on``,
+    ``take``, ``map``... between us and the user) ends in the user's callback. A dispose can
+    stop any of them without reaching our disposable — ``subscribe_on`` on a thread hands
+    it ours only after the producer returns — so the producer watches the whole chain, and
+    calls the innermost callback directly (past the chain's own checks): a chunk it
+    decided to deliver is really delivered, so the checkpoint can count it.
+    """
+    chain: list[AutoDetachObserver[Chunk]] = []
+    target: Any = observer
+    while type(target) is AutoDetachObserver:
+        chain.append(target)
+        target = getattr(target._on_next, "__self__", None)
+    if not chain:
+        return _Running, observer.on_next
+    emit: Callable[[Chunk], None] = chain[-1]._on_next
+    return (chain[0] if len(chain) == 1 else _AnyStopped(chain)), emit
+
+
 def _run_tools_sync(run: Run, calls: Sequence[ToolCall]) -> list[ToolResult]:
     tools = run.tools
     assert tools is not None
@@ -106,16 +147,7 @@ class _SyncDriver:
     ) -> None:
         self.run = run
         self.observer = observer
-        # RxPY's subscriber sets ``is_stopped`` before it disposes upstream; reading it too
-        # catches a dispose our disposable never hears of (subscribe_on on a thread), and
-        # calling its callback directly (past its own check of that flag) makes a chunk
-        # we decided to deliver really delivered.
-        if type(observer) is AutoDetachObserver:
-            self.watch: Any = observer
-            self.emit: Callable[[Chunk], None] = observer._on_next
-        else:
-            self.watch = _Running
-            self.emit = observer.on_next
+        self.watch, self.emit = _subscriber(observer)
         self.flag = flag
         self.scheduler = scheduler
         self.time = scheduler if scheduler is not None else run.scheduler
@@ -126,6 +158,7 @@ class _SyncDriver:
         self.lock = threading.Lock()
         self.waiting = False
         self.timer: abc.DisposableBase | None = None
+        self.guard = HandOver()
         flag.on_dispose = self._on_dispose
 
     def clock(self) -> float:
@@ -136,25 +169,29 @@ class _SyncDriver:
     def start(self, _: Any = None, __: Any = None) -> None:
         """Drive until the run ends or waits for a retry (then schedule the rest)."""
         try:
-            while True:
-                delay = self._advance()
-                if delay is None:
-                    return
-                sched = self.scheduler
-                if sched is not None and not isinstance(sched, TrampolineScheduler):
-                    with self.lock:
-                        if not self.flag.disposed:
-                            self.waiting = True
-                            self.timer = sched.schedule_relative(delay, self._wake)
-                            return
-                    self.run.persister.interrupt(None)
-                    return
-                if not self._block(delay):
-                    self.run.persister.interrupt(None)
-                    return
+            with self.guard:
+                self._start()
         finally:
             if self.run.persister.finished:
                 self.run.close()
+
+    def _start(self) -> None:
+        while True:
+            delay = self._advance()
+            if delay is None:
+                return
+            sched = self.scheduler
+            if sched is not None and not isinstance(sched, TrampolineScheduler):
+                with self.lock:
+                    if not self.flag.disposed:
+                        self.waiting = True
+                        self.timer = sched.schedule_relative(delay, self._wake)
+                        return
+                self.run.persister.interrupt(None)
+                return
+            if not self._block(delay):
+                self.run.persister.interrupt(None)
+                return
 
     def _block(self, delay: float) -> bool:
         """Wait on this thread; False if disposed meanwhile."""
@@ -186,23 +223,29 @@ class _SyncDriver:
     def _deliver(self, chunk: Chunk, fold: bool = True) -> None:
         """Hand ``chunk`` to the subscriber if it still wants it; then fold it in."""
         p = self.run.persister
+        guard = self.guard
+        guard.critical = True  # a Ctrl-C in our code from here waits for the fold
         p.busy = True
         if p._claimed:
             p.wait_claim()
         if self.flag.disposed or self.watch.is_stopped:
             p.busy = False
+            guard.release()
             raise _Cancelled
         try:
             self.emit(chunk)
-        except BaseException:
-            self.user_raised = True  # delivered: the subscriber had it when it raised
+        except BaseException as error:
+            # Delivered: the subscriber had it when it (or a signal in its code) raised.
+            self.user_raised = isinstance(error, Exception)
             if fold:
                 p.add(chunk)
             p.busy = False
+            guard.critical = False
             raise
         if fold:
             p.add(chunk)
         p.busy = False
+        guard.release()
         if p.attention:
             p.attend()
         if self.flag.disposed or self.watch.is_stopped:
@@ -332,7 +375,15 @@ def run_observable(
         observer: abc.ObserverBase[Chunk], subscribe_scheduler: abc.SchedulerBase | None = None
     ) -> abc.DisposableBase:
         flag = _Flag()
-        sched = subscribe_scheduler or scheduler or CurrentThreadScheduler.singleton()
+        trampoline = CurrentThreadScheduler.singleton()
+        sched = subscribe_scheduler or scheduler or trampoline
+        if isinstance(sched, ImmediateScheduler) or (
+            isinstance(sched, TrampolineScheduler) and sched is not trampoline
+        ):
+            # These run an action inside schedule(), so the producer would run to its end
+            # before this subscription is wired (a take(n) downstream could never stop it).
+            # The thread's own trampoline runs it right after, on the same thread.
+            sched = trampoline
 
         def action(_: abc.SchedulerBase, __: Any = None) -> None:
             if flag.disposed or getattr(observer, "is_stopped", False):

@@ -13,8 +13,8 @@ from .astreaming import run_async
 from .chain import new_input, validate_chain
 from .checkpointer import checkpointer_for
 from .chunks import Chunk, Reply
-from .errors import CheckpointNotFound, RxContextError
-from .history import request_history
+from .errors import CheckpointNotFound, ReplySuperseded, RxContextError
+from .history import HistoryCache, answered_again, request_history
 from .operators import Middleware
 from .persist import ReplyPersister
 from .providers.base import Model, Request, ResumeCursor
@@ -67,8 +67,8 @@ class ContextReader:
         return self._store.records(self.context_id)
 
     def live_tokens(self) -> int:
-        """Estimated tokens of the live records."""
-        return sum(r.est_tokens for r in self.live_records())
+        """Estimated tokens of the live records (kept by the store on every write)."""
+        return self._store.live_tokens(self.context_id)
 
     def token_usage(self) -> TokenUsage:
         """Live tokens against ``max_tokens``."""
@@ -145,6 +145,7 @@ class ContextWindow:
         """Summariser instructions (default: the prompt shipped in ``rxcontext/data``)."""
         self._tools = ToolRegistry()
         self._context = store.get_or_create_context(context)
+        self._histories: dict[str, HistoryCache] = {}
 
     def __repr__(self) -> str:
         return f"ContextWindow(context={self._context.name!r}, model={self._model_name()!r})"
@@ -382,7 +383,7 @@ class ContextWindow:
         *,
         streaming: bool,
         disable_tools: bool,
-        resume: Checkpoint | None = None,
+        resume: int | None = None,
         reply_id: str | None = None,
     ) -> Run:
         model = self._require_model()
@@ -400,16 +401,19 @@ class ContextWindow:
             context_id,
             reply_id=reply_id,
             checkpoint_every=self.checkpoint_every,
-            resume=resume,
+            claim=(lambda: self._claim(resume)) if resume is not None else None,
             streamed=streaming,
             cursor=cursor,
         )
 
+        history = self._history(context_id)
+
         def request(round_: int) -> Request:
             records = request_history(
-                store, context_id, upto=persister.pos, reply_id=persister.reply_id
+                store, context_id, upto=persister.pos, reply_id=persister.reply_id, cache=history
             )
-            if round_ == 0 and resume is not None and resume.text:
+            resume = persister.resuming
+            if resume is not None and resume.text:
                 # The partial reply goes back as an assistant turn plus a continuation
                 # prompt. With nothing delivered yet, the original request is sent as it
                 # was (providers reject an empty assistant turn).
@@ -446,6 +450,13 @@ class ContextWindow:
             scheduler=self.scheduler,
             checkpointer=checkpointer_for(store, every, self.scheduler) if every else None,
         )
+
+    def _history(self, context_id: str) -> HistoryCache:
+        """The live-records cache of a context (requests re-read only what changed)."""
+        cache = self._histories.get(context_id)
+        if cache is None:
+            cache = self._histories[context_id] = HistoryCache(self._store, context_id)
+        return cache
 
     @staticmethod
     def _split(operators: Sequence[Any]) -> tuple[list[Middleware], list[Any]]:
@@ -553,16 +564,25 @@ class ContextWindow:
             )
         return checkpoint
 
-    def _resumable(self, checkpoint_id: int) -> Checkpoint:
-        """The checkpoint, if it can be claimed now; else the typed error that says why not."""
+    def _settleable(self, checkpoint_id: int, verb: str) -> Checkpoint:
+        """The checkpoint, if it can be resumed or kept now; else the typed error saying why."""
         checkpoint = self._own(checkpoint_id)
-        refusal = settle_refusal(checkpoint, "resume")
+        refusal = settle_refusal(checkpoint, verb)
         if refusal is not None:
             raise refusal
+        later = answered_again(self._store, checkpoint)
+        if later is not None:
+            raise ReplySuperseded(
+                f"checkpoint {checkpoint_id}'s prompt was answered again by a later reply "
+                f"(record {later.id}); {verb}ing it would put two answers in a row: discard it"
+            )
         return checkpoint
 
+    def _resumable(self, checkpoint_id: int) -> Checkpoint:
+        return self._settleable(checkpoint_id, "resume")
+
     def _claim(self, checkpoint_id: int) -> Checkpoint:
-        self._own(checkpoint_id)
+        self._resumable(checkpoint_id)
         return self._store.claim_checkpoint(checkpoint_id, owner=worker_id())
 
     def discard(self, checkpoint_id: int) -> Checkpoint:
@@ -579,16 +599,16 @@ class ContextWindow:
         """Keep an interrupted reply as it is: its partial text is stored as the reply, in
         its own place in the conversation (a MODEL_RESP whose metadata has ``partial``).
 
-        Raises ``ValueError`` if it holds no text (discard it instead), and the errors of
-        :meth:`discard`.
+        Raises ``ValueError`` if it holds no text (discard it instead),
+        :class:`~rxcontext.ReplySuperseded` if its prompt was answered again by a later
+        reply, and the errors of :meth:`discard`.
         """
-        checkpoint = self._own(checkpoint_id)
-        if not checkpoint.state.final and not checkpoint.state.live:
-            # Tool calls of its earlier rounds that never got outputs are answered first,
-            # so the kept text follows them.
-            request_history(
-                self._store, self._context.id, upto=checkpoint.pos, reply_id=checkpoint.reply_id
-            )
+        checkpoint = self._settleable(checkpoint_id, "keep")
+        # Tool calls of its earlier rounds that never got outputs are answered first, so
+        # the kept text follows them.
+        request_history(
+            self._store, self._context.id, upto=checkpoint.pos, reply_id=checkpoint.reply_id
+        )
         (record,) = self._store.keep_checkpoint(checkpoint_id)
         return record
 
@@ -605,7 +625,9 @@ class ContextWindow:
         ``background=True``), the continuation is the rest of that stream, exactly;
         otherwise the history is sent with the partial reply as an assistant turn and an
         instruction to continue (no assistant prefill). A resume that fails is interrupted
-        again (its claim released at once), and can be resumed again.
+        again (its claim released at once), and can be resumed again. A reply whose prompt
+        was answered again by a later reply (a retry) gives
+        :class:`~rxcontext.ReplySuperseded`: discard it.
         """
         self._resumable(checkpoint_id)
         hooks, rest = self._split(operators)
@@ -614,7 +636,7 @@ class ContextWindow:
                 hooks,
                 streaming=True,
                 disable_tools=disable_tools,
-                resume=self._claim(checkpoint_id),
+                resume=checkpoint_id,
             ),
             self.scheduler,
         )
@@ -624,9 +646,9 @@ class ContextWindow:
         self, checkpoint_id: int, *hooks: Middleware, disable_tools: bool = False
     ) -> Reply:
         """:meth:`resume` to the end on this thread; returns the full (joined) reply."""
-        checkpoint = self._claim(checkpoint_id)
+        self._resumable(checkpoint_id)
         return _call(
-            self._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint)
+            self._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint_id)
         )
 
     def aresume(
@@ -635,18 +657,9 @@ class ContextWindow:
         """The asyncio twin of :meth:`resume`: checks the checkpoint now, claims it when
         the iteration starts (an iterator closed before that leaves it untouched)."""
         self._resumable(checkpoint_id)
-        return _aresume(self, checkpoint_id, hooks, disable_tools)
-
-
-async def _aresume(
-    cw: ContextWindow, checkpoint_id: int, hooks: Sequence[Middleware], disable_tools: bool
-) -> AsyncIterator[Chunk]:
-    from .astreaming import off_loop
-
-    checkpoint = await off_loop(cw._claim, checkpoint_id)
-    run = cw._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint)
-    async for chunk in run_async(run):
-        yield chunk
+        return run_async(
+            self._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint_id)
+        )
 
 
 class _Collect(abc.ObserverBase[Chunk]):

@@ -1,16 +1,37 @@
-"""Fixtures shared by the test files: PostgreSQL databases (see tests/pgtest.py) and
-stores of either kind for tests that run on both."""
+"""Suite-wide settings and fixtures.
+
+A Hypothesis profile for a loaded two-core machine: the unit tests share two cores with
+other work. Hypothesis's deadline (200 ms per example) and its "input generation too slow"
+health check measure the machine's load as much as the code, so they are off; the number of
+examples and the shrinking stay as they are, and a failure prints the blob that reproduces
+it. ``HYPOTHESIS_PROFILE=ci`` also derandomizes, so that a CI run explores the same examples
+every time.
+
+Fixtures: PostgreSQL databases (see tests/pgtest.py), and stores of either kind for tests
+that run on both.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pgtest
 import pytest
 import stores
+from hypothesis import HealthCheck, settings
 
 import rxcontext
+
+settings.register_profile(
+    "rxcontext",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.register_profile("ci", parent=settings.get_profile("rxcontext"), derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "rxcontext"))
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,10 @@
-"""Every example in examples/ runs offline, as written, and prints what it promises.
+"""Every example in examples/, and every code sample in README.md and docs/, runs as written.
 
-Each runs in a fresh interpreter (``python examples/NN_name.py``) from a scratch working
-directory, with no API keys and a dead proxy in the environment. The web chat (05) is a
-server: its test in a real browser is tests/test_webchat.py; here it only has to start and
-answer.
+Each runs in a fresh interpreter (``python examples/NN_name.py``, or the sample saved to a
+file) from a scratch working directory, with no API keys and a dead proxy in the
+environment. The web chat (05) is a server: its test in a real browser is
+tests/test_webchat.py; here it only has to start and answer. The README's sample also runs
+against a local OpenAI-compatible server (``OPENAI_BASE_URL``), as a user with a key would.
 """
 
 from __future__ import annotations
@@ -15,18 +16,30 @@ import sys
 import urllib.request
 from pathlib import Path
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+import pytest
+
+import rxcontext
+from rxcontext import RecordType
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), EXAMPLES / "README.md"]
 
 
-def run_example(name: str, tmp_path: Path) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+def offline_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_BASE_URL"))}
     # No network either: any request that left the replay transport would hit a dead proxy.
     dead = "http://127.0.0.1:9"
-    env.update(HTTP_PROXY=dead, HTTPS_PROXY=dead, ALL_PROXY=dead, NO_PROXY="")
+    env.update(HTTP_PROXY=dead, HTTPS_PROXY=dead, ALL_PROXY=dead, NO_PROXY="127.0.0.1")
+    env.update(extra)
+    return env
+
+
+def run_script(path: Path, cwd: Path, env: dict[str, str] | None = None) -> str:
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)],
-        cwd=tmp_path,
-        env=env,
+        [sys.executable, str(path)],
+        cwd=cwd,
+        env=env or offline_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -34,6 +47,29 @@ def run_example(name: str, tmp_path: Path) -> str:
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     return result.stdout
+
+
+def run_example(name: str, tmp_path: Path) -> str:
+    return run_script(EXAMPLES / name, tmp_path)
+
+
+def code_blocks_in(text: str, language: str) -> list[str]:
+    """The fenced ``language`` blocks of Markdown ``text``, in order."""
+    pattern = re.compile(rf"^```{language}\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+    return pattern.findall(text)
+
+
+def code_blocks(path: Path, language: str) -> list[str]:
+    """The fenced ``language`` blocks of a Markdown file, in order."""
+    return code_blocks_in(path.read_text(encoding="utf-8"), language)
+
+
+def python_samples() -> list[tuple[str, str]]:
+    return [
+        (f"{path.relative_to(ROOT)}#{i}", code)
+        for path in DOCS
+        for i, code in enumerate(code_blocks(path, "python"), 1)
+    ]
 
 
 def test_every_example_is_tested() -> None:
@@ -116,3 +152,104 @@ def test_05_webchat_starts_and_serves_the_page(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# -- README.md and docs/ ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("where", "code"), python_samples(), ids=[w for w, _ in python_samples()])
+def test_every_python_sample_runs_as_written(tmp_path: Path, where: str, code: str) -> None:
+    script = tmp_path / "sample.py"
+    script.write_text(code, encoding="utf-8")
+    run_script(script, tmp_path)
+
+
+def _readme_sample(tmp_path: Path) -> Path:
+    code = code_blocks(ROOT / "README.md", "python")[0]  # "In code", the first one
+    script = tmp_path / "sample.py"
+    script.write_text(code, encoding="utf-8")
+    return script
+
+
+def _stored(db: Path) -> tuple[list[rxcontext.Record], list[rxcontext.Checkpoint]]:
+    with rxcontext.open(db) as store:
+        ctx = store.get_context_by_name("rivers")
+        return store.records(ctx.id), store.checkpoints(ctx.id, include_resolved=True)
+
+
+def test_readme_sample_without_a_key_says_why_and_leaves_one_checkpoint(tmp_path: Path) -> None:
+    script = _readme_sample(tmp_path)
+    no_key = "no complete reply: openai: no API key: set OPENAI_API_KEY"
+    first = run_script(script, tmp_path)
+    assert no_key in first
+    assert "checkpoint 1 keeps the 0 characters received; run again to resume" in first
+    assert first == run_script(script, tmp_path)  # the second run resumes the same checkpoint
+    records, checkpoints = _stored(tmp_path / "chat.db")
+    assert [(r.type, r.content) for r in records if r.live] == [
+        (RecordType.SYSTEM_PROMPT, "You are terse."),
+        (RecordType.PROMPT, "Name three rivers."),
+    ]
+    (cp,) = checkpoints
+    assert cp.text == "" and not cp.resolved
+
+
+def test_readme_sample_with_a_server_streams_stores_and_finishes_a_cut_reply(
+    tmp_path: Path,
+) -> None:
+    from localserver import openai_server
+
+    script = _readme_sample(tmp_path)
+    run_script(script, tmp_path)  # without a key: the prompt and its empty checkpoint
+    answer = "The Tagus, the Douro and the Ebro."
+    with openai_server([answer]) as server:
+        env = offline_env(OPENAI_API_KEY="sk-test-not-real", OPENAI_BASE_URL=server.url)
+        out = run_script(script, tmp_path, env)
+    assert out == answer + "\n(stored)\n"
+    (sent,) = server.requests  # the original request, sent once
+    assert [m["content"] for m in sent["messages"]] == ["You are terse.", "Name three rivers."]
+    records, (cp,) = _stored(tmp_path / "chat.db")
+    assert [(r.type, r.content) for r in records if r.live][-2:] == [
+        (RecordType.PROMPT, "Name three rivers."),
+        (RecordType.MODEL_RESP, answer),
+    ]
+    assert cp.resolved
+
+
+def test_readme_commands_are_the_ones_tested() -> None:
+    (commands,) = code_blocks(ROOT / "README.md", "sh")[:1]
+    lines = [line for line in commands.splitlines() if line and not line.startswith("#")]
+    assert lines == [
+        "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && "
+        "rxcontext demo --db demo.db",
+        "pip install -e '.[test]' && python -m pytest -q",
+    ]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "pip install -q -e .\n" in ci  # .ci/run installs the base alone, runs the demo
+    assert 'rxcontext" demo --db demo.db' in ci
+
+
+def test_readme_demo_command_runs_as_written(tmp_path: Path) -> None:
+    # The first command's last step, with the console script pip installed (no --fast).
+    script = Path(sys.executable).with_name("rxcontext")
+    result = subprocess.run(
+        [str(script), "demo", "--db", "demo.db"],
+        cwd=tmp_path,
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Run the demo again" in result.stdout
+    assert (tmp_path / "demo.db").exists()
+
+
+def test_readme_lifecycle_sample_prints_what_the_readme_says(tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Replies have an id and a state") :]
+    code = code_blocks_in(section, "python")[0]
+    printed = section[section.index("prints\n\n```\n") + len("prints\n\n```\n") :]
+    printed = printed[: printed.index("```")]
+    script = tmp_path / "lifecycle.py"
+    script.write_text(code, encoding="utf-8")
+    assert run_script(script, tmp_path) == printed

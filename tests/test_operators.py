@@ -224,6 +224,35 @@ def test_batch_text_passes_errors_through(scheduler: TestScheduler):
     assert [on_error(220, is_(boom))] == results.messages
 
 
+def test_batch_text_after_text_batches_the_strings(scheduler: TestScheduler):
+    # The composition people write first: the text deltas, then batches of them.
+    xs = scheduler.create_hot_observable(
+        on_next(205, T("a")),
+        on_next(210, K("not text")),
+        on_next(215, T("b")),
+        on_next(240, T("c")),
+        on_completed(250),
+    )
+    results = scheduler.start(
+        lambda: xs.pipe(rxops.text(), rxops.batch_text(30, scheduler=scheduler))
+    )
+    assert results.messages == [on_next(230, "ab"), on_next(250, "c"), on_completed(250)]
+
+
+def test_batch_text_takes_strings_and_chunks_alike(scheduler: TestScheduler):
+    # Text chunks and plain strings join in order; other chunks and empty strings add nothing.
+    xs = scheduler.create_hot_observable(
+        on_next(205, "a"),
+        on_next(210, T("b")),
+        on_next(215, ""),
+        on_next(220, DONE),
+        on_next(225, "c"),
+        on_completed(226),
+    )
+    results = scheduler.start(lambda: xs.pipe(rxops.batch_text(30, scheduler=scheduler)))
+    assert results.messages == [on_next(226, "abc"), on_completed(226)]
+
+
 # -- middleware ----------------------------------------------------------------------------
 
 

@@ -85,9 +85,7 @@ def cut(store: Store, context_id: str, text: str = "partial", **kw: Any) -> Chec
     """A reply begun, then interrupted with ``text`` delivered."""
     begun = store.begin_reply(context_id, f"r-{next(_ids)}", owner=worker_id())
     ticket = ReplyTicket(begun.id, begun.epoch)
-    assert store.save_checkpoint(
-        ticket, CheckpointDraft(text, **kw), state=ReplyState.INTERRUPTED
-    )
+    assert store.save_checkpoint(ticket, CheckpointDraft(text, **kw), state=ReplyState.INTERRUPTED)
     return store.get_checkpoint(begun.id)
 
 
@@ -502,9 +500,7 @@ def test_add_record_to_a_missing_context(store: SQLiteStore):
 
 def test_records_are_ordered_by_position_not_by_clock(store: SQLiteStore):
     # The store's clock steps back (NTP, a VM resumed) between writes: order is unchanged.
-    times = iter(
-        datetime(2024, 1, d, tzinfo=UTC) for d in (5, 1, 9, 2, 2, 2, 3, 8, 8, 8, 8, 8, 8)
-    )
+    times = iter(datetime(2024, 1, d, tzinfo=UTC) for d in (5, 1, 9, 2, 2, 2, 3, 8, 8, 8, 8, 8, 8))
     stepped = isinstance(store, SQLiteStore)  # PostgreSQL's clock is the server's
     if stepped:
         store.clock = lambda: next(times)
@@ -535,7 +531,8 @@ def test_set_live_range_is_inclusive_and_checked(store: SQLiteStore):
         assert store.records(ctx.id) == before
 
 
-def test_replace_system_prompt_keeps_one_sorted_first(store: SQLiteStore):
+def test_replace_system_prompt_keeps_one_live_sorted_first_and_the_old_ones_dead(store):
+    # As contextwindow does: the previous system prompt stays, as a dead record.
     ctx = store.get_or_create_context("sys")
     first = store.replace_system_prompt(ctx.id, "v1")
     assert first.type is RecordType.SYSTEM_PROMPT
@@ -543,13 +540,16 @@ def test_replace_system_prompt_keeps_one_sorted_first(store: SQLiteStore):
     store.commit_reply(ctx.id, [R("a")])
     store.replace_system_prompt(ctx.id, "v2")
     store.replace_system_prompt(ctx.id, "v3")
-    records = store.records(ctx.id)
-    assert [(r.type, r.content) for r in records] == [
-        (RecordType.SYSTEM_PROMPT, "v3"),
-        (RecordType.PROMPT, "q"),
-        (RecordType.MODEL_RESP, "a"),
+    assert [(r.type, r.content, r.live) for r in store.records(ctx.id)] == [
+        (RecordType.SYSTEM_PROMPT, "v3", True),
+        (RecordType.SYSTEM_PROMPT, "v2", False),
+        (RecordType.SYSTEM_PROMPT, "v1", False),
+        (RecordType.PROMPT, "q", True),
+        (RecordType.MODEL_RESP, "a", True),
     ]
-    assert records[0].pos < records[1].pos
+    live = store.records(ctx.id, live_only=True)
+    assert [r.content for r in live] == ["v3", "q", "a"]
+    assert store.live_tokens(ctx.id) == sum(r.est_tokens for r in live)
     with pytest.raises(ContextNotFound):
         store.replace_system_prompt("missing", "x")
 
@@ -712,7 +712,10 @@ def test_checkpoint_text_is_appended_and_the_rest_replaced(store: SQLiteStore):
     ctx = store.get_or_create_context("cp")
     begun = store.begin_reply(ctx.id, "r1", owner=worker_id())
     assert (begun.state, begun.epoch, begun.text, begun.reply_id) == (
-        ReplyState.STREAMING, 1, "", "r1"
+        ReplyState.STREAMING,
+        1,
+        "",
+        "r1",
     )
     assert begun.updated_at == begun.created_at and begun.owner == worker_id()
     ticket = ReplyTicket(begun.id, 1)
@@ -833,6 +836,8 @@ CALLS: dict[str, Callable[[SQLiteStore, str], object]] = {
     "set_last_response_id": lambda s, c: s.set_last_response_id(c, "r"),
     "add_record": lambda s, c: s.add_record(c, P("x")),
     "records": lambda s, c: s.records(c),
+    "history": lambda s, c: s.history(c),
+    "live_tokens": lambda s, c: s.live_tokens(c),
     "set_live_range": lambda s, c: s.set_live_range(c, 0, 0, False),
     "replace_system_prompt": lambda s, c: s.replace_system_prompt(c, "x"),
     "replace_records": lambda s, c: s.replace_records(c, [1], R("x")),

@@ -818,3 +818,70 @@ def test_nan_and_infinity_in_metadata_store_as_on_sqlite(both: tuple[SQLiteStore
         (back,) = store.records(ctx.id)
         assert list(back.metadata) == ["b", "a"]  # key order kept
         assert back.metadata["b"] == math.inf and math.isnan(back.metadata["a"])
+
+
+# -- Incremental history ----------------------------------------------------------------------
+
+history_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["prompt", "reply", "live", "system", "summary", "in-place", "read"]),
+        st.integers(0, 30),
+        st.booleans(),  # written through the other store (another process)
+    ),
+    max_size=25,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(program=history_ops)
+def test_the_history_cache_equals_a_full_read_with_another_writer(pg_url: str, program):
+    from rxcontext.history import HistoryCache
+
+    mine, other = PostgresStore(pg_url, pool_size=1), PostgresStore(pg_url, pool_size=1)
+    ctx = mine.get_or_create_context(f"h{next(_names)}")
+    cache = HistoryCache(mine, ctx.id)
+    try:
+        for n, (op, arg, by_other) in enumerate(program):
+            store = other if by_other else mine
+            if op == "prompt":
+                store.add_record(ctx.id, P(f"p{n}"))
+            elif op == "reply":
+                store.commit_reply(ctx.id, [R(f"r{n}")])
+            elif op == "live" and (records := store.records(ctx.id)):
+                store.set_live_range(ctx.id, arg % len(records), arg % len(records), by_other)
+            elif op == "system":
+                store.replace_system_prompt(ctx.id, f"s{n}")
+            elif op == "summary" and (live := store.records(ctx.id, live_only=True)):
+                store.replace_records(ctx.id, [r.id for r in live[: 1 + arg % 3]], R("sum"))
+            elif op == "in-place":  # a reply stored at an earlier place, not at the end
+                ticket = begin(store, ctx.id, f"{ctx.id}/{n}")
+                store.add_record(ctx.id, P("after"))
+                store.commit_reply(ctx.id, [R(f"late{n}")], reply=ticket, end="reply")
+            elif op == "read":
+                assert cache.live(arg) == mine.records(ctx.id, live_only=True, upto=arg)
+            assert cache.live() == mine.records(ctx.id, live_only=True)
+            assert mine.live_tokens(ctx.id) == sum(
+                r.est_tokens for r in mine.records(ctx.id, live_only=True)
+            )
+    finally:
+        mine.close()
+        other.close()
+
+
+def test_history_reads_only_what_changed_in_one_statement(pg: PostgresStore):
+    ctx = pg.get_or_create_context("c")
+    for i in range(5):
+        pg.add_record(ctx.id, P(f"p{i}"))
+    version, everything = pg.history(ctx.id)
+    assert [r.content for r in everything] == [f"p{i}" for i in range(5)]
+    assert pg.history(ctx.id, since=version) == (version, [])
+    pg.set_live_range(ctx.id, 1, 1, False)
+    new = pg.add_record(ctx.id, P("new"))
+    later, changed = pg.history(ctx.id, since=version)
+    assert later > version
+    assert [(r.content, r.live) for r in changed] == [("p1", False), ("new", True)]
+    assert changed[1] == new
+    with pytest.raises(rxcontext.ContextNotFound):
+        pg.history("missing")

@@ -94,16 +94,17 @@ def test_records_and_live_state(store):
     assert [r.content for r in cw.live_records()] == ["p0", "p4"]  # unchanged on error
 
 
-def test_system_prompt_is_replaced_in_place(store):
+def test_system_prompt_is_replaced_in_place_and_the_old_one_kept_dead(store):
     cw = ContextWindow(store, context="c")
     cw.add_prompt("first")
     cw.set_system_prompt("v1")
     cw.set_system_prompt("v2")
-    recs = cw.records()
-    assert [(r.type, r.content) for r in recs] == [
-        (RecordType.SYSTEM_PROMPT, "v2"),
-        (RecordType.PROMPT, "first"),
+    assert [(r.type, r.content, r.live) for r in cw.records()] == [
+        (RecordType.SYSTEM_PROMPT, "v2", True),
+        (RecordType.SYSTEM_PROMPT, "v1", False),
+        (RecordType.PROMPT, "first", True),
     ]
+    assert [r.content for r in cw.live_records()] == ["v2", "first"]
 
 
 def test_tool_records_added_by_hand(store):

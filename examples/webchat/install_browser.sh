@@ -1,8 +1,9 @@
 #!/usr/bin/env sh
 # Install what tests/test_webchat.py needs to run examples/05_webchat.py in a real browser:
-# Debian's chromium package (the Playwright Python package comes with the test extra; we never
-# run `playwright install`, the test launches /usr/bin/chromium). Idempotent; needs root or
-# password-less sudo for apt-get. Exits 0 when a browser is available afterwards.
+# Debian's chromium package (the Playwright Python package is the browser extra; we never
+# run `playwright install`, the test launches /usr/bin/chromium). .ci/run runs this script;
+# the tests never install anything. Idempotent; needs root or password-less sudo for
+# apt-get. Exits 0 when a browser is available afterwards.
 set -eu
 
 find_browser() {

@@ -35,7 +35,12 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import anthropic
+from ._sdk import missing_sdk
+
+try:
+    import anthropic
+except ImportError as exc:  # an optional extra: name it
+    raise missing_sdk("anthropic", "anthropic", exc) from exc
 import httpx2
 
 from ..chunks import Chunk, ChunkKind, Reply, Usage

@@ -13,6 +13,7 @@ any request, so a missing key is one clear error instead of a failed stream.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +30,13 @@ PREFIXES: Mapping[str, tuple[str, ...]] = {
     "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
 }
 """Known prefixes and the environment variables their API key is read from (first set wins)."""
+
+_MODULES: Mapping[str, str] = {
+    "openai": ".openai",
+    "openai-responses": ".openai",
+    "anthropic": ".anthropic",
+    "gemini": ".gemini",
+}
 
 _EXAMPLES = "openai:gpt-4o-mini, anthropic:claude-sonnet-4-5, gemini:gemini-2.5-flash"
 
@@ -94,9 +102,12 @@ def model_from_spec(
     retries are off by default (``max_retries=0``) because :class:`~rxcontext.ContextWindow`
     retries a failed request itself (its ``retry=`` policy). ``params`` go to
     the model's constructor (``temperature=...``). Raises :class:`ModelSpecError` for an
-    unknown prefix or a missing API key.
+    unknown prefix or a missing API key, and :class:`~rxcontext.MissingDependency` (naming
+    the extra to install) when the provider's SDK is missing.
     """
     prefix, name = split_spec(spec)
+    # A missing SDK (an extra not installed) is named before a missing key.
+    importlib.import_module(_MODULES[prefix], __package__)
     key = _key(prefix, api_key, base_url)
     if prefix in ("openai", "openai-responses"):
         import openai

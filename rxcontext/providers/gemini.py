@@ -59,12 +59,18 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx2
-from google import genai
-from google.genai import _api_client as genai_api
-from google.genai import _common as genai_common
-from google.genai import errors as genai_errors
-from google.genai import models as genai_models
-from google.genai import types
+
+from ._sdk import missing_sdk
+
+try:
+    from google import genai
+    from google.genai import _api_client as genai_api
+    from google.genai import _common as genai_common
+    from google.genai import errors as genai_errors
+    from google.genai import models as genai_models
+    from google.genai import types
+except ImportError as exc:  # an optional extra: name it
+    raise missing_sdk("google-genai", "gemini", exc) from exc
 
 from ..chunks import Chunk, ChunkKind, Reply, Usage
 from ..errors import ProviderError
@@ -235,7 +241,8 @@ def build_contents(records: Iterable[Record]) -> list[types.Content]:
     A MODEL_RESP and the TOOL_CALLs after it make one ``model`` content: its text part
     (carrying the reply's thought signature, if any), then one ``function_call`` part per
     call with the call's thought signature. Consecutive TOOL_OUTPUTs make one ``user``
-    content of ``function_response`` parts. Other providers' metadata is ignored.
+    content of ``function_response`` parts. Adjacent turns of one role are merged.
+    Other providers' metadata is ignored.
     """
     contents: list[types.Content] = []
     # The model turn being built: a MODEL_RESP is followed by its TOOL_CALLs.
@@ -289,7 +296,23 @@ def build_contents(records: Iterable[Record]) -> list[types.Content]:
             flush()
             contents.append(types.Content(role="user", parts=[types.Part(text=record.content)]))
     flush()
-    return contents
+    return _alternating(contents)
+
+
+def _alternating(contents: list[types.Content]) -> list[types.Content]:
+    """Adjacent contents of one role merged into one: Gemini wants user and model turns to
+    alternate ("Please ensure that multiturn requests alternate between user and model"),
+    and a prompt after an interrupted reply, or after tool outputs, would otherwise follow
+    another user turn."""
+    merged: list[types.Content] = []
+    for content in contents:
+        if merged and merged[-1].role == content.role:
+            merged[-1] = types.Content(
+                role=content.role, parts=[*(merged[-1].parts or []), *(content.parts or [])]
+            )
+        else:
+            merged.append(content)
+    return merged
 
 
 def _arguments(raw: str) -> dict[str, Any]:

@@ -17,7 +17,13 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx2
-import openai
+
+from ._sdk import missing_sdk
+
+try:
+    import openai
+except ImportError as exc:  # an optional extra: name it
+    raise missing_sdk("openai", "openai", exc) from exc
 
 from ..chunks import Chunk, Reply
 from ..errors import ProviderError

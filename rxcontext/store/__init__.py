@@ -7,6 +7,7 @@ Nothing here imports the PostgreSQL driver until a ``postgresql://`` URL is open
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
@@ -27,6 +28,7 @@ __all__ = [
     "open_any",
     "open_postgres",
     "open_store",
+    "without_password",
 ]
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -35,6 +37,11 @@ _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 def is_postgres_url(target: object) -> bool:
     """Whether ``target`` is a ``postgresql://`` (or ``postgres://``) URL, not a file path."""
     return isinstance(target, str) and target[:13].lower().startswith(_POSTGRES_SCHEMES)
+
+
+def without_password(target: str) -> str:
+    """``target`` for messages: a URL's password (``scheme://user:password@…``) left out."""
+    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*):[^@/]*@", r"\1@", target)
 
 
 def open_postgres(url: str, **options: Any) -> PostgresStore:

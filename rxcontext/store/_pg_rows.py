@@ -2,9 +2,9 @@
 
 The twin of :mod:`._sqlite_rows`: strings go through :mod:`.pg_codec` (NUL-safe), text is
 made storable by the same :func:`~._sqlite_rows.storable` as SQLite's (surrogates), JSON is
-written as the same text SQLite writes. Also the two statements every write starts with:
-:func:`lock_context` (the per-context row lock, which allocates positions) and
-:func:`insert_records`.
+written as the same text SQLite writes. Also what every write does: :func:`lock_context`
+(the per-context row lock, which allocates positions and moves the context's version on),
+:func:`insert_records` and :func:`retire`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..chunks import Usage
 from ..errors import ContextNotFound
@@ -30,12 +30,15 @@ __all__ = [
     "RECORD_COLUMNS",
     "USAGE_FIELDS",
     "Draft",
+    "Lock",
     "checkpoint",
     "checkpoint_values",
     "context",
     "insert_records",
+    "live_tokens_of",
     "lock_context",
     "record",
+    "retire",
     "storable",
     "to_json",
     "unjson",
@@ -78,8 +81,8 @@ USAGE_FIELDS = (
 _RECORD_TYPES = {int(t): t for t in RecordType}
 _INSERT_RECORD = (
     "INSERT INTO records (context_id, pos, ts, source, content, live, est_tokens, response_id,"
-    " streamed, tool_call_id, tool_name, metadata, reply_id, commit_id)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
+    " streamed, tool_call_id, tool_name, metadata, reply_id, commit_id, rev)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
 )
 
 
@@ -177,7 +180,13 @@ class Draft:
                 enc(text).encode("utf-8")
 
     def params(
-        self, context_id: str, pos: int, ts: datetime, reply_id: str | None, commit_id: str
+        self,
+        context_id: str,
+        pos: int,
+        ts: datetime,
+        reply_id: str | None,
+        commit_id: str,
+        rev: int,
     ) -> tuple[Any, ...]:
         d = self.draft
         return (
@@ -195,6 +204,7 @@ class Draft:
             enc_opt(self.metadata),
             enc_opt(reply_id),
             commit_id,
+            rev,
         )
 
     def record(
@@ -219,28 +229,47 @@ class Draft:
         )
 
 
-def lock_context(conn: Conn, context_id: str, take: int = 0) -> tuple[int, datetime]:
-    """Lock the context's row (held to COMMIT) and take ``take`` positions.
+class Lock(NamedTuple):
+    """What taking a context's lock says: the first position taken (the next free one when
+    none was taken), the database's clock, and the context's version after this write."""
+
+    pos: int
+    ts: datetime
+    version: int
+
+
+def lock_context(
+    conn: Conn, context_id: str, take: int = 0, *, change: bool = False, tokens: int = 0
+) -> Lock:
+    """Lock the context's row (held to COMMIT); take ``take`` positions.
 
     Every write that touches a context starts here, so writes to one context are serialised
-    and commit in the order they took positions. Returns the first position taken (the next
-    free one when ``take`` is 0) and the database clock read after the lock. No row:
-    :class:`ContextNotFound`.
+    and commit in the order they took positions. A write that changes records (``change``,
+    or positions taken, or ``tokens`` added to the live total) moves the context's version
+    on; its records carry that version (``rev``), so :meth:`history` readers find them. No
+    row: :class:`ContextNotFound`.
     """
-    if take:
+    if take or change or tokens:
         row = conn.execute(
-            "UPDATE contexts SET next_pos = next_pos + %s WHERE id = %s"
-            " RETURNING next_pos - %s, clock_timestamp()",
-            (take, context_id, take),
+            "UPDATE contexts SET next_pos = next_pos + %s, version = version + 1,"
+            " live_tokens = live_tokens + %s WHERE id = %s"
+            " RETURNING next_pos - %s, clock_timestamp(), version",
+            (take, tokens, context_id, take),
         ).fetchone()
     else:  # no new row version: a lock only (FK checks' KEY SHARE locks do not wait on it)
         row = conn.execute(
-            "SELECT next_pos, clock_timestamp() FROM contexts WHERE id = %s FOR NO KEY UPDATE",
+            "SELECT next_pos, clock_timestamp(), version FROM contexts WHERE id = %s"
+            " FOR NO KEY UPDATE",
             (context_id,),
         ).fetchone()
     if row is None:
         raise ContextNotFound(f"no context with id {context_id!r} (was it deleted?)")
-    return row[0], row[1]
+    return Lock(row[0], row[1], row[2])
+
+
+def live_tokens_of(drafts: Sequence[Draft]) -> int:
+    """The estimated tokens ``drafts`` add to their context's live total."""
+    return sum(d.est for d in drafts if d.draft.live)
 
 
 def insert_records(
@@ -248,14 +277,16 @@ def insert_records(
     context_id: str,
     drafts: Sequence[Draft],
     pos: int,
-    ts: datetime,
+    lock: Lock,
     commit_id: str,
     reply_id: str | None = None,
 ) -> list[Record]:
-    """Insert ``drafts`` at position ``pos`` (one reply, one place; one pipelined round trip)."""
+    """Insert ``drafts`` at position ``pos`` (one reply, one place; one pipelined round trip),
+    stamped with the lock's time and version. Their live tokens were added by the lock."""
     if not drafts:
         return []
-    params = [d.params(context_id, pos, ts, reply_id, commit_id) for d in drafts]
+    ts = lock.ts
+    params = [d.params(context_id, pos, ts, reply_id, commit_id, lock.version) for d in drafts]
     cur = conn.cursor()
     if len(params) == 1:
         cur.execute(_INSERT_RECORD, params[0])
@@ -268,6 +299,22 @@ def insert_records(
             if not cur.nextset():
                 break
     return [d.record(i, context_id, pos, ts, reply_id) for d, i in zip(drafts, ids, strict=True)]
+
+
+def retire(conn: Conn, context_id: str, where: str, args: tuple[Any, ...], lock: Lock) -> None:
+    """Mark the live records of the context matching ``where`` dead (the context locked with
+    ``change``), taking their tokens off the live total."""
+    dead = conn.execute(
+        f"UPDATE records SET live = false, rev = %s WHERE context_id = %s AND live AND {where}"
+        " RETURNING est_tokens",
+        (lock.version, context_id, *args),
+    ).fetchall()
+    tokens = sum(r[0] for r in dead)
+    if tokens:
+        conn.execute(
+            "UPDATE contexts SET live_tokens = live_tokens - %s WHERE id = %s",
+            (tokens, context_id),
+        )
 
 
 def written(conn: Conn, commit_id: str) -> list[Record]:

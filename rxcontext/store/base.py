@@ -136,6 +136,17 @@ class Store(Protocol):
     def records(
         self, context_id: str, *, live_only: bool = False, upto: int | None = None
     ) -> list[Record]: ...
+    def history(self, context_id: str, *, since: int | None = None) -> tuple[int, list[Record]]:
+        """The context's version (it moves on with every write to the context) and its
+        records (live and dead) written or changed since version ``since`` — all of them when
+        None — in conversation order. A reader that keeps the records it was given and asks
+        again with the version it got stays up to date, other processes' writes included."""
+        ...
+
+    def live_tokens(self, context_id: str) -> int:
+        """Estimated tokens of the context's live records, kept up to date on every write."""
+        ...
+
     def set_live_range(self, context_id: str, start: int, end: int, live: bool) -> int: ...
     def replace_system_prompt(self, context_id: str, content: str) -> Record: ...
     def replace_records(

@@ -176,6 +176,24 @@ def m006_reply_lifecycle(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m007_history_versions(db: sqlite3.Connection) -> None:
+    """Per-context change versions (so a window re-reads only what changed since its last
+    request) and live token totals kept on write (so reading them is one row)."""
+    _script(
+        db,
+        """
+        ALTER TABLE contexts ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE contexts ADD COLUMN live_tokens INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE records ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+        UPDATE contexts SET live_tokens = COALESCE(
+            (SELECT SUM(est_tokens) FROM records r WHERE r.context_id = contexts.id AND r.live),
+            0);
+        CREATE INDEX idx_records_context_rev ON records(context_id, rev)
+        """,
+    )
+
+
 def pending(db: sqlite3.Connection, path: str) -> list[str]:
     """The steps this database still needs; refuses (writing nothing) one that is not ours.
 

@@ -42,7 +42,9 @@ def _script(conn: psycopg.Connection[Any], sql: str) -> None:
 
 @migration
 def m001_contexts_records_tools(conn: psycopg.Connection[Any]) -> None:
-    """Contexts (with their position allocator), records (ordered by pos), tools, commits."""
+    """Contexts (with their position allocator, change version and live token total),
+    records (ordered by pos; ``rev``: the context version that last changed them), tools,
+    commits."""
     _script(
         conn,
         """
@@ -57,7 +59,9 @@ def m001_contexts_records_tools(conn: psycopg.Connection[Any]) -> None:
             total_tokens     bigint NOT NULL DEFAULT 0,
             cached_tokens    bigint NOT NULL DEFAULT 0,
             reasoning_tokens bigint NOT NULL DEFAULT 0,
-            next_pos    bigint NOT NULL DEFAULT 0
+            next_pos    bigint NOT NULL DEFAULT 0,
+            version     bigint NOT NULL DEFAULT 0,
+            live_tokens bigint NOT NULL DEFAULT 0
         );
         CREATE TABLE records (
             id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -74,9 +78,11 @@ def m001_contexts_records_tools(conn: psycopg.Connection[Any]) -> None:
             tool_name   text,
             metadata    text,
             reply_id    text,
-            commit_id   text
+            commit_id   text,
+            rev         bigint NOT NULL DEFAULT 0
         );
         CREATE INDEX records_context_pos ON records (context_id, pos, id);
+        CREATE INDEX records_context_rev ON records (context_id, rev);
         CREATE INDEX records_context_live ON records (context_id, pos, id) WHERE live;
         CREATE INDEX records_commit ON records (commit_id) WHERE commit_id IS NOT NULL;
         CREATE INDEX records_reply ON records (reply_id) WHERE reply_id IS NOT NULL;

@@ -32,7 +32,7 @@ from ..chunks import Usage
 from ..errors import CheckpointNotFound, ContextNotFound, OwnershipLost, ReplyExists
 from ..records import Checkpoint, Record, RecordType, ReplyState
 from . import _pg_rows as rows
-from ._pg_rows import Draft, insert_records, lock_context
+from ._pg_rows import Draft, insert_records, live_tokens_of, lock_context
 from .base import (
     IN_PROGRESS,
     ORPHANED,
@@ -158,7 +158,7 @@ class PostgresReplies:
                 ).fetchone()
                 if mine is not None:
                     raise Stored(rows.checkpoint(mine))
-            pos, now = lock_context(conn, context_id, 1)
+            pos, now, _ = lock_context(conn, context_id, 1)
             used = conn.execute(
                 "SELECT 1 FROM records WHERE reply_id = %s LIMIT 1", (rid,)
             ).fetchone()
@@ -308,12 +308,17 @@ class PostgresReplies:
         whose COMMIT was cut off is retried safely.
         """
         prepared = [Draft(d) for d in drafts]
+        tokens = live_tokens_of(prepared)
         key = commit_id if commit_id is not None else uuid.uuid4().hex
         rid = enc_opt(last_response_id)
 
         def body(conn: Conn, _: bool) -> list[Record]:
-            nxt, ts = lock_context(
-                conn, context_id, 0 if reply is not None or at is not None else 1
+            lock = lock_context(
+                conn,
+                context_id,
+                0 if reply is not None or at is not None else 1,
+                change=True,
+                tokens=tokens,
             )
             first = conn.execute(
                 "INSERT INTO commits (commit_id, context_id) VALUES (%s, %s)"
@@ -341,8 +346,8 @@ class PostgresReplies:
                     )
                 pos, reply_id = row[0], dec(row[1])
             else:
-                pos = at if at is not None else nxt
-            out = insert_records(conn, context_id, prepared, pos, ts, key, reply_id)
+                pos = at if at is not None else lock.pos
+            out = insert_records(conn, context_id, prepared, pos, lock, key, reply_id)
             if usage is not None or rid is not None:
                 add = [getattr(usage, f) for f in rows.USAGE_FIELDS] if usage else [0] * 5
                 conn.execute(
@@ -457,13 +462,13 @@ class PostgresReplies:
                     f"checkpoint {checkpoint_id} holds no text to keep; discard it instead"
                 )
             assert cp.pos is not None
-            _, ts = lock_context(conn, cp.context_id)
-            draft = RecordDraft(
-                RecordType.MODEL_RESP, cp.text, streamed=True, metadata={"partial": True}
+            kept = Draft(
+                RecordDraft(
+                    RecordType.MODEL_RESP, cp.text, streamed=True, metadata={"partial": True}
+                )
             )
-            return insert_records(
-                conn, cp.context_id, [Draft(draft)], cp.pos, ts, token, cp.reply_id
-            )
+            lock = lock_context(conn, cp.context_id, change=True, tokens=live_tokens_of([kept]))
+            return insert_records(conn, cp.context_id, [kept], cp.pos, lock, token, cp.reply_id)
 
         _, _, kept = self._take(
             checkpoint_id,

@@ -35,7 +35,7 @@ from ..chunks import Usage
 from ..errors import ContextNotFound, StoreError
 from ..records import Context, ContextStats, Record, RecordType
 from . import _pg_rows as rows
-from ._pg_rows import Draft, insert_records, lock_context
+from ._pg_rows import Draft, insert_records, live_tokens_of, lock_context, retire
 from .base import RecordDraft
 from .pg_codec import dec, enc, enc_opt
 from .pg_migrations import migrate
@@ -43,6 +43,8 @@ from .pg_replies import PostgresReplies
 from .pg_run import Conn, Runner, Stored, connect_with_retry, first_line, redact
 
 __all__ = ["PostgresStore"]
+
+_RECORD_COLUMNS_R = ", ".join(f"r.{c.strip()}" for c in rows.RECORD_COLUMNS.split(","))
 
 
 def _settle_one(conn: Conn, ambiguous: bool, commit_id: str) -> None:
@@ -225,8 +227,9 @@ class PostgresStore(PostgresReplies):
                 raise ContextNotFound(f"no context with id {context_id!r}")
             row = conn.execute(
                 "INSERT INTO contexts (id, name, use_server_side_threading, last_response_id,"
-                " next_pos) SELECT %s, %s, use_server_side_threading, last_response_id,"
-                " next_pos FROM contexts WHERE id = %s ON CONFLICT (name) DO NOTHING"
+                " next_pos, live_tokens) SELECT %s, %s, use_server_side_threading,"
+                " last_response_id, next_pos, live_tokens FROM contexts WHERE id = %s"
+                " ON CONFLICT (name) DO NOTHING"
                 f" RETURNING {rows.CONTEXT_COLUMNS}",
                 (new_id, enc(dest_name), context_id),
             ).fetchone()
@@ -367,9 +370,9 @@ class PostgresStore(PostgresReplies):
         commit_id = uuid.uuid4().hex
 
         def body(conn: Conn, ambiguous: bool) -> Record:
-            pos, ts = lock_context(conn, context_id, 1)
+            lock = lock_context(conn, context_id, 1, tokens=live_tokens_of([d]))
             _settle_one(conn, ambiguous, commit_id)
-            return insert_records(conn, context_id, [d], pos, ts, commit_id)[0]
+            return insert_records(conn, context_id, [d], lock.pos, lock, commit_id)[0]
 
         return self._runner.run(body)
 
@@ -397,6 +400,33 @@ class PostgresStore(PostgresReplies):
         """
         return self._read(lambda c: self._records(c, context_id, live_only, upto))  # type: ignore[no-any-return]
 
+    def history(self, context_id: str, *, since: int | None = None) -> tuple[int, list[Record]]:
+        """The context's version, and its records (live and dead) written or changed since
+        version ``since`` (all of them when None), in conversation order: one statement, so
+        one snapshot."""
+        found = self._read(
+            lambda c: c.execute(
+                f"SELECT c.version, {_RECORD_COLUMNS_R}"
+                " FROM contexts c LEFT JOIN records r ON r.context_id = c.id AND r.rev > %s"
+                " WHERE c.id = %s ORDER BY r.pos, r.id",
+                (-1 if since is None else since, context_id),
+            ).fetchall()
+        )
+        if not found:
+            raise ContextNotFound(f"no context with id {context_id!r} (was it deleted?)")
+        return int(found[0][0]), [rows.record(r[1:]) for r in found if r[1] is not None]
+
+    def live_tokens(self, context_id: str) -> int:
+        """Estimated tokens of the live records (kept on every write, read in one row)."""
+        row = self._read(
+            lambda c: c.execute(
+                "SELECT live_tokens FROM contexts WHERE id = %s", (context_id,)
+            ).fetchone()
+        )
+        if row is None:
+            raise ContextNotFound(f"no context with id {context_id!r}")
+        return int(row[0])
+
     def set_live_range(self, context_id: str, start: int, end: int, live: bool) -> int:
         """Set ``live`` on records ``start`` to ``end`` (inclusive, 0-based, in order)."""
         if start < 0 or end < start:
@@ -406,47 +436,53 @@ class PostgresStore(PostgresReplies):
             try:
                 lock_context(conn, context_id)
             except ContextNotFound:
-                ids: list[int] = []
+                found: list[tuple[Any, ...]] = []
             else:
-                ids = [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT id FROM records WHERE context_id = %s ORDER BY pos, id",
-                        (context_id,),
-                    )
-                ]
-            if end >= len(ids):
+                found = conn.execute(
+                    "SELECT id, live, est_tokens FROM records WHERE context_id = %s"
+                    " ORDER BY pos, id",
+                    (context_id,),
+                ).fetchall()
+            if end >= len(found):
                 raise IndexError(
-                    f"record range {start}..{end} is outside 0..{len(ids) - 1} of this context"
+                    f"record range {start}..{end} is outside 0..{len(found) - 1} of this context"
                 )
-            chosen = ids[start : end + 1]
-            conn.execute("UPDATE records SET live = %s WHERE id = ANY(%s)", (bool(live), chosen))
+            chosen = found[start : end + 1]
+            changed = [r for r in chosen if r[1] != live]
+            if changed:
+                tokens = sum(r[2] for r in changed)
+                lock = lock_context(
+                    conn, context_id, change=True, tokens=tokens if live else -tokens
+                )
+                conn.execute(
+                    "UPDATE records SET live = %s, rev = %s WHERE id = ANY(%s)",
+                    (bool(live), lock.version, [r[0] for r in changed]),
+                )
             return len(chosen)
 
         return self._runner.run(body)
 
     def replace_system_prompt(self, context_id: str, content: str) -> Record:
-        """Delete the context's system prompt(s) and store ``content`` as the new one, first."""
+        """Store ``content`` as the system prompt, first in the context; the previous one
+        stays as a dead record (as contextwindow keeps it)."""
         d = Draft(RecordDraft(RecordType.SYSTEM_PROMPT, content))
         commit_id = uuid.uuid4().hex
 
         def body(conn: Conn, ambiguous: bool) -> Record:
-            _, ts = lock_context(conn, context_id)
+            lock = lock_context(conn, context_id, change=True, tokens=live_tokens_of([d]))
             _settle_one(conn, ambiguous, commit_id)
             first = conn.execute(
                 "SELECT LEAST((SELECT MIN(pos) FROM records WHERE context_id = %s),"
                 " (SELECT MIN(pos) FROM checkpoints WHERE context_id = %s))",
                 (context_id, context_id),
             ).fetchone()
-            conn.execute(
-                "DELETE FROM records WHERE context_id = %s AND source = %s",
-                (context_id, int(RecordType.SYSTEM_PROMPT)),
-            )
+            retire(conn, context_id, "source = %s", (int(RecordType.SYSTEM_PROMPT),), lock)
             if first is not None and first[0] is not None:
                 pos = first[0] - 1  # before everything
             else:
-                pos, ts = lock_context(conn, context_id, 1)
-            return insert_records(conn, context_id, [d], pos, ts, commit_id)[0]
+                lock = lock_context(conn, context_id, 1)  # the newest version stamps it
+                pos = lock.pos
+            return insert_records(conn, context_id, [d], pos, lock, commit_id)[0]
 
         return self._runner.run(body)
 
@@ -466,7 +502,7 @@ class PostgresStore(PostgresReplies):
         commit_id = uuid.uuid4().hex
 
         def body(conn: Conn, ambiguous: bool) -> Record:
-            _, ts = lock_context(conn, context_id)
+            lock = lock_context(conn, context_id, change=True, tokens=live_tokens_of([d]))
             _settle_one(conn, ambiguous, commit_id)
             row = conn.execute(
                 "SELECT COUNT(*), MIN(pos) FROM records"
@@ -479,8 +515,8 @@ class PostgresStore(PostgresReplies):
                     f"{len(ids) - row[0]} of the {len(ids)} records to replace are no longer "
                     "live in this context (stale summary?); nothing was changed"
                 )
-            conn.execute("UPDATE records SET live = false WHERE id = ANY(%s)", (ids,))
-            return insert_records(conn, context_id, [d], row[1], ts, commit_id)[0]
+            retire(conn, context_id, "id = ANY(%s)", (ids,), lock)
+            return insert_records(conn, context_id, [d], row[1], lock, commit_id)[0]
 
         return self._runner.run(body)
 

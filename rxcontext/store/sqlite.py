@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -67,6 +68,25 @@ def _check_file(path: str) -> None:
         )
 
 
+def _use_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """Switch a database to WAL (once; a no-op after). Processes racing to open a new file
+    all try: SQLite may refuse the switch at once ("database is locked") instead of waiting
+    for the busy timeout, so it is tried again until the timeout."""
+    deadline = time.monotonic() + busy_timeout
+    pause = 0.001
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)  # another process holds the lock for a moment: wait, then retry
+        pause = min(pause * 2, 0.05)
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -113,7 +133,7 @@ class SQLiteStore(SQLiteReplies):
             # Decide whether this is our database before anything (WAL included) writes.
             pending(conn, self.path)
             if not self._memory:
-                conn.execute("PRAGMA journal_mode = WAL")
+                _use_wal(conn, busy_timeout)
             conn.execute("PRAGMA synchronous = NORMAL")
             migrate(conn, self.path)
         except sqlite3.DatabaseError as exc:
@@ -297,8 +317,9 @@ class SQLiteStore(SQLiteReplies):
             new_id = uuid.uuid4().hex
             db.execute(
                 "INSERT INTO contexts (id, name, start_time, use_server_side_threading,"
-                " last_response_id, next_pos) SELECT ?, ?, ?, use_server_side_threading,"
-                " last_response_id, next_pos FROM contexts WHERE id = ?",
+                " last_response_id, next_pos, live_tokens) SELECT ?, ?, ?,"
+                " use_server_side_threading, last_response_id, next_pos, live_tokens"
+                " FROM contexts WHERE id = ?",
                 (new_id, dest_name, self.now(), context_id),
             )
             db.execute(
@@ -408,14 +429,24 @@ class SQLiteStore(SQLiteReplies):
 
     @staticmethod
     def _allocate(db: sqlite3.Connection, context_id: str, n: int = 1) -> int:
-        """Reserve ``n`` positions of the context; the first one. Also its existence check."""
+        """Reserve ``n`` positions of the context; the first one. Also its existence check,
+        its write lock, and a new version of it (records this write changes carry it)."""
         row = db.execute(
-            "UPDATE contexts SET next_pos = next_pos + ? WHERE id = ? RETURNING next_pos - ?",
+            "UPDATE contexts SET next_pos = next_pos + ?, version = version + 1 WHERE id = ?"
+            " RETURNING next_pos - ?",
             (n, context_id, n),
         ).fetchone()
         if row is None:
             raise ContextNotFound(f"no context with id {context_id!r} (was it deleted?)")
         return int(row[0])
+
+    @staticmethod
+    def _live_tokens(db: sqlite3.Connection, context_id: str, delta: int) -> None:
+        if delta:
+            db.execute(
+                "UPDATE contexts SET live_tokens = live_tokens + ? WHERE id = ?",
+                (delta, context_id),
+            )
 
     def _insert(
         self,
@@ -433,8 +464,9 @@ class SQLiteStore(SQLiteReplies):
         ts = self.now()
         cur = db.execute(
             "INSERT INTO records (context_id, ts, source, content, live, est_tokens, response_id,"
-            " streamed, tool_call_id, tool_name, metadata, pos, reply_id)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " streamed, tool_call_id, tool_name, metadata, pos, reply_id, rev)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,"
+            " (SELECT version FROM contexts WHERE id = ?))",
             (
                 context_id,
                 ts,
@@ -449,8 +481,11 @@ class SQLiteStore(SQLiteReplies):
                 metadata,
                 pos,
                 reply_id,
+                context_id,
             ),
         )
+        if draft.live:
+            self._live_tokens(db, context_id, est)
         assert cur.lastrowid is not None
         return Record(
             id=cur.lastrowid,
@@ -495,29 +530,62 @@ class SQLiteStore(SQLiteReplies):
             ).fetchall()
         return [rows.record(r) for r in found]
 
+    def history(self, context_id: str, *, since: int | None = None) -> tuple[int, list[Record]]:
+        """The context's version, and its records (live and dead) written or changed since
+        version ``since`` (all of them when None), in conversation order."""
+        with self._read() as db:
+            row = db.execute("SELECT version FROM contexts WHERE id = ?", (context_id,)).fetchone()
+            if row is None:
+                raise ContextNotFound(f"no context with id {context_id!r} (was it deleted?)")
+            version = int(row[0])
+            if since is not None and since >= version:
+                return version, []
+            found = db.execute(
+                f"SELECT {rows.RECORD_COLUMNS} FROM records WHERE context_id = ? AND rev > ?"
+                " ORDER BY pos, id",
+                (context_id, -1 if since is None else since),
+            ).fetchall()
+        return version, [rows.record(r) for r in found]
+
+    def live_tokens(self, context_id: str) -> int:
+        """Estimated tokens of the live records (kept on every write, read in one row)."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT live_tokens FROM contexts WHERE id = ?", (context_id,)
+            ).fetchone()
+        if row is None:
+            raise ContextNotFound(f"no context with id {context_id!r}")
+        return int(row[0])
+
     def set_live_range(self, context_id: str, start: int, end: int, live: bool) -> int:
         """Set ``live`` on records ``start`` to ``end`` (inclusive, 0-based, in order)."""
         if start < 0 or end < start:
             raise IndexError(f"bad record range {start}..{end}")
         with self._tx() as db:
-            ids = [
-                r[0]
-                for r in db.execute(
-                    "SELECT id FROM records WHERE context_id = ? ORDER BY pos, id", (context_id,)
-                )
-            ]
-            if end >= len(ids):
+            rows_ = db.execute(
+                "SELECT id, live, est_tokens FROM records WHERE context_id = ? ORDER BY pos, id",
+                (context_id,),
+            ).fetchall()
+            if end >= len(rows_):
                 raise IndexError(
-                    f"record range {start}..{end} is outside 0..{len(ids) - 1} of this context"
+                    f"record range {start}..{end} is outside 0..{len(rows_) - 1} of this context"
                 )
-            chosen = ids[start : end + 1]
-            db.executemany(
-                "UPDATE records SET live = ? WHERE id = ?", [(int(live), i) for i in chosen]
-            )
+            chosen = rows_[start : end + 1]
+            changed = [r for r in chosen if bool(r[1]) != live]
+            if changed:
+                self._allocate(db, context_id, 0)
+                db.executemany(
+                    "UPDATE records SET live = ?, rev = (SELECT version FROM contexts"
+                    " WHERE id = records.context_id) WHERE id = ?",
+                    [(int(live), r[0]) for r in changed],
+                )
+                tokens = sum(r[2] for r in changed)
+                self._live_tokens(db, context_id, tokens if live else -tokens)
         return len(chosen)
 
     def replace_system_prompt(self, context_id: str, content: str) -> Record:
-        """Delete the context's system prompt(s) and store ``content`` as the new one, first."""
+        """Store ``content`` as the system prompt, first in the context; the previous one
+        stays as a dead record (as contextwindow keeps it)."""
         with self._tx() as db:
             self._allocate(db, context_id, 0)
             first = db.execute(
@@ -525,12 +593,25 @@ class SQLiteStore(SQLiteReplies):
                 " UNION ALL SELECT MIN(pos) FROM checkpoints WHERE context_id = ?)",
                 (context_id, context_id),
             ).fetchone()[0]
-            db.execute(
-                "DELETE FROM records WHERE context_id = ? AND source = ?",
+            self._retire(
+                db,
+                context_id,
+                "context_id = ? AND source = ? AND live = 1",
                 (context_id, int(RecordType.SYSTEM_PROMPT)),
             )
             pos = first - 1 if first is not None else self._allocate(db, context_id)
             return self._insert(db, context_id, RecordDraft(RecordType.SYSTEM_PROMPT, content), pos)
+
+    def _retire(
+        self, db: sqlite3.Connection, context_id: str, where: str, args: tuple[Any, ...]
+    ) -> None:
+        """Mark the live records matching ``where`` dead (the context already locked)."""
+        dead = db.execute(
+            f"UPDATE records SET live = 0, rev = (SELECT version FROM contexts"
+            f" WHERE id = records.context_id) WHERE {where} RETURNING est_tokens",
+            args,
+        ).fetchall()
+        self._live_tokens(db, context_id, -sum(r[0] for r in dead))
 
     def replace_records(
         self, context_id: str, dead_ids: Sequence[int], draft: RecordDraft
@@ -557,7 +638,7 @@ class SQLiteStore(SQLiteReplies):
                     f"{len(ids) - row[0]} of the {len(ids)} records to replace are no longer "
                     "live in this context (stale summary?); nothing was changed"
                 )
-            db.executemany("UPDATE records SET live = 0 WHERE id = ?", [(i,) for i in ids])
+            self._retire(db, context_id, f"id IN ({marks})", tuple(ids))
             return self._insert(db, context_id, draft, row[1])
 
     # -- tools ----------------------------------------------------------------------------

@@ -7,25 +7,43 @@ tool call, a stream cut halfway (checkpointed) and its resume.
 
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
+import sys
 from importlib import resources
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from .errors import StreamInterrupted
-from .providers.replay import ScriptedReply, replay_model
-from .records import RecordType
+from ..errors import StreamInterrupted
+from ..providers.replay import ScriptedReply, replay_model
+from ..records import RecordType
+from ..store import open_any
+from ..tools import Tool
+from ..window import ContextWindow
+from .common import add_common, db_path, db_url
 from .render import Renderer, Window
-from .store import open_any
-from .tools import Tool
-from .window import ContextWindow
 
-__all__ = ["run_demo"]
+__all__ = ["register", "run", "run_demo"]
 
 CONTEXT = "demo"
 CUT_AFTER = 9  # events of the second run's answer delivered before the cut
 _WORDS = re.compile(r"\S+\s*|\s+")
+
+
+def register(sub: Any) -> None:
+    """Add ``demo`` to the subcommands."""
+    demo = sub.add_parser("demo", help="offline demo: a reply streamed live and stored (no key)")
+    add_common(demo)
+    demo.add_argument("--fast", action="store_true", help="no pauses between events")
+    demo.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``rxcontext demo [--fast]``."""
+    delay = 0.0 if args.fast else 0.03
+    db = db_url(args.db) or db_path(args.db, create=True)
+    return run_demo(db, delay=delay, out=sys.stdout)
 
 
 def _text(name: str) -> str:
@@ -51,7 +69,7 @@ def run_demo(db: Path | str, *, delay: float, out: TextIO, live: bool | None = N
             _first_run(cw, render, delay)
         else:
             _second_run(cw, render, delay)
-        render.records(cw.records(), title=f"context {CONTEXT!r} in {db}")
+        render.records(cw.records(), title=f"context {CONTEXT!r} in {store.path}")
         if first:
             render.line("Run the demo again: a tool call, a cut stream and its resume.")
         else:

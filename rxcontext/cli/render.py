@@ -4,6 +4,10 @@ On a terminal a reply is drawn with rich's ``Live`` as it streams (its last scre
 status line of tokens/s and the context's token usage), then printed once in full. Anywhere
 else the text deltas are written as they arrive, with no cursor movement, so output piped to a
 file or another command is exactly the reply.
+
+Everything shown comes from data (stored records, model output, names people chose), so the
+console never parses rich markup or emoji codes, Markdown links show their address, and
+control characters are made visible (:mod:`.text`) before they reach a terminal.
 """
 
 from __future__ import annotations
@@ -12,27 +16,25 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TextIO
 
 from reactivex import Observable
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
 from rich.markdown import Markdown
 from rich.segment import Segment
-from rich.table import Table
 from rich.text import Text
 
-from .chunks import Chunk, ChunkKind, Usage
-from .records import Checkpoint, Record
-from .tokens import estimate_tokens
+from ..chunks import Chunk, ChunkKind, Usage
+from ..records import Checkpoint, ContextStats, Record
+from ..tokens import estimate_tokens
+from .tables import Column, rich_table
+from .text import as_text, one_line, preview, printable
 
-__all__ = ["Renderer", "StreamStats", "preview"]
+__all__ = ["Renderer", "StreamStats", "Window", "status_text"]
 
-
-def preview(text: str, width: int = 60) -> str:
-    """``text`` on one line, cut to ``width`` characters with an ellipsis."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
+_DATE = "%Y-%m-%d %H:%M"
+_PLAIN_DATE = "%Y-%m-%d %H:%M:%S"
 
 
 @dataclass
@@ -66,7 +68,7 @@ class Window:
     """A context's token budget: live tokens before this reply, and the model's window."""
 
     live_tokens: int
-    max_tokens: int
+    context_window: int
 
 
 def status_text(stats: StreamStats, window: Window | None, *, final: bool = False) -> str:
@@ -79,8 +81,9 @@ def status_text(stats: StreamStats, window: Window | None, *, final: bool = Fals
     parts.append(f"{stats.tokens_per_second:.1f} tok/s")
     if window is not None:
         used = window.live_tokens + estimate_tokens(stats.text)
-        percent = 100.0 * used / window.max_tokens if window.max_tokens else 0.0
-        parts.append(f"context {used:,}/{window.max_tokens:,} tokens ({percent:.1f}%)")
+        size = window.context_window
+        percent = 100.0 * used / size if size else 0.0
+        parts.append(f"context {used:,}/{size:,} tokens ({percent:.1f}%)")
     return " · ".join(parts)
 
 
@@ -93,13 +96,45 @@ class _Tail:
         self.window = window
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        text = "".join(self.parts)
+        text = printable("".join(self.parts))
         height = max(3, (options.height or console.size.height) - 2)
-        lines = console.render_lines(Markdown(text), options.update(height=None), pad=False)
+        lines = console.render_lines(_markdown(text), options.update(height=None), pad=False)
         for line in lines[-height:]:
             yield from line
             yield Segment.line()
         yield Text("▍ " + status_text(self.stats, self.window), style="dim")
+
+
+def _markdown(text: str) -> Markdown:
+    # A link shows its address: a reply (or a prompt injected into it) cannot hide a URL
+    # behind friendly words.
+    return Markdown(text, hyperlinks=False)
+
+
+RECORD_COLUMNS = (
+    Column("id", fixed=True, justify="right"),
+    Column("type", fixed=True),
+    Column("live", fixed=True),
+    Column("tokens", fixed=True, justify="right", drop=1),
+    Column("content", min_width=12),
+)
+CHECKPOINT_COLUMNS = (
+    Column("id", fixed=True, justify="right"),
+    Column("context", min_width=8),
+    Column("created", fixed=True, drop=1),
+    Column("state", fixed=True),
+    Column("chars", fixed=True, justify="right", drop=2),
+    Column("error", min_width=24, drop=3),
+    Column("text", min_width=12, weight=2),
+)
+CONTEXT_COLUMNS = (
+    Column("name", min_width=16),
+    Column("records", fixed=True, justify="right"),
+    Column("live tokens", fixed=True, justify="right", drop=2),
+    Column("replies", fixed=True, justify="right", drop=3),
+    Column("checkpoints", fixed=True, justify="right"),
+    Column("last activity", fixed=True, drop=1),
+)
 
 
 class Renderer:
@@ -117,7 +152,12 @@ class Renderer:
         self.info = info or self.out
         self.live = _isatty(self.out) if live is None else live
         self.console = Console(
-            file=self.out, force_terminal=self.live, highlight=False, soft_wrap=not self.live
+            file=self.out,
+            force_terminal=self.live,
+            highlight=False,
+            markup=False,
+            emoji=False,
+            soft_wrap=not self.live,
         )
 
     # -- small pieces -----------------------------------------------------------------------
@@ -125,28 +165,28 @@ class Renderer:
     def heading(self, text: str) -> None:
         """A section title."""
         if self.live:
-            self.console.rule(f"[bold]{text}")
+            self.console.rule(Text(printable(text), style="bold"))
         else:
-            print(f"== {text}", file=self.out, flush=True)
+            print(f"== {printable(text)}", file=self.out, flush=True)
 
     def line(self, text: str, *, style: str | None = None) -> None:
         """One line of text (styled on a terminal)."""
         if self.live:
-            self.console.print(Text(text, style=style or ""))
+            self.console.print(Text(printable(text), style=style or ""))
         else:
-            print(text, file=self.out, flush=True)
+            print(printable(text), file=self.out, flush=True)
 
     def note(self, text: str) -> None:
         """A side note (tool activity, status): cyan on a terminal, else to ``info``."""
         if self.live:
-            self.console.print(Text(text, style="cyan"))
+            self.console.print(Text(printable(text), style="cyan"))
         else:
-            print(text, file=self.info, flush=True)
+            print(printable(text), file=self.info, flush=True)
 
     def markdown(self, text: str) -> None:
         """Markdown on a terminal, the text itself elsewhere."""
         if self.live:
-            self.console.print(Markdown(text))
+            self.console.print(_markdown(printable(text)))
         else:
             print(text, file=self.out, flush=True)
 
@@ -162,7 +202,8 @@ class Renderer:
         """Render a reply as it streams; return what it delivered.
 
         ``prefix`` (a resumed checkpoint's text) is shown first. The stream's error is
-        re-raised after the partial reply is shown, and so is ``KeyboardInterrupt``.
+        re-raised after the partial reply is shown, and so is ``KeyboardInterrupt``. Off a
+        terminal the text is written exactly as it arrives: it is the command's output.
         """
         parts: list[str] = [prefix] if prefix else []
         errors: list[Exception] = []
@@ -211,7 +252,7 @@ class Renderer:
                 live.stop()
                 text = "".join(parts)
                 if text:
-                    self.console.print(Markdown(text))
+                    self.console.print(_markdown(printable(text)))
             elif parts and not "".join(parts).endswith("\n"):
                 self.out.write("\n")
                 self.out.flush()
@@ -230,26 +271,31 @@ class Renderer:
         """The final status line of a reply."""
         line = status_text(stats, window, final=True) + (f" · {extra}" if extra else "")
         if self.live:
-            self.console.print(Text(line, style="dim"))
+            self.console.print(Text(printable(line), style="dim"))
         else:
-            print(line, file=self.info, flush=True)
+            print(printable(line), file=self.info, flush=True)
 
     # -- tables -----------------------------------------------------------------------------
 
-    def table(self, title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-        """A table on a terminal; tab-separated lines (header first) elsewhere."""
+    def table(
+        self, title: str, columns: Sequence[Column], rows: Iterable[Sequence[object]]
+    ) -> None:
+        """A table fitted to the terminal; tab-separated lines (header first) elsewhere.
+
+        Cells are data: shown as text on one line, control characters made visible.
+        """
+        cells = [[one_line(value) for value in row] for row in rows]
         if self.live:
-            table = Table(title=title, title_justify="left")
-            for i, column in enumerate(columns):
-                last = i == len(columns) - 1
-                table.add_column(column, no_wrap=last, overflow="ellipsis" if last else "fold")
-            for row in rows:
-                table.add_row(*(str(v) for v in row))
+            table, hidden = rich_table(printable(title), columns, cells, self.console.width)
             self.console.print(table)
+            if hidden:
+                self.console.print(
+                    Text(f"(hidden at this width: {', '.join(hidden)})", style="dim")
+                )
             return
-        print("\t".join(columns), file=self.out)
-        for row in rows:
-            print("\t".join(str(v) for v in row), file=self.out)
+        print("\t".join(c.header for c in columns), file=self.out)
+        for row in cells:
+            print("\t".join(row), file=self.out)
         self.out.flush()
 
     def records(self, records: Sequence[Record], *, title: str) -> None:
@@ -257,14 +303,14 @@ class Renderer:
         if self.live:
             self.table(
                 title,
-                ("id", "type", "live", "tokens", "content"),
+                RECORD_COLUMNS,
                 (
-                    (r.id, r.type.name, "yes" if r.live else "no", r.est_tokens, preview(r.content))
+                    (r.id, r.type.name, "yes" if r.live else "no", r.est_tokens, r.content)
                     for r in records
                 ),
             )
             return
-        print(f"== {title}", file=self.out)
+        print(f"== {printable(title)}", file=self.out)
         for r in records:
             print(
                 f"{r.id:>4} {r.type.name:<13} {'live' if r.live else 'dead':<4} "
@@ -275,20 +321,40 @@ class Renderer:
 
     def checkpoints(self, checkpoints: Sequence[tuple[str, Checkpoint]]) -> None:
         """A table of checkpoints, each with its context's name."""
+        date = _DATE if self.live else _PLAIN_DATE
         self.table(
             "checkpoints",
-            ("id", "context", "created", "state", "chars", "error", "text"),
+            CHECKPOINT_COLUMNS,
             (
                 (
                     cp.id,
                     name,
-                    cp.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                    "resolved" if cp.resolved else "open",
-                    len(cp.text),
+                    cp.created_at.strftime(date),
+                    cp.state.value,
+                    len(as_text(cp.text)),
                     cp.error or "",
-                    preview(cp.text, 40),
+                    cp.text if self.live else preview(cp.text, 40),
                 )
                 for name, cp in checkpoints
+            ),
+        )
+
+    def contexts(self, stats: Sequence[ContextStats]) -> None:
+        """A table of contexts with their numbers."""
+        date = _DATE if self.live else _PLAIN_DATE
+        self.table(
+            "contexts",
+            CONTEXT_COLUMNS,
+            (
+                (
+                    s.name,
+                    s.records,
+                    s.live_tokens,
+                    s.replies,
+                    s.open_checkpoints,
+                    s.last_activity.strftime(date) if s.last_activity else "",
+                )
+                for s in stats
             ),
         )
 

@@ -1,0 +1,142 @@
+"""``rxcontext contexts [list|show|export|delete|clone]``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..records import Context, ContextStats
+from ..store import Store
+from .common import CLIError, add_common, confirm, open_store, renderer
+from .render import Renderer
+from .text import to_json
+
+__all__ = ["register", "run"]
+
+
+def register(sub: Any) -> None:
+    """Add ``contexts`` to the subcommands."""
+    contexts = sub.add_parser(
+        "contexts",
+        help="list, show, export, delete or clone contexts",
+        description="contexts [list] | show NAME | export NAME [--out FILE] | "
+        "delete NAME [--yes] | clone SRC DEST",
+    )
+    contexts.add_argument(
+        "action", nargs="?", choices=("list", "show", "export", "delete", "clone")
+    )
+    contexts.add_argument("name", nargs="?", metavar="NAME")
+    contexts.add_argument("dest", nargs="?", metavar="DEST")
+    contexts.add_argument("--out", "-o", metavar="FILE", help="export: write JSON to FILE")
+    contexts.add_argument("--yes", "-y", action="store_true", help="delete: do not ask")
+    contexts.add_argument("--json", action="store_true", help="list: JSON output")
+    add_common(contexts)
+    contexts.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``rxcontext contexts [list|show|export|delete|clone]``."""
+    action = args.action or "list"
+    if action != "list":
+        _need(args.name, f"contexts {action} needs a context name")
+    if action == "clone":
+        _need(args.dest, "contexts clone needs SRC and DEST names")
+    store = open_store(args.db)
+    with contextlib.closing(store):
+        render = renderer()
+        if action == "list":
+            return _list(store, render, as_json=args.json)
+        ctx = store.get_context_by_name(args.name)
+        if action == "show":
+            return _show(store, render, ctx)
+        if action == "export":
+            return _export(store, ctx, args.out)
+        if action == "delete":
+            return _delete(store, render, ctx, yes=args.yes)
+        try:
+            clone = store.clone_context(ctx.id, args.dest)
+        except ValueError as exc:
+            raise CLIError(str(exc), "choose another DEST name") from exc
+        render.line(f"cloned {ctx.name!r} to {clone.name!r}")
+        return 0
+
+
+def _need(value: str | None, message: str) -> str:
+    if not value or not value.strip():
+        raise CLIError(message, "see rxcontext contexts --help", 2)
+    return value
+
+
+def _list(store: Store, render: Renderer, *, as_json: bool) -> int:
+    stats = [store.context_stats(c.id) for c in store.list_contexts()]
+    if as_json:
+        print(to_json([_stats_dict(s) for s in stats]))
+    else:
+        render.contexts(stats)
+    return 0
+
+
+def _show(store: Store, render: Renderer, ctx: Context) -> int:
+    s = store.context_stats(ctx.id)
+    render.line(
+        f"context {ctx.name!r} · {s.records} records ({s.live_records} live, "
+        f"{s.live_tokens} live tokens) · provider usage {s.usage.input_tokens} in / "
+        f"{s.usage.output_tokens} out",
+        style="bold",
+    )
+    render.records(store.records(ctx.id), title=f"records of {ctx.name!r}")
+    tools = store.context_tools(ctx.id)
+    if tools:
+        render.line("tools: " + ", ".join(str(t.get("name", "?")) for t in tools))
+    cps = store.checkpoints(ctx.id)
+    if cps:
+        render.checkpoints([(ctx.name, cp) for cp in cps])
+    return 0
+
+
+def _export(store: Store, ctx: Context, out: str | None) -> int:
+    text = to_json(store.export_context(ctx.id))
+    if not out:
+        print(text)
+        return 0
+    try:
+        Path(out).write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise CLIError(
+            f"cannot write {out}: {exc.strerror or exc}", "give --out a writable file path"
+        ) from exc
+    print(f"exported context {ctx.name!r} to {out}", file=sys.stderr)
+    return 0
+
+
+def _delete(store: Store, render: Renderer, ctx: Context, *, yes: bool) -> int:
+    if not yes:
+        if not sys.stdin.isatty():
+            raise CLIError(
+                f"not deleting context {ctx.name!r} without confirmation",
+                "pass --yes to delete from a script",
+            )
+        count = len(store.records(ctx.id))
+        if not confirm(f"Delete context {ctx.name!r} and its {count} records?"):
+            render.line("kept")
+            return 1
+    store.delete_context(ctx.id)
+    render.line(f"deleted context {ctx.name!r}")
+    return 0
+
+
+def _stats_dict(s: ContextStats) -> dict[str, Any]:
+    return {
+        "name": s.name,
+        "id": s.context_id,
+        "records": s.records,
+        "live_records": s.live_records,
+        "live_tokens": s.live_tokens,
+        "replies": s.replies,
+        "open_checkpoints": s.open_checkpoints,
+        "usage": s.usage.to_dict(),
+        "last_activity": s.last_activity.isoformat() if s.last_activity else None,
+    }

@@ -1,0 +1,127 @@
+"""How an error reaches the user: one line saying what went wrong, one saying what to do.
+
+Every exception that ends a command comes here (``--verbose`` adds the traceback). Known
+errors get a message and a hint of their own; a value in the database that rxcontext cannot
+decode (a bad date, an unknown record type, bad JSON) is reported as such; anything else is
+named as an unexpected error (a bug to report), still on one line.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
+
+from ..errors import (
+    CheckpointNotFound,
+    CheckpointResolved,
+    ContextNotFound,
+    NotADatabaseError,
+    ProviderError,
+    RxContextError,
+    StoreError,
+    StreamInterrupted,
+    StreamTimeout,
+    ToolLoopLimit,
+)
+from .common import CLIError
+from .text import one_line
+
+__all__ = ["describe", "report", "unreadable_value"]
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+# Where a stored value is decoded into records, checkpoints and contexts.
+_DECODERS = (_PACKAGE / "store", _PACKAGE / "records.py", _PACKAGE / "chunks.py")
+_DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError)
+
+
+def unreadable_value(exc: BaseException) -> bool:
+    """Whether ``exc`` is the store failing to decode a value it read from the database."""
+    if isinstance(exc, sqlite3.DatabaseError):
+        return True
+    if not isinstance(exc, _DECODE_ERRORS) or isinstance(exc, RxContextError):
+        return False
+    innermost: Path | None = None
+    tb = exc.__traceback__
+    while tb is not None:
+        path = Path(tb.tb_frame.f_code.co_filename)
+        if path.is_relative_to(_PACKAGE):
+            innermost = path
+        tb = tb.tb_next
+    return innermost is not None and any(
+        innermost == place or innermost.is_relative_to(place) for place in _DECODERS
+    )
+
+
+def describe(exc: BaseException, base_url: str | None, db: Path | None = None) -> tuple[str, str]:
+    """The one-line message and the hint for ``exc``."""
+    if isinstance(exc, StreamInterrupted):
+        cause = exc.__cause__
+        cp = exc.checkpoint
+        message, hint = describe(cause, base_url, db) if cause is not None else (str(exc), "")
+        if cp.text or cp.tool_calls:
+            # Something arrived, so the server was reachable: the stream broke midway.
+            message = f"the reply was cut off after {len(cp.text)} characters: {cause or exc}"
+            hint = f"the partial reply is kept as checkpoint {cp.id}: rxcontext resume {cp.id}"
+        return message, hint
+    if isinstance(exc, CLIError):
+        return str(exc), exc.hint
+    own_hint = getattr(exc, "hint", None)
+    if isinstance(exc, RxContextError) and isinstance(own_hint, str):  # ModelSpecError & co.
+        return str(exc), own_hint
+    if isinstance(exc, NotADatabaseError):
+        return str(exc), "pass --db with the path of an rxcontext database, or of a new file"
+    if isinstance(exc, StoreError):
+        return str(exc), "pass --db with a writable file path (its folder must exist)"
+    if isinstance(exc, ContextNotFound):
+        return str(exc), "list them with: rxcontext contexts"
+    if isinstance(exc, CheckpointNotFound | CheckpointResolved):
+        return str(exc), "list open checkpoints with: rxcontext checkpoints"
+    if isinstance(exc, ProviderError):
+        return _provider(exc, base_url)
+    if isinstance(exc, StreamTimeout):
+        return str(exc), f"the model sent nothing for {exc.seconds:g} s: retry, or check the server"
+    if isinstance(exc, ToolLoopLimit):
+        return str(exc), "the model kept calling tools; rephrase the prompt"
+    if isinstance(exc, RxContextError):
+        return str(exc) or type(exc).__name__, "run it again with --verbose for the full error"
+    if unreadable_value(exc):
+        where = f"the database {db}" if db is not None else "the database"
+        return (
+            f"{where} holds a value rxcontext cannot read ({type(exc).__name__}: {exc})",
+            "it was changed outside rxcontext or by a newer version: --verbose shows where; "
+            "restore a backup or fix that row",
+        )
+    return (
+        f"unexpected {type(exc).__name__}: {exc}",
+        "this is a bug in rxcontext: run it again with --verbose and report the traceback",
+    )
+
+
+def _provider(exc: ProviderError, base_url: str | None) -> tuple[str, str]:
+    where = base_url or f"the {exc.provider} API"
+    if exc.error_type in ("connection_error", "timeout"):
+        return (
+            f"cannot reach {where}: {exc}",
+            "check --base-url and that the server is running"
+            if base_url
+            else "check your network connection",
+        )
+    if exc.status_code in (401, 403):
+        return str(exc), "check the API key (or --base-url's server credentials)"
+    if exc.status_code == 404:
+        return str(exc), "check the model name in --model and the --base-url"
+    if exc.status_code == 429:
+        return str(exc), "rate limited or out of quota: wait, or check your plan"
+    if exc.error_type == "configuration":
+        return str(exc), "set the provider's API key environment variable"
+    return str(exc), "retry; if it keeps failing, check --model and --base-url"
+
+
+def report(exc: BaseException, base_url: str | None = None, db: Path | None = None) -> None:
+    """Print ``exc`` as ``rxcontext: error: …`` and ``hint: …`` on stderr."""
+    message, hint = describe(exc, base_url, db)
+    print(f"rxcontext: error: {one_line(message) or type(exc).__name__}", file=sys.stderr)
+    if hint:
+        print(f"hint: {one_line(hint)}", file=sys.stderr)
+    sys.stderr.flush()

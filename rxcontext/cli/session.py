@@ -1,0 +1,91 @@
+"""One conversation on the terminal: stream a reply or a resume, and say how it ended."""
+
+from __future__ import annotations
+
+from ..errors import StreamInterrupted
+from ..records import Checkpoint, RecordType
+from ..window import ContextWindow
+from .render import Renderer, Window
+
+__all__ = ["Session"]
+
+
+class Session:
+    """One window on the terminal: streams replies and reports how they ended."""
+
+    def __init__(self, cw: ContextWindow, render: Renderer, base_url: str | None) -> None:
+        self.cw = cw
+        self.render = render
+        self.base_url = base_url
+
+    def window(self) -> Window:
+        return Window(self.cw.live_tokens(), self.cw.max_tokens)
+
+    def reply(self, prompt: str) -> int:
+        """Add ``prompt``, stream the reply; the exit status (130 when cancelled)."""
+        cw = self.cw
+        before = {cp.id for cp in cw.checkpoints()}
+        record = cw.add_prompt(prompt)
+        window = self.window()
+        try:
+            stats = self.render.stream(cw.stream(), window=window)
+        except KeyboardInterrupt:
+            new = [cp for cp in cw.checkpoints() if cp.id not in before]
+            checkpoint = new[-1] if new else None
+            if self.undo_if_nothing_arrived(checkpoint, record.id):
+                self.render.note(
+                    "reply cancelled before anything arrived; the prompt was not answered "
+                    "(it stays in the context as a dead record)"
+                )
+            else:
+                self.cancelled(checkpoint)
+            return 130
+        except StreamInterrupted as exc:
+            self.undo_if_nothing_arrived(exc.checkpoint, record.id)
+            raise
+        stored = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
+        extra = f"stored as record {stored[-1].id}" if stored else "stored"
+        self.render.status(stats, window, extra)
+        return 0
+
+    def resume(self, checkpoint: Checkpoint) -> int:
+        """Stream the rest of an interrupted reply."""
+        window = self.window()
+        try:
+            stats = self.render.stream(
+                self.cw.resume(checkpoint.id), prefix=checkpoint.text, window=window
+            )
+        except KeyboardInterrupt:
+            # The driver saved the checkpoint and released the claim: it can be resumed again.
+            self.cancelled(self.cw.store.get_checkpoint(checkpoint.id))
+            return 130
+        self.render.status(stats, window, f"checkpoint {checkpoint.id} resolved")
+        return 0
+
+    def cancelled(self, checkpoint: Checkpoint | None) -> None:
+        if checkpoint is None:
+            self.render.note("reply cancelled before anything arrived; nothing to keep")
+            return
+        self.render.note(
+            f"reply cancelled; its checkpoint {checkpoint.id} is kept "
+            f"({len(checkpoint.text)} characters): rxcontext resume {checkpoint.id}"
+        )
+
+    def undo_if_nothing_arrived(self, checkpoint: Checkpoint | None, prompt_id: int) -> bool:
+        """Drop an empty checkpoint and retire the unanswered prompt; whether it did.
+
+        A request that failed or was cancelled before any output (no key, unreachable
+        server, Ctrl-C while connecting) would otherwise leave an empty checkpoint and a
+        dangling prompt, and running the same command again would send the prompt twice.
+        """
+        if checkpoint is not None and (
+            checkpoint.text or checkpoint.thinking or checkpoint.tool_calls
+        ):
+            return False
+        records = self.cw.records()
+        if not records or records[-1].id != prompt_id:
+            return False  # a tool round was stored: the checkpoint can continue from it
+        if checkpoint is not None:
+            self.cw.discard(checkpoint.id)
+        self.cw.set_record_live_state(len(records) - 1, len(records) - 1, False)
+        return True

@@ -1,0 +1,334 @@
+"""Disposal, cancellation and interference, exactly: every RxPY scheduler, dispose from
+another thread (many trials), a cancelled asyncio consumer, a context deleted mid-reply,
+and another process holding the database's write lock."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import random
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from reactivex import operators as ops
+from reactivex.scheduler import (
+    CurrentThreadScheduler,
+    EventLoopScheduler,
+    HistoricalScheduler,
+    ImmediateScheduler,
+    NewThreadScheduler,
+    ThreadPoolScheduler,
+    TimeoutScheduler,
+    TrampolineScheduler,
+    VirtualTimeScheduler,
+)
+from reactivex.scheduler.eventloop import AsyncIOScheduler, AsyncIOThreadSafeScheduler
+from reactivex.testing import TestScheduler
+
+import rxcontext
+from rxcontext import (
+    Chunk,
+    ChunkKind,
+    ContextNotFound,
+    ContextWindow,
+    RecordType,
+    SQLiteStore,
+    StoreBusy,
+)
+from rxcontext import operators as rxops
+from rxcontext.providers import ScriptedModel
+from rxcontext.providers.base import Request
+
+N = 400  # chunks in the reply: far more than any test lets through
+
+
+def T(text: str) -> Chunk:
+    return Chunk(ChunkKind.TEXT, text)
+
+
+class Watched(ScriptedModel):
+    """A ScriptedModel that says when its stream was closed (the producer has stopped)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stopped = threading.Event()
+
+    def iter_chunks(self, request: Request) -> Iterator[Chunk]:
+        try:
+            yield from super().iter_chunks(request)
+        finally:
+            self.stopped.set()
+
+
+def window(
+    store: rxcontext.Store | None = None, delay: float = 0.0, **kw: Any
+) -> tuple[ContextWindow, Watched]:
+    model = Watched([[*(T(f"<{i}>") for i in range(N)), Chunk(ChunkKind.DONE)]], delay=delay)
+    cw = ContextWindow(store or rxcontext.open(":memory:"), model, "d", retry=None, **kw)
+    cw.add_prompt("go")
+    return cw, model
+
+
+def replies(cw: ContextWindow) -> list[str]:
+    return [r.content for r in cw.records() if r.type is RecordType.MODEL_RESP]
+
+
+def settled(cw: ContextWindow, model: Watched, got: list[str]) -> None:
+    """The producer stopped early, nothing was stored as complete, and the checkpoint is
+    exactly what the subscriber got."""
+    assert model.stopped.wait(10)
+    assert model.closed == 1  # closed before its end: the stream really stopped
+    assert replies(cw) == []
+    (cp,) = cw.checkpoints()
+    assert cp.text == "".join(got) and cp.chunks == len(got)
+    assert 0 < len(got) < N
+
+
+# -- every scheduler RxPY ships ----------------------------------------------------------------
+
+THREADED = {
+    "new-thread": NewThreadScheduler,
+    "thread-pool": lambda: ThreadPoolScheduler(2),
+    "event-loop": EventLoopScheduler,
+    "timeout": TimeoutScheduler,
+}
+
+
+@pytest.mark.parametrize("how", ["subscribe_on", "subscribe(scheduler=)"])
+@pytest.mark.parametrize("name", sorted(THREADED))
+def test_dispose_from_the_subscribing_thread_stops_a_producer_on_another_thread(name, how):
+    scheduler = THREADED[name]()
+    cw, model = window()
+    got: list[str] = []
+    reached, disposed = threading.Event(), threading.Event()
+
+    def on_next(chunk: Chunk) -> None:
+        got.append(chunk.text)
+        if len(got) == 5:
+            reached.set()
+            assert disposed.wait(10)  # hold the producer until the dispose is done
+
+    if how == "subscribe_on":
+        sub = cw.stream().pipe(ops.subscribe_on(scheduler)).subscribe(on_next)
+    else:
+        sub = cw.stream().subscribe(on_next, scheduler=scheduler)
+    assert reached.wait(10)
+    sub.dispose()
+    disposed.set()
+    settled(cw, model, got)
+    assert len(got) == 5
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        ImmediateScheduler,
+        CurrentThreadScheduler,
+        TrampolineScheduler,
+        TestScheduler,
+        VirtualTimeScheduler,
+        HistoricalScheduler,
+    ],
+    ids=lambda c: c.__name__,
+)
+def test_take_on_a_scheduler_of_this_thread_stops_the_producer(make):
+    scheduler = make()
+    cw, model = window()
+    got: list[str] = []
+    cw.stream().pipe(ops.subscribe_on(scheduler), ops.take(5)).subscribe(
+        lambda c: got.append(c.text)
+    )
+    if isinstance(scheduler, VirtualTimeScheduler):
+        scheduler.start()
+    settled(cw, model, got)
+    assert len(got) == 5
+
+
+@pytest.mark.parametrize("make", [AsyncIOScheduler, AsyncIOThreadSafeScheduler])
+def test_take_on_an_asyncio_scheduler_stops_the_producer(make):
+    cw, model = window()
+    got: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        cw.stream().pipe(ops.subscribe_on(make(loop)), ops.take(5)).subscribe(
+            lambda c: got.append(c.text), on_completed=done.set
+        )
+        await asyncio.wait_for(done.wait(), 10)
+
+    asyncio.run(main())
+    settled(cw, model, got)
+
+
+MAINLOOP = {
+    "GtkScheduler": "gi",
+    "PyGameScheduler": "pygame",
+    "QtScheduler": "PySide6",
+    "TkinterScheduler": "_tkinter",
+    "WxScheduler": "wx",
+    "EventletScheduler": "eventlet",
+    "GEventScheduler": "gevent",
+    "IOLoopScheduler": "tornado",
+    "TwistedScheduler": "twisted",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MAINLOOP))
+def test_schedulers_of_other_event_loops_are_not_installed_here(name):
+    # They drive the same producer through the same schedule() call as the ones above;
+    # this machine has none of their event loops, so they cannot be exercised here.
+    if name == "TkinterScheduler":
+        pytest.skip("TkinterScheduler needs a Tk main loop on a display; this machine has none")
+    if importlib.util.find_spec(MAINLOOP[name]) is not None:  # pragma: no cover
+        pytest.fail(f"{MAINLOOP[name]} is installed: test {name} like the threaded ones")
+    pytest.skip(f"{name} needs {MAINLOOP[name]}, which is not installed")
+
+
+# -- dispose from another thread, racing the producer -------------------------------------------
+
+
+def test_dispose_from_another_thread_at_random_moments_keeps_the_checkpoint_exact():
+    rng = random.Random(7)
+    pool = ThreadPoolScheduler(1)
+    for _ in range(150):
+        cw, model = window(delay=0.0001)  # a chunk every 0.1 ms: the dispose lands mid-stream
+        got: list[str] = []
+        enough = threading.Event()
+        wanted = rng.randrange(1, 40)
+
+        def on_next(chunk: Chunk, got: list[str] = got, enough: threading.Event = enough) -> None:
+            got.append(chunk.text)
+            if len(got) >= wanted:  # noqa: B023 (this trial's)
+                enough.set()
+
+        sub = cw.stream().subscribe(on_next, scheduler=pool)
+        assert enough.wait(10)
+        sub.dispose()  # the producer is still delivering: no gate, a real race
+        assert model.stopped.wait(10)
+        (cp,) = cw.checkpoints()
+        assert cp.text == "".join(got), (len(cp.text), len("".join(got)))
+        assert replies(cw) == [] and len(got) < N
+
+
+# -- a cancelled asyncio consumer ----------------------------------------------------------------
+
+
+def test_a_consumer_cancelled_while_it_awaits_finds_its_checkpoint_saved():
+    cw, _ = window()
+    got: list[str] = []
+
+    async def main() -> None:
+        started = asyncio.Event()
+
+        async def consume() -> None:
+            async for chunk in cw.astream():
+                got.append(chunk.text)
+                if len(got) == 3:
+                    started.set()
+                    await asyncio.Event().wait()  # the loop body awaits, forever
+
+        task = asyncio.create_task(consume())
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Right after the cancellation reached us:
+        assert [cp.text for cp in cw.checkpoints()] == ["".join(got)]
+
+    asyncio.run(main())
+    assert replies(cw) == []
+
+
+# -- a context deleted while its reply streams --------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["this-thread", "worker-thread"])
+def test_deleting_the_context_mid_reply_ends_the_stream_with_a_clear_error(where):
+    store = rxcontext.open(":memory:")
+    cw, _ = window(store)
+    other = ContextWindow(store, None, "elsewhere")
+
+    def delete(chunk: Chunk) -> None:
+        if chunk.text == "<3>":
+            other.delete_context("d")
+
+    ended = threading.Event()
+    errors: list[Exception] = []
+
+    def on_error(e: Exception) -> None:
+        errors.append(e)
+        ended.set()
+
+    obs = cw.stream(rxops.middleware(on_chunk=delete))
+    if where == "this-thread":
+        obs.subscribe(lambda c: None, on_error, ended.set)
+    else:
+        obs.subscribe(lambda c: None, on_error, ended.set, scheduler=ThreadPoolScheduler(1))
+    assert ended.wait(10), "no terminal event"
+    (error,) = errors
+    assert isinstance(error, ContextNotFound) and "deleted" in str(error)
+
+
+# -- another process holds the write lock ------------------------------------------------------
+
+
+@pytest.fixture
+def locked_store(tmp_path: Path) -> Iterator[tuple[SQLiteStore, sqlite3.Connection]]:
+    path = tmp_path / "locked.db"
+    store = SQLiteStore(path, busy_timeout=0.3)
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    yield store, other
+    other.close()
+    store.close()
+
+
+def test_a_locked_database_defers_checkpoints_and_the_reply_streams_on(locked_store):
+    store, other = locked_store
+    ts = TestScheduler()
+    model = ScriptedModel([[*(T(f"<{i}>") for i in range(30)), Chunk(ChunkKind.DONE)]])
+    cw = ContextWindow(store, model, "d", retry=None, checkpoint_every=1.0, scheduler=ts)
+    cw.add_prompt("go")
+    seen: list[int] = []
+    parts: list[int] = []
+
+    def step(chunk: Chunk) -> None:
+        if chunk.text == "<5>":
+            other.execute("BEGIN IMMEDIATE")  # another process takes the write lock
+        ts.advance_by(1.0)  # a periodic write is due: it must give up, not block or fail
+        parts.append(other.execute("SELECT COUNT(*) FROM checkpoint_parts").fetchone()[0])
+        if chunk.text == "<25>":
+            other.execute("COMMIT")  # ... and lets go before the reply ends
+        seen.append(len(seen))
+
+    reply = cw.call(rxops.middleware(on_chunk=step))
+    assert reply.text == "".join(f"<{i}>" for i in range(30))
+    assert len(seen) == 31  # every chunk went through
+    # Checkpoints were written before the lock, none while it was held, and again after.
+    assert parts[4] >= 1
+    assert len(set(parts[6:25])) == 1
+    assert replies(cw) == [reply.text] and cw.checkpoints() == []
+
+
+def test_a_lock_held_past_the_commit_wait_ends_with_a_clear_error(locked_store):
+    store, other = locked_store
+    cw, _ = window(store)
+
+    def lock_it(chunk: Chunk) -> None:
+        if chunk.text == "<5>":
+            other.execute("BEGIN IMMEDIATE")
+
+    errors: list[Exception] = []
+    got: list[str] = []
+    cw.stream(rxops.middleware(on_chunk=lock_it)).subscribe(
+        lambda c: got.append(c.text), errors.append
+    )
+    (error,) = errors
+    assert isinstance(error, StoreBusy) and "locked by another process" in str(error)
+    assert len(got) == N + 1  # the reply streamed to the end; only its commit had to wait
+    other.execute("ROLLBACK")
+    assert replies(cw) == []

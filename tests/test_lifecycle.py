@@ -1,0 +1,396 @@
+"""The reply lifecycle through the window: ids and states, keep / discard, resume in place,
+positions instead of clocks, dangling tool calls, claims, and the user's own exceptions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import reactivex
+from reactivex import operators as ops
+from stores import open_store
+
+from rxcontext import (
+    CheckpointResolved,
+    Chunk,
+    ChunkKind,
+    ContextWindow,
+    RecordType,
+    ReplyBusy,
+    ReplyExists,
+    ReplyState,
+    ReplySuperseded,
+    StreamInterrupted,
+    Tool,
+)
+from rxcontext import operators as rxops
+from rxcontext.history import INTERRUPTED_TOOL_OUTPUT
+from rxcontext.providers import ScriptedModel
+from rxcontext.window import CONTINUE_PROMPT
+
+pytestmark = pytest.mark.usefixtures("both_stores")  # every test on SQLite and PostgreSQL
+
+
+def T(text: str) -> Chunk:
+    return Chunk(ChunkKind.TEXT, text)
+
+
+DONE = Chunk(ChunkKind.DONE, finish_reason="stop")
+
+
+def call(index: int, id: str, name: str, args: str) -> Chunk:
+    return Chunk(ChunkKind.TOOL_CALL, args, index=index, id=id, name=name)
+
+
+def window(*scripts: list[Any], **kwargs: Any) -> tuple[ContextWindow, ScriptedModel]:
+    model = ScriptedModel(list(scripts))
+    cw = ContextWindow(open_store(), model, "life", retry=None, **kwargs)
+    return cw, model
+
+
+def shape(cw: ContextWindow, *, live_only: bool = True) -> list[tuple[str, str]]:
+    records = cw.live_records() if live_only else cw.records()
+    return [(r.type.name, r.content) for r in records]
+
+
+def cut(cw: ContextWindow, **kw: Any) -> int:
+    with pytest.raises(StreamInterrupted) as info:
+        cw.call(**kw)
+    return info.value.checkpoint.id
+
+
+# -- identity and state -------------------------------------------------------------------
+
+
+def test_a_reply_has_its_id_and_a_streaming_row_from_the_moment_it_is_sent():
+    cw, _ = window([T("a"), T("b"), DONE])
+    cw.add_prompt("go")
+    seen: list[tuple[str, ReplyState, int | None, str]] = []
+
+    def look(_: Chunk) -> None:
+        (row,) = cw.active_replies()
+        seen.append((row.reply_id, row.state, row.pos, row.text))
+
+    got = []
+    cw.stream(
+        rxops.middleware(on_start=lambda: look(T("")), on_chunk=look), reply_id="r-42"
+    ).subscribe(got.append)
+    assert {s[:3] for s in seen} == {("r-42", ReplyState.STREAMING, 1)}
+    assert cw.checkpoints() == []  # streaming is not resumable
+    (reply,) = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
+    assert (reply.reply_id, reply.pos, reply.content) == ("r-42", 1, "ab")
+    assert cw.active_replies() == [] and cw.store.find_reply("r-42") is None
+
+
+def test_generated_reply_ids_are_unique_and_a_reused_one_is_refused():
+    cw, model = window([T("one"), DONE], [T("two"), DONE])
+    cw.add_prompt("go")
+    cw.call(reply_id="same")
+    errors: list[Exception] = []
+    cw.add_prompt("again")
+    cw.stream(reply_id="same").subscribe(on_error=errors.append)
+    assert isinstance(errors[0], ReplyExists) and "already used" in str(errors[0])
+    assert len(model.requests) == 1  # refused before any request was sent
+    first = cw.call()
+    assert first.text == "two"
+    ids = {r.reply_id for r in cw.records() if r.type is RecordType.MODEL_RESP}
+    assert len(ids) == 2 and "same" in ids
+
+
+def test_a_streaming_reply_cannot_be_resumed_kept_or_discarded_elsewhere():
+    gate, inside = threading.Event(), threading.Event()
+
+    def hold(chunk: Chunk) -> None:
+        if chunk.text == "b":
+            inside.set()
+            assert gate.wait(10)
+
+    cw, _ = window([T("a"), T("b"), DONE])
+    cw.add_prompt("go")
+    worker = threading.Thread(target=lambda: cw.call(rxops.middleware(on_chunk=hold)))
+    worker.start()
+    try:
+        assert inside.wait(10)
+        other = ContextWindow(cw.store, ScriptedModel([]), "life")
+        (row,) = other.active_replies()
+        assert row.state is ReplyState.STREAMING and other.checkpoints() == []
+        for attempt in (other.resume, other.resume_call, other.keep, other.discard):
+            with pytest.raises(ReplyBusy, match="still streaming") as busy:
+                attempt(row.id)
+            assert busy.value.state == "streaming"
+    finally:
+        gate.set()
+        worker.join(10)
+    assert shape(cw)[-1] == ("MODEL_RESP", "ab")
+
+
+# -- keep and discard ---------------------------------------------------------------------
+
+
+def test_discard_drops_an_interrupted_reply_for_good_but_keeps_it_for_audit():
+    cw, model = window([T("par"), ConnectionError("cut")], [T("next"), DONE])
+    cw.add_prompt("one")
+    cp_id = cut(cw)
+    dropped = cw.discard(cp_id)
+    assert dropped.state is ReplyState.DISCARDED and dropped.text == "par"
+    assert cw.checkpoints() == []
+    assert [c.state for c in cw.store.checkpoints(cw.context_id, include_resolved=True)] == [
+        ReplyState.DISCARDED
+    ]
+    with pytest.raises(CheckpointResolved, match="already discarded"):
+        cw.resume(cp_id)
+    with pytest.raises(CheckpointResolved):
+        cw.keep(cp_id)
+    cw.add_prompt("two")
+    cw.call()
+    assert [(r.type.name, r.content) for r in model.requests[1].records] == [
+        ("PROMPT", "one"),
+        ("PROMPT", "two"),
+    ]
+
+
+def test_keep_stores_the_partial_text_in_its_own_place():
+    cw, _ = window([T("half an "), T("answer"), ConnectionError("cut")], [T("B!"), DONE])
+    cw.add_prompt("A?")
+    cp_id = cut(cw)
+    cw.add_prompt("B?")
+    cw.call()
+    kept = cw.keep(cp_id)
+    assert kept.metadata == {"partial": True} and kept.content == "half an answer"
+    assert shape(cw) == [
+        ("PROMPT", "A?"),
+        ("MODEL_RESP", "half an answer"),
+        ("PROMPT", "B?"),
+        ("MODEL_RESP", "B!"),
+    ]
+    assert cw.store.get_checkpoint(cp_id).state is ReplyState.COMPLETED
+    assert cw.checkpoints() == []
+    with pytest.raises(CheckpointResolved, match="already completed"):
+        cw.keep(cp_id)
+
+
+def test_keep_of_an_empty_checkpoint_says_discard_instead():
+    cw, _ = window([ConnectionError("refused")])
+    cw.add_prompt("A?")
+    cp_id = cut(cw)
+    with pytest.raises(ValueError, match="discard it instead"):
+        cw.keep(cp_id)
+    assert [c.id for c in cw.checkpoints()] == [cp_id]
+
+
+def test_a_reply_answered_again_by_a_retry_can_only_be_discarded():
+    cw, _ = window([T("first try "), ConnectionError("cut")], [T("second try"), DONE])
+    cw.add_prompt("A?")
+    cp_id = cut(cw)
+    cw.call()  # the user asked again: a new reply answers the same prompt
+    for settle in (cw.resume, cw.resume_call, cw.keep):
+        with pytest.raises(ReplySuperseded, match=r"answered again.*discard it"):
+            settle(cp_id)
+    assert cw.discard(cp_id).state is ReplyState.DISCARDED
+    assert shape(cw) == [("PROMPT", "A?"), ("MODEL_RESP", "second try")]
+
+
+# -- positions ----------------------------------------------------------------------------
+
+
+def test_a_resume_after_the_conversation_moved_on_lands_in_place_with_history_up_to_there():
+    cw, model = window(
+        [T("The answer to A "), ConnectionError("cut")],
+        [T("Answer B."), DONE],
+        [T("is 42."), DONE],
+    )
+    cw.add_prompt("A?")
+    cp_id = cut(cw)
+    cw.add_prompt("B?")
+    cw.call()
+    joined = cw.resume_call(cp_id)
+    assert joined.text == "The answer to A is 42."
+    assert shape(cw) == [
+        ("PROMPT", "A?"),
+        ("MODEL_RESP", "The answer to A is 42."),
+        ("PROMPT", "B?"),
+        ("MODEL_RESP", "Answer B."),
+    ]
+    # The resume request saw A and the partial answer, never B.
+    assert [(r.type.name, r.content) for r in model.requests[2].records] == [
+        ("PROMPT", "A?"),
+        ("MODEL_RESP", "The answer to A "),
+        ("PROMPT", CONTINUE_PROMPT),
+    ]
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite"])  # PostgreSQL's clock is the server's
+def test_a_clock_stepped_back_mid_conversation_changes_no_order():
+    cw, _ = window([T("one"), DONE], [T("two"), DONE], [T("three"), DONE])
+    store = cw.store
+    base = datetime(2030, 1, 1, tzinfo=UTC)
+    steps = iter(range(1000))
+    # Every write the clock jumps an hour back (NTP, a VM resumed...).
+    store.clock = lambda: base - timedelta(hours=next(steps))  # type: ignore[attr-defined]
+    for q in ("1?", "2?", "3?"):
+        cw.add_prompt(q)
+        cw.call()
+    assert shape(cw) == [
+        ("PROMPT", "1?"),
+        ("MODEL_RESP", "one"),
+        ("PROMPT", "2?"),
+        ("MODEL_RESP", "two"),
+        ("PROMPT", "3?"),
+        ("MODEL_RESP", "three"),
+    ]
+    stamps = [r.timestamp for r in cw.records()]
+    assert stamps == sorted(stamps, reverse=True)  # the clock did go back
+
+
+def test_a_new_prompt_while_tools_run_is_not_part_of_that_reply():
+    # The reply's place was fixed when it was asked: its second round's history ends there.
+    cw, model = window(
+        [call(0, "c1", "slow", "{}"), Chunk(ChunkKind.DONE, finish_reason="tool_calls")],
+        [T("done"), DONE],
+    )
+
+    def slow(_: dict[str, Any]) -> str:
+        cw.add_prompt("meanwhile")  # another part of the app writes while the tool runs
+        return "ok"
+
+    cw.add_tool(Tool("slow", "slow tool"), slow)
+    cw.add_prompt("go")
+    cw.call()
+    assert [r.content for r in model.requests[1].records] == ["go", "{}", "ok"]
+    assert shape(cw) == [
+        ("PROMPT", "go"),
+        ("TOOL_CALL", "{}"),
+        ("TOOL_OUTPUT", "ok"),
+        ("MODEL_RESP", "done"),
+        ("PROMPT", "meanwhile"),
+    ]
+
+
+# -- dangling tool calls ------------------------------------------------------------------
+
+
+def test_a_tool_raising_base_exception_leaves_calls_that_the_next_request_answers():
+    cw, model = window(
+        [call(0, "c1", "boom", "{}"), call(1, "c2", "boom", '{"x":1}'), DONE],
+        [T("sorry"), DONE],
+    )
+
+    def boom(_: dict[str, Any]) -> str:
+        raise KeyboardInterrupt
+
+    cw.add_tool(Tool("boom", "never returns"), boom)
+    cw.add_prompt("go")
+    with pytest.raises(KeyboardInterrupt):
+        cw.call()
+    (cp,) = cw.checkpoints()
+    assert [r.type.name for r in cw.records()] == ["PROMPT", "TOOL_CALL", "TOOL_CALL"]
+    cw.add_prompt("and now?")
+    cw.call()
+    sent = [(r.type.name, r.tool_call_id, r.content) for r in model.requests[1].records]
+    assert sent[:5] == [
+        ("PROMPT", None, "go"),
+        ("TOOL_CALL", "c1", "{}"),
+        ("TOOL_CALL", "c2", '{"x":1}'),
+        ("TOOL_OUTPUT", "c1", INTERRUPTED_TOOL_OUTPUT),
+        ("TOOL_OUTPUT", "c2", INTERRUPTED_TOOL_OUTPUT),
+    ]
+    # Stored, so the history is honest and the next request does not add them again.
+    outputs = [r for r in cw.records() if r.type is RecordType.TOOL_OUTPUT]
+    assert [(o.tool_call_id, o.metadata) for o in outputs] == [
+        ("c1", {"interrupted": True}),
+        ("c2", {"interrupted": True}),
+    ]
+    assert cp.id in {c.id for c in cw.checkpoints()}
+
+
+# -- claims -------------------------------------------------------------------------------
+
+
+def test_a_failed_resume_call_releases_its_claim_at_once():
+    cw, _ = window([T("a"), ConnectionError("cut")], [ConnectionError("again")], [T("b"), DONE])
+    cw.add_prompt("go")
+    cp_id = cut(cw)
+    with pytest.raises(StreamInterrupted):
+        cw.resume_call(cp_id)
+    (cp,) = cw.checkpoints()
+    assert (cp.id, cp.state, cp.owner) == (cp_id, ReplyState.INTERRUPTED, None)
+    assert cw.resume_call(cp_id).text == "ab"
+
+
+def test_an_aresume_closed_before_its_first_chunk_never_holds_the_reply():
+    cw, _ = window([T("a"), ConnectionError("cut")], [T("b"), DONE])
+    cw.add_prompt("go")
+    cp_id = cut(cw)
+
+    async def main() -> None:
+        it = cw.aresume(cp_id)
+        await it.aclose()  # type: ignore[attr-defined]
+        (cp,) = cw.checkpoints()
+        assert cp.state is ReplyState.INTERRUPTED
+        async with contextlib.aclosing(cw.aresume(cp_id)) as chunks:  # type: ignore[type-var]
+            assert [c.text async for c in chunks] == ["b", ""]
+
+    asyncio.run(main())
+    assert shape(cw)[-1] == ("MODEL_RESP", "ab")
+
+
+# -- the user's own exceptions --------------------------------------------------------------
+
+
+def _outcome(make: Any, case: str) -> tuple[str, list[str], list[str]]:
+    """Run ``case`` against the Observable ``make()``: what was raised from subscribe, what
+    reached on_error, and the values the subscriber got."""
+    got: list[str] = []
+    errors: list[str] = []
+
+    def boom(value: Any) -> None:
+        if getattr(value, "text", value) == "b":
+            raise ValueError("user code")
+        got.append(getattr(value, "text", value))
+
+    obs = make()
+    try:
+        if case == "on_next":
+            obs.subscribe(boom)
+        elif case == "on_next+on_error":
+            obs.subscribe(boom, lambda e: errors.append(repr(e)))
+        elif case == "operator":
+            obs.pipe(ops.map(lambda c: boom(c) or c)).subscribe(
+                lambda c: None, lambda e: errors.append(repr(e))
+            )
+        elif case == "on_completed":
+            obs.subscribe(got.append, lambda e: errors.append(repr(e)), lambda: boom("b"))
+        elif case == "on_error":
+            obs.pipe(
+                ops.map(lambda c: c), ops.concat(reactivex.throw(KeyError("upstream")))
+            ).subscribe(got.append, lambda e: boom("b"))
+    except Exception as exc:
+        return repr(exc), errors, got
+    return "returned", errors, got
+
+
+@pytest.mark.parametrize(
+    "case", ["on_next", "on_next+on_error", "operator", "on_completed", "on_error"]
+)
+def test_user_code_exceptions_reach_the_user_as_plain_rxpy_delivers_them(case: str):
+    chunks = [T("a"), T("b"), T("c"), DONE]
+
+    def ours() -> Any:
+        cw, _ = window(chunks)
+        cw.add_prompt("go")
+        ours.cw = cw  # type: ignore[attr-defined]
+        return cw.stream()
+
+    plain = _outcome(lambda: reactivex.from_iterable(chunks), case)
+    mine = _outcome(ours, case)
+    assert [str(x) for x in mine] == [str(x) for x in plain]
+    cw: ContextWindow = ours.cw  # type: ignore[attr-defined]
+    for cp in cw.checkpoints():
+        assert "ValueError" not in (cp.error or "") and "user code" not in (cp.error or "")
+
+
+# -- concurrent first open, newer schemas ----------------------------------------------------

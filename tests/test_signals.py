@@ -1,0 +1,221 @@
+"""Ctrl-C (SIGINT) and SIGKILL at a random instant of a reply, with real processes.
+
+A child process streams one reply into a file database — plain, after a tool round, or a
+resume of a cut reply; sync or asyncio — and reports every chunk its subscriber gets. The
+parent sends the signal at a random moment (often inside the commit, the checkpoint write,
+the tool round or the resume's claim) and then checks what a user relies on:
+
+* SIGINT: the child ends with ``KeyboardInterrupt`` (never a ``StoreError`` or a
+  ``CheckpointNotFound`` in its place), or finished first;
+* the database passes ``PRAGMA integrity_check`` and another process can write at once
+  (no write transaction left open);
+* no reply is stored twice and none is left STREAMING; if the reply was stored it holds all
+  the text, else its checkpoint holds a prefix of what was delivered — after SIGINT exactly
+  what was delivered, after SIGKILL no less than what the last periodic write saw (and the
+  reply reads as interrupted, resumable).
+
+The default run keeps a few trials per case; ``pytest -m soak tests/test_signals.py`` runs
+the long version (see docs/guarantees.md for its last result).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    import rxcontext
+    from rxcontext import Chunk, ChunkKind, ContextWindow, StreamInterrupted, Tool
+    from rxcontext import operators as rxops
+    from rxcontext.providers import ScriptedModel
+
+    path, scenario, mode, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    T = lambda s: Chunk(ChunkKind.TEXT, s)
+    DONE = Chunk(ChunkKind.DONE, finish_reason="stop")
+    text = [T(f"<{i}>") for i in range(n)]
+    call = Chunk(ChunkKind.TOOL_CALL, "{}", index=0, id="c1", name="t")
+    scripts = {
+        "stream": [[*text, DONE]],
+        "tools": [[call, Chunk(ChunkKind.DONE, finish_reason="tool_calls")], [*text, DONE]],
+        "resume": [[T("cut:"), ConnectionError("cut")], [*text, DONE]],
+    }[scenario]
+    store = rxcontext.open(path)
+    model = ScriptedModel(scripts, delay=0.0002)
+    cw = ContextWindow(store, model, "sig", retry=None, checkpoint_every=0.005)
+    cw.add_tool(Tool("t", "a tool"), lambda args: "tool output")
+    cw.add_prompt("go")
+    out = sys.stdout
+
+    def report(chunk):
+        if chunk.kind is ChunkKind.TEXT:
+            out.write(f"d {chunk.text}\\n")
+            out.flush()
+
+    cp_id = None
+    if scenario == "resume":
+        try:
+            cw.call()
+        except StreamInterrupted as e:
+            cp_id = e.checkpoint.id
+            out.write("d cut:\\n")
+    try:
+        out.write("ready\\n")
+        out.flush()
+        if mode == "sync":
+            obs = cw.resume(cp_id) if cp_id else cw.stream()
+            obs.subscribe(report, lambda e: out.write(f"E {type(e).__name__}\\n"))
+        else:
+            async def main():
+                it = cw.aresume(cp_id) if cp_id else cw.astream()
+                try:
+                    async for chunk in it:
+                        report(chunk)
+                except StreamInterrupted as e:
+                    out.write(f"E {type(e).__name__}\\n")
+            asyncio.run(main())
+    except KeyboardInterrupt:
+        out.write("KBI\\n")
+        out.flush()
+        sys.exit(130)
+    out.write("done\\n")
+    """
+)
+
+SCENARIOS = ("stream", "tools", "resume")
+CHUNKS = 40
+
+
+def _trial(tmp: Path, scenario: str, mode: str, sig: int, seed: int) -> dict[str, Any]:
+    """One child, one signal; returns what was observed (asserting as it goes)."""
+    rng = random.Random(seed)
+    path = tmp / f"{scenario}-{mode}-{sig}-{seed}.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path), scenario, mode, str(CHUNKS)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,  # never inherit an ignored SIGINT from the test runner
+    )
+    assert child.stdout is not None and child.stderr is not None
+    lines: list[str] = []
+    try:
+        for line in child.stdout:
+            lines.append(line.rstrip("\n"))
+            if line == "ready\n":
+                break
+        else:
+            pytest.fail(f"child failed to start: {child.stderr.read()}")
+        # A random instant of the reply (about 40 chunks x 0.2 ms, then the commit; the
+        # asyncio child takes longer to get there).
+        with_timeout = rng.uniform(0, 0.03 if mode == "sync" else 0.09)
+        try:
+            child.wait(with_timeout)
+        except subprocess.TimeoutExpired:
+            child.send_signal(sig)
+        # Read through the same buffered file the lines above came from (communicate()
+        # would read the pipe underneath it and miss what that file already buffered).
+        rest = child.stdout.read()
+        err = child.stderr.read()
+        child.wait(60)
+    finally:
+        if child.poll() is None:  # pragma: no cover
+            child.kill()
+            child.wait(30)
+    lines += rest.splitlines()
+    delivered = "".join(line[2:] for line in lines if line.startswith("d "))
+    finished = "done" in lines
+    if sig == signal.SIGINT:
+        assert "KBI" in lines or finished, (lines[-3:], err[-2000:])
+        assert not any(line.startswith("E ") for line in lines), (lines[-3:], err[-2000:])
+    return {"path": path, "delivered": delivered, "finished": finished, "err": err}
+
+
+def _check_database(seen: dict[str, Any], scenario: str, sig: int) -> str:
+    path: Path = seen["path"]
+    db = sqlite3.connect(path, timeout=0)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        db.execute("BEGIN IMMEDIATE")  # nobody holds the write lock
+        db.execute("ROLLBACK")
+        live_rows = db.execute(
+            "SELECT COUNT(*) FROM checkpoints WHERE state IN ('streaming', 'resuming')"
+        ).fetchone()[0]
+    finally:
+        db.close()
+
+    import rxcontext
+    from rxcontext import ContextWindow, RecordType, ReplyState
+
+    store = rxcontext.open(path)
+    try:
+        cw = ContextWindow(store, None, "sig")
+        replies = [r.content for r in cw.records() if r.type is RecordType.MODEL_RESP]
+        interrupted = cw.checkpoints()
+        full = ("cut:" if scenario == "resume" else "") + "".join(f"<{i}>" for i in range(CHUNKS))
+        delivered = seen["delivered"]
+        assert len(replies) <= 1, f"a reply stored twice: {replies}"
+        if replies:
+            assert replies == [full] and interrupted == [], (replies, interrupted)
+            assert cw.active_replies() == []
+            return "stored"
+        if sig == signal.SIGINT:
+            assert live_rows == 0, "a reply left streaming after Ctrl-C"
+        assert len(interrupted) <= 1, interrupted
+        if not interrupted:
+            assert delivered in ("", "cut:"), "text was delivered but nothing kept it"
+            return "nothing"
+        (cp,) = interrupted
+        assert cp.state is ReplyState.INTERRUPTED
+        if sig == signal.SIGINT:
+            assert cp.text == delivered, (cp.text, delivered)
+        else:
+            assert delivered.startswith(cp.text), (cp.text, delivered)
+        return "checkpoint"
+    finally:
+        store.close()
+
+
+def _run(tmp: Path, scenario: str, mode: str, sig: int, seed: int) -> str:
+    seen = _trial(tmp, scenario, mode, sig, seed)
+    return _check_database(seen, scenario, sig)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_a_signal_at_a_random_instant(tmp_path: Path, scenario: str, mode: str, sig: int):
+    _run(tmp_path, scenario, mode, sig, random.randrange(1 << 30))
+
+
+@pytest.mark.soak
+def test_signal_soak(tmp_path: Path) -> None:
+    """1,000 random trials across scenarios, modes and signals; writes a summary."""
+    trials = int(os.environ.get("RXCONTEXT_SOAK_TRIALS", "1000"))
+    rng = random.Random(int(os.environ.get("RXCONTEXT_SOAK_SEED", "1")))
+    outcomes: dict[str, int] = {}
+    for _ in range(trials):
+        scenario = rng.choice(SCENARIOS)
+        mode = rng.choice(["sync", "async"])
+        sig = rng.choice([signal.SIGINT, signal.SIGKILL])
+        result = _run(tmp_path, scenario, mode, sig, rng.randrange(1 << 30))
+        key = f"{scenario}/{mode}/{signal.Signals(sig).name}/{result}"
+        outcomes[key] = outcomes.get(key, 0) + 1
+        for db in tmp_path.glob("*.db*"):
+            db.unlink()
+    summary = Path(os.environ.get("RXCONTEXT_SOAK_OUT", tmp_path / "soak.json"))
+    summary.write_text(json.dumps({"trials": trials, "outcomes": outcomes}, indent=1))

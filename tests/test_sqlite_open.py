@@ -1,0 +1,192 @@
+"""Opening SQLite files: upgrading a database of the last release, many processes opening a
+new or just-upgraded database at once, and files that are not ours left untouched."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import rxcontext
+from rxcontext import (
+    Chunk,
+    ChunkKind,
+    ContextWindow,
+    NotADatabaseError,
+    ReplyState,
+    SchemaTooNew,
+)
+from rxcontext.providers import ScriptedModel
+from rxcontext.store.migrations import MIGRATIONS
+from rxcontext.window import CONTINUE_PROMPT
+
+RELEASE_0_1_0 = Path(__file__).parent / "data" / "rxcontext-0.1.0.db"
+
+
+def T(text: str) -> Chunk:
+    return Chunk(ChunkKind.TEXT, text)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+# -- the database of the last release ---------------------------------------------------------
+
+
+def test_a_database_of_release_0_1_0_keeps_its_order_and_its_open_checkpoint_resumes_in_place(
+    tmp_path: Path,
+):
+    # Made by rxcontext 0.1.0 (tests/data/make_v0_1_0_db.py): records ordered by time, one
+    # open checkpoint cut after "Tell me a long story.", one resumed.
+    path = tmp_path / "old.db"
+    shutil.copy(RELEASE_0_1_0, path)
+    store = rxcontext.open(path)
+    cw = ContextWindow(store, None, "old")
+    got = [(r.pos, r.type.name, r.content) for r in cw.records()]
+    assert got == [
+        (0, "SYSTEM_PROMPT", "Be brief."),
+        (1, "PROMPT", "Capital of France?"),
+        (2, "MODEL_RESP", "Paris."),
+        (3, "PROMPT", "Weather in Oslo?"),
+        (4, "TOOL_CALL", '{"city":"Oslo"}'),
+        (5, "TOOL_OUTPUT", "sunny"),
+        (6, "MODEL_RESP", "Sunny in Oslo."),
+        (7, "PROMPT", "Tell me a long story."),
+        (9, "PROMPT", "Something short?"),
+        (10, "MODEL_RESP", "Short answer."),
+        (11, "PROMPT", "Last question"),
+    ]
+    (open_,) = cw.checkpoints()
+    assert (open_.pos, open_.state, open_.text) == (8, ReplyState.INTERRUPTED, "The long answer ")
+    (resolved,) = [c for c in store.checkpoints(cw.context_id, include_resolved=True) if c.resolved]
+    assert resolved.state is ReplyState.COMPLETED
+    assert [r.content for r in ContextWindow(store, None, "second").records()] == [
+        "hello from another context"
+    ]
+
+    cw.model = model = ScriptedModel([[T("about a fox."), Chunk(ChunkKind.DONE)]])
+    assert cw.resume_call(open_.id).text == "The long answer about a fox."
+    assert [r.content for r in model.requests[0].records] == [
+        "Be brief.",
+        "Capital of France?",
+        "Paris.",
+        "Weather in Oslo?",
+        '{"city":"Oslo"}',
+        "sunny",
+        "Sunny in Oslo.",
+        "Tell me a long story.",
+        "The long answer ",
+        CONTINUE_PROMPT,
+    ]
+    assert [r.content for r in cw.records()][7:10] == [
+        "Tell me a long story.",
+        "The long answer about a fox.",
+        "Something short?",
+    ]
+    store.close()
+
+
+# -- many processes at once --------------------------------------------------------------------
+
+
+def _open_and_write(path: str, barrier: multiprocessing.synchronize.Barrier, n: int) -> str:
+    barrier.wait(30)
+    try:
+        store = rxcontext.open(path)
+        ContextWindow(store, None, f"p{n}").add_prompt(f"hello {n}")
+        store.close()
+    except Exception as exc:  # reported to the parent
+        return f"{type(exc).__name__}: {exc}"
+    return "ok"
+
+
+PROCESSES = 6
+TRIALS = 4  # the old code failed about every other trial: several catch a regression
+
+
+def test_processes_opening_a_database_at_once_all_succeed(tmp_path: Path):
+    ctx = multiprocessing.get_context("spawn")
+    paths = []
+    with ctx.Manager() as manager, ctx.Pool(PROCESSES) as pool:
+        for trial in range(TRIALS):
+            for start in ("new", "release-0.1.0"):
+                path = tmp_path / f"race-{trial}-{start}.db"
+                if start != "new":
+                    shutil.copy(RELEASE_0_1_0, path)
+                barrier = manager.Barrier(PROCESSES)
+                results = pool.starmap(
+                    _open_and_write, [(str(path), barrier, n) for n in range(PROCESSES)]
+                )
+                assert results == ["ok"] * PROCESSES, (trial, start)
+                paths.append(path)
+    for path in paths:
+        with sqlite3.connect(path) as db:
+            applied = [
+                r[0] for r in db.execute("SELECT name FROM schema_migrations ORDER BY rowid")
+            ]
+            assert applied == [name for name, _ in MIGRATIONS]
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        db.close()
+        with rxcontext.open(path) as store:
+            names = {c.name for c in store.list_contexts()}
+        assert {f"p{n}" for n in range(PROCESSES)} <= names
+
+
+# -- files that are not ours (or are too new) --------------------------------------------------
+
+
+def test_a_database_of_a_newer_rxcontext_is_refused_untouched(tmp_path: Path):
+    path = tmp_path / "new.db"
+    rxcontext.open(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO schema_migrations (name) VALUES ('m999_from_the_future')")
+    db.close()
+    before = snapshot(tmp_path)
+    with pytest.raises(SchemaTooNew, match=r"newer rxcontext.*upgrade"):
+        rxcontext.open(path)
+    assert snapshot(tmp_path) == before
+
+
+def test_another_applications_sqlite_file_is_refused_before_wal_is_switched_on(tmp_path: Path):
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+        db.execute("INSERT INTO invoices (total) VALUES (9.5)")
+    db.close()
+    before = snapshot(tmp_path)
+    with pytest.raises(NotADatabaseError, match=r"another application's.*left unchanged"):
+        rxcontext.open(path)
+    assert snapshot(tmp_path) == before  # no -wal/-shm files, same bytes
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+def test_a_contextwindow_style_database_is_named_as_such(tmp_path: Path):
+    path = tmp_path / "cw.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE contexts (id TEXT PRIMARY KEY, name TEXT)")
+        db.execute("CREATE TABLE records (id INTEGER PRIMARY KEY, context_id TEXT)")
+    db.close()
+    before = snapshot(tmp_path)
+    with pytest.raises(NotADatabaseError, match="contextwindow"):
+        rxcontext.open(path)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_refusals_need_no_write_permission(tmp_path: Path):
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE t (x)")
+    db.close()
+    path.chmod(0o444)
+    try:
+        with pytest.raises(NotADatabaseError):
+            rxcontext.open(path)
+    finally:
+        path.chmod(0o644)

@@ -258,6 +258,39 @@ def peers_lines(peers: Mapping[str, Any], metrics: Mapping[str, Any] | None = No
     return out
 
 
+def _added(ms: float | None) -> str:
+    return "—" if ms is None else f"{ms:+.1f} ms"
+
+
+def history_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """Time to first chunk at 10 and 10,000 live records (bench_history.py)."""
+    history = metrics.get("history")
+    if not history:
+        return []
+    short, long = next(iter(history.values()))["records"]
+    out = [
+        f"CPU time to the first text chunk with {short:,} and {long:,} live records (medians of "
+        f"{next(iter(history.values()))['rounds']} alternating samples each; see "
+        "`benchmarks/bench_history.py` for the method). *Added* is the 10,000-record median "
+        "minus the 10-record one; the target is ≤ 10 ms for the pipeline.",
+        "",
+        "| provider, wire | pipeline | added (≤ 10 ms) | store read, added | request alone "
+        "| added | added, same record objects | first request (nothing encoded yet) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, m in history.items():
+        p_short, p_long = m["pipeline_ms"]
+        r_short, r_long = m["request_ms"]
+        added = m["pipeline_added_ms"]
+        out.append(
+            f"| {name} | {p_short:.1f} → {p_long:.1f} ms | {added:+.1f} ms{_mark(added <= 10)} "
+            f"| {m['store_added_ms']:+.1f} ms | {r_short:.1f} → {r_long:.1f} ms "
+            f"| {m['request_added_ms']:+.1f} ms | {_added(m.get('reused_added_ms'))} "
+            f"| {m['first_request_ms']:.0f} ms |"
+        )
+    return out
+
+
 def render(
     benchmarks: Iterable[Mapping[str, Any]],
     metrics: Mapping[str, Any],
@@ -268,6 +301,7 @@ def render(
         ("Streams: the same bytes, against bare SDK iteration", stream_table(benchmarks, metrics)),
         ("Operators alone", operator_table(benchmarks)),
         ("Persistence, concurrency, time to first chunk, memory", metric_lines(metrics)),
+        ("Long histories: time to first chunk at 10 and 10,000 records", history_lines(metrics)),
         ("Peers (their own virtual environment)", peers_lines(peers or {}, metrics)),
     ]
     return "\n\n".join(f"## {title}\n\n" + "\n".join(p).rstrip() for title, p in parts if p) + "\n"

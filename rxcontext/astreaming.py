@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 from reactivex import abc
@@ -163,7 +163,7 @@ class _Expired(Exception):
     """Internal: a timeout of the driver's own (not one the model raised)."""
 
 
-async def run_async(run: Run) -> AsyncIterator[Chunk]:
+async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
     """The asyncio driver: the same loop as the Observable's, over the model's async iterator.
 
     Closing the iterator early (``aclose()``, a ``break`` under ``contextlib.aclosing``, a
@@ -188,6 +188,7 @@ async def run_async(run: Run) -> AsyncIterator[Chunk]:
             while True:
                 attempt += 1
                 run.requests.append(request)
+                persister.sent()
                 it = run.achunks(request)
                 delivered = False
                 try:

@@ -30,8 +30,9 @@ stream stood after the last delivered chunk; that point goes into the checkpoint
 from __future__ import annotations
 
 import threading
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -43,7 +44,7 @@ from .records import Checkpoint, Record, RecordType, ReplyState
 from .store.base import IN_PROGRESS, CheckpointDraft, RecordDraft, ReplyTicket, Store
 from .store.owner import worker_id
 
-__all__ = ["ReplyPersister", "describe_error", "reply_drafts"]
+__all__ = ["REPLY_KEYS", "ReplyPersister", "describe_error", "reply_drafts", "reply_metadata"]
 
 _COALESCE = 256  # pending deltas joined into one string past this many (memory, not speed)
 
@@ -56,18 +57,77 @@ def describe_error(error: BaseException | None) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def reply_drafts(reply: Reply, *, streamed: bool, text: str | None = None) -> list[RecordDraft]:
+_LENGTH_STOPS = frozenset(
+    {"length", "max_tokens", "max_output_tokens", "MAX_TOKENS", "model_length"}
+)
+"""Finish reasons (of any provider) that mean the reply was cut at its token limit."""
+
+REPLY_KEYS = (
+    "model",
+    "provider",
+    "usage",
+    "finish_reason",
+    "truncated",
+    "first_chunk_ms",
+    "duration_ms",
+    "partial",
+)
+"""The keys rxcontext writes into a MODEL_RESP's metadata (beside the provider's own)."""
+
+
+def reply_metadata(
+    reply: Reply,
+    *,
+    model_name: str | None,
+    first_chunk_ms: float | None = None,
+    duration_ms: float | None = None,
+    resumed: bool = False,
+) -> dict[str, Any]:
+    """What a stored MODEL_RESP says about the reply itself (``REPLY_KEYS``).
+
+    ``model`` and ``provider`` come from the model's name (``"openai:gpt-4o-mini"``),
+    ``usage`` is this reply's (one round's) usage, ``truncated`` says the reply was cut at
+    its token limit (each provider names that stop differently), times are milliseconds
+    from sending the request.
+    """
+    provider, _, model = (model_name or "").partition(":")
+    meta: dict[str, Any] = {
+        "model": model or provider or None,
+        "provider": provider or None,
+        "usage": reply.usage.to_dict() if reply.usage is not None else None,
+        "finish_reason": reply.finish_reason,
+        "truncated": reply.finish_reason in _LENGTH_STOPS,
+        "first_chunk_ms": round(first_chunk_ms, 3) if first_chunk_ms is not None else None,
+        "duration_ms": round(duration_ms, 3) if duration_ms is not None else None,
+        "partial": False,
+    }
+    if resumed:
+        meta["resumed"] = True
+    return meta
+
+
+def reply_drafts(
+    reply: Reply,
+    *,
+    streamed: bool,
+    text: str | None = None,
+    about: Mapping[str, Any] | None = None,
+) -> list[RecordDraft]:
     """The records a completed reply is stored as: MODEL_RESP, then one TOOL_CALL per call.
 
     The MODEL_RESP is kept when it has text, thinking blocks or metadata a provider needs
-    back, or when there are no tool calls (an empty reply is still a reply).
+    back, or when there are no tool calls (an empty reply is still a reply). ``about``
+    (see :func:`reply_metadata`) is added to the MODEL_RESP's metadata.
     """
     body = reply.text if text is None else text
     drafts: list[RecordDraft] = []
     metadata: dict[str, Any] = dict(reply.metadata)
     if reply.thinking and "thinking" not in metadata:
         metadata["thinking"] = reply.thinking
-    if body or metadata or not reply.tool_calls:
+    provider_metadata = bool(metadata)
+    if about:
+        metadata.update(about)
+    if body or provider_metadata or not reply.tool_calls:
         drafts.append(
             RecordDraft(
                 RecordType.MODEL_RESP,
@@ -105,8 +165,14 @@ class ReplyPersister:
         claim: Callable[[], Checkpoint] | None = None,
         streamed: bool = True,
         cursor: ResumeCursor | None = None,
+        model_name: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
+        self.model_name = model_name
+        self._clock = clock
+        self._sent_at: float | None = None
+        self._first_at: float | None = None
         self.context_id = context_id
         self.reply_id = reply_id
         self.every = checkpoint_every if checkpoint_every and checkpoint_every > 0 else None
@@ -174,8 +240,15 @@ class ReplyPersister:
 
     # -- the hot path ---------------------------------------------------------------------
 
+    def sent(self) -> None:
+        """A round's request is being sent now (its times count from here)."""
+        self._sent_at = self._clock()
+        self._first_at = None
+
     def add(self, chunk: Chunk) -> None:
         """Fold in a chunk that was just delivered downstream."""
+        if self._first_at is None:
+            self._first_at = self._clock()
         self.builder.add(chunk)
         kind = chunk.kind
         if kind is ChunkKind.TEXT:
@@ -403,7 +476,7 @@ class ReplyPersister:
                 return False
             records = self.store.commit_reply(
                 self.context_id,
-                reply_drafts(reply, streamed=self._streamed),
+                reply_drafts(reply, streamed=self._streamed, about=self._about(reply)),
                 usage=reply.usage,
                 last_response_id=reply.response_id,
                 reply=self.ticket,
@@ -418,6 +491,18 @@ class ReplyPersister:
             self.final = reply
             self._next_round()
         return True
+
+    def _about(self, reply: Reply) -> dict[str, Any]:
+        sent, first = self._sent_at, self._first_at
+        now = self._clock()
+        waited = (first - sent) * 1000 if sent is not None and first is not None else None
+        return reply_metadata(
+            reply,
+            model_name=self.model_name,
+            first_chunk_ms=waited,
+            duration_ms=(now - sent) * 1000 if sent is not None else None,
+            resumed=self._resume is not None,
+        )
 
     def store_tool_outputs(self, drafts: Sequence[RecordDraft]) -> list[Record]:
         """Store the tool outputs of a round (one transaction) at the reply's position."""

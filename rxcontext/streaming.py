@@ -278,6 +278,7 @@ class _SyncDriver:
                 self.attempt += 1
                 run.requests.append(request)
                 delivered = False
+                persister.sent()
                 it = run.chunks(request)
                 if not timed:
                     for chunk in it:

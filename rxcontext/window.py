@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 from reactivex import Observable, abc
@@ -404,6 +404,7 @@ class ContextWindow:
             claim=(lambda: self._claim(resume)) if resume is not None else None,
             streamed=streaming,
             cursor=cursor,
+            model_name=model.name,
         )
 
         history = self._history(context_id)
@@ -514,7 +515,7 @@ class ContextWindow:
         reply_id: str | None = None,
         disable_tools: bool = False,
         stream: bool = True,
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         """The asyncio twin of :meth:`stream`: ``async for chunk in cw.astream(): ...``.
 
         Uses the model's async client on the running loop, and never blocks the loop on
@@ -653,7 +654,7 @@ class ContextWindow:
 
     def aresume(
         self, checkpoint_id: int, *hooks: Middleware, disable_tools: bool = False
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         """The asyncio twin of :meth:`resume`: checks the checkpoint now, claims it when
         the iteration starts (an iterator closed before that leaves it untouched)."""
         self._resumable(checkpoint_id)

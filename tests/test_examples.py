@@ -9,6 +9,7 @@ against a local OpenAI-compatible server (``OPENAI_BASE_URL``), as a user with a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -145,7 +146,14 @@ def test_05_webchat_starts_and_serves_the_page(tmp_path: Path) -> None:
         url = line.split()[2]
         with urllib.request.urlopen(url, timeout=10) as response:
             assert b"rxcontext web chat" in response.read()
-        with urllib.request.urlopen(url + "/api/chat?prompt=hi", timeout=30) as response:
+        send = urllib.request.Request(
+            url + "/api/send",
+            data=json.dumps({"context": "webchat", "prompt": "hi"}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(send, timeout=30) as response:
+            reply_id = json.load(response)["reply_id"]
+        with urllib.request.urlopen(f"{url}/api/watch?reply={reply_id}", timeout=30) as response:
             events = response.read().decode()
         assert '"type": "done"' in events
         assert (tmp_path / "chat.db").exists()

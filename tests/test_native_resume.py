@@ -24,8 +24,9 @@ from replay import Replay, sse
 from replay import Reply as Served
 
 import rxcontext
-from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType, StreamInterrupted
+from rxcontext import Chunk, ChunkKind, ContextWindow, Record, RecordType, StreamInterrupted
 from rxcontext import operators as rxops
+from rxcontext.persist import REPLY_KEYS
 from rxcontext.providers import OpenAIResponsesModel
 from rxcontext.providers.base import NATIVE_RESUME_KEY, ResumeCursor
 from rxcontext.providers.openai import OUTPUT_KEY
@@ -233,12 +234,18 @@ def run(mode: str, cw: ContextWindow, checkpoint_id: int | None = None) -> tuple
     return got, asyncio.run(consume())
 
 
+def provider_metadata(record: Record) -> dict[str, Any]:
+    """A MODEL_RESP's metadata without what rxcontext says about the reply (its times vary)."""
+    return {k: v for k, v in record.metadata.items() if k not in (*REPLY_KEYS, "resumed")}
+
+
 def reference(wire: str = "fast") -> tuple[str, dict[str, Any], str]:
-    """The stored MODEL_RESP (content, metadata) and thinking of the uncut stream."""
+    """The stored MODEL_RESP (content, provider metadata) and thinking of the uncut stream."""
     cw = window(Replay(frame(EVENTS)), wire)
     reply = cw.call()
     [record] = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
-    return record.content, dict(record.metadata), reply.thinking
+    assert record.metadata["model"] == "gpt-5.5" and "resumed" not in record.metadata
+    return record.content, provider_metadata(record), reply.thinking
 
 
 def check_get(request: httpx2.Request, after: int) -> None:
@@ -299,7 +306,8 @@ def test_cut_after_event_k_resumes_the_same_response_exactly(k, mode, wire):
     assert delivered + text(more) == FULL  # no delta repeated, none missing
     content, metadata, _ = reference(wire)
     [record] = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
-    assert (record.content, dict(record.metadata)) == (content, metadata)
+    assert (record.content, provider_metadata(record)) == (content, metadata)
+    assert record.metadata["resumed"] is True and record.metadata["finish_reason"] == "completed"
     assert record.response_id == RID
     assert cw.context.last_response_id == RID
     assert cw.checkpoints() == [] and cw.store.get_checkpoint(cp.id).resolved

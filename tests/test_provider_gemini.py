@@ -26,6 +26,8 @@ from google.genai import types
 from replay import REAL, Replay, collect_async, collect_sync, real_files, real_fixture, sse
 from replay import Reply as Canned
 
+import rxcontext
+from rxcontext import ContextWindow, StreamInterrupted
 from rxcontext.chunks import Chunk, ChunkKind, Reply, Usage
 from rxcontext.errors import ProviderError
 from rxcontext.providers import GeminiModel
@@ -581,14 +583,14 @@ def test_error_payload_mid_stream(code: int, status: str, cls: type, retryable: 
 @pytest.mark.parametrize("payload", [{"error": {"message": "no code"}}, {"error": "text"}])
 def test_error_payload_without_code(payload: dict[str, Any]) -> None:
     _, error = fail(sse(event({"text": "Hi"}), payload))
-    assert error.error_type == "invalid_response"
+    assert error.error_type == "invalid_event"
     assert not error.retryable
 
 
 def test_frame_that_is_not_json() -> None:
     chunks, error = fail(sse(event({"text": "Hi"}), "{not json"))
     assert [c.text for c in chunks] == ["Hi"]
-    assert error.error_type == "invalid_response"
+    assert error.error_type == "invalid_json"
     assert isinstance(error.__cause__, genai_errors.UnknownApiResponseError)
 
 
@@ -1022,3 +1024,24 @@ def test_reply_values_are_plain() -> None:
     )
     assert isinstance(reply, Reply)
     json.dumps(dict(reply.metadata))  # storable as JSON
+
+
+# -- a malformed event mid-stream: the reply is interrupted, never stored as complete ---------
+
+
+@pytest.mark.parametrize("wire", WIRES)
+@pytest.mark.parametrize("frame", [b'["lost text"]', b'"lost text"', b"null", b"{}"])
+def test_non_object_event_interrupts_the_reply_instead_of_dropping_it(
+    wire: str, frame: bytes
+) -> None:
+    """A non-object event used to be skipped and the reply stored as complete without it."""
+    body = sse(event({"text": "Kept"})) + b"data: " + frame + b"\n\n"
+    body += sse(event({"text": " after"}, finish="STOP"))
+    cw = ContextWindow(rxcontext.open(":memory:"), model(Replay(body), wire), "g", retry=None)
+    cw.add_prompt("hi")
+    with pytest.raises(StreamInterrupted) as info:
+        cw.call()
+    cause = info.value.__cause__
+    assert isinstance(cause, ProviderError) and cause.error_type == "invalid_event"
+    assert info.value.checkpoint.text == "Kept"
+    assert [r.type for r in cw.live_records()] == [RecordType.PROMPT]

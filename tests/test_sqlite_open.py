@@ -166,14 +166,88 @@ def test_another_applications_sqlite_file_is_refused_before_wal_is_switched_on(t
         assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
 
 
-def test_a_contextwindow_style_database_is_named_as_such(tmp_path: Path):
-    path = tmp_path / "cw.db"
+# superfly/contextwindow's schema (storage.go, InitializeSchema at 8d45723): its tables and
+# the columns it adds, with Go's time format as mattn/go-sqlite3 stores time.Time.
+CONTEXTWINDOW_SCHEMA = """
+CREATE TABLE IF NOT EXISTS contexts (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, start_time DATETIME NOT NULL,
+    use_server_side_threading BOOLEAN NOT NULL DEFAULT 0, last_response_id TEXT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, context_id TEXT NOT NULL, ts DATETIME NOT NULL,
+    source INTEGER NOT NULL, content TEXT NOT NULL, live BOOLEAN NOT NULL,
+    est_tokens INTEGER NOT NULL, response_id TEXT NULL,
+    FOREIGN KEY (context_id) REFERENCES contexts(id) ON DELETE CASCADE);
+CREATE TABLE IF NOT EXISTS context_tools (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, context_id TEXT NOT NULL, tool_name TEXT NOT NULL,
+    created_at DATETIME NOT NULL,
+    FOREIGN KEY (context_id) REFERENCES contexts(id) ON DELETE CASCADE,
+    UNIQUE(context_id, tool_name));
+CREATE INDEX IF NOT EXISTS idx_context_live ON records(context_id, live);
+CREATE INDEX IF NOT EXISTS idx_context_ts ON records(context_id, ts);
+CREATE INDEX IF NOT EXISTS idx_context_tools_context ON context_tools(context_id);
+"""
+
+
+def make_contextwindow_db(path: Path) -> None:
     with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE contexts (id TEXT PRIMARY KEY, name TEXT)")
-        db.execute("CREATE TABLE records (id INTEGER PRIMARY KEY, context_id TEXT)")
+        db.executescript(CONTEXTWINDOW_SCHEMA)
+        db.execute(
+            "INSERT INTO contexts VALUES ('c-1', 'notes', '2025-09-17 10:00:00.5+00:00', 1, 'r2')"
+        )
+        rows = [
+            ("2025-09-17 10:00:01.123456789+00:00", 4, "old system", 0, None),
+            ("2025-09-17 10:00:02+00:00", 0, "What is 2+2?", 1, None),
+            ("2025-09-17 10:00:02.25+00:00", 1, "4", 1, "r1"),
+            ("2025-09-17 10:00:03.1+00:00", 4, "Be brief.", 1, None),
+            ("2025-09-17 10:00:04+00:00", 0, "And 3+3?", 1, None),
+            ("2025-09-17 10:00:04.000000001+00:00", 1, "6", 1, "r2"),
+        ]
+        db.executemany(
+            "INSERT INTO records (context_id, ts, source, content, live, est_tokens,"
+            " response_id) VALUES ('c-1', ?, ?, ?, ?, 3, ?)",
+            rows,
+        )
+        db.execute(
+            "INSERT INTO context_tools (context_id, tool_name, created_at)"
+            " VALUES ('c-1', 'calc', '2025-09-17 10:00:00+00:00')"
+        )
+    db.close()
+
+
+def test_a_contextwindow_database_is_taken_over_and_its_conversations_go_on(tmp_path: Path):
+    path = tmp_path / "cw.db"
+    make_contextwindow_db(path)
+    store = rxcontext.open(path)
+    cw = ContextWindow(store, ScriptedModel([[T("8"), Chunk(ChunkKind.DONE)]]), "notes")
+    assert [(r.type.name, r.content, r.live, r.response_id) for r in cw.records()] == [
+        ("SYSTEM_PROMPT", "old system", False, None),
+        ("PROMPT", "What is 2+2?", True, None),
+        ("MODEL_RESP", "4", True, "r1"),
+        ("SYSTEM_PROMPT", "Be brief.", True, None),
+        ("PROMPT", "And 3+3?", True, None),
+        ("MODEL_RESP", "6", True, "r2"),
+    ]
+    ctx = cw.context
+    assert (ctx.use_server_side_threading, ctx.last_response_id) == (True, "r2")
+    assert ctx.created_at.year == 2025
+    assert [t["name"] for t in store.context_tools(ctx.id)] == ["calc"]
+    assert cw.live_tokens() == 15
+    cw.add_prompt("And 4+4?")
+    assert cw.call().text == "8"
+    assert [r.content for r in cw.live_records()][-2:] == ["And 4+4?", "8"]
+    store.close()
+    with rxcontext.open(path) as again:  # opens as an rxcontext database from now on
+        assert len(again.records(ctx.id)) == 8
+
+
+def test_a_contextwindow_database_with_an_extra_table_is_another_applications(tmp_path):
+    path = tmp_path / "cw-plus.db"
+    make_contextwindow_db(path)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
     db.close()
     before = snapshot(tmp_path)
-    with pytest.raises(NotADatabaseError, match="contextwindow"):
+    with pytest.raises(NotADatabaseError, match="another application"):
         rxcontext.open(path)
     assert snapshot(tmp_path) == before
 

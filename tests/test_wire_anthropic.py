@@ -1,9 +1,13 @@
 """Differential tests: AnthropicModel's wire="fast" path against wire="sdk".
 
 The same bytes, split into network chunks at random places, go through both paths, sync
-and async; the chunk lists (and errors: type, flags, message) must be identical. Streams
-are the recorded ones and hypothesis-generated ones (random blocks, fragments, unicode,
-interleaved tool-call deltas, pings, comments, CRLF, in-stream errors, cuts, bad frames).
+and async; the chunk lists (and errors: type, flags, message, cause chain) must be
+identical. Streams are the recorded ones and hypothesis-generated ones (random blocks,
+fragments, unicode, interleaved tool-call deltas, pings, comments, CRLF, in-stream errors,
+cuts, bad frames), and the same streams with one event broken (tests/wire_faults.py):
+non-object JSON, a field missing or of the wrong type at any depth, invalid JSON, invalid
+UTF-8, a renamed event, every error-event body shape, a body cut anywhere. Every error is a
+``ProviderError`` and every chunk is well-typed.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from replay import real_files
+from wire_faults import EXAMPLES, assert_well_typed, broken, cause_chain, truncated
 
-from rxcontext.chunks import Chunk
+from rxcontext.chunks import Chunk, ChunkKind
 from rxcontext.errors import ProviderError
 from rxcontext.providers import AnthropicModel
 from rxcontext.providers.base import Request
@@ -70,10 +75,18 @@ class Split:
 
 
 def outcome(chunks: list[Chunk], error: BaseException | None) -> tuple[Any, ...]:
+    assert_well_typed(chunks)
     if error is None:
         return (chunks, None)
     assert isinstance(error, ProviderError), repr(error)
-    flags = (error.retryable, error.status_code, error.error_type, error.retry_after, str(error))
+    flags = (
+        error.retryable,
+        error.status_code,
+        error.error_type,
+        error.retry_after,
+        str(error),
+        cause_chain(error),
+    )
     return (chunks, flags)
 
 
@@ -139,6 +152,25 @@ def test_recorded_stream_same_on_both_wires(path: Any) -> None:
     assert error is None and chunks
     # one byte at a time: every frame and every UTF-8 character is split
     assert assert_same([data[i : i + 1] for i in range(len(data))]) == (chunks, None)
+
+
+@pytest.mark.fixtures
+@pytest.mark.skipif(not FILES, reason="../shared/fixtures/real is absent")
+def test_recorded_streams_never_fall_back_to_the_sdk_models(monkeypatch: Any) -> None:
+    """The fast wire reads well-formed events itself: the SDK's event models are built only
+    for an event that is not what it expects."""
+    built: list[Any] = []
+    for cls in (anthropic.Anthropic, anthropic.AsyncAnthropic):
+        process = cls._process_response_data
+
+        def spy(self: Any, *args: Any, process: Any = process, **kwargs: Any) -> Any:
+            built.append(kwargs.get("data"))
+            return process(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "_process_response_data", spy)
+    for path in FILES:
+        assert play([path.read_bytes()], "fast")[0][1] is None
+    assert built == []
 
 
 @pytest.mark.fixtures
@@ -244,8 +276,8 @@ def usage_counts(draw: st.DrawFn, delta: bool) -> dict[str, Any]:
 
 
 @st.composite
-def streams(draw: st.DrawFn) -> tuple[bytes, Exception | None]:
-    """A whole response body (and maybe a transport error after it)."""
+def message_events(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """The events of a well-formed message stream."""
     events: list[dict[str, Any]] = [
         {
             "type": "message_start",
@@ -283,6 +315,13 @@ def streams(draw: st.DrawFn) -> tuple[bytes, Exception | None]:
             }
         )
     events.append({"type": "message_stop"})
+    return events
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> tuple[bytes, Exception | None]:
+    """A whole response body (and maybe a transport error after it)."""
+    events = draw(message_events())
     ending = draw(st.sampled_from(["ok", "ok", "error", "truncate", "bad_json", "cut"]))
     at = draw(st.integers(1, len(events)))
     event(f"ending: {ending}")
@@ -326,6 +365,211 @@ def test_generated_streams_same_on_both_wires(
 ) -> None:
     body, cut = stream
     assert_same(split(body, cuts), cut)
+
+
+# -- malformed events: both wires end alike, with a ProviderError ------------------------
+
+ERROR_BODIES = [
+    '{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}',
+    '{"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}}',
+    '{"type": "error", "error": {"type": "rate_limit_error"}}',
+    '{"type": "error", "error": {"type": ["x"], "message": {"a": 1}}}',
+    '{"type": "error", "error": "overloaded"}',
+    '{"error": {"type": "api_error", "message": "Internal server error"}}',
+    '["overloaded_error"]',
+    '"Overloaded"',
+    "5",
+    "null",
+    "",
+    "upstream connect error",
+    '{"type": "error", "error": {"type": "overloaded_error", "message": "Overl',
+]
+
+
+def frames(events: list[tuple[str | None, bytes]], nl: bytes) -> bytes:
+    out = []
+    for name, data in events:
+        head = b"event: " + name.encode() + nl if name is not None else b""
+        out.append(head + b"data: " + data + nl + nl)
+    return b"".join(out)
+
+
+@st.composite
+def broken_streams(draw: st.DrawFn) -> tuple[bytes, Exception | None]:
+    """A message stream with one event broken, renamed, or an error event; or cut anywhere."""
+    events: list[tuple[str | None, bytes]] = [
+        (e["type"], json.dumps(e).encode()) for e in draw(message_events())
+    ]
+    how = draw(st.sampled_from(["event"] * 4 + ["error_event"] * 2 + ["renamed", "clean"]))
+    at = draw(st.integers(0, len(events) - 1))
+    if how == "event":
+        _, data = draw(broken(json.loads(events[at][1])))
+        if draw(st.booleans()):
+            events[at] = (events[at][0], data)
+        else:
+            events.insert(at, (events[at][0], data))
+    elif how == "error_event":
+        events.insert(at, ("error", draw(st.sampled_from(ERROR_BODIES)).encode()))
+    elif how == "renamed":
+        name = draw(st.sampled_from([None, "", "ping", "error", "message_delta", "x"]))
+        events[at] = (name, events[at][1])
+    event(f"broken: {how}")
+    body = frames(events, draw(st.sampled_from([b"\n", b"\r\n"])))
+    if draw(st.sampled_from([False] * 4 + [True])):
+        body = truncated(draw, body)
+    cut: Exception | None = None
+    if draw(st.sampled_from([False] * 5 + [True])):
+        cut = httpx2.ReadError("reset")
+    return body, cut
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    stream=broken_streams(), cuts=st.lists(st.integers(min_value=0, max_value=1 << 16), max_size=12)
+)
+def test_broken_events_end_both_wires_alike(
+    stream: tuple[bytes, Exception | None], cuts: list[int]
+) -> None:
+    body, cut = stream
+    _, error = assert_same(split(body, cuts), cut)
+    event(f"error_type: {error[2] if error else None}")
+
+
+def _errors(body: bytes) -> dict[str, BaseException]:
+    """The error of each wire (sync) for ``body``."""
+    out = {}
+    for wire in ("sdk", "fast"):
+        replay = Split([body])
+        model = AnthropicModel(
+            "claude-test",
+            client=anthropic.Anthropic(
+                api_key=KEY, max_retries=0, http_client=httpx2.Client(transport=replay.transport)
+            ),
+            wire=wire,  # type: ignore[arg-type]
+        )
+        try:
+            list(model.iter_chunks(HI))
+        except ProviderError as exc:
+            out[wire] = exc
+    assert set(out) == {"sdk", "fast"}
+    return out
+
+
+START = {
+    "type": "message_start",
+    "message": {
+        "id": "msg_x",
+        "type": "message",
+        "role": "assistant",
+        "content": [],
+        "model": "claude-test",
+        "usage": {"input_tokens": 3, "output_tokens": 1},
+    },
+}
+TEXT_START = {
+    "type": "content_block_start",
+    "index": 0,
+    "content_block": {"type": "text", "text": ""},
+}
+HEL = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}}
+
+
+def message_body(*middle: tuple[str | None, bytes]) -> bytes:
+    head = [(e["type"], json.dumps(e).encode()) for e in (START, TEXT_START, HEL)]
+    stop = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn"},
+        "usage": {"output_tokens": 2},
+    }
+    return frames([*head, *middle, ("message_delta", json.dumps(stop).encode())], b"\n")
+
+
+@pytest.mark.parametrize("body", ERROR_BODIES)
+def test_error_event_has_the_sdk_exception_on_both_wires(body: str) -> None:
+    """The SDK raises an ``error`` event as an ``APIStatusError``; so does the fast wire."""
+    errors = _errors(message_body(("error", body.encode())))
+    for exc in errors.values():
+        assert type(exc.__cause__) is anthropic.APIStatusError
+        assert exc.status_code is None and exc.__cause__.status_code == 200
+    sdk, fast = errors["sdk"], errors["fast"]
+    assert cause_chain(sdk) == cause_chain(fast)
+    assert (sdk.retryable, sdk.error_type, str(sdk)) == (fast.retryable, fast.error_type, str(fast))
+    assert sdk.__cause__.body == fast.__cause__.body  # type: ignore[union-attr]
+    assert str(sdk.__cause__) == str(fast.__cause__)
+
+
+def _j(obj: Any) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def _text_delta(index: Any = 0, text: Any = "lo", **delta: Any) -> dict[str, Any]:
+    body = {"type": "text_delta", "text": text, **delta}
+    return {"type": "content_block_delta", "index": index, "delta": body}
+
+
+@pytest.mark.parametrize(
+    ("data", "error_type"),
+    [
+        pytest.param(b"[]", "invalid_event", id="array"),
+        pytest.param(b'"Hel"', "invalid_event", id="string"),
+        pytest.param(b"7", "invalid_event", id="number"),
+        pytest.param(_j(_text_delta(text=5)), "invalid_event", id="text-number"),
+        pytest.param(_j(_text_delta(index="0")), None, id="index-numeric-string-coerced"),
+        pytest.param(_j(_text_delta(index=[0])), "invalid_event", id="index-list"),
+        pytest.param(
+            _j({"type": "content_block_delta", "index": 0, "delta": "lo"}),
+            "invalid_event",
+            id="delta-str",
+        ),
+        pytest.param(
+            _j(
+                {
+                    "type": "content_block_start",
+                    "index": 1,
+                    "content_block": {"type": "tool_use", "id": 5, "name": "f"},
+                }
+            ),
+            "invalid_event",
+            id="tool-id-number",
+        ),
+        pytest.param(
+            _j({"type": "message_delta", "delta": {"stop_reason": 1}, "usage": {}}),
+            "invalid_event",
+            id="stop-reason-number",
+        ),
+        pytest.param(
+            _j({"type": "message_delta", "delta": {}, "usage": {"output_tokens": "many"}}),
+            "invalid_event",
+            id="count-string",
+        ),
+        pytest.param(b'{"type": "content_block_delta", ', "invalid_json", id="cut-json"),
+        pytest.param(_j(_text_delta()).replace(b'"lo"', b'"l\xffo"'), "invalid_utf8", id="utf8"),
+    ],
+)
+def test_malformed_event_examples(data: bytes, error_type: str | None) -> None:
+    body = message_body(("content_block_delta", data))
+    chunks, error = assert_same([body])
+    texts = [c.text for c in chunks if c.kind is ChunkKind.TEXT]
+    if error_type is None:
+        assert error is None and texts == ["Hel", "lo"]
+    else:
+        assert texts == ["Hel"] and error is not None
+        assert error[:3] == (False, None, error_type) and "base_url" in error[4]
+
+
+def test_invalid_utf8_fails_when_its_event_ends_as_in_the_sdk() -> None:
+    """The SDK decodes an event's lines when the event is complete (or the body ends): an
+    event cut before its blank line ends the stream with the cut's error, on both wires."""
+    head = frames([(e["type"], json.dumps(e).encode()) for e in (START, TEXT_START, HEL)], b"\n")
+    bad = b'event: content_block_delta\ndata: {"text": "\xff"}\n'
+    chunks, error = assert_same([head, bad], httpx2.ReadError("reset"))
+    assert [c.text for c in chunks if c.kind is ChunkKind.TEXT] == ["Hel"]
+    assert error is not None and error[2] == "connection_error"
+    chunks, error = assert_same([head, bad])
+    assert [c.text for c in chunks if c.kind is ChunkKind.TEXT] == ["Hel"]
+    assert error is not None and error[2] == "invalid_utf8"
+    chunks, error = assert_same([head, bad + b"\n"], httpx2.ReadError("reset"))
+    assert error is not None and error[2] == "invalid_utf8"
 
 
 def test_fast_is_the_default() -> None:

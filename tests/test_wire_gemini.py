@@ -4,7 +4,12 @@ The same bytes, cut into network reads at random places, go through the SDK path
 fast path, sync and async; the chunks (and any error's class, flags and cause type) must be
 identical. Streams are the recordings in ../shared/fixtures/real/gemini and streams that
 hypothesis generates: text, thought and function-call parts, signatures, usage, chunks
-without candidates, blocked prompts, error payloads, bad frames and cuts.
+without candidates, blocked prompts, error payloads, bad frames and cuts; and the same
+streams with one event broken (tests/wire_faults.py): non-object JSON, a field it reads
+missing or of the wrong type, invalid JSON, invalid UTF-8, every error-payload shape, a
+body cut anywhere. Every error is a ``ProviderError`` and every chunk is well-typed.
+(A wrong-typed field the fast path does not read fails the SDK path only: the SDK
+validates every field; see the module docstring of rxcontext.providers.gemini.)
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from typing import Any
 import httpx2
 import pytest
 from google import genai
+from google.genai import errors as genai_errors
 from google.genai import types
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from replay import real_files, sse
+from wire_faults import EXAMPLES, assert_well_typed, broken, cause_chain, sdk_cause, truncated
 
 from rxcontext.chunks import Chunk
 from rxcontext.errors import ProviderError
@@ -103,7 +110,8 @@ def _error_key(exc: BaseException | None) -> tuple[Any, ...] | None:
         exc.status_code,
         exc.error_type,
         exc.retry_after,
-        type(exc.__cause__),
+        str(exc),
+        cause_chain(exc),
     )
 
 
@@ -114,6 +122,8 @@ def _sync(served: Served, wire: str) -> Outcome:
             out.append(chunk)
     except Exception as exc:
         return out, _error_key(exc)
+    finally:
+        assert_well_typed(out)
     return out, None
 
 
@@ -193,6 +203,30 @@ def test_recordings_byte_by_byte_and_cut(path: Any) -> None:
     assert error is not None and error[2] == "connection_error"
 
 
+@pytest.mark.fixtures
+@pytest.mark.skipif(
+    not FILES, reason="recorded fixtures not found: ../shared/fixtures/real is absent"
+)
+def test_recordings_never_fall_back_to_the_sdk_models(monkeypatch: Any) -> None:
+    """The fast path reads well-formed events itself: the SDK's conversion and model are
+    used only for an event that is not what it expects."""
+    from google.genai import models as genai_models
+
+    built: list[Any] = []
+    for name in ("_GenerateContentResponse_from_mldev", "_GenerateContentResponse_from_vertex"):
+        convert = getattr(genai_models, name)
+
+        def spy(*args: Any, convert: Any = convert) -> Any:
+            built.append(args[0])
+            return convert(*args)
+
+        monkeypatch.setattr(genai_models, name, spy)
+    for path in FILES:
+        served = Served([path.read_bytes()])
+        assert _sync(served, "fast")[1] is None and _async(served, "fast")[1] is None
+    assert built == []
+
+
 # -- generated streams ---------------------------------------------------------------------
 
 TEXT = st.text(
@@ -259,7 +293,7 @@ def usage(draw: st.DrawFn) -> dict[str, int]:
 
 
 @st.composite
-def event(draw: st.DrawFn) -> dict[str, Any]:
+def gemini_event(draw: st.DrawFn) -> dict[str, Any]:
     shape = draw(st.sampled_from(["candidate"] * 6 + ["usage_only", "empty_candidates"]))
     out: dict[str, Any] = {}
     if shape == "candidate":
@@ -273,7 +307,9 @@ def event(draw: st.DrawFn) -> dict[str, Any]:
         out["candidates"] = [candidate]
     elif shape == "empty_candidates":
         out["candidates"] = []
-    if draw(st.booleans()):
+    # A usage-only event has its usage: an event with no field the API sends ({}) is
+    # malformed (see test_malformed_event_examples).
+    if shape == "usage_only" or draw(st.booleans()):
         out["usageMetadata"] = draw(usage())
     if draw(st.integers(0, 5)):
         out["responseId"] = draw(st.sampled_from(["resp-A", "resp-B"]))
@@ -281,9 +317,9 @@ def event(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
-def stream(draw: st.DrawFn) -> tuple[list[bytes], Exception | None]:
-    events: list[Any] = draw(st.lists(event(), min_size=0, max_size=6))
-    if draw(st.booleans()):
+def stream_events(draw: st.DrawFn, finish: bool | None = None) -> list[Any]:
+    events: list[Any] = draw(st.lists(gemini_event(), min_size=0, max_size=6))
+    if draw(st.booleans()) if finish is None else finish:
         events.append(
             {
                 "candidates": [
@@ -293,6 +329,12 @@ def stream(draw: st.DrawFn) -> tuple[list[bytes], Exception | None]:
                 "responseId": "resp-A",
             }
         )
+    return events
+
+
+@st.composite
+def stream(draw: st.DrawFn) -> tuple[list[bytes], Exception | None]:
+    events = draw(stream_events())
     ending = draw(
         st.sampled_from(
             ["clean"] * 4 + ["error_payload", "bad_json", "blocked", "cut", "no_blank_line"]
@@ -347,19 +389,230 @@ def test_generated_streams(case: tuple[list[bytes], Exception | None]) -> None:
     assert_same(pieces, error)
 
 
-# -- known difference ----------------------------------------------------------------------
+# -- malformed events: both paths end alike, with a ProviderError ------------------------
+
+_PART_KEYS = {"text", "thought", "functionCall", "thoughtSignature"}
+_COUNTS = {
+    "promptTokenCount",
+    "candidatesTokenCount",
+    "totalTokenCount",
+    "cachedContentTokenCount",
+    "thoughtsTokenCount",
+}
 
 
-def test_comment_lines_are_skipped_by_the_fast_path_only() -> None:
-    """SSE comments: the fast path skips them (SSE rules); the SDK tries to parse them as JSON.
+def read_by_fast_path(path: tuple[Any, ...]) -> bool:
+    """Whether the fast path reads the value at ``path`` of an event (the SDK validates
+    all of them; a wrong-typed value elsewhere is the one known difference)."""
+    head, rest = path[0], path[1:]
+    if head == "responseId":
+        return not rest
+    if head == "usageMetadata":
+        return not rest or (len(rest) == 1 and rest[0] in _COUNTS)
+    if head == "promptFeedback":
+        return not rest or (len(rest) == 1 and rest[0] in ("blockReason", "blockReasonMessage"))
+    if head != "candidates":
+        return False
+    if len(rest) < 1:
+        return True
+    if rest[0] != 0:
+        return False
+    if len(rest) == 1:
+        return True
+    if rest[1] == "finishReason":
+        return len(rest) == 2
+    if rest[1] != "content":
+        return False
+    if len(rest) <= 3:
+        return len(rest) == 2 or rest[2] == "parts"
+    if len(rest) == 4:
+        return True  # a part
+    key = rest[4]
+    if key not in _PART_KEYS:
+        return False
+    if key == "functionCall":
+        return len(rest) == 5 or rest[5] in ("name", "id", "args")
+    return len(rest) == 5
 
-    Gemini does not send comments; this documents the one framing difference.
-    """
-    body = (
-        sse({"candidates": [{"content": {"parts": [{"text": "hi"}]}, "finishReason": "STOP"}]})
-        + b": keep-alive\n\n"
-    )
-    results = outcomes([body])
-    assert results["fast-sync"] == results["fast-async"]
-    assert results["fast-sync"][1] is None
-    assert results["sdk-sync"][1] is not None and results["sdk-sync"][1][2] == "invalid_response"
+
+ERROR_PAYLOADS = [
+    {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}},
+    {"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED"}},
+    {"error": {"code": 400, "message": "bad", "status": "INVALID_ARGUMENT"}},
+    {"error": {"code": 999, "message": "odd"}},
+    {"error": {"code": "503", "message": "code as text"}},
+    {"error": {"message": "no code"}},
+    {"error": "just text"},
+    {"error": ["a", "list"]},
+    {"error": None},
+    {"other": 1, "error": {"code": 500}},
+]
+
+
+@st.composite
+def broken_stream(draw: st.DrawFn) -> tuple[list[bytes], Exception | None]:
+    """A stream with one event broken (a field it reads), an error payload, or a cut."""
+    events: list[Any] = draw(stream_events(finish=True))
+    how = draw(st.sampled_from(["event"] * 3 + ["error_payload"] * 2 + ["cut", "clean"]))
+    at = draw(st.integers(0, len(events) - 1))
+    if how == "event":
+        _, data = draw(broken(events[at], read_by_fast_path))
+        events[at] = data
+    elif how == "error_payload":
+        events.insert(at, draw(st.sampled_from(ERROR_PAYLOADS)))
+    event(f"broken: {how}")
+    frames = [e if isinstance(e, bytes) else json.dumps(e).encode() for e in events]
+    body = b"".join(b"data: " + f + b"\n\n" for f in frames)
+    error: Exception | None = None
+    if how == "cut":
+        body = truncated(draw, body)
+        if draw(st.booleans()):
+            error = httpx2.ReadError("reset")
+    cuts = draw(st.lists(st.integers(0, max(len(body), 1)), max_size=12))
+    return split(body, cuts), error
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(broken_stream())
+def test_broken_events_end_both_paths_alike(case: tuple[list[bytes], Exception | None]) -> None:
+    pieces, error = case
+    _, outcome = assert_same(pieces, error)
+    event(f"error_type: {outcome[2] if outcome else None}")
+
+
+HI_EVENT = {"candidates": [{"content": {"parts": [{"text": "Hel"}], "role": "model"}}]}
+END_EVENT = {
+    "candidates": [{"content": {"parts": [{"text": "!"}], "role": "model"}, "finishReason": "STOP"}]
+}
+
+
+def _body(*middle: bytes) -> bytes:
+    return sse(HI_EVENT) + b"".join(middle) + sse(END_EVENT)
+
+
+@pytest.mark.parametrize(
+    ("frame", "error_type"),
+    [
+        pytest.param(b"data: []\n\n", "invalid_event", id="array"),
+        pytest.param(b'data: [{"candidates": []}]\n\n', "invalid_event", id="array-of-event"),
+        pytest.param(b'data: "lo"\n\n', "invalid_event", id="string"),
+        pytest.param(b"data: 5\n\n", "invalid_event", id="number"),
+        pytest.param(b"data: null\n\n", "invalid_event", id="null"),
+        pytest.param(b"data: {}\n\n", "invalid_event", id="empty-object"),
+        pytest.param(b'data: {"unknown": 1}\n\n', "invalid_event", id="unknown-fields-only"),
+        pytest.param(
+            b'data: {"candidates": [{"content": {"parts": [{"text": 5}]}}]}\n\n',
+            "invalid_event",
+            id="text-number",
+        ),
+        pytest.param(
+            b'data: {"candidates": [{"content": "lo"}]}\n\n', "invalid_event", id="content-str"
+        ),
+        pytest.param(
+            sse({"candidates": [{"content": {"parts": [{"text": "lo"}]}, "finishReason": 3}]}),
+            "invalid_event",
+            id="finish-number",
+        ),
+        pytest.param(
+            sse({"candidates": [{"content": {"parts": [{"functionCall": {"args": [1]}}]}}]}),
+            "invalid_event",
+            id="args-list",
+        ),
+        pytest.param(
+            sse({"candidates": [{"content": {"parts": [{"text": "", "thought": "maybe"}]}}]}),
+            "invalid_event",
+            id="thought-of-empty-text",
+        ),
+        pytest.param(
+            sse({"candidates": [{"content": {"parts": [{"text": 0}]}}]}),
+            "invalid_event",
+            id="text-zero",
+        ),
+        pytest.param(
+            sse({"candidates": [{"content": {"parts": [{"text": "a", "thoughtSignature": 0}]}}]}),
+            "invalid_event",
+            id="signature-zero",
+        ),
+        pytest.param(b'data: {"candidates": [\n\n', "invalid_json", id="cut-json"),
+        pytest.param(
+            b'data: {"error": {"message": "no code"}}\n\n', "invalid_event", id="error-no-code"
+        ),
+    ],
+)
+def test_malformed_event_examples(frame: bytes, error_type: str) -> None:
+    chunks, error = assert_same([_body(frame)])
+    assert [c.text for c in chunks] == ["Hel"]
+    assert error is not None and error[:3] == (False, None, error_type)
+    assert "base_url" in error[4]
+
+
+def test_the_sdk_coerces_and_so_does_the_fast_path() -> None:
+    """A count sent as ``"7"`` and ``thought: "true"``: the SDK's model coerces them."""
+    odd = {
+        "candidates": [{"content": {"parts": [{"text": "hm", "thought": "true"}]}}],
+        "usageMetadata": {"promptTokenCount": "7", "totalTokenCount": 9.0},
+    }
+    chunks, error = assert_same([_body(sse(odd))])
+    assert error is None
+    assert [(c.kind.name, c.text) for c in chunks if c.text] == [
+        ("TEXT", "Hel"),
+        ("THINKING", "hm"),
+        ("TEXT", "!"),
+    ]
+    usage = next(c.usage for c in chunks if c.usage is not None)
+    assert (usage.input_tokens, usage.total_tokens) == (7, 9)
+
+
+def test_invalid_utf8_is_decoded_as_the_sdk_decodes_it() -> None:
+    """Both paths read bytes that are not UTF-8 as U+FFFD, as google-genai does."""
+    bad = b'data: {"candidates": [{"content": {"parts": [{"text": "l\xffo"}]}}]}\n\n'
+    chunks, error = assert_same([_body(bad)])
+    assert error is None and [c.text for c in chunks if c.text] == ["Hel", "l\ufffdo", "!"]
+
+
+@pytest.mark.parametrize("payload", ERROR_PAYLOADS[:4], ids=lambda p: str(p["error"]["code"]))
+def test_error_payload_has_the_sdk_exception_on_both_paths(payload: Any) -> None:
+    served = Served([_body(sse(payload))])
+    errors: dict[str, BaseException] = {}
+    for wire in ("sdk", "fast"):
+        try:
+            list(served.model(wire).iter_chunks(HI))
+        except ProviderError as exc:
+            errors[wire] = exc
+    for exc in errors.values():
+        api = sdk_cause(exc, genai_errors.APIError)
+        assert api is not None and api.details == payload
+    sdk, fast = (sdk_cause(errors[w], genai_errors.APIError) for w in ("sdk", "fast"))
+    assert type(sdk) is type(fast) and str(sdk) == str(fast)
+    assert type(sdk.response) is type(fast.response)  # type: ignore[union-attr]
+
+
+# -- framing: the SDK's, not plain SSE -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b": keep-alive", b"event: message", b"data:{}", b"id: 1", b'{"error": {"code": 503,', b"d"],
+)
+def test_lines_other_than_data_are_raw_json_on_both_paths(line: bytes) -> None:
+    """google-genai reads a line that is not ``data: `` (nor blank) as raw JSON, for error
+    bodies sent line by line: an SSE comment fails both paths alike (Gemini sends none)."""
+    first = sse({"candidates": [{"content": {"parts": [{"text": "hi"}]}}]})
+    chunks, error = assert_same([first + line + b"\n\n" + sse(END_EVENT)])
+    # An unbalanced line waits for its closing braces (the end of the body, here); data
+    # lines go on meanwhile.
+    expected = ["hi", "!"] if line.count(b"{") > line.count(b"}") else ["hi"]
+    assert [c.text for c in chunks if c.text] == expected
+    assert error is not None and error[2] in ("invalid_json", "invalid_event")
+
+
+def test_a_raw_json_error_body_split_over_lines_is_raised_on_both_paths() -> None:
+    body = b'{"error": {\n"code": 503,\n"message": "overloaded",\n"status": "UNAVAILABLE"}}\n'
+    chunks, error = assert_same([sse(HI_EVENT) + body])
+    assert [c.text for c in chunks] == ["Hel"]
+    assert error is not None and error[:3] == (True, 503, "UNAVAILABLE")

@@ -1,10 +1,13 @@
 """Differential tests: ``wire="fast"`` gives exactly what ``wire="sdk"`` gives.
 
 The same bytes, split into network chunks at random places, go through both wires on the
-sync and the async path; chunks (and errors: type, flags, message, cause type) must match.
+sync and the async path; chunks (and errors: type, flags, message, cause chain) must match.
 Streams are the recorded ones plus generated ones (hypothesis): random text, reasoning and
 tool-call fragments in random interleavings, quirks of OpenAI-compatible servers, error
-payloads, failed responses and transport cuts.
+payloads, failed responses and transport cuts; and the same streams with one event broken
+(tests/wire_faults.py): non-object JSON, a field missing or of the wrong type at any depth,
+invalid JSON, invalid UTF-8, a body cut anywhere. Every error is a ``ProviderError`` and
+every chunk is well-typed.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from typing import Any
 import httpx2
 import openai
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from replay import real_files
+from wire_faults import EXAMPLES, assert_well_typed, broken, cause_chain, sdk_cause, truncated
 
 from rxcontext.chunks import Chunk
 from rxcontext.errors import ProviderError
@@ -126,16 +130,17 @@ def run(m: Any, mode: str, served: Served) -> Outcome:
                 got.append(c)
         else:
             asyncio.run(consume())
-    except ProviderError as exc:
+    except ProviderError as exc:  # anything else fails the test
         error = (
             exc.retryable,
             exc.status_code,
             exc.error_type,
             exc.retry_after,
             str(exc),
-            type(exc.__cause__),
+            cause_chain(exc),
         )
     assert served.closed == 1
+    assert_well_typed(got)
     return got, error
 
 
@@ -175,6 +180,28 @@ def test_recorded_streams_split_anywhere(path: Any, api: str, data: st.DataObjec
     assert chunks
 
 
+@pytest.mark.fixtures
+@pytest.mark.skipif(not RECORDED, reason="../shared/fixtures/real is absent")
+def test_recorded_streams_never_fall_back_to_the_sdk_models(monkeypatch: Any) -> None:
+    """On well-formed events the fast wire reads every event itself: the SDK's event models
+    are built only for an event that is not what it expects (and that costs the SDK's time)."""
+    built: list[Any] = []
+    for models in (CHAT, RESPONSES):
+        for client in (models["fast"]._client.get(), models["fast"]._async_client.get()):
+            process = client._process_response_data
+
+            def spy(*args: Any, process: Any = process, **kwargs: Any) -> Any:
+                built.append(kwargs.get("data"))
+                return process(*args, **kwargs)
+
+            monkeypatch.setattr(client, "_process_response_data", spy)
+    for path, api in RECORDED:
+        models = CHAT if api == "chat" else RESPONSES
+        for mode in ("sync", "async"):
+            run(models["fast"], mode, Served(path.read_bytes()))
+    assert built == []
+
+
 # --- generated chat streams ----------------------------------------------------------------
 
 texts = st.text(max_size=8)
@@ -182,16 +209,22 @@ names = st.sampled_from(["f", "get_weather", "search_the_web"])
 
 
 def frame(payloads: list[Any], crlf: bool, comments: list[bool], events: list[str | None]) -> bytes:
-    nl = "\r\n" if crlf else "\n"
+    """SSE frames of ``payloads`` (JSON-able values; a str or bytes is the data as it is)."""
+    nl = b"\r\n" if crlf else b"\n"
     out = []
     for i, payload in enumerate(payloads):
         if comments[i % len(comments)]:
-            out.append(f": OPENROUTER PROCESSING{nl}{nl}")
-        data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=crlf)
+            out.append(b": OPENROUTER PROCESSING" + nl + nl)
+        if isinstance(payload, bytes):
+            data = payload
+        elif isinstance(payload, str):
+            data = payload.encode()
+        else:
+            data = json.dumps(payload, ensure_ascii=crlf).encode()
         name = events[i] if i < len(events) else None
-        head = f"event: {name}{nl}" if name else ""
-        out.append(f"{head}data: {data}{nl}{nl}")
-    return "".join(out).encode()
+        head = b"event: " + name.encode() + nl if name else b""
+        out.append(head + b"data: " + data + nl + nl)
+    return b"".join(out)
 
 
 def chat_chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> dict:
@@ -248,7 +281,8 @@ def usage(p: int, c: int, r: int) -> dict[str, Any]:
 
 
 @st.composite
-def chat_streams(draw: st.DrawFn) -> tuple[bytes, list[int], int | None, Exception | None]:
+def chat_payloads(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """The events of a well-formed chat stream (no ``[DONE]``)."""
     queues: list[list[dict[str, Any]]] = []
     queues.append([{"content": t} for t in draw(st.lists(texts, max_size=6))])
     field_name = draw(st.sampled_from(["reasoning_content", "reasoning"]))
@@ -281,6 +315,12 @@ def chat_streams(draw: st.DrawFn) -> tuple[bytes, list[int], int | None, Excepti
         payloads.append(chat_chunk(None, choices=[], usage=u))
     elif tail == "usage_in_choice":
         payloads.append(chat_chunk({"role": "assistant", "content": ""}, usage=u))
+    return payloads
+
+
+@st.composite
+def chat_streams(draw: st.DrawFn) -> tuple[bytes, list[int], int | None, Exception | None]:
+    payloads: list[Any] = draw(chat_payloads())
     events: list[str | None] = [None] * len(payloads)
     ending = draw(
         st.sampled_from(["done", "done", "done", "none", "none", "error", "groq_error", "bad_json"])
@@ -336,7 +376,8 @@ def ev(kind: str, **kw: Any) -> dict[str, Any]:
 
 
 @st.composite
-def responses_streams(draw: st.DrawFn) -> tuple[bytes, list[int], int | None, Exception | None]:
+def responses_payloads(draw: st.DrawFn, ending: str | None = None) -> list[Any]:
+    """The events of a Responses stream (numbered), ending as ``ending`` says (or drawn)."""
     queues: list[list[dict[str, Any]]] = []
     output: list[dict[str, Any]] = []
     n_items = draw(st.integers(0, 4))
@@ -452,9 +493,12 @@ def responses_streams(draw: st.DrawFn) -> tuple[bytes, list[int], int | None, Ex
             "output_tokens_details": {"reasoning_tokens": 2},
         },
     }
-    ending = draw(
-        st.sampled_from([*["completed"] * 5, "failed", "incomplete", "error", "error_key", "none"])
-    )
+    if ending is None:
+        ending = draw(
+            st.sampled_from(
+                [*["completed"] * 5, "failed", "incomplete", "error", "error_key", "none"]
+            )
+        )
     if ending == "completed":
         payloads.append(ev("response.completed", response={**response, "status": "completed"}))
     elif ending == "failed":
@@ -477,10 +521,15 @@ def responses_streams(draw: st.DrawFn) -> tuple[bytes, list[int], int | None, Ex
         )
     elif ending == "error_key":
         payloads.append({"error": {"message": "boom", "type": "server_error"}})
-    payloads = [
+    return [
         {**p, "sequence_number": i} if isinstance(p, dict) and "type" in p else p
         for i, p in enumerate(payloads)
     ]
+
+
+@st.composite
+def responses_streams(draw: st.DrawFn) -> tuple[bytes, list[int], int | None, Exception | None]:
+    payloads = draw(responses_payloads())
     if draw(st.booleans()):
         payloads.append("[DONE]")
     events = [p.get("type") if isinstance(p, dict) else None for p in payloads]
@@ -517,3 +566,274 @@ def test_http_errors_agree(models: dict[str, Any], status: int) -> None:
     chunks, error = same_everywhere(models, make)
     assert chunks == [] and error is not None and error[1] == status
     assert KEY not in error[4]
+
+
+# --- malformed events: both wires end alike, with a ProviderError --------------------------
+
+
+@st.composite
+def broken_chat_streams(draw: st.DrawFn) -> tuple[bytes, list[int], int | None, Exception | None]:
+    """A chat stream with one event broken (or the body cut anywhere)."""
+    payloads: list[Any] = draw(chat_payloads())
+    if draw(st.sampled_from([True] * 5 + [False])) and payloads:
+        at = draw(st.integers(0, len(payloads) - 1))
+        _, data = draw(broken(payloads[at]))
+        if draw(st.booleans()):
+            payloads[at] = data
+        else:
+            payloads.insert(at, data)
+    payloads.append("[DONE]")
+    body = frame(payloads, draw(st.booleans()), [False], [])
+    if draw(st.sampled_from([False] * 4 + [True])):
+        body = truncated(draw, body)
+    cuts = draw(st.lists(st.integers(0, len(body)), max_size=12))
+    error: Exception | None = None
+    error_after: int | None = None
+    if draw(st.sampled_from([False] * 5 + [True])):
+        error_after = draw(st.integers(0, len(cuts) + 1))
+        error = httpx2.ReadError("reset")
+    return body, cuts, error_after, error
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(stream=broken_chat_streams())
+def test_broken_chat_events_end_both_wires_alike(
+    stream: tuple[bytes, list[int], int | None, Exception | None],
+) -> None:
+    _, error = same_everywhere(CHAT, served_factory(*stream))
+    event(f"error_type: {error[2] if error else None}")
+
+
+@st.composite
+def broken_responses_streams(
+    draw: st.DrawFn,
+) -> tuple[bytes, list[int], int | None, Exception | None]:
+    """A Responses stream with one event broken (or the body cut anywhere)."""
+    payloads = draw(responses_payloads("completed"))
+    if draw(st.sampled_from([True] * 5 + [False])):
+        at = draw(st.integers(0, len(payloads) - 1))
+        _, data = draw(broken(payloads[at]))
+        if draw(st.booleans()):
+            payloads[at] = data
+        else:
+            payloads.insert(at, data)
+    events = [p.get("type") if isinstance(p, dict) else None for p in payloads]
+    body = frame(payloads, draw(st.booleans()), [False], events)
+    if draw(st.sampled_from([False] * 4 + [True])):
+        body = truncated(draw, body)
+    cuts = draw(st.lists(st.integers(0, len(body)), max_size=12))
+    error: Exception | None = None
+    error_after: int | None = None
+    if draw(st.sampled_from([False] * 5 + [True])):
+        error_after = draw(st.integers(0, len(cuts) + 1))
+        error = httpx2.ReadError("reset")
+    return body, cuts, error_after, error
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(stream=broken_responses_streams())
+def test_broken_responses_events_end_both_wires_alike(
+    stream: tuple[bytes, list[int], int | None, Exception | None],
+) -> None:
+    _, error = same_everywhere(RESPONSES, served_factory(*stream))
+    event(f"error_type: {error[2] if error else None}")
+
+
+HELLO = chat_chunk({"content": "Hel"})
+STOP = chat_chunk({}, "stop")
+
+
+def chat_body(*middle: bytes) -> bytes:
+    return b"".join(
+        [frame([HELLO], False, [False], []), *middle, frame([STOP, "[DONE]"], False, [False], [])]
+    )
+
+
+@pytest.mark.parametrize(
+    ("middle", "error_type"),
+    [
+        pytest.param(b"data: []\n\n", "invalid_event", id="array"),
+        pytest.param(b'data: "lo"\n\n', "invalid_event", id="string"),
+        pytest.param(b"data: 5\n\n", "invalid_event", id="number"),
+        pytest.param(b"data: null\n\n", "invalid_event", id="null"),
+        pytest.param(b'data: {"choices": "lo"}\n\n', "invalid_event", id="choices-string"),
+        pytest.param(b'data: {"choices": [{"delta": "lo"}]}\n\n', "invalid_event", id="delta-str"),
+        pytest.param(
+            b'data: {"choices": [{"index": 0, "delta": {"content": 5}}]}\n\n',
+            "invalid_event",
+            id="content-number",
+        ),
+        pytest.param(
+            b'data: {"choices": [{"index": 0, "delta": {"content": ["lo"]}}]}\n\n',
+            "invalid_event",
+            id="content-list",
+        ),
+        pytest.param(
+            b'data: {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, '
+            b'"id": "c", "function": {"name": "f", "arguments": {"a": 1}}}]}}]}\n\n',
+            "invalid_event",
+            id="arguments-object",
+        ),
+        pytest.param(
+            b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": 1}]}\n\n',
+            "invalid_event",
+            id="finish-reason-number",
+        ),
+        pytest.param(b'data: {"id": "c", "usage": "lots"}\n\n', "invalid_event", id="usage-str"),
+        pytest.param(
+            b'data: {"id": "c", "usage": {"prompt_tokens": "many"}}\n\n',
+            "invalid_event",
+            id="count-str",
+        ),
+        pytest.param(b'data: {"choices": [\n\n', "invalid_json", id="cut-json"),
+        pytest.param(
+            b'data: {"choices": [{"index": 0, "delta": {"content": "l\xffo"}}]}\n\n',
+            "invalid_utf8",
+            id="utf8",
+        ),
+        pytest.param(b": \xff\n\n", "invalid_utf8", id="utf8-in-comment"),
+    ],
+)
+def test_malformed_chat_event_examples(middle: bytes, error_type: str) -> None:
+    chunks, error = same_everywhere(CHAT, lambda: Served(chat_body(middle)))
+    assert [c.text for c in chunks] == ["Hel"]
+    assert error is not None
+    retryable, status, kind, _, message, _ = error
+    assert (retryable, status, kind) == (False, None, error_type)
+    assert "base_url" in message
+
+
+def test_counts_the_sdk_coerces_are_coerced_on_both_wires() -> None:
+    """``"7"`` for a token count: the SDK's model makes it 7 (when the whole usage object
+    validates); the fast wire reads the event the SDK's way and gets 7 too."""
+    counts = {"prompt_tokens": "7", "completion_tokens": 2.0, "total_tokens": 9}
+    usage = frame([{"id": "c", "choices": [], "usage": counts}], False, [False], [])
+    chunks, error = same_everywhere(CHAT, lambda: Served(chat_body(usage)))
+    assert error is None
+    assert chunks[-1].usage is not None and chunks[-1].usage.input_tokens == 7
+    # Without total_tokens the SDK does not validate it, so "7" stays a string: an error.
+    del counts["total_tokens"]
+    usage = frame([{"id": "c", "choices": [], "usage": counts}], False, [False], [])
+    _, error = same_everywhere(CHAT, lambda: Served(chat_body(usage)))
+    assert error is not None and error[2] == "invalid_event"
+
+
+def test_invalid_utf8_keeps_the_events_before_it_in_the_same_read() -> None:
+    """The events before a bad line in the same network read still reach the subscriber."""
+    body = chat_body(b'data: {"choices": [{"index": 0, "delta": {"content": "\xff"}}]}\n\n')
+    chunks, error = same_everywhere(CHAT, lambda: Served(body))  # one piece: one read
+    assert [c.text for c in chunks] == ["Hel"] and error is not None and error[2] == "invalid_utf8"
+
+
+def responses_body(*events: Any) -> bytes:
+    head = [
+        ev("response.created", response={"id": "resp_x", "status": "in_progress"}),
+        ev("response.output_text.delta", item_id="m", output_index=0, delta="Hel"),
+    ]
+    return frame([*head, *events], False, [False], [])
+
+
+@pytest.mark.parametrize(
+    ("event", "error_type"),
+    [
+        pytest.param(b"[1, 2]", "invalid_event", id="array"),
+        pytest.param(ev("response.output_text.delta", delta=5), "invalid_event", id="delta-int"),
+        pytest.param(
+            ev("response.output_item.added", output_index=0, item="call"),
+            "invalid_event",
+            id="item-string",
+        ),
+        pytest.param(
+            ev(
+                "response.output_item.added",
+                output_index=0,
+                item={"type": "function_call", "id": "fc", "call_id": 7, "name": "f"},
+            ),
+            "invalid_event",
+            id="call-id-int",
+        ),
+        pytest.param(
+            ev(
+                "response.output_item.done",
+                output_index=0,
+                item={"type": "reasoning", "id": "rs", "summary": [{"text": 1}]},
+            ),
+            "invalid_event",
+            id="summary-text-int",
+        ),
+        pytest.param(
+            ev("response.completed", response={"id": "r", "status": "completed", "usage": 3}),
+            "invalid_event",
+            id="usage-int",
+        ),
+        pytest.param(ev("response.completed", response="done"), "invalid_event", id="response-str"),
+        pytest.param(ev("error", message=["boom"], code=None), "invalid_event", id="error-list"),
+    ],
+)
+def test_malformed_responses_event_examples(event: Any, error_type: str) -> None:
+    chunks, error = same_everywhere(RESPONSES, lambda: Served(responses_body(event)))
+    assert [c.text for c in chunks] == ["Hel"]
+    assert error is not None and error[:3] == (False, None, error_type)
+
+
+# --- in-stream errors: the SDK's exception is in the cause chain on both wires ---------------
+
+
+def _error_of(models: dict[str, Any], body: bytes) -> dict[str, BaseException]:
+    out = {}
+    for wire, model in models.items():
+        SERVER.served = Served(body)
+        try:
+            list(model.iter_chunks(REQUEST))
+        except ProviderError as exc:
+            out[wire] = exc
+    assert set(out) == {"sdk", "fast"}
+    return out
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"error": {"message": "overloaded", "type": "server_error", "code": 503}},
+        {"error": "just text"},
+        {"error": {"message": 5}},
+    ],
+    ids=["object", "text", "bad-message"],
+)
+def test_chat_in_stream_error_has_the_sdk_exception_on_both_wires(payload: Any) -> None:
+    errors = _error_of(CHAT, chat_body(frame([payload], False, [False], [])))
+    for exc in errors.values():
+        assert type(exc.__cause__) is openai.APIError
+        assert exc.__cause__.body == payload["error"]
+    assert cause_chain(errors["sdk"]) == cause_chain(errors["fast"])
+
+
+@pytest.mark.parametrize(
+    ("event", "body"),
+    [
+        (ev("error", code="server_error", message="boom", param=None), None),
+        (
+            ev(
+                "response.failed",
+                response={
+                    "id": "r",
+                    "status": "failed",
+                    "error": {"code": "server_error", "message": "boom"},
+                },
+            ),
+            {"code": "server_error", "message": "boom"},
+        ),
+    ],
+    ids=["error", "failed"],
+)
+def test_responses_in_stream_error_has_the_sdk_exception_on_both_wires(
+    event: Any, body: Any
+) -> None:
+    errors = _error_of(RESPONSES, responses_body(event))
+    for exc in errors.values():
+        api = sdk_cause(exc, openai.APIError)
+        assert type(api) is openai.APIError and api.message == "boom"
+        assert exc.retryable and "boom" in str(exc)
+        if body is not None:
+            assert api.body == body
+    assert cause_chain(errors["sdk"]) == cause_chain(errors["fast"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -14,11 +15,14 @@ import httpx2
 from ..errors import ProviderError
 
 __all__ = [
+    "READ_ERRORS",
+    "BadEvent",
     "Lazy",
     "Wire",
     "check_wire",
     "incomplete_stream",
     "is_retryable_status",
+    "malformed_event",
     "provider_error",
     "retry_after_seconds",
     "scrub",
@@ -120,6 +124,90 @@ def incomplete_stream(provider: str, missing: str) -> ProviderError:
         f"the stream ended before {missing}: the connection was cut; send the request again",
         error_type="incomplete_stream",
         retryable=True,
+    )
+
+
+# -- malformed streams ----------------------------------------------------------------------
+#
+# One mechanism for every provider and both wires. A stream event that cannot be read (bytes
+# that are not UTF-8, text that is not JSON, JSON that is not the API's shape) ends the stream
+# with ``malformed_event(...)`` raised ``from`` what failed, never with that exception itself.
+#
+# Each provider's ``wire="sdk"`` reader checks the fields it reads on the SDK's event object
+# (the SDKs build them without validation, so a wrong-typed value arrives as it was sent) and
+# turns any failure into this error. Each ``wire="fast"`` reader checks the same fields on the
+# raw dict; when a check fails it reads that one event again the SDK's way (the SDK's model
+# of the dict, then the sdk reader), so a malformed event ends both wires with the same error
+# after the same chunks, and a value the SDK coerces (``"5"`` for a count) is coerced alike.
+
+READ_ERRORS = (ValueError, TypeError, LookupError, AttributeError)
+"""What reading a malformed event raises (json and UTF-8 errors are ValueErrors)."""
+
+
+class BadEvent(ValueError):
+    """An event field our reader needs is missing or of the wrong type."""
+
+
+def bad_field(name: str, value: object) -> BadEvent:
+    """The :class:`BadEvent` for field ``name`` holding ``value``."""
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return BadEvent(f"{name} is {type(value).__name__} {shown}")
+
+
+def str_field(value: object, name: str) -> str | None:
+    """``value`` if it is a string or None, else :class:`BadEvent` (for the sdk readers)."""
+    if value is None or type(value) is str:
+        return value
+    raise bad_field(name, value)
+
+
+def int_field(value: object, name: str) -> int | None:
+    """``value`` if it is an int (not a bool) or None, else :class:`BadEvent`."""
+    if value is None or type(value) is int:
+        return value
+    raise bad_field(name, value)
+
+
+_WHAT = {
+    "invalid_utf8": "a stream event is not valid UTF-8",
+    "invalid_json": "a stream event is not valid JSON",
+    "invalid_event": "a stream event is not in the API's format",
+}
+
+
+def malformed_event(
+    provider: str,
+    exc: BaseException,
+    *,
+    error_type: str | None = None,
+    secrets: tuple[str | None, ...] = (),
+) -> ProviderError:
+    """The :class:`ProviderError` for a stream event that could not be read (raise it ``from exc``).
+
+    ``error_type`` is ``invalid_utf8``, ``invalid_json`` or ``invalid_event`` (found from
+    ``exc`` unless given). Not retryable: a server that sends it will send it again; a proxy
+    that corrupts streams is worth looking at before sending more.
+    """
+    if error_type is None:
+        if isinstance(exc, UnicodeDecodeError):
+            error_type = "invalid_utf8"
+        elif isinstance(exc, json.JSONDecodeError):
+            error_type = "invalid_json"
+        else:
+            error_type = "invalid_event"
+    detail = f"{type(exc).__name__}: {exc}"
+    if len(detail) > 300:
+        detail = detail[:297] + "..."
+    return provider_error(
+        provider,
+        f"{_WHAT.get(error_type, _WHAT['invalid_event'])} ({detail}); the stream was cut "
+        "there. The server (or a proxy between) does not speak this API: check the "
+        "client's base_url",
+        error_type=error_type,
+        retryable=False,
+        secrets=secrets,
     )
 
 

@@ -7,15 +7,34 @@ SDK's ``ChatCompletionChunk`` objects, :meth:`ChatStream.fast` the raw JSON dict
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
+
+import openai
 
 from ..chunks import Chunk, ChunkKind, Usage
 from ..errors import ProviderError
 from ..records import Record, RecordType
-from ._common import incomplete_stream, provider_error
+from ._common import (
+    READ_ERRORS,
+    BadEvent,
+    bad_field,
+    incomplete_stream,
+    int_field,
+    malformed_event,
+    provider_error,
+    str_field,
+)
+from ._history import HistoryCache, compact_json
 
-__all__ = ["ChatStream", "chat_messages", "completion_chunks", "in_stream_error", "turns"]
+__all__ = [
+    "ChatHistory",
+    "ChatStream",
+    "chat_messages",
+    "completion_chunks",
+    "in_stream_error",
+    "turns",
+]
 
 PROVIDER = "openai"
 _TEXT = ChunkKind.TEXT
@@ -50,59 +69,164 @@ def turns(records: Sequence[Record]) -> Iterator[tuple[Record | None, list[Recor
         yield head, calls
 
 
+def _assistant(record: Record | None, calls: Sequence[Record]) -> dict[str, Any]:
+    content = record.content if record is not None else ""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["content"] = content or None
+        message["tool_calls"] = [
+            {
+                "id": call.tool_call_id,
+                "type": "function",
+                "function": {"name": call.tool_name, "arguments": call.content},
+            }
+            for call in calls
+        ]
+    return message
+
+
+def _message(record: Record) -> dict[str, Any] | None:
+    """The message of a record that is not part of an assistant turn (None: not sent)."""
+    kind = record.type
+    if kind is RecordType.SYSTEM_PROMPT:
+        return {"role": "system", "content": record.content}
+    if kind is RecordType.PROMPT:
+        return {"role": "user", "content": record.content}
+    if kind is RecordType.TOOL_OUTPUT:
+        return {"role": "tool", "tool_call_id": record.tool_call_id, "content": record.content}
+    return None
+
+
 def chat_messages(records: Sequence[Record]) -> list[dict[str, Any]]:
     """The Chat Completions ``messages`` for ``records`` (oldest first)."""
     messages: list[dict[str, Any]] = []
     for record, calls in turns(records):
         if record is None or record.type is RecordType.MODEL_RESP:
-            content = record.content if record is not None else ""
-            message: dict[str, Any] = {"role": "assistant", "content": content}
-            if calls:
-                message["content"] = content or None
-                message["tool_calls"] = [
-                    {
-                        "id": call.tool_call_id,
-                        "type": "function",
-                        "function": {"name": call.tool_name, "arguments": call.content},
-                    }
-                    for call in calls
-                ]
-            messages.append(message)
-        elif record.type is RecordType.SYSTEM_PROMPT:
-            messages.append({"role": "system", "content": record.content})
-        elif record.type is RecordType.PROMPT:
-            messages.append({"role": "user", "content": record.content})
-        elif record.type is RecordType.TOOL_OUTPUT:
-            messages.append(
-                {"role": "tool", "tool_call_id": record.tool_call_id, "content": record.content}
-            )
+            messages.append(_assistant(record, calls))
+        else:
+            message = _message(record)
+            if message is not None:
+                messages.append(message)
     return messages
 
 
+class _Entry:
+    """A record's encoded message, and the last assistant turn it headed (:class:`ChatHistory`)."""
+
+    __slots__ = ("json", "kind", "turn")
+
+    def __init__(self, record: Record) -> None:
+        self.kind = record.type
+        if self.kind is RecordType.MODEL_RESP:
+            message: dict[str, Any] | None = _assistant(record, ())
+        else:
+            message = _message(record)
+        self.json = compact_json(message) if message is not None else None
+        self.turn: tuple[tuple[_Entry, ...], bytes] | None = None
+
+
+class ChatHistory:
+    """``messages`` as JSON bytes, from records encoded once (see :mod:`._history`).
+
+    An assistant turn with tool calls is encoded once per set of calls: it is kept on the
+    entry that heads it, with the entries of its calls (the same entry objects while their
+    records are unchanged).
+    """
+
+    __slots__ = ("cache",)
+
+    def __init__(self) -> None:
+        self.cache: HistoryCache[_Entry] = HistoryCache(_Entry)
+
+    def encode(self, records: Sequence[Record]) -> list[bytes]:
+        """The encoded items of the array :func:`chat_messages` gives for ``records``."""
+        lookup = self.cache.lookup(records)
+        entries = lookup.entries
+        # Resume where the previous request's last turn began, if its records are unchanged.
+        resume = lookup.resume
+        parts: list[bytes]
+        if resume is not None and resume[0] < lookup.same:
+            i, parts = resume[0], resume[1][: resume[2]]
+        else:
+            i, parts = 0, []
+        append = parts.append
+        tool_call, model_resp = RecordType.TOOL_CALL, RecordType.MODEL_RESP
+        start, count = i, len(parts)
+        n = len(entries)
+        while i < n:
+            start, count = i, len(parts)
+            entry = entries[i]
+            kind = entry.kind
+            if kind is not tool_call and (
+                kind is not model_resp or i + 1 == n or entries[i + 1].kind is not tool_call
+            ):
+                if entry.json is not None:
+                    append(entry.json)
+                i += 1
+                continue
+            first = i + 1 if kind is model_resp else i
+            end = first
+            while end < n and entries[end].kind is tool_call:
+                end += 1
+            calls = tuple(entries[first:end]) if kind is model_resp else tuple(entries[i + 1 : end])
+            turn = entry.turn
+            if turn is None or turn[0] != calls:
+                head = records[i] if kind is model_resp else None
+                turn = (calls, compact_json(_assistant(head, records[first:end])))
+                entry.turn = turn
+            append(turn[1])
+            i = end
+        self.cache.keep(lookup, (start, parts, count))
+        return parts
+
+
 def usage_of(usage: Any) -> Usage:
-    """Normalise an SDK ``CompletionUsage``."""
-    prompt = getattr(usage, "prompt_tokens_details", None)
-    completion = getattr(usage, "completion_tokens_details", None)
+    """Normalise an SDK ``CompletionUsage`` (counts the SDK could not make ints are an error)."""
+    sdk_model(usage, "usage")
+    prompt = _model(getattr(usage, "prompt_tokens_details", None), "usage.prompt_tokens_details")
+    completion = _model(
+        getattr(usage, "completion_tokens_details", None), "usage.completion_tokens_details"
+    )
     return Usage.of(
-        getattr(usage, "prompt_tokens", None),
-        getattr(usage, "completion_tokens", None),
-        getattr(usage, "total_tokens", None),
-        getattr(prompt, "cached_tokens", None),
-        getattr(completion, "reasoning_tokens", None),
+        int_field(getattr(usage, "prompt_tokens", None), "usage.prompt_tokens"),
+        int_field(getattr(usage, "completion_tokens", None), "usage.completion_tokens"),
+        int_field(getattr(usage, "total_tokens", None), "usage.total_tokens"),
+        int_field(getattr(prompt, "cached_tokens", None), "usage.cached_tokens"),
+        int_field(getattr(completion, "reasoning_tokens", None), "usage.reasoning_tokens"),
     )
 
 
 def usage_of_dict(usage: Mapping[str, Any]) -> Usage:
-    """Normalise a raw ``usage`` object."""
+    """Normalise a raw ``usage`` object; anything but int counts raises (the fast reader then
+    reads the event the SDK's way, which may coerce them)."""
     prompt = usage.get("prompt_tokens_details") or {}
     completion = usage.get("completion_tokens_details") or {}
-    return Usage.of(
+    counts = (
         usage.get("prompt_tokens"),
         usage.get("completion_tokens"),
         usage.get("total_tokens"),
         prompt.get("cached_tokens"),
         completion.get("reasoning_tokens"),
     )
+    for count in counts:
+        if count is not None and count.__class__ is not int:
+            raise bad_field("a usage count", count)
+    return Usage.of(*counts)
+
+
+def _model(value: Any, name: str) -> Any:
+    """``value`` if it is one of the SDK's models (or None); the SDK keeps what it cannot build
+    one from (a string, a number) as it came, and that is a malformed event."""
+    if value is None or isinstance(value, openai.BaseModel):
+        return value
+    raise bad_field(name, value)
+
+
+def sdk_model(value: Any, name: str) -> Any:
+    """``value`` if it is one of the SDK's models (not None), else :class:`BadEvent`."""
+    if isinstance(value, openai.BaseModel):
+        return value
+    raise bad_field(name, value)
 
 
 def in_stream_error(
@@ -145,18 +269,31 @@ def _reasoning(extra: Mapping[str, Any] | None) -> str | None:
 
 
 class ChatStream:
-    """Per-stream state: response id, finish reason, usage and which calls were announced."""
+    """Per-stream state: response id, finish reason, usage and which calls were announced.
 
-    __slots__ = ("_ids", "_names", "finish_reason", "response_id", "usage")
+    ``sdk_event`` turns a raw event into the SDK's own model of it, as the SDK's stream
+    would (set by the ``wire="fast"`` path; see :meth:`fast`).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_ids", "_names", "finish_reason", "response_id", "sdk_event", "usage")
+
+    def __init__(self, sdk_event: Callable[[Any], Any] | None = None) -> None:
         self.response_id: str | None = None
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self._ids: set[int] = set()
         self._names: set[int] = set()
+        self.sdk_event = sdk_event
 
-    def _call(self, out: list[Chunk], index: int, call_id: Any, name: Any, arguments: Any) -> None:
+    def _call(self, out: list[Chunk], index: Any, call_id: Any, name: Any, arguments: Any) -> None:
+        if index.__class__ is not int:
+            raise bad_field("tool_calls[].index", index)
+        if call_id is not None and call_id.__class__ is not str:
+            raise bad_field("tool_calls[].id", call_id)
+        if name is not None and name.__class__ is not str:
+            raise bad_field("tool_calls[].function.name", name)
+        if arguments is not None and arguments.__class__ is not str:
+            raise bad_field("tool_calls[].function.arguments", arguments)
         # id/name go on the first fragment only, even from servers that repeat them.
         if call_id and index not in self._ids:
             self._ids.add(index)
@@ -170,23 +307,34 @@ class ChatStream:
             out.append(Chunk(_TOOL_CALL, arguments or "", index, call_id, name))
 
     def sdk(self, chunk: Any) -> list[Chunk]:
-        """Chunks for one SDK ``ChatCompletionChunk``."""
+        """Chunks for one SDK ``ChatCompletionChunk``; a malformed one raises ``ProviderError``."""
+        try:
+            return self._sdk(chunk)
+        except READ_ERRORS as exc:
+            raise malformed_event(PROVIDER, exc) from exc
+
+    def _sdk(self, event: Any) -> list[Chunk]:
+        chunk = sdk_model(event, "the event")
         out: list[Chunk] = []
         if chunk.id and self.response_id is None:
-            self.response_id = chunk.id
+            self.response_id = str_field(chunk.id, "id")
         for choice in chunk.choices or ():
+            sdk_model(choice, "choices[]")
             if choice.index:
+                int_field(choice.index, "choices[].index")
                 continue
             delta = choice.delta
-            if delta is not None:
+            if delta:
+                _model(delta, "choices[].delta")
                 thinking = _reasoning(delta.model_extra)
                 if thinking:
                     out.append(Chunk(_THINKING, thinking))
                 if delta.content:
-                    out.append(Chunk(_TEXT, delta.content))
+                    out.append(Chunk(_TEXT, str_field(delta.content, "delta.content") or ""))
                 for position, call in enumerate(delta.tool_calls or ()):
-                    index = getattr(call, "index", None)
-                    function = call.function
+                    sdk_model(call, "tool_calls[]")
+                    index = call.index
+                    function = _model(call.function, "tool_calls[].function")
                     self._call(
                         out,
                         position if index is None else index,
@@ -195,49 +343,78 @@ class ChatStream:
                         function.arguments if function is not None else None,
                     )
             if choice.finish_reason is not None:
-                self.finish_reason = choice.finish_reason
+                self.finish_reason = str_field(choice.finish_reason, "finish_reason")
         if chunk.usage is not None:
             self.usage = usage_of(chunk.usage)
             out.append(Chunk(ChunkKind.USAGE, usage=self.usage))
         return out
 
-    def fast(self, data: Mapping[str, Any]) -> list[Chunk]:
-        """Chunks for one raw chunk dict (the ``wire="fast"`` twin of :meth:`sdk`)."""
-        out: list[Chunk] = []
-        if self.response_id is None and data.get("id"):
-            self.response_id = data["id"]
-        for choice in data.get("choices") or ():
-            if choice.get("index"):
-                continue
-            delta = choice.get("delta")
-            if delta:
-                if "reasoning_content" in delta or "reasoning" in delta:
-                    thinking = _reasoning(delta)
-                    if thinking:
-                        out.append(Chunk(_THINKING, thinking))
-                content = delta.get("content")
-                if content:
-                    out.append(Chunk(_TEXT, content))
-                calls = delta.get("tool_calls")
-                if calls:
-                    for position, call in enumerate(calls):
-                        index = call.get("index")
-                        function = call.get("function")
-                        self._call(
-                            out,
-                            position if index is None else index,
-                            call.get("id"),
-                            function.get("name") if function is not None else None,
-                            function.get("arguments") if function is not None else None,
-                        )
-            finish_reason = choice.get("finish_reason")
-            if finish_reason is not None:
-                self.finish_reason = finish_reason
-        usage = data.get("usage")
-        if usage is not None:
-            self.usage = usage_of_dict(usage)
-            out.append(Chunk(ChunkKind.USAGE, usage=self.usage))
-        return out
+    def fast(self, data: Any) -> list[Chunk]:
+        """Chunks for one raw chunk dict (the ``wire="fast"`` twin of :meth:`sdk`).
+
+        Anything unusual in it (a value of the wrong type, a non-object) makes it read the
+        event again the SDK's way (:attr:`sdk_event`, then :meth:`sdk`), so both wires give
+        the same chunks, or the same error, for it.
+        """
+        saved: tuple[set[int], set[int]] | None = None
+        try:
+            out: list[Chunk] = []
+            if self.response_id is None:
+                response_id = data.get("id")
+                if response_id:
+                    if response_id.__class__ is not str:
+                        raise BadEvent
+                    self.response_id = response_id
+            for choice in data.get("choices") or ():
+                index = choice.get("index")
+                if index:
+                    if index.__class__ is not int:
+                        raise BadEvent
+                    continue
+                delta = choice.get("delta")
+                if delta:
+                    if "reasoning_content" in delta or "reasoning" in delta:
+                        thinking = _reasoning(delta)
+                        if thinking:
+                            out.append(Chunk(_THINKING, thinking))
+                    content = delta.get("content")
+                    if content:
+                        if content.__class__ is not str:
+                            raise BadEvent
+                        out.append(Chunk(_TEXT, content))
+                    calls = delta.get("tool_calls")
+                    if calls:
+                        saved = (set(self._ids), set(self._names))
+                        if calls.__class__ is not list:
+                            raise BadEvent
+                        for position, call in enumerate(calls):
+                            index = call.get("index")
+                            function = call.get("function")
+                            if function is not None and function.__class__ is not dict:
+                                raise BadEvent
+                            self._call(
+                                out,
+                                position if index is None else index,
+                                call.get("id"),
+                                function.get("name") if function is not None else None,
+                                function.get("arguments") if function is not None else None,
+                            )
+                finish_reason = choice.get("finish_reason")
+                if finish_reason is not None:
+                    if finish_reason.__class__ is not str:
+                        raise BadEvent
+                    self.finish_reason = finish_reason
+            usage = data.get("usage")
+            if usage is not None:
+                self.usage = usage_of_dict(usage)
+                out.append(Chunk(ChunkKind.USAGE, usage=self.usage))
+            return out
+        except READ_ERRORS as exc:
+            if saved is not None:
+                self._ids, self._names = saved
+            if self.sdk_event is None:
+                raise malformed_event(PROVIDER, exc) from exc
+            return self.sdk(self.sdk_event(data))
 
     def done(self) -> Chunk:
         """The final DONE chunk; a stream that never gave a finish_reason was cut.

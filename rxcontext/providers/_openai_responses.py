@@ -9,19 +9,32 @@ record's metadata. :meth:`ResponsesStream.sdk` reads the SDK's event objects,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
+
+import httpx2
+import openai
 
 from ..chunks import Chunk, ChunkKind, Usage
 from ..errors import ProviderError
 from ..records import Checkpoint, Record, RecordType
-from ._common import provider_error
-from ._openai_chat import PROVIDER, turns
+from ._common import (
+    READ_ERRORS,
+    BadEvent,
+    bad_field,
+    int_field,
+    malformed_event,
+    provider_error,
+    str_field,
+)
+from ._history import HistoryCache, compact_json
+from ._openai_chat import PROVIDER, sdk_model, turns
 from .base import NATIVE_RESUME_KEY, ResumeCursor
 
 __all__ = [
     "BACKGROUND",
     "OUTPUT_KEY",
+    "ResponsesHistory",
     "ResponsesStream",
     "background_point",
     "response_chunks",
@@ -42,37 +55,50 @@ _THINKING_DELTAS = frozenset(
 )
 
 
+def _texts(parts: Any, kind: str | None, name: str) -> list[str]:
+    """The ``text`` of each part (of type ``kind``, if given) of a raw item's part list."""
+    texts: list[str] = []
+    for part in parts or ():
+        if kind is None or part.get("type") == kind:
+            texts.append(str_field(part.get("text", ""), name) or "")
+    return texts
+
+
 def kept_item(item: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The round-trip form of one output item (raw dict), or ``None`` if none is needed."""
+    """The round-trip form of one output item (raw dict), or ``None`` if none is needed.
+
+    A kept value of the wrong type raises :class:`BadEvent`: it would go back to the API.
+    """
     kind = item.get("type")
     if kind == "reasoning":
-        kept: dict[str, Any] = {"type": "reasoning", "id": item.get("id")}
+        kept: dict[str, Any] = {"type": "reasoning", "id": str_field(item.get("id"), "item.id")}
         kept["summary"] = [
-            {"type": "summary_text", "text": part.get("text", "")}
-            for part in item.get("summary") or ()
+            {"type": "summary_text", "text": text}
+            for text in _texts(item.get("summary"), None, "summary[].text")
         ]
         if item.get("encrypted_content") is not None:
-            kept["encrypted_content"] = item["encrypted_content"]
+            kept["encrypted_content"] = str_field(
+                item["encrypted_content"], "item.encrypted_content"
+            )
         content = [
-            {"type": "reasoning_text", "text": part.get("text", "")}
-            for part in item.get("content") or ()
-            if part.get("type") == "reasoning_text"
+            {"type": "reasoning_text", "text": text}
+            for text in _texts(item.get("content"), "reasoning_text", "content[].text")
         ]
         if content:
             kept["content"] = content
         return kept
     if kind == "message":
-        text = "".join(
-            part.get("text", "")
-            for part in item.get("content") or ()
-            if part.get("type") == "output_text"
-        )
-        kept = {"type": "message", "id": item.get("id"), "text": text}
+        text = "".join(_texts(item.get("content"), "output_text", "content[].text"))
+        kept = {"type": "message", "id": str_field(item.get("id"), "item.id"), "text": text}
         if item.get("phase") is not None:
-            kept["phase"] = item["phase"]
+            kept["phase"] = str_field(item["phase"], "item.phase")
         return kept
     if kind == "function_call":
-        return {"type": "function_call", "id": item.get("id"), "call_id": item.get("call_id")}
+        return {
+            "type": "function_call",
+            "id": str_field(item.get("id"), "item.id"),
+            "call_id": str_field(item.get("call_id"), "item.call_id"),
+        }
     return None
 
 
@@ -134,6 +160,22 @@ def _assistant_items(record: Record | None, calls: list[Record]) -> list[dict[st
     return items + [_function_call(call) for call in calls if call.tool_call_id in by_call_id]
 
 
+def _item(record: Record) -> dict[str, Any] | None:
+    """The input item of a prompt, tool output or (not leading) system prompt."""
+    kind = record.type
+    if kind is RecordType.SYSTEM_PROMPT:
+        return {"role": "system", "content": record.content}
+    if kind is RecordType.PROMPT:
+        return {"role": "user", "content": record.content}
+    if kind is RecordType.TOOL_OUTPUT:
+        return {
+            "type": "function_call_output",
+            "call_id": record.tool_call_id,
+            "output": record.content,
+        }
+    return None
+
+
 def responses_input(records: Sequence[Record]) -> tuple[str | None, list[dict[str, Any]]]:
     """``(instructions, input)`` for ``records``.
 
@@ -145,34 +187,103 @@ def responses_input(records: Sequence[Record]) -> tuple[str | None, list[dict[st
     for record, calls in turns(records):
         if record is None or record.type is RecordType.MODEL_RESP:
             items.extend(_assistant_items(record, calls))
-        elif record.type is RecordType.SYSTEM_PROMPT:
-            if items:
-                items.append({"role": "system", "content": record.content})
-            else:
-                instructions.append(record.content)
-        elif record.type is RecordType.PROMPT:
-            items.append({"role": "user", "content": record.content})
-        elif record.type is RecordType.TOOL_OUTPUT:
-            items.append(
-                {
-                    "type": "function_call_output",
-                    "call_id": record.tool_call_id,
-                    "output": record.content,
-                }
-            )
+        elif record.type is RecordType.SYSTEM_PROMPT and not items:
+            instructions.append(record.content)
+        else:
+            item = _item(record)
+            if item is not None:
+                items.append(item)
     return ("\n\n".join(instructions) if instructions else None), items
 
 
-def usage_of_dict(usage: Mapping[str, Any]) -> Usage:
-    """Normalise a Responses ``usage`` object (raw dict)."""
+def _items_json(items: list[dict[str, Any]]) -> bytes:
+    return b",".join(compact_json(item) for item in items)
+
+
+class _Entry:
+    """A record's encoded item(s), and the last assistant turn it headed."""
+
+    __slots__ = ("json", "kind", "turn")
+
+    def __init__(self, record: Record) -> None:
+        self.kind = record.type
+        if self.kind is RecordType.MODEL_RESP:
+            self.json = _items_json(_assistant_items(record, []))
+        else:
+            item = _item(record)
+            self.json = compact_json(item) if item is not None else b""
+        self.turn: tuple[tuple[_Entry, ...], bytes] | None = None
+
+
+class ResponsesHistory:
+    """``(instructions, input)`` with ``input`` as JSON bytes, from records encoded once.
+
+    As :class:`._openai_chat.ChatHistory`: an assistant turn with tool calls is encoded once
+    per set of calls and kept on the entry that heads it.
+    """
+
+    __slots__ = ("cache",)
+
+    def __init__(self) -> None:
+        self.cache: HistoryCache[_Entry] = HistoryCache(_Entry)
+
+    def encode(self, records: Sequence[Record]) -> tuple[str | None, list[bytes]]:
+        """What :func:`responses_input` gives for ``records``, the input as the SDK encodes it."""
+        lookup = self.cache.lookup(records)
+        entries = lookup.entries
+        # Resume where the previous request's last turn began, if its records are unchanged.
+        resume = lookup.resume
+        parts: list[bytes]
+        instructions: list[str]
+        if resume is not None and resume[0] < lookup.same:
+            i, parts, instructions = resume[0], resume[1][: resume[2]], resume[3][: resume[4]]
+        else:
+            i, parts, instructions = 0, [], []
+        append = parts.append
+        tool_call, model_resp = RecordType.TOOL_CALL, RecordType.MODEL_RESP
+        system = RecordType.SYSTEM_PROMPT
+        start, count, texts = i, len(parts), len(instructions)
+        n = len(entries)
+        while i < n:
+            start, count, texts = i, len(parts), len(instructions)
+            entry = entries[i]
+            kind = entry.kind
+            if kind is not tool_call and (
+                kind is not model_resp or i + 1 == n or entries[i + 1].kind is not tool_call
+            ):
+                if kind is system and not parts:
+                    instructions.append(records[i].content)
+                elif entry.json:
+                    append(entry.json)
+                i += 1
+                continue
+            first = i + 1 if kind is model_resp else i
+            end = first
+            while end < n and entries[end].kind is tool_call:
+                end += 1
+            calls = tuple(entries[first:end]) if kind is model_resp else tuple(entries[i + 1 : end])
+            turn = entry.turn
+            if turn is None or turn[0] != calls:
+                head = records[i] if kind is model_resp else None
+                turn = (calls, _items_json(_assistant_items(head, list(records[first:end]))))
+                entry.turn = turn
+            if turn[1]:
+                append(turn[1])
+            i = end
+        self.cache.keep(lookup, (start, parts, count, instructions, texts))
+        return ("\n\n".join(instructions) if instructions else None), parts
+
+
+def responses_usage(usage: Mapping[str, Any]) -> Usage:
+    """Normalise a Responses ``usage`` object (raw dict); counts must be ints."""
     inp = usage.get("input_tokens_details") or {}
     out = usage.get("output_tokens_details") or {}
     return Usage.of(
-        usage.get("input_tokens"),
-        usage.get("output_tokens"),
-        usage.get("total_tokens"),
-        inp.get("cached_tokens"),
-        out.get("reasoning_tokens"),
+        int_field(usage.get("input_tokens"), "usage.input_tokens"),
+        int_field(usage.get("output_tokens"), "usage.output_tokens"),
+        int_field(usage.get("total_tokens"), "usage.total_tokens"),
+        int_field(inp.get("cached_tokens"), "usage.cached_tokens"),
+        int_field(out.get("reasoning_tokens"), "usage.reasoning_tokens"),
     )
 
 
@@ -181,7 +292,8 @@ def failed_error(
 ) -> ProviderError:
     """The error for a ``response.failed`` / ``response.incomplete`` response (raw dict)."""
     if response.get("status") == "incomplete":
-        reason = (response.get("incomplete_details") or {}).get("reason") or "unknown"
+        details = response.get("incomplete_details") or {}
+        reason = str_field(details.get("reason"), "incomplete_details.reason") or "unknown"
         return provider_error(
             PROVIDER,
             f"response incomplete ({reason}); raise max_output_tokens or shorten the input",
@@ -190,7 +302,11 @@ def failed_error(
             secrets=secrets,
         )
     error = response.get("error") or {}
-    return error_event(error.get("message") or "response failed", error.get("code"), secrets)
+    return error_event(
+        str_field(error.get("message"), "error.message") or "response failed",
+        str_field(error.get("code"), "error.code"),
+        secrets,
+    )
 
 
 def error_event(
@@ -219,6 +335,22 @@ def background_point(checkpoint: Checkpoint) -> tuple[str, int] | None:
     return response_id, after
 
 
+def _index(value: Any) -> int:
+    """An ``output_index``: an int, or 0 when absent."""
+    if value is None:
+        return 0
+    if value.__class__ is not int:
+        raise bad_field("output_index", value)
+    return int(value)
+
+
+def _dict_of(value: Any, name: str) -> dict[str, Any]:
+    """The raw dict of an SDK model field (``{}`` when absent)."""
+    if value is None:
+        return {}
+    return dict(sdk_model(value, name).to_dict(warnings=False))
+
+
 class ResponsesStream:
     """Per-stream state: tool-call indexes by item id and the output items to keep.
 
@@ -231,9 +363,24 @@ class ResponsesStream:
     before the cut are not seen again, so output items the reply must keep are taken from the
     final response, and calls whose arguments were already (partly) delivered are not sent
     whole again.
+
+    ``sdk_event`` turns a raw event into the SDK's model of it (the fast path reads an
+    unusual event again that way); ``request`` is the stream's HTTP request, for the SDK
+    exception an ``error`` or ``response.failed`` event is reported with.
     """
 
-    __slots__ = ("_args", "_indexes", "_kept", "chunks", "cursor", "finished", "resumed", "secrets")
+    __slots__ = (
+        "_args",
+        "_indexes",
+        "_kept",
+        "chunks",
+        "cursor",
+        "finished",
+        "request",
+        "resumed",
+        "sdk_event",
+        "secrets",
+    )
 
     def __init__(
         self,
@@ -250,6 +397,8 @@ class ResponsesStream:
         self.cursor = cursor
         self.chunks = 0  # chunks yielded so far (counted only with a cursor)
         self.resumed = resumed is not None
+        self.sdk_event: Callable[[Any], Any] | None = None
+        self.request: httpx2.Request | None = None
         if resumed is not None:
             self._args = {
                 int(call.get("index") or 0) for call in resumed.tool_calls if call.get("arguments")
@@ -264,113 +413,183 @@ class ResponsesStream:
             self.chunks += len(out)
             cursor.at(self.chunks, getattr(event, "sequence_number", None))
         elif event.type in _STARTS:
-            cursor.started(event.response.id, getattr(event, "sequence_number", None))
+            response = event.response
+            response_id = getattr(response, "id", None) if response is not None else None
+            cursor.started(response_id, getattr(event, "sequence_number", None))
         return out
 
     def fast_at(self, data: Mapping[str, Any]) -> list[Chunk]:
         """:meth:`fast`, noting the stream's position in the cursor."""
-        out = self.fast(data)
+        out = self.fast(data)  # data is a dict once this returns
         cursor = self.cursor
         assert cursor is not None
         if out:
             self.chunks += len(out)
             cursor.at(self.chunks, data.get("sequence_number"))
         elif data.get("type") in _STARTS:
-            cursor.started((data.get("response") or {}).get("id"), data.get("sequence_number"))
+            response = data.get("response")
+            response_id = response.get("id") if isinstance(response, dict) else None
+            cursor.started(response_id, data.get("sequence_number"))
         return out
 
     def sdk(self, event: Any) -> list[Chunk]:
-        """Chunks for one SDK event object."""
+        """Chunks for one SDK event object; a malformed one raises ``ProviderError``."""
+        try:
+            return self._sdk(event)
+        except READ_ERRORS as exc:
+            raise malformed_event(PROVIDER, exc, secrets=self.secrets) from exc
+
+    def _sdk(self, raw: Any) -> list[Chunk]:
+        event = sdk_model(raw, "the event")
         kind = event.type
         if kind == "response.output_text.delta":
-            return [Chunk(ChunkKind.TEXT, event.delta)] if event.delta else []
+            delta = event.delta
+            return [Chunk(ChunkKind.TEXT, str_field(delta, "delta") or "")] if delta else []
         if kind in _THINKING_DELTAS:
-            if not event.delta:
+            delta = event.delta
+            if not delta:
                 return []
-            return [Chunk(ChunkKind.THINKING, event.delta, event.output_index)]
+            text = str_field(delta, "delta") or ""
+            return [Chunk(ChunkKind.THINKING, text, _index(event.output_index))]
         if kind == "response.function_call_arguments.delta":
-            return self._arguments(event.item_id, getattr(event, "output_index", None), event.delta)
+            return self._arguments(event.item_id, event.output_index, event.delta)
         if kind in ("response.output_item.added", "response.output_item.done"):
-            return self._item(kind, event.output_index, event.item.to_dict())
+            return self._item(kind, _index(event.output_index), _dict_of(event.item, "item"))
         if kind in ("response.completed", "response.failed", "response.incomplete"):
-            return self._end(kind, event.response.to_dict())
+            return self._end(kind, _dict_of(event.response, "response"))
         if kind == "error":
-            raise error_event(event.message, event.code, self.secrets)
+            self._error_event(event.message, event.code, event.to_dict(warnings=False))
         return []
 
-    def fast(self, data: Mapping[str, Any]) -> list[Chunk]:
-        """Chunks for one raw event dict (the ``wire="fast"`` twin of :meth:`sdk`)."""
-        kind = data.get("type")
-        if kind == "response.output_text.delta":
-            delta = data.get("delta")
-            return [Chunk(ChunkKind.TEXT, delta)] if delta else []
-        if kind in _THINKING_DELTAS:
-            delta = data.get("delta")
-            return (
-                [Chunk(ChunkKind.THINKING, delta, data.get("output_index") or 0)] if delta else []
-            )
-        if kind == "response.function_call_arguments.delta":
-            return self._arguments(data.get("item_id"), data.get("output_index"), data.get("delta"))
-        if kind in ("response.output_item.added", "response.output_item.done"):
-            return self._item(kind, data.get("output_index") or 0, data.get("item") or {})
-        if kind in ("response.completed", "response.failed", "response.incomplete"):
-            return self._end(kind, data.get("response") or {})
-        if kind == "error":
-            raise error_event(data.get("message") or "error", data.get("code"), self.secrets)
-        return []
+    def fast(self, data: Any) -> list[Chunk]:
+        """Chunks for one raw event dict (the ``wire="fast"`` twin of :meth:`sdk`).
+
+        Anything unusual in it makes it read the event again the SDK's way
+        (:attr:`sdk_event`, then :meth:`sdk`), so both wires agree on it.
+        """
+        try:
+            kind = data.get("type")
+            if kind == "response.output_text.delta":
+                delta = data.get("delta")
+                if not delta:
+                    return []
+                if delta.__class__ is not str:
+                    raise BadEvent
+                return [Chunk(ChunkKind.TEXT, delta)]
+            if kind in _THINKING_DELTAS:
+                delta = data.get("delta")
+                if not delta:
+                    return []
+                if delta.__class__ is not str:
+                    raise BadEvent
+                return [Chunk(ChunkKind.THINKING, delta, _index(data.get("output_index")))]
+            if kind == "response.function_call_arguments.delta":
+                return self._arguments(
+                    data.get("item_id"), data.get("output_index"), data.get("delta")
+                )
+            if kind in ("response.output_item.added", "response.output_item.done"):
+                item = data.get("item")
+                if item is None:
+                    item = {}
+                elif item.__class__ is not dict:
+                    raise BadEvent
+                return self._item(kind, _index(data.get("output_index")), item)
+            if kind in ("response.completed", "response.failed", "response.incomplete"):
+                response = data.get("response")
+                if response is None:
+                    response = {}
+                elif response.__class__ is not dict:
+                    raise BadEvent
+                return self._end(kind, response)
+            if kind == "error":
+                message, code = data.get("message"), data.get("code")
+                if message is not None and message.__class__ is not str:
+                    raise BadEvent
+                if code is not None and code.__class__ is not str:
+                    raise BadEvent
+                self._error_event(message, code, data)
+            return []
+        except READ_ERRORS as exc:
+            if self.sdk_event is None:
+                raise malformed_event(PROVIDER, exc, secrets=self.secrets) from exc
+            return self.sdk(self.sdk_event(data))
+
+    def _error_event(self, message: Any, code: Any, body: object) -> NoReturn:
+        text = str_field(message, "message") or "error"
+        error = error_event(text, str_field(code, "code"), self.secrets)
+        self._raise(error, text, body)
+
+    def _raise(self, error: ProviderError, message: str, body: object) -> NoReturn:
+        """Raise ``error`` from the SDK's ``APIError`` for the event, as the SDK raises an
+        ``{"error": ...}`` payload: a caller catching ``openai.APIError`` in the cause chain
+        sees every in-stream error, on both wires."""
+        if self.request is None:
+            raise error
+        raise error from openai.APIError(message, self.request, body=body)
 
     def _arguments(self, item_id: Any, output_index: Any, delta: Any) -> list[Chunk]:
-        index = self._indexes.get(item_id, output_index or 0)
+        str_field(item_id, "item_id")
+        index = (
+            self._indexes.get(item_id, _index(output_index)) if item_id else _index(output_index)
+        )
         if not delta:
             return []
+        text = str_field(delta, "delta") or ""
         self._args.add(index)
-        return [Chunk(ChunkKind.TOOL_CALL, delta, index)]
+        return [Chunk(ChunkKind.TOOL_CALL, text, index)]
 
     def _item(self, kind: str, index: int, item: Mapping[str, Any]) -> list[Chunk]:
         is_call = item.get("type") == "function_call"
         if kind == "response.output_item.added":
             if not is_call:
                 return []
-            if item.get("id"):
-                self._indexes[item["id"]] = index
-            arguments = item.get("arguments") or ""
+            item_id = str_field(item.get("id"), "item.id")
+            call_id = str_field(item.get("call_id"), "item.call_id")
+            name = str_field(item.get("name"), "item.name")
+            arguments = str_field(item.get("arguments"), "item.arguments") or ""
+            if item_id:
+                self._indexes[item_id] = index
             if arguments:
                 self._args.add(index)
-            return [
-                Chunk(ChunkKind.TOOL_CALL, arguments, index, item.get("call_id"), item.get("name"))
-            ]
+            return [Chunk(ChunkKind.TOOL_CALL, arguments, index, call_id, name)]
         kept = kept_item(item)
+        whole = str_field(item.get("arguments"), "item.arguments") if is_call else None
         if kept is not None:
             self._kept[index] = kept
         # Servers that send a call's arguments only whole, in the finished item.
-        if is_call and index not in self._args and item.get("arguments"):
+        if whole and index not in self._args:
             self._args.add(index)
-            return [Chunk(ChunkKind.TOOL_CALL, item["arguments"], index)]
+            return [Chunk(ChunkKind.TOOL_CALL, whole, index)]
         return []
 
     def _end(self, kind: str, response: Mapping[str, Any]) -> list[Chunk]:
-        status = response.get("status")
+        status = str_field(response.get("status"), "response.status")
         if kind == "response.incomplete" or status == "incomplete":
             raise failed_error({**response, "status": "incomplete"}, self.secrets)
         if kind == "response.failed" or status == "failed":
-            raise failed_error({**response, "status": "failed"}, self.secrets)
-        self.finished = True
+            error = failed_error({**response, "status": "failed"}, self.secrets)
+            message = (response.get("error") or {}).get("message") or "response failed"
+            self._raise(error, message, response.get("error"))
+        response_id = str_field(response.get("id"), "response.id")
+        usage = responses_usage(response["usage"]) if response.get("usage") else None
+        kept: dict[int, dict[str, Any]] = {}
         if self.resumed:
             for index, item in enumerate(response.get("output") or ()):
                 if index not in self._kept:
-                    kept = kept_item(item)
-                    if kept is not None:
-                        self._kept[index] = kept
+                    found = kept_item(item)
+                    if found is not None:
+                        kept[index] = found
+        self._kept.update(kept)
+        self.finished = True
         out: list[Chunk] = []
-        usage = usage_of_dict(response["usage"]) if response.get("usage") else None
         if usage is not None:
             out.append(Chunk(ChunkKind.USAGE, usage=usage))
         metadata = {OUTPUT_KEY: [self._kept[i] for i in sorted(self._kept)]} if self._kept else {}
         out.append(
             Chunk(
                 ChunkKind.DONE,
-                finish_reason=response.get("status"),
-                response_id=response.get("id"),
+                finish_reason=status,
+                response_id=response_id,
                 usage=usage,
                 metadata=metadata,
             )

@@ -6,6 +6,8 @@ Two wire paths give the same chunks (tests/test_wire_anthropic.py checks it): th
 ``json.loads`` and dict access, about 3.5x faster than the SDK's own iteration;
 ``wire="sdk"`` iterates the SDK's raw event stream (``messages.create(..., stream=True)``,
 one pydantic model per event). Non-streaming calls always use the SDK's ``Message``.
+On every path the history goes into the SDK's body already encoded, each record once
+(:mod:`._history`; the request side is :mod:`._anthropic_request`).
 
 Choices worth knowing:
 
@@ -23,17 +25,21 @@ Choices worth knowing:
   retryable ``ProviderError`` (``error_type="incomplete_stream"``) instead of passing for a
   complete reply. A ``max_tokens`` stop inside a tool_use block is a complete reply whose
   tool call has unterminated arguments (``ToolCall.error`` says so).
-- An in-stream ``error`` event (e.g. ``overloaded_error`` on HTTP 200) is classified by the
-  error body's ``type``; ``status_code`` is then ``None`` (the HTTP status was 200).
+- An in-stream ``error`` event (e.g. ``overloaded_error`` on HTTP 200) is raised on both
+  wires as the SDK raises it (its ``APIStatusError``, the ``ProviderError``'s ``__cause__``)
+  and classified by the error body's ``type``; ``status_code`` is then ``None`` (the HTTP
+  status was 200).
+- A malformed event (not UTF-8, not JSON, a field of the wrong type) ends the stream with a
+  ``ProviderError`` (``error_type`` ``invalid_utf8`` / ``invalid_json`` / ``invalid_event``)
+  on both wires, after the same chunks (see ``_common.malformed_event``).
 - DONE metadata: ``anthropic_stop_sequence`` when a stop sequence matched.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 from ._sdk import missing_sdk
 
@@ -42,20 +48,34 @@ try:
 except ImportError as exc:  # an optional extra: name it
     raise missing_sdk("anthropic", "anthropic", exc) from exc
 import httpx2
+from anthropic.types import RawMessageStreamEvent
 
 from ..chunks import Chunk, ChunkKind, Reply, Usage
 from ..errors import ProviderError
-from ..records import Record, RecordType
+from ._anthropic_request import (
+    AnthropicHistory,
+    build_messages,
+    encode_body,
+    sdk_kwargs,
+    splicing,
+)
 from ._common import (
+    READ_ERRORS,
+    BadEvent,
     Lazy,
     Wire,
+    bad_field,
     check_wire,
     incomplete_stream,
+    int_field,
     is_retryable_status,
+    malformed_event,
     provider_error,
+    str_field,
     transport_error,
 )
 from ._sse import SSEDecoder
+from ._stainless import HISTORY, AsyncSplicingClient, SplicingClient
 from .base import Request, reply_from_chunks
 
 __all__ = ["DEFAULT_MAX_TOKENS", "AnthropicModel", "build_messages"]
@@ -71,6 +91,7 @@ _RETRYABLE_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error
 _TEXT = ChunkKind.TEXT
 _THINKING = ChunkKind.THINKING
 _TOOL_CALL = ChunkKind.TOOL_CALL
+_C = TypeVar("_C", anthropic.Anthropic, anthropic.AsyncAnthropic)
 
 
 class AnthropicModel:
@@ -100,6 +121,7 @@ class AnthropicModel:
         self.model_name = model_name
         self.wire: Wire = check_wire(wire)
         self.params = dict(params)
+        self._history = AnthropicHistory()
         # The SDK's own retries are off: rxcontext retries itself (before the first chunk).
         self._client: Lazy[anthropic.Anthropic] = Lazy(
             lambda: anthropic.Anthropic(max_retries=0), client
@@ -116,6 +138,9 @@ class AnthropicModel:
     def request_body(self, request: Request) -> dict[str, Any]:
         """The keyword arguments of ``messages.create`` for ``request`` (without ``stream``)."""
         system, messages = build_messages(request.records)
+        return self._body(request, system, messages)
+
+    def _body(self, request: Request, system: str, messages: Any) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model_name,
             "max_tokens": DEFAULT_MAX_TOKENS,
@@ -129,21 +154,37 @@ class AnthropicModel:
         if request.tools:
             body["tools"] = [*body.get("tools", ()), *(t.to_anthropic() for t in request.tools)]
         body.update(request.options)
-        return _sdk_kwargs(body)
+        return sdk_kwargs(body)
+
+    def _prepared(self, client: _C, request: Request) -> tuple[_C, dict[str, Any]]:
+        """The client to call and the ``messages.create`` arguments for ``request``.
+
+        A plain client gets the history already encoded, spliced into the body by a stand-in
+        (see :mod:`._history`); others get :meth:`request_body`.
+        """
+        if not splicing(client):
+            return client, self.request_body(request)
+        system, history = self._history.encode(request.records)
+        spliced: Any
+        if isinstance(client, anthropic.AsyncAnthropic):
+            spliced = AsyncSplicingClient(client, "messages", history, encode_body)
+            spliced.messages = anthropic.resources.messages.AsyncMessages(spliced)
+        else:
+            spliced = SplicingClient(client, "messages", history, encode_body)
+            spliced.messages = anthropic.resources.messages.Messages(spliced)
+        return spliced, self._body(request, system, HISTORY)
 
     # -- streaming ---------------------------------------------------------------------
 
     def iter_chunks(self, request: Request) -> Iterator[Chunk]:
         """Stream ``request`` with the sync client; closing the generator closes the stream."""
-        client = self._client.get()
-        body = self.request_body(request)
+        client, body = self._prepared(self._client.get(), request)
         chunks = _fast_chunks(client, body) if self.wire == "fast" else _sdk_chunks(client, body)
         return _guard(chunks, _secrets(client))
 
     def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
         """The asyncio twin of :meth:`iter_chunks`."""
-        client = self._async_client.get()
-        body = self.request_body(request)
+        client, body = self._prepared(self._async_client.get(), request)
         if self.wire == "fast":
             return _aguard(_afast_chunks(client, body), _secrets(client))
         return _aguard(_asdk_chunks(client, body), _secrets(client))
@@ -152,112 +193,21 @@ class AnthropicModel:
 
     def complete(self, request: Request) -> Reply:
         """One non-streaming ``messages.create`` call, reduced like a stream."""
-        client = self._client.get()
+        client, body = self._prepared(self._client.get(), request)
         try:
-            message = client.messages.create(**self.request_body(request))
+            message = client.messages.create(**body)
         except Exception as exc:
             raise _classify(exc, _secrets(client)) from exc
         return reply_from_chunks(_message_chunks(message))
 
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
-        client = self._async_client.get()
+        client, body = self._prepared(self._async_client.get(), request)
         try:
-            message = await client.messages.create(**self.request_body(request))
+            message = await client.messages.create(**body)
         except Exception as exc:
             raise _classify(exc, _secrets(client)) from exc
         return reply_from_chunks(_message_chunks(message))
-
-
-# -- records → request ------------------------------------------------------------------
-
-
-def build_messages(records: Iterable[Record]) -> tuple[str, list[dict[str, Any]]]:
-    """The ``system`` text and ``messages`` for ``records``.
-
-    A MODEL_RESP becomes its thinking blocks (from ``metadata["thinking_blocks"]``,
-    unchanged and in order), then its text (if any); the TOOL_CALLs after it add
-    ``tool_use`` blocks to the same assistant turn. TOOL_OUTPUTs become ``tool_result``
-    blocks of a user turn. Consecutive turns of one role are merged, as the API requires.
-    """
-    system: list[str] = []
-    messages: list[dict[str, Any]] = []
-
-    def add(role: str, blocks: list[dict[str, Any]]) -> None:
-        if not blocks:
-            return
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"].extend(blocks)
-        else:
-            messages.append({"role": role, "content": blocks})
-
-    for record in records:
-        kind = record.type
-        if kind is RecordType.SYSTEM_PROMPT:
-            if record.content:
-                system.append(record.content)
-        elif kind is RecordType.PROMPT:
-            if record.content:
-                add("user", [{"type": "text", "text": record.content}])
-        elif kind is RecordType.MODEL_RESP:
-            blocks = _thinking_blocks(record.metadata)
-            if record.content:
-                blocks.append({"type": "text", "text": record.content})
-            add("assistant", blocks)
-        elif kind is RecordType.TOOL_CALL:
-            block = {
-                "type": "tool_use",
-                "id": record.tool_call_id,
-                "name": record.tool_name,
-                "input": _tool_input(record.content),
-            }
-            add("assistant", [block])
-        elif kind is RecordType.TOOL_OUTPUT:
-            result = {
-                "type": "tool_result",
-                "tool_use_id": record.tool_call_id,
-                "content": record.content,
-            }
-            add("user", [result])
-    return "\n\n".join(system), messages
-
-
-def _sdk_kwargs(body: dict[str, Any]) -> dict[str, Any]:
-    """Move what ``messages.create`` has no keyword for (``temperature``, ``top_p``... in
-    this SDK) into ``extra_body``, which the SDK merges into the JSON it sends."""
-    global _CREATE_KEYWORDS
-    if _CREATE_KEYWORDS is None:
-        _CREATE_KEYWORDS = frozenset(
-            inspect.signature(anthropic.resources.messages.Messages.create).parameters
-        ) - {"self"}
-    extra = {k: body.pop(k) for k in [k for k in body if k not in _CREATE_KEYWORDS]}
-    if extra:
-        body["extra_body"] = {**extra, **(body.get("extra_body") or {})}
-    return body
-
-
-_CREATE_KEYWORDS: frozenset[str] | None = None
-
-
-def _thinking_blocks(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
-    blocks = metadata.get("thinking_blocks") or ()
-    return [
-        dict(b)
-        for b in blocks
-        if isinstance(b, Mapping) and b.get("type") in ("thinking", "redacted_thinking")
-    ]
-
-
-def _tool_input(raw: str) -> Any:
-    # A call whose arguments were cut (max_tokens) cannot be sent back as written; the
-    # API needs an object, so it goes back empty.
-    if not raw.strip():
-        return {}
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -276,6 +226,8 @@ def _error_from_body(
     """Classify an error response (``status`` >= 400) or an in-stream error event (200)."""
     error = body.get("error") if isinstance(body, Mapping) else None
     error_type = error.get("type") if isinstance(error, Mapping) else None
+    if not isinstance(error_type, str):
+        error_type = None
     detail = error.get("message") if isinstance(error, Mapping) else None
     detail = str(detail or body or "no details")
     label = str(error_type or "error")
@@ -326,14 +278,9 @@ def _classify(exc: BaseException, secrets: tuple[str | None, ...]) -> BaseExcept
         return provider_error(
             PROVIDER, f"api_error: {exc}", error_type="api_error", retryable=False, secrets=secrets
         )
-    if isinstance(exc, json.JSONDecodeError):
-        return provider_error(
-            PROVIDER,
-            f"a stream event is not valid JSON: {exc}",
-            error_type="invalid_json",
-            retryable=False,
-            secrets=secrets,
-        )
+    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+        # Raised by the SDK's stream (wire="sdk") or by our decoder (wire="fast") alike.
+        return malformed_event(PROVIDER, exc, secrets=secrets)
     err = transport_error(exc, PROVIDER)
     return exc if err is None else err
 
@@ -388,7 +335,7 @@ class _Turn:
 
     def __init__(self, secrets: tuple[str | None, ...] = ()) -> None:
         self.secrets = secrets
-        self.blocks: dict[int, str] = {}
+        self.blocks: dict[int, Any] = {}  # block type by index, as sent
         self.response_id: str | None = None
         self.stop_reason: str | None = None
         self.stop_sequence: str | None = None
@@ -406,7 +353,15 @@ class _Turn:
         cache_read: int | None,
         thinking: int | None,
     ) -> Chunk:
-        """Take the cumulative counts given (None keeps the earlier one); a USAGE chunk."""
+        """Take the cumulative counts given (None keeps the earlier one); a USAGE chunk.
+
+        A count that is not an int raises before anything is taken.
+        """
+        int_field(input_tokens, "usage.input_tokens")
+        int_field(output_tokens, "usage.output_tokens")
+        int_field(cache_write, "usage.cache_creation_input_tokens")
+        int_field(cache_read, "usage.cache_read_input_tokens")
+        int_field(thinking, "usage.output_tokens_details.thinking_tokens")
         if input_tokens is not None:
             self.input = input_tokens
         if output_tokens is not None:
@@ -448,7 +403,7 @@ class _Turn:
 def _sdk_chunks(client: anthropic.Anthropic, body: dict[str, Any]) -> Iterator[Chunk]:
     stream = client.messages.create(**body, stream=True)
     try:
-        turn = _Turn()
+        turn = _Turn(_secrets(client))
         for event in stream:
             yield from _sdk_event(turn, event)
         yield turn.done()
@@ -461,7 +416,7 @@ async def _asdk_chunks(
 ) -> AsyncGenerator[Chunk, None]:
     stream = await client.messages.create(**body, stream=True)
     try:
-        turn = _Turn()
+        turn = _Turn(_secrets(client))
         async for event in stream:
             for chunk in _sdk_event(turn, event):
                 yield chunk
@@ -470,58 +425,114 @@ async def _asdk_chunks(
         await stream.close()
 
 
+def _model(value: Any, name: str) -> Any:
+    """``value`` if it is one of the SDK's models; the SDK keeps a value it cannot build one
+    from (a string, a number) as it came, and that is a malformed event."""
+    if isinstance(value, anthropic.BaseModel):
+        return value
+    raise bad_field(name, value)
+
+
+def _index(value: Any) -> int:
+    if value.__class__ is not int:
+        raise bad_field("index", value)
+    return int(value)
+
+
 def _sdk_usage(turn: _Turn, usage: Any) -> Chunk:
+    if usage is None:
+        return turn.count(None, None, None, None, None)
+    _model(usage, "usage")
     details = getattr(usage, "output_tokens_details", None)
+    if details is not None:
+        _model(details, "usage.output_tokens_details")
     return turn.count(
-        usage.input_tokens,
-        usage.output_tokens,
-        usage.cache_creation_input_tokens,
-        usage.cache_read_input_tokens,
+        getattr(usage, "input_tokens", None),
+        getattr(usage, "output_tokens", None),
+        getattr(usage, "cache_creation_input_tokens", None),
+        getattr(usage, "cache_read_input_tokens", None),
         getattr(details, "thinking_tokens", None),
     )
 
 
 def _sdk_event(turn: _Turn, event: Any) -> list[Chunk]:
-    kind = event.type
+    """The chunks of one SDK event; a malformed one raises ``ProviderError``."""
+    try:
+        return _sdk_read(turn, event)
+    except READ_ERRORS as exc:
+        raise malformed_event(PROVIDER, exc, secrets=turn.secrets) from exc
+
+
+def _sdk_read(turn: _Turn, event: Any) -> list[Chunk]:
+    kind = _model(event, "the event").type
     if kind == "content_block_delta":
-        delta = event.delta
-        index = event.index
+        delta = _model(event.delta, "delta")
+        index = _index(event.index)
         dtype = delta.type
         if dtype == "text_delta":
-            return [Chunk(_TEXT, delta.text, index)] if delta.text else []
+            text = str_field(delta.text, "delta.text")
+            return [Chunk(_TEXT, text, index)] if text else []
         if dtype == "input_json_delta":
-            if delta.partial_json and turn.blocks.get(index) == "tool_use":
-                return [Chunk(_TOOL_CALL, delta.partial_json, index)]
+            piece = str_field(delta.partial_json, "delta.partial_json")
+            if piece and turn.blocks.get(index) == "tool_use":
+                return [Chunk(_TOOL_CALL, piece, index)]
             return []
         if dtype == "thinking_delta":
-            return [Chunk(_THINKING, delta.thinking, index)] if delta.thinking else []
-        if dtype == "signature_delta" and delta.signature:
-            return [Chunk(_THINKING, "", index, metadata={"signature": delta.signature})]
+            text = str_field(delta.thinking, "delta.thinking")
+            return [Chunk(_THINKING, text, index)] if text else []
+        if dtype == "signature_delta":
+            sig = str_field(delta.signature, "delta.signature")
+            if sig:
+                return [Chunk(_THINKING, "", index, metadata={"signature": sig})]
         return []
     if kind == "content_block_start":
-        block = event.content_block
-        index = event.index
+        block = _model(event.content_block, "content_block")
+        index = _index(event.index)
         btype = block.type
-        turn.blocks[index] = btype
         if btype == "text":
-            return [Chunk(_TEXT, block.text, index)] if block.text else []
+            text = str_field(block.text, "content_block.text")
+            turn.blocks[index] = btype
+            return [Chunk(_TEXT, text, index)] if text else []
         if btype == "tool_use":
-            return [Chunk(_TOOL_CALL, "", index, id=block.id, name=block.name)]
+            call_id = str_field(block.id, "content_block.id")
+            name = str_field(block.name, "content_block.name")
+            if call_id is None or name is None:
+                raise bad_field("a tool_use block's id and name", (call_id, name))
+            turn.blocks[index] = btype
+            return [Chunk(_TOOL_CALL, "", index, id=call_id, name=name)]
         if btype == "thinking":
-            out = [Chunk(_THINKING, block.thinking, index)] if block.thinking else []
-            if block.signature:
-                out.append(Chunk(_THINKING, "", index, metadata={"signature": block.signature}))
+            text = str_field(block.thinking, "content_block.thinking")
+            sig = str_field(block.signature, "content_block.signature")
+            turn.blocks[index] = btype
+            out = [Chunk(_THINKING, text, index)] if text else []
+            if sig:
+                out.append(Chunk(_THINKING, "", index, metadata={"signature": sig}))
             return out
         if btype == "redacted_thinking":
-            return [Chunk(_THINKING, "", index, metadata={"redacted": block.data})]
+            data = str_field(block.data, "content_block.data")
+            if data is None:
+                raise bad_field("content_block.data", data)
+            turn.blocks[index] = btype
+            return [Chunk(_THINKING, "", index, metadata={"redacted": data})]
+        turn.blocks[index] = btype
         return []
     if kind == "message_delta":
-        turn.stop_reason = event.delta.stop_reason
-        turn.stop_sequence = event.delta.stop_sequence
-        return [_sdk_usage(turn, event.usage)]
+        delta = event.delta
+        stop_reason = stop_sequence = None
+        if delta is not None:
+            _model(delta, "delta")
+            stop_reason = str_field(delta.stop_reason, "delta.stop_reason")
+            stop_sequence = str_field(delta.stop_sequence, "delta.stop_sequence")
+        usage = _sdk_usage(turn, event.usage)
+        turn.stop_reason = stop_reason
+        turn.stop_sequence = stop_sequence
+        return [usage]
     if kind == "message_start":
-        turn.response_id = event.message.id
-        return [_sdk_usage(turn, event.message.usage)]
+        message = _model(event.message, "message")
+        response_id = str_field(message.id, "message.id")
+        usage = _sdk_usage(turn, message.usage)
+        turn.response_id = response_id
+        return [usage]
     return []
 
 
@@ -532,14 +543,15 @@ def _fast_chunks(client: anthropic.Anthropic, body: dict[str, Any]) -> Iterator[
     # The SDK builds, authenticates and sends the request and raises HTTP errors on entry.
     with client.messages.with_streaming_response.create(**body, stream=True) as response:
         http = response.http_response
-        decoder = SSEDecoder()
-        turn = _Turn(_secrets(client))
+        decoder = SSEDecoder("anthropic")
+        reader = _FastReader(client, http, _Turn(_secrets(client)))
+        read = reader.read
         for data in http.iter_bytes():
             for event, payload in decoder.feed(data):
-                yield from _wire_event(turn, event, payload, http)
+                yield from read(event, payload)
         for event, payload in decoder.flush():
-            yield from _wire_event(turn, event, payload, http)
-        yield turn.done()
+            yield from read(event, payload)
+        yield reader.turn.done()
 
 
 async def _afast_chunks(
@@ -547,20 +559,25 @@ async def _afast_chunks(
 ) -> AsyncGenerator[Chunk, None]:
     async with client.messages.with_streaming_response.create(**body, stream=True) as response:
         http = response.http_response
-        decoder = SSEDecoder()
-        turn = _Turn(_secrets(client))
+        decoder = SSEDecoder("anthropic")
+        reader = _FastReader(client, http, _Turn(_secrets(client)))
+        read = reader.read
         async for data in http.aiter_bytes():
             for event, payload in decoder.feed(data):
-                for chunk in _wire_event(turn, event, payload, http):
+                for chunk in read(event, payload):
                     yield chunk
         for event, payload in decoder.flush():
-            for chunk in _wire_event(turn, event, payload, http):
+            for chunk in read(event, payload):
                 yield chunk
-        yield turn.done()
+        yield reader.turn.done()
 
 
-def _wire_usage(turn: _Turn, usage: Mapping[str, Any]) -> Chunk:
+def _wire_usage(turn: _Turn, usage: Any) -> Chunk:
+    if usage.__class__ is not dict:
+        raise BadEvent
     details = usage.get("output_tokens_details")
+    if details is not None and details.__class__ is not dict:
+        raise BadEvent
     return turn.count(
         usage.get("input_tokens"),
         usage.get("output_tokens"),
@@ -570,77 +587,161 @@ def _wire_usage(turn: _Turn, usage: Mapping[str, Any]) -> Chunk:
     )
 
 
-def _wire_event(
-    turn: _Turn, event: str | None, payload: str, http: httpx2.Response
-) -> Sequence[Chunk]:
-    # The same filtering as the SDK's Stream: unnamed events and pings are skipped, an
-    # `error` event raises, an empty data line is skipped, the rest go by their JSON type.
-    if event is None or event == "ping":
-        return ()
-    if event == "error":
-        try:
-            body: object = json.loads(payload)
-        except ValueError:
-            body = payload or None
-        raise _error_from_body(http.status_code, body, http.headers, turn.secrets)
-    if not payload:
-        return ()
-    data = json.loads(payload)
-    kind = data.get("type")
-    if kind == "content_block_delta":
-        delta = data["delta"]
-        index = data["index"]
-        dtype = delta.get("type")
-        if dtype == "text_delta":
-            text = delta["text"]
-            return (Chunk(_TEXT, text, index),) if text else ()
-        if dtype == "input_json_delta":
-            piece = delta["partial_json"]
-            if piece and turn.blocks.get(index) == "tool_use":
-                return (Chunk(_TOOL_CALL, piece, index),)
+class _FastReader:
+    """``wire="fast"``: SSE events straight to chunks, with the SDK's Stream's filtering.
+
+    An event that is not what :meth:`read` expects is read again the SDK's way (the SDK's
+    model of it, then :func:`_sdk_event`), so a malformed event ends both wires alike.
+    """
+
+    __slots__ = ("client", "http", "turn")
+
+    def __init__(
+        self,
+        client: anthropic.Anthropic | anthropic.AsyncAnthropic,
+        http: httpx2.Response,
+        turn: _Turn,
+    ) -> None:
+        self.client = client
+        self.http = http
+        self.turn = turn
+
+    def read(self, event: str | None, payload: str) -> Sequence[Chunk]:
+        """The chunks of one SSE event (as the SDK's ``Stream.__stream__`` filters them)."""
+        if not event or event == "ping":  # the SDK's events are named; "" counts as none
             return ()
-        if dtype == "thinking_delta":
-            text = delta["thinking"]
-            return (Chunk(_THINKING, text, index),) if text else ()
-        if dtype == "signature_delta":
-            sig = delta["signature"]
-            if sig:
-                return (Chunk(_THINKING, "", index, metadata={"signature": sig}),)
+        if event == "error":
+            self._raise_error(payload)
+        if not payload:
+            return ()
+        data = json.loads(payload)
+        try:
+            if data.get("type") != "content_block_delta":
+                return self._other(data)
+            delta = data["delta"]
+            index = data["index"]
+            dtype = delta.get("type")
+            if dtype == "text_delta":
+                text = delta["text"]
+                if text.__class__ is not str or index.__class__ is not int:
+                    raise BadEvent
+                return (Chunk(_TEXT, text, index),) if text else ()
+            if index.__class__ is not int:
+                raise BadEvent
+            if dtype == "input_json_delta":
+                piece = delta["partial_json"]
+                if piece.__class__ is not str:
+                    raise BadEvent
+                if piece and self.turn.blocks.get(index) == "tool_use":
+                    return (Chunk(_TOOL_CALL, piece, index),)
+                return ()
+            if dtype == "thinking_delta":
+                text = delta["thinking"]
+                if text.__class__ is not str:
+                    raise BadEvent
+                return (Chunk(_THINKING, text, index),) if text else ()
+            if dtype == "signature_delta":
+                sig = delta["signature"]
+                if sig.__class__ is not str:
+                    raise BadEvent
+                if sig:
+                    return (Chunk(_THINKING, "", index, metadata={"signature": sig}),)
+            return ()
+        except READ_ERRORS:
+            cast_to: Any = RawMessageStreamEvent
+            model: Any = self.client._process_response_data(
+                data=data, cast_to=cast_to, response=self.http
+            )
+            return _sdk_event(self.turn, model)
+
+    def _other(self, data: Any) -> Sequence[Chunk]:
+        """:meth:`read` for the events other than deltas (raises on what it does not expect)."""
+        turn = self.turn
+        kind = data.get("type")
+        if kind == "content_block_start":
+            block = data["content_block"]
+            index = data["index"]
+            if index.__class__ is not int or block.__class__ is not dict:
+                raise BadEvent
+            btype = block.get("type")
+            if btype == "text":
+                text = block["text"]
+                if text.__class__ is not str:
+                    raise BadEvent
+                turn.blocks[index] = btype
+                return (Chunk(_TEXT, text, index),) if text else ()
+            if btype == "tool_use":
+                call_id, name = block["id"], block["name"]
+                if call_id.__class__ is not str or name.__class__ is not str:
+                    raise BadEvent
+                turn.blocks[index] = btype
+                return (Chunk(_TOOL_CALL, "", index, id=call_id, name=name),)
+            if btype == "thinking":
+                text, sig = block["thinking"], block["signature"]
+                if text.__class__ is not str or sig.__class__ is not str:
+                    raise BadEvent
+                turn.blocks[index] = btype
+                out = [Chunk(_THINKING, text, index)] if text else []
+                if sig:
+                    out.append(Chunk(_THINKING, "", index, metadata={"signature": sig}))
+                return out
+            if btype == "redacted_thinking":
+                redacted = block["data"]
+                if redacted.__class__ is not str:
+                    raise BadEvent
+                turn.blocks[index] = btype
+                return (Chunk(_THINKING, "", index, metadata={"redacted": redacted}),)
+            turn.blocks[index] = btype
+            return ()
+        if kind == "message_delta":
+            delta = data.get("delta")
+            if delta is None:
+                delta = {}
+            elif delta.__class__ is not dict:
+                raise BadEvent
+            stop_reason, stop_sequence = delta.get("stop_reason"), delta.get("stop_sequence")
+            if stop_reason is not None and stop_reason.__class__ is not str:
+                raise BadEvent
+            if stop_sequence is not None and stop_sequence.__class__ is not str:
+                raise BadEvent
+            usage = data.get("usage")
+            chunk = _wire_usage(turn, {} if usage is None else usage)
+            turn.stop_reason = stop_reason
+            turn.stop_sequence = stop_sequence
+            return (chunk,)
+        if kind == "message_start":
+            message = data["message"]
+            response_id = message.get("id")
+            if response_id is not None and response_id.__class__ is not str:
+                raise BadEvent
+            usage = message.get("usage")
+            chunk = _wire_usage(turn, {} if usage is None else usage)
+            turn.response_id = response_id
+            return (chunk,)
         return ()
-    if kind == "content_block_start":
-        block = data["content_block"]
-        index = data["index"]
-        btype = block.get("type")
-        turn.blocks[index] = btype
-        if btype == "text":
-            text = block.get("text")
-            return (Chunk(_TEXT, text, index),) if text else ()
-        if btype == "tool_use":
-            return (Chunk(_TOOL_CALL, "", index, id=block["id"], name=block["name"]),)
-        if btype == "thinking":
-            out = [Chunk(_THINKING, block["thinking"], index)] if block.get("thinking") else []
-            if block.get("signature"):
-                out.append(Chunk(_THINKING, "", index, metadata={"signature": block["signature"]}))
-            return out
-        if btype == "redacted_thinking":
-            return (Chunk(_THINKING, "", index, metadata={"redacted": block["data"]}),)
-        return ()
-    if kind == "message_delta":
-        delta = data.get("delta") or {}
-        turn.stop_reason = delta.get("stop_reason")
-        turn.stop_sequence = delta.get("stop_sequence")
-        return (_wire_usage(turn, data.get("usage") or {}),)
-    if kind == "message_start":
-        message = data["message"]
-        turn.response_id = message.get("id")
-        return (_wire_usage(turn, message.get("usage") or {}),)
-    return ()
+
+    def _raise_error(self, payload: str) -> None:
+        """Raise an ``error`` event's exception exactly as the SDK's stream builds it."""
+        body: object = payload
+        try:
+            body = json.loads(payload)
+            message = f"{body}"
+        except Exception:
+            message = payload or f"Error code: {self.http.status_code}"
+        raise self.client._make_status_error(message, body=body, response=self.http)
 
 
 # -- non-streaming: a Message as the chunks a stream of it would give ----------------------
 
 
-def _message_chunks(message: anthropic.types.Message) -> Iterator[Chunk]:
+def _message_chunks(message: anthropic.types.Message) -> list[Chunk]:
+    try:
+        return list(_message_read(message))
+    except READ_ERRORS as exc:
+        raise malformed_event(PROVIDER, exc) from exc
+
+
+def _message_read(message: anthropic.types.Message) -> Iterator[Chunk]:
     turn = _Turn()
     turn.response_id = message.id
     turn.stop_reason = message.stop_reason

@@ -6,8 +6,16 @@ iterates the SDK's ``models.generate_content_stream`` (one pydantic
 the SDK build, authenticate, send and status-check the request (its private
 ``_api_client`` machinery: the calls ``generate_content_stream`` makes, pinned to
 google-genai 3.x) but decodes the SSE frames itself with ``json.loads`` and dict access.
-The one framing difference: SSE comment lines, which Gemini does not send, are skipped by
-the fast path and make the SDK fail.
+The framing is the SDK's, not plain SSE (lines other than ``data: `` are raw JSON to it, so
+an SSE comment, which Gemini does not send, fails both paths alike; see ``_sse.Like``). The
+one difference: the SDK validates every field of every event (pydantic), the fast path only
+the fields it reads, so a wrong-typed field that is not read (``modelVersion``, a second
+candidate...) fails the SDK path only. A field it reads that
+is not what it expects (a value of the wrong type, a non-object event) makes the fast path
+read that event the SDK's way (its conversion and model), so both paths give the same
+chunks or the same error for it, and coerce alike (``"5"`` for a count is 5 on both).
+On both, the history goes into the SDK's body already encoded, each record once
+(:mod:`._history`; the request side is :mod:`._gemini_request`).
 
 Choices worth knowing:
 
@@ -36,8 +44,16 @@ Choices worth knowing:
 - A chunk with no candidates and ``promptFeedback.blockReason`` is a blocked prompt:
   ``ProviderError(error_type="prompt_blocked:<REASON>")``, not retryable.
 - An ``{"error": ...}`` payload inside a 200 stream: the SDK raises ``ClientError`` /
-  ``ServerError`` by its ``code``; it is classified like an HTTP error of that status (one
-  without a ``code`` makes the SDK fail with a TypeError: ``error_type="invalid_response"``).
+  ``ServerError`` by its ``code`` (so does the fast path, with the same arguments: the
+  ``ProviderError``'s ``__cause__`` is the same on both); it is classified like an HTTP error
+  of that status (one without a ``code`` makes the SDK fail with a TypeError:
+  ``error_type="invalid_event"``).
+- Malformed events end the stream with a ``ProviderError`` on both paths, after the same
+  chunks: ``invalid_json``, ``invalid_event`` (an event of the wrong shape, and an event
+  with nothing the API sends: ``[]``, ``"text"``, ``null``, ``{}``, which the SDK would
+  otherwise pass as an empty response and the reply be stored as complete without it).
+  Bytes that are not UTF-8 become U+FFFD on both, as the SDK decodes them (with aiohttp as
+  its async transport the SDK decodes strictly instead; the fast path does not follow it).
 - Cancellation: the SDK's async stream leaves its HTTP response open when closed early, so
   the sdk path finds that response and closes it (see ``_open_responses``).
 - Requests: tool outputs go back as ``functionResponse.response = {"output": <text>}``
@@ -49,13 +65,12 @@ Choices worth knowing:
 from __future__ import annotations
 
 import base64
-import binascii
 import gc
 import hashlib
 import json
 import types as pytypes
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import httpx2
@@ -74,15 +89,29 @@ except ImportError as exc:  # an optional extra: name it
 
 from ..chunks import Chunk, ChunkKind, Reply, Usage
 from ..errors import ProviderError
-from ..records import Record, RecordType
+from ..records import RecordType
 from ._common import (
+    READ_ERRORS,
+    BadEvent,
     Lazy,
     Wire,
+    bad_field,
     check_wire,
     incomplete_stream,
     is_retryable_status,
+    malformed_event,
     provider_error,
     transport_error,
+)
+from ._gemini_request import (
+    PLACEHOLDER,
+    REPLY_SIGNATURE,
+    SIGNATURE,
+    SYNTHETIC,
+    GeminiHistory,
+    build_contents,
+    spliced_client,
+    splicing,
 )
 from ._sse import SSEDecoder
 from .base import Request, reply_from_chunks
@@ -95,14 +124,15 @@ PROVIDER = "gemini"
 # google.rpc status names that may succeed when the same request is sent again.
 _RETRYABLE_STATUS = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"})
 
-_SIGNATURE = "thought_signature"
-_REPLY_SIGNATURE = "gemini_thought_signature"
-_SYNTHETIC = "gemini_synthetic_id"
+_SIGNATURE = SIGNATURE
+_REPLY_SIGNATURE = REPLY_SIGNATURE
+_SYNTHETIC = SYNTHETIC
 
 _TEXT = ChunkKind.TEXT
 _THINKING = ChunkKind.THINKING
 _TOOL_CALL = ChunkKind.TOOL_CALL
 _USAGE = ChunkKind.USAGE
+_C = TypeVar("_C", genai.Client, genai.client.AsyncClient)
 
 
 class GeminiModel:
@@ -134,6 +164,7 @@ class GeminiModel:
         self.model_name = model_name
         self.wire: Wire = check_wire(wire)
         self.params = dict(params)
+        self._history = GeminiHistory()
         self._client: Lazy[genai.Client] = Lazy(_env_client, client)
         aio: genai.client.AsyncClient | None = None
         if isinstance(async_client, genai.Client):
@@ -151,12 +182,15 @@ class GeminiModel:
 
     def request_config(self, request: Request) -> types.GenerateContentConfig:
         """The ``GenerateContentConfig`` for ``request``."""
+        system = [r.content for r in request.records if r.type is RecordType.SYSTEM_PROMPT]
+        return self._config(request, system)
+
+    def _config(self, request: Request, system: list[str]) -> types.GenerateContentConfig:
         config: dict[str, Any] = dict(self.params)
         if "max_tokens" in config:
             config["max_output_tokens"] = config.pop("max_tokens")
         if request.max_output_tokens is not None:
             config["max_output_tokens"] = request.max_output_tokens
-        system = [r.content for r in request.records if r.type is RecordType.SYSTEM_PROMPT]
         if any(system):
             config["system_instruction"] = "\n\n".join(s for s in system if s)
         if request.tools:
@@ -167,13 +201,26 @@ class GeminiModel:
         config.setdefault("automatic_continuation", False)
         return types.GenerateContentConfig(**config)
 
+    def _prepared(
+        self, client: _C, request: Request
+    ) -> tuple[_C, list[types.Content], types.GenerateContentConfig]:
+        """The client to call, the ``contents`` and the config for ``request``.
+
+        A Gemini API client gets the history already encoded: a stand-in sends it in place
+        of :data:`PLACEHOLDER` (see :mod:`._history`); Vertex AI clients get SDK types.
+        """
+        if splicing(client):
+            system, history = self._history.encode(request.records)
+            if history:  # (no contents: the SDK's own call says they are required)
+                config = self._config(request, system)
+                return spliced_client(client, history), PLACEHOLDER, config
+        return client, build_contents(request.records), self.request_config(request)
+
     # -- streaming ---------------------------------------------------------------------
 
     def iter_chunks(self, request: Request) -> Iterator[Chunk]:
         """Stream ``request`` with the sync client; closing the generator closes the stream."""
-        client = self._client.get()
-        contents = build_contents(request.records)
-        config = self.request_config(request)
+        client, contents, config = self._prepared(self._client.get(), request)
         if self.wire == "fast":
             chunks = _fast_chunks(client, self.model_name, contents, config)
         else:
@@ -182,9 +229,7 @@ class GeminiModel:
 
     def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
         """The asyncio twin of :meth:`iter_chunks` (``aclose()`` closes the stream)."""
-        client = self._async_client.get()
-        contents = build_contents(request.records)
-        config = self.request_config(request)
+        client, contents, config = self._prepared(self._async_client.get(), request)
         if self.wire == "fast":
             chunks = _afast_chunks(client, self.model_name, contents, config)
         else:
@@ -195,9 +240,7 @@ class GeminiModel:
 
     def complete(self, request: Request) -> Reply:
         """One non-streaming ``generate_content`` call, reduced like a stream."""
-        client = self._client.get()
-        contents = build_contents(request.records)
-        config = self.request_config(request)
+        client, contents, config = self._prepared(self._client.get(), request)
         try:
             response = client.models.generate_content(
                 model=self.model_name, contents=contents, config=config
@@ -208,9 +251,7 @@ class GeminiModel:
 
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
-        client = self._async_client.get()
-        contents = build_contents(request.records)
-        config = self.request_config(request)
+        client, contents, config = self._prepared(self._async_client.get(), request)
         try:
             response = await client.models.generate_content(
                 model=self.model_name, contents=contents, config=config
@@ -230,110 +271,6 @@ def _env_client() -> genai.Client:
             provider=PROVIDER,
             error_type="configuration",
         ) from exc
-
-
-# -- records → request ------------------------------------------------------------------
-
-
-def build_contents(records: Iterable[Record]) -> list[types.Content]:
-    """The ``contents`` for ``records`` (system prompts go to the config, not here).
-
-    A MODEL_RESP and the TOOL_CALLs after it make one ``model`` content: its text part
-    (carrying the reply's thought signature, if any), then one ``function_call`` part per
-    call with the call's thought signature. Consecutive TOOL_OUTPUTs make one ``user``
-    content of ``function_response`` parts. Adjacent turns of one role are merged.
-    Other providers' metadata is ignored.
-    """
-    contents: list[types.Content] = []
-    # The model turn being built: a MODEL_RESP is followed by its TOOL_CALLs.
-    model_parts: list[types.Part] | None = None
-    outputs: list[types.Part] | None = None
-    # Ids we generated are not sent: Gemini did not choose them (see _Turn.call).
-    synthetic_ids: set[str | None] = set()
-
-    def flush() -> None:
-        nonlocal model_parts, outputs
-        if model_parts:
-            contents.append(types.Content(role="model", parts=model_parts))
-        if outputs:
-            contents.append(types.Content(role="user", parts=outputs))
-        model_parts = outputs = None
-
-    for record in records:
-        kind = record.type
-        if kind is RecordType.MODEL_RESP:
-            flush()
-            model_parts = []
-            signature = _signature_bytes(record.metadata.get(_REPLY_SIGNATURE))
-            if record.content or signature is not None:
-                model_parts.append(types.Part(text=record.content, thought_signature=signature))
-        elif kind is RecordType.TOOL_CALL:
-            if model_parts is None:
-                flush()
-                model_parts = []
-            synthetic = bool(record.metadata.get(_SYNTHETIC))
-            if synthetic:
-                synthetic_ids.add(record.tool_call_id)
-            call = types.FunctionCall(
-                id=None if synthetic else record.tool_call_id,
-                name=record.tool_name,
-                args=_arguments(record.content),
-            )
-            signature = _signature_bytes(record.metadata.get(_SIGNATURE))
-            model_parts.append(types.Part(function_call=call, thought_signature=signature))
-        elif kind is RecordType.TOOL_OUTPUT:
-            if outputs is None:
-                flush()
-                outputs = []
-            call_id = record.tool_call_id
-            response = types.FunctionResponse(
-                id=None if call_id in synthetic_ids else call_id,
-                name=record.tool_name,
-                response={"output": record.content},
-            )
-            outputs.append(types.Part(function_response=response))
-        elif kind is RecordType.PROMPT:
-            flush()
-            contents.append(types.Content(role="user", parts=[types.Part(text=record.content)]))
-    flush()
-    return _alternating(contents)
-
-
-def _alternating(contents: list[types.Content]) -> list[types.Content]:
-    """Adjacent contents of one role merged into one: Gemini wants user and model turns to
-    alternate ("Please ensure that multiturn requests alternate between user and model"),
-    and a prompt after an interrupted reply, or after tool outputs, would otherwise follow
-    another user turn."""
-    merged: list[types.Content] = []
-    for content in contents:
-        if merged and merged[-1].role == content.role:
-            merged[-1] = types.Content(
-                role=content.role, parts=[*(merged[-1].parts or []), *(content.parts or [])]
-            )
-        else:
-            merged.append(content)
-    return merged
-
-
-def _arguments(raw: str) -> dict[str, Any]:
-    # Arguments that do not parse (a cut stream) cannot go back as written; the API needs
-    # an object, so they go back empty.
-    if not raw.strip():
-        return {}
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
-
-
-def _signature_bytes(value: object) -> bytes | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        return None
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -370,16 +307,6 @@ def _api_error(
     )
 
 
-def _invalid(detail: str, secrets: tuple[str | None, ...]) -> ProviderError:
-    return provider_error(
-        PROVIDER,
-        f"the response could not be read: {detail}",
-        error_type="invalid_response",
-        retryable=False,
-        secrets=secrets,
-    )
-
-
 def _classify(exc: BaseException, secrets: tuple[str | None, ...]) -> BaseException:
     """The :class:`ProviderError` for ``exc``, or ``exc`` itself if it is not a provider failure."""
     if isinstance(exc, ProviderError):
@@ -393,10 +320,12 @@ def _classify(exc: BaseException, secrets: tuple[str | None, ...]) -> BaseExcept
     err = transport_error(exc, PROVIDER)
     if err is not None:
         return err
-    if isinstance(exc, ValueError | TypeError | AttributeError | KeyError):
-        # The SDK fails this way on a frame that is not JSON (UnknownApiResponseError, a
-        # ValueError) or on an error payload without a status code (TypeError, ...).
-        return _invalid(f"{type(exc).__name__}: {exc}", secrets)
+    if isinstance(exc, genai_errors.UnknownApiResponseError):  # a frame that is not JSON
+        return malformed_event(PROVIDER, exc, error_type="invalid_json", secrets=secrets)
+    if isinstance(exc, READ_ERRORS):
+        # The SDK fails this way on an event of the wrong shape (a pydantic ValidationError,
+        # a TypeError for a non-object or an error payload without a code, ...).
+        return malformed_event(PROVIDER, exc, secrets=secrets)
     return exc
 
 
@@ -487,10 +416,21 @@ class _Turn:
         cached: int | None,
         thoughts: int | None,
     ) -> Chunk | None:
-        """Take a chunk's usage (totals so far); a USAGE chunk if they changed."""
+        """Take a chunk's usage (totals so far); a USAGE chunk if they changed.
+
+        A count that is not an int raises before anything is taken.
+        """
         counts = (prompt, candidates, total, cached, thoughts)
-        if counts == self._counts:
+        if counts == self._counts:  # unchanged (and checked before)
             return None
+        if not (
+            (prompt.__class__ is int or prompt is None)
+            and (candidates.__class__ is int or candidates is None)
+            and (total.__class__ is int or total is None)
+            and (cached.__class__ is int or cached is None)
+            and (thoughts.__class__ is int or thoughts is None)
+        ):
+            raise bad_field("a usageMetadata count", counts)
         self._counts = counts
         usage = Usage.of(*counts)
         if usage == self.usage:
@@ -525,8 +465,20 @@ def _sdk_signature(value: bytes | None) -> str | None:
     return base64.b64encode(value).decode("ascii") if value else None
 
 
-def _sdk_response(turn: _Turn, response: types.GenerateContentResponse) -> list[Chunk]:
-    """The chunks of one ``GenerateContentResponse`` (a stream event or a whole response)."""
+def _sdk_response(
+    turn: _Turn, response: types.GenerateContentResponse, *, event: bool = True
+) -> list[Chunk]:
+    """The chunks of one ``GenerateContentResponse`` (a stream ``event`` or a whole response).
+
+    An event with none of the fields the API sends is malformed: the SDK makes one of
+    ``[]``, ``"text"``, ``null`` or ``{}``, and passing it over would store the reply as
+    complete without whatever it should have said.
+    """
+    if event and _empty(response):
+        raise BadEvent(
+            "the event has none of the fields the API sends (candidates, usageMetadata, "
+            "responseId, modelVersion, promptFeedback)"
+        )
     out: list[Chunk] = []
     if response.response_id:
         turn.response_id = response.response_id
@@ -564,9 +516,21 @@ def _sdk_response(turn: _Turn, response: types.GenerateContentResponse) -> list[
     return out
 
 
+def _empty(response: types.GenerateContentResponse) -> bool:
+    return (
+        response.candidates is None
+        and response.usage_metadata is None
+        and response.response_id is None
+        and response.model_version is None
+        and response.prompt_feedback is None
+        and response.create_time is None
+        and response.model_status is None
+    )
+
+
 def _response_chunks(response: types.GenerateContentResponse) -> list[Chunk]:
     turn = _Turn()
-    chunks = _sdk_response(turn, response)
+    chunks = _sdk_response(turn, response, event=False)
     chunks.append(turn.done())
     return chunks
 
@@ -648,68 +612,132 @@ def _wire_signature(value: object) -> str | None:
     return _sdk_signature(part.thought_signature)
 
 
-def _wire_event(turn: _Turn, data: str, response: Any) -> list[Chunk]:
-    """The chunks of one ``data:`` frame, as :func:`_sdk_response` gives for the SDK's model.
+class _FastReader:
+    """``wire="fast"``: one ``data:`` frame → chunks, as :func:`_sdk_response` gives for the
+    SDK's model of it.
 
-    A frame that is not JSON, or an error payload, raises what the SDK raises for it (so
-    both paths classify the same exception).
+    A frame that is not JSON, or an error payload, raises what the SDK raises for it (the
+    same exception, built with the same arguments). A frame that is not what :meth:`read`
+    expects is read again the SDK's way (:meth:`_sdk_model`), so both paths agree on it.
     """
-    try:
-        event = json.loads(data)
-    except ValueError as exc:
-        raise genai_errors.UnknownApiResponseError(
-            f"Failed to parse response as JSON. Raw response: {data}"
-        ) from exc
-    if not isinstance(event, dict):
-        if isinstance(event, int | float):  # the SDK fails on these; skips lists, strings
-            raise TypeError(f"a response event must be an object, got {data}")
-        return []
-    if "error" in event and next(iter(event)) == "error":
-        # As the SDK does: a payload whose first key is "error" is raised by its code.
-        genai_errors.APIError.raise_error(event.get("error", {}).get("code"), event, response)
-    out: list[Chunk] = []
-    response_id = event.get("responseId")
-    if response_id:
-        turn.response_id = response_id
-    candidates = event.get("candidates")
-    if candidates:
-        candidate = candidates[0]
-        content = candidate.get("content")
-        parts = content.get("parts") if content else None
-        for part in parts or ():
-            signature = part.get("thoughtSignature")
-            if signature:
-                signature = _wire_signature(signature)
-            call = part.get("functionCall")
-            if call is not None:
-                out.append(
-                    turn.call(call.get("name") or "", call.get("args"), call.get("id"), signature)
+
+    __slots__ = ("api", "params", "sent", "turn")
+
+    def __init__(self, api: Any, params: Any, sent: Any) -> None:
+        self.api = api
+        self.params = params
+        self.sent = sent  # the SDK's HttpResponse, which its in-stream errors carry
+        self.turn = _Turn()
+
+    def read(self, data: str) -> list[Chunk]:
+        """The chunks of one ``data:`` frame."""
+        try:
+            event = json.loads(data)
+        except ValueError as exc:
+            raise genai_errors.UnknownApiResponseError(
+                f"Failed to parse response as JSON. Raw response: {data}"
+            ) from exc
+        if event.__class__ is dict and "error" in event and next(iter(event)) == "error":
+            # As the SDK does: a payload whose first key is "error" is raised by its code.
+            genai_errors.APIError.raise_error(event.get("error", {}).get("code"), event, self.sent)
+        turn = self.turn
+        calls = turn.calls
+        try:
+            out: list[Chunk] = []
+            response_id = event.get("responseId")
+            candidates = event.get("candidates")
+            meta = event.get("usageMetadata")
+            if response_id is None and candidates is None and meta is None:
+                raise BadEvent  # the SDK's reader decides (another field, or an empty event)
+            if response_id.__class__ is str:
+                if response_id:
+                    turn.response_id = response_id
+            elif response_id is not None:
+                raise BadEvent
+            if candidates:
+                # Not a list, or not dicts: [0] or .get fails, and the except below reads it.
+                candidate = candidates[0]
+                content = candidate.get("content")
+                parts = content.get("parts") if content is not None else None
+                if parts.__class__ is not list and parts is not None:
+                    raise BadEvent
+                for part in parts or ():
+                    signature = part.get("thoughtSignature")
+                    if signature is not None:
+                        if signature.__class__ is not str:
+                            raise BadEvent
+                        signature = _wire_signature(signature)
+                    call = part.get("functionCall")
+                    if call is not None:
+                        name, args, call_id = call.get("name"), call.get("args"), call.get("id")
+                        if (
+                            (name is not None and name.__class__ is not str)
+                            or (args is not None and args.__class__ is not dict)
+                            or (call_id is not None and call_id.__class__ is not str)
+                        ):
+                            raise BadEvent
+                        out.append(turn.call(name or "", args, call_id, signature))
+                        continue
+                    if signature:
+                        turn.signature = signature
+                    text = part.get("text")
+                    thought = part.get("thought")
+                    if (text.__class__ is not str and text is not None) or (
+                        thought is not None and thought.__class__ is not bool
+                    ):
+                        raise BadEvent
+                    if text:
+                        out.append(Chunk(_THINKING if thought else _TEXT, text))
+                reason = candidate.get("finishReason")
+                if reason is not None:
+                    if reason.__class__ is not str:
+                        raise BadEvent
+                    turn.finish_reason = reason
+            elif candidates is not None and candidates.__class__ is not list:
+                raise BadEvent
+            else:
+                feedback = event.get("promptFeedback")
+                if feedback is not None:
+                    reason = feedback.get("blockReason")
+                    message = feedback.get("blockReasonMessage")
+                    if (reason is not None and reason.__class__ is not str) or (
+                        message is not None and message.__class__ is not str
+                    ):
+                        raise BadEvent
+                    if reason is not None:
+                        raise _blocked(reason, message)
+            if meta is not None:
+                usage = turn.count(
+                    meta.get("promptTokenCount"),
+                    meta.get("candidatesTokenCount"),
+                    meta.get("totalTokenCount"),
+                    meta.get("cachedContentTokenCount"),
+                    meta.get("thoughtsTokenCount"),
                 )
-                continue
-            if signature:
-                turn.signature = signature
-            text = part.get("text")
-            if text:
-                out.append(Chunk(_THINKING if part.get("thought") else _TEXT, text))
-        reason = candidate.get("finishReason")
-        if reason is not None:
-            turn.finish_reason = reason
-    else:
-        feedback = event.get("promptFeedback")
-        if feedback and feedback.get("blockReason") is not None:
-            raise _blocked(feedback["blockReason"], feedback.get("blockReasonMessage"))
-    meta = event.get("usageMetadata")
-    if meta is not None:
-        usage = turn.count(
-            meta.get("promptTokenCount"),
-            meta.get("candidatesTokenCount"),
-            meta.get("totalTokenCount"),
-            meta.get("cachedContentTokenCount"),
-            meta.get("thoughtsTokenCount"),
-        )
-        if usage is not None:
-            out.append(usage)
-    return out
+                if usage is not None:
+                    out.append(usage)
+            return out
+        except READ_ERRORS:
+            turn.calls = calls  # the calls of this event are numbered again
+            return _sdk_response(turn, self._sdk_model(event))
+
+    def _sdk_model(self, event: Any) -> types.GenerateContentResponse:
+        """The SDK's model of one event, built as ``Models._generate_content_stream`` does."""
+        api, params = self.api, self.params
+        response = json.loads(json.dumps(event))
+        if api.vertexai:
+            response = genai_models._GenerateContentResponse_from_vertex(response, None, params)
+        else:
+            response = genai_models._GenerateContentResponse_from_mldev(response, None, params)
+        config = params.config
+        kwargs: dict[str, Any] = {}
+        if config is not None:
+            kwargs["config"] = {
+                "response_schema": getattr(config, "response_schema", None),
+                "response_json_schema": getattr(config, "response_json_schema", None),
+                "include_all_fields": getattr(config, "include_all_fields", None),
+            }
+        return types.GenerateContentResponse._from_response(response=response, kwargs=kwargs)
 
 
 def _flush(decoder: SSEDecoder) -> list[str]:
@@ -726,8 +754,9 @@ def _stream_request(
     model: str,
     contents: list[types.Content],
     config: types.GenerateContentConfig,
-) -> tuple[Any, types.HttpOptions | None]:
-    """The SDK's own HTTP request for ``streamGenerateContent`` (as its stream methods build it)."""
+) -> tuple[Any, types.HttpOptions | None, Any]:
+    """The SDK's own HTTP request for ``streamGenerateContent`` (as its stream methods build
+    it), its HTTP options, and the SDK's parameter model (which reads the response too)."""
     api = models._api_client
     params = types._GenerateContentParameters(model=model, contents=contents, config=config)
     if api.vertexai:
@@ -743,7 +772,7 @@ def _stream_request(
     body.pop("config", None)
     http_options = params.config.http_options if params.config is not None else None
     body = genai_common.encode_unserializable_types(genai_common.convert_to_dict(body))
-    return api._build_request("post", path, body, http_options), http_options
+    return api._build_request("post", path, body, http_options), http_options, params
 
 
 def _fast_chunks(
@@ -753,21 +782,23 @@ def _fast_chunks(
     config: types.GenerateContentConfig,
 ) -> Iterator[Chunk]:
     api = client.models._api_client
-    http_request, http_options = _stream_request(client.models, model, contents, config)
-    response: Any = api._request(http_request, http_options, stream=True).response_stream
+    http_request, http_options, params = _stream_request(client.models, model, contents, config)
+    sent = api._request(http_request, http_options, stream=True)
+    response: Any = sent.response_stream
     try:
-        turn = _Turn()
-        decoder = SSEDecoder()
+        reader = _FastReader(api, params, sent)
+        read = reader.read
+        decoder = SSEDecoder("google-genai")
         if isinstance(response, httpx2.Response):
             pieces = response.iter_bytes()
         else:  # requests, which the SDK uses with google-auth credentials
             pieces = response.iter_content(chunk_size=None)
         for piece in pieces:
             for _, data in decoder.feed(piece):
-                yield from _wire_event(turn, data, response)
+                yield from read(data)
         for data in _flush(decoder):
-            yield from _wire_event(turn, data, response)
-        yield turn.done()
+            yield from read(data)
+        yield reader.turn.done()
     finally:
         response.close()
 
@@ -779,24 +810,25 @@ async def _afast_chunks(
     config: types.GenerateContentConfig,
 ) -> AsyncGenerator[Chunk, None]:
     api = client.models._api_client
-    http_request, http_options = _stream_request(client.models, model, contents, config)
+    http_request, http_options, params = _stream_request(client.models, model, contents, config)
     sent = await api._async_request(http_request, http_options, stream=True)
     response: Any = sent.response_stream
     try:
-        turn = _Turn()
-        decoder = SSEDecoder()
+        reader = _FastReader(api, params, sent)
+        read = reader.read
+        decoder = SSEDecoder("google-genai")
         if isinstance(response, httpx2.Response):
             pieces = response.aiter_bytes()
         else:  # aiohttp, which the SDK prefers when it is installed and no client is given
             pieces = response.content.iter_any()
         async for piece in pieces:
             for _, data in decoder.feed(piece):
-                for chunk in _wire_event(turn, data, response):
+                for chunk in read(data):
                     yield chunk
         for data in _flush(decoder):
-            for chunk in _wire_event(turn, data, response):
+            for chunk in read(data):
                 yield chunk
-        yield turn.done()
+        yield reader.turn.done()
     finally:
         if isinstance(response, httpx2.Response):
             await response.aclose()

@@ -3,15 +3,17 @@
 Both stream through the ``openai`` SDK. With ``wire="fast"`` (the default) the SDK builds,
 authenticates and sends the request and raises its HTTP errors, but the SSE frames are
 parsed here with ``json.loads`` (about 10-20x faster than the SDK's per-event pydantic
-models); ``wire="sdk"`` lets the SDK parse every event. The two wires give the same chunks
-and errors (tests/test_wire_openai.py checks it). The mapping itself (records → request, events →
-chunks) lives in :mod:`._openai_chat` and :mod:`._openai_responses`.
+models); ``wire="sdk"`` lets the SDK parse every event. On both, the history (``messages``,
+``input``) goes into the SDK's body already encoded, each record once (:mod:`._history`).
+The two wires give the same chunks and errors (tests/test_wire_openai.py checks it). The
+mapping itself (records → request, events → chunks) lives in :mod:`._openai_chat` and
+:mod:`._openai_responses`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any, TypeVar
@@ -22,6 +24,8 @@ from ._sdk import missing_sdk
 
 try:
     import openai
+    from openai.types.chat import ChatCompletionChunk
+    from openai.types.responses import ResponseStreamEvent
 except ImportError as exc:  # an optional extra: name it
     raise missing_sdk("openai", "openai", exc) from exc
 
@@ -29,30 +33,42 @@ from ..chunks import Chunk, Reply
 from ..errors import ProviderError
 from ..records import Checkpoint
 from ._common import (
+    READ_ERRORS,
     Lazy,
     Wire,
     check_wire,
     incomplete_stream,
+    malformed_event,
     provider_error,
     scrub,
     transport_error,
 )
-from ._openai_chat import PROVIDER, ChatStream, chat_messages, completion_chunks, in_stream_error
+from ._openai_chat import (
+    PROVIDER,
+    ChatHistory,
+    ChatStream,
+    chat_messages,
+    completion_chunks,
+    in_stream_error,
+)
+from ._openai_request import chat_client, responses_client, splicing
 from ._openai_responses import (
     BACKGROUND,
     OUTPUT_KEY,
+    ResponsesHistory,
     ResponsesStream,
     background_point,
     response_chunks,
     responses_input,
 )
 from ._sse import aiter_sse, iter_sse
+from ._stainless import HISTORY
 from .base import Request, ResumeCursor, reply_from_chunks
 
 __all__ = ["OUTPUT_KEY", "OpenAIModel", "OpenAIResponsesModel"]
 
 
-_ERRORS = (openai.OpenAIError, httpx2.TransportError, json.JSONDecodeError)
+_ERRORS = (openai.OpenAIError, httpx2.TransportError, json.JSONDecodeError, UnicodeDecodeError)
 _HINTS = {
     401: "check the API key (OPENAI_API_KEY)",
     403: "the key has no access to this model or endpoint",
@@ -96,13 +112,9 @@ def _error(exc: BaseException, secrets: tuple[str | None, ...]) -> ProviderError
     transport = transport_error(exc, PROVIDER)
     if transport is not None:
         return transport
-    if isinstance(exc, json.JSONDecodeError):
-        return provider_error(
-            PROVIDER,
-            f"invalid JSON in a stream event: {exc}",
-            error_type="invalid_json",
-            retryable=False,
-        )
+    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+        # Raised by the SDK's stream (wire="sdk") or by our decoder (wire="fast") alike.
+        return malformed_event(PROVIDER, exc, secrets=secrets)
     return provider_error(PROVIDER, str(exc) or type(exc).__name__, secrets=secrets)
 
 
@@ -144,6 +156,23 @@ class _Converting:
     ) -> None:
         if exc is not None and isinstance(exc, _ERRORS):
             raise _error(exc, self.secrets) from exc
+
+
+def _sdk_event(
+    client: openai.OpenAI | openai.AsyncOpenAI, cast_to: Any, raw: Any
+) -> Callable[[Any], Any]:
+    """What the SDK's stream yields for one decoded event: its model, built as it builds it.
+
+    The fast readers read an event this way when it is not what they expect, so a malformed
+    event ends both wires alike.
+    """
+    process = client._process_response_data
+    response = raw.http_response
+
+    def model(data: Any) -> Any:
+        return process(data=data, cast_to=cast_to, response=response)
+
+    return model
 
 
 def _event_data(data: str, request: httpx2.Request) -> Any:
@@ -198,6 +227,7 @@ class _OpenAIBase:
     """Client handling shared by both OpenAI models."""
 
     _label = "openai"
+    _history_type: Callable[[], Any]
 
     def __init__(
         self,
@@ -216,6 +246,7 @@ class _OpenAIBase:
         self._async_client: Lazy[openai.AsyncOpenAI] = Lazy(
             lambda: _env_client(openai.AsyncOpenAI), async_client
         )
+        self._history = self._history_type()
 
     @property
     def name(self) -> str:
@@ -245,31 +276,45 @@ class OpenAIModel(_OpenAIBase):
     request. Streams ask for ``stream_options.include_usage`` so the last event has usage.
     """
 
-    def _kwargs(self, request: Request) -> dict[str, Any]:
+    _history: ChatHistory
+    _history_type = ChatHistory
+
+    def _kwargs(self, request: Request, messages: Any = None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"model": self.model_name}
         if request.max_output_tokens is not None:
             kwargs["max_completion_tokens"] = request.max_output_tokens
         kwargs.update(self.params)
         kwargs.update(request.options)
-        kwargs["messages"] = chat_messages(request.records)
+        kwargs["messages"] = chat_messages(request.records) if messages is None else messages
         if request.tools:
             kwargs["tools"] = [tool.to_openai_chat() for tool in request.tools]
         return kwargs
 
-    def _stream_kwargs(self, request: Request) -> dict[str, Any]:
-        kwargs = self._kwargs(request)
-        kwargs["stream"] = True
-        kwargs["stream_options"] = {**kwargs.get("stream_options", {}), "include_usage": True}
-        return kwargs
+    def _prepared(self, client: _C, request: Request, *, stream: bool) -> tuple[_C, dict[str, Any]]:
+        """The client to call and the ``chat.completions.create`` arguments for ``request``.
+
+        A plain client gets the history already encoded, spliced into the body by a stand-in
+        (see :mod:`._history`); others get the messages as dicts.
+        """
+        if splicing(client):
+            client = chat_client(client, self._history.encode(request.records))
+            kwargs = self._kwargs(request, HISTORY)
+        else:
+            kwargs = self._kwargs(request)
+        if stream:
+            kwargs["stream"] = True
+            kwargs["stream_options"] = {**kwargs.get("stream_options", {}), "include_usage": True}
+        return client, kwargs
 
     def iter_chunks(self, request: Request) -> Iterator[Chunk]:
         """Stream ``request`` on this thread; closing the generator closes the HTTP stream."""
         client, secrets = self._sync()
-        kwargs = self._stream_kwargs(request)
+        client, kwargs = self._prepared(client, request, stream=True)
         state = ChatStream()
         with _Converting(secrets):
             if self.wire == "fast":
                 with client.chat.completions.with_streaming_response.create(**kwargs) as raw:
+                    state.sdk_event = _sdk_event(client, ChatCompletionChunk, raw)
                     for data in _events(raw):
                         yield from state.fast(data)
             else:
@@ -281,7 +326,7 @@ class OpenAIModel(_OpenAIBase):
     async def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
         """The asyncio twin of :meth:`iter_chunks`."""
         client, secrets = self._async()
-        kwargs = self._stream_kwargs(request)
+        client, kwargs = self._prepared(client, request, stream=True)
         state = ChatStream()
         with _Converting(secrets):
             if self.wire == "fast":
@@ -289,6 +334,7 @@ class OpenAIModel(_OpenAIBase):
                     client.chat.completions.with_streaming_response.create(**kwargs) as raw,
                     aclosing(_aevents(raw)) as events,
                 ):
+                    state.sdk_event = _sdk_event(client, ChatCompletionChunk, raw)
                     async for data in events:
                         for chunk in state.fast(data):
                             yield chunk
@@ -303,15 +349,34 @@ class OpenAIModel(_OpenAIBase):
         """One non-streaming call; the :class:`Reply` streaming would reduce to."""
         client, secrets = self._sync()
         with _Converting(secrets):
-            completion = client.chat.completions.create(**self._kwargs(request))
-        return reply_from_chunks(completion_chunks(completion))
+            client, kwargs = self._prepared(client, request, stream=False)
+            completion = client.chat.completions.create(**kwargs)
+        return _read_whole(completion_chunks, completion, secrets)
 
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
         client, secrets = self._async()
         with _Converting(secrets):
-            completion = await client.chat.completions.create(**self._kwargs(request))
-        return reply_from_chunks(completion_chunks(completion))
+            client, kwargs = self._prepared(client, request, stream=False)
+            completion = await client.chat.completions.create(**kwargs)
+        return _read_whole(completion_chunks, completion, secrets)
+
+
+def _bind(state: ResponsesStream, client: openai.OpenAI | openai.AsyncOpenAI, raw: Any) -> None:
+    """Give a fast-path Responses reader the SDK's event model and the stream's request."""
+    state.sdk_event = _sdk_event(client, ResponseStreamEvent, raw)
+    state.request = raw.http_response.request
+
+
+def _read_whole(
+    read: Callable[[Any], list[Chunk]], whole: Any, secrets: tuple[str | None, ...]
+) -> Reply:
+    """The reply of a non-streaming call; a malformed one raises ``ProviderError``."""
+    try:
+        chunks = read(whole)
+    except READ_ERRORS as exc:
+        raise malformed_event(PROVIDER, exc, secrets=secrets) from exc
+    return reply_from_chunks(chunks)
 
 
 def _unfinished() -> ProviderError:
@@ -341,13 +406,15 @@ class OpenAIResponsesModel(_OpenAIBase):
     supports_previous_response_id = True
     """The window may send ``previous_response_id`` with only the new input."""
 
-    def _kwargs(self, request: Request) -> dict[str, Any]:
+    _history: ResponsesHistory
+    _history_type = ResponsesHistory
+
+    def _kwargs(self, request: Request, instructions: str | None, items: Any) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"model": self.model_name}
         if request.max_output_tokens is not None:
             kwargs["max_output_tokens"] = request.max_output_tokens
         kwargs.update(self.params)
         kwargs.update(request.options)
-        instructions, items = responses_input(request.records)
         if instructions is not None:
             kwargs["instructions"] = instructions
         kwargs["input"] = items
@@ -356,6 +423,22 @@ class OpenAIResponsesModel(_OpenAIBase):
         if request.previous_response_id:
             kwargs["previous_response_id"] = request.previous_response_id
         return kwargs
+
+    def _prepared(self, client: _C, request: Request, *, stream: bool) -> tuple[_C, dict[str, Any]]:
+        """The client to call and the ``responses.create`` arguments for ``request``.
+
+        A plain client gets the input already encoded, spliced into the body by a stand-in
+        (see :mod:`._history`); others get the input items as dicts.
+        """
+        if splicing(client):
+            instructions, history = self._history.encode(request.records)
+            client = responses_client(client, history)
+            kwargs = self._kwargs(request, instructions, HISTORY)
+        else:
+            kwargs = self._kwargs(request, *responses_input(request.records))
+        if stream:
+            kwargs["stream"] = True
+        return client, kwargs
 
     def _stream_state(
         self,
@@ -380,18 +463,19 @@ class OpenAIResponsesModel(_OpenAIBase):
         resumed with :meth:`resume_chunks`.
         """
         client, secrets = self._sync()
-        kwargs = self._kwargs(request)
-        kwargs["stream"] = True
+        client, kwargs = self._prepared(client, request, stream=True)
         state = self._stream_state(kwargs, secrets, request.cursor)
         with _Converting(secrets):
             if self.wire == "fast":
                 fast = state.fast if state.cursor is None else state.fast_at
                 with client.responses.with_streaming_response.create(**kwargs) as raw:
+                    _bind(state, client, raw)
                     for data in _events(raw):
                         yield from fast(data)
             else:
                 sdk = state.sdk if state.cursor is None else state.sdk_at
                 with client.responses.create(**kwargs) as stream:
+                    state.request = stream.response.request
                     for sdk_event in stream:
                         yield from sdk(sdk_event)
         if not state.finished:
@@ -400,8 +484,7 @@ class OpenAIResponsesModel(_OpenAIBase):
     async def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
         """The asyncio twin of :meth:`iter_chunks`."""
         client, secrets = self._async()
-        kwargs = self._kwargs(request)
-        kwargs["stream"] = True
+        client, kwargs = self._prepared(client, request, stream=True)
         state = self._stream_state(kwargs, secrets, request.cursor)
         with _Converting(secrets):
             if self.wire == "fast":
@@ -410,12 +493,14 @@ class OpenAIResponsesModel(_OpenAIBase):
                     client.responses.with_streaming_response.create(**kwargs) as raw,
                     aclosing(_aevents(raw)) as events,
                 ):
+                    _bind(state, client, raw)
                     async for data in events:
                         for chunk in fast(data):
                             yield chunk
             else:
                 sdk = state.sdk if state.cursor is None else state.sdk_at
                 async with await client.responses.create(**kwargs) as stream:
+                    state.request = stream.response.request
                     async for sdk_event in stream:
                         for chunk in sdk(sdk_event):
                             yield chunk
@@ -462,12 +547,14 @@ class OpenAIResponsesModel(_OpenAIBase):
                 with client.responses.with_streaming_response.retrieve(
                     response_id, stream=True, starting_after=after
                 ) as raw:
+                    _bind(state, client, raw)
                     for data in _events(raw):
                         yield from state.fast_at(data)
             else:
                 with client.responses.retrieve(
                     response_id, stream=True, starting_after=after
                 ) as stream:
+                    state.request = stream.response.request
                     for sdk_event in stream:
                         yield from state.sdk_at(sdk_event)
         if not state.finished:
@@ -489,6 +576,7 @@ class OpenAIResponsesModel(_OpenAIBase):
                     ) as raw,
                     aclosing(_aevents(raw)) as events,
                 ):
+                    _bind(state, client, raw)
                     async for data in events:
                         for chunk in state.fast_at(data):
                             yield chunk
@@ -496,6 +584,7 @@ class OpenAIResponsesModel(_OpenAIBase):
                 async with await client.responses.retrieve(
                     response_id, stream=True, starting_after=after
                 ) as stream:
+                    state.request = stream.response.request
                     async for sdk_event in stream:
                         for chunk in state.sdk_at(sdk_event):
                             yield chunk
@@ -506,12 +595,14 @@ class OpenAIResponsesModel(_OpenAIBase):
         """One non-streaming call; the :class:`Reply` streaming would reduce to."""
         client, secrets = self._sync()
         with _Converting(secrets):
-            response = client.responses.create(**self._kwargs(request))
-        return reply_from_chunks(response_chunks(response.to_dict(), secrets))
+            client, kwargs = self._prepared(client, request, stream=False)
+            response = client.responses.create(**kwargs)
+        return _read_whole(lambda r: response_chunks(r.to_dict(), secrets), response, secrets)
 
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
         client, secrets = self._async()
         with _Converting(secrets):
-            response = await client.responses.create(**self._kwargs(request))
-        return reply_from_chunks(response_chunks(response.to_dict(), secrets))
+            client, kwargs = self._prepared(client, request, stream=False)
+            response = await client.responses.create(**kwargs)
+        return _read_whole(lambda r: response_chunks(r.to_dict(), secrets), response, secrets)

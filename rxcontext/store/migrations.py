@@ -160,7 +160,7 @@ def m006_reply_lifecycle(db: sqlite3.Connection) -> None:
         UPDATE contexts SET next_pos = COALESCE(
             (SELECT MAX(o.pos) + 1 FROM m006_order o WHERE o.context_id = contexts.id), 0);
         DROP TABLE temp.m006_order;
-        DROP INDEX idx_records_context_ts;
+        DROP INDEX IF EXISTS idx_records_context_ts;
         CREATE INDEX idx_records_context_pos ON records(context_id, pos, id);
         CREATE INDEX idx_records_reply ON records(reply_id) WHERE reply_id IS NOT NULL;
         CREATE UNIQUE INDEX idx_checkpoints_reply ON checkpoints(reply_id);
@@ -194,23 +194,58 @@ def m007_history_versions(db: sqlite3.Connection) -> None:
     )
 
 
+_CONTEXTWINDOW_TABLES = {"contexts", "records", "context_tools"}
+_CONTEXTWINDOW_COLUMNS = {
+    "contexts": {"id", "name", "start_time"},
+    "records": {"id", "context_id", "ts", "source", "content", "live", "est_tokens"},
+    "context_tools": {"id", "context_id", "tool_name", "created_at"},
+}
+_FIRST = MIGRATIONS[0][0]
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+def _is_contextwindow(db: sqlite3.Connection, tables: set[str]) -> bool:
+    """Whether the tables are superfly/contextwindow's (and nothing else's)."""
+    if tables - {"sqlite_sequence"} != _CONTEXTWINDOW_TABLES:
+        return False
+    return all(cols <= _columns(db, t) for t, cols in _CONTEXTWINDOW_COLUMNS.items())
+
+
+def adopt_contextwindow(db: sqlite3.Connection) -> None:
+    """Take over a database written by superfly/contextwindow: its tables are our first
+    step's (older versions lack a few columns, added here); the later steps follow."""
+    wanted = {
+        ("contexts", "use_server_side_threading"): "INTEGER NOT NULL DEFAULT 0",
+        ("contexts", "last_response_id"): "TEXT",
+        ("records", "response_id"): "TEXT",
+    }
+    for (table, column), kind in wanted.items():
+        if column not in _columns(db, table):
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_records_context_live ON records(context_id, live)")
+
+
 def pending(db: sqlite3.Connection, path: str) -> list[str]:
     """The steps this database still needs; refuses (writing nothing) one that is not ours.
 
-    Raises :class:`~rxcontext.errors.SchemaTooNew` for a database migrated by a newer
-    rxcontext and :class:`~rxcontext.errors.NotADatabaseError` for another application's.
+    A database written by superfly/contextwindow is taken over: it needs every step but the
+    first (whose tables it has). Raises :class:`~rxcontext.errors.SchemaTooNew` for a
+    database migrated by a newer rxcontext and :class:`~rxcontext.errors.NotADatabaseError`
+    for another application's.
     """
     tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if not tables:
         return [name for name, _ in MIGRATIONS]
     if "schema_migrations" not in tables:
-        if {"contexts", "records"} <= tables:
-            what = "a contextwindow database (or another tool's with the same tables)"
-        else:
-            what = "another application's SQLite database"
+        if _is_contextwindow(db, tables):
+            return [name for name, _ in MIGRATIONS if name != _FIRST]
         raise NotADatabaseError(
-            f"{path!r} is {what}, not an rxcontext database; it was left unchanged. "
-            "Give the path of an rxcontext database or of a new file"
+            f"{path!r} is another application's SQLite database, not an rxcontext (or "
+            "contextwindow) one; it was left unchanged. Give the path of an rxcontext "
+            "database or of a new file"
         )
     done = {row[0] for row in db.execute("SELECT name FROM schema_migrations")}
     known = {name for name, _ in MIGRATIONS}
@@ -233,10 +268,15 @@ def migrate(db: sqlite3.Connection, path: str = ":memory:") -> list[str]:
         return []
     db.execute("BEGIN IMMEDIATE")
     try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        adopting = "schema_migrations" not in tables and _is_contextwindow(db, tables)
         db.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " name TEXT PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
         )
+        if adopting:
+            adopt_contextwindow(db)
+            db.execute("INSERT INTO schema_migrations (name) VALUES (?)", (_FIRST,))
         todo = pending(db, path)
         for name, step in MIGRATIONS:
             if name in todo:

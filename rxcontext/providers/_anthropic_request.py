@@ -1,0 +1,223 @@
+"""Anthropic Messages API: records → the ``messages.create`` request.
+
+:func:`build_messages` gives ``system`` and ``messages`` as dicts (for clients whose requests
+others may rewrite: Bedrock, Vertex, middleware, tracing); :class:`AnthropicHistory` gives
+the same ``messages`` as the JSON the SDK would send, from records encoded once, and
+:func:`splicing` says whether a client can take it (see :mod:`._history`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import anthropic
+
+from ..records import Record, RecordType
+from ._history import HistoryCache, compact_json
+
+try:  # the SDK's own body preparation and encoder, so spliced bodies match it exactly
+    from anthropic._utils._json import openapi_dumps
+    from anthropic._utils._prepare import prepare_request_data
+except ImportError:  # pragma: no cover - another SDK layout: requests use dicts
+    openapi_dumps = prepare_request_data = None  # type: ignore[assignment]
+
+__all__ = ["AnthropicHistory", "build_messages", "encode_body", "sdk_kwargs", "splicing"]
+
+_USER = "user"
+_ASSISTANT = "assistant"
+
+
+def _thinking_blocks(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
+    blocks = metadata.get("thinking_blocks") or ()
+    return [
+        dict(b)
+        for b in blocks
+        if isinstance(b, Mapping) and b.get("type") in ("thinking", "redacted_thinking")
+    ]
+
+
+def _tool_input(raw: str) -> Any:
+    # A call whose arguments were cut (max_tokens) cannot be sent back as written; the
+    # API needs an object, so it goes back empty.
+    if not raw.strip():
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _blocks(record: Record) -> tuple[str | None, list[dict[str, Any]]]:
+    """The role and content blocks a record adds (role None: a system prompt, or not sent)."""
+    kind = record.type
+    if kind is RecordType.PROMPT:
+        return _USER, [{"type": "text", "text": record.content}] if record.content else []
+    if kind is RecordType.MODEL_RESP:
+        blocks = _thinking_blocks(record.metadata)
+        if record.content:
+            blocks.append({"type": "text", "text": record.content})
+        return _ASSISTANT, blocks
+    if kind is RecordType.TOOL_CALL:
+        block = {
+            "type": "tool_use",
+            "id": record.tool_call_id,
+            "name": record.tool_name,
+            "input": _tool_input(record.content),
+        }
+        return _ASSISTANT, [block]
+    if kind is RecordType.TOOL_OUTPUT:
+        result = {
+            "type": "tool_result",
+            "tool_use_id": record.tool_call_id,
+            "content": record.content,
+        }
+        return _USER, [result]
+    return None, []
+
+
+def build_messages(records: Iterable[Record]) -> tuple[str, list[dict[str, Any]]]:
+    """The ``system`` text and ``messages`` for ``records``.
+
+    A MODEL_RESP becomes its thinking blocks (from ``metadata["thinking_blocks"]``,
+    unchanged and in order), then its text (if any); the TOOL_CALLs after it add
+    ``tool_use`` blocks to the same assistant turn. TOOL_OUTPUTs become ``tool_result``
+    blocks of a user turn. Consecutive turns of one role are merged, as the API requires.
+    """
+    system: list[str] = []
+    messages: list[dict[str, Any]] = []
+    for record in records:
+        if record.type is RecordType.SYSTEM_PROMPT:
+            if record.content:
+                system.append(record.content)
+            continue
+        role, blocks = _blocks(record)
+        if not blocks:
+            continue
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"].extend(blocks)
+        else:
+            messages.append({"role": role, "content": blocks})
+    return "\n\n".join(system), messages
+
+
+_OPEN = {role: compact_json({"role": role, "content": []})[:-2] for role in (_USER, _ASSISTANT)}
+_CLOSE = b"]}"
+
+
+class _Entry:
+    """A record's role and encoded blocks (``json``: the blocks joined by commas, or empty),
+    and ``message``: the message these blocks make alone."""
+
+    __slots__ = ("json", "message", "role", "system")
+
+    def __init__(self, record: Record) -> None:
+        self.system = record.content if record.type is RecordType.SYSTEM_PROMPT else None
+        role, blocks = _blocks(record)
+        self.role = role
+        self.json = b",".join(compact_json(block) for block in blocks)
+        self.message = b"".join((_OPEN[role], self.json, _CLOSE)) if role and blocks else b""
+
+
+class AnthropicHistory:
+    """``(system, messages)`` with ``messages`` as JSON bytes, from records encoded once."""
+
+    __slots__ = ("cache",)
+
+    def __init__(self) -> None:
+        self.cache: HistoryCache[_Entry] = HistoryCache(_Entry)
+
+    def encode(self, records: Sequence[Record]) -> tuple[str, list[bytes]]:
+        """What :func:`build_messages` gives, the messages as the SDK encodes them."""
+        lookup = self.cache.lookup(records)
+        entries = lookup.entries
+        # Resume where the previous request's last message began, if its records are unchanged.
+        resume = lookup.resume
+        messages: list[bytes]
+        system: list[str]
+        if resume is not None and resume[0] < lookup.same:
+            start, messages, system = resume[0], resume[1][: resume[2]], resume[3][: resume[4]]
+        else:
+            start, messages, system = 0, [], []
+        append = messages.append
+        mark = (start, len(messages), len(system))
+        # The message being built: ``alone`` while it is one record's, ``merged`` once
+        # records of the same role follow.
+        alone: _Entry | None = None
+        merged: list[bytes] | None = None
+        for i in range(start, len(entries)):
+            entry = entries[i]
+            if entry.system:
+                system.append(entry.system)
+            if not entry.message:
+                continue
+            if alone is not None and entry.role is alone.role:
+                if merged is None:
+                    merged = [alone.json]
+                merged.append(entry.json)
+                continue
+            if merged is not None:
+                append(b"".join((_OPEN[alone.role], b",".join(merged), _CLOSE)))  # type: ignore[union-attr,index]
+                merged = None
+            elif alone is not None:
+                append(alone.message)
+            alone = entry
+            mark = (i, len(messages), len(system))
+        if merged is not None:
+            append(b"".join((_OPEN[alone.role], b",".join(merged), _CLOSE)))  # type: ignore[union-attr,index]
+        elif alone is not None:
+            append(alone.message)
+        self.cache.keep(lookup, (mark[0], messages, mark[1], system, mark[2]))
+        return "\n\n".join(system), messages
+
+
+def sdk_kwargs(body: dict[str, Any]) -> dict[str, Any]:
+    """Move what ``messages.create`` has no keyword for (``temperature``, ``top_p``... in
+    this SDK) into ``extra_body``, which the SDK merges into the JSON it sends."""
+    global _CREATE_KEYWORDS
+    if _CREATE_KEYWORDS is None:
+        _CREATE_KEYWORDS = frozenset(
+            inspect.signature(anthropic.resources.messages.Messages.create).parameters
+        ) - {"self"}
+    extra = {k: body.pop(k) for k in [k for k in body if k not in _CREATE_KEYWORDS]}
+    if extra:
+        body["extra_body"] = {**extra, **(body.get("extra_body") or {})}
+    return body
+
+
+_CREATE_KEYWORDS: frozenset[str] | None = None
+
+
+def encode_body(body: Mapping[str, Any], extra_json: Mapping[str, Any] | None) -> bytes:
+    """What the SDK sends for ``body`` and ``extra_body``: merged, prepared, encoded."""
+    merged = {**body, **(extra_json or {})}
+    merged = {k: v for k, v in merged.items() if not isinstance(v, anthropic.Omit)}
+    return openapi_dumps(prepare_request_data(merged, location="body"))
+
+
+def splicing(client: anthropic.Anthropic | anthropic.AsyncAnthropic) -> bool:
+    """Whether ``client`` may be sent a spliced body.
+
+    Not subclasses (Bedrock, Vertex and AWS clients rewrite the body), nor clients with
+    middleware (which may read or rewrite it), nor while OpenTelemetry may record the SDK's
+    spans (which read the body): a client has a tracer whenever OpenTelemetry is installed,
+    but its spans record only once a real tracer provider is set.
+    """
+    return (
+        openapi_dumps is not None
+        and type(client) in (anthropic.Anthropic, anthropic.AsyncAnthropic)
+        and not client.middleware
+        and (client._tracer is None or not _recording(client))
+    )
+
+
+def _recording(client: anthropic.Anthropic | anthropic.AsyncAnthropic) -> bool:
+    try:
+        from opentelemetry import trace
+    except ImportError:  # pragma: no cover - a tracer implies OpenTelemetry
+        return False
+    provider = client._open_telemetry.get("tracer_provider") or trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)

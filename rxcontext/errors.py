@@ -13,6 +13,7 @@ __all__ = [
     "ContextNotFound",
     "FirstChunkTimeout",
     "IdleTimeout",
+    "InvalidExport",
     "MissingDependency",
     "NotADatabaseError",
     "OwnershipLost",
@@ -111,6 +112,10 @@ class OwnershipLost(RxContextError):
     Raised to the subscriber of a stream whose process lost its claim (for example after a
     long pause): the new owner's text stands, this one's writes were refused.
     """
+
+
+class InvalidExport(RxContextError, ValueError):
+    """An export that cannot be imported: the message names the record and the field."""
 
 
 class ToolLoopLimit(RxContextError):

@@ -144,11 +144,17 @@ class Checkpoint:
 
 @dataclass(frozen=True, slots=True)
 class TokenUsage:
-    """Estimated live tokens of a context against the model's window."""
+    """Estimated live tokens of a context against the model's window.
+
+    As contextwindow's ``TokenUsage``: ``live_tokens`` (Live) against ``max_tokens`` (Max),
+    ``percent`` used (0–100), and ``total_tokens`` (Total): the provider-reported tokens
+    of every call made in the context so far.
+    """
 
     live_tokens: int
     max_tokens: int
     percent: float
+    total_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

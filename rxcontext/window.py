@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
 
 from reactivex import Observable, abc
@@ -15,6 +15,7 @@ from .checkpointer import checkpointer_for
 from .chunks import Chunk, Reply
 from .errors import CheckpointNotFound, ReplySuperseded, RxContextError
 from .history import HistoryCache, answered_again, request_history
+from .interop import fork_context, import_context
 from .operators import Middleware
 from .persist import ReplyPersister
 from .providers.base import Model, Request, ResumeCursor
@@ -71,10 +72,11 @@ class ContextReader:
         return self._store.live_tokens(self.context_id)
 
     def token_usage(self) -> TokenUsage:
-        """Live tokens against ``max_tokens``."""
+        """Live tokens against ``max_tokens`` (0–100 percent), and the total used so far."""
         live = self.live_tokens()
         percent = 100.0 * live / self.max_tokens if self.max_tokens else 0.0
-        return TokenUsage(live, self.max_tokens, percent)
+        total = self._store.context_stats(self.context_id).usage.total_tokens
+        return TokenUsage(live, self.max_tokens, percent, total)
 
     def stats(self) -> ContextStats:
         """Aggregate numbers of the context."""
@@ -115,7 +117,7 @@ class ContextWindow:
         model: Model | None = None,
         context: str = "default",
         *,
-        max_tokens: int = DEFAULT_MAX_TOKENS,
+        max_tokens: int | None = None,
         checkpoint_every: float | None = 1.0,
         max_tool_rounds: int = 8,
         middleware: Sequence[Middleware] = (),
@@ -128,6 +130,11 @@ class ContextWindow:
         if not hasattr(store, "get_or_create_context"):
             raise TypeError("store must be an rxcontext store: use rxcontext.open(path)")
         _text_arg(context, "context name")
+        if max_tokens is None:
+            reported = getattr(model, "context_window", None)
+            max_tokens = reported if isinstance(reported, int) and reported > 0 else (
+                DEFAULT_MAX_TOKENS
+            )
         if max_tokens <= 0:
             raise ValueError("max_tokens must be positive")
         self._store = store
@@ -208,6 +215,21 @@ class ContextWindow:
         """The current context with its records and tools, JSON-ready."""
         return self._store.export_context(self._context.id)
 
+    def import_context(self, data: Mapping[str, Any], *, name: str | None = None) -> Context:
+        """Create a context from an export — :meth:`export`'s, or superfly/contextwindow's
+        ``ExportContextJSON`` — under its own name or ``name`` (the current context stays).
+
+        Raises :class:`~rxcontext.InvalidExport` (writing nothing) for an export it cannot
+        read, naming the record and field, and ``ValueError`` if the name is taken.
+        """
+        return import_context(self._store, data, name=name)
+
+    def fork(self, dest: str, *, at: int) -> Context:
+        """A new context ``dest`` with the current one's records up to and including record
+        ``at`` (an id, as in :meth:`records`): the conversation as it was there, to go on
+        differently. The current context is unchanged."""
+        return fork_context(self._store, self._context.id, _text_arg(dest, "fork name"), at=at)
+
     def export_json(self, indent: int | None = 2) -> str:
         """:meth:`export` as JSON text."""
         return json.dumps(self.export(), indent=indent, ensure_ascii=False)
@@ -267,9 +289,21 @@ class ContextWindow:
         """All records of the current context, oldest first."""
         return self._store.records(self._context.id)
 
-    def set_record_live_state(self, start: int, end: int, live: bool) -> int:
-        """Set ``live`` on records ``start``..``end`` (inclusive, time order); returns the count."""
-        return self._store.set_live_range(self._context.id, start, end, live)
+    def set_record_live_state(
+        self, start: int, end: int, live: bool, *, among: str = "live"
+    ) -> int:
+        """Set ``live`` on records ``start``..``end`` (inclusive); returns the count.
+
+        As contextwindow's ``SetRecordLiveStateByRange``, the indexes are positions in
+        :meth:`live_records` (so ``set_record_live_state(2, 4, False)`` kills the third to
+        fifth live records). ``among="all"`` indexes :meth:`records` instead, dead ones
+        included — the way to bring a dead record back.
+        """
+        if among not in ("live", "all"):
+            raise ValueError('among must be "live" or "all"')
+        return self._store.set_live_range(
+            self._context.id, start, end, live, live_only=among == "live"
+        )
 
     # -- tokens ---------------------------------------------------------------------------
 
@@ -293,43 +327,59 @@ class ContextWindow:
             raise RxContextError("no model to summarize with: set ContextWindow.summarizer")
         return model
 
+    def _context_id_of(self, context: str | None) -> str:
+        if context is None:
+            return self._context.id
+        return self._store.get_context_by_name(_text_arg(context, "context name")).id
+
     def summarize(
-        self, *, on_chunk: Callable[[Chunk], None] | None = None, prompt: str | None = None
+        self,
+        *,
+        on_chunk: Callable[[Chunk], None] | None = None,
+        prompt: str | None = None,
+        context: str | None = None,
     ) -> SummaryProposal:
         """Propose a summary of the live records; nothing changes until :meth:`accept_summary`.
 
-        The summariser streams; ``on_chunk`` sees each chunk as it arrives.
+        The summariser streams; ``on_chunk`` sees each chunk as it arrives. ``context``
+        names another context to summarise (contextwindow's
+        ``SummarizeLiveContextInContext``); the current one by default.
         """
+        context_id = self._context_id_of(context)
         return summarize.propose(
             self._summarizer(),
-            self._context.id,
-            self.live_records(),
+            context_id,
+            self._store.records(context_id, live_only=True),
             prompt or self.summary_prompt,
             on_chunk,
         )
 
     async def asummarize(
-        self, *, on_chunk: Callable[[Chunk], None] | None = None, prompt: str | None = None
+        self,
+        *,
+        on_chunk: Callable[[Chunk], None] | None = None,
+        prompt: str | None = None,
+        context: str | None = None,
     ) -> SummaryProposal:
         """The asyncio twin of :meth:`summarize`."""
+        context_id = self._context_id_of(context)
         return await summarize.apropose(
             self._summarizer(),
-            self._context.id,
-            self.live_records(),
+            context_id,
+            self._store.records(context_id, live_only=True),
             prompt or self.summary_prompt,
             on_chunk,
         )
 
     def accept_summary(self, proposal: SummaryProposal) -> Record:
-        """Apply ``proposal``: its records go dead and the summary goes live, in one transaction.
+        """Apply ``proposal`` to the context it was made for: its records go dead and the
+        summary goes live, in one transaction (contextwindow's ``AcceptSummaryInContext``
+        for a proposal made with ``summarize(context=...)``).
 
-        Raises ``ValueError`` (changing nothing) if the proposal is for another context or
-        its records changed since it was made.
+        Raises ``ValueError`` (changing nothing) if its records changed since it was made.
         """
-        if proposal.context_id != self._context.id:
-            raise ValueError("this summary was proposed for another context")
         return self._store.replace_records(
-            self._context.id, proposal.replaced_ids, summarize.summary_draft(proposal)
+            proposal.context_id, proposal.replaced_ids, summarize.summary_draft(proposal)
         )
 
     def reject_summary(self, proposal: SummaryProposal) -> None:

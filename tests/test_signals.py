@@ -145,7 +145,7 @@ def _trial(tmp: Path, scenario: str, mode: str, sig: int, seed: int) -> dict[str
     return {"path": path, "delivered": delivered, "finished": finished, "err": err}
 
 
-def _check_database(seen: dict[str, Any], scenario: str, sig: int) -> str:
+def _check_database(seen: dict[str, Any], scenario: str, mode: str, sig: int) -> str:
     path: Path = seen["path"]
     db = sqlite3.connect(path, timeout=0)
     try:
@@ -184,7 +184,14 @@ def _check_database(seen: dict[str, Any], scenario: str, sig: int) -> str:
         if sig == signal.SIGINT:
             assert cp.text == delivered, (cp.text, delivered)
         else:
-            assert delivered.startswith(cp.text), (cp.text, delivered)
+            assert full.startswith(cp.text), (cp.text, delivered)
+            # On asyncio a chunk counts as delivered once it is yielded: the kill may land
+            # before the loop body that got it reported it.
+            extra = cp.text[len(delivered) :] if cp.text.startswith(delivered) else None
+            ok = delivered.startswith(cp.text) or (
+                mode == "async" and extra is not None and extra.count("<") == 1
+            )
+            assert ok, (cp.text, delivered)
         return "checkpoint"
     finally:
         store.close()
@@ -192,7 +199,7 @@ def _check_database(seen: dict[str, Any], scenario: str, sig: int) -> str:
 
 def _run(tmp: Path, scenario: str, mode: str, sig: int, seed: int) -> str:
     seen = _trial(tmp, scenario, mode, sig, seed)
-    return _check_database(seen, scenario, sig)
+    return _check_database(seen, scenario, mode, sig)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])

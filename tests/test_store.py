@@ -837,6 +837,7 @@ CALLS: dict[str, Callable[[SQLiteStore, str], object]] = {
     "add_record": lambda s, c: s.add_record(c, P("x")),
     "records": lambda s, c: s.records(c),
     "history": lambda s, c: s.history(c),
+    "import_records": lambda s, c: s.import_records(c, [P("x")]),
     "live_tokens": lambda s, c: s.live_tokens(c),
     "set_live_range": lambda s, c: s.set_live_range(c, 0, 0, False),
     "replace_system_prompt": lambda s, c: s.replace_system_prompt(c, "x"),

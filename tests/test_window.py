@@ -90,8 +90,18 @@ def test_records_and_live_state(store):
     assert cw.set_record_live_state(1, 3, False) == 3
     assert [r.content for r in cw.live_records()] == ["p0", "p4"]
     with pytest.raises(IndexError):
-        cw.set_record_live_state(3, 9, True)
+        cw.set_record_live_state(3, 9, True, among="all")
     assert [r.content for r in cw.live_records()] == ["p0", "p4"]  # unchanged on error
+    # As contextwindow: indexes count live records, so index 1 is now "p4".
+    assert cw.set_record_live_state(1, 1, False) == 1
+    assert [r.content for r in cw.live_records()] == ["p0"]
+    with pytest.raises(IndexError):
+        cw.set_record_live_state(1, 1, False)  # only one live record left
+    # Dead records come back by their index among all records.
+    assert cw.set_record_live_state(2, 3, True, among="all") == 2
+    assert [r.content for r in cw.live_records()] == ["p0", "p2", "p3"]
+    with pytest.raises(ValueError, match="among"):
+        cw.set_record_live_state(0, 0, True, among="dead")
 
 
 def test_system_prompt_is_replaced_in_place_and_the_old_one_kept_dead(store):

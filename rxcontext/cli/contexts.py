@@ -1,13 +1,16 @@
-"""``rxcontext contexts [list|show|export|delete|clone]``."""
+"""``rxcontext contexts [list|show|export|import|delete|clone|fork]``."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from ..errors import InvalidExport
+from ..interop import fork_context, import_context
 from ..records import Context, ContextStats
 from ..store import Store
 from .common import CLIError, add_common, confirm, open_store, renderer
@@ -21,16 +24,25 @@ def register(sub: Any) -> None:
     """Add ``contexts`` to the subcommands."""
     contexts = sub.add_parser(
         "contexts",
-        help="list, show, export, delete or clone contexts",
+        help="list, show, export, import, delete, clone or fork contexts",
         description="contexts [list] | show NAME | export NAME [--out FILE] | "
-        "delete NAME [--yes] | clone SRC DEST",
+        "import FILE [--name NAME] | delete NAME [--yes] | clone SRC DEST | "
+        "fork SRC DEST --at RECORD_ID",
     )
     contexts.add_argument(
-        "action", nargs="?", choices=("list", "show", "export", "delete", "clone")
+        "action",
+        nargs="?",
+        choices=("list", "show", "export", "import", "delete", "clone", "fork"),
     )
     contexts.add_argument("name", nargs="?", metavar="NAME")
     contexts.add_argument("dest", nargs="?", metavar="DEST")
     contexts.add_argument("--out", "-o", metavar="FILE", help="export: write JSON to FILE")
+    contexts.add_argument(
+        "--name", dest="new_name", metavar="NAME", help="import: the new context's name"
+    )
+    contexts.add_argument(
+        "--at", type=int, metavar="RECORD_ID", help="fork: the last record to keep"
+    )
     contexts.add_argument("--yes", "-y", action="store_true", help="delete: do not ask")
     contexts.add_argument("--json", action="store_true", help="list: JSON output")
     add_common(contexts)
@@ -38,18 +50,32 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``rxcontext contexts [list|show|export|delete|clone]``."""
+    """``rxcontext contexts [list|show|export|import|delete|clone|fork]``."""
     action = args.action or "list"
     if action != "list":
         _need(args.name, f"contexts {action} needs a context name")
-    if action == "clone":
-        _need(args.dest, "contexts clone needs SRC and DEST names")
+    if action in ("clone", "fork"):
+        _need(args.dest, f"contexts {action} needs SRC and DEST names")
+    if action == "fork" and args.at is None:
+        raise CLIError("contexts fork needs --at RECORD_ID", "see rxcontext contexts show SRC", 2)
+    data = _read_export(args.name) if action == "import" else None
     store = open_store(args.db)
     with contextlib.closing(store):
         render = renderer()
         if action == "list":
             return _list(store, render, as_json=args.json)
+        if data is not None:
+            return _import(store, render, data, args.new_name)
         ctx = store.get_context_by_name(args.name)
+        if action == "fork":
+            try:
+                forked = fork_context(store, ctx.id, args.dest, at=args.at)
+            except ValueError as exc:
+                raise CLIError(
+                    str(exc), "see the record ids with: rxcontext contexts show SRC"
+                ) from exc
+            render.line(f"forked {ctx.name!r} at record {args.at} to {forked.name!r}")
+            return 0
         if action == "show":
             return _show(store, render, ctx)
         if action == "export":
@@ -62,6 +88,33 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(str(exc), "choose another DEST name") from exc
         render.line(f"cloned {ctx.name!r} to {clone.name!r}")
         return 0
+
+
+def _read_export(path: str) -> Any:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CLIError(
+            f"cannot read {path}: {exc.strerror or exc}", "give an export's path"
+        ) from exc
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise CLIError(f"{path} is not JSON: {exc}", "give a file made by contexts export") from exc
+
+
+def _import(store: SQLiteStore, render: Renderer, data: Any, name: str | None) -> int:
+    try:
+        ctx = import_context(store, data, name=name)
+    except InvalidExport as exc:
+        raise CLIError(
+            str(exc), "give a file made by contexts export (or contextwindow's)"
+        ) from exc
+    except ValueError as exc:
+        raise CLIError(str(exc), "pass --name NAME to import it under another name") from exc
+    count = len(store.records(ctx.id))
+    render.line(f"imported context {ctx.name!r} ({count} records)")
+    return 0
 
 
 def _need(value: str | None, message: str) -> str:

@@ -87,5 +87,5 @@ class Session:
             return False  # a tool round was stored: the checkpoint can continue from it
         if checkpoint is not None:
             self.cw.discard(checkpoint.id)
-        self.cw.set_record_live_state(len(records) - 1, len(records) - 1, False)
+        self.cw.set_record_live_state(len(records) - 1, len(records) - 1, False, among="all")
         return True

@@ -116,10 +116,13 @@ class AnthropicModel:
         client: anthropic.Anthropic | None = None,
         async_client: anthropic.AsyncAnthropic | None = None,
         wire: Wire = "fast",
+        context_window: int | None = None,
         **params: Any,
     ) -> None:
         self.model_name = model_name
         self.wire: Wire = check_wire(wire)
+        self.context_window = context_window
+        """The model's context size in tokens, if given: a window's default ``max_tokens``."""
         self.params = dict(params)
         self._history = AnthropicHistory()
         # The SDK's own retries are off: rxcontext retries itself (before the first chunk).

@@ -5,6 +5,9 @@ A model turns a :class:`Request` (the live records, the tools, options) into a s
 async iterator for asyncio; the window wraps them in Observables, adds the persister and
 the tool loop. Closing an iterator (``close()`` / ``aclose()``) must close the HTTP stream.
 
+Optional attribute: ``context_window`` (int tokens, or None) is the model's context size; a
+:class:`~rxcontext.ContextWindow` made without ``max_tokens`` takes it as its own.
+
 Optional capability, native resume (found with ``getattr``; no other model needs it): a model
 whose provider can continue an interrupted stream itself (OpenAI Responses background mode)
 notes in :attr:`Request.cursor` where each of its streams stands and offers

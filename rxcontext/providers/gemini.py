@@ -159,10 +159,13 @@ class GeminiModel:
         client: genai.Client | None = None,
         async_client: genai.Client | genai.client.AsyncClient | None = None,
         wire: Wire = "fast",
+        context_window: int | None = None,
         **params: Any,
     ) -> None:
         self.model_name = model_name
         self.wire: Wire = check_wire(wire)
+        self.context_window = context_window
+        """The model's context size in tokens, if given: a window's default ``max_tokens``."""
         self.params = dict(params)
         self._history = GeminiHistory()
         self._client: Lazy[genai.Client] = Lazy(_env_client, client)

@@ -236,10 +236,13 @@ class _OpenAIBase:
         client: openai.OpenAI | None = None,
         async_client: openai.AsyncOpenAI | None = None,
         wire: Wire = "fast",
+        context_window: int | None = None,
         **params: Any,
     ) -> None:
         self.model_name = model_name
         self.wire: Wire = check_wire(wire)
+        self.context_window = context_window
+        """The model's context size in tokens, if given: a window's default ``max_tokens``."""
         self.params = dict(params)
         """Extra request parameters sent with every call (``Request.options`` override them)."""
         self._client: Lazy[openai.OpenAI] = Lazy(lambda: _env_client(openai.OpenAI), client)

@@ -37,11 +37,14 @@ class ScriptedModel:
         name: str = "scripted",
         delay: float = 0.0,
         repeat_last: bool = False,
+        context_window: int | None = None,
     ) -> None:
         self._scripts = [list(s) for s in scripts]
         self._name = name
         self._delay = delay
         self._repeat_last = repeat_last
+        self.context_window = context_window
+        """The context size this model reports (a window's default ``max_tokens``)."""
         self._lock = threading.Lock()
         self._next = 0
         self.requests: list[Request] = []

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from ..chunks import Usage
@@ -71,6 +72,9 @@ class RecordDraft:
     tool_call_id: str | None = None
     tool_name: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    timestamp: datetime | None = None
+    """When the record was made, for records brought in from elsewhere (an import); None:
+    now. Display only: order is positions."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +151,19 @@ class Store(Protocol):
         """Estimated tokens of the context's live records, kept up to date on every write."""
         ...
 
-    def set_live_range(self, context_id: str, start: int, end: int, live: bool) -> int: ...
+    def import_records(
+        self, context_id: str, drafts: Sequence[RecordDraft], *, usage: Usage | None = None
+    ) -> list[Record]:
+        """Append ``drafts`` in order, each at a position of its own, in one transaction
+        (their timestamps kept), and add ``usage`` to the context's totals: an import."""
+        ...
+
+    def set_live_range(
+        self, context_id: str, start: int, end: int, live: bool, *, live_only: bool = False
+    ) -> int:
+        """Set ``live`` on the records at indexes ``start``..``end`` (inclusive) of the
+        context's records in order — of its live records only, if ``live_only``."""
+        ...
     def replace_system_prompt(self, context_id: str, content: str) -> Record: ...
     def replace_records(
         self, context_id: str, dead_ids: Sequence[int], draft: RecordDraft

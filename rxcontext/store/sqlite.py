@@ -461,7 +461,11 @@ class SQLiteStore(SQLiteReplies):
         content = rows.storable(draft.content)
         metadata = rows.to_json(dict(draft.metadata))
         est = estimate_tokens(content)
-        ts = self.now()
+        ts = (
+            draft.timestamp.isoformat(timespec="microseconds")
+            if draft.timestamp is not None
+            else self.now()
+        )
         cur = db.execute(
             "INSERT INTO records (context_id, ts, source, content, live, est_tokens, response_id,"
             " streamed, tool_call_id, tool_name, metadata, pos, reply_id, rev)"
@@ -530,6 +534,22 @@ class SQLiteStore(SQLiteReplies):
             ).fetchall()
         return [rows.record(r) for r in found]
 
+    def import_records(
+        self, context_id: str, drafts: Sequence[RecordDraft], *, usage: Usage | None = None
+    ) -> list[Record]:
+        """Append ``drafts`` in order, each at its own position, in one transaction."""
+        with self._tx(durable=True) as db:
+            first = self._allocate(db, context_id, len(drafts))
+            out = [self._insert(db, context_id, d, first + i) for i, d in enumerate(drafts)]
+            if usage is not None:
+                db.execute(
+                    "UPDATE contexts SET "
+                    + ", ".join(f"{f} = {f} + ?" for f in rows.USAGE_FIELDS)
+                    + " WHERE id = ?",
+                    (*(getattr(usage, f) for f in rows.USAGE_FIELDS), context_id),
+                )
+        return out
+
     def history(self, context_id: str, *, since: int | None = None) -> tuple[int, list[Record]]:
         """The context's version, and its records (live and dead) written or changed since
         version ``since`` (all of them when None), in conversation order."""
@@ -557,13 +577,17 @@ class SQLiteStore(SQLiteReplies):
             raise ContextNotFound(f"no context with id {context_id!r}")
         return int(row[0])
 
-    def set_live_range(self, context_id: str, start: int, end: int, live: bool) -> int:
-        """Set ``live`` on records ``start`` to ``end`` (inclusive, 0-based, in order)."""
+    def set_live_range(
+        self, context_id: str, start: int, end: int, live: bool, *, live_only: bool = False
+    ) -> int:
+        """Set ``live`` on records ``start`` to ``end`` (inclusive, 0-based, in order; among
+        the live records only if ``live_only``, as contextwindow indexes them)."""
         if start < 0 or end < start:
             raise IndexError(f"bad record range {start}..{end}")
+        where = "context_id = ? AND live = 1" if live_only else "context_id = ?"
         with self._tx() as db:
             rows_ = db.execute(
-                "SELECT id, live, est_tokens FROM records WHERE context_id = ? ORDER BY pos, id",
+                f"SELECT id, live, est_tokens FROM records WHERE {where} ORDER BY pos, id",
                 (context_id,),
             ).fetchall()
             if end >= len(rows_):

@@ -192,3 +192,29 @@ def test_summarize_empty_context(env: dict[str, str], tmp_path: Path) -> None:
         env, "summarize", "--db", str(db), "--replay", replay(tmp_path, "s", [{"text": "x"}])
     )
     assert_user_error(result, "nothing to summarize")
+
+
+def test_contexts_import_is_the_inverse_of_export_and_fork_cuts_at_a_record(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    db = tmp_path / "io.db"
+    chat_ok(env, tmp_path, db, "Lisbon.", "-c", "trip", "Capital?")
+    out = tmp_path / "trip.json"
+    assert (
+        run(env, "contexts", "export", "trip", "--out", str(out), "--db", str(db)).returncode == 0
+    )
+    imported = run(env, "contexts", "import", str(out), "--name", "trip2", "--db", str(db))
+    assert imported.returncode == 0, imported.stderr
+    assert "imported context 'trip2' (2 records)" in imported.stdout
+    assert [r.content for r in records(db, "trip2")] == [r.content for r in records(db, "trip")]
+    taken = run(env, "contexts", "import", str(out), "--db", str(db))
+    assert_user_error(taken, "already exists", "--name")
+    out.write_text('{"context": {"name": "x"}, "records": [{"content": "no source"}]}')
+    assert_user_error(
+        run(env, "contexts", "import", str(out), "--db", str(db)), "record 0: no 'source'"
+    )
+    first = records(db, "trip")[0]
+    forked = run(env, "contexts", "fork", "trip", "early", "--at", str(first.id), "--db", str(db))
+    assert forked.returncode == 0, forked.stderr
+    assert [r.content for r in records(db, "early")] == ["Capital?"]
+    assert_user_error(run(env, "contexts", "fork", "trip", "x", "--db", str(db)), "--at")

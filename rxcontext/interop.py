@@ -1,0 +1,138 @@
+"""Bringing conversations in: import (the inverse of export) and fork at a record.
+
+:func:`import_context` reads what ``ContextWindow.export()`` writes, and also the
+``ContextExport`` JSON of superfly/contextwindow (``ExportContextJSON``): records with their
+type (``source``), content, live flag, response id and times, tool calls and outputs with
+their ids and metadata, the context's tools and threading state. Everything is checked
+before anything is written; a bad field is a ``ValueError`` naming the record and field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from .chunks import Usage
+from .errors import InvalidExport
+from .records import Context, RecordType
+from .store.base import RecordDraft, Store
+
+__all__ = ["fork_context", "import_context"]
+
+
+def _time(value: Any, where: str) -> datetime | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise InvalidExport(f"{where}: a time must be a string, not {type(value).__name__}")
+    text = value.strip().replace("Z", "+00:00")
+    try:
+        stamp = datetime.fromisoformat(text)
+    except ValueError:
+        # Go's time.Time.String(): "2025-09-17 10:00:00.123456789 +0000 UTC".
+        parts = text.split(" ")
+        try:
+            stamp = datetime.fromisoformat(f"{parts[0]} {parts[1]}{parts[2][:3]}:{parts[2][3:]}")
+        except (IndexError, ValueError):
+            raise InvalidExport(f"{where}: {value!r} is not a time") from None
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+
+
+def _draft(item: Any, n: int) -> RecordDraft:
+    where = f"record {n}"
+    if not isinstance(item, Mapping):
+        raise InvalidExport(f"{where}: expected an object, not {type(item).__name__}")
+    try:
+        kind = RecordType(int(item["source"]))
+    except KeyError:
+        raise InvalidExport(f"{where}: no 'source' (the record type)") from None
+    except (TypeError, ValueError):
+        raise InvalidExport(f"{where}: unknown record type {item.get('source')!r}") from None
+    content = item.get("content", "")
+    if not isinstance(content, str):
+        raise InvalidExport(f"{where}: 'content' must be a string")
+    metadata = item.get("metadata") or {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidExport(f"{where}: 'metadata' must be an object")
+    optional: dict[str, str | None] = {}
+    for key in ("response_id", "tool_call_id", "tool_name"):
+        value = item.get(key)
+        if value is not None and not isinstance(value, str):
+            raise InvalidExport(f"{where}: {key!r} must be a string")
+        optional[key] = value
+    return RecordDraft(
+        kind,
+        content,
+        live=bool(item.get("live", True)),
+        response_id=optional["response_id"],
+        streamed=bool(item.get("streamed", False)),
+        tool_call_id=optional["tool_call_id"],
+        tool_name=optional["tool_name"],
+        metadata=dict(metadata),
+        timestamp=_time(item.get("timestamp"), where),
+    )
+
+
+def import_context(store: Store, data: Mapping[str, Any], *, name: str | None = None) -> Context:
+    """Create a context from an export (rxcontext's or contextwindow's); return it.
+
+    ``name`` overrides the exported name. The records keep their order, live flags, times,
+    ids of tool calls and provider metadata; the tools are recorded for the context; the
+    usage totals (an rxcontext export's) carry over. Raises :class:`InvalidExport` (writing
+    nothing) for an export it cannot read, and ``ValueError`` if the name is taken.
+    """
+    if not isinstance(data, Mapping) or not isinstance(data.get("context"), Mapping):
+        raise InvalidExport("not an export: expected an object with 'context' and 'records'")
+    meta = data["context"]
+    items = data.get("records") or []
+    if not isinstance(items, Sequence) or isinstance(items, str | bytes):
+        raise InvalidExport("'records' must be a list")
+    drafts = [_draft(item, n) for n, item in enumerate(items)]
+    tools = [_tool(t, n) for n, t in enumerate(data.get("tools") or [])]
+    target = name if name is not None else meta.get("name")
+    if not isinstance(target, str) or not target:
+        raise InvalidExport("the export names no context: pass name=")
+    usage = meta.get("usage")
+    totals = Usage.from_dict(usage) if isinstance(usage, Mapping) else None
+    if any(c.name == target for c in store.list_contexts()):
+        raise ValueError(f"a context named {target!r} already exists; import it under another name")
+    ctx = store.get_or_create_context(target)
+    try:
+        store.import_records(ctx.id, drafts, usage=totals)
+        for tool_name, definition in tools:
+            store.set_context_tool(ctx.id, tool_name, definition)
+        if meta.get("use_server_side_threading"):
+            store.set_threading(ctx.id, True)
+        if isinstance(meta.get("last_response_id"), str):
+            store.set_last_response_id(ctx.id, meta["last_response_id"])
+    except BaseException:
+        store.delete_context(ctx.id)  # whole or not at all
+        raise
+    return store.get_context(ctx.id)
+
+
+def _tool(item: Any, n: int) -> tuple[str, Mapping[str, Any]]:
+    if not isinstance(item, Mapping):
+        raise InvalidExport(f"tool {n}: expected an object")
+    tool_name = item.get("name") or item.get("tool_name")  # ours, contextwindow's
+    if not isinstance(tool_name, str) or not tool_name:
+        raise InvalidExport(f"tool {n}: no name")
+    definition = item.get("definition") or {}
+    if not isinstance(definition, Mapping):
+        raise InvalidExport(f"tool {n}: 'definition' must be an object")
+    return tool_name, definition
+
+
+def fork_context(store: Store, context_id: str, dest: str, *, at: int) -> Context:
+    """A new context ``dest`` holding the records of ``context_id`` up to and including the
+    record with id ``at`` (in conversation order, dead ones too): the conversation as it was
+    there, to go on differently. Raises ``ValueError`` if no such record is in the context."""
+    exported = store.export_context(context_id)
+    records = exported["records"]
+    ids = [r["id"] for r in records]
+    if at not in ids:
+        raise ValueError(f"record {at} is not in this context; nothing was forked")
+    cut = {**exported, "records": records[: ids.index(at) + 1], "tools": []}
+    cut["context"] = {**exported["context"], "usage": None, "last_response_id": None}
+    return import_context(store, cut, name=dest)

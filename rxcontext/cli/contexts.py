@@ -103,7 +103,7 @@ def _read_export(path: str) -> Any:
         raise CLIError(f"{path} is not JSON: {exc}", "give a file made by contexts export") from exc
 
 
-def _import(store: SQLiteStore, render: Renderer, data: Any, name: str | None) -> int:
+def _import(store: Store, render: Renderer, data: Any, name: str | None) -> int:
     try:
         ctx = import_context(store, data, name=name)
     except InvalidExport as exc:

@@ -192,7 +192,7 @@ class Draft:
         return (
             context_id,
             pos,
-            ts,
+            d.timestamp if d.timestamp is not None else ts,
             int(self.type),
             enc(self.content),
             d.live,
@@ -218,7 +218,7 @@ class Draft:
             content=self.content,
             live=d.live,
             est_tokens=self.est,
-            timestamp=utc(ts),
+            timestamp=utc(d.timestamp if d.timestamp is not None else ts),
             response_id=d.response_id,
             streamed=d.streamed,
             tool_call_id=d.tool_call_id,
@@ -280,13 +280,20 @@ def insert_records(
     lock: Lock,
     commit_id: str,
     reply_id: str | None = None,
+    *,
+    each_its_own: bool = False,
 ) -> list[Record]:
     """Insert ``drafts`` at position ``pos`` (one reply, one place; one pipelined round trip),
-    stamped with the lock's time and version. Their live tokens were added by the lock."""
+    or at ``pos``, ``pos + 1``, … when ``each_its_own`` (an import), stamped with the lock's
+    time (unless a draft has its own) and version. Their live tokens were added by the lock."""
     if not drafts:
         return []
     ts = lock.ts
-    params = [d.params(context_id, pos, ts, reply_id, commit_id, lock.version) for d in drafts]
+    places = [pos + i if each_its_own else pos for i in range(len(drafts))]
+    params = [
+        d.params(context_id, at, ts, reply_id, commit_id, lock.version)
+        for d, at in zip(drafts, places, strict=True)
+    ]
     cur = conn.cursor()
     if len(params) == 1:
         cur.execute(_INSERT_RECORD, params[0])
@@ -298,7 +305,10 @@ def insert_records(
             ids.append(cur.fetchone()[0])  # type: ignore[index]
             if not cur.nextset():
                 break
-    return [d.record(i, context_id, pos, ts, reply_id) for d, i in zip(drafts, ids, strict=True)]
+    return [
+        d.record(i, context_id, at, ts, reply_id)
+        for d, i, at in zip(drafts, ids, places, strict=True)
+    ]
 
 
 def retire(conn: Conn, context_id: str, where: str, args: tuple[Any, ...], lock: Lock) -> None:

@@ -164,6 +164,7 @@ class Store(Protocol):
         """Set ``live`` on the records at indexes ``start``..``end`` (inclusive) of the
         context's records in order — of its live records only, if ``live_only``."""
         ...
+
     def replace_system_prompt(self, context_id: str, content: str) -> Record: ...
     def replace_records(
         self, context_id: str, dead_ids: Sequence[int], draft: RecordDraft

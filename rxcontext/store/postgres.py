@@ -400,6 +400,35 @@ class PostgresStore(PostgresReplies):
         """
         return self._read(lambda c: self._records(c, context_id, live_only, upto))  # type: ignore[no-any-return]
 
+    def import_records(
+        self, context_id: str, drafts: Sequence[RecordDraft], *, usage: Usage | None = None
+    ) -> list[Record]:
+        """Append ``drafts`` in order, each at its own position, in one durable transaction
+        (their timestamps kept), and add ``usage`` to the context's totals: an import."""
+        prepared = [Draft(d) for d in drafts]
+        commit_id = uuid.uuid4().hex
+        add = [getattr(usage, f) for f in rows.USAGE_FIELDS] if usage is not None else None
+
+        def body(conn: Conn, ambiguous: bool) -> list[Record]:
+            lock = lock_context(
+                conn, context_id, len(prepared), change=True, tokens=live_tokens_of(prepared)
+            )
+            if ambiguous and (done := rows.written(conn, commit_id)):
+                raise Stored(done)
+            out = insert_records(
+                conn, context_id, prepared, lock.pos, lock, commit_id, each_its_own=True
+            )
+            if add is not None:
+                conn.execute(
+                    "UPDATE contexts SET "
+                    + ", ".join(f"{f} = {f} + %s" for f in rows.USAGE_FIELDS)
+                    + " WHERE id = %s",
+                    (*add, context_id),
+                )
+            return out
+
+        return self._runner.run(body, setup=self._durable)
+
     def history(self, context_id: str, *, since: int | None = None) -> tuple[int, list[Record]]:
         """The context's version, and its records (live and dead) written or changed since
         version ``since`` (all of them when None), in conversation order: one statement, so
@@ -427,10 +456,14 @@ class PostgresStore(PostgresReplies):
             raise ContextNotFound(f"no context with id {context_id!r}")
         return int(row[0])
 
-    def set_live_range(self, context_id: str, start: int, end: int, live: bool) -> int:
-        """Set ``live`` on records ``start`` to ``end`` (inclusive, 0-based, in order)."""
+    def set_live_range(
+        self, context_id: str, start: int, end: int, live: bool, *, live_only: bool = False
+    ) -> int:
+        """Set ``live`` on records ``start`` to ``end`` (inclusive, 0-based, in order; among
+        the live records only if ``live_only``, as contextwindow indexes them)."""
         if start < 0 or end < start:
             raise IndexError(f"bad record range {start}..{end}")
+        where = "context_id = %s AND live" if live_only else "context_id = %s"
 
         def body(conn: Conn, _: bool) -> int:
             try:
@@ -439,8 +472,7 @@ class PostgresStore(PostgresReplies):
                 found: list[tuple[Any, ...]] = []
             else:
                 found = conn.execute(
-                    "SELECT id, live, est_tokens FROM records WHERE context_id = %s"
-                    " ORDER BY pos, id",
+                    f"SELECT id, live, est_tokens FROM records WHERE {where} ORDER BY pos, id",
                     (context_id,),
                 ).fetchall()
             if end >= len(found):

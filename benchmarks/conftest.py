@@ -17,6 +17,7 @@ from _tables import render
 
 import rxcontext
 
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
     """Benchmarks run in one process: the unit tests' ``-n auto`` (setup.cfg) would spread

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 from . import operators
 from .chunks import Chunk, ChunkKind, Reply, ToolCall, Usage
@@ -50,9 +51,12 @@ from .records import (
     TokenUsage,
 )
 from .retry import NO_RETRY, RetryPolicy, Timeouts
-from .store import SQLiteStore, Store
+from .store import SQLiteStore, Store, open_any
 from .tools import Tool
 from .window import ContextReader, ContextWindow
+
+if TYPE_CHECKING:
+    from .store.postgres import PostgresStore
 
 __version__ = "0.1.0"
 
@@ -103,10 +107,13 @@ __all__ = [
 ]
 
 
-def open(path: str | os.PathLike[str] = ":memory:") -> SQLiteStore:
-    """Open the SQLite store at ``path`` (created if missing; ``":memory:"`` for a private one).
+def open(path: str | os.PathLike[str] = ":memory:", **options: Any) -> SQLiteStore | PostgresStore:
+    """Open a store: SQLite at ``path`` (created if missing; ``":memory:"`` for a private one),
+    or PostgreSQL for a ``postgresql://user@host:5432/db`` URL.
 
-    Raises :class:`NotADatabaseError` (leaving the file untouched) if ``path`` is some other
-    kind of file, and :class:`StoreError` if it cannot be opened for writing.
+    SQLite raises :class:`NotADatabaseError` (leaving the file untouched) if ``path`` is some
+    other kind of file, and :class:`StoreError` if it cannot be opened for writing.
+    PostgreSQL needs ``pip install 'rxcontext[postgres]'`` (else :class:`StoreError` says
+    so); ``options`` are ``PostgresStore``'s (``pool_size``, ``retry_budget``, …).
     """
-    return SQLiteStore(path)
+    return open_any(path, **options)

@@ -185,6 +185,7 @@ class ReplyPersister:
         self._cursor = cursor
         self._seeded = 0  # chunks folded in from the checkpoint, not delivered by this stream
         self._usage_total: Usage | None = None
+        self._commits = 0  # commits this run made (their idempotency keys count them)
         self.ticket: ReplyTicket | None = None
         self.pos: int | None = None
         # What delivered text the checkpoint does not hold yet (appended at the next write).
@@ -480,6 +481,7 @@ class ReplyPersister:
                 last_response_id=reply.response_id,
                 reply=self.ticket,
                 end="reply" if last else "round",
+                commit_id=self._commit_id(),
             )
             self.records.extend(records)
             if reply.usage is not None:
@@ -506,9 +508,17 @@ class ReplyPersister:
         """Store the tool outputs of a round (one transaction) at the reply's position."""
         assert self.ticket is not None
         with self._write, deferred():
-            records = self.store.commit_reply(self.context_id, drafts, reply=self.ticket)
+            records = self.store.commit_reply(
+                self.context_id, drafts, reply=self.ticket, commit_id=self._commit_id()
+            )
             self.records.extend(records)
         return records
+
+    def _commit_id(self) -> str:
+        """The idempotency key of this run's next commit: reply, epoch, commit number."""
+        assert self.ticket is not None
+        self._commits += 1
+        return f"{self.reply_id}:{self.ticket.epoch}:{self._commits}"
 
     def _next_round(self) -> None:
         with self._claim:

@@ -133,8 +133,8 @@ class ContextWindow:
         _text_arg(context, "context name")
         if max_tokens is None:
             reported = getattr(model, "context_window", None)
-            max_tokens = reported if isinstance(reported, int) and reported > 0 else (
-                DEFAULT_MAX_TOKENS
+            max_tokens = (
+                reported if isinstance(reported, int) and reported > 0 else (DEFAULT_MAX_TOKENS)
             )
         if max_tokens <= 0:
             raise ValueError("max_tokens must be positive")

@@ -1,17 +1,28 @@
-"""Suite-wide settings: a Hypothesis profile for a loaded two-core machine.
+"""Suite-wide settings and fixtures.
 
-The unit tests share two cores with other work. Hypothesis's deadline (200 ms per example)
-and its "input generation too slow" health check measure the machine's load as much as the
-code, so they are off; the number of examples and the shrinking stay as they are, and a
-failure prints the blob that reproduces it. ``HYPOTHESIS_PROFILE=ci`` also derandomizes, so
-that a CI run explores the same examples every time.
+A Hypothesis profile for a loaded two-core machine: the unit tests share two cores with
+other work. Hypothesis's deadline (200 ms per example) and its "input generation too slow"
+health check measure the machine's load as much as the code, so they are off; the number of
+examples and the shrinking stay as they are, and a failure prints the blob that reproduces
+it. ``HYPOTHESIS_PROFILE=ci`` also derandomizes, so that a CI run explores the same examples
+every time.
+
+Fixtures: PostgreSQL databases (see tests/pgtest.py), and stores of either kind for tests
+that run on both.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import pgtest
+import pytest
+import stores
 from hypothesis import HealthCheck, settings
+
+import rxcontext
 
 settings.register_profile(
     "rxcontext",
@@ -21,3 +32,74 @@ settings.register_profile(
 )
 settings.register_profile("ci", parent=settings.get_profile("rxcontext"), derandomize=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "rxcontext"))
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[pgtest.PgServer]:
+    """The shared PostgreSQL server with this session's template; skips (fails on CI) if none."""
+    server = pgtest.start_server()
+    if isinstance(server, str):
+        pgtest.unavailable(server)
+        return
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server: pgtest.PgServer) -> Iterator[str]:
+    """The URL of a new, migrated database of this test's own, dropped afterwards."""
+    yield from pgtest.fresh_database(pg_server)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Which store a test runs on; tests that use it run once on each."""
+    return str(request.param)
+
+
+def _opener(request: pytest.FixtureRequest, kind: str) -> Iterator[Callable[..., Any]]:
+    url = str(request.getfixturevalue("pg_url")) if kind == "postgres" else ":memory:"
+    opened: list[Any] = []
+
+    def make(**options: Any) -> Any:
+        if kind == "postgres" and not options and opened and not opened[-1].closed:
+            store = opened[-1]  # one pool per test (a hypothesis test opens one per example)
+        else:
+            store = rxcontext.open(url, **options)
+            opened.append(store)
+        if kind == "postgres":
+            stores.scalar(store, "WITH gone AS (DELETE FROM contexts RETURNING 1) SELECT 1")
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def make_store(request: pytest.FixtureRequest, store_kind: str) -> Iterator[Callable[..., Any]]:
+    """Opens stores of this test's kind: a private in-memory SQLite database per call, or
+    this test's own PostgreSQL database, emptied first (the same store object again while it
+    is open). All are closed after the test."""
+    yield from _opener(request, store_kind)
+
+
+@pytest.fixture
+def both_stores(make_store: Callable[..., Any]) -> Iterator[None]:
+    """Run the test once per store: the helpers' :func:`stores.open_store` opens this one."""
+    stores.use(make_store)
+    try:
+        yield
+    finally:
+        stores.use(None)
+
+
+@pytest.fixture
+def on_postgres(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Run the test on PostgreSQL only: its helpers' :func:`stores.open_store` opens it."""
+    for make in _opener(request, "postgres"):
+        stores.use(make)
+        try:
+            yield
+        finally:
+            stores.use(None)

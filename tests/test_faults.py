@@ -26,6 +26,7 @@ import pytest
 from faultmodels import Clock
 from replay import Replay, pieces, real_fixture, sse
 from replay import Reply as Served
+from stores import open_store
 
 import rxcontext
 from rxcontext import (
@@ -98,9 +99,7 @@ def openai_window(
         ),
         wire=wire,  # type: ignore[arg-type]
     )
-    cw = ContextWindow(
-        store or rxcontext.open(":memory:"), model, "faults", retry=retry, scheduler=clock
-    )
+    cw = ContextWindow(store or open_store(), model, "faults", retry=retry, scheduler=clock)
     cw.add_prompt("tell me a joke")
     return cw
 
@@ -224,7 +223,7 @@ def test_responses_cut_after_event_k_checkpoints_and_resumes(k, mode, wire):
         ),
         wire=wire,  # type: ignore[arg-type]
     )
-    cw = ContextWindow(rxcontext.open(":memory:"), model, "responses", retry=None)
+    cw = ContextWindow(open_store(), model, "responses", retry=None)
     cw.add_prompt("what is 1231 * 2331?")
 
     got, error = run_mode(mode, cw)
@@ -596,9 +595,7 @@ async def test_async_cancellations_mid_stream_leave_one_checkpoint_each(tmp_path
 
 
 def scripted_window(*scripts: list, store: Any = None, name: str = "b") -> ContextWindow:
-    cw = ContextWindow(
-        store or rxcontext.open(":memory:"), ScriptedModel(list(scripts)), name, retry=None
-    )
+    cw = ContextWindow(store or open_store(), ScriptedModel(list(scripts)), name, retry=None)
     cw.add_prompt("go")
     return cw
 
@@ -899,3 +896,53 @@ def test_idle_timeout_through_the_sdk_closes_the_response_and_checkpoints(wire):
     assert error.checkpoint.text == text(got) == text_of_events(pieces(body)[:stall_at])
     assert replay.closed == 1 and len(replay.requests) == 1
     assert replies(cw) == []
+
+
+# -- the same faults on PostgreSQL (a representative slice) -----------------------------------
+
+on_postgres = pytest.mark.usefixtures("on_postgres")
+
+
+@on_postgres
+@pytest.mark.parametrize(
+    "k,mode,wire",
+    [(0, "sync", "sdk"), (5, "async", "fast"), (14, "sync", "fast"), (27, "async", "sdk")],
+)
+def test_cut_after_event_k_on_postgres(k, mode, wire):
+    test_cut_after_event_k_checkpoints_what_was_delivered_and_resumes(k, mode, wire)
+
+
+@on_postgres
+@pytest.mark.parametrize("k,mode,wire", [(4, "sync", "sdk"), (15, "async", "fast")])
+def test_responses_cut_and_native_resume_on_postgres(k, mode, wire):
+    test_responses_cut_after_event_k_checkpoints_and_resumes(k, mode, wire)
+
+
+@on_postgres
+def test_retry_on_the_clock_on_postgres():
+    test_a_cut_before_anything_was_delivered_is_retried_on_the_clock()
+
+
+@on_postgres
+def test_invalid_json_mid_stream_on_postgres():
+    test_invalid_json_mid_stream_checkpoints_what_was_delivered("fast")
+
+
+@on_postgres
+async def test_a_raising_hook_in_astream_on_postgres():
+    await test_a_raising_hook_interrupts_astream_with_a_checkpoint_chained_to_it()
+
+
+@on_postgres
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_raising_complete_and_error_hooks_on_postgres(mode):
+    test_a_complete_hook_that_raises_after_the_reply_was_stored_gets_its_own_error(mode)
+    test_a_raising_on_error_hook_still_checkpoints_and_chains_both(mode)
+
+
+@on_postgres
+async def test_settled_and_closed_stores_on_postgres():
+    await test_resolved_checkpoints_cannot_be_resumed_again()
+    for op in ("call", "resume"):
+        await test_a_closed_store_is_a_clear_error(op)
+    test_a_store_closed_mid_stream_reports_the_store_error()

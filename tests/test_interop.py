@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+from stores import open_store
 
 import rxcontext
 from rxcontext import (
@@ -19,6 +20,8 @@ from rxcontext import (
     Usage,
 )
 from rxcontext.providers import ScriptedModel
+
+pytestmark = pytest.mark.usefixtures("both_stores")  # every test on SQLite and PostgreSQL
 
 
 def T(text: str) -> Chunk:
@@ -37,7 +40,7 @@ def conversation() -> ContextWindow:
             [T("Sunny."), done(7, 2)],
         ]
     )
-    cw = ContextWindow(rxcontext.open(":memory:"), model, "src", retry=None)
+    cw = ContextWindow(open_store(), model, "src", retry=None)
     cw.set_system_prompt("Be brief.")
     cw.add_prompt("Capital of France?")
     cw.call()
@@ -113,7 +116,7 @@ def test_a_contextwindow_export_imports():
         "tools": [{"id": 1, "context_id": "6d5d…", "tool_name": "ls",
                    "created_at": "2025-09-17T10:00:00Z"}],
     }  # fmt: skip
-    cw = ContextWindow(rxcontext.open(":memory:"), None, "mine")
+    cw = ContextWindow(open_store(), None, "mine")
     ctx = cw.import_context(exported)
     assert (ctx.name, ctx.use_server_side_threading, ctx.last_response_id) == (
         "from-go",
@@ -145,7 +148,7 @@ def test_fork_at_a_record():
 
 
 def test_set_record_live_state_indexes_live_records_as_contextwindow_does():
-    cw = ContextWindow(rxcontext.open(":memory:"), None, "c")
+    cw = ContextWindow(open_store(), None, "c")
     for i in range(5):
         cw.add_prompt(f"p{i}")
     cw.set_record_live_state(0, 0, False)  # p0
@@ -154,7 +157,7 @@ def test_set_record_live_state_indexes_live_records_as_contextwindow_does():
 
 
 def test_summaries_in_a_named_context():
-    store = rxcontext.open(":memory:")
+    store = open_store()
     other = ContextWindow(store, None, "notes")
     other.add_prompt("first")
     other.add_prompt("second")
@@ -167,11 +170,11 @@ def test_summaries_in_a_named_context():
 
 def test_a_model_reports_its_context_size_and_token_usage_has_a_total():
     model = ScriptedModel([[T("ok"), done(100, 20)]], context_window=2_000)
-    cw = ContextWindow(rxcontext.open(":memory:"), model, "c")
+    cw = ContextWindow(open_store(), model, "c")
     assert cw.max_tokens == 2_000
     cw.add_prompt("x" * 400)  # 100 tokens by the estimate
     cw.call()
     usage = cw.token_usage()
     assert usage.max_tokens == 2_000 and usage.total_tokens == 120
     assert 0 < usage.percent <= 100 and usage.percent == 100 * usage.live_tokens / 2_000
-    assert ContextWindow(rxcontext.open(":memory:"), model, "d", max_tokens=50).max_tokens == 50
+    assert ContextWindow(open_store(), model, "d", max_tokens=50).max_tokens == 50

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import reactivex
 from reactivex import operators as ops
+from stores import open_store
 
-import rxcontext
 from rxcontext import (
     CheckpointResolved,
     Chunk,
@@ -32,6 +32,8 @@ from rxcontext.history import INTERRUPTED_TOOL_OUTPUT
 from rxcontext.providers import ScriptedModel
 from rxcontext.window import CONTINUE_PROMPT
 
+pytestmark = pytest.mark.usefixtures("both_stores")  # every test on SQLite and PostgreSQL
+
 
 def T(text: str) -> Chunk:
     return Chunk(ChunkKind.TEXT, text)
@@ -46,7 +48,7 @@ def call(index: int, id: str, name: str, args: str) -> Chunk:
 
 def window(*scripts: list[Any], **kwargs: Any) -> tuple[ContextWindow, ScriptedModel]:
     model = ScriptedModel(list(scripts))
-    cw = ContextWindow(rxcontext.open(":memory:"), model, "life", retry=None, **kwargs)
+    cw = ContextWindow(open_store(), model, "life", retry=None, **kwargs)
     return cw, model
 
 
@@ -221,6 +223,7 @@ def test_a_resume_after_the_conversation_moved_on_lands_in_place_with_history_up
     ]
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite"])  # PostgreSQL's clock is the server's
 def test_a_clock_stepped_back_mid_conversation_changes_no_order():
     cw, _ = window([T("one"), DONE], [T("two"), DONE], [T("three"), DONE])
     store = cw.store

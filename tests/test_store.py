@@ -1,4 +1,9 @@
-"""The SQLite store: schema and migrations, contextwindow's queries, checkpoints, bad input."""
+"""The store conformance suite: contextwindow's queries, checkpoints, claims and bad input,
+run on SQLite and on PostgreSQL (a fresh database per test; see tests/pgtest.py).
+
+Tests marked ``sqlite_only`` are about SQLite itself (files, WAL, pragmas, its migrations);
+PostgreSQL's own such tests are in tests/test_store_postgres.py.
+"""
 
 from __future__ import annotations
 
@@ -58,13 +63,29 @@ def R(content: str, **kw: Any) -> RecordDraft:
     return RecordDraft(RecordType.MODEL_RESP, content, **kw)
 
 
+sqlite_only = pytest.mark.sqlite_only
+
+
+def _open(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> Any:
+    if kind == "postgres":
+        s = rxcontext.open(request.getfixturevalue("pg_url"))
+        assert type(s).__name__ == "PostgresStore"
+        return s
+    return rxcontext.open(":memory:" if kind == "memory" else tmp_path / "any.db")
+
+
+@pytest.fixture(params=["memory", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    s = _open(request, request.param, tmp_path)
+    yield s
+    s.close()
+
+
 def cut(store: Store, context_id: str, text: str = "partial", **kw: Any) -> Checkpoint:
     """A reply begun, then interrupted with ``text`` delivered."""
     begun = store.begin_reply(context_id, f"r-{next(_ids)}", owner=worker_id())
     ticket = ReplyTicket(begun.id, begun.epoch)
-    assert store.save_checkpoint(
-        ticket, CheckpointDraft(text, **kw), state=ReplyState.INTERRUPTED
-    )
+    assert store.save_checkpoint(ticket, CheckpointDraft(text, **kw), state=ReplyState.INTERRUPTED)
     return store.get_checkpoint(begun.id)
 
 
@@ -72,8 +93,9 @@ _ids = iter(range(10**9))
 
 
 @pytest.fixture
-def store() -> Iterator[SQLiteStore]:
+def sqlite_store() -> Iterator[SQLiteStore]:
     s = rxcontext.open(":memory:")
+    assert isinstance(s, SQLiteStore)
     yield s
     s.close()
 
@@ -83,11 +105,27 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "chat.db"
 
 
-@pytest.fixture(params=["memory", "file"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = rxcontext.open(":memory:" if request.param == "memory" else tmp_path / "any.db")
+@pytest.fixture(params=["memory", "file", "postgres"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    s = _open(request, request.param, tmp_path)
     yield s
     s.close()
+
+
+@pytest.fixture(params=["file", "postgres"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database that several stores (and processes) can open: a file path or a URL."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return str(tmp_path / "chat.db")
+
+
+def rows(store: Any, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of a parameterless query, read past the store's API (SQLite or PostgreSQL)."""
+    if isinstance(store, SQLiteStore):
+        return [tuple(r) for r in store._db().execute(sql).fetchall()]
+    with store._runner.pool().connection() as conn:
+        return [tuple(r) for r in conn.execute(sql).fetchall()]
 
 
 def contents(store: SQLiteStore, context_id: str, *, live_only: bool = False) -> list[str]:
@@ -102,6 +140,7 @@ def pragma(store: SQLiteStore, name: str) -> Any:
 # -- Opening, schema, migrations ----------------------------------------------------------
 
 
+@sqlite_only
 def test_open_creates_the_file_and_records_every_migration(db_path: Path):
     with rxcontext.open(db_path) as s:
         assert isinstance(s, SQLiteStore)
@@ -114,6 +153,7 @@ def test_open_creates_the_file_and_records_every_migration(db_path: Path):
     assert {"contexts", "records", "context_tools", "checkpoints", "schema_migrations"} <= tables
 
 
+@sqlite_only
 def test_migrations_are_idempotent_on_reopen(db_path: Path):
     with rxcontext.open(db_path) as s:
         ctx = s.get_or_create_context("keep")
@@ -128,6 +168,7 @@ def test_migrations_are_idempotent_on_reopen(db_path: Path):
     assert count == len(MIGRATIONS)
 
 
+@sqlite_only
 def test_an_older_database_gets_only_the_missing_steps(db_path: Path):
     con = sqlite3.connect(db_path, isolation_level=None)
     con.execute(
@@ -154,6 +195,7 @@ def test_an_older_database_gets_only_the_missing_steps(db_path: Path):
     assert names == [n for n, _ in MIGRATIONS]
 
 
+@sqlite_only
 def test_a_failing_step_rolls_the_whole_upgrade_back(monkeypatch: pytest.MonkeyPatch):
     # The steps a database needs run in one transaction: an upgrade that fails part-way
     # leaves the database exactly as it was (and the next open tries again).
@@ -180,6 +222,7 @@ def test_a_failing_step_rolls_the_whole_upgrade_back(monkeypatch: pytest.MonkeyP
     assert not con.in_transaction
 
 
+@sqlite_only
 def test_file_store_uses_wal_foreign_keys_and_a_busy_timeout(db_path: Path):
     with rxcontext.open(db_path) as s:
         assert pragma(s, "journal_mode") == "wal"
@@ -190,12 +233,14 @@ def test_file_store_uses_wal_foreign_keys_and_a_busy_timeout(db_path: Path):
         assert pragma(s, "busy_timeout") == 250
 
 
-def test_durable_commit_restores_normal_synchronous(any_store: SQLiteStore):
-    ctx = any_store.get_or_create_context("c")
-    any_store.commit_reply(ctx.id, [R("x")])
-    assert pragma(any_store, "synchronous") == 1
+@sqlite_only
+def test_durable_commit_restores_normal_synchronous(sqlite_store: SQLiteStore):
+    ctx = sqlite_store.get_or_create_context("c")
+    sqlite_store.commit_reply(ctx.id, [R("x")])
+    assert pragma(sqlite_store, "synchronous") == 1
 
 
+@sqlite_only
 def test_memory_store_has_foreign_keys_and_is_private():
     with rxcontext.open(":memory:") as a, rxcontext.open() as b:
         assert pragma(a, "foreign_keys") == 1
@@ -203,6 +248,7 @@ def test_memory_store_has_foreign_keys_and_is_private():
         assert [c.name for c in b.list_contexts()] == []
 
 
+@sqlite_only
 def test_repr_and_close_are_idempotent(db_path: Path):
     s = rxcontext.open(db_path)
     assert "chat.db" in repr(s) and not s.closed
@@ -262,8 +308,7 @@ def test_hostile_context_names_round_trip(any_store: SQLiteStore, name: str):
     assert clone.name == name + "'copy"
     assert any_store.export_context(ctx.id)["context"]["name"] == name
     assert {c.name for c in any_store.list_contexts()} == {name, name + "'copy"}
-    tables = {r[0] for r in any_store._db().execute("SELECT name FROM sqlite_master")}
-    assert {"records", "contexts"} <= tables
+    assert contents(any_store, ctx.id) == [name]  # the tables are all still there
 
 
 def test_delete_cascades_records_tools_and_checkpoints(any_store: SQLiteStore):
@@ -276,11 +321,9 @@ def test_delete_cascades_records_tools_and_checkpoints(any_store: SQLiteStore):
     any_store.delete_context(doomed.id)
     with pytest.raises(ContextNotFound):
         any_store.get_context(doomed.id)
-    db = any_store._db()
-    assert db.execute("SELECT COUNT(*) FROM checkpoint_parts").fetchone()[0] == 1
+    assert rows(any_store, "SELECT COUNT(*) FROM checkpoint_parts") == [(1,)]
     for table in ("records", "context_tools", "checkpoints"):
-        rows = db.execute(f"SELECT context_id FROM {table}").fetchall()
-        assert rows == [(kept.id,)], table
+        assert rows(any_store, f"SELECT context_id FROM {table}") == [(kept.id,)], table
     with pytest.raises(ContextNotFound):
         any_store.delete_context(doomed.id)
 
@@ -397,15 +440,16 @@ def test_stats_aggregate_counts_tokens_and_summed_usage(store: SQLiteStore):
         store.context_stats("missing")
 
 
-def test_stats_is_one_aggregate_query(store: SQLiteStore):
-    ctx = store.get_or_create_context("s")
-    store.add_record(ctx.id, P("x"))
+@sqlite_only
+def test_stats_is_one_aggregate_query(sqlite_store: SQLiteStore):
+    ctx = sqlite_store.get_or_create_context("s")
+    sqlite_store.add_record(ctx.id, P("x"))
     statements: list[str] = []
-    store._db().set_trace_callback(statements.append)
+    sqlite_store._db().set_trace_callback(statements.append)
     try:
-        store.context_stats(ctx.id)
+        sqlite_store.context_stats(ctx.id)
     finally:
-        store._db().set_trace_callback(None)
+        sqlite_store._db().set_trace_callback(None)
     assert len(statements) == 1 and statements[0].lstrip().startswith("SELECT")
 
 
@@ -456,10 +500,10 @@ def test_add_record_to_a_missing_context(store: SQLiteStore):
 
 def test_records_are_ordered_by_position_not_by_clock(store: SQLiteStore):
     # The store's clock steps back (NTP, a VM resumed) between writes: order is unchanged.
-    times = iter(
-        datetime(2024, 1, d, tzinfo=UTC) for d in (5, 1, 9, 2, 2, 2, 3, 8, 8, 8, 8, 8, 8)
-    )
-    store.clock = lambda: next(times)
+    times = iter(datetime(2024, 1, d, tzinfo=UTC) for d in (5, 1, 9, 2, 2, 2, 3, 8, 8, 8, 8, 8, 8))
+    stepped = isinstance(store, SQLiteStore)  # PostgreSQL's clock is the server's
+    if stepped:
+        store.clock = lambda: next(times)
     ctx = store.get_or_create_context("o")
     for content in "abc":
         store.add_record(ctx.id, P(content))
@@ -468,7 +512,8 @@ def test_records_are_ordered_by_position_not_by_clock(store: SQLiteStore):
     store.add_record(ctx.id, P("g"))
     assert contents(store, ctx.id) == list("abcdefg")
     assert [r.pos for r in store.records(ctx.id)] == [0, 1, 2, 3, 3, 3, 4]
-    assert [r.timestamp.day for r in store.records(ctx.id)] == [1, 9, 2, 2, 2, 3, 8]
+    if stepped:
+        assert [r.timestamp.day for r in store.records(ctx.id)] == [1, 9, 2, 2, 2, 3, 8]
 
 
 def test_set_live_range_is_inclusive_and_checked(store: SQLiteStore):
@@ -523,13 +568,14 @@ def test_replace_records_marks_dead_and_inserts_in_place(store: SQLiteStore):
     assert store.records(ctx.id) == before
 
 
-def test_commit_reply_writes_every_draft_in_one_transaction(store: SQLiteStore):
-    ctx = store.get_or_create_context("c")
-    store.add_record(ctx.id, P("q"))
+@sqlite_only
+def test_commit_reply_writes_every_draft_in_one_transaction(sqlite_store: SQLiteStore):
+    ctx = sqlite_store.get_or_create_context("c")
+    sqlite_store.add_record(ctx.id, P("q"))
     statements: list[str] = []
-    store._db().set_trace_callback(statements.append)
+    sqlite_store._db().set_trace_callback(statements.append)
     try:
-        out = store.commit_reply(
+        out = sqlite_store.commit_reply(
             ctx.id,
             [
                 R("calling", streamed=True, response_id="r1"),
@@ -539,12 +585,12 @@ def test_commit_reply_writes_every_draft_in_one_transaction(store: SQLiteStore):
             last_response_id="r1",
         )
     finally:
-        store._db().set_trace_callback(None)
+        sqlite_store._db().set_trace_callback(None)
     assert sum(s.startswith("BEGIN") for s in statements) == 1
     assert sum(s == "COMMIT" for s in statements) == 1
     assert [r.content for r in out] == ["calling", '{"a": 1}']
-    assert store.records(ctx.id)[1:] == out
-    assert store.get_context(ctx.id).last_response_id == "r1"
+    assert sqlite_store.records(ctx.id)[1:] == out
+    assert sqlite_store.get_context(ctx.id).last_response_id == "r1"
 
 
 @pytest.mark.parametrize(
@@ -588,7 +634,7 @@ def test_commit_reply_to_a_deleted_context_stores_nothing(store: SQLiteStore):
     store.delete_context(ctx.id)
     with pytest.raises(ContextNotFound, match="deleted"):
         store.commit_reply(ctx.id, [R("x")])
-    assert store._db().execute("SELECT COUNT(*) FROM records").fetchone()[0] == 0
+    assert rows(store, "SELECT COUNT(*) FROM records") == [(0,)]
 
 
 def test_commit_reply_drops_the_row_of_a_reply_never_interrupted(store: SQLiteStore):
@@ -599,7 +645,7 @@ def test_commit_reply_drops_the_row_of_a_reply_never_interrupted(store: SQLiteSt
     (rec,) = store.commit_reply(ctx.id, [R("run done")], reply=ticket, end="reply")
     assert (rec.pos, rec.reply_id) == (begun.pos, "run")
     assert store.checkpoints(ctx.id, include_resolved=True) == []
-    assert store._db().execute("SELECT COUNT(*) FROM checkpoint_parts").fetchone()[0] == 0
+    assert rows(store, "SELECT COUNT(*) FROM checkpoint_parts") == [(0,)]
     with pytest.raises(CheckpointNotFound):
         store.get_checkpoint(begun.id)
     assert store.find_reply("run") is None and store.reply_records("run") == [rec]
@@ -666,7 +712,10 @@ def test_checkpoint_text_is_appended_and_the_rest_replaced(store: SQLiteStore):
     ctx = store.get_or_create_context("cp")
     begun = store.begin_reply(ctx.id, "r1", owner=worker_id())
     assert (begun.state, begun.epoch, begun.text, begun.reply_id) == (
-        ReplyState.STREAMING, 1, "", "r1"
+        ReplyState.STREAMING,
+        1,
+        "",
+        "r1",
     )
     assert begun.updated_at == begun.created_at and begun.owner == worker_id()
     ticket = ReplyTicket(begun.id, 1)
@@ -745,11 +794,11 @@ def test_claim_is_atomic_and_resolve_goes_through_commit_reply(store: SQLiteStor
         store.claim_checkpoint(a.id, owner=worker_id())
 
 
-def test_only_one_of_many_threads_claims_a_checkpoint(db_path: Path):
-    with rxcontext.open(db_path) as s:
+def test_only_one_of_many_threads_claims_a_checkpoint(target: str):
+    with rxcontext.open(target) as s:
         ctx = s.get_or_create_context("race")
         cp = cut(s, ctx.id, "x")
-        stores = [rxcontext.open(db_path) for _ in range(8)]
+        stores = [rxcontext.open(target) for _ in range(8)]
         barrier = threading.Barrier(len(stores))
         wins: list[bool] = []
 
@@ -820,16 +869,30 @@ def test_the_closed_store_table_covers_the_whole_interface():
     assert public == set(CALLS)
 
 
+@pytest.fixture(scope="module", params=["file", "postgres"])
+def module_target(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Like ``target`` but one database for the whole module (fresh ones cost ~0.2 s each)."""
+    if request.param == "file":
+        yield str(tmp_path_factory.mktemp("closed") / "chat.db")
+        return
+    import pgtest
+
+    yield from pgtest.fresh_database(request.getfixturevalue("pg_server"))
+
+
 @pytest.mark.parametrize("method", sorted(CALLS))
-def test_every_method_of_a_closed_store_raises_store_closed(db_path: Path, method: str):
-    s = rxcontext.open(db_path)
-    ctx = s.get_or_create_context("x")
+def test_every_method_of_a_closed_store_raises_store_closed(module_target: str, method: str):
+    target = module_target
+    s = rxcontext.open(target)
+    ctx = s.get_or_create_context(method)
     s.add_record(ctx.id, P("kept"))
     s.close()
     with pytest.raises(StoreClosedError, match=r"closed; open it again with rxcontext\.open"):
         CALLS[method](s, ctx.id)
     assert issubclass(StoreClosedError, StoreError)
-    with rxcontext.open(db_path) as again:
+    with rxcontext.open(target) as again:
         assert contents(again, ctx.id) == ["kept"]
 
 
@@ -840,6 +903,7 @@ def snapshot(path: Path) -> tuple[bytes, int, list[str]]:
     return path.read_bytes(), path.stat().st_mtime_ns, sorted(os.listdir(path.parent))
 
 
+@sqlite_only
 @pytest.mark.parametrize(
     "content",
     [
@@ -861,6 +925,7 @@ def test_a_non_database_file_is_refused_and_left_untouched(db_path: Path, conten
     assert snapshot(db_path) == before
 
 
+@sqlite_only
 def test_an_empty_file_becomes_a_database(db_path: Path):
     db_path.write_bytes(b"")
     with rxcontext.open(db_path) as s:
@@ -868,11 +933,13 @@ def test_an_empty_file_becomes_a_database(db_path: Path):
     assert db_path.read_bytes().startswith(b"SQLite format 3\x00")
 
 
+@sqlite_only
 def test_a_directory_is_refused(tmp_path: Path):
     with pytest.raises(StoreError, match="is a directory"):
         rxcontext.open(tmp_path)
 
 
+@sqlite_only
 def test_a_missing_folder_is_refused_without_creating_it(tmp_path: Path):
     target = tmp_path / "no" / "such" / "chat.db"
     with pytest.raises(StoreError, match="does not exist"):
@@ -897,6 +964,7 @@ def unwritable(path: Path) -> Iterator[Path]:
         subprocess.run([chattr, "-i", str(path)], check=True)
 
 
+@sqlite_only
 def test_a_read_only_database_reads_but_refuses_writes_clearly(db_path: Path):
     with rxcontext.open(db_path) as s:
         ctx = s.get_or_create_context("ro")
@@ -912,6 +980,7 @@ def test_a_read_only_database_reads_but_refuses_writes_clearly(db_path: Path):
     assert db_path.read_bytes() == data
 
 
+@sqlite_only
 def test_an_empty_read_only_file_is_refused_clearly(db_path: Path):
     # It needs the schema written and cannot get it.
     db_path.write_bytes(b"")
@@ -932,8 +1001,8 @@ with rxcontext.open(sys.argv[1]) as s:
 """
 
 
-def test_another_process_sees_every_committed_reply(db_path: Path):
-    s = rxcontext.open(db_path)  # stays open: the replies may still be in the WAL only
+def test_another_process_sees_every_committed_reply(target: str):
+    s = rxcontext.open(target)  # stays open: the replies may still be in the WAL only
     name = "x'); DROP TABLE records;-- 🦀"
     ctx = s.get_or_create_context(name)
     expected = []
@@ -942,7 +1011,7 @@ def test_another_process_sees_every_committed_reply(db_path: Path):
         s.commit_reply(ctx.id, [R(f"a{i} ✓", streamed=True)], usage=Usage.of(1, 1))
         expected += [["PROMPT", f"q{i}", False], ["MODEL_RESP", f"a{i} ✓", True]]
     out = subprocess.run(
-        [sys.executable, "-c", READER, str(db_path), name],
+        [sys.executable, "-c", READER, target, name],
         capture_output=True,
         text=True,
         check=True,
@@ -952,7 +1021,7 @@ def test_another_process_sees_every_committed_reply(db_path: Path):
     s.close()
 
 
-def test_this_process_sees_what_another_process_committed(db_path: Path):
+def test_this_process_sees_what_another_process_committed(target: str):
     writer = """
 import sys, rxcontext
 from rxcontext import RecordType
@@ -962,9 +1031,9 @@ ctx = s.get_or_create_context("shared")
 s.commit_reply(ctx.id, [RecordDraft(RecordType.MODEL_RESP, "from the child")])
 s.close()
 """
-    with rxcontext.open(db_path) as s:
+    with rxcontext.open(target) as s:
         ctx = s.get_or_create_context("shared")
-        subprocess.run([sys.executable, "-c", writer, str(db_path)], check=True, timeout=60)
+        subprocess.run([sys.executable, "-c", writer, target], check=True, timeout=60)
         assert contents(s, ctx.id) == ["from the child"]
 
 
@@ -1000,8 +1069,8 @@ def test_threads_adding_to_one_store_lose_nothing(any_store: SQLiteStore):
     assert any_store.context_stats(ctx.id).usage == Usage(200, 200, 400)
 
 
-def test_a_claim_of_a_process_that_exited_can_be_taken_over(tmp_path):
-    path = tmp_path / "claims.db"
+def test_a_claim_of_a_process_that_exited_can_be_taken_over(target: str):
+    path = target
     store = rxcontext.open(path)
     ctx = store.get_or_create_context("c")
     cp = cut(store, ctx.id)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from reactivex import operators as ops
 from reactivex.scheduler import ThreadPoolScheduler
 from reactivex.testing import TestScheduler
+from stores import open_store, scalar
 
 import rxcontext
 from rxcontext import (
@@ -31,6 +32,8 @@ from rxcontext import operators as rxops
 from rxcontext.providers import ScriptedModel
 from rxcontext.store.owner import worker_id
 
+pytestmark = pytest.mark.usefixtures("both_stores")
+
 
 def T(text: str) -> Chunk:
     return Chunk(ChunkKind.TEXT, text)
@@ -41,7 +44,7 @@ DONE = Chunk(ChunkKind.DONE, finish_reason="stop", response_id="resp_1")
 
 def window(*scripts, **kwargs) -> tuple[ContextWindow, ScriptedModel]:
     model = ScriptedModel(list(scripts))
-    cw = ContextWindow(rxcontext.open(":memory:"), model, "t", **kwargs)
+    cw = ContextWindow(open_store(), model, "t", **kwargs)
     cw.add_prompt("hi")
     return cw, model
 
@@ -245,7 +248,7 @@ def test_store_closed_is_a_clear_error():
 
 
 def test_window_without_a_model_says_so():
-    cw = ContextWindow(rxcontext.open(":memory:"))
+    cw = ContextWindow(open_store())
     with pytest.raises(rxcontext.RxContextError, match="no model"):
         cw.stream()
 
@@ -258,7 +261,7 @@ def test_periodic_checkpoints_follow_the_timer_and_go_away_on_completion():
     # (between two chunks, as in a pause) and the checkpoint holds what was delivered.
     ts = TestScheduler()
     model = ScriptedModel([[T("a"), T("b"), T("c"), T("d"), DONE]])
-    cw = ContextWindow(rxcontext.open(":memory:"), model, "p", checkpoint_every=1.0, scheduler=ts)
+    cw = ContextWindow(open_store(), model, "p", checkpoint_every=1.0, scheduler=ts)
     cw.add_prompt("go")
     seen: list[list[tuple[int, str]]] = []
 
@@ -275,7 +278,7 @@ def test_periodic_checkpoints_follow_the_timer_and_go_away_on_completion():
 
 def test_a_pause_with_nothing_new_writes_nothing():
     ts = TestScheduler()
-    store = rxcontext.open(":memory:")
+    store = open_store()
     model = ScriptedModel([[T("a"), T("b"), DONE]])
     cw = ContextWindow(store, model, "p", checkpoint_every=1.0, scheduler=ts)
     cw.add_prompt("go")
@@ -285,9 +288,7 @@ def test_a_pause_with_nothing_new_writes_nothing():
         if chunk.text == "b":
             for _ in range(5):  # five intervals with nothing new after the first
                 ts.advance_by(1.0)
-                parts.append(
-                    store._db().execute("SELECT COUNT(*) FROM checkpoint_parts").fetchone()[0]
-                )
+                parts.append(scalar(store, "SELECT COUNT(*) FROM checkpoint_parts"))
 
     cw.call(rxops.middleware(on_chunk=pause))
     assert parts == [1, 1, 1, 1, 1]
@@ -296,7 +297,7 @@ def test_a_pause_with_nothing_new_writes_nothing():
 def test_periodic_checkpointing_can_be_disabled():
     ts = TestScheduler()
     model = ScriptedModel([[T("a"), T("b"), RuntimeError("x")]])
-    cw = ContextWindow(rxcontext.open(":memory:"), model, "p", checkpoint_every=None, scheduler=ts)
+    cw = ContextWindow(open_store(), model, "p", checkpoint_every=None, scheduler=ts)
     cw.add_prompt("go")
     texts: list[str] = []
 
@@ -435,7 +436,7 @@ async def test_async_error_is_stream_interrupted():
 
 
 async def test_many_concurrent_async_streams_into_many_contexts():
-    store = rxcontext.open(":memory:")
+    store = open_store()
     n = 50
     windows = []
     for i in range(n):
@@ -451,7 +452,7 @@ async def test_many_concurrent_async_streams_into_many_contexts():
 
 
 def test_threads_streaming_into_one_context_never_interleave_records():
-    store = rxcontext.open(":memory:")
+    store = open_store()
     n = 8
     barrier = threading.Barrier(n)
     errors: list[BaseException] = []

@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 from provider_rules import model_for
 from replay import Replay, real_fixture
+from stores import open_store
 
-import rxcontext
 from rxcontext import ChunkKind, ContextWindow, RecordType, Tool
 
 KEY = "sk-test-toolloop-0123456789"
+
+pytestmark = pytest.mark.usefixtures("both_stores")
 
 
 def rounds(folder: str, name: str) -> tuple[Replay, dict[str, Any]]:
@@ -32,7 +34,7 @@ def rounds(folder: str, name: str) -> tuple[Replay, dict[str, Any]]:
 async def run_loop(
     kind: str, replay: Replay, tool: Tool, output: str, prompt: str, mode: str, wire: str
 ) -> ContextWindow:
-    cw = ContextWindow(rxcontext.open(":memory:"), model_for(kind, replay, wire), "loop")
+    cw = ContextWindow(open_store(), model_for(kind, replay, wire), "loop")
     calls: list[dict[str, Any]] = []
 
     def runner(args: dict[str, Any]) -> str:

@@ -30,10 +30,8 @@ def done(reason: str = "stop", inp: int = 0, out: int = 0) -> Chunk:
 
 
 @pytest.fixture
-def store():
-    s = rxcontext.open(":memory:")
-    yield s
-    s.close()
+def store(make_store):
+    return make_store()  # each test runs on SQLite and on PostgreSQL
 
 
 # -- contexts ---------------------------------------------------------------------------

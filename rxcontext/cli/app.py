@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from .. import __version__
+from ..store import without_password
 from . import chat, checkpoints, contexts, demo, summarize
-from .common import CLIError, default_db
+from .common import DB_ENV, CLIError, default_db
 from .errors import report
 
 __all__ = ["main", "parser"]
@@ -80,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # every error ends as two lines; --verbose adds the traceback
         if args.verbose:
             traceback.print_exc()
-        db = Path(args.db) if getattr(args, "db", None) else default_db()
+        given = getattr(args, "db", None) or os.environ.get(DB_ENV)
+        db = Path(without_password(given)) if given else default_db()
         report(exc, getattr(args, "base_url", None), db)
         return exc.status if isinstance(exc, CLIError) else 1

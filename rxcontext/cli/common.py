@@ -7,13 +7,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RxContextError
 from ..providers.base import Model
-from ..store import SQLiteStore
+from ..store import SQLiteStore, is_postgres_url, open_postgres
 from ..window import DEFAULT_MAX_TOKENS
 from .render import Renderer
+
+if TYPE_CHECKING:
+    from ..store.postgres import PostgresStore
 
 __all__ = [
     "DB_ENV",
@@ -26,6 +29,7 @@ __all__ = [
     "build_model",
     "confirm",
     "db_path",
+    "db_url",
     "default_db",
     "open_store",
     "output_limit",
@@ -72,8 +76,17 @@ def db_path(value: str | None, *, create: bool) -> Path:
     return path
 
 
-def open_store(value: str | None, *, create: bool = False) -> SQLiteStore:
-    """The store at ``--db`` (see :func:`db_path`)."""
+def db_url(value: str | None) -> str | None:
+    """``--db`` (or ``$RXCONTEXT_DB``) when it is a ``postgresql://`` URL rather than a path."""
+    raw = value or os.environ.get(DB_ENV)
+    return raw if is_postgres_url(raw) else None
+
+
+def open_store(value: str | None, *, create: bool = False) -> SQLiteStore | PostgresStore:
+    """The store at ``--db``: a PostgreSQL URL, or a file path (see :func:`db_path`)."""
+    url = db_url(value)
+    if url is not None:
+        return open_postgres(url)
     return SQLiteStore(db_path(value, create=create))
 
 

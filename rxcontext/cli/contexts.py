@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import InvalidExport
 from ..interop import fork_context, import_context
 from ..records import Context, ContextStats
-from ..store import SQLiteStore
+from ..store import Store
 from .common import CLIError, add_common, confirm, open_store, renderer
 from .render import Renderer
 from .text import to_json
@@ -103,7 +103,7 @@ def _read_export(path: str) -> Any:
         raise CLIError(f"{path} is not JSON: {exc}", "give a file made by contexts export") from exc
 
 
-def _import(store: SQLiteStore, render: Renderer, data: Any, name: str | None) -> int:
+def _import(store: Store, render: Renderer, data: Any, name: str | None) -> int:
     try:
         ctx = import_context(store, data, name=name)
     except InvalidExport as exc:
@@ -123,7 +123,7 @@ def _need(value: str | None, message: str) -> str:
     return value
 
 
-def _list(store: SQLiteStore, render: Renderer, *, as_json: bool) -> int:
+def _list(store: Store, render: Renderer, *, as_json: bool) -> int:
     stats = [store.context_stats(c.id) for c in store.list_contexts()]
     if as_json:
         print(to_json([_stats_dict(s) for s in stats]))
@@ -132,7 +132,7 @@ def _list(store: SQLiteStore, render: Renderer, *, as_json: bool) -> int:
     return 0
 
 
-def _show(store: SQLiteStore, render: Renderer, ctx: Context) -> int:
+def _show(store: Store, render: Renderer, ctx: Context) -> int:
     s = store.context_stats(ctx.id)
     render.line(
         f"context {ctx.name!r} · {s.records} records ({s.live_records} live, "
@@ -150,7 +150,7 @@ def _show(store: SQLiteStore, render: Renderer, ctx: Context) -> int:
     return 0
 
 
-def _export(store: SQLiteStore, ctx: Context, out: str | None) -> int:
+def _export(store: Store, ctx: Context, out: str | None) -> int:
     text = to_json(store.export_context(ctx.id))
     if not out:
         print(text)
@@ -165,7 +165,7 @@ def _export(store: SQLiteStore, ctx: Context, out: str | None) -> int:
     return 0
 
 
-def _delete(store: SQLiteStore, render: Renderer, ctx: Context, *, yes: bool) -> int:
+def _delete(store: Store, render: Renderer, ctx: Context, *, yes: bool) -> int:
     if not yes:
         if not sys.stdin.isatty():
             raise CLIError(

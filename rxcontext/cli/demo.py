@@ -18,10 +18,10 @@ from typing import Any, TextIO
 from ..errors import StreamInterrupted
 from ..providers.replay import ScriptedReply, replay_model
 from ..records import RecordType
-from ..store import SQLiteStore
+from ..store import open_any
 from ..tools import Tool
 from ..window import ContextWindow
-from .common import add_common, db_path
+from .common import add_common, db_path, db_url
 from .render import Renderer, Window
 
 __all__ = ["register", "run", "run_demo"]
@@ -42,7 +42,8 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """``rxcontext demo [--fast]``."""
     delay = 0.0 if args.fast else 0.03
-    return run_demo(db_path(args.db, create=True), delay=delay, out=sys.stdout)
+    db = db_url(args.db) or db_path(args.db, create=True)
+    return run_demo(db, delay=delay, out=sys.stdout)
 
 
 def _text(name: str) -> str:
@@ -57,10 +58,10 @@ def _window(cw: ContextWindow) -> Window:
     return Window(cw.live_tokens(), cw.max_tokens)
 
 
-def run_demo(db: Path, *, delay: float, out: TextIO, live: bool | None = None) -> int:
+def run_demo(db: Path | str, *, delay: float, out: TextIO, live: bool | None = None) -> int:
     """Run the demo against the database at ``db``; returns an exit status."""
     render = Renderer(out, live=live)
-    store = SQLiteStore(db)
+    store = open_any(db)
     try:
         cw = ContextWindow(store, context=CONTEXT)
         first = not any(r.type is RecordType.MODEL_RESP for r in cw.records())
@@ -68,7 +69,7 @@ def run_demo(db: Path, *, delay: float, out: TextIO, live: bool | None = None) -
             _first_run(cw, render, delay)
         else:
             _second_run(cw, render, delay)
-        render.records(cw.records(), title=f"context {CONTEXT!r} in {db}")
+        render.records(cw.records(), title=f"context {CONTEXT!r} in {store.path}")
         if first:
             render.line("Run the demo again: a tool call, a cut stream and its resume.")
         else:

@@ -164,6 +164,7 @@ class Store(Protocol):
         """Set ``live`` on the records at indexes ``start``..``end`` (inclusive) of the
         context's records in order — of its live records only, if ``live_only``."""
         ...
+
     def replace_system_prompt(self, context_id: str, content: str) -> Record: ...
     def replace_records(
         self, context_id: str, dead_ids: Sequence[int], draft: RecordDraft
@@ -178,6 +179,7 @@ class Store(Protocol):
         reply: ReplyTicket | None = None,
         end: ReplyEnd | None = None,
         at: int | None = None,
+        commit_id: str | None = None,
     ) -> list[Record]:
         """Store ``drafts`` durably in one transaction, at the reply's position.
 
@@ -185,6 +187,11 @@ class Store(Protocol):
         refused with :class:`~rxcontext.OwnershipLost` unless the ticket's epoch still owns
         a live reply, and ``end`` settles it. Without, they go at position ``at`` (or the
         next one). ``usage`` is added to the context's totals.
+
+        ``commit_id`` is an idempotency key for stores where a commit's outcome can be
+        unknown (PostgreSQL: the connection lost during COMMIT): there a second commit with
+        the same key stores nothing and returns the first one's records. SQLite, whose
+        local transactions either commit or raise, accepts and ignores it.
         """
         ...
 

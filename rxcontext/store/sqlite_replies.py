@@ -265,8 +265,12 @@ class SQLiteReplies:
         reply: ReplyTicket | None = None,
         end: ReplyEnd | None = None,
         at: int | None = None,
+        commit_id: str | None = None,
     ) -> list[Record]:
-        """Store ``drafts`` durably in one transaction (see :meth:`Store.commit_reply`)."""
+        """Store ``drafts`` durably in one transaction (see :meth:`Store.commit_reply`).
+
+        ``commit_id`` is ignored: a local commit either happened or raised.
+        """
         with self._tx(durable=True) as db:
             nxt = self._allocate(db, context_id, 0 if reply is not None or at is not None else 1)
             reply_id: str | None = None

@@ -55,9 +55,7 @@ def test_fixed_columns_are_whole_and_the_table_fits(
 
 
 @given(rows=rows, width=st.integers(60, 200))
-def test_rendered_lines_fit_and_keep_the_key_cells(
-    rows: list[tuple[str, ...]], width: int
-) -> None:
+def test_rendered_lines_fit_and_keep_the_key_cells(rows: list[tuple[str, ...]], width: int) -> None:
     console = Console(width=width, record=True, markup=False, emoji=False, file=io.StringIO())
     table, _ = rich_table("t", COLUMNS, rows, width)
     console.print(table)

@@ -1,0 +1,512 @@
+"""The reply lifecycle on PostgreSQL: begin, checkpoint, commit, claim, keep, discard.
+
+The twin of :mod:`.sqlite_replies`, for a database shared by many hosts:
+
+* Every write takes the reply's context row lock first (as every write to a context does),
+  so writes to one context are serialised and never deadlock on each other.
+* Writes are fenced: ``WHERE id = … AND epoch = … AND state IN ('streaming', 'resuming')``.
+  Once another worker has claimed the reply (next epoch) or it was settled, the old
+  writer's writes change nothing; its commit raises :class:`~rxcontext.OwnershipLost`.
+* Owners are worker ids (:mod:`.owner`); a live reply whose owner is gone reads as
+  ``INTERRUPTED``: on the owner's host at once (the process table), elsewhere once its lease
+  (renewed by the owner's heartbeat, timed by the database's clock) has run out. Claims,
+  keeps and discards take such a reply over with the next epoch, as one compare-and-set on
+  the epoch and state that were read, so of several racing callers exactly one wins.
+* Checkpoint text is appended in parts (:mod:`.pg_writes`). Periodic writes
+  (:meth:`PostgresReplies.save_checkpoints`) are one transaction with
+  ``synchronous_commit = off`` that never waits: busy locks, no free connection or an
+  unreachable server give None. What a crash or a cut-off COMMIT makes of them is repaired
+  by the next write (:class:`~.pg_writes.Ledger`).
+* A write retried after its COMMIT was cut off recognises its own earlier attempt (the
+  row's ``last_write``, a commit's ``commit_id``) and is not applied twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from ..chunks import Usage
+from ..errors import CheckpointNotFound, ContextNotFound, OwnershipLost, ReplyExists
+from ..records import Checkpoint, Record, RecordType, ReplyState
+from . import _pg_rows as rows
+from ._pg_rows import Draft, insert_records, live_tokens_of, lock_context
+from .base import (
+    IN_PROGRESS,
+    ORPHANED,
+    CheckpointDraft,
+    RecordDraft,
+    ReplyEnd,
+    ReplyTicket,
+    settle_refusal,
+)
+from .owner import owner_alive
+from .pg_codec import dec, enc, enc_opt
+from .pg_run import Conn, Stored
+from .pg_writes import WRITE, CheckpointWrite, Ledger
+
+if TYPE_CHECKING:
+    from .pg_run import Runner
+
+__all__ = ["PostgresReplies"]
+
+_Then = Callable[[Conn, Checkpoint, str, bool], Any]
+
+_LIVE = ("streaming", "resuming")
+_BACKGROUND = (
+    "SELECT set_config('synchronous_commit', 'off', true), set_config('lock_timeout', '50ms', true)"
+)
+"""Periodic writes (``SET LOCAL``): not waiting for the WAL flush, nor more than 50 ms for a
+lock (then they give up until the next interval; the stream never waits for them)."""
+
+
+class PostgresReplies:
+    """Reply lifecycle methods of :class:`~rxcontext.store.postgres.PostgresStore`."""
+
+    if TYPE_CHECKING:
+        _runner: Runner
+        _durable: str | None
+        lease_ttl: float
+
+    def __init__(self) -> None:
+        self._ledger = Ledger()
+
+    # -- reading --------------------------------------------------------------------------
+
+    @staticmethod
+    def _load(row: Sequence[Any]) -> Checkpoint:
+        cp = rows.checkpoint(row)
+        if cp.state.live and not owner_alive(cp.owner, rows.utc_opt(row[18]), rows.utc(row[19])):
+            # Its process is gone (or stopped renewing its lease): say what the next claim,
+            # keep or discard will make of it.
+            return _as_orphan(cp)
+        return cp
+
+    def _select(self, where: str, args: tuple[Any, ...]) -> list[Checkpoint]:
+        found = self._runner.run(
+            lambda conn, _: conn.execute(
+                f"{rows.CHECKPOINT_SELECT} WHERE {where}", args
+            ).fetchall(),
+            tx=False,
+        )
+        return [self._load(r) for r in found]
+
+    def get_checkpoint(self, checkpoint_id: int) -> Checkpoint:
+        """One reply's checkpoint by id, or :class:`CheckpointNotFound`."""
+        found = self._select("c.id = %s", (checkpoint_id,))
+        if not found:
+            raise CheckpointNotFound(f"no checkpoint with id {checkpoint_id!r}")
+        return found[0]
+
+    def find_reply(self, reply_id: str) -> Checkpoint | None:
+        """The row of reply ``reply_id``, or None (never begun, or completed without a cut)."""
+        found = self._select("c.reply_id = %s", (enc(reply_id),))
+        return found[0] if found else None
+
+    def reply_records(self, reply_id: str) -> list[Record]:
+        """The records reply ``reply_id`` stored, in order (empty if none yet)."""
+        found = self._runner.run(
+            lambda conn, _: conn.execute(
+                f"SELECT {rows.RECORD_COLUMNS} FROM records WHERE reply_id = %s ORDER BY pos, id",
+                (enc(reply_id),),
+            ).fetchall(),
+            tx=False,
+        )
+        return [rows.record(r) for r in found]
+
+    def checkpoints(self, context_id: str, *, include_resolved: bool = False) -> list[Checkpoint]:
+        """Interrupted replies of a context in conversation order (settled ones too if asked).
+
+        A reply whose process died (or, on another host, whose lease ran out) is listed as
+        interrupted (its row changes at the next claim, keep or discard).
+        """
+        found = self._select(
+            "c.context_id = %s ORDER BY c.pos, c.id"
+            if include_resolved
+            else "c.context_id = %s AND c.state IN ('interrupted', 'streaming', 'resuming')"
+            " ORDER BY c.pos, c.id",
+            (context_id,),
+        )
+        return [cp for cp in found if include_resolved or cp.state is ReplyState.INTERRUPTED]
+
+    def active_replies(self, context_id: str) -> list[Checkpoint]:
+        """Replies being generated now in a context (``STREAMING`` or ``RESUMING``)."""
+        found = self._select(
+            "c.context_id = %s AND c.state IN ('streaming', 'resuming') ORDER BY c.pos, c.id",
+            (context_id,),
+        )
+        return [cp for cp in found if cp.state.live]
+
+    # -- writing --------------------------------------------------------------------------
+
+    def begin_reply(self, context_id: str, reply_id: str, *, owner: str) -> Checkpoint:
+        """Reserve the next position for a reply and create its ``STREAMING`` row (epoch 1)."""
+        if not isinstance(reply_id, str) or not reply_id:
+            raise TypeError("reply_id must be a non-empty str")
+        rid = enc(reply_id)
+        rid.encode("utf-8")  # refused (like SQLite) before the transaction
+        token = uuid.uuid4().hex
+
+        def body(conn: Conn, ambiguous: bool) -> Checkpoint:
+            if ambiguous:  # our first try may have landed: find it under the context lock
+                lock_context(conn, context_id)
+                mine = conn.execute(
+                    f"{rows.CHECKPOINT_SELECT} WHERE c.reply_id = %s AND c.last_write = %s",
+                    (rid, token),
+                ).fetchone()
+                if mine is not None:
+                    raise Stored(rows.checkpoint(mine))
+            pos, now, _ = lock_context(conn, context_id, 1)
+            used = conn.execute(
+                "SELECT 1 FROM records WHERE reply_id = %s LIMIT 1", (rid,)
+            ).fetchone()
+            row = (
+                None
+                if used
+                else conn.execute(
+                    "INSERT INTO checkpoints (context_id, reply_id, state, pos, owner, epoch,"
+                    " lease_until, created_at, updated_at, last_write)"
+                    " VALUES (%s, %s, 'streaming', %s, %s, 1,"
+                    " %s + make_interval(secs => %s), %s, %s, %s)"
+                    f" ON CONFLICT (reply_id) DO NOTHING RETURNING {rows.CHECKPOINT_COLUMNS}",
+                    (context_id, rid, pos, owner, now, self.lease_ttl, now, now, token),
+                ).fetchone()
+            )
+            if row is None:  # the transaction rolls back: no position was taken
+                raise ReplyExists(f"reply id {reply_id!r} was already used (reply ids are unique)")
+            return rows.checkpoint(row)
+
+        begun: Checkpoint = self._runner.run(body)
+        self._ledger.start(begun.id)
+        return begun
+
+    def _lock_for(self, conn: Conn, checkpoint_id: int) -> str | None:
+        """Take the context lock of a reply's context; its id, or None if the reply is gone."""
+        found = conn.execute(
+            "SELECT context_id FROM checkpoints WHERE id = %s", (checkpoint_id,)
+        ).fetchone()
+        if found is None:
+            return None
+        try:
+            lock_context(conn, found[0])
+        except ContextNotFound:
+            return None
+        return str(found[0])
+
+    def save_checkpoint(
+        self,
+        ticket: ReplyTicket,
+        draft: CheckpointDraft,
+        *,
+        state: ReplyState | None = None,
+    ) -> bool:
+        """Write ``draft`` into the reply's checkpoint (appending its text); False if fenced.
+
+        Commits with the server's ``synchronous_commit`` (on by default): this is the write
+        that interrupts a reply, before ``on_error`` reaches the subscriber.
+        """
+        write = CheckpointWrite(ticket, draft, state)
+
+        def body(conn: Conn, ambiguous: bool) -> bool:
+            if self._lock_for(conn, ticket.checkpoint_id) is None:
+                return False
+            if (
+                ambiguous
+                and conn.execute(
+                    "SELECT 1 FROM checkpoints WHERE id = %s AND last_write = %s",
+                    (ticket.checkpoint_id, write.token),
+                ).fetchone()
+            ):
+                raise Stored(True)
+            result = conn.execute(WRITE, write.params()).fetchone()
+            return self._ledger.check(conn, write, result)
+
+        ok: bool = self._runner.run(body)
+        self._ledger.committed(write, ok)
+        return ok
+
+    def save_checkpoints(
+        self, writes: Sequence[tuple[ReplyTicket, CheckpointDraft]]
+    ) -> list[bool] | None:
+        """Periodic writes of many replies in one transaction with ``synchronous_commit =
+        off``; None (try again later) if a lock or a connection was not free at once or the
+        server did not answer."""
+        if not writes:
+            self._runner.pool()  # a closed store says so
+            return []
+        prepared = [CheckpointWrite(t, d, None) for t, d in writes]
+
+        def body(conn: Conn, _: bool) -> list[bool]:
+            ids = [w.ticket.checkpoint_id for w in prepared]
+            contexts = sorted(
+                {
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT context_id FROM checkpoints WHERE id = ANY(%s)", (ids,)
+                    )
+                }
+            )
+            # The context locks first, in one order for every writer: no deadlocks.
+            conn.execute(
+                "SELECT id FROM contexts WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE",
+                (contexts,),
+            ).fetchall()
+            order = sorted(range(len(prepared)), key=lambda i: ids[i])
+            cur = conn.cursor()
+            cur.executemany(WRITE, [prepared[i].params() for i in order], returning=True)
+            results: list[Sequence[Any] | None] = []
+            while True:
+                results.append(cur.fetchone())
+                if not cur.nextset():
+                    break
+            ok = [False] * len(prepared)
+            landed: dict[int, list[CheckpointWrite]] = {}
+            for i, result in zip(order, results, strict=True):
+                before = landed.setdefault(ids[i], [])
+                ok[i] = self._ledger.check(conn, prepared[i], result, before)
+                if ok[i]:
+                    before.append(prepared[i])
+            return ok
+
+        done = self._runner.attempt(body, setup=_BACKGROUND)
+        if done is not None:
+            for write, ok in zip(prepared, done, strict=True):
+                self._ledger.committed(write, ok)
+        return done
+
+    def renew_leases(self, owner: str) -> None:
+        """Extend the leases of the live replies ``owner`` holds (by the database's clock)."""
+        self._runner.attempt(
+            lambda conn, _: conn.execute(
+                "UPDATE checkpoints SET lease_until = clock_timestamp()"
+                " + make_interval(secs => %s) WHERE owner = %s"
+                " AND state IN ('streaming', 'resuming')",
+                (self.lease_ttl, owner),
+            ),
+            setup=_BACKGROUND,
+        )
+
+    def commit_reply(
+        self,
+        context_id: str,
+        drafts: Sequence[RecordDraft],
+        *,
+        usage: Usage | None = None,
+        last_response_id: str | None = None,
+        reply: ReplyTicket | None = None,
+        end: ReplyEnd | None = None,
+        at: int | None = None,
+        commit_id: str | None = None,
+    ) -> list[Record]:
+        """Store ``drafts`` durably in one transaction, exactly once (see
+        :meth:`Store.commit_reply`).
+
+        ``commit_id`` (made up if not given) is an idempotency key: a second commit with the
+        same key stores nothing and returns the records of the first, which is how a commit
+        whose COMMIT was cut off is retried safely.
+        """
+        prepared = [Draft(d) for d in drafts]
+        tokens = live_tokens_of(prepared)
+        key = commit_id if commit_id is not None else uuid.uuid4().hex
+        rid = enc_opt(last_response_id)
+
+        def body(conn: Conn, _: bool) -> list[Record]:
+            lock = lock_context(
+                conn,
+                context_id,
+                0 if reply is not None or at is not None else 1,
+                change=True,
+                tokens=tokens,
+            )
+            first = conn.execute(
+                "INSERT INTO commits (commit_id, context_id) VALUES (%s, %s)"
+                " ON CONFLICT (commit_id) DO NOTHING RETURNING 1",
+                (key, context_id),
+            ).fetchone()
+            if first is None:
+                raise Stored(rows.written(conn, key))
+            reply_id: str | None = None
+            if reply is not None:
+                row = conn.execute(
+                    "SELECT pos, reply_id, epoch, state FROM checkpoints WHERE id = %s FOR UPDATE",
+                    (reply.checkpoint_id,),
+                ).fetchone()
+                # Tool outputs (no ``end``) may still land after a cancel: the tools ran.
+                if (
+                    row is None
+                    or row[3] in ("completed", "discarded")
+                    or row[2] != reply.epoch
+                    or (end is not None and row[3] not in _LIVE)
+                ):
+                    raise OwnershipLost(
+                        f"reply {dec(row[1]) if row else reply.checkpoint_id!r} was taken"
+                        " over or settled elsewhere; this writer's result was not stored"
+                    )
+                pos, reply_id = row[0], dec(row[1])
+            else:
+                pos = at if at is not None else lock.pos
+            out = insert_records(conn, context_id, prepared, pos, lock, key, reply_id)
+            if usage is not None or rid is not None:
+                add = [getattr(usage, f) for f in rows.USAGE_FIELDS] if usage else [0] * 5
+                conn.execute(
+                    "UPDATE contexts SET "
+                    + ", ".join(f"{f} = {f} + %s" for f in rows.USAGE_FIELDS)
+                    + ", last_response_id = COALESCE(%s, last_response_id) WHERE id = %s",
+                    (*add, rid, context_id),
+                )
+            if reply is not None and end is not None:
+                _settle(conn, reply, end)
+            return out
+
+        out: list[Record] = self._runner.run(body, setup=self._durable)
+        if reply is not None and end == "reply":
+            self._ledger.forget(reply.checkpoint_id)
+        elif reply is not None and end == "round":
+            self._ledger.restart(reply.checkpoint_id)
+        return out
+
+    # -- claims, keep, discard ------------------------------------------------------------
+
+    def _take(
+        self,
+        checkpoint_id: int,
+        verb: str,
+        change: str,
+        args: tuple[Any, ...] = (),
+        then: _Then | None = None,
+        *,
+        durable: bool = False,
+    ) -> tuple[Checkpoint, bool, Any]:
+        """Settle or claim an interrupted (or orphaned) reply with one compare-and-set.
+
+        ``change`` is the ``SET`` list (with ``args``); the reply always moves to the next
+        epoch. ``then(conn, checkpoint, token, again)`` runs after it in the same
+        transaction. Returns the checkpoint as it was read, whether that was a retry finding
+        its own earlier attempt landed (then the checkpoint is read after the change), and
+        what ``then`` returned.
+        """
+        token = uuid.uuid4().hex
+
+        def read(conn: Conn) -> tuple[Checkpoint, str, str | None]:
+            found = conn.execute(
+                f"{rows.CHECKPOINT_SELECT} WHERE c.id = %s", (checkpoint_id,)
+            ).fetchone()
+            if found is None:
+                raise CheckpointNotFound(f"no checkpoint with id {checkpoint_id!r}")
+            return self._load(found), found[14], found[20]
+
+        def body(conn: Conn, ambiguous: bool) -> tuple[Checkpoint, bool, Any]:
+            if self._lock_for(conn, checkpoint_id) is None:
+                raise CheckpointNotFound(f"no checkpoint with id {checkpoint_id!r}")
+            cp, state, last_write = read(conn)
+            if ambiguous and last_write == token:  # our first try landed
+                raise Stored((cp, True, then(conn, cp, token, True) if then else None))
+            refusal = settle_refusal(cp, verb)
+            if refusal is not None:
+                raise refusal
+            changed = conn.execute(
+                f"UPDATE checkpoints SET {change}, epoch = epoch + 1, last_write = %s,"
+                " updated_at = clock_timestamp() WHERE id = %s AND epoch = %s AND state = %s"
+                " RETURNING epoch",
+                (*args, token, checkpoint_id, cp.epoch, state),
+            ).fetchone()
+            if changed is None:  # cannot happen under the context lock; never overwrite
+                now, _, _ = read(conn)
+                raise settle_refusal(now, verb) or OwnershipLost(
+                    f"checkpoint {checkpoint_id} changed while it was being {verb}d; try again"
+                )
+            return cp, False, (then(conn, cp, token, False) if then else None)
+
+        result: tuple[Checkpoint, bool, Any] = self._runner.run(
+            body, setup=self._durable if durable else None
+        )
+        return result
+
+    def claim_checkpoint(self, checkpoint_id: int, *, owner: str) -> Checkpoint:
+        """Take an interrupted reply for a resume: ``RESUMING`` under a new epoch."""
+        cp, again, _ = self._take(
+            checkpoint_id,
+            "resume",
+            "state = 'resuming', owner = %s, claimed_at = clock_timestamp(), claimed_by = %s,"
+            " lease_until = clock_timestamp() + make_interval(secs => %s)",
+            (owner, owner, self.lease_ttl),
+        )
+        if not again:
+            cp = replace(cp, state=ReplyState.RESUMING, epoch=cp.epoch + 1, owner=owner)
+        self._ledger.start(checkpoint_id, cp.text, cp.thinking)
+        return cp
+
+    def discard_checkpoint(self, checkpoint_id: int) -> Checkpoint:
+        """Settle an interrupted reply as ``DISCARDED``; the row stays for audit."""
+        cp, again, _ = self._take(
+            checkpoint_id,
+            "discard",
+            "state = 'discarded', owner = NULL, lease_until = NULL,"
+            " resolved_at = clock_timestamp()",
+        )
+        self._ledger.forget(checkpoint_id)
+        if again:
+            return cp
+        return replace(cp, state=ReplyState.DISCARDED, epoch=cp.epoch + 1, owner=None)
+
+    def keep_checkpoint(self, checkpoint_id: int) -> list[Record]:
+        """Store an interrupted reply's partial text as its reply, in its own place."""
+
+        def store(conn: Conn, cp: Checkpoint, token: str, again: bool) -> list[Record]:
+            if again:
+                return rows.written(conn, token)
+            if not cp.text:
+                raise ValueError(
+                    f"checkpoint {checkpoint_id} holds no text to keep; discard it instead"
+                )
+            assert cp.pos is not None
+            kept = Draft(
+                RecordDraft(
+                    RecordType.MODEL_RESP, cp.text, streamed=True, metadata={"partial": True}
+                )
+            )
+            lock = lock_context(conn, cp.context_id, change=True, tokens=live_tokens_of([kept]))
+            return insert_records(conn, cp.context_id, [kept], cp.pos, lock, token, cp.reply_id)
+
+        _, _, kept = self._take(
+            checkpoint_id,
+            "keep",
+            "state = 'completed', owner = NULL, lease_until = NULL,"
+            " resolved_at = clock_timestamp()",
+            then=store,
+            durable=True,
+        )
+        self._ledger.forget(checkpoint_id)
+        return list(kept)
+
+
+def _settle(conn: Conn, reply: ReplyTicket, end: ReplyEnd) -> None:
+    cid = reply.checkpoint_id
+    conn.execute("DELETE FROM checkpoint_parts WHERE checkpoint_id = %s", (cid,))
+    if end == "round":
+        conn.execute(
+            "UPDATE checkpoints SET text = '', thinking = '', text_len = 0, thinking_len = 0,"
+            " parts = 0, tool_calls = '[]', usage = NULL, chunks = 0, response_id = NULL,"
+            " metadata = NULL, updated_at = clock_timestamp() WHERE id = %s",
+            (cid,),
+        )
+    elif reply.epoch == 1:
+        # Never interrupted: nothing worth keeping beside its records (which name it).
+        conn.execute("DELETE FROM checkpoints WHERE id = %s", (cid,))
+    else:
+        conn.execute(
+            "UPDATE checkpoints SET state = 'completed', resolved_at = clock_timestamp(),"
+            " updated_at = clock_timestamp(), owner = NULL, lease_until = NULL WHERE id = %s",
+            (cid,),
+        )
+
+
+def _as_orphan(cp: Checkpoint) -> Checkpoint:
+    """A live reply whose owner is gone, as every reader should see it: interrupted."""
+    return replace(
+        cp,
+        state=ReplyState.INTERRUPTED,
+        error=cp.error if cp.error and cp.error != IN_PROGRESS else ORPHANED,
+    )

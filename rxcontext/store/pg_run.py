@@ -1,0 +1,243 @@
+"""Running one unit of work against PostgreSQL: pool, transaction, retries, clear errors.
+
+Every store call is a *body* run by :class:`Runner`: in one transaction on a pooled
+connection (or, for single-statement reads, none). A transient failure (connection lost,
+server restarting, serialization failure) is retried with backoff until ``retry_budget``
+seconds have passed; then :class:`~rxcontext.StoreError` says so. A transaction is all or
+nothing, so a failure never leaves half a write.
+
+A failure *during COMMIT* is ambiguous: the server may have committed. The retry then runs
+with ``ambiguous=True`` and the body settles it, after taking the context's row lock (which
+waits for any earlier attempt still running on the server): a write carries a commit id and
+finds it already stored, so nothing is stored twice and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import psycopg
+from psycopg import errors as pgerr
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ..errors import StoreClosedError, StoreError
+
+__all__ = ["Conn", "Runner", "Stored", "redact", "transient"]
+
+Conn = psycopg.Connection[Any]
+T = TypeVar("T")
+
+_TRANSIENT_STATES = {"57P01", "57P02", "57P03", "40001", "40P01", "53300"}
+_TRANSIENT_WORDS = (
+    "starting up",
+    "shutting down",
+    "in recovery mode",
+    "not yet accepting connections",
+    "too many clients",
+)
+
+
+class Stored(Exception, Generic[T]):
+    """Raised inside a body to roll its transaction back and return ``value`` instead.
+
+    Used when a retry finds that an earlier attempt already stored the write.
+    """
+
+    def __init__(self, value: T) -> None:
+        super().__init__("already stored")
+        self.value = value
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` may go away if the same work is tried again shortly."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    if isinstance(exc, pgerr.SerializationFailure | pgerr.DeadlockDetected):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    if state is not None:
+        return state in _TRANSIENT_STATES or state.startswith("08")
+    msg = str(exc)
+    # A failed connection attempt carries no SQLSTATE: the server's FATAL (unknown role or
+    # database, bad password) is final; refused or reset connections are not.
+    return "FATAL" not in msg or any(word in msg for word in _TRANSIENT_WORDS)
+
+
+def redact(url: str) -> str:
+    """``postgresql://user@host:port/db`` for messages: never the password."""
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "postgresql://(unparsable URL)"
+    user = f"{info['user']}@" if info.get("user") else ""
+    host = str(info.get("host") or "")
+    port = f":{info['port']}" if info.get("port") else ""
+    return f"postgresql://{user}{host}{port}/{info.get('dbname') or ''}"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (psycopg adds DETAIL and HINT lines)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class Runner:
+    """A connection pool plus the transaction-and-retry loop every store call goes through."""
+
+    def __init__(
+        self,
+        url: str,
+        where: str,
+        *,
+        pool_size: int,
+        retry_budget: float,
+        connect_timeout: float,
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.where = where
+        self.retry_budget = retry_budget
+        self._pool: ConnectionPool[Conn] | None = ConnectionPool(
+            url,
+            kwargs=kwargs,
+            min_size=1,
+            max_size=pool_size,
+            timeout=retry_budget,
+            # A server that went away for a while: try again within our own budget's
+            # scale, not psycopg_pool's 5 minutes.
+            reconnect_timeout=max(retry_budget, connect_timeout) * 2,
+            open=True,
+            name=f"rxcontext {where}",
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self._pool is None
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def pool(self) -> ConnectionPool[Conn]:
+        pool = self._pool
+        if pool is None:
+            raise StoreClosedError(
+                f"store {self.where} is closed; open it again with rxcontext.open()"
+            )
+        return pool
+
+    def run(
+        self,
+        body: Callable[[Conn, bool], T],
+        *,
+        tx: bool = True,
+        setup: str | None = None,
+    ) -> T:
+        """Run ``body(conn, ambiguous)``, retrying transient failures within the budget.
+
+        ``tx`` runs it in one transaction (``setup``, e.g. ``SET LOCAL …``, first); without
+        it the body runs in autocommit (single-statement reads). ``ambiguous`` is True on a
+        retry after a connection was lost during COMMIT.
+        """
+        pool = self.pool()
+        deadline = time.monotonic() + self.retry_budget
+        delay = 0.02
+        ambiguous = False
+        attempts = 0
+        while True:
+            attempts += 1
+            committing = False
+            try:
+                timeout = max(deadline - time.monotonic(), 0.05)
+                with pool.connection(timeout=timeout) as conn:
+                    if not tx:
+                        return body(conn, ambiguous)
+                    with conn.transaction():
+                        if setup is not None:
+                            conn.execute(setup)
+                        result = body(conn, ambiguous)
+                        committing = True
+                    return result
+            except Stored as done:
+                return done.value  # type: ignore[no-any-return]
+            except psycopg.Error as exc:
+                if not transient(exc):
+                    raise StoreError(f"database error on {self.where}: {first_line(exc)}") from exc
+                ambiguous = ambiguous or committing
+                now = time.monotonic()
+                if now + delay >= deadline:
+                    raise self._exhausted(exc, attempts, ambiguous) from exc
+                time.sleep(delay * (0.5 + random.random() / 2))
+                delay = min(delay * 2, 1.0)
+                if self._pool is None:
+                    raise StoreClosedError(
+                        f"store {self.where} was closed while retrying; nothing more was tried"
+                    ) from exc
+
+    def attempt(
+        self, body: Callable[[Conn, bool], T], *, setup: str | None = None, wait: float = 0.05
+    ) -> T | None:
+        """Run ``body`` once, in one transaction, for background writes that must never
+        wait: None when no connection is free within ``wait`` seconds, a lock is busy (the
+        ``setup`` sets a ``lock_timeout``) or the server is unreachable.
+
+        None does not prove that nothing was written (the connection may have been lost
+        during COMMIT): the bodies make their next write settle that.
+        """
+        pool = self.pool()
+        try:
+            with pool.connection(timeout=wait) as conn, conn.transaction():
+                if setup is not None:
+                    conn.execute(setup)
+                return body(conn, False)
+        except Stored as done:
+            return done.value  # type: ignore[no-any-return]
+        except (pgerr.LockNotAvailable, pgerr.QueryCanceled):
+            return None
+        except psycopg.Error as exc:
+            if transient(exc):
+                return None
+            raise StoreError(f"database error on {self.where}: {first_line(exc)}") from exc
+
+    def _exhausted(self, exc: BaseException, attempts: int, ambiguous: bool) -> StoreError:
+        reason = (
+            f"no connection within {self.retry_budget:g} s"
+            if isinstance(exc, PoolTimeout)
+            else first_line(exc)
+        )
+        outcome = (
+            "the connection was lost while committing, so the last write may or may not be"
+            " stored: retry it with the same commit_id to settle it"
+            if ambiguous
+            else "nothing was written"
+        )
+        return StoreError(
+            f"PostgreSQL at {self.where} did not answer within the retry budget of"
+            f" {self.retry_budget:g} s ({attempts} attempts; last error: {reason}); {outcome}."
+            " Check that the server is up, then try again"
+        )
+
+
+def connect_with_retry(
+    url: str, where: str, *, retry_budget: float, kwargs: dict[str, Any]
+) -> Conn:
+    """One direct connection (for migrations), retrying transient failures within the budget.
+
+    Unlike a pool, a direct connection shows the server's own refusal (unknown database or
+    role, bad password) at once.
+    """
+    deadline = time.monotonic() + retry_budget
+    delay = 0.05
+    while True:
+        try:
+            return psycopg.connect(url, **kwargs)
+        except psycopg.Error as exc:
+            if not transient(exc) or time.monotonic() + delay >= deadline:
+                raise StoreError(f"cannot connect to {where}: {first_line(exc)}") from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)

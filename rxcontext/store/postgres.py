@@ -1,0 +1,605 @@
+"""PostgreSQL storage (psycopg 3): the same :class:`~rxcontext.store.base.Store` as SQLite,
+shared by many processes on many hosts.
+
+Open one with ``rxcontext.open("postgresql://user@host:5432/db")`` (needs the ``postgres``
+extra). Design (see shared/DESIGN.md, "Scale-out"):
+
+* A connection pool (``psycopg_pool``), ``autocommit`` with explicit transactions, READ
+  COMMITTED, no prepared statements, no session-level state (advisory locks, ``LISTEN``), so
+  it also works behind PgBouncer in transaction mode.
+* Records are ordered by a per-context position, ``(pos, id)``. Every write that touches a
+  context first takes that context's row lock (:func:`~._pg_rows.lock_context`), which also
+  allocates positions and says whether the context exists; the lock is held to COMMIT, so
+  commit order is position order and a reader never sees a later position before an earlier.
+* A completed reply commits with ``synchronous_commit`` at least ``on``; periodic
+  checkpoints use ``off`` (a server crash may lose the last ones; the next write notices and
+  writes the whole text again), as SQLite uses ``FULL`` and ``NORMAL``.
+* Transient failures are retried within ``retry_budget`` seconds (:mod:`.pg_run`); a write
+  whose COMMIT was cut off is settled by its commit id, never stored twice.
+* Strings go through :mod:`.pg_codec`, so everything round-trips exactly as with SQLite.
+* Timestamps and leases come from the database's clock (one clock for every host).
+
+The reply lifecycle (begin, checkpoint, commit, claim, keep, discard) is in
+:mod:`.pg_replies`; row encoding in :mod:`._pg_rows`; the schema in :mod:`.pg_migrations`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import psycopg
+
+from ..chunks import Usage
+from ..errors import ContextNotFound, StoreError
+from ..records import Context, ContextStats, Record, RecordType
+from . import _pg_rows as rows
+from ._pg_rows import Draft, insert_records, live_tokens_of, lock_context, retire
+from .base import RecordDraft
+from .pg_codec import dec, enc, enc_opt
+from .pg_migrations import migrate
+from .pg_replies import PostgresReplies
+from .pg_run import Conn, Runner, Stored, connect_with_retry, first_line, redact
+
+__all__ = ["PostgresStore"]
+
+_RECORD_COLUMNS_R = ", ".join(f"r.{c.strip()}" for c in rows.RECORD_COLUMNS.split(","))
+
+
+def _settle_one(conn: Conn, ambiguous: bool, commit_id: str) -> None:
+    """After the lock, on a retry whose COMMIT was cut off: return the record it stored.
+
+    For writes of one record. The lock waited for the earlier attempt if it was still
+    running on the server, so its outcome is settled by now.
+    """
+    if ambiguous:
+        done = rows.written(conn, commit_id)
+        if done:
+            raise Stored(done[0])
+
+
+class PostgresStore(PostgresReplies):
+    """The PostgreSQL implementation of :class:`~rxcontext.store.base.Store`.
+
+    Open one with :func:`rxcontext.open` and a ``postgresql://`` URL. ``pool_size`` caps
+    this store's connections (mind the server's ``max_connections`` across processes);
+    ``retry_budget`` is how long, in seconds, a call keeps retrying while the server is
+    unreachable before it raises :class:`~rxcontext.StoreError`; ``lease_ttl`` is how long a
+    reply whose owner stopped renewing it (its host died) stays ``STREAMING`` for others.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 4,
+        retry_budget: float = 10.0,
+        connect_timeout: float = 5.0,
+        lease_ttl: float = 5.0,
+    ) -> None:
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        if lease_ttl <= 0:
+            raise ValueError("lease_ttl must be positive")
+        scheme, sep, rest = url.partition("://")
+        if sep and scheme.lower() in ("postgresql", "postgres"):
+            url = scheme.lower() + sep + rest  # libpq knows the scheme in lower case only
+        self.url = redact(url)  # never the password
+        self.lease_ttl = lease_ttl
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "prepare_threshold": None,  # PgBouncer transaction mode has no prepared statements
+            "connect_timeout": max(2, round(connect_timeout)),
+        }
+        conn = connect_with_retry(url, self.url, retry_budget=retry_budget, kwargs=kwargs)
+        try:
+            migrate(conn, self.url)
+            row = conn.execute("SHOW synchronous_commit").fetchone()
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot prepare {self.url}: {first_line(exc)}") from exc
+        finally:
+            conn.close()
+        # Completed replies commit with at least "on"; an operator's stronger setting
+        # (remote_write, remote_apply) is kept.
+        self._durable = "SET LOCAL synchronous_commit = on" if row and row[0] == "off" else None
+        self._runner = Runner(
+            url,
+            self.url,
+            pool_size=pool_size,
+            retry_budget=retry_budget,
+            connect_timeout=connect_timeout,
+            kwargs=kwargs,
+        )
+        super().__init__()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.url!r}{', closed' if self.closed else ''})"
+
+    @property
+    def path(self) -> str:
+        """Where the data lives (the URL without its password), as ``SQLiteStore.path``."""
+        return self.url
+
+    @property
+    def retry_budget(self) -> float:
+        """Seconds a call keeps retrying an unreachable server before raising StoreError."""
+        return self._runner.retry_budget
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._runner.closed
+
+    def close(self) -> None:
+        """Close the pool (idempotent)."""
+        self._runner.close()
+
+    def __enter__(self) -> PostgresStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _read(self, body: Callable[[Conn], Any]) -> Any:
+        return self._runner.run(lambda conn, _: body(conn), tx=False)
+
+    # -- contexts -------------------------------------------------------------------------
+
+    def get_or_create_context(self, name: str) -> Context:
+        """The context called ``name``, created now if missing; ``""`` gets a generated name."""
+        if not isinstance(name, str):
+            raise TypeError(f"context name must be a str, not {type(name).__name__}")
+        stored = enc(name or uuid.uuid4().hex)
+        new_id = uuid.uuid4().hex
+
+        def body(conn: Conn, _: bool) -> Context:
+            conn.execute(
+                "INSERT INTO contexts (id, name) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+                (new_id, stored),
+            )
+            row = conn.execute(
+                f"SELECT {rows.CONTEXT_COLUMNS} FROM contexts WHERE name = %s", (stored,)
+            ).fetchone()
+            assert row is not None
+            return rows.context(row)
+
+        return self._runner.run(body)
+
+    def list_contexts(self) -> list[Context]:
+        """All contexts, newest first."""
+        found = self._read(
+            lambda c: c.execute(
+                f"SELECT {rows.CONTEXT_COLUMNS} FROM contexts ORDER BY start_time DESC, id DESC"
+            ).fetchall()
+        )
+        return [rows.context(r) for r in found]
+
+    @staticmethod
+    def _context_by_id(conn: Conn, context_id: str) -> Context:
+        row = conn.execute(
+            f"SELECT {rows.CONTEXT_COLUMNS} FROM contexts WHERE id = %s", (context_id,)
+        ).fetchone()
+        if row is None:
+            raise ContextNotFound(f"no context with id {context_id!r}")
+        return rows.context(row)
+
+    def get_context(self, context_id: str) -> Context:
+        """The context with this id, or :class:`ContextNotFound`."""
+        return self._read(lambda c: self._context_by_id(c, context_id))  # type: ignore[no-any-return]
+
+    def get_context_by_name(self, name: str) -> Context:
+        """The context with this name, or :class:`ContextNotFound`."""
+        row = self._read(
+            lambda c: c.execute(
+                f"SELECT {rows.CONTEXT_COLUMNS} FROM contexts WHERE name = %s", (enc(name),)
+            ).fetchone()
+        )
+        if row is None:
+            raise ContextNotFound(f"no context named {name!r}")
+        return rows.context(row)
+
+    def delete_context(self, context_id: str) -> None:
+        """Delete a context with its records, tools and checkpoints."""
+
+        def body(conn: Conn, ambiguous: bool) -> None:
+            cur = conn.execute("DELETE FROM contexts WHERE id = %s", (context_id,))
+            if cur.rowcount == 0 and not ambiguous:  # ambiguous: our first try deleted it
+                raise ContextNotFound(f"no context with id {context_id!r}")
+
+        self._runner.run(body)
+
+    def clone_context(self, context_id: str, dest_name: str) -> Context:
+        """Copy a context's records (positions and timestamps included; not its tools or
+        replies in progress) to a new context."""
+        if not dest_name:
+            raise ValueError("the clone needs a name")
+        new_id = uuid.uuid4().hex
+        commit_id = f"clone:{new_id}"
+
+        def body(conn: Conn, ambiguous: bool) -> Context:
+            src = conn.execute(  # FOR SHARE: no commit to the source while we copy it
+                "SELECT next_pos FROM contexts WHERE id = %s FOR SHARE", (context_id,)
+            ).fetchone()
+            if src is None:
+                raise ContextNotFound(f"no context with id {context_id!r}")
+            row = conn.execute(
+                "INSERT INTO contexts (id, name, use_server_side_threading, last_response_id,"
+                " next_pos, live_tokens) SELECT %s, %s, use_server_side_threading,"
+                " last_response_id, next_pos, live_tokens FROM contexts WHERE id = %s"
+                " ON CONFLICT (name) DO NOTHING"
+                f" RETURNING {rows.CONTEXT_COLUMNS}",
+                (new_id, enc(dest_name), context_id),
+            ).fetchone()
+            if row is None:
+                if (
+                    ambiguous
+                    and conn.execute(
+                        "SELECT 1 FROM commits WHERE commit_id = %s", (commit_id,)
+                    ).fetchone()
+                ):
+                    raise Stored(self._context_by_id(conn, new_id))
+                raise ValueError(f"a context named {dest_name!r} already exists")
+            conn.execute(
+                "INSERT INTO records (context_id, pos, ts, source, content, live, est_tokens,"
+                " response_id, streamed, tool_call_id, tool_name, metadata)"
+                " SELECT %s, pos, ts, source, content, live, est_tokens, response_id, streamed,"
+                " tool_call_id, tool_name, metadata FROM records WHERE context_id = %s"
+                " ORDER BY pos, id",
+                (new_id, context_id),
+            )
+            conn.execute(
+                "INSERT INTO commits (commit_id, context_id) VALUES (%s, %s)", (commit_id, new_id)
+            )
+            return rows.context(row)
+
+        return self._runner.run(body)
+
+    def export_context(self, context_id: str) -> dict[str, Any]:
+        """A context with all its records and tools as JSON-ready dicts (one snapshot)."""
+
+        def body(conn: Conn, _: bool) -> tuple[Any, ...]:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            return (
+                self._context_by_id(conn, context_id),
+                self._records(conn, context_id, False, None),
+                self._tools(conn, context_id),
+                self._stats(conn, context_id),
+            )
+
+        ctx, records, tools, stats = self._runner.run(body)
+        return {
+            "context": {
+                "id": ctx.id,
+                "name": ctx.name,
+                "start_time": ctx.created_at.isoformat(),
+                "use_server_side_threading": ctx.use_server_side_threading,
+                "last_response_id": ctx.last_response_id,
+                "usage": stats.usage.to_dict(),
+            },
+            "records": [
+                {
+                    "id": r.id,
+                    "pos": r.pos,
+                    "timestamp": r.timestamp.isoformat(),
+                    "source": int(r.type),
+                    "type": r.type.name,
+                    "content": r.content,
+                    "live": r.live,
+                    "est_tokens": r.est_tokens,
+                    "response_id": r.response_id,
+                    "streamed": r.streamed,
+                    "tool_call_id": r.tool_call_id,
+                    "tool_name": r.tool_name,
+                    "metadata": dict(r.metadata),
+                    "reply_id": r.reply_id,
+                }
+                for r in records
+            ],
+            "tools": tools,
+        }
+
+    @staticmethod
+    def _stats(conn: Conn, context_id: str) -> ContextStats:
+        row = conn.execute(
+            "SELECT c.id, c.name, COUNT(r.id), COUNT(r.id) FILTER (WHERE r.live),"
+            " COALESCE(SUM(r.est_tokens) FILTER (WHERE r.live), 0)::bigint,"
+            " COALESCE(SUM(r.est_tokens), 0)::bigint,"
+            " COUNT(r.id) FILTER (WHERE r.source = 0), COUNT(r.id) FILTER (WHERE r.source = 1),"
+            " COUNT(r.id) FILTER (WHERE r.source = 2), COUNT(r.id) FILTER (WHERE r.source = 3),"
+            " (SELECT COUNT(*) FROM checkpoints k"
+            "   WHERE k.context_id = c.id AND k.state = 'interrupted'),"
+            " c.input_tokens, c.output_tokens, c.total_tokens, c.cached_tokens,"
+            " c.reasoning_tokens, MAX(r.ts)"
+            " FROM contexts c LEFT JOIN records r ON r.context_id = c.id"
+            " WHERE c.id = %s GROUP BY c.id",
+            (context_id,),
+        ).fetchone()
+        if row is None:
+            raise ContextNotFound(f"no context with id {context_id!r}")
+        return ContextStats(
+            context_id=row[0],
+            name=dec(row[1]),
+            records=row[2],
+            live_records=row[3],
+            live_tokens=row[4],
+            total_tokens=row[5],
+            prompts=row[6],
+            replies=row[7],
+            tool_calls=row[8],
+            tool_outputs=row[9],
+            open_checkpoints=row[10],
+            usage=Usage(row[11], row[12], row[13], row[14], row[15]),
+            last_activity=rows.utc_opt(row[16]),
+        )
+
+    def context_stats(self, context_id: str) -> ContextStats:
+        """Aggregate numbers of one context, in one query."""
+        return self._read(lambda c: self._stats(c, context_id))  # type: ignore[no-any-return]
+
+    def set_threading(self, context_id: str, enabled: bool) -> None:
+        """Turn server-side threading (``previous_response_id``) on or off for a context."""
+
+        def body(conn: Conn, _: bool) -> None:
+            cur = conn.execute(
+                "UPDATE contexts SET use_server_side_threading = %s WHERE id = %s",
+                (bool(enabled), context_id),
+            )
+            if cur.rowcount == 0:
+                raise ContextNotFound(f"no context with id {context_id!r}")
+
+        self._runner.run(body, tx=False)
+
+    def set_last_response_id(self, context_id: str, response_id: str | None) -> None:
+        """Remember the provider's id of the context's last response."""
+        self._runner.run(
+            lambda conn, _: conn.execute(
+                "UPDATE contexts SET last_response_id = %s WHERE id = %s",
+                (enc_opt(response_id), context_id),
+            ),
+            tx=False,
+        )
+
+    # -- records --------------------------------------------------------------------------
+
+    def add_record(self, context_id: str, draft: RecordDraft) -> Record:
+        """Append one record (at the context's next position)."""
+        d = Draft(draft)
+        commit_id = uuid.uuid4().hex
+
+        def body(conn: Conn, ambiguous: bool) -> Record:
+            lock = lock_context(conn, context_id, 1, tokens=live_tokens_of([d]))
+            _settle_one(conn, ambiguous, commit_id)
+            return insert_records(conn, context_id, [d], lock.pos, lock, commit_id)[0]
+
+        return self._runner.run(body)
+
+    @staticmethod
+    def _records(conn: Conn, context_id: str, live_only: bool, upto: int | None) -> list[Record]:
+        where = "context_id = %s"
+        args: tuple[Any, ...] = (context_id,)
+        if live_only:
+            where += " AND live"
+        if upto is not None:
+            where += " AND pos <= %s"
+            args += (upto,)
+        cur = conn.execute(
+            f"SELECT {rows.RECORD_COLUMNS} FROM records WHERE {where} ORDER BY pos, id", args
+        )
+        return [rows.record(r) for r in cur]
+
+    def records(
+        self, context_id: str, *, live_only: bool = False, upto: int | None = None
+    ) -> list[Record]:
+        """A context's records in conversation order (live ones only if asked).
+
+        ``upto`` keeps only positions up to and including it: the history a reply at that
+        position was asked after (with that reply's own records).
+        """
+        return self._read(lambda c: self._records(c, context_id, live_only, upto))  # type: ignore[no-any-return]
+
+    def import_records(
+        self, context_id: str, drafts: Sequence[RecordDraft], *, usage: Usage | None = None
+    ) -> list[Record]:
+        """Append ``drafts`` in order, each at its own position, in one durable transaction
+        (their timestamps kept), and add ``usage`` to the context's totals: an import."""
+        prepared = [Draft(d) for d in drafts]
+        commit_id = uuid.uuid4().hex
+        add = [getattr(usage, f) for f in rows.USAGE_FIELDS] if usage is not None else None
+
+        def body(conn: Conn, ambiguous: bool) -> list[Record]:
+            lock = lock_context(
+                conn, context_id, len(prepared), change=True, tokens=live_tokens_of(prepared)
+            )
+            if ambiguous and (done := rows.written(conn, commit_id)):
+                raise Stored(done)
+            out = insert_records(
+                conn, context_id, prepared, lock.pos, lock, commit_id, each_its_own=True
+            )
+            if add is not None:
+                conn.execute(
+                    "UPDATE contexts SET "
+                    + ", ".join(f"{f} = {f} + %s" for f in rows.USAGE_FIELDS)
+                    + " WHERE id = %s",
+                    (*add, context_id),
+                )
+            return out
+
+        return self._runner.run(body, setup=self._durable)
+
+    def history(self, context_id: str, *, since: int | None = None) -> tuple[int, list[Record]]:
+        """The context's version, and its records (live and dead) written or changed since
+        version ``since`` (all of them when None), in conversation order: one statement, so
+        one snapshot."""
+        found = self._read(
+            lambda c: c.execute(
+                f"SELECT c.version, {_RECORD_COLUMNS_R}"
+                " FROM contexts c LEFT JOIN records r ON r.context_id = c.id AND r.rev > %s"
+                " WHERE c.id = %s ORDER BY r.pos, r.id",
+                (-1 if since is None else since, context_id),
+            ).fetchall()
+        )
+        if not found:
+            raise ContextNotFound(f"no context with id {context_id!r} (was it deleted?)")
+        return int(found[0][0]), [rows.record(r[1:]) for r in found if r[1] is not None]
+
+    def live_tokens(self, context_id: str) -> int:
+        """Estimated tokens of the live records (kept on every write, read in one row)."""
+        row = self._read(
+            lambda c: c.execute(
+                "SELECT live_tokens FROM contexts WHERE id = %s", (context_id,)
+            ).fetchone()
+        )
+        if row is None:
+            raise ContextNotFound(f"no context with id {context_id!r}")
+        return int(row[0])
+
+    def set_live_range(
+        self, context_id: str, start: int, end: int, live: bool, *, live_only: bool = False
+    ) -> int:
+        """Set ``live`` on records ``start`` to ``end`` (inclusive, 0-based, in order; among
+        the live records only if ``live_only``, as contextwindow indexes them)."""
+        if start < 0 or end < start:
+            raise IndexError(f"bad record range {start}..{end}")
+        where = "context_id = %s AND live" if live_only else "context_id = %s"
+
+        def body(conn: Conn, _: bool) -> int:
+            try:
+                lock_context(conn, context_id)
+            except ContextNotFound:
+                found: list[tuple[Any, ...]] = []
+            else:
+                found = conn.execute(
+                    f"SELECT id, live, est_tokens FROM records WHERE {where} ORDER BY pos, id",
+                    (context_id,),
+                ).fetchall()
+            if end >= len(found):
+                raise IndexError(
+                    f"record range {start}..{end} is outside 0..{len(found) - 1} of this context"
+                )
+            chosen = found[start : end + 1]
+            changed = [r for r in chosen if r[1] != live]
+            if changed:
+                tokens = sum(r[2] for r in changed)
+                lock = lock_context(
+                    conn, context_id, change=True, tokens=tokens if live else -tokens
+                )
+                conn.execute(
+                    "UPDATE records SET live = %s, rev = %s WHERE id = ANY(%s)",
+                    (bool(live), lock.version, [r[0] for r in changed]),
+                )
+            return len(chosen)
+
+        return self._runner.run(body)
+
+    def replace_system_prompt(self, context_id: str, content: str) -> Record:
+        """Store ``content`` as the system prompt, first in the context; the previous one
+        stays as a dead record (as contextwindow keeps it)."""
+        d = Draft(RecordDraft(RecordType.SYSTEM_PROMPT, content))
+        commit_id = uuid.uuid4().hex
+
+        def body(conn: Conn, ambiguous: bool) -> Record:
+            lock = lock_context(conn, context_id, change=True, tokens=live_tokens_of([d]))
+            _settle_one(conn, ambiguous, commit_id)
+            first = conn.execute(
+                "SELECT LEAST((SELECT MIN(pos) FROM records WHERE context_id = %s),"
+                " (SELECT MIN(pos) FROM checkpoints WHERE context_id = %s))",
+                (context_id, context_id),
+            ).fetchone()
+            retire(conn, context_id, "source = %s", (int(RecordType.SYSTEM_PROMPT),), lock)
+            if first is not None and first[0] is not None:
+                pos = first[0] - 1  # before everything
+            else:
+                lock = lock_context(conn, context_id, 1)  # the newest version stamps it
+                pos = lock.pos
+            return insert_records(conn, context_id, [d], pos, lock, commit_id)[0]
+
+        return self._runner.run(body)
+
+    def replace_records(
+        self, context_id: str, dead_ids: Sequence[int], draft: RecordDraft
+    ) -> Record:
+        """Mark ``dead_ids`` dead and insert ``draft`` in their place, in one transaction.
+
+        The new record takes the position of the earliest replaced one, so it sorts where
+        they were. Raises ``ValueError`` (changing nothing) if any of them is no longer a
+        live record of this context: the proposal is stale.
+        """
+        ids = list(dict.fromkeys(dead_ids))
+        if not ids:
+            raise ValueError("no records to replace")
+        d = Draft(draft)
+        commit_id = uuid.uuid4().hex
+
+        def body(conn: Conn, ambiguous: bool) -> Record:
+            lock = lock_context(conn, context_id, change=True, tokens=live_tokens_of([d]))
+            _settle_one(conn, ambiguous, commit_id)
+            row = conn.execute(
+                "SELECT COUNT(*), MIN(pos) FROM records"
+                " WHERE context_id = %s AND live AND id = ANY(%s)",
+                (context_id, ids),
+            ).fetchone()
+            assert row is not None
+            if row[0] != len(ids):
+                raise ValueError(
+                    f"{len(ids) - row[0]} of the {len(ids)} records to replace are no longer "
+                    "live in this context (stale summary?); nothing was changed"
+                )
+            retire(conn, context_id, "id = ANY(%s)", (ids,), lock)
+            return insert_records(conn, context_id, [d], row[1], lock, commit_id)[0]
+
+        return self._runner.run(body)
+
+    # -- tools ----------------------------------------------------------------------------
+
+    def set_context_tool(self, context_id: str, name: str, definition: Mapping[str, Any]) -> None:
+        """Record that ``name`` is available in the context (with its schema)."""
+        definition_json = enc_opt(rows.to_json(dict(definition)))
+
+        def body(conn: Conn, _: bool) -> None:
+            lock_context(conn, context_id)
+            conn.execute(
+                "INSERT INTO context_tools (context_id, tool_name, definition)"
+                " VALUES (%s, %s, %s) ON CONFLICT (context_id, tool_name)"
+                " DO UPDATE SET definition = excluded.definition",
+                (context_id, enc(name), definition_json),
+            )
+
+        self._runner.run(body)
+
+    @staticmethod
+    def _tools(conn: Conn, context_id: str) -> list[dict[str, Any]]:
+        found = conn.execute(
+            "SELECT tool_name, created_at, definition FROM context_tools"
+            " WHERE context_id = %s ORDER BY created_at, id",
+            (context_id,),
+        ).fetchall()
+        return [
+            {
+                "name": dec(r[0]),
+                "created_at": rows.utc(r[1]).isoformat(timespec="microseconds"),
+                "definition": rows.unjson(r[2], {}),
+            }
+            for r in found
+        ]
+
+    def context_tools(self, context_id: str) -> list[dict[str, Any]]:
+        """Tools recorded for the context, oldest first."""
+        return self._read(lambda c: self._tools(c, context_id))  # type: ignore[no-any-return]
+
+    def remove_context_tool(self, context_id: str, name: str) -> bool:
+        """Forget a tool; whether it was there."""
+        removed: list[bool] = []
+
+        def body(conn: Conn, ambiguous: bool) -> bool:
+            cur = conn.execute(
+                "DELETE FROM context_tools WHERE context_id = %s AND tool_name = %s",
+                (context_id, enc(name)),
+            )
+            # A retry after a cut-off COMMIT finds nothing: what the first try found counts.
+            removed.append(cur.rowcount > 0)
+            return removed[0] if ambiguous else removed[-1]
+
+        return self._runner.run(body)

@@ -1,0 +1,92 @@
+"""A TCP proxy in front of PostgreSQL that can cut a connection at an exact protocol point.
+
+Used to make a real *ambiguous commit*: the proxy forwards the client's ``COMMIT`` to the
+server, then closes both sides without relaying the answer. The server commits; the client
+sees its connection lost during COMMIT and cannot know the outcome. (``cut="before"`` drops
+the COMMIT instead, so the server rolls back.) Threads and blocking sockets; loopback only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from typing import Literal
+
+# The simple-query message psycopg sends to end a transaction block: 'Q', int32 length, text.
+COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"
+
+
+class FaultProxy:
+    """Listen on 127.0.0.1:<port>, forward to ``upstream``; cut the next ``cuts`` COMMITs."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.cut: Literal["after", "before"] = "after"
+        self.cuts = 0  # how many of the next COMMITs to cut
+        self.cut_done = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def arm(self, cuts: int = 1, cut: Literal["after", "before"] = "after") -> None:
+        with self._lock:
+            self.cuts, self.cut, self.cut_done = cuts, cut, 0
+
+    def _take_cut(self) -> bool:
+        with self._lock:
+            if self.cuts > 0:
+                self.cuts -= 1
+                self.cut_done += 1
+                return True
+            return False
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            cutting = threading.Event()
+            for pump in (self._pump_up, self._pump_down):
+                threading.Thread(target=pump, args=(client, server, cutting), daemon=True).start()
+
+    @staticmethod
+    def _close(*socks: socket.socket) -> None:
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def _pump_up(
+        self, client: socket.socket, server: socket.socket, cutting: threading.Event
+    ) -> None:
+        try:
+            while data := client.recv(65536):
+                if COMMIT in data and self._take_cut():
+                    if self.cut == "before":
+                        break
+                    cutting.set()  # the answer to this COMMIT is never relayed
+                server.sendall(data)
+        except OSError:
+            pass
+        self._close(client, server)
+
+    def _pump_down(
+        self, client: socket.socket, server: socket.socket, cutting: threading.Event
+    ) -> None:
+        try:
+            while data := server.recv(65536):
+                if cutting.is_set():
+                    break  # the server has answered the COMMIT: it is done; cut the client off
+                client.sendall(data)
+        except OSError:
+            pass
+        self._close(client, server)
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()

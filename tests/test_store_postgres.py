@@ -1,0 +1,887 @@
+"""PostgreSQL-only store behaviour: opening, migrations, connections, exactly-once commits,
+positions under concurrency, and the text codec (round-trips proved against the server,
+and against SQLite: the same operations give the same records and exports).
+
+The shared conformance suite is tests/test_store.py; destructive fault tests against a
+private server are in tests/test_pg_faults.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pgtest
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import rxcontext
+from rxcontext import (
+    RecordType,
+    ReplyState,
+    RxContextError,
+    SchemaTooNew,
+    SQLiteStore,
+    StoreError,
+    Usage,
+)
+from rxcontext.store import CheckpointDraft, RecordDraft, ReplyTicket, Store
+from rxcontext.store.owner import worker_id
+from rxcontext.store.pg_codec import ESC, dec, enc
+
+psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+from faultproxy import FaultProxy  # noqa: E402
+
+from rxcontext.store.pg_migrations import MIGRATIONS, MIGRATIONS_TABLE  # noqa: E402
+from rxcontext.store.postgres import PostgresStore  # noqa: E402
+
+
+def P(content: str, **kw: Any) -> RecordDraft:
+    return RecordDraft(RecordType.PROMPT, content, **kw)
+
+
+def R(content: str, **kw: Any) -> RecordDraft:
+    return RecordDraft(RecordType.MODEL_RESP, content, **kw)
+
+
+@pytest.fixture
+def pg(pg_url: str) -> Iterator[PostgresStore]:
+    s = rxcontext.open(pg_url)
+    assert isinstance(s, PostgresStore)
+    yield s
+    s.close()
+
+
+def begin(store: Store, context_id: str, reply_id: str) -> ReplyTicket:
+    cp = store.begin_reply(context_id, reply_id, owner=worker_id())
+    return ReplyTicket(cp.id, cp.epoch)
+
+
+_rids = iter(range(10**9))
+
+
+def interrupted(store: Store, context_id: str, text: str, **kw: Any) -> ReplyTicket:
+    """A reply begun and interrupted with ``text`` delivered."""
+    ticket = begin(store, context_id, f"cut-{next(_rids)}")
+    assert store.save_checkpoint(ticket, CheckpointDraft(text, **kw), state=ReplyState.INTERRUPTED)
+    return ticket
+
+
+def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(sql, params)
+        return [tuple(r) for r in cur.fetchall()] if cur.description else []
+
+
+# -- Opening ----------------------------------------------------------------------------------
+
+
+def test_sqlite_never_imports_the_postgres_driver(tmp_path):
+    code = (
+        "import sys, rxcontext\n"
+        "s = rxcontext.open(sys.argv[1]); s.get_or_create_context('x'); s.close()\n"
+        "rxcontext.open(':memory:').close()\n"
+        "print(sorted(m for m in sys.modules if m.startswith('psycopg')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "a.db")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_missing_extra_is_named_in_the_error():
+    code = (
+        "import sys\n"
+        "sys.modules['psycopg'] = None  # as if the extra were not installed\n"
+        "import rxcontext\n"
+        "try:\n"
+        "    rxcontext.open('postgresql://u@localhost/db')\n"
+        "except rxcontext.StoreError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "pip install 'rxcontext[postgres]'" in out.stdout
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres", "PostgreSQL"])
+def test_open_dispatches_by_scheme(pg_url: str, scheme: str):
+    url = scheme + pg_url[len("postgresql") :]
+    with rxcontext.open(url) as s:
+        assert isinstance(s, PostgresStore)
+        assert s.get_or_create_context("x").name == "x"
+
+
+def test_unknown_database_and_bad_server_are_clear_and_never_show_the_password(
+    pg_server: pgtest.PgServer,
+):
+    missing = pgtest.url_for(pg_server.admin_url, "rxct_no_such_database")
+    with pytest.raises(StoreError, match=r"cannot connect to .*does not exist"):
+        rxcontext.open(missing)
+    with pytest.raises(
+        StoreError, match=r"cannot connect to postgresql://u@127\.0\.0\.1:1/x"
+    ) as info:
+        rxcontext.open("postgresql://u:s3cret@127.0.0.1:1/x", retry_budget=0.2)
+    assert "s3cret" not in str(info.value) and "s3cret" not in repr(info.value.__cause__)
+
+
+def test_repr_hides_the_password_and_close_is_idempotent(pg_url: str):
+    s = PostgresStore(pg_url.replace("postgres@", "postgres:pw@"))
+    assert "pw" not in repr(s) and s.path == s.url and not s.closed
+    s.close()
+    s.close()
+    assert s.closed and "closed" in repr(s)
+
+
+# -- Migrations -------------------------------------------------------------------------------
+
+
+def test_every_step_is_recorded_once_and_reopen_applies_nothing(pg_url: str):
+    names = [r[0] for r in query(pg_url, f"SELECT name FROM {MIGRATIONS_TABLE} ORDER BY name")]
+    assert names == sorted(n for n, _ in MIGRATIONS)
+    tables = {
+        r[0] for r in query(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    }
+    assert {"contexts", "records", "context_tools", "checkpoints", "checkpoint_parts"} <= tables
+    assert {"commits", MIGRATIONS_TABLE} <= tables
+    for _ in range(2):
+        PostgresStore(pg_url).close()
+    assert len(query(pg_url, f"SELECT name FROM {MIGRATIONS_TABLE}")) == len(MIGRATIONS)
+
+
+def test_a_database_from_a_newer_rxcontext_is_refused_untouched(pg_url: str):
+    query(pg_url, f"INSERT INTO {MIGRATIONS_TABLE} (name) VALUES ('m999_from_the_future')")
+    before = query(pg_url, "SELECT tablename FROM pg_tables ORDER BY 1")
+    with pytest.raises(SchemaTooNew, match=r"newer rxcontext.*m999_from_the_future.*upgrade"):
+        rxcontext.open(pg_url)
+    assert query(pg_url, "SELECT tablename FROM pg_tables ORDER BY 1") == before
+
+
+MIGRATE = """
+import sys, rxcontext
+from rxcontext.store.pg_migrations import migrate
+import psycopg
+sys.stdin.readline()  # start together
+s = rxcontext.open(sys.argv[1]); s.get_or_create_context("x"); s.close()
+print("ok")
+"""
+
+
+def test_processes_migrating_one_empty_database_at_once_apply_each_step_once(
+    pg_server: pgtest.PgServer,
+):
+    name = f"{pgtest.PREFIX}{__import__('os').getpid()}_empty"
+    pg_server.admin.execute(f'CREATE DATABASE "{name}"')  # empty: not from the template
+    url = pgtest.url_for(pg_server.admin_url, name)
+    try:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", MIGRATE, url],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outs = [p.communicate(timeout=60) for p in procs]
+        assert [o[0].strip() for o in outs] == ["ok"] * 4, [o[1][-500:] for o in outs]
+        rows = query(url, f"SELECT name, COUNT(*) FROM {MIGRATIONS_TABLE} GROUP BY name")
+        assert sorted(rows) == sorted((n, 1) for n, _ in MIGRATIONS)
+        assert query(url, "SELECT name FROM contexts") == [("x",)]
+    finally:
+        pg_server.admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- Connections --------------------------------------------------------------------------------
+
+
+def test_connections_are_pgbouncer_safe_autocommit_read_committed(pg: PostgresStore, pg_url: str):
+    ctx = pg.get_or_create_context("c")
+    pg.commit_reply(ctx.id, [R("a")], commit_id="k")
+    ticket = begin(pg, ctx.id, "r")
+    assert pg.save_checkpoints([(ticket, CheckpointDraft("p"))]) == [True]  # SET LOCAL only
+    pg.renew_leases(worker_id())
+    pg.save_checkpoint(ticket, CheckpointDraft("q"), state=ReplyState.INTERRUPTED)
+    pg.claim_checkpoint(ticket.checkpoint_id, owner=worker_id())
+    with pg._runner.pool().connection() as conn:
+        assert conn.autocommit and conn.prepare_threshold is None
+        assert conn.execute("SHOW transaction_isolation").fetchone() == ("read committed",)
+        # Nothing session-level is left behind: no advisory locks, no LISTEN, no prepared
+        # statements, no changed settings.
+        assert conn.execute("SELECT COUNT(*) FROM pg_prepared_statements").fetchone() == (0,)
+        assert conn.execute("SELECT pg_listening_channels()").fetchall() == []
+        assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+        assert conn.execute("SHOW lock_timeout").fetchone() == ("0",)
+    locks = query(pg_url, "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory'")
+    assert locks == [(0,)]
+
+
+# -- Exactly-once commits -------------------------------------------------------------------
+
+
+def test_a_commit_id_stores_a_reply_once(pg: PostgresStore, pg_url: str):
+    ctx = pg.get_or_create_context("c")
+    pg.add_record(ctx.id, P("q"))
+    first = pg.commit_reply(ctx.id, [R("a"), R("b")], usage=Usage.of(2, 3), commit_id="reply-1")
+    again = pg.commit_reply(ctx.id, [R("a"), R("b")], usage=Usage.of(2, 3), commit_id="reply-1")
+    assert again == first
+    assert [r.content for r in pg.records(ctx.id)] == ["q", "a", "b"]
+    assert pg.context_stats(ctx.id).usage == Usage.of(2, 3)
+    assert query(pg_url, "SELECT pos FROM records ORDER BY pos") == [(0,), (1,), (1,)]
+    assert query(pg_url, "SELECT next_pos FROM contexts") == [(2,)]
+    assert query(pg_url, "SELECT COUNT(*) FROM commits WHERE commit_id = 'reply-1'") == [(1,)]
+
+
+@pytest.fixture
+def proxied(pg_url: str) -> Iterator[tuple[PostgresStore, FaultProxy]]:
+    proxy = FaultProxy(("127.0.0.1", 5432))
+    host_part = pg_url.split("@", 1)[1].split("/", 1)[0]
+    url = pg_url.replace(host_part, f"127.0.0.1:{proxy.port}")
+    store = PostgresStore(url, retry_budget=10)
+    yield store, proxy
+    store.close()
+    proxy.close()
+
+
+@pytest.mark.parametrize("cut", ["after", "before"])
+def test_a_commit_cut_off_during_commit_is_stored_exactly_once(
+    proxied: tuple[PostgresStore, FaultProxy], pg_url: str, cut: Any
+):
+    store, proxy = proxied
+    ctx = store.get_or_create_context("c")
+    store.add_record(ctx.id, P("q"))
+    ticket = begin(store, ctx.id, "r")
+    assert store.save_checkpoint(ticket, CheckpointDraft("partial"))
+    proxy.arm(1, cut)  # the next COMMIT: forwarded but unanswered, or dropped
+    out = store.commit_reply(
+        ctx.id, [R("answer"), R("more")], usage=Usage.of(5, 6), reply=ticket, end="reply"
+    )
+    assert proxy.cut_done == 1
+    assert [(r.content, r.pos, r.reply_id) for r in out] == [("answer", 1, "r"), ("more", 1, "r")]
+    assert store.records(ctx.id)[1:] == out
+    assert store.context_stats(ctx.id).usage == Usage.of(5, 6)
+    assert store.find_reply("r") is None and store.checkpoints(ctx.id) == []
+    assert query(pg_url, "SELECT pos FROM records ORDER BY pos") == [(0,), (1,), (1,)]
+    assert query(pg_url, "SELECT next_pos FROM contexts") == [(2,)]
+
+
+WRITES = [
+    "add_record",
+    "replace_system_prompt",
+    "replace_records",
+    "clone",
+    "begin",
+    "checkpoint",
+    "interrupt",
+    "claim",
+    "discard",
+    "keep",
+]
+
+
+@pytest.mark.parametrize("write", WRITES)
+def test_every_write_cut_off_during_commit_lands_once(
+    proxied: tuple[PostgresStore, FaultProxy], pg_url: str, write: str
+):
+    store, proxy = proxied
+    ctx = store.get_or_create_context("c")
+    a = store.add_record(ctx.id, P("a"))
+    live = begin(store, ctx.id, "live")
+    assert store.save_checkpoint(live, CheckpointDraft("li"))
+    cut = interrupted(store, ctx.id, "cut")
+    proxy.arm(1, "after")
+    if write == "add_record":
+        assert store.add_record(ctx.id, P("b")).content == "b"
+    elif write == "replace_system_prompt":
+        assert store.replace_system_prompt(ctx.id, "sys").content == "sys"
+    elif write == "replace_records":
+        assert store.replace_records(ctx.id, [a.id], R("sum")).content == "sum"
+    elif write == "clone":
+        assert store.clone_context(ctx.id, "copy").name == "copy"
+        assert [r.content for r in store.records(store.get_context_by_name("copy").id)] == ["a"]
+    elif write == "begin":
+        assert store.begin_reply(ctx.id, "new", owner=worker_id()).pos == 3
+        assert query(pg_url, "SELECT next_pos FROM contexts WHERE id = %s", (ctx.id,)) == [(4,)]
+    elif write == "checkpoint":
+        assert store.save_checkpoint(live, CheckpointDraft("ve"))
+        assert store.get_checkpoint(live.checkpoint_id).text == "live"
+    elif write == "interrupt":
+        assert store.save_checkpoint(live, CheckpointDraft("ve"), state=ReplyState.INTERRUPTED)
+        got = store.get_checkpoint(live.checkpoint_id)
+        assert (got.text, got.state) == ("live", ReplyState.INTERRUPTED)
+    elif write == "claim":
+        claimed = store.claim_checkpoint(cut.checkpoint_id, owner=worker_id())
+        assert (claimed.state, claimed.epoch) == (ReplyState.RESUMING, 2)
+    elif write == "discard":
+        assert store.discard_checkpoint(cut.checkpoint_id).state is ReplyState.DISCARDED
+    else:
+        (kept,) = store.keep_checkpoint(cut.checkpoint_id)
+        assert (kept.content, kept.pos) == ("cut", 2)
+    assert proxy.cut_done == 1
+    counts = dict(query(pg_url, "SELECT context_id, COUNT(*) FROM records GROUP BY 1"))
+    expected = {"add_record": 2, "replace_system_prompt": 2, "replace_records": 2, "keep": 2}
+    assert counts[ctx.id] == expected.get(write, 1)
+    epochs = query(pg_url, "SELECT reply_id, epoch FROM checkpoints ORDER BY id")
+    moved = write in ("claim", "discard", "keep")
+    assert [e for _, e in epochs[:2]] == [1, 2 if moved else 1]
+
+
+# -- Periodic writes and leases ---------------------------------------------------------------
+
+
+def test_a_periodic_write_gives_up_at_once_when_the_context_is_locked(
+    pg: PostgresStore, pg_url: str
+):
+    ctx = pg.get_or_create_context("c")
+    ticket = begin(pg, ctx.id, "r")
+    assert pg.save_checkpoints([(ticket, CheckpointDraft("one "))]) == [True]
+    answer: list[Any] = []
+    with psycopg.connect(pg_url) as other:  # a long commit elsewhere holds the context lock
+        other.execute("SELECT 1 FROM contexts WHERE id = %s FOR UPDATE", (ctx.id,))
+        writer = threading.Thread(
+            target=lambda: answer.append(pg.save_checkpoints([(ticket, CheckpointDraft("two"))]))
+        )
+        writer.start()
+        writer.join(timeout=60)  # a bound, not a measurement: it would wait for the lock
+        assert not writer.is_alive() and answer == [None]
+        other.rollback()
+    # Nothing was written; written again (as the persister does), it lands once.
+    assert pg.get_checkpoint(ticket.checkpoint_id).text == "one "
+    assert pg.save_checkpoints([(ticket, CheckpointDraft("two"))]) == [True]
+    assert pg.get_checkpoint(ticket.checkpoint_id).text == "one two"
+
+
+@pytest.mark.parametrize("lost", ["a write lost in a crash", "an unsettled write that landed"])
+def test_a_write_that_finds_the_text_wrong_writes_it_whole(pg: PostgresStore, pg_url: str, lost):
+    ctx = pg.get_or_create_context("c")
+    ticket = begin(pg, ctx.id, "r")
+    for part in ("Hel", "lo, ", "wor"):
+        assert pg.save_checkpoints([(ticket, CheckpointDraft(part, append_thinking="."))])
+    if lost == "a write lost in a crash":  # acknowledged with synchronous_commit off, then gone
+        query(pg_url, "DELETE FROM checkpoint_parts WHERE seq = 3")
+        query(pg_url, "UPDATE checkpoints SET text_len = 7, thinking_len = 2, parts = 2")
+    else:  # a COMMIT cut off: the store said None, the writer sends the text again
+        query(
+            pg_url,
+            "INSERT INTO checkpoint_parts VALUES (%s, 4, 'ld', '.')",
+            (ticket.checkpoint_id,),
+        )
+        query(pg_url, "UPDATE checkpoints SET text_len = 12, thinking_len = 4, parts = 4")
+    assert pg.save_checkpoints([(ticket, CheckpointDraft("ld", append_thinking="."))]) == [True]
+    got = pg.get_checkpoint(ticket.checkpoint_id)
+    assert (got.text, got.thinking) == ("Hello, world", "....")
+    assert pg.save_checkpoint(ticket, CheckpointDraft("!"), state=ReplyState.INTERRUPTED)
+    got = pg.get_checkpoint(ticket.checkpoint_id)
+    assert (got.text, got.thinking) == ("Hello, world!", "....")
+    assert query(pg_url, "SELECT text_len, thinking_len FROM checkpoints") == [(13, 4)]
+
+
+def test_a_periodic_write_whose_commit_was_cut_off_is_never_duplicated(
+    proxied: tuple[PostgresStore, FaultProxy],
+):
+    store, proxy = proxied
+    ctx = store.get_or_create_context("c")
+    ticket = begin(store, ctx.id, "r")
+    assert store.save_checkpoints([(ticket, CheckpointDraft("one "))]) == [True]
+    proxy.arm(1, "after")  # the server commits; the answer never comes
+    assert store.save_checkpoints([(ticket, CheckpointDraft("two "))]) is None
+    assert proxy.cut_done == 1
+    # The persister gives the text back: the next write carries it again, with what came since.
+    assert store.save_checkpoints([(ticket, CheckpointDraft("two three"))]) == [True]
+    assert store.get_checkpoint(ticket.checkpoint_id).text == "one two three"
+
+
+def test_leases_are_timed_by_the_database_clock(pg: PostgresStore, pg_url: str):
+    pg.lease_ttl = 60.0
+    ctx = pg.get_or_create_context("c")
+    ticket = begin(pg, ctx.id, "r")
+    # The client's clock never enters: the lease is the server's time plus the ttl.
+    left = query(
+        pg_url, "SELECT EXTRACT(EPOCH FROM lease_until - clock_timestamp()) FROM checkpoints"
+    )
+    assert 0 < float(left[0][0]) <= 60
+    query(pg_url, "UPDATE checkpoints SET lease_until = clock_timestamp() - interval '1 s'")
+    pg.renew_leases(worker_id())
+    left = query(
+        pg_url, "SELECT EXTRACT(EPOCH FROM lease_until - clock_timestamp()) FROM checkpoints"
+    )
+    assert 0 < float(left[0][0]) <= 60
+    store = rxcontext.open(pg_url)
+    assert store.get_checkpoint(ticket.checkpoint_id).state is ReplyState.STREAMING
+    store.close()
+
+
+# -- Positions --------------------------------------------------------------------------------
+
+
+def test_concurrent_writers_to_one_context_get_contiguous_positions_in_commit_order(
+    pg_url: str,
+):
+    stores = [PostgresStore(pg_url, pool_size=1) for _ in range(4)]
+    ctx = stores[0].get_or_create_context("hot")
+    barrier = threading.Barrier(len(stores))
+    errors: list[BaseException] = []
+
+    def work(n: int, store: PostgresStore) -> None:
+        try:
+            barrier.wait()
+            for i in range(15):
+                if i % 2:  # a plain commit takes the next position as it commits
+                    store.commit_reply(ctx.id, [R(f"{n}:{i}:a"), R(f"{n}:{i}:b")])
+                    continue
+                # A reply takes its position when it begins and commits there later.
+                ticket = begin(store, ctx.id, f"{n}:{i}")
+                assert store.save_checkpoints([(ticket, CheckpointDraft("x"))]) in ([True], None)
+                store.commit_reply(
+                    ctx.id, [R(f"{n}:{i}:a"), R(f"{n}:{i}:b")], reply=ticket, end="reply"
+                )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n, s)) for n, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    assert errors == []
+    rows = query(pg_url, "SELECT pos, id, content, reply_id FROM records ORDER BY pos, id")
+    replies = len(stores) * 15
+    assert [r[0] for r in rows] == [p for p in range(replies) for _ in "ab"]  # contiguous
+    for i in range(0, len(rows), 2):  # each reply's two records share its place
+        assert rows[i][2].endswith(":a") and rows[i + 1][2] == rows[i][2][:-1] + "b"
+        assert rows[i][3] == rows[i + 1][3] == (rows[i][2][:-2] if rows[i][3] else None)
+    plain = [r for r in rows if r[3] is None]
+    assert [r[1] for r in plain] == sorted(r[1] for r in plain)  # commit order = position order
+    assert query(pg_url, "SELECT COUNT(*) FROM checkpoints") == [(0,)]
+
+
+def test_positions_follow_the_rules(pg: PostgresStore, pg_url: str):
+    ctx = pg.get_or_create_context("p")
+    ids = [pg.add_record(ctx.id, P(c)).id for c in "abcd"]
+    pg.replace_system_prompt(ctx.id, "sys")
+    summary = pg.replace_records(ctx.id, ids[1:3], R("sum"))
+    clone = pg.clone_context(ctx.id, "copy")
+    pos = dict(query(pg_url, "SELECT id, pos FROM records WHERE context_id = %s", (ctx.id,)))
+    assert [pos[i] for i in ids] == [0, 1, 2, 3]
+    assert pos[summary.id] == 1  # the earliest replaced record's place
+    sys_pos = query(
+        pg_url, "SELECT pos FROM records WHERE source = 4 AND context_id = %s", (ctx.id,)
+    )
+    assert sys_pos == [(-1,)]  # before everything
+    copied = query(
+        pg_url,
+        "SELECT pos, content FROM records WHERE context_id = %s ORDER BY pos, id",
+        (clone.id,),
+    )
+    original = query(
+        pg_url, "SELECT pos, content FROM records WHERE context_id = %s ORDER BY pos, id", (ctx.id,)
+    )
+    assert copied == original
+    assert query(pg_url, "SELECT next_pos FROM contexts WHERE id = %s", (clone.id,)) == [(4,)]
+    assert [r.content for r in pg.records(ctx.id, live_only=True)] == ["sys", "a", "sum", "d"]
+
+
+# -- Text codec -------------------------------------------------------------------------------
+
+any_text = st.text(st.characters(codec=None, categories=None))
+nasty = st.sampled_from(["\x00", ESC, ESC + "0", ESC + ESC, "\x000", "\ud83d", "\ude00", "😀"])
+texts = st.lists(st.one_of(any_text, nasty), max_size=6).map("".join)
+
+
+def encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+storable = texts.filter(encodable)  # what reaches the codec: surrogates are settled before
+
+
+@given(storable)
+def test_codec_round_trips_any_storable_string(text: str):
+    encoded = enc(text)
+    assert "\x00" not in encoded
+    assert dec(encoded) == text
+
+
+@given(storable, storable)
+def test_codec_is_injective(a: str, b: str):
+    assert (enc(a) == enc(b)) == (a == b)
+
+
+@pytest.mark.parametrize("text", ["\x00\ud800", ESC + "\udfff", "ok\x00\ud83d"])
+def test_codec_refuses_what_utf8_refuses_with_the_same_error(text: str):
+    with pytest.raises(UnicodeEncodeError) as expected:
+        text.encode("utf-8")
+    with pytest.raises(UnicodeEncodeError) as got:
+        enc(text)
+    assert str(got.value) == str(expected.value)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | texts,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def canonical(value: Any) -> str:
+    """JSON text with NaN made comparable (NaN != NaN); key order kept."""
+    return json.dumps(value, ensure_ascii=False, default=str, allow_nan=True)
+
+
+@pytest.fixture
+def both(pg_url: str) -> Iterator[tuple[SQLiteStore, PostgresStore]]:
+    lite, pg = rxcontext.open(":memory:"), rxcontext.open(pg_url)
+    assert isinstance(lite, SQLiteStore) and isinstance(pg, PostgresStore)
+    yield lite, pg
+    lite.close()
+    pg.close()
+
+
+_names = iter(range(10**9))
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    content=texts,
+    meta=st.dictionaries(texts, json_values, max_size=4),
+    name=texts.filter(lambda t: t.encode("utf-8", "surrogatepass") == t.encode("utf-8", "ignore")),
+    tool_id=texts,
+)
+def test_records_round_trip_exactly_as_on_sqlite(
+    both: tuple[SQLiteStore, PostgresStore],
+    content: str,
+    meta: dict[str, Any],
+    name: str,
+    tool_id: str,
+):
+    lite, pg = both
+    suffix = f" #{next(_names)}"
+    got = []
+    for store in (lite, pg):
+        try:
+            ctx = store.get_or_create_context(name + suffix)
+            draft = RecordDraft(
+                RecordType.TOOL_CALL,
+                content,
+                tool_call_id=tool_id,
+                tool_name=name,
+                response_id=content[:5],
+                metadata=meta,
+            )
+            added = store.add_record(ctx.id, draft)
+            (stored,) = store.records(ctx.id)
+            begun = store.begin_reply(ctx.id, tool_id + suffix, owner=worker_id())
+            ticket = ReplyTicket(begun.id, begun.epoch)
+            for half in (content[: len(content) // 2], content[len(content) // 2 :]):
+                assert store.save_checkpoints([(ticket, CheckpointDraft(half))]) == [True]
+            assert store.save_checkpoint(
+                ticket,
+                CheckpointDraft(
+                    append_thinking=name,
+                    tool_calls=[meta],
+                    error=content,
+                    metadata=meta,
+                    response_id=content[:3],
+                ),
+                state=ReplyState.INTERRUPTED,
+            )
+            cp = store.get_checkpoint(begun.id)
+            kept = store.keep_checkpoint(cp.id)[0] if cp.text else None
+            got.append(
+                (
+                    ctx.name,
+                    store.get_context_by_name(name + suffix).id == ctx.id,
+                    added.content,
+                    canonical(dict(added.metadata)),
+                    (stored.content, stored.tool_call_id, stored.tool_name, stored.response_id),
+                    stored.est_tokens,
+                    canonical(dict(stored.metadata)),
+                    list(stored.metadata),
+                    (
+                        cp.text,
+                        cp.thinking,
+                        cp.error,
+                        cp.response_id,
+                        cp.reply_id[: -len(suffix)],
+                        canonical(cp.tool_calls),
+                        canonical(dict(cp.metadata)),
+                    ),
+                    kept and (kept.content, kept.reply_id == cp.reply_id, kept.pos),
+                    store.find_reply(tool_id + suffix) == store.get_checkpoint(cp.id),
+                )
+            )
+        except UnicodeEncodeError as exc:  # lone surrogates in names/ids: refused alike
+            got.append(("refused", type(exc).__name__))
+    assert got[0] == got[1]
+    if got[0][0] != "refused":
+        assert got[1][2] == got[1][4][0]  # what add_record returns is what a read gives
+        assert "\x00" not in content or "\x00" in got[1][2]  # NUL survived
+
+
+def normalised(export: dict[str, Any]) -> dict[str, Any]:
+    """An export without what differs by store: ids and clock readings."""
+    return {
+        "context": {k: v for k, v in export["context"].items() if k not in ("id", "start_time")},
+        "records": [
+            {k: v for k, v in r.items() if k not in ("id", "timestamp")} for r in export["records"]
+        ],
+        "tools": [{k: v for k, v in t.items() if k != "created_at"} for t in export["tools"]],
+    }
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.sampled_from(list(RecordType)[:4]), texts, st.booleans()),
+        st.tuples(st.just("commit"), st.lists(texts, min_size=0, max_size=3), st.integers(0, 50)),
+        st.tuples(st.just("system"), texts),
+        st.tuples(st.just("live"), st.integers(-1, 8), st.integers(-1, 8), st.booleans()),
+        st.tuples(st.just("summary"), st.lists(st.integers(0, 8), min_size=1, max_size=3), texts),
+        st.tuples(st.just("tool"), st.sampled_from(["f", "g", "\x00h"]), json_values),
+        st.tuples(st.just("untool"), st.sampled_from(["f", "g", "\x00h"])),
+        st.tuples(st.just("threading"), st.booleans(), st.none() | texts),
+        # The reply lifecycle; ``k`` picks one of the tickets handed out so far.
+        st.tuples(st.just("begin"), st.sampled_from(["live", "dead", "elsewhere"])),
+        st.tuples(st.just("write"), st.integers(0, 5), texts, texts, st.integers(0, 9)),
+        st.tuples(st.just("batch"), st.lists(st.integers(0, 5), max_size=3), texts),
+        st.tuples(st.just("interrupt"), st.integers(0, 5), texts),
+        st.tuples(st.just("round"), st.integers(0, 5), st.lists(texts, max_size=2)),
+        st.tuples(st.just("finish"), st.integers(0, 5), st.lists(texts, max_size=2)),
+        st.tuples(st.just("outputs"), st.integers(0, 5), texts),
+        st.tuples(st.just("claim"), st.integers(0, 5)),
+        st.tuples(st.just("discard"), st.integers(0, 5)),
+        st.tuples(st.just("keep"), st.integers(0, 5)),
+    ),
+    max_size=14,
+)
+begins = st.lists(st.tuples(st.just("begin"), st.sampled_from(["live", "dead", "elsewhere"])))
+programs = st.tuples(begins.map(lambda b: b[:3]), ops).map(lambda p: p[0] + p[1])
+"""Most programs open a few replies first, so the lifecycle operations have one to act on."""
+
+DEAD = f"{__import__('socket').gethostname()}:{__import__('os').getpid()}:gone"
+OWNERS = {"live": worker_id(), "dead": DEAD, "elsewhere": "elsewhere.invalid:1:1"}
+
+
+def apply(store: Any, ctx_id: str, op: tuple[Any, ...], tickets: list[ReplyTicket]) -> Any:
+    """Run one operation; its answer, or the kind of error it gave (ids differ by store)."""
+    kind = op[0]
+    ticket = tickets[op[1] % len(tickets)] if tickets and isinstance(op[1], int) else None
+    try:
+        if kind == "begin":
+            rid = f"{store.get_context(ctx_id).name}/{len(tickets)}"
+            cp = store.begin_reply(ctx_id, rid, owner=OWNERS[op[1]])
+            tickets.append(ReplyTicket(cp.id, cp.epoch))
+            return cp.pos
+        if kind == "batch":
+            chosen = [tickets[k % len(tickets)] for k in op[1]] if tickets else []
+            return store.save_checkpoints([(t, CheckpointDraft(op[2])) for t in chosen])
+        if kind in ("write", "interrupt", "round", "finish", "outputs", "claim", "discard", "keep"):
+            if ticket is None:
+                return "no reply"
+            cid = ticket.checkpoint_id
+        if kind == "write":
+            return store.save_checkpoint(ticket, CheckpointDraft(op[2], op[3], chunks=op[4]))
+        if kind == "interrupt":
+            draft = CheckpointDraft(op[2], error="cut")
+            return store.save_checkpoint(ticket, draft, state=ReplyState.INTERRUPTED)
+        if kind in ("round", "finish", "outputs"):
+            drafts = (
+                [R(t) for t in op[2]]
+                if kind != "outputs"
+                else [RecordDraft(RecordType.TOOL_OUTPUT, op[2], tool_call_id="c")]
+            )
+            end = {"round": "round", "finish": "reply", "outputs": None}[kind]
+            out = store.commit_reply(ctx_id, drafts, reply=ticket, end=end, usage=Usage.of(1, 2))
+            return [(r.content, r.pos, r.reply_id) for r in out]
+        if kind == "claim":
+            cp = store.claim_checkpoint(cid, owner=worker_id())
+            tickets.append(ReplyTicket(cp.id, cp.epoch))
+            return (cp.state, cp.epoch, cp.text, cp.thinking)
+        if kind == "discard":
+            cp = store.discard_checkpoint(cid)
+            return (cp.state, cp.epoch, cp.text)
+        if kind == "keep":
+            return [(r.content, r.pos, dict(r.metadata)) for r in store.keep_checkpoint(cid)]
+        if kind == "add":
+            return store.add_record(ctx_id, RecordDraft(op[1], op[2], live=op[3])).content
+        if kind == "commit":
+            drafts = [R(t, streamed=True, metadata={"i": i}) for i, t in enumerate(op[1])]
+            out = store.commit_reply(ctx_id, drafts, usage=Usage.of(op[2], 1))
+            return [r.content for r in out]
+        if kind == "system":
+            return store.replace_system_prompt(ctx_id, op[1]).content
+        if kind == "live":
+            return store.set_live_range(ctx_id, op[1], op[2], op[3])
+        if kind == "summary":
+            records = store.records(ctx_id)
+            ids = [records[i].id for i in op[1] if i < len(records)]
+            return store.replace_records(ctx_id, ids, R(op[2])).content
+        if kind == "tool":
+            store.set_context_tool(ctx_id, op[1], {"name": op[1], "v": op[2]})
+            return None
+        if kind == "untool":
+            return store.remove_context_tool(ctx_id, op[1])
+        store.set_threading(ctx_id, op[1])
+        store.set_last_response_id(ctx_id, op[2])
+        return None
+    except (IndexError, ValueError) as exc:
+        return f"{type(exc).__name__}: {re.sub(r'checkpoint [0-9]+', 'checkpoint #', str(exc))}"
+    except RxContextError as exc:  # its message names ids, which differ by store
+        return type(exc).__name__
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(program=programs)
+def test_the_same_operations_give_the_same_records_and_exports(
+    both: tuple[SQLiteStore, PostgresStore], program: list[tuple[Any, ...]]
+):
+    lite, pg = both
+    name = f"diff {next(_names)}"
+    results = []
+    for store in (lite, pg):
+        ctx = store.get_or_create_context(name)
+        tickets: list[ReplyTicket] = []
+        answers = [apply(store, ctx.id, op, tickets) for op in program]
+        clone = store.clone_context(ctx.id, name + " clone")
+        stats = store.context_stats(ctx.id)
+        results.append(
+            (
+                canonical(answers),
+                canonical(normalised(store.export_context(ctx.id))),
+                canonical(normalised(store.export_context(clone.id))),
+                [
+                    (
+                        c.reply_id,
+                        c.state,
+                        c.epoch,
+                        c.pos,
+                        c.owner,
+                        c.text,
+                        c.thinking,
+                        c.chunks,
+                        c.error,
+                        c.resolved,
+                    )
+                    for c in store.checkpoints(ctx.id, include_resolved=True)
+                ],
+                [c.id for c in store.checkpoints(ctx.id)]
+                == [
+                    c.id
+                    for c in store.checkpoints(ctx.id, include_resolved=True)
+                    if c.state is ReplyState.INTERRUPTED
+                ],
+                [c.reply_id for c in store.active_replies(ctx.id)],
+                (stats.records, stats.live_records, stats.live_tokens, stats.total_tokens),
+                (stats.prompts, stats.replies, stats.tool_calls, stats.tool_outputs),
+                (stats.open_checkpoints, stats.usage),
+                [r.content for r in store.records(ctx.id, live_only=True)],
+            )
+        )
+    assert results[0] == results[1]
+
+
+def test_nan_and_infinity_in_metadata_store_as_on_sqlite(both: tuple[SQLiteStore, PostgresStore]):
+    # json/jsonb columns would refuse these at commit time; the reply would be lost.
+    for store in both:
+        ctx = store.get_or_create_context("nan")
+        store.commit_reply(ctx.id, [R("x", metadata={"b": math.inf, "a": math.nan})])
+        (back,) = store.records(ctx.id)
+        assert list(back.metadata) == ["b", "a"]  # key order kept
+        assert back.metadata["b"] == math.inf and math.isnan(back.metadata["a"])
+
+
+# -- Incremental history ----------------------------------------------------------------------
+
+history_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["prompt", "reply", "live", "system", "summary", "in-place", "read"]),
+        st.integers(0, 30),
+        st.booleans(),  # written through the other store (another process)
+    ),
+    max_size=25,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(program=history_ops)
+def test_the_history_cache_equals_a_full_read_with_another_writer(pg_url: str, program):
+    from rxcontext.history import HistoryCache
+
+    mine, other = PostgresStore(pg_url, pool_size=1), PostgresStore(pg_url, pool_size=1)
+    ctx = mine.get_or_create_context(f"h{next(_names)}")
+    cache = HistoryCache(mine, ctx.id)
+    try:
+        for n, (op, arg, by_other) in enumerate(program):
+            store = other if by_other else mine
+            if op == "prompt":
+                store.add_record(ctx.id, P(f"p{n}"))
+            elif op == "reply":
+                store.commit_reply(ctx.id, [R(f"r{n}")])
+            elif op == "live" and (records := store.records(ctx.id)):
+                store.set_live_range(ctx.id, arg % len(records), arg % len(records), by_other)
+            elif op == "system":
+                store.replace_system_prompt(ctx.id, f"s{n}")
+            elif op == "summary" and (live := store.records(ctx.id, live_only=True)):
+                store.replace_records(ctx.id, [r.id for r in live[: 1 + arg % 3]], R("sum"))
+            elif op == "in-place":  # a reply stored at an earlier place, not at the end
+                ticket = begin(store, ctx.id, f"{ctx.id}/{n}")
+                store.add_record(ctx.id, P("after"))
+                store.commit_reply(ctx.id, [R(f"late{n}")], reply=ticket, end="reply")
+            elif op == "read":
+                assert cache.live(arg) == mine.records(ctx.id, live_only=True, upto=arg)
+            assert cache.live() == mine.records(ctx.id, live_only=True)
+            assert mine.live_tokens(ctx.id) == sum(
+                r.est_tokens for r in mine.records(ctx.id, live_only=True)
+            )
+    finally:
+        mine.close()
+        other.close()
+
+
+def test_history_reads_only_what_changed_in_one_statement(pg: PostgresStore):
+    ctx = pg.get_or_create_context("c")
+    for i in range(5):
+        pg.add_record(ctx.id, P(f"p{i}"))
+    version, everything = pg.history(ctx.id)
+    assert [r.content for r in everything] == [f"p{i}" for i in range(5)]
+    assert pg.history(ctx.id, since=version) == (version, [])
+    pg.set_live_range(ctx.id, 1, 1, False)
+    new = pg.add_record(ctx.id, P("new"))
+    later, changed = pg.history(ctx.id, since=version)
+    assert later > version
+    assert [(r.content, r.live) for r in changed] == [("p1", False), ("new", True)]
+    assert changed[1] == new
+    with pytest.raises(rxcontext.ContextNotFound):
+        pg.history("missing")

@@ -1,0 +1,342 @@
+"""Reply lifecycle conformance: what every store (SQLite, PostgreSQL) must do with replies.
+
+Fencing (a writer whose reply was interrupted, claimed, kept or discarded writes nothing),
+orphans (a reply whose owner died reads as interrupted and can be taken over), keep and
+discard, reply ids, positions, tool rounds and batched periodic writes. The rest of the
+store's conformance suite is tests/test_store.py.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import rxcontext
+from rxcontext import (
+    CheckpointResolved,
+    OwnershipLost,
+    RecordType,
+    ReplyBusy,
+    ReplyExists,
+    ReplyState,
+    Usage,
+)
+from rxcontext.store import CheckpointDraft, RecordDraft, ReplyTicket, Store
+from rxcontext.store.base import ORPHANED
+from rxcontext.store.owner import worker_id
+
+DEAD = f"{socket.gethostname()}:{os.getpid()}:not-this-process"
+"""A worker id of this host whose process is gone (its pid now runs another process)."""
+ELSEWHERE = "elsewhere.invalid:4242:1"
+"""A worker on another host: only its lease says whether it is alive."""
+
+
+def P(content: str) -> RecordDraft:
+    return RecordDraft(RecordType.PROMPT, content)
+
+
+def R(content: str, **kw: Any) -> RecordDraft:
+    return RecordDraft(RecordType.MODEL_RESP, content, **kw)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest) -> Iterator[Any]:
+    target = request.getfixturevalue("pg_url") if request.param == "postgres" else ":memory:"
+    s = rxcontext.open(target)
+    yield s
+    s.close()
+
+
+def begin(store: Store, context_id: str, reply_id: str, owner: str | None = None) -> ReplyTicket:
+    cp = store.begin_reply(context_id, reply_id, owner=owner or worker_id())
+    return ReplyTicket(cp.id, cp.epoch)
+
+
+def texts(store: Store, context_id: str) -> list[str]:
+    return [r.content for r in store.records(context_id)]
+
+
+# -- Fencing -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("takeover", ["interrupt", "claim", "discard", "keep"])
+def test_a_ticket_writes_nothing_once_its_reply_moved_on(store: Store, takeover: str):
+    ctx = store.get_or_create_context("c")
+    store.add_record(ctx.id, P("q"))
+    owner = worker_id() if takeover == "interrupt" else DEAD  # the others need an orphan
+    old = begin(store, ctx.id, "r", owner)
+    assert store.save_checkpoint(old, CheckpointDraft("so far", chunks=1))
+    if takeover == "interrupt":
+        assert store.save_checkpoint(old, CheckpointDraft(), state=ReplyState.INTERRUPTED)
+    elif takeover == "claim":
+        assert store.claim_checkpoint(old.checkpoint_id, owner=worker_id()).epoch == 2
+    elif takeover == "discard":
+        store.discard_checkpoint(old.checkpoint_id)
+    else:
+        store.keep_checkpoint(old.checkpoint_id)
+    before = (texts(store, ctx.id), store.get_checkpoint(old.checkpoint_id))
+
+    assert not store.save_checkpoint(old, CheckpointDraft(" late", chunks=9))
+    assert store.save_checkpoints([(old, CheckpointDraft(" later"))]) in ([False], None)
+    assert not store.save_checkpoint(old, CheckpointDraft(), state=ReplyState.INTERRUPTED)
+    for end in ("reply", "round"):
+        with pytest.raises(OwnershipLost, match="taken over or settled elsewhere"):
+            store.commit_reply(ctx.id, [R("late reply")], reply=old, end=end)  # type: ignore[arg-type]
+    assert (texts(store, ctx.id), store.get_checkpoint(old.checkpoint_id)) == before
+
+
+def test_tool_outputs_land_after_an_interrupt_but_not_after_a_takeover(store: Store):
+    ctx = store.get_or_create_context("c")
+    store.add_record(ctx.id, P("weather?"))
+    ticket = begin(store, ctx.id, "r")
+    call = RecordDraft(RecordType.TOOL_CALL, "{}", tool_call_id="c1", tool_name="w")
+    store.commit_reply(ctx.id, [call], reply=ticket, end="round")
+    # Cancelled while the tool ran: the reply is interrupted, but the tool did run.
+    assert store.save_checkpoint(ticket, CheckpointDraft(), state=ReplyState.INTERRUPTED)
+    output = RecordDraft(RecordType.TOOL_OUTPUT, "sunny", tool_call_id="c1", tool_name="w")
+    (out,) = store.commit_reply(ctx.id, [output], reply=ticket)
+    assert (out.pos, out.reply_id) == (1, "r")
+    with pytest.raises(OwnershipLost):
+        store.commit_reply(ctx.id, [R("answer")], reply=ticket, end="reply")
+    claimed = store.claim_checkpoint(ticket.checkpoint_id, owner=worker_id())
+    with pytest.raises(OwnershipLost):
+        store.commit_reply(ctx.id, [output], reply=ticket)  # the old epoch, after a claim
+    assert texts(store, ctx.id) == ["weather?", "{}", "sunny"]
+    new = ReplyTicket(claimed.id, claimed.epoch)
+    store.commit_reply(ctx.id, [R("sunny it is")], reply=new, end="reply")
+    assert [(r.content, r.pos) for r in store.records(ctx.id)][-1] == ("sunny it is", 1)
+
+
+# -- Orphans -----------------------------------------------------------------------------------
+
+
+def test_a_reply_whose_process_died_reads_as_interrupted_and_can_be_taken_over(store: Store):
+    ctx = store.get_or_create_context("c")
+    orphan = begin(store, ctx.id, "r", DEAD)
+    assert store.save_checkpoint(orphan, CheckpointDraft("half"))
+    seen = store.get_checkpoint(orphan.checkpoint_id)
+    assert (seen.state, seen.error, seen.text) == (ReplyState.INTERRUPTED, ORPHANED, "half")
+    assert store.find_reply("r") == seen
+    assert store.checkpoints(ctx.id) == [seen]
+    assert store.active_replies(ctx.id) == []
+    claimed = store.claim_checkpoint(orphan.checkpoint_id, owner=worker_id())
+    assert (claimed.state, claimed.epoch, claimed.owner) == (ReplyState.RESUMING, 2, worker_id())
+    assert [c.id for c in store.active_replies(ctx.id)] == [orphan.checkpoint_id]
+    assert store.checkpoints(ctx.id) == []
+
+
+def test_a_reply_of_another_host_is_orphaned_when_its_lease_runs_out(store: Store):
+    ctx = store.get_or_create_context("c")
+    ticket = begin(store, ctx.id, "r", ELSEWHERE)
+    assert [c.state for c in store.active_replies(ctx.id)] == [ReplyState.STREAMING]
+    with pytest.raises(ReplyBusy):
+        store.claim_checkpoint(ticket.checkpoint_id, owner=worker_id())
+    store.lease_ttl = -1.0  # its heartbeat now sets a lease already over: as if it stopped
+    store.renew_leases(ELSEWHERE)
+    assert store.active_replies(ctx.id) == []
+    assert store.get_checkpoint(ticket.checkpoint_id).state is ReplyState.INTERRUPTED
+    store.lease_ttl = 60.0  # it renews again in time: it is alive after all
+    store.renew_leases(ELSEWHERE)
+    assert store.get_checkpoint(ticket.checkpoint_id).state is ReplyState.STREAMING
+    store.lease_ttl = -1.0
+    store.renew_leases(ELSEWHERE)
+    store.lease_ttl = 60.0
+    claimed = store.claim_checkpoint(ticket.checkpoint_id, owner=worker_id())
+    assert claimed.epoch == 2
+    store.renew_leases(ELSEWHERE)  # the presumed-dead worker's heartbeat changes nothing now
+    after = store.get_checkpoint(ticket.checkpoint_id)
+    assert (after.state, after.owner) == (ReplyState.RESUMING, worker_id())
+    assert not store.save_checkpoint(ticket, CheckpointDraft("zombie"))
+
+
+def test_live_replies_cannot_be_settled(store: Store):
+    ctx = store.get_or_create_context("c")
+    ticket = begin(store, ctx.id, "r")
+    for settle in (
+        lambda: store.claim_checkpoint(ticket.checkpoint_id, owner=worker_id()),
+        lambda: store.discard_checkpoint(ticket.checkpoint_id),
+        lambda: store.keep_checkpoint(ticket.checkpoint_id),
+    ):
+        with pytest.raises(ReplyBusy, match="is still streaming") as info:
+            settle()
+        assert info.value.state == "streaming"
+    assert store.get_checkpoint(ticket.checkpoint_id).epoch == 1
+
+
+# -- Keep and discard --------------------------------------------------------------------------
+
+
+def test_keep_stores_the_partial_text_in_the_replys_own_place(store: Store):
+    ctx = store.get_or_create_context("c")
+    store.add_record(ctx.id, P("q1"))
+    ticket = begin(store, ctx.id, "r")
+    store.add_record(ctx.id, P("q2"))  # the conversation went on meanwhile
+    assert store.save_checkpoint(ticket, CheckpointDraft("half an ans"))
+    assert store.save_checkpoint(ticket, CheckpointDraft("wer"), state=ReplyState.INTERRUPTED)
+    (kept,) = store.keep_checkpoint(ticket.checkpoint_id)
+    assert (kept.type, kept.content, kept.pos, kept.reply_id) == (
+        RecordType.MODEL_RESP,
+        "half an answer",
+        1,
+        "r",
+    )
+    assert dict(kept.metadata) == {"partial": True} and kept.streamed
+    assert store.records(ctx.id)[1] == kept
+    assert texts(store, ctx.id) == ["q1", "half an answer", "q2"]
+    cp = store.get_checkpoint(ticket.checkpoint_id)
+    assert (cp.state, cp.epoch, cp.owner) == (ReplyState.COMPLETED, 2, None)
+    assert cp.resolved_at is not None and store.checkpoints(ctx.id) == []
+    with pytest.raises(CheckpointResolved, match="already completed"):
+        store.keep_checkpoint(ticket.checkpoint_id)
+
+
+def test_keep_refuses_an_empty_checkpoint_and_changes_nothing(store: Store):
+    ctx = store.get_or_create_context("c")
+    ticket = begin(store, ctx.id, "r")
+    assert store.save_checkpoint(ticket, CheckpointDraft(), state=ReplyState.INTERRUPTED)
+    with pytest.raises(ValueError, match="no text to keep; discard it instead"):
+        store.keep_checkpoint(ticket.checkpoint_id)
+    cp = store.get_checkpoint(ticket.checkpoint_id)
+    assert (cp.state, cp.epoch) == (ReplyState.INTERRUPTED, 1)
+    assert store.records(ctx.id) == []
+
+
+def test_discard_keeps_the_row_for_audit(store: Store):
+    ctx = store.get_or_create_context("c")
+    ticket = begin(store, ctx.id, "r")
+    assert store.save_checkpoint(ticket, CheckpointDraft("no"), state=ReplyState.INTERRUPTED)
+    gone = store.discard_checkpoint(ticket.checkpoint_id)
+    assert (gone.state, gone.epoch, gone.text) == (ReplyState.DISCARDED, 2, "no")
+    stored = store.get_checkpoint(ticket.checkpoint_id)
+    assert (stored.state, stored.epoch, stored.text) == (ReplyState.DISCARDED, 2, "no")
+    assert stored.resolved and stored.resolved_at is not None
+    assert store.checkpoints(ctx.id) == [] and store.records(ctx.id) == []
+    assert store.checkpoints(ctx.id, include_resolved=True) == [stored]
+    assert store.context_stats(ctx.id).open_checkpoints == 0
+    with pytest.raises(CheckpointResolved, match="already discarded"):
+        store.discard_checkpoint(ticket.checkpoint_id)
+    with pytest.raises(CheckpointResolved):
+        store.claim_checkpoint(ticket.checkpoint_id, owner=worker_id())
+
+
+# -- Reply ids, positions, rounds -----------------------------------------------------------------
+
+
+def test_reply_ids_are_unique_even_after_the_row_is_gone(store: Store):
+    ctx = store.get_or_create_context("c")
+    other = store.get_or_create_context("other")
+    done = begin(store, ctx.id, "done")
+    store.commit_reply(ctx.id, [R("a")], reply=done, end="reply")
+    assert store.find_reply("done") is None  # completed without a cut: only its records
+    begin(store, ctx.id, "open")
+    for rid, where in [("done", ctx.id), ("open", ctx.id), ("open", other.id)]:
+        with pytest.raises(ReplyExists, match="already used"):
+            store.begin_reply(where, rid, owner=worker_id())
+    with pytest.raises(TypeError):
+        store.begin_reply(ctx.id, "", owner=worker_id())
+    # A refused begin takes no position.
+    assert store.begin_reply(ctx.id, "next", owner=worker_id()).pos == 2
+
+
+def test_positions_are_allocated_in_order_and_a_reply_keeps_its_place(store: Store):
+    ctx = store.get_or_create_context("c")
+    store.add_record(ctx.id, P("q1"))  # 0
+    first = begin(store, ctx.id, "first")  # 1
+    store.add_record(ctx.id, P("q2"))  # 2
+    second = begin(store, ctx.id, "second")  # 3
+    store.commit_reply(ctx.id, [R("late"), R("later")])  # 4 (one reply, one place)
+    # The second reply ends first; each is stored in its own place.
+    store.commit_reply(ctx.id, [R("two")], reply=second, end="reply")
+    store.commit_reply(ctx.id, [R("one")], reply=first, end="reply")
+    store.add_record(ctx.id, P("q3"))  # 5
+    got = [(r.content, r.pos, r.reply_id) for r in store.records(ctx.id)]
+    assert got == [
+        ("q1", 0, None),
+        ("one", 1, "first"),
+        ("q2", 2, None),
+        ("two", 3, "second"),
+        ("late", 4, None),
+        ("later", 4, None),
+        ("q3", 5, None),
+    ]
+    # A reply's history: the records up to its place, its own included.
+    assert [r.content for r in store.records(ctx.id, upto=1)] == ["q1", "one"]
+    assert [r.content for r in store.records(ctx.id, live_only=True, upto=3)] == [
+        "q1",
+        "one",
+        "q2",
+        "two",
+    ]
+
+
+def test_a_round_keeps_the_reply_streaming_and_starts_its_checkpoint_over(store: Store):
+    ctx = store.get_or_create_context("c")
+    ticket = begin(store, ctx.id, "r")
+    assert store.save_checkpoint(
+        ticket, CheckpointDraft("Let me look", tool_calls=[{"index": 0}], chunks=3)
+    )
+    call = RecordDraft(RecordType.TOOL_CALL, "{}", tool_call_id="c1", tool_name="w")
+    store.commit_reply(ctx.id, [R("Let me look"), call], reply=ticket, end="round")
+    cp = store.get_checkpoint(ticket.checkpoint_id)
+    assert (cp.state, cp.text, cp.tool_calls, cp.chunks) == (ReplyState.STREAMING, "", (), 0)
+    assert store.save_checkpoint(ticket, CheckpointDraft("It is"))
+    assert store.save_checkpoint(ticket, CheckpointDraft(" sunny"))
+    assert store.get_checkpoint(ticket.checkpoint_id).text == "It is sunny"
+    store.commit_reply(ctx.id, [R("It is sunny")], reply=ticket, end="reply", usage=Usage.of(2, 3))
+    assert store.find_reply("r") is None
+    assert {(r.pos, r.reply_id) for r in store.records(ctx.id)} == {(0, "r")}
+    assert texts(store, ctx.id) == ["Let me look", "{}", "It is sunny"]
+    assert store.context_stats(ctx.id).usage == Usage.of(2, 3)
+
+
+def test_a_resumed_reply_completes_in_its_place_and_keeps_its_row(store: Store):
+    ctx = store.get_or_create_context("c")
+    store.add_record(ctx.id, P("q"))
+    ticket = begin(store, ctx.id, "r")
+    assert store.save_checkpoint(ticket, CheckpointDraft("Hel"), state=ReplyState.INTERRUPTED)
+    store.add_record(ctx.id, P("meanwhile"))
+    claimed = store.claim_checkpoint(ticket.checkpoint_id, owner=worker_id())
+    resumed = ReplyTicket(claimed.id, claimed.epoch)
+    assert store.save_checkpoint(resumed, CheckpointDraft("lo"))  # the continuation
+    assert store.get_checkpoint(claimed.id).text == "Hello"
+    store.commit_reply(ctx.id, [R("Hello")], reply=resumed, end="reply")
+    assert texts(store, ctx.id) == ["q", "Hello", "meanwhile"]
+    done = store.get_checkpoint(claimed.id)
+    assert (done.state, done.epoch) == (ReplyState.COMPLETED, 2)
+
+
+def test_periodic_batches_write_many_replies_and_fence_each_one(store: Store):
+    a = store.get_or_create_context("a")
+    b = store.get_or_create_context("b")
+    ta, tb = begin(store, a.id, "ra"), begin(store, b.id, "rb")
+    fenced = begin(store, a.id, "rc")
+    assert store.save_checkpoint(fenced, CheckpointDraft("x"), state=ReplyState.INTERRUPTED)
+    assert store.save_checkpoints([]) == []
+    for step in ("one ", "two"):
+        done = store.save_checkpoints(
+            [
+                (ta, CheckpointDraft(f"a:{step}", chunks=1)),
+                (fenced, CheckpointDraft(step)),
+                (tb, CheckpointDraft(f"b:{step}", append_thinking=step)),
+            ]
+        )
+        assert done == [True, False, True]
+    assert store.get_checkpoint(ta.checkpoint_id).text == "a:one a:two"
+    got = store.get_checkpoint(tb.checkpoint_id)
+    assert (got.text, got.thinking) == ("b:one b:two", "one two")
+    assert store.get_checkpoint(fenced.checkpoint_id).text == "x"
+    store.renew_leases(worker_id())
+    assert {c.reply_id for c in store.active_replies(a.id)} == {"ra"}
+
+
+def test_deleting_a_context_fences_its_replies(store: Store):
+    ctx = store.get_or_create_context("c")
+    ticket = begin(store, ctx.id, "r")
+    store.delete_context(ctx.id)
+    assert not store.save_checkpoint(ticket, CheckpointDraft("x"))
+    assert store.save_checkpoints([(ticket, CheckpointDraft("x"))]) in ([False], None)
+    assert store.find_reply("r") is None

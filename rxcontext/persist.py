@@ -29,12 +29,13 @@ stream stood after the last delivered chunk; that point goes into the checkpoint
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from ._signals import deferred
 from .chunks import Chunk, ChunkKind, Reply, ReplyBuilder, Usage
@@ -46,6 +47,7 @@ from .store.owner import worker_id
 
 __all__ = ["REPLY_KEYS", "ReplyPersister", "describe_error", "reply_drafts", "reply_metadata"]
 
+_J = TypeVar("_J")
 _COALESCE = 256  # pending deltas joined into one string past this many (memory, not speed)
 
 
@@ -150,6 +152,16 @@ def reply_drafts(
             )
         )
     return drafts
+
+
+def _json_safe(value: _J) -> _J:
+    """``value`` itself when JSON can hold it, else a copy with what it cannot as ``repr``:
+    a checkpoint is the last resort for what was delivered and must always be writable."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return cast(_J, json.loads(json.dumps(value, default=repr)))
+    return value
 
 
 class ReplyPersister:
@@ -285,12 +297,12 @@ class ReplyPersister:
         return CheckpointDraft(
             append_text="".join(text),
             append_thinking="".join(thinking),
-            tool_calls=b.tool_fragments(),
+            tool_calls=_json_safe(b.tool_fragments()),
             usage=b.usage,
             error=error,
             chunks=delivered,
             response_id=response_id,
-            metadata=metadata,
+            metadata=_json_safe(metadata),
         )
 
     def _give_back(self, draft: CheckpointDraft) -> None:
@@ -474,15 +486,22 @@ class ReplyPersister:
                 return False
             if not last and self.finished:
                 return False
-            records = self.store.commit_reply(
-                self.context_id,
-                reply_drafts(reply, streamed=self._streamed, about=self._about(reply)),
-                usage=reply.usage,
-                last_response_id=reply.response_id,
-                reply=self.ticket,
-                end="reply" if last else "round",
-                commit_id=self._commit_id(),
-            )
+            try:
+                records = self.store.commit_reply(
+                    self.context_id,
+                    reply_drafts(reply, streamed=self._streamed, about=self._about(reply)),
+                    usage=reply.usage,
+                    last_response_id=reply.response_id,
+                    reply=self.ticket,
+                    end="reply" if last else "round",
+                    commit_id=self._commit_id(),
+                )
+            except BaseException:
+                # Nothing was stored: the reply is not over, so the failure path's final
+                # write (its checkpoint, every chunk delivered) must still happen.
+                with self._claim:
+                    self.finished = False
+                raise
             self.records.extend(records)
             if reply.usage is not None:
                 self._usage_total = (

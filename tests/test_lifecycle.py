@@ -394,3 +394,19 @@ def test_user_code_exceptions_reach_the_user_as_plain_rxpy_delivers_them(case: s
 
 
 # -- concurrent first open, newer schemas ----------------------------------------------------
+
+
+def test_a_final_commit_that_fails_leaves_the_reply_interrupted_with_all_its_text():
+    # The reply cannot be stored (here: provider metadata that is not JSON): nothing is
+    # half written, and the reply is not left STREAMING — it is interrupted, with every
+    # chunk delivered, so it can be kept, resumed or discarded.
+    odd = Chunk(ChunkKind.DONE, finish_reason="stop", metadata={"raw": object()})
+    cw, _ = window([T("all "), T("of it"), odd])
+    cw.add_prompt("go")
+    with pytest.raises(StreamInterrupted) as info:
+        cw.call()
+    assert isinstance(info.value.__cause__, TypeError)
+    assert cw.active_replies() == []
+    (cp,) = cw.checkpoints()
+    assert cp.state is ReplyState.INTERRUPTED and cp.text == "all of it"
+    assert [r.type for r in cw.records()] == [RecordType.PROMPT]

@@ -68,8 +68,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NO_RETRY",
-    "Checkpoint",
     "CallOptions",
+    "Checkpoint",
     "CheckpointNotFound",
     "CheckpointResolved",
     "Chunk",

@@ -248,7 +248,7 @@ def test_a_stream_within_its_deadline_completes() -> None:
 def test_call_uses_the_window_deadline_and_no_retry_waits_past_it() -> None:
     error = rxcontext.ProviderError("HTTP 503", provider="t", status_code=503, retryable=True)
     steady = RetryPolicy(max_attempts=5, initial_delay=4.0, multiplier=1.0, jitter=0.0)
-    cw, model, clock = timed(
+    cw, model, _clock = timed(
         [Wait(2.0), error], [T("never")], timeouts=Timeouts(deadline=5.0), retry=steady
     )
     with pytest.raises(StreamInterrupted) as info:

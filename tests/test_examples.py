@@ -81,7 +81,21 @@ def test_every_example_is_tested() -> None:
         "03_tools.py",
         "04_asyncio.py",
         "05_webchat.py",
+        "07_structured_output.py",
     ]
+
+
+def test_07_structured_output(tmp_path: Path) -> None:
+    out = run_example("07_structured_output.py", tmp_path)
+    partials = [json.loads(line[9:]) for line in out.splitlines() if line.startswith("partial: ")]
+    assert len(partials) >= 6  # the object grows as its JSON streams
+    assert partials[0] == {"country": "Portugal"}
+    assert [r["name"] for r in partials[-1]["rivers"]] == ["Tagus", "Douro", "Guadiana"]
+    assert "asked for: json_schema Rivers strict: True" in out
+    assert '"length_km": 829}]}' in out.split("stored parsed: ")[1].splitlines()[0]
+    assert "longest: Tagus" in out
+    assert "not valid: 1 validation error for Rivers / rivers.0.length_km" in out
+    assert "stored: True" in out
 
 
 def test_01_subscribe(tmp_path: Path) -> None:

@@ -188,3 +188,59 @@ def test_the_stored_metadata_is_json() -> None:
     exported = json.loads(json.dumps(cw.export()))
     resp = [r for r in exported["records"] if r["type"] in (1, "MODEL_RESP")][-1]
     assert resp["metadata"]["parsed"]["name"] == "Paris"
+
+
+def test_a_resumed_reply_is_validated_whole() -> None:
+    from replay import Reply as ReplayReply
+
+    cut = ReplayReply(text_body("anthropic", PIECES), cut_after=3)  # after '{"name": "Pa'
+    replay = Replay(cut, text_body("anthropic", ['ris", "population": 2102650}']))
+    cw = window("anthropic", replay)
+    with pytest.raises(rxcontext.StreamInterrupted) as info:
+        cw.call(schema=City)
+    assert info.value.checkpoint.text == '{"name": "Pa'
+    reply = cw.resume_call(info.value.checkpoint.id, schema=City)
+    assert reply.parsed == City(name="Paris", population=2102650)
+    native_request("anthropic", replay.bodies[1], "City", City.model_json_schema())
+    (stored,) = [r for r in cw.live_records() if r.type is RecordType.MODEL_RESP]
+    assert stored.metadata["parsed"]["population"] == 2102650
+
+
+@pytest.mark.parametrize("kind", ["chat", "anthropic"])
+def test_the_non_streaming_api_asks_and_parses_alike(kind: str) -> None:
+    whole = {
+        "chat": {
+            "id": "chatcmpl-w",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "gpt-test",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(PIECES)},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+        },
+        "anthropic": {
+            "id": "msg_w",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-test",
+            "content": [{"type": "text", "text": "".join(PIECES)}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 3, "output_tokens": 4},
+        },
+    }[kind]
+    from replay import Reply as ReplayReply
+
+    replay = Replay(
+        ReplayReply(json.dumps(whole).encode(), headers={"content-type": "application/json"})
+    )
+    cw = window(kind, replay)
+    reply = cw.call(schema=City, stream=False)
+    assert "stream" not in replay.bodies[0] or replay.bodies[0]["stream"] is False
+    native_request(kind, replay.bodies[0], "City", City.model_json_schema())
+    assert reply.parsed == WANT

@@ -275,3 +275,18 @@ def test_readme_lifecycle_sample_prints_what_the_readme_says(tmp_path: Path) -> 
     script = tmp_path / "lifecycle.py"
     script.write_text(code, encoding="utf-8")
     assert run_script(script, tmp_path) == printed
+
+
+def test_readme_options_and_structured_samples_print_what_the_readme_says(tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    options = text[text.index("## Per-call options") : text.index("## Structured output")]
+    script = tmp_path / "options.py"
+    script.write_text(code_blocks_in(options, "python")[0], encoding="utf-8")
+    assert run_script(script, tmp_path) == "Tagus 0 5 ('\\n',)\nrefused: tool_choice\n"
+    assert "prints `Tagus 0 5 ('\\n',)` then `refused: tool_choice`" in options
+    section = text[text.index("## Structured output") :]
+    printed = section[section.index("prints\n\n```\n") + len("prints\n\n```\n") :]
+    printed = printed[: printed.index("```")]
+    script = tmp_path / "structured.py"
+    script.write_text(code_blocks_in(section, "python")[0], encoding="utf-8")
+    assert run_script(script, tmp_path) == printed

@@ -143,3 +143,31 @@ def test_each_character_is_read_once_whatever_the_chunking() -> None:
     assert parser._pos == len(doc)
     value = parser.close()
     assert parser.partial() is value
+
+
+def grows_into(partial: object, final: object) -> bool:
+    """Whether ``partial`` is a state ``final`` can grow from: strings as prefixes, objects
+    with some of the keys, arrays with the first elements (the last maybe still growing)."""
+    if isinstance(final, dict):
+        return isinstance(partial, dict) and all(
+            k in final and grows_into(v, final[k]) for k, v in partial.items()
+        )
+    if isinstance(final, list):
+        if not isinstance(partial, list) or len(partial) > len(final):
+            return False
+        done = all(p == f for p, f in zip(partial[:-1], final, strict=False))
+        return done and (not partial or grows_into(partial[-1], final[len(partial) - 1]))
+    if isinstance(final, str):
+        return isinstance(partial, str) and final.startswith(partial)
+    return partial == final and type(partial) is type(final)
+
+
+@given(documents(), st.lists(st.integers(min_value=0), max_size=12))
+def test_every_partial_value_grows_into_the_final_one(doc: str, cuts: list[int]) -> None:
+    final = json.loads(doc)
+    parser = JsonStream()
+    for piece in split(doc, cuts):
+        parser.feed(piece)
+        partial = parser.partial()
+        if partial is not None:
+            assert grows_into(partial, final), (partial, final)

@@ -244,3 +244,37 @@ def test_the_non_streaming_api_asks_and_parses_alike(kind: str) -> None:
     assert "stream" not in replay.bodies[0] or replay.bodies[0]["stream"] is False
     native_request(kind, replay.bodies[0], "City", City.model_json_schema())
     assert reply.parsed == WANT
+
+
+def test_partial_objects_start_over_after_a_tool_round() -> None:
+    from rxcontext import Chunk, ChunkKind, Tool
+    from rxcontext.providers import ScriptedModel
+
+    def T(text: str) -> Chunk:
+        return Chunk(ChunkKind.TEXT, text)
+
+    call = Chunk(ChunkKind.TOOL_CALL, '{"city": "Paris"}', id="c1", name="census")
+    model = ScriptedModel(
+        [[T('{"name": "gu'), call], [T('{"name": "Paris", '), T('"population": 1}')]]
+    )
+    cw = ContextWindow(rxcontext.open(":memory:"), model, "x")
+    cw.add_tool(Tool("census", "Population").string("city"), lambda args: "2102650")
+    cw.add_prompt("hi")
+    partials: list[Any] = []
+    cw.stream(schema=City).pipe(rxops.partial_objects()).subscribe(partials.append)
+    assert partials == [{"name": "gu"}, {"name": "Paris"}, {"name": "Paris", "population": 1}]
+    assert cw.live_records()[-1].metadata["parsed"] == {
+        "name": "Paris",
+        "population": 1,
+        "rivers": [],
+    }
+
+
+async def test_async_validation_failure_keeps_the_reply() -> None:
+    bad = ['{"name": 3}']
+    replay = Replay(text_body("gemini", bad))
+    cw = window("gemini", replay)
+    with pytest.raises(SchemaValidationError) as info:
+        await cw.acall(schema=City)
+    assert info.value.text == '{"name": 3}'
+    assert cw.live_records()[-1].content == '{"name": 3}' and cw.checkpoints() == []

@@ -449,6 +449,9 @@ class ContextWindow:
         context_id = self._context.id
         tools = () if disable_tools else tuple(self._tools.list())
         check_options(model, options, [t.name for t in tools])
+        if not tools and options.tool_choice in ("auto", "none"):
+            # Nothing to choose from: APIs refuse a tool_choice sent without tools.
+            options = replace(options, tool_choice=None)
         # tool_choice asks for the first request only: forcing a tool on every round would
         # loop until max_tool_rounds.
         later = replace(options, tool_choice=None) if options.tool_choice else options

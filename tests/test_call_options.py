@@ -290,3 +290,14 @@ async def test_async_deadline_wins_over_a_longer_idle_limit() -> None:
         await task
     assert isinstance(info.value.__cause__, DeadlineExceeded)
     assert info.value.checkpoint.text == "a"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_auto_or_none_without_tools_is_not_sent(kind: str) -> None:
+    replay = Replay(text_body(kind, ["ok"]), text_body(kind, ["ok"]))
+    cw = ContextWindow(rxcontext.open(":memory:"), model_for(kind, replay), "x")
+    cw.add_prompt("hi")
+    cw.call(tool_choice="none")
+    cw.call(tool_choice="auto")
+    for body in replay.bodies:
+        assert "tool_choice" not in body and "toolConfig" not in body

@@ -60,6 +60,10 @@ EXTRA["gemini"] = {"top_k": 3}
 
 
 def expect(kind: str, body: dict[str, Any]) -> None:
+    # The history is intact beside the options (extra_body and the spliced history meet).
+    history = {"chat": "messages", "responses": "input", "anthropic": "messages"}
+    sent = body[history.get(kind, "contents")]
+    assert "Weather in Paris?" in str(sent)
     if kind == "chat":
         assert body["temperature"] == 0.2 and body["max_completion_tokens"] == 50
         assert body["tool_choice"] == {"type": "function", "function": {"name": "weather"}}
@@ -138,6 +142,7 @@ def test_extra_keys_the_sdk_has_no_keyword_for_travel_in_the_body() -> None:
     cw = window("chat", replay)
     cw.call(extra={"some_new_parameter": {"x": 1}, "extra_headers": {"x-test": "1"}})
     assert replay.bodies[0]["some_new_parameter"] == {"x": 1}
+    assert replay.bodies[0]["messages"] == [{"role": "user", "content": "Weather in Paris?"}]
     assert replay.requests[0].headers["x-test"] == "1"
 
 

@@ -46,7 +46,14 @@ from .schema import OutputSchema, SchemaFailure
 from .store.base import IN_PROGRESS, CheckpointDraft, RecordDraft, ReplyTicket, Store
 from .store.owner import worker_id
 
-__all__ = ["REPLY_KEYS", "ReplyPersister", "describe_error", "reply_drafts", "reply_metadata"]
+__all__ = [
+    "REPLY_KEYS",
+    "SCHEMA_KEYS",
+    "ReplyPersister",
+    "describe_error",
+    "reply_drafts",
+    "reply_metadata",
+]
 
 _J = TypeVar("_J")
 _COALESCE = 256  # pending deltas joined into one string past this many (memory, not speed)
@@ -76,6 +83,11 @@ REPLY_KEYS = (
     "partial",
 )
 """The keys rxcontext writes into a MODEL_RESP's metadata (beside the provider's own)."""
+
+SCHEMA_KEYS = ("schema", "parsed", "parse_error")
+"""Further keys of a structured-output reply's MODEL_RESP (``cw.call(schema=...)``):
+``schema`` (``name``, ``json_schema``), then ``parsed`` (the validated object as JSON) or
+``parse_error`` (why the text did not validate)."""
 
 
 def reply_metadata(

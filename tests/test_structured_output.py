@@ -278,3 +278,18 @@ async def test_async_validation_failure_keeps_the_reply() -> None:
         await cw.acall(schema=City)
     assert info.value.text == '{"name": 3}'
     assert cw.live_records()[-1].content == '{"name": 3}' and cw.checkpoints() == []
+
+
+def test_a_dict_schema_without_jsonschema_installed_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import rxcontext.schema
+
+    monkeypatch.setattr(rxcontext.schema, "_jsonschema", lambda: None)
+    replay = Replay()
+    cw = window("chat", replay)
+    with pytest.raises(SchemaError, match=r"rxcontext\[schema\]"):
+        cw.call(schema=DICT_SCHEMA)
+    assert replay.requests == []
+    cw2 = window("chat", Replay(text_body("chat", PIECES)))
+    assert cw2.call(schema=City).parsed == WANT  # pydantic models need nothing more

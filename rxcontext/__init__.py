@@ -22,6 +22,7 @@ from .errors import (
     CheckpointNotFound,
     CheckpointResolved,
     ContextNotFound,
+    DeadlineExceeded,
     FirstChunkTimeout,
     IdleTimeout,
     InvalidExport,
@@ -33,14 +34,18 @@ from .errors import (
     ReplyExists,
     ReplySuperseded,
     RxContextError,
+    SchemaError,
     SchemaTooNew,
+    SchemaValidationError,
     StoreBusy,
     StoreClosedError,
     StoreError,
     StreamInterrupted,
     StreamTimeout,
     ToolLoopLimit,
+    UnsupportedOption,
 )
+from .options import CallOptions
 from .records import (
     Checkpoint,
     Context,
@@ -51,6 +56,7 @@ from .records import (
     TokenUsage,
 )
 from .retry import NO_RETRY, RetryPolicy, Timeouts
+from .schema import OutputSchema
 from .store import SQLiteStore, Store, open_any
 from .tools import Tool
 from .window import ContextReader, ContextWindow
@@ -62,6 +68,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NO_RETRY",
+    "CallOptions",
     "Checkpoint",
     "CheckpointNotFound",
     "CheckpointResolved",
@@ -72,11 +79,13 @@ __all__ = [
     "ContextReader",
     "ContextStats",
     "ContextWindow",
+    "DeadlineExceeded",
     "FirstChunkTimeout",
     "IdleTimeout",
     "InvalidExport",
     "MissingDependency",
     "NotADatabaseError",
+    "OutputSchema",
     "OwnershipLost",
     "ProviderError",
     "Record",
@@ -89,7 +98,9 @@ __all__ = [
     "RetryPolicy",
     "RxContextError",
     "SQLiteStore",
+    "SchemaError",
     "SchemaTooNew",
+    "SchemaValidationError",
     "Store",
     "StoreBusy",
     "StoreClosedError",
@@ -101,6 +112,7 @@ __all__ = [
     "Tool",
     "ToolCall",
     "ToolLoopLimit",
+    "UnsupportedOption",
     "Usage",
     "open",
     "operators",

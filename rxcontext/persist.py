@@ -119,7 +119,8 @@ def reply_drafts(
 
     The MODEL_RESP is kept when it has text, thinking blocks or metadata a provider needs
     back, or when there are no tool calls (an empty reply is still a reply). ``about``
-    (see :func:`reply_metadata`) is added to the MODEL_RESP's metadata.
+    (see :func:`reply_metadata`) is added to the MODEL_RESP's metadata, or, in a round of
+    tool calls alone, to the first TOOL_CALL's.
     """
     body = reply.text if text is None else text
     drafts: list[RecordDraft] = []
@@ -139,6 +140,9 @@ def reply_drafts(
                 metadata=metadata,
             )
         )
+    # A round of tool calls alone has no MODEL_RESP: its first TOOL_CALL says what the
+    # round was (model, usage...), so every round's usage and cost stay in the records.
+    carry = dict(about) if about and not drafts else None
     for call in reply.tool_calls:
         drafts.append(
             RecordDraft(
@@ -148,9 +152,10 @@ def reply_drafts(
                 streamed=streamed,
                 tool_call_id=call.id,
                 tool_name=call.name,
-                metadata=dict(call.metadata),
+                metadata={**carry, **call.metadata} if carry else dict(call.metadata),
             )
         )
+        carry = None
     return drafts
 
 

@@ -10,6 +10,7 @@ from reactivex import Observable, abc
 
 from . import summarize
 from .astreaming import run_async
+from .budget import Budget, check_budget
 from .chain import new_input, validate_chain
 from .checkpointer import checkpointer_for
 from .chunks import Chunk, Reply
@@ -127,6 +128,7 @@ class ContextWindow:
         timeouts: Timeouts | None = None,
         scheduler: abc.SchedulerBase | None = None,
         tool_approval: ToolApproval | None = None,
+        budget: Budget | None = None,
     ) -> None:
         if not hasattr(store, "get_or_create_context"):
             raise TypeError("store must be an rxcontext store: use rxcontext.open(path)")
@@ -147,6 +149,9 @@ class ContextWindow:
         self.retry = retry
         self.timeouts = timeouts if timeouts is not None else Timeouts()
         self.scheduler = scheduler
+        self.budget = budget
+        """Limits on what this window's context may spend (:class:`~rxcontext.Budget`),
+        checked before every request; None: none."""
         self.tool_approval = tool_approval
         """Sees each tool call, complete and parsed, before its tool runs, and may let it
         run (True/None), refuse it (False or ``tools.Veto(reason)``: the model is told) or
@@ -445,6 +450,9 @@ class ContextWindow:
         store = self._store
         context_id = self._context.id
         tools = () if disable_tools else tuple(self._tools.list())
+        budget = self.budget
+        if budget is not None:
+            self._check_budget(budget, model)
 
         threads = bool(getattr(model, "supports_previous_response_id", False))
         # A model that can resume natively notes where its streams stand in a cursor the
@@ -465,6 +473,8 @@ class ContextWindow:
         history = self._history(context_id)
 
         def request(round_: int) -> Request:
+            if budget is not None and round_ > 0:  # a tool loop's next request
+                self._check_budget(budget, model)
             records = request_history(
                 store, context_id, upto=persister.pos, reply_id=persister.reply_id, cache=history
             )
@@ -506,6 +516,18 @@ class ContextWindow:
             scheduler=self.scheduler,
             checkpointer=checkpointer_for(store, every, self.scheduler) if every else None,
             tool_approval=self.tool_approval,
+        )
+
+    def _check_budget(self, budget: Budget, model: Model) -> None:
+        """Raise :class:`~rxcontext.BudgetExceeded` if the next request would go over."""
+        store, context_id = self._store, self._context.id
+        check_budget(
+            budget,
+            context=self._context.name,
+            spent=store.context_stats(context_id).usage,
+            records=store.records(context_id) if budget.max_usd is not None else (),
+            estimate=store.live_tokens(context_id),
+            model_name=model.name,
         )
 
     def _history(self, context_id: str) -> HistoryCache:

@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._signals import deferred
 from .chunks import Chunk, ChunkKind, Reply, ReplyBuilder, Usage
@@ -44,6 +44,9 @@ from .providers.base import NATIVE_RESUME_KEY, ResumeCursor
 from .records import Checkpoint, Record, RecordType, ReplyState
 from .store.base import IN_PROGRESS, CheckpointDraft, RecordDraft, ReplyTicket, Store
 from .store.owner import worker_id
+
+if TYPE_CHECKING:
+    from .tracing import ReplyTrace
 
 __all__ = ["REPLY_KEYS", "ReplyPersister", "describe_error", "reply_drafts", "reply_metadata"]
 
@@ -223,6 +226,8 @@ class ReplyPersister:
         """The last committed reply of this run (the answer after any tool rounds)."""
         self.records: list[Record] = []
         """Every record this run stored, in order."""
+        self.trace: ReplyTrace | None = None
+        """The reply's tracing span (:mod:`rxcontext.tracing`), told of its begin and end."""
 
     # -- opening --------------------------------------------------------------------------
 
@@ -247,6 +252,8 @@ class ReplyPersister:
                 self._prefix = checkpoint.text
                 self._prefix_thinking = checkpoint.thinking
                 self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch)
+            if self.trace is not None:
+                self.trace.begin(self.reply_id)
             return
         reply_id = self.reply_id or str(uuid.uuid4())
         with deferred():
@@ -254,6 +261,8 @@ class ReplyPersister:
             self.reply_id = reply_id
             self.pos = checkpoint.pos
             self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch)
+        if self.trace is not None:
+            self.trace.begin(self.reply_id)
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -396,16 +405,19 @@ class ReplyPersister:
         Returns the stored checkpoint; None when the reply had already ended (completed,
         interrupted by a dispose from another thread, or taken over by another worker).
         """
-        return self._interrupt(describe_error(error))
+        return self._interrupt(describe_error(error), error)
 
-    def _interrupt(self, why: str) -> Checkpoint | None:
+    def _interrupt(self, why: str, error: BaseException | None = None) -> Checkpoint | None:
         with self._write, deferred():
             if not self._finish() or self.ticket is None:
                 return None
             draft = self._draft(why)
             if not self.store.save_checkpoint(self.ticket, draft, state=ReplyState.INTERRUPTED):
                 return None
-        return self.store.get_checkpoint(self.ticket.checkpoint_id)
+        checkpoint = self.store.get_checkpoint(self.ticket.checkpoint_id)
+        if self.trace is not None:
+            self.trace.interrupted(checkpoint, error)
+        return checkpoint
 
     def cancel_from_elsewhere(self) -> None:
         """A dispose from another thread: write the checkpoint now unless the driver is
@@ -514,6 +526,10 @@ class ReplyPersister:
                 )
             self.final = reply
             self._next_round()
+        if self.trace is not None:
+            self.trace.round(reply)
+            if last:
+                self.trace.completed()
         return True
 
     def _about(self, reply: Reply) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from .store.owner import worker_id
 from .streaming import Run, _drive, _Flag, run_observable
 from .summarize import SummaryProposal
 from .tools import Tool, ToolApproval, ToolRegistry, ToolRunner
+from .tracing import Tracing
 
 __all__ = ["CONTINUE_PROMPT", "ContextReader", "ContextWindow"]
 
@@ -129,6 +130,7 @@ class ContextWindow:
         scheduler: abc.SchedulerBase | None = None,
         tool_approval: ToolApproval | None = None,
         budget: Budget | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         if not hasattr(store, "get_or_create_context"):
             raise TypeError("store must be an rxcontext store: use rxcontext.open(path)")
@@ -150,6 +152,9 @@ class ContextWindow:
         self.timeouts = timeouts if timeouts is not None else Timeouts()
         self.scheduler = scheduler
         self.budget = budget
+        self.tracing = tracing
+        """Makes an OpenTelemetry span of every reply (:class:`~rxcontext.tracing.Tracing`,
+        ``rxcontext[otel]``); None: no tracing."""
         """Limits on what this window's context may spend (:class:`~rxcontext.Budget`),
         checked before every request; None: none."""
         self.tool_approval = tool_approval
@@ -469,6 +474,14 @@ class ContextWindow:
             cursor=cursor,
             model_name=model.name,
         )
+        trace = (
+            self.tracing.reply(
+                model_name=model.name, context_id=context_id, context_name=self._context.name
+            )
+            if self.tracing is not None
+            else None
+        )
+        persister.trace = trace
 
         history = self._history(context_id)
 
@@ -489,6 +502,8 @@ class ContextWindow:
                     Record.unsaved(context_id, RecordType.PROMPT, CONTINUE_PROMPT),
                 ]
                 return Request(records=records, tools=tools, cursor=cursor)
+            if trace is not None:
+                trace.request(records)
             full = Request(records=records, tools=tools, cursor=cursor)
             if threads:
                 ctx = store.get_context(context_id)
@@ -516,6 +531,7 @@ class ContextWindow:
             scheduler=self.scheduler,
             checkpointer=checkpointer_for(store, every, self.scheduler) if every else None,
             tool_approval=self.tool_approval,
+            trace=trace,
         )
 
     def _check_budget(self, budget: Budget, model: Model) -> None:

@@ -81,6 +81,8 @@ def test_every_example_is_tested() -> None:
         "03_tools.py",
         "04_asyncio.py",
         "05_webchat.py",
+        "06_cost.py",
+        "07_tracing.py",
     ]
 
 
@@ -129,6 +131,32 @@ def test_04_asyncio(tmp_path: Path) -> None:
     assert "same as received: True; reason: CancelledError" in out
     assert "holds the whole story: True" in out
     assert out.rstrip().endswith("open checkpoints now: 0")
+
+
+def test_06_cost(tmp_path: Path) -> None:
+    pytest.importorskip("genai_prices", reason="needs rxcontext[prices]")
+    out = run_example("06_cost.py", tmp_path)
+    lines = out.splitlines()
+    assert re.fullmatch(r"The Tagus, the Douro and the Ebro\.  \[\$0\.\d{4}\]", lines[0])
+    assert lines[2].startswith("refused before sending: context 'default' would go over")
+    assert "budget of $0.0500" in lines[2]
+    assert re.fullmatch(r"context total: \$0\.\d{4} over 2 replies", lines[3])
+    assert lines[4] == "requests sent: 2"
+
+
+def test_07_tracing(tmp_path: Path) -> None:
+    pytest.importorskip("opentelemetry.sdk", reason="needs opentelemetry-sdk")
+    out = run_example("07_tracing.py", tmp_path)
+    spans = re.findall(r"^(\S.*?)  \[(\w+)", out, re.MULTILINE)
+    assert spans == [
+        ("chat gpt-4o-mini", "UNSET"),
+        ("execute_tool weather", "UNSET"),
+        ("chat gpt-4o-mini", "ERROR"),
+    ]
+    assert "gen_ai.response.finish_reasons = ('tool_calls', 'stop')" in out
+    assert "gen_ai.usage.input_tokens = 155" in out
+    assert re.search(r"cut: checkpoint (\d+)\n[\s\S]*rxcontext.checkpoint.id = \1\n", out)
+    assert "Porto?" not in out  # no prompt text without capture_content
 
 
 def test_05_webchat_starts_and_serves_the_page(tmp_path: Path) -> None:

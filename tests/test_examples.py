@@ -289,3 +289,23 @@ def test_readme_lifecycle_sample_prints_what_the_readme_says(tmp_path: Path) -> 
     script = tmp_path / "lifecycle.py"
     script.write_text(code, encoding="utf-8")
     assert run_script(script, tmp_path) == printed
+
+
+@pytest.mark.parametrize("section", ["## Cost and budgets", "## Tracing (OpenTelemetry)"])
+def test_readme_cost_and_tracing_samples_print_what_the_readme_says(
+    tmp_path: Path, section: str
+) -> None:
+    pytest.importorskip("genai_prices", reason="needs rxcontext[prices]")
+    pytest.importorskip("opentelemetry.sdk", reason="needs opentelemetry-sdk")
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    part = text[text.index(section) :]
+    code = code_blocks_in(part, "python")[0]
+    script = tmp_path / "sample.py"
+    script.write_text(code, encoding="utf-8")
+    out = run_script(script, tmp_path)
+    if "prints\n\n```\n" in part[: part.index("\n## ", 3)]:
+        printed = part[part.index("prints\n\n```\n") + len("prints\n\n```\n") :]
+        assert out == printed[: printed.index("```")]
+    else:
+        said = re.search(r"prints `([^`]+)`", part)
+        assert said is not None and out == said.group(1) + "\n"

@@ -18,6 +18,7 @@ import pytest
 from google import genai
 from google.genai import types
 from replay import Replay, real_fixture
+from stores import open_store
 
 import rxcontext
 from rxcontext import (
@@ -51,13 +52,14 @@ def replies(cw: ContextWindow) -> list[rxcontext.Record]:
 # -- pricing stored replies ---------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("both_stores")
 def test_openai_tool_loop_prices_both_rounds() -> None:
     replay = Replay(
         real_fixture("openai_chat/tool_call_roundtrip_gpt4o_mini.1.sse"),
         real_fixture("openai_chat/tool_call_roundtrip_gpt4o_mini.2.sse"),
     )
     client = openai.OpenAI(api_key=KEY, max_retries=0, http_client=replay.client())
-    cw = ContextWindow(rxcontext.open(":memory:"), OpenAIModel("gpt-4o-mini", client=client))
+    cw = ContextWindow(open_store(), OpenAIModel("gpt-4o-mini", client=client))
     cw.add_tool(Tool("multiply", "Multiply.").number("a").number("b"), lambda a: "2869461")
     cw.add_prompt("What is 1231 * 2331?")
     cw.call()
@@ -171,10 +173,11 @@ def usage_script(text: str, total: int) -> list[Any]:
     return [Chunk(ChunkKind.TEXT, text), Chunk(ChunkKind.USAGE, usage=Usage.of(total - 10, 10))]
 
 
+@pytest.mark.usefixtures("both_stores")
 def test_a_token_budget_refuses_the_request_that_would_exceed_it() -> None:
     # 998 spent; the next request's input (its live records) is estimated above 2 tokens.
     model = ScriptedModel([usage_script("a", 998), usage_script("b", 900)])
-    store = rxcontext.open(":memory:")
+    store = open_store()
     cw = ContextWindow(store, model, context="b", budget=Budget(max_tokens=1000))
     cw.add_prompt("first")
     cw.call()
@@ -198,6 +201,7 @@ def test_a_token_budget_refuses_the_request_that_would_exceed_it() -> None:
     assert cw.call().text == "b"
 
 
+@pytest.mark.usefixtures("both_stores")
 def test_a_tool_loop_round_over_budget_is_refused_with_a_checkpoint() -> None:
     call = Chunk(ChunkKind.TOOL_CALL, "{}", id="c1", name="t")
     model = ScriptedModel(
@@ -206,7 +210,7 @@ def test_a_tool_loop_round_over_budget_is_refused_with_a_checkpoint() -> None:
             usage_script("done", 100),
         ]
     )
-    cw = ContextWindow(rxcontext.open(":memory:"), model, budget=Budget(max_tokens=600), retry=None)
+    cw = ContextWindow(open_store(), model, budget=Budget(max_tokens=600), retry=None)
     cw.add_tool(Tool("t", "a tool"), lambda args: "x")
     cw.add_prompt("go")
     with pytest.raises(StreamInterrupted) as cut:
@@ -215,6 +219,7 @@ def test_a_tool_loop_round_over_budget_is_refused_with_a_checkpoint() -> None:
     assert len(model.requests) == 1
 
 
+@pytest.mark.usefixtures("both_stores")
 def test_a_money_budget_counts_dollars_and_refuses_unknown_prices() -> None:
     usage = Usage.of(100_000, 10_000)
     one = price(usage, "gpt-4o-mini", "openai")
@@ -223,7 +228,7 @@ def test_a_money_budget_counts_dollars_and_refuses_unknown_prices() -> None:
         [[Chunk(ChunkKind.TEXT, "a"), Chunk(ChunkKind.USAGE, usage=usage)]] * 3,
         name="openai:gpt-4o-mini",
     )
-    cw = ContextWindow(rxcontext.open(":memory:"), model, budget=Budget(max_usd=one * 3 / 2))
+    cw = ContextWindow(open_store(), model, budget=Budget(max_usd=one * 3 / 2))
     cw.add_prompt("first")
     cw.call()
     cw.add_prompt("second")
@@ -235,7 +240,7 @@ def test_a_money_budget_counts_dollars_and_refuses_unknown_prices() -> None:
     assert len(model.requests) == 2
     # A model genai-prices does not know: a money budget cannot be kept, so it refuses.
     unknown = ContextWindow(
-        rxcontext.open(":memory:"),
+        open_store(),
         ScriptedModel([usage_script("a", 10)], name="openai:no-such-model-xyz"),
         budget=Budget(max_usd="1.00"),
     )

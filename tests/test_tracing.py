@@ -10,6 +10,7 @@ from typing import Any
 import openai
 import pytest
 from replay import Replay, real_fixture
+from stores import open_store
 
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, StreamInterrupted, Tool, Usage
@@ -120,13 +121,14 @@ def test_content_is_recorded_only_when_asked(spans: Any) -> None:
     assert tool["gen_ai.tool.call.result"] == "2869461"
 
 
+@pytest.mark.usefixtures("both_stores")
 def test_an_interrupted_reply_ends_its_span_in_error_with_the_checkpoint(spans: Any) -> None:
     provider, exporter = spans
     model = ScriptedModel(
         [[Chunk(ChunkKind.TEXT, "Rivers: "), ConnectionError("cut")]],
         name="anthropic:claude-sonnet-4-5",
     )
-    cw = ContextWindow(rxcontext.open(":memory:"), model, retry=None, tracing=Tracing(provider))
+    cw = ContextWindow(open_store(), model, retry=None, tracing=Tracing(provider))
     cw.add_prompt("Name three rivers.")
     with pytest.raises(StreamInterrupted) as cut:
         cw.call(reply_id="cut-1")

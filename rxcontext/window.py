@@ -9,7 +9,7 @@ from typing import Any
 from reactivex import Observable, abc
 
 from . import summarize
-from .astreaming import run_async
+from .astreaming import off_loop, run_async
 from .budget import Budget, check_budget
 from .chain import new_input, validate_chain
 from .checkpointer import checkpointer_for
@@ -450,13 +450,14 @@ class ContextWindow:
         disable_tools: bool,
         resume: int | None = None,
         reply_id: str | None = None,
+        budget_checked: bool = False,
     ) -> Run:
         model = self._require_model()
         store = self._store
         context_id = self._context.id
         tools = () if disable_tools else tuple(self._tools.list())
         budget = self.budget
-        if budget is not None:
+        if budget is not None and not budget_checked:
             self._check_budget(budget, model)
 
         threads = bool(getattr(model, "supports_previous_response_id", False))
@@ -629,7 +630,16 @@ class ContextWindow:
         stream: bool = True,
     ) -> Reply:
         """The asyncio twin of :meth:`call`."""
-        run = self._run(hooks, streaming=stream, disable_tools=disable_tools, reply_id=reply_id)
+        budget = self.budget
+        if budget is not None:  # its store reads stay off the event loop
+            await off_loop(self._check_budget, budget, self._require_model())
+        run = self._run(
+            hooks,
+            streaming=stream,
+            disable_tools=disable_tools,
+            reply_id=reply_id,
+            budget_checked=True,
+        )
         async for _ in run_async(run):
             pass
         assert run.persister.final is not None

@@ -17,8 +17,10 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from . import operators
+from .budget import Budget
 from .chunks import Chunk, ChunkKind, Reply, ToolCall, Usage
 from .errors import (
+    BudgetExceeded,
     CheckpointNotFound,
     CheckpointResolved,
     ContextNotFound,
@@ -68,6 +70,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NO_RETRY",
+    "Budget",
+    "BudgetExceeded",
     "CallOptions",
     "Checkpoint",
     "CheckpointNotFound",

@@ -69,12 +69,10 @@ def _watch(persister: ReplyPersister) -> Callable[[], None] | None:
 
 
 async def _run_tools_async(run: Run, calls: Sequence[ToolCall]) -> list[ToolResult]:
-    tools = run.tools
-    assert tools is not None
     approval = run.tool_approval
     decided = [await areview(approval, c) if approval is not None else None for c in calls]
     todo = [c for c, d in zip(calls, decided, strict=True) if d is None]
-    jobs = [tools.arun(c.id, c.name, c.arguments, c.error) for c in todo]
+    jobs = [run.arun_tool(c) for c in todo]
     ran = list(await asyncio.gather(*jobs)) if run.parallel_tools else [await j for j in jobs]
     results = iter(ran)
     return [d if d is not None else next(results) for d in decided]

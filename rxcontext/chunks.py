@@ -37,7 +37,10 @@ class Usage:
     """Token counts of one model response (or, summed with ``+``, of several).
 
     ``total_tokens`` is the provider's own total where it gives one (Gemini counts thought
-    tokens in it), otherwise ``input_tokens + output_tokens``.
+    tokens in it), otherwise ``input_tokens + output_tokens``. ``input_tokens`` is all
+    input, cached or not: ``cached_tokens`` (read from a prompt cache) and
+    ``cache_write_tokens`` (written to one, Anthropic's ``cache_creation_input_tokens``)
+    are parts of it, kept apart because they are priced apart.
     """
 
     input_tokens: int = 0
@@ -45,6 +48,7 @@ class Usage:
     total_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @classmethod
     def of(
@@ -54,12 +58,20 @@ class Usage:
         total_tokens: int | None = None,
         cached_tokens: int | None = None,
         reasoning_tokens: int | None = None,
+        cache_write_tokens: int | None = None,
     ) -> Usage:
         """Normalise provider counts, any of which may be missing, into a ``Usage``."""
         inp = int(input_tokens or 0)
         out = int(output_tokens or 0)
         total = int(total_tokens) if total_tokens else inp + out
-        return cls(inp, out, total, int(cached_tokens or 0), int(reasoning_tokens or 0))
+        return cls(
+            inp,
+            out,
+            total,
+            int(cached_tokens or 0),
+            int(reasoning_tokens or 0),
+            int(cache_write_tokens or 0),
+        )
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -68,6 +80,7 @@ class Usage:
             self.total_tokens + other.total_tokens,
             self.cached_tokens + other.cached_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
         )
 
     def to_dict(self) -> dict[str, int]:
@@ -78,6 +91,7 @@ class Usage:
             "total_tokens": self.total_tokens,
             "cached_tokens": self.cached_tokens,
             "reasoning_tokens": self.reasoning_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
         }
 
     @classmethod

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from decimal import Decimal
+
     from .records import Checkpoint
 
 __all__ = [
+    "BudgetExceeded",
     "CheckpointNotFound",
     "CheckpointResolved",
     "ContextNotFound",
@@ -233,3 +236,28 @@ class SchemaValidationError(RxContextError, ValueError):
         self.text = text
         self.reply = reply
         self.errors = errors
+
+
+class BudgetExceeded(RxContextError):
+    """A request would take its context over its :class:`~rxcontext.Budget`; it was not sent.
+
+    ``limit`` is ``"tokens"`` or ``"usd"``; ``spent`` what the context has spent of it,
+    ``estimate`` what the request would add (None where it is unknown: a money limit with
+    unknown prices is not kept, it refuses), ``maximum`` the limit. Nothing stored changes:
+    raise the budget (``cw.budget = Budget(...)``), or go on in another context.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: str,
+        spent: Decimal | None,
+        estimate: Decimal | None,
+        maximum: Decimal,
+    ) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.spent = spent
+        self.estimate = estimate
+        self.maximum = maximum

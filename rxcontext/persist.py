@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._signals import deferred
 from .chunks import Chunk, ChunkKind, Reply, ReplyBuilder, Usage
@@ -45,6 +45,9 @@ from .records import Checkpoint, Record, RecordType, ReplyState
 from .schema import OutputSchema, SchemaFailure
 from .store.base import IN_PROGRESS, CheckpointDraft, RecordDraft, ReplyTicket, Store
 from .store.owner import worker_id
+
+if TYPE_CHECKING:
+    from .tracing import ReplyTrace
 
 __all__ = [
     "REPLY_KEYS",
@@ -132,7 +135,8 @@ def reply_drafts(
 
     The MODEL_RESP is kept when it has text, thinking blocks or metadata a provider needs
     back, or when there are no tool calls (an empty reply is still a reply). ``about``
-    (see :func:`reply_metadata`) is added to the MODEL_RESP's metadata.
+    (see :func:`reply_metadata`) is added to the MODEL_RESP's metadata, or, in a round of
+    tool calls alone, to the first TOOL_CALL's.
     """
     body = reply.text if text is None else text
     drafts: list[RecordDraft] = []
@@ -152,6 +156,9 @@ def reply_drafts(
                 metadata=metadata,
             )
         )
+    # A round of tool calls alone has no MODEL_RESP: its first TOOL_CALL says what the
+    # round was (model, usage...), so every round's usage and cost stay in the records.
+    carry = dict(about) if about and not drafts else None
     for call in reply.tool_calls:
         drafts.append(
             RecordDraft(
@@ -161,9 +168,10 @@ def reply_drafts(
                 streamed=streamed,
                 tool_call_id=call.id,
                 tool_name=call.name,
-                metadata=dict(call.metadata),
+                metadata={**carry, **call.metadata} if carry else dict(call.metadata),
             )
         )
+        carry = None
     return drafts
 
 
@@ -233,6 +241,8 @@ class ReplyPersister:
         """The last committed reply of this run (the answer after any tool rounds)."""
         self.records: list[Record] = []
         """Every record this run stored, in order."""
+        self.trace: ReplyTrace | None = None
+        """The reply's tracing span (:mod:`rxcontext.tracing`), told of its begin and end."""
 
     # -- opening --------------------------------------------------------------------------
 
@@ -257,6 +267,8 @@ class ReplyPersister:
                 self._prefix = checkpoint.text
                 self._prefix_thinking = checkpoint.thinking
                 self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch)
+            if self.trace is not None:
+                self.trace.begin(self.reply_id)
             return
         reply_id = self.reply_id or str(uuid.uuid4())
         with deferred():
@@ -264,6 +276,8 @@ class ReplyPersister:
             self.reply_id = reply_id
             self.pos = checkpoint.pos
             self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch)
+        if self.trace is not None:
+            self.trace.begin(self.reply_id)
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -406,16 +420,19 @@ class ReplyPersister:
         Returns the stored checkpoint; None when the reply had already ended (completed,
         interrupted by a dispose from another thread, or taken over by another worker).
         """
-        return self._interrupt(describe_error(error))
+        return self._interrupt(describe_error(error), error)
 
-    def _interrupt(self, why: str) -> Checkpoint | None:
+    def _interrupt(self, why: str, error: BaseException | None = None) -> Checkpoint | None:
         with self._write, deferred():
             if not self._finish() or self.ticket is None:
                 return None
             draft = self._draft(why)
             if not self.store.save_checkpoint(self.ticket, draft, state=ReplyState.INTERRUPTED):
                 return None
-        return self.store.get_checkpoint(self.ticket.checkpoint_id)
+        checkpoint = self.store.get_checkpoint(self.ticket.checkpoint_id)
+        if self.trace is not None:
+            self.trace.interrupted(checkpoint, error)
+        return checkpoint
 
     def cancel_from_elsewhere(self) -> None:
         """A dispose from another thread: write the checkpoint now unless the driver is
@@ -537,6 +554,10 @@ class ReplyPersister:
                 )
             self.final = reply
             self._next_round()
+        if self.trace is not None:
+            self.trace.round(reply)
+            if last:
+                self.trace.completed()
         if failure is not None:
             assert schema is not None
             raise SchemaValidationError(

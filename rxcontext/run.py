@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reactivex import abc
 
@@ -29,6 +29,9 @@ from .records import RecordType
 from .retry import RetryPolicy, Timeouts
 from .store.base import RecordDraft
 from .tools import ToolApproval, ToolRegistry, ToolResult
+
+if TYPE_CHECKING:
+    from .tracing import ReplyTrace
 
 __all__ = [
     "Run",
@@ -111,6 +114,28 @@ class Run:
     checkpointer: Checkpointer | None = None
     tool_approval: ToolApproval | None = None
     """Sees each complete tool call before its tool runs (:data:`.tools.ToolApproval`)."""
+    trace: ReplyTrace | None = None
+    """The reply's tracing span (:mod:`rxcontext.tracing`): tool runs are its children."""
+
+    def run_tool(self, call: ToolCall) -> ToolResult:
+        """Run one tool call on this thread (in its tracing span, if any)."""
+        tools = self.tools
+        assert tools is not None
+        if self.trace is None:
+            return tools.run(call.id, call.name, call.arguments, call.error)
+        with self.trace.tool(call.id, call.name, call.arguments) as got:
+            got.append(tools.run(call.id, call.name, call.arguments, call.error))
+        return got[0]
+
+    async def arun_tool(self, call: ToolCall) -> ToolResult:
+        """The asyncio twin of :meth:`run_tool`."""
+        tools = self.tools
+        assert tools is not None
+        if self.trace is None:
+            return await tools.arun(call.id, call.name, call.arguments, call.error)
+        with self.trace.tool(call.id, call.name, call.arguments) as got:
+            got.append(await tools.arun(call.id, call.name, call.arguments, call.error))
+        return got[0]
 
     def open(self) -> None:
         """Begin the reply (its row, its position) and start its periodic checkpoints."""

@@ -120,8 +120,6 @@ def _subscriber(observer: abc.ObserverBase[Chunk]) -> tuple[Any, Callable[[Chunk
 
 
 def _run_tools_sync(run: Run, calls: Sequence[ToolCall]) -> list[ToolResult]:
-    tools = run.tools
-    assert tools is not None
     # The approval hook sees every call first, one after the other (it may ask a person);
     # then the approved tools run (in parallel when there are several).
     approval = run.tool_approval
@@ -129,9 +127,9 @@ def _run_tools_sync(run: Run, calls: Sequence[ToolCall]) -> list[ToolResult]:
     todo = [c for c, d in zip(calls, decided, strict=True) if d is None]
     if len(todo) > 1 and run.parallel_tools:
         with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
-            ran = list(pool.map(lambda c: tools.run(c.id, c.name, c.arguments, c.error), todo))
+            ran = list(pool.map(run.run_tool, todo))
     else:
-        ran = [tools.run(c.id, c.name, c.arguments, c.error) for c in todo]
+        ran = [run.run_tool(c) for c in todo]
     results = iter(ran)
     return [d if d is not None else next(results) for d in decided]
 

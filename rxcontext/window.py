@@ -10,7 +10,8 @@ from typing import Any, Unpack
 from reactivex import Observable, abc
 
 from . import summarize
-from .astreaming import run_async
+from .astreaming import off_loop, run_async
+from .budget import Budget, check_budget
 from .chain import new_input, validate_chain
 from .checkpointer import checkpointer_for
 from .chunks import Chunk, Reply
@@ -29,6 +30,7 @@ from .store.owner import worker_id
 from .streaming import Run, _drive, _Flag, run_observable
 from .summarize import SummaryProposal
 from .tools import Tool, ToolApproval, ToolRegistry, ToolRunner
+from .tracing import Tracing
 
 __all__ = ["CONTINUE_PROMPT", "ContextReader", "ContextWindow"]
 
@@ -129,6 +131,8 @@ class ContextWindow:
         timeouts: Timeouts | None = None,
         scheduler: abc.SchedulerBase | None = None,
         tool_approval: ToolApproval | None = None,
+        budget: Budget | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         if not hasattr(store, "get_or_create_context"):
             raise TypeError("store must be an rxcontext store: use rxcontext.open(path)")
@@ -149,6 +153,12 @@ class ContextWindow:
         self.retry = retry
         self.timeouts = timeouts if timeouts is not None else Timeouts()
         self.scheduler = scheduler
+        self.budget = budget
+        self.tracing = tracing
+        """Makes an OpenTelemetry span of every reply (:class:`~rxcontext.tracing.Tracing`,
+        ``rxcontext[otel]``); None: no tracing."""
+        """Limits on what this window's context may spend (:class:`~rxcontext.Budget`),
+        checked before every request; None: none."""
         self.tool_approval = tool_approval
         """Sees each tool call, complete and parsed, before its tool runs, and may let it
         run (True/None), refuse it (False or ``tools.Veto(reason)``: the model is told) or
@@ -443,6 +453,7 @@ class ContextWindow:
         resume: int | None = None,
         reply_id: str | None = None,
         options: CallOptions = NO_OPTIONS,
+        budget_checked: bool = False,
     ) -> Run:
         model = self._require_model()
         store = self._store
@@ -458,6 +469,9 @@ class ContextWindow:
         timeouts = self.timeouts
         if options.deadline is not None:
             timeouts = replace(timeouts, deadline=options.deadline)
+        budget = self.budget
+        if budget is not None and not budget_checked:
+            self._check_budget(budget, model)
 
         threads = bool(getattr(model, "supports_previous_response_id", False))
         # A model that can resume natively notes where its streams stand in a cursor the
@@ -475,10 +489,20 @@ class ContextWindow:
             model_name=model.name,
         )
         persister.output_schema = options.schema
+        trace = (
+            self.tracing.reply(
+                model_name=model.name, context_id=context_id, context_name=self._context.name
+            )
+            if self.tracing is not None
+            else None
+        )
+        persister.trace = trace
 
         history = self._history(context_id)
 
         def request(round_: int) -> Request:
+            if budget is not None and round_ > 0:  # a tool loop's next request
+                self._check_budget(budget, model)
             records = request_history(
                 store, context_id, upto=persister.pos, reply_id=persister.reply_id, cache=history
             )
@@ -494,6 +518,8 @@ class ContextWindow:
                     Record.unsaved(context_id, RecordType.PROMPT, CONTINUE_PROMPT),
                 ]
                 return Request(records=records, tools=tools, cursor=cursor, call=call)
+            if trace is not None:
+                trace.request(records)
             full = Request(records=records, tools=tools, cursor=cursor, call=call)
             if threads:
                 ctx = store.get_context(context_id)
@@ -522,6 +548,19 @@ class ContextWindow:
             scheduler=self.scheduler,
             checkpointer=checkpointer_for(store, every, self.scheduler) if every else None,
             tool_approval=self.tool_approval,
+            trace=trace,
+        )
+
+    def _check_budget(self, budget: Budget, model: Model) -> None:
+        """Raise :class:`~rxcontext.BudgetExceeded` if the next request would go over."""
+        store, context_id = self._store, self._context.id
+        check_budget(
+            budget,
+            context=self._context.name,
+            spent=store.context_stats(context_id).usage,
+            records=store.records(context_id) if budget.max_usd is not None else (),
+            estimate=store.live_tokens(context_id),
+            model_name=model.name,
         )
 
     def _history(self, context_id: str) -> HistoryCache:
@@ -648,8 +687,16 @@ class ContextWindow:
     ) -> Reply:
         """The asyncio twin of :meth:`call` (same per-call options)."""
         opts = self._options(disable_tools, options)
+        budget = self.budget
+        if budget is not None:  # its store reads stay off the event loop
+            await off_loop(self._check_budget, budget, self._require_model())
         run = self._run(
-            hooks, streaming=stream, disable_tools=disable_tools, reply_id=reply_id, options=opts
+            hooks,
+            streaming=stream,
+            disable_tools=disable_tools,
+            reply_id=reply_id,
+            options=opts,
+            budget_checked=True,
         )
         async for _ in run_async(run):
             pass

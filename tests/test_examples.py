@@ -82,6 +82,8 @@ def test_every_example_is_tested() -> None:
         "04_asyncio.py",
         "05_webchat.py",
         "07_structured_output.py",
+        "08_cost.py",
+        "09_tracing.py",
     ]
 
 
@@ -143,6 +145,32 @@ def test_04_asyncio(tmp_path: Path) -> None:
     assert "same as received: True; reason: CancelledError" in out
     assert "holds the whole story: True" in out
     assert out.rstrip().endswith("open checkpoints now: 0")
+
+
+def test_08_cost(tmp_path: Path) -> None:
+    pytest.importorskip("genai_prices", reason="needs rxcontext[prices]")
+    out = run_example("08_cost.py", tmp_path)
+    lines = out.splitlines()
+    assert re.fullmatch(r"The Tagus, the Douro and the Ebro\.  \[\$0\.\d{4}\]", lines[0])
+    assert lines[2].startswith("refused before sending: context 'default' would go over")
+    assert "budget of $0.0500" in lines[2]
+    assert re.fullmatch(r"context total: \$0\.\d{4} over 2 replies", lines[3])
+    assert lines[4] == "requests sent: 2"
+
+
+def test_09_tracing(tmp_path: Path) -> None:
+    pytest.importorskip("opentelemetry.sdk", reason="needs opentelemetry-sdk")
+    out = run_example("09_tracing.py", tmp_path)
+    spans = re.findall(r"^(\S.*?)  \[(\w+)", out, re.MULTILINE)
+    assert spans == [
+        ("chat gpt-4o-mini", "UNSET"),
+        ("execute_tool weather", "UNSET"),
+        ("chat gpt-4o-mini", "ERROR"),
+    ]
+    assert "gen_ai.response.finish_reasons = ('tool_calls', 'stop')" in out
+    assert "gen_ai.usage.input_tokens = 155" in out
+    assert re.search(r"cut: checkpoint (\d+)\n[\s\S]*rxcontext.checkpoint.id = \1\n", out)
+    assert "Porto?" not in out  # no prompt text without capture_content
 
 
 def test_05_webchat_starts_and_serves_the_page(tmp_path: Path) -> None:
@@ -290,3 +318,23 @@ def test_readme_options_and_structured_samples_print_what_the_readme_says(tmp_pa
     script = tmp_path / "structured.py"
     script.write_text(code_blocks_in(section, "python")[0], encoding="utf-8")
     assert run_script(script, tmp_path) == printed
+
+
+@pytest.mark.parametrize("section", ["## Cost and budgets", "## Tracing (OpenTelemetry)"])
+def test_readme_cost_and_tracing_samples_print_what_the_readme_says(
+    tmp_path: Path, section: str
+) -> None:
+    pytest.importorskip("genai_prices", reason="needs rxcontext[prices]")
+    pytest.importorskip("opentelemetry.sdk", reason="needs opentelemetry-sdk")
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    part = text[text.index(section) :]
+    code = code_blocks_in(part, "python")[0]
+    script = tmp_path / "sample.py"
+    script.write_text(code, encoding="utf-8")
+    out = run_script(script, tmp_path)
+    if "prints\n\n```\n" in part[: part.index("\n## ", 3)]:
+        printed = part[part.index("prints\n\n```\n") + len("prints\n\n```\n") :]
+        assert out == printed[: printed.index("```")]
+    else:
+        said = re.search(r"prints `([^`]+)`", part)
+        assert said is not None and out == said.group(1) + "\n"

@@ -28,7 +28,12 @@ from .records import Record, RecordType
 __all__ = ["ContextCost", "available", "context_cost", "format_usd", "price", "reply_cost"]
 
 # rxcontext's provider names (a model's ``name`` prefix) -> genai-prices provider ids.
-_PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
+_PROVIDERS = {
+    "openai": "openai",
+    "openai-responses": "openai",
+    "anthropic": "anthropic",
+    "gemini": "google",
+}
 # Providers whose ``output_tokens`` leave the (billed) reasoning tokens out.
 _THOUGHTS_APART = frozenset({"gemini"})
 

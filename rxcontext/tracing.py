@@ -54,7 +54,12 @@ __all__ = ["ReplyTrace", "Tracing"]
 _log = logging.getLogger("rxcontext.tracing")
 
 # GenAI provider names (gen_ai.provider.name well-known values) for rxcontext's.
-_PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "gemini": "gcp.gemini"}
+_PROVIDERS = {
+    "openai": "openai",
+    "openai-responses": "openai",
+    "anthropic": "anthropic",
+    "gemini": "gcp.gemini",
+}
 _ROLES = {
     RecordType.PROMPT: "user",
     RecordType.MODEL_RESP: "assistant",

@@ -33,7 +33,13 @@ from rxcontext import (
     Usage,
 )
 from rxcontext.cost import ContextCost, context_cost, format_usd, price, reply_cost
-from rxcontext.providers import AnthropicModel, GeminiModel, OpenAIModel, ScriptedModel
+from rxcontext.providers import (
+    AnthropicModel,
+    GeminiModel,
+    OpenAIModel,
+    OpenAIResponsesModel,
+    ScriptedModel,
+)
 
 genai_prices = pytest.importorskip("genai_prices", reason="needs rxcontext[prices]")
 
@@ -74,6 +80,18 @@ def test_openai_tool_loop_prices_both_rounds() -> None:
     assert total == ContextCost(reply_cost(first) + reply_cost(second), 2, 0)  # type: ignore[operator]
     assert total.complete and total.describe() == format_usd(total.usd)
     assert total.describe() == "$0.000049"  # 4.875e-05: two significant digits
+
+
+def test_a_responses_api_reply_is_priced_as_openai() -> None:
+    # The Responses model is named "openai-responses:<model>": still OpenAI's price list.
+    replay = Replay(real_fixture("openai_responses/text_basic_gpt55.sse"))
+    client = openai.OpenAI(api_key=KEY, max_retries=0, http_client=replay.client())
+    cw = ContextWindow(open_store(), OpenAIResponsesModel("gpt-4o-mini", client=client))
+    cw.add_prompt("Say hello.")
+    cw.call()
+    (reply,) = replies(cw)
+    assert reply.metadata["provider"] == "openai-responses"
+    assert reply_cost(reply) == expected("gpt-4o-mini", "openai", input_tokens=11, output_tokens=5)
 
 
 def test_anthropic_reply_priced_with_cache_reads_and_writes_apart() -> None:

@@ -190,3 +190,25 @@ def test_cache_usage_and_a_failing_exporter_never_break_the_stream(spans: Any) -
     assert attrs["gen_ai.usage.cache_read.input_tokens"] == 1200
     assert attrs["gen_ai.usage.cache_creation.input_tokens"] == 300
     assert attrs["gen_ai.usage.reasoning.output_tokens"] == 5
+
+
+@pytest.mark.parametrize(
+    ("model_name", "provider_name"),
+    [
+        ("openai-responses:gpt-5-mini", "openai"),  # the Responses API is still OpenAI
+        ("gemini:gemini-2.5-flash", "gcp.gemini"),
+        ("ollama:llama3", "ollama"),  # a name the conventions do not list passes through
+    ],
+)
+def test_provider_names_follow_the_conventions(
+    spans: Any, model_name: str, provider_name: str
+) -> None:
+    provider, exporter = spans
+    model = ScriptedModel([[Chunk(ChunkKind.TEXT, "ok")]], name=model_name)
+    cw = ContextWindow(rxcontext.open(":memory:"), model, tracing=Tracing(provider))
+    cw.add_prompt("hi")
+    cw.call()
+    (span,) = exporter.get_finished_spans()
+    attrs = dict(span.attributes or {})
+    assert attrs["gen_ai.provider.name"] == provider_name
+    assert attrs["gen_ai.request.model"] == model_name.partition(":")[2]

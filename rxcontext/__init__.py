@@ -17,8 +17,10 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from . import operators
+from .attachments import Attachment
 from .chunks import Chunk, ChunkKind, Reply, ToolCall, Usage
 from .errors import (
+    AttachmentError,
     CheckpointNotFound,
     CheckpointResolved,
     ContextNotFound,
@@ -40,6 +42,7 @@ from .errors import (
     StreamInterrupted,
     StreamTimeout,
     ToolLoopLimit,
+    UnsupportedAttachment,
 )
 from .records import (
     Checkpoint,
@@ -62,6 +65,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NO_RETRY",
+    "Attachment",
+    "AttachmentError",
     "Checkpoint",
     "CheckpointNotFound",
     "CheckpointResolved",
@@ -101,6 +106,7 @@ __all__ = [
     "Tool",
     "ToolCall",
     "ToolLoopLimit",
+    "UnsupportedAttachment",
     "Usage",
     "open",
     "operators",

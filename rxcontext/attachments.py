@@ -58,7 +58,7 @@ def _checked_media_type(value: object) -> str:
     media_type = value.strip().lower()
     if not _MEDIA_TYPE.match(media_type):
         raise AttachmentError(f"media_type {value!r} is not a media type such as 'image/png'")
-    return media_type
+    return _ALIASES.get(media_type, media_type)
 
 
 def _check_text(value: object, what: str) -> None:
@@ -70,9 +70,23 @@ def _check_text(value: object, what: str) -> None:
         raise AttachmentError(f"{what} {value!r} is not valid Unicode text") from None
 
 
+# Other names of one type (platform media-type tables differ): one name each is stored.
+_ALIASES = {
+    "audio/x-wav": "audio/wav",
+    "audio/wave": "audio/wav",
+    "audio/vnd.wave": "audio/wav",
+    "audio/mp3": "audio/mpeg",
+    "audio/x-flac": "audio/flac",
+    "image/jpg": "image/jpeg",
+    "image/pjpeg": "image/jpeg",
+    "image/x-png": "image/png",
+    "application/x-pdf": "application/pdf",
+}
+
+
 def _guess_from_name(name: str) -> str | None:
     guessed, _ = mimetypes.guess_type(name, strict=False)
-    return guessed
+    return _ALIASES.get(guessed, guessed) if guessed else None
 
 
 @dataclass(frozen=True, slots=True)

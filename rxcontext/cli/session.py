@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from ..attachments import Attachment
 from ..errors import StreamInterrupted
 from ..records import Checkpoint, RecordType
 from ..window import ContextWindow
@@ -13,10 +16,18 @@ __all__ = ["Session"]
 class Session:
     """One window on the terminal: streams replies and reports how they ended."""
 
-    def __init__(self, cw: ContextWindow, render: Renderer, base_url: str | None) -> None:
+    def __init__(
+        self,
+        cw: ContextWindow,
+        render: Renderer,
+        base_url: str | None,
+        attachments: Sequence[Attachment] = (),
+    ) -> None:
         self.cw = cw
         self.render = render
         self.base_url = base_url
+        self.attachments = tuple(attachments)
+        """Sent with the next prompt only (``chat --attach``)."""
 
     def window(self) -> Window:
         return Window(self.cw.live_tokens(), self.cw.max_tokens)
@@ -25,7 +36,8 @@ class Session:
         """Add ``prompt``, stream the reply; the exit status (130 when cancelled)."""
         cw = self.cw
         before = {cp.id for cp in cw.checkpoints()}
-        record = cw.add_prompt(prompt)
+        record = cw.add_prompt(prompt, attachments=self.attachments)
+        self.attachments = ()
         window = self.window()
         try:
             stats = self.render.stream(cw.stream(), window=window)

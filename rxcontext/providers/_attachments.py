@@ -37,7 +37,7 @@ __all__ = [
 
 _IMAGES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 _PDF = "application/pdf"
-_CHAT_AUDIO = {"audio/wav": "wav", "audio/x-wav": "wav", "audio/mpeg": "mp3", "audio/mp3": "mp3"}
+_CHAT_AUDIO = {"audio/wav": "wav", "audio/mpeg": "mp3"}
 _GEMINI_TOPS = frozenset({"image", "audio", "video", "text"})
 
 _NAMES = {

@@ -269,6 +269,7 @@ def test_a_stored_prompt_a_new_model_refuses_reaches_the_subscriber_unsent() -> 
         errors: list[BaseException] = []
         cw.stream().subscribe(on_error=errors.append)
         assert len(errors) == 1
-        refused = errors[0] if isinstance(errors[0], UnsupportedAttachment) else errors[0].__cause__
-        assert isinstance(refused, UnsupportedAttachment), errors[0]
+        assert isinstance(errors[0], rxcontext.StreamInterrupted)
+        assert isinstance(errors[0].__cause__, UnsupportedAttachment)
+        assert errors[0].checkpoint.text == ""
         assert recorder.sent == []

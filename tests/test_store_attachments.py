@@ -251,3 +251,31 @@ def test_add_prompt_refuses_what_is_not_an_attachment() -> None:
         assert cw.live_records() == []
         one = cw.add_prompt("x", attachments=Attachment(data=PNG))  # type: ignore[arg-type]
         assert one.attachments[0].data == PNG
+
+
+def test_hostile_attachment_names_round_trip(store: Any) -> None:
+    ctx = store.get_or_create_context("c")
+    names = ["nul\x00byte.png", "emoji 🦀.png", "x'); DROP TABLE blobs;--", "\uffff esc"]
+    written = store.add_record(ctx.id, prompt("p", *(Attachment(data=PNG, name=n) for n in names)))
+    assert [a.name for a in store.records(ctx.id)[0].attachments] == names
+    assert store.records(ctx.id)[0] == written
+    with pytest.raises(AttachmentError, match="not valid Unicode"):
+        Attachment(data=PNG, name="lone \ud800")
+
+
+def test_the_summariser_reads_what_was_attached() -> None:
+    from rxcontext.summarize import transcript
+
+    with rxcontext.open() as store:
+        cw = ContextWindow(store)
+        cw.add_prompt(
+            "look",
+            attachments=[
+                Attachment(data=PNG, name="cat.png"),
+                Attachment(url="https://e.org/a.pdf"),
+            ],
+        )
+        text = transcript(cw.live_records())
+    assert text.endswith(
+        "look\n[attached: cat.png (image/png)]\n[attached: a.pdf (application/pdf)]"
+    )

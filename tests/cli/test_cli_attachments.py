@@ -77,3 +77,17 @@ def test_an_attachment_the_model_refuses_is_a_user_error(
     )
     assert_user_error(result, "Anthropic does not take", "audio/wav")
     assert not db.exists()
+
+
+def test_contexts_import_brings_the_attachments_back(env: dict[str, str], tmp_path: Path) -> None:
+    db = tmp_path / "i.db"
+    picture = tmp_path / "cat.png"
+    picture.write_bytes(PNG)
+    chat_ok(env, tmp_path, db, "A cat.", "--attach", str(picture), "what?")
+    out = tmp_path / "export.json"
+    assert (
+        run(env, "contexts", "export", "default", "--db", str(db), "-o", str(out)).returncode == 0
+    )
+    imported = run(env, "contexts", "import", str(out), "--name", "copy", "--db", str(db))
+    assert imported.returncode == 0, imported.stderr
+    assert records(db, "copy")[0].attachments == records(db)[0].attachments

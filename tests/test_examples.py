@@ -278,3 +278,14 @@ def test_readme_lifecycle_sample_prints_what_the_readme_says(tmp_path: Path) -> 
     script = tmp_path / "lifecycle.py"
     script.write_text(code, encoding="utf-8")
     assert run_script(script, tmp_path) == printed
+
+
+def test_readme_attachments_sample_prints_what_the_readme_says(tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Attachments (images and files)") :]
+    code = code_blocks_in(section, "python")[0]
+    printed = section[section.index("prints\n\n```\n") + len("prints\n\n```\n") :]
+    printed = printed[: printed.index("```")]
+    script = tmp_path / "attachments.py"
+    script.write_text(code, encoding="utf-8")
+    assert run_script(script, tmp_path) == printed

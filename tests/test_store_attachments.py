@@ -156,10 +156,48 @@ def test_deleting_a_context_keeps_bytes_another_context_refers_to(store: Any) ->
     assert store.records(b.id)[0].attachments[0].data == PNG
 
 
-def test_sqlite_frees_bytes_no_record_refers_to() -> None:
-    with rxcontext.open(":memory:") as store:
-        ctx = store.get_or_create_context("a")
-        store.add_record(ctx.id, prompt("one", Attachment(data=PNG)))
+def test_deleting_a_context_frees_bytes_no_record_refers_to(store: Any) -> None:
+    a, b = store.get_or_create_context("a"), store.get_or_create_context("b")
+    store.add_record(a.id, prompt("one", Attachment(data=PNG), Attachment(data=PDF)))
+    store.add_record(b.id, prompt("two", Attachment(data=PNG)))
+    store.delete_context(a.id)
+    assert rows(store, "SELECT COUNT(*) FROM blobs") == [(1,)]
+    store.delete_context(b.id)
+    assert rows(store, "SELECT COUNT(*) FROM blobs") == [(0,)]
+
+
+def test_postgres_freeing_bytes_skips_a_content_a_write_is_linking(
+    request: pytest.FixtureRequest,
+) -> None:
+    """A write that has stored (or found) a content but not yet linked it holds the blob's
+    row: a delete's freeing of unused bytes, meanwhile, skips it, and the write commits."""
+    import psycopg
+
+    from rxcontext.store import _pg_blobs
+
+    url = request.getfixturevalue("pg_url")
+    with rxcontext.open(url) as store:
+        ctx = store.get_or_create_context("c")
+        first = store.add_record(ctx.id, prompt("one", Attachment(data=PNG)))
+        with psycopg.connect(url) as writer, psycopg.connect(url, autocommit=True) as freer:
+            # The write: its content held (already stored), its link not inserted yet.
+            image = Attachment(data=PNG)
+            _pg_blobs.hold(writer, [image])
+            # Meanwhile the only record that used the content goes, and unused bytes are freed.
+            freer.execute("DELETE FROM records WHERE id = %s", (first.id,))
+            with freer.transaction():
+                _pg_blobs.free_unused(freer)
+            assert freer.execute("SELECT COUNT(*) FROM blobs").fetchone() == (1,)
+            record = writer.execute(
+                "INSERT INTO records (context_id, pos, source, content, live, est_tokens,"
+                " attachments) VALUES (%s, 9, 0, 'two', true, 1, 1) RETURNING id",
+                (ctx.id,),
+            ).fetchone()
+            assert record is not None
+            _pg_blobs.link(writer, [(record[0], [image])])
+            writer.commit()
+        assert store.records(ctx.id)[-1].attachments[0].data == PNG
+        # With nobody linking it any more, the next delete frees it.
         store.delete_context(ctx.id)
         assert rows(store, "SELECT COUNT(*) FROM blobs") == [(0,)]
 

@@ -6,40 +6,71 @@ record's links, so reading a history without attachments costs no extra query.""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+
+import psycopg
 
 from ..attachments import Attachment
 from .pg_codec import dec_opt, enc_opt
 from .pg_run import Conn
 
-__all__ = ["copy_links", "load", "save"]
+__all__ = ["copy_links", "free_unused", "hold", "link", "load", "save"]
 
 
 def save(conn: Conn, links: Sequence[tuple[int, Sequence[Attachment]]]) -> None:
     """Link each record (id) to its attachments, storing each content's bytes if new."""
-    contents: dict[str, bytes] = {}
-    params: list[tuple[Any, ...]] = []
-    for record_id, attachments in links:
-        for seq, a in enumerate(attachments):
-            digest = a.sha256
-            if digest is not None and a.data is not None:
-                contents[digest] = a.data
-            params.append((record_id, seq, digest, enc_opt(a.url), a.media_type, enc_opt(a.name)))
-    if not params:
-        return
-    cur = conn.cursor()
+    hold(conn, [a for _, attachments in links for a in attachments])
+    link(conn, links)
+
+
+def hold(conn: Conn, attachments: Sequence[Attachment]) -> None:
+    """Store the attachments' contents not stored yet, and lock every one of their rows
+    until COMMIT.
+
+    An upsert that updates (to the same value) rather than ``DO NOTHING``: the row lock
+    makes a concurrent :func:`free_unused` (``SKIP LOCKED``) leave the content alone, so a
+    write never finds its blob deleted under the link it is about to insert. Sorted: two
+    writes holding the same contents take their locks in one order.
+    """
+    contents = {a.sha256: a.data for a in attachments if a.data is not None}
     if contents:
-        # Sorted: two transactions storing the same new contents take their locks in one order.
-        cur.executemany(
+        conn.cursor().executemany(
             "INSERT INTO blobs (sha256, size, data) VALUES (%s, %s, %s)"
-            " ON CONFLICT (sha256) DO NOTHING",
+            " ON CONFLICT (sha256) DO UPDATE SET size = excluded.size",
             [(k, len(v), v) for k, v in sorted(contents.items())],
         )
-    cur.executemany(
-        "INSERT INTO record_attachments (record_id, seq, sha256, url, media_type, name)"
-        " VALUES (%s, %s, %s, %s, %s, %s)",
-        params,
-    )
+
+
+def link(conn: Conn, links: Sequence[tuple[int, Sequence[Attachment]]]) -> None:
+    """Insert each record's links to its attachments, in order (their contents held)."""
+    params = [
+        (record_id, seq, a.sha256, enc_opt(a.url), a.media_type, enc_opt(a.name))
+        for record_id, attachments in links
+        for seq, a in enumerate(attachments)
+    ]
+    if params:
+        conn.cursor().executemany(
+            "INSERT INTO record_attachments (record_id, seq, sha256, url, media_type, name)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            params,
+        )
+
+
+def free_unused(conn: Conn) -> None:
+    """Delete the bytes no record refers to (after a context is deleted), inside a savepoint.
+
+    Blobs a concurrent write is linking are locked by it and skipped; one it links and
+    commits meanwhile makes this statement fail its foreign-key check, and then nothing is
+    freed this time (the caller's transaction goes on): orphans wait for the next delete.
+    """
+    try:
+        with conn.transaction():
+            conn.execute(
+                "DELETE FROM blobs WHERE sha256 IN (SELECT b.sha256 FROM blobs b"
+                " WHERE NOT EXISTS (SELECT 1 FROM record_attachments a"
+                " WHERE a.sha256 = b.sha256) FOR UPDATE SKIP LOCKED)"
+            )
+    except psycopg.errors.ForeignKeyViolation:
+        pass
 
 
 def load(conn: Conn, record_ids: Sequence[int]) -> dict[int, tuple[Attachment, ...]]:

@@ -210,6 +210,7 @@ class PostgresStore(PostgresReplies):
             cur = conn.execute("DELETE FROM contexts WHERE id = %s", (context_id,))
             if cur.rowcount == 0 and not ambiguous:  # ambiguous: our first try deleted it
                 raise ContextNotFound(f"no context with id {context_id!r}")
+            blobs.free_unused(conn)
 
         self._runner.run(body)
 

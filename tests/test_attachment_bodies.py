@@ -194,6 +194,7 @@ def test_anthropic_sends_image_and_document_blocks_before_the_text(wire: str) ->
         Attachment(data=PNG),
         Attachment(url="https://example.com/paper.pdf"),
         Attachment(data=b"notes", media_type="text/plain"),
+        Attachment(data=b"a,b\n1,2\n", media_type="text/csv"),
     )
     assert body["messages"] == [
         {
@@ -210,6 +211,10 @@ def test_anthropic_sends_image_and_document_blocks_before_the_text(wire: str) ->
                 {
                     "type": "document",
                     "source": {"type": "text", "media_type": "text/plain", "data": "notes"},
+                },
+                {
+                    "type": "document",
+                    "source": {"type": "text", "media_type": "text/plain", "data": "a,b\n1,2\n"},
                 },
                 {"type": "text", "text": "What are these?"},
             ],
@@ -273,3 +278,26 @@ def test_a_stored_prompt_a_new_model_refuses_reaches_the_subscriber_unsent() -> 
         assert isinstance(errors[0].__cause__, UnsupportedAttachment)
         assert errors[0].checkpoint.text == ""
         assert recorder.sent == []
+
+
+@pytest.mark.parametrize(
+    ("provider", "attachment", "why"),
+    [
+        ("openai", Attachment(url="https://example.com/paper.pdf"), "needs the bytes"),
+        ("openai", Attachment(data=b"a,b", media_type="text/csv"), "text/csv"),
+        ("openai", Attachment(url="https://example.com/a.wav"), "needs the bytes"),
+        ("openai-responses", Attachment(data=WAV), "audio/wav"),
+        ("anthropic", Attachment(data=b"\xff\xfe", media_type="text/plain"), "UTF-8"),
+        ("anthropic", Attachment(url="https://example.com/notes.txt"), "needs the bytes"),
+        ("anthropic", Attachment(url="https://example.com/clip.mp4"), "video/mp4"),
+        ("gemini", Attachment(data=b"PK\x03\x04", media_type="application/zip"), "zip"),
+    ],
+)
+def test_each_provider_names_what_it_refuses(
+    provider: str, attachment: Attachment, why: str
+) -> None:
+    from rxcontext.providers._attachments import check
+
+    with pytest.raises(UnsupportedAttachment, match=why) as caught:
+        check(provider, [attachment])
+    assert (caught.value.provider, caught.value.media_type) == (provider, attachment.media_type)

@@ -12,7 +12,7 @@ provider           images (png, jpeg, gif, webp)   PDF                     other
 OpenAI Chat        ``image_url`` (data URL / URL)  ``file`` (bytes only)   wav/mp3 bytes:
                                                                            ``input_audio``
 OpenAI Responses   ``input_image``                 ``input_file``          —
-Anthropic          ``image`` (base64 / url)        ``document``            text/plain bytes:
+Anthropic          ``image`` (base64 / url)        ``document``            text/* bytes:
                                                    (base64 / url)          text ``document``
 Gemini             ``inline_data`` / ``file_data``, any image, audio, video, PDF or text
 =================  ==============================  ======================  ==================
@@ -127,7 +127,7 @@ def anthropic_blocks(attachments: Sequence[Attachment]) -> list[dict[str, Any]]:
                 else {"type": "base64", "media_type": media, "data": a.base64()}
             )
             blocks.append({"type": kind, "source": source})
-        elif media == "text/plain":
+        elif media.startswith("text/"):  # CSV, Markdown...: sent as the plain text they are
             if a.data is None:
                 raise _needs_bytes("anthropic", a)
             try:
@@ -138,7 +138,7 @@ def anthropic_blocks(attachments: Sequence[Attachment]) -> list[dict[str, Any]]:
             blocks.append({"type": "document", "source": source})
         else:
             raise _refuse(
-                "anthropic", a, "it takes PNG, JPEG, GIF and WebP images, PDFs and plain text"
+                "anthropic", a, "it takes PNG, JPEG, GIF and WebP images, PDFs and text files"
             )
     return blocks
 

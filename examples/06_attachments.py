@@ -51,7 +51,7 @@ def main() -> None:
         "What are these?",
         attachments=[
             dot,
-            Attachment(path=str(report)),
+            Attachment(path=report),
             Attachment(url="https://example.com/cat.jpg"),
         ],
     )

@@ -109,7 +109,8 @@ class Attachment:
     """
 
     data: bytes | None = None
-    path: str | None = None
+    path: str | os.PathLike[str] | None = None
+    """Kept as given, as a ``str`` (a ``Path`` is converted)."""
     url: str | None = None
     media_type: str | None = None
     name: str | None = None

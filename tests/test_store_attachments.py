@@ -58,7 +58,7 @@ def test_media_type_is_recognised_from_bytes_and_names(tmp_path: Path) -> None:
     assert Attachment(data=b"RIFF\0\0\0\0WEBPVP8 ").media_type == "image/webp"
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
-    a = Attachment(path=notes)  # type: ignore[arg-type]  # a Path works too
+    a = Attachment(path=notes)  # a Path works too
     assert (a.media_type, a.name, a.data, a.path) == (
         "text/plain",
         "notes.txt",

@@ -176,6 +176,11 @@ def metric_lines(metrics: Mapping[str, Any]) -> list[str]:
                     f"| {every[key]:.2f} µs{ratio} |"
                 )
         out.append("")
+    attachments = metrics.get("attachments")
+    if attachments:
+        out += ["| attachments | result |", "| --- | ---: |"]
+        out += [f"| {k} | {v} |" for k, v in attachments.items()]
+        out.append("")
     conc = metrics.get("concurrency")
     if conc:
         out += [

@@ -17,9 +17,11 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from . import operators
+from .attachments import Attachment
 from .budget import Budget
 from .chunks import Chunk, ChunkKind, Reply, ToolCall, Usage
 from .errors import (
+    AttachmentError,
     BudgetExceeded,
     CheckpointNotFound,
     CheckpointResolved,
@@ -45,6 +47,7 @@ from .errors import (
     StreamInterrupted,
     StreamTimeout,
     ToolLoopLimit,
+    UnsupportedAttachment,
     UnsupportedOption,
 )
 from .options import CallOptions
@@ -70,6 +73,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NO_RETRY",
+    "Attachment",
+    "AttachmentError",
     "Budget",
     "BudgetExceeded",
     "CallOptions",
@@ -116,6 +121,7 @@ __all__ = [
     "Tool",
     "ToolCall",
     "ToolLoopLimit",
+    "UnsupportedAttachment",
     "UnsupportedOption",
     "Usage",
     "open",

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from .records import Checkpoint
 
 __all__ = [
+    "AttachmentError",
     "BudgetExceeded",
     "CheckpointNotFound",
     "CheckpointResolved",
@@ -35,6 +36,7 @@ __all__ = [
     "StreamInterrupted",
     "StreamTimeout",
     "ToolLoopLimit",
+    "UnsupportedAttachment",
     "UnsupportedOption",
 ]
 
@@ -123,6 +125,21 @@ class OwnershipLost(RxContextError):
 
 class InvalidExport(RxContextError, ValueError):
     """An export that cannot be imported: the message names the record and the field."""
+
+
+class AttachmentError(RxContextError, ValueError):
+    """An attachment that cannot be made: a missing or unreadable file, no source or more
+    than one, no media type given or recognisable, an empty file, a URL of an unknown kind."""
+
+
+class UnsupportedAttachment(AttachmentError):
+    """A provider does not take this attachment (its media type, or a URL where it needs the
+    bytes); raised before the request is sent. ``provider`` and ``media_type`` say which."""
+
+    def __init__(self, message: str, *, provider: str, media_type: str) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.media_type = media_type
 
 
 class ToolLoopLimit(RxContextError):

@@ -11,6 +11,7 @@ from reactivex import Observable, abc
 
 from . import summarize
 from .astreaming import off_loop, run_async
+from .attachments import Attachment
 from .budget import Budget, check_budget
 from .chain import new_input, validate_chain
 from .checkpointer import checkpointer_for
@@ -264,11 +265,24 @@ class ContextWindow:
     def _add(self, draft: RecordDraft) -> Record:
         return self._store.add_record(self._context.id, draft)
 
-    def add_prompt(self, text: str) -> Record:
-        """Append a user prompt."""
+    def add_prompt(self, text: str, attachments: Sequence[Attachment] = ()) -> Record:
+        """Append a user prompt, with images or files (:class:`~rxcontext.Attachment`) sent
+        alongside it in order. Attachments the window's model does not take raise
+        :class:`~rxcontext.UnsupportedAttachment` here, before anything is stored."""
         if not _text_arg(text, "prompt").strip():
             raise ValueError("the prompt is empty; providers reject empty messages")
-        return self._add(RecordDraft(RecordType.PROMPT, text))
+        if isinstance(attachments, Attachment):
+            attachments = (attachments,)
+        attached = tuple(attachments)
+        for a in attached:
+            if not isinstance(a, Attachment):
+                raise TypeError(
+                    f"attachments must be rxcontext.Attachment values, not {type(a).__name__}"
+                )
+        check = getattr(self.model, "check_attachments", None)
+        if attached and callable(check):
+            check(attached)
+        return self._add(RecordDraft(RecordType.PROMPT, text, attachments=attached))
 
     def add_tool_call(
         self, name: str, arguments: str | dict[str, Any], id: str | None = None

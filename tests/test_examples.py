@@ -81,6 +81,7 @@ def test_every_example_is_tested() -> None:
         "03_tools.py",
         "04_asyncio.py",
         "05_webchat.py",
+        "06_attachments.py",
         "07_structured_output.py",
         "08_cost.py",
         "09_tracing.py",
@@ -145,6 +146,22 @@ def test_04_asyncio(tmp_path: Path) -> None:
     assert "same as received: True; reason: CancelledError" in out
     assert "holds the whole story: True" in out
     assert out.rstrip().endswith("open checkpoints now: 0")
+
+
+def test_06_attachments(tmp_path: Path) -> None:
+    out = run_example("06_attachments.py", tmp_path)
+    assert "sent parts: ['text', 'image_url', 'file', 'image_url']" in out
+    assert "image sent as: data:image/png;base64," in out
+    assert "file sent as: report.pdf data:application/pdf;base64," in out
+    assert "the next request sends the history's attachments again: 3" in out
+    assert (
+        "dot.png (image/png, 69), report.pdf (application/pdf, 34), cat.jpg (image/jpeg, URL)"
+        in out
+    )
+    assert "4 attachments, 2 distinct contents" in out
+    assert "export carries the bytes once: 2 blobs" in out
+    assert "refused before sending: OpenAI Chat Completions does not take" in out
+    assert out.rstrip().endswith("records now: 4 · requests sent: 2")
 
 
 def test_08_cost(tmp_path: Path) -> None:
@@ -338,3 +355,14 @@ def test_readme_cost_and_tracing_samples_print_what_the_readme_says(
     else:
         said = re.search(r"prints `([^`]+)`", part)
         assert said is not None and out == said.group(1) + "\n"
+
+
+def test_readme_attachments_sample_prints_what_the_readme_says(tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Attachments (images and files)") :]
+    code = code_blocks_in(section, "python")[0]
+    printed = section[section.index("prints\n\n```\n") + len("prints\n\n```\n") :]
+    printed = printed[: printed.index("```")]
+    script = tmp_path / "attachments.py"
+    script.write_text(code, encoding="utf-8")
+    assert run_script(script, tmp_path) == printed

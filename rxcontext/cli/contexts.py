@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import cost
+from ..attachments import Attachment
 from ..errors import InvalidExport
 from ..interop import fork_context, import_context
 from ..records import Context, ContextStats
 from ..store import Store
 from .common import CLIError, add_common, confirm, open_store, renderer
 from .render import Renderer
-from .text import to_json
+from .text import one_line, to_json
 
 __all__ = ["register", "run"]
 
@@ -161,6 +162,11 @@ def _show(store: Store, render: Renderer, ctx: Context) -> int:
         style="bold",
     )
     render.records(records, title=f"records of {ctx.name!r}", costs=costs)
+    attached = [(r.id, a) for r in records for a in r.attachments]
+    if attached:
+        render.line("attachments:")
+        for record_id, a in attached:
+            render.line(f"  record {record_id}: {describe_attachment(a)}")
     tools = store.context_tools(ctx.id)
     if tools:
         render.line("tools: " + ", ".join(str(t.get("name", "?")) for t in tools))
@@ -168,6 +174,17 @@ def _show(store: Store, render: Renderer, ctx: Context) -> int:
     if cps:
         render.checkpoints([(ctx.name, cp) for cp in cps])
     return 0
+
+
+def describe_attachment(a: Attachment) -> str:
+    """``name (media type, size)`` or ``URL (media type)``, on one line, controls made visible."""
+    if a.url is not None:
+        return f"{one_line(a.url)} ({one_line(a.media_type)}, URL)"
+    size = a.size or 0
+    shown = f"{size} B" if size < 1024 else f"{size / 1024:.1f} KiB"
+    if size >= 1024 * 1024:
+        shown = f"{size / 1024 / 1024:.1f} MiB"
+    return f"{one_line(a.name or '(unnamed)')} ({one_line(a.media_type)}, {shown})"
 
 
 def _export(store: Store, ctx: Context, out: str | None) -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from ..attachments import Attachment
 from ..errors import StreamInterrupted
 from ..records import Checkpoint, RecordType
 from ..window import ContextWindow
@@ -21,12 +23,15 @@ class Session:
         render: Renderer,
         base_url: str | None,
         options: dict[str, Any] | None = None,
+        attachments: Sequence[Attachment] = (),
     ) -> None:
         self.cw = cw
         self.render = render
         self.base_url = base_url
         self.options = dict(options or {})
         """Per-call options of every reply and resume (``chat --temperature`` ...)."""
+        self.attachments = tuple(attachments)
+        """Sent with the next prompt only (``chat --attach``)."""
 
     def window(self) -> Window:
         return Window(self.cw.live_tokens(), self.cw.max_tokens)
@@ -35,7 +40,8 @@ class Session:
         """Add ``prompt``, stream the reply; the exit status (130 when cancelled)."""
         cw = self.cw
         before = {cp.id for cp in cw.checkpoints()}
-        record = cw.add_prompt(prompt)
+        record = cw.add_prompt(prompt, attachments=self.attachments)
+        self.attachments = ()
         window = self.window()
         try:
             stats = self.render.stream(cw.stream(**self.options), window=window)

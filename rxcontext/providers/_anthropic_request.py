@@ -16,6 +16,7 @@ from typing import Any
 import anthropic
 
 from ..records import Record, RecordType
+from ._attachments import anthropic_blocks
 from ._history import HistoryCache, compact_json
 
 try:  # the SDK's own body preparation and encoder, so spliced bodies match it exactly
@@ -66,7 +67,11 @@ def _blocks(record: Record) -> tuple[str | None, list[dict[str, Any]]]:
     """The role and content blocks a record adds (role None: a system prompt, or not sent)."""
     kind = record.type
     if kind is RecordType.PROMPT:
-        return _USER, [{"type": "text", "text": record.content}] if record.content else []
+        # Images and documents before the text, as Anthropic advises.
+        blocks = anthropic_blocks(record.attachments) if record.attachments else []
+        if record.content:
+            blocks.append({"type": "text", "text": record.content})
+        return _USER, blocks
     if kind is RecordType.MODEL_RESP:
         blocks = _thinking_blocks(record.metadata)
         if record.content:

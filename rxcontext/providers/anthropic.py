@@ -51,6 +51,7 @@ except ImportError as exc:  # an optional extra: name it
 import httpx2
 from anthropic.types import RawMessageStreamEvent
 
+from ..attachments import Attachment
 from ..chunks import Chunk, ChunkKind, Reply, Usage
 from ..errors import ProviderError
 from ._anthropic_request import (
@@ -64,6 +65,7 @@ from ._anthropic_request import (
     sdk_kwargs,
     splicing,
 )
+from ._attachments import check as check_attachments
 from ._common import (
     READ_ERRORS,
     BadEvent,
@@ -173,6 +175,11 @@ class AnthropicModel:
     def name(self) -> str:
         """``"anthropic:<model>"``."""
         return f"{PROVIDER}:{self.model_name}"
+
+    def check_attachments(self, attachments: Sequence[Attachment]) -> None:
+        """Raise :class:`~rxcontext.UnsupportedAttachment` for an attachment this model's
+        API does not take (``ContextWindow.add_prompt`` asks before storing the prompt)."""
+        check_attachments(PROVIDER, attachments)
 
     def request_body(self, request: Request) -> dict[str, Any]:
         """The keyword arguments of ``messages.create`` for ``request`` (without ``stream``)."""

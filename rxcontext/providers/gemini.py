@@ -69,7 +69,7 @@ import gc
 import hashlib
 import json
 import types as pytypes
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -87,9 +87,11 @@ try:
 except ImportError as exc:  # an optional extra: name it
     raise missing_sdk("google-genai", "gemini", exc) from exc
 
+from ..attachments import Attachment
 from ..chunks import Chunk, ChunkKind, Reply, Usage
 from ..errors import ProviderError
 from ..records import RecordType
+from ._attachments import check as check_attachments
 from ._common import (
     READ_ERRORS,
     BadEvent,
@@ -188,6 +190,11 @@ class GeminiModel:
     def name(self) -> str:
         """``"gemini:<model>"``."""
         return f"{PROVIDER}:{self.model_name}"
+
+    def check_attachments(self, attachments: Sequence[Attachment]) -> None:
+        """Raise :class:`~rxcontext.UnsupportedAttachment` for an attachment this model's
+        API does not take (``ContextWindow.add_prompt`` asks before storing the prompt)."""
+        check_attachments(PROVIDER, attachments)
 
     def request_config(self, request: Request) -> types.GenerateContentConfig:
         """The ``GenerateContentConfig`` for ``request``."""

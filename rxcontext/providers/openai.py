@@ -13,7 +13,7 @@ mapping itself (records → request, events → chunks) lives in :mod:`._openai_
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any, TypeVar
@@ -29,9 +29,11 @@ try:
 except ImportError as exc:  # an optional extra: name it
     raise missing_sdk("openai", "openai", exc) from exc
 
+from ..attachments import Attachment
 from ..chunks import Chunk, Reply
 from ..errors import ProviderError
 from ..records import Checkpoint
+from ._attachments import check as check_attachments
 from ._common import (
     READ_ERRORS,
     Lazy,
@@ -270,6 +272,11 @@ class _OpenAIBase:
     def name(self) -> str:
         """``"openai:<model>"`` (``"openai-responses:<model>"`` for the Responses API)."""
         return f"{self._label}:{self.model_name}"
+
+    def check_attachments(self, attachments: Sequence[Attachment]) -> None:
+        """Raise :class:`~rxcontext.UnsupportedAttachment` for an attachment this model's
+        API does not take (``ContextWindow.add_prompt`` asks before storing the prompt)."""
+        check_attachments(self._label, attachments)
 
     def _sync(self) -> tuple[openai.OpenAI, tuple[str | None, ...]]:
         with _Converting(()):

@@ -15,6 +15,7 @@ right after catching ``CancelledError`` finds it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 from reactivex import abc
 
 from .chunks import Chunk, ToolCall
+from .errors import ReplyStopped
 from .persist import ReplyPersister
 from .run import Run, aclose_chunks
 from .tools import ToolResult, areview
@@ -162,6 +164,55 @@ async def _next_within(
         raise
 
 
+class _Stopper:
+    """``cw.stop`` for the asyncio driver: the heartbeat's thread hands the stop to the loop.
+
+    Waiting for the model's next chunk, the read is cancelled and the stop raised in its
+    place; holding a delivered chunk (suspended at ``yield``), the checkpoint is written
+    at once (in a worker thread) and the stop raised when the consumer asks for more;
+    anywhere else (a commit, tools) the stop is raised at the driver's next step.
+    """
+
+    __slots__ = ("cancelled", "loop", "reading", "run", "task", "yielded")
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.reading = False
+        self.yielded = False
+        self.cancelled = False
+        run.on_stop = self.request
+
+    def request(self, error: ReplyStopped) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: the stream is gone too
+            self.loop.call_soon_threadsafe(self._on_loop, error)
+
+    def _on_loop(self, error: ReplyStopped) -> None:
+        persister = self.run.persister
+        if persister.finished or persister.stop is not None:
+            return
+        persister.stop = error
+        if self.reading and self.task is not None and not self.task.done():
+            self.cancelled = True
+            self.task.cancel()
+        elif self.yielded:
+            self.loop.run_in_executor(None, persister.stop_now, error)
+
+    def check(self) -> None:
+        """Raise the stop, if there is one (between two steps of the driver)."""
+        stop = self.run.persister.stop
+        if stop is not None:
+            raise stop
+
+    def reraise(self) -> None:
+        """A cancellation arrived while reading: the stop's own becomes the stop."""
+        if self.cancelled and self.task is not None:
+            self.cancelled = False
+            self.task.uncancel()
+            self.check()
+
+
 class _Expired(Exception):
     """Internal: a timeout of the driver's own (not one the model raised)."""
 
@@ -179,6 +230,7 @@ async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
     timed = timeouts.first_chunk is not None or timeouts.idle is not None
     it: AsyncIterator[Chunk] | None = None
     unwatch: Callable[[], None] | None = None
+    stopper = _Stopper(run)
     try:
         await off_loop(run.open)
         for hook in hooks:
@@ -196,7 +248,10 @@ async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
                 delivered = False
                 try:
                     while True:
+                        if persister.stop is not None:
+                            stopper.check()
                         limit = timeouts.limit(delivered) if timed else None
+                        stopper.reading = True
                         try:
                             if limit is None:
                                 chunk = await anext(it)
@@ -207,6 +262,11 @@ async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
                         except _Expired:
                             assert limit is not None
                             raise run.timeout(delivered, limit) from None
+                        except asyncio.CancelledError:
+                            stopper.reraise()
+                            raise
+                        finally:
+                            stopper.reading = False
                         for hook in hooks:
                             hook.chunk(chunk)
                         persister.busy = True
@@ -219,7 +279,9 @@ async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
                             await off_loop(persister.attend)
                         if unwatch is None:
                             unwatch = _watch(persister)
+                        stopper.yielded = True
                         yield chunk
+                        stopper.yielded = False
                 except Exception as error:
                     if delivered:
                         raise
@@ -242,6 +304,7 @@ async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
             run.check_rounds(rounds)
             results = await _run_tools_async(run, calls)
             await off_loop(run.store_results, results)
+            stopper.check()
             for chunk in run.result_chunks(results):
                 for hook in hooks:
                     hook.chunk(chunk)

@@ -95,6 +95,9 @@ class Heartbeat:
         """Renewal writes made (for tests)."""
         self.polls = 0
         """Looks for stop requests made (for tests)."""
+        self.listeners: list[Callable[[], None]] = []
+        """Called on the heartbeat's thread after each round (renewal and/or poll): lets
+        tests wait for a round without sleeping."""
         store.on_close(self.close)
 
     # -- the drivers' side ----------------------------------------------------------------
@@ -177,6 +180,8 @@ class Heartbeat:
             except Exception:
                 _log.exception("heartbeat failed; trying again at the next interval")
             next_poll = time.monotonic() + self.poll_every
+            for listener in list(self.listeners):
+                listener()
 
     def _renew(self, beats: list[_Beat], started: float) -> None:
         live = [b for b in beats if not b.persister.finished]

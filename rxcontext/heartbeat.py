@@ -102,17 +102,20 @@ class Heartbeat:
 
     # -- the drivers' side ----------------------------------------------------------------
 
-    def register(self, persister: ReplyPersister, on_stop: OnStop) -> None:
+    def register(
+        self, persister: ReplyPersister, on_stop: OnStop, *, since: float | None = None
+    ) -> None:
         """Keep ``persister``'s reply leased (it has begun) until :meth:`unregister`;
-        ``on_stop`` is called, on the heartbeat's thread, if the reply is asked to stop."""
+        ``on_stop`` is called, on the heartbeat's thread, if the reply is asked to stop.
+        ``since`` (monotonic) is a time before its lease was taken (begin or claim)."""
         ticket = persister.ticket
         if ticket is None:
             return
-        beat = _Beat(persister, ticket, on_stop, time.monotonic())
-        persister.fence = lambda: self._check(beat)
+        beat = _Beat(persister, ticket, on_stop, time.monotonic() if since is None else since)
         with self._lock:
             if self._closed:
                 return
+            persister.fence = lambda: self._check(beat)
             self._beats[id(persister)] = beat
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -171,8 +174,10 @@ class Heartbeat:
             now = time.monotonic()
             try:
                 if now >= next_renew:
-                    self._renew(beats, now)
-                    next_renew = now + self.renew_every
+                    # A renewal that could not be written is tried again at the next poll,
+                    # not a whole interval later: the lease is running out meanwhile.
+                    renewed = self._renew(beats, now)
+                    next_renew = now + (self.renew_every if renewed else self.poll_every)
                 self._fence(beats, time.monotonic())
                 self._poll(beats)
             except StoreClosedError:
@@ -183,10 +188,16 @@ class Heartbeat:
             for listener in list(self.listeners):
                 listener()
 
-    def _renew(self, beats: list[_Beat], started: float) -> None:
-        live = [b for b in beats if not b.persister.finished]
+    def _renew(self, beats: list[_Beat], started: float) -> bool:
+        """Renew the leases of ``beats``; False if the store could not be written.
+
+        A lease that ran out meanwhile is not renewed: others may have seen the reply
+        interrupted (and claimed it), so it is given up (self-fencing) rather than revived.
+        """
+        self._fence(beats, started)
+        live = [b for b in beats if not b.persister.finished and b.persister.lost is None]
         if not live:
-            return
+            return True
         try:
             results = self.store.renew_replies([b.ticket for b in live])
         except StoreClosedError:
@@ -196,12 +207,13 @@ class Heartbeat:
             results = None
         self.renewals += 1
         if results is None:
-            return
+            return False
         for beat, ok in zip(live, results, strict=True):
             if ok:
                 beat.renewed = started
             elif not beat.persister.finished:
                 self._lose(beat, _why_lost(self.store, beat.persister))
+        return True
 
     def _fence(self, beats: list[_Beat], now: float) -> None:
         for beat in beats:

@@ -5,6 +5,7 @@ sync driver (:mod:`.streaming`) and the asyncio one (:mod:`.astreaming`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -120,11 +121,12 @@ class Run:
     def open(self) -> None:
         """Begin the reply (its row, its position), start its periodic checkpoints and
         its heartbeat."""
+        began = time.monotonic()  # the lease runs from before the row was written
         self.persister.begin()
         if self.checkpointer is not None:
             self.checkpointer.register(self.persister)
         if self.heartbeat is not None:
-            self.heartbeat.register(self.persister, self._stop)
+            self.heartbeat.register(self.persister, self._stop, since=began)
 
     def _stop(self, error: ReplyStopped) -> None:
         if self.on_stop is not None:

@@ -282,3 +282,26 @@ def test_stop_from_another_process(
     assert cw.stop("r3") is False
     store.close()
     print(f"stop reached the owner in {took * 1000:.0f} ms")
+
+
+def test_a_paused_owner_nobody_claimed_gives_its_reply_up(
+    target: str, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    store, cw = prepare(target)
+    worker = spawn(WORKER, target, "r4", TTL, BEFORE)
+    lines = read_until(worker.stdout, "paused")
+    os.kill(worker.pid, signal.SIGSTOP)
+    os.waitpid(worker.pid, os.WUNTRACED)
+    until(lambda: store.find_reply("r4").state is ReplyState.INTERRUPTED)  # type: ignore[union-attr]
+    # Seen interrupted by others, the reply stays so: the owner, back, does not carry on.
+    os.kill(worker.pid, signal.SIGCONT)
+    send(worker, "go")
+    lines += read_until(worker.stdout, "end")
+    (outcome,) = [line for line in lines if line.startswith(("error", "completed"))]
+    assert outcome.startswith("error StreamInterrupted OwnershipLost"), lines
+    (cp,) = cw.checkpoints()
+    assert cp.reply_id == "r4" and cp.text == delivered(lines)
+    assert reply_records(store, cw, "r4") == []
+    cw.model = ScriptedModel([[T(" +B"), Chunk(ChunkKind.DONE)]])
+    assert cw.resume_call(cp.id).text == cp.text + " +B"
+    store.close()

@@ -102,6 +102,7 @@ class PostgresLeases:
 
     def on_close(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` when the store closes, before its connections go (once)."""
+        self._runner.pool()  # a closed store refuses hooks, as it refuses calls
         self._close_hooks.append(hook)
 
     def _run_close_hooks(self) -> None:

@@ -32,6 +32,7 @@ class SQLiteLeases:
         ) -> AbstractContextManager[sqlite3.Connection]: ...
         def _read(self) -> AbstractContextManager[sqlite3.Connection]: ...
         def find_reply(self, reply_id: str) -> Checkpoint | None: ...
+        def _db(self) -> sqlite3.Connection: ...
 
     def renew_replies(self, tickets: Sequence[ReplyTicket]) -> list[bool] | None:
         """Extend the lease of each reply its ticket still owns; False for the lost ones;
@@ -92,6 +93,7 @@ class SQLiteLeases:
 
     def on_close(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` when the store closes, before its connections go (once)."""
+        self._db()  # a closed store refuses hooks, as it refuses calls
         self._close_hooks.append(hook)
 
     def _run_close_hooks(self) -> None:

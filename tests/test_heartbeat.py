@@ -230,6 +230,29 @@ def test_stop_while_the_model_is_silent_sync(store: Any) -> None:
     assert reply.text == "Hello world"
 
 
+def test_stop_a_blocking_call(store: Any) -> None:
+    model = PausingModel([T("Hel"), T("lo")], [T(" world"), DONE])
+    cw = window(store, model)
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            cw.call(reply_id="r")
+        except StreamInterrupted as error:
+            outcome.append(error)
+
+    caller = in_thread(call)
+    assert model.paused.wait(WAIT)
+    assert cw.stop("r") is True
+    rounds(store, 1)  # the stop was handled (the checkpoint is stored from here on)
+    assert store.find_reply("r").state is ReplyState.INTERRUPTED
+    model.go.set()  # call() returns once its blocking read does
+    caller.join(WAIT)
+    (error,) = outcome
+    assert isinstance(error.__cause__, ReplyStopped) and error.checkpoint.text == "Hello"
+    assert [r.content for r in store.records(cw.context_id)] == ["hi"]
+
+
 def test_stop_while_the_model_is_silent_async(store: Any) -> None:
     model = PausingModel([T("Hel"), T("lo")], [T(" world"), DONE])
     cw = window(store, model)

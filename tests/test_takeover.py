@@ -7,13 +7,15 @@ claim race). Synchronisation is explicit: lines on the child's stdout/stdin, and
 ``waitpid(WUNTRACED)`` for SIGSTOP; the only wait on time is for a lease to run out, which
 is the thing under test, bounded by ``WAIT``.
 
-* SIGKILL: the reply reads ``INTERRUPTED`` for worker B, and of several processes released
+* SIGKILL: the reply reads ``INTERRUPTED`` for worker B, and of three processes released
   at once to resume it exactly one wins; the stored reply is the checkpoint plus the
   winner's continuation, once.
-* SIGSTOP past the lease (a zombie): B sees the reply ``INTERRUPTED`` no later than
-  ``lease_ttl`` after A stopped (A's last lease, by the store's clock, ends by then), claims
-  and completes it; A, continued and let finish, gets ``OwnershipLost``: its commit is
-  refused, its checkpoint writes change nothing, B's record stands alone.
+* SIGSTOP past the lease (a zombie; ``lease_ttl`` = 0.5 s there): B sees the reply
+  ``INTERRUPTED`` no later than ``lease_ttl`` after A stopped (A's last lease, by the
+  store's clock, ends by then), claims and completes it; A, continued and let finish, gets
+  ``OwnershipLost``: its commit is refused, its checkpoint writes change nothing, B's
+  record stands alone. Had nobody claimed it, A gives the reply up on waking (it does not
+  revive a lease others saw run out): interrupted, with what A delivered, resumable.
 * ``cw.stop`` from B: A's subscriber gets ``StreamInterrupted`` caused by ``ReplyStopped``
   and the stored checkpoint is exactly the text A delivered.
 """
@@ -45,6 +47,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 TTL = 1.0
+PAUSE_TTL = 0.5  # the SIGSTOP tests wait for this lease to run out
 WAIT = 20.0
 BEFORE = 5  # chunks worker A delivers before it pauses
 
@@ -165,8 +168,8 @@ def send(child: subprocess.Popen[str], line: str) -> None:
     child.stdin.flush()
 
 
-def prepare(target: str) -> tuple[Any, ContextWindow]:
-    store = rxcontext.open(target, lease_ttl=TTL)
+def prepare(target: str, ttl: float = TTL) -> tuple[Any, ContextWindow]:
+    store = rxcontext.open(target, lease_ttl=ttl)
     cw = ContextWindow(store, ScriptedModel([]), "takeover")
     cw.add_prompt("tell me")
     return store, cw
@@ -216,12 +219,20 @@ def test_sigkill_then_exactly_one_of_several_resumers_wins(
     (cp,) = cw.checkpoints()  # a dead owner on this host is seen at once
     assert cp.reply_id == "r1" and cp.state is ReplyState.INTERRUPTED
     assert cp.text == delivered(lines)
-    resumers = [spawn(RESUMER, target, cp.id, who) for who in "xyz"]
+    # Two more processes and this one try to resume it at once.
+    resumers = [spawn(RESUMER, target, cp.id, who) for who in "xy"]
     for r in resumers:
         read_until(r.stdout, "ready")
     for r in resumers:
         send(r, "go")
+    cw.model = ScriptedModel([[T(" +z"), Chunk(ChunkKind.DONE)]])
+    try:
+        cw.resume_call(cp.id)
+        mine = "won"
+    except rxcontext.RxContextError as error:
+        mine = f"lost {type(error).__name__}"
     outcomes = [read_until(r.stdout, ("won", "lost"))[-1] for r in resumers]  # type: ignore[arg-type]
+    outcomes.append(mine)
     assert sorted(o.split()[0] for o in outcomes) == ["lost", "lost", "won"], outcomes
     winner = "xyz"[[o.split()[0] for o in outcomes].index("won")]
     assert all(o in ("won", "lost ReplyBusy", "lost CheckpointResolved") for o in outcomes)
@@ -232,8 +243,8 @@ def test_sigkill_then_exactly_one_of_several_resumers_wins(
 def test_a_paused_owner_is_taken_over_and_fenced(
     target: str, spawn: Callable[..., subprocess.Popen[str]]
 ) -> None:
-    store, cw = prepare(target)
-    worker = spawn(WORKER, target, "r2", TTL, BEFORE)
+    store, cw = prepare(target, PAUSE_TTL)
+    worker = spawn(WORKER, target, "r2", PAUSE_TTL, BEFORE)
     lines = read_until(worker.stdout, "paused")
     until(lambda: (store.find_reply("r2") or cw).text == delivered(lines))  # type: ignore[union-attr]
     assert store.find_reply("r2").state is ReplyState.STREAMING
@@ -241,7 +252,7 @@ def test_a_paused_owner_is_taken_over_and_fenced(
     os.waitpid(worker.pid, os.WUNTRACED)  # returns once it is stopped
     stopped_at = store_now(store)
     # Its last renewal came before it stopped: for everyone it is over by then + lease_ttl.
-    assert lease_until(store, "r2") <= stopped_at + timedelta(seconds=TTL)
+    assert lease_until(store, "r2") <= stopped_at + timedelta(seconds=PAUSE_TTL)
     until(lambda: store.find_reply("r2").state is ReplyState.INTERRUPTED)  # type: ignore[union-attr]
     (cp,) = cw.checkpoints()
     assert cp.reply_id == "r2" and cp.text == delivered(lines)
@@ -287,8 +298,8 @@ def test_stop_from_another_process(
 def test_a_paused_owner_nobody_claimed_gives_its_reply_up(
     target: str, spawn: Callable[..., subprocess.Popen[str]]
 ) -> None:
-    store, cw = prepare(target)
-    worker = spawn(WORKER, target, "r4", TTL, BEFORE)
+    store, cw = prepare(target, PAUSE_TTL)
+    worker = spawn(WORKER, target, "r4", PAUSE_TTL, BEFORE)
     lines = read_until(worker.stdout, "paused")
     os.kill(worker.pid, signal.SIGSTOP)
     os.waitpid(worker.pid, os.WUNTRACED)
@@ -304,4 +315,51 @@ def test_a_paused_owner_nobody_claimed_gives_its_reply_up(
     assert reply_records(store, cw, "r4") == []
     cw.model = ScriptedModel([[T(" +B"), Chunk(ChunkKind.DONE)]])
     assert cw.resume_call(cp.id).text == cp.text + " +B"
+    store.close()
+
+
+SOAK_TRIALS = int(os.environ.get("RX_TAKEOVER_TRIALS", "10"))
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("trial", range(SOAK_TRIALS))
+def test_takeover_soak(
+    target: str, spawn: Callable[..., subprocess.Popen[str]], trial: int
+) -> None:
+    """Random pause points, SIGKILL or SIGSTOP, claimed or not: one stored reply, always the
+    checkpoint plus the new owner's continuation; a zombie never stores anything."""
+    import random
+
+    rng = random.Random(trial)
+    before = rng.randint(1, 30)
+    how = rng.choice(["kill", "stop-claimed", "stop-unclaimed"])
+    rid = f"soak-{trial}"
+    store, cw = prepare(target, PAUSE_TTL)
+    worker = spawn(WORKER, target, rid, PAUSE_TTL, before)
+    lines = read_until(worker.stdout, "paused")
+    if how == "kill":
+        until(lambda: (store.find_reply(rid) or cw).text == delivered(lines))  # type: ignore[union-attr]
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(WAIT)
+    else:
+        os.kill(worker.pid, signal.SIGSTOP)
+        os.waitpid(worker.pid, os.WUNTRACED)
+    until(lambda: store.find_reply(rid).state is ReplyState.INTERRUPTED)  # type: ignore[union-attr]
+    (cp,) = cw.checkpoints()
+    assert delivered(lines).startswith(cp.text)
+    if how == "stop-claimed":
+        cw.model = ScriptedModel([[T(" +B"), Chunk(ChunkKind.DONE)]])
+        cw.resume_call(cp.id)
+    if how != "kill":
+        os.kill(worker.pid, signal.SIGCONT)
+        send(worker, "go")
+        lines += read_until(worker.stdout, "end")
+        (outcome,) = [line for line in lines if line.startswith(("error", "completed"))]
+        assert outcome.startswith(("error OwnershipLost", "error StreamInterrupted OwnershipLost"))
+    if how != "stop-claimed":
+        (cp,) = cw.checkpoints()
+        cw.model = ScriptedModel([[T(" +B"), Chunk(ChunkKind.DONE)]])
+        cw.resume_call(cp.id)
+    assert reply_records(store, cw, rid) == [cp.text + " +B"]
+    print(f"trial {trial}: {how} after {before} chunks: ok")
     store.close()

@@ -113,6 +113,8 @@ def test_stop_requests_name_the_running_epoch(store: Store) -> None:
     assert store.stop_requests([a, b]) == [a.checkpoint_id]
     assert store.stop_requests([ReplyTicket(a.checkpoint_id, a.epoch + 1)]) == []
     assert store.stop_requests([]) == []
+    many = [ReplyTicket(10_000 + i, 1) for i in range(1_200)]  # more than one query's worth
+    assert store.stop_requests([*many, b, a]) == [a.checkpoint_id]
 
 
 def test_stopping_what_does_not_run(store: Store) -> None:

@@ -17,6 +17,8 @@ from .base import ReplyTicket
 
 __all__ = ["SQLiteLeases"]
 
+_BATCH = 500
+
 
 class SQLiteLeases:
     """Lease and stop methods of :class:`~rxcontext.store.sqlite.SQLiteStore`."""
@@ -82,13 +84,16 @@ class SQLiteLeases:
         if not tickets:
             return []
         wanted = {(t.checkpoint_id, t.epoch) for t in tickets}
-        marks = ",".join("?" * len(wanted))
+        ids = sorted({cid for cid, _ in wanted})
+        found: list[tuple[int, int]] = []
         with self._read() as db:
-            found = db.execute(
-                "SELECT id, stop_epoch FROM checkpoints WHERE stop_epoch IS NOT NULL"
-                f" AND id IN ({marks})",
-                tuple(cid for cid, _ in wanted),
-            ).fetchall()
+            for at in range(0, len(ids), _BATCH):  # under SQLite's limit on parameters
+                part = ids[at : at + _BATCH]
+                found += db.execute(
+                    "SELECT id, stop_epoch FROM checkpoints WHERE stop_epoch IS NOT NULL"
+                    f" AND id IN ({','.join('?' * len(part))})",
+                    part,
+                ).fetchall()
         return sorted(cid for cid, epoch in found if (cid, epoch) in wanted)
 
     def on_close(self, hook: Callable[[], None]) -> None:

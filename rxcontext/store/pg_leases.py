@@ -84,21 +84,22 @@ class PostgresLeases:
         return stopped is not None
 
     def stop_requests(self, tickets: Sequence[ReplyTicket]) -> list[int]:
-        """The checkpoint ids, among ``tickets``, whose run was asked to stop."""
+        """The checkpoint ids, among ``tickets``, whose run was asked to stop (none while
+        the server cannot be reached at once)."""
         if not tickets:
             return []
         ids = [t.checkpoint_id for t in tickets]
         epochs = [t.epoch for t in tickets]
-        found = self._runner.run(
+        # A poll never waits for the server: unreachable now, it asks again at the next one.
+        found = self._runner.attempt(
             lambda conn, _: conn.execute(
                 "SELECT c.id FROM checkpoints c"
                 " JOIN unnest(%s::bigint[], %s::integer[]) AS t(id, epoch)"
                 " ON c.id = t.id AND c.stop_epoch = t.epoch",
                 (ids, epochs),
             ).fetchall(),
-            tx=False,
         )
-        return sorted(row[0] for row in found)
+        return sorted(row[0] for row in found or ())
 
     def on_close(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` when the store closes, before its connections go (once)."""

@@ -167,37 +167,55 @@ async def _next_within(
 class _Stopper:
     """``cw.stop`` for the asyncio driver: the heartbeat's thread hands the stop to the loop.
 
-    Waiting for the model's next chunk, the read is cancelled and the stop raised in its
-    place; holding a delivered chunk (suspended at ``yield``), the checkpoint is written
-    at once (in a worker thread) and the stop raised when the consumer asks for more;
-    anywhere else (a commit, tools) the stop is raised at the driver's next step.
+    There it looks at what the driver's generator is suspended on, so the hot path keeps no
+    state for it: waiting for the model's next chunk, the read is cancelled and the stop
+    raised in its place; holding a delivered chunk (suspended at ``yield``), the checkpoint
+    is written at once (in a worker thread) and the stop raised when the consumer asks for
+    more; in one of the driver's own steps (a store write, tools, a retry wait) the stop is
+    raised before the next read.
     """
 
-    __slots__ = ("cancelled", "loop", "reading", "run", "task", "yielded")
+    __slots__ = ("agen", "cancelled", "loop", "run", "task")
 
     def __init__(self, run: Run) -> None:
         self.run = run
+        self.agen: AsyncGenerator[Chunk, None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.cancelled = False
+
+    def start(self) -> None:
+        """On the loop, as the driver starts: stops can be taken from here on."""
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
-        self.reading = False
-        self.yielded = False
-        self.cancelled = False
-        run.on_stop = self.request
+        self.run.on_stop = self.request
 
     def request(self, error: ReplyStopped) -> None:
-        with contextlib.suppress(RuntimeError):  # a closed loop: the stream is gone too
-            self.loop.call_soon_threadsafe(self._on_loop, error)
+        loop = self.loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: the stream is gone too
+                loop.call_soon_threadsafe(self._on_loop, error)
 
     def _on_loop(self, error: ReplyStopped) -> None:
         persister = self.run.persister
-        if persister.finished or persister.stop is not None:
+        agen = self.agen
+        if persister.finished or persister.stop is not None or agen is None:
             return
         persister.stop = error
-        if self.reading and self.task is not None and not self.task.done():
-            self.cancelled = True
-            self.task.cancel()
-        elif self.yielded:
+        if getattr(agen, "ag_frame", None) is None:
+            return  # it ended meanwhile
+        awaiting = getattr(agen, "ag_await", None)
+        task = self.task
+        if awaiting is None:  # at ``yield``: the consumer holds a delivered chunk
+            assert self.loop is not None
             self.loop.run_in_executor(None, persister.stop_now, error)
+        elif (
+            getattr(awaiting, "cr_code", None) not in _OWN_STEPS
+            and task is not None
+            and not task.done()
+        ):  # reading the model
+            self.cancelled = True
+            task.cancel()
 
     def check(self) -> None:
         """Raise the stop, if there is one (between two steps of the driver)."""
@@ -217,20 +235,29 @@ class _Expired(Exception):
     """Internal: a timeout of the driver's own (not one the model raised)."""
 
 
-async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
+def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
     """The asyncio driver: the same loop as the Observable's, over the model's async iterator.
 
     Closing the iterator early (``aclose()``, a ``break`` under ``contextlib.aclosing``, a
     cancelled task) saves the checkpoint and closes the provider stream. Retry waits and
-    timeouts use ``run.scheduler``'s clock, or the event loop's.
+    timeouts use ``run.scheduler``'s clock, or the event loop's. ``cw.stop`` ends it with
+    :class:`~rxcontext.StreamInterrupted` (see :class:`_Stopper`).
     """
+    stopper = _Stopper(run)
+    agen = _drive(run, stopper)
+    stopper.agen = agen
+    return agen
+
+
+async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
+    """The body of :func:`run_async`."""
     persister = run.persister
     hooks = run.hooks
     timeouts = run.timeouts
     timed = timeouts.first_chunk is not None or timeouts.idle is not None
     it: AsyncIterator[Chunk] | None = None
     unwatch: Callable[[], None] | None = None
-    stopper = _Stopper(run)
+    stopper.start()
     try:
         await off_loop(run.open)
         for hook in hooks:
@@ -251,7 +278,6 @@ async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
                         if persister.stop is not None:
                             stopper.check()
                         limit = timeouts.limit(delivered) if timed else None
-                        stopper.reading = True
                         try:
                             if limit is None:
                                 chunk = await anext(it)
@@ -265,8 +291,6 @@ async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
                         except asyncio.CancelledError:
                             stopper.reraise()
                             raise
-                        finally:
-                            stopper.reading = False
                         for hook in hooks:
                             hook.chunk(chunk)
                         persister.busy = True
@@ -279,9 +303,7 @@ async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
                             await off_loop(persister.attend)
                         if unwatch is None:
                             unwatch = _watch(persister)
-                        stopper.yielded = True
                         yield chunk
-                        stopper.yielded = False
                 except Exception as error:
                     if delivered:
                         raise
@@ -325,3 +347,7 @@ async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
         if it is not None:
             await aclose_chunks(it)
         run.close()
+
+
+_OWN_STEPS = frozenset(f.__code__ for f in (off_loop, _sleep, _run_tools_async, aclose_chunks))
+"""What the driver awaits that is not the model: a stop there waits for the step to end."""

@@ -329,3 +329,47 @@ def test_open_takes_lease_ttl() -> None:
         assert s.lease_ttl == 1.5
         hb = heartbeat_for(s)
         assert hb.renew_every == 0.5 and hb.poll_every == 0.25
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_stop_while_a_tool_runs(store: Any, path: str) -> None:
+    call = Chunk(ChunkKind.TOOL_CALL, "{}", index=0, id="c1", name="slow")
+    model = ScriptedModel([[T("Let me check. "), call, Chunk(ChunkKind.DONE)], [T("never")]])
+    cw = window(store, model)
+    running, release = threading.Event(), threading.Event()
+
+    def slow(args: dict[str, Any]) -> str:
+        running.set()
+        release.wait(WAIT)
+        return "done"
+
+    cw.add_tool(rxcontext.Tool("slow", "A slow tool"), slow)
+    outcome: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            if path == "sync":
+                cw.call(reply_id="r")
+            else:
+
+                async def main() -> None:
+                    async for _ in cw.astream(reply_id="r"):
+                        pass
+
+                asyncio.run(main())
+        except StreamInterrupted as error:
+            outcome.append(error)
+
+    consumer = in_thread(consume)
+    assert running.wait(WAIT)
+    assert cw.stop("r") is True
+    rounds(store, 1)
+    release.set()
+    consumer.join(WAIT)
+    (error,) = outcome
+    assert isinstance(error.__cause__, ReplyStopped)
+    assert len(model.requests) == 1  # the next round was never sent
+    types = [r.type for r in store.records(cw.context_id)]
+    assert types[:2] == [RecordType.PROMPT, RecordType.MODEL_RESP]
+    assert RecordType.TOOL_CALL in types  # the round before the stop is stored as it was
+    assert [cp.reply_id for cp in cw.checkpoints()] == ["r"]

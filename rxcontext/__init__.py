@@ -22,6 +22,7 @@ from .errors import (
     CheckpointNotFound,
     CheckpointResolved,
     ContextNotFound,
+    DeadlineExceeded,
     FirstChunkTimeout,
     IdleTimeout,
     InvalidExport,
@@ -35,14 +36,18 @@ from .errors import (
     ReplyStopped,
     ReplySuperseded,
     RxContextError,
+    SchemaError,
     SchemaTooNew,
+    SchemaValidationError,
     StoreBusy,
     StoreClosedError,
     StoreError,
     StreamInterrupted,
     StreamTimeout,
     ToolLoopLimit,
+    UnsupportedOption,
 )
+from .options import CallOptions
 from .records import (
     Checkpoint,
     Context,
@@ -53,6 +58,7 @@ from .records import (
     TokenUsage,
 )
 from .retry import NO_RETRY, RetryPolicy, Timeouts
+from .schema import OutputSchema
 from .store import SQLiteStore, Store, open_any
 from .tools import Tool
 from .window import ContextReader, ContextWindow
@@ -64,6 +70,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NO_RETRY",
+    "CallOptions",
     "Checkpoint",
     "CheckpointNotFound",
     "CheckpointResolved",
@@ -74,11 +81,13 @@ __all__ = [
     "ContextReader",
     "ContextStats",
     "ContextWindow",
+    "DeadlineExceeded",
     "FirstChunkTimeout",
     "IdleTimeout",
     "InvalidExport",
     "MissingDependency",
     "NotADatabaseError",
+    "OutputSchema",
     "OwnershipLost",
     "ProviderError",
     "Record",
@@ -93,7 +102,9 @@ __all__ = [
     "RetryPolicy",
     "RxContextError",
     "SQLiteStore",
+    "SchemaError",
     "SchemaTooNew",
+    "SchemaValidationError",
     "Store",
     "StoreBusy",
     "StoreClosedError",
@@ -105,6 +116,7 @@ __all__ = [
     "Tool",
     "ToolCall",
     "ToolLoopLimit",
+    "UnsupportedOption",
     "Usage",
     "open",
     "operators",

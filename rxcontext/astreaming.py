@@ -231,6 +231,13 @@ class _Stopper:
             self.check()
 
 
+def _clock(scheduler: abc.SchedulerBase | None) -> Callable[[], float]:
+    """Seconds on the clock the driver's waits use: the scheduler's, or the event loop's."""
+    if scheduler is not None:
+        return lambda: scheduler.now.timestamp()
+    return asyncio.get_running_loop().time
+
+
 class _Expired(Exception):
     """Internal: a timeout of the driver's own (not one the model raised)."""
 
@@ -254,7 +261,9 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
     persister = run.persister
     hooks = run.hooks
     timeouts = run.timeouts
-    timed = timeouts.first_chunk is not None or timeouts.idle is not None
+    timed = timeouts.timed
+    clock = _clock(run.scheduler)
+    due = clock() + timeouts.deadline if timeouts.deadline is not None else None
     it: AsyncIterator[Chunk] | None = None
     unwatch: Callable[[], None] | None = None
     stopper.start()
@@ -268,6 +277,8 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
             request = await off_loop(run.request, rounds)
             attempt = 0
             while True:
+                if due is not None and clock() >= due:
+                    raise run.deadline_passed()
                 attempt += 1
                 run.requests.append(request)
                 persister.sent()
@@ -278,6 +289,13 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                         if persister.stop is not None:
                             stopper.check()
                         limit = timeouts.limit(delivered) if timed else None
+                        by_deadline = False
+                        if due is not None:
+                            left = due - clock()
+                            if left <= 0:
+                                raise run.deadline_passed()
+                            if limit is None or left <= limit:
+                                limit, by_deadline = left, True
                         try:
                             if limit is None:
                                 chunk = await anext(it)
@@ -287,6 +305,8 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                             break
                         except _Expired:
                             assert limit is not None
+                            if by_deadline:
+                                raise run.deadline_passed() from None
                             raise run.timeout(delivered, limit) from None
                         except asyncio.CancelledError:
                             stopper.reraise()
@@ -310,7 +330,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                     await aclose_chunks(it)
                     it = None
                     delay = run.retry_delay(error, attempt)
-                    if delay is None:
+                    if delay is None or (due is not None and clock() + delay >= due):
                         raise
                     await _sleep(delay, run.scheduler)
                     continue

@@ -191,7 +191,11 @@ class ToolCall:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """The reduction of a chunk stream: what one model response said."""
+    """The reduction of a chunk stream: what one model response said.
+
+    ``parsed`` is the validated object of a structured-output call (``cw.call(schema=...)``:
+    a pydantic model instance, or the JSON value for a dict schema); None otherwise.
+    """
 
     text: str = ""
     thinking: str = ""
@@ -200,6 +204,7 @@ class Reply:
     finish_reason: str | None = None
     response_id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    parsed: Any = None
 
 
 class _CallParts:

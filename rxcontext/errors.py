@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .records import Checkpoint
@@ -11,6 +11,7 @@ __all__ = [
     "CheckpointNotFound",
     "CheckpointResolved",
     "ContextNotFound",
+    "DeadlineExceeded",
     "FirstChunkTimeout",
     "IdleTimeout",
     "InvalidExport",
@@ -24,13 +25,16 @@ __all__ = [
     "ReplyStopped",
     "ReplySuperseded",
     "RxContextError",
+    "SchemaError",
     "SchemaTooNew",
+    "SchemaValidationError",
     "StoreBusy",
     "StoreClosedError",
     "StoreError",
     "StreamInterrupted",
     "StreamTimeout",
     "ToolLoopLimit",
+    "UnsupportedOption",
 ]
 
 
@@ -202,3 +206,45 @@ class IdleTimeout(StreamTimeout):
     Text had already been delivered, so it is never retried: the partial reply is saved as
     a checkpoint; continue it with ``ContextWindow.resume``.
     """
+
+
+class UnsupportedOption(RxContextError, ValueError):
+    """A per-call option the model's provider has no parameter for, or a ``tool_choice``
+    naming no offered tool; raised before anything is sent or stored.
+
+    ``option`` names the option, ``model`` the model (``"openai-responses:gpt-5-mini"``).
+    """
+
+    def __init__(self, message: str, *, option: str, model: str) -> None:
+        super().__init__(message)
+        self.option = option
+        self.model = model
+
+
+class DeadlineExceeded(StreamTimeout):
+    """The whole reply took longer than its ``deadline`` (``cw.call(deadline=...)`` or
+    ``Timeouts.deadline``).
+
+    Never retried; what was delivered is saved as a checkpoint (resume it with
+    ``ContextWindow.resume``), like an :class:`IdleTimeout`.
+    """
+
+
+class SchemaError(RxContextError, ValueError):
+    """A structured-output schema that cannot be used (not a pydantic model class or a
+    JSON-schema dict, or a dict schema without the ``jsonschema`` package to validate it)."""
+
+
+class SchemaValidationError(RxContextError, ValueError):
+    """The reply's text is not valid JSON for the requested schema.
+
+    The reply was stored all the same (nothing is lost): ``text`` is its raw text,
+    ``reply`` the :class:`~rxcontext.Reply` (``parsed`` None) and ``errors`` what the
+    validator said. The stored MODEL_RESP's metadata carries ``schema`` and ``parse_error``.
+    """
+
+    def __init__(self, message: str, *, text: str, reply: Any, errors: str) -> None:
+        super().__init__(message)
+        self.text = text
+        self.reply = reply
+        self.errors = errors

@@ -39,13 +39,21 @@ from typing import Any, TypeVar, cast
 
 from ._signals import deferred
 from .chunks import Chunk, ChunkKind, Reply, ReplyBuilder, Usage
-from .errors import OwnershipLost, RxContextError, StreamInterrupted
+from .errors import OwnershipLost, RxContextError, SchemaValidationError, StreamInterrupted
 from .providers.base import NATIVE_RESUME_KEY, ResumeCursor
 from .records import Checkpoint, Record, RecordType, ReplyState
+from .schema import OutputSchema, SchemaFailure
 from .store.base import IN_PROGRESS, CheckpointDraft, RecordDraft, ReplyTicket, Store
 from .store.owner import worker_id
 
-__all__ = ["REPLY_KEYS", "ReplyPersister", "describe_error", "reply_drafts", "reply_metadata"]
+__all__ = [
+    "REPLY_KEYS",
+    "SCHEMA_KEYS",
+    "ReplyPersister",
+    "describe_error",
+    "reply_drafts",
+    "reply_metadata",
+]
 
 _J = TypeVar("_J")
 _COALESCE = 256  # pending deltas joined into one string past this many (memory, not speed)
@@ -75,6 +83,11 @@ REPLY_KEYS = (
     "partial",
 )
 """The keys rxcontext writes into a MODEL_RESP's metadata (beside the provider's own)."""
+
+SCHEMA_KEYS = ("schema", "parsed", "parse_error")
+"""Further keys of a structured-output reply's MODEL_RESP (``cw.call(schema=...)``):
+``schema`` (``name``, ``json_schema``), then ``parsed`` (the validated object as JSON) or
+``parse_error`` (why the text did not validate)."""
 
 
 def reply_metadata(
@@ -222,6 +235,8 @@ class ReplyPersister:
         self.stopped: Checkpoint | None = None
         """The checkpoint a stop stored (written by whoever ended the reply first)."""
         self.final: Reply | None = None
+        self.output_schema: OutputSchema | None = None
+        """The structured-output schema the last round's text is validated against."""
         """The last committed reply of this run (the answer after any tool rounds)."""
         self.records: list[Record] = []
         """Every record this run stored, in order."""
@@ -516,15 +531,28 @@ class ReplyPersister:
         assert self.ticket is not None
         if self.fence is not None:
             self.fence()
+        failure: str | None = None
         with self._write, deferred():
             if last and not self._finish():
                 return False
             if not last and self.finished:
                 return False
+            about = self._about(reply)
+            schema = self.output_schema
+            if last and schema is not None:
+                about["schema"] = schema.to_dict()
+                try:
+                    parsed = schema.validate(reply.text)
+                except SchemaFailure as exc:
+                    failure = str(exc)
+                    about["parse_error"] = failure
+                else:
+                    about["parsed"] = _json_safe(schema.dump(parsed))
+                    reply = replace(reply, parsed=parsed)
             try:
                 records = self.store.commit_reply(
                     self.context_id,
-                    reply_drafts(reply, streamed=self._streamed, about=self._about(reply)),
+                    reply_drafts(reply, streamed=self._streamed, about=about),
                     usage=reply.usage,
                     last_response_id=reply.response_id,
                     reply=self.ticket,
@@ -544,6 +572,15 @@ class ReplyPersister:
                 )
             self.final = reply
             self._next_round()
+        if failure is not None:
+            assert schema is not None
+            raise SchemaValidationError(
+                f"the reply is not valid for the schema {schema.name!r} (it is stored as it "
+                f"came; its text is on this error's .text): {failure}",
+                text=reply.text,
+                reply=reply,
+                errors=failure,
+            )
         return True
 
     def _about(self, reply: Reply) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from reactivex import abc
 from .checkpointer import Checkpointer
 from .chunks import Chunk, ChunkKind, Reply, ToolCall
 from .errors import (
+    DeadlineExceeded,
     FirstChunkTimeout,
     IdleTimeout,
     ProviderError,
@@ -209,6 +210,16 @@ class Run:
             f"no chunk within {limit:g} s of sending the request (Timeouts.first_chunk); "
             "allow longer if the model is slow to start",
             seconds=limit,
+        )
+
+    def deadline_passed(self) -> DeadlineExceeded:
+        """The error for a reply still running when ``timeouts.deadline`` passed."""
+        seconds = self.timeouts.deadline
+        assert seconds is not None
+        return DeadlineExceeded(
+            f"the reply took longer than its deadline of {seconds:g} s; what was delivered "
+            "is saved as a checkpoint: resume it, or allow a longer deadline",
+            seconds=seconds,
         )
 
     def hooks_failed(self, error: BaseException) -> BaseException:

@@ -304,6 +304,8 @@ class _SyncDriver:
             raise _Cancelled  # disposed by the subscriber's own on_next (take(n), say)
 
     user_raised = False
+    due: float | None = None
+    """When the reply's deadline passes (on :meth:`clock`), if it has one."""
 
     def _advance(self) -> float | None:
         """Run rounds until the run ends (None) or the current round should be sent again."""
@@ -311,13 +313,15 @@ class _SyncDriver:
         persister = run.persister
         hooks = run.hooks
         timeouts = run.timeouts
-        timed = timeouts.first_chunk is not None or timeouts.idle is not None
+        timed = timeouts.timed
         deliver = self._deliver
         it: Iterator[Chunk] | None = None
         delivered = False
         try:
             if not self.started:
                 self.started = True
+                if timeouts.deadline is not None:
+                    self.due = self.clock() + timeouts.deadline
                 run.open()
                 for hook in hooks:
                     if hook.on_start is not None:
@@ -327,6 +331,8 @@ class _SyncDriver:
                     self.request = run.request(self.rounds)
                     self.attempt = 0
                 request = self.request
+                if self.due is not None and self.clock() >= self.due:
+                    raise run.deadline_passed()
                 self.attempt += 1
                 run.requests.append(request)
                 delivered = False
@@ -348,6 +354,8 @@ class _SyncDriver:
                             break
                         if self.flag.disposed or self.watch.is_stopped:
                             raise _Cancelled
+                        if self.due is not None and self.clock() > self.due:
+                            raise run.deadline_passed()
                         if limit is not None and self.clock() - asked > limit:
                             raise run.timeout(delivered, limit)
                         for hook in hooks:
@@ -388,6 +396,8 @@ class _SyncDriver:
                     close_chunks(it)
                     it = None
                 delay = run.retry_delay(error, self.attempt)
+                if delay is not None and self.due is not None and self.clock() + delay >= self.due:
+                    delay = None  # the deadline would pass during the wait
                 if delay is not None:
                     return delay
             self.observer.on_error(run.fail(error))  # type: ignore[arg-type]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import replace
+from typing import Any, Unpack
 
 from reactivex import Observable, abc
 
@@ -18,6 +19,7 @@ from .heartbeat import heartbeat_for, request_stop
 from .history import HistoryCache, answered_again, request_history
 from .interop import fork_context, import_context
 from .operators import Middleware
+from .options import NO_OPTIONS, CallKeywords, CallOptions, check_options
 from .persist import ReplyPersister
 from .providers.base import Model, Request, ResumeCursor
 from .records import Checkpoint, Context, ContextStats, Record, RecordType, TokenUsage
@@ -441,11 +443,22 @@ class ContextWindow:
         disable_tools: bool,
         resume: int | None = None,
         reply_id: str | None = None,
+        options: CallOptions = NO_OPTIONS,
     ) -> Run:
         model = self._require_model()
         store = self._store
         context_id = self._context.id
         tools = () if disable_tools else tuple(self._tools.list())
+        check_options(model, options, [t.name for t in tools])
+        if not tools and options.tool_choice in ("auto", "none"):
+            # Nothing to choose from: APIs refuse a tool_choice sent without tools.
+            options = replace(options, tool_choice=None)
+        # tool_choice asks for the first request only: forcing a tool on every round would
+        # loop until max_tool_rounds.
+        later = replace(options, tool_choice=None) if options.tool_choice else options
+        timeouts = self.timeouts
+        if options.deadline is not None:
+            timeouts = replace(timeouts, deadline=options.deadline)
 
         threads = bool(getattr(model, "supports_previous_response_id", False))
         # A model that can resume natively notes where its streams stand in a cursor the
@@ -462,6 +475,7 @@ class ContextWindow:
             cursor=cursor,
             model_name=model.name,
         )
+        persister.output_schema = options.schema
 
         history = self._history(context_id)
 
@@ -469,6 +483,7 @@ class ContextWindow:
             records = request_history(
                 store, context_id, upto=persister.pos, reply_id=persister.reply_id, cache=history
             )
+            call = options if round_ == 0 else later
             resume = persister.resuming
             if resume is not None and resume.text:
                 # The partial reply goes back as an assistant turn plus a continuation
@@ -479,8 +494,8 @@ class ContextWindow:
                     Record.unsaved(context_id, RecordType.MODEL_RESP, resume.text),
                     Record.unsaved(context_id, RecordType.PROMPT, CONTINUE_PROMPT),
                 ]
-                return Request(records=records, tools=tools, cursor=cursor)
-            full = Request(records=records, tools=tools, cursor=cursor)
+                return Request(records=records, tools=tools, cursor=cursor, call=call)
+            full = Request(records=records, tools=tools, cursor=cursor, call=call)
             if threads:
                 ctx = store.get_context(context_id)
                 if ctx.use_server_side_threading and validate_chain(ctx, records)[0]:
@@ -490,6 +505,7 @@ class ContextWindow:
                         previous_response_id=ctx.last_response_id,
                         fallback=full,
                         cursor=cursor,
+                        call=call,
                     )
             return full
 
@@ -503,7 +519,7 @@ class ContextWindow:
             max_tool_rounds=self.max_tool_rounds,
             streaming=streaming,
             retry=self.retry,
-            timeouts=self.timeouts,
+            timeouts=timeouts,
             scheduler=self.scheduler,
             checkpointer=checkpointer_for(store, every, self.scheduler) if every else None,
             tool_approval=self.tool_approval,
@@ -517,6 +533,15 @@ class ContextWindow:
             cache = self._histories[context_id] = HistoryCache(self._store, context_id)
         return cache
 
+    def _options(self, disable_tools: bool, keywords: CallKeywords) -> CallOptions:
+        """The call's options, checked against the model and the tools now (not when
+        subscribed), so a bad one fails before anything is sent or stored."""
+        model = self._require_model()
+        options = CallOptions.make(**keywords) if keywords else NO_OPTIONS
+        tools = [] if disable_tools else [t.name for t in self._tools.list()]
+        check_options(model, options, tools)
+        return options
+
     @staticmethod
     def _split(operators: Sequence[Any]) -> tuple[list[Middleware], list[Any]]:
         hooks = [op for op in operators if isinstance(op, Middleware)]
@@ -529,6 +554,7 @@ class ContextWindow:
         reply_id: str | None = None,
         disable_tools: bool = False,
         stream: bool = True,
+        **options: Unpack[CallKeywords],
     ) -> Observable[Chunk]:
         """A cold Observable of the model's reply to the live records.
 
@@ -542,12 +568,27 @@ class ContextWindow:
         :func:`~rxcontext.operators.middleware` operators given here run inside, before the
         persister; any other operators are applied to the output with ``pipe``.
         ``stream=False`` uses the provider's non-streaming API (same chunks, one burst).
+
+        Per-call options (keywords; the model's own settings stay the defaults):
+        ``temperature``, ``max_output_tokens``, ``tool_choice`` (``"auto"``, ``"none"``,
+        ``"required"`` or a tool's name; first request only), ``stop`` (a string or a
+        list), ``extra`` (more SDK keyword arguments), ``deadline`` (seconds for the whole
+        reply: :class:`~rxcontext.DeadlineExceeded` and a checkpoint when it passes) and
+        ``schema`` (a pydantic model class or a JSON-schema dict: the provider's native
+        structured output; the validated object is ``Reply.parsed``, a reply that does not
+        validate is stored and raises :class:`~rxcontext.SchemaValidationError`). An option
+        the provider has no parameter for raises :class:`~rxcontext.UnsupportedOption`
+        before anything is sent.
         """
-        self._require_model()
+        opts = self._options(disable_tools, options)
         hooks, rest = self._split(operators)
         obs = run_observable(
             lambda: self._run(
-                hooks, streaming=stream, disable_tools=disable_tools, reply_id=reply_id
+                hooks,
+                streaming=stream,
+                disable_tools=disable_tools,
+                reply_id=reply_id,
+                options=opts,
             ),
             self.scheduler,
         )
@@ -559,12 +600,17 @@ class ContextWindow:
         reply_id: str | None = None,
         disable_tools: bool = False,
         stream: bool = True,
+        **options: Unpack[CallKeywords],
     ) -> Reply:
         """Run one reply (with any tool rounds) to the end on this thread; return the final reply.
 
-        Raises :class:`~rxcontext.StreamInterrupted` (checkpoint saved) if it fails.
+        Raises :class:`~rxcontext.StreamInterrupted` (checkpoint saved) if it fails. Takes
+        the per-call options of :meth:`stream` (``cw.call(schema=Person).parsed``).
         """
-        run = self._run(hooks, streaming=stream, disable_tools=disable_tools, reply_id=reply_id)
+        opts = self._options(disable_tools, options)
+        run = self._run(
+            hooks, streaming=stream, disable_tools=disable_tools, reply_id=reply_id, options=opts
+        )
         return _call(run)
 
     def astream(
@@ -573,6 +619,7 @@ class ContextWindow:
         reply_id: str | None = None,
         disable_tools: bool = False,
         stream: bool = True,
+        **options: Unpack[CallKeywords],
     ) -> AsyncGenerator[Chunk, None]:
         """The asyncio twin of :meth:`stream`: ``async for chunk in cw.astream(): ...``.
 
@@ -580,9 +627,17 @@ class ContextWindow:
         the store; the reply begins when the iteration starts. Close it early with
         ``contextlib.aclosing`` (or cancel the task) and the checkpoint is saved (before the
         cancellation reaches whoever awaits the task) and the provider stream closed.
+        Takes the per-call options of :meth:`stream`.
         """
+        opts = self._options(disable_tools, options)
         return run_async(
-            self._run(hooks, streaming=stream, disable_tools=disable_tools, reply_id=reply_id)
+            self._run(
+                hooks,
+                streaming=stream,
+                disable_tools=disable_tools,
+                reply_id=reply_id,
+                options=opts,
+            )
         )
 
     async def acall(
@@ -591,9 +646,13 @@ class ContextWindow:
         reply_id: str | None = None,
         disable_tools: bool = False,
         stream: bool = True,
+        **options: Unpack[CallKeywords],
     ) -> Reply:
-        """The asyncio twin of :meth:`call`."""
-        run = self._run(hooks, streaming=stream, disable_tools=disable_tools, reply_id=reply_id)
+        """The asyncio twin of :meth:`call` (same per-call options)."""
+        opts = self._options(disable_tools, options)
+        run = self._run(
+            hooks, streaming=stream, disable_tools=disable_tools, reply_id=reply_id, options=opts
+        )
         async for _ in run_async(run):
             pass
         assert run.persister.final is not None
@@ -690,7 +749,11 @@ class ContextWindow:
         return record
 
     def resume(
-        self, checkpoint_id: int, *operators: Any, disable_tools: bool = False
+        self,
+        checkpoint_id: int,
+        *operators: Any,
+        disable_tools: bool = False,
+        **options: Unpack[CallKeywords],
     ) -> Observable[Chunk]:
         """Continue an interrupted reply: emits the continuation's chunks.
 
@@ -704,8 +767,10 @@ class ContextWindow:
         instruction to continue (no assistant prefill). A resume that fails is interrupted
         again (its claim released at once), and can be resumed again. A reply whose prompt
         was answered again by a later reply (a retry) gives
-        :class:`~rxcontext.ReplySuperseded`: discard it.
+        :class:`~rxcontext.ReplySuperseded`: discard it. Takes the per-call options of
+        :meth:`stream` (with ``schema``, the joined text is what is validated).
         """
+        opts = self._options(disable_tools, options)
         self._resumable(checkpoint_id)
         hooks, rest = self._split(operators)
         obs = run_observable(
@@ -714,28 +779,51 @@ class ContextWindow:
                 streaming=True,
                 disable_tools=disable_tools,
                 resume=checkpoint_id,
+                options=opts,
             ),
             self.scheduler,
         )
         return obs.pipe(*rest) if rest else obs
 
     def resume_call(
-        self, checkpoint_id: int, *hooks: Middleware, disable_tools: bool = False
+        self,
+        checkpoint_id: int,
+        *hooks: Middleware,
+        disable_tools: bool = False,
+        **options: Unpack[CallKeywords],
     ) -> Reply:
         """:meth:`resume` to the end on this thread; returns the full (joined) reply."""
+        opts = self._options(disable_tools, options)
         self._resumable(checkpoint_id)
         return _call(
-            self._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint_id)
+            self._run(
+                hooks,
+                streaming=True,
+                disable_tools=disable_tools,
+                resume=checkpoint_id,
+                options=opts,
+            )
         )
 
     def aresume(
-        self, checkpoint_id: int, *hooks: Middleware, disable_tools: bool = False
+        self,
+        checkpoint_id: int,
+        *hooks: Middleware,
+        disable_tools: bool = False,
+        **options: Unpack[CallKeywords],
     ) -> AsyncGenerator[Chunk, None]:
         """The asyncio twin of :meth:`resume`: checks the checkpoint now, claims it when
         the iteration starts (an iterator closed before that leaves it untouched)."""
+        opts = self._options(disable_tools, options)
         self._resumable(checkpoint_id)
         return run_async(
-            self._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint_id)
+            self._run(
+                hooks,
+                streaming=True,
+                disable_tools=disable_tools,
+                resume=checkpoint_id,
+                options=opts,
+            )
         )
 
 

@@ -81,7 +81,21 @@ def test_every_example_is_tested() -> None:
         "03_tools.py",
         "04_asyncio.py",
         "05_webchat.py",
+        "07_structured_output.py",
     ]
+
+
+def test_07_structured_output(tmp_path: Path) -> None:
+    out = run_example("07_structured_output.py", tmp_path)
+    partials = [json.loads(line[9:]) for line in out.splitlines() if line.startswith("partial: ")]
+    assert len(partials) >= 6  # the object grows as its JSON streams
+    assert partials[0] == {"country": "Portugal"}
+    assert [r["name"] for r in partials[-1]["rivers"]] == ["Tagus", "Douro", "Guadiana"]
+    assert "asked for: json_schema Rivers strict: True" in out
+    assert '"length_km": 829}]}' in out.split("stored parsed: ")[1].splitlines()[0]
+    assert "longest: Tagus" in out
+    assert "not valid: 1 validation error for Rivers / rivers.0.length_km" in out
+    assert "stored: True" in out
 
 
 def test_01_subscribe(tmp_path: Path) -> None:
@@ -260,4 +274,19 @@ def test_readme_lifecycle_sample_prints_what_the_readme_says(tmp_path: Path) -> 
     printed = printed[: printed.index("```")]
     script = tmp_path / "lifecycle.py"
     script.write_text(code, encoding="utf-8")
+    assert run_script(script, tmp_path) == printed
+
+
+def test_readme_options_and_structured_samples_print_what_the_readme_says(tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    options = text[text.index("## Per-call options") : text.index("## Structured output")]
+    script = tmp_path / "options.py"
+    script.write_text(code_blocks_in(options, "python")[0], encoding="utf-8")
+    assert run_script(script, tmp_path) == "Tagus 0 5 ('\\n',)\nrefused: tool_choice\n"
+    assert "prints `Tagus 0 5 ('\\n',)` then `refused: tool_choice`" in options
+    section = text[text.index("## Structured output") :]
+    printed = section[section.index("prints\n\n```\n") + len("prints\n\n```\n") :]
+    printed = printed[: printed.index("```")]
+    script = tmp_path / "structured.py"
+    script.write_text(code_blocks_in(section, "python")[0], encoding="utf-8")
     assert run_script(script, tmp_path) == printed

@@ -34,8 +34,52 @@ def register(sub: Any) -> None:
     add_model_options(chat, context_window=True)
     chat.add_argument("--context", "-c", default="default", help="context name (default: default)")
     chat.add_argument("--system", "-s", metavar="TEXT", help="set the context's system prompt")
+    chat.add_argument(
+        "--temperature", type=_non_negative, metavar="T", help="sampling temperature, this call"
+    )
+    chat.add_argument(
+        "--stop",
+        action="append",
+        metavar="TEXT",
+        help="stop the reply at TEXT (repeatable; not on openai-responses)",
+    )
+    chat.add_argument(
+        "--deadline",
+        type=_positive,
+        metavar="SECONDS",
+        help="longest a whole reply may take; past it the reply is cut and kept as a checkpoint",
+    )
     add_common(chat)
     chat.set_defaults(func=run)
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of 0 or more, not {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _non_negative(text)
+    if value == 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, not {text!r}")
+    return value
+
+
+def call_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The per-call options the command line gives (``--temperature``, ``--stop``...)."""
+    options: dict[str, Any] = {}
+    if args.temperature is not None:
+        options["temperature"] = args.temperature
+    if args.stop:
+        options["stop"] = list(args.stop)
+    if args.deadline is not None:
+        options["deadline"] = args.deadline
+    return options
 
 
 def _prompt(args: argparse.Namespace) -> tuple[str | None, bool]:
@@ -69,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         if args.system:
             cw.set_system_prompt(args.system)
         render = renderer(plain_info_to_stderr=not interactive)
-        session = Session(cw, render, args.base_url)
+        session = Session(cw, render, args.base_url, call_options(args))
         if prompt is not None:
             return session.reply(prompt)
         return _interactive(session, store.path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import StreamInterrupted
 from ..records import Checkpoint, RecordType
 from ..window import ContextWindow
@@ -13,10 +15,18 @@ __all__ = ["Session"]
 class Session:
     """One window on the terminal: streams replies and reports how they ended."""
 
-    def __init__(self, cw: ContextWindow, render: Renderer, base_url: str | None) -> None:
+    def __init__(
+        self,
+        cw: ContextWindow,
+        render: Renderer,
+        base_url: str | None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         self.cw = cw
         self.render = render
         self.base_url = base_url
+        self.options = dict(options or {})
+        """Per-call options of every reply and resume (``chat --temperature`` ...)."""
 
     def window(self) -> Window:
         return Window(self.cw.live_tokens(), self.cw.max_tokens)
@@ -28,7 +38,7 @@ class Session:
         record = cw.add_prompt(prompt)
         window = self.window()
         try:
-            stats = self.render.stream(cw.stream(), window=window)
+            stats = self.render.stream(cw.stream(**self.options), window=window)
         except KeyboardInterrupt:
             new = [cp for cp in cw.checkpoints() if cp.id not in before]
             checkpoint = new[-1] if new else None
@@ -53,7 +63,9 @@ class Session:
         window = self.window()
         try:
             stats = self.render.stream(
-                self.cw.resume(checkpoint.id), prefix=checkpoint.text, window=window
+                self.cw.resume(checkpoint.id, **self.options),
+                prefix=checkpoint.text,
+                window=window,
             )
         except KeyboardInterrupt:
             # The driver saved the checkpoint and released the claim: it can be resumed again.

@@ -74,9 +74,24 @@ from ._common import (
     str_field,
     transport_error,
 )
+from ._options import anthropic_options
 from ._sse import SSEDecoder
 from ._stainless import HISTORY, AsyncSplicingClient, SplicingClient
 from .base import Request, reply_from_chunks
+
+try:  # the SDK's own schema transform (what its ``output_format=`` sends)
+    from anthropic.lib._parse._transform import transform_schema as _sdk_transform
+except ImportError:  # pragma: no cover - an SDK without it: send the schema as given
+    _sdk_transform = None  # type: ignore[assignment]
+
+
+def _transform(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` in the subset Anthropic's structured outputs accept (objects closed,
+    unsupported constraints moved into descriptions), by the SDK's own helper."""
+    if _sdk_transform is None:  # pragma: no cover
+        return schema
+    return dict(_sdk_transform(schema))
+
 
 __all__ = ["DEFAULT_MAX_TOKENS", "AnthropicModel", "build_messages"]
 
@@ -108,6 +123,11 @@ class AnthropicModel:
     ``ANTHROPIC_API_KEY`` on first use of that path. ``wire="sdk"`` switches from the fast
     SSE decoder back to the SDK's event models.
     """
+
+    call_options = frozenset(
+        {"temperature", "max_output_tokens", "tool_choice", "stop", "extra", "schema"}
+    )
+    """Per-call options this model sends (see :data:`rxcontext.options.PROVIDER_PARAMETERS`)."""
 
     def __init__(
         self,
@@ -157,6 +177,8 @@ class AnthropicModel:
         if request.tools:
             body["tools"] = [*body.get("tools", ()), *(t.to_anthropic() for t in request.tools)]
         body.update(request.options)
+        body.update(anthropic_options(request.call, _transform, body))
+        body.update(request.call.extra)
         return sdk_kwargs(body)
 
     def _prepared(self, client: _C, request: Request) -> tuple[_C, dict[str, Any]]:

@@ -113,6 +113,7 @@ from ._gemini_request import (
     spliced_client,
     splicing,
 )
+from ._options import gemini_options
 from ._sse import SSEDecoder
 from .base import Request, reply_from_chunks
 
@@ -151,6 +152,11 @@ class GeminiModel:
     use of that path. ``wire="sdk"`` parses the stream with the SDK's own models instead of
     the default fast decoder (same chunks; see the module docstring).
     """
+
+    call_options = frozenset(
+        {"temperature", "max_output_tokens", "tool_choice", "stop", "extra", "schema"}
+    )
+    """Per-call options this model sends (see :data:`rxcontext.options.PROVIDER_PARAMETERS`)."""
 
     def __init__(
         self,
@@ -200,6 +206,7 @@ class GeminiModel:
             declarations = [t.to_gemini() for t in request.tools]
             config["tools"] = [*config.get("tools", ()), {"function_declarations": declarations}]
         config.update(request.options)
+        config.update(gemini_options(request.call))
         config.setdefault("automatic_function_calling", {"disable": True})
         config.setdefault("automatic_continuation", False)
         return types.GenerateContentConfig(**config)

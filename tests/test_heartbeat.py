@@ -373,3 +373,31 @@ def test_stop_while_a_tool_runs(store: Any, path: str) -> None:
     assert types[:2] == [RecordType.PROMPT, RecordType.MODEL_RESP]
     assert RecordType.TOOL_CALL in types  # the round before the stop is stored as it was
     assert [cp.reply_id for cp in cw.checkpoints()] == ["r"]
+
+
+def test_a_stop_hint_is_told_after_the_durable_request(store: Any) -> None:
+    from rxcontext.heartbeat import set_stop_hint
+    from rxcontext.store.owner import worker_id
+
+    told: list[tuple[str, str | None, int | None]] = []
+
+    class Hint:
+        def announce(self, reply_id: str, owner: str | None) -> None:
+            # The request is stored before the hint goes out: a receiver may rely on it.
+            told.append((reply_id, owner, scalar(store, "SELECT stop_epoch FROM checkpoints")))
+            raise ConnectionError("the fast channel is down")  # never fails the stop
+
+    model = PausingModel([T("a")], [DONE])
+    cw = window(store, model)
+    sub = Subscriber()
+    driver = in_thread(lambda: cw.stream(reply_id="r").subscribe(sub))
+    assert model.paused.wait(WAIT)
+    set_stop_hint(store, Hint())
+    try:
+        assert cw.stop("r") is True
+    finally:
+        set_stop_hint(store, None)
+    assert sub.ended.wait(WAIT) and isinstance(sub.error, StreamInterrupted)
+    model.go.set()
+    driver.join(WAIT)
+    assert told == [("r", worker_id(), 1)]

@@ -15,6 +15,7 @@ right after catching ``CancelledError`` finds it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 from reactivex import abc
 
 from .chunks import Chunk, ToolCall
+from .errors import ReplyStopped
 from .persist import ReplyPersister
 from .run import Run, aclose_chunks
 from .tools import ToolResult, areview
@@ -160,6 +162,73 @@ async def _next_within(
         raise
 
 
+class _Stopper:
+    """``cw.stop`` for the asyncio driver: the heartbeat's thread hands the stop to the loop.
+
+    There it looks at what the driver's generator is suspended on, so the hot path keeps no
+    state for it: waiting for the model's next chunk, the read is cancelled and the stop
+    raised in its place; holding a delivered chunk (suspended at ``yield``), the checkpoint
+    is written at once (in a worker thread) and the stop raised when the consumer asks for
+    more; in one of the driver's own steps (a store write, tools, a retry wait) the stop is
+    raised before the next read.
+    """
+
+    __slots__ = ("agen", "cancelled", "loop", "run", "task")
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.agen: AsyncGenerator[Chunk, None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.cancelled = False
+
+    def start(self) -> None:
+        """On the loop, as the driver starts: stops can be taken from here on."""
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.run.on_stop = self.request
+
+    def request(self, error: ReplyStopped) -> None:
+        loop = self.loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: the stream is gone too
+                loop.call_soon_threadsafe(self._on_loop, error)
+
+    def _on_loop(self, error: ReplyStopped) -> None:
+        persister = self.run.persister
+        agen = self.agen
+        if persister.finished or persister.stop is not None or agen is None:
+            return
+        persister.stop = error
+        if getattr(agen, "ag_frame", None) is None:
+            return  # it ended meanwhile
+        awaiting = getattr(agen, "ag_await", None)
+        task = self.task
+        if awaiting is None:  # at ``yield``: the consumer holds a delivered chunk
+            assert self.loop is not None
+            self.loop.run_in_executor(None, persister.stop_now, error)
+        elif (
+            getattr(awaiting, "cr_code", None) not in _OWN_STEPS
+            and task is not None
+            and not task.done()
+        ):  # reading the model
+            self.cancelled = True
+            task.cancel()
+
+    def check(self) -> None:
+        """Raise the stop, if there is one (between two steps of the driver)."""
+        stop = self.run.persister.stop
+        if stop is not None:
+            raise stop
+
+    def reraise(self) -> None:
+        """A cancellation arrived while reading: the stop's own becomes the stop."""
+        if self.cancelled and self.task is not None:
+            self.cancelled = False
+            self.task.uncancel()
+            self.check()
+
+
 def _clock(scheduler: abc.SchedulerBase | None) -> Callable[[], float]:
     """Seconds on the clock the driver's waits use: the scheduler's, or the event loop's."""
     if scheduler is not None:
@@ -171,13 +240,22 @@ class _Expired(Exception):
     """Internal: a timeout of the driver's own (not one the model raised)."""
 
 
-async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
+def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
     """The asyncio driver: the same loop as the Observable's, over the model's async iterator.
 
     Closing the iterator early (``aclose()``, a ``break`` under ``contextlib.aclosing``, a
     cancelled task) saves the checkpoint and closes the provider stream. Retry waits and
-    timeouts use ``run.scheduler``'s clock, or the event loop's.
+    timeouts use ``run.scheduler``'s clock, or the event loop's. ``cw.stop`` ends it with
+    :class:`~rxcontext.StreamInterrupted` (see :class:`_Stopper`).
     """
+    stopper = _Stopper(run)
+    agen = _drive(run, stopper)
+    stopper.agen = agen
+    return agen
+
+
+async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
+    """The body of :func:`run_async`."""
     persister = run.persister
     hooks = run.hooks
     timeouts = run.timeouts
@@ -186,6 +264,7 @@ async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
     due = clock() + timeouts.deadline if timeouts.deadline is not None else None
     it: AsyncIterator[Chunk] | None = None
     unwatch: Callable[[], None] | None = None
+    stopper.start()
     try:
         await off_loop(run.open)
         for hook in hooks:
@@ -205,6 +284,8 @@ async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
                 delivered = False
                 try:
                     while True:
+                        if persister.stop is not None:
+                            stopper.check()
                         limit = timeouts.limit(delivered) if timed else None
                         by_deadline = False
                         if due is not None:
@@ -225,6 +306,9 @@ async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
                             if by_deadline:
                                 raise run.deadline_passed() from None
                             raise run.timeout(delivered, limit) from None
+                        except asyncio.CancelledError:
+                            stopper.reraise()
+                            raise
                         for hook in hooks:
                             hook.chunk(chunk)
                         persister.busy = True
@@ -260,6 +344,7 @@ async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
             run.check_rounds(rounds)
             results = await _run_tools_async(run, calls)
             await off_loop(run.store_results, results)
+            stopper.check()
             for chunk in run.result_chunks(results):
                 for hook in hooks:
                     hook.chunk(chunk)
@@ -280,3 +365,7 @@ async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
         if it is not None:
             await aclose_chunks(it)
         run.close()
+
+
+_OWN_STEPS = frozenset(f.__code__ for f in (off_loop, _sleep, _run_tools_async, aclose_chunks))
+"""What the driver awaits that is not the model: a stop there waits for the step to end."""

@@ -7,8 +7,8 @@ writes. One :class:`Checkpointer` serves every streaming reply of a store with t
 interval: each tick copies the new part of every reply that has one (nothing is done for a
 reply with nothing new) and writes them all in one background transaction that waits for
 another process's lock only briefly — if it cannot write, the text stays pending for the
-next tick and the streams never wait. The same tick renews the leases of this worker's live
-replies (its heartbeat for other hosts).
+next tick and the streams never wait. Leases are renewed by :mod:`rxcontext.heartbeat`,
+which runs whether or not periodic checkpoints do.
 
 Ticks run on a thread of their own, or, when the window's scheduler is virtual (a
 ``TestScheduler``), on that scheduler's clock so tests decide when time passes.
@@ -28,7 +28,6 @@ from reactivex.scheduler import VirtualTimeScheduler
 from .errors import CheckpointNotFound, ContextNotFound, OwnershipLost, StoreClosedError
 from .persist import ReplyPersister
 from .store.base import CheckpointDraft, Store
-from .store.owner import worker_id
 
 __all__ = ["Checkpointer", "checkpointer_for"]
 
@@ -49,7 +48,6 @@ class Checkpointer:
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._timer: abc.DisposableBase | None = None
-        self._renewed = 0.0
         self.ticks = 0
         """How many ticks ran (for tests and benchmarks)."""
 
@@ -140,17 +138,6 @@ class Checkpointer:
                 if written is False:
                     persister.lost = _why_lost(self.store, persister)
                 persister.periodic_done(draft, written)
-        self._renew()
-
-    def _renew(self) -> None:
-        now = time.monotonic()
-        if now - self._renewed < min(1.0, self.store.lease_ttl / 3):
-            return
-        self._renewed = now
-        try:
-            self.store.renew_leases(worker_id())
-        except Exception:
-            _log.debug("lease renewal failed; retrying at the next interval", exc_info=True)
 
 
 def _why_lost(store: Store, persister: ReplyPersister) -> OwnershipLost | ContextNotFound:

@@ -25,6 +25,8 @@ __all__ = [
     "ProviderError",
     "ReplyBusy",
     "ReplyExists",
+    "ReplyNotFound",
+    "ReplyStopped",
     "ReplySuperseded",
     "RxContextError",
     "SchemaError",
@@ -120,6 +122,19 @@ class OwnershipLost(RxContextError):
 
     Raised to the subscriber of a stream whose process lost its claim (for example after a
     long pause): the new owner's text stands, this one's writes were refused.
+    """
+
+
+class ReplyNotFound(RxContextError, LookupError):
+    """No reply with that ``reply_id`` was ever begun in this store (``cw.stop``)."""
+
+
+class ReplyStopped(RxContextError):
+    """The reply was stopped with ``cw.stop(reply_id)`` (from this process or another one).
+
+    The ``__cause__`` of the :class:`StreamInterrupted` its owner's subscriber gets: the
+    checkpoint holds exactly what that subscriber received, and the reply can be resumed,
+    kept or discarded like any interrupted one.
     """
 
 

@@ -235,6 +235,13 @@ class ReplyPersister:
         """Set by the timer when the driver must act at its next chunk (flush, or stop)."""
         self.lost: RxContextError | None = None
         """Why this reply can no longer be written (taken over, or its context deleted)."""
+        self.fence: Callable[[], None] | None = None
+        """Called before each commit; raises if this process may have lost the reply (the
+        heartbeat's self-fencing, :mod:`rxcontext.heartbeat`)."""
+        self.stop: RxContextError | None = None
+        """Set when the reply was asked to stop (``cw.stop``); its driver ends it."""
+        self.stopped: Checkpoint | None = None
+        """The checkpoint a stop stored (written by whoever ended the reply first)."""
         self.final: Reply | None = None
         self.output_schema: OutputSchema | None = None
         """The structured-output schema the last round's text is validated against."""
@@ -391,6 +398,8 @@ class ReplyPersister:
         self.attention = False
         if self.lost is not None:
             raise self.lost
+        if self.stop is not None and not self.finished:
+            raise self.stop
         if not self._write.acquire(blocking=False):
             return  # the timer (or a final write) is writing: it will be asked again
         try:
@@ -456,8 +465,32 @@ class ReplyPersister:
         was nothing left to interrupt (the reply had been stored, or taken over)."""
         checkpoint = self.interrupt(error)
         if checkpoint is None:
+            if error is self.stop and self.stop is not None and self.lost is None:
+                stopped = self.stopped or self._stored()
+                if stopped is not None:
+                    return StreamInterrupted(stopped)
             return self.lost if self.lost is not None else error
+        if error is self.stop:
+            self.stopped = checkpoint
         return StreamInterrupted(checkpoint)
+
+    def stop_now(self, error: RxContextError) -> Checkpoint | None:
+        """Stored as stopped now, from another thread (the driver delivers nothing more):
+        the checkpoint, or None if the reply had ended already."""
+        checkpoint = self.interrupt(error)
+        if checkpoint is not None:
+            self.stopped = checkpoint
+        return checkpoint
+
+    def _stored(self) -> Checkpoint | None:
+        """The reply's row as stored (a stop written by another thread a moment ago)."""
+        if self.ticket is None:
+            return None
+        try:
+            checkpoint = self.store.get_checkpoint(self.ticket.checkpoint_id)
+        except RxContextError:
+            return None
+        return checkpoint if checkpoint.state is ReplyState.INTERRUPTED else None
 
     @property
     def resuming(self) -> Checkpoint | None:
@@ -513,6 +546,8 @@ class ReplyPersister:
         took it over.
         """
         assert self.ticket is not None
+        if self.fence is not None:
+            self.fence()
         failure: str | None = None
         with self._write, deferred():
             if last and not self._finish():

@@ -5,6 +5,7 @@ sync driver (:mod:`.streaming`) and the asyncio one (:mod:`.astreaming`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -18,10 +19,12 @@ from .errors import (
     FirstChunkTimeout,
     IdleTimeout,
     ProviderError,
+    ReplyStopped,
     StoreError,
     StreamTimeout,
     ToolLoopLimit,
 )
+from .heartbeat import Heartbeat
 from .operators import Middleware
 from .persist import ReplyPersister, describe_error
 from .providers.base import Model, Request
@@ -114,6 +117,11 @@ class Run:
     checkpointer: Checkpointer | None = None
     tool_approval: ToolApproval | None = None
     """Sees each complete tool call before its tool runs (:data:`.tools.ToolApproval`)."""
+    heartbeat: Heartbeat | None = None
+    """Keeps the reply's lease and delivers stop requests (:mod:`.heartbeat`)."""
+    on_stop: Callable[[ReplyStopped], None] | None = None
+    """How the driver ends the reply when it is asked to stop (set by the driver)."""
+
     trace: ReplyTrace | None = None
     """The reply's tracing span (:mod:`rxcontext.tracing`): tool runs are its children."""
 
@@ -138,15 +146,28 @@ class Run:
         return got[0]
 
     def open(self) -> None:
-        """Begin the reply (its row, its position) and start its periodic checkpoints."""
+        """Begin the reply (its row, its position), start its periodic checkpoints and
+        its heartbeat."""
+        began = time.monotonic()  # the lease runs from before the row was written
         self.persister.begin()
         if self.checkpointer is not None:
             self.checkpointer.register(self.persister)
+        if self.heartbeat is not None:
+            self.heartbeat.register(self.persister, self._stop, since=began)
+
+    def _stop(self, error: ReplyStopped) -> None:
+        if self.on_stop is not None:
+            self.on_stop(error)
+        else:  # no driver hook: it stops at its next chunk
+            self.persister.stop = error
+            self.persister.attention = True
 
     def close(self) -> None:
-        """Stop the reply's periodic checkpoints (idempotent)."""
+        """Stop the reply's periodic checkpoints and its heartbeat (idempotent)."""
         if self.checkpointer is not None:
             self.checkpointer.unregister(self.persister)
+        if self.heartbeat is not None:
+            self.heartbeat.unregister(self.persister)
 
     def calls_to_run(self, reply: Reply) -> tuple[ToolCall, ...]:
         """Tool calls the window answers itself (none when it has no tools)."""

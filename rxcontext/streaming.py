@@ -42,6 +42,7 @@ from reactivex.scheduler import (
 
 from ._signals import HandOver
 from .chunks import Chunk, ToolCall
+from .errors import ReplyStopped, StreamInterrupted
 from .providers.base import Request
 from .run import Run, abefore_first_chunk, before_first_chunk, close_chunks, reply_chunks
 from .tools import ToolResult, review
@@ -74,6 +75,10 @@ class _Flag:
         self._event.set()
         if self.on_dispose is not None:
             self.on_dispose()
+
+    def wake(self) -> None:
+        """Wake a blocking wait (after ``disposed`` was set without a dispose)."""
+        self._event.set()
 
     def wait(self, seconds: float) -> bool:
         """Block up to ``seconds``; True if the subscription was disposed meanwhile."""
@@ -166,6 +171,7 @@ class _SyncDriver:
         self.timer: abc.DisposableBase | None = None
         self.guard = HandOver()
         flag.on_dispose = self._on_dispose
+        run.on_stop = self._on_stop
 
     def clock(self) -> float:
         if isinstance(self.time, VirtualTimeScheduler):
@@ -193,10 +199,10 @@ class _SyncDriver:
                         self.waiting = True
                         self.timer = sched.schedule_relative(delay, self._wake)
                         return
-                self.run.persister.interrupt(None)
+                self._cancelled()
                 return
             if not self._block(delay):
-                self.run.persister.interrupt(None)
+                self._cancelled()
                 return
 
     def _block(self, delay: float) -> bool:
@@ -213,6 +219,9 @@ class _SyncDriver:
                 return
             self.waiting = False
             self.timer = None
+        if self.run.persister.stop is not None:
+            self._cancelled()  # stopped while waiting to send again
+            return
         self.start()
 
     def _on_dispose(self) -> None:
@@ -225,6 +234,41 @@ class _SyncDriver:
         persister.cancel_from_elsewhere()
         if persister.finished:
             self.run.close()
+
+    def _on_stop(self, error: ReplyStopped) -> None:
+        """``cw.stop``, on the heartbeat's thread: no chunk is delivered from now on; the
+        checkpoint is written and the subscriber told at once unless the driver is
+        delivering a chunk (then it does both right after that chunk)."""
+        persister = self.run.persister
+        persister.stop = error
+        self.flag.disposed = True  # before looking at busy, as a dispose does
+        with persister._claim:
+            persister._claimed = True
+            busy = persister.busy
+            persister._claimed = False
+        if not busy:
+            self._end_stopped()
+        self.flag.wake()
+
+    def _end_stopped(self) -> None:
+        """End a stopped reply: whoever writes its checkpoint first tells the subscriber."""
+        run = self.run
+        persister = run.persister
+        assert persister.stop is not None
+        checkpoint = persister.stop_now(persister.stop)
+        if checkpoint is None:
+            return  # ended already (completed, or the other party got there first)
+        failure = StreamInterrupted(checkpoint)
+        failure.__cause__ = run.hooks_failed(persister.stop)
+        run.close()
+        self.observer.on_error(failure)
+
+    def _cancelled(self, error: BaseException | None = None) -> None:
+        """The subscription ended from outside: a dispose (checkpoint, no message) or a stop."""
+        if self.run.persister.stop is not None:
+            self._end_stopped()
+        else:
+            self.run.persister.interrupt(error)
 
     def _deliver(self, chunk: Chunk, fold: bool = True) -> None:
         """Hand ``chunk`` to the subscriber if it still wants it; then fold it in."""
@@ -336,14 +380,14 @@ class _SyncDriver:
                 if hook.on_complete is not None:
                     hook.on_complete()
         except _Cancelled:
-            persister.interrupt(None)
+            self._cancelled()
             return None
         except Exception as error:
             if self.user_raised:
                 persister.stopped_by_user_code()
                 raise
             if self.flag.disposed or self.watch.is_stopped:
-                persister.interrupt(error)
+                self._cancelled(error)
                 return None
             if self.request is not None and not delivered:
                 if it is not None:

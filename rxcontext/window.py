@@ -17,6 +17,7 @@ from .chain import new_input, validate_chain
 from .checkpointer import checkpointer_for
 from .chunks import Chunk, Reply
 from .errors import CheckpointNotFound, ReplySuperseded, RxContextError
+from .heartbeat import heartbeat_for, request_stop
 from .history import HistoryCache, answered_again, request_history
 from .interop import fork_context, import_context
 from .operators import Middleware
@@ -563,6 +564,7 @@ class ContextWindow:
             checkpointer=checkpointer_for(store, every, self.scheduler) if every else None,
             tool_approval=self.tool_approval,
             trace=trace,
+            heartbeat=heartbeat_for(store),
         )
 
     def _check_budget(self, budget: Budget, model: Model) -> None:
@@ -731,6 +733,24 @@ class ContextWindow:
         """Replies being generated right now in the current context (``STREAMING``, or
         ``RESUMING``), by this process or any other; they cannot be resumed meanwhile."""
         return self._store.active_replies(self._context.id)
+
+    def stop(self, reply_id: str) -> bool:
+        """Stop reply ``reply_id`` wherever it is generated (this process or another one
+        sharing the store): its owner ends the stream within about a second, stores the
+        checkpoint of exactly what its subscriber received (``INTERRUPTED``: resume, keep
+        or discard it) and gives its subscriber :class:`~rxcontext.StreamInterrupted` whose
+        ``__cause__`` is :class:`~rxcontext.ReplyStopped`.
+
+        Returns True once the request is stored; False, changing nothing, if the reply is
+        not running (completed, already interrupted or settled, or its owner died — a
+        stop that arrives as the reply completes finds it completed). Raises
+        :class:`~rxcontext.ReplyNotFound` for a reply id this store never saw.
+        """
+        return request_stop(self._store, reply_id)
+
+    async def astop(self, reply_id: str) -> bool:
+        """The asyncio twin of :meth:`stop` (the store is written off the event loop)."""
+        return await off_loop(request_stop, self._store, reply_id)
 
     def _own(self, checkpoint_id: int) -> Checkpoint:
         checkpoint = self._store.get_checkpoint(checkpoint_id)

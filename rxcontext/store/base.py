@@ -14,7 +14,7 @@ another worker has claimed the reply, the old writer's writes change nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -235,6 +235,27 @@ class Store(Protocol):
 
     def renew_leases(self, owner: str) -> None:
         """Extend the leases of every live reply ``owner`` holds (its heartbeat)."""
+        ...
+
+    def renew_replies(self, tickets: Sequence[ReplyTicket]) -> list[bool] | None:
+        """Extend the lease of each reply whose ticket still owns it (same epoch, live), by
+        ``lease_ttl`` from now: per ticket, False if it lost the reply. None, renewing
+        nothing, when the database cannot be written without waiting (try again soon)."""
+        ...
+
+    def request_stop(self, reply_id: str) -> bool:
+        """Ask whoever generates reply ``reply_id`` to stop it (durably, for the run of the
+        current epoch only). False, changing nothing, if the reply is not running (stored,
+        interrupted, settled, or its owner is gone); :class:`~rxcontext.ReplyNotFound` if
+        no reply of that id was ever begun here."""
+        ...
+
+    def stop_requests(self, tickets: Sequence[ReplyTicket]) -> list[int]:
+        """The checkpoint ids of the ``tickets`` whose run was asked to stop."""
+        ...
+
+    def on_close(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` once when :meth:`close` is called, before the connections go."""
         ...
 
     def get_checkpoint(self, checkpoint_id: int) -> Checkpoint: ...

@@ -222,6 +222,13 @@ def m008_attachments(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m009_stop_requests(db: sqlite3.Connection) -> None:
+    """``cw.stop(reply_id)`` from any process: the epoch of the run asked to stop (a claim
+    moves the epoch on, so a resumed reply is never stopped by an older request)."""
+    db.execute("ALTER TABLE checkpoints ADD COLUMN stop_epoch INTEGER")
+
+
 _CONTEXTWINDOW_TABLES = {"contexts", "records", "context_tools"}
 _CONTEXTWINDOW_COLUMNS = {
     "contexts": {"id", "name", "start_time"},

@@ -2,18 +2,20 @@
 
 A worker id is ``host:pid:start`` where ``start`` is the process's start time (from
 ``/proc``; a random token where there is none), so a pid reused by a later process is not
-taken for the dead one. Same host: the process table answers at once. Another host: only
-the reply's lease (renewed by its owner's heartbeat) can tell.
+taken for the dead one. Same host: the process table tells a dead owner at once. Any host:
+an owner whose lease (renewed by its heartbeat, :mod:`rxcontext.heartbeat`) ran out is
+presumed dead, even if its process still exists (stopped, starved, cut off).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import uuid
 from datetime import datetime
 
-__all__ = ["owner_alive", "worker_id"]
+__all__ = ["check_lease_ttl", "owner_alive", "worker_id"]
 
 _HOST = socket.gethostname()
 _ids: dict[int, str] = {}
@@ -28,6 +30,15 @@ def _start_time(pid: int) -> str | None:
     # Field 22 (starttime), counted after the command name, which may hold spaces.
     fields = stat[stat.rfind(b")") + 2 :].split()
     return fields[19].decode() if len(fields) > 19 else None
+
+
+def check_lease_ttl(value: object) -> float:
+    """``value`` as a lease length in seconds, or ``ValueError``/``TypeError`` saying why not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"lease_ttl must be a number of seconds, not {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"lease_ttl must be a positive, finite number of seconds, not {value!r}")
+    return float(value)
 
 
 def worker_id() -> str:
@@ -45,11 +56,17 @@ def owner_alive(owner: str | None, lease_until: datetime | None, now: datetime) 
         return False
     host, _, rest = owner.partition(":")
     pid_text, _, start = rest.partition(":")
+    leased = lease_until is not None and lease_until > now
     if host != _HOST or not pid_text.isdigit():
-        return lease_until is not None and lease_until > now
-    pid = int(pid_text)
+        return leased
     if owner == worker_id():
         return True
+    # On this host a dead process is seen at once; a live one still needs its lease (a
+    # process stopped or starved past its lease is taken over as one on another host is).
+    return leased and _running(int(pid_text), start)
+
+
+def _running(pid: int, start: str) -> bool:
     actual = _start_time(pid)
     if actual is not None:
         return actual == start

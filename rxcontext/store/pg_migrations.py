@@ -187,6 +187,13 @@ def m003_attachments(conn: psycopg.Connection[Any]) -> None:
     )
 
 
+@migration
+def m004_stop_requests(conn: psycopg.Connection[Any]) -> None:
+    """``cw.stop(reply_id)`` from any worker: the epoch of the run asked to stop (a claim
+    moves the epoch on, so a resumed reply is never stopped by an older request)."""
+    conn.execute("ALTER TABLE checkpoints ADD COLUMN stop_epoch integer")
+
+
 def _locked(conn: psycopg.Connection[Any]) -> set[str]:
     """Take the schema lock (inside the caller's transaction) and return the applied steps."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))

@@ -39,7 +39,9 @@ from . import _pg_rows as rows
 from ._export import export_attachments, with_blobs
 from ._pg_rows import Draft, insert_records, live_tokens_of, lock_context, retire
 from .base import RecordDraft
+from .owner import check_lease_ttl
 from .pg_codec import dec, enc, enc_opt
+from .pg_leases import PostgresLeases
 from .pg_migrations import migrate
 from .pg_replies import PostgresReplies
 from .pg_run import Conn, Runner, Stored, connect_with_retry, first_line, redact
@@ -61,7 +63,7 @@ def _settle_one(conn: Conn, ambiguous: bool, commit_id: str) -> None:
             raise Stored(done[0])
 
 
-class PostgresStore(PostgresReplies):
+class PostgresStore(PostgresReplies, PostgresLeases):
     """The PostgreSQL implementation of :class:`~rxcontext.store.base.Store`.
 
     Open one with :func:`rxcontext.open` and a ``postgresql://`` URL. ``pool_size`` caps
@@ -82,13 +84,12 @@ class PostgresStore(PostgresReplies):
     ) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
-        if lease_ttl <= 0:
-            raise ValueError("lease_ttl must be positive")
         scheme, sep, rest = url.partition("://")
         if sep and scheme.lower() in ("postgresql", "postgres"):
             url = scheme.lower() + sep + rest  # libpq knows the scheme in lower case only
         self.url = redact(url)  # never the password
-        self.lease_ttl = lease_ttl
+        self.lease_ttl = check_lease_ttl(lease_ttl)
+        self._close_hooks: list[Callable[[], None]] = []
         kwargs: dict[str, Any] = {
             "autocommit": True,
             "prepare_threshold": None,  # PgBouncer transaction mode has no prepared statements
@@ -136,7 +137,8 @@ class PostgresStore(PostgresReplies):
         return self._runner.closed
 
     def close(self) -> None:
-        """Close the pool (idempotent)."""
+        """Close the pool (idempotent); this store's heartbeat stops first."""
+        self._run_close_hooks()
         self._runner.close()
 
     def __enter__(self) -> PostgresStore:

@@ -42,6 +42,8 @@ from . import _sqlite_rows as rows
 from ._export import export_attachments, with_blobs
 from .base import RecordDraft
 from .migrations import migrate, pending
+from .owner import check_lease_ttl
+from .sqlite_leases import SQLiteLeases
 from .sqlite_replies import SQLiteReplies
 
 __all__ = ["SQLiteStore", "open_store"]
@@ -102,7 +104,7 @@ def _open_error(path: str, exc: sqlite3.Error) -> StoreError:
     return StoreError(f"cannot open {path!r}: {msg}")
 
 
-class SQLiteStore(SQLiteReplies):
+class SQLiteStore(SQLiteReplies, SQLiteLeases):
     """The SQLite implementation of :class:`~rxcontext.store.base.Store`.
 
     Open one with :func:`rxcontext.open`. ``":memory:"`` gives a private in-memory database.
@@ -122,7 +124,8 @@ class SQLiteStore(SQLiteReplies):
         self.path = os.fspath(path)
         self.clock = clock
         """Wall clock for timestamps and leases (never for order)."""
-        self.lease_ttl = lease_ttl
+        self.lease_ttl = check_lease_ttl(lease_ttl)
+        self._close_hooks: list[Callable[[], None]] = []
         self.busy_timeout = busy_timeout
         self._memory = self.path == ":memory:" or self.path.startswith("file::memory:")
         if not self._memory:
@@ -168,7 +171,8 @@ class SQLiteStore(SQLiteReplies):
         return self._conn is None
 
     def close(self) -> None:
-        """Close the connections (idempotent)."""
+        """Close the connections (idempotent); this store's heartbeat stops first."""
+        self._run_close_hooks()
         with self._lock:
             with self._bg_lock:
                 if self._bg_conn is not None:

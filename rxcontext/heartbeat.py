@@ -1,0 +1,312 @@
+"""The heartbeat: one timer thread per store that keeps this process's replies its own.
+
+Every reply this process generates holds a lease in the store (``lease_ttl`` seconds, see
+``rxcontext.open(..., lease_ttl=5.0)``). A reply whose lease ran out reads as
+``INTERRUPTED`` for every worker, and any worker can claim it (the claim moves the reply's
+epoch on, which fences the old owner: its writes change nothing, its commit is refused).
+So the owner must renew its leases whatever its streams do — a model that reasons in
+silence for a minute sends no chunk — and that is this module's job:
+
+* one daemon thread per store (per process), started when the first reply begins and
+  ended when the last one ends or the store closes (``store.close()`` waits for it);
+* every ``lease_ttl / 3`` it renews the leases of every reply it serves in one write; a
+  reply the store says this process no longer owns (claimed elsewhere, its context
+  deleted) is marked lost: its driver raises :class:`~rxcontext.OwnershipLost` to the
+  subscriber at its next chunk or commit;
+* self-fencing: a reply whose lease this process could not renew for ``lease_ttl`` by its
+  own monotonic clock (it was stopped with SIGSTOP, starved, cut off from the database) is
+  presumed taken over and marked lost too — also checked right before each commit, so a
+  process that wakes up from a long pause never commits before noticing;
+* every 0.25 s (at most; ``lease_ttl / 3`` if shorter) while it serves replies it asks
+  the store which of them were asked to stop (``cw.stop(reply_id)`` from any process) and
+  stops them through their drivers: the subscriber gets
+  :class:`~rxcontext.StreamInterrupted` (``__cause__``: :class:`~rxcontext.ReplyStopped`)
+  and the checkpoint holds exactly what it received.
+
+A faster channel for stop requests (Redis pub/sub, say) plugs in with
+:func:`set_stop_hint`: :meth:`ContextWindow.stop` calls the hint after the durable request,
+and whatever receives the hint on the owner's side calls :meth:`Heartbeat.poke` to make the
+owner look at once instead of at its next poll. The store stays the source of truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .checkpointer import _why_lost
+from .errors import OwnershipLost, ReplyStopped, RxContextError, StoreClosedError
+from .persist import ReplyPersister
+from .store.base import ReplyTicket, Store
+
+__all__ = ["Heartbeat", "StopHint", "heartbeat_for", "request_stop", "set_stop_hint", "stop_hint"]
+
+_log = logging.getLogger("rxcontext.heartbeat")
+
+STOP_POLL = 0.25
+"""The longest time between two looks for stop requests while replies are served."""
+
+OnStop = Callable[[ReplyStopped], None]
+
+
+class StopHint(Protocol):
+    """A fast, best-effort channel for stop requests (the store's request is the durable one).
+
+    :meth:`announce` is called by :meth:`ContextWindow.stop` right after the request was
+    stored; the receiving side of the channel, in the owner's process, calls
+    :meth:`Heartbeat.poke` on ``heartbeat_for(store)``.
+    """
+
+    def announce(self, reply_id: str, owner: str | None) -> None:
+        """Tell the owner (worker id ``owner``) that reply ``reply_id`` was asked to stop."""
+        ...
+
+
+@dataclass(eq=False)
+class _Beat:
+    persister: ReplyPersister
+    ticket: ReplyTicket
+    on_stop: OnStop
+    renewed: float
+    """Monotonic time from which the last successful renewal (or the begin) counts."""
+    stopping: bool = False
+
+
+class Heartbeat:
+    """Renews the leases of ``store``'s replies in this process and delivers stop requests."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.ttl = store.lease_ttl
+        self.renew_every = self.ttl / 3
+        self.poll_every = min(STOP_POLL, self.renew_every)
+        self._beats: dict[int, _Beat] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._poked = False
+        self.renewals = 0
+        """Renewal writes made (for tests)."""
+        self.polls = 0
+        """Looks for stop requests made (for tests)."""
+        self.listeners: list[Callable[[], None]] = []
+        """Called on the heartbeat's thread after each round (renewal and/or poll): lets
+        tests wait for a round without sleeping."""
+        store.on_close(self.close)
+
+    # -- the drivers' side ----------------------------------------------------------------
+
+    def register(
+        self, persister: ReplyPersister, on_stop: OnStop, *, since: float | None = None
+    ) -> None:
+        """Keep ``persister``'s reply leased (it has begun) until :meth:`unregister`;
+        ``on_stop`` is called, on the heartbeat's thread, if the reply is asked to stop.
+        ``since`` (monotonic) is a time before its lease was taken (begin or claim)."""
+        ticket = persister.ticket
+        if ticket is None:
+            return
+        beat = _Beat(persister, ticket, on_stop, time.monotonic() if since is None else since)
+        with self._lock:
+            if self._closed:
+                return
+            persister.fence = lambda: self._check(beat)
+            self._beats[id(persister)] = beat
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="rxcontext-heartbeat", daemon=True
+                )
+                self._thread.start()
+            else:
+                self._wake.notify_all()
+
+    def unregister(self, persister: ReplyPersister) -> None:
+        """Stop serving ``persister``'s reply (idempotent); the thread ends with the last."""
+        with self._lock:
+            if self._beats.pop(id(persister), None) is not None and not self._beats:
+                self._wake.notify_all()
+
+    def poke(self) -> None:
+        """Look for stop requests now (a fast channel's hint arrived)."""
+        with self._lock:
+            self._poked = True
+            self._wake.notify_all()
+
+    def close(self) -> None:
+        """Stop the thread and wait for it (the store is closing)."""
+        with self._lock:
+            self._closed = True
+            self._beats.clear()
+            self._wake.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    @property
+    def running(self) -> bool:
+        """Whether the heartbeat's thread is alive."""
+        with self._lock:
+            return self._thread is not None
+
+    # -- the thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        now = time.monotonic()
+        next_renew = now + self.renew_every
+        next_poll = now + self.poll_every
+        while True:
+            with self._lock:
+                while self._beats and not self._closed and not self._poked:
+                    left = min(next_renew, next_poll) - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wake.wait(left)
+                if self._closed or not self._beats:
+                    self._thread = None
+                    return
+                self._poked = False
+                beats = list(self._beats.values())
+            now = time.monotonic()
+            try:
+                if now >= next_renew:
+                    # A renewal that could not be written is tried again at the next poll,
+                    # not a whole interval later: the lease is running out meanwhile.
+                    renewed = self._renew(beats, now)
+                    next_renew = now + (self.renew_every if renewed else self.poll_every)
+                self._fence(beats, time.monotonic())
+                self._poll(beats)
+            except StoreClosedError:
+                pass
+            except Exception:
+                _log.exception("heartbeat failed; trying again at the next interval")
+            next_poll = time.monotonic() + self.poll_every
+            for listener in list(self.listeners):
+                listener()
+
+    def _renew(self, beats: list[_Beat], started: float) -> bool:
+        """Renew the leases of ``beats``; False if the store could not be written.
+
+        A lease that ran out meanwhile is not renewed: others may have seen the reply
+        interrupted (and claimed it), so it is given up (self-fencing) rather than revived.
+        """
+        self._fence(beats, started)
+        live = [b for b in beats if not b.persister.finished and b.persister.lost is None]
+        if not live:
+            return True
+        try:
+            results = self.store.renew_replies([b.ticket for b in live])
+        except StoreClosedError:
+            raise
+        except Exception:
+            _log.warning("lease renewal failed; retrying shortly", exc_info=True)
+            results = None
+        self.renewals += 1
+        if results is None:
+            return False
+        for beat, ok in zip(live, results, strict=True):
+            if ok:
+                beat.renewed = started
+            elif not beat.persister.finished:
+                self._lose(beat, _why_lost(self.store, beat.persister))
+        return True
+
+    def _fence(self, beats: list[_Beat], now: float) -> None:
+        for beat in beats:
+            if now - beat.renewed > self.ttl and not beat.persister.finished:
+                self._lose(beat, self._expired(beat))
+
+    def _check(self, beat: _Beat) -> None:
+        """Before a commit: refuse to write if this process's lease may have run out."""
+        if beat.persister.lost is None and time.monotonic() - beat.renewed > self.ttl:
+            self._lose(beat, self._expired(beat))
+        if beat.persister.lost is not None:
+            raise beat.persister.lost
+
+    def _expired(self, beat: _Beat) -> OwnershipLost:
+        return OwnershipLost(
+            f"reply {beat.persister.reply_id!r}: this process could not renew its lease for "
+            f"more than lease_ttl={self.ttl:g} s (it was paused, starved or cut off from the "
+            "database), so another worker may have taken it over; nothing more is stored"
+        )
+
+    @staticmethod
+    def _lose(beat: _Beat, why: RxContextError) -> None:
+        persister = beat.persister
+        if persister.lost is None:
+            persister.lost = why
+        persister.attention = True
+
+    def _poll(self, beats: list[_Beat]) -> None:
+        todo = [b for b in beats if not b.stopping and not b.persister.finished]
+        if not todo:
+            return
+        self.polls += 1
+        asked = set(self.store.stop_requests([b.ticket for b in todo]))
+        for beat in todo:
+            if beat.ticket.checkpoint_id not in asked:
+                continue
+            beat.stopping = True
+            error = ReplyStopped(
+                f"reply {beat.persister.reply_id!r} was stopped (cw.stop); its checkpoint "
+                "holds what was delivered: resume, keep or discard it"
+            )
+            try:
+                beat.on_stop(error)
+            except Exception:
+                _log.exception("stopping reply %r failed", beat.persister.reply_id)
+
+
+_heartbeats: weakref.WeakKeyDictionary[Any, Heartbeat] = weakref.WeakKeyDictionary()
+_hints: weakref.WeakKeyDictionary[Any, StopHint] = weakref.WeakKeyDictionary()
+_registry_lock = threading.Lock()
+
+
+def heartbeat_for(store: Store) -> Heartbeat:
+    """The heartbeat of ``store`` in this process (made on first use; its thread starts
+    with the first reply)."""
+    with _registry_lock:
+        found = _heartbeats.get(store)
+        if found is None:
+            found = _heartbeats[store] = Heartbeat(store)
+        return found
+
+
+def set_stop_hint(store: Store, hint: StopHint | None) -> None:
+    """Send ``store``'s stop requests through ``hint`` too (None: the store's poll only)."""
+    with _registry_lock:
+        if hint is None:
+            _hints.pop(store, None)
+        else:
+            _hints[store] = hint
+
+
+def stop_hint(store: Store) -> StopHint | None:
+    """The fast stop channel of ``store``, if one was set."""
+    with _registry_lock:
+        return _hints.get(store)
+
+
+def request_stop(store: Store, reply_id: str) -> bool:
+    """Ask the owner of reply ``reply_id`` (any process) to stop it: see
+    :meth:`ContextWindow.stop <rxcontext.ContextWindow.stop>`."""
+    if not isinstance(reply_id, str) or not reply_id:
+        raise TypeError("reply_id must be a non-empty str")
+    if not store.request_stop(reply_id):
+        return False
+    hint = stop_hint(store)
+    if hint is not None:
+        found = store.find_reply(reply_id)
+        try:
+            hint.announce(reply_id, found.owner if found is not None else None)
+        except Exception:
+            _log.warning("the stop hint for %r failed; the owner's poll will see it", reply_id)
+    with _registry_lock:
+        here = _heartbeats.get(store)
+    if here is not None:
+        here.poke()  # the owner may be this process: no need to wait for its poll
+    return True

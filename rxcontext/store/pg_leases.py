@@ -1,0 +1,112 @@
+"""Leases and stop requests on PostgreSQL: the owner's heartbeat, and ``cw.stop`` from anywhere.
+
+The twin of :mod:`.sqlite_leases`. Leases are timed by the database's clock (one clock for
+every host). Renewals are background writes that never wait (``lock_timeout``, no free
+connection: None, and the heartbeat tries again shortly); a stop request is an ordinary
+write, retried within the store's budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from ..errors import ReplyNotFound
+from .base import ReplyTicket
+from .pg_codec import enc
+
+if TYPE_CHECKING:
+    from ..records import Checkpoint
+    from .pg_run import Runner
+
+__all__ = ["PostgresLeases"]
+
+_BACKGROUND = (
+    "SELECT set_config('synchronous_commit', 'off', true), set_config('lock_timeout', '50ms', true)"
+)
+
+
+class PostgresLeases:
+    """Lease and stop methods of :class:`~rxcontext.store.postgres.PostgresStore`."""
+
+    if TYPE_CHECKING:
+        _runner: Runner
+        lease_ttl: float
+        _close_hooks: list[Callable[[], None]]
+
+        def find_reply(self, reply_id: str) -> Checkpoint | None: ...
+
+    def renew_replies(self, tickets: Sequence[ReplyTicket]) -> list[bool] | None:
+        """Extend the lease of each reply its ticket still owns; False for the lost ones;
+        None when the database could not be reached without waiting (try again soon)."""
+        if not tickets:
+            return []
+        ids = [t.checkpoint_id for t in tickets]
+        epochs = [t.epoch for t in tickets]
+        found = self._runner.attempt(
+            lambda conn, _: conn.execute(
+                "UPDATE checkpoints c SET lease_until = clock_timestamp()"
+                " + make_interval(secs => %s)"
+                " FROM unnest(%s::bigint[], %s::integer[]) AS t(id, epoch)"
+                " WHERE c.id = t.id AND c.epoch = t.epoch"
+                " AND c.state IN ('streaming', 'resuming') RETURNING c.id",
+                (self.lease_ttl, ids, epochs),
+            ).fetchall(),
+            setup=_BACKGROUND,
+        )
+        if found is None:
+            return None
+        renewed = {row[0] for row in found}
+        return [t.checkpoint_id in renewed for t in tickets]
+
+    def request_stop(self, reply_id: str) -> bool:
+        """Ask the owner of live reply ``reply_id`` to stop it (see :meth:`Store.request_stop`)."""
+        cp = self.find_reply(reply_id)
+        if cp is None:
+            done = self._runner.run(
+                lambda conn, _: conn.execute(
+                    "SELECT 1 FROM records WHERE reply_id = %s LIMIT 1", (enc(reply_id),)
+                ).fetchone(),
+                tx=False,
+            )
+            if done:
+                return False
+            raise ReplyNotFound(f"no reply {reply_id!r} in this store (a typo, or another store)")
+        if not cp.state.live:
+            return False  # finished, interrupted, or its owner is gone: nothing runs
+        stopped = self._runner.run(
+            lambda conn, _: conn.execute(
+                "UPDATE checkpoints SET stop_epoch = epoch WHERE id = %s AND epoch = %s"
+                " AND state IN ('streaming', 'resuming') RETURNING id",
+                (cp.id, cp.epoch),
+            ).fetchone(),
+        )
+        return stopped is not None
+
+    def stop_requests(self, tickets: Sequence[ReplyTicket]) -> list[int]:
+        """The checkpoint ids, among ``tickets``, whose run was asked to stop (none while
+        the server cannot be reached at once)."""
+        if not tickets:
+            return []
+        ids = [t.checkpoint_id for t in tickets]
+        epochs = [t.epoch for t in tickets]
+        # A poll never waits for the server: unreachable now, it asks again at the next one.
+        found = self._runner.attempt(
+            lambda conn, _: conn.execute(
+                "SELECT c.id FROM checkpoints c"
+                " JOIN unnest(%s::bigint[], %s::integer[]) AS t(id, epoch)"
+                " ON c.id = t.id AND c.stop_epoch = t.epoch",
+                (ids, epochs),
+            ).fetchall(),
+        )
+        return sorted(row[0] for row in found or ())
+
+    def on_close(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` when the store closes, before its connections go (once)."""
+        self._runner.pool()  # a closed store refuses hooks, as it refuses calls
+        self._close_hooks.append(hook)
+
+    def _run_close_hooks(self) -> None:
+        hooks, self._close_hooks[:] = list(self._close_hooks), []
+        for hook in hooks:
+            hook()

@@ -1,0 +1,107 @@
+"""Leases and stop requests on SQLite: the owner's heartbeat, and ``cw.stop`` from anywhere.
+
+The twin of :mod:`.pg_leases`. Every call names the replies by ticket (row and epoch), so a
+writer that lost its reply (claimed by another worker, settled) renews nothing and is told
+so; a stop request names the epoch it stops, so a later claim is never stopped by it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
+
+from ..errors import ReplyNotFound, StoreBusy
+from .base import ReplyTicket
+
+__all__ = ["SQLiteLeases"]
+
+_BATCH = 500
+
+
+class SQLiteLeases:
+    """Lease and stop methods of :class:`~rxcontext.store.sqlite.SQLiteStore`."""
+
+    if TYPE_CHECKING:
+        from ..records import Checkpoint
+
+        _close_hooks: list[Callable[[], None]]
+
+        def _lease(self) -> str: ...
+        def _tx(
+            self, *, durable: bool = False, background: bool = False
+        ) -> AbstractContextManager[sqlite3.Connection]: ...
+        def _read(self) -> AbstractContextManager[sqlite3.Connection]: ...
+        def find_reply(self, reply_id: str) -> Checkpoint | None: ...
+        def _db(self) -> sqlite3.Connection: ...
+
+    def renew_replies(self, tickets: Sequence[ReplyTicket]) -> list[bool] | None:
+        """Extend the lease of each reply its ticket still owns; False for the lost ones;
+        None when another process holds the write lock (try again soon)."""
+        if not tickets:
+            return []
+        try:
+            with self._tx(background=True) as db:
+                lease = self._lease()
+                return [
+                    db.execute(
+                        "UPDATE checkpoints SET lease_until = ? WHERE id = ? AND epoch = ?"
+                        " AND state IN ('streaming', 'resuming')",
+                        (lease, t.checkpoint_id, t.epoch),
+                    ).rowcount
+                    == 1
+                    for t in tickets
+                ]
+        except StoreBusy:
+            return None
+
+    def request_stop(self, reply_id: str) -> bool:
+        """Ask the owner of live reply ``reply_id`` to stop it (see :meth:`Store.request_stop`)."""
+        cp = self.find_reply(reply_id)
+        if cp is None:
+            with self._read() as db:
+                done = db.execute(
+                    "SELECT 1 FROM records WHERE reply_id = ? LIMIT 1", (reply_id,)
+                ).fetchone()
+            if done:
+                return False
+            raise ReplyNotFound(f"no reply {reply_id!r} in this store (a typo, or another store)")
+        if not cp.state.live:
+            return False  # finished, interrupted, or its owner is gone: nothing runs
+        with self._tx() as db:
+            return (
+                db.execute(
+                    "UPDATE checkpoints SET stop_epoch = epoch WHERE id = ? AND epoch = ?"
+                    " AND state IN ('streaming', 'resuming')",
+                    (cp.id, cp.epoch),
+                ).rowcount
+                == 1
+            )
+
+    def stop_requests(self, tickets: Sequence[ReplyTicket]) -> list[int]:
+        """The checkpoint ids, among ``tickets``, whose run was asked to stop."""
+        if not tickets:
+            return []
+        wanted = {(t.checkpoint_id, t.epoch) for t in tickets}
+        ids = sorted({cid for cid, _ in wanted})
+        found: list[tuple[int, int]] = []
+        with self._read() as db:
+            for at in range(0, len(ids), _BATCH):  # under SQLite's limit on parameters
+                part = ids[at : at + _BATCH]
+                found += db.execute(
+                    "SELECT id, stop_epoch FROM checkpoints WHERE stop_epoch IS NOT NULL"
+                    f" AND id IN ({','.join('?' * len(part))})",
+                    part,
+                ).fetchall()
+        return sorted(cid for cid, epoch in found if (cid, epoch) in wanted)
+
+    def on_close(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` when the store closes, before its connections go (once)."""
+        self._db()  # a closed store refuses hooks, as it refuses calls
+        self._close_hooks.append(hook)
+
+    def _run_close_hooks(self) -> None:
+        hooks, self._close_hooks[:] = list(self._close_hooks), []
+        for hook in hooks:
+            hook()

@@ -1,0 +1,403 @@
+"""The heartbeat and ``cw.stop`` in one process, on both stores.
+
+* Leases are renewed by a timer while the model sends nothing, with no periodic
+  checkpoints at all (``checkpoint_every=None``); the thread starts with the first reply,
+  ends with the last, and ``store.close()`` waits for it (no thread left behind).
+* A reply taken over elsewhere while it streams: the next renewal finds it lost and its
+  subscriber gets ``OwnershipLost`` at the next chunk; nothing of it is stored.
+* ``cw.stop(reply_id)`` while the model is silent (the sync driver blocked in a read, the
+  async one awaiting it) and while an async consumer holds a chunk: the subscriber gets
+  ``StreamInterrupted`` caused by ``ReplyStopped``, whose checkpoint holds exactly what it
+  received; nothing more is delivered. Unknown ids raise ``ReplyNotFound``; finished
+  replies give False.
+
+Waits use events set by the code under test (the heartbeat's ``listeners``, the
+subscriber's callbacks), never sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+import rxcontext
+from rxcontext import (
+    Chunk,
+    ChunkKind,
+    ContextWindow,
+    OwnershipLost,
+    RecordType,
+    ReplyNotFound,
+    ReplyState,
+    ReplyStopped,
+    StreamInterrupted,
+)
+from rxcontext.heartbeat import heartbeat_for
+from rxcontext.providers import ScriptedModel
+from rxcontext.providers.base import Request
+from tests.stores import scalar
+from tests.test_store_leases import execute
+
+WAIT = 10.0  # the longest any event may take on a loaded machine before the test fails
+TTL = 0.6
+
+
+def T(text: str) -> Chunk:
+    return Chunk(ChunkKind.TEXT, text)
+
+
+DONE = Chunk(ChunkKind.DONE, finish_reason="stop")
+
+
+class PausingModel(ScriptedModel):
+    """Sends ``before``, then says nothing until ``go`` is set, then sends ``after``."""
+
+    def __init__(self, before: list[Chunk], after: list[Chunk]) -> None:
+        super().__init__([before + after])
+        self.before, self.after = before, after
+        self.go = threading.Event()
+        self.paused = threading.Event()
+        self.async_go: asyncio.Event | None = None
+
+    def iter_chunks(self, request: Request) -> Iterator[Chunk]:
+        self.requests.append(request)
+        yield from self.before
+        self.paused.set()
+        self.go.wait(WAIT)
+        yield from self.after
+
+    async def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
+        self.requests.append(request)
+        self.async_go = asyncio.Event()
+        for chunk in self.before:
+            yield chunk
+        self.paused.set()
+        await asyncio.wait_for(self.async_go.wait(), WAIT)
+        for chunk in self.after:
+            yield chunk
+
+
+class Subscriber:
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.error: BaseException | None = None
+        self.completed = False
+        self.ended = threading.Event()
+        self.first = threading.Event()
+
+    def on_next(self, chunk: Chunk) -> None:
+        self.texts.append(chunk.text)
+        self.first.set()
+
+    def on_error(self, error: BaseException) -> None:
+        self.error = error
+        self.ended.set()
+
+    def on_completed(self) -> None:
+        self.completed = True
+        self.ended.set()
+
+
+def in_thread(fn: Callable[[], Any]) -> threading.Thread:
+    thread = threading.Thread(target=fn, daemon=True)
+    thread.start()
+    return thread
+
+
+def rounds(store: Any, n: int, *, renewals: bool = False) -> None:
+    """Wait until the heartbeat of ``store`` has run ``n`` more rounds (renewals, if asked)."""
+    hb = heartbeat_for(store)
+    done = threading.Event()
+    start = hb.renewals if renewals else 0
+    count = [0]
+
+    def listener() -> None:
+        count[0] += 1
+        if (hb.renewals - start if renewals else count[0]) >= n:
+            done.set()
+
+    hb.listeners.append(listener)
+    try:
+        assert done.wait(WAIT), "the heartbeat did not run"
+    finally:
+        hb.listeners.remove(listener)
+
+
+def lease_of(store: Any, reply_id: str) -> datetime:
+    value = scalar(store, f"SELECT lease_until FROM checkpoints WHERE reply_id = '{reply_id}'")
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def heartbeat_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "rxcontext-heartbeat"]
+
+
+@pytest.fixture
+def store(make_store: Callable[..., Any]) -> Any:
+    return make_store(lease_ttl=TTL)
+
+
+def window(store: Any, model: ScriptedModel) -> ContextWindow:
+    cw = ContextWindow(store, model, "c", checkpoint_every=None)
+    cw.add_prompt("hi")
+    return cw
+
+
+def test_leases_are_renewed_while_the_model_is_silent(store: Any) -> None:
+    model = PausingModel([T("a")], [T("b"), DONE])
+    cw = window(store, model)
+    sub = Subscriber()
+    driver = in_thread(lambda: cw.stream(reply_id="r").subscribe(sub))
+    assert model.paused.wait(WAIT)
+    (thread,) = heartbeat_threads()
+    before = lease_of(store, "r")
+    rounds(store, 2, renewals=True)
+    assert lease_of(store, "r") > before
+    assert store.find_reply("r").state is ReplyState.STREAMING
+    model.go.set()
+    assert sub.ended.wait(WAIT) and sub.completed
+    driver.join(WAIT)
+    thread.join(WAIT)  # the last reply ended: so did the thread
+    assert not thread.is_alive()
+    assert [r.content for r in store.records(cw.context_id)] == ["hi", "ab"]
+
+
+def test_closing_the_store_stops_the_heartbeat(make_store: Callable[..., Any]) -> None:
+    store = make_store(lease_ttl=TTL)
+    model = PausingModel([T("a")], [T("b"), DONE])
+    cw = window(store, model)
+    sub = Subscriber()
+    driver = in_thread(lambda: cw.stream(reply_id="r").subscribe(sub))
+    assert model.paused.wait(WAIT)
+    assert heartbeat_threads()
+    store.close()
+    assert heartbeat_threads() == []
+    model.go.set()
+    driver.join(WAIT)
+    assert sub.ended.is_set()  # the driver could not store the reply: it said so
+
+
+def test_a_reply_taken_over_elsewhere_fails_with_ownership_lost(store: Any) -> None:
+    model = PausingModel([T("a")], [T("b"), T("c"), DONE])
+    cw = window(store, model)
+    sub = Subscriber()
+    driver = in_thread(lambda: cw.stream(reply_id="r").subscribe(sub))
+    assert model.paused.wait(WAIT)
+    # Another worker claimed it (it thought this one dead): next epoch, its owner.
+    execute(
+        store,
+        "UPDATE checkpoints SET epoch = epoch + 1, state = 'resuming',"
+        " owner = 'elsewhere.invalid:1:1' WHERE reply_id = 'r'",
+    )
+    rounds(store, 1, renewals=True)
+    model.go.set()
+    assert sub.ended.wait(WAIT)
+    driver.join(WAIT)
+    assert isinstance(sub.error, OwnershipLost), sub.error
+    assert "".join(sub.texts) in ("a", "ab")  # nothing after the renewal said it was lost
+    assert not sub.completed
+    assert [r.content for r in store.records(cw.context_id)] == ["hi"]
+    row = store.find_reply("r")
+    assert row.owner == "elsewhere.invalid:1:1" and row.text == ""  # the zombie wrote nothing
+
+
+def test_stop_while_the_model_is_silent_sync(store: Any) -> None:
+    model = PausingModel([T("Hel"), T("lo")], [T(" world"), DONE])
+    cw = window(store, model)
+    sub = Subscriber()
+    driver = in_thread(lambda: cw.stream(reply_id="r").subscribe(sub))
+    assert model.paused.wait(WAIT)
+    assert cw.stop("r") is True
+    assert sub.ended.wait(WAIT)
+    assert isinstance(sub.error, StreamInterrupted), sub.error
+    assert isinstance(sub.error.__cause__, ReplyStopped)
+    checkpoint = sub.error.checkpoint
+    assert checkpoint.text == "".join(sub.texts) == "Hello"
+    assert checkpoint.state is ReplyState.INTERRUPTED and "ReplyStopped" in (checkpoint.error or "")
+    assert [cp.reply_id for cp in cw.checkpoints()] == ["r"]
+    assert cw.stop("r") is False  # interrupted now: nothing runs
+    model.go.set()
+    driver.join(WAIT)
+    assert "".join(sub.texts) == "Hello" and not sub.completed  # nothing more was delivered
+    # It resumes like any interrupted reply.
+    cw.model = ScriptedModel([[T(" world"), DONE]])
+    reply = cw.resume_call(checkpoint.id)
+    assert reply.text == "Hello world"
+
+
+def test_stop_a_blocking_call(store: Any) -> None:
+    model = PausingModel([T("Hel"), T("lo")], [T(" world"), DONE])
+    cw = window(store, model)
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            cw.call(reply_id="r")
+        except StreamInterrupted as error:
+            outcome.append(error)
+
+    caller = in_thread(call)
+    assert model.paused.wait(WAIT)
+    assert cw.stop("r") is True
+    rounds(store, 1)  # the stop was handled (the checkpoint is stored from here on)
+    assert store.find_reply("r").state is ReplyState.INTERRUPTED
+    model.go.set()  # call() returns once its blocking read does
+    caller.join(WAIT)
+    (error,) = outcome
+    assert isinstance(error.__cause__, ReplyStopped) and error.checkpoint.text == "Hello"
+    assert [r.content for r in store.records(cw.context_id)] == ["hi"]
+
+
+def test_stop_while_the_model_is_silent_async(store: Any) -> None:
+    model = PausingModel([T("Hel"), T("lo")], [T(" world"), DONE])
+    cw = window(store, model)
+    got: list[str] = []
+
+    async def main() -> BaseException:
+        async def consume() -> None:
+            async for chunk in cw.astream(reply_id="r"):
+                got.append(chunk.text)
+
+        task = asyncio.create_task(consume())
+        while not model.paused.is_set():
+            await asyncio.sleep(0)  # let the consumer reach the pause (no time passes)
+        assert await cw.astop("r") is True
+        try:
+            await asyncio.wait_for(task, WAIT)
+        except StreamInterrupted as error:
+            return error
+        raise AssertionError("the stream was not stopped")
+
+    error = asyncio.run(main())
+    assert isinstance(error, StreamInterrupted) and isinstance(error.__cause__, ReplyStopped)
+    assert error.checkpoint.text == "".join(got) == "Hello"
+    assert store.find_reply("r").state is ReplyState.INTERRUPTED
+
+
+def test_stop_while_an_async_consumer_holds_a_chunk(store: Any) -> None:
+    model = ScriptedModel([[T("one "), T("two "), T("three"), DONE]])
+    cw = window(store, model)
+    got: list[str] = []
+
+    async def main() -> BaseException:
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        hb = heartbeat_for(store)
+        try:
+            async for chunk in cw.astream(reply_id="r"):
+                got.append(chunk.text)
+                if len(got) == 1:
+                    # Hold the chunk until the heartbeat has handed the stop to the driver.
+                    def listener() -> None:
+                        if hb.polls and store.find_reply("r").state is ReplyState.INTERRUPTED:
+                            loop.call_soon_threadsafe(stopped.set)
+
+                    hb.listeners.append(listener)
+                    assert await cw.astop("r") is True
+                    await asyncio.wait_for(stopped.wait(), WAIT)
+                    hb.listeners.remove(listener)
+        except StreamInterrupted as error:
+            return error
+        raise AssertionError("the stream was not stopped")
+
+    error = asyncio.run(main())
+    assert isinstance(error.__cause__, ReplyStopped)
+    assert got == ["one "] and error.checkpoint.text == "one "
+
+
+def test_stop_what_does_not_run(store: Any) -> None:
+    cw = window(store, ScriptedModel([[T("done"), DONE]]))
+    with pytest.raises(ReplyNotFound):
+        cw.stop("never-begun")
+    with pytest.raises(TypeError):
+        cw.stop("")
+    cw.call(reply_id="r")
+    assert cw.stop("r") is False
+    assert [r.type for r in store.records(cw.context_id)] == [
+        RecordType.PROMPT,
+        RecordType.MODEL_RESP,
+    ]
+
+
+def test_open_takes_lease_ttl() -> None:
+    with rxcontext.open(":memory:", lease_ttl=1.5) as s:
+        assert s.lease_ttl == 1.5
+        hb = heartbeat_for(s)
+        assert hb.renew_every == 0.5 and hb.poll_every == 0.25
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_stop_while_a_tool_runs(store: Any, path: str) -> None:
+    call = Chunk(ChunkKind.TOOL_CALL, "{}", index=0, id="c1", name="slow")
+    model = ScriptedModel([[T("Let me check. "), call, Chunk(ChunkKind.DONE)], [T("never")]])
+    cw = window(store, model)
+    running, release = threading.Event(), threading.Event()
+
+    def slow(args: dict[str, Any]) -> str:
+        running.set()
+        release.wait(WAIT)
+        return "done"
+
+    cw.add_tool(rxcontext.Tool("slow", "A slow tool"), slow)
+    outcome: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            if path == "sync":
+                cw.call(reply_id="r")
+            else:
+
+                async def main() -> None:
+                    async for _ in cw.astream(reply_id="r"):
+                        pass
+
+                asyncio.run(main())
+        except StreamInterrupted as error:
+            outcome.append(error)
+
+    consumer = in_thread(consume)
+    assert running.wait(WAIT)
+    assert cw.stop("r") is True
+    rounds(store, 1)
+    release.set()
+    consumer.join(WAIT)
+    (error,) = outcome
+    assert isinstance(error.__cause__, ReplyStopped)
+    assert len(model.requests) == 1  # the next round was never sent
+    types = [r.type for r in store.records(cw.context_id)]
+    assert types[:2] == [RecordType.PROMPT, RecordType.MODEL_RESP]
+    assert RecordType.TOOL_CALL in types  # the round before the stop is stored as it was
+    assert [cp.reply_id for cp in cw.checkpoints()] == ["r"]
+
+
+def test_a_stop_hint_is_told_after_the_durable_request(store: Any) -> None:
+    from rxcontext.heartbeat import set_stop_hint
+    from rxcontext.store.owner import worker_id
+
+    told: list[tuple[str, str | None, int | None]] = []
+
+    class Hint:
+        def announce(self, reply_id: str, owner: str | None) -> None:
+            # The request is stored before the hint goes out: a receiver may rely on it.
+            told.append((reply_id, owner, scalar(store, "SELECT stop_epoch FROM checkpoints")))
+            raise ConnectionError("the fast channel is down")  # never fails the stop
+
+    model = PausingModel([T("a")], [DONE])
+    cw = window(store, model)
+    sub = Subscriber()
+    driver = in_thread(lambda: cw.stream(reply_id="r").subscribe(sub))
+    assert model.paused.wait(WAIT)
+    set_stop_hint(store, Hint())
+    try:
+        assert cw.stop("r") is True
+    finally:
+        set_stop_hint(store, None)
+    assert sub.ended.wait(WAIT) and isinstance(sub.error, StreamInterrupted)
+    model.go.set()
+    driver.join(WAIT)
+    assert told == [("r", worker_id(), 1)]

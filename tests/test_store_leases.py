@@ -1,0 +1,163 @@
+"""Leases and stop requests, conformance on both stores (SQLite, PostgreSQL).
+
+``renew_replies`` renews exactly the replies whose ticket still owns them; ``request_stop``
+records a stop for the running epoch only (a later claim is not stopped), says False for a
+reply that is not running and raises ``ReplyNotFound`` for an unknown one; an owner whose
+lease ran out reads as gone even when its process still exists on this host (a stopped
+process), by the store's clock; ``on_close`` hooks run once when the store closes;
+``lease_ttl`` is validated before anything is opened.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import rxcontext
+from rxcontext import RecordType, ReplyNotFound, ReplyState
+from rxcontext.store import CheckpointDraft, ReplyTicket, Store
+from rxcontext.store.owner import _start_time, worker_id
+from tests.test_store_replies import ELSEWHERE, P, R, begin
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest) -> Iterator[Any]:
+    target = request.getfixturevalue("pg_url") if request.param == "postgres" else ":memory:"
+    s = rxcontext.open(target)
+    yield s
+    s.close()
+
+
+def execute(store: Any, sql: str) -> None:
+    """Change rows past the store's API (either store): what another worker, or time, did."""
+    if isinstance(store, rxcontext.SQLiteStore):
+        store._db().execute(sql)
+        return
+    with store._runner.pool().connection() as conn:
+        conn.execute(sql)
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process of this host that owns nothing (its worker id is a live owner's)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    yield child
+    assert child.stdin is not None
+    child.stdin.close()
+    child.wait(10)
+
+
+def live_owner(child: subprocess.Popen[bytes]) -> str:
+    start = _start_time(child.pid)
+    if start is None:
+        pytest.skip("needs /proc to name another live process of this host")
+    return f"{worker_id().split(':')[0]}:{child.pid}:{start}"
+
+
+def test_renew_extends_the_leases_the_tickets_still_own(store: Store) -> None:
+    ctx = store.get_or_create_context("c")
+    store.add_record(ctx.id, P("q"))
+    mine = begin(store, ctx.id, "mine", owner=ELSEWHERE)
+    taken = begin(store, ctx.id, "taken", owner=ELSEWHERE)
+    done = begin(store, ctx.id, "done", owner=ELSEWHERE)
+    execute(store, f"UPDATE checkpoints SET epoch = epoch + 1 WHERE id = {taken.checkpoint_id}")
+    store.commit_reply(ctx.id, [R("a")], reply=done, end="reply")
+    execute(store, "UPDATE checkpoints SET lease_until = NULL")
+    assert store.renew_replies([mine, taken, done]) == [True, False, False]
+    assert store.renew_replies([]) == []
+    # Renewed: an owner on another host with a fresh lease is alive.
+    cp = store.find_reply("mine")
+    assert cp is not None and cp.state is ReplyState.STREAMING
+    assert store.find_reply("taken").state is ReplyState.INTERRUPTED  # type: ignore[union-attr]
+
+
+def test_an_expired_lease_reads_interrupted_even_if_the_process_lives(
+    store: Store, sleeper: subprocess.Popen[bytes]
+) -> None:
+    ctx = store.get_or_create_context("c")
+    store.add_record(ctx.id, P("q"))
+    ticket = begin(store, ctx.id, "r", owner=live_owner(sleeper))
+    assert store.find_reply("r").state is ReplyState.STREAMING  # type: ignore[union-attr]
+    assert [cp.reply_id for cp in store.active_replies(ctx.id)] == ["r"]
+    execute(store, "UPDATE checkpoints SET lease_until = '2000-01-01T00:00:00+00:00'")
+    assert store.find_reply("r").state is ReplyState.INTERRUPTED  # type: ignore[union-attr]
+    assert store.active_replies(ctx.id) == []
+    assert [cp.reply_id for cp in store.checkpoints(ctx.id)] == ["r"]
+    # Taken over: the old owner's renewal, writes and commit change nothing.
+    claimed = store.claim_checkpoint(ticket.checkpoint_id, owner=worker_id())
+    assert claimed.epoch == ticket.epoch + 1
+    assert store.renew_replies([ticket]) == [False]
+    with pytest.raises(rxcontext.OwnershipLost):
+        store.commit_reply(ctx.id, [R("zombie")], reply=ticket, end="reply")
+    store.commit_reply(
+        ctx.id, [R("new owner")], reply=ReplyTicket(claimed.id, claimed.epoch), end="reply"
+    )
+    assert [r.content for r in store.records(ctx.id)] == ["q", "new owner"]
+
+
+def test_stop_requests_name_the_running_epoch(store: Store) -> None:
+    ctx = store.get_or_create_context("c")
+    store.add_record(ctx.id, P("q"))
+    a = begin(store, ctx.id, "a")
+    b = begin(store, ctx.id, "b")
+    assert store.stop_requests([a, b]) == []
+    assert store.request_stop("a") is True
+    assert store.request_stop("a") is True  # asking again is harmless
+    assert store.stop_requests([a, b]) == [a.checkpoint_id]
+    assert store.stop_requests([ReplyTicket(a.checkpoint_id, a.epoch + 1)]) == []
+    assert store.stop_requests([]) == []
+    many = [ReplyTicket(10_000 + i, 1) for i in range(1_200)]  # more than one query's worth
+    assert store.stop_requests([*many, b, a]) == [a.checkpoint_id]
+
+
+def test_stopping_what_does_not_run(store: Store) -> None:
+    ctx = store.get_or_create_context("c")
+    store.add_record(ctx.id, P("q"))
+    with pytest.raises(ReplyNotFound, match="nope"):
+        store.request_stop("nope")
+    done = begin(store, ctx.id, "done")
+    store.commit_reply(ctx.id, [R("a")], reply=done, end="reply")
+    assert store.request_stop("done") is False  # completed: its row is gone, records stay
+    cut = begin(store, ctx.id, "cut")
+    store.save_checkpoint(cut, CheckpointDraft(append_text="x"), state=ReplyState.INTERRUPTED)
+    assert store.request_stop("cut") is False
+    # A claim (resume) starts a new run: the old request does not stop it.
+    claimed = store.claim_checkpoint(cut.checkpoint_id, owner=worker_id())
+    again = ReplyTicket(claimed.id, claimed.epoch)
+    assert store.stop_requests([again]) == []
+    orphan = begin(store, ctx.id, "orphan", owner=ELSEWHERE)
+    execute(store, f"UPDATE checkpoints SET lease_until = NULL WHERE id = {orphan.checkpoint_id}")
+    assert store.request_stop("orphan") is False  # its owner is gone: nothing runs
+    assert store.records(ctx.id)[-1].type is RecordType.MODEL_RESP
+
+
+def test_close_hooks_run_once_before_the_connections_go(store: Store) -> None:
+    seen: list[bool] = []
+    store.on_close(lambda: seen.append(store.closed))
+    store.close()
+    store.close()
+    assert seen == [False]
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf")])
+def test_lease_ttl_must_be_a_positive_number(bad: float, tmp_path: Any) -> None:
+    path = tmp_path / "x.db"
+    with pytest.raises(ValueError, match="lease_ttl"):
+        rxcontext.open(path, lease_ttl=bad)
+    with pytest.raises(TypeError, match="lease_ttl"):
+        rxcontext.open(path, lease_ttl="5")
+    assert not os.path.exists(path)  # refused before anything was opened
+
+
+def test_lease_ttl_is_checked_on_postgres_too(pg_url: str) -> None:
+    with pytest.raises(ValueError, match="lease_ttl"):
+        rxcontext.open(pg_url, lease_ttl=0)
+    with rxcontext.open(pg_url, lease_ttl=2) as s:
+        assert s.lease_ttl == 2.0

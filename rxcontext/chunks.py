@@ -269,6 +269,11 @@ def _suffix(parts: list[str], start: int) -> tuple[str, int]:
     copied first (one atomic step), so a join in place (:func:`_joined`) running meanwhile
     on another thread changes nothing here.
     """
+    if not parts:
+        return "", 0
+    if len(parts) == 1:
+        whole = parts[0]
+        return (whole[start:] if start else whole), len(whole)
     parts = list(parts)
     end = pos = sum(map(len, parts))
     i = len(parts)
@@ -418,6 +423,8 @@ class ReplyBuilder:
 
     def tool_fragments(self) -> list[dict[str, Any]]:
         """Tool calls so far as plain dicts (possibly incomplete arguments), for checkpoints."""
+        if not self._calls:
+            return []
         return [
             {
                 "index": index,

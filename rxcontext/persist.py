@@ -156,6 +156,8 @@ def reply_drafts(
 def _json_safe(value: _J) -> _J:
     """``value`` itself when JSON can hold it, else a copy with what it cannot as ``repr``:
     a checkpoint is the last resort for what was delivered and must always be writable."""
+    if not value:
+        return value
     try:
         json.dumps(value)
     except (TypeError, ValueError):
@@ -279,7 +281,7 @@ class ReplyPersister:
         thinking, thinking_end = b.thinking_from(self._thinking_mark)
         self._inflight = (text_end, thinking_end)
         delivered = b.chunks - self._seeded
-        metadata = dict(b.metadata)
+        metadata = b.metadata  # a copy
         response_id = b.response_id
         point = self._cursor.point(delivered) if self._cursor is not None else None
         if point is not None:

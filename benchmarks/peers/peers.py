@@ -8,8 +8,9 @@ only on asyncio (``Agent.run_stream`` → ``stream_text(delta=True)``), so it is
 the bare SDK's async iteration over an ``AsyncOpenAI`` on the same bytes. Every consumer
 gets an ``openai.OpenAI`` (or ``AsyncOpenAI``) client whose HTTP transport
 (``MockTransport`` of httpx, or of httpx2 for openai>=3) answers with the same precomputed
-SSE pieces, so only the Python on top differs. Rounds are interleaved (bare, llm, litellm, ..., bare, ...) so drift on a shared machine hits
-all alike; CPU time (``time.process_time``) is measured and ratios are of medians.
+SSE pieces, so only the Python on top differs. Rounds are interleaved (bare, llm, litellm,
+..., bare, ...) so drift on a shared machine hits all alike; CPU time
+(``time.process_time``) is measured and ratios are of medians.
 """
 
 from __future__ import annotations

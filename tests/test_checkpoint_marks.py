@@ -149,3 +149,21 @@ def test_storable_checks_long_text_in_slices_and_still_repairs_surrogates() -> N
     split = "x" * ((1 << 16) - 1) + "\ud83d\ude00" + "y"  # a pair across two slices
     assert storable(split) == "x" * ((1 << 16) - 1) + "😀" + "y"
     assert storable("a\ud800b") == "a\ufffdb"
+
+
+def test_replies_one_after_another_reuse_the_checkpointer_thread(monkeypatch) -> None:
+    from rxcontext import checkpointer
+
+    monkeypatch.setattr(checkpointer, "LINGER", 600.0)
+    done = Chunk(ChunkKind.DONE)
+    model = ScriptedModel([[Chunk(ChunkKind.TEXT, "a"), done], [Chunk(ChunkKind.TEXT, "b"), done]])
+    with rxcontext.open(":memory:") as store:
+        cw = ContextWindow(store, model, "p", checkpoint_every=1.0)
+        cw.add_prompt("go")
+        assert cw.call().text == "a"
+        timer = checkpointer.checkpointer_for(store, 1.0)
+        first = timer._thread
+        assert first is not None and first.is_alive()  # idle, waiting for the next reply
+        cw.add_prompt("again")
+        assert cw.call().text == "b"
+        assert timer._thread is first

@@ -221,11 +221,12 @@ def metric_lines(metrics: Mapping[str, Any]) -> list[str]:
         ]
         for name, m in long_reply.items():
             ratio, share = m["peak_ratio"], m["checkpoint_share"]
-            target = _mark(share <= 0.10) if m["mb"] >= 100 else ""
+            target = _mark(share <= 0.10) if m["mb"] >= 100 and m.get("every") else ""
+            cpu_share = m.get("checkpoint_cpu_share")
             out.append(
                 f"| {name} | {m['reply_bytes'] / 1e6:.0f} MB | {m['peak_bytes'] / 1e6:.0f} MB "
                 f"| {ratio:.2f}×{_mark(ratio <= 2.5)} | {share:.1%}{target} "
-                f"| {m.get('checkpoint_cpu_share', 0):.1%} | {m['ticks']} "
+                f"| {'—' if cpu_share is None else f'{cpu_share:.1%}'} | {m['ticks']} "
                 f"| {'yes' if m['exact'] else 'NO'} |"
             )
         out.append("")

@@ -17,7 +17,7 @@ measured call, ``CALLGRIND_DUMP_STATS_AT`` after it), one warm-up call first.
 
     python benchmarks/callgrind_sdk.py                       # OpenAI Chat and Anthropic
     python benchmarks/callgrind_sdk.py --providers openai_chat,anthropic,gemini,openai_responses
-    python benchmarks/callgrind_sdk.py --short 100 --long 600 --out /tmp/callgrind.json
+    python benchmarks/callgrind_sdk.py --short 50 --long 250 --out /tmp/callgrind.json
 
 Needs valgrind and a C compiler; under valgrind Python runs ~50x slower (minutes).
 """
@@ -95,8 +95,8 @@ def _counts(tmp: Path) -> dict[tuple[str, str, int], int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--providers", default="openai_chat,anthropic")
-    parser.add_argument("--short", type=int, default=100)
-    parser.add_argument("--long", type=int, default=600)
+    parser.add_argument("--short", type=int, default=50)
+    parser.add_argument("--long", type=int, default=250)
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -109,7 +109,6 @@ def main() -> None:
         cmd = [
             "valgrind",
             "--tool=callgrind",
-            "--collect-atstart=no",
             f"--callgrind-out-file={tmp}/callgrind.out.%p",
             sys.executable,
             __file__,
@@ -125,7 +124,14 @@ def main() -> None:
         env = dict(os.environ, PYTHONHASHSEED="0")
         subprocess.run(cmd, check=True, env=env, stderr=subprocess.DEVNULL)
         counts = _counts(tmp)
-    results: dict[str, Any] = {"method": "callgrind instructions, marginal per event", "cases": {}}
+    if len(counts) != 4 * len(providers) or min(counts.values(), default=0) <= 0:
+        raise SystemExit(f"callgrind gave unusable counts: {counts}")
+    results: dict[str, Any] = {
+        "method": "callgrind instructions, marginal per event",
+        "short": args.short,
+        "long": args.long,
+        "cases": {},
+    }
     for name in providers:
         rows = {}
         for consumer in ("sdk", "pipeline"):

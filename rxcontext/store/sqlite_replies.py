@@ -184,19 +184,17 @@ class SQLiteReplies:
                 raise ReplyExists(f"reply id {reply_id!r} was already used (reply ids are unique)")
             now = self.now()
             try:
-                cur = db.execute(
+                row = db.execute(
                     "INSERT INTO checkpoints (context_id, text, created_at, updated_at, reply_id,"
                     " state, pos, owner, epoch, lease_until)"
-                    " VALUES (?, '', ?, ?, ?, 'streaming', ?, ?, 1, ?)",
+                    " VALUES (?, '', ?, ?, ?, 'streaming', ?, ?, 1, ?)"
+                    f" RETURNING {rows.CHECKPOINT_COLUMNS}",
                     (context_id, now, now, reply_id, pos, owner, self._lease()),
-                )
+                ).fetchone()
             except sqlite3.IntegrityError as exc:
                 raise ReplyExists(
                     f"reply id {reply_id!r} was already used (reply ids are unique)"
                 ) from exc
-            row = db.execute(
-                f"SELECT {rows.CHECKPOINT_COLUMNS} FROM checkpoints WHERE id = ?", (cur.lastrowid,)
-            ).fetchone()
         return rows.checkpoint(row, "", "")
 
     @staticmethod

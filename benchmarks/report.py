@@ -1,7 +1,7 @@
 """Run the benchmark suite and print (or write) the tables of ratios for the README.
 
     python benchmarks/report.py                        # run everything, print the tables
-    python benchmarks/report.py --out docs/benchmarks.md --peers benchmarks/peers/peers.json
+    python benchmarks/report.py --out docs/benchmarks.md --peers /tmp/rxcontext-peers.json
     python benchmarks/report.py --json results.json    # keep pytest-benchmark's JSON too
     python benchmarks/report.py --from results.json    # tables from an earlier run, no rerun
     python benchmarks/report.py -- -k openai_chat      # extra arguments go to pytest
@@ -88,8 +88,8 @@ Regenerate (about ten minutes):
 
 ```sh
 pip install -e '.[bench]'
-bash benchmarks/peers/run_peers.sh           # llm and litellm, in their own venv
-python benchmarks/report.py --out docs/benchmarks.md --peers benchmarks/peers/peers.json
+bash benchmarks/peers/run_peers.sh           # llm, litellm, LangChain, pydantic-ai: own venv
+python benchmarks/report.py --out docs/benchmarks.md --peers /tmp/rxcontext-peers.json
 ```
 
 or just run the suite (the same tables print at the end): `python -m pytest benchmarks`.

@@ -24,7 +24,16 @@ from typing import Any
 
 __all__ = ["HandOver", "deferred"]
 
-_DEFERRED = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None)
+try:  # the C functions: signal.signal/getsignal wrap them in enum conversions that cost
+    # ~10 µs a call (a failed Handlers(handler) lookup), on every store write's way
+    from _signal import getsignal as _getsignal  # type: ignore[import-not-found,unused-ignore]
+    from _signal import signal as _setsignal  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # pragma: no cover - not CPython
+    _getsignal, _setsignal = signal.getsignal, signal.signal
+
+_DEFERRED = tuple(
+    int(s) for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None
+)
 _MAIN = threading.main_thread()
 _depth = 0  # main thread only: nested regions defer once, at the outermost
 
@@ -52,15 +61,15 @@ def deferred() -> Iterator[None]:
     _depth = 1
     try:
         for signum in _DEFERRED:
-            handler = signal.getsignal(signum)
+            handler = _getsignal(signum)
             if callable(handler):  # a Python-level handler (default_int_handler included)
                 saved[signum] = handler
-                signal.signal(signum, hold)
+                _setsignal(signum, hold)
         yield
     finally:
         _depth = 0
         for signum, handler in saved.items():
-            signal.signal(signum, handler)
+            _setsignal(signum, handler)
         for signum, frame in pending:
             saved[signum](signum, frame)
 
@@ -87,16 +96,16 @@ class HandOver:
     def __enter__(self) -> HandOver:
         if threading.current_thread() is _MAIN:
             for signum in _DEFERRED:
-                handler = signal.getsignal(signum)
+                handler = _getsignal(signum)
                 if callable(handler):
                     self._saved[signum] = handler
-                    signal.signal(signum, self._handle)
+                    _setsignal(signum, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
         saved, self._saved = self._saved, {}
         for signum, handler in saved.items():
-            signal.signal(signum, handler)
+            _setsignal(signum, handler)
         self.critical = False
         self._pending.clear()
 

@@ -10,8 +10,9 @@ another process's lock only briefly — if it cannot write, the text stays pendi
 next tick and the streams never wait. Leases are renewed by :mod:`rxcontext.heartbeat`,
 which runs whether or not periodic checkpoints do.
 
-Ticks run on a thread of their own, or, when the window's scheduler is virtual (a
-``TestScheduler``), on that scheduler's clock so tests decide when time passes.
+Ticks run on a thread of their own (which stays ``LINGER`` seconds after the last reply,
+so replies one after another do not each start one), or, when the window's scheduler is
+virtual (a ``TestScheduler``), on that scheduler's clock so tests decide when time passes.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from .errors import CheckpointNotFound, ContextNotFound, OwnershipLost, StoreClo
 from .persist import ReplyPersister
 from .store.base import CheckpointDraft, Store
 
-__all__ = ["Checkpointer", "checkpointer_for"]
+__all__ = ["LINGER", "Checkpointer", "checkpointer_for"]
+
+LINGER = 5.0
+"""Seconds a checkpointer's thread waits, with no reply left, for the next one."""
 
 _log = logging.getLogger("rxcontext.checkpointer")
 
@@ -58,7 +62,10 @@ class Checkpointer:
             if self.scheduler is not None:
                 if self._timer is None:
                     self._timer = self.scheduler.schedule_relative(self.every, self._virtual_tick)
-            elif self._thread is None:
+            elif self._thread is not None:
+                if len(self._replies) == 1:
+                    self._wake.notify_all()  # a lingering thread takes this reply on
+            else:
                 self._thread = threading.Thread(
                     target=self._run, name="rxcontext-checkpoints", daemon=True
                 )
@@ -88,14 +95,21 @@ class Checkpointer:
         due = time.monotonic() + self.every
         while True:
             with self._lock:
+                if not self._replies:
+                    # Idle: stay a while for the next reply, so replies one after another
+                    # reuse this thread (starting one is on their time to first chunk).
+                    self._wake.wait_for(lambda: bool(self._replies), timeout=LINGER)
+                    if not self._replies:
+                        self._thread = None
+                        return
+                    due = time.monotonic() + self.every
                 while self._replies:
                     left = due - time.monotonic()
                     if left <= 0:
                         break
                     self._wake.wait(left)
                 if not self._replies:
-                    self._thread = None
-                    return
+                    continue
             self.tick()
             due += self.every
             now = time.monotonic()

@@ -222,20 +222,22 @@ class Reply:
 
 
 class _CallParts:
-    __slots__ = ("id", "metadata", "name", "parts")
+    __slots__ = ("fresh", "id", "metadata", "name", "parts")
 
     def __init__(self) -> None:
         self.id: str | None = None
         self.name: str | None = None
         self.parts: list[str] = []
+        self.fresh = 0
         self.metadata: dict[str, Any] = {}
 
 
 class _ThinkingBlock:
-    __slots__ = ("parts", "redacted", "signature")
+    __slots__ = ("fresh", "parts", "redacted", "signature")
 
     def __init__(self) -> None:
         self.parts: list[str] = []
+        self.fresh = 0
         self.signature: str | None = None
         self.redacted: str | None = None
 
@@ -270,6 +272,36 @@ def _joined(parts: list[str]) -> str:
         parts[:n] = [joined]
         return joined
     return parts[0] if n else ""
+
+
+def _block_text(block: _ThinkingBlock, thinking: str | None) -> str:
+    if thinking is not None and sum(map(len, block.parts)) == len(thinking):
+        block.parts[:] = [thinking]  # every delta is in this block: the same text
+        return thinking
+    return _joined(block.parts)
+
+
+def _suffix(parts: list[str], start: int) -> tuple[str, int]:
+    """The text of ``parts`` from character ``start`` on, and the text's whole length.
+
+    O(the suffix + the number of parts): a checkpoint takes only what is new. ``parts`` is
+    copied first (one atomic step), so a join in place (:func:`_joined`) running meanwhile
+    on another thread changes nothing here.
+    """
+    if not parts:
+        return "", 0
+    if len(parts) == 1:
+        whole = parts[0]
+        return (whole[start:] if start else whole), len(whole)
+    parts = list(parts)
+    end = pos = sum(map(len, parts))
+    i = len(parts)
+    while i and pos > start:
+        i -= 1
+        pos -= len(parts[i])
+    if pos >= start:
+        return "".join(parts[i:]), end
+    return "".join([parts[i][start - pos :], *parts[i + 1 :]]), end
 
 
 class ReplyBuilder:
@@ -333,6 +365,10 @@ class ReplyBuilder:
                 block = self._thinking_blocks[chunk.index] = _ThinkingBlock()
             if chunk.text:
                 block.parts.append(chunk.text)
+                block.fresh += 1
+                if block.fresh == _COALESCE:
+                    _coalesce(block.parts)
+                    block.fresh = 0
             meta = chunk.metadata
             if meta:
                 if "signature" in meta:
@@ -349,6 +385,10 @@ class ReplyBuilder:
                 call.name = chunk.name
             if chunk.text:
                 call.parts.append(chunk.text)
+                call.fresh += 1
+                if call.fresh == _COALESCE:
+                    _coalesce(call.parts)
+                    call.fresh = 0
             if chunk.metadata:
                 call.metadata.update(chunk.metadata)
         elif kind is ChunkKind.USAGE:
@@ -376,6 +416,15 @@ class ReplyBuilder:
         self._thinking_fresh = 0
         return _joined(self._thinking)
 
+    def text_from(self, start: int) -> tuple[str, int]:
+        """The text from character ``start`` on, and the whole text's length (for a
+        checkpoint that holds the first ``start`` characters already)."""
+        return _suffix(self._text, start)
+
+    def thinking_from(self, start: int) -> tuple[str, int]:
+        """As :meth:`text_from`, for the reasoning text."""
+        return _suffix(self._thinking, start)
+
     @property
     def usage(self) -> Usage | None:
         """The latest usage totals."""
@@ -393,6 +442,8 @@ class ReplyBuilder:
 
     def tool_fragments(self) -> list[dict[str, Any]]:
         """Tool calls so far as plain dicts (possibly incomplete arguments), for checkpoints."""
+        if not self._calls:
+            return []
         return [
             {
                 "index": index,
@@ -410,19 +461,20 @@ class ReplyBuilder:
             ToolCall.parse(
                 call.id or f"call_{index}",
                 call.name or "",
-                "".join(call.parts),
+                _joined(call.parts),
                 index,
                 call.metadata,
             )
             for index, call in sorted(self._calls.items())
         )
         metadata = dict(self._metadata)
-        blocks = self.thinking_blocks()
+        thinking = self.thinking
+        blocks = self._blocks(thinking)
         if blocks:
             metadata["thinking_blocks"] = blocks
         return Reply(
             text=self.text,
-            thinking=self.thinking,
+            thinking=thinking,
             tool_calls=calls,
             usage=self._usage,
             finish_reason=self._finish_reason,
@@ -436,6 +488,11 @@ class ReplyBuilder:
         Only blocks that carry a signature or redacted data are listed: plain reasoning
         text (OpenAI-compatible ``reasoning_content``) is kept in ``Reply.thinking`` alone.
         """
+        return self._blocks(None)
+
+    def _blocks(self, thinking: str | None) -> list[dict[str, Any]]:
+        # A block holding every thinking delta shares the joined thinking text (one copy
+        # of a long reasoning, not two).
         out: list[dict[str, Any]] = []
         for _, block in sorted(self._thinking_blocks.items()):
             if block.redacted is not None:
@@ -444,7 +501,7 @@ class ReplyBuilder:
                 out.append(
                     {
                         "type": "thinking",
-                        "thinking": "".join(block.parts),
+                        "thinking": _block_text(block, thinking),
                         "signature": block.signature,
                     }
                 )

@@ -59,7 +59,6 @@ __all__ = [
 ]
 
 _J = TypeVar("_J")
-_COALESCE = 256  # pending deltas joined into one string past this many (memory, not speed)
 
 
 def describe_error(error: BaseException | None) -> str:
@@ -178,6 +177,8 @@ def reply_drafts(
 def _json_safe(value: _J) -> _J:
     """``value`` itself when JSON can hold it, else a copy with what it cannot as ``repr``:
     a checkpoint is the last resort for what was delivered and must always be writable."""
+    if not value:
+        return value
     try:
         json.dumps(value)
     except (TypeError, ValueError):
@@ -221,10 +222,12 @@ class ReplyPersister:
         self._commits = 0  # commits this run made (their idempotency keys count them)
         self.ticket: ReplyTicket | None = None
         self.pos: int | None = None
-        # What delivered text the checkpoint does not hold yet (appended at the next write).
-        self._text: list[str] = []
-        self._thinking: list[str] = []
-        self._written = 0  # builder.chunks at the last checkpoint write
+        # How much of the builder's text and thinking the checkpoint holds (characters): a
+        # write appends what came after (taken from the builder, never kept twice).
+        self._text_mark = 0
+        self._thinking_mark = 0
+        self._inflight = (0, 0)  # the marks once the write being made lands
+        self._written = 0  # builder.chunks at the last checkpoint write (-1: write again)
         # The exactness protocol (module docstring).
         self.busy = False
         self._claimed = False
@@ -298,18 +301,6 @@ class ReplyPersister:
         if self._first_at is None:
             self._first_at = self._clock()
         self.builder.add(chunk)
-        kind = chunk.kind
-        if kind is ChunkKind.TEXT:
-            if chunk.text:
-                pending = self._text
-                pending.append(chunk.text)
-                if len(pending) >= _COALESCE:
-                    pending[:] = ["".join(pending)]
-        elif kind is ChunkKind.THINKING and chunk.text:
-            pending = self._thinking
-            pending.append(chunk.text)
-            if len(pending) >= _COALESCE:
-                pending[:] = ["".join(pending)]
 
     def wait_claim(self) -> None:
         """The driver's rare wait: a reader is copying the state right now."""
@@ -319,20 +310,22 @@ class ReplyPersister:
     # -- snapshots ------------------------------------------------------------------------
 
     def _draft(self, error: str | None) -> CheckpointDraft:
-        """Take what the checkpoint does not hold yet (the pending text is handed over)."""
-        text, self._text = self._text, []
-        thinking, self._thinking = self._thinking, []
+        """What the checkpoint does not hold yet: the text and thinking delivered past the
+        marks (O(that text)); the marks move when the write lands (:meth:`_landed`)."""
         b = self.builder
+        text, text_end = b.text_from(self._text_mark)
+        thinking, thinking_end = b.thinking_from(self._thinking_mark)
+        self._inflight = (text_end, thinking_end)
         delivered = b.chunks - self._seeded
-        metadata = dict(b.metadata)
+        metadata = b.metadata  # a copy
         response_id = b.response_id
         point = self._cursor.point(delivered) if self._cursor is not None else None
         if point is not None:
             metadata[NATIVE_RESUME_KEY] = point
             response_id = response_id or point["stream_id"]
         return CheckpointDraft(
-            append_text="".join(text),
-            append_thinking="".join(thinking),
+            append_text=text,
+            append_thinking=thinking,
             tool_calls=_json_safe(b.tool_fragments()),
             usage=b.usage,
             error=error,
@@ -341,15 +334,16 @@ class ReplyPersister:
             metadata=_json_safe(metadata),
         )
 
-    def _give_back(self, draft: CheckpointDraft) -> None:
-        """A periodic write failed: its text is pending again, ahead of what came since."""
-        if draft.append_text:
-            self._text[0:0] = [draft.append_text]
-        if draft.append_thinking:
-            self._thinking[0:0] = [draft.append_thinking]
+    def _landed(self) -> None:
+        """The write :meth:`_draft` made is stored: the checkpoint holds its text now."""
+        self._text_mark, self._thinking_mark = self._inflight
+
+    def _give_back(self) -> None:
+        """A periodic write failed: its text is still past the marks; write again."""
+        self._written = -1
 
     def _dirty(self) -> bool:
-        return bool(self._text or self._thinking) or self.builder.chunks != self._written
+        return self.builder.chunks != self._written
 
     def snapshot(self) -> CheckpointDraft | None:
         """For the timer: the new part of the checkpoint, or None (nothing new, finished, or
@@ -381,9 +375,11 @@ class ReplyPersister:
         try:
             if draft is None:
                 return
-            if written is None:
+            if written:
+                self._landed()
+            elif written is None:
                 with self._claim:
-                    self._give_back(draft)
+                    self._give_back()
             elif not written and not self.finished:
                 self.lost = self.lost or OwnershipLost(
                     f"reply {self.reply_id!r} was taken over by another worker while this one "
@@ -523,6 +519,7 @@ class ReplyPersister:
         """Native resume failed before any chunk: this round is a continuation after all."""
         if self._seeded:
             self.builder = ReplyBuilder()
+            self._text_mark = self._thinking_mark = 0
             self._seeded = self._written = 0
 
     # -- completion -----------------------------------------------------------------------
@@ -635,8 +632,7 @@ class ReplyPersister:
     def _next_round(self) -> None:
         with self._claim:
             self.builder = ReplyBuilder()
-            self._text = []
-            self._thinking = []
+            self._text_mark = self._thinking_mark = 0
             self._seeded = self._written = 0
         if self._cursor is not None:
             self._cursor.begin()  # the next round's stream has not started yet

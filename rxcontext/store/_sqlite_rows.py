@@ -42,11 +42,18 @@ def storable(text: str) -> str:
     joined reply then holds a surrogate pair that UTF-8 refuses, and the whole reply would
     be lost at commit. Text without surrogates (nearly all) is returned as is.
     """
+    if text.isascii():
+        return text
     try:
-        text.encode("utf-8")
+        # A slice at a time: checking a long reply must not copy it whole.
+        for i in range(0, len(text), _SLICE):
+            text[i : i + _SLICE].encode("utf-8")
     except UnicodeEncodeError:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
+
+
+_SLICE = 1 << 16
 
 
 def to_json(value: Any) -> str | None:

@@ -43,6 +43,22 @@ __all__ = ["SQLiteReplies"]
 _LIVE = ("streaming", "resuming")
 
 
+_UPDATE = (
+    "UPDATE checkpoints SET tool_calls = ?, usage = ?, error = ?, chunks = ?,"
+    " response_id = ?, metadata = ?, updated_at = ?, state = COALESCE(?, state),"
+    " owner = CASE WHEN ? THEN NULL ELSE owner END,"
+    " lease_until = CASE WHEN ? THEN NULL ELSE lease_until END"
+    " WHERE id = ? AND epoch = ? AND state IN ('streaming', 'resuming')"
+)
+"""A checkpoint's fenced update (no row: another writer's epoch, or settled)."""
+
+_APPEND = (
+    "INSERT INTO checkpoint_parts (checkpoint_id, seq, text, thinking)"
+    " SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ? FROM checkpoint_parts WHERE checkpoint_id = ?"
+)
+"""A checkpoint's next part: the text and thinking delivered since its last write."""
+
+
 def _checkpoint_values(draft: CheckpointDraft) -> tuple[Any, ...]:
     return (
         rows.storable(json.dumps(list(draft.tool_calls), ensure_ascii=False)),
@@ -169,60 +185,53 @@ class SQLiteReplies:
                 raise ReplyExists(f"reply id {reply_id!r} was already used (reply ids are unique)")
             now = self.now()
             try:
-                cur = db.execute(
+                row = db.execute(
                     "INSERT INTO checkpoints (context_id, text, created_at, updated_at, reply_id,"
                     " state, pos, owner, epoch, lease_until)"
-                    " VALUES (?, '', ?, ?, ?, 'streaming', ?, ?, 1, ?)",
+                    " VALUES (?, '', ?, ?, ?, 'streaming', ?, ?, 1, ?)"
+                    f" RETURNING {rows.CHECKPOINT_COLUMNS}",
                     (context_id, now, now, reply_id, pos, owner, self._lease()),
-                )
+                ).fetchone()
             except sqlite3.IntegrityError as exc:
                 raise ReplyExists(
                     f"reply id {reply_id!r} was already used (reply ids are unique)"
                 ) from exc
-            row = db.execute(
-                f"SELECT {rows.CHECKPOINT_COLUMNS} FROM checkpoints WHERE id = ?", (cur.lastrowid,)
-            ).fetchone()
         return rows.checkpoint(row, "", "")
 
     @staticmethod
+    def _update_params(
+        ticket: ReplyTicket, draft: CheckpointDraft, now: str, state: ReplyState | None
+    ) -> tuple[Any, ...]:
+        release = state is ReplyState.INTERRUPTED
+        return (
+            *_checkpoint_values(draft),
+            now,
+            state.value if state is not None else None,
+            release,
+            release,
+            ticket.checkpoint_id,
+            ticket.epoch,
+        )
+
+    @staticmethod
+    def _part_params(ticket: ReplyTicket, draft: CheckpointDraft) -> tuple[Any, ...]:
+        cid = ticket.checkpoint_id
+        return (cid, rows.storable(draft.append_text), rows.storable(draft.append_thinking), cid)
+
+    @classmethod
     def _write(
+        cls,
         db: sqlite3.Connection,
         ticket: ReplyTicket,
         draft: CheckpointDraft,
         now: str,
         state: ReplyState | None,
     ) -> bool:
-        release = state is ReplyState.INTERRUPTED
-        cur = db.execute(
-            "UPDATE checkpoints SET tool_calls = ?, usage = ?, error = ?, chunks = ?,"
-            " response_id = ?, metadata = ?, updated_at = ?, state = COALESCE(?, state),"
-            " owner = CASE WHEN ? THEN NULL ELSE owner END,"
-            " lease_until = CASE WHEN ? THEN NULL ELSE lease_until END"
-            " WHERE id = ? AND epoch = ? AND state IN ('streaming', 'resuming')",
-            (
-                *_checkpoint_values(draft),
-                now,
-                state.value if state is not None else None,
-                release,
-                release,
-                ticket.checkpoint_id,
-                ticket.epoch,
-            ),
-        )
+        cur = db.execute(_UPDATE, cls._update_params(ticket, draft, now, state))
         if cur.rowcount == 0:
             return False
         if draft.append_text or draft.append_thinking:
-            db.execute(
-                "INSERT INTO checkpoint_parts (checkpoint_id, seq, text, thinking)"
-                " SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ? FROM checkpoint_parts"
-                " WHERE checkpoint_id = ?",
-                (
-                    ticket.checkpoint_id,
-                    rows.storable(draft.append_text),
-                    rows.storable(draft.append_thinking),
-                    ticket.checkpoint_id,
-                ),
-            )
+            db.execute(_APPEND, cls._part_params(ticket, draft))
         return True
 
     def save_checkpoint(
@@ -243,6 +252,24 @@ class SQLiteReplies:
         try:
             with self._tx(background=True) as db:
                 now = self.now()
+                if len(writes) > 1:
+                    # Every row at once (one C loop per statement): when every update
+                    # lands, as it nearly always does, nothing is fenced.
+                    cur = db.executemany(
+                        _UPDATE, [self._update_params(t, d, now, None) for t, d in writes]
+                    )
+                    if cur.rowcount == len(writes):
+                        db.executemany(
+                            _APPEND,
+                            [
+                                self._part_params(t, d)
+                                for t, d in writes
+                                if d.append_text or d.append_thinking
+                            ],
+                        )
+                        return [True] * len(writes)
+                    # Some were fenced: find which, row by row (an update that landed above
+                    # lands again the same; only their parts are appended, once).
                 return [self._write(db, t, d, now, None) for t, d in writes]
         except StoreBusy:
             return None

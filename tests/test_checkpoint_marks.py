@@ -1,0 +1,169 @@
+"""Checkpoints take only the text past what they hold (O(new text)) and stay exact: the
+builder's suffixes, a write the database refuses, thinking blocks and tool calls held
+compactly, and the UTF-8 checks that never copy a long reply whole."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from reactivex.testing import TestScheduler
+
+import rxcontext
+from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType
+from rxcontext import operators as rxops
+from rxcontext.chunks import _COALESCE, ReplyBuilder
+from rxcontext.providers import ScriptedModel
+from rxcontext.store._sqlite_rows import storable
+from rxcontext.tokens import estimate_tokens, utf8_size
+
+_step = st.one_of(
+    st.tuples(st.just("text"), st.text(max_size=5)),
+    st.tuples(st.just("thinking"), st.text(max_size=5)),
+    st.tuples(st.just("build"), st.just("")),
+)
+
+
+@given(st.lists(_step, max_size=3 * _COALESCE), st.data())
+def test_text_from_is_the_suffix_at_any_point(steps: list[tuple[str, str]], data) -> None:
+    builder = ReplyBuilder()
+    text, thinking = "", ""
+    for kind, delta in steps:
+        if kind == "text":
+            builder.add(Chunk(ChunkKind.TEXT, delta))
+            text += delta
+        elif kind == "thinking":
+            builder.add(Chunk(ChunkKind.THINKING, delta))
+            thinking += delta
+        else:
+            builder.build()  # joins the parts in place
+        start = data.draw(st.integers(0, len(text)))
+        assert builder.text_from(start) == (text[start:], len(text))
+        start = data.draw(st.integers(0, len(thinking)))
+        assert builder.thinking_from(start) == (thinking[start:], len(thinking))
+
+
+def test_one_thinking_block_shares_the_thinking_text() -> None:
+    builder = ReplyBuilder()
+    for i in range(3 * _COALESCE + 1):
+        builder.add(Chunk(ChunkKind.THINKING, str(i % 7)))
+    builder.add(Chunk(ChunkKind.THINKING, "", metadata={"signature": "sig"}))
+    assert len(builder._thinking_blocks[0].parts) <= 4  # blocks, not deltas
+    reply = builder.build()
+    (block,) = reply.metadata["thinking_blocks"]
+    assert block["thinking"] == reply.thinking == "".join(str(i % 7) for i in range(769))
+    assert block["thinking"] is reply.thinking  # one copy of a long reasoning
+
+
+def test_two_thinking_blocks_keep_their_own_text() -> None:
+    builder = ReplyBuilder()
+    for index, text in ((0, "ab"), (1, "cd"), (0, "e")):
+        builder.add(Chunk(ChunkKind.THINKING, text, index, metadata={"signature": f"s{index}"}))
+    reply = builder.build()
+    assert reply.thinking == "abcde"
+    assert [b["thinking"] for b in reply.metadata["thinking_blocks"]] == ["abe", "cd"]
+
+
+def test_a_long_tool_call_is_held_in_blocks() -> None:
+    builder = ReplyBuilder()
+    pieces = [f'"{i}",' for i in range(4 * _COALESCE)]
+    builder.add(Chunk(ChunkKind.TOOL_CALL, "[", 0, "call_1", "f"))
+    for piece in pieces:
+        builder.add(Chunk(ChunkKind.TOOL_CALL, piece, 0))
+    builder.add(Chunk(ChunkKind.TOOL_CALL, '"end"]', 0))
+    assert len(builder._calls[0].parts) < 10
+    (call,) = builder.build().tool_calls
+    assert call.raw == "[" + "".join(pieces) + '"end"]'
+    assert builder.tool_fragments()[0]["arguments"] == call.raw
+
+
+def test_a_periodic_write_the_database_refuses_is_written_at_the_next_tick(tmp_path) -> None:
+    path = tmp_path / "busy.db"
+    ts = TestScheduler()
+    model = ScriptedModel([[Chunk(ChunkKind.TEXT, c) for c in "abcdef"] + [Chunk(ChunkKind.DONE)]])
+    with rxcontext.open(path) as store:
+        cw = ContextWindow(store, model, "p", checkpoint_every=1.0, scheduler=ts)
+        cw.add_prompt("go")
+        other = sqlite3.connect(path, isolation_level=None, timeout=0)
+        seen: list[str] = []
+
+        def step(chunk: Chunk) -> None:
+            if chunk.text == "b":
+                other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+                ts.advance_by(1.0)  # the tick cannot write: "a" stays past the mark
+                seen.append(cw.active_replies()[0].text)
+                other.execute("ROLLBACK")
+            elif chunk.text in ("d", "e"):
+                ts.advance_by(1.0)
+                seen.append(cw.active_replies()[0].text)
+
+        cw.call(rxops.middleware(on_chunk=step))
+        other.close()
+        # A hook runs before its chunk is folded in: the tick at "d" holds "abc".
+        assert seen == ["", "abc", "abcd"]
+        assert [r.content for r in cw.records() if r.type is RecordType.MODEL_RESP] == ["abcdef"]
+
+
+def test_an_interrupt_after_checkpoints_stores_exactly_what_was_delivered() -> None:
+    ts = TestScheduler()
+    deltas = [f"{i}é" for i in range(3 * _COALESCE)]
+    model = ScriptedModel([[Chunk(ChunkKind.TEXT, d) for d in deltas] + [RuntimeError("cut")]])
+    cw = ContextWindow(rxcontext.open(":memory:"), model, "p", checkpoint_every=1.0, scheduler=ts)
+    cw.add_prompt("go")
+    count = 0
+
+    def step(chunk: Chunk) -> None:
+        nonlocal count
+        count += 1
+        if count % 100 == 0:
+            ts.advance_by(1.0)
+
+    with pytest.raises(rxcontext.StreamInterrupted) as cut:
+        cw.call(rxops.middleware(on_chunk=step))
+    assert cut.value.checkpoint.text == "".join(deltas)
+    (parts,) = (
+        cw.store._db()
+        .execute(
+            "SELECT COUNT(*) FROM checkpoint_parts WHERE checkpoint_id = ?",
+            (cut.value.checkpoint.id,),
+        )
+        .fetchone()
+    )
+    assert parts == 1 + len(deltas) // 100  # one part per tick, then the rest
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "ascii", "café — 日本語", "x" * 70_000 + "é" * 70_000 + "😀" * 10, "a\ud83d" * 40_000],
+)
+def test_utf8_size_counts_as_encoding_does(text: str) -> None:
+    assert utf8_size(text) == len(text.encode("utf-8", "surrogatepass"))
+    assert estimate_tokens(text) == (len(text.encode("utf-8", "surrogatepass")) + 3) // 4
+
+
+def test_storable_checks_long_text_in_slices_and_still_repairs_surrogates() -> None:
+    long = "é" * 100_000
+    assert storable(long) is long
+    split = "x" * ((1 << 16) - 1) + "\ud83d\ude00" + "y"  # a pair across two slices
+    assert storable(split) == "x" * ((1 << 16) - 1) + "😀" + "y"
+    assert storable("a\ud800b") == "a\ufffdb"
+
+
+def test_replies_one_after_another_reuse_the_checkpointer_thread(monkeypatch) -> None:
+    from rxcontext import checkpointer
+
+    monkeypatch.setattr(checkpointer, "LINGER", 600.0)
+    done = Chunk(ChunkKind.DONE)
+    model = ScriptedModel([[Chunk(ChunkKind.TEXT, "a"), done], [Chunk(ChunkKind.TEXT, "b"), done]])
+    with rxcontext.open(":memory:") as store:
+        cw = ContextWindow(store, model, "p", checkpoint_every=1.0)
+        cw.add_prompt("go")
+        assert cw.call().text == "a"
+        timer = checkpointer.checkpointer_for(store, 1.0)
+        first = timer._thread
+        assert first is not None and first.is_alive()  # idle, waiting for the next reply
+        cw.add_prompt("again")
+        assert cw.call().text == "b"
+        assert timer._thread is first

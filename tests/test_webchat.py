@@ -52,7 +52,7 @@ sys.path.insert(0, str(EXAMPLES))
 
 from webchat.app import parser, serve  # noqa: E402
 from webchat.bot import answer  # noqa: E402
-from webchat.chat import Chat  # noqa: E402
+from webchat.chat import Chat, UsageTally, reply_cost  # noqa: E402
 
 BROWSER_ARGS = [
     "--headless",
@@ -783,16 +783,34 @@ def test_each_reply_shows_its_usage(page: Any, webchat: Webchat) -> None:
     first_in = len("one") // 4 or 1
     second_in = (len("one") + len(answer("one")) + len("a second, longer question")) // 4
     expected = [
-        f"openai:offline-bot · {first_in} in · {len(answer('one')) // 4} out · cost —",
+        f"openai:offline-bot · {first_in} in · {len(answer('one')) // 4} out · cost unknown",
         f"openai:offline-bot · {second_in} in · "
-        f"{len(answer('a second, longer question')) // 4} out · cost —",
+        f"{len(answer('a second, longer question')) // 4} out · cost unknown",
     ]
     assert page.eval_on_selector_all(".msg.assistant .meta", metas) == expected
     assert page.get_attribute(".msg.assistant .cost", "title") == (
-        "rxcontext does not report prices yet"
+        "genai-prices has no price for openai:offline-bot"
     )
     reload(page)
     assert page.eval_on_selector_all(".msg.assistant .meta", metas) == expected
+
+
+def test_a_reply_of_a_priced_model_shows_what_genai_prices_says() -> None:
+    prices = pytest.importorskip("genai_prices", reason="needs rxcontext[prices]")
+    tally = UsageTally(model="openai:gpt-4o-mini")
+    tally.add(rxcontext.Chunk(rxcontext.ChunkKind.USAGE, usage=rxcontext.Usage.of(1000, 200)))
+    tally.add(rxcontext.Chunk(rxcontext.ChunkKind.DONE))
+    tally.add(rxcontext.Chunk(rxcontext.ChunkKind.USAGE, usage=rxcontext.Usage.of(1500, 100)))
+    shown = tally.to_dict()
+    assert shown is not None and shown["input_tokens"] == 2500  # both rounds of a tool loop
+    expected = prices.calc_price(
+        prices.Usage(input_tokens=2500, output_tokens=300), "gpt-4o-mini", provider_id="openai"
+    ).total_price
+    assert shown["cost"] == str(expected) and shown["cost_note"] is None
+    assert reply_cost(rxcontext.Usage.of(10, 1), "openai:offline-bot") == (
+        None,
+        "genai-prices has no price for openai:offline-bot",
+    )
 
 
 # -- layout at desktop and phone widths --------------------------------------------------------

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 import rxcontext
+from rxcontext import cost
 from rxcontext import (
     Checkpoint,
     Chunk,
@@ -38,7 +39,7 @@ from rxcontext import (
 from rxcontext.providers.base import Model
 from rxcontext.store.base import IN_PROGRESS, ORPHANED
 
-__all__ = ["Chat", "LiveReply", "ReplyGone", "UsageTally"]
+__all__ = ["Chat", "LiveReply", "ReplyGone", "UsageTally", "reply_cost"]
 
 
 T = TypeVar("T")
@@ -81,11 +82,25 @@ class UsageTally:
         return self.done + self.current if self.current is not None else self.done
 
     def to_dict(self) -> dict[str, Any] | None:
-        """JSON for the page (None before the stream said anything about usage). ``cost``
-        stays None until rxcontext reports prices."""
+        """JSON for the page (None before the stream said anything about usage): the model,
+        token counts, and the cost in US dollars (a string, from genai-prices through
+        :mod:`rxcontext.cost`) or None with ``cost_note`` saying why it is unknown."""
         if self.current is None and self.done == Usage():
             return None
-        return {"model": self.model, **self.total.to_dict(), "cost": None}
+        usd, note = reply_cost(self.total, self.model)
+        return {"model": self.model, **self.total.to_dict(), "cost": usd, "cost_note": note}
+
+
+def reply_cost(usage: Usage, model_name: str | None) -> tuple[str | None, str | None]:
+    """``usage`` on ``model_name`` (``"openai:gpt-4o-mini"``) priced: (dollars, None), or
+    (None, why not). Never a guess: an unknown model has an unknown cost."""
+    if not cost.available():
+        return None, "install rxcontext[prices] (genai-prices) to see costs"
+    provider, _, model = (model_name or "").partition(":")
+    usd = cost.price(usage, model or None, provider or None)
+    if usd is None:
+        return None, f"genai-prices has no price for {model_name or 'this model'}"
+    return str(usd), None
 
 
 class LiveReply:

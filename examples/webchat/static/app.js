@@ -89,7 +89,7 @@ function formatTokens(n) {
   return new Intl.NumberFormat("en").format(n || 0);
 }
 
-// The line under a reply: model, tokens in and out, cost (when rxcontext gives one).
+// The line under a reply: model, tokens in and out, cost (unknown says why in its title).
 function setMeta(item, usage, partial) {
   let meta = item.el.querySelector(".meta");
   if (!meta) {
@@ -105,9 +105,9 @@ function setMeta(item, usage, partial) {
     const cost = element(
       "span",
       "cost",
-      usage.cost == null ? "cost —" : "$" + Number(usage.cost).toFixed(4)
+      usage.cost == null ? "cost unknown" : "$" + Number(usage.cost).toFixed(4)
     );
-    if (usage.cost == null) cost.title = "rxcontext does not report prices yet";
+    cost.title = usage.cost == null ? usage.cost_note || "" : "$" + usage.cost + " (genai-prices)";
     parts.push(cost);
   }
   meta.replaceChildren(...parts);

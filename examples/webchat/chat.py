@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 import rxcontext
-from rxcontext import cost
 from rxcontext import (
     Checkpoint,
     Chunk,
@@ -35,6 +34,7 @@ from rxcontext import (
     ReplyState,
     StreamInterrupted,
     Usage,
+    cost,
 )
 from rxcontext.providers.base import Model
 from rxcontext.store.base import IN_PROGRESS, ORPHANED

@@ -20,6 +20,7 @@ __all__ = [
     "ProviderError",
     "ReplyBusy",
     "ReplyExists",
+    "ReplyNotFound",
     "ReplySuperseded",
     "RxContextError",
     "SchemaTooNew",
@@ -104,6 +105,11 @@ class ReplySuperseded(CheckpointResolved):
 
 class ReplyExists(RxContextError, ValueError):
     """A reply with that ``reply_id`` already exists; reply ids are unique per store."""
+
+
+class ReplyNotFound(RxContextError, LookupError):
+    """No reply has this id in the store (``cw.watch``): it was never begun here, or its
+    context was deleted."""
 
 
 class OwnershipLost(RxContextError):

@@ -40,6 +40,7 @@ from typing import Any, TypeVar, cast
 from ._signals import deferred
 from .chunks import Chunk, ChunkKind, Reply, ReplyBuilder, Usage
 from .errors import OwnershipLost, RxContextError, StreamInterrupted
+from .fanout.base import Channel, Fanout
 from .providers.base import NATIVE_RESUME_KEY, ResumeCursor
 from .records import Checkpoint, Record, RecordType, ReplyState
 from .store.base import IN_PROGRESS, CheckpointDraft, RecordDraft, ReplyTicket, Store
@@ -179,8 +180,12 @@ class ReplyPersister:
         cursor: ResumeCursor | None = None,
         model_name: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        fanout: Fanout | None = None,
     ) -> None:
         self.store = store
+        self._fanout = fanout
+        self.channel: Channel | None = None
+        """Where delivered chunks are published for watchers (``cw.watch``), if anywhere."""
         self.model_name = model_name
         self._clock = clock
         self._sent_at: float | None = None
@@ -242,6 +247,7 @@ class ReplyPersister:
                 self._prefix = checkpoint.text
                 self._prefix_thinking = checkpoint.thinking
                 self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch)
+            self._open_channel(checkpoint)
             return
         reply_id = self.reply_id or str(uuid.uuid4())
         with deferred():
@@ -249,6 +255,19 @@ class ReplyPersister:
             self.reply_id = reply_id
             self.pos = checkpoint.pos
             self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch)
+        self._open_channel(None)
+
+    def _open_channel(self, resumed: Checkpoint | None) -> None:
+        """Start publishing this epoch of the reply; a resume starts from what its
+        earlier rounds stored plus its checkpoint (what watchers rewind to)."""
+        if self._fanout is None or self.ticket is None or self.reply_id is None:
+            return
+        text = thinking = ""
+        if resumed is not None:
+            from .fanout.publish import resumed_base
+
+            text, thinking = resumed_base(self.store, resumed)
+        self.channel = self._fanout.open_channel(self.reply_id, self.ticket.epoch, text, thinking)
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -274,6 +293,16 @@ class ReplyPersister:
             pending.append(chunk.text)
             if len(pending) >= _COALESCE:
                 pending[:] = ["".join(pending)]
+        channel = self.channel
+        if channel is not None:
+            channel.chunk(chunk)
+
+    def passed(self, chunk: Chunk) -> None:
+        """A chunk was delivered that is not part of the reply's fold (a tool's result):
+        watchers get it too."""
+        channel = self.channel
+        if channel is not None:
+            channel.chunk(chunk)
 
     def wait_claim(self) -> None:
         """The driver's rare wait: a reader is copying the state right now."""
@@ -400,6 +429,8 @@ class ReplyPersister:
             draft = self._draft(why)
             if not self.store.save_checkpoint(self.ticket, draft, state=ReplyState.INTERRUPTED):
                 return None
+            if self.channel is not None:
+                self.channel.end("interrupted")
         return self.store.get_checkpoint(self.ticket.checkpoint_id)
 
     def cancel_from_elsewhere(self) -> None:
@@ -509,6 +540,8 @@ class ReplyPersister:
                 )
             self.final = reply
             self._next_round()
+            if last and self.channel is not None:
+                self.channel.end("completed")  # after the commit: watchers can read it
         return True
 
     def _about(self, reply: Reply) -> dict[str, Any]:

@@ -275,12 +275,18 @@ class _Watch:
 
     def run(self) -> Iterator[Chunk]:
         row, records = self.read_store()
+        want = row.epoch if row is not None else 1
         if self.ended(row, records):
+            # Ended already: its live log, while kept, gives the very chunks delivered.
+            if self.fanout is not None:
+                entries = self.fanout.read(
+                    self.reply_id, None, epoch=want, wait=0.0, cancelled=self.cancelled
+                )
+                if entries and isinstance(entries[0], Begin | Snapshot):
+                    yield from self.apply(entries)
             yield from self.finish(records, row)
             return
-        assert row is not None
-        want = row.epoch
-        at: Position | None = None
+        self.at = None
         checked = time.monotonic()
         while True:
             if self.cancelled.is_set():
@@ -288,12 +294,12 @@ class _Watch:
             entries = None
             if self.fanout is not None:
                 entries = self.fanout.read(
-                    self.reply_id, at, epoch=want, wait=self.wait, cancelled=self.cancelled
+                    self.reply_id, self.at, epoch=want, wait=self.wait, cancelled=self.cancelled
                 )
-            if entries and at is None and not isinstance(entries[0], Begin | Snapshot):
+            if entries and self.at is None and not isinstance(entries[0], Begin | Snapshot):
                 entries = None  # the log's head is gone: not whole
             if entries is None:
-                at = None
+                self.at = None
                 row, records = self.read_store()
                 if self.ended(row, records):
                     yield from self.finish(records, row)
@@ -314,39 +320,53 @@ class _Watch:
                         yield from self.finish(records, row)
                         return
                     assert row is not None
-                    if at is not None and row.epoch > at[0]:
-                        want, at = row.epoch, None
+                    if self.at is not None and row.epoch > self.at[0]:
+                        want, self.at = row.epoch, None
                 continue
-            for entry in entries:
-                if isinstance(entry, Begin | Snapshot):
-                    if at is not None and entry.epoch == at[0] and isinstance(entry, Snapshot):
-                        done_upto = at[1]
-                    else:
-                        yield from self.begin(entry)
-                        done_upto = 0
-                    if isinstance(entry, Snapshot):
-                        for seq, chunk in entry.chunks:
-                            if seq > done_upto:
-                                yield from self.live(chunk)
-                        at = (entry.epoch, entry.seq)
-                    else:
-                        at = (entry.epoch, 0)
-                    want = max(want, entry.epoch)
-                elif isinstance(entry, Chunks):
-                    if at is None or entry.epoch != at[0] or entry.first > at[1] + 1:
-                        at = None  # a gap: live data was lost; the store fills it
-                        break
-                    for i, chunk in enumerate(entry.chunks):
-                        if entry.first + i > at[1]:
-                            yield from self.live(chunk)
-                    at = (entry.epoch, max(at[1], entry.last))
-                elif isinstance(entry, End):
-                    if at is None or entry.epoch != at[0]:
-                        continue
-                    row, records = self.read_store()
+            yield from self.apply(entries)
+            if self.ending is not None:
+                row, records = self.read_store()
+                if self.ended(row, records):
                     yield from self.finish(records, row)
                     return
+                self.ending = None  # interrupted, and already resumed: its next epoch follows
+            if self.at is not None:
+                want = max(want, self.at[0])
             checked = time.monotonic()
+
+    at: Position | None = None
+    ending: End | None = None
+
+    def apply(self, entries: Sequence[Begin | Chunks | Snapshot | End]) -> Iterator[Chunk]:
+        """Show what ``entries`` add; sets ``at`` (None after a gap) and ``ending``."""
+        at = self.at
+        for entry in entries:
+            if isinstance(entry, Begin | Snapshot):
+                if at is not None and entry.epoch == at[0] and isinstance(entry, Snapshot):
+                    done_upto = at[1]  # live data was lost and made whole again
+                else:
+                    yield from self.begin(entry)
+                    done_upto = 0
+                if isinstance(entry, Snapshot):
+                    for seq, chunk in entry.chunks:
+                        if seq > done_upto:
+                            yield from self.live(chunk)
+                    at = (entry.epoch, entry.seq)
+                else:
+                    at = (entry.epoch, 0)
+            elif isinstance(entry, Chunks):
+                if at is None or entry.epoch != at[0] or entry.first > at[1] + 1:
+                    at = None  # a gap: live data was lost; the store fills it
+                    break
+                for i, chunk in enumerate(entry.chunks):
+                    if entry.first + i > at[1]:
+                        yield from self.live(chunk)
+                at = (entry.epoch, max(at[1], entry.last))
+            elif at is not None and entry.epoch == at[0]:
+                self.ending = entry
+                at = (entry.epoch, entry.seq)
+                break
+        self.at = at
 
 
 def _done_of(records: Sequence[Record]) -> Chunk:

@@ -67,8 +67,11 @@ class Owner:
 
     def start(self) -> Owner:
         self.thread.start()
+        while self.hold is not None and not self.held.is_set() and not self.done.is_set():
+            self.held.wait(0.01)
         if self.hold is not None:
-            assert self.held.wait(WAIT), "the owner never reached its hold"
+            held = self.held.wait(WAIT)
+            assert held or self.done.is_set(), "the owner never reached its hold"
         return self
 
     def release(self) -> None:

@@ -80,6 +80,7 @@ class _Watch:
         self.log_thinking = 0
         self.call_ids: dict[int, str] = {}
         self.skip_calls: set[str] = set()  # calls shown from the store: skip them live
+        self.next_index = -1  # above every tool-call index shown so far
 
     # -- the store --------------------------------------------------------------------
 
@@ -136,7 +137,10 @@ class _Watch:
             if chunk.kind is ChunkKind.TOOL_CALL and chunk.id not in self.calls:
                 self.calls.add(chunk.id)
                 self.skip_calls.add(chunk.id)
-                yield chunk
+                # A whole call in one chunk, at an index no other call of this watch has
+                # (the provider's index is not stored).
+                self.next_index += 1
+                yield replace(chunk, index=self.next_index)
             elif chunk.kind is ChunkKind.TOOL_RESULT and chunk.id not in self.results:
                 self.results.add(chunk.id)
                 yield chunk
@@ -218,6 +222,8 @@ class _Watch:
             yield chunk
             return
         if kind is ChunkKind.TOOL_CALL:
+            if chunk.index >= self.next_index:
+                self.next_index = chunk.index + 1
             if chunk.id:
                 self.call_ids[chunk.index] = chunk.id
             call = chunk.id or self.call_ids.get(chunk.index)

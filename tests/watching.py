@@ -35,8 +35,17 @@ class Owner:
     """``cw.stream(reply_id=...)`` subscribed on a thread; ``hold(k)`` stops it right before
     it delivers chunk ``k`` (0: before the first), so exactly ``k`` were delivered."""
 
-    def __init__(self, cw: ContextWindow, reply_id: str, *, hold: int | None = None) -> None:
+    def __init__(
+        self,
+        cw: ContextWindow,
+        reply_id: str,
+        *,
+        hold: int | None = None,
+        gate: threading.Semaphore | None = None,
+    ) -> None:
         self.cw = cw
+        self.gate = gate
+        """If given, each chunk waits for a permit before it is delivered."""
         self.reply_id = reply_id
         self.hold = hold
         self.delivered: list[Chunk] = []
@@ -48,6 +57,8 @@ class Owner:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _chunk(self, _: Chunk) -> None:
+        if self.gate is not None:
+            assert self.gate.acquire(timeout=WAIT), "the test never let this chunk go"
         if self._seen == self.hold:
             self.held.set()
             self.go.wait(WAIT)
@@ -79,6 +90,8 @@ class Owner:
 
     def join(self) -> None:
         self.go.set()
+        if self.gate is not None:
+            self.gate.release(10_000)
         assert self.done.wait(WAIT), "the owner never finished"
         self.thread.join(WAIT)
 
@@ -92,11 +105,14 @@ class Watcher:
         self.completed = False
         self.done = threading.Event()
         self.on_chunk: Callable[[Chunk], None] | None = None
+        self._changed = threading.Condition()
         self._observable = cw.watch(reply_id, **options)
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _next(self, chunk: Chunk) -> None:
-        self.chunks.append(chunk)
+        with self._changed:
+            self.chunks.append(chunk)
+            self._changed.notify_all()
         if self.on_chunk is not None:
             self.on_chunk(chunk)
 
@@ -119,6 +135,11 @@ class Watcher:
     def join(self) -> Watcher:
         assert self.done.wait(WAIT), "the watcher never ended"
         return self
+
+    def wait_for(self, text: str) -> bool:
+        """Block until what this watcher shows is ``text`` (False after ``WAIT``)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.text == text, WAIT)
 
     @property
     def text(self) -> str:

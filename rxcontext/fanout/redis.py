@@ -84,6 +84,7 @@ class _Channel:
         "chunks",
         "confirmed",
         "dead",
+        "dropped",
         "end_seq",
         "ended",
         "epoch",
@@ -113,6 +114,7 @@ class _Channel:
         self.ended: _Ended | None = None
         self.end_seq = 0
         self.dead = False  # fenced, or given up: publish nothing more
+        self.dropped = False  # given up (queue overflow): its stream is deleted at its end
         self.unsure = False  # a write failed: look at the stream before the next one
         self.expire_at = 0.0
 
@@ -196,7 +198,7 @@ class RedisFanout:
 
     def _overflow(self, channel: _Channel) -> None:
         if not channel.dead:
-            channel.dead = True
+            channel.dead = channel.dropped = True
             _log.warning(
                 "fan-out queue full: reply %r is no longer published live (watchers read it "
                 "from the store)",
@@ -279,7 +281,7 @@ class RedisFanout:
                 channel.confirmed = -2
 
     def _flush(self) -> None:
-        channels = [c for c in self._open.values() if not c.dead or c.ended]
+        channels = [c for c in self._open.values() if not c.dead or c.dropped]
         unsure = [c for c in channels if c.unsure and not c.dead]
         if unsure:
             self._check(unsure)
@@ -289,7 +291,7 @@ class RedisFanout:
         for channel in channels:
             key = channel.key
             if channel.dead:
-                if channel.ended:  # given up after an overflow: its watchers use the store
+                if channel.dropped and channel.ended:  # its watchers read the store
                     pipe.delete(key)
                     plan.append((channel, "drop", 0))
                 continue
@@ -341,7 +343,9 @@ class RedisFanout:
         for (channel, what, seq), result in zip(plan, results, strict=True):
             self._outcome(channel, what, seq, result)
         for channel in list(self._open.values()):
-            if channel.dead or (channel.ended and channel.confirmed >= channel.end_seq):
+            if (channel.dead and not channel.dropped) or (
+                channel.ended and channel.confirmed >= channel.end_seq
+            ):
                 self._open.pop(id(channel), None)
 
     def _outcome(self, channel: _Channel, what: str, seq: int, result: Any) -> None:

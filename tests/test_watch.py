@@ -237,3 +237,27 @@ def test_many_replies_watched_by_many_joiners(make_store: Callable[..., Any]) ->
         assert watcher.chunks == owners[i].delivered
         assert watcher.text == stored_text(windows[i], f"many-{i}")
     assert fanout_for(store) is not None
+
+
+def test_a_bad_fanout_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="fanout must be"):
+        rxcontext.open(":memory:", fanout="kafka://somewhere")
+
+
+def test_the_redis_fanout_without_redis_py_names_its_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.delitem(sys.modules, "rxcontext.fanout.redis", raising=False)
+    with pytest.raises(rxcontext.MissingDependency) as caught:
+        rxcontext.open(":memory:", fanout="redis://127.0.0.1:6379/0")
+    assert caught.value.hint == "pip install 'rxcontext[redis]'"
+
+
+def test_without_fanout_nothing_is_published(make_store: Callable[..., Any]) -> None:
+    cw = window(make_store, None, [script(3)])
+    assert fanout_for(cw.store) is None
+    Owner(cw, "r-plain").start().join()
+    assert stored_text(cw, "r-plain") == "w0 w1 w2 "

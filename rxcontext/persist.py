@@ -427,10 +427,12 @@ class ReplyPersister:
             if not self._finish() or self.ticket is None:
                 return None
             draft = self._draft(why)
-            if not self.store.save_checkpoint(self.ticket, draft, state=ReplyState.INTERRUPTED):
-                return None
+            saved = self.store.save_checkpoint(self.ticket, draft, state=ReplyState.INTERRUPTED)
             if self.channel is not None:
+                # Taken over or not, this epoch is over (a fenced end changes nothing).
                 self.channel.end("interrupted")
+            if not saved:
+                return None
         return self.store.get_checkpoint(self.ticket.checkpoint_id)
 
     def cancel_from_elsewhere(self) -> None:

@@ -165,6 +165,10 @@ def _json_safe(value: _J) -> _J:
     return value
 
 
+def _no_publish(_: Chunk) -> None:
+    pass
+
+
 class ReplyPersister:
     """Per-reply state between the stream driver and the store (see the module docstring)."""
 
@@ -185,6 +189,7 @@ class ReplyPersister:
         self.store = store
         self._fanout = fanout
         self.channel: Channel | None = None
+        self._publish: Callable[[Chunk], None] = _no_publish
         """Where delivered chunks are published for watchers (``cw.watch``), if anywhere."""
         self.model_name = model_name
         self._clock = clock
@@ -268,6 +273,8 @@ class ReplyPersister:
 
             text, thinking = resumed_base(self.store, resumed)
         self.channel = self._fanout.open_channel(self.reply_id, self.ticket.epoch, text, thinking)
+        self._publish = self.channel.chunk
+        self.add = self._add_and_publish  # type: ignore[method-assign]
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -293,9 +300,12 @@ class ReplyPersister:
             pending.append(chunk.text)
             if len(pending) >= _COALESCE:
                 pending[:] = ["".join(pending)]
-        channel = self.channel
-        if channel is not None:
-            channel.chunk(chunk)
+
+    def _add_and_publish(self, chunk: Chunk) -> None:
+        """:meth:`add` with a fan-out: fold, then publish (it replaces ``add`` on the
+        instance, so a reply without a fan-out pays nothing on the hot path)."""
+        ReplyPersister.add(self, chunk)
+        self._publish(chunk)
 
     def passed(self, chunk: Chunk) -> None:
         """A chunk was delivered that is not part of the reply's fold (a tool's result):

@@ -182,3 +182,22 @@ def test_a_fenced_owner_cannot_write_into_the_new_epoch(shared: tuple[str, str])
     assert [type(e).__name__ for e in entries] == ["Begin", "Chunks", "End"]
     assert all(e.epoch == 2 for e in entries)
     assert entries[1].chunks == [T("there")]  # type: ignore[union-attr]
+
+
+def test_a_reply_that_overflows_the_queue_is_served_from_the_store(
+    shared: tuple[str, str],
+) -> None:
+    url, prefix = shared
+    fanout = RedisFanout(url, prefix=prefix, max_queue=3, flush_every=3600.0)
+    cw = _window(fanout)
+    gate = threading.Semaphore(0)
+    owner = Owner(cw, "r", gate=gate).start()
+    gate.release(10_000)  # all twelve chunks queue up before the writer's next turn
+    assert owner.done.wait(WAIT) and owner.error is None
+    assert fanout.drain(WAIT)
+    watcher = Watcher(cw, "r", poll=0.05).start().join()
+    client = redis.Redis.from_url(url)
+    assert not client.exists(fanout.key("r"))  # given up: nothing half there
+    client.close()
+    fanout.close()
+    assert watcher.completed and watcher.text == stored_text(cw, "r") == words(N)

@@ -50,6 +50,8 @@ class Owner:
         self.hold = hold
         self.delivered: list[Chunk] = []
         self.held = threading.Event()
+        self.begun = threading.Event()
+        """Set once the reply's row exists (a watcher can find it from then on)."""
         self.go = threading.Event()
         self.done = threading.Event()
         self.error: BaseException | None = None
@@ -65,7 +67,7 @@ class Owner:
         self._seen += 1
 
     def _run(self) -> None:
-        hook = rxops.middleware(on_chunk=self._chunk)
+        hook = rxops.middleware(on_start=self.begun.set, on_chunk=self._chunk)
         try:
             self.cw.stream(hook, reply_id=self.reply_id).subscribe(
                 self.delivered.append, self._failed, lambda: None
@@ -78,11 +80,10 @@ class Owner:
 
     def start(self) -> Owner:
         self.thread.start()
-        while self.hold is not None and not self.held.is_set() and not self.done.is_set():
-            self.held.wait(0.01)
-        if self.hold is not None:
-            held = self.held.wait(WAIT)
-            assert held or self.done.is_set(), "the owner never reached its hold"
+        waits = [self.begun] if self.hold is None else [self.held]
+        for event in waits:
+            while not event.is_set() and not self.done.is_set():
+                event.wait(0.01)
         return self
 
     def release(self) -> None:

@@ -28,6 +28,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from ..chunks import Chunk
@@ -76,20 +77,23 @@ def _entry(raw_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
 
 
 class _Channel:
-    """One epoch of one reply. ``chunk``/``end`` run on the owner's thread (an append);
-    everything else belongs to the writer thread."""
+    """One epoch of one reply. ``chunk``/``end`` run on the owner's thread (appends to
+    ``inbox``); everything else belongs to the writer thread."""
 
     __slots__ = (
         "begun",
+        "chunk",
         "chunks",
         "confirmed",
         "dead",
+        "deleted",
         "dropped",
         "end_seq",
         "ended",
         "epoch",
         "expire_at",
         "fanout",
+        "inbox",
         "key",
         "pending",
         "reply_id",
@@ -101,6 +105,11 @@ class _Channel:
 
     def __init__(self, fanout: RedisFanout, reply_id: str, epoch: int, text: str, thinking: str):
         self.fanout = fanout
+        self.inbox: collections.deque[Chunk | str] = collections.deque()
+        self.chunk: Callable[[Chunk], None] = self.inbox.append
+        """A chunk the owner's subscriber just received: one ``deque.append`` (the writer
+        thread empties the inbox every ``flush_every`` and gives up on a reply whose inbox
+        grew past ``max_queue``)."""
         self.reply_id = reply_id
         self.key = fanout.key(reply_id)
         self.epoch = epoch
@@ -114,19 +123,13 @@ class _Channel:
         self.ended: _Ended | None = None
         self.end_seq = 0
         self.dead = False  # fenced, or given up: publish nothing more
-        self.dropped = False  # given up (queue overflow): its stream is deleted at its end
+        self.dropped = False  # given up (queue overflow): its stream is deleted
+        self.deleted = False
         self.unsure = False  # a write failed: look at the stream before the next one
         self.expire_at = 0.0
 
-    def chunk(self, chunk: Chunk) -> None:
-        queue = self.fanout._queue
-        if len(queue) >= self.fanout.max_queue:
-            self.fanout._overflow(self)
-            return
-        queue.append((self, chunk))
-
     def end(self, state: _Ended) -> None:
-        self.fanout._queue.append((self, state))
+        self.inbox.append(state)
         self.fanout._wake.set()
 
 
@@ -171,7 +174,7 @@ class RedisFanout:
             retry_on_timeout=False,
             health_check_interval=0,
         )
-        self._queue: collections.deque[tuple[_Channel, Chunk | str]] = collections.deque()
+        self._new: collections.deque[_Channel] = collections.deque()
         self._open: dict[int, _Channel] = {}
         self._wake = threading.Event()
         self._closing = False
@@ -192,19 +195,20 @@ class RedisFanout:
         self, reply_id: str, epoch: int, text: str = "", thinking: str = ""
     ) -> _Channel:
         channel = _Channel(self, reply_id, epoch, text, thinking)
-        self._queue.append((channel, "begin"))
+        self._new.append(channel)
         self._wake.set()
         return channel
 
     def _overflow(self, channel: _Channel) -> None:
-        if not channel.dead:
-            channel.dead = channel.dropped = True
-            _log.warning(
-                "fan-out queue full: reply %r is no longer published live (watchers read it "
-                "from the store)",
-                channel.reply_id,
-            )
-            self._queue.append((channel, "drop"))
+        channel.dead = channel.dropped = True  # its queued chunks are dropped as drained
+        channel.chunks = []
+        channel.pending = []
+        _log.warning(
+            "fan-out: reply %r queued more than %d chunks unsent; it is no longer published "
+            "live (its watchers read the store)",
+            channel.reply_id,
+            self.max_queue,
+        )
 
     # -- the writer thread ---------------------------------------------------------------
 
@@ -219,33 +223,33 @@ class RedisFanout:
                     self._failed(error)
             if closing and (not self._open or time.monotonic() >= self._close_by):
                 return
-            idle = not self._open and not self._queue
+            idle = not self._open and not self._new
             self._wake.wait(1.0 if idle else self.flush_every)
             self._wake.clear()
 
     _close_by = 0.0
 
     def _drain(self) -> None:
-        queue = self._queue
-        while queue:
-            channel, item = queue.popleft()
-            self._open.setdefault(id(channel), channel)
-            if isinstance(item, Chunk):
-                if channel.dead:
-                    continue
-                channel.seq += 1
-                pair = (channel.seq, item)
-                channel.chunks.append(pair)
-                channel.pending.append(pair)
-            elif item == "begin":
-                pass
-            elif item == "drop":
-                channel.chunks = []
-                channel.pending = []
-                channel.ended = "interrupted"
-            else:
-                channel.ended = "completed" if item == "completed" else "interrupted"
-                channel.end_seq = channel.seq + 1
+        new = self._new
+        while new:
+            channel = new.popleft()
+            self._open[id(channel)] = channel
+        for channel in list(self._open.values()):
+            inbox = channel.inbox
+            if len(inbox) > self.max_queue:
+                self._overflow(channel)
+            while inbox:
+                item = inbox.popleft()
+                if isinstance(item, Chunk):
+                    if channel.dead:
+                        continue
+                    channel.seq += 1
+                    pair = (channel.seq, item)
+                    channel.chunks.append(pair)
+                    channel.pending.append(pair)
+                else:
+                    channel.ended = "completed" if item == "completed" else "interrupted"
+                    channel.end_seq = channel.seq + 1
 
     def _failed(self, error: BaseException) -> None:
         self._pause = min(self.reconnect_max, max(0.05, self._pause * 2))
@@ -291,7 +295,7 @@ class RedisFanout:
         for channel in channels:
             key = channel.key
             if channel.dead:
-                if channel.dropped and channel.ended:  # its watchers read the store
+                if channel.dropped and not channel.deleted:  # its watchers read the store
                     pipe.delete(key)
                     plan.append((channel, "drop", 0))
                 continue
@@ -343,16 +347,16 @@ class RedisFanout:
         for (channel, what, seq), result in zip(plan, results, strict=True):
             self._outcome(channel, what, seq, result)
         for channel in list(self._open.values()):
-            if (channel.dead and not channel.dropped) or (
+            if (channel.dead and (not channel.dropped or channel.ended)) or (
                 channel.ended and channel.confirmed >= channel.end_seq
             ):
                 self._open.pop(id(channel), None)
 
     def _outcome(self, channel: _Channel, what: str, seq: int, result: Any) -> None:
-        if what in ("expire", "drop"):
-            if what == "drop":
-                channel.end_seq = 0
-                channel.confirmed = 0
+        if what == "drop":
+            channel.deleted = True  # its later chunks are dropped as they come
+            return
+        if what == "expire":
             return
         if isinstance(result, redis.ConnectionError | redis.TimeoutError):
             raise result
@@ -399,6 +403,17 @@ class RedisFanout:
         except Exception as error:  # unreachable, or not our entries: the store serves
             _log.debug("fan-out read of %r failed: %s", reply_id, error)
             return None
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until everything published so far was sent (or given up); False if that
+        took longer than ``timeout`` seconds (Redis unreachable, say)."""
+        deadline = time.monotonic() + timeout
+        while self._new or self._open:
+            if time.monotonic() >= deadline:
+                return False
+            self._wake.set()
+            time.sleep(0.002)
+        return True
 
     def close(self) -> None:
         """Send what is queued (for up to one second), then stop the writer thread."""

@@ -66,7 +66,10 @@ def fanout_spec(fanout_kind: str) -> Iterator[Any]:
 
 def window(make_store: Callable[..., Any], fanout: Any, scripts: list[list[Any]]) -> ContextWindow:
     store = make_store(fanout=fanout)
-    cw = ContextWindow(store, ScriptedModel(scripts), context="watched", retry=None)
+    # Frequent checkpoints: watchers without live data move at checkpoint granularity.
+    cw = ContextWindow(
+        store, ScriptedModel(scripts), context="watched", retry=None, checkpoint_every=0.05
+    )
     cw.add_prompt("Say some words.")
     return cw
 

@@ -45,10 +45,10 @@ def _cases() -> list[Any]:
     return out
 
 
-@pytest.fixture(params=["memory-sqlite", "memory-postgres", "redis-sqlite"])
+@pytest.fixture(params=["memory-sqlite", "redis-sqlite"])
 def opened(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any]]:
-    """``(fan-out kind, store)``: the memory fan-out on both stores, Redis (this test's
-    own key prefix on the shared server) on SQLite."""
+    """``(fan-out kind, store)``: the memory fan-out, and Redis (this test's own key prefix
+    on the shared server), on SQLite (tests/test_watch.py covers both stores)."""
     kind, store_kind = str(request.param).split("-")
     url = str(request.getfixturevalue("pg_url")) if store_kind == "postgres" else ":memory:"
     if kind == "memory":

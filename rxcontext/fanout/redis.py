@@ -221,7 +221,7 @@ class RedisFanout:
                     self._flush()
                 except Exception as error:  # never let the writer die: the owner must not notice
                     self._failed(error)
-            if closing and (not self._open or time.monotonic() >= self._close_by):
+            if closing and (not self._unsent() or time.monotonic() >= self._close_by):
                 return
             idle = not self._open and not self._new
             self._wake.wait(1.0 if idle else self.flush_every)
@@ -250,6 +250,18 @@ class RedisFanout:
                 else:
                     channel.ended = "completed" if item == "completed" else "interrupted"
                     channel.end_seq = channel.seq + 1
+
+    def _unsent(self) -> bool:
+        """Whether something published was not sent yet (a reply still streaming with
+        everything sent does not count: closing need not wait for its end)."""
+        return bool(self._new) or any(
+            channel.inbox
+            or channel.pending
+            or (not channel.dead and (not channel.begun or channel.confirmed == -2))
+            or (channel.ended is not None and channel.confirmed < channel.end_seq)
+            for channel in self._open.values()
+            if not (channel.dead and not channel.dropped)
+        )
 
     def _failed(self, error: BaseException) -> None:
         self._pause = min(self.reconnect_max, max(0.05, self._pause * 2))
@@ -405,8 +417,8 @@ class RedisFanout:
             return None
 
     def drain(self, timeout: float) -> bool:
-        """Wait until everything published so far was sent (or given up); False if that
-        took longer than ``timeout`` seconds (Redis unreachable, say)."""
+        """Wait until every reply published so far has ended and was sent (or given up);
+        False if that took longer than ``timeout`` seconds (Redis unreachable, say)."""
         deadline = time.monotonic() + timeout
         while self._new or self._open:
             if time.monotonic() >= deadline:

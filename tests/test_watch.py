@@ -264,3 +264,17 @@ def test_without_fanout_nothing_is_published(make_store: Callable[..., Any]) -> 
     assert fanout_for(cw.store) is None
     Owner(cw, "r-plain").start().join()
     assert stored_text(cw, "r-plain") == "w0 w1 w2 "
+
+
+def test_an_asyncio_owner_publishes_what_it_delivers(make_store: Callable[..., Any]) -> None:
+    cw = window(make_store, "memory", [script(15)])
+    delivered: list[Chunk] = []
+
+    async def own() -> None:
+        async for chunk in cw.astream(reply_id="r-aown"):
+            delivered.append(chunk)
+
+    asyncio.run(own())
+    watcher = Watcher(cw, "r-aown").start().join()  # the log of an ended reply is kept
+    assert watcher.completed and watcher.chunks == delivered
+    assert watcher.text == stored_text(cw, "r-aown")

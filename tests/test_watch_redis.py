@@ -149,16 +149,16 @@ def test_a_stream_evicted_mid_reply_is_made_whole(shared: tuple[str, str]) -> No
 
 def test_every_stream_key_expires(shared: tuple[str, str]) -> None:
     url, prefix = shared
-    fanout = RedisFanout(url, prefix=prefix, end_ttl=60)
+    fanout = RedisFanout(url, prefix=prefix, live_ttl=120, end_ttl=60)
     cw = _window(fanout)
-    Owner(cw, "r").start().join()
+    gate = threading.Semaphore(0)
+    owner, watcher = _started(cw, gate, 2)  # the watcher saw them: the stream exists
     client = redis.Redis.from_url(url)
     key = fanout.key("r")
-    deadline = threading.Event()
-    for _ in range(200):  # the writer flushes within flush_every of the end
-        if client.xrevrange(key, count=1) and client.xrevrange(key, count=1)[0][1][b"k"] == b"e":
-            break
-        deadline.wait(0.05)
+    assert 60_000 < client.pttl(key) <= 120_000  # while streaming
+    owner.join()
+    watcher.join()
+    assert fanout.drain(WAIT)  # the end was sent, and with it the shorter expiry
     fanout.close()
     ttl = client.pttl(key)
     client.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+from ..store import without_password
 from .base import Channel, Fanout, Position
 from .memory import MemoryFanout
 
@@ -33,7 +34,10 @@ def open_fanout(spec: str | Fanout | None, **options: Any) -> Fanout | None:
 
             fanout: Fanout = RedisFanout(spec, **options)
             return fanout
-        raise ValueError(f"fanout must be 'memory', a redis:// URL or None, not {spec!r}")
+        raise ValueError(
+            "fanout must be 'memory', a redis:// URL or None, not "
+            f"{without_password(spec)!r}"  # never a password in a message
+        )
     return spec
 
 

@@ -192,6 +192,11 @@ def metric_lines(metrics: Mapping[str, Any]) -> list[str]:
                     f"| {m['process']:.2f} µs | {m['process'] / base['process']:.3f}× |"
                 )
         out.append("")
+    attachments = metrics.get("attachments")
+    if attachments:
+        out += ["| attachments | result |", "| --- | ---: |"]
+        out += [f"| {k} | {v} |" for k, v in attachments.items()]
+        out.append("")
     conc = metrics.get("concurrency")
     if conc:
         out += [

@@ -17,11 +17,16 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from . import operators
+from .attachments import Attachment
+from .budget import Budget
 from .chunks import Chunk, ChunkKind, Reply, ToolCall, Usage
 from .errors import (
+    AttachmentError,
+    BudgetExceeded,
     CheckpointNotFound,
     CheckpointResolved,
     ContextNotFound,
+    DeadlineExceeded,
     FirstChunkTimeout,
     IdleTimeout,
     InvalidExport,
@@ -34,14 +39,19 @@ from .errors import (
     ReplyNotFound,
     ReplySuperseded,
     RxContextError,
+    SchemaError,
     SchemaTooNew,
+    SchemaValidationError,
     StoreBusy,
     StoreClosedError,
     StoreError,
     StreamInterrupted,
     StreamTimeout,
     ToolLoopLimit,
+    UnsupportedAttachment,
+    UnsupportedOption,
 )
+from .options import CallOptions
 from .records import (
     Checkpoint,
     Context,
@@ -52,6 +62,7 @@ from .records import (
     TokenUsage,
 )
 from .retry import NO_RETRY, RetryPolicy, Timeouts
+from .schema import OutputSchema
 from .store import SQLiteStore, Store, open_any
 from .tools import Tool
 from .window import ContextReader, ContextWindow
@@ -63,6 +74,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NO_RETRY",
+    "Attachment",
+    "AttachmentError",
+    "Budget",
+    "BudgetExceeded",
+    "CallOptions",
     "Checkpoint",
     "CheckpointNotFound",
     "CheckpointResolved",
@@ -73,11 +89,13 @@ __all__ = [
     "ContextReader",
     "ContextStats",
     "ContextWindow",
+    "DeadlineExceeded",
     "FirstChunkTimeout",
     "IdleTimeout",
     "InvalidExport",
     "MissingDependency",
     "NotADatabaseError",
+    "OutputSchema",
     "OwnershipLost",
     "ProviderError",
     "Record",
@@ -91,7 +109,9 @@ __all__ = [
     "RetryPolicy",
     "RxContextError",
     "SQLiteStore",
+    "SchemaError",
     "SchemaTooNew",
+    "SchemaValidationError",
     "Store",
     "StoreBusy",
     "StoreClosedError",
@@ -103,6 +123,8 @@ __all__ = [
     "Tool",
     "ToolCall",
     "ToolLoopLimit",
+    "UnsupportedAttachment",
+    "UnsupportedOption",
     "Usage",
     "open",
     "operators",

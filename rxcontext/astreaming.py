@@ -69,12 +69,10 @@ def _watch(persister: ReplyPersister) -> Callable[[], None] | None:
 
 
 async def _run_tools_async(run: Run, calls: Sequence[ToolCall]) -> list[ToolResult]:
-    tools = run.tools
-    assert tools is not None
     approval = run.tool_approval
     decided = [await areview(approval, c) if approval is not None else None for c in calls]
     todo = [c for c, d in zip(calls, decided, strict=True) if d is None]
-    jobs = [tools.arun(c.id, c.name, c.arguments, c.error) for c in todo]
+    jobs = [run.arun_tool(c) for c in todo]
     ran = list(await asyncio.gather(*jobs)) if run.parallel_tools else [await j for j in jobs]
     results = iter(ran)
     return [d if d is not None else next(results) for d in decided]
@@ -162,6 +160,13 @@ async def _next_within(
         raise
 
 
+def _clock(scheduler: abc.SchedulerBase | None) -> Callable[[], float]:
+    """Seconds on the clock the driver's waits use: the scheduler's, or the event loop's."""
+    if scheduler is not None:
+        return lambda: scheduler.now.timestamp()
+    return asyncio.get_running_loop().time
+
+
 class _Expired(Exception):
     """Internal: a timeout of the driver's own (not one the model raised)."""
 
@@ -176,7 +181,9 @@ async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
     persister = run.persister
     hooks = run.hooks
     timeouts = run.timeouts
-    timed = timeouts.first_chunk is not None or timeouts.idle is not None
+    timed = timeouts.timed
+    clock = _clock(run.scheduler)
+    due = clock() + timeouts.deadline if timeouts.deadline is not None else None
     it: AsyncIterator[Chunk] | None = None
     unwatch: Callable[[], None] | None = None
     try:
@@ -189,6 +196,8 @@ async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
             request = await off_loop(run.request, rounds)
             attempt = 0
             while True:
+                if due is not None and clock() >= due:
+                    raise run.deadline_passed()
                 attempt += 1
                 run.requests.append(request)
                 persister.sent()
@@ -197,6 +206,13 @@ async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
                 try:
                     while True:
                         limit = timeouts.limit(delivered) if timed else None
+                        by_deadline = False
+                        if due is not None:
+                            left = due - clock()
+                            if left <= 0:
+                                raise run.deadline_passed()
+                            if limit is None or left <= limit:
+                                limit, by_deadline = left, True
                         try:
                             if limit is None:
                                 chunk = await anext(it)
@@ -206,6 +222,8 @@ async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
                             break
                         except _Expired:
                             assert limit is not None
+                            if by_deadline:
+                                raise run.deadline_passed() from None
                             raise run.timeout(delivered, limit) from None
                         for hook in hooks:
                             hook.chunk(chunk)
@@ -226,7 +244,7 @@ async def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
                     await aclose_chunks(it)
                     it = None
                     delay = run.retry_delay(error, attempt)
-                    if delay is None:
+                    if delay is None or (due is not None and clock() + delay >= due):
                         raise
                     await _sleep(delay, run.scheduler)
                     continue

@@ -43,7 +43,10 @@ class Usage:
     """Token counts of one model response (or, summed with ``+``, of several).
 
     ``total_tokens`` is the provider's own total where it gives one (Gemini counts thought
-    tokens in it), otherwise ``input_tokens + output_tokens``.
+    tokens in it), otherwise ``input_tokens + output_tokens``. ``input_tokens`` is all
+    input, cached or not: ``cached_tokens`` (read from a prompt cache) and
+    ``cache_write_tokens`` (written to one, Anthropic's ``cache_creation_input_tokens``)
+    are parts of it, kept apart because they are priced apart.
     """
 
     input_tokens: int = 0
@@ -51,6 +54,7 @@ class Usage:
     total_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @classmethod
     def of(
@@ -60,12 +64,20 @@ class Usage:
         total_tokens: int | None = None,
         cached_tokens: int | None = None,
         reasoning_tokens: int | None = None,
+        cache_write_tokens: int | None = None,
     ) -> Usage:
         """Normalise provider counts, any of which may be missing, into a ``Usage``."""
         inp = int(input_tokens or 0)
         out = int(output_tokens or 0)
         total = int(total_tokens) if total_tokens else inp + out
-        return cls(inp, out, total, int(cached_tokens or 0), int(reasoning_tokens or 0))
+        return cls(
+            inp,
+            out,
+            total,
+            int(cached_tokens or 0),
+            int(reasoning_tokens or 0),
+            int(cache_write_tokens or 0),
+        )
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -74,6 +86,7 @@ class Usage:
             self.total_tokens + other.total_tokens,
             self.cached_tokens + other.cached_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
         )
 
     def to_dict(self) -> dict[str, int]:
@@ -84,6 +97,7 @@ class Usage:
             "total_tokens": self.total_tokens,
             "cached_tokens": self.cached_tokens,
             "reasoning_tokens": self.reasoning_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
         }
 
     @classmethod
@@ -197,7 +211,11 @@ class ToolCall:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """The reduction of a chunk stream: what one model response said."""
+    """The reduction of a chunk stream: what one model response said.
+
+    ``parsed`` is the validated object of a structured-output call (``cw.call(schema=...)``:
+    a pydantic model instance, or the JSON value for a dict schema); None otherwise.
+    """
 
     text: str = ""
     thinking: str = ""
@@ -206,6 +224,7 @@ class Reply:
     finish_reason: str | None = None
     response_id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    parsed: Any = None
 
 
 class _CallParts:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from decimal import Decimal
+
     from .records import Checkpoint
 
 __all__ = [
+    "AttachmentError",
+    "BudgetExceeded",
     "CheckpointNotFound",
     "CheckpointResolved",
     "ContextNotFound",
+    "DeadlineExceeded",
     "FirstChunkTimeout",
     "IdleTimeout",
     "InvalidExport",
@@ -23,13 +28,17 @@ __all__ = [
     "ReplyNotFound",
     "ReplySuperseded",
     "RxContextError",
+    "SchemaError",
     "SchemaTooNew",
+    "SchemaValidationError",
     "StoreBusy",
     "StoreClosedError",
     "StoreError",
     "StreamInterrupted",
     "StreamTimeout",
     "ToolLoopLimit",
+    "UnsupportedAttachment",
+    "UnsupportedOption",
 ]
 
 
@@ -124,6 +133,21 @@ class InvalidExport(RxContextError, ValueError):
     """An export that cannot be imported: the message names the record and the field."""
 
 
+class AttachmentError(RxContextError, ValueError):
+    """An attachment that cannot be made: a missing or unreadable file, no source or more
+    than one, no media type given or recognisable, an empty file, a URL of an unknown kind."""
+
+
+class UnsupportedAttachment(AttachmentError):
+    """A provider does not take this attachment (its media type, or a URL where it needs the
+    bytes); raised before the request is sent. ``provider`` and ``media_type`` say which."""
+
+    def __init__(self, message: str, *, provider: str, media_type: str) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.media_type = media_type
+
+
 class ToolLoopLimit(RxContextError):
     """The model kept asking for tools past ``max_tool_rounds``."""
 
@@ -193,3 +217,70 @@ class IdleTimeout(StreamTimeout):
     Text had already been delivered, so it is never retried: the partial reply is saved as
     a checkpoint; continue it with ``ContextWindow.resume``.
     """
+
+
+class UnsupportedOption(RxContextError, ValueError):
+    """A per-call option the model's provider has no parameter for, or a ``tool_choice``
+    naming no offered tool; raised before anything is sent or stored.
+
+    ``option`` names the option, ``model`` the model (``"openai-responses:gpt-5-mini"``).
+    """
+
+    def __init__(self, message: str, *, option: str, model: str) -> None:
+        super().__init__(message)
+        self.option = option
+        self.model = model
+
+
+class DeadlineExceeded(StreamTimeout):
+    """The whole reply took longer than its ``deadline`` (``cw.call(deadline=...)`` or
+    ``Timeouts.deadline``).
+
+    Never retried; what was delivered is saved as a checkpoint (resume it with
+    ``ContextWindow.resume``), like an :class:`IdleTimeout`.
+    """
+
+
+class SchemaError(RxContextError, ValueError):
+    """A structured-output schema that cannot be used (not a pydantic model class or a
+    JSON-schema dict, or a dict schema without the ``jsonschema`` package to validate it)."""
+
+
+class SchemaValidationError(RxContextError, ValueError):
+    """The reply's text is not valid JSON for the requested schema.
+
+    The reply was stored all the same (nothing is lost): ``text`` is its raw text,
+    ``reply`` the :class:`~rxcontext.Reply` (``parsed`` None) and ``errors`` what the
+    validator said. The stored MODEL_RESP's metadata carries ``schema`` and ``parse_error``.
+    """
+
+    def __init__(self, message: str, *, text: str, reply: Any, errors: str) -> None:
+        super().__init__(message)
+        self.text = text
+        self.reply = reply
+        self.errors = errors
+
+
+class BudgetExceeded(RxContextError):
+    """A request would take its context over its :class:`~rxcontext.Budget`; it was not sent.
+
+    ``limit`` is ``"tokens"`` or ``"usd"``; ``spent`` what the context has spent of it,
+    ``estimate`` what the request would add (None where it is unknown: a money limit with
+    unknown prices is not kept, it refuses), ``maximum`` the limit. Nothing stored changes:
+    raise the budget (``cw.budget = Budget(...)``), or go on in another context.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: str,
+        spent: Decimal | None,
+        estimate: Decimal | None,
+        maximum: Decimal,
+    ) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.spent = spent
+        self.estimate = estimate
+        self.maximum = maximum

@@ -9,12 +9,16 @@ before anything is written; a bad field is a ``ValueError`` naming the record an
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from .attachments import Attachment
 from .chunks import Usage
-from .errors import InvalidExport
+from .errors import AttachmentError, InvalidExport
 from .records import Context, RecordType
 from .store.base import RecordDraft, Store
 
@@ -39,7 +43,44 @@ def _time(value: Any, where: str) -> datetime | None:
     return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
 
 
-def _draft(item: Any, n: int) -> RecordDraft:
+def _attachments(item: Mapping[str, Any], blobs: Mapping[str, Any], where: str) -> list[Attachment]:
+    """A record's attachments: each names its bytes in the export's ``blobs`` by SHA-256
+    (checked against the bytes), or is a URL."""
+    listed = item.get("attachments") or []
+    if not isinstance(listed, Sequence) or isinstance(listed, str | bytes):
+        raise InvalidExport(f"{where}: 'attachments' must be a list")
+    out = []
+    for k, entry in enumerate(listed):
+        at = f"{where}, attachment {k}"
+        if not isinstance(entry, Mapping):
+            raise InvalidExport(f"{at}: expected an object")
+        try:
+            if entry.get("url") is not None:
+                out.append(
+                    Attachment(
+                        url=entry["url"], media_type=entry.get("media_type"), name=entry.get("name")
+                    )
+                )
+                continue
+            digest = entry.get("sha256")
+            encoded = blobs.get(digest) if isinstance(digest, str) else None
+            if not isinstance(encoded, str):
+                raise InvalidExport(f"{at}: its bytes ({digest!r}) are not in the export's blobs")
+            try:
+                data = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidExport(f"{at}: blob {digest!r} is not valid base64") from None
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise InvalidExport(f"{at}: blob {digest!r} does not match its SHA-256")
+            out.append(
+                Attachment(data=data, media_type=entry.get("media_type"), name=entry.get("name"))
+            )
+        except AttachmentError as exc:
+            raise InvalidExport(f"{at}: {exc}") from None
+    return out
+
+
+def _draft(item: Any, n: int, blobs: Mapping[str, Any]) -> RecordDraft:
     where = f"record {n}"
     if not isinstance(item, Mapping):
         raise InvalidExport(f"{where}: expected an object, not {type(item).__name__}")
@@ -71,6 +112,7 @@ def _draft(item: Any, n: int) -> RecordDraft:
         tool_name=optional["tool_name"],
         metadata=dict(metadata),
         timestamp=_time(item.get("timestamp"), where),
+        attachments=_attachments(item, blobs, where),
     )
 
 
@@ -78,9 +120,10 @@ def import_context(store: Store, data: Mapping[str, Any], *, name: str | None = 
     """Create a context from an export (rxcontext's or contextwindow's); return it.
 
     ``name`` overrides the exported name. The records keep their order, live flags, times,
-    ids of tool calls and provider metadata; the tools are recorded for the context; the
-    usage totals (an rxcontext export's) carry over. Raises :class:`InvalidExport` (writing
-    nothing) for an export it cannot read, and ``ValueError`` if the name is taken.
+    ids of tool calls, provider metadata and attachments; the tools are recorded for the
+    context; the usage totals (an rxcontext export's) carry over. Raises
+    :class:`InvalidExport` (writing nothing) for an export it cannot read, and
+    ``ValueError`` if the name is taken.
     """
     if not isinstance(data, Mapping) or not isinstance(data.get("context"), Mapping):
         raise InvalidExport("not an export: expected an object with 'context' and 'records'")
@@ -88,7 +131,10 @@ def import_context(store: Store, data: Mapping[str, Any], *, name: str | None = 
     items = data.get("records") or []
     if not isinstance(items, Sequence) or isinstance(items, str | bytes):
         raise InvalidExport("'records' must be a list")
-    drafts = [_draft(item, n) for n, item in enumerate(items)]
+    blobs = data.get("blobs") or {}
+    if not isinstance(blobs, Mapping):
+        raise InvalidExport("'blobs' must be an object (SHA-256 to base64)")
+    drafts = [_draft(item, n, blobs) for n, item in enumerate(items)]
     tools = [_tool(t, n) for n, t in enumerate(data.get("tools") or [])]
     target = name if name is not None else meta.get("name")
     if not isinstance(target, str) or not target:

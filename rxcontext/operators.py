@@ -24,12 +24,14 @@ from reactivex import operators as ops
 from reactivex.disposable import SingleAssignmentDisposable
 
 from .chunks import Chunk, ChunkKind, Reply, ReplyBuilder
+from .jsonstream import JsonStream
 
 __all__ = [
     "Middleware",
     "accumulate",
     "batch_text",
     "middleware",
+    "partial_objects",
     "reduce_reply",
     "text",
     "thinking",
@@ -114,6 +116,48 @@ def thinking() -> Callable[[Observable[Chunk]], Observable[str]]:
 def tool_calls() -> Callable[[Observable[Chunk]], Observable[Chunk]]:
     """Only the tool-call fragments and tool results (for a tool-activity panel)."""
     return ops.filter(lambda c: c.kind in (ChunkKind.TOOL_CALL, ChunkKind.TOOL_RESULT))
+
+
+def partial_objects() -> Callable[[Observable[Chunk | str]], Observable[Any]]:
+    """The structured reply as it grows: the partial JSON value after each text delta that
+    changed it (``cw.stream(schema=...)``; takes chunks or the strings of :func:`text`)::
+
+        text:    --'{"name": "Ad'--'a", "age": 3'--'6}'--|
+        result:  --{name: "Ad"}----{name: "Ada"}---{name: "Ada", age: 36}--|
+
+    The text is parsed incrementally (:class:`~rxcontext.jsonstream.JsonStream`: each
+    character once, whatever the chunking), strings appear as they grow, numbers and
+    ``true``/``false``/``null`` once complete. Values are plain dicts and lists, each a
+    fresh snapshot (safe to keep); the validated object is ``Reply.parsed`` once the reply
+    completes. A tool round starts a new document. Text that is not JSON (a model that
+    ignored the schema) stops the partial values without an error: the final validation
+    reports it (:class:`~rxcontext.SchemaValidationError`).
+    """
+
+    def _partial_objects(source: Observable[Chunk | str]) -> Observable[Any]:
+        def factory(_: abc.SchedulerBase | None = None) -> Observable[Any]:
+            state: list[JsonStream | None] = [JsonStream()]
+
+            def step(item: Chunk | str) -> list[Any]:
+                if isinstance(item, Chunk) and item.kind is ChunkKind.TOOL_RESULT:
+                    state[0] = JsonStream()
+                    return []
+                parser = state[0]
+                piece = _text_of(item)
+                if parser is None or not piece:
+                    return []
+                try:
+                    changed = parser.feed(piece)
+                except ValueError:
+                    state[0] = None
+                    return []
+                return [parser.partial()] if changed else []
+
+            return source.pipe(ops.flat_map(step))
+
+        return reactivex.defer(factory)
+
+    return _partial_objects
 
 
 def _text_of(item: Chunk | str) -> str:

@@ -35,18 +35,29 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._signals import deferred
 from .chunks import Chunk, ChunkKind, Reply, ReplyBuilder, Usage
-from .errors import OwnershipLost, RxContextError, StreamInterrupted
+from .errors import OwnershipLost, RxContextError, SchemaValidationError, StreamInterrupted
 from .fanout.base import Channel, Fanout
 from .providers.base import NATIVE_RESUME_KEY, ResumeCursor
 from .records import Checkpoint, Record, RecordType, ReplyState
+from .schema import OutputSchema, SchemaFailure
 from .store.base import IN_PROGRESS, CheckpointDraft, RecordDraft, ReplyTicket, Store
 from .store.owner import worker_id
 
-__all__ = ["REPLY_KEYS", "ReplyPersister", "describe_error", "reply_drafts", "reply_metadata"]
+if TYPE_CHECKING:
+    from .tracing import ReplyTrace
+
+__all__ = [
+    "REPLY_KEYS",
+    "SCHEMA_KEYS",
+    "ReplyPersister",
+    "describe_error",
+    "reply_drafts",
+    "reply_metadata",
+]
 
 _J = TypeVar("_J")
 _COALESCE = 256  # pending deltas joined into one string past this many (memory, not speed)
@@ -76,6 +87,11 @@ REPLY_KEYS = (
     "partial",
 )
 """The keys rxcontext writes into a MODEL_RESP's metadata (beside the provider's own)."""
+
+SCHEMA_KEYS = ("schema", "parsed", "parse_error")
+"""Further keys of a structured-output reply's MODEL_RESP (``cw.call(schema=...)``):
+``schema`` (``name``, ``json_schema``), then ``parsed`` (the validated object as JSON) or
+``parse_error`` (why the text did not validate)."""
 
 
 def reply_metadata(
@@ -120,7 +136,8 @@ def reply_drafts(
 
     The MODEL_RESP is kept when it has text, thinking blocks or metadata a provider needs
     back, or when there are no tool calls (an empty reply is still a reply). ``about``
-    (see :func:`reply_metadata`) is added to the MODEL_RESP's metadata.
+    (see :func:`reply_metadata`) is added to the MODEL_RESP's metadata, or, in a round of
+    tool calls alone, to the first TOOL_CALL's.
     """
     body = reply.text if text is None else text
     drafts: list[RecordDraft] = []
@@ -140,6 +157,9 @@ def reply_drafts(
                 metadata=metadata,
             )
         )
+    # A round of tool calls alone has no MODEL_RESP: its first TOOL_CALL says what the
+    # round was (model, usage...), so every round's usage and cost stay in the records.
+    carry = dict(about) if about and not drafts else None
     for call in reply.tool_calls:
         drafts.append(
             RecordDraft(
@@ -149,9 +169,10 @@ def reply_drafts(
                 streamed=streamed,
                 tool_call_id=call.id,
                 tool_name=call.name,
-                metadata=dict(call.metadata),
+                metadata={**carry, **call.metadata} if carry else dict(call.metadata),
             )
         )
+        carry = None
     return drafts
 
 
@@ -225,9 +246,13 @@ class ReplyPersister:
         self.lost: RxContextError | None = None
         """Why this reply can no longer be written (taken over, or its context deleted)."""
         self.final: Reply | None = None
+        self.output_schema: OutputSchema | None = None
+        """The structured-output schema the last round's text is validated against."""
         """The last committed reply of this run (the answer after any tool rounds)."""
         self.records: list[Record] = []
         """Every record this run stored, in order."""
+        self.trace: ReplyTrace | None = None
+        """The reply's tracing span (:mod:`rxcontext.tracing`), told of its begin and end."""
 
     # -- opening --------------------------------------------------------------------------
 
@@ -253,6 +278,8 @@ class ReplyPersister:
                 self._prefix_thinking = checkpoint.thinking
                 self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch)
             self._open_channel(checkpoint)
+            if self.trace is not None:
+                self.trace.begin(self.reply_id)
             return
         reply_id = self.reply_id or str(uuid.uuid4())
         with deferred():
@@ -261,6 +288,8 @@ class ReplyPersister:
             self.pos = checkpoint.pos
             self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch)
         self._open_channel(None)
+        if self.trace is not None:
+            self.trace.begin(self.reply_id)
 
     def _open_channel(self, resumed: Checkpoint | None) -> None:
         """Start publishing this epoch of the reply; a resume starts from what its
@@ -430,9 +459,9 @@ class ReplyPersister:
         Returns the stored checkpoint; None when the reply had already ended (completed,
         interrupted by a dispose from another thread, or taken over by another worker).
         """
-        return self._interrupt(describe_error(error))
+        return self._interrupt(describe_error(error), error)
 
-    def _interrupt(self, why: str) -> Checkpoint | None:
+    def _interrupt(self, why: str, error: BaseException | None = None) -> Checkpoint | None:
         with self._write, deferred():
             if not self._finish() or self.ticket is None:
                 return None
@@ -443,7 +472,10 @@ class ReplyPersister:
                 self.channel.end("interrupted")
             if not saved:
                 return None
-        return self.store.get_checkpoint(self.ticket.checkpoint_id)
+        checkpoint = self.store.get_checkpoint(self.ticket.checkpoint_id)
+        if self.trace is not None:
+            self.trace.interrupted(checkpoint, error)
+        return checkpoint
 
     def cancel_from_elsewhere(self) -> None:
         """A dispose from another thread: write the checkpoint now unless the driver is
@@ -524,15 +556,28 @@ class ReplyPersister:
         took it over.
         """
         assert self.ticket is not None
+        failure: str | None = None
         with self._write, deferred():
             if last and not self._finish():
                 return False
             if not last and self.finished:
                 return False
+            about = self._about(reply)
+            schema = self.output_schema
+            if last and schema is not None:
+                about["schema"] = schema.to_dict()
+                try:
+                    parsed = schema.validate(reply.text)
+                except SchemaFailure as exc:
+                    failure = str(exc)
+                    about["parse_error"] = failure
+                else:
+                    about["parsed"] = _json_safe(schema.dump(parsed))
+                    reply = replace(reply, parsed=parsed)
             try:
                 records = self.store.commit_reply(
                     self.context_id,
-                    reply_drafts(reply, streamed=self._streamed, about=self._about(reply)),
+                    reply_drafts(reply, streamed=self._streamed, about=about),
                     usage=reply.usage,
                     last_response_id=reply.response_id,
                     reply=self.ticket,
@@ -554,6 +599,19 @@ class ReplyPersister:
             self._next_round()
             if last and self.channel is not None:
                 self.channel.end("completed")  # after the commit: watchers can read it
+        if self.trace is not None:
+            self.trace.round(reply)
+            if last:
+                self.trace.completed()
+        if failure is not None:
+            assert schema is not None
+            raise SchemaValidationError(
+                f"the reply is not valid for the schema {schema.name!r} (it is stored as it "
+                f"came; its text is on this error's .text): {failure}",
+                text=reply.text,
+                reply=reply,
+                errors=failure,
+            )
         return True
 
     def _about(self, reply: Reply) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 from typing import Any
 
+from .attachments import Attachment
 from .chunks import Usage
 
 __all__ = [
@@ -71,6 +72,7 @@ class Record:
     ``tool_name`` identify the call; a ``TOOL_OUTPUT`` carries the same id and name so the
     next request can send both back exactly. ``metadata`` keeps provider extras that must
     round-trip (thinking blocks with signatures, Gemini thought signatures).
+    ``attachments`` are the images and files sent with a prompt, in order.
     """
 
     id: int
@@ -87,6 +89,7 @@ class Record:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     pos: int = 0
     reply_id: str | None = None
+    attachments: tuple[Attachment, ...] = ()
 
     @classmethod
     def unsaved(cls, context_id: str, type: RecordType, content: str) -> Record:

@@ -95,7 +95,11 @@ class Timeouts:
 
     ``first_chunk`` runs from sending a request to its first chunk (it ends in
     :class:`~rxcontext.FirstChunkTimeout`, which is retried); ``idle`` is the longest gap
-    between two chunks (it ends in :class:`~rxcontext.IdleTimeout` and a checkpoint).
+    between two chunks (it ends in :class:`~rxcontext.IdleTimeout` and a checkpoint);
+    ``deadline`` bounds the whole reply, from its first request to its last chunk, tool
+    rounds and retries included (it ends in :class:`~rxcontext.DeadlineExceeded` and a
+    checkpoint of what was delivered; never retried, and no retry is made whose wait would
+    end past it). ``cw.call(deadline=...)`` sets it for one call.
 
     On asyncio the provider stream is cancelled and closed when the limit passes. On the
     blocking (sync) path a read that is stuck in a socket cannot be interrupted from another
@@ -107,12 +111,18 @@ class Timeouts:
 
     first_chunk: float | None = None
     idle: float | None = None
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("first_chunk", "idle"):
+        for name in ("first_chunk", "idle", "deadline"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive (or None for no limit)")
+
+    @property
+    def timed(self) -> bool:
+        """Whether any limit is set (the drivers then measure time around each read)."""
+        return self.first_chunk is not None or self.idle is not None or self.deadline is not None
 
     def limit(self, delivered: bool) -> float | None:
         """The limit for the next chunk: ``idle`` once a chunk was delivered."""

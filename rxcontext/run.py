@@ -7,13 +7,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reactivex import abc
 
 from .checkpointer import Checkpointer
 from .chunks import Chunk, ChunkKind, Reply, ToolCall
 from .errors import (
+    DeadlineExceeded,
     FirstChunkTimeout,
     IdleTimeout,
     ProviderError,
@@ -28,6 +29,9 @@ from .records import RecordType
 from .retry import RetryPolicy, Timeouts
 from .store.base import RecordDraft
 from .tools import ToolApproval, ToolRegistry, ToolResult
+
+if TYPE_CHECKING:
+    from .tracing import ReplyTrace
 
 __all__ = [
     "Run",
@@ -110,6 +114,28 @@ class Run:
     checkpointer: Checkpointer | None = None
     tool_approval: ToolApproval | None = None
     """Sees each complete tool call before its tool runs (:data:`.tools.ToolApproval`)."""
+    trace: ReplyTrace | None = None
+    """The reply's tracing span (:mod:`rxcontext.tracing`): tool runs are its children."""
+
+    def run_tool(self, call: ToolCall) -> ToolResult:
+        """Run one tool call on this thread (in its tracing span, if any)."""
+        tools = self.tools
+        assert tools is not None
+        if self.trace is None:
+            return tools.run(call.id, call.name, call.arguments, call.error)
+        with self.trace.tool(call.id, call.name, call.arguments) as got:
+            got.append(tools.run(call.id, call.name, call.arguments, call.error))
+        return got[0]
+
+    async def arun_tool(self, call: ToolCall) -> ToolResult:
+        """The asyncio twin of :meth:`run_tool`."""
+        tools = self.tools
+        assert tools is not None
+        if self.trace is None:
+            return await tools.arun(call.id, call.name, call.arguments, call.error)
+        with self.trace.tool(call.id, call.name, call.arguments) as got:
+            got.append(await tools.arun(call.id, call.name, call.arguments, call.error))
+        return got[0]
 
     def open(self) -> None:
         """Begin the reply (its row, its position) and start its periodic checkpoints."""
@@ -189,6 +215,16 @@ class Run:
             f"no chunk within {limit:g} s of sending the request (Timeouts.first_chunk); "
             "allow longer if the model is slow to start",
             seconds=limit,
+        )
+
+    def deadline_passed(self) -> DeadlineExceeded:
+        """The error for a reply still running when ``timeouts.deadline`` passed."""
+        seconds = self.timeouts.deadline
+        assert seconds is not None
+        return DeadlineExceeded(
+            f"the reply took longer than its deadline of {seconds:g} s; what was delivered "
+            "is saved as a checkpoint: resume it, or allow a longer deadline",
+            seconds=seconds,
         )
 
     def hooks_failed(self, error: BaseException) -> BaseException:

@@ -120,8 +120,6 @@ def _subscriber(observer: abc.ObserverBase[Chunk]) -> tuple[Any, Callable[[Chunk
 
 
 def _run_tools_sync(run: Run, calls: Sequence[ToolCall]) -> list[ToolResult]:
-    tools = run.tools
-    assert tools is not None
     # The approval hook sees every call first, one after the other (it may ask a person);
     # then the approved tools run (in parallel when there are several).
     approval = run.tool_approval
@@ -129,9 +127,9 @@ def _run_tools_sync(run: Run, calls: Sequence[ToolCall]) -> list[ToolResult]:
     todo = [c for c, d in zip(calls, decided, strict=True) if d is None]
     if len(todo) > 1 and run.parallel_tools:
         with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
-            ran = list(pool.map(lambda c: tools.run(c.id, c.name, c.arguments, c.error), todo))
+            ran = list(pool.map(run.run_tool, todo))
     else:
-        ran = [tools.run(c.id, c.name, c.arguments, c.error) for c in todo]
+        ran = [run.run_tool(c) for c in todo]
     results = iter(ran)
     return [d if d is not None else next(results) for d in decided]
 
@@ -264,6 +262,8 @@ class _SyncDriver:
             raise _Cancelled  # disposed by the subscriber's own on_next (take(n), say)
 
     user_raised = False
+    due: float | None = None
+    """When the reply's deadline passes (on :meth:`clock`), if it has one."""
 
     def _advance(self) -> float | None:
         """Run rounds until the run ends (None) or the current round should be sent again."""
@@ -271,13 +271,15 @@ class _SyncDriver:
         persister = run.persister
         hooks = run.hooks
         timeouts = run.timeouts
-        timed = timeouts.first_chunk is not None or timeouts.idle is not None
+        timed = timeouts.timed
         deliver = self._deliver
         it: Iterator[Chunk] | None = None
         delivered = False
         try:
             if not self.started:
                 self.started = True
+                if timeouts.deadline is not None:
+                    self.due = self.clock() + timeouts.deadline
                 run.open()
                 for hook in hooks:
                     if hook.on_start is not None:
@@ -287,6 +289,8 @@ class _SyncDriver:
                     self.request = run.request(self.rounds)
                     self.attempt = 0
                 request = self.request
+                if self.due is not None and self.clock() >= self.due:
+                    raise run.deadline_passed()
                 self.attempt += 1
                 run.requests.append(request)
                 delivered = False
@@ -308,6 +312,8 @@ class _SyncDriver:
                             break
                         if self.flag.disposed or self.watch.is_stopped:
                             raise _Cancelled
+                        if self.due is not None and self.clock() > self.due:
+                            raise run.deadline_passed()
                         if limit is not None and self.clock() - asked > limit:
                             raise run.timeout(delivered, limit)
                         for hook in hooks:
@@ -348,6 +354,8 @@ class _SyncDriver:
                     close_chunks(it)
                     it = None
                 delay = run.retry_delay(error, self.attempt)
+                if delay is not None and self.due is not None and self.clock() + delay >= self.due:
+                    delay = None  # the deadline would pass during the wait
                 if delay is not None:
                     return delay
             self.observer.on_error(run.fail(error))  # type: ignore[arg-type]

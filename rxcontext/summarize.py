@@ -54,7 +54,8 @@ _LABELS = {
 
 
 def transcript(records: Sequence[Record]) -> str:
-    """A plain-text transcript of the non-system records, for the summariser to read."""
+    """A plain-text transcript of the non-system records, for the summariser to read
+    (attachments named, with their media types)."""
     lines = []
     for r in records:
         if r.type is RecordType.SYSTEM_PROMPT:
@@ -66,6 +67,12 @@ def transcript(records: Sequence[Record]) -> str:
             lines.append(f"{label} ({r.tool_name or r.tool_call_id or '?'}): {r.content}")
         else:
             lines.append(f"{label}: {r.content}")
+        if r.attachments:
+            # The summariser reads text: it learns what was attached, not the bytes.
+            lines[-1] += "".join(
+                f"\n[attached: {a.name or a.url or 'unnamed'} ({a.media_type})]"
+                for a in r.attachments
+            )
     return "\n\n".join(lines)
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import replace
+from typing import Any, Unpack
 
 from reactivex import Observable, abc
 
 from . import summarize
-from .astreaming import run_async
+from .astreaming import off_loop, run_async
+from .attachments import Attachment
+from .budget import Budget, check_budget
 from .chain import new_input, validate_chain
 from .checkpointer import checkpointer_for
 from .chunks import Chunk, Reply
@@ -19,6 +22,7 @@ from .fanout.observe import awatch_chunks, watch_observable
 from .history import HistoryCache, answered_again, request_history
 from .interop import fork_context, import_context
 from .operators import Middleware
+from .options import NO_OPTIONS, CallKeywords, CallOptions, check_options
 from .persist import ReplyPersister
 from .providers.base import Model, Request, ResumeCursor
 from .records import Checkpoint, Context, ContextStats, Record, RecordType, TokenUsage
@@ -29,6 +33,7 @@ from .store.owner import worker_id
 from .streaming import Run, _drive, _Flag, run_observable
 from .summarize import SummaryProposal
 from .tools import Tool, ToolApproval, ToolRegistry, ToolRunner
+from .tracing import Tracing
 
 __all__ = ["CONTINUE_PROMPT", "ContextReader", "ContextWindow"]
 
@@ -129,6 +134,8 @@ class ContextWindow:
         timeouts: Timeouts | None = None,
         scheduler: abc.SchedulerBase | None = None,
         tool_approval: ToolApproval | None = None,
+        budget: Budget | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         if not hasattr(store, "get_or_create_context"):
             raise TypeError("store must be an rxcontext store: use rxcontext.open(path)")
@@ -149,6 +156,12 @@ class ContextWindow:
         self.retry = retry
         self.timeouts = timeouts if timeouts is not None else Timeouts()
         self.scheduler = scheduler
+        self.budget = budget
+        self.tracing = tracing
+        """Makes an OpenTelemetry span of every reply (:class:`~rxcontext.tracing.Tracing`,
+        ``rxcontext[otel]``); None: no tracing."""
+        """Limits on what this window's context may spend (:class:`~rxcontext.Budget`),
+        checked before every request; None: none."""
         self.tool_approval = tool_approval
         """Sees each tool call, complete and parsed, before its tool runs, and may let it
         run (True/None), refuse it (False or ``tools.Veto(reason)``: the model is told) or
@@ -254,11 +267,24 @@ class ContextWindow:
     def _add(self, draft: RecordDraft) -> Record:
         return self._store.add_record(self._context.id, draft)
 
-    def add_prompt(self, text: str) -> Record:
-        """Append a user prompt."""
+    def add_prompt(self, text: str, attachments: Sequence[Attachment] = ()) -> Record:
+        """Append a user prompt, with images or files (:class:`~rxcontext.Attachment`) sent
+        alongside it in order. Attachments the window's model does not take raise
+        :class:`~rxcontext.UnsupportedAttachment` here, before anything is stored."""
         if not _text_arg(text, "prompt").strip():
             raise ValueError("the prompt is empty; providers reject empty messages")
-        return self._add(RecordDraft(RecordType.PROMPT, text))
+        if isinstance(attachments, Attachment):
+            attachments = (attachments,)
+        attached = tuple(attachments)
+        for a in attached:
+            if not isinstance(a, Attachment):
+                raise TypeError(
+                    f"attachments must be rxcontext.Attachment values, not {type(a).__name__}"
+                )
+        check = getattr(self.model, "check_attachments", None)
+        if attached and callable(check):
+            check(attached)
+        return self._add(RecordDraft(RecordType.PROMPT, text, attachments=attached))
 
     def add_tool_call(
         self, name: str, arguments: str | dict[str, Any], id: str | None = None
@@ -442,11 +468,26 @@ class ContextWindow:
         disable_tools: bool,
         resume: int | None = None,
         reply_id: str | None = None,
+        options: CallOptions = NO_OPTIONS,
+        budget_checked: bool = False,
     ) -> Run:
         model = self._require_model()
         store = self._store
         context_id = self._context.id
         tools = () if disable_tools else tuple(self._tools.list())
+        check_options(model, options, [t.name for t in tools])
+        if not tools and options.tool_choice in ("auto", "none"):
+            # Nothing to choose from: APIs refuse a tool_choice sent without tools.
+            options = replace(options, tool_choice=None)
+        # tool_choice asks for the first request only: forcing a tool on every round would
+        # loop until max_tool_rounds.
+        later = replace(options, tool_choice=None) if options.tool_choice else options
+        timeouts = self.timeouts
+        if options.deadline is not None:
+            timeouts = replace(timeouts, deadline=options.deadline)
+        budget = self.budget
+        if budget is not None and not budget_checked:
+            self._check_budget(budget, model)
 
         threads = bool(getattr(model, "supports_previous_response_id", False))
         # A model that can resume natively notes where its streams stand in a cursor the
@@ -464,13 +505,25 @@ class ContextWindow:
             model_name=model.name,
             fanout=fanout_for(store),
         )
+        persister.output_schema = options.schema
+        trace = (
+            self.tracing.reply(
+                model_name=model.name, context_id=context_id, context_name=self._context.name
+            )
+            if self.tracing is not None
+            else None
+        )
+        persister.trace = trace
 
         history = self._history(context_id)
 
         def request(round_: int) -> Request:
+            if budget is not None and round_ > 0:  # a tool loop's next request
+                self._check_budget(budget, model)
             records = request_history(
                 store, context_id, upto=persister.pos, reply_id=persister.reply_id, cache=history
             )
+            call = options if round_ == 0 else later
             resume = persister.resuming
             if resume is not None and resume.text:
                 # The partial reply goes back as an assistant turn plus a continuation
@@ -481,8 +534,10 @@ class ContextWindow:
                     Record.unsaved(context_id, RecordType.MODEL_RESP, resume.text),
                     Record.unsaved(context_id, RecordType.PROMPT, CONTINUE_PROMPT),
                 ]
-                return Request(records=records, tools=tools, cursor=cursor)
-            full = Request(records=records, tools=tools, cursor=cursor)
+                return Request(records=records, tools=tools, cursor=cursor, call=call)
+            if trace is not None:
+                trace.request(records)
+            full = Request(records=records, tools=tools, cursor=cursor, call=call)
             if threads:
                 ctx = store.get_context(context_id)
                 if ctx.use_server_side_threading and validate_chain(ctx, records)[0]:
@@ -492,6 +547,7 @@ class ContextWindow:
                         previous_response_id=ctx.last_response_id,
                         fallback=full,
                         cursor=cursor,
+                        call=call,
                     )
             return full
 
@@ -505,10 +561,23 @@ class ContextWindow:
             max_tool_rounds=self.max_tool_rounds,
             streaming=streaming,
             retry=self.retry,
-            timeouts=self.timeouts,
+            timeouts=timeouts,
             scheduler=self.scheduler,
             checkpointer=checkpointer_for(store, every, self.scheduler) if every else None,
             tool_approval=self.tool_approval,
+            trace=trace,
+        )
+
+    def _check_budget(self, budget: Budget, model: Model) -> None:
+        """Raise :class:`~rxcontext.BudgetExceeded` if the next request would go over."""
+        store, context_id = self._store, self._context.id
+        check_budget(
+            budget,
+            context=self._context.name,
+            spent=store.context_stats(context_id).usage,
+            records=store.records(context_id) if budget.max_usd is not None else (),
+            estimate=store.live_tokens(context_id),
+            model_name=model.name,
         )
 
     def _history(self, context_id: str) -> HistoryCache:
@@ -517,6 +586,15 @@ class ContextWindow:
         if cache is None:
             cache = self._histories[context_id] = HistoryCache(self._store, context_id)
         return cache
+
+    def _options(self, disable_tools: bool, keywords: CallKeywords) -> CallOptions:
+        """The call's options, checked against the model and the tools now (not when
+        subscribed), so a bad one fails before anything is sent or stored."""
+        model = self._require_model()
+        options = CallOptions.make(**keywords) if keywords else NO_OPTIONS
+        tools = [] if disable_tools else [t.name for t in self._tools.list()]
+        check_options(model, options, tools)
+        return options
 
     @staticmethod
     def _split(operators: Sequence[Any]) -> tuple[list[Middleware], list[Any]]:
@@ -530,6 +608,7 @@ class ContextWindow:
         reply_id: str | None = None,
         disable_tools: bool = False,
         stream: bool = True,
+        **options: Unpack[CallKeywords],
     ) -> Observable[Chunk]:
         """A cold Observable of the model's reply to the live records.
 
@@ -543,12 +622,27 @@ class ContextWindow:
         :func:`~rxcontext.operators.middleware` operators given here run inside, before the
         persister; any other operators are applied to the output with ``pipe``.
         ``stream=False`` uses the provider's non-streaming API (same chunks, one burst).
+
+        Per-call options (keywords; the model's own settings stay the defaults):
+        ``temperature``, ``max_output_tokens``, ``tool_choice`` (``"auto"``, ``"none"``,
+        ``"required"`` or a tool's name; first request only), ``stop`` (a string or a
+        list), ``extra`` (more SDK keyword arguments), ``deadline`` (seconds for the whole
+        reply: :class:`~rxcontext.DeadlineExceeded` and a checkpoint when it passes) and
+        ``schema`` (a pydantic model class or a JSON-schema dict: the provider's native
+        structured output; the validated object is ``Reply.parsed``, a reply that does not
+        validate is stored and raises :class:`~rxcontext.SchemaValidationError`). An option
+        the provider has no parameter for raises :class:`~rxcontext.UnsupportedOption`
+        before anything is sent.
         """
-        self._require_model()
+        opts = self._options(disable_tools, options)
         hooks, rest = self._split(operators)
         obs = run_observable(
             lambda: self._run(
-                hooks, streaming=stream, disable_tools=disable_tools, reply_id=reply_id
+                hooks,
+                streaming=stream,
+                disable_tools=disable_tools,
+                reply_id=reply_id,
+                options=opts,
             ),
             self.scheduler,
         )
@@ -560,12 +654,17 @@ class ContextWindow:
         reply_id: str | None = None,
         disable_tools: bool = False,
         stream: bool = True,
+        **options: Unpack[CallKeywords],
     ) -> Reply:
         """Run one reply (with any tool rounds) to the end on this thread; return the final reply.
 
-        Raises :class:`~rxcontext.StreamInterrupted` (checkpoint saved) if it fails.
+        Raises :class:`~rxcontext.StreamInterrupted` (checkpoint saved) if it fails. Takes
+        the per-call options of :meth:`stream` (``cw.call(schema=Person).parsed``).
         """
-        run = self._run(hooks, streaming=stream, disable_tools=disable_tools, reply_id=reply_id)
+        opts = self._options(disable_tools, options)
+        run = self._run(
+            hooks, streaming=stream, disable_tools=disable_tools, reply_id=reply_id, options=opts
+        )
         return _call(run)
 
     def astream(
@@ -574,6 +673,7 @@ class ContextWindow:
         reply_id: str | None = None,
         disable_tools: bool = False,
         stream: bool = True,
+        **options: Unpack[CallKeywords],
     ) -> AsyncGenerator[Chunk, None]:
         """The asyncio twin of :meth:`stream`: ``async for chunk in cw.astream(): ...``.
 
@@ -581,9 +681,17 @@ class ContextWindow:
         the store; the reply begins when the iteration starts. Close it early with
         ``contextlib.aclosing`` (or cancel the task) and the checkpoint is saved (before the
         cancellation reaches whoever awaits the task) and the provider stream closed.
+        Takes the per-call options of :meth:`stream`.
         """
+        opts = self._options(disable_tools, options)
         return run_async(
-            self._run(hooks, streaming=stream, disable_tools=disable_tools, reply_id=reply_id)
+            self._run(
+                hooks,
+                streaming=stream,
+                disable_tools=disable_tools,
+                reply_id=reply_id,
+                options=opts,
+            )
         )
 
     async def acall(
@@ -592,9 +700,21 @@ class ContextWindow:
         reply_id: str | None = None,
         disable_tools: bool = False,
         stream: bool = True,
+        **options: Unpack[CallKeywords],
     ) -> Reply:
-        """The asyncio twin of :meth:`call`."""
-        run = self._run(hooks, streaming=stream, disable_tools=disable_tools, reply_id=reply_id)
+        """The asyncio twin of :meth:`call` (same per-call options)."""
+        opts = self._options(disable_tools, options)
+        budget = self.budget
+        if budget is not None:  # its store reads stay off the event loop
+            await off_loop(self._check_budget, budget, self._require_model())
+        run = self._run(
+            hooks,
+            streaming=stream,
+            disable_tools=disable_tools,
+            reply_id=reply_id,
+            options=opts,
+            budget_checked=True,
+        )
         async for _ in run_async(run):
             pass
         assert run.persister.final is not None
@@ -716,7 +836,11 @@ class ContextWindow:
         return record
 
     def resume(
-        self, checkpoint_id: int, *operators: Any, disable_tools: bool = False
+        self,
+        checkpoint_id: int,
+        *operators: Any,
+        disable_tools: bool = False,
+        **options: Unpack[CallKeywords],
     ) -> Observable[Chunk]:
         """Continue an interrupted reply: emits the continuation's chunks.
 
@@ -730,8 +854,10 @@ class ContextWindow:
         instruction to continue (no assistant prefill). A resume that fails is interrupted
         again (its claim released at once), and can be resumed again. A reply whose prompt
         was answered again by a later reply (a retry) gives
-        :class:`~rxcontext.ReplySuperseded`: discard it.
+        :class:`~rxcontext.ReplySuperseded`: discard it. Takes the per-call options of
+        :meth:`stream` (with ``schema``, the joined text is what is validated).
         """
+        opts = self._options(disable_tools, options)
         self._resumable(checkpoint_id)
         hooks, rest = self._split(operators)
         obs = run_observable(
@@ -740,28 +866,51 @@ class ContextWindow:
                 streaming=True,
                 disable_tools=disable_tools,
                 resume=checkpoint_id,
+                options=opts,
             ),
             self.scheduler,
         )
         return obs.pipe(*rest) if rest else obs
 
     def resume_call(
-        self, checkpoint_id: int, *hooks: Middleware, disable_tools: bool = False
+        self,
+        checkpoint_id: int,
+        *hooks: Middleware,
+        disable_tools: bool = False,
+        **options: Unpack[CallKeywords],
     ) -> Reply:
         """:meth:`resume` to the end on this thread; returns the full (joined) reply."""
+        opts = self._options(disable_tools, options)
         self._resumable(checkpoint_id)
         return _call(
-            self._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint_id)
+            self._run(
+                hooks,
+                streaming=True,
+                disable_tools=disable_tools,
+                resume=checkpoint_id,
+                options=opts,
+            )
         )
 
     def aresume(
-        self, checkpoint_id: int, *hooks: Middleware, disable_tools: bool = False
+        self,
+        checkpoint_id: int,
+        *hooks: Middleware,
+        disable_tools: bool = False,
+        **options: Unpack[CallKeywords],
     ) -> AsyncGenerator[Chunk, None]:
         """The asyncio twin of :meth:`resume`: checks the checkpoint now, claims it when
         the iteration starts (an iterator closed before that leaves it untouched)."""
+        opts = self._options(disable_tools, options)
         self._resumable(checkpoint_id)
         return run_async(
-            self._run(hooks, streaming=True, disable_tools=disable_tools, resume=checkpoint_id)
+            self._run(
+                hooks,
+                streaming=True,
+                disable_tools=disable_tools,
+                resume=checkpoint_id,
+                options=opts,
+            )
         )
 
 

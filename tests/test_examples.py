@@ -81,7 +81,24 @@ def test_every_example_is_tested() -> None:
         "03_tools.py",
         "04_asyncio.py",
         "05_webchat.py",
+        "06_attachments.py",
+        "07_structured_output.py",
+        "08_cost.py",
+        "09_tracing.py",
     ]
+
+
+def test_07_structured_output(tmp_path: Path) -> None:
+    out = run_example("07_structured_output.py", tmp_path)
+    partials = [json.loads(line[9:]) for line in out.splitlines() if line.startswith("partial: ")]
+    assert len(partials) >= 6  # the object grows as its JSON streams
+    assert partials[0] == {"country": "Portugal"}
+    assert [r["name"] for r in partials[-1]["rivers"]] == ["Tagus", "Douro", "Guadiana"]
+    assert "asked for: json_schema Rivers strict: True" in out
+    assert '"length_km": 829}]}' in out.split("stored parsed: ")[1].splitlines()[0]
+    assert "longest: Tagus" in out
+    assert "not valid: 1 validation error for Rivers / rivers.0.length_km" in out
+    assert "stored: True" in out
 
 
 def test_01_subscribe(tmp_path: Path) -> None:
@@ -129,6 +146,48 @@ def test_04_asyncio(tmp_path: Path) -> None:
     assert "same as received: True; reason: CancelledError" in out
     assert "holds the whole story: True" in out
     assert out.rstrip().endswith("open checkpoints now: 0")
+
+
+def test_06_attachments(tmp_path: Path) -> None:
+    out = run_example("06_attachments.py", tmp_path)
+    assert "sent parts: ['text', 'image_url', 'file', 'image_url']" in out
+    assert "image sent as: data:image/png;base64," in out
+    assert "file sent as: report.pdf data:application/pdf;base64," in out
+    assert "the next request sends the history's attachments again: 3" in out
+    assert (
+        "dot.png (image/png, 69), report.pdf (application/pdf, 34), cat.jpg (image/jpeg, URL)"
+        in out
+    )
+    assert "4 attachments, 2 distinct contents" in out
+    assert "export carries the bytes once: 2 blobs" in out
+    assert "refused before sending: OpenAI Chat Completions does not take" in out
+    assert out.rstrip().endswith("records now: 4 · requests sent: 2")
+
+
+def test_08_cost(tmp_path: Path) -> None:
+    pytest.importorskip("genai_prices", reason="needs rxcontext[prices]")
+    out = run_example("08_cost.py", tmp_path)
+    lines = out.splitlines()
+    assert re.fullmatch(r"The Tagus, the Douro and the Ebro\.  \[\$0\.\d{4}\]", lines[0])
+    assert lines[2].startswith("refused before sending: context 'default' would go over")
+    assert "budget of $0.0500" in lines[2]
+    assert re.fullmatch(r"context total: \$0\.\d{4} over 2 replies", lines[3])
+    assert lines[4] == "requests sent: 2"
+
+
+def test_09_tracing(tmp_path: Path) -> None:
+    pytest.importorskip("opentelemetry.sdk", reason="needs opentelemetry-sdk")
+    out = run_example("09_tracing.py", tmp_path)
+    spans = re.findall(r"^(\S.*?)  \[(\w+)", out, re.MULTILINE)
+    assert spans == [
+        ("chat gpt-4o-mini", "UNSET"),
+        ("execute_tool weather", "UNSET"),
+        ("chat gpt-4o-mini", "ERROR"),
+    ]
+    assert "gen_ai.response.finish_reasons = ('tool_calls', 'stop')" in out
+    assert "gen_ai.usage.input_tokens = 155" in out
+    assert re.search(r"cut: checkpoint (\d+)\n[\s\S]*rxcontext.checkpoint.id = \1\n", out)
+    assert "Porto?" not in out  # no prompt text without capture_content
 
 
 def test_05_webchat_starts_and_serves_the_page(tmp_path: Path) -> None:
@@ -259,5 +318,51 @@ def test_readme_lifecycle_sample_prints_what_the_readme_says(tmp_path: Path) -> 
     printed = section[section.index("prints\n\n```\n") + len("prints\n\n```\n") :]
     printed = printed[: printed.index("```")]
     script = tmp_path / "lifecycle.py"
+    script.write_text(code, encoding="utf-8")
+    assert run_script(script, tmp_path) == printed
+
+
+def test_readme_options_and_structured_samples_print_what_the_readme_says(tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    options = text[text.index("## Per-call options") : text.index("## Structured output")]
+    script = tmp_path / "options.py"
+    script.write_text(code_blocks_in(options, "python")[0], encoding="utf-8")
+    assert run_script(script, tmp_path) == "Tagus 0 5 ('\\n',)\nrefused: tool_choice\n"
+    assert "prints `Tagus 0 5 ('\\n',)` then `refused: tool_choice`" in options
+    section = text[text.index("## Structured output") :]
+    printed = section[section.index("prints\n\n```\n") + len("prints\n\n```\n") :]
+    printed = printed[: printed.index("```")]
+    script = tmp_path / "structured.py"
+    script.write_text(code_blocks_in(section, "python")[0], encoding="utf-8")
+    assert run_script(script, tmp_path) == printed
+
+
+@pytest.mark.parametrize("section", ["## Cost and budgets", "## Tracing (OpenTelemetry)"])
+def test_readme_cost_and_tracing_samples_print_what_the_readme_says(
+    tmp_path: Path, section: str
+) -> None:
+    pytest.importorskip("genai_prices", reason="needs rxcontext[prices]")
+    pytest.importorskip("opentelemetry.sdk", reason="needs opentelemetry-sdk")
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    part = text[text.index(section) :]
+    code = code_blocks_in(part, "python")[0]
+    script = tmp_path / "sample.py"
+    script.write_text(code, encoding="utf-8")
+    out = run_script(script, tmp_path)
+    if "prints\n\n```\n" in part[: part.index("\n## ", 3)]:
+        printed = part[part.index("prints\n\n```\n") + len("prints\n\n```\n") :]
+        assert out == printed[: printed.index("```")]
+    else:
+        said = re.search(r"prints `([^`]+)`", part)
+        assert said is not None and out == said.group(1) + "\n"
+
+
+def test_readme_attachments_sample_prints_what_the_readme_says(tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Attachments (images and files)") :]
+    code = code_blocks_in(section, "python")[0]
+    printed = section[section.index("prints\n\n```\n") + len("prints\n\n```\n") :]
+    printed = printed[: printed.index("```")]
+    script = tmp_path / "attachments.py"
     script.write_text(code, encoding="utf-8")
     assert run_script(script, tmp_path) == printed

@@ -78,3 +78,18 @@ def test_the_core_imports_no_optional_sdk() -> None:
     ).stdout
     assert out.strip() == "[]"
     assert rxcontext.MissingDependency is MissingDependency
+
+
+def test_prices_and_tracing_name_their_extras(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rxcontext import Usage, cost
+    from rxcontext.tracing import Tracing
+
+    monkeypatch.setitem(sys.modules, "genai_prices", None)
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+    assert not cost.available()
+    with pytest.raises(MissingDependency) as prices:
+        cost.price(Usage.of(1, 1), "gpt-4o-mini", "openai")
+    assert prices.value.hint == "pip install 'rxcontext[prices]'"
+    with pytest.raises(MissingDependency) as otel:
+        Tracing()
+    assert otel.value.hint == "pip install 'rxcontext[otel]'"

@@ -478,11 +478,11 @@ def test_usage_is_cumulative_replace_never_add(wire: str) -> None:
     )
     chunks = stream(lambda: [body], wire)
     usages = [c.usage for c in chunks if c.kind is ChunkKind.USAGE]
-    # input = uncached + cache writes + cache reads; cached = cache reads
+    # input = uncached + cache writes + cache reads; cache reads and writes kept apart
     assert usages == [
-        Usage(147, 1, 148, cached_tokens=40),
-        Usage(147, 20, 167, cached_tokens=40),
-        Usage(148, 30, 178, cached_tokens=40, reasoning_tokens=12),
+        Usage(147, 1, 148, cached_tokens=40, cache_write_tokens=7),
+        Usage(147, 20, 167, cached_tokens=40, cache_write_tokens=7),
+        Usage(148, 30, 178, cached_tokens=40, reasoning_tokens=12, cache_write_tokens=7),
     ]
     assert chunks[-1] == Chunk(
         ChunkKind.DONE, finish_reason="end_turn", response_id="msg_1", usage=usages[-1]
@@ -780,7 +780,7 @@ def test_request_body_defaults_params_and_overrides() -> None:
         record(RecordType.PROMPT, "Weather in Paris?"),
     ]
     replay = Replay(text_stream("x"), text_stream("y"), text_stream("z"))
-    m = model(replay, temperature=0.5)
+    m = model(replay, temperature=0.5, cache=False)
     reply_from_chunks(m.iter_chunks(Request(records, tools=[weather])))
     first = replay.bodies[0]
     assert first == {
@@ -928,7 +928,10 @@ def test_second_turn_sends_thinking_with_signature_and_tool_result(wire: str) ->
         "temperature": 1.0,
         "thinking": {"type": "enabled", "budget_tokens": 1024, "display": "summarized"},
     }
-    sent, recorded = second_turn("thinking_tool_use_roundtrip_haiku45", wire, ["0.32a0"], **params)
+    # The recording's client sent no cache breakpoints: compare with caching off.
+    sent, recorded = second_turn(
+        "thinking_tool_use_roundtrip_haiku45", wire, ["0.32a0"], cache=False, **params
+    )
     assert sent["messages"] == recorded["messages"]
     assert {k: v for k, v in sent.items() if k not in ("tools", "model")} == {
         k: v for k, v in recorded.items() if k not in ("tools", "model")
@@ -941,6 +944,7 @@ def test_second_turn_sends_parallel_no_arg_tool_uses_and_results(wire: str) -> N
         "parallel_tool_use_no_args_roundtrip_haiku45",
         wire,
         ["Charles", "Sammy"],
+        cache=False,
         max_tokens=8192,
         temperature=1.0,
     )

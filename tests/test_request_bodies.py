@@ -586,7 +586,7 @@ def test_anthropic_middleware_sees_the_body() -> None:
         http_client=httpx2.Client(transport=recorder.transport),
         middleware=[middleware],
     )
-    model = AnthropicModel("claude-test", client=client)
+    model = AnthropicModel("claude-test", client=client, cache=False)
     records = history(21)
     run(model, Request(records), "sync", "stream")
     assert len(recorder.sent) == 1

@@ -104,6 +104,8 @@ async def test_anthropic_tool_loop_sends_thinking_back_with_its_signature(mode, 
     prompt = recorded["messages"][0]["content"][0]["text"]
     await run_loop("anthropic", replay, tool, "0.32a0", prompt, mode, wire)
     sent = replay.bodies[1]["messages"]
+    # The history's prompt-cache breakpoint (the recording's client set none) ends it.
+    assert sent[-1]["content"][-1].pop("cache_control") == {"type": "ephemeral"}
     assert sent[1:] == recorded["messages"][1:]  # thinking+signature, tool_use, tool_result
 
 

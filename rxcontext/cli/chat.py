@@ -7,7 +7,8 @@ import contextlib
 import sys
 from typing import Any
 
-from ..errors import RxContextError
+from ..attachments import Attachment
+from ..errors import AttachmentError, RxContextError, UnsupportedAttachment
 from ..window import ContextWindow
 from .common import CLIError, add_common, add_model_options, build_model, open_store, renderer
 from .errors import report
@@ -34,8 +35,61 @@ def register(sub: Any) -> None:
     add_model_options(chat, context_window=True)
     chat.add_argument("--context", "-c", default="default", help="context name (default: default)")
     chat.add_argument("--system", "-s", metavar="TEXT", help="set the context's system prompt")
+    chat.add_argument(
+        "--temperature", type=_non_negative, metavar="T", help="sampling temperature, this call"
+    )
+    chat.add_argument(
+        "--stop",
+        action="append",
+        metavar="TEXT",
+        help="stop the reply at TEXT (repeatable; not on openai-responses)",
+    )
+    chat.add_argument(
+        "--deadline",
+        type=_positive,
+        metavar="SECONDS",
+        help="longest a whole reply may take; past it the reply is cut and kept as a checkpoint",
+    )
+    chat.add_argument(
+        "--attach",
+        "-a",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="send FILE (an image, a PDF...) with the prompt; repeat for more "
+        "(interactive: with the first message)",
+    )
     add_common(chat)
     chat.set_defaults(func=run)
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of 0 or more, not {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _non_negative(text)
+    if value == 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, not {text!r}")
+    return value
+
+
+def call_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The per-call options the command line gives (``--temperature``, ``--stop``...)."""
+    options: dict[str, Any] = {}
+    if args.temperature is not None:
+        options["temperature"] = args.temperature
+    if args.stop:
+        options["stop"] = list(args.stop)
+    if args.deadline is not None:
+        options["deadline"] = args.deadline
+    return options
 
 
 def _prompt(args: argparse.Namespace) -> tuple[str | None, bool]:
@@ -62,17 +116,38 @@ def run(args: argparse.Namespace) -> int:
     if not args.context.strip():
         raise CLIError("the context name is empty", "pass a name: --context notes", 2)
     prompt, interactive = _prompt(args)
+    attachments = _attachments(args.attach)
     model = build_model(args)  # before the database is created: a bad model writes nothing
+    if attachments and model is not None and hasattr(model, "check_attachments"):
+        try:
+            model.check_attachments(attachments)
+        except UnsupportedAttachment as exc:
+            raise CLIError(
+                str(exc), "send it to a model that takes it, or leave it out", 2
+            ) from None
     store = open_store(args.db, create=True)
     with contextlib.closing(store):
         cw = ContextWindow(store, model, context=args.context, max_tokens=args.context_window)
         if args.system:
             cw.set_system_prompt(args.system)
         render = renderer(plain_info_to_stderr=not interactive)
-        session = Session(cw, render, args.base_url)
+        session = Session(cw, render, args.base_url, call_options(args), attachments)
         if prompt is not None:
             return session.reply(prompt)
         return _interactive(session, store.path)
+
+
+def _attachments(paths: list[str]) -> tuple[Attachment, ...]:
+    """The ``--attach`` files, read now: a bad one stops before anything is written."""
+    out = []
+    for path in paths:
+        try:
+            out.append(Attachment(path=path))
+        except AttachmentError as exc:
+            raise CLIError(
+                str(exc), "check the --attach path (media type: from its name)", 2
+            ) from None
+    return tuple(out)
 
 
 def _interactive(session: Session, db: str) -> int:

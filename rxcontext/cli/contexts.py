@@ -9,13 +9,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import cost
+from ..attachments import Attachment
 from ..errors import InvalidExport
 from ..interop import fork_context, import_context
 from ..records import Context, ContextStats
 from ..store import Store
 from .common import CLIError, add_common, confirm, open_store, renderer
 from .render import Renderer
-from .text import to_json
+from .text import one_line, to_json
 
 __all__ = ["register", "run"]
 
@@ -125,22 +127,46 @@ def _need(value: str | None, message: str) -> str:
 
 def _list(store: Store, render: Renderer, *, as_json: bool) -> int:
     stats = [store.context_stats(c.id) for c in store.list_contexts()]
+    # Costs only with genai-prices installed (rxcontext[prices]); without it, no column.
+    costs = (
+        {s.context_id: cost.context_cost(store.records(s.context_id)) for s in stats}
+        if cost.available()
+        else None
+    )
     if as_json:
-        print(to_json([_stats_dict(s) for s in stats]))
+        print(to_json([_stats_dict(s, costs.get(s.context_id) if costs else None) for s in stats]))
     else:
-        render.contexts(stats)
+        shown = {k: c.describe() for k, c in costs.items()} if costs is not None else None
+        render.contexts(stats, shown)
     return 0
 
 
 def _show(store: Store, render: Renderer, ctx: Context) -> int:
     s = store.context_stats(ctx.id)
+    records = store.records(ctx.id)
+    costs: dict[int, str] | None = None
+    spent = ""
+    if cost.available():
+        costs = {
+            r.id: cost.format_usd(cost.reply_cost(r))
+            for r in records
+            if "usage" in r.metadata and "model" in r.metadata
+        }
+        spent = f" · cost {cost.context_cost(records).describe()}"
+        if all(shown == "unknown" for shown in costs.values()):
+            costs = None  # no reply priced: the line above says so, the table stays roomy
     render.line(
         f"context {ctx.name!r} · {s.records} records ({s.live_records} live, "
         f"{s.live_tokens} live tokens) · provider usage {s.usage.input_tokens} in / "
-        f"{s.usage.output_tokens} out",
+        f"{s.usage.output_tokens} out{spent}",
         style="bold",
     )
-    render.records(store.records(ctx.id), title=f"records of {ctx.name!r}")
+    render.records(records, title=f"records of {ctx.name!r}", costs=costs)
+    attached = [(r.id, a) for r in records for a in r.attachments]
+    if attached:
+        render.line("attachments:")
+        for record_id, a in attached:
+            render.line(f"  record {record_id}: {describe_attachment(a)}")
     tools = store.context_tools(ctx.id)
     if tools:
         render.line("tools: " + ", ".join(str(t.get("name", "?")) for t in tools))
@@ -148,6 +174,17 @@ def _show(store: Store, render: Renderer, ctx: Context) -> int:
     if cps:
         render.checkpoints([(ctx.name, cp) for cp in cps])
     return 0
+
+
+def describe_attachment(a: Attachment) -> str:
+    """``name (media type, size)`` or ``URL (media type)``, on one line, controls made visible."""
+    if a.url is not None:
+        return f"{one_line(a.url)} ({one_line(a.media_type)}, URL)"
+    size = a.size or 0
+    shown = f"{size} B" if size < 1024 else f"{size / 1024:.1f} KiB"
+    if size >= 1024 * 1024:
+        shown = f"{size / 1024 / 1024:.1f} MiB"
+    return f"{one_line(a.name or '(unnamed)')} ({one_line(a.media_type)}, {shown})"
 
 
 def _export(store: Store, ctx: Context, out: str | None) -> int:
@@ -181,7 +218,12 @@ def _delete(store: Store, render: Renderer, ctx: Context, *, yes: bool) -> int:
     return 0
 
 
-def _stats_dict(s: ContextStats) -> dict[str, Any]:
+def _stats_dict(s: ContextStats, spent: cost.ContextCost | None) -> dict[str, Any]:
+    money = (
+        {"cost_usd": str(spent.usd), "cost_complete": spent.complete, "unpriced": spent.unpriced}
+        if spent is not None
+        else {}
+    )
     return {
         "name": s.name,
         "id": s.context_id,
@@ -192,4 +234,5 @@ def _stats_dict(s: ContextStats) -> dict[str, Any]:
         "open_checkpoints": s.open_checkpoints,
         "usage": s.usage.to_dict(),
         "last_activity": s.last_activity.isoformat() if s.last_activity else None,
+        **money,
     }

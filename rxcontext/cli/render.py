@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -118,6 +118,11 @@ RECORD_COLUMNS = (
     Column("tokens", fixed=True, justify="right", drop=1),
     Column("content", min_width=12),
 )
+RECORD_COST_COLUMNS = (
+    *RECORD_COLUMNS[:4],
+    Column("cost", fixed=True, justify="right", drop=2),
+    RECORD_COLUMNS[4],
+)
 CHECKPOINT_COLUMNS = (
     Column("id", fixed=True, justify="right"),
     Column("context", min_width=8),
@@ -134,6 +139,11 @@ CONTEXT_COLUMNS = (
     Column("replies", fixed=True, justify="right", drop=3),
     Column("checkpoints", fixed=True, justify="right"),
     Column("last activity", fixed=True, drop=1),
+)
+CONTEXT_COST_COLUMNS = (
+    *CONTEXT_COLUMNS[:4],
+    Column("cost", fixed=True, justify="right", drop=2),
+    *CONTEXT_COLUMNS[4:],
 )
 
 
@@ -298,23 +308,48 @@ class Renderer:
             print("\t".join(row), file=self.out)
         self.out.flush()
 
-    def records(self, records: Sequence[Record], *, title: str) -> None:
-        """A table of stored records."""
+    def records(
+        self,
+        records: Sequence[Record],
+        *,
+        title: str,
+        costs: Mapping[int, str] | None = None,
+    ) -> None:
+        """A table of stored records; with ``costs`` (by record id: the replies' costs),
+        a cost column."""
         if self.live:
+            if costs is None:
+                self.table(
+                    title,
+                    RECORD_COLUMNS,
+                    (
+                        (r.id, r.type.name, "yes" if r.live else "no", r.est_tokens, r.content)
+                        for r in records
+                    ),
+                )
+                return
             self.table(
                 title,
-                RECORD_COLUMNS,
+                RECORD_COST_COLUMNS,
                 (
-                    (r.id, r.type.name, "yes" if r.live else "no", r.est_tokens, r.content)
+                    (
+                        r.id,
+                        r.type.name,
+                        "yes" if r.live else "no",
+                        r.est_tokens,
+                        costs.get(r.id, ""),
+                        r.content,
+                    )
                     for r in records
                 ),
             )
             return
         print(f"== {printable(title)}", file=self.out)
         for r in records:
+            cost = "" if costs is None else f" {costs.get(r.id, ''):>9}"
             print(
                 f"{r.id:>4} {r.type.name:<13} {'live' if r.live else 'dead':<4} "
-                f"{r.est_tokens:>5}  {preview(r.content)}",
+                f"{r.est_tokens:>5}{cost}  {preview(r.content)}",
                 file=self.out,
             )
         self.out.flush()
@@ -339,24 +374,29 @@ class Renderer:
             ),
         )
 
-    def contexts(self, stats: Sequence[ContextStats]) -> None:
-        """A table of contexts with their numbers."""
+    def contexts(
+        self, stats: Sequence[ContextStats], costs: Mapping[str, str] | None = None
+    ) -> None:
+        """A table of contexts with their numbers; with ``costs`` (by context id), a cost
+        column."""
         date = _DATE if self.live else _PLAIN_DATE
-        self.table(
-            "contexts",
-            CONTEXT_COLUMNS,
-            (
-                (
-                    s.name,
-                    s.records,
-                    s.live_tokens,
-                    s.replies,
-                    s.open_checkpoints,
-                    s.last_activity.strftime(date) if s.last_activity else "",
-                )
-                for s in stats
-            ),
-        )
+        rows = [
+            [
+                s.name,
+                s.records,
+                s.live_tokens,
+                s.replies,
+                s.open_checkpoints,
+                s.last_activity.strftime(date) if s.last_activity else "",
+            ]
+            for s in stats
+        ]
+        if costs is None:
+            self.table("contexts", CONTEXT_COLUMNS, rows)
+            return
+        for row, s in zip(rows, stats, strict=True):
+            row.insert(4, costs.get(s.context_id, ""))
+        self.table("contexts", CONTEXT_COST_COLUMNS, rows)
 
 
 def _isatty(stream: TextIO) -> bool:

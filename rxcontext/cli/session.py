@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from ..attachments import Attachment
 from ..errors import StreamInterrupted
 from ..records import Checkpoint, RecordType
 from ..window import ContextWindow
@@ -13,10 +17,21 @@ __all__ = ["Session"]
 class Session:
     """One window on the terminal: streams replies and reports how they ended."""
 
-    def __init__(self, cw: ContextWindow, render: Renderer, base_url: str | None) -> None:
+    def __init__(
+        self,
+        cw: ContextWindow,
+        render: Renderer,
+        base_url: str | None,
+        options: dict[str, Any] | None = None,
+        attachments: Sequence[Attachment] = (),
+    ) -> None:
         self.cw = cw
         self.render = render
         self.base_url = base_url
+        self.options = dict(options or {})
+        """Per-call options of every reply and resume (``chat --temperature`` ...)."""
+        self.attachments = tuple(attachments)
+        """Sent with the next prompt only (``chat --attach``)."""
 
     def window(self) -> Window:
         return Window(self.cw.live_tokens(), self.cw.max_tokens)
@@ -25,10 +40,11 @@ class Session:
         """Add ``prompt``, stream the reply; the exit status (130 when cancelled)."""
         cw = self.cw
         before = {cp.id for cp in cw.checkpoints()}
-        record = cw.add_prompt(prompt)
+        record = cw.add_prompt(prompt, attachments=self.attachments)
+        self.attachments = ()
         window = self.window()
         try:
-            stats = self.render.stream(cw.stream(), window=window)
+            stats = self.render.stream(cw.stream(**self.options), window=window)
         except KeyboardInterrupt:
             new = [cp for cp in cw.checkpoints() if cp.id not in before]
             checkpoint = new[-1] if new else None
@@ -53,7 +69,9 @@ class Session:
         window = self.window()
         try:
             stats = self.render.stream(
-                self.cw.resume(checkpoint.id), prefix=checkpoint.text, window=window
+                self.cw.resume(checkpoint.id, **self.options),
+                prefix=checkpoint.text,
+                window=window,
             )
         except KeyboardInterrupt:
             # The driver saved the checkpoint and released the claim: it can be resumed again.

@@ -16,6 +16,7 @@ from typing import Any
 import anthropic
 
 from ..records import Record, RecordType
+from ._attachments import anthropic_blocks
 from ._history import HistoryCache, compact_json
 
 try:  # the SDK's own body preparation and encoder, so spliced bodies match it exactly
@@ -24,7 +25,18 @@ try:  # the SDK's own body preparation and encoder, so spliced bodies match it e
 except ImportError:  # pragma: no cover - another SDK layout: requests use dicts
     openapi_dumps = prepare_request_data = None  # type: ignore[assignment]
 
-__all__ = ["AnthropicHistory", "build_messages", "encode_body", "sdk_kwargs", "splicing"]
+__all__ = [
+    "MAX_BREAKPOINTS",
+    "AnthropicHistory",
+    "build_messages",
+    "encode_body",
+    "last_block_cacheable",
+    "mark_cache",
+    "mark_last_message",
+    "mark_last_message_json",
+    "sdk_kwargs",
+    "splicing",
+]
 
 _USER = "user"
 _ASSISTANT = "assistant"
@@ -55,7 +67,11 @@ def _blocks(record: Record) -> tuple[str | None, list[dict[str, Any]]]:
     """The role and content blocks a record adds (role None: a system prompt, or not sent)."""
     kind = record.type
     if kind is RecordType.PROMPT:
-        return _USER, [{"type": "text", "text": record.content}] if record.content else []
+        # Images and documents before the text, as Anthropic advises.
+        blocks = anthropic_blocks(record.attachments) if record.attachments else []
+        if record.content:
+            blocks.append({"type": "text", "text": record.content})
+        return _USER, blocks
     if kind is RecordType.MODEL_RESP:
         blocks = _thinking_blocks(record.metadata)
         if record.content:
@@ -172,6 +188,87 @@ class AnthropicHistory:
             append(alone.message)
         self.cache.keep(lookup, (mark[0], messages, mark[1], system, mark[2]))
         return "\n\n".join(system), messages
+
+
+# -- prompt caching ------------------------------------------------------------------------
+
+MAX_BREAKPOINTS = 4
+"""The most ``cache_control`` breakpoints Anthropic accepts in one request."""
+
+_EPHEMERAL = {"type": "ephemeral"}
+_MARK = b',"cache_control":' + compact_json(_EPHEMERAL)
+_UNCACHEABLE = frozenset({"thinking", "redacted_thinking"})  # the API refuses a mark on them
+
+
+def _breakpoints(value: Any) -> int:
+    """How many ``cache_control`` marks ``value`` (a body part the user gave) holds already."""
+    if isinstance(value, Mapping):
+        own = 1 if value.get("cache_control") is not None else 0
+        return own + sum(_breakpoints(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_breakpoints(v) for v in value)
+    return 0
+
+
+def mark_cache(body: dict[str, Any]) -> int:
+    """Put ``cache_control`` breakpoints on ``body``'s tools (the last one) and system prompt
+    (the last block; a string becomes one text block), and return how many breakpoints are
+    left for the history (see :func:`mark_last_message`).
+
+    Anthropic caches the request's prefix up to each breakpoint, in the order tools, system,
+    messages, and takes at most :data:`MAX_BREAKPOINTS`: breakpoints the caller already put
+    in ``params`` / ``options`` count, and a part that has one is not marked again.
+    ``body["messages"]`` is not looked at (it may be the spliced history's stand-in).
+    """
+    left = MAX_BREAKPOINTS - sum(_breakpoints(v) for k, v in body.items() if k != "messages")
+    tools = body.get("tools")
+    if left > 0 and isinstance(tools, list) and tools and not _breakpoints(tools):
+        last = tools[-1]
+        if isinstance(last, Mapping):
+            body["tools"] = [*tools[:-1], {**last, "cache_control": dict(_EPHEMERAL)}]
+            left -= 1
+    system = body.get("system")
+    if left > 0 and system and not _breakpoints(system):
+        if isinstance(system, str):
+            body["system"] = [{"type": "text", "text": system, "cache_control": dict(_EPHEMERAL)}]
+            left -= 1
+        elif isinstance(system, list) and isinstance(system[-1], Mapping):
+            body["system"] = [*system[:-1], {**system[-1], "cache_control": dict(_EPHEMERAL)}]
+            left -= 1
+    return max(left, 0)
+
+
+def last_block_cacheable(records: Sequence[Record]) -> bool:
+    """Whether the last block of the messages ``records`` make can take a breakpoint: there
+    is one, and it is not a thinking block (the API refuses those)."""
+    for record in reversed(records):
+        if record.type is RecordType.SYSTEM_PROMPT:
+            continue
+        _, blocks = _blocks(record)
+        if blocks:
+            return blocks[-1]["type"] not in _UNCACHEABLE
+    return False
+
+
+def mark_last_message(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` with a breakpoint on the last block of the last message (copies; the
+    caller checked :func:`last_block_cacheable`): the whole history so far is the prefix
+    the next request of the conversation reads from the cache."""
+    last = messages[-1]
+    content = last["content"]
+    marked = {
+        **last,
+        "content": [*content[:-1], {**content[-1], "cache_control": dict(_EPHEMERAL)}],
+    }
+    return [*messages[:-1], marked]
+
+
+def mark_last_message_json(messages: list[bytes]) -> list[bytes]:
+    """:func:`mark_last_message` on the encoded messages of :class:`AnthropicHistory`: the
+    bytes the SDK would encode for the marked dicts (the mark is the block's last key)."""
+    last = messages[-1]
+    assert last.endswith(b"}]}"), last[-16:]
+    return [*messages[:-1], b"".join((last[:-3], _MARK, b"}]}"))]
 
 
 def sdk_kwargs(body: dict[str, Any]) -> dict[str, Any]:

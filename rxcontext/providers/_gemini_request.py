@@ -21,6 +21,7 @@ from google.genai import models as genai_models
 from google.genai import types
 
 from ..records import Record, RecordType
+from ._attachments import gemini_parts
 from ._history import MARKER, HistoryCache, json_array, spaced_json, splice
 
 __all__ = ["PLACEHOLDER", "GeminiHistory", "build_contents", "spliced_client"]
@@ -100,7 +101,8 @@ def build_contents(records: Iterable[Record]) -> list[types.Content]:
             outputs.append(types.Part(function_response=response))
         elif kind is RecordType.PROMPT:
             flush()
-            contents.append(types.Content(role="user", parts=[types.Part(text=record.content)]))
+            parts = [types.Part(text=record.content), *_sdk_attachment_parts(record)]
+            contents.append(types.Content(role="user", parts=parts))
     flush()
     merged: list[types.Content] = []
     for content in contents:
@@ -110,6 +112,18 @@ def build_contents(records: Iterable[Record]) -> list[types.Content]:
         else:
             merged.append(content)
     return merged
+
+
+def _sdk_attachment_parts(record: Record) -> list[types.Part]:
+    if not record.attachments:
+        return []
+    gemini_parts(record.attachments)  # refuses what Gemini does not take, as the JSON path
+    return [
+        types.Part(inline_data=types.Blob(mime_type=a.media_type, data=a.data))
+        if a.data is not None
+        else types.Part(file_data=types.FileData(file_uri=a.url, mime_type=a.media_type))
+        for a in record.attachments
+    ]
 
 
 def _arguments(raw: str) -> dict[str, Any]:
@@ -165,8 +179,8 @@ def _response_part(record: Record, with_id: bool) -> dict[str, Any]:
 
 
 class _Entry:
-    """A record's encoded part (a prompt: its whole content), as the SDK would send it, and
-    for a reply the ``model`` content its part makes alone."""
+    """A record's encoded part (a prompt: its parts and its whole content), as the SDK would
+    send it, and for a reply the ``model`` content its part makes alone."""
 
     __slots__ = (
         "alone",
@@ -174,7 +188,7 @@ class _Entry:
         "json",
         "json_without_id",
         "kind",
-        "part",
+        "parts",
         "synthetic",
         "system",
     )
@@ -184,10 +198,13 @@ class _Entry:
         self.call_id = record.tool_call_id
         self.synthetic = False
         self.system = record.content if kind is RecordType.SYSTEM_PROMPT else None
-        self.json = self.json_without_id = self.alone = self.part = b""
+        self.json = self.json_without_id = self.alone = b""
+        self.parts: list[bytes] = []
         if kind is RecordType.PROMPT:
-            self.part = spaced_json({"text": record.content})
-            self.json = _content([self.part], b"user")
+            self.parts = [spaced_json({"text": record.content})]
+            if record.attachments:
+                self.parts.extend(spaced_json(p) for p in gemini_parts(record.attachments))
+            self.json = _content(self.parts, b"user")
         elif kind is RecordType.MODEL_RESP:
             signature = record.metadata.get(REPLY_SIGNATURE)
             if record.content or _signature_bytes(signature) is not None:
@@ -273,7 +290,7 @@ class GeminiHistory:
                 if model is not None or outputs is not None:
                     flush()
                 mark = (i, len(contents), len(made), len(system))
-                emit(b"user", [entry.part], entry.json)
+                emit(b"user", entry.parts, entry.json)
             elif kind is model_resp:
                 if model is not None or outputs is not None:
                     flush()

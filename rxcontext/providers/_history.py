@@ -91,6 +91,7 @@ def _same(kept: Record, record: Record) -> bool:
         and kept.tool_call_id == record.tool_call_id
         and kept.tool_name == record.tool_name
         and kept.metadata == record.metadata
+        and kept.attachments == record.attachments
     )
 
 
@@ -187,6 +188,7 @@ class HistoryCache(Generic[E]):
                     and previous.tool_call_id == record.tool_call_id
                     and previous.tool_name == record.tool_name
                     and previous.metadata == record.metadata
+                    and previous.attachments == record.attachments
                 ):
                     break
                 same += 1

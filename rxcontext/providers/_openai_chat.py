@@ -15,6 +15,7 @@ import openai
 from ..chunks import Chunk, ChunkKind, Usage
 from ..errors import ProviderError
 from ..records import Record, RecordType
+from ._attachments import chat_parts
 from ._common import (
     READ_ERRORS,
     BadEvent,
@@ -91,6 +92,9 @@ def _message(record: Record) -> dict[str, Any] | None:
     if kind is RecordType.SYSTEM_PROMPT:
         return {"role": "system", "content": record.content}
     if kind is RecordType.PROMPT:
+        if record.attachments:
+            text = {"type": "text", "text": record.content}
+            return {"role": "user", "content": [text, *chat_parts(record.attachments)]}
         return {"role": "user", "content": record.content}
     if kind is RecordType.TOOL_OUTPUT:
         return {"role": "tool", "tool_call_id": record.tool_call_id, "content": record.content}

@@ -18,6 +18,7 @@ import openai
 from ..chunks import Chunk, ChunkKind, Usage
 from ..errors import ProviderError
 from ..records import Checkpoint, Record, RecordType
+from ._attachments import responses_parts
 from ._common import (
     READ_ERRORS,
     BadEvent,
@@ -166,6 +167,9 @@ def _item(record: Record) -> dict[str, Any] | None:
     if kind is RecordType.SYSTEM_PROMPT:
         return {"role": "system", "content": record.content}
     if kind is RecordType.PROMPT:
+        if record.attachments:
+            text = {"type": "input_text", "text": record.content}
+            return {"role": "user", "content": [text, *responses_parts(record.attachments)]}
         return {"role": "user", "content": record.content}
     if kind is RecordType.TOOL_OUTPUT:
         return {

@@ -13,7 +13,8 @@ Choices worth knowing:
 
 - Usage: ``input_tokens`` is all input, ``input_tokens + cache_creation_input_tokens +
   cache_read_input_tokens`` (Anthropic's own definition of the total), so that, as for
-  OpenAI and Gemini, ``cached_tokens`` (= ``cache_read_input_tokens``) is a part of it.
+  OpenAI and Gemini, ``cached_tokens`` (= ``cache_read_input_tokens``) is a part of it, and
+  so is ``cache_write_tokens`` (= ``cache_creation_input_tokens``), kept apart.
   ``output_tokens_details.thinking_tokens`` becomes ``reasoning_tokens``. message_delta
   counts are cumulative: a count it gives replaces the one from message_start, a count it
   leaves out keeps the earlier value; nothing is ever added.
@@ -50,15 +51,21 @@ except ImportError as exc:  # an optional extra: name it
 import httpx2
 from anthropic.types import RawMessageStreamEvent
 
+from ..attachments import Attachment
 from ..chunks import Chunk, ChunkKind, Reply, Usage
 from ..errors import ProviderError
 from ._anthropic_request import (
     AnthropicHistory,
     build_messages,
     encode_body,
+    last_block_cacheable,
+    mark_cache,
+    mark_last_message,
+    mark_last_message_json,
     sdk_kwargs,
     splicing,
 )
+from ._attachments import check as check_attachments
 from ._common import (
     READ_ERRORS,
     BadEvent,
@@ -74,9 +81,24 @@ from ._common import (
     str_field,
     transport_error,
 )
+from ._options import anthropic_options
 from ._sse import SSEDecoder
 from ._stainless import HISTORY, AsyncSplicingClient, SplicingClient
 from .base import Request, reply_from_chunks
+
+try:  # the SDK's own schema transform (what its ``output_format=`` sends)
+    from anthropic.lib._parse._transform import transform_schema as _sdk_transform
+except ImportError:  # pragma: no cover - an SDK without it: send the schema as given
+    _sdk_transform = None  # type: ignore[assignment]
+
+
+def _transform(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` in the subset Anthropic's structured outputs accept (objects closed,
+    unsupported constraints moved into descriptions), by the SDK's own helper."""
+    if _sdk_transform is None:  # pragma: no cover
+        return schema
+    return dict(_sdk_transform(schema))
+
 
 __all__ = ["DEFAULT_MAX_TOKENS", "AnthropicModel", "build_messages"]
 
@@ -107,7 +129,20 @@ class AnthropicModel:
     ``extra_body``. Without ``client``/``async_client`` one is built from
     ``ANTHROPIC_API_KEY`` on first use of that path. ``wire="sdk"`` switches from the fast
     SSE decoder back to the SDK's event models.
+
+    Prompt caching is on by default (``cache=False`` turns it off): each request puts
+    ``cache_control`` breakpoints on the last tool, the system prompt and the last block of
+    the history, so the next request of the conversation reads that prefix from Anthropic's
+    cache (cheaper, faster); at most four in all, counting any already in ``params``.
+    Prefixes shorter than the model's minimum (1,024 tokens for most) are not cached, and
+    cost nothing more. Usage keeps the tokens read from the cache (``cached_tokens``) and
+    written to it (``cache_write_tokens``) apart.
     """
+
+    call_options = frozenset(
+        {"temperature", "max_output_tokens", "tool_choice", "stop", "extra", "schema"}
+    )
+    """Per-call options this model sends (see :data:`rxcontext.options.PROVIDER_PARAMETERS`)."""
 
     def __init__(
         self,
@@ -117,9 +152,12 @@ class AnthropicModel:
         async_client: anthropic.AsyncAnthropic | None = None,
         wire: Wire = "fast",
         context_window: int | None = None,
+        cache: bool = True,
         **params: Any,
     ) -> None:
         self.model_name = model_name
+        self.cache = cache
+        """Whether requests carry prompt-caching breakpoints (see the class docstring)."""
         self.wire: Wire = check_wire(wire)
         self.context_window = context_window
         """The model's context size in tokens, if given: a window's default ``max_tokens``."""
@@ -138,10 +176,24 @@ class AnthropicModel:
         """``"anthropic:<model>"``."""
         return f"{PROVIDER}:{self.model_name}"
 
+    def check_attachments(self, attachments: Sequence[Attachment]) -> None:
+        """Raise :class:`~rxcontext.UnsupportedAttachment` for an attachment this model's
+        API does not take (``ContextWindow.add_prompt`` asks before storing the prompt)."""
+        check_attachments(PROVIDER, attachments)
+
     def request_body(self, request: Request) -> dict[str, Any]:
         """The keyword arguments of ``messages.create`` for ``request`` (without ``stream``)."""
         system, messages = build_messages(request.records)
-        return self._body(request, system, messages)
+        body = self._body(request, system, messages)
+        if self._mark_history(body, request) and messages:
+            body["messages"] = mark_last_message(messages)
+        return sdk_kwargs(body)
+
+    def _mark_history(self, body: dict[str, Any], request: Request) -> bool:
+        """Mark ``body``'s tools and system for caching; whether to mark the history too."""
+        if not self.cache:
+            return False
+        return mark_cache(body) > 0 and last_block_cacheable(request.records)
 
     def _body(self, request: Request, system: str, messages: Any) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -157,7 +209,9 @@ class AnthropicModel:
         if request.tools:
             body["tools"] = [*body.get("tools", ()), *(t.to_anthropic() for t in request.tools)]
         body.update(request.options)
-        return sdk_kwargs(body)
+        body.update(anthropic_options(request.call, _transform, body))
+        body.update(request.call.extra)
+        return body
 
     def _prepared(self, client: _C, request: Request) -> tuple[_C, dict[str, Any]]:
         """The client to call and the ``messages.create`` arguments for ``request``.
@@ -168,6 +222,9 @@ class AnthropicModel:
         if not splicing(client):
             return client, self.request_body(request)
         system, history = self._history.encode(request.records)
+        body = self._body(request, system, HISTORY)
+        if self._mark_history(body, request) and history:
+            history = mark_last_message_json(history)  # a copy: the cached list stays
         spliced: Any
         if isinstance(client, anthropic.AsyncAnthropic):
             spliced = AsyncSplicingClient(client, "messages", history, encode_body)
@@ -175,7 +232,7 @@ class AnthropicModel:
         else:
             spliced = SplicingClient(client, "messages", history, encode_body)
             spliced.messages = anthropic.resources.messages.Messages(spliced)
-        return spliced, self._body(request, system, HISTORY)
+        return spliced, sdk_kwargs(body)
 
     # -- streaming ---------------------------------------------------------------------
 
@@ -384,6 +441,7 @@ class _Turn:
             output_tokens=self.output,
             cached_tokens=self.cache_read,
             reasoning_tokens=self.thinking,
+            cache_write_tokens=self.cache_write,
         )
 
     def done(self) -> Chunk:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ..chunks import Chunk, Reply, ReplyBuilder
+from ..options import NO_OPTIONS, CallOptions
 from ..records import Record
 from ..tools import Tool
 
@@ -106,7 +107,9 @@ class Request:
     full-history request the window sends instead if the provider rejects the threaded one.
     Models that can thread say so with a ``supports_previous_response_id = True`` attribute.
     ``cursor`` is set by the window for models that offer native resume (see the module
-    docstring); they note there where the stream stands.
+    docstring); they note there where the stream stands. ``call`` holds the per-call
+    options (:class:`~rxcontext.options.CallOptions`): a model maps those it lists in its
+    ``call_options`` attribute to its provider's parameters, over its own settings.
     """
 
     records: Sequence[Record]
@@ -115,6 +118,7 @@ class Request:
     max_output_tokens: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     fallback: Request | None = None
+    call: CallOptions = NO_OPTIONS
     cursor: ResumeCursor | None = field(default=None, compare=False, repr=False)
 
 

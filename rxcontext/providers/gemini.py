@@ -69,7 +69,7 @@ import gc
 import hashlib
 import json
 import types as pytypes
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -87,9 +87,11 @@ try:
 except ImportError as exc:  # an optional extra: name it
     raise missing_sdk("google-genai", "gemini", exc) from exc
 
+from ..attachments import Attachment
 from ..chunks import Chunk, ChunkKind, Reply, Usage
 from ..errors import ProviderError
 from ..records import RecordType
+from ._attachments import check as check_attachments
 from ._common import (
     READ_ERRORS,
     BadEvent,
@@ -113,6 +115,7 @@ from ._gemini_request import (
     spliced_client,
     splicing,
 )
+from ._options import gemini_options
 from ._sse import SSEDecoder
 from .base import Request, reply_from_chunks
 
@@ -152,6 +155,11 @@ class GeminiModel:
     the default fast decoder (same chunks; see the module docstring).
     """
 
+    call_options = frozenset(
+        {"temperature", "max_output_tokens", "tool_choice", "stop", "extra", "schema"}
+    )
+    """Per-call options this model sends (see :data:`rxcontext.options.PROVIDER_PARAMETERS`)."""
+
     def __init__(
         self,
         model_name: str,
@@ -183,6 +191,11 @@ class GeminiModel:
         """``"gemini:<model>"``."""
         return f"{PROVIDER}:{self.model_name}"
 
+    def check_attachments(self, attachments: Sequence[Attachment]) -> None:
+        """Raise :class:`~rxcontext.UnsupportedAttachment` for an attachment this model's
+        API does not take (``ContextWindow.add_prompt`` asks before storing the prompt)."""
+        check_attachments(PROVIDER, attachments)
+
     def request_config(self, request: Request) -> types.GenerateContentConfig:
         """The ``GenerateContentConfig`` for ``request``."""
         system = [r.content for r in request.records if r.type is RecordType.SYSTEM_PROMPT]
@@ -200,6 +213,7 @@ class GeminiModel:
             declarations = [t.to_gemini() for t in request.tools]
             config["tools"] = [*config.get("tools", ()), {"function_declarations": declarations}]
         config.update(request.options)
+        config.update(gemini_options(request.call))
         config.setdefault("automatic_function_calling", {"disable": True})
         config.setdefault("automatic_continuation", False)
         return types.GenerateContentConfig(**config)

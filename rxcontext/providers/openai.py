@@ -13,7 +13,7 @@ mapping itself (records → request, events → chunks) lives in :mod:`._openai_
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any, TypeVar
@@ -29,9 +29,11 @@ try:
 except ImportError as exc:  # an optional extra: name it
     raise missing_sdk("openai", "openai", exc) from exc
 
+from ..attachments import Attachment
 from ..chunks import Chunk, Reply
 from ..errors import ProviderError
 from ..records import Checkpoint
+from ._attachments import check as check_attachments
 from ._common import (
     READ_ERRORS,
     Lazy,
@@ -61,9 +63,15 @@ from ._openai_responses import (
     response_chunks,
     responses_input,
 )
+from ._options import chat_options, responses_options, split_extra
 from ._sse import aiter_sse, iter_sse
 from ._stainless import HISTORY
 from .base import Request, ResumeCursor, reply_from_chunks
+
+try:  # the SDK's own strict-schema transform (what its .parse() helpers send)
+    from openai.lib._pydantic import _ensure_strict_json_schema
+except ImportError:  # pragma: no cover - an SDK without it: send the schema as given
+    _ensure_strict_json_schema = None  # type: ignore[assignment]
 
 __all__ = ["OUTPUT_KEY", "OpenAIModel", "OpenAIResponsesModel"]
 
@@ -223,6 +231,15 @@ async def _aevents(raw: openai.AsyncAPIResponse[Any]) -> AsyncGenerator[Any, Non
         raise openai.APIConnectionError(request=request) from err
 
 
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` as OpenAI's strict mode wants it (every object closed, every property
+    required), made by the SDK's own helper on a copy."""
+    if _ensure_strict_json_schema is None:  # pragma: no cover
+        return schema
+    copy = json.loads(json.dumps(schema))
+    return dict(_ensure_strict_json_schema(copy, path=(), root=copy))
+
+
 class _OpenAIBase:
     """Client handling shared by both OpenAI models."""
 
@@ -256,6 +273,11 @@ class _OpenAIBase:
         """``"openai:<model>"`` (``"openai-responses:<model>"`` for the Responses API)."""
         return f"{self._label}:{self.model_name}"
 
+    def check_attachments(self, attachments: Sequence[Attachment]) -> None:
+        """Raise :class:`~rxcontext.UnsupportedAttachment` for an attachment this model's
+        API does not take (``ContextWindow.add_prompt`` asks before storing the prompt)."""
+        check_attachments(self._label, attachments)
+
     def _sync(self) -> tuple[openai.OpenAI, tuple[str | None, ...]]:
         with _Converting(()):
             client = self._client.get()
@@ -281,6 +303,10 @@ class OpenAIModel(_OpenAIBase):
 
     _history: ChatHistory
     _history_type = ChatHistory
+    call_options = frozenset(
+        {"temperature", "max_output_tokens", "tool_choice", "stop", "extra", "schema"}
+    )
+    """Per-call options this model sends (see :data:`rxcontext.options.PROVIDER_PARAMETERS`)."""
 
     def _kwargs(self, request: Request, messages: Any = None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"model": self.model_name}
@@ -288,9 +314,16 @@ class OpenAIModel(_OpenAIBase):
             kwargs["max_completion_tokens"] = request.max_output_tokens
         kwargs.update(self.params)
         kwargs.update(request.options)
+        call = request.call
+        if call.max_output_tokens is not None:
+            kwargs.pop("max_tokens", None)  # the older name of the same limit
+        kwargs.update(chat_options(call, _strict))
         kwargs["messages"] = chat_messages(request.records) if messages is None else messages
         if request.tools:
             kwargs["tools"] = [tool.to_openai_chat() for tool in request.tools]
+        if call.extra:
+            kwargs.update(call.extra)
+            split_extra(kwargs, openai.resources.chat.completions.Completions.create)
         return kwargs
 
     def _prepared(self, client: _C, request: Request, *, stream: bool) -> tuple[_C, dict[str, Any]]:
@@ -411,6 +444,8 @@ class OpenAIResponsesModel(_OpenAIBase):
 
     _history: ResponsesHistory
     _history_type = ResponsesHistory
+    call_options = frozenset({"temperature", "max_output_tokens", "tool_choice", "extra", "schema"})
+    """Per-call options this model sends; the Responses API has no ``stop``."""
 
     def _kwargs(self, request: Request, instructions: str | None, items: Any) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"model": self.model_name}
@@ -418,6 +453,8 @@ class OpenAIResponsesModel(_OpenAIBase):
             kwargs["max_output_tokens"] = request.max_output_tokens
         kwargs.update(self.params)
         kwargs.update(request.options)
+        call = request.call
+        kwargs.update(responses_options(call, _strict, kwargs))
         if instructions is not None:
             kwargs["instructions"] = instructions
         kwargs["input"] = items
@@ -425,6 +462,9 @@ class OpenAIResponsesModel(_OpenAIBase):
             kwargs["tools"] = [tool.to_openai_responses() for tool in request.tools]
         if request.previous_response_id:
             kwargs["previous_response_id"] = request.previous_response_id
+        if call.extra:
+            kwargs.update(call.extra)
+            split_extra(kwargs, openai.resources.responses.Responses.create)
         return kwargs
 
     def _prepared(self, client: _C, request: Request, *, stream: bool) -> tuple[_C, dict[str, Any]]:

@@ -176,11 +176,15 @@ class ReplayTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
 
 
 def replay_model(
-    replies: Sequence[ScriptedReply], *, delay: float = 0.0
+    replies: Sequence[ScriptedReply],
+    *,
+    delay: float = 0.0,
+    model_name: str = "gpt-4o-mini-replay",
 ) -> tuple[Any, ReplayTransport]:
     """An :class:`~rxcontext.providers.OpenAIModel` whose real SDK client talks to a replay.
 
     Returns the model and its transport (to inspect requests). No key, no network.
+    ``model_name`` is the model's name (a real one, ``"gpt-4o-mini"``, gets real prices).
     """
     import openai
 
@@ -194,7 +198,7 @@ def replay_model(
     }
     client = openai.OpenAI(http_client=httpx2.Client(transport=transport), **common)
     async_client = openai.AsyncOpenAI(http_client=httpx2.AsyncClient(transport=transport), **common)
-    return OpenAIModel("gpt-4o-mini-replay", client=client, async_client=async_client), transport
+    return OpenAIModel(model_name, client=client, async_client=async_client), transport
 
 
 __all__ += ["replay_model"]

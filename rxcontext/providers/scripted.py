@@ -30,6 +30,11 @@ class ScriptedModel:
     provider closes its HTTP stream.
     """
 
+    call_options = frozenset(
+        {"temperature", "max_output_tokens", "tool_choice", "stop", "extra", "schema"}
+    )
+    """It takes every per-call option (and ignores them; they are on ``requests``)."""
+
     def __init__(
         self,
         scripts: Sequence[Sequence[Step]],

@@ -14,10 +14,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from ..attachments import Attachment
 from ..chunks import Usage
 from ..errors import ContextNotFound
 from ..records import Checkpoint, Context, Record, RecordType, ReplyState
 from ..tokens import estimate_tokens
+from . import _pg_blobs as blobs
+from ._sqlite_blobs import checked
 from ._sqlite_rows import storable, to_json
 from .base import CheckpointDraft, RecordDraft
 from .pg_codec import dec, dec_opt, enc, enc_opt
@@ -38,6 +41,7 @@ __all__ = [
     "live_tokens_of",
     "lock_context",
     "record",
+    "records_of",
     "retire",
     "storable",
     "to_json",
@@ -50,7 +54,7 @@ __all__ = [
 CONTEXT_COLUMNS = "id, name, start_time, use_server_side_threading, last_response_id"
 RECORD_COLUMNS = (
     "id, context_id, ts, source, content, live, est_tokens, response_id, streamed,"
-    " tool_call_id, tool_name, metadata, pos, reply_id"
+    " tool_call_id, tool_name, metadata, pos, reply_id, attachments"
 )
 CHECKPOINT_COLUMNS = (
     "id, context_id, text, thinking, tool_calls, usage, error, created_at, resolved_at,"
@@ -81,8 +85,8 @@ USAGE_FIELDS = (
 _RECORD_TYPES = {int(t): t for t in RecordType}
 _INSERT_RECORD = (
     "INSERT INTO records (context_id, pos, ts, source, content, live, est_tokens, response_id,"
-    " streamed, tool_call_id, tool_name, metadata, reply_id, commit_id, rev)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
+    " streamed, tool_call_id, tool_name, metadata, reply_id, commit_id, rev, attachments)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
 )
 
 
@@ -102,7 +106,7 @@ def context(row: Sequence[Any]) -> Context:
     return Context(row[0], dec(row[1]), utc(row[2]), row[3], dec_opt(row[4]))
 
 
-def record(row: Sequence[Any]) -> Record:
+def record(row: Sequence[Any], attachments: tuple[Attachment, ...] = ()) -> Record:
     meta = row[11]
     return Record(
         row[0],
@@ -119,7 +123,17 @@ def record(row: Sequence[Any]) -> Record:
         json.loads(dec(meta)) if meta else {},
         row[12],
         dec_opt(row[13]),
+        attachments,
     )
+
+
+def records_of(conn: Conn, found: Sequence[Sequence[Any]]) -> list[Record]:
+    """Records from rows of ``RECORD_COLUMNS``, with their attachments."""
+    linked = [r[0] for r in found if r[14]]
+    if not linked:
+        return [record(r) for r in found]
+    attached = blobs.load(conn, linked)
+    return [record(r, attached.get(r[0], ())) for r in found]
 
 
 def checkpoint(row: Sequence[Any]) -> Checkpoint:
@@ -163,7 +177,7 @@ def checkpoint_values(draft: CheckpointDraft) -> tuple[Any, ...]:
 class Draft:
     """A record draft checked and encoded before any statement is sent."""
 
-    __slots__ = ("content", "draft", "est", "metadata", "type")
+    __slots__ = ("attachments", "content", "draft", "est", "metadata", "type")
 
     def __init__(self, draft: RecordDraft) -> None:
         if not isinstance(draft.content, str):
@@ -173,6 +187,7 @@ class Draft:
         self.content = storable(draft.content)
         self.est = estimate_tokens(self.content)
         self.metadata = to_json(dict(draft.metadata))
+        self.attachments = checked(draft.attachments)
         # Strings UTF-8 refuses (lone surrogates in ids or names) fail here, as on SQLite,
         # before the transaction starts.
         for text in (draft.response_id, draft.tool_call_id, draft.tool_name):
@@ -205,6 +220,7 @@ class Draft:
             enc_opt(reply_id),
             commit_id,
             rev,
+            len(self.attachments),
         )
 
     def record(
@@ -226,6 +242,7 @@ class Draft:
             metadata=json.loads(self.metadata) if self.metadata else {},
             pos=pos,
             reply_id=reply_id,
+            attachments=tuple(a.stored() for a in self.attachments),
         )
 
 
@@ -305,6 +322,9 @@ def insert_records(
             ids.append(cur.fetchone()[0])  # type: ignore[index]
             if not cur.nextset():
                 break
+    blobs.save(
+        conn, [(i, d.attachments) for d, i in zip(drafts, ids, strict=True) if d.attachments]
+    )
     return [
         d.record(i, context_id, at, ts, reply_id)
         for d, i, at in zip(drafts, ids, places, strict=True)
@@ -329,10 +349,8 @@ def retire(conn: Conn, context_id: str, where: str, args: tuple[Any, ...], lock:
 
 def written(conn: Conn, commit_id: str) -> list[Record]:
     """The records an earlier attempt with ``commit_id`` stored, in order."""
-    return [
-        record(r)
-        for r in conn.execute(
-            f"SELECT {RECORD_COLUMNS} FROM records WHERE commit_id = %s ORDER BY pos, id",
-            (commit_id,),
-        )
-    ]
+    found = conn.execute(
+        f"SELECT {RECORD_COLUMNS} FROM records WHERE commit_id = %s ORDER BY pos, id",
+        (commit_id,),
+    ).fetchall()
+    return records_of(conn, found)

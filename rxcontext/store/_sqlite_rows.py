@@ -7,12 +7,13 @@ import sqlite3
 from datetime import datetime
 from typing import Any
 
+from ..attachments import Attachment
 from ..chunks import Usage
 from ..records import Checkpoint, Context, Record, RecordType, ReplyState
 
 RECORD_COLUMNS = (
     "id, context_id, ts, source, content, live, est_tokens, response_id, streamed,"
-    " tool_call_id, tool_name, metadata, pos, reply_id"
+    " tool_call_id, tool_name, metadata, pos, reply_id, attachments"
 )
 CONTEXT_COLUMNS = "id, name, start_time, use_server_side_threading, last_response_id"
 CHECKPOINT_COLUMNS = (
@@ -61,7 +62,7 @@ def from_json(value: str | None, default: Any) -> Any:
 _RECORD_TYPES = {int(t): t for t in RecordType}
 
 
-def record(row: Row) -> Record:
+def record(row: Row, attachments: tuple[Attachment, ...] = ()) -> Record:
     # Every request reads the live history through here: positional arguments, a dict
     # lookup instead of the enum constructor, and json only when there is metadata.
     meta = row[11]
@@ -80,6 +81,7 @@ def record(row: Row) -> Record:
         json.loads(meta) if meta else {},
         row[12],
         row[13],
+        attachments,
     )
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from ..attachments import Attachment
 from ..chunks import Usage
 from ..errors import CheckpointResolved, ReplyBusy
 from ..records import Checkpoint, Context, ContextStats, Record, RecordType, ReplyState
@@ -75,6 +76,8 @@ class RecordDraft:
     timestamp: datetime | None = None
     """When the record was made, for records brought in from elsewhere (an import); None:
     now. Display only: order is positions."""
+    attachments: Sequence[Attachment] = ()
+    """Images and files sent with the record (a prompt's), in order; stored once per content."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -194,6 +194,34 @@ def m007_history_versions(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m008_attachments(db: sqlite3.Connection) -> None:
+    """Attachments: bytes stored once per content (SHA-256), records linked to them in order;
+    ``records.attachments`` counts a record's links so plain histories need no join."""
+    _script(
+        db,
+        """
+        CREATE TABLE blobs (
+            sha256 TEXT PRIMARY KEY,
+            size   INTEGER NOT NULL,
+            data   BLOB NOT NULL
+        );
+        CREATE TABLE record_attachments (
+            record_id  INTEGER NOT NULL REFERENCES records(id) ON DELETE CASCADE,
+            seq        INTEGER NOT NULL,
+            sha256     TEXT REFERENCES blobs(sha256),
+            url        TEXT,
+            media_type TEXT NOT NULL,
+            name       TEXT,
+            PRIMARY KEY (record_id, seq),
+            CHECK ((sha256 IS NULL) <> (url IS NULL))
+        );
+        CREATE INDEX idx_record_attachments_blob ON record_attachments(sha256);
+        ALTER TABLE records ADD COLUMN attachments INTEGER NOT NULL DEFAULT 0
+        """,
+    )
+
+
 _CONTEXTWINDOW_TABLES = {"contexts", "records", "context_tools"}
 _CONTEXTWINDOW_COLUMNS = {
     "contexts": {"id", "name", "start_time"},

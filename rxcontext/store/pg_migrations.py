@@ -159,6 +159,34 @@ def m002_replies(conn: psycopg.Connection[Any]) -> None:
     )
 
 
+@migration
+def m003_attachments(conn: psycopg.Connection[Any]) -> None:
+    """Attachments: bytes stored once per content (SHA-256), records linked to them in order;
+    ``records.attachments`` counts a record's links so plain histories need no join."""
+    _script(
+        conn,
+        """
+        CREATE TABLE blobs (
+            sha256 text PRIMARY KEY,
+            size   bigint NOT NULL,
+            data   bytea NOT NULL
+        );
+        CREATE TABLE record_attachments (
+            record_id  bigint NOT NULL REFERENCES records(id) ON DELETE CASCADE,
+            seq        integer NOT NULL,
+            sha256     text REFERENCES blobs(sha256),
+            url        text,
+            media_type text NOT NULL,
+            name       text,
+            PRIMARY KEY (record_id, seq),
+            CHECK ((sha256 IS NULL) <> (url IS NULL))
+        );
+        CREATE INDEX record_attachments_blob ON record_attachments (sha256);
+        ALTER TABLE records ADD COLUMN attachments integer NOT NULL DEFAULT 0
+        """,
+    )
+
+
 def _locked(conn: psycopg.Connection[Any]) -> set[str]:
     """Take the schema lock (inside the caller's transaction) and return the applied steps."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))

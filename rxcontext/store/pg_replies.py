@@ -107,14 +107,17 @@ class PostgresReplies:
 
     def reply_records(self, reply_id: str) -> list[Record]:
         """The records reply ``reply_id`` stored, in order (empty if none yet)."""
-        found = self._runner.run(
-            lambda conn, _: conn.execute(
-                f"SELECT {rows.RECORD_COLUMNS} FROM records WHERE reply_id = %s ORDER BY pos, id",
-                (enc(reply_id),),
-            ).fetchall(),
+        return self._runner.run(
+            lambda conn, _: rows.records_of(
+                conn,
+                conn.execute(
+                    f"SELECT {rows.RECORD_COLUMNS} FROM records WHERE reply_id = %s"
+                    " ORDER BY pos, id",
+                    (enc(reply_id),),
+                ).fetchall(),
+            ),
             tx=False,
         )
-        return [rows.record(r) for r in found]
 
     def checkpoints(self, context_id: str, *, include_resolved: bool = False) -> list[Checkpoint]:
         """Interrupted replies of a context in conversation order (settled ones too if asked).

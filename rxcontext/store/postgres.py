@@ -34,7 +34,9 @@ import psycopg
 from ..chunks import Usage
 from ..errors import ContextNotFound, StoreError
 from ..records import Context, ContextStats, Record, RecordType
+from . import _pg_blobs as blobs
 from . import _pg_rows as rows
+from ._export import export_attachments, with_blobs
 from ._pg_rows import Draft, insert_records, live_tokens_of, lock_context, retire
 from .base import RecordDraft
 from .pg_codec import dec, enc, enc_opt
@@ -208,6 +210,7 @@ class PostgresStore(PostgresReplies):
             cur = conn.execute("DELETE FROM contexts WHERE id = %s", (context_id,))
             if cur.rowcount == 0 and not ambiguous:  # ambiguous: our first try deleted it
                 raise ContextNotFound(f"no context with id {context_id!r}")
+            blobs.free_unused(conn)
 
         self._runner.run(body)
 
@@ -244,12 +247,17 @@ class PostgresStore(PostgresReplies):
                 raise ValueError(f"a context named {dest_name!r} already exists")
             conn.execute(
                 "INSERT INTO records (context_id, pos, ts, source, content, live, est_tokens,"
-                " response_id, streamed, tool_call_id, tool_name, metadata)"
+                " response_id, streamed, tool_call_id, tool_name, metadata, attachments)"
                 " SELECT %s, pos, ts, source, content, live, est_tokens, response_id, streamed,"
-                " tool_call_id, tool_name, metadata FROM records WHERE context_id = %s"
-                " ORDER BY pos, id",
+                " tool_call_id, tool_name, metadata, attachments FROM records"
+                " WHERE context_id = %s ORDER BY pos, id",
                 (new_id, context_id),
             )
+            if conn.execute(
+                "SELECT 1 FROM records WHERE context_id = %s AND attachments > 0 LIMIT 1",
+                (context_id,),
+            ).fetchone():
+                blobs.copy_links(conn, context_id, new_id)
             conn.execute(
                 "INSERT INTO commits (commit_id, context_id) VALUES (%s, %s)", (commit_id, new_id)
             )
@@ -270,36 +278,41 @@ class PostgresStore(PostgresReplies):
             )
 
         ctx, records, tools, stats = self._runner.run(body)
-        return {
-            "context": {
-                "id": ctx.id,
-                "name": ctx.name,
-                "start_time": ctx.created_at.isoformat(),
-                "use_server_side_threading": ctx.use_server_side_threading,
-                "last_response_id": ctx.last_response_id,
-                "usage": stats.usage.to_dict(),
+        kept: dict[str, str] = {}
+        return with_blobs(
+            {
+                "context": {
+                    "id": ctx.id,
+                    "name": ctx.name,
+                    "start_time": ctx.created_at.isoformat(),
+                    "use_server_side_threading": ctx.use_server_side_threading,
+                    "last_response_id": ctx.last_response_id,
+                    "usage": stats.usage.to_dict(),
+                },
+                "records": [
+                    {
+                        "id": r.id,
+                        "pos": r.pos,
+                        "timestamp": r.timestamp.isoformat(),
+                        "source": int(r.type),
+                        "type": r.type.name,
+                        "content": r.content,
+                        "live": r.live,
+                        "est_tokens": r.est_tokens,
+                        "response_id": r.response_id,
+                        "streamed": r.streamed,
+                        "tool_call_id": r.tool_call_id,
+                        "tool_name": r.tool_name,
+                        "metadata": dict(r.metadata),
+                        "reply_id": r.reply_id,
+                        **export_attachments(r.attachments, kept),
+                    }
+                    for r in records
+                ],
+                "tools": tools,
             },
-            "records": [
-                {
-                    "id": r.id,
-                    "pos": r.pos,
-                    "timestamp": r.timestamp.isoformat(),
-                    "source": int(r.type),
-                    "type": r.type.name,
-                    "content": r.content,
-                    "live": r.live,
-                    "est_tokens": r.est_tokens,
-                    "response_id": r.response_id,
-                    "streamed": r.streamed,
-                    "tool_call_id": r.tool_call_id,
-                    "tool_name": r.tool_name,
-                    "metadata": dict(r.metadata),
-                    "reply_id": r.reply_id,
-                }
-                for r in records
-            ],
-            "tools": tools,
-        }
+            kept,
+        )
 
     @staticmethod
     def _stats(conn: Conn, context_id: str) -> ContextStats:
@@ -385,10 +398,10 @@ class PostgresStore(PostgresReplies):
         if upto is not None:
             where += " AND pos <= %s"
             args += (upto,)
-        cur = conn.execute(
+        found = conn.execute(
             f"SELECT {rows.RECORD_COLUMNS} FROM records WHERE {where} ORDER BY pos, id", args
-        )
-        return [rows.record(r) for r in cur]
+        ).fetchall()
+        return rows.records_of(conn, found)
 
     def records(
         self, context_id: str, *, live_only: bool = False, upto: int | None = None
@@ -433,17 +446,26 @@ class PostgresStore(PostgresReplies):
         """The context's version, and its records (live and dead) written or changed since
         version ``since`` (all of them when None), in conversation order: one statement, so
         one snapshot."""
-        found = self._read(
-            lambda c: c.execute(
+
+        def body(conn: Conn) -> tuple[int, list[Record]] | None:
+            found = conn.execute(
                 f"SELECT c.version, {_RECORD_COLUMNS_R}"
                 " FROM contexts c LEFT JOIN records r ON r.context_id = c.id AND r.rev > %s"
                 " WHERE c.id = %s ORDER BY r.pos, r.id",
                 (-1 if since is None else since, context_id),
             ).fetchall()
-        )
-        if not found:
+            if not found:
+                return None
+            # Attachments are written with their record and never change: reading them
+            # after the statement cannot see a different state of a record it returned.
+            return int(found[0][0]), rows.records_of(
+                conn, [r[1:] for r in found if r[1] is not None]
+            )
+
+        out = self._read(body)
+        if out is None:
             raise ContextNotFound(f"no context with id {context_id!r} (was it deleted?)")
-        return int(found[0][0]), [rows.record(r[1:]) for r in found if r[1] is not None]
+        return out  # type: ignore[no-any-return]
 
     def live_tokens(self, context_id: str) -> int:
         """Estimated tokens of the live records (kept on every write, read in one row)."""

@@ -37,7 +37,9 @@ from ..errors import (
 )
 from ..records import Context, ContextStats, Record, RecordType
 from ..tokens import estimate_tokens
+from . import _sqlite_blobs as blobs
 from . import _sqlite_rows as rows
+from ._export import export_attachments, with_blobs
 from .base import RecordDraft
 from .migrations import migrate, pending
 from .sqlite_replies import SQLiteReplies
@@ -302,6 +304,12 @@ class SQLiteStore(SQLiteReplies):
             cur = db.execute("DELETE FROM contexts WHERE id = ?", (context_id,))
             if cur.rowcount == 0:
                 raise ContextNotFound(f"no context with id {context_id!r}")
+            # Bytes no record refers to any more (SQLite's writes are serialised, so no
+            # other write can be linking to them meanwhile).
+            db.execute(
+                "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM record_attachments a"
+                " WHERE a.sha256 = blobs.sha256)"
+            )
 
     def clone_context(self, context_id: str, dest_name: str) -> Context:
         """Copy a context's records (positions and timestamps included; not its tools or
@@ -322,14 +330,25 @@ class SQLiteStore(SQLiteReplies):
                 " FROM contexts WHERE id = ?",
                 (new_id, dest_name, self.now(), context_id),
             )
+            linked = db.execute(
+                "SELECT id FROM records WHERE context_id = ? AND attachments > 0 ORDER BY pos, id",
+                (context_id,),
+            ).fetchall()
             db.execute(
                 "INSERT INTO records (context_id, ts, source, content, live, est_tokens,"
-                " response_id, streamed, tool_call_id, tool_name, metadata, pos)"
+                " response_id, streamed, tool_call_id, tool_name, metadata, pos, attachments)"
                 " SELECT ?, ts, source, content, live, est_tokens, response_id, streamed,"
-                " tool_call_id, tool_name, metadata, pos FROM records WHERE context_id = ?"
-                " ORDER BY pos, id",
+                " tool_call_id, tool_name, metadata, pos, attachments FROM records"
+                " WHERE context_id = ? ORDER BY pos, id",
                 (new_id, context_id),
             )
+            if linked:
+                # Rows are inserted in the SELECT's order, so ids pair up in that order.
+                copies = db.execute(
+                    "SELECT id FROM records WHERE context_id = ? AND attachments > 0 ORDER BY id",
+                    (new_id,),
+                ).fetchall()
+                blobs.copy_links(db, [(o[0], n[0]) for o, n in zip(linked, copies, strict=True)])
             row = db.execute(
                 f"SELECT {rows.CONTEXT_COLUMNS} FROM contexts WHERE id = ?", (new_id,)
             ).fetchone()
@@ -342,36 +361,41 @@ class SQLiteStore(SQLiteReplies):
             records = self.records(context_id)
             tools = self.context_tools(context_id)
             stats = self.context_stats(context_id)
-        return {
-            "context": {
-                "id": ctx.id,
-                "name": ctx.name,
-                "start_time": ctx.created_at.isoformat(),
-                "use_server_side_threading": ctx.use_server_side_threading,
-                "last_response_id": ctx.last_response_id,
-                "usage": stats.usage.to_dict(),
+        kept: dict[str, str] = {}
+        return with_blobs(
+            {
+                "context": {
+                    "id": ctx.id,
+                    "name": ctx.name,
+                    "start_time": ctx.created_at.isoformat(),
+                    "use_server_side_threading": ctx.use_server_side_threading,
+                    "last_response_id": ctx.last_response_id,
+                    "usage": stats.usage.to_dict(),
+                },
+                "records": [
+                    {
+                        "id": r.id,
+                        "pos": r.pos,
+                        "timestamp": r.timestamp.isoformat(),
+                        "source": int(r.type),
+                        "type": r.type.name,
+                        "content": r.content,
+                        "live": r.live,
+                        "est_tokens": r.est_tokens,
+                        "response_id": r.response_id,
+                        "streamed": r.streamed,
+                        "tool_call_id": r.tool_call_id,
+                        "tool_name": r.tool_name,
+                        "metadata": dict(r.metadata),
+                        "reply_id": r.reply_id,
+                        **export_attachments(r.attachments, kept),
+                    }
+                    for r in records
+                ],
+                "tools": tools,
             },
-            "records": [
-                {
-                    "id": r.id,
-                    "pos": r.pos,
-                    "timestamp": r.timestamp.isoformat(),
-                    "source": int(r.type),
-                    "type": r.type.name,
-                    "content": r.content,
-                    "live": r.live,
-                    "est_tokens": r.est_tokens,
-                    "response_id": r.response_id,
-                    "streamed": r.streamed,
-                    "tool_call_id": r.tool_call_id,
-                    "tool_name": r.tool_name,
-                    "metadata": dict(r.metadata),
-                    "reply_id": r.reply_id,
-                }
-                for r in records
-            ],
-            "tools": tools,
-        }
+            kept,
+        )
 
     def context_stats(self, context_id: str) -> ContextStats:
         """Aggregate numbers of one context, in one query."""
@@ -466,10 +490,11 @@ class SQLiteStore(SQLiteReplies):
             if draft.timestamp is not None
             else self.now()
         )
+        attachments = blobs.checked(draft.attachments)
         cur = db.execute(
             "INSERT INTO records (context_id, ts, source, content, live, est_tokens, response_id,"
-            " streamed, tool_call_id, tool_name, metadata, pos, reply_id, rev)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,"
+            " streamed, tool_call_id, tool_name, metadata, pos, reply_id, attachments, rev)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
             " (SELECT version FROM contexts WHERE id = ?))",
             (
                 context_id,
@@ -485,9 +510,13 @@ class SQLiteStore(SQLiteReplies):
                 metadata,
                 pos,
                 reply_id,
+                len(attachments),
                 context_id,
             ),
         )
+        assert cur.lastrowid is not None
+        if attachments:
+            blobs.save(db, cur.lastrowid, attachments)
         if draft.live:
             self._live_tokens(db, context_id, est)
         assert cur.lastrowid is not None
@@ -506,6 +535,7 @@ class SQLiteStore(SQLiteReplies):
             metadata=rows.from_json(metadata, {}),  # exactly what a read gives back
             pos=pos,
             reply_id=reply_id,
+            attachments=tuple(a.stored() for a in attachments),
         )
 
     def add_record(self, context_id: str, draft: RecordDraft) -> Record:
@@ -532,7 +562,7 @@ class SQLiteStore(SQLiteReplies):
             found = db.execute(
                 f"SELECT {rows.RECORD_COLUMNS} FROM records WHERE {where} ORDER BY pos, id", args
             ).fetchall()
-        return [rows.record(r) for r in found]
+            return blobs.records_of(db, found)
 
     def import_records(
         self, context_id: str, drafts: Sequence[RecordDraft], *, usage: Usage | None = None
@@ -565,7 +595,7 @@ class SQLiteStore(SQLiteReplies):
                 " ORDER BY pos, id",
                 (context_id, -1 if since is None else since),
             ).fetchall()
-        return version, [rows.record(r) for r in found]
+            return version, blobs.records_of(db, found)
 
     def live_tokens(self, context_id: str) -> int:
         """Estimated tokens of the live records (kept on every write, read in one row)."""

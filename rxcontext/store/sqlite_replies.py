@@ -25,6 +25,7 @@ from ..errors import (
     StoreBusy,
 )
 from ..records import Checkpoint, Record, RecordType, ReplyState
+from . import _sqlite_blobs as blobs
 from . import _sqlite_rows as rows
 from .base import (
     IN_PROGRESS,
@@ -129,7 +130,7 @@ class SQLiteReplies:
                 f"SELECT {rows.RECORD_COLUMNS} FROM records WHERE reply_id = ? ORDER BY pos, id",
                 (reply_id,),
             ).fetchall()
-        return [rows.record(r) for r in found]
+            return blobs.records_of(db, found)
 
     def checkpoints(self, context_id: str, *, include_resolved: bool = False) -> list[Checkpoint]:
         """Interrupted replies of a context in conversation order (settled ones too if asked).

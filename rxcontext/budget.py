@@ -1,0 +1,118 @@
+"""Budgets: a cap on what one context may spend, checked before each request is sent.
+
+``ContextWindow(store, model, budget=Budget(max_tokens=200_000, max_usd=5))`` refuses a
+request, before sending it, when what the context has spent plus what the request is
+estimated to cost would go over a limit: :class:`~rxcontext.BudgetExceeded`, with the
+numbers. Spent is counted over every reply the context ever had (its dead records too:
+summarised replies were paid for): tokens from the providers' usage totals the store keeps,
+money from :mod:`rxcontext.cost`. A request's own cost is estimated from its input (the
+live records' token estimate, :mod:`rxcontext.tokens`); its output cannot be known before
+it is written, so a reply may end above the limit by its own output, and the next request
+is then refused.
+
+A money limit is only kept where the prices are known: with replies of unknown cost
+(a model ``genai-prices`` does not know, a reply stored without usage) or a model without a
+price, the request is refused rather than let through unchecked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from .chunks import Usage
+from .cost import context_cost, format_usd, price
+from .errors import BudgetExceeded
+from .records import Record
+
+__all__ = ["Budget", "check_budget"]
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Limits on what one context may spend; None: no limit of that kind.
+
+    ``max_tokens``: provider tokens (input and output, as the providers count them in
+    their usage totals). ``max_usd``: US dollars, priced by ``genai-prices``
+    (``pip install 'rxcontext[prices]'``).
+    """
+
+    max_tokens: int | None = None
+    max_usd: Decimal | float | int | str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is not None and self.max_tokens < 0:
+            raise ValueError("Budget.max_tokens must not be negative")
+        if self.max_usd is not None:
+            usd = Decimal(str(self.max_usd))
+            if not usd.is_finite() or usd < 0:
+                raise ValueError("Budget.max_usd must be a non-negative amount")
+            object.__setattr__(self, "max_usd", usd)
+
+    @property
+    def usd(self) -> Decimal | None:
+        """``max_usd`` as a ``Decimal`` (or None)."""
+        return None if self.max_usd is None else Decimal(str(self.max_usd))
+
+
+def check_budget(
+    budget: Budget,
+    *,
+    context: str,
+    spent: Usage,
+    records: Sequence[Record],
+    estimate: int,
+    model_name: str | None,
+) -> None:
+    """Raise :class:`~rxcontext.BudgetExceeded` if a request of about ``estimate`` input
+    tokens to ``model_name`` would take ``context`` over ``budget``.
+
+    ``spent``: the context's provider usage totals; ``records``: all its records (for the
+    money spent).
+    """
+    if budget.max_tokens is not None:
+        total = spent.total_tokens + estimate
+        if total > budget.max_tokens:
+            raise BudgetExceeded(
+                f"context {context!r} would go over its budget of {budget.max_tokens} tokens:"
+                f" {spent.total_tokens} spent + about {estimate} for this request",
+                limit="tokens",
+                spent=Decimal(spent.total_tokens),
+                estimate=Decimal(estimate),
+                maximum=Decimal(budget.max_tokens),
+            )
+    limit = budget.usd
+    if limit is None:
+        return
+    paid = context_cost(records)
+    if not paid.complete:
+        raise BudgetExceeded(
+            f"context {context!r} has a budget of {format_usd(limit)} but the cost of"
+            f" {paid.unpriced} of its replies is unknown (a model genai-prices does not"
+            " know, or no usage): the budget cannot be kept",
+            limit="usd",
+            spent=None,
+            estimate=None,
+            maximum=limit,
+        )
+    provider, _, model = (model_name or "").partition(":")
+    ahead = price(Usage.of(estimate), model or None, provider or None)
+    if ahead is None:
+        raise BudgetExceeded(
+            f"context {context!r} has a budget of {format_usd(limit)} but genai-prices has"
+            f" no price for {model_name!r}: the budget cannot be kept",
+            limit="usd",
+            spent=paid.usd,
+            estimate=None,
+            maximum=limit,
+        )
+    if paid.usd + ahead > limit:
+        raise BudgetExceeded(
+            f"context {context!r} would go over its budget of {format_usd(limit)}:"
+            f" {format_usd(paid.usd)} spent + about {format_usd(ahead)} for this request",
+            limit="usd",
+            spent=paid.usd,
+            estimate=ahead,
+            maximum=limit,
+        )

@@ -1,0 +1,50 @@
+"""``rxcontext chat --temperature / --stop / --deadline``: the per-call options reach the
+model's request, and an option the provider lacks is a two-line error, nothing stored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import rxcontext
+from rxcontext import Chunk, ChunkKind
+from rxcontext.cli import chat as chat_cmd
+from rxcontext.cli.app import main
+from rxcontext.providers import OpenAIResponsesModel, ScriptedModel
+
+
+def test_chat_options_reach_the_request(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = ScriptedModel([[Chunk(ChunkKind.TEXT, "Tagus")]])
+    monkeypatch.setattr(chat_cmd, "build_model", lambda args: model)
+    db = tmp_path / "c.db"
+    argv = ["chat", "--db", str(db), "--temperature", "0", "--stop", "\n", "--stop", "END"]
+    status = main([*argv, "--deadline", "30", "Longest river?"])
+    assert status == 0 and "Tagus" in capsys.readouterr().out
+    call = model.requests[0].call
+    assert (call.temperature, call.stop, call.deadline) == (0, ("\n", "END"), 30.0)
+
+
+def test_an_option_the_provider_lacks_is_refused_and_nothing_is_sent(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = OpenAIResponsesModel("gpt-test", client=object())  # type: ignore[arg-type]
+    monkeypatch.setattr(chat_cmd, "build_model", lambda args: model)
+    db = tmp_path / "c.db"
+    status = main(["chat", "--db", str(db), "--stop", "END", "hi"])
+    err = capsys.readouterr().err
+    assert status != 0 and "no request parameter for 'stop'" in err
+    with rxcontext.open(db) as store:
+        ctx = store.get_context_by_name("default")
+        assert store.checkpoints(ctx.id) == []
+
+
+@pytest.mark.parametrize("bad", [["--temperature", "-1"], ["--deadline", "0"]])
+def test_bad_values_are_usage_errors(
+    bad: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["chat", "--db", str(tmp_path / "c.db"), *bad, "hi"]) == 2
+    assert f"argument {bad[0]}: expected a number" in capsys.readouterr().err
+    assert not (tmp_path / "c.db").exists()

@@ -1,0 +1,275 @@
+"""Cost per reply and per context (priced by genai-prices), and budgets refusing requests.
+
+Replies come through the real SDKs on recorded streams (their usage as the providers sent
+it); the expected prices are asked of genai-prices itself with the counts mapped by hand,
+so these tests check the mapping (cached and cache-write tokens apart, Gemini's thoughts as
+output), not a copy of a price table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+from google import genai
+from google.genai import types
+from replay import Replay, real_fixture
+from stores import open_store
+
+import rxcontext
+from rxcontext import (
+    Budget,
+    BudgetExceeded,
+    Chunk,
+    ChunkKind,
+    ContextWindow,
+    RecordType,
+    StreamInterrupted,
+    Tool,
+    Usage,
+)
+from rxcontext.cost import ContextCost, context_cost, format_usd, price, reply_cost
+from rxcontext.providers import (
+    AnthropicModel,
+    GeminiModel,
+    OpenAIModel,
+    OpenAIResponsesModel,
+    ScriptedModel,
+)
+
+genai_prices = pytest.importorskip("genai_prices", reason="needs rxcontext[prices]")
+
+KEY = "sk-test-cost-0123456789"
+
+
+def expected(model: str, provider: str, **counts: int) -> Decimal:
+    result = genai_prices.calc_price(genai_prices.Usage(**counts), model, provider_id=provider)
+    return Decimal(result.total_price)
+
+
+def replies(cw: ContextWindow) -> list[rxcontext.Record]:
+    return [r for r in cw.records() if "usage" in r.metadata]
+
+
+# -- pricing stored replies ---------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("both_stores")
+def test_openai_tool_loop_prices_both_rounds() -> None:
+    replay = Replay(
+        real_fixture("openai_chat/tool_call_roundtrip_gpt4o_mini.1.sse"),
+        real_fixture("openai_chat/tool_call_roundtrip_gpt4o_mini.2.sse"),
+    )
+    client = openai.OpenAI(api_key=KEY, max_retries=0, http_client=replay.client())
+    cw = ContextWindow(open_store(), OpenAIModel("gpt-4o-mini", client=client))
+    cw.add_tool(Tool("multiply", "Multiply.").number("a").number("b"), lambda a: "2869461")
+    cw.add_prompt("What is 1231 * 2331?")
+    cw.call()
+    first, second = replies(cw)
+    # The first round asked for the tool only: its TOOL_CALL carries the round's metadata.
+    assert first.type is RecordType.TOOL_CALL and second.type is RecordType.MODEL_RESP
+    assert reply_cost(first) == expected("gpt-4o-mini", "openai", input_tokens=54, output_tokens=20)
+    assert reply_cost(second) == expected(
+        "gpt-4o-mini", "openai", input_tokens=87, output_tokens=26
+    )
+    total = context_cost(cw.records())
+    assert total == ContextCost(reply_cost(first) + reply_cost(second), 2, 0)  # type: ignore[operator]
+    assert total.complete and total.describe() == format_usd(total.usd)
+    assert total.describe() == "$0.000049"  # 4.875e-05: two significant digits
+
+
+def test_a_responses_api_reply_is_priced_as_openai() -> None:
+    # The Responses model is named "openai-responses:<model>": still OpenAI's price list.
+    replay = Replay(real_fixture("openai_responses/text_basic_gpt55.sse"))
+    client = openai.OpenAI(api_key=KEY, max_retries=0, http_client=replay.client())
+    cw = ContextWindow(open_store(), OpenAIResponsesModel("gpt-4o-mini", client=client))
+    cw.add_prompt("Say hello.")
+    cw.call()
+    (reply,) = replies(cw)
+    assert reply.metadata["provider"] == "openai-responses"
+    assert reply_cost(reply) == expected("gpt-4o-mini", "openai", input_tokens=11, output_tokens=5)
+
+
+def test_anthropic_reply_priced_with_cache_reads_and_writes_apart() -> None:
+    replay = Replay(real_fixture("anthropic/text_basic_sonnet45.sse"))
+    client = anthropic.Anthropic(api_key=KEY, max_retries=0, http_client=replay.client())
+    cw = ContextWindow(
+        rxcontext.open(":memory:"), AnthropicModel("claude-sonnet-4-5", client=client)
+    )
+    cw.add_prompt("Hello")
+    reply = cw.call()
+    assert reply.usage is not None
+    (stored,) = replies(cw)
+    assert reply_cost(stored) == expected(
+        "claude-sonnet-4-5",
+        "anthropic",
+        input_tokens=reply.usage.input_tokens,
+        output_tokens=reply.usage.output_tokens,
+    )
+    # Same input, part of it read from the cache: cheaper; written to it: dearer.
+    plain = price(Usage.of(2000, 100), "claude-sonnet-4-5", "anthropic")
+    read = price(Usage.of(2000, 100, cached_tokens=1500), "claude-sonnet-4-5", "anthropic")
+    written = price(Usage.of(2000, 100, cache_write_tokens=1500), "claude-sonnet-4-5", "anthropic")
+    assert plain is not None and read is not None and written is not None
+    assert read < plain < written
+    assert written == expected(
+        "claude-sonnet-4-5",
+        "anthropic",
+        input_tokens=2000,
+        output_tokens=100,
+        cache_write_tokens=1500,
+    )
+
+
+def test_gemini_thoughts_are_priced_as_output() -> None:
+    replay = Replay(real_fixture("gemini/thought_summaries_gemini25pro.sse"))
+    options = types.HttpOptions(httpx_client=replay.client())
+    client = genai.Client(api_key=KEY, http_options=options)
+    cw = ContextWindow(rxcontext.open(":memory:"), GeminiModel("gemini-2.5-pro", client=client))
+    cw.add_prompt("Why is the sky blue?")
+    reply = cw.call()
+    assert reply.usage is not None and reply.usage.reasoning_tokens > 0
+    (stored,) = replies(cw)
+    assert reply_cost(stored) == expected(
+        "gemini-2.5-pro",
+        "google",
+        input_tokens=reply.usage.input_tokens,
+        output_tokens=reply.usage.output_tokens + reply.usage.reasoning_tokens,
+        cache_read_tokens=reply.usage.cached_tokens,
+    )
+
+
+def test_unknown_models_cost_unknown_never_a_guess() -> None:
+    usage = Usage.of(1000, 100)
+    assert price(usage, "no-such-model-xyz", "openai") is None
+    assert price(usage, "gpt-4o-mini", "scripted") is None
+    assert price(usage, None, "openai") is None
+    cw = ContextWindow(
+        rxcontext.open(":memory:"),
+        ScriptedModel(
+            [
+                [Chunk(ChunkKind.TEXT, "a"), Chunk(ChunkKind.USAGE, usage=usage)],
+                [Chunk(ChunkKind.TEXT, "b"), Chunk(ChunkKind.USAGE, usage=usage)],
+            ],
+            name="openai:no-such-model-xyz",
+        ),
+    )
+    cw.add_prompt("x")
+    cw.call()
+    assert context_cost(cw.records()) == ContextCost(Decimal(0), 0, 1)
+    assert context_cost(cw.records()).describe() == "unknown"
+    # One known reply beside an unknown one: at least its price, and said so.
+    cw.model = ScriptedModel(
+        [[Chunk(ChunkKind.TEXT, "b"), Chunk(ChunkKind.USAGE, usage=usage)]],
+        name="openai:gpt-4o-mini",
+    )
+    cw.add_prompt("y")
+    cw.call()
+    cost = context_cost(cw.records())
+    assert (cost.priced, cost.unpriced) == (1, 1) and not cost.complete
+    assert cost.describe() == "≥" + format_usd(price(usage, "gpt-4o-mini", "openai"))
+
+
+def test_format_usd() -> None:
+    assert format_usd(None) == "unknown"
+    assert format_usd(Decimal(0)) == "$0"
+    assert format_usd(Decimal("0.0000123")) == "$0.000012"
+    assert format_usd(Decimal("0.000000001")) == "<$0.00000001"
+    assert format_usd(Decimal("0.01234")) == "$0.0123"
+    assert format_usd(Decimal("1234.5")) == "$1,234.50"
+    assert ContextCost(Decimal(0), 0, 0).describe() == "-"
+
+
+# -- budgets ------------------------------------------------------------------------------
+
+
+def usage_script(text: str, total: int) -> list[Any]:
+    return [Chunk(ChunkKind.TEXT, text), Chunk(ChunkKind.USAGE, usage=Usage.of(total - 10, 10))]
+
+
+@pytest.mark.usefixtures("both_stores")
+def test_a_token_budget_refuses_the_request_that_would_exceed_it() -> None:
+    # 998 spent; the next request's input (its live records) is estimated above 2 tokens.
+    model = ScriptedModel([usage_script("a", 998), usage_script("b", 900)])
+    store = open_store()
+    cw = ContextWindow(store, model, context="b", budget=Budget(max_tokens=1000))
+    cw.add_prompt("first")
+    cw.call()
+    cw.add_prompt("second")
+    with pytest.raises(BudgetExceeded) as refused:
+        cw.call()
+    assert refused.value.limit == "tokens"
+    assert refused.value.spent == 998 and refused.value.maximum == 1000
+    assert refused.value.estimate == cw.live_tokens()
+    assert "998 spent" in str(refused.value) and "1000 tokens" in str(refused.value)
+    assert len(model.requests) == 1  # never sent
+    assert cw.checkpoints() == [] and cw.active_replies() == []  # no reply begun
+    # stream() delivers it to on_error (nothing was begun: not a StreamInterrupted).
+    errors: list[BaseException] = []
+    cw.stream().subscribe(on_error=errors.append)
+    assert [type(e) for e in errors] == [BudgetExceeded]
+    with pytest.raises(BudgetExceeded):
+        asyncio.run(cw.acall())
+    # A larger budget lets it through.
+    cw.budget = Budget(max_tokens=5000)
+    assert cw.call().text == "b"
+
+
+@pytest.mark.usefixtures("both_stores")
+def test_a_tool_loop_round_over_budget_is_refused_with_a_checkpoint() -> None:
+    call = Chunk(ChunkKind.TOOL_CALL, "{}", id="c1", name="t")
+    model = ScriptedModel(
+        [
+            [call, Chunk(ChunkKind.USAGE, usage=Usage.of(590, 10))],
+            usage_script("done", 100),
+        ]
+    )
+    cw = ContextWindow(open_store(), model, budget=Budget(max_tokens=600), retry=None)
+    cw.add_tool(Tool("t", "a tool"), lambda args: "x")
+    cw.add_prompt("go")
+    with pytest.raises(StreamInterrupted) as cut:
+        cw.call()
+    assert isinstance(cut.value.__cause__, BudgetExceeded)
+    assert len(model.requests) == 1
+
+
+@pytest.mark.usefixtures("both_stores")
+def test_a_money_budget_counts_dollars_and_refuses_unknown_prices() -> None:
+    usage = Usage.of(100_000, 10_000)
+    one = price(usage, "gpt-4o-mini", "openai")
+    assert one is not None
+    model = ScriptedModel(
+        [[Chunk(ChunkKind.TEXT, "a"), Chunk(ChunkKind.USAGE, usage=usage)]] * 3,
+        name="openai:gpt-4o-mini",
+    )
+    cw = ContextWindow(open_store(), model, budget=Budget(max_usd=one * 3 / 2))
+    cw.add_prompt("first")
+    cw.call()
+    cw.add_prompt("second")
+    cw.call()  # one reply's cost spent, under the limit: sent
+    cw.add_prompt("third")
+    with pytest.raises(BudgetExceeded) as refused:
+        cw.call()
+    assert refused.value.limit == "usd" and refused.value.spent == one * 2
+    assert len(model.requests) == 2
+    # A model genai-prices does not know: a money budget cannot be kept, so it refuses.
+    unknown = ContextWindow(
+        open_store(),
+        ScriptedModel([usage_script("a", 10)], name="openai:no-such-model-xyz"),
+        budget=Budget(max_usd="1.00"),
+    )
+    unknown.add_prompt("x")
+    with pytest.raises(BudgetExceeded, match="no price for 'openai:no-such-model-xyz'"):
+        unknown.call()
+
+
+def test_budget_values_are_checked() -> None:
+    with pytest.raises(ValueError):
+        Budget(max_tokens=-1)
+    with pytest.raises(ValueError):
+        Budget(max_usd="nan")
+    assert Budget(max_usd=0.5).usd == Decimal("0.5")

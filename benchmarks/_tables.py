@@ -176,6 +176,22 @@ def metric_lines(metrics: Mapping[str, Any]) -> list[str]:
                     f"| {every[key]:.2f} µs{ratio} |"
                 )
         out.append("")
+    fanout = metrics.get("fanout") or {}
+    base = fanout.get("none")
+    if fanout and base:
+        out += [
+            "| publishing for watchers (cw.stream(), 20,000 chunks) | streaming thread CPU "
+            "per chunk | ÷ fanout=None | whole process CPU per chunk | ÷ fanout=None |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for key in ("none", "memory", "redis"):
+            if key in fanout:
+                m = fanout[key]
+                out.append(
+                    f"| fanout={key} | {m['thread']:.2f} µs | {m['thread'] / base['thread']:.3f}× "
+                    f"| {m['process']:.2f} µs | {m['process'] / base['process']:.3f}× |"
+                )
+        out.append("")
     attachments = metrics.get("attachments")
     if attachments:
         out += ["| attachments | result |", "| --- | ---: |"]

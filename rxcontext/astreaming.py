@@ -348,6 +348,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
             for chunk in run.result_chunks(results):
                 for hook in hooks:
                     hook.chunk(chunk)
+                persister.passed(chunk)  # watchers get it as the consumer does
                 yield chunk
         for hook in hooks:
             if hook.on_complete is not None:

@@ -30,6 +30,12 @@ class ChunkKind(StrEnum):
     """Token totals so far: replace, never add."""
     DONE = "done"
     """End of one model response: ``finish_reason`` and ``response_id``."""
+    REWIND = "rewind"
+    """Watchers only (``cw.watch``): the reply's text goes back to its first ``index``
+    characters (and its thinking to ``metadata["thinking"]`` characters, when given), as
+    when another worker took the reply over and resumed it from its last checkpoint.
+    :class:`ReplyBuilder` (so ``accumulate()`` and
+    ``reduce_reply()``) applies it; ``text()`` skips it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,6 +409,21 @@ class ReplyBuilder:
                 self._usage = chunk.usage
             if chunk.metadata:
                 self._metadata.update(chunk.metadata)
+        elif kind is ChunkKind.REWIND:
+            self._rewind(chunk)
+
+    def _rewind(self, chunk: Chunk) -> None:
+        """Cut the text back to ``chunk.index`` characters (thinking to its metadata's)."""
+        keep = max(0, chunk.index)
+        text = self.text
+        if keep < len(text):
+            self._text[:] = [text[:keep]] if keep else []
+        thinking_keep = chunk.metadata.get("thinking")
+        if isinstance(thinking_keep, int):
+            thinking = self.thinking
+            if thinking_keep < len(thinking):
+                self._thinking[:] = [thinking[: max(0, thinking_keep)]] if thinking_keep > 0 else []
+                self._thinking_blocks.clear()
 
     @property
     def text(self) -> str:

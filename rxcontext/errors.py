@@ -117,16 +117,17 @@ class ReplyExists(RxContextError, ValueError):
     """A reply with that ``reply_id`` already exists; reply ids are unique per store."""
 
 
+class ReplyNotFound(RxContextError, LookupError):
+    """No reply has this id in the store (``cw.watch``, ``cw.stop``): it was never begun
+    here, or its context was deleted."""
+
+
 class OwnershipLost(RxContextError):
     """Another worker took this reply over (this one was presumed dead); nothing was written.
 
     Raised to the subscriber of a stream whose process lost its claim (for example after a
     long pause): the new owner's text stands, this one's writes were refused.
     """
-
-
-class ReplyNotFound(RxContextError, LookupError):
-    """No reply with that ``reply_id`` was ever begun in this store (``cw.stop``)."""
 
 
 class ReplyStopped(RxContextError):

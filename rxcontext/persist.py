@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from ._signals import deferred
 from .chunks import Chunk, ChunkKind, Reply, ReplyBuilder, Usage
 from .errors import OwnershipLost, RxContextError, SchemaValidationError, StreamInterrupted
+from .fanout.base import Channel, Fanout
 from .providers.base import NATIVE_RESUME_KEY, ResumeCursor
 from .records import Checkpoint, Record, RecordType, ReplyState
 from .schema import OutputSchema, SchemaFailure
@@ -186,6 +187,10 @@ def _json_safe(value: _J) -> _J:
     return value
 
 
+def _no_publish(_: Chunk) -> None:
+    pass
+
+
 class ReplyPersister:
     """Per-reply state between the stream driver and the store (see the module docstring)."""
 
@@ -201,8 +206,13 @@ class ReplyPersister:
         cursor: ResumeCursor | None = None,
         model_name: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        fanout: Fanout | None = None,
     ) -> None:
         self.store = store
+        self._fanout = fanout
+        self.channel: Channel | None = None
+        self._publish: Callable[[Chunk], None] = _no_publish
+        """Where delivered chunks are published for watchers (``cw.watch``), if anywhere."""
         self.model_name = model_name
         self._clock = clock
         self._sent_at: float | None = None
@@ -277,6 +287,7 @@ class ReplyPersister:
                 self._prefix = checkpoint.text
                 self._prefix_thinking = checkpoint.thinking
                 self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch)
+            self._open_channel(checkpoint)
             if self.trace is not None:
                 self.trace.begin(self.reply_id)
             return
@@ -286,8 +297,23 @@ class ReplyPersister:
             self.reply_id = reply_id
             self.pos = checkpoint.pos
             self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch)
+        self._open_channel(None)
         if self.trace is not None:
             self.trace.begin(self.reply_id)
+
+    def _open_channel(self, resumed: Checkpoint | None) -> None:
+        """Start publishing this epoch of the reply; a resume starts from what its
+        earlier rounds stored plus its checkpoint (what watchers rewind to)."""
+        if self._fanout is None or self.ticket is None or self.reply_id is None:
+            return
+        text = thinking = ""
+        if resumed is not None:
+            from .fanout.publish import resumed_base
+
+            text, thinking = resumed_base(self.store, resumed)
+        self.channel = self._fanout.open_channel(self.reply_id, self.ticket.epoch, text, thinking)
+        self._publish = self.channel.chunk
+        self.add = self._add_and_publish  # type: ignore[method-assign]
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -301,6 +327,19 @@ class ReplyPersister:
         if self._first_at is None:
             self._first_at = self._clock()
         self.builder.add(chunk)
+
+    def _add_and_publish(self, chunk: Chunk) -> None:
+        """:meth:`add` with a fan-out: fold, then publish (it replaces ``add`` on the
+        instance, so a reply without a fan-out pays nothing on the hot path)."""
+        ReplyPersister.add(self, chunk)
+        self._publish(chunk)
+
+    def passed(self, chunk: Chunk) -> None:
+        """A chunk was delivered that is not part of the reply's fold (a tool's result):
+        watchers get it too."""
+        channel = self.channel
+        if channel is not None:
+            channel.chunk(chunk)
 
     def wait_claim(self) -> None:
         """The driver's rare wait: a reader is copying the state right now."""
@@ -432,7 +471,11 @@ class ReplyPersister:
             if not self._finish() or self.ticket is None:
                 return None
             draft = self._draft(why)
-            if not self.store.save_checkpoint(self.ticket, draft, state=ReplyState.INTERRUPTED):
+            saved = self.store.save_checkpoint(self.ticket, draft, state=ReplyState.INTERRUPTED)
+            if self.channel is not None:
+                # Taken over or not, this epoch is over (a fenced end changes nothing).
+                self.channel.end("interrupted")
+            if not saved:
                 return None
         checkpoint = self.store.get_checkpoint(self.ticket.checkpoint_id)
         if self.trace is not None:
@@ -586,6 +629,8 @@ class ReplyPersister:
                 )
             self.final = reply
             self._next_round()
+            if last and self.channel is not None:
+                self.channel.end("completed")  # after the commit: watchers can read it
         if self.trace is not None:
             self.trace.round(reply)
             if last:

@@ -289,11 +289,15 @@ class _SyncDriver:
             self.user_raised = isinstance(error, Exception)
             if fold:
                 p.add(chunk)
+            else:
+                p.passed(chunk)
             p.busy = False
             guard.critical = False
             raise
         if fold:
             p.add(chunk)
+        else:
+            p.passed(chunk)
         p.busy = False
         guard.release()
         if p.attention:

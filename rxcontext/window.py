@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Unpack
 
@@ -17,6 +17,8 @@ from .chain import new_input, validate_chain
 from .checkpointer import checkpointer_for
 from .chunks import Chunk, Reply
 from .errors import CheckpointNotFound, ReplySuperseded, RxContextError
+from .fanout import fanout_for
+from .fanout.observe import awatch_chunks, watch_observable
 from .heartbeat import heartbeat_for, request_stop
 from .history import HistoryCache, answered_again, request_history
 from .interop import fork_context, import_context
@@ -502,6 +504,7 @@ class ContextWindow:
             streamed=streaming,
             cursor=cursor,
             model_name=model.name,
+            fanout=fanout_for(store),
         )
         persister.output_schema = options.schema
         trace = (
@@ -751,6 +754,49 @@ class ContextWindow:
     async def astop(self, reply_id: str) -> bool:
         """The asyncio twin of :meth:`stop` (the store is written off the event loop)."""
         return await off_loop(request_stop, self._store, reply_id)
+
+    def watch(
+        self, reply_id: str, *, poll: float | None = None, wait: float = 1.0
+    ) -> Observable[Chunk]:
+        """A cold Observable of reply ``reply_id``, generated here or by any other worker:
+        everything it delivered so far, then its chunks live, then ``on_completed`` once
+        it is stored (its records can be read from then on); ``StreamInterrupted`` (with
+        the checkpoint) if it was or gets interrupted; ``ReplyNotFound`` for an unknown id.
+
+        Live chunks come from the store's fan-out (``rxcontext.open(..., fanout=...)``);
+        without one, or where its live data is missing, from the store, polled every
+        ``poll`` seconds (default: ``checkpoint_every``). A reply taken over by another
+        worker may go back (a ``ChunkKind.REWIND`` chunk); the text a watcher ends with is
+        the stored record's. Disposing stops watching (within ``wait`` seconds); it never
+        touches the reply.
+        """
+        return watch_observable(
+            self._store,
+            fanout_for(self._store),
+            _text_arg(reply_id, "reply id"),
+            poll=self._poll(poll),
+            wait=wait,
+        )
+
+    def awatch(
+        self, reply_id: str, *, poll: float | None = None, wait: float = 1.0
+    ) -> AsyncIterator[Chunk]:
+        """The asyncio twin of :meth:`watch`: ``async for chunk in cw.awatch(reply_id)``."""
+        return awatch_chunks(
+            self._store,
+            fanout_for(self._store),
+            _text_arg(reply_id, "reply id"),
+            poll=self._poll(poll),
+            wait=wait,
+        )
+
+    def _poll(self, poll: float | None) -> float:
+        if poll is not None:
+            if poll <= 0:
+                raise ValueError("poll must be positive")
+            return poll
+        every = self.checkpoint_every
+        return every if every and every > 0 else 1.0
 
     def _own(self, checkpoint_id: int) -> Checkpoint:
         checkpoint = self._store.get_checkpoint(checkpoint_id)

@@ -856,6 +856,7 @@ CALLS: dict[str, Callable[[SQLiteStore, str], object]] = {
     "on_close": lambda s, c: s.on_close(lambda: None),
     "get_checkpoint": lambda s, c: s.get_checkpoint(1),
     "find_reply": lambda s, c: s.find_reply("r"),
+    "reply_records": lambda s, c: s.reply_records("r"),
     "checkpoints": lambda s, c: s.checkpoints(c),
     "active_replies": lambda s, c: s.active_replies(c),
     "claim_checkpoint": lambda s, c: s.claim_checkpoint(1, owner="me"),

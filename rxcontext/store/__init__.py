@@ -58,8 +58,18 @@ def open_postgres(url: str, **options: Any) -> PostgresStore:
 
 
 def open_any(target: str | os.PathLike[str], **options: Any) -> SQLiteStore | PostgresStore:
-    """A PostgreSQL store for a ``postgresql://`` URL, else the SQLite store at that path."""
+    """A PostgreSQL store for a ``postgresql://`` URL, else the SQLite store at that path;
+    ``fanout`` (``"memory"``, a ``redis://`` URL, a ready ``Fanout``, None) is attached to
+    it for ``ContextWindow.watch``."""
+    from ..fanout import attach, open_fanout
+
+    fanout = open_fanout(options.pop("fanout", None))
+    store: SQLiteStore | PostgresStore
     if is_postgres_url(target):
         assert isinstance(target, str)
-        return open_postgres(target, **options)
-    return SQLiteStore(target, **options)
+        store = open_postgres(target, **options)
+    else:
+        store = SQLiteStore(target, **options)
+    if fanout is not None:
+        attach(store, fanout)
+    return store

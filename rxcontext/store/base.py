@@ -264,6 +264,10 @@ class Store(Protocol):
         none: its records name it); replies whose owner died read as ``INTERRUPTED``."""
         ...
 
+    def reply_records(self, reply_id: str) -> list[Record]:
+        """The records reply ``reply_id`` stored, in order (empty if none yet)."""
+        ...
+
     def checkpoints(self, context_id: str, *, include_resolved: bool = False) -> list[Checkpoint]:
         """Interrupted replies of a context, oldest first (settled ones too if asked)."""
         ...

@@ -1,0 +1,105 @@
+"""``cw.watch`` and ``cw.awatch``: the watcher core (:mod:`.watcher`) as a cold Observable
+and as an async iterator (the core runs on a thread of its own, so the event loop never
+waits on the store or the fan-out)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from reactivex import Observable, abc
+from reactivex.disposable import CompositeDisposable, Disposable
+from reactivex.scheduler import CurrentThreadScheduler, ImmediateScheduler, TrampolineScheduler
+
+from ..chunks import Chunk
+from .base import Fanout
+from .watcher import ReplyReader, watch_chunks
+
+__all__ = ["awatch_chunks", "watch_observable"]
+
+_END = object()
+
+
+def watch_observable(
+    store: ReplyReader, fanout: Fanout | None, reply_id: str, *, poll: float, wait: float
+) -> Observable[Chunk]:
+    """A cold Observable of the reply's chunks; each subscription watches afresh.
+
+    It runs on the subscription's scheduler (the current thread's trampoline by default,
+    so ``subscribe`` returns when the reply ends); a dispose stops it within ``wait``.
+    """
+
+    def subscribe(
+        observer: abc.ObserverBase[Chunk], scheduler: abc.SchedulerBase | None = None
+    ) -> abc.DisposableBase:
+        cancelled = threading.Event()
+        trampoline = CurrentThreadScheduler.singleton()
+        sched = scheduler or trampoline
+        if isinstance(sched, ImmediateScheduler) or (
+            isinstance(sched, TrampolineScheduler) and sched is not trampoline
+        ):
+            sched = trampoline  # see streaming.run_observable: wire the subscription first
+
+        def action(_: abc.SchedulerBase, __: Any = None) -> None:
+            chunks = watch_chunks(store, fanout, reply_id, cancelled, poll=poll, wait=wait)
+            try:
+                while True:
+                    try:
+                        chunk = next(chunks)
+                    except StopIteration:
+                        break
+                    except Exception as error:
+                        if not cancelled.is_set():
+                            observer.on_error(error)
+                        return
+                    if cancelled.is_set():
+                        return
+                    observer.on_next(chunk)  # the user's code: its errors are theirs
+            finally:
+                chunks.close()
+            if not cancelled.is_set():
+                observer.on_completed()
+
+        return CompositeDisposable(Disposable(cancelled.set), sched.schedule(action))
+
+    return Observable(subscribe)
+
+
+async def awatch_chunks(
+    store: ReplyReader, fanout: Fanout | None, reply_id: str, *, poll: float, wait: float
+) -> AsyncIterator[Chunk]:
+    """The asyncio twin of :func:`watch_observable`; leaving the loop stops the watch."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    cancelled = threading.Event()
+
+    def put(item: tuple[int, Any]) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:
+            cancelled.set()  # the loop is closed: nobody is listening
+
+    def pump() -> None:
+        try:
+            for chunk in watch_chunks(store, fanout, reply_id, cancelled, poll=poll, wait=wait):
+                put((0, chunk))
+                if cancelled.is_set():
+                    return
+            put((1, _END))
+        except BaseException as error:  # handed to the awaiting side
+            put((2, error))
+
+    threading.Thread(target=pump, name=f"rxcontext-watch-{reply_id}", daemon=True).start()
+    try:
+        while True:
+            tag, value = await queue.get()
+            if tag == 0:
+                yield value
+            elif tag == 1:
+                return
+            else:
+                raise value
+    finally:
+        cancelled.set()

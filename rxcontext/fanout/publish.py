@@ -1,0 +1,16 @@
+"""The owner's side helpers: where a resumed epoch starts from."""
+
+from __future__ import annotations
+
+from ..records import Checkpoint, RecordType
+from ..store.base import Store
+
+__all__ = ["resumed_base"]
+
+
+def resumed_base(store: Store, checkpoint: Checkpoint) -> tuple[str, str]:
+    """The text and thinking a resumed reply starts from, as watchers count them: the text
+    of the rounds it stored before it was cut, then its checkpoint's."""
+    records = store.reply_records(checkpoint.reply_id)
+    before = "".join(r.content for r in records if r.type is RecordType.MODEL_RESP)
+    return before + checkpoint.text, checkpoint.thinking

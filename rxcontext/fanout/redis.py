@@ -1,0 +1,440 @@
+"""``fanout="redis://host:6379/0"``: live replies across processes and hosts, on Redis
+Streams (redis-py; ``pip install 'rxcontext[redis]'``).
+
+One stream per reply, ``<prefix>:{<reply_id>}:s``. Entry ids are ``<epoch>-<seq>``: a
+Begin is ``e-0``, a batch of chunks is named by its last chunk's seq, the End follows the
+last chunk. Ids must grow, so a retried batch is refused as a duplicate and, once a new
+owner (epoch ``e+1``) has written, a fenced old owner's writes are refused too. Watchers
+read with ``XRANGE`` from their epoch's Begin, then ``XREAD BLOCK`` from the last id they
+applied: replay and tail are the same log read by position.
+
+The owner never waits on Redis: :meth:`_Channel.chunk` appends to a bounded in-memory
+queue; one writer thread per process sends what is queued every ``flush_every`` seconds
+as one pipeline (one ``XADD`` per reply with new chunks, ``MAXLEN ~`` and a sliding
+``PEXPIRE``). Clients are pinned to fail fast (``socket_timeout``,
+``socket_connect_timeout``, no retries: redis-py 8's defaults take about 99 s to fail a
+write to an unreachable server). While Redis is unreachable the writer keeps each open
+reply's chunks and tries again with a growing pause (at most ``reconnect_max`` seconds);
+when it is back it checks each reply's stream and, where entries were lost (a restart,
+an eviction), writes a Snapshot (the epoch's start and every chunk so far) so the log is
+whole again. A reply whose queue overflowed is given up (its stream deleted): its
+watchers are served from the store.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from ..chunks import Chunk
+from ..errors import MissingDependency
+from .base import Position
+from .entries import Begin, Chunks, End, Entry, Snapshot, decode_chunk, dumps, encode_chunk
+
+try:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - the extra is missing
+    raise MissingDependency("redis", "redis", str(exc)) from exc
+
+__all__ = ["RedisFanout"]
+
+_log = logging.getLogger("rxcontext.fanout")
+_MAX_SEQ = 18446744073709551615
+_Ended = Literal["completed", "interrupted"]
+
+
+def _parse_id(raw: bytes | str) -> Position:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    a, _, b = text.partition("-")
+    return int(a), int(b)
+
+
+def _entry(raw_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
+    epoch, seq = _parse_id(raw_id)
+    kind = fields.get(b"k", b"")
+    data = json.loads(fields.get(b"d", b"null"))
+    if kind == b"c":
+        return Chunks(epoch, int(fields[b"f"]), [decode_chunk(c) for c in data])
+    if kind == b"b":
+        return Begin(epoch, data.get("text", ""), data.get("thinking", ""))
+    if kind == b"s":
+        return Snapshot(
+            epoch,
+            seq,
+            data.get("text", ""),
+            data.get("thinking", ""),
+            [(int(s), decode_chunk(c)) for s, c in data.get("chunks", [])],
+        )
+    state: _Ended = "completed" if data == "completed" else "interrupted"
+    return End(epoch, seq, state)
+
+
+class _Channel:
+    """One epoch of one reply. ``chunk``/``end`` run on the owner's thread (appends to
+    ``inbox``); everything else belongs to the writer thread."""
+
+    __slots__ = (
+        "begun",
+        "chunk",
+        "chunks",
+        "confirmed",
+        "dead",
+        "deleted",
+        "dropped",
+        "end_seq",
+        "ended",
+        "epoch",
+        "expire_at",
+        "fanout",
+        "inbox",
+        "key",
+        "pending",
+        "reply_id",
+        "seq",
+        "text",
+        "thinking",
+        "unsure",
+    )
+
+    def __init__(self, fanout: RedisFanout, reply_id: str, epoch: int, text: str, thinking: str):
+        self.fanout = fanout
+        self.inbox: collections.deque[Chunk | str] = collections.deque()
+        self.chunk: Callable[[Chunk], None] = self.inbox.append
+        """A chunk the owner's subscriber just received: one ``deque.append`` (the writer
+        thread empties the inbox every ``flush_every`` and gives up on a reply whose inbox
+        grew past ``max_queue``)."""
+        self.reply_id = reply_id
+        self.key = fanout.key(reply_id)
+        self.epoch = epoch
+        self.text = text
+        self.thinking = thinking
+        self.seq = 0  # chunks taken from the queue
+        self.chunks: list[tuple[int, Chunk]] = []  # every chunk of the epoch (for snapshots)
+        self.pending: list[tuple[int, Chunk]] = []  # not yet sent
+        self.confirmed = -1  # highest seq Redis has (0: the Begin)
+        self.begun = False
+        self.ended: _Ended | None = None
+        self.end_seq = 0
+        self.dead = False  # fenced, or given up: publish nothing more
+        self.dropped = False  # given up (queue overflow): its stream is deleted
+        self.deleted = False
+        self.unsure = False  # a write failed: look at the stream before the next one
+        self.expire_at = 0.0
+
+    def end(self, state: _Ended) -> None:
+        self.inbox.append(state)
+        self.fanout._wake.set()
+
+
+class RedisFanout:
+    """Fan-out over Redis Streams; see the module docstring for what it guarantees."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "rx",
+        flush_every: float = 0.02,
+        live_ttl: float = 3600.0,
+        end_ttl: float = 600.0,
+        maxlen: int = 100_000,
+        max_queue: int = 100_000,
+        timeout: float = 0.5,
+        reconnect_max: float = 1.0,
+    ) -> None:
+        self.prefix = prefix
+        self.flush_every = flush_every
+        self.live_ttl_ms = int(live_ttl * 1000)
+        self.end_ttl_ms = int(end_ttl * 1000)
+        self.maxlen = maxlen
+        self.max_queue = max_queue
+        self.timeout = timeout
+        self.reconnect_max = reconnect_max
+        # Pinned: fail fast, never retry inside redis-py (its defaults: ~99 s to fail).
+        self._writer = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
+        self._reader = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout + 2.0,  # longer than any XREAD BLOCK (at most 1 s)
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
+        self._new: collections.deque[_Channel] = collections.deque()
+        self._open: dict[int, _Channel] = {}
+        self._wake = threading.Event()
+        self._closing = False
+        self._down_until = 0.0
+        self._pause = 0.0
+        self.connected = True
+        """Whether the writer's last attempt reached Redis (for tests and health checks)."""
+        self._thread = threading.Thread(target=self._run, name="rxcontext-fanout", daemon=True)
+        self._thread.start()
+
+    def key(self, reply_id: str) -> str:
+        """The stream key of a reply (the hash tag keeps a reply's keys in one slot)."""
+        return f"{self.prefix}:{{{reply_id}}}:s"
+
+    # -- the owner's side ----------------------------------------------------------------
+
+    def open_channel(
+        self, reply_id: str, epoch: int, text: str = "", thinking: str = ""
+    ) -> _Channel:
+        channel = _Channel(self, reply_id, epoch, text, thinking)
+        self._new.append(channel)
+        self._wake.set()
+        return channel
+
+    def _overflow(self, channel: _Channel) -> None:
+        channel.dead = channel.dropped = True  # its queued chunks are dropped as drained
+        channel.chunks = []
+        channel.pending = []
+        _log.warning(
+            "fan-out: reply %r queued more than %d chunks unsent; it is no longer published "
+            "live (its watchers read the store)",
+            channel.reply_id,
+            self.max_queue,
+        )
+
+    # -- the writer thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            closing = self._closing
+            self._drain()
+            if time.monotonic() >= self._down_until and self._open:
+                try:
+                    self._flush()
+                except Exception as error:  # never let the writer die: the owner must not notice
+                    self._failed(error)
+            if closing and (not self._unsent() or time.monotonic() >= self._close_by):
+                return
+            idle = not self._open and not self._new
+            self._wake.wait(1.0 if idle else self.flush_every)
+            self._wake.clear()
+
+    _close_by = 0.0
+
+    def _drain(self) -> None:
+        new = self._new
+        while new:
+            channel = new.popleft()
+            self._open[id(channel)] = channel
+        for channel in list(self._open.values()):
+            inbox = channel.inbox
+            if len(inbox) > self.max_queue:
+                self._overflow(channel)
+            while inbox:
+                item = inbox.popleft()
+                if isinstance(item, Chunk):
+                    if channel.dead:
+                        continue
+                    channel.seq += 1
+                    pair = (channel.seq, item)
+                    channel.chunks.append(pair)
+                    channel.pending.append(pair)
+                else:
+                    channel.ended = "completed" if item == "completed" else "interrupted"
+                    channel.end_seq = channel.seq + 1
+
+    def _unsent(self) -> bool:
+        """Whether something published was not sent yet (a reply still streaming with
+        everything sent does not count: closing need not wait for its end)."""
+        return bool(self._new) or any(
+            channel.inbox
+            or channel.pending
+            or (not channel.dead and (not channel.begun or channel.confirmed == -2))
+            or (channel.ended is not None and channel.confirmed < channel.end_seq)
+            for channel in self._open.values()
+            if not (channel.dead and not channel.dropped)
+        )
+
+    def _failed(self, error: BaseException) -> None:
+        self._pause = min(self.reconnect_max, max(0.05, self._pause * 2))
+        self._down_until = time.monotonic() + self._pause
+        if self.connected:
+            _log.warning(
+                "fan-out: Redis unreachable (%s); watchers read the store meanwhile", error
+            )
+        self.connected = False
+        for channel in self._open.values():
+            channel.unsure = True
+
+    def _check(self, channels: list[_Channel]) -> None:
+        """After a failure: what each reply's stream still holds decides what to send."""
+        pipe = self._writer.pipeline(transaction=False)
+        for channel in channels:
+            pipe.xrevrange(channel.key, "+", "-", count=1)
+        tops = pipe.execute()
+        for channel, top in zip(channels, tops, strict=True):
+            channel.unsure = False
+            if not top:
+                if channel.confirmed >= 0:
+                    channel.confirmed = -2  # lost: a snapshot will make it whole
+                continue
+            epoch, seq = _parse_id(top[0][0])
+            if epoch > channel.epoch:
+                channel.dead = True  # a newer owner writes this reply now
+            elif epoch == channel.epoch and seq >= max(channel.confirmed, 0):
+                channel.confirmed = seq  # everything up to there landed
+                channel.begun = True
+                channel.pending = [p for p in channel.pending if p[0] > seq]
+            elif channel.confirmed >= 0:
+                channel.confirmed = -2
+
+    def _flush(self) -> None:
+        channels = [c for c in self._open.values() if not c.dead or c.dropped]
+        unsure = [c for c in channels if c.unsure and not c.dead]
+        if unsure:
+            self._check(unsure)
+        pipe = self._writer.pipeline(transaction=False)
+        plan: list[tuple[_Channel, str, int]] = []
+        now = time.monotonic()
+        for channel in channels:
+            key = channel.key
+            if channel.dead:
+                if channel.dropped and not channel.deleted:  # its watchers read the store
+                    pipe.delete(key)
+                    plan.append((channel, "drop", 0))
+                continue
+            if channel.confirmed == -2:
+                last = channel.seq
+                data = {
+                    "text": channel.text,
+                    "thinking": channel.thinking,
+                    "chunks": [[s, encode_chunk(c)] for s, c in channel.chunks],
+                }
+                pipe.xadd(key, {"k": "s", "d": dumps(data)}, id=f"{channel.epoch}-{last}")
+                plan.append((channel, "snapshot", last))
+            elif not channel.begun:
+                data = {"text": channel.text, "thinking": channel.thinking}
+                pipe.xadd(key, {"k": "b", "d": dumps(data)}, id=f"{channel.epoch}-0")
+                plan.append((channel, "begin", 0))
+            if channel.confirmed != -2 and channel.pending:
+                first, last = channel.pending[0][0], channel.pending[-1][0]
+                pipe.xadd(
+                    key,
+                    {
+                        "k": "c",
+                        "f": first,
+                        "d": dumps([encode_chunk(c) for _, c in channel.pending]),
+                    },
+                    id=f"{channel.epoch}-{last}",
+                    maxlen=self.maxlen,
+                    approximate=True,
+                    nomkstream=True,
+                )
+                plan.append((channel, "chunks", last))
+            if channel.ended and channel.end_seq:
+                pipe.xadd(
+                    key,
+                    {"k": "e", "d": dumps(channel.ended)},
+                    id=f"{channel.epoch}-{channel.end_seq}",
+                    nomkstream=True,
+                )
+                plan.append((channel, "end", channel.end_seq))
+            if channel.ended or now >= channel.expire_at:
+                pipe.pexpire(key, self.end_ttl_ms if channel.ended else self.live_ttl_ms)
+                plan.append((channel, "expire", 0))
+                channel.expire_at = now + 30.0
+        if not plan:
+            return
+        results = pipe.execute(raise_on_error=False)
+        self.connected = True
+        self._pause = 0.0
+        for (channel, what, seq), result in zip(plan, results, strict=True):
+            self._outcome(channel, what, seq, result)
+        for channel in list(self._open.values()):
+            if (channel.dead and (not channel.dropped or channel.ended)) or (
+                channel.ended and channel.confirmed >= channel.end_seq
+            ):
+                self._open.pop(id(channel), None)
+
+    def _outcome(self, channel: _Channel, what: str, seq: int, result: Any) -> None:
+        if what == "drop":
+            channel.deleted = True  # its later chunks are dropped as they come
+            return
+        if what == "expire":
+            return
+        if isinstance(result, redis.ConnectionError | redis.TimeoutError):
+            raise result
+        if isinstance(result, Exception):
+            # Refused id: already written (a retry) or a newer epoch: look before going on.
+            channel.unsure = True
+            return
+        if result is None:  # NOMKSTREAM: the stream is gone (evicted, expired, restarted)
+            channel.confirmed = -2
+            return
+        if what in ("begin", "snapshot"):
+            channel.begun = True
+        channel.confirmed = max(channel.confirmed, seq)
+        if what in ("chunks", "snapshot"):
+            channel.pending = [p for p in channel.pending if p[0] > seq]
+        if what == "end" or (channel.ended and channel.confirmed >= channel.end_seq):
+            channel.chunks = []
+
+    # -- the watchers' side --------------------------------------------------------------
+
+    def read(
+        self,
+        reply_id: str,
+        after: Position | None,
+        *,
+        epoch: int,
+        wait: float,
+        cancelled: threading.Event,
+    ) -> list[Entry] | None:
+        key = self.key(reply_id)
+        try:
+            if after is None:
+                rows: Any = self._reader.xrange(key, f"{max(epoch, 1)}-0", "+")
+                if not rows:
+                    return None
+                return [_entry(i, f) for i, f in rows]
+            found: Any = self._reader.xread(
+                {key: f"{after[0]}-{after[1]}"}, count=512, block=max(1, int(wait * 1000))
+            )
+            if not found:
+                return [] if self._reader.exists(key) else None
+            rows = found[key.encode()] if isinstance(found, dict) else found[0][1]
+            return [_entry(i, f) for i, f in rows]
+        except Exception as error:  # unreachable, or not our entries: the store serves
+            _log.debug("fan-out read of %r failed: %s", reply_id, error)
+            return None
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every reply published so far has ended and was sent (or given up);
+        False if that took longer than ``timeout`` seconds (Redis unreachable, say)."""
+        deadline = time.monotonic() + timeout
+        while self._new or self._open:
+            if time.monotonic() >= deadline:
+                return False
+            self._wake.set()
+            time.sleep(0.002)
+        return True
+
+    def close(self) -> None:
+        """Send what is queued (for up to one second), then stop the writer thread."""
+        if self._closing:
+            return
+        self._close_by = time.monotonic() + 1.0
+        self._closing = True
+        self._wake.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(2.0)
+        self._writer.close()
+        self._reader.close()

@@ -1,0 +1,408 @@
+"""The watcher core: one reply's chunks for ``cw.watch`` / ``cw.awatch``, blocking.
+
+Where the chunks come from:
+
+* **live** — the fan-out log, read by position ``(epoch, seq)``: a watcher that joins
+  reads the epoch's log from its Begin (or Snapshot) and then tails it with the same read,
+  so replay and live are one sequence with no gap and no repeat;
+* **store** — when there is no fan-out, no live log for the reply (expired, evicted, a
+  fresh Redis) or the fan-out is unreachable: the reply's committed records and its
+  checkpoint, polled every ``poll`` seconds (checkpoint granularity) until the reply ends,
+  trying the live log again at every poll.
+
+Switching from the store back to a live log is a *catch-up by offsets*: the watcher knows
+the text (and thinking) it has shown, and skips that much of the log's text. Whatever the
+path, the watcher ends with a reconciliation against the store, so the text it shows last
+equals the stored record (``REWIND`` where it must go back: a takeover's new epoch starts
+from its checkpoint, which may be behind what the old owner delivered).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import replace
+from typing import Protocol
+
+from ..chunks import Chunk, ChunkKind, Usage
+from ..errors import ReplyNotFound, StreamInterrupted
+from ..records import Checkpoint, Record, RecordType, ReplyState
+from .base import Fanout, Position
+from .entries import Begin, Chunks, End, Snapshot
+
+__all__ = ["ReplyReader", "watch_chunks"]
+
+
+class ReplyReader(Protocol):
+    """What the watcher reads from a store (both stores have it)."""
+
+    def find_reply(self, reply_id: str) -> Checkpoint | None: ...
+    def reply_records(self, reply_id: str) -> list[Record]: ...
+
+
+def _common(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class _Stop(Exception):
+    """Internal: the watch was cancelled."""
+
+
+class _Watch:
+    def __init__(
+        self,
+        store: ReplyReader,
+        fanout: Fanout | None,
+        reply_id: str,
+        cancelled: threading.Event,
+        poll: float,
+        wait: float,
+    ) -> None:
+        self.store = store
+        self.fanout = fanout
+        self.reply_id = reply_id
+        self.cancelled = cancelled
+        self.poll = poll
+        self.wait = wait
+        self.text = ""  # what was shown
+        self.thinking = ""
+        self.epoch = 0  # the epoch what was shown belongs to
+        self.calls: set[str] = set()  # tool calls shown (by id)
+        self.results: set[str] = set()
+        self.done_shown = False
+        # Offsets into the live log being read (equal to what was shown once caught up).
+        self.log_text = 0
+        self.log_thinking = 0
+        self.call_ids: dict[int, str] = {}
+        self.skip_calls: set[str] = set()  # calls shown from the store: skip them live
+        self.next_index = -1  # above every tool-call index shown so far
+
+    # -- the store --------------------------------------------------------------------
+
+    def read_store(self) -> tuple[Checkpoint | None, list[Record]]:
+        """The reply's row and records, consistent with each other (no commit between)."""
+        while True:
+            before = self.store.reply_records(self.reply_id)
+            row = self.store.find_reply(self.reply_id)
+            after = self.store.reply_records(self.reply_id)
+            if [r.id for r in before] == [r.id for r in after]:
+                return row, after
+
+    def sync(
+        self, records: Sequence[Record], row: Checkpoint | None, *, final: bool
+    ) -> Iterator[Chunk]:
+        """Bring what was shown up to the store: committed records in order, then the
+        checkpoint of the round in progress. Within one epoch the store may be behind
+        what was shown live (checkpoints lag): then nothing goes back, unless ``final``."""
+        target: list[str] = []
+        extra: list[Chunk] = []
+        for record in records:
+            if record.type is RecordType.MODEL_RESP:
+                target.append(record.content)
+            elif record.type is RecordType.TOOL_CALL and record.tool_call_id:
+                extra.append(
+                    Chunk(
+                        ChunkKind.TOOL_CALL,
+                        record.content,
+                        id=record.tool_call_id,
+                        name=record.tool_name,
+                        metadata=dict(record.metadata),
+                    )
+                )
+            elif record.type is RecordType.TOOL_OUTPUT and record.tool_call_id:
+                extra.append(
+                    Chunk(
+                        ChunkKind.TOOL_RESULT,
+                        record.content,
+                        id=record.tool_call_id,
+                        name=record.tool_name,
+                    )
+                )
+        thinking = ""
+        if row is not None and not row.state.final:
+            target.append(row.text)
+            thinking = row.thinking
+        text = "".join(target)
+        epoch = row.epoch if row is not None else self.epoch
+        new_epoch = epoch > self.epoch
+        yield from self.rebase(text, thinking if thinking else None, force=final or new_epoch)
+        self.epoch = max(self.epoch, epoch)
+        for chunk in extra:
+            assert chunk.id is not None
+            if chunk.kind is ChunkKind.TOOL_CALL and chunk.id not in self.calls:
+                self.calls.add(chunk.id)
+                self.skip_calls.add(chunk.id)
+                # A whole call in one chunk, at an index no other call of this watch has
+                # (the provider's index is not stored).
+                self.next_index += 1
+                yield replace(chunk, index=self.next_index)
+            elif chunk.kind is ChunkKind.TOOL_RESULT and chunk.id not in self.results:
+                self.results.add(chunk.id)
+                yield chunk
+
+    def rebase(self, text: str, thinking: str | None, *, force: bool) -> Iterator[Chunk]:
+        """Make the shown text ``text`` (and thinking ``thinking``): append what is
+        missing; go back (``REWIND``) only when they diverge or ``force``."""
+        keep = _common(self.text, text)
+        keep_thinking = len(self.thinking)
+        if thinking is not None:
+            keep_thinking = _common(self.thinking, thinking)
+        behind = keep == len(text) and (thinking is None or keep_thinking == len(thinking))
+        cut_text = keep < len(self.text) and (force or keep < len(text))
+        cut_thinking = (
+            thinking is not None
+            and keep_thinking < len(self.thinking)
+            and (force or keep_thinking < len(thinking))
+        )
+        if behind and not force:
+            return
+        if cut_text or cut_thinking:
+            meta = {"thinking": keep_thinking} if cut_thinking else {}
+            if not cut_text:
+                keep = len(self.text)
+            yield Chunk(ChunkKind.REWIND, index=keep, metadata=meta)
+            self.text = self.text[:keep]
+            if cut_thinking:
+                self.thinking = self.thinking[:keep_thinking]
+        if thinking is not None and len(thinking) > len(self.thinking):
+            piece = thinking[len(self.thinking) :]
+            self.thinking = thinking
+            yield Chunk(ChunkKind.THINKING, piece)
+        if len(text) > len(self.text):
+            piece = text[len(self.text) :]
+            self.text = text
+            self.done_shown = False
+            yield Chunk(ChunkKind.TEXT, piece)
+
+    # -- the live log -----------------------------------------------------------------
+
+    def begin(self, entry: Begin | Snapshot) -> Iterator[Chunk]:
+        """A log read from its head: rebase on its start, then catch up by offsets."""
+        if entry.epoch > self.epoch:
+            yield from self.rebase(entry.text, entry.thinking, force=True)
+            self.epoch = entry.epoch
+        else:
+            yield from self.rebase(entry.text, entry.thinking, force=False)
+        self.log_text = len(entry.text)
+        self.log_thinking = len(entry.thinking)
+        self.call_ids = {}
+
+    def live(self, chunk: Chunk) -> Iterator[Chunk]:
+        """One chunk of the log: shown unless what was shown already has it."""
+        kind = chunk.kind
+        if kind is ChunkKind.TEXT:
+            start = self.log_text
+            self.log_text += len(chunk.text)
+            shown = len(self.text)
+            if chunk.text and self.log_text <= shown:
+                return
+            if start < shown:
+                chunk = replace(chunk, text=chunk.text[shown - start :])
+            self.text += chunk.text
+            if chunk.text:
+                self.done_shown = False
+            yield chunk
+            return
+        if kind is ChunkKind.THINKING:
+            start = self.log_thinking
+            self.log_thinking += len(chunk.text)
+            shown = len(self.thinking)
+            if chunk.text and self.log_thinking <= shown:
+                return
+            if not chunk.text and self.catching():
+                return
+            if start < shown:
+                chunk = replace(chunk, text=chunk.text[shown - start :])
+            self.thinking += chunk.text
+            yield chunk
+            return
+        if kind is ChunkKind.TOOL_CALL:
+            if chunk.index >= self.next_index:
+                self.next_index = chunk.index + 1
+            if chunk.id:
+                self.call_ids[chunk.index] = chunk.id
+            call = chunk.id or self.call_ids.get(chunk.index)
+            if call is not None and call in self.skip_calls:
+                return
+            if call is not None:
+                self.calls.add(call)
+            yield chunk
+            return
+        if kind is ChunkKind.TOOL_RESULT:
+            if chunk.id in self.results:
+                return
+            if chunk.id:
+                self.results.add(chunk.id)
+            yield chunk
+            return
+        if kind is ChunkKind.DONE:
+            self.call_ids = {}
+            if self.catching():
+                return
+            self.done_shown = True
+            yield chunk
+            return
+        if kind is ChunkKind.REWIND:  # never published, but harmless
+            return
+        if not self.catching():
+            yield chunk
+
+    def catching(self) -> bool:
+        return self.log_text < len(self.text) or self.log_thinking < len(self.thinking)
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def finish(self, records: list[Record], row: Checkpoint | None) -> Iterator[Chunk]:
+        """The reply ended: reconcile with the store, then complete or raise."""
+        yield from self.sync(records, row, final=True)
+        if row is not None and row.state in (ReplyState.INTERRUPTED, ReplyState.DISCARDED):
+            raise StreamInterrupted(
+                row,
+                f"reply {self.reply_id!r} was {row.state.value}; what it delivered is saved as"
+                f" checkpoint {row.id}",
+            )
+        if not self.done_shown:
+            yield _done_of(records)
+
+    def ended(self, row: Checkpoint | None, records: list[Record]) -> bool:
+        if row is None:
+            if not records:
+                raise ReplyNotFound(
+                    f"no reply {self.reply_id!r} in this store: it was never begun here, or "
+                    "its context was deleted"
+                )
+            return True
+        return not row.state.live
+
+    def run(self) -> Iterator[Chunk]:
+        row, records = self.read_store()
+        want = row.epoch if row is not None else 1
+        if self.ended(row, records):
+            # Ended already: its live log, while kept, gives the very chunks delivered.
+            if self.fanout is not None:
+                entries = self.fanout.read(
+                    self.reply_id, None, epoch=want, wait=0.0, cancelled=self.cancelled
+                )
+                if entries and isinstance(entries[0], Begin | Snapshot):
+                    yield from self.apply(entries)
+            yield from self.finish(records, row)
+            return
+        self.at = None
+        checked = time.monotonic()
+        while True:
+            if self.cancelled.is_set():
+                raise _Stop
+            entries = None
+            if self.fanout is not None:
+                entries = self.fanout.read(
+                    self.reply_id, self.at, epoch=want, wait=self.wait, cancelled=self.cancelled
+                )
+            if entries and self.at is None and not isinstance(entries[0], Begin | Snapshot):
+                entries = None  # the log's head is gone: not whole
+            if entries is None:
+                self.at = None
+                row, records = self.read_store()
+                if self.ended(row, records):
+                    yield from self.finish(records, row)
+                    return
+                yield from self.sync(records, row, final=False)
+                assert row is not None
+                want = max(want, row.epoch)
+                if self.cancelled.wait(self.poll):
+                    raise _Stop
+                checked = time.monotonic()
+                continue
+            if not entries:
+                if time.monotonic() - checked >= self.poll:
+                    # Idle: the owner may have died, or the end's entry been lost.
+                    checked = time.monotonic()
+                    row, records = self.read_store()
+                    if self.ended(row, records):
+                        yield from self.finish(records, row)
+                        return
+                    assert row is not None
+                    if self.at is not None and row.epoch > self.at[0]:
+                        want, self.at = row.epoch, None
+                continue
+            yield from self.apply(entries)
+            if self.ending is not None:
+                row, records = self.read_store()
+                if self.ended(row, records):
+                    yield from self.finish(records, row)
+                    return
+                self.ending = None  # interrupted, and already resumed: its next epoch follows
+            if self.at is not None:
+                want = max(want, self.at[0])
+            checked = time.monotonic()
+
+    at: Position | None = None
+    ending: End | None = None
+
+    def apply(self, entries: Sequence[Begin | Chunks | Snapshot | End]) -> Iterator[Chunk]:
+        """Show what ``entries`` add; sets ``at`` (None after a gap) and ``ending``."""
+        at = self.at
+        for entry in entries:
+            if isinstance(entry, Begin | Snapshot):
+                if at is not None and entry.epoch == at[0] and isinstance(entry, Snapshot):
+                    done_upto = at[1]  # live data was lost and made whole again
+                else:
+                    yield from self.begin(entry)
+                    done_upto = 0
+                if isinstance(entry, Snapshot):
+                    for seq, chunk in entry.chunks:
+                        if seq > done_upto:
+                            yield from self.live(chunk)
+                    at = (entry.epoch, entry.seq)
+                else:
+                    at = (entry.epoch, 0)
+            elif isinstance(entry, Chunks):
+                if at is None or entry.epoch != at[0] or entry.first > at[1] + 1:
+                    at = None  # a gap: live data was lost; the store fills it
+                    break
+                for i, chunk in enumerate(entry.chunks):
+                    if entry.first + i > at[1]:
+                        yield from self.live(chunk)
+                at = (entry.epoch, max(at[1], entry.last))
+            elif at is not None and entry.epoch == at[0]:
+                self.ending = entry
+                at = (entry.epoch, entry.seq)
+                break
+        self.at = at
+
+
+def _done_of(records: Sequence[Record]) -> Chunk:
+    """The DONE chunk of a stored reply (from its last MODEL_RESP's metadata)."""
+    for record in reversed(records):
+        if record.type is RecordType.MODEL_RESP:
+            meta = record.metadata
+            usage = meta.get("usage")
+            return Chunk(
+                ChunkKind.DONE,
+                usage=Usage.from_dict(usage) if isinstance(usage, dict) else None,
+                finish_reason=meta.get("finish_reason"),
+                response_id=record.response_id,
+            )
+    return Chunk(ChunkKind.DONE)
+
+
+def watch_chunks(
+    store: ReplyReader,
+    fanout: Fanout | None,
+    reply_id: str,
+    cancelled: threading.Event,
+    *,
+    poll: float = 1.0,
+    wait: float = 1.0,
+) -> Generator[Chunk, None, None]:
+    """Reply ``reply_id``'s chunks until it is stored (then the iterator ends) or
+    interrupted (:class:`~rxcontext.StreamInterrupted`); stops quietly once ``cancelled``
+    is set. Raises :class:`~rxcontext.ReplyNotFound` for an unknown id."""
+    try:
+        yield from _Watch(store, fanout, reply_id, cancelled, poll, wait).run()
+    except _Stop:
+        return

@@ -1,0 +1,281 @@
+"""``cw.watch`` / ``cw.awatch``: a reply watched from its start, joined midway, joined
+late, after its live data expired, without fan-out; interrupted; unknown; in asyncio.
+
+Every test ends with the watcher's text equal to the stored record. With a live fan-out
+(memory, Redis) a watcher that joins while the reply streams gets exactly the chunks the
+owner's subscriber got, in order, none missing, none twice, wherever it joined.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redistest
+from watching import Owner, Watcher, stored_text, text_of
+
+import rxcontext
+from rxcontext import (
+    Chunk,
+    ChunkKind,
+    ContextWindow,
+    ReplyNotFound,
+    ReplyState,
+    StreamInterrupted,
+    Usage,
+)
+from rxcontext.fanout import MemoryFanout, fanout_for
+from rxcontext.providers import ScriptedModel
+
+T = lambda text: Chunk(ChunkKind.TEXT, text)  # noqa: E731
+
+
+def script(n: int, *, tail: bool = True) -> list[Any]:
+    out: list[Any] = [T(f"w{i} ") for i in range(n)]
+    if tail:
+        out.append(Chunk(ChunkKind.USAGE, usage=Usage.of(3, n)))
+        out.append(Chunk(ChunkKind.DONE, finish_reason="stop", response_id="resp-1"))
+    return out
+
+
+@pytest.fixture(params=["memory", "redis", "none"])
+def fanout_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def fanout_spec(fanout_kind: str) -> Iterator[Any]:
+    """What to pass as ``fanout=``: a memory fan-out, a Redis one under this test's own
+    key prefix on the shared server, or none."""
+    if fanout_kind == "memory":
+        yield "memory"
+    elif fanout_kind == "none":
+        yield None
+    else:
+        from rxcontext.fanout.redis import RedisFanout
+
+        for url, prefix in redistest.shared_prefix():
+            fanout = RedisFanout(url, prefix=prefix)
+            yield fanout
+            fanout.close()
+
+
+def window(make_store: Callable[..., Any], fanout: Any, scripts: list[list[Any]]) -> ContextWindow:
+    store = make_store(fanout=fanout)
+    # Frequent checkpoints: watchers without live data move at checkpoint granularity.
+    cw = ContextWindow(
+        store, ScriptedModel(scripts), context="watched", retry=None, checkpoint_every=0.05
+    )
+    cw.add_prompt("Say some words.")
+    return cw
+
+
+@pytest.mark.parametrize("join_at", [0, 1, 7, 40])
+def test_a_watcher_joining_anywhere_gets_exactly_what_the_owner_delivered(
+    make_store: Callable[..., Any], fanout_spec: Any, fanout_kind: str, join_at: int
+) -> None:
+    cw = window(make_store, fanout_spec, [script(40)])
+    owner = Owner(cw, "r-join", hold=join_at).start()
+    first = threading.Event()
+    watcher = Watcher(cw, "r-join", poll=0.02)
+    watcher.on_chunk = lambda _: first.set()
+    watcher.start()
+    if join_at:
+        assert first.wait(30)  # it has joined while the reply streams (held at join_at)
+    owner.join()
+    watcher.join()
+    assert owner.error is None and watcher.error is None and watcher.completed
+    stored = stored_text(cw, "r-join")
+    assert stored == "".join(f"w{i} " for i in range(40))
+    assert watcher.text == stored
+    if fanout_kind != "none" and join_at:
+        assert watcher.chunks == owner.delivered  # no gap, no repeat, same order
+    else:
+        assert watcher.chunks[-1].kind is ChunkKind.DONE
+        assert watcher.chunks[-1].finish_reason == "stop"
+
+
+def test_a_late_watcher_gets_the_whole_stored_reply(
+    make_store: Callable[..., Any], fanout_spec: Any
+) -> None:
+    cw = window(make_store, fanout_spec, [script(12)])
+    owner = Owner(cw, "r-late").start()
+    owner.join()
+    watcher = Watcher(cw, "r-late").start().join()
+    assert watcher.completed and watcher.text == stored_text(cw, "r-late")
+    done = watcher.chunks[-1]
+    assert done.kind is ChunkKind.DONE and done.response_id == "resp-1"
+
+
+def test_expired_live_data_is_served_from_the_store(make_store: Callable[..., Any]) -> None:
+    fanout = MemoryFanout(keep_ended=0.0)  # an ended reply's live log is gone at once
+    cw = window(make_store, fanout, [script(9)])
+    Owner(cw, "r-exp").start().join()
+    watcher = Watcher(cw, "r-exp").start().join()
+    assert watcher.completed and watcher.text == stored_text(cw, "r-exp") != ""
+    assert watcher.kinds() == [ChunkKind.TEXT, ChunkKind.DONE]  # one piece, from the store
+
+
+def test_an_interrupted_reply_ends_its_watchers_with_the_checkpoint(
+    make_store: Callable[..., Any], fanout_spec: Any
+) -> None:
+    cut = [*script(6, tail=False), ConnectionError("the provider hung up")]
+    cw = window(make_store, fanout_spec, [cut])
+    owner = Owner(cw, "r-cut", hold=3).start()
+    watcher = Watcher(cw, "r-cut", poll=0.02).start()
+    owner.join()
+    watcher.join()
+    assert isinstance(owner.error, StreamInterrupted)
+    assert isinstance(watcher.error, StreamInterrupted)
+    checkpoint = watcher.error.checkpoint
+    assert checkpoint.reply_id == "r-cut" and checkpoint.state is ReplyState.INTERRUPTED
+    assert watcher.text == checkpoint.text == "w0 w1 w2 w3 w4 w5 "
+    # and a watcher that comes later hears the same
+    late = Watcher(cw, "r-cut").start().join()
+    assert isinstance(late.error, StreamInterrupted) and late.text == checkpoint.text
+
+
+def test_an_unknown_reply_is_a_clear_error(make_store: Callable[..., Any]) -> None:
+    cw = window(make_store, "memory", [])
+    watcher = Watcher(cw, "never-begun").start().join()
+    assert isinstance(watcher.error, ReplyNotFound)
+    assert "never-begun" in str(watcher.error)
+    with pytest.raises(TypeError):
+        cw.watch(42)  # type: ignore[arg-type]
+
+
+def test_a_tool_loop_is_watched_whole(make_store: Callable[..., Any], fanout_spec: Any) -> None:
+    call = [
+        T("Let me look. "),
+        Chunk(ChunkKind.TOOL_CALL, "", 0, "call-1", "weather"),
+        Chunk(ChunkKind.TOOL_CALL, '{"city": "Oslo"}', 0),
+        Chunk(ChunkKind.DONE, finish_reason="tool_calls"),
+    ]
+    answer = [T("Sunny "), T("in Oslo."), Chunk(ChunkKind.DONE, finish_reason="stop")]
+    cw = window(make_store, fanout_spec, [call, answer])
+    cw.add_tool(rxcontext.Tool("weather", "Weather").string("city", "City"), lambda a: "sunny")
+    owner = Owner(cw, "r-tools", hold=2).start()
+    watcher = Watcher(cw, "r-tools", poll=0.02).start()
+    owner.join()
+    watcher.join()
+    assert owner.error is None and watcher.completed
+    assert watcher.text == stored_text(cw, "r-tools") == "Let me look. Sunny in Oslo."
+    results = [c for c in watcher.chunks if c.kind is ChunkKind.TOOL_RESULT]
+    assert [(c.id, c.text) for c in results] == [("call-1", "sunny")]
+
+
+def test_disposing_a_watcher_stops_it_and_leaves_the_reply_alone(
+    make_store: Callable[..., Any],
+) -> None:
+    cw = window(make_store, "memory", [script(5)])
+    owner = Owner(cw, "r-dispose", hold=2).start()
+    got = threading.Event()
+    seen: list[Chunk] = []
+
+    def on_next(chunk: Chunk) -> None:
+        seen.append(chunk)
+        got.set()
+
+    from reactivex.scheduler import NewThreadScheduler
+
+    sub = cw.watch("r-dispose").subscribe(on_next, scheduler=NewThreadScheduler())
+    assert got.wait(30)
+    sub.dispose()
+    owner.join()
+    assert owner.error is None and stored_text(cw, "r-dispose") == "w0 w1 w2 w3 w4 "
+    assert text_of(seen) in ("w0 ", "w0 w1 ")
+
+
+def test_awatch_is_the_asyncio_twin(make_store: Callable[..., Any], fanout_spec: Any) -> None:
+    cw = window(make_store, fanout_spec, [script(20)])
+    owner = Owner(cw, "r-async", hold=5).start()
+
+    async def watch() -> list[Chunk]:
+        out: list[Chunk] = []
+        async for chunk in cw.awatch("r-async", poll=0.02):
+            out.append(chunk)
+            if len(out) == 1:
+                owner.release()
+        return out
+
+    chunks = asyncio.run(watch())
+    owner.join()
+    assert text_of(chunks) == stored_text(cw, "r-async")
+
+    async def unknown() -> None:
+        async for _ in cw.awatch("nope"):
+            pass
+
+    with pytest.raises(ReplyNotFound):
+        asyncio.run(unknown())
+
+
+def test_many_replies_watched_by_many_joiners(make_store: Callable[..., Any]) -> None:
+    """Replies of random lengths, watchers joining at random moments (no holds): every
+    watcher's chunks are the owner's, every text the stored one."""
+    rng = random.Random(13)
+    store = make_store(fanout="memory")
+    n = 12
+    lengths = [rng.randint(0, 60) for _ in range(n)]
+    windows = []
+    for i, length in enumerate(lengths):
+        cw = ContextWindow(store, ScriptedModel([script(length)]), context=f"c{i}", retry=None)
+        cw.add_prompt("go")
+        windows.append(cw)
+    owners = [Owner(cw, f"many-{i}", hold=0).start() for i, cw in enumerate(windows)]
+    watchers: list[tuple[int, Watcher]] = []
+    for i, owner in enumerate(owners):
+        watchers.append((i, Watcher(windows[i], f"many-{i}").start()))
+        owner.release()
+        watchers.append((i, Watcher(windows[i], f"many-{i}").start()))
+    for owner in owners:
+        owner.join()
+    for i, watcher in watchers:
+        watcher.join()
+        assert watcher.completed, watcher.error
+        assert watcher.chunks == owners[i].delivered
+        assert watcher.text == stored_text(windows[i], f"many-{i}")
+    assert fanout_for(store) is not None
+
+
+def test_a_bad_fanout_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="fanout must be") as caught:
+        rxcontext.open(":memory:", fanout="kafka://app:hunter2@somewhere")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_the_redis_fanout_without_redis_py_names_its_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.delitem(sys.modules, "rxcontext.fanout.redis", raising=False)
+    with pytest.raises(rxcontext.MissingDependency) as caught:
+        rxcontext.open(":memory:", fanout="redis://127.0.0.1:6379/0")
+    assert caught.value.hint == "pip install 'rxcontext[redis]'"
+
+
+def test_without_fanout_nothing_is_published(make_store: Callable[..., Any]) -> None:
+    cw = window(make_store, None, [script(3)])
+    assert fanout_for(cw.store) is None
+    Owner(cw, "r-plain").start().join()
+    assert stored_text(cw, "r-plain") == "w0 w1 w2 "
+
+
+def test_an_asyncio_owner_publishes_what_it_delivers(make_store: Callable[..., Any]) -> None:
+    cw = window(make_store, "memory", [script(15)])
+    delivered: list[Chunk] = []
+
+    async def own() -> None:
+        async for chunk in cw.astream(reply_id="r-aown"):
+            delivered.append(chunk)
+
+    asyncio.run(own())
+    watcher = Watcher(cw, "r-aown").start().join()  # the log of an ended reply is kept
+    assert watcher.completed and watcher.chunks == delivered
+    assert watcher.text == stored_text(cw, "r-aown")

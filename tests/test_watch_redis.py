@@ -1,0 +1,226 @@
+"""The Redis fan-out when Redis misbehaves: paused (a cut network), killed and restarted
+empty, a reply's stream evicted mid-reply, never there at all; fenced old owners; the
+client settings that keep the owner from waiting on any of it.
+
+Destructive cases run a private ``redis-server`` on a random port; the others use the
+shared server under a key prefix of the test's own. In every case the owner's stream and
+its storage go on with no error, and the watcher ends with the stored record.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redistest
+from watching import WAIT, Owner, Watcher, stored_text
+
+import rxcontext
+from rxcontext import Chunk, ChunkKind, ContextWindow
+from rxcontext.providers import ScriptedModel
+
+redis = pytest.importorskip("redis")
+from rxcontext.fanout.redis import RedisFanout  # noqa: E402
+
+T = lambda text: Chunk(ChunkKind.TEXT, text)  # noqa: E731
+N = 12
+WORDS = [f"w{i} " for i in range(N)]
+
+
+def words(n: int) -> str:
+    return "".join(WORDS[:n])
+
+
+def _window(fanout: RedisFanout) -> ContextWindow:
+    store = rxcontext.open(":memory:", fanout=fanout)
+    script = [*(T(w) for w in WORDS), Chunk(ChunkKind.DONE, finish_reason="stop")]
+    # No periodic checkpoints: mid-reply, only the live channel can show new text.
+    cw = ContextWindow(
+        store, ScriptedModel([script]), context="faults", retry=None, checkpoint_every=None
+    )
+    cw.add_prompt("Count.")
+    return cw
+
+
+@pytest.fixture
+def private() -> Iterator[redistest.PrivateRedis]:
+    server = redistest.PrivateRedis()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def shared() -> Iterator[tuple[str, str]]:
+    yield from redistest.shared_prefix()
+
+
+def _started(cw: ContextWindow, gate: threading.Semaphore, n: int) -> tuple[Owner, Watcher]:
+    """An owner held by ``gate`` and a live watcher that has seen its first ``n`` chunks."""
+    owner = Owner(cw, "r", gate=gate).start()
+    gate.release(n)
+    watcher = Watcher(cw, "r", poll=0.05).start()
+    assert watcher.wait_for(words(n)), watcher.text
+    return owner, watcher
+
+
+def test_the_clients_fail_fast_and_never_retry() -> None:
+    fanout = RedisFanout("redis://127.0.0.1:1/0")
+    try:
+        writer = fanout._writer.connection_pool.connection_kwargs
+        reader = fanout._reader.connection_pool.connection_kwargs
+        assert writer["socket_timeout"] == 0.5 and writer["socket_connect_timeout"] == 0.5
+        assert writer["retry"].get_retries() == 0 and reader["retry"].get_retries() == 0
+        assert reader["socket_timeout"] > 1.0  # longer than any XREAD BLOCK
+    finally:
+        fanout.close()
+
+
+def test_redis_never_there_costs_the_owner_nothing(private: redistest.PrivateRedis) -> None:
+    private.kill()  # its port now refuses connections
+    fanout = RedisFanout(private.url)
+    cw = _window(fanout)
+    owner = Owner(cw, "r", hold=4).start()
+    watcher = Watcher(cw, "r", poll=0.05).start()
+    owner.join()
+    watcher.join()
+    fanout.close()
+    assert owner.error is None and watcher.completed
+    assert watcher.text == stored_text(cw, "r") == words(N)
+
+
+def test_a_paused_redis_never_blocks_the_owner(private: redistest.PrivateRedis) -> None:
+    fanout = RedisFanout(private.url)
+    cw = _window(fanout)
+    gate = threading.Semaphore(0)
+    owner, watcher = _started(cw, gate, 3)
+    private.pause()  # connections hang, as behind a cut network
+    try:
+        gate.release(10_000)
+        # redis-py's default client would retry each write for ~99 s; pinned, the owner
+        # finishes (and stores) while Redis is still unreachable.
+        assert owner.done.wait(WAIT) and owner.error is None
+        assert stored_text(cw, "r") == words(N)
+        watcher.join()  # falls back to the store, which has the completed reply
+        assert watcher.completed and watcher.text == words(N)
+    finally:
+        private.resume()
+        fanout.close()
+
+
+def test_redis_restarted_empty_watchers_go_live_again(private: redistest.PrivateRedis) -> None:
+    fanout = RedisFanout(private.url)
+    cw = _window(fanout)
+    gate = threading.Semaphore(0)
+    owner, watcher = _started(cw, gate, 3)
+    private.kill()
+    gate.release(3)  # delivered while Redis is down: the owner does not notice
+    assert owner.error is None
+    private.start()  # back, and empty
+    # No checkpoints are written mid-reply, so only the live channel can bring these.
+    assert watcher.wait_for(words(6)), watcher.text
+    gate.release(2)
+    assert watcher.wait_for(words(8)), watcher.text
+    owner.join()
+    watcher.join()
+    fanout.close()
+    assert owner.error is None and watcher.completed
+    assert watcher.chunks == owner.delivered  # nothing lost, nothing twice
+    assert watcher.text == stored_text(cw, "r") == words(N)
+
+
+def test_a_stream_evicted_mid_reply_is_made_whole(shared: tuple[str, str]) -> None:
+    url, prefix = shared
+    fanout = RedisFanout(url, prefix=prefix)
+    cw = _window(fanout)
+    gate = threading.Semaphore(0)
+    owner, watcher = _started(cw, gate, 4)
+    client = redis.Redis.from_url(url)
+    assert client.delete(fanout.key("r")) == 1  # as an eviction policy would
+    gate.release(2)
+    assert watcher.wait_for(words(6)), watcher.text
+    owner.join()
+    watcher.join()
+    fanout.close()
+    client.close()
+    assert watcher.chunks == owner.delivered
+    assert watcher.text == stored_text(cw, "r") == words(N)
+
+
+def test_every_stream_key_expires(shared: tuple[str, str]) -> None:
+    url, prefix = shared
+    fanout = RedisFanout(url, prefix=prefix, live_ttl=120, end_ttl=60)
+    cw = _window(fanout)
+    gate = threading.Semaphore(0)
+    owner, watcher = _started(cw, gate, 2)  # the watcher saw them: the stream exists
+    client = redis.Redis.from_url(url)
+    key = fanout.key("r")
+    assert 60_000 < client.pttl(key) <= 120_000  # while streaming
+    owner.join()
+    watcher.join()
+    assert fanout.drain(WAIT)  # the end was sent, and with it the shorter expiry
+    fanout.close()
+    ttl = client.pttl(key)
+    client.close()
+    assert 0 < ttl <= 60_000
+
+
+def test_a_fenced_owner_cannot_write_into_the_new_epoch(shared: tuple[str, str]) -> None:
+    url, prefix = shared
+    fanout = RedisFanout(url, prefix=prefix)
+    new = fanout.open_channel("r", 2, "Hi ")
+    new.chunk(T("there"))
+    new.end("completed")
+    zombie = fanout.open_channel("r", 1)  # the old owner, back from a pause
+    zombie.chunk(T("stale"))
+    zombie.end("interrupted")
+    fanout.close()
+    reader = RedisFanout(url, prefix=prefix)
+    entries = reader.read("r", None, epoch=1, wait=0, cancelled=threading.Event())
+    reader.close()
+    assert entries is not None
+    assert [type(e).__name__ for e in entries] == ["Begin", "Chunks", "End"]
+    assert all(e.epoch == 2 for e in entries)
+    assert entries[1].chunks == [T("there")]  # type: ignore[union-attr]
+
+
+def test_a_reply_that_overflows_the_queue_is_served_from_the_store(
+    shared: tuple[str, str],
+) -> None:
+    url, prefix = shared
+    fanout = RedisFanout(url, prefix=prefix, max_queue=3, flush_every=3600.0)
+    cw = _window(fanout)
+    gate = threading.Semaphore(0)
+    owner = Owner(cw, "r", gate=gate).start()
+    gate.release(10_000)  # all twelve chunks queue up before the writer's next turn
+    assert owner.done.wait(WAIT) and owner.error is None
+    assert fanout.drain(WAIT)
+    watcher = Watcher(cw, "r", poll=0.05).start().join()
+    client = redis.Redis.from_url(url)
+    assert not client.exists(fanout.key("r"))  # given up: nothing half there
+    client.close()
+    fanout.close()
+    assert watcher.completed and watcher.text == stored_text(cw, "r") == words(N)
+
+
+def test_a_healed_partition_resumes_the_live_channel_without_a_gap(
+    private: redistest.PrivateRedis,
+) -> None:
+    fanout = RedisFanout(private.url)
+    cw = _window(fanout)
+    gate = threading.Semaphore(0)
+    owner, watcher = _started(cw, gate, 3)
+    private.pause()
+    try:
+        gate.release(3)  # delivered while Redis hangs: queued, the owner unaware
+        assert owner.error is None
+    finally:
+        private.resume()
+    # The stream kept what it had: the writer sends what is queued, and the watcher (live
+    # again; no checkpoints are written mid-reply) shows it.
+    assert watcher.wait_for(words(6)), watcher.text
+    owner.join()
+    watcher.join()
+    fanout.close()
+    assert watcher.chunks == owner.delivered
+    assert watcher.text == stored_text(cw, "r") == words(N)

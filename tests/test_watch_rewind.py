@@ -1,0 +1,127 @@
+"""Takeover rewinds: a reply resumed by a new owner from its checkpoint goes back to the
+checkpoint's text, and its watchers get a ``ChunkKind.REWIND`` chunk saying where to.
+
+The watcher core is pulled one chunk at a time while the test plays the owners' part with
+the real store and fan-out (begin, publish, checkpoint, claim, commit), so every step of
+the takeover happens at a known point of the watch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import reactivex
+import redistest
+from watching import text_of
+
+from rxcontext import Chunk, ChunkKind, RecordType
+from rxcontext import operators as rxops
+from rxcontext.chunks import ReplyBuilder
+from rxcontext.fanout import Fanout, MemoryFanout
+from rxcontext.fanout.watcher import watch_chunks
+from rxcontext.records import ReplyState
+from rxcontext.store.base import CheckpointDraft, RecordDraft, ReplyTicket
+
+T = lambda text: Chunk(ChunkKind.TEXT, text)  # noqa: E731
+
+
+def test_accumulate_and_reduce_apply_a_rewind() -> None:
+    chunks = [
+        Chunk(ChunkKind.THINKING, "mull it over"),
+        T("Hello "),
+        T("wor"),
+        Chunk(ChunkKind.REWIND, index=6, metadata={"thinking": 4}),
+        T("world"),
+    ]
+    snapshots: list[str] = []
+    reactivex.from_iterable(chunks).pipe(rxops.accumulate()).subscribe(
+        lambda reply: snapshots.append(reply.text)
+    )
+    assert snapshots == ["", "Hello ", "Hello wor", "Hello ", "Hello world"]
+    final: list[Any] = []
+    reactivex.from_iterable(chunks).pipe(rxops.reduce_reply()).subscribe(final.append)
+    assert final[0].text == "Hello world" and final[0].thinking == "mull"
+    texts: list[str] = []
+    reactivex.from_iterable(chunks).pipe(rxops.text()).subscribe(texts.append)
+    assert "".join(texts) == "Hello worworld"  # text() is deltas only: it cannot go back
+
+
+def test_a_rewind_past_the_start_or_beyond_the_end_is_harmless() -> None:
+    builder = ReplyBuilder()
+    builder.add(T("abc"))
+    builder.add(Chunk(ChunkKind.REWIND, index=10))
+    assert builder.text == "abc"
+    builder.add(Chunk(ChunkKind.REWIND, index=-3))
+    assert builder.text == ""
+
+
+@pytest.fixture(params=["memory", "redis"])
+def fanout(request: pytest.FixtureRequest) -> Iterator[Fanout]:
+    if request.param == "memory":
+        yield MemoryFanout()
+        return
+    from rxcontext.fanout.redis import RedisFanout
+
+    for url, prefix in redistest.shared_prefix():
+        live = RedisFanout(url, prefix=prefix)
+        yield live
+        live.close()
+
+
+def test_a_takeover_rewinds_watchers_to_the_checkpoint(
+    make_store: Callable[..., Any], fanout: Fanout
+) -> None:
+    store = make_store()
+    ctx = store.get_or_create_context("takeover").id
+    store.add_record(ctx, RecordDraft(RecordType.PROMPT, "Greet the world."))
+    row = store.begin_reply(ctx, "r-take", owner="worker-a")
+    first = ReplyTicket(row.id, row.epoch)
+    old = fanout.open_channel("r-take", row.epoch)
+    old.chunk(T("Hello "))
+    store.save_checkpoint(first, CheckpointDraft(append_text="Hello ", chunks=1))
+    old.chunk(T("wor"))  # delivered, but the owner dies before its next checkpoint
+
+    cancelled = threading.Event()
+    watch = watch_chunks(store, fanout, "r-take", cancelled, poll=0.05, wait=0.2)
+    assert next(watch) == T("Hello ")
+    assert next(watch) == T("wor")
+
+    # worker A is gone; worker B takes the reply over from its checkpoint
+    store.save_checkpoint(
+        first, CheckpointDraft(error="worker A died"), state=ReplyState.INTERRUPTED
+    )
+    claimed = store.claim_checkpoint(row.id, owner="worker-b")
+    assert claimed.text == "Hello " and claimed.epoch == row.epoch + 1
+    new = fanout.open_channel("r-take", claimed.epoch, claimed.text)
+    new.chunk(T("world"))
+
+    rewind = next(watch)
+    assert rewind.kind is ChunkKind.REWIND and rewind.index == len("Hello ")
+    assert next(watch) == T("world")
+
+    second = ReplyTicket(claimed.id, claimed.epoch)
+    store.commit_reply(
+        ctx, [RecordDraft(RecordType.MODEL_RESP, "Hello world")], reply=second, end="reply"
+    )
+    new.end("completed")
+    rest = list(watch)
+    assert [c.kind for c in rest] == [ChunkKind.DONE]
+    seen = [T("Hello "), T("wor"), rewind, T("world"), *rest]
+    assert text_of(seen) == "Hello world" == store.reply_records("r-take")[-1].content
+
+
+def test_the_fenced_old_owner_cannot_publish_over_the_new_one() -> None:
+    fanout = MemoryFanout()
+    old = fanout.open_channel("r-fence", 1)
+    new = fanout.open_channel("r-fence", 2, "Hi ")
+    zombie = fanout.open_channel("r-fence", 1)  # the old owner, back from a pause
+    zombie.chunk(T("stale"))
+    old.chunk(T("stale too"))
+    new.chunk(T("there"))
+    entries = fanout.read("r-fence", None, epoch=1, wait=0, cancelled=threading.Event())
+    assert entries is not None
+    assert [type(e).__name__ for e in entries] == ["Begin", "Chunks"]
+    assert entries[1].chunks == [T("there")]  # type: ignore[union-attr]

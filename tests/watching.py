@@ -1,0 +1,150 @@
+"""Helpers for the watch tests: an owner that streams a reply on a thread of its own and
+can be held before any chunk, and a watcher that collects what ``cw.watch`` gives."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from rxcontext import Chunk, ChunkKind, ContextWindow
+from rxcontext import operators as rxops
+from rxcontext.chunks import ReplyBuilder
+from rxcontext.records import RecordType
+
+__all__ = ["Owner", "Watcher", "stored_text", "text_of"]
+
+WAIT = 30.0  # generous: a hang fails the test instead of blocking the suite
+
+
+def text_of(chunks: list[Chunk]) -> str:
+    """The text a consumer of ``chunks`` ends with (REWIND applied)."""
+    builder = ReplyBuilder()
+    for chunk in chunks:
+        builder.add(chunk)
+    return builder.text
+
+
+def stored_text(cw: ContextWindow, reply_id: str) -> str:
+    """The stored record's text of a reply: its MODEL_RESP records, in order."""
+    records = cw.store.reply_records(reply_id)
+    return "".join(r.content for r in records if r.type is RecordType.MODEL_RESP)
+
+
+class Owner:
+    """``cw.stream(reply_id=...)`` subscribed on a thread; ``hold(k)`` stops it right before
+    it delivers chunk ``k`` (0: before the first), so exactly ``k`` were delivered."""
+
+    def __init__(
+        self,
+        cw: ContextWindow,
+        reply_id: str,
+        *,
+        hold: int | None = None,
+        gate: threading.Semaphore | None = None,
+    ) -> None:
+        self.cw = cw
+        self.gate = gate
+        """If given, each chunk waits for a permit before it is delivered."""
+        self.reply_id = reply_id
+        self.hold = hold
+        self.delivered: list[Chunk] = []
+        self.held = threading.Event()
+        self.begun = threading.Event()
+        """Set once the reply's row exists (a watcher can find it from then on)."""
+        self.go = threading.Event()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self._seen = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _chunk(self, _: Chunk) -> None:
+        if self.gate is not None:
+            assert self.gate.acquire(timeout=WAIT), "the test never let this chunk go"
+        if self._seen == self.hold:
+            self.held.set()
+            self.go.wait(WAIT)
+        self._seen += 1
+
+    def _run(self) -> None:
+        hook = rxops.middleware(on_start=self.begun.set, on_chunk=self._chunk)
+        try:
+            self.cw.stream(hook, reply_id=self.reply_id).subscribe(
+                self.delivered.append, self._failed, lambda: None
+            )
+        finally:
+            self.done.set()
+
+    def _failed(self, error: Exception) -> None:
+        self.error = error
+
+    def start(self) -> Owner:
+        self.thread.start()
+        waits = [self.begun] if self.hold is None else [self.held]
+        for event in waits:
+            while not event.is_set() and not self.done.is_set():
+                event.wait(0.01)
+        return self
+
+    def release(self) -> None:
+        self.go.set()
+
+    def join(self) -> None:
+        self.go.set()
+        if self.gate is not None:
+            self.gate.release(10_000)
+        assert self.done.wait(WAIT), "the owner never finished"
+        self.thread.join(WAIT)
+
+
+class Watcher:
+    """``cw.watch(reply_id)`` subscribed on a thread; collects chunks and the ending."""
+
+    def __init__(self, cw: ContextWindow, reply_id: str, **options: Any) -> None:
+        self.chunks: list[Chunk] = []
+        self.error: BaseException | None = None
+        self.completed = False
+        self.done = threading.Event()
+        self.on_chunk: Callable[[Chunk], None] | None = None
+        self._changed = threading.Condition()
+        self._observable = cw.watch(reply_id, **options)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _next(self, chunk: Chunk) -> None:
+        with self._changed:
+            self.chunks.append(chunk)
+            self._changed.notify_all()
+        if self.on_chunk is not None:
+            self.on_chunk(chunk)
+
+    def _run(self) -> None:
+        def failed(error: Exception) -> None:
+            self.error = error
+
+        def completed() -> None:
+            self.completed = True
+
+        try:
+            self._observable.subscribe(self._next, failed, completed)
+        finally:
+            self.done.set()
+
+    def start(self) -> Watcher:
+        self.thread.start()
+        return self
+
+    def join(self) -> Watcher:
+        assert self.done.wait(WAIT), "the watcher never ended"
+        return self
+
+    def wait_for(self, text: str) -> bool:
+        """Block until what this watcher shows is ``text`` (False after ``WAIT``)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.text == text, WAIT)
+
+    @property
+    def text(self) -> str:
+        return text_of(self.chunks)
+
+    def kinds(self) -> list[ChunkKind]:
+        return [c.kind for c in self.chunks]

@@ -1,6 +1,7 @@
-"""How both stores write attachments into an export: each record lists its attachments
-(media type, name, size and SHA-256, or the URL) and the export's ``blobs`` maps each
-SHA-256 to the bytes in base64, once however many records refer to them."""
+"""How both stores write a context's export: its context, records and tools as JSON-ready
+dicts; each record lists its attachments (media type, name, size and SHA-256, or the URL)
+and the export's ``blobs`` maps each SHA-256 to the bytes in base64, once however many
+records refer to them."""
 
 from __future__ import annotations
 
@@ -8,8 +9,50 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..attachments import Attachment
+from ..records import Context, ContextStats, Record
 
-__all__ = ["export_attachments", "with_blobs"]
+__all__ = ["export_attachments", "export_document", "with_blobs"]
+
+
+def export_document(
+    ctx: Context, records: Sequence[Record], tools: Any, stats: ContextStats
+) -> dict[str, Any]:
+    """The export of ``ctx`` (read in one transaction by the store)."""
+    kept: dict[str, str] = {}
+    return with_blobs(
+        {
+            "context": {
+                "id": ctx.id,
+                "name": ctx.name,
+                "start_time": ctx.created_at.isoformat(),
+                "use_server_side_threading": ctx.use_server_side_threading,
+                "last_response_id": ctx.last_response_id,
+                "usage": stats.usage.to_dict(),
+            },
+            "records": [
+                {
+                    "id": r.id,
+                    "pos": r.pos,
+                    "timestamp": r.timestamp.isoformat(),
+                    "source": int(r.type),
+                    "type": r.type.name,
+                    "content": r.content,
+                    "live": r.live,
+                    "est_tokens": r.est_tokens,
+                    "response_id": r.response_id,
+                    "streamed": r.streamed,
+                    "tool_call_id": r.tool_call_id,
+                    "tool_name": r.tool_name,
+                    "metadata": dict(r.metadata),
+                    "reply_id": r.reply_id,
+                    **export_attachments(r.attachments, kept),
+                }
+                for r in records
+            ],
+            "tools": tools,
+        },
+        kept,
+    )
 
 
 def export_attachments(attachments: Sequence[Attachment], blobs: dict[str, str]) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from ..errors import ContextNotFound, StoreError
 from ..records import Context, ContextStats, Record, RecordType
 from . import _pg_blobs as blobs
 from . import _pg_rows as rows
-from ._export import export_attachments, with_blobs
+from ._export import export_document
 from ._pg_rows import Draft, insert_records, live_tokens_of, lock_context, retire
 from .base import RecordDraft
 from .owner import check_lease_ttl
@@ -280,41 +280,7 @@ class PostgresStore(PostgresReplies, PostgresLeases):
             )
 
         ctx, records, tools, stats = self._runner.run(body)
-        kept: dict[str, str] = {}
-        return with_blobs(
-            {
-                "context": {
-                    "id": ctx.id,
-                    "name": ctx.name,
-                    "start_time": ctx.created_at.isoformat(),
-                    "use_server_side_threading": ctx.use_server_side_threading,
-                    "last_response_id": ctx.last_response_id,
-                    "usage": stats.usage.to_dict(),
-                },
-                "records": [
-                    {
-                        "id": r.id,
-                        "pos": r.pos,
-                        "timestamp": r.timestamp.isoformat(),
-                        "source": int(r.type),
-                        "type": r.type.name,
-                        "content": r.content,
-                        "live": r.live,
-                        "est_tokens": r.est_tokens,
-                        "response_id": r.response_id,
-                        "streamed": r.streamed,
-                        "tool_call_id": r.tool_call_id,
-                        "tool_name": r.tool_name,
-                        "metadata": dict(r.metadata),
-                        "reply_id": r.reply_id,
-                        **export_attachments(r.attachments, kept),
-                    }
-                    for r in records
-                ],
-                "tools": tools,
-            },
-            kept,
-        )
+        return export_document(ctx, records, tools, stats)
 
     @staticmethod
     def _stats(conn: Conn, context_id: str) -> ContextStats:

@@ -39,7 +39,7 @@ from ..records import Context, ContextStats, Record, RecordType
 from ..tokens import estimate_tokens
 from . import _sqlite_blobs as blobs
 from . import _sqlite_rows as rows
-from ._export import export_attachments, with_blobs
+from ._export import export_document
 from .base import RecordDraft
 from .migrations import migrate, pending
 from .owner import check_lease_ttl
@@ -365,41 +365,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             records = self.records(context_id)
             tools = self.context_tools(context_id)
             stats = self.context_stats(context_id)
-        kept: dict[str, str] = {}
-        return with_blobs(
-            {
-                "context": {
-                    "id": ctx.id,
-                    "name": ctx.name,
-                    "start_time": ctx.created_at.isoformat(),
-                    "use_server_side_threading": ctx.use_server_side_threading,
-                    "last_response_id": ctx.last_response_id,
-                    "usage": stats.usage.to_dict(),
-                },
-                "records": [
-                    {
-                        "id": r.id,
-                        "pos": r.pos,
-                        "timestamp": r.timestamp.isoformat(),
-                        "source": int(r.type),
-                        "type": r.type.name,
-                        "content": r.content,
-                        "live": r.live,
-                        "est_tokens": r.est_tokens,
-                        "response_id": r.response_id,
-                        "streamed": r.streamed,
-                        "tool_call_id": r.tool_call_id,
-                        "tool_name": r.tool_name,
-                        "metadata": dict(r.metadata),
-                        "reply_id": r.reply_id,
-                        **export_attachments(r.attachments, kept),
-                    }
-                    for r in records
-                ],
-                "tools": tools,
-            },
-            kept,
-        )
+        return export_document(ctx, records, tools, stats)
 
     def context_stats(self, context_id: str) -> ContextStats:
         """Aggregate numbers of one context, in one query."""

@@ -18,7 +18,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import rxcontext
 from rxcontext import (
@@ -102,14 +102,12 @@ def reply_cost(usage: Usage, model_name: str | None) -> tuple[str | None, str | 
 class Chat:
     """Every context of one database, and the replies streaming in them."""
 
-    def __init__(
-        self, store: rxcontext.SQLiteStore | rxcontext.PostgresStore, model: Model, **window: Any
-    ) -> None:
+    def __init__(self, store: rxcontext.Store, model: Model, **window: Any) -> None:
         self.store = store
         self.model = model
         self._window_options = window
         self._windows: dict[str, ContextWindow] = {}
-        self.tasks: dict[str, asyncio.Task[None]] = {}  # reply id -> its task, here
+        self.tasks: dict[str, asyncio.Task[Exception | None]] = {}  # reply id -> its task, here
         self.usage: dict[str, UsageTally] = {}
         self._starting = asyncio.Lock()  # one reply at a time per context
 
@@ -250,7 +248,11 @@ class Chat:
     def _begun(event: asyncio.Event) -> rxops.Middleware:
         # Called once the reply's row exists (on whatever thread runs the stream).
         loop = asyncio.get_running_loop()
-        return rxops.middleware(on_start=lambda: loop.call_soon_threadsafe(event.set))
+
+        def started() -> None:
+            loop.call_soon_threadsafe(event.set)
+
+        return rxops.middleware(on_start=started)
 
     async def _start(self, reply_id: str, chunks: Chunks, begun: asyncio.Event) -> None:
         """Generate the reply in a task of its own; return once it is stored as streaming
@@ -261,16 +263,20 @@ class Chat:
         waiting = asyncio.create_task(begun.wait())
         await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
         waiting.cancel()
+        if not begun.is_set():  # it failed before it was stored: no watcher could say why
+            error = task.result()
+            raise ReplyGone(f"the reply failed before it began: {type(error).__name__}: {error}")
 
-    async def _generate(self, reply_id: str, chunks: Chunks, tally: UsageTally) -> None:
+    async def _generate(self, reply_id: str, chunks: Chunks, tally: UsageTally) -> Exception | None:
         try:
             async with contextlib.aclosing(chunks) as stream:
                 async for chunk in stream:
                     tally.add(chunk)
-        except Exception:  # StreamInterrupted (checkpoint saved): its watchers say so
-            pass
+        except Exception as exc:  # StreamInterrupted (checkpoint saved): its watchers say so
+            return exc
         finally:
             self.tasks.pop(reply_id, None)
+        return None
 
     async def stop(self, reply_id: str) -> bool:
         """Stop a reply wherever it streams (this worker or another): its owner saves the
@@ -296,7 +302,8 @@ class Chat:
         """
         seen = 0
         try:
-            async with contextlib.aclosing(self._any_window().awatch(reply_id)) as chunks:
+            watched = cast(Chunks, self._any_window().awatch(reply_id))  # an async generator
+            async with contextlib.aclosing(watched) as chunks:
                 async for chunk in chunks:
                     seen += 1
                     if seen > after:

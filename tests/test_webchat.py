@@ -363,6 +363,17 @@ def test_an_unusable_database_is_one_clear_line(
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_an_unknown_fanout_is_one_clear_line(
+    example: Callable[..., subprocess.Popen[str]],
+) -> None:
+    proc = example("--port", "0", "--db", "chat.db", "--fanout", "memcache://x")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and out == ""
+    assert err == (
+        "webchat: --fanout: fanout must be 'memory', a redis:// URL or None, not 'memcache://x'\n"
+    )
+
+
 def _call(url: str, method: str, path: str, body: bytes = b"", **headers: str) -> tuple[int, Any]:
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)

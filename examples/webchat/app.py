@@ -91,11 +91,15 @@ async def serve(
     ``--delay``); ``ready`` is called with the URL and the chat once the server listens."""
     db = without_password(args.db)
     try:
-        fanout = args.fanout
-        if fanout.startswith("redis"):  # every worker sees every live reply
-            fanout = open_fanout(fanout, prefix=args.fanout_prefix)
+        redis = args.fanout.startswith(("redis://", "rediss://", "unix://"))
+        fanout = open_fanout(args.fanout, **({"prefix": args.fanout_prefix} if redis else {}))
+    except rxcontext.MissingDependency as exc:
+        raise StartupError(f"--fanout {args.fanout}: {exc}: {exc.hint}") from None
+    except ValueError as exc:
+        raise StartupError(f"--fanout: {exc}") from None
+    try:
         store = rxcontext.open(args.db, fanout=fanout)
-    except (rxcontext.StoreError, rxcontext.MissingDependency, ValueError) as exc:
+    except rxcontext.StoreError as exc:
         raise StartupError(f"cannot open the database {db}: {exc}") from None
     try:
         sock = _bind(args.host, args.port)

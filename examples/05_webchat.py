@@ -2,6 +2,9 @@
 
     python examples/05_webchat.py            # then open http://127.0.0.1:8765
     python examples/05_webchat.py --port 0 --db /tmp/chat.db --delay 0.02
+    # two workers over one database, a reply followed and stopped from either:
+    python examples/05_webchat.py --port 8765 --db postgresql://app@db/chat --fanout redis://cache:6379/0
+    python examples/05_webchat.py --port 8766 --db postgresql://app@db/chat --fanout redis://cache:6379/0
 
 What to try: send a message and press **Stop** halfway: exactly the text you saw is kept as
 the reply's checkpoint, and the page offers *Resume* (finish it in place), *Keep* (store it

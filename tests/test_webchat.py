@@ -363,6 +363,17 @@ def test_an_unusable_database_is_one_clear_line(
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_an_unknown_fanout_is_one_clear_line(
+    example: Callable[..., subprocess.Popen[str]],
+) -> None:
+    proc = example("--port", "0", "--db", "chat.db", "--fanout", "memcache://x")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and out == ""
+    assert err == (
+        "webchat: --fanout: fanout must be 'memory', a redis:// URL or None, not 'memcache://x'\n"
+    )
+
+
 def _call(url: str, method: str, path: str, body: bytes = b"", **headers: str) -> tuple[int, Any]:
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
@@ -898,55 +909,3 @@ def test_the_page_fits_desktop_and_phone_widths(
     webchat.gate.open()
     page.wait_for_selector(".msg.assistant.streaming", state="detached")
     page.close()
-
-
-# -- a reply of another process ----------------------------------------------------------------
-
-
-def test_a_reply_streamed_by_another_process_is_followed_through_the_store(
-    tmp_path: Path,
-) -> None:
-    # Its own event loop in its own thread: Playwright's sync API holds this thread's loop.
-    outcome: list[BaseException | None] = []
-    thread = threading.Thread(
-        target=lambda: outcome.append(_run(follow_another_process(tmp_path))), daemon=True
-    )
-    thread.start()
-    thread.join(timeout=60)
-    assert outcome == [None]
-
-
-def _run(coro: Any) -> BaseException | None:
-    try:
-        asyncio.run(coro)
-    except BaseException as exc:  # handed to the test thread
-        return exc
-    return None
-
-
-async def follow_another_process(tmp_path: Path) -> None:
-    from webchat.bot import Delay, offline_model
-
-    db = tmp_path / "shared.db"
-    gate = Gate()
-    gate.loop = asyncio.get_running_loop()
-    with rxcontext.open(db) as mine, rxcontext.open(db) as theirs:
-        writer = Chat(mine, offline_model(gate), checkpoint_every=0.05)
-        reader = Chat(theirs, offline_model(Delay(0)))
-        await writer.create_context("webchat")
-        reply_id = await writer.send("webchat", "shared question")
-        gate.allow(5)
-        delivered = 0
-        async for _ in writer.watch(reply_id):  # the writer's own view, from memory
-            delivered += 1
-            if delivered == 5:
-                break
-        seen: list[str] = []
-        async for chunk in reader.watch(reply_id):  # not in this Chat's memory: polled
-            seen.append(chunk.text)
-            if len(seen) == 1:
-                gate.open()
-        text = answer("shared question")
-        assert "".join(seen) == text
-        assert len(seen) >= 2  # some of it while it streamed
-        assert reader.stored_reply(reply_id)["text"] == text

@@ -17,7 +17,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 import rxcontext
+from rxcontext.fanout import open_fanout
 from rxcontext.providers.base import Model
+from rxcontext.store import without_password
 
 from .bot import Delay, Pace, offline_model
 from .chat import Chat
@@ -33,11 +35,21 @@ class StartupError(Exception):
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="05_webchat.py",
-        description="A small web chat: replies stream to the page and are stored in SQLite.",
+        description="A small web chat: replies stream to the page and are stored in SQLite "
+        "(or PostgreSQL, shared by several workers).",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
-    p.add_argument("--db", default="webchat.db", help="SQLite file (default webchat.db)")
+    p.add_argument(
+        "--db", default="webchat.db", help="SQLite file (default webchat.db) or postgresql:// URL"
+    )
+    p.add_argument(
+        "--fanout",
+        default="memory",
+        help="where live replies go to their watchers: memory (this process, the default) or "
+        "a redis:// URL shared by every worker of the --db",
+    )
+    p.add_argument("--fanout-prefix", default="rx", help="Redis key prefix (default rx)")
     p.add_argument("--context", default="webchat", help="the context the page opens first")
     p.add_argument("--delay", type=float, default=0.06, help="offline bot: seconds per event")
     p.add_argument("--model", help="a real model, e.g. openai:gpt-4o-mini (default: offline bot)")
@@ -77,10 +89,18 @@ async def serve(
 ) -> None:
     """Serve until cancelled (or SIGINT / SIGTERM). ``pace`` paces the offline bot (default:
     ``--delay``); ``ready`` is called with the URL and the chat once the server listens."""
+    db = without_password(args.db)
     try:
-        store = rxcontext.open(args.db)
+        redis = args.fanout.startswith(("redis://", "rediss://", "unix://"))
+        fanout = open_fanout(args.fanout, **({"prefix": args.fanout_prefix} if redis else {}))
+    except rxcontext.MissingDependency as exc:
+        raise StartupError(f"--fanout {args.fanout}: {exc}: {exc.hint}") from None
+    except ValueError as exc:
+        raise StartupError(f"--fanout: {exc}") from None
+    try:
+        store = rxcontext.open(args.db, fanout=fanout)
     except rxcontext.StoreError as exc:
-        raise StartupError(f"cannot open the database {args.db}: {exc}") from None
+        raise StartupError(f"cannot open the database {db}: {exc}") from None
     try:
         sock = _bind(args.host, args.port)
         port = sock.getsockname()[1]
@@ -94,7 +114,7 @@ async def serve(
         server.listen_on(args.host, port)
         listener = await asyncio.start_server(server.handle, sock=sock)
         url = f"http://{args.host}:{port}"
-        print(f"serving on {url} (database {args.db})", flush=True)
+        print(f"serving on {url} (database {db})", flush=True)
         if ready is not None:
             ready(url, chat)
         stop = asyncio.Event()

@@ -6,7 +6,7 @@ server-sent events that follow a reply.
     POST /api/contexts   {name}     create a context
     GET  /api/state?context=NAME    the conversation: messages, interrupted and streaming replies
     POST /api/send       {context, prompt}       start a reply -> {reply_id}
-    POST /api/stop       {reply_id}              cut it: its checkpoint is saved
+    POST /api/stop       {reply_id}              cut it (on any worker): its checkpoint is saved
     POST /api/resume     {context, checkpoint}   continue an interrupted reply -> {reply_id}
     POST /api/keep       {context, checkpoint}   store it as it is
     POST /api/discard    {context, checkpoint}   drop it for good
@@ -231,8 +231,8 @@ class Server:
         return {"reply_id": await self.chat.send(context, prompt)}
 
     async def stop(self, request: Request) -> Any:
-        cp = await self.chat.stop(_field(request.json(), "reply_id", str))
-        return {"interrupted": self.chat.box(cp)}
+        # Its watchers (on any worker) show the checkpoint once its owner has saved it.
+        return {"stopped": await self.chat.stop(_field(request.json(), "reply_id", str))}
 
     async def resume(self, request: Request) -> Any:
         data = request.json()
@@ -320,6 +320,8 @@ class Server:
 
 def _event_of(chunk: Any, tally: UsageTally) -> dict[str, Any] | None:
     kind = chunk.kind
+    if kind is ChunkKind.REWIND:  # another worker took the reply over from its checkpoint
+        return {"type": "rewind", "length": chunk.index}
     if kind is ChunkKind.TEXT:
         return {"type": "text", "text": chunk.text} if chunk.text else None
     if kind is ChunkKind.THINKING:

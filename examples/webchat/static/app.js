@@ -239,6 +239,9 @@ function watch(replyId, item) {
     if (event.type === "text") {
       item.text += event.text;
       repaint(item);
+    } else if (event.type === "rewind") {
+      item.text = item.text.slice(0, event.length); // taken over: it goes on from there
+      repaint(item);
     } else if (event.type === "status") {
       setStatus(event.text);
     } else if (event.type === "usage") {

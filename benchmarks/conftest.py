@@ -20,7 +20,7 @@ import rxcontext
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
-    """Benchmarks run in one process: the unit tests' ``-n 3`` (setup.cfg) would spread
+    """Benchmarks run in one process: the unit tests' ``-n 4`` (setup.cfg) would spread
     them over workers, where pytest-benchmark times nothing."""
     if getattr(config.option, "numprocesses", None):
         config.option.numprocesses = 0

@@ -148,7 +148,12 @@ def window(store: Any, model: ScriptedModel) -> ContextWindow:
     return cw
 
 
-def test_leases_are_renewed_while_the_model_is_silent(store: Any) -> None:
+def test_leases_are_renewed_while_the_model_is_silent(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rxcontext import heartbeat
+
+    monkeypatch.setattr(heartbeat, "LINGER", 0.0)  # no wait for a next reply
     model = PausingModel([T("a")], [T("b"), DONE])
     cw = window(store, model)
     sub = Subscriber()
@@ -162,7 +167,7 @@ def test_leases_are_renewed_while_the_model_is_silent(store: Any) -> None:
     model.go.set()
     assert sub.ended.wait(WAIT) and sub.completed
     driver.join(WAIT)
-    thread.join(WAIT)  # the last reply ended: so did the thread
+    thread.join(WAIT)  # the last reply ended (and LINGER is 0): so did the thread
     assert not thread.is_alive()
     assert [r.content for r in store.records(cw.context_id)] == ["hi", "ab"]
 
@@ -401,3 +406,22 @@ def test_a_stop_hint_is_told_after_the_durable_request(store: Any) -> None:
     model.go.set()
     driver.join(WAIT)
     assert told == [("r", worker_id(), 1)]
+
+
+def test_replies_one_after_another_reuse_the_heartbeat_thread(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Starting a thread costs ~120 µs of a reply's time to first chunk: the heartbeat's
+    # waits LINGER seconds for the next reply before it ends.
+    from rxcontext import heartbeat
+
+    monkeypatch.setattr(heartbeat, "LINGER", 600.0)
+    model = ScriptedModel([[T("a"), DONE], [T("b"), DONE]])
+    cw = window(store, model)
+    assert cw.call().text == "a"
+    (first,) = heartbeat_threads()
+    cw.add_prompt("again")
+    assert cw.call().text == "b"
+    assert heartbeat_threads() == [first] and first.is_alive()
+    store.close()  # closing ends it at once, lingering or not
+    assert not first.is_alive()

@@ -133,8 +133,11 @@ def lease_of(store: Any, reply_id: str) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
-def heartbeat_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "rxcontext-heartbeat"]
+def heartbeat_thread(store: Any) -> threading.Thread | None:
+    """``store``'s heartbeat thread, if it runs (other tests' stores may have theirs)."""
+    thread = heartbeat_for(store)._thread
+    assert thread is None or thread in threading.enumerate()
+    return thread
 
 
 @pytest.fixture
@@ -159,7 +162,8 @@ def test_leases_are_renewed_while_the_model_is_silent(
     sub = Subscriber()
     driver = in_thread(lambda: cw.stream(reply_id="r").subscribe(sub))
     assert model.paused.wait(WAIT)
-    (thread,) = heartbeat_threads()
+    thread = heartbeat_thread(store)
+    assert thread is not None and thread.is_alive()
     before = lease_of(store, "r")
     rounds(store, 2, renewals=True)
     assert lease_of(store, "r") > before
@@ -179,9 +183,10 @@ def test_closing_the_store_stops_the_heartbeat(make_store: Callable[..., Any]) -
     sub = Subscriber()
     driver = in_thread(lambda: cw.stream(reply_id="r").subscribe(sub))
     assert model.paused.wait(WAIT)
-    assert heartbeat_threads()
+    thread = heartbeat_thread(store)
+    assert thread is not None and thread.is_alive()
     store.close()
-    assert heartbeat_threads() == []
+    assert not thread.is_alive() and thread not in threading.enumerate()
     model.go.set()
     driver.join(WAIT)
     assert sub.ended.is_set()  # the driver could not store the reply: it said so
@@ -419,9 +424,10 @@ def test_replies_one_after_another_reuse_the_heartbeat_thread(
     model = ScriptedModel([[T("a"), DONE], [T("b"), DONE]])
     cw = window(store, model)
     assert cw.call().text == "a"
-    (first,) = heartbeat_threads()
+    first = heartbeat_thread(store)
+    assert first is not None and first.is_alive()  # idle, waiting for the next reply
     cw.add_prompt("again")
     assert cw.call().text == "b"
-    assert heartbeat_threads() == [first] and first.is_alive()
+    assert heartbeat_thread(store) is first and first.is_alive()
     store.close()  # closing ends it at once, lingering or not
     assert not first.is_alive()

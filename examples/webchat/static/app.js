@@ -112,6 +112,7 @@ function setMeta(item, usage, partial) {
   }
   meta.replaceChildren(...parts);
   meta.hidden = parts.length === 0;
+  follow(); // the line may have made the reply taller: keep the end in view if following
 }
 
 function drawAssistant(item, message) {

@@ -180,6 +180,14 @@ def webchat(tmp_path: Path) -> Iterator[Webchat]:
         except BaseException as exc:  # handed to the test thread
             started.put(exc)
         finally:
+            # As asyncio.run does: what serve() left (a page's connection handler, the
+            # gate's wake-ups) is cancelled and awaited, not left pending at close, where it
+            # would surface later as an unraisable warning in some other test.
+            left = asyncio.all_tasks(loop)
+            for pending in left:
+                pending.cancel()
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
     thread = threading.Thread(target=run, daemon=True)

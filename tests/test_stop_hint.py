@@ -9,8 +9,8 @@ caused by ``ReplyStopped`` and the stored checkpoint is exactly the text it rece
 
 * from another process, through the shared Redis (a key prefix of the test's own), on a
   SQLite file and on PostgreSQL;
-* Redis killed (a private ``redis-server``): ``cw.stop`` still returns True with no error,
-  and the owner's ordinary poll (0.25 s) stops the reply;
+* Redis killed or paused (SIGSTOP: a cut network; a private ``redis-server``): ``cw.stop``
+  still returns True with no error, and the owner's ordinary poll (0.25 s) stops the reply;
 * Redis killed, then back on the same port: the owner's listener subscribes again (with a
   growing pause between tries) and looks in the store at once, so even the stop asked
   while Redis was down reaches it long before its poll would;
@@ -218,11 +218,13 @@ def test_a_stop_reaches_the_owner_through_redis(
     assert int(hints) >= 1 and subscriptions == "1"
 
 
+@pytest.mark.parametrize("outage", ["kill", "pause"])
 def test_with_redis_down_the_poll_still_stops_the_owner(
-    tmp_path: Path, private: redistest.PrivateRedis, owners: list[Child]
+    tmp_path: Path, private: redistest.PrivateRedis, owners: list[Child], outage: str
 ) -> None:
     target = str(tmp_path / "shared.db")
-    hints, _ = stop_across(target, private.url, "rx", USUAL_POLL, owners, before=private.kill)
+    down = private.kill if outage == "kill" else private.pause  # pause: a cut network
+    hints, _ = stop_across(target, private.url, "rx", USUAL_POLL, owners, before=down)
     assert hints == "0"
 
 

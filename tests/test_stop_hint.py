@@ -26,6 +26,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -201,6 +202,7 @@ def stop_across(
     rest += owner.until("end")
     assert not [line for line in rest if line.startswith(("chunk", "completed"))], rest
     store.close()
+    fanout.close()
     return error[3:]
 
 
@@ -262,7 +264,8 @@ def test_the_listener_runs_while_replies_are_served_and_ends_with_the_store(
     assert listener.running
     # Another store of the same file stops it: its request pokes its own heartbeat, not
     # the owner's, which hears of it through Redis only.
-    other = rxcontext.open(path, fanout=RedisFanout(url, prefix=prefix))
+    other_fanout = RedisFanout(url, prefix=prefix)
+    other = rxcontext.open(path, fanout=other_fanout)
     assert ContextWindow(other, ScriptedModel([]), "one").stop("r") is True
     assert owner.ended.wait(WAIT)
     model.go.set()
@@ -273,5 +276,37 @@ def test_the_listener_runs_while_replies_are_served_and_ends_with_the_store(
     assert listener.hints >= 1
     other.close()
     store.close()
+    other_fanout.close()
+    fanout.close()
     assert not listener.running and not listener.subscribed.is_set()
     assert not fanout.stop_listeners
+
+
+def test_a_listener_cut_off_from_redis_notices_and_subscribes_again(
+    private: redistest.PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A paused Redis (a cut network) answers nothing but keeps the connection open: the
+    listener's unanswered ping gives it away, and it subscribes anew once Redis is back."""
+    from rxcontext.fanout import stops
+
+    monkeypatch.setattr(stops, "KEEPALIVE", 0.2)
+    fanout = RedisFanout(private.url)
+    store = rxcontext.open(":memory:", fanout=fanout)
+    (listener,) = fanout.stop_listeners
+    looked = threading.Event()
+    heartbeat_for(store).listeners.append(looked.set)
+    listener.serving(True)  # as the heartbeat's thread does when a reply begins
+    try:
+        assert listener.subscribed.wait(WAIT) and listener.subscriptions == 1
+        private.pause()
+        deadline = time.monotonic() + WAIT
+        while listener.subscribed.is_set():
+            assert time.monotonic() < deadline, "the cut was never noticed"
+            threading.Event().wait(0.02)
+        private.resume()
+        assert listener.subscribed.wait(WAIT) and listener.subscriptions == 2
+    finally:
+        listener.serving(False)
+        store.close()
+        fanout.close()
+    assert not listener.running

@@ -103,12 +103,22 @@ class StopListener:
 
     def _wanted(self) -> bool:
         with self._lock:
-            if self._closed or self._serving <= 0:
-                self._thread = None
-                return False
-            return True
+            return not self._closed and self._serving > 0
 
     def _run(self) -> None:
+        while True:
+            self._listen()
+            with self._lock:
+                # Still the listener's thread here: a serving(True) that came meanwhile
+                # saw it alive and started none, so it listens again rather than end.
+                self._pubsub = None
+                self.subscribed.clear()
+                if self._closed or self._serving <= 0:
+                    self._thread = None
+                    return
+
+    def _listen(self) -> None:
+        """Subscribe and poke the heartbeat on each hint until no longer wanted."""
         pause = quiet = pinged = 0.0
         pubsub: Any = None
         try:
@@ -116,8 +126,7 @@ class StopListener:
                 try:
                     if pubsub is None:
                         pubsub = self._subscribe()
-                        pause = 0.0
-                        quiet = pinged = 0.0
+                        pause = quiet = pinged = 0.0
                     message = pubsub.get_message(timeout=self.wait)
                     if message is None:
                         quiet += self.wait
@@ -134,7 +143,6 @@ class StopListener:
                 except Exception as error:
                     if pubsub is not None:
                         _log.debug("stop hints: Redis unreachable (%s); the poll serves", error)
-                    if pubsub is not None:
                         _disconnect(pubsub)
                         pubsub = None
                         with self._lock:
@@ -143,9 +151,6 @@ class StopListener:
                     pause = min(self.reconnect_max, max(0.05, pause * 2))
                     self._pause.wait(pause)
         finally:
-            self.subscribed.clear()
-            with self._lock:
-                self._pubsub = None
             if pubsub is not None:
                 _disconnect(pubsub)
 

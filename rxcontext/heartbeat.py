@@ -23,10 +23,13 @@ silence for a minute sends no chunk — and that is this module's job:
   :class:`~rxcontext.StreamInterrupted` (``__cause__``: :class:`~rxcontext.ReplyStopped`)
   and the checkpoint holds exactly what it received.
 
-A faster channel for stop requests (Redis pub/sub, say) plugs in with
-:func:`set_stop_hint`: :meth:`ContextWindow.stop` calls the hint after the durable request,
-and whatever receives the hint on the owner's side calls :meth:`Heartbeat.poke` to make the
-owner look at once instead of at its next poll. The store stays the source of truth.
+A faster channel for stop requests plugs in with :func:`set_stop_hint`:
+:meth:`ContextWindow.stop` calls the hint after the durable request, and whatever receives
+the hint on the owner's side calls :meth:`Heartbeat.poke` to make the owner look at once
+instead of at its next poll; :attr:`Heartbeat.serving` tells that receiver when the process
+serves replies (it need not listen otherwise). The store stays the source of truth.
+``rxcontext.open(..., fanout="redis://...")`` installs one over Redis pub/sub
+(:mod:`rxcontext.fanout.stops`).
 """
 
 from __future__ import annotations
@@ -97,6 +100,8 @@ class Heartbeat:
         self.ttl = store.lease_ttl
         self.renew_every = self.ttl / 3
         self.poll_every = min(STOP_POLL, self.renew_every)
+        """Seconds between two looks for stop requests (settable before the first reply;
+        the looks at each renewal come on top)."""
         self._beats: dict[int, _Beat] = {}
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -110,6 +115,11 @@ class Heartbeat:
         self.listeners: list[Callable[[], None]] = []
         """Called on the heartbeat's thread after each round (renewal and/or poll): lets
         tests wait for a round without sleeping."""
+        self.serving: list[Callable[[bool], None]] = []
+        """Called on the heartbeat's thread with True when it starts (this process begins
+        serving the store's replies) and with False when it ends (``LINGER`` after the last
+        reply, or the store closed): a fast stop channel's receiver listens meanwhile.
+        Threads come and go, so a True may arrive before the previous thread's False."""
         store.on_close(self.close)
 
     # -- the drivers' side ----------------------------------------------------------------
@@ -131,7 +141,7 @@ class Heartbeat:
             self._beats[id(persister)] = beat
             if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._run, name="rxcontext-heartbeat", daemon=True
+                    target=self._main, name="rxcontext-heartbeat", daemon=True
                 )
                 self._thread.start()
             else:
@@ -167,6 +177,20 @@ class Heartbeat:
             return self._thread is not None
 
     # -- the thread -----------------------------------------------------------------------
+
+    def _main(self) -> None:
+        self._tell(True)
+        try:
+            self._run()
+        finally:
+            self._tell(False)
+
+    def _tell(self, on: bool) -> None:
+        for hook in list(self.serving):
+            try:
+                hook(on)
+            except Exception:
+                _log.exception("a heartbeat serving hook failed")
 
     def _run(self) -> None:
         now = time.monotonic()

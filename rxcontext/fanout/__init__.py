@@ -42,9 +42,13 @@ def open_fanout(spec: str | Fanout | None, **options: Any) -> Fanout | None:
 
 
 def attach(store: Any, fanout: Fanout) -> None:
-    """Make ``fanout`` the store's (closed when the store is garbage-collected)."""
+    """Make ``fanout`` the store's (closed when the store is garbage-collected); a fan-out
+    that carries stop hints (Redis) serves the store's ``cw.stop`` too."""
     _attached[store] = fanout
     weakref.finalize(store, fanout.close)
+    serve_stops = getattr(fanout, "serve_stops", None)
+    if serve_stops is not None:
+        serve_stops(store)
 
 
 def fanout_for(store: Any) -> Fanout | None:

@@ -19,11 +19,16 @@ when it is back it checks each reply's stream and, where entries were lost (a re
 an eviction), writes a Snapshot (the epoch's start and every chunk so far) so the log is
 whole again. A reply whose queue overflowed is given up (its stream deleted): its
 watchers are served from the store.
+
+The fan-out also carries stop hints (:mod:`rxcontext.fanout.stops`): :meth:`announce`
+queues a ``PUBLISH`` on the owner's channel for the writer thread, and the owner's
+:class:`~rxcontext.fanout.stops.StopListener` pokes its heartbeat when one arrives.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import threading
@@ -175,6 +180,9 @@ class RedisFanout:
             health_check_interval=0,
         )
         self._new: collections.deque[_Channel] = collections.deque()
+        self._hints: collections.deque[tuple[str, str]] = collections.deque(maxlen=1024)
+        self.stop_listeners: list[Any] = []
+        """The :class:`~rxcontext.fanout.stops.StopListener` of each store served."""
         self._open: dict[int, _Channel] = {}
         self._wake = threading.Event()
         self._closing = False
@@ -210,12 +218,59 @@ class RedisFanout:
             self.max_queue,
         )
 
+    # -- stop hints (rxcontext.fanout.stops) ----------------------------------------------
+
+    def announce(self, reply_id: str, owner: str | None) -> None:
+        """Tell worker ``owner`` that ``reply_id`` was asked to stop (the request is already
+        stored): queued for the writer thread, so the caller never waits on Redis."""
+        if owner:
+            self._hints.append((owner, reply_id))
+            self._wake.set()
+
+    def serve_stops(self, store: Any) -> None:
+        """Send ``store``'s stop requests as hints through Redis, and listen for this
+        process's while it serves ``store``'s replies (``rxcontext.open`` calls this)."""
+        from ..heartbeat import heartbeat_for, set_stop_hint
+        from .stops import StopListener
+
+        listener = StopListener(
+            self._writer,
+            self.prefix,
+            heartbeat_for(store),
+            wait=self.timeout,
+            reconnect_max=self.reconnect_max,
+        )
+        self.stop_listeners.append(listener)
+        set_stop_hint(store, self)
+        store.on_close(lambda: self._unserve(listener))
+
+    def _unserve(self, listener: Any) -> None:
+        listener.close()
+        with contextlib.suppress(ValueError):
+            self.stop_listeners.remove(listener)
+
+    def _announce(self) -> None:
+        from .stops import stop_channel
+
+        pipe = self._writer.pipeline(transaction=False)
+        while self._hints:
+            owner, reply_id = self._hints.popleft()
+            pipe.publish(stop_channel(self.prefix, owner), reply_id)
+        pipe.execute()  # a hint lost on the way costs its owner only the poll's delay
+        self.connected = True
+        self._pause = 0.0
+
     # -- the writer thread ---------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
             closing = self._closing
             self._drain()
+            if self._hints and time.monotonic() >= self._down_until:
+                try:
+                    self._announce()
+                except Exception as error:
+                    self._failed(error)
             if time.monotonic() >= self._down_until and self._open:
                 try:
                     self._flush()
@@ -433,6 +488,8 @@ class RedisFanout:
             return
         self._close_by = time.monotonic() + 1.0
         self._closing = True
+        for listener in list(self.stop_listeners):
+            listener.close()
         self._wake.set()
         if threading.current_thread() is not self._thread:
             self._thread.join(2.0)

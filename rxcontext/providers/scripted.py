@@ -44,7 +44,7 @@ class ScriptedModel:
         repeat_last: bool = False,
         context_window: int | None = None,
     ) -> None:
-        self._scripts = [list(s) for s in scripts]
+        self._scripts = _checked(scripts)
         self._name = name
         self._delay = delay
         self._repeat_last = repeat_last
@@ -113,3 +113,27 @@ class ScriptedModel:
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
         return reply_from_chunks([c async for c in self.aiter_chunks(request)])
+
+
+def _checked(scripts: object) -> list[list[Step]]:
+    """``scripts`` as lists of steps; TypeError naming the first step that is not one."""
+    if isinstance(scripts, (str, bytes)) or not isinstance(scripts, Sequence):
+        raise TypeError(
+            "ScriptedModel takes a list of scripts, one per call, each a list of Chunk"
+            f" or exception steps; got {type(scripts).__name__}"
+        )
+    checked: list[list[Step]] = []
+    for n, script in enumerate(scripts):
+        if isinstance(script, (str, bytes)) or not isinstance(script, Sequence):
+            raise TypeError(
+                f"ScriptedModel script {n} must be a list of Chunk or exception steps,"
+                f" not {type(script).__name__} (wrap text as Chunk(ChunkKind.TEXT, ...))"
+            )
+        for i, step in enumerate(script):
+            if not isinstance(step, (Chunk, BaseException)):
+                raise TypeError(
+                    f"ScriptedModel script {n} step {i} must be a Chunk or an exception,"
+                    f" not {type(step).__name__}"
+                )
+        checked.append(list(script))
+    return checked

@@ -355,6 +355,7 @@ def test_a_killed_workers_reply_shows_interrupted_and_resumes_on_the_other(
         page_a.wait_for_selector(".msg.interrupted")
     finally:
         balancer.close()
+    assert [w.upstream for w in balancer.watches()][-1] == url_b  # page A's, reconnected
     print(f"killed worker's reply shown interrupted on B after {seen_after:.2f} s")
     _, (cp,) = stored(pg_module_url, "crash")
     assert cp.state is ReplyState.INTERRUPTED and answer(prompt).startswith(cp.text)

@@ -298,8 +298,8 @@ class Chat:
         generates it.
 
         Ends when the reply is stored; raises :class:`~rxcontext.StreamInterrupted` (with the
-        checkpoint) if it was cut, or its worker died (its lease ran out: within about
-        ``lease_ttl`` and a quarter), :class:`ReplyGone` if there is no such reply.
+        checkpoint) if it was cut, or if its worker died (once its lease ran out: within
+        about 1.5 × ``lease_ttl`` of its death), :class:`ReplyGone` if there is no such reply.
         """
         # A silent reply is checked in the store this often: a dead owner shows soon.
         every = min(1.0, self.store.lease_ttl / 4)

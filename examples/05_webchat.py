@@ -5,6 +5,8 @@
     # two workers over one database, a reply followed and stopped from either:
     python examples/05_webchat.py --port 8765 --db postgresql://app@db/chat --fanout redis://cache:6379/0
     python examples/05_webchat.py --port 8766 --db postgresql://app@db/chat --fanout redis://cache:6379/0
+    # behind a load balancer: a page whose connection breaks goes on from any worker, and a
+    # reply of a worker that died shows as interrupted on the others after --lease-ttl (5 s)
 
 What to try: send a message and press **Stop** halfway: exactly the text you saw is kept as
 the reply's checkpoint, and the page offers *Resume* (finish it in place), *Keep* (store it

@@ -30,6 +30,7 @@ import sys
 import threading
 import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -416,6 +417,73 @@ def test_the_api_refuses_what_it_cannot_do(webchat: Webchat) -> None:
     status, body = _call(url, "POST", "/api/send", send, **as_json)  # one reply at a time
     assert status == 409 and "still streaming" in body["error"]
     assert _call(url, "POST", "/api/stop", b'{"reply_id": "nope"}', **as_json)[0] == 404
+
+
+def _events(url: str, path: str, **headers: str) -> Iterator[tuple[str | None, dict[str, Any]]]:
+    """A watch's server-sent events as they come: (the event's id or None, its data)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+        event_id: str | None = None
+        for line in response:
+            if line.startswith(b"id: "):
+                event_id = line[4:].decode().strip()
+            elif line.startswith(b"data: "):
+                yield event_id, json.loads(line[6:])
+                event_id = None
+    finally:
+        conn.close()
+
+
+def _position(text: str) -> str:
+    return f"{len(text)}-{zlib.crc32(text.encode()):08x}"
+
+
+def test_a_watch_that_reconnects_goes_on_from_the_last_event_id(webchat: Webchat) -> None:
+    url, prompt = webchat.url, "Where does the 🌊 go?"  # not one UTF-16 unit: lengths differ
+    whole = answer(prompt)
+    body = json.dumps({"context": "webchat", "prompt": prompt}).encode()
+    status, sent = _call(url, "POST", "/api/send", body, **{"Content-Type": "application/json"})
+    assert status == 200
+    watch = f"/api/watch?reply={sent['reply_id']}"
+    webchat.gate.allow(6)
+    shown, last = "", None
+    for event_id, event in _events(url, watch):  # a page that leaves after 6 events' text
+        if event["type"] == "text":
+            shown += event["text"]
+            assert event_id == _position(shown)  # each text event: where the page is now
+            last = event_id
+            if shown == prefix(whole, 6):
+                break
+    assert last is not None
+
+    # Back with Last-Event-ID (as EventSource reconnects): the rest only, nothing twice.
+    webchat.gate.open()
+    rest = shown
+    for event_id, event in _events(url, watch, **{"Last-Event-ID": last}):
+        assert event["type"] != "rewind"
+        if event["type"] == "text":
+            rest += event["text"]
+            assert event_id == _position(rest)
+        if event["type"] == "done":
+            break
+    assert rest == whole and event["message"]["text"] == whole
+
+    # A page whose text is not the reply's (same length, other text) gets all of it again;
+    # ?after= says the same for a client that reconnects by itself.
+    wrong = f"{len(shown)}-{zlib.crc32(b'other'):08x}"
+    for path, headers in ((watch, {"Last-Event-ID": wrong}), (f"{watch}&after={wrong}", {})):
+        got = [(i, e) for i, e in _events(url, path, **headers) if e["type"] != "usage"]
+        assert got[0] == ("0-00000000", {"type": "rewind", "length": 0})
+        again = ""
+        for event_id, event in got[1:-1]:
+            again += event["text"]
+            assert event_id == _position(again)
+        assert again == whole and got[-1][1]["type"] == "done"
+    assert _call(url, "GET", watch, **{"Last-Event-ID": "nonsense"})[0] == 400
 
 
 # -- Markdown, streamed and safe ---------------------------------------------------------------

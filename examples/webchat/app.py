@@ -50,10 +50,28 @@ def parser() -> argparse.ArgumentParser:
         "a redis:// URL shared by every worker of the --db",
     )
     p.add_argument("--fanout-prefix", default="rx", help="Redis key prefix (default rx)")
+    p.add_argument(
+        "--lease-ttl",
+        type=_seconds,
+        default=5.0,
+        help="seconds: a reply whose worker died (killed, cut off) shows as interrupted to the "
+        "other workers this long after its last sign of life, and can be resumed there "
+        "(default 5)",
+    )
     p.add_argument("--context", default="webchat", help="the context the page opens first")
     p.add_argument("--delay", type=float, default=0.06, help="offline bot: seconds per event")
     p.add_argument("--model", help="a real model, e.g. openai:gpt-4o-mini (default: offline bot)")
     return p
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
+    return seconds
 
 
 def _model(spec: str | None, pace: Pace) -> Model:
@@ -98,7 +116,7 @@ async def serve(
     except ValueError as exc:
         raise StartupError(f"--fanout: {exc}") from None
     try:
-        store = rxcontext.open(args.db, fanout=fanout)
+        store = rxcontext.open(args.db, fanout=fanout, lease_ttl=args.lease_ttl)
     except rxcontext.StoreError as exc:
         raise StartupError(f"cannot open the database {db}: {exc}") from None
     try:

@@ -293,21 +293,21 @@ class Chat:
             task.cancel("cut off: the server stopped")  # the checkpoint's error says why
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
 
-    async def watch(self, reply_id: str, after: int = 0) -> Chunks:
-        """Reply ``reply_id``'s chunks after the first ``after``: those so far, then live
-        ones, from whichever worker generates it.
+    async def watch(self, reply_id: str) -> Chunks:
+        """Reply ``reply_id``'s chunks: those so far, then live ones, from whichever worker
+        generates it.
 
         Ends when the reply is stored; raises :class:`~rxcontext.StreamInterrupted` (with the
-        checkpoint) if it was cut, :class:`ReplyGone` if there is no such reply.
+        checkpoint) if it was cut, or if its worker died (once its lease ran out: within
+        about 1.5 × ``lease_ttl`` of its death), :class:`ReplyGone` if there is no such reply.
         """
-        seen = 0
+        # A silent reply is checked in the store this often: a dead owner shows soon.
+        every = min(1.0, self.store.lease_ttl / 4)
         try:
-            watched = cast(Chunks, self._any_window().awatch(reply_id))  # an async generator
-            async with contextlib.aclosing(watched) as chunks:
+            watched = self._any_window().awatch(reply_id, poll=every, wait=every)
+            async with contextlib.aclosing(cast(Chunks, watched)) as chunks:  # an async gen
                 async for chunk in chunks:
-                    seen += 1
-                    if seen > after:
-                        yield chunk
+                    yield chunk
         except ReplyNotFound as exc:
             raise ReplyGone(str(exc)) from None
 

@@ -10,12 +10,19 @@ server-sent events that follow a reply.
     POST /api/resume     {context, checkpoint}   continue an interrupted reply -> {reply_id}
     POST /api/keep       {context, checkpoint}   store it as it is
     POST /api/discard    {context, checkpoint}   drop it for good
-    GET  /api/watch?reply=ID&after=N   SSE: the reply so far, then live, then how it ended
+    GET  /api/watch?reply=ID           SSE: the reply so far, then live, then how it ended
 
 Watching is all a page does with a reply: closing the page (or reloading it) leaves the reply
-streaming. POSTs must carry JSON (so another site cannot post a form here), and requests must
-name this server in their ``Host`` header (so a rebound DNS name cannot read the chats), unless
-it listens on every address.
+streaming. Each event that changes the reply's text carries an ``id``, the position of the
+text it leaves on the page (its length and a CRC-32); a watch that reconnects (EventSource
+does so on its own, sending ``Last-Event-ID``; a client of its own can say ``&after=ID``)
+goes on from there, on whichever worker it reaches: the reply is replayed and what the page
+has is not sent again. A page whose text is not the reply's (a worker that died had shown
+more than it stored) is sent the whole text again (``rewind`` to 0, then ``text``).
+
+POSTs must carry JSON (so another site cannot post a form here), and requests must name this
+server in their ``Host`` header (so a rebound DNS name cannot read the chats), unless it
+listens on every address.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import urllib.parse
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +77,8 @@ REASONS = {
     415: "Unsupported Media Type",
 }
 MAX_BODY = 1 << 20
+RETRY_MS = 500  # how soon a page's EventSource reconnects after its connection broke
+POSITION = re.compile(r"(\d{1,12})-([0-9a-f]{8})")
 
 
 class HttpError(Exception):
@@ -196,10 +207,13 @@ class Server:
             return
         if key == ("GET", "/api/watch"):
             reply_id = request.query.get("reply", "")
-            after = request.query.get("after", "0")
-            if not reply_id or not after.isdigit():
-                raise HttpError(400, "watch needs ?reply=ID (and after=N, a number)")
-            await self.watch(reply_id, int(after), reader, writer)
+            # EventSource sends the last id it got when it reconnects: that wins.
+            after = request.headers.get("last-event-id") or request.query.get("after")
+            match = POSITION.fullmatch(after) if after else None
+            if not reply_id or (after and match is None):
+                raise HttpError(400, "watch needs ?reply=ID (and after=ID, an event's id)")
+            at = (int(match[1]), int(match[2], 16)) if match else None
+            await self.watch(reply_id, at, reader, writer)
             return
         action = self.actions.get(key)
         if action is None:
@@ -266,14 +280,16 @@ class Server:
     async def watch(
         self,
         reply_id: str,
-        after: int,
+        after: tuple[int, int] | None,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
-        """Follow one reply over SSE. The page going away ends the watch, not the reply."""
+        """Follow one reply over SSE (from position ``after``: the page has that text
+        already). The page going away ends the watch, not the reply."""
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
             b"Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+            + f"retry: {RETRY_MS}\n\n".encode()
         )
         await writer.drain()
         follow = asyncio.create_task(self._follow(reply_id, after, writer))
@@ -287,24 +303,56 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await follow
 
-    async def _follow(self, reply_id: str, after: int, writer: asyncio.StreamWriter) -> None:
+    async def _follow(
+        self, reply_id: str, after: tuple[int, int] | None, writer: asyncio.StreamWriter
+    ) -> None:
         chat = self.chat
-        cursor = after
+        shown = Shown()  # the page's text, as the events of this watch make it
+        # Where the page is, until the replay gets there: text before it is not sent again.
+        behind = after
         own = UsageTally()  # a reply of another process: its usage as far as we see it
 
-        async def send(event: dict[str, Any], cursor: int | None = None) -> None:
-            head = f"id: {cursor}\n".encode() if cursor is not None else b""
+        async def send(event: dict[str, Any], position: str | None = None) -> None:
+            head = f"id: {position}\n".encode() if position is not None else b""
             writer.write(head + b"data: " + json.dumps(event).encode() + b"\n\n")
             await writer.drain()
 
+        async def catch_up(at: tuple[int, int]) -> bool:
+            """Whether the replay reached the page's position ``at`` (and the rest is sent)."""
+            length, crc = at
+            if len(shown.text) < length:
+                return False
+            if zlib.crc32(shown.text[:length].encode()) == crc:
+                rest = shown.text[length:]
+                if rest:
+                    await send({"type": "text", "text": rest}, shown.position)
+            else:  # the page shows another text: all of it again
+                await send({"type": "rewind", "length": 0}, Shown().position)
+                if shown.text:
+                    await send({"type": "text", "text": shown.text}, shown.position)
+            return True
+
         try:
-            async with contextlib.aclosing(chat.watch(reply_id, after)) as chunks:
+            if behind is not None and await catch_up(behind):
+                behind = None
+            async with contextlib.aclosing(chat.watch(reply_id)) as chunks:
                 async for chunk in chunks:
-                    cursor += 1
                     own.add(chunk)
                     event = _event_of(chunk, chat.usage.get(reply_id) or own)
-                    if event is not None:
-                        await send(event, cursor)
+                    if chunk.kind is ChunkKind.REWIND:
+                        shown.rewind(chunk.index)
+                        event = {"type": "rewind", "length": _utf16(shown.text)}
+                    elif chunk.kind is ChunkKind.TEXT and chunk.text:
+                        shown.append(chunk.text)
+                    else:  # status and usage: said again, harmless; no position of their own
+                        if event is not None:
+                            await send(event)
+                        continue
+                    if behind is None:
+                        assert event is not None
+                        await send(event, shown.position)
+                    elif await catch_up(behind):
+                        behind = None
         except StreamInterrupted as exc:
             await send({"type": "interrupted", "box": chat.box(exc.checkpoint)})
             return
@@ -316,6 +364,32 @@ class Server:
             return
         stored = await asyncio.to_thread(chat.stored_reply, reply_id)
         await send({"type": "done", "message": stored})
+
+
+class Shown:
+    """A reply's text as a page shows it, and its position: ``LENGTH-CRC32`` (characters,
+    and the CRC-32 of its UTF-8 in hex), the id of the event that left it so."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.crc = 0
+
+    def append(self, piece: str) -> None:
+        self.text += piece
+        self.crc = zlib.crc32(piece.encode(), self.crc)
+
+    def rewind(self, length: int) -> None:
+        self.text = self.text[:length]
+        self.crc = zlib.crc32(self.text.encode())
+
+    @property
+    def position(self) -> str:
+        return f"{len(self.text)}-{self.crc:08x}"
+
+
+def _utf16(text: str) -> int:
+    """``text``'s length in JavaScript (UTF-16 code units), for the page's ``slice``."""
+    return len(text.encode("utf-16-le")) // 2
 
 
 def _event_of(chunk: Any, tally: UsageTally) -> dict[str, Any] | None:

@@ -263,10 +263,19 @@ function watch(replyId, item) {
       load(ui.context);
     }
   };
-  // The connection broke (the server restarted?): EventSource would retry on its own; redraw
-  // the conversation from the server instead, once it answers.
+  // The connection broke (a worker stopped, the network went): EventSource reconnects on its
+  // own, to whichever worker answers, sending the id of the last event it got (the position
+  // of the text shown), and the reply goes on from there. If it gives up (the server said
+  // no), redraw the conversation from the server instead, once it answers.
+  source.onopen = () => {
+    if (ui.watching.get(replyId)?.source === source) setStatus("streaming…");
+  };
   source.onerror = () => {
     if (ui.watching.get(replyId)?.source !== source) return;
+    if (source.readyState === EventSource.CONNECTING) {
+      setStatus("connection lost; reconnecting…");
+      return;
+    }
     end();
     setStatus("connection lost; reloading the conversation…");
     setTimeout(() => load(ui.context).catch((e) => setStatus(e.message)), 1000);

@@ -115,3 +115,58 @@ def on_postgres(request: pytest.FixtureRequest) -> Iterator[None]:
             yield
         finally:
             stores.use(None)
+
+
+# -- order: the long modules first, one group per xdist worker ---------------------------------
+
+# Modules whose tests wait on browsers, servers and child processes, with their rough wall
+# time (seconds, a quiet two-core machine). xdist's worksteal hands each worker a contiguous
+# slice of the collection and steals from the slices' ends, so a long test that happens to
+# sit at the end of a slice starts last and keeps the whole run waiting. These modules go to
+# the front of the slices instead, spread so that each worker starts with a similar share,
+# and each module stays whole in one worker (its module-scoped browser, servers and
+# databases are set up once, not once per worker).
+_LONG_MODULES = {
+    "test_webchat_workers.py": 40,
+    "test_webchat.py": 40,
+    "test_examples.py": 35,
+    "test_cli_chat.py": 20,
+    "test_cli_tables.py": 15,
+    "test_stop_hint.py": 15,
+    "test_takeover.py": 12,
+    "test_pg_faults.py": 12,
+    "test_signals.py": 10,
+    "test_watch_redis.py": 10,
+}
+
+
+@pytest.hookimpl(trylast=True)  # after -m has deselected (the slices are of what runs)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put the long modules at the front of each xdist worker's slice (see above)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers < 2:
+        return
+    by_module: dict[str, list[pytest.Item]] = {}
+    rest: list[pytest.Item] = []
+    for item in items:
+        name = item.path.name
+        if name in _LONG_MODULES:
+            by_module.setdefault(name, []).append(item)
+        else:
+            rest.append(item)
+    groups: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    load = [0] * workers
+    for name in sorted(by_module, key=lambda n: (-_LONG_MODULES[n], n)):  # longest first
+        least = load.index(min(load))
+        groups[least].extend(by_module[name])
+        load[least] += _LONG_MODULES[name]
+    ordered: list[pytest.Item] = []
+    total = len(items)
+    for i, group in enumerate(groups):
+        ordered.extend(group)
+        fill = max(0, (i + 1) * total // workers - len(ordered))
+        ordered.extend(rest[:fill])
+        del rest[:fill]
+    ordered.extend(rest)
+    assert len(ordered) == total
+    items[:] = ordered

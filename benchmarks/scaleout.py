@@ -21,8 +21,10 @@ due: no busy-waiting; streams' grids are offset evenly over one interval): 200 s
 lateness against its grid time. Each chunk's text carries its sequence number and
 ``time.monotonic_ns()`` at the yield (CLOCK_MONOTONIC is one clock for every process on
 Linux). Every stream is watched from a watcher process: one task per stream iterates
-``cw.awatch(reply_id)`` for each of its replies in turn (polling every 10 ms until the
-reply exists), and notes when each chunk arrives.
+``cw.awatch(reply_id)`` for each of its replies in turn, and notes when each chunk
+arrives. A watcher learns a reply's id the way a web front-end would, from the owner: the
+owner's ``on_start`` hook (the reply's row exists by then) queues the id, and a task of
+the owner's adds it to a Redis Stream of the run's own that the watcher process reads.
 
 Measured: **commit** — from the model yielding the reply's final (DONE) chunk to the
 owner's ``async for`` ending (the reply is committed before the iteration ends), and the
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -57,7 +60,6 @@ from typing import Any
 PG_ADMIN = os.environ.get("RXCONTEXT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("RXCONTEXT_REDIS", "redis://127.0.0.1:6379/0")
 STAMP = re.compile(r"\[(\d+):(\d+)\]")
-FIND_POLL = 0.010  # a watcher looks for a reply not begun yet this often
 GRACE = 30.0  # seconds after the run's end a process may take to finish its replies
 
 
@@ -141,6 +143,10 @@ def _reply_id(cfg: dict[str, Any], slot: int, n: int) -> str:
     return f"{cfg['tag']}-s{slot}-r{n}"
 
 
+def _announcements(cfg: dict[str, Any]) -> str:
+    return f"{cfg['prefix']}:bench:begun"
+
+
 def _wait_start() -> int:
     """Say ready, then wait for the parent's start time (monotonic ns)."""
     print("ready", flush=True)
@@ -165,6 +171,7 @@ async def _sleep_until(ns: int) -> None:
 
 def run_owner(worker: int, out: Path) -> None:
     from rxcontext import ChunkKind, ContextWindow
+    from rxcontext import operators as rxops
 
     cfg = _config()
     store = _open(cfg)
@@ -184,7 +191,36 @@ def run_owner(worker: int, out: Path) -> None:
     begun: dict[int, int] = {}  # slot -> replies begun
     failures: list[str] = []
 
+    announce: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
+
+    async def announcer() -> None:
+        """Tell the watchers each reply id once it has begun (a Redis Stream of the run's
+        own), in order; ``""`` ends a stream's replies."""
+        import redis.asyncio
+
+        client = redis.asyncio.Redis.from_url(cfg["redis"])
+        key = _announcements(cfg)
+        done = False
+        while not done:
+            items = [await announce.get()]
+            while not announce.empty():
+                items.append(announce.get_nowait())
+            pipe = client.pipeline(transaction=False)
+            for item in items:
+                if item is None:
+                    done = True
+                else:
+                    pipe.xadd(key, {"s": item[0], "r": item[1]})
+            await pipe.execute()
+        await client.aclose()
+
     async def stream(slot: int, start: int, end: int) -> None:
+        try:
+            await replies_of(slot, start, end)
+        finally:
+            announce.put_nowait((slot, ""))
+
+    async def replies_of(slot: int, start: int, end: int) -> None:
         nonlocal replies
         loop = asyncio.get_running_loop()
         offset = (slot // cfg["workers"]) / len(slots) * interval
@@ -202,8 +238,11 @@ def run_owner(worker: int, out: Path) -> None:
             reply_id = _reply_id(cfg, slot, n)
             times = delivered[reply_id] = []
             begun[slot] = n + 1
+            begun_hook = rxops.middleware(
+                on_start=lambda slot=slot, reply_id=reply_id: announce.put_nowait((slot, reply_id))
+            )
             try:
-                async for chunk in cw.astream(reply_id=reply_id):
+                async for chunk in cw.astream(begun_hook, reply_id=reply_id):
                     if chunk.kind is ChunkKind.TEXT:
                         times.append(_now())
             except Exception as error:  # counted and reported, never hidden
@@ -218,14 +257,25 @@ def run_owner(worker: int, out: Path) -> None:
         end = start + int(cfg["seconds"] * 1e9)
         await _sleep_until(start)
         t0, r0 = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
+        telling = asyncio.create_task(announcer())
         await asyncio.gather(*(stream(s, start, end) for s in slots))
         wall = time.monotonic() - t0
+        announce.put_nowait(None)
+        await telling
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
         late = [x for s in slots for x in windows[s].model.late]  # type: ignore[union-attr]
         return cpu, wall, late
 
-    cpu, wall, late = asyncio.run(main())
+    profile = os.environ.get("RXSCALE_PROFILE")
+    if profile and worker == 0:  # the event loop's thread of the first owner
+        import cProfile
+
+        with cProfile.Profile() as prof:
+            cpu, wall, late = asyncio.run(main())
+        prof.dump_stats(profile)
+    else:
+        cpu, wall, late = asyncio.run(main())
     fanout_drained = True
     from rxcontext.fanout import fanout_for
 
@@ -272,43 +322,52 @@ def run_watcher(index: int, out: Path) -> None:
     watched = 0
     failures: list[str] = []
     lock = threading.Lock()
-    begun: dict[int, int] = {}  # slot -> replies its owner began, once the owners are done
+    queues: dict[int, asyncio.Queue[str]] = {}
 
-    def learn_counts() -> None:  # the parent sends them when every owner has finished
-        line = sys.stdin.readline()
-        counts = {int(k): v for k, v in json.loads(line or "{}").items()}
-        begun.update({s: counts.get(s, 0) for s in slots})
+    async def listen() -> None:
+        """Hand each reply id the owners announce to the task following its stream."""
+        import redis.asyncio
+
+        client = redis.asyncio.Redis.from_url(cfg["redis"])
+        at, ended = "0-0", 0
+        while ended < len(slots):
+            found = await client.xread({_announcements(cfg): at}, count=1000, block=1000)
+            for _, rows in found:
+                for entry_id, fields in rows:
+                    at = entry_id
+                    slot, reply_id = int(fields[b"s"]), fields[b"r"].decode()
+                    if slot in queues:
+                        queues[slot].put_nowait(reply_id)
+                        ended += reply_id == ""
+        await client.aclose()
 
     async def follow(slot: int) -> None:
         nonlocal watched
-        n = 0
-        while True:
-            if slot in begun and n >= begun[slot]:
-                return  # every reply of the stream was watched
-            reply_id = _reply_id(cfg, slot, n)
+        while reply_id := await queues[slot].get():  # "" once the stream made its last
             got = received[reply_id] = []
-            try:
-                async for chunk in cw.awatch(reply_id):
-                    if chunk.kind is ChunkKind.TEXT:
-                        now = _now()
-                        got.extend((int(a), int(b), now) for a, b in STAMP.findall(chunk.text))
-            except ReplyNotFound:  # not begun yet
-                del received[reply_id]
-                await asyncio.sleep(FIND_POLL)
-                continue
-            except Exception as error:
-                failures.append(f"{reply_id}: {type(error).__name__}: {error}")
-                return
+            for attempt in range(100):
+                try:
+                    async for chunk in cw.awatch(reply_id):
+                        if chunk.kind is ChunkKind.TEXT:
+                            now = _now()
+                            got.extend((int(a), int(b), now) for a, b in STAMP.findall(chunk.text))
+                except ReplyNotFound:  # announced once begun: never expected
+                    failures.append(f"{reply_id}: not found at attempt {attempt}")
+                    await asyncio.sleep(0.01)
+                    continue
+                except Exception as error:
+                    failures.append(f"{reply_id}: {type(error).__name__}: {error}")
+                break
             with lock:
                 watched += 1
-            n += 1
 
     async def main() -> tuple[float, float]:
+        for slot in slots:
+            queues[slot] = asyncio.Queue()
         start = await asyncio.to_thread(_wait_start)
-        threading.Thread(target=learn_counts, daemon=True).start()
         await _sleep_until(start)
         t0, r0 = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
-        await asyncio.gather(*(follow(s) for s in slots))
+        await asyncio.gather(listen(), *(follow(s) for s in slots))
         wall = time.monotonic() - t0
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         return (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), wall
@@ -370,6 +429,60 @@ def _database(admin_url: str) -> tuple[str, Callable[[], None]]:
     return url, drop
 
 
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` used so far; 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Servers:
+    """What the run cost the servers: CPU of its PostgreSQL backends (by pid, from
+    ``pg_stat_activity``) and of the Redis server, and the database's transactions."""
+
+    def __init__(self, admin_url: str, url: str, redis_url: str) -> None:
+        import psycopg
+        import redis
+
+        self.admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
+        self.dbname = url.rpartition("/")[2].partition("?")[0]
+        client = redis.Redis.from_url(redis_url, socket_timeout=5)
+        self.redis_pid = int(client.info("server")["process_id"])
+        client.close()
+
+    def sample(self) -> dict[str, Any]:
+        rows = self.admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.dbname,)
+        ).fetchall()
+        stats = self.admin.execute(
+            "SELECT xact_commit, tup_inserted, tup_updated, tup_deleted"
+            " FROM pg_stat_database WHERE datname = %s",
+            (self.dbname,),
+        ).fetchone()
+        return {
+            "backends": {int(r[0]): _cpu_of(int(r[0])) for r in rows},
+            "redis": _cpu_of(self.redis_pid),
+            "stats": list(stats or (0, 0, 0, 0)),
+            "t": time.monotonic(),
+        }
+
+    def cost(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        wall = after["t"] - before["t"]
+        pg = sum(cpu - before["backends"].get(pid, 0.0) for pid, cpu in after["backends"].items())
+        names = ("commits", "inserted", "updated", "deleted")
+        return {
+            "postgres_cpu": 100.0 * pg / wall,
+            "backends": len(after["backends"]),
+            "redis_cpu": 100.0 * (after["redis"] - before["redis"]) / wall,
+            **{n: a - b for n, a, b in zip(names, after["stats"], before["stats"], strict=True)},
+        }
+
+    def close(self) -> None:
+        self.admin.close()
+
+
 def _redis_cleanup(redis_url: str, prefix: str) -> None:
     import redis
 
@@ -407,16 +520,20 @@ def _wait(proc: subprocess.Popen[str], name: str, deadline: float, loads: list[f
         loads.append(os.getloadavg()[0])
         if time.monotonic() > deadline:
             raise SystemExit(f"{name} did not finish")
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(1.0)
-        except subprocess.TimeoutExpired:
-            pass
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed (exit {proc.returncode})")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """One run; returns the summary (see :func:`summarize`)."""
+    began = time.monotonic()
+
+    def phase(what: str) -> None:
+        if args.verbose:
+            print(f"{time.monotonic() - began:6.2f} s  {what}", file=sys.stderr, flush=True)
+
     with tempfile.TemporaryDirectory(prefix="rxscale-") as tmp:
         owners = [
             (_spawn("owner", i, Path(tmp, f"owner-{i}.json")), f"owner-{i}")
@@ -450,37 +567,54 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             cfg_path = Path(tmp, "config.json")
             cfg_path.write_text(json.dumps(cfg))
+            phase("database ready")
             for proc, name in procs:
                 _expect(proc, name, "imported")
                 _send(proc, str(cfg_path))
+            phase("processes imported")
             for proc, name in procs:
                 _expect(proc, name, "ready")
+            phase("processes ready")
+            servers = Servers(args.pg, url, args.redis)
             load_before = os.getloadavg()
             start = _now() + int(0.3e9)
             for proc, _ in procs:
                 _send(proc, str(start))
             loads: list[float] = []
             deadline = time.monotonic() + args.seconds + 0.3 + GRACE
+            time.sleep(0.3)
+            server_before = servers.sample()
+            time.sleep(min(1.0, args.seconds / 2))
+            server_during = servers.sample()  # every backend is open by now
+            server_before["backends"] = {
+                pid: server_before["backends"].get(pid, 0.0) for pid in server_during["backends"]
+            }
+            time.sleep(max(0.0, args.seconds - min(1.0, args.seconds / 2) - 0.1))
+            server_cost = servers.cost(server_before, servers.sample())
+            servers.close()
             for proc, name in owners:
                 _wait(proc, name, deadline, loads)
+            phase("owners done")
             results = [json.loads(Path(tmp, f"{n}.json").read_text()) for _, n in owners]
-            begun = {k: v for r in results for k, v in r["begun"].items()}
-            for proc, _ in watchers:
-                _send(proc, json.dumps(begun))
             for proc, name in watchers:
                 _wait(proc, name, deadline, loads)
+            phase("watchers done")
             results += [json.loads(Path(tmp, f"{n}.json").read_text()) for _, n in watchers]
-            return summarize(args, results, load_before, loads + [os.getloadavg()[0]])
+            summary = summarize(args, results, load_before, [*loads, os.getloadavg()[0]])
+            summary["servers"] = server_cost
+            return summary
         finally:
             for proc, _ in procs:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+            phase("run over")
             try:
                 if not args.prefix:
                     _redis_cleanup(args.redis, prefix)
             finally:
                 drop()
+            phase("cleaned up")
 
 
 def summarize(
@@ -498,7 +632,7 @@ def summarize(
     yield_to_watcher: list[int] = []
     yield_to_owner: list[int] = []
     received_chunks = 0
-    for reply, times in delivered.items():
+    for reply in delivered:
         seen: dict[int, int] = {}
         for w in watchers:
             for seq, _, recv in w["received"].get(reply, []):
@@ -579,13 +713,18 @@ def report(s: dict[str, Any]) -> str:
             f" | {p['max']:.1f} |"
         )
     cpu = ", ".join(f"{k} {v:.0f}%" for k, v in s["cpu"].items())
+    srv = s["servers"]
     lines += [
         "",
         f"Chunks: {s['chunks']} in {s['seconds']:g} s = {s['chunks_per_s']:.0f}/s"
         f" (target {s['target_chunks_per_s']:.0f}/s); replies {s['replies']} (watched"
         f" {s['replies_watched']}); chunks received by watchers {s['chunks_received']};"
         f" failures {len(s['failures'])}; owners' wall {s['wall']:.1f} s.",
-        f"CPU over the run: {cpu}. Load average before {s['load_before'][0]:.2f},"
+        f"CPU over the run: {cpu}; PostgreSQL backends ({srv['backends']})"
+        f" {srv['postgres_cpu']:.0f}%, redis-server {srv['redis_cpu']:.0f}% (all its"
+        f" clients). Database: {srv['commits']} transactions committed"
+        f" ({srv['commits'] / s['seconds']:.0f}/s), {srv['inserted']} rows inserted,"
+        f" {srv['updated']} updated. Load average before {s['load_before'][0]:.2f},"
         f" max during {s['load_max']:.2f}, after {s['load_after']:.2f}.",
     ]
     return "\n".join(lines)
@@ -601,6 +740,7 @@ def main() -> int:
     parser.add_argument("--chunks", type=int, default=40, help="mean text chunks per reply")
     parser.add_argument("--pg", default=PG_ADMIN, help="maintenance URL of the server")
     parser.add_argument("--redis", default=REDIS)
+    parser.add_argument("--verbose", action="store_true", help="phases' times on stderr")
     parser.add_argument("--json", type=Path, default=None, help="write the summary here")
     parser.add_argument("--role", choices=("owner", "watcher"), help=argparse.SUPPRESS)
     parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)

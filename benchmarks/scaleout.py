@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -50,7 +51,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -127,12 +127,12 @@ def _timed(store: Any, name: str, into: list[int]) -> None:
     setattr(store, name, timed)
 
 
-def _open(cfg: dict[str, Any]) -> Any:
+def _open(cfg: dict[str, Any], pool: int) -> Any:
     import rxcontext
     from rxcontext.fanout.redis import RedisFanout
 
     fanout = RedisFanout(cfg["redis"], prefix=cfg["prefix"], end_ttl=120.0)
-    return rxcontext.open(cfg["url"], fanout=fanout)
+    return rxcontext.open(cfg["url"], fanout=fanout, pool_size=pool)
 
 
 def _slots(cfg: dict[str, Any], worker: int) -> list[int]:
@@ -174,13 +174,27 @@ def run_owner(worker: int, out: Path) -> None:
     from rxcontext import operators as rxops
 
     cfg = _config()
-    store = _open(cfg)
+    store = _open(cfg, cfg["pool"])
     commit_call: list[int] = []
     checkpoint_call: list[int] = []
     begin_call: list[int] = []
     _timed(store, "commit_reply", commit_call)
     _timed(store, "save_checkpoints", checkpoint_call)
     _timed(store, "begin_reply", begin_call)
+    from rxcontext.fanout import fanout_for
+
+    fanout: Any = fanout_for(store)
+    flushes: list[tuple[int, int]] = []  # (start, duration) ns of the fan-out writer's sends
+    flush = fanout._flush
+
+    def timed_flush() -> None:
+        t0 = _now()
+        try:
+            flush()
+        finally:
+            flushes.append((t0, _now() - t0))
+
+    fanout._flush = timed_flush
     slots = _slots(cfg, worker)
     rng = random.Random(worker)
     interval = cfg["interval"]
@@ -189,6 +203,8 @@ def run_owner(worker: int, out: Path) -> None:
     delivered: dict[str, list[int]] = {}  # reply -> delivery ns of each chunk
     replies = 0
     begun: dict[int, int] = {}  # slot -> replies begun
+    prompt_wall: list[int] = []  # awaiting add_prompt in a thread
+    between: list[int] = []  # a reply stored -> the next one's first chunk delivered
     failures: list[str] = []
 
     announce: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
@@ -228,13 +244,16 @@ def run_owner(worker: int, out: Path) -> None:
         cw = windows[slot]
         cw.model = model
         n = 0
+        last_stored: int | None = None
         while True:
             left = int((end - _now()) / 1e9 / interval)
             length = min(rng.randint(cfg["chunks"] // 2, cfg["chunks"] * 3 // 2), left)
             if length < 1:
                 return
             model.length = length
+            t_prompt = _now()
             await asyncio.to_thread(cw.add_prompt, f"prompt {n}")
+            prompt_wall.append(_now() - t_prompt)
             reply_id = _reply_id(cfg, slot, n)
             times = delivered[reply_id] = []
             begun[slot] = n + 1
@@ -248,7 +267,11 @@ def run_owner(worker: int, out: Path) -> None:
             except Exception as error:  # counted and reported, never hidden
                 failures.append(f"{reply_id}: {type(error).__name__}: {error}")
                 return
-            commit_e2e.append(_now() - model.done_ns)
+            stored = _now()
+            commit_e2e.append(stored - model.done_ns)
+            if n and times and last_stored is not None:
+                between.append(times[0] - last_stored)
+            last_stored = stored
             replies += 1
             n += 1
 
@@ -276,12 +299,7 @@ def run_owner(worker: int, out: Path) -> None:
         prof.dump_stats(profile)
     else:
         cpu, wall, late = asyncio.run(main())
-    fanout_drained = True
-    from rxcontext.fanout import fanout_for
-
-    fanout = fanout_for(store)
-    if fanout is not None:
-        fanout_drained = fanout.drain(10.0)  # type: ignore[attr-defined]
+    fanout_drained = fanout.drain(10.0)
     store.close()
     out.write_text(
         json.dumps(
@@ -302,6 +320,9 @@ def run_owner(worker: int, out: Path) -> None:
                 "checkpoint_call": checkpoint_call,
                 "begin_call": begin_call,
                 "late": late,
+                "flushes": flushes,
+                "prompt_wall": prompt_wall,
+                "between": between,
                 "delivered": delivered,
             }
         )
@@ -315,59 +336,74 @@ def run_watcher(index: int, out: Path) -> None:
     from rxcontext import ChunkKind, ContextWindow, ReplyNotFound
 
     cfg = _config()
-    store = _open(cfg)
+    store = _open(cfg, cfg["watcher_pool"])
     slots = [s for s in range(cfg["streams"]) if s % cfg["watchers"] == index]
     cw = ContextWindow(store, None, f"{cfg['tag']}-watcher-{index}")
     received: dict[str, list[tuple[int, int, int]]] = {}  # reply -> (seq, yield, recv)
     watched = 0
     failures: list[str] = []
-    lock = threading.Lock()
-    queues: dict[int, asyncio.Queue[str]] = {}
+    from rxcontext.fanout import fanout_for
+    from rxcontext.fanout.entries import Chunks
+
+    fanout: Any = fanout_for(store)
+    read = fanout.read
+    fetched: dict[str, list[tuple[int, int]]] = {}  # reply -> (last seq, ns) of each read
+
+    def timed_read(reply_id: str, *args: Any, **kwargs: Any) -> Any:
+        entries = read(reply_id, *args, **kwargs)
+        now = _now()
+        for entry in entries or ():
+            if isinstance(entry, Chunks):
+                fetched.setdefault(reply_id, []).append((entry.last, now))
+        return entries
+
+    fanout.read = timed_read
 
     async def listen() -> None:
-        """Hand each reply id the owners announce to the task following its stream."""
+        """Watch each reply the owners announce, from when it is announced (a task each)."""
         import redis.asyncio
 
         client = redis.asyncio.Redis.from_url(cfg["redis"])
         at, ended = "0-0", 0
+        tasks: list[asyncio.Task[None]] = []
         while ended < len(slots):
             found = await client.xread({_announcements(cfg): at}, count=1000, block=1000)
             for _, rows in found:
                 for entry_id, fields in rows:
                     at = entry_id
                     slot, reply_id = int(fields[b"s"]), fields[b"r"].decode()
-                    if slot in queues:
-                        queues[slot].put_nowait(reply_id)
-                        ended += reply_id == ""
+                    if slot not in slots:
+                        continue
+                    if reply_id:
+                        tasks.append(asyncio.create_task(follow(reply_id)))
+                    else:
+                        ended += 1  # the stream made its last reply
         await client.aclose()
+        await asyncio.gather(*tasks)
 
-    async def follow(slot: int) -> None:
+    async def follow(reply_id: str) -> None:
         nonlocal watched
-        while reply_id := await queues[slot].get():  # "" once the stream made its last
-            got = received[reply_id] = []
-            for attempt in range(100):
-                try:
-                    async for chunk in cw.awatch(reply_id):
-                        if chunk.kind is ChunkKind.TEXT:
-                            now = _now()
-                            got.extend((int(a), int(b), now) for a, b in STAMP.findall(chunk.text))
-                except ReplyNotFound:  # announced once begun: never expected
-                    failures.append(f"{reply_id}: not found at attempt {attempt}")
-                    await asyncio.sleep(0.01)
-                    continue
-                except Exception as error:
-                    failures.append(f"{reply_id}: {type(error).__name__}: {error}")
-                break
-            with lock:
-                watched += 1
+        got = received[reply_id] = []
+        for attempt in range(100):
+            try:
+                async for chunk in cw.awatch(reply_id):
+                    if chunk.kind is ChunkKind.TEXT:
+                        now = _now()
+                        got.extend((int(a), int(b), now) for a, b in STAMP.findall(chunk.text))
+            except ReplyNotFound:  # announced once begun: never expected
+                failures.append(f"{reply_id}: not found at attempt {attempt}")
+                await asyncio.sleep(0.01)
+                continue
+            except Exception as error:
+                failures.append(f"{reply_id}: {type(error).__name__}: {error}")
+            break
+        watched += 1
 
     async def main() -> tuple[float, float]:
-        for slot in slots:
-            queues[slot] = asyncio.Queue()
         start = await asyncio.to_thread(_wait_start)
         await _sleep_until(start)
         t0, r0 = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
-        await asyncio.gather(listen(), *(follow(s) for s in slots))
+        await listen()
         wall = time.monotonic() - t0
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         return (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), wall
@@ -386,6 +422,7 @@ def run_watcher(index: int, out: Path) -> None:
                 "replies": watched,
                 "failures": failures,
                 "received": received,
+                "fetched": fetched,
             }
         )
     )
@@ -564,6 +601,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "seconds": args.seconds,
                 "interval": args.interval,
                 "chunks": args.chunks,
+                "pool": args.pool,
+                "watcher_pool": args.watcher_pool,
             }
             cfg_path = Path(tmp, "config.json")
             cfg_path.write_text(json.dumps(cfg))
@@ -650,6 +689,25 @@ def summarize(
         for reply, got in w["received"].items():
             times = delivered.get(reply, [])
             yield_to_owner.extend(times[seq] - stamp for seq, stamp, _ in got if seq < len(times))
+    to_fetch: list[int] = []  # owner's async for -> the watcher's fan-out read returned it
+    fetch_to_recv: list[int] = []  # that read -> the watcher's async for
+    for w in watchers:
+        for reply, got in w["received"].items():
+            times = delivered.get(reply, [])
+            reads = w["fetched"].get(reply, [])
+            i = 0
+            for seq, _, recv in got:  # fan-out seqs count from 1: text chunk k is seq k + 1
+                while i < len(reads) and reads[i][0] < seq + 1:
+                    i += 1
+                if i < len(reads) and seq < len(times):
+                    to_fetch.append(reads[i][1] - times[seq])
+                    fetch_to_recv.append(recv - reads[i][1])
+    gaps: list[int] = []
+    sends: list[int] = []
+    for o in owners:
+        starts = [t for t, _ in o["flushes"]]
+        gaps += [b - a for a, b in itertools.pairwise(starts)]
+        sends += [d for _, d in o["flushes"]]
     chunks = sum(o["chunks"] for o in owners)
     wall = max(o["wall"] for o in owners)
     return {
@@ -675,6 +733,12 @@ def summarize(
         "owner_to_watcher": _pct(to_watcher),
         "yield_to_watcher": _pct(yield_to_watcher),
         "yield_to_owner": _pct(yield_to_owner),
+        "owner_to_read": _pct(to_fetch),
+        "read_to_watcher": _pct(fetch_to_recv),
+        "flush_gap": _pct(gaps),
+        "prompt_wall": _pct([x for o in owners for x in o["prompt_wall"]]),
+        "between": _pct([x for o in owners for x in o["between"]]),
+        "flush_call": _pct(sends),
         "cpu": {
             f"{r['role']}-{r['worker']}": 100.0 * r["cpu"] / r["wall"] if r["wall"] else 0.0
             for r in results
@@ -696,6 +760,12 @@ ROWS = (
     ("chunk: owner's `async for` → remote watcher", "owner_to_watcher"),
     ("chunk: model yield → remote watcher", "yield_to_watcher"),
     ("chunk: model yield → owner's `async for`", "yield_to_owner"),
+    ("chunk: owner's `async for` → watcher's fan-out read", "owner_to_read"),
+    ("chunk: watcher's fan-out read → its `async for`", "read_to_watcher"),
+    ("fan-out writer: time between sends (owners)", "flush_gap"),
+    ("fan-out writer: one send (owners)", "flush_call"),
+    ("`await asyncio.to_thread(cw.add_prompt, ...)`", "prompt_wall"),
+    ("reply stored → the next one's first chunk delivered", "between"),
     ("chunk yield lateness against its 50 ms grid", "late"),
 )
 
@@ -738,6 +808,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between chunks")
     parser.add_argument("--chunks", type=int, default=40, help="mean text chunks per reply")
+    parser.add_argument("--pool", type=int, default=4, help="owners' pool_size (default 4)")
+    parser.add_argument("--watcher-pool", type=int, default=4, help="watchers' pool_size")
     parser.add_argument("--pg", default=PG_ADMIN, help="maintenance URL of the server")
     parser.add_argument("--redis", default=REDIS)
     parser.add_argument("--verbose", action="store_true", help="phases' times on stderr")

@@ -60,7 +60,7 @@ from typing import Any
 PG_ADMIN = os.environ.get("RXCONTEXT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("RXCONTEXT_REDIS", "redis://127.0.0.1:6379/0")
 STAMP = re.compile(r"\[(\d+):(\d+)\]")
-GRACE = 30.0  # seconds after the run's end a process may take to finish its replies
+GRACE = 90.0  # seconds after the run's end a process may take to finish its replies
 
 
 def _now() -> int:
@@ -160,7 +160,11 @@ def _config() -> dict[str, Any]:
     import rxcontext.store.postgres  # noqa: F401
 
     print("imported", flush=True)
-    return dict(json.loads(Path(sys.stdin.readline().strip()).read_text()))
+    cfg = dict(json.loads(Path(sys.stdin.readline().strip()).read_text()))
+    import faulthandler
+
+    faulthandler.dump_traceback_later(cfg["seconds"] + 40.0)  # still busy: say where
+    return cfg
 
 
 async def _sleep_until(ns: int) -> None:
@@ -485,9 +489,25 @@ class Servers:
 
         self.admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
         self.dbname = url.rpartition("/")[2].partition("?")[0]
-        client = redis.Redis.from_url(redis_url, socket_timeout=5)
-        self.redis_pid = int(client.info("server")["process_id"])
-        client.close()
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=5)
+        self.redis_pid = int(self.redis.info("server")["process_id"])
+
+    def ping(self, until: float, every: float = 0.05) -> tuple[list[int], list[int]]:
+        """Round trips (ns) of ``SELECT 1`` (on the maintenance database, so the run's own
+        counts stay its own) and of Redis ``PING``, every ``every`` seconds until
+        ``until`` (monotonic): what the servers answer in, apart from the library."""
+        pg: list[int] = []
+        rd: list[int] = []
+        while time.monotonic() < until:
+            t0 = _now()
+            self.admin.execute("SELECT 1").fetchone()
+            t1 = _now()
+            self.redis.ping()
+            t2 = _now()
+            pg.append(t1 - t0)
+            rd.append(t2 - t1)
+            time.sleep(max(0.0, min(every, until - time.monotonic())))
+        return pg, rd
 
     def sample(self) -> dict[str, Any]:
         rows = self.admin.execute(
@@ -518,6 +538,7 @@ class Servers:
 
     def close(self) -> None:
         self.admin.close()
+        self.redis.close()
 
 
 def _redis_cleanup(redis_url: str, prefix: str) -> None:
@@ -615,20 +636,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 _expect(proc, name, "ready")
             phase("processes ready")
             servers = Servers(args.pg, url, args.redis)
+            idle_pg, idle_redis = servers.ping(time.monotonic() + min(1.0, args.seconds / 2))
             load_before = os.getloadavg()
             start = _now() + int(0.3e9)
             for proc, _ in procs:
                 _send(proc, str(start))
             loads: list[float] = []
             deadline = time.monotonic() + args.seconds + 0.3 + GRACE
+            t_start = time.monotonic() + 0.3
             time.sleep(0.3)
             server_before = servers.sample()
-            time.sleep(min(1.0, args.seconds / 2))
+            run_pg, run_redis = servers.ping(t_start + min(1.0, args.seconds / 2))
             server_during = servers.sample()  # every backend is open by now
             server_before["backends"] = {
                 pid: server_before["backends"].get(pid, 0.0) for pid in server_during["backends"]
             }
-            time.sleep(max(0.0, args.seconds - min(1.0, args.seconds / 2) - 0.1))
+            more = servers.ping(t_start + args.seconds - 0.1)
+            run_pg, run_redis = run_pg + more[0], run_redis + more[1]
             server_cost = servers.cost(server_before, servers.sample())
             servers.close()
             for proc, name in owners:
@@ -641,6 +665,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results += [json.loads(Path(tmp, f"{n}.json").read_text()) for _, n in watchers]
             summary = summarize(args, results, load_before, [*loads, os.getloadavg()[0]])
             summary["servers"] = server_cost
+            summary["pg_ping_idle"] = _pct(idle_pg)
+            summary["pg_ping_run"] = _pct(run_pg)
+            summary["redis_ping_idle"] = _pct(idle_redis)
+            summary["redis_ping_run"] = _pct(run_redis)
             return summary
         finally:
             for proc, _ in procs:
@@ -782,6 +810,18 @@ def report(s: dict[str, Any]) -> str:
             f"| {label} | {p['n']} | {p['p50']:.1f} | {p['p95']:.1f} | {p['p99']:.1f}"
             f" | {p['max']:.1f} |"
         )
+    for label, key in (
+        ("PostgreSQL `SELECT 1` round trip, before the run", "pg_ping_idle"),
+        ("PostgreSQL `SELECT 1` round trip, during the run", "pg_ping_run"),
+        ("Redis `PING` round trip, before the run", "redis_ping_idle"),
+        ("Redis `PING` round trip, during the run", "redis_ping_run"),
+    ):
+        p = s.get(key)
+        if p:
+            lines.append(
+                f"| {label} | {p['n']} | {p['p50']:.1f} | {p['p95']:.1f} | {p['p99']:.1f}"
+                f" | {p['max']:.1f} |"
+            )
     cpu = ", ".join(f"{k} {v:.0f}%" for k, v in s["cpu"].items())
     srv = s["servers"]
     lines += [

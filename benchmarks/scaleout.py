@@ -305,6 +305,7 @@ def run_owner(worker: int, out: Path) -> None:
         cpu, wall, late = asyncio.run(main())
     fanout_drained = fanout.drain(10.0)
     store.close()
+    fanout.close()
     out.write_text(
         json.dumps(
             {
@@ -862,7 +863,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.role:
         (run_owner if args.role == "owner" else run_watcher)(args.index, args.result)
-        return 0
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # its results are written; the interpreter's teardown took seconds here
     if args.streams < args.workers or args.streams < args.watchers:
         parser.error("need at least one stream per process")
     summary = run(args)

@@ -119,6 +119,36 @@ class PostgresReplies:
             tx=False,
         )
 
+    def reply_state(self, reply_id: str) -> tuple[Checkpoint | None, list[Record]]:
+        """What :meth:`find_reply` and :meth:`reply_records` answer, consistent with each
+        other (no commit of the reply between the two), on one connection: a watcher's look
+        at the store is one pool checkout, not three (many watchers share a pool)."""
+        key = enc(reply_id)
+
+        def records(conn: Conn) -> list[Record]:
+            return rows.records_of(
+                conn,
+                conn.execute(
+                    f"SELECT {rows.RECORD_COLUMNS} FROM records WHERE reply_id = %s"
+                    " ORDER BY pos, id",
+                    (key,),
+                ).fetchall(),
+            )
+
+        def read(conn: Conn, _: bool) -> tuple[list[Any], list[Record]]:
+            after = records(conn)
+            while True:  # records, row, records: the same records twice means no commit between
+                before = after
+                found = conn.execute(
+                    f"{rows.CHECKPOINT_SELECT} WHERE c.reply_id = %s", (key,)
+                ).fetchall()
+                after = records(conn)
+                if [r.id for r in before] == [r.id for r in after]:
+                    return found, after
+
+        found, stored = self._runner.run(read, tx=False)
+        return (self._load(found[0]) if found else None), stored
+
     def checkpoints(self, context_id: str, *, include_resolved: bool = False) -> list[Checkpoint]:
         """Interrupted replies of a context in conversation order (settled ones too if asked).
 

@@ -413,7 +413,35 @@ def run_watcher(index: int, out: Path) -> None:
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         return (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), wall
 
-    cpu, wall = asyncio.run(main())
+    profile = os.environ.get("RXSCALE_WATCHER_PROFILE")
+    profiles: list[Any] = []
+    if profile and index == 0:  # every watch's thread, and the event loop's
+        import cProfile
+
+        from rxcontext.fanout import observe
+
+        core = observe.watch_chunks
+
+        def profiled(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            prof = cProfile.Profile()
+            profiles.append(prof)
+            prof.enable()
+            try:
+                yield from core(*args, **kwargs)
+            finally:
+                prof.disable()
+
+        observe.watch_chunks = profiled  # type: ignore[assignment]
+        with cProfile.Profile() as loop_prof:
+            cpu, wall = asyncio.run(main())
+        import pstats
+
+        stats = pstats.Stats(loop_prof)
+        for prof in profiles:
+            stats.add(prof)
+        stats.dump_stats(profile)
+    else:
+        cpu, wall = asyncio.run(main())
     store.close()
     out.write_text(
         json.dumps(

@@ -27,10 +27,10 @@ def shared() -> Iterator[tuple[str, str]]:
 def test_toy_run(pg_url: str, shared: tuple[str, str], tmp_path: Path) -> None:
     redis_url, prefix = shared
     out = tmp_path / "summary.json"
+    toy = ["--streams", "2", "--workers", "2", "--seconds", "0.6", "--chunks", "4"]
+    where = ["--url", pg_url, "--redis", redis_url, "--prefix", prefix, "--json", str(out)]
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--streams", "2", "--workers", "2", "--seconds", "0.6",
-         "--chunks", "4", "--url", pg_url, "--redis", redis_url, "--prefix", prefix,
-         "--json", str(out)],  # fmt: skip
+        [sys.executable, str(SCRIPT), *toy, *where],
         capture_output=True,
         text=True,
         timeout=60,

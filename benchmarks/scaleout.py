@@ -20,21 +20,26 @@ due: no busy-waiting; streams' grids are offset evenly over one interval): 200 s
 50 ms are 4,000 chunks/s if the machine keeps up, and a chunk yielded late shows as
 lateness against its grid time. Each chunk's text carries its sequence number and
 ``time.monotonic_ns()`` at the yield (CLOCK_MONOTONIC is one clock for every process on
-Linux). Every stream is watched from a watcher process: one task per stream iterates
-``cw.awatch(reply_id)`` for each of its replies in turn, and notes when each chunk
-arrives. A watcher learns a reply's id the way a web front-end would, from the owner: the
-owner's ``on_start`` hook (the reply's row exists by then) queues the id, and a task of
-the owner's adds it to a Redis Stream of the run's own that the watcher process reads.
+Linux). Every reply is watched from a watcher process (a task per reply iterating
+``cw.awatch(reply_id)``, as each browser tab would), which notes when each chunk arrives.
+It learns a reply's id the way a web front-end would, from the owner: the owner's
+``on_start`` hook (the reply's row exists by then) queues the id, and a task of the
+owner's adds it to a Redis Stream of the run's own that the watcher process reads.
 
 Measured: **commit** — from the model yielding the reply's final (DONE) chunk to the
 owner's ``async for`` ending (the reply is committed before the iteration ends), and the
 ``store.commit_reply`` call alone; **checkpoint** — each ``store.save_checkpoints`` call
 (the periodic batch of a process's streaming replies, every ``checkpoint_every`` = 1 s);
 **watch** — chunk delivered to the owner's ``async for`` to the watcher process receiving
-it, and model yield to watcher; **lateness** of yields against the grid; the CPU of each
-process (``getrusage``) over the run; the load average; and the chunks and replies that
-were achieved. The store methods are timed by wrapping them on the store instance in
-this script; the library is not changed to measure.
+it (split at the watcher's fan-out read), and model yield to watcher; the owners'
+fan-out sends; **lateness** of yields against the grid; the gap between replies; the CPU
+of each process (``getrusage``) over the run, of the run's PostgreSQL backends and of
+``redis-server`` (``/proc``); the database's transactions; ``SELECT 1`` and ``PING``
+round trips just before and during the run (the servers apart from the library); the
+load average; and the chunks and replies achieved. The store and fan-out methods are
+timed by wrapping them on their instances in this script; the library is not changed to
+measure. ``RXSCALE_PROFILE=file`` / ``RXSCALE_WATCHER_PROFILE=file`` write a cProfile of
+the first owner's event loop / of every watch thread of the first watcher process.
 """
 
 from __future__ import annotations

@@ -257,8 +257,9 @@ def run_owner(worker: int, out: Path) -> None:
         while True:
             left = int((end - _now()) / 1e9 / interval)
             length = min(rng.randint(cfg["chunks"] // 2, cfg["chunks"] * 3 // 2), left)
-            if length < 1:
+            if length < 1 and n:
                 return
+            length = max(length, 1)  # one reply at least, even from a process that started late
             model.length = length
             t_prompt = _now()
             await asyncio.to_thread(cw.add_prompt, f"prompt {n}")

@@ -35,7 +35,8 @@ __all__ = ["ReplyReader", "watch_chunks"]
 
 
 class ReplyReader(Protocol):
-    """What the watcher reads from a store (both stores have it)."""
+    """What the watcher reads from a store (both stores have it). A store may also offer
+    ``reply_state(reply_id)``, both answers at once (PostgreSQL: one pool checkout)."""
 
     def find_reply(self, reply_id: str) -> Checkpoint | None: ...
     def reply_records(self, reply_id: str) -> list[Record]: ...
@@ -86,6 +87,10 @@ class _Watch:
 
     def read_store(self) -> tuple[Checkpoint | None, list[Record]]:
         """The reply's row and records, consistent with each other (no commit between)."""
+        together = getattr(self.store, "reply_state", None)
+        if together is not None:  # PostgreSQL: one pool checkout
+            state: tuple[Checkpoint | None, list[Record]] = together(self.reply_id)
+            return state
         while True:
             before = self.store.reply_records(self.reply_id)
             row = self.store.find_reply(self.reply_id)

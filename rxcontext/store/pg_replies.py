@@ -119,6 +119,30 @@ class PostgresReplies:
             tx=False,
         )
 
+    def reply_state(self, reply_id: str) -> tuple[Checkpoint | None, list[Record]]:
+        """What :meth:`find_reply` and :meth:`reply_records` answer, consistent with each
+        other (no commit of the reply between the two), on one connection in one round trip
+        (a pipeline): a watcher's look at the store is one pool checkout, not three (many
+        watchers share a pool)."""
+        key = (enc(reply_id),)
+        of_records = (
+            f"SELECT {rows.RECORD_COLUMNS} FROM records WHERE reply_id = %s ORDER BY pos, id"
+        )
+        of_row = f"{rows.CHECKPOINT_SELECT} WHERE c.reply_id = %s"
+
+        def read(conn: Conn, _: bool) -> tuple[list[Any], list[Record]]:
+            while True:  # records, row, records: the same records twice: no commit between
+                with conn.pipeline():
+                    first = conn.execute(of_records, key)
+                    row = conn.execute(of_row, key)
+                    last = conn.execute(of_records, key)
+                before, found, after = first.fetchall(), row.fetchall(), last.fetchall()
+                if [r[0] for r in before] == [r[0] for r in after]:
+                    return found, rows.records_of(conn, after)
+
+        found, stored = self._runner.run(read, tx=False)
+        return (self._load(found[0]) if found else None), stored
+
     def checkpoints(self, context_id: str, *, include_resolved: bool = False) -> list[Checkpoint]:
         """Interrupted replies of a context in conversation order (settled ones too if asked).
 

@@ -19,10 +19,6 @@ Live chunks are told from the store's by their metadata: the owner gives each ch
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,8 +26,9 @@ from urllib.parse import urlparse
 
 import pytest
 import redistest
+from gated import OwnerProcess, words
 from tcpproxy import TcpProxy
-from watching import WAIT, Watcher, stored_text
+from watching import Watcher, stored_text
 
 import rxcontext
 from rxcontext import Chunk, ContextWindow
@@ -42,89 +39,10 @@ from rxcontext.fanout.redis import RedisFanout
 HEALED_WITHIN = 2.0  # live again this soon after the link heals (bounded wait)
 FALLBACK_WITHIN = 10.0  # the store's checkpoints shown this soon (bounded wait)
 
-OWNER = textwrap.dedent(
-    """
-    import sys
-    import rxcontext
-    from rxcontext import Chunk, ChunkKind, ContextWindow
-    from rxcontext.fanout.redis import RedisFanout
-    from rxcontext.providers import ScriptedModel
-
-    target, url, prefix = sys.argv[1], sys.argv[2], sys.argv[3]
-
-    def say(line):
-        print(line, flush=True)
-
-    class Gated(ScriptedModel):
-        # Delivers as many chunks as each line on stdin says, then "at <n>"; "end" ends.
-        def iter_chunks(self, request):
-            n = 0
-            say("at 0")
-            while (line := sys.stdin.readline().strip()) not in ("end", ""):
-                for _ in range(int(line)):
-                    yield Chunk(ChunkKind.TEXT, f"w{n} ", metadata={"n": n})
-                    n += 1
-                say(f"at {n}")
-            yield Chunk(ChunkKind.DONE, finish_reason="stop")
-
-    fanout = RedisFanout(url, prefix=prefix)
-    store = rxcontext.open(target, fanout=fanout)
-    cw = ContextWindow(store, Gated([[]]), "part", retry=None, checkpoint_every=0.05)
-    errors = []
-    cw.stream(reply_id="r").subscribe(on_error=errors.append)
-    store.close()
-    say(f"done {[type(e).__name__ for e in errors]}")
-    fanout.close()
-    """
-)
-
-
-def words(n: int) -> str:
-    return "".join(f"w{i} " for i in range(n))
-
 
 def live(chunk: Chunk) -> bool:
     """Whether the watcher got ``chunk`` from the live log (the store keeps no metadata)."""
     return "n" in chunk.metadata
-
-
-class OwnerProcess:
-    def __init__(self, target: str, url: str, prefix: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", OWNER, target, url, prefix],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.n = 0
-        assert self.line() == "at 0"
-
-    def line(self) -> str:
-        assert self.proc.stdout is not None
-        return self.proc.stdout.readline().strip()
-
-    def deliver(self, k: int) -> None:
-        """Let the owner deliver ``k`` more chunks; returns once its subscriber has them."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"{k}\n")
-        self.proc.stdin.flush()
-        self.n += k
-        assert self.line() == f"at {self.n}"
-
-    def end(self) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("end\n")
-        self.proc.stdin.flush()
-        return self.line()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(WAIT)
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                pipe.close()
 
 
 @pytest.fixture
@@ -148,7 +66,7 @@ def _start(
 ) -> tuple[OwnerProcess, Watcher, ContextWindow]:
     target = str(tmp_path / "shared.db")
     ContextWindow(rxcontext.open(target), None, "part").add_prompt("Count.")
-    owner = OwnerProcess(target, owner_link.url, prefix)
+    owner = OwnerProcess(target, owner_link.url, prefix, context="part")
     owner.deliver(3)
     # timeout=0.2: the watcher's reads give up after 2.2 s (the XREAD block + 1.2 s).
     fanout = RedisFanout(watcher_link.url, prefix=prefix, timeout=0.2)
@@ -173,7 +91,7 @@ def _live_again(owner: OwnerProcess, watcher: Watcher) -> float:
 
 
 def _finish(owner: OwnerProcess, watcher: Watcher, cw: ContextWindow) -> None:
-    assert owner.end() == "done []"  # no error at the owner, ever
+    assert owner.end() == "done"  # no error at the owner, ever
     watcher.join()
     assert watcher.completed, watcher.error
     assert watcher.text == stored_text(cw, "r") == words(owner.n)

@@ -50,6 +50,11 @@ def text_of(key: str) -> str:
     return "".join(f"{key}:{i} " for i in range(CHUNKS))
 
 
+def cut_text(key: str) -> str:
+    """What the subscriber of a cut reply received: its first two chunks."""
+    return f"{key}:0 {key}:1 "
+
+
 WRITER = textwrap.dedent(
     f"""
     import sys, threading
@@ -81,7 +86,7 @@ WRITER = textwrap.dedent(
                 cw.call(reply_id=key)
                 say("ack", key)
             except StreamInterrupted as e:
-                say("cut", key, e.checkpoint.id)
+                say("cut", key, e.checkpoint.id, len(e.checkpoint.text))
 
     workers = [threading.Thread(target=write, args=(t,)) for t in range(threads)]
     for w in workers:
@@ -169,6 +174,14 @@ def hot_context(target: str, processes: int, threads: int, turns: int) -> None:
         acked = {words[1] for lines in written for words in lines if words[0] == "ack"}
         cut = {words[1]: int(words[2]) for lines in written for words in lines if words[0] == "cut"}
         assert len(acked) + len(cut) == processes * threads * turns
+        # The checkpoint a cut writer was given holds both chunks its subscriber received.
+        short = [
+            w
+            for lines in written
+            for w in lines
+            if w[0] == "cut" and int(w[3]) != len(cut_text(w[1]))
+        ]
+        assert short == [], short
         ids = sorted(cut.values())
         for w in writers:  # every process races for every cut reply, in the same order
             w.send(" ".join(map(str, ids)))
@@ -202,9 +215,7 @@ def hot_context(target: str, processes: int, threads: int, turns: int) -> None:
             # of the claim. Never a second winner.
             allowed = ("won", "lost ReplyBusy", "lost CheckpointResolved", "lost ReplySuperseded")
             assert all(r in allowed for r in results), outcomes[cp_id]
-            assert by_reply[key].content == text_of(key)[: len(f"{key}:0 {key}:1 ")] + (
-                f"+{winners[0]}"
-            )
+            assert by_reply[key].content == cut_text(key) + f"+{winners[0]}"
         else:
             assert results == ["lost ReplySuperseded"] * processes, results
             assert key not in by_reply

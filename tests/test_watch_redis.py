@@ -119,6 +119,9 @@ def test_redis_restarted_empty_watchers_go_live_again(private: redistest.Private
     private.start()  # back, and empty
     # No checkpoints are written mid-reply, so only the live channel can bring these.
     assert watcher.wait_for(words(6)), watcher.text
+    client = private.client()
+    assert client.pttl(fanout.key("r")) > 0  # the log made whole again expires too
+    client.close()
     gate.release(2)
     assert watcher.wait_for(words(8)), watcher.text
     owner.join()

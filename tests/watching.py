@@ -137,10 +137,10 @@ class Watcher:
         assert self.done.wait(WAIT), "the watcher never ended"
         return self
 
-    def wait_for(self, text: str) -> bool:
-        """Block until what this watcher shows is ``text`` (False after ``WAIT``)."""
+    def wait_for(self, text: str, timeout: float = WAIT) -> bool:
+        """Block until what this watcher shows is ``text`` (False after ``timeout``)."""
         with self._changed:
-            return self._changed.wait_for(lambda: self.text == text, WAIT)
+            return self._changed.wait_for(lambda: self.text == text, timeout)
 
     @property
     def text(self) -> str:

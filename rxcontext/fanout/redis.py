@@ -366,6 +366,7 @@ class RedisFanout:
                     pipe.delete(key)
                     plan.append((channel, "drop", 0))
                 continue
+            made = channel.confirmed == -2 or not channel.begun
             if channel.confirmed == -2:
                 last = channel.seq
                 data = {
@@ -402,7 +403,9 @@ class RedisFanout:
                     nomkstream=True,
                 )
                 plan.append((channel, "end", channel.end_seq))
-            if channel.ended or now >= channel.expire_at:
+            # A write that can make the key (a Begin, a Snapshot after Redis lost it) sets
+            # its expiry in the same pipeline: a key never lives without one.
+            if channel.ended or now >= channel.expire_at or made:
                 pipe.pexpire(key, self.end_ttl_ms if channel.ended else self.live_ttl_ms)
                 plan.append((channel, "expire", 0))
                 channel.expire_at = now + 30.0

@@ -333,6 +333,11 @@ class _Watch:
                     assert row is not None
                     if self.at is not None and row.epoch > self.at[0]:
                         want, self.at = row.epoch, None
+                    else:
+                        # The log stalled but the store may have gone on (the owner cut off
+                        # from the fan-out): show what is stored; the log, once it moves
+                        # again, is caught up by offsets.
+                        yield from self.sync(records, row, final=False)
                 continue
             yield from self.apply(entries)
             if self.ending is not None:

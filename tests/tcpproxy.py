@@ -1,0 +1,115 @@
+"""A TCP proxy on loopback that can partition its clients from the server and heal.
+
+One proxy per client process (or per client) to fault: give the client
+``127.0.0.1:<proxy.port>`` instead of the server's address.
+
+* ``pass`` (the start): bytes go both ways.
+* :meth:`blackhole`: a real partition, not a refused connection. New connections are
+  accepted (the client's connect succeeds, as it would towards a host whose replies are
+  dropped) and open ones stay open, but no byte goes either way: what was read stays
+  held in the proxy, what was not read stays in the kernel's buffers. Clients see
+  nothing but timeouts.
+* :meth:`heal`: forwarding resumes on every connection, the held bytes first (TCP would
+  retransmit them): a command a client gave up on still reaches the server, late, as on
+  a real network.
+* :meth:`cut`: every open connection is closed at once (a reset link).
+
+Threads and blocking sockets; loopback only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+__all__ = ["TcpProxy"]
+
+
+class TcpProxy:
+    """Listen on 127.0.0.1:<port> and forward to ``upstream``."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self._open = threading.Event()
+        self._open.set()
+        self._lock = threading.Lock()
+        self._socks: set[socket.socket] = set()
+        self._closed = False
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True, name="tcpproxy-accept").start()
+
+    @property
+    def url(self) -> str:
+        """``redis://`` URL of this proxy (for a Redis upstream)."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def blackhole(self) -> None:
+        """Stop every byte, both ways, on open and new connections; close none."""
+        self._open.clear()
+
+    def heal(self) -> None:
+        """Forward again, what was held first."""
+        self._open.set()
+
+    @property
+    def partitioned(self) -> bool:
+        return not self._open.is_set()
+
+    def cut(self) -> None:
+        """Close every open connection (the listener stays)."""
+        with self._lock:
+            socks, self._socks = list(self._socks), set()
+        for s in socks:
+            self._close(s)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client: socket.socket) -> None:
+        self._open.wait()  # partitioned: the connect goes nowhere until healed
+        try:
+            server = socket.create_connection(self.upstream)
+        except OSError:
+            self._close(client)
+            return
+        with self._lock:
+            if self._closed:
+                self._close(client, server)
+                return
+            self._socks.update((client, server))
+        for a, b in ((client, server), (server, client)):
+            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, dest: socket.socket) -> None:
+        try:
+            while True:
+                self._open.wait()
+                data = source.recv(65536)
+                if not data:
+                    break
+                self._open.wait()  # partitioned while reading: hold it until healed
+                dest.sendall(data)
+        except OSError:
+            pass
+        self._close(source, dest)
+
+    def _close(self, *socks: socket.socket) -> None:
+        for s in socks:
+            with self._lock:
+                self._socks.discard(s)
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._open.set()
+        self._listener.close()
+        self.cut()

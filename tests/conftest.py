@@ -137,6 +137,11 @@ _LONG_MODULES = {
     "test_pg_faults.py": 12,
     "test_signals.py": 10,
     "test_watch_redis.py": 10,
+    "test_leaks.py": 9,
+    "test_watch_partition.py": 6,
+    "test_hot_context.py": 6,
+    "test_bench_scaleout.py": 5,
+    "test_kill_watched.py": 3,
 }
 
 

@@ -15,14 +15,15 @@ is the pipeline's marginal cost divided by the SDK's. Counts come from callgrind
 requests (a tiny C helper built here with ``cc``: ``CALLGRIND_ZERO_STATS`` before a
 measured call, ``CALLGRIND_DUMP_STATS_AT`` after it), one warm-up call first.
 
-Threads are counted apart (``--separate-threads=yes``). The ratio is the main thread's,
-where the chunks are made and delivered; the store's timer threads (the periodic
+Threads are counted apart (``--separate-threads=yes``), and the counts are the main
+thread's, where the chunks are made and delivered: the store's timer threads (the periodic
 checkpoints, the heartbeat's lease renewals and stop polls) do work per second of wall
 time, not per chunk, and under valgrind (~50x slower, more on a loaded machine) a stream
 lasts long enough for many of their rounds: counted per chunk they would add a cost that
-grows with the machine's load. Their instructions are reported beside it
-(``other_threads``). The store's lease is long (``lease_ttl=600``) so that a slow run under
-valgrind cannot lose its replies to self-fencing.
+grows with the machine's load. (A client-request dump holds the calling thread only; the
+timer threads' totals are in the files callgrind writes at exit, ``--keep`` to see them.)
+The store's lease is long (``lease_ttl=600``) so that a slow run under valgrind cannot lose
+its replies to self-fencing.
 
     python benchmarks/callgrind_sdk.py                       # OpenAI Chat and Anthropic
     python benchmarks/callgrind_sdk.py --providers openai_chat,anthropic,gemini,openai_responses
@@ -89,23 +90,17 @@ def child(providers: list[str], short: int, long: int, tmp: Path) -> None:
                     assert got == stream.text
 
 
-def _counts(tmp: Path) -> dict[tuple[str, str, int], tuple[int, int]]:
-    """(main thread, other threads) instructions of each measured call."""
-    out: dict[tuple[str, str, int], tuple[int, int]] = {}
+def _counts(tmp: Path) -> dict[tuple[str, str, int], int]:
+    """The main thread's instructions in each measured call."""
+    out: dict[tuple[str, str, int], int] = {}
     for path in tmp.glob("callgrind.out*"):
         text = path.read_text(errors="replace")
         label = re.search(r"^desc: Trigger: Client Request: (\S+)", text, re.M)
         total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
         thread = re.search(r"^thread: (\d+)", text, re.M)
-        if label and total:
+        if label and total and (thread is None or thread.group(1) == "1"):
             name, consumer, events = label.group(1).split(":")
-            key = (name, consumer, int(events))
-            main_, other = out.get(key, (0, 0))
-            if thread is None or int(thread.group(1)) == 1:
-                main_ += int(total.group(1))
-            else:
-                other += int(total.group(1))
-            out[key] = (main_, other)
+            out[(name, consumer, int(events))] = int(total.group(1))
     return out
 
 
@@ -146,7 +141,7 @@ def main() -> None:
         env = dict(os.environ, PYTHONHASHSEED="0")
         subprocess.run(cmd, check=True, env=env, stderr=subprocess.DEVNULL)
         counts = _counts(tmp)
-    if len(counts) != 4 * len(providers) or min((m for m, _ in counts.values()), default=0) <= 0:
+    if len(counts) != 4 * len(providers) or min(counts.values(), default=0) <= 0:
         raise SystemExit(f"callgrind gave unusable counts: {counts}")
     results: dict[str, Any] = {
         "method": "callgrind instructions of the main thread, marginal per event",
@@ -157,7 +152,7 @@ def main() -> None:
     for name in providers:
         rows = {}
         for consumer in ("sdk", "pipeline"):
-            (n1, (i1, o1)), (n2, (i2, o2)) = sorted(
+            (n1, i1), (n2, i2) = sorted(
                 (events, total)
                 for (p, c, events), total in counts.items()
                 if (p, c) == (name, consumer)
@@ -166,7 +161,6 @@ def main() -> None:
                 "events": [n1, n2],
                 "instructions": [i1, i2],
                 "per_event": (i2 - i1) / (n2 - n1),
-                "other_threads": [o1, o2],
             }
         rows["ratio"] = rows["pipeline"]["per_event"] / rows["sdk"]["per_event"]
         results["cases"][name] = rows

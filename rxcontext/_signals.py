@@ -86,11 +86,12 @@ class HandOver:
     the main thread only (elsewhere it does nothing): two flag writes per chunk.
     """
 
-    __slots__ = ("_pending", "_saved", "critical")
+    __slots__ = ("_saved", "critical", "held")
 
     def __init__(self) -> None:
         self.critical = False
-        self._pending: list[tuple[int, FrameType | None]] = []
+        self.held: list[tuple[int, FrameType | None]] = []
+        """Signals waiting for :meth:`release` (the driver looks before calling it)."""
         self._saved: dict[int, Any] = {}
 
     def __enter__(self) -> HandOver:
@@ -107,19 +108,19 @@ class HandOver:
         for signum, handler in saved.items():
             _setsignal(signum, handler)
         self.critical = False
-        self._pending.clear()
+        self.held.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         ours = frame is not None and frame.f_globals.get("__name__", "").startswith("rxcontext")
         if self.critical and ours:
-            self._pending.append((signum, frame))
+            self.held.append((signum, frame))
             return
         self._saved[signum](signum, frame)
 
     def release(self) -> None:
         """End a critical stretch; deliver a signal held during it (it raises here)."""
         self.critical = False
-        if self._pending:
-            pending, self._pending = self._pending, []
+        if self.held:
+            pending, self.held = self.held, []
             for signum, frame in pending:
                 self._saved[signum](signum, frame)

@@ -25,6 +25,7 @@ from reactivex import abc
 from .chunks import Chunk, ToolCall
 from .errors import ReplyStopped
 from .persist import ReplyPersister
+from .providers.base import Request
 from .run import Run, aclose_chunks
 from .tools import ToolResult, areview
 
@@ -236,6 +237,12 @@ def _clock(scheduler: abc.SchedulerBase | None) -> Callable[[], float]:
     return asyncio.get_running_loop().time
 
 
+def _open_and_request(run: Run) -> Request:
+    """Begin the reply and build its first request (in one worker-thread call)."""
+    run.open()
+    return run.request(0)
+
+
 class _Expired(Exception):
     """Internal: a timeout of the driver's own (not one the model raised)."""
 
@@ -266,13 +273,20 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
     unwatch: Callable[[], None] | None = None
     stopper.start()
     try:
-        await off_loop(run.open)
-        for hook in hooks:
-            if hook.on_start is not None:
-                hook.on_start()
+        starts = [hook.on_start for hook in hooks if hook.on_start is not None]
+        first: Request | None = None
+        if starts:  # they run on the loop between the reply's begin and its request
+            await off_loop(run.open)
+            for on_start in starts:
+                on_start()
+        else:  # one trip to the worker thread instead of two: both are on the first chunk's way
+            first = await off_loop(_open_and_request, run)
         rounds = 0
         while True:
-            request = await off_loop(run.request, rounds)
+            if first is not None:
+                request, first = first, None
+            else:
+                request = await off_loop(run.request, rounds)
             attempt = 0
             while True:
                 if due is not None and clock() >= due:

@@ -11,7 +11,8 @@ next tick and the streams never wait. Leases are renewed by :mod:`rxcontext.hear
 which runs whether or not periodic checkpoints do.
 
 Ticks run on a thread of their own (which stays ``LINGER`` seconds after the last reply,
-so replies one after another do not each start one), or, when the window's scheduler is
+so replies one after another do not each start one, and keeps its cadence meanwhile, so a
+reply that begins wakes no thread), or, when the window's scheduler is
 virtual (a ``TestScheduler``), on that scheduler's clock so tests decide when time passes.
 """
 
@@ -62,10 +63,7 @@ class Checkpointer:
             if self.scheduler is not None:
                 if self._timer is None:
                     self._timer = self.scheduler.schedule_relative(self.every, self._virtual_tick)
-            elif self._thread is not None:
-                if len(self._replies) == 1:
-                    self._wake.notify_all()  # a lingering thread takes this reply on
-            else:
+            elif self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="rxcontext-checkpoints", daemon=True
                 )
@@ -75,11 +73,9 @@ class Checkpointer:
         """Stop writing ``persister``'s checkpoints; the timer stops with the last reply."""
         with self._lock:
             self._replies.pop(id(persister), None)
-            if not self._replies:
-                if self._timer is not None:
-                    self._timer.dispose()
-                    self._timer = None
-                self._wake.notify_all()
+            if not self._replies and self._timer is not None:
+                self._timer.dispose()
+                self._timer = None
 
     def _virtual_tick(self, scheduler: abc.SchedulerBase, state: Any = None) -> None:
         with self._lock:
@@ -92,25 +88,32 @@ class Checkpointer:
                 self._timer = self.scheduler.schedule_relative(self.every, self._virtual_tick)
 
     def _run(self) -> None:
+        # The thread keeps its cadence whether or not it has replies, and nobody wakes it:
+        # a reply that registers is written at the next tick (at most ``every`` later, the
+        # promise), and registering costs no thread wake-up on the reply's way to its first
+        # chunk. With no reply for ``LINGER`` seconds it ends.
         due = time.monotonic() + self.every
+        idle_since: float | None = None
         while True:
             with self._lock:
-                if not self._replies:
-                    # Idle: stay a while for the next reply, so replies one after another
-                    # reuse this thread (starting one is on their time to first chunk).
-                    self._wake.wait_for(lambda: bool(self._replies), timeout=LINGER)
-                    if not self._replies:
+                while True:
+                    now = time.monotonic()
+                    if self._replies:
+                        idle_since = None
+                    elif idle_since is None:
+                        idle_since = now
+                    elif now - idle_since >= LINGER:
                         self._thread = None
                         return
-                    due = time.monotonic() + self.every
-                while self._replies:
-                    left = due - time.monotonic()
+                    left = due - now
                     if left <= 0:
                         break
+                    if idle_since is not None:
+                        left = min(left, idle_since + LINGER - now)
                     self._wake.wait(left)
-                if not self._replies:
-                    continue
-            self.tick()
+                busy = bool(self._replies)
+            if busy:
+                self.tick()
             due += self.every
             now = time.monotonic()
             if due <= now:  # a write took longer than the interval: skip, never pile up

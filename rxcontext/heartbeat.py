@@ -144,15 +144,14 @@ class Heartbeat:
                     target=self._main, name="rxcontext-heartbeat", daemon=True
                 )
                 self._thread.start()
-            else:
-                self._wake.notify_all()
+            # A running thread is not woken: it looks at its replies at least every
+            # ``poll_every`` (idle or not), and the new lease was just taken.
 
     def unregister(self, persister: ReplyPersister) -> None:
         """Stop serving ``persister``'s reply (idempotent); the thread ends ``LINGER``
         seconds after the last."""
         with self._lock:
-            if self._beats.pop(id(persister), None) is not None and not self._beats:
-                self._wake.notify_all()
+            self._beats.pop(id(persister), None)
 
     def poke(self) -> None:
         """Look for stop requests now (a fast channel's hint arrived)."""
@@ -196,22 +195,30 @@ class Heartbeat:
         now = time.monotonic()
         next_renew = now + self.renew_every
         next_poll = now + self.poll_every
+        idle_since: float | None = None
         while True:
             with self._lock:
                 while True:
                     if self._closed:
                         self._thread = None
                         return
-                    if not self._beats:  # idle: linger for the next reply, then end
-                        woken = self._wake.wait_for(
-                            lambda: bool(self._beats) or self._closed, LINGER
-                        )
-                        if not woken:
+                    if not self._beats:
+                        # Idle: linger for the next reply, looking every poll_every (a
+                        # reply that begins wakes nobody: that would be on its time to
+                        # first chunk), then end.
+                        now = time.monotonic()
+                        if idle_since is None:
+                            idle_since = now
+                        left = idle_since + LINGER - now
+                        if left <= 0:
                             self._thread = None
                             return
-                        now = time.monotonic()
-                        next_renew = now + self.renew_every
-                        next_poll = now + self.poll_every
+                        self._wake.wait(min(left, self.poll_every))
+                        if self._beats:  # new replies: a round now, renewals from here
+                            idle_since = None
+                            now = time.monotonic()
+                            next_renew = now + self.renew_every
+                            next_poll = now
                         continue
                     if self._poked:
                         break

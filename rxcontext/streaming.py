@@ -157,6 +157,7 @@ class _SyncDriver:
         scheduler: abc.SchedulerBase | None,
     ) -> None:
         self.run = run
+        self.persister = run.persister
         self.observer = observer
         self.watch, self.emit = _subscriber(observer)
         self.flag = flag
@@ -272,13 +273,15 @@ class _SyncDriver:
 
     def _deliver(self, chunk: Chunk, fold: bool = True) -> None:
         """Hand ``chunk`` to the subscriber if it still wants it; then fold it in."""
-        p = self.run.persister
+        p = self.persister
         guard = self.guard
+        flag = self.flag
+        watch = self.watch
         guard.critical = True  # a Ctrl-C in our code from here waits for the fold
         p.busy = True
         if p._claimed:
             p.wait_claim()
-        if self.flag.disposed or self.watch.is_stopped:
+        if flag.disposed or watch.is_stopped:
             p.busy = False
             guard.release()
             raise _Cancelled
@@ -299,10 +302,12 @@ class _SyncDriver:
         else:
             p.passed(chunk)
         p.busy = False
-        guard.release()
+        guard.critical = False
+        if guard.held:
+            guard.release()  # delivers the signal held meanwhile
         if p.attention:
             p.attend()
-        if self.flag.disposed or self.watch.is_stopped:
+        if flag.disposed or watch.is_stopped:
             raise _Cancelled  # disposed by the subscriber's own on_next (take(n), say)
 
     user_raised = False

@@ -218,17 +218,26 @@ def usage_of_dict(usage: Mapping[str, Any]) -> Usage:
     return Usage.of(*counts)
 
 
+_MODELS: set[type] = set()
+"""Classes seen to be the SDK's models: a set lookup per event field instead of pydantic's
+``isinstance`` (an ABC check, a few times an attribute read) on every event."""
+
+
 def _model(value: Any, name: str) -> Any:
     """``value`` if it is one of the SDK's models (or None); the SDK keeps what it cannot build
     one from (a string, a number) as it came, and that is a malformed event."""
-    if value is None or isinstance(value, openai.BaseModel):
+    if value is None or value.__class__ in _MODELS:
         return value
-    raise bad_field(name, value)
+    return sdk_model(value, name)
 
 
 def sdk_model(value: Any, name: str) -> Any:
     """``value`` if it is one of the SDK's models (not None), else :class:`BadEvent`."""
+    cls = value.__class__
+    if cls in _MODELS:
+        return value
     if isinstance(value, openai.BaseModel):
+        _MODELS.add(cls)
         return value
     raise bad_field(name, value)
 

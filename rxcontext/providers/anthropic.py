@@ -486,10 +486,19 @@ async def _asdk_chunks(
         await stream.close()
 
 
+_MODELS: set[type] = set()
+"""Classes seen to be the SDK's models: a set lookup per event field instead of pydantic's
+``isinstance`` (an ABC check) on every event."""
+
+
 def _model(value: Any, name: str) -> Any:
     """``value`` if it is one of the SDK's models; the SDK keeps a value it cannot build one
     from (a string, a number) as it came, and that is a malformed event."""
+    cls = value.__class__
+    if cls in _MODELS:
+        return value
     if isinstance(value, anthropic.BaseModel):
+        _MODELS.add(cls)
         return value
     raise bad_field(name, value)
 

@@ -496,37 +496,48 @@ def _sdk_response(
             "the event has none of the fields the API sends (candidates, usageMetadata, "
             "responseId, modelVersion, promptFeedback)"
         )
+    # Fields are read from the models' __dict__, where pydantic keeps them: an attribute
+    # read on a model class with __getattr__ goes through a slow slot (~20 reads an event
+    # cost ~40,000 instructions). A value that is no model (the SDK keeps what it cannot
+    # build one from) has no __dict__ or not the field: an AttributeError or KeyError, a
+    # malformed event as before.
+    fields = response.__dict__
     out: list[Chunk] = []
-    if response.response_id:
-        turn.response_id = response.response_id
-    candidates = response.candidates
+    response_id = fields["response_id"]
+    if response_id:
+        turn.response_id = response_id
+    candidates = fields["candidates"]
     if candidates:
-        candidate = candidates[0]
-        content = candidate.content
-        for part in (content.parts if content else None) or ():
-            signature = _sdk_signature(part.thought_signature)
-            call = part.function_call
+        candidate = candidates[0].__dict__
+        content = candidate["content"]
+        for part in (content.__dict__["parts"] if content else None) or ():
+            got = part.__dict__
+            signature = _sdk_signature(got["thought_signature"])
+            call = got["function_call"]
             if call is not None:
                 out.append(turn.call(call.name or "", call.args, call.id, signature))
                 continue
             if signature:
                 turn.signature = signature
-            if part.text:
-                out.append(Chunk(_THINKING if part.thought else _TEXT, part.text))
-        if candidate.finish_reason is not None:
-            turn.finish_reason = _enum_str(candidate.finish_reason)
+            text = got["text"]
+            if text:
+                out.append(Chunk(_THINKING if got["thought"] else _TEXT, text))
+        finish_reason = candidate["finish_reason"]
+        if finish_reason is not None:
+            turn.finish_reason = _enum_str(finish_reason)
     else:
-        feedback = response.prompt_feedback
+        feedback = fields["prompt_feedback"]
         if feedback is not None and feedback.block_reason is not None:
             raise _blocked(_enum_str(feedback.block_reason), feedback.block_reason_message)
-    meta = response.usage_metadata
+    meta = fields["usage_metadata"]
     if meta is not None:
+        counts = meta.__dict__
         usage = turn.count(
-            meta.prompt_token_count,
-            meta.candidates_token_count,
-            meta.total_token_count,
-            meta.cached_content_token_count,
-            meta.thoughts_token_count,
+            counts["prompt_token_count"],
+            counts["candidates_token_count"],
+            counts["total_token_count"],
+            counts["cached_content_token_count"],
+            counts["thoughts_token_count"],
         )
         if usage is not None:
             out.append(usage)

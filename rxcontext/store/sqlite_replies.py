@@ -59,6 +59,17 @@ _APPEND = (
 """A checkpoint's next part: the text and thinking delivered since its last write."""
 
 
+_BEGIN = (
+    "INSERT INTO checkpoints (context_id, text, created_at, updated_at, reply_id, state, pos,"
+    " owner, epoch, lease_until)"
+    " SELECT ?, '', ?, ?, ?, 'streaming', ?, ?, 1, ?"
+    " WHERE NOT EXISTS (SELECT 1 FROM records WHERE reply_id = ?)"
+    " RETURNING id"
+)
+"""A reply's new row, unless its id was used by a stored record (the row's own unique index
+refuses an id another reply's row has)."""
+
+
 def _checkpoint_values(draft: CheckpointDraft) -> tuple[Any, ...]:
     return (
         rows.storable(json.dumps(list(draft.tool_calls), ensure_ascii=False)),
@@ -177,26 +188,39 @@ class SQLiteReplies:
         """Reserve the next position for a reply and create its ``STREAMING`` row (epoch 1)."""
         if not isinstance(reply_id, str) or not reply_id:
             raise TypeError("reply_id must be a non-empty str")
+        # On every reply's way to its first chunk: two statements in the transaction (the
+        # position, then the row with the reply-id check in it), one clock read, and the
+        # Checkpoint made from what was written (only its id comes back).
+        at = self.clock()
+        now = at.isoformat(timespec="microseconds")
+        lease = (at + timedelta(seconds=self.lease_ttl)).isoformat(timespec="microseconds")
         with self._tx() as db:
             pos = self._allocate(db, context_id)
-            if db.execute(
-                "SELECT 1 FROM records WHERE reply_id = ? LIMIT 1", (reply_id,)
-            ).fetchone():
-                raise ReplyExists(f"reply id {reply_id!r} was already used (reply ids are unique)")
-            now = self.now()
             try:
                 row = db.execute(
-                    "INSERT INTO checkpoints (context_id, text, created_at, updated_at, reply_id,"
-                    " state, pos, owner, epoch, lease_until)"
-                    " VALUES (?, '', ?, ?, ?, 'streaming', ?, ?, 1, ?)"
-                    f" RETURNING {rows.CHECKPOINT_COLUMNS}",
-                    (context_id, now, now, reply_id, pos, owner, self._lease()),
+                    _BEGIN, (context_id, now, now, reply_id, pos, owner, lease, reply_id)
                 ).fetchone()
-            except sqlite3.IntegrityError as exc:
-                raise ReplyExists(
-                    f"reply id {reply_id!r} was already used (reply ids are unique)"
-                ) from exc
-        return rows.checkpoint(row, "", "")
+            except sqlite3.IntegrityError:
+                row = None
+            if row is None:  # a stored record or another reply's row has this id
+                raise ReplyExists(f"reply id {reply_id!r} was already used (reply ids are unique)")
+        stamp = datetime.fromisoformat(now)
+        return Checkpoint(
+            id=row[0],
+            context_id=context_id,
+            text="",
+            thinking="",
+            tool_calls=(),
+            usage=None,
+            error=None,
+            created_at=stamp,
+            updated_at=stamp,
+            reply_id=reply_id,
+            state=ReplyState.STREAMING,
+            pos=pos,
+            epoch=1,
+            owner=owner,
+        )
 
     @staticmethod
     def _update_params(

@@ -45,7 +45,7 @@ class Checkpointer:
     def __init__(
         self, store: Store, every: float, scheduler: VirtualTimeScheduler | None = None
     ) -> None:
-        self.store = store
+        self._store = weakref.ref(store)  # the registry is weak: so must this be
         self.every = every
         self.scheduler = scheduler
         self._replies: dict[int, ReplyPersister] = {}
@@ -55,6 +55,14 @@ class Checkpointer:
         self._timer: abc.DisposableBase | None = None
         self.ticks = 0
         """How many ticks ran (for tests and benchmarks)."""
+
+    @property
+    def store(self) -> Store:
+        """The store served; StoreClosedError once it is gone (collected after close)."""
+        store = self._store()
+        if store is None:
+            raise StoreClosedError("the store is closed")
+        return store
 
     def register(self, persister: ReplyPersister) -> None:
         """Start writing ``persister``'s checkpoints (until :meth:`unregister`)."""

@@ -96,7 +96,7 @@ class Heartbeat:
     """Renews the leases of ``store``'s replies in this process and delivers stop requests."""
 
     def __init__(self, store: Store) -> None:
-        self.store = store
+        self._store = weakref.ref(store)  # the registry is weak: so must this be
         self.ttl = store.lease_ttl
         self.renew_every = self.ttl / 3
         self.poll_every = min(STOP_POLL, self.renew_every)
@@ -123,6 +123,14 @@ class Heartbeat:
         store.on_close(self.close)
 
     # -- the drivers' side ----------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        """The store served; StoreClosedError once it is gone (collected after close)."""
+        store = self._store()
+        if store is None:
+            raise StoreClosedError("the store is closed")
+        return store
 
     def register(
         self, persister: ReplyPersister, on_stop: OnStop, *, since: float | None = None

@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from ._memory import let_go
 from ._signals import deferred
 from .chunks import Chunk, ChunkKind, Reply, ReplyBuilder, Usage
 from .errors import OwnershipLost, RxContextError, SchemaValidationError, StreamInterrupted
@@ -570,6 +571,9 @@ class ReplyPersister:
     def reply(self) -> Reply:
         """The round's reply so far (a resumed round includes the checkpoint's text)."""
         reply = self.builder.build()
+        # The builder's blocks are freed now (it holds the joined text): give their memory
+        # back before the commit allocates SQLite's copies of the reply (rxcontext/_memory.py).
+        let_go(len(reply.text) + len(reply.thinking))
         if self._prefix or self._prefix_thinking:
             reply = replace(
                 reply,

@@ -167,3 +167,35 @@ def test_replies_one_after_another_reuse_the_checkpointer_thread(monkeypatch) ->
         cw.add_prompt("again")
         assert cw.call().text == "b"
         assert timer._thread is first
+
+
+def test_a_long_checkpoint_write_is_stored_in_small_parts_and_read_back_exactly() -> None:
+    from rxcontext.records import ReplyState
+    from rxcontext.store.base import CheckpointDraft, ReplyTicket
+    from rxcontext.store.sqlite_replies import PART_CHARS
+
+    # A split surrogate pair right at the first cut: the cut moves so storable still joins it.
+    later = "é" * (PART_CHARS - 1) + "\ud83d\ude00" + "x" * (PART_CHARS + 5)
+    thinking = "t" * (PART_CHARS // 2)
+    with rxcontext.open(":memory:") as store:
+        ctx = store.get_or_create_context("long")
+        begun = store.begin_reply(ctx.id, "r-long", owner="me")
+        ticket = ReplyTicket(begun.id, begun.epoch)
+        assert store.save_checkpoint(ticket, CheckpointDraft("0123456789"))
+        assert store.save_checkpoint(
+            ticket,
+            CheckpointDraft(later, append_thinking=thinking),
+            state=ReplyState.INTERRUPTED,
+        )
+        sizes = store._db().execute(
+            "SELECT length(text), length(thinking) FROM checkpoint_parts ORDER BY seq"
+        )
+        assert [tuple(r) for r in sizes] == [
+            (10, 0),
+            (PART_CHARS - 1, PART_CHARS // 2),
+            (PART_CHARS - 1, 0),  # the pair, joined: one character
+            (7, 0),
+        ]
+        cp = store.get_checkpoint(begun.id)
+        assert cp.text == "0123456789" + storable(later)
+        assert "😀" in cp.text and cp.thinking == thinking

@@ -69,20 +69,6 @@ most this many characters keep those copies small; readers join the parts in ``s
 as before."""
 
 
-def _cuts(text: str) -> list[int]:
-    """Where to cut ``text`` into slices of at most :data:`PART_CHARS` characters: the
-    slices' starts and the end. Never between the halves of a surrogate pair
-    (:func:`rows.storable` joins a pair only within one value)."""
-    cuts = [0]
-    while len(text) - cuts[-1] > PART_CHARS:
-        end = cuts[-1] + PART_CHARS
-        if "\ud800" <= text[end - 1] <= "\udbff":
-            end -= 1
-        cuts.append(end)
-    cuts.append(len(text))
-    return cuts
-
-
 def _checkpoint_values(draft: CheckpointDraft) -> tuple[Any, ...]:
     return (
         rows.storable(json.dumps(list(draft.tool_calls), ensure_ascii=False)),
@@ -245,12 +231,12 @@ class SQLiteReplies:
         if len(text) <= PART_CHARS and len(thinking) <= PART_CHARS:
             yield (cid, rows.storable(text), rows.storable(thinking), cid)
             return
-        t, k = _cuts(text), _cuts(thinking)
-        for i in range(max(len(t), len(k)) - 1):
+        t, k = list(rows.slices(text, PART_CHARS)), list(rows.slices(thinking, PART_CHARS))
+        for i in range(max(len(t), len(k))):
             yield (
                 cid,
-                rows.storable(text[t[i] : t[i + 1]]) if i + 1 < len(t) else "",
-                rows.storable(thinking[k[i] : k[i + 1]]) if i + 1 < len(k) else "",
+                rows.storable(text[t[i][0] : t[i][1]]) if i < len(t) else "",
+                rows.storable(thinking[k[i][0] : k[i][1]]) if i < len(k) else "",
                 cid,
             )
 

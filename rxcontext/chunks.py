@@ -239,11 +239,13 @@ class _CallParts:
 
 
 class _ThinkingBlock:
-    __slots__ = ("fresh", "parts", "redacted", "signature")
+    __slots__ = ("redacted", "signature", "spans")
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.fresh = 0
+        # Where the block's text is in the reply's thinking: flat (start, end) character
+        # pairs, one pair for each run of its deltas (nearly always one). The text itself is
+        # the builder's thinking: held apart, a long reasoning was held twice while it streamed.
+        self.spans: list[int] = []
         self.signature: str | None = None
         self.redacted: str | None = None
 
@@ -280,11 +282,11 @@ def _joined(parts: list[str]) -> str:
     return parts[0] if n else ""
 
 
-def _block_text(block: _ThinkingBlock, thinking: str | None) -> str:
-    if thinking is not None and sum(map(len, block.parts)) == len(thinking):
-        block.parts[:] = [thinking]  # every delta is in this block: the same text
-        return thinking
-    return _joined(block.parts)
+def _block_text(block: _ThinkingBlock, thinking: str) -> str:
+    spans = block.spans
+    if spans == [0, len(thinking)]:
+        return thinking  # every delta is in this block: the same text, not a copy
+    return "".join([thinking[spans[i] : spans[i + 1]] for i in range(0, len(spans), 2)])
 
 
 def _suffix(parts: list[str], start: int) -> tuple[str, int]:
@@ -327,6 +329,7 @@ class ReplyBuilder:
         "_text_fresh",
         "_thinking",
         "_thinking_blocks",
+        "_thinking_chars",
         "_thinking_fresh",
         "_usage",
         "chunks",
@@ -337,6 +340,7 @@ class ReplyBuilder:
         self._text_fresh = 0  # deltas at the end of _text not yet coalesced
         self._thinking: list[str] = []
         self._thinking_fresh = 0
+        self._thinking_chars = 0  # the thinking's length so far
         self._thinking_blocks: dict[int, _ThinkingBlock] = {}
         self._calls: dict[int, _CallParts] = {}
         self._usage: Usage | None = None
@@ -370,11 +374,13 @@ class ReplyBuilder:
             if block is None:
                 block = self._thinking_blocks[chunk.index] = _ThinkingBlock()
             if chunk.text:
-                block.parts.append(chunk.text)
-                block.fresh += 1
-                if block.fresh == _COALESCE:
-                    _coalesce(block.parts)
-                    block.fresh = 0
+                start = self._thinking_chars
+                end = self._thinking_chars = start + len(chunk.text)
+                spans = block.spans
+                if spans and spans[-1] == start:
+                    spans[-1] = end
+                else:
+                    spans += (start, end)
             meta = chunk.metadata
             if meta:
                 if "signature" in meta:
@@ -423,6 +429,7 @@ class ReplyBuilder:
             thinking = self.thinking
             if thinking_keep < len(thinking):
                 self._thinking[:] = [thinking[: max(0, thinking_keep)]] if thinking_keep > 0 else []
+                self._thinking_chars = max(0, thinking_keep)
                 self._thinking_blocks.clear()
 
     @property
@@ -509,9 +516,9 @@ class ReplyBuilder:
         Only blocks that carry a signature or redacted data are listed: plain reasoning
         text (OpenAI-compatible ``reasoning_content``) is kept in ``Reply.thinking`` alone.
         """
-        return self._blocks(None)
+        return self._blocks(self.thinking) if self._thinking_blocks else []
 
-    def _blocks(self, thinking: str | None) -> list[dict[str, Any]]:
+    def _blocks(self, thinking: str) -> list[dict[str, Any]]:
         # A block holding every thinking delta shares the joined thinking text (one copy
         # of a long reasoning, not two).
         out: list[dict[str, Any]] = []

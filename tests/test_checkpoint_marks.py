@@ -50,7 +50,8 @@ def test_one_thinking_block_shares_the_thinking_text() -> None:
     for i in range(3 * _COALESCE + 1):
         builder.add(Chunk(ChunkKind.THINKING, str(i % 7)))
     builder.add(Chunk(ChunkKind.THINKING, "", metadata={"signature": "sig"}))
-    assert len(builder._thinking_blocks[0].parts) <= 4  # blocks, not deltas
+    # The block holds where its text is in the thinking, not a second copy of the text.
+    assert builder._thinking_blocks[0].spans == [0, 3 * _COALESCE + 1]
     reply = builder.build()
     (block,) = reply.metadata["thinking_blocks"]
     assert block["thinking"] == reply.thinking == "".join(str(i % 7) for i in range(769))
@@ -64,6 +65,17 @@ def test_two_thinking_blocks_keep_their_own_text() -> None:
     reply = builder.build()
     assert reply.thinking == "abcde"
     assert [b["thinking"] for b in reply.metadata["thinking_blocks"]] == ["abe", "cd"]
+    assert builder.thinking_blocks() == list(reply.metadata["thinking_blocks"])
+
+
+def test_a_rewound_thinking_keeps_block_spans_in_step() -> None:
+    builder = ReplyBuilder()
+    builder.add(Chunk(ChunkKind.THINKING, "abcdef", metadata={"signature": "old"}))
+    builder.add(Chunk(ChunkKind.REWIND, index=0, metadata={"thinking": 2}))
+    builder.add(Chunk(ChunkKind.THINKING, "XY", metadata={"signature": "new"}))
+    reply = builder.build()
+    assert reply.thinking == "abXY"
+    assert [b["thinking"] for b in reply.metadata["thinking_blocks"]] == ["XY"]
 
 
 def test_a_long_tool_call_is_held_in_blocks() -> None:

@@ -627,6 +627,8 @@ class ReplyPersister:
                     self.finished = False
                 raise
             self.records.extend(records)
+            # The store's copies of a long reply are freed: hand them back (rxcontext/_memory.py).
+            let_go(len(reply.text) + len(reply.thinking))
             if reply.usage is not None:
                 self._usage_total = (
                     reply.usage if self._usage_total is None else self._usage_total + reply.usage

@@ -68,6 +68,10 @@ def json_value(value: Mapping[str, Any]) -> tuple[str | Long | None, Any]:
     gives back is built from the short JSON parsed and the long strings themselves (made
     storable), not by parsing the long JSON again.
     """
+    plain = dict(value)
+    if not plain or not _has_long(plain):
+        text = rows.to_json(plain)
+        return text, rows.from_json(text, {})
     longs: list[str] = []
     nonce = uuid.uuid4().hex
 
@@ -83,12 +87,7 @@ def json_value(value: Mapping[str, Any]) -> tuple[str | Long | None, Any]:
             return [swap(x) for x in v]
         return v
 
-    if not value:
-        return None, {}
-    skeleton = swap(dict(value))
-    if not longs:
-        text = rows.to_json(value)
-        return text, rows.from_json(text, {})
+    skeleton = swap(plain)
     short = rows.to_json(skeleton)
     assert short is not None
     kept = [rows.storable(s) for s in longs]
@@ -116,6 +115,16 @@ def json_value(value: Mapping[str, Any]) -> tuple[str | Long | None, Any]:
         return v
 
     return Long(pieces), restore(json.loads(short))
+
+
+def _has_long(v: Any) -> bool:
+    if isinstance(v, str):
+        return len(v) >= LONG
+    if isinstance(v, dict):
+        return any(_has_long(x) for x in v.values())
+    if isinstance(v, list | tuple):
+        return any(_has_long(x) for x in v)
+    return False
 
 
 def write(db: sqlite3.Connection, table: str, column: str, rowid: int, value: Long) -> None:

@@ -243,8 +243,9 @@ class _ThinkingBlock:
 
     def __init__(self) -> None:
         # Where the block's text is in the reply's thinking: flat (start, end) character
-        # pairs, one pair for each run of its deltas (nearly always one). The text itself is
-        # the builder's thinking: held apart, a long reasoning was held twice while it streamed.
+        # pairs, one pair for each run of its deltas (nearly always one); the open block's
+        # last pair has no end yet (the thinking's end). The text itself is the builder's
+        # thinking: held apart, a long reasoning was held twice while it streamed.
         self.spans: list[int] = []
         self.signature: str | None = None
         self.redacted: str | None = None
@@ -284,6 +285,8 @@ def _joined(parts: list[str]) -> str:
 
 def _block_text(block: _ThinkingBlock, thinking: str) -> str:
     spans = block.spans
+    if len(spans) % 2:
+        spans = [*spans, len(thinking)]  # the open block: to the end
     if spans == [0, len(thinking)]:
         return thinking  # every delta is in this block: the same text, not a copy
     return "".join([thinking[spans[i] : spans[i + 1]] for i in range(0, len(spans), 2)])
@@ -329,8 +332,8 @@ class ReplyBuilder:
         "_text_fresh",
         "_thinking",
         "_thinking_blocks",
-        "_thinking_chars",
         "_thinking_fresh",
+        "_thinking_open",
         "_usage",
         "chunks",
     )
@@ -340,7 +343,7 @@ class ReplyBuilder:
         self._text_fresh = 0  # deltas at the end of _text not yet coalesced
         self._thinking: list[str] = []
         self._thinking_fresh = 0
-        self._thinking_chars = 0  # the thinking's length so far
+        self._thinking_open: _ThinkingBlock | None = None  # the block deltas go to now
         self._thinking_blocks: dict[int, _ThinkingBlock] = {}
         self._calls: dict[int, _CallParts] = {}
         self._usage: Usage | None = None
@@ -364,23 +367,17 @@ class ReplyBuilder:
             if chunk.metadata:
                 self._metadata.update(chunk.metadata)
         elif kind is ChunkKind.THINKING:
+            block = self._thinking_blocks.get(chunk.index)
+            if block is None:
+                block = self._thinking_blocks[chunk.index] = _ThinkingBlock()
             if chunk.text:
+                if block is not self._thinking_open:
+                    self._open_span(block)
                 self._thinking.append(chunk.text)
                 self._thinking_fresh += 1
                 if self._thinking_fresh == _COALESCE:
                     _coalesce(self._thinking)
                     self._thinking_fresh = 0
-            block = self._thinking_blocks.get(chunk.index)
-            if block is None:
-                block = self._thinking_blocks[chunk.index] = _ThinkingBlock()
-            if chunk.text:
-                start = self._thinking_chars
-                end = self._thinking_chars = start + len(chunk.text)
-                spans = block.spans
-                if spans and spans[-1] == start:
-                    spans[-1] = end
-                else:
-                    spans += (start, end)
             meta = chunk.metadata
             if meta:
                 if "signature" in meta:
@@ -418,6 +415,15 @@ class ReplyBuilder:
         elif kind is ChunkKind.REWIND:
             self._rewind(chunk)
 
+    def _open_span(self, block: _ThinkingBlock) -> None:
+        """Deltas now go to ``block``: close the open span at the thinking's length, open
+        ``block``'s there (once per change of block, not per delta)."""
+        at = sum(map(len, self._thinking))
+        if self._thinking_open is not None:
+            self._thinking_open.spans.append(at)
+        block.spans.append(at)
+        self._thinking_open = block
+
     def _rewind(self, chunk: Chunk) -> None:
         """Cut the text back to ``chunk.index`` characters (thinking to its metadata's)."""
         keep = max(0, chunk.index)
@@ -429,8 +435,8 @@ class ReplyBuilder:
             thinking = self.thinking
             if thinking_keep < len(thinking):
                 self._thinking[:] = [thinking[: max(0, thinking_keep)]] if thinking_keep > 0 else []
-                self._thinking_chars = max(0, thinking_keep)
                 self._thinking_blocks.clear()
+                self._thinking_open = None
 
     @property
     def text(self) -> str:

@@ -51,7 +51,7 @@ def test_one_thinking_block_shares_the_thinking_text() -> None:
         builder.add(Chunk(ChunkKind.THINKING, str(i % 7)))
     builder.add(Chunk(ChunkKind.THINKING, "", metadata={"signature": "sig"}))
     # The block holds where its text is in the thinking, not a second copy of the text.
-    assert builder._thinking_blocks[0].spans == [0, 3 * _COALESCE + 1]
+    assert builder._thinking_blocks[0].spans == [0]  # from 0 to the end: no copy of it
     reply = builder.build()
     (block,) = reply.metadata["thinking_blocks"]
     assert block["thinking"] == reply.thinking == "".join(str(i % 7) for i in range(769))
@@ -65,6 +65,7 @@ def test_two_thinking_blocks_keep_their_own_text() -> None:
     reply = builder.build()
     assert reply.thinking == "abcde"
     assert [b["thinking"] for b in reply.metadata["thinking_blocks"]] == ["abe", "cd"]
+    assert [builder._thinking_blocks[i].spans for i in (0, 1)] == [[0, 2, 4], [2, 4]]
     assert builder.thinking_blocks() == list(reply.metadata["thinking_blocks"])
 
 

@@ -35,6 +35,9 @@ LONG = 1 << 20
 SLICE = 1 << 18
 """Characters encoded and written at a time."""
 
+_INCREMENTAL = hasattr(sqlite3.Connection, "blobopen")
+"""False where SQLite was built without incremental I/O: every value is then bound whole."""
+
 
 class Long:
     """A long value to write in slices: its pieces, in order (each call starts them again),
@@ -49,7 +52,7 @@ class Long:
 
 def text_value(text: str) -> str | Long:
     """``text`` (already :func:`rows.storable`) as a column value: itself, or a :class:`Long`."""
-    if len(text) < LONG:
+    if len(text) < LONG or not _INCREMENTAL:
         return text
 
     def pieces() -> Iterator[str]:
@@ -69,7 +72,7 @@ def json_value(value: Mapping[str, Any]) -> tuple[str | Long | None, Any]:
     storable), not by parsing the long JSON again.
     """
     plain = dict(value)
-    if not plain or not _has_long(plain):
+    if not plain or not _INCREMENTAL or not _has_long(plain):
         text = rows.to_json(plain)
         return text, rows.from_json(text, {})
     longs: list[str] = []

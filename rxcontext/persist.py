@@ -571,9 +571,6 @@ class ReplyPersister:
     def reply(self) -> Reply:
         """The round's reply so far (a resumed round includes the checkpoint's text)."""
         reply = self.builder.build()
-        # The builder's blocks are freed now (it holds the joined text): give their memory
-        # back before the commit allocates SQLite's copies of the reply (rxcontext/_memory.py).
-        let_go(len(reply.text) + len(reply.thinking))
         if self._prefix or self._prefix_thinking:
             reply = replace(
                 reply,
@@ -592,6 +589,10 @@ class ReplyPersister:
         assert self.ticket is not None
         if self.fence is not None:
             self.fence()
+        # The builder's blocks were freed by the join (:meth:`reply`): give their memory back
+        # before SQLite allocates its copies of a long reply (rxcontext/_memory.py). Here, not
+        # in reply(): the async driver runs this off its event loop.
+        let_go(len(reply.text) + len(reply.thinking))
         failure: str | None = None
         with self._write, deferred():
             if last and not self._finish():

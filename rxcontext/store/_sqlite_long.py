@@ -22,7 +22,7 @@ import json
 import re
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from . import _sqlite_rows as rows
@@ -72,7 +72,7 @@ def json_value(value: Mapping[str, Any]) -> tuple[str | Long | None, Any]:
     storable), not by parsing the long JSON again.
     """
     plain = dict(value)
-    if not plain or not _INCREMENTAL or not _has_long(plain):
+    if not plain or not _INCREMENTAL or not _has_long(plain.values()):
         text = rows.to_json(plain)
         return text, rows.from_json(text, {})
     longs: list[str] = []
@@ -120,13 +120,18 @@ def json_value(value: Mapping[str, Any]) -> tuple[str | Long | None, Any]:
     return Long(pieces), restore(json.loads(short))
 
 
-def _has_long(v: Any) -> bool:
-    if isinstance(v, str):
-        return len(v) >= LONG
-    if isinstance(v, dict):
-        return any(_has_long(x) for x in v.values())
-    if isinstance(v, list | tuple):
-        return any(_has_long(x) for x in v)
+def _has_long(values: Iterable[Any]) -> bool:
+    """Whether ``values`` hold a long string anywhere (this runs on every record's metadata:
+    strings and numbers are checked in the loop, only containers cost a call)."""
+    for v in values:
+        if isinstance(v, str):
+            if len(v) >= LONG:
+                return True
+        elif isinstance(v, dict):
+            if _has_long(v.values()):
+                return True
+        elif isinstance(v, list | tuple) and _has_long(v):
+            return True
     return False
 
 

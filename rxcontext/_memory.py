@@ -26,11 +26,11 @@ TRIM_AT = 4 << 20
 
 def _malloc_trim() -> Callable[[int], int] | None:
     import ctypes  # here: most processes never let go of a long reply
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        # The process's own symbols (libc's among them): ctypes.util.find_library would
+        # start a subprocess to look for the library.
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # pragma: no cover - not glibc
         return None
     trim.argtypes = [ctypes.c_size_t]

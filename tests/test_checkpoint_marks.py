@@ -212,3 +212,12 @@ def test_a_long_checkpoint_write_is_stored_in_small_parts_and_read_back_exactly(
         cp = store.get_checkpoint(begun.id)
         assert cp.text == "0123456789" + storable(later)
         assert "😀" in cp.text and cp.thinking == thinking
+
+
+def test_free_memory_is_handed_back_only_after_a_long_reply() -> None:
+    import platform
+
+    from rxcontext._memory import TRIM_AT, let_go
+
+    assert not let_go(TRIM_AT - 1)  # a short reply: left to the allocator, no call
+    assert let_go(TRIM_AT) is (platform.libc_ver()[0] == "glibc")

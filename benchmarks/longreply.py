@@ -12,8 +12,9 @@ through ``cw.call()`` into a file-backed WAL SQLite store with the default
 ``checkpoint_every=1.0`` (or ``--every``).
 
 - **Peak RSS** is the kernel's: the process's high-water mark (``VmHWM``) is reset through
-  ``/proc/self/clear_refs`` after the source text is built, and the peak above the resident
-  size at that moment is divided by the reply's UTF-8 size (``ru_maxrss`` when the reset is
+  ``/proc/self/clear_refs`` after the source text is built (and the heap's free pages handed
+  back with ``malloc_trim``, so the start counts only live memory), and the peak above the
+  resident size at that moment is divided by the reply's UTF-8 size (``ru_maxrss`` when the reset is
   not available; then the source text's own build counts as the baseline).
 - **Checkpoints**: wall time inside the checkpointer's ticks (copying each reply's new text
   and writing it in one transaction, on the checkpointer's thread) summed over the reply,
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, Reply
+from rxcontext._memory import TRIM_AT, let_go
 from rxcontext.checkpointer import Checkpointer
 from rxcontext.providers.base import Request, reply_from_chunks
 
@@ -127,6 +129,9 @@ def run(mb: int, kind: str, charset: str, every: float | None) -> dict[str, Any]
         import gc
 
         gc.collect()
+        # The start is what is live: free heap memory the allocator kept from building the
+        # source text would otherwise count in it, and the reply could reuse it unseen.
+        let_go(TRIM_AT)
         exact = _reset_peak()
         base = _status("VmRSS") if exact else None
         if base is None:

@@ -239,11 +239,14 @@ class _CallParts:
 
 
 class _ThinkingBlock:
-    __slots__ = ("fresh", "parts", "redacted", "signature")
+    __slots__ = ("redacted", "signature", "spans")
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.fresh = 0
+        # Where the block's text is in the reply's thinking: flat (start, end) character
+        # pairs, one pair for each run of its deltas (nearly always one); the open block's
+        # last pair has no end yet (the thinking's end). The text itself is the builder's
+        # thinking: held apart, a long reasoning was held twice while it streamed.
+        self.spans: list[int] = []
         self.signature: str | None = None
         self.redacted: str | None = None
 
@@ -280,11 +283,13 @@ def _joined(parts: list[str]) -> str:
     return parts[0] if n else ""
 
 
-def _block_text(block: _ThinkingBlock, thinking: str | None) -> str:
-    if thinking is not None and sum(map(len, block.parts)) == len(thinking):
-        block.parts[:] = [thinking]  # every delta is in this block: the same text
-        return thinking
-    return _joined(block.parts)
+def _block_text(block: _ThinkingBlock, thinking: str) -> str:
+    spans = block.spans
+    if len(spans) % 2:
+        spans = [*spans, len(thinking)]  # the open block: to the end
+    if spans == [0, len(thinking)]:
+        return thinking  # every delta is in this block: the same text, not a copy
+    return "".join([thinking[spans[i] : spans[i + 1]] for i in range(0, len(spans), 2)])
 
 
 def _suffix(parts: list[str], start: int) -> tuple[str, int]:
@@ -328,6 +333,7 @@ class ReplyBuilder:
         "_thinking",
         "_thinking_blocks",
         "_thinking_fresh",
+        "_thinking_open",
         "_usage",
         "chunks",
     )
@@ -337,6 +343,7 @@ class ReplyBuilder:
         self._text_fresh = 0  # deltas at the end of _text not yet coalesced
         self._thinking: list[str] = []
         self._thinking_fresh = 0
+        self._thinking_open: _ThinkingBlock | None = None  # the block deltas go to now
         self._thinking_blocks: dict[int, _ThinkingBlock] = {}
         self._calls: dict[int, _CallParts] = {}
         self._usage: Usage | None = None
@@ -360,21 +367,17 @@ class ReplyBuilder:
             if chunk.metadata:
                 self._metadata.update(chunk.metadata)
         elif kind is ChunkKind.THINKING:
+            block = self._thinking_blocks.get(chunk.index)
+            if block is None:
+                block = self._thinking_blocks[chunk.index] = _ThinkingBlock()
             if chunk.text:
+                if block is not self._thinking_open:
+                    self._open_span(block)
                 self._thinking.append(chunk.text)
                 self._thinking_fresh += 1
                 if self._thinking_fresh == _COALESCE:
                     _coalesce(self._thinking)
                     self._thinking_fresh = 0
-            block = self._thinking_blocks.get(chunk.index)
-            if block is None:
-                block = self._thinking_blocks[chunk.index] = _ThinkingBlock()
-            if chunk.text:
-                block.parts.append(chunk.text)
-                block.fresh += 1
-                if block.fresh == _COALESCE:
-                    _coalesce(block.parts)
-                    block.fresh = 0
             meta = chunk.metadata
             if meta:
                 if "signature" in meta:
@@ -412,6 +415,15 @@ class ReplyBuilder:
         elif kind is ChunkKind.REWIND:
             self._rewind(chunk)
 
+    def _open_span(self, block: _ThinkingBlock) -> None:
+        """Deltas now go to ``block``: close the open span at the thinking's length, open
+        ``block``'s there (once per change of block, not per delta)."""
+        at = sum(map(len, self._thinking))
+        if self._thinking_open is not None:
+            self._thinking_open.spans.append(at)
+        block.spans.append(at)
+        self._thinking_open = block
+
     def _rewind(self, chunk: Chunk) -> None:
         """Cut the text back to ``chunk.index`` characters (thinking to its metadata's)."""
         keep = max(0, chunk.index)
@@ -424,6 +436,7 @@ class ReplyBuilder:
             if thinking_keep < len(thinking):
                 self._thinking[:] = [thinking[: max(0, thinking_keep)]] if thinking_keep > 0 else []
                 self._thinking_blocks.clear()
+                self._thinking_open = None
 
     @property
     def text(self) -> str:
@@ -509,9 +522,9 @@ class ReplyBuilder:
         Only blocks that carry a signature or redacted data are listed: plain reasoning
         text (OpenAI-compatible ``reasoning_content``) is kept in ``Reply.thinking`` alone.
         """
-        return self._blocks(None)
+        return self._blocks(self.thinking) if self._thinking_blocks else []
 
-    def _blocks(self, thinking: str | None) -> list[dict[str, Any]]:
+    def _blocks(self, thinking: str) -> list[dict[str, Any]]:
         # A block holding every thinking delta shares the joined thinking text (one copy
         # of a long reasoning, not two).
         out: list[dict[str, Any]] = []

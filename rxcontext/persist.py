@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from ._memory import let_go
 from ._signals import deferred
 from .chunks import Chunk, ChunkKind, Reply, ReplyBuilder, Usage
 from .errors import OwnershipLost, RxContextError, SchemaValidationError, StreamInterrupted
@@ -588,6 +589,10 @@ class ReplyPersister:
         assert self.ticket is not None
         if self.fence is not None:
             self.fence()
+        # The builder's blocks were freed by the join (:meth:`reply`): give their memory back
+        # before SQLite allocates its copies of a long reply (rxcontext/_memory.py). Here, not
+        # in reply(): the async driver runs this off its event loop.
+        let_go(len(reply.text) + len(reply.thinking))
         failure: str | None = None
         with self._write, deferred():
             if last and not self._finish():
@@ -623,6 +628,8 @@ class ReplyPersister:
                     self.finished = False
                 raise
             self.records.extend(records)
+            # The store's copies of a long reply are freed: hand them back (rxcontext/_memory.py).
+            let_go(len(reply.text) + len(reply.thinking))
             if reply.usage is not None:
                 self._usage_total = (
                     reply.usage if self._usage_total is None else self._usage_total + reply.usage

@@ -50,7 +50,8 @@ def test_one_thinking_block_shares_the_thinking_text() -> None:
     for i in range(3 * _COALESCE + 1):
         builder.add(Chunk(ChunkKind.THINKING, str(i % 7)))
     builder.add(Chunk(ChunkKind.THINKING, "", metadata={"signature": "sig"}))
-    assert len(builder._thinking_blocks[0].parts) <= 4  # blocks, not deltas
+    # The block holds where its text is in the thinking, not a second copy of the text.
+    assert builder._thinking_blocks[0].spans == [0]  # from 0 to the end: no copy of it
     reply = builder.build()
     (block,) = reply.metadata["thinking_blocks"]
     assert block["thinking"] == reply.thinking == "".join(str(i % 7) for i in range(769))
@@ -64,6 +65,18 @@ def test_two_thinking_blocks_keep_their_own_text() -> None:
     reply = builder.build()
     assert reply.thinking == "abcde"
     assert [b["thinking"] for b in reply.metadata["thinking_blocks"]] == ["abe", "cd"]
+    assert [builder._thinking_blocks[i].spans for i in (0, 1)] == [[0, 2, 4], [2, 4]]
+    assert builder.thinking_blocks() == list(reply.metadata["thinking_blocks"])
+
+
+def test_a_rewound_thinking_keeps_block_spans_in_step() -> None:
+    builder = ReplyBuilder()
+    builder.add(Chunk(ChunkKind.THINKING, "abcdef", metadata={"signature": "old"}))
+    builder.add(Chunk(ChunkKind.REWIND, index=0, metadata={"thinking": 2}))
+    builder.add(Chunk(ChunkKind.THINKING, "XY", metadata={"signature": "new"}))
+    reply = builder.build()
+    assert reply.thinking == "abXY"
+    assert [b["thinking"] for b in reply.metadata["thinking_blocks"]] == ["XY"]
 
 
 def test_a_long_tool_call_is_held_in_blocks() -> None:
@@ -167,3 +180,44 @@ def test_replies_one_after_another_reuse_the_checkpointer_thread(monkeypatch) ->
         cw.add_prompt("again")
         assert cw.call().text == "b"
         assert timer._thread is first
+
+
+def test_a_long_checkpoint_write_is_stored_in_small_parts_and_read_back_exactly() -> None:
+    from rxcontext.records import ReplyState
+    from rxcontext.store.base import CheckpointDraft, ReplyTicket
+    from rxcontext.store.sqlite_replies import PART_CHARS
+
+    # A split surrogate pair right at the first cut: the cut moves so storable still joins it.
+    later = "é" * (PART_CHARS - 1) + "\ud83d\ude00" + "x" * (PART_CHARS + 5)
+    thinking = "t" * (PART_CHARS // 2)
+    with rxcontext.open(":memory:") as store:
+        ctx = store.get_or_create_context("long")
+        begun = store.begin_reply(ctx.id, "r-long", owner="me")
+        ticket = ReplyTicket(begun.id, begun.epoch)
+        assert store.save_checkpoint(ticket, CheckpointDraft("0123456789"))
+        assert store.save_checkpoint(
+            ticket,
+            CheckpointDraft(later, append_thinking=thinking),
+            state=ReplyState.INTERRUPTED,
+        )
+        sizes = store._db().execute(
+            "SELECT length(text), length(thinking) FROM checkpoint_parts ORDER BY seq"
+        )
+        assert [tuple(r) for r in sizes] == [
+            (10, 0),
+            (PART_CHARS - 1, PART_CHARS // 2),
+            (PART_CHARS - 1, 0),  # the pair, joined: one character
+            (7, 0),
+        ]
+        cp = store.get_checkpoint(begun.id)
+        assert cp.text == "0123456789" + storable(later)
+        assert "😀" in cp.text and cp.thinking == thinking
+
+
+def test_free_memory_is_handed_back_only_after_a_long_reply() -> None:
+    import platform
+
+    from rxcontext._memory import TRIM_AT, let_go
+
+    assert not let_go(TRIM_AT - 1)  # a short reply: left to the allocator, no call
+    assert let_go(TRIM_AT) is (platform.libc_ver()[0] == "glibc")

@@ -662,6 +662,42 @@ def test_empty_and_huge_content_round_trip(any_store: SQLiteStore):
     assert contents(any_store, ctx.id) == ["", huge]
 
 
+def test_long_values_are_stored_as_binding_them_whole_would(sqlite_store: SQLiteStore):
+    store = sqlite_store
+    # A long reply's content and metadata are written into the row a slice at a time
+    # (store/_sqlite_long.py); the row must hold the same TEXT, byte for byte, as binding the
+    # whole str, and the record returned must be what reading it gives, without new copies.
+    from rxcontext.store import _sqlite_long as long
+    from rxcontext.store import _sqlite_rows as sqlrows
+
+    unit = 'é "q" \\ \n\t\x01 日本語 😀 '
+    text = unit * (long.LONG // len(unit) + 1)
+    pair_cut = "x" * (long.SLICE - 1) + "\ud83d\ude00" + "y" * long.LONG + "\udc00"
+    meta = {
+        "thinking": text,
+        "thinking_blocks": [{"type": "thinking", "thinking": text, "signature": "s"}],
+        "other": ("keep", 1, 2.5, None, True, {"k": pair_cut}),
+        "\ud83d": "lone key",
+    }
+    ctx = store.get_or_create_context("long")
+    db = store._db()
+    (rec,) = store.commit_reply(ctx.id, [R(text + pair_cut, metadata=meta)])
+    content, metadata, kinds = db.execute(
+        "SELECT CAST(content AS BLOB), CAST(metadata AS BLOB),"
+        " typeof(content) || typeof(metadata) FROM records WHERE id = ?",
+        (rec.id,),
+    ).fetchone()
+    assert kinds == "texttext"
+    assert content == sqlrows.storable(text + pair_cut).encode()
+    whole = sqlrows.to_json(meta)
+    assert whole is not None and metadata == whole.encode()
+    assert dict(rec.metadata) == json.loads(whole)
+    assert store.records(ctx.id) == [rec]
+    # The returned record shares the caller's long text (one copy, not one a place).
+    assert rec.metadata["thinking"] is text
+    assert rec.metadata["thinking_blocks"][0]["thinking"] is text
+
+
 def test_surrogates_are_stored_not_lost(store: SQLiteStore):
     # An emoji escaped as a pair and cut between two deltas joins to a surrogate pair that
     # UTF-8 refuses; the reply must still be stored (the pair joined, a lone half replaced).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -54,6 +55,19 @@ def storable(text: str) -> str:
 
 
 _SLICE = 1 << 16
+
+
+def slices(text: str, size: int) -> Iterator[tuple[int, int]]:
+    """``text``'s slices of at most ``size`` characters, as (start, end), never cut between
+    the halves of a surrogate pair (:func:`storable` joins a pair only within one value)."""
+    start, n = 0, len(text)
+    while n - start > size:
+        end = start + size
+        if "\ud800" <= text[end - 1] <= "\udbff":
+            end -= 1
+        yield start, end
+        start = end
+    yield start, n
 
 
 def to_json(value: Any) -> str | None:

@@ -38,6 +38,7 @@ from ..errors import (
 from ..records import Context, ContextStats, Record, RecordType
 from ..tokens import estimate_tokens
 from . import _sqlite_blobs as blobs
+from . import _sqlite_long as long
 from . import _sqlite_rows as rows
 from ._export import export_document
 from .base import RecordDraft
@@ -49,6 +50,20 @@ from .sqlite_replies import SQLiteReplies
 __all__ = ["SQLiteStore", "open_store"]
 
 _HEADER = b"SQLite format 3\x00"
+
+_INSERT_RECORD = {
+    (long_content, long_metadata): (
+        "INSERT INTO records (context_id, ts, source, content, live, est_tokens, response_id,"
+        " streamed, tool_call_id, tool_name, metadata, pos, reply_id, attachments, rev)"
+        f" VALUES (?,?,?,{'CAST(zeroblob(?) AS TEXT)' if long_content else '?'},?,?,?,?,?,?,"
+        f"{'CAST(zeroblob(?) AS TEXT)' if long_metadata else '?'},?,?,?,"
+        " (SELECT version FROM contexts WHERE id = ?))"
+    )
+    for long_content in (False, True)
+    for long_metadata in (False, True)
+}
+"""The record's insert; a long value's ``?`` is its size, a TEXT placeholder of that many
+bytes that :func:`_sqlite_long.write` then writes over."""
 
 
 def _check_file(path: str) -> None:
@@ -453,7 +468,9 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         if not isinstance(draft.content, str):
             raise TypeError(f"record content must be a str, not {type(draft.content).__name__}")
         content = rows.storable(draft.content)
-        metadata = rows.to_json(dict(draft.metadata))
+        # Long values go in a slice at a time (store/_sqlite_long.py): no whole copies.
+        body = long.text_value(content)
+        metadata, read_back = long.json_value(draft.metadata)
         est = estimate_tokens(content)
         ts = (
             draft.timestamp.isoformat(timespec="microseconds")
@@ -462,28 +479,30 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         )
         attachments = blobs.checked(draft.attachments)
         cur = db.execute(
-            "INSERT INTO records (context_id, ts, source, content, live, est_tokens, response_id,"
-            " streamed, tool_call_id, tool_name, metadata, pos, reply_id, attachments, rev)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
-            " (SELECT version FROM contexts WHERE id = ?))",
+            _INSERT_RECORD[isinstance(body, long.Long), isinstance(metadata, long.Long)],
             (
                 context_id,
                 ts,
                 int(draft.type),
-                content,
+                body.size if isinstance(body, long.Long) else body,
                 int(draft.live),
                 est,
                 draft.response_id,
                 int(draft.streamed),
                 draft.tool_call_id,
                 draft.tool_name,
-                metadata,
+                metadata.size if isinstance(metadata, long.Long) else metadata,
                 pos,
                 reply_id,
                 len(attachments),
                 context_id,
             ),
         )
+        assert cur.lastrowid is not None
+        if isinstance(body, long.Long):
+            long.write(db, "records", "content", cur.lastrowid, body)
+        if isinstance(metadata, long.Long):
+            long.write(db, "records", "metadata", cur.lastrowid, metadata)
         assert cur.lastrowid is not None
         if attachments:
             blobs.save(db, cur.lastrowid, attachments)
@@ -502,7 +521,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             streamed=draft.streamed,
             tool_call_id=draft.tool_call_id,
             tool_name=draft.tool_name,
-            metadata=rows.from_json(metadata, {}),  # exactly what a read gives back
+            metadata=read_back,  # exactly what a read gives back
             pos=pos,
             reply_id=reply_id,
             attachments=tuple(a.stored() for a in attachments),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -57,6 +57,16 @@ _APPEND = (
     " SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ? FROM checkpoint_parts WHERE checkpoint_id = ?"
 )
 """A checkpoint's next part: the text and thinking delivered since its last write."""
+
+PART_CHARS = 1 << 18
+"""The most characters of text (and of thinking) one ``checkpoint_parts`` row holds.
+
+A periodic write of a fast reply carries megabytes; written as one row, SQLite copies it
+twice (the bound value, the row's record) and keeps the bound copy in its statement cache
+until the statement runs again, on top of the allocator keeping the freed copies: a 10 MB
+reply's checkpoints alone held ~2x its size (benchmarks/longreply.py, issue 14). Rows of at
+most this many characters keep those copies small; readers join the parts in ``seq`` order
+as before."""
 
 
 _BEGIN = (
@@ -238,9 +248,21 @@ class SQLiteReplies:
         )
 
     @staticmethod
-    def _part_params(ticket: ReplyTicket, draft: CheckpointDraft) -> tuple[Any, ...]:
+    def _part_params(ticket: ReplyTicket, draft: CheckpointDraft) -> Iterator[tuple[Any, ...]]:
+        """The parts' rows, made one at a time as SQLite asks for them (one piece in memory)."""
         cid = ticket.checkpoint_id
-        return (cid, rows.storable(draft.append_text), rows.storable(draft.append_thinking), cid)
+        text, thinking = draft.append_text, draft.append_thinking
+        if len(text) <= PART_CHARS and len(thinking) <= PART_CHARS:
+            yield (cid, rows.storable(text), rows.storable(thinking), cid)
+            return
+        t, k = list(rows.slices(text, PART_CHARS)), list(rows.slices(thinking, PART_CHARS))
+        for i in range(max(len(t), len(k))):
+            yield (
+                cid,
+                rows.storable(text[t[i][0] : t[i][1]]) if i < len(t) else "",
+                rows.storable(thinking[k[i][0] : k[i][1]]) if i < len(k) else "",
+                cid,
+            )
 
     @classmethod
     def _write(
@@ -255,7 +277,7 @@ class SQLiteReplies:
         if cur.rowcount == 0:
             return False
         if draft.append_text or draft.append_thinking:
-            db.execute(_APPEND, cls._part_params(ticket, draft))
+            db.executemany(_APPEND, cls._part_params(ticket, draft))
         return True
 
     def save_checkpoint(
@@ -285,11 +307,12 @@ class SQLiteReplies:
                     if cur.rowcount == len(writes):
                         db.executemany(
                             _APPEND,
-                            [
-                                self._part_params(t, d)
+                            (
+                                row
                                 for t, d in writes
                                 if d.append_text or d.append_thinking
-                            ],
+                                for row in self._part_params(t, d)
+                            ),
                         )
                         return [True] * len(writes)
                     # Some were fenced: find which, row by row (an update that landed above

@@ -7,6 +7,7 @@ so; a stop request names the epoch it stops, so a later claim is never stopped b
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -18,6 +19,18 @@ from .base import ReplyTicket
 __all__ = ["SQLiteLeases"]
 
 _BATCH = 500
+
+_RENEW = (
+    "UPDATE checkpoints SET lease_until = ? WHERE id = ? AND epoch = ?"
+    " AND state IN ('streaming', 'resuming')"
+)
+_RENEW_ALL = (
+    "UPDATE checkpoints SET lease_until = ? FROM json_each(?) AS j"
+    " WHERE checkpoints.id = json_extract(j.value, '$[0]')"
+    " AND checkpoints.epoch = json_extract(j.value, '$[1]')"
+    " AND checkpoints.state IN ('streaming', 'resuming')"
+)
+""":data:`_RENEW` for many replies in one statement: ``[[id, epoch], ...]`` as JSON."""
 
 
 class SQLiteLeases:
@@ -44,13 +57,16 @@ class SQLiteLeases:
         try:
             with self._tx(background=True) as db:
                 lease = self._lease()
+                if len(tickets) > 1:
+                    # One statement for all (each statement gives up the GIL and takes it
+                    # back from a busy event loop): when every lease is renewed, as it
+                    # nearly always is, that is all.
+                    rows = json.dumps([(t.checkpoint_id, t.epoch) for t in tickets])
+                    if db.execute(_RENEW_ALL, (lease, rows)).rowcount == len(tickets):
+                        return [True] * len(tickets)
+                    # Some were lost: find which, one by one (renewing the others again).
                 return [
-                    db.execute(
-                        "UPDATE checkpoints SET lease_until = ? WHERE id = ? AND epoch = ?"
-                        " AND state IN ('streaming', 'resuming')",
-                        (lease, t.checkpoint_id, t.epoch),
-                    ).rowcount
-                    == 1
+                    db.execute(_RENEW, (lease, t.checkpoint_id, t.epoch)).rowcount == 1
                     for t in tickets
                 ]
         except StoreBusy:

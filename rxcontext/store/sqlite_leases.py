@@ -58,17 +58,17 @@ class SQLiteLeases:
         None when another process holds the write lock (try again soon)."""
         if not tickets:
             return []
+        # One statement for all (each statement gives up the GIL and takes it back from a
+        # busy event loop), its rows built before the database is locked.
+        rows = json.dumps([(t.checkpoint_id, t.epoch) for t in tickets])
+        n = len(tickets)
         try:
             with self._tx(background=True) as db:
                 lease = self._lease()
-                if len(tickets) > 1:
-                    # One statement for all (each statement gives up the GIL and takes it
-                    # back from a busy event loop): when every lease is renewed, as it
-                    # nearly always is, that is all.
-                    rows = json.dumps([(t.checkpoint_id, t.epoch) for t in tickets])
-                    if db.execute(_RENEW_ALL, (lease, rows)).rowcount == len(tickets):
-                        return [True] * len(tickets)
-                    # Some were lost: find which, one by one (renewing the others again).
+                # When every lease is renewed, as it nearly always is, that is all; else
+                # find the lost ones, one by one (renewing the others again).
+                if n > 1 and db.execute(_RENEW_ALL, (lease, rows)).rowcount == n:
+                    return [True] * n
                 return [
                     db.execute(_RENEW, (lease, t.checkpoint_id, t.epoch)).rowcount == 1
                     for t in tickets

@@ -303,10 +303,11 @@ class SQLiteReplies:
         self, writes: Sequence[tuple[ReplyTicket, CheckpointDraft]]
     ) -> list[bool] | None:
         """Periodic writes in one background transaction; None if the database was busy."""
+        # Built before the transaction: the database is locked for the statements alone.
+        bulk = _bulk_payloads(writes) if len(writes) > 1 else None
         try:
             with self._tx(background=True) as db:
                 now = self.now()
-                bulk = _bulk_payloads(writes) if len(writes) > 1 else None
                 if bulk is not None:
                     # Every row in one statement per table: a statement gives up the GIL
                     # while SQLite works and takes it back once (an ``executemany`` does

@@ -28,6 +28,7 @@ from rxcontext import (
 from rxcontext.store import CheckpointDraft, RecordDraft, ReplyTicket, Store
 from rxcontext.store.base import ORPHANED
 from rxcontext.store.owner import worker_id
+from rxcontext.store.sqlite_replies import BULK_CHARS
 
 DEAD = f"{socket.gethostname()}:{os.getpid()}:not-this-process"
 """A worker id of this host whose process is gone (its pid now runs another process)."""
@@ -394,6 +395,29 @@ def test_a_batch_of_periodic_writes_stores_what_one_write_at_a_time_does(store: 
             assert seen(batched[1])[3:7] == (Usage.of(3, 4), "why not", 2, "resp-1")
         else:
             assert seen(batched[0])[0] == "a\x00b\x00c"
+    # One batch of all kinds: the one-statement rows, a NUL, a long part, a reply twice.
+    long = "long " * (BULK_CHARS // 4)
+    writes = [
+        CheckpointDraft("x", chunks=1),
+        CheckpointDraft("y\x00", chunks=1),
+        CheckpointDraft(long, append_thinking="t", chunks=1),
+        CheckpointDraft("z", chunks=1),
+        CheckpointDraft("x again", chunks=2),
+    ]
+    which = [0, 1, 2, 3, 0]
+    singles, batch = [], []
+    for i in range(4):
+        ctx = store.get_or_create_context(f"mixed-{i}")
+        singles.append(begin(store, ctx.id, f"mixed-single-{i}"))
+        batch.append(begin(store, ctx.id, f"mixed-batch-{i}"))
+    for i, draft in zip(which, writes, strict=True):
+        assert store.save_checkpoints([(singles[i], draft)]) == [True]
+    pairs = [(batch[i], d) for i, d in zip(which, writes, strict=True)]
+    assert store.save_checkpoints(pairs) == [True] * len(writes)
+    for a, b in zip(singles, batch, strict=True):
+        assert seen(b) == seen(a)
+    assert (seen(batch[0])[0], seen(batch[0])[5]) == ("xx again", 2)
+    assert seen(batch[2])[:2] == (long, "t")
 
 
 def test_deleting_a_context_fences_its_replies(store: Store):

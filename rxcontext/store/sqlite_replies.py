@@ -98,30 +98,43 @@ def _checkpoint_values(draft: CheckpointDraft) -> tuple[Any, ...]:
     )
 
 
+BULK_CHARS = 1 << 16
+"""The most characters of text and thinking a periodic write goes into the one-statement
+batch with (a long reply's part goes through its own statement, as it did)."""
+
+
 def _bulk_payloads(
     writes: Sequence[tuple[ReplyTicket, CheckpointDraft]],
-) -> tuple[str, str] | None:
-    """The JSON arrays :data:`_BULK_UPDATE` and :data:`_BULK_APPEND` take, or None when
-    the batch cannot go that way (a NUL character, which SQLite's JSON functions cut the
-    text at, or one checkpoint twice)."""
+) -> tuple[str, str, list[int]] | None:
+    """The JSON arrays :data:`_BULK_UPDATE` and :data:`_BULK_APPEND` take, and the
+    positions of the writes left out of them (to write one at a time): a NUL character
+    (SQLite's JSON functions cut text there), a checkpoint already in the batch, more than
+    ``BULK_CHARS`` characters. None when fewer than two are left in."""
     updates: list[tuple[Any, ...]] = []
     parts: list[tuple[int, str, str]] = []
+    rest: list[int] = []
     seen: set[int] = set()
-    for ticket, draft in writes:
+    for i, (ticket, draft) in enumerate(writes):
         cid = ticket.checkpoint_id
-        if cid in seen:
-            return None
-        seen.add(cid)
         text, thinking = draft.append_text, draft.append_thinking
-        if "\x00" in text or "\x00" in thinking or "\x00" in (draft.error or ""):
-            return None
-        if "\x00" in (draft.response_id or ""):
-            return None
+        if (
+            cid in seen
+            or len(text) + len(thinking) > BULK_CHARS
+            or "\x00" in text
+            or "\x00" in thinking
+            or "\x00" in (draft.error or "")
+            or "\x00" in (draft.response_id or "")
+        ):
+            rest.append(i)
+            continue
+        seen.add(cid)
         updates.append((cid, ticket.epoch, *_checkpoint_values(draft)))
         if text or thinking:
             parts.append((cid, rows.storable(text), rows.storable(thinking)))
+    if len(updates) < 2:
+        return None
     dump = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    return dump(updates), dump(parts)
+    return dump(updates), dump(parts), rest
 
 
 class SQLiteReplies:
@@ -314,11 +327,15 @@ class SQLiteReplies:
                     # that per row, and from a busy event loop each take waits up to the
                     # 5 ms switch interval). When every update lands, as it nearly always
                     # does, nothing is fenced.
-                    updates, parts = bulk
-                    if db.execute(_BULK_UPDATE, (now, updates)).rowcount == len(writes):
+                    updates, parts, rest = bulk
+                    landed = db.execute(_BULK_UPDATE, (now, updates)).rowcount
+                    if landed == len(writes) - len(rest):
                         if parts != "[]":
                             db.execute(_BULK_APPEND, (parts,))
-                        return [True] * len(writes)
+                        done = [True] * len(writes)
+                        for i in rest:
+                            done[i] = self._write(db, *writes[i], now, None)
+                        return done
                 elif len(writes) > 1:
                     # Every row at once (one C loop per statement): when every update
                     # lands, as it nearly always does, nothing is fenced.

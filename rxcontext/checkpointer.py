@@ -13,9 +13,6 @@ which runs whether or not periodic checkpoints do.
 Ticks run on a thread of their own (which stays ``LINGER`` seconds after the last reply,
 so replies one after another do not each start one), or, when the window's scheduler is
 virtual (a ``TestScheduler``), on that scheduler's clock so tests decide when time passes.
-On its thread a tick hands the GIL over every ``SLICE`` of snapshots, so an event loop in
-the same process waits for it about a millisecond at most; the store's writes themselves
-hold no GIL (SQLite writes a whole batch in a few statements).
 """
 
 from __future__ import annotations
@@ -37,15 +34,6 @@ __all__ = ["LINGER", "Checkpointer", "checkpointer_for"]
 
 LINGER = 5.0
 """Seconds a checkpointer's thread waits, with no reply left, for the next one."""
-
-SLICE = 0.001
-"""Seconds of snapshots a tick takes at most before it pauses (``PAUSE``) so that other
-threads can take the GIL. Without the pause a thread that wants it (an event loop woken
-for its next callback) waits for the interpreter's switch interval, 5 ms, each time; and
-letting go of it for no time at all (``sleep(0)``) usually takes it straight back."""
-
-PAUSE = 0.0001
-"""Seconds a tick pauses after each ``SLICE`` of snapshots."""
 
 _log = logging.getLogger("rxcontext.checkpointer")
 
@@ -134,13 +122,7 @@ class Checkpointer:
         with self._lock:
             replies = list(self._replies.values())
         batch: list[tuple[ReplyPersister, CheckpointDraft]] = []
-        pauses = self.scheduler is None  # on its own thread (virtual time: the test's)
-        until = time.perf_counter() + SLICE
-        for i, persister in enumerate(replies):
-            if pauses and i & 15 == 15 and time.perf_counter() >= until:
-                # Let the event loop's thread have the GIL now, not at the switch interval.
-                time.sleep(PAUSE)
-                until = time.perf_counter() + SLICE
+        for persister in replies:
             if not persister.periodic_lock():
                 continue  # its final write is happening right now
             try:

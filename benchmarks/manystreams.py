@@ -22,6 +22,13 @@ in a file-backed WAL SQLite store with ``checkpoint_every=--every`` (default 1.0
 
 Both modes check that every context holds its prompt and exactly its reply, with no
 checkpoint left, and count the periodic checkpoint writes (and their transactions).
+
+``--rounds N`` runs the concurrent case N times, each after and before a one-at-a-time
+sample (each round's ratio is against the mean of the two around it; medians are
+printed), so a change of the machine's load moves both sides. ``--versus-off`` runs each
+round again with checkpoints off (``on_vs_off``: what the periodic writes cost).
+``--lease-ttl``: the store's lease (default 5 s, the library's); a process starved that
+long by other jobs on the machine fences its own replies, by design, and the run fails.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -55,10 +63,23 @@ def script(i: int, events: int) -> tuple[list[Chunk], str]:
     return body, text
 
 
-def run(streams: int, events: int, mode: str, every: float | None, single: int, gap: float):
+def run(
+    streams: int,
+    events: int,
+    mode: str,
+    every: float | None,
+    single: int,
+    gap: float,
+    rounds: int = 1,
+    versus_off: bool = False,
+    lease_ttl: float = 5.0,
+):
     delay = 0.0 if mode == "cpu" else gap
     writes = {"drafts": 0, "transactions": 0}
-    with tempfile.TemporaryDirectory() as tmp, rxcontext.open(Path(tmp) / "s.db") as store:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        rxcontext.open(Path(tmp) / "s.db", lease_ttl=lease_ttl) as store,
+    ):
         save = store.save_checkpoints
 
         def counting(batch: Any) -> Any:
@@ -69,7 +90,7 @@ def run(streams: int, events: int, mode: str, every: float | None, single: int, 
         store.save_checkpoints = counting
         windows: list[tuple[ContextWindow, str]] = []
 
-        def window(i: int) -> ContextWindow:
+        def window(i: int, every: float | None = every) -> ContextWindow:
             # Set up before the clock starts: the prompt is a durable write of its own.
             chunks, text = script(i, events)
             model = ScriptedModel([chunks], delay=delay)
@@ -91,11 +112,11 @@ def run(streams: int, events: int, mode: str, every: float | None, single: int, 
                 await asyncio.sleep(0.001)
                 lateness.append(loop.time() - due)
 
-        async def together(indices: range) -> float:
+        async def together(indices: range, every: float | None = every) -> float:
             nonlocal running
             running = True
             tick = asyncio.create_task(ticker())
-            ready = [window(i) for i in indices]
+            ready = [window(i, every) for i in indices]
             gc.collect()
             start = time.process_time()
             await asyncio.gather(*(one(cw) for cw in ready))
@@ -104,24 +125,59 @@ def run(streams: int, events: int, mode: str, every: float | None, single: int, 
             await tick
             return cpu
 
+        async def alone(first: int) -> float:
+            ready = [window(i) for i in range(first, first + single)]
+            gc.collect()
+            start = time.process_time()
+            for cw in ready:
+                await one(cw)
+            return (time.process_time() - start) / single
+
         async def main() -> dict[str, Any]:
             out: dict[str, Any] = {}
+            # Rounds alternate the one-at-a-time sample and the concurrent run, so a change
+            # of the machine's load between them moves both; each round's ratio is against
+            # the mean of the samples just before and just after it.
+            base = 2 * rounds * streams + 10
             if mode == "cpu":
-                base = streams + 10
                 for i in range(base, base + 5):
                     await one(window(i))
-                ready = [window(i) for i in range(base + 5, base + 5 + single)]
-                gc.collect()
-                start = time.process_time()
-                for cw in ready:
-                    await one(cw)
-                out["single_s"] = (time.process_time() - start) / single
+                base += 5
+                singles = [await alone(base)]
+                base += single
+            cpus: list[float] = []
+            walls: list[float] = []
+            ratios: list[float] = []
+            offs: list[float] = []
             before = dict(writes)
-            wall = time.perf_counter()
-            out["cpu_s"] = await together(range(streams))
-            out["wall_s"] = time.perf_counter() - wall
-            out["checkpoint_drafts"] = writes["drafts"] - before["drafts"]
-            out["checkpoint_transactions"] = writes["transactions"] - before["transactions"]
+            for r in range(rounds):
+                wall = time.perf_counter()
+                cpus.append(await together(range(r * streams, (r + 1) * streams)))
+                walls.append(time.perf_counter() - wall)
+                if versus_off:
+                    # The same concurrent run with checkpoints off: what the writes cost.
+                    first = (rounds + r) * streams
+                    offs.append(await together(range(first, first + streams), None))
+                if mode == "cpu":
+                    singles.append(await alone(base))
+                    base += single
+                    ratios.append(cpus[-1] / ((singles[-2] + singles[-1]) / 2 * streams))
+            out["cpu_s"] = statistics.median(cpus)
+            if offs:
+                out["rounds_cpu_off_s"] = offs
+                out["cpu_off_s"] = statistics.median(offs)
+                out["on_vs_off"] = statistics.median(a / b for a, b in zip(cpus, offs, strict=True))
+            out["wall_s"] = statistics.median(walls)
+            out["rounds_cpu_s"] = cpus
+            if mode == "cpu":
+                out["single_s"] = statistics.median(singles)
+                out["rounds_single_s"] = singles
+                out["rounds_ratio"] = ratios
+                out["ratio"] = statistics.median(ratios)
+            out["checkpoint_drafts"] = (writes["drafts"] - before["drafts"]) / rounds
+            out["checkpoint_transactions"] = (
+                writes["transactions"] - before["transactions"]
+            ) / rounds
             return out
 
         loop = asyncio.new_event_loop()
@@ -149,12 +205,12 @@ def run(streams: int, events: int, mode: str, every: float | None, single: int, 
         gap_s=gap if mode == "paced" else 0.0,
         intact=intact == len(windows),
         ticker_samples=len(lateness),
+        loadavg=os.getloadavg(),
+        lease_ttl=lease_ttl,
         ticker_p50_ms=statistics.median(lateness) * 1e3 if lateness else None,
         ticker_p99_ms=lateness[int(len(lateness) * 0.99)] * 1e3 if lateness else None,
         ticker_max_ms=lateness[-1] * 1e3 if lateness else None,
     )
-    if "single_s" in out:
-        out["ratio"] = out["cpu_s"] / (out["single_s"] * streams)
     return out
 
 
@@ -166,9 +222,29 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=1.0, help="checkpoint_every; 0: off")
     parser.add_argument("--single", type=int, default=40)
     parser.add_argument("--gap", type=float, default=None, help="seconds between chunks")
+    parser.add_argument("--rounds", type=int, default=1, help="concurrent runs (median)")
+    parser.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=5.0,
+        help="the store's lease_ttl (a process starved that long by other jobs fences itself)",
+    )
+    parser.add_argument(
+        "--versus-off", action="store_true", help="each round also with checkpoints off"
+    )
     args = parser.parse_args()
     gap = args.gap if args.gap is not None else args.streams / 20_000
-    out = run(args.streams, args.events, args.mode, args.every or None, args.single, gap)
+    out = run(
+        args.streams,
+        args.events,
+        args.mode,
+        args.every or None,
+        args.single,
+        gap,
+        args.rounds,
+        args.versus_off,
+        args.lease_ttl,
+    )
     print(json.dumps(out))
 
 

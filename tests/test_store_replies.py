@@ -28,6 +28,7 @@ from rxcontext import (
 from rxcontext.store import CheckpointDraft, RecordDraft, ReplyTicket, Store
 from rxcontext.store.base import ORPHANED
 from rxcontext.store.owner import worker_id
+from rxcontext.store.sqlite_replies import BULK_CHARS
 
 DEAD = f"{socket.gethostname()}:{os.getpid()}:not-this-process"
 """A worker id of this host whose process is gone (its pid now runs another process)."""
@@ -333,6 +334,92 @@ def test_periodic_batches_write_many_replies_and_fence_each_one(store: Store):
     assert {c.reply_id for c in store.active_replies(a.id)} == {"ra"}
 
 
+def test_a_batch_of_periodic_writes_stores_what_one_write_at_a_time_does(store: Store):
+    """Each checkpoint of a batch of periodic writes (SQLite writes a batch in one statement
+    per table) is stored exactly as writing its drafts one at a time stores it: every field,
+    text that is not ASCII, a surrogate pair cut between two writes, parts of thinking only,
+    JSON escapes in the text; and a batch with NUL characters (which SQLite's JSON cuts)."""
+    clean = [
+        [
+            CheckpointDraft("Hé\u2028llo ", chunks=2, metadata={"k": ["v", 1]}),
+            CheckpointDraft("wörld \U0001f600", append_thinking="hm", chunks=4),
+        ],
+        [
+            CheckpointDraft(
+                "",
+                append_thinking="just thinking",
+                tool_calls=[{"index": 0, "id": "c1", "name": "f", "arguments": '{"a": 1'}],
+                chunks=1,
+            ),
+            CheckpointDraft(
+                "and text", error="why not", usage=Usage.of(3, 4), response_id="resp-1", chunks=2
+            ),
+        ],
+        [CheckpointDraft("half \ud83d"), CheckpointDraft("\ude00 joined", chunks=3)],
+        [CheckpointDraft('\\u0000 \\ "quoted"', chunks=1), CheckpointDraft("", chunks=1)],
+    ]
+    nul = [
+        [CheckpointDraft("a\x00b", chunks=1), CheckpointDraft("\x00c", chunks=2)],
+        [CheckpointDraft("d", error="e\x00f"), CheckpointDraft("g", append_thinking="\x00")],
+    ]
+
+    def seen(ticket: ReplyTicket) -> tuple[Any, ...]:
+        c = store.get_checkpoint(ticket.checkpoint_id)
+        return (
+            c.text,
+            c.thinking,
+            c.tool_calls,
+            c.usage,
+            c.error,
+            c.chunks,
+            c.response_id,
+            c.metadata,
+            c.state,
+        )
+
+    for group, drafts in enumerate((clean, nul)):
+        one_by_one, batched = [], []
+        for i in range(len(drafts)):
+            ctx = store.get_or_create_context(f"c{group}-{i}")
+            one_by_one.append(begin(store, ctx.id, f"single-{group}-{i}"))
+            batched.append(begin(store, ctx.id, f"batch-{group}-{i}"))
+        for step in range(2):
+            for ticket, steps in zip(one_by_one, drafts, strict=True):
+                assert store.save_checkpoints([(ticket, steps[step])]) == [True]
+            batch = [(t, steps[step]) for t, steps in zip(batched, drafts, strict=True)]
+            assert store.save_checkpoints(batch) == [True] * len(drafts)
+        for a, b in zip(one_by_one, batched, strict=True):
+            assert seen(b) == seen(a)
+        if group == 0:
+            assert seen(batched[0])[:2] == ("Hé\u2028llo wörld \U0001f600", "hm")
+            assert seen(batched[1])[3:7] == (Usage.of(3, 4), "why not", 2, "resp-1")
+        else:
+            assert seen(batched[0])[0] == "a\x00b\x00c"
+    # One batch of all kinds: the one-statement rows, a NUL, a long part, a reply twice.
+    long = "long " * (BULK_CHARS // 4)
+    writes = [
+        CheckpointDraft("x", chunks=1),
+        CheckpointDraft("y\x00", chunks=1),
+        CheckpointDraft(long, append_thinking="t", chunks=1),
+        CheckpointDraft("z", chunks=1),
+        CheckpointDraft("x again", chunks=2),
+    ]
+    which = [0, 1, 2, 3, 0]
+    singles, batch = [], []
+    for i in range(4):
+        ctx = store.get_or_create_context(f"mixed-{i}")
+        singles.append(begin(store, ctx.id, f"mixed-single-{i}"))
+        batch.append(begin(store, ctx.id, f"mixed-batch-{i}"))
+    for i, draft in zip(which, writes, strict=True):
+        assert store.save_checkpoints([(singles[i], draft)]) == [True]
+    pairs = [(batch[i], d) for i, d in zip(which, writes, strict=True)]
+    assert store.save_checkpoints(pairs) == [True] * len(writes)
+    for a, b in zip(singles, batch, strict=True):
+        assert seen(b) == seen(a)
+    assert (seen(batch[0])[0], seen(batch[0])[5]) == ("xx again", 2)
+    assert seen(batch[2])[:2] == (long, "t")
+
+
 def test_deleting_a_context_fences_its_replies(store: Store):
     ctx = store.get_or_create_context("c")
     ticket = begin(store, ctx.id, "r")
@@ -340,3 +427,27 @@ def test_deleting_a_context_fences_its_replies(store: Store):
     assert not store.save_checkpoint(ticket, CheckpointDraft("x"))
     assert store.save_checkpoints([(ticket, CheckpointDraft("x"))]) in ([False], None)
     assert store.find_reply("r") is None
+
+
+def test_sqlite_writes_a_batch_of_replies_in_a_few_statements(tmp_path: Any):
+    """The periodic writes and the lease renewals of many replies are a few statements, not
+    one per reply: each statement gives up the GIL and must take it back from the event
+    loop's thread (up to the 5 ms switch interval when that thread is busy), so 5,000
+    replies a row each took seconds, and lease renewals ran past ``lease_ttl``."""
+    store = rxcontext.open(tmp_path / "s.db")
+    try:
+        tickets = []
+        for i in range(40):
+            ctx = store.get_or_create_context(f"c{i}")
+            tickets.append(begin(store, ctx.id, f"r{i}"))
+        statements: list[str] = []
+        store._background().set_trace_callback(statements.append)  # type: ignore[attr-defined]
+        batch = [(t, CheckpointDraft(f"text {i}", chunks=1)) for i, t in enumerate(tickets)]
+        assert store.save_checkpoints(batch) == [True] * 40
+        assert len(statements) <= 4, statements  # BEGIN, the updates, the parts, COMMIT
+        statements.clear()
+        assert store.renew_replies(tickets) == [True] * 40
+        assert len(statements) <= 3, statements  # BEGIN, the renewals, COMMIT
+        assert store.get_checkpoint(tickets[7].checkpoint_id).text == "text 7"
+    finally:
+        store.close()

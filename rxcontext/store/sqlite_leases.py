@@ -7,6 +7,7 @@ so; a stop request names the epoch it stops, so a later claim is never stopped b
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -17,7 +18,23 @@ from .base import ReplyTicket
 
 __all__ = ["SQLiteLeases"]
 
-_BATCH = 500
+_STOPPED = (
+    "SELECT c.id, c.stop_epoch FROM json_each(?) AS j JOIN checkpoints AS c ON c.id = j.value"
+    " WHERE c.stop_epoch IS NOT NULL"
+)
+"""The stop requests among the rows ``[id, ...]`` (JSON) name."""
+
+_RENEW = (
+    "UPDATE checkpoints SET lease_until = ? WHERE id = ? AND epoch = ?"
+    " AND state IN ('streaming', 'resuming')"
+)
+_RENEW_ALL = (
+    "UPDATE checkpoints SET lease_until = ? FROM json_each(?) AS j"
+    " WHERE checkpoints.id = json_extract(j.value, '$[0]')"
+    " AND checkpoints.epoch = json_extract(j.value, '$[1]')"
+    " AND checkpoints.state IN ('streaming', 'resuming')"
+)
+""":data:`_RENEW` for many replies in one statement: ``[[id, epoch], ...]`` as JSON."""
 
 
 class SQLiteLeases:
@@ -41,16 +58,19 @@ class SQLiteLeases:
         None when another process holds the write lock (try again soon)."""
         if not tickets:
             return []
+        # One statement for all (each statement gives up the GIL and takes it back from a
+        # busy event loop), its rows built before the database is locked.
+        rows = json.dumps([(t.checkpoint_id, t.epoch) for t in tickets])
+        n = len(tickets)
         try:
             with self._tx(background=True) as db:
                 lease = self._lease()
+                # When every lease is renewed, as it nearly always is, that is all; else
+                # find the lost ones, one by one (renewing the others again).
+                if n > 1 and db.execute(_RENEW_ALL, (lease, rows)).rowcount == n:
+                    return [True] * n
                 return [
-                    db.execute(
-                        "UPDATE checkpoints SET lease_until = ? WHERE id = ? AND epoch = ?"
-                        " AND state IN ('streaming', 'resuming')",
-                        (lease, t.checkpoint_id, t.epoch),
-                    ).rowcount
-                    == 1
+                    db.execute(_RENEW, (lease, t.checkpoint_id, t.epoch)).rowcount == 1
                     for t in tickets
                 ]
         except StoreBusy:
@@ -83,18 +103,15 @@ class SQLiteLeases:
         """The checkpoint ids, among ``tickets``, whose run was asked to stop."""
         if not tickets:
             return []
-        wanted = {(t.checkpoint_id, t.epoch) for t in tickets}
-        ids = sorted({cid for cid, _ in wanted})
-        found: list[tuple[int, int]] = []
+        # One statement, whatever the number of replies (the heartbeat asks every 0.25 s for
+        # all of them; nearly always none was asked to stop).
+        ids = json.dumps([t.checkpoint_id for t in tickets])
         with self._read() as db:
-            for at in range(0, len(ids), _BATCH):  # under SQLite's limit on parameters
-                part = ids[at : at + _BATCH]
-                found += db.execute(
-                    "SELECT id, stop_epoch FROM checkpoints WHERE stop_epoch IS NOT NULL"
-                    f" AND id IN ({','.join('?' * len(part))})",
-                    part,
-                ).fetchall()
-        return sorted(cid for cid, epoch in found if (cid, epoch) in wanted)
+            found = db.execute(_STOPPED, (ids,)).fetchall()
+        if not found:
+            return []
+        wanted = {(t.checkpoint_id, t.epoch) for t in tickets}
+        return sorted({cid for cid, epoch in found if (cid, epoch) in wanted})
 
     def on_close(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` when the store closes, before its connections go (once)."""

@@ -80,15 +80,82 @@ _BEGIN = (
 refuses an id another reply's row has)."""
 
 
+_BULK_UPDATE = (
+    "UPDATE checkpoints SET tool_calls = json_extract(j.value, '$[2]'),"
+    " usage = json_extract(j.value, '$[3]'), error = json_extract(j.value, '$[4]'),"
+    " chunks = json_extract(j.value, '$[5]'), response_id = json_extract(j.value, '$[6]'),"
+    " metadata = json_extract(j.value, '$[7]'), updated_at = ?"
+    " FROM json_each(?) AS j"
+    " WHERE checkpoints.id = json_extract(j.value, '$[0]')"
+    " AND checkpoints.epoch = json_extract(j.value, '$[1]')"
+    " AND checkpoints.state IN ('streaming', 'resuming')"
+)
+"""Many periodic updates in one statement (one call into SQLite, the GIL released for all
+of it): the rows come as one JSON array of ``[id, epoch, tool_calls, usage, error, chunks,
+response_id, metadata]``."""
+
+_BULK_APPEND = (
+    "INSERT INTO checkpoint_parts (checkpoint_id, seq, text, thinking)"
+    " SELECT json_extract(j.value, '$[0]'),"
+    " COALESCE((SELECT MAX(p.seq) FROM checkpoint_parts p"
+    " WHERE p.checkpoint_id = json_extract(j.value, '$[0]')), 0) + 1,"
+    " json_extract(j.value, '$[1]'), json_extract(j.value, '$[2]')"
+    " FROM json_each(?) AS j"
+)
+"""Many checkpoints' next parts in one statement: ``[id, text, thinking]`` rows."""
+
+_EMPTY_CALLS = "[]"
+
+
 def _checkpoint_values(draft: CheckpointDraft) -> tuple[Any, ...]:
+    calls = draft.tool_calls
     return (
-        rows.storable(json.dumps(list(draft.tool_calls), ensure_ascii=False)),
+        rows.storable(json.dumps(list(calls), ensure_ascii=False)) if calls else _EMPTY_CALLS,
         rows.to_json(draft.usage.to_dict()) if draft.usage else None,
         rows.storable(draft.error) if draft.error is not None else None,
         draft.chunks,
         draft.response_id,
-        rows.to_json(dict(draft.metadata)),
+        rows.to_json(dict(draft.metadata)) if draft.metadata else None,
     )
+
+
+BULK_CHARS = 1 << 16
+"""The most characters of text and thinking a periodic write goes into the one-statement
+batch with (a long reply's part goes through its own statement, as it did)."""
+
+
+def _bulk_payloads(
+    writes: Sequence[tuple[ReplyTicket, CheckpointDraft]],
+) -> tuple[str, str, list[int]] | None:
+    """The JSON arrays :data:`_BULK_UPDATE` and :data:`_BULK_APPEND` take, and the
+    positions of the writes left out of them (to write one at a time): a NUL character
+    (SQLite's JSON functions cut text there), a checkpoint already in the batch, more than
+    ``BULK_CHARS`` characters. None when fewer than two are left in."""
+    updates: list[tuple[Any, ...]] = []
+    parts: list[tuple[int, str, str]] = []
+    rest: list[int] = []
+    seen: set[int] = set()
+    for i, (ticket, draft) in enumerate(writes):
+        cid = ticket.checkpoint_id
+        text, thinking = draft.append_text, draft.append_thinking
+        if (
+            cid in seen
+            or len(text) + len(thinking) > BULK_CHARS
+            or "\x00" in text
+            or "\x00" in thinking
+            or "\x00" in (draft.error or "")
+            or "\x00" in (draft.response_id or "")
+        ):
+            rest.append(i)
+            continue
+        seen.add(cid)
+        updates.append((cid, ticket.epoch, *_checkpoint_values(draft)))
+        if text or thinking:
+            parts.append((cid, rows.storable(text), rows.storable(thinking)))
+    if len(updates) < 2:
+        return None
+    dump = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    return dump(updates), dump(parts), rest
 
 
 class SQLiteReplies:
@@ -295,10 +362,27 @@ class SQLiteReplies:
         self, writes: Sequence[tuple[ReplyTicket, CheckpointDraft]]
     ) -> list[bool] | None:
         """Periodic writes in one background transaction; None if the database was busy."""
+        # Built before the transaction: the database is locked for the statements alone.
+        bulk = _bulk_payloads(writes) if len(writes) > 1 else None
         try:
             with self._tx(background=True) as db:
                 now = self.now()
-                if len(writes) > 1:
+                if bulk is not None:
+                    # Every row in one statement per table: a statement gives up the GIL
+                    # while SQLite works and takes it back once (an ``executemany`` does
+                    # that per row, and from a busy event loop each take waits up to the
+                    # 5 ms switch interval). When every update lands, as it nearly always
+                    # does, nothing is fenced.
+                    updates, parts, rest = bulk
+                    landed = db.execute(_BULK_UPDATE, (now, updates)).rowcount
+                    if landed == len(writes) - len(rest):
+                        if parts != "[]":
+                            db.execute(_BULK_APPEND, (parts,))
+                        done = [True] * len(writes)
+                        for i in rest:
+                            done[i] = self._write(db, *writes[i], now, None)
+                        return done
+                elif len(writes) > 1:
                     # Every row at once (one C loop per statement): when every update
                     # lands, as it nearly always does, nothing is fenced.
                     cur = db.executemany(

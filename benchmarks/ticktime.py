@@ -1,0 +1,83 @@
+"""CPU of one periodic checkpoint write, without contention: ``Checkpointer.tick()`` of N
+open replies in a file-backed WAL SQLite store, each with new text.
+
+    python benchmarks/ticktime.py --replies 5000 --ticks 5
+
+Every reply gets ``--chunks`` text chunks between two ticks; each tick is timed with
+``time.thread_time()`` (the tick runs on this thread), and so is the store's
+``save_checkpoints`` inside it. Prints the medians per reply written, in microseconds, as
+JSON. The checkpoint text is checked at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import rxcontext
+from rxcontext import Chunk, ChunkKind
+from rxcontext.checkpointer import Checkpointer
+from rxcontext.persist import ReplyPersister
+
+
+def run(replies: int, ticks: int, chunks: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp, rxcontext.open(Path(tmp) / "t.db") as store:
+        persisters = []
+        for i in range(replies):
+            ctx = store.get_or_create_context(f"c{i}")
+            p = ReplyPersister(store, ctx.id, checkpoint_every=1.0)
+            p.begin()
+            persisters.append(p)
+        timer = Checkpointer(store, 1.0)
+        for p in persisters:
+            timer._replies[id(p)] = p  # ticks are called here, not on the timer's thread
+        save = store.save_checkpoints
+        saves: list[float] = []
+
+        def timed_save(batch: Any) -> Any:
+            start = time.thread_time()
+            done = save(batch)
+            saves.append(time.thread_time() - start)
+            return done
+
+        store.save_checkpoints = timed_save  # type: ignore[method-assign]
+        chunk = Chunk(ChunkKind.TEXT, "word café ")
+        totals: list[float] = []
+        for _ in range(ticks):
+            for p in persisters:
+                for _ in range(chunks):
+                    p.add(chunk)
+            start = time.thread_time()
+            timer.tick()
+            totals.append(time.thread_time() - start)
+        assert persisters[0].ticket is not None
+        text = store.get_checkpoint(persisters[0].ticket.checkpoint_id).text
+        assert text == "word café " * chunks * ticks
+    return {
+        "replies": replies,
+        "ticks": ticks,
+        "chunks": chunks,
+        "tick_us_per_write": statistics.median(totals) / replies * 1e6,
+        "save_us_per_write": statistics.median(saves) / replies * 1e6,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--replies", type=int, default=5000)
+    parser.add_argument("--ticks", type=int, default=5)
+    parser.add_argument("--chunks", type=int, default=20)
+    args = parser.parse_args()
+    print(json.dumps(run(args.replies, args.ticks, args.chunks)))
+
+
+if __name__ == "__main__":
+    main()

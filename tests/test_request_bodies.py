@@ -402,7 +402,7 @@ def growing(provider: str, seed: int) -> list[Request]:
 
 # Seeds of generated histories per test; the default keeps the suite in its time budget,
 # RXCONTEXT_BODY_SEEDS=100 (say) runs a longer differential sweep.
-SEEDS = int(os.environ.get("RXCONTEXT_BODY_SEEDS", "8"))
+SEEDS = int(os.environ.get("RXCONTEXT_BODY_SEEDS", "5"))
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -23,7 +23,7 @@ from rxcontext.errors import ProviderError
 
 Path = tuple[Any, ...]
 
-EXAMPLES = int(os.environ.get("RXCONTEXT_WIRE_EXAMPLES", "80"))
+EXAMPLES = int(os.environ.get("RXCONTEXT_WIRE_EXAMPLES", "50"))
 """Examples per broken-stream test; raise it (e.g. 5000) for a longer hunt."""
 
 # Values of every JSON kind, some of which a lax validator coerces ("5" → 5, 5.0 → 5,

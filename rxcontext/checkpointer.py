@@ -39,7 +39,22 @@ LINGER = 5.0
 _log = logging.getLogger("rxcontext.checkpointer")
 
 
-class Checkpointer:
+class ServesStore:
+    """A per-store background worker: it holds its store weakly, as the registries that
+    find it do (a strong reference would keep a closed store alive for good)."""
+
+    _store: weakref.ref[Store]
+
+    @property
+    def store(self) -> Store:
+        """The store served; StoreClosedError once it is gone (collected after close)."""
+        store = self._store()
+        if store is None:
+            raise StoreClosedError("the store is closed")
+        return store
+
+
+class Checkpointer(ServesStore):
     """Writes the checkpoints of ``store``'s streaming replies every ``every`` seconds."""
 
     def __init__(
@@ -55,14 +70,6 @@ class Checkpointer:
         self._timer: abc.DisposableBase | None = None
         self.ticks = 0
         """How many ticks ran (for tests and benchmarks)."""
-
-    @property
-    def store(self) -> Store:
-        """The store served; StoreClosedError once it is gone (collected after close)."""
-        store = self._store()
-        if store is None:
-            raise StoreClosedError("the store is closed")
-        return store
 
     def register(self, persister: ReplyPersister) -> None:
         """Start writing ``persister``'s checkpoints (until :meth:`unregister`)."""

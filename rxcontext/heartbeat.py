@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .checkpointer import _why_lost
+from .checkpointer import ServesStore, _why_lost
 from .errors import OwnershipLost, ReplyStopped, RxContextError, StoreClosedError
 from .persist import ReplyPersister
 from .store.base import ReplyTicket, Store
@@ -92,7 +92,7 @@ class _Beat:
     stopping: bool = False
 
 
-class Heartbeat:
+class Heartbeat(ServesStore):
     """Renews the leases of ``store``'s replies in this process and delivers stop requests."""
 
     def __init__(self, store: Store) -> None:
@@ -123,14 +123,6 @@ class Heartbeat:
         store.on_close(self.close)
 
     # -- the drivers' side ----------------------------------------------------------------
-
-    @property
-    def store(self) -> Store:
-        """The store served; StoreClosedError once it is gone (collected after close)."""
-        store = self._store()
-        if store is None:
-            raise StoreClosedError("the store is closed")
-        return store
 
     def register(
         self, persister: ReplyPersister, on_stop: OnStop, *, since: float | None = None

@@ -29,6 +29,7 @@ class SQLiteLeases:
         _close_hooks: list[Callable[[], None]]
 
         def _lease(self) -> str: ...
+        def now(self) -> str: ...
         def _tx(
             self, *, durable: bool = False, background: bool = False
         ) -> AbstractContextManager[sqlite3.Connection]: ...
@@ -37,18 +38,20 @@ class SQLiteLeases:
         def _db(self) -> sqlite3.Connection: ...
 
     def renew_replies(self, tickets: Sequence[ReplyTicket]) -> list[bool] | None:
-        """Extend the lease of each reply its ticket still owns; False for the lost ones;
+        """Extend the lease of each reply its ticket still owns; False for the lost ones
+        (a lease that ran out is not renewed: others may have seen the reply interrupted);
         None when another process holds the write lock (try again soon)."""
         if not tickets:
             return []
         try:
             with self._tx(background=True) as db:
+                now = self.now()
                 lease = self._lease()
                 return [
                     db.execute(
                         "UPDATE checkpoints SET lease_until = ? WHERE id = ? AND epoch = ?"
-                        " AND state IN ('streaming', 'resuming')",
-                        (lease, t.checkpoint_id, t.epoch),
+                        " AND state IN ('streaming', 'resuming') AND lease_until > ?",
+                        (lease, t.checkpoint_id, t.epoch, now),
                     ).rowcount
                     == 1
                     for t in tickets

@@ -16,7 +16,12 @@ silence for a minute sends no chunk — and that is this module's job:
 * self-fencing: a reply whose lease this process could not renew for ``lease_ttl`` by its
   own monotonic clock (it was stopped with SIGSTOP, starved, cut off from the database) is
   presumed taken over and marked lost too — also checked right before each commit, so a
-  process that wakes up from a long pause never commits before noticing;
+  process that wakes up from a long pause never commits before noticing. That clock counts
+  from before the lease was taken (a begin or claim may wait long for a hot context's
+  lock, and the store takes the lease only once it has it), so it can run out while the
+  store's lease has not: the reply is then given up only if one more renewal fails, and
+  stores renew a lease only while it has not run out (by the database's clock), so a
+  renewal that succeeds proves nobody could have seen the reply interrupted;
 * every 0.25 s (at most; ``lease_ttl / 3`` if shorter) while it serves replies it asks
   the store which of them were asked to stop (``cw.stop(reply_id)`` from any process) and
   stops them through their drivers: the subscriber gets
@@ -248,10 +253,10 @@ class Heartbeat(ServesStore):
     def _renew(self, beats: list[_Beat], started: float) -> bool:
         """Renew the leases of ``beats``; False if the store could not be written.
 
-        A lease that ran out meanwhile is not renewed: others may have seen the reply
-        interrupted (and claimed it), so it is given up (self-fencing) rather than revived.
+        A lease that ran out meanwhile is not renewed (the store refuses to): others may
+        have seen the reply interrupted (and claimed it), so it is given up (self-fencing)
+        rather than revived.
         """
-        self._fence(beats, started)
         live = [b for b in beats if not b.persister.finished and b.persister.lost is None]
         if not live:
             return True
@@ -267,20 +272,43 @@ class Heartbeat(ServesStore):
             return False
         for beat, ok in zip(live, results, strict=True):
             if ok:
-                beat.renewed = started
+                beat.renewed = max(beat.renewed, started)
             elif not beat.persister.finished:
                 self._lose(beat, _why_lost(self.store, beat.persister))
         return True
 
     def _fence(self, beats: list[_Beat], now: float) -> None:
-        for beat in beats:
-            if now - beat.renewed > self.ttl and not beat.persister.finished:
+        """Give up the replies whose lease may have run out by this process's clock, unless
+        the store renews it now (it had not run out: the clock counts from before the
+        lease was taken, see the module docstring)."""
+        aged = [
+            b
+            for b in beats
+            if now - b.renewed > self.ttl and not b.persister.finished and b.persister.lost is None
+        ]
+        if aged:
+            self._confirm(aged)
+
+    def _confirm(self, aged: list[_Beat]) -> None:
+        """Renew ``aged`` leases now; give up each one the store does not renew."""
+        started = time.monotonic()
+        try:
+            results = self.store.renew_replies([b.ticket for b in aged])
+        except StoreClosedError:
+            raise
+        except Exception:
+            _log.warning("lease renewal failed", exc_info=True)
+            results = None
+        for i, beat in enumerate(aged):
+            if results is not None and results[i]:
+                beat.renewed = max(beat.renewed, started)
+            elif not beat.persister.finished:
                 self._lose(beat, self._expired(beat))
 
     def _check(self, beat: _Beat) -> None:
         """Before a commit: refuse to write if this process's lease may have run out."""
         if beat.persister.lost is None and time.monotonic() - beat.renewed > self.ttl:
-            self._lose(beat, self._expired(beat))
+            self._confirm([beat])
         if beat.persister.lost is not None:
             raise beat.persister.lost
 

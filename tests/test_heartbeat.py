@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from typing import Any
 
+import psycopg
 import pytest
 
 import rxcontext
@@ -431,3 +433,39 @@ def test_replies_one_after_another_reuse_the_heartbeat_thread(
     assert heartbeat_thread(store) is first and first.is_alive()
     store.close()  # closing ends it at once, lingering or not
     assert not first.is_alive()
+
+
+def test_a_reply_whose_begin_waited_for_a_hot_context_keeps_its_lease(pg_url: str) -> None:
+    """A reply that waited longer than ``lease_ttl`` for its context's lock (other writers
+    in a hot context) took its lease once it had the lock: it streams and is stored whole.
+
+    The heartbeat counted the lease from before that wait, so it gave the reply up at its
+    first look (cut after its first chunk, ``OwnershipLost``), or at the commit: the
+    ``-m faults`` hot-context run stored a reply the model sent whole as its first chunk."""
+    store = rxcontext.open(pg_url, lease_ttl=TTL)
+    model = PausingModel([T("a")], [T("b"), DONE])
+    cw = window(store, model)
+    sub = Subscriber()
+    with psycopg.connect(pg_url) as hot:  # another writer holds the context
+        hot.execute("SELECT 1 FROM contexts WHERE id = %s FOR NO KEY UPDATE", (cw.context_id,))
+        driver = in_thread(lambda: cw.stream(reply_id="r").subscribe(sub))
+        deadline = time.monotonic() + WAIT
+        while not hot.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'"
+        ).fetchone():
+            assert time.monotonic() < deadline, "the reply's begin never waited for the lock"
+            threading.Event().wait(0.01)
+        # Its lease is what is being timed here: hold the lock past lease_ttl.
+        held_until = time.monotonic() + 1.2 * TTL
+        while time.monotonic() < held_until:
+            threading.Event().wait(0.01)
+        hot.rollback()
+    assert model.paused.wait(WAIT)
+    rounds(store, 2)  # the heartbeat looked at the reply (and fenced it, before the fix)
+    model.go.set()
+    assert sub.ended.wait(WAIT)
+    driver.join(WAIT)
+    assert sub.error is None and sub.completed, sub.error
+    assert [r.content for r in store.records(cw.context_id)] == ["hi", "ab"]
+    store.close()

@@ -1,6 +1,7 @@
 """Leases and stop requests, conformance on both stores (SQLite, PostgreSQL).
 
-``renew_replies`` renews exactly the replies whose ticket still owns them; ``request_stop``
+``renew_replies`` renews exactly the replies whose ticket still owns them and whose lease
+has not run out; ``request_stop``
 records a stop for the running epoch only (a later claim is not stopped), says False for a
 reply that is not running and raises ``ReplyNotFound`` for an unknown one; an owner whose
 lease ran out reads as gone even when its process still exists on this host (a stopped
@@ -14,6 +15,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -70,6 +72,11 @@ def test_renew_extends_the_leases_the_tickets_still_own(store: Store) -> None:
     execute(store, f"UPDATE checkpoints SET epoch = epoch + 1 WHERE id = {taken.checkpoint_id}")
     store.commit_reply(ctx.id, [R("a")], reply=done, end="reply")
     execute(store, "UPDATE checkpoints SET lease_until = NULL")
+    # A lease that ran out (or was released) is not renewed: others may have seen the
+    # reply interrupted (the heartbeat gives it up instead).
+    assert store.renew_replies([mine, taken, done]) == [False, False, False]
+    soon = (datetime.now(UTC) + timedelta(seconds=60)).isoformat(timespec="microseconds")
+    execute(store, f"UPDATE checkpoints SET lease_until = '{soon}' WHERE id = {mine.checkpoint_id}")
     assert store.renew_replies([mine, taken, done]) == [True, False, False]
     assert store.renew_replies([]) == []
     # Renewed: an owner on another host with a fresh lease is alive.

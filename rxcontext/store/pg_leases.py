@@ -37,7 +37,8 @@ class PostgresLeases:
         def find_reply(self, reply_id: str) -> Checkpoint | None: ...
 
     def renew_replies(self, tickets: Sequence[ReplyTicket]) -> list[bool] | None:
-        """Extend the lease of each reply its ticket still owns; False for the lost ones;
+        """Extend the lease of each reply its ticket still owns; False for the lost ones
+        (a lease that ran out is not renewed: others may have seen the reply interrupted);
         None when the database could not be reached without waiting (try again soon)."""
         if not tickets:
             return []
@@ -49,7 +50,8 @@ class PostgresLeases:
                 " + make_interval(secs => %s)"
                 " FROM unnest(%s::bigint[], %s::integer[]) AS t(id, epoch)"
                 " WHERE c.id = t.id AND c.epoch = t.epoch"
-                " AND c.state IN ('streaming', 'resuming') RETURNING c.id",
+                " AND c.state IN ('streaming', 'resuming')"
+                " AND c.lease_until > clock_timestamp() RETURNING c.id",
                 (self.lease_ttl, ids, epochs),
             ).fetchall(),
             setup=_BACKGROUND,

@@ -26,13 +26,13 @@ _STOPPED = (
 
 _RENEW = (
     "UPDATE checkpoints SET lease_until = ? WHERE id = ? AND epoch = ?"
-    " AND state IN ('streaming', 'resuming')"
+    " AND state IN ('streaming', 'resuming') AND lease_until > ?"
 )
 _RENEW_ALL = (
     "UPDATE checkpoints SET lease_until = ? FROM json_each(?) AS j"
     " WHERE checkpoints.id = json_extract(j.value, '$[0]')"
     " AND checkpoints.epoch = json_extract(j.value, '$[1]')"
-    " AND checkpoints.state IN ('streaming', 'resuming')"
+    " AND checkpoints.state IN ('streaming', 'resuming') AND checkpoints.lease_until > ?"
 )
 """:data:`_RENEW` for many replies in one statement: ``[[id, epoch], ...]`` as JSON."""
 
@@ -46,6 +46,7 @@ class SQLiteLeases:
         _close_hooks: list[Callable[[], None]]
 
         def _lease(self) -> str: ...
+        def now(self) -> str: ...
         def _tx(
             self, *, durable: bool = False, background: bool = False
         ) -> AbstractContextManager[sqlite3.Connection]: ...
@@ -54,7 +55,8 @@ class SQLiteLeases:
         def _db(self) -> sqlite3.Connection: ...
 
     def renew_replies(self, tickets: Sequence[ReplyTicket]) -> list[bool] | None:
-        """Extend the lease of each reply its ticket still owns; False for the lost ones;
+        """Extend the lease of each reply its ticket still owns; False for the lost ones
+        (a lease that ran out is not renewed: others may have seen the reply interrupted);
         None when another process holds the write lock (try again soon)."""
         if not tickets:
             return []
@@ -64,13 +66,14 @@ class SQLiteLeases:
         n = len(tickets)
         try:
             with self._tx(background=True) as db:
+                now = self.now()
                 lease = self._lease()
                 # When every lease is renewed, as it nearly always is, that is all; else
                 # find the lost ones, one by one (renewing the others again).
-                if n > 1 and db.execute(_RENEW_ALL, (lease, rows)).rowcount == n:
+                if n > 1 and db.execute(_RENEW_ALL, (lease, rows, now)).rowcount == n:
                     return [True] * n
                 return [
-                    db.execute(_RENEW, (lease, t.checkpoint_id, t.epoch)).rowcount == 1
+                    db.execute(_RENEW, (lease, t.checkpoint_id, t.epoch, now)).rowcount == 1
                     for t in tickets
                 ]
         except StoreBusy:

@@ -28,6 +28,7 @@ from rxcontext import (
     StreamInterrupted,
     Usage,
 )
+from rxcontext.chunks import ReplyBuilder
 from rxcontext.fanout import MemoryFanout, fanout_for
 from rxcontext.providers import ScriptedModel
 
@@ -118,6 +119,31 @@ def test_expired_live_data_is_served_from_the_store(make_store: Callable[..., An
     watcher = Watcher(cw, "r-exp").start().join()
     assert watcher.completed and watcher.text == stored_text(cw, "r-exp") != ""
     assert watcher.kinds() == [ChunkKind.TEXT, ChunkKind.DONE]  # one piece, from the store
+
+
+def test_a_watcher_served_from_the_store_gets_the_stored_thinking_too(
+    make_store: Callable[..., Any], fanout_spec: Any
+) -> None:
+    # A watcher that finds no live log (none attached, expired, or not yet written by the
+    # Redis writer when the reply had already committed) rebuilds the reply from the
+    # store: its thinking as well as its text, or what it shows last is not the record.
+    steps = [Chunk(ChunkKind.THINKING, "Think "), Chunk(ChunkKind.THINKING, "twice."), *script(3)]
+    fanout = MemoryFanout(keep_ended=0.0) if fanout_spec == "memory" else fanout_spec
+    cw = window(make_store, fanout, [steps])
+    Owner(cw, "r-think").start().join()
+    if fanout_spec is not None and fanout_spec != "memory":
+        import redis
+
+        client = redis.Redis.from_url(redistest.SHARED)
+        assert fanout_spec.drain(5.0)  # its writer has sent the log: delete all of it
+        client.delete(fanout_spec.key("r-think"))  # as an eviction would: only the store
+        client.close()
+    watcher = Watcher(cw, "r-think").start().join()
+    builder = ReplyBuilder()
+    for chunk in watcher.chunks:
+        builder.add(chunk)
+    assert watcher.completed and builder.build().text == stored_text(cw, "r-think")
+    assert builder.build().thinking == "Think twice."
 
 
 def test_an_interrupted_reply_ends_its_watchers_with_the_checkpoint(

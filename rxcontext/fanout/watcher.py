@@ -105,10 +105,14 @@ class _Watch:
         checkpoint of the round in progress. Within one epoch the store may be behind
         what was shown live (checkpoints lag): then nothing goes back, unless ``final``."""
         target: list[str] = []
+        thoughts: list[str] = []
         extra: list[Chunk] = []
         for record in records:
             if record.type is RecordType.MODEL_RESP:
                 target.append(record.content)
+                stored = record.metadata.get("thinking")
+                if isinstance(stored, str):
+                    thoughts.append(stored)
             elif record.type is RecordType.TOOL_CALL and record.tool_call_id:
                 extra.append(
                     Chunk(
@@ -128,11 +132,11 @@ class _Watch:
                         name=record.tool_name,
                     )
                 )
-        thinking = ""
         if row is not None and not row.state.final:
             target.append(row.text)
-            thinking = row.thinking
+            thoughts.append(row.thinking)
         text = "".join(target)
+        thinking = "".join(thoughts)  # a committed reply's thinking too, not only a checkpoint's
         epoch = row.epoch if row is not None else self.epoch
         new_epoch = epoch > self.epoch
         yield from self.rebase(text, thinking if thinking else None, force=final or new_epoch)

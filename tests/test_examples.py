@@ -1,8 +1,9 @@
 """Every example in examples/, and every code sample in README.md and docs/, runs as written.
 
-Each runs in a fresh interpreter (``python examples/NN_name.py``, or the sample saved to a
-file) from a scratch working directory, with no API keys and a dead proxy in the
-environment. The web chat (05) is a server: its test in a real browser is
+Each runs in a process of its own as ``python examples/NN_name.py`` would (or the sample
+saved to a file), forked from one that has imported the SDKs already (tests/zygote.py;
+``ZYGOTE=0``: a fresh interpreter each), from a scratch working directory, with no API keys
+and a dead proxy in the environment. The web chat (05) is a server: its test in a real browser is
 tests/test_webchat.py; here it only has to start and answer. The README's sample also runs
 against a local OpenAI-compatible server (``OPENAI_BASE_URL``), as a user with a key would.
 """
@@ -15,9 +16,11 @@ import re
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zygote
 
 import rxcontext
 from rxcontext import RecordType
@@ -36,15 +39,34 @@ def offline_env(**extra: str) -> dict[str, str]:
     return env
 
 
+_zygote: zygote.Zygote | None = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _warm_processes() -> Iterator[None]:
+    """The module's scripts fork from one process that imported the SDKs (tests/zygote.py)."""
+    yield
+    global _zygote
+    if _zygote is not None:
+        _zygote.close()
+        _zygote = None
+
+
 def run_script(path: Path, cwd: Path, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(
-        [sys.executable, str(path)],
-        cwd=cwd,
-        env=env or offline_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    global _zygote
+    if zygote.wanted():
+        if _zygote is None:
+            _zygote = zygote.Zygote()
+        result = _zygote.run(path, cwd, env or offline_env(), timeout=120)
+    else:
+        result = subprocess.run(
+            [sys.executable, str(path)],
+            cwd=cwd,
+            env=env or offline_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     return result.stdout

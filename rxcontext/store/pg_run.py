@@ -26,6 +26,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import StoreClosedError, StoreError
 
+_jitter = random.Random()  # its own: retries never draw from (or disturb) the app's global random
+
 __all__ = ["Conn", "Runner", "Stored", "redact", "transient"]
 
 Conn = psycopg.Connection[Any]
@@ -172,7 +174,7 @@ class Runner:
                 now = time.monotonic()
                 if now + delay >= deadline:
                     raise self._exhausted(exc, attempts, ambiguous) from exc
-                time.sleep(delay * (0.5 + random.random() / 2))
+                time.sleep(delay * (0.5 + _jitter.random() / 2))
                 delay = min(delay * 2, 1.0)
                 if self._pool is None:
                     raise StoreClosedError(

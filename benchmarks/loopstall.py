@@ -33,14 +33,20 @@ from rxcontext.checkpointer import Checkpointer
 from rxcontext.persist import ReplyPersister
 
 
+def begun_replies(store: Any, replies: int) -> list[ReplyPersister]:
+    """``replies`` replies begun in ``store``, one per context, with 1 s checkpoints."""
+    persisters = []
+    for i in range(replies):
+        ctx = store.get_or_create_context(f"c{i}")
+        p = ReplyPersister(store, ctx.id, checkpoint_every=1.0)
+        p.begin()
+        persisters.append(p)
+    return persisters
+
+
 def run(replies: int, seconds: float, checkpoints: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, rxcontext.open(Path(tmp) / "l.db") as store:
-        persisters = []
-        for i in range(replies):
-            ctx = store.get_or_create_context(f"c{i}")
-            p = ReplyPersister(store, ctx.id, checkpoint_every=1.0)
-            p.begin()
-            persisters.append(p)
+        persisters = begun_replies(store, replies)
         timer = Checkpointer(store, 1.0)
         ticks: list[tuple[float, float]] = []
         tick = timer.tick

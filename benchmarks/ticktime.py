@@ -22,20 +22,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from loopstall import begun_replies
+
 import rxcontext
 from rxcontext import Chunk, ChunkKind
 from rxcontext.checkpointer import Checkpointer
-from rxcontext.persist import ReplyPersister
 
 
 def run(replies: int, ticks: int, chunks: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, rxcontext.open(Path(tmp) / "t.db") as store:
-        persisters = []
-        for i in range(replies):
-            ctx = store.get_or_create_context(f"c{i}")
-            p = ReplyPersister(store, ctx.id, checkpoint_every=1.0)
-            p.begin()
-            persisters.append(p)
+        persisters = begun_replies(store, replies)
         timer = Checkpointer(store, 1.0)
         for p in persisters:
             timer._replies[id(p)] = p  # ticks are called here, not on the timer's thread

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pgtest
@@ -61,6 +62,15 @@ def pg_server() -> Iterator[pgtest.PgServer]:
 def pg_url(pg_server: pgtest.PgServer) -> Iterator[str]:
     """The URL of a new, migrated database of this test's own, dropped afterwards."""
     yield from pgtest.fresh_database(pg_server)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database several stores and processes can open: a SQLite file path, or the URL
+    of a PostgreSQL database of this test's own; tests that use it run once on each."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return str(tmp_path / "shared.db")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -34,7 +34,6 @@ import sys
 import tempfile
 import textwrap
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -162,13 +161,6 @@ class Writer:
                 if pipe is not None:
                     pipe.close()
             self.stderr.close()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        return str(request.getfixturevalue("pg_url"))
-    return str(tmp_path / "hot.db")
 
 
 def hot_context(target: str, processes: int, threads: int, turns: int) -> None:

@@ -92,13 +92,6 @@ RESUMER = textwrap.dedent(
 )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        return str(request.getfixturevalue("pg_url"))
-    return str(tmp_path / "shared.db")
-
-
 @pytest.fixture
 def shared() -> Iterator[tuple[str, str]]:
     yield from redistest.shared_prefix()

@@ -20,7 +20,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,13 +36,6 @@ from rxcontext.fanout.redis import RedisFanout
 
 PREFIX = "leak"
 CASES = ["complete", "stop", "kill", "redis-complete", "redis-kill"]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        return str(request.getfixturevalue("pg_url"))
-    return str(tmp_path / "shared.db")
 
 
 @pytest.fixture

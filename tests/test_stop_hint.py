@@ -206,13 +206,6 @@ def stop_across(
     return error[3:]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        return str(request.getfixturevalue("pg_url"))
-    return str(tmp_path / "shared.db")
-
-
 def test_a_stop_reaches_the_owner_through_redis(
     target: str, shared: tuple[str, str], owners: list[Child]
 ) -> None:

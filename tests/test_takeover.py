@@ -32,7 +32,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import IO, Any
 
 import pytest
@@ -116,13 +115,6 @@ RESUMER = textwrap.dedent(
 
 def T(text: str) -> Chunk:
     return Chunk(ChunkKind.TEXT, text)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        return str(request.getfixturevalue("pg_url"))
-    return str(tmp_path / "shared.db")
 
 
 @pytest.fixture

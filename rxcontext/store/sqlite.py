@@ -503,7 +503,6 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             long.write(db, "records", "content", cur.lastrowid, body)
         if isinstance(metadata, long.Long):
             long.write(db, "records", "metadata", cur.lastrowid, metadata)
-        assert cur.lastrowid is not None
         if attachments:
             blobs.save(db, cur.lastrowid, attachments)
         if draft.live:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import threading
 
+from reactivex.scheduler import NewThreadScheduler
+
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, ReplyState
 from rxcontext import operators as rxops
@@ -69,5 +71,62 @@ def test_reply_state_is_the_row_and_the_records(pg_url: str) -> None:
         assert records == store.reply_records("r-1")
         assert [r.content for r in records] == ["one two"]
         assert store.reply_state("never") == (None, [])
+    finally:
+        store.close()
+
+
+def test_a_live_log_from_its_start_spares_the_first_look(pg_url: str) -> None:
+    """A watch that finds the reply's live log whole from its Begin shows it without
+    reading the store first; it reads the store once, when the log ends (to end on the
+    stored record). In the scale-out benchmark every watch began with a look at the store,
+    and at 200 streams those looks queued for the pool for hundreds of milliseconds."""
+    store = rxcontext.open(pg_url, fanout="memory")
+    try:
+        gate = threading.Event()
+        began = threading.Event()
+
+        def hold(chunk: Chunk) -> None:
+            if chunk.text == " three":  # "one two" delivered, and published
+                began.set()
+                assert gate.wait(10)
+
+        model = ScriptedModel([[T("one "), T("two"), T(" three"), DONE]])
+        cw = ContextWindow(store, model, "live", checkpoint_every=None)
+        cw.add_prompt("Count.")
+        owner = threading.Thread(
+            target=cw.call, args=(rxops.middleware(on_chunk=hold),), kwargs={"reply_id": "r-2"}
+        )
+        owner.start()
+        seen: list[str] = []
+        first_two = threading.Event()
+        done = threading.Event()
+        try:
+            assert began.wait(10)
+            looks: list[str] = []
+            reply_state = store.reply_state
+
+            def look(reply_id: str) -> object:
+                looks.append(reply_id)
+                return reply_state(reply_id)
+
+            store.reply_state = look  # type: ignore[method-assign]
+            before = _checkouts(store)
+
+            def shown(chunk: Chunk) -> None:
+                seen.append(chunk.text)
+                if "".join(seen) == "one two":
+                    first_two.set()
+
+            cw.watch("r-2").subscribe(
+                on_next=shown, on_completed=done.set, scheduler=NewThreadScheduler()
+            )
+            assert first_two.wait(10)
+            assert _checkouts(store) == before and looks == []  # shown from the log alone
+        finally:
+            gate.set()
+            owner.join(10)
+        assert done.wait(10)
+        assert "".join(seen) == "one two three"
+        assert looks == ["r-2"]  # one look, at the end
     finally:
         store.close()

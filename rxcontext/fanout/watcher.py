@@ -289,6 +289,12 @@ class _Watch:
         return not row.state.live
 
     def run(self) -> Iterator[Chunk]:
+        head = self.live_head()
+        if head is not None:
+            # The live log is whole from its start: begin from it; the store is read when
+            # the log ends or stalls (a look fewer per watch: many watchers share a pool).
+            yield from self.follow(head[0].epoch, head)
+            return
         row, records = self.read_store()
         want = row.epoch if row is not None else 1
         if self.ended(row, records):
@@ -301,13 +307,33 @@ class _Watch:
                     yield from self.apply(entries)
             yield from self.finish(records, row)
             return
+        yield from self.follow(want, None)
+
+    def live_head(self) -> list[Begin | Chunks | Snapshot | End] | None:
+        """The newest epoch's live log from its Begin (or Snapshot), or None."""
+        if self.fanout is None:
+            return None
+        entries = self.fanout.read(self.reply_id, None, epoch=1, wait=0.0, cancelled=self.cancelled)
+        if not entries:
+            return None
+        newest = max(entry.epoch for entry in entries)
+        for i, entry in enumerate(entries):
+            if entry.epoch == newest:
+                return entries[i:] if isinstance(entry, Begin | Snapshot) else None
+        return None  # pragma: no cover (newest is some entry's epoch)
+
+    def follow(
+        self, want: int, head: list[Begin | Chunks | Snapshot | End] | None
+    ) -> Iterator[Chunk]:
+        """Live (or from the store) until the reply ends; ``head``: the log from its start,
+        read already."""
         self.at = None
         checked = time.monotonic()
         while True:
             if self.cancelled.is_set():
                 raise _Stop
-            entries = None
-            if self.fanout is not None:
+            entries, head = head, None
+            if entries is None and self.fanout is not None:
                 entries = self.fanout.read(
                     self.reply_id, self.at, epoch=want, wait=self.wait, cancelled=self.cancelled
                 )

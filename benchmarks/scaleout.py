@@ -731,6 +731,7 @@ def summarize(
     for o in owners:
         delivered.update(o["delivered"])
     to_watcher: list[int] = []  # delivered to the owner -> received by the watcher
+    to_watcher_on: list[int] = []  # the same, for chunks 10 and on of a reply (the tail)
     yield_to_watcher: list[int] = []
     yield_to_owner: list[int] = []
     received_chunks = 0
@@ -747,6 +748,8 @@ def summarize(
                 yield_to_watcher.append(recv - stamp)
                 if seq < len(times):
                     to_watcher.append(recv - times[seq])
+                    if seq >= 10:
+                        to_watcher_on.append(recv - times[seq])
     # model yield -> owner's async for (the owner's own path), from the chunk texts
     for w in watchers:
         for reply, got in w["received"].items():
@@ -794,6 +797,7 @@ def summarize(
         "begin_call": _pct([x for o in owners for x in o["begin_call"]]),
         "late": _pct([x for o in owners for x in o["late"]]),
         "owner_to_watcher": _pct(to_watcher),
+        "owner_to_watcher_on": _pct(to_watcher_on),
         "yield_to_watcher": _pct(yield_to_watcher),
         "yield_to_owner": _pct(yield_to_owner),
         "owner_to_read": _pct(to_fetch),
@@ -821,6 +825,7 @@ ROWS = (
     ("checkpoint: `store.save_checkpoints` call", "checkpoint_call"),
     ("begin: `store.begin_reply` call", "begin_call"),
     ("chunk: owner's `async for` → remote watcher", "owner_to_watcher"),
+    ("… chunks 10 and on of a reply (the watch's tail)", "owner_to_watcher_on"),
     ("chunk: model yield → remote watcher", "yield_to_watcher"),
     ("chunk: model yield → owner's `async for`", "yield_to_owner"),
     ("chunk: owner's `async for` → watcher's fan-out read", "owner_to_read"),

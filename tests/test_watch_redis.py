@@ -72,6 +72,8 @@ def test_the_clients_fail_fast_and_never_retry() -> None:
         assert writer["socket_timeout"] == 0.5 and writer["socket_connect_timeout"] == 0.5
         assert writer["retry"].get_retries() == 0 and reader["retry"].get_retries() == 0
         assert reader["socket_timeout"] > 1.0  # longer than any XREAD BLOCK
+        tail = fanout._tail._client.connection_pool.connection_kwargs  # the watches' tail
+        assert tail["socket_timeout"] > 1.0 and tail["retry"].get_retries() == 0
     finally:
         fanout.close()
 

@@ -5,8 +5,9 @@ One stream per reply, ``<prefix>:{<reply_id>}:s``. Entry ids are ``<epoch>-<seq>
 Begin is ``e-0``, a batch of chunks is named by its last chunk's seq, the End follows the
 last chunk. Ids must grow, so a retried batch is refused as a duplicate and, once a new
 owner (epoch ``e+1``) has written, a fenced old owner's writes are refused too. Watchers
-read with ``XRANGE`` from their epoch's Begin, then ``XREAD BLOCK`` from the last id they
-applied: replay and tail are the same log read by position.
+read with ``XRANGE`` from their epoch's Begin, then from the last id they applied: replay
+and tail are the same log read by position. The tails of all of a process's watches are
+read by one thread with one ``XREAD BLOCK`` over their streams (:mod:`.redis_tail`).
 
 The owner never waits on Redis: :meth:`_Channel.chunk` appends to a bounded in-memory
 queue; one writer thread per process sends what is queued every ``flush_every`` seconds
@@ -40,6 +41,7 @@ from ..chunks import Chunk
 from ..errors import MissingDependency
 from .base import Position
 from .entries import Begin, Chunks, End, Entry, Snapshot, decode_chunk, dumps, encode_chunk
+from .redis_tail import Tail
 
 try:
     import redis
@@ -62,7 +64,16 @@ def _parse_id(raw: bytes | str) -> Position:
 
 
 def _entry(raw_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
-    epoch, seq = _parse_id(raw_id)
+    return _entry_at(raw_id, fields)[1]
+
+
+def _entry_at(raw_id: bytes | str, fields: dict[bytes, bytes]) -> tuple[Position, Entry]:
+    position = _parse_id(raw_id)
+    return position, _decode(position, fields)
+
+
+def _decode(position: Position, fields: dict[bytes, bytes]) -> Entry:
+    epoch, seq = position
     kind = fields.get(b"k", b"")
     data = json.loads(fields.get(b"d", b"null"))
     if kind == b"c":
@@ -178,6 +189,19 @@ class RedisFanout:
             retry=Retry(NoBackoff(), 0),
             retry_on_timeout=False,
             health_check_interval=0,
+        )
+        self._tail = Tail(
+            redis.Redis.from_url(
+                url,
+                socket_timeout=timeout + 2.0,  # longer than its XREAD BLOCK (1 s)
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+                retry_on_timeout=False,
+                health_check_interval=0,
+            ),
+            self._reader,
+            _entry_at,
+            reconnect_max=reconnect_max,
         )
         self._new: collections.deque[_Channel] = collections.deque()
         self._hints: collections.deque[tuple[str, str]] = collections.deque(maxlen=1024)
@@ -463,13 +487,7 @@ class RedisFanout:
                 if not rows:
                     return None
                 return [_entry(i, f) for i, f in rows]
-            found: Any = self._reader.xread(
-                {key: f"{after[0]}-{after[1]}"}, count=512, block=max(1, int(wait * 1000))
-            )
-            if not found:
-                return [] if self._reader.exists(key) else None
-            rows = found[key.encode()] if isinstance(found, dict) else found[0][1]
-            return [_entry(i, f) for i, f in rows]
+            return self._tail.read(key, after, wait, cancelled)
         except Exception as error:  # unreachable, or not our entries: the store serves
             _log.debug("fan-out read of %r failed: %s", reply_id, error)
             return None
@@ -496,5 +514,6 @@ class RedisFanout:
         self._wake.set()
         if threading.current_thread() is not self._thread:
             self._thread.join(2.0)
+        self._tail.close()
         self._writer.close()
         self._reader.close()

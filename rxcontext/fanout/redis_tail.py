@@ -1,0 +1,239 @@
+"""The live tail of every watch of a process, read by one thread on one Redis connection.
+
+A watch that has read its reply's log from the start waits for what comes next. Giving each
+watch its own blocking ``XREAD`` (a thread and a connection each) made a process that
+watches hundreds of replies wake hundreds of threads, each parsing its own small reply, a
+few thousand times a second; in the scale-out benchmark its chunks reached it hundreds of
+milliseconds late, queued behind each other for the GIL. Here one thread makes one
+``XREAD BLOCK`` over every tailed stream, from the position it has read each to, keeps what
+it reads in a short buffer per stream, and wakes only the watches of the streams that
+moved.
+
+A watch's read is served from that buffer when the buffer reaches back to the watch's
+position; otherwise (a watch joining, or one that fell behind the buffer) the watch reads
+what it misses itself, at once, and then waits on the buffer. A stream the thread was not
+reading yet is added by interrupting its blocking read (``CLIENT UNBLOCK``). A stream no
+watch has read for ``idle`` seconds is dropped. When Redis fails, the waiting watches are
+told (their read answers None: the store serves them), and the thread tries again with a
+growing pause.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .base import Position
+from .entries import Entry
+
+__all__ = ["Tail"]
+
+_log = logging.getLogger("rxcontext.fanout")
+
+Rows = Iterable[tuple[Any, Any]]
+Parse = Callable[[Any, Any], tuple[Position, Entry]]
+
+
+def _position(item: tuple[Position, Entry]) -> Position:
+    return item[0]
+
+
+def _stream_id(position: Position) -> str:
+    return f"{position[0]}-{position[1]}"
+
+
+def _streams(found: Any) -> Iterable[tuple[Any, Rows]]:
+    """``XREAD``'s answer as ``(key, rows)`` pairs (a dict on RESP3, a list on RESP2)."""
+    if not found:
+        return ()
+    if isinstance(found, dict):
+        return found.items()
+    return ((key, rows) for key, rows in found)
+
+
+class _Stream:
+    """What the tail thread has read of one stream: every entry after ``base`` up to
+    ``cursor``, in order."""
+
+    __slots__ = ("base", "cursor", "entries", "failed", "included", "moved", "used")
+
+    def __init__(self, at: Position, lock: threading.Lock) -> None:
+        self.base = at
+        self.cursor = at
+        self.entries: list[tuple[Position, Entry]] = []
+        self.moved = threading.Condition(lock)
+        self.included = False  # in the tail thread's current XREAD
+        self.failed = 0.0  # when the tail thread last failed to read it (monotonic)
+        self.used = time.monotonic()
+
+
+class Tail:
+    """One thread that tails many reply streams for their watches (see the module)."""
+
+    def __init__(
+        self,
+        client: Any,
+        reader: Any,
+        parse: Parse,
+        *,
+        block: float = 1.0,
+        idle: float = 5.0,
+        keep: int = 256,
+        reconnect_max: float = 1.0,
+    ) -> None:
+        self._client = client  # the tail thread's own (one connection)
+        self._reader = reader  # shared: the watches' own reads, EXISTS, CLIENT UNBLOCK
+        self._parse = parse
+        self._block_ms = max(1, int(block * 1000))
+        self._idle = idle
+        self._keep = keep
+        self._reconnect_max = reconnect_max
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._streams: dict[str, _Stream] = {}
+        self._client_id: int | None = None
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    # -- the watches' side ------------------------------------------------------------
+
+    def read(
+        self, key: str, after: Position, wait: float, cancelled: threading.Event
+    ) -> list[Entry] | None:
+        """Entries of ``key`` after ``after``, waiting up to ``wait`` seconds for some:
+        ``[]`` when none came, None when the stream is gone or Redis is unreachable."""
+        began = time.monotonic()
+        deadline = began + wait
+        with self._lock:
+            stream = self._streams.get(key)
+            behind = stream is None or after < stream.base
+        if behind:
+            found = self._reader.xread({key: _stream_id(after)}, count=512)
+            entries = [self._parse(i, f) for _, rows in _streams(found) for i, f in rows]
+            with self._lock:
+                stream = self._streams.get(key)
+                if stream is None:
+                    at = entries[-1][0] if entries else after
+                    stream = self._streams[key] = _Stream(at, self._lock)
+                    self._start()
+                    self._changed.notify()
+                stream.used = time.monotonic()
+            if entries:
+                return [entry for _, entry in entries]
+        nudge = False
+        while True:
+            if nudge:  # the tail thread is not reading this stream yet
+                self._interrupt()
+            with self._lock:
+                stream = self._streams.get(key)
+                if stream is None:  # dropped as idle meanwhile (a very long wait)
+                    stream = self._streams[key] = _Stream(after, self._lock)
+                    self._changed.notify()
+                stream.used = time.monotonic()
+                entries = stream.entries
+                first = bisect.bisect_right(entries, after, key=_position)
+                if first < len(entries):
+                    return [entry for _, entry in entries[first:]]
+                if stream.failed >= began:
+                    return None
+                left = deadline - time.monotonic()
+                if left <= 0 or cancelled.is_set():
+                    break
+                if not stream.included and not nudge:
+                    nudge = True
+                    continue
+                nudge = not stream.included
+                stream.moved.wait(min(left, 0.05) if nudge else left)
+        return [] if self._reader.exists(key) else None
+
+    def _interrupt(self) -> None:
+        """Make the tail thread's blocking read return, so that it reads a new stream."""
+        client_id = self._client_id
+        if client_id is not None:
+            try:
+                self._reader.client_unblock(client_id)
+            except Exception as error:  # it will see the stream within one block anyway
+                _log.debug("fan-out: CLIENT UNBLOCK failed: %s", error)
+
+    # -- the tail thread --------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._thread is None and not self._closing:
+            self._thread = threading.Thread(target=self._run, name="rxcontext-tail", daemon=True)
+            self._thread.start()
+
+    def _streams_to_read(self) -> dict[str, str] | None:
+        """Under the lock: drop idle streams; the positions to read from (None: closing)."""
+        while not self._closing:
+            now = time.monotonic()
+            for key in [k for k, s in self._streams.items() if now - s.used > self._idle]:
+                del self._streams[key]
+            if self._streams:
+                for stream in self._streams.values():
+                    stream.included = True
+                return {key: _stream_id(s.cursor) for key, s in self._streams.items()}
+            self._changed.wait(self._idle)
+        return None
+
+    def _run(self) -> None:
+        pause = 0.0
+        while True:
+            with self._lock:
+                streams = self._streams_to_read()
+            if streams is None:
+                return
+            try:
+                if self._client_id is None:
+                    self._client_id = int(self._client.client_id())
+                found = self._client.xread(streams, count=512, block=self._block_ms)
+            except Exception as error:
+                self._client_id = None
+                pause = min(self._reconnect_max, max(0.05, pause * 2))
+                self._fail(error, pause)
+                continue
+            pause = 0.0
+            read = [
+                (
+                    key.decode() if isinstance(key, bytes) else key,
+                    [self._parse(i, f) for i, f in rows],
+                )
+                for key, rows in _streams(found)
+            ]
+            with self._lock:
+                for key, entries in read:
+                    stream = self._streams.get(key)
+                    if stream is None:
+                        continue
+                    for at, entry in entries:
+                        if at > stream.cursor:
+                            stream.entries.append((at, entry))
+                            stream.cursor = at
+                    if len(stream.entries) > self._keep:
+                        cut = len(stream.entries) - self._keep
+                        stream.base = stream.entries[cut - 1][0]
+                        del stream.entries[:cut]
+                    stream.moved.notify_all()
+
+    def _fail(self, error: BaseException, pause: float) -> None:
+        _log.debug("fan-out: the live tail's read failed: %s", error)
+        with self._lock:
+            now = time.monotonic()
+            for stream in self._streams.values():
+                stream.failed = now
+                stream.moved.notify_all()
+            self._changed.wait(pause)  # close() cuts the pause short
+
+    def close(self) -> None:
+        """Stop the tail thread (its blocking read is interrupted)."""
+        with self._lock:
+            self._closing = True
+            self._changed.notify_all()
+        self._interrupt()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(2.0)
+        self._client.close()

@@ -1,0 +1,140 @@
+"""The live tails of a process's watches are read by one thread on one Redis connection
+(rxcontext/fanout/redis_tail.py), not by a blocking ``XREAD`` per watch.
+
+With a thread and a connection per watch, a process watching 200 replies of the scale-out
+benchmark (benchmarks/scaleout.py) got its chunks 0.2 s late at p50 and 1.6 s at p99, its
+threads queued behind each other for the GIL; with one reader, 0.06–0.09 s and 0.4 s
+(docs/benchmarks.md, "Scale-out")."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redistest
+from watching import WAIT, Owner, Watcher, stored_text
+
+import rxcontext
+from rxcontext import Chunk, ChunkKind, ContextWindow
+from rxcontext.providers import ScriptedModel
+
+redis = pytest.importorskip("redis")
+from rxcontext.fanout.redis import RedisFanout  # noqa: E402
+
+T = lambda text: Chunk(ChunkKind.TEXT, text)  # noqa: E731
+N = 12
+WORDS = [f"w{i} " for i in range(N)]
+
+
+def words(n: int) -> str:
+    return "".join(WORDS[:n])
+
+
+def _top(client: object, key: str) -> int:
+    """The seq of the stream's newest entry."""
+    top = client.xrevrange(key, "+", "-", count=1)  # type: ignore[attr-defined]
+    return int(top[0][0].split(b"-")[1]) if top else -1
+
+
+def _until(check: Callable[[], bool], timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+@pytest.fixture
+def private() -> Iterator[redistest.PrivateRedis]:
+    server = redistest.PrivateRedis()
+    yield server
+    server.close()
+
+
+def _window(store: rxcontext.Store, context: str) -> ContextWindow:
+    script = [*(T(w) for w in WORDS), Chunk(ChunkKind.DONE, finish_reason="stop")]
+    cw = ContextWindow(
+        store, ScriptedModel([script]), context=context, retry=None, checkpoint_every=None
+    )
+    cw.add_prompt("Count.")
+    return cw
+
+
+def test_many_live_watches_block_on_one_connection(private: redistest.PrivateRedis) -> None:
+    fanout = RedisFanout(private.url)
+    store = rxcontext.open(":memory:", fanout=fanout)
+    client = private.client()
+    try:
+        windows = [_window(store, f"c{i}") for i in range(24)]
+        gates = [threading.Semaphore(0) for _ in windows]
+        owners = [
+            Owner(cw, f"r{i}", gate=g).start()
+            for i, (cw, g) in enumerate(zip(windows, gates, strict=True))
+        ]
+        for gate in gates:
+            gate.release(3)
+        watchers = [Watcher(cw, f"r{i}", poll=5.0).start() for i, cw in enumerate(windows)]
+        for watcher in watchers:
+            assert watcher.wait_for(words(3)), watcher.text
+        # Every watch is live and waiting for its reply's fourth chunk: one blocking read
+        # between them (none while the reader is between two reads).
+        assert int(client.info("clients")["blocked_clients"]) <= 1
+        for gate in gates:
+            gate.release(4)
+        for watcher in watchers:
+            assert watcher.wait_for(words(7)), watcher.text  # live: no checkpoints are written
+        for owner in owners:
+            owner.join()
+        for i, (cw, watcher) in enumerate(zip(windows, watchers, strict=True)):
+            watcher.join()
+            assert watcher.completed and watcher.error is None
+            assert watcher.text == stored_text(cw, f"r{i}") == words(N)
+    finally:
+        client.close()
+        store.close()
+        fanout.close()
+
+
+def test_a_watch_behind_the_shared_buffer_reads_what_it_missed(
+    private: redistest.PrivateRedis,
+) -> None:
+    """The reader keeps a few entries per stream; a watch that falls further behind (its
+    subscriber slow) reads the rest itself and misses nothing."""
+    fanout = RedisFanout(private.url, flush_every=0.001)
+    fanout._tail._keep = 2  # the shared buffer holds two entries per stream
+    store = rxcontext.open(":memory:", fanout=fanout)
+    try:
+        cw = _window(store, "slow")
+        gate = threading.Semaphore(0)
+        owner = Owner(cw, "r", gate=gate).start()
+        gate.release(1)
+        slow = threading.Event()
+        watcher = Watcher(cw, "r", poll=5.0)
+
+        def stuck_on_w1(chunk: Chunk) -> None:
+            if chunk.text == WORDS[1]:
+                assert slow.wait(WAIT)
+
+        watcher.on_chunk = stuck_on_w1
+        watcher.start()
+        # The watcher is stuck in its subscriber on w1 while the rest is published one
+        # chunk per flush (entries each), more than the shared buffer keeps.
+        gate.release(1)
+        assert watcher.wait_for(words(2)), watcher.text
+        client = private.client()
+        for seq in range(3, 9):
+            gate.release(1)
+            assert _until(lambda seq=seq: _top(client, fanout.key("r")) == seq)  # an entry each
+        client.close()
+        slow.set()
+        owner.join()
+        watcher.join()
+        assert watcher.completed
+        assert watcher.chunks == owner.delivered  # nothing lost, nothing twice
+        assert watcher.text == stored_text(cw, "r") == words(N)
+    finally:
+        store.close()
+        fanout.close()

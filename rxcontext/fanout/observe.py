@@ -5,6 +5,7 @@ waits on the store or the fan-out)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -74,10 +75,30 @@ async def awatch_chunks(
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
     cancelled = threading.Event()
+    # Handed over in batches: one loop wake-up for whatever the thread put meanwhile, not
+    # one per chunk (each call_soon_threadsafe writes to the loop's wake-up pipe).
+    handed: collections.deque[tuple[int, Any]] = collections.deque()
+    lock = threading.Lock()
+    waking = False
+
+    def hand_over() -> None:
+        nonlocal waking
+        with lock:
+            items = list(handed)
+            handed.clear()
+            waking = False
+        for item in items:
+            queue.put_nowait(item)
 
     def put(item: tuple[int, Any]) -> None:
+        nonlocal waking
+        with lock:
+            handed.append(item)
+            if waking:
+                return
+            waking = True
         try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+            loop.call_soon_threadsafe(hand_over)
         except RuntimeError:
             cancelled.set()  # the loop is closed: nobody is listening
 

@@ -70,11 +70,25 @@ def _start(
     owner.deliver(3)
     # timeout=0.2: the watcher's reads give up after 2.2 s (the XREAD block + 1.2 s).
     fanout = RedisFanout(watcher_link.url, prefix=prefix, timeout=0.2)
+    # The three chunks are in the live log before the watcher starts (the owner's writer
+    # sends every 20 ms; a watcher that came first would show them from the store).
+    assert _published(fanout, "r", 3)
     store = rxcontext.open(target, fanout=fanout)
     cw = ContextWindow(store, None, "part")
     watcher = Watcher(cw, "r", poll=0.05).start()
     assert watcher.wait_for(words(3)), watcher.text
     return owner, watcher, cw
+
+
+def _published(fanout: RedisFanout, reply_id: str, seq: int) -> bool:
+    """Wait (bounded) until the reply's live log holds chunk ``seq``."""
+    deadline = time.monotonic() + FALLBACK_WITHIN
+    while time.monotonic() < deadline:
+        top = fanout._reader.xrevrange(fanout.key(reply_id), "+", "-", count=1)
+        if top and int(top[0][0].split(b"-")[1]) >= seq:
+            return True
+        time.sleep(0.005)
+    return False
 
 
 def _live_again(owner: OwnerProcess, watcher: Watcher) -> float:
@@ -104,7 +118,7 @@ def test_the_owner_cut_off_from_redis_goes_on_and_its_watcher_reads_the_store(
     owner_link, watcher_link = links
     owner, watcher, cw = _start(tmp_path, shared[1], owner_link, watcher_link)
     try:
-        assert all(live(c) for c in watcher.chunks)
+        assert all(live(c) for c in watcher.chunks), watcher.chunks
         owner_link.blackhole()
         owner.deliver(3)  # returns: delivering never waits on Redis
         # Its checkpoints go on; the watcher, whose live log stalled, shows them.

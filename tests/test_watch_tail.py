@@ -8,6 +8,7 @@ threads queued behind each other for the GIL; with one reader, 0.06–0.09 s and
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -135,6 +136,55 @@ def test_a_watch_behind_the_shared_buffer_reads_what_it_missed(
         assert watcher.completed
         assert watcher.chunks == owner.delivered  # nothing lost, nothing twice
         assert watcher.text == stored_text(cw, "r") == words(N)
+    finally:
+        store.close()
+        fanout.close()
+
+
+def test_awatch_over_redis_takes_no_thread_per_watch(private: redistest.PrivateRedis) -> None:
+    """``cw.awatch`` runs the watcher on the event loop: a live watch waits on a future the
+    tail thread resolves, not on a thread of its own (the benchmark's watcher process ran
+    200 of those threads)."""
+    fanout = RedisFanout(private.url)
+    store = rxcontext.open(":memory:", fanout=fanout)
+    try:
+        windows = [_window(store, f"a{i}") for i in range(16)]
+        gates = [threading.Semaphore(0) for _ in windows]
+        owners = [
+            Owner(cw, f"r{i}", gate=g).start()
+            for i, (cw, g) in enumerate(zip(windows, gates, strict=True))
+        ]
+        for gate in gates:
+            gate.release(3)
+        watching: list[str] = []
+
+        async def watch(i: int, cw: ContextWindow, live: asyncio.Event) -> str:
+            text = ""
+            async for chunk in cw.awatch(f"r{i}", poll=5.0):
+                text += chunk.text
+                if text == words(3):
+                    live.set()
+            return text
+
+        async def main() -> list[str]:
+            lives = [asyncio.Event() for _ in windows]
+            tasks = [
+                asyncio.create_task(watch(i, cw, live))
+                for i, (cw, live) in enumerate(zip(windows, lives, strict=True))
+            ]
+            for live in lives:
+                await asyncio.wait_for(live.wait(), WAIT)
+            watching.extend(t.name for t in threading.enumerate())
+            for gate in gates:
+                gate.release(10_000)
+            return list(await asyncio.gather(*tasks))
+
+        texts = asyncio.run(main())
+        assert not [name for name in watching if name.startswith("rxcontext-watch")]
+        for owner in owners:
+            owner.join()
+        for i, (cw, text) in enumerate(zip(windows, texts, strict=True)):
+            assert text == stored_text(cw, f"r{i}") == words(N)
     finally:
         store.close()
         fanout.close()

@@ -16,7 +16,7 @@ from reactivex.scheduler import CurrentThreadScheduler, ImmediateScheduler, Tram
 
 from ..chunks import Chunk
 from .base import Fanout
-from .watcher import ReplyReader, watch_chunks
+from .watcher import Look, Read, ReplyReader, read_store, watch_chunks, watch_core
 
 __all__ = ["awatch_chunks", "watch_observable"]
 
@@ -71,7 +71,43 @@ def watch_observable(
 async def awatch_chunks(
     store: ReplyReader, fanout: Fanout | None, reply_id: str, *, poll: float, wait: float
 ) -> AsyncIterator[Chunk]:
-    """The asyncio twin of :func:`watch_observable`; leaving the loop stops the watch."""
+    """The asyncio twin of :func:`watch_observable`; leaving the loop stops the watch.
+
+    The watcher core runs on the event loop; its store reads go to the default executor.
+    With a fan-out that can wait on the loop (``aread``: Redis) a watch takes no thread of
+    its own; with one that blocks (``MemoryFanout``) the core runs on a thread of its own."""
+    aread = getattr(fanout, "aread", None)
+    if fanout is not None and aread is None:
+        async for chunk in _awatch_on_a_thread(store, fanout, reply_id, poll=poll, wait=wait):
+            yield chunk
+        return
+    core = watch_core(reply_id, fanout is not None, poll=poll, wait=wait)
+    answer: Any = None
+    try:
+        while True:
+            try:
+                step = core.send(answer)
+            except StopIteration:
+                return
+            answer = None
+            if isinstance(step, Chunk):
+                yield step
+            elif isinstance(step, Look):
+                answer = await asyncio.to_thread(read_store, store, reply_id)
+            elif isinstance(step, Read):
+                assert aread is not None
+                answer = await aread(reply_id, step.after, epoch=step.epoch, wait=step.wait)
+            else:
+                await asyncio.sleep(step.seconds)
+                answer = False
+    finally:
+        core.close()
+
+
+async def _awatch_on_a_thread(
+    store: ReplyReader, fanout: Fanout, reply_id: str, *, poll: float, wait: float
+) -> AsyncIterator[Chunk]:
+    """The watch on a thread of its own (its fan-out's reads block), handed to the loop."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
     cancelled = threading.Event()

@@ -28,6 +28,7 @@ queues a ``PUBLISH`` on the owner's channel for the writer thread, and the owner
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import json
@@ -483,14 +484,30 @@ class RedisFanout:
         key = self.key(reply_id)
         try:
             if after is None:
-                rows: Any = self._reader.xrange(key, f"{max(epoch, 1)}-0", "+")
-                if not rows:
-                    return None
-                return [_entry(i, f) for i, f in rows]
+                return self._head(key, epoch)
             return self._tail.read(key, after, wait, cancelled)
         except Exception as error:  # unreachable, or not our entries: the store serves
             _log.debug("fan-out read of %r failed: %s", reply_id, error)
             return None
+
+    async def aread(
+        self, reply_id: str, after: Position | None, *, epoch: int, wait: float
+    ) -> list[Entry] | None:
+        """:meth:`read` for asyncio (``cw.awatch``): waiting for the tail takes no thread."""
+        key = self.key(reply_id)
+        try:
+            if after is None:
+                return await asyncio.to_thread(self._head, key, epoch)
+            return await self._tail.aread(key, after, wait)
+        except Exception as error:  # unreachable, or not our entries: the store serves
+            _log.debug("fan-out read of %r failed: %s", reply_id, error)
+            return None
+
+    def _head(self, key: str, epoch: int) -> list[Entry] | None:
+        rows: Any = self._reader.xrange(key, f"{max(epoch, 1)}-0", "+")
+        if not rows:
+            return None
+        return [_entry(i, f) for i, f in rows]
 
     def drain(self, timeout: float) -> bool:
         """Wait until every reply published so far has ended and was sent (or given up);

@@ -20,7 +20,9 @@ growing pause.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import contextlib
 import logging
 import threading
 import time
@@ -59,7 +61,7 @@ class _Stream:
     """What the tail thread has read of one stream: every entry after ``base`` up to
     ``cursor``, in order."""
 
-    __slots__ = ("base", "cursor", "entries", "failed", "included", "moved", "used")
+    __slots__ = ("base", "cursor", "entries", "failed", "included", "moved", "used", "waiters")
 
     def __init__(self, at: Position, lock: threading.Lock) -> None:
         self.base = at
@@ -69,6 +71,33 @@ class _Stream:
         self.included = False  # in the tail thread's current XREAD
         self.failed = 0.0  # when the tail thread last failed to read it (monotonic)
         self.used = time.monotonic()
+        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def wake(self, into: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]]) -> None:
+        """Under the lock: wake the stream's threads, and gather its asyncio waiters."""
+        self.moved.notify_all()
+        for loop, future in self.waiters:
+            into.setdefault(loop, []).append(future)
+        self.waiters.clear()
+
+
+def _after(stream: _Stream, after: Position) -> list[Entry]:
+    entries = stream.entries
+    first = bisect.bisect_right(entries, after, key=_position)
+    return [entry for _, entry in entries[first:]]
+
+
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
+
+
+def _wake_loops(waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]]) -> None:
+    """One wake-up of each event loop for all of its waiters."""
+    for loop, futures in waiting.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there now
+            loop.call_soon_threadsafe(_resolve, futures)
 
 
 class Tail:
@@ -108,38 +137,19 @@ class Tail:
         ``[]`` when none came, None when the stream is gone or Redis is unreachable."""
         began = time.monotonic()
         deadline = began + wait
-        with self._lock:
-            stream = self._streams.get(key)
-            behind = stream is None or after < stream.base
-        if behind:
-            found = self._reader.xread({key: _stream_id(after)}, count=512)
-            entries = [self._parse(i, f) for _, rows in _streams(found) for i, f in rows]
-            with self._lock:
-                stream = self._streams.get(key)
-                if stream is None:
-                    at = entries[-1][0] if entries else after
-                    stream = self._streams[key] = _Stream(at, self._lock)
-                    self._start()
-                    self._changed.notify()
-                stream.used = time.monotonic()
-            if entries:
-                return [entry for _, entry in entries]
+        if self._behind(key, after):
+            caught = self._catch_up(key, after)
+            if caught:
+                return caught
         nudge = False
         while True:
             if nudge:  # the tail thread is not reading this stream yet
                 self._interrupt()
             with self._lock:
-                stream = self._streams.get(key)
-                if stream is None:  # dropped as idle meanwhile (a very long wait)
-                    stream = self._streams[key] = _Stream(after, self._lock)
-                    self._changed.notify()
-                stream.used = time.monotonic()
-                entries = stream.entries
-                first = bisect.bisect_right(entries, after, key=_position)
-                if first < len(entries):
-                    return [entry for _, entry in entries[first:]]
-                if stream.failed >= began:
-                    return None
+                stream = self._stream(key, after)
+                got = _after(stream, after)
+                if got or stream.failed >= began:
+                    return got or None
                 left = deadline - time.monotonic()
                 if left <= 0 or cancelled.is_set():
                     break
@@ -149,6 +159,70 @@ class Tail:
                 nudge = not stream.included
                 stream.moved.wait(min(left, 0.05) if nudge else left)
         return [] if self._reader.exists(key) else None
+
+    async def aread(self, key: str, after: Position, wait: float) -> list[Entry] | None:
+        """:meth:`read` for asyncio: the wait is a future the tail thread resolves (one
+        wake-up of the loop for every watch of it whose stream moved), not a thread."""
+        loop = asyncio.get_running_loop()
+        began = time.monotonic()
+        deadline = began + wait
+        if self._behind(key, after):
+            caught = await asyncio.to_thread(self._catch_up, key, after)
+            if caught:
+                return caught
+        nudge = False
+        while True:
+            if nudge:
+                loop.run_in_executor(None, self._interrupt)
+            moved: asyncio.Future[None] = loop.create_future()
+            with self._lock:
+                stream = self._stream(key, after)
+                got = _after(stream, after)
+                if got or stream.failed >= began:
+                    return got or None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if not stream.included and not nudge:
+                    nudge = True
+                    continue
+                nudge = not stream.included
+                waiter = (loop, moved)
+                stream.waiters.append(waiter)
+            try:
+                await asyncio.wait_for(moved, min(left, 0.05) if nudge else left)
+            except TimeoutError:
+                pass
+            finally:
+                with self._lock:
+                    if waiter in stream.waiters:
+                        stream.waiters.remove(waiter)
+        return [] if await asyncio.to_thread(self._reader.exists, key) else None
+
+    def _behind(self, key: str, after: Position) -> bool:
+        """Whether the buffer of ``key`` does not reach back to ``after`` (or there is none)."""
+        with self._lock:
+            stream = self._streams.get(key)
+            return stream is None or after < stream.base
+
+    def _catch_up(self, key: str, after: Position) -> list[Entry]:
+        """Read what follows ``after`` directly (at once); have the tail thread read
+        ``key`` from then on."""
+        found = self._reader.xread({key: _stream_id(after)}, count=512)
+        entries = [self._parse(i, f) for _, rows in _streams(found) for i, f in rows]
+        with self._lock:
+            self._stream(key, entries[-1][0] if entries else after)
+            self._start()
+        return [entry for _, entry in entries]
+
+    def _stream(self, key: str, at: Position) -> _Stream:
+        """Under the lock: the buffer of ``key`` (a new one read from ``at``), marked used."""
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = self._streams[key] = _Stream(at, self._lock)
+            self._changed.notify()
+        stream.used = time.monotonic()
+        return stream
 
     def _interrupt(self) -> None:
         """Make the tail thread's blocking read return, so that it reads a new stream."""
@@ -203,6 +277,7 @@ class Tail:
                 )
                 for key, rows in _streams(found)
             ]
+            waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
             with self._lock:
                 for key, entries in read:
                     stream = self._streams.get(key)
@@ -216,15 +291,19 @@ class Tail:
                         cut = len(stream.entries) - self._keep
                         stream.base = stream.entries[cut - 1][0]
                         del stream.entries[:cut]
-                    stream.moved.notify_all()
+                    stream.wake(waiting)
+            _wake_loops(waiting)
 
     def _fail(self, error: BaseException, pause: float) -> None:
         _log.debug("fan-out: the live tail's read failed: %s", error)
+        waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         with self._lock:
             now = time.monotonic()
             for stream in self._streams.values():
                 stream.failed = now
-                stream.moved.notify_all()
+                stream.wake(waiting)
+        _wake_loops(waiting)
+        with self._lock:
             self._changed.wait(pause)  # close() cuts the pause short
 
     def close(self) -> None:

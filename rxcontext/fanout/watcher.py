@@ -22,16 +22,26 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
-from dataclasses import replace
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from ..chunks import Chunk, ChunkKind, Usage
 from ..errors import ReplyNotFound, StreamInterrupted
 from ..records import Checkpoint, Record, RecordType, ReplyState
 from .base import Fanout, Position
-from .entries import Begin, Chunks, End, Snapshot
+from .entries import Begin, Chunks, End, Entry, Snapshot
 
-__all__ = ["ReplyReader", "watch_chunks"]
+__all__ = [
+    "LOOK",
+    "Look",
+    "Pause",
+    "Read",
+    "ReplyReader",
+    "Step",
+    "read_store",
+    "watch_chunks",
+    "watch_core",
+]
 
 
 class ReplyReader(Protocol):
@@ -50,24 +60,56 @@ def _common(a: str, b: str) -> int:
     return i
 
 
-class _Stop(Exception):
-    """Internal: the watch was cancelled."""
+@dataclass(frozen=True, slots=True)
+class Read:
+    """A step of the core: read the live log after ``after`` (None: from its head, at least
+    epoch ``epoch``), waiting up to ``wait`` seconds; answered with ``Fanout.read``'s
+    answer. Never asked when the watch has no fan-out."""
+
+    after: Position | None
+    epoch: int
+    wait: float
+
+
+@dataclass(frozen=True, slots=True)
+class Look:
+    """A step of the core: answered with the reply's row and records (:func:`read_store`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """A step of the core: wait ``seconds`` (the store's poll); answered with True when the
+    watch was cancelled meanwhile."""
+
+    seconds: float
+
+
+Step = Chunk | Read | Look | Pause
+LOOK = Look()
+
+
+def read_store(store: ReplyReader, reply_id: str) -> tuple[Checkpoint | None, list[Record]]:
+    """The reply's row and records, consistent with each other (no commit between)."""
+    together = getattr(store, "reply_state", None)
+    if together is not None:  # PostgreSQL: one pool checkout
+        state: tuple[Checkpoint | None, list[Record]] = together(reply_id)
+        return state
+    while True:
+        before = store.reply_records(reply_id)
+        row = store.find_reply(reply_id)
+        after = store.reply_records(reply_id)
+        if [r.id for r in before] == [r.id for r in after]:
+            return row, after
 
 
 class _Watch:
-    def __init__(
-        self,
-        store: ReplyReader,
-        fanout: Fanout | None,
-        reply_id: str,
-        cancelled: threading.Event,
-        poll: float,
-        wait: float,
-    ) -> None:
-        self.store = store
-        self.fanout = fanout
+    """The watcher's logic, with no I/O of its own: :meth:`run` yields the chunks to show
+    and the :data:`Step` s whose answers it needs (``send`` them back); the sync and the
+    asyncio drivers do the I/O, so both paths show the very same chunks."""
+
+    def __init__(self, reply_id: str, live: bool, poll: float, wait: float) -> None:
+        self.live_log = live
         self.reply_id = reply_id
-        self.cancelled = cancelled
         self.poll = poll
         self.wait = wait
         self.text = ""  # what was shown
@@ -84,19 +126,6 @@ class _Watch:
         self.next_index = -1  # above every tool-call index shown so far
 
     # -- the store --------------------------------------------------------------------
-
-    def read_store(self) -> tuple[Checkpoint | None, list[Record]]:
-        """The reply's row and records, consistent with each other (no commit between)."""
-        together = getattr(self.store, "reply_state", None)
-        if together is not None:  # PostgreSQL: one pool checkout
-            state: tuple[Checkpoint | None, list[Record]] = together(self.reply_id)
-            return state
-        while True:
-            before = self.store.reply_records(self.reply_id)
-            row = self.store.find_reply(self.reply_id)
-            after = self.store.reply_records(self.reply_id)
-            if [r.id for r in before] == [r.id for r in after]:
-                return row, after
 
     def sync(
         self, records: Sequence[Record], row: Checkpoint | None, *, final: bool
@@ -288,32 +317,30 @@ class _Watch:
             return True
         return not row.state.live
 
-    def run(self) -> Iterator[Chunk]:
-        head = self.live_head()
+    def run(self) -> Generator[Step, Any, None]:
+        head = yield from self.live_head()
         if head is not None:
             # The live log is whole from its start: begin from it; the store is read when
             # the log ends or stalls (a look fewer per watch: many watchers share a pool).
             yield from self.follow(head[0].epoch, head)
             return
-        row, records = self.read_store()
+        row, records = yield LOOK
         want = row.epoch if row is not None else 1
         if self.ended(row, records):
             # Ended already: its live log, while kept, gives the very chunks delivered.
-            if self.fanout is not None:
-                entries = self.fanout.read(
-                    self.reply_id, None, epoch=want, wait=0.0, cancelled=self.cancelled
-                )
+            if self.live_log:
+                entries = yield Read(None, want, 0.0)
                 if entries and isinstance(entries[0], Begin | Snapshot):
                     yield from self.apply(entries)
             yield from self.finish(records, row)
             return
         yield from self.follow(want, None)
 
-    def live_head(self) -> list[Begin | Chunks | Snapshot | End] | None:
+    def live_head(self) -> Generator[Step, Any, list[Entry] | None]:
         """The newest epoch's live log from its Begin (or Snapshot), or None."""
-        if self.fanout is None:
+        if not self.live_log:
             return None
-        entries = self.fanout.read(self.reply_id, None, epoch=1, wait=0.0, cancelled=self.cancelled)
+        entries: list[Entry] | None = yield Read(None, 1, 0.0)
         if not entries:
             return None
         newest = max(entry.epoch for entry in entries)
@@ -322,41 +349,35 @@ class _Watch:
                 return entries[i:] if isinstance(entry, Begin | Snapshot) else None
         return None  # pragma: no cover (newest is some entry's epoch)
 
-    def follow(
-        self, want: int, head: list[Begin | Chunks | Snapshot | End] | None
-    ) -> Iterator[Chunk]:
+    def follow(self, want: int, head: list[Entry] | None) -> Generator[Step, Any, None]:
         """Live (or from the store) until the reply ends; ``head``: the log from its start,
         read already."""
         self.at = None
         checked = time.monotonic()
         while True:
-            if self.cancelled.is_set():
-                raise _Stop
             entries, head = head, None
-            if entries is None and self.fanout is not None:
-                entries = self.fanout.read(
-                    self.reply_id, self.at, epoch=want, wait=self.wait, cancelled=self.cancelled
-                )
+            if entries is None and self.live_log:
+                entries = yield Read(self.at, want, self.wait)
             if entries and self.at is None and not isinstance(entries[0], Begin | Snapshot):
                 entries = None  # the log's head is gone: not whole
             if entries is None:
                 self.at = None
-                row, records = self.read_store()
+                row, records = yield LOOK
                 if self.ended(row, records):
                     yield from self.finish(records, row)
                     return
                 yield from self.sync(records, row, final=False)
                 assert row is not None
                 want = max(want, row.epoch)
-                if self.cancelled.wait(self.poll):
-                    raise _Stop
+                if (yield Pause(self.poll)):
+                    return
                 checked = time.monotonic()
                 continue
             if not entries:
                 if time.monotonic() - checked >= self.poll:
                     # Idle: the owner may have died, or the end's entry been lost.
                     checked = time.monotonic()
-                    row, records = self.read_store()
+                    row, records = yield LOOK
                     if self.ended(row, records):
                         yield from self.finish(records, row)
                         return
@@ -371,7 +392,7 @@ class _Watch:
                 continue
             yield from self.apply(entries)
             if self.ending is not None:
-                row, records = self.read_store()
+                row, records = yield LOOK
                 if self.ended(row, records):
                     yield from self.finish(records, row)
                     return
@@ -441,8 +462,36 @@ def watch_chunks(
 ) -> Generator[Chunk, None, None]:
     """Reply ``reply_id``'s chunks until it is stored (then the iterator ends) or
     interrupted (:class:`~rxcontext.StreamInterrupted`); stops quietly once ``cancelled``
-    is set. Raises :class:`~rxcontext.ReplyNotFound` for an unknown id."""
-    try:
-        yield from _Watch(store, fanout, reply_id, cancelled, poll, wait).run()
-    except _Stop:
-        return
+    is set. Raises :class:`~rxcontext.ReplyNotFound` for an unknown id. Blocking: the
+    core's steps are done on the calling thread."""
+    core = watch_core(reply_id, fanout is not None, poll=poll, wait=wait)
+    answer: Any = None
+    while True:
+        try:
+            step = core.send(answer)
+        except StopIteration:
+            return
+        answer = None
+        if isinstance(step, Chunk):
+            yield step
+        elif isinstance(step, Look):
+            answer = read_store(store, reply_id)
+        elif isinstance(step, Read):
+            if cancelled.is_set():
+                return
+            assert fanout is not None
+            answer = fanout.read(
+                reply_id, step.after, epoch=step.epoch, wait=step.wait, cancelled=cancelled
+            )
+        elif cancelled.wait(step.seconds):
+            return
+        if cancelled.is_set():
+            return
+
+
+def watch_core(
+    reply_id: str, live: bool, *, poll: float, wait: float
+) -> Generator[Step, Any, None]:
+    """The watcher's logic as a generator of :data:`Step` s (see :class:`_Watch`);
+    ``live``: whether there is a fan-out to read."""
+    return _Watch(reply_id, live, poll, wait).run()

@@ -369,6 +369,17 @@ def run_watcher(index: int, out: Path) -> None:
         return entries
 
     fanout.read = timed_read
+    aread = fanout.aread
+
+    async def timed_aread(reply_id: str, *args: Any, **kwargs: Any) -> Any:
+        entries = await aread(reply_id, *args, **kwargs)
+        now = _now()
+        for entry in entries or ():
+            if isinstance(entry, Chunks):
+                fetched.setdefault(reply_id, []).append((entry.last, now))
+        return entries
+
+    fanout.aread = timed_aread  # cw.awatch reads with aread (a Redis fan-out has it)
 
     async def listen() -> None:
         """Watch each reply the owners announce, from when it is announced (a task each)."""

@@ -28,7 +28,7 @@ import pytest
 import redistest
 from gated import OwnerProcess, words
 from tcpproxy import TcpProxy
-from watching import Watcher, stored_text
+from watching import Watcher, published, stored_text
 
 import rxcontext
 from rxcontext import Chunk, ContextWindow
@@ -72,23 +72,12 @@ def _start(
     fanout = RedisFanout(watcher_link.url, prefix=prefix, timeout=0.2)
     # The three chunks are in the live log before the watcher starts (the owner's writer
     # sends every 20 ms; a watcher that came first would show them from the store).
-    assert _published(fanout, "r", 3)
+    assert published(fanout, "r", 3)
     store = rxcontext.open(target, fanout=fanout)
     cw = ContextWindow(store, None, "part")
     watcher = Watcher(cw, "r", poll=0.05).start()
     assert watcher.wait_for(words(3)), watcher.text
     return owner, watcher, cw
-
-
-def _published(fanout: RedisFanout, reply_id: str, seq: int) -> bool:
-    """Wait (bounded) until the reply's live log holds chunk ``seq``."""
-    deadline = time.monotonic() + FALLBACK_WITHIN
-    while time.monotonic() < deadline:
-        top = fanout._reader.xrevrange(fanout.key(reply_id), "+", "-", count=1)
-        if top and int(top[0][0].split(b"-")[1]) >= seq:
-            return True
-        time.sleep(0.005)
-    return False
 
 
 def _live_again(owner: OwnerProcess, watcher: Watcher) -> float:

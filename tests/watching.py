@@ -4,6 +4,7 @@ can be held before any chunk, and a watcher that collects what ``cw.watch`` give
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,9 +13,25 @@ from rxcontext import operators as rxops
 from rxcontext.chunks import ReplyBuilder
 from rxcontext.records import RecordType
 
-__all__ = ["Owner", "Watcher", "stored_text", "text_of"]
+__all__ = ["Owner", "Watcher", "published", "stored_text", "text_of"]
 
 WAIT = 30.0  # generous: a hang fails the test instead of blocking the suite
+
+
+def published(fanout: Any, reply_id: str, seq: int, timeout: float = WAIT) -> bool:
+    """Wait (bounded) until a Redis fan-out's log of ``reply_id`` holds chunk ``seq`` (its
+    writer sends every 20 ms: a watcher that came sooner would begin from the store's
+    checkpoint). True at once for any other fan-out (they publish as they deliver)."""
+    reader = getattr(fanout, "_reader", None)
+    if reader is None:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        top = reader.xrevrange(fanout.key(reply_id), "+", "-", count=1)
+        if top and int(top[0][0].split(b"-")[1]) >= seq:
+            return True
+        time.sleep(0.005)
+    return False
 
 
 def text_of(chunks: list[Chunk]) -> str:

@@ -12,8 +12,9 @@ moved.
 A watch's read is served from that buffer when the buffer reaches back to the watch's
 position; otherwise (a watch joining, or one that fell behind the buffer) the watch reads
 what it misses itself, at once, and then waits on the buffer. A stream the thread was not
-reading yet is added by interrupting its blocking read (``CLIENT UNBLOCK``). A stream no
-watch has read for ``idle`` seconds is dropped. When Redis fails, the waiting watches are
+reading yet is added by interrupting its blocking read (``CLIENT UNBLOCK``). A stream whose
+epoch ended (its End read) is left out of the read until a watch asks for what follows (a
+resume's next epoch), and a stream no watch has read for ``idle`` seconds is dropped. When Redis fails, the waiting watches are
 told (their read answers None: the store serves them), and the thread tries again with a
 growing pause.
 """
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .base import Position
-from .entries import Entry
+from .entries import End, Entry
 
 __all__ = ["Tail"]
 
@@ -61,7 +62,17 @@ class _Stream:
     """What the tail thread has read of one stream: every entry after ``base`` up to
     ``cursor``, in order."""
 
-    __slots__ = ("base", "cursor", "entries", "failed", "included", "moved", "used", "waiters")
+    __slots__ = (
+        "base",
+        "cursor",
+        "ended",
+        "entries",
+        "failed",
+        "included",
+        "moved",
+        "used",
+        "waiters",
+    )
 
     def __init__(self, at: Position, lock: threading.Lock) -> None:
         self.base = at
@@ -69,6 +80,7 @@ class _Stream:
         self.entries: list[tuple[Position, Entry]] = []
         self.moved = threading.Condition(lock)
         self.included = False  # in the tail thread's current XREAD
+        self.ended = False  # its epoch's End was read: not read on until a watch asks
         self.failed = 0.0  # when the tail thread last failed to read it (monotonic)
         self.used = time.monotonic()
         self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -221,6 +233,9 @@ class Tail:
         if stream is None:
             stream = self._streams[key] = _Stream(at, self._lock)
             self._changed.notify()
+        elif stream.ended and at >= stream.cursor:  # a watch waits for a next epoch
+            stream.ended = stream.included = False
+            self._changed.notify()
         stream.used = time.monotonic()
         return stream
 
@@ -246,10 +261,11 @@ class Tail:
             now = time.monotonic()
             for key in [k for k, s in self._streams.items() if now - s.used > self._idle]:
                 del self._streams[key]
-            if self._streams:
-                for stream in self._streams.values():
+            reading = {key: s for key, s in self._streams.items() if not s.ended}
+            if reading:
+                for stream in reading.values():
                     stream.included = True
-                return {key: _stream_id(s.cursor) for key, s in self._streams.items()}
+                return {key: _stream_id(s.cursor) for key, s in reading.items()}
             self._changed.wait(self._idle)
         return None
 
@@ -287,6 +303,10 @@ class Tail:
                         if at > stream.cursor:
                             stream.entries.append((at, entry))
                             stream.cursor = at
+                            # Nothing follows an End but a next epoch, after a resume:
+                            # read no more of it (an ended watch is not read for) until
+                            # a watch asks for what follows.
+                            stream.ended = isinstance(entry, End)
                     if len(stream.entries) > self._keep:
                         cut = len(stream.entries) - self._keep
                         stream.base = stream.entries[cut - 1][0]

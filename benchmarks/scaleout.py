@@ -136,7 +136,9 @@ def _open(cfg: dict[str, Any], pool: int) -> Any:
     import rxcontext
     from rxcontext.fanout.redis import RedisFanout
 
-    fanout = RedisFanout(cfg["redis"], prefix=cfg["prefix"], end_ttl=120.0)
+    fanout = RedisFanout(
+        cfg["redis"], prefix=cfg["prefix"], end_ttl=120.0, flush_every=cfg["flush_every"]
+    )
     return rxcontext.open(cfg["url"], fanout=fanout, pool_size=pool)
 
 
@@ -380,6 +382,20 @@ def run_watcher(index: int, out: Path) -> None:
         return entries
 
     fanout.aread = timed_aread  # cw.awatch reads with aread (a Redis fan-out has it)
+    tailed: dict[int, int] = {}  # chunk's yield ns -> when the tail thread parsed it
+    if os.environ.get("RXSCALE_TAIL_TIMES"):  # opt-in: a regex per chunk on the tail thread
+        parse = fanout._tail._parse
+
+        def timed_parse(raw_id: Any, fields: Any) -> Any:
+            at, entry = parse(raw_id, fields)
+            if isinstance(entry, Chunks):
+                now = _now()
+                for chunk in entry.chunks:
+                    for _, stamp in STAMP.findall(chunk.text):
+                        tailed[int(stamp)] = now
+            return at, entry
+
+        fanout._tail._parse = timed_parse
 
     async def listen() -> None:
         """Watch each reply the owners announce, from when it is announced (a task each)."""
@@ -473,6 +489,7 @@ def run_watcher(index: int, out: Path) -> None:
                 "failures": failures,
                 "received": received,
                 "fetched": fetched,
+                "tailed": tailed,
             }
         )
     )
@@ -670,6 +687,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "chunks": args.chunks,
                 "pool": args.pool,
                 "watcher_pool": args.watcher_pool,
+                "flush_every": args.flush_every,
             }
             cfg_path = Path(tmp, "config.json")
             cfg_path.write_text(json.dumps(cfg))
@@ -779,6 +797,16 @@ def summarize(
                 if i < len(reads) and seq < len(times):
                     to_fetch.append(reads[i][1] - times[seq])
                     fetch_to_recv.append(recv - reads[i][1])
+    to_tail: list[int] = []  # owner's async for -> the watcher's tail thread parsed it
+    for w in watchers:
+        tailed = {int(k): v for k, v in w.get("tailed", {}).items()}
+        for reply, got in w["received"].items():
+            times = delivered.get(reply, [])
+            to_tail.extend(
+                tailed[stamp] - times[seq]
+                for seq, stamp, _ in got
+                if stamp in tailed and seq < len(times)
+            )
     gaps: list[int] = []
     sends: list[int] = []
     for o in owners:
@@ -812,6 +840,7 @@ def summarize(
         "yield_to_watcher": _pct(yield_to_watcher),
         "yield_to_owner": _pct(yield_to_owner),
         "owner_to_read": _pct(to_fetch),
+        "owner_to_tail": _pct(to_tail),
         "read_to_watcher": _pct(fetch_to_recv),
         "flush_gap": _pct(gaps),
         "prompt_wall": _pct([x for o in owners for x in o["prompt_wall"]]),
@@ -839,6 +868,7 @@ ROWS = (
     ("… chunks 10 and on of a reply (the watch's tail)", "owner_to_watcher_on"),
     ("chunk: model yield → remote watcher", "yield_to_watcher"),
     ("chunk: model yield → owner's `async for`", "yield_to_owner"),
+    ("chunk: owner's `async for` → watcher's tail thread (RXSCALE_TAIL_TIMES=1)", "owner_to_tail"),
     ("chunk: owner's `async for` → watcher's fan-out read", "owner_to_read"),
     ("chunk: watcher's fan-out read → its `async for`", "read_to_watcher"),
     ("fan-out writer: time between sends (owners)", "flush_gap"),
@@ -901,6 +931,9 @@ def main() -> int:
     parser.add_argument("--chunks", type=int, default=40, help="mean text chunks per reply")
     parser.add_argument("--pool", type=int, default=4, help="owners' pool_size (default 4)")
     parser.add_argument("--watcher-pool", type=int, default=4, help="watchers' pool_size")
+    parser.add_argument(
+        "--flush-every", type=float, default=0.02, help="owners' fan-out send interval (s)"
+    )
     parser.add_argument("--pg", default=PG_ADMIN, help="maintenance URL of the server")
     parser.add_argument("--redis", default=REDIS)
     parser.add_argument("--verbose", action="store_true", help="phases' times on stderr")

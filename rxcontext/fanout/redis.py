@@ -68,8 +68,13 @@ def _entry(raw_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
     return _entry_at(raw_id, fields)[1]
 
 
-def _entry_at(raw_id: bytes | str, fields: dict[bytes, bytes]) -> tuple[Position, Entry]:
+def _entry_at(raw_id: bytes | str, fields: Any) -> tuple[Position, Entry]:
+    """An entry from its id and fields: a dict, or the flat ``[name, value, …]`` list of an
+    unparsed reply (the tail's ``XREAD``)."""
     position = _parse_id(raw_id)
+    if not isinstance(fields, dict):
+        pairs = iter(fields)
+        fields = dict(zip(pairs, pairs, strict=False))
     return position, _decode(position, fields)
 
 
@@ -191,15 +196,19 @@ class RedisFanout:
             retry_on_timeout=False,
             health_check_interval=0,
         )
+        tail = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout + 2.0,  # longer than its XREAD BLOCK (1 s)
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
+        # The tail's XREAD answers (hundreds of streams a read, hundreds of reads a second)
+        # are taken apart here, not first into redis-py's dicts of every entry's fields.
+        tail.set_response_callback("XREAD", lambda response, **_: response)
         self._tail = Tail(
-            redis.Redis.from_url(
-                url,
-                socket_timeout=timeout + 2.0,  # longer than its XREAD BLOCK (1 s)
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),
-                retry_on_timeout=False,
-                health_check_interval=0,
-            ),
+            tail,
             self._reader,
             _entry_at,
             reconnect_max=reconnect_max,

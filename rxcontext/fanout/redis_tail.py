@@ -14,9 +14,9 @@ position; otherwise (a watch joining, or one that fell behind the buffer) the wa
 what it misses itself, at once, and then waits on the buffer. A stream the thread was not
 reading yet is added by interrupting its blocking read (``CLIENT UNBLOCK``). A stream whose
 epoch ended (its End read) is left out of the read until a watch asks for what follows (a
-resume's next epoch), and a stream no watch has read for ``idle`` seconds is dropped. When Redis fails, the waiting watches are
-told (their read answers None: the store serves them), and the thread tries again with a
-growing pause.
+resume's next epoch), and a stream no watch has read for ``idle`` seconds is dropped.
+When Redis fails, the waiting watches are told (their read answers None: the store serves
+them), and the thread tries again with a growing pause.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class _Stream:
     __slots__ = (
         "base",
         "cursor",
+        "cursor_id",
         "ended",
         "entries",
         "failed",
@@ -77,6 +78,7 @@ class _Stream:
     def __init__(self, at: Position, lock: threading.Lock) -> None:
         self.base = at
         self.cursor = at
+        self.cursor_id = _stream_id(at)  # as XREAD takes it
         self.entries: list[tuple[Position, Entry]] = []
         self.moved = threading.Condition(lock)
         self.included = False  # in the tail thread's current XREAD
@@ -265,7 +267,7 @@ class Tail:
             if reading:
                 for stream in reading.values():
                     stream.included = True
-                return {key: _stream_id(s.cursor) for key, s in reading.items()}
+                return {key: s.cursor_id for key, s in reading.items()}
             self._changed.wait(self._idle)
         return None
 
@@ -303,6 +305,7 @@ class Tail:
                         if at > stream.cursor:
                             stream.entries.append((at, entry))
                             stream.cursor = at
+                            stream.cursor_id = _stream_id(at)
                             # Nothing follows an End but a next epoch, after a resume:
                             # read no more of it (an ended watch is not read for) until
                             # a watch asks for what follows.

@@ -781,7 +781,12 @@ class ContextWindow:
     def awatch(
         self, reply_id: str, *, poll: float | None = None, wait: float = 1.0
     ) -> AsyncIterator[Chunk]:
-        """The asyncio twin of :meth:`watch`: ``async for chunk in cw.awatch(reply_id)``."""
+        """The asyncio twin of :meth:`watch`: ``async for chunk in cw.awatch(reply_id)``.
+
+        Same chunks as :meth:`watch` (one watcher core). It runs on the event loop, its
+        store reads in the default executor; over a Redis fan-out a live watch waits on the
+        loop, not on a thread (one thread per process reads every watch's tail); with
+        ``fanout="memory"`` each watch runs on a thread of its own."""
         return awatch_chunks(
             self._store,
             fanout_for(self._store),

@@ -64,19 +64,28 @@ def _window(store: rxcontext.Store, context: str) -> ContextWindow:
     return cw
 
 
+def _owners(
+    store: rxcontext.Store, n: int
+) -> tuple[list[ContextWindow], list[threading.Semaphore], list[Owner]]:
+    """``n`` replies ``r0``, ``r1``, … (a context each), each held after its third chunk by
+    its gate."""
+    windows = [_window(store, f"c{i}") for i in range(n)]
+    gates = [threading.Semaphore(0) for _ in windows]
+    owners = [
+        Owner(cw, f"r{i}", gate=g).start()
+        for i, (cw, g) in enumerate(zip(windows, gates, strict=True))
+    ]
+    for gate in gates:
+        gate.release(3)
+    return windows, gates, owners
+
+
 def test_many_live_watches_block_on_one_connection(private: redistest.PrivateRedis) -> None:
     fanout = RedisFanout(private.url)
     store = rxcontext.open(":memory:", fanout=fanout)
     client = private.client()
     try:
-        windows = [_window(store, f"c{i}") for i in range(24)]
-        gates = [threading.Semaphore(0) for _ in windows]
-        owners = [
-            Owner(cw, f"r{i}", gate=g).start()
-            for i, (cw, g) in enumerate(zip(windows, gates, strict=True))
-        ]
-        for gate in gates:
-            gate.release(3)
+        windows, gates, owners = _owners(store, 24)
         watchers = [Watcher(cw, f"r{i}", poll=5.0).start() for i, cw in enumerate(windows)]
         for watcher in watchers:
             assert watcher.wait_for(words(3)), watcher.text
@@ -148,14 +157,7 @@ def test_awatch_over_redis_takes_no_thread_per_watch(private: redistest.PrivateR
     fanout = RedisFanout(private.url)
     store = rxcontext.open(":memory:", fanout=fanout)
     try:
-        windows = [_window(store, f"a{i}") for i in range(16)]
-        gates = [threading.Semaphore(0) for _ in windows]
-        owners = [
-            Owner(cw, f"r{i}", gate=g).start()
-            for i, (cw, g) in enumerate(zip(windows, gates, strict=True))
-        ]
-        for gate in gates:
-            gate.release(3)
+        windows, gates, owners = _owners(store, 16)
         watching: list[str] = []
 
         async def watch(i: int, cw: ContextWindow, live: asyncio.Event) -> str:

@@ -160,11 +160,9 @@ class Tail:
             if nudge:  # the tail thread is not reading this stream yet
                 self._interrupt()
             with self._lock:
-                stream = self._stream(key, after)
-                got = _after(stream, after)
-                if got or stream.failed >= began:
-                    return got or None
-                left = deadline - time.monotonic()
+                got, stream, left = self._ready(key, after, began, deadline)
+                if got != []:
+                    return got
                 if left <= 0 or cancelled.is_set():
                     break
                 if not stream.included and not nudge:
@@ -190,11 +188,9 @@ class Tail:
                 loop.run_in_executor(None, self._interrupt)
             moved: asyncio.Future[None] = loop.create_future()
             with self._lock:
-                stream = self._stream(key, after)
-                got = _after(stream, after)
-                if got or stream.failed >= began:
-                    return got or None
-                left = deadline - time.monotonic()
+                got, stream, left = self._ready(key, after, began, deadline)
+                if got != []:
+                    return got
                 if left <= 0:
                     break
                 if not stream.included and not nudge:
@@ -212,6 +208,18 @@ class Tail:
                     if waiter in stream.waiters:
                         stream.waiters.remove(waiter)
         return [] if await asyncio.to_thread(self._reader.exists, key) else None
+
+    def _ready(
+        self, key: str, after: Position, began: float, deadline: float
+    ) -> tuple[list[Entry] | None, _Stream, float]:
+        """Under the lock: what a read that began at ``began`` can answer now (the entries
+        after ``after``; None if the tail failed since; ``[]``: nothing yet), the stream,
+        and the seconds left to wait."""
+        stream = self._stream(key, after)
+        got = _after(stream, after)
+        if not got and stream.failed >= began:
+            return None, stream, 0.0
+        return got, stream, deadline - time.monotonic()
 
     def _behind(self, key: str, after: Position) -> bool:
         """Whether the buffer of ``key`` does not reach back to ``after`` (or there is none)."""

@@ -198,12 +198,23 @@ def run_owner(worker: int, out: Path) -> None:
     flushes: list[tuple[int, int]] = []  # (start, duration) ns of the fan-out writer's sends
     flush = fanout._flush
 
+    sent: dict[int, int] = {}  # chunk's yield ns -> when the send carrying it returned
+    send_times = bool(os.environ.get("RXSCALE_TAIL_TIMES"))
+
     def timed_flush() -> None:
         t0 = _now()
+        stamps = []
+        if send_times:  # opt-in: a regex per chunk on the writer thread
+            for channel in list(fanout._open.values()):
+                for _, chunk in channel.pending:
+                    stamps.extend(int(b) for _, b in STAMP.findall(chunk.text))
         try:
             flush()
         finally:
-            flushes.append((t0, _now() - t0))
+            t1 = _now()
+            flushes.append((t0, t1 - t0))
+            for stamp in stamps:
+                sent.setdefault(stamp, t1)
 
     fanout._flush = timed_flush
     slots = _slots(cfg, worker)
@@ -334,6 +345,7 @@ def run_owner(worker: int, out: Path) -> None:
                 "begin_call": begin_call,
                 "late": late,
                 "flushes": flushes,
+                "sent": sent,
                 "prompt_wall": prompt_wall,
                 "between": between,
                 "delivered": delivered,
@@ -797,6 +809,11 @@ def summarize(
                 if i < len(reads) and seq < len(times):
                     to_fetch.append(reads[i][1] - times[seq])
                     fetch_to_recv.append(recv - reads[i][1])
+    to_sent: list[int] = []  # owner's async for -> the owner's send carrying it returned
+    sent_to_tail: list[int] = []  # that -> the watcher's tail thread parsed it
+    sent_at: dict[int, int] = {}
+    for o in owners:
+        sent_at.update({int(k): v for k, v in o.get("sent", {}).items()})
     to_tail: list[int] = []  # owner's async for -> the watcher's tail thread parsed it
     for w in watchers:
         tailed = {int(k): v for k, v in w.get("tailed", {}).items()}
@@ -807,6 +824,11 @@ def summarize(
                 for seq, stamp, _ in got
                 if stamp in tailed and seq < len(times)
             )
+            for seq, stamp, _ in got:
+                if stamp in sent_at and seq < len(times):
+                    to_sent.append(sent_at[stamp] - times[seq])
+                    if stamp in tailed:
+                        sent_to_tail.append(tailed[stamp] - sent_at[stamp])
     gaps: list[int] = []
     sends: list[int] = []
     for o in owners:
@@ -841,6 +863,8 @@ def summarize(
         "yield_to_owner": _pct(yield_to_owner),
         "owner_to_read": _pct(to_fetch),
         "owner_to_tail": _pct(to_tail),
+        "owner_to_sent": _pct(to_sent),
+        "sent_to_tail": _pct(sent_to_tail),
         "read_to_watcher": _pct(fetch_to_recv),
         "flush_gap": _pct(gaps),
         "prompt_wall": _pct([x for o in owners for x in o["prompt_wall"]]),
@@ -868,6 +892,8 @@ ROWS = (
     ("… chunks 10 and on of a reply (the watch's tail)", "owner_to_watcher_on"),
     ("chunk: model yield → remote watcher", "yield_to_watcher"),
     ("chunk: model yield → owner's `async for`", "yield_to_owner"),
+    ("chunk: owner's `async for` → its send returned (RXSCALE_TAIL_TIMES=1)", "owner_to_sent"),
+    ("chunk: that send returned → watcher's tail thread (RXSCALE_TAIL_TIMES=1)", "sent_to_tail"),
     ("chunk: owner's `async for` → watcher's tail thread (RXSCALE_TAIL_TIMES=1)", "owner_to_tail"),
     ("chunk: owner's `async for` → watcher's fan-out read", "owner_to_read"),
     ("chunk: watcher's fan-out read → its `async for`", "read_to_watcher"),

@@ -96,9 +96,16 @@ class _Stream:
 
 
 def _after(stream: _Stream, after: Position) -> list[Entry]:
+    """The entries after ``after``; those up to it are dropped (the watch that asks has
+    them; a second watch of the stream further behind reads what it misses itself). An
+    ended reply's entries kept for long are garbage the collector walks: at 200 streams
+    they made the watcher process's full collections 0.1-0.2 s long."""
     entries = stream.entries
     first = bisect.bisect_right(entries, after, key=_position)
-    return [entry for _, entry in entries[first:]]
+    if first:
+        stream.base = entries[first - 1][0]
+        del entries[:first]
+    return [entry for _, entry in entries]
 
 
 def _resolve(futures: list[asyncio.Future[None]]) -> None:

@@ -13,8 +13,9 @@ import socket
 import threading
 from typing import Literal
 
-# The simple-query message psycopg sends to end a transaction block: 'Q', int32 length, text.
-COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"
+# The messages psycopg sends to end a transaction block: a simple query ('Q', int32 length,
+# text), or in pipeline mode a Parse of it ('P', int32 length, unnamed, text, no parameters).
+COMMITS = (b"Q\x00\x00\x00\x0bCOMMIT\x00", b"P\x00\x00\x00\x0e\x00COMMIT\x00\x00\x00")
 
 
 class FaultProxy:
@@ -66,7 +67,7 @@ class FaultProxy:
     ) -> None:
         try:
             while data := client.recv(65536):
-                if COMMIT in data and self._take_cut():
+                if any(c in data for c in COMMITS) and self._take_cut():
                     if self.cut == "before":
                         break
                     cutting.set()  # the answer to this COMMIT is never relayed

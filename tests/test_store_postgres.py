@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,8 +39,10 @@ from rxcontext.store.pg_codec import ESC, dec, enc
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
 from faultproxy import FaultProxy  # noqa: E402
+from pgtrace import traced  # noqa: E402
 
 from rxcontext.store.pg_migrations import MIGRATIONS, MIGRATIONS_TABLE  # noqa: E402
+from rxcontext.store.pg_writes import BATCH, CheckpointWrite, batch_params  # noqa: E402
 from rxcontext.store.postgres import PostgresStore  # noqa: E402
 
 
@@ -346,15 +349,13 @@ def test_every_write_cut_off_during_commit_lands_once(
 # -- Periodic writes and leases ---------------------------------------------------------------
 
 
-def test_a_periodic_write_gives_up_at_once_when_the_context_is_locked(
-    pg: PostgresStore, pg_url: str
-):
+def test_a_periodic_write_gives_up_at_once_when_its_reply_is_locked(pg: PostgresStore, pg_url: str):
     ctx = pg.get_or_create_context("c")
     ticket = begin(pg, ctx.id, "r")
     assert pg.save_checkpoints([(ticket, CheckpointDraft("one "))]) == [True]
     answer: list[Any] = []
-    with psycopg.connect(pg_url) as other:  # a long commit elsewhere holds the context lock
-        other.execute("SELECT 1 FROM contexts WHERE id = %s FOR UPDATE", (ctx.id,))
+    with psycopg.connect(pg_url) as other:  # a claim elsewhere holds the reply's row
+        other.execute("SELECT 1 FROM checkpoints WHERE id = %s FOR UPDATE", (ticket.checkpoint_id,))
         writer = threading.Thread(
             target=lambda: answer.append(pg.save_checkpoints([(ticket, CheckpointDraft("two"))]))
         )
@@ -366,6 +367,105 @@ def test_a_periodic_write_gives_up_at_once_when_the_context_is_locked(
     assert pg.get_checkpoint(ticket.checkpoint_id).text == "one "
     assert pg.save_checkpoints([(ticket, CheckpointDraft("two"))]) == [True]
     assert pg.get_checkpoint(ticket.checkpoint_id).text == "one two"
+
+
+def test_a_periodic_write_neither_waits_for_nor_holds_its_context(pg: PostgresStore, pg_url: str):
+    """The batch of a process's streaming replies took every one of their contexts' locks:
+    it waited for whatever commit, begin or prompt was under way in any of them (giving up
+    after ``lock_timeout``), and they waited for it, ~50 contexts at a time in the scale-out
+    benchmark. Its fence is the reply's row; it locks nothing else."""
+    ctx = pg.get_or_create_context("c")
+    ticket = begin(pg, ctx.id, "r")
+    with psycopg.connect(pg_url) as other:  # a commit elsewhere in the context, under way
+        other.execute("SELECT 1 FROM contexts WHERE id = %s FOR UPDATE", (ctx.id,))
+        assert pg.save_checkpoints([(ticket, CheckpointDraft("one "))]) == [True]
+        other.rollback()
+    with psycopg.connect(pg_url) as other:  # the batch left no lock on the context
+        other.execute("SELECT 1 FROM contexts WHERE id = %s FOR UPDATE NOWAIT", (ctx.id,))
+        other.rollback()
+    assert pg.get_checkpoint(ticket.checkpoint_id).text == "one "
+
+
+def test_a_claim_reads_what_a_periodic_write_of_the_lost_owner_stored(
+    pg: PostgresStore, pg_url: str
+):
+    """A periodic write takes no context lock, so a claim (which reads the text it hands to
+    the resume) locks the reply's row before reading: an old owner's write under way then
+    lands before the read, never between the read and the claim's compare-and-set."""
+    ctx = pg.get_or_create_context("c")
+    ticket = begin(pg, ctx.id, "r")
+    assert pg.save_checkpoints([(ticket, CheckpointDraft("one "))]) == [True]
+    # Its owner is gone (elsewhere, lease run out); it has not stopped writing yet.
+    query(
+        pg_url,
+        "UPDATE checkpoints SET owner = 'elsewhere:1:1',"
+        " lease_until = clock_timestamp() - interval '1 minute'",
+    )
+    claimed: list[Any] = []
+    with psycopg.connect(pg_url) as zombie:  # its periodic write, under way
+        write = CheckpointWrite(ticket, CheckpointDraft("two "), None)
+        assert zombie.execute(BATCH, batch_params([write])).fetchall()
+        claimer = threading.Thread(
+            target=lambda: claimed.append(pg.claim_checkpoint(ticket.checkpoint_id, owner="me"))
+        )
+        claimer.start()
+        deadline = time.monotonic() + 60
+        while not zombie.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'"
+        ).fetchone():
+            assert time.monotonic() < deadline and claimer.is_alive(), "the claim never waited"
+            threading.Event().wait(0.01)
+        zombie.commit()
+    claimer.join(timeout=60)
+    assert claimed and claimed[0].text == "one two "
+    assert pg.get_checkpoint(ticket.checkpoint_id).text == "one two "
+    assert pg.save_checkpoints([(ticket, CheckpointDraft("three"))]) == [False]  # fenced
+
+
+def test_the_hot_writes_are_two_round_trips_each(pg_url: str):
+    """A prompt, a reply's begin, its commit, the periodic batch of many replies and their
+    lease renewal each wait for the server twice (BEGIN and the statements whose answers
+    the write needs; the rest with COMMIT), whatever the number of replies or records.
+    They were 4, 5, 8, 6 and 4: under load every round trip also waits for the process's
+    GIL, and the scale-out benchmark's commits spent most of their time in them."""
+    store = PostgresStore(pg_url, pool_size=1)
+    try:
+        ctx = store.get_or_create_context("c")
+        with traced(store) as prompt:
+            store.add_record(ctx.id, P("q"))
+        with traced(store) as begun:
+            ticket = begin(store, ctx.id, "r")
+        tickets = [ticket]
+        for i in range(39):
+            tickets.append(begin(store, store.get_or_create_context(f"c{i}").id, f"r{i}"))
+        batch = [(t, CheckpointDraft(f"text {i}", chunks=1)) for i, t in enumerate(tickets)]
+        with traced(store) as periodic:
+            assert store.save_checkpoints(batch) == [True] * 40
+        with traced(store) as renewal:
+            assert store.renew_replies(tickets) == [True] * 40
+        with traced(store) as committed:
+            out = store.commit_reply(
+                ctx.id,
+                [
+                    R("calling", streamed=True),
+                    RecordDraft(RecordType.TOOL_CALL, "{}", tool_call_id="c1", tool_name="f"),
+                ],
+                usage=Usage.of(5, 2),
+                last_response_id="resp",
+                reply=ticket,
+                end="reply",
+                commit_id="k",
+            )
+        for trace in (prompt, begun, periodic, renewal, committed):
+            assert trace.round_trips == 2, trace
+        assert len(periodic.statements) == 4, periodic  # BEGIN, its settings, one, COMMIT
+        assert [r.content for r in out] == ["calling", "{}"]
+        assert store.records(ctx.id)[1:] == out
+        assert store.find_reply("r") is None
+        assert store.get_checkpoint(tickets[7].checkpoint_id).text == "text 7"
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize("lost", ["a write lost in a crash", "an unsettled write that landed"])

@@ -10,9 +10,11 @@ written as the same text SQLite writes. Also what every write does: :func:`lock_
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
+
+from psycopg import pq
 
 from ..attachments import Attachment
 from ..chunks import Usage
@@ -24,7 +26,7 @@ from ._sqlite_blobs import checked
 from ._sqlite_rows import storable, to_json
 from .base import CheckpointDraft, RecordDraft
 from .pg_codec import dec, dec_opt, enc, enc_opt
-from .pg_run import Conn
+from .pg_run import Conn, Cursor
 
 __all__ = [
     "CHECKPOINT_COLUMNS",
@@ -40,9 +42,12 @@ __all__ = [
     "insert_records",
     "live_tokens_of",
     "lock_context",
+    "locked",
     "record",
     "records_of",
     "retire",
+    "send_lock",
+    "send_records",
     "storable",
     "to_json",
     "unjson",
@@ -266,19 +271,31 @@ def lock_context(
     on; its records carry that version (``rev``), so :meth:`history` readers find them. No
     row: :class:`ContextNotFound`.
     """
+    return locked(send_lock(conn, context_id, take, change=change, tokens=tokens), context_id)
+
+
+def send_lock(
+    conn: Conn, context_id: str, take: int = 0, *, change: bool = False, tokens: int = 0
+) -> Cursor:
+    """:func:`lock_context`'s statement, sent (in pipeline mode, not yet waited for): the
+    statements sent after it run under the lock; :func:`locked` reads what it says."""
     if take or change or tokens:
-        row = conn.execute(
+        return conn.execute(
             "UPDATE contexts SET next_pos = next_pos + %s, version = version + 1,"
             " live_tokens = live_tokens + %s WHERE id = %s"
             " RETURNING next_pos - %s, clock_timestamp(), version",
             (take, tokens, context_id, take),
-        ).fetchone()
-    else:  # no new row version: a lock only (FK checks' KEY SHARE locks do not wait on it)
-        row = conn.execute(
-            "SELECT next_pos, clock_timestamp(), version FROM contexts WHERE id = %s"
-            " FOR NO KEY UPDATE",
-            (context_id,),
-        ).fetchone()
+        )
+    # no new row version: a lock only (FK checks' KEY SHARE locks do not wait on it)
+    return conn.execute(
+        "SELECT next_pos, clock_timestamp(), version FROM contexts WHERE id = %s FOR NO KEY UPDATE",
+        (context_id,),
+    )
+
+
+def locked(cur: Cursor, context_id: str) -> Lock:
+    """What :func:`send_lock`'s statement said; :class:`ContextNotFound` if no row."""
+    row = cur.fetchone()
     if row is None:
         raise ContextNotFound(f"no context with id {context_id!r} (was it deleted?)")
     return Lock(row[0], row[1], row[2])
@@ -303,32 +320,56 @@ def insert_records(
     """Insert ``drafts`` at position ``pos`` (one reply, one place; one pipelined round trip),
     or at ``pos``, ``pos + 1``, … when ``each_its_own`` (an import), stamped with the lock's
     time (unless a draft has its own) and version. Their live tokens were added by the lock."""
+    return send_records(conn, context_id, drafts, pos, lock, commit_id, reply_id, each_its_own)()
+
+
+def send_records(
+    conn: Conn,
+    context_id: str,
+    drafts: Sequence[Draft],
+    pos: int,
+    lock: Lock,
+    commit_id: str,
+    reply_id: str | None = None,
+    each_its_own: bool = False,
+) -> Callable[[], list[Record]]:
+    """:func:`insert_records`, its statements sent: the records once read (in pipeline mode
+    that may wait until ``COMMIT``, see :class:`~.pg_run.Later`). Records with attachments
+    are inserted at once (their links need the records' ids)."""
     if not drafts:
-        return []
+        return list
     ts = lock.ts
     places = [pos + i if each_its_own else pos for i in range(len(drafts))]
     params = [
         d.params(context_id, at, ts, reply_id, commit_id, lock.version)
         for d, at in zip(drafts, places, strict=True)
     ]
-    cur = conn.cursor()
-    if len(params) == 1:
-        cur.execute(_INSERT_RECORD, params[0])
-        ids = [cur.fetchone()[0]]  # type: ignore[index]
-    else:
-        cur.executemany(_INSERT_RECORD, params, returning=True)
-        ids = []
-        while True:
-            ids.append(cur.fetchone()[0])  # type: ignore[index]
-            if not cur.nextset():
-                break
-    blobs.save(
-        conn, [(i, d.attachments) for d, i in zip(drafts, ids, strict=True) if d.attachments]
-    )
-    return [
-        d.record(i, context_id, at, ts, reply_id)
-        for d, i, at in zip(drafts, ids, places, strict=True)
-    ]
+    if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
+        cursors = [conn.execute(_INSERT_RECORD, p) for p in params]
+    else:  # one round trip for them all (a pipeline of its own)
+        cursors = [conn.cursor()]
+        cursors[0].executemany(_INSERT_RECORD, params, returning=True)
+
+    def read() -> list[Record]:
+        ids = [i for cur in cursors for i in _ids(cur)]
+        return [
+            d.record(i, context_id, at, ts, reply_id)
+            for d, i, at in zip(drafts, ids, places, strict=True)
+        ]
+
+    if not any(d.attachments for d in drafts):
+        return read
+    out = read()
+    blobs.save(conn, [(r.id, d.attachments) for d, r in zip(drafts, out, strict=True)])
+    return lambda: out
+
+
+def _ids(cur: Cursor) -> list[int]:
+    ids = []
+    while True:
+        ids.append(cur.fetchone()[0])  # type: ignore[index]
+        if not cur.nextset():
+            return ids
 
 
 def retire(conn: Conn, context_id: str, where: str, args: tuple[Any, ...], lock: Lock) -> None:

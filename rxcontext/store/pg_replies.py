@@ -3,7 +3,11 @@
 The twin of :mod:`.sqlite_replies`, for a database shared by many hosts:
 
 * Every write takes the reply's context row lock first (as every write to a context does),
-  so writes to one context are serialised and never deadlock on each other.
+  so writes to one context are serialised and never deadlock on each other — except the
+  periodic checkpoint batch, which locks only the reply rows it writes (with a
+  ``lock_timeout``: it gives up rather than wait), so it neither waits for nor holds up the
+  commits of its replies' contexts; a claim, keep or discard locks the reply's row before
+  it reads its text.
 * Writes are fenced: ``WHERE id = … AND epoch = … AND state IN ('streaming', 'resuming')``.
   Once another worker has claimed the reply (next epoch) or it was settled, the old
   writer's writes change nothing; its commit raises :class:`~rxcontext.OwnershipLost`.
@@ -13,10 +17,10 @@ The twin of :mod:`.sqlite_replies`, for a database shared by many hosts:
   keeps and discards take such a reply over with the next epoch, as one compare-and-set on
   the epoch and state that were read, so of several racing callers exactly one wins.
 * Checkpoint text is appended in parts (:mod:`.pg_writes`). Periodic writes
-  (:meth:`PostgresReplies.save_checkpoints`) are one transaction with
-  ``synchronous_commit = off`` that never waits: busy locks, no free connection or an
-  unreachable server give None. What a crash or a cut-off COMMIT makes of them is repaired
-  by the next write (:class:`~.pg_writes.Ledger`).
+  (:meth:`PostgresReplies.save_checkpoints`) are one statement over arrays, in one
+  pipelined transaction with ``synchronous_commit = off`` that never waits: busy locks, no
+  free connection or an unreachable server give None. What a crash or a cut-off COMMIT
+  makes of them is repaired by the next write (:class:`~.pg_writes.Ledger`).
 * A write retried after its COMMIT was cut off recognises its own earlier attempt (the
   row's ``last_write``, a commit's ``commit_id``) and is not applied twice.
 """
@@ -32,7 +36,15 @@ from ..chunks import Usage
 from ..errors import CheckpointNotFound, ContextNotFound, OwnershipLost, ReplyExists
 from ..records import Checkpoint, Record, RecordType, ReplyState
 from . import _pg_rows as rows
-from ._pg_rows import Draft, insert_records, live_tokens_of, lock_context
+from ._pg_rows import (
+    Draft,
+    insert_records,
+    live_tokens_of,
+    lock_context,
+    locked,
+    send_lock,
+    send_records,
+)
 from .base import (
     IN_PROGRESS,
     ORPHANED,
@@ -44,8 +56,8 @@ from .base import (
 )
 from .owner import owner_alive
 from .pg_codec import dec, enc, enc_opt
-from .pg_run import Conn, Stored
-from .pg_writes import WRITE, CheckpointWrite, Ledger
+from .pg_run import Conn, Later, Stored
+from .pg_writes import BATCH, WRITE, CheckpointWrite, Ledger, batch_params
 
 if TYPE_CHECKING:
     from .pg_run import Runner
@@ -185,27 +197,26 @@ class PostgresReplies:
                 ).fetchone()
                 if mine is not None:
                     raise Stored(rows.checkpoint(mine))
-            pos, now, _ = lock_context(conn, context_id, 1)
-            used = conn.execute(
-                "SELECT 1 FROM records WHERE reply_id = %s LIMIT 1", (rid,)
-            ).fetchone()
-            row = (
-                None
-                if used
-                else conn.execute(
-                    "INSERT INTO checkpoints (context_id, reply_id, state, pos, owner, epoch,"
-                    " lease_until, created_at, updated_at, last_write)"
-                    " VALUES (%s, %s, 'streaming', %s, %s, 1,"
-                    " %s + make_interval(secs => %s), %s, %s, %s)"
-                    f" ON CONFLICT (reply_id) DO NOTHING RETURNING {rows.CHECKPOINT_COLUMNS}",
-                    (context_id, rid, pos, owner, now, self.lease_ttl, now, now, token),
-                ).fetchone()
+            # One round trip (with BEGIN): the lock takes the position, the insert reads it
+            # from the locked row; an id already used inserts nothing (and rolls back).
+            locking = send_lock(conn, context_id, 1)
+            inserting = conn.execute(
+                "INSERT INTO checkpoints (context_id, reply_id, state, pos, owner, epoch,"
+                " lease_until, created_at, updated_at, last_write)"
+                " SELECT c.id, %s, 'streaming', c.next_pos - 1, %s, 1,"
+                " n.now + make_interval(secs => %s), n.now, n.now, %s"
+                " FROM contexts c, (SELECT clock_timestamp() AS now) n WHERE c.id = %s"
+                " AND NOT EXISTS (SELECT 1 FROM records WHERE reply_id = %s)"
+                f" ON CONFLICT (reply_id) DO NOTHING RETURNING {rows.CHECKPOINT_COLUMNS}",
+                (rid, owner, self.lease_ttl, token, context_id, rid),
             )
+            locked(locking, context_id)
+            row = inserting.fetchone()
             if row is None:  # the transaction rolls back: no position was taken
                 raise ReplyExists(f"reply id {reply_id!r} was already used (reply ids are unique)")
             return rows.checkpoint(row)
 
-        begun: Checkpoint = self._runner.run(body)
+        begun: Checkpoint = self._runner.run(body, pipeline=True)
         self._ledger.start(begun.id)
         return begun
 
@@ -266,28 +277,30 @@ class PostgresReplies:
         prepared = [CheckpointWrite(t, d, None) for t, d in writes]
 
         def body(conn: Conn, _: bool) -> list[bool]:
+            # No context lock: the fence is the reply's row (its epoch and state), which the
+            # write locks, and whoever reads a row's text to change its epoch locks the row
+            # first (:meth:`_take`). So a batch never waits for, nor holds up, the commits,
+            # begins and prompts of its replies' contexts; it waits for a row only while a
+            # claim or a final write of that reply commits (then ``lock_timeout``).
             ids = [w.ticket.checkpoint_id for w in prepared]
-            contexts = sorted(
-                {
-                    r[0]
+            order = sorted(range(len(prepared)), key=lambda i: ids[i])  # one lock order
+            results: list[Sequence[Any] | None]
+            if len(set(ids)) == len(ids):
+                found = {
+                    r[0]: r[1:]
                     for r in conn.execute(
-                        "SELECT context_id FROM checkpoints WHERE id = ANY(%s)", (ids,)
-                    )
+                        BATCH, batch_params([prepared[i] for i in order])
+                    ).fetchall()
                 }
-            )
-            # The context locks first, in one order for every writer: no deadlocks.
-            conn.execute(
-                "SELECT id FROM contexts WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE",
-                (contexts,),
-            ).fetchall()
-            order = sorted(range(len(prepared)), key=lambda i: ids[i])
-            cur = conn.cursor()
-            cur.executemany(WRITE, [prepared[i].params() for i in order], returning=True)
-            results: list[Sequence[Any] | None] = []
-            while True:
-                results.append(cur.fetchone())
-                if not cur.nextset():
-                    break
+                results = [found.get(ids[i]) for i in order]
+            else:  # the same reply twice (never from one checkpointer): write after write
+                cur = conn.cursor()
+                cur.executemany(WRITE, [prepared[i].params() for i in order], returning=True)
+                results = []
+                while True:
+                    results.append(cur.fetchone())
+                    if not cur.nextset():
+                        break
             ok = [False] * len(prepared)
             landed: dict[int, list[CheckpointWrite]] = {}
             for i, result in zip(order, results, strict=True):
@@ -339,27 +352,36 @@ class PostgresReplies:
         key = commit_id if commit_id is not None else uuid.uuid4().hex
         rid = enc_opt(last_response_id)
 
-        def body(conn: Conn, _: bool) -> list[Record]:
-            lock = lock_context(
+        def body(conn: Conn, _: bool) -> Later[list[Record]]:
+            # Two round trips in pipeline mode: BEGIN, the lock, the commit id and the
+            # reply's row; then the records, the usage, the row's end and COMMIT.
+            locking = send_lock(
                 conn,
                 context_id,
                 0 if reply is not None or at is not None else 1,
                 change=True,
                 tokens=tokens,
             )
-            first = conn.execute(
-                "INSERT INTO commits (commit_id, context_id) VALUES (%s, %s)"
-                " ON CONFLICT (commit_id) DO NOTHING RETURNING 1",
+            keyed = conn.execute(  # no row when the context is gone (the lock says so)
+                "INSERT INTO commits (commit_id, context_id) SELECT %s, id FROM contexts"
+                " WHERE id = %s ON CONFLICT (commit_id) DO NOTHING RETURNING 1",
                 (key, context_id),
-            ).fetchone()
-            if first is None:
+            )
+            fenced = (
+                conn.execute(
+                    "SELECT pos, reply_id, epoch, state FROM checkpoints WHERE id = %s FOR UPDATE",
+                    (reply.checkpoint_id,),
+                )
+                if reply is not None
+                else None
+            )
+            lock = locked(locking, context_id)
+            if keyed.fetchone() is None:
                 raise Stored(rows.written(conn, key))
             reply_id: str | None = None
             if reply is not None:
-                row = conn.execute(
-                    "SELECT pos, reply_id, epoch, state FROM checkpoints WHERE id = %s FOR UPDATE",
-                    (reply.checkpoint_id,),
-                ).fetchone()
+                assert fenced is not None
+                row = fenced.fetchone()
                 # Tool outputs (no ``end``) may still land after a cancel: the tools ran.
                 if (
                     row is None
@@ -374,7 +396,6 @@ class PostgresReplies:
                 pos, reply_id = row[0], dec(row[1])
             else:
                 pos = at if at is not None else lock.pos
-            out = insert_records(conn, context_id, prepared, pos, lock, key, reply_id)
             if usage is not None or rid is not None:
                 add = [getattr(usage, f) for f in rows.USAGE_FIELDS] if usage else [0] * 5
                 conn.execute(
@@ -385,9 +406,9 @@ class PostgresReplies:
                 )
             if reply is not None and end is not None:
                 _settle(conn, reply, end)
-            return out
+            return Later(send_records(conn, context_id, prepared, pos, lock, key, reply_id))
 
-        out: list[Record] = self._runner.run(body, setup=self._durable)
+        out: list[Record] = self._runner.run(body, setup=self._durable, pipeline=True)
         if reply is not None and end == "reply":
             self._ledger.forget(reply.checkpoint_id)
         elif reply is not None and end == "round":
@@ -427,6 +448,11 @@ class PostgresReplies:
         def body(conn: Conn, ambiguous: bool) -> tuple[Checkpoint, bool, Any]:
             if self._lock_for(conn, checkpoint_id) is None:
                 raise CheckpointNotFound(f"no checkpoint with id {checkpoint_id!r}")
+            # The row itself too, before its text is read (a statement of its own: the read
+            # then sees every periodic write that committed meanwhile, its parts included).
+            # Periodic writes take no context lock (:meth:`save_checkpoints`): one from an
+            # owner that lost the reply must land before this read or be fenced after it.
+            conn.execute("SELECT 1 FROM checkpoints WHERE id = %s FOR UPDATE", (checkpoint_id,))
             cp, state, last_write = read(conn)
             if ambiguous and last_write == token:  # our first try landed
                 raise Stored((cp, True, then(conn, cp, token, True) if then else None))

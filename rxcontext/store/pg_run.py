@@ -10,17 +10,27 @@ A failure *during COMMIT* is ambiguous: the server may have committed. The retry
 with ``ambiguous=True`` and the body settles it, after taking the context's row lock (which
 waits for any earlier attempt still running on the server): a write carries a commit id and
 finds it already stored, so nothing is stored twice and nothing is lost.
+
+The hot writes run ``pipeline=True`` (psycopg's pipeline mode): ``BEGIN``, the setup and the
+statements a body sends before it reads a result go in one round trip, and a body that needs
+no result before ``COMMIT`` returns :class:`Later` so its last statements and the ``COMMIT``
+share one too. Under load every round trip is a wait for the server *and* for this process's
+GIL, so a commit's time is mostly its count of round trips. In pipeline mode an error of any
+statement can surface at ``COMMIT``: such a failure counts as ambiguous, which only makes the
+retry look for its earlier attempt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 import psycopg
 from psycopg import errors as pgerr
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -28,9 +38,10 @@ from ..errors import StoreClosedError, StoreError
 
 _jitter = random.Random()  # its own: retries never draw from (or disturb) the app's global random
 
-__all__ = ["Conn", "Runner", "Stored", "redact", "transient"]
+__all__ = ["Conn", "Cursor", "Later", "Runner", "Stored", "redact", "transient"]
 
 Conn = psycopg.Connection[Any]
+Cursor = psycopg.Cursor[Any]
 T = TypeVar("T")
 
 _TRANSIENT_STATES = {"57P01", "57P02", "57P03", "40001", "40P01", "53300"}
@@ -52,6 +63,54 @@ class Stored(Exception, Generic[T]):
     def __init__(self, value: T) -> None:
         super().__init__("already stored")
         self.value = value
+
+
+class Later(Generic[T]):
+    """What a pipelined body returns when its value is read from results that come with the
+    ``COMMIT`` (``value()`` is called once the transaction committed)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Callable[[], T]) -> None:
+        self.value = value
+
+
+def _settled(result: Any) -> Any:
+    return result.value() if isinstance(result, Later) else result
+
+
+def _pipelined(
+    conn: Conn,
+    setup: str | None,
+    body: Callable[[Conn, bool], Any],
+    ambiguous: bool,
+    committing: Callable[[], None],
+) -> Any:
+    """``body`` in one transaction in pipeline mode: ``BEGIN``, ``setup`` and ``COMMIT`` go
+    with its statements (psycopg's ``transaction()`` syncs at its start and at its end: two
+    round trips more). ``committing()`` is called once ``COMMIT`` is sent."""
+    try:
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            if setup is not None:
+                conn.execute(setup)
+            result = body(conn, ambiguous)
+            conn.execute("COMMIT")
+            committing()
+    except BaseException:
+        if conn.pgconn.transaction_status in (_INTRANS, _INERROR):
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("ROLLBACK")
+        raise
+    return _settled(result)
+
+
+def _nothing() -> None:
+    pass
+
+
+_INTRANS = pq.TransactionStatus.INTRANS
+_INERROR = pq.TransactionStatus.INERROR
 
 
 def transient(exc: BaseException) -> bool:
@@ -133,24 +192,52 @@ class Runner:
             )
         return pool
 
+    @overload
+    def run(
+        self,
+        body: Callable[[Conn, bool], Later[T]],
+        *,
+        tx: bool = True,
+        setup: str | None = None,
+        pipeline: bool = False,
+    ) -> T: ...
+
+    @overload
     def run(
         self,
         body: Callable[[Conn, bool], T],
         *,
         tx: bool = True,
         setup: str | None = None,
-    ) -> T:
+        pipeline: bool = False,
+    ) -> T: ...
+
+    def run(
+        self,
+        body: Callable[[Conn, bool], Any],
+        *,
+        tx: bool = True,
+        setup: str | None = None,
+        pipeline: bool = False,
+    ) -> Any:
         """Run ``body(conn, ambiguous)``, retrying transient failures within the budget.
 
         ``tx`` runs it in one transaction (``setup``, e.g. ``SET LOCAL …``, first); without
         it the body runs in autocommit (single-statement reads). ``ambiguous`` is True on a
-        retry after a connection was lost during COMMIT.
+        retry after a connection was lost during COMMIT. ``pipeline``: in pipeline mode (see
+        the module docstring); the body may return :class:`Later`.
         """
         pool = self.pool()
         deadline = time.monotonic() + self.retry_budget
         delay = 0.02
         ambiguous = False
         attempts = 0
+        committing = False
+
+        def mark() -> None:
+            nonlocal committing
+            committing = True
+
         while True:
             attempts += 1
             committing = False
@@ -159,6 +246,8 @@ class Runner:
                 with pool.connection(timeout=timeout) as conn:
                     if not tx:
                         return body(conn, ambiguous)
+                    if pipeline:
+                        return _pipelined(conn, setup, body, ambiguous, mark)
                     with conn.transaction():
                         if setup is not None:
                             conn.execute(setup)
@@ -166,7 +255,7 @@ class Runner:
                         committing = True
                     return result
             except Stored as done:
-                return done.value  # type: ignore[no-any-return]
+                return done.value
             except psycopg.Error as exc:
                 if not transient(exc):
                     raise StoreError(f"database error on {self.where}: {first_line(exc)}") from exc
@@ -182,21 +271,24 @@ class Runner:
                     ) from exc
 
     def attempt(
-        self, body: Callable[[Conn, bool], T], *, setup: str | None = None, wait: float = 0.05
+        self,
+        body: Callable[[Conn, bool], T | Later[T]],
+        *,
+        setup: str | None = None,
+        wait: float = 0.05,
     ) -> T | None:
-        """Run ``body`` once, in one transaction, for background writes that must never
-        wait: None when no connection is free within ``wait`` seconds, a lock is busy (the
-        ``setup`` sets a ``lock_timeout``) or the server is unreachable.
+        """Run ``body`` once, in one pipelined transaction (see the module docstring), for
+        background writes that must never wait: None when no connection is free within
+        ``wait`` seconds, a lock is busy (the ``setup`` sets a ``lock_timeout``) or the
+        server is unreachable.
 
         None does not prove that nothing was written (the connection may have been lost
         during COMMIT): the bodies make their next write settle that.
         """
         pool = self.pool()
         try:
-            with pool.connection(timeout=wait) as conn, conn.transaction():
-                if setup is not None:
-                    conn.execute(setup)
-                return body(conn, False)
+            with pool.connection(timeout=wait) as conn:
+                return _pipelined(conn, setup, body, False, _nothing)  # type: ignore[no-any-return]
         except Stored as done:
             return done.value  # type: ignore[no-any-return]
         except (pgerr.LockNotAvailable, pgerr.QueryCanceled):

@@ -28,7 +28,7 @@ from .base import CheckpointDraft, ReplyTicket
 from .pg_codec import enc
 from .pg_run import Conn
 
-__all__ = ["WRITE", "CheckpointWrite", "Ledger"]
+__all__ = ["BATCH", "WRITE", "CheckpointWrite", "Ledger", "batch_params"]
 
 WRITE = (
     "WITH u AS (UPDATE checkpoints SET tool_calls = %s, usage = %s, error = %s, chunks = %s,"
@@ -46,6 +46,52 @@ WRITE = (
 )
 """One checkpoint write: the fenced update, its part; returns the row's new lengths (no row:
 fenced)."""
+
+
+BATCH = (
+    "WITH t AS (SELECT * FROM unnest(%s::bigint[], %s::integer[], %s::text[], %s::text[],"
+    " %s::text[], %s::integer[], %s::text[], %s::text[], %s::bigint[], %s::bigint[],"
+    " %s::boolean[], %s::text[], %s::text[], %s::text[]) AS t(id, epoch, tool_calls, usage,"
+    " error, chunks, response_id, metadata, text_add, thinking_add, part, token, text,"
+    " thinking)),"
+    " u AS (UPDATE checkpoints c SET tool_calls = t.tool_calls, usage = t.usage,"
+    " error = t.error, chunks = t.chunks, response_id = t.response_id, metadata = t.metadata,"
+    " updated_at = clock_timestamp(), text_len = c.text_len + t.text_add,"
+    " thinking_len = c.thinking_len + t.thinking_add, parts = c.parts + t.part::int,"
+    " last_write = t.token FROM t"
+    " WHERE c.id = t.id AND c.epoch = t.epoch AND c.state IN ('streaming', 'resuming')"
+    " RETURNING c.id, c.text_len, c.thinking_len, c.parts, t.part, t.text, t.thinking),"
+    " p AS (INSERT INTO checkpoint_parts (checkpoint_id, seq, text, thinking)"
+    " SELECT id, parts, text, thinking FROM u WHERE part)"
+    " SELECT id, text_len, thinking_len FROM u"
+)
+"""Periodic writes of many replies (one write per reply, no state change) as one statement
+over arrays (:func:`batch_params`): each row's fenced update and its part, as :data:`WRITE`
+does for one; returns ``(id, text_len, thinking_len)`` of each row written (a fenced one is
+missing)."""
+
+
+def batch_params(writes: Sequence[CheckpointWrite]) -> tuple[list[Any], ...]:
+    """The parameters of :data:`BATCH`: one array per column, a write per element (one write
+    per reply: an ``UPDATE … FROM`` changes a row once)."""
+    columns: tuple[list[Any], ...] = tuple([] for _ in range(14))
+    for w in writes:
+        assert w.state is None
+        part = bool(w.text or w.thinking)
+        values = (
+            w.ticket.checkpoint_id,
+            w.ticket.epoch,
+            *w.values,
+            len(w.text),
+            len(w.thinking),
+            part,
+            w.token,
+            enc(w.text),
+            enc(w.thinking),
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    return columns
 
 
 class CheckpointWrite:

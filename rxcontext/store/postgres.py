@@ -37,14 +37,14 @@ from ..records import Context, ContextStats, Record, RecordType
 from . import _pg_blobs as blobs
 from . import _pg_rows as rows
 from ._export import export_document
-from ._pg_rows import Draft, insert_records, live_tokens_of, lock_context, retire
+from ._pg_rows import Draft, insert_records, live_tokens_of, lock_context, retire, send_records
 from .base import RecordDraft
 from .owner import check_lease_ttl
 from .pg_codec import dec, enc, enc_opt
 from .pg_leases import PostgresLeases
 from .pg_migrations import migrate
 from .pg_replies import PostgresReplies
-from .pg_run import Conn, Runner, Stored, connect_with_retry, first_line, redact
+from .pg_run import Conn, Later, Runner, Stored, connect_with_retry, first_line, redact
 
 __all__ = ["PostgresStore"]
 
@@ -350,12 +350,15 @@ class PostgresStore(PostgresReplies, PostgresLeases):
         d = Draft(draft)
         commit_id = uuid.uuid4().hex
 
-        def body(conn: Conn, ambiguous: bool) -> Record:
+        def body(conn: Conn, ambiguous: bool) -> Later[Record]:
+            # Two round trips in pipeline mode: BEGIN and the lock; the insert and COMMIT.
             lock = lock_context(conn, context_id, 1, tokens=live_tokens_of([d]))
             _settle_one(conn, ambiguous, commit_id)
-            return insert_records(conn, context_id, [d], lock.pos, lock, commit_id)[0]
+            inserted = send_records(conn, context_id, [d], lock.pos, lock, commit_id)
+            return Later(lambda: inserted()[0])
 
-        return self._runner.run(body)
+        record: Record = self._runner.run(body, pipeline=True)
+        return record
 
     @staticmethod
     def _records(conn: Conn, context_id: str, live_only: bool, upto: int | None) -> list[Record]:

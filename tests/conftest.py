@@ -29,6 +29,7 @@ from typing import Any
 
 import pgtest
 import pytest
+import redistest
 import stores
 from hypothesis import HealthCheck, settings
 
@@ -185,3 +186,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ordered.extend(rest)
     assert len(ordered) == total
     items[:] = ordered
+
+
+@pytest.fixture
+def private() -> Iterator[redistest.PrivateRedis]:
+    """A ``redis-server`` of the test's own on a random port (tests/redistest.py), for tests
+    that stop, pause or empty it."""
+    server = redistest.PrivateRedis()
+    yield server
+    server.close()

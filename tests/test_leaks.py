@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -36,13 +36,6 @@ from rxcontext.fanout.redis import RedisFanout
 
 PREFIX = "leak"
 CASES = ["complete", "stop", "kill", "redis-complete", "redis-kill"]
-
-
-@pytest.fixture
-def private() -> Iterator[redistest.PrivateRedis]:
-    server = redistest.PrivateRedis()
-    yield server
-    server.close()
 
 
 def until(check: Callable[[], bool], what: str) -> None:

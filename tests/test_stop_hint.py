@@ -149,13 +149,6 @@ def shared() -> Iterator[tuple[str, str]]:
 
 
 @pytest.fixture
-def private() -> Iterator[redistest.PrivateRedis]:
-    server = redistest.PrivateRedis()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def owners() -> Iterator[list[Child]]:
     children: list[Child] = []
     yield children

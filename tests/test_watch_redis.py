@@ -44,13 +44,6 @@ def _window(fanout: RedisFanout) -> ContextWindow:
 
 
 @pytest.fixture
-def private() -> Iterator[redistest.PrivateRedis]:
-    server = redistest.PrivateRedis()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def shared() -> Iterator[tuple[str, str]]:
     yield from redistest.shared_prefix()
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redistest
+from gated import words
 from watching import WAIT, Owner, Watcher, stored_text
 
 import rxcontext
@@ -27,10 +28,6 @@ from rxcontext.fanout.redis import RedisFanout  # noqa: E402
 T = lambda text: Chunk(ChunkKind.TEXT, text)  # noqa: E731
 N = 12
 WORDS = [f"w{i} " for i in range(N)]
-
-
-def words(n: int) -> str:
-    return "".join(WORDS[:n])
 
 
 def _top(client: object, key: str) -> int:
@@ -46,13 +43,6 @@ def _until(check: Callable[[], bool], timeout: float = WAIT) -> bool:
             return False
         time.sleep(0.001)
     return True
-
-
-@pytest.fixture
-def private() -> Iterator[redistest.PrivateRedis]:
-    server = redistest.PrivateRedis()
-    yield server
-    server.close()
 
 
 def _window(store: rxcontext.Store, context: str) -> ContextWindow:

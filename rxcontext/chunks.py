@@ -38,7 +38,7 @@ class ChunkKind(StrEnum):
     ``reduce_reply()``) applies it; ``text()`` skips it."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Usage:
     """Token counts of one model response (or, summed with ``+``, of several).
 
@@ -55,6 +55,25 @@ class Usage:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     cache_write_tokens: int = 0
+
+    # Gemini sends usage on every event, so a Usage is made per event there: written
+    # through the slots' descriptors (as Chunk's) its constructor takes ~40 % less time
+    # than the one dataclass generates (object.__setattr__ per field). Same signature.
+    def __init__(
+        self,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        total_tokens: int = 0,
+        cached_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> None:
+        _set_input(self, input_tokens)
+        _set_output(self, output_tokens)
+        _set_total(self, total_tokens)
+        _set_cached(self, cached_tokens)
+        _set_reasoning(self, reasoning_tokens)
+        _set_cache_write(self, cache_write_tokens)
 
     @classmethod
     def of(
@@ -104,6 +123,14 @@ class Usage:
     def from_dict(cls, data: Mapping[str, Any]) -> Usage:
         """Inverse of :meth:`to_dict` (unknown keys ignored)."""
         return cls(**{k: int(data.get(k, 0) or 0) for k in cls.__dataclass_fields__})
+
+
+_set_input = Usage.__dict__["input_tokens"].__set__
+_set_output = Usage.__dict__["output_tokens"].__set__
+_set_total = Usage.__dict__["total_tokens"].__set__
+_set_cached = Usage.__dict__["cached_tokens"].__set__
+_set_reasoning = Usage.__dict__["reasoning_tokens"].__set__
+_set_cache_write = Usage.__dict__["cache_write_tokens"].__set__
 
 
 @dataclass(frozen=True, slots=True, init=False)

@@ -31,6 +31,7 @@ from rxcontext import ContextWindow, StreamInterrupted
 from rxcontext.chunks import Chunk, ChunkKind, Reply, Usage
 from rxcontext.errors import ProviderError
 from rxcontext.providers import GeminiModel
+from rxcontext.providers._gemini_request import spliced_client
 from rxcontext.providers.base import Request, reply_from_chunks
 from rxcontext.providers.gemini import build_contents
 from rxcontext.records import Record, RecordType
@@ -1045,3 +1046,17 @@ def test_non_object_event_interrupts_the_reply_instead_of_dropping_it(
     assert isinstance(cause, ProviderError) and cause.error_type == "invalid_event"
     assert info.value.checkpoint.text == "Kept"
     assert [r.type for r in cw.live_records()] == [RecordType.PROMPT]
+
+
+# -- the spliced client -----------------------------------------------------------------
+
+
+def test_the_spliced_client_holds_what_the_sdks_stream_reads_per_event() -> None:
+    """The SDK's stream reads ``vertexai`` and ``_verify_response`` on its api client for
+    every event: the stand-in holds the real client's own (read through ``__getattr__``,
+    each read failed first, ~19,000 instructions an event)."""
+    sdk = client(Replay(b""))
+    real = sdk._api_client
+    stand_in = spliced_client(sdk, [b"{}"])._api_client
+    assert vars(stand_in)["vertexai"] is real.vertexai
+    assert vars(stand_in)["_verify_response"] == real._verify_response

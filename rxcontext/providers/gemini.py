@@ -491,22 +491,22 @@ def _sdk_response(
     ``[]``, ``"text"``, ``null`` or ``{}``, and passing it over would store the reply as
     complete without whatever it should have said.
     """
-    if event and _empty(response):
-        raise BadEvent(
-            "the event has none of the fields the API sends (candidates, usageMetadata, "
-            "responseId, modelVersion, promptFeedback)"
-        )
     # Fields are read from the models' __dict__, where pydantic keeps them: an attribute
     # read on a model class with __getattr__ goes through a slow slot (~20 reads an event
     # cost ~40,000 instructions). A value that is no model (the SDK keeps what it cannot
     # build one from) has no __dict__ or not the field: an AttributeError or KeyError, a
     # malformed event as before.
     fields = response.__dict__
+    candidates = fields["candidates"]
+    if event and candidates is None and _empty(fields):
+        raise BadEvent(
+            "the event has none of the fields the API sends (candidates, usageMetadata, "
+            "responseId, modelVersion, promptFeedback)"
+        )
     out: list[Chunk] = []
     response_id = fields["response_id"]
     if response_id:
         turn.response_id = response_id
-    candidates = fields["candidates"]
     if candidates:
         candidate = candidates[0].__dict__
         content = candidate["content"]
@@ -544,15 +544,16 @@ def _sdk_response(
     return out
 
 
-def _empty(response: types.GenerateContentResponse) -> bool:
+def _empty(fields: dict[str, Any]) -> bool:
+    """Whether a ``GenerateContentResponse`` without candidates (its ``__dict__``) has none
+    of the other fields either."""
     return (
-        response.candidates is None
-        and response.usage_metadata is None
-        and response.response_id is None
-        and response.model_version is None
-        and response.prompt_feedback is None
-        and response.create_time is None
-        and response.model_status is None
+        fields["usage_metadata"] is None
+        and fields["response_id"] is None
+        and fields["model_version"] is None
+        and fields["prompt_feedback"] is None
+        and fields["create_time"] is None
+        and fields["model_status"] is None
     )
 
 

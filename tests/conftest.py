@@ -158,7 +158,12 @@ _LONG_MODULES = {
 
 @pytest.hookimpl(trylast=True)  # after -m has deselected (the slices are of what runs)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Put the long modules at the front of each xdist worker's slice (see above)."""
+    """Put the long modules at the front of each xdist worker's slice (see above); soaks and
+    fault matrices (their own markers, not in the default run) get no time limit (setup.cfg
+    gives every other test 300 s)."""
+    for item in items:
+        if item.get_closest_marker("soak") or item.get_closest_marker("faults"):
+            item.add_marker(pytest.mark.timeout(0))
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers < 2:
         return

@@ -64,13 +64,9 @@ def _parse_id(raw: bytes | str) -> Position:
     return int(a), int(b)
 
 
-def _entry(raw_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
-    return _entry_at(raw_id, fields)[1]
-
-
 def _entry_at(raw_id: bytes | str, fields: Any) -> tuple[Position, Entry]:
-    """An entry from its id and fields: a dict, or the flat ``[name, value, …]`` list of an
-    unparsed reply (the tail's ``XREAD``)."""
+    """An entry and its position from its id and fields: a dict, or the flat
+    ``[name, value, …]`` list of an unparsed reply (the tail's ``XREAD``)."""
     position = _parse_id(raw_id)
     if not isinstance(fields, dict):
         pairs = iter(fields)
@@ -516,7 +512,7 @@ class RedisFanout:
         rows: Any = self._reader.xrange(key, f"{max(epoch, 1)}-0", "+")
         if not rows:
             return None
-        return [_entry(i, f) for i, f in rows]
+        return [_entry_at(i, f)[1] for i, f in rows]
 
     def drain(self, timeout: float) -> bool:
         """Wait until every reply published so far has ended and was sent (or given up);

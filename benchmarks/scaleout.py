@@ -139,7 +139,12 @@ def _open(cfg: dict[str, Any], pool: int) -> Any:
     fanout = RedisFanout(
         cfg["redis"], prefix=cfg["prefix"], end_ttl=120.0, flush_every=cfg["flush_every"]
     )
-    return rxcontext.open(cfg["url"], fanout=fanout, pool_size=pool)
+    return rxcontext.open(
+        cfg["url"],
+        fanout=fanout,
+        pool_size=pool,
+        prepared_statements=cfg.get("prepared_statements", False),
+    )
 
 
 def _slots(cfg: dict[str, Any], worker: int) -> list[int]:
@@ -707,6 +712,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "pool": args.pool,
                 "watcher_pool": args.watcher_pool,
                 "flush_every": args.flush_every,
+                "prepared_statements": args.prepared_statements,
             }
             cfg_path = Path(tmp, "config.json")
             cfg_path.write_text(json.dumps(cfg))
@@ -966,6 +972,11 @@ def main() -> int:
     parser.add_argument("--watcher-pool", type=int, default=4, help="watchers' pool_size")
     parser.add_argument(
         "--flush-every", type=float, default=0.02, help="owners' fan-out send interval (s)"
+    )
+    parser.add_argument(
+        "--prepared-statements",
+        action="store_true",
+        help="open the stores with prepared_statements=True (a direct connection)",
     )
     parser.add_argument(
         "--gc-freeze", action="store_true", help="gc.freeze() in each process once set up"

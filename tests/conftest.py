@@ -88,6 +88,8 @@ def _opener(request: pytest.FixtureRequest, kind: str) -> Iterator[Callable[...,
         if kind == "postgres" and not options and opened and not opened[-1].closed:
             store = opened[-1]  # one pool per test (a hypothesis test opens one per example)
         else:
+            if kind == "postgres" and os.environ.get("RXCONTEXT_TEST_PG_PREPARED"):
+                options = {"prepared_statements": True, **options}  # the suite, prepared
             store = rxcontext.open(url, **options)
             opened.append(store)
         if kind == "postgres":

@@ -8,6 +8,7 @@ private server are in tests/test_pg_faults.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -466,6 +467,66 @@ def test_the_hot_writes_are_two_round_trips_each(pg_url: str):
         assert store.get_checkpoint(tickets[7].checkpoint_id).text == "text 7"
     finally:
         store.close()
+
+
+def _hot_writes(store: PostgresStore, n: int) -> list[Any]:
+    """The store's frequent writes and reads, ``n`` replies' worth, and what they gave."""
+    out: list[Any] = []
+    for i in range(n):
+        ctx = store.get_or_create_context(f"c{i % 2}")
+        out.append(store.add_record(ctx.id, P(f"q{i}")))
+        ticket = begin(store, ctx.id, f"r{i}")
+        out.append(store.save_checkpoints([(ticket, CheckpointDraft(f"t{i}", chunks=1))]))
+        out.append(store.renew_replies([ticket]))
+        out.append(store.get_checkpoint(ticket.checkpoint_id).text)
+        out.append(
+            store.commit_reply(
+                ctx.id, [R(f"a{i}", streamed=True)], reply=ticket, end="reply", commit_id=f"k{i}"
+            )
+        )
+        out.append(store.records(ctx.id, live_only=True))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """What the writes gave, without the ids and times that differ between databases."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = dataclasses.asdict(value)
+        return {
+            k: _plain(v) for k, v in fields.items() if k not in ("id", "context_id", "timestamp")
+        }
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def test_prepared_statements_are_opt_in_and_give_the_same_results(pg_url: str):
+    """``prepared_statements=True`` keeps the frequent statements prepared on the
+    connection (psycopg prepares one on its fifth use), in the same two round trips, with
+    the same results; by default nothing is prepared (PgBouncer transaction mode)."""
+    prepared = PostgresStore(pg_url, pool_size=1, prepared_statements=True)
+    try:
+        got = _hot_writes(prepared, 8)
+        ctx = prepared.get_or_create_context("c0")
+        with traced(prepared) as trace:
+            prepared.add_record(ctx.id, P("again"))
+        assert trace.round_trips == 2, trace
+        with prepared._runner.pool().connection() as conn:
+            assert conn.prepare_threshold == 5
+            names = conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+        assert len(names) >= 5, names  # the hot writes' statements, not one or two
+    finally:
+        prepared.close()
+    query(pg_url, "DELETE FROM records")
+    query(pg_url, "DELETE FROM checkpoints")
+    query(pg_url, "DELETE FROM contexts")
+    plain = PostgresStore(pg_url, pool_size=1)
+    try:
+        assert _plain(_hot_writes(plain, 8)) == _plain(got)
+        with plain._runner.pool().connection() as conn:
+            assert conn.execute("SELECT COUNT(*) FROM pg_prepared_statements").fetchone() == (0,)
+    finally:
+        plain.close()
 
 
 @pytest.mark.parametrize("lost", ["a write lost in a crash", "an unsettled write that landed"])

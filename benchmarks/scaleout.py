@@ -201,7 +201,19 @@ def run_owner(worker: int, out: Path) -> None:
     commit_call: list[int] = []
     checkpoint_call: list[int] = []
     begin_call: list[int] = []
-    _timed(store, "commit_reply", commit_call)
+    commit_at: dict[str, tuple[int, int]] = {}  # context id -> its last commit's (start, end)
+    commit = store.commit_reply
+
+    def timed_commit(context_id: str, *args: Any, **kwargs: Any) -> Any:
+        t0 = _now()
+        try:
+            return commit(context_id, *args, **kwargs)
+        finally:
+            t1 = _now()
+            commit_call.append(t1 - t0)
+            commit_at[context_id] = (t0, t1)
+
+    store.commit_reply = timed_commit
     _timed(store, "save_checkpoints", checkpoint_call)
     _timed(store, "begin_reply", begin_call)
     from rxcontext.fanout import fanout_for
@@ -234,6 +246,8 @@ def run_owner(worker: int, out: Path) -> None:
     interval = cfg["interval"]
     windows = {s: ContextWindow(store, None, f"{cfg['tag']}-s{s}", retry=None) for s in slots}
     commit_e2e: list[int] = []
+    commit_before: list[int] = []  # DONE yielded -> the commit_reply call starts
+    commit_after: list[int] = []  # the call returns -> the `async for` ends
     delivered: dict[str, list[int]] = {}  # reply -> delivery ns of each chunk
     replies = 0
     begun: dict[int, int] = {}  # slot -> replies begun
@@ -304,6 +318,10 @@ def run_owner(worker: int, out: Path) -> None:
                 return
             stored = _now()
             commit_e2e.append(stored - model.done_ns)
+            began, ended = commit_at.get(cw.context_id, (0, 0))
+            if began > model.done_ns:
+                commit_before.append(began - model.done_ns)
+                commit_after.append(stored - ended)
             if n and times and last_stored is not None:
                 between.append(times[0] - last_stored)
             last_stored = stored
@@ -352,6 +370,8 @@ def run_owner(worker: int, out: Path) -> None:
                 "begun": begun,
                 "fanout_drained": fanout_drained,
                 "commit_e2e": commit_e2e,
+                "commit_before": commit_before,
+                "commit_after": commit_after,
                 "commit_call": commit_call,
                 "checkpoint_call": checkpoint_call,
                 "begin_call": begin_call,
@@ -867,6 +887,8 @@ def summarize(
         "fanout_drained": all(o["fanout_drained"] for o in owners),
         "commit_e2e": _pct([x for o in owners for x in o["commit_e2e"]]),
         "commit_call": _pct([x for o in owners for x in o["commit_call"]]),
+        "commit_before": _pct([x for o in owners for x in o["commit_before"]]),
+        "commit_after": _pct([x for o in owners for x in o["commit_after"]]),
         "checkpoint_call": _pct([x for o in owners for x in o["checkpoint_call"]]),
         "begin_call": _pct([x for o in owners for x in o["begin_call"]]),
         "late": _pct([x for o in owners for x in o["late"]]),
@@ -899,6 +921,8 @@ def summarize(
 ROWS = (
     ("commit: DONE yielded → `async for` ends", "commit_e2e"),
     ("commit: `store.commit_reply` call", "commit_call"),
+    ("… DONE yielded → that call starts", "commit_before"),
+    ("… that call returns → `async for` ends", "commit_after"),
     ("checkpoint: `store.save_checkpoints` call", "checkpoint_call"),
     ("begin: `store.begin_reply` call", "begin_call"),
     ("chunk: owner's `async for` → remote watcher", "owner_to_watcher"),

@@ -167,7 +167,7 @@ class Checkpointer(ServesStore):
         finally:
             for i, (persister, draft) in enumerate(batch):
                 written = results[i] if results is not None else None
-                if written is False:
+                if written is False and not persister.finished:  # not a reply just committed
                     persister.lost = _why_lost(self.store, persister)
                 persister.periodic_done(draft, written)
 

@@ -18,8 +18,10 @@ two locks, so the hot path takes no lock at all:
 * the driver sets ``busy``, then looks at ``_claimed`` (and waits in the rare case it is
   set); a reader sets ``_claimed``, then looks at ``busy`` and backs off if it is set. One
   of them always sees the other, so a snapshot never sees half a chunk;
-* the final write (commit or interrupt) happens once, under ``_write``, and sets
-  ``finished``; a later writer finds it set and does nothing.
+* the final write (commit or interrupt) happens once and sets ``finished`` (under
+  ``_claim``); a later writer finds it set and does nothing. Periodic writes hold
+  ``_write``, and so do the interrupt and a tool round's commit, which must come after
+  them; the last round's commit does not wait for one in flight (see :meth:`complete`).
 
 With a model that resumes natively (OpenAI Responses background mode), the run's
 :class:`~rxcontext.providers.base.ResumeCursor` is asked at checkpoint time only where the
@@ -29,6 +31,7 @@ stream stood after the last delivered chunk; that point goes into the checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -594,7 +597,13 @@ class ReplyPersister:
         # in reply(): the async driver runs this off its event loop.
         let_go(len(reply.text) + len(reply.thinking))
         failure: str | None = None
-        with self._write, deferred():
+        # The last round's commit does not wait for a periodic write of this reply that is
+        # in flight (the checkpointer's batch of every reply, which may wait for a lock, a
+        # connection or the server for tens of milliseconds): the commit stores records,
+        # not the checkpoint's text, and once it lands the store fences that write (the
+        # reply's row is no longer streaming). A tool round's commit still waits: the next
+        # round's checkpoint starts from it.
+        with self._write if not last else contextlib.nullcontext(), deferred():
             if last and not self._finish():
                 return False
             if not last and self.finished:

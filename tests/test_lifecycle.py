@@ -410,3 +410,131 @@ def test_a_final_commit_that_fails_leaves_the_reply_interrupted_with_all_its_tex
     (cp,) = cw.checkpoints()
     assert cp.state is ReplyState.INTERRUPTED and cp.text == "all of it"
     assert [r.type for r in cw.records()] == [RecordType.PROMPT]
+
+
+class _BatchGate:
+    """Holds the store's periodic checkpoint batches (the checkpointer thread) at the door
+    until released; the real write then runs."""
+
+    def __init__(self, store: Any) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.writing = threading.Event()  # the real write has started
+        self.done = threading.Event()
+        self.results: list[Any] = []
+        self._real = store.save_checkpoints
+        store.save_checkpoints = self
+
+    def __call__(self, writes: Any) -> Any:
+        self.entered.set()
+        self.release.wait(5.0)  # a commit that waits for the batch is let through late
+        self.writing.set()
+        try:
+            out = self._real(writes)
+            self.results.append(out)
+            return out
+        finally:
+            self.done.set()
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_a_commit_does_not_wait_for_a_periodic_batch_in_flight(driver: str):
+    # The checkpointer's batch holds a slow transaction (another worker's lock, a busy
+    # pool): the reply that ends meanwhile commits at once instead of waiting for it, and
+    # the batch's late write of that reply changes nothing (its row is no longer streaming).
+    gate: _BatchGate
+
+    class Paused(ScriptedModel):
+        def iter_chunks(self, request: Any) -> Any:
+            yield T("hello ")
+            assert gate.entered.wait(30.0)  # a batch holding this reply is in flight
+            yield T("world")
+            yield DONE
+
+        async def aiter_chunks(self, request: Any) -> Any:
+            yield T("hello ")
+            assert await asyncio.to_thread(gate.entered.wait, 30.0)
+            yield T("world")
+            yield DONE
+
+    cw = ContextWindow(open_store(), Paused([[]]), "life", retry=None, checkpoint_every=0.02)
+    gate = _BatchGate(cw._store)
+    cw.add_prompt("go")
+
+    async def consume() -> str:
+        return "".join([c.text async for c in cw.astream() if c.kind is ChunkKind.TEXT])
+
+    text = cw.call().text if driver == "sync" else asyncio.run(consume())
+    committed_first = not gate.writing.is_set()
+    gate.release.set()
+    assert gate.done.wait(30.0)
+    assert committed_first, "the commit waited for the periodic batch"
+    assert text == "hello world"
+    assert shape(cw) == [("PROMPT", "go"), ("MODEL_RESP", "hello world")]
+    assert cw.active_replies() == [] and cw.checkpoints() == []
+    assert gate.results and gate.results[0] == [False]  # fenced: the reply had ended
+
+
+def test_commits_racing_periodic_writes_store_every_reply_once_and_leave_nothing():
+    # Bounded trials with real threads: each reply's last chunk comes the moment a
+    # periodic batch (the checkpointer, every 1 ms) has started, so its commit runs beside
+    # that batch's write of it; on one store (one pool on PostgreSQL), every other reply
+    # with a tool round first (whose commit does wait for the periodic write).
+    from stores import scalar
+
+    store = open_store()
+    batches = threading.Condition()
+    started = [0]
+    real = store.save_checkpoints
+
+    def counted(writes: Any) -> Any:
+        with batches:
+            started[0] += 1
+            batches.notify_all()
+        return real(writes)
+
+    store.save_checkpoints = counted
+
+    class RacingModel(ScriptedModel):
+        def iter_chunks(self, request: Any) -> Any:
+            *body, last = super().iter_chunks(request)
+            yield from body
+            with batches:
+                seen = started[0]
+                assert batches.wait_for(lambda: started[0] > seen, 30.0)
+            yield last
+
+    threads, replies = 6, 8
+    errors: list[BaseException] = []
+
+    def worker(w: int) -> None:
+        scripts: list[list[Chunk]] = []
+        for r in range(replies):
+            body = [T(f"w{w}r{r}c{i} ") for i in range(30)]
+            if r % 2:
+                tool_round = Chunk(ChunkKind.DONE, finish_reason="tool_calls")
+                scripts.append([*body[:5], call(0, f"c{w}{r}", "f", "{}"), tool_round])
+            scripts.append([*body, DONE])
+        try:
+            cw = ContextWindow(
+                store, RacingModel(scripts), f"race{w}", retry=None, checkpoint_every=0.001
+            )
+            cw.add_tool(Tool("f", "returns ok"), lambda _: "ok")
+            for r in range(replies):
+                cw.add_prompt(f"go {r}")
+                assert cw.call().text == "".join(f"w{w}r{r}c{i} " for i in range(30))
+            assert cw.active_replies() == [] and cw.checkpoints() == []
+            answers = [x.content for x in cw.records() if x.type is RecordType.MODEL_RESP]
+            assert answers[-1] == "".join(f"w{w}r{replies - 1}c{i} " for i in range(30))
+            assert len(answers) == replies + replies // 2  # tool rounds' own text too
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    running = [threading.Thread(target=worker, args=(w,)) for w in range(threads)]
+    for t in running:
+        t.start()
+    for t in running:
+        t.join(60.0)
+    assert errors == []
+    assert scalar(store, "SELECT COUNT(*) FROM checkpoint_parts") == 0
+    assert scalar(store, "SELECT COUNT(*) FROM checkpoints WHERE state = 'streaming'") == 0

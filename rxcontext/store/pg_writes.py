@@ -146,8 +146,9 @@ class _Text:
 class Ledger:
     """Per reply this store writes, the text it holds (see the module docstring).
 
-    Writes to one reply come from one writer at a time (its persister's lock), so the
-    entries need no lock of their own beyond the dictionary's.
+    Checkpoint writes to one reply come from one writer at a time (its persister's lock),
+    so the entries need no lock of their own beyond the dictionary's; the reply's final
+    commit may run beside a periodic write of it, and only forgets its entry.
     """
 
     def __init__(self) -> None:

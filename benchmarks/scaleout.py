@@ -11,8 +11,8 @@ with ``rxcontext.open(url, fanout=RedisFanout(redis_url, prefix=...))``. Each ow
 ``streams / workers`` asyncio streams on one event loop: a stream is a window on a context
 of its own that adds a prompt (``asyncio.to_thread(cw.add_prompt, ...)``) and consumes
 ``cw.astream(reply_id=...)`` to the end, then starts its next reply at once, until
-``--seconds`` have passed (the last reply of each stream is cut short so it ends by
-then); so every stream stays live for the whole run. Replies have a random length of
+``--seconds`` have passed (see the measured window below); so every stream stays live
+for the whole run. Replies have a random length of
 ``chunks/2 .. 3*chunks/2`` text chunks (seeded; mean ``--chunks``), so their ends spread
 out. The model (:class:`PacedModel`, below) yields a chunk every ``--interval`` seconds on
 a fixed grid per stream that runs on across replies (``asyncio.sleep`` until the chunk is
@@ -25,6 +25,13 @@ Linux). Every reply is watched from a watcher process (a task per reply iteratin
 It learns a reply's id the way a web front-end would, from the owner: the owner's
 ``on_start`` hook (the reply's row exists by then) queues the id, and a task of the
 owner's adds it to a Redis Stream of the run's own that the watcher process reads.
+
+The figures cover a **measured window**: from ``--warmup`` seconds (2) after the start,
+when every stream's first prompt and begin come at once, to the end, ``--seconds`` later.
+Streams begin no reply after the end; the last one runs to its own length (its chunks
+after the end are not counted). ``--cut-at-end`` is the method before 2026-12-03: every
+stream's last reply is cut to end exactly at the end (all 200 commit at once) and the
+whole run is measured.
 
 Measured: **commit** — from the model yielding the reply's final (DONE) chunk to the
 owner's ``async for`` ending (the reply is committed before the iteration ends), and the
@@ -46,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import json
@@ -87,7 +95,8 @@ class PacedModel:
     )
     context_window = None
 
-    def __init__(self, start: float, interval: float) -> None:
+    def __init__(self, start: float, interval: float, inside: Callable[[int], bool]) -> None:
+        self.inside = inside  # whether a time (monotonic ns) is in the measured window
         self.due = start  # loop.time() of the next chunk
         self.interval = interval
         self.length = 1
@@ -106,7 +115,8 @@ class PacedModel:
             wait = self.due - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-            self.late.append(int((loop.time() - self.due) * 1e9))
+            if self.inside(_now()):
+                self.late.append(int((loop.time() - self.due) * 1e9))
             yield Chunk(ChunkKind.TEXT, f"[{seq}:{_now()}] ")
         self.done_ns = _now()
         yield Chunk(ChunkKind.DONE, finish_reason="stop")
@@ -118,8 +128,47 @@ class PacedModel:
         raise NotImplementedError
 
 
-def _timed(store: Any, name: str, into: list[int]) -> None:
-    """Time every call of ``store.<name>`` (into ``into``, ns), on this instance only."""
+_RUNS: dict[str, list[tuple[int, int]]] | None = (
+    {} if os.environ.get("RXSCALE_EXECUTOR_DUMP") else None
+)
+
+
+class _TimedExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor, noting how long each work item waited for a thread."""
+
+    def __init__(self, into: list[int], inside: Callable[[int], bool]) -> None:
+        super().__init__()  # the default size, as asyncio's own
+        self._into = into
+        self._inside = inside
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        queued = _now()
+
+        def timed() -> Any:
+            started = _now()
+            if self._inside(queued):
+                self._into.append(started - queued)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if _RUNS is not None:
+                    name = getattr(getattr(fn, "func", fn), "__qualname__", repr(fn))
+                    _RUNS.setdefault(name, []).append((started - queued, _now() - started, queued))
+
+        return super().submit(timed)
+
+
+def _window(cfg: dict[str, Any], start: int, end: int) -> list[int]:
+    """The measured window: from ``--warmup`` seconds after the start (every stream's first
+    prompt and begin come at once) to the end; with ``--cut-at-end``, the whole run."""
+    if cfg["cut_at_end"]:
+        return [0, 2**63]
+    return [start + int(cfg["warmup"] * 1e9), end]
+
+
+def _timed(store: Any, name: str, into: list[int], inside: Callable[[int], bool]) -> None:
+    """Time every call of ``store.<name>`` (into ``into``, ns, if it began ``inside`` the
+    measured window), on this instance only."""
     original = getattr(store, name)
 
     def timed(*args: Any, **kwargs: Any) -> Any:
@@ -127,7 +176,8 @@ def _timed(store: Any, name: str, into: list[int]) -> None:
         try:
             return original(*args, **kwargs)
         finally:
-            into.append(_now() - t0)
+            if inside(t0):
+                into.append(_now() - t0)
 
     setattr(store, name, timed)
 
@@ -201,6 +251,11 @@ def run_owner(worker: int, out: Path) -> None:
     commit_call: list[int] = []
     checkpoint_call: list[int] = []
     begin_call: list[int] = []
+    window = [0, 0]  # the measured window (monotonic ns), set once the start is known
+
+    def inside(t: int) -> bool:
+        return window[0] <= t <= window[1]
+
     commit_at: dict[str, tuple[int, int]] = {}  # context id -> its last commit's (start, end)
     commit = store.commit_reply
 
@@ -210,12 +265,13 @@ def run_owner(worker: int, out: Path) -> None:
             return commit(context_id, *args, **kwargs)
         finally:
             t1 = _now()
-            commit_call.append(t1 - t0)
+            if inside(t0):
+                commit_call.append(t1 - t0)
             commit_at[context_id] = (t0, t1)
 
     store.commit_reply = timed_commit
-    _timed(store, "save_checkpoints", checkpoint_call)
-    _timed(store, "begin_reply", begin_call)
+    _timed(store, "save_checkpoints", checkpoint_call, inside)
+    _timed(store, "begin_reply", begin_call, inside)
     from rxcontext.fanout import fanout_for
 
     fanout: Any = fanout_for(store)
@@ -236,7 +292,8 @@ def run_owner(worker: int, out: Path) -> None:
             flush()
         finally:
             t1 = _now()
-            flushes.append((t0, t1 - t0))
+            if inside(t0):
+                flushes.append((t0, t1 - t0))
             for stamp in stamps:
                 sent.setdefault(stamp, t1)
 
@@ -246,6 +303,7 @@ def run_owner(worker: int, out: Path) -> None:
     interval = cfg["interval"]
     windows = {s: ContextWindow(store, None, f"{cfg['tag']}-s{s}", retry=None) for s in slots}
     commit_e2e: list[int] = []
+    executor_wait: list[int] = []  # a work item submitted -> a thread starts it
     commit_before: list[int] = []  # DONE yielded -> the commit_reply call starts
     commit_after: list[int] = []  # the call returns -> the `async for` ends
     delivered: dict[str, list[int]] = {}  # reply -> delivery ns of each chunk
@@ -288,21 +346,25 @@ def run_owner(worker: int, out: Path) -> None:
         nonlocal replies
         loop = asyncio.get_running_loop()
         offset = (slot // cfg["workers"]) / len(slots) * interval
-        model = PacedModel(loop.time() + (start - _now()) / 1e9 + offset, interval)
+        model = PacedModel(loop.time() + (start - _now()) / 1e9 + offset, interval, inside)
         cw = windows[slot]
         cw.model = model
         n = 0
         last_stored: int | None = None
         while True:
-            left = int((end - _now()) / 1e9 / interval)
-            length = min(rng.randint(cfg["chunks"] // 2, cfg["chunks"] * 3 // 2), left)
-            if length < 1 and n:
-                return
+            length = rng.randint(cfg["chunks"] // 2, cfg["chunks"] * 3 // 2)
+            if cfg["cut_at_end"]:  # every stream's last reply ends at the end, all at once
+                length = min(length, int((end - _now()) / 1e9 / interval))
+                if length < 1 and n:
+                    return
+            elif n and _now() >= end:
+                return  # the last reply, begun before the end, ran to its own length
             length = max(length, 1)  # one reply at least, even from a process that started late
             model.length = length
             t_prompt = _now()
             await asyncio.to_thread(cw.add_prompt, f"prompt {n}")
-            prompt_wall.append(_now() - t_prompt)
+            if inside(t_prompt):
+                prompt_wall.append(_now() - t_prompt)
             reply_id = _reply_id(cfg, slot, n)
             times = delivered[reply_id] = []
             begun[slot] = n + 1
@@ -317,20 +379,24 @@ def run_owner(worker: int, out: Path) -> None:
                 failures.append(f"{reply_id}: {type(error).__name__}: {error}")
                 return
             stored = _now()
-            commit_e2e.append(stored - model.done_ns)
             began, ended = commit_at.get(cw.context_id, (0, 0))
-            if began > model.done_ns:
+            if inside(model.done_ns):
+                commit_e2e.append(stored - model.done_ns)
+            if began > model.done_ns and inside(model.done_ns):
                 commit_before.append(began - model.done_ns)
                 commit_after.append(stored - ended)
-            if n and times and last_stored is not None:
+            if n and times and last_stored is not None and inside(last_stored):
                 between.append(times[0] - last_stored)
             last_stored = stored
             replies += 1
             n += 1
 
     async def main() -> tuple[float, float, list[int]]:
+        if os.environ.get("RXSCALE_EXECUTOR_TIMES"):  # opt-in: the default executor's queue
+            asyncio.get_running_loop().set_default_executor(_TimedExecutor(executor_wait, inside))
         start = await asyncio.to_thread(_wait_start)
         end = start + int(cfg["seconds"] * 1e9)
+        window[:] = _window(cfg, start, end)
         await _sleep_until(start)
         t0, r0 = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
         telling = asyncio.create_task(announcer())
@@ -352,6 +418,8 @@ def run_owner(worker: int, out: Path) -> None:
         prof.dump_stats(profile)
     else:
         cpu, wall, late = asyncio.run(main())
+    if _RUNS is not None and worker == 0:
+        Path(os.environ["RXSCALE_EXECUTOR_DUMP"]).write_text(json.dumps(_RUNS))
     fanout_drained = fanout.drain(10.0)
     store.close()
     fanout.close()
@@ -360,6 +428,7 @@ def run_owner(worker: int, out: Path) -> None:
             {
                 "role": "owner",
                 "worker": worker,
+                "window": window,
                 "pid": os.getpid(),
                 "cpu": cpu,
                 "wall": wall,
@@ -370,6 +439,7 @@ def run_owner(worker: int, out: Path) -> None:
                 "begun": begun,
                 "fanout_drained": fanout_drained,
                 "commit_e2e": commit_e2e,
+                "executor_wait": executor_wait,
                 "commit_before": commit_before,
                 "commit_after": commit_after,
                 "commit_call": commit_call,
@@ -733,6 +803,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "watcher_pool": args.watcher_pool,
                 "flush_every": args.flush_every,
                 "prepared_statements": args.prepared_statements,
+                "cut_at_end": args.cut_at_end,
+                "warmup": args.warmup,
             }
             cfg_path = Path(tmp, "config.json")
             cfg_path.write_text(json.dumps(cfg))
@@ -815,6 +887,19 @@ def summarize(
             for seq, _, recv in w["received"].get(reply, []):
                 seen.setdefault(seq, recv)
         received_chunks += len(seen)
+    lo, hi = owners[0]["window"]  # every owner has the same
+    whole = [dict(w) for w in watchers]  # the chunk figures: chunks yielded in the window
+    watchers = [
+        {
+            **w,
+            "received": {
+                reply: [c for c in got if lo <= c[1] <= hi] for reply, got in w["received"].items()
+            },
+        }
+        for w in watchers
+    ]
+    in_window = len({(r, c[0]) for w in watchers for r, got in w["received"].items() for c in got})
+    seconds = (min(hi, 2**62) - lo) / 1e9 if lo else args.seconds
     for w in watchers:
         for reply, got in w["received"].items():
             times = delivered.get(reply, [])
@@ -878,15 +963,18 @@ def summarize(
         "interval": args.interval,
         "target_chunks_per_s": args.streams / args.interval,
         "chunks": chunks,
-        "chunks_per_s": chunks / args.seconds,
+        "chunks_in_window": in_window,
+        "window_seconds": seconds,
+        "chunks_per_s": in_window / seconds if lo else chunks / args.seconds,
         "wall": wall,
         "replies": sum(o["replies"] for o in owners),
-        "replies_watched": sum(w["replies"] for w in watchers),
+        "replies_watched": sum(w["replies"] for w in whole),
         "chunks_received": received_chunks,
         "failures": [f for r in results for f in r["failures"]],
         "fanout_drained": all(o["fanout_drained"] for o in owners),
         "commit_e2e": _pct([x for o in owners for x in o["commit_e2e"]]),
         "commit_call": _pct([x for o in owners for x in o["commit_call"]]),
+        "executor_wait": _pct([x for o in owners for x in o["executor_wait"]]),
         "commit_before": _pct([x for o in owners for x in o["commit_before"]]),
         "commit_after": _pct([x for o in owners for x in o["commit_after"]]),
         "checkpoint_call": _pct([x for o in owners for x in o["checkpoint_call"]]),
@@ -923,6 +1011,7 @@ ROWS = (
     ("commit: `store.commit_reply` call", "commit_call"),
     ("… DONE yielded → that call starts", "commit_before"),
     ("… that call returns → `async for` ends", "commit_after"),
+    ("owners' default executor: submitted → started (RXSCALE_EXECUTOR_TIMES=1)", "executor_wait"),
     ("checkpoint: `store.save_checkpoints` call", "checkpoint_call"),
     ("begin: `store.begin_reply` call", "begin_call"),
     ("chunk: owner's `async for` → remote watcher", "owner_to_watcher"),
@@ -970,7 +1059,8 @@ def report(s: dict[str, Any]) -> str:
     srv = s["servers"]
     lines += [
         "",
-        f"Chunks: {s['chunks']} in {s['seconds']:g} s = {s['chunks_per_s']:.0f}/s"
+        f"Chunks: {s['chunks']} in all; {s['chunks_in_window']} yielded in the measured"
+        f" {s['window_seconds']:.3g} s = {s['chunks_per_s']:.0f}/s"
         f" (target {s['target_chunks_per_s']:.0f}/s); replies {s['replies']} (watched"
         f" {s['replies_watched']}); chunks received by watchers {s['chunks_received']};"
         f" failures {len(s['failures'])}; owners' wall {s['wall']:.1f} s.",
@@ -996,6 +1086,15 @@ def main() -> int:
     parser.add_argument("--watcher-pool", type=int, default=4, help="watchers' pool_size")
     parser.add_argument(
         "--flush-every", type=float, default=0.02, help="owners' fan-out send interval (s)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=2.0, help="seconds after the start left out of the figures"
+    )
+    parser.add_argument(
+        "--cut-at-end",
+        action="store_true",
+        help="cut every stream's last reply to end at --seconds (all at once), and measure"
+        " the whole run: the method before 2026-12-03 18:00 UTC",
     )
     parser.add_argument(
         "--prepared-statements",

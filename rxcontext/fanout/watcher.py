@@ -53,11 +53,46 @@ class ReplyReader(Protocol):
 
 
 def _common(a: str, b: str) -> int:
+    """The length of the longest common prefix of ``a`` and ``b``: slices compared in C
+    (a binary search when they differ), not a character at a time in Python, which cost a
+    watch of a long reply seconds at its end."""
     n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n - 1  # a[:lo] == b[:lo]; a[:hi + 1] != b[:hi + 1]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+class _Shown:
+    """What a watch has shown of the text (or thinking), in pieces: a chunk is appended at
+    the cost of the chunk (``str +=`` on an attribute copies the whole text every time, so
+    a long reply's watch was quadratic), joined only where the whole is compared."""
+
+    __slots__ = ("_parts", "size")
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self.size = 0
+
+    def add(self, piece: str) -> None:
+        self._parts.append(piece)
+        self.size += len(piece)
+
+    def value(self) -> str:
+        parts = self._parts
+        if len(parts) > 1:
+            parts[:] = ["".join(parts)]
+        return parts[0] if parts else ""
+
+    def set(self, text: str) -> None:
+        self._parts = [text] if text else []
+        self.size = len(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +147,8 @@ class _Watch:
         self.reply_id = reply_id
         self.poll = poll
         self.wait = wait
-        self.text = ""  # what was shown
-        self.thinking = ""
+        self._text = _Shown()  # what was shown
+        self._thinking = _Shown()
         self.epoch = 0  # the epoch what was shown belongs to
         self.calls: set[str] = set()  # tool calls shown (by id)
         self.results: set[str] = set()
@@ -124,6 +159,24 @@ class _Watch:
         self.call_ids: dict[int, str] = {}
         self.skip_calls: set[str] = set()  # calls shown from the store: skip them live
         self.next_index = -1  # above every tool-call index shown so far
+
+    @property
+    def text(self) -> str:
+        """The text shown so far."""
+        return self._text.value()
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self._text.set(value)
+
+    @property
+    def thinking(self) -> str:
+        """The thinking shown so far."""
+        return self._thinking.value()
+
+    @thinking.setter
+    def thinking(self, value: str) -> None:
+        self._thinking.set(value)
 
     # -- the store --------------------------------------------------------------------
 
@@ -236,12 +289,12 @@ class _Watch:
         if kind is ChunkKind.TEXT:
             start = self.log_text
             self.log_text += len(chunk.text)
-            shown = len(self.text)
+            shown = self._text.size
             if chunk.text and self.log_text <= shown:
                 return
             if start < shown:
                 chunk = replace(chunk, text=chunk.text[shown - start :])
-            self.text += chunk.text
+            self._text.add(chunk.text)
             if chunk.text:
                 self.done_shown = False
             yield chunk
@@ -249,14 +302,14 @@ class _Watch:
         if kind is ChunkKind.THINKING:
             start = self.log_thinking
             self.log_thinking += len(chunk.text)
-            shown = len(self.thinking)
+            shown = self._thinking.size
             if chunk.text and self.log_thinking <= shown:
                 return
             if not chunk.text and self.catching():
                 return
             if start < shown:
                 chunk = replace(chunk, text=chunk.text[shown - start :])
-            self.thinking += chunk.text
+            self._thinking.add(chunk.text)
             yield chunk
             return
         if kind is ChunkKind.TOOL_CALL:
@@ -291,7 +344,7 @@ class _Watch:
             yield chunk
 
     def catching(self) -> bool:
-        return self.log_text < len(self.text) or self.log_thinking < len(self.thinking)
+        return self.log_text < self._text.size or self.log_thinking < self._thinking.size
 
     # -- the loop ---------------------------------------------------------------------
 

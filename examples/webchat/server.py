@@ -320,7 +320,7 @@ class Server:
         async def catch_up(at: tuple[int, int]) -> bool:
             """Whether the replay reached the page's position ``at`` (and the rest is sent)."""
             length, crc = at
-            if len(shown.text) < length:
+            if shown.length < length:
                 return False
             if zlib.crc32(shown.text[:length].encode()) == crc:
                 rest = shown.text[length:]
@@ -371,20 +371,30 @@ class Shown:
     and the CRC-32 of its UTF-8 in hex), the id of the event that left it so."""
 
     def __init__(self) -> None:
-        self.text = ""
+        self._pieces: list[str] = []  # joined when the whole is read: a long reply's
+        self.length = 0  # appends stay linear (str += would copy it all every time)
         self.crc = 0
 
+    @property
+    def text(self) -> str:
+        if len(self._pieces) > 1:
+            self._pieces[:] = ["".join(self._pieces)]
+        return self._pieces[0] if self._pieces else ""
+
     def append(self, piece: str) -> None:
-        self.text += piece
+        self._pieces.append(piece)
+        self.length += len(piece)
         self.crc = zlib.crc32(piece.encode(), self.crc)
 
     def rewind(self, length: int) -> None:
-        self.text = self.text[:length]
-        self.crc = zlib.crc32(self.text.encode())
+        text = self.text[:length]
+        self._pieces = [text]
+        self.length = len(text)
+        self.crc = zlib.crc32(text.encode())
 
     @property
     def position(self) -> str:
-        return f"{len(self.text)}-{self.crc:08x}"
+        return f"{self.length}-{self.crc:08x}"
 
 
 def _utf16(text: str) -> int:

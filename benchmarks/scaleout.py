@@ -230,6 +230,8 @@ def _config() -> dict[str, Any]:
 
     print("imported", flush=True)
     cfg = dict(json.loads(Path(sys.stdin.readline().strip()).read_text()))
+    if os.environ.get("RXSCALE_SWITCH_INTERVAL"):  # an experiment: the GIL's hand-over
+        sys.setswitchinterval(float(os.environ["RXSCALE_SWITCH_INTERVAL"]))
     import faulthandler
 
     faulthandler.dump_traceback_later(cfg["seconds"] + 40.0)  # still busy: say where

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import rxcontext
 from rxcontext import (
@@ -38,6 +40,7 @@ from rxcontext import (
     Usage,
 )
 from rxcontext.store import CheckpointDraft, RecordDraft, ReplyTicket, Store
+from rxcontext.store._thinking import pack, unpack
 from rxcontext.store.migrations import MIGRATIONS, migrate
 from rxcontext.store.owner import worker_id
 
@@ -689,9 +692,12 @@ def test_long_values_are_stored_as_binding_them_whole_would(sqlite_store: SQLite
     ).fetchone()
     assert kinds == "texttext"
     assert content == sqlrows.storable(text + pair_cut).encode()
-    whole = sqlrows.to_json(meta)
+    # Stored as binding the JSON whole would store it, the block's text a span of the
+    # reasoning (store/_thinking.py): the long text is in the row once.
+    whole = sqlrows.to_json(dict(pack(meta)))
     assert whole is not None and metadata == whole.encode()
-    assert dict(rec.metadata) == json.loads(whole)
+    assert metadata.count("日本語".encode()) == text.count("日本語")  # not twice that
+    assert dict(rec.metadata) == json.loads(sqlrows.to_json(meta) or "")  # as it was given
     assert store.records(ctx.id) == [rec]
     # The returned record shares the caller's long text (one copy, not one a place).
     assert rec.metadata["thinking"] is text
@@ -1131,3 +1137,46 @@ def test_a_claim_of_a_process_that_exited_can_be_taken_over(target: str):
     assert store.checkpoints(ctx.id)[0].state is ReplyState.INTERRUPTED
     assert store.claim_checkpoint(cp.id, owner=worker_id()).epoch == 3
     store.close()
+
+
+# -- a reply's reasoning, stored once ------------------------------------------------------
+
+
+def test_a_replys_reasoning_is_stored_once_and_read_back_as_given(store: Any):
+    # A thinking block's text is stored as a span of the reply's thinking (store/_thinking.py):
+    # the stored metadata holds the reasoning once, the record's metadata is as written
+    # (the same blocks, keys and order), and a block whose text is not in it keeps its text.
+    from stores import scalar
+
+    thinking = "step one. " * 500 + "step two. " * 500
+    blocks = [
+        {"type": "thinking", "thinking": thinking[:5000], "signature": "a"},
+        {"type": "redacted_thinking", "data": "opaque"},
+        {"signature": "b", "thinking": thinking[5000:], "type": "thinking"},
+        {"type": "thinking", "thinking": "said elsewhere", "signature": "c"},
+        {"type": "thinking", "thinking": "", "signature": "d"},
+    ]
+    meta = {"thinking": thinking, "thinking_blocks": blocks, "finish_reason": "stop"}
+    ctx = store.get_or_create_context("reasoning")
+    (rec,) = store.commit_reply(ctx.id, [R("answer", metadata=meta)])
+    for got in (rec.metadata, store.records(ctx.id)[-1].metadata):
+        assert got == meta
+        assert [list(b) for b in got["thinking_blocks"]] == [list(b) for b in blocks]
+    raw = scalar(store, f"SELECT metadata FROM records WHERE id = {rec.id}")
+    assert raw.count("step one. ") == 500 and raw.count("step two. ") == 500  # not 1,000
+    assert "said elsewhere" in raw
+    # An export (and so a copy) shows the blocks whole.
+    dumped = json.dumps(store.export_context(ctx.id))
+    assert dumped.count("step two. ") == 1000
+
+
+@given(st.text(max_size=30), st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30))))
+def test_stored_thinking_spans_round_trip_any_blocks(thinking: str, cuts: list[tuple[int, int]]):
+    blocks = [
+        {"type": "thinking", "thinking": thinking[min(a, b) : max(a, b)], "signature": "s"}
+        for a, b in cuts
+    ]
+    meta = {"thinking": thinking, "thinking_blocks": blocks}
+    packed = pack(meta)
+    assert meta == {"thinking": thinking, "thinking_blocks": blocks}  # not changed
+    assert unpack(json.loads(json.dumps(packed))) == meta

@@ -23,7 +23,8 @@ from ..records import Checkpoint, Context, Record, RecordType, ReplyState
 from ..tokens import estimate_tokens
 from . import _pg_blobs as blobs
 from ._sqlite_blobs import checked
-from ._sqlite_rows import storable, to_json
+from ._sqlite_rows import record_metadata, storable, to_json
+from ._thinking import pack
 from .base import CheckpointDraft, RecordDraft
 from .pg_codec import dec, dec_opt, enc, enc_opt
 from .pg_run import Conn, Cursor
@@ -125,7 +126,7 @@ def record(row: Sequence[Any], attachments: tuple[Attachment, ...] = ()) -> Reco
         row[8],
         dec_opt(row[9]),
         dec_opt(row[10]),
-        json.loads(dec(meta)) if meta else {},
+        record_metadata(dec(meta)) if meta else {},
         row[12],
         dec_opt(row[13]),
         attachments,
@@ -191,7 +192,7 @@ class Draft:
         self.type = RecordType(draft.type)
         self.content = storable(draft.content)
         self.est = estimate_tokens(self.content)
-        self.metadata = to_json(dict(draft.metadata))
+        self.metadata = to_json(dict(pack(draft.metadata)))
         self.attachments = checked(draft.attachments)
         # Strings UTF-8 refuses (lone surrogates in ids or names) fail here, as on SQLite,
         # before the transaction starts.
@@ -244,7 +245,7 @@ class Draft:
             streamed=d.streamed,
             tool_call_id=d.tool_call_id,
             tool_name=d.tool_name,
-            metadata=json.loads(self.metadata) if self.metadata else {},
+            metadata=record_metadata(self.metadata) if self.metadata else {},
             pos=pos,
             reply_id=reply_id,
             attachments=tuple(a.stored() for a in self.attachments),

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from . import _sqlite_rows as rows
+from ._thinking import unpack
 
 __all__ = ["LONG", "Long", "json_value", "text_value", "write"]
 
@@ -74,7 +75,7 @@ def json_value(value: Mapping[str, Any]) -> tuple[str | Long | None, Any]:
     plain = dict(value)
     if not plain or not _INCREMENTAL or not _has_long(plain.values()):
         text = rows.to_json(plain)
-        return text, rows.from_json(text, {})
+        return text, rows.record_metadata(text) if text else {}
     longs: list[str] = []
     nonce = uuid.uuid4().hex
 
@@ -117,7 +118,8 @@ def json_value(value: Mapping[str, Any]) -> tuple[str | Long | None, Any]:
             return [restore(x) for x in v]
         return v
 
-    return Long(pieces), restore(json.loads(short))
+    back = restore(json.loads(short))
+    return Long(pieces), unpack(back) if "thinking_blocks" in back else back
 
 
 def _has_long(values: Iterable[Any]) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 from ..attachments import Attachment
 from ..chunks import Usage
 from ..records import Checkpoint, Context, Record, RecordType, ReplyState
+from ._thinking import unpack
 
 RECORD_COLUMNS = (
     "id, context_id, ts, source, content, live, est_tokens, response_id, streamed,"
@@ -83,6 +84,13 @@ def from_json(value: str | None, default: Any) -> Any:
 _RECORD_TYPES = {int(t): t for t in RecordType}
 
 
+def record_metadata(text: str) -> dict[str, Any]:
+    """A record's stored metadata JSON as its metadata (thinking blocks' text put back:
+    see ``_thinking``)."""
+    meta: dict[str, Any] = json.loads(text)
+    return unpack(meta) if "thinking_blocks" in meta else meta
+
+
 def record(row: Row, attachments: tuple[Attachment, ...] = ()) -> Record:
     # Every request reads the live history through here: positional arguments, a dict
     # lookup instead of the enum constructor, and json only when there is metadata.
@@ -99,7 +107,7 @@ def record(row: Row, attachments: tuple[Attachment, ...] = ()) -> Record:
         bool(row[8]),
         row[9],
         row[10],
-        json.loads(meta) if meta else {},
+        record_metadata(meta) if meta else {},
         row[12],
         row[13],
         attachments,

@@ -229,6 +229,14 @@ def m009_stop_requests(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE checkpoints ADD COLUMN stop_epoch INTEGER")
 
 
+@migration
+def m010_thinking_spans(db: sqlite3.Connection) -> None:
+    """A record's thinking blocks may hold a span of its ``thinking`` instead of a second
+    copy of the text (``store/_thinking.py``). Nothing to change in the tables: the step
+    marks the database, so that an older rxcontext, which would show such blocks without
+    their text, refuses to open it."""
+
+
 _CONTEXTWINDOW_TABLES = {"contexts", "records", "context_tools"}
 _CONTEXTWINDOW_COLUMNS = {
     "contexts": {"id", "name", "start_time"},

@@ -194,6 +194,14 @@ def m004_stop_requests(conn: psycopg.Connection[Any]) -> None:
     conn.execute("ALTER TABLE checkpoints ADD COLUMN stop_epoch integer")
 
 
+@migration
+def m005_thinking_spans(conn: psycopg.Connection[Any]) -> None:
+    """A record's thinking blocks may hold a span of its ``thinking`` instead of a second
+    copy of the text (``store/_thinking.py``). Nothing to change in the tables: the step
+    marks the database, so that an older rxcontext, which would show such blocks without
+    their text, refuses to open it."""
+
+
 def _locked(conn: psycopg.Connection[Any]) -> set[str]:
     """Take the schema lock (inside the caller's transaction) and return the applied steps."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))

@@ -41,6 +41,7 @@ from . import _sqlite_blobs as blobs
 from . import _sqlite_long as long
 from . import _sqlite_rows as rows
 from ._export import export_document
+from ._thinking import pack
 from .base import RecordDraft
 from .migrations import migrate, pending
 from .owner import check_lease_ttl
@@ -470,7 +471,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         content = rows.storable(draft.content)
         # Long values go in a slice at a time (store/_sqlite_long.py): no whole copies.
         body = long.text_value(content)
-        metadata, read_back = long.json_value(draft.metadata)
+        metadata, read_back = long.json_value(pack(draft.metadata))
         est = estimate_tokens(content)
         ts = (
             draft.timestamp.isoformat(timespec="microseconds")

@@ -228,10 +228,16 @@ def test_an_async_wait_that_times_out_or_is_cancelled_leaves_no_waiter(
         assert watcher.wait_for(words(3)), watcher.text
         tail = fanout._tail
         key = fanout.key("r0")
+        client = private.client()
+        top = _top(client, key)  # the newest entry: nothing new comes while the gate is shut
+        client.close()
+        # The watch may have read the log's head by itself (XRANGE): wait until it waits on
+        # the tail, whose buffer of the stream then exists.
+        assert _until(lambda: key in tail._streams and tail._streams[key].cursor[1] >= top)
         stream = tail._streams[key]
 
         async def main() -> None:
-            after = stream.cursor  # everything so far: nothing new comes while the gate is shut
+            after = (stream.cursor[0], top)
             assert await tail.aread(key, after, 0.05) == []
             assert stream.waiters == []
             waiting = asyncio.create_task(tail.aread(key, after, WAIT))

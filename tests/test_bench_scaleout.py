@@ -58,5 +58,8 @@ def test_toy_run(pg_url: str, shared: tuple[str, str], tmp_path: Path, method: s
         assert s["owner_to_watcher"]["n"] == s["chunks_in_window"] <= s["chunks"]
     assert set(s["cpu"]) == {"owner-0", "owner-1", "watcher-0"}
     assert all(0 <= v < 400 and not math.isnan(v) for v in s["cpu"].values())
-    assert s["servers"]["commits"] >= s["replies"]  # the store committed every reply
+    # The servers are sampled from the start to the end (--seconds): commits of replies that
+    # end at or after it may fall outside, so only "some" (every reply was stored: the
+    # watcher ends each watch on the stored record, above).
+    assert s["servers"]["commits"] > 0
     assert "| commit: DONE yielded" in done.stdout  # the Markdown table

@@ -118,8 +118,7 @@ def json_value(value: Mapping[str, Any]) -> tuple[str | Long | None, Any]:
             return [restore(x) for x in v]
         return v
 
-    back = restore(json.loads(short))
-    return Long(pieces), unpack(back) if "thinking_blocks" in back else back
+    return Long(pieces), unpack(restore(json.loads(short)))
 
 
 def _has_long(values: Iterable[Any]) -> bool:

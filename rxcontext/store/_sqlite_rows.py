@@ -87,8 +87,7 @@ _RECORD_TYPES = {int(t): t for t in RecordType}
 def record_metadata(text: str) -> dict[str, Any]:
     """A record's stored metadata JSON as its metadata (thinking blocks' text put back:
     see ``_thinking``)."""
-    meta: dict[str, Any] = json.loads(text)
-    return unpack(meta) if "thinking_blocks" in meta else meta
+    return unpack(json.loads(text))
 
 
 def record(row: Row, attachments: tuple[Attachment, ...] = ()) -> Record:

@@ -41,10 +41,9 @@ def pack(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
         if start < 0:
             packed.append(block)
             continue
-        end = start + len(text)  # type: ignore[arg-type]
-        packed.append({(SPAN if k == "thinking" else k): v for k, v in block.items()})
-        packed[-1][SPAN] = [start, end]
-        at = end
+        at = start + len(text)  # type: ignore[arg-type]
+        span = [start, at]
+        packed.append(dict((SPAN, span) if k == "thinking" else (k, v) for k, v in block.items()))
     return {**metadata, "thinking_blocks": packed}
 
 

@@ -46,7 +46,12 @@ round trips just before and during the run (the servers apart from the library);
 load average; and the chunks and replies achieved. The store and fan-out methods are
 timed by wrapping them on their instances in this script; the library is not changed to
 measure. ``RXSCALE_PROFILE=file`` / ``RXSCALE_WATCHER_PROFILE=file`` write a cProfile of
-the first owner's event loop / of every watch thread of the first watcher process.
+the first owner's event loop / of the first watcher process's loop. Opt-in timers, each with
+a cost of its own: ``RXSCALE_TAIL_TIMES=1`` splits a chunk's way at the owner's Redis send
+and the watcher's tail thread (a regex per chunk on each); ``RXSCALE_EXECUTOR_TIMES=1``
+times each work item's wait for a thread of the owners' default executor, and
+``RXSCALE_EXECUTOR_DUMP=file`` writes the first owner's items (function, wait, run time,
+when submitted) as JSON.
 """
 
 from __future__ import annotations
@@ -230,8 +235,6 @@ def _config() -> dict[str, Any]:
 
     print("imported", flush=True)
     cfg = dict(json.loads(Path(sys.stdin.readline().strip()).read_text()))
-    if os.environ.get("RXSCALE_SWITCH_INTERVAL"):  # an experiment: the GIL's hand-over
-        sys.setswitchinterval(float(os.environ["RXSCALE_SWITCH_INTERVAL"]))
     import faulthandler
 
     faulthandler.dump_traceback_later(cfg["seconds"] + 40.0)  # still busy: say where

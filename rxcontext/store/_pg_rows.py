@@ -4,7 +4,7 @@ The twin of :mod:`._sqlite_rows`: strings go through :mod:`.pg_codec` (NUL-safe)
 made storable by the same :func:`~._sqlite_rows.storable` as SQLite's (surrogates), JSON is
 written as the same text SQLite writes. Also what every write does: :func:`lock_context`
 (the per-context row lock, which allocates positions and moves the context's version on),
-:func:`insert_records` and :func:`retire`.
+:func:`send_records` and :func:`retire`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ __all__ = [
     "checkpoint",
     "checkpoint_values",
     "context",
-    "insert_records",
     "live_tokens_of",
     "lock_context",
     "locked",
@@ -307,23 +306,6 @@ def live_tokens_of(drafts: Sequence[Draft]) -> int:
     return sum(d.est for d in drafts if d.draft.live)
 
 
-def insert_records(
-    conn: Conn,
-    context_id: str,
-    drafts: Sequence[Draft],
-    pos: int,
-    lock: Lock,
-    commit_id: str,
-    reply_id: str | None = None,
-    *,
-    each_its_own: bool = False,
-) -> list[Record]:
-    """Insert ``drafts`` at position ``pos`` (one reply, one place; one pipelined round trip),
-    or at ``pos``, ``pos + 1``, … when ``each_its_own`` (an import), stamped with the lock's
-    time (unless a draft has its own) and version. Their live tokens were added by the lock."""
-    return send_records(conn, context_id, drafts, pos, lock, commit_id, reply_id, each_its_own)()
-
-
 def send_records(
     conn: Conn,
     context_id: str,
@@ -334,9 +316,12 @@ def send_records(
     reply_id: str | None = None,
     each_its_own: bool = False,
 ) -> Callable[[], list[Record]]:
-    """:func:`insert_records`, its statements sent: the records once read (in pipeline mode
-    that may wait until ``COMMIT``, see :class:`~.pg_run.Later`). Records with attachments
-    are inserted at once (their links need the records' ids)."""
+    """Insert ``drafts`` at position ``pos`` (one reply, one place; one pipelined round trip),
+    or at ``pos``, ``pos + 1``, … when ``each_its_own`` (an import), stamped with the lock's
+    time (unless a draft has its own) and version; their live tokens were added by the lock.
+    Returns, with the statements sent, how to read the records (in pipeline mode that may
+    wait until ``COMMIT``, see :class:`~.pg_run.Later`); call it at once for them now.
+    Records with attachments are inserted at once (their links need the records' ids)."""
     if not drafts:
         return list
     ts = lock.ts

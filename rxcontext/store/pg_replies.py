@@ -38,7 +38,6 @@ from ..records import Checkpoint, Record, RecordType, ReplyState
 from . import _pg_rows as rows
 from ._pg_rows import (
     Draft,
-    insert_records,
     live_tokens_of,
     lock_context,
     locked,
@@ -521,7 +520,7 @@ class PostgresReplies:
                 )
             )
             lock = lock_context(conn, cp.context_id, change=True, tokens=live_tokens_of([kept]))
-            return insert_records(conn, cp.context_id, [kept], cp.pos, lock, token, cp.reply_id)
+            return send_records(conn, cp.context_id, [kept], cp.pos, lock, token, cp.reply_id)()
 
         _, _, kept = self._take(
             checkpoint_id,

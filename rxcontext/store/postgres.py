@@ -37,7 +37,7 @@ from ..records import Context, ContextStats, Record, RecordType
 from . import _pg_blobs as blobs
 from . import _pg_rows as rows
 from ._export import export_document
-from ._pg_rows import Draft, insert_records, live_tokens_of, lock_context, retire, send_records
+from ._pg_rows import Draft, live_tokens_of, lock_context, retire, send_records
 from .base import RecordDraft
 from .owner import check_lease_ttl
 from .pg_codec import dec, enc, enc_opt
@@ -407,9 +407,9 @@ class PostgresStore(PostgresReplies, PostgresLeases):
             )
             if ambiguous and (done := rows.written(conn, commit_id)):
                 raise Stored(done)
-            out = insert_records(
+            out = send_records(
                 conn, context_id, prepared, lock.pos, lock, commit_id, each_its_own=True
-            )
+            )()
             if add is not None:
                 conn.execute(
                     "UPDATE contexts SET "
@@ -515,7 +515,7 @@ class PostgresStore(PostgresReplies, PostgresLeases):
             else:
                 lock = lock_context(conn, context_id, 1)  # the newest version stamps it
                 pos = lock.pos
-            return insert_records(conn, context_id, [d], pos, lock, commit_id)[0]
+            return send_records(conn, context_id, [d], pos, lock, commit_id)()[0]
 
         return self._runner.run(body)
 
@@ -549,7 +549,7 @@ class PostgresStore(PostgresReplies, PostgresLeases):
                     "live in this context (stale summary?); nothing was changed"
                 )
             retire(conn, context_id, "id = ANY(%s)", (ids,), lock)
-            return insert_records(conn, context_id, [d], row[1], lock, commit_id)[0]
+            return send_records(conn, context_id, [d], row[1], lock, commit_id)()[0]
 
         return self._runner.run(body)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 import redistest
-from watching import WAIT, Owner, Watcher, stored_text
+from watching import WAIT, AsyncWatcher, Owner, Watcher, stored_text
 
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow
@@ -48,11 +48,20 @@ def shared() -> Iterator[tuple[str, str]]:
     yield from redistest.shared_prefix()
 
 
-def _started(cw: ContextWindow, gate: threading.Semaphore, n: int) -> tuple[Owner, Watcher]:
+@pytest.fixture(params=[Watcher, AsyncWatcher], ids=["watch", "awatch"])
+def watching(request: pytest.FixtureRequest) -> type[Watcher]:
+    """``cw.watch`` (an Rx subscription on a thread) or ``cw.awatch`` (an ``async for`` on
+    an event loop, its waits futures the tail thread resolves)."""
+    return request.param  # type: ignore[no-any-return]
+
+
+def _started(
+    cw: ContextWindow, gate: threading.Semaphore, n: int, watching: type[Watcher] = Watcher
+) -> tuple[Owner, Watcher]:
     """An owner held by ``gate`` and a live watcher that has seen its first ``n`` chunks."""
     owner = Owner(cw, "r", gate=gate).start()
     gate.release(n)
-    watcher = Watcher(cw, "r", poll=0.05).start()
+    watcher = watching(cw, "r", poll=0.05).start()
     assert watcher.wait_for(words(n)), watcher.text
     return owner, watcher
 
@@ -71,12 +80,14 @@ def test_the_clients_fail_fast_and_never_retry() -> None:
         fanout.close()
 
 
-def test_redis_never_there_costs_the_owner_nothing(private: redistest.PrivateRedis) -> None:
+def test_redis_never_there_costs_the_owner_nothing(
+    private: redistest.PrivateRedis, watching: type[Watcher]
+) -> None:
     private.kill()  # its port now refuses connections
     fanout = RedisFanout(private.url)
     cw = _window(fanout)
     owner = Owner(cw, "r", hold=4).start()
-    watcher = Watcher(cw, "r", poll=0.05).start()
+    watcher = watching(cw, "r", poll=0.05).start()
     owner.join()
     watcher.join()
     fanout.close()
@@ -84,11 +95,13 @@ def test_redis_never_there_costs_the_owner_nothing(private: redistest.PrivateRed
     assert watcher.text == stored_text(cw, "r") == words(N)
 
 
-def test_a_paused_redis_never_blocks_the_owner(private: redistest.PrivateRedis) -> None:
+def test_a_paused_redis_never_blocks_the_owner(
+    private: redistest.PrivateRedis, watching: type[Watcher]
+) -> None:
     fanout = RedisFanout(private.url)
     cw = _window(fanout)
     gate = threading.Semaphore(0)
-    owner, watcher = _started(cw, gate, 3)
+    owner, watcher = _started(cw, gate, 3, watching)
     private.pause()  # connections hang, as behind a cut network
     try:
         gate.release(10_000)
@@ -103,11 +116,13 @@ def test_a_paused_redis_never_blocks_the_owner(private: redistest.PrivateRedis) 
         fanout.close()
 
 
-def test_redis_restarted_empty_watchers_go_live_again(private: redistest.PrivateRedis) -> None:
+def test_redis_restarted_empty_watchers_go_live_again(
+    private: redistest.PrivateRedis, watching: type[Watcher]
+) -> None:
     fanout = RedisFanout(private.url)
     cw = _window(fanout)
     gate = threading.Semaphore(0)
-    owner, watcher = _started(cw, gate, 3)
+    owner, watcher = _started(cw, gate, 3, watching)
     private.kill()
     gate.release(3)  # delivered while Redis is down: the owner does not notice
     assert owner.error is None
@@ -202,12 +217,12 @@ def test_a_reply_that_overflows_the_queue_is_served_from_the_store(
 
 
 def test_a_healed_partition_resumes_the_live_channel_without_a_gap(
-    private: redistest.PrivateRedis,
+    private: redistest.PrivateRedis, watching: type[Watcher]
 ) -> None:
     fanout = RedisFanout(private.url)
     cw = _window(fanout)
     gate = threading.Semaphore(0)
-    owner, watcher = _started(cw, gate, 3)
+    owner, watcher = _started(cw, gate, 3, watching)
     private.pause()
     try:
         gate.release(3)  # delivered while Redis hangs: queued, the owner unaware

@@ -16,10 +16,11 @@ from collections.abc import Callable
 import pytest
 import redistest
 from gated import words
-from watching import WAIT, Owner, Watcher, stored_text
+from watching import WAIT, Owner, Watcher, published, stored_text
 
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow
+from rxcontext.fanout import fanout_for
 from rxcontext.providers import ScriptedModel
 
 redis = pytest.importorskip("redis")
@@ -67,6 +68,9 @@ def _owners(
     ]
     for gate in gates:
         gate.release(3)
+    fanout = fanout_for(store)
+    for i in range(n):  # a watch that came sooner would poll the store (5 s) at first
+        assert published(fanout, f"r{i}", 3)
     return windows, gates, owners
 
 
@@ -111,6 +115,7 @@ def test_a_watch_behind_the_shared_buffer_reads_what_it_missed(
         gate = threading.Semaphore(0)
         owner = Owner(cw, "r", gate=gate).start()
         gate.release(1)
+        assert published(fanout, "r", 1)  # else the watch would poll the store (5 s) at first
         slow = threading.Event()
         watcher = Watcher(cw, "r", poll=5.0)
 
@@ -195,6 +200,7 @@ def test_the_shared_buffer_keeps_nothing_its_watch_has_read(
         gate = threading.Semaphore(0)
         owner = Owner(cw, "r", gate=gate).start()
         gate.release(1)
+        assert published(fanout, "r", 1)  # else the watch would poll the store (5 s) at first
         watcher = Watcher(cw, "r", poll=5.0).start()
         assert watcher.wait_for(words(1)), watcher.text
         client = private.client()

@@ -1,8 +1,10 @@
 """Helpers for the watch tests: an owner that streams a reply on a thread of its own and
-can be held before any chunk, and a watcher that collects what ``cw.watch`` gives."""
+can be held before any chunk, and a watcher that collects what ``cw.watch`` gives (or
+``cw.awatch``, on an event loop of its own thread)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +15,7 @@ from rxcontext import operators as rxops
 from rxcontext.chunks import ReplyBuilder
 from rxcontext.records import RecordType
 
-__all__ = ["Owner", "Watcher", "published", "stored_text", "text_of"]
+__all__ = ["AsyncWatcher", "Owner", "Watcher", "published", "stored_text", "text_of"]
 
 WAIT = 30.0  # generous: a hang fails the test instead of blocking the suite
 
@@ -124,7 +126,8 @@ class Watcher:
         self.done = threading.Event()
         self.on_chunk: Callable[[Chunk], None] | None = None
         self._changed = threading.Condition()
-        self._observable = cw.watch(reply_id, **options)
+        self._cw, self._reply_id, self._options = cw, reply_id, options
+        self._observable = self._open()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _next(self, chunk: Chunk) -> None:
@@ -133,6 +136,9 @@ class Watcher:
             self._changed.notify_all()
         if self.on_chunk is not None:
             self.on_chunk(chunk)
+
+    def _open(self) -> Any:
+        return self._cw.watch(self._reply_id, **self._options)
 
     def _run(self) -> None:
         def failed(error: Exception) -> None:
@@ -165,3 +171,24 @@ class Watcher:
 
     def kinds(self) -> list[ChunkKind]:
         return [c.kind for c in self.chunks]
+
+
+class AsyncWatcher(Watcher):
+    """The same record as :class:`Watcher`, of ``async for chunk in cw.awatch(reply_id)``
+    run by ``asyncio.run`` on a thread of its own."""
+
+    def _open(self) -> Any:
+        return None
+
+    def _run(self) -> None:
+        async def follow() -> None:
+            async for chunk in self._cw.awatch(self._reply_id, **self._options):
+                self._next(chunk)
+
+        try:
+            asyncio.run(follow())
+            self.completed = True
+        except Exception as error:
+            self.error = error
+        finally:
+            self.done.set()

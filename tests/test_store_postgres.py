@@ -445,6 +445,8 @@ def test_the_hot_writes_are_two_round_trips_each(pg_url: str):
             assert store.save_checkpoints(batch) == [True] * 40
         with traced(store) as renewal:
             assert store.renew_replies(tickets) == [True] * 40
+        parts = "SELECT COUNT(*) FROM checkpoint_parts WHERE checkpoint_id = %s"
+        assert query(pg_url, parts, (ticket.checkpoint_id,)) == [(1,)]  # the periodic write's
         with traced(store) as committed:
             out = store.commit_reply(
                 ctx.id,
@@ -460,6 +462,10 @@ def test_the_hot_writes_are_two_round_trips_each(pg_url: str):
             )
         for trace in (prompt, begun, periodic, renewal, committed):
             assert trace.round_trips == 2, trace
+        # The reply's row goes with its parts by the foreign key's cascade: no statement
+        # of its own for them (one statement less on every reply's commit).
+        assert not [s for s in committed.statements if "checkpoint_parts" in s], committed
+        assert query(pg_url, parts, (ticket.checkpoint_id,)) == [(0,)]
         assert len(periodic.statements) == 4, periodic  # BEGIN, its settings, one, COMMIT
         assert [r.content for r in out] == ["calling", "{}"]
         assert store.records(ctx.id)[1:] == out

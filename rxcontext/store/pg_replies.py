@@ -536,7 +536,8 @@ class PostgresReplies:
 
 def _settle(conn: Conn, reply: ReplyTicket, end: ReplyEnd) -> None:
     cid = reply.checkpoint_id
-    conn.execute("DELETE FROM checkpoint_parts WHERE checkpoint_id = %s", (cid,))
+    if end == "round" or reply.epoch != 1:  # the row stays: its parts go
+        conn.execute("DELETE FROM checkpoint_parts WHERE checkpoint_id = %s", (cid,))
     if end == "round":
         conn.execute(
             "UPDATE checkpoints SET text = '', thinking = '', text_len = 0, thinking_len = 0,"
@@ -545,7 +546,8 @@ def _settle(conn: Conn, reply: ReplyTicket, end: ReplyEnd) -> None:
             (cid,),
         )
     elif reply.epoch == 1:
-        # Never interrupted: nothing worth keeping beside its records (which name it).
+        # Never interrupted: nothing worth keeping beside its records (which name it). Its
+        # parts go with it (ON DELETE CASCADE): no statement of their own on every reply.
         conn.execute("DELETE FROM checkpoints WHERE id = %s", (cid,))
     else:
         conn.execute(

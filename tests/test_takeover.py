@@ -47,6 +47,9 @@ pytestmark = pytest.mark.skipif(
 
 TTL = 1.0
 PAUSE_TTL = 0.5  # the SIGSTOP tests wait for this lease to run out
+# The test's own resume: a lease the test process renews with room to spare (a 0.5 s one
+# ran out once in ~10 loaded runs, the resume fencing itself with OwnershipLost).
+RESUMER_TTL = 10.0
 WAIT = 20.0
 BEFORE = 5  # chunks worker A delivers before it pauses
 
@@ -235,7 +238,7 @@ def test_sigkill_then_exactly_one_of_several_resumers_wins(
 def test_a_paused_owner_is_taken_over_and_fenced(
     target: str, spawn: Callable[..., subprocess.Popen[str]]
 ) -> None:
-    store, cw = prepare(target, PAUSE_TTL)
+    store, cw = prepare(target, RESUMER_TTL)  # the worker's lease is PAUSE_TTL
     worker = spawn(WORKER, target, "r2", PAUSE_TTL, BEFORE)
     lines = read_until(worker.stdout, "paused")
     until(lambda: (store.find_reply("r2") or cw).text == delivered(lines))  # type: ignore[union-attr]
@@ -290,7 +293,7 @@ def test_stop_from_another_process(
 def test_a_paused_owner_nobody_claimed_gives_its_reply_up(
     target: str, spawn: Callable[..., subprocess.Popen[str]]
 ) -> None:
-    store, cw = prepare(target, PAUSE_TTL)
+    store, cw = prepare(target, RESUMER_TTL)  # the worker's lease is PAUSE_TTL
     worker = spawn(WORKER, target, "r4", PAUSE_TTL, BEFORE)
     lines = read_until(worker.stdout, "paused")
     os.kill(worker.pid, signal.SIGSTOP)
@@ -326,7 +329,7 @@ def test_takeover_soak(
     before = rng.randint(1, 30)
     how = rng.choice(["kill", "stop-claimed", "stop-unclaimed"])
     rid = f"soak-{trial}"
-    store, cw = prepare(target, PAUSE_TTL)
+    store, cw = prepare(target, RESUMER_TTL)  # the worker's lease is PAUSE_TTL
     worker = spawn(WORKER, target, rid, PAUSE_TTL, before)
     lines = read_until(worker.stdout, "paused")
     if how == "kill":

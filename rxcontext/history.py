@@ -122,6 +122,16 @@ def answered_again(store: Store, checkpoint: Checkpoint) -> Record | None:
     return found
 
 
+def _busy(store: Store, context_id: str) -> set[str | None]:
+    """The ids of the replies being generated in the context now: by the store's
+    ``busy_reply_ids`` where it has one (both stores: no row's text is read), else from
+    :meth:`~rxcontext.store.Store.active_replies`."""
+    ids = getattr(store, "busy_reply_ids", None)
+    if ids is not None:
+        return set(ids(context_id))
+    return {cp.reply_id for cp in store.active_replies(context_id)}
+
+
 def request_history(
     store: Store,
     context_id: str,
@@ -136,7 +146,7 @@ def request_history(
     else:
         records = store.records(context_id, live_only=True, upto=upto)
     if any(r.reply_id is not None and r.reply_id != reply_id for r in records):
-        busy = {cp.reply_id for cp in store.active_replies(context_id)} - {reply_id}
+        busy = _busy(store, context_id) - {reply_id}
         if busy:
             records = [r for r in records if r.reply_id not in busy]
     if not any(r.type is RecordType.TOOL_CALL for r in records):

@@ -451,3 +451,52 @@ def test_sqlite_writes_a_batch_of_replies_in_a_few_statements(tmp_path: Any):
         assert store.get_checkpoint(tickets[7].checkpoint_id).text == "text 7"
     finally:
         store.close()
+
+
+def test_the_busy_reply_ids_are_the_active_replies_ids(store: Store):
+    """What a request asks the store (which replies are being generated in its context:
+    their records are left out of its history) is what ``active_replies`` lists."""
+    ctx = store.get_or_create_context("c")
+    other = store.get_or_create_context("o")
+    store.add_record(ctx.id, P("q"))
+    live = begin(store, ctx.id, "live")
+    assert store.save_checkpoint(live, CheckpointDraft("x" * (BULK_CHARS + 5), chunks=1))
+    begin(store, ctx.id, "dead", DEAD)  # an orphan: interrupted for everyone
+    begin(store, ctx.id, "far", ELSEWHERE)  # another host: alive while its lease lasts
+    stopped = begin(store, ctx.id, "stopped")
+    assert store.save_checkpoint(stopped, CheckpointDraft(), state=ReplyState.INTERRUPTED)
+    orphan = begin(store, ctx.id, "resumed", DEAD)
+    store.claim_checkpoint(orphan.checkpoint_id, owner=worker_id())  # RESUMING, ours
+    begin(store, other.id, "in-another-context")
+    done = begin(store, ctx.id, "done")
+    store.commit_reply(ctx.id, [R("a")], reply=done, end="reply")
+    expected = {cp.reply_id for cp in store.active_replies(ctx.id)}
+    assert expected == {"live", "far", "resumed"}
+    assert store.busy_reply_ids(ctx.id) == expected  # type: ignore[attr-defined]
+
+
+def test_a_request_reads_no_text_of_the_replies_streaming_beside_it(tmp_path: Any):
+    """A request leaves out the records of replies still being generated in its context; it
+    asked for those replies' whole rows, text included, so a long reply streaming in a
+    context cost every other request there its text so far."""
+    from rxcontext.history import request_history
+
+    store = rxcontext.SQLiteStore(tmp_path / "busy.db")
+    try:
+        ctx = store.get_or_create_context("c")
+        store.add_record(ctx.id, P("q"))
+        first = begin(store, ctx.id, "first")
+        store.commit_reply(ctx.id, [R("a")], reply=first, end="reply")  # a record with a reply id
+        long = begin(store, ctx.id, "long")
+        assert store.save_checkpoint(long, CheckpointDraft("x" * (3 * BULK_CHARS), chunks=1))
+        begin(store, ctx.id, "mine")
+        statements: list[str] = []
+        store._db().set_trace_callback(statements.append)
+        try:
+            history = request_history(store, ctx.id, upto=None, reply_id="mine")
+        finally:
+            store._db().set_trace_callback(None)
+        assert [r.content for r in history] == ["q", "a"]
+        assert not [s for s in statements if "checkpoint_parts" in s], statements
+    finally:
+        store.close()

@@ -177,6 +177,23 @@ class PostgresReplies:
         )
         return [cp for cp in found if cp.state.live]
 
+    def busy_reply_ids(self, context_id: str) -> set[str]:
+        """The ids of :meth:`active_replies`, without reading their rows' text (a request
+        asks for them: a long reply streaming in the context cost every request its text)."""
+        found = self._runner.run(
+            lambda conn, _: conn.execute(
+                "SELECT reply_id, owner, lease_until, clock_timestamp() FROM checkpoints"
+                " WHERE context_id = %s AND state IN ('streaming', 'resuming')",
+                (context_id,),
+            ).fetchall(),
+            tx=False,
+        )
+        return {
+            dec(r)
+            for r, owner, lease, now in found
+            if owner_alive(owner, rows.utc_opt(lease), rows.utc(now))
+        }
+
     # -- writing --------------------------------------------------------------------------
 
     def begin_reply(self, context_id: str, reply_id: str, *, owner: str) -> Checkpoint:

@@ -259,6 +259,18 @@ class SQLiteReplies:
         )
         return [cp for cp in found if cp.state.live]
 
+    def busy_reply_ids(self, context_id: str) -> set[str]:
+        """The ids of :meth:`active_replies`, without reading their rows' text (a request
+        asks for them: a long reply streaming in the context cost every request its text)."""
+        with self._read() as db:
+            found = db.execute(
+                "SELECT reply_id, owner, lease_until FROM checkpoints"
+                " WHERE context_id = ? AND state IN ('streaming', 'resuming')",
+                (context_id,),
+            ).fetchall()
+        now = self.clock()
+        return {r for r, owner, lease in found if owner_alive(owner, rows.time_of(lease), now)}
+
     # -- writing --------------------------------------------------------------------------
 
     def begin_reply(self, context_id: str, reply_id: str, *, owner: str) -> Checkpoint:

@@ -685,6 +685,18 @@ def chat_body(*middle: bytes) -> bytes:
             "invalid_event",
             id="count-str",
         ),
+        pytest.param(
+            b'data: {"id": "c", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens":'
+            b' 1, "total_tokens": 2, "prompt_tokens_details": false}}\n\n',
+            "invalid_event",
+            id="details-false",  # found by test_broken_chat_events_end_both_wires_alike
+        ),
+        pytest.param(
+            b'data: {"id": "c", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens":'
+            b' 1, "total_tokens": 2, "completion_tokens_details": 0}}\n\n',
+            "invalid_event",
+            id="details-zero",
+        ),
         pytest.param(b'data: {"choices": [\n\n', "invalid_json", id="cut-json"),
         pytest.param(
             b'data: {"choices": [{"index": 0, "delta": {"content": "l\xffo"}}]}\n\n',

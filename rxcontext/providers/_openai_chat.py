@@ -203,8 +203,8 @@ def usage_of(usage: Any) -> Usage:
 def usage_of_dict(usage: Mapping[str, Any]) -> Usage:
     """Normalise a raw ``usage`` object; anything but int counts raises (the fast reader then
     reads the event the SDK's way, which may coerce them)."""
-    prompt = usage.get("prompt_tokens_details") or {}
-    completion = usage.get("completion_tokens_details") or {}
+    prompt = _details(usage.get("prompt_tokens_details"))
+    completion = _details(usage.get("completion_tokens_details"))
     counts = (
         usage.get("prompt_tokens"),
         usage.get("completion_tokens"),
@@ -216,6 +216,20 @@ def usage_of_dict(usage: Mapping[str, Any]) -> Usage:
         if count is not None and count.__class__ is not int:
             raise bad_field("a usage count", count)
     return Usage.of(*counts)
+
+
+_NO_DETAILS: Mapping[str, Any] = {}
+
+
+def _details(value: Any) -> Mapping[str, Any]:
+    """A usage's ``*_tokens_details`` object (absent or null: none). Anything else (``false``,
+    ``0``) the SDK keeps as it came, which its reader refuses: raising here has the fast
+    reader read the event the SDK's way, so both wires end alike."""
+    if value is None:
+        return _NO_DETAILS
+    if value.__class__ is not dict:
+        raise bad_field("usage details", value)
+    return value
 
 
 _MODELS: set[type] = set()

@@ -273,7 +273,9 @@ class Store(Protocol):
         ...
 
     def active_replies(self, context_id: str) -> list[Checkpoint]:
-        """Replies being generated now (``STREAMING`` or ``RESUMING``) in a context."""
+        """Replies being generated now (``STREAMING`` or ``RESUMING``) in a context. A store
+        may also offer ``busy_reply_ids(context_id)``, their ids alone without reading their
+        text (both stores do; every request asks for them)."""
         ...
 
     def claim_checkpoint(self, checkpoint_id: int, *, owner: str) -> Checkpoint:

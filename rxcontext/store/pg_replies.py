@@ -66,6 +66,8 @@ __all__ = ["PostgresReplies"]
 _Then = Callable[[Conn, Checkpoint, str, bool], Any]
 
 _LIVE = ("streaming", "resuming")
+_ACTIVE = "c.context_id = %s AND c.state IN ('streaming', 'resuming')"
+"""The rows of a context's replies being generated (their owners' leases still checked)."""
 _BACKGROUND = (
     "SELECT set_config('synchronous_commit', 'off', true), set_config('lock_timeout', '50ms', true)"
 )
@@ -171,10 +173,7 @@ class PostgresReplies:
 
     def active_replies(self, context_id: str) -> list[Checkpoint]:
         """Replies being generated now in a context (``STREAMING`` or ``RESUMING``)."""
-        found = self._select(
-            "c.context_id = %s AND c.state IN ('streaming', 'resuming') ORDER BY c.pos, c.id",
-            (context_id,),
-        )
+        found = self._select(f"{_ACTIVE} ORDER BY c.pos, c.id", (context_id,))
         return [cp for cp in found if cp.state.live]
 
     def busy_reply_ids(self, context_id: str) -> set[str]:
@@ -182,8 +181,8 @@ class PostgresReplies:
         asks for them: a long reply streaming in the context cost every request its text)."""
         found = self._runner.run(
             lambda conn, _: conn.execute(
-                "SELECT reply_id, owner, lease_until, clock_timestamp() FROM checkpoints"
-                " WHERE context_id = %s AND state IN ('streaming', 'resuming')",
+                "SELECT c.reply_id, c.owner, c.lease_until, clock_timestamp()"
+                f" FROM checkpoints c WHERE {_ACTIVE}",
                 (context_id,),
             ).fetchall(),
             tx=False,
@@ -553,8 +552,12 @@ class PostgresReplies:
 
 def _settle(conn: Conn, reply: ReplyTicket, end: ReplyEnd) -> None:
     cid = reply.checkpoint_id
-    if end == "round" or reply.epoch != 1:  # the row stays: its parts go
-        conn.execute("DELETE FROM checkpoint_parts WHERE checkpoint_id = %s", (cid,))
+    if end == "reply" and reply.epoch == 1:
+        # Never interrupted: nothing worth keeping beside its records (which name it). Its
+        # parts go with it (ON DELETE CASCADE): no statement of their own on every reply.
+        conn.execute("DELETE FROM checkpoints WHERE id = %s", (cid,))
+        return
+    conn.execute("DELETE FROM checkpoint_parts WHERE checkpoint_id = %s", (cid,))
     if end == "round":
         conn.execute(
             "UPDATE checkpoints SET text = '', thinking = '', text_len = 0, thinking_len = 0,"
@@ -562,10 +565,6 @@ def _settle(conn: Conn, reply: ReplyTicket, end: ReplyEnd) -> None:
             " metadata = NULL, updated_at = clock_timestamp() WHERE id = %s",
             (cid,),
         )
-    elif reply.epoch == 1:
-        # Never interrupted: nothing worth keeping beside its records (which name it). Its
-        # parts go with it (ON DELETE CASCADE): no statement of their own on every reply.
-        conn.execute("DELETE FROM checkpoints WHERE id = %s", (cid,))
     else:
         conn.execute(
             "UPDATE checkpoints SET state = 'completed', resolved_at = clock_timestamp(),"

@@ -41,6 +41,8 @@ from .owner import owner_alive
 __all__ = ["SQLiteReplies"]
 
 _LIVE = ("streaming", "resuming")
+_ACTIVE = "context_id = ? AND state IN ('streaming', 'resuming')"
+"""The rows of a context's replies being generated (their owners' leases still checked)."""
 
 
 _UPDATE = (
@@ -253,10 +255,7 @@ class SQLiteReplies:
 
     def active_replies(self, context_id: str) -> list[Checkpoint]:
         """Replies being generated now in a context (``STREAMING`` or ``RESUMING``)."""
-        found = self._select(
-            "context_id = ? AND state IN ('streaming', 'resuming') ORDER BY pos, id",
-            (context_id,),
-        )
+        found = self._select(f"{_ACTIVE} ORDER BY pos, id", (context_id,))
         return [cp for cp in found if cp.state.live]
 
     def busy_reply_ids(self, context_id: str) -> set[str]:
@@ -264,8 +263,7 @@ class SQLiteReplies:
         asks for them: a long reply streaming in the context cost every request its text)."""
         with self._read() as db:
             found = db.execute(
-                "SELECT reply_id, owner, lease_until FROM checkpoints"
-                " WHERE context_id = ? AND state IN ('streaming', 'resuming')",
+                f"SELECT reply_id, owner, lease_until FROM checkpoints WHERE {_ACTIVE}",
                 (context_id,),
             ).fetchall()
         now = self.clock()

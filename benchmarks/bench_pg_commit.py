@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _pgdb import database
+
 WARMUP = 10
 N = {1: 300, 4: 120, 16: 40}
 
@@ -82,16 +84,6 @@ def run(target: str, writers: int, shared: bool) -> dict[str, float]:
     }
 
 
-def _fresh_pg(admin_url: str) -> tuple[str, Any]:
-    import psycopg
-
-    name = f"rxcbench_{os.getpid()}_{time.monotonic_ns()}"
-    admin = psycopg.connect(admin_url, autocommit=True)
-    admin.execute(f'CREATE DATABASE "{name}"')
-    base = admin_url.rsplit("/", 1)[0]
-    return f"{base}/{name}", lambda: admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/postgres")
@@ -105,7 +97,7 @@ def main() -> int:
                     continue  # the same as separate contexts
                 for kind in ("sqlite", "postgres"):
                     if kind == "postgres":
-                        target, cleanup = _fresh_pg(args.url)
+                        target, cleanup = database(args.url)
                     else:
                         target, cleanup = f"{tmp}/{writers}-{shared}.db", lambda: None
                     try:

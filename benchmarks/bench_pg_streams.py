@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _pgdb import database
+
 STREAMS = 1000
 CHUNKS = 40
 DELAY = 0.025
@@ -129,16 +131,6 @@ def run(target: str) -> dict[str, Any]:
     return {"idle": _stats(idle), "busy": _stats(busy), "wall": wall, **batches}
 
 
-def _fresh_pg(admin_url: str) -> tuple[str, Any]:
-    import psycopg
-
-    name = f"rxcbench_{os.getpid()}_{time.monotonic_ns()}"
-    admin = psycopg.connect(admin_url, autocommit=True)
-    admin.execute(f'CREATE DATABASE "{name}"')
-    base = admin_url.rsplit("/", 1)[0]
-    return f"{base}/{name}", lambda: admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
 SECTION = "## Event-loop stalls: 1,000 concurrent asyncio streams"
 
 
@@ -153,7 +145,7 @@ def main() -> int:
         for r in range(ROUNDS):
             for kind in ("sqlite", "postgres"):
                 if kind == "postgres":
-                    target, cleanup = _fresh_pg(args.url)
+                    target, cleanup = database(args.url)
                 else:
                     target, cleanup = f"{tmp}/streams-{r}.db", lambda: None
                 try:

@@ -16,8 +16,9 @@ import argparse
 import os
 import tempfile
 import time
-import uuid
 from typing import Any
+
+from _pgdb import database
 
 import rxcontext
 from rxcontext.history import request_history
@@ -63,16 +64,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         sqlite_ms = _median_ms(os.path.join(folder, "busy.db"))
     print(f"SQLite: request_history beside a 10 MB streaming reply, median {sqlite_ms:.3f} ms")
-    import psycopg
-
-    name = f"rxcbusy_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.pg, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+    url, drop = database(args.pg, "rxcbusy")
     try:
-        pg_ms = _median_ms(args.pg.rsplit("/", 1)[0] + "/" + name)
+        pg_ms = _median_ms(url)
     finally:
-        with psycopg.connect(args.pg, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop()
     print(f"PostgreSQL: request_history beside a 10 MB streaming reply, median {pg_ms:.3f} ms")
 
 

@@ -20,7 +20,8 @@ import asyncio
 import os
 import tempfile
 import time
-import uuid
+
+from _pgdb import database
 
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow
@@ -74,17 +75,11 @@ def main() -> None:
             result = _measure(os.path.join(folder, "per-reply.db"), args.replies, args.chunks)
         where = "SQLite file"
     else:
-        import psycopg
-
-        name = f"rxcperreply_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(args.url, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        url = args.url.rsplit("/", 1)[0] + "/" + name
+        url, drop = database(args.url, "rxcperreply")
         try:
             result = _measure(url, args.replies, args.chunks)
         finally:
-            with psycopg.connect(args.url, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            drop()
         where = "PostgreSQL"
     cpu = result["user_ms"] + result["system_ms"]
     print(

@@ -75,6 +75,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from _pgdb import database
+
 PG_ADMIN = os.environ.get("RXCONTEXT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("RXCONTEXT_REDIS", "redis://127.0.0.1:6379/0")
 STAMP = re.compile(r"\[(\d+):(\d+)\]")
@@ -636,22 +638,6 @@ def _pct(values: list[int] | list[float], scale: float = 1e-6) -> dict[str, floa
     }
 
 
-def _database(admin_url: str) -> tuple[str, Callable[[], None]]:
-    import psycopg
-
-    name = f"rxcscale_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
-    admin.execute(f'CREATE DATABASE "{name}"')
-    base, _, query = admin_url.partition("?")
-    url = base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
-
-    def drop() -> None:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-    return url, drop
-
-
 def _cpu_of(pid: int) -> float:
     """CPU seconds (user + system) process ``pid`` used so far; 0 if it is gone."""
     try:
@@ -791,7 +777,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if url is None:
                 from rxcontext.store.postgres import PostgresStore
 
-                url, drop = _database(args.pg)
+                url, drop = database(args.pg, "rxcscale")
                 PostgresStore(url, pool_size=1).close()  # migrated once, before the processes
             cfg = {
                 "url": url,

@@ -41,6 +41,8 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _pgdb import database  # noqa: E402
+
 import rxcontext  # noqa: E402
 from rxcontext import ContextWindow  # noqa: E402
 from rxcontext.providers import ScriptedModel  # noqa: E402
@@ -164,21 +166,6 @@ class Variant:
         }
 
 
-def _fresh_pg(admin_url: str) -> tuple[str, Any]:
-    import psycopg
-
-    name = f"rxcbench_{os.getpid()}_{time.monotonic_ns()}"
-    admin = psycopg.connect(admin_url, autocommit=True)
-    admin.execute(f'CREATE DATABASE "{name}"')
-    base = admin_url.rsplit("/", 1)[0]
-
-    def drop() -> None:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.close()
-
-    return f"{base}/{name}", drop
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=20)
@@ -195,7 +182,7 @@ def main() -> int:
         for kind in args.stores.split(","):
             drop = None
             if kind == "postgres":
-                target, drop = _fresh_pg(args.pg)
+                target, drop = database(args.pg)
             else:
                 target = str(Path(tmp) / "stop.db")
             variants = [

@@ -16,12 +16,13 @@ from collections.abc import Callable
 import pytest
 import redistest
 from gated import words
-from watching import WAIT, Owner, Watcher, published, stored_text
+from watching import WAIT, AsyncWatcher, Owner, Watcher, published, stored_text
 
 import rxcontext
-from rxcontext import Chunk, ChunkKind, ContextWindow
+from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType
 from rxcontext.fanout import fanout_for
 from rxcontext.providers import ScriptedModel
+from rxcontext.store.base import CheckpointDraft, RecordDraft, ReplyTicket
 
 redis = pytest.importorskip("redis")
 from rxcontext.fanout.redis import RedisFanout  # noqa: E402
@@ -69,7 +70,7 @@ def _owners(
     for gate in gates:
         gate.release(3)
     fanout = fanout_for(store)
-    for i in range(n):  # a watch that came sooner would poll the store (5 s) at first
+    for i in range(n):  # a watch that came sooner would begin from the store
         assert published(fanout, f"r{i}", 3)
     return windows, gates, owners
 
@@ -265,3 +266,40 @@ def test_an_async_wait_that_times_out_or_is_cancelled_leaves_no_waiter(
     finally:
         store.close()
         fanout.close()
+
+
+@pytest.mark.parametrize("watching", [Watcher, AsyncWatcher], ids=["watch", "awatch"])
+def test_a_watch_begun_before_the_live_log_goes_live_when_it_appears(
+    private: redistest.PrivateRedis, watching: type[Watcher]
+) -> None:
+    """A watch that starts before the owner's first send reached Redis (its writer sends
+    every ``flush_every``; a browser that reconnects as a reply begins) shows the store's
+    checkpoint, then waits on the live channel: the log's first entries wake it. It used to
+    pause for ``poll`` seconds (``checkpoint_every``, 1 s by default) before looking again."""
+    fanout = RedisFanout(private.url)
+    # worker-a never renews its lease: a long one keeps its reply live however slow the run.
+    store = rxcontext.open(":memory:", fanout=fanout, lease_ttl=120.0)
+    try:
+        ctx = store.get_or_create_context("early").id
+        store.add_record(ctx, RecordDraft(RecordType.PROMPT, "Go."))
+        row = store.begin_reply(ctx, "r-early", owner="worker-a")
+        ticket = ReplyTicket(row.id, row.epoch)
+        store.save_checkpoint(ticket, CheckpointDraft(append_text="Hello ", chunks=1))
+        cw = ContextWindow(store, ScriptedModel([]), context="early")
+        watcher = watching(cw, "r-early", poll=60.0).start()
+        assert watcher.wait_for("Hello ")  # from the store: no live log yet
+
+        channel = fanout.open_channel("r-early", row.epoch)  # the owner's first send
+        channel.chunk(T("Hello "))
+        channel.chunk(T("world"))
+        assert watcher.wait_for("Hello world", timeout=10.0), watcher.text  # not 60 s
+
+        store.commit_reply(
+            ctx, [RecordDraft(RecordType.MODEL_RESP, "Hello world")], reply=ticket, end="reply"
+        )
+        channel.end("completed")
+        watcher.join()
+        assert watcher.error is None and watcher.completed
+        assert watcher.text == "Hello world" == stored_text(cw, "r-early")
+    finally:
+        store.close()

@@ -8,7 +8,7 @@ Where the chunks come from:
 * **store** — when there is no fan-out, no live log for the reply (expired, evicted, a
   fresh Redis) or the fan-out is unreachable: the reply's committed records and its
   checkpoint, polled every ``poll`` seconds (checkpoint granularity) until the reply ends,
-  trying the live log again at every poll.
+  waiting on the live channel between two polls (a log that appears wakes the watch).
 
 Switching from the store back to a live log is a *catch-up by offsets*: the watcher knows
 the text (and thinking) it has shown, and skips that much of the log's text. Whatever the
@@ -422,8 +422,12 @@ class _Watch:
                 yield from self.sync(records, row, final=False)
                 assert row is not None
                 want = max(want, row.epoch)
-                if (yield Pause(self.poll)):
-                    return
+                began = time.monotonic()
+                head = yield from self.await_log(want)
+                if head is None:  # what is left of the poll's pause
+                    left = self.poll - (time.monotonic() - began)
+                    if left > 0 and (yield Pause(left)):
+                        return
                 checked = time.monotonic()
                 continue
             if not entries:
@@ -453,6 +457,24 @@ class _Watch:
             if self.at is not None:
                 want = max(want, self.at[0])
             checked = time.monotonic()
+
+    def await_log(self, epoch: int) -> Generator[Step, Any, list[Entry] | None]:
+        """Until the next look at the store is due: wait on the live channel for epoch
+        ``epoch``'s log, whole from its start; None when it did not come (or there is no
+        fan-out, or it cannot serve).
+
+        Between a reply's begin and its owner's first send (its writer sends every
+        ``flush_every``) its log does not exist yet; a watch that came then (a browser
+        reconnecting as a reply begins) paused for ``poll`` seconds before looking again.
+        Waiting on the channel instead wakes it with the log's first entries, and waits no
+        longer than that pause would have. A log that is there but not whole from its start
+        (trimmed) is no answer: the store serves, at ``poll``."""
+        if not self.live_log:
+            return None
+        entries: list[Entry] | None = yield Read(_before(epoch), epoch, self.poll)
+        if entries and isinstance(entries[0], Begin | Snapshot):
+            return entries
+        return None
 
     at: Position | None = None
     ending: End | None = None
@@ -487,6 +509,12 @@ class _Watch:
                 at = (entry.epoch, entry.seq)
                 break
         self.at = at
+
+
+def _before(epoch: int) -> Position:
+    """The position just before epoch ``epoch``'s Begin (``epoch-0``): a read after it starts
+    with that Begin. Entry ids are ``<epoch>-<seq>``, a seq at most 2**64 - 1."""
+    return (epoch - 1, 2**64 - 1)
 
 
 def _done_of(records: Sequence[Record]) -> Chunk:

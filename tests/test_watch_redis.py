@@ -10,11 +10,12 @@ its storage go on with no error, and the watcher ends with the stored record.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 import redistest
-from watching import WAIT, AsyncWatcher, Owner, Watcher, stored_text
+from watching import WAIT, AsyncWatcher, Owner, Watcher, published, stored_text
 
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow
@@ -214,6 +215,31 @@ def test_a_reply_that_overflows_the_queue_is_served_from_the_store(
     client.close()
     fanout.close()
     assert watcher.completed and watcher.text == stored_text(cw, "r") == words(N)
+
+
+def test_a_reply_given_up_before_its_end_is_let_go_when_it_ends(shared: tuple[str, str]) -> None:
+    """A reply whose queue overflowed, its stream already deleted, and whose end comes
+    after that: the writer lets go of it. It used to keep it for as long as no other reply
+    had something to send (``drain`` waited its whole timeout; an idle process kept it)."""
+    url, prefix = shared
+    fanout = RedisFanout(url, prefix=prefix, max_queue=3, flush_every=3600.0)
+    client = redis.Redis.from_url(url)
+    try:
+        channel = fanout.open_channel("r", 1)  # wakes the writer: its Begin is sent
+        assert published(fanout, "r", 0)
+        for word in WORDS[:5]:
+            channel.chunk(T(word))
+        assert not fanout.drain(0.01)  # a nudge: the writer's turn finds five queued
+        deadline = time.monotonic() + WAIT
+        while client.exists(fanout.key("r")):  # given up: its stream deleted
+            assert time.monotonic() < deadline, "the overflowing reply was never given up"
+            time.sleep(0.005)
+        channel.end("completed")
+        assert fanout.drain(5.0)
+        assert not client.exists(fanout.key("r"))
+    finally:
+        client.close()
+        fanout.close()
 
 
 def test_a_healed_partition_resumes_the_live_channel_without_a_gap(

@@ -439,13 +439,14 @@ class RedisFanout:
                 pipe.pexpire(key, self.end_ttl_ms if channel.ended else self.live_ttl_ms)
                 plan.append((channel, "expire", 0))
                 channel.expire_at = now + 30.0
-        if not plan:
-            return
-        results = pipe.execute(raise_on_error=False)
-        self.connected = True
-        self._pause = 0.0
-        for (channel, what, seq), result in zip(plan, results, strict=True):
-            self._outcome(channel, what, seq, result)
+        if plan:
+            results = pipe.execute(raise_on_error=False)
+            self.connected = True
+            self._pause = 0.0
+            for (channel, what, seq), result in zip(plan, results, strict=True):
+                self._outcome(channel, what, seq, result)
+        # Also when nothing was sent: a reply given up (or fenced) earlier that has ended
+        # since has nothing left to send, and is let go here or never.
         for channel in list(self._open.values()):
             if (channel.dead and (not channel.dropped or channel.ended)) or (
                 channel.ended and channel.confirmed >= channel.end_seq

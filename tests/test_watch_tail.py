@@ -21,6 +21,7 @@ from watching import WAIT, AsyncWatcher, Owner, Watcher, published, stored_text
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType
 from rxcontext.fanout import fanout_for
+from rxcontext.fanout.watcher import Look, Read, read_store, watch_core
 from rxcontext.providers import ScriptedModel
 from rxcontext.store.base import CheckpointDraft, RecordDraft, ReplyTicket
 
@@ -301,5 +302,39 @@ def test_a_watch_begun_before_the_live_log_goes_live_when_it_appears(
         watcher.join()
         assert watcher.error is None and watcher.completed
         assert watcher.text == "Hello world" == stored_text(cw, "r-early")
+    finally:
+        store.close()
+
+
+def test_a_watch_waits_for_the_live_log_in_reads_of_at_most_wait() -> None:
+    """While no log is there, the watch waits on the live channel until its next look at the
+    store (60 s here) in reads of at most ``wait`` each, so a blocking watch that is
+    disposed stops within ``wait`` (a read of the tail thread's buffer sees the
+    cancellation only when its wait ends). The watcher core's steps, answered by hand."""
+    store = rxcontext.open(":memory:", lease_ttl=120.0)
+    try:
+        ctx = store.get_or_create_context("waiting").id
+        store.add_record(ctx, RecordDraft(RecordType.PROMPT, "Go."))
+        row = store.begin_reply(ctx, "r-wait", owner="worker-a")
+        store.save_checkpoint(
+            ReplyTicket(row.id, row.epoch), CheckpointDraft(append_text="Hello ", chunks=1)
+        )
+        core = watch_core("r-wait", True, poll=60.0, wait=0.2)
+        shown: list[Chunk] = []
+        step = core.send(None)
+        while not (isinstance(step, Read) and step.after is not None):
+            if isinstance(step, Chunk):
+                shown.append(step)
+                answer: object = None
+            elif isinstance(step, Look):
+                answer = read_store(store, "r-wait")
+            else:
+                assert isinstance(step, Read), step  # no pause: it waits on the channel
+                answer = None  # no log from its head yet
+            step = core.send(answer)
+        assert shown == [T("Hello ")]  # the checkpoint, from the store
+        assert step.after == (0, 2**64 - 1)  # from epoch 1's Begin on
+        assert 0 < step.wait <= 0.2
+        core.close()
     finally:
         store.close()

@@ -468,13 +468,22 @@ class _Watch:
         reconnecting as a reply begins) paused for ``poll`` seconds before looking again.
         Waiting on the channel instead wakes it with the log's first entries, and waits no
         longer than that pause would have. A log that is there but not whole from its start
-        (trimmed) is no answer: the store serves, at ``poll``."""
+        (trimmed) is no answer: the store serves, at ``poll``. Each read waits at most
+        ``wait`` (a disposed watch stops within it); one that gives up sooner than that
+        (the fan-out is unreachable) leaves the rest of the poll to a pause."""
         if not self.live_log:
             return None
-        entries: list[Entry] | None = yield Read(_before(epoch), epoch, self.poll)
-        if entries and isinstance(entries[0], Begin | Snapshot):
-            return entries
-        return None
+        due = time.monotonic() + self.poll
+        while True:
+            asked = time.monotonic()
+            wait = min(self.wait, due - asked)
+            if wait <= 0:
+                return None
+            entries: list[Entry] | None = yield Read(_before(epoch), epoch, wait)
+            if entries:
+                return entries if isinstance(entries[0], Begin | Snapshot) else None
+            if entries is None and time.monotonic() - asked < wait / 2:
+                return None  # it did not wait: the fan-out cannot serve now
 
     at: Position | None = None
     ending: End | None = None

@@ -422,10 +422,10 @@ class _Watch:
                 yield from self.sync(records, row, final=False)
                 assert row is not None
                 want = max(want, row.epoch)
-                began = time.monotonic()
-                head = yield from self.await_log(want)
-                if head is None:  # what is left of the poll's pause
-                    left = self.poll - (time.monotonic() - began)
+                due = time.monotonic() + self.poll  # the next look at the store
+                head = yield from self.await_log(want, due)
+                if head is None:  # what is left until then: a pause
+                    left = due - time.monotonic()
                     if left > 0 and (yield Pause(left)):
                         return
                 checked = time.monotonic()
@@ -458,8 +458,8 @@ class _Watch:
                 want = max(want, self.at[0])
             checked = time.monotonic()
 
-    def await_log(self, epoch: int) -> Generator[Step, Any, list[Entry] | None]:
-        """Until the next look at the store is due: wait on the live channel for epoch
+    def await_log(self, epoch: int, due: float) -> Generator[Step, Any, list[Entry] | None]:
+        """Until ``due`` (the next look at the store): wait on the live channel for epoch
         ``epoch``'s log, whole from its start; None when it did not come (or there is no
         fan-out, or it cannot serve).
 
@@ -473,7 +473,6 @@ class _Watch:
         (the fan-out is unreachable) leaves the rest of the poll to a pause."""
         if not self.live_log:
             return None
-        due = time.monotonic() + self.poll
         while True:
             asked = time.monotonic()
             wait = min(self.wait, due - asked)

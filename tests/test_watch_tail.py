@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable
 
 import pytest
 import redistest
 from gated import words
-from watching import WAIT, AsyncWatcher, Owner, Watcher, published, stored_text
+from watching import WAIT, AsyncWatcher, Owner, Watcher, published, stored_text, until
 
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType
@@ -37,15 +35,6 @@ def _top(client: object, key: str) -> int:
     """The seq of the stream's newest entry."""
     top = client.xrevrange(key, "+", "-", count=1)  # type: ignore[attr-defined]
     return int(top[0][0].split(b"-")[1]) if top else -1
-
-
-def _until(check: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
 
 
 def _window(store: rxcontext.Store, context: str) -> ContextWindow:
@@ -134,7 +123,7 @@ def test_a_watch_behind_the_shared_buffer_reads_what_it_missed(
         client = private.client()
         for seq in range(3, 9):
             gate.release(1)
-            assert _until(lambda seq=seq: _top(client, fanout.key("r")) == seq)  # an entry each
+            assert until(lambda seq=seq: _top(client, fanout.key("r")) == seq)  # an entry each
         client.close()
         slow.set()
         owner.join()
@@ -208,7 +197,7 @@ def test_the_shared_buffer_keeps_nothing_its_watch_has_read(
         client = private.client()
         for seq in range(2, N + 1):  # an entry per chunk, each read by the watch as it comes
             gate.release(1)
-            assert _until(lambda seq=seq: _top(client, fanout.key("r")) == seq)
+            assert until(lambda seq=seq: _top(client, fanout.key("r")) == seq)
             assert watcher.wait_for(words(seq)), watcher.text
         client.close()
         owner.join()
@@ -241,7 +230,7 @@ def test_an_async_wait_that_times_out_or_is_cancelled_leaves_no_waiter(
         client.close()
         # The watch may have read the log's head by itself (XRANGE): wait until it waits on
         # the tail, whose buffer of the stream then exists.
-        assert _until(lambda: key in tail._streams and tail._streams[key].cursor[1] >= top)
+        assert until(lambda: key in tail._streams and tail._streams[key].cursor[1] >= top)
         stream = tail._streams[key]
 
         async def main() -> None:

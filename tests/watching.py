@@ -15,9 +15,19 @@ from rxcontext import operators as rxops
 from rxcontext.chunks import ReplyBuilder
 from rxcontext.records import RecordType
 
-__all__ = ["AsyncWatcher", "Owner", "Watcher", "published", "stored_text", "text_of"]
+__all__ = ["AsyncWatcher", "Owner", "Watcher", "published", "stored_text", "text_of", "until"]
 
 WAIT = 30.0  # generous: a hang fails the test instead of blocking the suite
+
+
+def until(check: Callable[[], bool], timeout: float = WAIT) -> bool:
+    """Wait (bounded) until ``check()`` holds; False if it never did within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
 
 
 def published(fanout: Any, reply_id: str, seq: int, timeout: float = WAIT) -> bool:

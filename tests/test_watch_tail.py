@@ -258,6 +258,17 @@ def test_an_async_wait_that_times_out_or_is_cancelled_leaves_no_waiter(
         fanout.close()
 
 
+def _begun(store: rxcontext.Store, context: str, reply_id: str) -> tuple[str, ReplyTicket]:
+    """A reply begun by another worker (``worker-a``, which never renews its lease: open the
+    store with a long one), its checkpoint "Hello ", and no live log yet."""
+    ctx = store.get_or_create_context(context).id
+    store.add_record(ctx, RecordDraft(RecordType.PROMPT, "Go."))
+    row = store.begin_reply(ctx, reply_id, owner="worker-a")
+    ticket = ReplyTicket(row.id, row.epoch)
+    store.save_checkpoint(ticket, CheckpointDraft(append_text="Hello ", chunks=1))
+    return ctx, ticket
+
+
 @pytest.mark.parametrize("watching", [Watcher, AsyncWatcher], ids=["watch", "awatch"])
 def test_a_watch_begun_before_the_live_log_goes_live_when_it_appears(
     private: redistest.PrivateRedis, watching: type[Watcher]
@@ -270,16 +281,12 @@ def test_a_watch_begun_before_the_live_log_goes_live_when_it_appears(
     # worker-a never renews its lease: a long one keeps its reply live however slow the run.
     store = rxcontext.open(":memory:", fanout=fanout, lease_ttl=120.0)
     try:
-        ctx = store.get_or_create_context("early").id
-        store.add_record(ctx, RecordDraft(RecordType.PROMPT, "Go."))
-        row = store.begin_reply(ctx, "r-early", owner="worker-a")
-        ticket = ReplyTicket(row.id, row.epoch)
-        store.save_checkpoint(ticket, CheckpointDraft(append_text="Hello ", chunks=1))
+        ctx, ticket = _begun(store, "early", "r-early")
         cw = ContextWindow(store, ScriptedModel([]), context="early")
         watcher = watching(cw, "r-early", poll=60.0).start()
         assert watcher.wait_for("Hello ")  # from the store: no live log yet
 
-        channel = fanout.open_channel("r-early", row.epoch)  # the owner's first send
+        channel = fanout.open_channel("r-early", ticket.epoch)  # the owner's first send
         channel.chunk(T("Hello "))
         channel.chunk(T("world"))
         assert watcher.wait_for("Hello world", timeout=10.0), watcher.text  # not 60 s
@@ -302,12 +309,7 @@ def test_a_watch_waits_for_the_live_log_in_reads_of_at_most_wait() -> None:
     cancellation only when its wait ends). The watcher core's steps, answered by hand."""
     store = rxcontext.open(":memory:", lease_ttl=120.0)
     try:
-        ctx = store.get_or_create_context("waiting").id
-        store.add_record(ctx, RecordDraft(RecordType.PROMPT, "Go."))
-        row = store.begin_reply(ctx, "r-wait", owner="worker-a")
-        store.save_checkpoint(
-            ReplyTicket(row.id, row.epoch), CheckpointDraft(append_text="Hello ", chunks=1)
-        )
+        _begun(store, "waiting", "r-wait")
         core = watch_core("r-wait", True, poll=60.0, wait=0.2)
         shown: list[Chunk] = []
         step = core.send(None)

@@ -22,6 +22,7 @@ that run on both.
 from __future__ import annotations
 
 import os
+import random
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,6 +47,15 @@ settings.register_profile(
 )
 settings.register_profile("ci", parent=settings.get_profile("rxcontext"), derandomize=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "rxcontext"))
+
+try:  # psycopg_pool draws its connections' expiry jitter from the global ``random`` on its
+    # worker threads; Hypothesis warns when the global state moves during one of its draws
+    # (a pool growing in the background of a test did). The pools get a Random of their own.
+    import psycopg_pool.base
+except ImportError:  # the postgres extra is not installed: its tests skip
+    pass
+else:
+    psycopg_pool.base.random = random.Random().random
 
 
 @pytest.fixture(scope="session")

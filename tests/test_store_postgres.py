@@ -1052,3 +1052,18 @@ def test_history_reads_only_what_changed_in_one_statement(pg: PostgresStore):
     assert changed[1] == new
     with pytest.raises(rxcontext.ContextNotFound):
         pg.history("missing")
+
+
+def test_the_pools_reconnect_jitter_leaves_the_global_random_alone() -> None:
+    """psycopg_pool draws each new connection's expiry jitter from the global ``random``, on
+    its worker threads; Hypothesis compares that global state around each of its draws and
+    warns (a deprecation, an error to come) when another thread moved it meanwhile, as a
+    pool growing in the background did in this suite. tests/conftest.py gives the pools a
+    ``Random`` of their own."""
+    import random
+
+    from psycopg_pool.base import BasePool
+
+    before = random.getstate()
+    BasePool._jitter(60.0, -0.05, 0.0)
+    assert random.getstate() == before

@@ -320,7 +320,7 @@ def run_owner(worker: int, out: Path) -> None:
     between: list[int] = []  # a reply stored -> the next one's first chunk delivered
     failures: list[str] = []
 
-    announce: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
+    announce: asyncio.Queue[tuple[int, str, int] | None] = asyncio.Queue()
 
     async def announcer() -> None:
         """Tell the watchers each reply id once it has begun (a Redis Stream of the run's
@@ -339,7 +339,7 @@ def run_owner(worker: int, out: Path) -> None:
                 if item is None:
                     done = True
                 else:
-                    pipe.xadd(key, {"s": item[0], "r": item[1]})
+                    pipe.xadd(key, {"s": item[0], "r": item[1], "t": item[2]})
             await pipe.execute()
         await client.aclose()
 
@@ -347,7 +347,7 @@ def run_owner(worker: int, out: Path) -> None:
         try:
             await replies_of(slot, start, end)
         finally:
-            announce.put_nowait((slot, ""))
+            announce.put_nowait((slot, "", 0))
 
     async def replies_of(slot: int, start: int, end: int) -> None:
         nonlocal replies
@@ -376,7 +376,9 @@ def run_owner(worker: int, out: Path) -> None:
             times = delivered[reply_id] = []
             begun[slot] = n + 1
             begun_hook = rxops.middleware(
-                on_start=lambda slot=slot, reply_id=reply_id: announce.put_nowait((slot, reply_id))
+                on_start=lambda slot=slot, reply_id=reply_id: announce.put_nowait(
+                    (slot, reply_id, _now())
+                )
             )
             try:
                 async for chunk in cw.astream(begun_hook, reply_id=reply_id):
@@ -482,6 +484,8 @@ def run_watcher(index: int, out: Path) -> None:
     fanout: Any = fanout_for(store)
     read = fanout.read
     fetched: dict[str, list[tuple[int, int]]] = {}  # reply -> (last seq, ns) of each read
+    # reply -> (owner's on_start, the watcher hears of it, its watch's first read returned)
+    starts: dict[str, list[int]] = {}
 
     def timed_read(reply_id: str, *args: Any, **kwargs: Any) -> Any:
         entries = read(reply_id, *args, **kwargs)
@@ -497,6 +501,9 @@ def run_watcher(index: int, out: Path) -> None:
     async def timed_aread(reply_id: str, *args: Any, **kwargs: Any) -> Any:
         entries = await aread(reply_id, *args, **kwargs)
         now = _now()
+        start = starts.get(reply_id)
+        if start is not None and len(start) == 2:
+            start.append(now)
         for entry in entries or ():
             if isinstance(entry, Chunks):
                 fetched.setdefault(reply_id, []).append((entry.last, now))
@@ -534,6 +541,7 @@ def run_watcher(index: int, out: Path) -> None:
                     if slot not in slots:
                         continue
                     if reply_id:
+                        starts[reply_id] = [int(fields[b"t"]), _now()]
                         tasks.append(asyncio.create_task(follow(reply_id)))
                     else:
                         ended += 1  # the stream made its last reply
@@ -611,6 +619,7 @@ def run_watcher(index: int, out: Path) -> None:
                 "received": received,
                 "fetched": fetched,
                 "tailed": tailed,
+                "starts": starts,
             }
         )
     )
@@ -938,6 +947,14 @@ def summarize(
                     to_sent.append(sent_at[stamp] - times[seq])
                     if stamp in tailed:
                         sent_to_tail.append(tailed[stamp] - sent_at[stamp])
+    heard: list[int] = []  # owner's on_start -> the watcher process hears of the reply
+    first_read: list[int] = []  # that -> the reply's watch's first fan-out read returned
+    for w in watchers:
+        for times in w.get("starts", {}).values():
+            if lo <= times[0] <= hi:
+                heard.append(times[1] - times[0])
+                if len(times) == 3:
+                    first_read.append(times[2] - times[1])
     gaps: list[int] = []
     sends: list[int] = []
     for o in owners:
@@ -980,6 +997,8 @@ def summarize(
         "owner_to_sent": _pct(to_sent),
         "sent_to_tail": _pct(sent_to_tail),
         "read_to_watcher": _pct(fetch_to_recv),
+        "watch_heard": _pct(heard),
+        "watch_first_read": _pct(first_read),
         "flush_gap": _pct(gaps),
         "prompt_wall": _pct([x for o in owners for x in o["prompt_wall"]]),
         "between": _pct([x for o in owners for x in o["between"]]),
@@ -1014,6 +1033,8 @@ ROWS = (
     ("chunk: owner's `async for` → watcher's tail thread (RXSCALE_TAIL_TIMES=1)", "owner_to_tail"),
     ("chunk: owner's `async for` → watcher's fan-out read", "owner_to_read"),
     ("chunk: watcher's fan-out read → its `async for`", "read_to_watcher"),
+    ("watch start: owner's `on_start` → the watcher process hears of the reply", "watch_heard"),
+    ("watch start: … → the watch's first fan-out read returns", "watch_first_read"),
     ("fan-out writer: time between sends (owners)", "flush_gap"),
     ("fan-out writer: one send (owners)", "flush_call"),
     ("`await asyncio.to_thread(cw.add_prompt, ...)`", "prompt_wall"),

@@ -38,7 +38,9 @@ owner's ``async for`` ending (the reply is committed before the iteration ends),
 ``store.commit_reply`` call alone; **checkpoint** — each ``store.save_checkpoints`` call
 (the periodic batch of a process's streaming replies, every ``checkpoint_every`` = 1 s);
 **watch** — chunk delivered to the owner's ``async for`` to the watcher process receiving
-it (split at the watcher's fan-out read), and model yield to watcher; the owners'
+it (split at the watcher's fan-out read), and model yield to watcher; **watch start** —
+the owner's ``on_start`` to the watcher process hearing of the reply, and from then to the
+watch's first fan-out read returning (its head: the log so far); the owners'
 fan-out sends; **lateness** of yields against the grid; the gap between replies; the CPU
 of each process (``getrusage``) over the run, of the run's PostgreSQL backends and of
 ``redis-server`` (``/proc``); the database's transactions; ``SELECT 1`` and ``PING``

@@ -329,3 +329,32 @@ def test_a_watch_waits_for_the_live_log_in_reads_of_at_most_wait() -> None:
         core.close()
     finally:
         store.close()
+
+
+def test_a_watch_begun_before_the_live_log_reads_the_head_and_the_store_once() -> None:
+    """A watch that finds no live log looks at the store and then waits on the channel: its
+    first pass does not read the log's head and the store a second time (a store read is a
+    pool checkout, which hundreds of watches starting at once share). The watcher core's
+    steps, answered by hand."""
+    store = rxcontext.open(":memory:", lease_ttl=120.0)
+    try:
+        _begun(store, "early", "r-early")
+        core = watch_core("r-early", True, poll=60.0, wait=0.2)
+        steps: list[str] = []
+        step = core.send(None)
+        while not (isinstance(step, Read) and step.after is not None):
+            if isinstance(step, Chunk):
+                answer: object = None
+            elif isinstance(step, Look):
+                steps.append("look")
+                answer = read_store(store, "r-early")
+            else:
+                assert isinstance(step, Read), step
+                steps.append("head")
+                answer = None  # no log yet
+            step = core.send(answer)
+        assert steps == ["head", "look"]
+        assert step.after == (0, 2**64 - 1)  # now waiting for epoch 1's log from its Begin
+        core.close()
+    finally:
+        store.close()

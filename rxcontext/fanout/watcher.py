@@ -387,7 +387,7 @@ class _Watch:
                     yield from self.apply(entries)
             yield from self.finish(records, row)
             return
-        yield from self.follow(want, None)
+        yield from self.follow(want, None, looked=(row, records))
 
     def live_head(self) -> Generator[Step, Any, list[Entry] | None]:
         """The newest epoch's live log from its Begin (or Snapshot), or None."""
@@ -402,20 +402,31 @@ class _Watch:
                 return entries[i:] if isinstance(entry, Begin | Snapshot) else None
         return None  # pragma: no cover (newest is some entry's epoch)
 
-    def follow(self, want: int, head: list[Entry] | None) -> Generator[Step, Any, None]:
+    def follow(
+        self,
+        want: int,
+        head: list[Entry] | None,
+        *,
+        looked: tuple[Checkpoint | None, list[Record]] | None = None,
+    ) -> Generator[Step, Any, None]:
         """Live (or from the store) until the reply ends; ``head``: the log from its start,
-        read already."""
+        read already; ``looked``: the store, read already after the log was found missing
+        (its first pass then neither reads the log's head nor the store again: it shows
+        what is stored and waits on the channel)."""
         self.at = None
         checked = time.monotonic()
         while True:
             entries, head = head, None
-            if entries is None and self.live_log:
+            if looked is None and entries is None and self.live_log:
                 entries = yield Read(self.at, want, self.wait)
             if entries and self.at is None and not isinstance(entries[0], Begin | Snapshot):
                 entries = None  # the log's head is gone: not whole
             if entries is None:
                 self.at = None
-                row, records = yield LOOK
+                if looked is not None:
+                    (row, records), looked = looked, None
+                else:
+                    row, records = yield LOOK
                 if self.ended(row, records):
                     yield from self.finish(records, row)
                     return

@@ -130,3 +130,79 @@ def test_a_live_log_from_its_start_spares_the_first_look(pg_url: str) -> None:
         assert looks == ["r-2"]  # one look, at the end
     finally:
         store.close()
+
+
+def test_asyncio_watches_leave_the_executor_threads_their_pool_cannot_serve(
+    pg_url: str,
+) -> None:
+    """``awatch`` reads the store on the event loop's default executor; a read waits there
+    for one of the pool's ``pool_size`` connections. Many watches looking at once must not
+    fill every thread of that executor with reads waiting for the pool: the watches' other
+    calls there (the live log's reads, when it starts) would queue behind them, and the
+    user's own ``to_thread`` calls too. At most ``pool_size`` of a loop's watch reads of
+    one store are in the executor at a time; the rest wait on the loop."""
+    import asyncio
+    import concurrent.futures
+
+    from rxcontext import RecordType
+    from rxcontext.store.base import CheckpointDraft, RecordDraft, ReplyTicket
+
+    store = rxcontext.open(pg_url, pool_size=2, lease_ttl=120.0)
+    release = threading.Event()
+    lock = threading.Lock()
+    inside = [0, 0]  # now, most at once
+    reply_state = store.reply_state  # type: ignore[attr-defined]
+    told: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []  # the pool is taken
+
+    def held(reply_id: str) -> object:
+        with lock:
+            inside[0] += 1
+            inside[1] = max(inside)
+            if inside[0] == 2:
+                loop, taken = told[0]
+                loop.call_soon_threadsafe(taken.set)
+        try:
+            release.wait(30)
+            return reply_state(reply_id)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    store.reply_state = held  # type: ignore[attr-defined]
+    ids = [f"busy-{i}" for i in range(6)]
+    for i, reply_id in enumerate(ids):
+        ctx = store.get_or_create_context(f"busy {i}").id
+        store.add_record(ctx, RecordDraft(RecordType.PROMPT, "Go."))
+        row = store.begin_reply(ctx, reply_id, owner="worker-a")  # never renewed: 120 s
+        store.save_checkpoint(ReplyTicket(row.id, row.epoch), CheckpointDraft(append_text="Hi"))
+    cw = ContextWindow(store, ScriptedModel([]), "busy 0")
+
+    async def main() -> tuple[int, str]:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(3))
+        taken = asyncio.Event()
+        told.append((loop, taken))
+
+        async def watch(reply_id: str) -> None:
+            async for _ in cw.awatch(reply_id):
+                pass
+
+        tasks = [asyncio.create_task(watch(r)) for r in ids]
+        try:
+            await asyncio.wait_for(taken.wait(), 10.0)  # two reads hold the pool
+            probe = loop.run_in_executor(None, lambda: "free")
+            got = await asyncio.wait_for(probe, 5.0)
+            return inside[1], got
+        finally:
+            release.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        most, got = asyncio.run(main())
+        assert got == "free"  # a thread was left for other work
+        assert most == 2
+    finally:
+        release.set()
+        store.close()

@@ -302,31 +302,44 @@ def test_a_watch_begun_before_the_live_log_goes_live_when_it_appears(
         store.close()
 
 
-def test_a_watch_waits_for_the_live_log_in_reads_of_at_most_wait() -> None:
-    """While no log is there, the watch waits on the live channel until its next look at the
-    store (60 s here) in reads of at most ``wait`` each, so a blocking watch that is
-    disposed stops within ``wait`` (a read of the tail thread's buffer sees the
-    cancellation only when its wait ends). The watcher core's steps, answered by hand."""
-    store = rxcontext.open(":memory:", lease_ttl=120.0)
+def _to_its_wait(store: rxcontext.Store, reply_id: str) -> tuple[list[str], list[Chunk], Read]:
+    """The watcher core's steps for a reply with no live log, answered by hand (the store
+    read for real, the log's head missing), until it waits on the live channel: what it
+    read ("head", "look") in order, the chunks it showed, and that wait."""
+    core = watch_core(reply_id, True, poll=60.0, wait=0.2)
+    steps: list[str] = []
+    shown: list[Chunk] = []
     try:
-        _begun(store, "waiting", "r-wait")
-        core = watch_core("r-wait", True, poll=60.0, wait=0.2)
-        shown: list[Chunk] = []
         step = core.send(None)
         while not (isinstance(step, Read) and step.after is not None):
             if isinstance(step, Chunk):
                 shown.append(step)
                 answer: object = None
             elif isinstance(step, Look):
-                answer = read_store(store, "r-wait")
+                steps.append("look")
+                answer = read_store(store, reply_id)
             else:
                 assert isinstance(step, Read), step  # no pause: it waits on the channel
+                steps.append("head")
                 answer = None  # no log from its head yet
             step = core.send(answer)
-        assert shown == [T("Hello ")]  # the checkpoint, from the store
-        assert step.after == (0, 2**64 - 1)  # from epoch 1's Begin on
-        assert 0 < step.wait <= 0.2
+        return steps, shown, step
+    finally:
         core.close()
+
+
+def test_a_watch_waits_for_the_live_log_in_reads_of_at_most_wait() -> None:
+    """While no log is there, the watch waits on the live channel until its next look at the
+    store (60 s here) in reads of at most ``wait`` each, so a blocking watch that is
+    disposed stops within ``wait`` (a read of the tail thread's buffer sees the
+    cancellation only when its wait ends)."""
+    store = rxcontext.open(":memory:", lease_ttl=120.0)
+    try:
+        _begun(store, "waiting", "r-wait")
+        _, shown, wait = _to_its_wait(store, "r-wait")
+        assert shown == [T("Hello ")]  # the checkpoint, from the store
+        assert wait.after == (0, 2**64 - 1)  # from epoch 1's Begin on
+        assert 0 < wait.wait <= 0.2
     finally:
         store.close()
 
@@ -334,27 +347,12 @@ def test_a_watch_waits_for_the_live_log_in_reads_of_at_most_wait() -> None:
 def test_a_watch_begun_before_the_live_log_reads_the_head_and_the_store_once() -> None:
     """A watch that finds no live log looks at the store and then waits on the channel: its
     first pass does not read the log's head and the store a second time (a store read is a
-    pool checkout, which hundreds of watches starting at once share). The watcher core's
-    steps, answered by hand."""
+    pool checkout, which hundreds of watches starting at once share)."""
     store = rxcontext.open(":memory:", lease_ttl=120.0)
     try:
         _begun(store, "early", "r-early")
-        core = watch_core("r-early", True, poll=60.0, wait=0.2)
-        steps: list[str] = []
-        step = core.send(None)
-        while not (isinstance(step, Read) and step.after is not None):
-            if isinstance(step, Chunk):
-                answer: object = None
-            elif isinstance(step, Look):
-                steps.append("look")
-                answer = read_store(store, "r-early")
-            else:
-                assert isinstance(step, Read), step
-                steps.append("head")
-                answer = None  # no log yet
-            step = core.send(answer)
+        steps, _, wait = _to_its_wait(store, "r-early")
         assert steps == ["head", "look"]
-        assert step.after == (0, 2**64 - 1)  # now waiting for epoch 1's log from its Begin
-        core.close()
+        assert wait.after == (0, 2**64 - 1)  # now waiting for epoch 1's log from its Begin
     finally:
         store.close()

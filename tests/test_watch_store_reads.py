@@ -206,3 +206,41 @@ def test_asyncio_watches_leave_the_executor_threads_their_pool_cannot_serve(
     finally:
         release.set()
         store.close()
+
+
+def test_a_pooled_reader_that_takes_no_weak_reference_is_watched_unbounded(tmp_path) -> None:
+    """A reader of the user's own with a ``pool_size`` but no ``__weakref__`` (``__slots__``)
+    cannot key the per-store bound: its watch reads the store as before, with no error."""
+    import asyncio
+
+    from rxcontext.fanout.observe import awatch_chunks
+
+    store = rxcontext.open(str(tmp_path / "slotted.db"))
+
+    class Slotted:
+        __slots__ = ("pool_size",)
+
+        def __init__(self) -> None:
+            self.pool_size = 2
+
+        def find_reply(self, reply_id: str) -> object:
+            return store.find_reply(reply_id)
+
+        def reply_records(self, reply_id: str) -> object:
+            return store.reply_records(reply_id)
+
+    try:
+        cw = ContextWindow(store, ScriptedModel([[T("Rivers: "), T("the Nile."), DONE]]), "s")
+        cw.add_prompt("Name a river.")
+        cw.call(reply_id="slotted-1")
+
+        async def main() -> str:
+            text = ""
+            async for chunk in awatch_chunks(Slotted(), None, "slotted-1", poll=1.0, wait=1.0):
+                if chunk.kind is ChunkKind.TEXT:
+                    text += chunk.text
+            return text
+
+        assert asyncio.run(main()) == "Rivers: the Nile."
+    finally:
+        store.close()

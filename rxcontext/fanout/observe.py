@@ -45,11 +45,14 @@ async def _look(store: ReplyReader, reply_id: str) -> Any:
     if not isinstance(size, int) or size < 1:
         return await asyncio.to_thread(read_store, store, reply_id)
     loop = asyncio.get_running_loop()
-    with _LOOKS_LOCK:
-        per_store = _LOOKS.setdefault(loop, weakref.WeakKeyDictionary())
-        gate = per_store.get(store)
-        if gate is None:
-            gate = per_store[store] = asyncio.Semaphore(size)
+    try:
+        with _LOOKS_LOCK:
+            per_store = _LOOKS.setdefault(loop, weakref.WeakKeyDictionary())
+            gate = per_store.get(store)
+            if gate is None:
+                gate = per_store[store] = asyncio.Semaphore(size)
+    except TypeError:  # a store of the user's own that takes no weak reference: unbounded
+        return await asyncio.to_thread(read_store, store, reply_id)
     async with gate:
         return await asyncio.to_thread(read_store, store, reply_id)
 

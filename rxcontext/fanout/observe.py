@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
-import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,39 +21,6 @@ from .watcher import Look, Read, ReplyReader, read_store, watch_chunks, watch_co
 __all__ = ["awatch_chunks", "watch_observable"]
 
 _END = object()
-
-# Per event loop and store: the semaphore that keeps the loop's watch reads of the store
-# within its pool (see _look).
-_LOOKS: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[Any, asyncio.Semaphore]
-] = weakref.WeakKeyDictionary()
-_LOOKS_LOCK = threading.Lock()
-
-
-async def _look(store: ReplyReader, reply_id: str) -> Any:
-    """An asyncio watch's look at the store, in the loop's default executor.
-
-    A store with a connection pool (``pool_size``: PostgreSQL) serves that many reads at
-    once; the others would wait for a connection inside executor threads. With hundreds of
-    watches ending at once they took every thread of the executor, and the watches' reads
-    of the live log (a watch's start) and the application's own ``to_thread`` calls queued
-    behind them (in the scale-out benchmark 21 ms at p50, 279 ms at p99). So at most
-    ``pool_size`` of a loop's watch looks at one store are in the executor at a time; the
-    rest wait on the loop, which takes no thread."""
-    size = getattr(store, "pool_size", None)
-    if not isinstance(size, int) or size < 1:
-        return await asyncio.to_thread(read_store, store, reply_id)
-    loop = asyncio.get_running_loop()
-    try:
-        with _LOOKS_LOCK:
-            per_store = _LOOKS.setdefault(loop, weakref.WeakKeyDictionary())
-            gate = per_store.get(store)
-            if gate is None:
-                gate = per_store[store] = asyncio.Semaphore(size)
-    except TypeError:  # a store of the user's own that takes no weak reference: unbounded
-        return await asyncio.to_thread(read_store, store, reply_id)
-    async with gate:
-        return await asyncio.to_thread(read_store, store, reply_id)
 
 
 def watch_observable(
@@ -107,8 +73,7 @@ async def awatch_chunks(
 ) -> AsyncIterator[Chunk]:
     """The asyncio twin of :func:`watch_observable`; leaving the loop stops the watch.
 
-    The watcher core runs on the event loop; its store reads go to the default executor
-    (no more of them at once than the store has connections: see :func:`_look`).
+    The watcher core runs on the event loop; its store reads go to the default executor.
     With a fan-out that can wait on the loop (``aread``: Redis) a watch takes no thread of
     its own; with one that blocks (``MemoryFanout``) the core runs on a thread of its own."""
     aread = getattr(fanout, "aread", None)
@@ -128,7 +93,7 @@ async def awatch_chunks(
             if isinstance(step, Chunk):
                 yield step
             elif isinstance(step, Look):
-                answer = await _look(store, reply_id)
+                answer = await asyncio.to_thread(read_store, store, reply_id)
             elif isinstance(step, Read):
                 assert aread is not None
                 answer = await aread(reply_id, step.after, epoch=step.epoch, wait=step.wait)

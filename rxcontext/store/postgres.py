@@ -96,8 +96,6 @@ class PostgresStore(PostgresReplies, PostgresLeases):
             url = scheme.lower() + sep + rest  # libpq knows the scheme in lower case only
         self.url = redact(url)  # never the password
         self.lease_ttl = check_lease_ttl(lease_ttl)
-        self.pool_size = pool_size
-        """The most connections this store holds: at most this many of its calls run at once."""
         self._close_hooks: list[Callable[[], None]] = []
         kwargs: dict[str, Any] = {
             "autocommit": True,

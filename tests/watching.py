@@ -37,13 +37,12 @@ def published(fanout: Any, reply_id: str, seq: int, timeout: float = WAIT) -> bo
     reader = getattr(fanout, "_reader", None)
     if reader is None:
         return True
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def there() -> bool:
         top = reader.xrevrange(fanout.key(reply_id), "+", "-", count=1)
-        if top and int(top[0][0].split(b"-")[1]) >= seq:
-            return True
-        time.sleep(0.005)
-    return False
+        return bool(top) and int(top[0][0].split(b"-")[1]) >= seq
+
+    return until(there, timeout)
 
 
 def text_of(chunks: list[Chunk]) -> str:

@@ -42,6 +42,7 @@ from ..chunks import Chunk
 from ..errors import MissingDependency
 from .base import Position
 from .entries import Begin, Chunks, End, Entry, Snapshot, decode_chunk, dumps, encode_chunk
+from .packing import client_options
 from .redis_tail import Tail
 
 try:
@@ -176,6 +177,7 @@ class RedisFanout:
         self.timeout = timeout
         self.reconnect_max = reconnect_max
         # Pinned: fail fast, never retry inside redis-py (its defaults: ~99 s to fail).
+        packing = client_options()
         self._writer = redis.Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -183,6 +185,7 @@ class RedisFanout:
             retry=Retry(NoBackoff(), 0),
             retry_on_timeout=False,
             health_check_interval=0,
+            **packing,
         )
         self._reader = redis.Redis.from_url(
             url,
@@ -191,6 +194,7 @@ class RedisFanout:
             retry=Retry(NoBackoff(), 0),
             retry_on_timeout=False,
             health_check_interval=0,
+            **packing,
         )
         tail = redis.Redis.from_url(
             url,
@@ -199,6 +203,7 @@ class RedisFanout:
             retry=Retry(NoBackoff(), 0),
             retry_on_timeout=False,
             health_check_interval=0,
+            **packing,
         )
         # The tail's XREAD answers (hundreds of streams a read, hundreds of reads a second)
         # are taken apart here, not first into redis-py's dicts of every entry's fields.

@@ -76,6 +76,16 @@ Entry = Begin | Chunks | Snapshot | End
 
 def encode_chunk(chunk: Chunk) -> list[Any]:
     """A chunk as a short JSON-ready list (trailing defaults left out)."""
+    if (  # the usual text or thinking delta: its kind and text
+        chunk.index == 0
+        and chunk.id is None
+        and chunk.name is None
+        and chunk.usage is None
+        and chunk.finish_reason is None
+        and chunk.response_id is None
+        and not chunk.metadata
+    ):
+        return [chunk.kind.value, chunk.text]
     out: list[Any] = [
         chunk.kind.value,
         chunk.text,
@@ -122,6 +132,12 @@ def decode_chunk(data: Sequence[Any]) -> Chunk:
     )
 
 
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=repr)
+
+
 def dumps(value: Any) -> str:
-    """Compact JSON (what to put in a stream entry); unserialisable values as ``repr``."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=repr)
+    """Compact JSON (what to put in a stream entry); unserialisable values as ``repr``.
+
+    One encoder made once: ``json.dumps`` with options makes a new one per call, which was
+    a third of what encoding a batch of chunks cost the fan-out's writer."""
+    return _encoder.encode(value)

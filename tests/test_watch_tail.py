@@ -356,3 +356,42 @@ def test_a_watch_begun_before_the_live_log_reads_the_head_and_the_store_once() -
         assert wait.after == (0, 2**64 - 1)  # now waiting for epoch 1's log from its Begin
     finally:
         store.close()
+
+
+def test_a_stream_no_watch_reads_is_dropped_and_one_read_is_kept(
+    private: redistest.PrivateRedis,
+) -> None:
+    """The tail forgets a stream no watch has read for ``idle`` seconds (it looks for such
+    streams at most every ``idle / 4``, not before every read), and keeps reading one a
+    watch still reads."""
+    from rxcontext.fanout.redis import _entry_at
+    from rxcontext.fanout.redis_tail import Tail
+
+    client = redis.Redis.from_url(private.url)
+    client.set_response_callback("XREAD", lambda response, **_: response)
+    reader = redis.Redis.from_url(private.url)
+    tail = Tail(client, reader, _entry_at, block=0.02, idle=0.3)
+    left, kept = "t:{left}:s", "t:{kept}:s"
+    for key in (left, kept):
+        reader.xadd(key, {"k": "b", "d": "{}"}, id="1-0")
+    never = threading.Event()
+    try:
+        for key in (left, kept):
+            assert tail.read(key, (1, 0), 0.01, never) == []
+        assert left in tail._streams and kept in tail._streams
+        seq = 0
+
+        def read_kept() -> bool:
+            nonlocal seq
+            seq += 1
+            reader.xadd(kept, {"k": "c", "f": seq, "d": '[["text","x"]]'}, id=f"1-{seq}")
+            got = tail.read(kept, (1, seq - 1), WAIT, never)
+            assert got is not None and [(e.epoch, e.first) for e in got] == [(1, seq)]
+            return left not in tail._streams
+
+        assert until(read_kept)  # one stream idle past 0.3 s while the other is read
+        assert kept in tail._streams
+    finally:
+        tail.close()
+        client.close()
+        reader.close()

@@ -103,3 +103,10 @@ def test_the_fan_outs_clients_pack_with_it_and_redis_answers_them(
             writer.set(key + ":b", True)  # type: ignore[arg-type]
     finally:
         fanout.close()
+
+
+def test_without_hiredis_the_clients_keep_redis_pys_packer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rxcontext.fanout import packing
+
+    monkeypatch.setattr(packing, "HIREDIS", False)
+    assert packing.client_options() == {}

@@ -52,7 +52,7 @@ class Packer:
 def client_options() -> dict[str, Any]:
     """Keyword arguments for ``redis.Redis.from_url`` that make its connections pack with
     :class:`Packer` (nothing when hiredis is not installed)."""
-    if not HIREDIS:  # pragma: no cover
+    if not HIREDIS:
         return {}
     encoder = Encoder("utf-8", "strict", False)  # type: ignore[no-untyped-call]
     fallback = PythonRespSerializer(6000, encoder.encode).pack

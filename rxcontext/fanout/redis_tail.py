@@ -14,7 +14,8 @@ position; otherwise (a watch joining, or one that fell behind the buffer) the wa
 what it misses itself, at once, and then waits on the buffer. A stream the thread was not
 reading yet is added by interrupting its blocking read (``CLIENT UNBLOCK``). A stream whose
 epoch ended (its End read) is left out of the read until a watch asks for what follows (a
-resume's next epoch), and a stream no watch has read for ``idle`` seconds is dropped.
+resume's next epoch), and a stream no watch has read for ``idle`` seconds is dropped (within
+another ``idle / 4``).
 When Redis fails, the waiting watches are told (their read answers None: the store serves
 them), and the thread tries again with a growing pause.
 """

@@ -290,7 +290,7 @@ class ReplyPersister:
                 self.pos = checkpoint.pos
                 self._prefix = checkpoint.text
                 self._prefix_thinking = checkpoint.thinking
-                self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch)
+                self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch, checkpoint.owner)
             self._open_channel(checkpoint)
             if self.trace is not None:
                 self.trace.begin(self.reply_id)
@@ -300,7 +300,7 @@ class ReplyPersister:
             checkpoint = self.store.begin_reply(self.context_id, reply_id, owner=worker_id())
             self.reply_id = reply_id
             self.pos = checkpoint.pos
-            self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch)
+            self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch, checkpoint.owner)
         self._open_channel(None)
         if self.trace is not None:
             self.trace.begin(self.reply_id)

@@ -475,6 +475,65 @@ def test_the_hot_writes_are_two_round_trips_each(pg_url: str):
         store.close()
 
 
+def _rows_scanned(url: str, sql: str, params: tuple[Any, ...]) -> int:
+    """The most rows any scan of ``checkpoints`` returned in ``sql``'s plan (its loops
+    included), run by ``EXPLAIN ANALYZE`` and rolled back."""
+    with psycopg.connect(url) as conn:
+        (plan,) = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params).fetchone()
+        conn.rollback()
+    most = 0
+    nodes = [plan[0]["Plan"]]
+    while nodes:
+        node = nodes.pop()
+        if node.get("Relation Name") == "checkpoints":
+            most = max(most, node["Actual Rows"] * node["Actual Loops"])
+        nodes.extend(node.get("Plans", ()))
+    return most
+
+
+def test_a_workers_batch_and_renewal_read_its_own_live_replies_not_every_workers(pg_url: str):
+    """Every worker writes its periodic batch once a second and renews its leases every few
+    seconds. Found by their tickets alone, PostgreSQL read every live reply of the database
+    to find them (the partial index of live replies holds every worker's; with statistics
+    the batch became a scan of the whole table): a cluster's cost grew with the square of
+    its size. A ticket names its owner, and both statements look the owner's rows up."""
+    from rxcontext.store.pg_leases import renew_statement
+    from rxcontext.store.pg_writes import batch_statement
+
+    store = PostgresStore(pg_url)
+    try:
+        mine = []
+        for i in range(10):
+            cp = store.begin_reply(
+                store.get_or_create_context(f"c{i}").id, f"r{i}", owner=worker_id()
+            )
+            mine.append(ReplyTicket(cp.id, cp.epoch, cp.owner))
+        other = store.get_or_create_context("other")
+        query(
+            pg_url,
+            "INSERT INTO checkpoints (context_id, reply_id, state, pos, owner, epoch,"
+            " lease_until, created_at, updated_at) SELECT %s, 'o' || g, 'streaming', g,"
+            " 'elsewhere:1:1', 1, now() + interval '1 hour', now(), now()"
+            " FROM generate_series(1, 400) g",
+            (other.id,),
+        )
+        for analyzed in (False, True):
+            if analyzed:
+                query(pg_url, "ANALYZE checkpoints")
+            writes = [CheckpointWrite(t, CheckpointDraft("x"), None) for t in mine]
+            assert _rows_scanned(pg_url, *batch_statement(writes)) == len(mine), analyzed
+            assert _rows_scanned(pg_url, *renew_statement(mine, 5.0)) == len(mine), analyzed
+        # The same writes land (and tickets that name no owner are still served).
+        draft = CheckpointDraft("y")
+        assert store.save_checkpoints([(t, draft) for t in mine]) == [True] * len(mine)
+        assert store.renew_replies(mine) == [True] * len(mine)
+        unnamed = [dataclasses.replace(t, owner=None) for t in mine]
+        assert store.renew_replies(unnamed) == [True] * len(mine)
+        assert store.get_checkpoint(mine[3].checkpoint_id).text == "y"
+    finally:
+        store.close()
+
+
 def _hot_writes(store: PostgresStore, n: int) -> list[Any]:
     """The store's frequent writes and reads, ``n`` replies' worth, and what they gave."""
     out: list[Any] = []

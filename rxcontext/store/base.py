@@ -100,10 +100,16 @@ class CheckpointDraft:
 
 @dataclass(frozen=True, slots=True)
 class ReplyTicket:
-    """The right to write into one reply: its checkpoint row and the epoch its writer holds."""
+    """The right to write into one reply: its checkpoint row and the epoch its writer holds.
+
+    ``owner``: the worker id that began or claimed the row (``Checkpoint.owner``), when
+    known. A row keeps its owner for as long as its epoch is live (a new owner is a new
+    epoch), so a store may look rows up by it: PostgreSQL finds one worker's live rows by
+    its index, where the tickets alone would read every worker's."""
 
     checkpoint_id: int
     epoch: int
+    owner: str | None = None
 
 
 ReplyEnd = Literal["reply", "round"]

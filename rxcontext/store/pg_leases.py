@@ -9,21 +9,47 @@ write, retried within the store's budget.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ReplyNotFound
 from .base import ReplyTicket
 from .pg_codec import enc
+from .pg_writes import one_owner
 
 if TYPE_CHECKING:
     from ..records import Checkpoint
     from .pg_run import Runner
 
-__all__ = ["PostgresLeases"]
+__all__ = ["PostgresLeases", "renew_statement"]
 
 _BACKGROUND = (
     "SELECT set_config('synchronous_commit', 'off', true), set_config('lock_timeout', '50ms', true)"
 )
+
+
+_RENEW = (
+    "UPDATE checkpoints c SET lease_until = clock_timestamp() + make_interval(secs => %s)"
+    " FROM unnest(%s::bigint[], %s::integer[]) AS t(id, epoch)"
+    " WHERE c.id = t.id AND c.epoch = t.epoch AND c.state IN ('streaming', 'resuming')"
+    " AND c.lease_until > clock_timestamp() RETURNING c.id"
+)
+_RENEW_OWNED = _RENEW.replace(" WHERE c.id = t.id", " WHERE c.owner = %s AND c.id = t.id")
+
+
+def renew_statement(
+    tickets: Sequence[ReplyTicket], lease_ttl: float
+) -> tuple[str, tuple[Any, ...]]:
+    """The lease renewal of ``tickets`` and its parameters, narrowed to their owner when
+    they name one (as :func:`~.pg_writes.batch_statement`: not every live reply read)."""
+    params: tuple[Any, ...] = (
+        lease_ttl,
+        [t.checkpoint_id for t in tickets],
+        [t.epoch for t in tickets],
+    )
+    owner = one_owner(tickets)
+    if owner is None:
+        return _RENEW, params
+    return _RENEW_OWNED, (*params, owner)
 
 
 class PostgresLeases:
@@ -42,18 +68,8 @@ class PostgresLeases:
         None when the database could not be reached without waiting (try again soon)."""
         if not tickets:
             return []
-        ids = [t.checkpoint_id for t in tickets]
-        epochs = [t.epoch for t in tickets]
         found = self._runner.attempt(
-            lambda conn, _: conn.execute(
-                "UPDATE checkpoints c SET lease_until = clock_timestamp()"
-                " + make_interval(secs => %s)"
-                " FROM unnest(%s::bigint[], %s::integer[]) AS t(id, epoch)"
-                " WHERE c.id = t.id AND c.epoch = t.epoch"
-                " AND c.state IN ('streaming', 'resuming')"
-                " AND c.lease_until > clock_timestamp() RETURNING c.id",
-                (self.lease_ttl, ids, epochs),
-            ).fetchall(),
+            lambda conn, _: conn.execute(*renew_statement(tickets, self.lease_ttl)).fetchall(),
             setup=_BACKGROUND,
         )
         if found is None:

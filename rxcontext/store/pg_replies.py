@@ -56,7 +56,7 @@ from .base import (
 from .owner import owner_alive
 from .pg_codec import dec, enc, enc_opt
 from .pg_run import Conn, Later, Stored
-from .pg_writes import BATCH, WRITE, CheckpointWrite, Ledger, batch_params
+from .pg_writes import WRITE, CheckpointWrite, Ledger, batch_statement
 
 if TYPE_CHECKING:
     from .pg_run import Runner
@@ -303,9 +303,7 @@ class PostgresReplies:
             if len(set(ids)) == len(ids):
                 found = {
                     r[0]: r[1:]
-                    for r in conn.execute(
-                        BATCH, batch_params([prepared[i] for i in order])
-                    ).fetchall()
+                    for r in conn.execute(*batch_statement([prepared[i] for i in order])).fetchall()
                 }
                 results = [found.get(ids[i]) for i in order]
             else:  # the same reply twice (never from one checkpointer): write after write

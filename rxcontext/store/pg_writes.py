@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..records import ReplyState
@@ -28,7 +28,15 @@ from .base import CheckpointDraft, ReplyTicket
 from .pg_codec import enc
 from .pg_run import Conn
 
-__all__ = ["BATCH", "WRITE", "CheckpointWrite", "Ledger", "batch_params"]
+__all__ = [
+    "BATCH",
+    "WRITE",
+    "CheckpointWrite",
+    "Ledger",
+    "batch_params",
+    "batch_statement",
+    "one_owner",
+]
 
 WRITE = (
     "WITH u AS (UPDATE checkpoints SET tool_calls = %s, usage = %s, error = %s, chunks = %s,"
@@ -69,6 +77,27 @@ BATCH = (
 over arrays (:func:`batch_params`): each row's fenced update and its part, as :data:`WRITE`
 does for one; returns ``(id, text_len, thinking_len)`` of each row written (a fenced one is
 missing)."""
+
+
+_BATCH_OWNED = BATCH.replace(" WHERE c.id = t.id AND", " WHERE c.owner = %s AND c.id = t.id AND")
+assert _BATCH_OWNED != BATCH
+
+
+def one_owner(tickets: Iterable[ReplyTicket]) -> str | None:
+    """The owner every ticket names, or None (none known, or more than one)."""
+    owners = {t.owner for t in tickets}
+    return owners.pop() if len(owners) == 1 else None
+
+
+def batch_statement(writes: Sequence[CheckpointWrite]) -> tuple[str, tuple[Any, ...]]:
+    """:data:`BATCH` and its parameters, narrowed to the tickets' owner when they name one:
+    without it PostgreSQL reads every live reply of the database (the partial index
+    ``checkpoints_owner`` holds them all) to find these, once a second per worker."""
+    params = batch_params(writes)
+    owner = one_owner(w.ticket for w in writes)
+    if owner is None:
+        return BATCH, params
+    return _BATCH_OWNED, (*params, owner)
 
 
 def batch_params(writes: Sequence[CheckpointWrite]) -> tuple[list[Any], ...]:

@@ -80,7 +80,6 @@ missing)."""
 
 
 _BATCH_OWNED = BATCH.replace(" WHERE c.id = t.id AND", " WHERE c.owner = %s AND c.id = t.id AND")
-assert _BATCH_OWNED != BATCH
 
 
 def one_owner(tickets: Iterable[ReplyTicket]) -> str | None:

@@ -1,7 +1,7 @@
 """What one send of the Redis fan-out's writer costs its thread, and what packing costs.
 
     python benchmarks/fanoutsend.py [--url redis://127.0.0.1:6379/0] [--replies 20]
-        [--sends 2000] [--rounds 3]
+        [--sends 2000] [--rounds 3] [--packs 2000] [--prefix KEY_PREFIX]
 
 Method. A :class:`~rxcontext.fanout.redis.RedisFanout` on the local server (a key prefix of
 the run's own, deleted afterwards) with ``--replies`` open replies. Each send, every reply
@@ -32,8 +32,7 @@ from rxcontext import Chunk, ChunkKind
 from rxcontext.fanout.redis import RedisFanout
 
 
-def _send_cost(url: str, replies: int, sends: int, rounds: int) -> float:
-    prefix = f"rxbench-{uuid.uuid4().hex[:8]}"
+def _send_cost(url: str, prefix: str, replies: int, sends: int, rounds: int) -> float:
     fanout = RedisFanout(url, prefix=prefix, flush_every=3600.0)
     done = threading.Event()
     spent: list[float] = []
@@ -76,13 +75,13 @@ def _send_cost(url: str, replies: int, sends: int, rounds: int) -> float:
     return best
 
 
-def _pack_costs(url: str) -> dict[str, tuple[float, float]]:
-    fanout = RedisFanout(url, prefix=f"rxbench-{uuid.uuid4().hex[:8]}")
+def _pack_costs(url: str, prefix: str, n: int) -> dict[str, tuple[float, float]]:
+    fanout = RedisFanout(url, prefix=prefix)
     ours = fanout._writer.connection_pool.make_connection()
     plain = redis.Redis.from_url(url).connection_pool.make_connection()
     fanout.close()
     keys = [f"rx:{{{uuid.uuid4()}}}:s" for _ in range(200)]
-    ids = [f"{n}-{n * 7}" for n in range(200)]
+    ids = [f"{i}-{i * 7}" for i in range(200)]
     xread = ("XREAD", "BLOCK", 1000, "STREAMS", *keys, *ids)
     data = '[["t","a ten char"]]'
     xadd = ("XADD", keys[0], "NOMKSTREAM", "MAXLEN", "~", 100000, "1-41", "k", "c", "f", 41)
@@ -90,7 +89,6 @@ def _pack_costs(url: str) -> dict[str, tuple[float, float]]:
     out: dict[str, tuple[float, float]] = {}
     for name, command in (("XREAD of 200 streams", xread), ("XADD of one chunk", xadd)):
         assert b"".join(ours.pack_command(*command)) == b"".join(plain.pack_command(*command))
-        n = 2000
         us = []
         for connection in (plain, ours):
             pack = functools.partial(connection.pack_command, *command)
@@ -105,14 +103,17 @@ def main() -> None:
     parser.add_argument("--replies", type=int, default=20)
     parser.add_argument("--sends", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--packs", type=int, default=2000, help="packs per timeit sample")
+    parser.add_argument("--prefix", help="key prefix (default: one of the run's own)")
     args = parser.parse_args()
-    per_send = _send_cost(args.url, args.replies, args.sends, args.rounds)
+    prefix = args.prefix or f"rxbench-{uuid.uuid4().hex[:8]}"
+    per_send = _send_cost(args.url, prefix, args.replies, args.sends, args.rounds)
     print(
         f"writer thread CPU per send of {args.replies} replies x 1 chunk: "
         f"{per_send * 1e6:.0f} µs ({per_send / args.replies * 1e6:.1f} µs a reply), "
         f"best of {args.rounds} x {args.sends} sends"
     )
-    for name, (plain, ours) in _pack_costs(args.url).items():
+    for name, (plain, ours) in _pack_costs(args.url, prefix, args.packs).items():
         print(f"packing an {name}: redis-py's {plain:.1f} µs, the fan-out's {ours:.1f} µs")
 
 

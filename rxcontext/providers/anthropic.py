@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from ._sdk import missing_sdk
 
@@ -465,8 +465,11 @@ def _sdk_chunks(client: anthropic.Anthropic, body: dict[str, Any]) -> Iterator[C
     stream = client.messages.create(**body, stream=True)
     try:
         turn = _Turn(_secrets(client))
-        for event in stream:
-            yield from _sdk_event(turn, event)
+        try:
+            for event in stream:
+                yield from _sdk_event(turn, event)
+        except anthropic.APIConnectionError as exc:
+            _raise_read_error(exc)
         yield turn.done()
     finally:
         stream.close()
@@ -478,12 +481,30 @@ async def _asdk_chunks(
     stream = await client.messages.create(**body, stream=True)
     try:
         turn = _Turn(_secrets(client))
-        async for event in stream:
-            for chunk in _sdk_event(turn, event):
-                yield chunk
+        try:
+            async for event in stream:
+                for chunk in _sdk_event(turn, event):
+                    yield chunk
+        except anthropic.APIConnectionError as exc:
+            _raise_read_error(exc)
         yield turn.done()
     finally:
         await stream.close()
+
+
+def _raise_read_error(exc: anthropic.APIConnectionError) -> NoReturn:
+    """Raise the error the SDK wrapped while reading the body (or ``exc`` if none).
+
+    From anthropic 2.17 the SDK's stream raises any failure to read the body as
+    ``APIConnectionError`` (``APITimeoutError``) from the httpx2 error; earlier versions, and
+    the fast wire, let that error through. Both wires, with any SDK version, so raise the
+    same :class:`ProviderError` from the same transport error. A failure to connect is still
+    the SDK's error (it happens in ``create``, outside this).
+    """
+    cause = exc.__cause__
+    if isinstance(cause, Exception):
+        raise cause from None
+    raise exc
 
 
 _MODELS: set[type] = set()

@@ -202,7 +202,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, context_window: bool =
         "--model",
         "-m",
         default=os.environ.get(MODEL_ENV, DEFAULT_MODEL),
-        help="provider:model, e.g. openai:gpt-4o-mini, anthropic:claude-sonnet-4-5, "
+        help="provider:model, e.g. openai:gpt-4o-mini, anthropic:claude-sonnet-4-6, "
         f"gemini:gemini-2.5-flash (default: ${MODEL_ENV} or {DEFAULT_MODEL})",
     )
     parser.add_argument(

@@ -121,7 +121,7 @@ class AnthropicModel:
 
     ::
 
-        AnthropicModel("claude-sonnet-4-5", client=anthropic.Anthropic(...), temperature=0.2)
+        AnthropicModel("claude-sonnet-4-6", client=anthropic.Anthropic(...), temperature=0.2)
 
     ``params`` go into every request (``max_tokens``, ``temperature``, ``thinking``, extra
     server ``tools``...); ``Request.max_output_tokens`` and ``Request.options`` override

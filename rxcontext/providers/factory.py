@@ -4,7 +4,7 @@
 
     model_from_spec("openai:gpt-4o-mini")
     model_from_spec("openai:llama3.2", base_url="http://localhost:11434/v1")
-    model_from_spec("anthropic:claude-sonnet-4-5")
+    model_from_spec("anthropic:claude-sonnet-4-6")
     model_from_spec("gemini:gemini-2.5-flash")
 
 The API key comes from the provider's usual environment variable; it is checked here, before
@@ -38,7 +38,7 @@ _MODULES: Mapping[str, str] = {
     "gemini": ".gemini",
 }
 
-_EXAMPLES = "openai:gpt-4o-mini, anthropic:claude-sonnet-4-5, gemini:gemini-2.5-flash"
+_EXAMPLES = "openai:gpt-4o-mini, anthropic:claude-sonnet-4-6, gemini:gemini-2.5-flash"
 
 # OpenAI-compatible local servers (llama.cpp, Ollama, vLLM) accept any key, but the SDK
 # insists on one.

@@ -634,6 +634,20 @@ def test_transport_error_mid_stream(wire: str, exc: Exception, error_type: str) 
     assert replay.closed == 1
 
 
+def test_transport_error_mid_stream_keeps_its_own_cause(wire: str) -> None:
+    # httpx2 raises its errors from the socket's (an OSError): the chain reaches the
+    # subscriber whole on both wires, whether or not the SDK wraps the read (anthropic 2.17).
+    exc = httpx2.ReadError("connection reset by peer")
+    exc.__cause__ = ConnectionResetError(104, "Connection reset by peer")
+    chunks, error, _ = run(
+        lambda: [Canned(text_stream("one", "two"), cut_after=4, error=exc)], wire
+    )
+    assert reply_from_chunks(chunks).text == "onetwo"
+    assert isinstance(error, ProviderError) and error.error_type == "connection_error"
+    assert error.__cause__ is exc
+    assert isinstance(exc.__cause__, ConnectionResetError)
+
+
 class Refuse(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
     """A transport that cannot connect."""
 

@@ -503,7 +503,7 @@ def _raise_read_error(exc: anthropic.APIConnectionError) -> NoReturn:
     """
     cause = exc.__cause__
     if isinstance(cause, Exception):
-        raise cause from None
+        raise cause from cause.__cause__  # its own chain (httpx2's from httpcore's) as it was
     raise exc
 
 

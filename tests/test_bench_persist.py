@@ -13,9 +13,11 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def test_bench_store_runs_and_checks_what_it_stored() -> None:
+def test_bench_store_runs_and_checks_what_it_stored(tmp_path: Path) -> None:
+    # Its own --basetemp: the inner session leaves the outer one's temporary folders alone.
+    inner = ["bench_persist.py", "-k", "bench_store", "-q", "--basetemp", str(tmp_path / "t")]
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "bench_persist.py", "-k", "bench_store", "-q"],
+        [sys.executable, "-m", "pytest", *inner],
         cwd=BENCHMARKS,
         # Not as an xdist worker (pytest-benchmark turns itself off under xdist).
         env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}

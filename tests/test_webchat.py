@@ -8,8 +8,9 @@ Most tests run the server in a thread of this process with the offline bot paced
 the test opens event by event, so "mid-reply" is a place the test chooses, never a race with
 a timer. One test runs the example as a user does (``python examples/05_webchat.py``).
 
-The browser is a system Chromium (``$RXCONTEXT_CHROMIUM``, else ``chromium`` on the PATH;
-``.ci/run`` installs Debian's with ``examples/webchat/install_browser.sh``) driven by
+The browser is a system Chromium (``$RXCONTEXT_CHROMIUM``, else Debian's
+``chromium-headless-shell`` or ``chromium`` on the PATH; ``.ci/run`` installs the first with
+``examples/webchat/install_browser.sh``) driven by
 Playwright (the ``browser`` extra); Playwright's own browser download is never used, and the
 tests never install anything. Without a browser or Playwright they skip, saying why; under
 CI they fail. Screenshots go to a temporary folder (``$WEBCHAT_SCREENSHOTS`` if set).
@@ -71,7 +72,8 @@ def _find_browser() -> str | None:
     explicit = os.environ.get("RXCONTEXT_CHROMIUM")
     if explicit:
         return explicit
-    for name in ("chromium", "chromium-browser", "google-chrome"):
+    # Debian's headless shell first: the full browser costs several times its CPU time here.
+    for name in ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome"):
         found = shutil.which(name)
         if found:
             return found

@@ -24,6 +24,7 @@ import httpx2
 import openai
 import pytest
 from faultmodels import Clock
+from matrix import spread
 from replay import Replay, pieces, real_fixture, sse
 from replay import Reply as Served
 from stores import open_store
@@ -152,7 +153,7 @@ def test_the_recorded_stream_has_the_expected_events():
 
 
 @pytest.mark.parametrize("mode,wire", PATHS, ids=["-".join(p) for p in PATHS])
-@pytest.mark.parametrize("k", range(CUT_EVENTS))
+@pytest.mark.parametrize("k", spread(range(CUT_EVENTS)))
 def test_cut_after_event_k_checkpoints_what_was_delivered_and_resumes(k, mode, wire):
     body = recorded()
     replay = Replay(Served(body, cut_after=k), continuation())
@@ -208,7 +209,7 @@ def test_the_recorded_responses_stream_has_the_expected_events():
 
 
 @pytest.mark.parametrize("mode,wire", RESPONSES_PATHS, ids=["-".join(p) for p in RESPONSES_PATHS])
-@pytest.mark.parametrize("k", range(RESPONSES_EVENTS))
+@pytest.mark.parametrize("k", spread(range(RESPONSES_EVENTS)))
 def test_responses_cut_after_event_k_checkpoints_and_resumes(k, mode, wire):
     from rxcontext.providers import OpenAIResponsesModel
 

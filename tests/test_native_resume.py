@@ -18,6 +18,7 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+from matrix import spread
 from reactivex import operators as ops
 from reactivex.testing import TestScheduler
 from replay import Replay, sse
@@ -275,7 +276,7 @@ def test_background_is_sent_with_the_request():
 
 
 @pytest.mark.parametrize("mode,wire", PATHS, ids=IDS)
-@pytest.mark.parametrize("k", range(1, len(EVENTS)))
+@pytest.mark.parametrize("k", spread(range(1, len(EVENTS))))
 def test_cut_after_event_k_resumes_the_same_response_exactly(k, mode, wire):
     after = resume_point(k)
     assert after is not None

@@ -1,4 +1,5 @@
-"""The suite's own rules: its Hypothesis profile, and skips that turn into failures in CI."""
+"""The suite's own rules: its Hypothesis profile, skips that turn into failures in CI, and the
+spread of a fault matrix that the default run keeps."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from matrix import spread
 from needs import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,3 +51,13 @@ def test_the_browser_test_fails_in_ci_without_a_browser() -> None:
     assert "no Chromium for the web chat test" in result.stdout, result.stdout
     assert result.returncode == 1 and "1 error" in result.stdout, result.stdout  # setup fails
     assert "CI must provide it" in result.stdout
+
+
+def test_a_matrix_spread_keeps_its_ends_and_marks_the_rest() -> None:
+    params = spread(range(28))
+    kept = [p for p in params if isinstance(p, int)]
+    rest = [p for p in params if not isinstance(p, int)]
+    assert kept == [0, 1, 2, 4, 8, 12, 16, 20, 24, 25, 26, 27]
+    assert [p.values[0] for p in rest] == sorted(set(range(28)) - set(kept))
+    assert all([m.name for m in p.marks] == ["matrix"] for p in rest)
+    assert spread(range(5)) == [0, 1, 2, 3, 4]  # too short to split

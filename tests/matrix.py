@@ -4,9 +4,10 @@ docs/guarantees.md).
 
 A stream cut after every one of its events is a fault matrix: each point costs a window, a
 stream and a resume; on this 2-core machine the full matrices took about 7 % of the suite's
-CPU time (py-spy samples of the xdist workers, 2026-12-04). The spread keeps the points where off-by-one bugs live (the first
-three and the last three) and every ``n // 6``-th point between them; which points run by
-default is fixed, never random, so a failure names the same test id every run.
+CPU time (py-spy samples of the xdist workers, 2026-12-04). The spread keeps the points
+where off-by-one bugs live (the first three and the last three) and every ``n // 6``-th
+point between them; which points run by default is fixed, never random, so a failure names
+the same test id every run.
 """
 
 from __future__ import annotations

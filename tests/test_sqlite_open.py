@@ -35,6 +35,43 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
+# -- a new in-memory database ------------------------------------------------------------------
+
+
+def schema(conn: sqlite3.Connection) -> dict[str, object]:
+    return {
+        "master": sorted(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")),
+        "steps": [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY name")],
+        "user_version": conn.execute("PRAGMA user_version").fetchone(),
+    }
+
+
+def test_a_new_in_memory_store_is_the_database_the_steps_give(tmp_path: Path):
+    # ":memory:" copies the pages of a database this process migrated once; a new file
+    # runs every step. Both must be the same database.
+    rxcontext.open(tmp_path / "steps.db").close()
+    with sqlite3.connect(tmp_path / "steps.db") as stepped:
+        expected = schema(stepped)
+    assert expected["steps"] == sorted(name for name, _ in MIGRATIONS)
+
+    first, second = rxcontext.open(":memory:"), rxcontext.open(":memory:")
+    try:
+        for store in (first, second):
+            assert schema(store._conn) == expected
+            applied = store._conn.execute("SELECT MIN(applied_at) FROM schema_migrations")
+            assert applied.fetchone()[0] is not None
+        # Each is a database of its own: what one stores, the other never sees.
+        cw = ContextWindow(first, ScriptedModel([[T("one")]]), "a")
+        cw.add_prompt("hi")
+        assert cw.call().text == "one"
+        assert [c.name for c in first.list_contexts()] == ["a"]
+        assert second.list_contexts() == []
+        assert [c.name for c in rxcontext.open(":memory:").list_contexts()] == []
+    finally:
+        first.close()
+        second.close()
+
+
 # -- the database of the last release ---------------------------------------------------------
 
 

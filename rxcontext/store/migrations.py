@@ -6,11 +6,12 @@ A released step is never edited; a new need gets a new step appended at the end.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable
 
 from ..errors import NotADatabaseError, SchemaTooNew
 
-__all__ = ["MIGRATIONS", "migrate", "pending"]
+__all__ = ["MIGRATIONS", "copy_current_schema", "migrate", "pending"]
 
 Step = Callable[[sqlite3.Connection], None]
 MIGRATIONS: list[tuple[str, Step]] = []
@@ -330,3 +331,27 @@ def migrate(db: sqlite3.Connection, path: str = ":memory:") -> list[str]:
         raise
     db.execute("COMMIT")
     return todo
+
+
+_template: sqlite3.Connection | None = None
+_template_lock = threading.Lock()
+
+
+def copy_current_schema(db: sqlite3.Connection) -> None:
+    """Give ``db``, a new private in-memory database, the current schema.
+
+    The pages are copied (SQLite's backup API) from an in-memory database that this process
+    migrated once, step by step with :func:`migrate`, so the result is the same database the
+    steps give, in ~0.2 ms instead of ~10 (SQLite re-reads its whole schema after each of
+    the steps' DDL statements; measured 2026-12-04). Only for ``":memory:"``: no other
+    connection can see the database while its pages are replaced. The steps' ``applied_at``
+    is the time of this copy, as if they had just run.
+    """
+    global _template
+    with _template_lock:
+        if _template is None:
+            template = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            migrate(template)
+            _template = template
+        _template.backup(db)
+    db.execute("UPDATE schema_migrations SET applied_at = CURRENT_TIMESTAMP")

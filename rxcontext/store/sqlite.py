@@ -43,7 +43,7 @@ from . import _sqlite_rows as rows
 from ._export import export_document
 from ._thinking import pack
 from .base import RecordDraft
-from .migrations import migrate, pending
+from .migrations import copy_current_schema, migrate, pending
 from .owner import check_lease_ttl
 from .sqlite_leases import SQLiteLeases
 from .sqlite_replies import SQLiteReplies
@@ -151,6 +151,8 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         self._bg_conn: sqlite3.Connection | None = None
         conn = self._connect(busy_timeout)
         try:
+            if self.path == ":memory:":  # private and new: the migrated pages, copied
+                copy_current_schema(conn)
             # Decide whether this is our database before anything (WAL included) writes.
             pending(conn, self.path)
             if not self._memory:

@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import json
 import os
+import re
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -70,20 +71,16 @@ class Reply:
     """If set, each piece after the first waits for this event (to hold a stream open)."""
 
 
+_SEPARATOR = re.compile(rb"\r\n\r\n|\n\n")
+
+
 def pieces(body: bytes) -> list[bytes]:
     """Split a body at SSE event boundaries (keeping the separators)."""
     out: list[bytes] = []
     start = 0
-    i = 0
-    while i < len(body):
-        for sep in (b"\r\n\r\n", b"\n\n"):
-            if body.startswith(sep, i):
-                out.append(body[start : i + len(sep)])
-                i += len(sep)
-                start = i
-                break
-        else:
-            i += 1
+    for sep in _SEPARATOR.finditer(body):  # leftmost first; CRLF CRLF wins at one place
+        out.append(body[start : sep.end()])
+        start = sep.end()
     if start < len(body):
         out.append(body[start:])
     return out

@@ -15,7 +15,7 @@ import anthropic
 import openai
 from google import genai
 from google.genai import types
-from replay import Replay
+from replay import NO_SSL, Replay
 
 from rxcontext.providers import AnthropicModel, GeminiModel, OpenAIModel, OpenAIResponsesModel
 
@@ -37,7 +37,9 @@ def model_for(kind: str, replay: Replay, wire: str = "fast") -> Any:
         )
         return AnthropicModel("claude-test", client=client, async_client=aclient, wire=wire)
     options = types.HttpOptions(
-        httpx_client=replay.client(), httpx_async_client=replay.async_client()
+        httpx_client=replay.client(),
+        httpx_async_client=replay.async_client(),
+        async_client_args={"ssl": NO_SSL},
     )
     client = genai.Client(api_key=KEY, http_options=options)
     return GeminiModel("gemini-test", client=client, wire=wire)

@@ -17,7 +17,7 @@ import openai
 import pytest
 from google import genai
 from google.genai import types
-from replay import Replay, real_fixture
+from replay import NO_SSL, Replay, real_fixture
 from stores import open_store
 
 import rxcontext
@@ -127,7 +127,7 @@ def test_anthropic_reply_priced_with_cache_reads_and_writes_apart() -> None:
 
 def test_gemini_thoughts_are_priced_as_output() -> None:
     replay = Replay(real_fixture("gemini/thought_summaries_gemini25pro.sse"))
-    options = types.HttpOptions(httpx_client=replay.client())
+    options = types.HttpOptions(httpx_client=replay.client(), async_client_args={"ssl": NO_SSL})
     client = genai.Client(api_key=KEY, http_options=options)
     cw = ContextWindow(rxcontext.open(":memory:"), GeminiModel("gemini-2.5-pro", client=client))
     cw.add_prompt("Why is the sky blue?")

@@ -25,7 +25,7 @@ import openai
 import pytest
 from faultmodels import Clock
 from matrix import spread
-from replay import Replay, pieces, real_fixture, sse
+from replay import NO_SSL, Replay, pieces, real_fixture, sse
 from replay import Reply as Served
 from stores import open_store
 
@@ -851,7 +851,9 @@ def test_gemini_503_is_retried():
     )
     client = genai.Client(
         api_key="AIzaTEST0123456789abcdefghijkl",
-        http_options=types.HttpOptions(httpx_client=replay.client()),
+        http_options=types.HttpOptions(
+            httpx_client=replay.client(), async_client_args={"ssl": NO_SSL}
+        ),
     )
     clock = Clock()
     cw = ContextWindow(

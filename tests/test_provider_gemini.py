@@ -13,7 +13,6 @@ import base64
 import contextlib
 import gc
 import json
-import ssl
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pytest
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
-from replay import REAL, Replay, collect_async, collect_sync, real_files, real_fixture, sse
+from replay import NO_SSL, REAL, Replay, collect_async, collect_sync, real_files, real_fixture, sse
 from replay import Reply as Canned
 
 import rxcontext
@@ -68,11 +67,6 @@ def record(
 
 
 HI = Request([record(RecordType.PROMPT, "hi")])
-
-
-# The SDK loads CA certificates for every client unless given an SSL context (~65 ms);
-# nothing here opens a socket, so an empty context will do.
-NO_SSL = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 def client(replay: Replay) -> genai.Client:

@@ -20,7 +20,6 @@ import itertools
 import json
 import os
 import random
-import ssl
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,7 @@ import openai
 import pytest
 from google import genai
 from google.genai import types
+from replay import NO_SSL
 
 from rxcontext.errors import ProviderError
 from rxcontext.providers import AnthropicModel, GeminiModel, OpenAIModel, OpenAIResponsesModel
@@ -50,7 +50,6 @@ R = RecordType
 MODES = ("sync", "async")
 WIRES = ("fast", "sdk")
 PROVIDERS = ("openai_chat", "openai_responses", "anthropic", "gemini")
-NO_SSL = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 # -- a transport that records requests and refuses them ------------------------------------
@@ -146,6 +145,7 @@ def gemini_client(recorder: Recorder) -> genai.Client:
     options = types.HttpOptions(
         httpx_client=httpx2.Client(transport=recorder.transport, verify=NO_SSL),
         httpx_async_client=httpx2.AsyncClient(transport=recorder.transport, verify=NO_SSL),
+        async_client_args={"ssl": NO_SSL},
         retry_options=types.HttpRetryOptions(attempts=1),
     )
     return genai.Client(api_key="AIzaTESTbodies-0123456789abcdef", http_options=options)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import ssl
 import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -30,7 +29,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from replay import real_files, sse
+from replay import NO_SSL, real_files, sse
 from wire_faults import EXAMPLES, assert_well_typed, broken, cause_chain, sdk_cause, truncated
 
 from rxcontext.chunks import Chunk
@@ -40,7 +39,6 @@ from rxcontext.providers.base import Request
 from rxcontext.records import Record, RecordType
 
 KEY = "AIzaTESTKEY-gemini-wire-0123456789abcdef"
-NO_SSL = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 HI = Request([Record(0, "ctx", RecordType.PROMPT, "hi", True, 0, datetime(2026, 1, 1, tzinfo=UTC))])
 
 # -- a transport that serves one body in given pieces --------------------------------------

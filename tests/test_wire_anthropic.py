@@ -358,7 +358,7 @@ def streams(draw: st.DrawFn) -> tuple[bytes, Exception | None]:
     return "".join(out).encode(), cut
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stream=streams(), cuts=st.lists(st.integers(min_value=0, max_value=1 << 16), max_size=12))
 def test_generated_streams_same_on_both_wires(
     stream: tuple[bytes, Exception | None], cuts: list[int]

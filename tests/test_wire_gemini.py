@@ -377,7 +377,7 @@ def stream(draw: st.DrawFn) -> tuple[list[bytes], Exception | None]:
 
 @pytest.mark.filterwarnings("ignore:NEW_REASON_X is not a valid:UserWarning")
 @settings(
-    max_examples=100,
+    max_examples=EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -360,7 +360,7 @@ def chat_streams(draw: st.DrawFn) -> tuple[bytes, list[int], int | None, Excepti
     return body_bytes, cuts, error_after, error
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(stream=chat_streams())
 def test_generated_chat_streams(
     stream: tuple[bytes, list[int], int | None, Exception | None],
@@ -544,7 +544,7 @@ def responses_streams(draw: st.DrawFn) -> tuple[bytes, list[int], int | None, Ex
     return body, cuts, error_after, err
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(stream=responses_streams())
 def test_generated_responses_streams(
     stream: tuple[bytes, list[int], int | None, Exception | None],

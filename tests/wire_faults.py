@@ -24,7 +24,8 @@ from rxcontext.errors import ProviderError
 Path = tuple[Any, ...]
 
 EXAMPLES = int(os.environ.get("RXCONTEXT_WIRE_EXAMPLES", "50"))
-"""Examples per broken-stream test; raise it (e.g. 5000) for a longer hunt."""
+"""Examples per generated-stream test, well-formed or broken, on both wires; raise it (e.g.
+5000) for a longer hunt. The default keeps the suite under three minutes on two cores."""
 
 # Values of every JSON kind, some of which a lax validator coerces ("5" → 5, 5.0 → 5,
 # True → 1): where the SDK coerces a value, both wires must agree on the coerced one.

@@ -72,6 +72,23 @@ def test_a_new_in_memory_store_is_the_database_the_steps_give(tmp_path: Path):
         second.close()
 
 
+def _open_memory_in_child(out: multiprocessing.Queue[int]) -> None:
+    store = rxcontext.open(":memory:")
+    out.put(len(store._conn.execute("SELECT name FROM schema_migrations").fetchall()))
+    store.close()
+
+
+def test_a_forked_child_opens_in_memory_stores_of_its_own():
+    rxcontext.open(":memory:").close()  # the parent has its template
+    ctx = multiprocessing.get_context("fork")
+    out: multiprocessing.Queue[int] = ctx.Queue()
+    child = ctx.Process(target=_open_memory_in_child, args=(out,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert out.get(timeout=5) == len(MIGRATIONS)
+
+
 # -- the database of the last release ---------------------------------------------------------
 
 

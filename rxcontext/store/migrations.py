@@ -5,6 +5,7 @@ A released step is never edited; a new need gets a new step appended at the end.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -335,6 +336,19 @@ def migrate(db: sqlite3.Connection, path: str = ":memory:") -> list[str]:
 
 _template: sqlite3.Connection | None = None
 _template_lock = threading.Lock()
+_inherited: list[sqlite3.Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    # A forked child never uses the parent's template connection (SQLite connections do not
+    # cross fork) nor its lock (another thread may have held it). Kept, never closed.
+    global _template, _template_lock
+    if _template is not None:
+        _inherited.append(_template)
+    _template, _template_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def copy_current_schema(db: sqlite3.Connection) -> None:

@@ -20,6 +20,16 @@ find_browser() {
   return 1
 }
 
+# Where the headless shell cannot be installed, any Chromium found will do (slower).
+settle_for_any_browser() {
+  if browser=$(find_browser); then
+    echo "browser: $browser (chromium-headless-shell not installed: $1)"
+    exit 0
+  fi
+  echo "install_browser.sh: cannot install chromium: $1" >&2
+  exit 1
+}
+
 if command -v chromium-headless-shell >/dev/null 2>&1; then
   echo "browser: $(command -v chromium-headless-shell)"
   exit 0
@@ -30,20 +40,10 @@ if [ "$(id -u)" -eq 0 ]; then
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
   SUDO="sudo -n"
 else
-  if browser=$(find_browser); then  # the full browser is slower, but enough
-    echo "browser: $browser (chromium-headless-shell not installed: not root, no sudo)"
-    exit 0
-  fi
-  echo "install_browser.sh: cannot install chromium: not root and no password-less sudo" >&2
-  exit 1
+  settle_for_any_browser "not root and no password-less sudo"
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-  if browser=$(find_browser); then
-    echo "browser: $browser (chromium-headless-shell not installed: no apt-get)"
-    exit 0
-  fi
-  echo "install_browser.sh: cannot install chromium: no apt-get on this system" >&2
-  exit 1
+  settle_for_any_browser "no apt-get on this system"
 fi
 
 $SUDO apt-get update -q

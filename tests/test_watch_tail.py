@@ -9,7 +9,10 @@ threads queued behind each other for the GIL; with one reader, 0.06–0.09 s and
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import threading
+from typing import Any
 
 import pytest
 import redistest
@@ -392,6 +395,98 @@ def test_a_stream_no_watch_reads_is_dropped_and_one_read_is_kept(
         assert until(read_kept)  # one stream idle past 0.3 s while the other is read
         assert kept in tail._streams
     finally:
+        tail.close()
+        client.close()
+        reader.close()
+
+
+def _tail_over(private: redistest.PrivateRedis, block: float) -> tuple[Any, Any, Any]:
+    """A bare :class:`Tail` on ``private`` (the fan-out's own wiring), its two clients."""
+    from rxcontext.fanout.redis import _entry_at
+    from rxcontext.fanout.redis_tail import Tail
+
+    client = redis.Redis.from_url(private.url)
+    client.set_response_callback("XREAD", lambda response, **_: response)
+    reader = redis.Redis.from_url(private.url)
+    return Tail(client, reader, _entry_at, block=block), client, reader
+
+
+class _Recording(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor, noting the function of every call given to it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2)
+        self.calls: list[str] = []
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        inner = fn.args[0] if isinstance(fn, functools.partial) and fn.args else fn
+        self.calls.append(getattr(inner, "__name__", repr(inner)))
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_an_async_read_of_a_stream_new_to_the_tail_takes_no_executor_thread(
+    private: redistest.PrivateRedis,
+) -> None:
+    """A watch's first read of a stream the tail thread is not reading yet is the tail
+    thread's next ``XREAD`` (from the watch's position), not a read of its own in the
+    loop's default executor: in the scale-out benchmark every watch began with one, queued
+    behind the watches' store reads there, and chunks reached the watcher 0.3-0.5 s late at
+    p50 (docs/benchmarks.md)."""
+    tail, client, reader = _tail_over(private, block=0.05)
+    keys = [f"t:{{new{i}}}:s" for i in range(8)]
+    for key in keys:
+        reader.xadd(key, {"k": "c", "f": 1, "d": '[["text","x"]]'}, id="1-1")
+    executor = _Recording()
+
+    async def main() -> list[list[Any] | None]:
+        asyncio.get_running_loop().set_default_executor(executor)
+        return list(await asyncio.gather(*(tail.aread(key, (1, 0), WAIT) for key in keys)))
+
+    try:
+        got = asyncio.run(main())
+        seen = [[(e.epoch, e.first) for e in entries or ()] for entries in got]
+        assert seen == [[(1, 1)]] * len(keys)
+        # What may go to the executor: a nudge of the tail thread's blocking read.
+        assert set(executor.calls) <= {"_interrupt"}, executor.calls
+    finally:
+        executor.shutdown()
+        tail.close()
+        client.close()
+        reader.close()
+
+
+@pytest.mark.parametrize("side", ["read", "aread"])
+def test_a_new_stream_is_read_at_once_while_the_tail_blocks_on_others(
+    private: redistest.PrivateRedis, side: str
+) -> None:
+    """The tail thread blocks on the streams it reads (``block``, 60 s here); a watch that
+    waits on a stream it does not read yet interrupts that wait (``CLIENT UNBLOCK``) when
+    the thread did not take the stream up by itself within a few milliseconds, so the
+    watch gets the stream's next entry long before its own wait (10 s) ends."""
+    tail, client, reader = _tail_over(private, block=60.0)
+    idle, new = "t:{idle}:s", "t:{new}:s"
+    reader.xadd(idle, {"k": "b", "d": "{}"}, id="1-0")
+    reader.xadd(new, {"k": "b", "d": "{}"}, id="1-0")
+    never = threading.Event()
+    admin = private.client()
+
+    def add_once_waited_on() -> None:
+        assert until(lambda: new in tail._streams)
+        reader.xadd(new, {"k": "c", "f": 1, "d": '[["text","x"]]'}, id="1-1")
+
+    adder = threading.Thread(target=add_once_waited_on)
+    try:
+        assert tail.read(idle, (1, 0), 0.01, never) == []  # the tail now blocks on `idle`
+        assert until(lambda: int(admin.info("clients")["blocked_clients"]) == 1)
+        adder.start()
+        if side == "read":
+            got = tail.read(new, (1, 0), 10.0, never)
+        else:
+            got = asyncio.run(tail.aread(new, (1, 0), 10.0))
+        assert got is not None and [(e.epoch, e.first) for e in got] == [(1, 1)]
+    finally:
+        adder.join()
+        admin.close()
         tail.close()
         client.close()
         reader.close()

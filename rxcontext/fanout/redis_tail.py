@@ -10,9 +10,12 @@ it reads in a short buffer per stream, and wakes only the watches of the streams
 moved.
 
 A watch's read is served from that buffer when the buffer reaches back to the watch's
-position; otherwise (a watch joining, or one that fell behind the buffer) the watch reads
-what it misses itself, at once, and then waits on the buffer. A stream the thread was not
-reading yet is added by interrupting its blocking read (``CLIENT UNBLOCK``). A stream whose
+position; a watch that fell behind the buffer reads what it misses itself, at once, and then
+waits on the buffer. A stream the thread was not reading yet is read by the thread from the
+watch's position, with its next ``XREAD``: an ``awatch`` takes no executor thread for it (a
+sync watch, on its own thread already, still reads what is there at once). Under load the
+thread reads every few milliseconds and takes the stream up by itself; a watch that waited
+5 ms for that interrupts the thread's blocking read (``CLIENT UNBLOCK``). A stream whose
 epoch ended (its End read) is left out of the read until a watch asks for what follows (a
 resume's next epoch), and a stream no watch has read for ``idle`` seconds is dropped (within
 another ``idle / 4``).
@@ -26,6 +29,7 @@ import asyncio
 import bisect
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -44,6 +48,21 @@ Parse = Callable[[Any, Any], tuple[Position, Entry]]
 
 def _position(item: tuple[Position, Entry]) -> Position:
     return item[0]
+
+
+_NUDGE_AFTER = 0.005
+"""How long a read of a stream the tail thread is not reading yet leaves the thread to take
+it up by itself (under load it reads every few milliseconds) before interrupting its
+blocking read; then again every ``_NUDGE_EVERY`` seconds while it has not."""
+_NUDGE_EVERY = 0.05
+
+
+def _nudge_in(stream: _Stream, began: float, nudged: float, now: float) -> float:
+    """Seconds until a read that began at ``began`` (and last nudged the tail thread at
+    ``nudged``) is to nudge it; ``inf`` while the thread reads the stream."""
+    if stream.included:
+        return math.inf
+    return max(0.0, began + _NUDGE_AFTER - now, nudged + _NUDGE_EVERY - now)
 
 
 def _stream_id(position: Position) -> str:
@@ -172,21 +191,21 @@ class Tail:
             caught = self._catch_up(key, after)
             if caught:
                 return caught
-        nudge = False
+        nudged = -math.inf
         while True:
-            if nudge:  # the tail thread is not reading this stream yet
-                self._interrupt()
             with self._lock:
                 got, stream, left = self._ready(key, after, began, deadline)
                 if got != []:
                     return got
                 if left <= 0 or cancelled.is_set():
                     break
-                if not stream.included and not nudge:
-                    nudge = True
+                now = time.monotonic()
+                nudge_in = _nudge_in(stream, began, nudged, now)
+                if nudge_in > 0:
+                    stream.moved.wait(min(left, nudge_in))
                     continue
-                nudge = not stream.included
-                stream.moved.wait(min(left, 0.05) if nudge else left)
+            self._interrupt()  # the tail thread is not reading this stream yet
+            nudged = now
         return [] if self._reader.exists(key) else None
 
     async def aread(self, key: str, after: Position, wait: float) -> list[Entry] | None:
@@ -195,31 +214,32 @@ class Tail:
         loop = asyncio.get_running_loop()
         began = time.monotonic()
         deadline = began + wait
-        if self._behind(key, after):
+        if self._behind(key, after, new=False):
             caught = await asyncio.to_thread(self._catch_up, key, after)
             if caught:
                 return caught
-        nudge = False
+        nudged = -math.inf
         while True:
-            if nudge:
-                loop.run_in_executor(None, self._interrupt)
             with self._lock:
                 got, stream, left = self._ready(key, after, began, deadline)
                 if got != []:
                     return got
                 if left <= 0:
                     break
-                if not stream.included and not nudge:
-                    nudge = True
-                    continue
-                nudge = not stream.included
-                moved: asyncio.Future[bool] = loop.create_future()
-                waiter = (loop, moved)
-                stream.waiters.append(waiter)
+                now = time.monotonic()
+                nudge_in = _nudge_in(stream, began, nudged, now)
+                if nudge_in > 0:
+                    moved: asyncio.Future[bool] = loop.create_future()
+                    waiter = (loop, moved)
+                    stream.waiters.append(waiter)
+            if nudge_in <= 0:  # the tail thread is not reading this stream yet
+                loop.run_in_executor(None, self._interrupt)
+                nudged = now
+                continue
             # A timer and the future, not asyncio.wait_for: this runs for every chunk of
             # every watch, and a wait_for cost 14 µs against 9 µs (5.7 µs for the bare
             # future; Python 3.11, 100,000 waits timed in one process).
-            timer = loop.call_later(min(left, 0.05) if nudge else left, _expire, moved)
+            timer = loop.call_later(min(left, nudge_in), _expire, moved)
             woken = False
             try:
                 woken = await moved
@@ -243,11 +263,12 @@ class Tail:
             return None, stream, 0.0
         return got, stream, deadline - time.monotonic()
 
-    def _behind(self, key: str, after: Position) -> bool:
-        """Whether the buffer of ``key`` does not reach back to ``after`` (or there is none)."""
+    def _behind(self, key: str, after: Position, *, new: bool = True) -> bool:
+        """Whether the buffer of ``key`` does not reach back to ``after`` (or, when ``new``,
+        there is none)."""
         with self._lock:
             stream = self._streams.get(key)
-            return stream is None or after < stream.base
+            return new if stream is None else after < stream.base
 
     def _catch_up(self, key: str, after: Position) -> list[Entry]:
         """Read what follows ``after`` directly (at once); have the tail thread read
@@ -265,6 +286,7 @@ class Tail:
         if stream is None:
             stream = self._streams[key] = _Stream(at, self._lock)
             self._changed.notify()
+            self._start()
         elif stream.ended and at >= stream.cursor:  # a watch waits for a next epoch
             stream.ended = stream.included = False
             self._changed.notify()

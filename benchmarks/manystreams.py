@@ -26,7 +26,8 @@ checkpoint left, and count the periodic checkpoint writes (and their transaction
 ``--rounds N`` runs the concurrent case N times, each after and before a one-at-a-time
 sample (each round's ratio is against the mean of the two around it; medians are
 printed), so a change of the machine's load moves both sides. ``--versus-off`` runs each
-round again with checkpoints off (``on_vs_off``: what the periodic writes cost).
+round again with checkpoints off (``on_vs_off``: what the periodic writes cost). Each run's
+user and system CPU and voluntary context switches per stream are printed too.
 ``--lease-ttl``: the store's lease (default 5 s, the library's); a process starved that
 long by other jobs on the machine fences its own replies, by design, and the run fails.
 """
@@ -38,6 +39,7 @@ import asyncio
 import gc
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -112,15 +114,38 @@ def run(
                 await asyncio.sleep(0.001)
                 lateness.append(loop.time() - due)
 
-        async def together(indices: range, every: float | None = every) -> float:
+        # Per stream, of each concurrent run and each one-at-a-time sample: user and system
+        # CPU (µs) and voluntary context switches (threads handing the GIL and the store's
+        # lock to each other sleep and wake: that is system time).
+        split: dict[str, list[list[float]]] = {"together": [], "together_off": [], "alone": []}
+
+        def usage() -> tuple[float, float, int]:
+            r = resource.getrusage(resource.RUSAGE_SELF)
+            return r.ru_utime, r.ru_stime, r.ru_nvcsw
+
+        def note(kind: str, before: tuple[float, float, int], n: int) -> None:
+            after = usage()
+            split[kind].append(
+                [
+                    round((after[0] - before[0]) / n * 1e6, 1),
+                    round((after[1] - before[1]) / n * 1e6, 1),
+                    round((after[2] - before[2]) / n, 1),
+                ]
+            )
+
+        async def together(
+            indices: range, every: float | None = every, kind: str = "together"
+        ) -> float:
             nonlocal running
             running = True
             tick = asyncio.create_task(ticker())
             ready = [window(i, every) for i in indices]
             gc.collect()
+            before = usage()
             start = time.process_time()
             await asyncio.gather(*(one(cw) for cw in ready))
             cpu = time.process_time() - start
+            note(kind, before, len(ready))
             running = False
             await tick
             return cpu
@@ -128,10 +153,13 @@ def run(
         async def alone(first: int) -> float:
             ready = [window(i) for i in range(first, first + single)]
             gc.collect()
+            before = usage()
             start = time.process_time()
             for cw in ready:
                 await one(cw)
-            return (time.process_time() - start) / single
+            cpu = (time.process_time() - start) / single
+            note("alone", before, single)
+            return cpu
 
         async def main() -> dict[str, Any]:
             out: dict[str, Any] = {}
@@ -157,7 +185,7 @@ def run(
                 if versus_off:
                     # The same concurrent run with checkpoints off: what the writes cost.
                     first = (rounds + r) * streams
-                    offs.append(await together(range(first, first + streams), None))
+                    offs.append(await together(range(first, first + streams), None, "together_off"))
                 if mode == "cpu":
                     singles.append(await alone(base))
                     base += single
@@ -174,6 +202,9 @@ def run(
                 out["rounds_single_s"] = singles
                 out["rounds_ratio"] = ratios
                 out["ratio"] = statistics.median(ratios)
+            out["per_stream_user_us_sys_us_voluntary_switches"] = {
+                k: v for k, v in split.items() if v
+            }
             out["checkpoint_drafts"] = (writes["drafts"] - before["drafts"]) / rounds
             out["checkpoint_transactions"] = (
                 writes["transactions"] - before["transactions"]

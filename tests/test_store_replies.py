@@ -500,3 +500,47 @@ def test_a_request_reads_no_text_of_the_replies_streaming_beside_it(tmp_path: An
         assert not [s for s in statements if "checkpoint_parts" in s], statements
     finally:
         store.close()
+
+
+def test_sqlite_commits_a_reply_with_one_write_of_its_contexts_totals(tmp_path: Any):
+    """A reply's commit adds its live records' tokens, its usage and its response id to the
+    context's row in one statement, and a reply never interrupted loses its checkpoint's
+    parts with its row (ON DELETE CASCADE): each statement gives up the GIL and takes it
+    back, which from a busy event loop waits (5,000 concurrent streams spent ~70 such
+    hand-overs a reply; docs/benchmarks.md). The totals are what the separate writes gave."""
+    store = rxcontext.SQLiteStore(tmp_path / "commit.db")
+    try:
+        ctx = store.get_or_create_context("c")
+        store.add_record(ctx.id, P("q"))
+        ticket = begin(store, ctx.id, "r")
+        assert store.save_checkpoint(ticket, CheckpointDraft("partial", chunks=1))
+        usage = Usage(input_tokens=40, output_tokens=7, total_tokens=47, cached_tokens=3)
+        statements: list[str] = []
+        store._db().set_trace_callback(statements.append)
+        try:
+            stored = store.commit_reply(
+                ctx.id,
+                [R("the answer"), RecordDraft(RecordType.MODEL_RESP, "aside", live=False)],
+                usage=usage,
+                last_response_id="resp_1",
+                reply=ticket,
+                end="reply",
+            )
+        finally:
+            store._db().set_trace_callback(None)
+        contexts = [s for s in statements if s.startswith("UPDATE contexts")]
+        assert len(contexts) == 2, contexts  # the lock and position, then the totals
+        assert not [s for s in statements if "checkpoint_parts" in s], statements
+        db = store._db()
+        assert db.execute("SELECT count(*) FROM checkpoint_parts").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM checkpoints").fetchone() == (0,)
+        row = db.execute(
+            "SELECT live_tokens, input_tokens, output_tokens, total_tokens, cached_tokens,"
+            " last_response_id FROM contexts WHERE id = ?",
+            (ctx.id,),
+        ).fetchone()
+        prompt = store.records(ctx.id)[0]
+        assert row == (prompt.est_tokens + stored[0].est_tokens, 40, 7, 47, 3, "resp_1")
+        assert store.live_tokens(ctx.id) == row[0]
+    finally:
+        store.close()

@@ -467,7 +467,12 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         draft: RecordDraft,
         pos: int,
         reply_id: str | None = None,
+        *,
+        count: bool = True,
     ) -> Record:
+        """Insert one record at ``pos``; ``count``: add a live record's tokens to the
+        context's total here (a caller that writes the context's row anyway adds them in
+        that statement instead)."""
         if not isinstance(draft.content, str):
             raise TypeError(f"record content must be a str, not {type(draft.content).__name__}")
         content = rows.storable(draft.content)
@@ -508,7 +513,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             long.write(db, "records", "metadata", cur.lastrowid, metadata)
         if attachments:
             blobs.save(db, cur.lastrowid, attachments)
-        if draft.live:
+        if draft.live and count:
             self._live_tokens(db, context_id, est)
         assert cur.lastrowid is not None
         return Record(

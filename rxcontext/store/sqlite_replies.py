@@ -181,6 +181,8 @@ class SQLiteReplies:
             draft: RecordDraft,
             pos: int,
             reply_id: str | None = None,
+            *,
+            count: bool = True,
         ) -> Record: ...
 
     def _lease(self) -> str:
@@ -458,25 +460,23 @@ class SQLiteReplies:
                 pos, reply_id = row[0], row[1]
             else:
                 pos = at if at is not None else nxt
-            out = [self._insert(db, context_id, d, pos, reply_id) for d in drafts]
-            if usage is not None:
-                db.execute(
-                    "UPDATE contexts SET "
-                    + ", ".join(f"{f} = {f} + ?" for f in rows.USAGE_FIELDS)
-                    + " WHERE id = ?",
-                    (*(getattr(usage, f) for f in rows.USAGE_FIELDS), context_id),
-                )
-            if last_response_id is not None:
-                db.execute(
-                    "UPDATE contexts SET last_response_id = ? WHERE id = ?",
-                    (last_response_id, context_id),
-                )
+            out = [self._insert(db, context_id, d, pos, reply_id, count=False) for d in drafts]
+            # The context's totals and last response id in one statement: each statement
+            # gives up the GIL and takes it back, which from a busy event loop waits.
+            sets, args = _context_totals(out, usage, last_response_id)
+            if sets:
+                db.execute(f"UPDATE contexts SET {sets} WHERE id = ?", (*args, context_id))
             if reply is not None and end is not None:
                 self._settle(db, reply, end)
         return out
 
     def _settle(self, db: sqlite3.Connection, reply: ReplyTicket, end: ReplyEnd) -> None:
         cid = reply.checkpoint_id
+        if end != "round" and reply.epoch == 1:
+            # Never interrupted: nothing worth keeping beside its records (which name it);
+            # its parts go with it (ON DELETE CASCADE).
+            db.execute("DELETE FROM checkpoints WHERE id = ?", (cid,))
+            return
         db.execute("DELETE FROM checkpoint_parts WHERE checkpoint_id = ?", (cid,))
         if end == "round":
             db.execute(
@@ -484,9 +484,6 @@ class SQLiteReplies:
                 " chunks = 0, response_id = NULL, metadata = NULL, updated_at = ? WHERE id = ?",
                 (self.now(), cid),
             )
-        elif reply.epoch == 1:
-            # Never interrupted: nothing worth keeping beside its records (which name it).
-            db.execute("DELETE FROM checkpoints WHERE id = ?", (cid,))
         else:
             now = self.now()
             db.execute(
@@ -562,6 +559,26 @@ class SQLiteReplies:
                 (now, now, checkpoint_id),
             )
         return out
+
+
+def _context_totals(
+    records: Sequence[Record], usage: Usage | None, last_response_id: str | None
+) -> tuple[str, list[Any]]:
+    """What storing ``records`` changes in their context's row: the live records' tokens,
+    the usage, the last response id (as ``SET`` clauses and their arguments)."""
+    sets: list[str] = []
+    args: list[Any] = []
+    live = sum(r.est_tokens for r in records if r.live)
+    if live:
+        sets.append("live_tokens = live_tokens + ?")
+        args.append(live)
+    if usage is not None:
+        sets += [f"{f} = {f} + ?" for f in rows.USAGE_FIELDS]
+        args += [getattr(usage, f) for f in rows.USAGE_FIELDS]
+    if last_response_id is not None:
+        sets.append("last_response_id = ?")
+        args.append(last_response_id)
+    return ", ".join(sets), args
 
 
 def _replace_state(cp: Checkpoint, state: ReplyState, epoch: int, owner: str | None) -> Checkpoint:

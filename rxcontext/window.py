@@ -30,7 +30,7 @@ from .records import Checkpoint, Context, ContextStats, Record, RecordType, Toke
 from .resume import NativeResumeRun
 from .retry import DEFAULT_RETRY, RetryPolicy, Timeouts
 from .store.base import RecordDraft, Store, settle_refusal
-from .store.owner import worker_id
+from .store.owner import check_seconds, worker_id
 from .streaming import Run, _drive, _Flag, run_observable
 from .summarize import SummaryProposal
 from .tools import Tool, ToolApproval, ToolRegistry, ToolRunner
@@ -768,14 +768,15 @@ class ContextWindow:
         ``poll`` seconds (default: ``checkpoint_every``). A reply taken over by another
         worker may go back (a ``ChunkKind.REWIND`` chunk); the text a watcher ends with is
         the stored record's. Disposing stops watching (within ``wait`` seconds); it never
-        touches the reply.
+        touches the reply. ``poll`` and ``wait`` are positive, finite numbers of seconds
+        (``ValueError``, or ``TypeError`` for what is not a number, when asked).
         """
         return watch_observable(
             self._store,
             fanout_for(self._store),
             _text_arg(reply_id, "reply id"),
             poll=self._poll(poll),
-            wait=wait,
+            wait=check_seconds(wait, "wait"),
         )
 
     def awatch(
@@ -792,14 +793,12 @@ class ContextWindow:
             fanout_for(self._store),
             _text_arg(reply_id, "reply id"),
             poll=self._poll(poll),
-            wait=wait,
+            wait=check_seconds(wait, "wait"),
         )
 
     def _poll(self, poll: float | None) -> float:
         if poll is not None:
-            if poll <= 0:
-                raise ValueError("poll must be positive")
-            return poll
+            return check_seconds(poll, "poll")
         every = self.checkpoint_every
         return every if every and every > 0 else 1.0
 

@@ -308,3 +308,34 @@ def test_an_asyncio_owner_publishes_what_it_delivers(make_store: Callable[..., A
     watcher = Watcher(cw, "r-aown").start().join()  # the log of an ended reply is kept
     assert watcher.completed and watcher.chunks == delivered
     assert watcher.text == stored_text(cw, "r-aown")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "error"),
+    [
+        ("wait", 0, ValueError),
+        ("wait", -1.0, ValueError),
+        ("wait", float("nan"), ValueError),
+        ("wait", float("inf"), ValueError),
+        ("wait", "1", TypeError),
+        ("wait", True, TypeError),
+        ("poll", 0, ValueError),
+        ("poll", float("nan"), ValueError),
+        ("poll", float("inf"), ValueError),
+        ("poll", "1", TypeError),
+    ],
+)
+@pytest.mark.parametrize("side", ["watch", "awatch"])
+def test_a_watch_with_a_wait_or_poll_that_is_not_a_positive_number_is_refused(
+    side: str, option: str, value: Any, error: type[Exception]
+) -> None:
+    """A read that waits 0 s (or NaN) returns at once, and a watch made of such reads spins
+    on the fan-out; an infinite one never lets a disposal through. Refused when the watch
+    is asked for, before anything is read."""
+    store = rxcontext.open(":memory:", fanout="memory")
+    try:
+        cw = ContextWindow(store, ScriptedModel([]), context="c")
+        with pytest.raises(error, match=option):
+            getattr(cw, side)("r", **{option: value})
+    finally:
+        store.close()

@@ -32,13 +32,19 @@ def _start_time(pid: int) -> str | None:
     return fields[19].decode() if len(fields) > 19 else None
 
 
+def check_seconds(value: object, name: str) -> float:
+    """``value`` as a positive, finite number of seconds, or ``ValueError``/``TypeError``
+    naming ``name`` and saying why not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive, finite number of seconds, not {value!r}")
+    return float(value)
+
+
 def check_lease_ttl(value: object) -> float:
     """``value`` as a lease length in seconds, or ``ValueError``/``TypeError`` saying why not."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"lease_ttl must be a number of seconds, not {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"lease_ttl must be a positive, finite number of seconds, not {value!r}")
-    return float(value)
+    return check_seconds(value, "lease_ttl")
 
 
 def worker_id() -> str:

@@ -53,7 +53,9 @@ a cost of its own: ``RXSCALE_TAIL_TIMES=1`` splits a chunk's way at the owner's 
 and the watcher's tail thread (a regex per chunk on each); ``RXSCALE_EXECUTOR_TIMES=1``
 times each work item's wait for a thread of the owners' default executor, and
 ``RXSCALE_EXECUTOR_DUMP=file`` writes the first owner's items (function, wait, run time,
-when submitted) as JSON.
+when submitted) as JSON. ``RXSCALE_WATCHER_SWITCH=seconds`` sets the watcher processes'
+``sys.setswitchinterval`` (how long a thread that holds the GIL keeps it from one that
+waits; 0.005 by default), to see what the tail thread's waits for the GIL cost.
 """
 
 from __future__ import annotations
@@ -473,6 +475,8 @@ def run_owner(worker: int, out: Path) -> None:
 def run_watcher(index: int, out: Path) -> None:
     from rxcontext import ChunkKind, ContextWindow, ReplyNotFound
 
+    if os.environ.get("RXSCALE_WATCHER_SWITCH"):
+        sys.setswitchinterval(float(os.environ["RXSCALE_WATCHER_SWITCH"]))
     cfg = _config()
     store = _open(cfg, cfg["watcher_pool"])
     slots = [s for s in range(cfg["streams"]) if s % cfg["watchers"] == index]

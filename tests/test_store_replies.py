@@ -514,6 +514,8 @@ def test_sqlite_commits_a_reply_with_one_write_of_its_contexts_totals(tmp_path: 
         store.add_record(ctx.id, P("q"))
         ticket = begin(store, ctx.id, "r")
         assert store.save_checkpoint(ticket, CheckpointDraft("partial", chunks=1))
+        parts = "SELECT count(*) FROM checkpoint_parts"
+        assert store._db().execute(parts).fetchone() == (1,)
         usage = Usage(input_tokens=40, output_tokens=7, total_tokens=47, cached_tokens=3)
         statements: list[str] = []
         store._db().set_trace_callback(statements.append)
@@ -532,7 +534,7 @@ def test_sqlite_commits_a_reply_with_one_write_of_its_contexts_totals(tmp_path: 
         assert len(contexts) == 2, contexts  # the lock and position, then the totals
         assert not [s for s in statements if "checkpoint_parts" in s], statements
         db = store._db()
-        assert db.execute("SELECT count(*) FROM checkpoint_parts").fetchone() == (0,)
+        assert db.execute(parts).fetchone() == (0,)  # gone with their row
         assert db.execute("SELECT count(*) FROM checkpoints").fetchone() == (0,)
         row = db.execute(
             "SELECT live_tokens, input_tokens, output_tokens, total_tokens, cached_tokens,"

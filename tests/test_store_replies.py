@@ -546,3 +546,21 @@ def test_sqlite_commits_a_reply_with_one_write_of_its_contexts_totals(tmp_path: 
         assert store.live_tokens(ctx.id) == row[0]
     finally:
         store.close()
+
+
+def test_imported_records_add_their_live_tokens_and_usage_to_the_context(store: Store):
+    """``import_records`` adds the live records' tokens and the usage given to the
+    context's totals (on SQLite in the one statement a commit uses), dead records' not."""
+    ctx = store.get_or_create_context("c")
+    store.add_record(ctx.id, P("before"))
+    usage = Usage(input_tokens=11, output_tokens=5, total_tokens=16, cached_tokens=2)
+    imported = store.import_records(
+        ctx.id, [P("a question"), R("an answer"), R("dropped", live=False)], usage=usage
+    )
+    stats = store.context_stats(ctx.id)
+    live = [r for r in store.records(ctx.id) if r.live]
+    assert [r.content for r in live] == ["before", "a question", "an answer"]
+    assert stats.live_tokens == store.live_tokens(ctx.id) == sum(r.est_tokens for r in live)
+    assert imported[2].est_tokens > 0 and not imported[2].live
+    assert (stats.usage.input_tokens, stats.usage.output_tokens) == (11, 5)
+    assert (stats.usage.total_tokens, stats.usage.cached_tokens) == (16, 2)

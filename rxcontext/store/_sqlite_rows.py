@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -144,3 +144,23 @@ def checkpoint(row: Row, text: str, thinking: str) -> Checkpoint:
         epoch=row[16],
         owner=row[17],
     )
+
+
+def context_totals(
+    records: Sequence[Record], usage: Usage | None, last_response_id: str | None
+) -> tuple[str, list[Any]]:
+    """What storing ``records`` changes in their context's row: the live records' tokens,
+    the usage, the last response id (as ``SET`` clauses and their arguments)."""
+    sets: list[str] = []
+    args: list[Any] = []
+    live = sum(r.est_tokens for r in records if r.live)
+    if live:
+        sets.append("live_tokens = live_tokens + ?")
+        args.append(live)
+    if usage is not None:
+        sets += [f"{f} = {f} + ?" for f in USAGE_FIELDS]
+        args += [getattr(usage, f) for f in USAGE_FIELDS]
+    if last_response_id is not None:
+        sets.append("last_response_id = ?")
+        args.append(last_response_id)
+    return ", ".join(sets), args

@@ -566,14 +566,13 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         """Append ``drafts`` in order, each at its own position, in one transaction."""
         with self._tx(durable=True) as db:
             first = self._allocate(db, context_id, len(drafts))
-            out = [self._insert(db, context_id, d, first + i) for i, d in enumerate(drafts)]
-            if usage is not None:
-                db.execute(
-                    "UPDATE contexts SET "
-                    + ", ".join(f"{f} = {f} + ?" for f in rows.USAGE_FIELDS)
-                    + " WHERE id = ?",
-                    (*(getattr(usage, f) for f in rows.USAGE_FIELDS), context_id),
-                )
+            out = [
+                self._insert(db, context_id, d, first + i, count=False)
+                for i, d in enumerate(drafts)
+            ]
+            sets, args = rows.context_totals(out, usage, None)
+            if sets:
+                db.execute(f"UPDATE contexts SET {sets} WHERE id = ?", (*args, context_id))
         return out
 
     def history(self, context_id: str, *, since: int | None = None) -> tuple[int, list[Record]]:

@@ -463,7 +463,7 @@ class SQLiteReplies:
             out = [self._insert(db, context_id, d, pos, reply_id, count=False) for d in drafts]
             # The context's totals and last response id in one statement: each statement
             # gives up the GIL and takes it back, which from a busy event loop waits.
-            sets, args = _context_totals(out, usage, last_response_id)
+            sets, args = rows.context_totals(out, usage, last_response_id)
             if sets:
                 db.execute(f"UPDATE contexts SET {sets} WHERE id = ?", (*args, context_id))
             if reply is not None and end is not None:
@@ -559,26 +559,6 @@ class SQLiteReplies:
                 (now, now, checkpoint_id),
             )
         return out
-
-
-def _context_totals(
-    records: Sequence[Record], usage: Usage | None, last_response_id: str | None
-) -> tuple[str, list[Any]]:
-    """What storing ``records`` changes in their context's row: the live records' tokens,
-    the usage, the last response id (as ``SET`` clauses and their arguments)."""
-    sets: list[str] = []
-    args: list[Any] = []
-    live = sum(r.est_tokens for r in records if r.live)
-    if live:
-        sets.append("live_tokens = live_tokens + ?")
-        args.append(live)
-    if usage is not None:
-        sets += [f"{f} = {f} + ?" for f in rows.USAGE_FIELDS]
-        args += [getattr(usage, f) for f in rows.USAGE_FIELDS]
-    if last_response_id is not None:
-        sets.append("last_response_id = ?")
-        args.append(last_response_id)
-    return ", ".join(sets), args
 
 
 def _replace_state(cp: Checkpoint, state: ReplyState, epoch: int, owner: str | None) -> Checkpoint:

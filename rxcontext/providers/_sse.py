@@ -14,7 +14,7 @@ network reads.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Iterator
 from typing import Literal
 
 __all__ = ["Like", "SSEDecoder", "aiter_sse", "iter_sse"]
@@ -233,7 +233,9 @@ def iter_sse(chunks: Iterable[bytes], like: Like = "openai") -> Iterator[Event]:
     yield from decoder.flush()
 
 
-async def aiter_sse(chunks: AsyncIterable[bytes], like: Like = "openai") -> AsyncIterator[Event]:
+async def aiter_sse(
+    chunks: AsyncIterable[bytes], like: Like = "openai"
+) -> AsyncGenerator[Event, None]:
     """Events of an async byte stream, in order."""
     decoder = SSEDecoder(like)
     async for chunk in chunks:

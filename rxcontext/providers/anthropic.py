@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import aclosing
 from typing import Any, NoReturn, TypeVar
 
 from ._sdk import missing_sdk
@@ -653,10 +654,12 @@ async def _afast_chunks(
         decoder = SSEDecoder("anthropic")
         reader = _FastReader(client, http, _Turn(_secrets(client)))
         read = reader.read
-        async for data in http.aiter_bytes():
-            for event, payload in decoder.feed(data):
-                for chunk in read(event, payload):
-                    yield chunk
+        # Closed here, not left for the loop's finalizer (a task that a stopped loop drops).
+        async with aclosing(http.aiter_bytes()) as pieces:
+            async for data in pieces:
+                for event, payload in decoder.feed(data):
+                    for chunk in read(event, payload):
+                        yield chunk
         for event, payload in decoder.flush():
             for chunk in read(event, payload):
                 yield chunk

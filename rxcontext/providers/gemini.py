@@ -842,6 +842,7 @@ async def _afast_chunks(
     http_request, http_options, params = _stream_request(client.models, model, contents, config)
     sent = await api._async_request(http_request, http_options, stream=True)
     response: Any = sent.response_stream
+    pieces: Any = None
     try:
         reader = _FastReader(api, params, sent)
         read = reader.read
@@ -860,6 +861,8 @@ async def _afast_chunks(
         yield reader.turn.done()
     finally:
         if isinstance(response, httpx2.Response):
+            if pieces is not None:  # closed here, not left for the loop's finalizer
+                await pieces.aclose()
             await response.aclose()
         else:
             response.release()

@@ -221,10 +221,14 @@ async def _aevents(raw: openai.AsyncAPIResponse[Any]) -> AsyncGenerator[Any, Non
     """The asyncio twin of :func:`_events`."""
     request = raw.http_response.request
     try:
-        async for _, data in aiter_sse(raw.iter_bytes()):
-            if data.startswith("[DONE]"):
-                return
-            yield _event_data(data, request)
+        # Closed here, not left for the loop's finalizer (a task that a stopped loop drops);
+        # httpx2's own iterator (the SDK's ``iter_bytes`` wraps it and would leave it open).
+        pieces = raw.http_response.aiter_bytes()
+        async with aclosing(pieces), aclosing(aiter_sse(pieces)) as events:
+            async for _, data in events:
+                if data.startswith("[DONE]"):
+                    return
+                yield _event_data(data, request)
     except httpx2.TimeoutException as err:
         raise openai.APITimeoutError(request) from err
     except httpx2.RequestError as err:

@@ -420,6 +420,27 @@ def test_a_batch_of_periodic_writes_stores_what_one_write_at_a_time_does(store: 
     assert seen(batch[2])[:2] == (long, "t")
 
 
+@pytest.mark.parametrize("first", ["first\x00", "L" * (BULK_CHARS + 1)], ids=["nul", "long"])
+def test_a_batch_keeps_a_replys_writes_in_order_when_its_first_is_written_apart(
+    store: Store, first: str
+):
+    """A reply's first write of a batch is written by statements of its own (a NUL, or a
+    part over ``BULK_CHARS``) and its second would fit the one-statement rows: the second
+    must still land after the first (its text appended after, its fields the newer), as
+    writing them one at a time does."""
+    ctx = store.get_or_create_context("apart")
+    a, b = begin(store, ctx.id, "apart-a"), begin(store, ctx.id, "apart-b")
+    batch = [
+        (a, CheckpointDraft(first, chunks=1, response_id="old")),
+        (a, CheckpointDraft("second", chunks=2, response_id="new")),
+        (b, CheckpointDraft("other", chunks=1)),
+    ]
+    assert store.save_checkpoints(batch) == [True, True, True]
+    got = store.get_checkpoint(a.checkpoint_id)
+    assert (got.text, got.chunks, got.response_id) == (first + "second", 2, "new")
+    assert store.get_checkpoint(b.checkpoint_id).text == "other"
+
+
 def test_deleting_a_context_fences_its_replies(store: Store):
     ctx = store.get_or_create_context("c")
     ticket = begin(store, ctx.id, "r")

@@ -131,8 +131,9 @@ def _bulk_payloads(
 ) -> tuple[str, str, list[int]] | None:
     """The JSON arrays :data:`_BULK_UPDATE` and :data:`_BULK_APPEND` take, and the
     positions of the writes left out of them (to write one at a time): a NUL character
-    (SQLite's JSON functions cut text there), a checkpoint already in the batch, more than
-    ``BULK_CHARS`` characters. None when fewer than two are left in."""
+    (SQLite's JSON functions cut text there), more than ``BULK_CHARS`` characters, a
+    checkpoint with an earlier write in the batch (in the rows or apart: its writes must land
+    in order). None when fewer than two are left in."""
     updates: list[tuple[Any, ...]] = []
     parts: list[tuple[int, str, str]] = []
     rest: list[int] = []
@@ -148,6 +149,9 @@ def _bulk_payloads(
             or "\x00" in (draft.error or "")
             or "\x00" in (draft.response_id or "")
         ):
+            # Its later writes go apart too: the rows run before the writes apart, so a
+            # later one in them would land before this one.
+            seen.add(cid)
             rest.append(i)
             continue
         seen.add(cid)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -174,14 +175,26 @@ class _Stopper:
     raised before the next read.
     """
 
-    __slots__ = ("agen", "cancelled", "loop", "run", "task")
+    __slots__ = ("_agen", "cancelled", "loop", "run", "task")
 
     def __init__(self, run: Run) -> None:
         self.run = run
-        self.agen: AsyncGenerator[Chunk, None] | None = None
+        # Weak: the heartbeat holds the stopper (through ``run.on_stop``) for as long as the
+        # reply is registered, and a strong reference would keep a generator its consumer
+        # dropped without closing alive, its response open, until the loop shuts down.
+        self._agen: weakref.ref[AsyncGenerator[Chunk, None]] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task[Any] | None = None
         self.cancelled = False
+
+    @property
+    def agen(self) -> AsyncGenerator[Chunk, None] | None:
+        """The driver's generator, while its consumer holds it."""
+        return self._agen() if self._agen is not None else None
+
+    @agen.setter
+    def agen(self, agen: AsyncGenerator[Chunk, None]) -> None:
+        self._agen = weakref.ref(agen)
 
     def start(self) -> None:
         """On the loop, as the driver starts: stops can be taken from here on."""

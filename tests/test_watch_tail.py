@@ -490,3 +490,36 @@ def test_a_new_stream_is_read_at_once_while_the_tail_blocks_on_others(
         tail.close()
         client.close()
         reader.close()
+
+
+@pytest.mark.parametrize("side", ["read", "aread"])
+def test_an_entry_the_tail_cannot_read_fails_its_own_stream_alone(
+    private: redistest.PrivateRedis, side: str
+) -> None:
+    """An entry the tail thread cannot parse (a chunk kind of a newer writer, or foreign
+    data under the key) makes that stream's watches fall back to the store (None), as the
+    direct reads do; the thread goes on reading every other stream. It used to raise out of
+    the thread, which never started again: every watch of the process then waited its
+    whole ``wait`` for nothing."""
+    fanout = RedisFanout(private.url)
+    reader = private.client()
+    never = threading.Event()
+
+    def read(reply_id: str, wait: float) -> list[Any] | None:
+        if side == "read":
+            return fanout.read(reply_id, (1, 0), epoch=1, wait=wait, cancelled=never)
+        return asyncio.run(fanout.aread(reply_id, (1, 0), epoch=1, wait=wait))
+
+    try:
+        for reply_id in ("good", "bad"):
+            reader.xadd(fanout.key(reply_id), {"k": "b", "d": "{}"}, id="1-0")
+            assert read(reply_id, 0.01) == []  # both are the tail thread's now
+        bad = {"k": "c", "f": 1, "d": '[["a_kind_from_a_newer_writer","x"]]'}
+        reader.xadd(fanout.key("bad"), bad, id="1-1")  # type: ignore[arg-type]
+        assert read("bad", WAIT) is None  # the store serves it
+        reader.xadd(fanout.key("good"), {"k": "c", "f": 1, "d": '[["text","x"]]'}, id="1-1")
+        got = read("good", WAIT)
+        assert got is not None and [(e.epoch, e.first) for e in got] == [(1, 1)]
+    finally:
+        reader.close()
+        fanout.close()

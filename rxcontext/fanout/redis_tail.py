@@ -84,6 +84,7 @@ class _Stream:
 
     __slots__ = (
         "base",
+        "broken",
         "cursor",
         "cursor_id",
         "ended",
@@ -104,6 +105,7 @@ class _Stream:
         self.included = False  # in the tail thread's current XREAD
         self.ended = False  # its epoch's End was read: not read on until a watch asks
         self.failed = 0.0  # when the tail thread last failed to read it (monotonic)
+        self.broken = False  # it holds an entry the tail cannot parse: the store serves
         self.used = time.monotonic()
         self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[bool]]] = []
 
@@ -259,7 +261,7 @@ class Tail:
         and the seconds left to wait."""
         stream = self._stream(key, after)
         got = _after(stream, after)
-        if not got and stream.failed >= began:
+        if not got and (stream.failed >= began or stream.broken):
             return None, stream, 0.0
         return got, stream, deadline - time.monotonic()
 
@@ -326,7 +328,7 @@ class Tail:
             keys: list[str] = []
             ids: list[str] = []
             for key, stream in self._streams.items():
-                if not stream.ended:
+                if not stream.ended and not stream.broken:
                     stream.included = True
                     keys.append(key)
                     ids.append(stream.cursor_id)
@@ -337,6 +339,22 @@ class Tail:
         return None
 
     def _run(self) -> None:
+        try:
+            self._read_all()
+        finally:  # closing, or a defect: the next read starts a thread again
+            waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[bool]]] = {}
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+                if not self._closing:  # its waits end now, and their watches go to the store
+                    now = time.monotonic()
+                    for stream in self._streams.values():
+                        stream.failed = now
+                        stream.wake(waiting)
+                    self._streams.clear()
+            _wake_loops(waiting)
+
+    def _read_all(self) -> None:
         pause = 0.0
         while True:
             with self._lock:
@@ -355,15 +373,22 @@ class Tail:
                 self._fail(error, pause)
                 continue
             pause = 0.0
-            read = [
-                (
-                    key.decode() if isinstance(key, bytes) else key,
-                    [self._parse(i, f) for i, f in rows],
-                )
-                for key, rows in _streams(found)
-            ]
+            read: list[tuple[str, list[tuple[Position, Entry]]]] = []
+            unreadable: list[str] = []
+            for raw_key, rows in _streams(found):
+                key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+                try:
+                    read.append((key, [self._parse(i, f) for i, f in rows]))
+                except Exception as error:  # not our entries (a newer writer's, or foreign)
+                    _log.debug("fan-out: %r holds an entry the tail cannot read: %s", key, error)
+                    unreadable.append(key)
             waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[bool]]] = {}
             with self._lock:
+                for key in unreadable:  # its watches go to the store, as a direct read's do
+                    stream = self._streams.get(key)
+                    if stream is not None:  # not read again until the sweep drops it
+                        stream.broken = True
+                        stream.wake(waiting)
                 for key, entries in read:
                     stream = self._streams.get(key)
                     if stream is None:

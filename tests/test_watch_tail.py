@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import functools
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -523,3 +524,47 @@ def test_an_entry_the_tail_cannot_read_fails_its_own_stream_alone(
     finally:
         reader.close()
         fanout.close()
+
+
+@pytest.mark.parametrize("side", ["read", "aread"])
+def test_a_stream_a_watch_waits_on_is_not_swept_as_idle(
+    private: redistest.PrivateRedis, side: str
+) -> None:
+    """The tail drops a stream no watch read for ``idle`` seconds; a watch that waits longer
+    than that (``wait`` is the caller's) is reading it all the while: its stream must stay
+    read, so an entry that comes after ``idle`` reaches it (it used to come only with the
+    end of the wait, as ``[]``)."""
+    from rxcontext.fanout.redis import _entry_at
+    from rxcontext.fanout.redis_tail import Tail
+
+    idle, wait = 0.2, 5.0
+    client = redis.Redis.from_url(private.url)
+    client.set_response_callback("XREAD", lambda response, **_: response)
+    reader = redis.Redis.from_url(private.url)
+    tail = Tail(client, reader, _entry_at, block=0.05, idle=idle)
+    key = "t:{swept}:s"
+    reader.xadd(key, {"k": "b", "d": "{}"}, id="1-0")
+    never = threading.Event()
+    started = threading.Event()
+
+    def add_after_idle() -> None:
+        started.wait(WAIT)
+        past = time.monotonic() + 4 * idle  # several sweeps while the watch waits
+        assert until(lambda: time.monotonic() > past)
+        reader.xadd(key, {"k": "c", "f": 1, "d": '[["text","x"]]'}, id="1-1")
+
+    adder = threading.Thread(target=add_after_idle)
+    adder.start()
+    try:
+        assert tail.read(key, (1, 0), 0.01, never) == []  # the tail reads it now
+        started.set()
+        if side == "read":
+            got = tail.read(key, (1, 0), wait, never)
+        else:
+            got = asyncio.run(tail.aread(key, (1, 0), wait))
+        assert got is not None and [(e.epoch, e.first) for e in got] == [(1, 1)]
+    finally:
+        adder.join()
+        tail.close()
+        client.close()
+        reader.close()

@@ -260,6 +260,8 @@ class Tail:
         after ``after``; None if the tail failed since; ``[]``: nothing yet), the stream,
         and the seconds left to wait."""
         stream = self._stream(key, after)
+        if stream.used < deadline:  # read all through this wait: not idle before its end
+            stream.used = deadline
         got = _after(stream, after)
         if not got and (stream.failed >= began or stream.broken):
             return None, stream, 0.0
@@ -292,7 +294,7 @@ class Tail:
         elif stream.ended and at >= stream.cursor:  # a watch waits for a next epoch
             stream.ended = stream.included = False
             self._changed.notify()
-        stream.used = time.monotonic()
+        stream.used = max(stream.used, time.monotonic())  # a wait's end, if later
         return stream
 
     def _interrupt(self) -> None:

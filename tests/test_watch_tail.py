@@ -568,3 +568,53 @@ def test_a_stream_a_watch_waits_on_is_not_swept_as_idle(
         tail.close()
         client.close()
         reader.close()
+
+
+@pytest.mark.parametrize("side", ["read", "aread"])
+def test_a_waiting_watch_the_buffer_no_longer_reaches_reads_what_it_missed(
+    private: redistest.PrivateRedis, side: str
+) -> None:
+    """The tail keeps the last ``keep`` entries of a stream; when one read brings more than
+    that while a watch waits further back, the buffer no longer reaches the watch's
+    position: the watch must get the entries it missed from Redis, not the buffer's rest
+    (with a gap) or, when another watch of the stream took the buffer further, nothing."""
+    from rxcontext.fanout.redis import _entry_at
+    from rxcontext.fanout.redis_tail import Tail
+
+    client = redis.Redis.from_url(private.url)
+    client.set_response_callback("XREAD", lambda response, **_: response)
+    reader = redis.Redis.from_url(private.url)
+    tail = Tail(client, reader, _entry_at, block=60.0, keep=2)
+    admin = private.client()
+    key = "t:{kept}:s"
+    reader.xadd(key, {"k": "b", "d": "{}"}, id="1-0")
+    for seq in (1, 2):
+        reader.xadd(key, {"k": "c", "f": seq, "d": '[["text","x"]]'}, id=f"1-{seq}")
+
+    def add_three_at_once() -> None:  # one transaction: the blocked XREAD gets all three
+        assert until(lambda: key in tail._streams and tail._streams[key].included)
+        assert until(lambda: int(admin.info("clients")["blocked_clients"]) == 1)
+        pipe = reader.pipeline(transaction=True)
+        for seq in (3, 4, 5):
+            pipe.xadd(key, {"k": "c", "f": seq, "d": '[["text","x"]]'}, id=f"1-{seq}")
+        pipe.execute()
+
+    adder = threading.Thread(target=add_three_at_once)
+    adder.start()
+    try:
+        if side == "read":
+            got = tail.read(key, (1, 2), WAIT, threading.Event())
+        else:
+            got = asyncio.run(tail.aread(key, (1, 2), WAIT))
+        assert got is not None
+        assert [(e.epoch, seq) for e in got for seq in range(e.first, e.last + 1)] == [
+            (1, 3),
+            (1, 4),
+            (1, 5),
+        ]
+    finally:
+        adder.join()
+        admin.close()
+        tail.close()
+        client.close()
+        reader.close()

@@ -117,6 +117,10 @@ class _Stream:
         self.waiters.clear()
 
 
+_BEHIND: list[Entry] = []
+"""What :meth:`Tail._ready` answers (by identity) to a watch the buffer no longer reaches."""
+
+
 def _after(stream: _Stream, after: Position) -> list[Entry]:
     """The entries after ``after``; those up to it are dropped (the watch that asks has
     them; a second watch of the stream further behind reads what it misses itself). An
@@ -197,15 +201,18 @@ class Tail:
         while True:
             with self._lock:
                 got, stream, left = self._ready(key, after, began, deadline)
-                if got != []:
-                    return got
-                if left <= 0 or cancelled.is_set():
-                    break
-                now = time.monotonic()
-                nudge_in = _nudge_in(stream, began, nudged, now)
-                if nudge_in > 0:
-                    stream.moved.wait(min(left, nudge_in))
-                    continue
+                if got is not _BEHIND:
+                    if got != []:
+                        return got
+                    if left <= 0 or cancelled.is_set():
+                        break
+                    now = time.monotonic()
+                    nudge_in = _nudge_in(stream, began, nudged, now)
+                    if nudge_in > 0:
+                        stream.moved.wait(min(left, nudge_in))
+                        continue
+            if got is _BEHIND:  # what it missed, from Redis (None: Redis lost it too)
+                return self._catch_up(key, after) or None
             self._interrupt()  # the tail thread is not reading this stream yet
             nudged = now
         return [] if self._reader.exists(key) else None
@@ -224,16 +231,19 @@ class Tail:
         while True:
             with self._lock:
                 got, stream, left = self._ready(key, after, began, deadline)
-                if got != []:
-                    return got
-                if left <= 0:
-                    break
-                now = time.monotonic()
-                nudge_in = _nudge_in(stream, began, nudged, now)
-                if nudge_in > 0:
-                    moved: asyncio.Future[bool] = loop.create_future()
-                    waiter = (loop, moved)
-                    stream.waiters.append(waiter)
+                if got is not _BEHIND:
+                    if got != []:
+                        return got
+                    if left <= 0:
+                        break
+                    now = time.monotonic()
+                    nudge_in = _nudge_in(stream, began, nudged, now)
+                    if nudge_in > 0:
+                        moved: asyncio.Future[bool] = loop.create_future()
+                        waiter = (loop, moved)
+                        stream.waiters.append(waiter)
+            if got is _BEHIND:  # what it missed, from Redis (None: Redis lost it too)
+                return await asyncio.to_thread(self._catch_up, key, after) or None
             if nudge_in <= 0:  # the tail thread is not reading this stream yet
                 loop.run_in_executor(None, self._interrupt)
                 nudged = now
@@ -257,9 +267,12 @@ class Tail:
         self, key: str, after: Position, began: float, deadline: float
     ) -> tuple[list[Entry] | None, _Stream, float]:
         """Under the lock: what a read that began at ``began`` can answer now (the entries
-        after ``after``; None if the tail failed since; ``[]``: nothing yet), the stream,
-        and the seconds left to wait."""
+        after ``after``; None if the tail failed since; ``[]``: nothing yet; ``_BEHIND``:
+        the buffer no longer reaches back to ``after``, trimmed to ``keep`` or taken
+        further by another watch of the stream), the stream, and the seconds left to wait."""
         stream = self._stream(key, after)
+        if after < stream.base:
+            return _BEHIND, stream, 0.0
         if stream.used < deadline:  # read all through this wait: not idle before its end
             stream.used = deadline
         got = _after(stream, after)

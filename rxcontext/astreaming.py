@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from reactivex import abc
 
-from .chunks import Chunk, ToolCall
+from .chunks import Chunk, ChunkKind, ToolCall
 from .errors import ReplyStopped
 from .persist import ReplyPersister
 from .providers.base import Request
@@ -330,6 +330,11 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                             break
                         except _Expired:
                             assert limit is not None
+                            if delivered and chunk.kind is ChunkKind.DONE:
+                                # Only the end is late: the reply is whole, as the sync
+                                # driver (which cannot cut a blocking read short) has it.
+                                await aclose_chunks(it)
+                                break
                             if by_deadline:
                                 raise run.deadline_passed() from None
                             raise run.timeout(delivered, limit) from None

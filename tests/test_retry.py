@@ -407,3 +407,27 @@ async def test_a_timeout_error_raised_by_the_model_is_not_mistaken_for_ours():
     with pytest.raises(StreamInterrupted) as info:
         await cw.acall()
     assert type(info.value.__cause__) is TimeoutError
+
+
+@pytest.mark.parametrize(
+    "timeouts", [Timeouts(idle=5.0), Timeouts(deadline=10.0)], ids=["idle", "deadline"]
+)
+async def test_an_end_of_stream_late_after_done_completes_on_both_paths(timeouts):
+    """Every chunk, DONE included, comes in time; only the model's iterator ends late (its
+    read after DONE outlasts the idle time or the deadline). The sync driver cannot cut a
+    blocking read short and takes the late end as the end; the asyncio driver, which can,
+    must do the same: the reply is complete at DONE (it used to be interrupted)."""
+    script = [T("a"), T("b"), DONE, Wait(20.0)]
+    cw, _model, clock = window(list(script), timeouts=timeouts)
+    seen = subscribe(cw, clock)
+    clock.start()
+    assert seen.completed and seen.text == "ab" and replies(cw) == ["ab"]
+
+    cw, model, clock = window(list(script), timeouts=timeouts)
+    task = asyncio.create_task(cw.acall())
+    while not any(due - at == 20.0 for at, due in clock.timers):  # the model's late end
+        await clock.armed(len(clock.timers) + 1)
+    clock.advance_by(20.0)
+    reply = await task
+    assert reply.text == "ab" and replies(cw) == ["ab"]
+    assert model.closed == 1 and cw.checkpoints() == []

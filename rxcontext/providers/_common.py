@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -23,6 +24,7 @@ __all__ = [
     "incomplete_stream",
     "is_retryable_status",
     "malformed_event",
+    "mask_chain",
     "provider_error",
     "retry_after_seconds",
     "scrub",
@@ -57,6 +59,23 @@ def scrub(message: str, *secrets: str | None) -> str:
         if secret and len(secret) >= 4:
             message = message.replace(secret, "***")
     return _KEY.sub("***", message)
+
+
+def mask_chain(exc: BaseException, secrets: tuple[str | None, ...]) -> None:
+    """Mask API keys in the message and ``args`` of ``exc`` and of every exception it was
+    raised from or during: an SDK exception chained as a :class:`ProviderError`'s cause is
+    shown in its traceback, and may quote a key the server echoed back (a 401, an error
+    event)."""
+    seen: set[int] = set()
+    at: BaseException | None = exc
+    while at is not None and id(at) not in seen:
+        seen.add(id(at))
+        message = getattr(at, "message", None)
+        if isinstance(message, str):
+            with contextlib.suppress(AttributeError):
+                at.message = scrub(message, *secrets)  # type: ignore[attr-defined]
+        at.args = tuple(scrub(a, *secrets) if isinstance(a, str) else a for a in at.args)
+        at = at.__cause__ or at.__context__
 
 
 def is_retryable_status(status: int) -> bool:

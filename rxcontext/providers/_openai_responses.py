@@ -26,6 +26,7 @@ from ._common import (
     int_field,
     malformed_event,
     provider_error,
+    scrub,
     str_field,
 )
 from ._history import HistoryCache, compact_json
@@ -529,7 +530,7 @@ class ResponsesStream:
         sees every in-stream error, on both wires."""
         if self.request is None:
             raise error
-        raise error from openai.APIError(message, self.request, body=body)
+        raise error from openai.APIError(scrub(message, *self.secrets), self.request, body=body)
 
     def _arguments(self, item_id: Any, output_index: Any, delta: Any) -> list[Chunk]:
         str_field(item_id, "item_id")

@@ -78,6 +78,7 @@ from ._common import (
     int_field,
     is_retryable_status,
     malformed_event,
+    mask_chain,
     provider_error,
     str_field,
     transport_error,
@@ -319,6 +320,7 @@ def _classify(exc: BaseException, secrets: tuple[str | None, ...]) -> BaseExcept
     """The :class:`ProviderError` for ``exc``, or ``exc`` itself if it is not a provider failure."""
     if isinstance(exc, ProviderError):
         return exc
+    mask_chain(exc, secrets)  # it becomes the ProviderError's __cause__
     if isinstance(exc, anthropic.APIStatusError):
         return _error_from_body(exc.status_code, exc.body, exc.response.headers, secrets)
     if isinstance(exc, anthropic.APITimeoutError):

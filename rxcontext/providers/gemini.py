@@ -102,6 +102,7 @@ from ._common import (
     incomplete_stream,
     is_retryable_status,
     malformed_event,
+    mask_chain,
     provider_error,
     transport_error,
 )
@@ -351,6 +352,7 @@ def _classified(exc: Exception, secrets: tuple[str | None, ...]) -> BaseExceptio
     err = _classify(exc, secrets)
     if err is exc:
         raise exc
+    mask_chain(exc, secrets)  # it becomes the ProviderError's __cause__
     return err
 
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -139,6 +140,17 @@ def test_unknown_database_and_bad_server_are_clear_and_never_show_the_password(
     ) as info:
         rxcontext.open("postgresql://u:s3cret@127.0.0.1:1/x", retry_budget=0.2)
     assert "s3cret" not in str(info.value) and "s3cret" not in repr(info.value.__cause__)
+
+
+@pytest.mark.parametrize("password", ["hunter2 s3cret", "hunter2%zzs3cret"])
+def test_a_url_libpq_cannot_parse_never_shows_its_password(password: str):
+    """libpq's own message for a URL it cannot parse quotes the part it failed on, which is
+    the password when one is not percent-encoded: the error says what to fix, without it,
+    and chains nothing that holds it."""
+    with pytest.raises(StoreError, match="percent-encode") as info:
+        rxcontext.open(f"postgresql://u:{password}@127.0.0.1:1/x", retry_budget=0.2)
+    shown = "".join(traceback.format_exception(info.value))
+    assert "hunter2" not in shown and "s3cret" not in shown
 
 
 def test_repr_hides_the_password_and_close_is_idempotent(pg_url: str):

@@ -130,12 +130,16 @@ def transient(exc: BaseException) -> bool:
     return "FATAL" not in msg or any(word in msg for word in _TRANSIENT_WORDS)
 
 
+UNPARSABLE = "postgresql://(unparsable URL)"
+"""What :func:`redact` gives for a URL libpq cannot parse."""
+
+
 def redact(url: str) -> str:
     """``postgresql://user@host:port/db`` for messages: never the password."""
     try:
         info = conninfo_to_dict(url)
     except psycopg.ProgrammingError:
-        return "postgresql://(unparsable URL)"
+        return UNPARSABLE
     user = f"{info['user']}@" if info.get("user") else ""
     host = str(info.get("host") or "")
     port = f":{info['port']}" if info.get("port") else ""

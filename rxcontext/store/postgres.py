@@ -44,7 +44,16 @@ from .pg_codec import dec, enc, enc_opt
 from .pg_leases import PostgresLeases
 from .pg_migrations import migrate
 from .pg_replies import PostgresReplies
-from .pg_run import Conn, Later, Runner, Stored, connect_with_retry, first_line, redact
+from .pg_run import (
+    UNPARSABLE,
+    Conn,
+    Later,
+    Runner,
+    Stored,
+    connect_with_retry,
+    first_line,
+    redact,
+)
 
 __all__ = ["PostgresStore"]
 
@@ -95,6 +104,11 @@ class PostgresStore(PostgresReplies, PostgresLeases):
         if sep and scheme.lower() in ("postgresql", "postgres"):
             url = scheme.lower() + sep + rest  # libpq knows the scheme in lower case only
         self.url = redact(url)  # never the password
+        if self.url == UNPARSABLE:  # libpq's message would quote the part it failed on
+            raise StoreError(
+                f"cannot open {self.url}: libpq cannot parse it; percent-encode special"
+                " characters in the user name and password (a space as %20, % as %25)"
+            ) from None
         self.lease_ttl = check_lease_ttl(lease_ttl)
         self._close_hooks: list[Callable[[], None]] = []
         kwargs: dict[str, Any] = {

@@ -358,6 +358,13 @@ class ReplyPersister:
         b = self.builder
         text, text_end = b.text_from(self._text_mark)
         thinking, thinking_end = b.thinking_from(self._thinking_mark)
+        if error == IN_PROGRESS:
+            # A pair's high half waits for its low half (a provider may cut an emoji between
+            # two deltas): stored alone, it could only be replaced, and the character lost.
+            if text and "\ud800" <= text[-1] <= "\udbff":
+                text, text_end = text[:-1], text_end - 1
+            if thinking and "\ud800" <= thinking[-1] <= "\udbff":
+                thinking, thinking_end = thinking[:-1], thinking_end - 1
         self._inflight = (text_end, thinking_end)
         delivered = b.chunks - self._seeded
         metadata = b.metadata  # a copy

@@ -221,3 +221,30 @@ def test_free_memory_is_handed_back_only_after_a_long_reply() -> None:
 
     assert not let_go(TRIM_AT - 1)  # a short reply: left to the allocator, no call
     assert let_go(TRIM_AT) is (platform.libc_ver()[0] == "glibc")
+
+
+@pytest.mark.parametrize("kind", [ChunkKind.TEXT, ChunkKind.THINKING])
+def test_a_tick_between_the_halves_of_a_surrogate_pair_keeps_the_character(
+    kind: ChunkKind,
+) -> None:
+    """A provider may cut an escaped emoji between two deltas (its high half, then its low
+    half). A periodic checkpoint that lands between them must not store the high half alone
+    (the store can only replace it, and the character would be lost from the checkpoint and
+    from what a resume continues): it is written with its other half, at the next write."""
+    ts = TestScheduler()
+    deltas = ["A", "\ud83d", "\ude00", "B"]
+    model = ScriptedModel([[Chunk(kind, d) for d in deltas] + [RuntimeError("cut")]])
+    cw = ContextWindow(rxcontext.open(":memory:"), model, "s", checkpoint_every=1.0, scheduler=ts)
+    cw.add_prompt("go")
+    count = 0
+
+    def step(chunk: Chunk) -> None:
+        nonlocal count
+        count += 1
+        if count == 3:  # the high half delivered, the low half's hook running: a tick
+            ts.advance_by(1.0)
+
+    with pytest.raises(rxcontext.StreamInterrupted) as cut:
+        cw.call(rxops.middleware(on_chunk=step))
+    stored = cut.value.checkpoint.text if kind is ChunkKind.TEXT else cut.value.checkpoint.thinking
+    assert stored == "A\U0001f600B"

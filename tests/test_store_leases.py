@@ -23,7 +23,7 @@ import pytest
 import rxcontext
 from rxcontext import RecordType, ReplyNotFound, ReplyState
 from rxcontext.store import CheckpointDraft, ReplyTicket, Store
-from rxcontext.store.owner import _start_time, worker_id
+from rxcontext.store.owner import _start_time, owner_alive, worker_id
 from tests.test_store_replies import ELSEWHERE, P, R, begin
 
 
@@ -168,3 +168,27 @@ def test_lease_ttl_is_checked_on_postgres_too(pg_url: str) -> None:
         rxcontext.open(pg_url, lease_ttl=0)
     with rxcontext.open(pg_url, lease_ttl=2) as s:
         assert s.lease_ttl == 2.0
+
+
+def test_an_owner_in_another_pid_namespace_is_judged_by_its_lease() -> None:
+    """Two containers of one pod (or a host-network container and its host) share a host
+    name but not a process table: an owner of the other namespace must not be looked up in
+    this one's (where its pid is another process, or none) and taken for dead while its lease
+    runs; its lease alone decides, as for an owner on another host."""
+    code = "from rxcontext.store.owner import worker_id; print(worker_id())"
+    try:
+        made = subprocess.run(
+            ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except FileNotFoundError:
+        pytest.skip("no unshare(1) here: cannot make a PID namespace")
+    if made.returncode != 0:
+        pytest.skip(f"cannot make a PID namespace here: {made.stderr.strip()[:200]}")
+    other = made.stdout.strip()
+    assert other and other != worker_id()
+    now = datetime.now(UTC)
+    assert owner_alive(other, now + timedelta(seconds=60), now)  # its lease runs: alive
+    assert not owner_alive(other, now - timedelta(seconds=1), now)  # it ran out: gone

@@ -924,7 +924,7 @@ begins = st.lists(st.tuples(st.just("begin"), st.sampled_from(["live", "dead", "
 programs = st.tuples(begins.map(lambda b: b[:3]), ops).map(lambda p: p[0] + p[1])
 """Most programs open a few replies first, so the lifecycle operations have one to act on."""
 
-DEAD = f"{__import__('socket').gethostname()}:{__import__('os').getpid()}:gone"
+DEAD = f"{worker_id().split(':')[0]}:{__import__('os').getpid()}:gone"
 OWNERS = {"live": worker_id(), "dead": DEAD, "elsewhere": "elsewhere.invalid:1:1"}
 
 

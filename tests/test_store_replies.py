@@ -9,7 +9,6 @@ store's conformance suite is tests/test_store.py.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,8 +29,8 @@ from rxcontext.store.base import ORPHANED
 from rxcontext.store.owner import worker_id
 from rxcontext.store.sqlite_replies import BULK_CHARS
 
-DEAD = f"{socket.gethostname()}:{os.getpid()}:not-this-process"
-"""A worker id of this host whose process is gone (its pid now runs another process)."""
+DEAD = f"{worker_id().split(':')[0]}:{os.getpid()}:not-this-process"
+"""A worker id of this process table whose process is gone (its pid now runs another one)."""
 ELSEWHERE = "elsewhere.invalid:4242:1"
 """A worker on another host: only its lease says whether it is alive."""
 

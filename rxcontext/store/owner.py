@@ -2,7 +2,10 @@
 
 A worker id is ``host:pid:start`` where ``start`` is the process's start time (from
 ``/proc``; a random token where there is none), so a pid reused by a later process is not
-taken for the dead one. Same host: the process table tells a dead owner at once. Any host:
+taken for the dead one, and ``host`` names the process table: the host name, and on Linux
+the boot and the PID namespace (``name/boot-namespace``), so two containers of one pod, or
+two machines of one name, are not taken for one. Same process table: it tells a dead owner
+at once. Any other:
 an owner whose lease (renewed by its heartbeat, :mod:`rxcontext.heartbeat`) ran out is
 presumed dead, even if its process still exists (stopped, starved, cut off).
 """
@@ -17,7 +20,22 @@ from datetime import datetime
 
 __all__ = ["check_lease_ttl", "owner_alive", "worker_id"]
 
-_HOST = socket.gethostname()
+
+def _process_table() -> str:
+    """The name of this process table: the host name and, where Linux tells them, the boot
+    and the PID namespace (no ``:``, the worker id's separator)."""
+    name = socket.gethostname().replace(":", "_")
+    marks = []
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            marks.append(f.read().strip()[:8])
+        marks.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        pass
+    return f"{name}/{'-'.join(marks)}" if marks else name
+
+
+_HOST = _process_table()
 _ids: dict[int, str] = {}
 
 
@@ -63,7 +81,7 @@ def owner_alive(owner: str | None, lease_until: datetime | None, now: datetime) 
     host, _, rest = owner.partition(":")
     pid_text, _, start = rest.partition(":")
     leased = lease_until is not None and lease_until > now
-    if host != _HOST or not pid_text.isdigit():
+    if host != _HOST or not pid_text.isdigit():  # another process table: the lease decides
         return leased
     if owner == worker_id():
         return True

@@ -18,7 +18,7 @@ import redistest
 from gated import words
 from hypothesis import given
 from hypothesis import strategies as st
-from watching import text_of
+from watching import text_of, until
 
 from rxcontext import Chunk, ChunkKind, RecordType
 from rxcontext import operators as rxops
@@ -163,3 +163,27 @@ def test_a_watch_keeps_the_shown_text_in_pieces_until_it_compares_it():
         Chunk(ChunkKind.REWIND, index=len(words(999)))
     ]
     assert watch.text == words(999) and watch._text.size == len(words(999))
+
+
+def test_a_memory_read_waiting_on_an_old_epoch_returns_when_a_new_epoch_opens() -> None:
+    """A takeover opens the reply's next epoch; a watch waiting on the old one must move on
+    at once (to read the new epoch), not when its ``wait`` ends."""
+    fanout = MemoryFanout()
+    old = fanout.open_channel("r", 1)
+    old.chunk(Chunk(ChunkKind.TEXT, "Hello "))
+    got: list[Any] = []
+    waiting = threading.Event()
+
+    def read() -> None:
+        waiting.set()
+        got.append(fanout.read("r", (1, 1), epoch=1, wait=600.0, cancelled=threading.Event()))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert waiting.wait(30)
+    log = fanout._logs["r"]
+    assert until(lambda: log.waiters == 1)  # the read waits in the old epoch's log
+    fanout.open_channel("r", 2, "Hello ")
+    reader.join(30)
+    assert not reader.is_alive(), "the read still waits on the old epoch"
+    assert got == [[]]  # the next read, after epoch 1, gets the new epoch

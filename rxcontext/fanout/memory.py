@@ -24,7 +24,7 @@ __all__ = ["MemoryFanout"]
 class _Log:
     """One epoch of one reply."""
 
-    __slots__ = ("chunks", "cond", "end", "epoch", "text", "thinking", "waiters")
+    __slots__ = ("chunks", "cond", "end", "epoch", "replaced", "text", "thinking", "waiters")
 
     def __init__(self, epoch: int, text: str, thinking: str) -> None:
         self.epoch = epoch
@@ -32,6 +32,7 @@ class _Log:
         self.thinking = thinking
         self.chunks: list[Chunk] = []
         self.end: End | None = None
+        self.replaced = False  # a next epoch began (a takeover): its watchers move on
         self.cond = threading.Condition(threading.Lock())
         self.waiters = 0
 
@@ -55,7 +56,12 @@ class _Log:
         with self.cond:
             self.waiters += 1
             try:
-                while len(self.chunks) <= seen and self.end is None and not cancelled.is_set():
+                while (
+                    len(self.chunks) <= seen
+                    and self.end is None
+                    and not self.replaced
+                    and not cancelled.is_set()
+                ):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return
@@ -101,6 +107,7 @@ class MemoryFanout:
             self._ended.pop(reply_id, None)
         if old is not None:
             with old.cond:
+                old.replaced = True
                 old.cond.notify_all()  # watchers of the old epoch move on to this one
         return _Channel(self, reply_id, log)
 

@@ -322,6 +322,8 @@ def test_an_asyncio_owner_publishes_what_it_delivers(make_store: Callable[..., A
         ("poll", 0, ValueError),
         ("poll", float("nan"), ValueError),
         ("poll", float("inf"), ValueError),
+        ("poll", 1e10, ValueError),  # past what a thread can wait for (threading.TIMEOUT_MAX)
+        ("wait", 1e10, ValueError),
         ("poll", "1", TypeError),
     ],
 )

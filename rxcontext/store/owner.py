@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import threading
 import uuid
 from datetime import datetime
 
@@ -57,6 +58,8 @@ def check_seconds(value: object, name: str) -> float:
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive, finite number of seconds, not {value!r}")
+    if value > threading.TIMEOUT_MAX:  # what a thread can wait for (about 292 years)
+        raise ValueError(f"{name} must be at most {threading.TIMEOUT_MAX:g} seconds, not {value!r}")
     return float(value)
 
 

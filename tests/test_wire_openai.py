@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from replay import real_files
 from wire_faults import EXAMPLES, assert_well_typed, broken, cause_chain, sdk_cause, truncated
 
-from rxcontext.chunks import Chunk
+from rxcontext.chunks import Chunk, ChunkKind
 from rxcontext.errors import ProviderError
 from rxcontext.providers.base import Request
 from rxcontext.providers.openai import OpenAIModel, OpenAIResponsesModel
@@ -728,6 +728,33 @@ def test_counts_the_sdk_coerces_are_coerced_on_both_wires() -> None:
     usage = frame([{"id": "c", "choices": [], "usage": counts}], False, [False], [])
     _, error = same_everywhere(CHAT, lambda: Served(chat_body(usage)))
     assert error is not None and error[2] == "invalid_event"
+
+
+def test_a_fallback_to_the_sdk_after_calls_of_two_choices_keeps_both_calls() -> None:
+    """An event the fast reader hands to the SDK's model (here a count the SDK coerces)
+    after reading tool calls of two choices: the SDK's re-read must start from the calls
+    known before the event, not after its first choice (which lost that call's id and
+    name on the fast wire)."""
+
+    def call(index: int, name: str) -> dict[str, Any]:
+        return {"index": index, "id": f"c{index}", "type": "function",
+                "function": {"name": name, "arguments": "{}"}}  # fmt: skip
+
+    counts = {"prompt_tokens": "5", "completion_tokens": 1, "total_tokens": 6}
+    event = {
+        "id": "c",
+        "choices": [
+            {"index": 0, "delta": {"tool_calls": [call(0, "f0")]}, "finish_reason": None},
+            {"index": 0, "delta": {"tool_calls": [call(1, "f1")]}, "finish_reason": None},
+        ],
+        "usage": counts,
+    }
+    chunks, error = same_everywhere(
+        CHAT, lambda: Served(chat_body(frame([event], False, [False], [])))
+    )
+    assert error is None
+    calls = [(c.index, c.id, c.name) for c in chunks if c.kind is ChunkKind.TOOL_CALL]
+    assert calls == [(0, "c0", "f0"), (1, "c1", "f1")]
 
 
 def test_invalid_utf8_keeps_the_events_before_it_in_the_same_read() -> None:

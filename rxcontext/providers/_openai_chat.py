@@ -411,7 +411,8 @@ class ChatStream:
                         out.append(Chunk(_TEXT, content))
                     calls = delta.get("tool_calls")
                     if calls:
-                        saved = (set(self._ids), set(self._names))
+                        if saved is None:  # as before this event, for the SDK's re-read
+                            saved = (set(self._ids), set(self._names))
                         if calls.__class__ is not list:
                             raise BadEvent
                         for position, call in enumerate(calls):

@@ -16,18 +16,20 @@ from typing import Any
 
 import pytest
 import redistest
-from watching import Owner, Watcher, published, stored_text, text_of
+from watching import WAIT, Owner, Watcher, published, stored_text, text_of, until
 
 import rxcontext
 from rxcontext import (
     Chunk,
     ChunkKind,
     ContextWindow,
+    RecordType,
     ReplyNotFound,
     ReplyState,
     StreamInterrupted,
     Usage,
 )
+from rxcontext import operators as rxops
 from rxcontext.chunks import ReplyBuilder
 from rxcontext.fanout import MemoryFanout, fanout_for
 from rxcontext.providers import ScriptedModel
@@ -339,5 +341,67 @@ def test_a_watch_with_a_wait_or_poll_that_is_not_a_positive_number_is_refused(
         cw = ContextWindow(store, ScriptedModel([]), context="c")
         with pytest.raises(error, match=option):
             getattr(cw, side)("r", **{option: value})
+    finally:
+        store.close()
+
+
+def test_a_watch_of_a_resumed_reply_counts_the_thinking_of_its_earlier_rounds() -> None:
+    """A reply with reasoning in a tool round, cut in its second round and resumed: a watch
+    that joins the resumed epoch shows the first round's reasoning too (the stored reply's),
+    with no REWIND taking it back and giving it again at the end."""
+    th = lambda text: Chunk(ChunkKind.THINKING, text)  # noqa: E731
+    tx = lambda text: Chunk(ChunkKind.TEXT, text)  # noqa: E731
+    call = [
+        th("T1. "),
+        tx("Let me look. "),
+        Chunk(ChunkKind.TOOL_CALL, '{"city": "Oslo"}', 0, "call-1", "weather"),
+        Chunk(ChunkKind.DONE, finish_reason="tool_calls"),
+    ]
+    cut = [th("T2a. "), tx("Sunny "), ConnectionError("cut")]
+    more = [th("T2b. "), tx("in "), tx("Oslo."), Chunk(ChunkKind.DONE, finish_reason="stop")]
+    store = rxcontext.open(":memory:", fanout="memory")
+    try:
+        cw = ContextWindow(
+            store, ScriptedModel([call, cut, more]), context="c", retry=None,
+            checkpoint_every=None,
+        )  # fmt: skip
+        cw.add_prompt("Weather?")
+        cw.add_tool(rxcontext.Tool("weather", "Weather").string("city", "City"), lambda a: "sunny")
+        errors: list[Exception] = []
+        cw.stream(reply_id="r").subscribe(on_error=errors.append)
+        (interrupted,) = errors
+        assert isinstance(interrupted, rxcontext.StreamInterrupted)
+        held, go, resumed = threading.Event(), threading.Event(), threading.Event()
+        seen = [0]
+
+        def hold_the_second(_: Chunk) -> None:  # the resumed epoch's first chunk, then held
+            if seen[0] == 1:
+                held.set()
+                assert go.wait(WAIT)
+            seen[0] += 1
+
+        def resume() -> None:
+            hook = rxops.middleware(on_chunk=hold_the_second)
+            cw.resume(interrupted.checkpoint.id, hook).subscribe(lambda _: None)
+            resumed.set()
+
+        threading.Thread(target=resume, daemon=True).start()
+        assert held.wait(WAIT)
+        watcher = Watcher(cw, "r").start()
+        assert until(lambda: len(watcher.chunks) >= 2)  # what the reply holds so far
+        go.set()
+        assert resumed.wait(WAIT)
+        watcher.join()
+        assert watcher.completed and watcher.error is None
+        assert [c for c in watcher.chunks if c.kind is ChunkKind.REWIND] == []
+        built = ReplyBuilder()
+        for chunk in watcher.chunks:
+            built.add(chunk)
+        stored = "".join(
+            r.metadata.get("thinking", "")
+            for r in store.reply_records("r")
+            if r.type is RecordType.MODEL_RESP
+        )
+        assert built.thinking == stored == "T1. T2a. T2b. "
     finally:
         store.close()

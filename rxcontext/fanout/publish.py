@@ -9,8 +9,11 @@ __all__ = ["resumed_base"]
 
 
 def resumed_base(store: Store, checkpoint: Checkpoint) -> tuple[str, str]:
-    """The text and thinking a resumed reply starts from, as watchers count them: the text
-    of the rounds it stored before it was cut, then its checkpoint's."""
-    records = store.reply_records(checkpoint.reply_id)
-    before = "".join(r.content for r in records if r.type is RecordType.MODEL_RESP)
-    return before + checkpoint.text, checkpoint.thinking
+    """The text and thinking a resumed reply starts from, as watchers count them: those of
+    the rounds it stored before it was cut, then its checkpoint's."""
+    records = [
+        r for r in store.reply_records(checkpoint.reply_id) if r.type is RecordType.MODEL_RESP
+    ]
+    text = "".join(r.content for r in records)
+    thinking = "".join(t for r in records if isinstance(t := r.metadata.get("thinking"), str))
+    return text + checkpoint.text, thinking + checkpoint.thinking

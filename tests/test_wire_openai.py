@@ -876,3 +876,34 @@ def test_responses_in_stream_error_has_the_sdk_exception_on_both_wires(
         if body is not None:
             assert api.body == body
     assert cause_chain(errors["sdk"]) == cause_chain(errors["fast"])
+
+
+@pytest.mark.parametrize(
+    "middle",
+    [
+        pytest.param(b"retry: abc\n\n", id="retry-not-a-number"),
+        pytest.param(b"retry: 5\n\n", id="retry-alone"),
+        pytest.param(b"event:\n\n", id="empty-event-name"),
+        pytest.param(b"id: a\x00b\n\n", id="id-with-nul"),
+        pytest.param(b"id: 7\n\n\n", id="id-then-two-blank-lines"),
+        pytest.param(
+            b'id: 7\ndata: {"id": "c", "object": "chat.completion.chunk", "choices": []}\n\n\n',
+            id="id-kept-for-a-later-blank-line",
+        ),
+        pytest.param(b"id:\n\n", id="empty-id"),
+    ],
+)
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_id_retry_and_event_lines_end_events_as_the_sdks_decoder_does(
+    api: str, middle: bytes
+) -> None:
+    """Which ``id:``, ``retry:`` and ``event:`` lines make a blank line end an event (which,
+    with no data, is an error to both wires) follows the SDK's decoder: an event name must
+    not be empty, a retry must be a number, an id holds no NUL and is kept for every later
+    event (as the SSE spec says)."""
+    if api == "chat":
+        same_everywhere(CHAT, lambda: Served(chat_body(middle)))
+    else:
+        tail = ev("response.completed", response={"id": "resp_x", "status": "completed"})
+        body = responses_body() + middle + frame([tail], False, [False], [])
+        same_everywhere(RESPONSES, lambda: Served(body))

@@ -47,6 +47,8 @@ class SSEDecoder:
         "_data",
         "_eager_cr",
         "_event",
+        "_kept_id",
+        "_openai",
         "_pending",
         "_per_event",
         "_raw",
@@ -59,6 +61,8 @@ class SSEDecoder:
         self._event: str | None = None
         self._data: list[str] = []
         self._pending = False
+        self._openai = like == "openai"
+        self._kept_id = False  # like="openai": a last event id, which every blank line sends
         self._replace = like == "google-genai"
         self._per_event = like == "anthropic"
         self._eager_cr = like == "openai"
@@ -125,7 +129,7 @@ class SSEDecoder:
                     continue
                 line = raw.rstrip(b"\r\n")
                 if not line:
-                    if self._pending:
+                    if self._pending or self._kept_id:
                         out.append(self._dispatch())
                         data = self._data
                     continue
@@ -147,10 +151,17 @@ class SSEDecoder:
                     self._pending = True
                 elif name == b"event":
                     self._event = value.decode()
-                    self._pending = True
+                    if value or not self._openai:  # openai's: an empty name is none
+                        self._pending = True
                 else:
                     line.decode()
-                    if name in (b"id", b"retry"):
+                    if not self._openai:
+                        if name in (b"id", b"retry"):
+                            self._pending = True
+                    elif name == b"id":  # kept for every later event, as the SSE spec says
+                        if b"\x00" not in value:
+                            self._kept_id = bool(value)
+                    elif name == b"retry" and _is_int(value):  # openai's ignores others
                         self._pending = True
         except UnicodeDecodeError:
             return self._invalid(out, lines, raw, final)
@@ -218,6 +229,15 @@ class _RawJson:
         self._in_string = False
         self._escaped = False
         return text
+
+
+def _is_int(value: bytes) -> bool:
+    """Whether ``int()`` takes ``value`` (as the OpenAI SDK's decoder tries a ``retry``)."""
+    try:
+        int(value.decode())
+    except ValueError:
+        return False
+    return True
 
 
 def _raising(events: list[Event], error: BaseException) -> Iterator[Event]:

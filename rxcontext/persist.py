@@ -682,9 +682,13 @@ class ReplyPersister:
         )
 
     def store_tool_outputs(self, drafts: Sequence[RecordDraft]) -> list[Record]:
-        """Store the tool outputs of a round (one transaction) at the reply's position."""
+        """Store the tool outputs of a round (one transaction) at the reply's position;
+        none once the reply ended meanwhile (disposed while its tools ran: the next request
+        answers its calls, as on the asyncio path, whose cancelled tools return nothing)."""
         assert self.ticket is not None
         with self._write, deferred():
+            if self.finished:
+                return []
             records = self.store.commit_reply(
                 self.context_id, drafts, reply=self.ticket, commit_id=self._commit_id()
             )

@@ -380,6 +380,8 @@ class _SyncDriver:
                 self.rounds += 1
                 run.check_rounds(self.rounds)
                 results = _run_tools_sync(run, calls)
+                if self.flag.disposed or self.watch.is_stopped:
+                    raise _Cancelled  # while the tools ran: their outputs are not stored
                 run.store_results(results)
                 for chunk in run.result_chunks(results):
                     for hook in hooks:

@@ -538,3 +538,57 @@ def test_commits_racing_periodic_writes_store_every_reply_once_and_leave_nothing
     assert errors == []
     assert scalar(store, "SELECT COUNT(*) FROM checkpoint_parts") == 0
     assert scalar(store, "SELECT COUNT(*) FROM checkpoints WHERE state = 'streaming'") == 0
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_tool_output_that_comes_after_the_stream_ended_is_not_stored(mode: str) -> None:
+    """The stream is disposed (its task cancelled) while a tool runs; the tool returns after
+    that. The reply is interrupted by then: its call is answered once, by the next request's
+    "interrupted" output, on both paths (the sync path stored the late output as well, and a
+    request made while the tool still ran left two outputs for one call, which providers
+    refuse)."""
+    cw, model = window([call(0, "c1", "slow", "{}"), DONE], [T("next"), DONE])
+    started, release, returned = threading.Event(), threading.Event(), threading.Event()
+
+    def slow(_: dict[str, Any]) -> str:
+        started.set()
+        assert release.wait(30)
+        returned.set()
+        return "real output"
+
+    cw.add_tool(Tool("slow", "takes its time"), slow)
+    cw.add_prompt("go")
+    if mode == "sync":
+        driver: list[threading.Thread] = []
+        hook = rxops.middleware(on_start=lambda: driver.append(threading.current_thread()))
+        subscription = cw.stream(hook).subscribe(
+            lambda _: None, lambda _: None, scheduler=reactivex.scheduler.NewThreadScheduler()
+        )
+        assert started.wait(30)
+        subscription.dispose()
+        release.set()
+        driver[0].join(30)
+        assert not driver[0].is_alive()
+    else:
+
+        async def main() -> None:
+            async def consume() -> None:
+                async for _ in cw.astream():
+                    pass
+
+            task = asyncio.create_task(consume())
+            await asyncio.to_thread(started.wait, 30)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            release.set()
+            await asyncio.to_thread(returned.wait, 30)
+
+        asyncio.run(main())
+    assert [r.content for r in cw.records() if r.type is RecordType.TOOL_OUTPUT] == []
+    cw.add_prompt("again")
+    cw.call()
+    sent = [(r.type.name, r.tool_call_id) for r in model.requests[1].records]
+    assert sent.count(("TOOL_OUTPUT", "c1")) == 1
+    outputs = [r.content for r in cw.records() if r.type is RecordType.TOOL_OUTPUT]
+    assert outputs == [INTERRUPTED_TOOL_OUTPUT]

@@ -9,7 +9,9 @@ are left out (their half-finished tool rounds are not history yet).
 A tool call with no output (its process was killed between storing the calls and their
 outputs, or a tool raised ``BaseException``) would make every later request invalid for
 OpenAI and Anthropic. The first request that meets one stores an output saying the call was
-interrupted, at the call's place, so the history stays honest and valid.
+interrupted, at the call's place, so the history stays honest and valid. Outputs answer
+calls one each, in order (ids repeat across rounds for providers that send none); an output
+that answers no call (a second one, when two windows answered a call at once) is left out.
 """
 
 from __future__ import annotations
@@ -36,27 +38,45 @@ INTERRUPTED_TOOL_OUTPUT = (
 )
 
 
+def _pair(records: Sequence[Record]) -> tuple[list[Record], set[int]]:
+    """The TOOL_CALL records no output answers, and the ids of the TOOL_OUTPUT records that
+    answer no call (a second output for one call, or an output whose call is gone).
+
+    An output answers the earliest call of its id not answered yet (providers that send no
+    call id get ``call_<index>`` every round, so ids repeat); one without an id answers the
+    earliest unanswered call of the same name before it.
+    """
+    waiting: list[Record] = []
+    by_id: defaultdict[str, list[Record]] = defaultdict(list)
+    by_name: defaultdict[str | None, list[Record]] = defaultdict(list)
+    extra: set[int] = set()
+    for r in records:
+        if r.type is RecordType.TOOL_CALL:
+            waiting.append(r)
+            if r.tool_call_id is not None:
+                by_id[r.tool_call_id].append(r)
+            else:
+                by_name[r.tool_name].append(r)
+        elif r.type is RecordType.TOOL_OUTPUT:
+            calls = by_id.get(r.tool_call_id) if r.tool_call_id is not None else None
+            if r.tool_call_id is None:
+                calls = by_name.get(r.tool_name)
+                if calls:
+                    waiting.remove(calls.pop(0))
+            elif calls:
+                waiting.remove(calls.pop(0))
+            else:
+                extra.add(r.id)
+    return waiting, extra
+
+
 def unanswered_calls(records: Sequence[Record]) -> list[Record]:
     """The TOOL_CALL records in ``records`` that no TOOL_OUTPUT answers.
 
-    Outputs answer calls by id; an output without an id answers the earliest unanswered call
-    of the same name before it.
+    Outputs answer calls by id, one call each (the earliest of its id not answered yet); an
+    output without an id answers the earliest unanswered call of the same name before it.
     """
-    answered = {r.tool_call_id for r in records if r.type is RecordType.TOOL_OUTPUT}
-    open_by_name: defaultdict[str | None, list[Record]] = defaultdict(list)
-    waiting: list[Record] = []
-    for r in records:
-        if r.type is RecordType.TOOL_CALL:
-            if r.tool_call_id is not None and r.tool_call_id in answered:
-                continue
-            waiting.append(r)
-            if r.tool_call_id is None:
-                open_by_name[r.tool_name].append(r)
-        elif r.type is RecordType.TOOL_OUTPUT and r.tool_call_id is None:
-            calls = open_by_name.get(r.tool_name)
-            if calls:
-                waiting.remove(calls.pop(0))
-    return waiting
+    return _pair(records)[0]
 
 
 class HistoryCache:
@@ -151,7 +171,9 @@ def request_history(
             records = [r for r in records if r.reply_id not in busy]
     if not any(r.type is RecordType.TOOL_CALL for r in records):
         return records
-    dangling = unanswered_calls(records)
+    dangling, extra = _pair(records)
+    if extra:  # a call's second output (two requests answered it at once): providers refuse
+        records = [r for r in records if r.id not in extra]
     if not dangling:
         return records
     by_pos: defaultdict[int, list[Record]] = defaultdict(list)

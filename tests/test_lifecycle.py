@@ -28,8 +28,9 @@ from rxcontext import (
     Tool,
 )
 from rxcontext import operators as rxops
-from rxcontext.history import INTERRUPTED_TOOL_OUTPUT
+from rxcontext.history import INTERRUPTED_TOOL_OUTPUT, request_history
 from rxcontext.providers import ScriptedModel
+from rxcontext.store import RecordDraft
 from rxcontext.window import CONTINUE_PROMPT
 
 pytestmark = pytest.mark.usefixtures("both_stores")  # every test on SQLite and PostgreSQL
@@ -592,3 +593,49 @@ def test_a_tool_output_that_comes_after_the_stream_ended_is_not_stored(mode: str
     assert sent.count(("TOOL_OUTPUT", "c1")) == 1
     outputs = [r.content for r in cw.records() if r.type is RecordType.TOOL_OUTPUT]
     assert outputs == [INTERRUPTED_TOOL_OUTPUT]
+
+
+def _history_of(*rounds: list[RecordDraft]) -> tuple[Any, str]:
+    """A context holding a prompt, then each round's records committed in one write."""
+    store = open_store()
+    ctx = store.get_or_create_context("pairs").id
+    store.add_record(ctx, RecordDraft(RecordType.PROMPT, "go"))
+    for drafts in rounds:
+        store.commit_reply(ctx, drafts)
+    return store, ctx
+
+
+def _call(id: str) -> RecordDraft:
+    return RecordDraft(RecordType.TOOL_CALL, "{}", tool_call_id=id, tool_name="f")
+
+
+def _output(id: str, text: str = "out") -> RecordDraft:
+    return RecordDraft(RecordType.TOOL_OUTPUT, text, tool_call_id=id, tool_name="f")
+
+
+def test_a_call_id_used_again_in_a_later_round_is_answered_once_per_call() -> None:
+    """Providers that send no call id get ``call_<index>`` each round, so ids repeat: an
+    output answers the earliest call of its id not answered yet, not every call of that id.
+    A later round's call left without its output (a kill) is answered by the next request."""
+    store, ctx = _history_of([_call("call_0"), _output("call_0", "one")], [_call("call_0")])
+    sent = request_history(store, ctx, upto=None, reply_id=None)
+    assert [(r.type.name, r.content) for r in sent[1:]] == [
+        ("TOOL_CALL", "{}"),
+        ("TOOL_OUTPUT", "one"),
+        ("TOOL_CALL", "{}"),
+        ("TOOL_OUTPUT", INTERRUPTED_TOOL_OUTPUT),
+    ]
+
+
+def test_a_second_output_for_one_call_is_left_out_of_requests() -> None:
+    """Two outputs for one call (two requests that both answered a dangling call at once,
+    from two windows) would make every later request one the providers refuse: a request
+    carries the first output of a call only."""
+    store, ctx = _history_of(
+        [_call("c1")], [_output("c1", INTERRUPTED_TOOL_OUTPUT)], [_output("c1", "again")]
+    )
+    sent = request_history(store, ctx, upto=None, reply_id=None)
+    assert [(r.type.name, r.content) for r in sent[1:]] == [
+        ("TOOL_CALL", "{}"),
+        ("TOOL_OUTPUT", INTERRUPTED_TOOL_OUTPUT),
+    ]

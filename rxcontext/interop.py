@@ -40,7 +40,54 @@ def _time(value: Any, where: str) -> datetime | None:
             stamp = datetime.fromisoformat(f"{parts[0]} {parts[1]}{parts[2][:3]}:{parts[2][3:]}")
         except (IndexError, ValueError):
             raise InvalidExport(f"{where}: {value!r} is not a time") from None
-    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+    stamp = stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+    try:
+        stamp.astimezone(UTC)  # what PostgreSQL stores: "0001-01-01T00:00:00+01:00" has none
+    except OverflowError:
+        raise InvalidExport(f"{where}: {value!r} is out of range") from None
+    return stamp
+
+
+def _flag(value: Any, default: bool, what: str) -> bool:
+    """A boolean of the export (``what`` names it in the error); ``default`` when absent."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    raise InvalidExport(f"{what} must be true or false, not {value!r}")
+
+
+def _text(value: str, what: str) -> str:
+    """``value`` if UTF-8 can hold it (no lone surrogate): ids and names are stored as
+    they are, where content and metadata repair a split pair."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidExport(f"{what} is not valid Unicode (a lone surrogate)") from None
+    return value
+
+
+_USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cache_write_tokens",
+)
+
+
+def _usage(value: Any) -> Usage | None:
+    """The context's usage totals of an export, each a count."""
+    if not isinstance(value, Mapping):
+        return None
+    for key in _USAGE_FIELDS:
+        count = value.get(key)
+        if count is not None and (
+            isinstance(count, bool) or not isinstance(count, int) or count < 0
+        ):
+            raise InvalidExport(f"context: usage.{key} must be a count of tokens, not {count!r}")
+    return Usage.from_dict(value)
 
 
 def _attachments(item: Mapping[str, Any], blobs: Mapping[str, Any], where: str) -> list[Attachment]:
@@ -101,13 +148,13 @@ def _draft(item: Any, n: int, blobs: Mapping[str, Any]) -> RecordDraft:
         value = item.get(key)
         if value is not None and not isinstance(value, str):
             raise InvalidExport(f"{where}: {key!r} must be a string")
-        optional[key] = value
+        optional[key] = None if value is None else _text(value, f"{where}: {key!r}")
     return RecordDraft(
         kind,
         content,
-        live=bool(item.get("live", True)),
+        live=_flag(item.get("live"), True, f"{where}: 'live'"),
         response_id=optional["response_id"],
-        streamed=bool(item.get("streamed", False)),
+        streamed=_flag(item.get("streamed"), False, f"{where}: 'streamed'"),
         tool_call_id=optional["tool_call_id"],
         tool_name=optional["tool_name"],
         metadata=dict(metadata),
@@ -139,8 +186,14 @@ def import_context(store: Store, data: Mapping[str, Any], *, name: str | None = 
     target = name if name is not None else meta.get("name")
     if not isinstance(target, str) or not target:
         raise InvalidExport("the export names no context: pass name=")
-    usage = meta.get("usage")
-    totals = Usage.from_dict(usage) if isinstance(usage, Mapping) else None
+    _text(target, "the context's name")
+    totals = _usage(meta.get("usage"))
+    threaded = _flag(
+        meta.get("use_server_side_threading"), False, "context: 'use_server_side_threading'"
+    )
+    last_response_id = meta.get("last_response_id")
+    if isinstance(last_response_id, str):
+        _text(last_response_id, "context: 'last_response_id'")
     if any(c.name == target for c in store.list_contexts()):
         raise ValueError(f"a context named {target!r} already exists; import it under another name")
     ctx = store.get_or_create_context(target)
@@ -148,10 +201,10 @@ def import_context(store: Store, data: Mapping[str, Any], *, name: str | None = 
         store.import_records(ctx.id, drafts, usage=totals)
         for tool_name, definition in tools:
             store.set_context_tool(ctx.id, tool_name, definition)
-        if meta.get("use_server_side_threading"):
+        if threaded:
             store.set_threading(ctx.id, True)
-        if isinstance(meta.get("last_response_id"), str):
-            store.set_last_response_id(ctx.id, meta["last_response_id"])
+        if isinstance(last_response_id, str):
+            store.set_last_response_id(ctx.id, last_response_id)
     except BaseException:
         store.delete_context(ctx.id)  # whole or not at all
         raise

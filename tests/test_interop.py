@@ -178,3 +178,44 @@ def test_a_model_reports_its_context_size_and_token_usage_has_a_total():
     assert usage.max_tokens == 2_000 and usage.total_tokens == 120
     assert 0 < usage.percent <= 100 and usage.percent == 100 * usage.live_tokens / 2_000
     assert ContextWindow(open_store(), model, "d", max_tokens=50).max_tokens == 50
+
+
+def _minimal(**changes: Any) -> dict[str, Any]:
+    """An export of one prompt, with ``changes`` made: ``record_<key>`` on the record,
+    ``context_<key>`` on the context."""
+    record: dict[str, Any] = {"source": 0, "content": "hi", "live": True}
+    context: dict[str, Any] = {"name": "ok"}
+    for key, value in changes.items():
+        where, _, field = key.partition("_")
+        (record if where == "record" else context)[field] = value
+    return {"context": context, "records": [record]}
+
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"record_live": "false"}, "record 0: 'live' must be true or false"),
+        ({"record_streamed": "no"}, "record 0: 'streamed' must be true or false"),
+        ({"context_use_server_side_threading": "false"}, "'use_server_side_threading'"),
+        ({"context_usage": {"input_tokens": "abc"}}, "usage.input_tokens"),
+        ({"context_usage": {"output_tokens": [1]}}, "usage.output_tokens"),
+        ({"context_usage": {"input_tokens": 2.9}}, "usage.input_tokens"),
+        ({"context_usage": {"input_tokens": -1}}, "usage.input_tokens"),
+        ({"record_response_id": "a\ud800b"}, "record 0: 'response_id' is not valid Unicode"),
+        ({"record_tool_name": "\udfff"}, "record 0: 'tool_name' is not valid Unicode"),
+        ({"context_last_response_id": "r\ud800"}, "'last_response_id' is not valid Unicode"),
+        ({"context_name": "n\ud800"}, "the context's name is not valid Unicode"),
+        ({"record_timestamp": "0001-01-01T00:00:00+01:00"}, "record 0: .* is out of range"),
+    ],
+)
+def test_import_refuses_values_of_the_wrong_kind_clearly_and_writes_nothing(
+    changes: dict[str, Any], says: str
+) -> None:
+    """A flag that is not a boolean, a usage count that is not a count, text no database
+    can hold, a time out of range: refused as :class:`InvalidExport` naming the field (they
+    were coerced, or failed deep in the database driver), with nothing imported."""
+    store = open_store()
+    cw = ContextWindow(store, None, "here")
+    with pytest.raises(InvalidExport, match=says):
+        cw.import_context(_minimal(**changes))
+    assert [c.name for c in store.list_contexts()] == ["here"]

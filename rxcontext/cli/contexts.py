@@ -93,16 +93,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _read_export(path: str) -> Any:
+    made_by = "give a file made by contexts export"
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise CLIError(
             f"cannot read {path}: {exc.strerror or exc}", "give an export's path"
         ) from exc
+    except UnicodeDecodeError as exc:
+        raise CLIError(f"{path} is not UTF-8 text: {exc.reason}", made_by) from exc
     try:
         return json.loads(text)
+    except RecursionError as exc:
+        raise CLIError(f"{path} is JSON nested too deeply to read", made_by) from exc
     except ValueError as exc:
-        raise CLIError(f"{path} is not JSON: {exc}", "give a file made by contexts export") from exc
+        raise CLIError(f"{path} is not JSON: {exc}", made_by) from exc
 
 
 def _import(store: Store, render: Renderer, data: Any, name: str | None) -> int:

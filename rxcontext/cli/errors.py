@@ -19,6 +19,8 @@ from ..errors import (
     NotADatabaseError,
     ProviderError,
     RxContextError,
+    SchemaTooNew,
+    StoreBusy,
     StoreError,
     StreamInterrupted,
     StreamTimeout,
@@ -71,6 +73,14 @@ def describe(exc: BaseException, base_url: str | None, db: Path | None = None) -
         return str(exc), own_hint
     if isinstance(exc, NotADatabaseError):
         return str(exc), "pass --db with the path of an rxcontext database, or of a new file"
+    if isinstance(exc, SchemaTooNew):
+        return str(exc), "upgrade rxcontext (pip install -U rxcontext) to open this database"
+    if isinstance(exc, StoreBusy):
+        return str(exc), "another process holds the database: let it finish, then try again"
+    if isinstance(exc, StoreError) and str(exc).startswith(
+        ("cannot connect to postgresql", "PostgreSQL")
+    ):
+        return str(exc), "check that the server is up and the URL (host, port, database) is right"
     if isinstance(exc, StoreError):
         return str(exc), "pass --db with a writable file path (its folder must exist)"
     if isinstance(exc, ContextNotFound):

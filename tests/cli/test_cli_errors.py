@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import json
 import socket
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -302,3 +303,31 @@ def test_summarize_in_a_script_refuses_before_sending_anything(
     assert_user_error(refused, "nothing was sent", "--yes")
     assert server.requests == []  # nothing paid for
     assert records(db) == before
+
+
+def test_an_import_file_that_is_not_text_or_nested_too_deeply_is_a_user_error(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """Not a bug report: a file that is not UTF-8, or JSON nested past what the parser
+    takes, says what is wrong with the file."""
+    binary = tmp_path / "photo.json"
+    binary.write_bytes(b"\xff\xd8\xff\xe0 not text")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    db = str(tmp_path / "i.db")
+    assert_user_error(run(env, "contexts", "import", str(binary), "--db", db), "not UTF-8")
+    assert_user_error(run(env, "contexts", "import", str(deep), "--db", db), "nested too deeply")
+
+
+def test_a_database_of_a_newer_rxcontext_gets_its_own_hint(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The hint for a file path ("pass --db with a writable file path") does not fit a
+    database a newer rxcontext made."""
+    db = tmp_path / "newer.db"
+    chat_ok(env, tmp_path, db, "x", "hi")
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO schema_migrations (name) VALUES ('zz_from_the_future')")
+    conn.commit()
+    conn.close()
+    assert_user_error(run(env, "contexts", "--db", str(db)), "upgrade rxcontext")

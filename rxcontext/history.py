@@ -28,6 +28,7 @@ __all__ = [
     "INTERRUPTED_TOOL_OUTPUT",
     "HistoryCache",
     "answered_again",
+    "busy_replies",
     "request_history",
     "unanswered_calls",
 ]
@@ -142,7 +143,7 @@ def answered_again(store: Store, checkpoint: Checkpoint) -> Record | None:
     return found
 
 
-def _busy(store: Store, context_id: str) -> set[str | None]:
+def busy_replies(store: Store, context_id: str) -> set[str | None]:
     """The ids of the replies being generated in the context now: by the store's
     ``busy_reply_ids`` where it has one (both stores: no row's text is read), else from
     :meth:`~rxcontext.store.Store.active_replies`."""
@@ -166,7 +167,7 @@ def request_history(
     else:
         records = store.records(context_id, live_only=True, upto=upto)
     if any(r.reply_id is not None and r.reply_id != reply_id for r in records):
-        busy = _busy(store, context_id) - {reply_id}
+        busy = busy_replies(store, context_id) - {reply_id}
         if busy:
             records = [r for r in records if r.reply_id not in busy]
     if not any(r.type is RecordType.TOOL_CALL for r in records):

@@ -19,6 +19,7 @@ from typing import Any
 from .attachments import Attachment
 from .chunks import Usage
 from .errors import AttachmentError, InvalidExport
+from .history import busy_replies
 from .records import Context, RecordType
 from .store.base import RecordDraft, Store
 
@@ -232,6 +233,8 @@ def fork_context(store: Store, context_id: str, dest: str, *, at: int) -> Contex
     ids = [r["id"] for r in records]
     if at not in ids:
         raise ValueError(f"record {at} is not in this context; nothing was forked")
-    cut = {**exported, "records": records[: ids.index(at) + 1], "tools": []}
+    busy = busy_replies(store, context_id)  # replies still being generated: not the fork's
+    kept = [r for r in records[: ids.index(at) + 1] if r.get("reply_id") not in busy]
+    cut = {**exported, "records": kept, "tools": []}
     cut["context"] = {**exported["context"], "usage": None, "last_response_id": None}
     return import_context(store, cut, name=dest)

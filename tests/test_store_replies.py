@@ -24,6 +24,7 @@ from rxcontext import (
     ReplyState,
     Usage,
 )
+from rxcontext.interop import fork_context
 from rxcontext.store import CheckpointDraft, RecordDraft, ReplyTicket, Store
 from rxcontext.store.base import ORPHANED
 from rxcontext.store.owner import worker_id
@@ -584,3 +585,22 @@ def test_imported_records_add_their_live_tokens_and_usage_to_the_context(store: 
     assert imported[2].est_tokens > 0 and not imported[2].live
     assert (stats.usage.input_tokens, stats.usage.output_tokens) == (11, 5)
     assert (stats.usage.total_tokens, stats.usage.cached_tokens) == (16, 2)
+
+
+def test_a_clone_or_a_fork_leaves_out_the_records_of_a_reply_still_streaming(store: Store):
+    """A reply streaming in the context (a tool round committed, its outputs to come) is not
+    the clone's or the fork's: copied without its reply, its call would look dangling there
+    and the next request would answer it "interrupted" though the tool ran."""
+    ctx = store.get_or_create_context("src").id
+    store.add_record(ctx, P("question"))
+    store.add_record(ctx, P("another question"))
+    ticket = begin(store, ctx, "streaming")
+    call = RecordDraft(RecordType.TOOL_CALL, '{"x": 1}', tool_call_id="c1", tool_name="f")
+    store.commit_reply(ctx, [call], reply=ticket)  # a round; the reply goes on
+    clone = store.clone_context(ctx, "clone")
+    last = store.records(ctx)[-1].id
+    forked = fork_context(store, ctx, "fork", at=last)
+    for copy in (clone, forked):
+        records = store.records(copy.id)
+        assert [r.content for r in records] == ["question", "another question"]
+        assert store.live_tokens(copy.id) == sum(r.est_tokens for r in records if r.live)

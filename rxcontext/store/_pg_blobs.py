@@ -90,16 +90,17 @@ def load(conn: Conn, record_ids: Sequence[int]) -> dict[int, tuple[Attachment, .
     return {rid: tuple(items) for rid, items in found.items()}
 
 
-def copy_links(conn: Conn, source_id: str, dest_id: str) -> None:
+def copy_links(conn: Conn, source_id: str, dest_id: str, skipped: list[str]) -> None:
     """Give the clone ``dest_id``'s records the links of the records of ``source_id`` at the
-    same places (a clone copies records in (pos, id) order, so the n-th pairs with the n-th)."""
+    same places (a clone copies records in (pos, id) order, so the n-th pairs with the n-th),
+    the records of the replies ``skipped`` (not copied) left out."""
     conn.execute(
         "INSERT INTO record_attachments (record_id, seq, sha256, url, media_type, name)"
         " SELECT d.id, a.seq, a.sha256, a.url, a.media_type, a.name"
         " FROM (SELECT id, row_number() OVER (ORDER BY pos, id) AS n FROM records"
-        "       WHERE context_id = %s) s"
+        "       WHERE context_id = %s AND (reply_id IS NULL OR NOT reply_id = ANY(%s))) s"
         " JOIN (SELECT id, row_number() OVER (ORDER BY pos, id) AS n FROM records"
         "       WHERE context_id = %s) d ON d.n = s.n"
         " JOIN record_attachments a ON a.record_id = s.id",
-        (source_id, dest_id),
+        (source_id, skipped, dest_id),
     )

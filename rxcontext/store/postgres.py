@@ -245,6 +245,8 @@ class PostgresStore(PostgresReplies, PostgresLeases):
             raise ValueError("the clone needs a name")
         new_id = uuid.uuid4().hex
         commit_id = f"clone:{new_id}"
+        # Not the records of replies still being generated: their rounds are not done.
+        busy = sorted(enc(r) for r in self.busy_reply_ids(context_id))
 
         def body(conn: Conn, ambiguous: bool) -> Context:
             src = conn.execute(  # FOR SHARE: no commit to the source while we copy it
@@ -255,10 +257,11 @@ class PostgresStore(PostgresReplies, PostgresLeases):
             row = conn.execute(
                 "INSERT INTO contexts (id, name, use_server_side_threading, last_response_id,"
                 " next_pos, live_tokens) SELECT %s, %s, use_server_side_threading,"
-                " last_response_id, next_pos, live_tokens FROM contexts WHERE id = %s"
-                " ON CONFLICT (name) DO NOTHING"
+                " last_response_id, next_pos, live_tokens - (SELECT COALESCE(SUM(est_tokens), 0)"
+                " FROM records WHERE context_id = %s AND live AND reply_id = ANY(%s))"
+                " FROM contexts WHERE id = %s ON CONFLICT (name) DO NOTHING"
                 f" RETURNING {rows.CONTEXT_COLUMNS}",
-                (new_id, enc(dest_name), context_id),
+                (new_id, enc(dest_name), context_id, busy, context_id),
             ).fetchone()
             if row is None:
                 if (
@@ -274,14 +277,15 @@ class PostgresStore(PostgresReplies, PostgresLeases):
                 " response_id, streamed, tool_call_id, tool_name, metadata, attachments)"
                 " SELECT %s, pos, ts, source, content, live, est_tokens, response_id, streamed,"
                 " tool_call_id, tool_name, metadata, attachments FROM records"
-                " WHERE context_id = %s ORDER BY pos, id",
-                (new_id, context_id),
+                " WHERE context_id = %s AND (reply_id IS NULL OR NOT reply_id = ANY(%s))"
+                " ORDER BY pos, id",
+                (new_id, context_id, busy),
             )
             if conn.execute(
                 "SELECT 1 FROM records WHERE context_id = %s AND attachments > 0 LIMIT 1",
                 (context_id,),
             ).fetchone():
-                blobs.copy_links(conn, context_id, new_id)
+                blobs.copy_links(conn, context_id, new_id, busy)
             conn.execute(
                 "INSERT INTO commits (commit_id, context_id) VALUES (%s, %s)", (commit_id, new_id)
             )

@@ -15,6 +15,7 @@ The reply lifecycle (begin, checkpoint, commit, claim, keep, discard) is in
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -345,24 +346,32 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             if db.execute("SELECT 1 FROM contexts WHERE name = ?", (dest_name,)).fetchone():
                 raise ValueError(f"a context named {dest_name!r} already exists")
             new_id = uuid.uuid4().hex
+            # Not the records of replies still being generated: their rounds are not done.
+            busy = json.dumps(sorted(self.busy_reply_ids(context_id)))
+            copied = (
+                "context_id = ? AND (reply_id IS NULL"
+                " OR reply_id NOT IN (SELECT value FROM json_each(?)))"
+            )
             db.execute(
                 "INSERT INTO contexts (id, name, start_time, use_server_side_threading,"
                 " last_response_id, next_pos, live_tokens) SELECT ?, ?, ?,"
                 " use_server_side_threading, last_response_id, next_pos, live_tokens"
+                " - (SELECT COALESCE(SUM(est_tokens), 0) FROM records WHERE context_id = ?"
+                " AND live AND reply_id IN (SELECT value FROM json_each(?)))"
                 " FROM contexts WHERE id = ?",
-                (new_id, dest_name, self.now(), context_id),
+                (new_id, dest_name, self.now(), context_id, busy, context_id),
             )
             linked = db.execute(
-                "SELECT id FROM records WHERE context_id = ? AND attachments > 0 ORDER BY pos, id",
-                (context_id,),
+                f"SELECT id FROM records WHERE {copied} AND attachments > 0 ORDER BY pos, id",
+                (context_id, busy),
             ).fetchall()
             db.execute(
                 "INSERT INTO records (context_id, ts, source, content, live, est_tokens,"
                 " response_id, streamed, tool_call_id, tool_name, metadata, pos, attachments)"
                 " SELECT ?, ts, source, content, live, est_tokens, response_id, streamed,"
-                " tool_call_id, tool_name, metadata, pos, attachments FROM records"
-                " WHERE context_id = ? ORDER BY pos, id",
-                (new_id, context_id),
+                f" tool_call_id, tool_name, metadata, pos, attachments FROM records"
+                f" WHERE {copied} ORDER BY pos, id",
+                (new_id, context_id, busy),
             )
             if linked:
                 # Rows are inserted in the SELECT's order, so ids pair up in that order.

@@ -20,7 +20,7 @@ from .errors import CheckpointNotFound, ReplySuperseded, RxContextError
 from .fanout import fanout_for
 from .fanout.observe import awatch_chunks, watch_observable
 from .heartbeat import heartbeat_for, request_stop
-from .history import HistoryCache, answered_again, request_history
+from .history import HistoryCache, answered_again, busy_replies, request_history
 from .interop import fork_context, import_context
 from .operators import Middleware
 from .options import NO_OPTIONS, CallKeywords, CallOptions, check_options
@@ -383,7 +383,7 @@ class ContextWindow:
         return summarize.propose(
             self._summarizer(),
             context_id,
-            self._store.records(context_id, live_only=True),
+            self._settled(context_id),
             prompt or self.summary_prompt,
             on_chunk,
         )
@@ -400,10 +400,19 @@ class ContextWindow:
         return await summarize.apropose(
             self._summarizer(),
             context_id,
-            self._store.records(context_id, live_only=True),
+            self._settled(context_id),
             prompt or self.summary_prompt,
             on_chunk,
         )
+
+    def _settled(self, context_id: str) -> list[Record]:
+        """The live records a summary may replace: not those of replies still being
+        generated (their rounds are not done; their calls would go dead under them)."""
+        records = self._store.records(context_id, live_only=True)
+        if not any(r.reply_id is not None for r in records):
+            return records
+        busy = busy_replies(self._store, context_id)
+        return [r for r in records if r.reply_id is None or r.reply_id not in busy]
 
     def accept_summary(self, proposal: SummaryProposal) -> Record:
         """Apply ``proposal`` to the context it was made for: its records go dead and the

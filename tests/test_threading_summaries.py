@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -12,6 +13,8 @@ from rxcontext.chain import new_input, validate_chain
 from rxcontext.errors import ProviderError
 from rxcontext.providers import ScriptedModel
 from rxcontext.records import Context, Record
+from rxcontext.store import RecordDraft, ReplyTicket
+from rxcontext.store.owner import worker_id
 from rxcontext.summarize import SUMMARY_PREFIX, default_prompt
 
 
@@ -268,3 +271,19 @@ def test_responses_rejected_thread_falls_back_to_full_history_through_the_sdk():
         "Reply with exactly: pong",
         "Again",
     ]
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_summary_leaves_out_a_reply_still_being_generated(path: str) -> None:
+    """A reply streaming in the context (a tool round committed, its output to come) is not
+    summarised away: its call would go dead, and its own next request would carry its output
+    with no call."""
+    cw, _ = summarizing_window()
+    store, ctx = cw.store, cw.context.id
+    row = store.begin_reply(ctx, "streaming", owner=worker_id())
+    call = RecordDraft(RecordType.TOOL_CALL, "{}", tool_call_id="c1", tool_name="f")
+    (committed,) = store.commit_reply(ctx, [call], reply=ReplyTicket(row.id, row.epoch))
+    proposal = cw.summarize() if path == "sync" else asyncio.run(cw.asummarize())
+    assert committed.id not in proposal.replaced_ids
+    cw.accept_summary(proposal)
+    assert committed.id in {r.id for r in cw.live_records()}

@@ -162,12 +162,22 @@ def request_history(
     cache: HistoryCache | None = None,
 ) -> list[Record]:
     """The live records a reply at position ``upto`` sends (see the module docstring)."""
-    if cache is not None:
-        records = cache.live(upto)
-    else:
-        records = store.records(context_id, live_only=True, upto=upto)
+
+    def read() -> list[Record]:
+        if cache is not None:
+            return cache.live(upto)
+        return store.records(context_id, live_only=True, upto=upto)
+
+    records = read()
     if any(r.reply_id is not None and r.reply_id != reply_id for r in records):
-        busy = busy_replies(store, context_id) - {reply_id}
+        while True:
+            busy = busy_replies(store, context_id) - {reply_id}
+            # A reply that ended between the two reads would be carried half (a round
+            # without its answer): read until the records did not change around the busy set.
+            again = read()
+            if again == records:
+                break
+            records = again
         if busy:
             records = [r for r in records if r.reply_id not in busy]
     if not any(r.type is RecordType.TOOL_CALL for r in records):

@@ -28,9 +28,10 @@ from rxcontext import (
     Tool,
 )
 from rxcontext import operators as rxops
-from rxcontext.history import INTERRUPTED_TOOL_OUTPUT, request_history
+from rxcontext.history import INTERRUPTED_TOOL_OUTPUT, HistoryCache, request_history
 from rxcontext.providers import ScriptedModel
-from rxcontext.store import RecordDraft
+from rxcontext.store import RecordDraft, ReplyTicket
+from rxcontext.store.owner import worker_id
 from rxcontext.window import CONTINUE_PROMPT
 
 pytestmark = pytest.mark.usefixtures("both_stores")  # every test on SQLite and PostgreSQL
@@ -639,3 +640,34 @@ def test_a_second_output_for_one_call_is_left_out_of_requests() -> None:
         ("TOOL_CALL", "{}"),
         ("TOOL_OUTPUT", INTERRUPTED_TOOL_OUTPUT),
     ]
+
+
+def test_a_reply_that_ends_while_a_request_reads_its_history_is_carried_whole_or_not_at_all() -> (
+    None
+):
+    """A request reads the live records and then which replies are still being generated (to
+    leave theirs out). Another process's reply that commits its last round between the two
+    reads was carried half (its tool round without its answer); the request must carry it
+    whole, or leave it out whole."""
+    store = open_store()
+    ctx = store.get_or_create_context("race").id
+    store.add_record(ctx, RecordDraft(RecordType.PROMPT, "for R"))
+    row = store.begin_reply(ctx, "R", owner=worker_id())
+    ticket = ReplyTicket(row.id, row.epoch)
+    store.commit_reply(ctx, [_call("r1")], reply=ticket, end="round")
+    store.commit_reply(ctx, [_output("r1")], reply=ticket)
+    real = store.busy_reply_ids
+    finished: list[bool] = []
+
+    def busy_reply_ids(context_id: str) -> set[str]:
+        if not finished:  # R's last round commits between the request's two reads
+            finished.append(True)
+            store.commit_reply(
+                ctx, [RecordDraft(RecordType.MODEL_RESP, "R's answer")], reply=ticket, end="reply"
+            )
+        return real(context_id)
+
+    store.busy_reply_ids = busy_reply_ids  # type: ignore[method-assign]
+    sent = request_history(store, ctx, upto=None, reply_id=None, cache=HistoryCache(store, ctx))
+    of_r = [r.content for r in sent if r.reply_id == "R"]
+    assert of_r in ([], ["{}", "out", "R's answer"]), of_r

@@ -89,6 +89,9 @@ class HistoryCache:
         self.store = store
         self.context_id = context_id
         self._version: int | None = None
+        self.replies = False
+        """Whether a read has met a record of a reply (its history may hold one still
+        being generated: :func:`request_history` then asks which replies are busy first)."""
         self._live: list[Record] = []
         self._keys: list[tuple[int, int]] = []  # (pos, id) of _live, for bisect
         self._lock = threading.Lock()
@@ -97,6 +100,8 @@ class HistoryCache:
         """The live records in order (those at positions up to ``upto``, if given): a copy."""
         with self._lock:
             version, changed = self.store.history(self.context_id, since=self._version)
+            if not self.replies and any(r.reply_id is not None for r in changed):
+                self.replies = True
             if self._version is None:
                 self._live = [r for r in changed if r.live]
                 self._keys = [(r.pos, r.id) for r in self._live]
@@ -168,18 +173,21 @@ def request_history(
             return cache.live(upto)
         return store.records(context_id, live_only=True, upto=upto)
 
+    # Which replies are busy is asked before the records are read: a reply that ends in
+    # between is then left out whole, never carried half (a round without its answer).
+    busy: set[str | None] | None = None
+    if cache is not None and cache.replies:
+        busy = busy_replies(store, context_id) - {reply_id}
     records = read()
-    if any(r.reply_id is not None and r.reply_id != reply_id for r in records):
-        while True:
+    if busy is None and any(r.reply_id is not None and r.reply_id != reply_id for r in records):
+        while True:  # the first reply records this cache met: read them again around it
             busy = busy_replies(store, context_id) - {reply_id}
-            # A reply that ended between the two reads would be carried half (a round
-            # without its answer): read until the records did not change around the busy set.
             again = read()
             if again == records:
                 break
             records = again
-        if busy:
-            records = [r for r in records if r.reply_id not in busy]
+    if busy:
+        records = [r for r in records if r.reply_id not in busy]
     if not any(r.type is RecordType.TOOL_CALL for r in records):
         return records
     dangling, extra = _pair(records)

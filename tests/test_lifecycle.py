@@ -642,16 +642,25 @@ def test_a_second_output_for_one_call_is_left_out_of_requests() -> None:
     ]
 
 
-def test_a_reply_that_ends_while_a_request_reads_its_history_is_carried_whole_or_not_at_all() -> (
-    None
-):
-    """A request reads the live records and then which replies are still being generated (to
-    leave theirs out). Another process's reply that commits its last round between the two
+@pytest.mark.parametrize("warm", [False, True], ids=["first-read", "cache-warm"])
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_reply_that_ends_while_a_request_reads_its_history_is_carried_whole_or_not_at_all(
+    when: str, warm: bool
+) -> None:
+    """A request reads the live records and which replies are still being generated (to
+    leave theirs out). Another process's reply that commits its last round while the request
     reads was carried half (its tool round without its answer); the request must carry it
-    whole, or leave it out whole."""
+    whole, or leave it out whole: R ends just before or just after the busy replies are
+    read, with the window's cache new or having read reply records before."""
     store = open_store()
     ctx = store.get_or_create_context("race").id
     store.add_record(ctx, RecordDraft(RecordType.PROMPT, "for R"))
+    cache = HistoryCache(store, ctx)
+    if warm:  # an earlier reply's records: the cache knows this context has replies
+        store.commit_reply(ctx, [RecordDraft(RecordType.MODEL_RESP, "earlier")])
+        earlier = begin_and_end(store, ctx, "E")
+        request_history(store, ctx, upto=None, reply_id=None, cache=cache)
+        assert earlier
     row = store.begin_reply(ctx, "R", owner=worker_id())
     ticket = ReplyTicket(row.id, row.epoch)
     store.commit_reply(ctx, [_call("r1")], reply=ticket, end="round")
@@ -659,15 +668,28 @@ def test_a_reply_that_ends_while_a_request_reads_its_history_is_carried_whole_or
     real = store.busy_reply_ids
     finished: list[bool] = []
 
-    def busy_reply_ids(context_id: str) -> set[str]:
-        if not finished:  # R's last round commits between the request's two reads
+    def end_r() -> None:
+        if not finished:
             finished.append(True)
-            store.commit_reply(
-                ctx, [RecordDraft(RecordType.MODEL_RESP, "R's answer")], reply=ticket, end="reply"
-            )
-        return real(context_id)
+            answer = RecordDraft(RecordType.MODEL_RESP, "R's answer")
+            store.commit_reply(ctx, [answer], reply=ticket, end="reply")
+
+    def busy_reply_ids(context_id: str) -> set[str]:
+        if when == "before":
+            end_r()
+        found = real(context_id)
+        end_r()
+        return found
 
     store.busy_reply_ids = busy_reply_ids  # type: ignore[method-assign]
-    sent = request_history(store, ctx, upto=None, reply_id=None, cache=HistoryCache(store, ctx))
+    sent = request_history(store, ctx, upto=None, reply_id=None, cache=cache)
     of_r = [r.content for r in sent if r.reply_id == "R"]
     assert of_r in ([], ["{}", "out", "R's answer"]), of_r
+
+
+def begin_and_end(store: Any, ctx: str, reply_id: str) -> bool:
+    """A reply begun and committed whole (its records carry its id)."""
+    row = store.begin_reply(ctx, reply_id, owner=worker_id())
+    answer = RecordDraft(RecordType.MODEL_RESP, f"{reply_id}'s answer")
+    store.commit_reply(ctx, [answer], reply=ReplyTicket(row.id, row.epoch), end="reply")
+    return True

@@ -401,7 +401,9 @@ def test_a_stream_no_watch_reads_is_dropped_and_one_read_is_kept(
         reader.close()
 
 
-def _tail_over(private: redistest.PrivateRedis, block: float) -> tuple[Any, Any, Any]:
+def _tail_over(
+    private: redistest.PrivateRedis, block: float, **options: Any
+) -> tuple[Any, Any, Any]:
     """A bare :class:`Tail` on ``private`` (the fan-out's own wiring), its two clients."""
     from rxcontext.fanout.redis import _entry_at
     from rxcontext.fanout.redis_tail import Tail
@@ -409,7 +411,7 @@ def _tail_over(private: redistest.PrivateRedis, block: float) -> tuple[Any, Any,
     client = redis.Redis.from_url(private.url)
     client.set_response_callback("XREAD", lambda response, **_: response)
     reader = redis.Redis.from_url(private.url)
-    return Tail(client, reader, _entry_at, block=block), client, reader
+    return Tail(client, reader, _entry_at, block=block, **options), client, reader
 
 
 class _Recording(concurrent.futures.ThreadPoolExecutor):
@@ -534,14 +536,8 @@ def test_a_stream_a_watch_waits_on_is_not_swept_as_idle(
     than that (``wait`` is the caller's) is reading it all the while: its stream must stay
     read, so an entry that comes after ``idle`` reaches it (it used to come only with the
     end of the wait, as ``[]``)."""
-    from rxcontext.fanout.redis import _entry_at
-    from rxcontext.fanout.redis_tail import Tail
-
     idle, wait = 0.2, 5.0
-    client = redis.Redis.from_url(private.url)
-    client.set_response_callback("XREAD", lambda response, **_: response)
-    reader = redis.Redis.from_url(private.url)
-    tail = Tail(client, reader, _entry_at, block=0.05, idle=idle)
+    tail, client, reader = _tail_over(private, block=0.05, idle=idle)
     key = "t:{swept}:s"
     reader.xadd(key, {"k": "b", "d": "{}"}, id="1-0")
     never = threading.Event()
@@ -578,13 +574,7 @@ def test_a_waiting_watch_the_buffer_no_longer_reaches_reads_what_it_missed(
     that while a watch waits further back, the buffer no longer reaches the watch's
     position: the watch must get the entries it missed from Redis, not the buffer's rest
     (with a gap) or, when another watch of the stream took the buffer further, nothing."""
-    from rxcontext.fanout.redis import _entry_at
-    from rxcontext.fanout.redis_tail import Tail
-
-    client = redis.Redis.from_url(private.url)
-    client.set_response_callback("XREAD", lambda response, **_: response)
-    reader = redis.Redis.from_url(private.url)
-    tail = Tail(client, reader, _entry_at, block=60.0, keep=2)
+    tail, client, reader = _tail_over(private, block=60.0, keep=2)
     admin = private.client()
     key = "t:{kept}:s"
     reader.xadd(key, {"k": "b", "d": "{}"}, id="1-0")

@@ -405,3 +405,61 @@ def test_a_watch_of_a_resumed_reply_counts_the_thinking_of_its_earlier_rounds() 
         assert built.thinking == stored == "T1. T2a. T2b. "
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    "scripts",
+    [
+        pytest.param(
+            [
+                [
+                    Chunk(ChunkKind.TOOL_CALL, '{"x": 1}', 0, "c1", "echo"),
+                    Chunk(ChunkKind.TOOL_CALL, '{"x": 2}', 1, "c1", "echo"),
+                    Chunk(ChunkKind.DONE, finish_reason="tool_calls"),
+                ],
+                [T("ok"), Chunk(ChunkKind.DONE, finish_reason="stop")],
+            ],
+            id="one-id-twice-in-a-round",
+        ),
+        pytest.param(
+            [
+                [
+                    Chunk(ChunkKind.TOOL_CALL, '{"x": 1}', 0, None, "echo"),
+                    Chunk(ChunkKind.DONE, finish_reason="tool_calls"),
+                ],
+                [
+                    Chunk(ChunkKind.TOOL_CALL, '{"x": 2}', 0, None, "echo"),
+                    Chunk(ChunkKind.DONE, finish_reason="tool_calls"),
+                ],
+                [T("ok"), Chunk(ChunkKind.DONE, finish_reason="stop")],
+            ],
+            id="no-ids-two-rounds",
+        ),
+    ],
+)
+def test_a_watch_shows_every_tool_call_and_result_when_call_ids_repeat(
+    scripts: list[list[Chunk]],
+) -> None:
+    """Call ids may repeat (a model sending one id twice; a model sending none, whose calls
+    are stored as ``call_<index>`` every round): a watch shows each call and each result
+    once, as the owner got them, neither dropping a result nor repeating a call."""
+    store = rxcontext.open(":memory:", fanout="memory")
+    try:
+        cw = ContextWindow(store, ScriptedModel(scripts), context="c", retry=None)
+        cw.add_prompt("hi")
+        tool = rxcontext.Tool("echo", "e").number("x", "x")
+        cw.add_tool(tool, lambda args: f"out{args['x']}")
+        owner: list[Chunk] = []
+        cw.stream(reply_id="r").subscribe(owner.append)
+        watched: list[Chunk] = []
+        cw.watch("r").subscribe(watched.append)
+
+        async def awatched() -> list[Chunk]:
+            return [c async for c in cw.awatch("r")]
+
+        tools = (ChunkKind.TOOL_CALL, ChunkKind.TOOL_RESULT)
+        shown = [(c.kind, c.text) for c in owner if c.kind in tools]
+        assert [(c.kind, c.text) for c in watched if c.kind in tools] == shown
+        assert [(c.kind, c.text) for c in asyncio.run(awatched()) if c.kind in tools] == shown
+    finally:
+        store.close()

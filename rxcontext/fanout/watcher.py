@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -150,14 +151,19 @@ class _Watch:
         self._text = _Shown()  # what was shown
         self._thinking = _Shown()
         self.epoch = 0  # the epoch what was shown belongs to
-        self.calls: set[str] = set()  # tool calls shown (by id)
-        self.results: set[str] = set()
+        # Tool calls and results shown, counted per call id (an id may repeat: a model
+        # sending one twice, or none, stored as ``call_<index>`` every round), and those
+        # the live log had, to tell the n-th live one from the n-th shown from the store.
+        self.calls: Counter[str] = Counter()
+        self.results: Counter[str] = Counter()
+        self.live_calls: Counter[str] = Counter()
+        self.live_results: Counter[str] = Counter()
         self.done_shown = False
         # Offsets into the live log being read (equal to what was shown once caught up).
         self.log_text = 0
         self.log_thinking = 0
-        self.call_ids: dict[int, str] = {}
-        self.skip_calls: set[str] = set()  # calls shown from the store: skip them live
+        self.call_ids: dict[int, str] = {}  # this round's live calls: index -> call id
+        self.skipping: set[int] = set()  # this round's live calls the store showed already
         self.next_index = -1  # above every tool-call index shown so far
 
     @property
@@ -223,18 +229,23 @@ class _Watch:
         new_epoch = epoch > self.epoch
         yield from self.rebase(text, thinking if thinking else None, force=final or new_epoch)
         self.epoch = max(self.epoch, epoch)
-        for chunk in extra:
+        calls: Counter[str] = Counter()
+        results: Counter[str] = Counter()
+        for chunk in extra:  # the n-th of an id is shown unless n of that id were
             assert chunk.id is not None
-            if chunk.kind is ChunkKind.TOOL_CALL and chunk.id not in self.calls:
-                self.calls.add(chunk.id)
-                self.skip_calls.add(chunk.id)
-                # A whole call in one chunk, at an index no other call of this watch has
-                # (the provider's index is not stored).
-                self.next_index += 1
-                yield replace(chunk, index=self.next_index)
-            elif chunk.kind is ChunkKind.TOOL_RESULT and chunk.id not in self.results:
-                self.results.add(chunk.id)
-                yield chunk
+            if chunk.kind is ChunkKind.TOOL_CALL:
+                calls[chunk.id] += 1
+                if calls[chunk.id] > self.calls[chunk.id]:
+                    self.calls[chunk.id] += 1
+                    # A whole call in one chunk, at an index no other call of this watch
+                    # has (the provider's index is not stored).
+                    self.next_index += 1
+                    yield replace(chunk, index=self.next_index)
+            else:
+                results[chunk.id] += 1
+                if results[chunk.id] > self.results[chunk.id]:
+                    self.results[chunk.id] += 1
+                    yield chunk
 
     def rebase(self, text: str, thinking: str | None, *, force: bool) -> Iterator[Chunk]:
         """Make the shown text ``text`` (and thinking ``thinking``): append what is
@@ -282,6 +293,7 @@ class _Watch:
         self.log_text = len(entry.text)
         self.log_thinking = len(entry.thinking)
         self.call_ids = {}
+        self.skipping = set()
 
     def live(self, chunk: Chunk) -> Iterator[Chunk]:
         """One chunk of the log: shown unless what was shown already has it."""
@@ -313,26 +325,31 @@ class _Watch:
             yield chunk
             return
         if kind is ChunkKind.TOOL_CALL:
-            if chunk.index >= self.next_index:
-                self.next_index = chunk.index + 1
-            if chunk.id:
-                self.call_ids[chunk.index] = chunk.id
-            call = chunk.id or self.call_ids.get(chunk.index)
-            if call is not None and call in self.skip_calls:
+            index = chunk.index
+            if index >= self.next_index:
+                self.next_index = index + 1
+            if index not in self.call_ids:  # a call's first fragment: its id as stored
+                call = self.call_ids[index] = chunk.id or f"call_{index}"
+                self.live_calls[call] += 1
+                if self.live_calls[call] <= self.calls[call]:
+                    self.skipping.add(index)  # the store showed it
+                else:
+                    self.calls[call] += 1
+            if index in self.skipping:
                 return
-            if call is not None:
-                self.calls.add(call)
             yield chunk
             return
         if kind is ChunkKind.TOOL_RESULT:
-            if chunk.id in self.results:
-                return
             if chunk.id:
-                self.results.add(chunk.id)
+                self.live_results[chunk.id] += 1
+                if self.live_results[chunk.id] <= self.results[chunk.id]:
+                    return  # the store showed it
+                self.results[chunk.id] += 1
             yield chunk
             return
         if kind is ChunkKind.DONE:
             self.call_ids = {}
+            self.skipping = set()
             if self.catching():
                 return
             self.done_shown = True

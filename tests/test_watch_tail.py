@@ -414,6 +414,13 @@ def _tail_over(
     return Tail(client, reader, _entry_at, block=block, **options), client, reader
 
 
+def _read_as(side: str, tail: Any, key: str, after: Any, wait: float) -> list[Any] | None:
+    """``tail.read`` (``side="read"``, on this thread) or ``tail.aread`` on an event loop."""
+    if side == "read":
+        return tail.read(key, after, wait, threading.Event())  # type: ignore[no-any-return]
+    return asyncio.run(tail.aread(key, after, wait))  # type: ignore[no-any-return]
+
+
 class _Recording(concurrent.futures.ThreadPoolExecutor):
     """The loop's default executor, noting the function of every call given to it."""
 
@@ -482,10 +489,7 @@ def test_a_new_stream_is_read_at_once_while_the_tail_blocks_on_others(
         assert tail.read(idle, (1, 0), 0.01, never) == []  # the tail now blocks on `idle`
         assert until(lambda: int(admin.info("clients")["blocked_clients"]) == 1)
         adder.start()
-        if side == "read":
-            got = tail.read(new, (1, 0), 10.0, never)
-        else:
-            got = asyncio.run(tail.aread(new, (1, 0), 10.0))
+        got = _read_as(side, tail, new, (1, 0), 10.0)
         assert got is not None and [(e.epoch, e.first) for e in got] == [(1, 1)]
     finally:
         adder.join()
@@ -554,10 +558,7 @@ def test_a_stream_a_watch_waits_on_is_not_swept_as_idle(
     try:
         assert tail.read(key, (1, 0), 0.01, never) == []  # the tail reads it now
         started.set()
-        if side == "read":
-            got = tail.read(key, (1, 0), wait, never)
-        else:
-            got = asyncio.run(tail.aread(key, (1, 0), wait))
+        got = _read_as(side, tail, key, (1, 0), wait)
         assert got is not None and [(e.epoch, e.first) for e in got] == [(1, 1)]
     finally:
         adder.join()
@@ -592,10 +593,7 @@ def test_a_waiting_watch_the_buffer_no_longer_reaches_reads_what_it_missed(
     adder = threading.Thread(target=add_three_at_once)
     adder.start()
     try:
-        if side == "read":
-            got = tail.read(key, (1, 2), WAIT, threading.Event())
-        else:
-            got = asyncio.run(tail.aread(key, (1, 2), WAIT))
+        got = _read_as(side, tail, key, (1, 2), WAIT)
         assert got is not None
         assert [(e.epoch, seq) for e in got for seq in range(e.first, e.last + 1)] == [
             (1, 3),

@@ -59,15 +59,14 @@ def _pair(records: Sequence[Record]) -> tuple[list[Record], set[int]]:
             else:
                 by_name[r.tool_name].append(r)
         elif r.type is RecordType.TOOL_OUTPUT:
-            calls = by_id.get(r.tool_call_id) if r.tool_call_id is not None else None
             if r.tool_call_id is None:
                 calls = by_name.get(r.tool_name)
-                if calls:
-                    waiting.remove(calls.pop(0))
-            elif calls:
-                waiting.remove(calls.pop(0))
             else:
-                extra.add(r.id)
+                calls = by_id.get(r.tool_call_id)
+                if not calls:
+                    extra.add(r.id)
+            if calls:
+                waiting.remove(calls.pop(0))
     return waiting, extra
 
 

@@ -68,21 +68,11 @@ def _text(value: str, what: str) -> str:
     return value
 
 
-_USAGE_FIELDS = (
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "reasoning_tokens",
-    "cache_write_tokens",
-)
-
-
 def _usage(value: Any) -> Usage | None:
     """The context's usage totals of an export, each a count."""
     if not isinstance(value, Mapping):
         return None
-    for key in _USAGE_FIELDS:
+    for key in Usage.__dataclass_fields__:  # the fields Usage.from_dict reads
         count = value.get(key)
         if count is not None and (
             isinstance(count, bool) or not isinstance(count, int) or count < 0

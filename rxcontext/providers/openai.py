@@ -41,8 +41,8 @@ from ._common import (
     check_wire,
     incomplete_stream,
     malformed_event,
+    mask_chain,
     provider_error,
-    scrub,
     transport_error,
 )
 from ._openai_chat import (
@@ -90,8 +90,7 @@ def _error(exc: BaseException, secrets: tuple[str | None, ...]) -> ProviderError
     if isinstance(exc, openai.APIError):
         # The SDK's message may quote the request's key back (a 401): mask it in the
         # exception that becomes our __cause__, too.
-        exc.message = scrub(exc.message, *secrets)
-        exc.args = (exc.message,)
+        mask_chain(exc, secrets)
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         hint = _HINTS.get(status, "the server failed; retry" if status >= 500 else "")

@@ -362,10 +362,7 @@ class Tail:
                 if self._thread is threading.current_thread():
                     self._thread = None
                 if not self._closing:  # its waits end now, and their watches go to the store
-                    now = time.monotonic()
-                    for stream in self._streams.values():
-                        stream.failed = now
-                        stream.wake(waiting)
+                    self._fail_all(waiting)
                     self._streams.clear()
             _wake_loops(waiting)
 
@@ -428,13 +425,19 @@ class Tail:
         _log.debug("fan-out: the live tail's read failed: %s", error)
         waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[bool]]] = {}
         with self._lock:
-            now = time.monotonic()
-            for stream in self._streams.values():
-                stream.failed = now
-                stream.wake(waiting)
+            self._fail_all(waiting)
         _wake_loops(waiting)
         with self._lock:
             self._changed.wait(pause)  # close() cuts the pause short
+
+    def _fail_all(
+        self, waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[bool]]]
+    ) -> None:
+        """Under the lock: every stream's reads that began before now fail (None), woken."""
+        now = time.monotonic()
+        for stream in self._streams.values():
+            stream.failed = now
+            stream.wake(waiting)
 
     def close(self) -> None:
         """Stop the tail thread (its blocking read is interrupted)."""

@@ -109,6 +109,23 @@ def test_an_expired_lease_reads_interrupted_even_if_the_process_lives(
     assert [r.content for r in store.records(ctx.id)] == ["q", "new owner"]
 
 
+def test_this_process_is_judged_by_its_lease_too(store: Store) -> None:
+    """A reply of this very process whose lease ran out (its final write failed, so the
+    heartbeat let it go) reads INTERRUPTED here as it does in every other process: this
+    process can list, keep or resume it instead of being told it is still streaming."""
+    ctx = store.get_or_create_context("c")
+    store.add_record(ctx.id, P("q"))
+    ticket = begin(store, ctx.id, "r", owner=worker_id())
+    assert store.find_reply("r").state is ReplyState.STREAMING  # type: ignore[union-attr]
+    execute(store, "UPDATE checkpoints SET lease_until = '2000-01-01T00:00:00+00:00'")
+    assert store.find_reply("r").state is ReplyState.INTERRUPTED  # type: ignore[union-attr]
+    assert store.active_replies(ctx.id) == []
+    assert store.busy_reply_ids(ctx.id) == set()
+    assert [cp.reply_id for cp in store.checkpoints(ctx.id)] == ["r"]
+    claimed = store.claim_checkpoint(ticket.checkpoint_id, owner=worker_id())
+    assert claimed.epoch == ticket.epoch + 1
+
+
 def test_stop_requests_name_the_running_epoch(store: Store) -> None:
     ctx = store.get_or_create_context("c")
     store.add_record(ctx.id, P("q"))

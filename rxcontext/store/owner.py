@@ -87,7 +87,10 @@ def owner_alive(owner: str | None, lease_until: datetime | None, now: datetime) 
     if host != _HOST or not pid_text.isdigit():  # another process table: the lease decides
         return leased
     if owner == worker_id():
-        return True
+        # This process renews the lease of every reply it still serves; one whose lease ran
+        # out (its final write failed, or the process was starved and fenced it) is over
+        # here as it is for every other worker.
+        return leased
     # On this host a dead process is seen at once; a live one still needs its lease (a
     # process stopped or starved past its lease is taken over as one on another host is).
     return leased and _running(int(pid_text), start)

@@ -436,6 +436,47 @@ def test_a_claim_reads_what_a_periodic_write_of_the_lost_owner_stored(
     assert pg.save_checkpoints([(ticket, CheckpointDraft("three"))]) == [False]  # fenced
 
 
+def _lock_waiters(conn: Any, at_least: int, alive: threading.Thread) -> None:
+    """Until ``at_least`` backends of this database wait for a lock (``alive`` still runs)."""
+    deadline = time.monotonic() + 60
+    while (
+        conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'"
+        ).fetchone()[0]
+        < at_least
+    ):
+        assert time.monotonic() < deadline and alive.is_alive(), "nobody waited for the lock"
+        threading.Event().wait(0.01)
+
+
+def test_a_clone_holds_a_reply_that_commits_while_it_waits(pg: PostgresStore, pg_url: str):
+    """A clone decides which replies are still streaming after it locks the context: a
+    reply whose commit goes first is copied whole, not left out as if still busy."""
+    ctx = pg.get_or_create_context("src")
+    pg.add_record(ctx.id, P("question"))
+    ticket = begin(pg, ctx.id, "r")
+    out: dict[str, Any] = {}
+    with psycopg.connect(pg_url, autocommit=True) as admin, psycopg.connect(pg_url) as holder:
+        holder.execute("SELECT 1 FROM contexts WHERE id = %s FOR UPDATE", (ctx.id,))
+        committer = threading.Thread(
+            target=lambda: pg.commit_reply(ctx.id, [R("the answer")], reply=ticket, end="reply")
+        )
+        committer.start()
+        _lock_waiters(admin, 1, committer)  # the commit waits for the context
+        cloner = threading.Thread(
+            target=lambda: out.setdefault("clone", pg.clone_context(ctx.id, "copy"))
+        )
+        cloner.start()
+        _lock_waiters(admin, 2, cloner)  # the clone too, behind it
+        holder.rollback()
+        committer.join(60)
+        cloner.join(60)
+    copy = out["clone"]
+    assert [r.content for r in pg.records(copy.id)] == ["question", "the answer"]
+    assert pg.live_tokens(copy.id) == pg.live_tokens(ctx.id)
+
+
 def test_the_hot_writes_are_two_round_trips_each(pg_url: str):
     """A prompt, a reply's begin, its commit, the periodic batch of many replies and their
     lease renewal each wait for the server twice (BEGIN and the statements whose answers

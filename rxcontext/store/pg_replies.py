@@ -75,6 +75,21 @@ _BACKGROUND = (
 lock (then they give up until the next interval; the stream never waits for them)."""
 
 
+def busy_in(conn: Conn, context_id: str) -> set[str]:
+    """The ids of the replies being generated in a context, read on ``conn`` (inside a
+    transaction that has locked the context, the answer holds until it ends)."""
+    found = conn.execute(
+        "SELECT c.reply_id, c.owner, c.lease_until, clock_timestamp()"
+        f" FROM checkpoints c WHERE {_ACTIVE}",
+        (context_id,),
+    ).fetchall()
+    return {
+        dec(r)
+        for r, owner, lease, now in found
+        if owner_alive(owner, rows.utc_opt(lease), rows.utc(now))
+    }
+
+
 class PostgresReplies:
     """Reply lifecycle methods of :class:`~rxcontext.store.postgres.PostgresStore`."""
 
@@ -179,19 +194,7 @@ class PostgresReplies:
     def busy_reply_ids(self, context_id: str) -> set[str]:
         """The ids of :meth:`active_replies`, without reading their rows' text (a request
         asks for them: a long reply streaming in the context cost every request its text)."""
-        found = self._runner.run(
-            lambda conn, _: conn.execute(
-                "SELECT c.reply_id, c.owner, c.lease_until, clock_timestamp()"
-                f" FROM checkpoints c WHERE {_ACTIVE}",
-                (context_id,),
-            ).fetchall(),
-            tx=False,
-        )
-        return {
-            dec(r)
-            for r, owner, lease, now in found
-            if owner_alive(owner, rows.utc_opt(lease), rows.utc(now))
-        }
+        return self._runner.run(lambda conn, _: busy_in(conn, context_id), tx=False)
 
     # -- writing --------------------------------------------------------------------------
 

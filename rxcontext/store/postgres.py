@@ -43,7 +43,7 @@ from .owner import check_lease_ttl
 from .pg_codec import dec, enc, enc_opt
 from .pg_leases import PostgresLeases
 from .pg_migrations import migrate
-from .pg_replies import PostgresReplies
+from .pg_replies import PostgresReplies, busy_in
 from .pg_run import (
     UNPARSABLE,
     Conn,
@@ -245,8 +245,6 @@ class PostgresStore(PostgresReplies, PostgresLeases):
             raise ValueError("the clone needs a name")
         new_id = uuid.uuid4().hex
         commit_id = f"clone:{new_id}"
-        # Not the records of replies still being generated: their rounds are not done.
-        busy = sorted(enc(r) for r in self.busy_reply_ids(context_id))
 
         def body(conn: Conn, ambiguous: bool) -> Context:
             src = conn.execute(  # FOR SHARE: no commit to the source while we copy it
@@ -254,6 +252,9 @@ class PostgresStore(PostgresReplies, PostgresLeases):
             ).fetchone()
             if src is None:
                 raise ContextNotFound(f"no context with id {context_id!r}")
+            # Not the records of replies still being generated: their rounds are not done.
+            # Read under the lock: a reply whose commit went first is done and copied.
+            busy = sorted(enc(r) for r in busy_in(conn, context_id))
             row = conn.execute(
                 "INSERT INTO contexts (id, name, use_server_side_threading, last_response_id,"
                 " next_pos, live_tokens) SELECT %s, %s, use_server_side_threading,"

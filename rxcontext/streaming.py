@@ -124,11 +124,20 @@ def _subscriber(observer: abc.ObserverBase[Chunk]) -> tuple[Any, Callable[[Chunk
     return (chain[0] if len(chain) == 1 else _AnyStopped(chain)), emit
 
 
-def _run_tools_sync(run: Run, calls: Sequence[ToolCall]) -> list[ToolResult]:
+def _run_tools_sync(
+    run: Run, calls: Sequence[ToolCall], gone: Callable[[], bool]
+) -> list[ToolResult]:
     # The approval hook sees every call first, one after the other (it may ask a person);
-    # then the approved tools run (in parallel when there are several).
+    # then the approved tools run (in parallel when there are several). A subscriber gone
+    # meanwhile (``gone()``) is asked nothing more and no tool runs for it.
     approval = run.tool_approval
-    decided = [review(approval, c) if approval is not None else None for c in calls]
+    decided: list[ToolResult | None] = []
+    for call in calls:
+        if approval is not None and gone():
+            raise _Cancelled
+        decided.append(review(approval, call) if approval is not None else None)
+    if gone():
+        raise _Cancelled
     todo = [c for c, d in zip(calls, decided, strict=True) if d is None]
     if len(todo) > 1 and run.parallel_tools:
         with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
@@ -173,6 +182,10 @@ class _SyncDriver:
         self.guard = HandOver()
         flag.on_dispose = self._on_dispose
         run.on_stop = self._on_stop
+
+    def _gone(self) -> bool:
+        """Whether the subscriber went away (a dispose, or a stopped observer chain)."""
+        return self.flag.disposed or self.watch.is_stopped
 
     def clock(self) -> float:
         if isinstance(self.time, VirtualTimeScheduler):
@@ -379,8 +392,8 @@ class _SyncDriver:
                     break
                 self.rounds += 1
                 run.check_rounds(self.rounds)
-                results = _run_tools_sync(run, calls)
-                if self.flag.disposed or self.watch.is_stopped:
+                results = _run_tools_sync(run, calls, self._gone)
+                if self._gone():
                     raise _Cancelled  # while the tools ran: their outputs are not stored
                 run.store_results(results)
                 for chunk in run.result_chunks(results):
@@ -397,7 +410,7 @@ class _SyncDriver:
             if self.user_raised:
                 persister.stopped_by_user_code()
                 raise
-            if self.flag.disposed or self.watch.is_stopped:
+            if self._gone():
                 self._cancelled(error)
                 return None
             if self.request is not None and not delivered:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 import pytest
 from provider_rules import model_for
+from reactivex.scheduler import NewThreadScheduler
 from replay import Replay, real_fixture
 
 import rxcontext
@@ -130,3 +132,35 @@ def test_a_veto_through_the_real_openai_sdk_is_sent_back_as_the_calls_output():
             '{"a": 1231, "b": 2331})',
         }
     ]
+
+
+def test_a_dispose_while_the_hook_decides_asks_and_runs_nothing_more():
+    """The subscriber went away while the hook was deciding (asking a person): the driver
+    asks about no further call and runs no tool, as a cancelled asyncio task does."""
+    asked: list[str] = []
+    deciding, decided = threading.Event(), threading.Event()
+
+    def approval(call: ToolCall) -> bool:
+        asked.append(call.id)
+        deciding.set()
+        decided.wait(30)
+        return True
+
+    cw, _, ran = window(approval)
+    threads: list[threading.Thread] = []
+
+    def factory(target: Any) -> threading.Thread:
+        threads.append(threading.Thread(target=target, daemon=True))
+        return threads[-1]
+
+    sub = cw.stream().subscribe(
+        lambda c: None, lambda e: None, scheduler=NewThreadScheduler(thread_factory=factory)
+    )
+    assert deciding.wait(30)
+    sub.dispose()
+    decided.set()
+    threads[0].join(30)
+    assert not threads[0].is_alive()
+    assert asked == ["c1"] and ran == []
+    (cp,) = cw.checkpoints()
+    assert cp.state is rxcontext.ReplyState.INTERRUPTED

@@ -141,6 +141,8 @@ class ContextWindow:
         if not hasattr(store, "get_or_create_context"):
             raise TypeError("store must be an rxcontext store: use rxcontext.open(path)")
         _text_arg(context, "context name")
+        hooks = list(middleware)
+        self._hooks(hooks, "ContextWindow(middleware=...)")
         if max_tokens is None:
             reported = getattr(model, "context_window", None)
             max_tokens = (
@@ -153,7 +155,7 @@ class ContextWindow:
         self.max_tokens = max_tokens
         self.checkpoint_every = checkpoint_every
         self.max_tool_rounds = max_tool_rounds
-        self.middleware: list[Middleware] = list(middleware)
+        self.middleware: list[Middleware] = hooks
         self.retry = retry
         self.timeouts = timeouts if timeouts is not None else Timeouts()
         self.scheduler = scheduler
@@ -608,6 +610,17 @@ class ContextWindow:
         return options
 
     @staticmethod
+    def _hooks(hooks: Sequence[Any], where: str) -> None:
+        """Refuse anything but middleware where only hooks run (they run inside the driver)."""
+        for hook in hooks:
+            if not isinstance(hook, Middleware):
+                raise TypeError(
+                    f"{where} takes middleware hooks (rxcontext.operators.middleware(...)),"
+                    f" not {hook!r}; Rx operators go to stream() or resume(), which apply"
+                    " them to the reply's chunks"
+                )
+
+    @staticmethod
     def _split(operators: Sequence[Any]) -> tuple[list[Middleware], list[Any]]:
         hooks = [op for op in operators if isinstance(op, Middleware)]
         rest = [op for op in operators if not isinstance(op, Middleware)]
@@ -672,6 +685,7 @@ class ContextWindow:
         Raises :class:`~rxcontext.StreamInterrupted` (checkpoint saved) if it fails. Takes
         the per-call options of :meth:`stream` (``cw.call(schema=Person).parsed``).
         """
+        self._hooks(hooks, "call()")
         opts = self._options(disable_tools, options)
         run = self._run(
             hooks, streaming=stream, disable_tools=disable_tools, reply_id=reply_id, options=opts
@@ -694,6 +708,7 @@ class ContextWindow:
         cancellation reaches whoever awaits the task) and the provider stream closed.
         Takes the per-call options of :meth:`stream`.
         """
+        self._hooks(hooks, "astream()")
         opts = self._options(disable_tools, options)
         return run_async(
             self._run(
@@ -714,6 +729,7 @@ class ContextWindow:
         **options: Unpack[CallKeywords],
     ) -> Reply:
         """The asyncio twin of :meth:`call` (same per-call options)."""
+        self._hooks(hooks, "acall()")
         opts = self._options(disable_tools, options)
         budget = self.budget
         if budget is not None:  # its store reads stay off the event loop
@@ -913,6 +929,7 @@ class ContextWindow:
         **options: Unpack[CallKeywords],
     ) -> Reply:
         """:meth:`resume` to the end on this thread; returns the full (joined) reply."""
+        self._hooks(hooks, "resume_call()")
         opts = self._options(disable_tools, options)
         self._resumable(checkpoint_id)
         return _call(
@@ -934,6 +951,7 @@ class ContextWindow:
     ) -> AsyncGenerator[Chunk, None]:
         """The asyncio twin of :meth:`resume`: checks the checkpoint now, claims it when
         the iteration starts (an iterator closed before that leaves it untouched)."""
+        self._hooks(hooks, "aresume()")
         opts = self._options(disable_tools, options)
         self._resumable(checkpoint_id)
         return run_async(

@@ -221,6 +221,28 @@ def test_a_raising_middleware_hook_interrupts_with_a_checkpoint_chained_to_it():
     assert model.closed == 1
 
 
+@pytest.mark.parametrize("method", ["call", "acall", "astream", "resume_call", "aresume"])
+def test_a_hook_that_is_not_middleware_is_refused_before_anything_is_stored(method: str):
+    """``call()`` and its kin take middleware hooks; an Rx operator (which ``stream()``
+    takes) is a clear TypeError at once, not an AttributeError from inside the driver with
+    the reply's row left streaming."""
+    cw, model = window([T("a"), DONE])
+    with pytest.raises(TypeError, match="middleware") as info:
+        arg = 1 if method.endswith("resume") or method == "resume_call" else None
+        args = (arg,) if arg is not None else ()
+        made = getattr(cw, method)(*args, rxops.text())
+        if asyncio.iscoroutine(made):
+            asyncio.run(made)
+    assert "stream()" in str(info.value)
+    assert cw.active_replies() == [] and cw.checkpoints() == [] and replies(cw) == []
+    assert model.requests == []
+
+
+def test_a_window_refuses_middleware_that_is_not_middleware():
+    with pytest.raises(TypeError, match="middleware"):
+        ContextWindow(open_store(), ScriptedModel([]), "t", middleware=[rxops.text()])
+
+
 def test_a_subscriber_that_raises_leaves_a_checkpoint_including_the_chunk_it_got():
     # The subscriber's exception is its own: raised from subscribe() as RxPY's own sources
     # do, never handed to on_error as the stream's failure, never stored as its error.

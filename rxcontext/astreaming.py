@@ -386,7 +386,12 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
             if hook.on_complete is not None:
                 hook.on_complete()
     except Exception as error:
-        failure = await off_loop(run.checkpointed, run.hooks_failed(error))
+        try:
+            failed = run.hooks_failed(error)
+        except BaseException as hook_error:  # Ctrl-C in an on_error hook: save, then let it go
+            await off_loop(persister.interrupt, hook_error)
+            raise
+        failure = await off_loop(run.checkpointed, failed)
         raise failure from failure.__cause__  # what fail() chained (a raising on_error hook)
     except BaseException as error:  # GeneratorExit (closed early), CancelledError
         if not persister.finished:

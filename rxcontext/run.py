@@ -275,8 +275,16 @@ class Run:
         return failure
 
     def fail(self, error: BaseException) -> BaseException:
-        """Hooks, then the checkpoint: what the subscriber should get after ``error``."""
-        return self.checkpointed(self.hooks_failed(error))
+        """Hooks, then the checkpoint: what the subscriber should get after ``error``.
+
+        A hook that raises a ``BaseException`` (Ctrl-C landing in it) is let go after the
+        checkpoint of what was delivered is saved, as the driver does with its own."""
+        try:
+            failed = self.hooks_failed(error)
+        except BaseException as hook_error:
+            self.persister.interrupt(hook_error)
+            raise
+        return self.checkpointed(failed)
 
     def chunks(self, request: Request) -> Iterator[Chunk]:
         if request.fallback is not None:

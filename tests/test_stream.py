@@ -221,6 +221,28 @@ def test_a_raising_middleware_hook_interrupts_with_a_checkpoint_chained_to_it():
     assert model.closed == 1
 
 
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_an_on_error_hook_that_raises_ctrl_c_still_leaves_the_checkpoint(path: str):
+    """Ctrl-C landing in an ``on_error`` hook goes on up, as any KeyboardInterrupt does,
+    but only after the reply's checkpoint of what was delivered is saved: no reply is left
+    streaming (its lease renewed for as long as the process lives)."""
+
+    def on_error(error: BaseException) -> None:
+        raise KeyboardInterrupt
+
+    cw, model = window([T("Hel"), ValueError("cut")], retry=None)
+    hook = rxops.middleware(on_error=on_error)
+    with pytest.raises(KeyboardInterrupt):
+        if path == "sync":
+            cw.call(hook)
+        else:
+            asyncio.run(cw.acall(hook))
+    assert cw.active_replies() == []
+    (cp,) = cw.checkpoints()
+    assert cp.text == "Hel" and cp.state is rxcontext.ReplyState.INTERRUPTED
+    assert model.closed == 1
+
+
 @pytest.mark.parametrize("method", ["call", "acall", "astream", "resume_call", "aresume"])
 def test_a_hook_that_is_not_middleware_is_refused_before_anything_is_stored(method: str):
     """``call()`` and its kin take middleware hooks; an Rx operator (which ``stream()``

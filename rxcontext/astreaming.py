@@ -284,6 +284,8 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
     due = clock() + timeouts.deadline if timeouts.deadline is not None else None
     it: AsyncIterator[Chunk] | None = None
     unwatch: Callable[[], None] | None = None
+    if run.budget_check is not None:  # as stream() checks at subscription: nothing begun
+        await off_loop(run.budget_check)
     stopper.start()
     try:
         starts = [hook.on_start for hook in hooks if hook.on_start is not None]

@@ -124,6 +124,9 @@ class Run:
 
     trace: ReplyTrace | None = None
     """The reply's tracing span (:mod:`rxcontext.tracing`): tool runs are its children."""
+    budget_check: Callable[[], None] | None = None
+    """The window's budget check, when it is made as the run starts (``astream``: in the
+    executor, when the iteration begins) rather than when the run is built."""
 
     def run_tool(self, call: ToolCall) -> ToolResult:
         """Run one tool call on this thread (in its tracing span, if any)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any, Unpack
 
 from reactivex import Observable, abc
@@ -482,6 +483,7 @@ class ContextWindow:
         reply_id: str | None = None,
         options: CallOptions = NO_OPTIONS,
         budget_checked: bool = False,
+        budget_at_start: bool = False,
     ) -> Run:
         model = self._require_model()
         store = self._store
@@ -498,8 +500,12 @@ class ContextWindow:
         if options.deadline is not None:
             timeouts = replace(timeouts, deadline=options.deadline)
         budget = self.budget
+        budget_check = None
         if budget is not None and not budget_checked:
-            self._check_budget(budget, model)
+            if budget_at_start:  # the asyncio driver: off the loop, when iterated
+                budget_check = partial(self._check_budget, budget, model)
+            else:
+                self._check_budget(budget, model)
 
         threads = bool(getattr(model, "supports_previous_response_id", False))
         # A model that can resume natively notes where its streams stand in a cursor the
@@ -579,6 +585,7 @@ class ContextWindow:
             tool_approval=self.tool_approval,
             trace=trace,
             heartbeat=heartbeat_for(store),
+            budget_check=budget_check,
         )
 
     def _check_budget(self, budget: Budget, model: Model) -> None:
@@ -717,6 +724,7 @@ class ContextWindow:
                 disable_tools=disable_tools,
                 reply_id=reply_id,
                 options=opts,
+                budget_at_start=True,
             )
         )
 
@@ -961,6 +969,7 @@ class ContextWindow:
                 disable_tools=disable_tools,
                 resume=checkpoint_id,
                 options=opts,
+                budget_at_start=True,
             )
         )
 

@@ -9,6 +9,7 @@ output), not a copy of a price table.
 from __future__ import annotations
 
 import asyncio
+import threading
 from decimal import Decimal
 from typing import Any
 
@@ -217,6 +218,35 @@ def test_a_token_budget_refuses_the_request_that_would_exceed_it() -> None:
     # A larger budget lets it through.
     cw.budget = Budget(max_tokens=5000)
     assert cw.call().text == "b"
+
+
+@pytest.mark.usefixtures("both_stores")
+def test_astream_checks_the_budget_when_iterated_and_off_the_loop() -> None:
+    """As ``stream()`` checks at subscription, ``astream()`` checks when its iteration
+    starts (not when the generator is made: spending in between is counted), in the
+    executor: the store's reads never run on the event loop's thread."""
+    model = ScriptedModel([usage_script("a", 998), usage_script("b", 900)])
+    store = open_store()
+    cw = ContextWindow(store, model, context="b", budget=Budget(max_tokens=1000))
+    cw.add_prompt("first")
+    read_on: list[int] = []
+    stats = store.context_stats
+    store.context_stats = lambda *a: read_on.append(threading.get_ident()) or stats(*a)  # type: ignore[method-assign]
+
+    async def main() -> None:
+        later = cw.astream()  # made under budget
+        assert read_on == []
+        await cw.acall()  # spends 998 of 1000
+        cw.add_prompt("second")
+        read_on.clear()
+        with pytest.raises(BudgetExceeded):
+            async for _ in later:
+                pass
+        assert read_on and threading.get_ident() not in read_on
+
+    asyncio.run(main())
+    assert len(model.requests) == 1  # never sent
+    assert cw.checkpoints() == [] and cw.active_replies() == []
 
 
 @pytest.mark.usefixtures("both_stores")

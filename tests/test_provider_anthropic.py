@@ -620,6 +620,7 @@ def test_invalid_json_frame(wire: str) -> None:
     ("exc", "error_type"),
     [
         (httpx2.ReadError("connection reset by peer"), "connection_error"),
+        (httpx2.DecodingError("corrupt gzip body"), "connection_error"),
         (httpx2.RemoteProtocolError("peer closed connection"), "connection_error"),
         (httpx2.ReadTimeout("read timed out"), "timeout"),
     ],

@@ -644,6 +644,7 @@ def test_blocked_prompt_in_complete() -> None:
     ("error", "kind"),
     [
         (httpx2.ReadError("connection reset by peer"), "connection_error"),
+        (httpx2.DecodingError("corrupt gzip body"), "connection_error"),
         (httpx2.RemoteProtocolError("peer closed connection"), "connection_error"),
         (httpx2.ReadTimeout("read timed out"), "timeout"),
     ],

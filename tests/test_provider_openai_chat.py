@@ -687,6 +687,7 @@ def test_http_errors(
     ("error", "error_type"),
     [
         (httpx2.ReadError("connection reset by peer"), "connection_error"),
+        (httpx2.DecodingError("corrupt gzip body"), "connection_error"),
         (httpx2.RemoteProtocolError("peer closed connection"), "connection_error"),
         (httpx2.ReadTimeout("read timed out"), "timeout"),
     ],

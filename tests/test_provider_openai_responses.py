@@ -723,6 +723,7 @@ def test_http_errors(
     ("error", "error_type"),
     [
         (httpx2.ReadError("reset"), "connection_error"),
+        (httpx2.DecodingError("corrupt gzip body"), "connection_error"),
         (httpx2.RemoteProtocolError("peer closed"), "connection_error"),
         (httpx2.ReadTimeout("slow"), "timeout"),
     ],

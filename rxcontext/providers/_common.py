@@ -231,13 +231,14 @@ def malformed_event(
 
 
 def transport_error(exc: BaseException, provider: str) -> ProviderError | None:
-    """Classify a raw httpx2 transport error (connection, read, timeout); else ``None``.
+    """Classify a raw httpx2 transport error (connection, read, timeout, a body that
+    could not be decoded: a corrupt gzip stream); else ``None``.
 
     Transport errors are retryable: the request may well succeed on a new connection.
     """
     if isinstance(exc, httpx2.TimeoutException):
         kind = "timeout"
-    elif isinstance(exc, httpx2.TransportError):
+    elif isinstance(exc, (httpx2.TransportError, httpx2.DecodingError)):
         kind = "connection_error"
     else:
         return None

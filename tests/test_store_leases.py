@@ -126,6 +126,20 @@ def test_this_process_is_judged_by_its_lease_too(store: Store) -> None:
     assert claimed.epoch == ticket.epoch + 1
 
 
+def test_a_stale_ticket_beside_the_current_one_is_not_renewed(store: Store) -> None:
+    """Per ticket: the old epoch's ticket of a reply claimed again reads False even when the
+    new epoch's ticket is renewed in the same call (the heartbeat must let the old go)."""
+    ctx = store.get_or_create_context("c")
+    store.add_record(ctx.id, P("q"))
+    old = begin(store, ctx.id, "r", owner="w1")
+    store.save_checkpoint(old, CheckpointDraft("x"), state=ReplyState.INTERRUPTED)
+    claimed = store.claim_checkpoint(old.checkpoint_id, owner="w1")
+    new = ReplyTicket(claimed.id, claimed.epoch, "w1")
+    assert store.renew_replies([old, new]) == [False, True]
+    assert store.renew_replies([new, old]) == [True, False]
+    assert store.renew_replies([old]) == [False]
+
+
 def test_stop_requests_name_the_running_epoch(store: Store) -> None:
     ctx = store.get_or_create_context("c")
     store.add_record(ctx.id, P("q"))

@@ -31,7 +31,7 @@ _RENEW = (
     "UPDATE checkpoints c SET lease_until = clock_timestamp() + make_interval(secs => %s)"
     " FROM unnest(%s::bigint[], %s::integer[]) AS t(id, epoch)"
     " WHERE c.id = t.id AND c.epoch = t.epoch AND c.state IN ('streaming', 'resuming')"
-    " AND c.lease_until > clock_timestamp() RETURNING c.id"
+    " AND c.lease_until > clock_timestamp() RETURNING c.id, c.epoch"
 )
 _RENEW_OWNED = _RENEW.replace(" WHERE c.id = t.id", " WHERE c.owner = %s AND c.id = t.id")
 
@@ -74,8 +74,9 @@ class PostgresLeases:
         )
         if found is None:
             return None
-        renewed = {row[0] for row in found}
-        return [t.checkpoint_id in renewed for t in tickets]
+        # By epoch too: an old ticket beside its reply's new one in this call was not renewed.
+        renewed = {(row[0], row[1]) for row in found}
+        return [(t.checkpoint_id, t.epoch) in renewed for t in tickets]
 
     def request_stop(self, reply_id: str) -> bool:
         """Ask the owner of live reply ``reply_id`` to stop it (see :meth:`Store.request_stop`)."""

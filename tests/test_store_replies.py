@@ -16,6 +16,7 @@ import pytest
 
 import rxcontext
 from rxcontext import (
+    CheckpointNotFound,
     CheckpointResolved,
     OwnershipLost,
     RecordType,
@@ -604,3 +605,17 @@ def test_a_clone_or_a_fork_leaves_out_the_records_of_a_reply_still_streaming(sto
         records = store.records(copy.id)
         assert [r.content for r in records] == ["question", "another question"]
         assert store.live_tokens(copy.id) == sum(r.est_tokens for r in records if r.live)
+
+
+@pytest.mark.parametrize("bad", [2**64, -(2**63) - 1])
+def test_a_checkpoint_id_no_row_can_have_is_not_found(store: Store, bad: int) -> None:
+    """An id beyond 64 bits (from a URL, say) names no checkpoint, on both stores: not an
+    OverflowError from the SQLite driver."""
+    for call in (
+        lambda: store.get_checkpoint(bad),
+        lambda: store.claim_checkpoint(bad, owner=worker_id()),
+        lambda: store.discard_checkpoint(bad),
+        lambda: store.keep_checkpoint(bad),
+    ):
+        with pytest.raises(CheckpointNotFound):
+            call()

@@ -124,6 +124,20 @@ class Usage:
         """Inverse of :meth:`to_dict` (unknown keys ignored)."""
         return cls(**{k: int(data.get(k, 0) or 0) for k in cls.__dataclass_fields__})
 
+    @classmethod
+    def problem(cls, data: object) -> str | None:
+        """Why ``data`` is not a usage :meth:`from_dict` can read exactly (an object whose
+        counts are whole numbers a database column holds: 0 to 2**63 - 1); None if it is."""
+        if not isinstance(data, Mapping):
+            return f"usage must be an object, not {type(data).__name__}"
+        for key in cls.__dataclass_fields__:
+            count = data.get(key)
+            if count is not None and (
+                isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 2**63
+            ):
+                return f"usage.{key} must be a count of tokens, not {count!r}"
+        return None
+
 
 _set_input = Usage.__dict__["input_tokens"].__set__
 _set_output = Usage.__dict__["output_tokens"].__set__

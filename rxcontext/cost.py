@@ -15,7 +15,7 @@ Gemini reply's thought tokens are priced as the output they are billed as.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -93,9 +93,14 @@ def reply_cost(record: Record) -> Decimal | None:
     price table does not know)."""
     meta = record.metadata
     usage = meta.get("usage")
-    if not isinstance(usage, Mapping) or "model" not in meta:
+    model, provider = meta.get("model"), meta.get("provider")
+    if (
+        not isinstance(model, str)
+        or not isinstance(provider, str | None)
+        or Usage.problem(usage) is not None  # not written by rxcontext: unknown, not a crash
+    ):
         return None
-    return price(Usage.from_dict(usage), meta.get("model"), meta.get("provider"), record.timestamp)
+    return price(Usage.from_dict(usage), model, provider, record.timestamp)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)

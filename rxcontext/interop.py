@@ -72,13 +72,23 @@ def _usage(value: Any) -> Usage | None:
     """The context's usage totals of an export, each a count."""
     if not isinstance(value, Mapping):
         return None
-    for key in Usage.__dataclass_fields__:  # the fields Usage.from_dict reads
-        count = value.get(key)
-        if count is not None and (
-            isinstance(count, bool) or not isinstance(count, int) or count < 0
-        ):
-            raise InvalidExport(f"context: usage.{key} must be a count of tokens, not {count!r}")
+    problem = Usage.problem(value)
+    if problem is not None:
+        raise InvalidExport(f"context: {problem}")
     return Usage.from_dict(value)
+
+
+def _reply_metadata(metadata: Mapping[str, Any], where: str) -> None:
+    """What cost and budget reads take from a record's metadata, checked: its ``usage``
+    counts, its ``model`` and ``provider`` names."""
+    if "usage" in metadata:
+        problem = Usage.problem(metadata["usage"])
+        if problem is not None:
+            raise InvalidExport(f"{where}: metadata.{problem}")
+    for key in ("model", "provider"):
+        value = metadata.get(key)
+        if value is not None and not isinstance(value, str):
+            raise InvalidExport(f"{where}: metadata.{key} must be a string, not {value!r}")
 
 
 def _attachments(item: Mapping[str, Any], blobs: Mapping[str, Any], where: str) -> list[Attachment]:
@@ -134,6 +144,7 @@ def _draft(item: Any, n: int, blobs: Mapping[str, Any]) -> RecordDraft:
     metadata = item.get("metadata") or {}
     if not isinstance(metadata, Mapping):
         raise InvalidExport(f"{where}: 'metadata' must be an object")
+    _reply_metadata(metadata, where)
     optional: dict[str, str | None] = {}
     for key in ("response_id", "tool_call_id", "tool_name"):
         value = item.get(key)

@@ -41,6 +41,7 @@ from rxcontext.providers import (
     OpenAIResponsesModel,
     ScriptedModel,
 )
+from rxcontext.store import RecordDraft
 
 genai_prices = pytest.importorskip("genai_prices", reason="needs rxcontext[prices]")
 
@@ -173,6 +174,25 @@ def test_unknown_models_cost_unknown_never_a_guess() -> None:
     cost = context_cost(cw.records())
     assert (cost.priced, cost.unpriced) == (1, 1) and not cost.complete
     assert cost.describe() == "≥" + format_usd(price(usage, "gpt-4o-mini", "openai"))
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"model": "gpt-4o-mini", "provider": "openai", "usage": {"input_tokens": "abc"}},
+        {"model": "gpt-4o-mini", "provider": "openai", "usage": {"input_tokens": -5}},
+        {"model": 5, "provider": "openai", "usage": {"input_tokens": 10}},
+        {"model": "gpt-4o-mini", "provider": 7, "usage": {"input_tokens": 10}},
+        {"model": "gpt-4o-mini", "usage": "lots"},
+    ],
+)
+def test_a_reply_whose_stored_cost_fields_cannot_be_read_is_unpriced(meta: dict[str, Any]) -> None:
+    """A value no rxcontext writes (a database edited by hand, an older import) makes that
+    reply's cost unknown, not every cost read of the database fail."""
+    store = rxcontext.open(":memory:")
+    ctx = store.get_or_create_context("c")
+    store.add_record(ctx.id, RecordDraft(RecordType.MODEL_RESP, "a", metadata=meta))
+    assert context_cost(store.records(ctx.id)) == ContextCost(Decimal(0), 0, 1)
 
 
 def test_format_usd() -> None:

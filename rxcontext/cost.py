@@ -133,8 +133,10 @@ def _replies(records: Iterable[Record]) -> Iterable[Record]:
             "usage" in record.metadata and "model" in record.metadata
         ):
             yield record
-        elif record.type is RecordType.MODEL_RESP and not record.metadata.get("partial"):
-            yield record  # a reply stored without metadata (older rxcontext): unknown
+        elif record.type is RecordType.MODEL_RESP and (
+            not record.metadata.get("partial") or "usage" in record.metadata
+        ):
+            yield record  # stored without metadata (older rxcontext), or kept billed: unknown
 
 
 def context_cost(records: Iterable[Record]) -> ContextCost:

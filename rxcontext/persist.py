@@ -229,6 +229,7 @@ class ReplyPersister:
         self._resume: Checkpoint | None = None
         self._prefix = ""
         self._prefix_thinking = ""
+        self._native = False  # this round continues the checkpoint's own stream
         self._streamed = streamed
         self._cursor = cursor
         self._seeded = 0  # chunks folded in from the checkpoint, not delivered by this stream
@@ -377,7 +378,7 @@ class ReplyPersister:
             append_text=text,
             append_thinking=thinking,
             tool_calls=_json_safe(b.tool_fragments()),
-            usage=b.usage,
+            usage=_plus(self._carried_usage(), b.usage),
             error=error,
             chunks=delivered,
             response_id=response_id,
@@ -556,6 +557,7 @@ class ReplyPersister:
         """
         if self._resume is None or self._seeded or self.builder.chunks:
             return
+        self._native = True
         for fragment in self._resume.tool_calls:
             self.builder.add(
                 Chunk(
@@ -571,6 +573,7 @@ class ReplyPersister:
 
     def continue_with_prompt(self) -> None:
         """Native resume failed before any chunk: this round is a continuation after all."""
+        self._native = False
         if self._seeded:
             self.builder = ReplyBuilder()
             self._text_mark = self._thinking_mark = 0
@@ -579,15 +582,25 @@ class ReplyPersister:
     # -- completion -----------------------------------------------------------------------
 
     def reply(self) -> Reply:
-        """The round's reply so far (a resumed round includes the checkpoint's text)."""
+        """The round's reply so far (a resumed round includes the checkpoint's text and the
+        usage its cut attempts were billed)."""
         reply = self.builder.build()
-        if self._prefix or self._prefix_thinking:
+        carried = self._carried_usage()
+        if self._prefix or self._prefix_thinking or carried is not None:
             reply = replace(
                 reply,
                 text=self._prefix + reply.text,
                 thinking=self._prefix_thinking + reply.thinking,
+                usage=_plus(carried, reply.usage),
             )
         return reply
+
+    def _carried_usage(self) -> Usage | None:
+        """What the checkpoint this round continues was billed for (its cut attempts): a
+        continuation carries it on; a native resume's stream reports its response's whole
+        usage itself."""
+        resumed = self._resume
+        return None if resumed is None or self._native else resumed.usage
 
     def complete(self, reply: Reply, *, last: bool) -> bool:
         """Commit the finished round durably; ``last``: the reply ends with it.
@@ -710,9 +723,17 @@ class ReplyPersister:
             self._cursor.begin()  # the next round's stream has not started yet
         self._prefix = ""
         self._prefix_thinking = ""
+        self._native = False
         self._resume = None
 
     @property
     def usage_total(self) -> Usage | None:
         """Provider usage summed over every committed round of this run."""
         return self._usage_total
+
+
+def _plus(a: Usage | None, b: Usage | None) -> Usage | None:
+    """Two usages added, either of them absent."""
+    if a is None:
+        return b
+    return a if b is None else a + b

@@ -29,6 +29,7 @@ from rxcontext import (
     Usage,
 )
 from rxcontext import operators as rxops
+from rxcontext.cost import context_cost
 from rxcontext.providers import ScriptedModel
 from rxcontext.store.owner import worker_id
 
@@ -519,6 +520,60 @@ def test_threads_streaming_into_one_context_never_interleave_records():
     cw = ContextWindow(store, None, "shared")
     stored = sorted(replies(cw))
     assert stored == sorted("".join(f"{i}.{j};" for j in range(50)) for i in range(n))
+
+
+def U(inp: int, out: int) -> Chunk:
+    return Chunk(ChunkKind.USAGE, usage=Usage.of(inp, out))
+
+
+@pytest.mark.parametrize("settle", ["resume", "keep", "discard"])
+def test_the_usage_billed_for_a_cut_attempt_is_spent_however_the_reply_is_settled(settle: str):
+    """A provider bills what it sent before the cut (Anthropic reports the input's usage as
+    the stream starts): the context's spent totals, and the reply that carries on, count it
+    whether the reply is resumed, kept or discarded."""
+    cut = [U(1000, 1), T("a"), U(1000, 50), ValueError("cut")]
+    cw, _ = window(cut, [U(1000, 1), T("b"), U(1000, 10), DONE], retry=None)
+    with pytest.raises(StreamInterrupted):
+        cw.call()
+    (cp,) = cw.checkpoints()
+    assert cp.usage is not None and cp.usage.total_tokens == 1050
+    assert cw.stats().usage.total_tokens == 0  # nothing settled yet
+    if settle == "resume":
+        reply = cw.resume_call(cp.id)
+        assert reply.text == "ab" and reply.usage is not None
+        assert reply.usage.total_tokens == 2060
+        (stored,) = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
+        assert stored.metadata["usage"]["total_tokens"] == 2060
+        assert cw.stats().usage.total_tokens == 2060
+    elif settle == "keep":
+        kept = cw.keep(cp.id)
+        assert kept.metadata["partial"] is True
+        assert kept.metadata["usage"]["total_tokens"] == 1050
+        assert cw.stats().usage.total_tokens == 1050
+        # Billed, of no known price (no model recorded): unknown, never free.
+        assert context_cost(cw.records()).describe() == "unknown"
+    else:
+        cw.discard(cp.id)
+        assert cw.stats().usage.total_tokens == 1050
+        assert cw.stats().usage.input_tokens == 1000
+
+
+def test_a_resume_cut_again_keeps_the_first_attempts_usage_in_its_checkpoint():
+    cw, _ = window(
+        [U(1000, 1), T("a"), U(1000, 50), ValueError("cut")],
+        [U(1000, 1), T("b"), U(1000, 5), ValueError("cut again")],
+        retry=None,
+    )
+    with pytest.raises(StreamInterrupted):
+        cw.call()
+    (cp,) = cw.checkpoints()
+    with pytest.raises(StreamInterrupted):
+        cw.resume_call(cp.id)
+    (again,) = cw.checkpoints()
+    assert again.text == "ab"
+    assert again.usage is not None and again.usage.total_tokens == 1050 + 1005
+    cw.discard(again.id)
+    assert cw.stats().usage.total_tokens == 2055
 
 
 def test_reply_value_is_plain_and_frozen():

@@ -32,6 +32,7 @@ __all__ = [
     "ReplyEnd",
     "ReplyTicket",
     "Store",
+    "kept_metadata",
     "settle_refusal",
 ]
 
@@ -296,3 +297,12 @@ class Store(Protocol):
     def keep_checkpoint(self, checkpoint_id: int) -> list[Record]:
         """Store an interrupted reply's partial text as its reply (metadata ``partial``)."""
         ...
+
+
+def kept_metadata(cp: Checkpoint) -> dict[str, Any]:
+    """The metadata of the record a kept checkpoint becomes: marked partial, with the usage
+    its attempts were billed (cost reads count such a reply as unpriced, never as free)."""
+    meta: dict[str, Any] = {"partial": True}
+    if cp.usage is not None:
+        meta["usage"] = cp.usage.to_dict()
+    return meta

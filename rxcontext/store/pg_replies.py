@@ -51,6 +51,7 @@ from .base import (
     RecordDraft,
     ReplyEnd,
     ReplyTicket,
+    kept_metadata,
     settle_refusal,
 )
 from .owner import owner_alive
@@ -514,6 +515,7 @@ class PostgresReplies:
             "discard",
             "state = 'discarded', owner = NULL, lease_until = NULL,"
             " resolved_at = clock_timestamp()",
+            then=lambda conn, cp, _, again: None if again else _spent(conn, cp),
         )
         self._ledger.forget(checkpoint_id)
         if again:
@@ -533,10 +535,11 @@ class PostgresReplies:
             assert cp.pos is not None
             kept = Draft(
                 RecordDraft(
-                    RecordType.MODEL_RESP, cp.text, streamed=True, metadata={"partial": True}
+                    RecordType.MODEL_RESP, cp.text, streamed=True, metadata=kept_metadata(cp)
                 )
             )
             lock = lock_context(conn, cp.context_id, change=True, tokens=live_tokens_of([kept]))
+            _spent(conn, cp)
             return send_records(conn, cp.context_id, [kept], cp.pos, lock, token, cp.reply_id)()
 
         _, _, kept = self._take(
@@ -549,6 +552,18 @@ class PostgresReplies:
         )
         self._ledger.forget(checkpoint_id)
         return list(kept)
+
+
+def _spent(conn: Conn, cp: Checkpoint) -> None:
+    """A settled reply's billed usage (its cut attempts') joins its context's totals (the
+    context is locked: :meth:`PostgresReplies._take` took it first)."""
+    if cp.usage is not None:
+        conn.execute(
+            "UPDATE contexts SET "
+            + ", ".join(f"{f} = {f} + %s" for f in rows.USAGE_FIELDS)
+            + " WHERE id = %s",
+            (*(getattr(cp.usage, f) for f in rows.USAGE_FIELDS), cp.context_id),
+        )
 
 
 def _settle(conn: Conn, reply: ReplyTicket, end: ReplyEnd) -> None:

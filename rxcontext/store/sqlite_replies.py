@@ -34,6 +34,7 @@ from .base import (
     RecordDraft,
     ReplyEnd,
     ReplyTicket,
+    kept_metadata,
     settle_refusal,
 )
 from .owner import owner_alive
@@ -542,6 +543,7 @@ class SQLiteReplies:
                 " lease_until = NULL, resolved_at = ?, updated_at = ? WHERE id = ?",
                 (now, now, checkpoint_id),
             )
+            _spent(db, cp)
         return _replace_state(cp, ReplyState.DISCARDED, cp.epoch + 1, None)
 
     def keep_checkpoint(self, checkpoint_id: int) -> list[Record]:
@@ -559,7 +561,7 @@ class SQLiteReplies:
                     db,
                     cp.context_id,
                     RecordDraft(
-                        RecordType.MODEL_RESP, cp.text, streamed=True, metadata={"partial": True}
+                        RecordType.MODEL_RESP, cp.text, streamed=True, metadata=kept_metadata(cp)
                     ),
                     cp.pos,
                     cp.reply_id,
@@ -571,7 +573,15 @@ class SQLiteReplies:
                 " lease_until = NULL, resolved_at = ?, updated_at = ? WHERE id = ?",
                 (now, now, checkpoint_id),
             )
+            _spent(db, cp)
         return out
+
+
+def _spent(db: sqlite3.Connection, cp: Checkpoint) -> None:
+    """A settled reply's billed usage (its cut attempts') joins its context's totals."""
+    if cp.usage is not None:
+        sets, args = rows.context_totals((), cp.usage, None)
+        db.execute(f"UPDATE contexts SET {sets} WHERE id = ?", (*args, cp.context_id))
 
 
 def _replace_state(cp: Checkpoint, state: ReplyState, epoch: int, owner: str | None) -> Checkpoint:

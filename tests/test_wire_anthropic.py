@@ -346,7 +346,7 @@ def streams(draw: st.DrawFn) -> tuple[bytes, Exception | None]:
                 ]
             )
         )
-    nl = draw(st.sampled_from(["\n", "\r\n"]))
+    nl = draw(st.sampled_from(["\n", "\r\n", "\r"]))
     out = []
     for name, data in frames:
         if draw(st.integers(0, 9)) == 0:
@@ -365,6 +365,39 @@ def test_generated_streams_same_on_both_wires(
 ) -> None:
     body, cut = stream
     assert_same(split(body, cuts), cut)
+
+
+def test_an_event_ending_a_read_in_cr_cr_is_delivered_before_a_cut() -> None:
+    """CR-only line endings: a read that ends with an event's blank line (``\\r\\r``) is
+    a whole event to the SDK's decoder, which dispatches it at once; the fast wire waited
+    for the next read (a lone ``\\r`` may be half a ``\\r\\n``), and a transport error
+    there lost the event's text on that wire alone."""
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "m",
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 3, "output_tokens": 1},
+        },
+    }
+    block = {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": ""},
+    }
+    delta = {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "text_delta", "text": "Hello"},
+    }
+    body = frames([(e["type"], json.dumps(e).encode()) for e in (start, block, delta)], b"\r")
+    chunks, error = assert_same([body], httpx2.ReadError("reset"))
+    assert [c.text for c in chunks if c.text] == ["Hello"] and error is not None
 
 
 # -- malformed events: both wires end alike, with a ProviderError ------------------------
@@ -414,7 +447,7 @@ def broken_streams(draw: st.DrawFn) -> tuple[bytes, Exception | None]:
         name = draw(st.sampled_from([None, "", "ping", "error", "message_delta", "x"]))
         events[at] = (name, events[at][1])
     event(f"broken: {how}")
-    body = frames(events, draw(st.sampled_from([b"\n", b"\r\n"])))
+    body = frames(events, draw(st.sampled_from([b"\n", b"\r\n", b"\r"])))
     if draw(st.sampled_from([False] * 4 + [True])):
         body = truncated(draw, body)
     cut: Exception | None = None

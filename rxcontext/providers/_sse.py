@@ -82,11 +82,13 @@ class SSEDecoder:
             self._buf = b""
             return ()
         # An unterminated last line waits. One ending in a lone "\r" may be the first half
-        # of a "\r\n" split across reads: it waits too, unless like="openai".
+        # of a "\r\n" split across reads: it waits too, unless like="openai", or
+        # like="anthropic" and the read ends in "\r\r" (that SDK's decoder takes an event
+        # ending so at once, as it does "\n\n").
         end = lines[-1][-1:]
         if end == b"\n":
             self._buf = b""
-        elif end == b"\r" and self._eager_cr:
+        elif end == b"\r" and (self._eager_cr or (self._per_event and chunk[-2:] == b"\r\r")):
             self._buf = b""
             self._skip_lf = True
         else:

@@ -9,6 +9,7 @@ private server are in tests/test_pg_faults.py.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import re
@@ -475,6 +476,29 @@ def test_a_clone_holds_a_reply_that_commits_while_it_waits(pg: PostgresStore, pg
     copy = out["clone"]
     assert [r.content for r in pg.records(copy.id)] == ["question", "the answer"]
     assert pg.live_tokens(copy.id) == pg.live_tokens(ctx.id)
+
+
+def test_a_naive_timestamp_is_utc_on_both_stores_whatever_the_servers_zone(pg_url: str):
+    """A record's naive timestamp is taken as UTC (as an import takes it), the same on both
+    stores and the same returned as read back: not the server's zone when stored and the
+    client's when returned."""
+    name = pg_url.rpartition("/")[2].partition("?")[0]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {name} SET timezone = 'Asia/Tokyo'")
+    naive = datetime.datetime(2001, 2, 3, 4, 5, 6)
+    want = naive.replace(tzinfo=datetime.UTC)
+    try:
+        for target in (pg_url, ":memory:"):
+            with rxcontext.open(target) as store:
+                ctx = store.get_or_create_context("c")
+                draft = RecordDraft(RecordType.PROMPT, "x", timestamp=naive)
+                added = store.add_record(ctx.id, draft)
+                (read,) = store.records(ctx.id)
+                assert added.timestamp == read.timestamp == want, target
+                assert read.timestamp.utcoffset() == datetime.timedelta(0)
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"ALTER DATABASE {name} RESET timezone")
 
 
 def test_the_hot_writes_are_two_round_trips_each(pg_url: str):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from ..attachments import Attachment
@@ -76,9 +76,15 @@ class RecordDraft:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     timestamp: datetime | None = None
     """When the record was made, for records brought in from elsewhere (an import); None:
-    now. Display only: order is positions."""
+    now. A naive time is taken as UTC (as an import takes it), on every store. Display
+    only: order is positions."""
     attachments: Sequence[Attachment] = ()
     """Images and files sent with the record (a prompt's), in order; stored once per content."""
+
+    def __post_init__(self) -> None:
+        ts = self.timestamp
+        if ts is not None and ts.tzinfo is None:
+            object.__setattr__(self, "timestamp", ts.replace(tzinfo=UTC))
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,9 @@ INTERRUPTED_TOOL_OUTPUT = (
 )
 
 
+_TOOL_RECORDS = (RecordType.TOOL_CALL, RecordType.TOOL_OUTPUT)
+
+
 def _pair(records: Sequence[Record]) -> tuple[list[Record], set[int]]:
     """The TOOL_CALL records no output answers, and the ids of the TOOL_OUTPUT records that
     answer no call (a second output for one call, or an output whose call is gone).
@@ -59,14 +62,13 @@ def _pair(records: Sequence[Record]) -> tuple[list[Record], set[int]]:
             else:
                 by_name[r.tool_name].append(r)
         elif r.type is RecordType.TOOL_OUTPUT:
-            if r.tool_call_id is None:
-                calls = by_name.get(r.tool_name)
-            else:
-                calls = by_id.get(r.tool_call_id)
-                if not calls:
-                    extra.add(r.id)
+            calls = (
+                by_name.get(r.tool_name) if r.tool_call_id is None else by_id.get(r.tool_call_id)
+            )
             if calls:
                 waiting.remove(calls.pop(0))
+            else:
+                extra.add(r.id)
     return waiting, extra
 
 
@@ -187,7 +189,7 @@ def request_history(
             records = again
     if busy:
         records = [r for r in records if r.reply_id not in busy]
-    if not any(r.type is RecordType.TOOL_CALL for r in records):
+    if not any(r.type in _TOOL_RECORDS for r in records):
         return records
     dangling, extra = _pair(records)
     if extra:  # a call's second output (two requests answered it at once): providers refuse

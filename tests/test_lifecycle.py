@@ -642,6 +642,25 @@ def test_a_second_output_for_one_call_is_left_out_of_requests() -> None:
     ]
 
 
+@pytest.mark.parametrize("named", [True, False], ids=["with-id", "without-id"])
+def test_an_output_is_left_out_when_no_live_call_is_there_for_it(named: bool) -> None:
+    """An output whose call is dead (killed with its live flag) or was never there is left
+    out of requests, also when the history holds no tool call at all: providers refuse a
+    tool result that answers nothing."""
+    orphan = RecordDraft(
+        RecordType.TOOL_OUTPUT, "out", tool_call_id="c1" if named else None, tool_name="f"
+    )
+    store, ctx = _history_of([orphan])
+    sent = request_history(store, ctx, upto=None, reply_id=None)
+    assert [(r.type.name, r.content) for r in sent] == [("PROMPT", "go")]
+    # Its call killed after the fact: the same.
+    store, ctx = _history_of([_call("c1")], [_output("c1")])
+    call = next(r for r in store.records(ctx) if r.type is RecordType.TOOL_CALL)
+    store.set_live_range(ctx, call.pos, call.pos, False)
+    sent = request_history(store, ctx, upto=None, reply_id=None)
+    assert [(r.type.name, r.content) for r in sent] == [("PROMPT", "go")]
+
+
 @pytest.mark.parametrize("warm", [False, True], ids=["first-read", "cache-warm"])
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_a_reply_that_ends_while_a_request_reads_its_history_is_carried_whole_or_not_at_all(

@@ -3,6 +3,9 @@
 The rules are contextwindow's ``ValidateResponseIDChain``: the context must know its last
 response id; no live tool records (they break the chain); the live replies' ids must not be
 mixed (some set, some missing); and the last live reply's id must be the context's last one.
+A record killed, revived or replaced by a summary changes what the server's thread would
+show the model, so the stores clear the context's last response id with it: the next
+request sends the live history whole, and its reply starts a thread again.
 """
 
 from __future__ import annotations

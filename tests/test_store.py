@@ -336,6 +336,7 @@ def test_clone_copies_records_with_timestamps_and_order_but_not_tools(any_store:
     any_store.set_threading(src.id, True)
     any_store.replace_system_prompt(src.id, "be brief")
     any_store.add_record(src.id, P("q1"))
+    any_store.set_live_range(src.id, 1, 1, False)  # before the reply: its thread stands
     any_store.commit_reply(
         src.id,
         [
@@ -344,7 +345,6 @@ def test_clone_copies_records_with_timestamps_and_order_but_not_tools(any_store:
         ],
         last_response_id="r1",
     )
-    any_store.set_live_range(src.id, 1, 1, False)
     any_store.set_context_tool(src.id, "f", {"name": "f"})
     cut(any_store, src.id)
 

@@ -117,6 +117,42 @@ def test_threading_off_or_broken_chain_sends_the_full_history():
     assert len(model.requests[2].records) == 6
 
 
+@pytest.mark.parametrize("change", ["kill", "revive", "summary"])
+def test_a_live_flag_changed_inside_the_thread_breaks_it(change: str):
+    """The server's thread holds every record its responses were given: once one of those
+    is killed (or a dead one revived, or records replaced by a summary), continuing it would
+    show the model what the user took out (or hide what they put back), so the next request
+    sends the live history whole; its reply starts a thread that can be continued again."""
+    cw, model = threaded_window(
+        [T("a1"), done("resp_1")],
+        [T("a2"), done("resp_2")],
+        [T("a3"), done("resp_3")],
+        [T("a4"), done("resp_4")],
+    )
+    cw.add_prompt("q1")
+    cw.call()
+    if change == "revive":
+        cw.set_record_live_state(1, 1, False)  # q1 dead before the thread goes on
+    cw.add_prompt("q2")
+    cw.call()
+    assert (change == "revive") == (model.requests[1].previous_response_id is None)
+    if change == "kill":
+        cw.set_record_live_state(1, 2, False)  # q1 and a1
+    elif change == "revive":
+        cw.set_record_live_state(1, 1, True, among="all")
+    else:
+        old = [r.id for r in cw.live_records() if r.content in ("q1", "a1")]
+        cw.store.replace_records(cw.context_id, old, RecordDraft(RecordType.PROMPT, "summary"))
+    cw.add_prompt("q3")
+    cw.call()
+    third = model.requests[2]
+    assert third.previous_response_id is None
+    assert [r.content for r in third.records] == [r.content for r in cw.live_records()][:-1]
+    cw.add_prompt("q4")
+    cw.call()
+    assert model.requests[3].previous_response_id == "resp_3"
+
+
 def test_a_rejected_previous_response_id_falls_back_once_to_the_full_history():
     rejected = ProviderError("previous response not found", provider="openai", status_code=400)
     cw, model = threaded_window([T("a1"), done("resp_1")], [rejected], [T("a2"), done("resp_2")])

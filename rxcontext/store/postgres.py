@@ -510,6 +510,7 @@ class PostgresStore(PostgresReplies, PostgresLeases):
                     "UPDATE records SET live = %s, rev = %s WHERE id = ANY(%s)",
                     (bool(live), lock.version, [r[0] for r in changed]),
                 )
+                _break_thread(conn, context_id)
             return len(chosen)
 
         return self._runner.run(body)
@@ -568,6 +569,7 @@ class PostgresStore(PostgresReplies, PostgresLeases):
                     "live in this context (stale summary?); nothing was changed"
                 )
             retire(conn, context_id, "id = ANY(%s)", (ids,), lock)
+            _break_thread(conn, context_id)
             return send_records(conn, context_id, [d], row[1], lock, commit_id)()[0]
 
         return self._runner.run(body)
@@ -623,3 +625,10 @@ class PostgresStore(PostgresReplies, PostgresLeases):
             return removed[0] if ambiguous else removed[-1]
 
         return self._runner.run(body)
+
+
+def _break_thread(conn: Conn, context_id: str) -> None:
+    """Records changed their live flag (the context is locked): the server-side thread
+    holds what its responses were given, so it may not be continued (see
+    :func:`rxcontext.chain.validate_chain`); the next reply starts one again."""
+    conn.execute("UPDATE contexts SET last_response_id = NULL WHERE id = %s", (context_id,))

@@ -639,6 +639,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
                 )
                 tokens = sum(r[2] for r in changed)
                 self._live_tokens(db, context_id, tokens if live else -tokens)
+                _break_thread(db, context_id)
         return len(chosen)
 
     def replace_system_prompt(self, context_id: str, content: str) -> Record:
@@ -697,6 +698,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
                     "live in this context (stale summary?); nothing was changed"
                 )
             self._retire(db, context_id, f"id IN ({marks})", tuple(ids))
+            _break_thread(db, context_id)
             return self._insert(db, context_id, draft, row[1])
 
     # -- tools ----------------------------------------------------------------------------
@@ -743,3 +745,10 @@ up until the next interval (the stream never waits for it)."""
 def open_store(path: str | os.PathLike[str] = ":memory:", **kwargs: Any) -> SQLiteStore:
     """Open (creating if missing) the SQLite database at ``path``; ``":memory:"`` works."""
     return SQLiteStore(path, **kwargs)
+
+
+def _break_thread(db: sqlite3.Connection, context_id: str) -> None:
+    """Records changed their live flag (in the write transaction): the server-side thread
+    holds what its responses were given, so it may not be continued (see
+    :func:`rxcontext.chain.validate_chain`); the next reply starts one again."""
+    db.execute("UPDATE contexts SET last_response_id = NULL WHERE id = ?", (context_id,))

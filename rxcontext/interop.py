@@ -81,7 +81,7 @@ def _usage(value: Any) -> Usage | None:
 def _reply_metadata(metadata: Mapping[str, Any], where: str) -> None:
     """What cost and budget reads take from a record's metadata, checked: its ``usage``
     counts, its ``model`` and ``provider`` names."""
-    if "usage" in metadata:
+    if metadata.get("usage") is not None:  # None: the stream reported no usage
         problem = Usage.problem(metadata["usage"])
         if problem is not None:
             raise InvalidExport(f"{where}: metadata.{problem}")

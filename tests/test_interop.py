@@ -78,6 +78,20 @@ def test_import_is_the_inverse_of_export():
         assert strip(again[key]) == strip(exported[key])
 
 
+def test_a_reply_stored_without_usage_exports_and_imports() -> None:
+    """A stream that reports no usage (a ScriptedModel, some servers) stores
+    ``metadata["usage"] = None``: its context's export imports, and forks, as any other."""
+    model = ScriptedModel([[T("Paris."), Chunk(ChunkKind.DONE, finish_reason="stop")]])
+    cw = ContextWindow(open_store(), model, "src", retry=None)
+    cw.add_prompt("Capital of France?")
+    cw.call()
+    assert cw.records()[-1].metadata["usage"] is None
+    copy = cw.import_context(json.loads(cw.export_json()), name="copy")
+    assert [r.content for r in cw.store.records(copy.id)] == ["Capital of France?", "Paris."]
+    forked = cw.fork("fork", at=cw.records()[-1].id)
+    assert [r.content for r in cw.store.records(forked.id)] == ["Capital of France?", "Paris."]
+
+
 def test_import_refuses_a_bad_export_naming_the_record_and_writes_nothing():
     cw = conversation()
     exported = json.loads(cw.export_json())

@@ -449,16 +449,20 @@ class ReplyPersister:
             raise self.stop
         if not self._write.acquire(blocking=False):
             return  # the timer (or a final write) is writing: it will be asked again
-        try:
-            if self.finished or self.ticket is None or not self._dirty():
-                return
-            self._written = self.builder.chunks
-            draft = self._draft(IN_PROGRESS)
-            written = self.store.save_checkpoints([(self.ticket, draft)])
-        except BaseException:
-            self._write.release()
-            raise
-        self.periodic_done(draft, written[0] if written else None)
+        # A Ctrl-C held during the write is let go only once its marks have moved: raised
+        # in between, the final write would append the same text again.
+        with deferred():
+            try:
+                if self.finished or self.ticket is None or not self._dirty():
+                    self._write.release()
+                    return
+                self._written = self.builder.chunks
+                draft = self._draft(IN_PROGRESS)
+                written = self.store.save_checkpoints([(self.ticket, draft)])
+            except BaseException:
+                self._write.release()
+                raise
+            self.periodic_done(draft, written[0] if written else None)
 
     # -- endings --------------------------------------------------------------------------
 
@@ -479,7 +483,7 @@ class ReplyPersister:
         return self._interrupt(describe_error(error), error)
 
     def _interrupt(self, why: str, error: BaseException | None = None) -> Checkpoint | None:
-        with self._write, deferred():
+        with deferred(), self._write:  # a Ctrl-C waits too
             if not self._finish() or self.ticket is None:
                 return None
             draft = self._draft(why)
@@ -623,7 +627,7 @@ class ReplyPersister:
         # not the checkpoint's text, and once it lands the store fences that write (the
         # reply's row is no longer streaming). A tool round's commit still waits: the next
         # round's checkpoint starts from it.
-        with self._write if not last else contextlib.nullcontext(), deferred():
+        with deferred(), self._write if not last else contextlib.nullcontext():
             if last and not self._finish():
                 return False
             if not last and self.finished:
@@ -699,7 +703,7 @@ class ReplyPersister:
         none once the reply ended meanwhile (disposed while its tools ran: the next request
         answers its calls, as on the asyncio path, whose cancelled tools return nothing)."""
         assert self.ticket is not None
-        with self._write, deferred():
+        with deferred(), self._write:  # a Ctrl-C waits too
             if self.finished:
                 return []
             records = self.store.commit_reply(

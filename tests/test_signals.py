@@ -28,10 +28,13 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+import rxcontext
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 
@@ -226,3 +229,142 @@ def test_signal_soak(tmp_path: Path) -> None:
             db.unlink()
     summary = Path(os.environ.get("RXCONTEXT_SOAK_OUT", tmp_path / "soak.json"))
     summary.write_text(json.dumps({"trials": trials, "outcomes": outcomes}, indent=1))
+
+
+SLOW = textwrap.dedent(
+    """
+    import sys, time
+    import rxcontext
+    from rxcontext import Chunk, ChunkKind, ContextWindow
+    from rxcontext.providers import ScriptedModel
+
+    chunks = [Chunk(ChunkKind.TEXT, f"<{i}>") for i in range(12)]
+    chunks.append(Chunk(ChunkKind.DONE, finish_reason="stop"))
+    store = rxcontext.open(sys.argv[1])
+    cw = ContextWindow(store, ScriptedModel([chunks]), "sig", retry=None, checkpoint_every=0.03)
+    cw.add_prompt("go")
+
+    def on_next(c):
+        if c.kind is ChunkKind.TEXT:
+            print("d", c.text, flush=True)
+            time.sleep(0.15)  # slow: the timer finds the driver busy and leaves the write to it
+            print("r", flush=True)  # back in the driver, which writes the checkpoint itself
+
+    try:
+        cw.stream().subscribe(on_next, lambda e: print("E", type(e).__name__, flush=True))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    """
+)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 5])
+def test_ctrl_c_while_the_driver_writes_its_own_checkpoint_stores_the_text_once(
+    tmp_path: Path, k: int
+) -> None:
+    """The timer, finding the driver busy delivering, leaves the periodic write to it (at
+    its next step, on the main thread). A Ctrl-C held during that write used to be raised
+    before the write's marks moved, so the final checkpoint appended the same text again.
+    Another connection holds the write lock to keep the driver's write waiting while the
+    signal comes; the checkpoint must be exactly what the subscriber printed."""
+    path = tmp_path / "t.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", SLOW, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert child.stdout is not None
+    shown: list[str] = []
+    lock: sqlite3.Connection | None = None
+    for line in child.stdout:
+        line = line.rstrip("\n")
+        if line.startswith("d "):
+            shown.append(line[2:])
+            if len(shown) == k:
+                lock = sqlite3.connect(path, timeout=5, isolation_level=None)
+                lock.execute("BEGIN IMMEDIATE")
+        elif line == "r" and lock is not None:
+            # Aim the signal (the child is another process): its driver is in its own write.
+            threading.Event().wait(0.015)
+            child.send_signal(signal.SIGINT)
+            threading.Event().wait(0.005)
+            lock.execute("ROLLBACK")
+            lock.close()
+            lock = None
+    child.wait(30)
+    assert child.returncode == 130, child.stderr.read()
+    store = rxcontext.open(path)
+    try:
+        (cp,) = store.checkpoints(store.get_context_by_name("sig").id)
+        assert cp.text == "".join(shown)
+    finally:
+        store.close()
+
+
+TWICE = textwrap.dedent(
+    """
+    import json, sys
+    import rxcontext
+    from rxcontext import Chunk, ChunkKind, ContextWindow
+    from rxcontext.providers import ScriptedModel
+
+    chunks = [Chunk(ChunkKind.TEXT, f"<{i}>") for i in range(400)]
+    chunks.append(Chunk(ChunkKind.DONE, finish_reason="stop"))
+    store = rxcontext.open(sys.argv[1])
+    model = ScriptedModel([chunks], delay=0.005)
+    cw = ContextWindow(store, model, "sig", retry=None, checkpoint_every=0.02)
+    cw.add_prompt("go")
+    try:
+        cw.stream().subscribe(lambda c: c.text and print("d", c.text, flush=True))
+    except KeyboardInterrupt:  # a program that goes on after Ctrl-C (a chat, a server)
+        seen = {
+            "active": [r.state.value for r in cw.active_replies()],
+            "checkpoints": [cp.text for cp in cw.checkpoints()],
+        }
+        print("KBI", json.dumps(seen), flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("k", [20, 60])
+def test_a_second_ctrl_c_while_the_first_is_handled_still_leaves_the_checkpoint(
+    tmp_path: Path, k: int
+) -> None:
+    """The first Ctrl-C makes the driver write the checkpoint; the periodic writer may hold
+    the reply's write lock then (its write waits for another process's lock). A second
+    Ctrl-C during that wait used to escape before anything was written: the reply stayed
+    STREAMING (its lease renewed) in a process that went on running."""
+    path = tmp_path / "t.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", TWICE, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert child.stdout is not None
+    shown: list[str] = []
+    seen: dict[str, Any] | None = None
+    for line in child.stdout:
+        line = line.rstrip("\n")
+        if line.startswith("d "):
+            shown.append(line[2:])
+            if len(shown) == k:
+                other = sqlite3.connect(path, timeout=5, isolation_level=None)
+                other.execute("BEGIN IMMEDIATE")  # another process writes meanwhile
+                # Aim the signals (the child is another process): its periodic write waits.
+                threading.Event().wait(0.03)
+                child.send_signal(signal.SIGINT)
+                threading.Event().wait(0.002)
+                child.send_signal(signal.SIGINT)
+                threading.Event().wait(0.03)
+                other.execute("COMMIT")
+                other.close()
+        elif line.startswith("KBI "):
+            seen = json.loads(line[4:])
+    child.wait(30)
+    assert seen is not None, child.stderr.read()
+    assert seen["active"] == []
+    assert seen["checkpoints"] == ["".join(shown)]

@@ -357,7 +357,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                             unwatch = _watch(persister)
                         yield chunk
                 except Exception as error:
-                    if delivered:
+                    if delivered and not persister.may_send_again():
                         raise
                     await aclose_chunks(it)
                     it = None

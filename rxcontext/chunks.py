@@ -394,6 +394,16 @@ class ReplyBuilder:
         self.chunks = 0
         """How many chunks have been added."""
 
+    def shows_anything(self) -> bool:
+        """Whether it holds anything but usage: text, reasoning, a tool call, an end."""
+        return bool(
+            self._text
+            or self._thinking
+            or self._thinking_blocks
+            or self._calls
+            or self._finish_reason is not None
+        )
+
     def add(self, chunk: Chunk) -> None:
         """Fold one chunk in."""
         self.chunks += 1

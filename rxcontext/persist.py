@@ -327,6 +327,12 @@ class ReplyPersister:
         self._sent_at = self._clock()
         self._first_at = None
 
+    def may_send_again(self) -> bool:
+        """Whether the round's request may be sent again after a failure: nothing but usage
+        was delivered (Anthropic's stream opens with one, an overloaded error can follow),
+        so a retry repeats no text."""
+        return not self.builder.shows_anything()
+
     def add(self, chunk: Chunk) -> None:
         """Fold in a chunk that was just delivered downstream."""
         if self._first_at is None:

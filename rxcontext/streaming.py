@@ -413,7 +413,7 @@ class _SyncDriver:
             if self._gone():
                 self._cancelled(error)
                 return None
-            if self.request is not None and not delivered:
+            if self.request is not None and (not delivered or persister.may_send_again()):
                 if it is not None:
                     close_chunks(it)
                     it = None

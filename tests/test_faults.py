@@ -802,7 +802,11 @@ def test_transport_errors_are_classified_retryable():
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
-def test_anthropic_in_stream_overloaded_error_is_retried(mode):
+@pytest.mark.parametrize("after_start", [False, True], ids=["first", "after-message_start"])
+def test_anthropic_in_stream_overloaded_error_is_retried(mode, after_start):
+    """Anthropic's stream opens with message_start (a USAGE chunk): an overloaded error
+    after it, where real streams send one, is retried as one before it is, since no text
+    was shown."""
     import anthropic
 
     from rxcontext.providers import AnthropicModel
@@ -811,7 +815,12 @@ def test_anthropic_in_stream_overloaded_error_is_retried(mode):
         b"event: error\ndata: "
         b'{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}\n\n'
     )
-    replay = Replay(overloaded, real_fixture("anthropic/text_basic_sonnet45.sse"))
+    recording = real_fixture("anthropic/text_basic_sonnet45.sse")
+    if after_start:
+        first_event = recording.read_bytes().split(b"\n\n")[0] + b"\n\n"
+        assert b"message_start" in first_event
+        overloaded = first_event + overloaded
+    replay = Replay(overloaded, recording)
     key = "sk-ant-test-0123456789abcdef"
     model = AnthropicModel(
         "claude-test",

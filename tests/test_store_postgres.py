@@ -360,6 +360,25 @@ def test_every_write_cut_off_during_commit_lands_once(
     assert [e for _, e in epochs[:2]] == [1, 2 if moved else 1]
 
 
+@pytest.mark.parametrize("among", ["live", "all"])
+def test_live_flags_set_by_index_land_once_when_the_commit_is_cut_off(
+    proxied: tuple[PostgresStore, FaultProxy], among: str
+):
+    """set_live_range picks records by index among the live ones: a retry after a COMMIT
+    whose answer was lost must find its own write, not apply the indexes again to the
+    shortened list (killing the next records in line)."""
+    store, proxy = proxied
+    ctx = store.get_or_create_context("c")
+    for text in ["p0", "p1", "p2", "p3", "p4", "p5"]:
+        store.add_record(ctx.id, P(text))
+    proxy.arm(1, "after")
+    assert store.set_live_range(ctx.id, 0, 1, False, live_only=among == "live") == 2
+    assert proxy.cut_done == 1
+    live = [r.content for r in store.records(ctx.id) if r.live]
+    assert live == ["p2", "p3", "p4", "p5"]
+    assert store.live_tokens(ctx.id) == sum(r.est_tokens for r in store.records(ctx.id) if r.live)
+
+
 # -- Periodic writes and leases ---------------------------------------------------------------
 
 

@@ -484,13 +484,21 @@ class PostgresStore(PostgresReplies, PostgresLeases):
         if start < 0 or end < start:
             raise IndexError(f"bad record range {start}..{end}")
         where = "context_id = %s AND live" if live_only else "context_id = %s"
+        commit_id = f"live:{uuid.uuid4().hex}"
 
-        def body(conn: Conn, _: bool) -> int:
+        def body(conn: Conn, ambiguous: bool) -> int:
             try:
                 lock_context(conn, context_id)
             except ContextNotFound:
                 found: list[tuple[Any, ...]] = []
             else:
+                if (
+                    ambiguous
+                    and conn.execute(  # our first try's COMMIT landed unheard:
+                        "SELECT 1 FROM commits WHERE commit_id = %s", (commit_id,)
+                    ).fetchone()
+                ):  # the indexes, applied again, would pick the next records
+                    raise Stored(end - start + 1)
                 found = conn.execute(
                     f"SELECT id, live, est_tokens FROM records WHERE {where} ORDER BY pos, id",
                     (context_id,),
@@ -511,6 +519,10 @@ class PostgresStore(PostgresReplies, PostgresLeases):
                     (bool(live), lock.version, [r[0] for r in changed]),
                 )
                 _break_thread(conn, context_id)
+                conn.execute(
+                    "INSERT INTO commits (commit_id, context_id) VALUES (%s, %s)",
+                    (commit_id, context_id),
+                )
             return len(chosen)
 
         return self._runner.run(body)

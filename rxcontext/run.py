@@ -394,19 +394,22 @@ async def abefore_first_chunk(
         await aclose_chunks(it)
 
 
-def _any_error(_: ProviderError) -> bool:
-    return True
+def _thread_refused(error: ProviderError) -> bool:
+    """The provider refused the threaded request itself (an unknown or expired response
+    id: a 400 or 404), not a failure the retry policy is for (429, 5xx, a dropped
+    connection: retried as it is, with its previous_response_id)."""
+    return not error.retryable
 
 
 def _with_fallback(run: Run, request: Request, full: Request) -> Iterator[Chunk]:
-    """A threaded request; if the provider rejects it before any chunk, the full one, once."""
+    """A threaded request; if the provider refuses it before any chunk, the full one, once."""
 
     def full_history() -> Iterator[Chunk]:
         run.requests.append(full)
         return run.chunks(full)
 
     return before_first_chunk(
-        lambda: run.chunks(replace(request, fallback=None)), full_history, _any_error
+        lambda: run.chunks(replace(request, fallback=None)), full_history, _thread_refused
     )
 
 
@@ -418,5 +421,5 @@ def _awith_fallback(run: Run, request: Request, full: Request) -> AsyncIterator[
         return run.achunks(full)
 
     return abefore_first_chunk(
-        lambda: run.achunks(replace(request, fallback=None)), full_history, _any_error
+        lambda: run.achunks(replace(request, fallback=None)), full_history, _thread_refused
     )

@@ -166,6 +166,26 @@ def test_a_rejected_previous_response_id_falls_back_once_to_the_full_history():
     assert full.previous_response_id is None and len(full.records) == 4
 
 
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_retryable_error_on_a_threaded_request_follows_the_retry_policy(path: str):
+    """A 429 or a dropped connection is not the provider refusing the thread: the request is
+    retried as the policy says (with its previous_response_id), or the error raised; it does
+    not send the full history at once, past the policy and the server's Retry-After."""
+    busy = ProviderError("rate limited", provider="openai", status_code=429, retryable=True)
+    cw, model = threaded_window([T("a1"), done("resp_1")], [busy], [busy])
+    cw.retry = None
+    cw.add_prompt("q1")
+    cw.call()
+    cw.add_prompt("q2")
+    with pytest.raises(rxcontext.StreamInterrupted) as info:
+        if path == "sync":
+            cw.call()
+        else:
+            asyncio.run(cw.acall())
+    assert info.value.__cause__ is busy
+    assert [r.previous_response_id for r in model.requests[1:]] == ["resp_1"]
+
+
 async def test_async_fallback_and_only_once():
     rejected = ProviderError("bad id", provider="openai", status_code=400)
     cw, model = threaded_window(

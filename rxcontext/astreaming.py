@@ -168,11 +168,11 @@ class _Stopper:
     """``cw.stop`` for the asyncio driver: the heartbeat's thread hands the stop to the loop.
 
     There it looks at what the driver's generator is suspended on, so the hot path keeps no
-    state for it: waiting for the model's next chunk, the read is cancelled and the stop
-    raised in its place; holding a delivered chunk (suspended at ``yield``), the checkpoint
-    is written at once (in a worker thread) and the stop raised when the consumer asks for
-    more; in one of the driver's own steps (a store write, tools, a retry wait) the stop is
-    raised before the next read.
+    state for it: waiting for the model's next chunk or to send a request again (a retry
+    wait), the await is cancelled and the stop raised in its place; holding a delivered
+    chunk (suspended at ``yield``), the checkpoint is written at once (in a worker thread)
+    and the stop raised when the consumer asks for more; in one of the driver's own steps (a
+    store write, tools) the stop is raised before the next read.
     """
 
     __slots__ = ("_agen", "cancelled", "loop", "run", "task")
@@ -364,7 +364,11 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                     delay = run.retry_delay(error, attempt)
                     if delay is None or (due is not None and clock() + delay >= due):
                         raise
-                    await _sleep(delay, run.scheduler)
+                    try:  # a stop cancels the wait (up to a Retry-After minute) at once
+                        await _sleep(delay, run.scheduler)
+                    except asyncio.CancelledError:
+                        stopper.reraise()
+                        raise
                     continue
                 break
             it = None
@@ -407,5 +411,6 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
         run.close()
 
 
-_OWN_STEPS = frozenset(f.__code__ for f in (off_loop, _sleep, _run_tools_async, aclose_chunks))
-"""What the driver awaits that is not the model: a stop there waits for the step to end."""
+_OWN_STEPS = frozenset(f.__code__ for f in (off_loop, _run_tools_async, aclose_chunks))
+"""What the driver awaits that is not the model nor a retry wait: a stop there waits for the
+step to end (a store write, tools); reading the model or waiting to retry, it is cancelled."""

@@ -33,6 +33,7 @@ from rxcontext import (
     ChunkKind,
     ContextWindow,
     OwnershipLost,
+    ProviderError,
     RecordType,
     ReplyNotFound,
     ReplyState,
@@ -288,6 +289,55 @@ def test_stop_while_the_model_is_silent_async(store: Any) -> None:
     error = asyncio.run(main())
     assert isinstance(error, StreamInterrupted) and isinstance(error.__cause__, ReplyStopped)
     assert error.checkpoint.text == "".join(got) == "Hello"
+    assert store.find_reply("r").state is ReplyState.INTERRUPTED
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_stop_during_a_retry_wait_ends_the_reply_at_once(store: Any, path: str) -> None:
+    """A reply waiting to send its request again (a 429's Retry-After, up to a minute) is
+    stopped at once on both paths, as ``cw.stop`` promises. The wait is 30 s (sync: the
+    real clock; async: a virtual clock that never advances here), longer than the bound."""
+    from faultmodels import Clock
+
+    busy = ProviderError("rate limited", provider="openai", status_code=429, retryable=True)
+    model = ScriptedModel([[busy], [T("never"), DONE]])
+    retry = rxcontext.RetryPolicy(max_attempts=3, initial_delay=30.0, jitter=0.0)
+    outcome: list[BaseException] = []
+    if path == "sync":
+        cw = ContextWindow(store, model, "c", checkpoint_every=None, retry=retry)
+        cw.add_prompt("hi")
+        begun = threading.Event()
+
+        def consume() -> None:
+            try:
+                cw.call(rxcontext.operators.middleware(on_start=begun.set), reply_id="r")
+            except StreamInterrupted as error:
+                outcome.append(error)
+
+        consumer = in_thread(consume)
+        assert begun.wait(WAIT)  # its row exists; a stop before the wait ends it as well
+        assert cw.stop("r") is True
+        consumer.join(WAIT)
+        assert not consumer.is_alive()
+    else:
+        clock = Clock()
+        cw = ContextWindow(store, model, "c", checkpoint_every=None, retry=retry, scheduler=clock)
+        cw.add_prompt("hi")
+
+        async def main() -> None:
+            task = asyncio.create_task(cw.acall(reply_id="r"))
+            await clock.armed(1)  # in the retry wait
+            assert await cw.astop("r") is True
+            try:
+                await asyncio.wait_for(task, WAIT)
+            except StreamInterrupted as error:
+                outcome.append(error)
+
+        asyncio.run(main())
+        assert clock.clock == 0
+    (error,) = outcome
+    assert isinstance(error.__cause__, ReplyStopped)
+    assert len(model.requests) == 1
     assert store.find_reply("r").state is ReplyState.INTERRUPTED
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
@@ -21,7 +22,13 @@ from .errors import CheckpointNotFound, ReplySuperseded, RxContextError
 from .fanout import fanout_for
 from .fanout.observe import awatch_chunks, watch_observable
 from .heartbeat import heartbeat_for, request_stop
-from .history import HistoryCache, answered_again, busy_replies, request_history
+from .history import (
+    HistoryCache,
+    answered_again,
+    busy_replies,
+    request_history,
+    unanswered_calls,
+)
 from .interop import fork_context, import_context
 from .operators import Middleware
 from .options import NO_OPTIONS, CallKeywords, CallOptions, check_options
@@ -293,26 +300,39 @@ class ContextWindow:
     def add_tool_call(
         self, name: str, arguments: str | dict[str, Any], id: str | None = None
     ) -> Record:
-        """Append a tool call made outside a stream (``arguments`` as JSON text or a dict)."""
+        """Append a tool call made outside a stream (``arguments`` as JSON text or a dict).
+
+        Without ``id`` one is made up (providers other than Gemini require one)."""
         raw = arguments if isinstance(arguments, str) else json.dumps(arguments)
+        call_id = id if id is not None else f"call_{uuid.uuid4().hex[:24]}"
         return self._add(
             RecordDraft(
-                RecordType.TOOL_CALL, raw, tool_call_id=id, tool_name=_text_arg(name, "tool name")
+                RecordType.TOOL_CALL,
+                raw,
+                tool_call_id=call_id,
+                tool_name=_text_arg(name, "tool name"),
             )
         )
 
     def add_tool_output(
         self, output: str, id: str | None = None, name: str | None = None
     ) -> Record:
-        """Append a tool's output (``id`` of the call it answers)."""
-        return self._add(
-            RecordDraft(
-                RecordType.TOOL_OUTPUT,
-                _text_arg(output, "tool output"),
-                tool_call_id=id,
-                tool_name=name,
-            )
-        )
+        """Append a tool's output (``id`` of the call it answers).
+
+        Without ``id`` it answers the earliest live call no output answers yet (of tool
+        ``name``, if given); ``ValueError`` if there is none."""
+        text = _text_arg(output, "tool output")
+        if id is None:
+            waiting = unanswered_calls(self.live_records())
+            call = next((c for c in waiting if name is None or c.tool_name == name), None)
+            if call is None:
+                raise ValueError(
+                    "no tool call waits for an output"
+                    + (f" from {name!r}" if name is not None else "")
+                    + "; pass the id of the call it answers"
+                )
+            id, name = call.tool_call_id, name if name is not None else call.tool_name
+        return self._add(RecordDraft(RecordType.TOOL_OUTPUT, text, tool_call_id=id, tool_name=name))
 
     def set_system_prompt(self, text: str) -> Record:
         """Replace the system prompt (one transaction)."""

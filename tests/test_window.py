@@ -129,6 +129,25 @@ def test_tool_records_added_by_hand(store):
     assert (out.type, out.tool_name) == (RecordType.TOOL_OUTPUT, "weather")
 
 
+def test_tool_records_added_by_hand_without_ids_get_the_ids_requests_need(store):
+    """Chat, Responses and Anthropic require a call id on every call and output: a call
+    added without one gets one made up (as a stream's are), and an output without one
+    answers the earliest call still waiting for an output (of its name, if given)."""
+    cw = ContextWindow(store, context="c")
+    cw.add_prompt("weather?")
+    first = cw.add_tool_call("weather", {"city": "Oslo"})
+    second = cw.add_tool_call("time", {"city": "Oslo"})
+    assert first.tool_call_id and second.tool_call_id
+    assert first.tool_call_id != second.tool_call_id
+    by_name = cw.add_tool_output("12:00", name="time")
+    assert (by_name.tool_call_id, by_name.tool_name) == (second.tool_call_id, "time")
+    earliest = cw.add_tool_output("rain")
+    assert (earliest.tool_call_id, earliest.tool_name) == (first.tool_call_id, "weather")
+    with pytest.raises(ValueError, match="no tool call waits"):
+        cw.add_tool_output("nobody asked")
+    assert [r.type for r in cw.records()].count(RecordType.TOOL_OUTPUT) == 2
+
+
 def test_token_estimates_and_usage(store):
     cw = ContextWindow(store, context="c", max_tokens=100)
     cw.add_prompt("x" * 40)  # 10 tokens estimated

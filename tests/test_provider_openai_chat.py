@@ -931,3 +931,29 @@ def test_default_clients_leave_retries_to_rxcontext(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-env-0123456789")
     model = OpenAIModel("gpt-x")
     assert model._client.get().max_retries == 0
+
+
+def test_an_empty_reply_is_no_assistant_message() -> None:
+    """A reply with no text and no call (a reasoning model that spent every token:
+    finish_reason "length") is stored empty; Chat requests leave it out, as the other
+    providers' do, instead of an assistant message with no content."""
+    from datetime import UTC, datetime
+
+    from provider_rules import check_openai_chat
+
+    from rxcontext.providers._openai_chat import ChatHistory, chat_messages
+    from rxcontext.records import Record, RecordType
+
+    def rec(i: int, kind: RecordType, text: str) -> Record:
+        return Record(i, "c", kind, text, True, 1, datetime.now(UTC), pos=i)
+
+    records = [
+        rec(0, RecordType.PROMPT, "Solve this."),
+        rec(1, RecordType.MODEL_RESP, ""),
+        rec(2, RecordType.PROMPT, "Try again, briefly."),
+    ]
+    messages = chat_messages(records)
+    assert [m["role"] for m in messages] == ["user", "user"]
+    check_openai_chat({"messages": messages})
+    encoded = [json.loads(part) for part in ChatHistory().encode(records)]
+    assert encoded == messages

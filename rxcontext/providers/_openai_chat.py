@@ -106,7 +106,8 @@ def chat_messages(records: Sequence[Record]) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     for record, calls in turns(records):
         if record is None or record.type is RecordType.MODEL_RESP:
-            messages.append(_assistant(record, calls))
+            if calls or (record is not None and record.content):  # an empty reply: none
+                messages.append(_assistant(record, calls))
         else:
             message = _message(record)
             if message is not None:
@@ -121,8 +122,8 @@ class _Entry:
 
     def __init__(self, record: Record) -> None:
         self.kind = record.type
-        if self.kind is RecordType.MODEL_RESP:
-            message: dict[str, Any] | None = _assistant(record, ())
+        if self.kind is RecordType.MODEL_RESP:  # an empty reply is no message
+            message: dict[str, Any] | None = _assistant(record, ()) if record.content else None
         else:
             message = _message(record)
         self.json = compact_json(message) if message is not None else None

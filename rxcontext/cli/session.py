@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..attachments import Attachment
-from ..errors import StreamInterrupted
+from ..errors import RxContextError, StreamInterrupted
 from ..records import Checkpoint, RecordType
 from ..window import ContextWindow
 from .render import Renderer, Window
@@ -40,11 +40,12 @@ class Session:
         """Add ``prompt``, stream the reply; the exit status (130 when cancelled)."""
         cw = self.cw
         before = {cp.id for cp in cw.checkpoints()}
+        replies = cw.stream(**self.options)  # an option the model lacks: refused, nothing stored
         record = cw.add_prompt(prompt, attachments=self.attachments)
         self.attachments = ()
         window = self.window()
         try:
-            stats = self.render.stream(cw.stream(**self.options), window=window)
+            stats = self.render.stream(replies, window=window)
         except KeyboardInterrupt:
             new = [cp for cp in cw.checkpoints() if cp.id not in before]
             checkpoint = new[-1] if new else None
@@ -58,6 +59,9 @@ class Session:
             return 130
         except StreamInterrupted as exc:
             self.undo_if_nothing_arrived(exc.checkpoint, record.id)
+            raise
+        except RxContextError:  # refused before the reply began (a budget): not answered
+            self.undo_if_nothing_arrived(None, record.id)
             raise
         stored = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
         extra = f"stored as record {stored[-1].id}" if stored else "stored"

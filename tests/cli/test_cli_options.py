@@ -39,6 +39,30 @@ def test_an_option_the_provider_lacks_is_refused_and_nothing_is_sent(
     with rxcontext.open(db) as store:
         ctx = store.get_context_by_name("default")
         assert store.checkpoints(ctx.id) == []
+        # Nor is the prompt kept: run again, it would be sent twice.
+        assert [r.content for r in store.records(ctx.id) if r.live] == []
+
+
+def test_a_request_the_budget_refuses_leaves_no_prompt_to_send_twice(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rxcontext import Budget, ContextWindow
+
+    model = ScriptedModel([[Chunk(ChunkKind.TEXT, "never")]])
+    monkeypatch.setattr(chat_cmd, "build_model", lambda args: model)
+    original = ContextWindow.__init__
+
+    def tight(self: ContextWindow, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        self.budget = Budget(max_tokens=1)
+
+    monkeypatch.setattr(ContextWindow, "__init__", tight)
+    db = tmp_path / "c.db"
+    assert main(["chat", "--db", str(db), "a prompt longer than one token"]) != 0
+    assert "budget" in capsys.readouterr().err.lower() and model.requests == []
+    with rxcontext.open(db) as store:
+        ctx = store.get_context_by_name("default")
+        assert [r.content for r in store.records(ctx.id) if r.live] == []
 
 
 @pytest.mark.parametrize("bad", [["--temperature", "-1"], ["--deadline", "0"]])

@@ -56,10 +56,12 @@ class MissingDependency(RxContextError, ImportError):
 
     def __init__(self, package: str, extra: str, reason: str = "") -> None:
         detail = f" ({reason})" if reason else ""
-        super().__init__(f"the {package} package is not installed{detail}")
+        self.problem = f"the {package} package is not installed{detail}"
+        """The message without its remedy (the CLI prints the remedy as its hint line)."""
+        self.hint = f"pip install 'rxcontext[{extra}]'"
+        super().__init__(f"{self.problem}: {self.hint}")
         self.package = package
         self.extra = extra
-        self.hint = f"pip install 'rxcontext[{extra}]'"
 
 
 class StoreError(RxContextError):

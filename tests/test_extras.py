@@ -44,6 +44,7 @@ def test_a_missing_sdk_names_its_extra(
     assert error.package == package and error.extra == extra
     assert f"the {package} package is not installed" in str(error)
     assert error.hint == f"pip install 'rxcontext[{extra}]'"
+    assert error.hint in str(error)  # seen from Python too, not only the CLI's hint line
     assert isinstance(error.__cause__, ImportError)
 
 
@@ -90,6 +91,7 @@ def test_prices_and_tracing_name_their_extras(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(MissingDependency) as prices:
         cost.price(Usage.of(1, 1), "gpt-4o-mini", "openai")
     assert prices.value.hint == "pip install 'rxcontext[prices]'"
+    assert prices.value.hint in str(prices.value)
     with pytest.raises(MissingDependency) as otel:
         Tracing()
     assert otel.value.hint == "pip install 'rxcontext[otel]'"

@@ -16,6 +16,7 @@ from ..errors import (
     CheckpointNotFound,
     CheckpointResolved,
     ContextNotFound,
+    MissingDependency,
     NotADatabaseError,
     ProviderError,
     RxContextError,
@@ -68,6 +69,8 @@ def describe(exc: BaseException, base_url: str | None, db: Path | None = None) -
         return message, hint
     if isinstance(exc, CLIError):
         return str(exc), exc.hint
+    if isinstance(exc, MissingDependency):  # its remedy is the hint line, not said twice
+        return exc.problem, exc.hint
     own_hint = getattr(exc, "hint", None)
     if isinstance(exc, RxContextError) and isinstance(own_hint, str):  # ModelSpecError & co.
         return str(exc), own_hint

@@ -229,6 +229,8 @@ def fork_context(store: Store, context_id: str, dest: str, *, at: int) -> Contex
     """A new context ``dest`` holding the records of ``context_id`` up to and including the
     record with id ``at`` (in conversation order, dead ones too): the conversation as it was
     there, to go on differently. Raises ``ValueError`` if no such record is in the context."""
+    if any(c.name == dest for c in store.list_contexts()):
+        raise ValueError(f"a context named {dest!r} already exists; fork into another name")
     exported = store.export_context(context_id)
     records = exported["records"]
     ids = [r["id"] for r in records]

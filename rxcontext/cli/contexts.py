@@ -73,9 +73,13 @@ def run(args: argparse.Namespace) -> int:
             try:
                 forked = fork_context(store, ctx.id, args.dest, at=args.at)
             except ValueError as exc:
-                raise CLIError(
-                    str(exc), "see the record ids with: rxcontext contexts show SRC"
-                ) from exc
+                taken = any(c.name == args.dest for c in store.list_contexts())
+                hint = (
+                    "name the fork anew; the contexts are listed by: rxcontext contexts"
+                    if taken
+                    else "see the record ids with: rxcontext contexts show SRC"
+                )
+                raise CLIError(str(exc), hint) from exc
             render.line(f"forked {ctx.name!r} at record {args.at} to {forked.name!r}")
             return 0
         if action == "show":

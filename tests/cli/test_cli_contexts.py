@@ -218,3 +218,7 @@ def test_contexts_import_is_the_inverse_of_export_and_fork_cuts_at_a_record(
     assert forked.returncode == 0, forked.stderr
     assert [r.content for r in records(db, "early")] == ["Capital?"]
     assert_user_error(run(env, "contexts", "fork", "trip", "x", "--db", str(db)), "--at")
+    # A name in use: said as a fork's problem, with a hint that helps (not "import it").
+    again = run(env, "contexts", "fork", "trip", "early", "--at", str(first.id), "--db", str(db))
+    assert_user_error(again, "'early' already exists", "another name")
+    assert "import" not in again.stderr

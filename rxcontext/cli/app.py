@@ -6,16 +6,19 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import NoReturn
 
 from .. import __version__
 from ..store import without_password
 from . import chat, checkpoints, contexts, demo, summarize
-from .common import DB_ENV, CLIError, default_db
+from .common import DB_ENV, CLIError, Terminated, default_db
 from .errors import report
 
 __all__ = ["main", "parser"]
@@ -53,6 +56,27 @@ def _quiet_broken_pipe() -> Iterator[None]:
         raise
 
 
+def _terminate(signum: int, frame: FrameType | None) -> NoReturn:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) while a command runs, so a
+    reply it cuts keeps its checkpoint as after Ctrl-C (by default it kills the process on
+    the spot); a handler the embedding program set is left alone."""
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     root = parser()
@@ -71,10 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="rxcontext: %(message)s",
     )
     try:
-        with _quiet_broken_pipe():
+        with _quiet_broken_pipe(), _sigterm_as_ctrl_c():
             return func(args)
     except BrokenPipeError:
         return 0
+    except Terminated:
+        print("\nrxcontext: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("\nrxcontext: interrupted", file=sys.stderr)
         return 130

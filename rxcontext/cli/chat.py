@@ -10,7 +10,15 @@ from typing import Any
 from ..attachments import Attachment
 from ..errors import AttachmentError, RxContextError, UnsupportedAttachment
 from ..window import ContextWindow
-from .common import CLIError, add_common, add_model_options, build_model, open_store, renderer
+from .common import (
+    CLIError,
+    Terminated,
+    add_common,
+    add_model_options,
+    build_model,
+    open_store,
+    renderer,
+)
 from .errors import report
 from .session import Session
 
@@ -172,6 +180,8 @@ def _interactive(session: Session, db: str) -> int:
     while True:
         try:
             prompt = input("you> ").strip()
+        except Terminated:
+            raise
         except (EOFError, KeyboardInterrupt):
             print(file=sys.stdout, flush=True)
             render.line("bye", style="dim")

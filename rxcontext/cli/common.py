@@ -45,6 +45,11 @@ REPLAY_ENV = "RXCONTEXT_REPLAY"
 DEFAULT_MODEL = "openai:gpt-4o-mini"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, ``docker stop``), raised where Ctrl-C would be: the
+    reply's checkpoint is kept the same way, and the program then ends (status 143)."""
+
+
 class CLIError(RxContextError):
     """An error the command reports as one line plus ``hint``; ``status`` is the exit code."""
 

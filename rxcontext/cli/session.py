@@ -9,6 +9,7 @@ from ..attachments import Attachment
 from ..errors import RxContextError, StreamInterrupted
 from ..records import Checkpoint, RecordType
 from ..window import ContextWindow
+from .common import Terminated
 from .render import Renderer, Window
 
 __all__ = ["Session"]
@@ -46,7 +47,7 @@ class Session:
         window = self.window()
         try:
             stats = self.render.stream(replies, window=window)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             new = [cp for cp in cw.checkpoints() if cp.id not in before]
             checkpoint = new[-1] if new else None
             if self.undo_if_nothing_arrived(checkpoint, record.id):
@@ -56,6 +57,8 @@ class Session:
                 )
             else:
                 self.cancelled(checkpoint)
+            if isinstance(stop, Terminated):
+                raise
             return 130
         except StreamInterrupted as exc:
             self.undo_if_nothing_arrived(exc.checkpoint, record.id)
@@ -77,9 +80,11 @@ class Session:
                 prefix=checkpoint.text,
                 window=window,
             )
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             # The driver saved the checkpoint and released the claim: it can be resumed again.
             self.cancelled(self.cw.store.get_checkpoint(checkpoint.id))
+            if isinstance(stop, Terminated):
+                raise
             return 130
         self.render.status(stats, window, f"checkpoint {checkpoint.id} resolved")
         return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,23 @@ def test_one_shot_ctrl_c_then_resume_in_a_terminal(spawn: Any, tmp_path: Path) -
     assert child.exitstatus == 0
     assert checkpoints(db)[0].resolved
     assert records(db)[-1].content == LONG
+
+
+def test_sigterm_keeps_what_was_shown_as_ctrl_c_does(spawn: Any, tmp_path: Path) -> None:
+    """SIGTERM (``kill``, ``timeout``, ``docker stop``) ends a chat as Ctrl-C does: the
+    reply's checkpoint holds what was printed, and the status says terminated (143)."""
+    db = tmp_path / "t.db"
+    file = replay(tmp_path, "t", [{"text": LONG}], delay=0.05)
+    child = spawn("chat", "--db", str(db), "--replay", file, "count")
+    child.expect(r"word10\b")
+    child.kill(signal.SIGTERM)
+    child.expect(r"checkpoint (\d+) is kept")
+    child.expect("terminated")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 143
+    (cp,) = checkpoints(db)
+    assert not cp.resolved and "word10" in cp.text and LONG.startswith(cp.text)
 
 
 def test_ctrl_c_while_waiting_for_a_silent_server(spawn: Any, tmp_path: Path) -> None:

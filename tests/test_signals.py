@@ -231,6 +231,17 @@ def test_signal_soak(tmp_path: Path) -> None:
     summary.write_text(json.dumps({"trials": trials, "outcomes": outcomes}, indent=1))
 
 
+def _child(code: str, path: Path) -> subprocess.Popen[str]:
+    """``code`` in a new process (its own session: signals reach it alone), on ``path``."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
 SLOW = textwrap.dedent(
     """
     import sys, time
@@ -268,13 +279,7 @@ def test_ctrl_c_while_the_driver_writes_its_own_checkpoint_stores_the_text_once(
     Another connection holds the write lock to keep the driver's write waiting while the
     signal comes; the checkpoint must be exactly what the subscriber printed."""
     path = tmp_path / "t.db"
-    child = subprocess.Popen(
-        [sys.executable, "-c", SLOW, str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    child = _child(SLOW, path)
     assert child.stdout is not None
     shown: list[str] = []
     lock: sqlite3.Connection | None = None
@@ -337,13 +342,7 @@ def test_a_second_ctrl_c_while_the_first_is_handled_still_leaves_the_checkpoint(
     Ctrl-C during that wait used to escape before anything was written: the reply stayed
     STREAMING (its lease renewed) in a process that went on running."""
     path = tmp_path / "t.db"
-    child = subprocess.Popen(
-        [sys.executable, "-c", TWICE, str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    child = _child(TWICE, path)
     assert child.stdout is not None
     shown: list[str] = []
     seen: dict[str, Any] | None = None

@@ -453,11 +453,13 @@ class ReplyPersister:
             raise self.lost
         if self.stop is not None and not self.finished:
             raise self.stop
-        if not self._write.acquire(blocking=False):
-            return  # the timer (or a final write) is writing: it will be asked again
-        # A Ctrl-C held during the write is let go only once its marks have moved: raised
-        # in between, the final write would append the same text again.
+        # A Ctrl-C held during the write is let go only once its marks have moved (raised
+        # in between, the final write would append the same text again), and never between
+        # taking the write lock and the try that gives it back (the final write would wait
+        # for it forever).
         with deferred():
+            if not self._write.acquire(blocking=False):
+                return  # the timer (or a final write) is writing: it will be asked again
             try:
                 if self.finished or self.ticket is None or not self._dirty():
                     self._write.release()

@@ -367,3 +367,51 @@ def test_a_second_ctrl_c_while_the_first_is_handled_still_leaves_the_checkpoint(
     assert seen is not None, child.stderr.read()
     assert seen["active"] == []
     assert seen["checkpoints"] == ["".join(shown)]
+
+
+def test_a_ctrl_c_as_the_driver_starts_its_own_write_never_leaves_the_write_lock_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Deterministic stand-in for a SIGINT landing as the driver's own periodic write begins
+    (the KeyboardInterrupt is raised where deferred() is entered from attend()): the write
+    lock must not be left held, or the final write would wait for it forever (a hang that
+    only SIGKILL ends)."""
+    import contextlib
+
+    import rxcontext.persist as persist
+    from rxcontext import Chunk, ChunkKind, ContextWindow
+    from rxcontext.providers import ScriptedModel
+
+    real_deferred, real_add = persist.deferred, persist.ReplyPersister.add
+
+    @contextlib.contextmanager
+    def signal_on_entry() -> Any:
+        if sys._getframe(2).f_code.co_name == "attend":
+            raise KeyboardInterrupt
+        with real_deferred():
+            yield
+
+    def add(self: Any, chunk: Chunk) -> None:
+        real_add(self, chunk)
+        if self.builder.chunks == 2:
+            self.attention = True  # as the timer does when it finds the driver busy
+
+    monkeypatch.setattr(persist, "deferred", signal_on_entry)
+    monkeypatch.setattr(persist.ReplyPersister, "add", add)
+    model = ScriptedModel([[Chunk(ChunkKind.TEXT, t) for t in "abcdef"]])
+    cw = ContextWindow(rxcontext.open(":memory:"), model, "c", checkpoint_every=None)
+    cw.add_prompt("q")
+    outcome: list[str] = []
+
+    def run() -> None:
+        try:
+            cw.call()
+        except BaseException as error:  # the KeyboardInterrupt is the outcome
+            outcome.append(type(error).__name__)
+
+    driver = threading.Thread(target=run, daemon=True)
+    driver.start()
+    driver.join(30)
+    assert not driver.is_alive() and outcome == ["KeyboardInterrupt"]
+    (cp,) = cw.checkpoints()
+    assert cp.text == "ab"

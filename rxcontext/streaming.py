@@ -177,6 +177,7 @@ class _SyncDriver:
         self.request: Request | None = None
         self.started = False
         self.lock = threading.Lock()
+        self.tools_running = False
         self.waiting = False
         self.timer: abc.DisposableBase | None = None
         self.guard = HandOver()
@@ -252,13 +253,14 @@ class _SyncDriver:
     def _on_stop(self, error: ReplyStopped) -> None:
         """``cw.stop``, on the heartbeat's thread: no chunk is delivered from now on; the
         checkpoint is written and the subscriber told at once unless the driver is
-        delivering a chunk (then it does both right after that chunk)."""
+        delivering a chunk (then it does both right after that chunk) or running tools
+        (then once they return and their outputs are stored, as on asyncio)."""
         persister = self.run.persister
         persister.stop = error
         self.flag.disposed = True  # before looking at busy, as a dispose does
         with persister._claim:
             persister._claimed = True
-            busy = persister.busy
+            busy = persister.busy or self.tools_running
             persister._claimed = False
         if not busy:
             self._end_stopped()
@@ -392,10 +394,16 @@ class _SyncDriver:
                     break
                 self.rounds += 1
                 run.check_rounds(self.rounds)
-                results = _run_tools_sync(run, calls, self._gone)
+                self.tools_running = True  # a stop waits for the tools and their outputs
+                try:
+                    results = _run_tools_sync(run, calls, self._gone)
+                    if self._gone() and persister.stop is None:
+                        raise _Cancelled  # disposed while they ran: outputs not stored
+                    run.store_results(results)
+                finally:
+                    self.tools_running = False
                 if self._gone():
-                    raise _Cancelled  # while the tools ran: their outputs are not stored
-                run.store_results(results)
+                    raise _Cancelled  # stopped while they ran: outputs stored, now end
                 for chunk in run.result_chunks(results):
                     for hook in hooks:
                         hook.chunk(chunk)

@@ -434,6 +434,10 @@ def test_stop_while_a_tool_runs(store: Any, path: str) -> None:
     types = [r.type for r in store.records(cw.context_id)]
     assert types[:2] == [RecordType.PROMPT, RecordType.MODEL_RESP]
     assert RecordType.TOOL_CALL in types  # the round before the stop is stored as it was
+    # The running tool finished and its output is stored (docs/guarantees.md), on both
+    # paths: a resume sends it, not "interrupted".
+    outputs = [r.content for r in store.records(cw.context_id) if r.type is RecordType.TOOL_OUTPUT]
+    assert outputs == ["done"]
     assert [cp.reply_id for cp in cw.checkpoints()] == ["r"]
 
 

@@ -196,9 +196,12 @@ def import_context(store: Store, data: Mapping[str, Any], *, name: str | None = 
     last_response_id = meta.get("last_response_id")
     if isinstance(last_response_id, str):
         _text(last_response_id, "context: 'last_response_id'")
-    if any(c.name == target for c in store.list_contexts()):
-        raise ValueError(f"a context named {target!r} already exists; import it under another name")
-    ctx = store.get_or_create_context(target)
+    try:  # checked and created at once: another writer's context is never added to
+        ctx = store.create_context(target)
+    except ValueError:
+        raise ValueError(
+            f"a context named {target!r} already exists; import it under another name"
+        ) from None
     try:
         store.import_records(ctx.id, drafts, usage=totals)
         for tool_name, definition in tools:
@@ -229,7 +232,7 @@ def fork_context(store: Store, context_id: str, dest: str, *, at: int) -> Contex
     """A new context ``dest`` holding the records of ``context_id`` up to and including the
     record with id ``at`` (in conversation order, dead ones too): the conversation as it was
     there, to go on differently. Raises ``ValueError`` if no such record is in the context."""
-    if any(c.name == dest for c in store.list_contexts()):
+    if any(c.name == dest for c in store.list_contexts()):  # the import checks it again
         raise ValueError(f"a context named {dest!r} already exists; fork into another name")
     exported = store.export_context(context_id)
     records = exported["records"]

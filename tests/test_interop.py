@@ -92,6 +92,29 @@ def test_a_reply_stored_without_usage_exports_and_imports() -> None:
     assert [r.content for r in cw.store.records(forked.id)] == ["Capital of France?", "Paris."]
 
 
+@pytest.mark.parametrize("how", ["import", "fork"])
+def test_an_import_into_a_name_another_writer_takes_meanwhile_leaves_theirs_alone(how: str) -> None:
+    """The name is checked, then the context created: another writer creating the same
+    name in between (here: the check reads no contexts) must make the import fail, not add
+    to their context (nor delete it, as a failed import deletes what it created)."""
+    cw = conversation()
+    store = cw.store
+    theirs = ContextWindow(store, None, "shared")
+    theirs.add_prompt("their prompt")
+    exported = json.loads(cw.export_json())
+    real = store.list_contexts
+    store.list_contexts = lambda: []  # type: ignore[method-assign]  # the name was free then
+    try:
+        with pytest.raises(ValueError, match="'shared' already exists"):
+            if how == "import":
+                cw.import_context(exported, name="shared")
+            else:
+                cw.fork("shared", at=cw.records()[-1].id)
+    finally:
+        store.list_contexts = real  # type: ignore[method-assign]
+    assert [r.content for r in theirs.records()] == ["their prompt"]
+
+
 def test_import_refuses_a_bad_export_naming_the_record_and_writes_nothing():
     cw = conversation()
     exported = json.loads(cw.export_json())

@@ -368,6 +368,17 @@ def test_clone_copies_records_with_timestamps_and_order_but_not_tools(any_store:
     assert any_store.checkpoints(dst.id) == []
 
 
+def test_create_context_makes_a_new_one_or_refuses_a_name_in_use(any_store: SQLiteStore):
+    made = any_store.create_context("fresh")
+    assert made.name == "fresh" and any_store.get_context_by_name("fresh").id == made.id
+    any_store.add_record(made.id, P("mine"))
+    with pytest.raises(ValueError, match="'fresh' already exists"):
+        any_store.create_context("fresh")
+    assert [r.content for r in any_store.records(made.id)] == ["mine"]
+    with pytest.raises(TypeError):
+        any_store.create_context("")
+
+
 def test_clone_refuses_an_existing_name_and_a_missing_source(store: SQLiteStore):
     a = store.get_or_create_context("a")
     store.get_or_create_context("b")
@@ -867,6 +878,7 @@ def test_only_one_of_many_threads_claims_a_checkpoint(target: str):
 
 CALLS: dict[str, Callable[[SQLiteStore, str], object]] = {
     "get_or_create_context": lambda s, c: s.get_or_create_context("x"),
+    "create_context": lambda s, c: s.create_context("y"),
     "list_contexts": lambda s, c: s.list_contexts(),
     "get_context": lambda s, c: s.get_context(c),
     "get_context_by_name": lambda s, c: s.get_context_by_name("x"),

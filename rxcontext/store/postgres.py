@@ -194,6 +194,29 @@ class PostgresStore(PostgresReplies, PostgresLeases):
 
         return self._runner.run(body)
 
+    def create_context(self, name: str) -> Context:
+        """A new context called ``name``; ``ValueError`` if one exists (checked and created
+        in one statement: two writers can never both get it)."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a context name must be a non-empty str, not {name!r}")
+        new_id = uuid.uuid4().hex
+
+        def body(conn: Conn, ambiguous: bool) -> Context:
+            row = conn.execute(
+                "INSERT INTO contexts (id, name) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING"
+                f" RETURNING {rows.CONTEXT_COLUMNS}",
+                (new_id, enc(name)),
+            ).fetchone()
+            if row is None and ambiguous:  # our first try's COMMIT landed unheard
+                row = conn.execute(
+                    f"SELECT {rows.CONTEXT_COLUMNS} FROM contexts WHERE id = %s", (new_id,)
+                ).fetchone()
+            if row is None:
+                raise ValueError(f"a context named {name!r} already exists")
+            return rows.context(row)
+
+        return self._runner.run(body)
+
     def list_contexts(self) -> list[Context]:
         """All contexts, newest first."""
         found = self._read(

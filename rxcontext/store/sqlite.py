@@ -293,6 +293,23 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             ).fetchone()
         return rows.context(row)
 
+    def create_context(self, name: str) -> Context:
+        """A new context called ``name``; ``ValueError`` if one exists (checked and created
+        in one statement: two writers can never both get it)."""
+        _name_arg(name)
+        context_id = uuid.uuid4().hex
+        with self._tx() as db:
+            created = db.execute(
+                "INSERT OR IGNORE INTO contexts (id, name, start_time) VALUES (?, ?, ?)",
+                (context_id, name, self.now()),
+            ).rowcount
+            if not created:
+                raise ValueError(f"a context named {name!r} already exists")
+            row = db.execute(
+                f"SELECT {rows.CONTEXT_COLUMNS} FROM contexts WHERE id = ?", (context_id,)
+            ).fetchone()
+        return rows.context(row)
+
     def list_contexts(self) -> list[Context]:
         """All contexts, newest first."""
         with self._read() as db:
@@ -752,3 +769,8 @@ def _break_thread(db: sqlite3.Connection, context_id: str) -> None:
     holds what its responses were given, so it may not be continued (see
     :func:`rxcontext.chain.validate_chain`); the next reply starts one again."""
     db.execute("UPDATE contexts SET last_response_id = NULL WHERE id = ?", (context_id,))
+
+
+def _name_arg(name: object) -> None:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a context name must be a non-empty str, not {name!r}")

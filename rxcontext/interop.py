@@ -234,12 +234,16 @@ def fork_context(store: Store, context_id: str, dest: str, *, at: int) -> Contex
     there, to go on differently. Raises ``ValueError`` if no such record is in the context."""
     if any(c.name == dest for c in store.list_contexts()):  # the import checks it again
         raise ValueError(f"a context named {dest!r} already exists; fork into another name")
+    # Replies still being generated are not the fork's. Asked before the read and after
+    # it: one that ends in between is left out whole, never carried half (a round
+    # without its answer), as a request's history does.
+    busy = busy_replies(store, context_id)
     exported = store.export_context(context_id)
+    busy |= busy_replies(store, context_id)
     records = exported["records"]
     ids = [r["id"] for r in records]
     if at not in ids:
         raise ValueError(f"record {at} is not in this context; nothing was forked")
-    busy = busy_replies(store, context_id)  # replies still being generated: not the fork's
     kept = [r for r in records[: ids.index(at) + 1] if r.get("reply_id") not in busy]
     cut = {**exported, "records": kept, "tools": []}
     cut["context"] = {**exported["context"], "usage": None, "last_response_id": None}

@@ -588,6 +588,34 @@ def test_imported_records_add_their_live_tokens_and_usage_to_the_context(store: 
     assert (stats.usage.total_tokens, stats.usage.cached_tokens) == (16, 2)
 
 
+def test_a_fork_never_carries_half_a_reply_that_ends_while_it_reads(store: Store) -> None:
+    """A reply whose last round commits right after the fork reads the context (its tool
+    round read, its answer not) is no longer busy when asked afterwards: the fork must then
+    leave the reply out whole, not carry its tool round without the answer."""
+    ctx = store.get_or_create_context("src").id
+    store.add_record(ctx, P("q"))
+    ticket = begin(store, ctx, "r")
+    call = RecordDraft(RecordType.TOOL_CALL, "{}", tool_call_id="c1", tool_name="f")
+    output = RecordDraft(RecordType.TOOL_OUTPUT, "42", tool_call_id="c1", tool_name="f")
+    store.commit_reply(ctx, [call], reply=ticket)
+    store.commit_reply(ctx, [output], reply=ticket, end="round")
+    real = store.export_context
+
+    def export_then_the_reply_ends(context_id: str) -> Any:
+        exported = real(context_id)
+        store.commit_reply(ctx, [R("the answer")], reply=ticket, end="reply")
+        return exported
+
+    store.export_context = export_then_the_reply_ends  # type: ignore[method-assign]
+    try:
+        forked = fork_context(store, ctx, "fork", at=store.records(ctx)[-1].id)
+    finally:
+        store.export_context = real  # type: ignore[method-assign]
+    kinds = [r.type for r in store.records(forked.id)]
+    assert kinds in ([RecordType.PROMPT], [RecordType.PROMPT, RecordType.TOOL_CALL,
+                     RecordType.TOOL_OUTPUT, RecordType.MODEL_RESP]), kinds  # fmt: skip
+
+
 def test_a_clone_or_a_fork_leaves_out_the_records_of_a_reply_still_streaming(store: Store):
     """A reply streaming in the context (a tool round committed, its outputs to come) is not
     the clone's or the fork's: copied without its reply, its call would look dangling there

@@ -142,6 +142,8 @@ class Attachment:
                 raise AttachmentError(
                     f"cannot read attachment file {str(file)!r}: {exc.strerror or exc}"
                 ) from None
+            except ValueError as exc:  # a NUL in the path: no file can have that name
+                raise AttachmentError(f"cannot read attachment file {str(file)!r}: {exc}") from None
             name = name if name is not None else file.name
             media_type = media_type or _guess_from_name(file.name) or sniff_media_type(data)
             object.__setattr__(self, "path", os.fspath(path))
@@ -151,9 +153,10 @@ class Attachment:
                 )
         elif self.url is not None:
             _check_text(self.url, "url")
-            parts = urlsplit(self.url.strip())
+            object.__setattr__(self, "url", self.url.strip())  # as checked, sent and stored
+            parts = urlsplit(self.url)
             if parts.scheme == "data":
-                data, media_type = self._data_url(self.url.strip(), media_type)
+                data, media_type = self._data_url(self.url, media_type)
                 object.__setattr__(self, "url", None)
             elif parts.scheme in _URL_SCHEMES and parts.netloc:
                 leaf = parts.path.rsplit("/", 1)[-1]

@@ -91,6 +91,7 @@ def test_a_data_url_becomes_bytes() -> None:
         ({"url": "https://x.org/download"}, "pass media_type="),
         ({"data": PNG, "media_type": "png"}, "not a media type"),
         ({"url": "data:image/png;base64,!!!"}, "base64"),
+        ({"path": "/tmp/a\x00b.png"}, "cannot read attachment file"),
     ],
 )
 def test_bad_attachments_are_refused_with_a_clear_error(
@@ -98,6 +99,10 @@ def test_bad_attachments_are_refused_with_a_clear_error(
 ) -> None:
     with pytest.raises(AttachmentError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Attachment(**kwargs)
+
+
+def test_a_url_is_kept_as_checked_without_surrounding_space() -> None:
+    assert Attachment(url="  https://example.com/cat.png\n").url == "https://example.com/cat.png"
 
 
 def test_a_directory_is_refused(tmp_path: Path) -> None:

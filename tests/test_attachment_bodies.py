@@ -271,6 +271,18 @@ def test_add_prompt_refuses_what_the_model_cannot_send_and_stores_nothing(provid
         assert cw.live_records()[0].attachments == tuple(a.stored() for a in TAKES[provider])
 
 
+@pytest.mark.parametrize("provider", ["openai_chat", "openai_responses", "anthropic"])
+def test_a_gs_url_is_refused_where_only_gemini_reads_it(provider: str) -> None:
+    """Only Gemini on Vertex AI fetches gs:// URLs: another provider refuses one before the
+    prompt is stored (it would be sent and fail on every later request)."""
+    model = make_model(provider, "sdk", Recorder(), plain=False)
+    with rxcontext.open() as store:
+        cw = ContextWindow(store, model)
+        with pytest.raises(UnsupportedAttachment, match="gs://"):
+            cw.add_prompt("look", attachments=[Attachment(url="gs://bucket/cat.png")])
+        assert cw.live_records() == []
+
+
 def test_a_stored_prompt_a_new_model_refuses_reaches_the_subscriber_unsent() -> None:
     recorder = Recorder()
     with rxcontext.open() as store:

@@ -170,4 +170,13 @@ _BUILDERS = {
 def check(provider: str, attachments: Sequence[Attachment]) -> None:
     """Raise :class:`~rxcontext.UnsupportedAttachment` for the first attachment ``provider``
     (``"openai"``, ``"openai-responses"``, ``"anthropic"``, ``"gemini"``) does not take."""
+    if provider != "gemini":
+        for a in attachments:
+            if a.url is not None and a.url[:5].lower() == "gs://":
+                raise _refuse(
+                    provider,
+                    a,
+                    "only Gemini (on Vertex AI) fetches gs:// URLs; give data=, path= or an "
+                    "https:// URL",
+                )
     _BUILDERS[provider](attachments)

@@ -52,6 +52,12 @@ def sniff_media_type(data: bytes) -> str | None:
     return None
 
 
+def _checkable(declared: str, sniffed: str) -> bool:
+    """Whether a declared type can be held against the bytes' own (images and PDF, whose
+    magic numbers say exactly what they are)."""
+    return all(t.startswith("image/") or t == "application/pdf" for t in (declared, sniffed))
+
+
 def _checked_media_type(value: object) -> str:
     if not isinstance(value, str):
         raise AttachmentError(f"media_type must be a str such as 'image/png', not {value!r}")
@@ -176,7 +182,15 @@ class Attachment:
                 raise AttachmentError(f"data must be bytes, not {type(data).__name__}")
             if not data:
                 raise AttachmentError("the attachment is empty (0 bytes)")
-            media_type = media_type or sniff_media_type(data)
+            sniffed = sniff_media_type(data)
+            if sniffed and media_type and media_type != sniffed and _checkable(media_type, sniffed):
+                # Providers refuse an image whose bytes are not the type it is sent as.
+                if self.media_type is not None:
+                    raise AttachmentError(
+                        f"media_type {media_type!r} does not match the bytes, which are {sniffed}"
+                    )
+                media_type = sniffed  # the file's name said otherwise: the bytes decide
+            media_type = media_type or sniffed
             if media_type is None:
                 raise AttachmentError(
                     "cannot tell the media type of these bytes; pass media_type= "

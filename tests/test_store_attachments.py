@@ -92,6 +92,7 @@ def test_a_data_url_becomes_bytes() -> None:
         ({"data": PNG, "media_type": "png"}, "not a media type"),
         ({"url": "data:image/png;base64,!!!"}, "base64"),
         ({"path": "/tmp/a\x00b.png"}, "cannot read attachment file"),
+        ({"data": PNG, "media_type": "image/jpeg"}, "do not match|does not match"),
     ],
 )
 def test_bad_attachments_are_refused_with_a_clear_error(
@@ -99,6 +100,16 @@ def test_bad_attachments_are_refused_with_a_clear_error(
 ) -> None:
     with pytest.raises(AttachmentError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Attachment(**kwargs)
+
+
+def test_a_files_name_that_says_another_image_type_than_its_bytes_yields_to_them(
+    tmp_path: Path,
+) -> None:
+    """``photo.png`` holding JPEG data is sent as image/jpeg (Anthropic refuses an image
+    whose bytes are not its stated type)."""
+    jpeg = b"\xff\xd8\xff\xe0" + b"\x00" * 16
+    (tmp_path / "photo.png").write_bytes(jpeg)
+    assert Attachment(path=str(tmp_path / "photo.png")).media_type == "image/jpeg"
 
 
 def test_a_url_is_kept_as_checked_without_surrounding_space() -> None:

@@ -379,6 +379,20 @@ def test_live_flags_set_by_index_land_once_when_the_commit_is_cut_off(
     assert store.live_tokens(ctx.id) == sum(r.est_tokens for r in store.records(ctx.id) if r.live)
 
 
+def test_an_import_of_usage_alone_lands_once_when_the_commit_is_cut_off(
+    proxied: tuple[PostgresStore, FaultProxy],
+):
+    """An import with no records but usage totals (a context whose only reply was cut and
+    discarded) has no record for its retry to find: it keeps a commit id of its own."""
+    store, proxy = proxied
+    ctx = store.get_or_create_context("c")
+    proxy.arm(1, "after")
+    assert store.import_records(ctx.id, [], usage=Usage.of(10, 20)) == []
+    assert proxy.cut_done == 1
+    usage = store.context_stats(ctx.id).usage
+    assert (usage.input_tokens, usage.output_tokens) == (10, 20)
+
+
 # -- Periodic writes and leases ---------------------------------------------------------------
 
 

@@ -449,6 +449,14 @@ class PostgresStore(PostgresReplies, PostgresLeases):
             )
             if ambiguous and (done := rows.written(conn, commit_id)):
                 raise Stored(done)
+            if (
+                ambiguous
+                and not prepared
+                and conn.execute(  # usage alone: no record to find
+                    "SELECT 1 FROM commits WHERE commit_id = %s", (commit_id,)
+                ).fetchone()
+            ):
+                raise Stored([])
             out = send_records(
                 conn, context_id, prepared, lock.pos, lock, commit_id, each_its_own=True
             )()
@@ -459,6 +467,11 @@ class PostgresStore(PostgresReplies, PostgresLeases):
                     + " WHERE id = %s",
                     (*add, context_id),
                 )
+                if not prepared:
+                    conn.execute(
+                        "INSERT INTO commits (commit_id, context_id) VALUES (%s, %s)",
+                        (commit_id, context_id),
+                    )
             return out
 
         return self._runner.run(body, setup=self._durable)

@@ -42,12 +42,21 @@ class Budget:
     max_usd: Decimal | float | int | str | None = None
 
     def __post_init__(self) -> None:
-        if self.max_tokens is not None and self.max_tokens < 0:
-            raise ValueError("Budget.max_tokens must not be negative")
+        tokens = self.max_tokens
+        if tokens is not None:
+            if isinstance(tokens, bool) or not isinstance(tokens, int):
+                raise TypeError(f"Budget.max_tokens must be a whole number, not {tokens!r}")
+            if tokens < 0:
+                raise ValueError("Budget.max_tokens must not be negative")
         if self.max_usd is not None:
-            usd = Decimal(str(self.max_usd))
+            try:
+                usd = Decimal(str(self.max_usd))
+            except ArithmeticError:  # decimal.InvalidOperation: not a number at all
+                usd = Decimal("NaN")
             if not usd.is_finite() or usd < 0:
-                raise ValueError("Budget.max_usd must be a non-negative amount")
+                raise ValueError(
+                    f"Budget.max_usd must be a non-negative amount, not {self.max_usd!r}"
+                )
             object.__setattr__(self, "max_usd", usd)
 
     @property

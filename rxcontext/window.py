@@ -453,6 +453,10 @@ class ContextWindow:
 
     def auto_compact(self, threshold_percent: float) -> SummaryProposal | None:
         """Summarize and accept when the live tokens reach ``threshold_percent`` of max_tokens."""
+        if isinstance(threshold_percent, bool) or not isinstance(threshold_percent, int | float):
+            raise TypeError(f"threshold_percent must be a number, not {threshold_percent!r}")
+        if not 0 <= threshold_percent < float("inf"):  # NaN too: it would always compact
+            raise ValueError(f"threshold_percent must be 0 or more, not {threshold_percent!r}")
         if self.token_usage().percent < threshold_percent:
             return None
         proposal = self.summarize()

@@ -323,3 +323,10 @@ def test_budget_values_are_checked() -> None:
     with pytest.raises(ValueError):
         Budget(max_usd="nan")
     assert Budget(max_usd=0.5).usd == Decimal("0.5")
+    # A limit that would never hold (NaN compares false: every request went through) or
+    # that is no number at all: a clear error at once, not when the budget is first used.
+    for bad in (float("nan"), float("inf"), "100", 2.5, True):
+        with pytest.raises((ValueError, TypeError), match="max_tokens"):
+            Budget(max_tokens=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_usd"):
+        Budget(max_usd="abc")

@@ -263,6 +263,14 @@ def test_auto_compact_only_past_the_threshold():
     assert cw.live_records()[-1].content.startswith(SUMMARY_PREFIX)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), -1.0, "50"])
+def test_auto_compact_refuses_a_threshold_that_is_not_a_percentage(bad: object) -> None:
+    cw, model = summarizing_window()
+    with pytest.raises((ValueError, TypeError), match="threshold"):
+        cw.auto_compact(bad)  # type: ignore[arg-type]
+    assert model.requests == []
+
+
 def test_nothing_to_summarize_is_a_clear_error():
     cw = ContextWindow(rxcontext.open(":memory:"), ScriptedModel([]), "e")
     cw.set_system_prompt("only this")

@@ -431,10 +431,13 @@ class ContextWindow:
     def _settled(self, context_id: str) -> list[Record]:
         """The live records a summary may replace: not those of replies still being
         generated (their rounds are not done; their calls would go dead under them)."""
+        # Asked before the read and after it: a reply that ends in between is left out
+        # whole, never taken half (its call without the output stored after the read).
+        busy = busy_replies(self._store, context_id)
         records = self._store.records(context_id, live_only=True)
         if not any(r.reply_id is not None for r in records):
             return records
-        busy = busy_replies(self._store, context_id)
+        busy |= busy_replies(self._store, context_id)
         return [r for r in records if r.reply_id is None or r.reply_id not in busy]
 
     def accept_summary(self, proposal: SummaryProposal) -> Record:

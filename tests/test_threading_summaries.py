@@ -337,6 +337,35 @@ def test_responses_rejected_thread_falls_back_to_full_history_through_the_sdk():
     ]
 
 
+def test_a_summary_never_takes_half_a_reply_that_ends_while_it_reads() -> None:
+    """A reply whose last round commits right after the summary reads the live records (its
+    tool call read, its output not) is no longer busy when asked afterwards: it must be
+    left out whole, not summarised down to its call, leaving its output answering nothing."""
+    cw, _ = summarizing_window()
+    store, ctx = cw.store, cw.context.id
+    row = store.begin_reply(ctx, "streaming", owner=worker_id())
+    ticket = ReplyTicket(row.id, row.epoch)
+    call = RecordDraft(RecordType.TOOL_CALL, "{}", tool_call_id="c1", tool_name="f")
+    output = RecordDraft(RecordType.TOOL_OUTPUT, "42", tool_call_id="c1", tool_name="f")
+    (committed,) = store.commit_reply(ctx, [call], reply=ticket)
+    real = store.records
+
+    def read_then_the_reply_ends(*args: object, **kwargs: object) -> object:
+        found = real(*args, **kwargs)  # type: ignore[arg-type]
+        if kwargs.get("live_only") and committed.id in {r.id for r in found}:
+            store.records = real  # type: ignore[method-assign]
+            store.commit_reply(ctx, [output], reply=ticket, end="round")
+            store.commit_reply(ctx, [RecordDraft(R, "done")], reply=ticket, end="reply")
+        return found
+
+    store.records = read_then_the_reply_ends  # type: ignore[method-assign]
+    try:
+        proposal = cw.summarize()
+    finally:
+        store.records = real  # type: ignore[method-assign]
+    assert committed.id not in proposal.replaced_ids
+
+
 @pytest.mark.parametrize("path", ["sync", "async"])
 def test_a_summary_leaves_out_a_reply_still_being_generated(path: str) -> None:
     """A reply streaming in the context (a tool round committed, its output to come) is not

@@ -97,6 +97,11 @@ class HistoryCache:
         self._keys: list[tuple[int, int]] = []  # (pos, id) of _live, for bisect
         self._lock = threading.Lock()
 
+    @property
+    def version(self) -> int | None:
+        """The context's version at the last read (None before the first)."""
+        return self._version
+
     def live(self, upto: int | None = None) -> list[Record]:
         """The live records in order (those at positions up to ``upto``, if given): a copy."""
         with self._lock:

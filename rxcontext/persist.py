@@ -230,6 +230,9 @@ class ReplyPersister:
         self._prefix = ""
         self._prefix_thinking = ""
         self._native = False  # this round continues the checkpoint's own stream
+        self.thread_version: int | None = None
+        """The context's version when the last request read its history (its commit keeps
+        the response as the thread to continue only if nothing before it changed since)."""
         self._streamed = streamed
         self._cursor = cursor
         self._seeded = 0  # chunks folded in from the checkpoint, not delivered by this stream
@@ -661,6 +664,7 @@ class ReplyPersister:
                     reply=self.ticket,
                     end="reply" if last else "round",
                     commit_id=self._commit_id(),
+                    thread_version=self.thread_version,
                 )
             except BaseException:
                 # Nothing was stored: the reply is not over, so the failure path's final

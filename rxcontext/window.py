@@ -568,6 +568,8 @@ class ContextWindow:
             records = request_history(
                 store, context_id, upto=persister.pos, reply_id=persister.reply_id, cache=history
             )
+            if threads:  # what the request's server-side thread holds
+                persister.thread_version = history.version
             call = options if round_ == 0 else later
             resume = persister.resuming
             if resume is not None and resume.text:

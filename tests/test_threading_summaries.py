@@ -153,6 +153,36 @@ def test_a_live_flag_changed_inside_the_thread_breaks_it(change: str):
     assert model.requests[3].previous_response_id == "resp_3"
 
 
+@pytest.mark.parametrize("change", ["kill", "summary"])
+def test_a_live_flag_changed_while_a_reply_streams_breaks_the_thread_it_commits(change: str):
+    """The reply in flight was asked with the records as they were: its response's thread
+    holds what the user then took out. Its commit must not make that thread the one the
+    next request continues."""
+    cw, model = threaded_window(
+        [T("a1"), done("resp_1")], [T("a2"), done("resp_2")], [T("a3"), done("resp_3")]
+    )
+    cw.add_prompt("q1")
+    cw.call()
+    cw.add_prompt("q2")
+
+    def change_now(chunk: Chunk) -> None:
+        if chunk.text != "a2":
+            return
+        if change == "kill":
+            cw.set_record_live_state(1, 2, False)  # q1 and a1
+        else:
+            old = [r.id for r in cw.live_records() if r.content in ("q1", "a1")]
+            cw.store.replace_records(cw.context_id, old, RecordDraft(P, "summary"))
+
+    cw.call(rxcontext.operators.middleware(on_chunk=change_now))
+    assert model.requests[1].previous_response_id == "resp_1"  # before the change
+    cw.add_prompt("q3")
+    cw.call()
+    third = model.requests[2]
+    assert third.previous_response_id is None
+    assert [r.content for r in third.records] == [r.content for r in cw.live_records()][:-1]
+
+
 def test_a_rejected_previous_response_id_falls_back_once_to_the_full_history():
     rejected = ProviderError("previous response not found", provider="openai", status_code=400)
     cw, model = threaded_window([T("a1"), done("resp_1")], [rejected], [T("a2"), done("resp_2")])

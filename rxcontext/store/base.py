@@ -197,6 +197,7 @@ class Store(Protocol):
         end: ReplyEnd | None = None,
         at: int | None = None,
         commit_id: str | None = None,
+        thread_version: int | None = None,
     ) -> list[Record]:
         """Store ``drafts`` durably in one transaction, at the reply's position.
 
@@ -209,6 +210,11 @@ class Store(Protocol):
         unknown (PostgreSQL: the connection lost during COMMIT): there a second commit with
         the same key stores nothing and returns the first one's records. SQLite, whose
         local transactions either commit or raise, accepts and ignores it.
+
+        ``thread_version``: the context's version when the reply's request read its history.
+        A record placed before the reply that changed since (killed, brought back, replaced
+        by a summary) is in the response's server-side thread as it was: then the context's
+        last response id is cleared instead of set to ``last_response_id``.
         """
         ...
 

@@ -356,6 +356,7 @@ class PostgresReplies:
         end: ReplyEnd | None = None,
         at: int | None = None,
         commit_id: str | None = None,
+        thread_version: int | None = None,
     ) -> list[Record]:
         """Store ``drafts`` durably in one transaction, exactly once (see
         :meth:`Store.commit_reply`).
@@ -415,12 +416,22 @@ class PostgresReplies:
                 pos = at if at is not None else lock.pos
             if usage is not None or rid is not None:
                 add = [getattr(usage, f) for f in rows.USAGE_FIELDS] if usage else [0] * 5
-                conn.execute(
-                    "UPDATE contexts SET "
-                    + ", ".join(f"{f} = {f} + %s" for f in rows.USAGE_FIELDS)
-                    + ", last_response_id = COALESCE(%s, last_response_id) WHERE id = %s",
-                    (*add, rid, context_id),
-                )
+                if rid is None or thread_version is None:
+                    conn.execute(
+                        "UPDATE contexts SET "
+                        + ", ".join(f"{f} = {f} + %s" for f in rows.USAGE_FIELDS)
+                        + ", last_response_id = COALESCE(%s, last_response_id) WHERE id = %s",
+                        (*add, rid, context_id),
+                    )
+                else:  # cleared if a record before the reply changed since its request read
+                    conn.execute(
+                        "UPDATE contexts SET "
+                        + ", ".join(f"{f} = {f} + %s" for f in rows.USAGE_FIELDS)
+                        + ", last_response_id = CASE WHEN EXISTS (SELECT 1 FROM records r"
+                        " WHERE r.context_id = %s AND r.rev > %s AND r.pos < %s)"
+                        " THEN NULL ELSE %s END WHERE id = %s",
+                        (*add, context_id, thread_version, pos, rid, context_id),
+                    )
             if reply is not None and end is not None:
                 _settle(conn, reply, end)
             return Later(send_records(conn, context_id, prepared, pos, lock, key, reply_id))

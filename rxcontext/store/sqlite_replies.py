@@ -109,6 +109,13 @@ _BULK_APPEND = (
 
 _EMPTY_CALLS = "[]"
 
+_THREAD_SET = (
+    "last_response_id = CASE WHEN EXISTS (SELECT 1 FROM records INDEXED BY"
+    " idx_records_context_rev WHERE context_id = ? AND rev > ? AND pos < ?) THEN NULL ELSE ? END"
+)
+"""A reply's response id becomes the thread to continue unless a record placed before the
+reply was written or changed since its request read the history."""
+
 
 def _checkpoint_values(draft: CheckpointDraft) -> tuple[Any, ...]:
     calls = draft.tool_calls
@@ -450,6 +457,7 @@ class SQLiteReplies:
         end: ReplyEnd | None = None,
         at: int | None = None,
         commit_id: str | None = None,
+        thread_version: int | None = None,
     ) -> list[Record]:
         """Store ``drafts`` durably in one transaction (see :meth:`Store.commit_reply`).
 
@@ -476,7 +484,11 @@ class SQLiteReplies:
             out = [self._insert(db, context_id, d, pos, reply_id, count=False) for d in drafts]
             # The context's totals and last response id in one statement: each statement
             # gives up the GIL and takes it back, which from a busy event loop waits.
-            sets, args = rows.context_totals(out, usage, last_response_id)
+            guarded = last_response_id is not None and thread_version is not None
+            sets, args = rows.context_totals(out, usage, None if guarded else last_response_id)
+            if guarded:  # cleared if the response's thread holds records as they no longer are
+                sets = f"{sets}, {_THREAD_SET}" if sets else _THREAD_SET
+                args = [*args, context_id, thread_version, pos, last_response_id]
             if sets:
                 db.execute(f"UPDATE contexts SET {sets} WHERE id = ?", (*args, context_id))
             if reply is not None and end is not None:

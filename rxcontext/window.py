@@ -403,8 +403,11 @@ class ContextWindow:
         ``SummarizeLiveContextInContext``); the current one by default.
         """
         context_id = self._context_id_of(context)
+        summarizer = self._summarizer()
+        if self.budget is not None:  # a request like any other (the largest one)
+            self._check_budget(self.budget, summarizer)
         return summarize.propose(
-            self._summarizer(),
+            summarizer,
             context_id,
             self._settled(context_id),
             prompt or self.summary_prompt,
@@ -420,10 +423,13 @@ class ContextWindow:
     ) -> SummaryProposal:
         """The asyncio twin of :meth:`summarize`."""
         context_id = self._context_id_of(context)
+        summarizer = self._summarizer()
+        if self.budget is not None:  # its store reads stay off the event loop
+            await off_loop(self._check_budget, self.budget, summarizer)
         return await summarize.apropose(
-            self._summarizer(),
+            summarizer,
             context_id,
-            self._settled(context_id),
+            await off_loop(self._settled, context_id),
             prompt or self.summary_prompt,
             on_chunk,
         )

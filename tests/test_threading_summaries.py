@@ -301,6 +301,20 @@ def test_auto_compact_refuses_a_threshold_that_is_not_a_percentage(bad: object) 
     assert model.requests == []
 
 
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_summary_is_a_request_the_budget_checks(path: str) -> None:
+    """The summariser's request is the largest a context sends (its whole live history): a
+    context over its budget is refused it, as any other request, before it is sent."""
+    cw, summarizer = summarizing_window()
+    cw.budget = rxcontext.Budget(max_tokens=1)
+    with pytest.raises(rxcontext.BudgetExceeded):
+        if path == "sync":
+            cw.summarize()
+        else:
+            asyncio.run(cw.asummarize())
+    assert summarizer.requests == []
+
+
 def test_nothing_to_summarize_is_a_clear_error():
     cw = ContextWindow(rxcontext.open(":memory:"), ScriptedModel([]), "e")
     cw.set_system_prompt("only this")

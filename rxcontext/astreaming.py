@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -36,9 +37,12 @@ _T = TypeVar("_T")
 
 
 async def off_loop(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-    """Run ``fn`` in a worker thread; a cancellation waits for it to end, then goes on."""
+    """Run ``fn`` in a worker thread, in the caller's context (its context variables: an
+    OpenTelemetry span started there has the caller's parent), as ``asyncio.to_thread``
+    does; a cancellation waits for it to end, then goes on."""
     loop = asyncio.get_running_loop()
-    future = loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    future = loop.run_in_executor(None, call)
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:

@@ -502,7 +502,9 @@ class ReplyPersister:
             if self.channel is not None:
                 # Taken over or not, this epoch is over (a fenced end changes nothing).
                 self.channel.end("interrupted")
-            if not saved:
+            if not saved:  # taken over: nothing of ours to store, but our span ends
+                if self.trace is not None:
+                    self.trace.interrupted(None, error or self.lost)
                 return None
         checkpoint = self.store.get_checkpoint(self.ticket.checkpoint_id)
         if self.trace is not None:

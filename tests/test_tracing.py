@@ -212,3 +212,68 @@ def test_provider_names_follow_the_conventions(
     attrs = dict(span.attributes or {})
     assert attrs["gen_ai.provider.name"] == provider_name
     assert attrs["gen_ai.request.model"] == model_name.partition(":")[2]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_reply_taken_over_elsewhere_still_ends_its_span(spans: Any, mode: str) -> None:
+    """The owner that lost its reply (another worker claimed it: its final write is
+    fenced) ends the span in error all the same: no span is left open."""
+    provider, exporter = spans
+
+    class Takeover:
+        """After the first chunk, another worker moves the reply to a new epoch."""
+
+        name = "scripted"
+
+        def __init__(self, store: Any) -> None:
+            self.store = store
+
+        def _taken(self) -> None:
+            self.store._db().execute("UPDATE checkpoints SET epoch = epoch + 1")
+
+        def iter_chunks(self, request: Any) -> Any:
+            yield Chunk(ChunkKind.TEXT, "one ")
+            self._taken()
+            yield Chunk(ChunkKind.TEXT, "two")
+            raise ConnectionError("cut")
+
+        async def aiter_chunks(self, request: Any) -> Any:
+            for chunk in self.iter_chunks(request):
+                yield chunk
+
+    store = rxcontext.open(":memory:")
+    cw = ContextWindow(
+        store, Takeover(store), retry=None, checkpoint_every=None, tracing=Tracing(provider)
+    )
+    cw.add_prompt("go")
+    with pytest.raises(ConnectionError):  # nothing left to interrupt here: the error itself
+        if mode == "sync":
+            cw.call()
+        else:
+            asyncio.run(cw.acall())
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+
+
+def test_an_asyncio_reply_span_is_a_child_of_the_callers_span(spans: Any) -> None:
+    """As on the sync path: the reply's span starts in a worker thread, which must carry
+    the caller's context (else every asyncio reply is a trace of its own)."""
+    provider, exporter = spans
+    tracer = provider.get_tracer("test")
+    model = ScriptedModel([[Chunk(ChunkKind.TEXT, "hi")], [Chunk(ChunkKind.TEXT, "hi")]])
+    cw = ContextWindow(open_store(), model, tracing=Tracing(provider))
+    cw.add_prompt("hello")
+
+    async def main() -> None:
+        with tracer.start_as_current_span("outer"):
+            await cw.acall()
+            async for _ in cw.astream():
+                pass
+
+    asyncio.run(main())
+    finished = exporter.get_finished_spans()
+    outer = next(s for s in finished if s.name == "outer")
+    chats = [s for s in finished if s.name != "outer"]
+    assert len(chats) == 2
+    for chat in chats:
+        assert chat.parent is not None and chat.parent.span_id == outer.context.span_id

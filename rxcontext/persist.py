@@ -346,6 +346,10 @@ class ReplyPersister:
         """:meth:`add` with a fan-out: fold, then publish (it replaces ``add`` on the
         instance, so a reply without a fan-out pays nothing on the hot path)."""
         ReplyPersister.add(self, chunk)
+        if chunk.usage is not None and self._resume is not None:
+            carried = self._carried_usage()
+            if carried is not None:  # watchers see the usage the reply is stored with
+                chunk = replace(chunk, usage=carried + chunk.usage)
         self._publish(chunk)
 
     def passed(self, chunk: Chunk) -> None:

@@ -463,3 +463,34 @@ def test_a_watch_shows_every_tool_call_and_result_when_call_ids_repeat(
         assert [(c.kind, c.text) for c in asyncio.run(awatched()) if c.kind in tools] == shown
     finally:
         store.close()
+
+
+def test_a_watch_of_a_resumed_reply_shows_the_usage_it_was_stored_with() -> None:
+    """A continuation carries what its cut attempt was billed (its stored usage is both
+    attempts'): a watch through the fan-out must show that usage, as a watch that reads
+    the store does, not only the new attempt's."""
+    u = lambda i, o: Chunk(ChunkKind.USAGE, usage=Usage.of(i, o))  # noqa: E731
+    cut = [u(100, 0), Chunk(ChunkKind.TEXT, "Hello "), ConnectionError("cut")]
+    more = [
+        u(120, 0),
+        Chunk(ChunkKind.TEXT, "world"),
+        Chunk(ChunkKind.DONE, finish_reason="stop", usage=Usage.of(120, 5)),
+    ]
+    store = rxcontext.open(":memory:", fanout="memory")
+    try:
+        cw = ContextWindow(store, ScriptedModel([cut, more]), context="c", retry=None)
+        cw.add_prompt("x")
+        with pytest.raises(rxcontext.StreamInterrupted) as info:
+            cw.call(reply_id="r")
+        reply = cw.resume_call(info.value.checkpoint.id)
+        assert reply.usage is not None and reply.usage.total_tokens == 225
+        watcher = Watcher(cw, "r").start()
+        watcher.join()
+        assert watcher.completed and watcher.error is None
+        built = ReplyBuilder()
+        for chunk in watcher.chunks:
+            built.add(chunk)
+        assert built.build().text == "Hello world"
+        assert built.build().usage == reply.usage
+    finally:
+        store.close()

@@ -393,6 +393,17 @@ def test_an_import_of_usage_alone_lands_once_when_the_commit_is_cut_off(
     assert (usage.input_tokens, usage.output_tokens) == (10, 20)
 
 
+def test_a_context_created_when_the_commit_is_cut_off_is_ours(
+    proxied: tuple[PostgresStore, FaultProxy],
+):
+    """create_context's retry after a lost COMMIT finds its own row, not a name in use."""
+    store, proxy = proxied
+    proxy.arm(1, "after")
+    made = store.create_context("mine")
+    assert proxy.cut_done == 1 and made.name == "mine"
+    assert [c.id for c in store.list_contexts()] == [made.id]
+
+
 # -- Periodic writes and leases ---------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ The reply lifecycle (begin, checkpoint, commit, claim, keep, discard) is in
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -207,13 +208,12 @@ class PostgresStore(PostgresReplies, PostgresLeases):
                 f" RETURNING {rows.CONTEXT_COLUMNS}",
                 (new_id, enc(name)),
             ).fetchone()
-            if row is None and ambiguous:  # our first try's COMMIT landed unheard
-                row = conn.execute(
-                    f"SELECT {rows.CONTEXT_COLUMNS} FROM contexts WHERE id = %s", (new_id,)
-                ).fetchone()
-            if row is None:
-                raise ValueError(f"a context named {name!r} already exists")
-            return rows.context(row)
+            if row is not None:
+                return rows.context(row)
+            if ambiguous:  # our first try's COMMIT landed unheard: the row is ours
+                with contextlib.suppress(ContextNotFound):
+                    return self._context_by_id(conn, new_id)
+            raise ValueError(f"a context named {name!r} already exists")
 
         return self._runner.run(body)
 

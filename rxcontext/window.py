@@ -406,13 +406,21 @@ class ContextWindow:
         summarizer = self._summarizer()
         if self.budget is not None:  # a request like any other (the largest one)
             self._check_budget(self.budget, summarizer)
-        return summarize.propose(
+        proposal = summarize.propose(
             summarizer,
             context_id,
             self._settled(context_id),
             prompt or self.summary_prompt,
             on_chunk,
         )
+        self._spent(context_id, proposal)
+        return proposal
+
+    def _spent(self, context_id: str, proposal: SummaryProposal) -> None:
+        """What the summariser was billed joins the context's totals (budgets count it),
+        accepted or not."""
+        if proposal.reply.usage is not None:
+            self._store.import_records(context_id, [], usage=proposal.reply.usage)
 
     async def asummarize(
         self,
@@ -426,13 +434,15 @@ class ContextWindow:
         summarizer = self._summarizer()
         if self.budget is not None:  # its store reads stay off the event loop
             await off_loop(self._check_budget, self.budget, summarizer)
-        return await summarize.apropose(
+        proposal = await summarize.apropose(
             summarizer,
             context_id,
             await off_loop(self._settled, context_id),
             prompt or self.summary_prompt,
             on_chunk,
         )
+        await off_loop(self._spent, context_id, proposal)
+        return proposal
 
     def _settled(self, context_id: str) -> list[Record]:
         """The live records a summary may replace: not those of replies still being

@@ -315,6 +315,23 @@ def test_a_summary_is_a_request_the_budget_checks(path: str) -> None:
     assert summarizer.requests == []
 
 
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_what_the_summariser_was_billed_is_spent(path: str) -> None:
+    """The summariser's request is billed like any other: its usage joins the context's
+    spent totals (what budgets count), whether or not the summary is accepted."""
+    model = ScriptedModel([[T("hello back"), done(None)]])
+    summarizer = ScriptedModel(
+        [[T("Greetings."), Chunk(ChunkKind.USAGE, usage=rxcontext.Usage.of(300, 20)), done(None)]]
+    )
+    cw = ContextWindow(rxcontext.open(":memory:"), model, "s", summarizer=summarizer)
+    cw.add_prompt("hello")
+    cw.call()
+    before = cw.stats().usage.total_tokens
+    proposal = cw.summarize() if path == "sync" else asyncio.run(cw.asummarize())
+    cw.reject_summary(proposal)
+    assert cw.stats().usage.total_tokens == before + 320
+
+
 def test_nothing_to_summarize_is_a_clear_error():
     cw = ContextWindow(rxcontext.open(":memory:"), ScriptedModel([]), "e")
     cw.set_system_prompt("only this")

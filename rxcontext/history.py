@@ -96,11 +96,13 @@ class HistoryCache:
         self._live: list[Record] = []
         self._keys: list[tuple[int, int]] = []  # (pos, id) of _live, for bisect
         self._lock = threading.Lock()
+        self._served = threading.local()  # per thread: the version its last read served
 
     @property
     def version(self) -> int | None:
-        """The context's version at the last read (None before the first)."""
-        return self._version
+        """The context's version the calling thread's last read served (None before its
+        first): another thread's read of this shared cache in between does not move it."""
+        return getattr(self._served, "version", None)
 
     def live(self, upto: int | None = None) -> list[Record]:
         """The live records in order (those at positions up to ``upto``, if given): a copy."""
@@ -115,6 +117,7 @@ class HistoryCache:
                 for r in changed:
                     self._merge(r)
             self._version = version
+            self._served.version = version
             if upto is None:
                 return list(self._live)
             return self._live[: bisect.bisect_right(self._keys, (upto, float("inf")))]

@@ -614,6 +614,21 @@ def _output(id: str, text: str = "out") -> RecordDraft:
     return RecordDraft(RecordType.TOOL_OUTPUT, text, tool_call_id=id, tool_name="f")
 
 
+def test_a_history_cache_tells_each_thread_the_version_its_own_read_served() -> None:
+    """A request notes the version its history was read at (server-side threading's guard
+    against records changed since); another request of the same window reading the shared
+    cache in between, after a change, must not move that note."""
+    store, ctx = _history_of([RecordDraft(RecordType.MODEL_RESP, "one")])
+    cache = HistoryCache(store, ctx)
+    cache.live()
+    mine = cache.version
+    other = threading.Thread(target=lambda: (store.set_live_range(ctx, 0, 0, False), cache.live()))
+    other.start()
+    other.join(30)
+    assert cache.version == mine
+    assert store.history(ctx)[0] != mine  # the other thread's read did see a newer one
+
+
 def test_a_call_id_used_again_in_a_later_round_is_answered_once_per_call() -> None:
     """Providers that send no call id get ``call_<index>`` each round, so ids repeat: an
     output answers the earliest call of its id not answered yet, not every call of that id.

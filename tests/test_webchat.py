@@ -421,6 +421,28 @@ def test_the_api_refuses_what_it_cannot_do(webchat: Webchat) -> None:
     assert _call(url, "POST", "/api/stop", b'{"reply_id": "nope"}', **as_json)[0] == 404
 
 
+def test_malformed_requests_get_a_clear_4xx_not_a_dropped_connection(webchat: Webchat) -> None:
+    """JSON nested past the parser's depth, a Content-Length that is no number, a body over
+    the limit: each gets its status and a JSON error (never a closed connection, nor a
+    traceback in the server's log)."""
+    url = webchat.url
+    as_json = {"Content-Type": "application/json"}
+    deep = b"[" * 200_000 + b"]" * 200_000
+    status, body = _call(url, "POST", "/api/send", deep, **as_json)
+    assert status == 400 and "JSON" in body["error"]
+    parts = urllib.parse.urlsplit(url)
+    for length, want in ((b"abc", 400), (b"-5", 400)):
+        with socket.create_connection((parts.hostname, parts.port), timeout=30) as raw:
+            raw.sendall(
+                b"POST /api/send HTTP/1.1\r\nHost: " + parts.netloc.encode()
+                + b"\r\nContent-Type: application/json\r\nContent-Length: " + length
+                + b"\r\n\r\n"
+            )  # fmt: skip
+            assert raw.recv(4096).split(b" ", 2)[1] == str(want).encode()
+    big = b'{"context": "webchat", "prompt": "' + b"x" * (2 << 20) + b'"}'
+    assert _call(url, "POST", "/api/send", big, **as_json)[0] == 413
+
+
 def _events(url: str, path: str, **headers: str) -> Iterator[tuple[str | None, dict[str, Any]]]:
     """A watch's server-sent events as they come: (the event's id or None, its data)."""
     parts = urllib.parse.urlsplit(url)

@@ -77,6 +77,7 @@ REASONS = {
     415: "Unsupported Media Type",
 }
 MAX_BODY = 1 << 20
+DISCARD_AT_MOST = 64 << 20  # what a refused body may be read of, to answer 413 cleanly
 RETRY_MS = 500  # how soon a page's EventSource reconnects after its connection broke
 POSITION = re.compile(r"(\d{1,12})-([0-9a-f]{8})")
 
@@ -102,6 +103,8 @@ class Request:
             data = json.loads(self.body or b"{}")
         except ValueError as exc:
             raise HttpError(400, f"the body is not JSON: {exc}") from None
+        except RecursionError:
+            raise HttpError(400, "the body is JSON nested too deep to read") from None
         if not isinstance(data, dict):
             raise HttpError(400, "the body must be a JSON object")
         return data
@@ -114,6 +117,17 @@ def _field(data: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
+async def _discard(reader: asyncio.StreamReader, length: int) -> None:
+    """Read and drop ``length`` bytes (at most ``DISCARD_AT_MOST``: past that the peer is
+    not an honest client, and the connection may be reset)."""
+    left = min(length, DISCARD_AT_MOST)
+    while left > 0:
+        got = await reader.read(min(left, 1 << 16))
+        if not got:
+            return
+        left -= len(got)
+
+
 async def read_request(reader: asyncio.StreamReader) -> Request:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -123,9 +137,15 @@ async def read_request(reader: asyncio.StreamReader) -> Request:
         name, sep, value = line.partition(":")
         if sep:
             headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0") or 0)
+    try:
+        length = int(headers.get("content-length", "0") or 0)
+    except ValueError:
+        length = -1
+    if length < 0:
+        raise HttpError(400, "the Content-Length header is not a byte count")
     if length > MAX_BODY:
-        raise HttpError(413, "request body too large")
+        await _discard(reader, length)  # read it: closing on unread bytes resets the
+        raise HttpError(413, "request body too large")  # connection before the answer
     body = await reader.readexactly(length) if length else b""
     url = urllib.parse.urlsplit(target)
     query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}

@@ -380,3 +380,42 @@ def test_a_killed_workers_reply_shows_interrupted_and_resumes_on_the_other(
     assert page_b.locator(".msg.interrupted").count() == 0
     page_a.close()
     page_b.close()
+
+
+def test_two_sends_at_once_on_two_workers_start_one_reply(
+    workers: Workers, pg_module_url: str
+) -> None:
+    """One reply at a time per conversation holds across workers: of two sends that race
+    on two workers, one starts its reply and the other is refused (409), its prompt not
+    left to be answered by nobody."""
+    import threading
+    import urllib.error
+
+    for trial in range(5):
+        name = f"race-{trial}"
+        conversation(workers.url("a"), name)
+        gate = threading.Barrier(2)
+        statuses: dict[str, int] = {}
+
+        def send(
+            worker: str,
+            name: str = name,
+            gate: threading.Barrier = gate,
+            statuses: dict[str, int] = statuses,
+        ) -> None:
+            gate.wait(30)
+            try:
+                _post(workers.url(worker) + "/api/send", {"context": name, "prompt": worker})
+                statuses[worker] = 200
+            except urllib.error.HTTPError as error:
+                statuses[worker] = error.code
+
+        racers = [threading.Thread(target=send, args=(w,)) for w in ("a", "b")]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(60)
+        assert sorted(statuses.values()) == [200, 409], (trial, statuses)
+        winner = next(w for w, status in statuses.items() if status == 200)
+        records, _ = stored(pg_module_url, name)
+        assert [r.content for r in records if r.type is RecordType.PROMPT and r.live] == [winner]

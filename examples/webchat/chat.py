@@ -202,10 +202,7 @@ class Chat:
 
     def _refuse_if_busy(self, name: str, cw: ContextWindow) -> None:
         if cw.active_replies():
-            raise ReplyBusy(
-                f"a reply is still streaming in context {name!r}: stop it or let it end",
-                state=ReplyState.STREAMING.value,
-            )
+            raise _busy(name)
 
     async def send(self, name: str, prompt: str) -> str:
         """Add ``prompt`` to context ``name`` and start its reply; returns the reply id."""
@@ -214,12 +211,36 @@ class Chat:
         cw = self.window(name)
         async with self._starting:
             await _off_loop(self._refuse_if_busy, name, cw)
-            await _off_loop(cw.add_prompt, prompt)
+            record: Record = await _off_loop(cw.add_prompt, prompt)
             reply_id = uuid.uuid4().hex
             begun = asyncio.Event()
             chunks = cw.astream(self._begun(begun), reply_id=reply_id)
             await self._start(reply_id, chunks, begun)
+            # The lock above is this worker's: another worker's send may have got past its
+            # own check at the same moment. The reply placed first goes on; the other is
+            # withdrawn, with its prompt, as if the check had refused it.
+            if await _off_loop(_placed_after_another, cw, reply_id):
+                await self._withdraw(cw, reply_id, record)
+                raise _busy(name)
         return reply_id
+
+    async def _withdraw(self, cw: ContextWindow, reply_id: str, prompt: Record) -> None:
+        """Stop our reply before it is shown, drop its checkpoint and its prompt."""
+        task = self.tasks.get(reply_id)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        def drop() -> None:
+            cp = self.store.find_reply(reply_id)
+            if cp is not None and cp.state is ReplyState.INTERRUPTED:
+                cw.discard(cp.id)
+            ids = [r.id for r in cw.records()]
+            at = ids.index(prompt.id)
+            cw.set_record_live_state(at, at, False, among="all")
+
+        await _off_loop(drop)
 
     async def resume(self, name: str, checkpoint_id: int) -> str:
         """Continue an interrupted reply in its place; returns its reply id."""
@@ -319,3 +340,19 @@ class Chat:
         """The record a completed reply stored (its last MODEL_RESP), as the page shows it."""
         records = [r for r in self.store.reply_records(reply_id) if r.type is RecordType.MODEL_RESP]
         return self._record(records[-1]) if records else None
+
+
+def _placed_after_another(cw: ContextWindow, reply_id: str) -> bool:
+    """Whether another reply streams in the context from an earlier place than ours."""
+    active = cw.active_replies()
+    mine = next((cp.pos for cp in active if cp.reply_id == reply_id), None)
+    if mine is None:
+        return False  # ended already
+    return any(cp.pos is not None and cp.pos < mine for cp in active if cp.reply_id != reply_id)
+
+
+def _busy(name: str) -> ReplyBusy:
+    return ReplyBusy(
+        f"a reply is still streaming in context {name!r}: stop it or let it end",
+        state=ReplyState.STREAMING.value,
+    )

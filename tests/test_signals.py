@@ -11,8 +11,9 @@ the tool round or the resume's claim) and then checks what a user relies on:
   (no write transaction left open);
 * no reply is stored twice and none is left STREAMING; if the reply was stored it holds all
   the text, else its checkpoint holds a prefix of what was delivered — after SIGINT exactly
-  what was delivered, after SIGKILL no less than what the last periodic write saw (and the
-  reply reads as interrupted, resumable).
+  what was delivered (handed to the subscriber: a chunk its code had not printed yet when
+  the signal landed in it counts), after SIGKILL no less than what the last periodic write
+  saw (and the reply reads as interrupted, resumable).
 
 The default run keeps a few trials per case; ``pytest -m soak tests/test_signals.py`` runs
 the long version (see docs/guarantees.md for its last result).
@@ -185,7 +186,13 @@ def _check_database(seen: dict[str, Any], scenario: str, mode: str, sig: int) ->
         (cp,) = interrupted
         assert cp.state is ReplyState.INTERRUPTED
         if sig == signal.SIGINT:
-            assert cp.text == delivered, (cp.text, delivered)
+            # Delivered means handed to the subscriber's on_next: a Ctrl-C landing in it
+            # before it printed the chunk leaves that chunk in the checkpoint, unreported.
+            extra = cp.text[len(delivered) :] if cp.text.startswith(delivered) else None
+            ok = cp.text == delivered or (
+                extra is not None and extra.count("<") == 1 and full.startswith(cp.text)
+            )
+            assert ok, (cp.text, delivered)
         else:
             assert full.startswith(cp.text), (cp.text, delivered)
             # On asyncio a chunk counts as delivered once it is yielded: the kill may land

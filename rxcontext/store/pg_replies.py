@@ -416,22 +416,21 @@ class PostgresReplies:
                 pos = at if at is not None else lock.pos
             if usage is not None or rid is not None:
                 add = [getattr(usage, f) for f in rows.USAGE_FIELDS] if usage else [0] * 5
+                thread_args: tuple[Any, ...]
                 if rid is None or thread_version is None:
-                    conn.execute(
-                        "UPDATE contexts SET "
-                        + ", ".join(f"{f} = {f} + %s" for f in rows.USAGE_FIELDS)
-                        + ", last_response_id = COALESCE(%s, last_response_id) WHERE id = %s",
-                        (*add, rid, context_id),
-                    )
+                    thread, thread_args = "COALESCE(%s, last_response_id)", (rid,)
                 else:  # cleared if a record before the reply changed since its request read
-                    conn.execute(
-                        "UPDATE contexts SET "
-                        + ", ".join(f"{f} = {f} + %s" for f in rows.USAGE_FIELDS)
-                        + ", last_response_id = CASE WHEN EXISTS (SELECT 1 FROM records r"
-                        " WHERE r.context_id = %s AND r.rev > %s AND r.pos < %s)"
-                        " THEN NULL ELSE %s END WHERE id = %s",
-                        (*add, context_id, thread_version, pos, rid, context_id),
+                    thread = (
+                        "CASE WHEN EXISTS (SELECT 1 FROM records r WHERE r.context_id = %s"
+                        " AND r.rev > %s AND r.pos < %s) THEN NULL ELSE %s END"
                     )
+                    thread_args = (context_id, thread_version, pos, rid)
+                conn.execute(
+                    "UPDATE contexts SET "
+                    + ", ".join(f"{f} = {f} + %s" for f in rows.USAGE_FIELDS)
+                    + f", last_response_id = {thread} WHERE id = %s",
+                    (*add, *thread_args, context_id),
+                )
             if reply is not None and end is not None:
                 _settle(conn, reply, end)
             return Later(send_records(conn, context_id, prepared, pos, lock, key, reply_id))

@@ -30,6 +30,7 @@ from .pg_codec import dec, dec_opt, enc, enc_opt
 from .pg_run import Conn, Cursor
 
 __all__ = [
+    "ADD_USAGE",
     "CHECKPOINT_COLUMNS",
     "CHECKPOINT_SELECT",
     "CONTEXT_COLUMNS",
@@ -87,6 +88,8 @@ USAGE_FIELDS = (
     "cached_tokens",
     "reasoning_tokens",
 )
+ADD_USAGE = ", ".join(f"{f} = {f} + %s" for f in USAGE_FIELDS)
+"""The ``SET`` list that adds a usage (its :data:`USAGE_FIELDS`, in order) to a context."""
 _RECORD_TYPES = {int(t): t for t in RecordType}
 _INSERT_RECORD = (
     "INSERT INTO records (context_id, pos, ts, source, content, live, est_tokens, response_id,"

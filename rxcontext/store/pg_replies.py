@@ -427,7 +427,7 @@ class PostgresReplies:
                     thread_args = (context_id, thread_version, pos, rid)
                 conn.execute(
                     "UPDATE contexts SET "
-                    + ", ".join(f"{f} = {f} + %s" for f in rows.USAGE_FIELDS)
+                    + rows.ADD_USAGE
                     + f", last_response_id = {thread} WHERE id = %s",
                     (*add, *thread_args, context_id),
                 )
@@ -569,9 +569,7 @@ def _spent(conn: Conn, cp: Checkpoint) -> None:
     context is locked: :meth:`PostgresReplies._take` took it first)."""
     if cp.usage is not None:
         conn.execute(
-            "UPDATE contexts SET "
-            + ", ".join(f"{f} = {f} + %s" for f in rows.USAGE_FIELDS)
-            + " WHERE id = %s",
+            "UPDATE contexts SET " + rows.ADD_USAGE + " WHERE id = %s",
             (*(getattr(cp.usage, f) for f in rows.USAGE_FIELDS), cp.context_id),
         )
 

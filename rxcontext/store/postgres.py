@@ -462,9 +462,7 @@ class PostgresStore(PostgresReplies, PostgresLeases):
             )()
             if add is not None:
                 conn.execute(
-                    "UPDATE contexts SET "
-                    + ", ".join(f"{f} = {f} + %s" for f in rows.USAGE_FIELDS)
-                    + " WHERE id = %s",
+                    "UPDATE contexts SET " + rows.ADD_USAGE + " WHERE id = %s",
                     (*add, context_id),
                 )
                 if not prepared:

@@ -174,6 +174,11 @@ def import_context(store: Store, data: Mapping[str, Any], *, name: str | None = 
     :class:`InvalidExport` (writing nothing) for an export it cannot read, and
     ``ValueError`` if the name is taken.
     """
+    return _import(store, data, name, "import it under another name")
+
+
+def _import(store: Store, data: Mapping[str, Any], name: str | None, taken: str) -> Context:
+    """:func:`import_context`; ``taken`` ends the error of a name in use."""
     if not isinstance(data, Mapping) or not isinstance(data.get("context"), Mapping):
         raise InvalidExport("not an export: expected an object with 'context' and 'records'")
     meta = data["context"]
@@ -199,9 +204,7 @@ def import_context(store: Store, data: Mapping[str, Any], *, name: str | None = 
     try:  # checked and created at once: another writer's context is never added to
         ctx = store.create_context(target)
     except ValueError:
-        raise ValueError(
-            f"a context named {target!r} already exists; import it under another name"
-        ) from None
+        raise ValueError(f"a context named {target!r} already exists; {taken}") from None
     try:
         store.import_records(ctx.id, drafts, usage=totals)
         for tool_name, definition in tools:
@@ -231,9 +234,8 @@ def _tool(item: Any, n: int) -> tuple[str, Mapping[str, Any]]:
 def fork_context(store: Store, context_id: str, dest: str, *, at: int) -> Context:
     """A new context ``dest`` holding the records of ``context_id`` up to and including the
     record with id ``at`` (in conversation order, dead ones too): the conversation as it was
-    there, to go on differently. Raises ``ValueError`` if no such record is in the context."""
-    if any(c.name == dest for c in store.list_contexts()):  # the import checks it again
-        raise ValueError(f"a context named {dest!r} already exists; fork into another name")
+    there, to go on differently. Raises ``ValueError`` if no such record is in the context
+    or ``dest`` is taken (checked as the context is created)."""
     # Replies still being generated are not the fork's. Asked before the read and after
     # it: one that ends in between is left out whole, never carried half (a round
     # without its answer), as a request's history does.
@@ -247,4 +249,4 @@ def fork_context(store: Store, context_id: str, dest: str, *, at: int) -> Contex
     kept = [r for r in records[: ids.index(at) + 1] if r.get("reply_id") not in busy]
     cut = {**exported, "records": kept, "tools": []}
     cut["context"] = {**exported["context"], "usage": None, "last_response_id": None}
-    return import_context(store, cut, name=dest)
+    return _import(store, cut, dest, "fork into another name")

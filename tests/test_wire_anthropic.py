@@ -400,6 +400,30 @@ def test_an_event_ending_a_read_in_cr_cr_is_delivered_before_a_cut() -> None:
     assert [c.text for c in chunks if c.text] == ["Hello"] and error is not None
 
 
+@pytest.mark.parametrize(
+    "after",
+    [
+        httpx2.ReadTimeout("the proxy held the connection open"),
+        httpx2.RemoteProtocolError("peer closed the connection"),
+        None,
+    ],
+)
+def test_the_reply_ends_at_message_stop_whatever_the_body_does_after(
+    after: Exception | None,
+) -> None:
+    """``message_stop`` is the message's end: a proxy that holds the connection open after
+    it (the read then times out), or drops it, or sends more events, must not turn a whole
+    reply into an error. Both wires end there, sync and async, and close the body."""
+    stop = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {}}
+    events = [(e["type"], json.dumps(e).encode()) for e in (START, TEXT_START, HEL, stop)]
+    body = frames([*events, ("message_stop", b'{"type": "message_stop"}')], b"\n")
+    late = frames([("content_block_delta", _j(HEL)), ("error", b'"Overloaded"')], b"\n")
+    chunks, error = assert_same([body, late] if after is None else [body], after)
+    assert error is None
+    assert [c.text for c in chunks if c.text] == ["Hel"]
+    assert chunks[-1].kind is ChunkKind.DONE and chunks[-1].finish_reason == "end_turn"
+
+
 # -- malformed events: both wires end alike, with a ProviderError ------------------------
 
 ERROR_BODIES = [

@@ -22,7 +22,9 @@ Choices worth knowing:
   they make no TOOL_CALL chunks (the window must not run them) and are not sent back; the
   answer's text is kept. ``citations_delta`` events are dropped (the cited text is in the
   text deltas; citations themselves are not kept).
-- A stream that ends without a ``stop_reason`` (no message_delta) was cut: it raises a
+- The reply ends at ``message_stop``: nothing after it is read (a proxy that holds the
+  connection open, drops it or sends more does not turn a whole reply into an error).
+  A stream that ends without a ``stop_reason`` (no message_delta) was cut: it raises a
   retryable ``ProviderError`` (``error_type="incomplete_stream"``) instead of passing for a
   complete reply. A ``max_tokens`` stop inside a tool_use block is a complete reply whose
   tool call has unterminated arguments (``ToolCall.error`` says so).
@@ -393,6 +395,7 @@ class _Turn:
         "secrets",
         "stop_reason",
         "stop_sequence",
+        "stopped",
         "thinking",
     )
 
@@ -402,6 +405,7 @@ class _Turn:
         self.response_id: str | None = None
         self.stop_reason: str | None = None
         self.stop_sequence: str | None = None
+        self.stopped = False  # message_stop seen: the message is whole, read no further
         self.input: int | None = None
         self.output: int | None = None
         self.cache_write: int | None = None
@@ -471,6 +475,8 @@ def _sdk_chunks(client: anthropic.Anthropic, body: dict[str, Any]) -> Iterator[C
         try:
             for event in stream:
                 yield from _sdk_event(turn, event)
+                if turn.stopped:
+                    break
         except anthropic.APIConnectionError as exc:
             _raise_read_error(exc)
         yield turn.done()
@@ -488,6 +494,8 @@ async def _asdk_chunks(
             async for event in stream:
                 for chunk in _sdk_event(turn, event):
                     yield chunk
+                if turn.stopped:
+                    break
         except anthropic.APIConnectionError as exc:
             _raise_read_error(exc)
         yield turn.done()
@@ -627,6 +635,8 @@ def _sdk_read(turn: _Turn, event: Any) -> list[Chunk]:
         usage = _sdk_usage(turn, message.usage)
         turn.response_id = response_id
         return [usage]
+    if kind == "message_stop":
+        turn.stopped = True
     return []
 
 
@@ -638,14 +648,21 @@ def _fast_chunks(client: anthropic.Anthropic, body: dict[str, Any]) -> Iterator[
     with client.messages.with_streaming_response.create(**body, stream=True) as response:
         http = response.http_response
         decoder = SSEDecoder("anthropic")
-        reader = _FastReader(client, http, _Turn(_secrets(client)))
-        read = reader.read
+        turn = _Turn(_secrets(client))
+        read = _FastReader(client, http, turn).read
         for data in http.iter_bytes():
             for event, payload in decoder.feed(data):
                 yield from read(event, payload)
-        for event, payload in decoder.flush():
-            yield from read(event, payload)
-        yield reader.turn.done()
+                if turn.stopped:
+                    break
+            if turn.stopped:
+                break
+        if not turn.stopped:
+            for event, payload in decoder.flush():
+                yield from read(event, payload)
+                if turn.stopped:
+                    break
+        yield turn.done()
 
 
 async def _afast_chunks(
@@ -654,18 +671,25 @@ async def _afast_chunks(
     async with client.messages.with_streaming_response.create(**body, stream=True) as response:
         http = response.http_response
         decoder = SSEDecoder("anthropic")
-        reader = _FastReader(client, http, _Turn(_secrets(client)))
-        read = reader.read
+        turn = _Turn(_secrets(client))
+        read = _FastReader(client, http, turn).read
         # Closed here, not left for the loop's finalizer (a task that a stopped loop drops).
         async with aclosing(http.aiter_bytes()) as pieces:
             async for data in pieces:
                 for event, payload in decoder.feed(data):
                     for chunk in read(event, payload):
                         yield chunk
-        for event, payload in decoder.flush():
-            for chunk in read(event, payload):
-                yield chunk
-        yield reader.turn.done()
+                    if turn.stopped:
+                        break
+                if turn.stopped:
+                    break
+        if not turn.stopped:
+            for event, payload in decoder.flush():
+                for chunk in read(event, payload):
+                    yield chunk
+                if turn.stopped:
+                    break
+        yield turn.done()
 
 
 def _wire_usage(turn: _Turn, usage: Any) -> Chunk:
@@ -814,6 +838,8 @@ class _FastReader:
             chunk = _wire_usage(turn, {} if usage is None else usage)
             turn.response_id = response_id
             return (chunk,)
+        if kind == "message_stop":
+            turn.stopped = True
         return ()
 
     def _raise_error(self, payload: str) -> None:

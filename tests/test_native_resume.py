@@ -21,7 +21,7 @@ import pytest
 from matrix import spread
 from reactivex import operators as ops
 from reactivex.testing import TestScheduler
-from replay import Replay, sse
+from replay import Replay, pieces, sse
 from replay import Reply as Served
 
 import rxcontext
@@ -316,6 +316,27 @@ def test_cut_after_event_k_resumes_the_same_response_exactly(k, mode, wire):
     assert all(
         r.type is not RecordType.PROMPT or r.content != CONTINUE_PROMPT for r in cw.records()
     )
+
+
+@pytest.mark.parametrize("mode,wire", PATHS, ids=IDS)
+def test_a_resumed_stream_ends_at_response_completed_whatever_follows(mode, wire):
+    """The resumed stream's ``response.completed`` ends it: a proxy holding the connection
+    open after it (the read times out) does not turn the finished reply into an error."""
+    k = FIRST_DELTA + 2
+    after = resume_point(k)
+    assert after is not None
+    rest = frame([e for e in EVENTS if e["sequence_number"] > after])
+    held = Served(rest, cut_after=len(pieces(rest)), error=httpx2.ReadTimeout("held open"))
+    replay = Replay(Served(frame(EVENTS), cut_after=k), held)
+    cw = window(replay, wire)
+    got, error = run(mode, cw)
+    assert isinstance(error, StreamInterrupted)
+
+    more, error = run(mode, cw, error.checkpoint.id)
+
+    assert error is None
+    assert text(got) + text(more) == FULL
+    assert replies(cw) == [FULL] and cw.checkpoints() == []
 
 
 @pytest.mark.parametrize("mode,wire", PATHS, ids=IDS)

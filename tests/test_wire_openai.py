@@ -815,6 +815,29 @@ def test_malformed_responses_event_examples(event: Any, error_type: str) -> None
     assert error is not None and error[:3] == (False, None, error_type)
 
 
+@pytest.mark.parametrize(
+    "after",
+    [
+        httpx2.ReadTimeout("the proxy held the connection open"),
+        httpx2.RemoteProtocolError("peer closed the connection"),
+        None,
+    ],
+)
+def test_a_response_ends_at_its_final_event_whatever_the_body_does_after(
+    after: Exception | None,
+) -> None:
+    """``response.completed`` ends the reply (Responses sends no ``[DONE]``): a proxy that
+    holds the connection open after it (the read times out), drops it, or sends more, must
+    not turn a whole reply into an error, on either wire, sync or async."""
+    done = ev("response.completed", response={"id": "resp_x", "status": "completed"})
+    late = [ev("response.output_text.delta", item_id="m", output_index=0, delta="lo"), b"[1]"]
+    body = responses_body(done, *([] if after is not None else late))
+    chunks, error = same_everywhere(RESPONSES, lambda: Served(body, error=after))
+    assert error is None
+    assert [c.text for c in chunks if c.text] == ["Hel"]
+    assert chunks[-1].kind is ChunkKind.DONE and chunks[-1].response_id == "resp_x"
+
+
 # --- in-stream errors: the SDK's exception is in the cause chain on both wires ---------------
 
 

@@ -518,12 +518,16 @@ class OpenAIResponsesModel(_OpenAIBase):
                     _bind(state, client, raw)
                     for data in _events(raw):
                         yield from fast(data)
+                        if state.finished:
+                            break
             else:
                 sdk = state.sdk if state.cursor is None else state.sdk_at
                 with client.responses.create(**kwargs) as stream:
                     state.request = stream.response.request
                     for sdk_event in stream:
                         yield from sdk(sdk_event)
+                        if state.finished:
+                            break
         if not state.finished:
             raise _unfinished()
 
@@ -543,6 +547,8 @@ class OpenAIResponsesModel(_OpenAIBase):
                     async for data in events:
                         for chunk in fast(data):
                             yield chunk
+                        if state.finished:
+                            break
             else:
                 sdk = state.sdk if state.cursor is None else state.sdk_at
                 async with await client.responses.create(**kwargs) as stream:
@@ -550,6 +556,8 @@ class OpenAIResponsesModel(_OpenAIBase):
                     async for sdk_event in stream:
                         for chunk in sdk(sdk_event):
                             yield chunk
+                        if state.finished:
+                            break
         if not state.finished:
             raise _unfinished()
 
@@ -596,6 +604,8 @@ class OpenAIResponsesModel(_OpenAIBase):
                     _bind(state, client, raw)
                     for data in _events(raw):
                         yield from state.fast_at(data)
+                        if state.finished:
+                            break
             else:
                 with client.responses.retrieve(
                     response_id, stream=True, starting_after=after
@@ -603,6 +613,8 @@ class OpenAIResponsesModel(_OpenAIBase):
                     state.request = stream.response.request
                     for sdk_event in stream:
                         yield from state.sdk_at(sdk_event)
+                        if state.finished:
+                            break
         if not state.finished:
             raise _unfinished()
 
@@ -626,6 +638,8 @@ class OpenAIResponsesModel(_OpenAIBase):
                     async for data in events:
                         for chunk in state.fast_at(data):
                             yield chunk
+                        if state.finished:
+                            break
             else:
                 async with await client.responses.retrieve(
                     response_id, stream=True, starting_after=after
@@ -634,6 +648,8 @@ class OpenAIResponsesModel(_OpenAIBase):
                     async for sdk_event in stream:
                         for chunk in state.sdk_at(sdk_event):
                             yield chunk
+                        if state.finished:
+                            break
         if not state.finished:
             raise _unfinished()
 

@@ -151,8 +151,9 @@ class AttachmentError(RxContextError, ValueError):
 
 
 class UnsupportedAttachment(AttachmentError):
-    """A provider does not take this attachment (its media type, or a URL where it needs the
-    bytes); raised before the request is sent. ``provider`` and ``media_type`` say which."""
+    """A provider does not take this attachment (its media type, a URL where it needs the
+    bytes, or bytes over its size limit); raised before the request is sent. ``provider`` and
+    ``media_type`` say which."""
 
     def __init__(self, message: str, *, provider: str, media_type: str) -> None:
         super().__init__(message)

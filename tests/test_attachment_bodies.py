@@ -10,9 +10,11 @@ are the bytes the SDK itself sends for the same messages (for Gemini: for the SD
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import random
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -318,3 +320,115 @@ def test_each_provider_names_what_it_refuses(
     with pytest.raises(UnsupportedAttachment, match=why) as caught:
         check(provider, [attachment])
     assert (caught.value.provider, caught.value.media_type) == (provider, attachment.media_type)
+
+
+# -- size and type limits ---------------------------------------------------------------------
+
+# Anthropic's limits count the base64 text sent: 5 MB (5,242,880 characters) per image, and
+# 32 MB for the whole request, so no PDF whose base64 is longer can be sent.
+ANTHROPIC_IMAGE_BYTES = 5 * 1024 * 1024 // 4 * 3  # the largest image: exactly 5 MB as base64
+ANTHROPIC_REQUEST_BYTES = 32 * 1024 * 1024 // 4 * 3
+HEIC = b"\x00\x00\x00\x18ftypheic" + bytes(16)
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="1" height="1"/>'
+GIF = b"GIF89a" + bytes(32)
+
+
+def _sized(head: bytes, size: int) -> bytes:
+    return head + bytes(size - len(head))
+
+
+def test_anthropic_refuses_an_image_over_5_mb_of_base64_and_stores_nothing() -> None:
+    recorder = Recorder()
+    with rxcontext.open() as store:
+        cw = ContextWindow(store, make_model("anthropic", "sdk", recorder, plain=False))
+        big = Attachment(data=_sized(PNG, ANTHROPIC_IMAGE_BYTES + 1), name="big.png")
+        with pytest.raises(UnsupportedAttachment) as caught:
+            cw.add_prompt("look", attachments=[Attachment(data=PNG), big])
+        message = str(caught.value)
+        assert message.startswith("Anthropic does not take attachment 'big.png' (image/png)")
+        assert "5 MB" in message
+        assert (caught.value.provider, caught.value.media_type) == ("anthropic", "image/png")
+        assert cw.live_records() == []
+        at_limit = Attachment(data=_sized(PNG, ANTHROPIC_IMAGE_BYTES), name="ok.png")
+        cw.add_prompt("look", attachments=[at_limit])  # exactly 5 MB of base64: taken
+        assert cw.live_records()[0].attachments == (at_limit,)
+    assert recorder.sent == []
+
+
+def test_anthropic_refuses_a_pdf_larger_than_a_request_may_be() -> None:
+    with rxcontext.open() as store:
+        cw = ContextWindow(store, make_model("anthropic", "sdk", Recorder(), plain=False))
+        huge = Attachment(data=_sized(PDF, ANTHROPIC_REQUEST_BYTES + 1), name="huge.pdf")
+        with pytest.raises(UnsupportedAttachment, match=r"'huge.pdf'.*32 MB") as caught:
+            cw.add_prompt("read", attachments=[huge])
+        assert caught.value.media_type == "application/pdf"
+        assert cw.live_records() == []
+
+
+@pytest.mark.parametrize(
+    "attachment",
+    [
+        Attachment(data=SVG, media_type="image/svg+xml", name="logo.svg"),
+        Attachment(url="gs://bucket/logo.svg"),
+        Attachment(data=GIF, name="wave.gif"),
+        Attachment(url="https://example.com/scan.tiff"),
+    ],
+    ids=["svg", "svg-url", "gif", "tiff-url"],
+)
+def test_gemini_refuses_an_image_type_it_does_not_read_and_stores_nothing(
+    attachment: Attachment,
+) -> None:
+    with rxcontext.open() as store:
+        cw = ContextWindow(store, make_model("gemini", "sdk", Recorder(), plain=False))
+        with pytest.raises(UnsupportedAttachment) as caught:
+            cw.add_prompt("look", attachments=[Attachment(data=PNG), attachment])
+        assert str(caught.value).startswith(f"Gemini does not take attachment '{attachment.name}'")
+        assert "PNG, JPEG, WebP, HEIC and HEIF" in str(caught.value)
+        assert (caught.value.provider, caught.value.media_type) == ("gemini", attachment.media)
+        assert cw.live_records() == []
+
+
+def test_gemini_takes_heic_and_heif_images() -> None:
+    body = _body(
+        "gemini",
+        "sdk",
+        Attachment(data=HEIC, media_type="image/heic"),
+        Attachment(url="gs://bucket/photo.heif"),
+    )
+    parts = body["contents"][0]["parts"]
+    assert parts[1]["inlineData"]["mime_type"] == "image/heic"
+    assert parts[2]["fileData"] == {"file_uri": "gs://bucket/photo.heif", "mime_type": "image/heif"}
+
+
+OVER_THE_LIMIT: list[tuple[str, Callable[[], Attachment], str]] = [
+    (
+        "anthropic",
+        lambda: Attachment(data=_sized(JPEG, ANTHROPIC_IMAGE_BYTES + 1), name="photo.jpg"),
+        "5 MB",
+    ),
+    ("gemini", lambda: Attachment(data=SVG, media_type="image/svg+xml"), "image/svg+xml"),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("provider", "make", "why"), OVER_THE_LIMIT, ids=[p for p, _, _ in OVER_THE_LIMIT]
+)
+def test_a_stored_attachment_the_provider_refuses_fails_the_call_unsent(
+    provider: str, make: Callable[[], Attachment], why: str, mode: str
+) -> None:
+    """A prompt stored without a model (or under another) is refused when the request is
+    built: ``call()`` / ``acall()`` end with StreamInterrupted, and nothing is sent."""
+    recorder = Recorder()
+    with rxcontext.open() as store:
+        ContextWindow(store).add_prompt("look", attachments=[make()])
+        cw = ContextWindow(store, make_model(provider, "sdk", recorder, plain=False))
+        with pytest.raises(rxcontext.StreamInterrupted) as caught:
+            if mode == "sync":
+                cw.call()
+            else:
+                asyncio.run(cw.acall())
+        assert isinstance(caught.value.__cause__, UnsupportedAttachment)
+        assert why in str(caught.value.__cause__)
+        assert caught.value.checkpoint.text == ""
+    assert recorder.sent == []

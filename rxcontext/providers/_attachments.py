@@ -1,20 +1,23 @@
 """Attachments in each provider's own form, and what each provider refuses.
 
 Each function takes a prompt record's attachments and gives the parts its provider sends
-with the prompt's text; a media type the provider does not take, or a URL where it needs the
-bytes, raises :class:`~rxcontext.UnsupportedAttachment` before any request is built. The
-models call the checks again from ``check_attachments`` (``ContextWindow.add_prompt`` uses
-it), so nothing that cannot be sent is stored.
+with the prompt's text; a media type the provider does not take, a URL where it needs the
+bytes, or bytes over the provider's size limit raise :class:`~rxcontext.UnsupportedAttachment`
+before any request is built. The models call the checks again from ``check_attachments``
+(``ContextWindow.add_prompt`` uses it), so nothing that cannot be sent is stored.
 
 =================  ==============================  ======================  ==================
-provider           images (png, jpeg, gif, webp)   PDF                     other
+provider           images                          PDF                     other
 =================  ==============================  ======================  ==================
-OpenAI Chat        ``image_url`` (data URL / URL)  ``file`` (bytes only)   wav/mp3 bytes:
-                                                                           ``input_audio``
-OpenAI Responses   ``input_image``                 ``input_file``          —
-Anthropic          ``image`` (base64 / url)        ``document``            text/* bytes:
-                                                   (base64 / url)          text ``document``
-Gemini             ``inline_data`` / ``file_data``, any image, audio, video, PDF or text
+OpenAI Chat        png, jpeg, gif, webp:           ``file`` (bytes only)   wav/mp3 bytes:
+                   ``image_url`` (data URL / URL)                          ``input_audio``
+OpenAI Responses   png, jpeg, gif, webp:           ``input_file``          —
+                   ``input_image``
+Anthropic          png, jpeg, gif, webp:           ``document``            text/* bytes:
+                   ``image`` (base64 / url);       (base64 / url); bytes   text ``document``
+                   bytes at most 5 MB as base64    at most 32 MB as base64
+Gemini             ``inline_data`` / ``file_data``: png, jpeg, webp, heic and heif images,
+                   any audio, video or text, PDF
 =================  ==============================  ======================  ==================
 """
 
@@ -35,8 +38,27 @@ __all__ = [
     "responses_parts",
 ]
 
+# The image types each API reads:
+# - OpenAI (Chat and Responses): PNG, JPEG, WebP, non-animated GIF
+#   https://platform.openai.com/docs/guides/images-vision ("Image input requirements");
+# - Anthropic: JPEG, PNG, GIF, WebP
+#   https://platform.claude.com/docs/en/build-with-claude/vision;
+# - Gemini: PNG, JPEG, WebP, HEIC, HEIF (no GIF, no SVG)
+#   https://ai.google.dev/gemini-api/docs/image-understanding ("Supported image formats"),
+#   https://cloud.google.com/vertex-ai/generative-ai/docs/multimodal/image-understanding.
 _IMAGES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+_GEMINI_IMAGES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"})
 _PDF = "application/pdf"
+# Anthropic's size limits, counted on the base64 text sent (the API measures an image's
+# base64 data: its 400 reads "image exceeds 5 MB maximum: N bytes > 5242880 bytes"):
+# - 5 MB per image: https://platform.claude.com/docs/en/build-with-claude/vision (FAQ);
+# - 32 MB per request: https://platform.claude.com/docs/en/build-with-claude/pdf-support
+#   ("Maximum request size"; also the API's request size limit), so no PDF whose base64 is
+#   longer can ever be sent. Its 100-page limit is not checked (that needs a PDF parser).
+# A URL source is fetched by Anthropic and cannot be measured here.
+_MB = 1024 * 1024
+_ANTHROPIC_IMAGE_LIMIT = 5 * _MB
+_ANTHROPIC_REQUEST_LIMIT = 32 * _MB
 _CHAT_AUDIO = {"audio/wav": "wav", "audio/mpeg": "mp3"}
 _GEMINI_TOPS = frozenset({"image", "audio", "video", "text"})
 
@@ -59,6 +81,31 @@ def _refuse(provider: str, a: Attachment, why: str) -> UnsupportedAttachment:
 
 def _needs_bytes(provider: str, a: Attachment) -> UnsupportedAttachment:
     return _refuse(provider, a, "it needs the bytes, not a URL; give data= or path=")
+
+
+def _base64_size(a: Attachment) -> int:
+    """The length of ``a``'s bytes as base64 text (what Anthropic counts), without encoding."""
+    assert a.data is not None
+    return (len(a.data) + 2) // 3 * 4
+
+
+def _check_anthropic_size(a: Attachment) -> None:
+    sent = _base64_size(a)
+    if a.media == _PDF:
+        if sent > _ANTHROPIC_REQUEST_LIMIT:
+            raise _refuse(
+                "anthropic",
+                a,
+                f"a request may be at most 32 MB ({_ANTHROPIC_REQUEST_LIMIT:,} bytes) and this "
+                f"PDF is {sent:,} bytes as base64; split it or give an https:// URL",
+            )
+    elif sent > _ANTHROPIC_IMAGE_LIMIT:
+        raise _refuse(
+            "anthropic",
+            a,
+            f"an image may be at most 5 MB ({_ANTHROPIC_IMAGE_LIMIT:,} bytes) as base64 and this "
+            f"one is {sent:,}; resize or compress it",
+        )
 
 
 def chat_parts(attachments: Sequence[Attachment]) -> list[dict[str, Any]]:
@@ -121,6 +168,8 @@ def anthropic_blocks(attachments: Sequence[Attachment]) -> list[dict[str, Any]]:
         media = a.media
         if media in _IMAGES or media == _PDF:
             kind = "image" if media in _IMAGES else "document"
+            if a.data is not None:
+                _check_anthropic_size(a)
             source: dict[str, Any] = (
                 {"type": "url", "url": a.url}
                 if a.data is None
@@ -148,8 +197,11 @@ def gemini_parts(attachments: Sequence[Attachment]) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
     for a in attachments:
         media = a.media
-        if media != _PDF and media.split("/", 1)[0] not in _GEMINI_TOPS:
+        top = media.split("/", 1)[0]
+        if media != _PDF and top not in _GEMINI_TOPS:
             raise _refuse("gemini", a, "it takes images, audio, video, PDFs and text")
+        if top == "image" and media not in _GEMINI_IMAGES:
+            raise _refuse("gemini", a, "it takes PNG, JPEG, WebP, HEIC and HEIF images")
         if a.data is None:
             parts.append({"fileData": {"file_uri": a.url, "mime_type": media}})
         else:

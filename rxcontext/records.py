@@ -118,6 +118,11 @@ class Checkpoint:
     tool-call fragments so far (dicts with index, id, name, arguments). ``pos`` is the
     reply's place in the conversation, fixed when its request was sent; ``epoch`` counts the
     claims on it (a writer holding an older epoch can no longer write).
+
+    A settled row (:attr:`resolved`) stays for audit and holds the ``text`` and ``thinking``
+    the reply had delivered when it was last interrupted, whether it was kept, discarded or
+    resumed (the resumed reply's whole text is in its records). A reply that completed
+    without an interruption has no row: its records name it.
     """
 
     id: int

@@ -177,7 +177,8 @@ def test_cut_after_event_k_checkpoints_what_was_delivered_and_resumes(k, mode, w
     assert error is None and text(more) == " [more]"
     assert replies(cw) == [delivered + " [more]"]  # one MODEL_RESP: partial + continuation
     assert cw.checkpoints() == []
-    assert cw.store.get_checkpoint(cp.id).resolved
+    settled = cw.store.get_checkpoint(cp.id)
+    assert settled.resolved and settled.text == delivered  # for audit: what was cut
     messages = replay.bodies[1]["messages"]
     if delivered:
         assert messages[-2:] == [
@@ -240,6 +241,7 @@ def test_responses_cut_after_event_k_checkpoints_and_resumes(k, mode, wire):
     assert error2 is None
     assert replies(cw) == [delivered + text(rest)] == [delivered + "pong"]
     assert cw.checkpoints() == []
+    assert cw.store.get_checkpoint(error.checkpoint.id).text == delivered
 
 
 def test_a_cut_before_anything_was_delivered_is_retried_on_the_clock():

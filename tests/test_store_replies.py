@@ -308,7 +308,47 @@ def test_a_resumed_reply_completes_in_its_place_and_keeps_its_row(store: Store):
     store.commit_reply(ctx.id, [R("Hello")], reply=resumed, end="reply")
     assert texts(store, ctx.id) == ["q", "Hello", "meanwhile"]
     done = store.get_checkpoint(claimed.id)
-    assert (done.state, done.epoch) == (ReplyState.COMPLETED, 2)
+    assert (done.state, done.epoch, done.text) == (ReplyState.COMPLETED, 2, "Hel")
+
+
+@pytest.mark.parametrize("settle", ["keep", "discard", "resume", "resume, a round", "resume twice"])
+def test_a_settled_row_holds_what_the_reply_had_delivered_when_it_was_cut(
+    store: Store, settle: str
+):
+    # However an interrupted reply is settled, its row keeps (for audit) the text and the
+    # thinking it held when it was last cut; the reply itself is in its records.
+    ctx = store.get_or_create_context("c")
+    store.add_record(ctx.id, P("q"))
+    ticket = begin(store, ctx.id, "r")
+    cid = ticket.checkpoint_id
+    assert store.save_checkpoint(ticket, CheckpointDraft("Hel", "hm"))
+    assert store.save_checkpoint(
+        ticket, CheckpointDraft("lo \x00😀", ".", error="cut"), state=ReplyState.INTERRUPTED
+    )
+    cut = ("Hello \x00😀", "hm.")
+    if settle == "keep":
+        store.keep_checkpoint(cid)
+    elif settle == "discard":
+        store.discard_checkpoint(cid)
+    else:
+        resumed = ReplyTicket(cid, store.claim_checkpoint(cid, owner=worker_id()).epoch)
+        assert store.save_checkpoint(resumed, CheckpointDraft(" wor", " ok"))
+        if settle == "resume twice":  # cut again, then claimed again
+            assert store.save_checkpoint(
+                resumed, CheckpointDraft("ld"), state=ReplyState.INTERRUPTED
+            )
+            cut = ("Hello \x00😀 world", "hm. ok")
+            resumed = ReplyTicket(cid, store.claim_checkpoint(cid, owner=worker_id()).epoch)
+            assert store.save_checkpoint(resumed, CheckpointDraft("!"))
+        if settle == "resume, a round":  # its checkpoint starts over for the next round
+            call = RecordDraft(RecordType.TOOL_CALL, "{}", tool_call_id="c1", tool_name="w")
+            store.commit_reply(ctx.id, [R("Hello \x00😀 wor"), call], reply=resumed, end="round")
+            assert store.get_checkpoint(cid).text == ""
+            assert store.save_checkpoint(resumed, CheckpointDraft("It is"))
+        store.commit_reply(ctx.id, [R("the rest")], reply=resumed, end="reply")
+    row = store.get_checkpoint(cid)
+    assert row.resolved and (row.text, row.thinking) == cut
+    assert store.checkpoints(ctx.id, include_resolved=True) == [row]
 
 
 def test_periodic_batches_write_many_replies_and_fence_each_one(store: Store):

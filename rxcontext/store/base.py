@@ -7,7 +7,9 @@ from several threads.
 Replies have a lifecycle row (a :class:`~rxcontext.records.Checkpoint`) from the moment
 their request is sent: :meth:`Store.begin_reply` creates it ``STREAMING`` at the reply's
 reserved position; checkpoint writes append what was delivered since the last one;
-:meth:`Store.commit_reply` stores the records at the reply's position and settles the row.
+:meth:`Store.commit_reply` stores the records at the reply's position and settles the row
+(deleted if the reply was never interrupted; else kept, holding what it had delivered when it
+was last cut, as a kept or discarded reply's row does).
 Every write to a reply names the ``epoch`` its writer holds (a :class:`ReplyTicket`): once
 another worker has claimed the reply, the old writer's writes change nothing.
 """
@@ -289,7 +291,10 @@ class Store(Protocol):
         ...
 
     def checkpoints(self, context_id: str, *, include_resolved: bool = False) -> list[Checkpoint]:
-        """Interrupted replies of a context, oldest first (settled ones too if asked)."""
+        """Interrupted replies of a context, oldest first (settled ones too if asked).
+
+        A settled row holds the text and thinking its reply had delivered when it was last
+        interrupted, however it was settled (kept, discarded, or resumed to completion)."""
         ...
 
     def active_replies(self, context_id: str) -> list[Checkpoint]:
@@ -300,7 +305,8 @@ class Store(Protocol):
 
     def claim_checkpoint(self, checkpoint_id: int, *, owner: str) -> Checkpoint:
         """Take an interrupted reply for a resume (``RESUMING``, next epoch); exactly one of
-        several racing callers wins, the others get :class:`~rxcontext.ReplyBusy`."""
+        several racing callers wins, the others get :class:`~rxcontext.ReplyBusy`. The text
+        and thinking it holds are what its row holds again once the resume completes."""
         ...
 
     def discard_checkpoint(self, checkpoint_id: int) -> Checkpoint:

@@ -239,6 +239,16 @@ def m010_thinking_spans(db: sqlite3.Connection) -> None:
     their text, refuses to open it."""
 
 
+@migration
+def m011_cut_text(db: sqlite3.Connection) -> None:
+    """What an interrupted reply had delivered when a resume claimed it (``cut_text``,
+    ``cut_thinking``): once the resume completes, its settled row holds that text again, for
+    audit, as the row of a reply kept or discarded holds its own (the resume's records hold
+    the whole reply). Rows claimed before this step have none; theirs stays empty."""
+    db.execute("ALTER TABLE checkpoints ADD COLUMN cut_text TEXT")
+    db.execute("ALTER TABLE checkpoints ADD COLUMN cut_thinking TEXT")
+
+
 _CONTEXTWINDOW_TABLES = {"contexts", "records", "context_tools"}
 _CONTEXTWINDOW_COLUMNS = {
     "contexts": {"id", "name", "start_time"},

@@ -202,6 +202,15 @@ def m005_thinking_spans(conn: psycopg.Connection[Any]) -> None:
     their text, refuses to open it."""
 
 
+@migration
+def m006_cut_text(conn: psycopg.Connection[Any]) -> None:
+    """What an interrupted reply had delivered when a resume claimed it (``cut_text``,
+    ``cut_thinking``): once the resume completes, its settled row holds that text again, for
+    audit, as the row of a reply kept or discarded holds its own (the resume's records hold
+    the whole reply). Rows claimed before this step have none; theirs stays empty."""
+    conn.execute("ALTER TABLE checkpoints ADD COLUMN cut_text text, ADD COLUMN cut_thinking text")
+
+
 def _locked(conn: psycopg.Connection[Any]) -> set[str]:
     """Take the schema lock (inside the caller's transaction) and return the applied steps."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))

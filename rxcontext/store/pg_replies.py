@@ -69,6 +69,12 @@ _Then = Callable[[Conn, Checkpoint, str, bool], Any]
 _LIVE = ("streaming", "resuming")
 _ACTIVE = "c.context_id = %s AND c.state IN ('streaming', 'resuming')"
 """The rows of a context's replies being generated (their owners' leases still checked)."""
+_PARTS = (
+    "COALESCE((SELECT string_agg(p.{0}, '' ORDER BY p.seq) FROM checkpoint_parts p"
+    " WHERE p.checkpoint_id = checkpoints.id), '')"
+)
+"""The ``text`` (or ``thinking``) of a row's appended parts, joined, inside an ``UPDATE
+checkpoints`` (as :data:`~._pg_rows.CHECKPOINT_SELECT` joins them)."""
 _BACKGROUND = (
     "SELECT set_config('synchronous_commit', 'off', true), set_config('lock_timeout', '50ms', true)"
 )
@@ -505,12 +511,18 @@ class PostgresReplies:
         return result
 
     def claim_checkpoint(self, checkpoint_id: int, *, owner: str) -> Checkpoint:
-        """Take an interrupted reply for a resume: ``RESUMING`` under a new epoch."""
+        """Take an interrupted reply for a resume: ``RESUMING`` under a new epoch.
+
+        The text it holds now is kept aside (``cut_text``, copied on the server): the resume
+        appends to the row, and its commit puts that text back as the settled row's (for
+        audit)."""
         cp, again, _ = self._take(
             checkpoint_id,
             "resume",
             "state = 'resuming', owner = %s, claimed_at = clock_timestamp(), claimed_by = %s,"
-            " lease_until = clock_timestamp() + make_interval(secs => %s)",
+            " lease_until = clock_timestamp() + make_interval(secs => %s),"
+            f" cut_text = text || {_PARTS.format('text')},"
+            f" cut_thinking = thinking || {_PARTS.format('thinking')}",
             (owner, owner, self.lease_ttl),
         )
         if not again:
@@ -590,9 +602,14 @@ def _settle(conn: Conn, reply: ReplyTicket, end: ReplyEnd) -> None:
             (cid,),
         )
     else:
+        # A resume completed: the row holds again what the reply had delivered when it was
+        # cut (its claim kept a copy), for audit, as a kept or discarded row does. No writer
+        # writes a settled row, so its lengths (a writer's check) are left as they are.
         conn.execute(
             "UPDATE checkpoints SET state = 'completed', resolved_at = clock_timestamp(),"
-            " updated_at = clock_timestamp(), owner = NULL, lease_until = NULL WHERE id = %s",
+            " updated_at = clock_timestamp(), owner = NULL, lease_until = NULL,"
+            " text = COALESCE(cut_text, ''), thinking = COALESCE(cut_thinking, ''),"
+            " parts = 0, cut_text = NULL, cut_thinking = NULL WHERE id = %s",
             (cid,),
         )
 

@@ -510,10 +510,14 @@ class SQLiteReplies:
                 (self.now(), cid),
             )
         else:
+            # A resume completed: the row holds again what the reply had delivered when it
+            # was cut (its claim kept a copy), for audit, as a kept or discarded row does.
             now = self.now()
             db.execute(
                 "UPDATE checkpoints SET state = 'completed', resolved_at = ?, updated_at = ?,"
-                " owner = NULL, lease_until = NULL WHERE id = ?",
+                " owner = NULL, lease_until = NULL, text = COALESCE(cut_text, ''),"
+                " thinking = COALESCE(cut_thinking, ''), cut_text = NULL, cut_thinking = NULL"
+                " WHERE id = ?",
                 (now, now, cid),
             )
 
@@ -534,14 +538,18 @@ class SQLiteReplies:
         return cp
 
     def claim_checkpoint(self, checkpoint_id: int, *, owner: str) -> Checkpoint:
-        """Take an interrupted reply for a resume: ``RESUMING`` under a new epoch."""
+        """Take an interrupted reply for a resume: ``RESUMING`` under a new epoch.
+
+        The text it holds now is kept aside (``cut_text``): the resume appends to the row,
+        and its commit puts that text back as the settled row's (for audit)."""
         with self._tx() as db:
             cp = self._settleable(db, checkpoint_id, "resume")
             now = self.now()
             db.execute(
                 "UPDATE checkpoints SET state = 'resuming', owner = ?, epoch = epoch + 1,"
-                " claimed_at = ?, claimed_by = ?, lease_until = ?, updated_at = ? WHERE id = ?",
-                (owner, now, owner, self._lease(), now, checkpoint_id),
+                " claimed_at = ?, claimed_by = ?, lease_until = ?, updated_at = ?,"
+                " cut_text = ?, cut_thinking = ? WHERE id = ?",
+                (owner, now, owner, self._lease(), now, cp.text, cp.thinking, checkpoint_id),
             )
         return _replace_state(cp, ReplyState.RESUMING, cp.epoch + 1, owner)
 

@@ -4,7 +4,9 @@ Costs are computed when they are read, from what every stored reply says about i
 (its MODEL_RESP's ``model``, ``provider`` and ``usage``; see :func:`.persist.reply_metadata`)
 and the time it was stored, with the prices of the installed ``genai-prices``: nothing
 money-related is written to the database, so a price correction (a new ``genai-prices``)
-corrects every cost shown, and a database needs no migration. A reply whose model the
+corrects every cost shown, and a database needs no migration. A summariser's reply is
+stored too, dead, accepted or not (:func:`.summarize.summarizer_draft`), so a summary's
+request is priced like any other. A reply whose model the
 table does not know (or that says no model, or no usage) has an unknown cost: ``None``,
 shown as unknown, never guessed. A context's total counts the replies it could price and
 says how many it could not (:class:`ContextCost`), so a total is never smaller than it says.

@@ -1,7 +1,9 @@
 """Summaries: propose a compressed history, then accept (one transaction) or reject it.
 
-A proposal changes nothing. Accepting marks the replaced records dead and inserts the
-summary as one live record, atomically. System prompts are never replaced.
+A proposal leaves the conversation as it was: it only stores what the summariser was billed
+(:func:`summarizer_draft`, a dead record, accepted or not). Accepting marks the replaced
+records dead and inserts the summary as one live record, atomically. System prompts are
+never replaced.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from .chunks import Chunk, Reply, ReplyBuilder
+from .persist import reply_metadata
 from .providers.base import Model, Request
 from .records import Record, RecordType
 from .store.base import RecordDraft
@@ -20,6 +23,7 @@ __all__ = [
     "SUMMARY_PREFIX",
     "SummaryProposal",
     "default_prompt",
+    "summarizer_draft",
     "summary_draft",
     "summary_request",
     "transcript",
@@ -165,4 +169,22 @@ def summary_draft(proposal: SummaryProposal) -> RecordDraft:
         RecordType.PROMPT,
         SUMMARY_PREFIX + proposal.text,
         metadata={"summary": True, "replaced": len(proposal.replaced_ids)},
+    )
+
+
+def summarizer_draft(proposal: SummaryProposal, model_name: str | None) -> RecordDraft:
+    """The record that keeps what the summariser (``model_name``) was billed for
+    ``proposal``, stored when the proposal is made, whether or not it is accepted.
+
+    It is the summariser's reply as a dead MODEL_RESP (metadata ``summarizer: true``), with
+    the ``model``, ``provider`` and ``usage`` every reply carries: a context's cost is read
+    from its records (:mod:`rxcontext.cost`), and the request was paid for even if the
+    summary never goes live. Dead, it is never sent to a model.
+    """
+    return RecordDraft(
+        RecordType.MODEL_RESP,
+        proposal.text,
+        live=False,
+        streamed=True,
+        metadata={**reply_metadata(proposal.reply, model_name=model_name), "summarizer": True},
     )

@@ -400,7 +400,10 @@ class ContextWindow:
 
         The summariser streams; ``on_chunk`` sees each chunk as it arrives. ``context``
         names another context to summarise (contextwindow's
-        ``SummarizeLiveContextInContext``); the current one by default.
+        ``SummarizeLiveContextInContext``); the current one by default. What the request
+        was billed is spent whether or not the summary is accepted: its usage joins the
+        context's totals and its reply is stored as a dead MODEL_RESP (metadata
+        ``summarizer: true``) that carries the usage and model its cost is priced from.
         """
         context_id = self._context_id_of(context)
         summarizer = self._summarizer()
@@ -413,14 +416,17 @@ class ContextWindow:
             prompt or self.summary_prompt,
             on_chunk,
         )
-        self._spent(context_id, proposal)
+        self._spent(context_id, summarizer, proposal)
         return proposal
 
-    def _spent(self, context_id: str, proposal: SummaryProposal) -> None:
-        """What the summariser was billed joins the context's totals (budgets count it),
-        accepted or not."""
-        if proposal.reply.usage is not None:
-            self._store.import_records(context_id, [], usage=proposal.reply.usage)
+    def _spent(self, context_id: str, model: Model, proposal: SummaryProposal) -> None:
+        """What the summariser was billed joins the context, accepted or not: its usage the
+        token totals, and its reply, as a dead record, the cost (budgets count both)."""
+        self._store.import_records(
+            context_id,
+            [summarize.summarizer_draft(proposal, model.name)],
+            usage=proposal.reply.usage,
+        )
 
     async def asummarize(
         self,
@@ -441,7 +447,7 @@ class ContextWindow:
             prompt or self.summary_prompt,
             on_chunk,
         )
-        await off_loop(self._spent, context_id, proposal)
+        await off_loop(self._spent, context_id, summarizer, proposal)
         return proposal
 
     def _settled(self, context_id: str) -> list[Record]:
@@ -468,7 +474,8 @@ class ContextWindow:
         )
 
     def reject_summary(self, proposal: SummaryProposal) -> None:
-        """Discard ``proposal`` (nothing was changed by proposing it)."""
+        """Discard ``proposal``: the conversation stays as it was (proposing it only stored
+        what the summariser was billed, as a dead record: see :meth:`summarize`)."""
 
     def auto_compact(self, threshold_percent: float) -> SummaryProposal | None:
         """Summarize and accept when the live tokens reach ``threshold_percent`` of max_tokens."""

@@ -145,6 +145,45 @@ def test_gemini_thoughts_are_priced_as_output() -> None:
     )
 
 
+@pytest.mark.usefixtures("both_stores")
+@pytest.mark.parametrize("path", ["sync", "async"])
+@pytest.mark.parametrize("accepted", [True, False], ids=["accepted", "rejected"])
+def test_a_summary_is_priced_once_accepted_or_not(path: str, accepted: bool) -> None:
+    """The summariser's request (the largest a context sends) was billed: its cost is in
+    the context's, as its usage is in the token totals, once, whether or not the summary
+    is accepted, and a rejected one leaves the conversation as it was."""
+    replay = Replay(real_fixture("anthropic/text_basic_sonnet45.sse"))
+    summarizer = AnthropicModel(
+        "claude-sonnet-4-5",
+        client=anthropic.Anthropic(api_key=KEY, max_retries=0, http_client=replay.client()),
+        async_client=anthropic.AsyncAnthropic(
+            api_key=KEY, max_retries=0, http_client=replay.async_client()
+        ),
+    )
+    said = [Chunk(ChunkKind.TEXT, "Lisbon."), Chunk(ChunkKind.USAGE, usage=Usage.of(1000, 10))]
+    model = ScriptedModel([said], name="openai:gpt-4o-mini")
+    cw = ContextWindow(open_store(), model, summarizer=summarizer)
+    cw.add_prompt("Capital of Portugal?")
+    cw.call()
+    live, before = cw.live_records(), context_cost(cw.records())
+    proposal = cw.summarize() if path == "sync" else asyncio.run(cw.asummarize())
+    if accepted:
+        cw.accept_summary(proposal)
+    else:
+        cw.reject_summary(proposal)
+        assert cw.live_records() == live
+    billed = proposal.reply.usage
+    assert billed is not None and billed.input_tokens > 0
+    summary = expected(
+        "claude-sonnet-4-5",
+        "anthropic",
+        input_tokens=billed.input_tokens,
+        output_tokens=billed.output_tokens,
+    )
+    assert context_cost(cw.records()) == ContextCost(before.usd + summary, 2, 0)
+    assert cw.stats().usage.total_tokens == 1010 + billed.total_tokens  # counted once
+
+
 def test_unknown_models_cost_unknown_never_a_guess() -> None:
     usage = Usage.of(1000, 100)
     assert price(usage, "no-such-model-xyz", "openai") is None

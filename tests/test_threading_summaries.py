@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
+from stores import open_store
 
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType
@@ -243,21 +244,27 @@ def summarizing_window(summary: str = "The user greeted; the assistant answered.
     return cw, summarizer
 
 
-def test_summarize_proposes_without_changing_anything():
+def test_summarize_proposes_without_changing_the_conversation():
     cw, summarizer = summarizing_window()
     before = cw.records()
     seen: list[Chunk] = []
     proposal = cw.summarize(on_chunk=seen.append)
     assert proposal.text == "The user greeted; the assistant answered."
     assert len(seen) == 3  # streamed
-    assert cw.records() == before
+    # Only what the summariser was billed is kept: its reply, dead (never sent), priced
+    # from its metadata (this scripted summariser reported no usage: unknown).
+    *kept, billed = cw.records()
+    assert kept == before
+    assert (billed.type, billed.content, billed.live) == (R, proposal.text, False)
+    assert billed.metadata["summarizer"] is True
+    assert (billed.metadata["provider"], billed.metadata["usage"]) == ("scripted", None)
     request = summarizer.requests[0]
     assert request.records[0].type is RecordType.SYSTEM_PROMPT
     assert request.records[0].content == default_prompt()
     assert "User: hello" in request.records[1].content
     assert "Assistant: hello back" in request.records[1].content
     cw.reject_summary(proposal)
-    assert cw.records() == before
+    assert cw.records() == [*before, billed]
 
 
 def test_accept_summary_replaces_live_records_in_one_step():
@@ -270,7 +277,7 @@ def test_accept_summary_replaces_live_records_in_one_step():
         (RecordType.PROMPT, SUMMARY_PREFIX + proposal.text),
     ]
     assert summary.metadata["summary"] is True
-    assert len(cw.records()) == 4  # the replaced ones are kept, dead
+    assert len(cw.records()) == 5  # the replaced ones are kept, dead; and the summariser's
     with pytest.raises(ValueError, match="no longer"):
         cw.accept_summary(proposal)  # stale: nothing changes
     assert cw.live_records() == live
@@ -330,6 +337,22 @@ def test_what_the_summariser_was_billed_is_spent(path: str) -> None:
     proposal = cw.summarize() if path == "sync" else asyncio.run(cw.asummarize())
     cw.reject_summary(proposal)
     assert cw.stats().usage.total_tokens == before + 320
+
+
+@pytest.mark.usefixtures("both_stores")
+def test_a_rejected_summary_leaves_the_thread_as_it_was() -> None:
+    """What the summariser was billed is stored as a reply, but a dead one: the live
+    conversation, and so the server-side thread, go on as if it had not been asked."""
+    model = ThreadingModel([[T("a1"), done("resp_1")], [T("a2"), done("resp_2")]])
+    summarizer = ScriptedModel([[T("Greetings."), done("resp_summary")]])
+    cw = ContextWindow(open_store(), model, "t", summarizer=summarizer)
+    cw.set_server_side_threading(True)
+    cw.add_prompt("q1")
+    cw.call()
+    cw.reject_summary(cw.summarize())
+    cw.add_prompt("q2")
+    cw.call()
+    assert [r.previous_response_id for r in model.requests] == [None, "resp_1"]
 
 
 def test_nothing_to_summarize_is_a_clear_error():

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if not args.yes and not confirm("Accept this summary?"):
             cw.reject_summary(proposal)
-            render.note("summary not applied; the context is unchanged")
+            render.note("summary not applied; the conversation is unchanged")
             return 0
         record = cw.accept_summary(proposal)
         render.note(

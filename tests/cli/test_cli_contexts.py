@@ -166,7 +166,9 @@ def test_summarize_in_a_script_needs_yes(env: dict[str, str], tmp_path: Path) ->
     live = [r for r in records(db) if r.live]
     assert len(live) == 1 and live[0].content.endswith("The user asked about Paris.")
     assert live[0].metadata.get("summary") is True
-    assert sum(not r.live for r in records(db)) == 4
+    dead = [r for r in records(db) if not r.live]
+    assert len(dead) == 5  # the 4 summarised, and the summariser's reply (what it was billed)
+    assert [r.metadata.get("summarizer") for r in dead].count(True) == 1
 
 
 def test_summarize_asks_in_a_terminal(spawn: Any, env: dict[str, str], tmp_path: Path) -> None:

@@ -26,7 +26,10 @@ two locks, so the hot path takes no lock at all:
 With a model that resumes natively (OpenAI Responses background mode), the run's
 :class:`~rxcontext.providers.base.ResumeCursor` is asked at checkpoint time only where the
 stream stood after the last delivered chunk; that point goes into the checkpoint's metadata
-(``NATIVE_RESUME_KEY``) and its stream id into ``response_id``.
+(``NATIVE_RESUME_KEY``) and its stream id into ``response_id``. A surrogate pair's high
+half that ends what was delivered (an emoji cut between two deltas) is never stored alone:
+the checkpoint's text ends before it and the half is kept beside it (``HELD_KEY``), where a
+native resume, whose stream goes on with the low half, takes it back.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ if TYPE_CHECKING:
     from .tracing import ReplyTrace
 
 __all__ = [
+    "HELD_KEY",
     "REPLY_KEYS",
     "SCHEMA_KEYS",
     "ReplyPersister",
@@ -95,6 +99,14 @@ SCHEMA_KEYS = ("schema", "parsed", "parse_error")
 """Further keys of a structured-output reply's MODEL_RESP (``cw.call(schema=...)``):
 ``schema`` (``name``, ``json_schema``), then ``parsed`` (the validated object as JSON) or
 ``parse_error`` (why the text did not validate)."""
+
+
+HELD_KEY = "held_half"
+"""Checkpoint metadata key: the high half of a surrogate pair that ended what was delivered
+(a provider may cut an escaped emoji between two deltas), kept beside the checkpoint's
+text, which ends before it: ``{"text": code point}`` (or ``"thinking"``). UTF-8 cannot
+store the half alone; a native resume's stream begins with the other half, and the two
+make the character again."""
 
 
 def reply_metadata(
@@ -372,16 +384,23 @@ class ReplyPersister:
         b = self.builder
         text, text_end = b.text_from(self._text_mark)
         thinking, thinking_end = b.thinking_from(self._thinking_mark)
-        if error == IN_PROGRESS:
-            # A pair's high half waits for its low half (a provider may cut an emoji between
-            # two deltas): stored alone, it could only be replaced, and the character lost.
-            if text and "\ud800" <= text[-1] <= "\udbff":
-                text, text_end = text[:-1], text_end - 1
-            if thinking and "\ud800" <= thinking[-1] <= "\udbff":
-                thinking, thinking_end = thinking[:-1], thinking_end - 1
+        # A pair's high half waits for its low half (a provider may cut an emoji between two
+        # deltas): stored alone, it could only be replaced and the character lost. A
+        # periodic write stores it with its low half, at the next write; until then, and
+        # in a final write, it is kept beside the text (HELD_KEY), where the point of a
+        # native resume, just after it, expects it.
+        held: dict[str, int] = {}
+        if text and "\ud800" <= text[-1] <= "\udbff":
+            held["text"] = ord(text[-1])
+            text, text_end = text[:-1], text_end - 1
+        if thinking and "\ud800" <= thinking[-1] <= "\udbff":
+            held["thinking"] = ord(thinking[-1])
+            thinking, thinking_end = thinking[:-1], thinking_end - 1
         self._inflight = (text_end, thinking_end)
         delivered = b.chunks - self._seeded
         metadata = b.metadata  # a copy
+        if held:
+            metadata[HELD_KEY] = held
         response_id = b.response_id
         point = self._cursor.point(delivered) if self._cursor is not None else None
         if point is not None:
@@ -573,12 +592,22 @@ class ReplyPersister:
         """This round continues the checkpoint's own stream (native resume), not a new reply.
 
         The checkpoint's tool-call fragments are folded in first, so a call cut mid-arguments
-        is completed by the rest of its stream; the text and thinking are kept as prefixes,
-        as for a continuation. Idempotent (a retry of the round calls it again).
+        is completed by the rest of its stream, and so is a surrogate pair's high half kept
+        beside its text (``HELD_KEY``), which the stream's low half completes; the text and
+        thinking are kept as prefixes, as for a continuation. Idempotent (a retry of the
+        round calls it again).
         """
         if self._resume is None or self._seeded or self.builder.chunks:
             return
         self._native = True
+        # The high half the checkpoint kept beside its text: the stream goes on with the
+        # other half, and they are one character again.
+        held = self._resume.metadata.get(HELD_KEY)
+        if isinstance(held, Mapping):
+            for kind, key in ((ChunkKind.TEXT, "text"), (ChunkKind.THINKING, "thinking")):
+                half = held.get(key)
+                if isinstance(half, int) and 0xD800 <= half <= 0xDBFF:
+                    self.builder.add(Chunk(kind, chr(half)))
         for fragment in self._resume.tool_calls:
             self.builder.add(
                 Chunk(

@@ -15,6 +15,7 @@ import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType
 from rxcontext import operators as rxops
 from rxcontext.chunks import _COALESCE, ReplyBuilder
+from rxcontext.persist import HELD_KEY
 from rxcontext.providers import ScriptedModel
 from rxcontext.store._sqlite_rows import storable
 from rxcontext.tokens import estimate_tokens, utf8_size
@@ -248,3 +249,26 @@ def test_a_tick_between_the_halves_of_a_surrogate_pair_keeps_the_character(
         cw.call(rxops.middleware(on_chunk=step))
     stored = cut.value.checkpoint.text if kind is ChunkKind.TEXT else cut.value.checkpoint.thinking
     assert stored == "A\U0001f600B"
+
+
+@pytest.mark.parametrize("kind", [ChunkKind.TEXT, ChunkKind.THINKING])
+def test_a_cut_between_the_halves_of_a_surrogate_pair_keeps_the_half_beside_the_text(
+    kind: ChunkKind,
+) -> None:
+    """A reply cut right after a pair's high half: the checkpoint's text ends before it and
+    the half is kept beside it (``HELD_KEY``), not replaced by U+FFFD (a native resume's
+    stream goes on with the low half: tests/test_native_resume.py). A continuation goes on
+    from the stored text: the half alone was no character."""
+    model = ScriptedModel(
+        [[Chunk(kind, "A"), Chunk(kind, "\ud83d"), RuntimeError("cut")], [Chunk(kind, "B")]]
+    )
+    cw = ContextWindow(rxcontext.open(":memory:"), model, "s", retry=None)
+    cw.add_prompt("go")
+    with pytest.raises(rxcontext.StreamInterrupted) as cut:
+        cw.call()
+    cp = cut.value.checkpoint
+    field = "text" if kind is ChunkKind.TEXT else "thinking"
+    assert (cp.text, cp.thinking) == (("A", "") if field == "text" else ("", "A"))
+    assert cp.metadata[HELD_KEY] == {field: 0xD83D}
+    reply = cw.resume_call(cp.id)
+    assert getattr(reply, field) == "AB"

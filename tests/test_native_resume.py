@@ -6,6 +6,8 @@ number ``n``. The checkpoint keeps the response id and the sequence number of th
 whose chunks reached subscribers; ``cw.resume(id)`` streams the rest of the same response,
 so the stored MODEL_RESP is exactly the uncut reply: no delta repeated, none missing, no
 continuation prompt. Without background mode the continuation-prompt path is unchanged.
+An emoji cut between the halves of its surrogate pair is whole after a resume: the high
+half is kept beside the checkpoint, the resumed stream brings the low half.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -27,7 +33,7 @@ from replay import Reply as Served
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, Record, RecordType, StreamInterrupted
 from rxcontext import operators as rxops
-from rxcontext.persist import REPLY_KEYS
+from rxcontext.persist import HELD_KEY, REPLY_KEYS
 from rxcontext.providers import OpenAIResponsesModel
 from rxcontext.providers.base import NATIVE_RESUME_KEY, ResumeCursor
 from rxcontext.providers.openai import OUTPUT_KEY
@@ -501,6 +507,167 @@ def test_an_expired_response_falls_back_to_the_continuation_prompt(mode, wire):
     ]
     assert replies(cw) == [cp.text + " and more"]
     assert cw.checkpoints() == [] and cw.store.get_checkpoint(cp.id).resolved
+
+
+# -- an emoji cut between the halves of its surrogate pair ------------------------------------
+
+HIGH, LOW = "\ud83d", "\ude00"  # 😀 escaped as a pair, cut between two deltas
+SPLIT = ["Hi ", HIGH, LOW, "!"]
+SPLIT_EVENTS = background_events(SPLIT)
+AT_HIGH = FIRST_DELTA + 1  # the sequence number of the delta holding the high half alone
+
+
+@pytest.mark.parametrize("mode,wire", PATHS, ids=IDS)
+def test_an_emoji_cut_between_its_halves_is_whole_after_a_native_resume(mode, wire):
+    """The cut comes right after the high half: the checkpoint's text ends before it and the
+    half is kept beside it (UTF-8 cannot store it alone), so the resumed stream's low half
+    completes the character instead of both halves becoming U+FFFD. A resume that fails
+    before its first chunk keeps the half for the next one."""
+    rest = [e for e in SPLIT_EVENTS if e["sequence_number"] > AT_HIGH]
+    replay = Replay(
+        Served(frame(SPLIT_EVENTS), cut_after=AT_HIGH + 1),
+        error_reply(500, "boom"),
+        frame(rest),
+    )
+    cw = window(replay, wire)
+
+    got, error = run(mode, cw)
+    assert isinstance(error, StreamInterrupted)
+    assert text(got) == "Hi " + HIGH
+    cp = error.checkpoint
+    assert cp.text == "Hi " and cp.metadata[HELD_KEY] == {"text": ord(HIGH)}
+    assert cp.metadata[NATIVE_RESUME_KEY]["after"] == AT_HIGH
+
+    _, error = run(mode, cw, cp.id)
+    assert isinstance(error, StreamInterrupted) and error.checkpoint.text == "Hi "
+    assert error.checkpoint.metadata[HELD_KEY] == {"text": ord(HIGH)}
+
+    more, error = run(mode, cw, cp.id)
+    assert error is None and text(more) == LOW + "!"
+    check_get(replay.requests[2], AT_HIGH)
+    assert replies(cw) == ["Hi \U0001f600!"]
+    assert cw.checkpoints() == []
+
+
+@pytest.mark.parametrize("mode,wire", PATHS, ids=IDS)
+def test_a_continuation_after_an_emoji_cut_between_its_halves_goes_on_from_the_text(mode, wire):
+    """When the response cannot be continued natively (expired), the half alone is no
+    character: the continuation request and the stored reply go on from the checkpoint's
+    text, with no U+FFFD in either."""
+    replay = Replay(
+        Served(frame(SPLIT_EVENTS), cut_after=AT_HIGH + 1),
+        error_reply(404, f"Response with id '{RID}' not found."),
+        frame(background_events([" and more"])),
+    )
+    cw = window(replay, wire)
+    _, error = run(mode, cw)
+    cp = error.checkpoint
+    more, error = run(mode, cw, cp.id)
+    assert error is None and text(more) == " and more"
+    assert replay.bodies[2]["input"][-2:] == [
+        {"role": "assistant", "content": "Hi "},
+        {"role": "user", "content": CONTINUE_PROMPT},
+    ]
+    assert replies(cw) == ["Hi  and more"]
+
+
+@pytest.mark.parametrize("wire", ["sdk", "fast"])
+def test_a_periodic_checkpoint_between_the_halves_keeps_the_half_with_its_point(wire):
+    """A periodic write lands with the high half delivered and the low half not yet: its
+    point is after the high half's event, so the half is kept beside the text (a process
+    killed right then leaves exactly this checkpoint to resume)."""
+    ts = TestScheduler()
+    replay = Replay(frame(SPLIT_EVENTS))
+    cw = ContextWindow(
+        rxcontext.open(":memory:"),
+        model(replay, wire, background=True),
+        "bg",
+        retry=None,
+        checkpoint_every=1.0,
+        scheduler=ts,
+    )
+    cw.add_prompt("say hello")
+    seen: list[Any] = []
+
+    def tick(chunk: Chunk) -> None:
+        if chunk.text == LOW:  # the high half delivered, the low half's hook running
+            ts.advance_by(1.0)
+            seen.extend(cw.active_replies())
+
+    cw.call(rxops.middleware(on_chunk=tick))
+    [cp] = seen
+    assert cp.text == "Hi " and cp.metadata[HELD_KEY] == {"text": ord(HIGH)}
+    assert cp.metadata[NATIVE_RESUME_KEY]["after"] == AT_HIGH
+    assert replies(cw) == ["Hi \U0001f600!"]
+
+
+KILLED_WORKER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    import openai
+    from reactivex.testing import TestScheduler
+    from replay import Replay
+    import rxcontext
+    from rxcontext import ContextWindow
+    from rxcontext import operators as rxops
+    from rxcontext.providers import OpenAIResponsesModel
+
+    target, body, low = sys.argv[2], sys.argv[3], chr(int(sys.argv[4]))
+    replay = Replay(open(body, "rb").read())
+    client = openai.OpenAI(api_key="sk-test", max_retries=0, http_client=replay.client())
+    model = OpenAIResponsesModel("gpt-5.5", client=client, background=True)
+    ts = TestScheduler()
+    store = rxcontext.open(target)
+    cw = ContextWindow(store, model, "bg", retry=None, checkpoint_every=1.0, scheduler=ts)
+
+    def hook(chunk):
+        if chunk.text == low:  # the high half delivered, the low half's hook running
+            ts.advance_by(1.0)  # a periodic write, then the kill
+            print("written", flush=True)
+            sys.stdin.readline()
+
+    cw.call(rxops.middleware(on_chunk=hook))
+    """
+)
+
+
+def test_a_process_killed_between_the_halves_leaves_a_checkpoint_that_resumes_whole(
+    target: str, tmp_path: Path
+):
+    """A process killed right after a periodic write that fell between the halves: its
+    checkpoint's point is after the high half's event and the half is beside its text, so a
+    native resume from another process stores the emoji whole (both stores)."""
+    body = tmp_path / "stream.sse"
+    body.write_bytes(frame(SPLIT_EVENTS))
+    store = rxcontext.open(target)
+    rest = [e for e in SPLIT_EVENTS if e["sequence_number"] > AT_HIGH]
+    replay = Replay(frame(rest))
+    cw = ContextWindow(store, model(replay, "fast", background=True), "bg", retry=None)
+    cw.add_prompt("say hello")
+    tests = str(Path(__file__).parent)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WORKER, tests, target, str(body), str(ord(LOW))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stdout is not None
+        assert worker.stdout.readline() == "written\n"
+    finally:
+        worker.kill()
+        worker.wait(30)
+        for pipe in (worker.stdin, worker.stdout):
+            if pipe is not None:
+                pipe.close()
+    [cp] = cw.checkpoints()  # a dead owner on this host is seen at once
+    assert cp.text == "Hi " and cp.metadata[HELD_KEY] == {"text": ord(HIGH)}
+    assert cp.metadata[NATIVE_RESUME_KEY]["after"] == AT_HIGH
+    assert cw.resume_call(cp.id).text == "Hi " + HIGH + LOW + "!"
+    check_get(replay.requests[0], AT_HIGH)
+    assert replies(cw) == ["Hi \U0001f600!"]
+    store.close()
 
 
 def tool_events() -> list[dict[str, Any]]:

@@ -26,10 +26,11 @@ two locks, so the hot path takes no lock at all:
 With a model that resumes natively (OpenAI Responses background mode), the run's
 :class:`~rxcontext.providers.base.ResumeCursor` is asked at checkpoint time only where the
 stream stood after the last delivered chunk; that point goes into the checkpoint's metadata
-(``NATIVE_RESUME_KEY``) and its stream id into ``response_id``. A surrogate pair's high
-half that ends what was delivered (an emoji cut between two deltas) is never stored alone:
-the checkpoint's text ends before it and the half is kept beside it (``HELD_KEY``), where a
-native resume, whose stream goes on with the low half, takes it back.
+(``NATIVE_RESUME_KEY``, with the usage billed before that stream began: ``BILLED_BEFORE``)
+and its stream id into ``response_id``. A surrogate pair's high half that ends what was
+delivered (an emoji cut between two deltas) is never stored alone: the checkpoint's text
+ends before it and the half is kept beside it (``HELD_KEY``), where a native resume, whose
+stream goes on with the low half, takes it back.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from .tracing import ReplyTrace
 
 __all__ = [
+    "BILLED_BEFORE",
     "HELD_KEY",
     "REPLY_KEYS",
     "SCHEMA_KEYS",
@@ -100,6 +102,11 @@ SCHEMA_KEYS = ("schema", "parsed", "parse_error")
 ``schema`` (``name``, ``json_schema``), then ``parsed`` (the validated object as JSON) or
 ``parse_error`` (why the text did not validate)."""
 
+
+BILLED_BEFORE = "billed_before"
+"""Key of a checkpoint's native resume point (``NATIVE_RESUME_KEY``): the usage billed
+before the point's stream began (earlier attempts, cut, whose usage a continuation carried
+on). The stream reports only its own response's usage; a native resume adds this to it."""
 
 HELD_KEY = "held_half"
 """Checkpoint metadata key: the high half of a surrogate pair that ended what was delivered
@@ -242,6 +249,7 @@ class ReplyPersister:
         self._prefix = ""
         self._prefix_thinking = ""
         self._native = False  # this round continues the checkpoint's own stream
+        self._billed_before: Usage | None = None  # a native round's carried usage
         self.thread_version: int | None = None
         """The context's version when the last request read its history (its commit keeps
         the response as the thread to continue only if nothing before it changed since)."""
@@ -404,6 +412,9 @@ class ReplyPersister:
         response_id = b.response_id
         point = self._cursor.point(delivered) if self._cursor is not None else None
         if point is not None:
+            before = self._carried_usage()
+            if before is not None:  # billed before this stream: its own usage will not say
+                point[BILLED_BEFORE] = before.to_dict()
             metadata[NATIVE_RESUME_KEY] = point
             response_id = response_id or point["stream_id"]
         return CheckpointDraft(
@@ -600,6 +611,11 @@ class ReplyPersister:
         if self._resume is None or self._seeded or self.builder.chunks:
             return
         self._native = True
+        point = self._resume.metadata.get(NATIVE_RESUME_KEY)
+        before = point.get(BILLED_BEFORE) if isinstance(point, Mapping) else None
+        self._billed_before = (
+            Usage.from_dict(before) if before and Usage.problem(before) is None else None
+        )
         # The high half the checkpoint kept beside its text: the stream goes on with the
         # other half, and they are one character again.
         held = self._resume.metadata.get(HELD_KEY)
@@ -648,9 +664,12 @@ class ReplyPersister:
     def _carried_usage(self) -> Usage | None:
         """What the checkpoint this round continues was billed for (its cut attempts): a
         continuation carries it on; a native resume's stream reports its response's whole
-        usage itself."""
+        usage itself, so it carries only what was billed before that response (an earlier
+        attempt's, kept beside the point: ``BILLED_BEFORE``)."""
         resumed = self._resume
-        return None if resumed is None or self._native else resumed.usage
+        if resumed is None:
+            return None
+        return self._billed_before if self._native else resumed.usage
 
     def complete(self, reply: Reply, *, last: bool) -> bool:
         """Commit the finished round durably; ``last``: the reply ends with it.

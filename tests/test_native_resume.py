@@ -670,6 +670,79 @@ def test_a_process_killed_between_the_halves_leaves_a_checkpoint_that_resumes_wh
     store.close()
 
 
+USAGE_B = {
+    "input_tokens": 30,
+    "input_tokens_details": {"cached_tokens": 0},
+    "output_tokens": 3,
+    "output_tokens_details": {"reasoning_tokens": 0},
+    "total_tokens": 33,
+}
+
+
+def with_usage(events: list[dict[str, Any]], usage: dict[str, Any]) -> list[dict[str, Any]]:
+    """``events`` whose completed response reports ``usage``."""
+    return [
+        {**e, "response": {**e["response"], "usage": usage}}
+        if e["type"] == "response.completed"
+        else e
+        for e in events
+    ]
+
+
+def cut_after_chunks(mode: str, cw: ContextWindow, n: int) -> Any:
+    """The checkpoint of a reply whose subscriber stopped after ``n`` chunks."""
+    if mode == "sync":
+        cw.stream().pipe(ops.take(n)).subscribe(lambda _: None)
+    else:
+
+        async def consume() -> None:
+            async with contextlib.aclosing(cw.astream()) as chunks:
+                seen = 0
+                async for _ in chunks:
+                    seen += 1
+                    if seen == n:
+                        break
+
+        asyncio.run(consume())
+    [cp] = cw.checkpoints()
+    return cp
+
+
+@pytest.mark.parametrize("mode,wire", PATHS, ids=IDS)
+def test_a_native_resume_of_a_continuation_cut_again_carries_the_first_attempts_usage(mode, wire):
+    """The first attempt is cut after its usage was delivered (its response completed on the
+    server, billed); by the resume that response has expired, and the continuation, a
+    response of its own, is cut in turn, then resumed natively (once more after a resume
+    that failed before its first chunk). The native stream reports
+    its own response's whole usage; the first attempt's is still carried, as a continuation
+    carries it: the stored reply and the context's totals count both."""
+    more = with_usage(background_events([" and", " more"]), USAGE_B)
+    at = next(i for i, e in enumerate(more) if e["type"] == "response.output_text.delta")
+    replay = Replay(
+        frame(EVENTS),
+        error_reply(404, f"Response with id '{RID}' not found."),
+        Served(frame(more), cut_after=at + 1),
+        error_reply(500, "boom"),
+        frame([e for e in more if e["sequence_number"] > at]),
+    )
+    cw = window(replay, wire)
+    cp = cut_after_chunks(mode, cw, 1 + len(DELTAS) + 1)  # the thinking, the text, the usage
+    assert cp.text == FULL and cp.usage is not None and cp.usage.total_tokens == 16
+    _, error = run(mode, cw, cp.id)
+    assert isinstance(error, StreamInterrupted) and error.checkpoint.text == FULL + " and"
+    assert error.checkpoint.usage == cp.usage
+    _, error = run(mode, cw, cp.id)  # the native resume fails before its first chunk
+    assert isinstance(error, StreamInterrupted) and error.checkpoint.usage == cp.usage
+    _, error = run(mode, cw, cp.id)
+    assert error is None
+    check_get(replay.requests[3], at)
+    check_get(replay.requests[4], at)
+    [record] = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
+    assert record.content == FULL + " and more"
+    assert record.metadata["usage"]["total_tokens"] == 16 + 33
+    assert cw.stats().usage.total_tokens == 16 + 33
+
+
 def tool_events() -> list[dict[str, Any]]:
     item = {
         "type": "function_call",

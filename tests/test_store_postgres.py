@@ -246,7 +246,13 @@ def test_connections_are_pgbouncer_safe_autocommit_read_committed(pg: PostgresSt
         assert conn.execute("SELECT pg_listening_channels()").fetchall() == []
         assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
         assert conn.execute("SHOW lock_timeout").fetchone() == ("0",)
-    locks = query(pg_url, "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory'")
+    # This test's database only: other tests (other databases, xdist workers) take
+    # advisory locks of their own on the same server meanwhile.
+    locks = query(
+        pg_url,
+        "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory'"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
     assert locks == [(0,)]
 
 

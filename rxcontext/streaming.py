@@ -24,6 +24,7 @@ the read returns and the SDK's own read timeout is what unblocks a dead connecti
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -140,8 +141,10 @@ def _run_tools_sync(
         raise _Cancelled
     todo = [c for c, d in zip(calls, decided, strict=True) if d is None]
     if len(todo) > 1 and run.parallel_tools:
+        # Each in a copy of the caller's context variables, as on asyncio (to_thread).
+        contexts = [contextvars.copy_context() for _ in todo]
         with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
-            ran = list(pool.map(run.run_tool, todo))
+            ran = list(pool.map(lambda cx, c: cx.run(run.run_tool, c), contexts, todo))
     else:
         ran = [run.run_tool(c) for c in todo]
     results = iter(ran)

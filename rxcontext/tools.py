@@ -7,6 +7,7 @@ them; models choose tools by their descriptions).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import inspect
 import json
@@ -347,8 +348,10 @@ def _wait_for(awaitable: Awaitable[Any]) -> Any:
         return asyncio.run(_await(awaitable))
     # A blocking call made from async code (``cw.call()`` inside a coroutine): this thread's
     # loop is busy waiting for us, so the runner gets a fresh loop on a helper thread.
+    # In a copy of the caller's context variables, as asyncio.to_thread runs a function.
+    context = contextvars.copy_context()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rxcontext-tool") as pool:
-        return pool.submit(asyncio.run, _await(awaitable)).result()
+        return pool.submit(context.run, asyncio.run, _await(awaitable)).result()
 
 
 def _as_text(output: Any) -> str:

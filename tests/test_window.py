@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import subprocess
 import sys
@@ -287,6 +289,47 @@ def test_parallel_calls_run_concurrently_and_errors_are_answered(store):
     assert outputs["a"] == "ok A" and outputs["b"] == "ok B"
     assert outputs["c"].startswith("error: unknown tool 'nope'")
     assert outputs["d"].startswith("error: invalid JSON arguments")
+
+
+CURRENT_USER: contextvars.ContextVar[str] = contextvars.ContextVar("current_user")
+
+
+@pytest.mark.parametrize("path", ["sync", "async", "sync-in-a-loop"])
+@pytest.mark.parametrize("calls", [1, 3])
+def test_tools_see_the_callers_context_variables(store, path: str, calls: int):
+    """A tool reads what the caller set in its context variables (a user id, a tenant, a
+    trace span) on every path, one call or several in parallel, as ``asyncio.to_thread``
+    and asyncio's tasks carry them."""
+
+    def whoami(args: dict) -> str:
+        return f"user={CURRENT_USER.get('nobody')}"
+
+    async def awhoami(args: dict) -> str:
+        return f"user={CURRENT_USER.get('nobody')}"
+
+    model = ScriptedModel(
+        [
+            [*(x for i in range(calls) for x in call(i, f"c{i}", "who", "{}")), done()],
+            [T("ok"), done()],
+        ]
+    )
+    cw = ContextWindow(store, model, context="c")
+    cw.add_tool(Tool("who"), awhoami if path == "sync-in-a-loop" else whoami)
+    cw.add_prompt("go")
+
+    async def inside() -> None:
+        CURRENT_USER.set("alice")
+        if path == "async":
+            await cw.acall()
+        else:  # a blocking call from a coroutine: the async tool runs on a helper thread
+            cw.call()
+
+    if path == "sync":
+        contextvars.copy_context().run(lambda: (CURRENT_USER.set("alice"), cw.call()))
+    else:
+        asyncio.run(inside())
+    outputs = [r.content for r in cw.records() if r.type is RecordType.TOOL_OUTPUT]
+    assert outputs == ["user=alice"] * calls
 
 
 def test_a_raising_runner_gives_the_model_an_error_output(store):

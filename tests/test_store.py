@@ -419,6 +419,34 @@ def test_export_to_a_json_ready_dict(store: SQLiteStore):
         store.export_context("missing")
 
 
+def test_an_export_is_one_snapshot_while_another_connection_writes(db_path: Path):
+    """The export's reads (context, records, tools, totals) see one moment of the file:
+    another process's reply committed between two of them must be in all or in none."""
+    exporter, writer = SQLiteStore(db_path), SQLiteStore(db_path)
+    try:
+        ctx = exporter.get_or_create_context("c")
+        exporter.add_record(ctx.id, P("q"))
+        fired: list[str] = []
+
+        def between(sql: str) -> None:  # after the records are read, before the totals
+            if "FROM context_tools" in sql and not fired:
+                fired.append(sql)
+                writer.commit_reply(ctx.id, [R("a")], usage=Usage.of(1000, 500))
+
+        exporter._db().set_trace_callback(between)
+        try:
+            data = exporter.export_context(ctx.id)
+        finally:
+            exporter._db().set_trace_callback(None)
+        assert fired
+        assert [r["content"] for r in data["records"]] == ["q"]
+        assert data["context"]["usage"]["total_tokens"] == 0
+        assert [r.content for r in exporter.records(ctx.id)] == ["q", "a"]  # it did commit
+    finally:
+        exporter.close()
+        writer.close()
+
+
 def test_stats_aggregate_counts_tokens_and_summed_usage(store: SQLiteStore):
     ctx = store.get_or_create_context("s")
     empty = store.context_stats(ctx.id)

@@ -403,12 +403,18 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         return rows.context(row)
 
     def export_context(self, context_id: str) -> dict[str, Any]:
-        """A context with all its records and tools as JSON-ready dicts."""
-        with self._read():
-            ctx = self.get_context(context_id)
-            records = self.records(context_id)
-            tools = self.context_tools(context_id)
-            stats = self.context_stats(context_id)
+        """A context with all its records and tools as JSON-ready dicts, read in one
+        transaction: one moment of the database, whatever other processes commit meanwhile
+        (as PostgreSQL's export reads in ``REPEATABLE READ``)."""
+        with self._read() as db:
+            db.execute("BEGIN")  # a read transaction: its first read fixes the snapshot
+            try:
+                ctx = self.get_context(context_id)
+                records = self.records(context_id)
+                tools = self.context_tools(context_id)
+                stats = self.context_stats(context_id)
+            finally:
+                db.execute("COMMIT")  # nothing was written: this only ends the snapshot
         return export_document(ctx, records, tools, stats)
 
     def context_stats(self, context_id: str) -> ContextStats:

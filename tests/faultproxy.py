@@ -3,7 +3,9 @@
 Used to make a real *ambiguous commit*: the proxy forwards the client's ``COMMIT`` to the
 server, then closes both sides without relaying the answer. The server commits; the client
 sees its connection lost during COMMIT and cannot know the outcome. (``cut="before"`` drops
-the COMMIT instead, so the server rolls back.) Threads and blocking sockets; loopback only.
+the COMMIT instead, so the server rolls back.) Armed ``on`` other bytes it cuts other
+messages, e.g. the first query after connecting, as a failover or a restart at that instant
+would. Threads and blocking sockets; loopback only.
 """
 
 from __future__ import annotations
@@ -19,22 +21,30 @@ COMMITS = (b"Q\x00\x00\x00\x0bCOMMIT\x00", b"P\x00\x00\x00\x0e\x00COMMIT\x00\x00
 
 
 class FaultProxy:
-    """Listen on 127.0.0.1:<port>, forward to ``upstream``; cut the next ``cuts`` COMMITs."""
+    """Listen on 127.0.0.1:<port>, forward to ``upstream``; cut the next ``cuts`` COMMITs
+    (or messages holding any of the ``on`` bytes). ``accepted`` counts the connections."""
 
     def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
         self.cut: Literal["after", "before"] = "after"
         self.cuts = 0  # how many of the next COMMITs to cut
         self.cut_done = 0
+        self.on: tuple[bytes, ...] = COMMITS
+        self.accepted = 0
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def arm(self, cuts: int = 1, cut: Literal["after", "before"] = "after") -> None:
+    def arm(
+        self,
+        cuts: int = 1,
+        cut: Literal["after", "before"] = "after",
+        on: tuple[bytes, ...] = COMMITS,
+    ) -> None:
         with self._lock:
-            self.cuts, self.cut, self.cut_done = cuts, cut, 0
+            self.cuts, self.cut, self.cut_done, self.on = cuts, cut, 0, on
 
     def _take_cut(self) -> bool:
         with self._lock:
@@ -50,6 +60,7 @@ class FaultProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            self.accepted += 1
             server = socket.create_connection(self.upstream)
             cutting = threading.Event()
             for pump in (self._pump_up, self._pump_down):
@@ -67,7 +78,7 @@ class FaultProxy:
     ) -> None:
         try:
             while data := client.recv(65536):
-                if any(c in data for c in COMMITS) and self._take_cut():
+                if any(c in data for c in self.on) and self._take_cut():
                     if self.cut == "before":
                         break
                     cutting.set()  # the answer to this COMMIT is never relayed

@@ -162,6 +162,77 @@ def test_repr_hides_the_password_and_close_is_idempotent(pg_url: str):
     assert s.closed and "closed" in repr(s)
 
 
+def through(proxy: FaultProxy, url: str) -> str:
+    """``url`` with its host and port replaced by the proxy's."""
+    host_part = url.split("@", 1)[1].split("/", 1)[0]
+    return url.replace(host_part, f"127.0.0.1:{proxy.port}")
+
+
+@pytest.fixture
+def proxy() -> Iterator[FaultProxy]:
+    p = FaultProxy(("127.0.0.1", 5432))
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def empty_pg_url(pg_server: pgtest.PgServer) -> Iterator[str]:
+    """A database of this test's own with no schema at all (not from the template)."""
+    name = f"{pgtest.PREFIX}{__import__('os').getpid()}_bare_{next(_rids)}"
+    pg_server.admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield pgtest.url_for(pg_server.admin_url, name)
+    finally:
+        pg_server.admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize(
+    ("at", "cut"),
+    [
+        (b"rxcontext_migrations", "before"),  # the schema check, never received
+        (b"rxcontext_migrations", "after"),  # the schema check, its answer lost
+        (b"SHOW synchronous_commit", "before"),  # the settings read
+    ],
+)
+def test_a_connection_lost_right_after_connecting_is_retried_within_the_budget(
+    pg_url: str, proxy: FaultProxy, at: bytes, cut: Any
+):
+    """A worker starting during a failover or restart: its first connection is lost at its
+    first queries. Opening is retried as a store call is, within ``retry_budget``."""
+    proxy.arm(2, cut, on=(at,))  # twice: the retry's first connection is lost too
+    with PostgresStore(through(proxy, pg_url), retry_budget=10) as store:
+        assert proxy.cut_done == 2
+        assert store.get_or_create_context("c").name == "c"
+
+
+def test_a_connection_lost_while_opening_until_the_budget_ends_is_a_clear_store_error(
+    pg_url: str, proxy: FaultProxy
+):
+    proxy.arm(10**6, "before", on=(b"rxcontext_migrations",))
+    url = through(proxy, pg_url).replace("postgres@", "postgres:s3cret@")
+    with pytest.raises(
+        StoreError, match=r"cannot prepare postgresql://postgres@127\.0\.0\.1:"
+    ) as info:
+        PostgresStore(url, retry_budget=0.5)
+    assert proxy.cut_done >= 1 and "s3cret" not in str(info.value)
+
+
+def test_an_error_that_retrying_cannot_mend_fails_the_opening_at_once(
+    empty_pg_url: str, proxy: FaultProxy
+):
+    """Not a lost connection: the schema check finds something no retry will change."""
+    query(empty_pg_url, f"CREATE TABLE {MIGRATIONS_TABLE} (other text)")
+    url = through(proxy, empty_pg_url)
+    with pytest.raises(StoreError, match=r'cannot prepare .*column "name" does not exist'):
+        PostgresStore(url, retry_budget=10)
+    query(empty_pg_url, f"DROP TABLE {MIGRATIONS_TABLE}")
+    query(empty_pg_url, f"CREATE TABLE {MIGRATIONS_TABLE} (name text)")
+    query(empty_pg_url, f"INSERT INTO {MIGRATIONS_TABLE} VALUES ('m999_from_the_future')")
+    with pytest.raises(SchemaTooNew):
+        PostgresStore(url, retry_budget=10)
+    assert proxy.accepted == 2  # one connection each: neither was tried again
+
+
 # -- Migrations -------------------------------------------------------------------------------
 
 
@@ -184,6 +255,20 @@ def test_a_database_from_a_newer_rxcontext_is_refused_untouched(pg_url: str):
     with pytest.raises(SchemaTooNew, match=r"newer rxcontext.*m999_from_the_future.*upgrade"):
         rxcontext.open(pg_url)
     assert query(pg_url, "SELECT tablename FROM pg_tables ORDER BY 1") == before
+
+
+def test_a_migration_whose_commit_was_cut_off_is_applied_once_by_the_retry(
+    empty_pg_url: str, proxy: FaultProxy
+):
+    """Every schema transaction's COMMIT (the migrations table's, then each step's) reaches
+    the server, which commits, and its answer is lost: each retry of the opening finds what
+    the last one committed and goes on from there."""
+    proxy.arm(len(MIGRATIONS) + 1, "after")
+    with PostgresStore(through(proxy, empty_pg_url), retry_budget=10) as store:
+        assert proxy.cut_done == len(MIGRATIONS) + 1
+        assert store.get_or_create_context("c").name == "c"
+    rows = query(empty_pg_url, f"SELECT name, COUNT(*) FROM {MIGRATIONS_TABLE} GROUP BY name")
+    assert sorted(rows) == sorted((n, 1) for n, _ in MIGRATIONS)
 
 
 MIGRATE = """
@@ -273,14 +358,10 @@ def test_a_commit_id_stores_a_reply_once(pg: PostgresStore, pg_url: str):
 
 
 @pytest.fixture
-def proxied(pg_url: str) -> Iterator[tuple[PostgresStore, FaultProxy]]:
-    proxy = FaultProxy(("127.0.0.1", 5432))
-    host_part = pg_url.split("@", 1)[1].split("/", 1)[0]
-    url = pg_url.replace(host_part, f"127.0.0.1:{proxy.port}")
-    store = PostgresStore(url, retry_budget=10)
+def proxied(pg_url: str, proxy: FaultProxy) -> Iterator[tuple[PostgresStore, FaultProxy]]:
+    store = PostgresStore(through(proxy, pg_url), retry_budget=10)
     yield store, proxy
     store.close()
-    proxy.close()
 
 
 @pytest.mark.parametrize("cut", ["after", "before"])

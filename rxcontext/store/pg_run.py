@@ -321,21 +321,38 @@ class Runner:
         )
 
 
-def connect_with_retry(
-    url: str, where: str, *, retry_budget: float, kwargs: dict[str, Any]
-) -> Conn:
-    """One direct connection (for migrations), retrying transient failures within the budget.
+def prepare_with_retry(
+    url: str,
+    where: str,
+    prepare: Callable[[Conn], T],
+    *,
+    retry_budget: float,
+    kwargs: dict[str, Any],
+) -> T:
+    """``prepare(conn)`` on a direct connection of its own (the store's migrations and
+    settings read), all of it retried as :meth:`Runner.run` retries a call: a refused
+    connection, or one lost while preparing (a restart, a failover), is tried again from a
+    new connection with backoff until ``retry_budget`` seconds have passed.
 
-    Unlike a pool, a direct connection shows the server's own refusal (unknown database or
-    role, bad password) at once.
+    ``prepare`` must be safe to run again from its start after a loss at any point
+    (:func:`~.pg_migrations.migrate` is: each step is one transaction that reads the steps
+    recorded under the schema lock). Unlike a pool, a direct connection shows the server's
+    own refusal (unknown database or role, bad password) at once; that and any other error
+    no retry can mend raise at once.
     """
     deadline = time.monotonic() + retry_budget
-    delay = 0.05
+    delay = 0.02
     while True:
+        doing = "connect to"
         try:
-            return psycopg.connect(url, **kwargs)
+            conn = psycopg.connect(url, **kwargs)
+            doing = "prepare"
+            try:
+                return prepare(conn)
+            finally:
+                conn.close()
         except psycopg.Error as exc:
             if not transient(exc) or time.monotonic() + delay >= deadline:
-                raise StoreError(f"cannot connect to {where}: {first_line(exc)}") from exc
-            time.sleep(delay)
+                raise StoreError(f"cannot {doing} {where}: {first_line(exc)}") from exc
+            time.sleep(delay * (0.5 + _jitter.random() / 2))
             delay = min(delay * 2, 1.0)

@@ -30,8 +30,6 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import psycopg
-
 from ..chunks import Usage
 from ..errors import ContextNotFound, StoreError
 from ..records import Context, ContextStats, Record, RecordType
@@ -51,8 +49,7 @@ from .pg_run import (
     Later,
     Runner,
     Stored,
-    connect_with_retry,
-    first_line,
+    prepare_with_retry,
     redact,
 )
 
@@ -78,9 +75,10 @@ class PostgresStore(PostgresReplies, PostgresLeases):
 
     Open one with :func:`rxcontext.open` and a ``postgresql://`` URL. ``pool_size`` caps
     this store's connections (mind the server's ``max_connections`` across processes);
-    ``retry_budget`` is how long, in seconds, a call keeps retrying while the server is
-    unreachable before it raises :class:`~rxcontext.StoreError`; ``lease_ttl`` is how long a
-    reply whose owner stopped renewing it (its host died) stays ``STREAMING`` for others.
+    ``retry_budget`` is how long, in seconds, a call (and opening: connecting, migrating,
+    reading the settings) keeps retrying while the server is unreachable before it raises
+    :class:`~rxcontext.StoreError`; ``lease_ttl`` is how long a reply whose owner stopped
+    renewing it (its host died) stays ``STREAMING`` for others.
     ``prepared_statements=True`` lets each connection keep the store's frequent statements
     parsed and planned on the server (psycopg prepares a statement on its fifth use on a
     connection): about 40 % less server CPU for the same writes
@@ -118,14 +116,12 @@ class PostgresStore(PostgresReplies, PostgresLeases):
             "prepare_threshold": 5 if prepared_statements else None,
             "connect_timeout": max(2, round(connect_timeout)),
         }
-        conn = connect_with_retry(url, self.url, retry_budget=retry_budget, kwargs=kwargs)
-        try:
+
+        def prepare(conn: Conn) -> Any:  # all of it again after a lost connection
             migrate(conn, self.url)
-            row = conn.execute("SHOW synchronous_commit").fetchone()
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot prepare {self.url}: {first_line(exc)}") from exc
-        finally:
-            conn.close()
+            return conn.execute("SHOW synchronous_commit").fetchone()
+
+        row = prepare_with_retry(url, self.url, prepare, retry_budget=retry_budget, kwargs=kwargs)
         # Completed replies commit with at least "on"; an operator's stronger setting
         # (remote_write, remote_apply) is kept.
         self._durable = "SET LOCAL synchronous_commit = on" if row and row[0] == "off" else None

@@ -292,6 +292,20 @@ def test_stop_while_the_model_is_silent_async(store: Any) -> None:
     assert store.find_reply("r").state is ReplyState.INTERRUPTED
 
 
+class _Refused(ScriptedModel):
+    """A scripted model that says when its first attempt has ended."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refused = threading.Event()
+
+    def iter_chunks(self, request: Any) -> Any:
+        try:
+            yield from super().iter_chunks(request)
+        finally:
+            self.refused.set()
+
+
 @pytest.mark.parametrize("path", ["sync", "async"])
 def test_stop_during_a_retry_wait_ends_the_reply_at_once(store: Any, path: str) -> None:
     """A reply waiting to send its request again (a 429's Retry-After, up to a minute) is
@@ -300,22 +314,24 @@ def test_stop_during_a_retry_wait_ends_the_reply_at_once(store: Any, path: str) 
     from faultmodels import Clock
 
     busy = ProviderError("rate limited", provider="openai", status_code=429, retryable=True)
-    model = ScriptedModel([[busy], [T("never"), DONE]])
+    model = _Refused([[busy], [T("never"), DONE]])
     retry = rxcontext.RetryPolicy(max_attempts=3, initial_delay=30.0, jitter=0.0)
     outcome: list[BaseException] = []
     if path == "sync":
         cw = ContextWindow(store, model, "c", checkpoint_every=None, retry=retry)
         cw.add_prompt("hi")
-        begun = threading.Event()
 
         def consume() -> None:
             try:
-                cw.call(rxcontext.operators.middleware(on_start=begun.set), reply_id="r")
+                cw.call(reply_id="r")
             except StreamInterrupted as error:
                 outcome.append(error)
 
         consumer = in_thread(consume)
-        assert begun.wait(WAIT)  # its row exists; a stop before the wait ends it as well
+        # The first attempt was refused: the driver is in its wait or about to begin it (a
+        # stop just before the wait ends it as well). Stopping right after on_start instead
+        # could land before the request went out, and no request would be sent at all.
+        assert model.refused.wait(WAIT)
         assert cw.stop("r") is True
         consumer.join(WAIT)
         assert not consumer.is_alive()

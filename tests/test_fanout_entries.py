@@ -48,3 +48,14 @@ def test_a_text_delta_is_two_fields_and_comes_back_with_its_kind() -> None:
 def test_an_unknown_kind_is_a_value_error(data: list[object]) -> None:
     with pytest.raises(ValueError):
         decode_chunk(data)
+
+
+@pytest.mark.parametrize("text", ["\ud83d", "\ude00", "smile \ud83d", "\ude00 and é 日本"])
+def test_a_lone_surrogate_comes_back_as_it_was_in_valid_utf8(text: str) -> None:
+    """Half an emoji cut between two deltas: no UTF-8 can hold it, so its entry is escaped
+    JSON (the Redis client refused it, and with it the writer's whole pipeline)."""
+    for chunk in (Chunk(ChunkKind.TEXT, text), Chunk(ChunkKind.TEXT, text, metadata={"k": text})):
+        data = dumps([encode_chunk(chunk)])
+        data.decode("utf-8")  # what Redis is given is valid UTF-8
+        assert [decode_chunk(c) for c in json.loads(data)] == [chunk]
+    assert dumps(["é"]) == '["é"]'.encode()  # other text is sent as it is, not escaped

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 import redistest
+from provider_rules import model_for
+from replay import Replay, sse
 from watching import WAIT, AsyncWatcher, Owner, Watcher, published, stored_text, until
 
 import rxcontext
@@ -260,3 +262,109 @@ def test_a_healed_partition_resumes_the_live_channel_without_a_gap(
     fanout.close()
     assert watcher.chunks == owner.delivered
     assert watcher.text == stored_text(cw, "r") == words(N)
+
+
+HIGH, LOW = "\ud83d", "\ude00"  # 😀 escaped as a pair, cut between two deltas
+
+
+def _chat_event(content: str | None) -> dict[str, object]:
+    delta = {} if content is None else {"content": content}
+    finish = "stop" if content is None else None
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-test",
+        "choices": [choice],
+    }
+
+
+@pytest.mark.parametrize("wire", ["sdk", "fast"])
+def test_an_emoji_cut_between_two_entries_is_published_and_others_still_are(
+    shared: tuple[str, str], watching: type[Watcher], wire: str
+) -> None:
+    """The OpenAI SDK, on both wires, delivers an escaped emoji cut between two deltas as
+    two lone halves, which UTF-8 cannot hold. Its entry used to fail the writer's whole
+    pipeline as if Redis were unreachable, every turn: no reply of the process was published
+    again. Here the high half ends one entry and the low half begins the next, and a reply
+    begun after them, in the same process, must be published too."""
+    url, prefix = shared
+    fanout = RedisFanout(url, prefix=prefix)
+    store = rxcontext.open(":memory:", fanout=fanout)
+    pieces = ["smile ", HIGH, LOW, *WORDS]
+    replay = Replay(sse(*(_chat_event(p) for p in pieces), _chat_event(None), "[DONE]"))
+    done = Chunk(ChunkKind.DONE, finish_reason="stop")
+    models = {
+        "s": model_for("chat", replay, wire),
+        "p": ScriptedModel([[*(T(w) for w in WORDS), done]]),
+    }
+    windows = {}
+    for reply, model in models.items():
+        windows[reply] = ContextWindow(
+            store, model, context=reply, retry=None, checkpoint_every=None
+        )
+        windows[reply].add_prompt("Go.")
+    try:
+        gate = threading.Semaphore(0)
+        owner = Owner(windows["s"], "s", gate=gate).start()
+        gate.release(2)  # "smile " and the high half
+        assert published(fanout, "s", 2, timeout=5.0), "the high half was never published"
+        watcher = watching(windows["s"], "s", poll=0.05).start()
+        # No checkpoints mid-reply: only the live log can show these.
+        assert watcher.wait_for("smile " + HIGH), watcher.text
+        gate.release(1)  # the low half, in an entry of its own
+        assert published(fanout, "s", 3, timeout=5.0)
+        assert watcher.wait_for("smile " + HIGH + LOW), watcher.text
+        # A reply begun after the emoji, in the same process, is published live.
+        other_gate = threading.Semaphore(0)
+        other = Owner(windows["p"], "p", gate=other_gate).start()
+        other_gate.release(3)
+        other_watcher = watching(windows["p"], "p", poll=0.05).start()
+        assert other_watcher.wait_for(words(3)), other_watcher.text
+        for o in (owner, other):
+            o.join()
+        for w in (watcher, other_watcher):
+            w.join()
+        assert fanout.drain(WAIT) and fanout.connected  # the Ends were sent
+    finally:
+        fanout.close()
+    assert owner.error is None and other.error is None
+    assert watcher.completed and other_watcher.completed
+    # Live, the watcher got the very chunks the owner's subscriber got, halves and all.
+    assert [c.text for c in owner.delivered[:3]] == ["smile ", HIGH, LOW]
+    assert watcher.chunks[: len(owner.delivered)] == owner.delivered
+    assert other_watcher.chunks == other.delivered
+    # And it ends with the stored text (the store joins the halves into the emoji).
+    assert watcher.text == stored_text(windows["s"], "s") == "smile 😀" + words(N)
+    assert other_watcher.text == stored_text(windows["p"], "p") == words(N)
+
+
+class _Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("a bug in a value's repr")
+
+
+def test_an_entry_that_cannot_be_encoded_gives_up_its_own_reply_alone(
+    shared: tuple[str, str],
+) -> None:
+    """An error that is not Redis's (one entry that cannot be encoded) is that reply's: it
+    is given up (its watchers read the store), the other replies of the process are sent.
+    It used to fail the whole pipeline every turn, as if Redis were unreachable."""
+    url, prefix = shared
+    fanout = RedisFanout(url, prefix=prefix)
+    try:
+        bad = fanout.open_channel("bad", 1)
+        good = fanout.open_channel("good", 1)
+        bad.chunk(Chunk(ChunkKind.TEXT, "x", metadata={"odd": _Unprintable()}))
+        good.chunk(T("fine"))
+        for channel in (bad, good):
+            channel.end("completed")
+        assert fanout.drain(5.0) and fanout.connected
+        entries = fanout.read("good", None, epoch=1, wait=0, cancelled=threading.Event())
+        assert fanout.read("bad", None, epoch=1, wait=0, cancelled=threading.Event()) is None
+    finally:
+        fanout.close()
+    assert entries is not None
+    assert [type(e).__name__ for e in entries] == ["Begin", "Chunks", "End"]
+    assert entries[1].chunks == [T("fine")]  # type: ignore[union-attr]

@@ -133,11 +133,23 @@ def decode_chunk(data: Sequence[Any]) -> Chunk:
 
 
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=repr)
+_ascii = json.JSONEncoder(separators=(",", ":"), default=repr)
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON (what to put in a stream entry); unserialisable values as ``repr``.
+def dumps(value: Any) -> bytes:
+    """Compact JSON as UTF-8 (what to put in a stream entry); unserialisable values as
+    ``repr``.
+
+    A value holding a lone surrogate (a provider may cut an escaped emoji between two
+    deltas, "\\ud83d" then "\\ude00") is no text UTF-8 can hold: that entry is written with
+    ``\\uXXXX`` escapes instead, which ``json.loads`` reads back as the very same halves,
+    so a watcher joins them as the owner's subscriber did. Encoded here, not by the Redis
+    client when the writer's pipeline is sent: there the error failed every reply's writes.
 
     One encoder made once: ``json.dumps`` with options makes a new one per call, which was
     a third of what encoding a batch of chunks cost the fan-out's writer."""
-    return _encoder.encode(value)
+    text = _encoder.encode(value)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return _ascii.encode(value).encode()

@@ -18,8 +18,10 @@ write to an unreachable server). While Redis is unreachable the writer keeps eac
 reply's chunks and tries again with a growing pause (at most ``reconnect_max`` seconds);
 when it is back it checks each reply's stream and, where entries were lost (a restart,
 an eviction), writes a Snapshot (the epoch's start and every chunk so far) so the log is
-whole again. A reply whose queue overflowed is given up (its stream deleted): its
-watchers are served from the store.
+whole again. A reply whose queue overflowed, or one of whose entries cannot be encoded
+(a bug: never the other replies' failure), is given up (its stream deleted): its watchers
+are served from the store. Entries are encoded to UTF-8 before they go into the pipeline,
+a lone surrogate (half an emoji cut between two deltas) as a JSON escape.
 
 The fan-out also carries stop hints (:mod:`rxcontext.fanout.stops`): :meth:`announce`
 queues a ``PUBLISH`` on the owner's channel for the writer thread, and the owner's
@@ -243,15 +245,20 @@ class RedisFanout:
         return channel
 
     def _overflow(self, channel: _Channel) -> None:
-        channel.dead = channel.dropped = True  # its queued chunks are dropped as drained
-        channel.chunks = []
-        channel.pending = []
+        self._give_up(channel)
         _log.warning(
             "fan-out: reply %r queued more than %d chunks unsent; it is no longer published "
             "live (its watchers read the store)",
             channel.reply_id,
             self.max_queue,
         )
+
+    def _give_up(self, channel: _Channel) -> None:
+        """Publish nothing more of ``channel``: its stream is deleted at the next send, its
+        queued chunks are dropped as drained, and its watchers read the store."""
+        channel.dead = channel.dropped = True
+        channel.chunks = []
+        channel.pending = []
 
     # -- stop hints (rxcontext.fanout.stops) ----------------------------------------------
 
@@ -402,38 +409,39 @@ class RedisFanout:
                     plan.append((channel, "drop", 0))
                 continue
             made = channel.confirmed == -2 or not channel.begun
+            try:
+                head, body, tail = self._payloads(channel)
+            except Exception:  # not Redis's: this reply's alone, never the whole pipeline
+                _log.exception(
+                    "fan-out: reply %r could not be encoded; it is no longer published live "
+                    "(its watchers read the store)",
+                    channel.reply_id,
+                )
+                self._give_up(channel)
+                pipe.delete(key)
+                plan.append((channel, "drop", 0))
+                continue
             if channel.confirmed == -2:
-                last = channel.seq
-                data = {
-                    "text": channel.text,
-                    "thinking": channel.thinking,
-                    "chunks": [[s, encode_chunk(c)] for s, c in channel.chunks],
-                }
-                pipe.xadd(key, {"k": "s", "d": dumps(data)}, id=f"{channel.epoch}-{last}")
-                plan.append((channel, "snapshot", last))
+                pipe.xadd(key, {"k": "s", "d": head}, id=f"{channel.epoch}-{channel.seq}")
+                plan.append((channel, "snapshot", channel.seq))
             elif not channel.begun:
-                data = {"text": channel.text, "thinking": channel.thinking}
-                pipe.xadd(key, {"k": "b", "d": dumps(data)}, id=f"{channel.epoch}-0")
+                pipe.xadd(key, {"k": "b", "d": head}, id=f"{channel.epoch}-0")
                 plan.append((channel, "begin", 0))
-            if channel.confirmed != -2 and channel.pending:
-                first, last = channel.pending[0][0], channel.pending[-1][0]
+            if body:
+                last = channel.pending[-1][0]
                 pipe.xadd(
                     key,
-                    {
-                        "k": "c",
-                        "f": first,
-                        "d": dumps([encode_chunk(c) for _, c in channel.pending]),
-                    },
+                    {"k": "c", "f": channel.pending[0][0], "d": body},
                     id=f"{channel.epoch}-{last}",
                     maxlen=self.maxlen,
                     approximate=True,
                     nomkstream=True,
                 )
                 plan.append((channel, "chunks", last))
-            if channel.ended and channel.end_seq:
+            if tail:
                 pipe.xadd(
                     key,
-                    {"k": "e", "d": dumps(channel.ended)},
+                    {"k": "e", "d": tail},
                     id=f"{channel.epoch}-{channel.end_seq}",
                     nomkstream=True,
                 )
@@ -457,6 +465,28 @@ class RedisFanout:
                 channel.ended and channel.confirmed >= channel.end_seq
             ):
                 self._open.pop(id(channel), None)
+
+    @staticmethod
+    def _payloads(channel: _Channel) -> tuple[bytes, bytes, bytes]:
+        """What ``channel`` sends now, encoded (``b""``: nothing): its Snapshot or Begin,
+        its pending chunks, its End. Encoded before any of it goes into the pipeline, so a
+        value that cannot be encoded is this reply's failure, not the pipeline's."""
+        head = body = tail = b""
+        if channel.confirmed == -2:
+            head = dumps(
+                {
+                    "text": channel.text,
+                    "thinking": channel.thinking,
+                    "chunks": [[s, encode_chunk(c)] for s, c in channel.chunks],
+                }
+            )
+        elif not channel.begun:
+            head = dumps({"text": channel.text, "thinking": channel.thinking})
+        if channel.confirmed != -2 and channel.pending:
+            body = dumps([encode_chunk(c) for _, c in channel.pending])
+        if channel.ended and channel.end_seq:
+            tail = dumps(channel.ended)
+        return head, body, tail
 
     def _outcome(self, channel: _Channel, what: str, seq: int, result: Any) -> None:
         if what == "drop":

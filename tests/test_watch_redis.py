@@ -368,3 +368,41 @@ def test_an_entry_that_cannot_be_encoded_gives_up_its_own_reply_alone(
     assert entries is not None
     assert [type(e).__name__ for e in entries] == ["Begin", "Chunks", "End"]
     assert entries[1].chunks == [T("fine")]  # type: ignore[union-attr]
+
+
+def test_a_reply_queued_past_max_queue_while_redis_hangs_is_given_up_and_let_go(
+    private: redistest.PrivateRedis,
+) -> None:
+    """``max_queue`` counts every unsent chunk of a reply, those the writer took from its
+    inbox included. The writer moved each inbox into its unsent list every turn whether or
+    not Redis answered, so the inbox never grew past ``max_queue``: while Redis hung, a
+    reply's unsent chunks grew without bound, and an ended reply was kept until sent."""
+    fanout = RedisFanout(private.url, max_queue=50, timeout=0.1, reconnect_max=0.1)
+    client = private.client()
+    try:
+        channels = [fanout.open_channel(f"r{i}", 1) for i in range(3)]
+        for channel in channels:
+            assert published(fanout, channel.reply_id, 0)  # each one's Begin is there
+        private.pause()  # connections hang, as behind a cut network
+        for batch in range(5):  # 200 chunks a reply, never more than 40 in its inbox
+            for channel in channels:
+                for i in range(40):
+                    channel.chunk(T(f"b{batch}c{i} "))
+            for channel in channels:
+                assert until(lambda c=channel: not c.inbox), "the writer never took them"
+        for channel in channels:
+            assert channel.dropped, f"{len(channel.pending)} chunks unsent, none given up"
+            assert not channel.pending and not channel.chunks
+        for channel in channels:
+            channel.end("completed")
+        # Given up and ended: nothing is kept for them, Redis or not.
+        assert until(lambda: not fanout._open), f"{len(fanout._open)} replies kept"
+        assert not fanout.connected
+        private.resume()
+        # Back: their streams are deleted (their watchers read the store).
+        assert fanout.drain(WAIT)
+        assert not any(client.exists(fanout.key(c.reply_id)) for c in channels)
+    finally:
+        private.resume()
+        client.close()
+        fanout.close()

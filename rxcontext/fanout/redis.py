@@ -18,9 +18,11 @@ write to an unreachable server). While Redis is unreachable the writer keeps eac
 reply's chunks and tries again with a growing pause (at most ``reconnect_max`` seconds);
 when it is back it checks each reply's stream and, where entries were lost (a restart,
 an eviction), writes a Snapshot (the epoch's start and every chunk so far) so the log is
-whole again. A reply whose queue overflowed, or one of whose entries cannot be encoded
-(a bug: never the other replies' failure), is given up (its stream deleted): its watchers
-are served from the store. Entries are encoded to UTF-8 before they go into the pipeline,
+whole again. A reply with more than ``max_queue`` chunks unsent (queued, or taken from
+the queue and not yet sent: Redis slow or unreachable), or one of whose entries cannot be
+encoded (a bug: never the other replies' failure), is given up: what it kept is let go,
+the reply too once it ends, and its stream is deleted when Redis answers; its watchers are
+served from the store. Entries are encoded to UTF-8 before they go into the pipeline,
 a lone surrogate (half an emoji cut between two deltas) as a JSON escape.
 
 The fan-out also carries stop hints (:mod:`rxcontext.fanout.stops`): :meth:`announce`
@@ -107,7 +109,6 @@ class _Channel:
         "chunks",
         "confirmed",
         "dead",
-        "deleted",
         "dropped",
         "end_seq",
         "ended",
@@ -129,8 +130,8 @@ class _Channel:
         self.inbox: collections.deque[Chunk | str] = collections.deque()
         self.chunk: Callable[[Chunk], None] = self.inbox.append
         """A chunk the owner's subscriber just received: one ``deque.append`` (the writer
-        thread empties the inbox every ``flush_every`` and gives up on a reply whose inbox
-        grew past ``max_queue``)."""
+        thread empties the inbox every ``flush_every`` and gives up on a reply with more
+        than ``max_queue`` chunks unsent, in its inbox or taken from it)."""
         self.reply_id = reply_id
         self.key = fanout.key(reply_id)
         self.epoch = epoch
@@ -144,8 +145,7 @@ class _Channel:
         self.ended: _Ended | None = None
         self.end_seq = 0
         self.dead = False  # fenced, or given up: publish nothing more
-        self.dropped = False  # given up (queue overflow): its stream is deleted
-        self.deleted = False
+        self.dropped = False  # given up (too much unsent, or not encodable): stream deleted
         self.unsure = False  # a write failed: look at the stream before the next one
         self.expire_at = 0.0
 
@@ -221,6 +221,9 @@ class RedisFanout:
         self.stop_listeners: list[Any] = []
         """The :class:`~rxcontext.fanout.stops.StopListener` of each store served."""
         self._open: dict[int, _Channel] = {}
+        # Streams of replies given up, to delete (the replies themselves are let go once
+        # ended): bounded, as one missed lives only until its expiry.
+        self._doomed: collections.deque[str] = collections.deque(maxlen=10_000)
         self._wake = threading.Event()
         self._closing = False
         self._down_until = 0.0
@@ -259,6 +262,7 @@ class RedisFanout:
         channel.dead = channel.dropped = True
         channel.chunks = []
         channel.pending = []
+        self._doomed.append(channel.key)
 
     # -- stop hints (rxcontext.fanout.stops) ----------------------------------------------
 
@@ -313,7 +317,7 @@ class RedisFanout:
                     self._announce()
                 except Exception as error:
                     self._failed(error)
-            if time.monotonic() >= self._down_until and self._open:
+            if time.monotonic() >= self._down_until and (self._open or self._doomed):
                 try:
                     self._flush()
                 except Exception as error:  # never let the writer die: the owner must not notice
@@ -333,7 +337,9 @@ class RedisFanout:
             self._open[id(channel)] = channel
         for channel in list(self._open.values()):
             inbox = channel.inbox
-            if len(inbox) > self.max_queue:
+            # Everything unsent counts, taken from the inbox or not: while Redis does not
+            # answer, the inbox is still emptied every turn.
+            if not channel.dead and len(inbox) + len(channel.pending) > self.max_queue:
                 self._overflow(channel)
             while inbox:
                 item = inbox.popleft()
@@ -347,17 +353,20 @@ class RedisFanout:
                 else:
                     channel.ended = "completed" if item == "completed" else "interrupted"
                     channel.end_seq = channel.seq + 1
+            if channel.dead and channel.ended:  # nothing more to send, Redis or not
+                self._open.pop(id(channel), None)
 
     def _unsent(self) -> bool:
         """Whether something published was not sent yet (a reply still streaming with
         everything sent does not count: closing need not wait for its end)."""
-        return bool(self._new) or any(
+        return bool(self._new or self._doomed) or any(
             channel.inbox
             or channel.pending
-            or (not channel.dead and (not channel.begun or channel.confirmed == -2))
+            or not channel.begun
+            or channel.confirmed == -2
             or (channel.ended is not None and channel.confirmed < channel.end_seq)
             for channel in self._open.values()
-            if not (channel.dead and not channel.dropped)
+            if not channel.dead
         )
 
     def _failed(self, error: BaseException) -> None:
@@ -394,8 +403,8 @@ class RedisFanout:
                 channel.confirmed = -2
 
     def _flush(self) -> None:
-        channels = [c for c in self._open.values() if not c.dead or c.dropped]
-        unsure = [c for c in channels if c.unsure and not c.dead]
+        channels = [c for c in self._open.values() if not c.dead]
+        unsure = [c for c in channels if c.unsure]
         if unsure:
             self._check(unsure)
         pipe = self._writer.pipeline(transaction=False)
@@ -403,10 +412,7 @@ class RedisFanout:
         now = time.monotonic()
         for channel in channels:
             key = channel.key
-            if channel.dead:
-                if channel.dropped and not channel.deleted:  # its watchers read the store
-                    pipe.delete(key)
-                    plan.append((channel, "drop", 0))
+            if channel.dead:  # fenced by the check above
                 continue
             made = channel.confirmed == -2 or not channel.begun
             try:
@@ -417,9 +423,7 @@ class RedisFanout:
                     "(its watchers read the store)",
                     channel.reply_id,
                 )
-                self._give_up(channel)
-                pipe.delete(key)
-                plan.append((channel, "drop", 0))
+                self._give_up(channel)  # its stream is deleted below
                 continue
             if channel.confirmed == -2:
                 pipe.xadd(key, {"k": "s", "d": head}, id=f"{channel.epoch}-{channel.seq}")
@@ -452,16 +456,24 @@ class RedisFanout:
                 pipe.pexpire(key, self.end_ttl_ms if channel.ended else self.live_ttl_ms)
                 plan.append((channel, "expire", 0))
                 channel.expire_at = now + 30.0
-        if plan:
+        doomed = list(self._doomed)  # given-up replies' streams: their watchers read the store
+        for key in doomed:
+            pipe.delete(key)
+        if plan or doomed:
             results = pipe.execute(raise_on_error=False)
             self.connected = True
             self._pause = 0.0
-            for (channel, what, seq), result in zip(plan, results, strict=True):
+            for (channel, what, seq), result in zip(plan, results[: len(plan)], strict=True):
                 self._outcome(channel, what, seq, result)
-        # Also when nothing was sent: a reply given up (or fenced) earlier that has ended
-        # since has nothing left to send, and is let go here or never.
+            for result in results[len(plan) :]:
+                if isinstance(result, redis.ConnectionError | redis.TimeoutError):
+                    raise result
+            for _ in doomed:
+                self._doomed.popleft()
+        # Also when nothing was sent: a reply fenced (the check above), or whose End Redis
+        # has, is let go (one given up is let go by ``_drain`` once it ends, Redis or not).
         for channel in list(self._open.values()):
-            if (channel.dead and (not channel.dropped or channel.ended)) or (
+            if (channel.dead and not channel.dropped) or (
                 channel.ended and channel.confirmed >= channel.end_seq
             ):
                 self._open.pop(id(channel), None)
@@ -489,9 +501,6 @@ class RedisFanout:
         return head, body, tail
 
     def _outcome(self, channel: _Channel, what: str, seq: int, result: Any) -> None:
-        if what == "drop":
-            channel.deleted = True  # its later chunks are dropped as they come
-            return
         if what == "expire":
             return
         if isinstance(result, redis.ConnectionError | redis.TimeoutError):
@@ -551,10 +560,11 @@ class RedisFanout:
         return [_entry_at(i, f)[1] for i, f in rows]
 
     def drain(self, timeout: float) -> bool:
-        """Wait until every reply published so far has ended and was sent (or given up);
-        False if that took longer than ``timeout`` seconds (Redis unreachable, say)."""
+        """Wait until every reply published so far has ended and was sent (or given up,
+        its stream deleted); False if that took longer than ``timeout`` seconds (Redis
+        unreachable, say)."""
         deadline = time.monotonic() + timeout
-        while self._new or self._open:
+        while self._new or self._open or self._doomed:
             if time.monotonic() >= deadline:
                 return False
             self._wake.set()

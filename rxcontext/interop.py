@@ -170,7 +170,9 @@ def import_context(store: Store, data: Mapping[str, Any], *, name: str | None = 
 
     ``name`` overrides the exported name. The records keep their order, live flags, times,
     ids of tool calls, provider metadata and attachments; the tools are recorded for the
-    context; the usage totals (an rxcontext export's) carry over. Raises
+    context; the usage totals (an rxcontext export's) carry over. It is written in one
+    transaction (:meth:`Store.import_context <rxcontext.store.base.Store.import_context>`):
+    no other process sees part of it, and a failure leaves nothing. Raises
     :class:`InvalidExport` (writing nothing) for an export it cannot read, and
     ``ValueError`` if the name is taken.
     """
@@ -201,22 +203,20 @@ def _import(store: Store, data: Mapping[str, Any], name: str | None, taken: str)
     last_response_id = meta.get("last_response_id")
     if isinstance(last_response_id, str):
         _text(last_response_id, "context: 'last_response_id'")
-    try:  # checked and created at once: another writer's context is never added to
-        ctx = store.create_context(target)
-    except ValueError:
+    try:  # one transaction: nobody sees part of it, a failure leaves nothing to clean up
+        return store.import_context(
+            target,
+            drafts,
+            tools=tools,
+            usage=totals,
+            server_side_threading=threaded,
+            last_response_id=last_response_id if isinstance(last_response_id, str) else None,
+        )
+    except ValueError as exc:
+        if type(exc) is not ValueError:  # not the name (a UnicodeError, an AttachmentError…)
+            raise
+        # The name is taken: checked and created at once, another writer's context kept.
         raise ValueError(f"a context named {target!r} already exists; {taken}") from None
-    try:
-        store.import_records(ctx.id, drafts, usage=totals)
-        for tool_name, definition in tools:
-            store.set_context_tool(ctx.id, tool_name, definition)
-        if threaded:
-            store.set_threading(ctx.id, True)
-        if isinstance(last_response_id, str):
-            store.set_last_response_id(ctx.id, last_response_id)
-    except BaseException:
-        store.delete_context(ctx.id)  # whole or not at all
-        raise
-    return store.get_context(ctx.id)
 
 
 def _tool(item: Any, n: int) -> tuple[str, Mapping[str, Any]]:

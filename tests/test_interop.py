@@ -5,10 +5,16 @@ a model's context size, and token usage with a total."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
 from typing import Any
 
 import pytest
 from stores import open_store
+from watching import WAIT, until
 
 import rxcontext
 from rxcontext import (
@@ -17,6 +23,7 @@ from rxcontext import (
     ContextWindow,
     InvalidExport,
     RecordType,
+    StoreError,
     Usage,
 )
 from rxcontext.providers import ScriptedModel
@@ -96,7 +103,7 @@ def test_a_reply_stored_without_usage_exports_and_imports() -> None:
 def test_an_import_into_a_name_another_writer_takes_meanwhile_leaves_theirs_alone(how: str) -> None:
     """The name is checked, then the context created: another writer creating the same
     name in between (here: the check reads no contexts) must make the import fail, not add
-    to their context (nor delete it, as a failed import deletes what it created)."""
+    to their context (nor delete it)."""
     cw = conversation()
     store = cw.store
     theirs = ContextWindow(store, None, "shared")
@@ -262,3 +269,196 @@ def test_import_refuses_values_of_the_wrong_kind_clearly_and_writes_nothing(
     with pytest.raises(InvalidExport, match=says):
         cw.import_context(_minimal(**changes))
     assert [c.name for c in store.list_contexts()] == ["here"]
+
+
+# -- An import is one transaction -------------------------------------------------------------
+
+_GATE_KEY = 7_100  # this test database's own advisory lock: the gate's bolt
+_SQLITE_GATE = (
+    "CREATE TEMP TRIGGER gate BEFORE INSERT ON main.context_tools BEGIN SELECT gate();"
+    " SELECT RAISE(ABORT, 'no room for tools') WHERE NEW.tool_name = 'refuse'; END"
+)
+_PG_GATE = f"""
+CREATE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_advisory_xact_lock_shared({_GATE_KEY});
+  IF NEW.tool_name = 'refuse' THEN RAISE EXCEPTION 'no room for tools'; END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER gate BEFORE INSERT ON context_tools FOR EACH ROW EXECUTE FUNCTION gate();
+"""
+_WAITING = (
+    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
+    " AND wait_event_type = 'Lock'"
+)
+
+
+class _Gate:
+    """Holds an import at its tools' insert (in its transaction: the records are written by
+    then), until :meth:`open`; a tool named ``refuse`` then fails there, in the database.
+
+    A real trigger: on PostgreSQL in the test's own database, waiting for an advisory lock
+    the gate holds; on SQLite a temporary one on the importer's connection, calling back
+    into the test (another process installs it itself: :data:`_CHILD`)."""
+
+    def __init__(self, kind: str, target: str) -> None:
+        self.kind = kind
+        self.inside = threading.Event()
+        self._bolt = threading.Event()
+        self._pg: Any = None
+        if kind == "postgres":
+            import psycopg
+
+            self._pg = psycopg.connect(target, autocommit=True)
+            self._pg.execute(_PG_GATE)
+            self._pg.execute("SELECT pg_advisory_lock(%s)", (_GATE_KEY,))
+
+    def install(self, store: Any) -> None:
+        """On SQLite: gate ``store``'s imports (its connection's own trigger)."""
+        if self.kind == "sqlite":
+            store._db().create_function("gate", 0, self._wait)
+            store._db().execute(_SQLITE_GATE)
+
+    def _wait(self) -> None:
+        self.inside.set()
+        self._bolt.wait()
+
+    def waiting(self, n: int) -> None:
+        """Wait until an import is held (and, on PostgreSQL, ``n`` sessions wait for a lock:
+        the import and the writers behind it)."""
+        if self.kind == "postgres":
+            assert until(lambda: self._pg.execute(_WAITING).fetchone()[0] == n)
+        else:
+            assert self.inside.wait(WAIT)
+
+    def open(self) -> None:
+        self._bolt.set()
+        if self._pg is not None:
+            self._pg.execute("SELECT pg_advisory_unlock(%s)", (_GATE_KEY,))
+
+    def close(self) -> None:
+        """Open, and on PostgreSQL take the trigger away (the database serves other tests)."""
+        self.open()
+        if self._pg is not None:
+            self._pg.execute("DROP TRIGGER gate ON context_tools; DROP FUNCTION gate()")
+            self._pg.close()
+
+
+def _shared(request: pytest.FixtureRequest, store_kind: str, tmp_path: Any) -> str:
+    """A database other connections and processes see: this test's own."""
+    if store_kind == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return str(tmp_path / "shared.db")
+
+
+def _support_chat(n: int = 2, *tools: str) -> dict[str, Any]:
+    return {
+        "context": {"name": "support-chat", "usage": Usage.of(7, 3).to_dict()},
+        "records": [{"source": i % 2, "content": f"message {i}"} for i in range(n)],
+        "tools": [{"name": t, "definition": {"description": t}} for t in tools],
+    }
+
+
+def test_an_import_is_one_transaction_a_failure_at_its_last_step_leaves_theirs_alone(
+    request: pytest.FixtureRequest, store_kind: str, tmp_path: Any
+) -> None:
+    """Nobody sees a half import: held at its last statement (the tools, after the
+    records), another connection finds no context of its name. Failing there (in the
+    database) leaves nothing of it; another writer that opened the context by name
+    meanwhile (as ContextWindow does) gets its prompt stored, not deleted by a clean-up."""
+    target = _shared(request, store_kind, tmp_path)
+    importer, other = rxcontext.open(target), rxcontext.open(target)
+    gate = _Gate(store_kind, target)
+    gate.install(importer)
+    failed: list[BaseException] = []
+    stored: list[Any] = []
+
+    def run_import() -> None:
+        try:
+            rxcontext.interop.import_context(importer, _support_chat(2, "search", "refuse"))
+        except BaseException as exc:
+            failed.append(exc)
+
+    def their_prompt() -> None:
+        stored.append(ContextWindow(other, None, "support-chat").add_prompt("refund 1234"))
+
+    importing = threading.Thread(target=run_import)
+    writer = threading.Thread(target=their_prompt)
+    try:
+        importing.start()
+        gate.waiting(1)
+        assert [c.name for c in other.list_contexts()] == []  # not even the empty context
+        writer.start()
+        gate.waiting(2)  # PostgreSQL: the writer waits for the import's end
+        gate.open()
+        importing.join(WAIT)
+        writer.join(WAIT)
+    finally:
+        gate.close()
+    assert len(failed) == 1 and isinstance(failed[0], StoreError), failed
+    assert "no room for tools" in str(failed[0])
+    ctx = other.get_context_by_name("support-chat")
+    assert [r.content for r in other.records(ctx.id)] == ["refund 1234"]
+    assert stored[0].context_id == ctx.id
+    assert other.context_tools(ctx.id) == []
+    assert other.context_stats(ctx.id).usage == Usage()
+    assert [c.name for c in other.list_contexts()] == ["support-chat"]
+    importer.close()
+    other.close()
+
+
+_CHILD = textwrap.dedent(
+    f"""
+    import json, sys
+    import rxcontext
+    from rxcontext.interop import import_context
+
+    store = rxcontext.open(sys.argv[1])
+    if isinstance(store, rxcontext.SQLiteStore):
+        def gate():
+            print("inside", flush=True)
+            sys.stdin.read()  # held here until killed
+        store._db().create_function("gate", 0, gate)
+        store._db().execute({_SQLITE_GATE!r})
+    with open(sys.argv[2]) as f:
+        import_context(store, json.load(f))
+    print("imported", flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
+def test_an_importer_killed_mid_import_leaves_nothing_and_the_file_imports_again(
+    request: pytest.FixtureRequest, store_kind: str, tmp_path: Any
+) -> None:
+    """A process importing a large export is SIGKILLed at its last statement: no other
+    process saw any of it meanwhile, nothing is left, and the same file imports again
+    whole (it was refused: "a context named 'support-chat' already exists")."""
+    target = _shared(request, store_kind, tmp_path)
+    store = rxcontext.open(target)
+    export = _support_chat(5_000, "search")
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(export))
+    gate = _Gate(store_kind, target)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, target, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        if store_kind == "postgres":
+            gate.waiting(1)
+        else:
+            assert child.stdout is not None and child.stdout.readline() == "inside\n"
+        assert store.list_contexts() == []
+    finally:
+        child.kill()
+        child.communicate(timeout=WAIT)
+        gate.close()
+    assert store.list_contexts() == []
+    ctx = rxcontext.interop.import_context(store, export)
+    assert len(store.records(ctx.id)) == 5_000
+    assert [t["name"] for t in store.context_tools(ctx.id)] == ["search"]
+    assert store.context_stats(ctx.id).usage == Usage.of(7, 3)
+    store.close()

@@ -379,6 +379,54 @@ def test_create_context_makes_a_new_one_or_refuses_a_name_in_use(any_store: SQLi
         any_store.create_context("")
 
 
+def test_import_context_creates_a_context_whole_or_refuses_a_name_in_use(any_store: Any):
+    """The store's half of an import: the context with its records (in order, each at its
+    own position, times kept), tools, usage totals and threading state, in one write."""
+    then = datetime(2025, 9, 17, 10, 0, 1, 123456, tzinfo=UTC)
+    drafts = [
+        P("q", timestamp=then),
+        R("a", response_id="r1", live=False),
+        R("b" * 40, metadata={"k": [1]}),
+    ]
+    ctx = any_store.import_context(
+        "imported",
+        drafts,
+        tools=[("f", {"description": "f"}), ("g", {})],
+        usage=Usage.of(7, 3),
+        server_side_threading=True,
+        last_response_id="r1",
+    )
+    assert (ctx.name, ctx.use_server_side_threading, ctx.last_response_id) == (
+        "imported",
+        True,
+        "r1",
+    )
+    assert any_store.get_context_by_name("imported") == ctx
+    got = any_store.records(ctx.id)
+    assert [(r.content, r.live, r.pos, r.response_id, dict(r.metadata)) for r in got] == [
+        ("q", True, 0, None, {}),
+        ("a", False, 1, "r1", {}),
+        ("b" * 40, True, 2, None, {"k": [1]}),
+    ]
+    assert got[0].timestamp == then
+    assert any_store.live_tokens(ctx.id) == got[0].est_tokens + got[2].est_tokens
+    assert any_store.context_stats(ctx.id).usage == Usage.of(7, 3)
+    assert [(t["name"], t["definition"]) for t in any_store.context_tools(ctx.id)] == [
+        ("f", {"description": "f"}),
+        ("g", {}),
+    ]
+    assert any_store.history(ctx.id)[1] == got
+    assert any_store.add_record(ctx.id, P("next")).pos == 3
+    with pytest.raises(ValueError, match="'imported' already exists"):
+        any_store.import_context("imported", [P("theirs")], tools=[("h", {})])
+    assert [r.content for r in any_store.records(ctx.id)] == ["q", "a", "b" * 40, "next"]
+    assert [t["name"] for t in any_store.context_tools(ctx.id)] == ["f", "g"]
+    empty = any_store.import_context("empty", [])
+    assert any_store.records(empty.id) == [] and any_store.context_tools(empty.id) == []
+    assert any_store.context_stats(empty.id).usage == Usage()
+    assert sorted(c.name for c in any_store.list_contexts()) == ["empty", "imported"]
+
+
 def test_clone_refuses_an_existing_name_and_a_missing_source(store: SQLiteStore):
     a = store.get_or_create_context("a")
     store.get_or_create_context("b")
@@ -916,6 +964,7 @@ CALLS: dict[str, Callable[[SQLiteStore, str], object]] = {
     "context_stats": lambda s, c: s.context_stats(c),
     "set_threading": lambda s, c: s.set_threading(c, True),
     "set_last_response_id": lambda s, c: s.set_last_response_id(c, "r"),
+    "import_context": lambda s, c: s.import_context("y", [P("x")], tools=[("t", {})]),
     "add_record": lambda s, c: s.add_record(c, P("x")),
     "records": lambda s, c: s.records(c),
     "history": lambda s, c: s.history(c),

@@ -153,6 +153,25 @@ class Store(Protocol):
     def context_stats(self, context_id: str) -> ContextStats: ...
     def set_threading(self, context_id: str, enabled: bool) -> None: ...
     def set_last_response_id(self, context_id: str, response_id: str | None) -> None: ...
+    def import_context(
+        self,
+        name: str,
+        drafts: Sequence[RecordDraft],
+        *,
+        tools: Sequence[tuple[str, Mapping[str, Any]]] = (),
+        usage: Usage | None = None,
+        server_side_threading: bool = False,
+        last_response_id: str | None = None,
+    ) -> Context:
+        """Create the context ``name`` whole, in one durable transaction: ``drafts`` in
+        order, each at a position of its own (their timestamps kept), its ``tools`` (name and
+        definition), ``usage`` as its totals, its threading flag and last response id.
+
+        The store's half of :func:`rxcontext.interop.import_context` (and of a fork): no
+        other reader or writer ever sees part of it, and a failure or a killed process
+        leaves nothing, so there is nothing to clean up. Raises ``ValueError``, writing
+        nothing, if a context of that name exists (checked and created at once)."""
+        ...
 
     # records
     def add_record(self, context_id: str, draft: RecordDraft) -> Record: ...

@@ -213,6 +213,62 @@ class PostgresStore(PostgresReplies, PostgresLeases):
 
         return self._runner.run(body)
 
+    def import_context(
+        self,
+        name: str,
+        drafts: Sequence[RecordDraft],
+        *,
+        tools: Sequence[tuple[str, Mapping[str, Any]]] = (),
+        usage: Usage | None = None,
+        server_side_threading: bool = False,
+        last_response_id: str | None = None,
+    ) -> Context:
+        """Create the context ``name`` with its records, tools, usage totals and threading
+        state in one durable transaction (see :meth:`Store.import_context
+        <rxcontext.store.base.Store.import_context>`); ``ValueError`` if the name is taken."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a context name must be a non-empty str, not {name!r}")
+        prepared = [Draft(d) for d in drafts]  # checked and encoded before the transaction
+        listed = [(enc(n), enc_opt(rows.to_json(dict(d)))) for n, d in tools]
+        for tool_name, _ in listed:
+            tool_name.encode("utf-8")  # a lone surrogate fails here, as in a record's Draft
+        totals = usage if usage is not None else Usage()
+        new_id = uuid.uuid4().hex
+
+        def body(conn: Conn, ambiguous: bool) -> Context:
+            row = conn.execute(
+                "INSERT INTO contexts (id, name, use_server_side_threading, last_response_id, "
+                + ", ".join(rows.USAGE_FIELDS)
+                + ") VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING"
+                f" RETURNING {rows.CONTEXT_COLUMNS}",
+                (
+                    new_id,
+                    enc(name),
+                    bool(server_side_threading),
+                    enc_opt(last_response_id),
+                    *(getattr(totals, f) for f in rows.USAGE_FIELDS),
+                ),
+            ).fetchone()
+            if row is None:
+                if ambiguous:  # our first try's COMMIT landed unheard: the context is ours
+                    with contextlib.suppress(ContextNotFound):
+                        raise Stored(self._context_by_id(conn, new_id))
+                raise ValueError(f"a context named {name!r} already exists")
+            lock = lock_context(
+                conn, new_id, len(prepared), change=True, tokens=live_tokens_of(prepared)
+            )
+            send_records(conn, new_id, prepared, lock.pos, lock, new_id, each_its_own=True)
+            if listed:
+                conn.cursor().executemany(
+                    "INSERT INTO context_tools (context_id, tool_name, definition)"
+                    " VALUES (%s, %s, %s) ON CONFLICT (context_id, tool_name)"
+                    " DO UPDATE SET definition = excluded.definition",
+                    [(new_id, n, d) for n, d in listed],
+                )
+            return rows.context(row)
+
+        return self._runner.run(body, setup=self._durable)
+
     def list_contexts(self) -> list[Context]:
         """All contexts, newest first."""
         found = self._read(

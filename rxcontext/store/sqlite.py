@@ -310,6 +310,52 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             ).fetchone()
         return rows.context(row)
 
+    def import_context(
+        self,
+        name: str,
+        drafts: Sequence[RecordDraft],
+        *,
+        tools: Sequence[tuple[str, Mapping[str, Any]]] = (),
+        usage: Usage | None = None,
+        server_side_threading: bool = False,
+        last_response_id: str | None = None,
+    ) -> Context:
+        """Create the context ``name`` with its records, tools, usage totals and threading
+        state in one transaction (see :meth:`Store.import_context
+        <rxcontext.store.base.Store.import_context>`); ``ValueError`` if the name is taken."""
+        _name_arg(name)
+        context_id = uuid.uuid4().hex
+        totals = usage if usage is not None else Usage()
+        with self._tx(durable=True) as db:
+            created = db.execute(
+                "INSERT OR IGNORE INTO contexts (id, name, start_time, use_server_side_threading,"
+                " last_response_id) VALUES (?, ?, ?, ?, ?)",
+                (context_id, name, self.now(), int(server_side_threading), last_response_id),
+            ).rowcount
+            if not created:
+                raise ValueError(f"a context named {name!r} already exists")
+            first = self._allocate(db, context_id, len(drafts))
+            live = 0
+            for i, draft in enumerate(drafts):  # one at a time: no list of every record
+                record = self._insert(db, context_id, draft, first + i, count=False)
+                live += record.est_tokens if record.live else 0
+            db.execute(
+                "UPDATE contexts SET live_tokens = ?, "
+                + ", ".join(f"{f} = ?" for f in rows.USAGE_FIELDS)
+                + " WHERE id = ?",
+                (live, *(getattr(totals, f) for f in rows.USAGE_FIELDS), context_id),
+            )
+            db.executemany(
+                "INSERT INTO context_tools (context_id, tool_name, created_at, definition)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT(context_id, tool_name)"
+                " DO UPDATE SET definition = excluded.definition",
+                [(context_id, n, self.now(), rows.to_json(dict(d))) for n, d in tools],
+            )
+            row = db.execute(
+                f"SELECT {rows.CONTEXT_COLUMNS} FROM contexts WHERE id = ?", (context_id,)
+            ).fetchone()
+        return rows.context(row)
+
     def list_contexts(self) -> list[Context]:
         """All contexts, newest first."""
         with self._read() as db:

@@ -4,7 +4,8 @@
 ``ContextExport`` JSON of superfly/contextwindow (``ExportContextJSON``): records with their
 type (``source``), content, live flag, response id and times, tool calls and outputs with
 their ids and metadata, the context's tools and threading state. Everything is checked
-before anything is written; a bad field is a ``ValueError`` naming the record and field.
+before anything is written; a bad field is an :class:`~rxcontext.InvalidExport` (a
+``ValueError``) naming the record (or tool) and the field.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def _text(value: str, what: str) -> str:
 
 
 def _usage(value: Any) -> Usage | None:
-    """The context's usage totals of an export, each a count."""
-    if not isinstance(value, Mapping):
+    """The context's usage totals of an export (an object of counts), or None."""
+    if value is None:
         return None
     problem = Usage.problem(value)
     if problem is not None:
@@ -128,16 +129,20 @@ def _attachments(item: Mapping[str, Any], blobs: Mapping[str, Any], where: str) 
     return out
 
 
+_TYPES = frozenset(int(t) for t in RecordType)
+
+
 def _draft(item: Any, n: int, blobs: Mapping[str, Any]) -> RecordDraft:
     where = f"record {n}"
     if not isinstance(item, Mapping):
         raise InvalidExport(f"{where}: expected an object, not {type(item).__name__}")
-    try:
-        kind = RecordType(int(item["source"]))
-    except KeyError:
-        raise InvalidExport(f"{where}: no 'source' (the record type)") from None
-    except (TypeError, ValueError):
-        raise InvalidExport(f"{where}: unknown record type {item.get('source')!r}") from None
+    if "source" not in item:
+        raise InvalidExport(f"{where}: no 'source' (the record type)")
+    source = item["source"]
+    # An integer: 1.9, True or "3" is none (where int() would make a record type of each).
+    if isinstance(source, bool) or not isinstance(source, int) or source not in _TYPES:
+        raise InvalidExport(f"{where}: unknown record type {source!r}")
+    kind = RecordType(source)
     content = item.get("content", "")
     if not isinstance(content, str):
         raise InvalidExport(f"{where}: 'content' must be a string")
@@ -191,7 +196,10 @@ def _import(store: Store, data: Mapping[str, Any], name: str | None, taken: str)
     if not isinstance(blobs, Mapping):
         raise InvalidExport("'blobs' must be an object (SHA-256 to base64)")
     drafts = [_draft(item, n, blobs) for n, item in enumerate(items)]
-    tools = [_tool(t, n) for n, t in enumerate(data.get("tools") or [])]
+    listed = data.get("tools") or []
+    if not isinstance(listed, Sequence) or isinstance(listed, str | bytes):
+        raise InvalidExport("'tools' must be a list")
+    tools = [_tool(t, n) for n, t in enumerate(listed)]
     target = name if name is not None else meta.get("name")
     if not isinstance(target, str) or not target:
         raise InvalidExport("the export names no context: pass name=")
@@ -201,7 +209,9 @@ def _import(store: Store, data: Mapping[str, Any], name: str | None, taken: str)
         meta.get("use_server_side_threading"), False, "context: 'use_server_side_threading'"
     )
     last_response_id = meta.get("last_response_id")
-    if isinstance(last_response_id, str):
+    if last_response_id is not None:
+        if not isinstance(last_response_id, str):
+            raise InvalidExport("context: 'last_response_id' must be a string")
         _text(last_response_id, "context: 'last_response_id'")
     try:  # one transaction: nobody sees part of it, a failure leaves nothing to clean up
         return store.import_context(
@@ -210,7 +220,7 @@ def _import(store: Store, data: Mapping[str, Any], name: str | None, taken: str)
             tools=tools,
             usage=totals,
             server_side_threading=threaded,
-            last_response_id=last_response_id if isinstance(last_response_id, str) else None,
+            last_response_id=last_response_id,
         )
     except ValueError as exc:
         if type(exc) is not ValueError:  # not the name (a UnicodeError, an AttachmentError…)
@@ -225,6 +235,7 @@ def _tool(item: Any, n: int) -> tuple[str, Mapping[str, Any]]:
     tool_name = item.get("name") or item.get("tool_name")  # ours, contextwindow's
     if not isinstance(tool_name, str) or not tool_name:
         raise InvalidExport(f"tool {n}: no name")
+    _text(tool_name, f"tool {n}: its name")
     definition = item.get("definition") or {}
     if not isinstance(definition, Mapping):
         raise InvalidExport(f"tool {n}: 'definition' must be an object")

@@ -225,14 +225,20 @@ def test_a_model_reports_its_context_size_and_token_usage_has_a_total():
 
 
 def _minimal(**changes: Any) -> dict[str, Any]:
-    """An export of one prompt, with ``changes`` made: ``record_<key>`` on the record,
-    ``context_<key>`` on the context."""
+    """An export of one prompt and one tool, with ``changes`` made: ``record_<key>`` on the
+    record, ``tool_<key>`` on the tool, ``context_<key>`` on the context, ``tools`` for the
+    export's list of tools."""
     record: dict[str, Any] = {"source": 0, "content": "hi", "live": True}
+    tool: dict[str, Any] = {"name": "search", "definition": {}}
     context: dict[str, Any] = {"name": "ok"}
+    export = {"context": context, "records": [record], "tools": [tool]}
     for key, value in changes.items():
         where, _, field = key.partition("_")
-        (record if where == "record" else context)[field] = value
-    return {"context": context, "records": [record]}
+        if not field:
+            export[key] = value
+            continue
+        {"record": record, "tool": tool, "context": context}[where][field] = value
+    return export
 
 
 @pytest.mark.parametrize(
@@ -256,6 +262,17 @@ def _minimal(**changes: Any) -> dict[str, Any]:
         ({"context_last_response_id": "r\ud800"}, "'last_response_id' is not valid Unicode"),
         ({"context_name": "n\ud800"}, "the context's name is not valid Unicode"),
         ({"record_timestamp": "0001-01-01T00:00:00+01:00"}, "record 0: .* is out of range"),
+        ({"tool_name": "lookup\ud800"}, "tool 0: its name is not valid Unicode"),
+        ({"record_source": 1.9}, "record 0: unknown record type 1.9"),
+        ({"record_source": 1.0}, "record 0: unknown record type 1.0"),
+        ({"record_source": True}, "record 0: unknown record type True"),
+        ({"record_source": "3"}, "record 0: unknown record type '3'"),
+        ({"record_source": None}, "record 0: unknown record type None"),
+        ({"context_usage": "lots"}, "context: usage must be an object"),
+        ({"context_usage": [1, 2]}, "context: usage must be an object"),
+        ({"context_last_response_id": 5}, "context: 'last_response_id' must be a string"),
+        ({"tools": "abc"}, "'tools' must be a list"),
+        ({"tools": {"name": "search"}}, "'tools' must be a list"),
     ],
 )
 def test_import_refuses_values_of_the_wrong_kind_clearly_and_writes_nothing(

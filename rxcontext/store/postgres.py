@@ -55,6 +55,8 @@ from .pg_run import (
 
 __all__ = ["PostgresStore"]
 
+_IMPORT_BATCH = 1000
+"""Records an import inserts per round trip (one transaction for them all)."""
 _RECORD_COLUMNS_R = ", ".join(f"r.{c.strip()}" for c in rows.RECORD_COLUMNS.split(","))
 
 
@@ -257,7 +259,9 @@ class PostgresStore(PostgresReplies, PostgresLeases):
             lock = lock_context(
                 conn, new_id, len(prepared), change=True, tokens=live_tokens_of(prepared)
             )
-            send_records(conn, new_id, prepared, lock.pos, lock, new_id, each_its_own=True)
+            for start in range(0, len(prepared), _IMPORT_BATCH):  # results not all held at once
+                batch = prepared[start : start + _IMPORT_BATCH]
+                send_records(conn, new_id, batch, lock.pos + start, lock, new_id, each_its_own=True)
             if listed:
                 conn.cursor().executemany(
                     "INSERT INTO context_tools (context_id, tool_name, definition)"

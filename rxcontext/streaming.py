@@ -3,9 +3,10 @@
 Data flows one way: model iterator → middleware hooks → subscriber → persister. The
 producer runs on the subscription's scheduler (RxPY's trampoline by default, so the
 subscription is wired before the first chunk). Before it hands a chunk on it checks that the
-subscription still wants it — our disposable *and* the subscriber's own stopped flag, which
-RxPY sets first, so disposal is honoured on every scheduler, ``subscribe_on`` threads
-included — and it folds the chunk into the reply only once the subscriber's ``on_next``
+subscription still wants it — our disposable *and* the stopped flags of the observers
+between us and the user, which RxPY sets first (:mod:`._observers`), so disposal is
+honoured on every scheduler, ``subscribe_on`` threads included, with operators before it
+or not — and it folds the chunk into the reply only once the subscriber's ``on_next``
 returned: the checkpoint is exactly what was delivered, however the stream ends
 (see :mod:`.persist` for how a dispose from another thread agrees with the producer).
 
@@ -33,7 +34,6 @@ from typing import Any
 
 from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable, Disposable
-from reactivex.observer import AutoDetachObserver
 from reactivex.scheduler import (
     CurrentThreadScheduler,
     ImmediateScheduler,
@@ -41,6 +41,7 @@ from reactivex.scheduler import (
     VirtualTimeScheduler,
 )
 
+from ._observers import subscriber
 from ._signals import HandOver
 from .chunks import Chunk, ToolCall
 from .errors import ReplyStopped, StreamInterrupted
@@ -84,45 +85,6 @@ class _Flag:
     def wait(self, seconds: float) -> bool:
         """Block up to ``seconds``; True if the subscription was disposed meanwhile."""
         return self._event.wait(seconds)
-
-
-class _Running:
-    is_stopped = False
-
-
-class _AnyStopped:
-    """Stopped when any of the subscribers in a chain is."""
-
-    __slots__ = ("_chain",)
-
-    def __init__(self, chain: Sequence[AutoDetachObserver[Chunk]]) -> None:
-        self._chain = chain
-
-    @property
-    def is_stopped(self) -> bool:
-        return any(o.is_stopped for o in self._chain)
-
-
-def _subscriber(observer: abc.ObserverBase[Chunk]) -> tuple[Any, Callable[[Chunk], None]]:
-    """What to watch for disposal, and the callback that delivers a chunk.
-
-    Every ``subscribe`` in RxPY wraps its observer in an ``AutoDetachObserver``, which sets
-    ``is_stopped`` before it disposes upstream; a chain of them (one per ``subscribe_on``,
-    ``take``, ``map``... between us and the user) ends in the user's callback. A dispose can
-    stop any of them without reaching our disposable — ``subscribe_on`` on a thread hands
-    it ours only after the producer returns — so the producer watches the whole chain, and
-    calls the innermost callback directly (past the chain's own checks): a chunk it
-    decided to deliver is really delivered, so the checkpoint can count it.
-    """
-    chain: list[AutoDetachObserver[Chunk]] = []
-    target: Any = observer
-    while type(target) is AutoDetachObserver:
-        chain.append(target)
-        target = getattr(target._on_next, "__self__", None)
-    if not chain:
-        return _Running, observer.on_next
-    emit: Callable[[Chunk], None] = chain[-1]._on_next
-    return (chain[0] if len(chain) == 1 else _AnyStopped(chain)), emit
 
 
 def _run_tools_sync(
@@ -171,7 +133,7 @@ class _SyncDriver:
         self.run = run
         self.persister = run.persister
         self.observer = observer
-        self.watch, self.emit = _subscriber(observer)
+        self.watch, self.emit = subscriber(observer)
         self.flag = flag
         self.scheduler = scheduler
         self.time = scheduler if scheduler is not None else run.scheduler

@@ -9,10 +9,11 @@ import importlib.util
 import random
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from reactivex import operators as ops
 from reactivex.scheduler import (
@@ -28,6 +29,7 @@ from reactivex.scheduler import (
 )
 from reactivex.scheduler.eventloop import AsyncIOScheduler, AsyncIOThreadSafeScheduler
 from reactivex.testing import TestScheduler
+from replay import Replay, pieces, sse
 
 import rxcontext
 from rxcontext import (
@@ -40,7 +42,7 @@ from rxcontext import (
     StoreBusy,
 )
 from rxcontext import operators as rxops
-from rxcontext.providers import ScriptedModel
+from rxcontext.providers import OpenAIModel, ScriptedModel
 from rxcontext.providers.base import Request
 
 N = 400  # chunks in the reply: far more than any test lets through
@@ -187,6 +189,174 @@ def test_schedulers_of_other_event_loops_are_not_installed_here(name):
     if importlib.util.find_spec(MAINLOOP[name]) is not None:  # pragma: no cover
         pytest.fail(f"{MAINLOOP[name]} is installed: test {name} like the threaded ones")
     pytest.skip(f"{name} needs {MAINLOOP[name]}, which is not installed")
+
+
+# -- operators between stream() and subscribe_on, over the real OpenAI SDK ----------------------
+#
+# An operator's on_next is a closure that calls the next observer, not a bound method:
+# the producer must look through it to the user's own observer, which is the one a take(n)
+# or a dispose stops (subscribe_on hands the dispose to its scheduler, behind the producer).
+
+WORDS = 40
+KEY = "sk-test-RXCONTEXT0123456789secret"
+
+
+def chat_stream(words: int) -> bytes:
+    """A Chat Completions stream of ``words`` text deltas, then its end and usage."""
+
+    def event(**fields: Any) -> dict[str, Any]:
+        return {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", **fields}
+
+    def delta(content: dict[str, str], finish: str | None = None) -> dict[str, Any]:
+        return event(choices=[{"index": 0, "delta": content, "finish_reason": finish}])
+
+    texts = [delta({"role": "assistant", "content": "w0 "})]
+    texts += [delta({"content": f"w{i} "}) for i in range(1, words)]
+    usage = {"prompt_tokens": 5, "completion_tokens": words, "total_tokens": 5 + words}
+    return sse(*texts, delta({}, "stop"), event(choices=[], usage=usage), "[DONE]")
+
+
+class Served(Replay):
+    """A replay that says when the SDK closed its response stream (the producer let go)."""
+
+    def __init__(self, *responses: Any) -> None:
+        self.let_go = threading.Event()
+        self._closed = 0
+        super().__init__(*responses)
+
+    @property
+    def closed(self) -> int:  # type: ignore[override]
+        return self._closed
+
+    @closed.setter
+    def closed(self, count: int) -> None:
+        self._closed = count
+        if count:
+            self.let_go.set()
+
+
+def openai_window() -> tuple[ContextWindow, Served]:
+    replay = Served(chat_stream(WORDS))
+    client = openai.OpenAI(api_key=KEY, max_retries=0, http_client=replay.client())
+    cw = ContextWindow(
+        rxcontext.open(":memory:"), OpenAIModel("m", client=client), "op", retry=None
+    )
+    cw.add_prompt("count")
+    return cw, replay
+
+
+def let_go(
+    cw: ContextWindow, replay: Served, got: list[str], received: Callable[[list[str]], str]
+) -> None:
+    """The HTTP stream was closed before its end, nothing was stored as complete, and the
+    checkpoint is exactly what the user received through the operators."""
+    assert replay.let_go.wait(10)
+    assert replay.closed == 1
+    assert replay.delivered < len(pieces(chat_stream(WORDS)))
+    assert replies(cw) == []
+    (cp,) = cw.checkpoints()
+    assert len(got) == 5 and cp.text == received(got)
+
+
+def _joined(got: list[str]) -> str:
+    return "".join(got)
+
+
+def _last(got: list[str]) -> str:
+    return got[-1]
+
+
+PIPES: dict[str, tuple[Callable[[], list[Any]], Callable[[list[str]], str]]] = {
+    "text": (lambda: [rxops.text()], _joined),
+    "map": (lambda: [ops.map(lambda c: c.text)], _joined),
+    "accumulate": (lambda: [rxops.accumulate(), ops.map(lambda r: r.text)], _last),
+    "middleware-filter-map": (
+        lambda: [
+            rxops.middleware(on_chunk=lambda c: None),
+            ops.filter(lambda c: c.kind is ChunkKind.TEXT),
+            ops.map(lambda c: c.text),
+        ],
+        _joined,
+    ),
+}
+ELSEWHERE: dict[str, Callable[[], Any]] = {
+    "new-thread": NewThreadScheduler,
+    "thread-pool": lambda: ThreadPoolScheduler(2),
+    "event-loop": EventLoopScheduler,
+}
+
+
+@pytest.mark.parametrize("pipe", sorted(PIPES))
+@pytest.mark.parametrize("how", ["take", "dispose"])
+@pytest.mark.parametrize("where", ["test", "asyncio"])
+def test_operators_before_subscribe_on_this_thread_still_let_the_user_stop_it(where, how, pipe):
+    operators, received = PIPES[pipe]
+    cw, replay = openai_window()
+    got: list[str] = []
+    subs: list[Any] = []
+
+    def on_next(value: str) -> None:
+        got.append(value)
+        if how == "dispose" and len(got) == 5:
+            subs[0].dispose()
+
+    def subscribe(scheduler: Any) -> None:
+        tail = [ops.take(5)] if how == "take" else []
+        chunks = cw.stream().pipe(*operators(), ops.subscribe_on(scheduler), *tail)
+        subs.append(chunks.subscribe(on_next))
+
+    if where == "test":
+        scheduler = TestScheduler()
+        subscribe(scheduler)
+        scheduler.start()
+    else:
+
+        async def main() -> None:
+            subscribe(AsyncIOScheduler(asyncio.get_running_loop()))
+            assert await asyncio.to_thread(replay.let_go.wait, 10)
+
+        asyncio.run(main())
+    let_go(cw, replay, got, received)
+
+
+@pytest.mark.parametrize("pipe", sorted(PIPES))
+@pytest.mark.parametrize("how", ["take", "dispose"])
+@pytest.mark.parametrize("name", sorted(ELSEWHERE))
+def test_operators_before_subscribe_on_a_thread_still_let_the_user_stop_it(name, how, pipe):
+    operators, received = PIPES[pipe]
+    cw, replay = openai_window()
+    got: list[str] = []
+    reached, disposed = threading.Event(), threading.Event()
+
+    def on_next(value: str) -> None:
+        got.append(value)
+        if how == "dispose" and len(got) == 5:
+            reached.set()
+            assert disposed.wait(10)  # hold the producer until the dispose is done
+
+    tail = [ops.take(5)] if how == "take" else []
+    chunks = cw.stream().pipe(*operators(), ops.subscribe_on(ELSEWHERE[name]()), *tail)
+    sub = chunks.subscribe(on_next)
+    if how == "dispose":
+        assert reached.wait(10)
+        sub.dispose()
+        disposed.set()
+    let_go(cw, replay, got, received)
+
+
+def test_a_group_still_subscribed_gets_the_whole_reply_after_group_by_s_subscriber_left():
+    # group_by keeps its source for its groups (a RefCountDisposable): its own subscriber
+    # stopping (take(1) after the first group) is no reason to stop the reply.
+    cw, replay = openai_window()
+    got: list[str] = []
+
+    def on_group(group: Any) -> None:
+        group.subscribe(lambda chunk: got.append(chunk.text))
+
+    cw.stream().pipe(ops.group_by(lambda chunk: chunk.kind), ops.take(1)).subscribe(on_group)
+    assert replay.delivered == len(pieces(chat_stream(WORDS)))
+    assert replies(cw) == ["".join(got)] == ["".join(f"w{i} " for i in range(WORDS))]
+    assert cw.checkpoints() == []
 
 
 # -- dispose from another thread, racing the producer -------------------------------------------

@@ -221,6 +221,37 @@ def test_disposing_a_watcher_stops_it_and_leaves_the_reply_alone(
     assert text_of(seen) in ("w0 ", "w0 w1 ")
 
 
+def test_disposing_a_watcher_under_subscribe_on_stops_it_while_the_reply_goes_on(
+    make_store: Callable[..., Any], fanout_spec: Any
+) -> None:
+    # subscribe_on hands the watcher's own disposable over only once its loop returns, on
+    # the worker the loop holds: the loop watches the observers after it, as a stream does.
+    from reactivex import operators as ops
+    from reactivex.scheduler import ThreadPoolScheduler
+
+    cw = window(make_store, fanout_spec, [script(5)])
+    owner = Owner(cw, "r-on", hold=2).start()  # held after two chunks until joined
+    pool = ThreadPoolScheduler(1)
+    seen: list[Chunk] = []
+    both = threading.Event()
+
+    def on_next(chunk: Chunk) -> None:
+        seen.append(chunk)
+        if text_of(seen) == "w0 w1 ":
+            both.set()
+
+    sub = cw.watch("r-on", poll=0.02).pipe(ops.subscribe_on(pool)).subscribe(on_next)
+    assert both.wait(WAIT)
+    sub.dispose()
+    free = threading.Event()
+    pool.schedule(lambda *_: free.set())  # runs once the watcher let go of the only worker
+    assert free.wait(WAIT / 3), "the disposed watcher still holds its worker"
+    assert not owner.done.is_set()  # it stopped on its own, not with the reply
+    owner.join()
+    assert owner.error is None and stored_text(cw, "r-on") == "w0 w1 w2 w3 w4 "
+    assert text_of(seen) == "w0 w1 "
+
+
 def test_awatch_is_the_asyncio_twin(make_store: Callable[..., Any], fanout_spec: Any) -> None:
     cw = window(make_store, fanout_spec, [script(20)])
     owner = Owner(cw, "r-async", hold=5).start()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable, Disposable
 from reactivex.scheduler import CurrentThreadScheduler, ImmediateScheduler, TrampolineScheduler
 
+from .._observers import Stoppable, subscriber
 from ..chunks import Chunk
 from .base import Fanout
 from .watcher import Look, Read, ReplyReader, read_store, watch_chunks, watch_core
@@ -23,19 +25,46 @@ __all__ = ["awatch_chunks", "watch_observable"]
 _END = object()
 
 
+class _Cancelled(threading.Event):
+    """A watch's cancellation: set on dispose, and seen as set once an observer between
+    the watch and the user stopped (:mod:`.._observers`). ``subscribe_on`` on a thread
+    hands the watch's own disposable over only once its loop returns, on the worker the
+    loop holds, so a dispose there never sets it; the waits look at the chain too."""
+
+    _SLICE = 0.1  # how long a wait goes without looking at the chain (a stop sets nothing)
+
+    def __init__(self, watch: Stoppable) -> None:
+        super().__init__()
+        self.watch = watch
+
+    def is_set(self) -> bool:
+        return super().is_set() or self.watch.is_stopped
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            left = self._SLICE if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return False
+            super().wait(min(left, self._SLICE))
+        return True
+
+
 def watch_observable(
     store: ReplyReader, fanout: Fanout | None, reply_id: str, *, poll: float, wait: float
 ) -> Observable[Chunk]:
     """A cold Observable of the reply's chunks; each subscription watches afresh.
 
     It runs on the subscription's scheduler (the current thread's trampoline by default,
-    so ``subscribe`` returns when the reply ends); a dispose stops it within ``wait``.
+    so ``subscribe`` returns when the reply ends); a dispose stops it within ``wait``,
+    ``subscribe_on`` a thread included (it watches the observers after it, as the stream
+    driver does).
     """
 
     def subscribe(
         observer: abc.ObserverBase[Chunk], scheduler: abc.SchedulerBase | None = None
     ) -> abc.DisposableBase:
-        cancelled = threading.Event()
+        cancelled = _Cancelled(subscriber(observer)[0])
         trampoline = CurrentThreadScheduler.singleton()
         sched = scheduler or trampoline
         if isinstance(sched, ImmediateScheduler) or (

@@ -35,7 +35,7 @@ class ChunkKind(StrEnum):
     characters (and its thinking to ``metadata["thinking"]`` characters, when given), as
     when another worker took the reply over and resumed it from its last checkpoint.
     :class:`ReplyBuilder` (so ``accumulate()`` and
-    ``reduce_reply()``) applies it; ``text()`` skips it."""
+    ``reduce_reply()``) applies it, as ``partial_objects()`` does; ``text()`` skips it."""
 
 
 @dataclass(frozen=True, slots=True, init=False)

@@ -129,35 +129,79 @@ def partial_objects() -> Callable[[Observable[Chunk | str]], Observable[Any]]:
     character once, whatever the chunking), strings appear as they grow, numbers and
     ``true``/``false``/``null`` once complete. Values are plain dicts and lists, each a
     fresh snapshot (safe to keep); the validated object is ``Reply.parsed`` once the reply
-    completes. A tool round starts a new document. Text that is not JSON (a model that
-    ignored the schema) stops the partial values without an error: the final validation
-    reports it (:class:`~rxcontext.SchemaValidationError`).
+    completes. A tool round starts a new document. A watcher's ``REWIND`` (after a
+    takeover) takes text back: what is left of the document is parsed again and its value
+    given. Text that is not JSON (a model that ignored the schema) stops the partial values
+    without an error (until a rewind takes it back): the final validation reports it
+    (:class:`~rxcontext.SchemaValidationError`).
     """
 
     def _partial_objects(source: Observable[Chunk | str]) -> Observable[Any]:
         def factory(_: abc.SchedulerBase | None = None) -> Observable[Any]:
-            state: list[JsonStream | None] = [JsonStream()]
-
-            def step(item: Chunk | str) -> list[Any]:
-                if isinstance(item, Chunk) and item.kind is ChunkKind.TOOL_RESULT:
-                    state[0] = JsonStream()
-                    return []
-                parser = state[0]
-                piece = _text_of(item)
-                if parser is None or not piece:
-                    return []
-                try:
-                    changed = parser.feed(piece)
-                except ValueError:
-                    state[0] = None
-                    return []
-                return [parser.partial()] if changed else []
-
-            return source.pipe(ops.flat_map(step))
+            return source.pipe(ops.flat_map(_Partials().step))
 
         return reactivex.defer(factory)
 
     return _partial_objects
+
+
+class _Partials:
+    """The state of one :func:`partial_objects` subscription.
+
+    It keeps the reply's text besides the parser: a ``REWIND`` (a watcher's, after a
+    takeover) cuts the text back to its first ``index`` characters, counted over the whole
+    reply as :class:`~rxcontext.chunks.ReplyBuilder` counts them, and the parser is built
+    again from what is left of the current document (text taken back may have been what
+    made it not JSON).
+    """
+
+    __slots__ = ("parser", "size", "starts", "text")
+
+    def __init__(self) -> None:
+        self.parser: JsonStream | None = JsonStream()
+        self.text: list[str] = []
+        self.size = 0
+        self.starts: list[int] = []
+        """Where each tool round's document begins in the text (the first at 0)."""
+
+    def step(self, item: Chunk | str) -> list[Any]:
+        if isinstance(item, Chunk):
+            if item.kind is ChunkKind.TOOL_RESULT:
+                self.parser = JsonStream()
+                self.starts.append(self.size)
+                return []
+            if item.kind is ChunkKind.REWIND:
+                return self._rewind(item.index)
+        piece = _text_of(item)
+        if not piece:
+            return []
+        self.text.append(piece)
+        self.size += len(piece)
+        return self._feed(piece) if self.parser is not None else []
+
+    def _feed(self, piece: str) -> list[Any]:
+        parser = self.parser
+        assert parser is not None
+        try:
+            changed = parser.feed(piece)
+        except ValueError:
+            self.parser = None
+            return []
+        return [parser.partial()] if changed else []
+
+    def _rewind(self, index: int) -> list[Any]:
+        keep = max(0, index)
+        if keep >= self.size:
+            return []
+        text = "".join(self.text)[:keep]
+        self.text[:] = [text] if text else []
+        self.size = keep
+        starts = self.starts
+        while starts and starts[-1] > keep:
+            starts.pop()
+        self.parser = JsonStream()
+        document = text[starts[-1] if starts else 0 :]
+        return self._feed(document) if document else []
 
 
 def _text_of(item: Chunk | str) -> str:

@@ -8,6 +8,8 @@ the takeover happens at a known point of the watch.
 
 from __future__ import annotations
 
+import itertools
+import json
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -50,6 +52,52 @@ def test_accumulate_and_reduce_apply_a_rewind() -> None:
     texts: list[str] = []
     reactivex.from_iterable(chunks).pipe(rxops.text()).subscribe(texts.append)
     assert "".join(texts) == "Hello worworld"  # text() is deltas only: it cannot go back
+
+
+def partials(chunks: list[Chunk]) -> list[Any]:
+    out: list[Any] = []
+    reactivex.from_iterable(chunks).pipe(rxops.partial_objects()).subscribe(out.append)
+    return out
+
+
+def test_partial_objects_apply_a_rewind() -> None:
+    chunks = [T('{"name": "Ab'), Chunk(ChunkKind.REWIND, index=10), T('Xy"}')]
+    assert partials(chunks) == [{"name": "Ab"}, {"name": ""}, {"name": "Xy"}]
+
+
+def test_a_rewind_takes_back_text_that_was_not_json() -> None:
+    chunks = [T('{"a": 1'), T("x"), Chunk(ChunkKind.REWIND, index=7), T("}")]
+    assert partials(chunks) == [{}, {}, {"a": 1}]
+
+
+def test_a_rewind_counts_the_whole_reply_s_text_across_tool_rounds() -> None:
+    result = Chunk(ChunkKind.TOOL_RESULT, "sunny", id="c1", name="weather")
+    first = '{"a": "x'  # the first round's document, then a tool round starts another
+    within = [T(first), result, T('{"b": "y'), Chunk(ChunkKind.REWIND, index=len(first) + 7)]
+    assert partials([*within, T('z"}')])[-2:] == [{"b": ""}, {"b": "z"}]
+    before = [T(first), result, T('{"b": "y'), Chunk(ChunkKind.REWIND, index=5), T(" 2}")]
+    assert partials(before)[-2:] == [{}, {"a": 2}]  # back into the first round's document
+
+
+@given(
+    st.dictionaries(st.text(max_size=5), st.text(max_size=8) | st.integers(), max_size=4),
+    st.data(),
+)
+def test_partial_objects_end_with_the_value_whatever_was_rewound(value: Any, data: Any):
+    # A takeover's watchers: the text up to the checkpoint, more the old owner delivered
+    # (taken back), then the new owner's rest of the document.
+    document = json.dumps(value)
+    at = data.draw(st.integers(0, len(document)))
+    taken_back = data.draw(st.text(max_size=8))
+
+    def pieces(text: str) -> list[Chunk]:
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=4)))
+        bounds = [0, *cuts, len(text)]
+        return [T(text[a:b]) for a, b in itertools.pairwise(bounds) if b > a]
+
+    rewind = Chunk(ChunkKind.REWIND, index=at)
+    chunks = [*pieces(document[:at] + taken_back), rewind, *pieces(document[at:])]
+    assert partials(chunks)[-1] == value
 
 
 def test_a_rewind_past_the_start_or_beyond_the_end_is_harmless() -> None:

@@ -320,9 +320,19 @@ class ContextWindow:
         """Append a tool's output (``id`` of the call it answers).
 
         Without ``id`` it answers the earliest live call no output answers yet (of tool
-        ``name``, if given); ``ValueError`` if there is none."""
+        ``name``, if given); ``ValueError`` if there is none. Without ``name`` it takes the
+        name of the call it answers (Gemini sends the name with the output)."""
         text = _text_arg(output, "tool output")
-        if id is None:
+        if id is not None and name is None:
+            name = next(
+                (
+                    r.tool_name
+                    for r in reversed(self.live_records())
+                    if r.type is RecordType.TOOL_CALL and r.tool_call_id == id
+                ),
+                None,
+            )
+        elif id is None:
             waiting = unanswered_calls(self.live_records())
             call = next((c for c in waiting if name is None or c.tool_name == name), None)
             if call is None:

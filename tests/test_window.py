@@ -131,6 +131,24 @@ def test_tool_records_added_by_hand(store):
     assert (out.type, out.tool_name) == (RecordType.TOOL_OUTPUT, "weather")
 
 
+def test_an_output_added_by_id_takes_its_calls_tool_name(store):
+    """Gemini's functionResponse needs the function's name ("Name cannot be empty"): an
+    output given by its call's id, with no name, takes the name of that call."""
+    from rxcontext.providers._gemini_request import build_contents
+
+    cw = ContextWindow(store, context="c")
+    cw.add_prompt("weather?")
+    cw.add_tool_call("weather", {"city": "Oslo"}, id="call_1")
+    out = cw.add_tool_output("rain", id="call_1")
+    assert (out.tool_call_id, out.tool_name) == ("call_1", "weather")
+    [_, _, answers] = build_contents(cw.live_records())
+    [part] = answers.parts or []
+    assert part.function_response is not None
+    assert (part.function_response.id, part.function_response.name) == ("call_1", "weather")
+    # An id no live call has keeps what it was given (such an output is not sent).
+    assert cw.add_tool_output("late", id="gone").tool_name is None
+
+
 def test_tool_records_added_by_hand_without_ids_get_the_ids_requests_need(store):
     """Chat, Responses and Anthropic require a call id on every call and output: a call
     added without one gets one made up (as a stream's are), and an output without one

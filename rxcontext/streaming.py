@@ -142,6 +142,8 @@ class _SyncDriver:
         self.request: Request | None = None
         self.started = False
         self.lock = threading.Lock()
+        self.ending = threading.Lock()
+        """Held while a stopped reply is ended (see :meth:`_end_stopped`)."""
         self.tools_running = False
         self.waiting = False
         self.timer: abc.DisposableBase | None = None
@@ -232,17 +234,23 @@ class _SyncDriver:
         self.flag.wake()
 
     def _end_stopped(self) -> None:
-        """End a stopped reply: whoever writes its checkpoint first tells the subscriber."""
+        """End a stopped reply: whoever writes its checkpoint first tells the subscriber.
+
+        The heartbeat's thread and the driver's may both get here; the second waits until
+        the first has told the subscriber, so the driver never returns before it is told
+        (``call()`` would find no error and return the round before the stop as the reply).
+        """
         run = self.run
         persister = run.persister
         assert persister.stop is not None
-        checkpoint = persister.stop_now(persister.stop)
-        if checkpoint is None:
-            return  # ended already (completed, or the other party got there first)
-        failure = StreamInterrupted(checkpoint)
-        failure.__cause__ = run.hooks_failed(persister.stop)
-        run.close()
-        self.observer.on_error(failure)
+        with self.ending:
+            checkpoint = persister.stop_now(persister.stop)
+            if checkpoint is None:
+                return  # ended already (completed, or the other party got there first)
+            failure = StreamInterrupted(checkpoint)
+            failure.__cause__ = run.hooks_failed(persister.stop)
+            run.close()
+            self.observer.on_error(failure)
 
     def _cancelled(self, error: BaseException | None = None) -> None:
         """The subscription ended from outside: a dispose (checkpoint, no message) or a stop."""
@@ -354,7 +362,8 @@ class _SyncDriver:
                 reply = persister.reply()
                 calls = run.calls_to_run(reply)
                 if not persister.complete(reply, last=not calls):
-                    return None  # disposed from another thread as the round ended
+                    self._cancelled()  # disposed or stopped from another thread meanwhile
+                    return None
                 if not calls:
                     break
                 self.rounds += 1

@@ -26,6 +26,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from provider_rules import model_for
+from replay import Replay, real_fixture
 
 import rxcontext
 from rxcontext import (
@@ -455,6 +457,108 @@ def test_stop_while_a_tool_runs(store: Any, path: str) -> None:
     outputs = [r.content for r in store.records(cw.context_id) if r.type is RecordType.TOOL_OUTPUT]
     assert outputs == ["done"]
     assert [cp.reply_id for cp in cw.checkpoints()] == ["r"]
+
+
+WEATHER = "openai_chat/parallel_tool_calls_gpt35.sse"
+"""A real gpt-3.5 round with two tool calls (San Francisco, then Boston); served by the real
+openai SDK over a replay. The stop comes before any tool runs: no second request is sent."""
+FIRST_CALL, SECOND_CALL = "call_cCPjAyfwTzboEKjVlqFrArNF", "call_Zi4He1Ns0mozwT6f85nW1BOW"
+
+
+def weather_window(
+    store: Any, approval: Any
+) -> tuple[ContextWindow, Replay, list[str], list[BaseException]]:
+    replay = Replay(real_fixture(WEATHER))
+    cw = ContextWindow(
+        store,
+        model_for("chat", replay),
+        "c",
+        checkpoint_every=None,
+        retry=None,
+        tool_approval=approval,
+    )
+    ran: list[str] = []
+    tool = rxcontext.Tool("get_current_weather", "The weather").string("location", "a city")
+    cw.add_tool(tool, lambda args: ran.append(args["location"]) or "sunny")
+    cw.add_prompt("What's the weather like in San Francisco and Boston?")
+    return cw, replay, ran, []
+
+
+def consume_in_thread(
+    cw: ContextWindow, path: str, outcome: list[BaseException]
+) -> threading.Thread:
+    def consume() -> None:
+        try:
+            if path == "sync":
+                cw.call(reply_id="r")
+            else:
+
+                async def main() -> None:
+                    async for _ in cw.astream(reply_id="r"):
+                        pass
+
+                asyncio.run(main())
+        except StreamInterrupted as error:
+            outcome.append(error)
+
+    return in_thread(consume)
+
+
+def stopped_before_its_tools(
+    store: Any, cw: ContextWindow, replay: Replay, ran: list[str], outcome: list[BaseException]
+) -> None:
+    """What a stop before any tool started leaves, on both paths: no tool ran, no output is
+    stored, the round with its calls is, and its checkpoint (the next round, nothing
+    delivered) is what the subscriber's StreamInterrupted carries; no next request is sent."""
+    (error,) = outcome
+    assert isinstance(error, StreamInterrupted) and isinstance(error.__cause__, ReplyStopped)
+    assert ran == []
+    assert len(replay.requests) == 1
+    assert [(r.type, r.tool_call_id) for r in store.records(cw.context_id)] == [
+        (RecordType.PROMPT, None),
+        (RecordType.TOOL_CALL, FIRST_CALL),
+        (RecordType.TOOL_CALL, SECOND_CALL),
+    ]
+    (checkpoint,) = cw.checkpoints()
+    assert checkpoint.reply_id == "r" and checkpoint.state is ReplyState.INTERRUPTED
+    assert "ReplyStopped" in (checkpoint.error or "") and checkpoint.text == ""
+    assert error.checkpoint.id == checkpoint.id and error.checkpoint.text == ""
+
+
+@pytest.mark.parametrize("path", ["sync"])
+def test_stop_during_the_tool_rounds_commit(
+    store: Any, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop reaches the driver while the round with the tool calls is being committed:
+    the round is stored, then the reply ends; no tool is asked about or run, on both paths."""
+    from rxcontext.persist import ReplyPersister
+
+    asked: list[str] = []
+    cw, replay, ran, outcome = weather_window(store, lambda call: asked.append(call.id) or True)
+    committing, stop_in = threading.Event(), threading.Event()
+    commit_reply = store.commit_reply
+
+    def paused_commit(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("end") == "round":
+            committing.set()
+            assert stop_in.wait(WAIT), "the stop never reached the driver"
+        return commit_reply(*args, **kwargs)
+
+    monkeypatch.setattr(store, "commit_reply", paused_commit)
+    stop_now = ReplyPersister.stop_now
+
+    def spied_stop_now(self: ReplyPersister, error: rxcontext.RxContextError) -> Any:
+        stop_in.set()  # the sync driver's stop, on the heartbeat's thread: it waits for the commit
+        return stop_now(self, error)
+
+    monkeypatch.setattr(ReplyPersister, "stop_now", spied_stop_now)
+    consumer = consume_in_thread(cw, path, outcome)
+    assert committing.wait(WAIT)
+    assert cw.stop("r") is True
+    consumer.join(WAIT)
+    assert not consumer.is_alive()
+    assert asked == []
+    stopped_before_its_tools(store, cw, replay, ran, outcome)
 
 
 def test_a_stop_hint_is_told_after_the_durable_request(store: Any) -> None:

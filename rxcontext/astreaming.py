@@ -76,9 +76,19 @@ def _watch(persister: ReplyPersister) -> Callable[[], None] | None:
     return unwatch
 
 
-async def _run_tools_async(run: Run, calls: Sequence[ToolCall]) -> list[ToolResult]:
+async def _run_tools_async(
+    run: Run, calls: Sequence[ToolCall], check: Callable[[], None]
+) -> list[ToolResult]:
+    # As on the sync path: the approval hook sees every call first, one after the other (it
+    # may ask a person); then the approved tools run. A stop meanwhile (``check()`` raises
+    # it) asks about no further call and starts no tool; a tool already running finishes.
     approval = run.tool_approval
-    decided = [await areview(approval, c) if approval is not None else None for c in calls]
+    decided: list[ToolResult | None] = []
+    for call in calls:
+        if approval is not None:
+            check()
+        decided.append(await areview(approval, call) if approval is not None else None)
+    check()
     todo = [c for c, d in zip(calls, decided, strict=True) if d is None]
     jobs = [run.arun_tool(c) for c in todo]
     ran = list(await asyncio.gather(*jobs)) if run.parallel_tools else [await j for j in jobs]
@@ -176,10 +186,12 @@ class _Stopper:
     wait), the await is cancelled and the stop raised in its place; holding a delivered
     chunk (suspended at ``yield``), the checkpoint is written at once (in a worker thread)
     and the stop raised when the consumer asks for more; in one of the driver's own steps (a
-    store write, tools) the stop is raised before the next read.
+    store write, tools) the stop is raised when it ends — among a round's tools, before the
+    approval hook is asked about the next call and before the tools start, so only a tool
+    already running finishes (as on the sync path).
     """
 
-    __slots__ = ("_agen", "cancelled", "loop", "run", "task")
+    __slots__ = ("_agen", "asked", "cancelled", "loop", "run", "task")
 
     def __init__(self, run: Run) -> None:
         self.run = run
@@ -190,6 +202,9 @@ class _Stopper:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task[Any] | None = None
         self.cancelled = False
+        self.asked: ReplyStopped | None = None
+        """The stop, as soon as the heartbeat hands it over: a blocking approval hook may
+        hold the loop, and the stop must still be seen before the next call is asked about."""
 
     @property
     def agen(self) -> AsyncGenerator[Chunk, None] | None:
@@ -207,6 +222,7 @@ class _Stopper:
         self.run.on_stop = self.request
 
     def request(self, error: ReplyStopped) -> None:
+        self.asked = error
         loop = self.loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # a closed loop: the stream is gone too
@@ -234,8 +250,12 @@ class _Stopper:
             task.cancel()
 
     def check(self) -> None:
-        """Raise the stop, if there is one (between two steps of the driver)."""
-        stop = self.run.persister.stop
+        """Raise the stop, if there is one (between two steps of the driver); one the loop
+        has not taken yet too (it was busy: a blocking approval hook)."""
+        persister = self.run.persister
+        if persister.stop is None and self.asked is not None and not persister.finished:
+            persister.stop = self.asked  # taken here: ``_on_loop`` leaves it alone
+        stop = persister.stop
         if stop is not None:
             raise stop
 
@@ -384,7 +404,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                 break
             rounds += 1
             run.check_rounds(rounds)
-            results = await _run_tools_async(run, calls)
+            results = await _run_tools_async(run, calls, stopper.check)
             await off_loop(run.store_results, results)
             stopper.check()
             for chunk in run.result_chunks(results):

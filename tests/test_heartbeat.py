@@ -525,7 +525,52 @@ def stopped_before_its_tools(
     assert error.checkpoint.id == checkpoint.id and error.checkpoint.text == ""
 
 
-@pytest.mark.parametrize("path", ["sync"])
+@pytest.mark.parametrize(
+    ("path", "hook"), [("sync", "sync"), ("async", "async"), ("async", "sync")]
+)
+def test_stop_while_the_approval_hook_decides(store: Any, path: str, hook: str) -> None:
+    """The approval hook is asking a person about the first of two calls when the reply is
+    stopped: it is asked nothing more, no tool runs (none was running), nothing is stored
+    for them, and the subscriber gets StreamInterrupted, on both paths; on asyncio whether
+    the hook is async (the loop runs meanwhile) or blocks the loop."""
+    asked: list[str] = []
+    deciding, decided = threading.Event(), threading.Event()
+    person: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    def approval(call: rxcontext.ToolCall) -> bool:
+        asked.append(call.id)
+        if len(asked) == 1:
+            deciding.set()
+            decided.wait(WAIT)
+        return True
+
+    async def aapproval(call: rxcontext.ToolCall) -> bool:
+        asked.append(call.id)
+        if len(asked) == 1:
+            person.append((asyncio.get_running_loop(), asyncio.Event()))
+            deciding.set()
+            await asyncio.wait_for(person[0][1].wait(), WAIT)
+        return True
+
+    cw, replay, ran, outcome = weather_window(store, approval if hook == "sync" else aapproval)
+    consumer = consume_in_thread(cw, path, outcome)
+    assert deciding.wait(WAIT)
+    assert cw.stop("r") is True
+    # Two whole heartbeat rounds: the second looked for stops after the request was stored,
+    # and handed it to the driver (on asyncio, to its loop, before anything queued here).
+    rounds(store, 2)
+    if person:
+        loop, event = person[0]
+        loop.call_soon_threadsafe(event.set)  # the person decides: yes
+    else:
+        decided.set()
+    consumer.join(WAIT)
+    assert not consumer.is_alive()
+    assert asked == [FIRST_CALL]
+    stopped_before_its_tools(store, cw, replay, ran, outcome)
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
 def test_stop_during_the_tool_rounds_commit(
     store: Any, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -555,6 +600,11 @@ def test_stop_during_the_tool_rounds_commit(
     consumer = consume_in_thread(cw, path, outcome)
     assert committing.wait(WAIT)
     assert cw.stop("r") is True
+    if path == "async":
+        # The heartbeat handed the stop to the driver's loop, which took it at once (the
+        # driver awaits the commit in a worker thread): it is in before the commit returns.
+        rounds(store, 2)
+        stop_in.set()
     consumer.join(WAIT)
     assert not consumer.is_alive()
     assert asked == []

@@ -418,7 +418,7 @@ class ContextWindow:
         context_id = self._context_id_of(context)
         summarizer = self._summarizer()
         if self.budget is not None:  # a request like any other (the largest one)
-            self._check_budget(self.budget, summarizer)
+            self._check_budget(self.budget, summarizer, context_id)
         proposal = summarize.propose(
             summarizer,
             context_id,
@@ -449,7 +449,7 @@ class ContextWindow:
         context_id = self._context_id_of(context)
         summarizer = self._summarizer()
         if self.budget is not None:  # its store reads stay off the event loop
-            await off_loop(self._check_budget, self.budget, summarizer)
+            await off_loop(self._check_budget, self.budget, summarizer, context_id)
         proposal = await summarize.apropose(
             summarizer,
             context_id,
@@ -563,9 +563,9 @@ class ContextWindow:
         budget_check = None
         if budget is not None and not budget_checked:
             if budget_at_start:  # the asyncio driver: off the loop, when iterated
-                budget_check = partial(self._check_budget, budget, model)
+                budget_check = partial(self._check_budget, budget, model, context_id)
             else:
-                self._check_budget(budget, model)
+                self._check_budget(budget, model, context_id)
 
         threads = bool(getattr(model, "supports_previous_response_id", False))
         # A model that can resume natively notes where its streams stand in a cursor the
@@ -597,7 +597,7 @@ class ContextWindow:
 
         def request(round_: int) -> Request:
             if budget is not None and round_ > 0:  # a tool loop's next request
-                self._check_budget(budget, model)
+                self._check_budget(budget, model, context_id)
             records = request_history(
                 store, context_id, upto=persister.pos, reply_id=persister.reply_id, cache=history
             )
@@ -650,12 +650,13 @@ class ContextWindow:
             budget_check=budget_check,
         )
 
-    def _check_budget(self, budget: Budget, model: Model) -> None:
-        """Raise :class:`~rxcontext.BudgetExceeded` if the next request would go over."""
-        store, context_id = self._store, self._context.id
+    def _check_budget(self, budget: Budget, model: Model, context_id: str) -> None:
+        """Raise :class:`~rxcontext.BudgetExceeded` if the next request of context
+        ``context_id`` (not necessarily the current one) would go over."""
+        store = self._store
         check_budget(
             budget,
-            context=self._context.name,
+            context=store.get_context(context_id).name,
             spent=store.context_stats(context_id).usage,
             records=store.records(context_id) if budget.max_usd is not None else (),
             estimate=store.live_tokens(context_id),
@@ -803,7 +804,7 @@ class ContextWindow:
         opts = self._options(disable_tools, options)
         budget = self.budget
         if budget is not None:  # its store reads stay off the event loop
-            await off_loop(self._check_budget, budget, self._require_model())
+            await off_loop(self._check_budget, budget, self._require_model(), self._context.id)
         run = self._run(
             hooks,
             streaming=stream,

@@ -327,6 +327,40 @@ def test_a_tool_loop_round_over_budget_is_refused_with_a_checkpoint() -> None:
 
 
 @pytest.mark.usefixtures("both_stores")
+def test_a_budget_is_checked_against_the_context_the_request_is_for() -> None:
+    """Not the window's current context: a summary of another context, and a tool loop's
+    later round after the window was switched to another context meanwhile."""
+    call = Chunk(ChunkKind.TOOL_CALL, "{}", id="c1", name="t")
+    model = ScriptedModel(
+        [
+            [call, Chunk(ChunkKind.USAGE, usage=Usage.of(590, 10))],
+            usage_script("never", 100),
+            usage_script("never either", 100),
+        ]
+    )
+    cw = ContextWindow(open_store(), model, "spent", budget=Budget(max_tokens=600), retry=None)
+    cw.summarizer = model
+
+    def moves_on(args: Any) -> str:
+        cw.switch_context("fresh")  # another task of the app moves the window on meanwhile
+        return "x"
+
+    cw.add_tool(Tool("t", "a tool"), moves_on)
+    cw.add_prompt("go")
+    with pytest.raises(StreamInterrupted) as cut:
+        cw.call()
+    assert isinstance(cut.value.__cause__, BudgetExceeded)
+    assert "'spent'" in str(cut.value.__cause__)
+    assert cw.context.name == "fresh" and len(model.requests) == 1
+    with pytest.raises(BudgetExceeded) as refused:
+        cw.summarize(context="spent")
+    assert "'spent'" in str(refused.value)
+    with pytest.raises(BudgetExceeded):
+        asyncio.run(cw.asummarize(context="spent"))
+    assert len(model.requests) == 1  # neither summary was sent
+
+
+@pytest.mark.usefixtures("both_stores")
 def test_a_money_budget_counts_dollars_and_refuses_unknown_prices() -> None:
     usage = Usage.of(100_000, 10_000)
     one = price(usage, "gpt-4o-mini", "openai")

@@ -375,11 +375,14 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                         persister.add(chunk)  # delivered the moment it is yielded
                         persister.busy = False
                         delivered = True
-                        if persister.attention:
-                            await off_loop(persister.attend)
                         if unwatch is None:
                             unwatch = _watch(persister)
                         yield chunk
+                        # What the timer or the heartbeat asked, once the chunk folded is
+                        # delivered (a loss or a stop raised before the yield would leave
+                        # an undelivered chunk in the checkpoint), as the sync driver does.
+                        if persister.attention:
+                            await off_loop(persister.attend)
                 except Exception as error:
                     if delivered and not persister.may_send_again():
                         raise

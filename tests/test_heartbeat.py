@@ -221,6 +221,65 @@ def test_a_reply_taken_over_elsewhere_fails_with_ownership_lost(store: Any) -> N
     assert row.owner == "elsewhere.invalid:1:1" and row.text == ""  # the zombie wrote nothing
 
 
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_reply_that_lost_its_lease_checkpoints_exactly_what_was_delivered(
+    tmp_path: Any, path: str
+) -> None:
+    """The lease ran out while the model was silent (another process held the database's
+    write lock meanwhile, so no renewal landed); nobody took the reply over, so its own
+    final write still lands. The chunk that comes next is either delivered or not in the
+    checkpoint: asyncio folded it, then raised the loss before yielding it."""
+    import sqlite3
+
+    store = rxcontext.open(str(tmp_path / "db.sqlite"), lease_ttl=TTL)
+    try:
+        model = PausingModel([T("a")], [T("b"), T("c"), DONE])
+        cw = window(store, model)
+        got: list[str] = []
+        outcome: list[BaseException] = []
+        if path == "sync":
+
+            def consume() -> None:
+                try:
+                    cw.call(rxcontext.operators.middleware(on_chunk=lambda c: got.append(c.text)))
+                except StreamInterrupted as error:
+                    outcome.append(error)
+
+            consumer = in_thread(consume)
+        else:
+            loop = asyncio.new_event_loop()
+
+            async def aconsume() -> None:
+                try:
+                    async for chunk in cw.astream():
+                        got.append(chunk.text)
+                except StreamInterrupted as error:
+                    outcome.append(error)
+
+            consumer = in_thread(lambda: loop.run_until_complete(aconsume()))
+        assert model.paused.wait(WAIT)
+        other = sqlite3.connect(str(tmp_path / "db.sqlite"), isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # no renewal can land now
+        rounds(store, 6)  # ≥ 1.25 s of heartbeat rounds: past TTL without a renewal
+        other.execute("COMMIT")
+        other.close()
+        if path == "sync":
+            model.go.set()
+        else:
+            assert model.async_go is not None
+            loop.call_soon_threadsafe(model.async_go.set)
+        consumer.join(WAIT)
+        assert not consumer.is_alive()
+        [error] = outcome
+        assert isinstance(error.__cause__, OwnershipLost), repr(error.__cause__)
+        assert error.checkpoint.text == "".join(got)
+        assert store.find_reply(error.checkpoint.reply_id).text == "".join(got)
+        if path == "async":
+            loop.close()
+    finally:
+        store.close()
+
+
 def test_stop_while_the_model_is_silent_sync(store: Any) -> None:
     model = PausingModel([T("Hel"), T("lo")], [T(" world"), DONE])
     cw = window(store, model)

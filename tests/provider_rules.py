@@ -9,6 +9,7 @@ rule and the message index.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import anthropic
@@ -55,6 +56,16 @@ def check(kind: str, body: dict[str, Any]) -> None:
     }[kind](body)
 
 
+def _json_object(arguments: str, i: int) -> None:
+    """A history's call arguments: OpenAI-compatible servers that parse them (vLLM, SGLang)
+    refuse a request whose arguments are not a JSON object."""
+    try:
+        parsed = json.loads(arguments)
+    except ValueError:
+        parsed = None
+    assert isinstance(parsed, dict), f"[{i}] tool call arguments not a JSON object: {arguments!r}"
+
+
 def check_openai_chat(body: dict[str, Any]) -> None:
     messages = body["messages"]
     assert messages, "messages must not be empty"
@@ -75,6 +86,8 @@ def check_openai_chat(body: dict[str, Any]) -> None:
             calls = m.get("tool_calls") or []
             assert m.get("content") or calls, f"[{i}] assistant message with no content"
             waiting = [c["id"] for c in calls]
+            for c in calls:
+                _json_object(c["function"]["arguments"], i)
         else:
             assert role in ("system", "developer", "user"), f"[{i}] unknown role {role!r}"
     assert not waiting, f"tool calls without tool messages at the end: {waiting}"
@@ -90,6 +103,7 @@ def check_openai_responses(body: dict[str, Any]) -> None:
         kind = item.get("type", "message")
         if kind == "function_call":
             calls.add(item["call_id"])
+            _json_object(item["arguments"], i)
         elif kind == "function_call_output":
             assert item["call_id"] in calls, (
                 f"[{i}] no tool call found for function call output {item['call_id']!r}"

@@ -887,6 +887,66 @@ def test_tool_calls_without_a_reply_record_form_their_own_turn() -> None:
     }
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("wire", WIRES)
+def test_cut_tool_call_arguments_go_back_as_an_empty_object(mode: str, wire: str) -> None:
+    """A call cut by the token limit is stored as the model wrote it, but sent back as
+    ``"{}"``: servers that parse stored arguments (vLLM, SGLang) refuse the cut text, and
+    AnthropicModel and GeminiModel send such a call back empty too."""
+    replay = Replay(
+        sse(
+            chunk({"role": "assistant", "content": "ok"}),
+            chunk(call(0, '{"city": "Par', id="call_cut", name="weather")),
+            chunk({}, "length"),
+        ),
+        sse(chunk({"content": "sorry"}), chunk({}, "stop")),
+    )
+    m = model(replay, wire)
+    history = [rec(RecordType.PROMPT, "Weather in Paris?")]
+    first = reply_from_chunks(collect(m, mode, Request(history)))
+    history += stored(first)
+    assert history[-1].content == '{"city": "Par'  # the record keeps what the model wrote
+    history.append(rec(RecordType.TOOL_OUTPUT, "error: cut", tool_call_id="call_cut"))
+    collect(m, mode, Request(history))
+    assert replay.bodies[1]["messages"][1] == {
+        "role": "assistant",
+        "content": "ok",
+        "tool_calls": [
+            {
+                "id": "call_cut",
+                "type": "function",
+                "function": {"name": "weather", "arguments": "{}"},
+            }
+        ],
+    }
+
+
+@pytest.mark.parametrize("wire", WIRES)
+def test_tool_call_arguments_that_are_no_json_object_go_back_empty(wire: str) -> None:
+    """Only a JSON object goes back as written (byte for byte); anything else as ``"{}"``."""
+    sent_as = {
+        '{ "a" : [1, 2] }': '{ "a" : [1, 2] }',
+        "{}": "{}",
+        "": "{}",
+        "  ": "{}",
+        '{"a": 1': "{}",
+        "[1, 2]": "{}",
+        '"a string"': "{}",
+        "null": "{}",
+        '{"a": 1} trailing': "{}",
+    }
+    records = [rec(RecordType.PROMPT, "go"), rec(RecordType.MODEL_RESP, "calling")]
+    for i, raw in enumerate(sent_as):
+        records.append(rec(RecordType.TOOL_CALL, raw, tool_call_id=f"c{i}", tool_name="f"))
+    for i in range(len(sent_as)):
+        records.append(rec(RecordType.TOOL_OUTPUT, "done", tool_call_id=f"c{i}", tool_name="f"))
+    for mode in MODES:
+        replay = Replay(sse(chunk({}, "stop")))
+        collect(model(replay, wire), mode, Request(records))
+        calls = replay.bodies[0]["messages"][1]["tool_calls"]
+        assert [c["function"]["arguments"] for c in calls] == list(sent_as.values())
+
+
 def test_name_wire_and_lazy_clients(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(ValueError, match="wire"):

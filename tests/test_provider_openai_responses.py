@@ -438,6 +438,42 @@ def test_request_body_from_records_of_another_provider() -> None:
     ]
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("wire", WIRES)
+def test_tool_call_arguments_that_are_no_json_object_go_back_empty(mode: str, wire: str) -> None:
+    """A call cut by the token limit is stored as the model wrote it (``'{"i": 1'``) but
+    sent back as ``"{}"``, as Chat, AnthropicModel and GeminiModel send it: servers that
+    parse stored arguments (vLLM, SGLang) refuse the cut text. A JSON object goes back
+    byte for byte, with or without the call's kept item id."""
+    sent_as = {'{ "i" : 1 }': '{ "i" : 1 }', '{"i": 1': "{}", "": "{}", "[1]": "{}"}
+    kept = [
+        {"type": "reasoning", "id": "rs_1", "summary": []},  # pairs the call with its item id
+        {"type": "function_call", "id": "fc_0", "call_id": "c0"},
+    ]
+    records = [
+        rec(RecordType.PROMPT, "go"),
+        rec(RecordType.MODEL_RESP, "", metadata={OUTPUT_KEY: kept}),
+    ]
+    for i, raw in enumerate(sent_as):
+        records.append(rec(RecordType.TOOL_CALL, raw, tool_call_id=f"c{i}", tool_name="f"))
+    for i in range(len(sent_as)):
+        records.append(rec(RecordType.TOOL_OUTPUT, "done", tool_call_id=f"c{i}", tool_name="f"))
+    for raw in ('{"i": 1', "[1]"):  # and a call with no reply record before it
+        records.append(rec(RecordType.TOOL_CALL, raw, tool_call_id="alone", tool_name="f"))
+        records.append(rec(RecordType.TOOL_OUTPUT, "done", tool_call_id="alone", tool_name="f"))
+    replay = Replay(events(CREATED, completed()))
+    collect(model(replay, wire), mode, Request(records))
+    calls = [i for i in replay.bodies[0]["input"] if i.get("type") == "function_call"]
+    assert calls[0] == {
+        "type": "function_call",
+        "call_id": "c0",
+        "name": "f",
+        "arguments": '{ "i" : 1 }',
+        "id": "fc_0",
+    }
+    assert [c["arguments"] for c in calls] == [*sent_as.values(), "{}", "{}"]
+
+
 def test_kept_messages_give_way_to_an_edited_record_text() -> None:
     replay = Replay(events(CREATED, completed()))
     kept = [

@@ -7,6 +7,7 @@ SDK's ``ChatCompletionChunk`` objects, :meth:`ChatStream.fast` the raw JSON dict
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "chat_messages",
     "completion_chunks",
     "in_stream_error",
+    "sent_arguments",
     "turns",
 ]
 
@@ -70,6 +72,21 @@ def turns(records: Sequence[Record]) -> Iterator[tuple[Record | None, list[Recor
         yield head, calls
 
 
+def sent_arguments(raw: str) -> str:
+    """A stored call's ``arguments`` as sent back: the model's own text if it is a JSON
+    object, else ``"{}"``.
+
+    A call cut by the token limit (``'{"city": "Par'``) stays in its record as written, but
+    servers that parse the arguments of a history's calls (vLLM, SGLang) refuse it; as the
+    Anthropic and Gemini requests do, it goes back empty.
+    """
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return "{}"
+    return raw if isinstance(parsed, dict) else "{}"
+
+
 def _assistant(record: Record | None, calls: Sequence[Record]) -> dict[str, Any]:
     content = record.content if record is not None else ""
     message: dict[str, Any] = {"role": "assistant", "content": content}
@@ -79,7 +96,7 @@ def _assistant(record: Record | None, calls: Sequence[Record]) -> dict[str, Any]
             {
                 "id": call.tool_call_id,
                 "type": "function",
-                "function": {"name": call.tool_name, "arguments": call.content},
+                "function": {"name": call.tool_name, "arguments": sent_arguments(call.content)},
             }
             for call in calls
         ]

@@ -30,7 +30,7 @@ from ._common import (
     str_field,
 )
 from ._history import HistoryCache, compact_json
-from ._openai_chat import PROVIDER, sdk_model, turns
+from ._openai_chat import PROVIDER, sdk_model, sent_arguments, turns
 from .base import NATIVE_RESUME_KEY, ResumeCursor
 
 __all__ = [
@@ -109,7 +109,7 @@ def _function_call(call: Record, item_id: str | None = None) -> dict[str, Any]:
         "type": "function_call",
         "call_id": call.tool_call_id,
         "name": call.tool_name,
-        "arguments": call.content,
+        "arguments": sent_arguments(call.content),
     }
     if item_id:
         out["id"] = item_id

@@ -22,7 +22,7 @@ from replay import record as rec
 from rxcontext.chunks import Chunk, ChunkKind, Reply, ToolCall, Usage
 from rxcontext.errors import ProviderError
 from rxcontext.providers.base import Request, reply_from_chunks
-from rxcontext.providers.openai import OpenAIModel
+from rxcontext.providers.openai import REASONING_FIELD, OpenAIModel
 from rxcontext.records import RecordType
 from rxcontext.tools import Tool
 
@@ -382,7 +382,10 @@ def test_groq_third_turn_request_matches_recording(wire: str) -> None:
     collect(m, "sync", Request(history))
     sent = replay.bodies[1]["messages"]
     assert sent[:4] == w[:4]
-    # pydantic-ai inlined the reasoning as "<think>" text; we send it as nothing.
+    # pydantic-ai inlined the reasoning as "<think>" text. Groq streamed it as `reasoning`,
+    # not DeepSeek's `reasoning_content`: only the latter goes back (see
+    # test_deepseek_reasoning_content_goes_back_with_its_assistant_messages), so this
+    # reasoning is sent as nothing.
     assert sent[4] == {**w[4], "content": None} and sent[4]["tool_calls"] == w[4]["tool_calls"]
     assert w[4]["content"] == f"<think>\n{GROQ_THINKING_2}\n</think>"
     assert sent[5] == w[5]
@@ -458,6 +461,8 @@ def test_complete_equals_streamed_text_and_reasoning(mode: str, wire: str) -> No
     got = m.complete(HELLO) if mode == "sync" else asyncio.run(m.acomplete(HELLO))
     assert got == streamed
     assert got.text == "Hello" and got.thinking == "Thinking." and got.usage == Usage(54, 20, 74)
+    # Reasoning from `reasoning_content` is noted, so that it goes back in that field.
+    assert got.metadata == streamed.metadata == {REASONING_FIELD: "reasoning_content"}
 
 
 # --- crafted edge cases ---------------------------------------------------------------------
@@ -945,6 +950,106 @@ def test_tool_call_arguments_that_are_no_json_object_go_back_empty(wire: str) ->
         collect(model(replay, wire), mode, Request(records))
         calls = replay.bodies[0]["messages"][1]["tool_calls"]
         assert [c["function"]["arguments"] for c in calls] == list(sent_as.values())
+
+
+def deepseek(*deltas: dict[str, Any], finish: str) -> bytes:
+    """A DeepSeek thinking-mode stream: ``reasoning_content`` deltas, then the answer."""
+    return sse(*(chunk(d) for d in deltas), chunk({}, finish), "[DONE]")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("wire", WIRES)
+def test_deepseek_reasoning_content_goes_back_with_its_assistant_messages(
+    mode: str, wire: str
+) -> None:
+    """DeepSeek (thinking mode) refuses a request whose assistant messages of a turn with
+    tool calls lack their ``reasoning_content`` (400 "Missing `reasoning_content` field in
+    the assistant message at message index N"), in that turn's tool loop and in every
+    later request; in a turn without tool calls it ignores it. A reply whose reasoning came
+    in ``reasoning_content`` sends it back on its assistant message, in every request."""
+    replay = Replay(
+        deepseek(
+            {"role": "assistant", "content": None, "reasoning_content": "Look it "},
+            {"reasoning_content": "up."},
+            call(0, '{"city": "Paris"}', id="call_0", name="weather"),
+            finish="tool_calls",
+        ),
+        deepseek({"reasoning_content": "It is sunny."}, {"content": "Sunny."}, finish="stop"),
+        deepseek({"reasoning_content": "Plain."}, {"content": "Rainy."}, finish="stop"),
+        deepseek({"content": "Bye."}, finish="stop"),
+    )
+    m = model(replay, wire)
+    weather = Tool("weather", "Current weather").string("city")
+    history = [rec(RecordType.PROMPT, "Weather in Paris?")]
+    first = reply_from_chunks(collect(m, mode, Request(history, tools=[weather])))
+    assert first.thinking == "Look it up."
+    history += stored(first)
+    history.append(rec(RecordType.TOOL_OUTPUT, "sunny", tool_call_id="call_0"))
+    second = reply_from_chunks(collect(m, mode, Request(history, tools=[weather])))
+    call_message = {
+        "role": "assistant",
+        "content": None,
+        "reasoning_content": "Look it up.",
+        "tool_calls": [
+            {
+                "id": "call_0",
+                "type": "function",
+                "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+            }
+        ],
+    }
+    assert replay.bodies[1]["messages"][1] == call_message
+    history += stored(second)
+    history.append(rec(RecordType.PROMPT, "And Rome?"))
+    third = reply_from_chunks(collect(m, mode, Request(history, tools=[weather])))
+    answer = {"role": "assistant", "content": "Sunny.", "reasoning_content": "It is sunny."}
+    assert replay.bodies[2]["messages"][1:] == [
+        call_message,
+        {"role": "tool", "tool_call_id": "call_0", "content": "sunny"},
+        answer,
+        {"role": "user", "content": "And Rome?"},
+    ]
+    history += stored(third)
+    history.append(rec(RecordType.PROMPT, "Thanks."))
+    collect(m, mode, Request(history, tools=[weather]))
+    assert replay.bodies[3]["messages"][1:] == [
+        call_message,
+        {"role": "tool", "tool_call_id": "call_0", "content": "sunny"},
+        answer,
+        {"role": "user", "content": "And Rome?"},
+        {"role": "assistant", "content": "Rainy.", "reasoning_content": "Plain."},
+        {"role": "user", "content": "Thanks."},
+    ]
+
+
+@pytest.mark.parametrize("wire", WIRES)
+def test_reasoning_from_other_fields_is_not_sent_back(wire: str) -> None:
+    """Only reasoning the server sent as ``reasoning_content`` goes back in that field:
+    api.openai.com does not know it, and OpenRouter and Groq stream ``reasoning``. A
+    record stored before rxcontext noted where its reasoning came from sends none."""
+    for mode in MODES:
+        replay = Replay(
+            deepseek({"reasoning": "Hmm."}, {"content": "A."}, finish="stop"),
+            deepseek({"content": "B."}, finish="stop"),
+            sse(chunk({}, "stop")),
+        )
+        m = model(replay, wire)
+        history = [rec(RecordType.PROMPT, "a?")]
+        first = reply_from_chunks(collect(m, mode, Request(history)))
+        assert first.thinking == "Hmm."
+        history += [*stored(first), rec(RecordType.PROMPT, "b?")]
+        history += [*stored(reply_from_chunks(collect(m, mode, Request(history))))]
+        history += [
+            rec(RecordType.PROMPT, "c?"),
+            rec(RecordType.MODEL_RESP, "C.", metadata={"thinking": "stored long ago"}),
+            rec(RecordType.PROMPT, "d?"),
+        ]
+        collect(m, mode, Request(history))
+        assert [msg for msg in replay.bodies[2]["messages"] if msg["role"] == "assistant"] == [
+            {"role": "assistant", "content": "A."},
+            {"role": "assistant", "content": "B."},
+            {"role": "assistant", "content": "C."},
+        ]
 
 
 def test_name_wire_and_lazy_clients(monkeypatch: pytest.MonkeyPatch) -> None:

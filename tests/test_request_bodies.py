@@ -9,7 +9,8 @@ hands the SDK its messages as dicts; for Gemini the SDK's own ``generate_content
 httpx2 transport that records them (method, URL, headers, body bytes) and answers with an
 error, whose handling must also match. Histories are generated: prompts, replies, tool calls
 and outputs in any order, system prompts anywhere, unicode, thinking blocks with signatures,
-Gemini thought signatures, Responses output items, cut tool arguments, missing ids.
+Gemini thought signatures, Responses output items, reasoning from ``reasoning_content``, cut
+tool arguments, missing ids.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from rxcontext.providers._history import HistoryCache
 from rxcontext.providers.anthropic import build_messages
 from rxcontext.providers.base import Request
 from rxcontext.providers.gemini import build_contents
-from rxcontext.providers.openai import OUTPUT_KEY
+from rxcontext.providers.openai import OUTPUT_KEY, REASONING_FIELD
 from rxcontext.records import Record, RecordType
 from rxcontext.tools import Tool
 
@@ -222,6 +223,10 @@ def _reply_metadata(rng: random.Random, calls: list[tuple[str | None, str]]) -> 
         for call_id, _ in calls:
             items.append({"type": "function_call", "id": f"fc_{call_id}", "call_id": call_id})
         metadata[OUTPUT_KEY] = items
+    if rng.random() < 0.3:
+        metadata["thinking"] = _text(rng)
+        if rng.random() < 0.7:
+            metadata[REASONING_FIELD] = rng.choice(["reasoning_content", "reasoning_content", "x"])
     if rng.random() < 0.1:
         metadata["other_provider_key"] = {"ignored": True}
     return metadata

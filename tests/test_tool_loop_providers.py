@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from provider_rules import model_for
-from replay import Replay, real_fixture
+from replay import Replay, real_fixture, sse
 from stores import open_store
 
 from rxcontext import ChunkKind, ContextWindow, RecordType, Tool
@@ -78,6 +78,57 @@ async def test_openai_chat_tool_loop(mode, wire):
     )
     assert sent[-1] == want[-1]  # role tool, same tool_call_id, same output
     assert replay.bodies[1]["stream_options"] == {"include_usage": True}
+
+
+def deepseek_chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {
+        "id": "ds-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "deepseek-reasoner",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+@pytest.mark.parametrize(("mode", "wire"), MODES)
+async def test_openai_chat_tool_loop_sends_deepseek_reasoning_content_back(mode, wire):
+    """DeepSeek in thinking mode refuses a tool loop's next request without the reasoning
+    of the assistant message that made the call (api-docs.deepseek.com/guides/thinking_mode
+    #tool-calls): it goes back from the stored record, in this loop and in later requests."""
+    call = {"id": "call_0", "type": "function"}
+    call["function"] = {"name": "weather", "arguments": '{"city": "Paris"}'}
+    replay = Replay(
+        sse(
+            deepseek_chunk({"role": "assistant", "content": None, "reasoning_content": "Look."}),
+            deepseek_chunk({"tool_calls": [{"index": 0, **call}]}),
+            deepseek_chunk({}, "tool_calls"),
+            "[DONE]",
+        ),
+        sse(
+            deepseek_chunk({"reasoning_content": "Sunny it is."}),
+            deepseek_chunk({"content": "Sunny."}),
+            deepseek_chunk({}, "stop"),
+            "[DONE]",
+        ),
+        sse(deepseek_chunk({"content": "Bye."}), deepseek_chunk({}, "stop"), "[DONE]"),
+    )
+    tool = Tool("weather", "Current weather").string("city")
+    cw = await run_loop("chat", replay, tool, "sunny", "Weather in Paris?", mode, wire)
+    made_call = {"role": "assistant", "content": None, "reasoning_content": "Look."}
+    made_call["tool_calls"] = [call]
+    assert replay.bodies[1]["messages"][1] == made_call
+    # The next turn's request, from the records as the store reads them back.
+    cw.add_prompt("Thanks.")
+    if mode == "sync":
+        cw.call()
+    else:
+        await cw.acall()
+    assert replay.bodies[2]["messages"][1:] == [
+        made_call,
+        {"role": "tool", "tool_call_id": "call_0", "content": "sunny"},
+        {"role": "assistant", "content": "Sunny.", "reasoning_content": "Sunny it is."},
+        {"role": "user", "content": "Thanks."},
+    ]
 
 
 @pytest.mark.parametrize(("mode", "wire"), MODES)

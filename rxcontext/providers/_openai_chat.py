@@ -30,6 +30,7 @@ from ._common import (
 from ._history import HistoryCache, compact_json
 
 __all__ = [
+    "REASONING_FIELD",
     "ChatHistory",
     "ChatStream",
     "chat_messages",
@@ -43,6 +44,11 @@ PROVIDER = "openai"
 _TEXT = ChunkKind.TEXT
 _THINKING = ChunkKind.THINKING
 _TOOL_CALL = ChunkKind.TOOL_CALL
+REASONING_FIELD = "openai_reasoning_field"
+"""Reply/record metadata key: ``"reasoning_content"`` when the reply's reasoning came in that
+field (DeepSeek, Kimi, vLLM). Such reasoning goes back in the same field on the reply's
+assistant message; reasoning from elsewhere (``reasoning``: OpenRouter, Groq) does not, and
+api.openai.com, which knows neither, never sends one."""
 # In-stream error types worth sending again (the HTTP status, when given, decides first).
 _RETRYABLE_TYPES = frozenset({"server_error", "rate_limit_exceeded", "rate_limit_error", "timeout"})
 
@@ -90,6 +96,13 @@ def sent_arguments(raw: str) -> str:
 def _assistant(record: Record | None, calls: Sequence[Record]) -> dict[str, Any]:
     content = record.content if record is not None else ""
     message: dict[str, Any] = {"role": "assistant", "content": content}
+    if record is not None and record.metadata.get(REASONING_FIELD) == "reasoning_content":
+        # DeepSeek (thinking mode) refuses a request whose assistant messages of a turn
+        # with tool calls lack their reasoning, in that turn's tool loop and every later
+        # request; elsewhere it ignores it (api-docs.deepseek.com/guides/thinking_mode).
+        thinking = record.metadata.get("thinking")
+        if isinstance(thinking, str) and thinking:
+            message["reasoning_content"] = thinking
     if calls:
         message["content"] = content or None
         message["tool_calls"] = [
@@ -302,15 +315,23 @@ def in_stream_error(
     )
 
 
-def _reasoning(extra: Mapping[str, Any] | None) -> str | None:
+def _reasoning(extra: Mapping[str, Any] | None) -> tuple[str | None, bool]:
+    """The reasoning text of a delta or message (None: none), and whether it came in
+    ``reasoning_content`` (see :data:`REASONING_FIELD`)."""
     # OpenAI-compatible servers name it differently: DeepSeek/vLLM ``reasoning_content``,
     # OpenRouter/Groq ``reasoning``; some send both with the same text.
     if not extra:
-        return None
+        return None, False
     text = extra.get("reasoning_content")
-    if not (isinstance(text, str) and text):
-        text = extra.get("reasoning")
-    return text if isinstance(text, str) and text else None
+    if isinstance(text, str) and text:
+        return text, True
+    text = extra.get("reasoning")
+    return (text if isinstance(text, str) and text else None), False
+
+
+def _done_metadata(reasoning_content: bool) -> dict[str, Any] | None:
+    """The DONE chunk's metadata: where the reply's reasoning came from, if it goes back."""
+    return {REASONING_FIELD: "reasoning_content"} if reasoning_content else None
 
 
 class ChatStream:
@@ -320,10 +341,20 @@ class ChatStream:
     would (set by the ``wire="fast"`` path; see :meth:`fast`).
     """
 
-    __slots__ = ("_ids", "_names", "finish_reason", "response_id", "sdk_event", "usage")
+    __slots__ = (
+        "_ids",
+        "_names",
+        "finish_reason",
+        "reasoning_content",
+        "response_id",
+        "sdk_event",
+        "usage",
+    )
 
     def __init__(self, sdk_event: Callable[[Any], Any] | None = None) -> None:
         self.response_id: str | None = None
+        self.reasoning_content = False
+        """Whether reasoning came in ``reasoning_content`` (see :data:`REASONING_FIELD`)."""
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self._ids: set[int] = set()
@@ -371,9 +402,11 @@ class ChatStream:
             delta = choice.delta
             if delta:
                 _model(delta, "choices[].delta")
-                thinking = _reasoning(delta.model_extra)
+                thinking, from_content = _reasoning(delta.model_extra)
                 if thinking:
                     out.append(Chunk(_THINKING, thinking))
+                    if from_content:
+                        self.reasoning_content = True
                 if delta.content:
                     out.append(Chunk(_TEXT, str_field(delta.content, "delta.content") or ""))
                 for position, call in enumerate(delta.tool_calls or ()):
@@ -419,9 +452,11 @@ class ChatStream:
                 delta = choice.get("delta")
                 if delta:
                     if "reasoning_content" in delta or "reasoning" in delta:
-                        thinking = _reasoning(delta)
+                        thinking, from_content = _reasoning(delta)
                         if thinking:
                             out.append(Chunk(_THINKING, thinking))
+                            if from_content:
+                                self.reasoning_content = True
                     content = delta.get("content")
                     if content:
                         if content.__class__ is not str:
@@ -475,6 +510,7 @@ class ChatStream:
             finish_reason=self.finish_reason,
             response_id=self.response_id,
             usage=self.usage,
+            metadata=_done_metadata(self.reasoning_content),
         )
 
 
@@ -482,11 +518,12 @@ def completion_chunks(completion: Any) -> list[Chunk]:
     """The chunks a non-streaming ``ChatCompletion`` amounts to (whole parts, one each)."""
     out: list[Chunk] = []
     finish_reason = None
+    reasoning_content = False
     for choice in completion.choices or ():
         if choice.index:
             continue
         message = choice.message
-        thinking = _reasoning(message.model_extra)
+        thinking, reasoning_content = _reasoning(message.model_extra)
         if thinking:
             out.append(Chunk(_THINKING, thinking))
         if message.content:
@@ -507,6 +544,7 @@ def completion_chunks(completion: Any) -> list[Chunk]:
             finish_reason=finish_reason,
             response_id=completion.id or None,
             usage=usage,
+            metadata=_done_metadata(reasoning_content),
         )
     )
     return out

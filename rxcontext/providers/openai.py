@@ -47,6 +47,7 @@ from ._common import (
 )
 from ._openai_chat import (
     PROVIDER,
+    REASONING_FIELD,
     ChatHistory,
     ChatStream,
     chat_messages,
@@ -73,7 +74,7 @@ try:  # the SDK's own strict-schema transform (what its .parse() helpers send)
 except ImportError:  # pragma: no cover - an SDK without it: send the schema as given
     _ensure_strict_json_schema = None  # type: ignore[assignment]
 
-__all__ = ["OUTPUT_KEY", "OpenAIModel", "OpenAIResponsesModel"]
+__all__ = ["OUTPUT_KEY", "REASONING_FIELD", "OpenAIModel", "OpenAIResponsesModel"]
 
 
 _ERRORS = (openai.OpenAIError, httpx2.TransportError, json.JSONDecodeError, UnicodeDecodeError)
@@ -302,6 +303,11 @@ class OpenAIModel(_OpenAIBase):
 
     ``params`` (``temperature``, ``reasoning_effort``, ``extra_body``...) go into every
     request. Streams ask for ``stream_options.include_usage`` so the last event has usage.
+
+    Reasoning that a server streams as ``reasoning_content`` (DeepSeek, Kimi, vLLM) or
+    ``reasoning`` (OpenRouter, Groq) becomes the reply's thinking. Only the first goes back,
+    in the same field on the reply's assistant message: DeepSeek's thinking mode refuses a
+    tool loop without it. The reply's metadata says where it came from (``REASONING_FIELD``).
     """
 
     _history: ChatHistory

@@ -35,6 +35,7 @@ from rxcontext import (
     ReplyBusy,
     ReplyState,
     SQLiteStore,
+    StoreBusy,
     StoreClosedError,
     StoreError,
     Usage,
@@ -465,6 +466,27 @@ def test_export_to_a_json_ready_dict(store: SQLiteStore):
     ]
     with pytest.raises(ContextNotFound):
         store.export_context("missing")
+
+
+def test_opening_an_existing_context_needs_no_write_lock(db_path: Path):
+    """A window (or a CLI command) on a context that exists only reads: another process's
+    long write does not make it wait for the lock and fail with StoreBusy."""
+    import sqlite3
+
+    store = SQLiteStore(db_path, busy_timeout=0.2)
+    try:
+        made = store.get_or_create_context("c")
+        other = sqlite3.connect(db_path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            assert store.get_or_create_context("c") == made
+            with pytest.raises(StoreBusy):  # a new one is a write, and waits as writes do
+                store.get_or_create_context("new")
+        finally:
+            other.execute("COMMIT")
+            other.close()
+    finally:
+        store.close()
 
 
 def test_an_export_is_one_snapshot_while_another_connection_writes(db_path: Path):

@@ -283,6 +283,14 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         if not isinstance(name, str):
             raise TypeError(f"context name must be a str, not {type(name).__name__}")
         name = name or uuid.uuid4().hex
+        # Read first: opening a context that exists is no write, and must not wait for
+        # another process's write lock (and fail with StoreBusy) as a write would.
+        with self._read() as db:
+            row = db.execute(
+                f"SELECT {rows.CONTEXT_COLUMNS} FROM contexts WHERE name = ?", (name,)
+            ).fetchone()
+        if row is not None:
+            return rows.context(row)
         with self._tx() as db:
             db.execute(
                 "INSERT OR IGNORE INTO contexts (id, name, start_time) VALUES (?, ?, ?)",

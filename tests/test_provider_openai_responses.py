@@ -15,8 +15,10 @@ from replay import Replay, real_files, real_fixture, sse, stored
 from replay import Reply as Served
 from replay import record as rec
 
+import rxcontext
+from rxcontext import ContextWindow
 from rxcontext.chunks import Chunk, ChunkKind, ToolCall, Usage
-from rxcontext.errors import ProviderError
+from rxcontext.errors import ProviderError, StreamInterrupted
 from rxcontext.providers.base import Request, reply_from_chunks
 from rxcontext.providers.openai import OUTPUT_KEY, OpenAIResponsesModel
 from rxcontext.records import RecordType
@@ -623,6 +625,67 @@ def test_response_incomplete_is_an_error(wire: str) -> None:
     assert chunks == [Chunk(ChunkKind.TEXT, "par")]
     assert (err.retryable, err.error_type) == (False, "max_output_tokens")
     assert "max_output_tokens" in str(err)
+
+
+def cut_short(path: Path, ending: str) -> bytes:
+    """A recorded stream with its ``response.completed`` event turned into ``ending``
+    (``incomplete``: cut by ``max_output_tokens``; ``failed``: a server error), the usage
+    unchanged, as the API sends it then."""
+    out = []
+    for line in path.read_text().split("\n"):
+        if line == "event: response.completed":
+            line = f"event: response.{ending}"
+        elif line.startswith('data: {"type":"response.completed"'):
+            data = json.loads(line[6:])
+            data["type"] = f"response.{ending}"
+            data["response"]["status"] = ending
+            if ending == "incomplete":
+                data["response"]["incomplete_details"] = {"reason": "max_output_tokens"}
+            else:
+                data["response"]["error"] = {"code": "server_error", "message": "The model crashed"}
+            line = "data: " + json.dumps(data)
+        out.append(line)
+    return "\n".join(out).encode()
+
+
+@pytest.mark.fixtures
+@pytest.mark.parametrize("wire", WIRES)
+@pytest.mark.parametrize("ending", ["incomplete", "failed"])
+def test_a_response_cut_short_delivers_its_usage_before_the_error(ending: str, wire: str) -> None:
+    """The usage a ``response.incomplete`` / ``response.failed`` event reports was billed: it
+    is delivered (a USAGE chunk) before the error, as a checkpoint's usage to be spent."""
+    body = cut_short(real_fixture("openai_responses/text_basic_gpt55.sse"), ending)
+    err, chunks = both_error(body, wire)
+    assert chunks == [
+        Chunk(ChunkKind.TEXT, "pong"),
+        Chunk(ChunkKind.USAGE, usage=Usage(11, 5, 16, 0, 0)),
+    ]
+    if ending == "incomplete":
+        assert (err.retryable, err.error_type) == (False, "max_output_tokens")
+    else:
+        assert (err.retryable, err.error_type) == (True, "server_error")
+        assert "The model crashed" in str(err) and isinstance(err.__cause__, openai.APIError)
+
+
+@pytest.mark.fixtures
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("wire", WIRES)
+def test_a_reply_cut_by_max_output_tokens_keeps_its_usage_in_the_checkpoint(
+    mode: str, wire: str
+) -> None:
+    """docs/guarantees.md: what a cut attempt was billed (the checkpoint's usage) is spent."""
+    body = cut_short(real_fixture("openai_responses/text_basic_gpt55.sse"), "incomplete")
+    cw = ContextWindow(rxcontext.open(":memory:"), model(Replay(body), wire), "r", retry=None)
+    cw.add_prompt("hi")
+    with pytest.raises(StreamInterrupted) as info:
+        cw.call() if mode == "sync" else asyncio.run(cw.acall())
+    cause = info.value.__cause__
+    assert isinstance(cause, ProviderError) and cause.error_type == "max_output_tokens"
+    (cp,) = cw.checkpoints()
+    assert (cp.text, cp.usage) == ("pong", Usage(11, 5, 16, 0, 0))
+    kept = cw.keep(cp.id)
+    assert kept.metadata["usage"]["total_tokens"] == 16
+    assert cw.stats().usage.total_tokens == 16
 
 
 @pytest.mark.parametrize("wire", WIRES)

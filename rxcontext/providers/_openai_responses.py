@@ -23,6 +23,7 @@ from ._common import (
     READ_ERRORS,
     BadEvent,
     bad_field,
+    incomplete_stream,
     int_field,
     malformed_event,
     provider_error,
@@ -380,6 +381,7 @@ class ResponsesStream:
         "_kept",
         "chunks",
         "cursor",
+        "failure",
         "finished",
         "request",
         "resumed",
@@ -398,6 +400,7 @@ class ResponsesStream:
         self._args: set[int] = set()
         self._kept: dict[int, dict[str, Any]] = {}
         self.finished = False
+        self.failure: ProviderError | None = None  # what ended the stream, raised by end()
         self.secrets = secrets
         self.cursor = cursor
         self.chunks = 0  # chunks yielded so far (counted only with a cursor)
@@ -528,9 +531,38 @@ class ResponsesStream:
         """Raise ``error`` from the SDK's ``APIError`` for the event, as the SDK raises an
         ``{"error": ...}`` payload: a caller catching ``openai.APIError`` in the cause chain
         sees every in-stream error, on both wires."""
-        if self.request is None:
+        raise self._caused(error, message, body)
+
+    def _caused(self, error: ProviderError, message: str, body: object) -> ProviderError:
+        """``error`` with the SDK's ``APIError`` for the event as its cause (see :meth:`_raise`)."""
+        if self.request is not None:
+            cause = openai.APIError(scrub(message, *self.secrets), self.request, body=body)
+            error.__cause__ = cause
+            error.__suppress_context__ = True
+        return error
+
+    def end(self) -> None:
+        """Raise what the stream ended with, once its chunks are delivered: the error of a
+        ``response.failed`` / ``response.incomplete`` event that reported usage (the USAGE
+        chunk goes first), or ``incomplete_stream`` when no final event came."""
+        if self.failure is not None:
+            raise self.failure
+        if not self.finished:
+            raise incomplete_stream(PROVIDER, "response.completed")
+
+    def _failed(self, error: ProviderError, response: Mapping[str, Any]) -> list[Chunk]:
+        """A response that ended failed or incomplete: ``error`` raised now, or, when the
+        response reports its usage (billed all the same), that usage as a chunk, ``error``
+        kept for :meth:`end` to raise once the chunk is delivered."""
+        try:
+            usage = responses_usage(response["usage"]) if response.get("usage") else None
+        except READ_ERRORS:
+            usage = None  # the failure is the news, not a malformed count beside it
+        if usage is None:
             raise error
-        raise error from openai.APIError(scrub(message, *self.secrets), self.request, body=body)
+        self.failure = error
+        self.finished = True
+        return [Chunk(ChunkKind.USAGE, usage=usage)]
 
     def _arguments(self, item_id: Any, output_index: Any, delta: Any) -> list[Chunk]:
         str_field(item_id, "item_id")
@@ -570,11 +602,13 @@ class ResponsesStream:
     def _end(self, kind: str, response: Mapping[str, Any]) -> list[Chunk]:
         status = str_field(response.get("status"), "response.status")
         if kind == "response.incomplete" or status == "incomplete":
-            raise failed_error({**response, "status": "incomplete"}, self.secrets)
+            return self._failed(
+                failed_error({**response, "status": "incomplete"}, self.secrets), response
+            )
         if kind == "response.failed" or status == "failed":
             error = failed_error({**response, "status": "failed"}, self.secrets)
             message = (response.get("error") or {}).get("message") or "response failed"
-            self._raise(error, message, response.get("error"))
+            return self._failed(self._caused(error, message, response.get("error")), response)
         response_id = str_field(response.get("id"), "response.id")
         usage = responses_usage(response["usage"]) if response.get("usage") else None
         kept: dict[int, dict[str, Any]] = {}
@@ -621,4 +655,6 @@ def response_chunks(
         out.extend(stream._item("response.output_item.added", index, item))
         out.extend(stream._item("response.output_item.done", index, item))
     out.extend(stream._end("response.completed", response))
+    if stream.failure is not None:
+        raise stream.failure
     return out

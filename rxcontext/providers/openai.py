@@ -39,7 +39,6 @@ from ._common import (
     Lazy,
     Wire,
     check_wire,
-    incomplete_stream,
     malformed_event,
     mask_chain,
     provider_error,
@@ -424,10 +423,6 @@ def _read_whole(
     return reply_from_chunks(chunks)
 
 
-def _unfinished() -> ProviderError:
-    return incomplete_stream(PROVIDER, "response.completed")
-
-
 class OpenAIResponsesModel(_OpenAIBase):
     """A Responses API model.
 
@@ -534,8 +529,7 @@ class OpenAIResponsesModel(_OpenAIBase):
                         yield from sdk(sdk_event)
                         if state.finished:
                             break
-        if not state.finished:
-            raise _unfinished()
+        state.end()
 
     async def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
         """The asyncio twin of :meth:`iter_chunks`."""
@@ -564,8 +558,7 @@ class OpenAIResponsesModel(_OpenAIBase):
                             yield chunk
                         if state.finished:
                             break
-        if not state.finished:
-            raise _unfinished()
+        state.end()
 
     # -- native resume (background mode) --------------------------------------------------
 
@@ -621,8 +614,7 @@ class OpenAIResponsesModel(_OpenAIBase):
                         yield from state.sdk_at(sdk_event)
                         if state.finished:
                             break
-        if not state.finished:
-            raise _unfinished()
+        state.end()
 
     async def _aresume(
         self, checkpoint: Checkpoint, point: tuple[str, int], cursor: ResumeCursor | None
@@ -656,8 +648,7 @@ class OpenAIResponsesModel(_OpenAIBase):
                             yield chunk
                         if state.finished:
                             break
-        if not state.finished:
-            raise _unfinished()
+        state.end()
 
     def complete(self, request: Request) -> Reply:
         """One non-streaming call; the :class:`Reply` streaming would reduce to."""

@@ -178,7 +178,7 @@ def _parts(path: Path) -> list[dict[str, Any]]:
 EXPECTED: dict[str, dict[str, Any]] = {
     "code_execution_gemini3flash.sse": {
         "calls": [],
-        "usage": Usage(147, 108, 783, 0, 168),
+        "usage": Usage(507, 108, 783, 0, 168),
         "response_id": "n1P6abvRFaKdz7IPkcuQ2Aw",
         "text_end": "is **-428,330,955.97745**.",
         "reply_signature": True,
@@ -199,7 +199,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
     },
     "google_search_grounding_gemini25pro.sse": {
         "calls": [],
-        "usage": Usage(17, 241, 772, 0, 412),
+        "usage": Usage(119, 241, 772, 0, 412),
         "response_id": "ftnJaMmAMcm-qtsPwvCCoAo",
         "text_end": "",
         "reply_signature": False,
@@ -254,6 +254,23 @@ def test_every_recording_has_expectations() -> None:
     if not names:
         pytest.skip("recorded fixtures not found: ../shared/fixtures/real is absent")
     assert names == set(EXPECTED)
+
+
+@pytest.mark.fixtures
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_recorded_usage_counts_what_genai_prices_counts(name: str) -> None:
+    """The reply's input is the prompt and the tool-use prompt (code execution, Google Search
+    results fed back to the model), billed as input: genai-prices' own Google extractor, on
+    the stream's last usageMetadata, is the truth (its output is candidates + thoughts)."""
+    genai_prices = pytest.importorskip("genai_prices", reason="needs rxcontext[prices]")
+    path = real_fixture(f"gemini/{name}")
+    meta = [e["usageMetadata"] for e in _wire_events(path) if "usageMetadata" in e][-1]
+    truth = genai_prices.extract_usage({"usageMetadata": meta}, provider_id="google").usage
+    usage = reply_from_chunks(play(path)).usage
+    assert usage is not None
+    assert usage.input_tokens == truth.input_tokens
+    assert usage.output_tokens + usage.reasoning_tokens == truth.output_tokens
+    assert usage.total_tokens == meta["totalTokenCount"]
 
 
 @pytest.mark.fixtures

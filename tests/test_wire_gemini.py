@@ -284,7 +284,12 @@ def usage(draw: st.DrawFn) -> dict[str, int]:
         "promptTokenCount": draw(st.integers(0, 500)),
         "totalTokenCount": draw(st.integers(0, 2000)),
     }
-    for key in ("candidatesTokenCount", "cachedContentTokenCount", "thoughtsTokenCount"):
+    for key in (
+        "candidatesTokenCount",
+        "cachedContentTokenCount",
+        "thoughtsTokenCount",
+        "toolUsePromptTokenCount",
+    ):
         if draw(st.booleans()):
             out[key] = draw(st.integers(0, 500))
     return out
@@ -396,6 +401,7 @@ _COUNTS = {
     "totalTokenCount",
     "cachedContentTokenCount",
     "thoughtsTokenCount",
+    "toolUsePromptTokenCount",
 }
 
 

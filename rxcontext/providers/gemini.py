@@ -33,9 +33,11 @@ Choices worth knowing:
 - ``executableCode`` / ``codeExecutionResult`` parts (built-in code execution) and
   ``groundingMetadata`` (Google Search) are server-side tool activity: they make no chunks
   (the window must not run them; the answer's text is kept). Only their signature is kept.
-- Usage: ``promptTokenCount`` → input, ``candidatesTokenCount`` → output,
-  ``totalTokenCount`` (Gemini's own total: it counts thought and tool-use prompt tokens)
-  → total, ``cachedContentTokenCount`` → cached, ``thoughtsTokenCount`` → reasoning. Every
+- Usage: ``promptTokenCount`` + ``toolUsePromptTokenCount`` (what built-in tools, code
+  execution or Google Search, fed back to the model: billed as input, as genai-prices
+  counts it) → input, ``candidatesTokenCount`` → output, ``totalTokenCount`` (Gemini's own
+  total: it counts thought and tool-use prompt tokens) → total,
+  ``cachedContentTokenCount`` → cached, ``thoughtsTokenCount`` → reasoning. Every
   chunk carries the totals so far; a USAGE chunk is emitted when they change.
 - The finish reason is Gemini's string (``"STOP"``, ``"SAFETY"``,
   ``"MALFORMED_FUNCTION_CALL"``...). (``finishMessage`` is not kept: the SDK drops it.) A
@@ -434,12 +436,14 @@ class _Turn:
         total: int | None,
         cached: int | None,
         thoughts: int | None,
+        tool_use: int | None,
     ) -> Chunk | None:
         """Take a chunk's usage (totals so far); a USAGE chunk if they changed.
 
-        A count that is not an int raises before anything is taken.
+        The tool-use prompt (what built-in tools fed back to the model) is input, billed
+        as such. A count that is not an int raises before anything is taken.
         """
-        counts = (prompt, candidates, total, cached, thoughts)
+        counts = (prompt, candidates, total, cached, thoughts, tool_use)
         if counts == self._counts:  # unchanged (and checked before)
             return None
         if not (
@@ -448,10 +452,13 @@ class _Turn:
             and (total.__class__ is int or total is None)
             and (cached.__class__ is int or cached is None)
             and (thoughts.__class__ is int or thoughts is None)
+            and (tool_use.__class__ is int or tool_use is None)
         ):
             raise bad_field("a usageMetadata count", counts)
         self._counts = counts
-        usage = Usage.of(*counts)
+        if tool_use:
+            prompt = (prompt or 0) + tool_use
+        usage = Usage.of(prompt, candidates, total, cached, thoughts)
         if usage == self.usage:
             return None
         self.usage = usage
@@ -540,6 +547,7 @@ def _sdk_response(
             counts["total_token_count"],
             counts["cached_content_token_count"],
             counts["thoughts_token_count"],
+            counts["tool_use_prompt_token_count"],
         )
         if usage is not None:
             out.append(usage)
@@ -744,6 +752,7 @@ class _FastReader:
                     meta.get("totalTokenCount"),
                     meta.get("cachedContentTokenCount"),
                     meta.get("thoughtsTokenCount"),
+                    meta.get("toolUsePromptTokenCount"),
                 )
                 if usage is not None:
                     out.append(usage)

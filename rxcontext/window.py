@@ -605,10 +605,11 @@ class ContextWindow:
                 persister.thread_version = history.version
             call = options if round_ == 0 else later
             resume = persister.resuming
-            if resume is not None and resume.text:
+            if resume is not None and resume.text and not resume.text.isspace():
                 # The partial reply goes back as an assistant turn plus a continuation
-                # prompt. With nothing delivered yet, the original request is sent as it
-                # was (providers reject an empty assistant turn).
+                # prompt. With nothing delivered yet, or only whitespace, the original
+                # request is sent as it was (providers reject an empty assistant turn, and
+                # Anthropic one of whitespace only).
                 records = [
                     *records,
                     Record.unsaved(context_id, RecordType.MODEL_RESP, resume.text),
@@ -971,9 +972,10 @@ class ContextWindow:
         Where the model can resume the checkpoint's own stream (OpenAI Responses with
         ``background=True``), the continuation is the rest of that stream, exactly;
         otherwise the history is sent with the partial reply as an assistant turn and an
-        instruction to continue (no assistant prefill). A resume that fails is interrupted
-        again (its claim released at once), and can be resumed again. A reply whose prompt
-        was answered again by a later reply (a retry) gives
+        instruction to continue (no assistant prefill); a partial reply of no text, or of
+        whitespace only, is not sent: the request is the one it answers. A resume that
+        fails is interrupted again (its claim released at once), and can be resumed again.
+        A reply whose prompt was answered again by a later reply (a retry) gives
         :class:`~rxcontext.ReplySuperseded`: discard it. Takes the per-call options of
         :meth:`stream` (with ``schema``, the joined text is what is validated).
         """

@@ -142,6 +142,9 @@ def check_anthropic(body: dict[str, Any]) -> None:
         for b in blocks:
             if b.get("type") == "text":
                 assert b["text"], f"[{i}] text content blocks must be non-empty"
+                assert not b["text"].isspace(), (
+                    f"[{i}] text content blocks must contain non-whitespace text"
+                )
         pending = {b["id"] for b in blocks if b.get("type") == "tool_use"}
         assert role == "assistant" or not pending, f"[{i}] tool_use in a user message"
     assert not pending, f"tool_use ids {sorted(pending)} at the end have no tool_result"

@@ -43,6 +43,8 @@ def T(text: str) -> Chunk:
 
 
 DONE = Chunk(ChunkKind.DONE, finish_reason="stop")
+# How a reply begins: words, or whitespace only, as claude-opus-4-6 opens one ("\n\n").
+OPENINGS = ["let me check", "\n\n"]
 TOOLS_DONE = Chunk(ChunkKind.DONE, finish_reason="tool_calls")
 
 
@@ -108,15 +110,16 @@ class Conversation(RuleBasedStateMachine):
         self._play([*(T(f"a{i} ") for i in range(parts)), DONE])
 
     @precondition(lambda self: self._last_is_prompt())
-    @rule(n=st.integers(1, 2), then_cut=st.booleans())
-    def answer_with_tools(self, n: int, then_cut: bool) -> None:
+    @rule(n=st.integers(1, 2), then_cut=st.booleans(), opening=st.sampled_from(OPENINGS))
+    def answer_with_tools(self, n: int, then_cut: bool, opening: str) -> None:
         second = [T("so "), ConnectionError("cut")] if then_cut else [T("after tools"), DONE]
-        self._play([T("let me check"), *calls(n, self.tag), TOOLS_DONE], second)
+        self._play([T(opening), *calls(n, self.tag), TOOLS_DONE], second)
 
     @precondition(lambda self: self._last_is_prompt())
-    @rule(delivered=st.integers(0, 3))
-    def cut(self, delivered: int) -> None:
-        self._play([*(T(f"p{i} ") for i in range(delivered)), ConnectionError("cut")])
+    @rule(delivered=st.integers(0, 3), opening=st.sampled_from(OPENINGS))
+    def cut(self, delivered: int, opening: str) -> None:
+        pieces = [T(opening), *(T(f"p{i} ") for i in range(delivered - 1))] if delivered else []
+        self._play([*pieces, ConnectionError("cut")])
 
     @precondition(lambda self: self._last_is_prompt())
     @rule(n=st.integers(1, 2))

@@ -19,9 +19,11 @@ from typing import Any
 import anthropic
 import httpx2
 import pytest
-from replay import REAL, Replay, collect_async, collect_sync, real_files, real_fixture
+from replay import REAL, Replay, collect_async, collect_sync, pieces, real_files, real_fixture
 from replay import Reply as Canned
 
+import rxcontext
+from rxcontext import ContextWindow, StreamInterrupted
 from rxcontext.chunks import Chunk, ChunkKind, Reply, ToolCall, Usage
 from rxcontext.errors import ProviderError
 from rxcontext.providers import AnthropicModel
@@ -970,6 +972,121 @@ def test_second_turn_sends_parallel_no_arg_tool_uses_and_results(wire: str) -> N
             b for b in message["content"] if not (b["type"] == "text" and not b["text"].strip())
         ]
     assert sent["messages"] == recorded["messages"]
+
+
+# -- whitespace-only text ------------------------------------------------------------------
+# Anthropic refuses a text block of whitespace only ("messages: text content blocks must
+# contain non-whitespace text"), and claude-opus-4-6 opens adaptive-thinking replies with
+# one ("\n\n", anthropic/text_before_thinking_opus46.sse).
+
+OPUS46 = "anthropic/text_before_thinking_opus46.sse"
+
+
+def test_a_whitespace_only_reply_text_is_not_sent_back(wire: str) -> None:
+    R = RecordType
+    thinking = {"type": "thinking", "thinking": "Call it.", "signature": "SIG1"}
+    records = [
+        record(R.PROMPT, "hi"),
+        record(R.MODEL_RESP, "\n\n"),  # a cut reply kept as it was
+        record(R.PROMPT, "again"),
+        record(R.MODEL_RESP, " \n\t", metadata={"thinking_blocks": [thinking]}),
+        record(R.TOOL_CALL, '{"i": 1}', tool_call_id="toolu_1", tool_name="t"),
+        record(R.TOOL_OUTPUT, "42", tool_call_id="toolu_1", tool_name="t"),
+        record(R.MODEL_RESP, "\n\nDone."),  # leading whitespace in a text with words stays
+        record(R.PROMPT, "next"),
+    ]
+    want = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "again"}],
+        },
+        {
+            "role": "assistant",
+            "content": [
+                thinking,
+                {"type": "tool_use", "id": "toolu_1", "name": "t", "input": {"i": 1}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "42"}],
+        },
+        {"role": "assistant", "content": [{"type": "text", "text": "\n\nDone."}]},
+        {"role": "user", "content": [{"type": "text", "text": "next"}]},
+    ]
+    assert build_messages(records)[1] == want
+    _, error, replay = run(lambda: [text_stream("ok")], wire, Request(records), cache=False)
+    assert error is None
+    assert replay.bodies[0]["messages"] == want
+
+
+def _cut_after_whitespace() -> Canned:
+    """The recorded opus-4-6 stream, cut right after its "\\n\\n" text block."""
+    body = real_fixture(OPUS46).read_bytes()
+    parts = pieces(body)
+    stop = next(i for i, p in enumerate(parts) if b'"content_block_stop","index":0' in p)
+    return Canned(body, cut_after=stop + 1)
+
+
+def _window(replay: Replay, wire: str) -> ContextWindow:
+    return ContextWindow(rxcontext.open(":memory:"), model(replay, wire), "ws", retry=None)
+
+
+def _cut(cw: ContextWindow, mode: str) -> int:
+    """Add a prompt and stream a reply that is cut; the checkpoint's id."""
+    cw.add_prompt("Two names for a pet pelican, be brief")
+
+    async def acut() -> None:
+        async for _ in cw.astream():
+            pass
+
+    with pytest.raises(StreamInterrupted) as cut:
+        if mode == "sync":
+            cw.call()
+        else:
+            asyncio.run(acut())
+    assert cut.value.checkpoint.text == "\n\n"
+    return cut.value.checkpoint.id
+
+
+@pytest.mark.fixtures
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_reply_cut_after_whitespace_resumes_as_the_original_request(wire: str, mode: str) -> None:
+    """Nothing but whitespace was delivered: the resume sends the request the reply
+    answers, as when nothing was delivered (not a whitespace assistant turn)."""
+    replay = Replay(_cut_after_whitespace(), real_fixture("anthropic/text_basic_sonnet45.sse"))
+    cw = _window(replay, wire)
+    checkpoint = _cut(cw, mode)
+
+    async def aresume() -> None:
+        async for _ in cw.aresume(checkpoint):
+            pass
+
+    if mode == "sync":
+        cw.resume_call(checkpoint)
+    else:
+        asyncio.run(aresume())
+    assert replay.bodies[1]["messages"] == replay.bodies[0]["messages"]
+    (reply,) = [r for r in cw.live_records() if r.type is RecordType.MODEL_RESP]
+    assert reply.content.startswith("\n\n") and reply.content.strip()
+
+
+@pytest.mark.fixtures
+def test_a_kept_whitespace_reply_is_left_out_of_later_requests(wire: str) -> None:
+    replay = Replay(_cut_after_whitespace(), real_fixture("anthropic/text_basic_sonnet45.sse"))
+    cw = _window(replay, wire)
+    assert cw.keep(_cut(cw, "sync")).content == "\n\n"
+    cw.add_prompt("next?")
+    cw.call()
+    assert replay.bodies[1]["messages"] == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Two names for a pet pelican, be brief"},
+                {"type": "text", "text": "next?", "cache_control": {"type": "ephemeral"}},
+            ],
+        }
+    ]
 
 
 # -- non-streaming -------------------------------------------------------------------------

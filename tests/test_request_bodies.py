@@ -157,6 +157,7 @@ def gemini_client(recorder: Recorder) -> genai.Client:
 _ids = itertools.count(1)
 _TEXTS = [
     "",
+    "\n\n",  # whitespace only: Anthropic refuses it as a text block
     "Hello",
     "naïve café — “quotes” and 'apostrophes'",
     "日本語のテキスト、中文，한국어",

@@ -160,6 +160,57 @@ async def test_anthropic_tool_loop_sends_thinking_back_with_its_signature(mode, 
     assert sent[1:] == recorded["messages"][1:]  # thinking+signature, tool_use, tool_result
 
 
+def opus46_tool_round() -> tuple[bytes, dict[str, Any]]:
+    """The recorded claude-opus-4-6 adaptive-thinking stream (a text block of only "\\n\\n",
+    then a signed thinking block) with its answer block replaced by a tool_use block; and
+    that thinking block as it must go back."""
+    events = real_fixture("anthropic/text_before_thinking_opus46.sse").read_text().split("\n\n")
+    end = next(i for i, e in enumerate(events) if '"content_block_stop","index":1' in e)
+    data = [json.loads(e.partition("data: ")[2]) for e in events[: end + 1] if "data: " in e]
+    deltas = [d["delta"] for d in data if d.get("index") == 1 and "delta" in d]
+    thinking = {
+        "type": "thinking",
+        "thinking": "".join(d.get("thinking", "") for d in deltas),
+        "signature": "".join(d.get("signature", "") for d in deltas),
+    }
+    tool_use = {"type": "tool_use", "id": "toolu_01A", "name": "t", "input": {}}
+    tail = [
+        {"type": "content_block_start", "index": 2, "content_block": tool_use},
+        {
+            "type": "content_block_delta",
+            "index": 2,
+            "delta": {"type": "input_json_delta", "partial_json": '{"i": 1}'},
+        },
+        {"type": "content_block_stop", "index": 2},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+            "usage": {"output_tokens": 40},
+        },
+        {"type": "message_stop"},
+    ]
+    framed = [f"event: {e['type']}\ndata: {json.dumps(e)}" for e in tail]
+    return ("\n\n".join([*events[: end + 1], *framed]) + "\n\n").encode(), thinking
+
+
+@pytest.mark.parametrize(("mode", "wire"), MODES)
+async def test_anthropic_tool_loop_leaves_out_a_whitespace_text_block(mode, wire):
+    """Anthropic refuses a whitespace-only text block; the round-2 assistant turn is the
+    thinking block and the tool_use, as in the recorded haiku round-2 request."""
+    round1, thinking = opus46_tool_round()
+    replay = Replay(round1, real_fixture("anthropic/text_basic_sonnet45.sse"))
+    tool = Tool("t", "a tool").number("i", "n")
+    await run_loop("anthropic", replay, tool, "42", "Use the tool.", mode, wire)
+    assert thinking["thinking"] and thinking["signature"]
+    assert replay.bodies[1]["messages"][1] == {
+        "role": "assistant",
+        "content": [
+            thinking,
+            {"type": "tool_use", "id": "toolu_01A", "name": "t", "input": {"i": 1}},
+        ],
+    }
+
+
 @pytest.mark.parametrize(("mode", "wire"), MODES)
 async def test_gemini_tool_loop_sends_the_thought_signature_back(mode, wire):
     replay, recorded = rounds("gemini", "function_call_thought_signature_roundtrip_gemini3pro")

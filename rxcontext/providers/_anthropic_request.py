@@ -74,7 +74,9 @@ def _blocks(record: Record) -> tuple[str | None, list[dict[str, Any]]]:
         return _USER, blocks
     if kind is RecordType.MODEL_RESP:
         blocks = _thinking_blocks(record.metadata)
-        if record.content:
+        # Anthropic refuses a text block of whitespace only ("text content blocks must
+        # contain non-whitespace text"); some models open a reply with one ("\n\n").
+        if record.content and not record.content.isspace():
             blocks.append({"type": "text", "text": record.content})
         return _ASSISTANT, blocks
     if kind is RecordType.TOOL_CALL:
@@ -99,8 +101,9 @@ def build_messages(records: Iterable[Record]) -> tuple[str, list[dict[str, Any]]
     """The ``system`` text and ``messages`` for ``records``.
 
     A MODEL_RESP becomes its thinking blocks (from ``metadata["thinking_blocks"]``,
-    unchanged and in order), then its text (if any); the TOOL_CALLs after it add
-    ``tool_use`` blocks to the same assistant turn. TOOL_OUTPUTs become ``tool_result``
+    unchanged and in order), then its text (unless empty or whitespace only, which the API
+    refuses: such a reply with no thinking adds nothing, as an empty one); the TOOL_CALLs
+    after it add ``tool_use`` blocks to the same assistant turn. TOOL_OUTPUTs become ``tool_result``
     blocks of a user turn. Consecutive turns of one role are merged, as the API requires.
     """
     system: list[str] = []

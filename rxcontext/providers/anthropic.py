@@ -36,6 +36,9 @@ Choices worth knowing:
   ``ProviderError`` (``error_type`` ``invalid_utf8`` / ``invalid_json`` / ``invalid_event``)
   on both wires, after the same chunks (see ``_common.malformed_event``).
 - DONE metadata: ``anthropic_stop_sequence`` when a stop sequence matched.
+- Requests: a reply's text of whitespace only is not sent back (the API refuses such a
+  text block; claude-opus-4-6 opens replies with "\\n\\n"): its thinking and tool_use
+  blocks are.
 """
 
 from __future__ import annotations

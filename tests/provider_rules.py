@@ -118,7 +118,10 @@ def check_openai_responses(body: dict[str, Any]) -> None:
 
 def check_anthropic(body: dict[str, Any]) -> None:
     messages = body["messages"]
-    assert messages and messages[0]["role"] == "user", "the first message must be the user's"
+    # The first message may be the assistant's: the API has accepted it since late 2024, and
+    # its reference (the SDK's ``messages`` docs) no longer says "The first message must
+    # always use the user role" (Bedrock still refused it then: anthropic-sdk-typescript#622).
+    assert messages, "messages: at least one message is required"
     pending: set[str] = set()
     for i, m in enumerate(messages):
         role = m["role"]

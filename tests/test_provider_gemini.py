@@ -997,6 +997,70 @@ def test_tool_call_without_model_reply_and_bad_stored_values() -> None:
     )
 
 
+# -- a history that opens with a reply ----------------------------------------------------
+# Gemini refuses contents whose first turn is the model's ("Please ensure that function
+# call turn comes immediately after a user turn or after a function response turn";
+# "... multiturn requests alternate between user and model"): a history whose first
+# prompt was killed is sent from its first prompt on; the records stay as they are.
+
+
+def test_a_history_opening_with_a_reply_is_sent_from_its_first_prompt() -> None:
+    records = [
+        record(RecordType.SYSTEM_PROMPT, "Be brief."),
+        record(RecordType.MODEL_RESP, "Checking.", metadata={"gemini_thought_signature": SIG}),
+        record(RecordType.TOOL_CALL, '{"city": "Paris"}', tool_call_id="c1", tool_name="weather"),
+        record(RecordType.TOOL_OUTPUT, "sunny", tool_call_id="c1", tool_name="weather"),
+        record(RecordType.MODEL_RESP, "Paris is sunny."),
+        record(RecordType.SYSTEM_PROMPT, "Use metric units."),
+        record(RecordType.PROMPT, "And Rome?"),
+        record(RecordType.MODEL_RESP, "Rainy."),
+        record(RecordType.PROMPT, "Thanks"),
+    ]
+    want = [
+        {"parts": [{"text": "And Rome?"}], "role": "user"},
+        {"parts": [{"text": "Rainy."}], "role": "model"},
+        {"parts": [{"text": "Thanks"}], "role": "user"},
+    ]
+    contents = build_contents(records)
+    assert [(c.role, [p.text for p in c.parts or []]) for c in contents] == [
+        (w["role"], [p["text"] for p in w["parts"]]) for w in want
+    ]
+    for wire in WIRES:
+        for collect in (collect_sync, collect_async):
+            replay = Replay(sse(event({"text": "ok"}, finish="STOP")))
+            _, error = collect(model(replay, wire), Request(records))
+            assert error is None, f"{wire} {collect.__name__}: {error!r}"
+            body = replay.bodies[0]
+            assert body["contents"] == want
+            assert body["systemInstruction"]["parts"] == [
+                {"text": "Be brief.\n\nUse metric units."}
+            ]
+
+
+@pytest.mark.parametrize("wire", WIRES)
+def test_killing_the_first_prompt_sends_the_rest_from_the_next_prompt(wire: str) -> None:
+    ok = sse(event({"text": "ok"}, finish="STOP"))
+    replay = Replay(ok, ok, ok)
+    cw = ContextWindow(rxcontext.open(":memory:"), model(replay, wire), "kill", retry=None)
+    cw.set_system_prompt("sys")
+    cw.add_prompt("hello")
+    cw.call()
+    cw.add_prompt("q2")
+    cw.call()
+    assert cw.set_record_live_state(1, 1, False) == 1  # the first prompt
+    cw.add_prompt("next?")
+    cw.call()
+    assert replay.bodies[2]["contents"] == [
+        {"parts": [{"text": "q2"}], "role": "user"},
+        {"parts": [{"text": "ok"}], "role": "model"},
+        {"parts": [{"text": "next?"}], "role": "user"},
+    ]
+    assert [r.type for r in cw.live_records()][:2] == [
+        RecordType.SYSTEM_PROMPT,
+        RecordType.MODEL_RESP,
+    ]
+
+
 # -- clients ----------------------------------------------------------------------------------
 
 

@@ -39,8 +39,32 @@ PLACEHOLDER = [types.Content(role="user", parts=[types.Part(text=MARKER)])]
 _TOKEN = spaced_json([MARKER])
 
 
+def _from_first_prompt(records: Sequence[Record]) -> Sequence[Record]:
+    """``records`` without the turns before the first prompt (system prompts stay).
+
+    Gemini refuses contents that open with the model's turn ("Please ensure that function
+    call turn comes immediately after a user turn or after a function response turn"; "...
+    multiturn requests alternate between user and model"), as a history whose first prompt
+    was killed would: its replies, calls and the outputs answering them are not sent (the
+    records themselves are untouched). A history with no prompt is left as it is.
+    """
+    system = RecordType.SYSTEM_PROMPT
+    turns = False  # whether a turn comes before the first prompt
+    for i, record in enumerate(records):
+        kind = record.type
+        if kind is RecordType.PROMPT:
+            if not turns:
+                return records
+            return [*(r for r in records[:i] if r.type is system), *records[i:]]
+        turns = turns or kind is not system
+    return records
+
+
 def build_contents(records: Iterable[Record]) -> list[types.Content]:
     """The ``contents`` for ``records`` (system prompts go to the config, not here).
+
+    Turns before the first prompt (a history whose first prompt was killed) are left out:
+    Gemini refuses contents that open with the model's turn.
 
     A MODEL_RESP and the TOOL_CALLs after it make one ``model`` content: its text part
     (carrying the reply's thought signature, if any), then one ``function_call`` part per
@@ -51,6 +75,7 @@ def build_contents(records: Iterable[Record]) -> list[types.Content]:
     tool outputs, would otherwise follow another user turn. Other providers' metadata is
     ignored.
     """
+    records = _from_first_prompt(list(records))
     contents: list[types.Content] = []
     # The model turn being built: a MODEL_RESP is followed by its TOOL_CALLs.
     model_parts: list[types.Part] | None = None
@@ -233,7 +258,7 @@ class GeminiHistory:
     def encode(self, records: Sequence[Record]) -> tuple[list[str], list[bytes]]:
         """The system prompts and the encoded ``contents`` of ``records`` (the grouping and
         the merging of :func:`build_contents`)."""
-        lookup = self.cache.lookup(records)
+        lookup = self.cache.lookup(_from_first_prompt(records))
         entries = lookup.entries
         # Resume where the previous request's last content began, if its records are unchanged.
         resume = lookup.resume

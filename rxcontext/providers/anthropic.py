@@ -38,7 +38,8 @@ Choices worth knowing:
 - DONE metadata: ``anthropic_stop_sequence`` when a stop sequence matched.
 - Requests: a reply's text of whitespace only is not sent back (the API refuses such a
   text block; claude-opus-4-6 opens replies with "\\n\\n"): its thinking and tool_use
-  blocks are.
+  blocks are. A history that opens with a reply (its first prompt killed) is sent as it
+  is: the API takes a first message of the assistant's (Bedrock refused one in 2024).
 """
 
 from __future__ import annotations

@@ -61,7 +61,10 @@ Choices worth knowing:
 - Requests: tool outputs go back as ``functionResponse.response = {"output": <text>}``
   (the key the API documents). Automatic function calling and automatic continuation of
   the SDK are turned off: the window runs tools and resumes interrupted replies itself,
-  and one call is one HTTP request on both wire paths.
+  and one call is one HTTP request on both wire paths. A history that opens with a reply
+  (its first prompt killed) is sent from its first prompt on: Gemini refuses contents that
+  open with the model's turn. The replies, calls and outputs before it are left out of the
+  request only; system prompts among them still go to the system instruction.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from ..errors import CheckpointResolved
 from ..records import ReplyState
 from ..store.base import settle_refusal
 from ..window import ContextWindow
-from .common import add_common, add_model_options, build_model, open_store, renderer
+from .common import CLIError, add_common, add_model_options, build_model, open_store, renderer
 from .session import Session
 from .text import to_json
 
@@ -101,7 +101,12 @@ def _settled(state: ReplyState) -> str:
 def _settle(args: argparse.Namespace, verb: str) -> tuple[ContextWindow, int]:
     store = open_store(args.db)
     checkpoint = store.get_checkpoint(args.id)
-    refusal = settle_refusal(checkpoint, verb)
+    refusal: Exception | None = settle_refusal(checkpoint, verb)
+    if refusal is None and verb == "keep" and not checkpoint.text:
+        refusal = CLIError(
+            f"checkpoint {checkpoint.id} holds no text to keep",
+            f"discard it instead: rxcontext checkpoints discard {checkpoint.id}",
+        )
     if refusal is not None:
         store.close()
         raise refusal

@@ -1,13 +1,15 @@
 """How an error reaches the user: one line saying what went wrong, one saying what to do.
 
 Every exception that ends a command comes here (``--verbose`` adds the traceback). Known
-errors get a message and a hint of their own; a value in the database that rxcontext cannot
-decode (a bad date, an unknown record type, bad JSON) is reported as such; anything else is
-named as an unexpected error (a bug to report), still on one line.
+errors get a message and a hint of their own; a refusal rxcontext raises on purpose (a
+``ValueError`` such as "holds no text to keep") is said as such; a value in the database that
+rxcontext cannot decode (a bad date, an unknown record type, bad JSON) is reported as such;
+anything else is named as an unexpected error (a bug to report), still on one line.
 """
 
 from __future__ import annotations
 
+import dis
 import sqlite3
 import sys
 from pathlib import Path
@@ -30,19 +32,39 @@ from ..errors import (
 from .common import CLIError
 from .text import one_line
 
-__all__ = ["describe", "report", "unreadable_value"]
+__all__ = ["describe", "refused", "report", "unreadable_value"]
 
 _PACKAGE = Path(__file__).resolve().parents[1]
 # Where a stored value is decoded into records, checkpoints and contexts.
 _DECODERS = (_PACKAGE / "store", _PACKAGE / "records.py", _PACKAGE / "chunks.py")
 _DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError)
+_RAISE = dis.opmap["RAISE_VARARGS"]
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is a ``ValueError`` rxcontext raised on purpose: a ``raise`` statement
+    in its own code ("checkpoint 1 holds no text to keep", a stale summary), not a decoder
+    (``datetime``, ``json``, an enum) failing on a value it was given."""
+    if not isinstance(exc, ValueError) or exc.__traceback__ is None:
+        return False
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    # A callee that raised (C code, or Python outside the package) leaves this frame's
+    # entry at the call; a `raise` here leaves it at the raise.
+    return (
+        Path(code.co_filename).is_relative_to(_PACKAGE)
+        and 0 <= tb.tb_lasti < len(code.co_code)
+        and code.co_code[tb.tb_lasti] == _RAISE
+    )
 
 
 def unreadable_value(exc: BaseException) -> bool:
     """Whether ``exc`` is the store failing to decode a value it read from the database."""
     if isinstance(exc, sqlite3.DatabaseError):
         return True
-    if not isinstance(exc, _DECODE_ERRORS) or isinstance(exc, RxContextError):
+    if not isinstance(exc, _DECODE_ERRORS) or isinstance(exc, RxContextError) or refused(exc):
         return False
     innermost: Path | None = None
     tb = exc.__traceback__
@@ -96,7 +118,7 @@ def describe(exc: BaseException, base_url: str | None, db: Path | None = None) -
         return str(exc), f"the model sent nothing for {exc.seconds:g} s: retry, or check the server"
     if isinstance(exc, ToolLoopLimit):
         return str(exc), "the model kept calling tools; rephrase the prompt"
-    if isinstance(exc, RxContextError):
+    if isinstance(exc, RxContextError) or refused(exc):
         return str(exc) or type(exc).__name__, "run it again with --verbose for the full error"
     if unreadable_value(exc):
         where = f"the database {db}" if db is not None else "the database"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import sys
 from typing import Any
 
@@ -24,6 +25,7 @@ from .common import (
     open_store,
     renderer,
 )
+from .errors import refused
 
 __all__ = ["register", "run"]
 
@@ -102,7 +104,16 @@ def run(args: argparse.Namespace) -> int:
             cw.reject_summary(proposal)
             render.note("summary not applied; the conversation is unchanged")
             return 0
-        record = cw.accept_summary(proposal)
+        try:
+            record = cw.accept_summary(proposal)
+        except ValueError as exc:
+            if not refused(exc):
+                raise
+            # Stale: the context changed (another summary, a new reply) while it was read.
+            again = "" if ctx.name == "default" else f" --context {shlex.quote(ctx.name)}"
+            raise CLIError(
+                str(exc), f"summarize the context as it is now: rxcontext summarize{again}"
+            ) from exc
         render.note(
             f"summary accepted as record {record.id}; {len(proposal.replaced_ids)} records "
             "marked dead (they stay in the database)"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cliutil import (
     assert_user_error,
     chat_ok,
@@ -14,9 +15,12 @@ from cliutil import (
     records,
     replay,
     run,
+    run_process,
 )
 
 import rxcontext
+from rxcontext import ContextWindow, StreamInterrupted
+from rxcontext.providers import ScriptedModel
 
 # -- a cut reply, checkpoints, resume -----------------------------------------------------------
 
@@ -75,6 +79,28 @@ def test_checkpoints_keep_and_discard(env: dict[str, str], tmp_path: Path) -> No
     assert_user_error(again, "already discarded")
     assert_user_error(run(env, "checkpoints", "discard", "99", "--db", str(db)), "no checkpoint")
     assert_user_error(run(env, "resume", str(first.id), "--db", str(db)), "already resumed")
+
+
+def test_keeping_a_checkpoint_without_text_is_refused_not_called_damage(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A reply that failed before any text (as a refused connection leaves it) has nothing
+    to keep: the error says so and how to settle it, not that the database is damaged."""
+    db = tmp_path / "empty.db"
+    with rxcontext.open(db) as store:
+        cw = ContextWindow(store, ScriptedModel([[ConnectionError("refused")]]), retry=None)
+        cw.add_prompt("hi")
+        with pytest.raises(StreamInterrupted) as cut:
+            cw.call()
+    cp_id = cut.value.checkpoint.id
+    result = run(env, "checkpoints", "keep", str(cp_id), "--db", str(db))
+    assert_user_error(
+        result, f"checkpoint {cp_id} holds no text to keep", f"checkpoints discard {cp_id}"
+    )
+    assert "cannot read" not in result.stderr and "backup" not in result.stderr
+    (cp,) = checkpoints(db)
+    assert not cp.resolved  # nothing changed
+    assert run(env, "checkpoints", "discard", str(cp_id), "--db", str(db)).returncode == 0
 
 
 # -- contexts ---------------------------------------------------------------------------------
@@ -184,6 +210,31 @@ def test_summarize_asks_in_a_terminal(spawn: Any, env: dict[str, str], tmp_path:
     child.close()
     assert child.exitstatus == 0
     assert next(r.content for r in records(db) if r.live).endswith("Paris, 2.1 million.")
+
+
+def test_accepting_a_summary_made_stale_meanwhile_is_refused_not_called_damage(
+    spawn: Any, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Another process summarised the context while this one waited for the answer: the
+    proposal is stale, and the error says to summarise again, not that the database is
+    damaged."""
+    db = tmp_path / "s.db"
+    _conversation(env, tmp_path, db)
+    summary = replay(tmp_path, "sum", [{"text": "Paris, 2.1 million."}])
+    child = spawn("summarize", "--db", str(db), "--replay", summary)
+    child.expect(r"Accept this summary\? \[y/N\]")
+    other = run_process(env, "summarize", "--yes", "--db", str(db), "--replay", summary)
+    assert other.returncode == 0, other.stderr
+    before = records(db)
+    child.sendline("y")
+    child.expect(pexpect.EOF)
+    child.close()
+    said = (child.before or "").replace("\r", "")
+    assert child.exitstatus == 1, said
+    assert "no longer live" in said and "nothing was changed" in said
+    assert "hint: " in said and "rxcontext summarize" in said.split("hint: ", 1)[1]
+    assert "cannot read" not in said and "backup" not in said
+    assert records(db) == before
 
 
 def test_summarize_empty_context(env: dict[str, str], tmp_path: Path) -> None:

@@ -20,6 +20,12 @@ from cliutil import (
     run,
 )
 
+import rxcontext
+from rxcontext import ContextWindow, RecordType, StreamInterrupted
+from rxcontext.cli.errors import describe, unreadable_value
+from rxcontext.providers import ScriptedModel
+from rxcontext.store.base import RecordDraft
+
 # -- errors a user can meet -------------------------------------------------------------------
 
 
@@ -331,3 +337,28 @@ def test_a_database_of_a_newer_rxcontext_gets_its_own_hint(
     conn.commit()
     conn.close()
     assert_user_error(run(env, "contexts", "--db", str(db)), "upgrade rxcontext")
+
+
+# -- a store's refusal is not a damaged database --------------------------------------------
+
+
+def test_a_store_refusal_is_not_called_an_unreadable_value(target: str) -> None:
+    """The store refuses on purpose (a ``ValueError`` it raises itself: nothing to keep, a
+    stale summary): reported with its own message, never as a value it cannot read."""
+    with rxcontext.open(target) as store:
+        cw = ContextWindow(store, ScriptedModel([[ConnectionError("refused")]]), retry=None)
+        cw.add_prompt("hi")
+        with pytest.raises(StreamInterrupted) as cut:
+            cw.call()
+        refusals = []
+        with pytest.raises(ValueError) as empty:
+            store.keep_checkpoint(cut.value.checkpoint.id)
+        refusals.append(empty.value)
+        with pytest.raises(ValueError) as stale:
+            store.replace_records(cw.context_id, [10**6], RecordDraft(RecordType.PROMPT, "s"))
+        refusals.append(stale.value)
+    for refusal in refusals:
+        assert not unreadable_value(refusal)
+        message, hint = describe(refusal, None, Path(target))
+        assert message == str(refusal)
+        assert "cannot read" not in message + hint and "bug" not in hint

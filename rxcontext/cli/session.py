@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..attachments import Attachment
@@ -25,10 +25,15 @@ class Session:
         base_url: str | None,
         options: dict[str, Any] | None = None,
         attachments: Sequence[Attachment] = (),
+        *,
+        resume_command: Callable[[int], str] = lambda cp_id: f"rxcontext resume {cp_id}",
     ) -> None:
         self.cw = cw
         self.render = render
         self.base_url = base_url
+        self.resume_command = resume_command
+        """The command that finishes a cancelled reply (given its checkpoint id), told when
+        one is."""
         self.options = dict(options or {})
         """Per-call options of every reply and resume (``chat --temperature`` ...)."""
         self.attachments = tuple(attachments)
@@ -37,8 +42,11 @@ class Session:
     def window(self) -> Window:
         return Window(self.cw.live_tokens(), self.cw.max_tokens)
 
-    def reply(self, prompt: str) -> int:
-        """Add ``prompt``, stream the reply; the exit status (130 when cancelled)."""
+    def reply(self, prompt: str, *, done: str | None = None) -> int:
+        """Add ``prompt``, stream the reply; the exit status (130 when cancelled).
+
+        ``done`` ends the status line (default: the record the reply was stored as).
+        """
         cw = self.cw
         before = {cp.id for cp in cw.checkpoints()}
         replies = cw.stream(**self.options)  # an option the model lacks: refused, nothing stored
@@ -66,13 +74,14 @@ class Session:
         except RxContextError:  # refused before the reply began (a budget): not answered
             self.undo_if_nothing_arrived(None, record.id)
             raise
-        stored = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
-        extra = f"stored as record {stored[-1].id}" if stored else "stored"
-        self.render.status(stats, window, extra)
+        if done is None:
+            stored = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
+            done = f"stored as record {stored[-1].id}" if stored else "stored"
+        self.render.status(stats, window, done)
         return 0
 
-    def resume(self, checkpoint: Checkpoint) -> int:
-        """Stream the rest of an interrupted reply."""
+    def resume(self, checkpoint: Checkpoint, *, done: str | None = None) -> int:
+        """Stream the rest of an interrupted reply; ``done`` ends the status line."""
         window = self.window()
         try:
             stats = self.render.stream(
@@ -86,7 +95,7 @@ class Session:
             if isinstance(stop, Terminated):
                 raise
             return 130
-        self.render.status(stats, window, f"checkpoint {checkpoint.id} resolved")
+        self.render.status(stats, window, done or f"checkpoint {checkpoint.id} resolved")
         return 0
 
     def cancelled(self, checkpoint: Checkpoint | None) -> None:
@@ -95,7 +104,7 @@ class Session:
             return
         self.render.note(
             f"reply cancelled; its checkpoint {checkpoint.id} is kept "
-            f"({len(checkpoint.text)} characters): rxcontext resume {checkpoint.id}"
+            f"({len(checkpoint.text)} characters): " + self.resume_command(checkpoint.id)
         )
 
     def undo_if_nothing_arrived(self, checkpoint: Checkpoint | None, prompt_id: int) -> bool:

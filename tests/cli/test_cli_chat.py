@@ -75,6 +75,48 @@ def test_demo_in_a_terminal_renders_live(spawn: Any, tmp_path: Path) -> None:
     assert checkpoints(db, "demo")[0].resolved
 
 
+def test_demo_cut_by_ctrl_c_keeps_its_checkpoint_and_the_next_run_finishes_it(
+    spawn: Any, env: dict[str, str], tmp_path: Path
+) -> None:
+    """The README's first command, interrupted: the reply shown so far is kept and the
+    message says how to finish it; the next run resumes it (with the demo's own model, no
+    key) instead of asking the question again."""
+    from importlib import resources
+
+    full = resources.files("rxcontext").joinpath("data", "demo_reply.md").read_text("utf-8")
+    db = tmp_path / "demo.db"
+    child = spawn("demo", "--db", str(db), columns=300)
+    child.expect("What just happened")  # the reply's first chunk is on the screen
+    child.sendintr()
+    child.expect(r"checkpoint (\d+) is kept \((\d+) characters\): rxcontext demo --db ")
+    cp_id = int(child.match.group(1))
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
+    (cp,) = checkpoints(db, "demo")
+    assert cp.id == cp_id and not cp.resolved and full.startswith(cp.text) and cp.text != full
+
+    again = run_process(env, "demo", "--db", str(db), "--fast")  # no API key in env
+    assert again.returncode == 0, again.stderr
+    assert f"resuming checkpoint {cp_id}" in again.stdout
+    assert f"checkpoint {cp_id} resolved" in again.stdout
+    assert "Run the demo again" in again.stdout
+    (cp,) = checkpoints(db, "demo")
+    assert cp.resolved
+    live = [(r.type, r.content) for r in records(db, "demo") if r.live]
+    assert [kind for kind, _ in live] == [
+        RecordType.SYSTEM_PROMPT,
+        RecordType.PROMPT,
+        RecordType.MODEL_RESP,
+    ]
+    assert live[2][1] == full
+    assert len([r for r in records(db, "demo") if r.type is RecordType.PROMPT]) == 1
+
+    third = run_process(env, "demo", "--db", str(db), "--fast")  # on to the second part
+    assert third.returncode == 0, third.stderr
+    assert "[tool call] weather" in third.stdout
+
+
 # -- chat -------------------------------------------------------------------------------------
 
 

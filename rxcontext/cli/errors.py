@@ -29,6 +29,7 @@ from ..errors import (
     StreamTimeout,
     ToolLoopLimit,
 )
+from ..store import without_password
 from .common import CLIError
 from .text import one_line
 
@@ -134,7 +135,8 @@ def describe(exc: BaseException, base_url: str | None, db: Path | None = None) -
 
 
 def _provider(exc: ProviderError, base_url: str | None) -> tuple[str, str]:
-    where = base_url or f"the {exc.provider} API"
+    # A proxy's user:password@ in the URL stays out of the message, as --db's does.
+    where = without_password(base_url) if base_url else f"the {exc.provider} API"
     if exc.error_type in ("connection_error", "timeout"):
         return (
             f"cannot reach {where}: {exc}",

@@ -295,6 +295,25 @@ def test_openai_base_url_env_names_the_url_when_unreachable(
     assert_user_error(result, f"cannot reach {url}")
 
 
+@pytest.mark.parametrize("given", ["option", "env"])
+def test_a_base_url_password_is_left_out_of_the_error(
+    env: dict[str, str], tmp_path: Path, given: str
+) -> None:
+    """A proxy's ``user:password@`` in ``--base-url`` (or ``$OPENAI_BASE_URL``) is not
+    printed, as a ``--db`` URL's is not; the rest of the URL still says where."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://bob:hunter2pass@127.0.0.1:{port}/v1"
+    db = str(tmp_path / "u.db")
+    if given == "option":
+        result = run(env, "chat", "--db", db, "--model", "openai:m", "--base-url", url, "hi")
+    else:
+        result = run({**env, "OPENAI_BASE_URL": url}, "chat", "--db", db, "hi")
+    assert_user_error(result, f"cannot reach http://bob@127.0.0.1:{port}/v1")
+    assert "hunter2pass" not in result.stdout + result.stderr
+
+
 def test_summarize_in_a_script_refuses_before_sending_anything(
     env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -2,8 +2,9 @@
 
 On a terminal a reply is drawn with rich's ``Live`` as it streams (its last screenful, with a
 status line of tokens/s and the context's token usage), then printed once in full. Anywhere
-else the text deltas are written as they arrive, with no cursor movement, so output piped to a
-file or another command is exactly the reply.
+else (a pipe, a file, a ``TERM=dumb`` terminal that cannot redraw) the text deltas are written
+as they arrive, with no cursor movement, so output piped to a file or another command is
+exactly the reply.
 
 Everything shown comes from data (stored records, model output, names people chose), so the
 console never parses rich markup or emoji codes, Markdown links show their address, and
@@ -150,7 +151,8 @@ CONTEXT_COST_COLUMNS = (
 class Renderer:
     """Shows streams, records and checkpoints.
 
-    ``live=None`` means "live redraws only when ``out`` is a terminal". ``info`` receives
+    ``live=None`` means "live redraws only when ``out`` is a terminal that can redraw (not
+    ``TERM=dumb``)". ``info`` receives
     notes and status lines in plain mode (default ``out``; the chat command passes stderr
     so that stdout holds only the reply).
     """
@@ -160,7 +162,11 @@ class Renderer:
     ) -> None:
         self.out = out or sys.stdout
         self.info = info or self.out
-        self.live = _isatty(self.out) if live is None else live
+        if live is None:
+            # A dumb terminal (TERM=dumb: Emacs' shell, some IDE consoles) cannot redraw:
+            # rich's Live would show nothing until the end, so it gets the plain stream.
+            live = _isatty(self.out) and not Console(file=self.out).is_dumb_terminal
+        self.live = live
         self.console = Console(
             file=self.out,
             force_terminal=self.live,

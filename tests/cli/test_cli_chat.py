@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import signal
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ from cliutil import (
 
 from rxcontext import RecordType
 from rxcontext.cli import default_db
+from rxcontext.providers.replay import ScriptedReply, chat_sse
 
 # -- demo -------------------------------------------------------------------------------------
 
@@ -302,3 +307,58 @@ def test_ctrl_c_while_waiting_for_a_silent_server(spawn: Any, tmp_path: Path) ->
     assert checkpoints(db) == []
     (prompt,) = records(db)
     assert prompt.content == "anyone there?" and not prompt.live
+
+
+@contextmanager
+def _held_stream(text: str, first_events: int) -> Iterator[tuple[str, threading.Event]]:
+    """A server streaming ``text``: ``first_events`` SSE events, then the rest once the
+    event it yields is set. Its base URL and that event."""
+    frames = chat_sse(ScriptedReply(text))
+    go = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()  # no length: the stream ends when the connection closes
+            self.wfile.write(b"".join(frames[:first_events]))
+            self.wfile.flush()
+            go.wait(60)
+            self.wfile.write(b"".join(frames[first_events:]))
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", go
+    finally:
+        go.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_dumb_terminal_gets_the_reply_as_it_streams(
+    spawn: Any, env: dict[str, str], tmp_path: Path
+) -> None:
+    """``TERM=dumb`` (Emacs' shell, some IDE consoles) cannot redraw, so rich's live view
+    would show nothing until the end: the reply is written as it arrives instead, with no
+    escape sequences."""
+    env["TERM"] = "dumb"
+    text = " ".join(f"w{i}" for i in range(40))
+    with _held_stream(text, first_events=3) as (url, go):
+        child = spawn(
+            "chat", "--db", str(tmp_path / "d.db"), "-m", "openai:m", "--base-url", url, "go"
+        )
+        child.expect("w0 w1 w2 w3 ")  # shown while the server holds the rest back
+        go.set()
+        child.expect("w39")
+        child.expect(pexpect.EOF)
+        child.close()
+    assert child.exitstatus == 0
+    assert "\x1b[" not in (child.before or "")
+    assert records(tmp_path / "d.db")[-1].content == text

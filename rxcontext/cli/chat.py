@@ -9,6 +9,7 @@ from typing import Any
 
 from ..attachments import Attachment
 from ..errors import AttachmentError, RxContextError, UnsupportedAttachment
+from ..records import RecordType
 from ..window import ContextWindow
 from .common import (
     CLIError,
@@ -136,13 +137,19 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(args.db, create=True)
     with contextlib.closing(store):
         cw = ContextWindow(store, model, context=args.context, max_tokens=args.context_window)
-        if args.system:
-            cw.set_system_prompt(args.system)
+        options = call_options(args)
+        cw.stream(**options)  # an option the model lacks is refused here, before --system
+        if args.system and args.system not in _system_prompts(cw):
+            cw.set_system_prompt(args.system)  # the same one again would only add a record
         render = renderer(plain_info_to_stderr=not interactive)
-        session = Session(cw, render, args.base_url, call_options(args), attachments)
+        session = Session(cw, render, args.base_url, options, attachments)
         if prompt is not None:
             return session.reply(prompt)
         return _interactive(session, store.path)
+
+
+def _system_prompts(cw: ContextWindow) -> list[str]:
+    return [r.content for r in cw.live_records() if r.type is RecordType.SYSTEM_PROMPT]
 
 
 def _attachments(paths: list[str]) -> tuple[Attachment, ...]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import rxcontext
-from rxcontext import Chunk, ChunkKind
+from rxcontext import Chunk, ChunkKind, RecordType
 from rxcontext.cli import chat as chat_cmd
 from rxcontext.cli.app import main
 from rxcontext.providers import OpenAIResponsesModel, ScriptedModel
@@ -41,6 +41,36 @@ def test_an_option_the_provider_lacks_is_refused_and_nothing_is_sent(
         assert store.checkpoints(ctx.id) == []
         # Nor is the prompt kept: run again, it would be sent twice.
         assert [r.content for r in store.records(ctx.id) if r.live] == []
+
+
+def test_a_refused_option_stores_no_system_prompt_and_the_same_one_is_stored_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--system`` is stored only once the options are known good: retrying a refused
+    command leaves nothing behind, and giving the same system prompt again adds no record."""
+    refusing = OpenAIResponsesModel("gpt-test", client=object())  # type: ignore[arg-type]
+    monkeypatch.setattr(chat_cmd, "build_model", lambda args: refusing)
+    db = tmp_path / "c.db"
+    argv = ["chat", "--db", str(db), "-c", "notes", "-s", "Be terse.", "hi"]
+    for _ in range(2):
+        assert main([*argv[:-1], "--stop", "END", "hi"]) != 0
+        assert "no request parameter for 'stop'" in capsys.readouterr().err
+    with rxcontext.open(db) as store:
+        assert store.records(store.get_context_by_name("notes").id) == []
+
+    model = ScriptedModel([[Chunk(ChunkKind.TEXT, w)] for w in ("Yes.", "No.", "Maybe.")])
+    monkeypatch.setattr(chat_cmd, "build_model", lambda args: model)
+    for _ in range(2):
+        assert main(argv) == 0
+    assert main([*argv[:-3], "-s", "Be brief.", "hi"]) == 0  # another one replaces it
+    with rxcontext.open(db) as store:
+        stored = store.records(store.get_context_by_name("notes").id)
+    systems = [
+        (r.content, r.live)
+        for r in sorted(stored, key=lambda r: r.id)
+        if r.type is RecordType.SYSTEM_PROMPT
+    ]
+    assert systems == [("Be terse.", False), ("Be brief.", True)]
 
 
 def test_a_request_the_budget_refuses_leaves_no_prompt_to_send_twice(

@@ -18,6 +18,7 @@ from ..errors import (
     CheckpointNotFound,
     CheckpointResolved,
     ContextNotFound,
+    DeadlineExceeded,
     MissingDependency,
     NotADatabaseError,
     ProviderError,
@@ -115,6 +116,13 @@ def describe(exc: BaseException, base_url: str | None, db: Path | None = None) -
         return str(exc), "list open checkpoints with: rxcontext checkpoints"
     if isinstance(exc, ProviderError):
         return _provider(exc, base_url)
+    if isinstance(exc, DeadlineExceeded):
+        # Not its own message ("what was delivered is saved as a checkpoint: resume it"):
+        # this is reached when nothing was delivered, and the CLI dropped that checkpoint.
+        return (
+            f"the reply took longer than its deadline of {exc.seconds:g} s",
+            "allow a longer --deadline, or retry",
+        )
     if isinstance(exc, StreamTimeout):
         return str(exc), f"the model sent nothing for {exc.seconds:g} s: retry, or check the server"
     if isinstance(exc, ToolLoopLimit):

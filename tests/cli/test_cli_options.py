@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import rxcontext
-from rxcontext import Chunk, ChunkKind, RecordType
+from rxcontext import Chunk, ChunkKind, RecordType, ReplyState
 from rxcontext.cli import chat as chat_cmd
 from rxcontext.cli.app import main
 from rxcontext.providers import OpenAIResponsesModel, ScriptedModel
@@ -93,6 +93,26 @@ def test_a_request_the_budget_refuses_leaves_no_prompt_to_send_twice(
     with rxcontext.open(db) as store:
         ctx = store.get_context_by_name("default")
         assert [r.content for r in store.records(ctx.id) if r.live] == []
+
+
+def test_a_deadline_passed_before_anything_arrived_promises_no_checkpoint(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing arrived, so the CLI drops the empty checkpoint (and retires the prompt): the
+    error must not say a checkpoint was saved to resume, nor blame a silence it did not see.
+    The model's first chunk comes no sooner than 0.5 s in, past the 0.1 s deadline."""
+    model = ScriptedModel([[Chunk(ChunkKind.TEXT, "late")]], delay=0.5)
+    monkeypatch.setattr(chat_cmd, "build_model", lambda args: model)
+    db = tmp_path / "d.db"
+    assert main(["chat", "--db", str(db), "--deadline", "0.1", "hi"]) == 1
+    err = capsys.readouterr().err
+    assert "deadline of 0.1 s" in err and "--deadline" in err.splitlines()[-1], err
+    assert "checkpoint" not in err and "resume" not in err and "sent nothing" not in err, err
+    with rxcontext.open(db) as store:
+        ctx = store.get_context_by_name("default")
+        assert [cp.state for cp in store.checkpoints(ctx.id, include_resolved=True)] == [
+            ReplyState.DISCARDED
+        ]
 
 
 @pytest.mark.parametrize("bad", [["--temperature", "-1"], ["--deadline", "0"]])

@@ -120,10 +120,16 @@ def test_a_streaming_reply_cannot_be_resumed_kept_or_discarded_elsewhere():
         other = ContextWindow(cw.store, ScriptedModel([]), "life")
         (row,) = other.active_replies()
         assert row.state is ReplyState.STREAMING and other.checkpoints() == []
-        for attempt in (other.resume, other.resume_call, other.keep, other.discard):
+        for attempt, done in (
+            (other.resume, "resumed"),
+            (other.resume_call, "resumed"),
+            (other.keep, "kept"),
+            (other.discard, "discarded"),
+        ):
             with pytest.raises(ReplyBusy, match="still streaming") as busy:
                 attempt(row.id)
             assert busy.value.state == "streaming"
+            assert f"it can be {done} once it stops" in str(busy.value)
     finally:
         gate.set()
         worker.join(10)

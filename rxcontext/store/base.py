@@ -44,6 +44,9 @@ ORPHANED = "its process stopped before the reply ended"
 """The ``error`` a reader sees on a reply whose owner died while it streamed."""
 
 
+_DONE = {"keep": "kept", "discard": "discarded", "resume": "resumed"}
+
+
 def settle_refusal(checkpoint: Checkpoint, verb: str) -> CheckpointResolved | None:
     """Why ``checkpoint`` cannot be resumed, kept or discarded now (``verb``), or None.
 
@@ -58,7 +61,8 @@ def settle_refusal(checkpoint: Checkpoint, verb: str) -> CheckpointResolved | No
         doing = "is still streaming" if state is ReplyState.STREAMING else "is being resumed"
         return ReplyBusy(
             f"reply {checkpoint.reply_id!r} (checkpoint {checkpoint.id}) {doing} by "
-            f"{checkpoint.owner}; it can be {verb}d once it stops (stop it, or let it end)",
+            f"{checkpoint.owner}; it can be {_DONE.get(verb, verb + 'd')} once it stops "
+            "(stop it, or let it end)",
             state=state.value,
         )
     return None

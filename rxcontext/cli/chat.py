@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import sys
 from typing import Any
 
@@ -229,6 +230,14 @@ def _command(session: Session, line: str) -> int | None:
             if not rest.strip().isdigit():
                 raise CLIError(f"not a checkpoint id: {rest.strip()!r}", "use /resume 12")
             checkpoint = cw.store.get_checkpoint(int(rest))
+            if checkpoint.context_id != cw.context_id:
+                other = cw.store.get_context(checkpoint.context_id).name
+                raise CLIError(
+                    f"checkpoint {checkpoint.id} belongs to context {other!r}, "
+                    f"not to this one ({cw.context_name!r})",
+                    f"finish it there: rxcontext resume {checkpoint.id} "
+                    f"(or rxcontext chat -c {shlex.quote(other)}, then /resume {checkpoint.id})",
+                )
         elif found:
             checkpoint = found[-1]
         else:

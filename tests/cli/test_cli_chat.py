@@ -232,6 +232,28 @@ def test_interactive_chat_ctrl_c_cancels_reply_keeps_checkpoint_and_session(
     ]
 
 
+def test_interactive_resume_of_another_contexts_checkpoint_gives_cli_advice(
+    spawn: Any, env: dict[str, str], tmp_path: Path
+) -> None:
+    db = tmp_path / "o.db"
+    cut = replay(tmp_path, "cut", [{"text": "one two three four", "cut_after": 2}])
+    assert run(env, "chat", "--db", str(db), "--replay", cut, "-c", "trip", "count").returncode
+    (cp,) = checkpoints(db, "trip")
+    child = spawn("chat", "--db", str(db), "--replay", cut, "-c", "notes")
+    child.expect("you> ")
+    child.sendline(f"/resume {cp.id}")
+    child.expect(f"checkpoint {cp.id} belongs to context 'trip'")
+    child.expect(f"rxcontext resume {cp.id}")
+    child.expect("you> ")
+    said = child.before or ""
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert "switch_context" not in said and "resuming checkpoint" not in said
+    assert not checkpoints(db, "trip")[0].resolved
+
+
 def test_one_shot_ctrl_c_then_resume_in_a_terminal(spawn: Any, tmp_path: Path) -> None:
     db = tmp_path / "r.db"
     file = replay(tmp_path, "r", [{"text": LONG}], delay=0.05)

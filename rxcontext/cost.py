@@ -135,10 +135,10 @@ def _replies(records: Iterable[Record]) -> Iterable[Record]:
             "usage" in record.metadata and "model" in record.metadata
         ):
             yield record
-        elif record.type is RecordType.MODEL_RESP and (
-            not record.metadata.get("partial") or "usage" in record.metadata
-        ):
-            yield record  # stored without metadata (older rxcontext), or kept billed: unknown
+        elif record.type is RecordType.MODEL_RESP:
+            # Stored without metadata (older rxcontext), or kept partial: a cut reply was
+            # billed, its usage said or not (OpenAI sends it last). Unknown, never free.
+            yield record
 
 
 def context_cost(records: Iterable[Record]) -> ContextCost:

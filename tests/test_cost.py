@@ -14,11 +14,13 @@ from decimal import Decimal
 from typing import Any
 
 import anthropic
+import httpx2
 import openai
 import pytest
 from google import genai
 from google.genai import types
 from replay import NO_SSL, Replay, real_fixture
+from replay import Reply as Served
 from stores import open_store
 
 import rxcontext
@@ -232,6 +234,53 @@ def test_a_reply_whose_stored_cost_fields_cannot_be_read_is_unpriced(meta: dict[
     ctx = store.get_or_create_context("c")
     store.add_record(ctx.id, RecordDraft(RecordType.MODEL_RESP, "a", metadata=meta))
     assert context_cost(store.records(ctx.id)) == ContextCost(Decimal(0), 0, 1)
+
+
+def chat_model(replay: Replay, name: str) -> OpenAIModel:
+    return OpenAIModel(
+        name,
+        client=openai.OpenAI(api_key=KEY, max_retries=0, http_client=replay.client()),
+        async_client=openai.AsyncOpenAI(
+            api_key=KEY, max_retries=0, http_client=replay.async_client()
+        ),
+    )
+
+
+def cut_call(cw: ContextWindow, path: str) -> rxcontext.Checkpoint:
+    """Send the next request, which the wire cuts; its interrupted reply."""
+    with pytest.raises(StreamInterrupted):
+        cw.call() if path == "sync" else asyncio.run(cw.acall())
+    (cp,) = cw.checkpoints()
+    return cp
+
+
+@pytest.mark.usefixtures("both_stores")
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_kept_reply_cut_before_its_usage_came_is_unpriced_never_free(path: str) -> None:
+    """OpenAI Chat sends its usage last: a reply cut mid-text was billed for what it wrote
+    but says no usage. Kept, its record has none: its cost is unknown, and the context's
+    total says it misses one (``≥``), never a whole total without it."""
+    body = real_fixture("openai_chat/usage_then_moderation_chunk_gpt5.sse").read_bytes()
+    replay = Replay(body, Served(body, cut_after=2, error=httpx2.ReadError("connection reset")))
+    cw = ContextWindow(open_store(), chat_model(replay, "gpt-5"), retry=None)
+    cw.add_prompt("Capital of France?")
+    cw.call()
+    before = context_cost(cw.records())
+    assert (before.priced, before.unpriced) == (1, 0)
+    cw.add_prompt("And of Spain?")
+    cp = cut_call(cw, path)
+    assert cp.text == "Paris" and cp.usage is None
+    kept = cw.keep(cp.id)
+    assert kept.metadata == {"partial": True}
+    assert reply_cost(kept) is None
+    cost = context_cost(cw.records())
+    assert cost == ContextCost(before.usd, 1, 1) and not cost.complete
+    assert cost.describe() == "≥" + format_usd(before.usd)
+    cw.budget = Budget(max_usd="100")  # a money budget cannot be kept: refused, unsent
+    cw.add_prompt("And of Italy?")
+    with pytest.raises(BudgetExceeded, match="cost of 1 of its replies is unknown"):
+        cw.call()
+    assert len(replay.requests) == 2
 
 
 def test_format_usd() -> None:

@@ -4,11 +4,12 @@
 request, before sending it, when what the context has spent plus what the request is
 estimated to cost would go over a limit: :class:`~rxcontext.BudgetExceeded`, with the
 numbers. Spent is counted over every reply the context ever had (its dead records too:
-summarised replies were paid for, and so was every summary asked for): tokens from the
-providers' usage totals the store keeps, money from :mod:`rxcontext.cost`. A request's own
-cost is estimated from its input (the live records' token estimate, :mod:`rxcontext.tokens`);
-its output cannot be known before it is written, so a reply may end above the limit by its
-own output, and the next request is then refused.
+summarised replies were paid for, and so was every summary asked for and every discarded
+attempt): tokens from the providers' usage totals the store keeps, money from
+:mod:`rxcontext.cost`. A request's own cost is estimated from its input (the live
+records' token estimate, :mod:`rxcontext.tokens`); its output cannot be known before it is
+written, so a reply may end above the limit by its own output, and the next request is
+then refused.
 
 A money limit is only kept where the prices are known: with replies of unknown cost
 (a model ``genai-prices`` does not know, a reply stored without usage) or a model without a

@@ -283,6 +283,88 @@ def test_a_kept_reply_cut_before_its_usage_came_is_unpriced_never_free(path: str
     assert len(replay.requests) == 2
 
 
+def anthropic_model(replay: Replay) -> AnthropicModel:
+    return AnthropicModel(
+        "claude-sonnet-4-5",
+        client=anthropic.Anthropic(api_key=KEY, max_retries=0, http_client=replay.client()),
+        async_client=anthropic.AsyncAnthropic(
+            api_key=KEY, max_retries=0, http_client=replay.async_client()
+        ),
+    )
+
+
+@pytest.mark.usefixtures("both_stores")
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_discarded_attempt_that_was_billed_is_in_the_cost_unpriced(path: str) -> None:
+    """Anthropic bills the input as the stream starts (``message_start`` says so): an
+    attempt cut after it and discarded was paid for. Its usage is in the token totals, and
+    its cost in the context's, unknown (the checkpoint does not know the model), so a money
+    budget refuses; the conversation the next request sends is as it was."""
+    body = real_fixture("anthropic/text_basic_sonnet45.sse").read_bytes()
+    replay = Replay(Served(body, cut_after=5, error=httpx2.ReadError("connection reset")), body)
+    store = open_store()
+    cw = ContextWindow(store, anthropic_model(replay), retry=None)
+    cw.add_prompt("Hello")
+    cp = cut_call(cw, path)
+    assert cp.text and cp.usage is not None and cp.usage.input_tokens > 0
+    live = cw.live_records()
+    cw.discard(cp.id)
+    assert cw.stats().usage == cp.usage
+    assert context_cost(cw.records()) == ContextCost(Decimal(0), 0, 1)
+    assert context_cost(cw.records()).describe() == "unknown"
+    # Kept as a dead record of its own, named by no reply: the conversation, its
+    # discarded reply and a watcher of it see nothing new.
+    (dead,) = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
+    assert not dead.live and dead.reply_id is None and dead.content == cp.text
+    assert dead.metadata == {"partial": True, "discarded": True, "usage": cp.usage.to_dict()}
+    assert cw.live_records() == live and store.reply_records(cp.reply_id) == []
+    cw.budget = Budget(max_usd="100")
+    with pytest.raises(BudgetExceeded, match="cost of 1 of its replies is unknown"):
+        cw.call() if path == "sync" else asyncio.run(cw.acall())
+    assert len(replay.requests) == 1  # refused unsent
+    cw.budget = None
+    reply = cw.call() if path == "sync" else asyncio.run(cw.acall())
+    assert replay.bodies[1]["messages"] == replay.bodies[0]["messages"]
+    assert reply.usage is not None
+    whole = expected(
+        "claude-sonnet-4-5",
+        "anthropic",
+        input_tokens=reply.usage.input_tokens,
+        output_tokens=reply.usage.output_tokens,
+    )
+    assert context_cost(cw.records()) == ContextCost(whole, 1, 1)
+
+
+@pytest.mark.usefixtures("both_stores")
+def test_a_discarded_reply_cut_before_its_usage_came_is_unpriced() -> None:
+    body = real_fixture("openai_chat/usage_then_moderation_chunk_gpt5.sse").read_bytes()
+    replay = Replay(Served(body, cut_after=2, error=httpx2.ReadError("connection reset")))
+    cw = ContextWindow(open_store(), chat_model(replay, "gpt-5"), retry=None)
+    cw.add_prompt("Capital of France?")
+    cp = cut_call(cw, "sync")
+    assert cp.text == "Paris" and cp.usage is None
+    cw.discard(cp.id)
+    assert context_cost(cw.records()) == ContextCost(Decimal(0), 0, 1)
+    (dead,) = [r for r in cw.records() if not r.live]
+    assert dead.metadata == {"partial": True, "discarded": True}
+
+
+@pytest.mark.usefixtures("both_stores")
+def test_a_discarded_request_that_got_no_answer_costs_nothing() -> None:
+    """An HTTP error before any reply (a 500 here) delivered nothing and reported no usage:
+    discarded, nothing was billed that anything says, and nothing is stored for it."""
+    error = b'{"type":"error","error":{"type":"api_error","message":"Internal server error"}}'
+    replay = Replay(Served(error, status=500, headers={"content-type": "application/json"}))
+    cw = ContextWindow(open_store(), anthropic_model(replay), retry=None)
+    cw.add_prompt("Hello")
+    cp = cut_call(cw, "sync")
+    assert (cp.text, cp.chunks, cp.usage) == ("", 0, None)
+    records = cw.records()
+    cw.discard(cp.id)
+    assert cw.records() == records
+    assert context_cost(records) == ContextCost(Decimal(0), 0, 0)
+
+
 def test_format_usd() -> None:
     assert format_usd(None) == "unknown"
     assert format_usd(Decimal(0)) == "$0"

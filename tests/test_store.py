@@ -541,9 +541,10 @@ def test_stats_aggregate_counts_tokens_and_summed_usage(store: SQLiteStore):
     stats = store.context_stats(ctx.id)
     records = store.records(ctx.id)
     assert (stats.context_id, stats.name) == (ctx.id, "s")
-    assert (stats.records, stats.live_records) == (4, 3)
-    assert (stats.prompts, stats.replies, stats.tool_calls, stats.tool_outputs) == (1, 1, 1, 1)
-    assert stats.total_tokens == sum(r.est_tokens for r in records) == 2 + 1 + 2 + 3
+    # The discarded reply left a dead record of what it delivered ("q"), for the cost.
+    assert (stats.records, stats.live_records) == (5, 3)
+    assert (stats.prompts, stats.replies, stats.tool_calls, stats.tool_outputs) == (1, 2, 1, 1)
+    assert stats.total_tokens == sum(r.est_tokens for r in records) == 2 + 1 + 2 + 3 + 1
     assert stats.live_tokens == sum(r.est_tokens for r in records if r.live) == 1 + 2 + 3
     assert stats.open_checkpoints == 1
     assert stats.usage == Usage(30, 6, 41, 2, 3)

@@ -440,7 +440,13 @@ def test_every_write_cut_off_during_commit_lands_once(
         assert (kept.content, kept.pos) == ("cut", 2)
     assert proxy.cut_done == 1
     counts = dict(query(pg_url, "SELECT context_id, COUNT(*) FROM records GROUP BY 1"))
-    expected = {"add_record": 2, "replace_system_prompt": 2, "replace_records": 2, "keep": 2}
+    expected = {
+        "add_record": 2,
+        "replace_system_prompt": 2,
+        "replace_records": 2,
+        "discard": 2,  # a dead record of what the discarded reply was billed for
+        "keep": 2,
+    }
     assert counts[ctx.id] == expected.get(write, 1)
     epochs = query(pg_url, "SELECT reply_id, epoch FROM checkpoints ORDER BY id")
     moved = write in ("claim", "discard", "keep")

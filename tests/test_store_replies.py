@@ -216,8 +216,15 @@ def test_discard_keeps_the_row_for_audit(store: Store):
     stored = store.get_checkpoint(ticket.checkpoint_id)
     assert (stored.state, stored.epoch, stored.text) == (ReplyState.DISCARDED, 2, "no")
     assert stored.resolved and stored.resolved_at is not None
-    assert store.checkpoints(ctx.id) == [] and store.records(ctx.id) == []
+    assert store.checkpoints(ctx.id) == []
     assert store.checkpoints(ctx.id, include_resolved=True) == [stored]
+    # What it delivered was billed: a dead record of its own keeps it for the cost, at a
+    # new position (its reply's stays empty), named by no reply.
+    (dead,) = store.records(ctx.id)
+    assert (dead.type, dead.content, dead.live) == (RecordType.MODEL_RESP, "no", False)
+    assert dead.metadata == {"partial": True, "discarded": True} and dead.reply_id is None
+    assert stored.pos is not None and dead.pos > stored.pos
+    assert store.reply_records("r") == [] and store.live_tokens(ctx.id) == 0
     assert store.context_stats(ctx.id).open_checkpoints == 0
     with pytest.raises(CheckpointResolved, match="already discarded"):
         store.discard_checkpoint(ticket.checkpoint_id)

@@ -34,6 +34,7 @@ __all__ = [
     "ReplyEnd",
     "ReplyTicket",
     "Store",
+    "discarded_draft",
     "kept_metadata",
     "settle_refusal",
 ]
@@ -333,7 +334,10 @@ class Store(Protocol):
         ...
 
     def discard_checkpoint(self, checkpoint_id: int) -> Checkpoint:
-        """Settle an interrupted reply as ``DISCARDED`` (the row stays, for audit)."""
+        """Settle an interrupted reply as ``DISCARDED`` (the row stays, for audit); what
+        its attempts were billed is spent: its usage joins the context's totals and, if
+        the provider answered at all, :func:`discarded_draft` is stored, at a new position,
+        in the same transaction."""
         ...
 
     def keep_checkpoint(self, checkpoint_id: int) -> list[Record]:
@@ -348,3 +352,27 @@ def kept_metadata(cp: Checkpoint) -> dict[str, Any]:
     if cp.usage is not None:
         meta["usage"] = cp.usage.to_dict()
     return meta
+
+
+def discarded_draft(cp: Checkpoint) -> RecordDraft | None:
+    """The record a discarded checkpoint leaves for its cost: a dead MODEL_RESP of the text
+    it holds, marked ``partial`` and ``discarded``, with the usage its attempts were billed.
+
+    A context's cost is read from its records (:mod:`rxcontext.cost`), and a discarded
+    reply was paid for as far as it got. The checkpoint does not know its model, so the
+    cost reads this reply as unpriced, never as free. Dead and named by no reply
+    (``reply_id`` None, its own position), it is never sent and no reader of the reply
+    sees it; it is stamped with the attempt's last write, so it is priced as of when it
+    was billed. None when the provider never answered (no usage, nothing delivered: an HTTP
+    error, a refused connection): nothing says anything was billed.
+    """
+    if cp.usage is None and not (cp.chunks or cp.text or cp.thinking or cp.tool_calls):
+        return None
+    return RecordDraft(
+        RecordType.MODEL_RESP,
+        cp.text,
+        live=False,
+        streamed=True,
+        metadata={**kept_metadata(cp), "discarded": True},
+        timestamp=cp.updated_at or cp.created_at,
+    )

@@ -51,6 +51,7 @@ from .base import (
     RecordDraft,
     ReplyEnd,
     ReplyTicket,
+    discarded_draft,
     kept_metadata,
     settle_refusal,
 )
@@ -531,13 +532,24 @@ class PostgresReplies:
         return cp
 
     def discard_checkpoint(self, checkpoint_id: int) -> Checkpoint:
-        """Settle an interrupted reply as ``DISCARDED``; the row stays for audit."""
+        """Settle an interrupted reply as ``DISCARDED``; the row stays for audit, and what
+        it was billed is spent (its usage, and :func:`.base.discarded_draft` for the cost)."""
+
+        def spend(conn: Conn, cp: Checkpoint, token: str, again: bool) -> None:
+            if again:  # the first try's commit landed: its record too
+                return
+            _spent(conn, cp)
+            dead = discarded_draft(cp)
+            if dead is not None:  # its own new position; dead: no live tokens to add
+                lock = lock_context(conn, cp.context_id, 1)
+                send_records(conn, cp.context_id, [Draft(dead)], lock.pos, lock, token)()
+
         cp, again, _ = self._take(
             checkpoint_id,
             "discard",
             "state = 'discarded', owner = NULL, lease_until = NULL,"
             " resolved_at = clock_timestamp()",
-            then=lambda conn, cp, _, again: None if again else _spent(conn, cp),
+            then=spend,
         )
         self._ledger.forget(checkpoint_id)
         if again:

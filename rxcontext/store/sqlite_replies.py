@@ -34,6 +34,7 @@ from .base import (
     RecordDraft,
     ReplyEnd,
     ReplyTicket,
+    discarded_draft,
     kept_metadata,
     settle_refusal,
 )
@@ -554,7 +555,8 @@ class SQLiteReplies:
         return _replace_state(cp, ReplyState.RESUMING, cp.epoch + 1, owner)
 
     def discard_checkpoint(self, checkpoint_id: int) -> Checkpoint:
-        """Settle an interrupted reply as ``DISCARDED``; the row stays for audit."""
+        """Settle an interrupted reply as ``DISCARDED``; the row stays for audit, and what
+        it was billed is spent (its usage, and :func:`.base.discarded_draft` for the cost)."""
         with self._tx() as db:
             cp = self._settleable(db, checkpoint_id, "discard")
             now = self.now()
@@ -564,6 +566,9 @@ class SQLiteReplies:
                 (now, now, checkpoint_id),
             )
             _spent(db, cp)
+            dead = discarded_draft(cp)
+            if dead is not None:  # dead: no live tokens to count
+                self._insert(db, cp.context_id, dead, self._allocate(db, cp.context_id))
         return _replace_state(cp, ReplyState.DISCARDED, cp.epoch + 1, None)
 
     def keep_checkpoint(self, checkpoint_id: int) -> list[Record]:

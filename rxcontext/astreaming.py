@@ -391,6 +391,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                     delay = run.retry_delay(error, attempt)
                     if delay is None or (due is not None and clock() + delay >= due):
                         raise
+                    persister.sending_again()  # the failed attempt's usage was billed
                     try:  # a stop cancels the wait (up to a Retry-After minute) at once
                         await _sleep(delay, run.scheduler)
                     except asyncio.CancelledError:

@@ -404,6 +404,12 @@ class ReplyBuilder:
             or self._finish_reason is not None
         )
 
+    def take_usage(self) -> Usage | None:
+        """The usage folded in so far, taken out (the builder holds none after): an attempt
+        sent again reports its own, which a later USAGE chunk would otherwise replace."""
+        usage, self._usage = self._usage, None
+        return usage
+
     def add(self, chunk: Chunk) -> None:
         """Fold one chunk in."""
         self.chunks += 1

@@ -106,7 +106,8 @@ SCHEMA_KEYS = ("schema", "parsed", "parse_error")
 BILLED_BEFORE = "billed_before"
 """Key of a checkpoint's native resume point (``NATIVE_RESUME_KEY``): the usage billed
 before the point's stream began (earlier attempts, cut, whose usage a continuation carried
-on). The stream reports only its own response's usage; a native resume adds this to it."""
+on, or sent again by the retry policy). The stream reports only its own response's usage; a
+native resume adds this to it."""
 
 HELD_KEY = "held_half"
 """Checkpoint metadata key: the high half of a surrogate pair that ended what was delivered
@@ -250,6 +251,7 @@ class ReplyPersister:
         self._prefix_thinking = ""
         self._native = False  # this round continues the checkpoint's own stream
         self._billed_before: Usage | None = None  # a native round's carried usage
+        self._set_aside: Usage | None = None  # this round's attempts sent again (billed)
         self.thread_version: int | None = None
         """The context's version when the last request read its history (its commit keeps
         the response as the thread to continue only if nothing before it changed since)."""
@@ -356,6 +358,19 @@ class ReplyPersister:
         so a retry repeats no text."""
         return not self.builder.shows_anything()
 
+    def sending_again(self) -> None:
+        """The round's request is sent again (:meth:`may_send_again`): the usage its failed
+        attempt reported was billed, so it is set aside and added to the round's (its
+        reply, the records it is committed as, any checkpoint written later), since the
+        next attempt reports its own and its USAGE chunks would replace it. A native round
+        asks the same response's stream again, whose usage is the same: nothing is set aside.
+        Under ``_claim`` (and whole under Ctrl-C), not once the reply ended: a snapshot or a
+        final write sees the usage before the move or after it, never half of it."""
+        with deferred(), self._claim:
+            if self.finished or self._native:
+                return
+            self._set_aside = _plus(self._set_aside, self.builder.take_usage())
+
     def add(self, chunk: Chunk) -> None:
         """Fold in a chunk that was just delivered downstream."""
         if self._first_at is None:
@@ -366,8 +381,8 @@ class ReplyPersister:
         """:meth:`add` with a fan-out: fold, then publish (it replaces ``add`` on the
         instance, so a reply without a fan-out pays nothing on the hot path)."""
         ReplyPersister.add(self, chunk)
-        if chunk.usage is not None and self._resume is not None:
-            carried = self._carried_usage()
+        if chunk.usage is not None and (self._resume is not None or self._set_aside is not None):
+            carried = self._billed()
             if carried is not None:  # watchers see the usage the reply is stored with
                 chunk = replace(chunk, usage=carried + chunk.usage)
         self._publish(chunk)
@@ -412,7 +427,7 @@ class ReplyPersister:
         response_id = b.response_id
         point = self._cursor.point(delivered) if self._cursor is not None else None
         if point is not None:
-            before = self._carried_usage()
+            before = self._billed()
             if before is not None:  # billed before this stream: its own usage will not say
                 point[BILLED_BEFORE] = before.to_dict()
             metadata[NATIVE_RESUME_KEY] = point
@@ -421,7 +436,7 @@ class ReplyPersister:
             append_text=text,
             append_thinking=thinking,
             tool_calls=_json_safe(b.tool_fragments()),
-            usage=_plus(self._carried_usage(), b.usage),
+            usage=_plus(self._billed(), b.usage),
             error=error,
             chunks=delivered,
             response_id=response_id,
@@ -649,9 +664,9 @@ class ReplyPersister:
 
     def reply(self) -> Reply:
         """The round's reply so far (a resumed round includes the checkpoint's text and the
-        usage its cut attempts were billed)."""
+        usage its cut attempts were billed; a round sent again, its failed attempts')."""
         reply = self.builder.build()
-        carried = self._carried_usage()
+        carried = self._billed()
         if self._prefix or self._prefix_thinking or carried is not None:
             reply = replace(
                 reply,
@@ -670,6 +685,11 @@ class ReplyPersister:
         if resumed is None:
             return None
         return self._billed_before if self._native else resumed.usage
+
+    def _billed(self) -> Usage | None:
+        """What this round was billed before its current attempt's stream: the usage it
+        carries from its checkpoint and that of its attempts sent again."""
+        return _plus(self._carried_usage(), self._set_aside)
 
     def complete(self, reply: Reply, *, last: bool) -> bool:
         """Commit the finished round durably; ``last``: the reply ends with it.
@@ -789,6 +809,7 @@ class ReplyPersister:
             self.builder = ReplyBuilder()
             self._text_mark = self._thinking_mark = 0
             self._seeded = self._written = 0
+            self._set_aside = None
         if self._cursor is not None:
             self._cursor.begin()  # the next round's stream has not started yet
         self._prefix = ""

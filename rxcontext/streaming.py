@@ -403,6 +403,7 @@ class _SyncDriver:
                 if delay is not None and self.due is not None and self.clock() + delay >= self.due:
                     delay = None  # the deadline would pass during the wait
                 if delay is not None:
+                    persister.sending_again()  # the failed attempt's usage was billed
                     return delay
             self.observer.on_error(run.fail(error))  # type: ignore[arg-type]
             return None

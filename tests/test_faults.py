@@ -849,6 +849,64 @@ def test_anthropic_in_stream_overloaded_error_is_retried(mode, after_start):
     assert replies(cw) == [reply.text]
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("then", ["completes", "is-cut"])
+def test_a_retried_attempt_cut_after_message_start_is_counted(mode, then):
+    """Anthropic bills a request from message_start (its input's usage): an attempt cut
+    after it by the connection and sent again was billed, so the reply's usage, its stored
+    record and the context's totals count both attempts, as a cut attempt settled by
+    discard or resume is counted; if the retry is cut in turn, its checkpoint carries the
+    first attempt's usage."""
+    import anthropic
+
+    from rxcontext.providers import AnthropicModel
+
+    recording = real_fixture("anthropic/text_basic_sonnet45.sse").read_bytes()
+    assert recording.count(b'"input_tokens":17') == 2  # message_start and message_delta
+    first = recording.replace(b'"input_tokens":17', b'"input_tokens":100000')
+    assert b"message_start" in pieces(first)[0] and b"text_delta" not in b"".join(pieces(first)[:2])
+    cut = httpx2.ReadError("connection reset")
+    second = Served(recording) if then == "completes" else Served(recording, cut_after=4, error=cut)
+    replay = Replay(Served(first, cut_after=2, error=cut), second)
+    key = "sk-ant-test-0123456789abcdef"
+    model = AnthropicModel(
+        "claude-test",
+        client=anthropic.Anthropic(api_key=key, max_retries=0, http_client=replay.client()),
+        async_client=anthropic.AsyncAnthropic(
+            api_key=key, max_retries=0, http_client=replay.async_client()
+        ),
+    )
+    clock = Clock()
+    cw = ContextWindow(rxcontext.open(":memory:"), model, "a", retry=STEADY, scheduler=clock)
+    cw.add_prompt("hi")
+
+    async def go() -> rxcontext.Reply:
+        task = asyncio.create_task(cw.acall())
+        await clock.armed(1)
+        clock.advance_by(1.0)
+        return await task
+
+    if then == "completes":
+        reply = cw.call() if mode == "sync" else asyncio.run(go())
+        assert len(replay.requests) == 2 and reply.text == "- Captain\n- Scoop"
+        # The first attempt's input and output so far, then the second's whole usage.
+        assert reply.usage is not None
+        assert (reply.usage.input_tokens, reply.usage.output_tokens) == (100017, 11)
+        (stored,) = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
+        assert stored.metadata["usage"] == reply.usage.to_dict()
+        assert cw.stats().usage == reply.usage
+        return
+    with pytest.raises(StreamInterrupted) as info:
+        cw.call() if mode == "sync" else asyncio.run(go())
+    assert len(replay.requests) == 2
+    cp = info.value.checkpoint
+    assert cp.text == "-" and cp.usage is not None
+    assert (cp.usage.input_tokens, cp.usage.output_tokens) == (100017, 2)
+    assert cw.stats().usage.total_tokens == 0  # nothing settled yet
+    cw.discard(cp.id)
+    assert cw.stats().usage == cp.usage
+
+
 def test_gemini_503_is_retried():
     from google import genai
     from google.genai import types

@@ -525,3 +525,34 @@ def test_a_watch_of_a_resumed_reply_shows_the_usage_it_was_stored_with() -> None
         assert built.build().usage == reply.usage
     finally:
         store.close()
+
+
+def test_a_watch_of_a_reply_sent_again_shows_the_usage_it_was_stored_with() -> None:
+    """An attempt that reported its usage and failed before any text is sent again: it was
+    billed, so the stored usage is both attempts', and so is the usage a watch through the
+    fan-out shows."""
+    u = lambda i, o: Chunk(ChunkKind.USAGE, usage=Usage.of(i, o))  # noqa: E731
+    overloaded = rxcontext.ProviderError("overloaded", provider="scripted", retryable=True)
+    again = [
+        u(120, 0),
+        Chunk(ChunkKind.TEXT, "Hello"),
+        Chunk(ChunkKind.DONE, finish_reason="stop", usage=Usage.of(120, 5)),
+    ]
+    store = rxcontext.open(":memory:", fanout="memory")
+    try:
+        retry = rxcontext.RetryPolicy(max_attempts=2, initial_delay=0.0, jitter=0.0)
+        model = ScriptedModel([[u(100, 0), overloaded], again])
+        cw = ContextWindow(store, model, context="c", retry=retry)
+        cw.add_prompt("x")
+        reply = cw.call(reply_id="r")
+        assert reply.usage is not None and reply.usage.total_tokens == 225
+        watcher = Watcher(cw, "r").start()
+        watcher.join()
+        assert watcher.completed and watcher.error is None
+        built = ReplyBuilder()
+        for chunk in watcher.chunks:
+            built.add(chunk)
+        assert built.build().text == "Hello"
+        assert built.build().usage == reply.usage
+    finally:
+        store.close()

@@ -803,15 +803,31 @@ def test_transport_errors_are_classified_retryable():
 # -- other providers' retryable errors, end to end ---------------------------------------------
 
 
+def _anthropic_window(replay: Replay, clock: Any) -> ContextWindow:
+    """A window on the real anthropic SDK over ``replay``, retries on ``clock``."""
+    import anthropic
+
+    from rxcontext.providers import AnthropicModel
+
+    key = "sk-ant-test-0123456789abcdef"
+    model = AnthropicModel(
+        "claude-test",
+        client=anthropic.Anthropic(api_key=key, max_retries=0, http_client=replay.client()),
+        async_client=anthropic.AsyncAnthropic(
+            api_key=key, max_retries=0, http_client=replay.async_client()
+        ),
+    )
+    cw = ContextWindow(rxcontext.open(":memory:"), model, "a", retry=STEADY, scheduler=clock)
+    cw.add_prompt("hi")
+    return cw
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("after_start", [False, True], ids=["first", "after-message_start"])
 def test_anthropic_in_stream_overloaded_error_is_retried(mode, after_start):
     """Anthropic's stream opens with message_start (a USAGE chunk): an overloaded error
     after it, where real streams send one, is retried as one before it is, since no text
     was shown."""
-    import anthropic
-
-    from rxcontext.providers import AnthropicModel
 
     overloaded = (
         b"event: error\ndata: "
@@ -823,17 +839,8 @@ def test_anthropic_in_stream_overloaded_error_is_retried(mode, after_start):
         assert b"message_start" in first_event
         overloaded = first_event + overloaded
     replay = Replay(overloaded, recording)
-    key = "sk-ant-test-0123456789abcdef"
-    model = AnthropicModel(
-        "claude-test",
-        client=anthropic.Anthropic(api_key=key, max_retries=0, http_client=replay.client()),
-        async_client=anthropic.AsyncAnthropic(
-            api_key=key, max_retries=0, http_client=replay.async_client()
-        ),
-    )
     clock = Clock()
-    cw = ContextWindow(rxcontext.open(":memory:"), model, "a", retry=STEADY, scheduler=clock)
-    cw.add_prompt("hi")
+    cw = _anthropic_window(replay, clock)
     if mode == "sync":
         reply = cw.call()
     else:
@@ -857,9 +864,6 @@ def test_a_retried_attempt_cut_after_message_start_is_counted(mode, then):
     record and the context's totals count both attempts, as a cut attempt settled by
     discard or resume is counted; if the retry is cut in turn, its checkpoint carries the
     first attempt's usage."""
-    import anthropic
-
-    from rxcontext.providers import AnthropicModel
 
     recording = real_fixture("anthropic/text_basic_sonnet45.sse").read_bytes()
     assert recording.count(b'"input_tokens":17') == 2  # message_start and message_delta
@@ -868,17 +872,8 @@ def test_a_retried_attempt_cut_after_message_start_is_counted(mode, then):
     cut = httpx2.ReadError("connection reset")
     second = Served(recording) if then == "completes" else Served(recording, cut_after=4, error=cut)
     replay = Replay(Served(first, cut_after=2, error=cut), second)
-    key = "sk-ant-test-0123456789abcdef"
-    model = AnthropicModel(
-        "claude-test",
-        client=anthropic.Anthropic(api_key=key, max_retries=0, http_client=replay.client()),
-        async_client=anthropic.AsyncAnthropic(
-            api_key=key, max_retries=0, http_client=replay.async_client()
-        ),
-    )
     clock = Clock()
-    cw = ContextWindow(rxcontext.open(":memory:"), model, "a", retry=STEADY, scheduler=clock)
-    cw.add_prompt("hi")
+    cw = _anthropic_window(replay, clock)
 
     async def go() -> rxcontext.Reply:
         task = asyncio.create_task(cw.acall())

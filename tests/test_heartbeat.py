@@ -484,22 +484,7 @@ def test_stop_while_a_tool_runs(store: Any, path: str) -> None:
 
     cw.add_tool(rxcontext.Tool("slow", "A slow tool"), slow)
     outcome: list[BaseException] = []
-
-    def consume() -> None:
-        try:
-            if path == "sync":
-                cw.call(reply_id="r")
-            else:
-
-                async def main() -> None:
-                    async for _ in cw.astream(reply_id="r"):
-                        pass
-
-                asyncio.run(main())
-        except StreamInterrupted as error:
-            outcome.append(error)
-
-    consumer = in_thread(consume)
+    consumer = consume_in_thread(cw, path, outcome)
     assert running.wait(WAIT)
     assert cw.stop("r") is True
     rounds(store, 1)

@@ -515,16 +515,21 @@ def test_a_watch_of_a_resumed_reply_shows_the_usage_it_was_stored_with() -> None
             cw.call(reply_id="r")
         reply = cw.resume_call(info.value.checkpoint.id)
         assert reply.usage is not None and reply.usage.total_tokens == 225
-        watcher = Watcher(cw, "r").start()
-        watcher.join()
-        assert watcher.completed and watcher.error is None
-        built = ReplyBuilder()
-        for chunk in watcher.chunks:
-            built.add(chunk)
-        assert built.build().text == "Hello world"
-        assert built.build().usage == reply.usage
+        watched = _watched_reply(cw, "r")
+        assert watched.text == "Hello world" and watched.usage == reply.usage
     finally:
         store.close()
+
+
+def _watched_reply(cw: ContextWindow, reply_id: str) -> Any:
+    """What a watcher of a stored reply saw, reduced as a subscriber would."""
+    watcher = Watcher(cw, reply_id).start()
+    watcher.join()
+    assert watcher.completed and watcher.error is None
+    built = ReplyBuilder()
+    for chunk in watcher.chunks:
+        built.add(chunk)
+    return built.build()
 
 
 def test_a_watch_of_a_reply_sent_again_shows_the_usage_it_was_stored_with() -> None:
@@ -546,13 +551,7 @@ def test_a_watch_of_a_reply_sent_again_shows_the_usage_it_was_stored_with() -> N
         cw.add_prompt("x")
         reply = cw.call(reply_id="r")
         assert reply.usage is not None and reply.usage.total_tokens == 225
-        watcher = Watcher(cw, "r").start()
-        watcher.join()
-        assert watcher.completed and watcher.error is None
-        built = ReplyBuilder()
-        for chunk in watcher.chunks:
-            built.add(chunk)
-        assert built.build().text == "Hello"
-        assert built.build().usage == reply.usage
+        watched = _watched_reply(cw, "r")
+        assert watched.text == "Hello" and watched.usage == reply.usage
     finally:
         store.close()

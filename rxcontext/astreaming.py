@@ -9,7 +9,11 @@ what the driver believes always agree, and then the cancellation goes on.
 A chunk is delivered when it is yielded. If the consumer stops while holding one (its task
 is cancelled, or it ends without closing the iterator), a done-callback on its task saves
 the checkpoint before anyone awaiting that task resumes, so code that lists checkpoints
-right after catching ``CancelledError`` finds it.
+right after catching ``CancelledError`` finds it. The task watched is the one that advanced
+the iterator last (``anext`` from several tasks is one consumer: see :class:`_Watch`); if
+the iterator is advanced again after that task ended, it raises
+:class:`~rxcontext.StreamInterrupted`: a reply is never carried on past its checkpoint,
+nor ends as if it had been stored.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from typing import Any, TypeVar
 from reactivex import abc
 
 from .chunks import Chunk, ChunkKind, ToolCall
-from .errors import ReplyStopped
+from .errors import ReplyStopped, RxContextError, StreamInterrupted
 from .persist import ReplyPersister
 from .providers.base import Request
+from .records import Checkpoint
 from .run import Run, aclose_chunks
 from .tools import ToolResult, areview
 
@@ -58,22 +63,62 @@ async def off_loop(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         raise
 
 
-def _watch(persister: ReplyPersister) -> Callable[[], None] | None:
-    """Save the checkpoint when the consuming task ends while the reply is unfinished."""
-    task = asyncio.current_task()
-    if task is None:
-        return None
+class _Watch:
+    """Ends the reply when the task holding its last delivered chunk ends with it.
 
-    def done(_: asyncio.Task[Any]) -> None:
-        if not persister.finished:
-            persister.interrupt(None)
+    A consumer that stops while it holds a chunk without closing the iterator (its task
+    cancelled while its loop body awaits, or ended) leaves the driver suspended at
+    ``yield``; the loop would close the dropped iterator a few turns later, or never if it
+    stops first. So a done-callback on that task saves the checkpoint as it ends.
 
-    task.add_done_callback(done)
+    The watched task is the one that advanced the driver last: a driver advanced from
+    several tasks (each ``anext`` in a task of its own: ``asyncio.wait_for`` on Python
+    3.11, a race against a disconnect) moves it along, and the stopper's cancel with it. A
+    task that was only an ``anext`` handed its chunk to whoever awaits it: its end is no
+    consumer leaving, and the watch waits for the next ``anext``.
+    """
 
-    def unwatch() -> None:
-        task.remove_done_callback(done)
+    __slots__ = ("checkpoint", "fired", "persister", "stopper", "task")
 
-    return unwatch
+    def __init__(self, persister: ReplyPersister, stopper: _Stopper) -> None:
+        self.persister = persister
+        self.stopper = stopper
+        self.task: asyncio.Task[Any] | None = None
+        self.fired = False
+        """Whether the watch ended the reply (the driver then goes no further)."""
+        self.checkpoint: Checkpoint | None = None
+        """The checkpoint the watch saved."""
+
+    def follow(self, task: asyncio.Task[Any] | None) -> None:
+        """Watch ``task`` (the one advancing the driver now) instead; None: no task."""
+        if self.task is not None:
+            self.task.remove_done_callback(self._ended)
+        self.task = task
+        if task is not None:
+            self.stopper.task = task
+            task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        if task is not self.task:
+            return  # called late: another task advanced the driver since
+        self.task = None
+        if self.persister.finished or isinstance(task.get_coro(), _ANEXT):
+            return  # an ``anext`` handed its chunk on: the next one says who holds it
+        self.fired = True
+        self.checkpoint = self.persister.interrupt(None)
+
+    def ended(self) -> RxContextError:
+        """What the driver raises when it is advanced after the watch ended the reply."""
+        checkpoint = self.checkpoint
+        if checkpoint is None:  # it had ended meanwhile: taken over, or stopped
+            return self.persister.lost or RxContextError(
+                "the stream cannot go on: the reply ended as the task holding its last chunk ended"
+            )
+        return StreamInterrupted(
+            checkpoint,
+            "stream interrupted: the task that held its last chunk ended without closing "
+            f"it, and its checkpoint {checkpoint.id} was saved then; the stream cannot go on",
+        )
 
 
 async def _run_tools_async(
@@ -267,6 +312,24 @@ class _Stopper:
             self.check()
 
 
+async def _probe() -> AsyncGenerator[None, None]:
+    yield None
+
+
+def _anext_types() -> tuple[type, ...]:
+    """The awaitables ``anext(agen)`` and ``anext(agen, default)`` return."""
+    agen = _probe()
+    steps = (agen.__anext__(), anext(agen, None))
+    kinds = tuple({type(step) for step in steps})
+    for step in steps:
+        step.close()
+    return kinds
+
+
+_ANEXT = _anext_types()
+"""A task running one of these only took a chunk for whoever awaits it (:class:`_Watch`)."""
+
+
 def _clock(scheduler: abc.SchedulerBase | None) -> Callable[[], float]:
     """Seconds on the clock the driver's waits use: the scheduler's, or the event loop's."""
     if scheduler is not None:
@@ -307,10 +370,11 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
     clock = _clock(run.scheduler)
     due = clock() + timeouts.deadline if timeouts.deadline is not None else None
     it: AsyncIterator[Chunk] | None = None
-    unwatch: Callable[[], None] | None = None
+    watch = _Watch(persister, stopper)
     if run.budget_check is not None:  # as stream() checks at subscription: nothing begun
         await off_loop(run.budget_check)
     stopper.start()
+    watch.follow(stopper.task)
     try:
         starts = [hook.on_start for hook in hooks if hook.on_start is not None]
         first: Request | None = None
@@ -375,9 +439,12 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                         persister.add(chunk)  # delivered the moment it is yielded
                         persister.busy = False
                         delivered = True
-                        if unwatch is None:
-                            unwatch = _watch(persister)
                         yield chunk
+                        if watch.fired:  # the task holding it ended meanwhile
+                            stopper.check()
+                            raise watch.ended()
+                        if (task := asyncio.current_task()) is not watch.task:
+                            watch.follow(task)
                         # What the timer or the heartbeat asked, once the chunk folded is
                         # delivered (a loss or a stop raised before the yield would leave
                         # an undelivered chunk in the checkpoint), as the sync driver does.
@@ -403,7 +470,8 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
             reply = persister.reply()
             calls = run.calls_to_run(reply)
             if not await off_loop(persister.complete, reply, last=not calls):
-                return  # the consumer's task ended meanwhile: the checkpoint was saved
+                stopper.check()  # ended meanwhile: it must not end as if it had been stored
+                raise watch.ended()
             if not calls:
                 break
             rounds += 1
@@ -416,6 +484,11 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                     hook.chunk(chunk)
                 persister.passed(chunk)  # watchers get it as the consumer does
                 yield chunk
+                if watch.fired:
+                    stopper.check()
+                    raise watch.ended()
+                if (task := asyncio.current_task()) is not watch.task:
+                    watch.follow(task)
         for hook in hooks:
             if hook.on_complete is not None:
                 hook.on_complete()
@@ -432,8 +505,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
             await off_loop(persister.interrupt, None if isinstance(error, GeneratorExit) else error)
         raise
     finally:
-        if unwatch is not None:
-            unwatch()
+        watch.follow(None)
         if it is not None:
             await aclose_chunks(it)
         run.close()

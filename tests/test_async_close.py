@@ -24,7 +24,7 @@ from provider_rules import model_for
 from replay import Replay
 
 import rxcontext
-from rxcontext import ChunkKind, ContextWindow
+from rxcontext import ChunkKind, ContextWindow, RecordType, StreamInterrupted
 
 OURS = str(Path(rxcontext.__file__).parent)
 
@@ -122,3 +122,93 @@ def test_an_astream_dropped_without_aclose_is_closed_while_the_loop_runs(
     assert closed, "the response is still open while the loop runs on"
     assert live == []
     assert kept == 1
+
+
+# -- one astream, advanced from several tasks -----------------------------------------------------
+
+WORDS = ["one ", "two ", "three ", "four"]
+
+
+@pytest.mark.parametrize("how", ["wait_for", "a-task-per-chunk"])
+@pytest.mark.parametrize("kind", ["chat", "anthropic"])
+def test_an_astream_advanced_from_several_tasks_commits_its_reply(
+    how: str, kind: str, tmp_path: Path
+) -> None:
+    """Each ``anext`` in a task of its own is still one consumer reading the reply to its
+    end: ``asyncio.wait_for(anext(stream), 30)`` (a per-chunk timeout; Python 3.11's
+    wait_for runs it in a task), or a task per chunk raced against a disconnect. Its reply
+    is committed, not left interrupted after the first chunk as the first task ended."""
+    replay = Replay(text_body(kind, WORDS))
+    with rxcontext.open(tmp_path / "tasks.db") as store:
+        cw = ContextWindow(store, model_for(kind, replay), "tasks")
+        cw.add_prompt("hi")
+
+        async def main() -> str:
+            stream = cw.astream()
+            disconnected = asyncio.Event()
+            got: list[str] = []
+            while True:
+                try:
+                    if how == "wait_for":
+                        chunk = await asyncio.wait_for(anext(stream), 30)
+                    else:
+                        step = asyncio.create_task(anext(stream))
+                        gone = asyncio.create_task(disconnected.wait())
+                        await asyncio.wait({step, gone}, return_when=asyncio.FIRST_COMPLETED)
+                        gone.cancel()
+                        chunk = step.result()
+                except StopAsyncIteration:
+                    return "".join(got)
+                if chunk.kind is ChunkKind.TEXT:
+                    got.append(chunk.text)
+
+        text = asyncio.run(main())
+        assert text == "".join(WORDS)
+        assert [r.content for r in cw.live_records() if r.type is RecordType.MODEL_RESP] == [text]
+        assert cw.checkpoints() == [] and cw.active_replies() == []
+        assert replay.closed == 1
+
+
+def test_a_task_that_ends_holding_a_chunk_ends_the_reply_for_whoever_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A task that leaves the stream while it holds a chunk (without closing it) ends the
+    reply: its checkpoint is saved as the task ends. Whoever advances the stream after that
+    gets :class:`StreamInterrupted` with that checkpoint, never the rest of a reply that
+    could no longer be committed (it would end as if it had been)."""
+    replay = Replay(text_body("chat", WORDS))
+    with rxcontext.open(tmp_path / "peek.db") as store:
+        cw = ContextWindow(store, model_for("chat", replay), "peek")
+        cw.add_prompt("hi")
+
+        async def main() -> tuple[str, list[str], BaseException | None]:
+            stream = cw.astream()
+            holding, leave = asyncio.Event(), asyncio.Event()
+
+            async def peek() -> str:
+                async for chunk in stream:
+                    if chunk.kind is ChunkKind.TEXT:
+                        holding.set()
+                        await leave.wait()
+                        return chunk.text  # leaves holding the chunk, the stream not closed
+                raise AssertionError("no text")
+
+            task = asyncio.create_task(peek())
+            await holding.wait()
+            leave.set()
+            first = await task  # it ended before the stream is advanced again
+            rest: list[str] = []
+            try:
+                async for chunk in stream:
+                    rest.append(chunk.text)
+            except StreamInterrupted as error:
+                return first, rest, error
+            return first, rest, None
+
+        first, rest, error = asyncio.run(main())
+        assert first == "one "
+        assert isinstance(error, StreamInterrupted), f"the stream went on: {rest}"
+        assert rest == [] and error.checkpoint.text == "one "
+        assert [c.text for c in cw.checkpoints()] == ["one "]
+        assert [r.type for r in cw.live_records()] == [RecordType.PROMPT]
+        assert replay.closed == 1

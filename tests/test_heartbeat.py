@@ -24,10 +24,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from typing import Any
 
+import httpx2
 import psycopg
 import pytest
+from crafted_text import text_body
 from provider_rules import model_for
-from replay import Replay, real_fixture
+from replay import Replay, pieces, real_fixture
 
 import rxcontext
 from rxcontext import (
@@ -447,6 +449,87 @@ def test_stop_while_an_async_consumer_holds_a_chunk(store: Any) -> None:
     error = asyncio.run(main())
     assert isinstance(error.__cause__, ReplyStopped)
     assert got == ["one "] and error.checkpoint.text == "one "
+
+
+class SilentAfter:
+    """An async transport whose response sends the first ``n`` events of ``body``, then
+    nothing (the model thinking) until the client closes it; ``held`` is set from then on."""
+
+    def __init__(self, body: bytes, n: int) -> None:
+        self.held = threading.Event()
+        self.closed = 0
+        parts, held = pieces(body)[:n], self.held
+        transport = self
+
+        class Body(httpx2.AsyncByteStream):
+            async def __aiter__(self) -> AsyncIterator[bytes]:
+                for part in parts:
+                    yield part
+                held.set()
+                await asyncio.Event().wait()  # silent until cancelled
+
+            async def aclose(self) -> None:
+                transport.closed += 1
+
+        def handle(request: httpx2.Request) -> httpx2.Response:
+            return httpx2.Response(
+                200, headers={"content-type": "text/event-stream"}, stream=Body()
+            )
+
+        self.transport = httpx2.MockTransport(handle)
+
+    def client(self) -> httpx2.Client:
+        return httpx2.Client(transport=self.transport)
+
+    def async_client(self) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(transport=self.transport)
+
+
+async def _until_set(event: threading.Event) -> None:
+    """Let the loop run (no clock) until ``event`` is set by the stream it drives."""
+    for _ in range(100_000):
+        if event.is_set():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the event was never set")
+
+
+@pytest.mark.parametrize("how", ["wait_for", "a-task-per-chunk"])
+def test_stop_while_the_model_is_silent_reaches_a_stream_advanced_from_other_tasks(
+    store: Any, how: str
+) -> None:
+    """The read a stop cancels is the one of the task advancing the stream now, not of the
+    task that took its first chunk (long ended when every ``anext`` runs in a task of its
+    own: ``asyncio.wait_for`` on Python 3.11, a race against a disconnect)."""
+    silent = SilentAfter(text_body("chat", ["one ", "two ", "three"]), 3)  # role, one, two
+    cw = ContextWindow(store, model_for("chat", silent), "c", checkpoint_every=None)
+    cw.add_prompt("hi")
+    got: list[str] = []
+
+    async def main() -> BaseException:
+        stream = cw.astream(reply_id="r")
+
+        async def consume() -> None:
+            while True:
+                if how == "wait_for":
+                    chunk = await asyncio.wait_for(anext(stream), WAIT)
+                else:
+                    chunk = await asyncio.create_task(anext(stream))
+                got.append(chunk.text)
+
+        task = asyncio.create_task(consume())
+        await _until_set(silent.held)
+        assert await cw.astop("r") is True
+        try:
+            await asyncio.wait_for(task, WAIT)
+        except StreamInterrupted as error:
+            return error
+        raise AssertionError("the stream was not stopped")
+
+    error = asyncio.run(main())
+    assert isinstance(error.__cause__, ReplyStopped)
+    assert error.checkpoint.text == "".join(got) == "one two "
+    assert silent.closed == 1
 
 
 def test_stop_what_does_not_run(store: Any) -> None:

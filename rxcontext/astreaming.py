@@ -8,8 +8,10 @@ what the driver believes always agree, and then the cancellation goes on.
 
 A chunk is delivered when it is yielded. If the consumer stops while holding one (its task
 is cancelled, or it ends without closing the iterator), a done-callback on its task saves
-the checkpoint before anyone awaiting that task resumes, so code that lists checkpoints
-right after catching ``CancelledError`` finds it. The task watched is the one that advanced
+the checkpoint as the task ends, in a worker thread; closing the iterator (``aclose()``,
+the loop's shutdown) waits for that write. A consumer that closes it (``aclosing``) has
+it saved before its task ends, so code that lists checkpoints right after catching
+``CancelledError`` finds it. The task watched is the one that advanced
 the iterator last (``anext`` from several tasks is one consumer: see :class:`_Watch`); if
 the iterator is advanced again after that task ended, it raises
 :class:`~rxcontext.StreamInterrupted`: a reply is never carried on past its checkpoint,
@@ -69,7 +71,9 @@ class _Watch:
     A consumer that stops while it holds a chunk without closing the iterator (its task
     cancelled while its loop body awaits, or ended) leaves the driver suspended at
     ``yield``; the loop would close the dropped iterator a few turns later, or never if it
-    stops first. So a done-callback on that task saves the checkpoint as it ends.
+    stops first. So a done-callback on that task saves the checkpoint as it ends, in a
+    worker thread (the store may wait for a lock or the network: never on the loop); the
+    driver waits for that write before it ends (``aclose()``, the loop's shutdown).
 
     The watched task is the one that advanced the driver last: a driver advanced from
     several tasks (each ``anext`` in a task of its own: ``asyncio.wait_for`` on Python
@@ -78,7 +82,7 @@ class _Watch:
     consumer leaving, and the watch waits for the next ``anext``.
     """
 
-    __slots__ = ("checkpoint", "fired", "persister", "stopper", "task")
+    __slots__ = ("fired", "pending", "persister", "stopper", "task")
 
     def __init__(self, persister: ReplyPersister, stopper: _Stopper) -> None:
         self.persister = persister
@@ -86,8 +90,8 @@ class _Watch:
         self.task: asyncio.Task[Any] | None = None
         self.fired = False
         """Whether the watch ended the reply (the driver then goes no further)."""
-        self.checkpoint: Checkpoint | None = None
-        """The checkpoint the watch saved."""
+        self.pending: asyncio.Future[Checkpoint | None] | None = None
+        """The watch's checkpoint write, in a worker thread."""
 
     def follow(self, task: asyncio.Task[Any] | None) -> None:
         """Watch ``task`` (the one advancing the driver now) instead; None: no task."""
@@ -105,11 +109,23 @@ class _Watch:
         if self.persister.finished or isinstance(task.get_coro(), _ANEXT):
             return  # an ``anext`` handed its chunk on: the next one says who holds it
         self.fired = True
-        self.checkpoint = self.persister.interrupt(None)
+        write = functools.partial(contextvars.copy_context().run, self.persister.interrupt, None)
+        loop = task.get_loop()
+        try:
+            self.pending = loop.run_in_executor(None, write)
+        except RuntimeError:  # its executor is shut down: the loop is ending anyway
+            self.pending = loop.create_future()
+            self.pending.set_result(self.persister.interrupt(None))
 
-    def ended(self) -> RxContextError:
+    async def landed(self) -> None:
+        """Wait for the watch's checkpoint write, if it started one."""
+        if self.pending is not None:
+            await _settled(self.pending)
+
+    async def ended(self) -> RxContextError:
         """What the driver raises when it is advanced after the watch ended the reply."""
-        checkpoint = self.checkpoint
+        await self.landed()
+        checkpoint = self.pending.result() if self.pending is not None else None
         if checkpoint is None:  # it had ended meanwhile: taken over, or stopped
             return self.persister.lost or RxContextError(
                 "the stream cannot go on: the reply ended as the task holding its last chunk ended"
@@ -139,6 +155,19 @@ async def _run_tools_async(
     ran = list(await asyncio.gather(*jobs)) if run.parallel_tools else [await j for j in jobs]
     results = iter(ran)
     return [d if d is not None else next(results) for d in decided]
+
+
+async def _settled(future: asyncio.Future[Any]) -> None:
+    """Wait until ``future`` is done (its outcome is left to whoever reads it); a
+    cancellation meanwhile waits too, then goes on."""
+    cancelled: asyncio.CancelledError | None = None
+    while not future.done():
+        try:
+            await asyncio.wait((future,))
+        except asyncio.CancelledError as error:
+            cancelled = error
+    if cancelled is not None:
+        raise cancelled
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -442,7 +471,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                         yield chunk
                         if watch.fired:  # the task holding it ended meanwhile
                             stopper.check()
-                            raise watch.ended()
+                            raise await watch.ended()
                         if (task := asyncio.current_task()) is not watch.task:
                             watch.follow(task)
                         # What the timer or the heartbeat asked, once the chunk folded is
@@ -471,7 +500,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
             calls = run.calls_to_run(reply)
             if not await off_loop(persister.complete, reply, last=not calls):
                 stopper.check()  # ended meanwhile: it must not end as if it had been stored
-                raise watch.ended()
+                raise await watch.ended()
             if not calls:
                 break
             rounds += 1
@@ -486,7 +515,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                 yield chunk
                 if watch.fired:
                     stopper.check()
-                    raise watch.ended()
+                    raise await watch.ended()
                 if (task := asyncio.current_task()) is not watch.task:
                     watch.follow(task)
         for hook in hooks:
@@ -501,6 +530,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
         failure = await off_loop(run.checkpointed, failed)
         raise failure from failure.__cause__  # what fail() chained (a raising on_error hook)
     except BaseException as error:  # GeneratorExit (closed early), CancelledError
+        await watch.landed()
         if not persister.finished:
             await off_loop(persister.interrupt, None if isinstance(error, GeneratorExit) else error)
         raise

@@ -775,8 +775,9 @@ class ContextWindow:
 
         Uses the model's async client on the running loop, and never blocks the loop on
         the store; the reply begins when the iteration starts. Close it early with
-        ``contextlib.aclosing`` (or cancel the task) and the checkpoint is saved (before the
-        cancellation reaches whoever awaits the task) and the provider stream closed.
+        ``contextlib.aclosing`` (or cancel the task) and the checkpoint is saved (under
+        ``aclosing``, before the cancellation reaches whoever awaits the task; else as the
+        task ends, in a worker thread) and the provider stream closed.
         Takes the per-call options of :meth:`stream`.
         """
         self._hooks(hooks, "astream()")

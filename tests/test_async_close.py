@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -72,9 +73,12 @@ def test_the_sdk_wire_leaves_none_of_ours(kind: str, tmp_path: Path) -> None:
     assert [c.co_qualname for c in left if c.co_filename.startswith(OURS)] == []
 
 
-async def _until(done: Any, turns: int = 200) -> bool:
-    """Let the loop run (no sleep on a clock) until ``done()`` or ``turns`` are used up."""
-    for _ in range(turns):
+async def _until(done: Any, wait: float = 10.0) -> bool:
+    """Let the loop run (no sleep on a clock) until ``done()``, for at most ``wait`` seconds
+    (a bound for failing only: the close waits for the checkpoint's write, in a thread)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + wait
+    while loop.time() < give_up:
         if done():
             return True
         await asyncio.sleep(0)
@@ -211,4 +215,44 @@ def test_a_task_that_ends_holding_a_chunk_ends_the_reply_for_whoever_goes_on(
         assert rest == [] and error.checkpoint.text == "one "
         assert [c.text for c in cw.checkpoints()] == ["one "]
         assert [r.type for r in cw.live_records()] == [RecordType.PROMPT]
+        assert replay.closed == 1
+
+
+def test_a_cancelled_consumer_s_checkpoint_is_written_off_the_event_loop(tmp_path: Path) -> None:
+    """A consumer cancelled while it holds a chunk (its loop body awaits) ends the reply as
+    its task ends, in a worker thread: while another connection holds the database's write
+    lock, every other task on the loop goes on (here the one that releases the lock: with
+    the write on the loop, the loop would stall until the store gave up). Closing the
+    stream waits for the write."""
+    path = tmp_path / "locked.db"
+    replay = Replay(text_body("chat", WORDS))
+    with rxcontext.open(path) as store:
+        cw = ContextWindow(store, model_for("chat", replay), "locked", checkpoint_every=None)
+        cw.add_prompt("hi")
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+        async def main() -> list[str]:
+            stream = cw.astream()
+            holding = asyncio.Event()
+
+            async def consume() -> None:
+                async for chunk in stream:
+                    if chunk.kind is ChunkKind.TEXT:
+                        holding.set()
+                        await asyncio.Event().wait()  # e.g. a slow websocket send
+
+            task = asyncio.create_task(consume())
+            await holding.wait()
+            other.execute("BEGIN IMMEDIATE")  # another process writing
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            other.execute("COMMIT")  # the loop ran on while the checkpoint waited for the lock
+            await stream.aclose()  # waits for the checkpoint's write
+            return [c.text for c in cw.checkpoints()]
+
+        try:
+            assert asyncio.run(main()) == ["one "]
+        finally:
+            other.close()
         assert replay.closed == 1

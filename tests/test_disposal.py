@@ -5,6 +5,7 @@ and another process holding the database's write lock."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import random
 import sqlite3
@@ -388,26 +389,39 @@ def test_dispose_from_another_thread_at_random_moments_keeps_the_checkpoint_exac
 # -- a cancelled asyncio consumer ----------------------------------------------------------------
 
 
-def test_a_consumer_cancelled_while_it_awaits_finds_its_checkpoint_saved():
+@pytest.mark.parametrize("closing", ["aclosing", "dropped"])
+def test_a_consumer_cancelled_while_it_awaits_finds_its_checkpoint_saved(closing: str):
     cw, _ = window()
     got: list[str] = []
 
     async def main() -> None:
         started = asyncio.Event()
+        stream = cw.astream()
 
-        async def consume() -> None:
-            async for chunk in cw.astream():
+        async def read() -> None:
+            async for chunk in stream:
                 got.append(chunk.text)
                 if len(got) == 3:
                     started.set()
                     await asyncio.Event().wait()  # the loop body awaits, forever
+
+        async def consume() -> None:
+            if closing == "aclosing":
+                async with contextlib.aclosing(stream):
+                    await read()
+            else:
+                await read()
 
         task = asyncio.create_task(consume())
         await started.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        # Right after the cancellation reached us:
+        if closing == "dropped":
+            # Saved as the task ended, in a worker thread (never on the loop): closing the
+            # stream waits for it.
+            await stream.aclose()
+        # (closed by aclosing: right after the cancellation reached us)
         assert [cp.text for cp in cw.checkpoints()] == ["".join(got)]
 
     asyncio.run(main())

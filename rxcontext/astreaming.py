@@ -334,11 +334,13 @@ class _Stopper:
             raise stop
 
     def reraise(self) -> None:
-        """A cancellation arrived while reading: the stop's own becomes the stop."""
+        """A cancellation arrived while reading: the stop's own becomes the stop. Only its
+        own: if the task was cancelled from elsewhere too (a shutdown, a timeout, in the
+        same loop turn), that cancellation goes on (the checkpoint is saved all the same)."""
         if self.cancelled and self.task is not None:
             self.cancelled = False
-            self.task.uncancel()
-            self.check()
+            if self.task.uncancel() == 0:
+                self.check()
 
 
 async def _probe() -> AsyncGenerator[None, None]:

@@ -532,6 +532,51 @@ def test_stop_while_the_model_is_silent_reaches_a_stream_advanced_from_other_tas
     assert silent.closed == 1
 
 
+def test_a_stop_and_a_cancel_in_the_same_loop_turn_leave_the_task_cancelled(store: Any) -> None:
+    """A stop (the driver cancels its own read) and a cancel from elsewhere (a shutdown, an
+    ``asyncio.timeout``) that reach the loop together: the stop is not raised in place of
+    the other cancel, which would be swallowed (the task running on, still cancelling). The
+    task ends cancelled; what it received is the checkpoint."""
+    silent = SilentAfter(text_body("chat", ["one ", "two ", "three"]), 2)  # role, one
+    cw = ContextWindow(store, model_for("chat", silent), "c", checkpoint_every=None)
+    cw.add_prompt("hi")
+    hb = heartbeat_for(store)
+    got: list[str] = []
+
+    async def main() -> str:
+        async def consume() -> str:
+            try:
+                async for chunk in cw.astream(reply_id="r"):
+                    got.append(chunk.text)
+            except StreamInterrupted:
+                task = asyncio.current_task()
+                assert task is not None
+                return f"StreamInterrupted, cancelling()={task.cancelling()}"
+            return "ended"
+
+        task = asyncio.create_task(consume())
+        await _until_set(silent.held)
+        # The loop takes no turn from here to the ``await``: the heartbeat hands the stop
+        # to it (queued), then the cancel comes; one turn runs both.
+        assert cw.stop("r") is True
+        polled = threading.Semaphore(0)
+        hb.listeners.append(polled.release)
+        try:  # the second poll after the request began after it: the stop is handed over
+            assert polled.acquire(timeout=WAIT) and polled.acquire(timeout=WAIT)
+        finally:
+            hb.listeners.remove(polled.release)
+        task.cancel()
+        try:
+            return await asyncio.wait_for(task, WAIT)
+        except asyncio.CancelledError:
+            return "cancelled"
+
+    assert asyncio.run(main()) == "cancelled"
+    (checkpoint,) = cw.checkpoints()
+    assert checkpoint.text == "".join(got) == "one "
+    assert silent.closed == 1
+
+
 def test_stop_what_does_not_run(store: Any) -> None:
     cw = window(store, ScriptedModel([[T("done"), DONE]]))
     with pytest.raises(ReplyNotFound):

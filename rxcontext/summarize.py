@@ -16,6 +16,7 @@ from .chunks import Chunk, Reply, ReplyBuilder
 from .persist import reply_metadata
 from .providers.base import Model, Request
 from .records import Record, RecordType
+from .run import aclose_chunks
 from .store.base import RecordDraft
 from .tokens import estimate_tokens
 
@@ -134,13 +135,18 @@ async def apropose(
     prompt: str | None = None,
     on_chunk: Callable[[Chunk], None] | None = None,
 ) -> SummaryProposal:
-    """The asyncio twin of :func:`propose`."""
+    """The asyncio twin of :func:`propose`. The model's stream is closed before an error
+    (``on_chunk``'s own too) reaches the caller, as the sync loop's is."""
     replaced, request = _prepare(context_id, live, prompt)
     builder = ReplyBuilder()
-    async for chunk in model.aiter_chunks(request):
-        builder.add(chunk)
-        if on_chunk is not None:
-            on_chunk(chunk)
+    chunks = model.aiter_chunks(request)
+    try:
+        async for chunk in chunks:
+            builder.add(chunk)
+            if on_chunk is not None:
+                on_chunk(chunk)
+    finally:
+        await aclose_chunks(chunks)
     return _proposal(context_id, replaced, builder.build())
 
 

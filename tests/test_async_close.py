@@ -256,3 +256,35 @@ def test_a_cancelled_consumer_s_checkpoint_is_written_off_the_event_loop(tmp_pat
         finally:
             other.close()
         assert replay.closed == 1
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+@pytest.mark.parametrize("wire", ["fast", "sdk"])
+def test_a_summary_whose_on_chunk_raises_closes_the_response_at_once(
+    path: str, wire: str, tmp_path: Path
+) -> None:
+    """``summarize(on_chunk=...)`` / ``asummarize`` whose callback raises (the client it
+    forwards to went away): the summariser's response is closed before the error reaches
+    the caller, on asyncio too, not left to the loop's finalizer (or to no one)."""
+    replay = Replay(text_body("chat", ["Summary ", "of ", "the ", "talk"]))
+    with rxcontext.open(tmp_path / "summary.db") as store:
+        cw = ContextWindow(store, model_for("chat", replay, wire), "summary")
+        cw.add_prompt("hello")
+
+        def on_chunk(chunk: Any) -> None:
+            if chunk.kind is ChunkKind.TEXT:
+                raise ConnectionResetError("the client went away")
+
+        if path == "sync":
+            with pytest.raises(ConnectionResetError):
+                cw.summarize(on_chunk=on_chunk)
+            closed = replay.closed
+        else:
+
+            async def main() -> int:
+                with pytest.raises(ConnectionResetError):
+                    await cw.asummarize(on_chunk=on_chunk)
+                return replay.closed  # as the error reached us
+
+            closed = asyncio.run(main())
+        assert closed == 1

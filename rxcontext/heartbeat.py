@@ -22,6 +22,11 @@ silence for a minute sends no chunk — and that is this module's job:
   store's lease has not: the reply is then given up only if one more renewal fails, and
   stores renew a lease only while it has not run out (by the database's clock), so a
   renewal that succeeds proves nobody could have seen the reply interrupted;
+* a reply whose final write found the database locked by another process (its commit, or
+  the checkpoint of its failure, raised ``StoreBusy`` to the subscriber) keeps its lease
+  and is served until its final checkpoint — what was delivered, ``INTERRUPTED`` — is
+  written: tried after every renewal that lands, at every poll, then once more by
+  ``store.close()`` and at the process's exit;
 * every 0.25 s (at most; ``lease_ttl / 3`` if shorter) while it serves replies it asks
   the store which of them were asked to stop (``cw.stop(reply_id)`` from any process) and
   stops them through their drivers: the subscriber gets
@@ -39,6 +44,7 @@ serves replies (it need not listen otherwise). The store stays the source of tru
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -95,6 +101,8 @@ class _Beat:
     renewed: float
     """Monotonic time from which the last successful renewal (or the begin) counts."""
     stopping: bool = False
+    released: bool = False
+    """The driver let the reply go while its final checkpoint was still pending."""
 
 
 class Heartbeat(ServesStore):
@@ -154,9 +162,14 @@ class Heartbeat(ServesStore):
 
     def unregister(self, persister: ReplyPersister) -> None:
         """Stop serving ``persister``'s reply (idempotent); the thread ends ``LINGER``
-        seconds after the last."""
+        seconds after the last. A reply whose final checkpoint a busy database refused
+        (:attr:`ReplyPersister.pending`) is served until that is written."""
         with self._lock:
-            self._beats.pop(id(persister), None)
+            beat = self._beats.get(id(persister))
+            if beat is not None and persister.pending:
+                beat.released = True
+            else:
+                self._beats.pop(id(persister), None)
 
     def poke(self) -> None:
         """Look for stop requests now (a fast channel's hint arrived)."""
@@ -165,14 +178,25 @@ class Heartbeat(ServesStore):
             self._wake.notify_all()
 
     def close(self) -> None:
-        """Stop the thread and wait for it (the store is closing)."""
+        """Stop the thread and wait for it (the store is closing), then try once more the
+        final checkpoints a busy database refused (waiting up to the store's
+        ``busy_timeout``)."""
         with self._lock:
             self._closed = True
+            pending = [b for b in self._beats.values() if b.persister.pending]
             self._beats.clear()
             self._wake.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+        self._write_pending(pending, last=True)
+
+    def write_pending(self) -> None:
+        """Try now, once more, the final checkpoints a busy database refused (waiting up to
+        the store's ``busy_timeout``): the process exits."""
+        with self._lock:
+            pending = [b for b in self._beats.values() if b.persister.pending]
+        self._write_pending(pending, last=True)
 
     @property
     def running(self) -> bool:
@@ -235,11 +259,16 @@ class Heartbeat(ServesStore):
                 beats = list(self._beats.values())
             now = time.monotonic()
             try:
-                if now >= next_renew:
+                # A final checkpoint a busy database refused is tried at every poll, right
+                # after a renewal (a cheap write that finds whether the lock is gone).
+                pending = [b for b in beats if b.persister.pending]
+                if now >= next_renew or pending:
                     # A renewal that could not be written is tried again at the next poll,
                     # not a whole interval later: the lease is running out meanwhile.
                     renewed = self._renew(beats, now)
                     next_renew = now + (self.renew_every if renewed else self.poll_every)
+                    if renewed and pending:
+                        self._write_pending(pending)
                 self._fence(beats, time.monotonic())
                 self._poll(beats)
             except StoreClosedError:
@@ -257,7 +286,11 @@ class Heartbeat(ServesStore):
         have seen the reply interrupted (and claimed it), so it is given up (self-fencing)
         rather than revived.
         """
-        live = [b for b in beats if not b.persister.finished and b.persister.lost is None]
+        live = [
+            b
+            for b in beats
+            if (not b.persister.finished or b.persister.pending) and b.persister.lost is None
+        ]
         if not live:
             return True
         try:
@@ -276,6 +309,30 @@ class Heartbeat(ServesStore):
             elif not beat.persister.finished:
                 self._lose(beat, _why_lost(self.store, beat.persister))
         return True
+
+    def _write_pending(self, beats: list[_Beat], *, last: bool = False) -> None:
+        """Write the final checkpoints a busy database refused; a beat whose driver let it
+        go ends once its checkpoint is written (or found taken over)."""
+        for beat in beats:
+            persister = beat.persister
+            try:
+                written = persister.write_pending()
+            except StoreClosedError:
+                raise
+            except Exception:
+                _log.exception("writing the final checkpoint of %r failed", persister.reply_id)
+                written = False
+            if written is None:
+                if last:
+                    _log.warning(
+                        "the final checkpoint of reply %r could not be written (the database "
+                        "is locked by another process): it holds its last periodic write",
+                        persister.reply_id,
+                    )
+                continue
+            with self._lock:
+                if beat.released:
+                    self._beats.pop(id(persister), None)
 
     def _fence(self, beats: list[_Beat], now: float) -> None:
         """Give up the replies whose lease may have run out by this process's clock, unless
@@ -359,6 +416,21 @@ def heartbeat_for(store: Store) -> Heartbeat:
         if found is None:
             found = _heartbeats[store] = Heartbeat(store)
         return found
+
+
+@atexit.register
+def _write_pending_at_exit() -> None:
+    """The process exits (its daemon threads stop with it): the final checkpoints a busy
+    database refused, not written yet, are tried once more."""
+    with _registry_lock:
+        heartbeats = list(_heartbeats.values())
+    for heartbeat in heartbeats:
+        try:
+            heartbeat.write_pending()
+        except StoreClosedError:
+            pass
+        except Exception:
+            _log.exception("writing the pending final checkpoints at exit failed")
 
 
 def set_stop_hint(store: Store, hint: StopHint | None) -> None:

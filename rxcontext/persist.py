@@ -19,7 +19,10 @@ two locks, so the hot path takes no lock at all:
   set); a reader sets ``_claimed``, then looks at ``busy`` and backs off if it is set. One
   of them always sees the other, so a snapshot never sees half a chunk;
 * the final write (commit or interrupt) happens once and sets ``finished`` (under
-  ``_claim``); a later writer finds it set and does nothing. Periodic writes hold
+  ``_claim``); a later writer finds it set and does nothing. If the database is locked
+  by another process then (``StoreBusy``), the final checkpoint is kept (``pending``) and
+  the heartbeat writes it once the lock is gone (:meth:`ReplyPersister.write_pending`),
+  so it still holds exactly what was delivered. Periodic writes hold
   ``_write``, and so do the interrupt and a tool round's commit, which must come after
   them; the last round's commit does not wait for one in flight (see :meth:`complete`).
 
@@ -47,7 +50,13 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from ._memory import let_go
 from ._signals import deferred
 from .chunks import Chunk, ChunkKind, Reply, ReplyBuilder, Usage
-from .errors import OwnershipLost, RxContextError, SchemaValidationError, StreamInterrupted
+from .errors import (
+    OwnershipLost,
+    RxContextError,
+    SchemaValidationError,
+    StoreBusy,
+    StreamInterrupted,
+)
 from .fanout.base import Channel, Fanout
 from .providers.base import NATIVE_RESUME_KEY, ResumeCursor
 from .records import Checkpoint, Record, RecordType, ReplyState
@@ -274,6 +283,9 @@ class ReplyPersister:
         self._claim = threading.Lock()
         self._write = threading.Lock()
         self.finished = False
+        self._final: tuple[CheckpointDraft, BaseException | None] | None = None
+        """The final checkpoint to write and why the reply ended (kept while the database
+        is busy: :attr:`pending`)."""
         self.attention = False
         """Set by the timer when the driver must act at its next chunk (flush, or stop)."""
         self.lost: RxContextError | None = None
@@ -546,15 +558,66 @@ class ReplyPersister:
         with deferred(), self._write:  # a Ctrl-C waits too
             if not self._finish() or self.ticket is None:
                 return None
-            draft = self._draft(why)
-            saved = self.store.save_checkpoint(self.ticket, draft, state=ReplyState.INTERRUPTED)
-            if self.channel is not None:
-                # Taken over or not, this epoch is over (a fenced end changes nothing).
-                self.channel.end("interrupted")
-            if not saved:  # taken over: nothing of ours to store, but our span ends
-                if self.trace is not None:
-                    self.trace.interrupted(None, error or self.lost)
+            self._final = (self._draft(why), error)
+            try:
+                saved = self._write_final()
+            except StoreBusy as busy:
+                # Kept (:attr:`pending`): the heartbeat writes it once the database is free.
+                raise StoreBusy(
+                    f"{busy}; what was delivered is kept and written as the reply's checkpoint "
+                    "(interrupted) as soon as the database can be written, while this process "
+                    "runs or as the store closes"
+                ) from busy.__cause__
+        return self._interrupted(saved, error)
+
+    @property
+    def pending(self) -> bool:
+        """Whether the reply's final checkpoint is still to be written: the database was
+        busy when the reply ended (:meth:`write_pending`)."""
+        return self._final is not None
+
+    def write_pending(self) -> bool | None:
+        """Write the final checkpoint a busy database refused (see :attr:`pending`): True
+        once stored, False if there was none (or the reply was taken over meanwhile),
+        None while the database is still busy (try again later)."""
+        with deferred(), self._write:
+            if self._final is None:
+                return False
+            error = self._final[1]
+            try:
+                saved = self._write_final()
+            except StoreBusy:
                 return None
+        if saved and self.trace is not None:
+            self._interrupted(saved, error)
+        return saved
+
+    def _write_final(self) -> bool:
+        """Store the final checkpoint (``_final``), ``INTERRUPTED``; False if taken over.
+        StoreBusy leaves it pending. The caller holds ``_write``."""
+        assert self.ticket is not None and self._final is not None
+        draft, error = self._final
+        try:
+            saved = self.store.save_checkpoint(self.ticket, draft, state=ReplyState.INTERRUPTED)
+        except StoreBusy:
+            raise  # kept: a busy database takes it later
+        except BaseException:
+            self._final = None  # not a wait: nothing later would do better
+            raise
+        self._final = None
+        if self.channel is not None:
+            # Taken over or not, this epoch is over (a fenced end changes nothing).
+            self.channel.end("interrupted")
+        if not saved and self.trace is not None:
+            # Taken over: nothing of ours to store, but our span ends.
+            self.trace.interrupted(None, error or self.lost)
+        return saved
+
+    def _interrupted(self, saved: bool, error: BaseException | None) -> Checkpoint | None:
+        """The checkpoint the final write stored (None if it was taken over); the span ends."""
+        if not saved:
+            return None
+        assert self.ticket is not None
         checkpoint = self.store.get_checkpoint(self.ticket.checkpoint_id)
         if self.trace is not None:
             self.trace.interrupted(checkpoint, error)

@@ -42,6 +42,7 @@ from rxcontext import (
     ReplyNotFound,
     ReplyState,
     ReplyStopped,
+    StoreBusy,
     StreamInterrupted,
 )
 from rxcontext.heartbeat import heartbeat_for
@@ -62,10 +63,11 @@ DONE = Chunk(ChunkKind.DONE, finish_reason="stop")
 
 
 class PausingModel(ScriptedModel):
-    """Sends ``before``, then says nothing until ``go`` is set, then sends ``after``."""
+    """Sends ``before``, then says nothing until ``go`` is set, then sends ``after`` (an
+    exception there is raised)."""
 
-    def __init__(self, before: list[Chunk], after: list[Chunk]) -> None:
-        super().__init__([before + after])
+    def __init__(self, before: list[Chunk], after: list[Chunk | BaseException]) -> None:
+        super().__init__([[*before, *after]])
         self.before, self.after = before, after
         self.go = threading.Event()
         self.paused = threading.Event()
@@ -76,7 +78,10 @@ class PausingModel(ScriptedModel):
         yield from self.before
         self.paused.set()
         self.go.wait(WAIT)
-        yield from self.after
+        for chunk in self.after:
+            if isinstance(chunk, BaseException):
+                raise chunk
+            yield chunk
 
     async def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
         self.requests.append(request)
@@ -86,6 +91,8 @@ class PausingModel(ScriptedModel):
         self.paused.set()
         await asyncio.wait_for(self.async_go.wait(), WAIT)
         for chunk in self.after:
+            if isinstance(chunk, BaseException):
+                raise chunk
             yield chunk
 
 
@@ -131,6 +138,22 @@ def rounds(store: Any, n: int, *, renewals: bool = False) -> None:
     hb.listeners.append(listener)
     try:
         assert done.wait(WAIT), "the heartbeat did not run"
+    finally:
+        hb.listeners.remove(listener)
+
+
+def until(store: Any, done: Callable[[], bool]) -> None:
+    """Wait until ``done()`` holds at the end of a heartbeat round of ``store``."""
+    hb = heartbeat_for(store)
+    event = threading.Event()
+
+    def listener() -> None:
+        if done():
+            event.set()
+
+    hb.listeners.append(listener)
+    try:
+        assert event.wait(WAIT), "the heartbeat did not get there"
     finally:
         hb.listeners.remove(listener)
 
@@ -280,6 +303,206 @@ def test_a_reply_that_lost_its_lease_checkpoints_exactly_what_was_delivered(
             loop.close()
     finally:
         store.close()
+
+
+def _consume_until_busy(
+    cw: ContextWindow, path: str, got: list[str], outcome: list[BaseException]
+) -> tuple[threading.Thread, Callable[[], None]]:
+    """Consume ``cw``'s reply on a thread (``path``: sync or asyncio), keeping its text in
+    ``got`` and its ``StoreBusy`` in ``outcome``; returns the thread and what lets the
+    paused model go on."""
+    model = cw.model
+    assert isinstance(model, PausingModel)
+    if path == "sync":
+
+        def consume() -> None:
+            try:
+                cw.call(
+                    rxcontext.operators.middleware(on_chunk=lambda c: got.append(c.text)),
+                    reply_id="r",
+                )
+            except StoreBusy as error:
+                outcome.append(error)
+
+        return in_thread(consume), model.go.set
+    loop = asyncio.new_event_loop()
+
+    async def aconsume() -> None:
+        try:
+            async for chunk in cw.astream(reply_id="r"):
+                got.append(chunk.text)
+        except StoreBusy as error:
+            outcome.append(error)
+
+    def run() -> None:
+        loop.run_until_complete(aconsume())
+        loop.close()
+
+    def go() -> None:
+        assert model.async_go is not None
+        loop.call_soon_threadsafe(model.async_go.set)
+
+    return in_thread(run), go
+
+
+def _busy_ending(ending: str) -> list[Chunk | BaseException]:
+    """What the model sends after its pause: the reply's end, or a failure mid-reply."""
+    if ending == "completed":
+        return [T("two "), T("three"), DONE]
+    return [T("two "), ProviderError("the connection dropped", provider="scripted")]
+
+
+@pytest.mark.parametrize("ending", ["completed", "failed"])
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_final_write_the_busy_database_refused_is_written_once_it_is_free(
+    tmp_path: Any, path: str, ending: str
+) -> None:
+    """Another process holds the database's write lock as the reply ends (its commit, or
+    the checkpoint of its failure): the subscriber gets ``StoreBusy``, and the final
+    checkpoint, exactly what it received, is kept and written by the heartbeat once the
+    lock is gone. Meanwhile the reply stays this process's (its lease renewed), never
+    read as dead with less than was delivered."""
+    import sqlite3
+
+    db = str(tmp_path / "db.sqlite")
+    store = rxcontext.open(db, busy_timeout=0.05)
+    try:
+        model = PausingModel([T("one ")], _busy_ending(ending))
+        cw = ContextWindow(store, model, "c", checkpoint_every=None, retry=None)
+        cw.add_prompt("hi")
+        got: list[str] = []
+        outcome: list[BaseException] = []
+        consumer, go = _consume_until_busy(cw, path, got, outcome)
+        assert model.paused.wait(WAIT)
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        go()
+        consumer.join(WAIT)
+        assert not consumer.is_alive()
+        [error] = outcome
+        assert "written as the reply's checkpoint" in str(error), error
+        assert "".join(got) == ("one two three" if ending == "completed" else "one two ")
+        [live] = cw.active_replies()  # still this process's: nobody may take it over
+        assert live.state is ReplyState.STREAMING
+        other.execute("ROLLBACK")
+        other.close()
+        # Written by a heartbeat round (the row reads interrupted from then on).
+        until(store, lambda: store.find_reply("r").state is ReplyState.INTERRUPTED)
+        with rxcontext.open(db) as elsewhere:
+            [checkpoint] = ContextWindow(elsewhere, None, "c").checkpoints()
+            assert checkpoint.state is ReplyState.INTERRUPTED
+            assert checkpoint.text == "".join(got)
+            cause = "StoreBusy" if ending == "completed" else "ProviderError"
+            assert (checkpoint.error or "").startswith(cause), checkpoint.error
+            assert [r.content for r in elsewhere.records(cw.context_id)] == ["hi"]
+    finally:
+        store.close()
+
+
+def test_closing_the_store_writes_a_final_checkpoint_still_pending(tmp_path: Any) -> None:
+    """The heartbeat had no round between the lock going and ``store.close()``: closing
+    writes the pending final checkpoint itself, before the connections go."""
+    import sqlite3
+
+    db = str(tmp_path / "db.sqlite")
+    store = rxcontext.open(db, busy_timeout=0.05)
+    model = PausingModel([T("one ")], _busy_ending("completed"))
+    cw = ContextWindow(store, model, "c", checkpoint_every=None, retry=None)
+    cw.add_prompt("hi")
+    got: list[str] = []
+    outcome: list[BaseException] = []
+    consumer, go = _consume_until_busy(cw, "sync", got, outcome)
+    assert model.paused.wait(WAIT)
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    go()
+    consumer.join(WAIT)
+    assert [type(e) for e in outcome] == [StoreBusy]
+    # Hold the heartbeat's thread after a round, release the lock, then close the store.
+    parked, hold = threading.Event(), threading.Event()
+
+    def park() -> None:
+        parked.set()
+        hold.wait(WAIT)
+
+    heartbeat_for(store).listeners.append(park)
+    assert parked.wait(WAIT)
+    other.execute("ROLLBACK")
+    other.close()
+    closing = in_thread(store.close)
+    hold.set()
+    closing.join(WAIT)
+    assert not closing.is_alive()
+    with rxcontext.open(db) as elsewhere:
+        [checkpoint] = ContextWindow(elsewhere, None, "c").checkpoints()
+        assert checkpoint.text == "".join(got) == "one two three"
+
+
+EXIT_CHILD = """
+import sys, threading
+import rxcontext
+from rxcontext import Chunk, ChunkKind, ContextWindow, StoreBusy
+from rxcontext.heartbeat import heartbeat_for
+from rxcontext.providers import ScriptedModel
+
+class Pausing(ScriptedModel):
+    def iter_chunks(self, request):
+        yield Chunk(ChunkKind.TEXT, "one ")
+        print("paused", flush=True)
+        sys.stdin.readline()  # the parent holds the lock now
+        yield Chunk(ChunkKind.TEXT, "two")
+        yield Chunk(ChunkKind.DONE, finish_reason="stop")
+
+store = rxcontext.open(sys.argv[1], busy_timeout=0.05)
+cw = ContextWindow(store, Pausing([]), "c", checkpoint_every=None, retry=None)
+cw.add_prompt("hi")
+try:
+    cw.call()
+except StoreBusy:
+    pass
+parked = threading.Event()
+heartbeat_for(store).listeners.append(lambda: (parked.set(), threading.Event().wait()))
+parked.wait(10)  # no heartbeat round from here: only the exit can write it
+print("busy", flush=True)
+sys.stdin.readline()  # the parent let the lock go; exit without closing the store
+"""
+
+
+def test_the_process_exit_writes_a_final_checkpoint_still_pending(tmp_path: Any) -> None:
+    """A process that ends (without closing its store) right after the lock went tries
+    the final checkpoint a busy database refused once more as it exits."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    db = str(tmp_path / "db.sqlite")
+    rxcontext.open(db).close()
+    child = subprocess.Popen(
+        [sys.executable, "-c", EXIT_CHILD, db],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline() == "paused\n"
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "busy\n"
+        other.execute("ROLLBACK")
+        other.close()
+        child.stdin.write("exit\n")
+        child.stdin.flush()
+        assert child.wait(WAIT) == 0
+    finally:
+        child.kill()
+        child.wait()
+    with rxcontext.open(db) as elsewhere:
+        [checkpoint] = ContextWindow(elsewhere, None, "c").checkpoints()
+        assert checkpoint.text == "one two"
+        assert (checkpoint.error or "").startswith("StoreBusy"), checkpoint.error
 
 
 def test_stop_while_the_model_is_silent_sync(store: Any) -> None:

@@ -7,8 +7,8 @@ money-related is written to the database, so a price correction (a new ``genai-p
 corrects every cost shown, and a database needs no migration. A summariser's reply is
 stored too, dead, accepted or not (:func:`.summarize.summarizer_draft`), so a summary's
 request is priced like any other; a discarded reply leaves a dead record of what its
-attempt was billed (:func:`.store.base.discarded_draft`), counted, of unknown cost (its
-model is not recorded), as a kept partial reply is. A reply whose model the table does
+attempt was billed (:func:`.store.base.discarded_draft`), priced from the usage and model
+its checkpoint names, as a kept partial reply is. A reply whose model the table does
 not know (or that says no model, or no usage) has an unknown cost: ``None``, shown as
 unknown, never guessed. A context's total counts the replies it could price and
 says how many it could not (:class:`ContextCost`), so a total is never smaller than it says.

@@ -74,6 +74,7 @@ __all__ = [
     "SCHEMA_KEYS",
     "ReplyPersister",
     "describe_error",
+    "model_keys",
     "reply_drafts",
     "reply_metadata",
 ]
@@ -126,6 +127,13 @@ store the half alone; a native resume's stream begins with the other half, and t
 make the character again."""
 
 
+def model_keys(model_name: str | None) -> dict[str, str | None]:
+    """``model`` and ``provider`` from a model's name (``"openai:gpt-4o-mini"``): what a
+    stored reply, and the checkpoint of one, say priced it (:mod:`rxcontext.cost`)."""
+    provider, _, model = (model_name or "").partition(":")
+    return {"model": model or provider or None, "provider": provider or None}
+
+
 def reply_metadata(
     reply: Reply,
     *,
@@ -141,10 +149,8 @@ def reply_metadata(
     its token limit (each provider names that stop differently), times are milliseconds
     from sending the request.
     """
-    provider, _, model = (model_name or "").partition(":")
     meta: dict[str, Any] = {
-        "model": model or provider or None,
-        "provider": provider or None,
+        **model_keys(model_name),
         "usage": reply.usage.to_dict() if reply.usage is not None else None,
         "finish_reason": reply.finish_reason,
         "truncated": reply.finish_reason in _LENGTH_STOPS,
@@ -436,6 +442,8 @@ class ReplyPersister:
         metadata = b.metadata  # a copy
         if held:
             metadata[HELD_KEY] = held
+        if self.model_name is not None:  # what prices the attempt once kept or discarded
+            metadata.update(model_keys(self.model_name))
         response_id = b.response_id
         point = self._cursor.point(delivered) if self._cursor is not None else None
         if point is not None:

@@ -271,8 +271,8 @@ def test_a_kept_reply_cut_before_its_usage_came_is_unpriced_never_free(path: str
     cp = cut_call(cw, path)
     assert cp.text == "Paris" and cp.usage is None
     kept = cw.keep(cp.id)
-    assert kept.metadata == {"partial": True}
-    assert reply_cost(kept) is None
+    assert kept.metadata == {"partial": True, "model": "gpt-5", "provider": "openai"}
+    assert reply_cost(kept) is None  # no usage: nothing to price
     cost = context_cost(cw.records())
     assert cost == ContextCost(before.usd, 1, 1) and not cost.complete
     assert cost.describe() == "≥" + format_usd(before.usd)
@@ -295,11 +295,11 @@ def anthropic_model(replay: Replay) -> AnthropicModel:
 
 @pytest.mark.usefixtures("both_stores")
 @pytest.mark.parametrize("path", ["sync", "async"])
-def test_a_discarded_attempt_that_was_billed_is_in_the_cost_unpriced(path: str) -> None:
+def test_a_discarded_attempt_that_was_billed_is_in_the_cost_priced(path: str) -> None:
     """Anthropic bills the input as the stream starts (``message_start`` says so): an
     attempt cut after it and discarded was paid for. Its usage is in the token totals, and
-    its cost in the context's, unknown (the checkpoint does not know the model), so a money
-    budget refuses; the conversation the next request sends is as it was."""
+    its cost in the context's, priced from the model its checkpoint names, so a money
+    budget counts it; the conversation the next request sends is as it was."""
     body = real_fixture("anthropic/text_basic_sonnet45.sse").read_bytes()
     replay = Replay(Served(body, cut_after=5, error=httpx2.ReadError("connection reset")), body)
     store = open_store()
@@ -310,16 +310,27 @@ def test_a_discarded_attempt_that_was_billed_is_in_the_cost_unpriced(path: str) 
     live = cw.live_records()
     cw.discard(cp.id)
     assert cw.stats().usage == cp.usage
-    assert context_cost(cw.records()) == ContextCost(Decimal(0), 0, 1)
-    assert context_cost(cw.records()).describe() == "unknown"
+    cut = expected(
+        "claude-sonnet-4-5",
+        "anthropic",
+        input_tokens=cp.usage.input_tokens,
+        output_tokens=cp.usage.output_tokens or 0,
+    )
+    assert cut > 0 and context_cost(cw.records()) == ContextCost(cut, 1, 0)
     # Kept as a dead record of its own, named by no reply: the conversation, its
     # discarded reply and a watcher of it see nothing new.
     (dead,) = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
     assert not dead.live and dead.reply_id is None and dead.content == cp.text
-    assert dead.metadata == {"partial": True, "discarded": True, "usage": cp.usage.to_dict()}
+    assert dead.metadata == {
+        "partial": True,
+        "discarded": True,
+        "usage": cp.usage.to_dict(),
+        "model": "claude-sonnet-4-5",
+        "provider": "anthropic",
+    }
     assert cw.live_records() == live and store.reply_records(cp.reply_id) == []
-    cw.budget = Budget(max_usd="100")
-    with pytest.raises(BudgetExceeded, match="cost of 1 of its replies is unknown"):
+    cw.budget = Budget(max_usd=str(cut))  # spent already: the next request is refused
+    with pytest.raises(BudgetExceeded):
         cw.call() if path == "sync" else asyncio.run(cw.acall())
     assert len(replay.requests) == 1  # refused unsent
     cw.budget = None
@@ -332,7 +343,7 @@ def test_a_discarded_attempt_that_was_billed_is_in_the_cost_unpriced(path: str) 
         input_tokens=reply.usage.input_tokens,
         output_tokens=reply.usage.output_tokens,
     )
-    assert context_cost(cw.records()) == ContextCost(whole, 1, 1)
+    assert context_cost(cw.records()) == ContextCost(cut + whole, 2, 0)
 
 
 @pytest.mark.usefixtures("both_stores")
@@ -346,7 +357,12 @@ def test_a_discarded_reply_cut_before_its_usage_came_is_unpriced() -> None:
     cw.discard(cp.id)
     assert context_cost(cw.records()) == ContextCost(Decimal(0), 0, 1)
     (dead,) = [r for r in cw.records() if not r.live]
-    assert dead.metadata == {"partial": True, "discarded": True}
+    assert dead.metadata == {
+        "partial": True,
+        "discarded": True,
+        "model": "gpt-5",
+        "provider": "openai",
+    }
 
 
 @pytest.mark.usefixtures("both_stores")

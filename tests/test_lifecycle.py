@@ -168,7 +168,8 @@ def test_keep_stores_the_partial_text_in_its_own_place():
     cw.add_prompt("B?")
     cw.call()
     kept = cw.keep(cp_id)
-    assert kept.metadata == {"partial": True} and kept.content == "half an answer"
+    assert kept.metadata == {"partial": True, "model": "scripted", "provider": "scripted"}
+    assert kept.content == "half an answer"
     assert shape(cw) == [
         ("PROMPT", "A?"),
         ("MODEL_RESP", "half an answer"),

@@ -78,7 +78,7 @@ def test_a_kept_reply_is_marked_partial_and_a_resumed_one_resumed():
     with pytest.raises(StreamInterrupted) as second:
         cw.call()
     kept = cw.keep(first.value.checkpoint.id)
-    assert kept.metadata == {"partial": True}
+    assert kept.metadata == {"partial": True, "model": "scripted", "provider": "scripted"}
     cw.resume_call(second.value.checkpoint.id)
     resumed = [r for r in cw.records() if r.type is RecordType.MODEL_RESP][-1]
     assert resumed.content == "bc"

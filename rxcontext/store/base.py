@@ -347,10 +347,15 @@ class Store(Protocol):
 
 def kept_metadata(cp: Checkpoint) -> dict[str, Any]:
     """The metadata of the record a kept checkpoint becomes: marked partial, with the usage
-    its attempts were billed (cost reads count such a reply as unpriced, never as free)."""
+    its attempts were billed and the model that billed them, as its checkpoint names them
+    (cost prices it from those; without them it counts as unpriced, never as free)."""
     meta: dict[str, Any] = {"partial": True}
     if cp.usage is not None:
         meta["usage"] = cp.usage.to_dict()
+    for key in ("model", "provider"):  # the checkpoint names the model that priced it
+        value = cp.metadata.get(key)
+        if isinstance(value, str) and value:
+            meta[key] = value
     return meta
 
 
@@ -359,8 +364,8 @@ def discarded_draft(cp: Checkpoint) -> RecordDraft | None:
     it holds, marked ``partial`` and ``discarded``, with the usage its attempts were billed.
 
     A context's cost is read from its records (:mod:`rxcontext.cost`), and a discarded
-    reply was paid for as far as it got. The checkpoint does not know its model, so the
-    cost reads this reply as unpriced, never as free. Dead and named by no reply
+    reply was paid for as far as it got: it is priced from the usage and the model its
+    checkpoint names (unpriced, never free, where they are missing). Dead and named by no reply
     (``reply_id`` None, its own position), it is never sent and no reader of the reply
     sees it; it is stamped with the attempt's last write, so it is priced as of when it
     was billed. None when the provider never answered (no usage, nothing delivered: an HTTP

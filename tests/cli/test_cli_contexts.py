@@ -68,7 +68,11 @@ def test_checkpoints_keep_and_discard(env: dict[str, str], tmp_path: Path) -> No
     assert dropped.returncode == 0, dropped.stderr
     assert [(r.type.name, r.content, dict(r.metadata)) for r in records(db) if r.live] == [
         ("PROMPT", "first?", {}),
-        ("MODEL_RESP", "a1 a2 ", {"partial": True}),
+        (
+            "MODEL_RESP",
+            "a1 a2 ",
+            {"partial": True, "model": "gpt-4o-mini-replay", "provider": "openai"},
+        ),
         ("PROMPT", "second?", {}),
     ]
     assert "no open checkpoints" in run(env, "checkpoints", "--db", str(db)).stdout

@@ -655,10 +655,11 @@ class ContextWindow:
         """Raise :class:`~rxcontext.BudgetExceeded` if the next request of context
         ``context_id`` (not necessarily the current one) would go over."""
         store = self._store
+        stats = store.context_stats(context_id)  # its name too: one read, not two
         check_budget(
             budget,
-            context=store.get_context(context_id).name,
-            spent=store.context_stats(context_id).usage,
+            context=stats.name,
+            spent=stats.usage,
             records=store.records(context_id) if budget.max_usd is not None else (),
             estimate=store.live_tokens(context_id),
             model_name=model.name,

@@ -533,14 +533,7 @@ def test_stop_a_blocking_call(store: Any) -> None:
     model = PausingModel([T("Hel"), T("lo")], [T(" world"), DONE])
     cw = window(store, model)
     outcome: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            cw.call(reply_id="r")
-        except StreamInterrupted as error:
-            outcome.append(error)
-
-    caller = in_thread(call)
+    caller = consume_in_thread(cw, "sync", outcome)
     assert model.paused.wait(WAIT)
     assert cw.stop("r") is True
     rounds(store, 1)  # the stop was handled (the checkpoint is stored from here on)
@@ -606,14 +599,7 @@ def test_stop_during_a_retry_wait_ends_the_reply_at_once(store: Any, path: str) 
     if path == "sync":
         cw = ContextWindow(store, model, "c", checkpoint_every=None, retry=retry)
         cw.add_prompt("hi")
-
-        def consume() -> None:
-            try:
-                cw.call(reply_id="r")
-            except StreamInterrupted as error:
-                outcome.append(error)
-
-        consumer = in_thread(consume)
+        consumer = consume_in_thread(cw, "sync", outcome)
         # The first attempt was refused: the driver is in its wait or about to begin it (a
         # stop just before the wait ends it as well). Stopping right after on_start instead
         # could land before the request went out, and no request would be sent at all.

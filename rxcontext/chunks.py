@@ -46,7 +46,9 @@ class Usage:
     tokens in it), otherwise ``input_tokens + output_tokens``. ``input_tokens`` is all
     input, cached or not: ``cached_tokens`` (read from a prompt cache) and
     ``cache_write_tokens`` (written to one, Anthropic's ``cache_creation_input_tokens``)
-    are parts of it, kept apart because they are priced apart.
+    are parts of it, kept apart because they are priced apart. ``web_search_requests``
+    counts the provider's server-side web searches (Anthropic's
+    ``usage.server_tool_use.web_search_requests``), billed per search on top of the tokens.
     """
 
     input_tokens: int = 0
@@ -55,6 +57,7 @@ class Usage:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     cache_write_tokens: int = 0
+    web_search_requests: int = 0
 
     # Gemini sends usage on every event, so a Usage is made per event there: written
     # through the slots' descriptors (as Chunk's) its constructor takes ~40 % less time
@@ -67,6 +70,7 @@ class Usage:
         cached_tokens: int = 0,
         reasoning_tokens: int = 0,
         cache_write_tokens: int = 0,
+        web_search_requests: int = 0,
     ) -> None:
         _set_input(self, input_tokens)
         _set_output(self, output_tokens)
@@ -74,6 +78,7 @@ class Usage:
         _set_cached(self, cached_tokens)
         _set_reasoning(self, reasoning_tokens)
         _set_cache_write(self, cache_write_tokens)
+        _set_web_searches(self, web_search_requests)
 
     @classmethod
     def of(
@@ -84,6 +89,7 @@ class Usage:
         cached_tokens: int | None = None,
         reasoning_tokens: int | None = None,
         cache_write_tokens: int | None = None,
+        web_search_requests: int | None = None,
     ) -> Usage:
         """Normalise provider counts, any of which may be missing, into a ``Usage``."""
         inp = int(input_tokens or 0)
@@ -96,6 +102,7 @@ class Usage:
             int(cached_tokens or 0),
             int(reasoning_tokens or 0),
             int(cache_write_tokens or 0),
+            int(web_search_requests or 0),
         )
 
     def __add__(self, other: Usage) -> Usage:
@@ -106,6 +113,7 @@ class Usage:
             self.cached_tokens + other.cached_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
             self.cache_write_tokens + other.cache_write_tokens,
+            self.web_search_requests + other.web_search_requests,
         )
 
     def to_dict(self) -> dict[str, int]:
@@ -117,6 +125,7 @@ class Usage:
             "cached_tokens": self.cached_tokens,
             "reasoning_tokens": self.reasoning_tokens,
             "cache_write_tokens": self.cache_write_tokens,
+            "web_search_requests": self.web_search_requests,
         }
 
     @classmethod
@@ -135,7 +144,8 @@ class Usage:
             if count is not None and (
                 isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 2**63
             ):
-                return f"usage.{key} must be a count of tokens, not {count!r}"
+                what = "searches" if key == "web_search_requests" else "tokens"
+                return f"usage.{key} must be a count of {what}, not {count!r}"
         return None
 
 
@@ -145,6 +155,7 @@ _set_total = Usage.__dict__["total_tokens"].__set__
 _set_cached = Usage.__dict__["cached_tokens"].__set__
 _set_reasoning = Usage.__dict__["reasoning_tokens"].__set__
 _set_cache_write = Usage.__dict__["cache_write_tokens"].__set__
+_set_web_searches = Usage.__dict__["web_search_requests"].__set__
 
 
 @dataclass(frozen=True, slots=True, init=False)

@@ -13,8 +13,9 @@ not know (or that says no model, or no usage) has an unknown cost: ``None``, sho
 unknown, never guessed. A context's total counts the replies it could price and
 says how many it could not (:class:`ContextCost`), so a total is never smaller than it says.
 
-Prompt-cache tokens are priced apart (reads cheaper, Anthropic's writes dearer), and a
-Gemini reply's thought tokens are priced as the output they are billed as.
+Prompt-cache tokens are priced apart (reads cheaper, Anthropic's writes dearer), a
+Gemini reply's thought tokens are priced as the output they are billed as, and Anthropic's
+server-side web searches (``Usage.web_search_requests``) at the table's price per search.
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ def price(
         cache_read_tokens=usage.cached_tokens,
         cache_write_tokens=usage.cache_write_tokens,
     )
+    if usage.web_search_requests:
+        # Billed per search, on top of the tokens (the table's web_searches_kcount);
+        # only when there were any, so a reply that did not search is priced as ever.
+        counted.web_searches = usage.web_search_requests
     try:
         result = prices.calc_price(
             counted, model, provider_id=provider_id, genai_request_timestamp=when

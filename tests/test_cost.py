@@ -9,6 +9,7 @@ output), not a copy of a price table.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from decimal import Decimal
 from typing import Any
@@ -127,6 +128,86 @@ def test_anthropic_reply_priced_with_cache_reads_and_writes_apart() -> None:
         output_tokens=100,
         cache_write_tokens=1500,
     )
+
+
+def _web_search_stream(searches: int) -> bytes:
+    """An Anthropic stream that searched the web ``searches`` times (server tools: their
+    blocks make no tool calls; usage.server_tool_use counts the searches, cumulatively)."""
+    events: list[dict[str, Any]] = [
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_search",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude-sonnet-4-5",
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {
+                    "input_tokens": 2039,
+                    "output_tokens": 1,
+                    "server_tool_use": {"web_search_requests": 0, "web_fetch_requests": 0},
+                },
+            },
+        }
+    ]
+    for n in range(searches):
+        use = {"type": "server_tool_use", "id": f"srvtoolu_{n}", "name": "web_search", "input": {}}
+        result = {"type": "web_search_tool_result", "tool_use_id": f"srvtoolu_{n}", "content": []}
+        query = {"type": "input_json_delta", "partial_json": f'{{"query": "lisbon {n}"}}'}
+        events += [
+            {"type": "content_block_start", "index": 2 * n, "content_block": use},
+            {"type": "content_block_delta", "index": 2 * n, "delta": query},
+            {"type": "content_block_stop", "index": 2 * n},
+            {"type": "content_block_start", "index": 2 * n + 1, "content_block": result},
+            {"type": "content_block_stop", "index": 2 * n + 1},
+        ]
+    at = 2 * searches
+    events += [
+        {"type": "content_block_start", "index": at, "content_block": {"type": "text", "text": ""}},
+        {
+            "type": "content_block_delta",
+            "index": at,
+            "delta": {"type": "text_delta", "text": "Sunny in Lisbon."},
+        },
+        {"type": "content_block_stop", "index": at},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {
+                "input_tokens": 10423,
+                "output_tokens": 341,
+                "server_tool_use": {"web_search_requests": searches, "web_fetch_requests": 0},
+            },
+        },
+        {"type": "message_stop"},
+    ]
+    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
+
+
+@pytest.mark.usefixtures("both_stores")
+@pytest.mark.parametrize("wire", ["sdk", "fast"])
+def test_anthropic_web_searches_are_stored_and_priced_per_search(wire: str) -> None:
+    """Anthropic bills $10 per 1,000 web searches on top of the tokens: a reply that
+    searched is stored with its count of searches and priced with them, not as its tokens
+    alone."""
+    replay = Replay(_web_search_stream(3))
+    client = anthropic.Anthropic(api_key=KEY, max_retries=0, http_client=replay.client())
+    model = AnthropicModel("claude-sonnet-4-5", client=client, wire=wire)  # type: ignore[arg-type]
+    cw = ContextWindow(open_store(), model)
+    cw.add_prompt("Weather in Lisbon?")
+    reply = cw.call()
+    assert reply.text == "Sunny in Lisbon." and reply.tool_calls == ()
+    assert reply.usage == Usage(10423, 341, 10764, web_search_requests=3)
+    (stored,) = replies(cw)
+    assert stored.metadata["usage"]["web_search_requests"] == 3
+    tokens_only = expected("claude-sonnet-4-5", "anthropic", input_tokens=10423, output_tokens=341)
+    assert reply_cost(stored) == expected(
+        "claude-sonnet-4-5", "anthropic", input_tokens=10423, output_tokens=341, web_searches=3
+    )
+    assert reply_cost(stored) == tokens_only + Decimal("0.03")  # 3 x $10 / 1,000
+    assert context_cost(cw.records()) == ContextCost(tokens_only + Decimal("0.03"), 1, 0)
 
 
 def test_gemini_thoughts_are_priced_as_output() -> None:

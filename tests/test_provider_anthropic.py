@@ -335,7 +335,8 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "Current conditions show partly cloudy skies with 77% humidity and a dew point of 53°F, "
         "with visibility at 9 miles.\n\nThe weekend forecast indicates continued rain, with a "
         "Level 1 storm system bringing periods of rain this weekend.",
-        usage=Usage(10423, 341, 10764),
+        # message_delta's usage.server_tool_use: one web search, billed per search.
+        usage=Usage(10423, 341, 10764, web_search_requests=1),
         finish="end_turn",
         id="msg_01TRpkkgb2QsnyjsGSVdRtGr",
     ),
@@ -489,6 +490,71 @@ def test_usage_is_cumulative_replace_never_add(wire: str) -> None:
     assert chunks[-1] == Chunk(
         ChunkKind.DONE, finish_reason="end_turn", response_id="msg_1", usage=usages[-1]
     )
+
+
+def test_web_searches_are_counted_from_usage_server_tool_use(wire: str) -> None:
+    """Anthropic bills each web search ($10 per 1,000) on top of tokens and reports the
+    count in usage.server_tool_use (cumulative, like the token counts): the reply's usage
+    carries it, replaced never added; web fetches are free and not counted."""
+    body = anthropic_sse(
+        message_start(
+            input_tokens=2039,
+            server_tool_use={"web_search_requests": 0, "web_fetch_requests": 0},
+        ),
+        block_start(
+            0, {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}}
+        ),
+        args(0, '{"query": "weather '),
+        args(0, 'in Lisbon"}'),
+        block_stop(0),
+        block_start(
+            1,
+            {
+                "type": "web_search_tool_result",
+                "tool_use_id": "srvtoolu_1",
+                "content": [
+                    {
+                        "type": "web_search_result",
+                        "title": "Lisbon weather",
+                        "url": "https://example.com/lisbon",
+                        "encrypted_content": "EqQBCioIAxgCIiQ",
+                        "page_age": None,
+                    }
+                ],
+            },
+        ),
+        block_stop(1),
+        block_start(
+            2, {"type": "server_tool_use", "id": "srvtoolu_2", "name": "web_search", "input": {}}
+        ),
+        args(2, '{"query": "Lisbon forecast"}'),
+        block_stop(2),
+        block_start(
+            3, {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_2", "content": []}
+        ),
+        block_stop(3),
+        block_start(4, {"type": "text", "text": ""}),
+        text(4, "Sunny."),
+        block_stop(4),
+        message_delta(
+            None,
+            output_tokens=20,
+            server_tool_use={"web_search_requests": 2, "web_fetch_requests": 1},
+        ),
+        # a later delta that leaves server_tool_use out keeps the count
+        message_delta("end_turn", output_tokens=30, input_tokens=10423),
+        MESSAGE_STOP,
+    )
+    chunks = stream(lambda: [body], wire)
+    usages = [c.usage for c in chunks if c.kind is ChunkKind.USAGE]
+    assert usages == [
+        Usage(2039, 1, 2040),
+        Usage(2039, 20, 2059, web_search_requests=2),
+        Usage(10423, 30, 10453, web_search_requests=2),
+    ]
+    reply = reply_from_chunks(chunks)
+    assert reply.text == "Sunny." and reply.tool_calls == ()
+    assert reply.usage == usages[-1]
 
 
 def test_text_thinking_and_tool_use_interleaved_blocks(wire: str) -> None:

@@ -272,6 +272,8 @@ def usage_counts(draw: st.DrawFn, delta: bool) -> dict[str, Any]:
     counts["output_tokens"] = draw(st.integers(0, 5000))
     if draw(st.booleans()):
         counts["output_tokens_details"] = {"thinking_tokens": draw(st.integers(0, 100))}
+    if draw(st.booleans()):
+        counts["server_tool_use"] = {"web_search_requests": draw(st.integers(0, 5))}
     return counts
 
 

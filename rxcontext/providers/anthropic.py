@@ -15,7 +15,9 @@ Choices worth knowing:
   cache_read_input_tokens`` (Anthropic's own definition of the total), so that, as for
   OpenAI and Gemini, ``cached_tokens`` (= ``cache_read_input_tokens``) is a part of it, and
   so is ``cache_write_tokens`` (= ``cache_creation_input_tokens``), kept apart.
-  ``output_tokens_details.thinking_tokens`` becomes ``reasoning_tokens``. message_delta
+  ``output_tokens_details.thinking_tokens`` becomes ``reasoning_tokens`` and
+  ``server_tool_use.web_search_requests`` (billed per search) ``web_search_requests``;
+  web fetches cost only their tokens, so their count is not kept. message_delta
   counts are cumulative: a count it gives replaces the one from message_start, a count it
   leaves out keeps the earlier value; nothing is ever added.
 - Server tools (``server_tool_use``, ``web_search_tool_result``, ...) run at Anthropic, so
@@ -401,6 +403,7 @@ class _Turn:
         "stop_sequence",
         "stopped",
         "thinking",
+        "web_searches",
     )
 
     def __init__(self, secrets: tuple[str | None, ...] = ()) -> None:
@@ -415,6 +418,7 @@ class _Turn:
         self.cache_write: int | None = None
         self.cache_read: int | None = None
         self.thinking: int | None = None
+        self.web_searches: int | None = None
 
     def count(
         self,
@@ -423,6 +427,7 @@ class _Turn:
         cache_write: int | None,
         cache_read: int | None,
         thinking: int | None,
+        web_searches: int | None,
     ) -> Chunk:
         """Take the cumulative counts given (None keeps the earlier one); a USAGE chunk.
 
@@ -433,6 +438,7 @@ class _Turn:
         int_field(cache_write, "usage.cache_creation_input_tokens")
         int_field(cache_read, "usage.cache_read_input_tokens")
         int_field(thinking, "usage.output_tokens_details.thinking_tokens")
+        int_field(web_searches, "usage.server_tool_use.web_search_requests")
         if input_tokens is not None:
             self.input = input_tokens
         if output_tokens is not None:
@@ -443,6 +449,8 @@ class _Turn:
             self.cache_read = cache_read
         if thinking is not None:
             self.thinking = thinking
+        if web_searches is not None:
+            self.web_searches = web_searches
         return Chunk(ChunkKind.USAGE, usage=self.usage())
 
     def usage(self) -> Usage:
@@ -453,6 +461,7 @@ class _Turn:
             cached_tokens=self.cache_read,
             reasoning_tokens=self.thinking,
             cache_write_tokens=self.cache_write,
+            web_search_requests=self.web_searches,
         )
 
     def done(self) -> Chunk:
@@ -547,17 +556,21 @@ def _index(value: Any) -> int:
 
 def _sdk_usage(turn: _Turn, usage: Any) -> Chunk:
     if usage is None:
-        return turn.count(None, None, None, None, None)
+        return turn.count(None, None, None, None, None, None)
     _model(usage, "usage")
     details = getattr(usage, "output_tokens_details", None)
     if details is not None:
         _model(details, "usage.output_tokens_details")
+    server_tools = getattr(usage, "server_tool_use", None)
+    if server_tools is not None:
+        _model(server_tools, "usage.server_tool_use")
     return turn.count(
         getattr(usage, "input_tokens", None),
         getattr(usage, "output_tokens", None),
         getattr(usage, "cache_creation_input_tokens", None),
         getattr(usage, "cache_read_input_tokens", None),
         getattr(details, "thinking_tokens", None),
+        getattr(server_tools, "web_search_requests", None),
     )
 
 
@@ -702,12 +715,16 @@ def _wire_usage(turn: _Turn, usage: Any) -> Chunk:
     details = usage.get("output_tokens_details")
     if details is not None and details.__class__ is not dict:
         raise BadEvent
+    server_tools = usage.get("server_tool_use")
+    if server_tools is not None and server_tools.__class__ is not dict:
+        raise BadEvent
     return turn.count(
         usage.get("input_tokens"),
         usage.get("output_tokens"),
         usage.get("cache_creation_input_tokens"),
         usage.get("cache_read_input_tokens"),
         details.get("thinking_tokens") if details else None,
+        server_tools.get("web_search_requests") if server_tools else None,
     )
 
 

@@ -3,8 +3,11 @@
 Output items a later request must send back (reasoning items with ``encrypted_content``,
 message items with their id and ``phase``, function-call item ids) are kept, in output
 order, in the DONE chunk's metadata under :data:`OUTPUT_KEY`, and so in the MODEL_RESP
-record's metadata. :meth:`ResponsesStream.sdk` reads the SDK's event objects,
-:meth:`ResponsesStream.fast` the raw JSON dicts; both go through the same handlers.
+record's metadata. A reasoning item goes back only followed by the item it produced, sent
+with its id (the API refuses it otherwise); where that cannot be (a resumed reply's text is
+no message the server made), the turn goes back as plain text and calls, with no item ids.
+:meth:`ResponsesStream.sdk` reads the SDK's event objects, :meth:`ResponsesStream.fast` the
+raw JSON dicts; both go through the same handlers.
 """
 
 from __future__ import annotations
@@ -117,13 +120,18 @@ def _function_call(call: Record, item_id: str | None = None) -> dict[str, Any]:
     return out
 
 
+def _plain_items(record: Record | None, calls: list[Record]) -> list[dict[str, Any]]:
+    """An assistant turn as plain input: its text, then its calls, with no item ids."""
+    items: list[dict[str, Any]] = []
+    if record is not None and record.content:
+        items.append({"role": "assistant", "content": record.content})
+    return items + [_function_call(call) for call in calls]
+
+
 def _assistant_items(record: Record | None, calls: list[Record]) -> list[dict[str, Any]]:
     kept = record.metadata.get(OUTPUT_KEY) if record is not None else None
     if record is None or not isinstance(kept, list):
-        items: list[dict[str, Any]] = []
-        if record is not None and record.content:
-            items.append({"role": "assistant", "content": record.content})
-        return items + [_function_call(call) for call in calls]
+        return _plain_items(record, calls)
     # The stored message texts are used only while they still add up to the record's text.
     texts = [item.get("text", "") for item in kept if item.get("type") == "message"]
     exact = "".join(texts) == record.content
@@ -132,11 +140,13 @@ def _assistant_items(record: Record | None, calls: list[Record]) -> list[dict[st
     # (a stateless request may not name items the server never stored).
     paired = any(item.get("type") == "reasoning" for item in kept)
     items = []
+    origins: list[int | None] = []  # the kept item each sent item is, by its id
     replaced = False
-    for item in kept:
+    for index, item in enumerate(kept):
         kind = item.get("type")
         if kind == "reasoning":
             items.append(dict(item))
+            origins.append(index)
         elif kind == "message" and exact:
             message: dict[str, Any] = {
                 "type": "message",
@@ -150,17 +160,36 @@ def _assistant_items(record: Record | None, calls: list[Record]) -> list[dict[st
                 if item.get(key) is not None:
                     message[key] = item[key]
             items.append(message)
+            origins.append(index if "id" in message else None)
         elif kind == "message" and not replaced:
             replaced = True
             if record.content:
                 items.append({"role": "assistant", "content": record.content})
+                origins.append(None)
         elif kind == "function_call":
             call = by_call_id.pop(item.get("call_id"), None)
             if call is not None:
-                items.append(_function_call(call, item.get("id") if paired else None))
+                sent = _function_call(call, item.get("id") if paired else None)
+                items.append(sent)
+                origins.append(index if "id" in sent else None)
+    if not _followed(kept, origins):
+        # The API refuses a reasoning item not followed by the item it produced, sent with
+        # its id (a resumed reply's joined text is no message the server made; a call whose
+        # record is gone), and that item's id without its reasoning: send neither.
+        return _plain_items(record, calls)
     if not texts and record.content:
         items.append({"role": "assistant", "content": record.content})
     return items + [_function_call(call) for call in calls if call.tool_call_id in by_call_id]
+
+
+def _followed(kept: list[Any], origins: list[int | None]) -> bool:
+    """Whether each reasoning item sent is followed by the kept item after it, sent by id."""
+    for n, index in enumerate(origins):
+        if index is not None and kept[index].get("type") == "reasoning":
+            following = origins[n + 1] if n + 1 < len(origins) else None
+            if following != index + 1:
+                return False
+    return True
 
 
 def _item(record: Record) -> dict[str, Any] | None:

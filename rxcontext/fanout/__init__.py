@@ -9,6 +9,7 @@ depends on the fan-out.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Any
 
@@ -19,6 +20,11 @@ from .memory import MemoryFanout
 __all__ = ["Channel", "Fanout", "MemoryFanout", "Position", "attach", "fanout_for", "open_fanout"]
 
 _attached: weakref.WeakKeyDictionary[Any, Fanout] = weakref.WeakKeyDictionary()
+_users_lock = threading.Lock()
+_users: dict[int, int] = {}
+"""``id(fanout)``: how many stores it is attached to that are neither closed nor collected
+(an entry lives only while that count is positive, so while their hooks hold the fan-out:
+its id cannot be reused meanwhile)."""
 
 
 def open_fanout(spec: str | Fanout | None, **options: Any) -> Fanout | None:
@@ -42,13 +48,30 @@ def open_fanout(spec: str | Fanout | None, **options: Any) -> Fanout | None:
 
 
 def attach(store: Any, fanout: Fanout) -> None:
-    """Make ``fanout`` the store's (closed when the store is garbage-collected); a fan-out
-    that carries stop hints (Redis) serves the store's ``cw.stop`` too."""
+    """Make ``fanout`` the store's: closed (its threads stopped, its connections closed,
+    what it queued sent first) by ``store.close()``, or when the store is collected
+    unclosed; a fan-out attached to several stores, with the last of them. A fan-out that
+    carries stop hints (Redis) serves the store's ``cw.stop`` too."""
     _attached[store] = fanout
-    weakref.finalize(store, fanout.close)
+    with _users_lock:
+        _users[id(fanout)] = _users.get(id(fanout), 0) + 1
+    # Called once, by whichever comes first: the store's close or its collection.
+    release = weakref.finalize(store, _release, fanout)
     serve_stops = getattr(fanout, "serve_stops", None)
     if serve_stops is not None:
         serve_stops(store)
+    # After the hooks above (the heartbeat's, the stop listener's): the fan-out goes last.
+    store.on_close(release)
+
+
+def _release(fanout: Fanout) -> None:
+    """One store of ``fanout`` closed (or was collected): close it if it was the last."""
+    with _users_lock:
+        left = _users.pop(id(fanout)) - 1
+        if left:
+            _users[id(fanout)] = left
+            return
+    fanout.close()
 
 
 def fanout_for(store: Any) -> Fanout | None:

@@ -225,7 +225,9 @@ class RedisFanout:
         # ended): bounded, as one missed lives only until its expiry.
         self._doomed: collections.deque[str] = collections.deque(maxlen=10_000)
         self._wake = threading.Event()
-        self._closing = False
+        self._closing = False  # the writer's last turns: send what is queued, then end
+        self._closed = False
+        self._close_lock = threading.Lock()
         self._down_until = 0.0
         self._pause = 0.0
         self.connected = True
@@ -572,16 +574,30 @@ class RedisFanout:
         return True
 
     def close(self) -> None:
-        """Send what is queued (for up to one second), then stop the writer thread."""
-        if self._closing:
-            return
-        self._close_by = time.monotonic() + 1.0
-        self._closing = True
-        for listener in list(self.stop_listeners):
-            listener.close()
-        self._wake.set()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(2.0)
-        self._tail.close()
-        self._writer.close()
-        self._reader.close()
+        """Send what is queued (for up to one second), then stop the writer, tail and stop
+        listener threads and close the connections (``store.close()`` calls this for the
+        last store the fan-out serves). Idempotent, from any thread: a call made while
+        another is closing returns once that one is done."""
+        if threading.current_thread() is self._thread:
+            # The writer itself (a finalizer the collector ran there): never wait for the
+            # close that may be waiting for it.
+            if not self._close_lock.acquire(blocking=False):
+                return
+        else:
+            self._close_lock.acquire()
+        try:
+            if self._closed:
+                return
+            self._close_by = time.monotonic() + 1.0
+            self._closing = True
+            for listener in list(self.stop_listeners):
+                listener.close()
+            self._wake.set()
+            if threading.current_thread() is not self._thread:
+                self._thread.join(2.0)
+            self._tail.close()
+            self._writer.close()
+            self._reader.close()
+            self._closed = True
+        finally:
+            self._close_lock.release()

@@ -138,6 +138,8 @@ class ContextCost:
 
 def _replies(records: Iterable[Record]) -> Iterable[Record]:
     for record in records:
+        if record.inherited:  # copied by a clone or fork: billed to the context it came from
+            continue
         if record.type in (RecordType.MODEL_RESP, RecordType.TOOL_CALL) and (
             "usage" in record.metadata and "model" in record.metadata
         ):
@@ -150,7 +152,9 @@ def _replies(records: Iterable[Record]) -> Iterable[Record]:
 
 def context_cost(records: Iterable[Record]) -> ContextCost:
     """The cost of the replies among ``records`` (pass all of a context's records, dead
-    ones too: summarised replies were paid for as well)."""
+    ones too: summarised replies were paid for as well). Records a clone or fork copied
+    (``Record.inherited``) are left out: their replies were billed to the context they
+    came from, as the copy's token totals say."""
     usd, priced, unpriced = Decimal(0), 0, 0
     for record in _replies(records):
         cost = reply_cost(record)

@@ -167,6 +167,7 @@ def _draft(item: Any, n: int, blobs: Mapping[str, Any]) -> RecordDraft:
         metadata=dict(metadata),
         timestamp=_time(item.get("timestamp"), where),
         attachments=_attachments(item, blobs, where),
+        inherited=_flag(item.get("inherited"), False, f"{where}: 'inherited'"),
     )
 
 
@@ -245,8 +246,10 @@ def _tool(item: Any, n: int) -> tuple[str, Mapping[str, Any]]:
 def fork_context(store: Store, context_id: str, dest: str, *, at: int) -> Context:
     """A new context ``dest`` holding the records of ``context_id`` up to and including the
     record with id ``at`` (in conversation order, dead ones too): the conversation as it was
-    there, to go on differently. Raises ``ValueError`` if no such record is in the context
-    or ``dest`` is taken (checked as the context is created)."""
+    there, to go on differently. The fork is an account of its own: its token totals start
+    at 0 and its records are marked ``inherited``, so its cost does too. Raises
+    ``ValueError`` if no such record is in the context or ``dest`` is taken (checked as the
+    context is created)."""
     # Replies still being generated are not the fork's. Asked before the read and after
     # it: one that ends in between is left out whole, never carried half (a round
     # without its answer), as a request's history does.
@@ -257,7 +260,12 @@ def fork_context(store: Store, context_id: str, dest: str, *, at: int) -> Contex
     ids = [r["id"] for r in records]
     if at not in ids:
         raise ValueError(f"record {at} is not in this context; nothing was forked")
-    kept = [r for r in records[: ids.index(at) + 1] if r.get("reply_id") not in busy]
+    # Copied, as a clone's are: the replies were billed to the source, not to the fork.
+    kept = [
+        {**r, "inherited": True}
+        for r in records[: ids.index(at) + 1]
+        if r.get("reply_id") not in busy
+    ]
     cut = {**exported, "records": kept, "tools": []}
     cut["context"] = {**exported["context"], "usage": None, "last_response_id": None}
     return _import(store, cut, dest, "fork into another name")

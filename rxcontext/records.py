@@ -73,6 +73,8 @@ class Record:
     next request can send both back exactly. ``metadata`` keeps provider extras that must
     round-trip (thinking blocks with signatures, Gemini thought signatures).
     ``attachments`` are the images and files sent with a prompt, in order.
+    ``inherited``: copied from another context by a clone or fork; the reply it belongs to
+    was billed to that context, so this one's cost leaves it out (as its token totals do).
     """
 
     id: int
@@ -90,6 +92,7 @@ class Record:
     pos: int = 0
     reply_id: str | None = None
     attachments: tuple[Attachment, ...] = ()
+    inherited: bool = False
 
     @classmethod
     def unsaved(cls, context_id: str, type: RecordType, content: str) -> Record:

@@ -239,7 +239,11 @@ class ContextWindow:
             )
 
     def clone(self, dest: str) -> Context:
-        """Copy the current context's records (not its tools) into a new context ``dest``."""
+        """Copy the current context's records (not its tools) into a new context ``dest``.
+
+        The clone is an account of its own: what the current context's replies were billed
+        stays the current context's, so the clone's token totals and cost start at 0 (its
+        live records and tokens are copied)."""
         return self._store.clone_context(self._context.id, _text_arg(dest, "clone name"))
 
     def export(self) -> dict[str, Any]:
@@ -258,7 +262,8 @@ class ContextWindow:
     def fork(self, dest: str, *, at: int) -> Context:
         """A new context ``dest`` with the current one's records up to and including record
         ``at`` (an id, as in :meth:`records`): the conversation as it was there, to go on
-        differently. The current context is unchanged."""
+        differently. The current context is unchanged. As with :meth:`clone`, the fork's
+        token totals and cost start at 0: the copied replies were billed to this context."""
         return fork_context(self._store, self._context.id, _text_arg(dest, "fork name"), at=at)
 
     def export_json(self, indent: int | None = 2) -> str:

@@ -631,3 +631,66 @@ def test_budget_values_are_checked() -> None:
             Budget(max_tokens=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_usd"):
         Budget(max_usd="abc")
+
+
+@pytest.mark.usefixtures("both_stores")
+def test_a_clone_or_fork_starts_its_own_account_in_tokens_and_in_cost() -> None:
+    """A clone or fork copies the conversation, not the spend: the parent's replies were
+    billed to the parent. Its token totals start at 0, and so must its cost (and so a
+    money budget), or the two accounts of one context disagree and a clone's budget
+    counts the parent's dollars. Its own replies are its spend; an export and import
+    keeps that split, and a clone of a clone starts at 0 again."""
+    replay = Replay(
+        real_fixture("openai_chat/tool_call_roundtrip_gpt4o_mini.1.sse"),
+        real_fixture("openai_chat/tool_call_roundtrip_gpt4o_mini.2.sse"),
+        real_fixture("anthropic/text_basic_sonnet45.sse"),
+    )
+    client = openai.OpenAI(api_key=KEY, max_retries=0, http_client=replay.client())
+    store = open_store()
+    cw = ContextWindow(store, OpenAIModel("gpt-4o-mini", client=client), context="parent")
+    cw.add_tool(Tool("multiply", "Multiply.").number("a").number("b"), lambda a: "2869461")
+    cw.add_prompt("What is 1231 * 2331?")
+    cw.call()
+    parent_usage, parent_cost = cw.stats().usage, context_cost(cw.records())
+    assert parent_usage.total_tokens > 0 and parent_cost.priced == 2 and parent_cost.usd > 0
+    none = ContextCost(Decimal(0), 0, 0)
+
+    def account(name: str) -> tuple[int, int, ContextCost]:
+        other = ContextWindow(store, None, context=name)
+        spent = other.stats().usage.total_tokens
+        return other.token_usage().total_tokens, spent, context_cost(other.records())
+
+    cw.clone("copy")
+    cw.fork("forked", at=cw.records()[-1].id)
+    for name in ("copy", "forked"):
+        copied = ContextWindow(store, None, context=name)
+        assert [r.content for r in copied.records()] == [r.content for r in cw.records()]
+        assert account(name) == (0, 0, none), name
+    assert (cw.stats().usage, context_cost(cw.records())) == (parent_usage, parent_cost)
+
+    # The clone's own reply is its spend, and a money budget counts that alone: with
+    # the parent's spend counted too, this request would be refused.
+    copy = ContextWindow(store, anthropic_model(replay), context="copy")
+    copy.add_prompt("Hello")
+    ahead = price(Usage.of(copy.live_tokens()), "claude-sonnet-4-5", "anthropic")
+    assert ahead is not None
+    copy.budget = Budget(max_usd=ahead + parent_cost.usd / 2)
+    reply = copy.call()
+    assert reply.usage is not None
+    own = expected(
+        "claude-sonnet-4-5",
+        "anthropic",
+        input_tokens=reply.usage.input_tokens,
+        output_tokens=reply.usage.output_tokens,
+    )
+    assert account("copy") == (
+        reply.usage.total_tokens,
+        reply.usage.total_tokens,
+        ContextCost(own, 1, 0),
+    )
+    # An export carries the account as it is; a clone of the clone starts a new one.
+    copy.import_context(copy.export(), name="moved")
+    assert account("moved") == account("copy")
+    copy.clone("copy of copy")
+    assert account("copy of copy") == (0, 0, none)
+    assert (cw.stats().usage, context_cost(cw.records())) == (parent_usage, parent_cost)

@@ -17,7 +17,8 @@ __all__ = ["export_attachments", "export_document", "with_blobs"]
 def export_document(
     ctx: Context, records: Sequence[Record], tools: Any, stats: ContextStats
 ) -> dict[str, Any]:
-    """The export of ``ctx`` (read in one transaction by the store)."""
+    """The export of ``ctx`` (read in one transaction by the store). A record copied
+    from another context says ``"inherited": true`` (others say nothing of it)."""
     kept: dict[str, str] = {}
     return with_blobs(
         {
@@ -46,6 +47,7 @@ def export_document(
                     "metadata": dict(r.metadata),
                     "reply_id": r.reply_id,
                     **export_attachments(r.attachments, kept),
+                    **({"inherited": True} if r.inherited else {}),
                 }
                 for r in records
             ],

@@ -60,7 +60,7 @@ __all__ = [
 CONTEXT_COLUMNS = "id, name, start_time, use_server_side_threading, last_response_id"
 RECORD_COLUMNS = (
     "id, context_id, ts, source, content, live, est_tokens, response_id, streamed,"
-    " tool_call_id, tool_name, metadata, pos, reply_id, attachments"
+    " tool_call_id, tool_name, metadata, pos, reply_id, attachments, inherited"
 )
 CHECKPOINT_COLUMNS = (
     "id, context_id, text, thinking, tool_calls, usage, error, created_at, resolved_at,"
@@ -93,8 +93,9 @@ ADD_USAGE = ", ".join(f"{f} = {f} + %s" for f in USAGE_FIELDS)
 _RECORD_TYPES = {int(t): t for t in RecordType}
 _INSERT_RECORD = (
     "INSERT INTO records (context_id, pos, ts, source, content, live, est_tokens, response_id,"
-    " streamed, tool_call_id, tool_name, metadata, reply_id, commit_id, rev, attachments)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
+    " streamed, tool_call_id, tool_name, metadata, reply_id, commit_id, rev, attachments,"
+    " inherited)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
 )
 
 
@@ -132,6 +133,7 @@ def record(row: Sequence[Any], attachments: tuple[Attachment, ...] = ()) -> Reco
         row[12],
         dec_opt(row[13]),
         attachments,
+        row[15],
     )
 
 
@@ -229,6 +231,7 @@ class Draft:
             commit_id,
             rev,
             len(self.attachments),
+            d.inherited,
         )
 
     def record(
@@ -251,6 +254,7 @@ class Draft:
             pos=pos,
             reply_id=reply_id,
             attachments=tuple(a.stored() for a in self.attachments),
+            inherited=d.inherited,
         )
 
 

@@ -15,7 +15,7 @@ from ._thinking import unpack
 
 RECORD_COLUMNS = (
     "id, context_id, ts, source, content, live, est_tokens, response_id, streamed,"
-    " tool_call_id, tool_name, metadata, pos, reply_id, attachments"
+    " tool_call_id, tool_name, metadata, pos, reply_id, attachments, inherited"
 )
 CONTEXT_COLUMNS = "id, name, start_time, use_server_side_threading, last_response_id"
 CHECKPOINT_COLUMNS = (
@@ -110,6 +110,7 @@ def record(row: Row, attachments: tuple[Attachment, ...] = ()) -> Record:
         row[12],
         row[13],
         attachments,
+        bool(row[15]),
     )
 
 

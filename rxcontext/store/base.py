@@ -87,6 +87,9 @@ class RecordDraft:
     only: order is positions."""
     attachments: Sequence[Attachment] = ()
     """Images and files sent with the record (a prompt's), in order; stored once per content."""
+    inherited: bool = False
+    """Copied from another context (a fork's, or an import of a clone's): what its reply
+    was billed is that context's spend (see :attr:`.records.Record.inherited`)."""
 
     def __post_init__(self) -> None:
         ts = self.timestamp

@@ -249,6 +249,14 @@ def m011_cut_text(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE checkpoints ADD COLUMN cut_thinking TEXT")
 
 
+@migration
+def m012_inherited_records(db: sqlite3.Connection) -> None:
+    """Records a clone or fork copied from another context (``inherited``): their replies
+    were billed there, so the copy's cost leaves them out, as its token totals do. Records
+    cloned before this step are not marked (the step cannot tell them apart)."""
+    db.execute("ALTER TABLE records ADD COLUMN inherited INTEGER NOT NULL DEFAULT 0")
+
+
 _CONTEXTWINDOW_TABLES = {"contexts", "records", "context_tools"}
 _CONTEXTWINDOW_COLUMNS = {
     "contexts": {"id", "name", "start_time"},

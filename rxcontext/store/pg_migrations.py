@@ -211,6 +211,14 @@ def m006_cut_text(conn: psycopg.Connection[Any]) -> None:
     conn.execute("ALTER TABLE checkpoints ADD COLUMN cut_text text, ADD COLUMN cut_thinking text")
 
 
+@migration
+def m007_inherited_records(conn: psycopg.Connection[Any]) -> None:
+    """Records a clone or fork copied from another context (``inherited``): their replies
+    were billed there, so the copy's cost leaves them out, as its token totals do. Records
+    cloned before this step are not marked (the step cannot tell them apart)."""
+    conn.execute("ALTER TABLE records ADD COLUMN inherited boolean NOT NULL DEFAULT false")
+
+
 def _locked(conn: psycopg.Connection[Any]) -> set[str]:
     """Take the schema lock (inside the caller's transaction) and return the applied steps."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))

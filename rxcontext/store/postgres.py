@@ -319,7 +319,8 @@ class PostgresStore(PostgresReplies, PostgresLeases):
 
     def clone_context(self, context_id: str, dest_name: str) -> Context:
         """Copy a context's records (positions and timestamps included; not its tools or
-        replies in progress) to a new context."""
+        replies in progress) to a new context, marked ``inherited``: the clone's usage
+        totals start at 0 and its cost leaves the copied replies out."""
         if not dest_name:
             raise ValueError("the clone needs a name")
         new_id = uuid.uuid4().hex
@@ -354,9 +355,10 @@ class PostgresStore(PostgresReplies, PostgresLeases):
                 raise ValueError(f"a context named {dest_name!r} already exists")
             conn.execute(
                 "INSERT INTO records (context_id, pos, ts, source, content, live, est_tokens,"
-                " response_id, streamed, tool_call_id, tool_name, metadata, attachments)"
-                " SELECT %s, pos, ts, source, content, live, est_tokens, response_id, streamed,"
-                " tool_call_id, tool_name, metadata, attachments FROM records"
+                " response_id, streamed, tool_call_id, tool_name, metadata, attachments,"
+                " inherited) SELECT %s, pos, ts, source, content, live, est_tokens,"
+                " response_id, streamed, tool_call_id, tool_name, metadata, attachments, true"
+                " FROM records"
                 " WHERE context_id = %s AND (reply_id IS NULL OR NOT reply_id = ANY(%s))"
                 " ORDER BY pos, id",
                 (new_id, context_id, busy),

@@ -56,9 +56,10 @@ _HEADER = b"SQLite format 3\x00"
 _INSERT_RECORD = {
     (long_content, long_metadata): (
         "INSERT INTO records (context_id, ts, source, content, live, est_tokens, response_id,"
-        " streamed, tool_call_id, tool_name, metadata, pos, reply_id, attachments, rev)"
+        " streamed, tool_call_id, tool_name, metadata, pos, reply_id, attachments, inherited,"
+        " rev)"
         f" VALUES (?,?,?,{'CAST(zeroblob(?) AS TEXT)' if long_content else '?'},?,?,?,?,?,?,"
-        f"{'CAST(zeroblob(?) AS TEXT)' if long_metadata else '?'},?,?,?,"
+        f"{'CAST(zeroblob(?) AS TEXT)' if long_metadata else '?'},?,?,?,?,"
         " (SELECT version FROM contexts WHERE id = ?))"
     )
     for long_content in (False, True)
@@ -407,7 +408,8 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
 
     def clone_context(self, context_id: str, dest_name: str) -> Context:
         """Copy a context's records (positions and timestamps included; not its tools or
-        replies in progress) to a new context."""
+        replies in progress) to a new context, marked ``inherited``: the clone's usage
+        totals start at 0 and its cost leaves the copied replies out."""
         if not dest_name:
             raise ValueError("the clone needs a name")
         with self._tx() as db:
@@ -438,9 +440,9 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             ).fetchall()
             db.execute(
                 "INSERT INTO records (context_id, ts, source, content, live, est_tokens,"
-                " response_id, streamed, tool_call_id, tool_name, metadata, pos, attachments)"
-                " SELECT ?, ts, source, content, live, est_tokens, response_id, streamed,"
-                f" tool_call_id, tool_name, metadata, pos, attachments FROM records"
+                " response_id, streamed, tool_call_id, tool_name, metadata, pos, attachments,"
+                " inherited) SELECT ?, ts, source, content, live, est_tokens, response_id,"
+                " streamed, tool_call_id, tool_name, metadata, pos, attachments, 1 FROM records"
                 f" WHERE {copied} ORDER BY pos, id",
                 (new_id, context_id, busy),
             )
@@ -589,6 +591,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
                 pos,
                 reply_id,
                 len(attachments),
+                int(draft.inherited),
                 context_id,
             ),
         )
@@ -618,6 +621,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             pos=pos,
             reply_id=reply_id,
             attachments=tuple(a.stored() for a in attachments),
+            inherited=draft.inherited,
         )
 
     def add_record(self, context_id: str, draft: RecordDraft) -> Record:

@@ -58,12 +58,17 @@ def check_pairs(body: dict[str, Any], outputs: list[list[dict[str, Any]]]) -> No
     reasoning_of: dict[str, str] = {}  # item id -> id of the reasoning item before it
     known: set[str] = set()
     for output in outputs:
+        last: str | None = None  # the reasoning item an item came after, in its response
         for n, item in enumerate(output):
             known.add(item["id"])
             if item["type"] == "reasoning":
                 follower[item["id"]] = output[n + 1]["id"] if n + 1 < len(output) else None
-            if n and output[n - 1]["type"] == "reasoning":
-                reasoning_of[item["id"]] = output[n - 1]["id"]
+                last = item["id"]
+            elif last is not None:
+                # "Item 'msg_…' of type 'message' was provided without its required
+                # 'reasoning' item: 'rs_…'": an item is tied to the reasoning item before it
+                # in its response, built-in tool calls between them or not.
+                reasoning_of[item["id"]] = last
     items = body["input"]
     for i, item in enumerate(items):
         item_id = item.get("id")
@@ -77,8 +82,8 @@ def check_pairs(body: dict[str, Any], outputs: list[list[dict[str, Any]]]) -> No
                 f"{items[i + 1] if i + 1 < len(items) else None}"
             )
         elif item_id in reasoning_of:
-            before = items[i - 1] if i else {}
-            assert before.get("type") == "reasoning" and before["id"] == reasoning_of[item_id], (
+            sent_before = {other.get("id") for other in items[:i]}
+            assert reasoning_of[item_id] in sent_before, (
                 f"[{i}] Item {item_id!r} of type {item.get('type')!r} was provided without its "
                 f"required 'reasoning' item {reasoning_of[item_id]!r}"
             )
@@ -264,3 +269,34 @@ def test_a_continuation_that_runs_a_tool_round(wire: str) -> None:
     cw.add_prompt("Thanks")
     cw.call()
     check_all(replay, first, one, two, text)
+
+
+BUILT_IN_TOOLS = [
+    "openai_responses/reasoning_summary_code_interpreter_gpt5.sse",
+    "openai_responses/web_search_annotations_gpt52.sse",
+]
+"""[reasoning, code_interpreter_call ×3, message] and [web_search_call ×2, message]."""
+
+
+@pytest.mark.parametrize("wire", WIRES)
+@pytest.mark.parametrize("path", BUILT_IN_TOOLS)
+def test_a_reply_that_ran_a_built_in_tool_sends_no_reasoning_without_its_item(
+    path: str, wire: str
+) -> None:
+    # A built-in tool's items (code_interpreter_call, web_search_call) are not sent back,
+    # so the reasoning item that produced the first of them may not go either.
+    builtin, text = read(path), read(TEXT)
+    replay = Replay(builtin, text)
+    cw = window(replay, wire)
+    cw.call()
+    cw.add_prompt("Thanks")
+    cw.call()
+    check_all(replay, builtin, text)
+    message = served(builtin)[0][-1]
+    sent = replay.bodies[1]["input"][1:-1]
+    # The answer still goes back as the server's message; by its id only where no reasoning
+    # item came before it (that id is tied to the reasoning item left out).
+    reasoned = any(item["type"] == "reasoning" for item in served(builtin)[0])
+    want = None if reasoned else message["id"]
+    assert [(i.get("type"), i.get("id")) for i in sent] == [("message", want)]
+    assert sent[0]["content"][0]["text"] == message["content"][0]["text"]

@@ -4,8 +4,9 @@ Output items a later request must send back (reasoning items with ``encrypted_co
 message items with their id and ``phase``, function-call item ids) are kept, in output
 order, in the DONE chunk's metadata under :data:`OUTPUT_KEY`, and so in the MODEL_RESP
 record's metadata. A reasoning item goes back only followed by the item it produced, sent
-with its id (the API refuses it otherwise); where that cannot be (a resumed reply's text is
-no message the server made), the turn goes back as plain text and calls, with no item ids.
+with its id (the API refuses it otherwise): one that produced an item not kept (a built-in
+tool's call) is not kept; where that cannot be (a resumed reply's text is no message the
+server made), the turn goes back as plain text and calls, with no item ids.
 :meth:`ResponsesStream.sdk` reads the SDK's event objects, :meth:`ResponsesStream.fast` the
 raw JSON dicts; both go through the same handlers.
 """
@@ -652,7 +653,8 @@ class ResponsesStream:
         out: list[Chunk] = []
         if usage is not None:
             out.append(Chunk(ChunkKind.USAGE, usage=usage))
-        metadata = {OUTPUT_KEY: [self._kept[i] for i in sorted(self._kept)]} if self._kept else {}
+        items = _sendable(self._kept)
+        metadata = {OUTPUT_KEY: items} if items else {}
         out.append(
             Chunk(
                 ChunkKind.DONE,
@@ -663,6 +665,32 @@ class ResponsesStream:
             )
         )
         return out
+
+
+def _sendable(kept: Mapping[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The kept items, in output order, less each reasoning item whose follower is not kept
+    (and the ids of the items after such a one, until the next reasoning item).
+
+    The API refuses a reasoning item not followed by the output item it produced; a built-in
+    tool's item (``code_interpreter_call``, ``web_search_call``) is not sent back, so the
+    reasoning before it may not be either. Only here are the items' output positions known:
+    records stored before this keep [reasoning, message] for such a reply and cannot be
+    repaired by the conversion, which sees the two as a pair.
+    """
+    items: list[dict[str, Any]] = []
+    orphaned = False  # after a reasoning item left out, until the next one sent
+    for index, item in sorted(kept.items()):
+        if item.get("type") == "reasoning":
+            orphaned = index + 1 not in kept
+            if orphaned:
+                continue
+        elif orphaned and "id" in item:
+            # An item's id is tied to the reasoning item before it in its response ("Item
+            # 'msg_…' of type 'message' was provided without its required 'reasoning'
+            # item"): with that one left out, the item goes back without its id.
+            item = {key: value for key, value in item.items() if key != "id"}
+        items.append(item)
+    return items
 
 
 def response_chunks(

@@ -54,6 +54,12 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """``rxcontext contexts [list|show|export|import|delete|clone|fork]``."""
     action = args.action or "list"
+    if args.json and action != "list":
+        raise CLIError(
+            f"--json is for contexts list, not contexts {action}",
+            "rxcontext contexts --json (a context's records as JSON: contexts export NAME)",
+            2,
+        )
     if action != "list":
         _need(args.name, f"contexts {action} needs a context name")
     if action in ("clone", "fork"):
@@ -156,10 +162,10 @@ def _show(store: Store, render: Renderer, ctx: Context) -> int:
     costs: dict[int, str] | None = None
     spent = ""
     if cost.available():
-        costs = {
+        costs = {  # a clone's or fork's copied replies were billed to its source
             r.id: cost.format_usd(cost.reply_cost(r))
             for r in records
-            if "usage" in r.metadata and "model" in r.metadata
+            if "usage" in r.metadata and "model" in r.metadata and not r.inherited
         }
         spent = f" · cost {cost.context_cost(records).describe()}"
         if all(shown == "unknown" for shown in costs.values()):

@@ -96,3 +96,29 @@ def test_piped_and_json(env: dict[str, str], db: Path) -> None:
     shown = run(env, "contexts", "show", "priced", "--db", str(db)).stdout
     assert f"cost {two()}" in shown
     assert re.search(rf"^\s+2 MODEL_RESP\s+live\s+\d+\s+{re.escape(one())}  Lisbon\.", shown, re.M)
+
+
+def test_a_clones_copied_replies_show_no_cost_of_their_own(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A clone's copied replies were billed to its source: `contexts show` of the clone
+    prices none of them, as its total (0) says."""
+    path = tmp_path / "clone.db"
+    with rxcontext.open(path) as store:
+        cw = ContextWindow(store, ScriptedModel([_reply("Lisbon.")], name="openai:gpt-4o-mini"))
+        cw.switch_context("source")
+        cw.add_prompt("Capital of Portugal?")
+        cw.call()
+        cw.clone("copy")
+    shown = run(env, "contexts", "show", "copy", "--db", str(path)).stdout
+    assert shown.splitlines()[0].endswith("cost -"), shown  # no reply of its own
+    assert one() not in shown, shown
+    source = run(env, "contexts", "show", "source", "--db", str(path)).stdout
+    assert re.search(rf"^\s+2 MODEL_RESP\s+live\s+\d+\s+{re.escape(one())}  Lisbon\.", source, re.M)
+
+
+def test_json_is_refused_for_show(env: dict[str, str], db: Path) -> None:
+    """`--json` is for `contexts list`; given to `show` it was ignored (a table, status 0)."""
+    refused = run(env, "contexts", "show", "priced", "--json", "--db", str(db))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "--json is for contexts list" in refused.stderr

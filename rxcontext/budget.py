@@ -100,7 +100,7 @@ def check_budget(
         raise BudgetExceeded(
             f"context {context!r} has a budget of {format_usd(limit)} but the cost of"
             f" {paid.unpriced} of its replies is unknown (a model genai-prices does not"
-            " know, or no usage): the budget cannot be kept",
+            " know, searches it has no price for, or no usage): the budget cannot be kept",
             limit="usd",
             spent=None,
             estimate=None,

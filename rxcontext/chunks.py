@@ -47,8 +47,10 @@ class Usage:
     input, cached or not: ``cached_tokens`` (read from a prompt cache) and
     ``cache_write_tokens`` (written to one, Anthropic's ``cache_creation_input_tokens``)
     are parts of it, kept apart because they are priced apart. ``web_search_requests``
-    counts the provider's server-side web searches (Anthropic's
-    ``usage.server_tool_use.web_search_requests``), billed per search on top of the tokens.
+    counts the provider's server-side web searches as it bills them, on top of the tokens:
+    Anthropic's ``usage.server_tool_use.web_search_requests``, OpenAI Responses'
+    ``web_search_call`` items, Gemini's Google Search grounding (distinct queries on
+    Gemini 3, one per grounded prompt on Gemini 1.x / 2.x).
     """
 
     input_tokens: int = 0

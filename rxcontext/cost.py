@@ -14,8 +14,11 @@ unknown, never guessed. A context's total counts the replies it could price and
 says how many it could not (:class:`ContextCost`), so a total is never smaller than it says.
 
 Prompt-cache tokens are priced apart (reads cheaper, Anthropic's writes dearer), a
-Gemini reply's thought tokens are priced as the output they are billed as, and Anthropic's
-server-side web searches (``Usage.web_search_requests``) at the table's price per search.
+Gemini reply's thought tokens are priced as the output they are billed as, and server-side
+web searches (``Usage.web_search_requests``: Anthropic's web searches, OpenAI's
+``web_search_call`` items, Gemini's Google Search grounding) at the table's price per
+search. A reply that searched on a model (or at a date) the table has no search price for
+has an unknown cost, not the price of its tokens alone.
 """
 
 from __future__ import annotations
@@ -91,6 +94,14 @@ def price(
             counted, model, provider_id=provider_id, genai_request_timestamp=when
         )
     except LookupError:
+        return None
+    if (
+        usage.web_search_requests
+        and getattr(result.model_price, "web_searches_kcount", None) is None
+    ):
+        # genai-prices prices nothing it has no price for: searches the table cannot price
+        # (a model, or a date, it has no search price for) would leave a tokens-only total
+        # that looks whole. Unknown instead, as for a model it does not know.
         return None
     total: Decimal = result.total_price
     return total

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -208,6 +209,186 @@ def test_anthropic_web_searches_are_stored_and_priced_per_search(wire: str) -> N
     )
     assert reply_cost(stored) == tokens_only + Decimal("0.03")  # 3 x $10 / 1,000
     assert context_cost(cw.records()) == ContextCost(tokens_only + Decimal("0.03"), 1, 0)
+
+
+# -- OpenAI Responses web_search_call and Gemini Google Search grounding -----------------
+
+
+@pytest.mark.usefixtures("both_stores")
+@pytest.mark.parametrize("wire", ["sdk", "fast"])
+def test_openai_responses_web_search_calls_are_stored_and_priced_per_call(wire: str) -> None:
+    """OpenAI bills each web_search_call ($10 per 1,000 on gpt-5.2) on top of the tokens:
+    the recorded reply made two, so it is stored with two searches and priced with them."""
+    replay = Replay(real_fixture("openai_responses/web_search_annotations_gpt52.sse"))
+    client = openai.OpenAI(api_key=KEY, max_retries=0, http_client=replay.client())
+    model = OpenAIResponsesModel("gpt-5.2", client=client, wire=wire)  # type: ignore[arg-type]
+    cw = ContextWindow(open_store(), model)
+    cw.add_prompt("Tallest mountain in Alberta?")
+    reply = cw.call()
+    assert reply.usage == Usage(12243, 140, 12383, 0, 100, web_search_requests=2)
+    (stored,) = replies(cw)
+    assert stored.metadata["usage"]["web_search_requests"] == 2
+    tokens_only = expected("gpt-5.2", "openai", input_tokens=12243, output_tokens=140)
+    assert reply_cost(stored) == expected(
+        "gpt-5.2", "openai", input_tokens=12243, output_tokens=140, web_searches=2
+    )
+    assert reply_cost(stored) == tokens_only + Decimal("0.02")  # 2 x $10 / 1,000
+    assert context_cost(cw.records()) == ContextCost(tokens_only + Decimal("0.02"), 1, 0)
+
+
+def _responses_search_stream(model: str, searches: int, status: str = "completed") -> bytes:
+    """A Responses stream that made ``searches`` web_search_call items, then answered."""
+    usage = {"input_tokens": 9000, "output_tokens": 50, "total_tokens": 9050}
+    events: list[dict[str, Any]] = []
+    output: list[dict[str, Any]] = []
+    for n in range(searches):
+        item = {"id": f"ws_{n}", "type": "web_search_call", "status": "in_progress"}
+        done = {**item, "status": "completed", "action": {"type": "search", "query": "alberta"}}
+        events += [
+            {"type": "response.output_item.added", "output_index": n, "item": item},
+            {"type": "response.output_item.done", "output_index": n, "item": done},
+        ]
+        output.append(done)
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "status": "completed",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": "Mount Columbia.", "annotations": []}],
+    }
+    events.append(
+        {
+            "type": "response.output_text.delta",
+            "item_id": "msg_1",
+            "output_index": searches,
+            "content_index": 0,
+            "delta": "Mount Columbia.",
+            "logprobs": [],
+        }
+    )
+    response = {
+        "id": "resp_ws",
+        "object": "response",
+        "created_at": 1,
+        "model": model,
+        "status": status,
+        "output": [*output, message],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": usage,
+    }
+    if status == "incomplete":
+        response["incomplete_details"] = {"reason": "max_output_tokens"}
+    events.append({"type": f"response.{status}", "response": response})
+    numbered = [{**e, "sequence_number": i} for i, e in enumerate(events)]
+    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in numbered).encode()
+
+
+@pytest.mark.parametrize("wire", ["sdk", "fast"])
+def test_searches_the_price_table_cannot_price_leave_the_cost_unknown(wire: str) -> None:
+    """genai-prices knows gpt-4.1-nano's tokens but has no price for its web searches:
+    the searches are stored, and the reply's cost is unknown (the context's total says so),
+    not its tokens' price presented as the whole."""
+    replay = Replay(_responses_search_stream("gpt-4.1-nano", 3))
+    client = openai.OpenAI(api_key=KEY, max_retries=0, http_client=replay.client())
+    model = OpenAIResponsesModel("gpt-4.1-nano", client=client, wire=wire)  # type: ignore[arg-type]
+    cw = ContextWindow(rxcontext.open(":memory:"), model)
+    cw.add_prompt("Tallest mountain in Alberta?")
+    reply = cw.call()
+    assert reply.usage == Usage(9000, 50, 9050, web_search_requests=3)
+    (stored,) = replies(cw)
+    assert stored.metadata["usage"]["web_search_requests"] == 3
+    assert price(Usage.of(9000, 50), "gpt-4.1-nano", "openai-responses") is not None
+    assert reply_cost(stored) is None
+    assert context_cost(cw.records()) == ContextCost(Decimal(0), 0, 1)
+    # The same where the table has no price yet: Gemini 3 searches before 5 January 2026.
+    searched = Usage.of(1000, 100, web_search_requests=2)
+    before = datetime(2025, 12, 1, tzinfo=UTC)
+    assert price(Usage.of(1000, 100), "gemini-3-flash-preview", "gemini", before) is not None
+    assert price(searched, "gemini-3-flash-preview", "gemini", before) is None
+    assert price(searched, "gemini-3-flash-preview", "gemini") == expected(
+        "gemini-3-flash-preview", "google", input_tokens=1000, output_tokens=100, web_searches=2
+    )
+
+
+@pytest.mark.parametrize("wire", ["sdk", "fast"])
+def test_an_incomplete_responses_reply_keeps_its_searches(wire: str) -> None:
+    """A response cut short (max_output_tokens) was billed for the searches it made."""
+    replay = Replay(_responses_search_stream("gpt-5.2", 2, status="incomplete"))
+    client = openai.OpenAI(api_key=KEY, max_retries=0, http_client=replay.client())
+    model = OpenAIResponsesModel("gpt-5.2", client=client, wire=wire)  # type: ignore[arg-type]
+    cw = ContextWindow(rxcontext.open(":memory:"), model)
+    cw.add_prompt("Tallest mountain in Alberta?")
+    with pytest.raises(StreamInterrupted) as info:
+        cw.call()
+    assert info.value.checkpoint.usage == Usage(9000, 50, 9050, web_search_requests=2)
+
+
+@pytest.mark.usefixtures("both_stores")
+@pytest.mark.parametrize("wire", ["sdk", "fast"])
+def test_gemini_25_grounding_is_stored_and_priced_per_grounded_prompt(wire: str) -> None:
+    """Gemini 2.5 bills Google Search grounding per grounded prompt ($35 per 1,000): the
+    recorded reply searched, so it is stored with one billed search and priced with it."""
+    replay = Replay(real_fixture("gemini/google_search_grounding_gemini25pro.sse"))
+    options = types.HttpOptions(httpx_client=replay.client(), async_client_args={"ssl": NO_SSL})
+    client = genai.Client(api_key=KEY, http_options=options)
+    model = GeminiModel("gemini-2.5-pro", client=client, wire=wire)  # type: ignore[arg-type]
+    cw = ContextWindow(open_store(), model)
+    cw.add_prompt("What is the weather in San Francisco today?")
+    reply = cw.call()
+    assert reply.usage == Usage(119, 241, 772, 0, 412, web_search_requests=1)
+    (stored,) = replies(cw)
+    assert stored.metadata["usage"]["web_search_requests"] == 1
+    counts = {"input_tokens": 119, "output_tokens": 241 + 412}
+    tokens_only = expected("gemini-2.5-pro", "google", **counts)
+    assert reply_cost(stored) == expected("gemini-2.5-pro", "google", **counts, web_searches=1)
+    assert reply_cost(stored) == tokens_only + Decimal("0.035")
+    assert context_cost(cw.records()) == ContextCost(tokens_only + Decimal("0.035"), 1, 0)
+
+
+def _grounded_stream(*queries: list[str]) -> bytes:
+    """A Gemini stream whose events carry ``groundingMetadata.webSearchQueries``."""
+    usage = {"promptTokenCount": 20, "candidatesTokenCount": 30, "totalTokenCount": 150}
+    usage["toolUsePromptTokenCount"] = 100
+    events = []
+    for n, said in enumerate(queries):
+        candidate: dict[str, Any] = {
+            "content": {"parts": [{"text": f"part {n}. "}], "role": "model"},
+            "index": 0,
+            "groundingMetadata": {"webSearchQueries": said} if said else {},
+        }
+        if n == len(queries) - 1:
+            candidate["finishReason"] = "STOP"
+        events.append({"candidates": [candidate], "usageMetadata": usage, "responseId": "r1"})
+    return "".join(f"data: {json.dumps(e)}\r\n\r\n" for e in events).encode()
+
+
+@pytest.mark.parametrize("wire", ["sdk", "fast"])
+@pytest.mark.parametrize(
+    ("model_name", "billed"),
+    [("gemini-3-pro-preview", 2), ("gemini-2.5-flash", 1), ("gemini-2.0-flash", 1)],
+)
+def test_gemini_grounding_counts_queries_on_gemini_3_prompts_before(
+    wire: str, model_name: str, billed: int
+) -> None:
+    """Gemini 3 bills each distinct search query ($14 per 1,000; empty ones are not
+    billed), Gemini 2.x each grounded prompt once however many queries it ran: what is
+    stored is what was billed, and priced by the table."""
+    body = _grounded_stream([], ["lisbon weather", ""], ["lisbon weather", "lisbon forecast"])
+    replay = Replay(body)
+    options = types.HttpOptions(httpx_client=replay.client(), async_client_args={"ssl": NO_SSL})
+    client = genai.Client(api_key=KEY, http_options=options)
+    model = GeminiModel(model_name, client=client, wire=wire)  # type: ignore[arg-type]
+    cw = ContextWindow(rxcontext.open(":memory:"), model)
+    cw.add_prompt("Weather in Lisbon?")
+    reply = cw.call()
+    assert reply.usage == Usage(120, 30, 150, web_search_requests=billed)
+    (stored,) = replies(cw)
+    assert reply_cost(stored) == expected(
+        model_name, "google", input_tokens=120, output_tokens=30, web_searches=billed
+    )
+    assert reply_cost(stored) != expected(model_name, "google", input_tokens=120, output_tokens=30)
 
 
 def test_gemini_thoughts_are_priced_as_output() -> None:

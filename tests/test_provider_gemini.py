@@ -199,7 +199,8 @@ EXPECTED: dict[str, dict[str, Any]] = {
     },
     "google_search_grounding_gemini25pro.sse": {
         "calls": [],
-        "usage": Usage(119, 241, 772, 0, 412),
+        # groundingMetadata.webSearchQueries: one query, billed as one search.
+        "usage": Usage(119, 241, 772, 0, 412, web_search_requests=1),
         "response_id": "ftnJaMmAMcm-qtsPwvCCoAo",
         "text_end": "",
         "reply_signature": False,
@@ -327,9 +328,11 @@ def _merged_response(path: Path) -> dict[str, Any]:
     parts: list[dict[str, Any]] = []
     finish = None
     reply_signature = None
+    grounding: dict[str, Any] = {}
     for ev in events:
         for cand in ev.get("candidates", [])[:1]:
             finish = cand.get("finishReason") or finish
+            grounding = cand.get("groundingMetadata") or grounding
             for part in cand.get("content", {}).get("parts", []):
                 if "functionCall" in part:
                     parts.append(part)
@@ -348,10 +351,11 @@ def _merged_response(path: Path) -> dict[str, Any]:
                     parts.append({k: v for k, v in part.items() if k != "thoughtSignature"})
     if reply_signature:
         parts.append({"text": "", "thoughtSignature": reply_signature})
+    candidate = {"content": {"parts": parts, "role": "model"}, "finishReason": finish, "index": 0}
+    if grounding:
+        candidate["groundingMetadata"] = grounding
     return {
-        "candidates": [
-            {"content": {"parts": parts, "role": "model"}, "finishReason": finish, "index": 0}
-        ],
+        "candidates": [candidate],
         "usageMetadata": events[-1]["usageMetadata"],
         "modelVersion": events[-1].get("modelVersion"),
         "responseId": events[-1]["responseId"],

@@ -265,7 +265,8 @@ EXPECTED: dict[str, dict[str, Any]] = {
     },
     "web_search_annotations_gpt52.sse": {
         "id": "resp_0a4bc5e23769d65c00696d5e657050819db65effaff8424729",
-        "usage": Usage(12243, 140, 12383, 0, 100),
+        # two web_search_call items, each billed as a call on top of the tokens
+        "usage": Usage(12243, 140, 12383, 0, 100, web_search_requests=2),
     },
 }
 

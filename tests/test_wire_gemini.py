@@ -307,6 +307,9 @@ def gemini_event(draw: st.DrawFn) -> dict[str, Any]:
             candidate["finishReason"] = draw(FINISH)
         if draw(st.booleans()):
             candidate["index"] = 0
+        if draw(st.integers(0, 3)) == 0:  # Google Search grounding, billed per query/prompt
+            queries = st.lists(st.sampled_from(["", "lisbon", "lisbon weather"]), max_size=3)
+            candidate["groundingMetadata"] = {"webSearchQueries": draw(queries)}
         out["candidates"] = [candidate]
     elif shape == "empty_candidates":
         out["candidates"] = []
@@ -425,6 +428,8 @@ def read_by_fast_path(path: tuple[Any, ...]) -> bool:
         return True
     if rest[1] == "finishReason":
         return len(rest) == 2
+    if rest[1] == "groundingMetadata":
+        return len(rest) == 2 or (rest[2] == "webSearchQueries" and len(rest) <= 4)
     if rest[1] != "content":
         return False
     if len(rest) <= 3:

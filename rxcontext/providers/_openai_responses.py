@@ -310,8 +310,12 @@ class ResponsesHistory:
         return ("\n\n".join(instructions) if instructions else None), parts
 
 
-def responses_usage(usage: Mapping[str, Any]) -> Usage:
-    """Normalise a Responses ``usage`` object (raw dict); counts must be ints."""
+def responses_usage(usage: Mapping[str, Any], web_searches: int = 0) -> Usage:
+    """Normalise a Responses ``usage`` object (raw dict); counts must be ints.
+
+    ``web_searches``: the response's ``web_search_call`` items, each billed as one call on
+    top of the tokens (the usage object does not count them).
+    """
     inp = usage.get("input_tokens_details") or {}
     out = usage.get("output_tokens_details") or {}
     return Usage.of(
@@ -320,6 +324,7 @@ def responses_usage(usage: Mapping[str, Any]) -> Usage:
         int_field(usage.get("total_tokens"), "usage.total_tokens"),
         int_field(inp.get("cached_tokens"), "usage.cached_tokens"),
         int_field(out.get("reasoning_tokens"), "usage.reasoning_tokens"),
+        web_search_requests=web_searches,
     )
 
 
@@ -409,6 +414,7 @@ class ResponsesStream:
         "_args",
         "_indexes",
         "_kept",
+        "_searches",
         "chunks",
         "cursor",
         "failure",
@@ -429,6 +435,7 @@ class ResponsesStream:
         self._indexes: dict[str, int] = {}
         self._args: set[int] = set()
         self._kept: dict[int, dict[str, Any]] = {}
+        self._searches: set[int] = set()  # output indexes of web_search_call items
         self.finished = False
         self.failure: ProviderError | None = None  # what ended the stream, raised by end()
         self.secrets = secrets
@@ -585,7 +592,7 @@ class ResponsesStream:
         response reports its usage (billed all the same), that usage as a chunk, ``error``
         kept for :meth:`end` to raise once the chunk is delivered."""
         try:
-            usage = responses_usage(response["usage"]) if response.get("usage") else None
+            usage = self._usage(response)
         except READ_ERRORS:
             usage = None  # the failure is the news, not a malformed count beside it
         if usage is None:
@@ -605,8 +612,25 @@ class ResponsesStream:
         self._args.add(index)
         return [Chunk(ChunkKind.TOOL_CALL, text, index)]
 
+    def _usage(self, response: Mapping[str, Any]) -> Usage | None:
+        """The final response's usage, with its web searches: the web_search_call items
+        seen in the stream or listed in its output (a resumed stream saw only some)."""
+        if not response.get("usage"):
+            return None
+        searches = self._searches
+        output = response.get("output")
+        if output.__class__ is list:
+            searches = searches | {
+                i
+                for i, item in enumerate(output)
+                if item.__class__ is dict and item.get("type") == "web_search_call"
+            }
+        return responses_usage(response["usage"], len(searches))
+
     def _item(self, kind: str, index: int, item: Mapping[str, Any]) -> list[Chunk]:
         is_call = item.get("type") == "function_call"
+        if item.get("type") == "web_search_call":
+            self._searches.add(index)  # billed per call, on top of the tokens
         if kind == "response.output_item.added":
             if not is_call:
                 return []
@@ -640,7 +664,7 @@ class ResponsesStream:
             message = (response.get("error") or {}).get("message") or "response failed"
             return self._failed(self._caused(error, message, response.get("error")), response)
         response_id = str_field(response.get("id"), "response.id")
-        usage = responses_usage(response["usage"]) if response.get("usage") else None
+        usage = self._usage(response)
         kept: dict[int, dict[str, Any]] = {}
         if self.resumed:
             for index, item in enumerate(response.get("output") or ()):

@@ -39,6 +39,11 @@ Choices worth knowing:
   total: it counts thought and tool-use prompt tokens) → total,
   ``cachedContentTokenCount`` → cached, ``thoughtsTokenCount`` → reasoning. Every
   chunk carries the totals so far; a USAGE chunk is emitted when they change.
+- Google Search grounding is billed on top of the tokens, by the model: Gemini 3 (and any
+  model name without a 1.x / 2.x version) per distinct non-empty search query, Gemini 1.x
+  and 2.x once per grounded prompt however many queries it ran. ``web_search_requests``
+  is that count, from the ``groundingMetadata.webSearchQueries`` of the response's events
+  (the queries of all of them, each once).
 - The finish reason is Gemini's string (``"STOP"``, ``"SAFETY"``,
   ``"MALFORMED_FUNCTION_CALL"``...). (``finishMessage`` is not kept: the SDK drops it.) A
   stream that ends without any finish reason was cut: a retryable ``ProviderError``
@@ -73,6 +78,7 @@ import base64
 import gc
 import hashlib
 import json
+import re
 import types as pytypes
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -270,7 +276,7 @@ class GeminiModel:
             )
         except Exception as exc:
             raise _classified(exc, _secrets(client)) from exc
-        return reply_from_chunks(_response_chunks(response))
+        return reply_from_chunks(_response_chunks(response, self.model_name))
 
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
@@ -281,7 +287,7 @@ class GeminiModel:
             )
         except Exception as exc:
             raise _classified(exc, _secrets(client)) from exc
-        return reply_from_chunks(_response_chunks(response))
+        return reply_from_chunks(_response_chunks(response, self.model_name))
 
 
 def _env_client() -> genai.Client:
@@ -401,15 +407,42 @@ async def _aguard(
 class _Turn:
     """What one streamed response has said so far besides its deltas."""
 
-    __slots__ = ("_counts", "calls", "finish_reason", "response_id", "signature", "usage")
+    __slots__ = (
+        "_counts",
+        "_per_prompt",
+        "_queries",
+        "_searched",
+        "calls",
+        "finish_reason",
+        "response_id",
+        "searches",
+        "signature",
+        "usage",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, model: str = "") -> None:
         self.calls = 0
         self.response_id: str | None = None
         self.finish_reason: str | None = None
         self.signature: str | None = None
         self.usage: Usage | None = None
         self._counts: tuple[int | None, ...] = ()
+        self._per_prompt = _per_prompt(model)
+        self._queries: set[str] = set()
+        self.searches = 0  # billed Google Search grounding (see the module docstring)
+        self._searched = 0  # the count in self.usage
+
+    def ground(self, queries: list[str] | None) -> None:
+        """Take the ``webSearchQueries`` of an event's ``groundingMetadata``."""
+        if queries:
+            self._queries.update(q for q in queries if q)  # empty ones are not billed
+            self.searches = min(len(self._queries), 1) if self._per_prompt else len(self._queries)
+
+    def recount(self) -> Chunk | None:
+        """A USAGE chunk when searches came in an event without usage, after usage."""
+        if self.searches == self._searched or not self._counts:
+            return None
+        return self.count(*self._counts)
 
     def call(self, name: str, args: object, call_id: str | None, signature: str | None) -> Chunk:
         """A whole function call as one TOOL_CALL fragment."""
@@ -447,7 +480,8 @@ class _Turn:
         as such. A count that is not an int raises before anything is taken.
         """
         counts = (prompt, candidates, total, cached, thoughts, tool_use)
-        if counts == self._counts:  # unchanged (and checked before)
+        searches = self.searches
+        if counts == self._counts and searches == self._searched:  # unchanged (and checked)
             return None
         if not (
             (prompt.__class__ is int or prompt is None)
@@ -459,9 +493,10 @@ class _Turn:
         ):
             raise bad_field("a usageMetadata count", counts)
         self._counts = counts
+        self._searched = searches
         if tool_use:
             prompt = (prompt or 0) + tool_use
-        usage = Usage.of(prompt, candidates, total, cached, thoughts)
+        usage = Usage.of(prompt, candidates, total, cached, thoughts, web_search_requests=searches)
         if usage == self.usage:
             return None
         self.usage = usage
@@ -537,6 +572,9 @@ def _sdk_response(
         finish_reason = candidate["finish_reason"]
         if finish_reason is not None:
             turn.finish_reason = _enum_str(finish_reason)
+        grounding = candidate["grounding_metadata"]
+        if grounding is not None:
+            turn.ground(grounding.__dict__["web_search_queries"])
     else:
         feedback = fields["prompt_feedback"]
         if feedback is not None and feedback.block_reason is not None:
@@ -552,6 +590,10 @@ def _sdk_response(
             counts["thoughts_token_count"],
             counts["tool_use_prompt_token_count"],
         )
+        if usage is not None:
+            out.append(usage)
+    else:
+        usage = turn.recount()
         if usage is not None:
             out.append(usage)
     return out
@@ -570,8 +612,18 @@ def _empty(fields: dict[str, Any]) -> bool:
     )
 
 
-def _response_chunks(response: types.GenerateContentResponse) -> list[Chunk]:
-    turn = _Turn()
+def _per_prompt(model: str) -> bool:
+    """Whether ``model`` bills Google Search grounding per grounded prompt (Gemini 1.x and
+    2.x) rather than per search query (Gemini 3, and names without a version)."""
+    version = _VERSION.search(model)
+    return version is not None and int(version.group(1)) < 3
+
+
+_VERSION = re.compile(r"(?:^|/)gemini-(\d+)(?:[.-]|$)")
+
+
+def _response_chunks(response: types.GenerateContentResponse, model: str) -> list[Chunk]:
+    turn = _Turn(model)
     chunks = _sdk_response(turn, response, event=False)
     chunks.append(turn.done())
     return chunks
@@ -585,7 +637,7 @@ def _sdk_chunks(
 ) -> Iterator[Chunk]:
     stream = client.models.generate_content_stream(model=model, contents=contents, config=config)
     try:
-        turn = _Turn()
+        turn = _Turn(model)
         for response in stream:
             yield from _sdk_response(turn, response)
         yield turn.done()
@@ -606,7 +658,7 @@ async def _asdk_chunks(
     )
     finished = False
     try:
-        turn = _Turn()
+        turn = _Turn(model)
         async for response in stream:
             for chunk in _sdk_response(turn, response):
                 yield chunk
@@ -665,11 +717,11 @@ class _FastReader:
 
     __slots__ = ("api", "params", "sent", "turn")
 
-    def __init__(self, api: Any, params: Any, sent: Any) -> None:
+    def __init__(self, api: Any, params: Any, sent: Any, model: str = "") -> None:
         self.api = api
         self.params = params
         self.sent = sent  # the SDK's HttpResponse, which its in-stream errors carry
-        self.turn = _Turn()
+        self.turn = _Turn(model)
 
     def read(self, data: str) -> list[Chunk]:
         """The chunks of one ``data:`` frame."""
@@ -735,6 +787,15 @@ class _FastReader:
                     if reason.__class__ is not str:
                         raise BadEvent
                     turn.finish_reason = reason
+                grounding = candidate.get("groundingMetadata")
+                if grounding is not None:
+                    queries = grounding.get("webSearchQueries")
+                    if queries is not None and (
+                        queries.__class__ is not list
+                        or any(q.__class__ is not str for q in queries)
+                    ):
+                        raise BadEvent
+                    turn.ground(queries)
             elif candidates is not None and candidates.__class__ is not list:
                 raise BadEvent
             else:
@@ -757,6 +818,10 @@ class _FastReader:
                     meta.get("thoughtsTokenCount"),
                     meta.get("toolUsePromptTokenCount"),
                 )
+                if usage is not None:
+                    out.append(usage)
+            else:
+                usage = turn.recount()
                 if usage is not None:
                     out.append(usage)
             return out
@@ -829,7 +894,7 @@ def _fast_chunks(
     sent = api._request(http_request, http_options, stream=True)
     response: Any = sent.response_stream
     try:
-        reader = _FastReader(api, params, sent)
+        reader = _FastReader(api, params, sent, model)
         read = reader.read
         decoder = SSEDecoder("google-genai")
         if isinstance(response, httpx2.Response):
@@ -858,7 +923,7 @@ async def _afast_chunks(
     response: Any = sent.response_stream
     pieces: Any = None
     try:
-        reader = _FastReader(api, params, sent)
+        reader = _FastReader(api, params, sent, model)
         read = reader.read
         decoder = SSEDecoder("google-genai")
         if isinstance(response, httpx2.Response):

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..attachments import Attachment
 from ..errors import AttachmentError, RxContextError, UnsupportedAttachment
+from ..options import CallOptions, check_options
 from ..records import RecordType
 from ..window import ContextWindow
 from .common import (
@@ -135,11 +136,14 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(
                 str(exc), "send it to a model that takes it, or leave it out", 2
             ) from None
+    options = call_options(args)
+    if model is not None:
+        # An option the model lacks is refused before the database is created or written.
+        check_options(model, CallOptions.make(**options), ())
     store = open_store(args.db, create=True)
     with contextlib.closing(store):
         cw = ContextWindow(store, model, context=args.context, max_tokens=args.context_window)
-        options = call_options(args)
-        cw.stream(**options)  # an option the model lacks is refused here, before --system
+        cw.stream(**options)  # checks them again, against the window (before --system)
         if args.system and args.system not in _system_prompts(cw):
             cw.set_system_prompt(args.system)  # the same one again would only add a record
         render = renderer(plain_info_to_stderr=not interactive)

@@ -15,6 +15,7 @@ from typing import Any
 import anthropic
 import pytest
 from replay import Replay, record
+from stores import open_store
 from test_provider_anthropic import (
     KEY,
     MESSAGE_STOP,
@@ -28,7 +29,7 @@ from test_provider_anthropic import (
 )
 
 import rxcontext
-from rxcontext import ContextWindow, Tool
+from rxcontext import ContextWindow, InvalidExport, Tool
 from rxcontext.chunks import Usage
 from rxcontext.providers import AnthropicModel
 from rxcontext.providers.base import Request, reply_from_chunks
@@ -190,3 +191,48 @@ def test_cache_reads_and_writes_are_kept_apart_in_the_stored_usage(wire: str) ->
     replies = [r for r in cw.live_records() if r.type is RecordType.MODEL_RESP]
     assert [r.metadata["usage"]["cache_write_tokens"] for r in replies] == [1500, 0]
     assert [r.metadata["usage"]["cached_tokens"] for r in replies] == [0, 1500]
+
+
+@pytest.mark.usefixtures("both_stores")
+@pytest.mark.parametrize("wire", WIRES)
+def test_cache_writes_and_web_searches_count_in_the_context_totals_and_survive_export(
+    wire: str,
+) -> None:
+    """The context's usage totals (stats, export, a reimport) hold every field a reply's
+    usage does: cache writes, priced apart, and web searches, billed per search, were left
+    out, so an export imported elsewhere lost them."""
+    searched = {"web_search_requests": 2, "web_fetch_requests": 0}
+    first = anthropic_sse(
+        message_start(input_tokens=12, cache_creation_input_tokens=1800, cache_read_input_tokens=0),
+        block_start(0, {"type": "text", "text": ""}),
+        text(0, "Paris."),
+        block_stop(0),
+        message_delta(output_tokens=3, server_tool_use=searched),
+        MESSAGE_STOP,
+    )
+    second = anthropic_sse(
+        message_start(input_tokens=9, cache_creation_input_tokens=40, cache_read_input_tokens=1800),
+        block_start(0, {"type": "text", "text": ""}),
+        text(0, "Lyon."),
+        block_stop(0),
+        message_delta(output_tokens=2),
+        MESSAGE_STOP,
+    )
+    cw = ContextWindow(open_store(), model(Replay(first, second), wire), context="c")
+    cw.add_prompt("Capital of France?")
+    one = cw.call().usage
+    cw.add_prompt("Second city?")
+    two = cw.call().usage
+    assert one == Usage(1812, 3, 1815, cache_write_tokens=1800, web_search_requests=2)
+    assert two == Usage(1849, 2, 1851, cached_tokens=1800, cache_write_tokens=40)
+    spent = Usage(3661, 5, 3666, cached_tokens=1800, cache_write_tokens=1840, web_search_requests=2)
+    assert cw.stats().usage == spent
+    exported = cw.export()
+    assert exported["context"]["usage"] == spent.to_dict()
+    copy = cw.import_context(exported, name="copy")
+    assert cw.store.context_stats(copy.id).usage == spent
+    assert cw.store.export_context(copy.id)["context"]["usage"] == spent.to_dict()
+    for bad in ({"cache_write_tokens": -1}, {"web_search_requests": "2"}):
+        broken = {**exported, "context": {**exported["context"], "usage": bad}}
+        with pytest.raises(InvalidExport, match=f"usage.{next(iter(bad))} must be a count"):
+            cw.import_context(broken, name="broken")

@@ -200,6 +200,36 @@ def test_an_older_database_gets_only_the_missing_steps(db_path: Path):
 
 
 @sqlite_only
+def test_a_database_from_before_the_cache_write_totals_keeps_its_totals(db_path: Path):
+    """An upgrade adds the cache-write and web-search totals at 0 (they count from then on:
+    a context's totals cannot be rebuilt exactly from its records, see the step) and
+    leaves every existing total exactly as it was."""
+    con = sqlite3.connect(db_path, isolation_level=None)
+    con.execute(
+        "CREATE TABLE schema_migrations (name TEXT PRIMARY KEY,"
+        " applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+    )
+    names = [name for name, _ in MIGRATIONS]
+    for name, step in MIGRATIONS[: names.index("m011_cut_text") + 1]:
+        step(con)
+        con.execute("INSERT INTO schema_migrations (name) VALUES (?)", (name,))
+    con.execute(
+        "INSERT INTO contexts (id, name, start_time, input_tokens, output_tokens, total_tokens,"
+        " cached_tokens, reasoning_tokens) VALUES ('c1', 'old', '2020-01-01', 2000, 50, 2050, 7, 9)"
+    )
+    con.close()
+    with rxcontext.open(db_path) as s:
+        assert s.context_stats("c1").usage == Usage(2000, 50, 2050, 7, 9)
+        more = Usage(100, 5, 105, cache_write_tokens=80, web_search_requests=1)
+        s.commit_reply("c1", [R("hi")], usage=more)
+        assert s.context_stats("c1").usage == Usage(2000, 50, 2050, 7, 9) + more
+    con = sqlite3.connect(db_path)
+    applied = [r[0] for r in con.execute("SELECT name FROM schema_migrations ORDER BY rowid")]
+    con.close()
+    assert applied == names
+
+
+@sqlite_only
 def test_a_failing_step_rolls_the_whole_upgrade_back(monkeypatch: pytest.MonkeyPatch):
     # The steps a database needs run in one transaction: an upgrade that fails part-way
     # leaves the database exactly as it was (and the next open tries again).
@@ -551,6 +581,28 @@ def test_stats_aggregate_counts_tokens_and_summed_usage(store: SQLiteStore):
     assert stats.last_activity == max(r.timestamp for r in records)
     with pytest.raises(ContextNotFound):
         store.context_stats("missing")
+
+
+def test_the_totals_sum_every_usage_field_on_every_path_that_adds_to_them(store: Store):
+    """Cache writes and web searches are counted as the other fields are: by a reply's
+    commit, an import's usage, a discarded attempt's billed usage; an export carries them
+    and an import of it starts from them."""
+    ctx = store.get_or_create_context("u")
+    reply = Usage(2000, 50, 2050, 0, 20, cache_write_tokens=1800, web_search_requests=3)
+    store.commit_reply(ctx.id, [R("hi", metadata={"usage": reply.to_dict()})], usage=reply)
+    imported = Usage(40, 4, 44, cache_write_tokens=30, web_search_requests=1)
+    store.import_records(ctx.id, [P("more")], usage=imported)
+    billed = Usage(700, 0, 700, cached_tokens=500, cache_write_tokens=200)
+    store.discard_checkpoint(cut(store, ctx.id, "p", usage=billed).id)
+    spent = reply + imported + billed
+    assert spent.cache_write_tokens == 2030 and spent.web_search_requests == 4
+    assert all(getattr(spent, f) for f in Usage.__dataclass_fields__)  # every field is tried
+    assert store.context_stats(ctx.id).usage == spent
+    exported = store.export_context(ctx.id)["context"]["usage"]
+    assert exported == spent.to_dict()
+    copy = store.import_context("copy", [], usage=Usage.from_dict(exported))
+    assert store.context_stats(copy.id).usage == spent
+    assert store.export_context(copy.id)["context"]["usage"] == spent.to_dict()
 
 
 @sqlite_only

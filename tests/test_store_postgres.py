@@ -257,6 +257,33 @@ def test_a_database_from_a_newer_rxcontext_is_refused_untouched(pg_url: str):
     assert query(pg_url, "SELECT tablename FROM pg_tables ORDER BY 1") == before
 
 
+def test_a_database_from_before_the_cache_write_totals_keeps_its_totals(empty_pg_url: str):
+    """An upgrade adds the cache-write and web-search totals at 0 (they count from then on:
+    a context's totals cannot be rebuilt exactly from its records, see the step) and
+    leaves every existing total exactly as it was."""
+    names = [name for name, _ in MIGRATIONS]
+    with psycopg.connect(empty_pg_url, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE TABLE {MIGRATIONS_TABLE} (name text PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+        )
+        for name, step in MIGRATIONS[: names.index("m006_cut_text") + 1]:
+            with conn.transaction():
+                step(conn)
+                conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (name) VALUES (%s)", (name,))
+        conn.execute(
+            "INSERT INTO contexts (id, name, input_tokens, output_tokens, total_tokens,"
+            " cached_tokens, reasoning_tokens) VALUES ('c1', 'old', 2000, 50, 2050, 7, 9)"
+        )
+    with rxcontext.open(empty_pg_url) as s:
+        assert s.context_stats("c1").usage == Usage(2000, 50, 2050, 7, 9)
+        more = Usage(100, 5, 105, cache_write_tokens=80, web_search_requests=1)
+        s.commit_reply("c1", [R("hi")], usage=more)
+        assert s.context_stats("c1").usage == Usage(2000, 50, 2050, 7, 9) + more
+    applied = query(empty_pg_url, f"SELECT name FROM {MIGRATIONS_TABLE} ORDER BY applied_at")
+    assert [r[0] for r in applied] == names
+
+
 def test_a_migration_whose_commit_was_cut_off_is_applied_once_by_the_retry(
     empty_pg_url: str, proxy: FaultProxy
 ):

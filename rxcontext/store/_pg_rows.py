@@ -23,7 +23,7 @@ from ..records import Checkpoint, Context, Record, RecordType, ReplyState
 from ..tokens import estimate_tokens
 from . import _pg_blobs as blobs
 from ._sqlite_blobs import checked
-from ._sqlite_rows import record_metadata, storable, to_json
+from ._sqlite_rows import USAGE_COLUMNS, USAGE_FIELDS, record_metadata, storable, to_json
 from ._thinking import pack
 from .base import CheckpointDraft, RecordDraft
 from .pg_codec import dec, dec_opt, enc, enc_opt
@@ -35,6 +35,7 @@ __all__ = [
     "CHECKPOINT_SELECT",
     "CONTEXT_COLUMNS",
     "RECORD_COLUMNS",
+    "USAGE_COLUMNS",
     "USAGE_FIELDS",
     "Draft",
     "Lock",
@@ -81,13 +82,6 @@ CHECKPOINT_SELECT = (
 """A checkpoint row with its parts joined (the codec's escapes never span two parts, so the
 joined text decodes as the parts would one by one), the database's time, and ``last_write``.
 """
-USAGE_FIELDS = (
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "reasoning_tokens",
-)
 ADD_USAGE = ", ".join(f"{f} = {f} + %s" for f in USAGE_FIELDS)
 """The ``SET`` list that adds a usage (its :data:`USAGE_FIELDS`, in order) to a context."""
 _RECORD_TYPES = {int(t): t for t in RecordType}

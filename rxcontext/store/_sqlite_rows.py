@@ -28,7 +28,13 @@ USAGE_FIELDS = (
     "total_tokens",
     "cached_tokens",
     "reasoning_tokens",
+    "cache_write_tokens",
+    "web_search_requests",
 )
+"""A context's usage totals (both stores): its columns, named and ordered as the fields of
+:class:`~rxcontext.chunks.Usage`, every one of them."""
+USAGE_COLUMNS = ", ".join(f"c.{f}" for f in USAGE_FIELDS)
+"""The totals as a query of ``contexts c`` selects them, in :data:`USAGE_FIELDS` order."""
 
 Row = sqlite3.Row | tuple[Any, ...]
 

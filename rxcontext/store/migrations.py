@@ -257,6 +257,18 @@ def m012_inherited_records(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE records ADD COLUMN inherited INTEGER NOT NULL DEFAULT 0")
 
 
+@migration
+def m013_cache_write_and_search_totals(db: sqlite3.Connection) -> None:
+    """Two more usage totals per context: ``cache_write_tokens`` (written to a prompt cache,
+    priced apart) and ``web_search_requests`` (billed per search). Existing contexts start
+    them at 0, their other totals untouched: the totals cannot be rebuilt exactly from the
+    records' usage (a fork's or clone's records carry usage its totals never had, an
+    import's totals are the export's, older versions added a discarded attempt's usage
+    with no record of it), so they count from this step on."""
+    db.execute("ALTER TABLE contexts ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE contexts ADD COLUMN web_search_requests INTEGER NOT NULL DEFAULT 0")
+
+
 _CONTEXTWINDOW_TABLES = {"contexts", "records", "context_tools"}
 _CONTEXTWINDOW_COLUMNS = {
     "contexts": {"id", "name", "start_time"},

@@ -219,6 +219,19 @@ def m007_inherited_records(conn: psycopg.Connection[Any]) -> None:
     conn.execute("ALTER TABLE records ADD COLUMN inherited boolean NOT NULL DEFAULT false")
 
 
+@migration
+def m008_cache_write_and_search_totals(conn: psycopg.Connection[Any]) -> None:
+    """Two more usage totals per context: ``cache_write_tokens`` (written to a prompt cache,
+    priced apart) and ``web_search_requests`` (billed per search). Existing contexts start
+    them at 0, their other totals untouched (a constant default: no table rewrite): the
+    totals cannot be rebuilt exactly from the records' usage (see the SQLite step), so
+    they count from this step on."""
+    conn.execute(
+        "ALTER TABLE contexts ADD COLUMN cache_write_tokens bigint NOT NULL DEFAULT 0,"
+        " ADD COLUMN web_search_requests bigint NOT NULL DEFAULT 0"
+    )
+
+
 def _locked(conn: psycopg.Connection[Any]) -> set[str]:
     """Take the schema lock (inside the caller's transaction) and return the applied steps."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))

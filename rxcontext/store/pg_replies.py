@@ -422,7 +422,7 @@ class PostgresReplies:
             else:
                 pos = at if at is not None else lock.pos
             if usage is not None or rid is not None:
-                add = [getattr(usage, f) for f in rows.USAGE_FIELDS] if usage else [0] * 5
+                add = [getattr(usage or Usage(), f) for f in rows.USAGE_FIELDS]
                 thread_args: tuple[Any, ...]
                 if rid is None or thread_version is None:
                     thread, thread_args = "COALESCE(%s, last_response_id)", (rid,)

@@ -241,7 +241,9 @@ class PostgresStore(PostgresReplies, PostgresLeases):
             row = conn.execute(
                 "INSERT INTO contexts (id, name, use_server_side_threading, last_response_id, "
                 + ", ".join(rows.USAGE_FIELDS)
-                + ") VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING"
+                + ") VALUES (%s, %s, %s, %s"
+                + ", %s" * len(rows.USAGE_FIELDS)
+                + ") ON CONFLICT (name) DO NOTHING"
                 f" RETURNING {rows.CONTEXT_COLUMNS}",
                 (
                     new_id,
@@ -400,8 +402,7 @@ class PostgresStore(PostgresReplies, PostgresLeases):
             " COUNT(r.id) FILTER (WHERE r.source = 2), COUNT(r.id) FILTER (WHERE r.source = 3),"
             " (SELECT COUNT(*) FROM checkpoints k"
             "   WHERE k.context_id = c.id AND k.state = 'interrupted'),"
-            " c.input_tokens, c.output_tokens, c.total_tokens, c.cached_tokens,"
-            " c.reasoning_tokens, MAX(r.ts)"
+            f" {rows.USAGE_COLUMNS}, MAX(r.ts)"
             " FROM contexts c LEFT JOIN records r ON r.context_id = c.id"
             " WHERE c.id = %s GROUP BY c.id",
             (context_id,),
@@ -420,8 +421,8 @@ class PostgresStore(PostgresReplies, PostgresLeases):
             tool_calls=row[8],
             tool_outputs=row[9],
             open_checkpoints=row[10],
-            usage=Usage(row[11], row[12], row[13], row[14], row[15]),
-            last_activity=rows.utc_opt(row[16]),
+            usage=Usage(*row[11:-1]),
+            last_activity=rows.utc_opt(row[-1]),
         )
 
     def context_stats(self, context_id: str) -> ContextStats:

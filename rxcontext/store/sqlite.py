@@ -484,8 +484,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
                 " COALESCE(SUM(r.source = 2), 0), COALESCE(SUM(r.source = 3), 0),"
                 " (SELECT COUNT(*) FROM checkpoints k"
                 "   WHERE k.context_id = c.id AND k.state = 'interrupted'),"
-                " c.input_tokens, c.output_tokens, c.total_tokens, c.cached_tokens,"
-                " c.reasoning_tokens, MAX(r.ts)"
+                f" {rows.USAGE_COLUMNS}, MAX(r.ts)"
                 " FROM contexts c LEFT JOIN records r ON r.context_id = c.id"
                 " WHERE c.id = ? GROUP BY c.id",
                 (context_id,),
@@ -504,8 +503,8 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             tool_calls=row[8],
             tool_outputs=row[9],
             open_checkpoints=row[10],
-            usage=Usage(row[11], row[12], row[13], row[14], row[15]),
-            last_activity=rows.time_of(row[16]),
+            usage=Usage(*row[11:-1]),
+            last_activity=rows.time_of(row[-1]),
         )
 
     def set_threading(self, context_id: str, enabled: bool) -> None:

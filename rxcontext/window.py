@@ -107,6 +107,10 @@ class ContextReader:
         return self._store.export_context(self.context_id)
 
 
+_GERUNDS = {"resume": "resuming", "keep": "keeping"}
+"""How a refusal names the settling it refuses."""
+
+
 class ContextWindow:
     """A conversation kept in ``store`` under a name, extended by ``model``'s replies.
 
@@ -925,7 +929,8 @@ class ContextWindow:
         if later is not None:
             raise ReplySuperseded(
                 f"checkpoint {checkpoint_id}'s prompt was answered again by a later reply "
-                f"(record {later.id}); {verb}ing it would put two answers in a row: discard it"
+                f"(record {later.id}); {_GERUNDS.get(verb, verb)} it would put two answers "
+                "in a row: discard it"
             )
         return checkpoint
 

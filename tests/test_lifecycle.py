@@ -196,8 +196,12 @@ def test_a_reply_answered_again_by_a_retry_can_only_be_discarded():
     cw.add_prompt("A?")
     cp_id = cut(cw)
     cw.call()  # the user asked again: a new reply answers the same prompt
-    for settle in (cw.resume, cw.resume_call, cw.keep):
-        with pytest.raises(ReplySuperseded, match=r"answered again.*discard it"):
+    for settle, doing in (
+        (cw.resume, "resuming"),
+        (cw.resume_call, "resuming"),
+        (cw.keep, "keeping"),
+    ):
+        with pytest.raises(ReplySuperseded, match=rf"answered again.*; {doing} it .*discard it"):
             settle(cp_id)
     assert cw.discard(cp_id).state is ReplyState.DISCARDED
     assert shape(cw) == [("PROMPT", "A?"), ("MODEL_RESP", "second try")]

@@ -310,6 +310,13 @@ def test_a_bad_fanout_is_a_clear_error() -> None:
     assert "hunter2" not in str(caught.value)
 
 
+@pytest.mark.parametrize("bad", [5, b"memory", object()])
+def test_a_fanout_of_the_wrong_type_is_a_clear_error(bad: object) -> None:
+    # It was taken as a ready fan-out and failed later inside attach (AttributeError).
+    with pytest.raises(TypeError, match="fanout must be"):
+        rxcontext.open(":memory:", fanout=bad)  # type: ignore[arg-type]
+
+
 def test_the_redis_fanout_without_redis_py_names_its_extra(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

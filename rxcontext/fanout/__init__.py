@@ -44,6 +44,11 @@ def open_fanout(spec: str | Fanout | None, **options: Any) -> Fanout | None:
             "fanout must be 'memory', a redis:// URL or None, not "
             f"{without_password(spec)!r}"  # never a password in a message
         )
+    if not all(callable(getattr(spec, name, None)) for name in ("open_channel", "read", "close")):
+        raise TypeError(
+            "fanout must be 'memory', a redis:// URL, a fan-out (MemoryFanout, RedisFanout) "
+            f"or None, not {type(spec).__name__}"
+        )
     return spec
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from ..attachments import Attachment
@@ -39,8 +39,28 @@ USAGE_COLUMNS = ", ".join(f"c.{f}" for f in USAGE_FIELDS)
 Row = sqlite3.Row | tuple[Any, ...]
 
 
+def stamp(when: datetime) -> str:
+    """``when`` as the store writes every time: ISO 8601 in UTC with microseconds, so that
+    one text sorts as the times do (``MAX(ts)`` is the latest) and reads as PostgreSQL's
+    ``timestamptz`` does. A naive time is taken as UTC, as :class:`.base.RecordDraft` and
+    an import take it."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def read_time(value: str) -> datetime:
+    """A stored time, in UTC: a row an earlier version wrote with its caller's offset (an
+    import's local time) reads as the same instant, as the rows written since do."""
+    when = datetime.fromisoformat(value)
+    if when.tzinfo is UTC:  # every time written since (fromisoformat gives UTC for +00:00)
+        return when
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
 def time_of(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+    """:func:`read_time` of a time that may be absent (None, or empty)."""
+    return read_time(value) if value else None
 
 
 def storable(text: str) -> str:
@@ -107,7 +127,7 @@ def record(row: Row, attachments: tuple[Attachment, ...] = ()) -> Record:
         row[4],
         bool(row[5]),
         row[6],
-        datetime.fromisoformat(row[2]),
+        read_time(row[2]),
         row[7],
         bool(row[8]),
         row[9],

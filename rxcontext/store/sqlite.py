@@ -209,8 +209,8 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         self.close()
 
     def now(self) -> str:
-        """The store clock's time as stored (ISO 8601, UTC)."""
-        return self.clock().isoformat(timespec="microseconds")
+        """The store clock's time as stored (ISO 8601, UTC whatever the clock's zone)."""
+        return rows.stamp(self.clock())
 
     def _db(self) -> sqlite3.Connection:
         conn = self._conn
@@ -567,11 +567,8 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         body = long.text_value(content)
         metadata, read_back = long.json_value(pack(draft.metadata))
         est = estimate_tokens(content)
-        ts = (
-            draft.timestamp.isoformat(timespec="microseconds")
-            if draft.timestamp is not None
-            else self.now()
-        )
+        # In UTC, as every time here: an import's local times sort and read as PostgreSQL's.
+        ts = rows.stamp(draft.timestamp) if draft.timestamp is not None else self.now()
         attachments = blobs.checked(draft.attachments)
         cur = db.execute(
             _INSERT_RECORD[isinstance(body, long.Long), isinstance(metadata, long.Long)],
@@ -611,7 +608,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             content=content,
             live=draft.live,
             est_tokens=est,
-            timestamp=datetime.fromisoformat(ts),
+            timestamp=rows.read_time(ts),
             response_id=draft.response_id,
             streamed=draft.streamed,
             tool_call_id=draft.tool_call_id,

@@ -207,7 +207,7 @@ class SQLiteReplies:
         ) -> Record: ...
 
     def _lease(self) -> str:
-        return (self.clock() + timedelta(seconds=self.lease_ttl)).isoformat(timespec="microseconds")
+        return rows.stamp(self.clock() + timedelta(seconds=self.lease_ttl))
 
     # -- reading --------------------------------------------------------------------------
 
@@ -302,8 +302,8 @@ class SQLiteReplies:
         # position, then the row with the reply-id check in it), one clock read, and the
         # Checkpoint made from what was written (only its id comes back).
         at = self.clock()
-        now = at.isoformat(timespec="microseconds")
-        lease = (at + timedelta(seconds=self.lease_ttl)).isoformat(timespec="microseconds")
+        now = rows.stamp(at)
+        lease = rows.stamp(at + timedelta(seconds=self.lease_ttl))
         with self._tx() as db:
             pos = self._allocate(db, context_id)
             try:
@@ -314,7 +314,7 @@ class SQLiteReplies:
                 row = None
             if row is None:  # a stored record or another reply's row has this id
                 raise ReplyExists(f"reply id {reply_id!r} was already used (reply ids are unique)")
-        stamp = datetime.fromisoformat(now)
+        stamp = rows.read_time(now)
         return Checkpoint(
             id=row[0],
             context_id=context_id,

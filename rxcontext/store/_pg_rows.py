@@ -25,7 +25,7 @@ from . import _pg_blobs as blobs
 from ._sqlite_blobs import checked
 from ._sqlite_rows import USAGE_COLUMNS, USAGE_FIELDS, record_metadata, storable, to_json
 from ._thinking import pack
-from .base import CheckpointDraft, RecordDraft
+from .base import TOTAL_MAX, CheckpointDraft, RecordDraft
 from .pg_codec import dec, dec_opt, enc, enc_opt
 from .pg_run import Conn, Cursor
 
@@ -82,8 +82,10 @@ CHECKPOINT_SELECT = (
 """A checkpoint row with its parts joined (the codec's escapes never span two parts, so the
 joined text decodes as the parts would one by one), the database's time, and ``last_write``.
 """
-ADD_USAGE = ", ".join(f"{f} = {f} + %s" for f in USAGE_FIELDS)
-"""The ``SET`` list that adds a usage (its :data:`USAGE_FIELDS`, in order) to a context."""
+ADD_USAGE = ", ".join(f"{f} = LEAST({f}::numeric + %s, {TOTAL_MAX})::bigint" for f in USAGE_FIELDS)
+"""The ``SET`` list that adds a usage (its :data:`USAGE_FIELDS`, in order, as
+:func:`.base.usage_counts` gives them) to a context: each total held at ``TOTAL_MAX``,
+where bigint arithmetic would refuse the whole commit."""
 _RECORD_TYPES = {int(t): t for t in RecordType}
 _INSERT_RECORD = (
     "INSERT INTO records (context_id, pos, ts, source, content, live, est_tokens, response_id,"

@@ -12,6 +12,7 @@ from ..attachments import Attachment
 from ..chunks import Usage
 from ..records import Checkpoint, Context, Record, RecordType, ReplyState
 from ._thinking import unpack
+from .base import TOTAL_MAX, usage_counts
 
 RECORD_COLUMNS = (
     "id, context_id, ts, source, content, live, est_tokens, response_id, streamed,"
@@ -185,8 +186,9 @@ def context_totals(
         sets.append("live_tokens = live_tokens + ?")
         args.append(live)
     if usage is not None:
-        sets += [f"{f} = {f} + ?" for f in USAGE_FIELDS]
-        args += [getattr(usage, f) for f in USAGE_FIELDS]
+        # Held at TOTAL_MAX: SQLite would make an overflowing sum a float.
+        sets += [f"{f} = MIN({f} + ?, {TOTAL_MAX})" for f in USAGE_FIELDS]
+        args += usage_counts(usage, USAGE_FIELDS)
     if last_response_id is not None:
         sets.append("last_response_id = ?")
         args.append(last_response_id)

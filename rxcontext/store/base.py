@@ -29,6 +29,7 @@ from ..records import Checkpoint, Context, ContextStats, Record, RecordType, Rep
 __all__ = [
     "IN_PROGRESS",
     "ORPHANED",
+    "TOTAL_MAX",
     "CheckpointDraft",
     "RecordDraft",
     "ReplyEnd",
@@ -37,12 +38,28 @@ __all__ = [
     "discarded_draft",
     "kept_metadata",
     "settle_refusal",
+    "usage_counts",
 ]
 
 IN_PROGRESS = "in progress"
 """The ``error`` of a checkpoint written while its reply was still streaming."""
 ORPHANED = "its process stopped before the reply ended"
 """The ``error`` a reader sees on a reply whose owner died while it streamed."""
+
+
+TOTAL_MAX = 2**63 - 1
+"""The largest count a context's usage totals hold (a 64-bit database integer: SQLite's
+INTEGER, PostgreSQL's bigint). A total that would pass it stays at it, on every store: no
+provider bills that much, so only a bogus usage gets there, and a reply is never refused
+(its text never lost) because a running total would overflow."""
+
+
+def usage_counts(usage: Usage, fields: Sequence[str]) -> list[int]:
+    """The counts of ``usage`` named by ``fields`` (in order) as they are added to a
+    context's totals: each held to ``0..TOTAL_MAX`` (a negative count, which no provider
+    really sends, adds nothing). The reply's own usage (its checkpoint's, its record's
+    metadata) is kept as it came."""
+    return [min(max(getattr(usage, f), 0), TOTAL_MAX) for f in fields]
 
 
 _DONE = {"keep": "kept", "discard": "discarded", "resume": "resumed"}
@@ -233,7 +250,8 @@ class Store(Protocol):
         With ``reply`` the records go to that reply's position (and name it), the write is
         refused with :class:`~rxcontext.OwnershipLost` unless the ticket's epoch still owns
         a live reply, and ``end`` settles it. Without, they go at position ``at`` (or the
-        next one). ``usage`` is added to the context's totals.
+        next one). ``usage`` is added to the context's totals (each held at
+        :data:`TOTAL_MAX`: see :func:`usage_counts`).
 
         ``commit_id`` is an idempotency key for stores where a commit's outcome can be
         unknown (PostgreSQL: the connection lost during COMMIT): there a second commit with

@@ -54,6 +54,7 @@ from .base import (
     discarded_draft,
     kept_metadata,
     settle_refusal,
+    usage_counts,
 )
 from .owner import owner_alive
 from .pg_codec import dec, enc, enc_opt
@@ -422,7 +423,7 @@ class PostgresReplies:
             else:
                 pos = at if at is not None else lock.pos
             if usage is not None or rid is not None:
-                add = [getattr(usage or Usage(), f) for f in rows.USAGE_FIELDS]
+                add = usage_counts(usage or Usage(), rows.USAGE_FIELDS)
                 thread_args: tuple[Any, ...]
                 if rid is None or thread_version is None:
                     thread, thread_args = "COALESCE(%s, last_response_id)", (rid,)
@@ -594,7 +595,7 @@ def _spent(conn: Conn, cp: Checkpoint) -> None:
     if cp.usage is not None:
         conn.execute(
             "UPDATE contexts SET " + rows.ADD_USAGE + " WHERE id = %s",
-            (*(getattr(cp.usage, f) for f in rows.USAGE_FIELDS), cp.context_id),
+            (*usage_counts(cp.usage, rows.USAGE_FIELDS), cp.context_id),
         )
 
 

@@ -37,7 +37,7 @@ from . import _pg_blobs as blobs
 from . import _pg_rows as rows
 from ._export import export_document
 from ._pg_rows import Draft, live_tokens_of, lock_context, retire, send_records
-from .base import RecordDraft
+from .base import RecordDraft, usage_counts
 from .owner import check_lease_ttl
 from .pg_codec import dec, enc, enc_opt
 from .pg_leases import PostgresLeases
@@ -250,7 +250,7 @@ class PostgresStore(PostgresReplies, PostgresLeases):
                     enc(name),
                     bool(server_side_threading),
                     enc_opt(last_response_id),
-                    *(getattr(totals, f) for f in rows.USAGE_FIELDS),
+                    *usage_counts(totals, rows.USAGE_FIELDS),
                 ),
             ).fetchone()
             if row is None:
@@ -500,7 +500,7 @@ class PostgresStore(PostgresReplies, PostgresLeases):
         (their timestamps kept), and add ``usage`` to the context's totals: an import."""
         prepared = [Draft(d) for d in drafts]
         commit_id = uuid.uuid4().hex
-        add = [getattr(usage, f) for f in rows.USAGE_FIELDS] if usage is not None else None
+        add = usage_counts(usage, rows.USAGE_FIELDS) if usage is not None else None
 
         def body(conn: Conn, ambiguous: bool) -> list[Record]:
             lock = lock_context(

@@ -43,7 +43,7 @@ from . import _sqlite_long as long
 from . import _sqlite_rows as rows
 from ._export import export_document
 from ._thinking import pack
-from .base import RecordDraft
+from .base import RecordDraft, usage_counts
 from .migrations import copy_current_schema, migrate, pending
 from .owner import check_lease_ttl
 from .sqlite_leases import SQLiteLeases
@@ -352,7 +352,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
                 "UPDATE contexts SET live_tokens = ?, "
                 + ", ".join(f"{f} = ?" for f in rows.USAGE_FIELDS)
                 + " WHERE id = ?",
-                (live, *(getattr(totals, f) for f in rows.USAGE_FIELDS), context_id),
+                (live, *usage_counts(totals, rows.USAGE_FIELDS), context_id),
             )
             db.executemany(
                 "INSERT INTO context_tools (context_id, tool_name, created_at, definition)"

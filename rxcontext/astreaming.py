@@ -401,6 +401,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
     clock = _clock(run.scheduler)
     due = clock() + timeouts.deadline if timeouts.deadline is not None else None
     it: AsyncIterator[Chunk] | None = None
+    hook_raised = False
     watch = _Watch(persister, stopper)
     if run.budget_check is not None:  # as stream() checks at subscription: nothing begun
         await off_loop(run.budget_check)
@@ -462,8 +463,12 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                         except asyncio.CancelledError:
                             stopper.reraise()
                             raise
-                        for hook in hooks:
-                            hook.chunk(chunk)
+                        try:
+                            for hook in hooks:
+                                hook.chunk(chunk)
+                        except Exception:
+                            hook_raised = True
+                            raise
                         persister.busy = True
                         if persister._claimed:
                             persister.wait_claim()
@@ -482,8 +487,8 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                         if persister.attention:
                             await off_loop(persister.attend)
                 except Exception as error:
-                    if delivered and not persister.may_send_again():
-                        raise
+                    if hook_raised or (delivered and not persister.may_send_again()):
+                        raise  # a hook's own error is never a reason to send again
                     await aclose_chunks(it)
                     it = None
                     delay = run.retry_delay(error, attempt)

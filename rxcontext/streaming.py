@@ -299,6 +299,8 @@ class _SyncDriver:
             raise _Cancelled  # disposed by the subscriber's own on_next (take(n), say)
 
     user_raised = False
+    hook_raised = False
+    """Whether a middleware hook raised: its error is the user's, never sent again for."""
     due: float | None = None
     """When the reply's deadline passes (on :meth:`clock`), if it has one."""
 
@@ -335,8 +337,12 @@ class _SyncDriver:
                 it = run.chunks(request)
                 if not timed:
                     for chunk in it:
-                        for hook in hooks:
-                            hook.chunk(chunk)
+                        try:
+                            for hook in hooks:
+                                hook.chunk(chunk)
+                        except Exception:
+                            self.hook_raised = True
+                            raise
                         deliver(chunk)
                         delivered = True
                 else:
@@ -353,8 +359,12 @@ class _SyncDriver:
                             raise run.deadline_passed()
                         if limit is not None and self.clock() - asked > limit:
                             raise run.timeout(delivered, limit)
-                        for hook in hooks:
-                            hook.chunk(chunk)
+                        try:
+                            for hook in hooks:
+                                hook.chunk(chunk)
+                        except Exception:
+                            self.hook_raised = True
+                            raise
                         deliver(chunk)
                         delivered = True
                 it = None
@@ -395,7 +405,11 @@ class _SyncDriver:
             if self._gone():
                 self._cancelled(error)
                 return None
-            if self.request is not None and (not delivered or persister.may_send_again()):
+            if (
+                self.request is not None
+                and not self.hook_raised
+                and (not delivered or persister.may_send_again())
+            ):
                 if it is not None:
                     close_chunks(it)
                     it = None

@@ -32,6 +32,7 @@ from reactivex import abc
 
 from .chunks import Chunk, ChunkKind, ToolCall
 from .errors import ReplyStopped, RxContextError, StreamInterrupted
+from .operators import Middleware
 from .persist import ReplyPersister
 from .providers.base import Request
 from .records import Checkpoint
@@ -260,9 +261,9 @@ class _Stopper:
     wait), the await is cancelled and the stop raised in its place; holding a delivered
     chunk (suspended at ``yield``), the checkpoint is written at once (in a worker thread)
     and the stop raised when the consumer asks for more; in one of the driver's own steps (a
-    store write, tools) the stop is raised when it ends — among a round's tools, before the
-    approval hook is asked about the next call and before the tools start, so only a tool
-    already running finishes (as on the sync path).
+    store write, tools, an async hook) the stop is raised when it ends — among a round's
+    tools, before the approval hook is asked about the next call and before the tools
+    start, so only a tool already running finishes (as on the sync path).
     """
 
     __slots__ = ("_agen", "asked", "cancelled", "loop", "run", "task")
@@ -408,12 +409,12 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
     stopper.start()
     watch.follow(stopper.task)
     try:
-        starts = [hook.on_start for hook in hooks if hook.on_start is not None]
+        starts = [hook for hook in hooks if hook.on_start is not None]
         first: Request | None = None
         if starts:  # they run on the loop between the reply's begin and its request
             await off_loop(run.open)
-            for on_start in starts:
-                on_start()
+            for hook in starts:
+                await hook.ahook("on_start")
         else:  # one trip to the worker thread instead of two: both are on the first chunk's way
             first = await off_loop(_open_and_request, run)
         rounds = 0
@@ -465,7 +466,10 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                             raise
                         try:
                             for hook in hooks:
-                                hook.chunk(chunk)
+                                if hook.awaits_chunks:
+                                    await hook.achunk(chunk)
+                                else:
+                                    hook.chunk(chunk)
                         except Exception:
                             hook_raised = True
                             raise
@@ -517,7 +521,10 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
             stopper.check()
             for chunk in run.result_chunks(results):
                 for hook in hooks:
-                    hook.chunk(chunk)
+                    if hook.awaits_chunks:
+                        await hook.achunk(chunk)
+                    else:
+                        hook.chunk(chunk)
                 persister.passed(chunk)  # watchers get it as the consumer does
                 yield chunk
                 if watch.fired:
@@ -527,10 +534,10 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                     watch.follow(task)
         for hook in hooks:
             if hook.on_complete is not None:
-                hook.on_complete()
+                await hook.ahook("on_complete")
     except Exception as error:
         try:
-            failed = run.hooks_failed(error)
+            failed = await run.ahooks_failed(error)
         except BaseException as hook_error:  # Ctrl-C in an on_error hook: save, then let it go
             await off_loop(persister.interrupt, hook_error)
             raise
@@ -548,6 +555,17 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
         run.close()
 
 
-_OWN_STEPS = frozenset(f.__code__ for f in (off_loop, _run_tools_async, aclose_chunks))
+_OWN_STEPS = frozenset(
+    f.__code__
+    for f in (
+        off_loop,
+        _run_tools_async,
+        aclose_chunks,
+        Middleware.ahook,
+        Middleware.achunk,
+        Run.ahooks_failed,
+    )
+)
 """What the driver awaits that is not the model nor a retry wait: a stop there waits for the
-step to end (a store write, tools); reading the model or waiting to retry, it is cancelled."""
+step to end (a store write, tools, an async hook); reading the model or waiting to retry, it
+is cancelled."""

@@ -15,7 +15,8 @@ subscribed twice never shares an accumulator.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import reactivex
@@ -233,15 +234,41 @@ def batch_text(
     return reactivex.compose(deltas, nonempty, windows, joined, nonempty)
 
 
+_HOOKS = ("on_start", "on_chunk", "on_complete", "on_error", "on_tool_call", "on_tool_result")
+_CHUNK_HOOKS = frozenset(("on_chunk", "on_tool_call", "on_tool_result"))
+
+Done = Awaitable[None] | None
+"""What a hook returns: nothing, or (an ``async def`` hook) what to await."""
+
+
+def is_async(fn: object) -> bool:
+    """Whether ``fn`` is an ``async def`` function (or an object whose ``__call__`` is one):
+    a hook to await rather than call."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    return callable(fn) and inspect.iscoroutinefunction(type(fn).__call__)
+
+
 class Middleware:
     """Hooks as an operator. Made by :func:`middleware`; usable anywhere in a ``pipe``.
 
     Passed to ``ContextWindow.stream(...)`` (or ``ContextWindow(middleware=[...])``) the
     hooks run inside the stream, before the persister: a hook that raises ends the stream
     with :class:`~rxcontext.StreamInterrupted` (a checkpoint is saved) chained to it.
+
+    A hook may be an ``async def`` function on the asyncio path (``astream``, ``acall``,
+    ``aresume``): it is awaited on the loop where a plain hook is called, and what it
+    raises counts as a plain hook's error does. Which hooks are async is decided when they
+    are set, so plain hooks cost nothing more per chunk. The blocking path (``stream``,
+    ``call``, ``resume``) and a ``pipe`` run hooks synchronously, so they refuse an async
+    one with a ``TypeError``, before any request: unlike a tool runner, which gets an event
+    loop of its own once per call, a hook runs per chunk, and what it awaits usually
+    belongs to the caller's loop.
     """
 
     __slots__ = (
+        "awaited",
+        "awaits_chunks",
         "on_chunk",
         "on_complete",
         "on_error",
@@ -250,24 +277,43 @@ class Middleware:
         "on_tool_result",
     )
 
+    on_start: Callable[[], Done] | None
+    on_chunk: Callable[[Chunk], Done] | None
+    on_complete: Callable[[], Done] | None
+    on_error: Callable[[BaseException], Done] | None
+    on_tool_call: Callable[[Chunk], Done] | None
+    on_tool_result: Callable[[Chunk], Done] | None
+    awaited: frozenset[str]
+    """The names of the hooks that are async (awaited on the asyncio path)."""
+    awaits_chunks: bool
+    """Whether a per-chunk hook is async (the asyncio driver then uses :meth:`achunk`)."""
+
     def __init__(
         self,
-        on_start: Callable[[], None] | None = None,
-        on_chunk: Callable[[Chunk], None] | None = None,
-        on_complete: Callable[[], None] | None = None,
-        on_error: Callable[[BaseException], None] | None = None,
-        on_tool_call: Callable[[Chunk], None] | None = None,
-        on_tool_result: Callable[[Chunk], None] | None = None,
+        on_start: Callable[[], Done] | None = None,
+        on_chunk: Callable[[Chunk], Done] | None = None,
+        on_complete: Callable[[], Done] | None = None,
+        on_error: Callable[[BaseException], Done] | None = None,
+        on_tool_call: Callable[[Chunk], Done] | None = None,
+        on_tool_result: Callable[[Chunk], Done] | None = None,
     ) -> None:
-        self.on_start = on_start
-        self.on_chunk = on_chunk
-        self.on_complete = on_complete
-        self.on_error = on_error
-        self.on_tool_call = on_tool_call
-        self.on_tool_result = on_tool_result
+        hooks = (on_start, on_chunk, on_complete, on_error, on_tool_call, on_tool_result)
+        for name, hook in zip(_HOOKS, hooks, strict=True):
+            object.__setattr__(self, name, hook)
+        self._decide()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _HOOKS:  # a hook set later is looked at as one given here
+            self._decide()
+
+    def _decide(self) -> None:
+        awaited = frozenset(name for name in _HOOKS if is_async(getattr(self, name)))
+        object.__setattr__(self, "awaited", awaited)
+        object.__setattr__(self, "awaits_chunks", not awaited.isdisjoint(_CHUNK_HOOKS))
 
     def chunk(self, chunk: Chunk) -> None:
-        """Run the per-chunk hooks for ``chunk``."""
+        """Run the per-chunk hooks for ``chunk`` (plain ones: see :meth:`achunk`)."""
         if self.on_chunk is not None:
             self.on_chunk(chunk)
         if chunk.kind is ChunkKind.TOOL_CALL and self.on_tool_call is not None and chunk.name:
@@ -275,7 +321,27 @@ class Middleware:
         elif chunk.kind is ChunkKind.TOOL_RESULT and self.on_tool_result is not None:
             self.on_tool_result(chunk)
 
+    async def ahook(self, name: str, *args: Any) -> None:
+        """Run hook ``name`` (if set) with ``args``; an async one is awaited."""
+        hook = getattr(self, name)
+        if hook is not None:
+            done = hook(*args)
+            if name in self.awaited:
+                await done
+
+    async def achunk(self, chunk: Chunk) -> None:
+        """The asyncio twin of :meth:`chunk`: async hooks are awaited."""
+        await self.ahook("on_chunk", chunk)
+        if chunk.kind is ChunkKind.TOOL_CALL and chunk.name:
+            await self.ahook("on_tool_call", chunk)
+        elif chunk.kind is ChunkKind.TOOL_RESULT:
+            await self.ahook("on_tool_result", chunk)
+
     def __call__(self, source: Observable[Chunk]) -> Observable[Chunk]:
+        refused = async_refused((self,), "piped as an Rx operator, a middleware's hooks run")
+        if refused is not None:
+            raise refused
+
         def subscribe(
             observer: abc.ObserverBase[Chunk], scheduler: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
@@ -335,14 +401,28 @@ class Middleware:
         return Observable(subscribe)
 
 
+def async_refused(hooks: Iterable[Middleware], where: str) -> TypeError | None:
+    """The error for an async hook among ``hooks`` where hooks run synchronously (``where``
+    says how they run there); None if every hook is plain."""
+    for hook in hooks:
+        for name in _HOOKS:
+            if name in hook.awaited:
+                return TypeError(
+                    f"middleware hook {name}={getattr(hook, name)!r} is async, and {where} "
+                    "synchronously, with no event loop to await it: pass it to cw.astream() "
+                    "or cw.acall() (cw.aresume()), or give a plain function"
+                )
+    return None
+
+
 def middleware(
-    on_start: Callable[[], None] | None = None,
-    on_chunk: Callable[[Chunk], None] | None = None,
-    on_complete: Callable[[], None] | None = None,
-    on_error: Callable[[BaseException], None] | None = None,
+    on_start: Callable[[], Done] | None = None,
+    on_chunk: Callable[[Chunk], Done] | None = None,
+    on_complete: Callable[[], Done] | None = None,
+    on_error: Callable[[BaseException], Done] | None = None,
     *,
-    on_tool_call: Callable[[Chunk], None] | None = None,
-    on_tool_result: Callable[[Chunk], None] | None = None,
+    on_tool_call: Callable[[Chunk], Done] | None = None,
+    on_tool_result: Callable[[Chunk], Done] | None = None,
 ) -> Middleware:
     """Hooks for stream events as an operator (chunks pass through unchanged)::
 
@@ -352,6 +432,8 @@ def middleware(
 
     A hook that raises ends the stream with that error (``on_error`` sees it first).
     ``on_tool_call`` sees the first fragment of each tool call, ``on_tool_result`` each
-    tool output the window sends back to the model.
+    tool output the window sends back to the model. Hooks may be ``async def`` functions
+    for ``cw.astream()`` / ``cw.acall()``, which await them; the blocking ``cw.stream()`` /
+    ``cw.call()`` and a ``pipe`` refuse those with a ``TypeError`` (see :class:`Middleware`).
     """
     return Middleware(on_start, on_chunk, on_complete, on_error, on_tool_call, on_tool_result)

@@ -262,6 +262,17 @@ class Run:
                     error = hook_error
         return error
 
+    async def ahooks_failed(self, error: BaseException) -> BaseException:
+        """The asyncio twin of :meth:`hooks_failed` (an async ``on_error`` is awaited)."""
+        for hook in self.hooks:
+            if hook.on_error is not None:
+                try:
+                    await hook.ahook("on_error", error)
+                except Exception as hook_error:
+                    hook_error.__context__ = error
+                    error = hook_error
+        return error
+
     def checkpointed(self, error: BaseException) -> BaseException:
         """Save the checkpoint after ``error``; what the subscriber should get.
 

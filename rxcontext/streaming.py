@@ -45,6 +45,7 @@ from ._observers import subscriber
 from ._signals import HandOver
 from .chunks import Chunk, ToolCall
 from .errors import ReplyStopped, StreamInterrupted
+from .operators import async_refused
 from .providers.base import Request
 from .run import Run, abefore_first_chunk, before_first_chunk, close_chunks, reply_chunks
 from .tools import ToolResult, review
@@ -56,6 +57,9 @@ __all__ = [
     "reply_chunks",
     "run_observable",
 ]
+
+
+_BLOCKING = "the blocking stream(), call() and resume() run hooks"
 
 
 class _Cancelled(Exception):
@@ -162,6 +166,9 @@ class _SyncDriver:
 
     def start(self, _: Any = None, __: Any = None) -> None:
         """Drive until the run ends or waits for a retry (then schedule the rest)."""
+        if not self.started and (refused := async_refused(self.run.hooks, _BLOCKING)):
+            self.observer.on_error(refused)  # before the reply begins: nothing to save
+            return
         try:
             with self.guard:
                 self._start()

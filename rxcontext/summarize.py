@@ -8,11 +8,13 @@ never replaced.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import cast
 
 from .chunks import Chunk, Reply, ReplyBuilder
+from .operators import Done, is_async
 from .persist import reply_metadata
 from .providers.base import Model, Request
 from .records import Record, RecordType
@@ -119,6 +121,12 @@ def propose(
     on_chunk: Callable[[Chunk], None] | None = None,
 ) -> SummaryProposal:
     """Ask ``model`` for a summary of ``live`` (streaming; ``on_chunk`` sees each chunk)."""
+    if is_async(on_chunk):
+        raise TypeError(
+            f"summarize(on_chunk={on_chunk!r}) got an async function, which the blocking "
+            "summarize() cannot await: use await cw.asummarize(on_chunk=...), or give a "
+            "plain function"
+        )
     replaced, request = _prepare(context_id, live, prompt)
     builder = ReplyBuilder()
     for chunk in model.iter_chunks(request):
@@ -133,18 +141,22 @@ async def apropose(
     context_id: str,
     live: Sequence[Record],
     prompt: str | None = None,
-    on_chunk: Callable[[Chunk], None] | None = None,
+    on_chunk: Callable[[Chunk], Done] | None = None,
 ) -> SummaryProposal:
-    """The asyncio twin of :func:`propose`. The model's stream is closed before an error
-    (``on_chunk``'s own too) reaches the caller, as the sync loop's is."""
+    """The asyncio twin of :func:`propose` (an ``async def`` ``on_chunk`` is awaited). The
+    model's stream is closed before an error (``on_chunk``'s own too) reaches the caller,
+    as the sync loop's is."""
     replaced, request = _prepare(context_id, live, prompt)
     builder = ReplyBuilder()
+    awaited = is_async(on_chunk)
     chunks = model.aiter_chunks(request)
     try:
         async for chunk in chunks:
             builder.add(chunk)
             if on_chunk is not None:
-                on_chunk(chunk)
+                done = on_chunk(chunk)
+                if awaited:
+                    await cast("Awaitable[None]", done)
     finally:
         await aclose_chunks(chunks)
     return _proposal(context_id, replaced, builder.build())

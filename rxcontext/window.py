@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any, Unpack
@@ -417,7 +417,8 @@ class ContextWindow:
     ) -> SummaryProposal:
         """Propose a summary of the live records; nothing changes until :meth:`accept_summary`.
 
-        The summariser streams; ``on_chunk`` sees each chunk as it arrives. ``context``
+        The summariser streams; ``on_chunk`` sees each chunk as it arrives (an ``async def``
+        one is refused with ``TypeError``: use :meth:`asummarize`). ``context``
         names another context to summarise (contextwindow's
         ``SummarizeLiveContextInContext``); the current one by default. What the request
         was billed is spent whether or not the summary is accepted: its usage joins the
@@ -450,11 +451,11 @@ class ContextWindow:
     async def asummarize(
         self,
         *,
-        on_chunk: Callable[[Chunk], None] | None = None,
+        on_chunk: Callable[[Chunk], Awaitable[None] | None] | None = None,
         prompt: str | None = None,
         context: str | None = None,
     ) -> SummaryProposal:
-        """The asyncio twin of :meth:`summarize`."""
+        """The asyncio twin of :meth:`summarize` (``on_chunk`` may be ``async``: awaited)."""
         context_id = self._context_id_of(context)
         summarizer = self._summarizer()
         if self.budget is not None:  # its store reads stay off the event loop

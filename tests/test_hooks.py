@@ -1,9 +1,11 @@
-"""Middleware hooks through the real ``openai`` SDK on the replay transport: a hook's own
-exception is never a reason to send the request again."""
+"""Middleware hooks through the real ``openai`` SDK on the replay transport: async hooks are
+awaited on asyncio (and refused, before anything is sent, on the blocking path), and a hook's
+own exception is never a reason to send the request again."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -11,17 +13,26 @@ import pytest
 from provider_rules import model_for
 from replay import Replay, real_fixture
 
+import rxcontext
 from rxcontext import (
     Chunk,
+    ChunkKind,
     ContextWindow,
     RecordType,
+    ReplyStopped,
     RetryPolicy,
     StreamInterrupted,
     Timeouts,
+    Tool,
 )
 from rxcontext import operators as rxops
+from tests.test_heartbeat import WAIT, in_thread, rounds
 
 RECORDED = "openai_chat/azure_prompt_filter_results.sse"
+ROUND_TRIP = (
+    "openai_chat/tool_call_roundtrip_gpt4o_mini.1.sse",
+    "openai_chat/tool_call_roundtrip_gpt4o_mini.2.sse",
+)
 # Three tries, no waiting to speak of: a retry, if one were made, would show as a request.
 RETRIES = RetryPolicy(max_attempts=3, initial_delay=0.001, jitter=0.0)
 
@@ -56,6 +67,186 @@ def consume(cw: ContextWindow, path: str, *hooks: rxops.Middleware) -> list[Chun
 
         asyncio.run(iterate())
     return got
+
+
+# -- async hooks on asyncio -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["astream", "acall"])
+def test_async_hooks_are_awaited_on_asyncio(make_store: Callable[..., Any], path: str) -> None:
+    replay = Replay(*(real_fixture(f) for f in ROUND_TRIP))
+    cw = window(make_store(), replay)
+    cw.add_tool(Tool("multiply", "a*b").number("a", "a").number("b", "b"), lambda a: "2869461")
+    seen: list[str] = []
+
+    async def on_start() -> None:
+        await asyncio.sleep(0)
+        seen.append("start")
+
+    async def on_chunk(chunk: Chunk) -> None:
+        await asyncio.sleep(0)
+        if chunk.text and chunk.kind is ChunkKind.TEXT:
+            seen.append(chunk.text)
+
+    async def on_tool_call(chunk: Chunk) -> None:
+        await asyncio.sleep(0)
+        seen.append(f"call {chunk.name}")
+
+    async def on_tool_result(chunk: Chunk) -> None:
+        await asyncio.sleep(0)
+        seen.append(f"result {chunk.text}")
+
+    async def on_complete() -> None:
+        await asyncio.sleep(0)
+        seen.append("complete")
+
+    hooks = rxops.middleware(
+        on_start, on_chunk, on_complete, on_tool_call=on_tool_call, on_tool_result=on_tool_result
+    )
+    consume(cw, path, hooks)
+    assert seen[:3] == ["start", "call multiply", "result 2869461"] and seen[-1] == "complete"
+    deltas = seen[3:-1]  # the second round's text, as the hook saw it
+    assert len(deltas) > 1 and "".join(deltas) == replies(cw)[-1]
+
+
+@pytest.mark.parametrize("path", ["astream", "acall"])
+def test_an_async_chunk_hook_that_raises_stops_the_reply_as_a_sync_one_does(
+    make_store: Callable[..., Any], path: str
+) -> None:
+    replay = Replay(real_fixture(RECORDED))
+    cw = window(make_store(), replay)
+    policy = RuntimeError("stop this reply: policy violation")
+    passed: list[str] = []
+    errors: list[BaseException] = []
+
+    async def on_chunk(chunk: Chunk) -> None:
+        await asyncio.sleep(0)
+        if len(passed) == 3:
+            raise policy
+        passed.append(chunk.text)
+
+    async def on_error(error: BaseException) -> None:
+        await asyncio.sleep(0)
+        errors.append(error)
+
+    with pytest.raises(StreamInterrupted) as info:
+        consume(cw, path, rxops.middleware(on_chunk=on_chunk, on_error=on_error))
+    assert info.value.__cause__ is policy
+    assert errors == [policy]
+    assert info.value.checkpoint.text == "".join(passed)
+    assert replies(cw) == []
+    assert len(replay.requests) == 1
+
+
+def test_a_stop_while_an_async_hook_awaits_lets_it_finish(make_store: Callable[..., Any]) -> None:
+    """``cw.stop`` while an async chunk hook awaits (asks a person, say) waits for the hook,
+    as for the tool-approval hook, rather than cancelling it under its feet: the consumer
+    gets StreamInterrupted caused by the stop, not a CancelledError."""
+    store = make_store(lease_ttl=0.6)
+    cw = window(store, Replay(real_fixture(RECORDED)), checkpoint_every=None)
+    holding = threading.Event()
+    person: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+    finished: list[str] = []
+    got: list[str] = []
+    outcome: list[BaseException] = []
+
+    async def on_chunk(chunk: Chunk) -> None:
+        if chunk.text and not person:
+            person.append((asyncio.get_running_loop(), asyncio.Event()))
+            holding.set()
+            await asyncio.wait_for(person[0][1].wait(), WAIT)
+            finished.append(chunk.text)
+
+    def consume() -> None:
+        async def main() -> None:
+            async for chunk in cw.astream(rxops.middleware(on_chunk=on_chunk), reply_id="r"):
+                got.append(chunk.text)
+
+        try:
+            asyncio.run(main())
+        except BaseException as error:
+            outcome.append(error)
+
+    consumer = in_thread(consume)
+    assert holding.wait(WAIT)
+    assert cw.stop("r") is True
+    rounds(store, 2)  # the heartbeat handed the stop to the driver's loop
+    loop, decided = person[0]
+    loop.call_soon_threadsafe(decided.set)
+    consumer.join(WAIT)
+    assert not consumer.is_alive()
+    (error,) = outcome
+    assert isinstance(error, StreamInterrupted) and isinstance(error.__cause__, ReplyStopped)
+    assert len(finished) == 1
+    assert error.checkpoint.text == "".join(got)
+
+
+def test_asummarize_awaits_an_async_chunk_hook() -> None:
+    replay = Replay(real_fixture(RECORDED))
+    cw = window(rxcontext.open(":memory:"), replay)
+    cw.add_prompt("and another")
+    stop = RuntimeError("enough")
+    seen: list[str] = []
+
+    async def on_chunk(chunk: Chunk) -> None:
+        await asyncio.sleep(0)
+        seen.append(chunk.text)
+        if len(seen) == 2:
+            raise stop
+
+    with pytest.raises(RuntimeError) as info:
+        asyncio.run(cw.asummarize(on_chunk=on_chunk))
+    assert info.value is stop and len(seen) == 2
+    assert replay.closed == 1
+
+
+# -- async hooks on the blocking path ----------------------------------------------------------
+
+
+async def _async_hook(*_: Any) -> None:
+    pass
+
+
+@pytest.mark.parametrize("path", ["call", "stream"])
+@pytest.mark.parametrize(
+    "hook", ["on_start", "on_chunk", "on_complete", "on_error", "on_tool_call", "on_tool_result"]
+)
+def test_an_async_hook_on_the_blocking_path_is_refused_before_anything_is_sent(
+    make_store: Callable[..., Any], path: str, hook: str
+) -> None:
+    replay = Replay(real_fixture(RECORDED))
+    cw = window(make_store(), replay)
+    with pytest.raises(TypeError) as info:
+        consume(cw, path, rxops.middleware(**{hook: _async_hook}))
+    message = str(info.value)
+    assert hook in message and "astream()" in message and "acall()" in message
+    assert replay.requests == []
+    assert replies(cw) == [] and cw.active_replies() == []
+    assert cw.store.checkpoints(cw.context_id, include_resolved=True) == []
+
+
+def test_an_async_hook_given_to_the_window_is_refused_on_the_blocking_path() -> None:
+    replay = Replay(real_fixture(RECORDED))
+    cw = window(
+        rxcontext.open(":memory:"), replay, middleware=[rxops.middleware(on_chunk=_async_hook)]
+    )
+    with pytest.raises(TypeError, match="acall"):
+        cw.call()
+    assert replay.requests == []
+
+
+def test_an_async_hook_piped_as_an_operator_is_refused() -> None:
+    cw = window(rxcontext.open(":memory:"), Replay(real_fixture(RECORDED)))
+    with pytest.raises(TypeError, match="on_chunk"):
+        cw.stream().pipe(rxops.middleware(on_chunk=_async_hook))
+
+
+def test_summarize_refuses_an_async_chunk_hook_before_asking_the_model() -> None:
+    replay = Replay(real_fixture(RECORDED))
+    cw = window(rxcontext.open(":memory:"), replay)
+    with pytest.raises(TypeError, match="asummarize"):
+        cw.summarize(on_chunk=_async_hook)
+    assert replay.requests == []
 
 
 # -- a hook's exception is not the provider's -------------------------------------------------

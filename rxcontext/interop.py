@@ -22,7 +22,7 @@ from .chunks import Usage
 from .errors import AttachmentError, InvalidExport
 from .history import busy_replies
 from .records import Context, RecordType
-from .store.base import RecordDraft, Store
+from .store.base import RecordDraft, Store, check_name
 
 __all__ = ["fork_context", "import_context"]
 
@@ -205,6 +205,9 @@ def _import(store: Store, data: Mapping[str, Any], name: str | None, taken: str)
     if not isinstance(target, str) or not target:
         raise InvalidExport("the export names no context: pass name=")
     _text(target, "the context's name")
+    check_name(target, "context name")  # here: a ValueError of the store's means "taken"
+    for tool_name, _ in tools:
+        check_name(tool_name, "tool name")
     totals = _usage(meta.get("usage"))
     threaded = _flag(
         meta.get("use_server_side_threading"), False, "context: 'use_server_side_threading'"

@@ -108,6 +108,9 @@ def describe(exc: BaseException, base_url: str | None, db: Path | None = None) -
         ("cannot connect to postgresql", "PostgreSQL")
     ):
         return str(exc), "check that the server is up and the URL (host, port, database) is right"
+    if isinstance(exc, StoreError) and str(exc).startswith("database error on postgres"):
+        # The server refused the statement (a permission, a table changed by hand...).
+        return str(exc), "run it again with --verbose for the full error"
     if isinstance(exc, StoreError):
         return str(exc), "pass --db with a writable file path (its folder must exist)"
     if isinstance(exc, ContextNotFound):

@@ -28,6 +28,7 @@ from ..records import Checkpoint, Context, ContextStats, Record, RecordType, Rep
 
 __all__ = [
     "IN_PROGRESS",
+    "NAME_LIMIT",
     "ORPHANED",
     "TOTAL_MAX",
     "CheckpointDraft",
@@ -35,6 +36,7 @@ __all__ = [
     "ReplyEnd",
     "ReplyTicket",
     "Store",
+    "check_name",
     "discarded_draft",
     "kept_metadata",
     "settle_refusal",
@@ -60,6 +62,28 @@ def usage_counts(usage: Usage, fields: Sequence[str]) -> list[int]:
     really sends, adds nothing). The reply's own usage (its checkpoint's, its record's
     metadata) is kept as it came."""
     return [min(max(getattr(usage, f), 0), TOTAL_MAX) for f in fields]
+
+
+NAME_LIMIT = 1024
+"""The most bytes of UTF-8 a context name, a reply id or a tool name may take, on every store.
+
+PostgreSQL keeps each in a unique index, whose entries hold about 2.7 KB at most; 1,024
+bytes always fit, NULs included (:mod:`.pg_codec` escapes each in 4 bytes, which the index
+compresses). SQLite refuses a longer one too, so a database's names fit either store; a
+longer one an existing database holds is still read."""
+
+
+def check_name(value: object, what: str) -> None:
+    """A ``ValueError`` if ``value`` (a ``what``: "context name", "reply id", "tool name")
+    is longer than :data:`NAME_LIMIT` bytes of UTF-8; raised before anything is written."""
+    if not isinstance(value, str) or len(value) <= NAME_LIMIT // 4:  # 4 bytes a character at most
+        return
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > NAME_LIMIT:
+        raise ValueError(
+            f"the {what} is {size:,} bytes of UTF-8, over the limit of {NAME_LIMIT:,} bytes"
+            " for context names, reply ids and tool names; give a shorter one"
+        )
 
 
 _DONE = {"keep": "kept", "discard": "discarded", "resume": "resumed"}

@@ -51,6 +51,7 @@ from .base import (
     RecordDraft,
     ReplyEnd,
     ReplyTicket,
+    check_name,
     discarded_draft,
     kept_metadata,
     settle_refusal,
@@ -211,6 +212,7 @@ class PostgresReplies:
         """Reserve the next position for a reply and create its ``STREAMING`` row (epoch 1)."""
         if not isinstance(reply_id, str) or not reply_id:
             raise TypeError("reply_id must be a non-empty str")
+        check_name(reply_id, "reply id")
         rid = enc(reply_id)
         rid.encode("utf-8")  # refused (like SQLite) before the transaction
         token = uuid.uuid4().hex

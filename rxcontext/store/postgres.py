@@ -37,7 +37,7 @@ from . import _pg_blobs as blobs
 from . import _pg_rows as rows
 from ._export import export_document
 from ._pg_rows import Draft, live_tokens_of, lock_context, retire, send_records
-from .base import RecordDraft, usage_counts
+from .base import RecordDraft, check_name, usage_counts
 from .owner import check_lease_ttl
 from .pg_codec import dec, enc, enc_opt
 from .pg_leases import PostgresLeases
@@ -177,6 +177,12 @@ class PostgresStore(PostgresReplies, PostgresLeases):
         """The context called ``name``, created now if missing; ``""`` gets a generated name."""
         if not isinstance(name, str):
             raise TypeError(f"context name must be a str, not {type(name).__name__}")
+        try:
+            check_name(name, "context name")
+        except ValueError:
+            with contextlib.suppress(ContextNotFound):  # stored before there was a limit
+                return self.get_context_by_name(name)
+            raise
         stored = enc(name or uuid.uuid4().hex)
         new_id = uuid.uuid4().hex
 
@@ -198,6 +204,7 @@ class PostgresStore(PostgresReplies, PostgresLeases):
         in one statement: two writers can never both get it)."""
         if not isinstance(name, str) or not name:
             raise TypeError(f"a context name must be a non-empty str, not {name!r}")
+        check_name(name, "context name")
         new_id = uuid.uuid4().hex
 
         def body(conn: Conn, ambiguous: bool) -> Context:
@@ -230,6 +237,9 @@ class PostgresStore(PostgresReplies, PostgresLeases):
         <rxcontext.store.base.Store.import_context>`); ``ValueError`` if the name is taken."""
         if not isinstance(name, str) or not name:
             raise TypeError(f"a context name must be a non-empty str, not {name!r}")
+        check_name(name, "context name")
+        for tool_name, _ in tools:
+            check_name(tool_name, "tool name")
         prepared = [Draft(d) for d in drafts]  # checked and encoded before the transaction
         listed = [(enc(n), enc_opt(rows.to_json(dict(d)))) for n, d in tools]
         for tool_name, _ in listed:
@@ -325,6 +335,7 @@ class PostgresStore(PostgresReplies, PostgresLeases):
         totals start at 0 and its cost leaves the copied replies out."""
         if not dest_name:
             raise ValueError("the clone needs a name")
+        check_name(dest_name, "context name")
         new_id = uuid.uuid4().hex
         commit_id = f"clone:{new_id}"
 
@@ -683,6 +694,7 @@ class PostgresStore(PostgresReplies, PostgresLeases):
 
     def set_context_tool(self, context_id: str, name: str, definition: Mapping[str, Any]) -> None:
         """Record that ``name`` is available in the context (with its schema)."""
+        check_name(name, "tool name")
         definition_json = enc_opt(rows.to_json(dict(definition)))
 
         def body(conn: Conn, _: bool) -> None:

@@ -43,7 +43,7 @@ from . import _sqlite_long as long
 from . import _sqlite_rows as rows
 from ._export import export_document
 from ._thinking import pack
-from .base import RecordDraft, usage_counts
+from .base import RecordDraft, check_name, usage_counts
 from .migrations import copy_current_schema, migrate, pending
 from .owner import check_lease_ttl
 from .sqlite_leases import SQLiteLeases
@@ -292,6 +292,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             ).fetchone()
         if row is not None:
             return rows.context(row)
+        check_name(name, "context name")
         with self._tx() as db:
             db.execute(
                 "INSERT OR IGNORE INTO contexts (id, name, start_time) VALUES (?, ?, ?)",
@@ -306,6 +307,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         """A new context called ``name``; ``ValueError`` if one exists (checked and created
         in one statement: two writers can never both get it)."""
         _name_arg(name)
+        check_name(name, "context name")
         context_id = uuid.uuid4().hex
         with self._tx() as db:
             created = db.execute(
@@ -333,6 +335,9 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         state in one transaction (see :meth:`Store.import_context
         <rxcontext.store.base.Store.import_context>`); ``ValueError`` if the name is taken."""
         _name_arg(name)
+        check_name(name, "context name")
+        for tool_name, _ in tools:
+            check_name(tool_name, "tool name")
         context_id = uuid.uuid4().hex
         totals = usage if usage is not None else Usage()
         with self._tx(durable=True) as db:
@@ -412,6 +417,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         totals start at 0 and its cost leaves the copied replies out."""
         if not dest_name:
             raise ValueError("the clone needs a name")
+        check_name(dest_name, "context name")
         with self._tx() as db:
             src = db.execute("SELECT 1 FROM contexts WHERE id = ?", (context_id,)).fetchone()
             if src is None:
@@ -782,6 +788,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
 
     def set_context_tool(self, context_id: str, name: str, definition: Mapping[str, Any]) -> None:
         """Record that ``name`` is available in the context (with its schema)."""
+        check_name(name, "tool name")
         with self._tx() as db:
             self._allocate(db, context_id, 0)
             db.execute(

@@ -34,6 +34,7 @@ from .base import (
     RecordDraft,
     ReplyEnd,
     ReplyTicket,
+    check_name,
     discarded_draft,
     kept_metadata,
     settle_refusal,
@@ -298,6 +299,7 @@ class SQLiteReplies:
         """Reserve the next position for a reply and create its ``STREAMING`` row (epoch 1)."""
         if not isinstance(reply_id, str) or not reply_id:
             raise TypeError("reply_id must be a non-empty str")
+        check_name(reply_id, "reply id")
         # On every reply's way to its first chunk: two statements in the transaction (the
         # position, then the row with the reply-id check in it), one clock read, and the
         # Checkpoint made from what was written (only its id comes back).

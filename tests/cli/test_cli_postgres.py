@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
-from cliutil import run
+import pytest
+from cliutil import assert_user_error, run
+
+import rxcontext
+from rxcontext.cli.errors import describe
 
 
 def test_the_cli_takes_a_postgresql_url_as_its_database(
@@ -35,3 +40,31 @@ def test_a_bad_postgresql_url_is_one_clear_line_without_the_password(
     assert "cannot connect to postgresql://postgres@" in result.stderr
     assert "does not exist" in result.stderr
     assert "s3cret" not in result.stdout + result.stderr
+
+
+def test_a_name_over_the_limit_is_said_as_such_without_the_sqlite_file_hint(
+    target: str, env: dict[str, str]
+) -> None:
+    """PostgreSQL refused a 2,700-byte clone name with its index error and the CLI added
+    "pass --db with a writable file path"; both stores now refuse it as too long."""
+    with rxcontext.open(target) as store:
+        store.get_or_create_context("a")
+    rnd = random.Random(1)  # incompressible: PostgreSQL's index cannot shrink it
+    name = "".join(chr(rnd.randrange(0x4E00, 0x9FFF)) for _ in range(900))
+    result = run(env, "contexts", "clone", "a", name, "--db", target)
+    assert_user_error(result, "is 2,700 bytes of UTF-8, over the limit of 1,024 bytes")
+    assert "file path" not in result.stderr
+
+
+def test_a_postgresql_database_error_gets_no_sqlite_file_hint(pg_url: str) -> None:
+    """ "pass --db with a writable file path" is about an SQLite file; it does not help with
+    a PostgreSQL server's refusal (here: a table an operator dropped)."""
+    with rxcontext.open(pg_url) as store:
+        ctx = store.get_or_create_context("a")
+        with store._runner.pool().connection() as conn:
+            conn.execute("DROP TABLE context_tools")
+        with pytest.raises(rxcontext.StoreError) as failed:
+            store.context_tools(ctx.id)
+    message, hint = describe(failed.value, None, Path(pg_url))
+    assert message.startswith("database error on postgresql://") and "context_tools" in message
+    assert "file" not in hint

@@ -42,6 +42,7 @@ __all__ = [
     "checkpoint",
     "checkpoint_values",
     "context",
+    "impossible_id",
     "live_tokens_of",
     "lock_context",
     "locked",
@@ -263,6 +264,14 @@ class Lock(NamedTuple):
     version: int
 
 
+def impossible_id(context_id: object) -> bool:
+    """Whether no context can have ``context_id``, whatever the database holds: it is not a
+    str, or it holds NUL, which PostgreSQL's ``text`` cannot (the driver refuses to send it).
+    Context ids are the store's own hex, so such an id is answered as one nobody has, as
+    SQLite answers it (not found, or nothing), never with a database error."""
+    return not isinstance(context_id, str) or "\x00" in context_id
+
+
 def lock_context(
     conn: Conn, context_id: str, take: int = 0, *, change: bool = False, tokens: int = 0
 ) -> Lock:
@@ -282,6 +291,8 @@ def send_lock(
 ) -> Cursor:
     """:func:`lock_context`'s statement, sent (in pipeline mode, not yet waited for): the
     statements sent after it run under the lock; :func:`locked` reads what it says."""
+    if impossible_id(context_id):  # before anything is sent
+        raise ContextNotFound(f"no context with id {context_id!r} (was it deleted?)")
     if take or change or tokens:
         return conn.execute(
             "UPDATE contexts SET next_pos = next_pos + %s, version = version + 1,"

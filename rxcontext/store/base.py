@@ -37,6 +37,7 @@ __all__ = [
     "ReplyTicket",
     "Store",
     "check_name",
+    "checkpoint_key",
     "discarded_draft",
     "kept_metadata",
     "settle_refusal",
@@ -84,6 +85,18 @@ def check_name(value: object, what: str) -> None:
             f"the {what} is {size:,} bytes of UTF-8, over the limit of {NAME_LIMIT:,} bytes"
             " for context names, reply ids and tool names; give a shorter one"
         )
+
+
+def checkpoint_key(checkpoint_id: object) -> int | None:
+    """The row id ``checkpoint_id`` names, or None: it names none, on every store.
+
+    A checkpoint id is an int of 64 bits. ``True`` is not checkpoint 1 (SQLite would read it
+    as 1), nor are ``"1"`` or ``1.0`` (both databases would convert them), and an int past
+    64 bits fits no column: looked up as None, they find nothing (``CheckpointNotFound``).
+    """
+    if isinstance(checkpoint_id, bool) or not isinstance(checkpoint_id, int):
+        return None
+    return int(checkpoint_id) if -(2**63) <= checkpoint_id < 2**63 else None
 
 
 _DONE = {"keep": "kept", "discard": "discarded", "resume": "resumed"}

@@ -38,6 +38,7 @@ from ..records import Checkpoint, Record, RecordType, ReplyState
 from . import _pg_rows as rows
 from ._pg_rows import (
     Draft,
+    impossible_id,
     live_tokens_of,
     lock_context,
     locked,
@@ -52,6 +53,7 @@ from .base import (
     ReplyEnd,
     ReplyTicket,
     check_name,
+    checkpoint_key,
     discarded_draft,
     kept_metadata,
     settle_refusal,
@@ -88,6 +90,8 @@ lock (then they give up until the next interval; the stream never waits for them
 def busy_in(conn: Conn, context_id: str) -> set[str]:
     """The ids of the replies being generated in a context, read on ``conn`` (inside a
     transaction that has locked the context, the answer holds until it ends)."""
+    if impossible_id(context_id):
+        return set()
     found = conn.execute(
         "SELECT c.reply_id, c.owner, c.lease_until, clock_timestamp()"
         f" FROM checkpoints c WHERE {_ACTIVE}",
@@ -133,7 +137,7 @@ class PostgresReplies:
 
     def get_checkpoint(self, checkpoint_id: int) -> Checkpoint:
         """One reply's checkpoint by id, or :class:`CheckpointNotFound`."""
-        found = self._select("c.id = %s", (checkpoint_id,))
+        found = self._select("c.id = %s", (checkpoint_key(checkpoint_id),))
         if not found:
             raise CheckpointNotFound(f"no checkpoint with id {checkpoint_id!r}")
         return found[0]
@@ -187,6 +191,8 @@ class PostgresReplies:
         A reply whose process died (or, on another host, whose lease ran out) is listed as
         interrupted (its row changes at the next claim, keep or discard).
         """
+        if impossible_id(context_id):
+            return []
         found = self._select(
             "c.context_id = %s ORDER BY c.pos, c.id"
             if include_resolved
@@ -198,6 +204,8 @@ class PostgresReplies:
 
     def active_replies(self, context_id: str) -> list[Checkpoint]:
         """Replies being generated now in a context (``STREAMING`` or ``RESUMING``)."""
+        if impossible_id(context_id):
+            return []
         found = self._select(f"{_ACTIVE} ORDER BY c.pos, c.id", (context_id,))
         return [cp for cp in found if cp.state.live]
 
@@ -472,6 +480,8 @@ class PostgresReplies:
         its own earlier attempt landed (then the checkpoint is read after the change), and
         what ``then`` returned.
         """
+        if checkpoint_key(checkpoint_id) is None:
+            raise CheckpointNotFound(f"no checkpoint with id {checkpoint_id!r}")
         token = uuid.uuid4().hex
 
         def read(conn: Conn) -> tuple[Checkpoint, str, str | None]:

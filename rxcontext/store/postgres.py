@@ -36,7 +36,7 @@ from ..records import Context, ContextStats, Record, RecordType
 from . import _pg_blobs as blobs
 from . import _pg_rows as rows
 from ._export import export_document
-from ._pg_rows import Draft, live_tokens_of, lock_context, retire, send_records
+from ._pg_rows import Draft, impossible_id, live_tokens_of, lock_context, retire, send_records
 from .base import RecordDraft, check_name, usage_counts
 from .owner import check_lease_ttl
 from .pg_codec import dec, enc, enc_opt
@@ -296,6 +296,8 @@ class PostgresStore(PostgresReplies, PostgresLeases):
 
     @staticmethod
     def _context_by_id(conn: Conn, context_id: str) -> Context:
+        if impossible_id(context_id):
+            raise ContextNotFound(f"no context with id {context_id!r}")
         row = conn.execute(
             f"SELECT {rows.CONTEXT_COLUMNS} FROM contexts WHERE id = %s", (context_id,)
         ).fetchone()
@@ -322,6 +324,8 @@ class PostgresStore(PostgresReplies, PostgresLeases):
         """Delete a context with its records, tools and checkpoints."""
 
         def body(conn: Conn, ambiguous: bool) -> None:
+            if impossible_id(context_id):
+                raise ContextNotFound(f"no context with id {context_id!r}")
             cur = conn.execute("DELETE FROM contexts WHERE id = %s", (context_id,))
             if cur.rowcount == 0 and not ambiguous:  # ambiguous: our first try deleted it
                 raise ContextNotFound(f"no context with id {context_id!r}")
@@ -340,6 +344,8 @@ class PostgresStore(PostgresReplies, PostgresLeases):
         commit_id = f"clone:{new_id}"
 
         def body(conn: Conn, ambiguous: bool) -> Context:
+            if impossible_id(context_id):
+                raise ContextNotFound(f"no context with id {context_id!r}")
             src = conn.execute(  # FOR SHARE: no commit to the source while we copy it
                 "SELECT next_pos FROM contexts WHERE id = %s FOR SHARE", (context_id,)
             ).fetchone()
@@ -405,6 +411,8 @@ class PostgresStore(PostgresReplies, PostgresLeases):
 
     @staticmethod
     def _stats(conn: Conn, context_id: str) -> ContextStats:
+        if impossible_id(context_id):
+            raise ContextNotFound(f"no context with id {context_id!r}")
         row = conn.execute(
             "SELECT c.id, c.name, COUNT(r.id), COUNT(r.id) FILTER (WHERE r.live),"
             " COALESCE(SUM(r.est_tokens) FILTER (WHERE r.live), 0)::bigint,"
@@ -444,6 +452,8 @@ class PostgresStore(PostgresReplies, PostgresLeases):
         """Turn server-side threading (``previous_response_id``) on or off for a context."""
 
         def body(conn: Conn, _: bool) -> None:
+            if impossible_id(context_id):
+                raise ContextNotFound(f"no context with id {context_id!r}")
             cur = conn.execute(
                 "UPDATE contexts SET use_server_side_threading = %s WHERE id = %s",
                 (bool(enabled), context_id),
@@ -455,6 +465,8 @@ class PostgresStore(PostgresReplies, PostgresLeases):
 
     def set_last_response_id(self, context_id: str, response_id: str | None) -> None:
         """Remember the provider's id of the context's last response."""
+        if impossible_id(context_id):
+            return  # no such context, as on SQLite
         self._runner.run(
             lambda conn, _: conn.execute(
                 "UPDATE contexts SET last_response_id = %s WHERE id = %s",
@@ -482,6 +494,8 @@ class PostgresStore(PostgresReplies, PostgresLeases):
 
     @staticmethod
     def _records(conn: Conn, context_id: str, live_only: bool, upto: int | None) -> list[Record]:
+        if impossible_id(context_id):
+            return []
         where = "context_id = %s"
         args: tuple[Any, ...] = (context_id,)
         if live_only:
@@ -550,6 +564,8 @@ class PostgresStore(PostgresReplies, PostgresLeases):
         one snapshot."""
 
         def body(conn: Conn) -> tuple[int, list[Record]] | None:
+            if impossible_id(context_id):
+                return None
             found = conn.execute(
                 f"SELECT c.version, {_RECORD_COLUMNS_R}"
                 " FROM contexts c LEFT JOIN records r ON r.context_id = c.id AND r.rev > %s"
@@ -571,6 +587,8 @@ class PostgresStore(PostgresReplies, PostgresLeases):
 
     def live_tokens(self, context_id: str) -> int:
         """Estimated tokens of the live records (kept on every write, read in one row)."""
+        if impossible_id(context_id):
+            raise ContextNotFound(f"no context with id {context_id!r}")
         row = self._read(
             lambda c: c.execute(
                 "SELECT live_tokens FROM contexts WHERE id = %s", (context_id,)
@@ -710,6 +728,8 @@ class PostgresStore(PostgresReplies, PostgresLeases):
 
     @staticmethod
     def _tools(conn: Conn, context_id: str) -> list[dict[str, Any]]:
+        if impossible_id(context_id):
+            return []
         found = conn.execute(
             "SELECT tool_name, created_at, definition FROM context_tools"
             " WHERE context_id = %s ORDER BY created_at, id",
@@ -730,6 +750,8 @@ class PostgresStore(PostgresReplies, PostgresLeases):
 
     def remove_context_tool(self, context_id: str, name: str) -> bool:
         """Forget a tool; whether it was there."""
+        if impossible_id(context_id):
+            return False
         removed: list[bool] = []
 
         def body(conn: Conn, ambiguous: bool) -> bool:

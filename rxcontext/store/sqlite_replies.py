@@ -35,6 +35,7 @@ from .base import (
     ReplyEnd,
     ReplyTicket,
     check_name,
+    checkpoint_key,
     discarded_draft,
     kept_metadata,
     settle_refusal,
@@ -174,14 +175,6 @@ def _bulk_payloads(
     return dump(updates), dump(parts), rest
 
 
-def _row_id(checkpoint_id: Any) -> Any:
-    """``checkpoint_id`` as SQLite can compare it: an int beyond 64 bits names no row (the
-    driver would raise OverflowError), so it is looked up as one that matches none."""
-    if isinstance(checkpoint_id, int) and not -(2**63) <= checkpoint_id < 2**63:
-        return None
-    return checkpoint_id
-
-
 class SQLiteReplies:
     """Reply lifecycle methods of :class:`~rxcontext.store.sqlite.SQLiteStore`."""
 
@@ -243,7 +236,7 @@ class SQLiteReplies:
 
     def get_checkpoint(self, checkpoint_id: int) -> Checkpoint:
         """One reply's checkpoint by id, or :class:`CheckpointNotFound`."""
-        found = self._select("id = ?", (_row_id(checkpoint_id),))
+        found = self._select("id = ?", (checkpoint_key(checkpoint_id),))
         if not found:
             raise CheckpointNotFound(f"no checkpoint with id {checkpoint_id!r}")
         return found[0]
@@ -530,7 +523,7 @@ class SQLiteReplies:
         """The reply, if it is interrupted (or orphaned); else the error that says why not."""
         row = db.execute(
             f"SELECT {rows.CHECKPOINT_COLUMNS} FROM checkpoints WHERE id = ?",
-            (_row_id(checkpoint_id),),
+            (checkpoint_key(checkpoint_id),),
         ).fetchone()
         if row is None:
             raise CheckpointNotFound(f"no checkpoint with id {checkpoint_id!r}")

@@ -102,9 +102,12 @@ class Timeouts:
     end past it). ``cw.call(deadline=...)`` sets it for one call.
 
     On asyncio the provider stream is cancelled and closed when the limit passes. On the
-    blocking (sync) path a read that is stuck in a socket cannot be interrupted from another
-    thread, so the limit is checked when the read returns, and the SDK client's own read
-    timeout is what unblocks a dead connection: give the client one no longer than ``idle``
+    blocking (sync) path a watchdog thread shuts the connection's socket down when it
+    passes, which ends the read waiting in it, for the providers' httpx2 HTTP/1.x streams
+    once their headers came. Where the socket cannot be reached (a mock or custom
+    transport, HTTP/2, a model of your own, see docs/guarantees.md) the limit is checked
+    when the read returns, and the SDK client's own read timeout is what unblocks a dead
+    connection: give such a client one no longer than ``idle``
     (``openai.OpenAI(timeout=httpx2.Timeout(60, read=idle))`` and the like). Either way the
     late chunk is not delivered and the provider stream is closed.
     """

@@ -17,19 +17,23 @@ checkpoint of what was delivered is saved; it never becomes the stream's error.
 
 A round that fails before any of its chunks was delivered is sent again as the
 :class:`~rxcontext.retry.RetryPolicy` says; the wait is scheduled on the subscription's
-scheduler (virtual under a ``TestScheduler``). ``Timeouts`` are measured around each read;
-a blocking socket read cannot be interrupted from another thread (closing the fd does not
-wake ``recv`` and a running generator cannot be closed), so a late chunk is refused when
-the read returns and the SDK's own read timeout is what unblocks a dead connection.
+scheduler (virtual under a ``TestScheduler``). ``Timeouts`` are measured around each read,
+and a late chunk is refused when its read returns. On real time a read that outlasts its
+limit is also broken while it waits: the driver stores when it must end and the watchdog
+thread (:mod:`._watchdog`) shuts the socket of the response the provider noted
+(:mod:`.providers._abort`) when that passes; where no socket was noted, the SDK's own read
+timeout is what unblocks a dead connection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from math import inf
 from typing import Any
 
 from reactivex import Observable, abc
@@ -43,9 +47,12 @@ from reactivex.scheduler import (
 
 from ._observers import subscriber
 from ._signals import HandOver
-from .chunks import Chunk, ToolCall
-from .errors import ReplyStopped, StreamInterrupted
+from ._watchdog import Watched
+from ._watchdog import watchdog as dog
+from .chunks import Chunk, ChunkKind, ToolCall
+from .errors import ReplyStopped, StreamInterrupted, StreamTimeout
 from .operators import async_refused
+from .providers._abort import Breaker, breaking
 from .providers.base import Request
 from .run import Run, abefore_first_chunk, before_first_chunk, close_chunks, reply_chunks
 from .tools import ToolResult, review
@@ -311,6 +318,30 @@ class _SyncDriver:
     due: float | None = None
     """When the reply's deadline passes (on :meth:`clock`), if it has one."""
 
+    @contextlib.contextmanager
+    def _watching(self) -> Iterator[Watched | None]:
+        """Let the watchdog break this attempt's reads at their limits (real time only)."""
+        if isinstance(self.time, VirtualTimeScheduler):
+            yield None  # virtual time: a late chunk is refused when its read returns
+            return
+        breaker = Breaker()
+        watched = dog.watch(breaker.abort)
+        try:
+            with breaking(breaker):
+                yield watched
+        finally:
+            dog.unwatch(watched)
+
+    def _broken(self, delivered: bool, limit: float | None) -> StreamTimeout:
+        """The error for a read the watchdog broke: the limit it outlasted."""
+        run = self.run
+        if self.due is not None and (limit is None or self.clock() >= self.due):
+            return run.deadline_passed()
+        if limit is None:  # broken as the read before (the first chunk's) returned
+            delivered, limit = False, run.timeouts.first_chunk
+            assert limit is not None
+        return run.timeout(delivered, limit)
+
     def _advance(self) -> float | None:
         """Run rounds until the run ends (None) or the current round should be sent again."""
         run = self.run
@@ -353,27 +384,51 @@ class _SyncDriver:
                         deliver(chunk)
                         delivered = True
                 else:
-                    while True:
-                        limit = timeouts.limit(delivered)
-                        asked = self.clock() if limit is not None else 0.0
-                        try:
-                            chunk = next(it)
-                        except StopIteration:
-                            break
-                        if self.flag.disposed or self.watch.is_stopped:
-                            raise _Cancelled
-                        if self.due is not None and self.clock() > self.due:
-                            raise run.deadline_passed()
-                        if limit is not None and self.clock() - asked > limit:
-                            raise run.timeout(delivered, limit)
-                        try:
-                            for hook in hooks:
-                                hook.chunk(chunk)
-                        except Exception:
-                            self.hook_raised = True
-                            raise
-                        deliver(chunk)
-                        delivered = True
+                    with self._watching() as watched:
+                        while True:
+                            limit = timeouts.limit(delivered)
+                            if watched is None:
+                                asked = self.clock() if limit is not None else 0.0
+                            else:  # the watchdog breaks the read when it must end
+                                asked = self.clock()
+                                ends = asked + limit if limit is not None else inf
+                                if self.due is not None and self.due < ends:
+                                    ends = self.due
+                                watched.due = ends
+                                if ends < dog.wakes:
+                                    dog.poke()
+                            try:
+                                chunk = next(it)
+                            except StopIteration:
+                                if watched is None or not watched.fired:
+                                    break
+                                if not delivered or chunk.kind is not ChunkKind.DONE:
+                                    raise self._broken(delivered, limit) from None
+                                break  # only the end came late: the reply is whole
+                            except Exception:
+                                if watched is None or not watched.fired:
+                                    raise
+                                if not delivered or chunk.kind is not ChunkKind.DONE:
+                                    raise self._broken(delivered, limit) from None
+                                break  # (as on asyncio, which cuts such a read too)
+                            if watched is not None:
+                                watched.due = inf
+                                if watched.fired:
+                                    raise self._broken(delivered, limit)
+                            if self.flag.disposed or self.watch.is_stopped:
+                                raise _Cancelled
+                            if self.due is not None and self.clock() > self.due:
+                                raise run.deadline_passed()
+                            if limit is not None and self.clock() - asked > limit:
+                                raise run.timeout(delivered, limit)
+                            try:
+                                for hook in hooks:
+                                    hook.chunk(chunk)
+                            except Exception:
+                                self.hook_raised = True
+                                raise
+                            deliver(chunk)
+                            delivered = True
                 it = None
                 self.request = None
                 reply = persister.reply()

@@ -21,6 +21,7 @@ from google.genai import models as genai_models
 from google.genai import types
 
 from ..records import Record, RecordType
+from ._abort import note
 from ._attachments import gemini_parts
 from ._history import MARKER, HistoryCache, json_array, spaced_json, splice
 
@@ -396,6 +397,14 @@ class _SplicingApiClient:
 
     def request_streamed(self, *args: Any, **kwargs: Any) -> Any:
         return type(self._api).request_streamed(self, *args, **kwargs)
+
+    def _request(self, *args: Any, **kwargs: Any) -> Any:
+        # What request_streamed sends with: the response is noted so that a read stuck in
+        # it can be broken (see ._abort; the SDK keeps it out of sight otherwise).
+        sent = self._api._request(*args, **kwargs)
+        if kwargs.get("stream"):
+            note(getattr(sent, "response_stream", None))
+        return sent
 
     async def async_request(self, *args: Any, **kwargs: Any) -> Any:
         return await type(self._api).async_request(self, *args, **kwargs)

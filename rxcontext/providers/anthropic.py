@@ -63,6 +63,7 @@ from anthropic.types import RawMessageStreamEvent
 from ..attachments import Attachment
 from ..chunks import Chunk, ChunkKind, Reply, Usage
 from ..errors import ProviderError
+from ._abort import noted
 from ._anthropic_request import (
     AnthropicHistory,
     build_messages,
@@ -486,10 +487,11 @@ def _sdk_chunks(client: anthropic.Anthropic, body: dict[str, Any]) -> Iterator[C
     try:
         turn = _Turn(_secrets(client))
         try:
-            for event in stream:
-                yield from _sdk_event(turn, event)
-                if turn.stopped:
-                    break
+            with noted(stream.response):
+                for event in stream:
+                    yield from _sdk_event(turn, event)
+                    if turn.stopped:
+                        break
         except anthropic.APIConnectionError as exc:
             _raise_read_error(exc)
         yield turn.done()
@@ -662,7 +664,10 @@ def _sdk_read(turn: _Turn, event: Any) -> list[Chunk]:
 
 def _fast_chunks(client: anthropic.Anthropic, body: dict[str, Any]) -> Iterator[Chunk]:
     # The SDK builds, authenticates and sends the request and raises HTTP errors on entry.
-    with client.messages.with_streaming_response.create(**body, stream=True) as response:
+    with (
+        client.messages.with_streaming_response.create(**body, stream=True) as response,
+        noted(response.http_response),
+    ):
         http = response.http_response
         decoder = SSEDecoder("anthropic")
         turn = _Turn(_secrets(client))

@@ -102,6 +102,7 @@ from ..attachments import Attachment
 from ..chunks import Chunk, ChunkKind, Reply, Usage
 from ..errors import ProviderError
 from ..records import RecordType
+from ._abort import note, scope
 from ._attachments import check as check_attachments
 from ._common import (
     READ_ERRORS,
@@ -638,8 +639,9 @@ def _sdk_chunks(
     stream = client.models.generate_content_stream(model=model, contents=contents, config=config)
     try:
         turn = _Turn(model)
-        for response in stream:
-            yield from _sdk_response(turn, response)
+        with scope():  # the stand-in of a spliced client notes the SDK's response
+            for response in stream:
+                yield from _sdk_response(turn, response)
         yield turn.done()
     finally:
         close = getattr(stream, "close", None)
@@ -891,24 +893,26 @@ def _fast_chunks(
 ) -> Iterator[Chunk]:
     api = client.models._api_client
     http_request, http_options, params = _stream_request(client.models, model, contents, config)
-    sent = api._request(http_request, http_options, stream=True)
-    response: Any = sent.response_stream
-    try:
-        reader = _FastReader(api, params, sent, model)
-        read = reader.read
-        decoder = SSEDecoder("google-genai")
-        if isinstance(response, httpx2.Response):
-            pieces = response.iter_bytes()
-        else:  # requests, which the SDK uses with google-auth credentials
-            pieces = response.iter_content(chunk_size=None)
-        for piece in pieces:
-            for _, data in decoder.feed(piece):
+    with scope():  # a read stuck in the response can be broken (._abort)
+        sent = api._request(http_request, http_options, stream=True)
+        response: Any = sent.response_stream
+        note(response)  # (a spliced client's stand-in noted it already)
+        try:
+            reader = _FastReader(api, params, sent, model)
+            read = reader.read
+            decoder = SSEDecoder("google-genai")
+            if isinstance(response, httpx2.Response):
+                pieces = response.iter_bytes()
+            else:  # requests, which the SDK uses with google-auth credentials
+                pieces = response.iter_content(chunk_size=None)
+            for piece in pieces:
+                for _, data in decoder.feed(piece):
+                    yield from read(data)
+            for data in _flush(decoder):
                 yield from read(data)
-        for data in _flush(decoder):
-            yield from read(data)
-        yield reader.turn.done()
-    finally:
-        response.close()
+            yield reader.turn.done()
+        finally:
+            response.close()
 
 
 async def _afast_chunks(

@@ -33,6 +33,7 @@ from ..attachments import Attachment
 from ..chunks import Chunk, Reply
 from ..errors import ProviderError
 from ..records import Checkpoint
+from ._abort import noted
 from ._attachments import check as check_attachments
 from ._common import (
     READ_ERRORS,
@@ -357,12 +358,15 @@ class OpenAIModel(_OpenAIBase):
         state = ChatStream()
         with _Converting(secrets):
             if self.wire == "fast":
-                with client.chat.completions.with_streaming_response.create(**kwargs) as raw:
+                with (
+                    client.chat.completions.with_streaming_response.create(**kwargs) as raw,
+                    noted(raw.http_response),
+                ):
                     state.sdk_event = _sdk_event(client, ChatCompletionChunk, raw)
                     for data in _events(raw):
                         yield from state.fast(data)
             else:
-                with client.chat.completions.create(**kwargs) as stream:
+                with client.chat.completions.create(**kwargs) as stream, noted(stream.response):
                     for chunk in stream:
                         yield from state.sdk(chunk)
         yield state.done()
@@ -515,7 +519,10 @@ class OpenAIResponsesModel(_OpenAIBase):
         with _Converting(secrets):
             if self.wire == "fast":
                 fast = state.fast if state.cursor is None else state.fast_at
-                with client.responses.with_streaming_response.create(**kwargs) as raw:
+                with (
+                    client.responses.with_streaming_response.create(**kwargs) as raw,
+                    noted(raw.http_response),
+                ):
                     _bind(state, client, raw)
                     for data in _events(raw):
                         yield from fast(data)
@@ -523,7 +530,7 @@ class OpenAIResponsesModel(_OpenAIBase):
                             break
             else:
                 sdk = state.sdk if state.cursor is None else state.sdk_at
-                with client.responses.create(**kwargs) as stream:
+                with client.responses.create(**kwargs) as stream, noted(stream.response):
                     state.request = stream.response.request
                     for sdk_event in stream:
                         yield from sdk(sdk_event)
@@ -597,18 +604,24 @@ class OpenAIResponsesModel(_OpenAIBase):
         cursor.started(response_id, after)
         with _Converting(secrets):
             if self.wire == "fast":
-                with client.responses.with_streaming_response.retrieve(
-                    response_id, stream=True, starting_after=after
-                ) as raw:
+                with (
+                    client.responses.with_streaming_response.retrieve(
+                        response_id, stream=True, starting_after=after
+                    ) as raw,
+                    noted(raw.http_response),
+                ):
                     _bind(state, client, raw)
                     for data in _events(raw):
                         yield from state.fast_at(data)
                         if state.finished:
                             break
             else:
-                with client.responses.retrieve(
-                    response_id, stream=True, starting_after=after
-                ) as stream:
+                with (
+                    client.responses.retrieve(
+                        response_id, stream=True, starting_after=after
+                    ) as stream,
+                    noted(stream.response),
+                ):
                     state.request = stream.response.request
                     for sdk_event in stream:
                         yield from state.sdk_at(sdk_event)

@@ -71,10 +71,12 @@ class _Watch:
 
     A consumer that stops while it holds a chunk without closing the iterator (its task
     cancelled while its loop body awaits, or ended) leaves the driver suspended at
-    ``yield``; the loop would close the dropped iterator a few turns later, or never if it
-    stops first. So a done-callback on that task saves the checkpoint as it ends, in a
-    worker thread (the store may wait for a lock or the network: never on the loop); the
-    driver waits for that write before it ends (``aclose()``, the loop's shutdown).
+    ``yield``; the loop would close the dropped iterator a few turns later, never if it
+    stops first, nor while anything else references it (an app's registry of its streams).
+    So a done-callback on that task saves the checkpoint as it ends, in a worker thread (the
+    store may wait for a lock or the network: never on the loop), and closes the model's
+    stream in a task: the reply is settled, and an open response goes on generating (and
+    billing). The driver waits for both before it ends (``aclose()``, the loop's shutdown).
 
     The watched task is the one that advanced the driver last: a driver advanced from
     several tasks (each ``anext`` in a task of its own: ``asyncio.wait_for`` on Python
@@ -83,7 +85,7 @@ class _Watch:
     consumer leaving, and the watch waits for the next ``anext``.
     """
 
-    __slots__ = ("fired", "pending", "persister", "stopper", "task")
+    __slots__ = ("closing", "fired", "model", "pending", "persister", "stopper", "task")
 
     def __init__(self, persister: ReplyPersister, stopper: _Stopper) -> None:
         self.persister = persister
@@ -93,6 +95,10 @@ class _Watch:
         """Whether the watch ended the reply (the driver then goes no further)."""
         self.pending: asyncio.Future[Checkpoint | None] | None = None
         """The watch's checkpoint write, in a worker thread."""
+        self.model: AsyncIterator[Chunk] | None = None
+        """The model's stream the driver reads (set by the driver)."""
+        self.closing: asyncio.Task[None] | None = None
+        """The watch's close of :attr:`model`."""
 
     def follow(self, task: asyncio.Task[Any] | None) -> None:
         """Watch ``task`` (the one advancing the driver now) instead; None: no task."""
@@ -117,11 +123,26 @@ class _Watch:
         except RuntimeError:  # its executor is shut down: the loop is ending anyway
             self.pending = loop.create_future()
             self.pending.set_result(self.persister.interrupt(None))
+        agen = self.stopper.agen
+        if self.model is not None and agen is not None and getattr(agen, "ag_await", 0) is None:
+            # At ``yield``, so the model's stream is idle (a driver that another task is
+            # advancing may be reading it: it ends the stream itself when next advanced).
+            with contextlib.suppress(RuntimeError):  # a closed loop: the driver's end closes it
+                self.closing = loop.create_task(aclose_chunks(self.model))
 
     async def landed(self) -> None:
-        """Wait for the watch's checkpoint write, if it started one."""
+        """Wait for the watch's checkpoint write and its close, if it started them."""
         if self.pending is not None:
             await _settled(self.pending)
+        if self.closing is not None:
+            await _settled(self.closing)
+
+    async def close(self, model: AsyncIterator[Chunk]) -> None:
+        """Close the model's stream, once the watch's close of it is over (a second
+        ``aclose()`` while one runs raises)."""
+        if self.closing is not None:
+            await _settled(self.closing)
+        await aclose_chunks(model)
 
     async def ended(self) -> RxContextError:
         """What the driver raises when it is advanced after the watch ended the reply."""
@@ -430,7 +451,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                 attempt += 1
                 run.requests.append(request)
                 persister.sent()
-                it = run.achunks(request)
+                it = watch.model = run.achunks(request)
                 delivered = False
                 try:
                     while True:
@@ -551,7 +572,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
     finally:
         watch.follow(None)
         if it is not None:
-            await aclose_chunks(it)
+            await watch.close(it)
         run.close()
 
 

@@ -128,6 +128,56 @@ def test_an_astream_dropped_without_aclose_is_closed_while_the_loop_runs(
     assert kept == 1
 
 
+@pytest.mark.parametrize("exit_by", ["cancel", "return"])
+@pytest.mark.parametrize("wire", ["fast", "sdk"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_consumer_that_ends_holding_a_chunk_closes_the_response_though_the_stream_is_kept(
+    exit_by: str, wire: str, kind: str, tmp_path: Path
+) -> None:
+    """A consumer task that ends holding a chunk (cancelled by a client disconnect, or done
+    without closing the stream) while something else still references the stream (an app's
+    registry of active streams, for /stop or /status): the reply is settled (its checkpoint
+    saved), so the provider's response is closed as the task ends, as a dispose closes the
+    sync twin's at once, not left open (the provider generating and billing a reply no one
+    reads) for as long as the stream is referenced. Advanced again, the stream still raises
+    :class:`StreamInterrupted` with that checkpoint."""
+    replay = Replay(text_body(kind, WORDS))
+    with rxcontext.open(tmp_path / "kept.db") as store:
+        cw = ContextWindow(store, model_for(kind, replay, wire), "kept")
+        cw.add_prompt("hi")
+        active: dict[str, Any] = {}  # keeps the stream referenced throughout
+        holding, leave = asyncio.Event(), asyncio.Event()
+
+        async def reply() -> None:
+            stream = active["r1"] = cw.astream()
+            async for chunk in stream:
+                if chunk.kind is ChunkKind.TEXT:
+                    holding.set()
+                    await leave.wait()  # sending it to the client...
+                    return
+
+        async def main() -> tuple[bool, list[str], BaseException | None]:
+            task = asyncio.create_task(reply())
+            await holding.wait()
+            if exit_by == "cancel":
+                task.cancel()
+            leave.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            closed = await _until(lambda: replay.closed == 1)
+            error: BaseException | None = None
+            try:
+                await anext(active["r1"])  # waits for the checkpoint's write, in a thread
+            except StreamInterrupted as interrupted:
+                error = interrupted
+            return closed, [c.text for c in cw.checkpoints()], error
+
+        closed, kept, error = asyncio.run(main())
+    assert closed, "the response is still open while the stream is referenced"
+    assert kept == ["one "]
+    assert isinstance(error, StreamInterrupted) and error.checkpoint.text == "one "
+
+
 # -- one astream, advanced from several tasks -----------------------------------------------------
 
 WORDS = ["one ", "two ", "three ", "four"]

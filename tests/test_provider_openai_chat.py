@@ -22,7 +22,7 @@ from replay import record as rec
 from rxcontext.chunks import Chunk, ChunkKind, Reply, ToolCall, Usage
 from rxcontext.errors import ProviderError
 from rxcontext.providers.base import Request, reply_from_chunks
-from rxcontext.providers.openai import REASONING_FIELD, OpenAIModel
+from rxcontext.providers.openai import REASONING_FIELD, OpenAIModel, OpenAIResponsesModel
 from rxcontext.records import RecordType
 from rxcontext.tools import Tool
 
@@ -1070,6 +1070,41 @@ def test_name_wire_and_lazy_clients(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ProviderError, match="OPENAI_API_KEY") as info:
         list(m.iter_chunks(HELLO))
     assert isinstance(info.value.__cause__, openai.OpenAIError)
+
+
+@pytest.mark.parametrize("cls", [OpenAIModel, OpenAIResponsesModel])
+@pytest.mark.parametrize("given", ["client", "async_client"])
+def test_a_missing_client_s_error_names_the_parameter_that_gives_it(
+    given: str, cls: type[OpenAIModel | OpenAIResponsesModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model given only ``client=`` (or only ``async_client=``), with no OPENAI_API_KEY,
+    used on the other path: the error says to pass the client that path uses, not the one
+    the user already passed, and shows no key."""
+    import rxcontext
+    from rxcontext import ContextWindow, StreamInterrupted
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    replay = Replay(sse(chunk({"content": "hi"}), chunk({}, "stop")))
+    if given == "client":
+        sdk: Any = openai.OpenAI(api_key=KEY, max_retries=0, http_client=replay.client())
+        wanted, wrong = "async_client=openai.AsyncOpenAI(", "client=openai.OpenAI("
+    else:
+        sdk = openai.AsyncOpenAI(api_key=KEY, max_retries=0, http_client=replay.async_client())
+        wanted, wrong = "client=openai.OpenAI(", "async_client=openai.AsyncOpenAI("
+    with rxcontext.open(":memory:") as store:
+        cw = ContextWindow(store, cls("gpt-test", **{given: sdk}), "keys", retry=None)
+        cw.add_prompt("hi")
+        with pytest.raises(StreamInterrupted) as info:
+            if given == "client":
+                asyncio.run(cw.acall())
+            else:
+                cw.call()
+    error = info.value.__cause__
+    assert isinstance(error, ProviderError) and error.error_type == "configuration"
+    message = str(error)
+    assert "OPENAI_API_KEY" in message and wanted in message
+    assert wrong not in message.replace(wanted, ""), message
+    assert KEY not in message and replay.requests == []
 
 
 def test_lazy_client_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -135,11 +135,14 @@ def _env_client(cls: type[_C]) -> _C:
     The SDK's own retries are off: rxcontext retries itself, before the first chunk only,
     and the two would multiply.
     """
+    # Name the client this path uses: a user who passed the other one has it already.
+    sync = cls is openai.OpenAI
+    parameter = "client=openai.OpenAI" if sync else "async_client=openai.AsyncOpenAI"
     try:
         return cls(max_retries=0)
     except openai.OpenAIError as exc:
         raise ProviderError(
-            f"{PROVIDER}: no API key: set OPENAI_API_KEY, or pass client=openai.OpenAI(...)",
+            f"{PROVIDER}: no API key: set OPENAI_API_KEY, or pass {parameter}(...)",
             provider=PROVIDER,
             error_type="configuration",
         ) from exc

@@ -1157,3 +1157,16 @@ def test_an_empty_reply_is_no_assistant_message() -> None:
     check_openai_chat({"messages": messages})
     encoded = [json.loads(part) for part in ChatHistory().encode(records)]
     assert encoded == messages
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_openai_base_url_alone_needs_no_key(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: "With OPENAI_API_KEY set (or OPENAI_BASE_URL pointing at an OpenAI-compatible
+    server)": a local server takes no key, so the client made from the environment is made
+    with a placeholder one (as the CLI's is) instead of refusing for want of a key."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    model = OpenAIModel("local-model")
+    client = model._sync()[0] if path == "sync" else model._async()[0]
+    assert str(client.base_url).startswith("http://127.0.0.1:9/v1")
+    assert client.api_key  # a placeholder: the SDK sends a bearer header of some key

@@ -16,6 +16,7 @@ import httpx2
 from ..errors import ProviderError
 
 __all__ = [
+    "PLACEHOLDER_KEY",
     "READ_ERRORS",
     "BadEvent",
     "Lazy",
@@ -30,6 +31,11 @@ __all__ = [
     "scrub",
     "transport_error",
 ]
+
+PLACEHOLDER_KEY = "not-needed"
+"""The key an OpenAI client gets for a server that takes none (``OPENAI_BASE_URL`` or
+``base_url=`` without a key): OpenAI-compatible local servers (llama.cpp, Ollama, vLLM)
+accept any key, but the SDK refuses to be built without one."""
 
 T = TypeVar("T")
 

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import RxContextError
+from ._common import PLACEHOLDER_KEY
 from .base import Model
 
 __all__ = ["PREFIXES", "ModelSpecError", "model_from_spec", "split_spec"]
@@ -39,10 +40,6 @@ _MODULES: Mapping[str, str] = {
 }
 
 _EXAMPLES = "openai:gpt-4o-mini, anthropic:claude-sonnet-4-6, gemini:gemini-2.5-flash"
-
-# OpenAI-compatible local servers (llama.cpp, Ollama, vLLM) accept any key, but the SDK
-# insists on one.
-_PLACEHOLDER_KEY = "not-needed"
 
 
 class ModelSpecError(RxContextError):
@@ -80,7 +77,7 @@ def _key(prefix: str, api_key: str | None, base_url: str | None) -> str:
         if value:
             return value
     if base_url and prefix.startswith("openai"):
-        return _PLACEHOLDER_KEY
+        return PLACEHOLDER_KEY
     raise ModelSpecError(
         f"no API key for {prefix}: {' or '.join(names)} is not set",
         f"export {names[0]}=... (or run `rxcontext demo`, which needs no key)",

@@ -13,6 +13,7 @@ mapping itself (records → request, events → chunks) lives in :mod:`._openai_
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from types import TracebackType
@@ -36,6 +37,7 @@ from ..records import Checkpoint
 from ._abort import noted
 from ._attachments import check as check_attachments
 from ._common import (
+    PLACEHOLDER_KEY,
     READ_ERRORS,
     Lazy,
     Wire,
@@ -132,14 +134,16 @@ _C = TypeVar("_C", openai.OpenAI, openai.AsyncOpenAI)
 def _env_client(cls: type[_C]) -> _C:
     """A client from ``OPENAI_API_KEY`` (and ``OPENAI_BASE_URL``).
 
-    The SDK's own retries are off: rxcontext retries itself, before the first chunk only,
-    and the two would multiply.
+    ``OPENAI_BASE_URL`` alone (a local OpenAI-compatible server, which takes no key) gets a
+    placeholder key, as the CLI's client does. The SDK's own retries are off: rxcontext
+    retries itself, before the first chunk only, and the two would multiply.
     """
     # Name the client this path uses: a user who passed the other one has it already.
     sync = cls is openai.OpenAI
     parameter = "client=openai.OpenAI" if sync else "async_client=openai.AsyncOpenAI"
+    local = not os.environ.get("OPENAI_API_KEY") and os.environ.get("OPENAI_BASE_URL")
     try:
-        return cls(max_retries=0)
+        return cls(max_retries=0, api_key=PLACEHOLDER_KEY) if local else cls(max_retries=0)
     except openai.OpenAIError as exc:
         raise ProviderError(
             f"{PROVIDER}: no API key: set OPENAI_API_KEY, or pass {parameter}(...)",

@@ -80,7 +80,8 @@ class CallOptions:
     """The options of one call, checked when made (``ValueError`` / ``TypeError`` say why).
 
     ``stop`` is kept as a tuple of strings; ``extra`` goes to the SDK call as keyword
-    arguments (on top of everything else, so it can set any parameter the SDK takes;
+    arguments (on top of everything else, so it can set any parameter the SDK takes but
+    those rxcontext sets itself, which the model refuses: see :func:`check_options`;
     keys the SDK has no keyword for travel in ``extra_body``; for Gemini they are
     ``GenerateContentConfig`` fields). ``schema`` is the reply's structured-output schema.
     """
@@ -185,7 +186,10 @@ def check_options(model: Any, options: CallOptions, tool_names: Sequence[str]) -
     """Refuse, before any request, an option ``model`` cannot send or a bad ``tool_choice``.
 
     A model says which options it maps with a ``call_options`` attribute (a set of names
-    from :data:`MODEL_OPTIONS`); a model without one takes none.
+    from :data:`MODEL_OPTIONS`); a model without one takes none. A model with a
+    ``check_extra(extra, tools)`` method checks ``extra`` there (``tools``: whether the
+    call offers tools), raising :class:`~rxcontext.errors.UnsupportedOption` for a key it
+    sets itself or its SDK would refuse.
     """
     supported: frozenset[str] = getattr(model, "call_options", frozenset())
     name = getattr(model, "name", type(model).__name__)
@@ -199,6 +203,9 @@ def check_options(model: Any, options: CallOptions, tool_names: Sequence[str]) -
                 option=option,
                 model=str(name),
             )
+    check_extra = getattr(model, "check_extra", None)
+    if options.extra and check_extra is not None:
+        check_extra(options.extra, bool(tool_names))
     choice = options.tool_choice
     if choice is None or choice in ("auto", "none"):
         return

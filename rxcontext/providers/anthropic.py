@@ -92,6 +92,7 @@ from ._common import (
     str_field,
     transport_error,
 )
+from ._extra import MODEL, STREAM, refuse_keys, refused_history, refused_system, with_tools
 from ._options import anthropic_options
 from ._sse import SSEDecoder
 from ._stainless import HISTORY, AsyncSplicingClient, SplicingClient
@@ -125,6 +126,13 @@ _TEXT = ChunkKind.TEXT
 _THINKING = ChunkKind.THINKING
 _TOOL_CALL = ChunkKind.TOOL_CALL
 _C = TypeVar("_C", anthropic.Anthropic, anthropic.AsyncAnthropic)
+
+
+_SETTINGS_REFUSED = {"model": MODEL, "messages": refused_history("messages"), "stream": STREAM}
+"""Constructor settings refused: ``messages.create`` gets them from rxcontext."""
+_EXTRA_REFUSED = {**_SETTINGS_REFUSED, "system": refused_system("system")}
+"""Keys of a call's ``extra`` refused (a constructor ``system`` is the default of a window
+without a system prompt)."""
 
 
 class AnthropicModel:
@@ -173,6 +181,7 @@ class AnthropicModel:
         self.context_window = context_window
         """The model's context size in tokens, if given: a window's default ``max_tokens``."""
         self.params = dict(params)
+        refuse_keys(self.params, _SETTINGS_REFUSED, model=self.name, per_call=False)
         self._history = AnthropicHistory()
         # The SDK's own retries are off: rxcontext retries itself (before the first chunk).
         self._client: Lazy[anthropic.Anthropic] = Lazy(
@@ -191,6 +200,11 @@ class AnthropicModel:
         """Raise :class:`~rxcontext.UnsupportedAttachment` for an attachment this model's
         API does not take (``ContextWindow.add_prompt`` asks before storing the prompt)."""
         check_attachments(PROVIDER, attachments)
+
+    def check_extra(self, extra: Mapping[str, Any], tools: bool) -> None:
+        """Raise :class:`~rxcontext.UnsupportedOption` for a key of a call's ``extra`` that
+        this model sets itself (``tools``: whether the call offers the window's tools)."""
+        refuse_keys(extra, with_tools(_EXTRA_REFUSED, tools), model=self.name, per_call=True)
 
     def request_body(self, request: Request) -> dict[str, Any]:
         """The keyword arguments of ``messages.create`` for ``request`` (without ``stream``)."""

@@ -116,8 +116,10 @@ from ._common import (
     malformed_event,
     mask_chain,
     provider_error,
+    scrub,
     transport_error,
 )
+from ._extra import refuse_keys, refused, refused_system, with_tools
 from ._gemini_request import (
     PLACEHOLDER,
     REPLY_SIGNATURE,
@@ -149,6 +151,29 @@ _THINKING = ChunkKind.THINKING
 _TOOL_CALL = ChunkKind.TOOL_CALL
 _USAGE = ChunkKind.USAGE
 _C = TypeVar("_C", genai.Client, genai.client.AsyncClient)
+
+
+_EXTRA_REFUSED = {"system_instruction": refused_system("system_instruction")}
+"""Keys of a call's ``extra`` refused (a constructor ``system_instruction`` is the default
+of a window without a system prompt)."""
+
+
+def _check_config(fields: Mapping[str, Any], model: str, *, per_call: bool) -> None:
+    """Build a ``GenerateContentConfig`` of ``fields`` (a call's ``extra``, or a model's
+    settings), so a field or value the SDK refuses fails now, not once the reply has begun.
+
+    The error names the fields and says why, as pydantic does, without their values.
+    """
+    try:
+        types.GenerateContentConfig(**fields)
+    except ValueError as exc:  # pydantic's ValidationError (it wraps its validators' errors)
+        found = exc.errors(include_input=False, include_url=False)  # type: ignore[attr-defined]
+        details = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in found
+        )
+        key = str(found[0]["loc"][0])
+        why = f"GenerateContentConfig refuses it ({scrub(details)})"
+        raise refused(model, key, why, per_call=per_call) from None
 
 
 class GeminiModel:
@@ -188,6 +213,10 @@ class GeminiModel:
         self.context_window = context_window
         """The model's context size in tokens, if given: a window's default ``max_tokens``."""
         self.params = dict(params)
+        settings = dict(self.params)
+        if "max_tokens" in settings:
+            settings["max_output_tokens"] = settings.pop("max_tokens")
+        _check_config(settings, self.name, per_call=False)
         self._history = GeminiHistory()
         self._client: Lazy[genai.Client] = Lazy(_env_client, client)
         aio: genai.client.AsyncClient | None = None
@@ -208,6 +237,13 @@ class GeminiModel:
         """Raise :class:`~rxcontext.UnsupportedAttachment` for an attachment this model's
         API does not take (``ContextWindow.add_prompt`` asks before storing the prompt)."""
         check_attachments(PROVIDER, attachments)
+
+    def check_extra(self, extra: Mapping[str, Any], tools: bool) -> None:
+        """Raise :class:`~rxcontext.UnsupportedOption` for a key of a call's ``extra`` that
+        this model sets itself (``tools``: whether the call offers the window's tools) or
+        that ``GenerateContentConfig`` refuses (a field it lacks, a value of the wrong type)."""
+        refuse_keys(extra, with_tools(_EXTRA_REFUSED, tools), model=self.name, per_call=True)
+        _check_config(extra, self.name, per_call=True)
 
     def request_config(self, request: Request) -> types.GenerateContentConfig:
         """The ``GenerateContentConfig`` for ``request``."""

@@ -17,7 +17,7 @@ import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx2
 
@@ -47,6 +47,7 @@ from ._common import (
     provider_error,
     transport_error,
 )
+from ._extra import MODEL, STREAM, refuse_keys, refused_history, refused_system, with_tools
 from ._openai_chat import (
     PROVIDER,
     REASONING_FIELD,
@@ -251,11 +252,27 @@ def _strict(schema: dict[str, Any]) -> dict[str, Any]:
     return dict(_ensure_strict_json_schema(copy, path=(), root=copy))
 
 
+_CHAT_REFUSED = {"model": MODEL, "messages": refused_history("messages"), "stream": STREAM}
+_RESPONSES_REFUSED = {
+    "model": MODEL,
+    "input": refused_history("input"),
+    "stream": STREAM,
+    "previous_response_id": "rxcontext sets it (set_server_side_threading(True))",
+}
+_RESPONSES_EXTRA_REFUSED = {**_RESPONSES_REFUSED, "instructions": refused_system("instructions")}
+"""A call's ``extra`` may not set ``instructions`` either (a constructor one is the default
+of a window without a system prompt)."""
+
+
 class _OpenAIBase:
     """Client handling shared by both OpenAI models."""
 
     _label = "openai"
     _history_type: Callable[[], Any]
+    _settings_refused: ClassVar[Mapping[str, str]]
+    """Constructor settings refused (what rxcontext sets itself), with why."""
+    _extra_refused: ClassVar[Mapping[str, str]]
+    """Keys of a call's ``extra`` refused (those of the settings and more), with why."""
 
     def __init__(
         self,
@@ -273,6 +290,7 @@ class _OpenAIBase:
         """The model's context size in tokens, if given: a window's default ``max_tokens``."""
         self.params = dict(params)
         """Extra request parameters sent with every call (``Request.options`` override them)."""
+        refuse_keys(self.params, self._settings_refused, model=self.name, per_call=False)
         self._client: Lazy[openai.OpenAI] = Lazy(lambda: _env_client(openai.OpenAI), client)
         self._async_client: Lazy[openai.AsyncOpenAI] = Lazy(
             lambda: _env_client(openai.AsyncOpenAI), async_client
@@ -288,6 +306,11 @@ class _OpenAIBase:
         """Raise :class:`~rxcontext.UnsupportedAttachment` for an attachment this model's
         API does not take (``ContextWindow.add_prompt`` asks before storing the prompt)."""
         check_attachments(self._label, attachments)
+
+    def check_extra(self, extra: Mapping[str, Any], tools: bool) -> None:
+        """Raise :class:`~rxcontext.UnsupportedOption` for a key of a call's ``extra`` that
+        this model sets itself (``tools``: whether the call offers the window's tools)."""
+        refuse_keys(extra, with_tools(self._extra_refused, tools), model=self.name, per_call=True)
 
     def _sync(self) -> tuple[openai.OpenAI, tuple[str | None, ...]]:
         with _Converting(()):
@@ -319,6 +342,7 @@ class OpenAIModel(_OpenAIBase):
 
     _history: ChatHistory
     _history_type = ChatHistory
+    _settings_refused = _extra_refused = _CHAT_REFUSED
     call_options = frozenset(
         {"temperature", "max_output_tokens", "tool_choice", "stop", "extra", "schema"}
     )
@@ -459,6 +483,8 @@ class OpenAIResponsesModel(_OpenAIBase):
 
     _history: ResponsesHistory
     _history_type = ResponsesHistory
+    _settings_refused = _RESPONSES_REFUSED
+    _extra_refused = _RESPONSES_EXTRA_REFUSED
     call_options = frozenset({"temperature", "max_output_tokens", "tool_choice", "extra", "schema"})
     """Per-call options this model sends; the Responses API has no ``stop``."""
 

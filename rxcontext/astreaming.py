@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from reactivex import abc
 
+from ._replystream import ReplyStream
 from .chunks import Chunk, ChunkKind, ToolCall
 from .errors import ReplyStopped, RxContextError, StreamInterrupted
 from .operators import Middleware
@@ -406,12 +407,13 @@ def run_async(run: Run) -> AsyncGenerator[Chunk, None]:
     Closing the iterator early (``aclose()``, a ``break`` under ``contextlib.aclosing``, a
     cancelled task) saves the checkpoint and closes the provider stream. Retry waits and
     timeouts use ``run.scheduler``'s clock, or the event loop's. ``cw.stop`` ends it with
-    :class:`~rxcontext.StreamInterrupted` (see :class:`_Stopper`).
+    :class:`~rxcontext.StreamInterrupted` (see :class:`_Stopper`). Advanced again after the
+    reply was cut, it raises that error again, never the end (:class:`ReplyStream`).
     """
     stopper = _Stopper(run)
     agen = _drive(run, stopper)
     stopper.agen = agen
-    return agen
+    return ReplyStream(agen, run)
 
 
 async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:

@@ -79,7 +79,9 @@ def test_a_silent_server_cannot_hold_a_sync_call_past_its_limit(
         thread.start()
         thread.join(BOUND)
         blocked = thread.is_alive()
-        closed = server.gone.is_set()  # the client's end of the connection is shut
+        # The client's end of the connection is shut (the server's thread sees it when its
+        # recv returns, which may come after the call has returned).
+        closed = not blocked and server.gone.wait(BOUND)
         # Leaving the block shuts the server's side, which ends a call still blocked.
     thread.join(BOUND)
     assert not blocked, f"the call was still reading after {BOUND} s"

@@ -151,6 +151,33 @@ def check_anthropic(body: dict[str, Any]) -> None:
         pending = {b["id"] for b in blocks if b.get("type") == "tool_use"}
         assert role == "assistant" or not pending, f"[{i}] tool_use in a user message"
     assert not pending, f"tool_use ids {sorted(pending)} at the end have no tool_result"
+    _check_anthropic_tools(body)
+
+
+def _check_anthropic_tools(body: dict[str, Any]) -> None:
+    """The request's ``tools`` and ``tool_choice`` against its history and thinking."""
+    tool_blocks = any(
+        b.get("type") in ("tool_use", "tool_result")
+        for m in body["messages"]
+        if isinstance(m["content"], list)
+        for b in m["content"]
+    )
+    tools = body.get("tools") or []
+    # anthropic-sdk-python#494: a history with tool blocks needs tools, even when none is
+    # to be called.
+    assert tools or not tool_blocks, (
+        "Requests which include tool_use or tool_result blocks must define tools."
+    )
+    names = [t["name"] for t in tools]
+    assert len(set(names)) == len(names), f"tools: Tool names must be unique: {names}"
+    choice = body.get("tool_choice")
+    assert tools or not choice, f"tool_choice {choice} sent without tools"
+    # Extended thinking takes tool_choice auto or none only (the API's message below).
+    forced = isinstance(choice, dict) and choice.get("type") in ("any", "tool")
+    thinking = (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
+    assert not (forced and thinking), (
+        "Thinking may not be enabled when tool_choice forces tool use."
+    )
 
 
 def check_gemini(body: dict[str, Any]) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "AnthropicHistory",
     "build_messages",
     "encode_body",
+    "history_tools",
     "last_block_cacheable",
     "mark_cache",
     "mark_last_message",
@@ -121,6 +122,30 @@ def build_messages(records: Iterable[Record]) -> tuple[str, list[dict[str, Any]]
         else:
             messages.append({"role": role, "content": blocks})
     return "\n\n".join(system), messages
+
+
+def history_tools(records: Iterable[Record]) -> list[dict[str, Any]]:
+    """``tools`` for a request that offers none over ``records``: one entry per tool the
+    history's calls and outputs name (first seen first, with an empty object schema), or
+    none if the history has no tool round.
+
+    Anthropic refuses a request whose messages hold ``tool_use`` or ``tool_result`` blocks
+    and that defines no tools (anthropic-sdk-python#494); the request declaring these sends
+    ``tool_choice`` none with them, so the model calls none of them.
+    """
+    names: dict[str, None] = {}
+    rounds = False
+    for record in records:
+        if record.type in (RecordType.TOOL_CALL, RecordType.TOOL_OUTPUT):
+            rounds = True
+            if record.tool_name:
+                names[record.tool_name] = None
+    if not rounds:
+        return []
+    return [
+        {"name": name, "input_schema": {"type": "object", "properties": {}}}
+        for name in names or ("tool",)
+    ]
 
 
 _OPEN = {role: compact_json({"role": role, "content": []})[:-2] for role in (_USER, _ASSISTANT)}

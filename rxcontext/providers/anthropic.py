@@ -68,6 +68,7 @@ from ._anthropic_request import (
     AnthropicHistory,
     build_messages,
     encode_body,
+    history_tools,
     last_block_cacheable,
     mark_cache,
     mark_last_message,
@@ -148,6 +149,11 @@ class AnthropicModel:
     ``extra_body``. Without ``client``/``async_client`` one is built from
     ``ANTHROPIC_API_KEY`` on first use of that path. ``wire="sdk"`` switches from the fast
     SSE decoder back to the SDK's event models.
+
+    A request that offers no tools over a history with tool rounds (``disable_tools=True``,
+    a tool removed, a window with none continuing the context) declares the tools the
+    history names, with empty schemas, and ``tool_choice`` none: the API refuses tool
+    blocks in a request without tools, and the model may call none of them.
 
     Prompt caching is on by default (``cache=False`` turns it off): each request puts
     ``cache_control`` breakpoints on the last tool, the system prompt and the last block of
@@ -236,6 +242,12 @@ class AnthropicModel:
         body.update(request.options)
         body.update(anthropic_options(request.call, _transform, body))
         body.update(request.call.extra)
+        if not body.get("tools"):
+            # A history with tool rounds needs tools declared, even when none is offered.
+            declared = history_tools(request.records)
+            if declared:
+                body["tools"] = declared
+                body["tool_choice"] = {"type": "none"}
         return body
 
     def _prepared(self, client: _C, request: Request) -> tuple[_C, dict[str, Any]]:

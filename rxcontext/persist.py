@@ -305,6 +305,9 @@ class ReplyPersister:
         """The checkpoint a stop stored (written by whoever ended the reply first)."""
         self.final: Reply | None = None
         self.output_schema: OutputSchema | None = None
+        self.optional_nulls = False
+        """The model was sent :attr:`output_schema` with its optional properties required but
+        nullable (see :meth:`OutputSchema.validate`)."""
         """The structured-output schema the last round's text is validated against."""
         """The last committed reply of this run (the answer after any tool rounds)."""
         self.records: list[Record] = []
@@ -793,7 +796,7 @@ class ReplyPersister:
             if last and schema is not None:
                 about["schema"] = schema.to_dict()
                 try:
-                    parsed = schema.validate(reply.text)
+                    parsed = schema.validate(reply.text, optional_nulls=self.optional_nulls)
                 except SchemaFailure as exc:
                     failure = str(exc)
                     about["parse_error"] = failure

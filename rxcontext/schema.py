@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._optional_nulls import drop_optional_nulls
 from .errors import SchemaError
 
 __all__ = ["OutputSchema", "SchemaFailure"]
@@ -76,9 +77,16 @@ class OutputSchema:
             f"not {type(schema).__name__}"
         )
 
-    def validate(self, text: str) -> Any:
-        """The validated value of ``text``; raises :class:`SchemaFailure` saying why not."""
+    def validate(self, text: str, *, optional_nulls: bool = False) -> Any:
+        """The validated value of ``text``; raises :class:`SchemaFailure` saying why not.
+
+        ``optional_nulls``: the model was sent the schema with its optional properties made
+        required and nullable (OpenAI's strict mode), so a null where this schema lets the key
+        be left out (and the property does not allow null itself) is read as the key left out.
+        """
         if self.model is not None:
+            if optional_nulls:
+                text = self._without_optional_nulls(text)
             try:
                 return self.model.model_validate_json(text)
             except ValueError as exc:  # pydantic.ValidationError is a ValueError
@@ -87,6 +95,8 @@ class OutputSchema:
             value = json.loads(text)
         except ValueError as exc:
             raise SchemaFailure(f"invalid JSON: {exc}") from exc
+        if optional_nulls:
+            value = drop_optional_nulls(value, self.json_schema)
         validator = _jsonschema().validators.validator_for(self.json_schema)(self.json_schema)
         errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
         if errors:
@@ -97,6 +107,16 @@ class OutputSchema:
                 )
             )
         return value
+
+    def _without_optional_nulls(self, text: str) -> str:
+        """``text`` less its optional nulls, still JSON for pydantic's JSON-mode validation
+        (``text`` as it is when it is not JSON or has none: pydantic says what is wrong)."""
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text
+        kept = drop_optional_nulls(value, self.json_schema)
+        return text if kept == value else json.dumps(kept)
 
     def dump(self, value: Any) -> Any:
         """``value`` as JSON data (a pydantic model through ``model_dump(mode="json")``)."""

@@ -594,6 +594,7 @@ class ContextWindow:
             fanout=fanout_for(store),
         )
         persister.output_schema = options.schema
+        persister.optional_nulls = bool(getattr(model, "schema_optional_as_null", False))
         trace = (
             self.tracing.reply(
                 model_name=model.name, context_id=context_id, context_name=self._context.name

@@ -30,6 +30,7 @@ try:
 except ImportError as exc:  # an optional extra: name it
     raise missing_sdk("openai", "openai", exc) from exc
 
+from .._optional_nulls import nullable_optionals
 from ..attachments import Attachment
 from ..chunks import Chunk, Reply
 from ..errors import ProviderError
@@ -245,10 +246,15 @@ async def _aevents(raw: openai.AsyncAPIResponse[Any]) -> AsyncGenerator[Any, Non
 
 def _strict(schema: dict[str, Any]) -> dict[str, Any]:
     """``schema`` as OpenAI's strict mode wants it (every object closed, every property
-    required), made by the SDK's own helper on a copy."""
+    required), made by the SDK's own helper on a copy.
+
+    A property the schema leaves optional is made nullable first (OpenAI's documented way to
+    keep a field optional in strict mode), else the model would have to invent a value for
+    it; the reply's nulls there are dropped before validation (``schema_optional_as_null``).
+    """
     if _ensure_strict_json_schema is None:  # pragma: no cover
         return schema
-    copy = json.loads(json.dumps(schema))
+    copy = nullable_optionals(json.loads(json.dumps(schema)))
     return dict(_ensure_strict_json_schema(copy, path=(), root=copy))
 
 
@@ -268,6 +274,9 @@ class _OpenAIBase:
     """Client handling shared by both OpenAI models."""
 
     _label = "openai"
+    schema_optional_as_null: ClassVar[bool] = True
+    """A structured-output schema goes out strict, its optional properties required but
+    nullable: a null in one of them in the reply stands for the key left out."""
     _history_type: Callable[[], Any]
     _settings_refused: ClassVar[Mapping[str, str]]
     """Constructor settings refused (what rxcontext sets itself), with why."""

@@ -1,0 +1,178 @@
+"""Optional properties under a strict structured-output mode that wants every one required.
+
+OpenAI's strict mode needs each property of an object listed in ``required``; its documented
+way to keep one optional is to let it be null. :func:`nullable_optionals` makes a schema so
+(each property the schema leaves optional, and whose own schema does not allow null, now
+does too), and :func:`drop_optional_nulls` reads a reply back for the schema as the user
+wrote it: a null in such a property means the key was left out, so it is dropped. A null in
+a required property, or in one whose own schema allows null, stays.
+
+Both walk ``properties``, ``items``, ``anyOf`` / ``oneOf`` / ``allOf`` and local ``$ref``
+(``#/...``) targets, the keywords the strict modes support.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["drop_optional_nulls", "nullable_optionals"]
+
+_SCALARS = frozenset({"string", "integer", "number", "boolean"})
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "object": (dict,),
+    "array": (list,),
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "null": (type(None),),
+}
+
+
+def _resolve(root: Any, ref: Any) -> Any:
+    """The local target of ``ref``, or None when it cannot be followed here."""
+    if ref == "#":
+        return root
+    if not isinstance(ref, str) or not ref.startswith("#/"):
+        return None
+    node = root
+    for part in ref[2:].split("/"):
+        key = part.replace("~1", "/").replace("~0", "~")
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def allows_null(schema: Any, root: Any, seen: frozenset[int] = frozenset()) -> bool:
+    """Whether ``schema`` lets a value be null (as far as its types, enums and unions say)."""
+    if not isinstance(schema, dict):
+        return schema is not False
+    if id(schema) in seen:  # a recursive $ref: nothing more is learnt by going round again
+        return True
+    seen = seen | {id(schema)}
+    if "$ref" in schema:
+        target = _resolve(root, schema["$ref"])
+        if target is not None and not allows_null(target, root, seen):
+            return False
+    kinds = schema.get("type")
+    if kinds is not None and "null" not in (kinds if isinstance(kinds, list) else [kinds]):
+        return False
+    if "enum" in schema and not any(v is None for v in schema["enum"] or ()):
+        return False
+    if "const" in schema and schema["const"] is not None:
+        return False
+    for key in ("anyOf", "oneOf"):
+        branches = schema.get(key)
+        if isinstance(branches, list) and not any(allows_null(b, root, seen) for b in branches):
+            return False
+    branches = schema.get("allOf")
+    return not isinstance(branches, list) or all(allows_null(b, root, seen) for b in branches)
+
+
+def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
+    kinds = schema.get("type")
+    if "enum" not in schema and "const" not in schema:
+        # The form OpenAI's docs show; not for objects and arrays, whose strict handling
+        # (additionalProperties, items) keys on a single type.
+        if isinstance(kinds, str) and kinds in _SCALARS:
+            return {**schema, "type": [kinds, "null"]}
+        if isinstance(kinds, list) and kinds and set(kinds) <= _SCALARS:
+            return {**schema, "type": [*kinds, "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def nullable_optionals(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` (changed in place, and returned) with each property that some object of
+    it leaves optional made nullable where its own schema does not already allow null."""
+
+    def walk(node: Any) -> None:
+        if not isinstance(node, dict):
+            return
+        for key in ("$defs", "definitions"):
+            defs = node.get(key)
+            if isinstance(defs, dict):
+                for sub in defs.values():
+                    walk(sub)
+        props = node.get("properties")
+        if isinstance(props, dict):
+            required = node.get("required")
+            needed = set(required) if isinstance(required, list) else set()
+            for name, prop in props.items():
+                walk(prop)
+                if name not in needed and isinstance(prop, dict) and not allows_null(prop, schema):
+                    props[name] = _or_null(prop)
+        walk(node.get("items"))
+        for key in ("anyOf", "oneOf", "allOf"):
+            branches = node.get(key)
+            if isinstance(branches, list):
+                for branch in branches:
+                    walk(branch)
+
+    walk(schema)
+    return schema
+
+
+def _may_be(value: Any, schema: Any, root: Any) -> bool:
+    """Whether ``value`` could be an instance of ``schema`` by its type and, for an object,
+    its keys (strict objects are closed)."""
+    if not isinstance(schema, dict):
+        return schema is not False
+    target = _resolve(root, schema["$ref"]) if "$ref" in schema else None
+    if target is not None and not _may_be(value, target, root):
+        return False
+    kinds = schema.get("type")
+    if kinds is not None:
+        names = kinds if isinstance(kinds, list) else [kinds]
+        fits = [
+            isinstance(value, _JSON_TYPES.get(n, ()))
+            and not (isinstance(value, bool) and n in ("integer", "number"))
+            for n in names
+        ]
+        if not any(fits):
+            return False
+    props = schema.get("properties")
+    return not (isinstance(value, dict) and isinstance(props, dict)) or set(value) <= set(props)
+
+
+def drop_optional_nulls(value: Any, schema: Any, root: Any = None) -> Any:
+    """``value`` less the nulls found where ``schema`` lets the key be left out and the
+    property's own schema does not allow null (a new value; ``value`` is not changed)."""
+    root = schema if root is None else root
+    if not isinstance(schema, dict):
+        return value
+    if "$ref" in schema:
+        target = _resolve(root, schema["$ref"])
+        if target is not None and target is not schema:
+            value = drop_optional_nulls(value, target, root)
+    props = schema.get("properties")
+    if isinstance(value, dict) and isinstance(props, dict):
+        required = schema.get("required")
+        needed = set(required) if isinstance(required, list) else set()
+        kept: dict[str, Any] = {}
+        for key, item in value.items():
+            if key not in props:
+                kept[key] = item
+            elif item is None and key not in needed and not allows_null(props[key], root):
+                continue
+            else:
+                kept[key] = drop_optional_nulls(item, props[key], root)
+        value = kept
+    items = schema.get("items")
+    if isinstance(value, list) and isinstance(items, dict):
+        value = [drop_optional_nulls(item, items, root) for item in value]
+    branches = schema.get("allOf")
+    if isinstance(branches, list):
+        for branch in branches:
+            value = drop_optional_nulls(value, branch, root)
+    for key in ("anyOf", "oneOf"):
+        branches = schema.get(key)
+        if isinstance(branches, list):
+            # Which branch the value is for is not known; drop only what every branch it
+            # may be for would drop alike.
+            readings = [
+                drop_optional_nulls(value, b, root) for b in branches if _may_be(value, b, root)
+            ]
+            if readings and all(r == readings[0] for r in readings[1:]):
+                value = readings[0]
+    return value

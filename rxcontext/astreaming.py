@@ -522,6 +522,8 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                     if delay is None or (due is not None and clock() + delay >= due):
                         raise
                     persister.sending_again()  # the failed attempt's usage was billed
+                    if run.budget_recheck is not None:  # the whole request again: within it?
+                        await off_loop(run.check_retry)  # BudgetExceeded: ends it unsent
                     try:  # a stop cancels the wait (up to a Retry-After minute) at once
                         await _sleep(delay, run.scheduler)
                     except asyncio.CancelledError:

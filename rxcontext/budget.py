@@ -9,7 +9,9 @@ attempt): tokens from the providers' usage totals the store keeps, money from
 :mod:`rxcontext.cost`. A request's own cost is estimated from its input (the live
 records' token estimate, :mod:`rxcontext.tokens`); its output cannot be known before it is
 written, so a reply may end above the limit by its own output, and the next request is
-then refused.
+then refused. A retry sends the whole request again: it is checked too, with what the
+reply's earlier attempts were billed (Anthropic bills the input as its stream starts)
+counted as spent, though the context's totals count it only once the reply is settled.
 
 A money limit is only kept where the prices are known: with replies of unknown cost
 (a model ``genai-prices`` does not know, a reply stored without usage) or a model without a
@@ -28,6 +30,9 @@ from .errors import BudgetExceeded
 from .records import Record
 
 __all__ = ["Budget", "check_budget"]
+
+_EARLIER = " ({} of it by this reply's earlier attempts)"
+"""How a refusal before a retry says what part of the spending its earlier attempts were."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,21 +79,24 @@ def check_budget(
     records: Sequence[Record],
     estimate: int,
     model_name: str | None,
+    billed: Usage | None = None,
 ) -> None:
     """Raise :class:`~rxcontext.BudgetExceeded` if a request of about ``estimate`` input
     tokens to ``model_name`` would take ``context`` over ``budget``.
 
     ``spent``: the context's provider usage totals; ``records``: all its records (for the
-    money spent).
+    money spent); ``billed``: what a reply about to send its request again has been billed
+    that neither counts yet (its earlier attempts; priced from ``model_name``), spent too.
     """
     if budget.max_tokens is not None:
-        total = spent.total_tokens + estimate
-        if total > budget.max_tokens:
+        used = spent.total_tokens + (billed.total_tokens if billed is not None else 0)
+        if used + estimate > budget.max_tokens:
+            by = _EARLIER.format(billed.total_tokens) if billed is not None else ""
             raise BudgetExceeded(
                 f"context {context!r} would go over its budget of {budget.max_tokens} tokens:"
-                f" {spent.total_tokens} spent + about {estimate} for this request",
+                f" {used} spent{by} + about {estimate} for this request",
                 limit="tokens",
-                spent=Decimal(spent.total_tokens),
+                spent=Decimal(used),
                 estimate=Decimal(estimate),
                 maximum=Decimal(budget.max_tokens),
             )
@@ -117,12 +125,27 @@ def check_budget(
             estimate=None,
             maximum=limit,
         )
-    if paid.usd + ahead > limit:
+    attempts = Decimal(0)
+    if billed is not None:
+        billed_usd = price(billed, model or None, provider or None)
+        if billed_usd is None:  # searches it has no price for, say
+            raise BudgetExceeded(
+                f"context {context!r} has a budget of {format_usd(limit)} but the cost of"
+                " this reply's earlier attempts is unknown: the budget cannot be kept",
+                limit="usd",
+                spent=None,
+                estimate=ahead,
+                maximum=limit,
+            )
+        attempts = billed_usd
+    used_usd = paid.usd + attempts
+    if used_usd + ahead > limit:
+        by = _EARLIER.format(format_usd(attempts)) if billed is not None else ""
         raise BudgetExceeded(
             f"context {context!r} would go over its budget of {format_usd(limit)}:"
-            f" {format_usd(paid.usd)} spent + about {format_usd(ahead)} for this request",
+            f" {format_usd(used_usd)} spent{by} + about {format_usd(ahead)} for this request",
             limit="usd",
-            spent=paid.usd,
+            spent=used_usd,
             estimate=ahead,
             maximum=limit,
         )

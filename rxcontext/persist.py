@@ -760,6 +760,13 @@ class ReplyPersister:
             return None
         return self._billed_before if self._native else resumed.usage
 
+    def billed(self) -> Usage | None:
+        """What this reply has been billed that its stored records do not count: its
+        current round's attempts (those sent again included) and what it carries from the
+        checkpoint it resumes. For the budget's check before a retry, on the driver's
+        thread (or off the loop while the asyncio driver waits for it)."""
+        return _plus(self._billed(), self.builder.usage)
+
     def _billed(self) -> Usage | None:
         """What this round was billed before its current attempt's stream: the usage it
         carries from its checkpoint and that of its attempts sent again."""

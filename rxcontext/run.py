@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from reactivex import abc
 
 from .checkpointer import Checkpointer
-from .chunks import Chunk, ChunkKind, Reply, ToolCall
+from .chunks import Chunk, ChunkKind, Reply, ToolCall, Usage
 from .errors import (
     DeadlineExceeded,
     FirstChunkTimeout,
@@ -127,6 +127,9 @@ class Run:
     budget_check: Callable[[], None] | None = None
     """The window's budget check, when it is made as the run starts (``astream``: in the
     executor, when the iteration begins) rather than when the run is built."""
+    budget_recheck: Callable[[Usage | None], None] | None = None
+    """The window's budget check before a round is sent again, given what the reply was
+    billed so far that the context's totals do not count yet (:meth:`check_retry`)."""
 
     def run_tool(self, call: ToolCall) -> ToolResult:
         """Run one tool call on this thread (in its tracing span, if any)."""
@@ -225,6 +228,14 @@ class Run:
                 describe_error(error),
             )
         return delay
+
+    def check_retry(self) -> None:
+        """Before the round is sent again: raise :class:`~rxcontext.BudgetExceeded` if the
+        whole request, sent once more, would take the context over its budget. Its earlier
+        attempts were billed (Anthropic bills the input as its stream starts) though the
+        context's totals count them only once the reply is settled: they are spent too."""
+        if self.budget_recheck is not None:
+            self.budget_recheck(self.persister.billed())
 
     @staticmethod
     def timeout(delivered: bool, limit: float) -> StreamTimeout:

@@ -480,6 +480,11 @@ class _SyncDriver:
                     delay = None  # the deadline would pass during the wait
                 if delay is not None:
                     persister.sending_again()  # the failed attempt's usage was billed
+                    try:
+                        run.check_retry()  # the whole request again: within the budget?
+                    except Exception as refused:  # BudgetExceeded: the reply ends unsent
+                        self.observer.on_error(run.fail(refused))  # type: ignore[arg-type]
+                        return None
                     return delay
             self.observer.on_error(run.fail(error))  # type: ignore[arg-type]
             return None

@@ -17,7 +17,7 @@ from .attachments import Attachment
 from .budget import Budget, check_budget
 from .chain import new_input, validate_chain
 from .checkpointer import checkpointer_for
-from .chunks import Chunk, Reply
+from .chunks import Chunk, Reply, Usage
 from .errors import CheckpointNotFound, ReplySuperseded, RxContextError
 from .fanout import fanout_for
 from .fanout.observe import awatch_chunks, watch_observable
@@ -660,11 +660,19 @@ class ContextWindow:
             trace=trace,
             heartbeat=heartbeat_for(store),
             budget_check=budget_check,
+            budget_recheck=(
+                partial(self._check_budget, budget, model, context_id)
+                if budget is not None
+                else None
+            ),
         )
 
-    def _check_budget(self, budget: Budget, model: Model, context_id: str) -> None:
+    def _check_budget(
+        self, budget: Budget, model: Model, context_id: str, billed: Usage | None = None
+    ) -> None:
         """Raise :class:`~rxcontext.BudgetExceeded` if the next request of context
-        ``context_id`` (not necessarily the current one) would go over."""
+        ``context_id`` (not necessarily the current one) would go over; ``billed``: what
+        the reply sending it again was billed so far that the store does not count yet."""
         store = self._store
         stats = store.context_stats(context_id)  # its name too: one read, not two
         check_budget(
@@ -674,6 +682,7 @@ class ContextWindow:
             records=store.records(context_id) if budget.max_usd is not None else (),
             estimate=store.live_tokens(context_id),
             model_name=model.name,
+            billed=billed,
         )
 
     def _history(self, context_id: str) -> HistoryCache:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -19,9 +20,10 @@ import anthropic
 import httpx2
 import openai
 import pytest
+from faultmodels import Clock
 from google import genai
 from google.genai import types
-from replay import NO_SSL, Replay, real_fixture
+from replay import NO_SSL, Replay, real_fixture, sse
 from replay import Reply as Served
 from stores import open_store
 
@@ -45,11 +47,13 @@ from rxcontext.providers import (
     OpenAIResponsesModel,
     ScriptedModel,
 )
+from rxcontext.retry import RetryPolicy
 from rxcontext.store import RecordDraft
 
 genai_prices = pytest.importorskip("genai_prices", reason="needs rxcontext[prices]")
 
 KEY = "sk-test-cost-0123456789"
+RECORDED_ANTHROPIC = "anthropic/text_basic_sonnet45.sse"
 
 
 def expected(model: str, provider: str, **counts: int) -> Decimal:
@@ -733,6 +737,82 @@ def test_a_tool_loop_round_over_budget_is_refused_with_a_checkpoint() -> None:
         cw.call()
     assert isinstance(cut.value.__cause__, BudgetExceeded)
     assert len(model.requests) == 1
+
+
+def _billed_then_overloaded(input_tokens: int) -> bytes:
+    """Anthropic's stream opening with message_start (the input is billed: its usage says
+    so), then an overloaded_error: retryable, since nothing but usage was delivered."""
+    recording = real_fixture("anthropic/text_basic_sonnet45.sse").read_bytes()
+    start = recording.split(b"\n\n")[0] + b"\n\n"
+    assert b"message_start" in start and b'"input_tokens":17' in start
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    return start.replace(b'"input_tokens":17', b'"input_tokens":%d' % input_tokens) + sse(
+        overloaded, event_names=["error"]
+    )
+
+
+async def _on_clock(clock: Clock, call: Awaitable[rxcontext.Reply]) -> rxcontext.Reply:
+    """Await ``call``, letting each retry wait it arms on ``clock`` pass."""
+    task = asyncio.ensure_future(call)
+    passed = 0
+    while not task.done():
+        armed = asyncio.ensure_future(clock.armed(passed + 1))
+        await asyncio.wait({task, armed}, return_when=asyncio.FIRST_COMPLETED)
+        armed.cancel()
+        if len(clock.timers) > passed:
+            began, due = clock.timers[passed]
+            passed += 1
+            clock.advance_by(due - began)
+    return await task
+
+
+@pytest.mark.usefixtures("both_stores")
+@pytest.mark.parametrize("limit", ["tokens", "usd"])
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_retry_that_would_go_over_the_budget_is_refused_unsent(path: str, limit: str) -> None:
+    """Each retry sends the whole request again, and Anthropic bills each attempt's input at
+    message_start: before sending again, what the reply's failed attempts were billed counts
+    as spent. Here one retry fits the budget and the next does not: it is refused unsent,
+    the reply is kept in a checkpoint with both attempts' usage, which discarding it adds
+    to the context's totals, as for any cut attempt."""
+    billed = 1000  # input tokens each attempt is billed; and 1 output token
+    replay = Replay(*[_billed_then_overloaded(billed)] * 2, real_fixture(RECORDED_ANTHROPIC))
+    clock = Clock()
+    retry = RetryPolicy(max_attempts=3, initial_delay=1.0, jitter=0.0)
+    cw = ContextWindow(open_store(), anthropic_model(replay), retry=retry, scheduler=clock)
+    cw.add_prompt("Hello")
+    estimate = cw.live_tokens()
+    attempt = expected("claude-sonnet-4-5", "anthropic", input_tokens=billed, output_tokens=1)
+    ahead = price(Usage.of(estimate), "claude-sonnet-4-5", "anthropic")
+    assert ahead is not None
+    # The first request fits, and so does its retry; a second retry would not.
+    cw.budget = (
+        Budget(max_tokens=billed + 1 + estimate + billed // 2)
+        if limit == "tokens"
+        else Budget(max_usd=attempt + ahead + attempt / 2)
+    )
+    with pytest.raises(StreamInterrupted) as cut:
+        cw.call() if path == "sync" else asyncio.run(_on_clock(clock, cw.acall()))
+    refused = cut.value.__cause__
+    assert isinstance(refused, BudgetExceeded) and refused.limit == limit
+    assert len(replay.requests) == 2  # the third attempt was never sent
+    assert clock.clock == 1.0  # nor waited for: one wait, before the second
+    if limit == "tokens":
+        assert (refused.spent, refused.estimate) == (2 * (billed + 1), estimate)
+        assert f"{2 * (billed + 1)} spent" in str(refused)
+    else:
+        both = expected("claude-sonnet-4-5", "anthropic", input_tokens=2 * billed, output_tokens=2)
+        assert (refused.spent, refused.estimate) == (both, ahead)
+    cp = cut.value.checkpoint
+    assert cp.text == "" and cp.usage is not None
+    assert (cp.usage.input_tokens, cp.usage.output_tokens) == (2 * billed, 2)
+    assert cw.checkpoints() == [cp] and cw.active_replies() == []
+    assert cw.stats().usage.total_tokens == 0  # nothing settled yet
+    cw.discard(cp.id)
+    assert cw.stats().usage == cp.usage
+    with pytest.raises(BudgetExceeded):  # spent: the next request is refused unsent
+        cw.call() if path == "sync" else asyncio.run(cw.acall())
+    assert len(replay.requests) == 2
 
 
 @pytest.mark.usefixtures("both_stores")

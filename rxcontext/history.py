@@ -8,10 +8,14 @@ are left out (their half-finished tool rounds are not history yet).
 
 A tool call with no output (its process was killed between storing the calls and their
 outputs, or a tool raised ``BaseException``) would make every later request invalid for
-OpenAI and Anthropic. The first request that meets one stores an output saying the call was
-interrupted, at the call's place, so the history stays honest and valid. Outputs answer
-calls one each, in order (ids repeat across rounds for providers that send none); an output
-that answers no call (a second one, when two windows answered a call at once) is left out.
+OpenAI, Anthropic and Gemini. The first request that meets one stores an output saying the
+call was interrupted, at the call's place, so the history stays honest and valid. A call
+whose output is stored but dead (hidden by its live flag) is left out with it, as an output
+whose call is dead is: nothing is written over the user's choice. Outputs answer calls one
+each, in order (ids repeat across rounds for providers that send none); an output that
+answers no call (a second one, when two windows answered a call at once) is left out. A
+request carries each output right after its round's calls, wherever it is stored (an
+interrupted output stored after the reply's later text at the same place).
 """
 
 from __future__ import annotations
@@ -42,15 +46,18 @@ INTERRUPTED_TOOL_OUTPUT = (
 _TOOL_RECORDS = (RecordType.TOOL_CALL, RecordType.TOOL_OUTPUT)
 
 
-def _pair(records: Sequence[Record]) -> tuple[list[Record], set[int]]:
-    """The TOOL_CALL records no output answers, and the ids of the TOOL_OUTPUT records that
-    answer no call (a second output for one call, or an output whose call is gone).
+def _pairs(records: Sequence[Record]) -> tuple[dict[int, Record], list[Record], set[int]]:
+    """Which output answers each call: the output of each answered TOOL_CALL (by the call's
+    record id), the TOOL_CALL records no output answers, and the ids of the TOOL_OUTPUT
+    records that answer no call (a second output for one call, or an output whose call is
+    gone).
 
     An output answers the earliest call of its id not answered yet (providers that send no
     call id get ``call_<index>`` every round, so ids repeat); one without an id answers the
     earliest unanswered call of the same name before it.
     """
     waiting: list[Record] = []
+    answers: dict[int, Record] = {}
     by_id: defaultdict[str, list[Record]] = defaultdict(list)
     by_name: defaultdict[str | None, list[Record]] = defaultdict(list)
     extra: set[int] = set()
@@ -66,10 +73,12 @@ def _pair(records: Sequence[Record]) -> tuple[list[Record], set[int]]:
                 by_name.get(r.tool_name) if r.tool_call_id is None else by_id.get(r.tool_call_id)
             )
             if calls:
-                waiting.remove(calls.pop(0))
+                call = calls.pop(0)
+                waiting.remove(call)
+                answers[call.id] = r
             else:
                 extra.add(r.id)
-    return waiting, extra
+    return answers, waiting, extra
 
 
 def unanswered_calls(records: Sequence[Record]) -> list[Record]:
@@ -78,7 +87,7 @@ def unanswered_calls(records: Sequence[Record]) -> list[Record]:
     Outputs answer calls by id, one call each (the earliest of its id not answered yet); an
     output without an id answers the earliest unanswered call of the same name before it.
     """
-    return _pair(records)[0]
+    return _pairs(records)[1]
 
 
 class HistoryCache:
@@ -199,11 +208,13 @@ def request_history(
         records = [r for r in records if r.reply_id not in busy]
     if not any(r.type in _TOOL_RECORDS for r in records):
         return records
-    dangling, extra = _pair(records)
+    _, dangling, extra = _pairs(records)
     if extra:  # a call's second output (two requests answered it at once): providers refuse
         records = [r for r in records if r.id not in extra]
+    if dangling:
+        records, dangling = _without_hidden(store, context_id, upto, busy, records)
     if not dangling:
-        return records
+        return _in_place(records)
     by_pos: defaultdict[int, list[Record]] = defaultdict(list)
     for call in dangling:
         by_pos[call.pos].append(call)
@@ -223,3 +234,69 @@ def request_history(
             at=pos,
         )
     return request_history(store, context_id, upto=upto, reply_id=reply_id, cache=cache)
+
+
+def _without_hidden(
+    store: Store,
+    context_id: str,
+    upto: int | None,
+    busy: set[str | None] | None,
+    records: list[Record],
+) -> tuple[list[Record], list[Record]]:
+    """``records`` (live, with calls some live output does not answer) less each tool call
+    and output whose partner is stored but dead, and the calls no output answers at all.
+
+    Calls and outputs are paired among all the records, dead ones too (a live output could
+    otherwise answer an earlier call of its id whose own output is hidden): a call whose
+    output the user killed leaves the request with it, as an output whose call is dead does.
+    """
+    everything = store.records(context_id, upto=upto)
+    if busy:
+        everything = [r for r in everything if r.reply_id not in busy]
+    answers, waiting, _ = _pairs(everything)
+    partner = {call: output.id for call, output in answers.items()}
+    partner.update({output.id: call for call, output in answers.items()})
+    sent = {r.id for r in records}
+    missing = [r for r in waiting if r.id in sent]
+    gone = {r.id for r in missing}
+    kept = [
+        r
+        for r in records
+        if r.type not in _TOOL_RECORDS or partner.get(r.id) in sent or r.id in gone
+    ]
+    return kept, missing
+
+
+def _in_place(records: list[Record]) -> list[Record]:
+    """``records`` (every call answered, every output answering one) with each output
+    right after its round's calls: an output stored later (an interrupted one stored after
+    the reply's text at the round's place) moves up to them; the others keep their order."""
+    answers, _, _ = _pairs(records)
+    if not answers:
+        return records
+    index = {r.id: i for i, r in enumerate(records)}
+    out: list[Record] = []
+    placed: set[int] = set()
+    pending: list[Record] = []  # the outputs of the last run of calls not yet placed
+
+    def flush() -> None:
+        for r in sorted(pending, key=lambda r: index[r.id]):
+            if r.id not in placed:
+                out.append(r)
+                placed.add(r.id)
+        pending.clear()
+
+    for r in records:
+        if r.type is RecordType.TOOL_OUTPUT:
+            if r.id not in placed:
+                out.append(r)
+                placed.add(r.id)
+            continue
+        if r.type is not RecordType.TOOL_CALL or (out and out[-1].type is not RecordType.TOOL_CALL):
+            flush()  # the run of calls ends
+        out.append(r)
+        answer = answers.get(r.id)
+        if answer is not None:
+            pending.append(answer)
+    flush()
+    return out

@@ -35,6 +35,7 @@ ToolRunner = Callable[[dict[str, Any]], str] | Callable[[dict[str, Any]], Awaita
 """Runs a tool: takes the parsed arguments, returns the output text (sync or async)."""
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_OWN_KEYWORDS = frozenset({"type", "properties", "required"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +46,16 @@ class Tool:
 
         Tool("weather", "Current weather for a city").string("city", "City name")
 
-    Every builder method returns a new ``Tool`` (tools are values).
+    Every builder method returns a new ``Tool`` (tools are values). ``keywords`` holds the
+    parameter schema's other top-level keywords (``$defs``, ``additionalProperties``,
+    ``title``, ...), as :meth:`from_json_schema` found them; every provider is sent them.
     """
 
     name: str
     description: str = ""
     properties: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     required: tuple[str, ...] = ()
+    keywords: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # fullmatch: "$" would also accept a trailing newline ("weather\n").
@@ -60,13 +64,16 @@ class Tool:
                 f"tool name {self.name!r} must be 1-64 letters, digits, '_' or '-' "
                 "(the providers' common rule)"
             )
+        clash = sorted(_OWN_KEYWORDS.intersection(self.keywords))
+        if clash:
+            raise ValueError(f"keywords must not hold {clash}: they are the tool's own fields")
 
     def _with(self, name: str, schema: dict[str, Any], description: str, required: bool) -> Tool:
         if description:
             schema = {**schema, "description": description}
         props = {**self.properties, name: schema}
         req = tuple(r for r in self.required if r != name) + ((name,) if required else ())
-        return Tool(self.name, self.description, props, req)
+        return Tool(self.name, self.description, props, req, self.keywords)
 
     def string(self, name: str, description: str = "", *, required: bool = True) -> Tool:
         """Add a string parameter."""
@@ -102,7 +109,8 @@ class Tool:
 
     @classmethod
     def from_json_schema(cls, name: str, description: str, schema: Mapping[str, Any]) -> Tool:
-        """A tool whose parameters are an ``{"type": "object", ...}`` JSON schema."""
+        """A tool whose parameters are an ``{"type": "object", ...}`` JSON schema (a copy of
+        it: ``$defs``, ``additionalProperties`` and its other keywords are kept)."""
         if schema.get("type", "object") != "object":
             raise ValueError("a tool's parameter schema must be of type 'object'")
         props = schema.get("properties", {})
@@ -112,15 +120,31 @@ class Tool:
         # A bare string would silently become one requirement per character.
         if isinstance(required, str) or not all(isinstance(r, str) for r in required):
             raise ValueError("'required' must be a list of parameter names")
-        return cls(name, description, copy.deepcopy(dict(props)), tuple(required))
+        keywords = {k: v for k, v in schema.items() if k not in _OWN_KEYWORDS}
+        return cls(
+            name,
+            description,
+            copy.deepcopy(dict(props)),
+            tuple(required),
+            copy.deepcopy(keywords),
+        )
 
     def parameters(self) -> dict[str, Any]:
         """The parameters as a JSON schema object."""
         return {
+            **copy.deepcopy(dict(self.keywords)),
             "type": "object",
             "properties": copy.deepcopy(dict(self.properties)),
             "required": list(self.required),
         }
+
+    def _sent(self) -> dict[str, Any]:
+        # "$schema" names a JSON-schema draft and constrains nothing; Gemini refuses it as
+        # an unknown field. Every other keyword goes to every provider: the four accept
+        # local "$ref"s into "$defs" in a tool's parameters (Gemini in parameters_json_schema).
+        schema = self.parameters()
+        schema.pop("$schema", None)
+        return schema
 
     def to_openai_chat(self) -> dict[str, Any]:
         """Chat Completions ``tools`` entry."""
@@ -129,7 +153,7 @@ class Tool:
             "function": {
                 "name": self.name,
                 "description": self.description,
-                "parameters": self.parameters(),
+                "parameters": self._sent(),
             },
         }
 
@@ -139,7 +163,7 @@ class Tool:
             "type": "function",
             "name": self.name,
             "description": self.description,
-            "parameters": self.parameters(),
+            "parameters": self._sent(),
         }
 
     def to_anthropic(self) -> dict[str, Any]:
@@ -147,7 +171,7 @@ class Tool:
         return {
             "name": self.name,
             "description": self.description,
-            "input_schema": self.parameters(),
+            "input_schema": self._sent(),
         }
 
     def to_gemini(self) -> dict[str, Any]:
@@ -155,12 +179,22 @@ class Tool:
         return {
             "name": self.name,
             "description": self.description,
-            "parameters_json_schema": self.parameters(),
+            "parameters_json_schema": self._sent(),
         }
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, as stored per context."""
-        return {"name": self.name, "description": self.description, **self.parameters()}
+        """JSON-ready form, as stored per context (the schema's other keywords under
+        ``"keywords"``: its own ``description`` would clash with the tool's)."""
+        data = {
+            "name": self.name,
+            "description": self.description,
+            "type": "object",
+            "properties": copy.deepcopy(dict(self.properties)),
+            "required": list(self.required),
+        }
+        if self.keywords:
+            data["keywords"] = copy.deepcopy(dict(self.keywords))
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Tool:
@@ -170,6 +204,7 @@ class Tool:
             str(data.get("description", "")),
             copy.deepcopy(dict(data.get("properties", {}))),
             tuple(data.get("required", ())),
+            copy.deepcopy(dict(data.get("keywords", {}))),
         )
 
 

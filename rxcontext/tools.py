@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .chunks import ToolCall
+from .toolnames import check_new
 
 __all__ = [
     "Replace",
@@ -34,7 +35,8 @@ __all__ = [
 ToolRunner = Callable[[dict[str, Any]], str] | Callable[[dict[str, Any]], Awaitable[str]]
 """Runs a tool: takes the parsed arguments, returns the output text (sync or async)."""
 
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# What Tool() took before names were held to every provider's rule (see toolnames).
+_STORED_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _OWN_KEYWORDS = frozenset({"type", "properties", "required"})
 
 
@@ -58,12 +60,12 @@ class Tool:
     keywords: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # fullmatch: "$" would also accept a trailing newline ("weather\n").
-        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
-            raise ValueError(
-                f"tool name {self.name!r} must be 1-64 letters, digits, '_' or '-' "
-                "(the providers' common rule)"
-            )
+        # A new tool's names are ones every provider takes (a loaded one keeps its own:
+        # from_dict; ContextWindow.add_tool refuses it for a provider that refuses them).
+        check_new(self.name, self.properties)
+        self._check_keywords()
+
+    def _check_keywords(self) -> None:
         clash = sorted(_OWN_KEYWORDS.intersection(self.keywords))
         if clash:
             raise ValueError(f"keywords must not hold {clash}: they are the tool's own fields")
@@ -198,14 +200,26 @@ class Tool:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Tool:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            str(data["name"]),
-            str(data.get("description", "")),
-            copy.deepcopy(dict(data.get("properties", {}))),
-            tuple(data.get("required", ())),
-            copy.deepcopy(dict(data.get("keywords", {}))),
-        )
+        """Inverse of :meth:`to_dict`.
+
+        The names are read as stored (a tool stored by an earlier version may have names
+        that only some providers take: ``ContextWindow.add_tool`` refuses it for the others).
+        """
+        name = str(data["name"])
+        # fullmatch: "$" would also accept a trailing newline ("weather\n").
+        if not _STORED_NAME.fullmatch(name):
+            raise ValueError(f"tool name {name!r} must be 1-64 letters, digits, '_' or '-'")
+        tool = object.__new__(cls)
+        for attribute, value in (
+            ("name", name),
+            ("description", str(data.get("description", ""))),
+            ("properties", copy.deepcopy(dict(data.get("properties", {})))),
+            ("required", tuple(data.get("required", ()))),
+            ("keywords", copy.deepcopy(dict(data.get("keywords", {})))),
+        ):
+            object.__setattr__(tool, attribute, value)  # the frozen dataclass's own way in
+        tool._check_keywords()
+        return tool
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ from .store.base import RecordDraft, Store, settle_refusal
 from .store.owner import check_seconds, worker_id
 from .streaming import Run, _drive, _Flag, run_observable
 from .summarize import SummaryProposal
+from .toolnames import check_for, provider_of
 from .tools import Tool, ToolApproval, ToolRegistry, ToolRunner
 from .tracing import Tracing
 
@@ -512,7 +513,12 @@ class ContextWindow:
     # -- tools ----------------------------------------------------------------------------
 
     def add_tool(self, tool: Tool, runner: ToolRunner) -> None:
-        """Offer ``tool`` to the model; ``runner`` (``dict -> str``, or async) answers its calls."""
+        """Offer ``tool`` to the model; ``runner`` (``dict -> str``, or async) answers its calls.
+
+        ``ValueError`` if the model's provider refuses the tool's name or a parameter name
+        (a tool loaded with ``Tool.from_dict`` keeps the names it was stored with)."""
+        if isinstance(tool, Tool):
+            check_for(provider_of(self.model), tool.name, tool.properties)
         self._tools.add(tool, runner)
         self._store.set_context_tool(self._context.id, tool.name, tool.to_dict())
 

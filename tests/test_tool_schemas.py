@@ -198,3 +198,95 @@ def test_a_tool_stored_before_keywords_were_kept_loads_as_before() -> None:
     tool = Tool.from_dict(stored)
     assert tool == Tool("weather", "Weather").string("city", "City")
     assert tool.to_dict() == stored
+
+
+# -- tool and parameter names ----------------------------------------------------------------
+
+# Each provider's rule: OpenAI and Anthropic take tool names of 1-64 of [A-Za-z0-9_-], Gemini's
+# must start with a letter or '_'; Anthropic takes parameter names of 1-64 of [A-Za-z0-9_.-],
+# Gemini's must start with a letter or '_' and hold letters, digits and '_' only.
+
+
+@pytest.mark.parametrize(
+    ("build", "name", "refused_by"),
+    [
+        (lambda: Tool("2fa_check"), "2fa_check", "Gemini"),
+        (lambda: Tool("book_trip").string("ville de départ"), "ville de départ", "Anthropic"),
+        (lambda: Tool("search").string("filter[name]", "Name filter"), "filter[name]", "Gemini"),
+        (lambda: Tool("t").number("first-name"), "first-name", "Gemini"),
+        (lambda: Tool("t").boolean("user.id", required=False), "user.id", "Gemini"),
+        (lambda: Tool("t").string("2nd"), "2nd", "Gemini"),
+        (lambda: Tool("t").string(""), "", "Anthropic"),
+        (lambda: Tool("t").string("x" * 65), "x" * 65, "Anthropic"),
+        (lambda: Tool("t", "", {"a b": {"type": "string"}}), "a b", "Anthropic"),
+        (
+            lambda: Tool.from_json_schema("t", "", {"properties": {"q[]": {"type": "string"}}}),
+            "q[]",
+            "Anthropic",
+        ),
+    ],
+)
+def test_a_name_a_provider_refuses_is_refused_when_the_tool_is_built(
+    build: Callable[[], Tool], name: str, refused_by: str
+) -> None:
+    with pytest.raises(ValueError) as caught:
+        build()
+    message = str(caught.value)
+    assert repr(name) in message and refused_by in message
+
+
+def test_names_every_provider_takes_are_sent_as_they_are_built() -> None:
+    tool = Tool("_get_weather-v2").string("city_name").number("_days", required=False)
+    assert tool.name == "_get_weather-v2" and list(tool.properties) == ["city_name", "_days"]
+
+
+# A tool stored by an earlier version, with names that only some providers take.
+STORED = {
+    "2fa_check": ({"code": {"type": "string"}}, {"gemini"}),
+    "book_trip": ({"ville de départ": {"type": "string"}}, {"anthropic", "gemini"}),
+    "lookup": ({"first-name": {"type": "string"}}, {"gemini"}),
+}
+
+
+def stored(name: str) -> dict[str, Any]:
+    properties, _ = STORED[name]
+    return {
+        "name": name,
+        "description": "stored earlier",
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(STORED))
+def test_a_stored_tool_with_such_names_still_loads(name: str) -> None:
+    tool = Tool.from_dict(stored(name))
+    assert tool.name == name and tool.to_dict() == stored(name)
+
+
+@pytest.mark.parametrize("wire", WIRES)
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("name", sorted(STORED))
+def test_a_loaded_tool_is_refused_by_add_tool_where_its_provider_refuses_it(
+    name: str, provider: str, wire: str, make_store: Callable[..., Any]
+) -> None:
+    tool = Tool.from_dict(stored(name))
+    if provider.split("_")[0] not in STORED[name][1]:
+        (sent,) = sent_tools(provider, wire, make_store, tool)
+        assert sent["name"] == name and list(sent["properties"]) == list(STORED[name][0])
+        return
+    store = make_store()
+    recorder = Recorder()
+    cw = ContextWindow(store, make_model(provider, wire, recorder), "refused", retry=None)
+    with pytest.raises(ValueError) as caught:
+        cw.add_tool(tool, lambda args: "ok")
+    assert repr(name) in str(caught.value) or any(
+        repr(p) in str(caught.value) for p in STORED[name][0]
+    )
+    assert {"anthropic": "Anthropic", "gemini": "Gemini"}[provider] in str(caught.value)
+    assert not cw.has_tool(name) and store.context_tools(cw.context_id) == []
+    cw.add_prompt("go")
+    with pytest.raises(Exception):  # noqa: B017 - the 400 the recorder answers
+        cw.call()
+    assert "tools" not in recorder.bodies[0]

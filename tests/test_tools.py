@@ -85,17 +85,29 @@ def test_parameters_are_copies():
     assert tool.parameters()["properties"]["o"]["properties"]["x"] == {"type": "string"}
 
 
-@pytest.mark.parametrize("name", ["weather", "get_weather-v2", "A" * 64, "_", "0"])
+@pytest.mark.parametrize("name", ["weather", "get_weather-v2", "A" * 64, "_", "_0"])
 def test_valid_names(name: str):
     assert Tool(name).name == name
 
 
 @pytest.mark.parametrize(
     "name",
-    ["", "has space", "dotted.name", "A" * 65, "weather\n", "\nweather", "wéather", "a/b", "🦀"],
+    [
+        "",
+        "has space",
+        "dotted.name",
+        "A" * 65,
+        "weather\n",
+        "\nweather",
+        "wéather",
+        "a/b",
+        "🦀",
+        "0",  # Gemini: a function name starts with a letter or '_'
+        "-x",
+    ],
 )
 def test_invalid_names_raise_value_error(name: str):
-    with pytest.raises(ValueError, match="must be 1-64 letters, digits"):
+    with pytest.raises(ValueError, match="must be a letter or '_', then up to 63 letters"):
         Tool(name)
 
 

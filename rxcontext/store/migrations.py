@@ -269,6 +269,39 @@ def m013_cache_write_and_search_totals(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE contexts ADD COLUMN web_search_requests INTEGER NOT NULL DEFAULT 0")
 
 
+def _names_are_unique(db: sqlite3.Connection) -> bool:
+    for _, index, unique, _, partial in db.execute("PRAGMA index_list(contexts)"):
+        columns = [row[2] for row in db.execute(f"PRAGMA index_info({index!r})")]
+        if unique and not partial and columns == ["name"]:
+            return True
+    return False
+
+
+@migration
+def m014_unique_context_names(db: sqlite3.Connection) -> None:
+    """Context names unique in a superfly/contextwindow database (its ``contexts.name`` is
+    not UNIQUE, our first step's is, and the name checks rely on it). A name written twice
+    stays with the context written first (the one a lookup by that name found); each later
+    one becomes ``"name (2)"``, ``"name (3)"``..., the first such name not taken, in the
+    order they were written. Nothing else changes; a database of ours has the constraint
+    already and is left as it is."""
+    if _names_are_unique(db):
+        return
+    taken = {row[0] for row in db.execute("SELECT name FROM contexts")}
+    later = db.execute(
+        "SELECT rowid, name FROM (SELECT rowid, name,"
+        " ROW_NUMBER() OVER (PARTITION BY name ORDER BY rowid) AS n FROM contexts)"
+        " WHERE n > 1 ORDER BY rowid"
+    ).fetchall()
+    for rowid, name in later:
+        k = 2
+        while f"{name} ({k})" in taken:
+            k += 1
+        taken.add(f"{name} ({k})")
+        db.execute("UPDATE contexts SET name = ? WHERE rowid = ?", (f"{name} ({k})", rowid))
+    db.execute("CREATE UNIQUE INDEX idx_contexts_name ON contexts(name)")
+
+
 _CONTEXTWINDOW_TABLES = {"contexts", "records", "context_tools"}
 _CONTEXTWINDOW_COLUMNS = {
     "contexts": {"id", "name", "start_time"},

@@ -43,15 +43,17 @@ def test_a_taken_over_contextwindow_database_refuses_a_second_context_of_a_name(
     assert [n for _, n, _ in names_and_records(path)] == ["scratch"]
 
 
-def _duplicate(path: Path, rows: list[tuple[str, str, str]]) -> None:
+def _duplicate(path: Path, rows: list[tuple[str, str, str]], *, rev: str = "") -> None:
+    """Contexts with one record each, as contextwindow writes them (``rev=", rev"``: as an
+    rxcontext does, with the record's change version)."""
     with sqlite3.connect(path) as db:
         for cid, name, start in rows:
             db.execute(
                 "INSERT INTO contexts (id, name, start_time) VALUES (?, ?, ?)", (cid, name, start)
             )
             db.execute(
-                "INSERT INTO records (context_id, ts, source, content, live, est_tokens)"
-                " VALUES (?, ?, 0, ?, 1, 1)",
+                f"INSERT INTO records (context_id, ts, source, content, live, est_tokens{rev})"
+                f" VALUES (?, ?, 0, ?, 1, 1{', 1' if rev else ''})",
                 (cid, start, f"note of {cid}"),
             )
     db.close()
@@ -101,7 +103,7 @@ def test_a_database_taken_over_by_an_earlier_version_gets_unique_names_too(tmp_p
         ).fetchall():
             db.execute(f"DROP INDEX {index}")
     db.close()
-    _duplicate(path, [("c-2", "notes", "2025-09-18 00:00:00+00:00")])
+    _duplicate(path, [("c-2", "notes", "2025-09-18 00:00:00+00:00")], rev=", rev")
     with rxcontext.open(path) as store, pytest.raises(ValueError, match="already exists"):
         store.create_context("notes (2)")
     assert names_and_records(path) == [("c-1", "notes", 6), ("c-2", "notes (2)", 1)]

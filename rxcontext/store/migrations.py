@@ -302,6 +302,34 @@ def m014_unique_context_names(db: sqlite3.Connection) -> None:
     db.execute("CREATE UNIQUE INDEX idx_contexts_name ON contexts(name)")
 
 
+_OLDER_WRITER = (
+    "written by an rxcontext older than this database (or by contextwindow), still running"
+    " since a newer rxcontext upgraded the file: it would be misplaced. Stop that process"
+    " and use the newer rxcontext"
+)
+
+
+@migration
+def m015_refuse_older_writers(db: sqlite3.Connection) -> None:
+    """Refuse a record or checkpoint inserted by a process that opened the file before an
+    upgrade and still runs an rxcontext from before step 7 (0.1.0 included), or by
+    contextwindow. Before step 6 they knew no positions: their records got position 0,
+    before the whole conversation, and their checkpoints no reply; before step 7 no change
+    versions: windows never re-read their records. Such a record has no change version
+    (``rev``: every record this version writes has one, ``>= 1``), such a checkpoint no
+    ``reply_id``. Each trigger costs ~2 µs per row inserted (SQLite runs it as a
+    sub-program; raw insert ~4.1 -> ~6.3 µs, an import ~14 -> ~17 µs per record,
+    ``add_prompt`` unchanged within noise; measured 2026-12-05)."""
+    for table, row, refused in (
+        ("records", "record", "NEW.rev = 0"),
+        ("checkpoints", "checkpoint", "NEW.reply_id IS NULL"),
+    ):
+        db.execute(
+            f"CREATE TRIGGER {table}_refuse_older_writers BEFORE INSERT ON {table}"
+            f" WHEN {refused} BEGIN SELECT RAISE(ABORT, '{row} {_OLDER_WRITER}'); END"
+        )
+
+
 _CONTEXTWINDOW_TABLES = {"contexts", "records", "context_tools"}
 _CONTEXTWINDOW_COLUMNS = {
     "contexts": {"id", "name", "start_time"},

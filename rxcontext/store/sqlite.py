@@ -431,10 +431,12 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
                 "context_id = ? AND (reply_id IS NULL"
                 " OR reply_id NOT IN (SELECT value FROM json_each(?)))"
             )
+            # The copy is the clone's first change (version 1): every record written
+            # carries a version, and one without is refused (migrations.py, m015).
             db.execute(
                 "INSERT INTO contexts (id, name, start_time, use_server_side_threading,"
-                " last_response_id, next_pos, live_tokens) SELECT ?, ?, ?,"
-                " use_server_side_threading, last_response_id, next_pos, live_tokens"
+                " last_response_id, next_pos, version, live_tokens) SELECT ?, ?, ?,"
+                " use_server_side_threading, last_response_id, next_pos, 1, live_tokens"
                 " - (SELECT COALESCE(SUM(est_tokens), 0) FROM records WHERE context_id = ?"
                 " AND live AND reply_id IN (SELECT value FROM json_each(?)))"
                 " FROM contexts WHERE id = ?",
@@ -447,8 +449,8 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             db.execute(
                 "INSERT INTO records (context_id, ts, source, content, live, est_tokens,"
                 " response_id, streamed, tool_call_id, tool_name, metadata, pos, attachments,"
-                " inherited) SELECT ?, ts, source, content, live, est_tokens, response_id,"
-                " streamed, tool_call_id, tool_name, metadata, pos, attachments, 1 FROM records"
+                " inherited, rev) SELECT ?, ts, source, content, live, est_tokens, response_id,"
+                " streamed, tool_call_id, tool_name, metadata, pos, attachments, 1, 1 FROM records"
                 f" WHERE {copied} ORDER BY pos, id",
                 (new_id, context_id, busy),
             )

@@ -197,6 +197,16 @@ def request_history(
     if cache is not None and cache.replies:
         busy = busy_replies(store, context_id) - {reply_id}
     records = read()
+    while busy:
+        # Asked again after the read: a reply that ended in between was stored before it, so
+        # a commit's thread check (records changed since the read) would never see that the
+        # request left it out, and the response's server-side thread would lack it for good.
+        # Read again with it.
+        still = busy_replies(store, context_id) - {reply_id}
+        if busy <= still:
+            break
+        busy = still
+        records = read()
     if busy is None and any(r.reply_id is not None and r.reply_id != reply_id for r in records):
         while True:  # the first reply records this cache met: read them again around it
             busy = busy_replies(store, context_id) - {reply_id}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -464,3 +465,118 @@ def test_a_summary_leaves_out_a_reply_still_being_generated(path: str) -> None:
     assert committed.id not in proposal.replaced_ids
     cw.accept_summary(proposal)
     assert committed.id in {r.id for r in cw.live_records()}
+
+
+class _HeldStream(threading.Event):
+    """The gate of a replayed stream: says when the stream reached it (its reply is begun
+    and streaming), then holds the stream until set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reached = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.reached.set()
+        return super().wait(timeout)
+
+
+def _texts(items: list[dict[str, object]]) -> list[str]:
+    """The texts of a Responses request's input items, in order."""
+    out: list[str] = []
+    for item in items:
+        content = item.get("content")
+        if isinstance(content, str):
+            out.append(content)
+        elif isinstance(content, list):
+            out.extend(str(part.get("text")) for part in content if isinstance(part, dict))
+    return out
+
+
+def test_a_reply_that_ends_while_a_threaded_request_reads_is_never_left_out_of_the_thread(
+    target: str,
+) -> None:
+    """Two workers share a threaded context. B's reply ends between A's question of which
+    replies are busy and A's read of the records: left out of A's request as busy, it was
+    already stored before A read. A's commit then made A's response the thread to continue,
+    and every later request continued a server-side conversation that never held B's
+    answer. The request after A's must carry B's answer or continue no thread lacking it."""
+    import openai
+    from replay import Replay, real_fixture
+    from replay import Reply as Canned
+
+    from rxcontext.providers import OpenAIResponsesModel
+
+    body = real_fixture("openai_responses/text_basic_gpt55.sse").read_bytes()
+
+    def answer(response_id: str, text: str) -> bytes:
+        return body.replace(RESP_ID.encode(), response_id.encode()).replace(b"pong", text.encode())
+
+    def window(store: rxcontext.Store, replay: Replay) -> ContextWindow:
+        client = openai.OpenAI(
+            api_key="sk-test-thread-0123456789", max_retries=0, http_client=replay.client()
+        )
+        model = OpenAIResponsesModel("gpt-test", client=client)
+        return ContextWindow(store, model, "race", retry=None, checkpoint_every=None)
+
+    a_ids = [f"resp_a{n}" for n in range(1, 5)]
+    a_replay = Replay(*(answer(rid, f"answer {rid}") for rid in a_ids))
+    gate = _HeldStream()
+    b_replay = Replay(Canned(answer("resp_b1", "answer resp_b1"), gate=gate))
+    store_a, store_b = rxcontext.open(target), rxcontext.open(target)
+    try:
+        a = window(store_a, a_replay)
+        a.set_server_side_threading(True)
+        for q in ("q1 from A", "q2 from A"):  # A's history cache has met a reply
+            a.add_prompt(q)
+            a.call()
+        b = window(store_b, b_replay)
+        b.add_prompt("q3 from B")
+        b_done = threading.Event()
+        b_failed: list[BaseException] = []
+
+        def run_b() -> None:
+            try:
+                b.call()
+            except BaseException as e:  # reported below
+                b_failed.append(e)
+            finally:
+                b_done.set()
+
+        worker = threading.Thread(target=run_b)
+        worker.start()
+        assert gate.reached.wait(10)  # B's reply is begun and streaming
+        real = store_a.busy_reply_ids
+
+        def busy_then_b_ends(context_id: str) -> set[str]:
+            found = real(context_id)
+            store_a.busy_reply_ids = real  # type: ignore[method-assign]
+            gate.set()
+            assert b_done.wait(10)  # B's reply is stored right here
+            return found
+
+        store_a.busy_reply_ids = busy_then_b_ends  # type: ignore[method-assign]
+        try:
+            a.add_prompt("q4 from A")
+            a.call()
+        finally:
+            store_a.busy_reply_ids = real  # type: ignore[method-assign]
+            gate.set()
+            worker.join(10)
+        assert not b_failed
+        assert "answer resp_b1" in [r.content for r in a.live_records()]
+        a.add_prompt("q5 from A")
+        a.call()
+    finally:
+        store_a.close()
+        store_b.close()
+
+    # What the server holds for each response: its previous response's thread, its input
+    # and its answer.
+    held: dict[str, list[str]] = {}
+    a1, a2, a3, a4 = a_replay.bodies
+    (b1,) = b_replay.bodies
+    sent = {"resp_a1": a1, "resp_a2": a2, "resp_b1": b1, "resp_a3": a3, "resp_a4": a4}
+    for rid, request in sent.items():  # in the order the server made them
+        prev = request.get("previous_response_id")
+        held[rid] = [*(held[prev] if prev else []), *_texts(request["input"]), f"answer {rid}"]
+    assert "answer resp_b1" in held["resp_a4"]  # the request after A's saw B's answer

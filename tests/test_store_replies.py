@@ -155,6 +155,32 @@ def test_a_reply_of_another_host_is_orphaned_when_its_lease_runs_out(store: Stor
     assert not store.save_checkpoint(ticket, CheckpointDraft("zombie"))
 
 
+def test_the_stats_count_the_orphans_checkpoints_lists(store: Store):
+    """``open_checkpoints`` (what ``rxcontext contexts list`` shows) counts what
+    ``checkpoints()`` lists: a reply whose owner died, or whose lease ran out on another
+    host, is open for everyone though its row still reads streaming. It counted only rows
+    marked interrupted, so a worker SIGKILLed mid-reply left a resumable reply the listing
+    said was not there."""
+    ctx = store.get_or_create_context("c")
+    other = store.get_or_create_context("o")
+    store.add_record(ctx.id, P("q"))
+    begin(store, ctx.id, "dead", DEAD)  # its process is gone: open at once
+    begin(store, ctx.id, "far", ELSEWHERE)  # another host, its lease runs out below
+    begin(store, ctx.id, "live")  # this process, leased: still streaming
+    stopped = begin(store, ctx.id, "stopped")
+    assert store.save_checkpoint(stopped, CheckpointDraft("s"), state=ReplyState.INTERRUPTED)
+    resumed = begin(store, ctx.id, "resumed", DEAD)
+    store.claim_checkpoint(resumed.checkpoint_id, owner=worker_id())  # RESUMING, ours
+    begin(store, other.id, "elsewhere-dead", DEAD)  # another context's: not counted here
+    assert {cp.reply_id for cp in store.checkpoints(ctx.id)} == {"dead", "stopped"}
+    assert store.context_stats(ctx.id).open_checkpoints == 2
+    store.lease_ttl = -1.0  # its heartbeat now sets a lease already over: as if it stopped
+    store.renew_leases(ELSEWHERE)
+    assert {cp.reply_id for cp in store.checkpoints(ctx.id)} == {"dead", "far", "stopped"}
+    assert store.context_stats(ctx.id).open_checkpoints == 3
+    assert store.context_stats(other.id).open_checkpoints == len(store.checkpoints(other.id)) == 1
+
+
 def test_live_replies_cannot_be_settled(store: Store):
     ctx = store.get_or_create_context("c")
     ticket = begin(store, ctx.id, "r")

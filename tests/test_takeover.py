@@ -7,9 +7,9 @@ claim race). Synchronisation is explicit: lines on the child's stdout/stdin, and
 ``waitpid(WUNTRACED)`` for SIGSTOP; the only wait on time is for a lease to run out, which
 is the thing under test, bounded by ``WAIT``.
 
-* SIGKILL: the reply reads ``INTERRUPTED`` for worker B, and of three processes released
-  at once to resume it exactly one wins; the stored reply is the checkpoint plus the
-  winner's continuation, once.
+* SIGKILL: the reply reads ``INTERRUPTED`` for worker B (and its stats count it open), and
+  of three processes released at once to resume it exactly one wins; the stored reply is
+  the checkpoint plus the winner's continuation, once.
 * SIGSTOP past the lease (a zombie; ``lease_ttl`` = 0.5 s there): B sees the reply
   ``INTERRUPTED`` no later than ``lease_ttl`` after A stopped (A's last lease, by the
   store's clock, ends by then), claims and completes it; A, continued and let finish, gets
@@ -213,6 +213,7 @@ def test_sigkill_then_exactly_one_of_several_resumers_wins(
     worker.wait(WAIT)
     (cp,) = cw.checkpoints()  # a dead owner on this host is seen at once
     assert cp.reply_id == "r1" and cp.state is ReplyState.INTERRUPTED
+    assert cw.stats().open_checkpoints == 1  # and counted (`rxcontext contexts list`)
     assert cp.text == delivered(lines)
     # Two more processes and this one try to resume it at once.
     resumers = [spawn(RESUMER, target, cp.id, who) for who in "xy"]

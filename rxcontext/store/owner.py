@@ -19,7 +19,7 @@ import threading
 import uuid
 from datetime import datetime
 
-__all__ = ["check_lease_ttl", "owner_alive", "worker_id"]
+__all__ = ["check_lease_ttl", "owner_alive", "process_gone", "worker_id"]
 
 
 def _process_table() -> str:
@@ -79,21 +79,27 @@ def worker_id() -> str:
 
 def owner_alive(owner: str | None, lease_until: datetime | None, now: datetime) -> bool:
     """Whether the worker ``owner`` may still be generating (its reply is not orphaned)."""
+    return lease_until is not None and lease_until > now and not process_gone(owner)
+
+
+def process_gone(owner: str | None) -> bool:
+    """Whether a reply leased to ``owner`` is orphaned all the same: no owner, or one of
+    this process table whose process is gone. The half of :func:`owner_alive` a query
+    cannot tell (the lease half it can: ``lease_until > now``)."""
     if not owner:
-        return False
+        return True
     host, _, rest = owner.partition(":")
     pid_text, _, start = rest.partition(":")
-    leased = lease_until is not None and lease_until > now
     if host != _HOST or not pid_text.isdigit():  # another process table: the lease decides
-        return leased
+        return False
     if owner == worker_id():
         # This process renews the lease of every reply it still serves; one whose lease ran
         # out (its final write failed, or the process was starved and fenced it) is over
         # here as it is for every other worker.
-        return leased
+        return False
     # On this host a dead process is seen at once; a live one still needs its lease (a
     # process stopped or starved past its lease is taken over as one on another host is).
-    return leased and _running(int(pid_text), start)
+    return not _running(int(pid_text), start)
 
 
 def _running(pid: int, start: str) -> bool:

@@ -38,7 +38,7 @@ from . import _pg_rows as rows
 from ._export import export_document
 from ._pg_rows import Draft, impossible_id, live_tokens_of, lock_context, retire, send_records
 from .base import RecordDraft, check_name, usage_counts
-from .owner import check_lease_ttl
+from .owner import check_lease_ttl, process_gone
 from .pg_codec import dec, enc, enc_opt
 from .pg_leases import PostgresLeases
 from .pg_migrations import migrate
@@ -411,6 +411,10 @@ class PostgresStore(PostgresReplies, PostgresLeases):
 
     @staticmethod
     def _stats(conn: Conn, context_id: str) -> ContextStats:
+        """Its open checkpoints are those :meth:`checkpoints` lists: interrupted replies,
+        live ones whose lease ran out by the database's clock (counted in the query, at one
+        time for the whole statement) and leased ones whose owner's process on this host is
+        gone (the query gives their owners to ask)."""
         if impossible_id(context_id):
             raise ContextNotFound(f"no context with id {context_id!r}")
         row = conn.execute(
@@ -419,8 +423,12 @@ class PostgresStore(PostgresReplies, PostgresLeases):
             " COALESCE(SUM(r.est_tokens), 0)::bigint,"
             " COUNT(r.id) FILTER (WHERE r.source = 0), COUNT(r.id) FILTER (WHERE r.source = 1),"
             " COUNT(r.id) FILTER (WHERE r.source = 2), COUNT(r.id) FILTER (WHERE r.source = 3),"
-            " (SELECT COUNT(*) FROM checkpoints k"
-            "   WHERE k.context_id = c.id AND k.state = 'interrupted'),"
+            " (SELECT COUNT(*) FROM checkpoints k WHERE k.context_id = c.id"
+            "   AND (k.state = 'interrupted' OR (k.state IN ('streaming', 'resuming')"
+            "   AND NOT COALESCE(k.lease_until > statement_timestamp(), false)))),"
+            " ARRAY(SELECT k.owner FROM checkpoints k WHERE k.context_id = c.id"
+            "   AND k.state IN ('streaming', 'resuming')"
+            "   AND k.lease_until > statement_timestamp()),"
             f" {rows.USAGE_COLUMNS}, MAX(r.ts)"
             " FROM contexts c LEFT JOIN records r ON r.context_id = c.id"
             " WHERE c.id = %s GROUP BY c.id",
@@ -439,8 +447,8 @@ class PostgresStore(PostgresReplies, PostgresLeases):
             replies=row[7],
             tool_calls=row[8],
             tool_outputs=row[9],
-            open_checkpoints=row[10],
-            usage=Usage(*row[11:-1]),
+            open_checkpoints=row[10] + sum(map(process_gone, row[11])),
+            usage=Usage(*row[12:-1]),
             last_activity=rows.utc_opt(row[-1]),
         )
 

@@ -45,7 +45,7 @@ from ._export import export_document
 from ._thinking import pack
 from .base import RecordDraft, check_name, usage_counts
 from .migrations import copy_current_schema, migrate, pending
-from .owner import check_lease_ttl
+from .owner import check_lease_ttl, process_gone
 from .sqlite_leases import SQLiteLeases
 from .sqlite_replies import SQLiteReplies
 
@@ -482,7 +482,12 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         return export_document(ctx, records, tools, stats)
 
     def context_stats(self, context_id: str) -> ContextStats:
-        """Aggregate numbers of one context, in one query."""
+        """Aggregate numbers of one context, in one query.
+
+        Its open checkpoints are those :meth:`checkpoints` lists: interrupted replies, live
+        ones whose lease ran out (counted in the query) and leased ones whose owner's
+        process on this host is gone (the query gives their owners to ask)."""
+        now = rows.stamp(self.clock())
         with self._read() as db:
             row = db.execute(
                 "SELECT c.id, c.name, COUNT(r.id), COALESCE(SUM(r.live), 0),"
@@ -490,15 +495,19 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
                 " COALESCE(SUM(r.est_tokens), 0),"
                 " COALESCE(SUM(r.source = 0), 0), COALESCE(SUM(r.source = 1), 0),"
                 " COALESCE(SUM(r.source = 2), 0), COALESCE(SUM(r.source = 3), 0),"
-                " (SELECT COUNT(*) FROM checkpoints k"
-                "   WHERE k.context_id = c.id AND k.state = 'interrupted'),"
+                " (SELECT COUNT(*) FROM checkpoints k WHERE k.context_id = c.id"
+                "   AND (k.state = 'interrupted' OR (k.state IN ('streaming', 'resuming')"
+                "   AND NOT COALESCE(k.lease_until > ?1, 0)))),"
+                " (SELECT json_group_array(k.owner) FROM checkpoints k WHERE k.context_id = c.id"
+                "   AND k.state IN ('streaming', 'resuming') AND k.lease_until > ?1),"
                 f" {rows.USAGE_COLUMNS}, MAX(r.ts)"
                 " FROM contexts c LEFT JOIN records r ON r.context_id = c.id"
-                " WHERE c.id = ? GROUP BY c.id",
-                (context_id,),
+                " WHERE c.id = ?2 GROUP BY c.id",
+                (now, context_id),
             ).fetchone()
         if row is None:
             raise ContextNotFound(f"no context with id {context_id!r}")
+        leased: list[str | None] = json.loads(row[11])
         return ContextStats(
             context_id=row[0],
             name=row[1],
@@ -510,8 +519,8 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             replies=row[7],
             tool_calls=row[8],
             tool_outputs=row[9],
-            open_checkpoints=row[10],
-            usage=Usage(*row[11:-1]),
+            open_checkpoints=row[10] + sum(map(process_gone, leased)),
+            usage=Usage(*row[12:-1]),
             last_activity=rows.time_of(row[-1]),
         )
 

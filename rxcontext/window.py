@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
@@ -48,6 +49,9 @@ from .tracing import Tracing
 __all__ = ["CONTINUE_PROMPT", "ContextReader", "ContextWindow"]
 
 DEFAULT_MAX_TOKENS = 128_000
+HISTORY_CACHES = 8
+"""How many contexts' live histories a window keeps in memory (the most recently used):
+switching back to one of them re-reads only what changed; to another, it all."""
 CONTINUE_PROMPT = (
     "Your previous reply was cut off. Continue it exactly where it stopped: do not repeat "
     "anything already written and do not comment on the interruption."
@@ -188,7 +192,8 @@ class ContextWindow:
         """Summariser instructions (default: the prompt shipped in ``rxcontext/data``)."""
         self._tools = ToolRegistry()
         self._context = store.get_or_create_context(context)
-        self._histories: dict[str, HistoryCache] = {}
+        self._histories: dict[str, HistoryCache] = {}  # in order of use, the latest last
+        self._histories_lock = threading.Lock()  # replies may start on several threads
 
     def __repr__(self) -> str:
         return f"ContextWindow(context={self._context.name!r}, model={self._model_name()!r})"
@@ -237,6 +242,8 @@ class ContextWindow:
         """
         ctx = self._store.get_context_by_name(_text_arg(name, "context name"))
         self._store.delete_context(ctx.id)
+        with self._histories_lock:
+            self._histories.pop(ctx.id, None)
         if ctx.id == self._context.id:
             remaining = self._store.list_contexts()
             self._context = (
@@ -692,10 +699,17 @@ class ContextWindow:
         )
 
     def _history(self, context_id: str) -> HistoryCache:
-        """The live-records cache of a context (requests re-read only what changed)."""
-        cache = self._histories.get(context_id)
-        if cache is None:
-            cache = self._histories[context_id] = HistoryCache(self._store, context_id)
+        """The live-records cache of a context (requests re-read only what changed), kept
+        for the :data:`HISTORY_CACHES` contexts used last: a window moved across many
+        contexts would otherwise hold every one's whole history. A reply under way keeps
+        its cache however many contexts the window moves on to."""
+        with self._histories_lock:
+            cache = self._histories.pop(context_id, None)
+            if cache is None:
+                cache = HistoryCache(self._store, context_id)
+            self._histories[context_id] = cache
+            while len(self._histories) > HISTORY_CACHES:
+                del self._histories[next(iter(self._histories))]
         return cache
 
     def _options(self, disable_tools: bool, keywords: CallKeywords) -> CallOptions:

@@ -5,15 +5,18 @@ token totals kept on write always equal the sum over the live records."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rxcontext
-from rxcontext import RecordType, SQLiteStore
+from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType, SQLiteStore
 from rxcontext.history import HistoryCache
+from rxcontext.providers import ScriptedModel
 from rxcontext.store import RecordDraft, ReplyTicket
 from rxcontext.store.owner import worker_id
+from rxcontext.window import HISTORY_CACHES
 
 OPS = st.lists(
     st.one_of(
@@ -96,4 +99,52 @@ def test_an_unchanged_history_costs_one_small_read(tmp_path):
     assert [r.content for r in cache.live()][-2:] == ["p199", "new"]
     reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert len(reads) == 2 and "rev > " in reads[1]  # the version, then the one new record
+    store.close()
+
+
+def caches_of(cw: ContextWindow) -> set[str]:
+    """The ids of the contexts whose history the window holds. (Its own: a window of
+    another context whose reply just ended can be held a moment longer by the heartbeat
+    thread, so counting every HistoryCache in the process would not say what this one
+    keeps.)"""
+    return {cache.context_id for cache in cw._histories.values()}
+
+
+def write_elsewhere(store: Any, name: str) -> None:
+    """Another window adds a prompt and a reply to context ``name``."""
+    other = ContextWindow(store, ScriptedModel([[Chunk(ChunkKind.TEXT, "b")]]), context=name)
+    other.add_prompt("from elsewhere")
+    other.call()
+
+
+def test_a_window_moving_across_contexts_keeps_a_bounded_number_of_histories(target: str):
+    """One window used for many contexts (the CLI's /switch, a server reusing a window)
+    kept the whole live history of every context it ever sent a request for, deleted ones
+    too: 40 contexts of 150 records held 15 MB after all were deleted. It keeps a few (the
+    most recently used) and drops a context's when the context is deleted through it; a
+    request after switching back still sends exactly the stored live history."""
+    store = rxcontext.open(target)
+    model = ScriptedModel([[Chunk(ChunkKind.TEXT, "ok")]], repeat_last=True)
+    cw = ContextWindow(store, model, context="home", checkpoint_every=None)
+    names = [f"conv-{i}" for i in range(3 * HISTORY_CACHES)]
+    for name in names:
+        cw.switch_context(name)
+        cw.add_prompt(f"hello {name}")
+        cw.call()
+    ids = {name: store.get_context_by_name(name).id for name in names}
+    held = caches_of(cw)
+    assert 0 < len(held) <= HISTORY_CACHES
+    assert ids[names[-1]] in held  # the current context's is kept
+    for name in (names[0], names[-1], names[0]):  # one evicted long ago, one cached, again
+        write_elsewhere(store, name)
+        cw.switch_context(name)
+        cw.add_prompt("back again")
+        expected = store.records(ids[name], live_only=True)
+        cw.call()
+        assert model.requests[-1].records == expected
+        assert len(caches_of(cw)) <= HISTORY_CACHES
+    cw.switch_context("home")
+    for name in names:
+        cw.delete_context(name)
+    assert caches_of(cw) <= {cw.context_id}
     store.close()

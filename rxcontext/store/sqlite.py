@@ -37,7 +37,7 @@ from ..errors import (
     StoreError,
 )
 from ..records import Context, ContextStats, Record, RecordType
-from ..tokens import estimate_tokens
+from ..tokens import estimate_record_tokens
 from . import _sqlite_blobs as blobs
 from . import _sqlite_long as long
 from . import _sqlite_rows as rows
@@ -583,10 +583,10 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         # Long values go in a slice at a time (store/_sqlite_long.py): no whole copies.
         body = long.text_value(content)
         metadata, read_back = long.json_value(pack(draft.metadata))
-        est = estimate_tokens(content)
+        attachments = blobs.checked(draft.attachments)
+        est = estimate_record_tokens(content, attachments)
         # In UTC, as every time here: an import's local times sort and read as PostgreSQL's.
         ts = rows.stamp(draft.timestamp) if draft.timestamp is not None else self.now()
-        attachments = blobs.checked(draft.attachments)
         cur = db.execute(
             _INSERT_RECORD[isinstance(body, long.Long), isinstance(metadata, long.Long)],
             (

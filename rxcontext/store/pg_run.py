@@ -35,6 +35,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import StoreClosedError, StoreError
+from .pg_url import ambiguous, redact_text
 
 _jitter = random.Random()  # its own: retries never draw from (or disturb) the app's global random
 
@@ -135,7 +136,10 @@ UNPARSABLE = "postgresql://(unparsable URL)"
 
 
 def redact(url: str) -> str:
-    """``postgresql://user@host:port/db`` for messages: never the password."""
+    """``postgresql://user@host:port/db`` for messages: never the password, nor a piece of
+    one that libpq would read as the host, port or database (see :mod:`.pg_url`)."""
+    if ambiguous(url):
+        return redact_text(url)
     try:
         info = conninfo_to_dict(url)
     except psycopg.ProgrammingError:

@@ -52,6 +52,7 @@ from .pg_run import (
     prepare_with_retry,
     redact,
 )
+from .pg_url import ambiguous
 
 __all__ = ["PostgresStore"]
 
@@ -110,6 +111,12 @@ class PostgresStore(PostgresReplies, PostgresLeases):
                 f"cannot open {self.url}: libpq cannot parse it; percent-encode special"
                 " characters in the user name and password (a space as %20, % as %25)"
             ) from None
+        if ambiguous(url):  # libpq would connect to a host named after part of the password
+            raise StoreError(
+                f"cannot open {self.url}: an '@' or '/' in its user name or password (or an"
+                " '@' in its host or database name) would be read as part of the host, port or"
+                " database; percent-encode it (/ as %2F, @ as %40)"
+            )
         self.lease_ttl = check_lease_ttl(lease_ttl)
         self._close_hooks: list[Callable[[], None]] = []
         kwargs: dict[str, Any] = {

@@ -42,6 +42,19 @@ def test_a_bad_postgresql_url_is_one_clear_line_without_the_password(
     assert "s3cret" not in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("password", ["Zq8Sec/retPw4711", "Zq8Secret@Pw4711"])
+def test_a_password_holding_a_slash_or_an_at_is_refused_without_a_piece_of_it(
+    env: dict[str, str], password: str
+) -> None:
+    """libpq reads such a password's pieces as host, port or database; the error used to
+    show them ("cannot connect to postgresql://postgres:Zq8Sec/retPw4711@…")."""
+    url = f"postgresql://postgres:{password}@127.0.0.1:1/x"
+    result = run(env, "contexts", "list", "--db", url)
+    assert_user_error(result, "cannot open postgresql://postgres@127.0.0.1:1/x", "percent-encode")
+    out = result.stdout + result.stderr
+    assert "Zq8Sec" not in out and "Pw4711" not in out
+
+
 def test_a_name_over_the_limit_is_said_as_such_without_the_sqlite_file_hint(
     target: str, env: dict[str, str]
 ) -> None:

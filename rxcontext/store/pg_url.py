@@ -1,0 +1,44 @@
+"""PostgreSQL URLs read as text, before libpq reads them: whether libpq would take part of
+the user name or password for the host, port or database, and what a message may show.
+
+libpq ends the user name and password at the *first* ``@`` and gives up looking for them
+at the first ``/``, so a password holding either, not percent-encoded
+(``postgresql://app:Zq8Sec/ret@db/chat``, ``postgresql://app:p@ss@db/chat``), is read as
+a host named ``app`` with port ``Zq8Sec``, or a host named ``ss@db``. A message built from
+libpq's reading would print those pieces. Read as text, everything between ``://`` and the
+*last* ``@`` is the user name and password instead.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ambiguous", "redact_text"]
+
+
+def _after_scheme(url: str) -> str | None:
+    _, sep, rest = url.partition("://")
+    return rest if sep else None
+
+
+def ambiguous(url: str) -> bool:
+    """Whether an ``@`` that libpq would not take as the end of the user name and password
+    is left before the query string: an unencoded ``/`` or ``@`` in them (or an unencoded
+    ``@`` in the host or database name, which cannot be told apart from that)."""
+    rest = _after_scheme(url)
+    if rest is None:
+        return False
+    end = 0
+    for i, ch in enumerate(rest):  # libpq's own scan for the user name and password
+        if ch in "@/":
+            end = i + 1 if ch == "@" else 0
+            break
+    return "@" in rest[end:].split("?", 1)[0]
+
+
+def redact_text(url: str) -> str:
+    """``postgresql://user@host:port/db`` from the text: the user name is what comes before
+    the first ``:`` of everything up to the last ``@``; the rest of that (the password) and
+    the query string are left out."""
+    rest = _after_scheme(url) or ""
+    userinfo, at, host_part = rest.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"postgresql://{user}{at}{host_part.split('?', 1)[0]}"

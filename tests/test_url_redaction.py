@@ -1,0 +1,83 @@
+"""Database URLs in messages: what a user typed in a URL's password never reaches an error,
+a repr or the CLI's output, however the URL is malformed.
+
+None of these opens a connection: the URLs point at port 1 (nothing listens) or are
+refused before connecting.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+import pytest
+
+import rxcontext
+from rxcontext import StoreError
+from rxcontext.store.pg_run import redact
+
+SECRET = "Zq8Sec/retPw4711"
+
+
+def fragments(secret: str) -> list[str]:
+    """Pieces of ``secret`` long enough that finding one in a message is a leak."""
+    pieces = [p for p in secret.replace("@", "/").split("/") if len(p) >= 4]
+    return [secret, secret[:6], secret[-6:], *pieces]
+
+
+def leaked(text: str, secret: str) -> list[str]:
+    return [f for f in fragments(secret) if f in text]
+
+
+# A password holding '/' or '@' not percent-encoded: libpq reads its pieces as the host,
+# port or database name.
+AMBIGUOUS = [
+    ("postgresql://postgres:Zq8Sec/retPw4711@127.0.0.1:5432/db", "Zq8Sec/retPw4711"),
+    ("postgresql://postgres:Zq8Secret@Pw4711@127.0.0.1:5432/db", "Zq8Secret@Pw4711"),
+    ("postgresql://postgres:p@ssw0rdXy@host/db", "p@ssw0rdXy"),
+    ("postgres://app:Ab3d/ef+gh/ij==@db.internal/chat?sslmode=require", "Ab3d/ef+gh/ij=="),
+    ("postgresql://app:/leadingSlash9@h:5/db", "/leadingSlash9"),
+    ("postgresql://app:trailingSlash9/@h/db", "trailingSlash9/"),
+    ("postgresql://app:two@at@signs99@h/db", "two@at@signs99"),
+    ("postgresql://app:mixed/at@slash77@h", "mixed/at@slash77"),
+    ("PostgreSQL://app:Zq8Sec/retPw4711@h/db", "Zq8Sec/retPw4711"),
+]
+
+
+@pytest.mark.parametrize(("url", "secret"), AMBIGUOUS)
+def test_redact_keeps_no_piece_of_a_password_holding_a_slash_or_an_at(
+    url: str, secret: str
+) -> None:
+    shown = redact(url)
+    assert leaked(shown, secret) == [], shown
+    assert shown.startswith("postgresql://app@") or shown.startswith("postgresql://postgres@")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (AMBIGUOUS[0][0], "postgresql://postgres@127.0.0.1:5432/db"),
+        (AMBIGUOUS[1][0], "postgresql://postgres@127.0.0.1:5432/db"),
+        (AMBIGUOUS[3][0], "postgresql://app@db.internal/chat"),
+        # Well-formed ones say where, as before; an '@' in the query is not a password's.
+        ("postgresql://u:s3cret@127.0.0.1:1/x", "postgresql://u@127.0.0.1:1/x"),
+        ("postgresql://u:s%2Fc%40ret@h:5/x", "postgresql://u@h:5/x"),
+        ("postgresql://u:pw@h/db?application_name=me@work", "postgresql://u@h/db"),
+        ("postgresql://h/db?application_name=me@work", "postgresql://h/db"),
+    ],
+)
+def test_redact_still_says_where(url: str, shown: str) -> None:
+    assert redact(url) == shown
+
+
+@pytest.mark.parametrize(("url", "secret"), AMBIGUOUS[:4])
+def test_opening_a_url_whose_password_holds_a_slash_or_an_at_is_refused_without_it(
+    url: str, secret: str
+) -> None:
+    """Refused before connecting (libpq would connect to a host named after part of the
+    password, and its error would quote it): the error says to percent-encode."""
+    url = url.replace("127.0.0.1:5432", "127.0.0.1:1").replace("@host/", "@127.0.0.1:1/")
+    with pytest.raises(StoreError, match="percent-encode") as info:
+        rxcontext.open(url, retry_budget=0.2)
+    shown = "".join(traceback.format_exception(info.value))
+    assert leaked(shown, secret) == [], shown
+    assert "%2F" in str(info.value) and "%40" in str(info.value)

@@ -51,6 +51,7 @@ from .errors import (
     ToolLoopLimit,
     UnsupportedAttachment,
     UnsupportedOption,
+    UnsupportedURL,
 )
 from .options import CallOptions
 from .records import (
@@ -127,6 +128,7 @@ __all__ = [
     "ToolLoopLimit",
     "UnsupportedAttachment",
     "UnsupportedOption",
+    "UnsupportedURL",
     "Usage",
     "open",
     "operators",
@@ -141,5 +143,7 @@ def open(path: str | os.PathLike[str] = ":memory:", **options: Any) -> SQLiteSto
     other kind of file, and :class:`StoreError` if it cannot be opened for writing.
     PostgreSQL needs ``pip install 'rxcontext[postgres]'`` (else :class:`StoreError` says
     so); ``options`` are ``PostgresStore``'s (``pool_size``, ``retry_budget``, …).
+    SQLAlchemy's ``postgresql+psycopg://`` form is taken too. Any other URL (a typo in the
+    scheme, a leading space) raises :class:`UnsupportedURL` rather than naming a file.
     """
     return open_any(path, **options)

@@ -40,6 +40,7 @@ __all__ = [
     "ToolLoopLimit",
     "UnsupportedAttachment",
     "UnsupportedOption",
+    "UnsupportedURL",
 ]
 
 
@@ -70,6 +71,12 @@ class StoreError(RxContextError):
 
 class NotADatabaseError(StoreError):
     """The path exists but is not an SQLite database; the file was left untouched."""
+
+
+class UnsupportedURL(StoreError, ValueError):
+    """A database URL rxcontext does not open (a typo in the scheme, another database's URL):
+    refused rather than taken for an SQLite file path. The message shows it without its
+    password."""
 
 
 class StoreBusy(StoreError):

@@ -8,11 +8,12 @@ refused before connecting.
 from __future__ import annotations
 
 import traceback
+from pathlib import Path
 
 import pytest
 
 import rxcontext
-from rxcontext import StoreError
+from rxcontext import StoreError, UnsupportedURL
 from rxcontext.store.pg_run import redact
 
 SECRET = "Zq8Sec/retPw4711"
@@ -81,3 +82,73 @@ def test_opening_a_url_whose_password_holds_a_slash_or_an_at_is_refused_without_
     shown = "".join(traceback.format_exception(info.value))
     assert leaked(shown, secret) == [], shown
     assert "%2F" in str(info.value) and "%40" in str(info.value)
+
+
+# -- URLs rxcontext does not open, and the fan-out's -------------------------------------------
+
+PW = "Zq8SecretPw4711"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (f"redis//:{PW}@127.0.0.1:6379/0", "redis//@127.0.0.1:6379/0"),
+        (f"redis:/:{PW}@127.0.0.1:6379/0", "redis:/@127.0.0.1:6379/0"),
+        (f"redis:{PW}@h", "redis@h"),
+        (f"postgresq://app:{PW}@h:5432/chat", "postgresq://app@h:5432/chat"),
+        (f" postgresql://app:{PW}@h/chat", " postgresql://app@h/chat"),
+        (f"\tpostgresql://app:{PW}@h/chat", "\tpostgresql://app@h/chat"),
+        (f"postgresql+psycopg://app:{PW}@h/chat", "postgresql+psycopg://app@h/chat"),
+        (f"http://bob:{PW}@h/v1", "http://bob@h/v1"),
+        ("rediss://:Zq8Sec/retPw4711@h:6380", "rediss://@h:6380"),
+        ("redis://:Zq8Secret@Pw4711@h", "redis://@h"),
+        ("redis://u:Zq8Sec:ret@Pw4711@h", "redis://u@h"),
+        (f"app:{PW}@h/db", "app@h/db"),
+        ("chat.db", "chat.db"),
+        ("/data/me@work/chat.db", "/data/me@work/chat.db"),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+    ],
+)
+def test_without_password_masks_malformed_urls_too(text: str, shown: str) -> None:
+    from rxcontext.store import without_password
+
+    assert without_password(text) == shown
+    assert leaked(shown, "Zq8Sec/retPw4711") == [] and PW not in shown
+
+
+UNSUPPORTED = [
+    f"postgresq://app:{PW}@127.0.0.1:1/chat",  # a typo
+    f" postgresql://app:{PW}@127.0.0.1:1/chat",  # a leading space
+    f"postgresql+asyncpg://app:{PW}@127.0.0.1:1/chat",  # not a libpq driver
+    f"mysql://app:{PW}@127.0.0.1:1/chat",
+    f"postgresql:/app:{PW}@127.0.0.1:1/chat",  # one slash
+]
+
+
+@pytest.mark.parametrize("url", UNSUPPORTED)
+def test_a_url_rxcontext_does_not_open_is_refused_not_taken_for_a_file(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was opened as an SQLite path: the error (or the file created) held the password."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UnsupportedURL, match=r"postgresql://.*file path") as info:
+        rxcontext.open(url)
+    assert isinstance(info.value, StoreError)
+    shown = "".join(traceback.format_exception(info.value))
+    assert PW not in shown and "Zq8Sec" not in shown, shown
+    assert "app@127.0.0.1:1/chat" in str(info.value)  # still says which URL
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("scheme", ["postgresql+psycopg", "postgresql+psycopg2"])
+def test_sqlalchemys_psycopg_url_opens_postgresql(scheme: str) -> None:
+    """DATABASE_URL as SQLAlchemy writes it names the driver; libpq takes the URL without."""
+    with pytest.raises(StoreError, match=r"cannot connect to postgresql://app@127\.0\.0\.1:1/x"):
+        rxcontext.open(f"{scheme}://app:{PW}@127.0.0.1:1/x", retry_budget=0.2)
+    assert rxcontext.store.is_postgres_url(f"{scheme.upper()}://h/x")
+
+
+def test_a_mistyped_fanout_url_is_refused_without_its_password() -> None:
+    with pytest.raises(ValueError, match="redis://") as info:
+        rxcontext.open(":memory:", fanout=f"redis//:{PW}@127.0.0.1:6379/0")
+    assert PW not in str(info.value) and "redis//@127.0.0.1:6379/0" in str(info.value)

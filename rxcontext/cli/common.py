@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import RxContextError
+from ..errors import RxContextError, UnsupportedURL
 from ..providers.base import Model
-from ..store import SQLiteStore, is_postgres_url, open_postgres
+from ..store import SQLiteStore, check_target, is_postgres_url, open_postgres
 from ..window import DEFAULT_MAX_TOKENS
 from .render import Renderer
 
@@ -69,7 +69,17 @@ def default_db() -> Path:
 
 
 def db_path(value: str | None, *, create: bool) -> Path:
-    """The database ``--db`` names (or the default); it must exist unless ``create``."""
+    """The database ``--db`` names (or the default); it must exist unless ``create``.
+
+    A URL other than a PostgreSQL one is refused, not taken for a file (whose "no database
+    at" would print the URL's password).
+    """
+    try:
+        check_target(value or os.environ.get(DB_ENV) or "")
+    except UnsupportedURL as exc:
+        raise CLIError(
+            str(exc), "check --db (or $RXCONTEXT_DB): a postgresql://user@host/db URL or a file"
+        ) from None
     path = Path(value) if value else default_db()
     if not path.exists() and not create:
         raise CLIError(

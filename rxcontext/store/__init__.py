@@ -10,8 +10,9 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
-from ..errors import StoreError
+from ..errors import StoreError, UnsupportedURL
 from .base import CheckpointDraft, RecordDraft, ReplyEnd, ReplyTicket, Store
+from .pg_url import is_postgres_url
 from .sqlite import SQLiteStore, open_store
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ __all__ = [
     "ReplyTicket",
     "SQLiteStore",
     "Store",
+    "check_target",
     "is_postgres_url",
     "open_any",
     "open_postgres",
@@ -31,17 +33,39 @@ __all__ = [
     "without_password",
 ]
 
-_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+_SCHEME_PREFIX = re.compile(r"\s*[A-Za-z][\w+.-]*(?::/+|/+)")
+"""A scheme and the slashes after it, typos included (``redis//``, ``postgresql:/``)."""
 
-
-def is_postgres_url(target: object) -> bool:
-    """Whether ``target`` is a ``postgresql://`` (or ``postgres://``) URL, not a file path."""
-    return isinstance(target, str) and target[:13].lower().startswith(_POSTGRES_SCHEMES)
+_URL_LIKE = re.compile(r"\s*[A-Za-z][\w+.-]+:/")
 
 
 def without_password(target: str) -> str:
-    """``target`` for messages: a URL's password (``scheme://user:password@…``) left out."""
-    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*):[^@/]*@", r"\1@", target)
+    """``target`` for messages: whatever may be a URL's password left out, from the first
+    ``:`` after the scheme to the *last* ``@`` (``scheme://user:password@host`` gives
+    ``scheme://user@host``), however malformed the URL: a password holding ``@`` or ``/``,
+    a mistyped scheme (``redis//:password@host``). Text without ``@`` is left as it is."""
+    at = target.rfind("@")
+    if at < 0:
+        return target
+    prefix = _SCHEME_PREFIX.match(target)
+    colon = target.find(":", prefix.end() if prefix else 0, at)
+    return target if colon < 0 else target[:colon] + target[at:]
+
+
+def check_target(target: str | os.PathLike[str]) -> None:
+    """Raise :class:`~rxcontext.UnsupportedURL` if ``target`` looks like a URL (``scheme:/``,
+    or ``://`` anywhere) but not a PostgreSQL one, rather than let it name an SQLite file:
+    a typo in the scheme, a leading space, another database's URL."""
+    text = os.fspath(target) if isinstance(target, os.PathLike) else target
+    if not isinstance(text, str) or is_postgres_url(text):
+        return
+    if not (_URL_LIKE.match(text) or "://" in text):
+        return
+    raise UnsupportedURL(
+        f"cannot open {without_password(text)!r}: it looks like a URL, and rxcontext opens"
+        " postgresql:// URLs (postgres://, postgresql+psycopg:// too) and SQLite file paths;"
+        " check the scheme for a typo and the URL for a leading space"
+    )
 
 
 def open_postgres(url: str, **options: Any) -> PostgresStore:
@@ -58,11 +82,13 @@ def open_postgres(url: str, **options: Any) -> PostgresStore:
 
 
 def open_any(target: str | os.PathLike[str], **options: Any) -> SQLiteStore | PostgresStore:
-    """A PostgreSQL store for a ``postgresql://`` URL, else the SQLite store at that path;
-    ``fanout`` (``"memory"``, a ``redis://`` URL, a ready ``Fanout``, None) is attached to
-    it for ``ContextWindow.watch``."""
+    """A PostgreSQL store for a ``postgresql://`` URL, else the SQLite store at that path
+    (another URL raises :class:`~rxcontext.UnsupportedURL`);
+        ``fanout`` (``"memory"``, a ``redis://`` URL, a ready ``Fanout``, None) is attached to
+        it for ``ContextWindow.watch``."""
     from ..fanout import attach, open_fanout
 
+    check_target(target)
     fanout = open_fanout(options.pop("fanout", None))
     store: SQLiteStore | PostgresStore
     if is_postgres_url(target):

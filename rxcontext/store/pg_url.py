@@ -11,7 +11,30 @@ libpq's reading would print those pieces. Read as text, everything between ``://
 
 from __future__ import annotations
 
-__all__ = ["ambiguous", "redact_text"]
+__all__ = ["SCHEMES", "ambiguous", "is_postgres_url", "libpq_url", "redact_text"]
+
+SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2")
+"""A PostgreSQL URL's schemes (in any case): libpq's two, and SQLAlchemy's for its libpq
+drivers (``DATABASE_URL`` as SQLAlchemy writes it), whose ``+driver`` libpq does not take."""
+
+
+def _scheme(target: str) -> str | None:
+    scheme, sep, _ = target.partition("://")
+    return scheme.lower() if sep else None
+
+
+def is_postgres_url(target: object) -> bool:
+    """Whether ``target`` is a ``postgresql://`` (``postgres://``,
+    ``postgresql+psycopg://``) URL, not a file path."""
+    return isinstance(target, str) and _scheme(target) in SCHEMES
+
+
+def libpq_url(url: str) -> str:
+    """``url`` as libpq takes it: its scheme in lower case, without a ``+driver``."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in SCHEMES:
+        return scheme.lower().split("+", 1)[0] + sep + rest
+    return url
 
 
 def _after_scheme(url: str) -> str | None:

@@ -52,7 +52,7 @@ from .pg_run import (
     prepare_with_retry,
     redact,
 )
-from .pg_url import ambiguous
+from .pg_url import ambiguous, libpq_url
 
 __all__ = ["PostgresStore"]
 
@@ -102,9 +102,7 @@ class PostgresStore(PostgresReplies, PostgresLeases):
     ) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
-        scheme, sep, rest = url.partition("://")
-        if sep and scheme.lower() in ("postgresql", "postgres"):
-            url = scheme.lower() + sep + rest  # libpq knows the scheme in lower case only
+        url = libpq_url(url)  # libpq knows the scheme in lower case only, and no +driver
         self.url = redact(url)  # never the password
         if self.url == UNPARSABLE:  # libpq's message would quote the part it failed on
             raise StoreError(

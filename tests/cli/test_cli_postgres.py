@@ -55,6 +55,28 @@ def test_a_password_holding_a_slash_or_an_at_is_refused_without_a_piece_of_it(
     assert "Zq8Sec" not in out and "Pw4711" not in out
 
 
+@pytest.mark.parametrize("given", ["option", "env"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresq://app:Zq8SecretPw4711@127.0.0.1:1/chat",
+        " postgresql://app:Zq8SecretPw4711@127.0.0.1:1/chat",
+        "postgresql+asyncpg://app:Zq8SecretPw4711@127.0.0.1:1/chat",
+    ],
+)
+def test_a_database_url_the_cli_does_not_open_is_refused_without_its_password(
+    env: dict[str, str], tmp_path: Path, url: str, given: str
+) -> None:
+    """It was taken for an SQLite path: "no database at postgresq:/app:Zq8SecretPw4711@…"."""
+    if given == "env":
+        env["RXCONTEXT_DB"] = url
+        result = run(env, "contexts", "list")
+    else:
+        result = run(env, "contexts", "list", "--db", url)
+    assert_user_error(result, "postgresql://", "app@127.0.0.1:1/chat", "--db")
+    assert "Zq8Secret" not in result.stdout + result.stderr
+
+
 def test_a_name_over_the_limit_is_said_as_such_without_the_sqlite_file_hint(
     target: str, env: dict[str, str]
 ) -> None:

@@ -314,6 +314,52 @@ def test_a_base_url_password_is_left_out_of_the_error(
     assert "hunter2pass" not in result.stdout + result.stderr
 
 
+KEY = "gw9f3c1a7e5b2d4f60Zx81QaPL"
+
+
+@pytest.mark.parametrize(
+    ("model", "query"),
+    [
+        ("openai:m", f"/v1?api-key={KEY}"),
+        ("openai:m", f"/v1?key={KEY}&x=1"),
+        ("gemini:g", f"/?key={KEY}"),
+    ],
+)
+def test_a_key_in_the_base_urls_query_is_left_out_of_the_error(
+    env: dict[str, str], tmp_path: Path, model: str, query: str
+) -> None:
+    """Google's APIs and some gateways take the key as ?key=…: "cannot reach" printed it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env["GEMINI_API_KEY"] = "AIzaDummyDummyDummyDummyDummyDummy12"
+    url = f"http://127.0.0.1:{port}{query}"
+    db = str(tmp_path / "u.db")
+    result = run(env, "chat", "--db", db, "--model", model, "--base-url", url, "hi")
+    path = query.split("?", 1)[0]
+    assert_user_error(result, f"cannot reach http://127.0.0.1:{port}{path}:")
+    assert KEY not in result.stdout + result.stderr and "key=" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("base_url", "shown"),
+    [
+        ("http://h/v1?key=Zq8SecretPw4711", "http://h/v1"),
+        ("http://h/v1#key=Zq8SecretPw4711", "http://h/v1"),
+        ("https://bob:Zq8Secret@h:8/v1?api-key=Zq8SecretPw4711", "https://bob@h:8/v1"),
+        ("https://bob:Zq8Sec?ret@h/v1", "https://bob@h/v1"),
+        ("https://bob:Zq8Sec/ret@h/v1?k=Zq8SecretPw4711#f", "https://bob@h/v1"),
+        ("http://h/v1", "http://h/v1"),
+    ],
+)
+def test_a_base_url_is_shown_without_its_password_query_or_fragment(
+    base_url: str, shown: str
+) -> None:
+    exc = rxcontext.ProviderError("refused", provider="openai", error_type="connection_error")
+    message, _ = describe(exc, base_url)
+    assert message == f"cannot reach {shown}: refused"
+
+
 def test_summarize_in_a_script_refuses_before_sending_anything(
     env: dict[str, str], tmp_path: Path
 ) -> None:

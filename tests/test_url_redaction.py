@@ -152,3 +152,22 @@ def test_a_mistyped_fanout_url_is_refused_without_its_password() -> None:
     with pytest.raises(ValueError, match="redis://") as info:
         rxcontext.open(":memory:", fanout=f"redis//:{PW}@127.0.0.1:6379/0")
     assert PW not in str(info.value) and "redis//@127.0.0.1:6379/0" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:Zq8Sec/retPw4711@127.0.0.1:1/0",  # urllib: port 'Zq8Sec'
+        "redis://:47110/retPw4711@127.0.0.1:1/0",  # urllib: host '', port 47110
+        "redis://app:Zq8Sec#retPw4711@127.0.0.1:1/0",
+        "rediss://:Zq8Sec?retPw4711@127.0.0.1:1",
+    ],
+)
+def test_a_fanout_url_whose_password_holds_a_slash_is_refused_without_it(url: str) -> None:
+    """redis-py reads such a URL through urllib, whose error quoted the password's first
+    piece as the port ("Port could not be cast to integer value as 'Zq8Sec'")."""
+    pytest.importorskip("redis")
+    with pytest.raises(ValueError, match="percent-encode") as info:
+        rxcontext.open(":memory:", fanout=url)
+    shown = "".join(traceback.format_exception(info.value))
+    assert "Zq8Sec" not in shown and "Pw4711" not in shown and "47110" not in shown, shown

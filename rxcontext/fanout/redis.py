@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 from ..chunks import Chunk
 from ..errors import MissingDependency
+from ..store import without_password
 from .base import Position
 from .entries import Begin, Chunks, End, Entry, Snapshot, decode_chunk, dumps, encode_chunk
 from .packing import client_options
@@ -154,6 +155,15 @@ class _Channel:
         self.fanout._wake.set()
 
 
+def _misread(url: str) -> bool:
+    """Whether an ``@`` comes after the end urllib (which redis-py reads URLs with) gives the
+    user name, password and host: the first ``/``, ``?`` or ``#``. Such a password's first
+    piece would be read as the port, and urllib's error (or the connection's) would quote it."""
+    rest = url.partition("://")[2]
+    ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
+    return "@" in rest[min(ends, default=len(rest)) :]
+
+
 class RedisFanout:
     """Fan-out over Redis Streams; see the module docstring for what it guarantees."""
 
@@ -170,6 +180,12 @@ class RedisFanout:
         timeout: float = 0.5,
         reconnect_max: float = 1.0,
     ) -> None:
+        if _misread(url):
+            raise ValueError(
+                f"cannot use the fan-out URL {without_password(url)!r}: a '/', '?' or '#' in its"
+                " password would be read as the end of the host; percent-encode it"
+                " (/ as %2F, ? as %3F, # as %23, @ as %40)"
+            )
         self.prefix = prefix
         self.flush_every = flush_every
         self.live_ttl_ms = int(live_ttl * 1000)

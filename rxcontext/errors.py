@@ -263,7 +263,8 @@ class DeadlineExceeded(StreamTimeout):
 
 class SchemaError(RxContextError, ValueError):
     """A structured-output schema that cannot be used (not a pydantic model class or a
-    JSON-schema dict, or a dict schema without the ``jsonschema`` package to validate it)."""
+    JSON-schema dict, a dict schema without the ``jsonschema`` package to validate it, or
+    a schema the model's API cannot be sent), raised at the call before anything is sent."""
 
 
 class SchemaValidationError(RxContextError, ValueError):

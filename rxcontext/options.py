@@ -189,7 +189,9 @@ def check_options(model: Any, options: CallOptions, tool_names: Sequence[str]) -
     from :data:`MODEL_OPTIONS`); a model without one takes none. A model with a
     ``check_extra(extra, tools)`` method checks ``extra`` there (``tools``: whether the
     call offers tools), raising :class:`~rxcontext.errors.UnsupportedOption` for a key it
-    sets itself or its SDK would refuse.
+    sets itself or its SDK would refuse; one with a ``check_schema(schema)`` method checks
+    the call's :class:`~rxcontext.schema.OutputSchema` there, raising
+    :class:`~rxcontext.errors.SchemaError` for one its API cannot be sent.
     """
     supported: frozenset[str] = getattr(model, "call_options", frozenset())
     name = getattr(model, "name", type(model).__name__)
@@ -203,6 +205,9 @@ def check_options(model: Any, options: CallOptions, tool_names: Sequence[str]) -
                 option=option,
                 model=str(name),
             )
+    check_schema = getattr(model, "check_schema", None)
+    if options.schema is not None and check_schema is not None:
+        check_schema(options.schema)
     check_extra = getattr(model, "check_extra", None)
     if options.extra and check_extra is not None:
         check_extra(options.extra, bool(tool_names))

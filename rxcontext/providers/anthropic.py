@@ -63,6 +63,7 @@ from anthropic.types import RawMessageStreamEvent
 from ..attachments import Attachment
 from ..chunks import Chunk, ChunkKind, Reply, Usage
 from ..errors import ProviderError
+from ..schema import OutputSchema
 from ._abort import noted
 from ._anthropic_request import (
     AnthropicHistory,
@@ -76,6 +77,7 @@ from ._anthropic_request import (
     sdk_kwargs,
     splicing,
 )
+from ._anthropic_schema import anthropic_schema
 from ._attachments import check as check_attachments
 from ._common import (
     READ_ERRORS,
@@ -98,20 +100,6 @@ from ._options import anthropic_options
 from ._sse import SSEDecoder
 from ._stainless import HISTORY, AsyncSplicingClient, SplicingClient
 from .base import Request, reply_from_chunks
-
-try:  # the SDK's own schema transform (what its ``output_format=`` sends)
-    from anthropic.lib._parse._transform import transform_schema as _sdk_transform
-except ImportError:  # pragma: no cover - an SDK without it: send the schema as given
-    _sdk_transform = None  # type: ignore[assignment]
-
-
-def _transform(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` in the subset Anthropic's structured outputs accept (objects closed,
-    unsupported constraints moved into descriptions), by the SDK's own helper."""
-    if _sdk_transform is None:  # pragma: no cover
-        return schema
-    return dict(_sdk_transform(schema))
-
 
 __all__ = ["DEFAULT_MAX_TOKENS", "AnthropicModel", "build_messages"]
 
@@ -212,6 +200,11 @@ class AnthropicModel:
         this model sets itself (``tools``: whether the call offers the window's tools)."""
         refuse_keys(extra, with_tools(_EXTRA_REFUSED, tools), model=self.name, per_call=True)
 
+    def check_schema(self, schema: OutputSchema) -> None:
+        """Raise :class:`~rxcontext.SchemaError` for a structured-output schema this model's
+        API cannot be sent (see :mod:`._anthropic_schema`)."""
+        anthropic_schema(schema.json_schema)
+
     def request_body(self, request: Request) -> dict[str, Any]:
         """The keyword arguments of ``messages.create`` for ``request`` (without ``stream``)."""
         system, messages = build_messages(request.records)
@@ -240,7 +233,7 @@ class AnthropicModel:
         if request.tools:
             body["tools"] = [*body.get("tools", ()), *(t.to_anthropic() for t in request.tools)]
         body.update(request.options)
-        body.update(anthropic_options(request.call, _transform, body))
+        body.update(anthropic_options(request.call, anthropic_schema, body))
         body.update(request.call.extra)
         if not body.get("tools"):
             # A history with tool rounds needs tools declared, even when none is offered.

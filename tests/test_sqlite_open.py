@@ -147,6 +147,32 @@ def test_a_database_of_release_0_1_0_keeps_its_order_and_its_open_checkpoint_res
     store.close()
 
 
+def test_a_resumed_checkpoint_of_release_0_1_0_keeps_its_settled_row(tmp_path: Path):
+    # 0.1.0 rows had no epoch (the upgrade gives them 0), so a resume's claim brought one to
+    # 1, the epoch of a reply never cut: its commit deleted the row, and the cut text with it.
+    path = tmp_path / "old.db"
+    shutil.copy(RELEASE_0_1_0, path)
+    store = rxcontext.open(path)
+    cw = ContextWindow(store, ScriptedModel([[T("about a fox."), Chunk(ChunkKind.DONE)]]), "old")
+    (open_,) = cw.checkpoints()
+    assert cw.resume_call(open_.id).text == "The long answer about a fox."
+    settled = store.get_checkpoint(open_.id)
+    assert (settled.state, settled.text, settled.resolved) == (
+        ReplyState.COMPLETED,
+        "The long answer ",
+        True,
+    )
+    found = store.find_reply(open_.reply_id)
+    assert found is not None and found.id == open_.id
+    # A reply never cut still leaves no row, in the upgraded file as in a new one.
+    cw.model = ScriptedModel([[T("Fine."), Chunk(ChunkKind.DONE)]])
+    cw.add_prompt("And now?")
+    assert cw.call(reply_id="never-cut").text == "Fine."
+    assert [r.content for r in store.reply_records("never-cut")] == ["Fine."]
+    assert store.find_reply("never-cut") is None
+    store.close()
+
+
 # -- many processes at once --------------------------------------------------------------------
 
 

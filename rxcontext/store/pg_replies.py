@@ -415,6 +415,7 @@ class PostgresReplies:
             if keyed.fetchone() is None:
                 raise Stored(rows.written(conn, key))
             reply_id: str | None = None
+            resumed = False
             if reply is not None:
                 assert fenced is not None
                 row = fenced.fetchone()
@@ -429,7 +430,7 @@ class PostgresReplies:
                         f"reply {dec(row[1]) if row else reply.checkpoint_id!r} was taken"
                         " over or settled elsewhere; this writer's result was not stored"
                     )
-                pos, reply_id = row[0], dec(row[1])
+                pos, reply_id, resumed = row[0], dec(row[1]), row[3] == "resuming"
             else:
                 pos = at if at is not None else lock.pos
             if usage is not None or rid is not None:
@@ -450,7 +451,7 @@ class PostgresReplies:
                     (*add, *thread_args, context_id),
                 )
             if reply is not None and end is not None:
-                _settle(conn, reply, end)
+                _settle(conn, reply, end, resumed=resumed)
             return Later(send_records(conn, context_id, prepared, pos, lock, key, reply_id))
 
         out: list[Record] = self._runner.run(body, setup=self._durable, pipeline=True)
@@ -611,11 +612,12 @@ def _spent(conn: Conn, cp: Checkpoint) -> None:
         )
 
 
-def _settle(conn: Conn, reply: ReplyTicket, end: ReplyEnd) -> None:
+def _settle(conn: Conn, reply: ReplyTicket, end: ReplyEnd, *, resumed: bool) -> None:
     cid = reply.checkpoint_id
-    if end == "reply" and reply.epoch == 1:
-        # Never interrupted: nothing worth keeping beside its records (which name it). Its
-        # parts go with it (ON DELETE CASCADE): no statement of their own on every reply.
+    if end == "reply" and not resumed:
+        # Never interrupted (never claimed: its state says so, as in SQLite, where a row from
+        # before the lifecycle has epoch 0): nothing worth keeping beside its records (which
+        # name it). Its parts go with it (ON DELETE CASCADE): no statement of their own.
         conn.execute("DELETE FROM checkpoints WHERE id = %s", (cid,))
         return
     conn.execute("DELETE FROM checkpoint_parts WHERE checkpoint_id = %s", (cid,))

@@ -462,6 +462,7 @@ class SQLiteReplies:
         with self._tx(durable=True) as db:
             nxt = self._allocate(db, context_id, 0 if reply is not None or at is not None else 1)
             reply_id: str | None = None
+            resumed = False
             if reply is not None:
                 row = db.execute(
                     "SELECT pos, reply_id, epoch, state FROM checkpoints WHERE id = ?",
@@ -474,7 +475,7 @@ class SQLiteReplies:
                         f"reply {row[1] if row else reply.checkpoint_id!r} was taken over or "
                         "settled elsewhere; this writer's result was not stored"
                     )
-                pos, reply_id = row[0], row[1]
+                pos, reply_id, resumed = row[0], row[1], row[3] == "resuming"
             else:
                 pos = at if at is not None else nxt
             out = [self._insert(db, context_id, d, pos, reply_id, count=False) for d in drafts]
@@ -488,14 +489,17 @@ class SQLiteReplies:
             if sets:
                 db.execute(f"UPDATE contexts SET {sets} WHERE id = ?", (*args, context_id))
             if reply is not None and end is not None:
-                self._settle(db, reply, end)
+                self._settle(db, reply, end, resumed=resumed)
         return out
 
-    def _settle(self, db: sqlite3.Connection, reply: ReplyTicket, end: ReplyEnd) -> None:
+    def _settle(
+        self, db: sqlite3.Connection, reply: ReplyTicket, end: ReplyEnd, *, resumed: bool
+    ) -> None:
         cid = reply.checkpoint_id
-        if end != "round" and reply.epoch == 1:
-            # Never interrupted: nothing worth keeping beside its records (which name it);
-            # its parts go with it (ON DELETE CASCADE).
+        if end != "round" and not resumed:
+            # Never interrupted (never claimed: the state says so, not the epoch, which a
+            # row from before the lifecycle started at 0): nothing worth keeping beside its
+            # records (which name it); its parts go with it (ON DELETE CASCADE).
             db.execute("DELETE FROM checkpoints WHERE id = ?", (cid,))
             return
         db.execute("DELETE FROM checkpoint_parts WHERE checkpoint_id = ?", (cid,))

@@ -6,7 +6,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -246,6 +250,47 @@ def test_another_applications_sqlite_file_is_refused_before_wal_is_switched_on(t
     assert snapshot(tmp_path) == before  # no -wal/-shm files, same bytes
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+# A writer killed with committed pages still in its -wal: the file as it then is on disk.
+_KILLED_WRITERS = {
+    "newer rxcontext": """
+        rxcontext.open(path).close()
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("PRAGMA wal_autocheckpoint = 0")
+        db.execute("INSERT INTO schema_migrations (name) VALUES ('m999_from_the_future')")
+    """,
+    "another application": """
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA wal_autocheckpoint = 0")
+        db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+        db.execute("INSERT INTO invoices (total) VALUES (9.5)")
+    """,
+}
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
+@pytest.mark.parametrize(
+    ("writer", "refusal"),
+    [("newer rxcontext", SchemaTooNew), ("another application", NotADatabaseError)],
+)
+def test_a_refused_file_whose_writer_was_killed_keeps_its_wal(
+    tmp_path: Path, writer: str, refusal: type[Exception]
+):
+    # Closing the connection that read the schema checkpointed the -wal into the file and
+    # deleted the -wal and -shm: the refused file was rewritten.
+    path = tmp_path / "killed.db"
+    script = "import os, signal, sqlite3, rxcontext\n" + f"path = {str(path)!r}\n"
+    script += textwrap.dedent(_KILLED_WRITERS[writer])
+    script += "os.kill(os.getpid(), signal.SIGKILL)\n"
+    child = subprocess.run([sys.executable, "-c", script], check=False)
+    assert child.returncode == -signal.SIGKILL
+    assert (tmp_path / "killed.db-wal").stat().st_size > 0
+    before = snapshot(tmp_path)
+    with pytest.raises(refusal, match="left unchanged"):
+        rxcontext.open(path)
+    assert snapshot(tmp_path) == before
 
 
 # superfly/contextwindow's schema (storage.go, InitializeSchema at 8d45723): its tables and

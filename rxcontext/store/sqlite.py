@@ -88,6 +88,31 @@ def _check_file(path: str) -> None:
             f"{path!r} is not an SQLite database (it was left unchanged); "
             "give the path of an rxcontext database or of a new file"
         )
+    if os.path.exists(path + "-wal"):
+        _check_schema_read_only(path)
+
+
+def _check_schema_read_only(path: str) -> None:
+    """Refuse a file not ours (or too new) whose -wal is still there, without changing it.
+
+    The last connection to close checkpoints the -wal into the file and deletes the -wal and
+    -shm, so a writer killed with pages in its -wal would have its file rewritten by the
+    very open that refuses it. This one reads through a read-only connection that maps the
+    -shm read-only too (SQLite's ``readonly_shm``), so it writes to no file. What it cannot
+    read so (no -shm beside the -wal, a hot journal, a lock) is left to the ordinary open,
+    which decides again.
+    """
+    uri = Path(path).absolute().as_uri() + "?mode=ro&readonly_shm=1"
+    try:
+        probe = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None)
+    except sqlite3.Error:
+        return
+    try:
+        pending(probe, path)
+    except sqlite3.Error:
+        return
+    finally:
+        probe.close()
 
 
 def _use_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:

@@ -44,6 +44,7 @@ psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not insta
 from faultproxy import FaultProxy  # noqa: E402
 from pgtrace import traced  # noqa: E402
 
+from rxcontext.store import pg_migrations  # noqa: E402
 from rxcontext.store.pg_migrations import MIGRATIONS, MIGRATIONS_TABLE  # noqa: E402
 from rxcontext.store.pg_writes import BATCH, CheckpointWrite, batch_params  # noqa: E402
 from rxcontext.store.postgres import PostgresStore  # noqa: E402
@@ -262,19 +263,12 @@ def test_a_database_from_before_the_cache_write_totals_keeps_its_totals(empty_pg
     a context's totals cannot be rebuilt exactly from its records, see the step) and
     leaves every existing total exactly as it was."""
     names = [name for name, _ in MIGRATIONS]
-    with psycopg.connect(empty_pg_url, autocommit=True) as conn:
-        conn.execute(
-            f"CREATE TABLE {MIGRATIONS_TABLE} (name text PRIMARY KEY,"
-            " applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
-        )
-        for name, step in MIGRATIONS[: names.index("m006_cut_text") + 1]:
-            with conn.transaction():
-                step(conn)
-                conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (name) VALUES (%s)", (name,))
-        conn.execute(
-            "INSERT INTO contexts (id, name, input_tokens, output_tokens, total_tokens,"
-            " cached_tokens, reasoning_tokens) VALUES ('c1', 'old', 2000, 50, 2050, 7, 9)"
-        )
+    _migrated_up_to(empty_pg_url, "m006_cut_text")
+    query(
+        empty_pg_url,
+        "INSERT INTO contexts (id, name, input_tokens, output_tokens, total_tokens,"
+        " cached_tokens, reasoning_tokens) VALUES ('c1', 'old', 2000, 50, 2050, 7, 9)",
+    )
     with rxcontext.open(empty_pg_url) as s:
         assert s.context_stats("c1").usage == Usage(2000, 50, 2050, 7, 9)
         more = Usage(100, 5, 105, cache_write_tokens=80, web_search_requests=1)
@@ -296,6 +290,144 @@ def test_a_migration_whose_commit_was_cut_off_is_applied_once_by_the_retry(
         assert store.get_or_create_context("c").name == "c"
     rows = query(empty_pg_url, f"SELECT name, COUNT(*) FROM {MIGRATIONS_TABLE} GROUP BY name")
     assert sorted(rows) == sorted((n, 1) for n, _ in MIGRATIONS)
+
+
+def _migrated_up_to(url: str, last: str) -> None:
+    """Make ``url``'s empty database what an older rxcontext left: the steps up to ``last``."""
+    names = [name for name, _ in MIGRATIONS]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE TABLE {MIGRATIONS_TABLE} (name text PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+        )
+        for name, step in MIGRATIONS[: names.index(last) + 1]:
+            with conn.transaction():
+                step(conn)
+                conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (name) VALUES (%s)", (name,))
+
+
+def _opening(url: str, out: dict[str, Any], **options: Any) -> threading.Thread:
+    def run() -> None:
+        try:
+            rxcontext.open(url, **options).close()
+            out["opened"] = True
+        except BaseException as exc:  # the test looks at it
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _waiting_statement(conn: Any, like: str, alive: threading.Thread, not_at: Any = None) -> Any:
+    """The start time of a statement of this database (``like`` its text) waiting for a
+    lock, once one other than ``not_at`` is seen (``alive`` still runs)."""
+    deadline = time.monotonic() + 60
+    while True:
+        row = conn.execute(
+            "SELECT query_start FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND query LIKE %s AND query_start IS DISTINCT FROM %s",
+            (like, not_at),
+        ).fetchone()
+        if row is not None:
+            return row[0]
+        assert time.monotonic() < deadline and alive.is_alive(), "no such lock wait"
+        threading.Event().wait(0.01)
+
+
+def test_an_upgrade_that_a_reader_blocks_gives_up_with_a_clear_error_and_stalls_no_one(
+    empty_pg_url: str,
+):
+    """An older database opened while another session (pg_dump, a psql left idle in its
+    transaction, an old worker's report) holds a transaction that read ``checkpoints``: the
+    step altering that table waits a bounded time per try, between tries the other readers
+    of the table go on, and once ``retry_budget`` is spent opening fails with StoreBusy
+    naming the table and the session; the database is left as it was."""
+    _migrated_up_to(empty_pg_url, "m003_attachments")
+    out: dict[str, Any] = {}
+    read: dict[str, Any] = {}
+    with (
+        psycopg.connect(empty_pg_url, autocommit=True) as admin,
+        psycopg.connect(empty_pg_url, application_name="long report") as holder,
+    ):
+        holder.execute("SELECT count(*) FROM checkpoints").fetchone()  # idle in transaction
+        holder_pid = holder.info.backend_pid
+        opener = _opening(empty_pg_url, out, retry_budget=1)
+        _waiting_statement(admin, "ALTER TABLE checkpoints%", opener)
+        reader = threading.Thread(
+            target=lambda: read.setdefault(
+                "n", query(empty_pg_url, "SELECT count(*) FROM checkpoints")
+            ),
+            daemon=True,
+        )
+        reader.start()
+        reader.join(60)
+        opener.join(60)
+        stalled = reader.is_alive() or opener.is_alive()
+        holder.rollback()
+        reader.join(60)
+        opener.join(60)
+    assert not stalled, "a reader or the opening waited as long as the holder held"
+    assert read["n"] == [(0,)]
+    error = out["error"]
+    assert isinstance(error, rxcontext.StoreBusy), repr(error)
+    message = str(error)
+    assert "checkpoints" in message and f"pid {holder_pid}" in message, message
+    assert "long report" in message and "idle in transaction" in message, message
+    assert "m004_stop_requests" in message and "nothing was changed" in message, message
+    applied = query(empty_pg_url, f"SELECT name FROM {MIGRATIONS_TABLE} ORDER BY name")
+    assert [r[0] for r in applied] == [n for n, _ in MIGRATIONS[:3]]
+
+
+def test_an_upgrade_goes_on_once_the_session_blocking_it_ends(empty_pg_url: str):
+    """The same wait, within the budget: the step is tried again, the table's other readers
+    go on meanwhile, and it is applied once the holder's transaction ends."""
+    _migrated_up_to(empty_pg_url, "m005_thinking_spans")
+    out: dict[str, Any] = {}
+    read: dict[str, Any] = {}
+    with (
+        psycopg.connect(empty_pg_url, autocommit=True) as admin,
+        psycopg.connect(empty_pg_url) as holder,
+    ):
+        holder.execute("SELECT count(*) FROM checkpoints").fetchone()
+        opener = _opening(empty_pg_url, out, retry_budget=300)
+        first = _waiting_statement(admin, "ALTER TABLE checkpoints%", opener)
+        reader = threading.Thread(
+            target=lambda: read.setdefault(
+                "n", query(empty_pg_url, "SELECT count(*) FROM checkpoints")
+            ),
+            daemon=True,
+        )
+        reader.start()
+        reader.join(60)
+        _waiting_statement(admin, "ALTER TABLE checkpoints%", opener, not_at=first)  # a retry
+        holder.commit()
+        opener.join(60)
+    assert read == {"n": [(0,)]}, "the reader waited as long as the holder held"
+    assert not opener.is_alive() and out == {"opened": True}, out
+    applied = query(empty_pg_url, f"SELECT name, COUNT(*) FROM {MIGRATIONS_TABLE} GROUP BY name")
+    assert sorted(applied) == sorted((n, 1) for n, _ in MIGRATIONS)
+
+
+def test_an_upgrade_gives_up_on_a_schema_lock_held_by_a_stuck_migrator(empty_pg_url: str):
+    """Another process holding the schema lock (an older rxcontext stuck in its own step
+    waiting for a table): opening waits for it within the budget, then says so."""
+    _migrated_up_to(empty_pg_url, "m007_inherited_records")
+    out: dict[str, Any] = {}
+    with psycopg.connect(empty_pg_url) as stuck:
+        stuck.execute("SELECT pg_advisory_xact_lock(%s)", (pg_migrations._LOCK_KEY,))
+        stuck_pid = stuck.info.backend_pid
+        opener = _opening(empty_pg_url, out, retry_budget=1)
+        opener.join(60)
+        stalled = opener.is_alive()
+        stuck.rollback()
+        opener.join(60)
+    assert not stalled, "the opening waited as long as the schema lock was held"
+    error = out["error"]
+    assert isinstance(error, rxcontext.StoreBusy), repr(error)
+    message = str(error)
+    assert "schema lock" in message and f"pid {stuck_pid}" in message, message
+    assert "m008_cache_write_and_search_totals" in message, message
 
 
 MIGRATE = """

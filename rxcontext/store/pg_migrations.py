@@ -6,26 +6,37 @@ advisory lock, so N processes opening one database at once apply every step exac
 (no session-level lock: PgBouncer in transaction mode stays safe). A database that records a
 step this version does not know was migrated by a newer rxcontext: it is refused untouched.
 
+A step that alters a table needs its ``ACCESS EXCLUSIVE`` lock, which waits for every
+transaction that has read the table (pg_dump, a psql left idle in a transaction, an older
+worker's report) and, while it waits, holds up every other reader of the table behind it.
+So each step's transaction waits at most :data:`LOCK_WAIT` for a lock, then gives the
+readers queued behind it their turn and tries again, within the store's ``retry_budget``;
+then :class:`~rxcontext.StoreBusy` names the sessions holding the locks.
+
 The tables mirror the SQLite ones, plus what the reply lifecycle and scale-out need
 (positions, reply ids and states, idempotent commits); see shared/DESIGN.md.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
-from ..errors import SchemaTooNew
+from ..errors import SchemaTooNew, StoreBusy
 
-__all__ = ["MIGRATIONS", "MIGRATIONS_TABLE", "migrate"]
+__all__ = ["LOCK_WAIT", "MIGRATIONS", "MIGRATIONS_TABLE", "migrate"]
 
 Step = Callable[["psycopg.Connection[Any]"], None]
 MIGRATIONS: list[tuple[str, Step]] = []
 MIGRATIONS_TABLE = "rxcontext_migrations"
 # pg_advisory_xact_lock(key): one fixed 64-bit key for "rxcontext schema changes".
 _LOCK_KEY = 0x7278_636F_6E74_6578  # "rxcontex"
+LOCK_WAIT = 2.0
+"""Seconds one try of a schema step waits for a lock (the readers queued behind it wait as
+long), at most: then it rolls back and tries again, until the retry budget is spent."""
 
 
 def migration(fn: Step) -> Step:
@@ -251,27 +262,134 @@ def _refuse_newer(done: set[str], where: str) -> None:
         )
 
 
-def migrate(conn: psycopg.Connection[Any], where: str = "the database") -> list[str]:
+def migrate(
+    conn: psycopg.Connection[Any], where: str = "the database", *, retry_budget: float = 10.0
+) -> list[str]:
     """Apply the steps not yet recorded, each in its own locked transaction; return their names.
 
-    ``conn`` must be in autocommit mode. ``where`` names the database in error messages.
+    ``conn`` must be in autocommit mode. ``where`` names the database in error messages. A
+    step whose locks stay held by other sessions for ``retry_budget`` seconds raises
+    :class:`~rxcontext.StoreBusy`; the steps applied before it stay applied.
     """
+    waits = _Waits(conn, where, retry_budget)
     try:  # the common case, an up-to-date schema: one read, no lock, no DDL
         done = {row[0] for row in conn.execute(f"SELECT name FROM {MIGRATIONS_TABLE}")}
     except psycopg.errors.UndefinedTable:
-        with conn.transaction():
-            done = _locked(conn)
+        done = waits.run(None, lambda: _locked(conn))
     _refuse_newer(done, where)
-    applied = []
     for name, step in MIGRATIONS:
         if name in done:
             continue
-        with conn.transaction():
+
+        def apply(name: str = name, step: Step = step) -> set[str]:
             done = _locked(conn)  # another process may have applied it meanwhile
             _refuse_newer(done, where)
-            if name in done:
-                continue
-            step(conn)
-            conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (name) VALUES (%s)", (name,))
-        applied.append(name)
-    return applied
+            if name not in done:
+                waits.locked = True
+                step(conn)
+                conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (name) VALUES (%s)", (name,))
+            return done
+
+        done = waits.run(name, apply)
+        if name not in done:  # the set read before this step ran: it was applied now
+            waits.applied.append(name)
+    return waits.applied
+
+
+class _Waits:
+    """Runs each schema transaction with a bounded lock wait, tried again within the budget."""
+
+    def __init__(self, conn: psycopg.Connection[Any], where: str, retry_budget: float) -> None:
+        self.conn = conn
+        self.where = where
+        self.retry_budget = retry_budget
+        self.deadline = time.monotonic() + retry_budget
+        self.applied: list[str] = []
+        self.locked = False  # this try holds the schema lock (so it waits for tables)
+
+    def run(self, step: str | None, body: Callable[[], set[str]]) -> set[str]:
+        delay = 0.05
+        while True:
+            wait = min(LOCK_WAIT, max(self.deadline - time.monotonic(), 0.05))
+            self.locked = False
+            try:
+                with self.conn.transaction():
+                    self.conn.execute(f"SET LOCAL lock_timeout = {round(wait * 1000)}")
+                    return body()
+            except psycopg.errors.LockNotAvailable as exc:
+                if time.monotonic() + delay >= self.deadline:
+                    raise StoreBusy(self._busy(step)) from exc
+            # Between tries the readers queued behind this one's lock request go on.
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _busy(self, step: str | None) -> str:
+        what = f"schema step {step}" if step else "the schema check"
+        done = (
+            f"{'steps' if len(self.applied) > 1 else 'step'} {', '.join(self.applied)}"
+            f" applied, {step} and later not"
+            if self.applied
+            else "nothing was changed"
+        )
+        holders = _holders(self.conn, tables=self.locked) or "none left now"
+        budget = f"for all of the retry budget of {self.retry_budget:g} s"
+        if self.locked:
+            return (
+                f"cannot upgrade the schema of {self.where}: {what} needs an exclusive lock"
+                f" on its tables for a moment, and other sessions held locks on them {budget}"
+                " (transactions that read them: pg_dump, a psql session left idle in a"
+                f" transaction, a long report): {holders}; {done}. End those transactions"
+                " (commit or roll back; pg_terminate_backend(pid) if stuck) or wait until"
+                " none uses these tables, then open the database again"
+            )
+        return (
+            f"cannot upgrade the schema of {self.where}: {what} waits for rxcontext's schema"
+            f" lock, and another session held it {budget} (another rxcontext upgrading this"
+            f" database, perhaps itself waiting for a table): {holders}; {done}. Let it finish"
+            " or end that session, then open the database again"
+        )
+
+
+_HOLDERS = """
+SELECT {what}, a.pid, a.application_name, a.state,
+       round(extract(epoch FROM clock_timestamp() - a.xact_start))
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid {join}
+WHERE l.granted AND l.pid <> pg_backend_pid() AND {where}
+ORDER BY 1, 2
+LIMIT 6
+"""
+
+
+def _holders(conn: psycopg.Connection[Any], *, tables: bool) -> str:
+    """Who holds locks on this schema's tables, or rxcontext's schema lock, now: for the
+    error (the server does not say what a timed-out lock request waited for)."""
+    if tables:
+        sql = _HOLDERS.format(
+            what="c.relname",
+            join="JOIN pg_class c ON c.oid = l.relation",
+            where="l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND c.relkind IN ('r', 'p') AND c.relnamespace = current_schema()::regnamespace",
+        )
+    else:  # a bigint advisory key is held as (classid, objid) = (high, low) 32 bits
+        sql = _HOLDERS.format(
+            what="'the schema lock'",
+            join="",
+            where=f"l.locktype = 'advisory' AND l.objsubid = 1"
+            f" AND l.classid = {_LOCK_KEY >> 32} AND l.objid = {_LOCK_KEY & 0xFFFF_FFFF}"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+    try:
+        rows = conn.execute(sql).fetchall()
+    except psycopg.Error:  # only for the message: its lack is no reason to fail otherwise
+        return ""
+    shown = []
+    for relation, pid, app, state, age in rows[:5]:
+        about = [f"pid {pid}"]
+        if app:
+            about.append(f"application {app!r}")
+        if state:  # None without the right to see other roles' sessions
+            about.append(str(state))
+        if age is not None:
+            about.append(f"in a transaction for {age:.0f} s")
+        shown.append(f"{relation} by {', '.join(about)}")
+    return "; ".join(shown) + (", …" if len(rows) > 5 else "")

@@ -125,7 +125,7 @@ class PostgresStore(PostgresReplies, PostgresLeases):
         }
 
         def prepare(conn: Conn) -> Any:  # all of it again after a lost connection
-            migrate(conn, self.url)
+            migrate(conn, self.url, retry_budget=retry_budget)
             return conn.execute("SHOW synchronous_commit").fetchone()
 
         row = prepare_with_retry(url, self.url, prepare, retry_budget=retry_budget, kwargs=kwargs)

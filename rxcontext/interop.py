@@ -22,7 +22,7 @@ from .chunks import Usage
 from .errors import AttachmentError, InvalidExport
 from .history import busy_replies
 from .records import Context, RecordType
-from .store.base import RecordDraft, Store, check_name
+from .store.base import RecordDraft, Store, check_name, check_text
 
 __all__ = ["fork_context", "import_context"]
 
@@ -253,6 +253,8 @@ def fork_context(store: Store, context_id: str, dest: str, *, at: int) -> Contex
     at 0 and its records are marked ``inherited``, so its cost does too. Raises
     ``ValueError`` if no such record is in the context or ``dest`` is taken (checked as the
     context is created)."""
+    if isinstance(dest, str):
+        check_text(dest, "context name")  # before anything is read: no database holds it
     # Replies still being generated are not the fork's. Asked before the read and after
     # it: one that ends in between is left out whole, never carried half (a round
     # without its answer), as a request's history does.

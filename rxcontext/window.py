@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
-from typing import Any, Unpack
+from typing import Any, Unpack, cast
 
 from reactivex import Observable, abc
 
@@ -38,7 +38,7 @@ from .providers.base import Model, Request, ResumeCursor
 from .records import Checkpoint, Context, ContextStats, Record, RecordType, TokenUsage
 from .resume import NativeResumeRun
 from .retry import DEFAULT_RETRY, RetryPolicy, Timeouts
-from .store.base import RecordDraft, Store, settle_refusal
+from .store.base import RecordDraft, Store, check_text, settle_refusal
 from .store.owner import check_seconds, worker_id
 from .streaming import Run, _drive, _Flag, run_observable
 from .summarize import SummaryProposal
@@ -62,6 +62,12 @@ def _text_arg(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, not {type(value).__name__}")
     return value
+
+
+def _reply_id(value: object) -> str:
+    """A reply id to look up: a str of UTF-8 text (else TypeError / ValueError)."""
+    check_text(_text_arg(value, "reply id"), "reply id")
+    return cast(str, value)
 
 
 class ContextReader:
@@ -888,11 +894,11 @@ class ContextWindow:
         stop that arrives as the reply completes finds it completed). Raises
         :class:`~rxcontext.ReplyNotFound` for a reply id this store never saw.
         """
-        return request_stop(self._store, reply_id)
+        return request_stop(self._store, _reply_id(reply_id))
 
     async def astop(self, reply_id: str) -> bool:
         """The asyncio twin of :meth:`stop` (the store is written off the event loop)."""
-        return await off_loop(request_stop, self._store, reply_id)
+        return await off_loop(request_stop, self._store, _reply_id(reply_id))
 
     def watch(
         self, reply_id: str, *, poll: float | None = None, wait: float = 1.0
@@ -913,7 +919,7 @@ class ContextWindow:
         return watch_observable(
             self._store,
             fanout_for(self._store),
-            _text_arg(reply_id, "reply id"),
+            _reply_id(reply_id),
             poll=self._poll(poll),
             wait=check_seconds(wait, "wait"),
         )
@@ -930,7 +936,7 @@ class ContextWindow:
         return awatch_chunks(
             self._store,
             fanout_for(self._store),
-            _text_arg(reply_id, "reply id"),
+            _reply_id(reply_id),
             poll=self._poll(poll),
             wait=check_seconds(wait, "wait"),
         )

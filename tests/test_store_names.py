@@ -135,3 +135,39 @@ def test_longer_names_a_database_already_holds_stay_readable(target: str) -> Non
         assert store.remove_context_tool(ctx.id, old)
         with pytest.raises(ValueError, match="over the limit"):
             store.create_context(old + "x")
+
+
+LONE = "reply-\udcff"
+"""A name holding a lone surrogate (a URL path decoded with ``surrogateescape``, say): no
+UTF-8 text, so no database can hold it."""
+
+
+@pytest.mark.parametrize("write", sorted(WRITES))
+def test_a_name_that_is_not_utf8_text_is_refused_alike_before_anything_is_written(
+    make_store: Callable[..., Any], write: str
+) -> None:
+    global LONG
+    store = make_store()
+    context = store.get_or_create_context("a")
+    store.add_record(context.id, RecordDraft(RecordType.PROMPT, "x"))
+    before = store.records(context.id)
+    saved, LONG = LONG, LONE  # the same writes, given the lone surrogate
+    try:
+        with pytest.raises(ValueError, match=r"not UTF-8 text \(a lone surrogate") as e:
+            WRITES[write](store, context.id)
+    finally:
+        LONG = saved
+    assert not isinstance(e.value, UnicodeError)  # a message of ours, not the codec's
+    assert [c.name for c in store.list_contexts()] == ["a"]
+    assert store.records(context.id) == before
+    assert store.checkpoints(context.id, include_resolved=True) == []
+
+
+def test_watching_or_stopping_a_reply_id_that_is_not_utf8_text_is_a_clear_error(
+    make_store: Callable[..., Any],
+) -> None:
+    cw = ContextWindow(make_store(), context="a")
+    for call in (lambda: cw.watch(LONE), lambda: cw.awatch(LONE), lambda: cw.stop(LONE)):
+        with pytest.raises(ValueError, match=r"reply id is not UTF-8 text") as e:
+            call()
+        assert not isinstance(e.value, UnicodeError)

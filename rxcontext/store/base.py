@@ -37,6 +37,7 @@ __all__ = [
     "ReplyTicket",
     "Store",
     "check_name",
+    "check_text",
     "checkpoint_key",
     "discarded_draft",
     "kept_metadata",
@@ -74,10 +75,29 @@ compresses). SQLite refuses a longer one too, so a database's names fit either s
 longer one an existing database holds is still read."""
 
 
+def check_text(value: str, what: str) -> None:
+    """A ``ValueError`` if ``value`` (a ``what``) is no UTF-8 text: it holds a lone surrogate
+    (from bytes decoded with ``surrogateescape``, say), which neither store can hold, and
+    which would otherwise fail deep inside the database driver with the codec's error."""
+    if value.isascii():
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"the {what} is not UTF-8 text (a lone surrogate {value[exc.start]!r} at index "
+            f"{exc.start}); give one made of characters"
+        ) from None
+
+
 def check_name(value: object, what: str) -> None:
     """A ``ValueError`` if ``value`` (a ``what``: "context name", "reply id", "tool name")
-    is longer than :data:`NAME_LIMIT` bytes of UTF-8; raised before anything is written."""
-    if not isinstance(value, str) or len(value) <= NAME_LIMIT // 4:  # 4 bytes a character at most
+    is longer than :data:`NAME_LIMIT` bytes of UTF-8, or is no UTF-8 text at all (a lone
+    surrogate, which no database holds); raised before anything is written."""
+    if not isinstance(value, str):
+        return
+    check_text(value, what)
+    if len(value) <= NAME_LIMIT // 4:  # 4 bytes a character at most
         return
     size = len(value.encode("utf-8", "surrogatepass"))
     if size > NAME_LIMIT:

@@ -37,7 +37,7 @@ from . import _pg_blobs as blobs
 from . import _pg_rows as rows
 from ._export import export_document
 from ._pg_rows import Draft, impossible_id, live_tokens_of, lock_context, retire, send_records
-from .base import RecordDraft, check_name, usage_counts
+from .base import RecordDraft, check_name, check_text, usage_counts
 from .owner import check_lease_ttl, process_gone
 from .pg_codec import dec, enc, enc_opt
 from .pg_leases import PostgresLeases
@@ -182,6 +182,7 @@ class PostgresStore(PostgresReplies, PostgresLeases):
         """The context called ``name``, created now if missing; ``""`` gets a generated name."""
         if not isinstance(name, str):
             raise TypeError(f"context name must be a str, not {type(name).__name__}")
+        check_text(name, "context name")  # no database holds it (else the codec's error)
         try:
             check_name(name, "context name")
         except ValueError:

@@ -43,7 +43,7 @@ from . import _sqlite_long as long
 from . import _sqlite_rows as rows
 from ._export import export_document
 from ._thinking import pack
-from .base import RecordDraft, check_name, usage_counts
+from .base import RecordDraft, check_name, check_text, usage_counts
 from .migrations import copy_current_schema, migrate, pending
 from .owner import check_lease_ttl, process_gone
 from .sqlite_leases import SQLiteLeases
@@ -309,6 +309,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         if not isinstance(name, str):
             raise TypeError(f"context name must be a str, not {type(name).__name__}")
         name = name or uuid.uuid4().hex
+        check_text(name, "context name")  # no database holds it (else the codec's error)
         # Read first: opening a context that exists is no write, and must not wait for
         # another process's write lock (and fail with StoreBusy) as a write would.
         with self._read() as db:

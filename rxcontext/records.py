@@ -15,6 +15,7 @@ from .attachments import Attachment
 from .chunks import Usage
 
 __all__ = [
+    "TOOL_ERROR",
     "Checkpoint",
     "Context",
     "ContextStats",
@@ -22,6 +23,7 @@ __all__ = [
     "RecordType",
     "ReplyState",
     "TokenUsage",
+    "tool_failed",
 ]
 
 
@@ -98,6 +100,19 @@ class Record:
     def unsaved(cls, context_id: str, type: RecordType, content: str) -> Record:
         """A record sent to a model but never stored (id -1): a continuation prompt, say."""
         return cls(-1, context_id, type, content, True, 0, datetime.now(UTC))
+
+
+TOOL_ERROR = "error"
+"""``TOOL_OUTPUT`` metadata key: True when the output reports that the call failed (its
+tool raised, is unknown, could not parse its arguments, or was refused)."""
+
+
+def tool_failed(record: Record) -> bool:
+    """Whether ``record``, a ``TOOL_OUTPUT``, reports a failed call: marked
+    :data:`TOOL_ERROR`, or the placeholder stored for an interrupted call (marked
+    ``interrupted``, see :mod:`rxcontext.history`). Outputs stored without either mark (by
+    ``add_tool_output``, or before rxcontext marked failures) are results, as they were."""
+    return bool(record.metadata.get(TOOL_ERROR) or record.metadata.get("interrupted"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from .heartbeat import Heartbeat
 from .operators import Middleware
 from .persist import ReplyPersister, describe_error
 from .providers.base import Model, Request
-from .records import RecordType
+from .records import TOOL_ERROR, RecordType
 from .retry import RetryPolicy, Timeouts
 from .store.base import RecordDraft
 from .tools import ToolApproval, ToolRegistry, ToolResult
@@ -196,7 +196,11 @@ class Run:
         self.persister.store_tool_outputs(
             [
                 RecordDraft(
-                    RecordType.TOOL_OUTPUT, r.output, tool_call_id=r.call_id, tool_name=r.name
+                    RecordType.TOOL_OUTPUT,
+                    r.output,
+                    tool_call_id=r.call_id,
+                    tool_name=r.name,
+                    metadata={TOOL_ERROR: True} if r.error else {},
                 )
                 for r in results
             ]

@@ -8,9 +8,9 @@ hands the SDK its messages as dicts; for Gemini the SDK's own ``generate_content
 ``generate_content`` with ``build_contents``. Both requests go through the real SDK to an
 httpx2 transport that records them (method, URL, headers, body bytes) and answers with an
 error, whose handling must also match. Histories are generated: prompts, replies, tool calls
-and outputs in any order, system prompts anywhere, unicode, thinking blocks with signatures,
-Gemini thought signatures, Responses output items, reasoning from ``reasoning_content``, cut
-tool arguments, missing ids.
+and outputs in any order, failed tool outputs, system prompts anywhere, unicode, thinking
+blocks with signatures, Gemini thought signatures, Responses output items, reasoning from
+``reasoning_content``, cut tool arguments, missing ids.
 """
 
 from __future__ import annotations
@@ -278,7 +278,9 @@ def history(seed: int, context: str = "ctx") -> list[Record]:
                 metadata=metadata,
             )
         for call_id, name in calls:
-            add(R.TOOL_OUTPUT, _text(rng), tool_call_id=call_id, tool_name=name)
+            # Some failed (their tool raised, or the call was interrupted).
+            failed = rng.choice([{}, {}, {}, {"error": True}, {"interrupted": True}])
+            add(R.TOOL_OUTPUT, _text(rng), tool_call_id=call_id, tool_name=name, metadata=failed)
         if calls and rng.random() < 0.7:
             add(R.MODEL_RESP, _text(rng), metadata=_reply_metadata(rng, []))
     return out

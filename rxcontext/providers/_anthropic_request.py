@@ -15,7 +15,7 @@ from typing import Any
 
 import anthropic
 
-from ..records import Record, RecordType
+from ..records import Record, RecordType, tool_failed
 from ._attachments import anthropic_blocks
 from ._history import HistoryCache, compact_json
 
@@ -89,11 +89,13 @@ def _blocks(record: Record) -> tuple[str | None, list[dict[str, Any]]]:
         }
         return _ASSISTANT, [block]
     if kind is RecordType.TOOL_OUTPUT:
-        result = {
+        result: dict[str, Any] = {
             "type": "tool_result",
             "tool_use_id": record.tool_call_id,
             "content": record.content,
         }
+        if tool_failed(record):  # else the model reads the error as the tool's result
+            result["is_error"] = True
         return _USER, [result]
     return None, []
 

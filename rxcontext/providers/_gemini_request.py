@@ -20,7 +20,7 @@ from google import genai
 from google.genai import models as genai_models
 from google.genai import types
 
-from ..records import Record, RecordType
+from ..records import Record, RecordType, tool_failed
 from ._abort import note
 from ._attachments import gemini_parts
 from ._history import MARKER, HistoryCache, json_array, spaced_json, splice
@@ -122,7 +122,7 @@ def build_contents(records: Iterable[Record]) -> list[types.Content]:
             response = types.FunctionResponse(
                 id=None if call_id in synthetic_ids else call_id,
                 name=record.tool_name,
-                response={"output": record.content},
+                response=_response(record),
             )
             outputs.append(types.Part(function_response=response))
         elif kind is RecordType.PROMPT:
@@ -200,8 +200,14 @@ def _response_part(record: Record, with_id: bool) -> dict[str, Any]:
         response["id"] = record.tool_call_id
     if record.tool_name is not None:
         response["name"] = record.tool_name
-    response["response"] = {"output": record.content}
+    response["response"] = _response(record)
     return {"functionResponse": response}
+
+
+def _response(record: Record) -> dict[str, Any]:
+    # The API's documented keys: "output" for a result, "error" for a call that failed
+    # (else the model reads the error as the tool's result).
+    return {"error" if tool_failed(record) else "output": record.content}
 
 
 class _Entry:

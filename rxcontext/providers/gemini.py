@@ -63,10 +63,11 @@ Choices worth knowing:
   its async transport the SDK decodes strictly instead; the fast path does not follow it).
 - Cancellation: the SDK's async stream leaves its HTTP response open when closed early, so
   the sdk path finds that response and closes it (see ``_open_responses``).
-- Requests: tool outputs go back as ``functionResponse.response = {"output": <text>}``
-  (the key the API documents). Automatic function calling and automatic continuation of
-  the SDK are turned off: the window runs tools and resumes interrupted replies itself,
-  and one call is one HTTP request on both wire paths. A history that opens with a reply
+- Requests: tool outputs go back as ``functionResponse.response = {"output": <text>}``,
+  those of failed calls as ``{"error": <text>}`` (the keys the API documents). Automatic
+  function calling and automatic continuation of the SDK are turned off: the window runs
+  tools and resumes interrupted replies itself, and one call is one HTTP request on both
+  wire paths. A history that opens with a reply
   (its first prompt killed) is sent from its first prompt on: Gemini refuses contents that
   open with the model's turn. The replies, calls and outputs before it are left out of the
   request only; system prompts among them still go to the system instruction.

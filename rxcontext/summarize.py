@@ -1,7 +1,8 @@
 """Summaries: propose a compressed history, then accept (one transaction) or reject it.
 
 A proposal leaves the conversation as it was: it only stores what the summariser was billed
-(:func:`summarizer_draft`, a dead record, accepted or not). Accepting marks the replaced
+(:func:`summarizer_draft`, a dead record, accepted or not, and also when the summary fails
+after its request was billed). Accepting marks the replaced
 records dead and inserts the summary as one live record, atomically. System prompts are
 never replaced.
 """
@@ -119,8 +120,16 @@ def propose(
     live: Sequence[Record],
     prompt: str | None = None,
     on_chunk: Callable[[Chunk], None] | None = None,
+    *,
+    spend: Callable[[Reply], None] | None = None,
 ) -> SummaryProposal:
-    """Ask ``model`` for a summary of ``live`` (streaming; ``on_chunk`` sees each chunk)."""
+    """Ask ``model`` for a summary of ``live`` (streaming; ``on_chunk`` sees each chunk).
+
+    ``spend`` gets what the request was billed, as the summariser's reply, as soon as it is
+    known: once it answered (with a summary, or billed for none), or when it fails after its
+    stream reported usage (a provider error, a cut connection, ``on_chunk`` raising: that
+    error is raised unchanged once ``spend`` returned).
+    """
     if is_async(on_chunk):
         raise TypeError(
             f"summarize(on_chunk={on_chunk!r}) got an async function, which the blocking "
@@ -129,11 +138,19 @@ def propose(
         )
     replaced, request = _prepare(context_id, live, prompt)
     builder = ReplyBuilder()
-    for chunk in model.iter_chunks(request):
-        builder.add(chunk)
-        if on_chunk is not None:
-            on_chunk(chunk)
-    return _proposal(context_id, replaced, builder.build())
+    try:
+        for chunk in model.iter_chunks(request):
+            builder.add(chunk)
+            if on_chunk is not None:
+                on_chunk(chunk)
+    except BaseException:
+        if spend is not None and builder.usage is not None:
+            spend(builder.build())  # billed, then cut: spent all the same
+        raise
+    reply = builder.build()
+    if spend is not None and _spends(reply):
+        spend(reply)
+    return _proposal(context_id, replaced, reply)
 
 
 async def apropose(
@@ -142,30 +159,46 @@ async def apropose(
     live: Sequence[Record],
     prompt: str | None = None,
     on_chunk: Callable[[Chunk], Done] | None = None,
+    *,
+    spend: Callable[[Reply], Awaitable[None]] | None = None,
 ) -> SummaryProposal:
-    """The asyncio twin of :func:`propose` (an ``async def`` ``on_chunk`` is awaited). The
-    model's stream is closed before an error (``on_chunk``'s own too) reaches the caller,
-    as the sync loop's is."""
+    """The asyncio twin of :func:`propose` (an ``async def`` ``on_chunk`` is awaited;
+    ``spend`` is awaited). The model's stream is closed before an error (``on_chunk``'s own
+    too) reaches the caller, as the sync loop's is."""
     replaced, request = _prepare(context_id, live, prompt)
     builder = ReplyBuilder()
     awaited = is_async(on_chunk)
     chunks = model.aiter_chunks(request)
     try:
-        async for chunk in chunks:
-            builder.add(chunk)
-            if on_chunk is not None:
-                done = on_chunk(chunk)
-                if awaited:
-                    await cast("Awaitable[None]", done)
-    finally:
-        await aclose_chunks(chunks)
-    return _proposal(context_id, replaced, builder.build())
+        try:
+            async for chunk in chunks:
+                builder.add(chunk)
+                if on_chunk is not None:
+                    done = on_chunk(chunk)
+                    if awaited:
+                        await cast("Awaitable[None]", done)
+        finally:
+            await aclose_chunks(chunks)
+    except BaseException:
+        if spend is not None and builder.usage is not None:
+            await spend(builder.build())  # billed, then cut: spent all the same
+        raise
+    reply = builder.build()
+    if spend is not None and _spends(reply):
+        await spend(reply)
+    return _proposal(context_id, replaced, reply)
+
+
+def _spends(reply: Reply) -> bool:
+    """Whether a summariser's finished reply is kept: a summary, or an answer with no text
+    that was billed (one with neither cost nothing anyone knows of)."""
+    return bool(reply.text.strip()) or reply.usage is not None
 
 
 def _proposal(context_id: str, replaced: Sequence[Record], reply: Reply) -> SummaryProposal:
     text = reply.text.strip()
     if not text:
-        raise ValueError("the summariser returned no text; nothing was changed")
+        raise ValueError("the summariser returned no text; the conversation was not changed")
     return SummaryProposal(
         context_id=context_id,
         text=text,
@@ -190,19 +223,21 @@ def summary_draft(proposal: SummaryProposal) -> RecordDraft:
     )
 
 
-def summarizer_draft(proposal: SummaryProposal, model_name: str | None) -> RecordDraft:
-    """The record that keeps what the summariser (``model_name``) was billed for
-    ``proposal``, stored when the proposal is made, whether or not it is accepted.
+def summarizer_draft(billed: SummaryProposal | Reply, model_name: str | None) -> RecordDraft:
+    """The record that keeps what the summariser (``model_name``) was billed: for a
+    proposal, stored when it is made, whether or not it is accepted; for the reply of a
+    summary that failed after its request was billed, what it delivered.
 
     It is the summariser's reply as a dead MODEL_RESP (metadata ``summarizer: true``), with
     the ``model``, ``provider`` and ``usage`` every reply carries: a context's cost is read
     from its records (:mod:`rxcontext.cost`), and the request was paid for even if the
     summary never goes live. Dead, it is never sent to a model.
     """
+    reply = billed.reply if isinstance(billed, SummaryProposal) else billed
     return RecordDraft(
         RecordType.MODEL_RESP,
-        proposal.text,
+        reply.text.strip(),
         live=False,
         streamed=True,
-        metadata={**reply_metadata(proposal.reply, model_name=model_name), "summarizer": True},
+        metadata={**reply_metadata(reply, model_name=model_name), "summarizer": True},
     )

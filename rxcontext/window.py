@@ -437,29 +437,30 @@ class ContextWindow:
         ``SummarizeLiveContextInContext``); the current one by default. What the request
         was billed is spent whether or not the summary is accepted: its usage joins the
         context's totals and its reply is stored as a dead MODEL_RESP (metadata
-        ``summarizer: true``) that carries the usage and model its cost is priced from.
+        ``summarizer: true``) that carries the usage and model its cost is priced from. So
+        it is when the summary fails after its stream reported usage (an error in the
+        stream, ``on_chunk`` raising, no text: ``ValueError``): that record keeps the usage
+        and the text delivered, then the error is raised as it was.
         """
         context_id = self._context_id_of(context)
         summarizer = self._summarizer()
         if self.budget is not None:  # a request like any other (the largest one)
             self._check_budget(self.budget, summarizer, context_id)
-        proposal = summarize.propose(
+        return summarize.propose(
             summarizer,
             context_id,
             self._settled(context_id),
             prompt or self.summary_prompt,
             on_chunk,
+            spend=partial(self._spent, context_id, summarizer),
         )
-        self._spent(context_id, summarizer, proposal)
-        return proposal
 
-    def _spent(self, context_id: str, model: Model, proposal: SummaryProposal) -> None:
-        """What the summariser was billed joins the context, accepted or not: its usage the
-        token totals, and its reply, as a dead record, the cost (budgets count both)."""
+    def _spent(self, context_id: str, model: Model, reply: Reply) -> None:
+        """What the summariser was billed joins the context, accepted or not (and when the
+        summary failed after it was billed): its usage the token totals, and its reply, as
+        a dead record, the cost (budgets count both)."""
         self._store.import_records(
-            context_id,
-            [summarize.summarizer_draft(proposal, model.name)],
-            usage=proposal.reply.usage,
+            context_id, [summarize.summarizer_draft(reply, model.name)], usage=reply.usage
         )
 
     async def asummarize(
@@ -474,15 +475,14 @@ class ContextWindow:
         summarizer = self._summarizer()
         if self.budget is not None:  # its store reads stay off the event loop
             await off_loop(self._check_budget, self.budget, summarizer, context_id)
-        proposal = await summarize.apropose(
+        return await summarize.apropose(
             summarizer,
             context_id,
             await off_loop(self._settled, context_id),
             prompt or self.summary_prompt,
             on_chunk,
+            spend=partial(off_loop, self._spent, context_id, summarizer),
         )
-        await off_loop(self._spent, context_id, summarizer, proposal)
-        return proposal
 
     def _settled(self, context_id: str) -> list[Record]:
         """The live records a summary may replace: not those of replies still being

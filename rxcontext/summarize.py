@@ -12,14 +12,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import cast
 
-from .chunks import Chunk, Reply, ReplyBuilder
+from ._summary_stream import SummaryAttempts, SummaryLimits
+from .chunks import Chunk, Reply
 from .operators import Done, is_async
 from .persist import reply_metadata
 from .providers.base import Model, Request
 from .records import Record, RecordType
-from .run import aclose_chunks
 from .store.base import RecordDraft
 from .tokens import estimate_tokens
 
@@ -34,6 +33,9 @@ __all__ = [
 ]
 
 SUMMARY_PREFIX = "Summary of the conversation so far:\n\n"
+
+NO_LIMITS = SummaryLimits()
+"""No retry, no time limit: the summariser's stream is read to its end."""
 
 
 def default_prompt() -> str:
@@ -122,8 +124,10 @@ def propose(
     on_chunk: Callable[[Chunk], None] | None = None,
     *,
     spend: Callable[[Reply], None] | None = None,
+    limits: SummaryLimits = NO_LIMITS,
 ) -> SummaryProposal:
-    """Ask ``model`` for a summary of ``live`` (streaming; ``on_chunk`` sees each chunk).
+    """Ask ``model`` for a summary of ``live`` (streaming; ``on_chunk`` sees each chunk),
+    within ``limits`` (the window's timeouts and retry policy: :mod:`._summary_stream`).
 
     ``spend`` gets what the request was billed, as the summariser's reply, as soon as it is
     known: once it answered (with a summary, or billed for none), or when it fails after its
@@ -137,17 +141,13 @@ def propose(
             "plain function"
         )
     replaced, request = _prepare(context_id, live, prompt)
-    builder = ReplyBuilder()
+    attempts = SummaryAttempts(model, limits)
     try:
-        for chunk in model.iter_chunks(request):
-            builder.add(chunk)
-            if on_chunk is not None:
-                on_chunk(chunk)
+        reply = attempts.run(request, on_chunk)
     except BaseException:
-        if spend is not None and builder.usage is not None:
-            spend(builder.build())  # billed, then cut: spent all the same
+        if spend is not None and attempts.billed() is not None:
+            spend(attempts.reply())  # billed, then cut: spent all the same
         raise
-    reply = builder.build()
     if spend is not None and _spends(reply):
         spend(reply)
     return _proposal(context_id, replaced, reply)
@@ -161,29 +161,19 @@ async def apropose(
     on_chunk: Callable[[Chunk], Done] | None = None,
     *,
     spend: Callable[[Reply], Awaitable[None]] | None = None,
+    limits: SummaryLimits = NO_LIMITS,
 ) -> SummaryProposal:
     """The asyncio twin of :func:`propose` (an ``async def`` ``on_chunk`` is awaited;
     ``spend`` is awaited). The model's stream is closed before an error (``on_chunk``'s own
     too) reaches the caller, as the sync loop's is."""
     replaced, request = _prepare(context_id, live, prompt)
-    builder = ReplyBuilder()
-    awaited = is_async(on_chunk)
-    chunks = model.aiter_chunks(request)
+    attempts = SummaryAttempts(model, limits)
     try:
-        try:
-            async for chunk in chunks:
-                builder.add(chunk)
-                if on_chunk is not None:
-                    done = on_chunk(chunk)
-                    if awaited:
-                        await cast("Awaitable[None]", done)
-        finally:
-            await aclose_chunks(chunks)
+        reply = await attempts.arun(request, on_chunk)
     except BaseException:
-        if spend is not None and builder.usage is not None:
-            await spend(builder.build())  # billed, then cut: spent all the same
+        if spend is not None and attempts.billed() is not None:
+            await spend(attempts.reply())  # billed, then cut: spent all the same
         raise
-    reply = builder.build()
     if spend is not None and _spends(reply):
         await spend(reply)
     return _proposal(context_id, replaced, reply)

@@ -13,6 +13,7 @@ from typing import Any, Unpack, cast
 from reactivex import Observable, abc
 
 from . import summarize
+from ._summary_stream import SummaryLimits
 from .astreaming import off_loop, run_async
 from .attachments import Attachment
 from .budget import Budget, check_budget
@@ -440,7 +441,10 @@ class ContextWindow:
         ``summarizer: true``) that carries the usage and model its cost is priced from. So
         it is when the summary fails after its stream reported usage (an error in the
         stream, ``on_chunk`` raising, no text: ``ValueError``): that record keeps the usage
-        and the text delivered, then the error is raised as it was.
+        and the text delivered, then the error is raised as it was. The window's
+        ``timeouts`` and ``retry`` bound and retry the summariser's stream as a reply's
+        (``FirstChunkTimeout``, ``IdleTimeout``, ``DeadlineExceeded`` raised as they are;
+        each retry checked against the ``budget``).
         """
         context_id = self._context_id_of(context)
         summarizer = self._summarizer()
@@ -453,6 +457,22 @@ class ContextWindow:
             prompt or self.summary_prompt,
             on_chunk,
             spend=partial(self._spent, context_id, summarizer),
+            limits=self._summary_limits(summarizer, context_id),
+        )
+
+    def _summary_limits(self, summarizer: Model, context_id: str) -> SummaryLimits:
+        """The window's retry policy, timeouts and scheduler, for a summary's request, and
+        its budget check before that request is sent again."""
+        budget = self.budget
+        return SummaryLimits(
+            retry=self.retry,
+            timeouts=self.timeouts,
+            scheduler=self.scheduler,
+            recheck=(
+                partial(self._check_budget, budget, summarizer, context_id)
+                if budget is not None
+                else None
+            ),
         )
 
     def _spent(self, context_id: str, model: Model, reply: Reply) -> None:
@@ -482,6 +502,7 @@ class ContextWindow:
             prompt or self.summary_prompt,
             on_chunk,
             spend=partial(off_loop, self._spent, context_id, summarizer),
+            limits=self._summary_limits(summarizer, context_id),
         )
 
     def _settled(self, context_id: str) -> list[Record]:

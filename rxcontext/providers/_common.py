@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import re
@@ -10,6 +11,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Generic, Literal, TypeVar
+from urllib.parse import quote
 
 import httpx2
 
@@ -27,8 +29,11 @@ __all__ = [
     "malformed_event",
     "mask_chain",
     "provider_error",
+    "refused_request",
+    "request_secrets",
     "retry_after_seconds",
     "scrub",
+    "sent_secrets",
     "transport_error",
 ]
 
@@ -53,35 +58,132 @@ def check_wire(wire: str) -> Wire:
 
 
 # Shapes of the providers' API keys; anything that looks like one is masked in messages.
+# A bearer token runs to the end of RFC 6750's token68 (base64 keys hold + / and end in =).
 _KEY = re.compile(
     r"(sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{20,}|"
-    r"(?i:bearer)\s+[A-Za-z0-9_\-.]{8,}|key=[A-Za-z0-9_\-]{8,})"
+    r"(?i:bearer)\s+[A-Za-z0-9_\-.~+/]{8,}=*|key=[A-Za-z0-9_\-]{8,})"
 )
+
+_CREDENTIAL_HEADERS = (
+    "authorization",
+    "proxy-authorization",
+    "api-key",
+    "x-api-key",
+    "x-goog-api-key",
+)
+"""Request headers that carry a key (OpenAI and Anthropic bearer tokens, Azure OpenAI's
+``api-key``, Anthropic's ``x-api-key``, Gemini's ``x-goog-api-key``)."""
+
+_ILLEGAL = re.compile(r"[\r\n\0]|^\s|\s$")
+"""What makes a header value one the HTTP client refuses to send, quoting it in its error."""
+
+
+def _forms(secret: str) -> set[str]:
+    """The ways a message may quote ``secret``: as it is, stripped (a key read from a file
+    keeps its newline), escaped as a ``str`` or ``bytes`` repr shows it (an HTTP client that
+    refuses a header quotes it as bytes: ``b'<key>\\n'``), escaped again (a repr of such a
+    message), as JSON and URL-encoded. Cheap: this runs on error paths only."""
+    forms: set[str] = set()
+    for plain in {secret, secret.strip()}:
+        if len(plain) < 4:
+            continue
+        once = {
+            plain,
+            repr(plain)[1:-1],
+            repr(plain.encode("utf-8", "backslashreplace"))[2:-1],
+            json.dumps(plain)[1:-1],
+            quote(plain, safe=""),
+        }
+        forms |= once
+        forms |= {repr(form)[1:-1] for form in once}
+    return forms
 
 
 def scrub(message: str, *secrets: str | None) -> str:
-    """Mask API keys (known shapes, and the given ``secrets`` verbatim) in ``message``."""
+    """Mask API keys in ``message``: known shapes, and each of ``secrets`` in every form a
+    message may quote it in (stripped, escaped, encoded: see ``_forms``)."""
+    forms: set[str] = set()
     for secret in secrets:
-        if secret and len(secret) >= 4:
-            message = message.replace(secret, "***")
+        if secret:
+            forms |= _forms(secret)
+    for form in sorted(forms, key=len, reverse=True):  # the longest first: "k\n" before "k"
+        message = message.replace(form, "***")
     return _KEY.sub("***", message)
 
 
-def mask_chain(exc: BaseException, secrets: tuple[str | None, ...]) -> None:
-    """Mask API keys in the message and ``args`` of ``exc`` and of every exception it was
-    raised from or during: an SDK exception chained as a :class:`ProviderError`'s cause is
-    shown in its traceback, and may quote a key the server echoed back (a 401, an error
-    event)."""
+def request_secrets(request: object) -> tuple[str, ...]:
+    """The keys ``request`` (an ``httpx2.Request``) was sent with: its credential headers'
+    values, the token after an ``Authorization`` scheme (and a Basic pair's password), and a
+    ``key`` query parameter. The key a client sends is the one a server echoes back; with a
+    key provider (a callable, a vault) the client holds no key of its own to mask."""
+    if not isinstance(request, httpx2.Request):
+        return ()
+    found: list[str] = []
+    for name in _CREDENTIAL_HEADERS:
+        for value in request.headers.get_list(name):
+            found.append(value)
+            scheme, _, token = value.partition(" ")
+            if not token:
+                continue
+            found.append(token)
+            if scheme.lower() == "basic":
+                with contextlib.suppress(ValueError):
+                    pair = base64.b64decode(token.strip(), validate=True).decode()
+                    found += [pair, pair.partition(":")[2]]
+    found += request.url.params.get_list("key")
+    # A value the HTTP client refuses (a newline, a NUL, edge whitespace) is quoted in its
+    # error whatever the header: a gateway token in default_headers read from a file, say.
+    found += [v for _, v in request.headers.multi_items() if _ILLEGAL.search(v)]
+    return tuple(found)
+
+
+def _links(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception it was raised from or during, or holds in its ``args``
+    (httpcore2 wraps h11's error that way), each once."""
     seen: set[int] = set()
-    at: BaseException | None = exc
-    while at is not None and id(at) not in seen:
+    found: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        at = todo.pop()
+        if id(at) in seen:
+            continue
         seen.add(id(at))
+        found.append(at)
+        todo += [e for e in (at.__cause__, at.__context__) if e is not None]
+        todo += [a for a in at.args if isinstance(a, BaseException)]
+    return found
+
+
+def sent_secrets(exc: BaseException, secrets: tuple[str | None, ...]) -> tuple[str | None, ...]:
+    """``secrets`` and the keys the requests of ``exc``'s chain were sent with (see
+    :func:`request_secrets`): what a message about ``exc`` may quote."""
+    found: list[str] = []
+    for at in _links(exc):
+        for holder in (at, getattr(at, "response", None)):
+            try:  # httpx2's exceptions raise RuntimeError for a request never set
+                request = getattr(holder, "request", None)
+            except RuntimeError:
+                continue
+            found += request_secrets(request)
+    return (*secrets, *found) if found else secrets
+
+
+def mask_chain(exc: BaseException, secrets: tuple[str | None, ...]) -> None:
+    """Mask API keys in the message, ``args`` and notes of ``exc`` and of every exception it
+    was raised from or during: an SDK exception chained as a :class:`ProviderError`'s cause
+    is shown in its traceback, and may quote a key the server echoed back (a 401, an error
+    event) or the HTTP client refused to send (a header with a newline)."""
+    links = _links(exc)
+    secrets = sent_secrets(exc, secrets)
+    for at in links:
         message = getattr(at, "message", None)
         if isinstance(message, str):
             with contextlib.suppress(AttributeError):
                 at.message = scrub(message, *secrets)  # type: ignore[attr-defined]
         at.args = tuple(scrub(a, *secrets) if isinstance(a, str) else a for a in at.args)
-        at = at.__cause__ or at.__context__
+        notes = getattr(at, "__notes__", None)
+        if isinstance(notes, list):
+            notes[:] = [scrub(n, *secrets) if isinstance(n, str) else n for n in notes]
 
 
 def is_retryable_status(status: int) -> bool:
@@ -222,7 +324,8 @@ def malformed_event(
             error_type = "invalid_json"
         else:
             error_type = "invalid_event"
-    detail = f"{type(exc).__name__}: {exc}"
+    # Masked before it is cut: a key cut short would no longer be found.
+    detail = scrub(f"{type(exc).__name__}: {exc}", *secrets)
     if len(detail) > 300:
         detail = detail[:297] + "..."
     return provider_error(
@@ -236,20 +339,52 @@ def malformed_event(
     )
 
 
-def transport_error(exc: BaseException, provider: str) -> ProviderError | None:
+def refused_request(
+    exc: BaseException, provider: str, secrets: tuple[str | None, ...] = ()
+) -> ProviderError | None:
+    """The error for a request the HTTP client refused to send (an ``httpx2.LocalProtocolError``
+    in ``exc``'s chain: a header value with a newline, most often a key read from a file);
+    else ``None``. Not retryable: the same request is refused again."""
+    refused = next((e for e in _links(exc) if isinstance(e, httpx2.LocalProtocolError)), None)
+    if refused is None:
+        return None
+    return provider_error(
+        provider,
+        f"configuration: the HTTP client refused to send the request ({refused}), and will "
+        "refuse it again. A header with a newline is the usual cause: an API key read from a "
+        "file keeps its trailing newline, strip it",
+        error_type="configuration",
+        retryable=False,
+        secrets=sent_secrets(exc, secrets),
+    )
+
+
+def transport_error(
+    exc: BaseException, provider: str, secrets: tuple[str | None, ...] = ()
+) -> ProviderError | None:
     """Classify a raw httpx2 transport error (connection, read, timeout, a body that
     could not be decoded: a corrupt gzip stream); else ``None``.
 
-    Transport errors are retryable: the request may well succeed on a new connection.
+    Transport errors are retryable: the request may well succeed on a new connection. A
+    request the client refused to send is not (see :func:`refused_request`).
     """
     if isinstance(exc, httpx2.TimeoutException):
         kind = "timeout"
     elif isinstance(exc, (httpx2.TransportError, httpx2.DecodingError)):
+        refused = refused_request(exc, provider, secrets)
+        if refused is not None:
+            return refused
         kind = "connection_error"
     else:
         return None
     detail = str(exc) or type(exc).__name__
-    return provider_error(provider, f"{kind}: {detail}", error_type=kind, retryable=True)
+    return provider_error(
+        provider,
+        f"{kind}: {detail}",
+        error_type=kind,
+        retryable=True,
+        secrets=sent_secrets(exc, secrets),
+    )
 
 
 class Lazy(Generic[T]):

@@ -31,6 +31,7 @@ from ._common import (
     int_field,
     malformed_event,
     provider_error,
+    request_secrets,
     scrub,
     str_field,
 )
@@ -415,6 +416,7 @@ class ResponsesStream:
         "_indexes",
         "_kept",
         "_searches",
+        "_secrets",
         "chunks",
         "cursor",
         "failure",
@@ -422,7 +424,6 @@ class ResponsesStream:
         "request",
         "resumed",
         "sdk_event",
-        "secrets",
     )
 
     def __init__(
@@ -438,7 +439,7 @@ class ResponsesStream:
         self._searches: set[int] = set()  # output indexes of web_search_call items
         self.finished = False
         self.failure: ProviderError | None = None  # what ended the stream, raised by end()
-        self.secrets = secrets
+        self._secrets = secrets
         self.cursor = cursor
         self.chunks = 0  # chunks yielded so far (counted only with a cursor)
         self.resumed = resumed is not None
@@ -448,6 +449,12 @@ class ResponsesStream:
             self._args = {
                 int(call.get("index") or 0) for call in resumed.tool_calls if call.get("arguments")
             }
+
+    @property
+    def secrets(self) -> tuple[str | None, ...]:
+        """What to mask in this stream's errors: the client's key as given, and the keys the
+        stream's request was sent with (a key provider's, which the client did not hold)."""
+        return (*self._secrets, *request_secrets(self.request))
 
     def sdk_at(self, event: Any) -> list[Chunk]:
         """:meth:`sdk`, noting the stream's position in the cursor."""

@@ -92,6 +92,8 @@ from ._common import (
     malformed_event,
     mask_chain,
     provider_error,
+    refused_request,
+    sent_secrets,
     str_field,
     transport_error,
 )
@@ -348,6 +350,7 @@ def _classify(exc: BaseException, secrets: tuple[str | None, ...]) -> BaseExcept
     """The :class:`ProviderError` for ``exc``, or ``exc`` itself if it is not a provider failure."""
     if isinstance(exc, ProviderError):
         return exc
+    secrets = sent_secrets(exc, secrets)  # a credentials= provider's token, say
     mask_chain(exc, secrets)  # it becomes the ProviderError's __cause__
     if isinstance(exc, anthropic.APIStatusError):
         return _error_from_body(exc.status_code, exc.body, exc.response.headers, secrets)
@@ -356,6 +359,9 @@ def _classify(exc: BaseException, secrets: tuple[str | None, ...]) -> BaseExcept
             PROVIDER, f"timeout: {exc}", error_type="timeout", retryable=True, secrets=secrets
         )
     if isinstance(exc, anthropic.APIConnectionError):
+        refused = refused_request(exc, PROVIDER, secrets)
+        if refused is not None:
+            return refused
         cause = exc.__cause__ or exc.__context__
         detail = f"{exc} ({type(cause).__name__}: {cause})" if cause else str(exc)
         return provider_error(
@@ -372,7 +378,7 @@ def _classify(exc: BaseException, secrets: tuple[str | None, ...]) -> BaseExcept
     if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
         # Raised by the SDK's stream (wire="sdk") or by our decoder (wire="fast") alike.
         return malformed_event(PROVIDER, exc, secrets=secrets)
-    err = transport_error(exc, PROVIDER)
+    err = transport_error(exc, PROVIDER, secrets)
     return exc if err is None else err
 
 

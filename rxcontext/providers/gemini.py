@@ -118,6 +118,7 @@ from ._common import (
     mask_chain,
     provider_error,
     scrub,
+    sent_secrets,
     transport_error,
 )
 from ._extra import refuse_keys, refused, refused_system, with_tools
@@ -378,13 +379,14 @@ def _classify(exc: BaseException, secrets: tuple[str | None, ...]) -> BaseExcept
     """The :class:`ProviderError` for ``exc``, or ``exc`` itself if it is not a provider failure."""
     if isinstance(exc, ProviderError):
         return exc
+    secrets = sent_secrets(exc, secrets)
     if isinstance(exc, genai_errors.APIError):
         headers = getattr(exc.response, "headers", None)
         detail = str(exc.message or exc.details)
         code = exc.code if isinstance(exc.code, int) else None
         status = exc.status if isinstance(exc.status, str) else None
         return _api_error(code, status, detail, headers, secrets)
-    err = transport_error(exc, PROVIDER)
+    err = transport_error(exc, PROVIDER, secrets)
     if err is not None:
         return err
     if isinstance(exc, genai_errors.UnknownApiResponseError):  # a frame that is not JSON

@@ -46,6 +46,8 @@ from ._common import (
     malformed_event,
     mask_chain,
     provider_error,
+    refused_request,
+    sent_secrets,
     transport_error,
 )
 from ._extra import MODEL, STREAM, refuse_keys, refused_history, refused_system, with_tools
@@ -92,6 +94,7 @@ _HINTS = {
 
 def _error(exc: BaseException, secrets: tuple[str | None, ...]) -> ProviderError:
     """Classify an SDK / transport / decode exception as a :class:`ProviderError`."""
+    secrets = sent_secrets(exc, secrets)
     if isinstance(exc, openai.APIError):
         # The SDK's message may quote the request's key back (a 401): mask it in the
         # exception that becomes our __cause__, too.
@@ -108,6 +111,9 @@ def _error(exc: BaseException, secrets: tuple[str | None, ...]) -> ProviderError
             secrets=secrets,
         )
     if isinstance(exc, openai.APIConnectionError):
+        refused = refused_request(exc, PROVIDER, secrets)
+        if refused is not None:
+            return refused
         timeout = isinstance(exc, openai.APITimeoutError)
         cause = exc.__cause__
         detail = (str(cause) or type(cause).__name__) if cause is not None else exc.message
@@ -121,7 +127,7 @@ def _error(exc: BaseException, secrets: tuple[str | None, ...]) -> ProviderError
         )
     if isinstance(exc, openai.APIError):
         return in_stream_error(exc.message, exc.body, secrets)
-    transport = transport_error(exc, PROVIDER)
+    transport = transport_error(exc, PROVIDER, secrets)
     if transport is not None:
         return transport
     if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
@@ -154,13 +160,21 @@ def _env_client(cls: type[_C]) -> _C:
         ) from exc
 
 
+def _keys(client: openai.OpenAI | openai.AsyncOpenAI | None) -> tuple[str | None, ...]:
+    """The key ``client`` holds now. With a key provider (``api_key=<callable>``) the SDK asks
+    it per request and keeps the last answer here, so it is read when an error is classified,
+    not before the request (when it is ``""`` or an older key)."""
+    return (client.api_key,) if client is not None else ()
+
+
 class _Converting:
-    """Re-raises SDK, transport and decode errors as :class:`ProviderError` (``from`` them)."""
+    """Re-raises SDK, transport and decode errors as :class:`ProviderError` (``from`` them),
+    masking ``client``'s key as it is when they are raised."""
 
-    __slots__ = ("secrets",)
+    __slots__ = ("client",)
 
-    def __init__(self, secrets: tuple[str | None, ...]) -> None:
-        self.secrets = secrets
+    def __init__(self, client: openai.OpenAI | openai.AsyncOpenAI | None) -> None:
+        self.client = client
 
     def __enter__(self) -> _Converting:
         return self
@@ -172,7 +186,7 @@ class _Converting:
         tb: TracebackType | None,
     ) -> None:
         if exc is not None and isinstance(exc, _ERRORS):
-            raise _error(exc, self.secrets) from exc
+            raise _error(exc, _keys(self.client)) from exc
 
 
 def _sdk_event(
@@ -322,14 +336,14 @@ class _OpenAIBase:
         refuse_keys(extra, with_tools(self._extra_refused, tools), model=self.name, per_call=True)
 
     def _sync(self) -> tuple[openai.OpenAI, tuple[str | None, ...]]:
-        with _Converting(()):
+        with _Converting(None):
             client = self._client.get()
-        return client, (client.api_key,)
+        return client, _keys(client)
 
     def _async(self) -> tuple[openai.AsyncOpenAI, tuple[str | None, ...]]:
-        with _Converting(()):
+        with _Converting(None):
             client = self._async_client.get()
-        return client, (client.api_key,)
+        return client, _keys(client)
 
 
 class OpenAIModel(_OpenAIBase):
@@ -393,10 +407,10 @@ class OpenAIModel(_OpenAIBase):
 
     def iter_chunks(self, request: Request) -> Iterator[Chunk]:
         """Stream ``request`` on this thread; closing the generator closes the HTTP stream."""
-        client, secrets = self._sync()
+        client = self._sync()[0]
         client, kwargs = self._prepared(client, request, stream=True)
         state = ChatStream()
-        with _Converting(secrets):
+        with _Converting(client):
             if self.wire == "fast":
                 with (
                     client.chat.completions.with_streaming_response.create(**kwargs) as raw,
@@ -413,10 +427,10 @@ class OpenAIModel(_OpenAIBase):
 
     async def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
         """The asyncio twin of :meth:`iter_chunks`."""
-        client, secrets = self._async()
+        client = self._async()[0]
         client, kwargs = self._prepared(client, request, stream=True)
         state = ChatStream()
-        with _Converting(secrets):
+        with _Converting(client):
             if self.wire == "fast":
                 async with (
                     client.chat.completions.with_streaming_response.create(**kwargs) as raw,
@@ -435,19 +449,19 @@ class OpenAIModel(_OpenAIBase):
 
     def complete(self, request: Request) -> Reply:
         """One non-streaming call; the :class:`Reply` streaming would reduce to."""
-        client, secrets = self._sync()
-        with _Converting(secrets):
+        client = self._sync()[0]
+        with _Converting(client):
             client, kwargs = self._prepared(client, request, stream=False)
             completion = client.chat.completions.create(**kwargs)
-        return _read_whole(completion_chunks, completion, secrets)
+        return _read_whole(completion_chunks, completion, _keys(client))
 
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
-        client, secrets = self._async()
-        with _Converting(secrets):
+        client = self._async()[0]
+        with _Converting(client):
             client, kwargs = self._prepared(client, request, stream=False)
             completion = await client.chat.completions.create(**kwargs)
-        return _read_whole(completion_chunks, completion, secrets)
+        return _read_whole(completion_chunks, completion, _keys(client))
 
 
 def _bind(state: ResponsesStream, client: openai.OpenAI | openai.AsyncOpenAI, raw: Any) -> None:
@@ -558,7 +572,7 @@ class OpenAIResponsesModel(_OpenAIBase):
         client, secrets = self._sync()
         client, kwargs = self._prepared(client, request, stream=True)
         state = self._stream_state(kwargs, secrets, request.cursor)
-        with _Converting(secrets):
+        with _Converting(client):
             if self.wire == "fast":
                 fast = state.fast if state.cursor is None else state.fast_at
                 with (
@@ -585,7 +599,7 @@ class OpenAIResponsesModel(_OpenAIBase):
         client, secrets = self._async()
         client, kwargs = self._prepared(client, request, stream=True)
         state = self._stream_state(kwargs, secrets, request.cursor)
-        with _Converting(secrets):
+        with _Converting(client):
             if self.wire == "fast":
                 fast = state.fast if state.cursor is None else state.fast_at
                 async with (
@@ -644,7 +658,7 @@ class OpenAIResponsesModel(_OpenAIBase):
         cursor = cursor if cursor is not None else ResumeCursor()
         state = self._stream_state({}, secrets, cursor, checkpoint)
         cursor.started(response_id, after)
-        with _Converting(secrets):
+        with _Converting(client):
             if self.wire == "fast":
                 with (
                     client.responses.with_streaming_response.retrieve(
@@ -679,7 +693,7 @@ class OpenAIResponsesModel(_OpenAIBase):
         cursor = cursor if cursor is not None else ResumeCursor()
         state = self._stream_state({}, secrets, cursor, checkpoint)
         cursor.started(response_id, after)
-        with _Converting(secrets):
+        with _Converting(client):
             if self.wire == "fast":
                 async with (
                     client.responses.with_streaming_response.retrieve(
@@ -707,16 +721,18 @@ class OpenAIResponsesModel(_OpenAIBase):
 
     def complete(self, request: Request) -> Reply:
         """One non-streaming call; the :class:`Reply` streaming would reduce to."""
-        client, secrets = self._sync()
-        with _Converting(secrets):
+        client = self._sync()[0]
+        with _Converting(client):
             client, kwargs = self._prepared(client, request, stream=False)
             response = client.responses.create(**kwargs)
-        return _read_whole(lambda r: response_chunks(r.to_dict(), secrets), response, secrets)
+        keys = _keys(client)
+        return _read_whole(lambda r: response_chunks(r.to_dict(), keys), response, keys)
 
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
-        client, secrets = self._async()
-        with _Converting(secrets):
+        client = self._async()[0]
+        with _Converting(client):
             client, kwargs = self._prepared(client, request, stream=False)
             response = await client.responses.create(**kwargs)
-        return _read_whole(lambda r: response_chunks(r.to_dict(), secrets), response, secrets)
+        keys = _keys(client)
+        return _read_whole(lambda r: response_chunks(r.to_dict(), keys), response, keys)

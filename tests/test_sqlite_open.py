@@ -23,6 +23,7 @@ from rxcontext import (
     NotADatabaseError,
     ReplyState,
     SchemaTooNew,
+    StoreBusy,
 )
 from rxcontext.providers import ScriptedModel
 from rxcontext.store.migrations import MIGRATIONS
@@ -391,3 +392,45 @@ def test_refusals_need_no_write_permission(tmp_path: Path):
             rxcontext.open(path)
     finally:
         path.chmod(0o644)
+
+
+# -- a file another process holds locked -------------------------------------------------------
+
+_HOLD_LOCK = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.readline()
+db.execute("ROLLBACK")
+"""
+
+
+@pytest.mark.parametrize("start", ["release-0.1.0", "contextwindow"])
+def test_an_older_database_another_process_holds_locked_raises_store_busy(
+    tmp_path: Path, start: str
+):
+    """Its upgrade needs the write lock (the 0.1.0 file is in WAL mode: its schema is read,
+    the lock waited for; contextwindow's is not: even the read waits). Either way the open
+    waits ``busy_timeout`` and raises StoreBusy, as any write does; it was a plain
+    StoreError ("cannot open ...: database is locked")."""
+    path = tmp_path / "old.db"
+    if start == "release-0.1.0":
+        shutil.copy(RELEASE_0_1_0, path)
+    else:
+        make_contextwindow_db(path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        with pytest.raises(StoreBusy, match=r"locked by another process \(waited 0\.2 s\)"):
+            rxcontext.open(path, busy_timeout=0.2)
+    finally:
+        holder.communicate("release\n", timeout=60)
+    assert holder.returncode == 0
+    with rxcontext.open(path) as store:  # the lock was all that stood in the way
+        assert store.list_contexts()

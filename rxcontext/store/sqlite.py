@@ -138,8 +138,12 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _open_error(path: str, exc: sqlite3.Error) -> StoreError:
+def _open_error(path: str, exc: sqlite3.Error, busy_timeout: float) -> StoreError:
     msg = str(exc)
+    if "locked" in msg or "busy" in msg:  # as a write's (``_tx``): upgrades are writes
+        return StoreBusy(
+            f"{path!r} is locked by another process (waited {busy_timeout:g} s): {msg}"
+        )
     if "readonly" in msg or "read-only" in msg:
         return StoreError(f"{path!r} is read-only; rxcontext needs to write to its database")
     if "not a database" in msg or "malformed" in msg:
@@ -188,7 +192,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             migrate(conn, self.path)
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise _open_error(self.path, exc) from exc
+            raise _open_error(self.path, exc, busy_timeout) from exc
         except BaseException:
             conn.close()
             raise
@@ -202,7 +206,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
-            raise _open_error(self.path, exc) from exc
+            raise _open_error(self.path, exc, busy_timeout) from exc
         return conn
 
     def __repr__(self) -> str:

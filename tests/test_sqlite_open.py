@@ -7,10 +7,13 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -434,3 +437,59 @@ def test_an_older_database_another_process_holds_locked_raises_store_busy(
     assert holder.returncode == 0
     with rxcontext.open(path) as store:  # the lock was all that stood in the way
         assert store.list_contexts()
+
+
+# -- paths that are not files ------------------------------------------------------------------
+
+
+def _unix_socket(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    return s
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes (POSIX)")
+@pytest.mark.parametrize("kind", ["named pipe", "socket", "character device"])
+def test_a_path_that_is_a_pipe_socket_or_device_is_refused_without_opening_it(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+):
+    """SQLite opened a named pipe and blocked on it until a writer came (forever); a socket
+    gave "cannot read: No such device or address"; a device (here one like /dev/null)
+    was opened as an empty database. Each is refused by what it is, before SQLite opens it."""
+    monkeypatch.chdir(tmp_path)  # a short relative path: a socket's is limited to ~100 bytes
+    path = Path("p")
+    held = None
+    if kind == "named pipe":
+        os.mkfifo(path)
+    elif kind == "socket":
+        held = _unix_socket(path)
+    else:
+        try:
+            os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("making a device node needs CAP_MKNOD")
+    outcome: list[BaseException | None] = []
+
+    def open_it() -> None:
+        try:
+            rxcontext.open(path).close()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    opener = threading.Thread(target=open_it, daemon=True)
+    opener.start()
+    opener.join(timeout=60)
+    try:
+        assert not opener.is_alive(), "rxcontext.open blocked on the path"
+    finally:
+        if opener.is_alive():  # a writer ends the blocked read (EOF), so the thread ends
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            opener.join(timeout=60)
+        if held is not None:
+            held.close()
+    (exc,) = outcome
+    assert isinstance(exc, NotADatabaseError), exc
+    assert f"'p' is a {kind}, not a database file" in str(exc)
+    assert not stat.S_ISREG(path.stat().st_mode)
+    assert sorted(os.listdir(".")) == ["p"]  # no -wal, -shm or -journal made beside it

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -69,15 +70,33 @@ _INSERT_RECORD = {
 bytes that :func:`_sqlite_long.write` then writes over."""
 
 
+_NOT_FILES = (
+    (stat.S_ISFIFO, "named pipe"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
+
+
 def _check_file(path: str) -> None:
     """Refuse, without writing a byte, a path that is not (or cannot become) a database."""
     p = Path(path)
-    if p.is_dir():
-        raise StoreError(f"{path!r} is a directory; give a database file path")
-    if not p.exists():
+    try:
+        mode = p.stat().st_mode
+    except OSError:  # not there (or not reachable): SQLite creates it, or says why not
         if not p.parent.exists():
-            raise StoreError(f"cannot create {path!r}: folder {str(p.parent)!r} does not exist")
+            raise StoreError(
+                f"cannot create {path!r}: folder {str(p.parent)!r} does not exist"
+            ) from None
         return
+    if stat.S_ISDIR(mode):
+        raise StoreError(f"{path!r} is a directory; give a database file path")
+    if not stat.S_ISREG(mode):  # SQLite would open it: a named pipe blocks for ever
+        kind = next((name for test, name in _NOT_FILES if test(mode)), "special file")
+        raise NotADatabaseError(
+            f"{path!r} is a {kind}, not a database file (it was left unchanged); "
+            "give the path of an rxcontext database or of a new file"
+        )
     try:
         with p.open("rb") as f:
             head = f.read(len(_HEADER))

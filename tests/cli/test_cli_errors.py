@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import socket
 import sqlite3
 import threading
@@ -18,6 +19,7 @@ from cliutil import (
     records,
     replay,
     run,
+    run_process,
 )
 
 import rxcontext
@@ -114,6 +116,17 @@ def test_bad_database_paths(env: dict[str, str], tmp_path: Path) -> None:
     result = run(env, "chat", "--replay", file, "--db", str(tmp_path / "no" / "dir.db"), "hi")
     assert_user_error(result, "does not exist")
     assert_user_error(run(env, "chat", "--replay", file, "--db", str(tmp_path), "hi"), "directory")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes (POSIX)")
+def test_a_named_pipe_as_database_is_refused(env: dict[str, str], tmp_path: Path) -> None:
+    """The command hung: SQLite opened the pipe and waited for a writer. In a process of its
+    own (``run_process`` gives up after 60 s), so a hang fails the test instead of the run."""
+    pipe = tmp_path / "pipe.db"
+    os.mkfifo(pipe)
+    for args in (("contexts",), ("chat", "--replay", replay(tmp_path, "r", [{"text": "x"}]), "hi")):
+        result = run_process(env, *args, "--db", str(pipe))
+        assert_user_error(result, "is a named pipe, not a database file", "--db")
 
 
 def test_unknown_context_and_checkpoint(env: dict[str, str], tmp_path: Path) -> None:

@@ -70,7 +70,8 @@ class StoreError(RxContextError):
 
 
 class NotADatabaseError(StoreError):
-    """The path exists but is not an SQLite database; the file was left untouched."""
+    """The path (or PostgreSQL database) exists but is not an rxcontext database (another
+    application's, a named pipe, ...); it was left untouched."""
 
 
 class UnsupportedURL(StoreError, ValueError):

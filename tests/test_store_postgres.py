@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 import rxcontext
 from rxcontext import (
+    NotADatabaseError,
     RecordType,
     ReplyState,
     RxContextError,
@@ -258,6 +259,44 @@ def test_a_database_from_a_newer_rxcontext_is_refused_untouched(pg_url: str):
     assert query(pg_url, "SELECT tablename FROM pg_tables ORDER BY 1") == before
 
 
+def _public(url: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The tables of ``url``'s public schema, and the rows of its own ``contexts``."""
+    return (
+        query(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"),
+        query(url, "SELECT * FROM contexts ORDER BY 1"),
+    )
+
+
+@pytest.mark.parametrize("left_over", [False, True])
+def test_another_applications_database_is_refused_and_left_as_it_was(
+    empty_pg_url: str, left_over: bool
+):
+    """Its ``contexts`` table is not ours: the refusal left an empty rxcontext_migrations
+    table behind (created in a transaction of its own, before the first step found the
+    name taken), and said only 'relation "contexts" already exists'. ``left_over``: a
+    database an older rxcontext left so is refused the same, and kept as it is."""
+    query(empty_pg_url, "CREATE TABLE contexts (id int PRIMARY KEY, title text)")
+    query(empty_pg_url, "INSERT INTO contexts VALUES (1, 'their data')")
+    if left_over:
+        query(empty_pg_url, f"CREATE TABLE {MIGRATIONS_TABLE} (name text PRIMARY KEY)")
+    before = _public(empty_pg_url)
+    with pytest.raises(NotADatabaseError, match=r"another application.*left unchanged") as info:
+        rxcontext.open(empty_pg_url)
+    assert 'relation "contexts" already exists' in str(info.value)
+    assert _public(empty_pg_url) == before
+
+
+def test_a_database_with_other_tables_whose_names_differ_is_shared(empty_pg_url: str):
+    """Tables of another application whose names are not ours are no reason to refuse (a
+    database shared by several applications): they are left alone, as before."""
+    query(empty_pg_url, "CREATE TABLE invoices (id int PRIMARY KEY, total numeric)")
+    query(empty_pg_url, "INSERT INTO invoices VALUES (1, 9.5)")
+    with rxcontext.open(empty_pg_url) as s:
+        s.get_or_create_context("c")
+    assert query(empty_pg_url, "SELECT id, total::text FROM invoices") == [(1, "9.5")]
+    assert len(query(empty_pg_url, f"SELECT name FROM {MIGRATIONS_TABLE}")) == len(MIGRATIONS)
+
+
 def test_a_database_from_before_the_cache_write_totals_keeps_its_totals(empty_pg_url: str):
     """An upgrade adds the cache-write and web-search totals at 0 (they count from then on:
     a context's totals cannot be rebuilt exactly from its records, see the step) and
@@ -281,12 +320,12 @@ def test_a_database_from_before_the_cache_write_totals_keeps_its_totals(empty_pg
 def test_a_migration_whose_commit_was_cut_off_is_applied_once_by_the_retry(
     empty_pg_url: str, proxy: FaultProxy
 ):
-    """Every schema transaction's COMMIT (the migrations table's, then each step's) reaches
-    the server, which commits, and its answer is lost: each retry of the opening finds what
-    the last one committed and goes on from there."""
-    proxy.arm(len(MIGRATIONS) + 1, "after")
+    """Every schema transaction's COMMIT (each step's; the first one's makes the migrations
+    table too) reaches the server, which commits, and its answer is lost: each retry of the
+    opening finds what the last one committed and goes on from there."""
+    proxy.arm(len(MIGRATIONS), "after")
     with PostgresStore(through(proxy, empty_pg_url), retry_budget=10) as store:
-        assert proxy.cut_done == len(MIGRATIONS) + 1
+        assert proxy.cut_done == len(MIGRATIONS)
         assert store.get_or_create_context("c").name == "c"
     rows = query(empty_pg_url, f"SELECT name, COUNT(*) FROM {MIGRATIONS_TABLE} GROUP BY name")
     assert sorted(rows) == sorted((n, 1) for n, _ in MIGRATIONS)

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 
-from ..errors import SchemaTooNew, StoreBusy
+from ..errors import NotADatabaseError, SchemaTooNew, StoreBusy
 
 __all__ = ["LOCK_WAIT", "MIGRATIONS", "MIGRATIONS_TABLE", "migrate"]
 
@@ -262,6 +262,14 @@ def _refuse_newer(done: set[str], where: str) -> None:
         )
 
 
+def _refuse_foreign(exc: psycopg.Error, where: str) -> NoReturn:
+    raise NotADatabaseError(
+        f"{where} is another application's database, not an rxcontext one (no rxcontext"
+        f" schema step is recorded, and {exc.diag.message_primary}); it was left unchanged:"
+        " give rxcontext a database of its own, or an empty one"
+    ) from exc
+
+
 def migrate(
     conn: psycopg.Connection[Any], where: str = "the database", *, retry_budget: float = 10.0
 ) -> list[str]:
@@ -274,8 +282,8 @@ def migrate(
     waits = _Waits(conn, where, retry_budget)
     try:  # the common case, an up-to-date schema: one read, no lock, no DDL
         done = {row[0] for row in conn.execute(f"SELECT name FROM {MIGRATIONS_TABLE}")}
-    except psycopg.errors.UndefinedTable:
-        done = waits.run(None, lambda: _locked(conn))
+    except psycopg.errors.UndefinedTable:  # made with the first step: a refusal undoes it
+        done = set()
     _refuse_newer(done, where)
     for name, step in MIGRATIONS:
         if name in done:
@@ -286,7 +294,12 @@ def migrate(
             _refuse_newer(done, where)
             if name not in done:
                 waits.locked = True
-                step(conn)
+                try:
+                    step(conn)
+                except (psycopg.errors.DuplicateTable, psycopg.errors.DuplicateObject) as exc:
+                    if done:
+                        raise
+                    _refuse_foreign(exc, where)
                 conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (name) VALUES (%s)", (name,))
             return done
 

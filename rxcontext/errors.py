@@ -20,6 +20,7 @@ __all__ = [
     "IdleTimeout",
     "InvalidExport",
     "MissingDependency",
+    "ModelRefused",
     "NotADatabaseError",
     "OwnershipLost",
     "ProviderError",
@@ -281,6 +282,16 @@ class SchemaValidationError(RxContextError, ValueError):
         self.text = text
         self.reply = reply
         self.errors = errors
+
+
+class ModelRefused(SchemaValidationError):
+    """The model refused to answer a structured-output call (``finish_reason`` ``"refusal"``:
+    an OpenAI refusal, Anthropic's ``stop_reason``); no object was made.
+
+    The refusal was stored as the reply, as it came, flagged in its metadata: ``text`` is
+    the model's refusal, ``reply`` the :class:`~rxcontext.Reply`. A subclass of
+    :class:`SchemaValidationError`, so code catching that catches it too.
+    """
 
 
 class BudgetExceeded(RxContextError):

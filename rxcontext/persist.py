@@ -51,6 +51,7 @@ from ._memory import let_go
 from ._signals import deferred
 from .chunks import Chunk, ChunkKind, Reply, ReplyBuilder, Usage
 from .errors import (
+    ModelRefused,
     OwnershipLost,
     RxContextError,
     SchemaValidationError,
@@ -94,6 +95,10 @@ _LENGTH_STOPS = frozenset(
     {"length", "max_tokens", "max_output_tokens", "MAX_TOKENS", "model_length"}
 )
 """Finish reasons (of any provider) that mean the reply was cut at its token limit."""
+
+REFUSED = "refusal"
+"""The finish reason of a reply the model refused (Anthropic's ``stop_reason``, and OpenAI's
+refusals as the providers read them)."""
 
 REPLY_KEYS = (
     "model",
@@ -802,14 +807,18 @@ class ReplyPersister:
             schema = self.output_schema
             if last and schema is not None:
                 about["schema"] = schema.to_dict()
-                try:
-                    parsed = schema.validate(reply.text, optional_nulls=self.optional_nulls)
-                except SchemaFailure as exc:
-                    failure = str(exc)
-                    about["parse_error"] = failure
+                if reply.finish_reason == REFUSED:
+                    # Whatever its text, a refusal is no answer to validate.
+                    failure = about["parse_error"] = "the model refused to answer"
                 else:
-                    about["parsed"] = _json_safe(schema.dump(parsed))
-                    reply = replace(reply, parsed=parsed)
+                    try:
+                        parsed = schema.validate(reply.text, optional_nulls=self.optional_nulls)
+                    except SchemaFailure as exc:
+                        failure = str(exc)
+                        about["parse_error"] = failure
+                    else:
+                        about["parsed"] = _json_safe(schema.dump(parsed))
+                        reply = replace(reply, parsed=parsed)
             try:
                 records = self.store.commit_reply(
                     self.context_id,
@@ -844,6 +853,14 @@ class ReplyPersister:
                 self.trace.completed()
         if failure is not None:
             assert schema is not None
+            if reply.finish_reason == REFUSED:
+                raise ModelRefused(
+                    f"the model refused to answer for the schema {schema.name!r} (the refusal "
+                    f"is stored as the reply; its text is on this error's .text): {reply.text}",
+                    text=reply.text,
+                    reply=reply,
+                    errors=failure,
+                )
             raise SchemaValidationError(
                 f"the reply is not valid for the schema {schema.name!r} (it is stored as it "
                 f"came; its text is on this error's .text): {failure}",

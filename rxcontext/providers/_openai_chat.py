@@ -31,6 +31,7 @@ from ._history import HistoryCache, compact_json
 
 __all__ = [
     "REASONING_FIELD",
+    "REFUSAL_KEY",
     "ChatHistory",
     "ChatStream",
     "chat_messages",
@@ -49,6 +50,19 @@ REASONING_FIELD = "openai_reasoning_field"
 field (DeepSeek, Kimi, vLLM). Such reasoning goes back in the same field on the reply's
 assistant message; reasoning from elsewhere (``reasoning``: OpenRouter, Groq) does not, and
 api.openai.com, which knows neither, never sends one."""
+REFUSAL_KEY = "refusal"
+"""Chunk, reply and record metadata key: ``True`` when the text is the model's refusal
+(Chat's ``refusal`` field, a Responses ``refusal`` part). Such a reply ends with
+``finish_reason`` ``"refusal"`` (as Anthropic names it) and goes back as a refusal."""
+REFUSED = "refusal"
+"""The finish reason of a refused reply (OpenAI's own is ``stop`` / ``completed``)."""
+
+
+def refusal_chunk(text: str) -> Chunk:
+    """A TEXT chunk of the model's refusal, flagged so (see :data:`REFUSAL_KEY`)."""
+    return Chunk(_TEXT, text, metadata={REFUSAL_KEY: True})
+
+
 # In-stream error types worth sending again (the HTTP status, when given, decides first).
 _RETRYABLE_TYPES = frozenset({"server_error", "rate_limit_exceeded", "rate_limit_error", "timeout"})
 
@@ -96,6 +110,7 @@ def sent_arguments(raw: str) -> str:
 def _assistant(record: Record | None, calls: Sequence[Record]) -> dict[str, Any]:
     content = record.content if record is not None else ""
     message: dict[str, Any] = {"role": "assistant", "content": content}
+    refused = record is not None and record.metadata.get(REFUSAL_KEY) is True and content
     if record is not None and record.metadata.get(REASONING_FIELD) == "reasoning_content":
         # DeepSeek (thinking mode) refuses a request whose assistant messages of a turn
         # with tool calls lack their reasoning, in that turn's tool loop and every later
@@ -113,6 +128,10 @@ def _assistant(record: Record | None, calls: Sequence[Record]) -> dict[str, Any]
             }
             for call in calls
         ]
+    if refused:
+        # A refusal goes back as one: a refusal part of the assistant's content (the SDK's
+        # ChatCompletionContentPartRefusalParam), so the model sees it did not answer.
+        message["content"] = [{"type": "refusal", "refusal": content}]
     return message
 
 
@@ -346,6 +365,7 @@ class ChatStream:
         "_names",
         "finish_reason",
         "reasoning_content",
+        "refused",
         "response_id",
         "sdk_event",
         "usage",
@@ -356,6 +376,8 @@ class ChatStream:
         self.reasoning_content = False
         """Whether reasoning came in ``reasoning_content`` (see :data:`REASONING_FIELD`)."""
         self.finish_reason: str | None = None
+        self.refused = False
+        """Whether the reply is a refusal (``delta.refusal``): it then finishes ``"refusal"``."""
         self.usage: Usage | None = None
         self._ids: set[int] = set()
         self._names: set[int] = set()
@@ -409,6 +431,9 @@ class ChatStream:
                         self.reasoning_content = True
                 if delta.content:
                     out.append(Chunk(_TEXT, str_field(delta.content, "delta.content") or ""))
+                if delta.refusal:
+                    out.append(refusal_chunk(str_field(delta.refusal, "delta.refusal") or ""))
+                    self.refused = True
                 for position, call in enumerate(delta.tool_calls or ()):
                     sdk_model(call, "tool_calls[]")
                     index = call.index
@@ -421,11 +446,16 @@ class ChatStream:
                         function.arguments if function is not None else None,
                     )
             if choice.finish_reason is not None:
-                self.finish_reason = str_field(choice.finish_reason, "finish_reason")
+                self._finish(str_field(choice.finish_reason, "finish_reason"))
         if chunk.usage is not None:
             self.usage = usage_of(chunk.usage)
             out.append(Chunk(ChunkKind.USAGE, usage=self.usage))
         return out
+
+    def _finish(self, finish_reason: str | None) -> None:
+        # A refusal ends "stop" on the wire; any other end (a cut at "length") stays.
+        refused = self.refused and finish_reason == "stop"
+        self.finish_reason = REFUSED if refused else finish_reason
 
     def fast(self, data: Any) -> list[Chunk]:
         """Chunks for one raw chunk dict (the ``wire="fast"`` twin of :meth:`sdk`).
@@ -462,6 +492,12 @@ class ChatStream:
                         if content.__class__ is not str:
                             raise BadEvent
                         out.append(Chunk(_TEXT, content))
+                    refusal = delta.get("refusal")
+                    if refusal:
+                        if refusal.__class__ is not str:
+                            raise BadEvent
+                        out.append(refusal_chunk(refusal))
+                        self.refused = True
                     calls = delta.get("tool_calls")
                     if calls:
                         if saved is None:  # as before this event, for the SDK's re-read
@@ -484,7 +520,7 @@ class ChatStream:
                 if finish_reason is not None:
                     if finish_reason.__class__ is not str:
                         raise BadEvent
-                    self.finish_reason = finish_reason
+                    self._finish(finish_reason)
             usage = data.get("usage")
             if usage is not None:
                 self.usage = usage_of_dict(usage)
@@ -528,6 +564,8 @@ def completion_chunks(completion: Any) -> list[Chunk]:
             out.append(Chunk(_THINKING, thinking))
         if message.content:
             out.append(Chunk(_TEXT, message.content))
+        if message.refusal:
+            out.append(refusal_chunk(message.refusal))
         for index, call in enumerate(message.tool_calls or ()):
             function = getattr(call, "function", None)
             if function is not None:
@@ -535,6 +573,8 @@ def completion_chunks(completion: Any) -> list[Chunk]:
                     Chunk(_TOOL_CALL, function.arguments or "", index, call.id, function.name)
                 )
         finish_reason = choice.finish_reason
+        if message.refusal and finish_reason == "stop":
+            finish_reason = REFUSED
     usage = usage_of(completion.usage) if completion.usage is not None else None
     if usage is not None:
         out.append(Chunk(ChunkKind.USAGE, usage=usage))

@@ -36,7 +36,15 @@ from ._common import (
     str_field,
 )
 from ._history import HistoryCache, compact_json
-from ._openai_chat import PROVIDER, sdk_model, sent_arguments, turns
+from ._openai_chat import (
+    PROVIDER,
+    REFUSAL_KEY,
+    REFUSED,
+    refusal_chunk,
+    sdk_model,
+    sent_arguments,
+    turns,
+)
 from .base import NATIVE_RESUME_KEY, ResumeCursor
 
 __all__ = [
@@ -98,6 +106,13 @@ def kept_item(item: Mapping[str, Any]) -> dict[str, Any] | None:
     if kind == "message":
         text = "".join(_texts(item.get("content"), "output_text", "content[].text"))
         kept = {"type": "message", "id": str_field(item.get("id"), "item.id"), "text": text}
+        refusal = "".join(
+            str_field(part.get("refusal", ""), "content[].refusal") or ""
+            for part in item.get("content") or ()
+            if part.get("type") == "refusal"
+        )
+        if refusal:
+            kept["refusal"] = refusal
         if item.get("phase") is not None:
             kept["phase"] = str_field(item["phase"], "item.phase")
         return kept
@@ -135,7 +150,11 @@ def _assistant_items(record: Record | None, calls: list[Record]) -> list[dict[st
     if record is None or not isinstance(kept, list):
         return _plain_items(record, calls)
     # The stored message texts are used only while they still add up to the record's text.
-    texts = [item.get("text", "") for item in kept if item.get("type") == "message"]
+    texts = [
+        item.get("text", "") + item.get("refusal", "")
+        for item in kept
+        if item.get("type") == "message"
+    ]
     exact = "".join(texts) == record.content
     by_call_id = {call.tool_call_id: call for call in calls}
     # A call's item id pairs it with the reasoning item before it; without one, leave it out
@@ -154,9 +173,7 @@ def _assistant_items(record: Record | None, calls: list[Record]) -> list[dict[st
                 "type": "message",
                 "role": "assistant",
                 "status": "completed",
-                "content": [
-                    {"type": "output_text", "text": item.get("text", ""), "annotations": []}
-                ],
+                "content": _message_parts(item),
             }
             for key in ("id", "phase"):
                 if item.get(key) is not None:
@@ -182,6 +199,18 @@ def _assistant_items(record: Record | None, calls: list[Record]) -> list[dict[st
     if not texts and record.content:
         items.append({"role": "assistant", "content": record.content})
     return items + [_function_call(call) for call in calls if call.tool_call_id in by_call_id]
+
+
+def _message_parts(item: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The content of a kept message item as sent back: its text, then its refusal as the
+    ``refusal`` part it came in (the SDK's ResponseOutputRefusalParam)."""
+    text, refusal = item.get("text", ""), item.get("refusal")
+    parts: list[dict[str, Any]] = []
+    if text or not refusal:
+        parts.append({"type": "output_text", "text": text, "annotations": []})
+    if refusal:
+        parts.append({"type": "refusal", "refusal": refusal})
+    return parts
 
 
 def _followed(kept: list[Any], origins: list[int | None]) -> bool:
@@ -421,6 +450,7 @@ class ResponsesStream:
         "cursor",
         "failure",
         "finished",
+        "refused",
         "request",
         "resumed",
         "sdk_event",
@@ -438,6 +468,7 @@ class ResponsesStream:
         self._kept: dict[int, dict[str, Any]] = {}
         self._searches: set[int] = set()  # output indexes of web_search_call items
         self.finished = False
+        self.refused = False  # a refusal's text was read: the response ends "refusal"
         self.failure: ProviderError | None = None  # what ended the stream, raised by end()
         self._secrets = secrets
         self.cursor = cursor
@@ -503,6 +534,12 @@ class ResponsesStream:
                 return []
             text = str_field(delta, "delta") or ""
             return [Chunk(ChunkKind.THINKING, text, _index(event.output_index))]
+        if kind == "response.refusal.delta":
+            delta = event.delta
+            if not delta:
+                return []
+            self.refused = True
+            return [refusal_chunk(str_field(delta, "delta") or "")]
         if kind == "response.function_call_arguments.delta":
             return self._arguments(event.item_id, event.output_index, event.delta)
         if kind in ("response.output_item.added", "response.output_item.done"):
@@ -535,6 +572,14 @@ class ResponsesStream:
                 if delta.__class__ is not str:
                     raise BadEvent
                 return [Chunk(ChunkKind.THINKING, delta, _index(data.get("output_index")))]
+            if kind == "response.refusal.delta":
+                delta = data.get("delta")
+                if not delta:
+                    return []
+                if delta.__class__ is not str:
+                    raise BadEvent
+                self.refused = True
+                return [refusal_chunk(delta)]
             if kind == "response.function_call_arguments.delta":
                 return self._arguments(
                     data.get("item_id"), data.get("output_index"), data.get("delta")
@@ -685,7 +730,12 @@ class ResponsesStream:
         if usage is not None:
             out.append(Chunk(ChunkKind.USAGE, usage=usage))
         items = _sendable(self._kept)
-        metadata = {OUTPUT_KEY: items} if items else {}
+        metadata: dict[str, Any] = {OUTPUT_KEY: items} if items else {}
+        # A resumed stream may have seen none of the refusal's deltas: its items say so.
+        if self.refused or any("refusal" in item for item in self._kept.values()):
+            metadata[REFUSAL_KEY] = True
+            if status == "completed":
+                status = REFUSED
         out.append(
             Chunk(
                 ChunkKind.DONE,
@@ -740,6 +790,8 @@ def response_chunks(
             for part in item.get("content") or ():
                 if part.get("type") == "output_text" and part.get("text"):
                     out.append(Chunk(ChunkKind.TEXT, part["text"]))
+                elif part.get("type") == "refusal" and part.get("refusal"):
+                    out.append(refusal_chunk(part["refusal"]))
         out.extend(stream._item("response.output_item.added", index, item))
         out.extend(stream._item("response.output_item.done", index, item))
     out.extend(stream._end("response.completed", response))

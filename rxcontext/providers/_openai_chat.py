@@ -63,8 +63,22 @@ def refusal_chunk(text: str) -> Chunk:
     return Chunk(_TEXT, text, metadata={REFUSAL_KEY: True})
 
 
-# In-stream error types worth sending again (the HTTP status, when given, decides first).
-_RETRYABLE_TYPES = frozenset({"server_error", "rate_limit_exceeded", "rate_limit_error", "timeout"})
+RETRYABLE_ERRORS = frozenset(
+    {
+        "server_error",
+        "rate_limit_exceeded",
+        "rate_limit_error",
+        "timeout",
+        # What the Responses API's nested error event names a rate limit (openai-dotnet#881)
+        # and a passing outage whose message says to retry (vercel/ai#20022).
+        "too_many_requests",
+        "service_unavailable_error",
+        "overloaded",
+    }
+)
+"""In-stream error types and codes worth sending again (the HTTP status, when given, decides
+first). An error object may name one in its ``type`` or its ``code``: OpenAI's rate limit is
+``type`` ``tokens`` / ``requests``, ``code`` ``rate_limit_exceeded``."""
 
 
 def turns(records: Sequence[Record]) -> Iterator[tuple[Record | None, list[Record]]]:
@@ -312,6 +326,7 @@ def in_stream_error(
     """An error payload sent inside a 200 stream (``{"error": ...}``, Groq's ``event: error``)."""
     status: int | None = None
     error_type: str | None = None
+    retryable = False
     if isinstance(body, Mapping):
         for key in ("status_code", "code", "status"):
             value = body.get(key)
@@ -321,15 +336,14 @@ def in_stream_error(
         for key in ("type", "code"):
             value = body.get(key)
             if isinstance(value, str) and value:
-                error_type = value
-                break
-    retryable = None if status is not None else error_type in _RETRYABLE_TYPES
+                error_type = error_type or value
+                retryable = retryable or value in RETRYABLE_ERRORS
     return provider_error(
         PROVIDER,
         f"error in the stream: {message}",
         status_code=status,
         error_type=error_type,
-        retryable=retryable,
+        retryable=None if status is not None else retryable,
         secrets=secrets,
     )
 

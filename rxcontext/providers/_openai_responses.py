@@ -40,6 +40,7 @@ from ._openai_chat import (
     PROVIDER,
     REFUSAL_KEY,
     REFUSED,
+    RETRYABLE_ERRORS,
     refusal_chunk,
     sdk_model,
     sent_arguments,
@@ -65,7 +66,7 @@ BACKGROUND = "openai-responses"
 
 _STARTS = frozenset({"response.created", "response.queued"})
 
-_RETRYABLE_CODES = frozenset({"server_error", "rate_limit_exceeded", "vector_store_timeout"})
+_RETRYABLE_CODES = RETRYABLE_ERRORS | {"vector_store_timeout"}
 _THINKING_DELTAS = frozenset(
     {"response.reasoning_summary_text.delta", "response.reasoning_text.delta"}
 )

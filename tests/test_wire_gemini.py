@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -625,3 +626,34 @@ def test_a_raw_json_error_body_split_over_lines_is_raised_on_both_paths() -> Non
     chunks, error = assert_same([sse(HI_EVENT) + body])
     assert [c.text for c in chunks] == ["Hel"]
     assert error is not None and error[:3] == (True, 503, "UNAVAILABLE")
+
+
+@pytest.mark.parametrize(
+    ("sent", "read"),
+    [
+        ("max_tokens", "MAX_TOKENS"),
+        ("Safety", "SAFETY"),
+        ("STOP", "STOP"),
+        ("no_such_reason", "no_such_reason"),
+    ],
+)
+def test_a_finish_reason_in_another_case_is_read_as_the_sdks_enum_reads_it(
+    sent: str, read: str
+) -> None:
+    """A Gemini-compatible gateway that sends ``"finishReason": "max_tokens"``: the SDK's
+    case-insensitive enum makes it ``MAX_TOKENS`` (a value it does not know stays as sent),
+    and so does the fast path, so the stored reason and ``truncated`` agree on both wires."""
+    end = {"candidates": [{"content": {"parts": [{"text": "!"}]}, "finishReason": sent}]}
+    with pytest.warns() if sent == "no_such_reason" else contextlib.nullcontext():
+        chunks, error = assert_same([sse(HI_EVENT) + sse(end)])
+    assert error is None and chunks[-1].finish_reason == read
+
+
+@pytest.mark.parametrize(("sent", "read"), [("safety", "SAFETY"), ("Other", "OTHER")])
+def test_a_block_reason_in_another_case_is_read_as_the_sdks_enum_reads_it(
+    sent: str, read: str
+) -> None:
+    blocked = {"promptFeedback": {"blockReason": sent}, "usageMetadata": {"promptTokenCount": 4}}
+    _, error = assert_same([sse(blocked)])
+    assert error is not None
+    assert error[:3] == (False, None, f"prompt_blocked:{read}")

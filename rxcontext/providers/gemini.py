@@ -45,9 +45,10 @@ Choices worth knowing:
   is that count, from the ``groundingMetadata.webSearchQueries`` of the response's events
   (the queries of all of them, each once).
 - The finish reason is Gemini's string (``"STOP"``, ``"SAFETY"``,
-  ``"MALFORMED_FUNCTION_CALL"``...). (``finishMessage`` is not kept: the SDK drops it.) A
-  stream that ends without any finish reason was cut: a retryable ``ProviderError``
-  (``error_type="incomplete_stream"``).
+  ``"MALFORMED_FUNCTION_CALL"``...), a known one in upper case however it was sent (the
+  SDK's enums ignore case; so does the fast path), as is a ``blockReason``.
+  (``finishMessage`` is not kept: the SDK drops it.) A stream that ends without any finish
+  reason was cut: a retryable ``ProviderError`` (``error_type="incomplete_stream"``).
 - A chunk with no candidates and ``promptFeedback.blockReason`` is a blocked prompt:
   ``ProviderError(error_type="prompt_blocked:<REASON>")``, not retryable.
 - An ``{"error": ...}`` payload inside a 200 stream: the SDK raises ``ClientError`` /
@@ -82,6 +83,7 @@ import json
 import re
 import types as pytypes
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from enum import Enum
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -739,6 +741,25 @@ def _open_responses(stream: object) -> list[httpx2.Response]:
 # -- wire="fast": SSE frames → json.loads → chunks ---------------------------------------
 
 
+def _sdk_names(enum: type[Enum]) -> dict[str, str]:
+    """The values of the SDK's ``enum``, by value and by member name."""
+    names = {str(member.value): str(member.value) for member in enum}
+    for name, member in enum.__members__.items():
+        names.setdefault(name, str(member.value))
+    return names
+
+
+_FINISH = _sdk_names(types.FinishReason)
+_BLOCK = _sdk_names(types.BlockedReason)
+
+
+def _sdk_case(names: Mapping[str, str], sent: str) -> str:
+    """``sent`` as the SDK's case-insensitive enum reads it: a value, else a member's name in
+    upper or lower case (a Gemini-compatible gateway's ``"max_tokens"`` is ``MAX_TOKENS``),
+    else ``sent`` itself, as the SDK keeps a value it does not know."""
+    return names.get(sent) or names.get(sent.upper()) or names.get(sent.lower()) or sent
+
+
 def _wire_signature(value: object) -> str | None:
     if not value:
         return None
@@ -827,7 +848,7 @@ class _FastReader:
                 if reason is not None:
                     if reason.__class__ is not str:
                         raise BadEvent
-                    turn.finish_reason = reason
+                    turn.finish_reason = _sdk_case(_FINISH, reason)
                 grounding = candidate.get("groundingMetadata")
                 if grounding is not None:
                     queries = grounding.get("webSearchQueries")
@@ -849,7 +870,7 @@ class _FastReader:
                     ):
                         raise BadEvent
                     if reason is not None:
-                        raise _blocked(reason, message)
+                        raise _blocked(_sdk_case(_BLOCK, reason), message)
             if meta is not None:
                 usage = turn.count(
                     meta.get("promptTokenCount"),

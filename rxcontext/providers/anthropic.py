@@ -33,7 +33,8 @@ Choices worth knowing:
 - An in-stream ``error`` event (e.g. ``overloaded_error`` on HTTP 200) is raised on both
   wires as the SDK raises it (its ``APIStatusError``, the ``ProviderError``'s ``__cause__``)
   and classified by the error body's ``type``; ``status_code`` is then ``None`` (the HTTP
-  status was 200).
+  status was 200). So is a JSON error body sent in place of the stream (a gateway's ``200
+  application/json``; see :mod:`._error_body`).
 - A malformed event (not UTF-8, not JSON, a field of the wrong type) ends the stream with a
   ``ProviderError`` (``error_type`` ``invalid_utf8`` / ``invalid_json`` / ``invalid_event``)
   on both wires, after the same chunks (see ``_common.malformed_event``).
@@ -97,6 +98,7 @@ from ._common import (
     str_field,
     transport_error,
 )
+from ._error_body import BodyTap, tap
 from ._extra import MODEL, STREAM, refuse_keys, refused_history, refused_system, with_tools
 from ._options import anthropic_options
 from ._sse import SSEDecoder
@@ -511,6 +513,7 @@ def _sdk_chunks(client: anthropic.Anthropic, body: dict[str, Any]) -> Iterator[C
     stream = client.messages.create(**body, stream=True)
     try:
         turn = _Turn(_secrets(client))
+        kept = tap(stream.response)
         try:
             with noted(stream.response):
                 for event in stream:
@@ -519,6 +522,7 @@ def _sdk_chunks(client: anthropic.Anthropic, body: dict[str, Any]) -> Iterator[C
                         break
         except anthropic.APIConnectionError as exc:
             _raise_read_error(exc)
+        _error_body(client, kept, stream.response)
         yield turn.done()
     finally:
         stream.close()
@@ -530,6 +534,7 @@ async def _asdk_chunks(
     stream = await client.messages.create(**body, stream=True)
     try:
         turn = _Turn(_secrets(client))
+        kept = tap(stream.response)
         try:
             async for event in stream:
                 for chunk in _sdk_event(turn, event):
@@ -538,9 +543,23 @@ async def _asdk_chunks(
                     break
         except anthropic.APIConnectionError as exc:
             _raise_read_error(exc)
+        _error_body(client, kept, stream.response)
         yield turn.done()
     finally:
         await stream.close()
+
+
+def _error_body(
+    client: anthropic.Anthropic | anthropic.AsyncAnthropic,
+    kept: BodyTap | None,
+    http: httpx2.Response,
+) -> None:
+    """At the end of a stream: raise a JSON error body sent in place of it (``200
+    application/json {"type": "error", ...}``, see :mod:`._error_body`) as the SDK's stream
+    raises an ``error`` event, instead of taking the stream for cut."""
+    found = kept.error() if kept is not None else None
+    if found is not None:
+        raise client._make_status_error(f"{found[1]}", body=found[1], response=http)
 
 
 def _raise_read_error(exc: anthropic.APIConnectionError) -> NoReturn:
@@ -694,6 +713,7 @@ def _fast_chunks(client: anthropic.Anthropic, body: dict[str, Any]) -> Iterator[
         noted(response.http_response),
     ):
         http = response.http_response
+        kept = tap(http)
         decoder = SSEDecoder("anthropic")
         turn = _Turn(_secrets(client))
         read = _FastReader(client, http, turn).read
@@ -709,6 +729,7 @@ def _fast_chunks(client: anthropic.Anthropic, body: dict[str, Any]) -> Iterator[
                 yield from read(event, payload)
                 if turn.stopped:
                     break
+        _error_body(client, kept, http)
         yield turn.done()
 
 
@@ -717,6 +738,7 @@ async def _afast_chunks(
 ) -> AsyncGenerator[Chunk, None]:
     async with client.messages.with_streaming_response.create(**body, stream=True) as response:
         http = response.http_response
+        kept = tap(http)
         decoder = SSEDecoder("anthropic")
         turn = _Turn(_secrets(client))
         read = _FastReader(client, http, turn).read
@@ -736,6 +758,7 @@ async def _afast_chunks(
                     yield chunk
                 if turn.stopped:
                     break
+        _error_body(client, kept, http)
         yield turn.done()
 
 

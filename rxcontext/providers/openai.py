@@ -50,6 +50,7 @@ from ._common import (
     sent_secrets,
     transport_error,
 )
+from ._error_body import BodyTap, tap
 from ._extra import MODEL, STREAM, refuse_keys, refused_history, refused_system, with_tools
 from ._openai_chat import (
     PROVIDER,
@@ -258,6 +259,15 @@ async def _aevents(raw: openai.AsyncAPIResponse[Any]) -> AsyncGenerator[Any, Non
         raise openai.APIConnectionError(request=request) from err
 
 
+def _error_body(kept: BodyTap | None, response: httpx2.Response) -> None:
+    """At the end of a stream: raise a JSON error body sent in place of it (``200
+    application/json {"error": ...}``, see :mod:`._error_body`) as an error event in the
+    stream is raised, instead of taking the stream for cut."""
+    found = kept.error() if kept is not None else None
+    if found is not None:
+        _event_data(found[0], response.request)
+
+
 def _strict(schema: dict[str, Any]) -> dict[str, Any]:
     """``schema`` as OpenAI's strict mode wants it (every object closed, every property
     required), made by the SDK's own helper on a copy.
@@ -416,13 +426,17 @@ class OpenAIModel(_OpenAIBase):
                     client.chat.completions.with_streaming_response.create(**kwargs) as raw,
                     noted(raw.http_response),
                 ):
+                    kept = tap(raw.http_response)
                     state.sdk_event = _sdk_event(client, ChatCompletionChunk, raw)
                     for data in _events(raw):
                         yield from state.fast(data)
+                    _error_body(kept, raw.http_response)
             else:
                 with client.chat.completions.create(**kwargs) as stream, noted(stream.response):
+                    kept = tap(stream.response)
                     for chunk in stream:
                         yield from state.sdk(chunk)
+                    _error_body(kept, stream.response)
         yield state.done()
 
     async def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
@@ -436,15 +450,19 @@ class OpenAIModel(_OpenAIBase):
                     client.chat.completions.with_streaming_response.create(**kwargs) as raw,
                     aclosing(_aevents(raw)) as events,
                 ):
+                    kept = tap(raw.http_response)
                     state.sdk_event = _sdk_event(client, ChatCompletionChunk, raw)
                     async for data in events:
                         for chunk in state.fast(data):
                             yield chunk
+                    _error_body(kept, raw.http_response)
             else:
                 async with await client.chat.completions.create(**kwargs) as stream:
+                    kept = tap(stream.response)
                     async for sdk_chunk in stream:
                         for chunk in state.sdk(sdk_chunk):
                             yield chunk
+                    _error_body(kept, stream.response)
         yield state.done()
 
     def complete(self, request: Request) -> Reply:
@@ -579,19 +597,23 @@ class OpenAIResponsesModel(_OpenAIBase):
                     client.responses.with_streaming_response.create(**kwargs) as raw,
                     noted(raw.http_response),
                 ):
+                    kept = tap(raw.http_response)
                     _bind(state, client, raw)
                     for data in _events(raw):
                         yield from fast(data)
                         if state.finished:
                             break
+                    _error_body(kept, raw.http_response)
             else:
                 sdk = state.sdk if state.cursor is None else state.sdk_at
                 with client.responses.create(**kwargs) as stream, noted(stream.response):
                     state.request = stream.response.request
+                    kept = tap(stream.response)
                     for sdk_event in stream:
                         yield from sdk(sdk_event)
                         if state.finished:
                             break
+                    _error_body(kept, stream.response)
         state.end()
 
     async def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
@@ -606,21 +628,25 @@ class OpenAIResponsesModel(_OpenAIBase):
                     client.responses.with_streaming_response.create(**kwargs) as raw,
                     aclosing(_aevents(raw)) as events,
                 ):
+                    kept = tap(raw.http_response)
                     _bind(state, client, raw)
                     async for data in events:
                         for chunk in fast(data):
                             yield chunk
                         if state.finished:
                             break
+                    _error_body(kept, raw.http_response)
             else:
                 sdk = state.sdk if state.cursor is None else state.sdk_at
                 async with await client.responses.create(**kwargs) as stream:
                     state.request = stream.response.request
+                    kept = tap(stream.response)
                     async for sdk_event in stream:
                         for chunk in sdk(sdk_event):
                             yield chunk
                         if state.finished:
                             break
+                    _error_body(kept, stream.response)
         state.end()
 
     # -- native resume (background mode) --------------------------------------------------
@@ -666,11 +692,13 @@ class OpenAIResponsesModel(_OpenAIBase):
                     ) as raw,
                     noted(raw.http_response),
                 ):
+                    kept = tap(raw.http_response)
                     _bind(state, client, raw)
                     for data in _events(raw):
                         yield from state.fast_at(data)
                         if state.finished:
                             break
+                    _error_body(kept, raw.http_response)
             else:
                 with (
                     client.responses.retrieve(
@@ -679,10 +707,12 @@ class OpenAIResponsesModel(_OpenAIBase):
                     noted(stream.response),
                 ):
                     state.request = stream.response.request
+                    kept = tap(stream.response)
                     for sdk_event in stream:
                         yield from state.sdk_at(sdk_event)
                         if state.finished:
                             break
+                    _error_body(kept, stream.response)
         state.end()
 
     async def _aresume(
@@ -701,22 +731,26 @@ class OpenAIResponsesModel(_OpenAIBase):
                     ) as raw,
                     aclosing(_aevents(raw)) as events,
                 ):
+                    kept = tap(raw.http_response)
                     _bind(state, client, raw)
                     async for data in events:
                         for chunk in state.fast_at(data):
                             yield chunk
                         if state.finished:
                             break
+                    _error_body(kept, raw.http_response)
             else:
                 async with await client.responses.retrieve(
                     response_id, stream=True, starting_after=after
                 ) as stream:
                     state.request = stream.response.request
+                    kept = tap(stream.response)
                     async for sdk_event in stream:
                         for chunk in state.sdk_at(sdk_event):
                             yield chunk
                         if state.finished:
                             break
+                    _error_body(kept, stream.response)
         state.end()
 
     def complete(self, request: Request) -> Reply:

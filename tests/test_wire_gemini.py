@@ -548,7 +548,7 @@ def _body(*middle: bytes) -> bytes:
             "invalid_event",
             id="signature-zero",
         ),
-        pytest.param(b'data: {"candidates": [\n\n', "invalid_json", id="cut-json"),
+        pytest.param(b'data: {"candidates": [}\n\n', "invalid_json", id="bad-json"),
         pytest.param(
             b'data: {"error": {"message": "no code"}}\n\n', "invalid_event", id="error-no-code"
         ),
@@ -616,9 +616,11 @@ def test_lines_other_than_data_are_raw_json_on_both_paths(line: bytes) -> None:
     chunks, error = assert_same([first + line + b"\n\n" + sse(END_EVENT)])
     # An unbalanced line waits for its closing braces (the end of the body, here); data
     # lines go on meanwhile.
-    expected = ["hi", "!"] if line.count(b"{") > line.count(b"}") else ["hi"]
-    assert [c.text for c in chunks if c.text] == expected
-    assert error is not None and error[2] in ("invalid_json", "invalid_event")
+    unbalanced = line.count(b"{") > line.count(b"}")
+    assert [c.text for c in chunks if c.text] == (["hi", "!"] if unbalanced else ["hi"])
+    # ... and, still open there, it is an error body the body ended in the middle of.
+    expected = "incomplete_stream" if unbalanced else ("invalid_json", "invalid_event")
+    assert error is not None and error[2] in expected
 
 
 def test_a_raw_json_error_body_split_over_lines_is_raised_on_both_paths() -> None:
@@ -657,3 +659,30 @@ def test_a_block_reason_in_another_case_is_read_as_the_sdks_enum_reads_it(
     _, error = assert_same([sse(blocked)])
     assert error is not None
     assert error[:3] == (False, None, f"prompt_blocked:{read}")
+
+
+@pytest.mark.parametrize("cut", [8, 40, 90, -6])
+def test_a_body_cut_partway_through_an_event_is_an_incomplete_stream(cut: int) -> None:
+    """The connection closed (cleanly) in the middle of the first event: the SDK reads the
+    unterminated last event and fails on its JSON. Both paths report a cut stream, retryable,
+    as OpenAI and Anthropic do for the same cut, not a server that does not speak the API."""
+    body = sse(END_EVENT)[:cut]
+    chunks, error = assert_same([body])
+    assert chunks == []
+    assert error is not None and error[:3] == (True, None, "incomplete_stream")
+    assert "base_url" not in error[4]
+
+
+def test_an_event_cut_short_before_its_blank_line_is_an_incomplete_stream_too() -> None:
+    """Whether the frame is cut is told by its text (an object that stops short): the SDK's
+    error does not say where the frame ended, and both paths must agree."""
+    chunks, error = assert_same([_body(b'data: {"candidates": [\n\n')])
+    assert [c.text for c in chunks] == ["Hel"]
+    assert error is not None and error[:3] == (True, None, "incomplete_stream")
+
+
+def test_a_raw_json_error_body_cut_short_is_an_incomplete_stream() -> None:
+    body = b'{"error": {\n"code": 503,\n"message": "overlo'
+    chunks, error = assert_same([sse(HI_EVENT) + body])
+    assert [c.text for c in chunks] == ["Hel"]
+    assert error is not None and error[:3] == (True, None, "incomplete_stream")

@@ -48,7 +48,8 @@ Choices worth knowing:
   ``"MALFORMED_FUNCTION_CALL"``...), a known one in upper case however it was sent (the
   SDK's enums ignore case; so does the fast path), as is a ``blockReason``.
   (``finishMessage`` is not kept: the SDK drops it.) A stream that ends without any finish
-  reason was cut: a retryable ``ProviderError`` (``error_type="incomplete_stream"``).
+  reason was cut: a retryable ``ProviderError`` (``error_type="incomplete_stream"``), and
+  so is one that ends partway through an event (a frame whose JSON object stops short).
 - A chunk with no candidates and ``promptFeedback.blockReason`` is a blocked prompt:
   ``ProviderError(error_type="prompt_blocked:<REASON>")``, not retryable.
 - An ``{"error": ...}`` payload inside a 200 stream: the SDK raises ``ClientError`` /
@@ -104,6 +105,7 @@ except ImportError as exc:  # an optional extra: name it
 from ..attachments import Attachment
 from ..chunks import Chunk, ChunkKind, Reply, Usage
 from ..errors import ProviderError
+from ..jsonstream import JsonStream
 from ..records import RecordType
 from ._abort import note, scope
 from ._attachments import check as check_attachments
@@ -392,12 +394,31 @@ def _classify(exc: BaseException, secrets: tuple[str | None, ...]) -> BaseExcept
     if err is not None:
         return err
     if isinstance(exc, genai_errors.UnknownApiResponseError):  # a frame that is not JSON
+        if _cut_short(exc.__cause__):
+            return _incomplete()
         return malformed_event(PROVIDER, exc, error_type="invalid_json", secrets=secrets)
     if isinstance(exc, READ_ERRORS):
         # The SDK fails this way on an event of the wrong shape (a pydantic ValidationError,
         # a TypeError for a non-object or an error payload without a code, ...).
         return malformed_event(PROVIDER, exc, secrets=secrets)
     return exc
+
+
+def _cut_short(cause: BaseException | None) -> bool:
+    """Whether the frame that is not JSON is an object cut short: the body ended partway
+    through its last event (google-genai reads an event with no blank line after it, and
+    the raw JSON lines of an error body, at the end). Told by the text alone, the same on
+    both paths: the SDK's error does not say where in the body the frame was."""
+    if not isinstance(cause, json.JSONDecodeError):
+        return False
+    text = cause.doc.strip()
+    if not text.startswith("{"):
+        return False
+    try:
+        JsonStream().feed(text)  # raises at the first character no JSON text can go on with
+    except ValueError:
+        return False
+    return True
 
 
 def _classified(exc: Exception, secrets: tuple[str | None, ...]) -> BaseException:

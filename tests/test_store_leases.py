@@ -223,3 +223,38 @@ def test_an_owner_in_another_pid_namespace_is_judged_by_its_lease() -> None:
     now = datetime.now(UTC)
     assert owner_alive(other, now + timedelta(seconds=60), now)  # its lease runs: alive
     assert not owner_alive(other, now - timedelta(seconds=1), now)  # it ran out: gone
+
+
+def test_an_owner_killed_but_not_yet_reaped_is_gone_at_once() -> None:
+    """A supervisor that SIGKILLs a worker and reads the store before wait()ing on it: the
+    worker is a zombie, its /proc entry (start time included) still there. It generates
+    nothing, so its replies read as interrupted at once, as for any dead process on this
+    host, not only once their lease runs out."""
+    code = (
+        "import sys; from rxcontext.store.owner import worker_id;"
+        " print(worker_id(), flush=True); sys.stdin.read()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        owner = child.stdout.readline().strip()
+        now = datetime.now(UTC)
+        lease = now + timedelta(seconds=60)
+        assert owner_alive(owner, lease, now)  # running: its lease decides
+        child.kill()
+        # Not reaped: wait until the kernel has made it a zombie (its state field says Z).
+        state = b""
+        for _ in range(10_000):
+            with open(f"/proc/{child.pid}/stat", "rb") as f:
+                stat = f.read()
+            state = stat[stat.rfind(b")") + 2 :].split()[0]
+            if state in (b"Z", b"X"):
+                break
+            os.sched_yield()
+        assert state in (b"Z", b"X"), state
+        assert not owner_alive(owner, lease, now)
+    finally:
+        child.kill()
+        child.wait()

@@ -48,6 +48,10 @@ def _start_time(pid: int) -> str | None:
         return None
     # Field 22 (starttime), counted after the command name, which may hold spaces.
     fields = stat[stat.rfind(b")") + 2 :].split()
+    if fields and fields[0] in (b"Z", b"X"):
+        # Killed (or exited) and not yet reaped by its parent: it runs no more, though its
+        # entry, start time included, stays until the parent waits for it.
+        return None
     return fields[19].decode() if len(fields) > 19 else None
 
 

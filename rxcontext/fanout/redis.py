@@ -164,6 +164,37 @@ def _misread(url: str) -> bool:
     return "@" in rest[min(ends, default=len(rest)) :]
 
 
+_READERS = 32
+"""Connections the watches' own reads may hold at once (each a short command: the log's
+head, a catch-up, ``EXISTS``, ``CLIENT UNBLOCK``); a read waits up to ``timeout`` for one,
+then is served by the store, as when Redis does not answer."""
+_IDLE_READERS = 4
+"""Of those, how many stay open while no watch reads."""
+
+
+class _ReaderPool(redis.BlockingConnectionPool):
+    """The watches' connections: at most ``_READERS`` (a read waits for one), and at most
+    ``_IDLE_READERS`` kept open idle. redis-py keeps every connection it made open until
+    the pool is closed (it has no idle timeout): after a burst of watchers (a page reloaded
+    by many at once) a process held one per watcher of the burst, for good, counted against
+    the server's ``maxclients`` that every worker shares. Those idle longest are closed as
+    connections come back."""
+
+    def release(self, connection: Any) -> None:
+        super().release(connection)  # type: ignore[no-untyped-call]
+        queue: Any = self.pool  # a LifoQueue: connections on top, empty slots (None) below
+        with queue.mutex:
+            held = queue.queue
+            idle = [c for c in held if c is not None]
+            spare = idle[:-_IDLE_READERS]
+            if spare:
+                held[:] = [None] * (len(held) - _IDLE_READERS) + idle[-_IDLE_READERS:]
+        for spent in spare:
+            with contextlib.suppress(ValueError):
+                self._connections.remove(spent)
+            spent.disconnect()
+
+
 class RedisFanout:
     """Fan-out over Redis Streams; see the module docstring for what it guarantees."""
 
@@ -205,15 +236,20 @@ class RedisFanout:
             health_check_interval=0,
             **packing,
         )
-        self._reader = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout + 2.0,  # longer than any XREAD BLOCK (at most 1 s)
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-            health_check_interval=0,
-            **packing,
+        self._reader = redis.Redis(
+            connection_pool=_ReaderPool.from_url(
+                url,
+                max_connections=_READERS,
+                timeout=timeout,
+                socket_timeout=timeout + 2.0,  # longer than any XREAD BLOCK (at most 1 s)
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+                retry_on_timeout=False,
+                health_check_interval=0,
+                **packing,
+            )
         )
+        self._reader.auto_close_connection_pool = True  # as from_url's: close() closes it
         tail = redis.Redis.from_url(
             url,
             socket_timeout=timeout + 2.0,  # longer than its XREAD BLOCK (1 s)

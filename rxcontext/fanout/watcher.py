@@ -11,10 +11,12 @@ Where the chunks come from:
   waiting on the live channel between two polls (a log that appears wakes the watch).
 
 Switching from the store back to a live log is a *catch-up by offsets*: the watcher knows
-the text (and thinking) it has shown, and skips that much of the log's text. Whatever the
-path, the watcher ends with a reconciliation against the store, so the text it shows last
-equals the stored record (``REWIND`` where it must go back: a takeover's new epoch starts
-from its checkpoint, which may be behind what the old owner delivered).
+the text (and thinking) it has shown, and skips that much of the log's text. Text is shown,
+counted and compared as the store holds it (:func:`_mend`): the log has an emoji cut between
+its surrogate halves as delivered, the store joined. Whatever the path, the watcher ends
+with a reconciliation against the store, so the text it shows last equals the stored record
+(``REWIND`` where it must go back: a takeover's new epoch starts from its checkpoint, which
+may be behind what the old owner delivered).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any, Protocol
 from ..chunks import Chunk, ChunkKind, Usage
 from ..errors import ReplyNotFound, StreamInterrupted
 from ..records import Checkpoint, Record, RecordType, ReplyState
+from ..store._sqlite_rows import storable
 from .base import Fanout, Position
 from .entries import Begin, Chunks, End, Entry, Snapshot
 
@@ -68,6 +71,22 @@ def _common(a: str, b: str) -> int:
         else:
             hi = mid - 1
     return lo
+
+
+def _mend(held: str, piece: str) -> tuple[str, str]:
+    """A live delta as the store holds it, and the high half it ends with, held back.
+
+    A provider may cut an escaped emoji between its surrogate halves ("\\ud83d", then
+    "\\ude00": the OpenAI SDK delivers each alone); the log keeps them as delivered, the
+    store joins the pair (one character) and never stores a high half alone. Shown and
+    counted as delivered, the log's text ran one character ahead of the store's per emoji:
+    a watcher caught up from a checkpoint showed a character twice, and a live one ended
+    going back to before the emoji. ``held``: the half the previous delta ended with."""
+    text = held + piece
+    held = ""
+    if text and "\ud800" <= text[-1] <= "\udbff":
+        text, held = text[:-1], text[-1]
+    return storable(text), held
 
 
 class _Shown:
@@ -162,6 +181,9 @@ class _Watch:
         # Offsets into the live log being read (equal to what was shown once caught up).
         self.log_text = 0
         self.log_thinking = 0
+        # A high half that ended the log's last delta, waiting for its low half (_mend).
+        self.held_text = ""
+        self.held_thinking = ""
         self.call_ids: dict[int, str] = {}  # this round's live calls: index -> call id
         self.skipping: set[int] = set()  # this round's live calls the store showed already
         self.next_index = -1  # above every tool-call index shown so far
@@ -292,12 +314,22 @@ class _Watch:
             yield from self.rebase(entry.text, entry.thinking, force=False)
         self.log_text = len(entry.text)
         self.log_thinking = len(entry.thinking)
+        self.held_text = self.held_thinking = ""
         self.call_ids = {}
         self.skipping = set()
 
     def live(self, chunk: Chunk) -> Iterator[Chunk]:
         """One chunk of the log: shown unless what was shown already has it."""
         kind = chunk.kind
+        if kind in (ChunkKind.TEXT, ChunkKind.THINKING) and chunk.text:
+            if kind is ChunkKind.TEXT:
+                text, self.held_text = _mend(self.held_text, chunk.text)
+            else:
+                text, self.held_thinking = _mend(self.held_thinking, chunk.text)
+            if not text:  # a high half alone: shown with its low half
+                return
+            if text is not chunk.text:
+                chunk = replace(chunk, text=text)
         if kind is ChunkKind.TEXT:
             start = self.log_text
             self.log_text += len(chunk.text)

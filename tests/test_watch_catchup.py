@@ -56,9 +56,10 @@ def test_from_the_store_to_the_live_log_without_a_repeat(make_store: Callable[..
         T("ld"),
     ]
 
-    store.commit_reply(
-        ctx, [RecordDraft(RecordType.MODEL_RESP, "Hello world")], reply=ticket, end="reply"
-    )
+    # Committed as an owner commits it: the thinking in metadata["thinking"] (a watch ends
+    # on the record's thinking too, none if it has none).
+    reply = RecordDraft(RecordType.MODEL_RESP, "Hello world", metadata={"thinking": "hmm"})
+    store.commit_reply(ctx, [reply], reply=ticket, end="reply")
     channel.end("completed")
     rest = list(watch)
     assert [c.kind for c in rest] == [ChunkKind.DONE]

@@ -212,8 +212,11 @@ class _Watch:
         self, records: Sequence[Record], row: Checkpoint | None, *, final: bool
     ) -> Iterator[Chunk]:
         """Bring what was shown up to the store: committed records in order, then the
-        checkpoint of the round in progress. Within one epoch the store may be behind
-        what was shown live (checkpoints lag): then nothing goes back, unless ``final``."""
+        checkpoint of the round in progress, or of the round that was cut (an interrupted
+        or discarded reply ends on what its owner delivered, as the StreamInterrupted it
+        raises says). Within one epoch the store may be behind what was shown live
+        (checkpoints lag): then nothing goes back, unless ``final``: then the thinking too
+        is made the store's, none included."""
         target: list[str] = []
         thoughts: list[str] = []
         extra: list[Chunk] = []
@@ -242,14 +245,15 @@ class _Watch:
                         name=record.tool_name,
                     )
                 )
-        if row is not None and not row.state.final:
+        if row is not None and row.state is not ReplyState.COMPLETED:
             target.append(row.text)
             thoughts.append(row.thinking)
         text = "".join(target)
         thinking = "".join(thoughts)  # a committed reply's thinking too, not only a checkpoint's
         epoch = row.epoch if row is not None else self.epoch
         new_epoch = epoch > self.epoch
-        yield from self.rebase(text, thinking if thinking else None, force=final or new_epoch)
+        compared = thinking if thinking or final else None
+        yield from self.rebase(text, compared, force=final or new_epoch)
         self.epoch = max(self.epoch, epoch)
         calls: Counter[str] = Counter()
         results: Counter[str] = Counter()

@@ -426,7 +426,16 @@ class Store(Protocol):
 def kept_metadata(cp: Checkpoint) -> dict[str, Any]:
     """The metadata of the record a kept checkpoint becomes: marked partial, with the usage
     its attempts were billed and the model that billed them, as its checkpoint names them
-    (cost prices it from those; without them it counts as unpriced, never as free)."""
+    (cost prices it from those; without them it counts as unpriced, never as free), and
+    its thinking (``thinking``), kept as a completed reply's is."""
+    meta = _billed_metadata(cp)
+    if cp.thinking:
+        meta["thinking"] = cp.thinking
+    return meta
+
+
+def _billed_metadata(cp: Checkpoint) -> dict[str, Any]:
+    """What prices a checkpoint's attempts: ``partial``, its usage, model and provider."""
     meta: dict[str, Any] = {"partial": True}
     if cp.usage is not None:
         meta["usage"] = cp.usage.to_dict()
@@ -456,6 +465,6 @@ def discarded_draft(cp: Checkpoint) -> RecordDraft | None:
         cp.text,
         live=False,
         streamed=True,
-        metadata={**kept_metadata(cp), "discarded": True},
+        metadata={**_billed_metadata(cp), "discarded": True},
         timestamp=cp.updated_at or cp.created_at,
     )

@@ -324,8 +324,9 @@ def test_ctrl_c_while_waiting_for_a_silent_server(spawn: Any, tmp_path: Path) ->
         child.expect("you> ")
         child.sendeof()
         child.expect(pexpect.EOF)
+        tail = child.before
         child.close()
-    assert child.exitstatus == 0
+    assert child.exitstatus == 0, tail
     assert checkpoints(db) == []
     (prompt,) = records(db)
     assert prompt.content == "anyone there?" and not prompt.live

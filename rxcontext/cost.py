@@ -8,7 +8,9 @@ corrects every cost shown, and a database needs no migration. A summariser's rep
 stored too, dead, accepted or not (:func:`.summarize.summarizer_draft`), so a summary's
 request is priced like any other; a discarded reply leaves a dead record of what its
 attempt was billed (:func:`.store.base.discarded_draft`), priced from the usage and model
-its checkpoint names, as a kept partial reply is. A reply whose model the table does
+its checkpoint names, as a kept partial reply is. A reply resumed on another model than
+its cut attempts' says what each model billed (:mod:`rxcontext.usage_by_model`), and each
+part is priced by its own model. A reply whose model the table does
 not know (or that says no model, or no usage) has an unknown cost: ``None``, shown as
 unknown, never guessed. A context's total counts the replies it could price and
 says how many it could not (:class:`ContextCost`), so a total is never smaller than it says.
@@ -32,6 +34,7 @@ from typing import Any
 from .chunks import Usage
 from .errors import MissingDependency
 from .records import Record, RecordType
+from .usage_by_model import USAGE_BY_MODEL, parse
 
 __all__ = ["ContextCost", "available", "context_cost", "format_usd", "price", "reply_cost"]
 
@@ -112,6 +115,8 @@ def reply_cost(record: Record) -> Decimal | None:
     round's metadata) in US dollars; None when unknown (no model, no usage, a model the
     price table does not know)."""
     meta = record.metadata
+    if USAGE_BY_MODEL in meta:  # billed by more than one model (a resume on another)
+        return _price_parts(meta[USAGE_BY_MODEL], record)
     usage = meta.get("usage")
     model, provider = meta.get("model"), meta.get("provider")
     if (
@@ -121,6 +126,21 @@ def reply_cost(record: Record) -> Decimal | None:
     ):
         return None
     return price(Usage.from_dict(usage), model, provider, record.timestamp)  # type: ignore[arg-type]
+
+
+def _price_parts(listed: object, record: Record) -> Decimal | None:
+    """Each model's part of a reply's usage priced by that model, summed; None if one is
+    unknown (or the parts are not what rxcontext writes)."""
+    parts = parse(listed)
+    if parts is None:
+        return None
+    total = Decimal(0)
+    for provider, model, usage in parts:
+        cost = price(usage, model, provider, record.timestamp)
+        if cost is None:
+            return None
+        total += cost
+    return total
 
 
 @dataclass(frozen=True, slots=True)

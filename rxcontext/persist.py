@@ -64,6 +64,7 @@ from .records import Checkpoint, Record, RecordType, ReplyState
 from .schema import OutputSchema, SchemaFailure
 from .store.base import IN_PROGRESS, CheckpointDraft, RecordDraft, ReplyTicket, Store
 from .store.owner import worker_id
+from .usage_by_model import USAGE_BY_MODEL, by_model, parts_of
 
 if TYPE_CHECKING:
     from .tracing import ReplyTrace
@@ -452,6 +453,9 @@ class ReplyPersister:
             metadata[HELD_KEY] = held
         if self.model_name is not None:  # what prices the attempt once kept or discarded
             metadata.update(model_keys(self.model_name))
+        split = self._usage_by_model()
+        if split is not None:  # it names this model; earlier attempts were another's
+            metadata[USAGE_BY_MODEL] = split
         response_id = b.response_id
         point = self._cursor.point(delivered) if self._cursor is not None else None
         if point is not None:
@@ -765,6 +769,22 @@ class ReplyPersister:
             return None
         return self._billed_before if self._native else resumed.usage
 
+    def _usage_by_model(self) -> list[dict[str, Any]] | None:
+        """The round's usage by the model that billed each part (``USAGE_BY_MODEL``) when
+        the checkpoint it resumes was billed by another model than this one (a window may
+        resume on another); None when this model billed it all, or the checkpoint names no
+        model (then, as ever, it is priced as this one). A native round continues its
+        checkpoint's own stream: left as it was."""
+        resumed = self._resume
+        if resumed is None or self._native or resumed.usage is None:
+            return None
+        carried = parts_of(resumed.metadata, resumed.usage)
+        if carried is None:
+            return None
+        keys = model_keys(self.model_name)
+        own = _plus(self._set_aside, self.builder.usage)
+        return by_model(carried, keys["provider"], keys["model"], own)
+
     def billed(self) -> Usage | None:
         """What this reply has been billed that its stored records do not count: its
         current round's attempts (those sent again included) and what it carries from the
@@ -874,13 +894,17 @@ class ReplyPersister:
         sent, first = self._sent_at, self._first_at
         now = self._clock()
         waited = (first - sent) * 1000 if sent is not None and first is not None else None
-        return reply_metadata(
+        about = reply_metadata(
             reply,
             model_name=self.model_name,
             first_chunk_ms=waited,
             duration_ms=(now - sent) * 1000 if sent is not None else None,
             resumed=self._resume is not None,
         )
+        split = self._usage_by_model()
+        if split is not None:  # its cut attempts were billed by another model
+            about[USAGE_BY_MODEL] = split
+        return about
 
     def store_tool_outputs(self, drafts: Sequence[RecordDraft]) -> list[Record]:
         """Store the tool outputs of a round (one transaction) at the reply's position;

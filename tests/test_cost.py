@@ -955,3 +955,151 @@ def test_a_clone_or_fork_starts_its_own_account_in_tokens_and_in_cost() -> None:
     copy.clone("copy of copy")
     assert account("copy of copy") == (0, 0, none)
     assert (cw.stats().usage, context_cost(cw.records())) == (parent_usage, parent_cost)
+
+
+# -- a reply resumed on another model -----------------------------------------------------
+
+CUT_ANTHROPIC = Served(
+    real_fixture(RECORDED_ANTHROPIC).read_bytes(),
+    cut_after=5,  # message_start's usage and a few deltas, then the connection drops
+    error=httpx2.ReadError("connection reset"),
+)
+CONTINUATION = "openai_chat/tool_call_roundtrip_gpt4o_mini.2.sse"
+
+
+def anthropic_named(replay: Replay, name: str) -> AnthropicModel:
+    return AnthropicModel(
+        name,
+        client=anthropic.Anthropic(api_key=KEY, max_retries=0, http_client=replay.client()),
+        async_client=anthropic.AsyncAnthropic(
+            api_key=KEY, max_retries=0, http_client=replay.async_client()
+        ),
+    )
+
+
+def on(model: str, provider: str, usage: Usage) -> Decimal:
+    """``usage`` priced by genai-prices on ``model``, the counts mapped by hand."""
+    return expected(
+        model, provider, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens
+    )
+
+
+def resume(cw: ContextWindow, cp_id: int, path: str) -> None:
+    if path == "sync":
+        cw.resume_call(cp_id)
+        return
+
+    async def drain() -> None:
+        async for _ in cw.aresume(cp_id):
+            pass
+
+    asyncio.run(drain())
+
+
+@pytest.mark.usefixtures("both_stores")
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_reply_resumed_on_another_model_prices_the_cut_attempt_on_its_own(path: str) -> None:
+    """A reply on Claude Opus is cut after its input was billed; the window now uses
+    gpt-4o-mini and resumes it. The stored reply's usage is the attempt's plus the
+    continuation's (the token totals), its text whole, and each part is priced by the model
+    that billed it: the Opus tokens at Opus's price, not gpt-4o-mini's (about a tenth)."""
+    cut = Replay(CUT_ANTHROPIC)
+    store = open_store()
+    cw = ContextWindow(store, anthropic_named(cut, "claude-opus-4-1"), retry=None)
+    cw.add_prompt("Tell me a pirate joke")
+    cp = cut_call(cw, path)
+    assert cp.usage is not None and cp.usage.input_tokens > 0
+    assert (cp.metadata["provider"], cp.metadata["model"]) == ("anthropic", "claude-opus-4-1")
+    cw.model = chat_model(Replay(real_fixture(CONTINUATION)), "gpt-4o-mini")
+    resume(cw, cp.id, path)
+    (stored,) = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
+    continued = Usage.from_dict(stored.metadata["usage"])
+    assert stored.content.startswith(cp.text) and len(stored.content) > len(cp.text)
+    assert (stored.metadata["provider"], stored.metadata["model"]) == ("openai", "gpt-4o-mini")
+    own = Usage.of(
+        continued.input_tokens - cp.usage.input_tokens,
+        continued.output_tokens - cp.usage.output_tokens,
+    )
+    assert own.input_tokens > 0  # the continuation's usage is in the sum as well
+    assert cw.stats().usage.total_tokens == continued.total_tokens
+    whole = on("claude-opus-4-1", "anthropic", cp.usage) + on("gpt-4o-mini", "openai", own)
+    assert whole > on("gpt-4o-mini", "openai", continued) * 5
+    assert reply_cost(stored) == whole
+    assert context_cost(cw.records()) == ContextCost(whole, 1, 0)
+    # A money budget counts the Opus part at Opus's price: what is left is too little.
+    cw.budget = Budget(max_usd=str(on("gpt-4o-mini", "openai", continued) * 2))
+    cw.add_prompt("Another one")
+    with pytest.raises(BudgetExceeded):
+        cw.call()
+
+
+@pytest.mark.usefixtures("both_stores")
+@pytest.mark.parametrize("settle", ["keep", "discard", "resume"])
+def test_a_resume_on_another_model_cut_again_prices_each_models_attempt(settle: str) -> None:
+    """Cut on Opus, resumed on Sonnet and cut again: the checkpoint's usage is both
+    attempts', and it names Sonnet only as the model now. Kept, discarded, or resumed on
+    gpt-4o-mini, each attempt is priced by the model that made it."""
+    store = open_store()
+    cw = ContextWindow(store, anthropic_named(Replay(CUT_ANTHROPIC), "claude-opus-4-1"))
+    cw.retry = None
+    cw.add_prompt("Tell me a pirate joke")
+    first = cut_call(cw, "sync")
+    cw.model = anthropic_named(Replay(CUT_ANTHROPIC), "claude-sonnet-4-5")
+    with pytest.raises(StreamInterrupted) as again:
+        cw.resume_call(first.id)
+    cp = again.value.checkpoint
+    assert first.usage is not None and cp.usage == first.usage + first.usage
+    parts = on("claude-opus-4-1", "anthropic", first.usage) + on(
+        "claude-sonnet-4-5", "anthropic", first.usage
+    )
+    if settle == "keep":
+        stored = cw.keep(cp.id)
+        assert stored.live and stored.content == cp.text
+        assert reply_cost(stored) == parts
+    elif settle == "discard":
+        cw.discard(cp.id)
+        (stored,) = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
+        assert not stored.live and stored.metadata["discarded"] is True
+        assert reply_cost(stored) == parts
+    else:
+        cw.model = chat_model(Replay(real_fixture(CONTINUATION)), "gpt-4o-mini")
+        cw.resume_call(cp.id)
+        (stored,) = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
+        total = Usage.from_dict(stored.metadata["usage"])
+        own = Usage.of(
+            total.input_tokens - cp.usage.input_tokens,
+            total.output_tokens - cp.usage.output_tokens,
+        )
+        assert own.input_tokens > 0
+        parts += on("gpt-4o-mini", "openai", own)
+        assert reply_cost(stored) == parts
+    assert stored.metadata["usage"]["input_tokens"] >= cp.usage.input_tokens
+    assert context_cost(cw.records()) == ContextCost(parts, 1, 0)
+
+
+@pytest.mark.usefixtures("both_stores")
+def test_a_reply_resumed_on_its_own_model_is_stored_as_before() -> None:
+    """Resumed on the model that was cut, the reply's metadata is what it always was: one
+    model, one usage, priced whole by it."""
+    cw = ContextWindow(open_store(), anthropic_named(Replay(CUT_ANTHROPIC), "claude-opus-4-1"))
+    cw.retry = None
+    cw.add_prompt("Tell me a pirate joke")
+    cp = cut_call(cw, "sync")
+    assert set(cp.metadata) == {"model", "provider"}
+    body = real_fixture(RECORDED_ANTHROPIC)
+    cw.model = anthropic_named(Replay(body), "claude-opus-4-1")
+    cw.resume_call(cp.id)
+    (stored,) = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
+    assert set(stored.metadata) == {
+        "model",
+        "provider",
+        "usage",
+        "finish_reason",
+        "truncated",
+        "first_chunk_ms",
+        "duration_ms",
+        "partial",
+        "resumed",
+    }
+    usage = Usage.from_dict(stored.metadata["usage"])
+    assert reply_cost(stored) == on("claude-opus-4-1", "anthropic", usage)

@@ -25,6 +25,7 @@ from ..attachments import Attachment
 from ..chunks import Usage
 from ..errors import CheckpointResolved, ReplyBusy
 from ..records import Checkpoint, Context, ContextStats, Record, RecordType, ReplyState
+from ..usage_by_model import USAGE_BY_MODEL
 
 __all__ = [
     "IN_PROGRESS",
@@ -443,6 +444,9 @@ def _billed_metadata(cp: Checkpoint) -> dict[str, Any]:
         value = cp.metadata.get(key)
         if isinstance(value, str) and value:
             meta[key] = value
+    split = cp.metadata.get(USAGE_BY_MODEL)
+    if split is not None:  # a resume on another model, cut again: each model's part
+        meta[USAGE_BY_MODEL] = split
     return meta
 
 

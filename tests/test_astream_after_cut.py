@@ -193,10 +193,14 @@ def test_a_timeout_while_a_tool_runs_cuts_the_reply_for_good(store: Any) -> None
         stream = cw.astream()
         kinds: list[str] = []
         while True:
+            step = asyncio.ensure_future(anext(stream))
+            if "DONE" in kinds and not started.is_set():
+                # This anext runs the tool: let it start before the keep-alive period counts.
+                tool = asyncio.ensure_future(started.wait())
+                await asyncio.wait({step, tool}, timeout=WAIT, return_when="FIRST_COMPLETED")
+                tool.cancel()
             try:
-                chunk = await asyncio.wait_for(
-                    anext(stream), KEEP_ALIVE if started.is_set() else WAIT
-                )
+                chunk = await asyncio.wait_for(step, KEEP_ALIVE if started.is_set() else WAIT)
             except TimeoutError:
                 kinds.append("keep-alive")
                 continue

@@ -621,8 +621,11 @@ class ReplyPersister:
             saved = self.store.save_checkpoint(self.ticket, draft, state=ReplyState.INTERRUPTED)
         except StoreBusy:
             raise  # kept: a busy database takes it later
-        except BaseException:
+        except BaseException as failed:
             self._final = None  # not a wait: nothing later would do better
+            if self.trace is not None:
+                # Nothing stored (the store failed or closed): the span ends all the same.
+                self.trace.interrupted(None, failed)
             raise
         self._final = None
         if self.channel is not None:

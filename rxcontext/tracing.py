@@ -21,7 +21,8 @@ runs is a child span ``execute_tool {name}`` (``gen_ai.tool.name``, ``gen_ai.too
 ``gen_ai.tool.type``; status ERROR when the tool failed).
 
 An interrupted reply's span ends with status ERROR, ``error.type`` (the cause's class, or
-``cancelled``) and ``rxcontext.checkpoint.id``, the checkpoint to resume. Tracing only
+``cancelled``) and ``rxcontext.checkpoint.id``, the checkpoint to resume (none when the
+store failed to write it: ``error.type`` is then the store's error). Tracing only
 observes: it never raises into the stream (a failing exporter is logged), and exceptions of
 the user's own code reach the user as before.
 

@@ -18,7 +18,8 @@ interrupted, with the attributes of the GenAI conventions' inference span:
 rounds), ``gen_ai.conversation.id`` (the context's id), and rxcontext's own
 ``rxcontext.reply.id``, ``rxcontext.context.name``, ``rxcontext.rounds``. Every tool a reply
 runs is a child span ``execute_tool {name}`` (``gen_ai.tool.name``, ``gen_ai.tool.call.id``,
-``gen_ai.tool.type``; status ERROR when the tool failed).
+``gen_ai.tool.type``; status ERROR when the tool failed, was cancelled or raised a
+BaseException), the current span while the tool runs: spans the tool opens are its children.
 
 An interrupted reply's span ends with status ERROR, ``error.type`` (the cause's class, or
 ``cancelled``) and ``rxcontext.checkpoint.id``, the checkpoint to resume (none when the
@@ -233,14 +234,35 @@ class ReplyTrace:
 
     @contextmanager
     def tool(self, call_id: str, name: str, arguments: Any) -> Iterator[list[ToolResult]]:
-        """A child span around one tool run; put its :class:`~rxcontext.tools.ToolResult`
-        in the yielded list."""
+        """A child span around one tool run, the current span while the tool runs (the
+        spans it opens are its children); put its :class:`~rxcontext.tools.ToolResult` in
+        the yielded list."""
         got: list[ToolResult] = []
         span = self._tool_span(call_id, name, arguments)
-        try:
+        if span is None:
             yield got
-        finally:
-            self._end_tool(span, got)
+            return
+        # Made current in this context: a sync tool's worker thread (asyncio.to_thread)
+        # and an async tool's coroutine run in a copy of it.
+        with _otel().use_span(
+            span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        ):
+            try:
+                yield got
+            except BaseException as exc:  # cancelled, Ctrl-C: no ToolResult to say so
+                self._stopped_tool(span, exc)
+                raise
+            finally:
+                self._end_tool(span, got)
+
+    def _stopped_tool(self, span: Span, exc: BaseException) -> None:
+        try:
+            trace = _otel()
+            kind = type(exc).__name__
+            span.set_attribute("error.type", kind)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, kind))
+        except Exception:
+            _log.exception("rxcontext tracing failed; the stream goes on")
 
     def _tool_span(self, call_id: str, name: str, arguments: Any) -> Span | None:
         if self.span is None:

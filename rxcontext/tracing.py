@@ -29,7 +29,8 @@ the user's own code reach the user as before.
 
 Prompt and reply text are not recorded unless ``capture_content=True``: then
 ``gen_ai.input.messages`` / ``gen_ai.output.messages`` (JSON, the conventions' message
-shape) and the tools' ``gen_ai.tool.call.arguments`` / ``gen_ai.tool.call.result``.
+shape) and the tools' ``gen_ai.tool.call.arguments`` / ``gen_ai.tool.call.result`` (and
+a failed tool's error text, as its status description).
 Attribute names are those of ``opentelemetry-semantic-conventions`` 0.66 (GenAI, in
 development upstream).
 """
@@ -298,7 +299,9 @@ class ReplyTrace:
                     span.set_attribute("gen_ai.tool.call.result", result.output)
                 if result.error:
                     span.set_attribute("error.type", "tool_error")
-                    span.set_status(trace.Status(trace.StatusCode.ERROR, result.output[:200]))
+                    # Its text, like its result, may hold personal data: only if asked.
+                    why = result.output[:200] if self._tracing.capture_content else None
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, why))
             span.end()
         except Exception:
             _log.exception("rxcontext tracing failed; the stream goes on")

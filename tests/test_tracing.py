@@ -277,3 +277,23 @@ def test_an_asyncio_reply_span_is_a_child_of_the_callers_span(spans: Any) -> Non
     assert len(chats) == 2
     for chat in chats:
         assert chat.parent is not None and chat.parent.span_id == outer.context.span_id
+
+
+@pytest.mark.parametrize("capture", [False, True])
+def test_a_failed_tools_text_is_on_its_span_only_when_content_is_captured(
+    spans: Any, capture: bool
+) -> None:
+    """A tool's error text may hold personal data: like its result, it is not recorded
+    unless ``capture_content=True``."""
+    provider, exporter = spans
+    cw, _ = tool_loop(provider, capture_content=capture)
+
+    def lookup(a: Any) -> str:
+        raise LookupError("no account for alice@example.com")
+
+    cw.add_tool(Tool("multiply", "Multiply.").number("a").number("b"), lookup)
+    cw.call()
+    tool = by_name(exporter.get_finished_spans())["execute_tool multiply"]
+    assert tool.status.status_code is StatusCode.ERROR
+    assert dict(tool.attributes or {})["error.type"] == "tool_error"
+    assert ("alice@example.com" in (tool.status.description or "")) is capture

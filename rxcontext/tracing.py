@@ -15,11 +15,12 @@ interrupted, with the attributes of the GenAI conventions' inference span:
 ``gen_ai.response.model``, ``gen_ai.response.id``, ``gen_ai.response.finish_reasons``,
 ``gen_ai.usage.input_tokens`` / ``output_tokens`` / ``cache_read.input_tokens`` /
 ``cache_creation.input_tokens`` / ``reasoning.output_tokens`` (summed over a tool loop's
-rounds), ``gen_ai.conversation.id`` (the context's id), and rxcontext's own
-``rxcontext.reply.id``, ``rxcontext.context.name``, ``rxcontext.rounds``. Every tool a reply
-runs is a child span ``execute_tool {name}`` (``gen_ai.tool.name``, ``gen_ai.tool.call.id``,
-``gen_ai.tool.type``; status ERROR when the tool failed, was cancelled or raised a
-BaseException), the current span while the tool runs: spans the tool opens are its children.
+rounds, a cut round's as its checkpoint holds it), ``gen_ai.conversation.id`` (the
+context's id), and rxcontext's own ``rxcontext.reply.id``, ``rxcontext.context.name``,
+``rxcontext.rounds``. Every tool a reply runs is a child span ``execute_tool {name}``
+(``gen_ai.tool.name``, ``gen_ai.tool.call.id``, ``gen_ai.tool.type``; status ERROR when
+the tool failed, was cancelled or raised a BaseException), the current span while the tool
+runs: spans the tool opens are its children.
 
 An interrupted reply's span ends with status ERROR, ``error.type`` (the cause's class, or
 ``cancelled``) and ``rxcontext.checkpoint.id``, the checkpoint to resume (none when the
@@ -224,6 +225,11 @@ class ReplyTrace:
         if span is None:
             return
         trace = _otel()
+        if checkpoint is not None and checkpoint.usage is not None:
+            # The cut round was billed too: its checkpoint holds what it was (no round of
+            # the reply stored it).
+            usage = checkpoint.usage
+            self.usage = usage if self.usage is None else self.usage + usage
         self._counts(span)
         kind = type(error).__name__ if error is not None else "cancelled"
         span.set_attribute("error.type", kind)

@@ -7,14 +7,16 @@ import asyncio
 import json
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 from replay import Replay, real_fixture
+from replay import Reply as ReplayReply
 from stores import open_store
 
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, StreamInterrupted, Tool, Usage
-from rxcontext.providers import OpenAIModel, ScriptedModel
+from rxcontext.providers import AnthropicModel, OpenAIModel, ScriptedModel
 
 pytest.importorskip("opentelemetry.sdk", reason="needs opentelemetry-sdk (rxcontext[test])")
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
@@ -297,3 +299,30 @@ def test_a_failed_tools_text_is_on_its_span_only_when_content_is_captured(
     assert tool.status.status_code is StatusCode.ERROR
     assert dict(tool.attributes or {})["error.type"] == "tool_error"
     assert ("alice@example.com" in (tool.status.description or "")) is capture
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_cut_replys_span_has_the_usage_its_checkpoint_was_billed(spans: Any, mode: str) -> None:
+    """Anthropic reports the input tokens as the stream starts: a reply cut after that was
+    billed them, and its checkpoint says so; so does its span."""
+    provider, exporter = spans
+    body = real_fixture("anthropic/text_basic_sonnet45.sse").read_bytes()
+    replay = Replay(ReplayReply(body, cut_after=4))
+    model = AnthropicModel(
+        "claude-sonnet-4-5",
+        client=anthropic.Anthropic(api_key=KEY, max_retries=0, http_client=replay.client()),
+        async_client=anthropic.AsyncAnthropic(
+            api_key=KEY, max_retries=0, http_client=replay.async_client()
+        ),
+    )
+    cw = ContextWindow(rxcontext.open(":memory:"), model, retry=None, tracing=Tracing(provider))
+    cw.add_prompt("hi")
+    with pytest.raises(StreamInterrupted) as cut:
+        cw.call() if mode == "sync" else asyncio.run(cw.acall())
+    billed = cut.value.checkpoint.usage
+    assert billed is not None and billed.input_tokens > 0
+    (span,) = exporter.get_finished_spans()
+    attrs = dict(span.attributes or {})
+    assert span.status.status_code is StatusCode.ERROR
+    assert attrs["gen_ai.usage.input_tokens"] == billed.input_tokens
+    assert attrs["gen_ai.usage.output_tokens"] == billed.output_tokens

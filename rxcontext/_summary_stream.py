@@ -21,7 +21,6 @@ rules, with their pieces:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -32,14 +31,13 @@ from typing import cast
 from reactivex import abc
 from reactivex.scheduler import VirtualTimeScheduler
 
-from ._watchdog import Watched
+from ._watchdog import Watched, watching
 from ._watchdog import watchdog as dog
 from .astreaming import _clock, _Expired, _next_within, _sleep, off_loop
 from .chunks import Chunk, ChunkKind, Reply, ReplyBuilder, Usage
 from .errors import DeadlineExceeded, FirstChunkTimeout, IdleTimeout, StreamTimeout
 from .operators import Done, is_async
 from .persist import _plus, describe_error
-from .providers._abort import Breaker, breaking
 from .providers.base import Model, Request
 from .retry import RetryPolicy, Timeouts
 from .run import aclose_chunks, close_chunks
@@ -168,25 +166,10 @@ class SummaryAttempts:
                 for chunk in it:
                     self._deliver(chunk, on_chunk)
                 return
-            with self._watching() as watched:
+            with watching(self.limits.scheduler) as watched:
                 self._timed_read(it, watched, on_chunk, clock, due)
         finally:
             close_chunks(it)
-
-    @contextlib.contextmanager
-    def _watching(self) -> Iterator[Watched | None]:
-        """Let the watchdog break the reads at their limits (real time only), as the sync
-        driver does."""
-        if isinstance(self.limits.scheduler, VirtualTimeScheduler):
-            yield None  # virtual time: a late chunk is refused when its read returns
-            return
-        breaker = Breaker()
-        watched = dog.watch(breaker.abort)
-        try:
-            with breaking(breaker):
-                yield watched
-        finally:
-            dog.unwatch(watched)
 
     def _timed_read(
         self,

@@ -17,14 +17,20 @@ no store is missed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from math import inf
+from typing import Any
 
-__all__ = ["Watched", "watchdog"]
+from reactivex.scheduler import VirtualTimeScheduler
+
+from .providers._abort import Breaker, breaking
+
+__all__ = ["Watched", "watchdog", "watching"]
 
 _log = logging.getLogger("rxcontext.watchdog")
 
@@ -100,3 +106,21 @@ watchdog = _Watchdog()
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=watchdog._forked)
+
+
+@contextlib.contextmanager
+def watching(time: Any) -> Iterator[Watched | None]:
+    """Let the watchdog break the reads made inside at their limits: a :class:`Watched` for
+    the reader to set each read's ``due`` on, or None on virtual time (``time``, a
+    scheduler, is a ``VirtualTimeScheduler``), where a late chunk is refused when its read
+    returns instead."""
+    if isinstance(time, VirtualTimeScheduler):
+        yield None
+        return
+    breaker = Breaker()
+    watched = watchdog.watch(breaker.abort)
+    try:
+        with breaking(breaker):
+            yield watched
+    finally:
+        watchdog.unwatch(watched)

@@ -27,7 +27,6 @@ timeout is what unblocks a dead connection.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import threading
 import time
@@ -47,12 +46,11 @@ from reactivex.scheduler import (
 
 from ._observers import subscriber
 from ._signals import HandOver
-from ._watchdog import Watched
 from ._watchdog import watchdog as dog
+from ._watchdog import watching
 from .chunks import Chunk, ChunkKind, ToolCall
 from .errors import ReplyStopped, StreamInterrupted, StreamTimeout
 from .operators import async_refused
-from .providers._abort import Breaker, breaking
 from .providers.base import Request
 from .run import Run, abefore_first_chunk, before_first_chunk, close_chunks, reply_chunks
 from .tools import ToolResult, review
@@ -318,20 +316,6 @@ class _SyncDriver:
     due: float | None = None
     """When the reply's deadline passes (on :meth:`clock`), if it has one."""
 
-    @contextlib.contextmanager
-    def _watching(self) -> Iterator[Watched | None]:
-        """Let the watchdog break this attempt's reads at their limits (real time only)."""
-        if isinstance(self.time, VirtualTimeScheduler):
-            yield None  # virtual time: a late chunk is refused when its read returns
-            return
-        breaker = Breaker()
-        watched = dog.watch(breaker.abort)
-        try:
-            with breaking(breaker):
-                yield watched
-        finally:
-            dog.unwatch(watched)
-
     def _broken(self, delivered: bool, limit: float | None) -> StreamTimeout:
         """The error for a read the watchdog broke: the limit it outlasted."""
         run = self.run
@@ -384,7 +368,7 @@ class _SyncDriver:
                         deliver(chunk)
                         delivered = True
                 else:
-                    with self._watching() as watched:
+                    with watching(self.time) as watched:
                         while True:
                             limit = timeouts.limit(delivered)
                             if watched is None:

@@ -32,7 +32,6 @@ from reactivex import abc
 from reactivex.scheduler import VirtualTimeScheduler
 
 from ._watchdog import Watched, watching
-from ._watchdog import watchdog as dog
 from .astreaming import _clock, _Expired, _next_within, _sleep, off_loop
 from .chunks import Chunk, ChunkKind, Reply, ReplyBuilder, Usage
 from .errors import DeadlineExceeded, FirstChunkTimeout, IdleTimeout, StreamTimeout
@@ -186,12 +185,7 @@ class SummaryAttempts:
             limit = timeouts.limit(delivered)
             asked = clock()
             if watched is not None:  # the watchdog breaks the read when it must end
-                ends = asked + limit if limit is not None else inf
-                if due is not None and due < ends:
-                    ends = due
-                watched.due = ends
-                if ends < dog.wakes:
-                    dog.poke()
+                watched.arm(asked, limit, due)
             try:
                 chunk = next(it)
             except StopIteration:

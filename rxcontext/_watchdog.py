@@ -45,6 +45,17 @@ class Watched:
         self.fired = False
         self.abort = abort
 
+    def arm(self, now: float, limit: float | None, due: float | None) -> None:
+        """The read starting at ``now`` must end within ``limit`` seconds (None: no limit)
+        and by ``due`` (the deadline, if any): store when, and wake the watchdog if it
+        sleeps past it."""
+        ends = now + limit if limit is not None else inf
+        if due is not None and due < ends:
+            ends = due
+        self.due = ends
+        if ends < watchdog.wakes:
+            watchdog.poke()
+
 
 class _Watchdog:
     def __init__(self) -> None:

@@ -46,7 +46,6 @@ from reactivex.scheduler import (
 
 from ._observers import subscriber
 from ._signals import HandOver
-from ._watchdog import watchdog as dog
 from ._watchdog import watching
 from .chunks import Chunk, ChunkKind, ToolCall
 from .errors import ReplyStopped, StreamInterrupted, StreamTimeout
@@ -375,12 +374,7 @@ class _SyncDriver:
                                 asked = self.clock() if limit is not None else 0.0
                             else:  # the watchdog breaks the read when it must end
                                 asked = self.clock()
-                                ends = asked + limit if limit is not None else inf
-                                if self.due is not None and self.due < ends:
-                                    ends = self.due
-                                watched.due = ends
-                                if ends < dog.wakes:
-                                    dog.poke()
+                                watched.arm(asked, limit, self.due)
                             try:
                                 chunk = next(it)
                             except StopIteration:

@@ -174,8 +174,10 @@ async def _run_tools_async(
         decided.append(await areview(approval, call) if approval is not None else None)
     check()
     todo = [c for c, d in zip(calls, decided, strict=True) if d is None]
-    jobs = [run.arun_tool(c) for c in todo]
-    ran = list(await asyncio.gather(*jobs)) if run.parallel_tools else [await j for j in jobs]
+    if run.parallel_tools:
+        ran = list(await asyncio.gather(*(run.arun_tool(c) for c in todo)))
+    else:  # each started when the one before returned: a cancellation starts no more
+        ran = [await run.arun_tool(c) for c in todo]
     results = iter(ran)
     return [d if d is not None else next(results) for d in decided]
 
@@ -541,7 +543,24 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                 break
             rounds += 1
             run.check_rounds(rounds)
-            results = await _run_tools_async(run, calls, stopper.check)
+            if due is None:
+                results = await _run_tools_async(run, calls, stopper.check)
+            else:  # bounded: past the deadline async tools are cancelled, sync ones left
+                left = due - clock()
+                if left <= 0:
+                    raise run.deadline_passed()
+                bound: asyncio.Timeout | _Deadline = (
+                    asyncio.timeout(left)
+                    if run.scheduler is None
+                    else _Deadline(left, run.scheduler)
+                )
+                try:
+                    async with bound:
+                        results = await _run_tools_async(run, calls, stopper.check)
+                except TimeoutError:
+                    if bound.expired():
+                        raise run.deadline_passed() from None
+                    raise
             await off_loop(run.store_results, results)
             stopper.check()
             for chunk in run.result_chunks(results):

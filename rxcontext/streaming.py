@@ -28,10 +28,12 @@ timeout is what unblocks a dead connection.
 from __future__ import annotations
 
 import contextvars
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from math import inf
 from typing import Any
 
@@ -46,6 +48,7 @@ from reactivex.scheduler import (
 
 from ._observers import subscriber
 from ._signals import HandOver
+from ._toolthreads import in_threads
 from ._watchdog import watching
 from .chunks import Chunk, ChunkKind, ToolCall
 from .errors import ReplyStopped, StreamInterrupted, StreamTimeout
@@ -96,11 +99,16 @@ class _Flag:
 
 
 def _run_tools_sync(
-    run: Run, calls: Sequence[ToolCall], gone: Callable[[], bool]
+    run: Run,
+    calls: Sequence[ToolCall],
+    gone: Callable[[], bool],
+    left: Callable[[], float] | None = None,
 ) -> list[ToolResult]:
     # The approval hook sees every call first, one after the other (it may ask a person);
     # then the approved tools run (in parallel when there are several). A subscriber gone
-    # meanwhile (``gone()``) is asked nothing more and no tool runs for it.
+    # meanwhile (``gone()``) is asked nothing more and no tool runs for it. With a deadline
+    # (``left()``: the seconds to it, on the real clock) the tools run on threads of their
+    # own and are waited for until it passes; then the reply ends, the tools left running.
     approval = run.tool_approval
     decided: list[ToolResult | None] = []
     for call in calls:
@@ -110,8 +118,20 @@ def _run_tools_sync(
     if gone():
         raise _Cancelled
     todo = [c for c, d in zip(calls, decided, strict=True) if d is None]
-    if len(todo) > 1 and run.parallel_tools:
-        # Each in a copy of the caller's context variables, as on asyncio (to_thread).
+    if left is not None and todo:
+        seconds = left()
+        if seconds <= 0:
+            raise run.deadline_passed()
+        workers = min(8, len(todo)) if run.parallel_tools else 1
+        jobs = in_threads([functools.partial(run.run_tool, c) for c in todo], workers)
+        if not futures_wait(jobs, seconds).not_done:
+            ran = [job.result() for job in jobs]
+        else:  # what they return, if they ever do, is dropped with these futures
+            for job in jobs:
+                job.cancel()  # a tool not started yet never starts
+            raise run.deadline_passed()
+    elif len(todo) > 1 and run.parallel_tools:
+        # Each in a copy of the caller's context variables, as on asyncio.
         contexts = [contextvars.copy_context() for _ in todo]
         with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
             ran = list(pool.map(lambda cx, c: cx.run(run.run_tool, c), contexts, todo))
@@ -315,6 +335,14 @@ class _SyncDriver:
     due: float | None = None
     """When the reply's deadline passes (on :meth:`clock`), if it has one."""
 
+    def _left(self) -> Callable[[], float] | None:
+        """The seconds left until the deadline, if there is one on the real clock (a tool
+        on this thread cannot be waited for on a virtual one: it is checked after it)."""
+        due = self.due
+        if due is None or isinstance(self.time, VirtualTimeScheduler):
+            return None
+        return lambda: due - time.monotonic()
+
     def _broken(self, delivered: bool, limit: float | None) -> StreamTimeout:
         """The error for a read the watchdog broke: the limit it outlasted."""
         run = self.run
@@ -420,7 +448,7 @@ class _SyncDriver:
                 run.check_rounds(self.rounds)
                 self.tools_running = True  # a stop waits for the tools and their outputs
                 try:
-                    results = _run_tools_sync(run, calls, self._gone)
+                    results = _run_tools_sync(run, calls, self._gone, self._left())
                     if self._gone() and persister.stop is None:
                         raise _Cancelled  # disposed while they ran: outputs not stored
                     run.store_results(results)

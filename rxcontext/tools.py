@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import copy
+import functools
 import inspect
 import json
 import re
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._toolthreads import in_threads
 from .chunks import ToolCall
 from .toolnames import check_new
 
@@ -368,7 +370,8 @@ class ToolRegistry:
     async def arun(
         self, call_id: str, name: str, arguments: Mapping[str, Any], parse_error: str | None = None
     ) -> ToolResult:
-        """Run one call: async runners on the running loop, sync ones in a worker thread."""
+        """Run one call: async runners on the running loop, sync ones in a thread of their
+        own (a cancellation leaves such a runner to finish there; its output is dropped)."""
         prepared = self._prepare(call_id, name, arguments, parse_error)
         if isinstance(prepared, ToolResult):
             return prepared
@@ -377,7 +380,8 @@ class ToolRegistry:
             if inspect.iscoroutinefunction(runner):
                 output = await runner(args)
             else:
-                output = await asyncio.to_thread(runner, args)
+                job = functools.partial(runner, args)
+                output = await asyncio.wrap_future(in_threads([job])[0])
                 if inspect.isawaitable(output):
                     output = await output
             return ToolResult(call_id, name, _as_text(output))

@@ -145,25 +145,42 @@ class HistoryCache:
             self._keys.insert(i, key)
 
 
-def answered_again(store: Store, checkpoint: Checkpoint) -> Record | None:
-    """Another reply to ``checkpoint``'s prompt, if one is stored (a retry answered it): a
-    reply between the prompt before the checkpoint's place and the next prompt. Resuming
-    or keeping it would then put two answers to one prompt in a row."""
-    if checkpoint.pos is None:
+def answered_again(store: Store, checkpoint: Checkpoint) -> Record | Checkpoint | None:
+    """The reply that answered ``checkpoint``'s prompt again (a retry), if there is one: a
+    reply after the checkpoint's place and before the next prompt, stored (its first
+    record) or not settled yet (its row: a retry cut too, or still being generated).
+    Resuming or keeping the checkpoint would then put two answers to one prompt in a row.
+
+    Replies before its place do not count: its request carried the ones stored by then, so
+    it goes on from them (it answers the app's own tool round, or the model was asked to go
+    on after a kept reply). An earlier cut reply cannot be stored there later while this
+    one is open (this one is its retry); in a hot context, another writer's reply still
+    being generated when this one was sent can be (docs/guarantees.md, known limits).
+    """
+    place = checkpoint.pos
+    if place is None:
         return None
-    found: Record | None = None
+    stored: Record | None = None
+    limit: int | None = None  # the place of that reply, or else of the next prompt
     for r in store.records(checkpoint.context_id, live_only=True):
-        if r.type is RecordType.PROMPT:
-            if r.pos > checkpoint.pos:
-                break
-            found = None  # a later prompt before the place: earlier replies answered others
-        elif (
-            r.type in (RecordType.MODEL_RESP, RecordType.TOOL_CALL)
-            and r.pos != checkpoint.pos
-            and found is None
-        ):
-            found = r
-    return found
+        if r.pos <= place:
+            continue  # before its place, or its own earlier tool rounds
+        if r.type in (RecordType.MODEL_RESP, RecordType.TOOL_CALL):
+            stored = r
+        if stored is not None or r.type is RecordType.PROMPT:
+            limit = r.pos
+            break
+    open_rows = [
+        row
+        for row in (
+            *store.checkpoints(checkpoint.context_id),
+            *store.active_replies(checkpoint.context_id),
+        )
+        if row.pos is not None and place < row.pos and (limit is None or row.pos < limit)
+    ]
+    if open_rows:
+        return min(open_rows, key=lambda row: row.pos or 0)
+    return stored
 
 
 def busy_replies(store: Store, context_id: str) -> set[str | None]:

@@ -985,10 +985,15 @@ class ContextWindow:
             raise refusal
         later = answered_again(self._store, checkpoint)
         if later is not None:
+            if isinstance(later, Record):
+                which, unless = f"record {later.id}", ""
+            else:  # a retry not settled yet: discarding it would free this one
+                which = f"{later.state.value}, checkpoint {later.id}"
+                unless = f", or discard checkpoint {later.id} first"
             raise ReplySuperseded(
                 f"checkpoint {checkpoint_id}'s prompt was answered again by a later reply "
-                f"(record {later.id}); {_GERUNDS.get(verb, verb)} it would put two answers "
-                "in a row: discard it"
+                f"({which}); {_GERUNDS.get(verb, verb)} it would put two answers "
+                f"in a row: discard it{unless}"
             )
         return checkpoint
 

@@ -199,6 +199,35 @@ def test_a_tool_loop_is_watched_whole(make_store: Callable[..., Any], fanout_spe
     assert [(c.id, c.text) for c in results] == [("call-1", "sunny")]
 
 
+def test_a_late_watcher_sees_a_failed_tools_result_flagged_as_a_live_one_does(
+    make_store: Callable[..., Any], fanout_spec: Any
+) -> None:
+    """A tool that raised: its TOOL_RESULT chunk says so (``metadata["error"]``) live, and
+    its stored output is marked so; a watcher that reads the round from the store (the
+    reply over before it came) got the chunk without the flag."""
+    call = [
+        Chunk(ChunkKind.TOOL_CALL, "", 0, "call-1", "weather"),
+        Chunk(ChunkKind.TOOL_CALL, '{"city": "Oslo"}', 0),
+        Chunk(ChunkKind.DONE, finish_reason="tool_calls"),
+    ]
+    answer = [T("No weather today."), Chunk(ChunkKind.DONE, finish_reason="stop")]
+    cw = window(make_store, fanout_spec, [call, answer])
+
+    def down(_: dict[str, Any]) -> str:
+        raise RuntimeError("the service is down")
+
+    cw.add_tool(rxcontext.Tool("weather", "Weather").string("city", "City"), down)
+    chunks: list[Chunk] = []
+    cw.stream(reply_id="r-failed").subscribe(chunks.append)
+    live = [c for c in chunks if c.kind is ChunkKind.TOOL_RESULT]
+    late = Watcher(cw, "r-failed", poll=0.02).start()
+    late.join()
+    assert late.completed
+    (result,) = [c for c in late.chunks if c.kind is ChunkKind.TOOL_RESULT]
+    assert [c.metadata.get("error") for c in live] == [True]
+    assert result.metadata.get("error") is True
+
+
 def test_disposing_a_watcher_stops_it_and_leaves_the_reply_alone(
     make_store: Callable[..., Any],
 ) -> None:

@@ -243,6 +243,7 @@ class _Watch:
                         record.content,
                         id=record.tool_call_id,
                         name=record.tool_name,
+                        metadata=dict(record.metadata),  # a failed tool's "error" flag
                     )
                 )
         if row is not None and row.state is not ReplyState.COMPLETED:

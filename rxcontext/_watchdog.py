@@ -72,7 +72,7 @@ class _Watchdog:
             self._watched[watched] = None
             if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._run, name="rxcontext-watchdog", daemon=True
+                    target=self._run, name="rxcontext-read-limits", daemon=True
                 )
                 self._thread.start()
         return watched

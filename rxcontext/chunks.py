@@ -375,10 +375,19 @@ class ReplyBuilder:
     This is the one tool-call-fragment assembler every provider and operator shares: calls
     are keyed by ``Chunk.index``; the first fragment (or any, for providers that repeat it)
     brings ``id``/``name``, every fragment's ``text`` is an argument piece.
+
+    A stream of several rounds (a tool loop: ``DONE`` ends each round) is folded as one
+    reply: providers number each round's calls and thinking blocks from 0 again, so a
+    round's indices go on after the previous round's (a round's calls stay calls of their
+    own), and the usage is every round's summed, as the store counts it.
     """
 
     __slots__ = (
+        "_base",
         "_calls",
+        "_earlier_blocks",
+        "_earlier_calls",
+        "_earlier_usage",
         "_finish_reason",
         "_metadata",
         "_response_id",
@@ -399,8 +408,14 @@ class ReplyBuilder:
         self._thinking_fresh = 0
         self._thinking_open: _ThinkingBlock | None = None  # the block deltas go to now
         self._thinking_blocks: dict[int, _ThinkingBlock] = {}
-        self._calls: dict[int, _CallParts] = {}
-        self._usage: Usage | None = None
+        self._calls: dict[int, _CallParts] = {}  # this round's, by the provider's index
+        # The rounds before (a tool loop), by their index in the reply; the current round's
+        # indices start at _base, past theirs.
+        self._earlier_calls: list[tuple[int, _CallParts]] = []
+        self._earlier_blocks: list[tuple[int, _ThinkingBlock]] = []
+        self._base = 0
+        self._usage: Usage | None = None  # the current round's latest
+        self._earlier_usage: Usage | None = None  # the rounds before, summed
         self._finish_reason: str | None = None
         self._response_id: str | None = None
         self._metadata: dict[str, Any] = {}
@@ -414,13 +429,16 @@ class ReplyBuilder:
             or self._thinking
             or self._thinking_blocks
             or self._calls
+            or self._earlier_calls
+            or self._earlier_blocks
             or self._finish_reason is not None
         )
 
     def take_usage(self) -> Usage | None:
         """The usage folded in so far, taken out (the builder holds none after): an attempt
         sent again reports its own, which a later USAGE chunk would otherwise replace."""
-        usage, self._usage = self._usage, None
+        usage = self.usage
+        self._usage = self._earlier_usage = None
         return usage
 
     def add(self, chunk: Chunk) -> None:
@@ -482,8 +500,41 @@ class ReplyBuilder:
                 self._usage = chunk.usage
             if chunk.metadata:
                 self._metadata.update(chunk.metadata)
+            self._end_round()
         elif kind is ChunkKind.REWIND:
             self._rewind(chunk)
+
+    def _end_round(self) -> None:
+        """A round ended (once per round, off the per-delta path): its calls and thinking
+        blocks are set aside at their index in the reply, the next round's start past them,
+        and its usage is added to the rounds' before."""
+        calls, blocks = self._calls, self._thinking_blocks
+        if calls or blocks:
+            for index, call in calls.items():
+                if call.id is None:  # the id the store gives it: its index in its round
+                    call.id = f"call_{index}"
+            self._earlier_calls = self._all_calls()
+            self._earlier_blocks = self._all_blocks()
+            self._base += max(max(calls, default=-1), max(blocks, default=-1)) + 1
+            self._calls = {}
+            self._thinking_blocks = {}
+        if self._usage is not None:
+            self._earlier_usage = (
+                self._usage if self._earlier_usage is None else self._earlier_usage + self._usage
+            )
+            self._usage = None
+
+    def _all_calls(self) -> list[tuple[int, _CallParts]]:
+        """Every call so far in order, with its index in the reply."""
+        base = self._base
+        current = [(base + index, call) for index, call in sorted(self._calls.items())]
+        return [*self._earlier_calls, *current] if self._earlier_calls else current
+
+    def _all_blocks(self) -> list[tuple[int, _ThinkingBlock]]:
+        """Every thinking block so far in order, with its index in the reply."""
+        base = self._base
+        current = [(base + index, b) for index, b in sorted(self._thinking_blocks.items())]
+        return [*self._earlier_blocks, *current] if self._earlier_blocks else current
 
     def _open_span(self, block: _ThinkingBlock) -> None:
         """Deltas now go to ``block``: close the open span at the thinking's length, open
@@ -506,6 +557,7 @@ class ReplyBuilder:
             if thinking_keep < len(thinking):
                 self._thinking[:] = [thinking[: max(0, thinking_keep)]] if thinking_keep > 0 else []
                 self._thinking_blocks.clear()
+                self._earlier_blocks = []
                 self._thinking_open = None
 
     @property
@@ -531,8 +583,11 @@ class ReplyBuilder:
 
     @property
     def usage(self) -> Usage | None:
-        """The latest usage totals."""
-        return self._usage
+        """The usage so far: every ended round's, plus the current round's latest totals."""
+        usage, earlier = self._usage, self._earlier_usage
+        if earlier is None:
+            return usage
+        return earlier if usage is None else earlier + usage
 
     @property
     def response_id(self) -> str | None:
@@ -546,7 +601,7 @@ class ReplyBuilder:
 
     def tool_fragments(self) -> list[dict[str, Any]]:
         """Tool calls so far as plain dicts (possibly incomplete arguments), for checkpoints."""
-        if not self._calls:
+        if not self._calls and not self._earlier_calls:
             return []
         return [
             {
@@ -556,7 +611,7 @@ class ReplyBuilder:
                 "arguments": "".join(call.parts),
                 "metadata": dict(call.metadata),
             }
-            for index, call in sorted(self._calls.items())
+            for index, call in self._all_calls()
         ]
 
     def build(self) -> Reply:
@@ -569,7 +624,7 @@ class ReplyBuilder:
                 index,
                 call.metadata,
             )
-            for index, call in sorted(self._calls.items())
+            for index, call in self._all_calls()
         )
         metadata = dict(self._metadata)
         thinking = self.thinking
@@ -580,7 +635,7 @@ class ReplyBuilder:
             text=self.text,
             thinking=thinking,
             tool_calls=calls,
-            usage=self._usage,
+            usage=self.usage,
             finish_reason=self._finish_reason,
             response_id=self._response_id,
             metadata=metadata,
@@ -592,13 +647,13 @@ class ReplyBuilder:
         Only blocks that carry a signature or redacted data are listed: plain reasoning
         text (OpenAI-compatible ``reasoning_content``) is kept in ``Reply.thinking`` alone.
         """
-        return self._blocks(self.thinking) if self._thinking_blocks else []
+        return self._blocks(self.thinking) if self._thinking_blocks or self._earlier_blocks else []
 
     def _blocks(self, thinking: str) -> list[dict[str, Any]]:
         # A block holding every thinking delta shares the joined thinking text (one copy
         # of a long reasoning, not two).
         out: list[dict[str, Any]] = []
-        for _, block in sorted(self._thinking_blocks.items()):
+        for _, block in self._all_blocks():
             if block.redacted is not None:
                 out.append({"type": "redacted_thinking", "data": block.redacted})
             elif block.signature is not None:

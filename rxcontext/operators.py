@@ -73,7 +73,9 @@ def reduce_reply() -> Callable[[Observable[Chunk]], Observable[Reply]]:
         chunks:  --T("He")--T("llo")--D(stop)--|
         result:  --------------------------------R("Hello", stop)|
 
-    An empty stream gives an empty ``Reply()``.
+    An empty stream gives an empty ``Reply()``. Over a tool loop it folds every round (each
+    ends with a ``DONE``): each round's tool calls are calls of their own (providers number
+    them from 0 every round), and ``usage`` is every round's summed, as the store counts it.
     """
 
     def _reduce(source: Observable[Chunk]) -> Observable[Reply]:

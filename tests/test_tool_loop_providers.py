@@ -15,7 +15,8 @@ from provider_rules import model_for
 from replay import Replay, real_fixture, sse
 from stores import open_store
 
-from rxcontext import ChunkKind, ContextWindow, RecordType, Tool
+from rxcontext import ChunkKind, ContextWindow, RecordType, Tool, Usage
+from rxcontext import operators as rxops
 
 KEY = "sk-test-toolloop-0123456789"
 
@@ -228,3 +229,75 @@ async def test_gemini_tool_loop_sends_the_thought_signature_back(mode, wire):
     # Gemini gave the call no id; ours is generated, and the response must carry the same one.
     assert response.get("id") == call["functionCall"].get("id")
     assert "Mexico" in json.dumps(response["response"])
+
+
+LOOPS = {
+    "chat": ("openai_chat/tool_call_roundtrip_gpt4o_mini", Tool("multiply", "").number("a")),
+    "responses": (
+        "openai_responses/function_call_roundtrip_gpt55",
+        Tool("multiply", "").number("a"),
+    ),
+    "anthropic": (
+        "anthropic/thinking_tool_use_roundtrip_haiku45",
+        Tool("fixed_version", ""),
+    ),
+    "gemini": (
+        "gemini/function_call_thought_signature_roundtrip_gemini3pro",
+        Tool("get_country", ""),
+    ),
+}
+
+
+def two_tool_rounds(kind: str, wire: str) -> ContextWindow:
+    """A window whose next reply calls the tool in two rounds (the recorded round 1 twice:
+    the provider numbers each round's calls from 0), then answers (the recorded round 2)."""
+    name, tool = LOOPS[kind]
+    first = real_fixture(f"{name}.1.sse")
+    replay = Replay(first, first, real_fixture(f"{name}.2.sse"))
+    cw = ContextWindow(open_store(), model_for(kind, replay, wire), "loop")
+    cw.add_tool(tool, lambda args: "42")
+    cw.add_prompt("Use the tool twice.")
+    return cw
+
+
+def assert_is_the_stored_reply(cw: ContextWindow, reply: Any) -> None:
+    records = cw.live_records()
+    stored_calls = [
+        (r.tool_call_id, r.tool_name, json.loads(r.content or "{}"))
+        for r in records
+        if r.type is RecordType.TOOL_CALL
+    ]
+    assert len(stored_calls) == 2
+    calls = [(c.id, c.name, c.arguments) for c in reply.tool_calls]
+    assert [c.error for c in reply.tool_calls] == [None, None]
+    assert calls == stored_calls
+    assert len({c.index for c in reply.tool_calls}) == 2
+    text = "".join(r.content for r in records if r.type is RecordType.MODEL_RESP)
+    assert reply.text == text
+    # The usage the store counted for the reply: every round's (each on its record), summed.
+    rounds = [Usage.from_dict(r.metadata["usage"]) for r in records if "usage" in r.metadata]
+    assert len(rounds) == 3
+    assert reply.usage == rounds[0] + rounds[1] + rounds[2] == cw.stats().usage
+    # Each round's thinking block with its own signature (Anthropic's), none joined.
+    blocks = [b for r in records for b in r.metadata.get("thinking_blocks", ())]
+    assert list(reply.metadata.get("thinking_blocks", ())) == blocks
+    assert reply.finish_reason == records[-1].metadata["finish_reason"]
+
+
+@pytest.mark.parametrize("wire", ["sdk", "fast"])
+@pytest.mark.parametrize("kind", list(LOOPS))
+def test_reduce_reply_over_a_tool_loop_keeps_each_rounds_call(kind, wire):
+    """Each round numbers its tool calls from 0 again: the second round's call is a call of
+    its own (not its arguments appended to the first's), and the usage is every round's."""
+    cw = two_tool_rounds(kind, wire)
+    reply = cw.stream().pipe(rxops.reduce_reply()).run()
+    assert_is_the_stored_reply(cw, reply)
+
+
+@pytest.mark.parametrize("wire", ["sdk", "fast"])
+@pytest.mark.parametrize("kind", list(LOOPS))
+def test_accumulate_over_a_tool_loop_ends_on_the_stored_reply(kind, wire):
+    cw = two_tool_rounds(kind, wire)
+    snapshots: list[Any] = []
+    cw.stream().pipe(rxops.accumulate()).subscribe(snapshots.append)
+    assert_is_the_stored_reply(cw, snapshots[-1])

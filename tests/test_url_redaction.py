@@ -107,6 +107,13 @@ PW = "Zq8SecretPw4711"
         ("chat.db", "chat.db"),
         ("/data/me@work/chat.db", "/data/me@work/chat.db"),
         ("redis://h:6379/0", "redis://h:6379/0"),
+        # libpq and redis-py take a password in the query too: a URL's query is left out
+        ("postgresq://app@db/chat?password=Zq8Sec/retPw4711", "postgresq://app@db/chat"),
+        (" postgresql://db/chat?password=Zq8Sec/retPw4711", " postgresql://db/chat"),
+        ("redis//db/0?password=Zq8Sec/retPw4711", "redis//db/0"),
+        (f"http://h/v1?key={PW}#frag", "http://h/v1"),
+        ("/data/a?b#c.db", "/data/a?b#c.db"),  # a file path is no URL: shown whole
+        ("data/a?b#c.db", "data/a?b#c.db"),
     ],
 )
 def test_without_password_masks_malformed_urls_too(text: str, shown: str) -> None:

@@ -10,7 +10,6 @@ anything else is named as an unexpected error (a bug to report), still on one li
 from __future__ import annotations
 
 import dis
-import re
 import sqlite3
 import sys
 from pathlib import Path
@@ -149,8 +148,7 @@ def describe(exc: BaseException, base_url: str | None, db: Path | None = None) -
 def _shown_url(base_url: str) -> str:
     """``base_url`` without a proxy's ``user:password@`` (as ``--db``'s) and without its
     query and fragment, where a key may be (``?key=``, as Google's APIs take it)."""
-    masked = without_password(base_url)  # first: a '?' or '#' may be in the password
-    return re.split(r"[?#]", masked, maxsplit=1)[0]
+    return without_password(base_url)
 
 
 def _provider(exc: ProviderError, base_url: str | None) -> tuple[str, str]:

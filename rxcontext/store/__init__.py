@@ -37,19 +37,26 @@ _SCHEME_PREFIX = re.compile(r"\s*[A-Za-z][\w+.-]*(?::/+|/+)")
 """A scheme and the slashes after it, typos included (``redis//``, ``postgresql:/``)."""
 
 _URL_LIKE = re.compile(r"\s*[A-Za-z][\w+.-]+:/")
+_SLASHES_TYPO = re.compile(r"\s*[A-Za-z][\w+.-]*//")
+"""A scheme with its ``:`` left out (``redis//host``), not a relative path (``data/chat.db``)."""
 
 
 def without_password(target: str) -> str:
     """``target`` for messages: whatever may be a URL's password left out, from the first
     ``:`` after the scheme to the *last* ``@`` (``scheme://user:password@host`` gives
     ``scheme://user@host``), however malformed the URL: a password holding ``@`` or ``/``,
-    a mistyped scheme (``redis//:password@host``). Text without ``@`` is left as it is."""
+    a mistyped scheme (``redis//:password@host``). A URL's query and fragment are left out
+    too (libpq and redis-py take ``?password=``); a file path is shown whole."""
     at = target.rfind("@")
-    if at < 0:
-        return target
     prefix = _SCHEME_PREFIX.match(target)
-    colon = target.find(":", prefix.end() if prefix else 0, at)
-    return target if colon < 0 else target[:colon] + target[at:]
+    shown = target
+    if at >= 0:
+        colon = target.find(":", prefix.end() if prefix else 0, at)
+        shown = target if colon < 0 else target[:colon] + target[at:]
+    if _URL_LIKE.match(shown) or _SLASHES_TYPO.match(shown) or "://" in shown:
+        # After the password is out: a '?' or '#' may have been part of it.
+        shown = re.split(r"[?#]", shown, maxsplit=1)[0]
+    return shown
 
 
 def check_target(target: str | os.PathLike[str]) -> None:

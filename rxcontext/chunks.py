@@ -616,9 +616,10 @@ class ReplyBuilder:
 
     def build(self) -> Reply:
         """The :class:`Reply` of everything added so far."""
+        base = self._base  # a call with no id: the store's id, its index in its round
         calls = tuple(
             ToolCall.parse(
-                call.id or f"call_{index}",
+                call.id or f"call_{index - base}",
                 call.name or "",
                 _joined(call.parts),
                 index,

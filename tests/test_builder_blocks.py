@@ -70,3 +70,22 @@ def test_chunk_constructor_matches_the_dataclass_contract() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         plain.text = "x"  # type: ignore[misc]
     assert [f.name for f in dataclasses.fields(Chunk)] == list(Chunk.__match_args__)
+
+
+def test_a_call_without_an_id_keeps_the_id_it_is_stored_with_in_every_round() -> None:
+    """Providers that send no call id (Gemini, some OpenAI-compatible servers) get
+    ``call_<index in its round>``, the id the store gives the call. A later round's call was
+    shown as ``call_<index in the reply>`` until its round's DONE, then ``call_<index in its
+    round>``: accumulate() showed one call under two ids."""
+    builder = ReplyBuilder()
+    seen: list[list[str]] = []
+    for chunk in [
+        Chunk(ChunkKind.TOOL_CALL, '{"q": 1}', index=0, name="a"),
+        Chunk(ChunkKind.DONE, finish_reason="tool_calls"),
+        Chunk(ChunkKind.TOOL_CALL, '{"q": 2}', index=0, name="b"),
+        Chunk(ChunkKind.TEXT, "done"),
+        Chunk(ChunkKind.DONE, finish_reason="stop"),
+    ]:
+        builder.add(chunk)
+        seen.append([c.id for c in builder.build().tool_calls])
+    assert seen == [["call_0"]] * 2 + [["call_0", "call_0"]] * 3

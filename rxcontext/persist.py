@@ -310,12 +310,12 @@ class ReplyPersister:
         self.stopped: Checkpoint | None = None
         """The checkpoint a stop stored (written by whoever ended the reply first)."""
         self.final: Reply | None = None
+        """The last committed reply of this run (the answer after any tool rounds)."""
         self.output_schema: OutputSchema | None = None
+        """The structured-output schema the last round's text is validated against."""
         self.optional_nulls = False
         """The model was sent :attr:`output_schema` with its optional properties required but
         nullable (see :meth:`OutputSchema.validate`)."""
-        """The structured-output schema the last round's text is validated against."""
-        """The last committed reply of this run (the answer after any tool rounds)."""
         self.records: list[Record] = []
         """Every record this run stored, in order."""
         self.trace: ReplyTrace | None = None

@@ -320,7 +320,7 @@ class _Waits:
         self.applied: list[str] = []
         self.locked = False  # this try holds the schema lock (so it waits for tables)
 
-    def run(self, step: str | None, body: Callable[[], set[str]]) -> set[str]:
+    def run(self, step: str, body: Callable[[], set[str]]) -> set[str]:
         delay = 0.05
         while True:
             wait = min(LOCK_WAIT, max(self.deadline - time.monotonic(), 0.05))
@@ -336,8 +336,8 @@ class _Waits:
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    def _busy(self, step: str | None) -> str:
-        what = f"schema step {step}" if step else "the schema check"
+    def _busy(self, step: str) -> str:
+        what = f"schema step {step}"
         done = (
             f"{'steps' if len(self.applied) > 1 else 'step'} {', '.join(self.applied)}"
             f" applied, {step} and later not"

@@ -220,9 +220,8 @@ class PostgresReplies:
         """Reserve the next position for a reply and create its ``STREAMING`` row (epoch 1)."""
         if not isinstance(reply_id, str) or not reply_id:
             raise TypeError("reply_id must be a non-empty str")
-        check_name(reply_id, "reply id")
+        check_name(reply_id, "reply id")  # a lone surrogate too, before the transaction
         rid = enc(reply_id)
-        rid.encode("utf-8")  # refused (like SQLite) before the transaction
         token = uuid.uuid4().hex
 
         def body(conn: Conn, ambiguous: bool) -> Checkpoint:

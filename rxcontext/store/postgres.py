@@ -248,8 +248,6 @@ class PostgresStore(PostgresReplies, PostgresLeases):
             check_name(tool_name, "tool name")
         prepared = [Draft(d) for d in drafts]  # checked and encoded before the transaction
         listed = [(enc(n), enc_opt(rows.to_json(dict(d)))) for n, d in tools]
-        for tool_name, _ in listed:
-            tool_name.encode("utf-8")  # a lone surrogate fails here, as in a record's Draft
         totals = usage if usage is not None else Usage()
         new_id = uuid.uuid4().hex
 

@@ -235,13 +235,15 @@ def request_history(
         records = [r for r in records if r.reply_id not in busy]
     if not any(r.type in _TOOL_RECORDS for r in records):
         return records
-    _, dangling, extra = _pairs(records)
+    # Paired once: dropping the extras (outputs that answered nothing) leaves the pairing of
+    # the rest as it was; where hidden pairs leave, _without_hidden pairs what is kept.
+    answers, dangling, extra = _pairs(records)
     if extra:  # a call's second output (two requests answered it at once): providers refuse
         records = [r for r in records if r.id not in extra]
     if dangling:
-        records, dangling = _without_hidden(store, context_id, upto, busy, records)
+        records, dangling, answers = _without_hidden(store, context_id, upto, busy, records)
     if not dangling:
-        return _in_place(records)
+        return _in_place(records, answers)
     by_pos: defaultdict[int, list[Record]] = defaultdict(list)
     for call in dangling:
         by_pos[call.pos].append(call)
@@ -269,13 +271,18 @@ def _without_hidden(
     upto: int | None,
     busy: set[str | None] | None,
     records: list[Record],
-) -> tuple[list[Record], list[Record]]:
+) -> tuple[list[Record], list[Record], dict[int, Record]]:
     """``records`` (live, with calls some live output does not answer) less each tool call
-    and output whose partner is stored but dead, and the calls no output answers at all.
+    and output whose partner is stored but dead, the calls no output answers at all, and
+    the output (of ``records``) answering each call kept (by the call's record id).
 
     Calls and outputs are paired among all the records, dead ones too (a live output could
     otherwise answer an earlier call of its id whose own output is hidden): a call whose
     output the user killed leaves the request with it, as an output whose call is dead does.
+    The pairs kept are those whose call and output are both sent; what leaves is whole
+    pairs and calls or outputs paired with nothing, so the kept records pair the same way on
+    their own (the live pairing of ``records`` may differ: a live output can take an earlier
+    call of its id whose own output is hidden).
     """
     everything = store.records(context_id, upto=upto)
     if busy:
@@ -283,7 +290,7 @@ def _without_hidden(
     answers, waiting, _ = _pairs(everything)
     partner = {call: output.id for call, output in answers.items()}
     partner.update({output.id: call for call, output in answers.items()})
-    sent = {r.id for r in records}
+    sent = {r.id: r for r in records}
     missing = [r for r in waiting if r.id in sent]
     gone = {r.id for r in missing}
     kept = [
@@ -291,14 +298,19 @@ def _without_hidden(
         for r in records
         if r.type not in _TOOL_RECORDS or partner.get(r.id) in sent or r.id in gone
     ]
-    return kept, missing
+    kept_answers = {
+        call: sent[output.id]
+        for call, output in answers.items()
+        if call in sent and output.id in sent
+    }
+    return kept, missing, kept_answers
 
 
-def _in_place(records: list[Record]) -> list[Record]:
-    """``records`` (every call answered, every output answering one) with each output
-    right after its round's calls: an output stored later (an interrupted one stored after
-    the reply's text at the round's place) moves up to them; the others keep their order."""
-    answers, _, _ = _pairs(records)
+def _in_place(records: list[Record], answers: dict[int, Record]) -> list[Record]:
+    """``records`` (every call answered, every output answering one, as ``answers`` pairs
+    them: by the call's record id) with each output right after its round's calls: an
+    output stored later (an interrupted one stored after the reply's text at the round's
+    place) moves up to them; the others keep their order."""
     if not answers:
         return records
     index = {r.id: i for i, r in enumerate(records)}

@@ -131,3 +131,34 @@ def test_a_hidden_output_takes_its_own_call_when_call_ids_repeat() -> None:
         ("TOOL_OUTPUT", "two"),
     ]
     assert [(r.type, r.live, r.content) for r in store.records(ctx)] == before
+
+
+def test_an_interrupted_output_goes_to_its_own_call_when_call_ids_repeat() -> None:
+    """The first round's output hidden and the second round's call killed before its output,
+    its reply's text already stored at its place: the interrupted output, stored after that
+    text, is the second call's (not the first's, whose id it shares), so it is sent right
+    after that call."""
+    store = open_store()
+    ctx = store.get_or_create_context("repeat-interrupted").id
+    store.add_record(ctx, RecordDraft(RecordType.PROMPT, "go"))
+
+    def call(text: str) -> RecordDraft:
+        return RecordDraft(RecordType.TOOL_CALL, text, tool_call_id="call_0", tool_name="f")
+
+    store.commit_reply(
+        ctx,
+        [call("one"), RecordDraft(RecordType.TOOL_OUTPUT, "one", tool_call_id="call_0")],
+    )
+    store.commit_reply(ctx, [call("two"), RecordDraft(RecordType.MODEL_RESP, "done")])
+    store.set_live_range(ctx, 2, 2, False, live_only=True)  # the output "one"
+
+    for _ in range(2):  # the request that stores the interrupted output, and a later one
+        sent = request_history(store, ctx, upto=None, reply_id=None)
+        assert [(r.type.name, r.content) for r in sent] == [
+            ("PROMPT", "go"),
+            ("TOOL_CALL", "two"),
+            ("TOOL_OUTPUT", INTERRUPTED_TOOL_OUTPUT),
+            ("MODEL_RESP", "done"),
+        ]
+    outputs = [(r.live, r.content) for r in store.records(ctx) if r.type is RecordType.TOOL_OUTPUT]
+    assert outputs == [(False, "one"), (True, INTERRUPTED_TOOL_OUTPUT)]

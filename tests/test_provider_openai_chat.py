@@ -1111,9 +1111,9 @@ def test_lazy_client_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     m = OpenAIModel("m")
-    client, secrets = m._sync()
-    assert client.api_key == KEY and secrets == (KEY,)
-    assert m._sync()[0] is client
+    client = m._sync()
+    assert client.api_key == KEY
+    assert m._sync() is client
 
 
 def test_missing_key_is_a_clear_configuration_error(monkeypatch):
@@ -1167,6 +1167,6 @@ def test_openai_base_url_alone_needs_no_key(path: str, monkeypatch: pytest.Monke
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     model = OpenAIModel("local-model")
-    client = model._sync()[0] if path == "sync" else model._async()[0]
+    client = model._sync() if path == "sync" else model._async()
     assert str(client.base_url).startswith("http://127.0.0.1:9/v1")
     assert client.api_key  # a placeholder: the SDK sends a bearer header of some key

@@ -345,15 +345,13 @@ class _OpenAIBase:
         this model sets itself (``tools``: whether the call offers the window's tools)."""
         refuse_keys(extra, with_tools(self._extra_refused, tools), model=self.name, per_call=True)
 
-    def _sync(self) -> tuple[openai.OpenAI, tuple[str | None, ...]]:
+    def _sync(self) -> openai.OpenAI:
         with _Converting(None):
-            client = self._client.get()
-        return client, _keys(client)
+            return self._client.get()
 
-    def _async(self) -> tuple[openai.AsyncOpenAI, tuple[str | None, ...]]:
+    def _async(self) -> openai.AsyncOpenAI:
         with _Converting(None):
-            client = self._async_client.get()
-        return client, _keys(client)
+            return self._async_client.get()
 
 
 class OpenAIModel(_OpenAIBase):
@@ -417,7 +415,7 @@ class OpenAIModel(_OpenAIBase):
 
     def iter_chunks(self, request: Request) -> Iterator[Chunk]:
         """Stream ``request`` on this thread; closing the generator closes the HTTP stream."""
-        client = self._sync()[0]
+        client = self._sync()
         client, kwargs = self._prepared(client, request, stream=True)
         state = ChatStream()
         with _Converting(client):
@@ -441,7 +439,7 @@ class OpenAIModel(_OpenAIBase):
 
     async def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
         """The asyncio twin of :meth:`iter_chunks`."""
-        client = self._async()[0]
+        client = self._async()
         client, kwargs = self._prepared(client, request, stream=True)
         state = ChatStream()
         with _Converting(client):
@@ -467,7 +465,7 @@ class OpenAIModel(_OpenAIBase):
 
     def complete(self, request: Request) -> Reply:
         """One non-streaming call; the :class:`Reply` streaming would reduce to."""
-        client = self._sync()[0]
+        client = self._sync()
         with _Converting(client):
             client, kwargs = self._prepared(client, request, stream=False)
             completion = client.chat.completions.create(**kwargs)
@@ -475,7 +473,7 @@ class OpenAIModel(_OpenAIBase):
 
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
-        client = self._async()[0]
+        client = self._async()
         with _Converting(client):
             client, kwargs = self._prepared(client, request, stream=False)
             completion = await client.chat.completions.create(**kwargs)
@@ -587,7 +585,8 @@ class OpenAIResponsesModel(_OpenAIBase):
         delivered event are noted in ``request.cursor``, so an interrupted reply can be
         resumed with :meth:`resume_chunks`.
         """
-        client, secrets = self._sync()
+        client = self._sync()
+        secrets = _keys(client)
         client, kwargs = self._prepared(client, request, stream=True)
         state = self._stream_state(kwargs, secrets, request.cursor)
         with _Converting(client):
@@ -618,7 +617,8 @@ class OpenAIResponsesModel(_OpenAIBase):
 
     async def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
         """The asyncio twin of :meth:`iter_chunks`."""
-        client, secrets = self._async()
+        client = self._async()
+        secrets = _keys(client)
         client, kwargs = self._prepared(client, request, stream=True)
         state = self._stream_state(kwargs, secrets, request.cursor)
         with _Converting(client):
@@ -679,7 +679,8 @@ class OpenAIResponsesModel(_OpenAIBase):
     def _resume(
         self, checkpoint: Checkpoint, point: tuple[str, int], cursor: ResumeCursor | None
     ) -> Iterator[Chunk]:
-        client, secrets = self._sync()
+        client = self._sync()
+        secrets = _keys(client)
         response_id, after = point
         cursor = cursor if cursor is not None else ResumeCursor()
         state = self._stream_state({}, secrets, cursor, checkpoint)
@@ -718,7 +719,8 @@ class OpenAIResponsesModel(_OpenAIBase):
     async def _aresume(
         self, checkpoint: Checkpoint, point: tuple[str, int], cursor: ResumeCursor | None
     ) -> AsyncIterator[Chunk]:
-        client, secrets = self._async()
+        client = self._async()
+        secrets = _keys(client)
         response_id, after = point
         cursor = cursor if cursor is not None else ResumeCursor()
         state = self._stream_state({}, secrets, cursor, checkpoint)
@@ -755,7 +757,7 @@ class OpenAIResponsesModel(_OpenAIBase):
 
     def complete(self, request: Request) -> Reply:
         """One non-streaming call; the :class:`Reply` streaming would reduce to."""
-        client = self._sync()[0]
+        client = self._sync()
         with _Converting(client):
             client, kwargs = self._prepared(client, request, stream=False)
             response = client.responses.create(**kwargs)
@@ -764,7 +766,7 @@ class OpenAIResponsesModel(_OpenAIBase):
 
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
-        client = self._async()[0]
+        client = self._async()
         with _Converting(client):
             client, kwargs = self._prepared(client, request, stream=False)
             response = await client.responses.create(**kwargs)

@@ -222,3 +222,24 @@ def test_an_event_stream_without_its_content_type_still_streams(api: str, wire: 
             assert window.call().text == "hi"
         finally:
             store.close()
+
+
+def test_one_check_raises_the_body_as_each_provider_builds_its_error() -> None:
+    """BodyTap.raise_error is the one end-of-stream check both providers call, each with how
+    it builds its exception: given the body, for a JSON error body only."""
+    from rxcontext.providers._error_body import tap
+
+    def read(content_type: str, body: bytes) -> Any:
+        response = httpx2.Response(200, headers={"content-type": content_type}, content=body)
+        kept = tap(response)
+        b"".join(response.iter_bytes())
+        return kept
+
+    def build(body: Any) -> Exception:
+        return LookupError(body)
+
+    with pytest.raises(LookupError) as info:
+        read("application/json", json.dumps(OPENAI_ERROR).encode()).raise_error(build)
+    assert info.value.args == (OPENAI_ERROR,)
+    read("application/json", b'{"ok": true}').raise_error(build)
+    read("text/event-stream", json.dumps(OPENAI_ERROR).encode()).raise_error(build)

@@ -6,10 +6,10 @@ no event in it, so the stream seems to end before its first event, as a cut conn
 the error would be reported as a retryable ``incomplete_stream`` and the server's message
 lost. :func:`tap` keeps the first bytes of a response whose ``content-type`` is not
 ``text/event-stream`` as its body is read (by the SDK's stream or by the fast wire's decoder:
-both read it through ``iter_bytes`` / ``aiter_bytes``); at the end of a stream that gave
-nothing, :meth:`BodyTap.error` is that body if it was one JSON object holding an ``error``,
-for the provider to raise as it raises an in-stream error event. An event stream, the usual
-case, is not tapped at all.
+both read it through ``iter_bytes`` / ``aiter_bytes``); at the end of a stream,
+:meth:`BodyTap.raise_error` raises that body if it was one JSON object holding an ``error``,
+built as the provider builds an in-stream error event. An event stream, the usual case, is
+not tapped at all.
 
 Nothing here imports an SDK: responses are httpx2's.
 """
@@ -17,7 +17,7 @@ Nothing here imports an SDK: responses are httpx2's.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from typing import Any
 
@@ -63,17 +63,25 @@ class BodyTap:
             return None
         return text, body
 
+    def raise_error(self, build: Callable[[Any], BaseException]) -> None:
+        """At the end of a stream: raise ``build(body)`` if the body was a JSON error body
+        sent in place of the stream (see :meth:`error`), as the provider raises an error
+        event in the stream, instead of the stream being taken for cut."""
+        found = self.error()
+        if found is not None:
+            raise build(found[1])
 
-def tap(response: httpx2.Response) -> BodyTap | None:
-    """A :class:`BodyTap` on ``response`` if it is not an event stream (else None).
+
+def tap(response: httpx2.Response) -> BodyTap:
+    """A :class:`BodyTap` on ``response``; one that keeps nothing for an event stream.
 
     Its ``iter_bytes`` / ``aiter_bytes`` (what the SDKs' streams and the fast wires read the
     body with) are wrapped on this one response object to keep what they give.
     """
     kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if kind == "text/event-stream":
-        return None
     kept = BodyTap()
+    if kind == "text/event-stream":
+        return kept
     iter_bytes = response.iter_bytes
     aiter_bytes = response.aiter_bytes
 

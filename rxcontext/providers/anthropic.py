@@ -48,7 +48,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, NoReturn, TypeVar
 
@@ -98,7 +98,7 @@ from ._common import (
     str_field,
     transport_error,
 )
-from ._error_body import BodyTap, tap
+from ._error_body import tap
 from ._extra import MODEL, STREAM, refuse_keys, refused_history, refused_system, with_tools
 from ._options import anthropic_options
 from ._sse import SSEDecoder
@@ -522,7 +522,7 @@ def _sdk_chunks(client: anthropic.Anthropic, body: dict[str, Any]) -> Iterator[C
                         break
         except anthropic.APIConnectionError as exc:
             _raise_read_error(exc)
-        _error_body(client, kept, stream.response)
+        kept.raise_error(_body_error(client, stream.response))
         yield turn.done()
     finally:
         stream.close()
@@ -543,23 +543,19 @@ async def _asdk_chunks(
                     break
         except anthropic.APIConnectionError as exc:
             _raise_read_error(exc)
-        _error_body(client, kept, stream.response)
+        kept.raise_error(_body_error(client, stream.response))
         yield turn.done()
     finally:
         await stream.close()
 
 
-def _error_body(
-    client: anthropic.Anthropic | anthropic.AsyncAnthropic,
-    kept: BodyTap | None,
-    http: httpx2.Response,
-) -> None:
-    """At the end of a stream: raise a JSON error body sent in place of it (``200
-    application/json {"type": "error", ...}``, see :mod:`._error_body`) as the SDK's stream
-    raises an ``error`` event, instead of taking the stream for cut."""
-    found = kept.error() if kept is not None else None
-    if found is not None:
-        raise client._make_status_error(f"{found[1]}", body=found[1], response=http)
+def _body_error(
+    client: anthropic.Anthropic | anthropic.AsyncAnthropic, http: httpx2.Response
+) -> Callable[[Any], BaseException]:
+    """How a JSON error body sent in place of ``http``'s stream (``200 application/json
+    {"type": "error", ...}``, see :meth:`BodyTap.raise_error`) is raised: as the SDK's stream
+    raises an ``error`` event."""
+    return lambda body: client._make_status_error(f"{body}", body=body, response=http)
 
 
 def _raise_read_error(exc: anthropic.APIConnectionError) -> NoReturn:
@@ -729,7 +725,7 @@ def _fast_chunks(client: anthropic.Anthropic, body: dict[str, Any]) -> Iterator[
                 yield from read(event, payload)
                 if turn.stopped:
                     break
-        _error_body(client, kept, http)
+        kept.raise_error(_body_error(client, http))
         yield turn.done()
 
 
@@ -758,7 +754,7 @@ async def _afast_chunks(
                     yield chunk
                 if turn.stopped:
                     break
-        _error_body(client, kept, http)
+        kept.raise_error(_body_error(client, http))
         yield turn.done()
 
 

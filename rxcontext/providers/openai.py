@@ -50,7 +50,7 @@ from ._common import (
     sent_secrets,
     transport_error,
 )
-from ._error_body import BodyTap, tap
+from ._error_body import tap
 from ._extra import MODEL, STREAM, refuse_keys, refused_history, refused_system, with_tools
 from ._openai_chat import (
     PROVIDER,
@@ -216,11 +216,16 @@ def _event_data(data: str, request: httpx2.Request) -> Any:
     if isinstance(payload, dict):
         error = payload.get("error")
         if error:
-            message = error.get("message") if isinstance(error, Mapping) else None
-            if not message or not isinstance(message, str):
-                message = "An error occurred during streaming"
-            raise openai.APIError(message, request, body=error)
+            raise _error_event(error, request)
     return payload
+
+
+def _error_event(error: Any, request: httpx2.Request) -> openai.APIError:
+    """The SDK's ``APIError`` for an ``{"error": error}`` payload, as its stream builds it."""
+    message = error.get("message") if isinstance(error, Mapping) else None
+    if not message or not isinstance(message, str):
+        message = "An error occurred during streaming"
+    return openai.APIError(message, request, body=error)
 
 
 def _events(raw: openai.APIResponse[Any]) -> Iterator[Any]:
@@ -259,13 +264,10 @@ async def _aevents(raw: openai.AsyncAPIResponse[Any]) -> AsyncGenerator[Any, Non
         raise openai.APIConnectionError(request=request) from err
 
 
-def _error_body(kept: BodyTap | None, response: httpx2.Response) -> None:
-    """At the end of a stream: raise a JSON error body sent in place of it (``200
-    application/json {"error": ...}``, see :mod:`._error_body`) as an error event in the
-    stream is raised, instead of taking the stream for cut."""
-    found = kept.error() if kept is not None else None
-    if found is not None:
-        _event_data(found[0], response.request)
+def _body_error(response: httpx2.Response) -> Callable[[Any], BaseException]:
+    """How a JSON error body sent in place of ``response``'s stream is raised (see
+    :meth:`BodyTap.raise_error`): as an error event in the stream is."""
+    return lambda body: _error_event(body["error"], response.request)
 
 
 def _strict(schema: dict[str, Any]) -> dict[str, Any]:
@@ -428,13 +430,13 @@ class OpenAIModel(_OpenAIBase):
                     state.sdk_event = _sdk_event(client, ChatCompletionChunk, raw)
                     for data in _events(raw):
                         yield from state.fast(data)
-                    _error_body(kept, raw.http_response)
+                    kept.raise_error(_body_error(raw.http_response))
             else:
                 with client.chat.completions.create(**kwargs) as stream, noted(stream.response):
                     kept = tap(stream.response)
                     for chunk in stream:
                         yield from state.sdk(chunk)
-                    _error_body(kept, stream.response)
+                    kept.raise_error(_body_error(stream.response))
         yield state.done()
 
     async def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
@@ -453,14 +455,14 @@ class OpenAIModel(_OpenAIBase):
                     async for data in events:
                         for chunk in state.fast(data):
                             yield chunk
-                    _error_body(kept, raw.http_response)
+                    kept.raise_error(_body_error(raw.http_response))
             else:
                 async with await client.chat.completions.create(**kwargs) as stream:
                     kept = tap(stream.response)
                     async for sdk_chunk in stream:
                         for chunk in state.sdk(sdk_chunk):
                             yield chunk
-                    _error_body(kept, stream.response)
+                    kept.raise_error(_body_error(stream.response))
         yield state.done()
 
     def complete(self, request: Request) -> Reply:
@@ -602,7 +604,7 @@ class OpenAIResponsesModel(_OpenAIBase):
                         yield from fast(data)
                         if state.finished:
                             break
-                    _error_body(kept, raw.http_response)
+                    kept.raise_error(_body_error(raw.http_response))
             else:
                 sdk = state.sdk if state.cursor is None else state.sdk_at
                 with client.responses.create(**kwargs) as stream, noted(stream.response):
@@ -612,7 +614,7 @@ class OpenAIResponsesModel(_OpenAIBase):
                         yield from sdk(sdk_event)
                         if state.finished:
                             break
-                    _error_body(kept, stream.response)
+                    kept.raise_error(_body_error(stream.response))
         state.end()
 
     async def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
@@ -635,7 +637,7 @@ class OpenAIResponsesModel(_OpenAIBase):
                             yield chunk
                         if state.finished:
                             break
-                    _error_body(kept, raw.http_response)
+                    kept.raise_error(_body_error(raw.http_response))
             else:
                 sdk = state.sdk if state.cursor is None else state.sdk_at
                 async with await client.responses.create(**kwargs) as stream:
@@ -646,7 +648,7 @@ class OpenAIResponsesModel(_OpenAIBase):
                             yield chunk
                         if state.finished:
                             break
-                    _error_body(kept, stream.response)
+                    kept.raise_error(_body_error(stream.response))
         state.end()
 
     # -- native resume (background mode) --------------------------------------------------
@@ -699,7 +701,7 @@ class OpenAIResponsesModel(_OpenAIBase):
                         yield from state.fast_at(data)
                         if state.finished:
                             break
-                    _error_body(kept, raw.http_response)
+                    kept.raise_error(_body_error(raw.http_response))
             else:
                 with (
                     client.responses.retrieve(
@@ -713,7 +715,7 @@ class OpenAIResponsesModel(_OpenAIBase):
                         yield from state.sdk_at(sdk_event)
                         if state.finished:
                             break
-                    _error_body(kept, stream.response)
+                    kept.raise_error(_body_error(stream.response))
         state.end()
 
     async def _aresume(
@@ -740,7 +742,7 @@ class OpenAIResponsesModel(_OpenAIBase):
                             yield chunk
                         if state.finished:
                             break
-                    _error_body(kept, raw.http_response)
+                    kept.raise_error(_body_error(raw.http_response))
             else:
                 async with await client.responses.retrieve(
                     response_id, stream=True, starting_after=after
@@ -752,7 +754,7 @@ class OpenAIResponsesModel(_OpenAIBase):
                             yield chunk
                         if state.finished:
                             break
-                    _error_body(kept, stream.response)
+                    kept.raise_error(_body_error(stream.response))
         state.end()
 
     def complete(self, request: Request) -> Reply:

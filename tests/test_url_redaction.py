@@ -178,3 +178,38 @@ def test_a_fanout_url_whose_password_holds_a_slash_is_refused_without_it(url: st
         rxcontext.open(":memory:", fanout=url)
     shown = "".join(traceback.format_exception(info.value))
     assert "Zq8Sec" not in shown and "Pw4711" not in shown and "47110" not in shown, shown
+
+
+@pytest.mark.parametrize(
+    ("url", "postgres", "redis"),
+    [
+        ("postgresql://u:p@h/db", False, False),
+        ("postgresql://u:p/w@h/db", True, True),
+        ("postgresql://u:p@w@h/db", True, False),
+        ("postgresql://u:p@h/db?password=a@b", False, True),
+        ("postgresql://u:p@h?x=@a@b", False, True),
+        ("postgresql://h?a=@b@c", True, True),
+        ("postgresql://h?x/a@b", False, True),
+        ("postgresql://u?x@a@b", True, True),
+        ("postgresql://u:p@h/d@b", True, True),
+        ("postgresql://h/db", False, False),
+        ("postgresql://u:p?w@h/db", False, True),
+        ("postgresql://u:p#w@h/db", False, True),
+        ("no scheme u:p/w@h", False, False),
+    ],
+)
+def test_postgresql_and_redis_urls_are_scanned_by_one_helper(
+    url: str, postgres: bool, redis: bool
+) -> None:
+    """libpq ends the user name and password at the first '@' or '/', redis-py's urllib at
+    the first '/', '?' or '#': both ask whether an '@' is left after that, through one
+    helper (rxcontext._urls.at_after), and answer as they did before it."""
+    from rxcontext._urls import at_after
+    from rxcontext.fanout.redis import _misread
+    from rxcontext.store.pg_url import ambiguous
+
+    assert ambiguous(url) is postgres
+    assert _misread(url) is redis
+    rest = url.partition("://")[2]
+    assert at_after(rest, "/?#") is redis
+    assert at_after(rest, "@/", query="?") is postgres

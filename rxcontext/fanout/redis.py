@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+from .._urls import at_after
 from ..chunks import Chunk
 from ..errors import MissingDependency
 from ..store import without_password
@@ -159,9 +160,7 @@ def _misread(url: str) -> bool:
     """Whether an ``@`` comes after the end urllib (which redis-py reads URLs with) gives the
     user name, password and host: the first ``/``, ``?`` or ``#``. Such a password's first
     piece would be read as the port, and urllib's error (or the connection's) would quote it."""
-    rest = url.partition("://")[2]
-    ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
-    return "@" in rest[min(ends, default=len(rest)) :]
+    return at_after(url.partition("://")[2], "/?#")
 
 
 _READERS = 32

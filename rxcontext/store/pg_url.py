@@ -11,6 +11,8 @@ libpq's reading would print those pieces. Read as text, everything between ``://
 
 from __future__ import annotations
 
+from .._urls import at_after
+
 __all__ = ["SCHEMES", "ambiguous", "is_postgres_url", "libpq_url", "redact_text"]
 
 SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2")
@@ -47,14 +49,8 @@ def ambiguous(url: str) -> bool:
     is left before the query string: an unencoded ``/`` or ``@`` in them (or an unencoded
     ``@`` in the host or database name, which cannot be told apart from that)."""
     rest = _after_scheme(url)
-    if rest is None:
-        return False
-    end = 0
-    for i, ch in enumerate(rest):  # libpq's own scan for the user name and password
-        if ch in "@/":
-            end = i + 1 if ch == "@" else 0
-            break
-    return "@" in rest[end:].split("?", 1)[0]
+    # libpq's own scan for the user name and password: they end at the first '@' or '/'.
+    return rest is not None and at_after(rest, "@/", query="?")
 
 
 def redact_text(url: str) -> str:

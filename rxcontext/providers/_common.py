@@ -172,10 +172,11 @@ def mask_chain(exc: BaseException, secrets: tuple[str | None, ...]) -> None:
     """Mask API keys in the message, ``args`` and notes of ``exc`` and of every exception it
     was raised from or during: an SDK exception chained as a :class:`ProviderError`'s cause
     is shown in its traceback, and may quote a key the server echoed back (a 401, an error
-    event) or the HTTP client refused to send (a header with a newline)."""
-    links = _links(exc)
-    secrets = sent_secrets(exc, secrets)
-    for at in links:
+    event) or the HTTP client refused to send (a header with a newline).
+
+    ``secrets`` are :func:`sent_secrets`'s for ``exc``: a classifier finds them once and
+    passes them here and to :func:`refused_request` and :func:`transport_error`."""
+    for at in _links(exc):
         message = getattr(at, "message", None)
         if isinstance(message, str):
             with contextlib.suppress(AttributeError):
@@ -344,7 +345,8 @@ def refused_request(
 ) -> ProviderError | None:
     """The error for a request the HTTP client refused to send (an ``httpx2.LocalProtocolError``
     in ``exc``'s chain: a header value with a newline, most often a key read from a file);
-    else ``None``. Not retryable: the same request is refused again."""
+    else ``None``. Not retryable: the same request is refused again. ``secrets``: as for
+    :func:`mask_chain`."""
     refused = next((e for e in _links(exc) if isinstance(e, httpx2.LocalProtocolError)), None)
     if refused is None:
         return None
@@ -355,7 +357,7 @@ def refused_request(
         "file keeps its trailing newline, strip it",
         error_type="configuration",
         retryable=False,
-        secrets=sent_secrets(exc, secrets),
+        secrets=secrets,
     )
 
 
@@ -366,7 +368,8 @@ def transport_error(
     could not be decoded: a corrupt gzip stream); else ``None``.
 
     Transport errors are retryable: the request may well succeed on a new connection. A
-    request the client refused to send is not (see :func:`refused_request`).
+    request the client refused to send is not (see :func:`refused_request`). ``secrets``: as
+    for :func:`mask_chain`.
     """
     if isinstance(exc, httpx2.TimeoutException):
         kind = "timeout"
@@ -383,7 +386,7 @@ def transport_error(
         f"{kind}: {detail}",
         error_type=kind,
         retryable=True,
-        secrets=sent_secrets(exc, secrets),
+        secrets=secrets,
     )
 
 

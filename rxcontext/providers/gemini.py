@@ -380,10 +380,10 @@ def _api_error(
 
 
 def _classify(exc: BaseException, secrets: tuple[str | None, ...]) -> BaseException:
-    """The :class:`ProviderError` for ``exc``, or ``exc`` itself if it is not a provider failure."""
+    """The :class:`ProviderError` for ``exc``, or ``exc`` itself if it is not a provider
+    failure (``secrets``: :func:`sent_secrets`'s for ``exc``)."""
     if isinstance(exc, ProviderError):
         return exc
-    secrets = sent_secrets(exc, secrets)
     if isinstance(exc, genai_errors.APIError):
         headers = getattr(exc.response, "headers", None)
         detail = str(exc.message or exc.details)
@@ -423,6 +423,7 @@ def _cut_short(cause: BaseException | None) -> bool:
 
 def _classified(exc: Exception, secrets: tuple[str | None, ...]) -> BaseException:
     """``exc`` as a :class:`ProviderError` (to raise ``from exc``); ``exc`` re-raised if not one."""
+    secrets = sent_secrets(exc, secrets)
     err = _classify(exc, secrets)
     if err is exc:
         raise exc

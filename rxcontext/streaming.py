@@ -48,7 +48,7 @@ from reactivex.scheduler import (
 
 from ._observers import subscriber
 from ._signals import HandOver
-from ._toolthreads import in_threads
+from ._toolthreads import ROUND_WORKERS, in_threads
 from ._watchdog import watching
 from .chunks import Chunk, ChunkKind, ToolCall
 from .errors import ReplyStopped, StreamInterrupted, StreamTimeout
@@ -122,7 +122,7 @@ def _run_tools_sync(
         seconds = left()
         if seconds <= 0:
             raise run.deadline_passed()
-        workers = min(8, len(todo)) if run.parallel_tools else 1
+        workers = min(ROUND_WORKERS, len(todo)) if run.parallel_tools else 1
         jobs = in_threads([functools.partial(run.run_tool, c) for c in todo], workers)
         if not futures_wait(jobs, seconds).not_done:
             ran = [job.result() for job in jobs]

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._toolthreads import in_threads
+from ._toolthreads import in_tool_thread
 from .chunks import ToolCall
 from .toolnames import check_new
 
@@ -370,8 +370,10 @@ class ToolRegistry:
     async def arun(
         self, call_id: str, name: str, arguments: Mapping[str, Any], parse_error: str | None = None
     ) -> ToolResult:
-        """Run one call: async runners on the running loop, sync ones in a thread of their
-        own (a cancellation leaves such a runner to finish there; its output is dropped)."""
+        """Run one call: async runners on the running loop, sync ones on one of the
+        process's tool threads (queued while all are busy: see ``_toolthreads``). A
+        cancellation leaves a sync runner that started to finish there (its output is
+        dropped); one still queued never starts."""
         prepared = self._prepare(call_id, name, arguments, parse_error)
         if isinstance(prepared, ToolResult):
             return prepared
@@ -381,7 +383,7 @@ class ToolRegistry:
                 output = await runner(args)
             else:
                 job = functools.partial(runner, args)
-                output = await asyncio.wrap_future(in_threads([job])[0])
+                output = await asyncio.wrap_future(in_tool_thread(job))
                 if inspect.isawaitable(output):
                     output = await output
             return ToolResult(call_id, name, _as_text(output))

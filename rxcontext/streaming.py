@@ -27,12 +27,10 @@ timeout is what unblocks a dead connection.
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from math import inf
 from typing import Any
@@ -105,10 +103,11 @@ def _run_tools_sync(
     left: Callable[[], float] | None = None,
 ) -> list[ToolResult]:
     # The approval hook sees every call first, one after the other (it may ask a person);
-    # then the approved tools run (in parallel when there are several). A subscriber gone
-    # meanwhile (``gone()``) is asked nothing more and no tool runs for it. With a deadline
-    # (``left()``: the seconds to it, on the real clock) the tools run on threads of their
-    # own and are waited for until it passes; then the reply ends, the tools left running.
+    # then the approved tools run (several in parallel, on up to ROUND_WORKERS threads of
+    # their own). A subscriber gone meanwhile (``gone()``) is asked nothing more and no tool
+    # runs for it. With a deadline (``left()``: the seconds to it, on the real clock) the
+    # tools always run on such threads and are waited for until it passes; then the reply
+    # ends, the tools left running.
     approval = run.tool_approval
     decided: list[ToolResult | None] = []
     for call in calls:
@@ -118,25 +117,22 @@ def _run_tools_sync(
     if gone():
         raise _Cancelled
     todo = [c for c, d in zip(calls, decided, strict=True) if d is None]
-    if left is not None and todo:
-        seconds = left()
-        if seconds <= 0:
+    if not todo or (left is None and (len(todo) == 1 or not run.parallel_tools)):
+        ran = [run.run_tool(c) for c in todo]
+    else:  # each in a copy of the caller's context variables, as on asyncio
+        seconds = None if left is None else left()
+        if seconds is not None and seconds <= 0:
             raise run.deadline_passed()
         workers = min(ROUND_WORKERS, len(todo)) if run.parallel_tools else 1
         jobs = in_threads([functools.partial(run.run_tool, c) for c in todo], workers)
-        if not futures_wait(jobs, seconds).not_done:
-            ran = [job.result() for job in jobs]
-        else:  # what they return, if they ever do, is dropped with these futures
+        try:
+            finished = not futures_wait(jobs, seconds).not_done
+        finally:
             for job in jobs:
                 job.cancel()  # a tool not started yet never starts
+        if not finished:  # what they return, if they ever do, is dropped with these futures
             raise run.deadline_passed()
-    elif len(todo) > 1 and run.parallel_tools:
-        # Each in a copy of the caller's context variables, as on asyncio.
-        contexts = [contextvars.copy_context() for _ in todo]
-        with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
-            ran = list(pool.map(lambda cx, c: cx.run(run.run_tool, c), contexts, todo))
-    else:
-        ran = [run.run_tool(c) for c in todo]
+        ran = [job.result() for job in jobs]
     results = iter(ran)
     return [d if d is not None else next(results) for d in decided]
 

@@ -35,6 +35,10 @@ from ..store._sqlite_rows import storable
 from .base import Fanout, Position
 from .entries import Begin, Chunks, End, Entry, Snapshot
 
+_ROUND_KEY = "finish_reason"
+"""A record holding this metadata key begins a stored round (its MODEL_RESP, or its first
+TOOL_CALL when it was calls alone: ``reply_metadata``), and says how it ended."""
+
 __all__ = [
     "LOOK",
     "Look",
@@ -178,6 +182,12 @@ class _Watch:
         self.live_calls: Counter[str] = Counter()
         self.live_results: Counter[str] = Counter()
         self.done_shown = False
+        # Round-end DONEs shown, and this epoch's log had, per response id (None when the
+        # provider gives none), as for the calls: each round's usage is shown once, and
+        # the rounds a watcher read from the store end for its ReplyBuilder as live ones do.
+        self.dones: Counter[str | None] = Counter()
+        self.live_dones: Counter[str | None] = Counter()
+        self.rounds = False  # a round's DONE was shown, with that round's usage
         # Offsets into the live log being read (equal to what was shown once caught up).
         self.log_text = 0
         self.log_thinking = 0
@@ -220,7 +230,15 @@ class _Watch:
         target: list[str] = []
         thoughts: list[str] = []
         extra: list[Chunk] = []
+        ending: Chunk | None = None  # the DONE of the stored round whose records these are
         for record in records:
+            if ending is not None and (
+                record.type is not RecordType.TOOL_CALL or _ROUND_KEY in record.metadata
+            ):
+                extra.append(ending)  # after the round's calls, as it was delivered
+                ending = None
+            if _ROUND_KEY in record.metadata:
+                ending = _done_of([record])
             if record.type is RecordType.MODEL_RESP:
                 target.append(record.content)
                 stored = record.metadata.get("thinking")
@@ -246,6 +264,8 @@ class _Watch:
                         metadata=dict(record.metadata),  # a failed tool's "error" flag
                     )
                 )
+        if ending is not None:
+            extra.append(ending)
         if row is not None and row.state is not ReplyState.COMPLETED:
             target.append(row.text)
             thoughts.append(row.thinking)
@@ -258,7 +278,14 @@ class _Watch:
         self.epoch = max(self.epoch, epoch)
         calls: Counter[str] = Counter()
         results: Counter[str] = Counter()
+        dones: Counter[str | None] = Counter()
         for chunk in extra:  # the n-th of an id is shown unless n of that id were
+            if chunk.kind is ChunkKind.DONE:
+                key = chunk.response_id
+                dones[key] += 1
+                if dones[key] > self.dones[key]:
+                    yield from self.round_done(chunk)
+                continue
             assert chunk.id is not None
             if chunk.kind is ChunkKind.TOOL_CALL:
                 calls[chunk.id] += 1
@@ -322,6 +349,17 @@ class _Watch:
         self.held_text = self.held_thinking = ""
         self.call_ids = {}
         self.skipping = set()
+        self.live_dones = Counter()
+
+    def round_done(self, chunk: Chunk) -> Iterator[Chunk]:
+        """Show a round's DONE: the next round's calls are numbered from 0 again."""
+        self.dones[chunk.response_id] += 1
+        self.rounds = True
+        self.call_ids = {}
+        self.skipping = set()
+        self.next_index = -1
+        self.done_shown = True
+        yield chunk
 
     def live(self, chunk: Chunk) -> Iterator[Chunk]:
         """One chunk of the log: shown unless what was shown already has it."""
@@ -387,10 +425,11 @@ class _Watch:
         if kind is ChunkKind.DONE:
             self.call_ids = {}
             self.skipping = set()
-            if self.catching():
-                return
-            self.done_shown = True
-            yield chunk
+            key = chunk.response_id
+            self.live_dones[key] += 1
+            if self.live_dones[key] <= self.dones[key]:
+                return  # the store showed this round's end
+            yield from self.round_done(chunk)
             return
         if kind is ChunkKind.REWIND:  # never published, but harmless
             return
@@ -412,7 +451,9 @@ class _Watch:
                 f" checkpoint {row.id}",
             )
         if not self.done_shown:
-            yield _done_of(records)
+            done = _done_of(records)
+            # Each round's usage was shown with its round's DONE: this one ends the text.
+            yield replace(done, usage=None) if self.rounds else done
 
     def ended(self, row: Checkpoint | None, records: list[Record]) -> bool:
         if row is None:
@@ -591,18 +632,25 @@ def _before(epoch: int) -> Position:
 
 
 def _done_of(records: Sequence[Record]) -> Chunk:
-    """The DONE chunk of a stored reply (from its last MODEL_RESP's metadata)."""
+    """The DONE chunk of a stored reply: that of its last round (the last record that
+    begins one), or, for records that do not say, from its last MODEL_RESP's metadata."""
+    last: Record | None = None
     for record in reversed(records):
-        if record.type is RecordType.MODEL_RESP:
-            meta = record.metadata
-            usage = meta.get("usage")
-            return Chunk(
-                ChunkKind.DONE,
-                usage=Usage.from_dict(usage) if isinstance(usage, dict) else None,
-                finish_reason=meta.get("finish_reason"),
-                response_id=record.response_id,
-            )
-    return Chunk(ChunkKind.DONE)
+        if _ROUND_KEY in record.metadata:
+            last = record
+            break
+        if last is None and record.type is RecordType.MODEL_RESP:
+            last = record
+    if last is None:
+        return Chunk(ChunkKind.DONE)
+    meta = last.metadata
+    usage = meta.get("usage")
+    return Chunk(
+        ChunkKind.DONE,
+        usage=Usage.from_dict(usage) if isinstance(usage, dict) else None,
+        finish_reason=meta.get("finish_reason"),
+        response_id=last.response_id,
+    )
 
 
 def watch_chunks(

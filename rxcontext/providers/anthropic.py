@@ -38,7 +38,9 @@ Choices worth knowing:
 - A malformed event (not UTF-8, not JSON, a field of the wrong type) ends the stream with a
   ``ProviderError`` (``error_type`` ``invalid_utf8`` / ``invalid_json`` / ``invalid_event``)
   on both wires, after the same chunks (see ``_common.malformed_event``).
-- DONE metadata: ``anthropic_stop_sequence`` when a stop sequence matched.
+- DONE metadata: ``anthropic_stop_sequence`` when a stop sequence matched; ``refusal``
+  (``True``) when the model refused (``stop_reason`` ``"refusal"``), as OpenAI refusals
+  are flagged, so the reply's and the record's metadata say so too.
 - Requests: a reply's text of whitespace only is not sent back (the API refuses such a
   text block; claude-opus-4-6 opens replies with "\\n\\n"): its thinking and tool_use
   blocks are. A history that opens with a reply (its first prompt killed) is sent as it
@@ -116,6 +118,8 @@ DEFAULT_MAX_TOKENS = 4096
 _RETRYABLE_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error", "timeout_error"})
 
 _TEXT = ChunkKind.TEXT
+_REFUSED = "refusal"  # the stop_reason of a refused reply
+_REFUSAL_KEY = "refusal"  # DONE, reply and record metadata: True for a refusal (as OpenAI's)
 _THINKING = ChunkKind.THINKING
 _TOOL_CALL = ChunkKind.TOOL_CALL
 _C = TypeVar("_C", anthropic.Anthropic, anthropic.AsyncAnthropic)
@@ -497,12 +501,18 @@ class _Turn:
         if self.stop_reason is None:
             raise _incomplete()
         has_usage = self.input is not None or self.output is not None
+        metadata: dict[str, Any] = {}
+        if self.stop_sequence:
+            metadata["anthropic_stop_sequence"] = self.stop_sequence
+        if self.stop_reason == _REFUSED:
+            # Flagged as OpenAI refusals are; the text came before the stop reason said so.
+            metadata[_REFUSAL_KEY] = True
         return Chunk(
             ChunkKind.DONE,
             finish_reason=self.stop_reason,
             response_id=self.response_id,
             usage=self.usage() if has_usage else None,
-            metadata={"anthropic_stop_sequence": self.stop_sequence} if self.stop_sequence else {},
+            metadata=metadata,
         )
 
 

@@ -610,12 +610,17 @@ class ContextWindow:
         if options.deadline is not None:
             timeouts = replace(timeouts, deadline=options.deadline)
         budget = self.budget
+        # Before the first request, each tool round's and each retry's (its earlier
+        # attempts' billed usage given as ``billed``).
+        check = (
+            partial(self._check_budget, budget, model, context_id) if budget is not None else None
+        )
         budget_check = None
-        if budget is not None and not budget_checked:
+        if check is not None and not budget_checked:
             if budget_at_start:  # the asyncio driver: off the loop, when iterated
-                budget_check = partial(self._check_budget, budget, model, context_id)
+                budget_check = check
             else:
-                self._check_budget(budget, model, context_id)
+                check()
 
         threads = bool(getattr(model, "supports_previous_response_id", False))
         # A model that can resume natively notes where its streams stand in a cursor the
@@ -647,8 +652,8 @@ class ContextWindow:
         history = self._history(context_id)
 
         def request(round_: int) -> Request:
-            if budget is not None and round_ > 0:  # a tool loop's next request
-                self._check_budget(budget, model, context_id)
+            if check is not None and round_ > 0:  # a tool loop's next request
+                check()
             records = request_history(
                 store, context_id, upto=persister.pos, reply_id=persister.reply_id, cache=history
             )
@@ -700,11 +705,7 @@ class ContextWindow:
             trace=trace,
             heartbeat=heartbeat_for(store),
             budget_check=budget_check,
-            budget_recheck=(
-                partial(self._check_budget, budget, model, context_id)
-                if budget is not None
-                else None
-            ),
+            budget_recheck=check,
         )
 
     def _check_budget(

@@ -22,13 +22,14 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["check_for", "check_new", "provider_of"]
+__all__ = ["check_for", "check_new", "check_stored", "provider_of"]
 
 _Rule = tuple["re.Pattern[str]", str]
 
+_OPENAI_TOOL: _Rule = (re.compile(r"[A-Za-z0-9_-]{1,64}"), "1-64 letters, digits, '_' or '-'")
 _TOOL_RULES: dict[str, _Rule] = {
-    "OpenAI": (re.compile(r"[A-Za-z0-9_-]{1,64}"), "1-64 letters, digits, '_' or '-'"),
-    "Anthropic": (re.compile(r"[A-Za-z0-9_-]{1,64}"), "1-64 letters, digits, '_' or '-'"),
+    "OpenAI": _OPENAI_TOOL,
+    "Anthropic": _OPENAI_TOOL,
     "Gemini": (
         re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,127}"),
         "a letter or '_', then up to 127 letters, digits, '_', '.', ':' or '-'",
@@ -107,3 +108,11 @@ def check_for(provider: str | None, tool_name: str, parameters: Iterable[Any]) -
             f"tool {tool_name!r} cannot be offered to {provider}: {provider} refuses every "
             f"request with its parameter name {bad[0]!r}, as parameter names must be {rule[1]}"
         )
+
+
+def check_stored(name: str) -> None:
+    """A ``ValueError`` unless ``name`` is a tool name some version of rxcontext stored: the
+    rule tools were held to before every provider's counted (OpenAI's and Anthropic's)."""
+    pattern, rule = _OPENAI_TOOL
+    if not pattern.fullmatch(name):  # fullmatch: "$" would also take a trailing newline
+        raise ValueError(f"tool name {name!r} must be {rule}")

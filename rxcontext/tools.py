@@ -12,7 +12,6 @@ import copy
 import functools
 import inspect
 import json
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 
 from ._toolthreads import in_tool_thread
 from .chunks import ToolCall
-from .toolnames import check_new
+from .toolnames import check_new, check_stored
 
 __all__ = [
     "Replace",
@@ -37,8 +36,6 @@ __all__ = [
 ToolRunner = Callable[[dict[str, Any]], str] | Callable[[dict[str, Any]], Awaitable[str]]
 """Runs a tool: takes the parsed arguments, returns the output text (sync or async)."""
 
-# What Tool() took before names were held to every provider's rule (see toolnames).
-_STORED_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _OWN_KEYWORDS = frozenset({"type", "properties", "required"})
 
 
@@ -208,9 +205,7 @@ class Tool:
         that only some providers take: ``ContextWindow.add_tool`` refuses it for the others).
         """
         name = str(data["name"])
-        # fullmatch: "$" would also accept a trailing newline ("weather\n").
-        if not _STORED_NAME.fullmatch(name):
-            raise ValueError(f"tool name {name!r} must be 1-64 letters, digits, '_' or '-'")
+        check_stored(name)
         tool = object.__new__(cls)
         for attribute, value in (
             ("name", name),

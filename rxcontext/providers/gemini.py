@@ -219,10 +219,7 @@ class GeminiModel:
         self.context_window = context_window
         """The model's context size in tokens, if given: a window's default ``max_tokens``."""
         self.params = dict(params)
-        settings = dict(self.params)
-        if "max_tokens" in settings:
-            settings["max_output_tokens"] = settings.pop("max_tokens")
-        _check_config(settings, self.name, per_call=False)
+        _check_config(_config_fields(self.params), self.name, per_call=False)
         self._history = GeminiHistory()
         self._client: Lazy[genai.Client] = Lazy(_env_client, client)
         aio: genai.client.AsyncClient | None = None
@@ -257,9 +254,7 @@ class GeminiModel:
         return self._config(request, system)
 
     def _config(self, request: Request, system: list[str]) -> types.GenerateContentConfig:
-        config: dict[str, Any] = dict(self.params)
-        if "max_tokens" in config:
-            config["max_output_tokens"] = config.pop("max_tokens")
+        config = _config_fields(self.params)  # read per request: params may be changed
         if request.max_output_tokens is not None:
             config["max_output_tokens"] = request.max_output_tokens
         if any(system):
@@ -331,6 +326,15 @@ class GeminiModel:
         except Exception as exc:
             raise _classified(exc, _secrets(client)) from exc
         return reply_from_chunks(_response_chunks(response, self.model_name))
+
+
+def _config_fields(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A model's settings as ``GenerateContentConfig`` fields: ``max_tokens`` is taken as
+    ``max_output_tokens``."""
+    fields = dict(params)
+    if "max_tokens" in fields:
+        fields["max_output_tokens"] = fields.pop("max_tokens")
+    return fields
 
 
 def _env_client() -> genai.Client:

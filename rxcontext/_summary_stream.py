@@ -268,9 +268,7 @@ class SummaryAttempts:
             limit = timeouts.limit(delivered) if timed else None
             by_deadline = False
             if due is not None:
-                left = due - clock()
-                if left <= 0:
-                    raise _deadline(timeouts)
+                left = due - clock()  # none left: _next_within expires at once
                 if limit is None or left <= limit:
                     limit, by_deadline = left, True
             try:
@@ -282,8 +280,8 @@ class SummaryAttempts:
                 return
             except _Expired:
                 assert limit is not None
-                if _ended(last):
-                    return  # only the end is late: the reply is whole, as on the sync path
+                if _ended(last):  # only the end is late, or on_chunk held it past the deadline
+                    return  # the reply is whole, as on the sync path
                 if by_deadline:
                     raise _deadline(timeouts) from None
                 raise _timeout(delivered, limit) from None

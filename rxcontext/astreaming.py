@@ -264,7 +264,10 @@ class _Deadline:
 async def _next_within(
     it: AsyncIterator[Chunk], seconds: float, scheduler: abc.SchedulerBase | None
 ) -> Chunk:
-    """The next chunk, or TimeoutError (only for this deadline) after ``seconds``."""
+    """The next chunk, or :class:`_Expired` after ``seconds`` (at once, nothing read, when
+    none are left: the caller decides whether that cuts the stream)."""
+    if seconds <= 0:
+        raise _Expired
     deadline: asyncio.Timeout | _Deadline = (
         asyncio.timeout(seconds) if scheduler is None else _Deadline(seconds, scheduler)
     )
@@ -464,9 +467,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                         limit = timeouts.limit(delivered) if timed else None
                         by_deadline = False
                         if due is not None:
-                            left = due - clock()
-                            if left <= 0:
-                                raise run.deadline_passed()
+                            left = due - clock()  # none left: _next_within expires at once
                             if limit is None or left <= limit:
                                 limit, by_deadline = left, True
                         try:
@@ -479,7 +480,8 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                         except _Expired:
                             assert limit is not None
                             if delivered and chunk.kind is ChunkKind.DONE:
-                                # Only the end is late: the reply is whole, as the sync
+                                # Only the end is late (or the deadline passed while the
+                                # consumer held DONE): the reply is whole, as the sync
                                 # driver (which cannot cut a blocking read short) has it.
                                 await aclose_chunks(it)
                                 break

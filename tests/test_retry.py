@@ -19,6 +19,7 @@ from rxcontext import (
     Chunk,
     ChunkKind,
     ContextWindow,
+    DeadlineExceeded,
     FirstChunkTimeout,
     IdleTimeout,
     ProviderError,
@@ -431,3 +432,48 @@ async def test_an_end_of_stream_late_after_done_completes_on_both_paths(timeouts
     reply = await task
     assert reply.text == "ab" and replies(cw) == ["ab"]
     assert model.closed == 1 and cw.checkpoints() == []
+
+
+@pytest.mark.parametrize("held", [ChunkKind.DONE, ChunkKind.TEXT])
+async def test_a_deadline_passing_while_the_consumer_holds_done_leaves_the_reply_whole(held):
+    """Every chunk came in time; the consumer then holds one past the deadline (its handler
+    moves the clock on). Held on DONE, the reply is whole and nothing is left to cut: both
+    drivers complete and store it (asyncio used to end it as DeadlineExceeded). Held on
+    text, the deadline cuts the reply on both paths."""
+    script = [T("a"), T("b"), DONE]
+
+    def hold(chunk: Chunk, clock: Clock, held_once: list[bool]) -> None:
+        if chunk.kind is held and not held_once:
+            held_once.append(True)
+            clock.sleep(20.0)  # the consumer's hold outlasts the 10 s deadline
+
+    cw, _model, clock = window(list(script), timeouts=Timeouts(deadline=10.0), retry=None)
+    seen, once = Seen(), []
+
+    def on_next(chunk: Chunk) -> None:
+        seen.chunks.append(chunk)
+        hold(chunk, clock, once)
+
+    cw.stream().subscribe(on_next, seen.on_error, seen.on_completed, scheduler=clock)
+    clock.start()
+
+    acw, _amodel, aclock = window(list(script), timeouts=Timeouts(deadline=10.0), retry=None)
+    got: list[Chunk] = []
+    aonce: list[bool] = []
+    error: Exception | None = None
+    try:
+        async for chunk in acw.astream():
+            got.append(chunk)
+            hold(chunk, aclock, aonce)
+    except StreamInterrupted as interrupted:
+        error = interrupted
+
+    if held is ChunkKind.DONE:
+        assert seen.error is None and seen.completed and replies(cw) == ["ab"]
+        assert error is None and replies(acw) == ["ab"] and acw.checkpoints() == []
+    else:
+        assert isinstance(seen.error, StreamInterrupted) and replies(cw) == []
+        assert isinstance(seen.error.__cause__, DeadlineExceeded)
+        assert isinstance(error, StreamInterrupted) and replies(acw) == []
+        assert isinstance(error.__cause__, DeadlineExceeded)
+        assert error.checkpoint.text == seen.error.checkpoint.text == "a"

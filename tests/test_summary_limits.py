@@ -170,6 +170,40 @@ async def test_async_first_chunk_timeout_and_errors_are_retried_on_the_clock() -
     assert summarizer.at == [0.0, 4.0, 6.0]
 
 
+@pytest.mark.parametrize("held", [ChunkKind.DONE, ChunkKind.TEXT])
+async def test_a_deadline_passing_while_on_chunk_holds_done_leaves_the_summary_whole(
+    held: ChunkKind,
+) -> None:
+    """Every chunk came in time; ``on_chunk`` then holds one past the deadline (it moves the
+    clock on). Held on DONE, the summary is whole: ``summarize`` and ``asummarize`` both
+    propose it (asyncio used to raise DeadlineExceeded). Held on text, both raise."""
+    script = [T("Greet"), T("ings."), Chunk(ChunkKind.DONE, finish_reason="stop")]
+    outcomes: list[str] = []
+    for path in ("sync", "async"):
+        cw, summarizer, clock = window(list(script), timeouts=Timeouts(deadline=5.0))
+        once: list[bool] = []
+
+        def hold(chunk: Chunk, clock: Clock = clock, once: list[bool] = once) -> None:
+            if chunk.kind is held and not once:
+                once.append(True)
+                clock.sleep(10.0)  # on_chunk's hold outlasts the 5 s deadline
+
+        async def ahold(chunk: Chunk, hold: Any = hold) -> None:
+            hold(chunk)
+
+        try:
+            if path == "sync":
+                proposal = cw.summarize(on_chunk=hold)
+            else:
+                proposal = await cw.asummarize(on_chunk=ahold)
+            outcomes.append(proposal.text)
+        except DeadlineExceeded:
+            outcomes.append("DeadlineExceeded")
+        assert len(summarizer.requests) == 1
+    expected = "Greetings." if held is ChunkKind.DONE else "DeadlineExceeded"
+    assert outcomes == [expected, expected]
+
+
 # -- the real SDK: a retry after message_start, its usage spent, the budget checked ---------
 
 BILLED = 1000

@@ -64,7 +64,7 @@ from .records import Checkpoint, Record, RecordType, ReplyState
 from .schema import OutputSchema, SchemaFailure
 from .store.base import IN_PROGRESS, CheckpointDraft, RecordDraft, ReplyTicket, Store
 from .store.owner import worker_id
-from .usage_by_model import USAGE_BY_MODEL, by_model, parts_of
+from .usage_by_model import USAGE_BY_MODEL, by_model, natively, parts_of
 
 if TYPE_CHECKING:
     from .tracing import ReplyTrace
@@ -272,6 +272,7 @@ class ReplyPersister:
         self._prefix_thinking = ""
         self._native = False  # this round continues the checkpoint's own stream
         self._billed_before: Usage | None = None  # a native round's carried usage
+        self._made_by: dict[str, str | None] | None = None  # the model of a native round's stream
         self._set_aside: Usage | None = None  # this round's attempts sent again (billed)
         self.thread_version: int | None = None
         """The context's version when the last request read its history (its commit keeps
@@ -452,7 +453,7 @@ class ReplyPersister:
         if held:
             metadata[HELD_KEY] = held
         if self.model_name is not None:  # what prices the attempt once kept or discarded
-            metadata.update(model_keys(self.model_name))
+            metadata.update(self._model_keys())
         split = self._usage_by_model()
         if split is not None:  # it names this model; earlier attempts were another's
             metadata[USAGE_BY_MODEL] = split
@@ -712,6 +713,14 @@ class ReplyPersister:
         if self._resume is None or self._seeded or self.builder.chunks:
             return
         self._native = True
+        # The stream is the checkpoint's own response: the model it names made it and bills
+        # it, whatever model the window uses now.
+        named, provider = self._resume.metadata.get("model"), self._resume.metadata.get("provider")
+        self._made_by = (
+            {"model": named, "provider": provider if isinstance(provider, str) else None}
+            if isinstance(named, str) and named
+            else None
+        )
         point = self._resume.metadata.get(NATIVE_RESUME_KEY)
         before = point.get(BILLED_BEFORE) if isinstance(point, Mapping) else None
         self._billed_before = (
@@ -772,19 +781,36 @@ class ReplyPersister:
             return None
         return self._billed_before if self._native else resumed.usage
 
+    def _model_keys(self) -> dict[str, str | None]:
+        """``model`` and ``provider`` of the model that made this round's stream, which its
+        record and checkpoint name: the window's, or for a native round the model its
+        checkpoint names (it made the response the round continues)."""
+        if self._native and self._made_by is not None:
+            return self._made_by
+        return model_keys(self.model_name)
+
     def _usage_by_model(self) -> list[dict[str, Any]] | None:
         """The round's usage by the model that billed each part (``USAGE_BY_MODEL``) when
-        the checkpoint it resumes was billed by another model than this one (a window may
-        resume on another); None when this model billed it all, or the checkpoint names no
-        model (then, as ever, it is priced as this one). A native round continues its
-        checkpoint's own stream: left as it was."""
+        the checkpoint it resumes was billed by another model than the one that made the
+        round's stream (:meth:`_model_keys`; a window may resume on another); None when
+        that model billed it all, or the checkpoint names no model (then, as ever, it is
+        priced as this one). A native round's stream is its checkpoint's model's, which
+        reports the response's whole usage (:func:`~rxcontext.usage_by_model.natively`)."""
         resumed = self._resume
-        if resumed is None or self._native or resumed.usage is None:
+        if resumed is None or resumed.usage is None:
             return None
+        keys = self._model_keys()
+        if self._native:
+            return natively(
+                resumed.metadata,
+                self._billed_before,
+                keys["provider"],
+                keys["model"],
+                self.builder.usage,
+            )
         carried = parts_of(resumed.metadata, resumed.usage)
         if carried is None:
             return None
-        keys = model_keys(self.model_name)
         own = _plus(self._set_aside, self.builder.usage)
         return by_model(carried, keys["provider"], keys["model"], own)
 
@@ -904,6 +930,7 @@ class ReplyPersister:
             duration_ms=(now - sent) * 1000 if sent is not None else None,
             resumed=self._resume is not None,
         )
+        about.update(self._model_keys())  # a native round's: the model that made its stream
         split = self._usage_by_model()
         if split is not None:  # its cut attempts were billed by another model
             about[USAGE_BY_MODEL] = split

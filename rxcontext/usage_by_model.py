@@ -8,6 +8,10 @@ MODEL_RESP's (or checkpoint's) metadata lists the parts under :data:`USAGE_BY_MO
 oldest first, ``{"model", "provider", "usage"}`` each, their usages summing to its
 ``usage``; :mod:`rxcontext.cost` prices each by its own model. Absent when one model billed
 it all: ``model`` and ``provider`` then say which, as they always have.
+
+A native resume (OpenAI Responses background mode) streams the rest of the checkpoint's own
+response, made by the model the checkpoint names, whatever model the window uses now: that
+model billed the stream, and the reply names it (:func:`natively`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 from .chunks import Usage
 
-__all__ = ["USAGE_BY_MODEL", "Part", "by_model", "parse", "parts_of"]
+__all__ = ["USAGE_BY_MODEL", "Part", "by_model", "natively", "parse", "parts_of"]
 
 USAGE_BY_MODEL = "usage_by_model"
 """Metadata key of a reply (or checkpoint) whose ``usage`` more than one model billed."""
@@ -74,3 +78,42 @@ def by_model(
     if all(key == (provider, model) for key in merged):
         return None
     return [{"model": m, "provider": p, "usage": u.to_dict()} for (p, m), u in merged.items()]
+
+
+def natively(
+    metadata: Mapping[str, Any],
+    billed_before: Usage | None,
+    provider: str | None,
+    model: str | None,
+    own: Usage | None,
+) -> list[dict[str, Any]] | None:
+    """The :data:`USAGE_BY_MODEL` value of a native resume of the checkpoint whose
+    ``metadata`` names ``provider``'s ``model``, the model that made the stream: it carries
+    ``billed_before`` (what was billed before that stream began) and the stream reports
+    ``own``, its response's whole usage. None when that model billed it all.
+
+    The checkpoint's parts (all but that model's are billed before its stream) count its
+    stream's usage so far in that model's part, which the stream reports again whole: that
+    part is what was billed before less the other models' parts. Parts that do not add up
+    (not what rxcontext writes) are left out: the reply is then priced as the model that
+    made the stream.
+    """
+    listed = parse(metadata.get(USAGE_BY_MODEL))
+    if listed is None:  # the checkpoint's model billed it all (or it names none)
+        return None
+    made_by = (provider, model)
+    others = [u for p, m, u in listed if (p, m) != made_by]
+    mine = _less(billed_before or Usage(), sum(others, Usage()))
+    if mine is None:
+        return None
+    # That model's part as billed before its stream (where it was listed), then the stream's.
+    carried = [(p, m, mine if (p, m) == made_by else u) for p, m, u in listed]
+    if all((p, m) != made_by for p, m, _ in listed):
+        carried.append((provider, model, mine))
+    return by_model([c for c in carried if c[2] != Usage()], provider, model, own)
+
+
+def _less(a: Usage, b: Usage) -> Usage | None:
+    """``a - b`` count by count; None if ``b`` counts more than ``a`` anywhere."""
+    counts = {k: v - b.to_dict()[k] for k, v in a.to_dict().items()}
+    return None if min(counts.values()) < 0 else Usage.from_dict(counts)

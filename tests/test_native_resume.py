@@ -33,10 +33,13 @@ from replay import Reply as Served
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, Record, RecordType, StreamInterrupted
 from rxcontext import operators as rxops
+from rxcontext.chunks import Usage
+from rxcontext.cost import price, reply_cost
 from rxcontext.persist import HELD_KEY, REPLY_KEYS
 from rxcontext.providers import OpenAIResponsesModel
 from rxcontext.providers.base import NATIVE_RESUME_KEY, ResumeCursor
 from rxcontext.providers.openai import OUTPUT_KEY
+from rxcontext.usage_by_model import USAGE_BY_MODEL
 from rxcontext.window import CONTINUE_PROMPT
 
 KEY = "sk-test-RXCONTEXT0123456789secret"
@@ -194,9 +197,9 @@ def delivered_text(events: list[dict[str, Any]]) -> str:
 # -- windows and runners --------------------------------------------------------------------
 
 
-def model(replay: Replay, wire: str, **params: Any) -> OpenAIResponsesModel:
+def model(replay: Replay, wire: str, name: str = "gpt-5.5", **params: Any) -> OpenAIResponsesModel:
     return OpenAIResponsesModel(
-        "gpt-5.5",
+        name,
         client=openai.OpenAI(api_key=KEY, max_retries=0, http_client=replay.client()),
         async_client=openai.AsyncOpenAI(
             api_key=KEY, max_retries=0, http_client=replay.async_client()
@@ -206,9 +209,11 @@ def model(replay: Replay, wire: str, **params: Any) -> OpenAIResponsesModel:
     )
 
 
-def window(replay: Replay, wire: str = "fast", **params: Any) -> ContextWindow:
+def window(
+    replay: Replay, wire: str = "fast", name: str = "gpt-5.5", at: str = ":memory:", **params: Any
+) -> ContextWindow:
     params.setdefault("background", True)
-    cw = ContextWindow(rxcontext.open(":memory:"), model(replay, wire, **params), "bg", retry=None)
+    cw = ContextWindow(rxcontext.open(at), model(replay, wire, name, **params), "bg", retry=None)
     cw.add_prompt("say hello")
     return cw
 
@@ -741,6 +746,152 @@ def test_a_native_resume_of_a_continuation_cut_again_carries_the_first_attempts_
     assert record.content == FULL + " and more"
     assert record.metadata["usage"]["total_tokens"] == 16 + 33
     assert cw.stats().usage.total_tokens == 16 + 33
+
+
+# A reply big enough that its model's price shows (gpt-5 costs 20 times gpt-5-nano).
+BIG = {
+    "input_tokens": 20000,
+    "input_tokens_details": {"cached_tokens": 0},
+    "output_tokens": 8000,
+    "output_tokens_details": {"reasoning_tokens": 2000},
+    "total_tokens": 28000,
+}
+
+
+def own_usage(usage: dict[str, Any]) -> Usage:
+    return Usage.of(
+        usage["input_tokens"],
+        usage["output_tokens"],
+        usage["total_tokens"],
+        usage["input_tokens_details"]["cached_tokens"],
+        usage["output_tokens_details"]["reasoning_tokens"],
+    )
+
+
+@pytest.mark.parametrize("mode,wire", PATHS, ids=IDS)
+def test_a_native_resume_on_another_model_is_priced_as_the_model_that_made_the_response(mode, wire):
+    """A background reply made by gpt-5 is cut; the window now uses gpt-5-nano and resumes
+    it natively: the resume streams the rest of the same gpt-5 response, whose whole usage
+    gpt-5 bills. The stored reply names gpt-5 and is priced as gpt-5; a checkpoint of the
+    resume, cut again, names gpt-5 too."""
+    events = with_usage(background_events(), BIG)
+    cut = FIRST_DELTA + 2
+    after = resume_point(cut)
+    again = after + 1  # the native stream is cut once more, one delta on
+    rest = [e for e in events if e["sequence_number"] > after]
+    replay = Replay(
+        Served(frame(events), cut_after=cut),
+        Served(frame(rest), cut_after=again - after),
+        frame([e for e in events if e["sequence_number"] > again]),
+    )
+    cw = window(replay, wire, "gpt-5")
+    _, error = run(mode, cw)
+    assert isinstance(error, StreamInterrupted)
+    cp = error.checkpoint
+    assert cp.metadata["model"] == "gpt-5" and cp.metadata[NATIVE_RESUME_KEY]["after"] == after
+    cw.model = model(replay, wire, "gpt-5-nano", background=True)
+    _, error = run(mode, cw, cp.id)
+    assert isinstance(error, StreamInterrupted)
+    check_get(replay.requests[1], after)
+    cut_again = error.checkpoint
+    assert cut_again.metadata["model"] == "gpt-5"
+    assert cut_again.metadata["provider"] == "openai-responses"
+    assert USAGE_BY_MODEL not in cut_again.metadata
+    _, error = run(mode, cw, cut_again.id)
+    assert error is None
+    check_get(replay.requests[2], again)
+    [record] = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
+    assert record.content == FULL
+    assert record.metadata["model"] == "gpt-5"
+    assert record.metadata["provider"] == "openai-responses"
+    assert USAGE_BY_MODEL not in record.metadata
+    assert record.metadata["usage"] == own_usage(BIG).to_dict()
+    made = price(own_usage(BIG), "gpt-5", "openai-responses")
+    assert made is not None and made != price(own_usage(BIG), "gpt-5-nano", "openai-responses")
+    assert reply_cost(record) == made
+
+
+@pytest.mark.parametrize("mode,wire", PATHS, ids=IDS)
+def test_a_native_resume_on_a_third_model_prices_each_models_part_by_its_own(mode, wire, target):
+    """gpt-5's first attempt is cut after its usage came; by the resume, on gpt-5-mini, its
+    response has expired, so gpt-5-mini continues it with a response of its own, which is
+    cut in turn; the window now uses gpt-5-nano and resumes that natively: the stream is
+    gpt-5-mini's. The reply names gpt-5-mini and lists gpt-5's part and gpt-5-mini's, each
+    priced by its own model; gpt-5-nano billed nothing (both stores)."""
+    first = with_usage(EVENTS, BIG)
+    more = with_usage(background_events([" and", " more"]), USAGE_B)
+    at = next(i for i, e in enumerate(more) if e["type"] == "response.output_text.delta")
+    replay = Replay(
+        frame(first),
+        error_reply(404, f"Response with id '{RID}' not found."),
+        Served(frame(more), cut_after=at + 1),
+        frame([e for e in more if e["sequence_number"] > at]),
+    )
+    cw = window(replay, wire, "gpt-5", target)
+    cp = cut_after_chunks(mode, cw, 1 + len(DELTAS) + 1)  # the thinking, the text, the usage
+    assert cp.usage == own_usage(BIG)
+    cw.model = model(replay, wire, "gpt-5-mini", background=True)
+    _, error = run(mode, cw, cp.id)
+    assert isinstance(error, StreamInterrupted) and error.checkpoint.text == FULL + " and"
+    assert error.checkpoint.metadata["model"] == "gpt-5-mini"
+    cw.model = model(replay, wire, "gpt-5-nano", background=True)
+    _, error = run(mode, cw, cp.id)
+    assert error is None
+    check_get(replay.requests[3], at)
+    [record] = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
+    assert record.content == FULL + " and more"
+    assert record.metadata["model"] == "gpt-5-mini"
+    assert record.metadata["usage"] == (own_usage(BIG) + own_usage(USAGE_B)).to_dict()
+    assert record.metadata[USAGE_BY_MODEL] == [
+        {"model": "gpt-5", "provider": "openai-responses", "usage": own_usage(BIG).to_dict()},
+        {
+            "model": "gpt-5-mini",
+            "provider": "openai-responses",
+            "usage": own_usage(USAGE_B).to_dict(),
+        },
+    ]
+    first_cost = price(own_usage(BIG), "gpt-5", "openai-responses")
+    second_cost = price(own_usage(USAGE_B), "gpt-5-mini", "openai-responses")
+    assert first_cost is not None and second_cost is not None
+    assert reply_cost(record) == first_cost + second_cost
+    cw.store.close()
+
+
+@pytest.mark.parametrize("wire", ["sdk", "fast"])
+def test_a_native_resume_on_a_third_model_counts_the_streams_usage_once(wire):
+    """As above, but gpt-5-mini's continuation is cut after its usage was delivered and
+    before the rest of its final event: its checkpoint's gpt-5-mini part holds that usage,
+    and the native stream, which goes on after the last delta, reports it again whole. It is
+    counted once: the parts still add up to the reply's usage."""
+    first = with_usage(EVENTS, BIG)
+    more = with_usage(background_events([" and", " more"]), USAGE_B)
+    last = max(i for i, e in enumerate(more) if e["type"] == "response.output_text.delta")
+    replay = Replay(
+        frame(first),
+        error_reply(404, f"Response with id '{RID}' not found."),
+        frame(more),
+        frame(more[last + 1 :]),
+    )
+    cw = window(replay, wire, "gpt-5")
+    cp = cut_after_chunks("sync", cw, 1 + len(DELTAS) + 1)  # the thinking, the text, the usage
+    cw.model = model(replay, wire, "gpt-5-mini", background=True)
+    # the thinking, the text, the usage: not the DONE chunk of the same event
+    cw.resume(cp.id).pipe(ops.take(1 + 2 + 1)).subscribe(lambda _: None)
+    [cut] = cw.checkpoints()
+    assert cut.usage == own_usage(BIG) + own_usage(USAGE_B)
+    assert cut.metadata[NATIVE_RESUME_KEY]["after"] == last  # before the final event
+    cw.model = model(replay, wire, "gpt-5-nano", background=True)
+    _, error = run("sync", cw, cut.id)
+    assert error is None
+    check_get(replay.requests[3], last)
+    [record] = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
+    assert record.content == FULL + " and more"
+    assert record.metadata["model"] == "gpt-5-mini"
+    assert record.metadata["usage"] == (own_usage(BIG) + own_usage(USAGE_B)).to_dict()
+    assert [(p["model"], p["usage"]) for p in record.metadata[USAGE_BY_MODEL]] == [
+        ("gpt-5", own_usage(BIG).to_dict()),
+        ("gpt-5-mini", own_usage(USAGE_B).to_dict()),
+    ]
 
 
 def tool_events() -> list[dict[str, Any]]:

@@ -8,17 +8,36 @@ waited for it stores outputs). Its thread is a daemon, not one of a ``ThreadPool
 stopped waiting for it.
 
 The threads are bounded: a round of the blocking path runs at most :data:`ROUND_WORKERS`
-tools at once, and on asyncio at most :data:`SHARED_WORKERS` sync tools run at once in the
-whole process (a round of 200 parallel calls, or 1,000 replies at once each calling a tool,
+tools at once, and on asyncio at most :data:`SHARED_WORKERS` sync tools run at once on one
+event loop (a round of 200 parallel calls, or 1,000 replies at once each calling a tool,
 queue for them). A thread ends when it finds no tool waiting. A tool left running past a
 deadline keeps its thread until it returns.
+
+A bounded pool deadlocks once every thread of it waits for a job queued behind it: a sync
+tool that runs a sub-agent to its end, whose own sync tools need a thread, with the cap
+full of such tools. Two rules keep every such wait off the queue:
+
+- The cap is per event loop (as the loop's default executor's was): a sub-agent run with
+  ``asyncio.run`` on the tool's thread, or on any other thread, has a loop of its own and
+  so a cap of its own.
+- A job asked for by code that a tool of the same loop's pool runs (its context variables
+  say so: they pass to ``asyncio.run``'s tasks, ``asyncio.to_thread`` and
+  ``run_coroutine_threadsafe``) starts on a thread of its own at once, outside the cap: a
+  sub-agent run on the caller's loop never queues behind the tool that waits for it.
+
+So the bound holds for the tools of the replies a program runs; only tools run by tools
+pass it, no more of them than the tools that wait for them ask for. (A tool that hands a
+sub-agent to the caller's loop from a thread that carries no context variables, a bare
+``threading.Thread``, is not seen as nested and can still fill the cap with waiters.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -32,28 +51,37 @@ ROUND_WORKERS = 8
 """The most tools of one round the blocking path runs at once."""
 
 SHARED_WORKERS = max(ROUND_WORKERS, min(32, (os.cpu_count() or 1) + 4))
-"""The most sync tools that run at once on asyncio, in the whole process: as many threads
-as the loop's default executor has (what they ran on before), and no fewer than a blocking
-round has."""
+"""The most sync tools that run at once on one event loop: as many threads as the loop's
+default executor has (what they ran on before), and no fewer than a blocking round has."""
+
+_Job = tuple[contextvars.Context, Callable[[], Any], Future[Any]]
+
+_running_on: contextvars.ContextVar[_Workers | None] = contextvars.ContextVar(
+    "rxcontext_tool_pool", default=None
+)
+"""The pool whose job the current code runs in (set in each job's own context)."""
 
 
 class _Workers:
     """Up to ``limit`` daemon threads that run the jobs given, in order, each in a copy of
-    the context variables it was given from (as ``asyncio.to_thread`` runs a function)."""
+    the context variables it was given from (as ``asyncio.to_thread`` runs a function).
+    A job given from code one of its jobs runs starts at once on a thread of its own."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
-        self._reset()
-
-    def _reset(self) -> None:
         self._lock = threading.Lock()
-        self._work: deque[tuple[contextvars.Context, Callable[[], Any], Future[Any]]] = deque()
+        self._work: deque[_Job] = deque()
         self._threads = 0
 
     def submit(self, job: Callable[[], _T]) -> Future[_T]:
         """Queue ``job``; its future (cancelled before it starts, it never starts)."""
         future: Future[_T] = Future()
-        entry = (contextvars.copy_context(), job, future)
+        entry: _Job = (contextvars.copy_context(), job, future)
+        if _running_on.get() is self:  # nested: never behind the job that waits for it
+            threading.Thread(
+                target=self._one, args=entry, name="rxcontext-tool", daemon=True
+            ).start()
+            return future
         with self._lock:
             self._work.append(entry)
             start = self._threads < self._limit
@@ -78,20 +106,57 @@ class _Workers:
                 if not self._work:
                     self._threads -= 1
                     return
-                context, job, future = self._work.popleft()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = context.run(job)
-            except BaseException as error:  # the waiter's to raise, as an executor does
-                future.set_exception(error)
-            else:
-                future.set_result(result)
+                entry = self._work.popleft()
+            self._one(*entry)
+
+    def _one(
+        self, context: contextvars.Context, job: Callable[[], Any], future: Future[Any]
+    ) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = context.run(self._inside, job)
+        except BaseException as error:  # the waiter's to raise, as an executor does
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def _inside(self, job: Callable[[], _T]) -> _T:
+        _running_on.set(self)  # in the job's own copy of the context
+        return job()
 
 
-_shared = _Workers(SHARED_WORKERS)
-if hasattr(os, "register_at_fork"):  # a child has none of its parent's threads
-    os.register_at_fork(after_in_child=_shared._reset)
+class _PerLoop:
+    """One :class:`_Workers` of :data:`SHARED_WORKERS` per event loop, dropped with it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Workers]
+        self._pools = weakref.WeakKeyDictionary()
+        self._loopless = _Workers(SHARED_WORKERS)
+
+    def get(self) -> _Workers:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return self._loopless
+        with self._lock:
+            pool = self._pools.get(loop)
+            if pool is None:
+                pool = self._pools[loop] = _Workers(SHARED_WORKERS)
+            return pool
+
+
+_shared = _PerLoop()
+
+
+def _reset_in_child() -> None:  # a forked child has none of its parent's threads
+    global _shared
+    _shared = _PerLoop()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)
 
 
 def in_threads(jobs: Sequence[Callable[[], _T]], workers: int = 1) -> list[Future[_T]]:
@@ -102,6 +167,8 @@ def in_threads(jobs: Sequence[Callable[[], _T]], workers: int = 1) -> list[Futur
 
 
 def in_tool_thread(job: Callable[[], _T]) -> Future[_T]:
-    """Start ``job`` on one of the process's :data:`SHARED_WORKERS` tool threads, or queue
-    it until one is free; its future, as :func:`in_threads` gives."""
-    return _shared.submit(job)
+    """Start ``job`` on one of the running event loop's :data:`SHARED_WORKERS` tool
+    threads, or queue it until one is free (asked for by a tool of that pool: on a thread
+    of its own at once, see the module's docstring); its future, as :func:`in_threads`
+    gives."""
+    return _shared.get().submit(job)

@@ -366,7 +366,7 @@ class ToolRegistry:
         self, call_id: str, name: str, arguments: Mapping[str, Any], parse_error: str | None = None
     ) -> ToolResult:
         """Run one call: async runners on the running loop, sync ones on one of the
-        process's tool threads (queued while all are busy: see ``_toolthreads``). A
+        loop's tool threads (queued while all are busy: see ``_toolthreads``). A
         cancellation leaves a sync runner that started to finish there (its output is
         dropped); one still queued never starts."""
         prepared = self._prepare(call_id, name, arguments, parse_error)

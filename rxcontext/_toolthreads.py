@@ -29,21 +29,38 @@ So the bound holds for the tools of the replies a program runs; only tools run b
 pass it, no more of them than the tools that wait for them ask for. (A tool that hands a
 sub-agent to the caller's loop from a thread that carries no context variables, a bare
 ``threading.Thread``, is not seen as nested and can still fill the cap with waiters.)
+
+An async tool on the blocking path runs to its end on an event loop of its own, on its
+round's thread (:func:`run_to_end`); the driver reaches it through the round's
+:class:`RoundTasks`: past the deadline it cancels the tool's task on that loop (thread-safe)
+and waits up to :data:`UNWIND_SECONDS` for it to unwind, as asyncio cancels one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import functools
+import inspect
 import os
 import threading
+import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-__all__ = ["ROUND_WORKERS", "SHARED_WORKERS", "in_threads", "in_tool_thread"]
+__all__ = [
+    "ROUND_WORKERS",
+    "SHARED_WORKERS",
+    "UNWIND_SECONDS",
+    "RoundTasks",
+    "in_threads",
+    "in_tool_thread",
+    "run_to_end",
+]
 
 _T = TypeVar("_T")
 
@@ -53,6 +70,10 @@ ROUND_WORKERS = 8
 SHARED_WORKERS = max(ROUND_WORKERS, min(32, (os.cpu_count() or 1) + 4))
 """The most sync tools that run at once on one event loop: as many threads as the loop's
 default executor has (what they ran on before), and no fewer than a blocking round has."""
+
+UNWIND_SECONDS = 1.0
+"""How long a blocking reply past its deadline waits at most for the async tools it
+cancelled to unwind, before it ends."""
 
 _Job = tuple[contextvars.Context, Callable[[], Any], Future[Any]]
 
@@ -172,3 +193,70 @@ def in_tool_thread(job: Callable[[], _T]) -> Future[_T]:
     of its own at once, see the module's docstring); its future, as :func:`in_threads`
     gives."""
     return _shared.get().submit(job)
+
+
+_round: contextvars.ContextVar[RoundTasks | None] = contextvars.ContextVar(
+    "rxcontext_round_tasks", default=None
+)
+"""The blocking round whose tool the current code runs (set in each tool's own context)."""
+
+
+class RoundTasks:
+    """The async tools one round of the blocking path runs, each on a loop of its own on
+    the tool's thread: the driver cancels them from its own thread (:meth:`cancel`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any], threading.Event]]
+        self._running = []
+        self._cancelled = False
+
+    def bind(self, job: Callable[[], _T]) -> Callable[[], _T]:
+        """``job``, which runs an async tool as one of this round's (give it to
+        :func:`in_threads`, which runs it in a copy of the context)."""
+        return functools.partial(self._in_round, job)
+
+    def _in_round(self, job: Callable[[], _T]) -> _T:
+        _round.set(self)
+        return job()
+
+    async def _main(self, awaitable: Awaitable[_T]) -> _T:
+        _round.set(None)  # what the tool runs (a sub-agent's tools) is not the round's
+        task = asyncio.current_task()
+        assert task is not None
+        done = threading.Event()
+        with self._lock:
+            cancelled = self._cancelled
+            if not cancelled:
+                self._running.append((asyncio.get_running_loop(), task, done))
+        if cancelled:  # the driver stopped waiting before the tool began: it never does
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            raise asyncio.CancelledError
+        try:
+            return await awaitable
+        finally:
+            done.set()
+
+    def cancel(self, grace: float) -> bool:
+        """Cancel the round's async tools (from any thread; those yet to begin never do)
+        and wait up to ``grace`` seconds for them to unwind; whether they all did."""
+        with self._lock:
+            self._cancelled = True
+            running = list(self._running)
+        for loop, task, _ in running:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: the tool ended
+                loop.call_soon_threadsafe(task.cancel)
+        until = time.monotonic() + grace
+        return all(done.wait(max(0.0, until - time.monotonic())) for _, _, done in running)
+
+
+async def _await(awaitable: Awaitable[_T]) -> _T:
+    return await awaitable
+
+
+def run_to_end(awaitable: Awaitable[_T]) -> _T:
+    """Run ``awaitable`` to its end on a new event loop on this thread (``asyncio.run``);
+    as a tool of a blocking round (:meth:`RoundTasks.bind`), one the driver can cancel."""
+    tasks = _round.get()
+    return asyncio.run(_await(awaitable) if tasks is None else tasks._main(awaitable))

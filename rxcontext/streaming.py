@@ -46,7 +46,7 @@ from reactivex.scheduler import (
 
 from ._observers import subscriber
 from ._signals import HandOver
-from ._toolthreads import ROUND_WORKERS, in_threads
+from ._toolthreads import ROUND_WORKERS, UNWIND_SECONDS, RoundTasks, in_threads
 from ._watchdog import watching
 from .chunks import Chunk, ChunkKind, ToolCall
 from .errors import ReplyStopped, StreamInterrupted, StreamTimeout
@@ -107,7 +107,8 @@ def _run_tools_sync(
     # their own). A subscriber gone meanwhile (``gone()``) is asked nothing more and no tool
     # runs for it. With a deadline (``left()``: the seconds to it, on the real clock) the
     # tools always run on such threads and are waited for until it passes; then the reply
-    # ends, the tools left running.
+    # ends, its async tools cancelled (and waited for a moment to unwind), its sync ones
+    # left running.
     approval = run.tool_approval
     decided: list[ToolResult | None] = []
     for call in calls:
@@ -124,12 +125,16 @@ def _run_tools_sync(
         if seconds is not None and seconds <= 0:
             raise run.deadline_passed()
         workers = min(ROUND_WORKERS, len(todo)) if run.parallel_tools else 1
-        jobs = in_threads([functools.partial(run.run_tool, c) for c in todo], workers)
+        tasks = RoundTasks()
+        jobs = in_threads([tasks.bind(functools.partial(run.run_tool, c)) for c in todo], workers)
+        finished = False
         try:
             finished = not futures_wait(jobs, seconds).not_done
         finally:
             for job in jobs:
                 job.cancel()  # a tool not started yet never starts
+            if not finished:  # an async tool is cancelled, as on asyncio, and let unwind
+                tasks.cancel(UNWIND_SECONDS)
         if not finished:  # what they return, if they ever do, is dropped with these futures
             raise run.deadline_passed()
         ran = [job.result() for job in jobs]

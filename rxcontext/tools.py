@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._toolthreads import in_tool_thread
+from ._toolthreads import in_tool_thread, run_to_end
 from .chunks import ToolCall
 from .toolnames import check_new, check_stored
 
@@ -386,22 +386,19 @@ class ToolRegistry:
             return ToolResult(call_id, name, _error_output(str(exc) or type(exc).__name__), True)
 
 
-async def _await(value: Awaitable[Any]) -> Any:
-    return await value
-
-
 def _wait_for(awaitable: Awaitable[Any]) -> Any:
-    """Run ``awaitable`` to completion from synchronous code."""
+    """Run ``awaitable`` to completion from synchronous code (as a tool of a blocking
+    round, one its driver can cancel: see ``_toolthreads.run_to_end``)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(_await(awaitable))
+        return run_to_end(awaitable)
     # A blocking call made from async code (``cw.call()`` inside a coroutine): this thread's
     # loop is busy waiting for us, so the runner gets a fresh loop on a helper thread.
     # In a copy of the caller's context variables, as asyncio.to_thread runs a function.
     context = contextvars.copy_context()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rxcontext-tool") as pool:
-        return pool.submit(context.run, asyncio.run, _await(awaitable)).result()
+        return pool.submit(context.run, run_to_end, awaitable).result()
 
 
 def _as_text(output: Any) -> str:

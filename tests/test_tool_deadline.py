@@ -142,3 +142,51 @@ async def test_an_async_tool_past_the_deadline_is_cancelled_and_the_call_ends() 
     cw.add_prompt("And?")
     await cw.acall()
     check_next_request(cw, replay)
+
+
+class Awaiting:
+    """An async tool that waits for a future nobody sets (at most ``GUARD``), noting what
+    became of it; ``side effect`` is what it does only if it is not cancelled first."""
+
+    def __init__(self, swallow: bool = False) -> None:
+        self.swallow = swallow
+        self.started = threading.Event()
+        self.ended: list[str] = []
+        self.thread: threading.Thread | None = None
+
+    async def __call__(self, args: dict[str, Any]) -> str:
+        self.thread = threading.current_thread()
+        self.started.set()
+        try:
+            async with asyncio.timeout(GUARD):
+                await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            self.ended.append("cancelled")
+            if not self.swallow:
+                raise
+            return "a late output"
+        except TimeoutError:
+            self.ended.append("not cancelled")
+        self.ended.append("side effect")
+        return "2869461"
+
+
+@pytest.mark.parametrize("swallow", [False, True], ids=["unwinds", "returns-anyway"])
+def test_an_async_tool_on_the_blocking_path_past_the_deadline_is_cancelled(swallow: bool) -> None:
+    cw, replay = window()
+    tool = Awaiting(swallow)
+    cw.add_tool(MULTIPLY, tool)
+    cw.add_prompt("What is 1231 * 2331?")
+    with pytest.raises(StreamInterrupted) as cut:
+        cw.call(deadline=0.2)
+    assert tool.started.is_set()
+    assert tool.ended == ["cancelled"]  # it was cancelled, and unwound, before the call ended
+    check_cut(cut.value, cw, replay)
+    assert tool.thread is not None
+    tool.thread.join(GUARD)  # its thread is done with it: nothing happens later
+    assert not tool.thread.is_alive()
+    assert tool.ended == ["cancelled"]
+    assert [r.type for r in cw.records()][-1] is RecordType.TOOL_CALL  # nothing stored late
+    cw.add_prompt("And?")
+    cw.call()
+    check_next_request(cw, replay)

@@ -148,23 +148,27 @@ class _Workers:
 
 
 class _PerLoop:
-    """One :class:`_Workers` of :data:`SHARED_WORKERS` per event loop, dropped with it."""
+    """One :class:`_Workers` of :data:`SHARED_WORKERS` per event loop, dropped with it
+    (with no loop running, or one that takes no weak reference: one for them all)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Workers]
         self._pools = weakref.WeakKeyDictionary()
-        self._loopless = _Workers(SHARED_WORKERS)
+        self._others = _Workers(SHARED_WORKERS)
 
     def get(self) -> _Workers:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return self._loopless
+            return self._others
         with self._lock:
-            pool = self._pools.get(loop)
-            if pool is None:
-                pool = self._pools[loop] = _Workers(SHARED_WORKERS)
+            try:
+                pool = self._pools.get(loop)
+                if pool is None:
+                    pool = self._pools[loop] = _Workers(SHARED_WORKERS)
+            except TypeError:  # no weak reference to the loop
+                return self._others
             return pool
 
 

@@ -178,7 +178,7 @@ def test_an_async_tool_on_the_blocking_path_past_the_deadline_is_cancelled(swall
     cw.add_tool(MULTIPLY, tool)
     cw.add_prompt("What is 1231 * 2331?")
     with pytest.raises(StreamInterrupted) as cut:
-        cw.call(deadline=0.2)
+        cw.call(deadline=1.0)
     assert tool.started.is_set()
     assert tool.ended == ["cancelled"]  # it was cancelled, and unwound, before the call ended
     check_cut(cut.value, cw, replay)

@@ -8,7 +8,10 @@ wrote it: a null in such a property means the key was left out, so it is dropped
 a required property, or in one whose own schema allows null, stays.
 
 Both walk ``properties``, ``items``, ``anyOf`` / ``oneOf`` / ``allOf`` and local ``$ref``
-(``#/...``) targets, the keywords the strict modes support.
+(``#/...``) targets, the keywords the strict modes support. Under ``anyOf`` / ``oneOf`` a null
+is dropped when every branch the value may be for would drop it; a branch is ruled out by the
+value's types, ``const`` / ``enum`` values (a discriminating ``kind``, nested or not), keys,
+and a ``discriminator`` mapping (pydantic writes one for ``Field(discriminator=...)``).
 """
 
 from __future__ import annotations
@@ -113,13 +116,53 @@ def nullable_optionals(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def _may_be(value: Any, schema: Any, root: Any) -> bool:
-    """Whether ``value`` could be an instance of ``schema`` by its type and, for an object,
-    its keys (strict objects are closed)."""
+def _same(a: Any, b: Any) -> bool:
+    """Whether two JSON values are equal as JSON Schema's ``const`` / ``enum`` compare them
+    (``1`` is ``1.0``, but ``true`` is not ``1``)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, (dict, list)) or isinstance(b, (dict, list)):
+        return False
+    return bool(a == b)
+
+
+def _branches(
+    value: Any, schema: dict[str, Any], key: str, root: Any, seen: frozenset[int] = frozenset()
+) -> list[Any]:
+    """The ``key`` (``anyOf`` / ``oneOf``) branches of ``schema`` that ``value`` may be for:
+    those :func:`_may_be` allows, narrowed to the one a ``discriminator`` mapping names for
+    the value's tag, when it names one of them."""
+    branches = schema.get(key)
+    if not isinstance(branches, list):
+        return []
+    found = [b for b in branches if _may_be(value, b, root, seen)]
+    disc = schema.get("discriminator")
+    if isinstance(disc, dict) and isinstance(value, dict):
+        mapping, tag = disc.get("mapping"), value.get(str(disc.get("propertyName")))
+        target = mapping.get(tag) if isinstance(mapping, dict) and isinstance(tag, str) else None
+        named = [b for b in found if isinstance(b, dict) and b.get("$ref") == target]
+        if target is not None and named:
+            return named
+    return found
+
+
+def _may_be(value: Any, schema: Any, root: Any, seen: frozenset[int] = frozenset()) -> bool:
+    """Whether ``value`` could be an instance of ``schema``, once its optional nulls are read
+    as left out: by its type, ``const`` and ``enum``, the unions it is under and, for an
+    object, its keys (strict objects are closed unless they say otherwise) and their values;
+    an array by its items.
+    Undecided is "may be" (a recursive ``$ref`` back to the same value)."""
     if not isinstance(schema, dict):
         return schema is not False
+    if id(schema) in seen:
+        return True
+    seen = seen | {id(schema)}
     target = _resolve(root, schema["$ref"]) if "$ref" in schema else None
-    if target is not None and not _may_be(value, target, root):
+    if target is not None and not _may_be(value, target, root, seen):
         return False
     kinds = schema.get("type")
     if kinds is not None:
@@ -131,8 +174,34 @@ def _may_be(value: Any, schema: Any, root: Any) -> bool:
         ]
         if not any(fits):
             return False
+    if "const" in schema and not _same(value, schema["const"]):
+        return False
+    enum = schema.get("enum")
+    if isinstance(enum, list) and not any(_same(value, e) for e in enum):
+        return False
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list) and not _branches(value, schema, key, root, seen):
+            return False
+    every = schema.get("allOf")
+    if isinstance(every, list) and not all(_may_be(value, b, root, seen) for b in every):
+        return False
     props = schema.get("properties")
-    return not (isinstance(value, dict) and isinstance(props, dict)) or set(value) <= set(props)
+    if isinstance(value, dict) and isinstance(props, dict):
+        if schema.get("additionalProperties", False) is False and not set(value) <= set(props):
+            return False
+        required = schema.get("required")
+        needed = set(required) if isinstance(required, list) else set()
+        if not needed <= set(value):
+            return False
+        for key, item in value.items():
+            if item is None and key not in needed:
+                continue  # left out, or a null the property allows: either way it may be
+            if key in props and not _may_be(item, props[key], root):
+                return False
+    items = schema.get("items")
+    if isinstance(value, list) and isinstance(items, dict):
+        return all(_may_be(item, items, root) for item in value)
+    return True
 
 
 def drop_optional_nulls(value: Any, schema: Any, root: Any = None) -> Any:
@@ -171,7 +240,7 @@ def drop_optional_nulls(value: Any, schema: Any, root: Any = None) -> Any:
             # Which branch the value is for is not known; drop only what every branch it
             # may be for would drop alike.
             readings = [
-                drop_optional_nulls(value, b, root) for b in branches if _may_be(value, b, root)
+                drop_optional_nulls(value, b, root) for b in _branches(value, schema, key, root)
             ]
             if readings and all(r == readings[0] for r in readings[1:]):
                 value = readings[0]

@@ -8,12 +8,12 @@ the real openai SDK on the replay transport, both APIs and both wires."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from crafted_text import text_body
 from provider_rules import model_for
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from replay import Replay
 
 import rxcontext
@@ -168,3 +168,101 @@ def test_the_other_providers_keep_the_schema_and_its_verdict_on_null(kind: str) 
     )
     assert sent["required"] == ["name", "address"]
     assert sent["properties"]["age"] == CONTACT["properties"]["age"]  # type: ignore[index]
+
+
+class Search(BaseModel):
+    kind: Literal["search"]
+    query: str
+    limit: int = 10
+
+
+class Fetch(BaseModel):
+    kind: Literal["fetch"]
+    query: str
+    limit: int
+
+
+class Action(BaseModel):
+    action: Search | Fetch = Field(discriminator="kind")
+
+
+class FetchAny(BaseModel):
+    kind: Literal["fetch"]
+    query: str
+    limit: int | None = None  # a null here is a null
+
+
+class AnyAction(BaseModel):
+    action: Search | FetchAny = Field(discriminator="kind")
+
+
+@pytest.mark.parametrize("wire", ["fast", "sdk"])
+@pytest.mark.parametrize("kind", ["chat", "responses"])
+@pytest.mark.parametrize("model", [Action, AnyAction])
+def test_a_null_in_one_branch_of_a_union_is_read_for_the_branch_the_kind_names(
+    model: type[Action | AnyAction], kind: str, wire: str
+) -> None:
+    # The branches have the same keys and are told apart by their 'kind' const: the null is
+    # Search's optional limit left out. (The other branch would keep it: Fetch requires
+    # limit, FetchAny's allows null; only the const rules FetchAny out.)
+    answer = {"action": {"kind": "search", "query": "cats", "limit": None}}
+    replay = Replay(text_body(kind, [json.dumps(answer)]))
+    cw = window(kind, replay, wire)
+    reply = cw.call(schema=model)
+    sent = sent_schema(kind, replay.bodies[0])["$defs"]
+    assert sent["Search"]["properties"]["limit"]["type"] == ["integer", "null"]
+    assert reply.parsed == model(action=Search(kind="search", query="cats", limit=10))
+    assert reply.text == json.dumps(answer)
+
+
+@pytest.mark.parametrize("kind", ["chat", "responses"])
+def test_a_null_the_named_branch_allows_stays(kind: str) -> None:
+    answer = {"action": {"kind": "fetch", "query": "dogs", "limit": None}}
+    replay = Replay(text_body(kind, [json.dumps(answer)]))
+    cw = window(kind, replay, "fast")
+    assert cw.call(schema=AnyAction).parsed == AnyAction(
+        action=FetchAny(kind="fetch", query="dogs", limit=None)
+    )
+
+
+@pytest.mark.parametrize("kind", ["chat", "responses"])
+def test_a_null_in_the_branch_that_requires_the_key_still_fails(kind: str) -> None:
+    answer = {"action": {"kind": "fetch", "query": "cats", "limit": None}}
+    replay = Replay(text_body(kind, [json.dumps(answer)]))
+    cw = window(kind, replay, "fast")
+    with pytest.raises(SchemaValidationError, match=r"action\.fetch\.limit"):
+        cw.call(schema=Action)
+
+
+SHAPES = {
+    "title": "Shape",
+    "type": "object",
+    "properties": {
+        "shape": {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "properties": {"kind": {"enum": ["circle"]}, "size": {"type": "number"}},
+                    "required": ["kind"],
+                },
+                {
+                    "type": "object",
+                    "properties": {
+                        "kind": {"enum": ["square", "cube"]},
+                        "size": {"type": ["number", "null"]},
+                    },
+                    "required": ["kind"],
+                },
+            ]
+        }
+    },
+    "required": ["shape"],
+}
+
+
+@pytest.mark.parametrize("kind", ["chat", "responses"])
+def test_a_dict_schema_union_told_apart_by_enum_drops_the_optional_null(kind: str) -> None:
+    answer = {"shape": {"kind": "circle", "size": None}}
+    replay = Replay(text_body(kind, [json.dumps(answer)]))
+    cw = window(kind, replay, "fast")
+    assert cw.call(schema=SHAPES).parsed == {"shape": {"kind": "circle"}}

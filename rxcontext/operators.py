@@ -310,7 +310,11 @@ class Middleware:
             self._decide()
 
     def _decide(self) -> None:
-        awaited = frozenset(name for name in _HOOKS if is_async(getattr(self, name)))
+        # A hook not given is no coroutine function: asked only about those given (the
+        # middleware is often made per call, on the way to the first chunk).
+        awaited = frozenset(
+            name for name in _HOOKS if (hook := getattr(self, name)) is not None and is_async(hook)
+        )
         object.__setattr__(self, "awaited", awaited)
         object.__setattr__(self, "awaits_chunks", not awaited.isdisjoint(_CHUNK_HOOKS))
 

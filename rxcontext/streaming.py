@@ -72,28 +72,42 @@ class _Cancelled(Exception):
 
 
 class _Flag:
-    """Disposal of one subscription: polled before each emission, awaited by blocking waits."""
+    """Disposal of one subscription: polled before each emission, awaited by blocking waits.
+
+    Its ``threading.Event`` is made by the first wait (a retry's), not with every
+    subscription: most never wait. A wait stores it before it looks at ``disposed``, and a
+    dispose sets ``disposed`` before it looks for it, so one of the two always sees the
+    other."""
 
     __slots__ = ("_event", "disposed", "on_dispose")
 
     def __init__(self) -> None:
         self.disposed = False
-        self._event = threading.Event()
+        self._event: threading.Event | None = None
         self.on_dispose: Callable[[], None] | None = None
 
     def dispose(self) -> None:
         self.disposed = True
-        self._event.set()
+        event = self._event
+        if event is not None:
+            event.set()
         if self.on_dispose is not None:
             self.on_dispose()
 
     def wake(self) -> None:
         """Wake a blocking wait (after ``disposed`` was set without a dispose)."""
-        self._event.set()
+        event = self._event
+        if event is not None:
+            event.set()
 
     def wait(self, seconds: float) -> bool:
         """Block up to ``seconds``; True if the subscription was disposed meanwhile."""
-        return self._event.wait(seconds)
+        event = self._event
+        if event is None:
+            event = self._event = threading.Event()
+        if self.disposed:
+            return True
+        return event.wait(seconds)
 
 
 def _run_tools_sync(

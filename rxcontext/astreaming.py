@@ -1,8 +1,11 @@
 """The asyncio stream driver: one reply (or a tool loop of rounds) as an async iterator.
 
 The same loop as the Observable's (:mod:`.streaming`), over the model's async iterator.
-Nothing blocks the event loop on the store: opening the reply, reading its history,
-committing it and writing its checkpoints run in a worker thread the driver awaits; a write
+Nothing blocks the event loop on the store: committing the reply and writing its
+checkpoints run in a worker thread the driver awaits, and so do opening the reply and
+reading its history unless a SQLite store can do them at once (nothing holds it, no lock to
+wait for, nothing synced to disk, a short history: then they run on the loop's thread,
+which saves a trip to the worker thread on the way to the first chunk); a write
 that was under way when the task is cancelled is waited for, so what the store holds and
 what the driver believes always agree, and then the cancellation goes on.
 
@@ -32,7 +35,7 @@ from reactivex import abc
 
 from ._replystream import ReplyStream
 from .chunks import Chunk, ChunkKind, ToolCall
-from .errors import ReplyStopped, RxContextError, StreamInterrupted
+from .errors import ReplyStopped, RxContextError, StoreError, StreamInterrupted
 from .operators import Middleware
 from .persist import ReplyPersister
 from .providers.base import Request
@@ -397,9 +400,32 @@ def _clock(scheduler: abc.SchedulerBase | None) -> Callable[[], float]:
 
 
 def _open_and_request(run: Run) -> Request:
-    """Begin the reply and build its first request (in one worker-thread call)."""
-    run.open()
+    """Begin the reply (unless :func:`_at_once` did) and build its first request (in one
+    worker-thread call)."""
+    if not run.opened:
+        run.open()
     return run.request(0)
+
+
+def _at_once(run: Run) -> Request | None:
+    """Begin the reply and build its first request here, on the loop's thread, when the
+    store can do both at once: a SQLite store that nothing holds now, no lock to wait for
+    and nothing synced to disk (see ``SQLiteStore.at_once``: a durable write, a long history
+    or attachments are refused). None if not: what is left of it is done in the worker
+    thread, with the store's waits, as always. This saves the trip to the worker thread
+    and back (its two thread wake-ups) on the way to the first chunk."""
+    persister = run.persister
+    at_once = getattr(persister.store, "at_once", None)
+    if at_once is None or persister.resumes:
+        return None
+    with at_once() as free:
+        if not free:
+            return None
+        try:
+            run.open()
+            return run.request(0)
+        except StoreError:  # busy or not at once: done again in the worker thread
+            return None
 
 
 class _Expired(Exception):
@@ -443,8 +469,10 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
             await off_loop(run.open)
             for hook in starts:
                 await hook.ahook("on_start")
-        else:  # one trip to the worker thread instead of two: both are on the first chunk's way
-            first = await off_loop(_open_and_request, run)
+        else:  # none, or one trip to the worker thread: both are on the first chunk's way
+            first = _at_once(run)
+            if first is None:
+                first = await off_loop(_open_and_request, run)
         rounds = 0
         while True:
             if first is not None:

@@ -151,11 +151,16 @@ class Run:
             got.append(await tools.arun(call.id, call.name, call.arguments, call.error))
         return got[0]
 
+    opened: bool = False
+    """Whether :meth:`open` ran (the asyncio driver may have begun the reply on the loop's
+    thread, and then only builds its request in a worker thread)."""
+
     def open(self) -> None:
         """Begin the reply (its row, its position), start its periodic checkpoints and
         its heartbeat."""
         began = time.monotonic()  # the lease runs from before the row was written
         self.persister.begin()
+        self.opened = True
         if self.checkpointer is not None:
             self.checkpointer.register(self.persister)
         if self.heartbeat is not None:

@@ -153,6 +153,15 @@ def _use_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
         pause = min(pause * 2, 0.05)
 
 
+AT_ONCE_RECORDS = 256
+"""The most records a history read in :meth:`SQLiteStore.at_once` returns (more: it raises
+:class:`NotNow`, and the read is made again with no bound, off the event loop)."""
+
+
+class NotNow(StoreBusy):
+    """Internal: what :meth:`SQLiteStore.at_once` will not do on the calling thread."""
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -199,6 +208,8 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         self._lock = threading.RLock()
         self._bg_lock = threading.Lock()
         self._bg_conn: sqlite3.Connection | None = None
+        self._at_once: int | None = None
+        """The thread in :meth:`at_once` (it holds ``_lock``), if one is."""
         conn = self._connect(busy_timeout)
         try:
             if self.path == ":memory:":  # private and new: the migrated pages, copied
@@ -216,6 +227,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             conn.close()
             raise
         self._conn: sqlite3.Connection | None = conn
+        self._autocheckpoint = int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
 
     def _connect(self, busy_timeout: float) -> sqlite3.Connection:
         try:
@@ -269,6 +281,42 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         return conn
 
     @contextmanager
+    def at_once(self) -> Iterator[bool]:
+        """Hold the store for the calling thread if nothing holds it now; yield whether it
+        was. Inside, nothing waits and nothing syncs to disk: a lock another process or
+        connection holds raises :class:`~rxcontext.StoreBusy` at once (busy timeout 0), a
+        commit never checkpoints the WAL, a durable commit, an unbounded read (more than
+        :data:`AT_ONCE_RECORDS` records, or their attachments) raise
+        :class:`StoreBusy` too: what raised is done again elsewhere, with the waits.
+
+        For the asyncio driver, which opens a reply and reads its history on the event
+        loop's thread when this lets it, and in a worker thread otherwise."""
+        if not self._lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            db = self._conn
+            if db is None or self._at_once is not None:  # closed, or this thread is in one
+                yield False
+                return
+            db.execute("PRAGMA busy_timeout = 0")
+            db.execute("PRAGMA wal_autocheckpoint = 0")
+            self._at_once = threading.get_ident()
+            try:
+                yield True
+            finally:
+                self._at_once = None
+                db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                db.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}")
+        finally:
+            self._lock.release()
+
+    def _not_now(self, what: str) -> None:
+        """Raise :class:`NotNow` if the calling thread is in :meth:`at_once`."""
+        if self._at_once is not None and self._at_once == threading.get_ident():
+            raise NotNow(f"{what}: not at once")
+
+    @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             try:
@@ -287,6 +335,8 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         caller tries again later) and never holds up the foreground connection.
         """
         lock = self._bg_lock if background and not self._memory else self._lock
+        if durable:
+            self._not_now("a durable commit")
         with deferred(), lock:
             db = self._background() if background else self._db()
             try:
@@ -699,6 +749,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         ``upto`` keeps only positions up to and including it: the history a reply at that
         position was asked after (with that reply's own records).
         """
+        self._not_now("all the records")
         where = "context_id = ?"
         args: tuple[Any, ...] = (context_id,)
         if live_only:
@@ -737,11 +788,15 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             version = int(row[0])
             if since is not None and since >= version:
                 return version, []
+            after = -1 if since is None else since
+            if self._at_once is None or self._at_once != threading.get_ident():
+                found = db.execute(_HISTORY, (context_id, after)).fetchall()
+                return version, blobs.records_of(db, found)
             found = db.execute(
-                f"SELECT {rows.RECORD_COLUMNS} FROM records WHERE context_id = ? AND rev > ?"
-                " ORDER BY pos, id",
-                (context_id, -1 if since is None else since),
+                _HISTORY + " LIMIT ?", (context_id, after, AT_ONCE_RECORDS + 1)
             ).fetchall()
+            if len(found) > AT_ONCE_RECORDS or any(r[14] for r in found):
+                raise NotNow("a long history, or attachments: not at once")
             return version, blobs.records_of(db, found)
 
     def live_tokens(self, context_id: str) -> int:
@@ -882,6 +937,9 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
 
 
 _BG_BUSY = 0.05
+_HISTORY = (
+    f"SELECT {rows.RECORD_COLUMNS} FROM records WHERE context_id = ? AND rev > ? ORDER BY pos, id"
+)
 """How long a background checkpoint write waits for another process's lock before it gives
 up until the next interval (the stream never waits for it)."""
 

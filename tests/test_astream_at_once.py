@@ -1,0 +1,176 @@
+"""``astream`` on SQLite opens its reply and reads its history on the event loop's thread
+when the store can do that at once, and in a worker thread otherwise.
+
+At once means: nothing else holds the store, no lock (of another connection or process) to
+wait for, nothing synced to disk, a short history without attachments. The executor is
+counted (a ``ThreadPoolExecutor`` of the loop's that counts what it is given), and the
+store's own rows and the model's requests say that the reply is the same either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import rxcontext
+from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType
+from rxcontext.history import INTERRUPTED_TOOL_OUTPUT
+from rxcontext.providers import ScriptedModel
+from rxcontext.store.sqlite import AT_ONCE_RECORDS
+
+REPLY = [Chunk(ChunkKind.TEXT, "one "), Chunk(ChunkKind.TEXT, "two"), Chunk(ChunkKind.DONE)]
+
+
+class CountingExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor, counting the jobs it is given; ``on_submit`` is called
+    with each, on the loop's thread, before it runs."""
+
+    def __init__(self, on_submit: Callable[[], None] | None = None) -> None:
+        super().__init__(max_workers=2)
+        self.jobs = 0
+        self.on_submit = on_submit
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        self.jobs += 1
+        if self.on_submit is not None:
+            self.on_submit()
+        return super().submit(fn, *args, **kwargs)
+
+
+def first_chunk(cw: ContextWindow, executor: CountingExecutor) -> tuple[int, list[str]]:
+    """Jobs the executor was given before the first chunk, and the reply's texts."""
+
+    async def main() -> tuple[int, list[str]]:
+        asyncio.get_running_loop().set_default_executor(executor)
+        texts: list[str] = []
+        jobs = -1
+        async for chunk in cw.astream():
+            if jobs < 0:
+                jobs = executor.jobs
+            if chunk.kind is ChunkKind.TEXT:
+                texts.append(chunk.text)
+        return jobs, texts
+
+    return asyncio.run(main())
+
+
+def test_a_free_store_opens_the_reply_on_the_loop(tmp_path: Path) -> None:
+    with rxcontext.open(tmp_path / "once.db") as store:
+        model = ScriptedModel([REPLY])
+        cw = ContextWindow(store, model, "once")
+        cw.add_prompt("hi")
+        jobs, texts = first_chunk(cw, CountingExecutor())
+        assert jobs == 0  # no trip to a worker thread before the first chunk
+        assert texts == ["one ", "two"]
+        assert [r.content for r in model.requests[0].records] == ["hi"]
+        records = cw.live_records()
+        assert [(r.type, r.content) for r in records] == [
+            (RecordType.PROMPT, "hi"),
+            (RecordType.MODEL_RESP, "one two"),
+        ]
+        assert cw.active_replies() == [] and cw.checkpoints() == []
+
+
+def test_a_write_lock_held_elsewhere_is_waited_for_in_a_worker_thread(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    with rxcontext.open(path) as store:
+        model = ScriptedModel([REPLY])
+        cw = ContextWindow(store, model, "locked")
+        cw.add_prompt("hi")
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")  # another connection holds the write lock
+        ticks = 0
+        submitted = threading.Event()
+
+        async def main() -> tuple[int, list[str]]:
+            nonlocal ticks
+            loop = asyncio.get_running_loop()
+            executor = CountingExecutor(submitted.set)
+            loop.set_default_executor(executor)
+
+            async def release() -> None:
+                nonlocal ticks
+                while not submitted.is_set():  # the loop runs while the begin waits
+                    ticks += 1
+                    await asyncio.sleep(0)
+                ticks += 1
+                await asyncio.sleep(0)  # one more turn of the loop with the lock still held
+                other.execute("ROLLBACK")
+
+            releaser = asyncio.ensure_future(release())
+            texts = [c.text async for c in cw.astream() if c.kind is ChunkKind.TEXT]
+            await releaser
+            return executor.jobs, texts
+
+        jobs, texts = asyncio.run(main())
+        other.close()
+        assert jobs >= 1 and ticks >= 1
+        assert texts == ["one ", "two"]
+        assert [r.content for r in cw.live_records()] == ["hi", "one two"]
+
+
+def test_a_long_history_is_read_in_a_worker_thread(tmp_path: Path) -> None:
+    with rxcontext.open(tmp_path / "long.db") as store:
+        model = ScriptedModel([REPLY])
+        cw = ContextWindow(store, model, "long")
+        prompts = [f"p{i}" for i in range(AT_ONCE_RECORDS + 1)]
+        for text in prompts:
+            cw.add_prompt(text)
+        jobs, texts = first_chunk(cw, CountingExecutor())
+        assert jobs == 1  # the begin on the loop, the history in the worker thread
+        assert texts == ["one ", "two"]
+        assert [r.content for r in model.requests[0].records] == prompts
+        assert [r.content for r in cw.live_records()] == [*prompts, "one two"]
+
+
+def test_a_short_history_after_it_is_read_on_the_loop(tmp_path: Path) -> None:
+    with rxcontext.open(tmp_path / "short.db") as store:
+        model = ScriptedModel([REPLY], repeat_last=True)
+        cw = ContextWindow(store, model, "short")
+        prompts = [f"p{i}" for i in range(AT_ONCE_RECORDS + 1)]
+        for text in prompts:
+            cw.add_prompt(text)
+        first_chunk(cw, CountingExecutor())
+        cw.add_prompt("again")
+        # The window's history is read: only what changed since comes now.
+        jobs, _ = first_chunk(cw, CountingExecutor())
+        assert jobs == 0
+        assert [r.content for r in model.requests[1].records] == [*prompts, "one two", "again"]
+
+
+def test_attachments_are_read_in_a_worker_thread(tmp_path: Path) -> None:
+    with rxcontext.open(tmp_path / "blobs.db") as store:
+        model = ScriptedModel([REPLY])
+        cw = ContextWindow(store, model, "blobs")
+        png = b"\x89PNG\r\n\x1a\n" + bytes(64)
+        picture = rxcontext.Attachment(data=png, media_type="image/png")
+        cw.add_prompt("look", [picture])
+        jobs, _ = first_chunk(cw, CountingExecutor())
+        assert jobs == 1
+        (sent,) = model.requests[0].records
+        assert sent.attachments == (picture,)
+
+
+def test_an_unanswered_tool_call_is_answered_in_a_worker_thread(tmp_path: Path) -> None:
+    # The request answers it with a durable write (synced to disk): never on the loop.
+    with rxcontext.open(tmp_path / "dangling.db") as store:
+        model = ScriptedModel([REPLY])
+        cw = ContextWindow(store, model, "dangling")
+        cw.add_prompt("hi")
+        cw.add_tool_call("lookup", {"q": "x"}, id="call_1")
+        jobs, texts = first_chunk(cw, CountingExecutor())
+        assert jobs == 1
+        assert texts == ["one ", "two"]
+        sent = model.requests[0].records
+        assert [r.type for r in sent] == [
+            RecordType.PROMPT,
+            RecordType.TOOL_CALL,
+            RecordType.TOOL_OUTPUT,
+        ]
+        assert sent[2].content == INTERRUPTED_TOOL_OUTPUT
+        assert sent[2].id is not None  # stored, not only sent

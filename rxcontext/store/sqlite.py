@@ -937,11 +937,13 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
 
 
 _BG_BUSY = 0.05
+"""How long a background checkpoint write waits for another process's lock before it gives
+up until the next interval (the stream never waits for it)."""
+
 _HISTORY = (
     f"SELECT {rows.RECORD_COLUMNS} FROM records WHERE context_id = ? AND rev > ? ORDER BY pos, id"
 )
-"""How long a background checkpoint write waits for another process's lock before it gives
-up until the next interval (the stream never waits for it)."""
+"""A context's records changed since a version, in history order (``store.history``)."""
 
 
 def open_store(path: str | os.PathLike[str] = ":memory:", **kwargs: Any) -> SQLiteStore:

@@ -170,6 +170,34 @@ class Checkpointer(ServesStore):
                 if written is False and not persister.finished:  # not a reply just committed
                     persister.lost = _why_lost(self.store, persister)
                 persister.periodic_done(draft, written)
+        for persister, _ in batch:
+            # A long backlog is written a bounded part at a time (ReplyPersister._draft).
+            while persister.behind():
+                if not self._write_one(persister):
+                    break
+
+    def _write_one(self, persister: ReplyPersister) -> bool:
+        """One more periodic write of ``persister`` alone; True if it landed."""
+        if not persister.periodic_lock():
+            return False
+        written: bool | None = None
+        draft: CheckpointDraft | None = None
+        try:
+            draft = persister.snapshot()
+            if draft is not None:
+                assert persister.ticket is not None
+                results = self.store.save_checkpoints([(persister.ticket, draft)])
+                written = results[0] if results else None
+        except StoreClosedError:
+            written = None
+        except Exception:
+            _log.exception("periodic checkpoint write failed; retrying at the next interval")
+            written = None
+        finally:
+            if written is False and not persister.finished:
+                persister.lost = _why_lost(self.store, persister)
+            persister.periodic_done(draft, written)
+        return bool(written)
 
 
 def _why_lost(store: Store, persister: ReplyPersister) -> OwnershipLost | ContextNotFound:

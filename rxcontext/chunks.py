@@ -393,6 +393,7 @@ class ReplyBuilder:
         "_response_id",
         "_text",
         "_text_fresh",
+        "_text_gone",
         "_thinking",
         "_thinking_blocks",
         "_thinking_fresh",
@@ -404,6 +405,7 @@ class ReplyBuilder:
     def __init__(self) -> None:
         self._text: list[str] = []
         self._text_fresh = 0  # deltas at the end of _text not yet coalesced
+        self._text_gone = 0  # characters let go from the front of the text (let_go_text)
         self._thinking: list[str] = []
         self._thinking_fresh = 0
         self._thinking_open: _ThinkingBlock | None = None  # the block deltas go to now
@@ -426,6 +428,7 @@ class ReplyBuilder:
         """Whether it holds anything but usage: text, reasoning, a tool call, an end."""
         return bool(
             self._text
+            or self._text_gone
             or self._thinking
             or self._thinking_blocks
             or self._calls
@@ -575,7 +578,62 @@ class ReplyBuilder:
     def text_from(self, start: int) -> tuple[str, int]:
         """The text from character ``start`` on, and the whole text's length (for a
         checkpoint that holds the first ``start`` characters already)."""
-        return _suffix(self._text, start)
+        gone = self._text_gone
+        if not gone:
+            return _suffix(self._text, start)
+        text, end = _suffix(self._text, start - gone)
+        return text, end + gone
+
+    def text_slice(self, start: int, limit: int) -> str:
+        """At most ``limit`` characters of the text from character ``start`` on (joined from
+        the blocks they are in only), for a checkpoint written a bounded part at a time."""
+        parts = list(self._text)  # one atomic step, as in _suffix
+        pos = self._text_gone
+        i, n = 0, len(parts)
+        while i < n and pos + len(parts[i]) <= start:
+            pos += len(parts[i])
+            i += 1
+        taken: list[str] = []
+        got = 0
+        while i < n and got < limit:
+            piece = parts[i][start - pos :] if pos < start else parts[i]
+            pos = start = 0  # only the first block is cut at the start
+            taken.append(piece[: limit - got])
+            got += len(taken[-1])
+            i += 1
+        return "".join(taken)
+
+    def text_length(self) -> int:
+        """The text's length so far (let go of or not)."""
+        return self._text_gone + sum(map(len, self._text))
+
+    def let_go_text(self, upto: int) -> None:
+        """Let go of the text's first ``upto`` characters (a checkpoint holds them: the
+        persister commits a long reply from there, :mod:`rxcontext.persist`). Afterwards
+        :attr:`text` and :meth:`build` hold only the rest, :attr:`text_gone` says how much
+        went; :meth:`text_from` keeps counting from the reply's start."""
+        drop = upto - self._text_gone
+        if drop <= 0:
+            return
+        parts = self._text
+        i = n = 0
+        while i < len(parts) and n + len(parts[i]) <= drop:
+            n += len(parts[i])
+            i += 1
+        if n < drop:  # the cut falls inside a block: keep its rest (at most a block)
+            parts[i] = parts[i][drop - n :]
+        del parts[:i]
+        self._text_fresh = min(self._text_fresh, len(parts))
+        self._text_gone = upto
+
+    @property
+    def text_gone(self) -> int:
+        """Characters of text let go (:meth:`let_go_text`): :attr:`text` starts after them."""
+        return self._text_gone
+
+    def held(self) -> int:
+        """Characters of text and reasoning the builder holds."""
+        return sum(map(len, self._text)) + sum(map(len, self._thinking))
 
     def thinking_from(self, start: int) -> tuple[str, int]:
         """As :meth:`text_from`, for the reasoning text."""
@@ -614,8 +672,9 @@ class ReplyBuilder:
             for index, call in self._all_calls()
         ]
 
-    def build(self) -> Reply:
-        """The :class:`Reply` of everything added so far."""
+    def build(self, *, text: bool = True) -> Reply:
+        """The :class:`Reply` of everything added so far (``text=False``: its text left
+        out, and not joined)."""
         base = self._base  # a call with no id: the store's id, its index in its round
         calls = tuple(
             ToolCall.parse(
@@ -633,7 +692,7 @@ class ReplyBuilder:
         if blocks:
             metadata["thinking_blocks"] = blocks
         return Reply(
-            text=self.text,
+            text=self.text if text else "",
             thinking=thinking,
             tool_calls=calls,
             usage=self.usage,

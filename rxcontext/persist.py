@@ -175,13 +175,15 @@ def reply_drafts(
     streamed: bool,
     text: str | None = None,
     about: Mapping[str, Any] | None = None,
+    spoke: bool = False,
 ) -> list[RecordDraft]:
     """The records a completed reply is stored as: MODEL_RESP, then one TOOL_CALL per call.
 
     The MODEL_RESP is kept when it has text, thinking blocks or metadata a provider needs
     back, or when there are no tool calls (an empty reply is still a reply). ``about``
     (see :func:`reply_metadata`) is added to the MODEL_RESP's metadata, or, in a round of
-    tool calls alone, to the first TOOL_CALL's.
+    tool calls alone, to the first TOOL_CALL's. ``spoke``: the reply has text even if
+    ``text`` is empty (a long reply whose text its checkpoint holds: ``text`` is the rest).
     """
     body = reply.text if text is None else text
     drafts: list[RecordDraft] = []
@@ -191,7 +193,7 @@ def reply_drafts(
     provider_metadata = bool(metadata)
     if about:
         metadata.update(about)
-    if body or provider_metadata or not reply.tool_calls:
+    if body or spoke or provider_metadata or not reply.tool_calls:
         drafts.append(
             RecordDraft(
                 RecordType.MODEL_RESP,
@@ -289,6 +291,16 @@ class ReplyPersister:
         self._text_mark = 0
         self._thinking_mark = 0
         self._inflight = (0, 0)  # the marks once the write being made lands
+        # The builder let go of the text before the text mark (a long reply on a store that
+        # commits it from the checkpoint's parts: _let_go_landed); the commit does so.
+        self._from_parts = False
+        # A long backlog is written a bounded part at a time (not joined whole beside the
+        # builder's blocks): the checkpointer writes again while the text mark is behind
+        # where the text stood at its tick's first write (_catch_to).
+        self._behind = False
+        self._catch_to = 0
+        self._let_go_due = False  # a landed write's text to let go of, at attend()
+        self._flush_due = False  # the timer found the driver busy: it writes, at attend()
         self._written = 0  # builder.chunks at the last checkpoint write (-1: write again)
         # The exactness protocol (module docstring).
         self.busy = False
@@ -431,9 +443,22 @@ class ReplyPersister:
 
     def _draft(self, error: str | None) -> CheckpointDraft:
         """What the checkpoint does not hold yet: the text and thinking delivered past the
-        marks (O(that text)); the marks move when the write lands (:meth:`_landed`)."""
+        marks (O(that text)); the marks move when the write lands (:meth:`_landed`).
+
+        A periodic write of a reply that can be committed from its checkpoint
+        (:meth:`_long_at`, and no native resume point to keep in step) takes at most that
+        many characters of text: a long backlog is written in bounded parts
+        (:meth:`behind`), the builder letting go of each as it lands."""
         b = self.builder
-        text, text_end = b.text_from(self._text_mark)
+        self._behind = False
+        cap = self._cap() if error == IN_PROGRESS else None
+        if cap is not None and b.text_length() - self._text_mark > cap:
+            text = b.text_slice(self._text_mark, cap)
+            text_end = self._text_mark + len(text)
+            self._behind = text_end < self._catch_to
+            self._written = -1  # the rest is still to write
+        else:
+            text, text_end = b.text_from(self._text_mark)
         thinking, thinking_end = b.thinking_from(self._thinking_mark)
         # A pair's high half waits for its low half (a provider may cut an emoji between two
         # deltas): stored alone, it could only be replaced and the character lost. A
@@ -480,6 +505,64 @@ class ReplyPersister:
         """The write :meth:`_draft` made is stored: the checkpoint holds its text now."""
         self._text_mark, self._thinking_mark = self._inflight
 
+    def _cap(self) -> int | None:
+        """The most characters of text a periodic write takes (see :meth:`_draft`)."""
+        return self._long_at() if self._cursor is None else None
+
+    def behind(self) -> bool:
+        """For the timer: the last periodic write took a bounded part of a long backlog and
+        landed; the rest of what was there at the tick's first write is to write now."""
+        return self._behind and not self.finished and self.lost is None
+
+    def _catch_up(self) -> None:
+        """Write the text past the mark in bounded parts before a long reply's commit from
+        its checkpoint (the commit then takes it all from the checkpoint). The caller holds
+        ``_write`` and the round ended (no chunk is being folded). A write that does not
+        land stops it: the commit takes the rest from the builder."""
+        assert self.ticket is not None
+        self._let_go_landed()  # a write may have landed while the driver folded a chunk
+        self._catch_to = self.builder.text_length()
+        cap = self._cap()
+        while cap is not None and self._text_mark < self._catch_to:
+            draft = self._draft(IN_PROGRESS)
+            if self._inflight[0] == self._text_mark:
+                return  # only a pair's high half is left: the commit takes it
+            written = self.store.save_checkpoints([(self.ticket, draft)])
+            if not (written and written[0]):
+                return
+            self._landed()
+            self._let_go_landed()
+
+    def _long_at(self) -> int | None:
+        """The text mark from which the builder lets go of what the checkpoint holds, or
+        None when this reply keeps its whole text: no periodic checkpoints, a store that
+        cannot commit a reply from its checkpoint (``commit_reply_from_parts``: SQLite's
+        incremental I/O, not PostgreSQL), a resumed reply (its text starts with the claimed
+        checkpoint's), or a structured-output reply (validated whole)."""
+        if self.every is None or self._claim_resume is not None or self.output_schema is not None:
+            return None
+        return cast("int | None", getattr(self.store, "long_text", None))
+
+    def _long_enough(self) -> bool:
+        """Whether the checkpoint holds enough text for the builder to let go of it."""
+        at = self._long_at()
+        return at is not None and self._text_mark >= at
+
+    def _let_go_landed(self) -> None:
+        """The builder lets go of the text the checkpoint holds, once that is long (the
+        store's long-value threshold: below it the store binds the text whole anyway).
+        Only while no chunk is being folded (the caller holds the claim with ``busy``
+        clear, or is the driver); the commit then writes the record from the checkpoint."""
+        mark = self._text_mark
+        if mark <= self.builder.text_gone:
+            return
+        if not self._from_parts:
+            at = self._long_at()
+            if at is None or mark < at:
+                return
+            self._from_parts = True
+        self.builder.let_go_text(mark)
+
     def _give_back(self) -> None:
         """A periodic write failed: its text is still past the marks; write again."""
         self._written = -1
@@ -498,10 +581,13 @@ class ReplyPersister:
             self._claimed = True
             try:
                 if self.busy:
+                    self._flush_due = True
                     self.attention = True
                     return None
                 if not self._dirty():
                     return None
+                if not self._behind:  # the tick's first write: how far it catches up
+                    self._catch_to = self.builder.text_length()
                 self._written = self.builder.chunks
                 return self._draft(IN_PROGRESS)
             finally:
@@ -519,7 +605,14 @@ class ReplyPersister:
                 return
             if written:
                 self._landed()
-            elif written is None:
+                if self._from_parts or self._long_enough():
+                    # The driver lets go of it between two chunks (attend): never on this
+                    # thread, which may run while the driver builds the reply.
+                    self._let_go_due = True
+                    self.attention = True
+            else:
+                self._behind = False
+            if written is None:
                 with self._claim:
                     self._give_back()
             elif not written and not self.finished:
@@ -532,7 +625,8 @@ class ReplyPersister:
             self._write.release()
 
     def attend(self) -> None:
-        """The driver, between chunks, does what the timer asked."""
+        """The driver, between chunks, does what the timer asked: let the builder go of the
+        text a landed write holds (a long reply), write the checkpoint itself."""
         self.attention = False
         if self.lost is not None:
             raise self.lost
@@ -546,7 +640,13 @@ class ReplyPersister:
             if not self._write.acquire(blocking=False):
                 return  # the timer (or a final write) is writing: it will be asked again
             try:
-                if self.finished or self.ticket is None or not self._dirty():
+                flush, self._flush_due = self._flush_due, False
+                if self._let_go_due and not self.finished:
+                    # Here alone the builder lets go (the driver folds nothing now, and a
+                    # final write from another thread, which reads it, waits for _write).
+                    self._let_go_due = False
+                    self._let_go_landed()
+                if self.finished or self.ticket is None or not flush or not self._dirty():
                     self._write.release()
                     return
                 self._written = self.builder.chunks
@@ -759,8 +859,12 @@ class ReplyPersister:
 
     def reply(self) -> Reply:
         """The round's reply so far (a resumed round includes the checkpoint's text and the
-        usage its cut attempts were billed; a round sent again, its failed attempts')."""
-        reply = self.builder.build()
+        usage its cut attempts were billed; a round sent again, its failed attempts').
+
+        A long reply whose builder let go of what its checkpoint holds has no text here (its
+        rest is not joined either): :meth:`complete` commits it whole from the checkpoint
+        and :attr:`final` holds it whole."""
+        reply = self.builder.build(text=not self._from_parts)
         carried = self._billed()
         if self._prefix or self._prefix_thinking or carried is not None:
             reply = replace(
@@ -836,10 +940,15 @@ class ReplyPersister:
         assert self.ticket is not None
         if self.fence is not None:
             self.fence()
-        # The builder's blocks were freed by the join (:meth:`reply`): give their memory back
-        # before SQLite allocates its copies of a long reply (rxcontext/_memory.py). Here, not
-        # in reply(): the async driver runs this off its event loop.
-        let_go(len(reply.text) + len(reply.thinking))
+        # A long reply the builder let go of is committed from its checkpoint's parts: no
+        # periodic write may land meanwhile (the text past the mark is the rest), so even
+        # the last round's commit waits for one in flight here.
+        from_parts = self._from_parts
+        # The builder's blocks were freed by the join (:meth:`reply`), or as checkpoints
+        # landed: give their memory back before SQLite allocates its copies of a long reply
+        # (rxcontext/_memory.py). Here, not in reply(): the async driver runs this off its
+        # event loop.
+        let_go(len(reply.text) + len(reply.thinking) + self.builder.text_gone)
         failure: str | None = None
         # The last round's commit does not wait for a periodic write of this reply that is
         # in flight (the checkpointer's batch of every reply, which may wait for a lock, a
@@ -847,7 +956,7 @@ class ReplyPersister:
         # not the checkpoint's text, and once it lands the store fences that write (the
         # reply's row is no longer streaming). A tool round's commit still waits: the next
         # round's checkpoint starts from it.
-        with deferred(), self._write if not last else contextlib.nullcontext():
+        with deferred(), self._write if not last or from_parts else contextlib.nullcontext():
             if last and not self._finish():
                 return False
             if not last and self.finished:
@@ -869,16 +978,21 @@ class ReplyPersister:
                         about["parsed"] = _json_safe(schema.dump(parsed))
                         reply = replace(reply, parsed=parsed)
             try:
-                records = self.store.commit_reply(
-                    self.context_id,
-                    reply_drafts(reply, streamed=self._streamed, about=about),
-                    usage=reply.usage,
-                    last_response_id=reply.response_id,
-                    reply=self.ticket,
-                    end="reply" if last else "round",
-                    commit_id=self._commit_id(),
-                    thread_version=self.thread_version,
-                )
+                if from_parts:
+                    records = self._commit_from_parts(reply, about, last=last)
+                    # The whole text, read back from the row: the record's and the reply's.
+                    reply = replace(reply, text=records[0].content)
+                else:
+                    records = self.store.commit_reply(
+                        self.context_id,
+                        reply_drafts(reply, streamed=self._streamed, about=about),
+                        usage=reply.usage,
+                        last_response_id=reply.response_id,
+                        reply=self.ticket,
+                        end="reply" if last else "round",
+                        commit_id=self._commit_id(),
+                        thread_version=self.thread_version,
+                    )
             except BaseException:
                 # Nothing was stored: the reply is not over, so the failure path's final
                 # write (its checkpoint, every chunk delivered) must still happen.
@@ -918,6 +1032,35 @@ class ReplyPersister:
                 errors=failure,
             )
         return True
+
+    def _commit_from_parts(
+        self, reply: Reply, about: dict[str, Any], *, last: bool
+    ) -> list[Record]:
+        """Commit a reply whose text its checkpoint holds up to the text mark: the rest is
+        written into the checkpoint first (:meth:`_catch_up`), then the MODEL_RESP gets the
+        checkpoint's text and whatever rest no write took (the caller holds ``_write``),
+        written by the store a slice at a time. A failure leaves the marks where the
+        checkpoint stands: the failure path's final write appends what it does not hold."""
+        assert self.ticket is not None
+        self._catch_up()
+        rest, _ = self.builder.text_from(self._text_mark)
+        drafts = reply_drafts(
+            replace(reply, text=rest), streamed=self._streamed, about=about, spoke=True
+        )
+        commit = self.store.commit_reply_from_parts  # type: ignore[attr-defined]
+        return cast(
+            "list[Record]",
+            commit(
+                self.context_id,
+                drafts,
+                usage=reply.usage,
+                last_response_id=reply.response_id,
+                reply=self.ticket,
+                end="reply" if last else "round",
+                commit_id=self._commit_id(),
+                thread_version=self.thread_version,
+            ),
+        )
 
     def _about(self, reply: Reply) -> dict[str, Any]:
         sent, first = self._sent_at, self._first_at
@@ -962,6 +1105,7 @@ class ReplyPersister:
             self._text_mark = self._thinking_mark = 0
             self._seeded = self._written = 0
             self._set_aside = None
+            self._from_parts = False
         if self._cursor is not None:
             self._cursor.begin()  # the next round's stream has not started yet
         self._prefix = ""

@@ -18,17 +18,19 @@ value is the same TEXT, byte for byte, as binding the whole ``str`` would store
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 import sqlite3
+import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 from . import _sqlite_rows as rows
 from ._thinking import unpack
 
-__all__ = ["LONG", "Long", "json_value", "text_value", "write"]
+__all__ = ["LONG", "Long", "json_value", "read", "text_value", "write"]
 
 LONG = 1 << 20
 """Characters from which a value is written in slices."""
@@ -36,7 +38,7 @@ LONG = 1 << 20
 SLICE = 1 << 18
 """Characters encoded and written at a time."""
 
-_INCREMENTAL = hasattr(sqlite3.Connection, "blobopen")
+INCREMENTAL = hasattr(sqlite3.Connection, "blobopen")
 """False where SQLite was built without incremental I/O: every value is then bound whole."""
 
 
@@ -53,7 +55,7 @@ class Long:
 
 def text_value(text: str) -> str | Long:
     """``text`` (already :func:`rows.storable`) as a column value: itself, or a :class:`Long`."""
-    if len(text) < LONG or not _INCREMENTAL:
+    if len(text) < LONG or not INCREMENTAL:
         return text
 
     def pieces() -> Iterator[str]:
@@ -73,7 +75,7 @@ def json_value(value: Mapping[str, Any]) -> tuple[str | Long | None, Any]:
     storable), not by parsing the long JSON again.
     """
     plain = dict(value)
-    if not plain or not _INCREMENTAL or not _has_long(plain.values()):
+    if not plain or not INCREMENTAL or not _has_long(plain.values()):
         text = rows.to_json(plain)
         return text, rows.record_metadata(text) if text else {}
     longs: list[str] = []
@@ -142,3 +144,99 @@ def write(db: sqlite3.Connection, table: str, column: str, rowid: int, value: Lo
         for piece in value.pieces():
             if piece:
                 blob.write(piece.encode())
+
+
+READ = 1 << 16
+"""Bytes read at a time by :func:`read` (a 1 MiB read, its decoded slice and SQLite's pages
+kept 0.5x more of a 10 MB non-ASCII text resident beside it; 64 KiB, nothing measurable)."""
+
+_CONTINUATION = bytes(range(0x80, 0xC0))
+_WIDEST = (  # a lead byte of each width of character, widest first, and its widest code point
+    (re.compile(b"[\xf0-\xff]"), 0x10FFFF),
+    (re.compile(b"[\xc4-\xef]"), 0xFFFF),
+    (re.compile(b"[\x80-\xff]"), 0xFF),
+)
+
+
+def read(db: sqlite3.Connection, table: str, column: str, rowid: int) -> str:
+    """The TEXT value in ``table``'s row ``rowid``, read a slice at a time through a blob
+    handle, without a second whole copy: no bytes of the whole beside the ``str`` (as
+    selecting it would make), no list of pieces joined.
+
+    On CPython the ``str`` is made at its final length and width first (counted from the
+    UTF-8 bytes, a first pass) and each decoded slice copied into it (``PyUnicode_New``,
+    ``PyUnicode_CopyCharacters``, through ``ctypes``): growing it by ``+=`` resizes in
+    place only while the allocator can extend it, and else copies it whole, beside the old.
+    Elsewhere it grows by ``+=``: the same text, more memory.
+    """
+    with db.blobopen(table, column, rowid, readonly=True) as blob:
+        fill = _filler()
+        if fill is not None:
+            chars, widest = 0, 0x7F
+            while data := blob.read(READ):
+                chars += len(data.translate(None, _CONTINUATION))  # lead bytes
+                for found, code in _WIDEST:
+                    if code <= widest:
+                        break
+                    if found.search(data):
+                        widest = code
+                        break
+            blob.seek(0)
+            return fill(blob, chars, widest)
+        decode = codecs.getincrementaldecoder("utf-8")().decode
+        text = ""
+        while data := blob.read(READ):
+            text += decode(data)
+        return text + decode(b"", True)
+
+
+_Fill = Callable[[sqlite3.Blob, int, int], str]
+_fill: _Fill | None = None
+_looked = False
+
+
+def _filler() -> _Fill | None:
+    """:func:`read`'s CPython way (see there), or None elsewhere."""
+    global _fill, _looked
+    if _looked:
+        return _fill
+    _looked = True
+    if sys.implementation.name != "cpython":  # pragma: no cover - other interpreters
+        return None
+    import ctypes
+
+    try:
+        new = ctypes.pythonapi.PyUnicode_New
+        copy = ctypes.pythonapi.PyUnicode_CopyCharacters
+    except AttributeError:  # pragma: no cover - a CPython without them
+        return None
+    new.restype = ctypes.py_object
+    new.argtypes = [ctypes.c_ssize_t, ctypes.c_uint32]
+    copy.restype = ctypes.c_ssize_t
+    # By address: an argument converted as an object would hold a reference to the new
+    # str, which may be written only while its one reference is the caller's.
+    copy.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_ssize_t,
+        ctypes.c_void_p,
+        ctypes.c_ssize_t,
+        ctypes.c_ssize_t,
+    ]
+
+    def fill(blob: sqlite3.Blob, chars: int, widest: int) -> str:
+        text = new(chars, widest)  # uninitialised: every character is written below
+        decode = codecs.getincrementaldecoder("utf-8")().decode
+        at = 0
+        while data := blob.read(READ):
+            piece = decode(data)
+            copy(id(text), at, id(piece), 0, len(piece))  # raises (pythonapi) on error
+            at += len(piece)
+        piece = decode(b"", True)
+        copy(id(text), at, id(piece), 0, len(piece))
+        at += len(piece)
+        if at != chars:  # pragma: no cover - the count is of the same bytes
+            raise AssertionError(f"read {at} characters into a str of {chars}")
+        return cast(str, text)
+
+    _fill = fill
+    return _fill

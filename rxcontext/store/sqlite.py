@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .._memory import let_go
 from .._signals import deferred
 from ..chunks import Usage
 from ..errors import (
@@ -54,20 +55,31 @@ __all__ = ["SQLiteStore", "open_store"]
 
 _HEADER = b"SQLite format 3\x00"
 
-_INSERT_RECORD = {
-    (long_content, long_metadata): (
-        "INSERT INTO records (context_id, ts, source, content, live, est_tokens, response_id,"
-        " streamed, tool_call_id, tool_name, metadata, pos, reply_id, attachments, inherited,"
-        " rev)"
-        f" VALUES (?,?,?,{'CAST(zeroblob(?) AS TEXT)' if long_content else '?'},?,?,?,?,?,?,"
-        f"{'CAST(zeroblob(?) AS TEXT)' if long_metadata else '?'},?,?,?,?,"
-        " (SELECT version FROM contexts WHERE id = ?))"
+_INSERT_RECORD = (
+    "INSERT INTO records (context_id, ts, source, content, live, est_tokens, response_id,"
+    " streamed, tool_call_id, tool_name, metadata, pos, reply_id, attachments, inherited,"
+    " rev)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?, (SELECT version FROM contexts WHERE id = ?))"
+)
+"""The record's insert (a long value goes in empty: :data:`_LONG_VALUES`)."""
+
+_LONG_VALUES = {
+    (long_content, long_metadata): "UPDATE records SET "
+    + ", ".join(
+        [
+            f"{c} = CAST(zeroblob(?) AS TEXT)"
+            for c, on in (("content", long_content), ("metadata", long_metadata))
+            if on
+        ]
     )
-    for long_content in (False, True)
-    for long_metadata in (False, True)
+    + " WHERE id = ?"
+    for long_content, long_metadata in ((True, False), (False, True), (True, True))
 }
-"""The record's insert; a long value's ``?`` is its size, a TEXT placeholder of that many
-bytes that :func:`_sqlite_long.write` then writes over."""
+"""A record's long values as TEXT placeholders of their UTF-8 size (each ``?``), which
+:func:`_sqlite_long.write` then writes over. An update, after the insert: a ``BEFORE INSERT``
+trigger (``records_refuse_older_writers``) makes SQLite copy the new row for it, one more
+whole copy of a long value beside its placeholder and the row's record (a 10 MB value
+peaked at 3x its size inserted, 2x updated)."""
 
 
 _NOT_FILES = (
@@ -672,34 +684,43 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         reply_id: str | None = None,
         *,
         count: bool = True,
+        body_from: long.Long | None = None,
     ) -> Record:
         """Insert one record at ``pos``; ``count``: add a live record's tokens to the
         context's total here (a caller that writes the context's row anyway adds them in
-        that statement instead)."""
+        that statement instead). ``body_from``: the content, as pieces written in slices
+        (``draft.content`` is not used), read back from the row once written."""
         if not isinstance(draft.content, str):
             raise TypeError(f"record content must be a str, not {type(draft.content).__name__}")
-        content = rows.storable(draft.content)
-        # Long values go in a slice at a time (store/_sqlite_long.py): no whole copies.
-        body = long.text_value(content)
         metadata, read_back = long.json_value(pack(draft.metadata))
         attachments = blobs.checked(draft.attachments)
-        est = estimate_record_tokens(content, attachments)
+        content: str | None
+        body: str | long.Long
+        if body_from is not None:
+            content, body = None, body_from
+            # Its pieces are storable: its UTF-8 size is what estimate_tokens counts.
+            est = estimate_record_tokens("", attachments) + (body_from.size + 3) // 4
+        else:
+            content = rows.storable(draft.content)
+            # Long values go in a slice at a time (store/_sqlite_long.py): no whole copies.
+            body = long.text_value(content)
+            est = estimate_record_tokens(content, attachments)
         # In UTC, as every time here: an import's local times sort and read as PostgreSQL's.
         ts = rows.stamp(draft.timestamp) if draft.timestamp is not None else self.now()
         cur = db.execute(
-            _INSERT_RECORD[isinstance(body, long.Long), isinstance(metadata, long.Long)],
+            _INSERT_RECORD,
             (
                 context_id,
                 ts,
                 int(draft.type),
-                body.size if isinstance(body, long.Long) else body,
+                "" if isinstance(body, long.Long) else body,
                 int(draft.live),
                 est,
                 draft.response_id,
                 int(draft.streamed),
                 draft.tool_call_id,
                 draft.tool_name,
-                metadata.size if isinstance(metadata, long.Long) else metadata,
+                "" if isinstance(metadata, long.Long) else metadata,
                 pos,
                 reply_id,
                 len(attachments),
@@ -708,8 +729,19 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             ),
         )
         assert cur.lastrowid is not None
+        sizes = [v.size for v in (body, metadata) if isinstance(v, long.Long)]
+        if sizes:
+            # Sizing the values freed their slices (and a reply's own memory may be free
+            # still): hand it back before SQLite's copies of the placeholder.
+            let_go(sum(sizes))
+            db.execute(
+                _LONG_VALUES[isinstance(body, long.Long), isinstance(metadata, long.Long)],
+                (*sizes, cur.lastrowid),
+            )
         if isinstance(body, long.Long):
             long.write(db, "records", "content", cur.lastrowid, body)
+        if content is None:
+            content = long.read(db, "records", "content", cur.lastrowid)
         if isinstance(metadata, long.Long):
             long.write(db, "records", "metadata", cur.lastrowid, metadata)
         if attachments:

@@ -26,6 +26,7 @@ from ..errors import (
 )
 from ..records import Checkpoint, Record, RecordType, ReplyState
 from . import _sqlite_blobs as blobs
+from . import _sqlite_long as long
 from . import _sqlite_rows as rows
 from .base import (
     IN_PROGRESS,
@@ -198,6 +199,7 @@ class SQLiteReplies:
             reply_id: str | None = None,
             *,
             count: bool = True,
+            body_from: long.Long | None = None,
         ) -> Record: ...
 
     def _lease(self) -> str:
@@ -459,6 +461,66 @@ class SQLiteReplies:
 
         ``commit_id`` is ignored: a local commit either happened or raised.
         """
+        return self._commit_reply(
+            context_id,
+            drafts,
+            usage=usage,
+            last_response_id=last_response_id,
+            reply=reply,
+            end=end,
+            at=at,
+            thread_version=thread_version,
+        )
+
+    @property
+    def long_text(self) -> int | None:
+        """Characters from which a reply's text may be committed from its checkpoint
+        (:meth:`commit_reply_from_parts`); None where this SQLite cannot write in slices."""
+        return long.LONG if long.INCREMENTAL else None
+
+    def commit_reply_from_parts(
+        self,
+        context_id: str,
+        drafts: Sequence[RecordDraft],
+        *,
+        usage: Usage | None = None,
+        last_response_id: str | None = None,
+        reply: ReplyTicket,
+        end: ReplyEnd,
+        commit_id: str | None = None,
+        thread_version: int | None = None,
+    ) -> list[Record]:
+        """:meth:`commit_reply` for a long reply whose text its checkpoint holds (the
+        persister let go of it, :mod:`rxcontext.persist`): the first draft, a MODEL_RESP,
+        holds only the text past the checkpoint's; its content is the checkpoint's parts in
+        order, then that text, written into the row a slice at a time (no whole copy), and
+        the returned record's content is read back from the row."""
+        if not drafts or drafts[0].type is not RecordType.MODEL_RESP:
+            raise ValueError("a reply committed from its checkpoint starts with its MODEL_RESP")
+        return self._commit_reply(
+            context_id,
+            drafts,
+            usage=usage,
+            last_response_id=last_response_id,
+            reply=reply,
+            end=end,
+            thread_version=thread_version,
+            from_parts=True,
+        )
+
+    def _commit_reply(
+        self,
+        context_id: str,
+        drafts: Sequence[RecordDraft],
+        *,
+        usage: Usage | None,
+        last_response_id: str | None,
+        reply: ReplyTicket | None,
+        end: ReplyEnd | None,
+        at: int | None = None,
+        thread_version: int | None,
+        from_parts: bool = False,
+    ) -> list[Record]:
         with self._tx(durable=True) as db:
             nxt = self._allocate(db, context_id, 0 if reply is not None or at is not None else 1)
             reply_id: str | None = None
@@ -478,7 +540,16 @@ class SQLiteReplies:
                 pos, reply_id, resumed = row[0], row[1], row[3] == "resuming"
             else:
                 pos = at if at is not None else nxt
-            out = [self._insert(db, context_id, d, pos, reply_id, count=False) for d in drafts]
+            first = None
+            if from_parts:
+                assert reply is not None
+                first = _parts_then(db, reply.checkpoint_id, drafts[0].content)
+            out = [
+                self._insert(
+                    db, context_id, d, pos, reply_id, count=False, body_from=None if i else first
+                )
+                for i, d in enumerate(drafts)
+            ]
             # The context's totals and last response id in one statement: each statement
             # gives up the GIL and takes it back, which from a busy event loop waits.
             guarded = last_response_id is not None and thread_version is not None
@@ -619,3 +690,23 @@ def _as_orphan(cp: Checkpoint) -> Checkpoint:
         state=ReplyState.INTERRUPTED,
         error=cp.error if cp.error and cp.error != IN_PROGRESS else ORPHANED,
     )
+
+
+def _parts_then(db: sqlite3.Connection, checkpoint_id: int, tail: str) -> long.Long:
+    """A checkpoint's text (its row's, then its parts in order: stored, so storable),
+    then ``tail``."""
+    rest = rows.storable(tail)
+
+    def pieces() -> Iterator[str]:
+        row = db.execute("SELECT text FROM checkpoints WHERE id = ?", (checkpoint_id,)).fetchone()
+        if row is not None:
+            yield row[0]
+        # Fetched a row at a time: a part is at most PART_CHARS characters.
+        for (text,) in db.execute(
+            "SELECT text FROM checkpoint_parts WHERE checkpoint_id = ? ORDER BY seq",
+            (checkpoint_id,),
+        ):
+            yield text
+        yield rest
+
+    return long.Long(pieces)

@@ -640,7 +640,9 @@ class ReplyPersister:
             if not self._write.acquire(blocking=False):
                 return  # the timer (or a final write) is writing: it will be asked again
             try:
-                flush, self._flush_due = self._flush_due, False
+                # Asked only to let go (a landed write), it writes nothing itself.
+                flush = self._flush_due or not self._let_go_due
+                self._flush_due = False
                 if self._let_go_due and not self.finished:
                     # Here alone the builder lets go (the driver folds nothing now, and a
                     # final write from another thread, which reads it, waits for _write).

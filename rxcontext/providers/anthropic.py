@@ -64,7 +64,7 @@ import httpx2
 from anthropic.types import RawMessageStreamEvent
 
 from ..attachments import Attachment
-from ..chunks import Chunk, ChunkKind, Reply, Usage
+from ..chunks import Chunk, ChunkKind, Reply, Usage, new_chunk
 from ..errors import ProviderError
 from ..schema import OutputSchema
 from ._abort import noted
@@ -277,8 +277,9 @@ class AnthropicModel:
     def iter_chunks(self, request: Request) -> Iterator[Chunk]:
         """Stream ``request`` with the sync client; closing the generator closes the stream."""
         client, body = self._prepared(self._client.get(), request)
-        chunks = _fast_chunks(client, body) if self.wire == "fast" else _sdk_chunks(client, body)
-        return _guard(chunks, _secrets(client))
+        if self.wire == "fast":
+            return _guard(_fast_chunks(client, body), _secrets(client))
+        return _sdk_chunks(client, body, _secrets(client))
 
     def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
         """The asyncio twin of :meth:`iter_chunks`."""
@@ -519,23 +520,56 @@ class _Turn:
 # -- wire="sdk": the SDK's event models ---------------------------------------------------
 
 
-def _sdk_chunks(client: anthropic.Anthropic, body: dict[str, Any]) -> Iterator[Chunk]:
-    stream = client.messages.create(**body, stream=True)
+def _sdk_chunks(
+    client: anthropic.Anthropic, body: dict[str, Any], secrets: tuple[str | None, ...]
+) -> Iterator[Chunk]:
+    # Guarded as _guard guards the fast wire's chunks, but in this generator's own frame:
+    # one generator level less for every chunk on this path.
     try:
-        turn = _Turn(_secrets(client))
-        kept = tap(stream.response)
+        stream = client.messages.create(**body, stream=True)
         try:
-            with noted(stream.response):
-                for event in stream:
-                    yield from _sdk_event(turn, event)
-                    if turn.stopped:
-                        break
-        except anthropic.APIConnectionError as exc:
-            _raise_read_error(exc)
-        kept.raise_error(_body_error(client, stream.response))
-        yield turn.done()
-    finally:
-        stream.close()
+            turn = _Turn(secrets)
+            kept = tap(stream.response)
+            try:
+                with noted(stream.response):
+                    for event in stream:
+                        if event.__class__ is _DELTA_EVENT:  # most events: read __dict__
+                            fields = event.__dict__
+                            delta = fields.get("delta")
+                            index = fields.get("index")
+                            if (
+                                delta.__class__ is _TEXT_DELTA
+                                and index.__class__ is int
+                                and fields.get("type") == "content_block_delta"
+                            ):
+                                got = delta.__dict__
+                                text = got.get("text")
+                                if text.__class__ is str and got.get("type") == "text_delta":
+                                    if text:
+                                        yield new_chunk(_TEXT, text, index)
+                                    continue
+                        yield from _sdk_event(turn, event)  # anything else, as it was
+                        if turn.stopped:
+                            break
+            except anthropic.APIConnectionError as exc:
+                _raise_read_error(exc)
+            kept.raise_error(_body_error(client, stream.response))
+            yield turn.done()
+        finally:
+            stream.close()
+    except Exception as exc:
+        err = _classify(exc, secrets)
+        if err is exc:
+            raise
+        raise err from exc
+
+
+_DELTA_EVENT = anthropic.types.RawContentBlockDeltaEvent
+_TEXT_DELTA = anthropic.types.TextDelta
+"""A text delta is read from the models' ``__dict__`` (where pydantic keeps the fields):
+an attribute read on a pydantic model goes through CPython's slow ``__getattr__`` slot.
+Only an event of exactly these classes whose fields are as the API sends them is read so;
+any other goes through :func:`_sdk_event`, with its checks and errors."""
 
 
 async def _asdk_chunks(

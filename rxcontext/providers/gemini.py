@@ -103,7 +103,7 @@ except ImportError as exc:  # an optional extra: name it
     raise missing_sdk("google-genai", "gemini", exc) from exc
 
 from ..attachments import Attachment
-from ..chunks import Chunk, ChunkKind, Reply, Usage
+from ..chunks import Chunk, ChunkKind, Reply, Usage, new_chunk, new_usage
 from ..errors import ProviderError
 from ..jsonstream import JsonStream
 from ..records import RecordType
@@ -290,9 +290,8 @@ class GeminiModel:
         client, contents, config = self._prepared(self._client.get(), request)
         if self.wire == "fast":
             chunks = _fast_chunks(client, self.model_name, contents, config)
-        else:
-            chunks = _sdk_chunks(client, self.model_name, contents, config)
-        return _guard(chunks, _secrets(client))
+            return _guard(chunks, _secrets(client))
+        return _sdk_chunks(client, self.model_name, contents, config, _secrets(client))
 
     def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
         """The asyncio twin of :meth:`iter_chunks` (``aclose()`` closes the stream)."""
@@ -564,11 +563,17 @@ class _Turn:
         self._searched = searches
         if tool_use:
             prompt = (prompt or 0) + tool_use
-        usage = Usage.of(prompt, candidates, total, cached, thoughts, web_search_requests=searches)
-        if usage == self.usage:
+        # Usage.of's normalisation (every count is an int or None here, searches an int),
+        # made the cheap way: one Usage an event.
+        inp = prompt or 0
+        out = candidates or 0
+        usage = new_usage(inp, out, total or inp + out, cached or 0, thoughts or 0, 0, searches)
+        old = self.usage
+        # Most events count more output: unequal without Usage's __eq__ (a Python call).
+        if old is not None and old.output_tokens == usage.output_tokens and usage == old:
             return None
         self.usage = usage
-        return Chunk(_USAGE, usage=usage)
+        return new_chunk(_USAGE, usage=usage)
 
     def done(self) -> Chunk:
         """The final DONE chunk; raises if the response never finished."""
@@ -627,7 +632,8 @@ def _sdk_response(
         content = candidate["content"]
         for part in (content.__dict__["parts"] if content else None) or ():
             got = part.__dict__
-            signature = _sdk_signature(got["thought_signature"])
+            signature = got["thought_signature"]  # most parts have none: no call then
+            signature = _sdk_signature(signature) if signature else None
             call = got["function_call"]
             if call is not None:
                 out.append(turn.call(call.name or "", call.args, call.id, signature))
@@ -636,7 +642,7 @@ def _sdk_response(
                 turn.signature = signature
             text = got["text"]
             if text:
-                out.append(Chunk(_THINKING if got["thought"] else _TEXT, text))
+                out.append(new_chunk(_THINKING if got["thought"] else _TEXT, text))
         finish_reason = candidate["finish_reason"]
         if finish_reason is not None:
             turn.finish_reason = _enum_str(finish_reason)
@@ -702,18 +708,26 @@ def _sdk_chunks(
     model: str,
     contents: list[types.Content],
     config: types.GenerateContentConfig,
+    secrets: tuple[str | None, ...],
 ) -> Iterator[Chunk]:
-    stream = client.models.generate_content_stream(model=model, contents=contents, config=config)
+    # Guarded as _guard guards the fast wire's chunks, but in this generator's own frame:
+    # one generator level less for every chunk on this path.
     try:
-        turn = _Turn(model)
-        with scope():  # the stand-in of a spliced client notes the SDK's response
-            for response in stream:
-                yield from _sdk_response(turn, response)
-        yield turn.done()
-    finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
+        stream = client.models.generate_content_stream(
+            model=model, contents=contents, config=config
+        )
+        try:
+            turn = _Turn(model)
+            with scope():  # the stand-in of a spliced client notes the SDK's response
+                for response in stream:
+                    yield from _sdk_response(turn, response)
+            yield turn.done()
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+    except Exception as exc:
+        raise _classified(exc, secrets) from exc
 
 
 async def _asdk_chunks(

@@ -238,6 +238,8 @@ def batch_text(
 
 _HOOKS = ("on_start", "on_chunk", "on_complete", "on_error", "on_tool_call", "on_tool_result")
 _CHUNK_HOOKS = frozenset(("on_chunk", "on_tool_call", "on_tool_result"))
+_TOOL_CALL = ChunkKind.TOOL_CALL
+_TOOL_RESULT = ChunkKind.TOOL_RESULT
 
 Done = Awaitable[None] | None
 """What a hook returns: nothing, or (an ``async def`` hook) what to await."""
@@ -320,11 +322,13 @@ class Middleware:
 
     def chunk(self, chunk: Chunk) -> None:
         """Run the per-chunk hooks for ``chunk`` (plain ones: see :meth:`achunk`)."""
-        if self.on_chunk is not None:
-            self.on_chunk(chunk)
-        if chunk.kind is ChunkKind.TOOL_CALL and self.on_tool_call is not None and chunk.name:
+        on_chunk = self.on_chunk
+        if on_chunk is not None:
+            on_chunk(chunk)
+        kind = chunk.kind  # module globals: an attribute of the enum class is slower
+        if kind is _TOOL_CALL and self.on_tool_call is not None and chunk.name:
             self.on_tool_call(chunk)
-        elif chunk.kind is ChunkKind.TOOL_RESULT and self.on_tool_result is not None:
+        elif kind is _TOOL_RESULT and self.on_tool_result is not None:
             self.on_tool_result(chunk)
 
     async def ahook(self, name: str, *args: Any) -> None:

@@ -306,7 +306,10 @@ class _SyncDriver:
             self.run.persister.interrupt(error)
 
     def _deliver(self, chunk: Chunk, fold: bool = True) -> None:
-        """Hand ``chunk`` to the subscriber if it still wants it; then fold it in."""
+        """Hand ``chunk`` to the subscriber if it still wants it; then fold it in.
+
+        :meth:`_advance`'s untimed loop holds a copy of this (one call less a chunk):
+        change both."""
         p = self.persister
         guard = self.guard
         flag = self.flag
@@ -400,14 +403,42 @@ class _SyncDriver:
                 persister.sent()
                 it = run.chunks(request)
                 if not timed:
+                    # _deliver(chunk), written out: the per-chunk path of most streams.
+                    p, guard, flag, watch = self.persister, self.guard, self.flag, self.watch
+                    emit = self.emit
                     for chunk in it:
+                        if hooks:
+                            try:
+                                for hook in hooks:
+                                    hook.chunk(chunk)
+                            except Exception:
+                                self.hook_raised = True
+                                raise
+                        guard.critical = True  # a Ctrl-C in our code from here waits
+                        p.busy = True
+                        if p._claimed:
+                            p.wait_claim()
+                        if flag.disposed or watch.is_stopped:
+                            p.busy = False
+                            guard.release()
+                            raise _Cancelled
                         try:
-                            for hook in hooks:
-                                hook.chunk(chunk)
-                        except Exception:
-                            self.hook_raised = True
+                            emit(chunk)
+                        except BaseException as error:
+                            self.user_raised = isinstance(error, Exception)
+                            p.add(chunk)  # delivered: the subscriber had it
+                            p.busy = False
+                            guard.critical = False
                             raise
-                        deliver(chunk)
+                        p.add(chunk)
+                        p.busy = False
+                        guard.critical = False
+                        if guard.held:
+                            guard.release()  # delivers the signal held meanwhile
+                        if p.attention:
+                            p.attend()
+                        if flag.disposed or watch.is_stopped:
+                            raise _Cancelled  # disposed by the subscriber's own on_next
                         delivered = True
                 else:
                     with watching(self.time) as watched:

@@ -23,10 +23,15 @@ silence for a minute sends no chunk — and that is this module's job:
   stores renew a lease only while it has not run out (by the database's clock), so a
   renewal that succeeds proves nobody could have seen the reply interrupted;
 * a reply whose final write found the database locked by another process (its commit, or
-  the checkpoint of its failure, raised ``StoreBusy`` to the subscriber) keeps its lease
-  and is served until its final checkpoint — what was delivered, ``INTERRUPTED`` — is
-  written: tried after every renewal that lands, at every poll, then once more by
-  ``store.close()`` and at the process's exit;
+  the checkpoint of its failure, raised ``StoreBusy`` to the subscriber) is served until
+  its final checkpoint — what was delivered, ``INTERRUPTED`` — is written: tried at every
+  poll (a renewal first: a cheap write that finds whether the lock is gone), then once
+  more by ``store.close()`` and at the process's exit. Its lease may well run out
+  meanwhile (nothing can be written under the lock, and the final write waited up to
+  ``busy_timeout`` for it): the reply stays this process's all the same, because the
+  persister holds it from before its final write until that is written or given up
+  (:meth:`Store.hold_reply <rxcontext.store.base.Store.hold_reply>`; on SQLite a file
+  lock every process of the host sees, :mod:`rxcontext.store.sqlite_holds`);
 * every 0.25 s (at most; ``lease_ttl / 3`` if shorter) while it serves replies it asks
   the store which of them were asked to stop (``cw.stop(reply_id)`` from any process) and
   stops them through their drivers: the subscriber gets
@@ -168,8 +173,9 @@ class Heartbeat(ServesStore):
             beat = self._beats.get(id(persister))
             if beat is not None and persister.pending:
                 beat.released = True
-            else:
-                self._beats.pop(id(persister), None)
+                return
+            self._beats.pop(id(persister), None)
+        persister.release_hold()  # no final write under way any more (if one held it)
 
     def poke(self) -> None:
         """Look for stop requests now (a fast channel's hint arrived)."""
@@ -329,6 +335,7 @@ class Heartbeat(ServesStore):
                         "is locked by another process): it holds its last periodic write",
                         persister.reply_id,
                     )
+                    persister.release_hold()  # given up: the lease decides from here
                 continue
             with self._lock:
                 if beat.released:

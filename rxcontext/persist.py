@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 import time
 import uuid
@@ -311,6 +312,8 @@ class ReplyPersister:
         self._final: tuple[CheckpointDraft, BaseException | None] | None = None
         """The final checkpoint to write and why the reply ended (kept while the database
         is busy: :attr:`pending`)."""
+        self._held: Callable[[], None] | None = None
+        """Lets go of the reply's hold (:meth:`_hold`), while a final write is under way."""
         self.attention = False
         """Set by the timer when the driver must act at its next chunk (flush, or stop)."""
         self.lost: RxContextError | None = None
@@ -677,21 +680,47 @@ class ReplyPersister:
         """
         return self._interrupt(describe_error(error), error)
 
-    def _interrupt(self, why: str, error: BaseException | None = None) -> Checkpoint | None:
+    def _interrupt(
+        self, why: str, error: BaseException | None = None, *, held: BaseException | None = None
+    ) -> Checkpoint | None:
+        """Write the final checkpoint (``why``); ``held``: the exception being handled when
+        ``error`` is not passed (a Ctrl-C in the subscriber's code)."""
         with deferred(), self._write:  # a Ctrl-C waits too
             if not self._finish() or self.ticket is None:
                 return None
+            self._hold()  # until written or given up (:meth:`_write_final`)
             self._final = (self._draft(why), error)
             try:
                 saved = self._write_final()
             except StoreBusy as busy:
-                # Kept (:attr:`pending`): the heartbeat writes it once the database is free.
-                raise StoreBusy(
+                # Kept (:attr:`pending`), and the reply held: the heartbeat writes it once
+                # the database is free.
+                refused = StoreBusy(
                     f"{busy}; what was delivered is kept and written as the reply's checkpoint "
                     "(interrupted) as soon as the database can be written, while this process "
                     "runs or as the store closes"
-                ) from busy.__cause__
+                )
+                refused.__cause__ = busy.__cause__
+                # A Ctrl-C (or SIGTERM's SystemExit) that ended the reply is the user's: they
+                # get it, the refusal as its cause, as they would without the lock.
+                stopping = held or error
+                if isinstance(stopping, (KeyboardInterrupt, SystemExit)):
+                    raise stopping from refused
+                raise refused from busy.__cause__
         return self._interrupted(saved, error)
+
+    def _hold(self) -> None:
+        """Keep the reply this process's for every reader, whatever its lease, from before
+        a final write until :meth:`release_hold` (see :meth:`Store.hold_reply`)."""
+        if self._held is None and self.ticket is not None:
+            self._held = self.store.hold_reply(self.ticket)
+
+    def release_hold(self) -> None:
+        """The final write is done or given up: the reply's row is judged by its lease
+        again (idempotent)."""
+        release, self._held = self._held, None
+        if release is not None:
+            release()
 
     @property
     def pending(self) -> bool:
@@ -726,11 +755,13 @@ class ReplyPersister:
             raise  # kept: a busy database takes it later
         except BaseException as failed:
             self._final = None  # not a wait: nothing later would do better
+            self.release_hold()
             if self.trace is not None:
                 # Nothing stored (the store failed or closed): the span ends all the same.
                 self.trace.interrupted(None, failed)
             raise
         self._final = None
+        self.release_hold()  # written (or fenced): the row says so now
         if self.channel is not None:
             # Taken over or not, this epoch is over (a fenced end changes nothing).
             self.channel.end("interrupted")
@@ -762,8 +793,9 @@ class ReplyPersister:
             self.interrupt(None)
 
     def stopped_by_user_code(self) -> None:
-        """The subscriber's own code raised: keep what it received, but not its error."""
-        self._interrupt("cancelled: the subscriber's code raised")
+        """The subscriber's own code raised: keep what it received, but not its error
+        (a Ctrl-C landing there is still let go, see :meth:`_interrupt`)."""
+        self._interrupt("cancelled: the subscriber's code raised", held=sys.exc_info()[1])
 
     def interrupted(self, error: BaseException) -> BaseException:
         """:meth:`interrupt`, then what the subscriber should get: a
@@ -939,6 +971,20 @@ class ReplyPersister:
         thread while the round finished; raises :class:`OwnershipLost` if another worker
         took it over.
         """
+        # Held from before the fence: the commit may wait for another process's lock longer
+        # than the lease has left, and no reader may take the reply for dead meanwhile.
+        self._hold()
+        try:
+            done = self._complete(reply, last=last)
+        except StoreBusy:
+            raise  # still held: the failure path's final checkpoint follows (and lets go)
+        except BaseException:
+            self.release_hold()
+            raise
+        self.release_hold()
+        return done
+
+    def _complete(self, reply: Reply, *, last: bool) -> bool:
         assert self.ticket is not None
         if self.fence is not None:
             self.fence()

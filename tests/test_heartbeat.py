@@ -18,6 +18,7 @@ subscriber's callbacks), never sleeps.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -48,6 +49,7 @@ from rxcontext import (
 from rxcontext.heartbeat import heartbeat_for
 from rxcontext.providers import ScriptedModel
 from rxcontext.providers.base import Request
+from rxcontext.store import sqlite_holds
 from tests.stores import scalar
 from tests.test_store_leases import execute
 
@@ -386,8 +388,12 @@ def test_a_final_write_the_busy_database_refused_is_written_once_it_is_free(
         assert live.state is ReplyState.STREAMING
         other.execute("ROLLBACK")
         other.close()
-        # Written by a heartbeat round (the row reads interrupted from then on).
+        # Written by a heartbeat round (the row reads interrupted from then on), and the
+        # reply no longer held for its final write (its lease decides again).
         until(store, lambda: store.find_reply("r").state is ReplyState.INTERRUPTED)
+        holds = sqlite_holds.holds_path(db)
+        assert holds is not None
+        assert not sqlite_holds.held(holds, live.id, os.getpid(), here=True)
         with rxcontext.open(db) as elsewhere:
             [checkpoint] = ContextWindow(elsewhere, None, "c").checkpoints()
             assert checkpoint.state is ReplyState.INTERRUPTED
@@ -443,6 +449,7 @@ import sys, threading
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, StoreBusy
 from rxcontext.heartbeat import heartbeat_for
+from rxcontext.store import sqlite_holds
 from rxcontext.providers import ScriptedModel
 
 class Pausing(ScriptedModel):

@@ -368,6 +368,14 @@ class Store(Protocol):
         nothing, when the database cannot be written without waiting (try again soon)."""
         ...
 
+    def hold_reply(self, ticket: ReplyTicket) -> Callable[[], None]:
+        """Keep the reply its owner's, for every reader and claim, whatever its lease, until
+        the returned call (idempotent): from before its final write (commit or checkpoint)
+        until that write is done, or given up — also while a busy database keeps it
+        pending. Its owner may not be able to renew the lease meanwhile (SQLite: another
+        process holds the write lock), and only it has what it delivered."""
+        ...
+
     def request_stop(self, reply_id: str) -> bool:
         """Ask whoever generates reply ``reply_id`` to stop it (durably, for the run of the
         current epoch only). False, changing nothing, if the reply is not running (stored,

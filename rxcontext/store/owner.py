@@ -19,7 +19,7 @@ import threading
 import uuid
 from datetime import datetime
 
-__all__ = ["check_lease_ttl", "owner_alive", "process_gone", "worker_id"]
+__all__ = ["check_lease_ttl", "local_pid", "owner_alive", "process_gone", "worker_id"]
 
 
 def _process_table() -> str:
@@ -104,6 +104,14 @@ def process_gone(owner: str | None) -> bool:
     # On this host a dead process is seen at once; a live one still needs its lease (a
     # process stopped or starved past its lease is taken over as one on another host is).
     return not _running(int(pid_text), start)
+
+
+def local_pid(owner: str | None) -> int | None:
+    """The pid of worker ``owner`` if it is of this process table (else None: its pid
+    names nothing here)."""
+    host, _, rest = (owner or "").partition(":")
+    pid_text = rest.partition(":")[0]
+    return int(pid_text) if host == _HOST and pid_text.isdigit() else None
 
 
 def _running(pid: int, start: str) -> bool:

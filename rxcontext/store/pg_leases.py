@@ -62,6 +62,13 @@ class PostgresLeases:
 
         def find_reply(self, reply_id: str) -> Checkpoint | None: ...
 
+    def hold_reply(self, ticket: ReplyTicket) -> Callable[[], None]:
+        """Nothing to hold here (see :meth:`Store.hold_reply`): a final write on PostgreSQL
+        is never kept pending — it waits for the locks it needs however long (no
+        ``lock_timeout``, no ``StoreBusy``), and a failure to reach the server is not a
+        wait: the write is given up (``StoreError``)."""
+        return _nothing
+
     def renew_replies(self, tickets: Sequence[ReplyTicket]) -> list[bool] | None:
         """Extend the lease of each reply its ticket still owns; False for the lost ones
         (a lease that ran out is not renewed: others may have seen the reply interrupted);
@@ -129,3 +136,7 @@ class PostgresLeases:
         hooks, self._close_hooks[:] = list(self._close_hooks), []
         for hook in hooks:
             hook()
+
+
+def _nothing() -> None:
+    pass

@@ -48,6 +48,7 @@ from ._thinking import pack
 from .base import RecordDraft, check_name, check_text, usage_counts
 from .migrations import copy_current_schema, migrate, pending
 from .owner import check_lease_ttl, process_gone
+from .sqlite_holds import holds_path
 from .sqlite_leases import SQLiteLeases
 from .sqlite_replies import SQLiteReplies
 
@@ -215,6 +216,8 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         self._close_hooks: list[Callable[[], None]] = []
         self.busy_timeout = busy_timeout
         self._memory = self.path == ":memory:" or self.path.startswith("file::memory:")
+        self._holds = None if self._memory else holds_path(self.path)
+        """The file of the holds on this database's rows (:mod:`.sqlite_holds`)."""
         if not self._memory:
             _check_file(self.path)
         self._lock = threading.RLock()
@@ -596,8 +599,9 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         """Aggregate numbers of one context, in one query.
 
         Its open checkpoints are those :meth:`checkpoints` lists: interrupted replies, live
-        ones whose lease ran out (counted in the query) and leased ones whose owner's
-        process on this host is gone (the query gives their owners to ask)."""
+        ones whose lease ran out (unless their owner holds them for a final write, see
+        :mod:`.sqlite_holds`) and leased ones whose owner's process on this host is gone
+        (the query gives the live rows, a handful, to ask)."""
         now = rows.stamp(self.clock())
         with self._read() as db:
             row = db.execute(
@@ -607,10 +611,10 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
                 " COALESCE(SUM(r.source = 0), 0), COALESCE(SUM(r.source = 1), 0),"
                 " COALESCE(SUM(r.source = 2), 0), COALESCE(SUM(r.source = 3), 0),"
                 " (SELECT COUNT(*) FROM checkpoints k WHERE k.context_id = c.id"
-                "   AND (k.state = 'interrupted' OR (k.state IN ('streaming', 'resuming')"
-                "   AND NOT COALESCE(k.lease_until > ?1, 0)))),"
-                " (SELECT json_group_array(k.owner) FROM checkpoints k WHERE k.context_id = c.id"
-                "   AND k.state IN ('streaming', 'resuming') AND k.lease_until > ?1),"
+                "   AND k.state = 'interrupted'),"
+                " (SELECT json_group_array(json_array(k.id, k.owner,"
+                "   COALESCE(k.lease_until > ?1, 0))) FROM checkpoints k"
+                "   WHERE k.context_id = c.id AND k.state IN ('streaming', 'resuming')),"
                 f" {rows.USAGE_COLUMNS}, MAX(r.ts)"
                 " FROM contexts c LEFT JOIN records r ON r.context_id = c.id"
                 " WHERE c.id = ?2 GROUP BY c.id",
@@ -618,7 +622,11 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             ).fetchone()
         if row is None:
             raise ContextNotFound(f"no context with id {context_id!r}")
-        leased: list[str | None] = json.loads(row[11])
+        live: list[tuple[int, str | None, int]] = json.loads(row[11])
+        orphans = sum(
+            not self._held(cid, owner) if not leased else process_gone(owner)
+            for cid, owner, leased in live
+        )
         return ContextStats(
             context_id=row[0],
             name=row[1],
@@ -630,7 +638,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             replies=row[7],
             tool_calls=row[8],
             tool_outputs=row[9],
-            open_checkpoints=row[10] + sum(map(process_gone, leased)),
+            open_checkpoints=row[10] + orphans,
             usage=Usage(*row[12:-1]),
             last_activity=rows.time_of(row[-1]),
         )

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from ..errors import ReplyNotFound, StoreBusy
+from . import sqlite_holds
 from .base import ReplyTicket
 
 __all__ = ["SQLiteLeases"]
@@ -44,6 +45,7 @@ class SQLiteLeases:
         from ..records import Checkpoint
 
         _close_hooks: list[Callable[[], None]]
+        _holds: str | None
 
         def _lease(self) -> str: ...
         def now(self) -> str: ...
@@ -78,6 +80,11 @@ class SQLiteLeases:
                 ]
         except StoreBusy:
             return None
+
+    def hold_reply(self, ticket: ReplyTicket) -> Callable[[], None]:
+        """Keep the reply this process's for every reader, whatever its lease, until the
+        returned call: its final write is under way, or pending (see :mod:`.sqlite_holds`)."""
+        return sqlite_holds.hold(self._holds, ticket.checkpoint_id)
 
     def request_stop(self, reply_id: str) -> bool:
         """Ask the owner of live reply ``reply_id`` to stop it (see :meth:`Store.request_stop`)."""

@@ -28,6 +28,7 @@ from ..records import Checkpoint, Record, RecordType, ReplyState
 from . import _sqlite_blobs as blobs
 from . import _sqlite_long as long
 from . import _sqlite_rows as rows
+from . import sqlite_holds
 from .base import (
     IN_PROGRESS,
     ORPHANED,
@@ -41,7 +42,7 @@ from .base import (
     kept_metadata,
     settle_refusal,
 )
-from .owner import owner_alive
+from .owner import local_pid, owner_alive, process_gone, worker_id
 
 __all__ = ["SQLiteReplies"]
 
@@ -182,6 +183,7 @@ class SQLiteReplies:
     if TYPE_CHECKING:
         clock: Callable[[], datetime]
         lease_ttl: float
+        _holds: str | None
 
         def now(self) -> str: ...
         def _tx(
@@ -205,6 +207,18 @@ class SQLiteReplies:
     def _lease(self) -> str:
         return rows.stamp(self.clock() + timedelta(seconds=self.lease_ttl))
 
+    def _held(self, checkpoint_id: int, owner: str | None) -> bool:
+        """Whether ``owner``, a live process of this process table, holds the reply's row
+        for its final write (:mod:`.sqlite_holds`): the row is its still, whatever its lease."""
+        pid = local_pid(owner)
+        if pid is None or self._holds is None or process_gone(owner):
+            return False
+        return sqlite_holds.held(self._holds, checkpoint_id, pid, here=owner == worker_id())
+
+    def _owned(self, checkpoint_id: int, owner: str | None, lease: datetime | None) -> bool:
+        """Whether a live row is still its owner's (else it reads interrupted)."""
+        return owner_alive(owner, lease, self.clock()) or self._held(checkpoint_id, owner)
+
     # -- reading --------------------------------------------------------------------------
 
     @staticmethod
@@ -224,7 +238,7 @@ class SQLiteReplies:
     def _load(self, db: sqlite3.Connection, row: rows.Row) -> Checkpoint:
         text, thinking = self._parts(db, row[0])
         cp = rows.checkpoint(row, row[2] + "".join(text), row[3] + "".join(thinking))
-        if cp.state.live and not owner_alive(cp.owner, rows.time_of(row[18]), self.clock()):
+        if cp.state.live and not self._owned(cp.id, cp.owner, rows.time_of(row[18])):
             # Its process is gone: say what the next claim or sweep will make of it.
             return _as_orphan(cp)
         return cp
@@ -282,11 +296,10 @@ class SQLiteReplies:
         asks for them: a long reply streaming in the context cost every request its text)."""
         with self._read() as db:
             found = db.execute(
-                f"SELECT reply_id, owner, lease_until FROM checkpoints WHERE {_ACTIVE}",
+                f"SELECT id, reply_id, owner, lease_until FROM checkpoints WHERE {_ACTIVE}",
                 (context_id,),
             ).fetchall()
-        now = self.clock()
-        return {r for r, owner, lease in found if owner_alive(owner, rows.time_of(lease), now)}
+        return {r for cid, r, owner, lease in found if self._owned(cid, owner, rows.time_of(lease))}
 
     # -- writing --------------------------------------------------------------------------
 

@@ -1,0 +1,156 @@
+"""Holds: a reply whose final write is under way or pending stays its process's on SQLite.
+
+A reply's lease is renewed by writes, so another process's write lock (a long write, a
+backup) stops the renewals: held longer than what is left of the lease, it makes the reply
+read as dead. That is right for a reply still streaming (its owner could not keep it and
+gives it up, :mod:`rxcontext.heartbeat`), not for one whose owner has ended it and only
+waits to write its last checkpoint — what it showed its user, which no other process has.
+With the defaults (``busy_timeout`` = ``lease_ttl``) such a final write is refused only
+after the lease ran out; another worker that read the reply as interrupted then resumed it
+from its last periodic checkpoint, and the text shown was lost.
+
+So the owner holds the reply from before its final write (commit, or checkpoint) until the
+write is done or given up: a POSIX record lock on the byte ``checkpoint id`` of a file
+beside the database (``<db>-rxholds``). The kernel drops it when the process dies (SIGKILL
+included), and keeps it while the process lives (stopped or not). Readers judge a live row
+whose lease ran out by it: if its owner, of this process table, holds the row, the row is
+live still (:func:`held`). Every process that can open a WAL database shares the host's
+file locks (WAL needs shared memory: no network file systems), so this holds across them;
+only processes of another PID namespace cannot name each other's pids, and there the
+lease decides, as before.
+
+POSIX record locks belong to the process and are all dropped when it closes *any*
+descriptor of the file: one descriptor per file and process is opened, never closed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import sys
+import threading
+from collections.abc import Callable
+
+__all__ = ["held", "hold", "holds_path"]
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no holds, the lease decides
+    fcntl = None  # type: ignore[assignment]
+
+# struct flock: Linux (l_type, l_whence, l_start, l_len, l_pid), the BSDs and macOS
+# (l_start, l_len, l_pid, l_type, l_whence). Elsewhere there are no holds.
+if sys.platform.startswith("linux"):
+    _FLOCK = "hhqqi4x"
+
+    def _pack(kind: int, start: int) -> bytes:
+        return struct.pack(_FLOCK, kind, os.SEEK_SET, start, 1, 0)
+
+    def _unpack(data: bytes) -> tuple[int, int]:
+        kind, _, _, _, pid = struct.unpack(_FLOCK, data)
+        return kind, pid
+
+elif sys.platform == "darwin" or "bsd" in sys.platform:
+    _FLOCK = "qqihh"
+
+    def _pack(kind: int, start: int) -> bytes:
+        return struct.pack(_FLOCK, start, 1, 0, kind, os.SEEK_SET)
+
+    def _unpack(data: bytes) -> tuple[int, int]:
+        _, _, pid, kind, _ = struct.unpack(_FLOCK, data)
+        return kind, pid
+
+else:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+
+class _File:
+    """This process's descriptor of one holds file, and the rows it holds (counted)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.rows: dict[int, int] = {}
+        self.lock = threading.Lock()
+
+
+_files: dict[tuple[int, str], _File | None] = {}
+_files_lock = threading.Lock()
+
+
+def holds_path(db_path: str) -> str | None:
+    """The holds file of the SQLite database at ``db_path`` (None: an in-memory or URI one)."""
+    if db_path == ":memory:" or db_path.startswith("file:") or fcntl is None:
+        return None
+    return os.path.realpath(db_path) + "-rxholds"
+
+
+def _file(path: str) -> _File | None:
+    key = (os.getpid(), path)  # a forked child holds nothing of its parent's
+    with _files_lock:
+        if key in _files:
+            return _files[key]
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError:
+            try:  # a reader that may not create it: nothing it could find held
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None  # not created: nothing ever held here (not remembered)
+        found = _files[key] = _File(fd)
+        return found
+
+
+def hold(path: str | None, checkpoint_id: int) -> Callable[[], None]:
+    """Hold row ``checkpoint_id`` for this process until the returned call (idempotent);
+    a no-op where there are no holds (or the file cannot be written)."""
+    f = _file(path) if path is not None else None
+    if f is None or fcntl is None:
+        return _nothing
+    with f.lock:
+        n = f.rows.get(checkpoint_id, 0)
+        if n == 0:
+            try:
+                fcntl.fcntl(f.fd, fcntl.F_SETLK, _pack(fcntl.F_WRLCK, checkpoint_id))
+            except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.EACCES, errno.EAGAIN, errno.ENOLCK):
+                    return _nothing  # read-only here, or (never) held by another process
+                raise
+        f.rows[checkpoint_id] = n + 1
+    done = False
+
+    def release() -> None:
+        nonlocal done
+        assert f is not None and fcntl is not None
+        with f.lock:
+            if done:
+                return
+            done = True
+            left = f.rows[checkpoint_id] - 1
+            if left:
+                f.rows[checkpoint_id] = left
+                return
+            del f.rows[checkpoint_id]
+            fcntl.fcntl(f.fd, fcntl.F_SETLK, _pack(fcntl.F_UNLCK, checkpoint_id))
+
+    return release
+
+
+def held(path: str | None, checkpoint_id: int, pid: int, *, here: bool) -> bool:
+    """Whether process ``pid`` (this one if ``here``) holds row ``checkpoint_id``."""
+    if path is None or fcntl is None:
+        return False
+    if here:
+        with _files_lock:
+            f = _files.get((os.getpid(), path))
+        return f is not None and checkpoint_id in f.rows
+    f = _file(path)
+    if f is None:
+        return False
+    found = fcntl.fcntl(f.fd, fcntl.F_GETLK, _pack(fcntl.F_WRLCK, checkpoint_id))
+    kind, holder = _unpack(found)
+    return kind != fcntl.F_UNLCK and holder == pid
+
+
+def _nothing() -> None:
+    pass

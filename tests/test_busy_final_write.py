@@ -1,0 +1,253 @@
+"""A final write another process's lock refused: the reply stays its process's, across processes.
+
+A worker process (the child) streams a reply; after a few chunks it says ``shown`` and waits
+for a line. The parent ("another worker") then holds the database's write lock from a
+plain ``sqlite3`` connection (``BEGIN IMMEDIATE``: a long write, a backup) and lets the
+child go on. The reply ends under the lock:
+
+* ``ctrl-c``: the parent sends the child SIGINT; the child's final checkpoint (what it
+  showed) waits ``busy_timeout`` for the lock and is refused. Default store settings
+  (``busy_timeout`` = ``lease_ttl`` = 5 s), as a user would have them.
+* ``completed``: the model ends the reply; its commit, then the checkpoint of that failure,
+  are refused (``busy_timeout`` = ``lease_ttl`` = 1 s: the defaults' relation, shorter).
+
+Either way the reply's lease has run out by the time the child is told ``StoreBusy``: the
+lease is renewed by writes, and nothing can be written under the lock. Still, while the
+lock is held and after it goes, the parent must never see the reply interrupted with less
+than the child showed: it reads live (``ReplyBusy`` to a resume) until the child's pending
+write lands, and what is finally stored holds everything shown. The child gets its
+``KeyboardInterrupt`` (the ``StoreBusy`` as its cause), as docs/guarantees.md promises.
+
+Synchronisation is by lines on the child's stdout/stdin; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from typing import IO, Any
+
+import pytest
+
+import rxcontext
+from rxcontext import (
+    Chunk,
+    ChunkKind,
+    ContextWindow,
+    RecordType,
+    ReplyBusy,
+    ReplyState,
+)
+from rxcontext.providers import ScriptedModel
+
+pytestmark = [
+    pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="POSIX"),
+    pytest.mark.timeout(90),
+]
+
+WAIT = 30.0  # the longest a line from the child may take (a 5 s busy wait included)
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import rxcontext
+    from rxcontext import Chunk, ChunkKind, ContextWindow
+    from rxcontext.providers import ScriptedModel
+
+    path, mode = sys.argv[1], sys.argv[2]
+    T = lambda s: Chunk(ChunkKind.TEXT, s)
+
+    def say(*words):
+        print(*words, flush=True)
+
+    if mode == "ctrl-c":
+        store = rxcontext.open(path)  # the defaults: busy_timeout = lease_ttl = 5 s
+        model = ScriptedModel(
+            [[*(T(f"<{i}>") for i in range(100000)), Chunk(ChunkKind.DONE, finish_reason="stop")]],
+            delay=0.01,
+        )
+    else:
+        store = rxcontext.open(path, busy_timeout=1.0, lease_ttl=1.0)
+
+        class Pausing(ScriptedModel):
+            def iter_chunks(self, request):
+                for i in range(5):
+                    yield T(f"<{i}>")
+                say("shown")
+                sys.stdin.readline()  # the parent holds the lock now
+                yield T("<end>")
+                yield Chunk(ChunkKind.DONE, finish_reason="stop")
+
+        model = Pausing([])
+    cw = ContextWindow(store, model, "c", retry=None)
+    cw.add_prompt("go")
+    shown = []
+
+    def on_next(chunk):
+        if chunk.kind is ChunkKind.TEXT:
+            shown.append(chunk.text)
+            if mode == "ctrl-c" and len(shown) == 5:
+                say("shown")
+                sys.stdin.readline()  # the parent holds the lock now; SIGINT follows
+
+    try:
+        cw.stream(reply_id="r").subscribe(on_next)
+        say("got", "nothing", "-")
+    except BaseException as error:
+        say("got", type(error).__name__, type(error.__cause__).__name__)
+    say("text", json.dumps("".join(shown)))
+    sys.stdin.readline()  # the parent let the lock go and looked
+    store.close()
+    say("closed")
+    """
+)
+
+
+class Lines:
+    """The child's stdout, line by line, read on a thread: every wait is bounded."""
+
+    def __init__(self, stream: IO[str] | None) -> None:
+        assert stream is not None
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put("<eof>")
+
+    def next(self, prefix: str) -> str:
+        """The next line, which must start with ``prefix`` (waits at most WAIT)."""
+        try:
+            line = self._lines.get(timeout=WAIT)
+        except queue.Empty:
+            raise AssertionError(f"no {prefix!r} line from the child within {WAIT} s") from None
+        assert line.startswith(prefix), f"expected {prefix!r}, got {line!r}"
+        return line
+
+
+def send(child: subprocess.Popen[str], line: str) -> None:
+    assert child.stdin is not None
+    child.stdin.write(line + "\n")
+    child.stdin.flush()
+
+
+def assert_the_childs(other: Any, cw: ContextWindow) -> None:
+    """The reply reads as the child's, live, to every reader of another process."""
+    assert cw.checkpoints() == []
+    [live] = cw.active_replies()
+    assert live.state is ReplyState.STREAMING, live
+    found = other.find_reply("r")
+    assert found is not None and found.state is ReplyState.STREAMING, found
+    assert cw.stats().open_checkpoints == 0
+
+
+@pytest.mark.parametrize("mode", ["ctrl-c", "completed"])
+def test_a_reply_whose_final_write_a_lock_refused_stays_its_processs(
+    tmp_path: Any, mode: str
+) -> None:
+    db = str(tmp_path / "db.sqlite")
+    rxcontext.open(db).close()
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, db, mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    lines = Lines(child.stdout)
+    lock: sqlite3.Connection | None = None
+    other = rxcontext.open(db, lease_ttl=30.0)  # the parent's own resume keeps its lease
+    try:
+        cw = ContextWindow(
+            other,
+            ScriptedModel([[Chunk(ChunkKind.TEXT, "+more"), Chunk(ChunkKind.DONE)]]),
+            "c",
+            retry=None,
+        )
+        lines.next("shown")
+        lock = sqlite3.connect(db, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        send(child, "go")
+        if mode == "ctrl-c":
+            os.kill(child.pid, signal.SIGINT)
+        got = lines.next("got").split()
+        if mode == "ctrl-c":
+            # You always get your KeyboardInterrupt; the refusal is its cause.
+            assert got[1:] == ["KeyboardInterrupt", "StoreBusy"], got
+        else:
+            assert got[1] == "StoreBusy", got
+        shown = json.loads(lines.next("text").split(" ", 1)[1])
+        assert shown.startswith("<0><1><2><3><4>"), shown
+        # The child's lease has run out (nothing could renew it under the lock): still
+        # the reply is the child's.
+        [(lease,)] = lock.execute("SELECT lease_until FROM checkpoints").fetchall()
+        assert lease < other.now(), (lease, other.now())
+        assert_the_childs(other, cw)
+        lock.execute("ROLLBACK")
+        lock.close()
+        lock = None
+        # The lock is gone: the child's heartbeat writes the pending checkpoint at its next
+        # round. Another worker that acts first finds the reply busy, never interrupted
+        # with less than was shown.
+        found = other.find_reply("r")
+        assert found is not None
+        if found.state is ReplyState.INTERRUPTED:
+            assert found.text == shown, (found.text, shown)
+        else:
+            assert found.state is ReplyState.STREAMING, found
+            with pytest.raises(ReplyBusy):
+                cw.resume_call(found.id)
+        send(child, "close")  # its store's close writes what is still pending
+        lines.next("closed")
+        assert child.wait(WAIT) == 0
+        [checkpoint] = cw.checkpoints()
+        assert checkpoint.state is ReplyState.INTERRUPTED
+        assert checkpoint.text == shown, (checkpoint.text, shown)
+        reply = cw.resume_call(checkpoint.id)
+        assert reply.text == shown + "+more"
+        stored = [r.content for r in cw.records() if r.type is RecordType.MODEL_RESP]
+        assert stored == [shown + "+more"]
+    finally:
+        if lock is not None:
+            lock.close()
+        other.close()
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+
+
+def test_no_hold_outlives_its_final_write(tmp_path: Any) -> None:
+    """A reply is held only while its final write is under way (or pending): completed,
+    interrupted or written after the lock, it is judged by its lease again (a process
+    stopped past its lease later is taken over as before)."""
+    from rxcontext import ProviderError, StreamInterrupted
+    from rxcontext.store import sqlite_holds
+
+    db = str(tmp_path / "db.sqlite")
+    store = rxcontext.open(db, busy_timeout=0.05)
+    try:
+        cut = ProviderError("the connection dropped", provider="scripted")
+        model = ScriptedModel(
+            [[Chunk(ChunkKind.TEXT, "a"), Chunk(ChunkKind.DONE)], [Chunk(ChunkKind.TEXT, "b"), cut]]
+        )
+        cw = ContextWindow(store, model, "c", retry=None)
+        cw.add_prompt("hi")
+        assert cw.call().text == "a"
+        cw.add_prompt("again")
+        with pytest.raises(StreamInterrupted) as cut_off:
+            cw.call()
+        checkpoint = cut_off.value.checkpoint
+        holds = sqlite_holds.holds_path(db)
+        assert holds is not None and os.path.exists(holds)  # both final writes held
+        assert not sqlite_holds.held(holds, checkpoint.id, os.getpid(), here=True)
+        assert sqlite_holds._files[(os.getpid(), holds)].rows == {}  # type: ignore[union-attr]
+    finally:
+        store.close()

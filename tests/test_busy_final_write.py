@@ -248,6 +248,6 @@ def test_no_hold_outlives_its_final_write(tmp_path: Any) -> None:
         holds = sqlite_holds.holds_path(db)
         assert holds is not None and os.path.exists(holds)  # both final writes held
         assert not sqlite_holds.held(holds, checkpoint.id, os.getpid(), here=True)
-        assert sqlite_holds._files[(os.getpid(), holds)].rows == {}  # type: ignore[union-attr]
+        assert sqlite_holds._files[holds].rows == {}
     finally:
         store.close()

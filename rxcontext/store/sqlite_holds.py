@@ -74,8 +74,13 @@ class _File:
         self.lock = threading.Lock()
 
 
-_files: dict[tuple[int, str], _File | None] = {}
+_files: dict[str, _File] = {}
 _files_lock = threading.Lock()
+if hasattr(os, "register_at_fork"):
+    # A forked child holds nothing of its parent's (record locks are not inherited): it
+    # opens its own descriptors (the inherited ones stay open: closing one would drop
+    # nothing of the child's, but nothing needs them).
+    os.register_at_fork(after_in_child=_files.clear)
 
 
 def holds_path(db_path: str) -> str | None:
@@ -86,10 +91,12 @@ def holds_path(db_path: str) -> str | None:
 
 
 def _file(path: str) -> _File | None:
-    key = (os.getpid(), path)  # a forked child holds nothing of its parent's
+    found = _files.get(path)
+    if found is not None:
+        return found
     with _files_lock:
-        if key in _files:
-            return _files[key]
+        if path in _files:
+            return _files[path]
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError:
@@ -97,7 +104,7 @@ def _file(path: str) -> _File | None:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 return None  # not created: nothing ever held here (not remembered)
-        found = _files[key] = _File(fd)
+        found = _files[path] = _File(fd)
         return found
 
 
@@ -141,9 +148,8 @@ def held(path: str | None, checkpoint_id: int, pid: int, *, here: bool) -> bool:
     if path is None or fcntl is None:
         return False
     if here:
-        with _files_lock:
-            f = _files.get((os.getpid(), path))
-        return f is not None and checkpoint_id in f.rows
+        mine = _files.get(path)
+        return mine is not None and checkpoint_id in mine.rows
     f = _file(path)
     if f is None:
         return False

@@ -57,6 +57,7 @@ from .errors import (
     RxContextError,
     SchemaValidationError,
     StoreBusy,
+    StoreError,
     StreamInterrupted,
 )
 from .fanout.base import Channel, Fanout
@@ -713,7 +714,9 @@ class ReplyPersister:
         """Keep the reply this process's for every reader, whatever its lease, from before
         a final write until :meth:`release_hold` (see :meth:`Store.hold_reply`)."""
         if self._held is None and self.ticket is not None:
-            self._held = self.store.hold_reply(self.ticket)
+            # A closed store: the write that follows says so, as it did.
+            with contextlib.suppress(StoreError):
+                self._held = self.store.hold_reply(self.ticket)
 
     def release_hold(self) -> None:
         """The final write is done or given up: the reply's row is judged by its lease

@@ -1058,6 +1058,7 @@ CALLS: dict[str, Callable[[SQLiteStore, str], object]] = {
     "renew_leases": lambda s, c: s.renew_leases("me"),
     "renew_replies": lambda s, c: s.renew_replies([ReplyTicket(1, 1)]),
     "request_stop": lambda s, c: s.request_stop("r"),
+    "hold_reply": lambda s, c: s.hold_reply(ReplyTicket(1, 1)),
     "stop_requests": lambda s, c: s.stop_requests([ReplyTicket(1, 1)]),
     "on_close": lambda s, c: s.on_close(lambda: None),
     "get_checkpoint": lambda s, c: s.get_checkpoint(1),

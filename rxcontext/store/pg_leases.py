@@ -67,6 +67,7 @@ class PostgresLeases:
         is never kept pending — it waits for the locks it needs however long (no
         ``lock_timeout``, no ``StoreBusy``), and a failure to reach the server is not a
         wait: the write is given up (``StoreError``)."""
+        self._runner.pool()  # a closed store refuses, as it refuses every call
         return _nothing
 
     def renew_replies(self, tickets: Sequence[ReplyTicket]) -> list[bool] | None:

@@ -25,7 +25,7 @@ descriptor of the file: one descriptor per file and process is opened, never clo
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import os
 import struct
 import sys
@@ -119,10 +119,10 @@ def hold(path: str | None, checkpoint_id: int) -> Callable[[], None]:
         if n == 0:
             try:
                 fcntl.fcntl(f.fd, fcntl.F_SETLK, _pack(fcntl.F_WRLCK, checkpoint_id))
-            except OSError as exc:
-                if exc.errno in (errno.EBADF, errno.EACCES, errno.EAGAIN, errno.ENOLCK):
-                    return _nothing  # read-only here, or (never) held by another process
-                raise
+            except OSError:
+                # Read-only here, no locks on this file system, or (never) held by another
+                # process: no hold, the lease decides — the write itself must not fail.
+                return _nothing
         f.rows[checkpoint_id] = n + 1
     done = False
 
@@ -138,7 +138,8 @@ def hold(path: str | None, checkpoint_id: int) -> Callable[[], None]:
                 f.rows[checkpoint_id] = left
                 return
             del f.rows[checkpoint_id]
-            fcntl.fcntl(f.fd, fcntl.F_SETLK, _pack(fcntl.F_UNLCK, checkpoint_id))
+            with contextlib.suppress(OSError):  # unlocking cannot fail on a held range
+                fcntl.fcntl(f.fd, fcntl.F_SETLK, _pack(fcntl.F_UNLCK, checkpoint_id))
 
     return release
 
@@ -153,7 +154,10 @@ def held(path: str | None, checkpoint_id: int, pid: int, *, here: bool) -> bool:
     f = _file(path)
     if f is None:
         return False
-    found = fcntl.fcntl(f.fd, fcntl.F_GETLK, _pack(fcntl.F_WRLCK, checkpoint_id))
+    try:
+        found = fcntl.fcntl(f.fd, fcntl.F_GETLK, _pack(fcntl.F_WRLCK, checkpoint_id))
+    except OSError:
+        return False  # no locks here: the lease decides
     kind, holder = _unpack(found)
     return kind != fcntl.F_UNLCK and holder == pid
 

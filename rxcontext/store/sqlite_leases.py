@@ -84,6 +84,7 @@ class SQLiteLeases:
     def hold_reply(self, ticket: ReplyTicket) -> Callable[[], None]:
         """Keep the reply this process's for every reader, whatever its lease, until the
         returned call: its final write is under way, or pending (see :mod:`.sqlite_holds`)."""
+        self._db()  # a closed store refuses, as it refuses every call
         return sqlite_holds.hold(self._holds, ticket.checkpoint_id)
 
     def request_stop(self, reply_id: str) -> bool:

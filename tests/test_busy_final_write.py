@@ -251,3 +251,44 @@ def test_no_hold_outlives_its_final_write(tmp_path: Any) -> None:
         assert sqlite_holds._files[holds].rows == {}
     finally:
         store.close()
+
+
+HOLDS_CHILD = """
+import sys
+from rxcontext.store import sqlite_holds
+path, row, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for line in sys.stdin:
+    print(sqlite_holds.held(path, row, pid, here=False), flush=True)
+"""
+
+
+def test_a_hold_is_seen_by_another_process_until_it_is_let_go(tmp_path: Any) -> None:
+    """The hold itself: another process sees it (naming this process), and not after it
+    is let go; another row is never held by it."""
+    from rxcontext.store import sqlite_holds
+
+    holds = sqlite_holds.holds_path(str(tmp_path / "db.sqlite"))
+    assert holds is not None
+    release = sqlite_holds.hold(holds, 7)
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDS_CHILD, holds, "7", str(os.getpid())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    lines = Lines(child.stdout)
+    try:
+        send(child, "look")
+        assert lines.next("") == "True"
+        assert sqlite_holds.held(holds, 7, os.getpid(), here=True)
+        assert not sqlite_holds.held(holds, 8, os.getpid(), here=True)
+        release()
+        release()  # idempotent
+        send(child, "look")
+        assert lines.next("") == "False"
+    finally:
+        release()
+        assert child.stdin is not None
+        child.stdin.close()
+        assert child.wait(WAIT) == 0

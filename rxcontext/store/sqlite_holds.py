@@ -76,11 +76,19 @@ class _File:
 
 _files: dict[str, _File] = {}
 _files_lock = threading.Lock()
+
+
+def _forked() -> None:
+    """A forked child holds nothing of its parent's (record locks are not inherited): it
+    opens its own descriptors (the inherited ones stay open: nothing needs them), and its
+    lock is new (a parent's thread may have held it at the fork)."""
+    global _files_lock
+    _files_lock = threading.Lock()
+    _files.clear()
+
+
 if hasattr(os, "register_at_fork"):
-    # A forked child holds nothing of its parent's (record locks are not inherited): it
-    # opens its own descriptors (the inherited ones stay open: closing one would drop
-    # nothing of the child's, but nothing needs them).
-    os.register_at_fork(after_in_child=_files.clear)
+    os.register_at_fork(after_in_child=_forked)
 
 
 def holds_path(db_path: str) -> str | None:

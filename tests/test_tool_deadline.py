@@ -83,7 +83,7 @@ def test_a_sync_tool_past_the_deadline_is_left_running_and_the_call_ends() -> No
     cw.add_tool(MULTIPLY, tool)
     cw.add_prompt("What is 1231 * 2331?")
     with pytest.raises(StreamInterrupted) as cut:
-        cw.call(deadline=0.2)
+        cw.call(deadline=1.0)
     assert tool.started.is_set() and not tool.returned.is_set()  # ended while it was blocked
     check_cut(cut.value, cw, replay)
     tool.release.set()
@@ -102,7 +102,7 @@ async def test_a_sync_tool_on_asyncio_past_the_deadline_is_left_running_and_the_
     cw.add_tool(MULTIPLY, tool)
     cw.add_prompt("What is 1231 * 2331?")
     with pytest.raises(StreamInterrupted) as cut:
-        await cw.acall(deadline=0.2)
+        await cw.acall(deadline=1.0)
     assert tool.started.is_set() and not tool.returned.is_set()
     check_cut(cut.value, cw, replay)
     tool.release.set()
@@ -134,7 +134,7 @@ async def test_an_async_tool_past_the_deadline_is_cancelled_and_the_call_ends() 
     cw.add_tool(MULTIPLY, tool)
     cw.add_prompt("What is 1231 * 2331?")
     with pytest.raises(StreamInterrupted) as cut:
-        await cw.acall(deadline=0.2)
+        await cw.acall(deadline=1.0)
     assert started.is_set() and ended == ["cancelled"]
     check_cut(cut.value, cw, replay)
     release.set()

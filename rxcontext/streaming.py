@@ -216,22 +216,28 @@ class _SyncDriver:
                 self.run.close()
 
     def _start(self) -> None:
-        while True:
-            delay = self._advance()
-            if delay is None:
-                return
-            sched = self.scheduler
-            if sched is not None and not isinstance(sched, TrampolineScheduler):
-                with self.lock:
-                    if not self.flag.disposed:
-                        self.waiting = True
-                        self.timer = sched.schedule_relative(delay, self._wake)
-                        return
-                self._cancelled()
-                return
-            if not self._block(delay):
-                self._cancelled()
-                return
+        try:
+            while True:
+                delay = self._advance()
+                if delay is None:
+                    return
+                sched = self.scheduler
+                if sched is not None and not isinstance(sched, TrampolineScheduler):
+                    with self.lock:
+                        if not self.flag.disposed:
+                            self.waiting = True
+                            self.timer = sched.schedule_relative(delay, self._wake)
+                            return
+                    self._cancelled()
+                    return
+                if not self._block(delay):
+                    self._cancelled()
+                    return
+        except BaseException as error:
+            # Ctrl-C while waiting to send again, or in _advance's own handling of the
+            # failure (deciding to wait, say), which its except clauses do not cover.
+            self._let_go(error)
+            raise
 
     def _block(self, delay: float) -> bool:
         """Wait on this thread; False if disposed meanwhile."""
@@ -241,15 +247,32 @@ class _SyncDriver:
             return not self.flag.disposed
         return not self.flag.wait(delay)
 
+    def _let_go(self, error: BaseException) -> None:
+        """An exception :meth:`_advance` let out with the reply unended (a
+        ``KeyboardInterrupt`` between two attempts, or in its own handling of a failure):
+        save what was delivered, as it does, before it is let go (:meth:`start` closes the
+        run)."""
+        persister = self.run.persister
+        if not persister.finished:
+            persister.interrupt(error)
+
     def _wake(self, _: Any = None, __: Any = None) -> None:
-        with self.lock:
-            if not self.waiting:
+        try:
+            with self.lock:
+                if not self.waiting:
+                    return
+                self.waiting = False
+                self.timer = None
+            if self.run.persister.stop is not None:
+                self._cancelled()  # stopped while waiting to send again
                 return
-            self.waiting = False
-            self.timer = None
-        if self.run.persister.stop is not None:
-            self._cancelled()  # stopped while waiting to send again
-            return
+        except BaseException as error:  # a scheduler on the main thread: Ctrl-C lands here
+            try:
+                self._let_go(error)
+            finally:
+                if self.run.persister.finished:
+                    self.run.close()
+            raise
         self.start()
 
     def _on_dispose(self) -> None:

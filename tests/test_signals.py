@@ -422,3 +422,113 @@ def test_a_ctrl_c_as_the_driver_starts_its_own_write_never_leaves_the_write_lock
     assert not driver.is_alive() and outcome == ["KeyboardInterrupt"]
     (cp,) = cw.checkpoints()
     assert cp.text == "ab"
+
+
+def _lines(child: subprocess.Popen[str]) -> Any:
+    """The child's stdout lines, each waited for at most 30 s (a hung child fails the test
+    instead of hanging it); None once the output ends."""
+    import queue
+
+    assert child.stdout is not None
+    got: queue.Queue[str | None] = queue.Queue()
+    stdout = child.stdout
+
+    def pump() -> None:
+        for line in stdout:
+            got.put(line.rstrip("\n"))
+        got.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+
+    def next_line() -> str | None:
+        try:
+            return got.get(timeout=30)
+        except queue.Empty:  # pragma: no cover - a hung child
+            child.kill()
+            pytest.fail("the child printed nothing for 30 s")
+
+    return next_line
+
+
+def _until(next_line: Any, wanted: str, into: list[str] | None = None) -> None:
+    """Read lines until ``wanted`` (those starting ``d `` go into ``into``)."""
+    while (line := next_line()) != wanted:
+        assert line is not None, f"the child ended before printing {wanted!r}"
+        if into is not None and line.startswith("d "):
+            into.append(line[2:])
+
+
+RETRY_WAIT = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    import rxcontext
+    from rxcontext import Chunk, ChunkKind, ContextWindow, RetryPolicy, Tool, Usage
+    from rxcontext.providers import ScriptedModel
+
+    path, mode = sys.argv[1], sys.argv[2]
+    billed = Chunk(ChunkKind.USAGE, usage=Usage(input_tokens=7, output_tokens=0))
+    call = Chunk(ChunkKind.TOOL_CALL, "{}", index=0, id="c1", name="t")
+    tools_done = Chunk(ChunkKind.DONE, finish_reason="tool_calls")
+    scripts = [
+        [Chunk(ChunkKind.TEXT, "Let me look. "), call, tools_done],
+        [billed, ConnectionError("reset by peer")],  # round 2 fails: a wait to send it again
+        [Chunk(ChunkKind.TEXT, "42"), Chunk(ChunkKind.DONE, finish_reason="stop")],
+    ]
+
+    def retry_on(error):
+        print("RETRY-WAIT", flush=True)
+        return True
+
+    store = rxcontext.open(path)
+    retry = RetryPolicy(initial_delay=120, jitter=0, retry_on=retry_on)
+    cw = ContextWindow(store, ScriptedModel(scripts), "sig", retry=retry)
+    cw.add_tool(Tool("t", "a tool"), lambda args: "tool output")
+    cw.add_prompt("go")
+    try:
+        if mode == "sync":
+            cw.stream().subscribe(lambda c: None)
+        else:
+            async def main():
+                async for c in cw.astream():
+                    pass
+            asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    # The program goes on (a chat, a server): what does its store say?
+    seen = {
+        "active": [r.state.value for r in cw.active_replies()],
+        "checkpoints": [(cp.state.value, cp.text) for cp in cw.checkpoints()],
+        "usage": [cp.usage and cp.usage.input_tokens for cp in cw.checkpoints()],
+    }
+    for cp in cw.checkpoints():
+        cw.discard(cp.id)  # raises ReplyBusy while the reply is still (said to be) streaming
+    print("KBI", json.dumps(seen), flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_ctrl_c_while_waiting_to_retry_leaves_an_interrupted_checkpoint(
+    tmp_path: Path, mode: str
+) -> None:
+    """Round 2 of a tool reply fails and the policy waits to send it again; Ctrl-C during
+    that wait used to escape the sync driver's handling: the reply stayed STREAMING (its
+    lease renewed by the heartbeat) for as long as the process lived, and could not be
+    discarded. It must end INTERRUPTED, as on asyncio."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", RETRY_WAIT, str(tmp_path / "t.db"), mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    next_line = _lines(child)
+    _until(next_line, "RETRY-WAIT")
+    child.send_signal(signal.SIGINT)
+    line = next_line()
+    child.wait(30)
+    assert line is not None and line.startswith("KBI "), child.stderr.read()  # type: ignore[union-attr]
+    seen = json.loads(line[4:])
+    # The failed attempt's billed usage is kept with it.
+    assert seen == {"active": [], "checkpoints": [["interrupted", ""]], "usage": [7]}
+    assert child.returncode == 0

@@ -526,7 +526,18 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                                 else:
                                     hook.chunk(chunk)
                         except Exception:
-                            hook_raised = True
+                            hook_raised = True  # it refused the chunk: not folded
+                            raise
+                        except BaseException:
+                            # A cancel (Ctrl-C under asyncio.run) landing in the program's
+                            # hook: it had the chunk, which counts as delivered (as the
+                            # sync driver has it), saved with the checkpoint below.
+                            persister.busy = True
+                            if persister._claimed:
+                                persister.wait_claim()
+                            if not persister.finished:
+                                persister.add(chunk)
+                            persister.busy = False
                             raise
                         persister.busy = True
                         if persister._claimed:

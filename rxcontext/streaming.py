@@ -370,6 +370,26 @@ class _SyncDriver:
         if flag.disposed or watch.is_stopped:
             raise _Cancelled  # disposed by the subscriber's own on_next (take(n), say)
 
+    def _hook_failed(self, chunk: Chunk, error: BaseException) -> None:
+        """A per-chunk hook raised on ``chunk``. Its own error refuses the chunk (never
+        folded, never sent again for); a signal landing in it (``KeyboardInterrupt``, a
+        ``SystemExit`` from a SIGTERM handler) finds the chunk delivered to the program's
+        code (``cw.call(middleware(on_chunk=show))`` shows it there): folded, as a signal
+        in ``on_next`` leaves it (:meth:`_deliver`), before the driver saves the checkpoint."""
+        if isinstance(error, Exception):
+            self.hook_raised = True
+            return
+        p = self.persister
+        guard = self.guard
+        guard.critical = True  # another signal waits for the fold
+        p.busy = True
+        if p._claimed:
+            p.wait_claim()
+        if not p.finished:  # (ended from another thread meanwhile: nothing to add to)
+            p.add(chunk)
+        p.busy = False
+        guard.critical = False
+
     user_raised = False
     hook_raised = False
     """Whether a middleware hook raised: its error is the user's, never sent again for."""
@@ -434,8 +454,8 @@ class _SyncDriver:
                             try:
                                 for hook in hooks:
                                     hook.chunk(chunk)
-                            except Exception:
-                                self.hook_raised = True
+                            except BaseException as error:
+                                self._hook_failed(chunk, error)
                                 raise
                         guard.critical = True  # a Ctrl-C in our code from here waits
                         p.busy = True
@@ -499,8 +519,8 @@ class _SyncDriver:
                             try:
                                 for hook in hooks:
                                     hook.chunk(chunk)
-                            except Exception:
-                                self.hook_raised = True
+                            except BaseException as error:
+                                self._hook_failed(chunk, error)
                                 raise
                             deliver(chunk)
                             delivered = True

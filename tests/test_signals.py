@@ -532,3 +532,72 @@ def test_ctrl_c_while_waiting_to_retry_leaves_an_interrupted_checkpoint(
     # The failed attempt's billed usage is kept with it.
     assert seen == {"active": [], "checkpoints": [["interrupted", ""]], "usage": [7]}
     assert child.returncode == 0
+
+
+HOOK = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    import rxcontext
+    from rxcontext import Chunk, ChunkKind, ContextWindow
+    from rxcontext import operators as rxops
+    from rxcontext.providers import ScriptedModel
+
+    path, mode = sys.argv[1], sys.argv[2]
+    chunks = [Chunk(ChunkKind.TEXT, f"<{i}>") for i in range(50)]
+    model = ScriptedModel([[*chunks, Chunk(ChunkKind.DONE, finish_reason="stop")]])
+    store = rxcontext.open(path)
+    cw = ContextWindow(store, model, "sig", retry=None)
+    cw.add_prompt("go")
+    shown = []
+
+    def show(c):
+        shown.append(c.text)
+        print("d", c.text, flush=True)
+        if len(shown) == 5:
+            print("SHOWN5", flush=True)
+            sys.stdin.readline()  # still rendering it when Ctrl-C comes
+
+    async def ashow(c):
+        shown.append(c.text)
+        print("d", c.text, flush=True)
+        if len(shown) == 5:
+            print("SHOWN5", flush=True)
+            await asyncio.Event().wait()  # the task is cancelled here by Ctrl-C
+
+    try:
+        if mode == "sync":
+            cw.call(rxops.middleware(on_chunk=show))
+        else:
+            asyncio.run(cw.acall(rxops.middleware(on_chunk=ashow)))
+    except KeyboardInterrupt:
+        pass
+    (cp,) = cw.checkpoints()
+    print("KBI", json.dumps(cp.text), flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_ctrl_c_in_an_on_chunk_hook_keeps_the_chunk_it_had(tmp_path: Path, mode: str) -> None:
+    """``cw.call(middleware(on_chunk=show))``: ``show`` is the program's only view of the
+    reply. Ctrl-C landing in it after it showed chunk 5 used to leave that chunk out of the
+    checkpoint (the hook runs before the fold); as in a subscriber's ``on_next``, a signal
+    landing in the user's own code means the chunk counts as delivered."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOOK, str(tmp_path / "t.db"), mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    next_line = _lines(child)
+    shown: list[str] = []
+    _until(next_line, "SHOWN5", shown)
+    child.send_signal(signal.SIGINT)
+    line = next_line()
+    assert child.stdin is not None
+    child.stdin.close()
+    child.wait(30)
+    assert line is not None and line.startswith("KBI "), child.stderr.read()  # type: ignore[union-attr]
+    assert json.loads(line[4:]) == "".join(shown) == "<0><1><2><3><4>"

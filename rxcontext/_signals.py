@@ -15,6 +15,7 @@ writes do not await.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -22,18 +23,20 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-__all__ = ["HandOver", "deferred"]
+__all__ = ["HandOver", "Terminated", "deferred"]
 
 try:  # the C functions: signal.signal/getsignal wrap them in enum conversions that cost
     # ~10 µs a call (a failed Handlers(handler) lookup), on every store write's way
+    from _signal import SIG_DFL as _DFL  # type: ignore[import-not-found,unused-ignore]
     from _signal import getsignal as _getsignal  # type: ignore[import-not-found,unused-ignore]
     from _signal import signal as _setsignal  # type: ignore[import-not-found,unused-ignore]
 except ImportError:  # pragma: no cover - not CPython
-    _getsignal, _setsignal = signal.getsignal, signal.signal
+    _getsignal, _setsignal, _DFL = signal.getsignal, signal.signal, signal.SIG_DFL
 
 _DEFERRED = tuple(
     int(s) for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None
 )
+_TERM = int(signal.SIGTERM) if hasattr(signal, "SIGTERM") else None
 _MAIN = threading.main_thread()
 _depth = 0  # main thread only: nested regions defer once, at the outermost
 
@@ -74,6 +77,11 @@ def deferred() -> Iterator[None]:
             saved[signum](signum, frame)
 
 
+class Terminated(BaseException):
+    """SIGTERM came at its default disposition while a reply was driven (see
+    :class:`HandOver`): the driver saves the checkpoint, then the process dies by SIGTERM."""
+
+
 class HandOver:
     """Holds SIGINT/SIGTERM while the sync driver hands a chunk over and folds it in.
 
@@ -84,15 +92,25 @@ class HandOver:
     waits for :meth:`release`; one that arrives in the subscriber's code is raised at once,
     as usual (the chunk then counts as delivered). Installed once per run of the driver, on
     the main thread only (elsewhere it does nothing): two flag writes per chunk.
+
+    SIGTERM at its default disposition (a plain program stopped by ``kill``, ``docker
+    stop``, systemd) would kill the process at once, the reply keeping only its last
+    periodic write. While the driver runs it is handled like Ctrl-C instead, raising
+    :class:`Terminated`; once the driver saved what was delivered and let go of the reply,
+    :meth:`terminate` restores the default and sends SIGTERM again, so the process dies by
+    it as it would have (no exception reaches the program). A second SIGTERM meanwhile
+    kills at once. A handler the program installed is used as is.
     """
 
-    __slots__ = ("_saved", "critical", "held")
+    __slots__ = ("_saved", "critical", "held", "terminated")
 
     def __init__(self) -> None:
         self.critical = False
         self.held: list[tuple[int, FrameType | None]] = []
         """Signals waiting for :meth:`release` (the driver looks before calling it)."""
         self._saved: dict[int, Any] = {}
+        self.terminated = False
+        """Whether SIGTERM came at its default (then :meth:`terminate` ends the process)."""
 
     def __enter__(self) -> HandOver:
         if threading.current_thread() is _MAIN:
@@ -101,14 +119,30 @@ class HandOver:
                 if callable(handler):
                     self._saved[signum] = handler
                     _setsignal(signum, self._handle)
+                elif signum == _TERM and handler == _DFL:
+                    self._saved[signum] = self._terminate
+                    _setsignal(signum, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
         saved, self._saved = self._saved, {}
         for signum, handler in saved.items():
-            _setsignal(signum, handler)
+            _setsignal(signum, _DFL if handler == self._terminate else handler)
         self.critical = False
         self.held.clear()
+
+    def _terminate(self, signum: int, frame: FrameType | None) -> None:
+        if self.terminated:  # a second SIGTERM: no more waiting
+            _setsignal(signum, _DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.terminated = True
+        raise Terminated("SIGTERM")
+
+    def terminate(self) -> None:
+        """After :meth:`__exit__`: if SIGTERM came at its default, die by it now."""
+        if self.terminated and _TERM is not None:
+            os.kill(os.getpid(), _TERM)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         ours = frame is not None and frame.f_globals.get("__name__", "").startswith("rxcontext")

@@ -214,6 +214,7 @@ class _SyncDriver:
         finally:
             if self.run.persister.finished:
                 self.run.close()
+            self.guard.terminate()  # SIGTERM came at its default: the reply is saved, die
 
     def _start(self) -> None:
         try:

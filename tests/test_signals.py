@@ -601,3 +601,136 @@ def test_ctrl_c_in_an_on_chunk_hook_keeps_the_chunk_it_had(tmp_path: Path, mode:
     child.wait(30)
     assert line is not None and line.startswith("KBI "), child.stderr.read()  # type: ignore[union-attr]
     assert json.loads(line[4:]) == "".join(shown) == "<0><1><2><3><4>"
+
+
+TERM = textwrap.dedent(
+    """
+    import signal, sys
+    import rxcontext
+    from rxcontext import Chunk, ChunkKind, ContextWindow
+    from rxcontext.providers import ScriptedModel
+
+    path, where = sys.argv[1], sys.argv[2]
+    if where == "own-handler":
+        def on_term(signum, frame):
+            raise SystemExit(7)
+        signal.signal(signal.SIGTERM, on_term)
+
+    class Model(ScriptedModel):
+        def iter_chunks(self, request):
+            for chunk in super().iter_chunks(request):
+                yield chunk
+                if chunk.text == "<4>" and where != "on_next":
+                    print("WAIT", flush=True)
+                    sys.stdin.readline()  # the driver reads the model when SIGTERM comes
+
+    chunks = [Chunk(ChunkKind.TEXT, f"<{i}>") for i in range(50)]
+    store = rxcontext.open(path)
+    model = Model([[*chunks, Chunk(ChunkKind.DONE, finish_reason="stop")]])
+    cw = ContextWindow(store, model, "sig")
+    cw.add_prompt("go")
+
+    def on_next(c):
+        if c.text:
+            print("d", c.text, flush=True)
+            if c.text == "<4>" and where == "on_next":
+                print("WAIT", flush=True)
+                sys.stdin.readline()  # SIGTERM lands in the program's own code
+
+    try:
+        cw.stream().subscribe(on_next)
+    except BaseException as error:
+        print("RAISED", type(error).__name__, flush=True)
+        raise
+    print("DONE", flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="needs SIGTERM")
+@pytest.mark.parametrize("where", ["on_next", "model"])
+def test_sigterm_at_its_default_keeps_what_was_delivered_and_still_kills(
+    tmp_path: Path, where: str
+) -> None:
+    """A plain program (no SIGTERM handler: ``kill``, ``docker stop``, systemd) used to die
+    at once, its reply holding only its last periodic write (here: nothing). While a reply
+    is driven on the main thread, SIGTERM at its default is held like Ctrl-C: the checkpoint
+    of what was delivered is written, then the process dies by SIGTERM as it would have
+    (no exception reaches the program, its exit status says signal 15)."""
+    path = tmp_path / "t.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", TERM, str(path), where],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    next_line = _lines(child)
+    shown: list[str] = []
+    _until(next_line, "WAIT", shown)
+    child.send_signal(signal.SIGTERM)
+    rest = []
+    while (line := next_line()) is not None:
+        rest.append(line)
+    assert child.stdin is not None
+    child.stdin.close()
+    child.wait(30)
+    assert child.returncode == -signal.SIGTERM, child.stderr.read()  # type: ignore[union-attr]
+    assert rest == []  # no exception reached the program, nothing more was delivered
+    store = rxcontext.open(path)
+    try:
+        (cp,) = store.checkpoints(store.get_context_by_name("sig").id)
+        assert cp.text == "".join(shown) == "<0><1><2><3><4>"
+        assert cp.state.value == "interrupted"
+    finally:
+        store.close()
+
+
+def test_sigterm_handler_the_program_installed_is_left_alone(tmp_path: Path) -> None:
+    """A program's own SIGTERM handler runs as before (here it raises SystemExit(7)): the
+    driver saves the checkpoint and lets the exception go; nothing is re-sent."""
+    path = tmp_path / "t.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", TERM, str(path), "own-handler"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    next_line = _lines(child)
+    shown: list[str] = []
+    _until(next_line, "WAIT", shown)
+    child.send_signal(signal.SIGTERM)
+    line = next_line()
+    assert child.stdin is not None
+    child.stdin.close()
+    child.wait(30)
+    assert line == "RAISED SystemExit" and child.returncode == 7
+    store = rxcontext.open(path)
+    try:
+        (cp,) = store.checkpoints(store.get_context_by_name("sig").id)
+        assert cp.text == "".join(shown)
+    finally:
+        store.close()
+
+
+def test_the_default_sigterm_disposition_is_back_after_a_reply() -> None:
+    """The temporary SIGTERM handler lives only while the driver runs."""
+    from rxcontext import Chunk, ChunkKind, ContextWindow
+    from rxcontext.providers import ScriptedModel
+
+    if threading.current_thread() is not threading.main_thread():  # pragma: no cover
+        pytest.skip("signal handlers are the main thread's")
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        seen: list[Any] = []
+        model = ScriptedModel([[Chunk(ChunkKind.TEXT, "a"), Chunk(ChunkKind.TEXT, "b")]])
+        cw = ContextWindow(rxcontext.open(":memory:"), model, "c")
+        cw.add_prompt("q")
+        cw.stream().subscribe(lambda c: seen.append(signal.getsignal(signal.SIGTERM)))
+        assert seen and all(callable(h) for h in seen)  # held while it ran
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -137,13 +137,32 @@ def partial_objects() -> Callable[[Observable[Chunk | str]], Observable[Any]]:
     given. Text that is not JSON (a model that ignored the schema) stops the partial values
     without an error (until a rewind takes it back): the final validation reports it
     (:class:`~rxcontext.SchemaValidationError`).
+
+    Each value is delivered in the ``on_next`` of the delta that made it (as ``map``
+    would), so a reply that is cut has given its values before the error, and ``take(n)``
+    after it stops the reply early (a checkpoint, as any dispose).
     """
 
     def _partial_objects(source: Observable[Chunk | str]) -> Observable[Any]:
-        def factory(_: abc.SchedulerBase | None = None) -> Observable[Any]:
-            return source.pipe(ops.flat_map(_Partials().step))
+        def subscribe(
+            observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            partials = _Partials()
 
-        return reactivex.defer(factory)
+            def on_next(item: Chunk | str) -> None:
+                try:
+                    values = partials.step(item)
+                except Exception as error:  # as ``map`` delivers its mapper's error
+                    observer.on_error(error)
+                    return
+                for value in values:  # in this on_next: not queued on a trampoline
+                    observer.on_next(value)
+
+            return source.subscribe(
+                on_next, observer.on_error, observer.on_completed, scheduler=scheduler
+            )
+
+        return Observable(subscribe)
 
     return _partial_objects
 

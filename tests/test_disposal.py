@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import random
 import sqlite3
 import threading
@@ -267,10 +268,20 @@ def _last(got: list[str]) -> str:
     return got[-1]
 
 
+def json_piece(text: str) -> str:
+    """``text`` as a piece of a JSON string's body."""
+    return json.dumps(text)[1:-1]
+
+
 PIPES: dict[str, tuple[Callable[[], list[Any]], Callable[[list[str]], str]]] = {
     "text": (lambda: [rxops.text()], _joined),
     "map": (lambda: [ops.map(lambda c: c.text)], _joined),
     "accumulate": (lambda: [rxops.accumulate(), ops.map(lambda r: r.text)], _last),
+    # The reply's text as one JSON string growing: each partial value is the text so far.
+    "partial_objects": (
+        lambda: [rxops.text(), ops.map(json_piece), ops.start_with('"'), rxops.partial_objects()],
+        _last,
+    ),
     "middleware-filter-map": (
         lambda: [
             rxops.middleware(on_chunk=lambda c: None),

@@ -259,8 +259,18 @@ async def _await(awaitable: Awaitable[_T]) -> _T:
     return await awaitable
 
 
-def run_to_end(awaitable: Awaitable[_T]) -> _T:
-    """Run ``awaitable`` to its end on a new event loop on this thread (``asyncio.run``);
-    as a tool of a blocking round (:meth:`RoundTasks.bind`), one the driver can cancel."""
+def take_round() -> RoundTasks | None:
+    """The blocking round whose tool is about to run here (:meth:`RoundTasks.bind`), taken
+    out of the current context: what the tool itself runs (a sync tool's sub-agent and its
+    async tools) is not the round's, and its deadline does not cancel it."""
     tasks = _round.get()
+    if tasks is not None:
+        _round.set(None)  # in the job's own copy of the context
+    return tasks
+
+
+def run_to_end(awaitable: Awaitable[_T], tasks: RoundTasks | None = None) -> _T:
+    """Run ``awaitable`` to its end on a new event loop on this thread (``asyncio.run``);
+    as a tool of the blocking round ``tasks`` (:func:`take_round`), one its driver can
+    cancel."""
     return asyncio.run(_await(awaitable) if tasks is None else tasks._main(awaitable))

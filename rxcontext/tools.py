@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._toolthreads import in_tool_thread, run_to_end
+from ._toolthreads import RoundTasks, in_tool_thread, run_to_end, take_round
 from .chunks import ToolCall
 from .toolnames import check_new, check_stored
 
@@ -354,10 +354,11 @@ class ToolRegistry:
         if isinstance(prepared, ToolResult):
             return prepared
         runner, args = prepared
+        tasks = take_round()  # this call is the round's; what the runner runs is not
         try:
             output = runner(args)
             if inspect.isawaitable(output):
-                output = _wait_for(output)
+                output = _wait_for(output, tasks)
             return ToolResult(call_id, name, _as_text(output))
         except Exception as exc:
             return ToolResult(call_id, name, _error_output(str(exc) or type(exc).__name__), True)
@@ -386,19 +387,19 @@ class ToolRegistry:
             return ToolResult(call_id, name, _error_output(str(exc) or type(exc).__name__), True)
 
 
-def _wait_for(awaitable: Awaitable[Any]) -> Any:
-    """Run ``awaitable`` to completion from synchronous code (as a tool of a blocking
-    round, one its driver can cancel: see ``_toolthreads.run_to_end``)."""
+def _wait_for(awaitable: Awaitable[Any], tasks: RoundTasks | None = None) -> Any:
+    """Run ``awaitable`` to completion from synchronous code (as a tool of the blocking
+    round ``tasks``, one its driver can cancel: see ``_toolthreads.run_to_end``)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return run_to_end(awaitable)
+        return run_to_end(awaitable, tasks)
     # A blocking call made from async code (``cw.call()`` inside a coroutine): this thread's
     # loop is busy waiting for us, so the runner gets a fresh loop on a helper thread.
     # In a copy of the caller's context variables, as asyncio.to_thread runs a function.
     context = contextvars.copy_context()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rxcontext-tool") as pool:
-        return pool.submit(context.run, run_to_end, awaitable).result()
+        return pool.submit(context.run, run_to_end, awaitable, tasks).result()
 
 
 def _as_text(output: Any) -> str:

@@ -190,3 +190,40 @@ def test_an_async_tool_on_the_blocking_path_past_the_deadline_is_cancelled(swall
     cw.add_prompt("And?")
     cw.call()
     check_next_request(cw, replay)
+
+
+def test_a_sync_tool_left_running_past_the_deadline_runs_its_sub_agents_async_tools() -> None:
+    """What a sync tool of the round runs (a sub-agent with an async tool) is not the
+    round's: the round's deadline cancels the round's own async tools only, as on asyncio."""
+    cw, _ = window()
+    release = threading.Event()
+    out: dict[str, Any] = {}
+    done = threading.Event()
+
+    async def multiply(args: dict[str, Any]) -> str:
+        await asyncio.sleep(0)
+        return str(int(args["a"] * args["b"]))
+
+    def delegate(args: dict[str, Any]) -> str:
+        try:
+            release.wait(GUARD)  # until the outer call has ended at its deadline
+            sub, _ = window()
+            sub.add_tool(MULTIPLY, multiply)
+            sub.add_prompt("What is 1231 * 2331?")
+            out["reply"] = sub.call().text
+            out["outputs"] = [r.content for r in sub.records() if r.type is RecordType.TOOL_OUTPUT]
+        except BaseException as error:  # what reached the tool: shown in the assertion
+            out["error"] = repr(error)
+        finally:
+            done.set()
+        return "2869461"
+
+    cw.add_tool(MULTIPLY, delegate)
+    cw.add_prompt("What is 1231 * 2331?")
+    with pytest.raises(StreamInterrupted) as cut:
+        cw.call(deadline=1.0)
+    assert isinstance(cut.value.__cause__, DeadlineExceeded)
+    release.set()
+    assert done.wait(GUARD)
+    assert "error" not in out, out
+    assert out["outputs"] == ["2869461"] and out["reply"]

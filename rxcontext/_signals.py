@@ -90,8 +90,9 @@ class HandOver:
     own code, after ``on_next`` returned) would leave a delivered chunk out of the
     checkpoint. While :attr:`critical` is set, a signal that arrives in rxcontext's own code
     waits for :meth:`release`; one that arrives in the subscriber's code is raised at once,
-    as usual (the chunk then counts as delivered). Installed once per run of the driver, on
-    the main thread only (elsewhere it does nothing): two flag writes per chunk.
+    as usual (the chunk then counts as delivered). Installed each time the driver starts
+    (again when a retry wakes it), on the main thread only (elsewhere it does nothing): two
+    flag writes per chunk.
 
     SIGTERM at its default disposition (a plain program stopped by ``kill``, ``docker
     stop``, systemd) would kill the process at once, the reply keeping only its last

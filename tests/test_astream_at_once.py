@@ -21,7 +21,7 @@ import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType
 from rxcontext.history import INTERRUPTED_TOOL_OUTPUT
 from rxcontext.providers import ScriptedModel
-from rxcontext.store.sqlite import AT_ONCE_RECORDS
+from rxcontext.store.sqlite import AT_ONCE_RECORDS, AT_ONCE_TOKENS
 
 REPLY = [Chunk(ChunkKind.TEXT, "one "), Chunk(ChunkKind.TEXT, "two"), Chunk(ChunkKind.DONE)]
 
@@ -126,6 +126,20 @@ def test_a_long_history_is_read_in_a_worker_thread(tmp_path: Path) -> None:
         assert texts == ["one ", "two"]
         assert [r.content for r in model.requests[0].records] == prompts
         assert [r.content for r in cw.live_records()] == [*prompts, "one two"]
+
+
+def test_a_few_long_records_are_read_in_a_worker_thread(tmp_path: Path) -> None:
+    # Few records, but megabytes of them: reading them on the loop would stall it.
+    with rxcontext.open(tmp_path / "big.db") as store:
+        model = ScriptedModel([REPLY])
+        cw = ContextWindow(store, model, "big")
+        prompts = ["é" * (AT_ONCE_TOKENS * 4), "and?"]
+        for text in prompts:
+            cw.add_prompt(text)
+        jobs, texts = first_chunk(cw, CountingExecutor())
+        assert jobs == 1  # the begin on the loop, the history in the worker thread
+        assert texts == ["one ", "two"]
+        assert [r.content for r in model.requests[0].records] == prompts
 
 
 def test_a_short_history_after_it_is_read_on_the_loop(tmp_path: Path) -> None:

@@ -98,8 +98,9 @@ def process_gone(owner: str | None) -> bool:
         return False
     if owner == worker_id():
         # This process renews the lease of every reply it still serves; one whose lease ran
-        # out (its final write failed, or the process was starved and fenced it) is over
-        # here as it is for every other worker.
+        # out (the process was starved and fenced it) is over here as it is for every other
+        # worker — unless it is held for a final write the database refused (the store's
+        # readers ask the hold first: store/sqlite_holds.py).
         return False
     # On this host a dead process is seen at once; a live one still needs its lease (a
     # process stopped or starved past its lease is taken over as one on another host is).

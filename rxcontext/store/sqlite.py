@@ -171,6 +171,12 @@ AT_ONCE_RECORDS = 256
 :class:`NotNow`, and the read is made again with no bound, off the event loop)."""
 
 
+AT_ONCE_TOKENS = 16_384
+"""The most live tokens (the context's estimate, kept on write: ~64 KiB of text) a history
+read in :meth:`SQLiteStore.at_once` may hold; more raises :class:`NotNow` before a row is
+read (a few records of megabytes would stall the event loop as surely as many records)."""
+
+
 class NotNow(StoreBusy):
     """Internal: what :meth:`SQLiteStore.at_once` will not do on the calling thread."""
 
@@ -301,7 +307,8 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         was. Inside, nothing waits and nothing syncs to disk: a lock another process or
         connection holds raises :class:`~rxcontext.StoreBusy` at once (busy timeout 0), a
         commit never checkpoints the WAL, a durable commit, an unbounded read (more than
-        :data:`AT_ONCE_RECORDS` records, or their attachments) raise
+        :data:`AT_ONCE_RECORDS` records or :data:`AT_ONCE_TOKENS` live tokens, or
+        attachments) raise
         :class:`StoreBusy` too: what raised is done again elsewhere, with the waits.
 
         For the asyncio driver, which opens a reply and reads its history on the event
@@ -822,7 +829,9 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         """The context's version, and its records (live and dead) written or changed since
         version ``since`` (all of them when None), in conversation order."""
         with self._read() as db:
-            row = db.execute("SELECT version FROM contexts WHERE id = ?", (context_id,)).fetchone()
+            row = db.execute(
+                "SELECT version, live_tokens FROM contexts WHERE id = ?", (context_id,)
+            ).fetchone()
             if row is None:
                 raise ContextNotFound(f"no context with id {context_id!r} (was it deleted?)")
             version = int(row[0])
@@ -832,6 +841,8 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             if self._at_once is None or self._at_once != threading.get_ident():
                 found = db.execute(_HISTORY, (context_id, after)).fetchall()
                 return version, blobs.records_of(db, found)
+            if int(row[1]) > AT_ONCE_TOKENS:  # a few long records are a long read too
+                raise NotNow("a long history: not at once")
             found = db.execute(
                 _HISTORY + " LIMIT ?", (context_id, after, AT_ONCE_RECORDS + 1)
             ).fetchall()

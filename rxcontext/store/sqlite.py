@@ -321,10 +321,10 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             if db is None or self._at_once is not None:  # closed, or this thread is in one
                 yield False
                 return
-            db.execute("PRAGMA busy_timeout = 0")
-            db.execute("PRAGMA wal_autocheckpoint = 0")
-            self._at_once = threading.get_ident()
-            try:
+            try:  # (a signal between the two PRAGMAs still finds them restored)
+                db.execute("PRAGMA busy_timeout = 0")
+                db.execute("PRAGMA wal_autocheckpoint = 0")
+                self._at_once = threading.get_ident()
                 yield True
             finally:
                 self._at_once = None

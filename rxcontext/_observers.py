@@ -16,6 +16,10 @@ Watching an observer past an operator is safe: once stopped it drops every ``on_
 nothing handed to the operator could reach the user any more. The exception is an operator
 whose source outlives its own subscriber (``group_by`` and the ``window`` family keep it
 for their groups through a ``RefCountDisposable``): the walk stops at those.
+
+A producer blocked in a read learns of such a dispose at once through :func:`tell_disposed`:
+each observer of the chain past the source's own tells it when it is disposed, on the
+disposing thread.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from reactivex import abc
 from reactivex.disposable import RefCountDisposable
 from reactivex.observer import AutoDetachObserver
 
-__all__ = ["Stoppable", "subscriber"]
+__all__ = ["Stoppable", "subscriber", "tell_disposed"]
 
 
 class Stoppable(Protocol):
@@ -71,6 +75,52 @@ def _forwards_to(callback: Callable[[Any], None]) -> Any:
         elif isinstance(value, RefCountDisposable):
             return None  # its source outlives the observer (group_by, window)
     return found[0] if len(found) == 1 else None
+
+
+class _Telling:
+    """An observer's subscription that also tells ``tell`` when it is disposed.
+
+    ``AutoDetachObserver.dispose`` sets ``is_stopped`` and then disposes this, on the
+    disposing thread; values assigned to it go to the subscription it replaces.
+    """
+
+    __slots__ = ("_inner", "_tell")
+
+    def __init__(self, inner: Any, tell: Callable[[], None]) -> None:
+        self._inner = inner
+        self._tell = tell
+
+    @property
+    def is_disposed(self) -> bool:
+        return bool(self._inner.is_disposed)
+
+    @property
+    def disposable(self) -> Any:
+        return self._inner.disposable
+
+    @disposable.setter
+    def disposable(self, value: Any) -> None:
+        self._inner.disposable = value
+
+    def dispose(self) -> None:
+        try:
+            self._tell()
+        finally:
+            self._inner.dispose()
+
+
+def tell_disposed(watch: Stoppable, tell: Callable[[], None]) -> None:
+    """Have every observer of a chain :func:`subscriber` watches, past the source's own
+    (whose dispose reaches the source's disposable), call ``tell`` when it is disposed.
+
+    Once per subscription. A ``subscribe_on`` on a thread hands a dispose to the source
+    only on the scheduler the producer blocks, so without this a producer waiting for the
+    server would see it only when its read returns.
+    """
+    if type(watch) is not _AnyStopped:
+        return  # one observer (the source's own) or none
+    for observer in watch._chain[1:]:
+        observer._subscription = _Telling(observer._subscription, tell)  # type: ignore[assignment]
 
 
 def subscriber(observer: abc.ObserverBase[Any]) -> tuple[Stoppable, Callable[[Any], None]]:

@@ -120,18 +120,21 @@ if hasattr(os, "register_at_fork"):
 
 
 @contextlib.contextmanager
-def watching(time: Any) -> Iterator[Watched | None]:
+def watching(time: Any, breaker: Breaker | None = None) -> Iterator[Watched | None]:
     """Let the watchdog break the reads made inside at their limits: a :class:`Watched` for
     the reader to set each read's ``due`` on, or None on virtual time (``time``, a
     scheduler, is a ``VirtualTimeScheduler``), where a late chunk is refused when its read
-    returns instead."""
+    returns instead. ``breaker``: the one the reader made current already (else one is
+    made current here)."""
     if isinstance(time, VirtualTimeScheduler):
         yield None
         return
-    breaker = Breaker()
+    own = breaker is None
+    if breaker is None:
+        breaker = Breaker()
     watched = watchdog.watch(breaker.abort)
     try:
-        with breaking(breaker):
+        with breaking(breaker) if own else contextlib.nullcontext(breaker):
             yield watched
     finally:
         watchdog.unwatch(watched)

@@ -89,14 +89,27 @@ class _Watch:
     consumer leaving, and the watch waits for the next ``anext``.
     """
 
-    __slots__ = ("closing", "fired", "model", "pending", "persister", "stopper", "task")
+    __slots__ = (
+        "answers_calls",
+        "closing",
+        "fired",
+        "kept",
+        "model",
+        "pending",
+        "persister",
+        "stopper",
+        "task",
+    )
 
-    def __init__(self, persister: ReplyPersister, stopper: _Stopper) -> None:
+    def __init__(self, persister: ReplyPersister, stopper: _Stopper, answers_calls: bool) -> None:
         self.persister = persister
         self.stopper = stopper
+        self.answers_calls = answers_calls
         self.task: asyncio.Task[Any] | None = None
         self.fired = False
         """Whether the watch ended the reply (the driver then goes no further)."""
+        self.kept = False
+        """Whether the task held the reply's final DONE: the watch committed it."""
         self.pending: asyncio.Future[Checkpoint | None] | None = None
         """The watch's checkpoint write, in a worker thread."""
         self.model: AsyncIterator[Chunk] | None = None
@@ -120,13 +133,16 @@ class _Watch:
         if self.persister.finished or isinstance(task.get_coro(), _ANEXT):
             return  # an ``anext`` handed its chunk on: the next one says who holds it
         self.fired = True
-        write = functools.partial(contextvars.copy_context().run, self.persister.interrupt, None)
+        # It held the final DONE: the reply is whole and committed, else interrupted.
+        self.kept = self.persister.whole(self.answers_calls)
+        end = functools.partial(self.persister.let_go, self.answers_calls)
+        write = functools.partial(contextvars.copy_context().run, end)
         loop = task.get_loop()
         try:
             self.pending = loop.run_in_executor(None, write)
         except RuntimeError:  # its executor is shut down: the loop is ending anyway
             self.pending = loop.create_future()
-            self.pending.set_result(self.persister.interrupt(None))
+            self.pending.set_result(end())
         agen = self.stopper.agen
         if self.model is not None and agen is not None and getattr(agen, "ag_await", 0) is None:
             # At ``yield``, so the model's stream is idle (a driver that another task is
@@ -457,7 +473,8 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
     due = clock() + timeouts.deadline if timeouts.deadline is not None else None
     it: AsyncIterator[Chunk] | None = None
     hook_raised = False
-    watch = _Watch(persister, stopper)
+    answers_calls = bool(run.tools)
+    watch = _Watch(persister, stopper, answers_calls)
     if run.budget_check is not None:  # as stream() checks at subscription: nothing begun
         await off_loop(run.budget_check)
     stopper.start()
@@ -548,6 +565,9 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                         yield chunk
                         if watch.fired:  # the task holding it ended meanwhile
                             stopper.check()
+                            if watch.kept:  # it held the final DONE: the reply is stored
+                                await watch.landed()
+                                return
                             raise await watch.ended()
                         if (task := asyncio.current_task()) is not watch.task:
                             watch.follow(task)
@@ -630,7 +650,11 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
         raise failure from failure.__cause__  # what fail() chained (a raising on_error hook)
     except BaseException as error:  # GeneratorExit (closed early), CancelledError
         await watch.landed()
-        if not persister.finished:
+        if persister.finished:
+            pass
+        elif persister.whole(answers_calls):  # let go holding the final DONE: it is whole
+            await off_loop(persister.commit_whole)
+        else:
             await off_loop(persister.interrupt, None if isinstance(error, GeneratorExit) else error)
         raise
     finally:

@@ -466,6 +466,7 @@ class ReplyBuilder:
     __slots__ = (
         "_base",
         "_calls",
+        "_done_at",
         "_earlier_blocks",
         "_earlier_calls",
         "_earlier_usage",
@@ -504,6 +505,15 @@ class ReplyBuilder:
         self._metadata: dict[str, Any] = {}
         self.chunks = 0
         """How many chunks have been added."""
+        self._done_at = -1  # self.chunks when the last DONE was added
+
+    def ends_at_done(self) -> bool:
+        """Whether the last chunk added was a round's ``DONE``."""
+        return self._done_at == self.chunks
+
+    def has_calls(self) -> bool:
+        """Whether any tool call was added (this round's or an earlier one's)."""
+        return bool(self._calls or self._earlier_calls)
 
     def shows_anything(self) -> bool:
         """Whether it holds anything but usage: text, reasoning, a tool call, an end."""
@@ -586,6 +596,7 @@ class ReplyBuilder:
             if chunk.metadata:
                 self._metadata.update(chunk.metadata)
             self._end_round()
+            self._done_at = self.chunks
         elif kind is ChunkKind.REWIND:
             self._rewind(chunk)
 

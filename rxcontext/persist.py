@@ -783,17 +783,52 @@ class ReplyPersister:
             self.trace.interrupted(checkpoint, error)
         return checkpoint
 
-    def cancel_from_elsewhere(self) -> None:
+    def whole(self, answers_calls: bool) -> bool:
+        """Whether what was delivered ends the reply: the last chunk folded is a round's
+        ``DONE`` with no tool call left to run (``answers_calls``: the window runs the
+        reply's calls itself, so a round with calls is followed by another), and no stop was
+        asked. A subscriber that lets go then has the whole reply: it is committed, not
+        interrupted (the driver does it)."""
+        builder = self.builder
+        return (
+            self.stop is None
+            and builder.ends_at_done()
+            and not (answers_calls and builder.has_calls())
+        )
+
+    def cancel_from_elsewhere(self, answers_calls: bool = False) -> None:
         """A dispose from another thread: write the checkpoint now unless the driver is
-        delivering a chunk (then it does, right after that chunk)."""
+        delivering a chunk (then it does, right after that chunk) or the subscriber had the
+        whole reply (:meth:`whole`: then the driver commits it)."""
         with self._claim:
             if self.finished or self.ticket is None:
                 return
             self._claimed = True
             busy = self.busy
+            keep = not busy and self.whole(answers_calls)
             self._claimed = False
-        if not busy:
+        if not busy and not keep:
             self.interrupt(None)
+
+    def commit_whole(self) -> None:
+        """The subscriber let go holding the reply's final ``DONE`` (:meth:`whole`): commit
+        the reply as its end does. Nothing is raised for a subscriber that is gone: a reply
+        stored but not valid for its schema stays stored; one that could not be stored is
+        interrupted instead (its checkpoint holds every chunk delivered)."""
+        try:
+            self.complete(self.reply(), last=True)
+        except Exception as error:
+            if not self.finished:
+                self.interrupt(error)
+
+    def let_go(self, answers_calls: bool) -> Checkpoint | None:
+        """The subscriber let go while the driver was idle (its asyncio task ended holding a
+        chunk): commit the reply if it had it whole (:meth:`whole`), else interrupt it.
+        Returns the checkpoint an interrupt stored."""
+        if self.whole(answers_calls):
+            self.commit_whole()
+            return None
+        return self.interrupt(None)
 
     def stopped_by_user_code(self) -> None:
         """The subscriber's own code raised: keep what it received, but not its error

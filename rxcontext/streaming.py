@@ -44,13 +44,14 @@ from reactivex.scheduler import (
     VirtualTimeScheduler,
 )
 
-from ._observers import subscriber
+from ._observers import subscriber, tell_disposed
 from ._signals import HandOver
 from ._toolthreads import ROUND_WORKERS, UNWIND_SECONDS, RoundTasks, in_threads
 from ._watchdog import watching
 from .chunks import Chunk, ChunkKind, ToolCall
 from .errors import ReplyStopped, StreamInterrupted, StreamTimeout
 from .operators import async_refused
+from .providers._abort import Breaker, breaking
 from .providers.base import Request
 from .run import Run, abefore_first_chunk, before_first_chunk, close_chunks, reply_chunks
 from .tools import ToolResult, review
@@ -79,10 +80,11 @@ class _Flag:
     dispose sets ``disposed`` before it looks for it, so one of the two always sees the
     other."""
 
-    __slots__ = ("_event", "disposed", "on_dispose")
+    __slots__ = ("_event", "_told", "disposed", "on_dispose")
 
     def __init__(self) -> None:
         self.disposed = False
+        self._told = False
         self._event: threading.Event | None = None
         self.on_dispose: Callable[[], None] | None = None
 
@@ -91,7 +93,8 @@ class _Flag:
         event = self._event
         if event is not None:
             event.set()
-        if self.on_dispose is not None:
+        if self.on_dispose is not None and not self._told:
+            self._told = True  # a chain's observers and the source's own may all tell it
             self.on_dispose()
 
     def wake(self) -> None:
@@ -191,7 +194,10 @@ class _SyncDriver:
         self.waiting = False
         self.timer: abc.DisposableBase | None = None
         self.guard = HandOver()
+        self.breaker: Breaker | None = None
+        """The current attempt's: a dispose shuts the connection its read waits on."""
         flag.on_dispose = self._on_dispose
+        tell_disposed(self.watch, flag.dispose)
         run.on_stop = self._on_stop
 
     def _gone(self) -> bool:
@@ -282,10 +288,14 @@ class _SyncDriver:
             timer, self.timer = self.timer, None
         if timer is not None:
             timer.dispose()
-        persister = self.run.persister
-        persister.cancel_from_elsewhere()
+        run = self.run
+        persister = run.persister
+        persister.cancel_from_elsewhere(bool(run.tools))
+        breaker = self.breaker
+        if breaker is not None:
+            breaker.abort()  # a read waiting for the server returns now
         if persister.finished:
-            self.run.close()
+            run.close()
 
     def _on_stop(self, error: ReplyStopped) -> None:
         """``cw.stop``, on the heartbeat's thread: no chunk is delivered from now on; the
@@ -441,90 +451,114 @@ class _SyncDriver:
                 request = self.request
                 if self.due is not None and self.clock() >= self.due:
                     raise run.deadline_passed()
+                # Current while the attempt reads (once per attempt, not per chunk): the
+                # provider notes its response there, and a dispose shuts it (_on_dispose).
+                breaker = self.breaker = Breaker()
+                if self.flag.disposed or self.watch.is_stopped:
+                    raise _Cancelled  # (looked at after the breaker is set: see _on_dispose)
                 self.attempt += 1
                 run.requests.append(request)
                 delivered = False
                 persister.sent()
-                it = run.chunks(request)
-                if not timed:
-                    # _deliver(chunk), written out: the per-chunk path of most streams.
-                    p, guard, flag, watch = self.persister, self.guard, self.flag, self.watch
-                    emit = self.emit
-                    for chunk in it:
-                        if hooks:
-                            try:
-                                for hook in hooks:
-                                    hook.chunk(chunk)
-                            except BaseException as error:
-                                self._hook_failed(chunk, error)
-                                raise
-                        guard.critical = True  # a Ctrl-C in our code from here waits
-                        p.busy = True
-                        if p._claimed:
-                            p.wait_claim()
-                        if flag.disposed or watch.is_stopped:
-                            p.busy = False
-                            guard.release()
-                            raise _Cancelled
-                        try:
-                            emit(chunk)
-                        except BaseException as error:
-                            self.user_raised = isinstance(error, Exception)
-                            p.add(chunk)  # delivered: the subscriber had it
-                            p.busy = False
-                            guard.critical = False
-                            raise
-                        p.add(chunk)
-                        p.busy = False
-                        guard.critical = False
-                        if guard.held:
-                            guard.release()  # delivers the signal held meanwhile
-                        if p.attention:
-                            p.attend()
-                        if flag.disposed or watch.is_stopped:
-                            raise _Cancelled  # disposed by the subscriber's own on_next
-                        delivered = True
-                else:
-                    with watching(self.time) as watched:
-                        while True:
-                            limit = timeouts.limit(delivered)
-                            if watched is None:
-                                asked = self.clock() if limit is not None else 0.0
-                            else:  # the watchdog breaks the read when it must end
-                                asked = self.clock()
-                                watched.arm(asked, limit, self.due)
-                            try:
-                                chunk = next(it)
-                            except StopIteration:
-                                if watched is None or not watched.fired:
-                                    break
-                                if not delivered or chunk.kind is not ChunkKind.DONE:
-                                    raise self._broken(delivered, limit) from None
-                                break  # only the end came late: the reply is whole
-                            except Exception:
-                                if watched is None or not watched.fired:
+                try:
+                    with breaking(breaker):
+                        it = run.chunks(request)
+                        if not timed:
+                            # _deliver(chunk), written out: the per-chunk path of most streams.
+                            p, guard, flag, watch = (
+                                self.persister,
+                                self.guard,
+                                self.flag,
+                                self.watch,
+                            )
+                            emit = self.emit
+                            for chunk in it:
+                                if hooks:
+                                    try:
+                                        for hook in hooks:
+                                            hook.chunk(chunk)
+                                    except BaseException as error:
+                                        self._hook_failed(chunk, error)
+                                        raise
+                                guard.critical = True  # a Ctrl-C in our code from here waits
+                                p.busy = True
+                                if p._claimed:
+                                    p.wait_claim()
+                                if flag.disposed or watch.is_stopped:
+                                    p.busy = False
+                                    guard.release()
+                                    raise _Cancelled
+                                try:
+                                    emit(chunk)
+                                except BaseException as error:
+                                    self.user_raised = isinstance(error, Exception)
+                                    p.add(chunk)  # delivered: the subscriber had it
+                                    p.busy = False
+                                    guard.critical = False
                                     raise
-                                if not delivered or chunk.kind is not ChunkKind.DONE:
-                                    raise self._broken(delivered, limit) from None
-                                break  # (as on asyncio, which cuts such a read too)
-                            if watched is not None:
-                                watched.due = inf
-                                if watched.fired:
-                                    raise self._broken(delivered, limit)
-                            if self.flag.disposed or self.watch.is_stopped:
-                                raise _Cancelled
-                            if self.due is not None and self.clock() > self.due:
-                                raise run.deadline_passed()
-                            if limit is not None and self.clock() - asked > limit:
-                                raise run.timeout(delivered, limit)
-                            try:
-                                for hook in hooks:
-                                    hook.chunk(chunk)
-                            except BaseException as error:
-                                self._hook_failed(chunk, error)
-                                raise
-                            deliver(chunk)
-                            delivered = True
+                                p.add(chunk)
+                                p.busy = False
+                                guard.critical = False
+                                if guard.held:
+                                    guard.release()  # delivers the signal held meanwhile
+                                if p.attention:
+                                    p.attend()
+                                if flag.disposed or watch.is_stopped:
+                                    raise _Cancelled  # disposed by the subscriber's own on_next
+                                delivered = True
+                        else:
+                            with watching(self.time, breaker) as watched:
+                                while True:
+                                    limit = timeouts.limit(delivered)
+                                    if watched is None:
+                                        asked = self.clock() if limit is not None else 0.0
+                                    else:  # the watchdog breaks the read when it must end
+                                        asked = self.clock()
+                                        watched.arm(asked, limit, self.due)
+                                    try:
+                                        chunk = next(it)
+                                    except StopIteration:
+                                        if watched is None or not watched.fired:
+                                            break
+                                        if not delivered or chunk.kind is not ChunkKind.DONE:
+                                            raise self._broken(delivered, limit) from None
+                                        break  # only the end came late: the reply is whole
+                                    except Exception:
+                                        if watched is None or not watched.fired:
+                                            raise
+                                        if not delivered or chunk.kind is not ChunkKind.DONE:
+                                            raise self._broken(delivered, limit) from None
+                                        break  # (as on asyncio, which cuts such a read too)
+                                    if watched is not None:
+                                        watched.due = inf
+                                        if watched.fired:
+                                            raise self._broken(delivered, limit)
+                                    if self.flag.disposed or self.watch.is_stopped:
+                                        raise _Cancelled
+                                    if self.due is not None and self.clock() > self.due:
+                                        raise run.deadline_passed()
+                                    if limit is not None and self.clock() - asked > limit:
+                                        raise run.timeout(delivered, limit)
+                                    try:
+                                        for hook in hooks:
+                                            hook.chunk(chunk)
+                                    except BaseException as error:
+                                        self._hook_failed(chunk, error)
+                                        raise
+                                    deliver(chunk)
+                                    delivered = True
+                    if self.flag.disposed or self.watch.is_stopped:
+                        raise _Cancelled  # its read ended by the dispose, or as it came
+                except _Cancelled:
+                    if not persister.whole(bool(run.tools)):
+                        raise
+                    close_chunks(it)  # let go holding the reply's DONE: it is whole
+                except Exception:
+                    if self.user_raised or self.hook_raised or not self._gone():
+                        raise
+                    if not persister.whole(bool(run.tools)):
+                        raise _Cancelled from None  # a read the dispose broke
+                    close_chunks(it)
                 it = None
                 self.request = None
                 reply = persister.reply()
@@ -550,6 +584,8 @@ class _SyncDriver:
                     for hook in hooks:
                         hook.chunk(chunk)
                     deliver(chunk, fold=False)
+            if persister.stop is None and self._gone():
+                return None  # the subscriber let go holding the DONE: stored, nobody to tell
             for hook in hooks:
                 if hook.on_complete is not None:
                     hook.on_complete()

@@ -18,7 +18,10 @@ it saved before its task ends, so code that lists checkpoints right after catchi
 the iterator last (``anext`` from several tasks is one consumer: see :class:`_Watch`); if
 the iterator is advanced again after that task ended, it raises
 :class:`~rxcontext.StreamInterrupted`: a reply is never carried on past its checkpoint,
-nor ends as if it had been stored.
+nor ends as if it had been stored. A consumer that stops holding the final round's
+``DONE`` (a ``break`` on it, its task cancelled then) had the whole reply: it is committed
+instead, as the end of the stream commits it (a round whose tool calls are still to run is
+not the end).
 """
 
 from __future__ import annotations

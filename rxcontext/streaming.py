@@ -22,7 +22,15 @@ and a late chunk is refused when its read returns. On real time a read that outl
 limit is also broken while it waits: the driver stores when it must end and the watchdog
 thread (:mod:`._watchdog`) shuts the socket of the response the provider noted
 (:mod:`.providers._abort`) when that passes; where no socket was noted, the SDK's own read
-timeout is what unblocks a dead connection.
+timeout is what unblocks a dead connection. A dispose shuts it too, whatever the Timeouts:
+each attempt's read has a :class:`~.providers._abort.Breaker` current (made once per
+attempt, nothing per chunk), and every observer between us and the user tells the driver
+when it is disposed (:func:`._observers.tell_disposed`), on the disposing thread.
+
+A subscriber that lets go holding the final round's ``DONE`` (``first(DONE)``, a dispose
+after it) had the whole reply: it is committed as the end of the stream commits it, not
+interrupted (:meth:`.persist.ReplyPersister.whole`); a round whose tool calls are still to
+run is not the end.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ thread until the read returns, and a generator that is running cannot be closed.
 connection's socket down (``shutdown(SHUT_RDWR)``) from another thread wakes that ``recv`` at
 once: the read ends with an end of file or a transport error, and the HTTP response is done
 with (httpcore does not pool a connection that was shut). This is how the sync driver ends a
-reply at its ``Timeouts`` while the server is silent (see :mod:`rxcontext._watchdog`).
+reply at its ``Timeouts`` while the server is silent (see :mod:`rxcontext._watchdog`), and
+how a dispose from another thread ends its read (``_SyncDriver._on_dispose``).
 
 The driver makes a :class:`Breaker` current while it reads (:func:`breaking`); a provider
 notes the HTTP response of each stream it opens there (:func:`noted`, or :func:`scope` with

@@ -204,6 +204,9 @@ class _SyncDriver:
         self.guard = HandOver()
         self.breaker: Breaker | None = None
         """The current attempt's: a dispose shuts the connection its read waits on."""
+        self.reader = 0
+        """The thread reading it (a dispose on it, ``take(n)``, is not waiting for a read:
+        the stream is closed as it ends, its connection kept if it was read to its end)."""
         flag.on_dispose = self._on_dispose
         tell_disposed(self.watch, flag.dispose)
         run.on_stop = self._on_stop
@@ -298,10 +301,12 @@ class _SyncDriver:
             timer.dispose()
         run = self.run
         persister = run.persister
-        persister.cancel_from_elsewhere(bool(run.tools))
-        breaker = self.breaker
-        if breaker is not None:
-            breaker.abort()  # a read waiting for the server returns now
+        try:
+            persister.cancel_from_elsewhere(bool(run.tools))
+        finally:  # (a busy database keeps the checkpoint pending: the read ends all the same)
+            breaker = self.breaker
+            if breaker is not None and threading.get_ident() != self.reader:
+                breaker.abort()  # a read waiting for the server returns now
         if persister.finished:
             run.close()
 
@@ -461,6 +466,7 @@ class _SyncDriver:
                     raise run.deadline_passed()
                 # Current while the attempt reads (once per attempt, not per chunk): the
                 # provider notes its response there, and a dispose shuts it (_on_dispose).
+                self.reader = threading.get_ident()
                 breaker = self.breaker = Breaker()
                 if self.flag.disposed or self.watch.is_stopped:
                     raise _Cancelled  # (looked at after the breaker is set: see _on_dispose)

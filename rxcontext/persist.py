@@ -1065,20 +1065,23 @@ class ReplyPersister:
                         reply = replace(reply, parsed=parsed)
             try:
                 if from_parts:
-                    records = self._commit_from_parts(reply, about, last=last)
-                    # The whole text, read back from the row: the record's and the reply's.
-                    reply = replace(reply, text=records[0].content)
+                    drafts = self._drafts_from_parts(reply, about)
+                    commit = self.store.commit_reply_from_parts  # type: ignore[attr-defined]
                 else:
-                    records = self.store.commit_reply(
-                        self.context_id,
-                        reply_drafts(reply, streamed=self._streamed, about=about),
-                        usage=reply.usage,
-                        last_response_id=reply.response_id,
-                        reply=self.ticket,
-                        end="reply" if last else "round",
-                        commit_id=self._commit_id(),
-                        thread_version=self.thread_version,
-                    )
+                    drafts = reply_drafts(reply, streamed=self._streamed, about=about)
+                    commit = self.store.commit_reply
+                records: list[Record] = commit(
+                    self.context_id,
+                    drafts,
+                    usage=reply.usage,
+                    last_response_id=reply.response_id,
+                    reply=self.ticket,
+                    end="reply" if last else "round",
+                    commit_id=self._commit_id(),
+                    thread_version=self.thread_version,
+                )
+                if from_parts:  # the whole text, read back from the row: the record's and ours
+                    reply = replace(reply, text=records[0].content)
             except BaseException:
                 # Nothing was stored: the reply is not over, so the failure path's final
                 # write (its checkpoint, every chunk delivered) must still happen.
@@ -1119,33 +1122,17 @@ class ReplyPersister:
             )
         return True
 
-    def _commit_from_parts(
-        self, reply: Reply, about: dict[str, Any], *, last: bool
-    ) -> list[Record]:
-        """Commit a reply whose text its checkpoint holds up to the text mark: the rest is
-        written into the checkpoint first (:meth:`_catch_up`), then the MODEL_RESP gets the
-        checkpoint's text and whatever rest no write took (the caller holds ``_write``),
-        written by the store a slice at a time. A failure leaves the marks where the
-        checkpoint stands: the failure path's final write appends what it does not hold."""
-        assert self.ticket is not None
+    def _drafts_from_parts(self, reply: Reply, about: dict[str, Any]) -> list[RecordDraft]:
+        """The records of a reply whose text its checkpoint holds up to the text mark, for
+        ``commit_reply_from_parts``: the rest is written into the checkpoint first
+        (:meth:`_catch_up`), then the MODEL_RESP holds whatever rest no write took (the
+        caller holds ``_write``); the store writes the checkpoint's text before it a slice at
+        a time. A failure leaves the marks where the checkpoint stands: the failure path's
+        final write appends what it does not hold."""
         self._catch_up()
         rest, _ = self.builder.text_from(self._text_mark)
-        drafts = reply_drafts(
+        return reply_drafts(
             replace(reply, text=rest), streamed=self._streamed, about=about, spoke=True
-        )
-        commit = self.store.commit_reply_from_parts  # type: ignore[attr-defined]
-        return cast(
-            "list[Record]",
-            commit(
-                self.context_id,
-                drafts,
-                usage=reply.usage,
-                last_response_id=reply.response_id,
-                reply=self.ticket,
-                end="reply" if last else "round",
-                commit_id=self._commit_id(),
-                thread_version=self.thread_version,
-            ),
         )
 
     def _about(self, reply: Reply) -> dict[str, Any]:

@@ -225,7 +225,6 @@ class RoundTasks:
         return job()
 
     async def _main(self, awaitable: Awaitable[_T]) -> _T:
-        _round.set(None)  # what the tool runs (a sub-agent's tools) is not the round's
         task = asyncio.current_task()
         assert task is not None
         done = threading.Event()

@@ -206,14 +206,30 @@ def _may_be(value: Any, schema: Any, root: Any, seen: frozenset[int] = frozenset
 
 def drop_optional_nulls(value: Any, schema: Any, root: Any = None) -> Any:
     """``value`` less the nulls found where ``schema`` lets the key be left out and the
-    property's own schema does not allow null (a new value; ``value`` is not changed)."""
+    property's own schema does not allow null (a new value; ``value`` is not changed).
+
+    A ``$ref`` that comes back to a schema already being read for the same value (``A`` is
+    "``A`` or ..." through ``anyOf`` / ``oneOf`` / ``allOf``: a degenerate schema that
+    JSON Schema leaves undefined, which pydantic never writes and
+    :meth:`~rxcontext.schema.OutputSchema.of` refuses) is not followed round again: that
+    reading leaves the value as it is, so under a union nothing is dropped that the cycle
+    might keep. It always ends; recursion through a property or an item (a tree) is read
+    to every level as usual.
+    """
     root = schema if root is None else root
-    if not isinstance(schema, dict):
+    return _drop(value, schema, root, frozenset())
+
+
+def _drop(value: Any, schema: Any, root: Any, seen: frozenset[int]) -> Any:
+    """:func:`drop_optional_nulls`; ``seen``: the schemas already being read for this very
+    value (reset on going into a property or an item, which is a smaller value)."""
+    if not isinstance(schema, dict) or id(schema) in seen:
         return value
+    seen = seen | {id(schema)}
     if "$ref" in schema:
         target = _resolve(root, schema["$ref"])
-        if target is not None and target is not schema:
-            value = drop_optional_nulls(value, target, root)
+        if target is not None:
+            value = _drop(value, target, root, seen)
     props = schema.get("properties")
     if isinstance(value, dict) and isinstance(props, dict):
         required = schema.get("required")
@@ -225,23 +241,21 @@ def drop_optional_nulls(value: Any, schema: Any, root: Any = None) -> Any:
             elif item is None and key not in needed and not allows_null(props[key], root):
                 continue
             else:
-                kept[key] = drop_optional_nulls(item, props[key], root)
+                kept[key] = _drop(item, props[key], root, frozenset())
         value = kept
     items = schema.get("items")
     if isinstance(value, list) and isinstance(items, dict):
-        value = [drop_optional_nulls(item, items, root) for item in value]
+        value = [_drop(item, items, root, frozenset()) for item in value]
     branches = schema.get("allOf")
     if isinstance(branches, list):
         for branch in branches:
-            value = drop_optional_nulls(value, branch, root)
+            value = _drop(value, branch, root, seen)
     for key in ("anyOf", "oneOf"):
         branches = schema.get(key)
         if isinstance(branches, list):
             # Which branch the value is for is not known; drop only what every branch it
             # may be for would drop alike.
-            readings = [
-                drop_optional_nulls(value, b, root) for b in _branches(value, schema, key, root)
-            ]
+            readings = [_drop(value, b, root, seen) for b in _branches(value, schema, key, root)]
             if readings and all(r == readings[0] for r in readings[1:]):
                 value = readings[0]
     return value

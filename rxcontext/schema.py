@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._optional_nulls import drop_optional_nulls
+from ._schema_cycles import ref_cycle
 from .errors import SchemaError
 
 __all__ = ["OutputSchema", "SchemaFailure"]
@@ -70,6 +71,14 @@ class OutputSchema:
                 raise SchemaError(f"not a JSON schema: {exc}") from exc
             except Exception as exc:  # jsonschema.SchemaError
                 raise SchemaError(f"not a valid JSON schema: {_first_line(exc)}") from exc
+            cycle = ref_cycle(schema)
+            if cycle is not None:
+                raise SchemaError(
+                    "not a usable JSON schema: a $ref cycle comes back to the same schema "
+                    f"without going into a property or item ({' -> '.join(cycle)}), so it "
+                    "has no defined meaning and validating it would never end; point the "
+                    "$ref at the alternatives themselves"
+                )
             title = schema.get("title")
             return cls(_safe_name(title if isinstance(title, str) else "response"), schema)
         raise SchemaError(

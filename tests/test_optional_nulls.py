@@ -157,3 +157,53 @@ def test_may_be_stops_on_a_ref_that_comes_back_to_the_same_value() -> None:
     node = {"$ref": "#/$defs/A"}
     assert _may_be("x", node, schema) is True
     assert _may_be("y", node, schema) is True  # undecided: it may be, as before
+
+
+def _degenerate(branch: dict[str, Any]) -> dict[str, Any]:
+    """A schema whose ``A`` is "``A`` or ``branch``": its ``$ref`` comes back to itself
+    through ``anyOf`` on the same value (JSON Schema leaves its meaning undefined)."""
+    return {
+        "$defs": {"A": {"anyOf": [{"$ref": "#/$defs/A"}, {"$ref": "#/$defs/A"}, branch]}},
+        "$ref": "#/$defs/A",
+    }
+
+
+def test_a_ref_back_to_itself_through_any_of_ends_and_leaves_the_value_alone() -> None:
+    optional = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    schema = _degenerate(optional)
+    # Round the cycle nothing is learnt: that reading keeps the null, so it stays.
+    assert drop_optional_nulls({"n": None}, schema) == {"n": None}
+    assert drop_optional_nulls("x", schema) == "x"
+    # Below the cycle, in a property's own value, nulls are read as usual.
+    outer = {
+        "type": "object",
+        "properties": {"inner": optional, "u": {"$ref": "#/$defs/A"}},
+        "required": ["u"],
+        "$defs": schema["$defs"],
+    }
+    assert drop_optional_nulls({"inner": {"n": None}, "u": 1}, outer) == {"inner": {}, "u": 1}
+
+
+def test_a_recursive_schema_through_its_values_still_reads_every_level() -> None:
+    tree = {
+        "type": "object",
+        "properties": {
+            "label": {"type": "string"},
+            "children": {"type": "array", "items": {"$ref": "#"}},
+        },
+        "required": ["children"],
+    }
+    value = {"label": None, "children": [{"label": None, "children": [{"children": []}]}]}
+    assert drop_optional_nulls(value, tree) == {"children": [{"children": [{"children": []}]}]}
+
+
+def test_output_schema_refuses_a_ref_cycle_that_never_reaches_a_value() -> None:
+    from rxcontext import SchemaError
+    from rxcontext.schema import OutputSchema
+
+    with pytest.raises(SchemaError, match=r"#/\$defs/A"):
+        OutputSchema.of(_degenerate({"type": "string"}))
+    with pytest.raises(SchemaError, match="cycle"):
+        OutputSchema.of({"allOf": [{"$ref": "#"}], "type": "object"})
+    # Recursion through properties / items is a tree, not a cycle: accepted.
+    OutputSchema.of({"type": "object", "properties": {"next": {"$ref": "#"}}})

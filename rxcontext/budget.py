@@ -12,6 +12,10 @@ written, so a reply may end above the limit by its own output, and the next requ
 then refused. A retry sends the whole request again: it is checked too, with what the
 reply's earlier attempts were billed (Anthropic bills the input as its stream starts)
 counted as spent, though the context's totals count it only once the reply is settled.
+Each part of that is priced by the model that billed it, as the stored reply will be
+(:mod:`rxcontext.usage_by_model`): a resumed reply carries its cut attempts' usage, billed
+by the model the window used then, and a native resume's stream is billed by the model of
+the response it continues, whatever model the window uses now.
 
 A money limit is only kept where the prices are known: with replies of unknown cost
 (a model ``genai-prices`` does not know, a reply stored without usage) or a model without a
@@ -28,6 +32,7 @@ from .chunks import Usage
 from .cost import context_cost, format_usd, price
 from .errors import BudgetExceeded
 from .records import Record
+from .usage_by_model import Part
 
 __all__ = ["Budget", "check_budget"]
 
@@ -79,19 +84,25 @@ def check_budget(
     records: Sequence[Record],
     estimate: int,
     model_name: str | None,
-    billed: Usage | None = None,
+    billed: Usage | Sequence[Part] | None = None,
 ) -> None:
     """Raise :class:`~rxcontext.BudgetExceeded` if a request of about ``estimate`` input
     tokens to ``model_name`` would take ``context`` over ``budget``.
 
     ``spent``: the context's provider usage totals; ``records``: all its records (for the
     money spent); ``billed``: what a reply about to send its request again has been billed
-    that neither counts yet (its earlier attempts; priced from ``model_name``), spent too.
+    that neither counts yet (its earlier attempts), spent too: by the models that billed it
+    (``(provider, model, usage)`` parts, each priced by its own), or a usage ``model_name``
+    billed.
     """
+    provider, _, model = (model_name or "").partition(":")
+    if isinstance(billed, Usage):
+        billed = [(provider or None, model or None, billed)]
+    billed_total = sum((u for _, _, u in billed), Usage()) if billed else None
     if budget.max_tokens is not None:
-        used = spent.total_tokens + (billed.total_tokens if billed is not None else 0)
+        used = spent.total_tokens + (billed_total.total_tokens if billed_total else 0)
         if used + estimate > budget.max_tokens:
-            by = _EARLIER.format(billed.total_tokens) if billed is not None else ""
+            by = _EARLIER.format(billed_total.total_tokens) if billed_total else ""
             raise BudgetExceeded(
                 f"context {context!r} would go over its budget of {budget.max_tokens} tokens:"
                 f" {used} spent{by} + about {estimate} for this request",
@@ -114,7 +125,6 @@ def check_budget(
             estimate=None,
             maximum=limit,
         )
-    provider, _, model = (model_name or "").partition(":")
     ahead = price(Usage.of(estimate), model or None, provider or None)
     if ahead is None:
         raise BudgetExceeded(
@@ -126,9 +136,9 @@ def check_budget(
             maximum=limit,
         )
     attempts = Decimal(0)
-    if billed is not None:
-        billed_usd = price(billed, model or None, provider or None)
-        if billed_usd is None:  # searches it has no price for, say
+    if billed:
+        priced = [price(u, m, p) for p, m, u in billed]
+        if any(usd is None for usd in priced):  # searches it has no price for, say
             raise BudgetExceeded(
                 f"context {context!r} has a budget of {format_usd(limit)} but the cost of"
                 " this reply's earlier attempts is unknown: the budget cannot be kept",
@@ -137,10 +147,10 @@ def check_budget(
                 estimate=ahead,
                 maximum=limit,
             )
-        attempts = billed_usd
+        attempts = sum((usd for usd in priced if usd is not None), Decimal(0))
     used_usd = paid.usd + attempts
     if used_usd + ahead > limit:
-        by = _EARLIER.format(format_usd(attempts)) if billed is not None else ""
+        by = _EARLIER.format(format_usd(attempts)) if billed else ""
         raise BudgetExceeded(
             f"context {context!r} would go over its budget of {format_usd(limit)}:"
             f" {format_usd(used_usd)} spent{by} + about {format_usd(ahead)} for this request",

@@ -66,7 +66,7 @@ from .records import Checkpoint, Record, RecordType, ReplyState
 from .schema import OutputSchema, SchemaFailure
 from .store.base import IN_PROGRESS, CheckpointDraft, RecordDraft, ReplyTicket, Store
 from .store.owner import worker_id
-from .usage_by_model import USAGE_BY_MODEL, by_model, natively, parts_of
+from .usage_by_model import USAGE_BY_MODEL, Part, by_model, natively, parse, parts_of
 
 if TYPE_CHECKING:
     from .tracing import ReplyTrace
@@ -996,6 +996,20 @@ class ReplyPersister:
         checkpoint it resumes. For the budget's check before a retry, on the driver's
         thread (or off the loop while the asyncio driver waits for it)."""
         return _plus(self._billed(), self.builder.usage)
+
+    def billed_by_model(self) -> list[Part] | None:
+        """:meth:`billed` by the model that billed each part, as the stored reply will be
+        priced (:meth:`_usage_by_model`, else all by :meth:`_model_keys`' model): a resumed
+        round's carried usage by the model its checkpoint names, a native round's stream by
+        the model that made it, whatever model the window uses now."""
+        billed = self.billed()
+        if billed is None:
+            return None
+        split = parse(self._usage_by_model())
+        if split is not None:
+            return split
+        keys = self._model_keys()
+        return [(keys["provider"], keys["model"], billed)]
 
     def _billed(self) -> Usage | None:
         """What this round was billed before its current attempt's stream: the usage it

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from reactivex import abc
 
 from .checkpointer import Checkpointer
-from .chunks import Chunk, ChunkKind, Reply, ToolCall, Usage
+from .chunks import Chunk, ChunkKind, Reply, ToolCall
 from .errors import (
     DeadlineExceeded,
     FirstChunkTimeout,
@@ -32,6 +32,7 @@ from .records import TOOL_ERROR, RecordType
 from .retry import RetryPolicy, Timeouts
 from .store.base import RecordDraft
 from .tools import ToolApproval, ToolRegistry, ToolResult
+from .usage_by_model import Part
 
 if TYPE_CHECKING:
     from .tracing import ReplyTrace
@@ -127,9 +128,10 @@ class Run:
     budget_check: Callable[[], None] | None = None
     """The window's budget check, when it is made as the run starts (``astream``: in the
     executor, when the iteration begins) rather than when the run is built."""
-    budget_recheck: Callable[[Usage | None], None] | None = None
+    budget_recheck: Callable[[Sequence[Part] | None], None] | None = None
     """The window's budget check before a round is sent again, given what the reply was
-    billed so far that the context's totals do not count yet (:meth:`check_retry`)."""
+    billed so far that the context's totals do not count yet, by the models that billed it
+    (:meth:`check_retry`)."""
 
     def run_tool(self, call: ToolCall) -> ToolResult:
         """Run one tool call on this thread (in its tracing span, if any)."""
@@ -244,7 +246,7 @@ class Run:
         attempts were billed (Anthropic bills the input as its stream starts) though the
         context's totals count them only once the reply is settled: they are spent too."""
         if self.budget_recheck is not None:
-            self.budget_recheck(self.persister.billed())
+            self.budget_recheck(self.persister.billed_by_model())
 
     @staticmethod
     def timeout(delivered: bool, limit: float) -> StreamTimeout:

@@ -46,6 +46,7 @@ from .summarize import SummaryProposal
 from .toolnames import check_for, provider_of
 from .tools import Tool, ToolApproval, ToolRegistry, ToolRunner
 from .tracing import Tracing
+from .usage_by_model import Part
 
 __all__ = ["CONTINUE_PROMPT", "ContextReader", "ContextWindow"]
 
@@ -709,11 +710,16 @@ class ContextWindow:
         )
 
     def _check_budget(
-        self, budget: Budget, model: Model, context_id: str, billed: Usage | None = None
+        self,
+        budget: Budget,
+        model: Model,
+        context_id: str,
+        billed: Usage | Sequence[Part] | None = None,
     ) -> None:
         """Raise :class:`~rxcontext.BudgetExceeded` if the next request of context
         ``context_id`` (not necessarily the current one) would go over; ``billed``: what
-        the reply sending it again was billed so far that the store does not count yet."""
+        the reply sending it again was billed so far that the store does not count yet
+        (by the models that billed it, or a usage ``model`` billed)."""
         store = self._store
         stats = store.context_stats(context_id)  # its name too: one read, not two
         check_budget(

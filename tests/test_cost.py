@@ -549,9 +549,9 @@ def test_a_kept_reply_cut_before_its_usage_came_is_unpriced_never_free(path: str
     assert len(replay.requests) == 2
 
 
-def anthropic_model(replay: Replay) -> AnthropicModel:
+def anthropic_model(replay: Replay, name: str = "claude-sonnet-4-5") -> AnthropicModel:
     return AnthropicModel(
-        "claude-sonnet-4-5",
+        name,
         client=anthropic.Anthropic(api_key=KEY, max_retries=0, http_client=replay.client()),
         async_client=anthropic.AsyncAnthropic(
             api_key=KEY, max_retries=0, http_client=replay.async_client()
@@ -813,6 +813,55 @@ def test_a_retry_that_would_go_over_the_budget_is_refused_unsent(path: str, limi
     with pytest.raises(BudgetExceeded):  # spent: the next request is refused unsent
         cw.call() if path == "sync" else asyncio.run(cw.acall())
     assert len(replay.requests) == 2
+
+
+@pytest.mark.usefixtures("both_stores")
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_retry_prices_what_the_reply_carries_by_the_model_that_billed_it(path: str) -> None:
+    """A reply cut on claude-opus-4-1 (its input billed) is resumed on claude-haiku-4-5,
+    whose first attempt is billed and fails: before sending again, the opus part counts at
+    opus's price and haiku's at haiku's, as the stored reply is priced. Priced all at haiku
+    (what the window uses now) it would look 15x cheaper and the retry would go out over
+    the budget."""
+    billed = 1000
+    replay = Replay(*[_billed_then_overloaded(billed)] * 2, real_fixture(RECORDED_ANTHROPIC))
+    clock = Clock()
+    store = open_store()
+    cw = ContextWindow(
+        store,
+        anthropic_model(replay, "claude-opus-4-1"),
+        retry=RetryPolicy(max_attempts=1),
+        scheduler=clock,
+    )
+    cw.add_prompt("Hello")
+    with pytest.raises(StreamInterrupted) as cut:
+        cw.call()
+    cp = cut.value.checkpoint
+    assert cp.metadata["model"] == "claude-opus-4-1"
+    opus = expected("claude-opus-4-1", "anthropic", input_tokens=billed, output_tokens=1)
+    haiku = expected("claude-haiku-4-5", "anthropic", input_tokens=billed, output_tokens=1)
+    cw.model = anthropic_model(replay, "claude-haiku-4-5")
+    cw.retry = RetryPolicy(max_attempts=3, initial_delay=1.0, jitter=0.0)
+    ahead = price(Usage.of(cw.live_tokens()), "claude-haiku-4-5", "anthropic")
+    assert ahead is not None
+    # Between the two readings: kept only when the opus part is priced as opus.
+    cw.budget = Budget(max_usd=ahead + (opus + haiku + 2 * haiku) / 2)
+    with pytest.raises(StreamInterrupted) as again:
+        if path == "sync":
+            cw.resume_call(cp.id)
+        else:
+
+            async def resumed() -> None:
+                async for _ in cw.aresume(cp.id):
+                    pass
+
+            asyncio.run(_on_clock(clock, resumed()))
+    refused = again.value.__cause__
+    assert isinstance(refused, BudgetExceeded) and refused.limit == "usd"
+    assert (refused.spent, refused.estimate) == (opus + haiku, ahead)
+    assert len(replay.requests) == 2  # the retry was never sent
+    cw.discard(again.value.checkpoint.id)
+    assert context_cost(cw.records()).usd == opus + haiku  # as the budget counted it
 
 
 @pytest.mark.usefixtures("both_stores")

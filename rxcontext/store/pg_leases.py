@@ -64,9 +64,13 @@ class PostgresLeases:
 
     def hold_reply(self, ticket: ReplyTicket) -> Callable[[], None]:
         """Nothing to hold here (see :meth:`Store.hold_reply`): a final write on PostgreSQL
-        is never kept pending — it waits for the locks it needs however long (no
-        ``lock_timeout``, no ``StoreBusy``), and a failure to reach the server is not a
-        wait: the write is given up (``StoreError``)."""
+        waits for the locks it needs however long, unless the user set a ``lock_timeout``
+        (database, role or connection): then a lock held past it refuses the write
+        (``StoreBusy``, after retries within ``retry_budget``) and the write is kept
+        pending, as on SQLite. The reply's lease stays renewed meanwhile: renewals lock
+        only the reply's own row, which no final write of another holds for long (a
+        session that locks that row itself past the lease is not covered). A failure to
+        reach the server is not a wait: the write is given up (``StoreError``)."""
         self._runner.pool()  # a closed store refuses, as it refuses every call
         return _nothing
 

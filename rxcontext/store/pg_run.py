@@ -6,6 +6,13 @@ server restarting, serialization failure) is retried with backoff until ``retry_
 seconds have passed; then :class:`~rxcontext.StoreError` says so. A transaction is all or
 nothing, so a failure never leaves half a write.
 
+A lock the server refused (SQLSTATE 55P03, lock not available: a ``lock_timeout`` the user
+set for the database, role or connection ran out while another session held the lock) is
+the database being busy, not failing: it is tried again within the same budget, then
+:class:`~rxcontext.StoreBusy` says so, as SQLite's busy database does. A reply's final
+write refused so is kept and written once the lock is gone
+(:meth:`~rxcontext.persist.ReplyPersister.write_pending`).
+
 A failure *during COMMIT* is ambiguous: the server may have committed. The retry then runs
 with ``ambiguous=True`` and the body settles it, after taking the context's row lock (which
 waits for any earlier attempt still running on the server): a write carries a commit id and
@@ -34,7 +41,7 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ..errors import StoreClosedError, StoreError
+from ..errors import StoreBusy, StoreClosedError, StoreError
 from .pg_url import ambiguous, redact_text
 
 _jitter = random.Random()  # its own: retries never draw from (or disturb) the app's global random
@@ -265,7 +272,7 @@ class Runner:
             except Stored as done:
                 return done.value
             except psycopg.Error as exc:
-                if not transient(exc):
+                if not transient(exc) and not isinstance(exc, pgerr.LockNotAvailable):
                     raise StoreError(f"database error on {self.where}: {first_line(exc)}") from exc
                 ambiguous = ambiguous or committing
                 now = time.monotonic()
@@ -307,6 +314,13 @@ class Runner:
             raise StoreError(f"database error on {self.where}: {first_line(exc)}") from exc
 
     def _exhausted(self, exc: BaseException, attempts: int, ambiguous: bool) -> StoreError:
+        if isinstance(exc, pgerr.LockNotAvailable) and not ambiguous:
+            return StoreBusy(
+                f"PostgreSQL at {self.where} refused a lock this write needs: another session"
+                f" held it past the lock_timeout ({attempts} attempts within the retry budget"
+                f" of {self.retry_budget:g} s; {first_line(exc)}); nothing was written."
+                " Try again once that session is done"
+            )
         reason = (
             f"no connection within {self.retry_budget:g} s"
             if isinstance(exc, PoolTimeout)

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 from reactivex import abc
 
+from . import _loopterm
 from ._replystream import ReplyStream
 from .chunks import Chunk, ChunkKind, ToolCall
 from .errors import ReplyStopped, RxContextError, StoreError, StreamInterrupted
@@ -340,10 +341,28 @@ class _Stopper:
         self._agen = weakref.ref(agen)
 
     def start(self) -> None:
-        """On the loop, as the driver starts: stops can be taken from here on."""
+        """On the loop, as the driver starts: stops can be taken from here on (SIGTERM at
+        its default too, on the main thread's loop: :mod:`rxcontext._loopterm`)."""
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
         self.run.on_stop = self.request
+        _loopterm.enter(self)
+
+    def terminate(self, error: ReplyStopped) -> asyncio.Future[Any] | None:
+        """SIGTERM (:mod:`rxcontext._loopterm`): stop the reply as :meth:`_on_loop` does; a
+        future done once it is saved when that is at once (its consumer holds a chunk, or
+        it has ended), None when the driver ends it (and then leaves)."""
+        assert self.loop is not None
+        persister = self.run.persister
+        agen = self.agen
+        if persister.finished or agen is None or getattr(agen, "ag_frame", None) is None:
+            done: asyncio.Future[Any] = self.loop.create_future()
+            done.set_result(None)
+            return done
+        if persister.stop is not None:
+            return None  # a stop is under way: the driver ends the reply
+        persister.stop = error
+        return self._end(agen, error)
 
     def request(self, error: ReplyStopped) -> None:
         self.asked = error
@@ -360,18 +379,26 @@ class _Stopper:
         persister.stop = error
         if getattr(agen, "ag_frame", None) is None:
             return  # it ended meanwhile
+        self._end(agen, error)
+
+    def _end(
+        self, agen: AsyncGenerator[Chunk, None], error: ReplyStopped
+    ) -> asyncio.Future[Any] | None:
+        """End the reply for ``persister.stop`` by where the driver is suspended: the
+        checkpoint's write (in a worker thread) when the consumer holds a chunk, else None."""
         awaiting = getattr(agen, "ag_await", None)
         task = self.task
         if awaiting is None:  # at ``yield``: the consumer holds a delivered chunk
             assert self.loop is not None
-            self.loop.run_in_executor(None, persister.stop_now, error)
-        elif (
+            return self.loop.run_in_executor(None, self.run.persister.stop_now, error)
+        if (
             getattr(awaiting, "cr_code", None) not in _OWN_STEPS
             and task is not None
             and not task.done()
         ):  # reading the model
             self.cancelled = True
             task.cancel()
+        return None
 
     def check(self) -> None:
         """Raise the stop, if there is one (between two steps of the driver); one the loop
@@ -665,6 +692,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
         if it is not None:
             await watch.close(it)
         run.close()
+        _loopterm.leave(stopper)
 
 
 _OWN_STEPS = frozenset(

@@ -734,3 +734,137 @@ def test_the_default_sigterm_disposition_is_back_after_a_reply() -> None:
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+ATERM = textwrap.dedent(
+    """
+    import asyncio, sys
+    import rxcontext
+    from rxcontext import Chunk, ChunkKind, ContextWindow
+    from rxcontext.providers import ScriptedModel
+
+    path, where, at = sys.argv[1], sys.argv[2], sys.argv[3]
+
+    class Model(ScriptedModel):
+        async def aiter_chunks(self, request):
+            async for chunk in super().aiter_chunks(request):
+                yield chunk
+                if chunk.text == at and where == "model":
+                    print("WAIT", flush=True)
+                    await asyncio.Event().wait()  # the driver awaits the model at SIGTERM
+
+    async def main():
+        chunks = [Chunk(ChunkKind.TEXT, f"<{i}>") for i in range(5000)]
+        store = rxcontext.open(path)
+        model = Model(
+            [[*chunks, Chunk(ChunkKind.DONE, finish_reason="stop")]],
+            delay=0.002 if where == "streaming" else 0.0,
+        )
+        cw = ContextWindow(store, model, "sig")
+        cw.add_prompt("go")
+        try:
+            async for c in cw.astream():
+                if c.text:
+                    print("d", c.text, flush=True)
+                    if c.text == at and where != "model":
+                        print("WAIT", flush=True)
+                        if where == "holding":
+                            await asyncio.Event().wait()  # it holds the chunk at SIGTERM
+        except BaseException as error:
+            print("RAISED", type(error).__name__, flush=True)
+            raise
+        print("DONE", flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="needs SIGTERM")
+@pytest.mark.parametrize(
+    ("where", "at"),
+    [
+        ("model", "<4>"),
+        ("holding", "<4>"),
+        *(("streaming", f"<{k}>") for k in (0, 3, 10, 40, 120)),
+    ],
+)
+def test_sigterm_at_its_default_under_asyncio_keeps_what_was_delivered_and_still_kills(
+    tmp_path: Path, where: str, at: str
+) -> None:
+    """As above, under ``asyncio.run`` (``async for chunk in cw.astream()``): SIGTERM at its
+    default used to kill the process at once, mid-reply, its checkpoint holding only its
+    last periodic write. While a reply streams on the main thread's loop, the loop handles
+    SIGTERM: the driver awaiting the model (``model``), the consumer holding a delivered
+    chunk (``holding``) or the reply streaming on (``streaming``: the signal lands wherever
+    it lands, chunks still coming), the checkpoint holds exactly the text the consumer got,
+    and the process still dies by SIGTERM, no exception reaching the program."""
+    path = tmp_path / "t.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", ATERM, str(path), where, at],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    next_line = _lines(child)
+    shown: list[str] = []
+    _until(next_line, "WAIT", shown)
+    child.send_signal(signal.SIGTERM)
+    rest = []
+    while (line := next_line()) is not None:
+        if line.startswith("d "):
+            shown.append(line[2:])
+        else:
+            rest.append(line)
+    assert child.stdin is not None
+    child.stdin.close()
+    child.wait(30)
+    assert child.returncode == -signal.SIGTERM, child.stderr.read()  # type: ignore[union-attr]
+    assert rest == []  # no exception reached the program, and it did not end on its own
+    store = rxcontext.open(path)
+    try:
+        (cp,) = store.checkpoints(store.get_context_by_name("sig").id)
+        assert cp.text == "".join(shown)
+        assert cp.text.endswith(at) if where != "streaming" else cp.text.startswith("<0>")
+        assert cp.state.value == "interrupted" and cp.error == "Terminated: SIGTERM"
+    finally:
+        store.close()
+
+
+def test_the_default_sigterm_disposition_is_back_after_an_asyncio_reply() -> None:
+    """The loop's SIGTERM handler lives only while its replies stream (and none is added
+    where the program handles SIGTERM itself)."""
+    import asyncio
+
+    from rxcontext import Chunk, ChunkKind, ContextWindow
+    from rxcontext.providers import ScriptedModel
+
+    if threading.current_thread() is not threading.main_thread():  # pragma: no cover
+        pytest.skip("signal handlers are the main thread's")
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    async def reply(cw: ContextWindow) -> list[Any]:
+        seen = []
+        async for _ in cw.astream():
+            seen.append(signal.getsignal(signal.SIGTERM))
+        return seen
+
+    try:
+        model = ScriptedModel([[Chunk(ChunkKind.TEXT, "a"), Chunk(ChunkKind.TEXT, "b")]] * 2)
+        cw = ContextWindow(rxcontext.open(":memory:"), model, "c")
+        cw.add_prompt("q")
+        seen = asyncio.run(reply(cw))
+        assert seen and all(h is not signal.SIG_DFL for h in seen)  # handled while it ran
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+        def mine(signum: int, frame: Any) -> None:
+            pass
+
+        signal.signal(signal.SIGTERM, mine)
+        cw.add_prompt("again")
+        assert all(h is mine for h in asyncio.run(reply(cw)))
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -2,39 +2,54 @@
 
 A plain program (no SIGTERM handler: stopped by ``kill``, ``docker stop``, systemd) dies
 on the spot at SIGTERM, a streaming reply keeping only its last periodic write. The sync
-driver holds SIGTERM for the reply's length (:class:`rxcontext._signals.HandOver`); under
-asyncio the equivalent is the loop's own signal handling: while at least one reply is
-driven on a loop that runs on the main thread, and SIGTERM is at its default there, the
-loop gets a SIGTERM handler (``loop.add_signal_handler``; nothing else is installed, and
-it is removed when the last reply ends, SIGTERM back at its default). A SIGTERM then ends
-each of the loop's replies as ``cw.stop`` does (:class:`~rxcontext.astreaming._Stopper`):
-one awaiting the model is cancelled there, one whose consumer holds a delivered chunk is
-saved at once, one in a step of its own (a store write, a running tool, an async hook)
-ends when that step does. Each checkpoint holds exactly what its consumer received (error
-``Terminated: SIGTERM``). Once all are saved the default is restored and SIGTERM sent
-again: the process dies by it as it would have (no exception reaches the program). A
-second SIGTERM meanwhile kills at once.
+driver holds SIGTERM for the reply's length (:class:`rxcontext._signals.HandOver`). Under
+asyncio, while at least one reply is driven on a loop of the main thread and SIGTERM is at
+its default, a SIGTERM handler is installed (and the default put back when the loop's last
+reply ends). It hands the signal to the loop (``call_soon_threadsafe``, as
+``asyncio.run`` hands Ctrl-C over), where each of the loop's replies is ended as
+``cw.stop`` ends it (:class:`~rxcontext.astreaming._Stopper`): one awaiting the model is
+cancelled there, one whose consumer holds a delivered chunk is saved at once, one in a
+step of its own (a store write, a running tool, an async hook) ends when that step does.
+Each checkpoint holds exactly what its consumer received (error ``Terminated: SIGTERM``).
+Once all are saved the default is restored and SIGTERM sent again: the process dies by
+it as it would have (no exception reaches the program). A second SIGTERM meanwhile kills at
+once.
 
-A handler the program installed (``signal.signal``, or ``loop.add_signal_handler``, also
-one added while a reply streams) is used as it is. Loops that do not show their signal
-handlers (``_signal_handlers``: uvloop, Windows) are left alone, as are loops on other
-threads: there SIGTERM kills at once, as before.
+Not ``loop.add_signal_handler``: asyncio checks the signal against every valid one each
+time a handler is added or removed (about 0.2 ms each here), which every reply would pay;
+``signal.signal`` at the C level costs about a microsecond. A handler the program
+installed (``signal.signal``, or ``loop.add_signal_handler``, also one added while a reply
+streams) is used as it is. Loops on other threads and other systems than POSIX are left
+alone: there SIGTERM kills at once, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import threading
 import weakref
+from types import FrameType
 from typing import Any, Protocol
 
+try:  # the C functions, as rxcontext._signals uses them (no enum conversions)
+    from _signal import SIG_DFL as _DFL  # type: ignore[import-not-found,unused-ignore]
+    from _signal import getsignal as _getsignal  # type: ignore[import-not-found,unused-ignore]
+    from _signal import signal as _setsignal  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # pragma: no cover - not CPython
+    from signal import SIG_DFL as _DFL
+    from signal import getsignal as _getsignal
+    from signal import signal as _setsignal
 from .errors import ReplyStopped
 
 __all__ = ["Terminated", "enter", "leave"]
 
-_TERM: signal.Signals | None = getattr(signal, "SIGTERM", None)
+_TERM: int | None = None
+if os.name == "posix":
+    import signal
+
+    _TERM = int(signal.SIGTERM)
+_MAIN = threading.main_thread()
 
 
 class Terminated(ReplyStopped):
@@ -59,6 +74,13 @@ class _LoopTerm:
         self.replies: set[Ending] = set()
         self.terminated = False
 
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        """The signal handler (main thread, between two bytecodes): over to the loop."""
+        try:
+            self.loop.call_soon_threadsafe(self.on_term)
+        except RuntimeError:  # its loop is closed: nothing of ours to save
+            self.die()
+
     def on_term(self) -> None:
         if self.terminated:  # a second SIGTERM: no more waiting
             self.die()
@@ -74,22 +96,23 @@ class _LoopTerm:
     def settle(self, reply: Ending) -> None:
         """``reply`` is saved (or ended): once none is left after SIGTERM, die."""
         self.replies.discard(reply)
+        if self.replies:
+            return
         if self.terminated:
-            if not self.replies:
-                self.die()
-        elif not self.replies:
+            self.die()
+        else:
             self.uninstall()
 
     def uninstall(self) -> None:
         if _terms.get(self.loop) is self:
             del _terms[self.loop]
-        if _TERM is not None and _ours(self.loop, self):
-            self.loop.remove_signal_handler(_TERM)  # SIGTERM at its default again
+        if _TERM is not None and _getsignal(_TERM) == self.handler:
+            _setsignal(_TERM, _DFL)
 
     def die(self) -> None:
-        self.uninstall()
         assert _TERM is not None
-        signal.signal(_TERM, signal.SIG_DFL)
+        self.uninstall()
+        _setsignal(_TERM, _DFL)
         os.kill(os.getpid(), _TERM)
 
 
@@ -98,43 +121,21 @@ _terms: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopTerm] = (
 )
 
 
-def _ours(loop: asyncio.AbstractEventLoop, term: _LoopTerm) -> bool:
-    """Whether SIGTERM is still handled by ``term`` (through the loop: not replaced since,
-    by ``loop.add_signal_handler`` nor by ``signal.signal``)."""
-    if _TERM is None:
-        return False
-    handlers = getattr(loop, "_signal_handlers", None)
-    handle = handlers.get(_TERM) if isinstance(handlers, dict) else None
-    return (
-        handle is not None
-        and getattr(handle, "_callback", None) == term.on_term
-        and getattr(signal.getsignal(_TERM), "__module__", None) == "asyncio.unix_events"
-    )
-
-
 def enter(reply: Ending) -> None:
     """On the loop, as a reply's driver starts: ``reply`` is ended and waited for at
-    SIGTERM, if this loop handles SIGTERM for its replies (see the module docstring)."""
+    SIGTERM, if SIGTERM is at its default (or already this loop's) on the main thread."""
+    if _TERM is None or threading.current_thread() is not _MAIN:
+        return
     loop = asyncio.get_running_loop()
     term = _terms.get(loop)
-    if term is not None and not _ours(loop, term):  # the program handles SIGTERM now
-        del _terms[loop]
-        term = None
-    if term is None:
-        if _TERM is None:
-            return
-        if (
-            threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(_TERM) is not signal.SIG_DFL
-            or not isinstance(getattr(loop, "_signal_handlers", None), dict)
-        ):
-            return
-        term = _LoopTerm(loop)
-        try:
-            loop.add_signal_handler(_TERM, term.on_term)
-        except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
-            return
-        _terms[loop] = term
+    installed = _getsignal(_TERM)
+    if term is None or installed != term.handler:
+        # Ours only over the default, or over one a closed or other loop left behind.
+        if installed != _DFL and not isinstance(getattr(installed, "__self__", None), _LoopTerm):
+            return  # the program's own handler
+        if term is None:
+            term = _terms[loop] = _LoopTerm(loop)
+        _setsignal(_TERM, term.handler)
     term.replies.add(reply)
 
 

@@ -1335,6 +1335,31 @@ def test_a_replys_reasoning_is_stored_once_and_read_back_as_given(store: Any):
     assert dumped.count("step two. ") == 1000
 
 
+def test_thinking_blocks_after_an_emoji_cut_between_deltas_read_back_with_their_text(store: Any):
+    # A provider may cut an escaped emoji between two deltas: the reasoning then holds the
+    # pair's two halves, which the stored text joins into one character. A block's span
+    # must count the stored characters, else it points past the text (the block read back
+    # without its text) or at the wrong characters.
+    cut = "a\ud83d\ude00b"
+    meta = {
+        "thinking": cut + "cd",
+        "thinking_blocks": [
+            {"type": "thinking", "thinking": cut, "signature": "s1"},
+            {"type": "thinking", "thinking": "cd", "signature": "s2"},
+        ],
+    }
+    whole = {
+        "thinking": cut,
+        "thinking_blocks": [{"type": "thinking", "thinking": cut, "signature": "s"}],
+    }
+    ctx = store.get_or_create_context("cut-emoji")
+    for given_meta, texts in ((meta, ["a\U0001f600b", "cd"]), (whole, ["a\U0001f600b"])):
+        (rec,) = store.commit_reply(ctx.id, [R("answer", metadata=given_meta)])
+        for got in (rec.metadata, store.records(ctx.id)[-1].metadata):
+            assert [b.get("thinking") for b in got["thinking_blocks"]] == texts
+            assert got["thinking"] == "a\U0001f600b" + ("cd" if given_meta is meta else "")
+
+
 @given(st.text(max_size=30), st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30))))
 def test_stored_thinking_spans_round_trip_any_blocks(thinking: str, cuts: list[tuple[int, int]]):
     blocks = [

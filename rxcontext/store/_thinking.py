@@ -21,17 +21,25 @@ SPAN = "thinking_span"
 
 def pack(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
     """``metadata`` to store: each thinking block's text, where ``thinking`` has it, as a
-    span of it (``metadata`` itself when there is nothing to do; never changed in place)."""
+    span of it (``metadata`` itself when there is nothing to do; never changed in place).
+
+    Spans count the characters as stored: a surrogate pair split between two deltas (an
+    emoji a provider cut) is one character there (:func:`storable`), so the texts are
+    compared as stored, and ``thinking`` is given as stored."""
     blocks = metadata.get("thinking_blocks")
-    thinking = metadata.get("thinking")
-    if not blocks or not isinstance(blocks, list) or not isinstance(thinking, str):
+    given = metadata.get("thinking")
+    if not blocks or not isinstance(blocks, list) or not isinstance(given, str):
         return metadata
+    from ._sqlite_rows import storable  # here: that module imports this one
+
+    thinking = storable(given)
     packed: list[Any] = []
     at = 0
     for block in blocks:
         text = block.get("thinking") if isinstance(block, dict) else None
         start = -1
         if isinstance(text, str) and SPAN not in block:
+            text = thinking if text is given else storable(text)
             if text is thinking or thinking.startswith(text, at):
                 start = 0 if text is thinking else at
             else:
@@ -44,6 +52,8 @@ def pack(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
         at = start + len(text)  # type: ignore[arg-type]
         span = [start, at]
         packed.append(dict((SPAN, span) if k == "thinking" else (k, v) for k, v in block.items()))
+    if thinking is not given:
+        return {**metadata, "thinking": thinking, "thinking_blocks": packed}
     return {**metadata, "thinking_blocks": packed}
 
 

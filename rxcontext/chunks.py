@@ -7,7 +7,7 @@ in :mod:`rxcontext.store`; I/O lives in :mod:`rxcontext.providers`.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -427,6 +427,39 @@ def _block_text(block: _ThinkingBlock, thinking: str) -> str:
     return "".join([thinking[spans[i] : spans[i + 1]] for i in range(0, len(spans), 2)])
 
 
+def _slice(parts: list[str], pos: int, start: int, limit: int) -> str:
+    """At most ``limit`` characters from character ``start`` of ``parts`` (whose first
+    character is character ``pos``), joined from the blocks they are in only."""
+    parts = list(parts)  # one atomic step, as in _suffix
+    i, n = 0, len(parts)
+    while i < n and pos + len(parts[i]) <= start:
+        pos += len(parts[i])
+        i += 1
+    taken: list[str] = []
+    got = 0
+    while i < n and got < limit:
+        piece = parts[i][start - pos :] if pos < start else parts[i]
+        pos = start = 0  # only the first block is cut at the start
+        taken.append(piece[: limit - got])
+        got += len(taken[-1])
+        i += 1
+    return "".join(taken)
+
+
+def _drop(parts: list[str], drop: int) -> bool:
+    """Drop the first ``drop`` characters of ``parts``; False if there were none to drop."""
+    if drop <= 0:
+        return False
+    i = n = 0
+    while i < len(parts) and n + len(parts[i]) <= drop:
+        n += len(parts[i])
+        i += 1
+    if n < drop:  # the cut falls inside a block: keep its rest (at most a block)
+        parts[i] = parts[i][drop - n :]
+    del parts[:i]
+    return True
+
+
 def _suffix(parts: list[str], start: int) -> tuple[str, int]:
     """The text of ``parts`` from character ``start`` on, and the text's whole length.
 
@@ -464,6 +497,8 @@ class ReplyBuilder:
     """
 
     __slots__ = (
+        "_alarm",
+        "_alarm_at",
         "_base",
         "_calls",
         "_done_at",
@@ -479,7 +514,9 @@ class ReplyBuilder:
         "_thinking",
         "_thinking_blocks",
         "_thinking_fresh",
+        "_thinking_gone",
         "_thinking_open",
+        "_unwritten",
         "_usage",
         "chunks",
     )
@@ -490,6 +527,7 @@ class ReplyBuilder:
         self._text_gone = 0  # characters let go from the front of the text (let_go_text)
         self._thinking: list[str] = []
         self._thinking_fresh = 0
+        self._thinking_gone = 0  # characters let go from the front (let_go_thinking)
         self._thinking_open: _ThinkingBlock | None = None  # the block deltas go to now
         self._thinking_blocks: dict[int, _ThinkingBlock] = {}
         self._calls: dict[int, _CallParts] = {}  # this round's, by the provider's index
@@ -506,6 +544,25 @@ class ReplyBuilder:
         self.chunks = 0
         """How many chunks have been added."""
         self._done_at = -1  # self.chunks when the last DONE was added
+        # Called once every _alarm_at characters of text and thinking (counted as deltas
+        # are joined into blocks, off the per-delta path): the persister writes a long
+        # reply as it grows (set_alarm).
+        self._alarm: Callable[[], None] | None = None
+        self._alarm_at = 0
+        self._unwritten = 0
+
+    def set_alarm(self, alarm: Callable[[], None] | None, every: int) -> None:
+        """Call ``alarm`` each time another ``every`` characters of text and thinking were
+        added (seen as deltas are joined into blocks: late by at most a block)."""
+        self._alarm = alarm
+        self._alarm_at = every
+        self._unwritten = 0
+
+    def _sound(self, block: str) -> None:
+        self._unwritten += len(block)
+        if self._unwritten >= self._alarm_at and self._alarm is not None:
+            self._unwritten = 0
+            self._alarm()
 
     def ends_at_done(self) -> bool:
         """Whether the last chunk added was a round's ``DONE``."""
@@ -521,6 +578,7 @@ class ReplyBuilder:
             self._text
             or self._text_gone
             or self._thinking
+            or self._thinking_gone
             or self._thinking_blocks
             or self._calls
             or self._earlier_calls
@@ -547,6 +605,8 @@ class ReplyBuilder:
                 if self._text_fresh == _COALESCE:
                     _coalesce(self._text)
                     self._text_fresh = 0
+                    if self._alarm is not None:
+                        self._sound(self._text[-1])
             if chunk.metadata:
                 self._metadata.update(chunk.metadata)
         elif kind is ChunkKind.THINKING:
@@ -561,6 +621,8 @@ class ReplyBuilder:
                 if self._thinking_fresh == _COALESCE:
                     _coalesce(self._thinking)
                     self._thinking_fresh = 0
+                    if self._alarm is not None:
+                        self._sound(self._thinking[-1])
             meta = chunk.metadata
             if meta:
                 if "signature" in meta:
@@ -635,7 +697,7 @@ class ReplyBuilder:
     def _open_span(self, block: _ThinkingBlock) -> None:
         """Deltas now go to ``block``: close the open span at the thinking's length, open
         ``block``'s there (once per change of block, not per delta)."""
-        at = sum(map(len, self._thinking))
+        at = self._thinking_gone + sum(map(len, self._thinking))
         if self._thinking_open is not None:
             self._thinking_open.spans.append(at)
         block.spans.append(at)
@@ -680,21 +742,7 @@ class ReplyBuilder:
     def text_slice(self, start: int, limit: int) -> str:
         """At most ``limit`` characters of the text from character ``start`` on (joined from
         the blocks they are in only), for a checkpoint written a bounded part at a time."""
-        parts = list(self._text)  # one atomic step, as in _suffix
-        pos = self._text_gone
-        i, n = 0, len(parts)
-        while i < n and pos + len(parts[i]) <= start:
-            pos += len(parts[i])
-            i += 1
-        taken: list[str] = []
-        got = 0
-        while i < n and got < limit:
-            piece = parts[i][start - pos :] if pos < start else parts[i]
-            pos = start = 0  # only the first block is cut at the start
-            taken.append(piece[: limit - got])
-            got += len(taken[-1])
-            i += 1
-        return "".join(taken)
+        return _slice(self._text, self._text_gone, start, limit)
 
     def text_length(self) -> int:
         """The text's length so far (let go of or not)."""
@@ -705,19 +753,9 @@ class ReplyBuilder:
         persister commits a long reply from there, :mod:`rxcontext.persist`). Afterwards
         :attr:`text` and :meth:`build` hold only the rest, :attr:`text_gone` says how much
         went; :meth:`text_from` keeps counting from the reply's start."""
-        drop = upto - self._text_gone
-        if drop <= 0:
-            return
-        parts = self._text
-        i = n = 0
-        while i < len(parts) and n + len(parts[i]) <= drop:
-            n += len(parts[i])
-            i += 1
-        if n < drop:  # the cut falls inside a block: keep its rest (at most a block)
-            parts[i] = parts[i][drop - n :]
-        del parts[:i]
-        self._text_fresh = min(self._text_fresh, len(parts))
-        self._text_gone = upto
+        if _drop(self._text, upto - self._text_gone):
+            self._text_fresh = min(self._text_fresh, len(self._text))
+            self._text_gone = upto
 
     @property
     def text_gone(self) -> int:
@@ -730,7 +768,79 @@ class ReplyBuilder:
 
     def thinking_from(self, start: int) -> tuple[str, int]:
         """As :meth:`text_from`, for the reasoning text."""
-        return _suffix(self._thinking, start)
+        gone = self._thinking_gone
+        if not gone:
+            return _suffix(self._thinking, start)
+        thinking, end = _suffix(self._thinking, start - gone)
+        return thinking, end + gone
+
+    def thinking_slice(self, start: int, limit: int) -> str:
+        """As :meth:`text_slice`, for the reasoning text."""
+        return _slice(self._thinking, self._thinking_gone, start, limit)
+
+    def thinking_length(self) -> int:
+        """The reasoning's length so far (let go of or not)."""
+        return self._thinking_gone + sum(map(len, self._thinking))
+
+    def let_go_thinking(self, upto: int) -> None:
+        """As :meth:`let_go_text`, for the reasoning text: afterwards :attr:`thinking` and
+        :meth:`build` hold only the rest (thinking blocks keep where their text was)."""
+        if _drop(self._thinking, upto - self._thinking_gone):
+            self._thinking_fresh = min(self._thinking_fresh, len(self._thinking))
+            self._thinking_gone = upto
+
+    @property
+    def thinking_gone(self) -> int:
+        """Characters of reasoning let go (:meth:`let_go_thinking`)."""
+        return self._thinking_gone
+
+    def blocks_of(self, thinking: str, at: Callable[[int], int] = int) -> list[dict[str, Any]]:
+        """The thinking blocks with their text, from ``thinking``: the whole reasoning as
+        it was stored, where the builder's position ``p`` is ``at(p)`` (split surrogate
+        pairs are one character there)."""
+        out: list[dict[str, Any]] = []
+        for _, block in self._all_blocks():
+            if block.redacted is not None:
+                out.append({"type": "redacted_thinking", "data": block.redacted})
+            elif block.signature is not None:
+                spans = block.spans
+                if len(spans) % 2:
+                    spans = [*spans, self.thinking_length()]
+                text = "".join(
+                    [thinking[at(spans[i]) : at(spans[i + 1])] for i in range(0, len(spans), 2)]
+                )
+                out.append({"type": "thinking", "thinking": text, "signature": block.signature})
+        return out
+
+    def spanned_blocks(self, at: Callable[[int], int] = int) -> list[dict[str, Any]] | None:
+        """The thinking blocks as the store keeps them (``thinking_span`` for the text,
+        :mod:`rxcontext.store._thinking`), worked out from where each block's deltas are
+        rather than by finding its text: for a reasoning let go of. None when the store's
+        own packing could give other spans (a block in several runs, or not starting where
+        the block before it ended: its text might be found earlier), so the caller needs
+        the whole reasoning for it. ``at``: as for :meth:`blocks_of`."""
+        length = self.thinking_length()
+        out: list[dict[str, Any]] = []
+        end = 0
+        for _, block in self._all_blocks():
+            if block.redacted is not None:
+                out.append({"type": "redacted_thinking", "data": block.redacted})
+                continue
+            if block.signature is None:
+                continue
+            spans = block.spans
+            if len(spans) > 2:
+                return None
+            start, stop = (
+                (at(spans[0]), at(spans[1] if len(spans) == 2 else length)) if spans else (end, end)
+            )
+            if start != end:
+                return None
+            end = stop
+            out.append(
+                {"type": "thinking", "thinking_span": [start, stop], "signature": block.signature}
+            )
+        return out
 
     @property
     def usage(self) -> Usage | None:
@@ -765,9 +875,9 @@ class ReplyBuilder:
             for index, call in self._all_calls()
         ]
 
-    def build(self, *, text: bool = True) -> Reply:
+    def build(self, *, text: bool = True, thinking: bool = True) -> Reply:
         """The :class:`Reply` of everything added so far (``text=False``: its text left
-        out, and not joined)."""
+        out, and not joined; ``thinking=False``: its reasoning and thinking blocks)."""
         base = self._base  # a call with no id: the store's id, its index in its round
         calls = tuple(
             ToolCall.parse(
@@ -780,13 +890,13 @@ class ReplyBuilder:
             for index, call in self._all_calls()
         )
         metadata = dict(self._metadata)
-        thinking = self.thinking
-        blocks = self._blocks(thinking)
+        reasoning = self.thinking if thinking else ""
+        blocks = self._blocks(reasoning) if thinking else []
         if blocks:
             metadata["thinking_blocks"] = blocks
         return Reply(
             text=self.text if text else "",
-            thinking=thinking,
+            thinking=reasoning,
             tool_calls=calls,
             usage=self.usage,
             finish_reason=self._finish_reason,

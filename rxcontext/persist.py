@@ -38,8 +38,11 @@ stream goes on with the low half, takes it back.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import functools
 import json
+import re
 import sys
 import threading
 import time
@@ -64,6 +67,7 @@ from .fanout.base import Channel, Fanout
 from .providers.base import NATIVE_RESUME_KEY, ResumeCursor
 from .records import Checkpoint, Record, RecordType, ReplyState
 from .schema import OutputSchema, SchemaFailure
+from .store._sqlite_rows import storable
 from .store.base import IN_PROGRESS, CheckpointDraft, RecordDraft, ReplyTicket, Store
 from .store.owner import worker_id
 from .usage_by_model import USAGE_BY_MODEL, Part, by_model, natively, parse, parts_of
@@ -269,7 +273,7 @@ class ReplyPersister:
         self.context_id = context_id
         self.reply_id = reply_id
         self.every = checkpoint_every if checkpoint_every and checkpoint_every > 0 else None
-        self.builder = ReplyBuilder()
+        self.builder = self._new_builder()
         self._claim_resume = claim
         self._resume: Checkpoint | None = None
         self._prefix = ""
@@ -293,16 +297,24 @@ class ReplyPersister:
         self._text_mark = 0
         self._thinking_mark = 0
         self._inflight = (0, 0)  # the marks once the write being made lands
-        # The builder let go of the text before the text mark (a long reply on a store that
-        # commits it from the checkpoint's parts: _let_go_landed); the commit does so.
+        # Where the thinking the checkpoint holds had a surrogate pair split between two
+        # deltas (the high half's position in the builder's thinking): stored, each pair
+        # is one character, which moves the stored position of what follows (_stored_at).
+        self._pairs: list[int] = []
+        self._inflight_pairs: list[int] = []
+        # The builder let go of the text (thinking) before the text (thinking) mark (a long
+        # reply on a store that commits it from the checkpoint's parts: _let_go_landed); the
+        # commit does so.
         self._from_parts = False
+        self._thinking_from_parts = False
         # A long backlog is written a bounded part at a time (not joined whole beside the
         # builder's blocks): the checkpointer writes again while the text mark is behind
         # where the text stood at its tick's first write (_catch_to).
         self._behind = False
-        self._catch_to = 0
+        self._catch_to = (0, 0)  # text, thinking
         self._let_go_due = False  # a landed write's text to let go of, at attend()
         self._flush_due = False  # the timer found the driver busy: it writes, at attend()
+        self._grown = False  # a long reply grew by a part since: it writes, at attend()
         self._written = 0  # builder.chunks at the last checkpoint write (-1: write again)
         # The exactness protocol (module docstring).
         self.busy = False
@@ -459,11 +471,17 @@ class ReplyPersister:
         if cap is not None and b.text_length() - self._text_mark > cap:
             text = b.text_slice(self._text_mark, cap)
             text_end = self._text_mark + len(text)
-            self._behind = text_end < self._catch_to
+            self._behind = text_end < self._catch_to[0]
             self._written = -1  # the rest is still to write
         else:
             text, text_end = b.text_from(self._text_mark)
-        thinking, thinking_end = b.thinking_from(self._thinking_mark)
+        if cap is not None and b.thinking_length() - self._thinking_mark > cap:
+            thinking = b.thinking_slice(self._thinking_mark, cap)
+            thinking_end = self._thinking_mark + len(thinking)
+            self._behind = self._behind or thinking_end < self._catch_to[1]
+            self._written = -1
+        else:
+            thinking, thinking_end = b.thinking_from(self._thinking_mark)
         # A pair's high half waits for its low half (a provider may cut an emoji between two
         # deltas): stored alone, it could only be replaced and the character lost. A
         # periodic write stores it with its low half, at the next write; until then, and
@@ -477,6 +495,7 @@ class ReplyPersister:
             held["thinking"] = ord(thinking[-1])
             thinking, thinking_end = thinking[:-1], thinking_end - 1
         self._inflight = (text_end, thinking_end)
+        self._inflight_pairs = _pairs_in(thinking, self._thinking_mark)
         delivered = b.chunks - self._seeded
         metadata = b.metadata  # a copy
         if held:
@@ -508,6 +527,9 @@ class ReplyPersister:
     def _landed(self) -> None:
         """The write :meth:`_draft` made is stored: the checkpoint holds its text now."""
         self._text_mark, self._thinking_mark = self._inflight
+        if self._inflight_pairs:
+            self._pairs.extend(self._inflight_pairs)
+            self._inflight_pairs = []
 
     def _cap(self) -> int | None:
         """The most characters of text a periodic write takes (see :meth:`_draft`)."""
@@ -524,18 +546,18 @@ class ReplyPersister:
         ``_write`` and the round ended (no chunk is being folded). A write that does not
         land stops it: the commit takes the rest from the builder."""
         assert self.ticket is not None
-        self._let_go_landed()  # a write may have landed while the driver folded a chunk
-        self._catch_to = self.builder.text_length()
+        self._let_go_landed(start=False)  # a write may have landed while a chunk was folded
+        self._catch_to = to = (self.builder.text_length(), self.builder.thinking_length())
         cap = self._cap()
-        while cap is not None and self._text_mark < self._catch_to:
+        while cap is not None and (self._text_mark, self._thinking_mark) < to:
             draft = self._draft(IN_PROGRESS)
-            if self._inflight[0] == self._text_mark:
+            if self._inflight == (self._text_mark, self._thinking_mark):
                 return  # only a pair's high half is left: the commit takes it
             written = self.store.save_checkpoints([(self.ticket, draft)])
             if not (written and written[0]):
                 return
             self._landed()
-            self._let_go_landed()
+            self._let_go_landed(start=False)
 
     def _long_at(self) -> int | None:
         """The text mark from which the builder lets go of what the checkpoint holds, or
@@ -548,24 +570,49 @@ class ReplyPersister:
         return cast("int | None", getattr(self.store, "long_text", None))
 
     def _long_enough(self) -> bool:
-        """Whether the checkpoint holds enough text for the builder to let go of it."""
+        """Whether the checkpoint holds enough text or thinking for the builder to let go."""
         at = self._long_at()
-        return at is not None and self._text_mark >= at
+        return at is not None and max(self._text_mark, self._thinking_mark) >= at
 
-    def _let_go_landed(self) -> None:
-        """The builder lets go of the text the checkpoint holds, once that is long (the
-        store's long-value threshold: below it the store binds the text whole anyway).
-        Only while no chunk is being folded (the caller holds the claim with ``busy``
-        clear, or is the driver); the commit then writes the record from the checkpoint."""
+    def _new_builder(self) -> ReplyBuilder:
+        """A round's builder; on a store that commits a long reply from its checkpoint, it
+        says when the reply grew by another such part (:meth:`_part_grown`)."""
+        builder = ReplyBuilder()
+        at = cast("int | None", getattr(self.store, "long_text", None))
+        if at is not None and self.every is not None:
+            builder.set_alarm(self._part_grown, at)
+        return builder
+
+    def _part_grown(self) -> None:
+        """The reply grew by a long part since the last one (the builder's alarm, on the
+        driver's thread while it folds a chunk): the driver writes it at its next step,
+        and lets go of it once it landed, whether or not the timer ticked meanwhile. A
+        reply streaming faster than ``checkpoint_every`` would otherwise be held whole
+        until its commit (a 10 MB reply took under a second on a quiet machine)."""
+        if self._cap() is not None:
+            self._grown = True
+            self.attention = True
+
+    def _let_go_landed(self, *, start: bool = True) -> None:
+        """The builder lets go of the text and the thinking the checkpoint holds, once that
+        is long (the store's long-value threshold: below it the store binds it whole
+        anyway); ``start=False``: only of what it let go of before (the commit's catch-up:
+        the reply it commits holds the rest whole). Only while no chunk is being folded
+        (the caller holds the claim with ``busy`` clear, or is the driver); the commit then
+        writes the record from the checkpoint."""
+        b = self.builder
         mark = self._text_mark
-        if mark <= self.builder.text_gone:
-            return
-        if not self._from_parts:
-            at = self._long_at()
-            if at is None or mark < at:
-                return
+        if mark > b.text_gone and (self._from_parts or (start and self._long(mark))):
             self._from_parts = True
-        self.builder.let_go_text(mark)
+            b.let_go_text(mark)
+        mark = self._thinking_mark
+        if mark > b.thinking_gone and (self._thinking_from_parts or (start and self._long(mark))):
+            self._thinking_from_parts = True
+            b.let_go_thinking(mark)
+
+    def _long(self, mark: int) -> bool:
+        at = self._long_at()
+        return at is not None and mark >= at
 
     def _give_back(self) -> None:
         """A periodic write failed: its text is still past the marks; write again."""
@@ -591,7 +638,8 @@ class ReplyPersister:
                 if not self._dirty():
                     return None
                 if not self._behind:  # the tick's first write: how far it catches up
-                    self._catch_to = self.builder.text_length()
+                    b = self.builder
+                    self._catch_to = (b.text_length(), b.thinking_length())
                 self._written = self.builder.chunks
                 return self._draft(IN_PROGRESS)
             finally:
@@ -609,7 +657,7 @@ class ReplyPersister:
                 return
             if written:
                 self._landed()
-                if self._from_parts or self._long_enough():
+                if self._from_parts or self._thinking_from_parts or self._long_enough():
                     # The driver lets go of it between two chunks (attend): never on this
                     # thread, which may run while the driver builds the reply.
                     self._let_go_due = True
@@ -645,8 +693,8 @@ class ReplyPersister:
                 return  # the timer (or a final write) is writing: it will be asked again
             try:
                 # Asked only to let go (a landed write), it writes nothing itself.
-                flush = self._flush_due or not self._let_go_due
-                self._flush_due = False
+                flush = self._flush_due or self._grown or not self._let_go_due
+                grown, self._flush_due, self._grown = self._grown, False, False
                 if self._let_go_due and not self.finished:
                     # Here alone the builder lets go (the driver folds nothing now, and a
                     # final write from another thread, which reads it, waits for _write).
@@ -655,13 +703,40 @@ class ReplyPersister:
                 if self.finished or self.ticket is None or not flush or not self._dirty():
                     self._write.release()
                     return
-                self._written = self.builder.chunks
-                draft = self._draft(IN_PROGRESS)
-                written = self.store.save_checkpoints([(self.ticket, draft)])
+                if grown:
+                    draft, landed = self._write_grown()
+                    if landed:
+                        self._write.release()
+                        return
+                else:
+                    self._written = self.builder.chunks
+                    draft = self._draft(IN_PROGRESS)
+                    landed = self.store.save_checkpoints([(self.ticket, draft)])
             except BaseException:
                 self._write.release()
                 raise
-            self.periodic_done(draft, written[0] if written else None)
+            self.periodic_done(draft, landed[0] if landed else None)
+
+    def _write_grown(self) -> tuple[CheckpointDraft, list[bool] | None]:
+        """Write everything past the marks in bounded parts, letting go of each as it lands
+        (a long reply grew by a part: :meth:`_part_grown`); the driver between two chunks,
+        holding ``_write``. The last write and its result: all True when every part landed
+        (the lock is still held), else for :meth:`periodic_done`."""
+        assert self.ticket is not None
+        b = self.builder
+        to = (b.text_length(), b.thinking_length())
+        while True:
+            self._written = b.chunks
+            draft = self._draft(IN_PROGRESS)
+            if self._inflight == (self._text_mark, self._thinking_mark):
+                return draft, [True]  # only a pair's high half: it waits for the other
+            written = self.store.save_checkpoints([(self.ticket, draft)])
+            if not (written and written[0]):
+                return draft, written
+            self._landed()
+            self._let_go_landed()
+            if (self._text_mark, self._thinking_mark) >= to or self._written == b.chunks:
+                return draft, [True]
 
     # -- endings --------------------------------------------------------------------------
 
@@ -923,8 +998,9 @@ class ReplyPersister:
         """Native resume failed before any chunk: this round is a continuation after all."""
         self._native = False
         if self._seeded:
-            self.builder = ReplyBuilder()
+            self.builder = self._new_builder()
             self._text_mark = self._thinking_mark = 0
+            self._pairs = []
             self._seeded = self._written = 0
 
     # -- completion -----------------------------------------------------------------------
@@ -936,7 +1012,9 @@ class ReplyPersister:
         A long reply whose builder let go of what its checkpoint holds has no text here (its
         rest is not joined either): :meth:`complete` commits it whole from the checkpoint
         and :attr:`final` holds it whole."""
-        reply = self.builder.build(text=not self._from_parts)
+        reply = self.builder.build(
+            text=not self._from_parts, thinking=not self._thinking_from_parts
+        )
         carried = self._billed()
         if self._prefix or self._prefix_thinking or carried is not None:
             reply = replace(
@@ -1043,12 +1121,13 @@ class ReplyPersister:
         # A long reply the builder let go of is committed from its checkpoint's parts: no
         # periodic write may land meanwhile (the text past the mark is the rest), so even
         # the last round's commit waits for one in flight here.
-        from_parts = self._from_parts
+        from_parts = self._from_parts or self._thinking_from_parts
         # The builder's blocks were freed by the join (:meth:`reply`), or as checkpoints
         # landed: give their memory back before SQLite allocates its copies of a long reply
         # (rxcontext/_memory.py). Here, not in reply(): the async driver runs this off its
         # event loop.
-        let_go(len(reply.text) + len(reply.thinking) + self.builder.text_gone)
+        b = self.builder
+        let_go(len(reply.text) + len(reply.thinking) + b.text_gone + b.thinking_gone)
         failure: str | None = None
         # The last round's commit does not wait for a periodic write of this reply that is
         # in flight (the checkpointer's batch of every reply, which may wait for a lock, a
@@ -1078,9 +1157,14 @@ class ReplyPersister:
                         about["parsed"] = _json_safe(schema.dump(parsed))
                         reply = replace(reply, parsed=parsed)
             try:
+                parts: dict[str, bool] = {}
+                commit: Callable[..., list[Record]]
                 if from_parts:
-                    drafts = self._drafts_from_parts(reply, about)
-                    commit = self.store.commit_reply_from_parts  # type: ignore[attr-defined]
+                    reply, drafts, parts = self._drafts_from_parts(reply, about)
+                    commit = functools.partial(
+                        self.store.commit_reply_from_parts,  # type: ignore[attr-defined]
+                        **parts,
+                    )
                 else:
                     drafts = reply_drafts(reply, streamed=self._streamed, about=about)
                     commit = self.store.commit_reply
@@ -1094,8 +1178,11 @@ class ReplyPersister:
                     commit_id=self._commit_id(),
                     thread_version=self.thread_version,
                 )
-                if from_parts:  # the whole text, read back from the row: the record's and ours
+                # What the checkpoint held, read back from the row: the record's and ours.
+                if parts.get("text"):
                     reply = replace(reply, text=records[0].content)
+                if parts.get("thinking"):
+                    reply = _with_stored_thinking(reply, records[0])
             except BaseException:
                 # Nothing was stored: the reply is not over, so the failure path's final
                 # write (its checkpoint, every chunk delivered) must still happen.
@@ -1136,18 +1223,61 @@ class ReplyPersister:
             )
         return True
 
-    def _drafts_from_parts(self, reply: Reply, about: dict[str, Any]) -> list[RecordDraft]:
-        """The records of a reply whose text its checkpoint holds up to the text mark, for
-        ``commit_reply_from_parts``: the rest is written into the checkpoint first
+    def _drafts_from_parts(
+        self, reply: Reply, about: dict[str, Any]
+    ) -> tuple[Reply, list[RecordDraft], dict[str, bool]]:
+        """The records of a reply whose text (thinking) its checkpoint holds up to the text
+        (thinking) mark, for ``commit_reply_from_parts``, and which of the two it takes from
+        the checkpoint (its keywords); and the reply (with its reasoning where it was read
+        back whole, below). The rest is written into the checkpoint first
         (:meth:`_catch_up`), then the MODEL_RESP holds whatever rest no write took (the
-        caller holds ``_write``); the store writes the checkpoint's text before it a slice at
-        a time. A failure leaves the marks where the checkpoint stands: the failure path's
-        final write appends what it does not hold."""
+        caller holds ``_write``): its content, and its metadata's ``thinking`` (with the
+        thinking blocks as the store keeps them, spans of it); the store writes the
+        checkpoint's text before it a slice at a time. A failure leaves the marks where the
+        checkpoint stands: the failure path's final write appends what it does not hold.
+
+        Where the store's packing of the thinking blocks could differ from the spans the
+        builder knows (:meth:`ReplyBuilder.spanned_blocks`), or a provider keeps its own
+        ``thinking`` in the metadata, the reasoning is read back from the checkpoint whole
+        and stored as a whole reply's is (rare: blocks arrive one after the other)."""
         self._catch_up()
-        rest, _ = self.builder.text_from(self._text_mark)
-        return reply_drafts(
-            replace(reply, text=rest), streamed=self._streamed, about=about, spoke=True
+        b = self.builder
+        texts = self._from_parts
+        if texts:
+            rest, _ = b.text_from(self._text_mark)
+            reply = replace(reply, text=rest)
+        if not self._thinking_from_parts:
+            drafts = reply_drafts(reply, streamed=self._streamed, about=about, spoke=texts)
+            return reply, drafts, {"text": texts}
+        rest, _ = b.thinking_from(self._thinking_mark)
+        pairs = self._pairs + _pairs_in(rest, self._thinking_mark)
+
+        def at(p: int) -> int:  # the builder's position p in the stored reasoning
+            return p - bisect.bisect_left(pairs, p - 1)
+
+        blocks = b.spanned_blocks(at)
+        if blocks is None or "thinking" in reply.metadata:
+            assert self.ticket is not None
+            held = self.store.get_checkpoint(self.ticket.checkpoint_id).thinking
+            thinking = held + storable(rest)
+            metadata = dict(reply.metadata)
+            found = b.blocks_of(thinking, at)
+            if found:
+                metadata["thinking_blocks"] = found
+            reply = replace(reply, thinking=thinking, metadata=metadata)
+            drafts = reply_drafts(reply, streamed=self._streamed, about=about, spoke=texts)
+            return reply, drafts, {"text": texts}
+        metadata = dict(reply.metadata)
+        if blocks:
+            metadata["thinking_blocks"] = blocks
+        metadata["thinking"] = rest
+        drafts = reply_drafts(
+            replace(reply, thinking="", metadata=metadata),
+            streamed=self._streamed,
+            about=about,
+            spoke=texts,
         )
+        return reply, drafts, {"text": texts, "thinking": True}
 
     def _about(self, reply: Reply) -> dict[str, Any]:
         sent, first = self._sent_at, self._first_at
@@ -1188,11 +1318,12 @@ class ReplyPersister:
 
     def _next_round(self) -> None:
         with self._claim:
-            self.builder = ReplyBuilder()
+            self.builder = self._new_builder()
             self._text_mark = self._thinking_mark = 0
+            self._pairs = []
             self._seeded = self._written = 0
             self._set_aside = None
-            self._from_parts = False
+            self._from_parts = self._thinking_from_parts = False
         if self._cursor is not None:
             self._cursor.begin()  # the next round's stream has not started yet
         self._prefix = ""
@@ -1204,6 +1335,29 @@ class ReplyPersister:
     def usage_total(self) -> Usage | None:
         """Provider usage summed over every committed round of this run."""
         return self._usage_total
+
+
+_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def _pairs_in(thinking: str, start: int) -> list[int]:
+    """Where ``thinking`` (from position ``start`` of the reasoning) has a surrogate pair
+    (a provider cut an emoji between two deltas): positions of the high halves."""
+    if thinking.isascii():
+        return []
+    return [start + m.start() for m in _PAIR.finditer(thinking)]
+
+
+def _with_stored_thinking(reply: Reply, record: Record) -> Reply:
+    """``reply`` with the reasoning its record holds (read back from the row once) and the
+    thinking blocks with their text, as a whole reply has them."""
+    metadata = dict(reply.metadata)
+    blocks = record.metadata.get("thinking_blocks")
+    if blocks:
+        metadata["thinking_blocks"] = blocks
+    else:
+        metadata.pop("thinking_blocks", None)
+    return replace(reply, thinking=record.metadata["thinking"], metadata=metadata)
 
 
 def _plus(a: Usage | None, b: Usage | None) -> Usage | None:

@@ -30,7 +30,7 @@ from typing import Any, cast
 from . import _sqlite_rows as rows
 from ._thinking import unpack
 
-__all__ = ["LONG", "Long", "json_value", "read", "text_value", "write"]
+__all__ = ["LONG", "Long", "gather", "json_value", "read", "text_value", "write"]
 
 LONG = 1 << 20
 """Characters from which a value is written in slices."""
@@ -73,15 +73,22 @@ def json_value(value: Mapping[str, Any]) -> tuple[str | Long | None, Any]:
     long strings is encoded at once, each long string escaped a slice at a time. What a read
     gives back is built from the short JSON parsed and the long strings themselves (made
     storable), not by parsing the long JSON again.
+
+    A string value may also be given as a :class:`Long` (its pieces storable: a reply's
+    reasoning from its checkpoint's parts); what a read gives back is then a function that
+    makes it (the string gathered from the pieces), to call once the value is written.
     """
     plain = dict(value)
     if not plain or not INCREMENTAL or not _has_long(plain.values()):
         text = rows.to_json(plain)
         return text, rows.record_metadata(text) if text else {}
-    longs: list[str] = []
+    longs: list[str | Long] = []
     nonce = uuid.uuid4().hex
 
     def swap(v: Any) -> Any:
+        if isinstance(v, Long):
+            longs.append(v)
+            return f"{nonce}{len(longs) - 1}"
         if isinstance(v, str):
             if len(v) < LONG:
                 return v
@@ -96,31 +103,40 @@ def json_value(value: Mapping[str, Any]) -> tuple[str | Long | None, Any]:
     skeleton = swap(plain)
     short = rows.to_json(skeleton)
     assert short is not None
-    kept = [rows.storable(s) for s in longs]
     token = re.compile(f'"{nonce}([0-9]+)"')
+
+    def escaped(long: str | Long) -> Iterator[str]:
+        for piece in long.pieces() if isinstance(long, Long) else (long,):
+            for a, b in rows.slices(piece, SLICE):
+                yield rows.storable(json.dumps(piece[a:b], ensure_ascii=False)[1:-1])
 
     def pieces() -> Iterator[str]:
         at = 0
         for found in token.finditer(short):
             yield short[at : found.start()]
             yield '"'
-            long = longs[int(found.group(1))]
-            for a, b in rows.slices(long, SLICE):
-                yield rows.storable(json.dumps(long[a:b], ensure_ascii=False)[1:-1])
+            yield from escaped(longs[int(found.group(1))])
             yield '"'
             at = found.end()
         yield short[at:]
 
-    def restore(v: Any) -> Any:
-        if isinstance(v, str) and v.startswith(nonce):
-            return kept[int(v[len(nonce) :])]
-        if isinstance(v, dict):
-            return {k: restore(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [restore(x) for x in v]
-        return v
+    def read_back() -> dict[str, Any]:
+        kept = [gather(s.pieces) if isinstance(s, Long) else rows.storable(s) for s in longs]
 
-    return Long(pieces), unpack(restore(json.loads(short)))
+        def restore(v: Any) -> Any:
+            if isinstance(v, str) and v.startswith(nonce):
+                return kept[int(v[len(nonce) :])]
+            if isinstance(v, dict):
+                return {k: restore(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [restore(x) for x in v]
+            return v
+
+        return unpack(restore(json.loads(short)))
+
+    if any(isinstance(s, Long) for s in longs):
+        return Long(pieces), read_back
+    return Long(pieces), read_back()
 
 
 def _has_long(values: Iterable[Any]) -> bool:
@@ -130,6 +146,8 @@ def _has_long(values: Iterable[Any]) -> bool:
         if isinstance(v, str):
             if len(v) >= LONG:
                 return True
+        elif isinstance(v, Long):
+            return True
         elif isinstance(v, dict):
             if _has_long(v.values()):
                 return True
@@ -191,15 +209,18 @@ def read(db: sqlite3.Connection, table: str, column: str, rowid: int) -> str:
 
 
 _Fill = Callable[[sqlite3.Blob, int, int], str]
+_Api = tuple[Callable[[int, int], Any], Callable[[int, int, int, int, int], int]]
+_api: _Api | None = None
 _fill: _Fill | None = None
 _looked = False
 
 
-def _filler() -> _Fill | None:
-    """:func:`read`'s CPython way (see there), or None elsewhere."""
-    global _fill, _looked
+def _unicode_api() -> _Api | None:
+    """``PyUnicode_New`` and ``PyUnicode_CopyCharacters`` through ``ctypes`` on CPython
+    (:func:`read`, :func:`gather`), or None elsewhere."""
+    global _api, _looked
     if _looked:
-        return _fill
+        return _api
     _looked = True
     if sys.implementation.name != "cpython":  # pragma: no cover - other interpreters
         return None
@@ -222,6 +243,19 @@ def _filler() -> _Fill | None:
         ctypes.c_ssize_t,
         ctypes.c_ssize_t,
     ]
+    _api = (new, copy)
+    return _api
+
+
+def _filler() -> _Fill | None:
+    """:func:`read`'s CPython way (see there), or None elsewhere."""
+    global _fill
+    if _fill is not None:
+        return _fill
+    api = _unicode_api()
+    if api is None:  # pragma: no cover - other interpreters
+        return None
+    new, copy = api
 
     def fill(blob: sqlite3.Blob, chars: int, widest: int) -> str:
         text = new(chars, widest)  # uninitialised: every character is written below
@@ -240,3 +274,40 @@ def _filler() -> _Fill | None:
 
     _fill = fill
     return _fill
+
+
+_WIDER = (  # a character of each width, widest first, and the widest code point of it
+    (re.compile("[\U00010000-\U0010ffff]"), 0x10FFFF),
+    (re.compile("[\u0100-\uffff]"), 0xFFFF),
+    (re.compile("[\x80-\xff]"), 0xFF),
+)
+
+
+def gather(pieces: Callable[[], Iterator[str]]) -> str:
+    """The pieces (each call starts them again) as one ``str``, without a list of them
+    beside it: on CPython made at its final length and width first, then each piece copied
+    in (as :func:`read` does); elsewhere joined."""
+    api = _unicode_api()
+    if api is None:  # pragma: no cover - other interpreters
+        return "".join(pieces())
+    chars, widest = 0, 0x7F
+    for piece in pieces():
+        chars += len(piece)
+        if widest < 0x10FFFF and not piece.isascii():
+            for found, code in _WIDER:
+                if code <= widest:
+                    break
+                if found.search(piece):
+                    widest = code
+                    break
+    new, copy = api
+    text = new(chars, widest)  # uninitialised: every character is written below
+    at = 0
+    for piece in pieces():
+        if at + len(piece) > chars:  # pragma: no cover - the same pieces twice
+            raise AssertionError("the pieces changed between two passes")
+        copy(id(text), at, id(piece), 0, len(piece))
+        at += len(piece)
+    if at != chars:  # pragma: no cover - the same pieces twice
+        raise AssertionError(f"gathered {at} characters into a str of {chars}")
+    return cast(str, text)

@@ -9,6 +9,7 @@ harmless by construction. Checkpoint text is appended in parts (``checkpoint_par
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -202,7 +203,10 @@ class SQLiteReplies:
             *,
             count: bool = True,
             body_from: long.Long | None = None,
+            thinking_from: long.Long | None = None,
         ) -> Record: ...
+        def lean(self, db: sqlite3.Connection) -> AbstractContextManager[None]: ...
+        def release_background(self) -> None: ...
 
     def _lease(self) -> str:
         return rows.stamp(self.clock() + timedelta(seconds=self.lease_ttl))
@@ -502,14 +506,20 @@ class SQLiteReplies:
         end: ReplyEnd,
         commit_id: str | None = None,
         thread_version: int | None = None,
+        text: bool = True,
+        thinking: bool = False,
     ) -> list[Record]:
-        """:meth:`commit_reply` for a long reply whose text its checkpoint holds (the
-        persister let go of it, :mod:`rxcontext.persist`): the first draft, a MODEL_RESP,
-        holds only the text past the checkpoint's; its content is the checkpoint's parts in
-        order, then that text, written into the row a slice at a time (no whole copy), and
-        the returned record's content is read back from the row."""
+        """:meth:`commit_reply` for a long reply whose text (``text``), reasoning
+        (``thinking``) or both its checkpoint holds (the persister let go of it,
+        :mod:`rxcontext.persist`): the first draft, a MODEL_RESP, holds only the text past
+        the checkpoint's (its content; its metadata's ``thinking``, with the thinking blocks
+        already as spans of it). The stored value is the checkpoint's parts in order, then
+        that text, written into the row a slice at a time (no whole copy); the returned
+        record's content (metadata) is read back (from the row; its reasoning from the
+        checkpoint's parts, before they go)."""
         if not drafts or drafts[0].type is not RecordType.MODEL_RESP:
             raise ValueError("a reply committed from its checkpoint starts with its MODEL_RESP")
+        self.release_background()
         return self._commit_reply(
             context_id,
             drafts,
@@ -518,7 +528,7 @@ class SQLiteReplies:
             reply=reply,
             end=end,
             thread_version=thread_version,
-            from_parts=True,
+            from_parts=(text, thinking),
         )
 
     def _commit_reply(
@@ -532,9 +542,9 @@ class SQLiteReplies:
         end: ReplyEnd | None,
         at: int | None = None,
         thread_version: int | None,
-        from_parts: bool = False,
+        from_parts: tuple[bool, bool] = (False, False),
     ) -> list[Record]:
-        with self._tx(durable=True) as db:
+        with self._tx(durable=True) as db, contextlib.ExitStack() as lean:
             nxt = self._allocate(db, context_id, 0 if reply is not None or at is not None else 1)
             reply_id: str | None = None
             resumed = False
@@ -553,13 +563,27 @@ class SQLiteReplies:
                 pos, reply_id, resumed = row[0], row[1], row[3] == "resuming"
             else:
                 pos = at if at is not None else nxt
-            first = None
-            if from_parts:
+            first = reasoning = None
+            if from_parts[0] or from_parts[1]:
+                # Kept lean through the insert and the checkpoint's settling (its parts,
+                # deleted, would fill the cache again beside the read-back reply).
+                lean.enter_context(self.lean(db))
                 assert reply is not None
-                first = _parts_then(db, reply.checkpoint_id, drafts[0].content)
+                cid = reply.checkpoint_id
+                if from_parts[0]:
+                    first = _parts_then(db, cid, drafts[0].content)
+                if from_parts[1]:
+                    reasoning = _parts_then(db, cid, drafts[0].metadata["thinking"], "thinking")
             out = [
                 self._insert(
-                    db, context_id, d, pos, reply_id, count=False, body_from=None if i else first
+                    db,
+                    context_id,
+                    d,
+                    pos,
+                    reply_id,
+                    count=False,
+                    body_from=None if i else first,
+                    thinking_from=None if i else reasoning,
                 )
                 for i, d in enumerate(drafts)
             ]
@@ -705,18 +729,23 @@ def _as_orphan(cp: Checkpoint) -> Checkpoint:
     )
 
 
-def _parts_then(db: sqlite3.Connection, checkpoint_id: int, tail: str) -> long.Long:
-    """A checkpoint's text (its row's, then its parts in order: stored, so storable),
-    then ``tail``."""
+def _parts_then(
+    db: sqlite3.Connection, checkpoint_id: int, tail: str, column: str = "text"
+) -> long.Long:
+    """A checkpoint's text, or its ``column`` (``thinking``): its row's, then its parts'
+    in order (stored, so storable), then ``tail``."""
     rest = rows.storable(tail)
+    assert column in ("text", "thinking")
 
     def pieces() -> Iterator[str]:
-        row = db.execute("SELECT text FROM checkpoints WHERE id = ?", (checkpoint_id,)).fetchone()
+        row = db.execute(
+            f"SELECT {column} FROM checkpoints WHERE id = ?", (checkpoint_id,)
+        ).fetchone()
         if row is not None:
             yield row[0]
         # Fetched a row at a time: a part is at most PART_CHARS characters.
         for (text,) in db.execute(
-            "SELECT text FROM checkpoint_parts WHERE checkpoint_id = ? ORDER BY seq",
+            f"SELECT {column} FROM checkpoint_parts WHERE checkpoint_id = ? ORDER BY seq",
             (checkpoint_id,),
         ):
             yield text

@@ -24,8 +24,21 @@ Both modes check that every context holds its prompt and exactly its reply, with
 checkpoint left, and count the periodic checkpoint writes (and their transactions).
 
 ``--rounds N`` runs the concurrent case N times, each after and before a one-at-a-time
-sample (each round's ratio is against the mean of the two around it; medians are
-printed), so a change of the machine's load moves both sides. ``--versus-off`` runs each
+sample of ``--single`` streams (default 200: a sample of 40, ~80 ms of CPU, moved the ratio
+by ±0.25 between runs; each round's ratio is against the mean of the two around it; medians
+are printed, with ``ratio_range``, the samples' own ``single_spread`` (largest ÷ smallest)
+and ``ratio_vs_all_singles``), so a change of the machine's load moves both sides.
+
+Where the CPU goes, per stream, for each run (``per_stream_cpu_us_by_part``) and as
+concurrent ÷ one at a time (``ratio_by_part``) and concurrent − one at a time
+(``excess_us_a_stream_by_part``): the event loop's thread (``time.thread_time``), the
+other threads (process CPU minus the loop's: store calls in the executor, checkpoint ticks,
+lease renewals and stop polls), and the cyclic collector's passes (``gc.callbacks``, the
+collecting thread's CPU, by generation, with their counts); ``ratio_without_gc`` is the
+ratio with the collector's time taken out of both sides. ``--shared-chunks``: every stream
+plays the same word ``Chunk`` objects, so the benchmark's own scripts (200 tracked objects a
+stream, 1,000,000 at 5,000 streams, kept for the check at the end) are not in the heap
+every full collection walks. ``--versus-off`` runs each
 round again with checkpoints off (``on_vs_off``: what the periodic writes cost). Each run's
 user and system CPU and voluntary context switches per stream are printed too.
 ``--lease-ttl``: the store's lease (default 5 s, the library's); a process starved that
@@ -43,6 +56,7 @@ import resource
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -57,9 +71,15 @@ from rxcontext.providers import ScriptedModel
 WORDS = ["reactive ", "streams ", "of ", "tokens ", "into ", "sqlite, ", "café ", "resumed "]
 
 
-def script(i: int, events: int) -> tuple[list[Chunk], str]:
+SHARED_WORDS = [Chunk(ChunkKind.TEXT, w) for w in WORDS]
+
+
+def script(i: int, events: int, shared: bool = False) -> tuple[list[Chunk], str]:
     body = [Chunk(ChunkKind.TEXT, f"[{i}] ")]
-    body += [Chunk(ChunkKind.TEXT, WORDS[(i + k) % len(WORDS)]) for k in range(events - 2)]
+    if shared:  # chunks are frozen values: every stream can play the same word objects
+        body += [SHARED_WORDS[(i + k) % len(WORDS)] for k in range(events - 2)]
+    else:
+        body += [Chunk(ChunkKind.TEXT, WORDS[(i + k) % len(WORDS)]) for k in range(events - 2)]
     text = "".join(c.text for c in body)
     body.append(Chunk(ChunkKind.DONE, usage=Usage.of(40, events), finish_reason="stop"))
     return body, text
@@ -75,6 +95,7 @@ def run(
     rounds: int = 1,
     versus_off: bool = False,
     lease_ttl: float = 5.0,
+    shared: bool = False,
 ):
     delay = 0.0 if mode == "cpu" else gap
     writes = {"drafts": 0, "transactions": 0}
@@ -94,7 +115,7 @@ def run(
 
         def window(i: int, every: float | None = every) -> ContextWindow:
             # Set up before the clock starts: the prompt is a durable write of its own.
-            chunks, text = script(i, events)
+            chunks, text = script(i, events, shared)
             model = ScriptedModel([chunks], delay=delay)
             cw = ContextWindow(store, model, context=f"s{i}", checkpoint_every=every)
             cw.add_prompt("Write.")
@@ -118,12 +139,36 @@ def run(
         # CPU (µs) and voluntary context switches (threads handing the GIL and the store's
         # lock to each other sleep and wake: that is system time).
         split: dict[str, list[list[float]]] = {"together": [], "together_off": [], "alone": []}
+        # Per stream, the same runs' CPU (µs) split by where it went: the event loop's thread
+        # (time.thread_time), the other threads (store calls in the executor, checkpoint
+        # ticks, lease renewals: process CPU minus the loop's), and the cyclic collector's
+        # passes of each generation (on whichever thread they ran; gc.callbacks, thread CPU).
+        where: dict[str, list[dict[str, float]]] = {k: [] for k in split}
+        collector = {"cpu": [0.0, 0.0, 0.0], "passes": [0, 0, 0]}
+        started: dict[int, float] = {}
 
-        def usage() -> tuple[float, float, int]:
+        def on_collect(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[threading.get_ident()] = time.thread_time()
+            else:
+                spent = time.thread_time() - started.pop(threading.get_ident(), time.thread_time())
+                collector["cpu"][info["generation"]] += spent
+                collector["passes"][info["generation"]] += 1
+
+        gc.callbacks.append(on_collect)
+
+        def usage() -> tuple[float, float, int, float, list[float], list[int]]:
             r = resource.getrusage(resource.RUSAGE_SELF)
-            return r.ru_utime, r.ru_stime, r.ru_nvcsw
+            return (
+                r.ru_utime,
+                r.ru_stime,
+                r.ru_nvcsw,
+                time.thread_time(),
+                list(collector["cpu"]),
+                list(collector["passes"]),
+            )
 
-        def note(kind: str, before: tuple[float, float, int], n: int) -> None:
+        def note(kind: str, before: Any, cpu: float, n: int) -> None:
             after = usage()
             split[kind].append(
                 [
@@ -131,6 +176,18 @@ def run(
                     round((after[1] - before[1]) / n * 1e6, 1),
                     round((after[2] - before[2]) / n, 1),
                 ]
+            )
+            loop_cpu = after[3] - before[3]
+            gcs = [a - b for a, b in zip(after[4], before[4], strict=True)]
+            where[kind].append(
+                {
+                    "all": round(cpu / n * 1e6, 1),
+                    "loop_thread": round(loop_cpu / n * 1e6, 1),
+                    "other_threads": round((cpu - loop_cpu) / n * 1e6, 1),
+                    "gc": round(sum(gcs) / n * 1e6, 1),
+                    "gc2": round(gcs[2] / n * 1e6, 1),
+                    "gc_passes": [a - b for a, b in zip(after[5], before[5], strict=True)],  # type: ignore[misc]
+                }
             )
 
         async def together(
@@ -145,7 +202,7 @@ def run(
             start = time.process_time()
             await asyncio.gather(*(one(cw) for cw in ready))
             cpu = time.process_time() - start
-            note(kind, before, len(ready))
+            note(kind, before, cpu, len(ready))
             running = False
             await tick
             return cpu
@@ -157,9 +214,9 @@ def run(
             start = time.process_time()
             for cw in ready:
                 await one(cw)
-            cpu = (time.process_time() - start) / single
-            note("alone", before, single)
-            return cpu
+            cpu = time.process_time() - start
+            note("alone", before, cpu, single)
+            return cpu / single
 
         async def main() -> dict[str, Any]:
             out: dict[str, Any] = {}
@@ -202,6 +259,35 @@ def run(
                 out["rounds_single_s"] = singles
                 out["rounds_ratio"] = ratios
                 out["ratio"] = statistics.median(ratios)
+                out["ratio_range"] = [min(ratios), max(ratios)]
+                # The one-at-a-time samples' own spread, and the ratio against all of them.
+                out["single_spread"] = max(singles) / min(singles)
+                out["ratio_vs_all_singles"] = statistics.median(cpus) / (
+                    statistics.median(singles) * streams
+                )
+                # Each part of the CPU a stream, concurrent ÷ one at a time (the samples just
+                # before and after each round, as ``ratio``), medians over the rounds; and
+                # the ratio with the collector's passes taken out of both sides.
+                alone_rows = where["alone"]
+
+                def around(r: int, key: str) -> float:
+                    return (alone_rows[r][key] + alone_rows[r + 1][key]) / 2
+
+                rows = list(enumerate(where["together"]))
+                parts = ("all", "loop_thread", "other_threads", "gc")
+                out["ratio_by_part"] = {
+                    key: statistics.median(row[key] / (around(r, key) or 1e-9) for r, row in rows)
+                    for key in parts[1:]
+                }
+                out["excess_us_a_stream_by_part"] = {
+                    key: round(statistics.median(row[key] - around(r, key) for r, row in rows), 1)
+                    for key in parts
+                }
+                out["ratio_without_gc"] = statistics.median(
+                    (row["all"] - row["gc"]) / (around(r, "all") - around(r, "gc"))
+                    for r, row in rows
+                )
+            out["per_stream_cpu_us_by_part"] = {k: v for k, v in where.items() if v}
             out["per_stream_user_us_sys_us_voluntary_switches"] = {
                 k: v for k, v in split.items() if v
             }
@@ -251,7 +337,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200)
     parser.add_argument("--mode", choices=["cpu", "paced"], default="cpu")
     parser.add_argument("--every", type=float, default=1.0, help="checkpoint_every; 0: off")
-    parser.add_argument("--single", type=int, default=40)
+    parser.add_argument("--single", type=int, default=200, help="streams a one-at-a-time sample")
     parser.add_argument("--gap", type=float, default=None, help="seconds between chunks")
     parser.add_argument("--rounds", type=int, default=1, help="concurrent runs (median)")
     parser.add_argument(
@@ -259,6 +345,12 @@ def main() -> None:
         type=float,
         default=5.0,
         help="the store's lease_ttl (a process starved that long by other jobs fences itself)",
+    )
+    parser.add_argument(
+        "--shared-chunks",
+        action="store_true",
+        help="every stream plays the same word Chunk objects (no 200 tracked objects a stream "
+        "held by the benchmark's own scripts for the collector to walk)",
     )
     parser.add_argument(
         "--versus-off", action="store_true", help="each round also with checkpoints off"
@@ -275,6 +367,7 @@ def main() -> None:
         args.rounds,
         args.versus_off,
         args.lease_ttl,
+        args.shared_chunks,
     )
     print(json.dumps(out))
 

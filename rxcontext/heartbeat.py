@@ -175,6 +175,10 @@ class Heartbeat(ServesStore):
                 beat.released = True
                 return
             self._beats.pop(id(persister), None)
+            if persister.finished:
+                # The fence (a closure over the beat, which holds the persister) is a cycle
+                # only the cyclic collector would free; an ended reply commits nothing more.
+                persister.fence = None
         persister.release_hold()  # no final write under way any more (if one held it)
 
     def poke(self) -> None:

@@ -181,6 +181,11 @@ class Run:
             self.checkpointer.unregister(self.persister)
         if self.heartbeat is not None:
             self.heartbeat.unregister(self.persister)
+        if self.persister.finished:
+            # The asyncio driver's stop hook holds its stopper, which holds this run: a
+            # cycle only the cyclic collector would free. An ended reply has nothing to stop
+            # (a stop the heartbeat hands over now finds it finished, as before).
+            self.on_stop = None
 
     def calls_to_run(self, reply: Reply) -> tuple[ToolCall, ...]:
         """Tool calls the window answers itself (none when it has no tools)."""

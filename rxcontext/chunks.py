@@ -860,6 +860,11 @@ class ReplyBuilder:
         """Provider extras so far (a copy)."""
         return dict(self._metadata)
 
+    @property
+    def has_metadata(self) -> bool:
+        """Whether any provider extras were folded in (no copy made)."""
+        return bool(self._metadata)
+
     def tool_fragments(self) -> list[dict[str, Any]]:
         """Tool calls so far as plain dicts (possibly incomplete arguments), for checkpoints."""
         if not self._calls and not self._earlier_calls:

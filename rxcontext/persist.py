@@ -316,6 +316,7 @@ class ReplyPersister:
         self._flush_due = False  # the timer found the driver busy: it writes, at attend()
         self._grown = False  # a long reply grew by a part since: it writes, at attend()
         self._written = 0  # builder.chunks at the last checkpoint write (-1: write again)
+        self._keys_cache: tuple[tuple[str | None, Any], dict[str, Any]] | None = None
         # The exactness protocol (module docstring).
         self.busy = False
         self._claimed = False
@@ -497,32 +498,50 @@ class ReplyPersister:
         self._inflight = (text_end, thinking_end)
         self._inflight_pairs = _pairs_in(thinking, self._thinking_mark)
         delivered = b.chunks - self._seeded
-        metadata = b.metadata  # a copy
-        if held:
-            metadata[HELD_KEY] = held
-        if self.model_name is not None:  # what prices the attempt once kept or discarded
-            metadata.update(self._model_keys())
         split = self._usage_by_model()
-        if split is not None:  # it names this model; earlier attempts were another's
-            metadata[USAGE_BY_MODEL] = split
         response_id = b.response_id
         point = self._cursor.point(delivered) if self._cursor is not None else None
-        if point is not None:
-            before = self._billed()
-            if before is not None:  # billed before this stream: its own usage will not say
-                point[BILLED_BEFORE] = before.to_dict()
-            metadata[NATIVE_RESUME_KEY] = point
-            response_id = response_id or point["stream_id"]
+        metadata: dict[str, Any]
+        if held or split is not None or point is not None or b.has_metadata:
+            metadata = b.metadata  # a copy
+            if held:
+                metadata[HELD_KEY] = held
+            if self.model_name is not None:  # what prices the attempt once kept or discarded
+                metadata.update(self._model_keys())
+            if split is not None:  # it names this model; earlier attempts were another's
+                metadata[USAGE_BY_MODEL] = split
+            if point is not None:
+                before = self._billed()
+                if before is not None:  # billed before this stream: its own usage will not say
+                    point[BILLED_BEFORE] = before.to_dict()
+                metadata[NATIVE_RESUME_KEY] = point
+                response_id = response_id or point["stream_id"]
+            metadata = _json_safe(metadata)
+        else:
+            metadata = self._keys_metadata()
+        calls = b.tool_fragments()
         return CheckpointDraft(
             append_text=text,
             append_thinking=thinking,
-            tool_calls=_json_safe(b.tool_fragments()),
+            tool_calls=_json_safe(calls) if calls else (),
             usage=_plus(self._billed(), b.usage),
             error=error,
             chunks=delivered,
             response_id=response_id,
-            metadata=_json_safe(metadata),
+            metadata=metadata,
         )
+
+    def _keys_metadata(self) -> dict[str, Any]:
+        """A checkpoint's metadata when it holds only the model's keys (nearly every
+        periodic write): built and checked once, then the same dict every tick (drafts are
+        read, never changed), so thousands of replies' ticks make one object a write, not
+        three, for the collector to count."""
+        source = (self.model_name, self._made_by if self._native else None)
+        cached = self._keys_cache
+        if cached is None or cached[0] != source:
+            keys = self._model_keys() if self.model_name is not None else {}
+            cached = self._keys_cache = (source, _json_safe(dict(keys)))
+        return cached[1]
 
     def _landed(self) -> None:
         """The write :meth:`_draft` made is stored: the checkpoint holds its text now."""

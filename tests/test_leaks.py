@@ -107,7 +107,10 @@ def test_a_fault_matrix_leaves_no_key_without_expiry_and_no_orphan_reply(
     target: str, private: redistest.PrivateRedis
 ) -> None:
     fanout = RedisFanout(private.url, prefix=PREFIX)
-    store = rxcontext.open(target, lease_ttl=1.0, fanout=fanout)
+    # The default lease (5 s, as the owner processes have): with 1 s, an owner thread of a
+    # starved test process let its lease run out, and its live reply read as interrupted.
+    # Nothing here waits on a lease: a killed owner is seen gone at once, a stop by the poll.
+    store = rxcontext.open(target, lease_ttl=5.0, fanout=fanout)
     cw = ContextWindow(store, None, "leaks")
     cw.add_prompt("Count.")
     # SIGKILLed ones in processes of their own; the others on threads of this process.

@@ -199,20 +199,29 @@ def test_a_reply_whose_final_write_a_lock_refused_stays_its_processs(
         # with less than was shown.
         found = other.find_reply("r")
         assert found is not None
+        resumed = None
         if found.state is ReplyState.INTERRUPTED:
             assert found.text == shown, (found.text, shown)
         else:
             assert found.state is ReplyState.STREAMING, found
-            with pytest.raises(ReplyBusy):
-                cw.resume_call(found.id)
+            # The child's heartbeat may land the pending write between this read and the
+            # resume: then the resume goes on from everything shown, never from less.
+            try:
+                resumed = cw.resume_call(found.id)
+            except ReplyBusy:
+                pass
+            else:
+                assert resumed.text == shown + "+more", (resumed.text, shown)
         send(child, "close")  # its store's close writes what is still pending
         lines.next("closed")
         assert child.wait(WAIT) == 0
-        [checkpoint] = cw.checkpoints()
-        assert checkpoint.state is ReplyState.INTERRUPTED
-        assert checkpoint.text == shown, (checkpoint.text, shown)
-        reply = cw.resume_call(checkpoint.id)
-        assert reply.text == shown + "+more"
+        if resumed is None:
+            [checkpoint] = cw.checkpoints()
+            assert checkpoint.state is ReplyState.INTERRUPTED
+            assert checkpoint.text == shown, (checkpoint.text, shown)
+            reply = cw.resume_call(checkpoint.id)
+            assert reply.text == shown + "+more"
+        assert cw.checkpoints() == []
         stored = [r.content for r in cw.records() if r.type is RecordType.MODEL_RESP]
         assert stored == [shown + "+more"]
     finally:

@@ -47,6 +47,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -599,7 +600,17 @@ class ReplyPersister:
         builder = ReplyBuilder()
         at = cast("int | None", getattr(self.store, "long_text", None))
         if at is not None and self.every is not None:
-            builder.set_alarm(self._part_grown, at)
+            # Through a weak reference: the persister holds its builder, and a bound
+            # method back would make a cycle only the cyclic collector frees
+            # (tests/test_reply_cycles.py).
+            persister = weakref.ref(self)
+
+            def alarm() -> None:
+                alive = persister()
+                if alive is not None:
+                    alive._part_grown()
+
+            builder.set_alarm(alarm, at)
         return builder
 
     def _part_grown(self) -> None:

@@ -231,6 +231,9 @@ class _SyncDriver:
         finally:
             if self.run.persister.finished:
                 self.run.close()
+                # Nothing is left for a dispose to end; the flag (held by the observer
+                # chain) holding this driver made a cycle only the cyclic collector frees.
+                self.flag.on_dispose = None
             self.guard.terminate()  # SIGTERM came at its default: the reply is saved, die
 
     def _start(self) -> None:

@@ -79,11 +79,6 @@ def test_acall_leaves_no_cycle(tmp_path: Path, cyclic_garbage: Callable[[], list
         assert cw.checkpoints() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the sync driver and its subscription's disposal flag (flag.on_dispose is the "
-    "driver's bound method) still make a cycle; only the asyncio path was cut (issue 14)",
-)
 def test_call_leaves_no_cycle(tmp_path: Path, cyclic_garbage: Callable[[], list[object]]) -> None:
     store, cw = window(tmp_path)
     with store:

@@ -228,6 +228,10 @@ _set_metadata = _slot_setter("metadata")
 # CPython lets ``__class__`` change between classes of the same layout (same slots, same
 # base). The result is an ordinary Chunk, equal to the one ``Chunk(...)`` makes; ~2,900.
 class _ChunkSlots:
+    """A shell of :class:`Chunk`'s layout: a reader on its hottest path fills all nine
+    slots itself and sets ``__class__ = Chunk`` (as :func:`new_chunk` does, without the
+    call: ~600 instructions less a chunk)."""
+
     __slots__ = Chunk.__slots__
     kind: ChunkKind
     text: str
@@ -238,6 +242,10 @@ class _ChunkSlots:
     finish_reason: str | None
     response_id: str | None
     metadata: Mapping[str, Any]
+
+
+ChunkShell = _ChunkSlots
+"""For a reader that makes a chunk per event (see :class:`_ChunkSlots`)."""
 
 
 class _UsageSlots:

@@ -64,7 +64,7 @@ import httpx2
 from anthropic.types import RawMessageStreamEvent
 
 from ..attachments import Attachment
-from ..chunks import Chunk, ChunkKind, Reply, Usage, new_chunk
+from ..chunks import Chunk, ChunkKind, ChunkShell, Reply, Usage
 from ..errors import ProviderError
 from ..schema import OutputSchema
 from ._abort import noted
@@ -533,21 +533,38 @@ def _sdk_chunks(
             try:
                 with noted(stream.response):
                     for event in stream:
-                        if event.__class__ is _DELTA_EVENT:  # most events: read __dict__
+                        # Most events: a text delta, read from the models' __dict__ (type(),
+                        # not .__class__: on a pydantic model every attribute read, even
+                        # __class__, goes through CPython's slow __getattr__ slot).
+                        if type(event) is _DELTA_EVENT:
                             fields = event.__dict__
-                            delta = fields.get("delta")
-                            index = fields.get("index")
-                            if (
-                                delta.__class__ is _TEXT_DELTA
-                                and index.__class__ is int
-                                and fields.get("type") == "content_block_delta"
-                            ):
-                                got = delta.__dict__
-                                text = got.get("text")
-                                if text.__class__ is str and got.get("type") == "text_delta":
-                                    if text:
-                                        yield new_chunk(_TEXT, text, index)
-                                    continue
+                            try:
+                                delta = fields["delta"]
+                                index = fields["index"]
+                                plain = (
+                                    type(delta) is _TEXT_DELTA
+                                    and type(index) is int
+                                    and fields["type"] == "content_block_delta"
+                                )
+                                if plain:
+                                    got = delta.__dict__
+                                    text = got["text"]
+                                    plain = type(text) is str and got["type"] == "text_delta"
+                            except KeyError:
+                                plain = False  # a field missing: _sdk_event says which
+                            if plain:
+                                if text:
+                                    # new_chunk(_TEXT, text, index), without the call
+                                    c = ChunkShell()
+                                    c.kind = _TEXT
+                                    c.text = text
+                                    c.index = index
+                                    c.id = c.name = c.usage = None
+                                    c.finish_reason = c.response_id = None
+                                    c.metadata = {}
+                                    c.__class__ = Chunk  # type: ignore[assignment]
+                                    yield c  # type: ignore[misc]
+                                continue
                         yield from _sdk_event(turn, event)  # anything else, as it was
                         if turn.stopped:
                             break

@@ -298,6 +298,7 @@ class Middleware:
         "on_start",
         "on_tool_call",
         "on_tool_result",
+        "only_on_chunk",
     )
 
     on_start: Callable[[], Done] | None
@@ -310,6 +311,10 @@ class Middleware:
     """The names of the hooks that are async (awaited on the asyncio path)."""
     awaits_chunks: bool
     """Whether a per-chunk hook is async (the asyncio driver then uses :meth:`achunk`)."""
+    only_on_chunk: Callable[[Chunk], Done] | None
+    """``on_chunk`` when it is the only per-chunk hook (no ``on_tool_call`` or
+    ``on_tool_result``): :meth:`chunk` would just call it, so the sync driver calls it
+    directly (one Python call less a chunk). None otherwise: call :meth:`chunk`."""
 
     def __init__(
         self,
@@ -338,6 +343,14 @@ class Middleware:
         )
         object.__setattr__(self, "awaited", awaited)
         object.__setattr__(self, "awaits_chunks", not awaited.isdisjoint(_CHUNK_HOOKS))
+        only = None
+        if (
+            self.on_tool_call is None
+            and self.on_tool_result is None
+            and type(self).chunk is Middleware.chunk  # (not a subclass's own)
+        ):
+            only = self.on_chunk
+        object.__setattr__(self, "only_on_chunk", only)
 
     def chunk(self, chunk: Chunk) -> None:
         """Run the per-chunk hooks for ``chunk`` (plain ones: see :meth:`achunk`)."""
@@ -345,6 +358,16 @@ class Middleware:
         if on_chunk is not None:
             on_chunk(chunk)
         kind = chunk.kind  # module globals: an attribute of the enum class is slower
+        if kind is _TOOL_CALL and self.on_tool_call is not None and chunk.name:
+            self.on_tool_call(chunk)
+        elif kind is _TOOL_RESULT and self.on_tool_result is not None:
+            self.on_tool_result(chunk)
+
+    def tool_hooks(self, chunk: Chunk) -> None:
+        """What :meth:`chunk` runs after ``on_chunk``: the sync driver calls it when
+        ``on_chunk`` (called as :attr:`only_on_chunk`) set a tool hook, as :meth:`chunk`
+        would have run it for that chunk too."""
+        kind = chunk.kind
         if kind is _TOOL_CALL and self.on_tool_call is not None and chunk.name:
             self.on_tool_call(chunk)
         elif kind is _TOOL_RESULT and self.on_tool_result is not None:

@@ -402,6 +402,7 @@ class ReplyPersister:
         self.channel = self._fanout.open_channel(self.reply_id, self.ticket.epoch, text, thinking)
         self._publish = self.channel.chunk
         self.add = self._add_and_publish  # type: ignore[method-assign]
+        self.folds_plainly = False
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -428,6 +429,11 @@ class ReplyPersister:
             if self.finished or self._native:
                 return
             self._set_aside = _plus(self._set_aside, self.builder.take_usage())
+
+    folds_plainly = True
+    """Whether :meth:`add` does nothing but ``builder.add`` once a round's first chunk is
+    in (no fan-out to publish to): the sync driver then calls ``builder.add`` itself past
+    that chunk (one Python call less a chunk)."""
 
     def add(self, chunk: Chunk) -> None:
         """Fold in a chunk that was just delivered downstream."""

@@ -493,7 +493,13 @@ class _SyncDriver:
                                 if hooks:
                                     try:
                                         for hook in hooks:
-                                            hook.chunk(chunk)
+                                            only = hook.only_on_chunk
+                                            if only is None:
+                                                hook.chunk(chunk)
+                                                continue
+                                            only(chunk)  # what hook.chunk would do, unless
+                                            if hook.only_on_chunk is not only:  # it set one
+                                                hook.tool_hooks(chunk)
                                     except BaseException as error:
                                         self._hook_failed(chunk, error)
                                         raise
@@ -513,7 +519,10 @@ class _SyncDriver:
                                     p.busy = False
                                     guard.critical = False
                                     raise
-                                p.add(chunk)
+                                if delivered and p.folds_plainly:
+                                    p.builder.add(chunk)  # p.add past the attempt's first
+                                else:
+                                    p.add(chunk)
                                 p.busy = False
                                 guard.critical = False
                                 if guard.held:

@@ -294,3 +294,46 @@ def test_a_subscriber_raising_a_connection_error_is_not_retried(
     assert len(replay.requests) == 1 and len(got) == 1
     [checkpoint] = cw.checkpoints()
     assert checkpoint.text == got[0].text
+
+
+@pytest.mark.parametrize("path", ["stream", "call"])
+def test_a_tool_hook_set_by_on_chunk_runs_for_that_chunk(
+    make_store: Callable[..., Any], path: str
+) -> None:
+    # The sync driver calls a lone on_chunk directly; a tool hook it sets still runs for
+    # the chunk that set it, as Middleware.chunk runs it.
+    replay = Replay(*(real_fixture(f) for f in ROUND_TRIP))
+    cw = window(make_store(), replay)
+    cw.add_tool(Tool("multiply", "a*b").number("a", "a").number("b", "b"), lambda a: "2869461")
+    seen: list[str] = []
+    hooks = rxops.middleware()
+
+    def on_chunk(chunk: Chunk) -> None:
+        if chunk.kind is ChunkKind.TOOL_CALL and chunk.name and hooks.on_tool_call is None:
+            hooks.on_tool_call = lambda c: seen.append(f"call {c.name}")
+        if chunk.kind is ChunkKind.TOOL_RESULT:
+            hooks.on_chunk = None  # and one unset meanwhile is not called again
+            hooks.on_tool_result = lambda c: seen.append(f"result {c.text}")
+
+    hooks.on_chunk = on_chunk
+    consume(cw, path, hooks)
+    assert seen == ["call multiply", "result 2869461"]
+    assert hooks.only_on_chunk is None
+
+
+def test_only_on_chunk_follows_the_hooks_set() -> None:
+    def on_chunk(chunk: Chunk) -> None:
+        pass
+
+    hooks = rxops.middleware(on_chunk=on_chunk)
+    assert hooks.only_on_chunk is on_chunk
+    hooks.on_tool_result = on_chunk
+    assert hooks.only_on_chunk is None
+    hooks.on_tool_result = None
+    assert hooks.only_on_chunk is on_chunk
+
+    class Own(rxops.Middleware):
+        def chunk(self, chunk: Chunk) -> None:
+            pass
+
+    assert Own(on_chunk=on_chunk).only_on_chunk is None

@@ -405,6 +405,9 @@ def test_a_ctrl_c_as_the_driver_starts_its_own_write_never_leaves_the_write_lock
 
     monkeypatch.setattr(persist, "deferred", signal_on_entry)
     monkeypatch.setattr(persist.ReplyPersister, "add", add)
+    # The sync driver folds past an attempt's first chunk with builder.add when it can:
+    # have it call add for every chunk, so the stand-in above sees the second.
+    monkeypatch.setattr(persist.ReplyPersister, "folds_plainly", False)
     model = ScriptedModel([[Chunk(ChunkKind.TEXT, t) for t in "abcdef"]])
     cw = ContextWindow(rxcontext.open(":memory:"), model, "c", checkpoint_every=None)
     cw.add_prompt("q")

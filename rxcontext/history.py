@@ -115,7 +115,16 @@ class HistoryCache:
 
     def live(self, upto: int | None = None) -> list[Record]:
         """The live records in order (those at positions up to ``upto``, if given): a copy."""
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            # Another thread's read holds the cache, and may be waiting for the store. A
+            # thread that holds the store already (SQLiteStore.at_once: the event loop's)
+            # must not wait for it: the store's ``not_now`` refuses, and the read is made
+            # in a worker thread, which waits as any reader does.
+            not_now = getattr(self.store, "not_now", None)
+            if not_now is not None:
+                not_now("the history cache, held by another thread")
+            self._lock.acquire()
+        try:
             version, changed = self.store.history(self.context_id, since=self._version)
             if not self.replies and any(r.reply_id is not None for r in changed):
                 self.replies = True
@@ -130,6 +139,8 @@ class HistoryCache:
             if upto is None:
                 return list(self._live)
             return self._live[: bisect.bisect_right(self._keys, (upto, float("inf")))]
+        finally:
+            self._lock.release()
 
     def _merge(self, record: Record) -> None:
         key = (record.pos, record.id)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sqlite3
+import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -188,3 +190,53 @@ def test_an_unanswered_tool_call_is_answered_in_a_worker_thread(tmp_path: Path) 
         ]
         assert sent[2].content == INTERRUPTED_TOOL_OUTPUT
         assert sent[2].id is not None  # stored, not only sent
+
+
+def test_a_sync_call_beside_astream_on_one_window_does_not_deadlock(tmp_path: Path) -> None:
+    # The at-once open holds the store and then wants the window's history cache; a sync
+    # call (or another astream's worker-thread open) holds that cache and wants the store.
+    # Real threads, a bounded number of replies on each side; a hang is a failed join.
+    store = rxcontext.open(tmp_path / "both.db")
+    model = ScriptedModel([REPLY], repeat_last=True)
+    cw = ContextWindow(store, model, "both")
+    cw.add_prompt("hi")
+    rounds, width = 100, 4
+    failures: list[BaseException] = []
+
+    def sync_side() -> None:
+        try:
+            for _ in range(rounds * width):
+                cw.call()
+        except BaseException as exc:  # reported by the assertion below
+            failures.append(exc)
+
+    async def one() -> None:
+        async for _ in cw.astream():
+            pass
+
+    async def rounds_of_astream() -> None:
+        for _ in range(rounds):
+            await asyncio.gather(*(one() for _ in range(width)))
+
+    def async_side() -> None:
+        try:
+            asyncio.run(rounds_of_astream())
+        except BaseException as exc:
+            failures.append(exc)
+
+    sides = [threading.Thread(target=f, daemon=True) for f in (sync_side, async_side)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads switch often: many interleavings in few replies
+    try:
+        for side in sides:
+            side.start()
+        deadline = time.monotonic() + 60  # a bound, not a measurement: a deadlock never ends
+        for side in sides:
+            side.join(timeout=max(0.0, deadline - time.monotonic()))
+    finally:
+        sys.setswitchinterval(interval)
+    hung = [side for side in sides if side.is_alive()]
+    assert not hung, "sync call and astream deadlocked on the store and history locks"
+    store.close()  # (not on a hang: the store's lock would be waited for forever)
+    assert failures == []
+    assert len(model.requests) == 2 * rounds * width

@@ -341,7 +341,9 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         commit never checkpoints the WAL, a durable commit, an unbounded read (more than
         :data:`AT_ONCE_RECORDS` records or :data:`AT_ONCE_TOKENS` live tokens, or
         attachments) raise
-        :class:`StoreBusy` too: what raised is done again elsewhere, with the waits.
+        :class:`StoreBusy` too: what raised is done again elsewhere, with the waits. So
+        does a caller's lock that another thread holds (:meth:`not_now`): that thread may
+        be waiting for this store.
 
         For the asyncio driver, which opens a reply and reads its history on the event
         loop's thread when this lets it, and in a worker thread otherwise."""
@@ -365,8 +367,12 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         finally:
             self._lock.release()
 
-    def _not_now(self, what: str) -> None:
-        """Raise :class:`NotNow` if the calling thread is in :meth:`at_once`."""
+    def not_now(self, what: str) -> None:
+        """Raise :class:`NotNow` if the calling thread is in :meth:`at_once`: ``what``
+        would wait (or sync to disk), which is done again elsewhere. A lock of the caller's
+        that another thread may hold while it waits for this store's must be taken
+        without waiting in there, and this called if it is taken (lock order: a thread
+        in :meth:`at_once` holds the store's lock first)."""
         if self._at_once is not None and self._at_once == threading.get_ident():
             raise NotNow(f"{what}: not at once")
 
@@ -390,7 +396,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         """
         lock = self._bg_lock if background and not self._memory else self._lock
         if durable:
-            self._not_now("a durable commit")
+            self.not_now("a durable commit")
         with deferred(), lock:
             db = self._background() if background else self._db()
             try:
@@ -839,7 +845,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         ``upto`` keeps only positions up to and including it: the history a reply at that
         position was asked after (with that reply's own records).
         """
-        self._not_now("all the records")
+        self.not_now("all the records")
         where = "context_id = ?"
         args: tuple[Any, ...] = (context_id,)
         if live_only:

@@ -100,7 +100,9 @@ class HandOver:
     :class:`Terminated`; once the driver saved what was delivered and let go of the reply,
     :meth:`terminate` restores the default and sends SIGTERM again, so the process dies by
     it as it would have (no exception reaches the program). A second SIGTERM meanwhile
-    kills at once. A handler the program installed is used as is.
+    kills at once. A handler the program installed is used as is. As PID 1 (a container's
+    init, where the kernel drops a SIGTERM at its default) SIGTERM is not taken over: it
+    does nothing, as it would have done without rxcontext.
     """
 
     __slots__ = ("_saved", "critical", "held", "terminated")
@@ -120,7 +122,9 @@ class HandOver:
                 if callable(handler):
                     self._saved[signum] = handler
                     _setsignal(signum, self._handle)
-                elif signum == _TERM and handler == _DFL:
+                elif signum == _TERM and handler == _DFL and os.getpid() != 1:
+                    # (As PID 1, a container's init, the kernel drops a default SIGTERM:
+                    # the process would not die by it, so it is left to do nothing.)
                     self._saved[signum] = self._terminate
                     _setsignal(signum, self._handle)
         return self
@@ -141,9 +145,15 @@ class HandOver:
         raise Terminated("SIGTERM")
 
     def terminate(self) -> None:
-        """After :meth:`__exit__`: if SIGTERM came at its default, die by it now."""
+        """After :meth:`__exit__`: if SIGTERM came at its default, die by it now.
+
+        Should the process outlive it (SIGTERM blocked or ignored meanwhile), it ends with
+        ``SystemExit(128 + SIGTERM)`` instead, the status a shell gives a death by SIGTERM:
+        never with :class:`Terminated`, which is rxcontext's own."""
         if self.terminated and _TERM is not None:
+            self.terminated = False
             os.kill(os.getpid(), _TERM)
+            raise SystemExit(128 + _TERM)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         ours = frame is not None and frame.f_globals.get("__name__", "").startswith("rxcontext")

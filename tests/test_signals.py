@@ -871,3 +871,110 @@ def test_the_default_sigterm_disposition_is_back_after_an_asyncio_reply() -> Non
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+PID1 = textwrap.dedent(
+    """
+    import os, signal, sys
+    import rxcontext
+    from rxcontext import Chunk, ChunkKind, ContextWindow
+    from rxcontext.providers import ScriptedModel
+
+    class Model(ScriptedModel):
+        def iter_chunks(self, request):
+            for chunk in super().iter_chunks(request):
+                yield chunk
+                if chunk.text == "<4>":
+                    os.kill(os.getpid(), signal.SIGTERM)  # what `docker stop` sends
+
+    print("pid", os.getpid(), flush=True)
+    chunks = [Chunk(ChunkKind.TEXT, f"<{i}>") for i in range(10)]
+    store = rxcontext.open(sys.argv[1])
+    cw = ContextWindow(store, Model([[*chunks, Chunk(ChunkKind.DONE)]]), "sig")
+    cw.add_prompt("go")
+    try:
+        print("STORED", cw.call().text, flush=True)
+    except BaseException as error:
+        print("RAISED", type(error).__module__, type(error).__name__, flush=True)
+        raise
+    """
+)
+
+
+def _new_pid_namespace() -> list[str]:
+    """The command prefix that runs a program as PID 1 (skips the test where it can't)."""
+    import shutil
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("needs unshare(1) to run a program as PID 1 of a new PID namespace")
+    prefix = [unshare, "--pid", "--fork", "--mount-proc"]
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a PID namespace here (unshare: {probe.stderr.strip()})")
+    return prefix
+
+
+def test_sigterm_at_its_default_as_pid_1_leaves_the_reply_alone(tmp_path: Path) -> None:
+    """As PID 1 (a container's init) the kernel drops a SIGTERM at its default: the
+    program does not die by it, so rxcontext must not take it over either (it used to cut
+    the reply, re-send SIGTERM to no effect and let a private exception out). The reply
+    goes on and is stored, as if rxcontext were not there."""
+    prefix = _new_pid_namespace()
+    path = tmp_path / "pid1.db"
+    done = subprocess.run(
+        [*prefix, sys.executable, "-c", PID1, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = done.stdout.splitlines()
+    assert lines[0] == "pid 1", done.stdout + done.stderr
+    assert lines[1:] == ["STORED " + "".join(f"<{i}>" for i in range(10))], done.stderr
+    assert done.returncode == 0
+    store = rxcontext.open(path)
+    try:
+        ctx = store.get_context_by_name("sig")
+        assert store.checkpoints(ctx.id) == []
+        assert [r.content for r in store.records(ctx.id)][-1].endswith("<9>")
+    finally:
+        store.close()
+
+
+UNKILLED = textwrap.dedent(
+    """
+    import signal
+    from rxcontext._signals import HandOver
+
+    guard = HandOver()
+    with guard:  # the driver's guard on the main thread, SIGTERM at its default
+        try:
+            signal.raise_signal(signal.SIGTERM)  # taken over: raises inside the driver
+        except BaseException as error:
+            print("CUT", type(error).__name__, flush=True)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # the re-sent one waits
+    try:
+        guard.terminate()
+        print("RETURNED", flush=True)
+    except BaseException as error:
+        print("RAISED", type(error).__module__, type(error).__name__, error, flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="needs pthread_sigmask")
+def test_a_resent_sigterm_that_does_not_end_the_process_raises_systemexit() -> None:
+    """After the reply is saved, SIGTERM is sent again to end the process. If it does not
+    (blocked or ignored by then), the program gets ``SystemExit(143)`` (what a shell says
+    of a death by SIGTERM), never rxcontext's private ``Terminated``."""
+    done = subprocess.run(
+        [sys.executable, "-c", UNKILLED],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+    )
+    assert done.stdout.splitlines() == [
+        "CUT Terminated",
+        f"RAISED builtins SystemExit {128 + signal.SIGTERM}",
+    ], done.stderr

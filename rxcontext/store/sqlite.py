@@ -48,6 +48,8 @@ from ._thinking import pack
 from .base import RecordDraft, check_name, check_text, usage_counts
 from .migrations import copy_current_schema, migrate, pending
 from .owner import check_lease_ttl, process_gone
+from .sqlite_holds import attach as attach_holds
+from .sqlite_holds import detach as detach_holds
 from .sqlite_holds import holds_path
 from .sqlite_leases import SQLiteLeases
 from .sqlite_replies import SQLiteReplies
@@ -254,6 +256,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             raise
         self._conn: sqlite3.Connection | None = conn
         self._autocheckpoint = int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        attach_holds(self._holds)  # until close(): its descriptor stays open till then
 
     def _connect(self, busy_timeout: float) -> sqlite3.Connection:
         try:
@@ -287,6 +290,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+                detach_holds(self._holds)
 
     def __enter__(self) -> SQLiteStore:
         return self

@@ -20,7 +20,9 @@ only processes of another PID namespace cannot name each other's pids, and there
 lease decides, as before.
 
 POSIX record locks belong to the process and are all dropped when it closes *any*
-descriptor of the file: one descriptor per file and process is opened, never closed.
+descriptor of the file: one descriptor per file and process is opened, and closed only
+when nothing of it is held and no store of its database is open in the process (the last
+``store.close()``, or the release of a hold that outlived its stores).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-__all__ = ["held", "hold", "holds_path"]
+__all__ = ["attach", "detach", "held", "hold", "holds_path"]
 
 try:
     import fcntl
@@ -71,11 +73,14 @@ class _File:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.rows: dict[int, int] = {}
-        self.lock = threading.Lock()
 
 
 _files: dict[str, _File] = {}
+_stores: dict[str, int] = {}
+"""Open stores of each holds file's database in this process (:func:`attach`)."""
 _files_lock = threading.Lock()
+"""Guards the two dicts and every use of a descriptor (each a quick, non-blocking
+``fcntl``): a descriptor is closed under it, so none is used, or closed, twice."""
 
 
 def _forked() -> None:
@@ -98,31 +103,64 @@ def holds_path(db_path: str) -> str | None:
     return os.path.realpath(db_path) + "-rxholds"
 
 
+def attach(path: str | None) -> None:
+    """A store of the database opened: its holds file's descriptor may stay open (it is
+    opened when first needed) until :func:`detach` of the last such store."""
+    if path is None:
+        return
+    with _files_lock:
+        _stores[path] = _stores.get(path, 0) + 1
+
+
+def detach(path: str | None) -> None:
+    """A store of the database closed (once per :func:`attach`): the descriptor is closed
+    with the last one, unless a row is held still (then with its release)."""
+    if path is None:
+        return
+    with _files_lock:
+        left = _stores.get(path, 0) - 1
+        if left > 0:
+            _stores[path] = left
+        else:
+            _stores.pop(path, None)
+        _close_unused(path)
+
+
+def _close_unused(path: str) -> None:
+    """Close the descriptor of ``path`` if no open store and no held row need it (under
+    ``_files_lock``). Closing drops this process's record locks on the file: there are none."""
+    f = _files.get(path)
+    if f is not None and not f.rows and path not in _stores:
+        del _files[path]
+        with contextlib.suppress(OSError):
+            os.close(f.fd)
+
+
 def _file(path: str) -> _File | None:
+    """The descriptor of ``path``, opened if it is not (under ``_files_lock``)."""
     found = _files.get(path)
     if found is not None:
         return found
-    with _files_lock:
-        if path in _files:
-            return _files[path]
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError:
+        try:  # a reader that may not create it: nothing it could find held
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            try:  # a reader that may not create it: nothing it could find held
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                return None  # not created: nothing ever held here (not remembered)
-        found = _files[path] = _File(fd)
-        return found
+            return None  # not created: nothing ever held here (not remembered)
+    found = _files[path] = _File(fd)
+    return found
 
 
 def hold(path: str | None, checkpoint_id: int) -> Callable[[], None]:
     """Hold row ``checkpoint_id`` for this process until the returned call (idempotent);
     a no-op where there are no holds (or the file cannot be written)."""
-    f = _file(path) if path is not None else None
-    if f is None or fcntl is None:
+    if path is None or fcntl is None:
         return _nothing
-    with f.lock:
+    with _files_lock:
+        f = _file(path)
+        if f is None:
+            return _nothing
         n = f.rows.get(checkpoint_id, 0)
         if n == 0:
             try:
@@ -130,14 +168,15 @@ def hold(path: str | None, checkpoint_id: int) -> Callable[[], None]:
             except OSError:
                 # Read-only here, no locks on this file system, or (never) held by another
                 # process: no hold, the lease decides — the write itself must not fail.
+                _close_unused(path)
                 return _nothing
         f.rows[checkpoint_id] = n + 1
     done = False
 
     def release() -> None:
         nonlocal done
-        assert f is not None and fcntl is not None
-        with f.lock:
+        assert path is not None and f is not None and fcntl is not None
+        with _files_lock:
             if done:
                 return
             done = True
@@ -146,8 +185,11 @@ def hold(path: str | None, checkpoint_id: int) -> Callable[[], None]:
                 f.rows[checkpoint_id] = left
                 return
             del f.rows[checkpoint_id]
+            if _files.get(path) is not f:  # (a fork's child: this one is not its own)
+                return
             with contextlib.suppress(OSError):  # unlocking cannot fail on a held range
                 fcntl.fcntl(f.fd, fcntl.F_SETLK, _pack(fcntl.F_UNLCK, checkpoint_id))
+            _close_unused(path)  # a hold that outlived its stores
 
     return release
 
@@ -159,13 +201,16 @@ def held(path: str | None, checkpoint_id: int, pid: int, *, here: bool) -> bool:
     if here:
         mine = _files.get(path)
         return mine is not None and checkpoint_id in mine.rows
-    f = _file(path)
-    if f is None:
-        return False
-    try:
-        found = fcntl.fcntl(f.fd, fcntl.F_GETLK, _pack(fcntl.F_WRLCK, checkpoint_id))
-    except OSError:
-        return False  # no locks here: the lease decides
+    with _files_lock:
+        f = _file(path)
+        if f is None:
+            return False
+        try:
+            found = fcntl.fcntl(f.fd, fcntl.F_GETLK, _pack(fcntl.F_WRLCK, checkpoint_id))
+        except OSError:
+            return False  # no locks here: the lease decides
+        finally:
+            _close_unused(path)  # (asked with no store open: nothing keeps it)
     kind, holder = _unpack(found)
     return kind != fcntl.F_UNLCK and holder == pid
 

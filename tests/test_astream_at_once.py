@@ -240,3 +240,39 @@ def test_a_sync_call_beside_astream_on_one_window_does_not_deadlock(tmp_path: Pa
     store.close()  # (not on a hang: the store's lock would be waited for forever)
     assert failures == []
     assert len(model.requests) == 2 * rounds * width
+
+
+def test_dead_records_are_read_in_a_worker_thread(tmp_path: Path) -> None:
+    # A window's first read returns every record, dead ones too (summarised away, say):
+    # megabytes of them would stall the loop though the live tokens are few.
+    with rxcontext.open(tmp_path / "dead.db") as store:
+        model = ScriptedModel([REPLY])
+        cw = ContextWindow(store, model, "dead")
+        for i in range(3):
+            cw.add_prompt(f"old {i} " * AT_ONCE_TOKENS)
+        cw.set_record_live_state(0, 2, False)
+        cw.add_prompt("hi")
+        assert cw.live_tokens() <= AT_ONCE_TOKENS
+        jobs, texts = first_chunk(cw, CountingExecutor())
+        assert jobs == 1  # the begin on the loop, the history in the worker thread
+        assert texts == ["one ", "two"]
+        assert [r.content for r in model.requests[0].records] == ["hi"]
+
+
+def test_records_gone_dead_since_the_last_read_are_read_in_a_worker_thread(
+    tmp_path: Path,
+) -> None:
+    # A read brings the records changed since the window's last one: records just set dead
+    # come back whole (their text included).
+    with rxcontext.open(tmp_path / "gone.db") as store:
+        model = ScriptedModel([REPLY], repeat_last=True)
+        cw = ContextWindow(store, model, "gone")
+        for i in range(3):
+            cw.add_prompt(f"old {i} " * AT_ONCE_TOKENS)
+        first_chunk(cw, CountingExecutor())  # (a long history: read in the worker thread)
+        cw.set_record_live_state(0, 2, False)
+        cw.add_prompt("and now?")
+        assert cw.live_tokens() <= AT_ONCE_TOKENS
+        jobs, _ = first_chunk(cw, CountingExecutor())
+        assert jobs == 1
+        assert [r.content for r in model.requests[1].records] == ["one two", "and now?"]

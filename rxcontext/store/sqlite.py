@@ -343,8 +343,8 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         was. Inside, nothing waits and nothing syncs to disk: a lock another process or
         connection holds raises :class:`~rxcontext.StoreBusy` at once (busy timeout 0), a
         commit never checkpoints the WAL, a durable commit, an unbounded read (more than
-        :data:`AT_ONCE_RECORDS` records or :data:`AT_ONCE_TOKENS` live tokens, or
-        attachments) raise
+        :data:`AT_ONCE_RECORDS` records or :data:`AT_ONCE_TOKENS` live tokens, dead
+        records, or attachments) raise
         :class:`StoreBusy` too: what raised is done again elsewhere, with the waits. So
         does a caller's lock that another thread holds (:meth:`not_now`): that thread may
         be waiting for this store.
@@ -896,6 +896,15 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
                 return version, blobs.records_of(db, found)
             if int(row[1]) > AT_ONCE_TOKENS:  # a few long records are a long read too
                 raise NotNow("a long history: not at once")
+            # Dead records come back too (all of them on a window's first read, those just
+            # set dead on a later one), and no total bounds their text: none is read here.
+            # Counted on ``live`` alone, which a row's header holds (0 and 1 take no bytes
+            # of its body), so no record's text is walked through to find it.
+            count, live = db.execute(_AT_ONCE_COUNT, (context_id, after)).fetchone()
+            if count > AT_ONCE_RECORDS:
+                raise NotNow("a long history: not at once")
+            if live < count:
+                raise NotNow("dead records, of unknown length: not at once")
             found = db.execute(
                 _HISTORY + " LIMIT ?", (context_id, after, AT_ONCE_RECORDS + 1)
             ).fetchall()
@@ -1048,6 +1057,13 @@ _HISTORY = (
     f"SELECT {rows.RECORD_COLUMNS} FROM records WHERE context_id = ? AND rev > ? ORDER BY pos, id"
 )
 """A context's records changed since a version, in history order (``store.history``)."""
+
+_AT_ONCE_COUNT = (
+    "SELECT count(*), coalesce(sum(live), 0) FROM (SELECT live FROM records"
+    f" WHERE context_id = ? AND rev > ? LIMIT {AT_ONCE_RECORDS + 1})"
+)
+"""How many records (up to one over the bound) a history read would return, and how many
+of them are live: read from the index and the rows' headers, never their text."""
 
 
 def open_store(path: str | os.PathLike[str] = ":memory:", **kwargs: Any) -> SQLiteStore:

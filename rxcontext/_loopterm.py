@@ -20,7 +20,8 @@ time a handler is added or removed (about 0.2 ms each here), which every reply w
 ``signal.signal`` at the C level costs about a microsecond. A handler the program
 installed (``signal.signal``, or ``loop.add_signal_handler``, also one added while a reply
 streams) is used as it is. Loops on other threads and other systems than POSIX are left
-alone: there SIGTERM kills at once, as before.
+alone: there SIGTERM kills at once, as before. So is PID 1 (a container's init), where
+the kernel drops a SIGTERM at its default: it would not have died, and its replies go on.
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ def enter(reply: Ending) -> None:
     """On the loop, as a reply's driver starts: ``reply`` is ended and waited for at
     SIGTERM, if SIGTERM is at its default (or already this loop's) on the main thread."""
     if _TERM is None or threading.current_thread() is not _MAIN:
+        return
+    if os.getpid() == 1:  # a container's init: the kernel drops a default SIGTERM there
         return
     loop = asyncio.get_running_loop()
     term = _terms.get(loop)

@@ -875,7 +875,7 @@ def test_the_default_sigterm_disposition_is_back_after_an_asyncio_reply() -> Non
 
 PID1 = textwrap.dedent(
     """
-    import os, signal, sys
+    import asyncio, os, signal, sys
     import rxcontext
     from rxcontext import Chunk, ChunkKind, ContextWindow
     from rxcontext.providers import ScriptedModel
@@ -887,13 +887,21 @@ PID1 = textwrap.dedent(
                 if chunk.text == "<4>":
                     os.kill(os.getpid(), signal.SIGTERM)  # what `docker stop` sends
 
+        async def aiter_chunks(self, request):
+            async for chunk in super().aiter_chunks(request):
+                yield chunk
+                if chunk.text == "<4>":
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    await asyncio.sleep(0)  # the loop runs a handler handed to it
+
     print("pid", os.getpid(), flush=True)
     chunks = [Chunk(ChunkKind.TEXT, f"<{i}>") for i in range(10)]
     store = rxcontext.open(sys.argv[1])
     cw = ContextWindow(store, Model([[*chunks, Chunk(ChunkKind.DONE)]]), "sig")
     cw.add_prompt("go")
     try:
-        print("STORED", cw.call().text, flush=True)
+        reply = cw.call() if sys.argv[2] == "sync" else asyncio.run(cw.acall())
+        print("STORED", reply.text, flush=True)
     except BaseException as error:
         print("RAISED", type(error).__module__, type(error).__name__, flush=True)
         raise
@@ -915,7 +923,8 @@ def _new_pid_namespace() -> list[str]:
     return prefix
 
 
-def test_sigterm_at_its_default_as_pid_1_leaves_the_reply_alone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_sigterm_at_its_default_as_pid_1_leaves_the_reply_alone(tmp_path: Path, mode: str) -> None:
     """As PID 1 (a container's init) the kernel drops a SIGTERM at its default: the
     program does not die by it, so rxcontext must not take it over either (it used to cut
     the reply, re-send SIGTERM to no effect and let a private exception out). The reply
@@ -923,7 +932,7 @@ def test_sigterm_at_its_default_as_pid_1_leaves_the_reply_alone(tmp_path: Path) 
     prefix = _new_pid_namespace()
     path = tmp_path / "pid1.db"
     done = subprocess.run(
-        [*prefix, sys.executable, "-c", PID1, str(path)],
+        [*prefix, sys.executable, "-c", PID1, str(path), mode],
         capture_output=True,
         text=True,
         timeout=60,

@@ -200,7 +200,7 @@ def test_a_sync_call_beside_astream_on_one_window_does_not_deadlock(tmp_path: Pa
     model = ScriptedModel([REPLY], repeat_last=True)
     cw = ContextWindow(store, model, "both")
     cw.add_prompt("hi")
-    rounds, width = 100, 4
+    rounds, width = 300, 4
     failures: list[BaseException] = []
 
     def sync_side() -> None:

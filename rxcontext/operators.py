@@ -453,6 +453,12 @@ class Middleware:
         return Observable(subscribe)
 
 
+PLAIN_CHUNK = Middleware.chunk
+""":meth:`Middleware.chunk` as defined here: the sync driver calls :attr:`Middleware.
+only_on_chunk` in its place only while the class's ``chunk`` is still this one (not
+wrapped by a spy or instrumentation) and the middleware is no subclass."""
+
+
 def async_refused(hooks: Iterable[Middleware], where: str) -> TypeError | None:
     """The error for an async hook among ``hooks`` where hooks run synchronously (``where``
     says how they run there); None if every hook is plain."""

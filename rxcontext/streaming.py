@@ -58,7 +58,7 @@ from ._toolthreads import ROUND_WORKERS, UNWIND_SECONDS, RoundTasks, in_threads
 from ._watchdog import watching
 from .chunks import Chunk, ChunkKind, ToolCall
 from .errors import ReplyStopped, StreamInterrupted, StreamTimeout
-from .operators import async_refused
+from .operators import PLAIN_CHUNK, Middleware, async_refused
 from .providers._abort import Breaker, breaking
 from .providers.base import Request
 from .run import Run, abefore_first_chunk, before_first_chunk, close_chunks, reply_chunks
@@ -494,7 +494,11 @@ class _SyncDriver:
                                     try:
                                         for hook in hooks:
                                             only = hook.only_on_chunk
-                                            if only is None:
+                                            if (
+                                                only is None
+                                                or type(hook) is not Middleware
+                                                or Middleware.chunk is not PLAIN_CHUNK
+                                            ):  # a subclass, or chunk wrapped (a spy, say)
                                                 hook.chunk(chunk)
                                                 continue
                                             only(chunk)  # what hook.chunk would do, unless

@@ -337,3 +337,49 @@ def test_only_on_chunk_follows_the_hooks_set() -> None:
             pass
 
     assert Own(on_chunk=on_chunk).only_on_chunk is None
+
+
+@pytest.mark.parametrize("deadline", [None, 60.0])
+def test_a_wrapped_chunk_runs_for_every_chunk(deadline: float | None) -> None:
+    """A spy on ``Middleware.chunk`` (``mock.patch.object``) or a wrapper set on a subclass
+    instance runs for every chunk, on the untimed per-chunk path as on the timed one: the
+    driver's shortcut to ``on_chunk`` is taken only for a plain, unwrapped ``Middleware``."""
+    from unittest import mock
+
+    from rxcontext.providers import ScriptedModel
+
+    script = [Chunk(ChunkKind.TEXT, t) for t in ("a", "b", "c")]
+
+    def window(mw: rxops.Middleware) -> ContextWindow:
+        cw = ContextWindow(
+            rxcontext.open(":memory:"), ScriptedModel([script]), "c", middleware=[mw]
+        )
+        cw.add_prompt("q")
+        return cw
+
+    spied: list[str] = []
+    plain = rxops.middleware(on_chunk=lambda c: None)
+    real = rxops.Middleware.chunk
+
+    def spy(self: rxops.Middleware, chunk: Chunk) -> None:
+        spied.append(chunk.text)
+        real(self, chunk)
+
+    with mock.patch.object(rxops.Middleware, "chunk", autospec=True, side_effect=spy):
+        assert window(plain).call(deadline=deadline).text == "abc"
+    assert [t for t in spied if t] == ["a", "b", "c"]
+
+    class Tagged(rxops.Middleware):
+        pass
+
+    ran: list[str] = []
+    tagged = Tagged(on_chunk=lambda c: ran.append("on_chunk"))
+    inner = tagged.chunk
+
+    def wrapper(chunk: Chunk) -> None:
+        ran.append("wrapper")
+        inner(chunk)
+
+    tagged.chunk = wrapper  # type: ignore[method-assign]
+    assert window(tagged).call(deadline=deadline).text == "abc"
+    assert ran.count("wrapper") == ran.count("on_chunk") >= 3

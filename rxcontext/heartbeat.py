@@ -326,7 +326,9 @@ class Heartbeat(ServesStore):
         for beat in beats:
             persister = beat.persister
             try:
-                written = persister.write_pending()
+                # Never waiting, but as the store closes (``last``): a wait here would
+                # hold up the renewals of every other reply of this worker.
+                written = persister.write_pending(wait=last)
             except StoreClosedError:
                 raise
             except Exception:

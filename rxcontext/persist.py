@@ -842,29 +842,44 @@ class ReplyPersister:
         busy when the reply ended (:meth:`write_pending`)."""
         return self._final is not None
 
-    def write_pending(self) -> bool | None:
+    def write_pending(self, *, wait: bool = True) -> bool | None:
         """Write the final checkpoint a busy database refused (see :attr:`pending`): True
         once stored, False if there was none (or the reply was taken over meanwhile),
-        None while the database is still busy (try again later)."""
-        with deferred(), self._write:
-            if self._final is None:
-                return False
-            error = self._final[1]
-            try:
-                saved = self._write_final()
-            except StoreBusy:
+        None while the database is still busy (try again later).
+
+        ``wait=False`` (the heartbeat, whose renewals of every other reply must never wait
+        for this one): None at once if another writer holds ``_write`` (the driver still
+        trying its final write), and one attempt that waits for no lock."""
+        with deferred():
+            if not self._write.acquire(blocking=wait):
                 return None
+            try:
+                if self._final is None:
+                    return False
+                error = self._final[1]
+                try:
+                    saved = self._write_final(wait=wait)
+                except StoreBusy:
+                    return None
+            finally:
+                self._write.release()
         if saved and self.trace is not None:
             self._interrupted(saved, error)
         return saved
 
-    def _write_final(self) -> bool:
+    def _write_final(self, *, wait: bool = True) -> bool:
         """Store the final checkpoint (``_final``), ``INTERRUPTED``; False if taken over.
-        StoreBusy leaves it pending. The caller holds ``_write``."""
+        StoreBusy leaves it pending. The caller holds ``_write``. ``wait=False``: one
+        attempt that waits for no lock (see :meth:`write_pending`)."""
         assert self.ticket is not None and self._final is not None
         draft, error = self._final
         try:
-            saved = self.store.save_checkpoint(self.ticket, draft, state=ReplyState.INTERRUPTED)
+            if wait:
+                saved = self.store.save_checkpoint(self.ticket, draft, state=ReplyState.INTERRUPTED)
+            else:
+                saved = self.store.save_checkpoint(
+                    self.ticket, draft, state=ReplyState.INTERRUPTED, wait=False
+                )
         except StoreBusy:
             raise  # kept: a busy database takes it later
         except BaseException as failed:

@@ -344,9 +344,14 @@ class Store(Protocol):
         draft: CheckpointDraft,
         *,
         state: ReplyState | None = None,
+        wait: bool = True,
     ) -> bool:
         """Write ``draft`` into a live reply's checkpoint (moving it to ``state`` if given:
-        ``INTERRUPTED`` releases it). False, writing nothing, if the ticket lost the reply."""
+        ``INTERRUPTED`` releases it). False, writing nothing, if the ticket lost the reply.
+
+        ``wait=False``: one attempt that waits for no lock (nor retries), as the background
+        writes make: ``StoreBusy`` if the database could not be written at once (the
+        heartbeat's try of a kept final checkpoint, which must never hold up renewals)."""
         ...
 
     def save_checkpoints(

@@ -33,7 +33,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..chunks import Usage
-from ..errors import CheckpointNotFound, ContextNotFound, OwnershipLost, ReplyExists
+from ..errors import (
+    CheckpointNotFound,
+    ContextNotFound,
+    OwnershipLost,
+    ReplyExists,
+    StoreBusy,
+)
 from ..records import Checkpoint, Record, RecordType, ReplyState
 from . import _pg_rows as rows
 from ._pg_rows import (
@@ -85,6 +91,9 @@ _BACKGROUND = (
 )
 """Periodic writes (``SET LOCAL``): not waiting for the WAL flush, nor more than 50 ms for a
 lock (then they give up until the next interval; the stream never waits for them)."""
+_ONCE = "SELECT set_config('lock_timeout', '50ms', true)"
+"""A final write tried once by the heartbeat (``SET LOCAL``): durable, but not waiting more
+than 50 ms for a lock (it is tried again at the next poll; renewals never wait for it)."""
 
 
 def busy_in(conn: Conn, context_id: str) -> set[str]:
@@ -275,11 +284,13 @@ class PostgresReplies:
         draft: CheckpointDraft,
         *,
         state: ReplyState | None = None,
+        wait: bool = True,
     ) -> bool:
         """Write ``draft`` into the reply's checkpoint (appending its text); False if fenced.
 
         Commits with the server's ``synchronous_commit`` (on by default): this is the write
-        that interrupts a reply, before ``on_error`` reaches the subscriber.
+        that interrupts a reply, before ``on_error`` reaches the subscriber. ``wait=False``:
+        one attempt, waiting at most 50 ms for a lock or a connection (StoreBusy if not).
         """
         write = CheckpointWrite(ticket, draft, state)
 
@@ -297,7 +308,17 @@ class PostgresReplies:
             result = conn.execute(WRITE, write.params()).fetchone()
             return self._ledger.check(conn, write, result)
 
-        ok: bool = self._runner.run(body)
+        if wait:
+            ok: bool = self._runner.run(body)
+        else:
+            once = self._runner.attempt(body, setup=_ONCE)
+            if once is None:
+                raise StoreBusy(
+                    f"PostgreSQL at {self._runner.where} could not take this write at once"
+                    " (a lock or a connection was busy, or the server did not answer);"
+                    " nothing was written"
+                )
+            ok = once
         self._ledger.committed(write, ok)
         return ok
 

@@ -400,9 +400,12 @@ class SQLiteReplies:
         draft: CheckpointDraft,
         *,
         state: ReplyState | None = None,
+        wait: bool = True,
     ) -> bool:
-        """Write ``draft`` into the reply's checkpoint (appending its text); False if fenced."""
-        with self._tx() as db:
+        """Write ``draft`` into the reply's checkpoint (appending its text); False if fenced.
+        ``wait=False`` writes through the background connection (StoreBusy at once if
+        another process holds the lock)."""
+        with self._tx(background=not wait) as db:
             return self._write(db, ticket, draft, self.now(), state)
 
     def save_checkpoints(

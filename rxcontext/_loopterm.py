@@ -20,8 +20,11 @@ time a handler is added or removed (about 0.2 ms each here), which every reply w
 ``signal.signal`` at the C level costs about a microsecond. A handler the program
 installed (``signal.signal``, or ``loop.add_signal_handler``, also one added while a reply
 streams) is used as it is. Loops on other threads and other systems than POSIX are left
-alone: there SIGTERM kills at once, as before. So is PID 1 (a container's init), where
-the kernel drops a SIGTERM at its default: it would not have died, and its replies go on.
+alone: there SIGTERM kills at once, as before. So is a loop stepped with
+``run_until_complete`` (a sync bridge over ``astream``) that SIGTERM finds stopped between
+two steps: it kills at once, its replies keeping their last periodic write. So is PID 1 (a
+container's init), where the kernel drops a SIGTERM at its default: it would not have died,
+and its replies go on.
 """
 
 from __future__ import annotations
@@ -77,6 +80,12 @@ class _LoopTerm:
 
     def handler(self, signum: int, frame: FrameType | None) -> None:
         """The signal handler (main thread, between two bytecodes): over to the loop."""
+        if not self.loop.is_running():
+            # Stepped by run_until_complete (a sync bridge over ``astream``) and stopped
+            # between two steps: a next step may never come, so SIGTERM would be lost.
+            # Its default kills at once (the checkpoints hold their last periodic write).
+            self.die()
+            return
         try:
             self.loop.call_soon_threadsafe(self.on_term)
         except RuntimeError:  # its loop is closed: nothing of ours to save

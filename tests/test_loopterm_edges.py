@@ -1,0 +1,69 @@
+"""SIGTERM at its default under asyncio where the loop cannot take it (rxcontext._loopterm).
+
+A sync bridge over ``cw.astream()`` steps the main thread's loop with
+``run_until_complete`` per chunk: between two steps the loop is not running, so a SIGTERM
+handed to it would wait for a next step that may never come. The process must still die
+by it, at once. (PID 1 is tests/test_signals.py's.)
+
+The child runs in its own process; waits are bounded (a hung child fails the test).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="needs SIGTERM")
+BOUND = 30.0
+
+BRIDGE = textwrap.dedent(
+    """
+    import asyncio, sys
+    import rxcontext
+    from rxcontext import Chunk, ChunkKind, ContextWindow
+    from rxcontext.providers import ScriptedModel
+
+    store = rxcontext.open(sys.argv[1])
+    chunks = [Chunk(ChunkKind.TEXT, f"<{i}>") for i in range(50)]
+    cw = ContextWindow(
+        store, ScriptedModel([[*chunks, Chunk(ChunkKind.DONE, finish_reason="stop")]]), "sig"
+    )
+    cw.add_prompt("go")
+    loop = asyncio.new_event_loop()
+    steps = cw.astream().__aiter__()
+    first = loop.run_until_complete(steps.__anext__())
+    print("got", first.text, flush=True)
+    sys.stdin.readline()  # the sync side waits between two steps (the loop is stopped)
+    print("STILL ALIVE", flush=True)
+    """
+)
+
+
+def test_sigterm_between_two_steps_of_a_stopped_loop_still_kills(tmp_path: Path) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", BRIDGE, str(tmp_path / "t.db")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "got <0>"
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(BOUND)
+        except subprocess.TimeoutExpired:
+            pytest.fail("SIGTERM at its default was swallowed: the child still runs")
+        assert child.returncode == -signal.SIGTERM, child.stderr.read()  # type: ignore[union-attr]
+        assert child.stdout.read() == ""
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

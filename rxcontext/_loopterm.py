@@ -22,9 +22,9 @@ installed (``signal.signal``, or ``loop.add_signal_handler``, also one added whi
 streams) is used as it is. Loops on other threads and other systems than POSIX are left
 alone: there SIGTERM kills at once, as before. So is a loop stepped with
 ``run_until_complete`` (a sync bridge over ``astream``) that SIGTERM finds stopped between
-two steps: it kills at once, its replies keeping their last periodic write. So is PID 1 (a
-container's init), where the kernel drops a SIGTERM at its default: it would not have died,
-and its replies go on.
+two steps: it kills at once, its replies keeping their last periodic write. PID 1 (a
+container's init) is left alone too: the kernel drops a SIGTERM at its default there, so
+it would not have died, and its replies go on.
 """
 
 from __future__ import annotations

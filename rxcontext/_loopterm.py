@@ -22,13 +22,18 @@ installed (``signal.signal``, or ``loop.add_signal_handler``, also one added whi
 streams) is used as it is. Loops on other threads and other systems than POSIX are left
 alone: there SIGTERM kills at once, as before. So is a loop stepped with
 ``run_until_complete`` (a sync bridge over ``astream``) that SIGTERM finds stopped between
-two steps: it kills at once, its replies keeping their last periodic write. PID 1 (a
+two steps: it kills at once, its replies keeping their last periodic write. One that SIGTERM
+finds in a step's last iteration (running, so the hand-over is queued, but stopping before
+it runs) is watched: from SIGTERM on, a thread waits for the hand-over to run and, should
+the loop stop first, sends SIGTERM to the main thread again, which then kills at once as
+between two steps (no thread before SIGTERM: a reply costs what it did). PID 1 (a
 container's init) is left alone too: the kernel drops a SIGTERM at its default there, so
 it would not have died, and its replies go on.
 """
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import os
 import threading
@@ -54,6 +59,7 @@ if os.name == "posix":
 
     _TERM = int(signal.SIGTERM)
 _MAIN = threading.main_thread()
+_MAIN_ID = _MAIN.ident
 
 
 class Terminated(ReplyStopped):
@@ -77,19 +83,53 @@ class _LoopTerm:
         self.loop = loop
         self.replies: set[Ending] = set()
         self.terminated = False
+        self.resent: threading.Event | None = None
+        """The hand-over whose watchdog sent SIGTERM again, until the handler takes it."""
 
     def handler(self, signum: int, frame: FrameType | None) -> None:
         """The signal handler (main thread, between two bytecodes): over to the loop."""
+        resent, self.resent = self.resent, None
+        if resent is not None and resent.is_set():
+            return  # the watchdog's, but the hand-over ran meanwhile
         if not self.loop.is_running():
             # Stepped by run_until_complete (a sync bridge over ``astream``) and stopped
-            # between two steps: a next step may never come, so SIGTERM would be lost.
+            # between two steps (or stopped with the hand-over still queued: the watchdog
+            # sent SIGTERM again): a next step may never come, so SIGTERM would be lost.
             # Its default kills at once (the checkpoints hold their last periodic write).
             self.die()
             return
+        if resent is not None:  # the loop runs again: the queued hand-over will run
+            self.watch(resent)
+            return
+        ran = threading.Event()
         try:
-            self.loop.call_soon_threadsafe(self.on_term)
+            self.loop.call_soon_threadsafe(self.hand_over, ran)
         except RuntimeError:  # its loop is closed: nothing of ours to save
             self.die()
+            return
+        self.watch(ran)
+
+    def watch(self, ran: threading.Event) -> None:
+        """Watch a queued hand-over: SIGTERM in the last iteration of a run_until_complete
+        step finds the loop running, but the loop stops before the hand-over runs. A
+        thread of ``_thread`` (no lock of ``threading`` a signal handler could find held)."""
+        _thread.start_new_thread(self.watchdog, (ran,))
+
+    def watchdog(self, ran: threading.Event) -> None:
+        """Off the main thread, until the hand-over runs: should the loop stop first, send
+        SIGTERM to the main thread again, whose handler then dies (signal.signal may be
+        called there only)."""
+        assert _TERM is not None and _MAIN_ID is not None
+        while not ran.wait(0.05):
+            if not self.loop.is_running():
+                self.resent = ran
+                signal.pthread_kill(_MAIN_ID, _TERM)
+                return
+
+    def hand_over(self, ran: threading.Event) -> None:
+        """On the loop: SIGTERM's hand-over."""
+        ran.set()
+        self.on_term()
 
     def on_term(self) -> None:
         if self.terminated:  # a second SIGTERM: no more waiting

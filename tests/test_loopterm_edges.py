@@ -3,7 +3,9 @@
 A sync bridge over ``cw.astream()`` steps the main thread's loop with
 ``run_until_complete`` per chunk: between two steps the loop is not running, so a SIGTERM
 handed to it would wait for a next step that may never come. The process must still die
-by it, at once. (PID 1 is tests/test_signals.py's.)
+by it, at once. So must a SIGTERM that lands in a step's last loop iteration: the loop is
+still running, so the hand-over is queued, but the loop stops before running it.
+(PID 1 is tests/test_signals.py's.)
 
 The child runs in its own process; waits are bounded (a hung child fails the test).
 """
@@ -63,6 +65,58 @@ def test_sigterm_between_two_steps_of_a_stopped_loop_still_kills(tmp_path: Path)
             pytest.fail("SIGTERM at its default was swallowed: the child still runs")
         assert child.returncode == -signal.SIGTERM, child.stderr.read()  # type: ignore[union-attr]
         assert child.stdout.read() == ""
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+LAST_ITERATION = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+    import rxcontext
+    from rxcontext import Chunk, ChunkKind, ContextWindow
+    from rxcontext.providers import ScriptedModel
+
+    store = rxcontext.open(sys.argv[1])
+    chunks = [Chunk(ChunkKind.TEXT, f"<{i}>") for i in range(50)]
+    cw = ContextWindow(
+        store, ScriptedModel([[*chunks, Chunk(ChunkKind.DONE, finish_reason="stop")]]), "sig"
+    )
+    cw.add_prompt("go")
+    loop = asyncio.new_event_loop()
+    steps = cw.astream().__aiter__()
+    print("got", loop.run_until_complete(steps.__anext__()).text, flush=True)
+    step = asyncio.ensure_future(steps.__anext__(), loop=loop)
+    # Runs in the step's last loop iteration (before run_until_complete's own callback
+    # stops the loop): SIGTERM arrives while the loop still runs, as one from outside may.
+    step.add_done_callback(lambda _: os.kill(os.getpid(), signal.SIGTERM))
+    print("got", loop.run_until_complete(step).text, flush=True)
+    sys.stdin.readline()  # the sync side waits between two steps (the loop is stopped)
+    print("STILL ALIVE", flush=True)
+    """
+)
+
+
+def test_sigterm_in_the_last_iteration_of_a_step_still_kills(tmp_path: Path) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", LAST_ITERATION, str(tmp_path / "t.db")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "got <0>"
+        try:
+            child.wait(BOUND)
+        except subprocess.TimeoutExpired:
+            pytest.fail("SIGTERM queued for a loop that then stopped was swallowed")
+        out = child.stdout.read()
+        assert child.returncode == -signal.SIGTERM, (out, child.stderr.read())  # type: ignore[union-attr]
+        assert "STILL ALIVE" not in out
     finally:
         if child.poll() is None:
             child.kill()

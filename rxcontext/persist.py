@@ -741,7 +741,7 @@ class ReplyPersister:
                     return
                 if grown:
                     draft, landed = self._write_grown()
-                    if landed:
+                    if landed and landed[0]:  # [False]: fenced, for periodic_done
                         self._write.release()
                         return
                 else:

@@ -22,6 +22,7 @@ import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType
 from rxcontext import operators as rxops
 from rxcontext.checkpointer import checkpointer_for
+from rxcontext.chunks import _COALESCE
 from rxcontext.persist import ReplyPersister
 from rxcontext.providers import ScriptedModel
 from rxcontext.store import _sqlite_long
@@ -211,4 +212,35 @@ def test_a_long_reply_faster_than_the_timer_is_let_go_of(
         assert record.content == whole
     else:
         assert record.metadata["thinking"] == whole
+    cw.store.close()
+
+
+def test_a_long_reply_taken_over_elsewhere_stops_at_its_next_part(
+    small_long: None, tmp_path: Path
+) -> None:
+    """Another worker claims the reply while it streams: the next part it writes as it grows
+    is refused, and the subscriber gets ``OwnershipLost`` then, not only at the commit
+    after the whole rest of the reply was streamed."""
+    path = tmp_path / "taken.db"
+    deltas = _deltas(3000)
+    cw, _ = _window(path, [Chunk(ChunkKind.TEXT, d) for d in deltas] + _DONE, 1.0)
+    seen = 0
+
+    def on_chunk(chunk: Chunk) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == 100:  # another worker thought this one dead
+            db = sqlite3.connect(path)
+            with db:
+                db.execute(
+                    "UPDATE checkpoints SET epoch = epoch + 1, state = 'resuming',"
+                    " owner = 'elsewhere.invalid:1:1' WHERE state = 'streaming'"
+                )
+            db.close()
+
+    with pytest.raises(rxcontext.OwnershipLost):
+        cw.call(rxops.middleware(on_chunk=on_chunk))
+    # The builder sounds its alarm as it joins deltas into blocks (_COALESCE of them): the
+    # part after the takeover is written within two blocks, long before the reply's end.
+    assert seen <= 100 + 2 * _COALESCE < len(deltas), seen
     cw.store.close()

@@ -20,9 +20,9 @@ time a handler is added or removed (about 0.2 ms each here), which every reply w
 ``signal.signal`` at the C level costs about a microsecond. A handler the program
 installed (``signal.signal``, or ``loop.add_signal_handler``, also one added while a reply
 streams) is used as it is. Loops on other threads and other systems than POSIX are left
-alone: there SIGTERM kills at once, as before. So is a loop stepped with
-``run_until_complete`` (a sync bridge over ``astream``) that SIGTERM finds stopped between
-two steps: it kills at once, its replies keeping their last periodic write. One that SIGTERM
+alone: there SIGTERM kills at once, as before. SIGTERM also kills at once on a loop stepped
+with ``run_until_complete`` (a sync bridge over ``astream``) that it finds stopped between
+two steps, its replies keeping their last periodic write. One that SIGTERM
 finds in a step's last iteration (running, so the hand-over is queued, but stopping before
 it runs) is watched: from SIGTERM on, a thread waits for the hand-over to run and, should
 the loop stop first, sends SIGTERM to the main thread again, which then kills at once as

@@ -558,7 +558,8 @@ class ReplyPersister:
             self._inflight_pairs = []
 
     def _cap(self) -> int | None:
-        """The most characters of text a periodic write takes (see :meth:`_draft`)."""
+        """The most characters of text, and of thinking, a periodic write takes (see
+        :meth:`_draft`)."""
         return self._long_at() if self._cursor is None else None
 
     def behind(self) -> bool:
@@ -586,11 +587,12 @@ class ReplyPersister:
             self._let_go_landed(start=False)
 
     def _long_at(self) -> int | None:
-        """The text mark from which the builder lets go of what the checkpoint holds, or
-        None when this reply keeps its whole text: no periodic checkpoints, a store that
-        cannot commit a reply from its checkpoint (``commit_reply_from_parts``: SQLite's
-        incremental I/O, not PostgreSQL), a resumed reply (its text starts with the claimed
-        checkpoint's), or a structured-output reply (validated whole)."""
+        """The text or thinking mark from which the builder lets go of what the checkpoint
+        holds, or None when this reply keeps its whole text and thinking: no periodic
+        checkpoints, a store that cannot commit a reply from its checkpoint
+        (``commit_reply_from_parts``: SQLite's incremental I/O, not PostgreSQL), a resumed
+        reply (its text starts with the claimed checkpoint's), or a structured-output reply
+        (validated whole)."""
         if self.every is None or self._claim_resume is not None or self.output_schema is not None:
             return None
         return cast("int | None", getattr(self.store, "long_text", None))

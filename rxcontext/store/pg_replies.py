@@ -316,7 +316,7 @@ class PostgresReplies:
                 raise StoreBusy(
                     f"PostgreSQL at {self._runner.where} could not take this write at once"
                     " (a lock or a connection was busy, or the server did not answer);"
-                    " nothing was written"
+                    " it may not have been written, and is tried again at the next poll"
                 )
             ok = once
         self._ledger.committed(write, ok)

@@ -463,6 +463,8 @@ def async_refused(hooks: Iterable[Middleware], where: str) -> TypeError | None:
     """The error for an async hook among ``hooks`` where hooks run synchronously (``where``
     says how they run there); None if every hook is plain."""
     for hook in hooks:
+        if not hook.awaited:  # the common case: no async hook to look for by name
+            continue
         for name in _HOOKS:
             if name in hook.awaited:
                 return TypeError(

@@ -600,7 +600,8 @@ class ContextWindow:
         store = self._store
         context_id = self._context.id
         tools = () if disable_tools else tuple(self._tools.list())
-        check_options(model, options, [t.name for t in tools])
+        if options is not NO_OPTIONS:  # (none set: nothing to refuse, the common call)
+            check_options(model, options, [t.name for t in tools])
         if not tools and options.tool_choice in ("auto", "none"):
             # Nothing to choose from: APIs refuse a tool_choice sent without tools.
             options = replace(options, tool_choice=None)
@@ -750,7 +751,9 @@ class ContextWindow:
         """The call's options, checked against the model and the tools now (not when
         subscribed), so a bad one fails before anything is sent or stored."""
         model = self._require_model()
-        options = CallOptions.make(**keywords) if keywords else NO_OPTIONS
+        if not keywords:  # none set: nothing to refuse (check_options passes NO_OPTIONS)
+            return NO_OPTIONS
+        options = CallOptions.make(**keywords)
         tools = [] if disable_tools else [t.name for t in self._tools.list()]
         check_options(model, options, tools)
         return options

@@ -18,8 +18,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
@@ -41,39 +39,56 @@ _MAIN = threading.main_thread()
 _depth = 0  # main thread only: nested regions defer once, at the outermost
 
 
-@contextmanager
-def deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM handlers until the block ends, then run them (main thread only)."""
-    global _depth
-    if threading.current_thread() is not _MAIN or _depth:
-        if threading.current_thread() is _MAIN:
+class deferred:  # lower case: used as ``with deferred():``, as when it was a function
+    """Hold SIGINT/SIGTERM handlers until the block ends, then run them (main thread only).
+
+    A class, not a ``@contextmanager`` generator: it is entered on every store write (twice
+    on a reply's way to its first chunk), where the generator's machinery cost more than
+    the work (issue 14)."""
+
+    __slots__ = ("_pending", "_saved", "_state")
+
+    def __enter__(self) -> None:
+        global _depth
+        if threading.current_thread() is not _MAIN:
+            self._state = 0  # elsewhere no Python handler runs: nothing to hold
+            return
+        if _depth:  # nested regions defer once, at the outermost
             _depth += 1
-            try:
-                yield
-            finally:
-                _depth -= 1
-        else:
-            yield
-        return
-    pending: list[tuple[int, FrameType | None]] = []
-    saved: dict[int, Any] = {}
+            self._state = 1
+            return
+        self._state = 2
+        self._pending: list[tuple[int, FrameType | None]] = []
+        self._saved: dict[int, Any] = {}
+        _depth = 1
+        try:
+            for signum in _DEFERRED:
+                handler = _getsignal(signum)
+                if callable(handler):  # a Python-level handler (default_int_handler included)
+                    self._saved[signum] = handler
+                    _setsignal(signum, self._hold)
+        except BaseException:
+            self._restore()
+            raise
 
-    def hold(signum: int, frame: FrameType | None) -> None:
-        pending.append((signum, frame))
+    def _hold(self, signum: int, frame: FrameType | None) -> None:
+        self._pending.append((signum, frame))
 
-    _depth = 1
-    try:
-        for signum in _DEFERRED:
-            handler = _getsignal(signum)
-            if callable(handler):  # a Python-level handler (default_int_handler included)
-                saved[signum] = handler
-                _setsignal(signum, hold)
-        yield
-    finally:
+    def __exit__(self, *exc: object) -> None:
+        global _depth
+        state = self._state
+        if state == 2:
+            self._restore()
+        elif state == 1:
+            _depth -= 1
+
+    def _restore(self) -> None:
+        global _depth
         _depth = 0
+        saved = self._saved
         for signum, handler in saved.items():
             _setsignal(signum, handler)
-        for signum, frame in pending:
+        for signum, frame in self._pending:
             saved[signum](signum, frame)
 
 

@@ -260,6 +260,77 @@ def _no_publish(_: Chunk) -> None:
 class ReplyPersister:
     """Per-reply state between the stream driver and the store (see the module docstring)."""
 
+    # Defaults read from the class until a reply sets its own (every one is immutable):
+    # a persister is built on every request's way to its first chunk (issue 14), where
+    # ~45 constant assignments in __init__ cost more than the rest of it.
+    channel: Channel | None = None
+    _sent_at: float | None = None
+    _first_at: float | None = None
+    _resume: Checkpoint | None = None
+    _prefix = ""
+    _prefix_thinking = ""
+    _native = False  # this round continues the checkpoint's own stream
+    _billed_before: Usage | None = None  # a native round's carried usage
+    _made_by: dict[str, str | None] | None = None  # the model of a native round's stream
+    _set_aside: Usage | None = None  # this round's attempts sent again (billed)
+    thread_version: int | None = None
+    """The context's version when the last request read its history (its commit keeps
+    the response as the thread to continue only if nothing before it changed since)."""
+    _seeded = 0  # chunks folded in from the checkpoint, not delivered by this stream
+    _usage_total: Usage | None = None
+    _commits = 0  # commits this run made (their idempotency keys count them)
+    ticket: ReplyTicket | None = None
+    pos: int | None = None
+    # How much of the builder's text and thinking the checkpoint holds (characters): a
+    # write appends what came after (taken from the builder, never kept twice).
+    _text_mark = 0
+    _thinking_mark = 0
+    _inflight = (0, 0)  # the marks once the write being made lands
+    # The builder let go of the text (thinking) before the text (thinking) mark (a long
+    # reply on a store that commits it from the checkpoint's parts: _let_go_landed); the
+    # commit does so.
+    _from_parts = False
+    _thinking_from_parts = False
+    # A long backlog is written a bounded part at a time (not joined whole beside the
+    # builder's blocks): the checkpointer writes again while the text mark is behind
+    # where the text stood at its tick's first write (_catch_to).
+    _behind = False
+    _catch_to = (0, 0)  # text, thinking
+    _let_go_due = False  # a landed write's text to let go of, at attend()
+    _flush_due = False  # the timer found the driver busy: it writes, at attend()
+    _grown = False  # a long reply grew by a part since: it writes, at attend()
+    _written = 0  # builder.chunks at the last checkpoint write (-1: write again)
+    _keys_cache: tuple[tuple[str | None, Any], dict[str, Any]] | None = None
+    # The exactness protocol (module docstring).
+    busy = False
+    _claimed = False
+    finished = False
+    _final: tuple[CheckpointDraft, BaseException | None] | None = None
+    """The final checkpoint to write and why the reply ended (kept while the database
+    is busy: :attr:`pending`)."""
+    _held: Callable[[], None] | None = None
+    """Lets go of the reply's hold (:meth:`_hold`), while a final write is under way."""
+    attention = False
+    """Set by the timer when the driver must act at its next chunk (flush, or stop)."""
+    lost: RxContextError | None = None
+    """Why this reply can no longer be written (taken over, or its context deleted)."""
+    fence: Callable[[], None] | None = None
+    """Called before each commit; raises if this process may have lost the reply (the
+    heartbeat's self-fencing, :mod:`rxcontext.heartbeat`)."""
+    stop: RxContextError | None = None
+    """Set when the reply was asked to stop (``cw.stop``); its driver ends it."""
+    stopped: Checkpoint | None = None
+    """The checkpoint a stop stored (written by whoever ended the reply first)."""
+    final: Reply | None = None
+    """The last committed reply of this run (the answer after any tool rounds)."""
+    output_schema: OutputSchema | None = None
+    """The structured-output schema the last round's text is validated against."""
+    optional_nulls = False
+    """The model was sent :attr:`output_schema` with its optional properties required but
+    nullable (see :meth:`OutputSchema.validate`)."""
+    trace: ReplyTrace | None = None
+    """The reply's tracing span (:mod:`rxcontext.tracing`), told of its begin and end."""
+
     def __init__(
         self,
         store: Store,
@@ -276,93 +347,26 @@ class ReplyPersister:
     ) -> None:
         self.store = store
         self._fanout = fanout
-        self.channel: Channel | None = None
         self._publish: Callable[[Chunk], None] = _no_publish
         """Where delivered chunks are published for watchers (``cw.watch``), if anywhere."""
         self.model_name = model_name
         self._clock = clock
-        self._sent_at: float | None = None
-        self._first_at: float | None = None
         self.context_id = context_id
         self.reply_id = reply_id
         self.every = checkpoint_every if checkpoint_every and checkpoint_every > 0 else None
         self.builder = self._new_builder()
         self._claim_resume = claim
-        self._resume: Checkpoint | None = None
-        self._prefix = ""
-        self._prefix_thinking = ""
-        self._native = False  # this round continues the checkpoint's own stream
-        self._billed_before: Usage | None = None  # a native round's carried usage
-        self._made_by: dict[str, str | None] | None = None  # the model of a native round's stream
-        self._set_aside: Usage | None = None  # this round's attempts sent again (billed)
-        self.thread_version: int | None = None
-        """The context's version when the last request read its history (its commit keeps
-        the response as the thread to continue only if nothing before it changed since)."""
         self._streamed = streamed
         self._cursor = cursor
-        self._seeded = 0  # chunks folded in from the checkpoint, not delivered by this stream
-        self._usage_total: Usage | None = None
-        self._commits = 0  # commits this run made (their idempotency keys count them)
-        self.ticket: ReplyTicket | None = None
-        self.pos: int | None = None
-        # How much of the builder's text and thinking the checkpoint holds (characters): a
-        # write appends what came after (taken from the builder, never kept twice).
-        self._text_mark = 0
-        self._thinking_mark = 0
-        self._inflight = (0, 0)  # the marks once the write being made lands
         # Where the thinking the checkpoint holds had a surrogate pair split between two
         # deltas (the high half's position in the builder's thinking): stored, each pair
         # is one character, which moves the stored position of what follows (_stored_at).
         self._pairs: list[int] = []
         self._inflight_pairs: list[int] = []
-        # The builder let go of the text (thinking) before the text (thinking) mark (a long
-        # reply on a store that commits it from the checkpoint's parts: _let_go_landed); the
-        # commit does so.
-        self._from_parts = False
-        self._thinking_from_parts = False
-        # A long backlog is written a bounded part at a time (not joined whole beside the
-        # builder's blocks): the checkpointer writes again while the text mark is behind
-        # where the text stood at its tick's first write (_catch_to).
-        self._behind = False
-        self._catch_to = (0, 0)  # text, thinking
-        self._let_go_due = False  # a landed write's text to let go of, at attend()
-        self._flush_due = False  # the timer found the driver busy: it writes, at attend()
-        self._grown = False  # a long reply grew by a part since: it writes, at attend()
-        self._written = 0  # builder.chunks at the last checkpoint write (-1: write again)
-        self._keys_cache: tuple[tuple[str | None, Any], dict[str, Any]] | None = None
-        # The exactness protocol (module docstring).
-        self.busy = False
-        self._claimed = False
         self._claim = threading.Lock()
         self._write = threading.Lock()
-        self.finished = False
-        self._final: tuple[CheckpointDraft, BaseException | None] | None = None
-        """The final checkpoint to write and why the reply ended (kept while the database
-        is busy: :attr:`pending`)."""
-        self._held: Callable[[], None] | None = None
-        """Lets go of the reply's hold (:meth:`_hold`), while a final write is under way."""
-        self.attention = False
-        """Set by the timer when the driver must act at its next chunk (flush, or stop)."""
-        self.lost: RxContextError | None = None
-        """Why this reply can no longer be written (taken over, or its context deleted)."""
-        self.fence: Callable[[], None] | None = None
-        """Called before each commit; raises if this process may have lost the reply (the
-        heartbeat's self-fencing, :mod:`rxcontext.heartbeat`)."""
-        self.stop: RxContextError | None = None
-        """Set when the reply was asked to stop (``cw.stop``); its driver ends it."""
-        self.stopped: Checkpoint | None = None
-        """The checkpoint a stop stored (written by whoever ended the reply first)."""
-        self.final: Reply | None = None
-        """The last committed reply of this run (the answer after any tool rounds)."""
-        self.output_schema: OutputSchema | None = None
-        """The structured-output schema the last round's text is validated against."""
-        self.optional_nulls = False
-        """The model was sent :attr:`output_schema` with its optional properties required but
-        nullable (see :meth:`OutputSchema.validate`)."""
         self.records: list[Record] = []
         """Every record this run stored, in order."""
-        self.trace: ReplyTrace | None = None
-        """The reply's tracing span (:mod:`rxcontext.tracing`), told of its begin and end."""
 
     # -- opening --------------------------------------------------------------------------
 

@@ -41,14 +41,7 @@ import weakref
 from types import FrameType
 from typing import Any, Protocol
 
-try:  # the C functions, as rxcontext._signals uses them (no enum conversions)
-    from _signal import SIG_DFL as _DFL  # type: ignore[import-not-found,unused-ignore]
-    from _signal import getsignal as _getsignal  # type: ignore[import-not-found,unused-ignore]
-    from _signal import signal as _setsignal  # type: ignore[import-not-found,unused-ignore]
-except ImportError:  # pragma: no cover - not CPython
-    from signal import SIG_DFL as _DFL
-    from signal import getsignal as _getsignal
-    from signal import signal as _setsignal
+from ._signals import _DFL, _MAIN, _getsignal, _setsignal  # the C functions, no enums
 from .errors import ReplyStopped
 
 __all__ = ["Terminated", "enter", "leave"]
@@ -58,7 +51,6 @@ if os.name == "posix":
     import signal
 
     _TERM = int(signal.SIGTERM)
-_MAIN = threading.main_thread()
 _MAIN_ID = _MAIN.ident
 
 

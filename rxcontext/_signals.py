@@ -25,11 +25,11 @@ __all__ = ["HandOver", "Terminated", "deferred"]
 
 try:  # the C functions: signal.signal/getsignal wrap them in enum conversions that cost
     # ~10 µs a call (a failed Handlers(handler) lookup), on every store write's way
-    from _signal import SIG_DFL as _DFL  # type: ignore[import-not-found,unused-ignore]
-    from _signal import getsignal as _getsignal  # type: ignore[import-not-found,unused-ignore]
-    from _signal import signal as _setsignal  # type: ignore[import-not-found,unused-ignore]
+    import _signal as _c_signal  # type: ignore[import-not-found,unused-ignore]
 except ImportError:  # pragma: no cover - not CPython
-    _getsignal, _setsignal, _DFL = signal.getsignal, signal.signal, signal.SIG_DFL
+    _c_signal = signal
+# Assigned, not imported: rxcontext._loopterm uses the same three.
+_getsignal, _setsignal, _DFL = _c_signal.getsignal, _c_signal.signal, _c_signal.SIG_DFL
 
 _DEFERRED = tuple(
     int(s) for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None

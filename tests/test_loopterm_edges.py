@@ -12,10 +12,12 @@ The child runs in its own process; waits are bounded (a hung child fails the tes
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,55 +25,8 @@ import pytest
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="needs SIGTERM")
 BOUND = 30.0
 
-BRIDGE = textwrap.dedent(
-    """
-    import asyncio, sys
-    import rxcontext
-    from rxcontext import Chunk, ChunkKind, ContextWindow
-    from rxcontext.providers import ScriptedModel
-
-    store = rxcontext.open(sys.argv[1])
-    chunks = [Chunk(ChunkKind.TEXT, f"<{i}>") for i in range(50)]
-    cw = ContextWindow(
-        store, ScriptedModel([[*chunks, Chunk(ChunkKind.DONE, finish_reason="stop")]]), "sig"
-    )
-    cw.add_prompt("go")
-    loop = asyncio.new_event_loop()
-    steps = cw.astream().__aiter__()
-    first = loop.run_until_complete(steps.__anext__())
-    print("got", first.text, flush=True)
-    sys.stdin.readline()  # the sync side waits between two steps (the loop is stopped)
-    print("STILL ALIVE", flush=True)
-    """
-)
-
-
-def test_sigterm_between_two_steps_of_a_stopped_loop_still_kills(tmp_path: Path) -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-c", BRIDGE, str(tmp_path / "t.db")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "got <0>"
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(BOUND)
-        except subprocess.TimeoutExpired:
-            pytest.fail("SIGTERM at its default was swallowed: the child still runs")
-        assert child.returncode == -signal.SIGTERM, child.stderr.read()  # type: ignore[union-attr]
-        assert child.stdout.read() == ""
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-
-
-LAST_ITERATION = textwrap.dedent(
+# A sync bridge's start: a window on the database named by argv[1], a loop, its steps.
+STEPPED = textwrap.dedent(
     """
     import asyncio, os, signal, sys
     import rxcontext
@@ -86,6 +41,53 @@ LAST_ITERATION = textwrap.dedent(
     cw.add_prompt("go")
     loop = asyncio.new_event_loop()
     steps = cw.astream().__aiter__()
+    """
+)
+
+BRIDGE = STEPPED + textwrap.dedent(
+    """
+    first = loop.run_until_complete(steps.__anext__())
+    print("got", first.text, flush=True)
+    sys.stdin.readline()  # the sync side waits between two steps (the loop is stopped)
+    print("STILL ALIVE", flush=True)
+    """
+)
+
+
+@contextlib.contextmanager
+def running(script: str, db: Path) -> Iterator[subprocess.Popen[str]]:
+    """``script`` in a child process of its own (killed on the way out if it still runs)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_sigterm_between_two_steps_of_a_stopped_loop_still_kills(tmp_path: Path) -> None:
+    with running(BRIDGE, tmp_path / "t.db") as child:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "got <0>"
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(BOUND)
+        except subprocess.TimeoutExpired:
+            pytest.fail("SIGTERM at its default was swallowed: the child still runs")
+        assert child.returncode == -signal.SIGTERM, child.stderr.read()  # type: ignore[union-attr]
+        assert child.stdout.read() == ""
+
+
+LAST_ITERATION = STEPPED + textwrap.dedent(
+    """
     print("got", loop.run_until_complete(steps.__anext__()).text, flush=True)
     step = asyncio.ensure_future(steps.__anext__(), loop=loop)
     # Runs in the step's last loop iteration (before run_until_complete's own callback
@@ -99,15 +101,7 @@ LAST_ITERATION = textwrap.dedent(
 
 
 def test_sigterm_in_the_last_iteration_of_a_step_still_kills(tmp_path: Path) -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-c", LAST_ITERATION, str(tmp_path / "t.db")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
+    with running(LAST_ITERATION, tmp_path / "t.db") as child:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "got <0>"
         try:
@@ -117,7 +111,3 @@ def test_sigterm_in_the_last_iteration_of_a_step_still_kills(tmp_path: Path) -> 
         out = child.stdout.read()
         assert child.returncode == -signal.SIGTERM, (out, child.stderr.read())  # type: ignore[union-attr]
         assert "STILL ALIVE" not in out
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()

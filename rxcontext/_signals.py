@@ -88,8 +88,20 @@ class deferred:  # lower case: used as ``with deferred():``, as when it was a fu
         saved = self._saved
         for signum, handler in saved.items():
             _setsignal(signum, handler)
-        for signum, frame in self._pending:
-            saved[signum](signum, frame)
+        _run_all(saved, self._pending)
+
+
+def _run_all(handlers: dict[int, Any], pending: list[tuple[int, FrameType | None]]) -> None:
+    """Run each held signal's handler, in the order they came: one that raises does not
+    cut the rest short (each runs while the one before it unwinds, so a second exception
+    replaces the first with it as ``__context__``, as Python does for a signal landing in
+    an ``except`` block). Before, a ``KeyboardInterrupt`` dropped a SIGTERM held with it."""
+    for at, (signum, frame) in enumerate(pending):
+        try:
+            handlers[signum](signum, frame)
+        except BaseException:
+            _run_all(handlers, pending[at + 1 :])
+            raise
 
 
 class Terminated(BaseException):
@@ -145,11 +157,20 @@ class HandOver:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        saved, self._saved = self._saved, {}
+        saved = self._saved
+        handle = self._handle
         for signum, handler in saved.items():
-            _setsignal(signum, _DFL if handler == self._terminate else handler)
+            # A handler the program installed meanwhile (from a hook, or on_next) stays.
+            if _getsignal(signum) == handle:
+                _setsignal(signum, _DFL if handler == self._terminate else handler)
         self.critical = False
-        self.held.clear()
+        held, self.held = self.held, []
+        if held:  # (an exception left a fold with a signal held: deliver it, never drop it)
+            pending = [(s, f) for s, f in held if saved[s] != self._terminate]
+            if len(pending) < len(held):
+                self.terminated = True  # SIGTERM at its default: terminate() dies by it
+            _run_all(saved, pending)
+        self._saved = {}
 
     def _terminate(self, signum: int, frame: FrameType | None) -> None:
         if self.terminated:  # a second SIGTERM: no more waiting
@@ -167,7 +188,14 @@ class HandOver:
         never with :class:`Terminated`, which is rxcontext's own."""
         if self.terminated and _TERM is not None:
             self.terminated = False
+            # A handler the program installed since (kept by __exit__) did not see this
+            # SIGTERM, which came at the default: die by the default all the same.
+            handler = _getsignal(_TERM)
+            if handler != _DFL:
+                _setsignal(_TERM, _DFL)
             os.kill(os.getpid(), _TERM)
+            if handler != _DFL:  # still alive (SIGTERM blocked): the program's is back
+                _setsignal(_TERM, handler)
             raise SystemExit(128 + _TERM)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -178,9 +206,13 @@ class HandOver:
         self._saved[signum](signum, frame)
 
     def release(self) -> None:
-        """End a critical stretch; deliver a signal held during it (it raises here)."""
+        """End a critical stretch; deliver the signals held during it (they raise here).
+
+        Also on the way out of a fold that an exception interrupts (a Ctrl-C that landed
+        in ``on_next``): a signal held meanwhile is delivered there, its exception
+        replacing the first one (``__context__``), as Python does for a signal landing
+        in an ``except`` block; before, it was dropped."""
         self.critical = False
         if self.held:
             pending, self.held = self.held, []
-            for signum, frame in pending:
-                self._saved[signum](signum, frame)
+            _run_all(self._saved, pending)

@@ -382,7 +382,7 @@ class _SyncDriver:
             else:
                 p.passed(chunk)
             p.busy = False
-            guard.critical = False
+            self._release_raising()
             raise
         if fold:
             p.add(chunk)
@@ -415,7 +415,21 @@ class _SyncDriver:
         if not p.finished:  # (ended from another thread meanwhile: nothing to add to)
             p.add(chunk)
         p.busy = False
-        guard.critical = False
+        self._release_raising()
+
+    def _release_raising(self) -> None:
+        """End the fold of a chunk whose delivery raised (the caller re-raises that): a
+        signal held during the fold is delivered now, not dropped; its exception, if it
+        raises one, is what goes on (the first as its ``__context__``)."""
+        guard = self.guard
+        if not guard.held:
+            guard.critical = False
+            return
+        try:
+            guard.release()
+        except BaseException:
+            self.user_raised = False  # what goes on is the signal's, not on_next's error
+            raise
 
     user_raised = False
     hook_raised = False
@@ -521,7 +535,7 @@ class _SyncDriver:
                                     self.user_raised = isinstance(error, Exception)
                                     p.add(chunk)  # delivered: the subscriber had it
                                     p.busy = False
-                                    guard.critical = False
+                                    self._release_raising()
                                     raise
                                 if delivered and p.folds_plainly:
                                     p.builder.add(chunk)  # p.add past the attempt's first

@@ -13,6 +13,10 @@ One proxy per client process (or per client) to fault: give the client
   retransmit them): a command a client gave up on still reaches the server, late, as on
   a real network.
 * :meth:`cut`: every open connection is closed at once (a reset link).
+* :meth:`lose_commit_acks`: a PostgreSQL connection whose client sent ``marker`` (part of
+  a statement's text) gets every reply until the server's ``COMMIT`` tag, then is closed
+  without it: the transaction committed on the server, the client lost the connection
+  during ``COMMIT`` (an ambiguous outcome). :attr:`acks_lost` counts them.
 
 Threads and blocking sockets; loopback only.
 """
@@ -36,6 +40,10 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._socks: set[socket.socket] = set()
         self._closed = False
+        self._marker: bytes | None = None
+        self.acks_lost = 0
+        self.on_ack_lost: list[threading.Event] = []
+        """Set (and dropped) as the next ack is lost: waits without sleeping."""
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True, name="tcpproxy-accept").start()
@@ -64,6 +72,11 @@ class TcpProxy:
         for s in socks:
             self._close(s)
 
+    def lose_commit_acks(self, marker: bytes | None) -> None:
+        """From now on (None: no more), lose the ``COMMIT`` reply of the transactions whose
+        statements contain ``marker`` (see the module docstring)."""
+        self._marker = marker
+
     def _accept(self) -> None:
         while not self._closed:
             try:
@@ -84,10 +97,13 @@ class TcpProxy:
                 self._close(client, server)
                 return
             self._socks.update((client, server))
-        for a, b in ((client, server), (server, client)):
-            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+        marked: list[bool] = [False]  # the client sent the marker (this connection)
+        for a, b, up in ((client, server, True), (server, client, False)):
+            threading.Thread(target=self._pump, args=(a, b, up, marked), daemon=True).start()
 
-    def _pump(self, source: socket.socket, dest: socket.socket) -> None:
+    def _pump(
+        self, source: socket.socket, dest: socket.socket, up: bool, marked: list[bool]
+    ) -> None:
         try:
             while True:
                 self._open.wait()
@@ -95,6 +111,16 @@ class TcpProxy:
                 if not data:
                     break
                 self._open.wait()  # partitioned while reading: hold it until healed
+                marker = self._marker
+                if up and marker is not None and marker in data:
+                    marked[0] = True  # before it is sent: the server's reply comes after
+                elif not up and marked[0] and b"COMMIT\x00" in data:
+                    with self._lock:
+                        self.acks_lost += 1
+                        waiting, self.on_ack_lost = self.on_ack_lost, []
+                    for event in waiting:
+                        event.set()
+                    break  # committed on the server; the client never hears of it
                 dest.sendall(data)
         except OSError:
             pass

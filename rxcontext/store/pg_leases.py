@@ -4,6 +4,12 @@ The twin of :mod:`.sqlite_leases`. Leases are timed by the database's clock (one
 every host). Renewals are background writes that never wait (``lock_timeout``, no free
 connection: None, and the heartbeat tries again shortly); a stop request is an ordinary
 write, retried within the store's budget.
+
+A renewal whose connection is lost during ``COMMIT`` may or may not be written. It is
+settled by reading the lease rows back: each one that still has the ticket's epoch and a
+lease at least as long as the one the renewal set (its ``RETURNING`` came before the
+``COMMIT``) is renewed. Taking it for unwritten made the heartbeat give up a reply whose
+lease was fresh (``tests/test_pg_lease_ambiguous.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from .pg_writes import one_owner
 
 if TYPE_CHECKING:
     from ..records import Checkpoint
-    from .pg_run import Runner
+    from .pg_run import Conn, Runner
 
 __all__ = ["PostgresLeases", "renew_statement"]
 
@@ -31,7 +37,13 @@ _RENEW = (
     "UPDATE checkpoints c SET lease_until = clock_timestamp() + make_interval(secs => %s)"
     " FROM unnest(%s::bigint[], %s::integer[]) AS t(id, epoch)"
     " WHERE c.id = t.id AND c.epoch = t.epoch AND c.state IN ('streaming', 'resuming')"
-    " AND c.lease_until > clock_timestamp() RETURNING c.id, c.epoch"
+    " AND c.lease_until > clock_timestamp() RETURNING c.id, c.epoch, c.lease_until"
+)
+_SETTLE = (
+    "SELECT c.id, c.epoch FROM checkpoints c"
+    " JOIN unnest(%s::bigint[], %s::integer[], %s::timestamptz[]) AS t(id, epoch, lease_until)"
+    " ON c.id = t.id AND c.epoch = t.epoch AND c.lease_until >= t.lease_until"
+    " WHERE c.state IN ('streaming', 'resuming')"
 )
 _RENEW_OWNED = _RENEW.replace(" WHERE c.id = t.id", " WHERE c.owner = %s AND c.id = t.id")
 
@@ -80,15 +92,45 @@ class PostgresLeases:
         None when the database could not be reached without waiting (try again soon)."""
         if not tickets:
             return []
-        found = self._runner.attempt(
-            lambda conn, _: conn.execute(*renew_statement(tickets, self.lease_ttl)).fetchall(),
-            setup=_BACKGROUND,
-        )
+        sent: list[list[Any]] = []  # what the renewal set, read before its COMMIT
+
+        def renew(conn: Conn, _: bool) -> list[Any]:
+            rows = conn.execute(*renew_statement(tickets, self.lease_ttl)).fetchall()
+            sent.append(rows)
+            return rows
+
+        found = self._runner.attempt(renew, setup=_BACKGROUND)
         if found is None:
-            return None
+            if not sent:
+                return None  # refused or unreachable before its COMMIT: nothing written
+            # Lost during COMMIT; a renewal that matched no row changed nothing anyway.
+            found = self._settle(sent[0]) if sent[0] else []
+            if found is None:
+                return None
         # By epoch too: an old ticket beside its reply's new one in this call was not renewed.
         renewed = {(row[0], row[1]) for row in found}
         return [(t.checkpoint_id, t.epoch) in renewed for t in tickets]
+
+    def _settle(self, sent: list[Any]) -> list[Any] | None:
+        """The rows of ``sent`` (a renewal's ``RETURNING``, its ``COMMIT`` unanswered) whose
+        lease is stored at least as long (the renewal committed, or a later write of this
+        owner renewed it since); None if not all are, or the rows cannot be read now.
+
+        Not all: had the renewal committed, only a claim since could undo it, and had it
+        not, a lease that is still fresh would be read as lost. The heartbeat then tries
+        again, as after any renewal that could not be written. The read may wait a little
+        for a connection (the lost one is being replaced): up to a sixth of the lease,
+        half the time between two renewals."""
+        rows = self._runner.attempt(
+            lambda conn, _: conn.execute(
+                _SETTLE,
+                ([r[0] for r in sent], [r[1] for r in sent], [r[2] for r in sent]),
+            ).fetchall(),
+            wait=self.lease_ttl / 6,
+        )
+        if rows is None or len(rows) < len(sent):
+            return None
+        return rows
 
     def request_stop(self, reply_id: str) -> bool:
         """Ask the owner of live reply ``reply_id`` to stop it (see :meth:`Store.request_stop`)."""

@@ -1,0 +1,182 @@
+"""A worker forked from a process that opened the store (gunicorn ``--preload``,
+multiprocessing's ``fork`` start method) serves replies as a fresh process does.
+
+The child gets threads of its own (heartbeat, periodic checkpoints, the fan-out's writer),
+connections of its own (SQLite, PostgreSQL, Redis), and nothing it does breaks the parent's:
+the parent streams and publishes on after the child closed its copies. Each case forks
+twice over: after the parent served a reply (its threads run), and right after open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redistest
+from reactivex import operators as ops
+from watching import WAIT, published
+
+import rxcontext
+from rxcontext import Chunk, ChunkKind, ContextWindow
+from rxcontext.fanout.entries import Chunks, End
+from rxcontext.fanout.redis import RedisFanout, _entry_at
+from rxcontext.heartbeat import heartbeat_for
+from rxcontext.providers import ScriptedModel
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[tuple[str, str]]:
+    yield from redistest.shared_prefix()
+
+
+def _reply(*words: str) -> list[Chunk]:
+    return [*(Chunk(ChunkKind.TEXT, w) for w in words), Chunk(ChunkKind.DONE, finish_reason="stop")]
+
+
+def _in_child(job: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``job`` in a forked child; what it returned (or the error it raised), read back
+    through a pipe within ``2 * WAIT`` seconds (a child that hangs is killed)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        code = 1
+        try:
+            os.close(r)
+            try:
+                out = job()
+            except BaseException as exc:
+                out = {"error": f"{type(exc).__name__}: {exc} (cause {exc.__cause__!r})"}
+            os.write(w, json.dumps(out).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    data = b""
+    try:
+        while True:
+            ready, _, _ = select.select([r], [], [], 2 * WAIT)
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail(f"the forked child gave no answer within {2 * WAIT:g} s")
+            piece = os.read(r, 65536)
+            if not piece:
+                break
+            data += piece
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    return dict(json.loads(data))
+
+
+def _serve_in_child(store: Any, fanout: RedisFanout, context: str, rid: str) -> dict[str, Any]:
+    """The child's job: stream a reply that holds at its first chunk until the heartbeat
+    renewed its lease, then close the store and the fan-out (sending what is queued)."""
+    heartbeat = heartbeat_for(store)
+    base = heartbeat.renewals
+    renewed = threading.Event()
+    heartbeat.listeners.append(lambda: heartbeat.renewals > base and renewed.set())
+    seen: dict[str, Any] = {}
+
+    def first(_: Chunk) -> None:
+        if not seen:
+            seen["renewed"] = renewed.wait(WAIT)
+            # Stop hints reach the child on its own channel (its worker id is its own).
+            seen["listening"] = all(x.subscribed.wait(WAIT) for x in fanout.stop_listeners)
+            seen["threads"] = sorted({t.name for t in threading.enumerate()})
+
+    cw = ContextWindow(store, ScriptedModel([_reply("child ", "words")]), context, retry=None)
+    cw.add_prompt("in the child")
+    texts: list[str] = []
+    cw.stream(reply_id=rid).pipe(ops.do_action(first)).subscribe(
+        on_next=lambda c: texts.append(c.text), on_error=lambda e: seen.setdefault("err", e)
+    )
+    store.close()
+    fanout.close()
+    error = seen.pop("err", None)
+    if error is not None:
+        raise error
+    return {**seen, "text": "".join(texts)}
+
+
+def _logged(fanout: RedisFanout, url: str, rid: str) -> tuple[str, str | None]:
+    """The text of reply ``rid``'s chunks in its Redis log, and how its log ended."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        rows = client.xrange(fanout.key(rid))
+    finally:
+        client.close()
+    text, ended = "", None
+    for raw_id, fields in rows:
+        _, entry = _entry_at(raw_id, fields)
+        if isinstance(entry, Chunks):
+            text += "".join(c.text for c in entry.chunks)
+        elif isinstance(entry, End):
+            ended = entry.state
+    return text, ended
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["after-a-reply", "right-after-open"])
+def test_forked_worker_serves_replies(
+    target: str, redis_prefix: tuple[str, str], warm: bool
+) -> None:
+    url, prefix = redis_prefix
+    fanout = RedisFanout(url, prefix=prefix)
+    store = rxcontext.open(target, fanout=fanout, lease_ttl=3.0)
+    try:
+        cw = ContextWindow(store, ScriptedModel([_reply("warm")] * 3), "parent", retry=None)
+        if warm:
+            cw.add_prompt("before the fork")
+            assert cw.call().text == "warm"
+        child = _in_child(lambda: _serve_in_child(store, fanout, "child", "child-reply"))
+        assert "error" not in child, child["error"]
+        assert child["text"] == "child words"
+        assert child["renewed"], "the child's heartbeat never renewed its lease"
+        assert child["listening"], "the child never listened for stop hints"
+        for name in ("rxcontext-heartbeat", "rxcontext-checkpoints", "rxcontext-fanout"):
+            assert name in child["threads"], (name, child["threads"])
+        # The child's reply is stored, and was published live through Redis.
+        found = store.reply_records("child-reply")
+        assert "".join(r.content for r in found) == "child words"
+        assert _logged(fanout, url, "child-reply") == ("child words", "completed")
+        # The parent goes on with its own connections and threads.
+        cw.add_prompt("after the fork")
+        rid = "parent-after"
+        assert cw.call(reply_id=rid).text == "warm"
+        assert published(fanout, rid, 1)
+        assert _logged(fanout, url, rid) == ("warm", "completed")
+    finally:
+        store.close()
+        fanout.close()
+
+
+def test_forked_child_never_closes_the_parents_postgres_connections(pg_url: str) -> None:
+    """The child closing its store leaves the parent's sessions open: the parent's pooled
+    connection is the same backend before and after."""
+    store = rxcontext.open(pg_url, pool_size=1)
+    try:
+        pid_of: Callable[[], int] = lambda: int(  # noqa: E731
+            store._runner.run(lambda conn, _: conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        )
+        before = pid_of()
+
+        def child() -> dict[str, Any]:
+            mine = pid_of()
+            store.close()
+            return {"backend": mine}
+
+        out = _in_child(child)
+        assert "error" not in out, out["error"]
+        assert out["backend"] != before  # a connection of the child's own
+        assert pid_of() == before
+    finally:
+        with contextlib.suppress(Exception):
+            store.close()

@@ -27,6 +27,7 @@ from typing import Any
 from reactivex import abc
 from reactivex.scheduler import VirtualTimeScheduler
 
+from . import _forks
 from .errors import CheckpointNotFound, ContextNotFound, OwnershipLost, StoreClosedError
 from .persist import ReplyPersister
 from .store.base import CheckpointDraft, Store
@@ -70,6 +71,17 @@ class Checkpointer(ServesStore):
         self._timer: abc.DisposableBase | None = None
         self.ticks = 0
         """How many ticks ran (for tests and benchmarks)."""
+        _forks.on_fork(self)
+
+    def _forked(self) -> None:
+        # A forked child: the thread runs in the parent only (its object here would keep
+        # the child from starting one), a parent's thread may have held the lock, and the
+        # replies are the parent's.
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._thread = None
+        self._timer = None
+        self._replies.clear()
 
     def register(self, persister: ReplyPersister) -> None:
         """Start writing ``persister``'s checkpoints (until :meth:`unregister`)."""

@@ -58,6 +58,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from . import _forks
 from .checkpointer import ServesStore, _why_lost
 from .errors import OwnershipLost, ReplyStopped, RxContextError, StoreClosedError
 from .persist import ReplyPersister
@@ -139,6 +140,17 @@ class Heartbeat(ServesStore):
         reply, or the store closed): a fast stop channel's receiver listens meanwhile.
         Threads come and go, so a True may arrive before the previous thread's False."""
         store.on_close(self.close)
+        _forks.on_fork(self)
+
+    def _forked(self) -> None:
+        # A forked child: the thread runs in the parent only (its object here would keep
+        # the child from starting one: no lease renewed, every reply of the child lost),
+        # a parent's thread may have held the lock, and the replies are the parent's.
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._thread = None
+        self._beats.clear()
+        self._poked = False
 
     # -- the drivers' side ----------------------------------------------------------------
 

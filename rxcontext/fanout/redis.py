@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+from .. import _forks
 from .._urls import at_after
 from ..chunks import Chunk
 from ..errors import MissingDependency
@@ -283,8 +284,34 @@ class RedisFanout:
         self._pause = 0.0
         self.connected = True
         """Whether the writer's last attempt reached Redis (for tests and health checks)."""
-        self._thread = threading.Thread(target=self._run, name="rxcontext-fanout", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        self._start_writer()
+        _forks.on_fork(self)
+
+    def _start_writer(self) -> None:
+        """Start the writer thread if it does not run (in a forked child, with its first
+        reply or hint)."""
+        with self._close_lock:
+            if self._thread is None and not self._closed:
+                thread = threading.Thread(target=self._run, name="rxcontext-fanout", daemon=True)
+                thread.start()
+                self._thread = thread
+
+    def _forked(self) -> None:
+        # A forked child: the writer thread runs in the parent only, a parent's thread may
+        # have held the locks, and the replies and hints queued are the parent's to send.
+        # The clients' connection pools make connections of the child's own at their next
+        # use (redis-py's pools compare the pid), leaving the parent's sockets alone.
+        self._wake = threading.Event()
+        self._close_lock = threading.Lock()
+        self._thread = None
+        self._new.clear()
+        self._open.clear()
+        self._hints.clear()
+        self._doomed.clear()
+        self._down_until = 0.0
+        self._pause = 0.0
+        self.connected = True
 
     def key(self, reply_id: str) -> str:
         """The stream key of a reply (the hash tag keeps a reply's keys in one slot)."""
@@ -296,6 +323,8 @@ class RedisFanout:
         self, reply_id: str, epoch: int, text: str = "", thinking: str = ""
     ) -> _Channel:
         channel = _Channel(self, reply_id, epoch, text, thinking)
+        if self._thread is None:
+            self._start_writer()
         self._new.append(channel)
         self._wake.set()
         return channel
@@ -323,6 +352,8 @@ class RedisFanout:
         """Tell worker ``owner`` that ``reply_id`` was asked to stop (the request is already
         stored): queued for the writer thread, so the caller never waits on Redis."""
         if owner:
+            if self._thread is None:
+                self._start_writer()
             self._hints.append((owner, reply_id))
             self._wake.set()
 
@@ -644,8 +675,9 @@ class RedisFanout:
             for listener in list(self.stop_listeners):
                 listener.close()
             self._wake.set()
-            if threading.current_thread() is not self._thread:
-                self._thread.join(2.0)
+            thread = self._thread
+            if thread is not None and threading.current_thread() is not thread:
+                thread.join(2.0)
             self._tail.close()
             self._writer.close()
             self._reader.close()

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .. import _forks
 from .base import Position
 from .entries import End, Entry
 
@@ -183,6 +184,17 @@ class Tail:
         self._client_id: int | None = None
         self._closing = False
         self._thread: threading.Thread | None = None
+        _forks.on_fork(self)
+
+    def _forked(self) -> None:
+        # A forked child: the tail thread runs in the parent only, a parent's thread may
+        # have held the lock, and the streams are the parent's watches'. The next watch
+        # starts a thread; the clients connect anew (redis-py's pools compare the pid).
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._streams = {}
+        self._client_id = None
+        self._thread = None
 
     # -- the watches' side ------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import socket
 import threading
 from typing import Any
 
+from .. import _forks
 from ..heartbeat import Heartbeat
 from ..store.owner import worker_id
 
@@ -70,6 +71,20 @@ class StopListener:
         self.subscriptions = 0
         """Subscriptions made (the first, and one after each reconnection)."""
         heartbeat.serving.append(self.serving)
+        _forks.on_fork(self)
+
+    def _forked(self) -> None:
+        # A forked child: the thread runs (and the heartbeat serves) in the parent only, a
+        # parent's thread may have held the lock, and the subscription is the parent's
+        # (kept unused: its socket is the parent's). The child's heartbeat starts it anew,
+        # on the child's own channel (its worker id is its own).
+        _forks.keep(self._pubsub)
+        self._lock = threading.Lock()
+        self._serving = 0
+        self._thread = None
+        self._pubsub = None
+        self._pause = threading.Event()
+        self.subscribed = threading.Event()
 
     @property
     def running(self) -> bool:

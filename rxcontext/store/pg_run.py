@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, overload
@@ -41,6 +42,7 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from .. import _forks
 from ..errors import StoreBusy, StoreClosedError, StoreError
 from .pg_url import ambiguous, redact_text
 
@@ -177,30 +179,69 @@ class Runner:
     ) -> None:
         self.where = where
         self.retry_budget = retry_budget
-        self._pool: ConnectionPool[Conn] | None = ConnectionPool(
-            url,
-            kwargs=kwargs,
-            min_size=1,
-            max_size=pool_size,
-            timeout=retry_budget,
-            # A server that went away for a while: try again within our own budget's
-            # scale, not psycopg_pool's 5 minutes.
-            reconnect_timeout=max(retry_budget, connect_timeout) * 2,
-            open=True,
-            name=f"rxcontext {where}",
-        )
+
+        def new_pool() -> ConnectionPool[Conn]:
+            return ConnectionPool(
+                url,
+                kwargs=kwargs,
+                min_size=1,
+                max_size=pool_size,
+                timeout=retry_budget,
+                # A server that went away for a while: try again within our own budget's
+                # scale, not psycopg_pool's 5 minutes.
+                reconnect_timeout=max(retry_budget, connect_timeout) * 2,
+                open=True,
+                name=f"rxcontext {where}",
+            )
+
+        self._new_pool = new_pool
+        self._pool: ConnectionPool[Conn] | None = new_pool()
+        self._inherited = False
+        """A forked child's pool is the parent's until its first use (:meth:`_forked`)."""
+        self._fork_lock = threading.Lock()
+        _forks.on_fork(self)
+
+    def _forked(self) -> None:
+        # A forked child: the pool's connections share their sockets with the parent's
+        # sessions and its worker threads run in the parent only. It is never used nor
+        # closed here (a close sends each session a Terminate: the parent's would end);
+        # the child's first use opens a pool of its own. (libpq's finalizer does nothing
+        # in another process than the connection's: dropped, they would be safe too.)
+        if self._pool is not None:
+            self._inherited = True
+        self._fork_lock = threading.Lock()
 
     @property
     def closed(self) -> bool:
         return self._pool is None
 
     def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
+        with self._fork_lock:
+            pool, self._pool = self._pool, None
+            inherited, self._inherited = self._inherited, False
+        if inherited:
+            _forks.keep(pool)
+        elif pool is not None:
             pool.close()
 
     def pool(self) -> ConnectionPool[Conn]:
         pool = self._pool
+        if pool is None:
+            raise StoreClosedError(
+                f"store {self.where} is closed; open it again with rxcontext.open()"
+            )
+        if self._inherited:
+            return self._own_pool()
+        return pool
+
+    def _own_pool(self) -> ConnectionPool[Conn]:
+        """A forked child's first use: a pool of its own in place of the parent's."""
+        with self._fork_lock:
+            if self._inherited:
+                _forks.keep(self._pool)
+                self._pool = self._new_pool()
+                self._inherited = False
+            pool = self._pool
         if pool is None:
             raise StoreClosedError(
                 f"store {self.where} is closed; open it again with rxcontext.open()"

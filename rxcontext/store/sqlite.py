@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .. import _forks
 from .._memory import let_go
 from .._signals import deferred
 from ..chunks import Usage
@@ -257,6 +258,42 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         self._conn: sqlite3.Connection | None = conn
         self._autocheckpoint = int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
         attach_holds(self._holds)  # until close(): its descriptor stays open till then
+        self._inherited = False
+        """A forked child's connection is the parent's until its first use (:meth:`_forked`)."""
+        self._fork_lock = threading.Lock()  # a leaf: nothing is taken while it is held
+        _forks.on_fork(self)
+
+    def _forked(self) -> None:
+        # A forked child: SQLite forbids using a connection across fork (its file locks are
+        # the parent's, its cache and WAL index state the parent's too), and closing one
+        # could drop the locks of the child's own connections to the file (POSIX locks
+        # belong to the process). The parent's are kept unused; the child's first use opens
+        # its own. A private in-memory database is the child's copy: it stays. A parent's
+        # thread may have held the locks.
+        self._lock = threading.RLock()
+        self._bg_lock = threading.Lock()
+        self._fork_lock = threading.Lock()
+        self._at_once = None
+        self._lean = False
+        if self._memory or self._conn is None:
+            return
+        _forks.keep(self._conn, self._bg_conn)
+        self._bg_conn = None  # made again when first needed
+        self._inherited = True
+
+    def _own_connection(self) -> sqlite3.Connection:
+        """A forked child's first use: a connection of its own in place of the parent's."""
+        with self._fork_lock:
+            conn = self._conn
+            if self._inherited and conn is not None:
+                conn = self._connect(self.busy_timeout)
+                conn.execute("PRAGMA synchronous = NORMAL")
+                self._conn, self._inherited = conn, False
+        if conn is None:
+            raise StoreClosedError(
+                f"store {self.path!r} is closed; open it again with rxcontext.open()"
+            )
+        return conn
 
     def _connect(self, busy_timeout: float) -> sqlite3.Connection:
         try:
@@ -288,8 +325,11 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
                     self._bg_conn.close()
                     self._bg_conn = None
             if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+                with self._fork_lock:
+                    conn, self._conn = self._conn, None
+                    inherited, self._inherited = self._inherited, False
+                if not inherited:  # the parent's (a forked child's) is never closed here
+                    conn.close()
                 detach_holds(self._holds)
 
     def __enter__(self) -> SQLiteStore:
@@ -308,6 +348,8 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             raise StoreClosedError(
                 f"store {self.path!r} is closed; open it again with rxcontext.open()"
             )
+        if self._inherited:
+            return self._own_connection()
         return conn
 
     @contextmanager
@@ -355,7 +397,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             yield False
             return
         try:
-            db = self._conn
+            db = self._conn if self._conn is None else self._db()
             if db is None or self._at_once is not None:  # closed, or this thread is in one
                 yield False
                 return

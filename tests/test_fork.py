@@ -40,9 +40,12 @@ def _reply(*words: str) -> list[Chunk]:
     return [*(Chunk(ChunkKind.TEXT, w) for w in words), Chunk(ChunkKind.DONE, finish_reason="stop")]
 
 
-def _in_child(job: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``job`` in a forked child; what it returned (or the error it raised), read back
-    through a pipe within ``2 * WAIT`` seconds (a child that hangs is killed)."""
+def _in_child(
+    job: Callable[[], dict[str, Any]], meanwhile: Callable[[], None] = lambda: None
+) -> dict[str, Any]:
+    """Run ``job`` in a forked child, ``meanwhile`` in the parent; what the job returned (or
+    the error it raised), read back through a pipe within ``2 * WAIT`` seconds (a child
+    that hangs is killed)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never back into pytest
@@ -60,6 +63,7 @@ def _in_child(job: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     os.close(w)
     data = b""
     try:
+        meanwhile()
         while True:
             ready, _, _ = select.select([r], [], [], 2 * WAIT)
             if not ready:
@@ -180,3 +184,56 @@ def test_forked_child_never_closes_the_parents_postgres_connections(pg_url: str)
     finally:
         with contextlib.suppress(Exception):
             store.close()
+
+
+def test_a_forked_childs_sqlite_writes_survive_the_parent_closing(tmp_path: Any) -> None:
+    """The parent's connections are closed in the child (idle at the fork): kept open, they
+    would share SQLite's per-process lock records with the child's own connection, which
+    then held no lock of its own on the file: the parent's close took the database for its
+    last connection, checkpointed and deleted the WAL under the child, and the child's next
+    write was lost."""
+    path = str(tmp_path / "fork.db")
+    store = rxcontext.open(path)
+    cw = ContextWindow(store, ScriptedModel([_reply("warm")]), "both", retry=None)
+    cw.add_prompt("parent before the fork")
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+
+    def child() -> dict[str, Any]:
+        os.close(ready_r)
+        os.close(go_w)
+        mine = ContextWindow(store, ScriptedModel([]), "both", retry=None)
+        mine.add_prompt("child, before the parent closes")
+        os.write(ready_w, b"1")
+        select.select([go_r], [], [], WAIT)  # the parent has closed its store
+        assert os.read(go_r, 1) == b"1"
+        mine.add_prompt("child, after the parent closed")
+        store.close()
+        return {}
+
+    def parent() -> None:
+        os.close(ready_w)
+        os.close(go_r)
+        ready, _, _ = select.select([ready_r], [], [], 2 * WAIT)
+        assert ready and os.read(ready_r, 1) == b"1", "the child never wrote"
+        store.close()
+        os.write(go_w, b"1")
+
+    try:
+        assert _in_child(child, parent) == {}
+    finally:
+        for fd in (ready_r, go_w):
+            os.close(fd)
+        store.close()
+    again = rxcontext.open(path)
+    try:
+        records = ContextWindow(again, ScriptedModel([]), "both").live_records()
+        prompts = [r.content for r in records]
+        assert prompts == [
+            "parent before the fork",
+            "child, before the parent closes",
+            "child, after the parent closed",
+        ]
+        assert again._db().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        again.close()

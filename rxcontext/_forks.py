@@ -7,12 +7,12 @@ with the parent's. Objects that hold any of those register with :func:`on_fork`;
 child, before it goes on, each one's ``_forked()`` drops them: locks are made anew, threads
 start again when next needed, connections are opened anew (at once or when next used).
 
-Nothing inherited is closed: closing talks on the parent's sockets (libpq's ``PQfinish``
-sends PostgreSQL a Terminate that ends the parent's session) or gives up file locks the
-parent's connections rely on (POSIX record locks belong to the process: SQLite, and the
-holds file, must never close a descriptor of a database another connection of theirs
-uses). Such objects are handed to :func:`keep`, which holds them, unused, for the life of
-the child: the collector never finalizes them either.
+Whether an inherited connection may be closed in the child is each object's call. A
+PostgreSQL one may not: libpq's ``PQfinish`` sends the server a Terminate on the socket the
+parent still uses, ending the parent's session. Such objects are handed to :func:`keep`,
+which holds them, unused, for the life of the child, so the collector never finalizes them
+in the meantime. (An idle SQLite connection, by contrast, must be closed: see
+:meth:`rxcontext.store.sqlite.SQLiteStore._forked`.)
 """
 
 from __future__ import annotations

@@ -264,12 +264,20 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         _forks.on_fork(self)
 
     def _forked(self) -> None:
-        # A forked child: SQLite forbids using a connection across fork (its file locks are
-        # the parent's, its cache and WAL index state the parent's too), and closing one
-        # could drop the locks of the child's own connections to the file (POSIX locks
-        # belong to the process). The parent's are kept unused; the child's first use opens
-        # its own. A private in-memory database is the child's copy: it stays. A parent's
-        # thread may have held the locks.
+        # A forked child. SQLite forbids using a connection across fork: its file locks are
+        # the parent's (POSIX locks belong to the process), its cache and WAL state too.
+        # Nor may the child keep one open beside its own: SQLite keeps one record of the
+        # locks per file and process, which the child's connection would share, believing
+        # it holds the locks the parent's do: it would then hold none, and the parent's
+        # last close would checkpoint and delete the WAL under it (its next write lost,
+        # tests/test_fork.py). So the parent's are closed here, which in the child only
+        # frees that record: the parent's locks stay (they keep a close from checkpointing)
+        # — unless one was in use at the fork (its lock held, or a transaction open: a
+        # close would roll back into the WAL index the parent shares): that one is kept
+        # unused. The child's first call opens its own. A private in-memory database is
+        # the child's copy: it stays. A parent's thread may have held the locks.
+        fg_idle = self._lock.acquire(blocking=False)
+        bg_idle = self._bg_lock.acquire(blocking=False)
         self._lock = threading.RLock()
         self._bg_lock = threading.Lock()
         self._fork_lock = threading.Lock()
@@ -277,7 +285,11 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         self._lean = False
         if self._memory or self._conn is None:
             return
-        _forks.keep(self._conn, self._bg_conn)
+        for conn, idle in ((self._bg_conn, bg_idle), (self._conn, fg_idle)):
+            if conn is not None and (not idle or conn.in_transaction):
+                _forks.keep(conn)
+            elif conn is not None:
+                conn.close()
         self._bg_conn = None  # made again when first needed
         self._inherited = True
 
@@ -328,7 +340,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
                 with self._fork_lock:
                     conn, self._conn = self._conn, None
                     inherited, self._inherited = self._inherited, False
-                if not inherited:  # the parent's (a forked child's) is never closed here
+                if not inherited:  # the parent's (a forked child's): closed or kept already
                     conn.close()
                 detach_holds(self._holds)
 

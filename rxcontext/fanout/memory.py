@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Literal
 
+from .. import _forks
 from ..chunks import Chunk
 from .base import Position
 from .entries import Begin, Chunks, End, Entry
@@ -92,6 +93,15 @@ class MemoryFanout:
         self.max_ended = max_ended
         self._logs: dict[str, _Log] = {}
         self._ended: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+        _forks.on_fork(self)
+
+    def _forked(self) -> None:
+        # A forked child: the logs are the parent's replies', which go on (and end) in the
+        # parent only (a watch of one here reads the store), and a parent's thread may
+        # have held the locks.
+        self._logs = {}
+        self._ended = OrderedDict()
         self._lock = threading.Lock()
 
     def open_channel(

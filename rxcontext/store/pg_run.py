@@ -209,6 +209,9 @@ class Runner:
         # in another process than the connection's: dropped, they would be safe too.)
         if self._pool is not None:
             self._inherited = True
+            # Its finalizer (at the child's exit) would stop the parent's workers, taking
+            # locks a parent's thread may have held at the fork: marked closed, it returns.
+            self._pool._closed = True
         self._fork_lock = threading.Lock()
 
     @property

@@ -6,12 +6,18 @@ estimated to cost would go over a limit: :class:`~rxcontext.BudgetExceeded`, wit
 numbers. Spent is counted over every reply the context ever had (its dead records too:
 summarised replies were paid for, and so was every summary asked for and every discarded
 attempt): tokens from the providers' usage totals the store keeps, money from
-:mod:`rxcontext.cost`. A request's own cost is estimated from its input (the live
-records' token estimate, :mod:`rxcontext.tokens`); its output cannot be known before it is
-written, so a reply may end above the limit by its own output, and the next request is
-then refused. A retry sends the whole request again: it is checked too, with what the
-reply's earlier attempts were billed (Anthropic bills the input as its stream starts)
-counted as spent, though the context's totals count it only once the reply is settled.
+:mod:`rxcontext.cost`; and over the replies not settled yet (interrupted, or under way),
+whose attempts were billed before their usage joins the totals: what their checkpoints
+carry (:func:`unsettled_parts`). So a retry the budget refused leaves its reply
+interrupted and its billing spent: the same prompt sent again by a new call, or the reply
+resumed (its first request counts what its checkpoint carries), is refused as well.
+A request's own cost is estimated from its input (the live records' token estimate,
+:mod:`rxcontext.tokens`); its output cannot be known before it is written, so a reply may
+end above the limit by its own output, and the next request is then refused. A retry
+sends the whole request again: it is checked too, with what the reply's earlier attempts
+were billed (Anthropic bills the input as its stream starts) counted as spent (that
+reply's own row is not counted again), though the context's totals count it only once
+the reply is settled.
 Each part of that is priced by the model that billed it, as the stored reply will be
 (:mod:`rxcontext.usage_by_model`): a resumed reply carries its cut attempts' usage, billed
 by the model the window used then, and a native resume's stream is billed by the model of
@@ -32,9 +38,10 @@ from .chunks import Usage
 from .cost import context_cost, format_usd, price
 from .errors import BudgetExceeded
 from .records import Record
-from .usage_by_model import Part
+from .store.base import Store
+from .usage_by_model import Part, parts_of
 
-__all__ = ["Budget", "check_budget"]
+__all__ = ["Budget", "check_budget", "unsettled_parts"]
 
 _EARLIER = " ({} of it by this reply's earlier attempts)"
 """How a refusal before a retry says what part of the spending its earlier attempts were."""
@@ -85,6 +92,7 @@ def check_budget(
     estimate: int,
     model_name: str | None,
     billed: Usage | Sequence[Part] | None = None,
+    unsettled: Sequence[Part] = (),
 ) -> None:
     """Raise :class:`~rxcontext.BudgetExceeded` if a request of about ``estimate`` input
     tokens to ``model_name`` would take ``context`` over ``budget``.
@@ -93,7 +101,9 @@ def check_budget(
     money spent); ``billed``: what a reply about to send its request again has been billed
     that neither counts yet (its earlier attempts), spent too: by the models that billed it
     (``(provider, model, usage)`` parts, each priced by its own), or a usage ``model_name``
-    billed.
+    billed; ``unsettled``: what the context's other replies not settled yet (interrupted,
+    or under way) were billed as their checkpoints say, by the models that billed it
+    (a model None: its price unknown), spent too.
     """
     provider, _, model = (model_name or "").partition(":")
     if isinstance(billed, Usage):
@@ -101,6 +111,7 @@ def check_budget(
     billed_total = sum((u for _, _, u in billed), Usage()) if billed else None
     if budget.max_tokens is not None:
         used = spent.total_tokens + (billed_total.total_tokens if billed_total else 0)
+        used += sum(u.total_tokens for _, _, u in unsettled)
         if used + estimate > budget.max_tokens:
             by = _EARLIER.format(billed_total.total_tokens) if billed_total else ""
             raise BudgetExceeded(
@@ -135,6 +146,18 @@ def check_budget(
             estimate=None,
             maximum=limit,
         )
+    cut = [price(u, m, p) for p, m, u in unsettled]
+    if any(usd is None for usd in cut):
+        raise BudgetExceeded(
+            f"context {context!r} has a budget of {format_usd(limit)} but the cost of"
+            " its unsettled replies' attempts (interrupted, or under way) is unknown: the"
+            " budget cannot be kept",
+            limit="usd",
+            spent=None,
+            estimate=ahead,
+            maximum=limit,
+        )
+    paid_usd = paid.usd + sum((usd for usd in cut if usd is not None), Decimal(0))
     attempts = Decimal(0)
     if billed:
         priced = [price(u, m, p) for p, m, u in billed]
@@ -148,7 +171,7 @@ def check_budget(
                 maximum=limit,
             )
         attempts = sum((usd for usd in priced if usd is not None), Decimal(0))
-    used_usd = paid.usd + attempts
+    used_usd = paid_usd + attempts
     if used_usd + ahead > limit:
         by = _EARLIER.format(format_usd(attempts)) if billed else ""
         raise BudgetExceeded(
@@ -159,3 +182,20 @@ def check_budget(
             estimate=ahead,
             maximum=limit,
         )
+
+
+def unsettled_parts(store: Store, context_id: str, own: str | None = None) -> list[Part]:
+    """What the replies of ``context_id`` not settled yet (interrupted, or under way) were
+    billed, as their checkpoints carry it, by the models that billed it (a checkpoint that
+    names none: model None, its price unknown); reply ``own``'s left out (the reply asking,
+    whose own count is given apart). Their usage joins the context's totals only once they
+    are settled; it was paid for before."""
+    found = {cp.id: cp for cp in store.active_replies(context_id)}
+    found.update((cp.id, cp) for cp in store.checkpoints(context_id))
+    parts: list[Part] = []
+    for cp in found.values():
+        if cp.usage is None or (own is not None and cp.reply_id == own):
+            continue
+        listed = parts_of(cp.metadata, cp.usage)
+        parts.extend(listed if listed is not None else [(None, None, cp.usage)])
+    return parts

@@ -16,7 +16,7 @@ from . import summarize
 from ._summary_stream import SummaryLimits
 from .astreaming import off_loop, run_async
 from .attachments import Attachment
-from .budget import Budget, check_budget
+from .budget import Budget, check_budget, unsettled_parts
 from .chain import new_input, validate_chain
 from .checkpointer import checkpointer_for
 from .chunks import Chunk, Reply, Usage
@@ -623,6 +623,13 @@ class ContextWindow:
                 budget_check = check
             else:
                 check()
+        recheck = None
+        if check is not None:
+            checks = check
+
+            def recheck(billed: Sequence[Part] | None = None) -> None:
+                """Later requests of the reply: its own row is what ``billed`` counts."""
+                checks(billed, own=persister.reply_id)
 
         threads = bool(getattr(model, "supports_previous_response_id", False))
         # A model that can resume natively notes where its streams stand in a cursor the
@@ -654,8 +661,8 @@ class ContextWindow:
         history = self._history(context_id)
 
         def request(round_: int) -> Request:
-            if check is not None and round_ > 0:  # a tool loop's next request
-                check()
+            if recheck is not None and round_ > 0:  # a tool loop's next request
+                recheck()
             records = request_history(
                 store, context_id, upto=persister.pos, reply_id=persister.reply_id, cache=history
             )
@@ -707,7 +714,7 @@ class ContextWindow:
             trace=trace,
             heartbeat=heartbeat_for(store),
             budget_check=budget_check,
-            budget_recheck=check,
+            budget_recheck=recheck,
         )
 
     def _check_budget(
@@ -716,11 +723,19 @@ class ContextWindow:
         model: Model,
         context_id: str,
         billed: Usage | Sequence[Part] | None = None,
+        *,
+        own: str | None = None,
     ) -> None:
         """Raise :class:`~rxcontext.BudgetExceeded` if the next request of context
         ``context_id`` (not necessarily the current one) would go over; ``billed``: what
         the reply sending it again was billed so far that the store does not count yet
-        (by the models that billed it, or a usage ``model`` billed)."""
+        (by the models that billed it, or a usage ``model`` billed); ``own``: that reply's
+        id, whose row ``billed`` stands for.
+
+        Spent is the context's totals (its settled replies) and what its unsettled replies
+        were billed (:func:`unsettled_parts`): a reply interrupted (a retry the budget
+        refused, say) was paid for before it is kept or discarded, and a resume's first
+        request counts what its checkpoint carries."""
         store = self._store
         stats = store.context_stats(context_id)  # its name too: one read, not two
         check_budget(
@@ -731,6 +746,7 @@ class ContextWindow:
             estimate=store.live_tokens(context_id),
             model_name=model.name,
             billed=billed,
+            unsettled=unsettled_parts(store, context_id, own),
         )
 
     def _history(self, context_id: str) -> HistoryCache:

@@ -844,8 +844,10 @@ def test_a_retry_prices_what_the_reply_carries_by_the_model_that_billed_it(path:
     cw.retry = RetryPolicy(max_attempts=3, initial_delay=1.0, jitter=0.0)
     ahead = price(Usage.of(cw.live_tokens()), "claude-haiku-4-5", "anthropic")
     assert ahead is not None
-    # Between the two readings: kept only when the opus part is priced as opus.
-    cw.budget = Budget(max_usd=ahead + (opus + haiku + 2 * haiku) / 2)
+    # The resume's first request fits (what its checkpoint carries counted, at opus's
+    # price); its retry, opus's part and haiku's attempt, does not, unless priced all as
+    # haiku (2 * haiku).
+    cw.budget = Budget(max_usd=ahead + opus + haiku / 2)
     with pytest.raises(StreamInterrupted) as again:
         if path == "sync":
             cw.resume_call(cp.id)

@@ -46,6 +46,9 @@ __all__ = ["Budget", "check_budget", "unsettled_parts"]
 _EARLIER = " ({} of it by this reply's earlier attempts)"
 """How a refusal before a retry says what part of the spending its earlier attempts were."""
 
+_UNSETTLED = " ({} of it by replies not settled yet)"
+"""How a refusal says what part of the spending the context's unsettled replies were."""
+
 
 @dataclass(frozen=True, slots=True)
 class Budget:
@@ -111,9 +114,11 @@ def check_budget(
     billed_total = sum((u for _, _, u in billed), Usage()) if billed else None
     if budget.max_tokens is not None:
         used = spent.total_tokens + (billed_total.total_tokens if billed_total else 0)
-        used += sum(u.total_tokens for _, _, u in unsettled)
+        open_ = sum(u.total_tokens for _, _, u in unsettled)
+        used += open_
         if used + estimate > budget.max_tokens:
             by = _EARLIER.format(billed_total.total_tokens) if billed_total else ""
+            by += _UNSETTLED.format(open_) if open_ else ""
             raise BudgetExceeded(
                 f"context {context!r} would go over its budget of {budget.max_tokens} tokens:"
                 f" {used} spent{by} + about {estimate} for this request",
@@ -157,7 +162,8 @@ def check_budget(
             estimate=ahead,
             maximum=limit,
         )
-    paid_usd = paid.usd + sum((usd for usd in cut if usd is not None), Decimal(0))
+    open_usd = sum((usd for usd in cut if usd is not None), Decimal(0))
+    paid_usd = paid.usd + open_usd
     attempts = Decimal(0)
     if billed:
         priced = [price(u, m, p) for p, m, u in billed]
@@ -174,6 +180,7 @@ def check_budget(
     used_usd = paid_usd + attempts
     if used_usd + ahead > limit:
         by = _EARLIER.format(format_usd(attempts)) if billed else ""
+        by += _UNSETTLED.format(format_usd(open_usd)) if open_usd else ""
         raise BudgetExceeded(
             f"context {context!r} would go over its budget of {format_usd(limit)}:"
             f" {format_usd(used_usd)} spent{by} + about {format_usd(ahead)} for this request",

@@ -100,6 +100,7 @@ def test_what_a_refused_retry_left_billed_refuses_the_next_request(path: str, th
     with pytest.raises(BudgetExceeded) as refused:
         call(cw, path) if then == "call" else resume(cw, cp.id, path)
     assert refused.value.spent == 2 * (BILLED + 1)
+    assert "2002 spent (2002 of it by replies not settled yet)" in str(refused.value)
     assert len(replay.requests) == 2  # refused unsent
     assert cw.checkpoints() == [cp]  # and the reply is as it was, still to be settled
     cw.discard(cp.id)  # settled: in the totals now, and counted once

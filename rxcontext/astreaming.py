@@ -533,6 +533,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                 attempt += 1
                 run.requests.append(request)
                 persister.sent()
+                shows = persister.carries()  # its usage chunks shown with the reply's billing
                 it = watch.model = run.achunks(request)
                 delivered = False
                 try:
@@ -592,7 +593,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                         persister.add(chunk)  # delivered the moment it is yielded
                         persister.busy = False
                         delivered = True
-                        yield chunk
+                        yield persister.shown(chunk) if shows else chunk
                         if watch.fired:  # the task holding it ended meanwhile
                             stopper.check()
                             if watch.kept:  # it held the final DONE: the reply is stored

@@ -75,7 +75,10 @@ def reduce_reply() -> Callable[[Observable[Chunk]], Observable[Reply]]:
 
     An empty stream gives an empty ``Reply()``. Over a tool loop it folds every round (each
     ends with a ``DONE``): each round's tool calls are calls of their own (providers number
-    them from 0 every round), and ``usage`` is every round's summed, as the store counts it.
+    them from 0 every round), and ``usage`` is every round's summed, as the store counts it:
+    a round sent again after a billed attempt failed, and a resumed reply, deliver USAGE
+    chunks that include what was billed before them (the attempt's, the checkpoint's), as
+    its record and a watcher count it.
     """
 
     def _reduce(source: Observable[Chunk]) -> Observable[Reply]:

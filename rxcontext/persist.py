@@ -462,10 +462,24 @@ class ReplyPersister:
         instance, so a reply without a fan-out pays nothing on the hot path)."""
         ReplyPersister.add(self, chunk)
         if chunk.usage is not None and (self._resume is not None or self._set_aside is not None):
-            carried = self._billed()
-            if carried is not None:  # watchers see the usage the reply is stored with
-                chunk = replace(chunk, usage=carried + chunk.usage)
+            chunk = self.shown(chunk)  # watchers see the usage the reply is stored with
         self._publish(chunk)
+
+    def carries(self) -> bool:
+        """Whether this round's usage chunks are shown with more than they say
+        (:meth:`shown`): it resumes a checkpoint, or was sent again. Steady over an attempt,
+        so a driver asks once per attempt, not per chunk."""
+        return self._resume is not None or self._set_aside is not None
+
+    def shown(self, chunk: Chunk) -> Chunk:
+        """``chunk`` as subscribers and watchers get it: a USAGE chunk's usage (the
+        attempt's own so far, which the builder folds) plus what the round was billed
+        before (:meth:`_billed`: its checkpoint's carried usage, its failed attempts'),
+        so a fold of what they got counts the usage the reply is stored with, once."""
+        if chunk.usage is None:
+            return chunk
+        carried = self._billed()
+        return chunk if carried is None else replace(chunk, usage=carried + chunk.usage)
 
     def passed(self, chunk: Chunk) -> None:
         """A chunk was delivered that is not part of the reply's fold (a tool's result):

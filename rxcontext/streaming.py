@@ -188,6 +188,8 @@ class _SyncDriver:
         self.persister = run.persister
         self.observer = observer
         self.watch, self.emit = subscriber(observer)
+        self.out = self.emit
+        """What delivers a chunk this attempt: ``emit``, or :meth:`_showing` it."""
         self.flag = flag
         self.scheduler = scheduler
         self.time = scheduler if scheduler is not None else run.scheduler
@@ -373,7 +375,7 @@ class _SyncDriver:
             guard.release()
             raise _Cancelled
         try:
-            self.emit(chunk)
+            self.out(chunk)
         except BaseException as error:
             # Delivered: the subscriber had it when it (or a signal in its code) raised.
             self.user_raised = isinstance(error, Exception)
@@ -396,6 +398,17 @@ class _SyncDriver:
             p.attend()
         if flag.disposed or watch.is_stopped:
             raise _Cancelled  # disposed by the subscriber's own on_next (take(n), say)
+
+    def _showing(self) -> Callable[[Chunk], None]:
+        """``emit`` for an attempt whose usage chunks say less than the reply was billed
+        (sent again, or resuming): each is delivered as the persister shows it
+        (:meth:`~rxcontext.persist.ReplyPersister.shown`) and folded as it came."""
+        emit, shown = self.emit, self.persister.shown
+
+        def showing(chunk: Chunk) -> None:
+            emit(shown(chunk))
+
+        return showing
 
     def _hook_failed(self, chunk: Chunk, error: BaseException) -> None:
         """A per-chunk hook raised on ``chunk``. Its own error refuses the chunk (never
@@ -491,6 +504,7 @@ class _SyncDriver:
                 run.requests.append(request)
                 delivered = False
                 persister.sent()
+                self.out = self._showing() if persister.carries() else self.emit
                 try:
                     with breaking(breaker):
                         it = run.chunks(request)
@@ -502,7 +516,7 @@ class _SyncDriver:
                                 self.flag,
                                 self.watch,
                             )
-                            emit = self.emit
+                            emit = self.out
                             for chunk in it:
                                 if hooks:
                                     try:

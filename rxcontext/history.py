@@ -31,6 +31,7 @@ from .store.base import RecordDraft, Store
 __all__ = [
     "INTERRUPTED_TOOL_OUTPUT",
     "HistoryCache",
+    "Primed",
     "answered_again",
     "busy_replies",
     "request_history",
@@ -90,6 +91,18 @@ def unanswered_calls(records: Sequence[Record]) -> list[Record]:
     return _pairs(records)[1]
 
 
+class Primed:
+    """A history read made in a reply's begin transaction (:meth:`HistoryCache.prime`),
+    for its first request: the context's ``version`` it read, and the ids of the replies
+    busy then (None when not read with it: the cache had met no reply's records)."""
+
+    __slots__ = ("busy", "version")
+
+    def __init__(self, version: int, busy: set[str] | None) -> None:
+        self.version = version
+        self.busy = busy
+
+
 class HistoryCache:
     """A context's live records, kept in memory and brought up to date from the store's
     version on each read: a request re-reads only the records written or changed since the
@@ -113,8 +126,35 @@ class HistoryCache:
         first): another thread's read of this shared cache in between does not move it."""
         return getattr(self._served, "version", None)
 
-    def live(self, upto: int | None = None) -> list[Record]:
-        """The live records in order (those at positions up to ``upto``, if given): a copy."""
+    @property
+    def since(self) -> int | None:
+        """The version the cache holds (None before its first read): what a read made
+        elsewhere (:meth:`prime`) reads the changes since."""
+        return self._version
+
+    def prime(
+        self, since: int | None, version: int, changed: Sequence[Record], busy: set[str] | None
+    ) -> Primed | None:
+        """Take in a read made elsewhere in one snapshot (a reply's begin transaction): the
+        records changed between versions ``since`` (what :attr:`since` was when it was
+        asked) and ``version``. None, and nothing taken in, if the cache has moved from
+        ``since`` meanwhile (another thread's read: this one may be older) or another
+        thread holds it now. The :class:`Primed` it gives lets :meth:`live` serve this
+        version without asking the store again (once, on the caller's say)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self._version != since:
+                return None
+            self._take(version, changed)
+            return Primed(version, busy)
+        finally:
+            self._lock.release()
+
+    def live(self, upto: int | None = None, primed: Primed | None = None) -> list[Record]:
+        """The live records in order (those at positions up to ``upto``, if given): a copy.
+        ``primed``: what :meth:`prime` gave, served as it is if the cache still holds that
+        version (no other read moved it on)."""
         if not self._lock.acquire(blocking=False):
             # Another thread's read holds the cache, and may be waiting for the store. A
             # thread that holds the store already (SQLiteStore.at_once: the event loop's)
@@ -125,22 +165,26 @@ class HistoryCache:
                 not_now("the history cache, held by another thread")
             self._lock.acquire()
         try:
-            version, changed = self.store.history(self.context_id, since=self._version)
-            if not self.replies and any(r.reply_id is not None for r in changed):
-                self.replies = True
-            if self._version is None:
-                self._live = [r for r in changed if r.live]
-                self._keys = [(r.pos, r.id) for r in self._live]
-            else:
-                for r in changed:
-                    self._merge(r)
-            self._version = version
-            self._served.version = version
+            if primed is None or primed.version != self._version:
+                version, changed = self.store.history(self.context_id, since=self._version)
+                self._take(version, changed)
+            self._served.version = self._version
             if upto is None:
                 return list(self._live)
             return self._live[: bisect.bisect_right(self._keys, (upto, float("inf")))]
         finally:
             self._lock.release()
+
+    def _take(self, version: int, changed: Sequence[Record]) -> None:
+        if not self.replies and any(r.reply_id is not None for r in changed):
+            self.replies = True
+        if self._version is None:
+            self._live = [r for r in changed if r.live]
+            self._keys = [(r.pos, r.id) for r in self._live]
+        else:
+            for r in changed:
+                self._merge(r)
+        self._version = version
 
     def _merge(self, record: Record) -> None:
         key = (record.pos, record.id)
@@ -211,21 +255,34 @@ def request_history(
     upto: int | None,
     reply_id: str | None,
     cache: HistoryCache | None = None,
+    primed: Primed | None = None,
 ) -> list[Record]:
-    """The live records a reply at position ``upto`` sends (see the module docstring)."""
+    """The live records a reply at position ``upto`` sends (see the module docstring).
+
+    ``primed``: the reply's begin read the history into ``cache`` (:meth:`HistoryCache.prime`);
+    its first read is that one. With the busy replies read in the same snapshot, no reply
+    can have ended between the two reads, so they are not asked again."""
 
     def read() -> list[Record]:
+        nonlocal primed
         if cache is not None:
-            return cache.live(upto)
+            given, primed = primed, None  # the first read only
+            return cache.live(upto, given)
         return store.records(context_id, live_only=True, upto=upto)
 
     # Which replies are busy is asked before the records are read: a reply that ends in
     # between is then left out whole, never carried half (a round without its answer).
     busy: set[str | None] | None = None
-    if cache is not None and cache.replies:
+    once = primed is not None and primed.busy is not None
+    if once:
+        assert primed is not None and primed.busy is not None
+        busy = {r for r in primed.busy if r != reply_id}
+    elif cache is not None and cache.replies:
+        if primed is not None and primed.busy is None:
+            primed = None  # read before the busy replies were asked: read again after
         busy = busy_replies(store, context_id) - {reply_id}
     records = read()
-    while busy:
+    while busy and not once:
         # Asked again after the read: a reply that ended in between was stored before it, so
         # a commit's thread check (records changed since the read) would never see that the
         # request left it out, and the response's server-side thread would lack it for good.

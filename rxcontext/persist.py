@@ -74,6 +74,7 @@ from .store.owner import worker_id
 from .usage_by_model import USAGE_BY_MODEL, Part, by_model, natively, parse, parts_of
 
 if TYPE_CHECKING:
+    from .history import HistoryCache, Primed
     from .tracing import ReplyTrace
 
 __all__ = [
@@ -329,6 +330,11 @@ class ReplyPersister:
     """The model was sent :attr:`output_schema` with its optional properties required but
     nullable (see :meth:`OutputSchema.validate`)."""
     trace: ReplyTrace | None = None
+    history: HistoryCache | None = None
+    """The window's history cache of this context: the begin reads the first request's
+    history into it in its own transaction, where the store can (:meth:`begin`)."""
+    primed: Primed | None = None
+    """What the begin read into :attr:`history` for the first request (taken by it)."""
     """The reply's tracing span (:mod:`rxcontext.tracing`), told of its begin and end."""
 
     def __init__(
@@ -396,8 +402,19 @@ class ReplyPersister:
                 self.trace.begin(self.reply_id)
             return
         reply_id = self.reply_id or new_reply_id()
+        cache = self.history
+        both = getattr(self.store, "begin_reply_with_history", None) if cache is not None else None
         with deferred():
-            checkpoint = self.store.begin_reply(self.context_id, reply_id, owner=worker_id())
+            if both is None:
+                checkpoint = self.store.begin_reply(self.context_id, reply_id, owner=worker_id())
+            else:
+                assert cache is not None
+                since = cache.since
+                checkpoint, read = both(
+                    self.context_id, reply_id, owner=worker_id(), since=since, busy=cache.replies
+                )
+                if read is not None:
+                    self.primed = cache.prime(since, *read)
             self.reply_id = reply_id
             self.pos = checkpoint.pos
             self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch, checkpoint.owner)

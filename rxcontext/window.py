@@ -658,13 +658,19 @@ class ContextWindow:
         )
         persister.trace = trace
 
-        history = self._history(context_id)
+        history = persister.history = self._history(context_id)
 
         def request(round_: int) -> Request:
             if recheck is not None and round_ > 0:  # a tool loop's next request
                 recheck()
+            primed, persister.primed = persister.primed, None  # (read by the begin, once)
             records = request_history(
-                store, context_id, upto=persister.pos, reply_id=persister.reply_id, cache=history
+                store,
+                context_id,
+                upto=persister.pos,
+                reply_id=persister.reply_id,
+                cache=history,
+                primed=primed,
             )
             if threads:  # what the request's server-side thread holds
                 persister.thread_version = history.version

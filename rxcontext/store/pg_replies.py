@@ -73,7 +73,7 @@ from .pg_writes import WRITE, CheckpointWrite, Ledger, batch_statement
 if TYPE_CHECKING:
     from .pg_run import Runner
 
-__all__ = ["PostgresReplies"]
+__all__ = ["HistoryRead", "PostgresReplies"]
 
 _Then = Callable[[Conn, Checkpoint, str, bool], Any]
 
@@ -101,16 +101,31 @@ def busy_in(conn: Conn, context_id: str) -> set[str]:
     transaction that has locked the context, the answer holds until it ends)."""
     if impossible_id(context_id):
         return set()
-    found = conn.execute(
-        "SELECT c.reply_id, c.owner, c.lease_until, clock_timestamp()"
-        f" FROM checkpoints c WHERE {_ACTIVE}",
-        (context_id,),
-    ).fetchall()
+    return _busy_of(conn.execute(_BUSY, (context_id,)).fetchall())
+
+
+_BUSY = (
+    "SELECT c.reply_id, c.owner, c.lease_until, clock_timestamp()"
+    f" FROM checkpoints c WHERE {_ACTIVE}"
+)
+
+
+def _busy_of(found: Sequence[Sequence[Any]]) -> set[str]:
     return {
         dec(r)
         for r, owner, lease, now in found
         if owner_alive(owner, rows.utc_opt(lease), rows.utc(now))
     }
+
+
+_CHANGED = (
+    f"SELECT {rows.RECORD_COLUMNS} FROM records WHERE context_id = %s AND rev > %s ORDER BY pos, id"
+)
+"""A context's records changed since a version (``history``'s, under the context's lock)."""
+
+HistoryRead = tuple[int, list[Record], set[str] | None]
+"""What :meth:`PostgresReplies.begin_reply_with_history` read: the context's version, the
+records changed since the version asked about, the busy reply ids (if asked)."""
 
 
 class PostgresReplies:
@@ -227,13 +242,35 @@ class PostgresReplies:
 
     def begin_reply(self, context_id: str, reply_id: str, *, owner: str) -> Checkpoint:
         """Reserve the next position for a reply and create its ``STREAMING`` row (epoch 1)."""
+        return self._begin(context_id, reply_id, owner, None)[0]
+
+    def begin_reply_with_history(
+        self, context_id: str, reply_id: str, *, owner: str, since: int | None, busy: bool
+    ) -> tuple[Checkpoint, HistoryRead | None]:
+        """:meth:`begin_reply`, and in its transaction (under the context's lock, which
+        every write to the context takes: nothing changes it in between) what
+        :meth:`history` ``(since=since)`` reads, with :meth:`busy_reply_ids` too if
+        ``busy``. The read is None when it was not made (a retry that found its first
+        try's row stored).
+
+        Store-internal (the history cache of a reply's request, :mod:`rxcontext.history`):
+        its statements go in the begin's round trip, which saves the read's own."""
+        return self._begin(context_id, reply_id, owner, (since, busy))
+
+    def _begin(
+        self,
+        context_id: str,
+        reply_id: str,
+        owner: str,
+        read: tuple[int | None, bool] | None,
+    ) -> tuple[Checkpoint, HistoryRead | None]:
         if not isinstance(reply_id, str) or not reply_id:
             raise TypeError("reply_id must be a non-empty str")
         check_name(reply_id, "reply id")  # a lone surrogate too, before the transaction
         rid = enc(reply_id)
         token = uuid.uuid4().hex
 
-        def body(conn: Conn, ambiguous: bool) -> Checkpoint:
+        def body(conn: Conn, ambiguous: bool) -> tuple[Checkpoint, HistoryRead | None]:
             if ambiguous:  # our first try may have landed: find it under the context lock
                 lock_context(conn, context_id)
                 mine = conn.execute(
@@ -241,9 +278,10 @@ class PostgresReplies:
                     (rid, token),
                 ).fetchone()
                 if mine is not None:
-                    raise Stored(rows.checkpoint(mine))
+                    raise Stored((rows.checkpoint(mine), None))
             # One round trip (with BEGIN): the lock takes the position, the insert reads it
-            # from the locked row; an id already used inserts nothing (and rolls back).
+            # from the locked row; an id already used inserts nothing (and rolls back). The
+            # history's read and the busy replies' go with them, under the lock.
             locking = send_lock(conn, context_id, 1)
             inserting = conn.execute(
                 "INSERT INTO checkpoints (context_id, reply_id, state, pos, owner, epoch,"
@@ -255,14 +293,25 @@ class PostgresReplies:
                 f" ON CONFLICT (reply_id) DO NOTHING RETURNING {rows.CHECKPOINT_COLUMNS}",
                 (rid, owner, self.lease_ttl, token, context_id, rid),
             )
-            locked(locking, context_id)
+            reading = asking = None
+            if read is not None:
+                since = -1 if read[0] is None else read[0]
+                reading = conn.execute(_CHANGED, (context_id, since))
+                if read[1]:
+                    asking = conn.execute(_BUSY, (context_id,))
+            lock = locked(locking, context_id)
             row = inserting.fetchone()
             if row is None:  # the transaction rolls back: no position was taken
                 raise ReplyExists(f"reply id {reply_id!r} was already used (reply ids are unique)")
-            return rows.checkpoint(row)
+            history: HistoryRead | None = None
+            if reading is not None:
+                changed = rows.records_of(conn, reading.fetchall())
+                ids = _busy_of(asking.fetchall()) if asking is not None else None
+                history = (lock.version, changed, ids)
+            return rows.checkpoint(row), history
 
-        begun: Checkpoint = self._runner.run(body, pipeline=True)
-        self._ledger.start(begun.id)
+        begun: tuple[Checkpoint, HistoryRead | None] = self._runner.run(body, pipeline=True)
+        self._ledger.start(begun[0].id)
         return begun
 
     def _lock_for(self, conn: Conn, checkpoint_id: int) -> str | None:

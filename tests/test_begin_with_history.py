@@ -1,0 +1,151 @@
+"""A reply's begin reads its first request's history in its own transaction
+(``begin_reply_with_history``, both stores): the read is exactly what ``history()`` would
+read in that snapshot, another process's writes before it are in it, writes after it reach
+the next read, and a cache that moved meanwhile never takes an older read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import rxcontext
+from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType, ReplyExists
+from rxcontext.history import HistoryCache, request_history
+from rxcontext.providers import ScriptedModel
+from rxcontext.store import RecordDraft, ReplyTicket
+from rxcontext.store.owner import worker_id
+
+
+def _prompt(store: Any, context_id: str, text: str) -> None:
+    store.add_record(context_id, RecordDraft(RecordType.PROMPT, text))
+
+
+def test_the_begins_read_is_the_history_of_its_snapshot(target: str) -> None:
+    mine, other = rxcontext.open(target), rxcontext.open(target)
+    try:
+        ctx = mine.get_or_create_context("c")
+        _prompt(mine, ctx.id, "one")
+        cache = HistoryCache(mine, ctx.id)
+        assert [r.content for r in cache.live()] == ["one"]
+        since = cache.since
+        _prompt(other, ctx.id, "two")  # another process, before the begin
+        other.set_live_range(ctx.id, 0, 0, False)
+        begun, read = mine.begin_reply_with_history(
+            ctx.id, "r1", owner=worker_id(), since=since, busy=True
+        )
+        assert read is not None
+        version, changed, busy = read
+        assert (version, changed) == mine.history(ctx.id, since=since)
+        assert busy == {"r1"}  # its own row, streaming
+        primed = cache.prime(since, version, changed, busy)
+        assert primed is not None
+        _prompt(other, ctx.id, "three")  # after the begin: after its place too
+        records = request_history(
+            mine, ctx.id, upto=begun.pos, reply_id="r1", cache=cache, primed=primed
+        )
+        assert [r.content for r in records] == ["two"]
+        assert cache.version == version
+        # The next read asks the store again: the other process's write is there.
+        assert [r.content for r in cache.live()] == ["two", "three"]
+        assert cache.live() == mine.records(ctx.id, live_only=True)
+    finally:
+        mine.close()
+        other.close()
+
+
+def test_nothing_changed_since_the_cache_reads_no_record(tmp_path: Any) -> None:
+    store = rxcontext.open(tmp_path / "h.db")
+    ctx = store.get_or_create_context("c")
+    _prompt(store, ctx.id, "one")
+    cache = HistoryCache(store, ctx.id)
+    cache.live()
+    statements: list[str] = []
+    store._db().set_trace_callback(statements.append)
+    _, read = store.begin_reply_with_history(
+        ctx.id, "r1", owner=worker_id(), since=cache.since, busy=False
+    )
+    assert read is not None and read[1] == []
+    assert not [s for s in statements if "FROM records WHERE context_id" in s]
+    store.close()
+
+
+def test_a_cache_that_moved_on_takes_no_older_read(target: str) -> None:
+    mine, other = rxcontext.open(target), rxcontext.open(target)
+    try:
+        ctx = mine.get_or_create_context("c")
+        _prompt(mine, ctx.id, "one")
+        cache = HistoryCache(mine, ctx.id)
+        cache.live()
+        since = cache.since
+        _, read = mine.begin_reply_with_history(
+            ctx.id, "r1", owner=worker_id(), since=since, busy=False
+        )
+        assert read is not None
+        other.set_live_range(ctx.id, 0, 0, False)
+        assert cache.live() == []  # another thread's read moved the cache on
+        assert cache.prime(since, *read) is None
+        assert cache.live() == []
+    finally:
+        mine.close()
+        other.close()
+
+
+def test_an_id_used_already_writes_nothing(target: str) -> None:
+    store = rxcontext.open(target)
+    try:
+        ctx = store.get_or_create_context("c")
+        _prompt(store, ctx.id, "one")
+        store.begin_reply_with_history(ctx.id, "r1", owner=worker_id(), since=None, busy=False)
+        before = store.history(ctx.id)[0]
+        with pytest.raises(ReplyExists):
+            store.begin_reply_with_history(ctx.id, "r1", owner=worker_id(), since=None, busy=True)
+        assert store.history(ctx.id)[0] == before
+        assert len(store.active_replies(ctx.id)) == 1
+    finally:
+        store.close()
+
+
+def test_a_reply_streaming_beside_is_left_out_of_the_first_request(target: str) -> None:
+    """The busy replies come from the begin's snapshot: a reply of another window still
+    streaming (its tool round stored) is not in the request; once it ended, it is."""
+    store = rxcontext.open(target)
+    try:
+        seen: list[list[str]] = []
+
+        def spy(request: Any) -> Any:
+            seen.append([r.content for r in request.records])
+
+        model = ScriptedModel([[Chunk(ChunkKind.TEXT, "ok")]], repeat_last=True)
+        cw = ContextWindow(store, model, context="c", checkpoint_every=None)
+        cw.add_prompt("first")
+        cw.call()  # a reply's records: the cache has met replies
+        ctx = cw.context
+        other = store.begin_reply(ctx.id, "beside", owner=worker_id())
+        store.commit_reply(
+            ctx.id,
+            [RecordDraft(RecordType.MODEL_RESP, "half of beside")],
+            reply=ReplyTicket(other.id, other.epoch),
+            end="round",
+        )
+        cw.add_prompt("second")
+        original = model.iter_chunks
+
+        def iter_chunks(request: Any) -> Any:
+            spy(request)
+            return original(request)
+
+        model.iter_chunks = iter_chunks  # type: ignore[method-assign]
+        cw.call()
+        assert seen[-1] == ["first", "ok", "second"]
+        store.commit_reply(
+            ctx.id,
+            [RecordDraft(RecordType.MODEL_RESP, "rest")],
+            reply=ReplyTicket(other.id, other.epoch),
+            end="reply",
+        )
+        cw.add_prompt("third")
+        cw.call()
+        assert "half of beside" in seen[-1] and seen[-1][-1] == "third"
+    finally:
+        store.close()

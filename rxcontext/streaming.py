@@ -45,6 +45,7 @@ from typing import Any
 
 from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable, Disposable
+from reactivex.observer import AutoDetachObserver
 from reactivex.scheduler import (
     CurrentThreadScheduler,
     ImmediateScheduler,
@@ -710,6 +711,21 @@ def run_observable(
     the current thread's trampoline; retry waits and timeouts use that scheduler's time.
     """
 
+    def producer(
+        observer: abc.ObserverBase[Chunk], flag: _Flag, sched: abc.SchedulerBase
+    ) -> Callable[[abc.SchedulerBase, Any], None]:
+        def action(_: abc.SchedulerBase, __: Any = None) -> None:
+            if flag.disposed or getattr(observer, "is_stopped", False):
+                return
+            try:
+                run = make_run()
+            except Exception as error:
+                observer.on_error(error)
+                return
+            _SyncDriver(run, observer, flag, sched).start()
+
+        return action
+
     def subscribe(
         observer: abc.ObserverBase[Chunk], subscribe_scheduler: abc.SchedulerBase | None = None
     ) -> abc.DisposableBase:
@@ -723,17 +739,61 @@ def run_observable(
             # before this subscription is wired (a take(n) downstream could never stop it).
             # The thread's own trampoline runs it right after, on the same thread.
             sched = trampoline
+        return CompositeDisposable(
+            Disposable(flag.dispose), sched.schedule(producer(observer, flag, sched))
+        )
 
-        def action(_: abc.SchedulerBase, __: Any = None) -> None:
-            if flag.disposed or getattr(observer, "is_stopped", False):
-                return
-            try:
-                run = make_run()
-            except Exception as error:
-                observer.on_error(error)
-                return
-            _SyncDriver(run, observer, flag, sched).start()
+    return _ReplyObservable(subscribe, producer if scheduler is None else None)
 
-        return CompositeDisposable(Disposable(flag.dispose), sched.schedule(action))
 
-    return Observable(subscribe)
+class _ReplyObservable(Observable[Chunk]):
+    """The Observable of :func:`run_observable`.
+
+    Subscribed with no scheduler on a thread whose trampoline is idle (``cw.stream(...)
+    .subscribe(...)`` with no operator after it, the common case), it wires the
+    subscription itself and schedules the producer as the trampoline's only item. RxPY's
+    own ``subscribe`` schedules the wiring as the trampoline's first item, and the wiring
+    schedules the producer as a second (each with its clock read, priority queue and
+    disposables): the same order, one item less. Anything else (a scheduler, a
+    subscription from inside a running trampoline: an operator's, a nested one) goes
+    through RxPY's ``subscribe`` as before."""
+
+    def __init__(
+        self,
+        subscribe: Callable[
+            [abc.ObserverBase[Chunk], abc.SchedulerBase | None], abc.DisposableBase
+        ],
+        producer: Callable[
+            [abc.ObserverBase[Chunk], _Flag, abc.SchedulerBase],
+            Callable[[abc.SchedulerBase, Any], None],
+        ]
+        | None,
+    ) -> None:
+        super().__init__(subscribe)
+        self._producer = producer
+
+    def subscribe(
+        self,
+        on_next: Any = None,
+        on_error: abc.OnError | None = None,
+        on_completed: abc.OnCompleted | None = None,
+        *,
+        scheduler: abc.SchedulerBase | None = None,
+    ) -> abc.DisposableBase:
+        """As ``Observable.subscribe`` (an observer, or callbacks)."""
+        producer = self._producer
+        trampoline = CurrentThreadScheduler.singleton()
+        if producer is None or scheduler is not None or not trampoline.schedule_required():
+            return super().subscribe(on_next, on_error, on_completed, scheduler=scheduler)
+        if isinstance(on_next, abc.ObserverBase) or callable(getattr(on_next, "on_next", None)):
+            on_next, on_error, on_completed = (
+                on_next.on_next,
+                on_next.on_error,
+                on_next.on_completed,
+            )
+        observer: AutoDetachObserver[Chunk] = AutoDetachObserver(on_next, on_error, on_completed)
+        flag = _Flag()
+        # Wired before the producer runs, as RxPY's first item would have wired it.
+        observer.subscription = Disposable(flag.dispose)
+        trampoline.schedule(producer(observer, flag, trampoline))
+        return Disposable(observer.dispose)

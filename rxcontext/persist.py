@@ -407,17 +407,20 @@ class ReplyPersister:
         with deferred():
             if both is None:
                 checkpoint = self.store.begin_reply(self.context_id, reply_id, owner=worker_id())
+                self.reply_id = reply_id
+                self.pos = checkpoint.pos
+                self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch, checkpoint.owner)
             else:
                 assert cache is not None
                 since = cache.since
-                checkpoint, read = both(
+                ticket, pos, read = both(
                     self.context_id, reply_id, owner=worker_id(), since=since, busy=cache.replies
                 )
+                self.reply_id = reply_id
+                self.pos = pos
+                self.ticket = ticket
                 if read is not None:
                     self.primed = cache.prime(since, *read)
-            self.reply_id = reply_id
-            self.pos = checkpoint.pos
-            self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch, checkpoint.owner)
         self._open_channel(None)
         if self.trace is not None:
             self.trace.begin(self.reply_id)

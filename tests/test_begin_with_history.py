@@ -31,8 +31,15 @@ def test_the_begins_read_is_the_history_of_its_snapshot(target: str) -> None:
         since = cache.since
         _prompt(other, ctx.id, "two")  # another process, before the begin
         other.set_live_range(ctx.id, 0, 0, False)
-        begun, read = mine.begin_reply_with_history(
+        ticket, pos, read = mine.begin_reply_with_history(
             ctx.id, "r1", owner=worker_id(), since=since, busy=True
+        )
+        [row] = mine.active_replies(ctx.id)
+        assert (ticket.checkpoint_id, ticket.epoch, ticket.owner, pos) == (
+            row.id,
+            row.epoch,
+            row.owner,
+            row.pos,
         )
         assert read is not None
         version, changed, busy = read
@@ -41,9 +48,7 @@ def test_the_begins_read_is_the_history_of_its_snapshot(target: str) -> None:
         primed = cache.prime(since, version, changed, busy)
         assert primed is not None
         _prompt(other, ctx.id, "three")  # after the begin: after its place too
-        records = request_history(
-            mine, ctx.id, upto=begun.pos, reply_id="r1", cache=cache, primed=primed
-        )
+        records = request_history(mine, ctx.id, upto=pos, reply_id="r1", cache=cache, primed=primed)
         assert [r.content for r in records] == ["two"]
         assert cache.version == version
         # The next read asks the store again: the other process's write is there.
@@ -62,7 +67,7 @@ def test_nothing_changed_since_the_cache_reads_no_record(tmp_path: Any) -> None:
     cache.live()
     statements: list[str] = []
     store._db().set_trace_callback(statements.append)
-    _, read = store.begin_reply_with_history(
+    _, _, read = store.begin_reply_with_history(
         ctx.id, "r1", owner=worker_id(), since=cache.since, busy=False
     )
     assert read is not None and read[1] == []
@@ -78,7 +83,7 @@ def test_a_cache_that_moved_on_takes_no_older_read(target: str) -> None:
         cache = HistoryCache(mine, ctx.id)
         cache.live()
         since = cache.since
-        _, read = mine.begin_reply_with_history(
+        _, _, read = mine.begin_reply_with_history(
             ctx.id, "r1", owner=worker_id(), since=since, busy=False
         )
         assert read is not None

@@ -246,7 +246,7 @@ class PostgresReplies:
 
     def begin_reply_with_history(
         self, context_id: str, reply_id: str, *, owner: str, since: int | None, busy: bool
-    ) -> tuple[Checkpoint, HistoryRead | None]:
+    ) -> tuple[ReplyTicket, int, HistoryRead | None]:
         """:meth:`begin_reply`, and in its transaction (under the context's lock, which
         every write to the context takes: nothing changes it in between) what
         :meth:`history` ``(since=since)`` reads, with :meth:`busy_reply_ids` too if
@@ -254,8 +254,11 @@ class PostgresReplies:
         try's row stored).
 
         Store-internal (the history cache of a reply's request, :mod:`rxcontext.history`):
-        its statements go in the begin's round trip, which saves the read's own."""
-        return self._begin(context_id, reply_id, owner, (since, busy))
+        its statements go in the begin's round trip, which saves the read's own. It gives
+        the row's ticket and position rather than the :class:`Checkpoint`."""
+        begun, read = self._begin(context_id, reply_id, owner, (since, busy))
+        assert begun.pos is not None
+        return ReplyTicket(begun.id, begun.epoch, begun.owner), begun.pos, read
 
     def _begin(
         self,

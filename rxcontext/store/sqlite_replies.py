@@ -333,11 +333,28 @@ class SQLiteReplies:
 
     def begin_reply(self, context_id: str, reply_id: str, *, owner: str) -> Checkpoint:
         """Reserve the next position for a reply and create its ``STREAMING`` row (epoch 1)."""
-        return self._begin(context_id, reply_id, owner, None)[0]
+        cid, pos, now, _ = self._begin(context_id, reply_id, owner, None)
+        stamp = rows.read_time(now)
+        return Checkpoint(
+            id=cid,
+            context_id=context_id,
+            text="",
+            thinking="",
+            tool_calls=(),
+            usage=None,
+            error=None,
+            created_at=stamp,
+            updated_at=stamp,
+            reply_id=reply_id,
+            state=ReplyState.STREAMING,
+            pos=pos,
+            epoch=1,
+            owner=owner,
+        )
 
     def begin_reply_with_history(
         self, context_id: str, reply_id: str, *, owner: str, since: int | None, busy: bool
-    ) -> tuple[Checkpoint, HistoryRead | None]:
+    ) -> tuple[ReplyTicket, int, HistoryRead | None]:
         """:meth:`begin_reply`, and in its transaction (one snapshot, no write between)
         what :meth:`history` ``(since=since)`` reads, with :meth:`busy_reply_ids` too if
         ``busy``. The read is None where it is not made: in :meth:`at_once`, one that
@@ -345,8 +362,11 @@ class SQLiteReplies:
 
         Store-internal (the history cache of a reply's request, :mod:`rxcontext.history`):
         a reply's begin and its first request's history cost one lock, one transaction and
-        one statement fewer (the version comes back from the position's update)."""
-        return self._begin(context_id, reply_id, owner, (since, busy))
+        one statement fewer (the version comes back from the position's update). It gives
+        the row's ticket and position rather than a :class:`Checkpoint` (which the reply's
+        begin did not use)."""
+        cid, pos, _, read = self._begin(context_id, reply_id, owner, (since, busy))
+        return ReplyTicket(cid, 1, owner), pos, read
 
     def _begin(
         self,
@@ -354,13 +374,13 @@ class SQLiteReplies:
         reply_id: str,
         owner: str,
         read: tuple[int | None, bool] | None,
-    ) -> tuple[Checkpoint, HistoryRead | None]:
+    ) -> tuple[int, int, str, HistoryRead | None]:
+        """The row's id, its position, its time as stored, and the read (if asked)."""
         if not isinstance(reply_id, str) or not reply_id:
             raise TypeError("reply_id must be a non-empty str")
         check_name(reply_id, "reply id")
         # On every reply's way to its first chunk: two statements in the transaction (the
-        # position, then the row with the reply-id check in it), one clock read, and the
-        # Checkpoint made from what was written (only its id comes back).
+        # position, then the row with the reply-id check in it) and one clock read.
         at = self.clock()
         now = rows.stamp(at)
         lease = rows.stamp(at + timedelta(seconds=self.lease_ttl))
@@ -393,26 +413,7 @@ class SQLiteReplies:
                 else:
                     ids = self._busy_in(db, context_id) if busy else None
                     history = (version, changed, ids)
-        stamp = rows.read_time(now)
-        return (
-            Checkpoint(
-                id=row[0],
-                context_id=context_id,
-                text="",
-                thinking="",
-                tool_calls=(),
-                usage=None,
-                error=None,
-                created_at=stamp,
-                updated_at=stamp,
-                reply_id=reply_id,
-                state=ReplyState.STREAMING,
-                pos=pos,
-                epoch=1,
-                owner=owner,
-            ),
-            history,
-        )
+        return row[0], pos, now, history
 
     @staticmethod
     def _update_params(

@@ -518,8 +518,34 @@ class _SyncDriver:
                                 self.watch,
                             )
                             emit = self.out
+                            # One plain Middleware (the usual case) is called as its
+                            # chunk() would call it, with no loop over the hooks; whether
+                            # it is plain (no subclass, chunk() not wrapped by a spy) is
+                            # looked at once an attempt, not per chunk.
+                            lone = (
+                                hooks[0]
+                                if len(hooks) == 1
+                                and type(hooks[0]) is Middleware
+                                and Middleware.chunk is PLAIN_CHUNK
+                                else None
+                            )
+                            # builder.add once the attempt's first chunk went through
+                            # p.add, if that is all p.add does (folds_plainly).
+                            fold: Callable[[Chunk], None] | None = None
                             for chunk in it:
-                                if hooks:
+                                if lone is not None:
+                                    only = lone.only_on_chunk
+                                    try:
+                                        if only is None:
+                                            lone.chunk(chunk)
+                                        else:
+                                            only(chunk)  # what lone.chunk would do, unless
+                                            if lone.only_on_chunk is not only:  # it set one
+                                                lone.tool_hooks(chunk)
+                                    except BaseException as error:
+                                        self._hook_failed(chunk, error)
+                                        raise
+                                elif hooks:
                                     try:
                                         for hook in hooks:
                                             only = hook.only_on_chunk
@@ -552,10 +578,12 @@ class _SyncDriver:
                                     p.busy = False
                                     self._release_raising()
                                     raise
-                                if delivered and p.folds_plainly:
-                                    p.builder.add(chunk)  # p.add past the attempt's first
+                                if fold is not None:
+                                    fold(chunk)  # p.add past the attempt's first chunk
                                 else:
                                     p.add(chunk)
+                                    if p.folds_plainly:
+                                        fold = p.builder.add
                                 p.busy = False
                                 guard.critical = False
                                 if guard.held:

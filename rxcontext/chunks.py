@@ -7,7 +7,7 @@ in :mod:`rxcontext.store`; I/O lives in :mod:`rxcontext.providers`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -411,7 +411,7 @@ def _coalesce(parts: list[str]) -> None:
     parts.append(block)
 
 
-def _joined(parts: list[str]) -> str:
+def _joined(parts: Sequence[str]) -> str:
     """The text of ``parts``, which then become that one string.
 
     Keeping the result in place frees the pieces now and makes the next join (a running
@@ -421,7 +421,8 @@ def _joined(parts: list[str]) -> str:
     n = len(parts)
     if n > 1:
         joined = "".join(parts[:n])
-        parts[:n] = [joined]
+        if isinstance(parts, list):  # (a builder's empty parts are a tuple)
+            parts[:n] = [joined]
         return joined
     return parts[0] if n else ""
 
@@ -435,7 +436,7 @@ def _block_text(block: _ThinkingBlock, thinking: str) -> str:
     return "".join([thinking[spans[i] : spans[i + 1]] for i in range(0, len(spans), 2)])
 
 
-def _slice(parts: list[str], pos: int, start: int, limit: int) -> str:
+def _slice(parts: Sequence[str], pos: int, start: int, limit: int) -> str:
     """At most ``limit`` characters from character ``start`` of ``parts`` (whose first
     character is character ``pos``), joined from the blocks they are in only."""
     parts = list(parts)  # one atomic step, as in _suffix
@@ -468,7 +469,7 @@ def _drop(parts: list[str], drop: int) -> bool:
     return True
 
 
-def _suffix(parts: list[str], start: int) -> tuple[str, int]:
+def _suffix(parts: Sequence[str], start: int) -> tuple[str, int]:
     """The text of ``parts`` from character ``start`` on, and the text's whole length.
 
     O(the suffix + the number of parts): a checkpoint takes only what is new. ``parts`` is
@@ -533,7 +534,10 @@ class ReplyBuilder:
         self._text: list[str] = []
         self._text_fresh = 0  # deltas at the end of _text not yet coalesced
         self._text_gone = 0  # characters let go from the front of the text (let_go_text)
-        self._thinking: list[str] = []
+        # Empty tuples until a reply has reasoning (a tool round before): most replies
+        # never do, and three lists made for each were three more objects the cyclic
+        # collector tracks while it streams (docs/benchmarks.md, many streams).
+        self._thinking: list[str] | tuple[()] = ()
         self._thinking_fresh = 0
         self._thinking_gone = 0  # characters let go from the front (let_go_thinking)
         self._thinking_open: _ThinkingBlock | None = None  # the block deltas go to now
@@ -541,8 +545,8 @@ class ReplyBuilder:
         self._calls: dict[int, _CallParts] = {}  # this round's, by the provider's index
         # The rounds before (a tool loop), by their index in the reply; the current round's
         # indices start at _base, past theirs.
-        self._earlier_calls: list[tuple[int, _CallParts]] = []
-        self._earlier_blocks: list[tuple[int, _ThinkingBlock]] = []
+        self._earlier_calls: Sequence[tuple[int, _CallParts]] = ()
+        self._earlier_blocks: Sequence[tuple[int, _ThinkingBlock]] = ()
         self._base = 0
         self._usage: Usage | None = None  # the current round's latest
         self._earlier_usage: Usage | None = None  # the rounds before, summed
@@ -624,13 +628,16 @@ class ReplyBuilder:
             if chunk.text:
                 if block is not self._thinking_open:
                     self._open_span(block)
-                self._thinking.append(chunk.text)
+                parts = self._thinking
+                if not parts:
+                    parts = self._thinking = []
+                parts.append(chunk.text)
                 self._thinking_fresh += 1
                 if self._thinking_fresh == _COALESCE:
-                    _coalesce(self._thinking)
+                    _coalesce(parts)
                     self._thinking_fresh = 0
                     if self._alarm is not None:
-                        self._sound(self._thinking[-1])
+                        self._sound(parts[-1])
             meta = chunk.metadata
             if meta:
                 if "signature" in meta:
@@ -721,7 +728,7 @@ class ReplyBuilder:
         if isinstance(thinking_keep, int):
             thinking = self.thinking
             if thinking_keep < len(thinking):
-                self._thinking[:] = [thinking[: max(0, thinking_keep)]] if thinking_keep > 0 else []
+                self._thinking = [thinking[: max(0, thinking_keep)]] if thinking_keep > 0 else ()
                 self._thinking_blocks.clear()
                 self._earlier_blocks = []
                 self._thinking_open = None
@@ -793,7 +800,8 @@ class ReplyBuilder:
     def let_go_thinking(self, upto: int) -> None:
         """As :meth:`let_go_text`, for the reasoning text: afterwards :attr:`thinking` and
         :meth:`build` hold only the rest (thinking blocks keep where their text was)."""
-        if _drop(self._thinking, upto - self._thinking_gone):
+        parts = self._thinking
+        if _drop(parts if parts else [], upto - self._thinking_gone):
             self._thinking_fresh = min(self._thinking_fresh, len(self._thinking))
             self._thinking_gone = upto
 

@@ -99,16 +99,25 @@ class StopHint(Protocol):
         ...
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Beat:
     persister: ReplyPersister
     ticket: ReplyTicket
     on_stop: OnStop
     renewed: float
     """Monotonic time from which the last successful renewal (or the begin) counts."""
+    heartbeat: Heartbeat
     stopping: bool = False
     released: bool = False
     """The driver let the reply go while its final checkpoint was still pending."""
+
+    def fence(self) -> None:
+        """The persister's fence: before a commit, raise if the lease may have run out.
+
+        A bound method (one object a reply) rather than a closure over the beat (four:
+        its function, cell tuple and cells), which the cyclic collector would track for
+        as long as the reply streams."""
+        self.heartbeat._check(self)
 
 
 class Heartbeat(ServesStore):
@@ -163,11 +172,11 @@ class Heartbeat(ServesStore):
         ticket = persister.ticket
         if ticket is None:
             return
-        beat = _Beat(persister, ticket, on_stop, time.monotonic() if since is None else since)
+        beat = _Beat(persister, ticket, on_stop, time.monotonic() if since is None else since, self)
         with self._lock:
             if self._closed:
                 return
-            persister.fence = lambda: self._check(beat)
+            persister.fence = beat.fence
             self._beats[id(persister)] = beat
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -188,7 +197,7 @@ class Heartbeat(ServesStore):
                 return
             self._beats.pop(id(persister), None)
             if persister.finished:
-                # The fence (a closure over the beat, which holds the persister) is a cycle
+                # The fence (a method of the beat, which holds the persister) is a cycle
                 # only the cyclic collector would free; an ended reply commits nothing more.
                 persister.fence = None
         persister.release_hold()  # no final write under way any more (if one held it)

@@ -258,6 +258,25 @@ def _no_publish(_: Chunk) -> None:
     pass
 
 
+class _Alarm:
+    """A builder's alarm (:meth:`ReplyPersister._new_builder`): the persister's
+    ``_part_grown``, through a weak reference. The persister holds its builder, and a
+    bound method back would make a cycle only the cyclic collector frees
+    (tests/test_reply_cycles.py); a closure over the reference would be four objects it
+    tracks for as long as the reply streams (its function, cell tuple, cell and the
+    reference), this is two."""
+
+    __slots__ = ("persister",)
+
+    def __init__(self, persister: ReplyPersister) -> None:
+        self.persister = weakref.ref(persister)
+
+    def __call__(self) -> None:
+        alive = self.persister()
+        if alive is not None:
+            alive._part_grown()
+
+
 class ReplyPersister:
     """Per-reply state between the stream driver and the store (see the module docstring)."""
 
@@ -330,12 +349,22 @@ class ReplyPersister:
     """The model was sent :attr:`output_schema` with its optional properties required but
     nullable (see :meth:`OutputSchema.validate`)."""
     trace: ReplyTrace | None = None
+    """The reply's tracing span (:mod:`rxcontext.tracing`), told of its begin and end."""
     history: HistoryCache | None = None
     """The window's history cache of this context: the begin reads the first request's
     history into it in its own transaction, where the store can (:meth:`begin`)."""
     primed: Primed | None = None
     """What the begin read into :attr:`history` for the first request (taken by it)."""
-    """The reply's tracing span (:mod:`rxcontext.tracing`), told of its begin and end."""
+    # Empty tuples until a reply has some (as the defaults above): three lists made for
+    # every reply and nearly always left empty until its end were three more objects the
+    # cyclic collector tracks while it streams (docs/benchmarks.md, many streams).
+    # Where the thinking the checkpoint holds had a surrogate pair split between two
+    # deltas (the high half's position in the builder's thinking): stored, each pair
+    # is one character, which moves the stored position of what follows (_stored_at).
+    _pairs: Sequence[int] = ()
+    _inflight_pairs: Sequence[int] = ()
+    records: Sequence[Record] = ()
+    """Every record this run stored, in order."""
 
     def __init__(
         self,
@@ -364,15 +393,8 @@ class ReplyPersister:
         self._claim_resume = claim
         self._streamed = streamed
         self._cursor = cursor
-        # Where the thinking the checkpoint holds had a surrogate pair split between two
-        # deltas (the high half's position in the builder's thinking): stored, each pair
-        # is one character, which moves the stored position of what follows (_stored_at).
-        self._pairs: list[int] = []
-        self._inflight_pairs: list[int] = []
         self._claim = threading.Lock()
         self._write = threading.Lock()
-        self.records: list[Record] = []
-        """Every record this run stored, in order."""
         # The sync driver reads these per chunk: read from the class (its default), each
         # read misses the instance's dict and then looks in the class (~310 instructions,
         # unspecialised in CPython 3.11); on the instance, ~80. Set here, before any other
@@ -609,8 +631,8 @@ class ReplyPersister:
         """The write :meth:`_draft` made is stored: the checkpoint holds its text now."""
         self._text_mark, self._thinking_mark = self._inflight
         if self._inflight_pairs:
-            self._pairs.extend(self._inflight_pairs)
-            self._inflight_pairs = []
+            self._pairs = [*self._pairs, *self._inflight_pairs]
+            self._inflight_pairs = ()
 
     def _cap(self) -> int | None:
         """The most characters of text, and of thinking, a periodic write takes (see
@@ -663,17 +685,7 @@ class ReplyPersister:
         builder = ReplyBuilder()
         at = cast("int | None", getattr(self.store, "long_text", None))
         if at is not None and self.every is not None:
-            # Through a weak reference: the persister holds its builder, and a bound
-            # method back would make a cycle only the cyclic collector frees
-            # (tests/test_reply_cycles.py).
-            persister = weakref.ref(self)
-
-            def alarm() -> None:
-                alive = persister()
-                if alive is not None:
-                    alive._part_grown()
-
-            builder.set_alarm(alarm, at)
+            builder.set_alarm(_Alarm(self), at)
         return builder
 
     def _part_grown(self) -> None:
@@ -1108,7 +1120,7 @@ class ReplyPersister:
         if self._seeded:
             self.builder = self._new_builder()
             self._text_mark = self._thinking_mark = 0
-            self._pairs = []
+            self._pairs = ()
             self._seeded = self._written = 0
 
     # -- completion -----------------------------------------------------------------------
@@ -1297,7 +1309,7 @@ class ReplyPersister:
                 with self._claim:
                     self.finished = False
                 raise
-            self.records.extend(records)
+            self.records = [*self.records, *records]
             # The store's copies of a long reply are freed: hand them back (rxcontext/_memory.py).
             let_go(len(reply.text) + len(reply.thinking))
             if reply.usage is not None:
@@ -1358,7 +1370,7 @@ class ReplyPersister:
             drafts = reply_drafts(reply, streamed=self._streamed, about=about, spoke=texts)
             return reply, drafts, {"text": texts}
         rest, _ = b.thinking_from(self._thinking_mark)
-        pairs = self._pairs + _pairs_in(rest, self._thinking_mark)
+        pairs = [*self._pairs, *_pairs_in(rest, self._thinking_mark)]
 
         def at(p: int) -> int:  # the builder's position p in the stored reasoning
             return p - bisect.bisect_left(pairs, p - 1)
@@ -1415,7 +1427,7 @@ class ReplyPersister:
             records = self.store.commit_reply(
                 self.context_id, drafts, reply=self.ticket, commit_id=self._commit_id()
             )
-            self.records.extend(records)
+            self.records = [*self.records, *records]
         return records
 
     def _commit_id(self) -> str:
@@ -1428,7 +1440,7 @@ class ReplyPersister:
         with self._claim:
             self.builder = self._new_builder()
             self._text_mark = self._thinking_mark = 0
-            self._pairs = []
+            self._pairs = ()
             self._seeded = self._written = 0
             self._set_aside = None
             self._from_parts = self._thinking_from_parts = False

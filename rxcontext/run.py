@@ -113,8 +113,10 @@ class Run:
     retry: RetryPolicy | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     scheduler: abc.SchedulerBase | None = None
-    retries: list[tuple[float, BaseException]] = field(default_factory=list)
-    """``(wait, error)`` of every retry this run made, in order."""
+    retries: Sequence[tuple[float, BaseException]] = ()
+    """``(wait, error)`` of every retry this run made, in order (a list once there is one:
+    an empty list made for every reply is one more object the cyclic collector tracks
+    while it streams)."""
     checkpointer: Checkpointer | None = None
     tool_approval: ToolApproval | None = None
     """Sees each complete tool call before its tool runs (:data:`.tools.ToolApproval`)."""
@@ -234,7 +236,7 @@ class Run:
             return None
         delay = self.retry.delay(error, attempt)
         if delay is not None:
-            self.retries.append((delay, error))
+            self.retries = [*self.retries, (delay, error)]
             _log.info(
                 "%s failed before its first chunk (try %d of %d); sending again in %.2f s: %s",
                 self.model.name,

@@ -13,11 +13,11 @@ from typing import Any, Unpack, cast
 from reactivex import Observable, abc
 
 from . import summarize
+from ._requests import CONTINUE_PROMPT, RoundRequests
 from ._summary_stream import SummaryLimits
 from .astreaming import off_loop, run_async
 from .attachments import Attachment
 from .budget import Budget, check_budget, unsettled_parts
-from .chain import new_input, validate_chain
 from .checkpointer import checkpointer_for
 from .chunks import Chunk, Reply, Usage
 from .errors import CheckpointNotFound, ReplySuperseded, RxContextError
@@ -35,7 +35,7 @@ from .interop import fork_context, import_context
 from .operators import Middleware
 from .options import NO_OPTIONS, CallKeywords, CallOptions, check_options
 from .persist import ReplyPersister
-from .providers.base import Model, Request, ResumeCursor
+from .providers.base import Model, ResumeCursor
 from .records import Checkpoint, Context, ContextStats, Record, RecordType, TokenUsage
 from .resume import NativeResumeRun
 from .retry import DEFAULT_RETRY, RetryPolicy, Timeouts
@@ -54,10 +54,6 @@ DEFAULT_MAX_TOKENS = 128_000
 HISTORY_CACHES = 8
 """How many contexts' live histories a window keeps in memory (the most recently used):
 switching back to one of them re-reads only what changed; to another, it all."""
-CONTINUE_PROMPT = (
-    "Your previous reply was cut off. Continue it exactly where it stopped: do not repeat "
-    "anything already written and do not comment on the interruption."
-)
 
 
 def _text_arg(value: object, what: str) -> str:
@@ -659,56 +655,28 @@ class ContextWindow:
         persister.trace = trace
 
         history = persister.history = self._history(context_id)
-
-        def request(round_: int) -> Request:
-            if recheck is not None and round_ > 0:  # a tool loop's next request
-                recheck()
-            primed, persister.primed = persister.primed, None  # (read by the begin, once)
-            records = request_history(
-                store,
-                context_id,
-                upto=persister.pos,
-                reply_id=persister.reply_id,
-                cache=history,
-                primed=primed,
-            )
-            if threads:  # what the request's server-side thread holds
-                persister.thread_version = history.version
-            call = options if round_ == 0 else later
-            resume = persister.resuming
-            if resume is not None and resume.text and not resume.text.isspace():
-                # The partial reply goes back as an assistant turn plus a continuation
-                # prompt. With nothing delivered yet, or only whitespace, the original
-                # request is sent as it was (providers reject an empty assistant turn, and
-                # Anthropic one of whitespace only).
-                records = [
-                    *records,
-                    Record.unsaved(context_id, RecordType.MODEL_RESP, resume.text),
-                    Record.unsaved(context_id, RecordType.PROMPT, CONTINUE_PROMPT),
-                ]
-                return Request(records=records, tools=tools, cursor=cursor, call=call)
-            if trace is not None:
-                trace.request(records)
-            full = Request(records=records, tools=tools, cursor=cursor, call=call)
-            if threads:
-                ctx = store.get_context(context_id)
-                if ctx.use_server_side_threading and validate_chain(ctx, records)[0]:
-                    return Request(
-                        records=new_input(records),
-                        tools=tools,
-                        previous_response_id=ctx.last_response_id,
-                        fallback=full,
-                        cursor=cursor,
-                        call=call,
-                    )
-            return full
+        request = RoundRequests(
+            store,
+            context_id,
+            persister,
+            history,
+            check=recheck,
+            threads=threads,
+            options=options,
+            later=later,
+            tools=tools,
+            trace=trace,
+            cursor=cursor,
+        )
 
         every = persister.every
         return (NativeResumeRun if resume is not None and native else Run)(
             model=model,
             persister=persister,
             request=request,
-            hooks=[*self.middleware, *hooks],
+            # The caller's tuple itself when the window has no middleware of its own: one
+            # object fewer alive per reply for the cyclic collector.
+            hooks=(*self.middleware, *hooks) if self.middleware else tuple(hooks),
             tools=None if disable_tools else self._tools,
             max_tool_rounds=self.max_tool_rounds,
             streaming=streaming,

@@ -151,3 +151,77 @@ def test_letting_go_at_a_tool_rounds_done_interrupts_the_reply(path: str) -> Non
     assert len(replay.requests) == 1
     assert [c.state for c in cw.checkpoints()] == [ReplyState.INTERRUPTED]
     assert RecordType.MODEL_RESP not in [r.type for r in cw.records()]
+
+
+class UIError(Exception):
+    """The user's own code failing after it had every chunk (a UI refresh, say)."""
+
+
+def raise_on_done(error: BaseException) -> Any:
+    def show(chunk: Chunk) -> None:
+        if is_done(chunk):
+            raise error
+
+    return show
+
+
+async def consume_raising(stream: Any, error: BaseException, *, closing: bool) -> None:
+    show = raise_on_done(error)
+    if closing:
+        async with contextlib.aclosing(stream):
+            async for chunk in stream:
+                show(chunk)
+    else:
+        async for chunk in stream:
+            show(chunk)
+
+
+@pytest.mark.parametrize(
+    ("path", "error"),
+    [
+        ("sync", UIError("UI refresh failed")),
+        ("sync", KeyboardInterrupt()),
+        ("sync_timed", UIError("UI refresh failed")),
+        ("asyncio_aclosing", UIError("UI refresh failed")),
+        ("asyncio_dropped", UIError("UI refresh failed")),
+        ("asyncio_aclosing", KeyboardInterrupt()),
+    ],
+    ids=["sync", "sync_ctrl_c", "sync_timed", "aclosing", "dropped", "aclosing_ctrl_c"],
+)
+def test_the_users_code_raising_on_done_keeps_the_reply(path: str, error: BaseException) -> None:
+    """The subscriber had every chunk when its own code raised: the reply is committed, sync
+    and asyncio alike, and the user gets their exception as plain RxPY (or the loop) gives
+    it, never as the stream's error."""
+    cw, replay = window()
+    if path == "sync_timed":
+        cw.timeouts = rxcontext.Timeouts(idle=BOUND)
+    errors: list[Exception] = []
+    with pytest.raises(type(error)) as raised:
+        if path.startswith("sync"):
+            cw.stream().subscribe(raise_on_done(error), errors.append)
+        else:
+            asyncio.run(consume_raising(cw.astream(), error, closing=path == "asyncio_aclosing"))
+    assert raised.value is error
+    assert errors == []
+    check_whole(cw, replay)
+
+
+@pytest.mark.parametrize("path", ["sync", "asyncio"])
+def test_the_users_code_raising_at_a_tool_rounds_done_interrupts_the_reply(path: str) -> None:
+    replay = Replay(real_fixture(f"{ROUNDS}.1.sse"), real_fixture(f"{ROUNDS}.2.sse"))
+    cw = ContextWindow(rxcontext.open(":memory:"), model_for("chat", replay), "tools")
+    ran: list[Any] = []
+    cw.add_tool(
+        Tool("multiply", "Multiply two numbers.").number("a").number("b"),
+        lambda args: ran.append(args) or "2869461",
+    )
+    cw.add_prompt("What is 1231 * 2331?")
+    error = UIError("UI refresh failed")
+    with pytest.raises(UIError):
+        if path == "sync":
+            cw.stream().subscribe(raise_on_done(error))
+        else:
+            asyncio.run(consume_raising(cw.astream(), error, closing=True))
+    assert ran == []
+    assert [c.state for c in cw.checkpoints()] == [ReplyState.INTERRUPTED]
+    assert RecordType.MODEL_RESP not in [r.type for r in cw.records()]

@@ -1025,9 +1025,14 @@ class ReplyPersister:
             return None
         return self.interrupt(None)
 
-    def stopped_by_user_code(self) -> None:
+    def stopped_by_user_code(self, answers_calls: bool) -> None:
         """The subscriber's own code raised: keep what it received, but not its error
-        (a Ctrl-C landing there is still let go, see :meth:`_interrupt`)."""
+        (a Ctrl-C landing there is still let go, see :meth:`_interrupt`). Raised on the
+        reply's final ``DONE`` (:meth:`whole`), it had every chunk: the reply is committed,
+        as an asyncio consumer's raising there has it."""
+        if self.whole(answers_calls):
+            self.commit_whole()
+            return
         self._interrupt("cancelled: the subscriber's code raised", held=sys.exc_info()[1])
 
     def interrupted(self, error: BaseException) -> BaseException:

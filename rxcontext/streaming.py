@@ -13,7 +13,8 @@ returned: the checkpoint is exactly what was delivered, however the stream ends
 An exception from the subscriber's own code (``on_next``, a piped operator's function
 called from it) is the user's: it propagates out of the producer as it would from RxPY's
 own sources (raised from ``subscribe`` when subscribing on this thread), after the
-checkpoint of what was delivered is saved; it never becomes the stream's error.
+checkpoint of what was delivered is saved (or, raised on the reply's final ``DONE``, after
+the reply is committed: it had every chunk, as below); it never becomes the stream's error.
 
 A round that fails before any of its chunks was delivered is sent again as the
 :class:`~rxcontext.retry.RetryPolicy` says; the wait is scheduled on the subscription's
@@ -28,7 +29,7 @@ attempt, nothing per chunk), and every observer between us and the user tells th
 when it is disposed (:func:`._observers.tell_disposed`), on the disposing thread.
 
 A subscriber that lets go holding the final round's ``DONE`` (``first(DONE)``, a dispose
-after it) had the whole reply: it is committed as the end of the stream commits it, not
+after it, its ``on_next`` raising on it, Ctrl-C landing there) had the whole reply: it is committed as the end of the stream commits it, not
 interrupted (:meth:`.persist.ReplyPersister.whole`); a round whose tool calls are still to
 run is not the end.
 """
@@ -681,7 +682,7 @@ class _SyncDriver:
             return None
         except Exception as error:
             if self.user_raised:
-                persister.stopped_by_user_code()
+                persister.stopped_by_user_code(bool(run.tools))
                 raise
             if self._gone():
                 self._cancelled(error)
@@ -709,7 +710,9 @@ class _SyncDriver:
             return None
         except BaseException as error:  # KeyboardInterrupt, SystemExit: save, then let it go
             if self.user_raised:
-                persister.stopped_by_user_code()
+                persister.stopped_by_user_code(bool(run.tools))
+            elif persister.whole(bool(run.tools)):
+                persister.commit_whole()  # it landed holding the final DONE: as on asyncio
             else:
                 persister.interrupt(error)
             raise

@@ -29,9 +29,10 @@ attempt, nothing per chunk), and every observer between us and the user tells th
 when it is disposed (:func:`._observers.tell_disposed`), on the disposing thread.
 
 A subscriber that lets go holding the final round's ``DONE`` (``first(DONE)``, a dispose
-after it, its ``on_next`` raising on it, Ctrl-C landing there) had the whole reply: it is committed as the end of the stream commits it, not
-interrupted (:meth:`.persist.ReplyPersister.whole`); a round whose tool calls are still to
-run is not the end.
+after it, its ``on_next`` raising on it, Ctrl-C landing there) had the whole reply: it is
+committed as the end of the stream commits it, not interrupted
+(:meth:`.persist.ReplyPersister.whole`); a round whose tool calls are still to run is not
+the end.
 """
 
 from __future__ import annotations

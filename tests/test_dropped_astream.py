@@ -10,7 +10,6 @@ Real OpenAI SDK over a replaying transport.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from crafted_text import text_body

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from reactivex import abc
 
-from . import _loopterm
+from . import _dropped, _loopterm
 from ._replystream import ReplyStream
 from .chunks import Chunk, ChunkKind, ToolCall
 from .errors import ReplyStopped, RxContextError, StoreError, StreamInterrupted
@@ -340,6 +340,10 @@ class _Stopper:
     def agen(self, agen: AsyncGenerator[Chunk, None]) -> None:
         self._agen = weakref.ref(agen)
 
+    def dropped(self) -> bool:
+        """Whether the driver's generator was dropped (its close is on its way)."""
+        return self._agen is not None and self._agen() is None
+
     def start(self) -> None:
         """On the loop, as the driver starts: stops can be taken from here on (SIGTERM at
         its default too, on the main thread's loop: :mod:`rxcontext._loopterm`)."""
@@ -512,10 +516,14 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
     hook_raised = False
     answers_calls = bool(run.tools)
     watch = _Watch(persister, stopper, answers_calls)
+    # A reply of this context whose stream was dropped unclosed is settled first, as the
+    # blocking twin's dispose settles it at once: its history is then the same.
+    await _dropped.settle_dropped(persister.store, persister.context_id)
     if run.budget_check is not None:  # as stream() checks at subscription: nothing begun
         await off_loop(run.budget_check)
     stopper.start()
     watch.follow(stopper.task)
+    noted = _dropped.begin(persister.store, persister.context_id, stopper.dropped)
     try:
         # A tuple: an empty one (nearly always) is no object to keep while the reply streams.
         starts = tuple([hook for hook in hooks if hook.on_start is not None])
@@ -697,6 +705,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
             await off_loop(persister.interrupt, None if isinstance(error, GeneratorExit) else error)
         raise
     finally:
+        _dropped.end(noted)  # settled: a request waiting for it goes on
         watch.follow(None)
         if it is not None:
             await watch.close(it)

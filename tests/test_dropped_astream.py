@@ -5,20 +5,23 @@ The dropped generator is closed by the event loop's async-generator finaliser a 
 turns later; a request built before that must not leave the reply out as still streaming
 (and have its tool round reappear in the request after, before the prompt it answered):
 a new asyncio request first lets this process's dropped replies of its context settle.
-Real OpenAI SDK over a replaying transport.
+Real OpenAI SDK over a replaying transport; both stores.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from crafted_text import text_body
 from provider_rules import model_for
 from reactivex import operators as ops
 from replay import Replay, real_fixture
+from stores import open_store
 
-import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, ReplyState, Tool
+
+pytestmark = pytest.mark.usefixtures("both_stores")
 
 ROUNDS = "openai_chat/tool_call_roundtrip_gpt4o_mini"
 
@@ -29,7 +32,7 @@ def window() -> tuple[ContextWindow, Replay]:
         real_fixture(f"{ROUNDS}.2.sse"),
         text_body("chat", ["and more"]),
     )
-    cw = ContextWindow(rxcontext.open(":memory:"), model_for("chat", replay), "drop", retry=None)
+    cw = ContextWindow(open_store(), model_for("chat", replay), "drop", retry=None)
     cw.add_tool(Tool("multiply", "Multiply two numbers.").number("a").number("b"), lambda _: "6")
     cw.add_prompt("What is 2 * 3?")
     return cw, replay
@@ -96,7 +99,7 @@ async def test_the_next_astream_waits_for_the_dropped_one_too() -> None:
 
 def one_reply() -> tuple[ContextWindow, Replay]:
     replay = Replay(text_body("chat", ["one ", "two"]), text_body("chat", ["and more"]))
-    cw = ContextWindow(rxcontext.open(":memory:"), model_for("chat", replay), "drop", retry=None)
+    cw = ContextWindow(open_store(), model_for("chat", replay), "drop", retry=None)
     cw.add_prompt("count")
     return cw, replay
 

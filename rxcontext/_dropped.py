@@ -11,7 +11,7 @@ reply at once, sends it in place.
 
 So each asyncio driver of this process is noted here, by store and context, while it runs
 (:func:`begin` to :func:`end`), and a new asyncio reply first waits for those of its context whose
-generator is gone (:func:`settle_dropped`): a generator's weak references are cleared as it
+generator is gone (:func:`dropped`): a generator's weak references are cleared as it
 is dropped, before the finaliser schedules its close, so a dead one with a driver still
 running is one whose close is on its way on this loop. A generator dropped in a reference
 cycle is only dropped when the cyclic collector runs, and the blocking ``stream()`` /
@@ -26,7 +26,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-__all__ = ["begin", "end", "settle_dropped"]
+__all__ = ["begin", "dropped", "end"]
 
 
 class _Driving:
@@ -78,14 +78,13 @@ def end(entry: _Driving | None) -> None:
         entry.ended.set_result(None)
 
 
-async def settle_dropped(store: object, context_id: str) -> None:
-    """Wait until the replies of this context whose streams were dropped on this loop have
-    ended (interrupted, or committed if they held the final ``DONE``)."""
+def dropped(store: object, context_id: str) -> list[asyncio.Future[None]]:
+    """What to wait for before a new reply in this context: the ends of its replies whose
+    streams were dropped on the running loop (interrupted, or committed if they held the
+    final ``DONE``). Usually none: nothing to await on the way to the first chunk."""
     entries = _running.get((id(store), context_id))
     if not entries:
-        return
+        return []
     loop = asyncio.get_running_loop()
     with _lock:
-        dropped = [e.ended for e in entries if e.loop is loop and not e.ended.done() and e.gone()]
-    if dropped:
-        await asyncio.wait(dropped)
+        return [e.ended for e in entries if e.loop is loop and not e.ended.done() and e.gone()]

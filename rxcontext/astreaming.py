@@ -518,7 +518,8 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
     watch = _Watch(persister, stopper, answers_calls)
     # A reply of this context whose stream was dropped unclosed is settled first, as the
     # blocking twin's dispose settles it at once: its history is then the same.
-    await _dropped.settle_dropped(persister.store, persister.context_id)
+    if dropped := _dropped.dropped(persister.store, persister.context_id):
+        await asyncio.wait(dropped)
     if run.budget_check is not None:  # as stream() checks at subscription: nothing begun
         await off_loop(run.budget_check)
     stopper.start()

@@ -72,7 +72,7 @@ class deferred:  # lower case: used as ``with deferred():``, as when it was a fu
             raise
 
     def _hold(self, signum: int, frame: FrameType | None) -> None:
-        self._pending.append((signum, frame))
+        _add(self._pending, signum, frame)
 
     def __exit__(self, *exc: object) -> None:
         global _depth
@@ -91,17 +91,62 @@ class deferred:  # lower case: used as ``with deferred():``, as when it was a fu
         _run_all(saved, self._pending)
 
 
-def _run_all(handlers: dict[int, Any], pending: list[tuple[int, FrameType | None]]) -> None:
-    """Run each held signal's handler, in the order they came: one that raises does not
-    cut the rest short (each runs while the one before it unwinds, so a second exception
-    replaces the first with it as ``__context__``, as Python does for a signal landing in
-    an ``except`` block). Before, a ``KeyboardInterrupt`` dropped a SIGTERM held with it."""
-    for at, (signum, frame) in enumerate(pending):
+def _add(pending: list[tuple[int, FrameType | None]], signum: int, frame: FrameType | None) -> bool:
+    """Hold ``signum`` unless one of its kind is held already (then False): a flood of
+    Ctrl-Cs (a key held, ``kill`` in a loop) during a long write is one Ctrl-C."""
+    for held, _ in pending:
+        if held == signum:
+            return False
+    pending.append((signum, frame))
+    return True
+
+
+def _run_all(
+    handlers: dict[int, Any], pending: list[tuple[int, FrameType | None]], on: bool = False
+) -> None:
+    """Run each held signal's handler, in the order each kind first came: one that raises
+    does not cut the rest short, and a second exception goes on with the first as its
+    ``__context__``, as Python chains one raised while another unwinds. Before, a
+    ``KeyboardInterrupt`` dropped a SIGTERM held with it. ``on``: passed on by a hand-over
+    (see :func:`_pass_on`)."""
+    raised: BaseException | None = None
+    for signum, frame in pending:
         try:
-            handlers[signum](signum, frame)
+            if on:
+                _pass_on(handlers[signum], signum, frame)
+            else:
+                handlers[signum](signum, frame)
+        except BaseException as error:
+            if raised is not None and error is not raised:
+                error.__context__ = raised
+            raised = error
+    if raised is not None:
+        context = raised.__context__
+        try:
+            raise raised
         except BaseException:
-            _run_all(handlers, pending[at + 1 :])
+            raised.__context__ = context  # (raise put the exception being handled there)
             raise
+
+
+_passing = False
+"""Main thread only: whether a hand-over is passing a signal on to the handler it replaced."""
+
+
+def _pass_on(handler: Any, signum: int, frame: FrameType | None) -> None:
+    """Call ``handler`` for a signal a hand-over passes on. A hand-over's handler found
+    there (an outer reply's, when this reply was started from its ``on_next``; one a
+    program's handler chains to) passes it on in turn, never holding it: the innermost
+    hand-over decided already, and the outer one is in its subscriber's code."""
+    global _passing
+    if _passing:
+        handler(signum, frame)
+        return
+    _passing = True
+    try:
+        handler(signum, frame)
+    finally:
+        _passing = False
 
 
 class Terminated(BaseException):
@@ -130,52 +175,62 @@ class HandOver:
     kills at once. A handler the program installed is used as is. As PID 1 (a container's
     init, where the kernel drops a SIGTERM at its default) SIGTERM is not taken over: it
     does nothing, as it would have done without rxcontext.
+
+    Each run installs a handler of its own (:class:`_Handler`), which outlives the run. A
+    reply started from another's ``on_next`` decides alone: its hand-over passes a signal
+    it does not hold on to the outer one's handler, which does not hold it in turn (it is
+    in its subscriber's code, whatever the frame says).
     """
 
-    __slots__ = ("_saved", "critical", "held", "terminated")
+    __slots__ = ("_run", "critical", "held", "terminated")
 
     def __init__(self) -> None:
         self.critical = False
         self.held: list[tuple[int, FrameType | None]] = []
         """Signals waiting for :meth:`release` (the driver looks before calling it)."""
-        self._saved: dict[int, Any] = {}
+        self._run: _Handler | None = None
         self.terminated = False
         """Whether SIGTERM came at its default (then :meth:`terminate` ends the process)."""
 
     def __enter__(self) -> HandOver:
         if threading.current_thread() is _MAIN:
+            run = _Handler(self)
             for signum in _DEFERRED:
                 handler = _getsignal(signum)
                 if callable(handler):
-                    self._saved[signum] = handler
-                    _setsignal(signum, self._handle)
+                    run.saved[signum] = handler
+                    _setsignal(signum, run)
                 elif signum == _TERM and handler == _DFL and os.getpid() != 1:
                     # (As PID 1, a container's init, the kernel drops a default SIGTERM:
                     # the process would not die by it, so it is left to do nothing.)
-                    self._saved[signum] = self._terminate
-                    _setsignal(signum, self._handle)
+                    run.saved[signum] = run.die
+                    _setsignal(signum, run)
+            if run.saved:
+                self._run = run
         return self
 
     def __exit__(self, *exc: object) -> None:
-        saved = self._saved
-        handle = self._handle
+        self.critical = False
+        run, self._run = self._run, None
+        if run is None:
+            return
+        run.guard = None  # from now on it passes signals on to what it replaced
+        saved = run.saved
+        die = run.die
         for signum, handler in saved.items():
             # A handler the program installed meanwhile (from a hook, or on_next) stays.
-            if _getsignal(signum) == handle:
-                _setsignal(signum, _DFL if handler == self._terminate else handler)
-        self.critical = False
+            if _getsignal(signum) is run:
+                _setsignal(signum, _DFL if handler == die else handler)
         held, self.held = self.held, []
         if held:  # (an exception left a fold with a signal held: deliver it, never drop it)
-            pending = [(s, f) for s, f in held if saved[s] != self._terminate]
+            pending = [(s, f) for s, f in held if saved[s] != die]
             if len(pending) < len(held):
                 self.terminated = True  # SIGTERM at its default: terminate() dies by it
-            _run_all(saved, pending)
-        self._saved = {}
+            _run_all(saved, pending, on=True)
 
     def _terminate(self, signum: int, frame: FrameType | None) -> None:
         if self.terminated:  # a second SIGTERM: no more waiting
-            _setsignal(signum, _DFL)
-            os.kill(os.getpid(), signum)
+            _die(signum)
             return
         self.terminated = True
         raise Terminated("SIGTERM")
@@ -190,20 +245,8 @@ class HandOver:
             self.terminated = False
             # A handler the program installed since (kept by __exit__) did not see this
             # SIGTERM, which came at the default: die by the default all the same.
-            handler = _getsignal(_TERM)
-            if handler != _DFL:
-                _setsignal(_TERM, _DFL)
-            os.kill(os.getpid(), _TERM)
-            if handler != _DFL:  # still alive (SIGTERM blocked): the program's is back
-                _setsignal(_TERM, handler)
+            _die(_TERM)
             raise SystemExit(128 + _TERM)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        ours = frame is not None and frame.f_globals.get("__name__", "").startswith("rxcontext")
-        if self.critical and ours:
-            self.held.append((signum, frame))
-            return
-        self._saved[signum](signum, frame)
 
     def release(self) -> None:
         """End a critical stretch; deliver the signals held during it (they raise here).
@@ -215,4 +258,55 @@ class HandOver:
         self.critical = False
         if self.held:
             pending, self.held = self.held, []
-            _run_all(self._saved, pending)
+            run = self._run
+            assert run is not None  # (only its handler holds signals)
+            _run_all(run.saved, pending, on=True)
+
+
+class _Handler:
+    """The SIGINT/SIGTERM handler of one run of a :class:`HandOver` (installed again for
+    each): it keeps what it replaced after the run, so a handler the program installed
+    meanwhile and chains to it (a library set up from ``on_next`` that calls the handler it
+    found), or puts back, reaches that one — Python's Ctrl-C handler, SIGTERM's default
+    (the process dies by it). A run entered later replaces this one, never itself: no
+    loop."""
+
+    __slots__ = ("guard", "saved")
+
+    def __init__(self, guard: HandOver) -> None:
+        self.guard: HandOver | None = guard
+        """The hand-over while its run lasts, then None."""
+        self.saved: dict[int, Any] = {}
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        guard = self.guard
+        if (
+            guard is not None
+            and guard.critical
+            and not _passing  # (passed on by an inner reply's hand-over: it decided)
+            and frame is not None
+            and frame.f_globals.get("__name__", "").startswith("rxcontext")
+        ):
+            if not _add(guard.held, signum, frame) and self.saved[signum] == self.die:
+                _die(signum)  # a second SIGTERM at its default: no more waiting
+            return
+        _pass_on(self.saved[signum], signum, frame)
+
+    def die(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM at its default: see :class:`HandOver`; after the run, die by it."""
+        guard = self.guard
+        if guard is not None:
+            guard._terminate(signum, frame)
+        else:
+            _die(signum)
+
+
+def _die(signum: int) -> None:
+    """Die by ``signum`` at its default; should the process outlive it (the signal blocked),
+    the handler installed is back."""
+    handler = _getsignal(signum)
+    if handler != _DFL:
+        _setsignal(signum, _DFL)
+    os.kill(os.getpid(), signum)
+    if handler != _DFL:
+        _setsignal(signum, handler)

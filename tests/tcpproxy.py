@@ -93,10 +93,12 @@ class TcpProxy:
             self._close(client)
             return
         with self._lock:
-            if self._closed:
-                self._close(client, server)
-                return
-            self._socks.update((client, server))
+            closed = self._closed
+            if not closed:
+                self._socks.update((client, server))
+        if closed:  # outside the lock: _close takes it (a connect held by a partition)
+            self._close(client, server)
+            return
         marked: list[bool] = [False]  # the client sent the marker (this connection)
         for a, b, up in ((client, server, True), (server, client, False)):
             threading.Thread(target=self._pump, args=(a, b, up, marked), daemon=True).start()

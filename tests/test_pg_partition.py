@@ -1,0 +1,116 @@
+"""PostgreSQL partitioned from the owner mid-reply (tests/tcpproxy.py's blackhole: connections
+accepted and held, no byte through either way, no reset): every store operation is bounded.
+
+Before the fix a read from the silent server blocked for as long as the partition lasted:
+the reply's commit (or the periodic checkpoint write it waited behind) never returned, the
+heartbeat hung in its stop poll and ``store.close()`` waited for it for good. Now each
+operation has a deadline (the call's ``retry_budget``, a background attempt's own bound)
+after which the connection is broken and dropped, and the subscriber gets a
+:class:`~rxcontext.StoreError` (as the cause of the ``StreamInterrupted`` when the
+checkpoint could not be written either). The waits below are bounds for a hang, far above
+the budget; nothing is timed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from tcpproxy import TcpProxy
+
+import rxcontext
+from rxcontext import Chunk, ChunkKind, ContextWindow, StoreError, StreamInterrupted
+from rxcontext import operators as rxops
+from rxcontext.providers import ScriptedModel
+
+pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+
+HANG = 60.0  # seconds: far above every bound below (retry_budget 1 s); only a hang fails
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    p = TcpProxy(("127.0.0.1", 5432))
+    yield p
+    p.close()
+
+
+def through(proxy: TcpProxy, url: str) -> str:
+    """``url`` with its host and port replaced by the proxy's."""
+    host_part = url.split("@", 1)[1].split("/", 1)[0]
+    return url.replace(host_part, f"127.0.0.1:{proxy.port}")
+
+
+def _in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # handed to the test
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _store_error(exc: BaseException | None) -> StoreError | None:
+    """The StoreError the subscriber got: itself, or the cause of its StreamInterrupted."""
+    if isinstance(exc, StreamInterrupted):
+        exc = exc.__cause__
+    return exc if isinstance(exc, StoreError) else None
+
+
+@pytest.mark.parametrize("checkpoint_every", [0.05, None])
+def test_a_partition_mid_reply_ends_the_stream_with_a_store_error(
+    pg_url: str, proxy: TcpProxy, checkpoint_every: float | None
+) -> None:
+    store = rxcontext.open(through(proxy, pg_url), retry_budget=1.0, lease_ttl=1.0)
+    words = [Chunk(ChunkKind.TEXT, f"w{i} ") for i in range(20)]
+    # The model's pace lets periodic writes start (and, before the fix, stick) meanwhile.
+    model = ScriptedModel([[*words, Chunk(ChunkKind.DONE, finish_reason="stop")]], delay=0.02)
+    cw = ContextWindow(store, model, context="part", retry=None, checkpoint_every=checkpoint_every)
+    cw.add_prompt("go")
+    got: list[str] = []
+
+    def on_chunk(chunk: Chunk) -> None:
+        got.append(chunk.text)
+        if len(got) == 5:
+            proxy.blackhole()
+
+    streaming, out = _in_thread(lambda: cw.stream(rxops.middleware(on_chunk=on_chunk)).run())
+    streaming.join(HANG)
+    assert not streaming.is_alive(), "the reply hung on the partitioned database"
+    error = out.get("error")
+    assert _store_error(error) is not None, repr(error)
+    assert "".join(got) == "".join(w.text for w in words)  # the stream itself never waited
+
+    # Still partitioned: closing the store (its heartbeat first) is bounded too.
+    closing, _ = _in_thread(store.close)
+    closing.join(HANG)
+    assert not closing.is_alive(), "store.close() hung on the partitioned database"
+
+    proxy.heal()  # the database works again, through a new store
+    with rxcontext.open(through(proxy, pg_url), retry_budget=10.0) as again:
+        assert ContextWindow(again, None, context="part").live_records()
+
+
+def test_a_call_on_a_partitioned_database_raises_store_error_within_its_budget(
+    pg_url: str, proxy: TcpProxy
+) -> None:
+    store = rxcontext.open(through(proxy, pg_url), retry_budget=1.0)
+    cw = ContextWindow(store, None, context="calls")
+    cw.add_prompt("before")  # the pool holds a live connection now
+    proxy.blackhole()
+    adding, out = _in_thread(lambda: cw.add_prompt("during"))
+    adding.join(HANG)
+    assert not adding.is_alive(), "a store call hung on the partitioned database"
+    error = out.get("error")
+    assert isinstance(error, StoreError), repr(error)
+    assert "1 s" in str(error)  # the message names the budget it spent
+    closing, _ = _in_thread(store.close)
+    closing.join(HANG)
+    assert not closing.is_alive(), "store.close() hung on the partitioned database"

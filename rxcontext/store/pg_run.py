@@ -44,6 +44,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .. import _forks
 from ..errors import StoreBusy, StoreClosedError, StoreError
+from .pg_deadline import BoundedConnection, Unanswered, at_work
 from .pg_url import ambiguous, redact_text
 
 _jitter = random.Random()  # its own: retries never draw from (or disturb) the app's global random
@@ -51,6 +52,12 @@ _jitter = random.Random()  # its own: retries never draw from (or disturb) the a
 __all__ = ["Conn", "Cursor", "Later", "Runner", "Stored", "redact", "transient"]
 
 Conn = psycopg.Connection[Any]
+ATTEMPT_BOUND = 1.0
+"""Seconds a background attempt waits for the server's answer (at most ``retry_budget``):
+its writes wait for no lock, so a longer silence is a partition (:mod:`.pg_deadline`)."""
+PROBE_BOUND = 0.5
+"""Seconds the server has to say whether a silent call is still at work there (after
+connecting, which ``connect_timeout`` bounds)."""
 Cursor = psycopg.Cursor[Any]
 T = TypeVar("T")
 
@@ -179,10 +186,13 @@ class Runner:
     ) -> None:
         self.where = where
         self.retry_budget = retry_budget
+        self.attempt_bound = min(retry_budget, ATTEMPT_BOUND)
+        self._at_work = at_work(url, kwargs, PROBE_BOUND)
 
         def new_pool() -> ConnectionPool[Conn]:
             return ConnectionPool(
                 url,
+                connection_class=BoundedConnection,
                 kwargs=kwargs,
                 min_size=1,
                 max_size=pool_size,
@@ -225,7 +235,7 @@ class Runner:
         if inherited:
             _forks.keep(pool)
         elif pool is not None:
-            pool.close()
+            pool.close(timeout=min(5.0, self.retry_budget))  # workers connecting in a partition
 
     def pool(self) -> ConnectionPool[Conn]:
         pool = self._pool
@@ -303,16 +313,22 @@ class Runner:
             try:
                 timeout = max(deadline - time.monotonic(), 0.05)
                 with pool.connection(timeout=timeout) as conn:
-                    if not tx:
-                        return body(conn, ambiguous)
-                    if pipeline:
-                        return _pipelined(conn, setup, body, ambiguous, mark)
-                    with conn.transaction():
-                        if setup is not None:
-                            conn.execute(setup)
-                        result = body(conn, ambiguous)
-                        committing = True
-                    return result
+                    assert isinstance(conn, BoundedConnection)
+                    # The server may take longer only while it is at work on the call.
+                    conn.bound(deadline, self._at_work, self.retry_budget)
+                    try:
+                        if not tx:
+                            return body(conn, ambiguous)
+                        if pipeline:
+                            return _pipelined(conn, setup, body, ambiguous, mark)
+                        with conn.transaction():
+                            if setup is not None:
+                                conn.execute(setup)
+                            result = body(conn, ambiguous)
+                            committing = True
+                        return result
+                    finally:
+                        conn.bound(None)
             except Stored as done:
                 return done.value
             except psycopg.Error as exc:
@@ -339,7 +355,8 @@ class Runner:
         """Run ``body`` once, in one pipelined transaction (see the module docstring), for
         background writes that must never wait: None when no connection is free within
         ``wait`` seconds, a lock is busy (the ``setup`` sets a ``lock_timeout``) or the
-        server is unreachable.
+        server is unreachable, or silent for :attr:`attempt_bound` seconds (a partition:
+        the connection is closed, :mod:`.pg_deadline`).
 
         None does not prove that nothing was written (the connection may have been lost
         during COMMIT): the bodies make their next write settle that.
@@ -347,7 +364,12 @@ class Runner:
         pool = self.pool()
         try:
             with pool.connection(timeout=wait) as conn:
-                return _pipelined(conn, setup, body, False, _nothing)  # type: ignore[no-any-return]
+                assert isinstance(conn, BoundedConnection)
+                conn.bound(time.monotonic() + self.attempt_bound)
+                try:
+                    return _pipelined(conn, setup, body, False, _nothing)  # type: ignore[no-any-return]
+                finally:
+                    conn.bound(None)
         except Stored as done:
             return done.value  # type: ignore[no-any-return]
         except (pgerr.LockNotAvailable, pgerr.QueryCanceled):
@@ -365,11 +387,12 @@ class Runner:
                 f" of {self.retry_budget:g} s; {first_line(exc)}); nothing was written."
                 " Try again once that session is done"
             )
-        reason = (
-            f"no connection within {self.retry_budget:g} s"
-            if isinstance(exc, PoolTimeout)
-            else first_line(exc)
-        )
+        if isinstance(exc, PoolTimeout):
+            reason = f"no connection within {self.retry_budget:g} s"
+        elif isinstance(exc, Unanswered):
+            reason = "no answer (a network partition?), the connection was closed"
+        else:
+            reason = first_line(exc)
         outcome = (
             "the connection was lost while committing, so the last write may or may not be"
             " stored: retry it with the same commit_id to settle it"
@@ -407,8 +430,11 @@ def prepare_with_retry(
     while True:
         doing = "connect to"
         try:
-            conn = psycopg.connect(url, **kwargs)
+            conn = BoundedConnection.connect(url, **kwargs)
             doing = "prepare"
+            # A silent server (a partition) ends the attempt at the budget; a step waiting
+            # for a lock on a server that answers goes on (see migrate's own lock waits).
+            conn.bound(deadline, at_work(url, kwargs, PROBE_BOUND), retry_budget)
             try:
                 return prepare(conn)
             finally:

@@ -114,3 +114,38 @@ def test_a_call_on_a_partitioned_database_raises_store_error_within_its_budget(
     closing, _ = _in_thread(store.close)
     closing.join(HANG)
     assert not closing.is_alive(), "store.close() hung on the partitioned database"
+
+
+def test_a_write_waiting_for_a_lock_past_its_budget_is_not_taken_for_a_partition(
+    pg_url: str,
+) -> None:
+    """The other side of the deadline: a silent server that is at work on the call (here
+    waiting for a row lock another session holds, no ``lock_timeout``) is asked, and the
+    call goes on waiting, as docs/guarantees.md promises for final writes."""
+    import psycopg
+
+    store = rxcontext.open(pg_url, retry_budget=0.5)
+    cw = ContextWindow(store, None, context="locked")
+    cw.add_prompt("before")
+    runner = store._runner  # type: ignore[attr-defined]
+    asked = threading.Event()
+    answers: list[bool | None] = []
+    check = runner._at_work
+
+    def counted(conn: Any) -> bool | None:  # the store's own check, observed
+        answers.append(check(conn))
+        asked.set()
+        return answers[-1]
+
+    runner._at_work = counted
+    with psycopg.connect(pg_url) as other:
+        other.execute("SELECT 1 FROM contexts WHERE name = 'locked' FOR UPDATE")
+        adding, out = _in_thread(lambda: cw.add_prompt("after"))
+        assert asked.wait(HANG), "the deadline never came"
+        other.rollback()
+    adding.join(HANG)
+    assert not adding.is_alive()
+    assert "error" not in out, repr(out.get("error"))
+    assert answers and answers[0] is True
+    assert [r.content for r in cw.live_records()] == ["before", "after"]
+    store.close()

@@ -70,30 +70,44 @@ class BoundedConnection(psycopg.Connection[Any]):
         self.extend = extend
 
     def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
-        if self.deadline is None or timeout is not None:  # psycopg's own bounded waits stay
-            return super().wait(gen, interval=interval, timeout=timeout)
+        # The hot path of every statement (about ten waits per commit): kept to one call.
+        deadline = self.deadline
+        if deadline is None or timeout is not None:  # psycopg's own bounded waits stay
+            return _psycopg_wait(self, gen, interval, timeout)
+        try:
+            return _psycopg_wait(self, gen, interval, deadline - _monotonic())
+        except pgerr._WaitTimeout:
+            return self._late(gen, interval)
+
+    def _late(self, gen: PQGen[RV], interval: float) -> RV:
+        """The deadline passed while waiting for the server: wait on while it is at work,
+        else close the connection and raise :class:`Unanswered`."""
         graced = False
         while True:
-            left = max(self.deadline - time.monotonic(), 0.0)
+            at_work = None if graced else self.at_work
+            working = None if at_work is None else at_work(self)
+            if working:
+                self.deadline = _monotonic() + self.extend
+            elif working is False:
+                # The server answered the question, so it had sent its answer to ours
+                # before: that is on its way (or lost, the connection broken). Once.
+                self.deadline = _monotonic() + _GRACE
+                graced = True
+            else:
+                self.pgconn.finish()  # the pool discards a closed connection
+                raise Unanswered(
+                    "the server did not answer in time (a network partition?); the"
+                    " connection was closed"
+                ) from None
             try:
-                return super().wait(gen, interval=interval, timeout=left)
-            except pgerr._WaitTimeout:
-                at_work = None if graced else self.at_work
-                working = None if at_work is None else at_work(self)
-                if working:
-                    self.deadline = time.monotonic() + self.extend
-                elif working is False:
-                    # The server answered the question, so it had sent its answer to ours
-                    # before: that is on its way (or lost, the connection broken). Once.
-                    self.deadline = time.monotonic() + _GRACE
-                    graced = True
-                else:
-                    self.pgconn.finish()  # the pool discards a closed connection
-                    raise Unanswered(
-                        "the server did not answer in time (a network partition?); the"
-                        " connection was closed"
-                    ) from None
                 # The generator waits where it was (psycopg resumes one so after a Ctrl-C).
+                return _psycopg_wait(self, gen, interval, self.deadline - _monotonic())
+            except pgerr._WaitTimeout:
+                pass
+
+
+_psycopg_wait = psycopg.Connection.wait
+_monotonic = time.monotonic
 
 
 def at_work(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import psycopg
 import pytest
 from psycopg import pq
 from replay import Replay, real_fixture
@@ -117,3 +118,80 @@ def test_a_budget_check_reads_no_text_of_unsettled_replies(
     assert refused.value.spent == 2 * BILLED.total_tokens  # both counted
     assert seen, "nothing traced"
     assert not read_text(store, seen)
+
+
+@contextmanager
+def before_each_select(store: Any, act: Callable[[int], None]) -> Iterator[None]:
+    """Call ``act(n)`` as the store starts its ``n``-th SELECT (0, 1, …) meanwhile: what
+    another worker does between the reads of one check (SQLite's trace callback, which runs
+    as a statement starts; on PostgreSQL the cursor of the pool's one connection)."""
+    count = [0]
+
+    def seen(sql: str) -> None:
+        if sql.lstrip()[:6].upper() == "SELECT":
+            count[0] += 1
+            act(count[0] - 1)
+
+    if isinstance(store, rxcontext.SQLiteStore):
+        db = store._db()
+        db.set_trace_callback(seen)
+        try:
+            yield
+        finally:
+            db.set_trace_callback(None)
+        return
+
+    class Watched(psycopg.Cursor[Any]):
+        def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+            seen(query if isinstance(query, str) else query.as_string(self))
+            return super().execute(query, *args, **kwargs)
+
+    with store._runner.pool().connection() as conn:
+        plain = conn.cursor_factory
+        conn.cursor_factory = Watched
+    try:
+        yield
+    finally:
+        with store._runner.pool().connection() as conn:
+            conn.cursor_factory = plain
+
+
+@pytest.mark.parametrize("other", ["claims", "discards", "keeps"])
+def test_a_budget_check_counts_a_reply_another_worker_resumes_or_settles_meanwhile(
+    target: str, other: str
+) -> None:
+    """Another worker claims the context's interrupted reply for a resume (or settles it)
+    as the check reads, before each of its reads in turn: the reply's billing is counted
+    once, before the claim or after it, never dropped (the check reads one snapshot)."""
+    options = {"pool_size": 1} if target.startswith("postgresql") else {}
+    store = rxcontext.open(target, **options)
+    worker = rxcontext.open(target)
+    try:
+        landed: list[int] = []
+        for at in range(64):
+            cw = ContextWindow(store, model(Replay(real_fixture(RECORDED))), context=f"c{at}")
+            cw.add_prompt("Hello there, " * 40)
+            unsettled(store, cw.context.id, f"cut{at}", ReplyState.INTERRUPTED)
+            (cut,) = cw.checkpoints()
+            cw.budget = Budget(max_tokens=BILLED.total_tokens + 5)
+
+            def act(n: int, at: int = at, cut_id: int = cut.id) -> None:
+                if n != at:
+                    return
+                landed.append(at)
+                if other == "claims":
+                    worker.claim_checkpoint(cut_id, owner="worker-1")
+                elif other == "discards":
+                    worker.discard_checkpoint(cut_id)
+                else:
+                    worker.keep_checkpoint(cut_id)
+
+            with before_each_select(store, act), pytest.raises(BudgetExceeded) as refused:
+                cw.call()
+            assert refused.value.spent == BILLED.total_tokens, f"landing before read {at}"
+            if not landed or landed[-1] != at:
+                break  # the check made fewer reads: each gap was tried
+        assert landed
+    finally:
+        worker.close()
+        store.close()

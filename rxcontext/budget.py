@@ -38,10 +38,10 @@ from .chunks import Usage
 from .cost import context_cost, format_usd, price
 from .errors import BudgetExceeded
 from .records import Record
-from .store.base import Store
+from .store.base import Spending, Store
 from .usage_by_model import Part, parts_of
 
-__all__ = ["Budget", "check_budget", "unsettled_parts"]
+__all__ = ["Budget", "check_budget", "spending", "unsettled_parts"]
 
 _EARLIER = " ({} of it by this reply's earlier attempts)"
 """How a refusal before a retry says what part of the spending its earlier attempts were."""
@@ -196,13 +196,38 @@ def unsettled_parts(store: Store, context_id: str, own: str | None = None) -> li
     billed, as their checkpoints carry it, by the models that billed it (a checkpoint that
     names none: model None, its price unknown); reply ``own``'s left out (the reply asking,
     whose own count is given apart). Their usage joins the context's totals only once they
-    are settled; it was paid for before."""
-    found = {cp.id: cp for cp in store.active_replies(context_id)}
-    found.update((cp.id, cp) for cp in store.checkpoints(context_id))
+    are settled; it was paid for before.
+
+    Both stores read it with the context's totals in one snapshot, without the replies'
+    text (:func:`spending`); a store without ``budget_spent`` reads the replies' rows."""
+    return spending(store, context_id, own, records=False)[1]
+
+
+def spending(
+    store: Store, context_id: str, own: str | None, *, records: bool
+) -> tuple[Spending, list[Part]]:
+    """What a budget check counts of a context: its totals (and its records, if
+    ``records``) and its unsettled replies' parts (:func:`unsettled_parts`), read as of one
+    moment where the store can (both stores: ``budget_spent``, one read transaction that
+    never reads the replies' text), so that a reply claimed for a resume or settled
+    meanwhile is counted once, never dropped."""
+    read = getattr(store, "budget_spent", None)
+    if read is not None:
+        spent: Spending = read(context_id, own, records=records)
+    else:
+        found = {cp.id: cp for cp in store.active_replies(context_id)}
+        found.update((cp.id, cp) for cp in store.checkpoints(context_id))
+        spent = Spending(
+            store.context_stats(context_id),
+            store.records(context_id) if records else [],
+            [
+                (cp.usage, cp.metadata)
+                for cp in found.values()
+                if cp.usage is not None and (own is None or cp.reply_id != own)
+            ],
+        )
     parts: list[Part] = []
-    for cp in found.values():
-        if cp.usage is None or (own is not None and cp.reply_id == own):
-            continue
-        listed = parts_of(cp.metadata, cp.usage)
-        parts.extend(listed if listed is not None else [(None, None, cp.usage)])
-    return parts
+    for usage, metadata in spent.unsettled:
+        listed = parts_of(metadata, usage)
+        parts.extend(listed if listed is not None else [(None, None, usage)])
+    return spent, parts

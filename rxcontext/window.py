@@ -17,7 +17,7 @@ from ._requests import CONTINUE_PROMPT, RoundRequests
 from ._summary_stream import SummaryLimits
 from .astreaming import off_loop, run_async
 from .attachments import Attachment
-from .budget import Budget, check_budget, unsettled_parts
+from .budget import Budget, check_budget, spending
 from .checkpointer import checkpointer_for
 from .chunks import Chunk, Reply, Usage
 from .errors import CheckpointNotFound, ReplySuperseded, RxContextError
@@ -707,20 +707,21 @@ class ContextWindow:
         id, whose row ``billed`` stands for.
 
         Spent is the context's totals (its settled replies) and what its unsettled replies
-        were billed (:func:`unsettled_parts`): a reply interrupted (a retry the budget
-        refused, say) was paid for before it is kept or discarded, and a resume's first
-        request counts what its checkpoint carries."""
+        were billed (:func:`~rxcontext.budget.unsettled_parts`), read as of one moment: a
+        reply interrupted (a retry the budget refused, say) was paid for before it is kept
+        or discarded, and a resume's first request counts what its checkpoint carries."""
         store = self._store
-        stats = store.context_stats(context_id)  # its name too: one read, not two
+        # Its totals, name, records and unsettled replies' usage as of one moment.
+        spent, unsettled = spending(store, context_id, own, records=budget.max_usd is not None)
         check_budget(
             budget,
-            context=stats.name,
-            spent=stats.usage,
-            records=store.records(context_id) if budget.max_usd is not None else (),
+            context=spent.stats.name,
+            spent=spent.stats.usage,
+            records=spent.records,
             estimate=store.live_tokens(context_id),
             model_name=model.name,
             billed=billed,
-            unsettled=unsettled_parts(store, context_id, own),
+            unsettled=unsettled,
         )
 
     def _history(self, context_id: str) -> HistoryCache:

@@ -702,8 +702,8 @@ def test_astream_checks_the_budget_when_iterated_and_off_the_loop() -> None:
     cw = ContextWindow(store, model, context="b", budget=Budget(max_tokens=1000))
     cw.add_prompt("first")
     read_on: list[int] = []
-    stats = store.context_stats
-    store.context_stats = lambda *a: read_on.append(threading.get_ident()) or stats(*a)  # type: ignore[method-assign]
+    spent = store.budget_spent  # what the check reads (totals, unsettled replies' usage)
+    store.budget_spent = lambda *a, **k: read_on.append(threading.get_ident()) or spent(*a, **k)
 
     async def main() -> None:
         later = cw.astream()  # made under budget

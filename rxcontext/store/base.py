@@ -36,6 +36,7 @@ __all__ = [
     "RecordDraft",
     "ReplyEnd",
     "ReplyTicket",
+    "Spending",
     "Store",
     "check_name",
     "check_text",
@@ -188,6 +189,19 @@ class CheckpointDraft:
     chunks: int = 0
     response_id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Spending:
+    """What a budget check reads of a context, all of it as of one moment (a store's
+    ``budget_spent``): its :class:`~rxcontext.ContextStats` (settled totals and name), its
+    records if asked (what its settled replies cost), and what its unsettled replies
+    (interrupted, or under way) were billed as their rows say, ``(usage, metadata)`` each:
+    a reply claimed for a resume, or settled, meanwhile is counted once, never dropped."""
+
+    stats: ContextStats
+    records: Sequence[Record]
+    unsettled: Sequence[tuple[Usage, Mapping[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -233,6 +233,23 @@ class PostgresReplies:
         found = self._select(f"{_ACTIVE} ORDER BY c.pos, c.id", (context_id,))
         return [cp for cp in found if cp.state.live]
 
+    @staticmethod
+    def _unsettled(conn: Conn, context_id: str, own: str | None) -> list[Any]:
+        """The usage and metadata of the context's unsettled replies (those with usage),
+        ``own``'s left out: never their text (a long reply's, or one streaming now)."""
+        found = conn.execute(
+            "SELECT reply_id, usage, metadata FROM checkpoints WHERE context_id = %s"
+            " AND state IN ('interrupted', 'streaming', 'resuming') AND usage IS NOT NULL"
+            " ORDER BY pos, id",
+            (context_id,),
+        ).fetchall()
+        spent = []
+        for reply_id, usage, metadata in found:
+            counts = rows.unjson(usage, None)
+            if counts and (own is None or dec(reply_id) != own):
+                spent.append((Usage.from_dict(counts), rows.unjson(metadata, {})))
+        return spent
+
     def busy_reply_ids(self, context_id: str) -> set[str]:
         """The ids of :meth:`active_replies`, without reading their rows' text (a request
         asks for them: a long reply streaming in the context cost every request its text)."""

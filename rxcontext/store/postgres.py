@@ -37,7 +37,7 @@ from . import _pg_blobs as blobs
 from . import _pg_rows as rows
 from ._export import export_document
 from ._pg_rows import Draft, impossible_id, live_tokens_of, lock_context, retire, send_records
-from .base import RecordDraft, check_name, check_text, usage_counts
+from .base import RecordDraft, Spending, check_name, check_text, usage_counts
 from .owner import check_lease_ttl, process_gone
 from .pg_codec import dec, enc, enc_opt
 from .pg_leases import PostgresLeases
@@ -412,6 +412,21 @@ class PostgresStore(PostgresReplies, PostgresLeases):
 
         ctx, records, tools, stats = self._runner.run(body)
         return export_document(ctx, records, tools, stats)
+
+    def budget_spent(self, context_id: str, own: str | None, *, records: bool) -> Spending:
+        """What a budget check reads of a context (:class:`.base.Spending`), in one
+        ``REPEATABLE READ`` transaction: its totals and its unsettled replies' usage (never
+        their text) as of one moment, whatever other sessions commit meanwhile; its
+        records too if ``records``. Reply ``own``'s row is left out."""
+
+        def body(conn: Conn, _: bool) -> Spending:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            stats = self._stats(conn, context_id)
+            stored = self._records(conn, context_id, False, None) if records else []
+            return Spending(stats, stored, self._unsettled(conn, context_id, own))
+
+        spent: Spending = self._runner.run(body)
+        return spent
 
     @staticmethod
     def _stats(conn: Conn, context_id: str) -> ContextStats:

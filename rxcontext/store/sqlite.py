@@ -46,7 +46,7 @@ from . import _sqlite_long as long
 from . import _sqlite_rows as rows
 from ._export import export_document
 from ._thinking import pack
-from .base import RecordDraft, check_name, check_text, usage_counts
+from .base import RecordDraft, Spending, check_name, check_text, usage_counts
 from .migrations import copy_current_schema, migrate, pending
 from .owner import check_lease_ttl, process_gone
 from .sqlite_holds import attach as attach_holds
@@ -697,6 +697,24 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             finally:
                 db.execute("COMMIT")  # nothing was written: this only ends the snapshot
         return export_document(ctx, records, tools, stats)
+
+    def budget_spent(self, context_id: str, own: str | None, *, records: bool) -> Spending:
+        """What a budget check reads of a context (:class:`.base.Spending`), in one read
+        transaction: its totals and its unsettled replies' usage (never their text) as of
+        one moment, whatever other processes commit meanwhile; its records too if
+        ``records``. Reply ``own``'s row is left out."""
+        with self._read() as db:
+            began = not db.in_transaction  # (in one already: it is the snapshot)
+            if began:
+                db.execute("BEGIN")  # a read transaction: its first read fixes the snapshot
+            try:
+                stats = self.context_stats(context_id)
+                stored = self.records(context_id) if records else []
+                unsettled = self._unsettled(db, context_id, own)
+            finally:
+                if began:
+                    db.execute("COMMIT")  # nothing was written: this only ends the snapshot
+        return Spending(stats, stored, unsettled)
 
     def context_stats(self, context_id: str) -> ContextStats:
         """Aggregate numbers of one context, in one query.

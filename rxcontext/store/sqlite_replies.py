@@ -316,6 +316,23 @@ class SQLiteReplies:
         found = self._select(f"{_ACTIVE} ORDER BY pos, id", (context_id,))
         return [cp for cp in found if cp.state.live]
 
+    @staticmethod
+    def _unsettled(db: sqlite3.Connection, context_id: str, own: str | None) -> list[Any]:
+        """The usage and metadata of the context's unsettled replies (those with usage),
+        ``own``'s left out: never their text (a long reply's, or one streaming now)."""
+        found = db.execute(
+            "SELECT reply_id, usage, metadata FROM checkpoints WHERE context_id = ?"
+            " AND state IN ('interrupted', 'streaming', 'resuming') AND usage IS NOT NULL"
+            " ORDER BY pos, id",
+            (context_id,),
+        ).fetchall()
+        spent = []
+        for reply_id, usage, metadata in found:
+            counts = rows.from_json(usage, None)
+            if counts and (own is None or reply_id != own):
+                spent.append((Usage.from_dict(counts), rows.from_json(metadata, {})))
+        return spent
+
     def busy_reply_ids(self, context_id: str) -> set[str]:
         """The ids of :meth:`active_replies`, without reading their rows' text (a request
         asks for them: a long reply streaming in the context cost every request its text)."""

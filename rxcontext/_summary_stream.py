@@ -104,9 +104,15 @@ class SummaryAttempts:
         return delay
 
     def _deliver(self, chunk: Chunk, on_chunk: Callable[[Chunk], Done] | None) -> Done:
+        """Fold ``chunk`` and hand it to ``on_chunk``: a USAGE chunk with what the failed
+        attempts before were billed counted in, as the summary's usage counts it (a fold
+        of what ``on_chunk`` got counts that usage, once)."""
         self.builder.add(chunk)
         if on_chunk is None:
             return None
+        aside = self.set_aside
+        if aside is not None and chunk.usage is not None:
+            chunk = replace(chunk, usage=aside + chunk.usage)
         try:
             return on_chunk(chunk)
         except BaseException:

@@ -584,12 +584,15 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                         except asyncio.CancelledError:
                             stopper.reraise()
                             raise
+                        # The hooks get the chunk the subscriber gets (a USAGE chunk with
+                        # what the reply was billed before this attempt); the fold, as sent.
+                        seen = persister.shown(chunk) if shows else chunk
                         try:
                             for hook in hooks:
                                 if hook.awaits_chunks:
-                                    await hook.achunk(chunk)
+                                    await hook.achunk(seen)
                                 else:
-                                    hook.chunk(chunk)
+                                    hook.chunk(seen)
                         except Exception:
                             hook_raised = True  # it refused the chunk: not folded
                             raise
@@ -610,7 +613,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                         persister.add(chunk)  # delivered the moment it is yielded
                         persister.busy = False
                         delivered = True
-                        yield persister.shown(chunk) if shows else chunk
+                        yield seen
                         if watch.fired:  # the task holding it ended meanwhile
                             stopper.check()
                             if watch.kept:  # it held the final DONE: the reply is stored

@@ -507,7 +507,10 @@ class _SyncDriver:
                 run.requests.append(request)
                 delivered = False
                 persister.sent()
-                self.out = self._showing() if persister.carries() else self.emit
+                # The hooks see the USAGE chunks as the subscriber does (the reply's billing
+                # before this attempt counted in), decided once an attempt: None, as sent.
+                show = persister.shown if persister.carries() else None
+                self.out = self._showing() if show is not None else self.emit
                 try:
                     with breaking(breaker):
                         it = run.chunks(request)
@@ -537,17 +540,19 @@ class _SyncDriver:
                             for chunk in it:
                                 if lone is not None:
                                     only = lone.only_on_chunk
+                                    seen = chunk if show is None else show(chunk)
                                     try:
                                         if only is None:
-                                            lone.chunk(chunk)
+                                            lone.chunk(seen)
                                         else:
-                                            only(chunk)  # what lone.chunk would do, unless
+                                            only(seen)  # what lone.chunk would do, unless
                                             if lone.only_on_chunk is not only:  # it set one
-                                                lone.tool_hooks(chunk)
+                                                lone.tool_hooks(seen)
                                     except BaseException as error:
                                         self._hook_failed(chunk, error)
                                         raise
                                 elif hooks:
+                                    seen = chunk if show is None else show(chunk)
                                     try:
                                         for hook in hooks:
                                             only = hook.only_on_chunk
@@ -556,11 +561,11 @@ class _SyncDriver:
                                                 or type(hook) is not Middleware
                                                 or Middleware.chunk is not PLAIN_CHUNK
                                             ):  # a subclass, or chunk wrapped (a spy, say)
-                                                hook.chunk(chunk)
+                                                hook.chunk(seen)
                                                 continue
-                                            only(chunk)  # what hook.chunk would do, unless
+                                            only(seen)  # what hook.chunk would do, unless
                                             if hook.only_on_chunk is not only:  # it set one
-                                                hook.tool_hooks(chunk)
+                                                hook.tool_hooks(seen)
                                     except BaseException as error:
                                         self._hook_failed(chunk, error)
                                         raise
@@ -628,9 +633,10 @@ class _SyncDriver:
                                         raise run.deadline_passed()
                                     if limit is not None and self.clock() - asked > limit:
                                         raise run.timeout(delivered, limit)
+                                    seen = chunk if show is None else show(chunk)
                                     try:
                                         for hook in hooks:
-                                            hook.chunk(chunk)
+                                            hook.chunk(seen)
                                     except BaseException as error:
                                         self._hook_failed(chunk, error)
                                         raise

@@ -1,0 +1,139 @@
+"""The user's own exception (or Ctrl-C) in their code while another process holds the lock.
+
+The subscriber's ``on_next`` (or the ``async for`` body) takes a chunk; meanwhile a plain
+``sqlite3`` connection holds the database's write lock (``BEGIN IMMEDIATE``: a backup, a long
+write) and the user's code raises. The reply's final write (its commit when the chunk was the
+final ``DONE``, else the checkpoint of what was delivered) waits ``busy_timeout`` once and is
+refused; it is kept and written once the lock is gone (here: as the store closes).
+
+What the user gets is theirs: a ``KeyboardInterrupt`` with the refusal (``StoreBusy``) as its
+cause, as docs/guarantees.md "Signals and crashes" promises; their own exception, the same
+object, with a note that says the write was refused and kept (sync); on asyncio the
+exception leaving the ``async for`` (the generator, dropped, is closed by the loop). Before
+the fix, on sync, both reached the user as ``StoreBusy`` on the final ``DONE`` after two
+lock waits (the commit, then the checkpoint), and the user's exception did on every chunk.
+Real OpenAI SDK over a replaying transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from crafted_text import text_body
+from provider_rules import model_for
+from replay import Replay
+
+import rxcontext
+from rxcontext import Chunk, ChunkKind, ContextWindow, ReplyState, StoreBusy
+
+pytestmark = pytest.mark.timeout(60)
+
+TEXT = ["one ", "two"]
+
+
+class UIError(Exception):
+    """The user's own code failing (a UI refresh, say)."""
+
+
+class Locked:
+    """A database whose write lock another connection takes while the user's code runs;
+    counts the store's final writes that waited for it and were refused."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.path = str(tmp_path / "db.sqlite")
+        self.store = rxcontext.open(self.path, busy_timeout=0.3, lease_ttl=5.0)
+        replay = Replay(text_body("chat", TEXT))
+        self.cw = ContextWindow(self.store, model_for("chat", replay), "c", retry=None)
+        self.cw.add_prompt("count")
+        self.locker = sqlite3.connect(self.path, isolation_level=None, timeout=0.1)
+        self.refused = 0
+        for name in ("save_checkpoint", "commit_reply"):
+            setattr(self.store, name, self._counting(getattr(self.store, name)))
+
+    def _counting(self, write: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return write(*args, **kwargs)
+            except StoreBusy:
+                if kwargs.get("wait", True):  # the heartbeat's tries wait for nothing
+                    self.refused += 1
+                raise
+
+        return counted
+
+    def lock(self) -> None:
+        self.locker.execute("BEGIN IMMEDIATE")
+
+    def kept(self) -> tuple[ReplyState, str]:
+        """Lets the lock go, closes the store (which writes what was kept): the reply as
+        another process reads it."""
+        self.locker.execute("ROLLBACK")
+        self.locker.close()
+        self.store.close()
+        other = rxcontext.open(self.path)
+        try:
+            [checkpoint] = ContextWindow(other, self.cw.model, "c").checkpoints()
+            return checkpoint.state, checkpoint.text
+        finally:
+            other.close()
+
+
+def delivered_up_to(kind: ChunkKind) -> str:
+    return TEXT[0] if kind is ChunkKind.TEXT else "".join(TEXT)
+
+
+@pytest.mark.parametrize("kind", [ChunkKind.TEXT, ChunkKind.DONE], ids=["text", "done"])
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), UIError("UI refresh failed")], ids=["ctrl_c", "own"])
+def test_sync_the_users_exception_reaches_them_the_refused_write_kept(
+    tmp_path: Path, kind: ChunkKind, error: BaseException
+) -> None:
+    db = Locked(tmp_path)
+    errors: list[Exception] = []
+
+    def on_next(chunk: Chunk) -> None:
+        if chunk.kind is kind:
+            db.lock()
+            raise error
+
+    with pytest.raises(type(error)) as raised:
+        db.cw.stream().subscribe(on_next, errors.append)
+    assert raised.value is error
+    assert errors == []
+    assert db.refused == 1  # one wait for the lock, not one per write tried
+    if isinstance(error, KeyboardInterrupt):
+        assert isinstance(error.__cause__, StoreBusy), repr(error.__cause__)
+    else:
+        assert error.__cause__ is None and error.__context__ is None
+        [note] = getattr(error, "__notes__", [])
+        assert "locked by another process" in note and "kept" in note, note
+    assert db.kept() == (ReplyState.INTERRUPTED, delivered_up_to(kind))
+
+
+@pytest.mark.parametrize("kind", [ChunkKind.TEXT, ChunkKind.DONE], ids=["text", "done"])
+def test_asyncio_the_users_exception_leaving_the_loop_reaches_them(
+    tmp_path: Path, kind: ChunkKind
+) -> None:
+    db = Locked(tmp_path)
+    error = UIError("UI refresh failed")
+    seen: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: seen.append(context))
+        try:
+            async for chunk in db.cw.astream():
+                if chunk.kind is kind:
+                    db.lock()
+                    raise error
+        finally:
+            await asyncio.sleep(0)  # the loop's finaliser closes the dropped generator
+
+    with pytest.raises(UIError) as raised:
+        asyncio.run(main())
+    assert raised.value is error and error.__context__ is None
+    assert db.refused == 1
+    assert db.kept() == (ReplyState.INTERRUPTED, delivered_up_to(kind))

@@ -862,16 +862,25 @@ class ReplyPersister:
         return self._interrupt(describe_error(error), error)
 
     def _interrupt(
-        self, why: str, error: BaseException | None = None, *, held: BaseException | None = None
+        self,
+        why: str,
+        error: BaseException | None = None,
+        *,
+        held: BaseException | None = None,
+        refused: StoreBusy | None = None,
     ) -> Checkpoint | None:
         """Write the final checkpoint (``why``); ``held``: the exception being handled when
-        ``error`` is not passed (a Ctrl-C in the subscriber's code)."""
+        ``error`` is not passed (a Ctrl-C in the subscriber's code). ``refused``: the commit
+        this checkpoint replaces was just refused by a lock, after its wait: it is kept at
+        once, not tried again (one wait for the lock, not two)."""
         with deferred(), self._write:  # a Ctrl-C waits too
             if not self._finish() or self.ticket is None:
                 return None
             self._hold()  # until written or given up (:meth:`_write_final`)
             self._final = (self._draft(why), error)
             try:
+                if refused is not None:
+                    raise refused
                 saved = self._write_final()
             except StoreBusy as busy:
                 # Kept (:attr:`pending`), and the reply held: the heartbeat writes it once
@@ -1005,13 +1014,18 @@ class ReplyPersister:
         if not busy and not keep:
             self.interrupt(None)
 
-    def commit_whole(self) -> None:
+    def commit_whole(self, held: BaseException | None = None) -> None:
         """The subscriber let go holding the reply's final ``DONE`` (:meth:`whole`): commit
         the reply as its end does. Nothing is raised for a subscriber that is gone: a reply
         stored but not valid for its schema stays stored; one that could not be stored is
-        interrupted instead (its checkpoint holds every chunk delivered)."""
+        interrupted instead (its checkpoint holds every chunk delivered). A commit a lock
+        refused is not followed by a second wait: its checkpoint is kept (:attr:`pending`)
+        and the refusal raised (``held``, a Ctrl-C that let go, with it as its cause)."""
         try:
             self.complete(self.reply(), last=True)
+        except StoreBusy as busy:
+            if not self.finished:
+                self._interrupt(describe_error(busy), busy, held=held, refused=busy)
         except Exception as error:
             if not self.finished:
                 self.interrupt(error)
@@ -1029,11 +1043,21 @@ class ReplyPersister:
         """The subscriber's own code raised: keep what it received, but not its error
         (a Ctrl-C landing there is still let go, see :meth:`_interrupt`). Raised on the
         reply's final ``DONE`` (:meth:`whole`), it had every chunk: the reply is committed,
-        as an asyncio consumer's raising there has it."""
-        if self.whole(answers_calls):
-            self.commit_whole()
-            return
-        self._interrupt("cancelled: the subscriber's code raised", held=sys.exc_info()[1])
+        as an asyncio consumer's raising there has it.
+
+        The user's exception is theirs, whatever the store does: a final write that fails
+        (a lock refused it: it is kept, :attr:`pending`) is told in a note on it, not raised
+        in its place; a Ctrl-C gets it as its cause (:meth:`_interrupt`)."""
+        held = sys.exc_info()[1]
+        try:
+            if self.whole(answers_calls):
+                self.commit_whole(held)
+            else:
+                self._interrupt("cancelled: the subscriber's code raised", held=held)
+        except Exception as failed:
+            if not isinstance(held, Exception):
+                raise
+            held.add_note(f"rxcontext: the reply's final write failed: {failed}")
 
     def interrupted(self, error: BaseException) -> BaseException:
         """:meth:`interrupt`, then what the subscriber should get: a

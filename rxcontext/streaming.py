@@ -719,7 +719,7 @@ class _SyncDriver:
             if self.user_raised:
                 persister.stopped_by_user_code(bool(run.tools))
             elif persister.whole(bool(run.tools)):
-                persister.commit_whole()  # it landed holding the final DONE: as on asyncio
+                persister.commit_whole(error)  # it landed holding the final DONE: as on asyncio
             else:
                 persister.interrupt(error)
             raise

@@ -88,11 +88,14 @@ def delivered_up_to(kind: ChunkKind) -> str:
 
 
 @pytest.mark.parametrize("kind", [ChunkKind.TEXT, ChunkKind.DONE], ids=["text", "done"])
-@pytest.mark.parametrize("error", [KeyboardInterrupt(), UIError("UI refresh failed")], ids=["ctrl_c", "own"])
+@pytest.mark.parametrize(
+    "make", [KeyboardInterrupt, lambda: UIError("UI refresh failed")], ids=["ctrl_c", "own"]
+)
 def test_sync_the_users_exception_reaches_them_the_refused_write_kept(
-    tmp_path: Path, kind: ChunkKind, error: BaseException
+    tmp_path: Path, kind: ChunkKind, make: Callable[[], BaseException]
 ) -> None:
     db = Locked(tmp_path)
+    error = make()
     errors: list[Exception] = []
 
     def on_next(chunk: Chunk) -> None:

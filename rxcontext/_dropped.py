@@ -9,82 +9,113 @@ whole reply it broke on the final ``DONE`` of) is missing from it and appears in
 after, before the prompt it answered — where the blocking twin, whose dispose settles the
 reply at once, sends it in place.
 
-So each asyncio driver of this process is noted here, by store and context, while it runs
-(:func:`begin` to :func:`end`), and a new asyncio reply first waits for those of its context whose
-generator is gone (:func:`dropped`): a generator's weak references are cleared as it
-is dropped, before the finaliser schedules its close, so a dead one with a driver still
-running is one whose close is on its way on this loop. A generator dropped in a reference
-cycle is only dropped when the cyclic collector runs, and the blocking ``stream()`` /
-``call()`` cannot wait for a loop's task: both build their request as before (the dropped
-reply left out until it settles).
+So a new asyncio reply first waits for the replies of its context (its database and context
+id, whichever store object of this process opened them) whose generator was dropped on the
+running loop while their driver still runs (:func:`dropped`). Nothing is kept for a reply
+until that happens: the driver's weak reference to its generator has the driver as its
+callback (:func:`note`), and a generator's weak references are cleared as it is dropped,
+before the finaliser schedules its close. Only then is the reply noted here, weakly: an
+entry goes with its driver, and with its loop when that is closed with the close never run. A
+generator dropped in a reference cycle is only dropped when the cyclic collector runs, and
+the blocking ``stream()`` / ``call()`` cannot wait for a loop's task: both build their
+request as before (the dropped reply left out until it settles).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
-from collections.abc import Callable
+import weakref
+from typing import Any, Protocol
 
-__all__ = ["begin", "dropped", "end"]
+__all__ = ["dropped", "end", "finalised_by", "note"]
 
 
-class _Driving:
-    """One asyncio driver, on ``loop``, while it runs; ``gone()``: its generator was dropped."""
+class Driver(Protocol):
+    """What this module reads of an asyncio driver (``astreaming._Stopper``)."""
 
-    __slots__ = ("ended", "gone", "key", "loop")
+    loop: asyncio.AbstractEventLoop | None
+    settled: asyncio.Future[None] | None
+    """Made once its generator is dropped while it runs; done when it has ended."""
+    ended: bool
 
-    def __init__(
-        self, key: tuple[int, str], loop: asyncio.AbstractEventLoop, gone: Callable[[], bool]
-    ) -> None:
-        self.key = key
-        self.loop = loop
-        self.gone = gone
-        self.ended: asyncio.Future[None] = loop.create_future()
+    @property
+    def run(self) -> Any: ...
 
 
 _lock = threading.Lock()
-_running: dict[tuple[int, str], set[_Driving]] = {}
+_running: weakref.WeakKeyDictionary[Any, tuple[object, str]] = weakref.WeakKeyDictionary()
+"""The drivers whose generator was dropped while they ran, each by its reply's database and
+context, until they end (or are gone: a loop closed without running their close)."""
 
 
-def _finalised_by(loop: asyncio.AbstractEventLoop) -> bool:
+def _database(store: object) -> object:
+    """Which database ``store`` opened: its file (resolved) or URL (without secrets), so two
+    store objects of one database agree; a private in-memory one is its own store's."""
+    path = getattr(store, "path", None)
+    if not isinstance(path, str) or path in ("", ":memory:") or path.startswith("file::memory:"):
+        return id(store)
+    if "://" in path or path.startswith("file:"):
+        return path
+    return os.path.realpath(path)
+
+
+def finalised_by(loop: asyncio.AbstractEventLoop) -> bool:
     """Whether a generator first iterated now is closed by ``loop`` once dropped."""
     finalizer = sys.get_asyncgen_hooks().finalizer
     return getattr(finalizer, "__self__", None) is loop
 
 
-def begin(store: object, context_id: str, gone: Callable[[], bool]) -> _Driving | None:
-    """Note the calling driver (on the running loop) for its context until :func:`end`."""
-    loop = asyncio.get_running_loop()
-    if not _finalised_by(loop):  # iterated outside the loop's hooks: no close would come
-        return None
-    entry = _Driving((id(store), context_id), loop, gone)
+def note(driver: Driver) -> None:
+    """``driver``'s generator was dropped (its weak reference's callback): if the driver
+    still runs, its close is on its way on its loop; a new reply of its context waits."""
+    loop = driver.loop
+    if driver.ended or loop is None or loop.is_closed():
+        return
+    persister = driver.run.persister
+    key = (_database(persister.store), persister.context_id)
     with _lock:
-        _running.setdefault(entry.key, set()).add(entry)
-    return entry
+        _forget_closed()
+        if driver.settled is None:
+            driver.settled = loop.create_future()
+        _running[driver] = key
 
 
-def end(entry: _Driving | None) -> None:
+def _forget_closed() -> None:
+    """Let go of the drivers of closed loops (held by ``_lock``): their close never runs (a
+    loop closed without ``shutdown_asyncgens()``), and nothing can wait on those loops."""
+    closed = [d for d in _running if d.loop is None or d.loop.is_closed()]
+    for driver in closed:
+        del _running[driver]
+
+
+def end(driver: Driver) -> None:
     """The driver has ended (on its loop): whoever waits for it goes on."""
-    if entry is None:
+    driver.ended = True
+    settled = driver.settled
+    if settled is None:
         return
     with _lock:
-        entries = _running.get(entry.key)
-        if entries is not None:
-            entries.discard(entry)
-            if not entries:
-                del _running[entry.key]
-    if not entry.ended.done():
-        entry.ended.set_result(None)
+        _running.pop(driver, None)
+    if not settled.done():
+        settled.set_result(None)
 
 
 def dropped(store: object, context_id: str) -> list[asyncio.Future[None]]:
     """What to wait for before a new reply in this context: the ends of its replies whose
     streams were dropped on the running loop (interrupted, or committed if they held the
     final ``DONE``). Usually none: nothing to await on the way to the first chunk."""
-    entries = _running.get((id(store), context_id))
-    if not entries:
+    if not _running:
         return []
+    key = (_database(store), context_id)
     loop = asyncio.get_running_loop()
     with _lock:
-        return [e.ended for e in entries if e.loop is loop and not e.ended.done() and e.gone()]
+        _forget_closed()
+        drivers = [d for d, k in _running.items() if k == key]
+    return [
+        d.settled
+        for d in drivers
+        if d.loop is loop and d.settled is not None and not d.settled.done()
+    ]

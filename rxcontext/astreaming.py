@@ -316,7 +316,17 @@ class _Stopper:
     start, so only a tool already running finishes (as on the sync path).
     """
 
-    __slots__ = ("_agen", "asked", "cancelled", "loop", "run", "task")
+    __slots__ = (
+        "__weakref__",
+        "_agen",
+        "asked",
+        "cancelled",
+        "ended",
+        "loop",
+        "run",
+        "settled",
+        "task",
+    )
 
     def __init__(self, run: Run) -> None:
         self.run = run
@@ -330,6 +340,9 @@ class _Stopper:
         self.asked: ReplyStopped | None = None
         """The stop, as soon as the heartbeat hands it over: a blocking approval hook may
         hold the loop, and the stop must still be seen before the next call is asked about."""
+        self.ended = False
+        self.settled: asyncio.Future[None] | None = None
+        """Made by :func:`._dropped.note` if the generator is dropped while the driver runs."""
 
     @property
     def agen(self) -> AsyncGenerator[Chunk, None] | None:
@@ -340,15 +353,21 @@ class _Stopper:
     def agen(self, agen: AsyncGenerator[Chunk, None]) -> None:
         self._agen = weakref.ref(agen)
 
-    def dropped(self) -> bool:
-        """Whether the driver's generator was dropped (its close is on its way)."""
-        return self._agen is not None and self._agen() is None
+    def __call__(self, _: weakref.ref[AsyncGenerator[Chunk, None]]) -> None:
+        """The generator was dropped (see :meth:`start`)."""
+        _dropped.note(self)
 
     def start(self) -> None:
         """On the loop, as the driver starts: stops can be taken from here on (SIGTERM at
-        its default too, on the main thread's loop: :mod:`rxcontext._loopterm`)."""
-        self.loop = asyncio.get_running_loop()
+        its default too, on the main thread's loop: :mod:`rxcontext._loopterm`). If the
+        loop closes the generator once dropped, the drop is told (:mod:`._dropped`): the
+        weak reference to it gets this stopper as its callback (no object more a reply)."""
+        self.loop = loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
+        agen = self.agen
+        if agen is not None and _dropped.finalised_by(loop):
+            self._agen = weakref.ref(agen, self)
+        del agen
         self.run.on_stop = self.request
         _loopterm.enter(self)
 
@@ -524,7 +543,6 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
         await off_loop(run.budget_check)
     stopper.start()
     watch.follow(stopper.task)
-    noted = _dropped.begin(persister.store, persister.context_id, stopper.dropped)
     try:
         # A tuple: an empty one (nearly always) is no object to keep while the reply streams.
         starts = tuple([hook for hook in hooks if hook.on_start is not None])
@@ -709,7 +727,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
             await off_loop(persister.interrupt, None if isinstance(error, GeneratorExit) else error)
         raise
     finally:
-        _dropped.end(noted)  # settled: a request waiting for it goes on
+        _dropped.end(stopper)  # settled: a request waiting for it goes on
         watch.follow(None)
         if it is not None:
             await watch.close(it)

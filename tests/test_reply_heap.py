@@ -59,4 +59,4 @@ def test_suspended_replies_hold_few_tracked_objects(tmp_path: Path) -> None:
             return held
 
         held = asyncio.run(main())
-    assert held < 55, f"{held:.1f} tracked objects a suspended reply"
+    assert held < 46, f"{held:.1f} tracked objects a suspended reply"

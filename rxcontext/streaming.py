@@ -15,6 +15,8 @@ called from it) is the user's: it propagates out of the producer as it would fro
 own sources (raised from ``subscribe`` when subscribing on this thread), after the
 checkpoint of what was delivered is saved (or, raised on the reply's final ``DONE``, after
 the reply is committed: it had every chunk, as below); it never becomes the stream's error.
+Nor does the store's failure replace it: a final write a lock refused is kept and noted on
+the user's exception (``__notes__``); a Ctrl-C gets the refusal as its ``__cause__``.
 
 A round that fails before any of its chunks was delivered is sent again as the
 :class:`~rxcontext.retry.RetryPolicy` says; the wait is scheduled on the subscription's

@@ -5,11 +5,14 @@ the next read, and a cache that moved meanwhile never takes an older read."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import pytest
 
 import rxcontext
+import rxcontext.operators
 from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType, ReplyExists
 from rxcontext.history import HistoryCache, request_history
 from rxcontext.providers import ScriptedModel
@@ -152,5 +155,121 @@ def test_a_reply_streaming_beside_is_left_out_of_the_first_request(target: str) 
         cw.add_prompt("third")
         cw.call()
         assert "half of beside" in seen[-1] and seen[-1][-1] == "third"
+    finally:
+        store.close()
+
+
+def _asked(model: ScriptedModel) -> list[str | None]:
+    return [r.content for r in model.requests[0].records]
+
+
+@pytest.mark.parametrize("mode", ["call", "astream"])
+def test_a_write_between_the_begin_and_the_request_is_in_it(target: str, mode: str) -> None:
+    """``on_start`` runs after the reply's begin and before its first request: a record it
+    hides must not be sent (the begin's read was older than the store by then)."""
+    store = rxcontext.open(target)
+    try:
+        model = ScriptedModel([[Chunk(ChunkKind.TEXT, "hi")]], repeat_last=True)
+        cw = ContextWindow(store, model, context="c", checkpoint_every=None)
+        cw.add_prompt("SECRET: do not send")
+        cw.add_prompt("question")
+        hook = rxcontext.operators.middleware(
+            on_start=lambda: cw.set_record_live_state(0, 0, False)
+        )
+        if mode == "call":
+            cw.call(hook)
+        else:
+
+            async def go() -> None:
+                async for _ in cw.astream(hook):
+                    pass
+
+            asyncio.run(go())
+        assert _asked(model) == ["question"]
+    finally:
+        store.close()
+
+
+def test_a_reply_that_ended_after_the_begin_is_in_a_request_read_later(target: str) -> None:
+    """The busy replies the begin read hold only for the records it read: when another
+    request moved the shared cache first, the records come from a later read, and a reply
+    busy at the begin that ended before it is in them (and must not be left out)."""
+    store = rxcontext.open(target)
+    try:
+        ctx = store.get_or_create_context("c")
+        _prompt(store, ctx.id, "q")
+        cache = HistoryCache(store, ctx.id)
+        done = store.begin_reply(ctx.id, "r0", owner=worker_id())
+        store.commit_reply(
+            ctx.id,
+            [RecordDraft(RecordType.MODEL_RESP, "a0")],
+            reply=ReplyTicket(done.id, done.epoch),
+            end="reply",
+        )
+        cache.live()  # the cache has met a reply's records: requests ask which are busy
+        assert cache.replies
+        r2 = store.begin_reply(ctx.id, "r2", owner=worker_id())
+        since = cache.since
+        _, pos, read = store.begin_reply_with_history(
+            ctx.id, "a", owner=worker_id(), since=since, busy=True
+        )
+        assert read is not None and read[2] == {"r2", "a"}
+        primed = cache.prime(since, *read)
+        assert primed is not None
+        store.commit_reply(
+            ctx.id,
+            [RecordDraft(RecordType.MODEL_RESP, "answer-r2")],
+            reply=ReplyTicket(r2.id, r2.epoch),
+            end="reply",
+        )
+        other = threading.Thread(target=cache.live)  # another reply's request
+        other.start()
+        other.join()
+        records = request_history(store, ctx.id, upto=pos, reply_id="a", cache=cache, primed=primed)
+        assert [r.content for r in records] == ["q", "a0", "answer-r2"]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("mode", ["call", "astream"])
+def test_a_reply_that_ended_before_the_first_request_is_in_it(target: str, mode: str) -> None:
+    """Through a window, with server-side threading: a reply streaming beside at this
+    one's begin ends before its first request (in ``on_start``), and another reply of the
+    window reads the shared cache meanwhile; the request carries the ended reply."""
+    store = rxcontext.open(target)
+    try:
+        model = ScriptedModel([[Chunk(ChunkKind.TEXT, "ok")]], repeat_last=True)
+        cw = ContextWindow(store, model, context="c", checkpoint_every=None)
+        cw.add_prompt("q1")
+        cw.call()
+        cw.add_prompt("q2")
+        cw.call()  # its request read the first reply's records: the cache has met replies
+        ctx = cw.context
+        beside = store.begin_reply(ctx.id, "beside", owner=worker_id())
+        cw.add_prompt("q3")
+
+        def meanwhile() -> None:
+            store.commit_reply(
+                ctx.id,
+                [RecordDraft(RecordType.MODEL_RESP, "answer-beside")],
+                reply=ReplyTicket(beside.id, beside.epoch),
+                end="reply",
+            )
+            other = threading.Thread(target=cw.call)  # moves the window's shared cache
+            other.start()
+            other.join()
+
+        hook = rxcontext.operators.middleware(on_start=meanwhile)
+        if mode == "call":
+            cw.call(hook)
+        else:
+
+            async def go() -> None:
+                async for _ in cw.astream(hook):
+                    pass
+
+            asyncio.run(go())
+        first = model.requests[3].records  # this reply's (the other one's, in on_start, before)
+        assert [r.content for r in first] == ["q1", "ok", "q2", "ok", "answer-beside", "q3"]
     finally:
         store.close()

@@ -139,8 +139,9 @@ class HistoryCache:
         records changed between versions ``since`` (what :attr:`since` was when it was
         asked) and ``version``. None, and nothing taken in, if the cache has moved from
         ``since`` meanwhile (another thread's read: this one may be older) or another
-        thread holds it now. The :class:`Primed` it gives lets :meth:`live` serve this
-        version without asking the store again (once, on the caller's say)."""
+        thread holds it now. The next :meth:`live` still asks the store's version (a write
+        after the begin, an ``on_start`` hook's, is read then); if it serves this version
+        unchanged, the :class:`Primed` busy replies hold for it."""
         if not self._lock.acquire(blocking=False):
             return None
         try:
@@ -151,10 +152,10 @@ class HistoryCache:
         finally:
             self._lock.release()
 
-    def live(self, upto: int | None = None, primed: Primed | None = None) -> list[Record]:
+    def live(self, upto: int | None = None) -> list[Record]:
         """The live records in order (those at positions up to ``upto``, if given): a copy.
-        ``primed``: what :meth:`prime` gave, served as it is if the cache still holds that
-        version (no other read moved it on)."""
+        The store's version is asked each time (one statement): a cache :meth:`prime` brought
+        to the store's version reads no record, yet a write made since is never missed."""
         if not self._lock.acquire(blocking=False):
             # Another thread's read holds the cache, and may be waiting for the store. A
             # thread that holds the store already (SQLiteStore.at_once: the event loop's)
@@ -165,9 +166,8 @@ class HistoryCache:
                 not_now("the history cache, held by another thread")
             self._lock.acquire()
         try:
-            if primed is None or primed.version != self._version:
-                version, changed = self.store.history(self.context_id, since=self._version)
-                self._take(version, changed)
+            version, changed = self.store.history(self.context_id, since=self._version)
+            self._take(version, changed)
             self._served.version = self._version
             if upto is None:
                 return list(self._live)
@@ -259,29 +259,32 @@ def request_history(
 ) -> list[Record]:
     """The live records a reply at position ``upto`` sends (see the module docstring).
 
-    ``primed``: the reply's begin read the history into ``cache`` (:meth:`HistoryCache.prime`);
-    its first read is that one. With the busy replies read in the same snapshot, no reply
-    can have ended between the two reads, so they are not asked again."""
+    ``primed``: the reply's begin read the history into ``cache`` (:meth:`HistoryCache.prime`).
+    The records are read all the same (the store's version is asked: a write since the begin
+    is in them); if the read served the begin's version, nothing changed since, and the busy
+    replies the begin read in that snapshot hold: they are not asked again. Otherwise
+    (another write, or another request moved the shared cache on) the request is read as
+    any other."""
 
     def read() -> list[Record]:
-        nonlocal primed
         if cache is not None:
-            given, primed = primed, None  # the first read only
-            return cache.live(upto, given)
+            return cache.live(upto)
         return store.records(context_id, live_only=True, upto=upto)
 
-    # Which replies are busy is asked before the records are read: a reply that ends in
-    # between is then left out whole, never carried half (a round without its answer).
     busy: set[str | None] | None = None
-    once = primed is not None and primed.busy is not None
+    once = False
+    if primed is not None and primed.busy is not None and cache is not None:
+        records = read()
+        once = cache.version == primed.version
     if once:
         assert primed is not None and primed.busy is not None
         busy = {r for r in primed.busy if r != reply_id}
-    elif cache is not None and cache.replies:
-        if primed is not None and primed.busy is None:
-            primed = None  # read before the busy replies were asked: read again after
-        busy = busy_replies(store, context_id) - {reply_id}
-    records = read()
+    else:  # not the begin's read (if any): its busy replies are not this one's
+        # Which replies are busy is asked before the records are read: a reply that ends in
+        # between is then left out whole, never carried half (a round without its answer).
+        if cache is not None and cache.replies:
+            busy = busy_replies(store, context_id) - {reply_id}
+        records = read()
     while busy and not once:
         # Asked again after the read: a reply that ended in between was stored before it, so
         # a commit's thread check (records changed since the read) would never see that the

@@ -53,8 +53,8 @@ def test_the_begins_read_is_the_history_of_its_snapshot(target: str) -> None:
         _prompt(other, ctx.id, "three")  # after the begin: after its place too
         records = request_history(mine, ctx.id, upto=pos, reply_id="r1", cache=cache, primed=primed)
         assert [r.content for r in records] == ["two"]
-        assert cache.version == version
-        # The next read asks the store again: the other process's write is there.
+        assert cache.version == version + 1  # the request asked the store's version
+        # Every read asks the store again: the other process's write is there.
         assert [r.content for r in cache.live()] == ["two", "three"]
         assert cache.live() == mine.records(ctx.id, live_only=True)
     finally:
@@ -75,6 +75,39 @@ def test_nothing_changed_since_the_cache_reads_no_record(tmp_path: Any) -> None:
     )
     assert read is not None and read[1] == []
     assert not [s for s in statements if "FROM records WHERE context_id" in s]
+    store.close()
+
+
+def test_a_request_after_an_unchanged_begin_reads_the_version_alone(tmp_path: Any) -> None:
+    """What the begin's read saves the first request: with nothing written since, the
+    request asks the store's version (one statement) and neither the records nor which
+    replies are busy (the begin read those in its snapshot)."""
+    store = rxcontext.open(tmp_path / "h.db")
+    ctx = store.get_or_create_context("c")
+    _prompt(store, ctx.id, "one")
+    done = store.begin_reply(ctx.id, "r0", owner=worker_id())
+    store.commit_reply(
+        ctx.id,
+        [RecordDraft(RecordType.MODEL_RESP, "a0")],
+        reply=ReplyTicket(done.id, done.epoch),
+        end="reply",
+    )
+    cache = HistoryCache(store, ctx.id)
+    cache.live()
+    since = cache.since
+    _, pos, read = store.begin_reply_with_history(
+        ctx.id, "r1", owner=worker_id(), since=since, busy=cache.replies
+    )
+    assert read is not None
+    primed = cache.prime(since, *read)
+    statements: list[str] = []
+    store._db().set_trace_callback(statements.append)
+    records = request_history(store, ctx.id, upto=pos, reply_id="r1", cache=cache, primed=primed)
+    store._db().set_trace_callback(None)
+    assert [r.content for r in records] == ["one", "a0"]
+    assert [s for s in statements if s.lstrip().upper().startswith("SELECT")] == [
+        f"SELECT version, live_tokens FROM contexts WHERE id = '{ctx.id}'"
+    ]
     store.close()
 
 

@@ -440,8 +440,16 @@ class ReplyPersister:
             else:
                 assert cache is not None
                 since = cache.since
+                # Read with the busy replies alone: without them the first request's version
+                # read costs what the history's would, and the begin's read saves nothing.
+                replies = cache.replies
                 ticket, pos, read = both(
-                    self.context_id, reply_id, owner=worker_id(), since=since, busy=cache.replies
+                    self.context_id,
+                    reply_id,
+                    owner=worker_id(),
+                    since=since,
+                    busy=replies,
+                    read=replies,
                 )
                 self.reply_id = reply_id
                 self.pos = pos

@@ -306,3 +306,19 @@ def test_a_reply_that_ended_before_the_first_request_is_in_it(target: str, mode:
         assert [r.content for r in first] == ["q1", "ok", "q2", "ok", "answer-beside", "q3"]
     finally:
         store.close()
+
+
+def test_a_begin_asked_no_read_makes_none(target: str) -> None:
+    """A window whose cache met no reply begins without the read (``read=False``): the
+    first request's read would cost what it saves."""
+    store = rxcontext.open(target)
+    try:
+        ctx = store.get_or_create_context("c")
+        _prompt(store, ctx.id, "one")
+        ticket, pos, read = store.begin_reply_with_history(
+            ctx.id, "r1", owner=worker_id(), since=None, busy=False, read=False
+        )
+        [row] = store.active_replies(ctx.id)
+        assert (read, ticket.checkpoint_id, pos) == (None, row.id, row.pos)
+    finally:
+        store.close()

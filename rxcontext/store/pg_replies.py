@@ -262,20 +262,29 @@ class PostgresReplies:
         return self._begin(context_id, reply_id, owner, None)[0]
 
     def begin_reply_with_history(
-        self, context_id: str, reply_id: str, *, owner: str, since: int | None, busy: bool
+        self,
+        context_id: str,
+        reply_id: str,
+        *,
+        owner: str,
+        since: int | None,
+        busy: bool,
+        read: bool = True,
     ) -> tuple[ReplyTicket, int, HistoryRead | None]:
         """:meth:`begin_reply`, and in its transaction (under the context's lock, which
         every write to the context takes: nothing changes it in between) what
         :meth:`history` ``(since=since)`` reads, with :meth:`busy_reply_ids` too if
-        ``busy``. The read is None when it was not made (a retry that found its first
-        try's row stored).
+        ``busy``. The read is None when it was not made (not asked: ``read=False``; a
+        retry that found its first try's row stored).
 
         Store-internal (the history cache of a reply's request, :mod:`rxcontext.history`):
-        its statements go in the begin's round trip, which saves the read's own. It gives
-        the row's ticket and position rather than the :class:`Checkpoint`."""
-        begun, read = self._begin(context_id, reply_id, owner, (since, busy))
+        its statements go in the begin's round trip; the first request still asks the
+        context's version, but if nothing changed since this snapshot it does not ask the
+        busy replies again (one round trip fewer). It gives the row's ticket and position
+        rather than the :class:`Checkpoint`."""
+        begun, got = self._begin(context_id, reply_id, owner, (since, busy) if read else None)
         assert begun.pos is not None
-        return ReplyTicket(begun.id, begun.epoch, begun.owner), begun.pos, read
+        return ReplyTicket(begun.id, begun.epoch, begun.owner), begun.pos, got
 
     def _begin(
         self,

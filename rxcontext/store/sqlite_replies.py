@@ -370,20 +370,28 @@ class SQLiteReplies:
         )
 
     def begin_reply_with_history(
-        self, context_id: str, reply_id: str, *, owner: str, since: int | None, busy: bool
+        self,
+        context_id: str,
+        reply_id: str,
+        *,
+        owner: str,
+        since: int | None,
+        busy: bool,
+        read: bool = True,
     ) -> tuple[ReplyTicket, int, HistoryRead | None]:
         """:meth:`begin_reply`, and in its transaction (one snapshot, no write between)
         what :meth:`history` ``(since=since)`` reads, with :meth:`busy_reply_ids` too if
-        ``busy``. The read is None where it is not made: in :meth:`at_once`, one that
-        would not be at once (the reply's row is written all the same).
+        ``busy``. The read is None where it is not made: not asked (``read=False``), or in
+        :meth:`at_once` one that would not be at once (the reply's row is written all the
+        same).
 
         Store-internal (the history cache of a reply's request, :mod:`rxcontext.history`):
-        a reply's begin and its first request's history cost one lock, one transaction and
-        one statement fewer (the version comes back from the position's update). It gives
-        the row's ticket and position rather than a :class:`Checkpoint` (which the reply's
-        begin did not use)."""
-        cid, pos, _, read = self._begin(context_id, reply_id, owner, (since, busy))
-        return ReplyTicket(cid, 1, owner), pos, read
+        the first request still asks the context's version, but if nothing changed since
+        this snapshot it asks neither the records nor the busy replies again (one lock
+        fewer). It gives the row's ticket and position rather than a :class:`Checkpoint`
+        (which the reply's begin did not use)."""
+        cid, pos, _, got = self._begin(context_id, reply_id, owner, (since, busy) if read else None)
+        return ReplyTicket(cid, 1, owner), pos, got
 
     def _begin(
         self,

@@ -120,6 +120,13 @@ class HistoryCache:
         self._lock = threading.Lock()
         self._served = threading.local()  # per thread: the version its last read served
 
+    def _forked(self) -> None:
+        """In a forked child (:meth:`ContextWindow._forked`): a lock a parent's thread may
+        have held, made anew, and what the cache held (perhaps half taken in) dropped."""
+        self._lock = threading.Lock()
+        self._served = threading.local()
+        self._version, self.replies, self._live, self._keys = None, False, [], []
+
     @property
     def version(self) -> int | None:
         """The context's version the calling thread's last read served (None before its

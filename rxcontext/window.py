@@ -12,7 +12,7 @@ from typing import Any, Unpack, cast
 
 from reactivex import Observable, abc
 
-from . import summarize
+from . import _forks, summarize
 from ._requests import CONTINUE_PROMPT, RoundRequests
 from ._summary_stream import SummaryLimits
 from .astreaming import off_loop, run_async
@@ -198,6 +198,14 @@ class ContextWindow:
         self._context = store.get_or_create_context(context)
         self._histories: dict[str, HistoryCache] = {}  # in order of use, the latest last
         self._histories_lock = threading.Lock()  # replies may start on several threads
+        _forks.on_fork(self)
+
+    def _forked(self) -> None:
+        # A forked child: a parent's reply may have held these locks (across a store call)
+        # at the fork; they are made anew and the caches read the history again.
+        self._histories_lock = threading.Lock()
+        for cache in self._histories.values():
+            cache._forked()
 
     def __repr__(self) -> str:
         return f"ContextWindow(context={self._context.name!r}, model={self._model_name()!r})"

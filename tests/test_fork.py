@@ -237,3 +237,137 @@ def test_a_forked_childs_sqlite_writes_survive_the_parent_closing(tmp_path: Any)
         assert again._db().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         again.close()
+
+
+@contextlib.contextmanager
+def _held_by_a_parent_thread(hold: Callable[[], Any]) -> Iterator[None]:
+    """``hold()`` (a context manager) entered by another thread of this process, held for
+    the block: the fork inside it lands while that thread is in the store (not inside a
+    SQLite call: waiting on an event, which SQLite's own mutexes do not see)."""
+    inside, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with hold():
+            inside.set()
+            release.wait(2 * WAIT)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert inside.wait(WAIT)
+        yield
+    finally:
+        release.set()
+        thread.join()
+
+
+@pytest.mark.parametrize("use", ["read", "transaction"])
+def test_a_child_forked_while_the_parent_uses_sqlite_refuses_the_store(
+    tmp_path: Any, use: str
+) -> None:
+    """A connection in use at the fork (its lock held by a parent's thread, or a transaction
+    open) cannot be closed in the child, and kept open beside a connection of the child's it
+    would lose the child's writes (a read) or lock them out for good (a transaction). The
+    child's store refuses every call at once with a StoreError that says what to do; the
+    parent's writes are whole."""
+    path = str(tmp_path / "fork.db")
+    store = rxcontext.open(path, busy_timeout=0.5)
+    cw = ContextWindow(store, ScriptedModel([]), "both", retry=None)
+    cw.add_prompt("parent before the fork")
+    hold = store._read if use == "read" else store._tx
+
+    def child() -> dict[str, Any]:
+        errors = []
+        for attempt in (
+            lambda: ContextWindow(store, ScriptedModel([]), "both", retry=None),
+            lambda: cw.add_prompt("child"),
+            lambda: store.list_contexts(),
+        ):
+            try:
+                attempt()
+            except rxcontext.StoreError as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+        store.close()  # closing is allowed (the parent's connection is kept, unused)
+        return {"errors": errors, "closed": store.closed}
+
+    try:
+        with _held_by_a_parent_thread(hold):
+            out = _in_child(child)
+        assert "error" not in out, out["error"]
+        assert len(out["errors"]) == 3, out
+        for message in out["errors"]:
+            assert message.startswith("StoreError: "), message
+            assert "fork" in message and "rxcontext.open()" in message, message
+        assert out["closed"]
+        cw.add_prompt("parent after the fork")
+    finally:
+        store.close()
+    again = rxcontext.open(path)
+    try:
+        prompts = [r.content for r in ContextWindow(again, ScriptedModel([]), "both").live_records()]
+        assert prompts == ["parent before the fork", "parent after the fork"]
+        assert again._db().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("held", ["cache", "window"])
+def test_a_child_forked_while_a_parent_thread_holds_a_history_streams(
+    tmp_path: Any, held: str
+) -> None:
+    """A parent's reply reads its history under the window's locks (across a store call);
+    the child, forked meanwhile, streams on the same window with locks of its own and the
+    history read anew, instead of waiting forever for a holder it does not have."""
+    store = rxcontext.open(str(tmp_path / "fork.db"))
+    cw = ContextWindow(store, ScriptedModel([_reply("warm"), _reply("child")]), "both", retry=None)
+    try:
+        cw.add_prompt("before the fork")
+        assert cw.call().text == "warm"
+        cache = cw._history(cw.context_id)
+        lock = cache._lock if held == "cache" else cw._histories_lock
+
+        def child() -> dict[str, Any]:
+            cw.add_prompt("in the child")
+            reply = cw.call()
+            prompts = [r.content for r in cw.live_records() if r.reply_id is None]
+            store.close()
+            return {"text": reply.text, "prompts": prompts}
+
+        with _held_by_a_parent_thread(lambda: lock):
+            out = _in_child(child)
+        assert "error" not in out, out["error"]
+        assert out == {"text": "child", "prompts": ["before the fork", "in the child"]}
+    finally:
+        store.close()
+
+
+def test_a_grandchild_forked_before_the_child_used_sqlite_resets_quietly(tmp_path: Any) -> None:
+    """A child that forks before it used the store (a pool inside a worker) holds the
+    parent's closed connection: the grandchild's reset skips it, logging nothing, and the
+    grandchild's store works."""
+    import logging
+
+    store = rxcontext.open(str(tmp_path / "fork.db"))
+    ContextWindow(store, ScriptedModel([]), "both", retry=None).add_prompt("parent")
+    logged: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logged.append(record.getMessage())
+
+    def grandchild() -> dict[str, Any]:
+        ContextWindow(store, ScriptedModel([]), "both", retry=None).add_prompt("grandchild")
+        store.close()
+        return {"logged": logged}
+
+    def child() -> dict[str, Any]:
+        logging.getLogger("rxcontext").addHandler(Keep())
+        return _in_child(grandchild)
+
+    try:
+        out = _in_child(child)
+        assert out == {"logged": []}
+        records = ContextWindow(store, ScriptedModel([]), "both").live_records()
+        assert [r.content for r in records] == ["parent", "grandchild"]
+    finally:
+        store.close()

@@ -260,6 +260,8 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         attach_holds(self._holds)  # until close(): its descriptor stays open till then
         self._inherited = False
         """A forked child's connection is the parent's until its first use (:meth:`_forked`)."""
+        self._refused = False
+        """A forked child's: a connection was in use at the fork, the store refuses use."""
         self._fork_lock = threading.Lock()  # a leaf: nothing is taken while it is held
         _forks.on_fork(self)
 
@@ -271,11 +273,13 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         # it holds the locks the parent's do: it would then hold none, and the parent's
         # last close would checkpoint and delete the WAL under it (its next write lost,
         # tests/test_fork.py). So the parent's are closed here, which in the child only
-        # frees that record: the parent's locks stay (they keep a close from checkpointing)
-        # — unless one was in use at the fork (its lock held, or a transaction open: a
-        # close would roll back into the WAL index the parent shares): that one is kept
-        # unused. The child's first call opens its own. A private in-memory database is
-        # the child's copy: it stays. A parent's thread may have held the locks.
+        # frees that record: the parent's locks stay (they keep a close from checkpointing).
+        # One in use at the fork (its lock held, or a transaction open) cannot be closed (a
+        # close would roll back into the WAL index the parent shares) nor kept beside one of
+        # the child's (its writes lost, or its write lock the child's for good): it is kept
+        # unused, and the store refuses every call in the child (:meth:`_own_connection`).
+        # The child's first call opens its own. A private in-memory database is the child's
+        # copy: it stays. A parent's thread may have held the locks.
         fg_idle = self._lock.acquire(blocking=False)
         bg_idle = self._bg_lock.acquire(blocking=False)
         self._lock = threading.RLock()
@@ -283,11 +287,12 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         self._fork_lock = threading.Lock()
         self._at_once = None
         self._lean = False
-        if self._memory or self._conn is None:
-            return
+        if self._memory or self._conn is None or self._inherited:
+            return  # an inherited connection is the grandparent's: closed or kept already
         for conn, idle in ((self._bg_conn, bg_idle), (self._conn, fg_idle)):
             if conn is not None and (not idle or conn.in_transaction):
                 _forks.keep(conn)
+                self._refused = True
             elif conn is not None:
                 conn.close()
         self._bg_conn = None  # made again when first needed
@@ -295,6 +300,13 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
 
     def _own_connection(self) -> sqlite3.Connection:
         """A forked child's first use: a connection of its own in place of the parent's."""
+        if self._refused and self._conn is not None:
+            raise StoreError(
+                f"store {self.path!r} was in use by another thread when this process forked,"
+                " and SQLite connections must not cross a fork: open the store in the child"
+                " with rxcontext.open() (in a process forked before it was opened), or fork"
+                " before serving"
+            )
         with self._fork_lock:
             conn = self._conn
             if self._inherited and conn is not None:

@@ -268,8 +268,8 @@ def test_a_child_forked_while_the_parent_uses_sqlite_refuses_the_store(
     """A connection in use at the fork (its lock held by a parent's thread, or a transaction
     open) cannot be closed in the child, and kept open beside a connection of the child's it
     would lose the child's writes (a read) or lock them out for good (a transaction). The
-    child's store refuses every call at once with a StoreError that says what to do; the
-    parent's writes are whole."""
+    child's store refuses every call at once with a StoreError that says what to do, and so
+    does a store of the same file opened anew in the child; the parent's writes are whole."""
     path = str(tmp_path / "fork.db")
     store = rxcontext.open(path, busy_timeout=0.5)
     cw = ContextWindow(store, ScriptedModel([]), "both", retry=None)
@@ -282,6 +282,7 @@ def test_a_child_forked_while_the_parent_uses_sqlite_refuses_the_store(
             lambda: ContextWindow(store, ScriptedModel([]), "both", retry=None),
             lambda: cw.add_prompt("child"),
             lambda: store.list_contexts(),
+            lambda: rxcontext.open(path),  # shares the kept connection's lock record: lost too
         ):
             try:
                 attempt()
@@ -294,18 +295,18 @@ def test_a_child_forked_while_the_parent_uses_sqlite_refuses_the_store(
         with _held_by_a_parent_thread(hold):
             out = _in_child(child)
         assert "error" not in out, out["error"]
-        assert len(out["errors"]) == 3, out
+        assert len(out["errors"]) == 4, out
         for message in out["errors"]:
             assert message.startswith("StoreError: "), message
-            assert "fork" in message and "rxcontext.open()" in message, message
+            assert "forked" in message and "rxcontext.open()" in message, message
         assert out["closed"]
         cw.add_prompt("parent after the fork")
     finally:
         store.close()
     again = rxcontext.open(path)
     try:
-        prompts = [r.content for r in ContextWindow(again, ScriptedModel([]), "both").live_records()]
-        assert prompts == ["parent before the fork", "parent after the fork"]
+        records = ContextWindow(again, ScriptedModel([]), "both").live_records()
+        assert [r.content for r in records] == ["parent before the fork", "parent after the fork"]
         assert again._db().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         again.close()

@@ -205,6 +205,29 @@ def _open_error(path: str, exc: sqlite3.Error, busy_timeout: float) -> StoreErro
     return StoreError(f"cannot open {path!r}: {msg}")
 
 
+_refused_files: set[tuple[int, int]] = set()
+"""In a forked child: the database files (device, inode) a connection of the parent's was in
+use on at the fork (:meth:`SQLiteStore._forked`). SQLite's per-process lock record of such a
+file is the kept connection's: no store of this process may use the file."""
+
+
+def _file_key(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _refused_message(path: str) -> str:
+    return (
+        f"store {path!r} was in use by another thread when this process forked, and SQLite"
+        " connections must not cross a fork: this process cannot use that database; open"
+        " stores after forking (rxcontext.open() in each worker, in a process forked before"
+        " its parent used the store), or fork before serving"
+    )
+
+
 class SQLiteStore(SQLiteReplies, SQLiteLeases):
     """The SQLite implementation of :class:`~rxcontext.store.base.Store`.
 
@@ -231,6 +254,8 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         self._memory = self.path == ":memory:" or self.path.startswith("file::memory:")
         self._holds = None if self._memory else holds_path(self.path)
         """The file of the holds on this database's rows (:mod:`.sqlite_holds`)."""
+        if _refused_files and not self._memory and _file_key(self.path) in _refused_files:
+            raise StoreError(_refused_message(self.path))
         if not self._memory:
             _check_file(self.path)
         self._lock = threading.RLock()
@@ -293,6 +318,9 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             if conn is not None and (not idle or conn.in_transaction):
                 _forks.keep(conn)
                 self._refused = True
+                key = _file_key(self.path)  # a store opened anew would share its lock record
+                if key is not None:
+                    _refused_files.add(key)
             elif conn is not None:
                 conn.close()
         self._bg_conn = None  # made again when first needed
@@ -301,12 +329,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
     def _own_connection(self) -> sqlite3.Connection:
         """A forked child's first use: a connection of its own in place of the parent's."""
         if self._refused and self._conn is not None:
-            raise StoreError(
-                f"store {self.path!r} was in use by another thread when this process forked,"
-                " and SQLite connections must not cross a fork: open the store in the child"
-                " with rxcontext.open() (in a process forked before it was opened), or fork"
-                " before serving"
-            )
+            raise StoreError(_refused_message(self.path))
         with self._fork_lock:
             conn = self._conn
             if self._inherited and conn is not None:

@@ -16,7 +16,7 @@ another worker has claimed the reply, the old writer's writes change nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -202,6 +202,31 @@ class Spending:
     stats: ContextStats
     records: Sequence[Record]
     unsettled: Sequence[tuple[Usage, Mapping[str, Any]]]
+
+
+UNSETTLED_USAGE = (
+    "SELECT reply_id, usage, metadata FROM checkpoints WHERE context_id = {param}"
+    " AND state IN ('interrupted', 'streaming', 'resuming') AND usage IS NOT NULL"
+    " ORDER BY pos, id"
+)
+"""A context's unsettled replies' billing (:attr:`Spending.unsettled`), never their text;
+``{param}``: the driver's placeholder."""
+
+
+def unsettled_spending(
+    found: Iterable[tuple[Any, Any, Any]],
+    own: str | None,
+    unjson: Callable[[Any, Any], Any],
+    reply_id: Callable[[Any], str] = str,
+) -> list[tuple[Usage, Mapping[str, Any]]]:
+    """:attr:`Spending.unsettled` from the rows of :data:`UNSETTLED_USAGE` (decoded by the
+    store's ``unjson`` and ``reply_id``): those with usage, reply ``own``'s left out."""
+    spent = []
+    for rid, usage, metadata in found:
+        counts = unjson(usage, None)
+        if counts and (own is None or reply_id(rid) != own):
+            spent.append((Usage.from_dict(counts), unjson(metadata, {})))
+    return spent
 
 
 @dataclass(frozen=True, slots=True)

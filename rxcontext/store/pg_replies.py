@@ -54,6 +54,7 @@ from ._pg_rows import (
 from .base import (
     IN_PROGRESS,
     ORPHANED,
+    UNSETTLED_USAGE,
     CheckpointDraft,
     RecordDraft,
     ReplyEnd,
@@ -63,6 +64,7 @@ from .base import (
     discarded_draft,
     kept_metadata,
     settle_refusal,
+    unsettled_spending,
     usage_counts,
 )
 from .owner import owner_alive
@@ -237,18 +239,8 @@ class PostgresReplies:
     def _unsettled(conn: Conn, context_id: str, own: str | None) -> list[Any]:
         """The usage and metadata of the context's unsettled replies (those with usage),
         ``own``'s left out: never their text (a long reply's, or one streaming now)."""
-        found = conn.execute(
-            "SELECT reply_id, usage, metadata FROM checkpoints WHERE context_id = %s"
-            " AND state IN ('interrupted', 'streaming', 'resuming') AND usage IS NOT NULL"
-            " ORDER BY pos, id",
-            (context_id,),
-        ).fetchall()
-        spent = []
-        for reply_id, usage, metadata in found:
-            counts = rows.unjson(usage, None)
-            if counts and (own is None or dec(reply_id) != own):
-                spent.append((Usage.from_dict(counts), rows.unjson(metadata, {})))
-        return spent
+        found = conn.execute(UNSETTLED_USAGE.format(param="%s"), (context_id,)).fetchall()
+        return unsettled_spending(found, own, rows.unjson, dec)
 
     def busy_reply_ids(self, context_id: str) -> set[str]:
         """The ids of :meth:`active_replies`, without reading their rows' text (a request

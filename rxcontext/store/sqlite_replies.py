@@ -34,6 +34,7 @@ from . import sqlite_holds
 from .base import (
     IN_PROGRESS,
     ORPHANED,
+    UNSETTLED_USAGE,
     CheckpointDraft,
     RecordDraft,
     ReplyEnd,
@@ -43,6 +44,7 @@ from .base import (
     discarded_draft,
     kept_metadata,
     settle_refusal,
+    unsettled_spending,
 )
 from .owner import local_pid, owner_alive, process_gone, worker_id
 
@@ -320,18 +322,8 @@ class SQLiteReplies:
     def _unsettled(db: sqlite3.Connection, context_id: str, own: str | None) -> list[Any]:
         """The usage and metadata of the context's unsettled replies (those with usage),
         ``own``'s left out: never their text (a long reply's, or one streaming now)."""
-        found = db.execute(
-            "SELECT reply_id, usage, metadata FROM checkpoints WHERE context_id = ?"
-            " AND state IN ('interrupted', 'streaming', 'resuming') AND usage IS NOT NULL"
-            " ORDER BY pos, id",
-            (context_id,),
-        ).fetchall()
-        spent = []
-        for reply_id, usage, metadata in found:
-            counts = rows.from_json(usage, None)
-            if counts and (own is None or reply_id != own):
-                spent.append((Usage.from_dict(counts), rows.from_json(metadata, {})))
-        return spent
+        found = db.execute(UNSETTLED_USAGE.format(param="?"), (context_id,)).fetchall()
+        return unsettled_spending(found, own, rows.from_json)
 
     def busy_reply_ids(self, context_id: str) -> set[str]:
         """The ids of :meth:`active_replies`, without reading their rows' text (a request

@@ -13,6 +13,11 @@ One proxy per client process (or per client) to fault: give the client
   retransmit them): a command a client gave up on still reaches the server, late, as on
   a real network.
 * :meth:`cut`: every open connection is closed at once (a reset link).
+* :attr:`connect_delay`: seconds each new connection waits before it reaches the server (a
+  slow link's connect: handshake and authentication round trips), open ones unaffected.
+* :meth:`stall_replies`: the server's bytes to the connections open now are held (a reply
+  still in flight on a slow link, the server done with it), new connections unaffected;
+  :meth:`heal` delivers them.
 * :meth:`lose_commit_acks`: a PostgreSQL connection whose client sent ``marker`` (part of
   a statement's text) gets every reply until the server's ``COMMIT`` tag, then is closed
   without it: the transaction committed on the server, the client lost the connection
@@ -26,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 __all__ = ["TcpProxy"]
 
@@ -41,6 +47,8 @@ class TcpProxy:
         self._socks: set[socket.socket] = set()
         self._closed = False
         self._marker: bytes | None = None
+        self._gates: list[threading.Event] = []
+        self.connect_delay = 0.0
         self.acks_lost = 0
         self.on_ack_lost: list[threading.Event] = []
         """Set (and dropped) as the next ack is lost: waits without sleeping."""
@@ -60,6 +68,17 @@ class TcpProxy:
     def heal(self) -> None:
         """Forward again, what was held first."""
         self._open.set()
+        with self._lock:
+            gates = list(self._gates)
+        for gate in gates:
+            gate.set()
+
+    def stall_replies(self) -> None:
+        """Hold what the server sends to the connections open now (until :meth:`heal`)."""
+        with self._lock:
+            gates = list(self._gates)
+        for gate in gates:
+            gate.clear()
 
     @property
     def partitioned(self) -> bool:
@@ -87,6 +106,8 @@ class TcpProxy:
 
     def _connect(self, client: socket.socket) -> None:
         self._open.wait()  # partitioned: the connect goes nowhere until healed
+        if self.connect_delay:
+            time.sleep(self.connect_delay)  # the slow link's latency, not a wait for a thread
         try:
             server = socket.create_connection(self.upstream)
         except OSError:
@@ -100,11 +121,22 @@ class TcpProxy:
             self._close(client, server)
             return
         marked: list[bool] = [False]  # the client sent the marker (this connection)
+        gate = threading.Event()  # the server's bytes to this client pass (stall_replies)
+        gate.set()
+        with self._lock:
+            self._gates.append(gate)
         for a, b, up in ((client, server, True), (server, client, False)):
-            threading.Thread(target=self._pump, args=(a, b, up, marked), daemon=True).start()
+            threading.Thread(
+                target=self._pump, args=(a, b, up, marked, gate), daemon=True
+            ).start()
 
     def _pump(
-        self, source: socket.socket, dest: socket.socket, up: bool, marked: list[bool]
+        self,
+        source: socket.socket,
+        dest: socket.socket,
+        up: bool,
+        marked: list[bool],
+        gate: threading.Event,
     ) -> None:
         try:
             while True:
@@ -113,6 +145,8 @@ class TcpProxy:
                 if not data:
                     break
                 self._open.wait()  # partitioned while reading: hold it until healed
+                if not up:
+                    gate.wait()  # stalled replies: held until healed
                 marker = self._marker
                 if up and marker is not None and marker in data:
                     marked[0] = True  # before it is sent: the server's reply comes after
@@ -138,6 +172,6 @@ class TcpProxy:
 
     def close(self) -> None:
         self._closed = True
-        self._open.set()
+        self.heal()
         self._listener.close()
         self.cut()

@@ -149,3 +149,69 @@ def test_a_write_waiting_for_a_lock_past_its_budget_is_not_taken_for_a_partition
     assert answers and answers[0] is True
     assert [r.content for r in cw.live_records()] == ["before", "after"]
     store.close()
+
+
+def _observed(runner: Any, answers: list[bool | None], asked: threading.Event) -> None:
+    """Record the store's own at-work answers (the check itself runs unchanged)."""
+    check = runner._at_work
+
+    def counted(conn: Any) -> bool | None:
+        answers.append(check(conn))
+        asked.set()
+        return answers[-1]
+
+    runner._at_work = counted
+
+
+def test_a_lock_wait_past_the_budget_goes_on_when_the_probe_is_slow_to_connect(
+    pg_url: str, proxy: TcpProxy
+) -> None:
+    """A healthy link whose connects are slow (far-away server: handshake and
+    authentication take several round trips): the probe's connect has its own bound
+    (``connect_timeout``), only its question the short one. Before the fix the caller gave
+    connect and question 0.5 s together, got no answer and took a lock wait for a
+    partition."""
+    import psycopg
+
+    store = rxcontext.open(through(proxy, pg_url), retry_budget=0.5)
+    cw = ContextWindow(store, None, context="slowlink")
+    cw.add_prompt("before")  # the pool holds a live connection now
+    answers: list[bool | None] = []
+    asked = threading.Event()
+    _observed(store._runner, answers, asked)  # type: ignore[attr-defined]
+    proxy.connect_delay = 1.0  # the probe's new connection: longer than 0.5 s to connect
+    with psycopg.connect(pg_url) as other:
+        other.execute("SELECT 1 FROM contexts WHERE name = 'slowlink' FOR UPDATE")
+        adding, out = _in_thread(lambda: cw.add_prompt("after"))
+        assert asked.wait(HANG), "the deadline never came"
+        other.rollback()
+    adding.join(HANG)
+    assert not adding.is_alive()
+    assert answers[0] is True, answers
+    assert "error" not in out, repr(out.get("error"))
+    assert [r.content for r in cw.live_records()] == ["before", "after"]
+    store.close()
+
+
+def test_a_reply_still_in_flight_to_the_client_is_not_cut(pg_url: str, proxy: TcpProxy) -> None:
+    """The server sent its answer and is idle, the answer still on its way (a big result
+    on a slow link): the probe reaches the server and finds our session, so the call goes
+    on. Before the fix 'idle' counted as done, and the call was cut 0.5 s later."""
+    store = rxcontext.open(through(proxy, pg_url), retry_budget=0.5)
+    cw = ContextWindow(store, None, context="inflight")
+    cw.add_prompt("before")
+    answers: list[bool | None] = []
+    asked = threading.Event()
+    _observed(store._runner, answers, asked)  # type: ignore[attr-defined]
+    proxy.stall_replies()  # the pool's connection: replies held; the probe's goes through
+    # A read: the server sends the rows and is idle (a pipelined write shows 'active' until
+    # its COMMIT's Sync, so it would not show the difference).
+    reading, out = _in_thread(cw.live_records)
+    assert asked.wait(HANG), "the deadline never came"
+    proxy.heal()
+    reading.join(HANG)
+    assert not reading.is_alive()
+    assert answers[0] is True, answers
+    assert "error" not in out, repr(out.get("error"))
+    assert [r.content for r in out["value"]] == ["before"]
+    store.close()

@@ -126,9 +126,7 @@ class TcpProxy:
         with self._lock:
             self._gates.append(gate)
         for a, b, up in ((client, server, True), (server, client, False)):
-            threading.Thread(
-                target=self._pump, args=(a, b, up, marked, gate), daemon=True
-            ).start()
+            threading.Thread(target=self._pump, args=(a, b, up, marked, gate), daemon=True).start()
 
     def _pump(
         self,

@@ -11,10 +11,16 @@ When the time is up before the server answered:
 
 * a call (:meth:`Runner.run <.pg_run.Runner.run>`, whose deadline is the end of its
   ``retry_budget``) first asks the server, over a new connection, whether our session is
-  still at work there (``pg_stat_activity``): a write waiting for a lock another session
-  holds is, and goes on waiting (final writes wait for locks however long, see
-  docs/guarantees.md); a session that is idle, gone, or a server that does not answer
-  the question at once is a partition;
+  still there (``pg_stat_activity``). Found, in any state, the call goes on waiting: a
+  write waiting for a lock another session holds (final writes wait for locks however
+  long, see docs/guarantees.md), a statement at work, or a session that has sent its
+  answer which is still on its way (a big result on a slow link). Not found on a direct
+  connection (the probe's own pid is the server's ``pg_backend_pid()``), the session is
+  gone: its answer, if any, gets a short grace, then the call is cut. Not found behind a
+  pooler (PgBouncer gives clients pids of its own: the question cannot name our session),
+  the server reachable is all that can be told, and the call goes on waiting. A server
+  the probe cannot reach (its connect is bounded by ``connect_timeout``, its question
+  after connecting by a short bound) is a partition;
 * a background attempt (:meth:`Runner.attempt <.pg_run.Runner.attempt>`) never asks: its
   writes wait for no lock (``lock_timeout``), so no answer in time is a partition.
 
@@ -40,8 +46,10 @@ __all__ = ["BoundedConnection", "Unanswered", "at_work"]
 RV = TypeVar("RV")
 
 _GRACE = 0.5
-"""Seconds an answer the server has sent gets to arrive, once the server says it is done."""
-_STILL_AT_WORK = "SELECT state = 'active' FROM pg_stat_activity WHERE pid = %s"
+"""Seconds an answer the server may have sent gets to arrive, once our session is gone there."""
+_STILL_THERE = (
+    "SELECT (SELECT state FROM pg_stat_activity WHERE pid = %s) IS NOT NULL, pg_backend_pid()"
+)
 
 
 class Unanswered(psycopg.OperationalError):
@@ -89,8 +97,8 @@ class BoundedConnection(psycopg.Connection[Any]):
             if working:
                 self.deadline = _monotonic() + self.extend
             elif working is False:
-                # The server answered the question, so it had sent its answer to ours
-                # before: that is on its way (or lost, the connection broken). Once.
+                # Our session is gone from the server: what it sent before is on its way
+                # (or lost, the connection broken). Once.
                 self.deadline = _monotonic() + _GRACE
                 graced = True
             else:
@@ -114,30 +122,49 @@ def at_work(
     url: str, kwargs: dict[str, Any], within: float
 ) -> Callable[[BoundedConnection], bool | None]:
     """A check for :attr:`BoundedConnection.at_work`: on a new connection to ``url``,
-    whether the server still runs the statement of the connection asked about (waiting for
-    a lock included); None when it cannot tell within ``within`` seconds (a partition).
+    whether the call on the connection asked about may still get its answer.
 
-    The question is asked on a thread of its own, so the caller waits ``within`` at most:
-    connecting has no shorter bound than psycopg's ``connect_timeout`` (2 s at least), and
-    a partition holds a connect that long. The thread ends by then."""
+    True: the server answered and our session is there, in any state (at work, waiting for
+    a lock, or idle with its answer still on the way), or it cannot be named (a pooler's
+    pid): go on waiting. False: the server answered and, on a direct connection, our
+    session is gone. None: the server could not be reached within the bounds (a
+    partition).
 
-    def ask(pid: int, answer: list[bool]) -> None:
+    Connecting is bounded by ``connect_timeout`` (in ``kwargs``; a slow link's handshake
+    and authentication take several round trips), the question after connecting by
+    ``within`` seconds. It is asked on a thread of its own, so the caller waits for those
+    bounds at most; the thread ends by then too."""
+    connect_within = float(kwargs.get("connect_timeout") or 0) or _CONNECT_DEFAULT
+
+    def ask(pid: int, connected: threading.Event, answer: list[bool]) -> None:
         try:
             with BoundedConnection.connect(url, **kwargs) as probe:
+                connected.set()
                 probe.bound(time.monotonic() + within)
-                row = probe.execute(_STILL_AT_WORK, (pid,)).fetchone()
+                row = probe.execute(_STILL_THERE, (pid,)).fetchone()
+                # Behind a pooler the pids clients see are the pooler's own: a session
+                # not found is then one the question could not name, not one that is gone.
+                pooled = probe.pgconn.backend_pid != (row[1] if row else None)
+                answer.append(bool(row and row[0]) or pooled)
         except psycopg.Error:
             return
-        answer.append(bool(row and row[0]))
+        finally:
+            connected.set()
 
     def check(conn: BoundedConnection) -> bool | None:
         answer: list[bool] = []
+        connected = threading.Event()
         thread = threading.Thread(
-            target=ask, args=(conn.pgconn.backend_pid, answer), name="rxcontext-pg-probe"
+            target=ask, args=(conn.pgconn.backend_pid, connected, answer), name="rxcontext-pg-probe"
         )
         thread.daemon = True
         thread.start()
+        connected.wait(connect_within + within)  # psycopg's connect_timeout, with a margin
         thread.join(within)
         return answer[0] if answer else None
 
     return check
+
+
+_CONNECT_DEFAULT = 5.0
+"""Seconds the probe's connect may take when ``kwargs`` sets no ``connect_timeout``."""

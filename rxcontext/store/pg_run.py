@@ -314,7 +314,7 @@ class Runner:
                 timeout = max(deadline - time.monotonic(), 0.05)
                 with pool.connection(timeout=timeout) as conn:
                     assert isinstance(conn, BoundedConnection)
-                    # The server may take longer only while it is at work on the call.
+                    # The server may take longer while our session is there (pg_deadline).
                     conn.bound(deadline, self._at_work, self.retry_budget)
                     try:
                         if not tx:

@@ -215,3 +215,26 @@ def test_a_reply_still_in_flight_to_the_client_is_not_cut(pg_url: str, proxy: Tc
     assert "error" not in out, repr(out.get("error"))
     assert [r.content for r in out["value"]] == ["before"]
     store.close()
+
+
+def test_the_probe_still_tells_a_session_gone_from_one_at_work(pg_url: str) -> None:
+    """On a direct connection the probe's own pid is the server's, so a session that is
+    not there is gone (False: the caller cuts after a short grace); one there, idle or not,
+    may still get its answer (True); an unreachable server cannot tell (None)."""
+    import psycopg
+
+    from rxcontext.store.pg_deadline import BoundedConnection, at_work
+
+    check = at_work(pg_url, {"connect_timeout": 2}, 5.0)
+    with BoundedConnection.connect(pg_url, autocommit=True) as conn:
+        assert check(conn) is True  # idle, its answer possibly in flight
+        with psycopg.connect(pg_url, autocommit=True) as killer:
+            # Waits (bounded) until the session is gone from pg_stat_activity.
+            killer.execute("SELECT pg_terminate_backend(%s, 30000)", (conn.pgconn.backend_pid,))
+        assert check(conn) is False
+        proxy = TcpProxy(("127.0.0.1", 5432))
+        try:
+            proxy.blackhole()
+            assert at_work(through(proxy, pg_url), {"connect_timeout": 2}, 0.5)(conn) is None
+        finally:
+            proxy.close()

@@ -197,6 +197,14 @@ class HandOver:
             run = _Handler(self)
             for signum in _DEFERRED:
                 handler = _getsignal(signum)
+                while type(handler) is _Handler and handler.guard is None:
+                    # An ended run's handler, put back by a program that swapped in its
+                    # own (from on_next) for the reply: save what it passes signals on
+                    # to, or each reply would add a link to the chain (RecursionError at
+                    # Ctrl-C after some thousand replies).
+                    ended, handler = handler, handler.saved.get(signum, _DFL)
+                    if handler == ended.die:
+                        handler = _DFL  # (SIGTERM at its default)
                 if callable(handler):
                     run.saved[signum] = handler
                     _setsignal(signum, run)

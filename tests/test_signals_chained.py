@@ -29,8 +29,9 @@ from test_signal_handover import _in_rxcontext, _window, handlers  # noqa: F401
 from test_signal_handover import pytestmark as _posix_main_thread
 
 import rxcontext
-from rxcontext import Chunk
-from rxcontext._signals import HandOver, deferred
+from rxcontext import Chunk, ChunkKind, ContextWindow
+from rxcontext._signals import HandOver, _Handler, deferred
+from rxcontext.providers import ScriptedModel
 
 # SIGINT and SIGTERM as a plain program has them, put back after each test.
 pytestmark = [*_posix_main_thread, pytest.mark.usefixtures("handlers")]
@@ -79,6 +80,38 @@ def test_the_hand_over_s_handler_put_back_after_the_reply_reaches_ctrl_c() -> No
     signal.signal(signal.SIGINT, found[0])
     with pytest.raises(KeyboardInterrupt):
         signal.raise_signal(signal.SIGINT)
+
+
+def _chain_depth(signum: int) -> int:
+    """How many hand-over handlers a signal passes through from the one installed."""
+    depth, handler = 0, signal.getsignal(signum)
+    while isinstance(handler, _Handler):
+        depth, handler = depth + 1, handler.saved[signum]
+    return depth
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_handlers_put_back_after_many_replies_stay_one_link_deep(signum: int) -> None:
+    """The put-back pattern above, once per reply: each reply's hand-over used to save the
+    previous reply's (ended) handler, so the chain grew by one link a reply, and after
+    ~3,000 replies Ctrl-C gave ``RecursionError`` instead of ``KeyboardInterrupt``."""
+    n = 2000
+    chunks = [Chunk(ChunkKind.TEXT, "x"), Chunk(ChunkKind.DONE, finish_reason="stop")]
+    cw = ContextWindow(rxcontext.open(":memory:"), ScriptedModel([chunks] * n), "c", retry=None)
+    for _ in range(n):
+        cw.add_prompt("q")
+        found: list[Any] = []
+
+        def on_next(chunk: Chunk, found: list[Any] = found) -> None:
+            if not found:
+                found.append(signal.signal(signum, lambda s, f: None))
+
+        cw.stream().subscribe(on_next)
+        signal.signal(signum, found[0])
+        assert _chain_depth(signum) == 1
+    if signum == signal.SIGINT:
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
 
 
 def test_a_hand_over_entered_again_under_a_chaining_handler_does_not_loop() -> None:

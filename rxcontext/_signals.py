@@ -72,7 +72,9 @@ class deferred:  # lower case: used as ``with deferred():``, as when it was a fu
             raise
 
     def _hold(self, signum: int, frame: FrameType | None) -> None:
-        _add(self._pending, signum, frame)
+        again = not _add(self._pending, signum, frame)
+        if signum == _TERM and _again_at_default(self._saved[signum], signum, again):
+            _die(signum)  # a second SIGTERM at its default: no more waiting for the write
 
     def __exit__(self, *exc: object) -> None:
         global _depth
@@ -99,6 +101,23 @@ def _add(pending: list[tuple[int, FrameType | None]], signum: int, frame: FrameT
             return False
     pending.append((signum, frame))
     return True
+
+
+def _again_at_default(handler: Any, signum: int, again: bool) -> bool:
+    """Whether a SIGTERM (``signum``) that ``handler`` (the one a write or a fold replaced)
+    would get is a second one at SIGTERM's default: ``again`` (one is held already), or the
+    first was taken already (a reply's driver, or the asyncio loop's, is ending its replies
+    for it). Then it kills at once, as the docs say, never waiting for a write (a lock)."""
+    while type(handler) is _Handler:  # (an inner reply's passes it on to an outer one's)
+        forward = handler.saved.get(signum)
+        if forward == handler.die:
+            guard = handler.guard
+            return again or (guard is not None and guard.terminated)
+        handler = forward
+    from ._loopterm import _LoopTerm  # (imports this module; only ever on a SIGTERM)
+
+    owner = getattr(handler, "__self__", None)
+    return type(owner) is _LoopTerm and handler == owner.handler and (again or owner.terminated)
 
 
 def _run_all(
@@ -295,7 +314,8 @@ class _Handler:
             and frame is not None
             and frame.f_globals.get("__name__", "").startswith("rxcontext")
         ):
-            if not _add(guard.held, signum, frame) and self.saved[signum] == self.die:
+            again = not _add(guard.held, signum, frame)
+            if signum == _TERM and _again_at_default(self, signum, again):
                 _die(signum)  # a second SIGTERM at its default: no more waiting
             return
         _pass_on(self.saved[signum], signum, frame)

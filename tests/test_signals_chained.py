@@ -203,6 +203,77 @@ def test_a_store_write_holding_a_flood_of_ctrl_c_delivers_each_kind_once() -> No
     assert _context_chain(raised.value) == [KeyboardInterrupt]
 
 
+SECOND_TERM = textwrap.dedent(
+    """
+    import asyncio, signal, sys
+    import rxcontext
+    from rxcontext import Chunk, ChunkKind, ContextWindow
+    from rxcontext.persist import ReplyPersister
+    from rxcontext.providers import ScriptedModel
+    from rxcontext._signals import deferred
+
+    mode = sys.argv[1]
+    # A store write that waits (a row lock, SQLite's busy wait), in rxcontext's code as a
+    # real one is: SIGTERM comes in it (a second one, or the first already taken in on_next).
+    space = {"__name__": "rxcontext._fault", "deferred": deferred, "print": print,
+             "raise_signal": signal.raise_signal, "twice": mode != "after"}
+    exec('''
+    def wrap(write):
+        def written(self, *args):
+            if getattr(args[0] if args else None, "text", "<3>") == "<3>":
+                with deferred():
+                    print("IN WRITE", flush=True)
+                    if twice:
+                        raise_signal(15)
+                        print("HELD", flush=True)
+                    raise_signal(15)
+                    print("WRITE GOES ON", flush=True)
+            return write(self, *args)
+        return written
+    ''', space)
+    if mode == "after":  # the checkpoint's write, once the first SIGTERM ended the reply
+        ReplyPersister._write_final = space["wrap"](ReplyPersister._write_final)
+    else:  # a write as a chunk is folded in
+        ReplyPersister.add = space["wrap"](ReplyPersister.add)
+        ReplyPersister.folds_plainly = False
+    chunks = [Chunk(ChunkKind.TEXT, f"<{i}>") for i in range(6)]
+    model = ScriptedModel([[*chunks, Chunk(ChunkKind.DONE, finish_reason="stop")]])
+    cw = ContextWindow(rxcontext.open(":memory:"), model, "c", retry=None)
+    cw.add_prompt("q")
+
+    def on_next(c):
+        if mode == "after" and c.text == "<0>":
+            signal.raise_signal(signal.SIGTERM)  # the first: the reply ends, then saves
+
+    if mode == "async":
+        async def main():
+            async for _ in cw.astream():
+                pass
+        asyncio.run(main())
+    else:
+        cw.stream().subscribe(on_next)
+    print("SURVIVED", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async", "after"])
+def test_a_second_sigterm_at_its_default_during_a_store_write_kills_at_once(mode: str) -> None:
+    """SIGTERM at its default is held by a store write like Ctrl-C; a second one meanwhile
+    (``after``: the first came in ``on_next`` and the reply's checkpoint is being saved)
+    must kill at once, as the docs say. The write used to fold it into the first, and the
+    process lived on until the write was over (a lock wait, however long)."""
+    done = subprocess.run(
+        [sys.executable, "-c", SECOND_TERM, mode],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+    )
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert done.stdout.splitlines() == (["IN WRITE", "HELD"] if mode != "after" else ["IN WRITE"])
+
+
 def test_held_signals_come_in_the_order_each_kind_first_came() -> None:
     """Ctrl-C, SIGTERM, Ctrl-C: Ctrl-C's handler runs first, then SIGTERM's, whose
     exception goes on with the ``KeyboardInterrupt`` as its context."""

@@ -72,6 +72,7 @@ class deferred:  # lower case: used as ``with deferred():``, as when it was a fu
             raise
 
     def _hold(self, signum: int, frame: FrameType | None) -> None:
+        """Hold the signal; a second SIGTERM at its default kills at once instead."""
         again = not _add(self._pending, signum, frame)
         if signum == _TERM and _again_at_default(self._saved[signum], signum, again):
             _die(signum)  # a second SIGTERM at its default: no more waiting for the write
@@ -296,7 +297,9 @@ class _Handler:
     meanwhile and chains to it (a library set up from ``on_next`` that calls the handler it
     found), or puts back, reaches that one — Python's Ctrl-C handler, SIGTERM's default
     (the process dies by it). A run entered later replaces this one, never itself: no
-    loop."""
+    loop. Found again at a run's start once its own run is over (put back by the program),
+    it is replaced by what it forwards to: the chain stays one link deep, reply after
+    reply."""
 
     __slots__ = ("guard", "saved")
 

@@ -68,7 +68,9 @@ def _store_error(exc: BaseException | None) -> StoreError | None:
 def test_a_partition_mid_reply_ends_the_stream_with_a_store_error(
     pg_url: str, proxy: TcpProxy, checkpoint_every: float | None
 ) -> None:
-    store = rxcontext.open(through(proxy, pg_url), retry_budget=1.0, lease_ttl=1.0, connect_timeout=2.0)
+    store = rxcontext.open(
+        through(proxy, pg_url), retry_budget=1.0, lease_ttl=1.0, connect_timeout=2.0
+    )
     words = [Chunk(ChunkKind.TEXT, f"w{i} ") for i in range(20)]
     # The model's pace lets periodic writes start (and, before the fix, stick) meanwhile.
     model = ScriptedModel([[*words, Chunk(ChunkKind.DONE, finish_reason="stop")]], delay=0.02)

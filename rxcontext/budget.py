@@ -151,32 +151,25 @@ def check_budget(
             estimate=None,
             maximum=limit,
         )
-    cut = [price(u, m, p) for p, m, u in unsettled]
-    if any(usd is None for usd in cut):
-        raise BudgetExceeded(
-            f"context {context!r} has a budget of {format_usd(limit)} but the cost of"
-            " its unsettled replies' attempts (interrupted, or under way) is unknown: the"
-            " budget cannot be kept",
-            limit="usd",
-            spent=None,
-            estimate=ahead,
-            maximum=limit,
-        )
-    open_usd = sum((usd for usd in cut if usd is not None), Decimal(0))
-    paid_usd = paid.usd + open_usd
-    attempts = Decimal(0)
-    if billed:
-        priced = [price(u, m, p) for p, m, u in billed]
-        if any(usd is None for usd in priced):  # searches it has no price for, say
+
+    def priced(parts: Sequence[Part], whose: str) -> Decimal:
+        """What ``parts`` cost, each at the model that billed it; unknown (searches it has
+        no price for, say): the budget cannot be kept."""
+        costs = [price(u, m, p) for p, m, u in parts]
+        if any(usd is None for usd in costs):
             raise BudgetExceeded(
                 f"context {context!r} has a budget of {format_usd(limit)} but the cost of"
-                " this reply's earlier attempts is unknown: the budget cannot be kept",
+                f" {whose} is unknown: the budget cannot be kept",
                 limit="usd",
                 spent=None,
                 estimate=ahead,
                 maximum=limit,
             )
-        attempts = sum((usd for usd in priced if usd is not None), Decimal(0))
+        return sum((usd for usd in costs if usd is not None), Decimal(0))
+
+    open_usd = priced(unsettled, "its unsettled replies' attempts (interrupted, or under way)")
+    paid_usd = paid.usd + open_usd
+    attempts = priced(billed, "this reply's earlier attempts") if billed else Decimal(0)
     used_usd = paid_usd + attempts
     if used_usd + ahead > limit:
         by = _EARLIER.format(format_usd(attempts)) if billed else ""

@@ -9,11 +9,15 @@ twice over: after the parent served a reply (its threads run), and right after o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import select
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -269,9 +273,12 @@ def test_a_child_forked_while_the_parent_uses_sqlite_refuses_the_store(
     open) cannot be closed in the child, and kept open beside a connection of the child's it
     would lose the child's writes (a read) or lock them out for good (a transaction). The
     child's store refuses every call at once with a StoreError that says what to do, and so
-    does a store of the same file opened anew in the child; the parent's writes are whole."""
+    do a store of the same file opened anew in the child and a second store of the file
+    the parent opened (idle at the fork: its own connection would share that lock record
+    too); the parent's writes are whole."""
     path = str(tmp_path / "fork.db")
     store = rxcontext.open(path, busy_timeout=0.5)
+    second = rxcontext.open(path, busy_timeout=0.5)
     cw = ContextWindow(store, ScriptedModel([]), "both", retry=None)
     cw.add_prompt("parent before the fork")
     hold = store._read if use == "read" else store._tx
@@ -283,19 +290,22 @@ def test_a_child_forked_while_the_parent_uses_sqlite_refuses_the_store(
             lambda: cw.add_prompt("child"),
             lambda: store.list_contexts(),
             lambda: rxcontext.open(path),  # shares the kept connection's lock record: lost too
+            lambda: second.list_contexts(),  # so would the second store's own connection
+            lambda: ContextWindow(second, ScriptedModel([]), "both").add_prompt("child"),
         ):
             try:
                 attempt()
             except rxcontext.StoreError as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
         store.close()  # closing is allowed (the parent's connection is kept, unused)
-        return {"errors": errors, "closed": store.closed}
+        second.close()
+        return {"errors": errors, "closed": store.closed and second.closed}
 
     try:
         with _held_by_a_parent_thread(hold):
             out = _in_child(child)
         assert "error" not in out, out["error"]
-        assert len(out["errors"]) == 4, out
+        assert len(out["errors"]) == 6, out
         for message in out["errors"]:
             assert message.startswith("StoreError: "), message
             assert "forked" in message and "rxcontext.open()" in message, message
@@ -303,6 +313,7 @@ def test_a_child_forked_while_the_parent_uses_sqlite_refuses_the_store(
         cw.add_prompt("parent after the fork")
     finally:
         store.close()
+        second.close()
     again = rxcontext.open(path)
     try:
         records = ContextWindow(again, ScriptedModel([]), "both").live_records()
@@ -370,5 +381,116 @@ def test_a_grandchild_forked_before_the_child_used_sqlite_resets_quietly(tmp_pat
         assert out == {"logged": []}
         records = ContextWindow(store, ScriptedModel([]), "both").live_records()
         assert [r.content for r in records] == ["parent", "grandchild"]
+    finally:
+        store.close()
+
+
+# A worker forked (multiprocessing's ``fork`` method) while an asyncio reply streams, the
+# consumer holding its first chunk: the main thread's loop has taken SIGTERM over
+# (rxcontext._loopterm). The worker does plain work, told to stop by SIGTERM.
+FORKED_WHILE_STREAMING = textwrap.dedent(
+    """
+    import asyncio, multiprocessing, signal, sys, threading
+    import rxcontext
+    from rxcontext import Chunk, ChunkKind, ContextWindow
+    from rxcontext.providers import ScriptedModel
+
+    BOUND = float(sys.argv[2])
+
+    def work(ready):
+        ready.set()
+        threading.Event().wait(4 * BOUND)  # plain work, until SIGTERM ends it
+
+    async def main():
+        store = rxcontext.open(sys.argv[1])
+        words = [Chunk(ChunkKind.TEXT, "a "), Chunk(ChunkKind.TEXT, "b")]
+        model = ScriptedModel([[*words, Chunk(ChunkKind.DONE, finish_reason="stop")]])
+        cw = ContextWindow(store, model, "c", retry=None)
+        cw.add_prompt("hi")
+        replies = cw.astream()
+        first = await replies.__anext__()
+        forking = multiprocessing.get_context("fork")
+        ready = forking.Event()
+        worker = forking.Process(target=work, args=(ready,))
+        worker.start()
+        assert ready.wait(BOUND), "the worker never started"
+        worker.terminate()
+        worker.join(BOUND)
+        print("worker", worker.exitcode, flush=True)
+        if worker.exitcode is None:
+            worker.kill()
+            worker.join()
+        rest = [c async for c in replies]
+        print("reply", first.text + "".join(c.text for c in rest), flush=True)
+        store.close()
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="needs SIGTERM")
+def test_a_worker_forked_while_an_asyncio_reply_streams_dies_by_sigterm(tmp_path: Any) -> None:
+    """The parent's loop took SIGTERM over for its reply; a worker forked meanwhile has the
+    handler but not the loop (it never runs there): SIGTERM was handed to that loop and
+    waited for, and the worker lived on. The child's SIGTERM is back at its default, as
+    before the parent's loop took it: the worker dies by it, the parent's reply goes on."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", FORKED_WHILE_STREAMING, str(tmp_path / "t.db"), str(WAIT / 3)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = child.communicate(timeout=2 * WAIT)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == 0, err
+    assert out.splitlines() == [f"worker {-signal.SIGTERM}", "reply a b"], (out, err)
+
+
+@pytest.mark.parametrize("held", ["heartbeat", "checkpointer", "dropped", "fanout"])
+def test_a_child_forked_while_a_parent_thread_holds_a_module_lock_serves(
+    tmp_path: Any, held: str
+) -> None:
+    """A lock of this process's registries (each store's heartbeat and checkpointer, the
+    dropped asyncio replies, the fan-outs' users), held by a parent's thread at the fork,
+    is made anew in the child: its replies (a dropped asyncio one among them) and its close
+    go on, instead of waiting forever for a holder the child does not have."""
+    from rxcontext import _dropped, checkpointer, fanout, heartbeat
+
+    lock = {
+        "heartbeat": heartbeat._registry_lock,
+        "checkpointer": checkpointer._registry_lock,
+        "dropped": _dropped._lock,
+        "fanout": fanout._users_lock,
+    }[held]
+    store = rxcontext.open(str(tmp_path / "fork.db"), fanout="memory")
+    replies = [_reply("warm"), _reply("child"), _reply("dropped ", "early"), _reply("after")]
+    cw = ContextWindow(store, ScriptedModel(replies), "both", retry=None)
+    try:
+        cw.add_prompt("before the fork")
+        assert cw.call().text == "warm"
+
+        async def drop_one() -> str:
+            cw.add_prompt("to be dropped")
+            async for _ in cw.astream():
+                break  # dropped unclosed: noted in rxcontext._dropped
+            cw.add_prompt("after the drop")
+            return (await cw.acall()).text
+
+        def child() -> dict[str, Any]:
+            cw.add_prompt("in the child")
+            texts = [cw.call().text, asyncio.run(drop_one())]
+            store.close()
+            return {"texts": texts, "closed": store.closed}
+
+        with _held_by_a_parent_thread(lambda: lock):
+            out = _in_child(child)
+        assert "error" not in out, out["error"]
+        assert out == {"texts": ["child", "after"], "closed": True}
     finally:
         store.close()

@@ -327,8 +327,12 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         self._inherited = True
 
     def _own_connection(self) -> sqlite3.Connection:
-        """A forked child's first use: a connection of its own in place of the parent's."""
-        if self._refused and self._conn is not None:
+        """A forked child's first use: a connection of its own in place of the parent's.
+        Refused when a connection of the parent's to this file (this store's, or another
+        store object's) was in use at the fork: the new one would share its lock record."""
+        if self._conn is not None and (
+            self._refused or (_refused_files and _file_key(self.path) in _refused_files)
+        ):
             raise StoreError(_refused_message(self.path))
         with self._fork_lock:
             conn = self._conn
@@ -522,7 +526,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
     def _background(self) -> sqlite3.Connection:
         if self._memory:
             return self._db()
-        self._db()  # closed stores refuse background writes too
+        self._db()  # closed stores refuse background writes too (a forked child's refused)
         if self._bg_conn is None:
             self._bg_conn = self._connect(_BG_BUSY)
             self._bg_conn.execute("PRAGMA synchronous = NORMAL")

@@ -192,3 +192,16 @@ def leave(reply: Ending) -> None:
     term = _terms.get(loop)
     if term is not None and reply in term.replies:
         term.settle(reply)
+
+
+def _forked() -> None:
+    """In a forked child: the parent's loops never run here, so a SIGTERM handed to one
+    would wait for good (the child lived on). Their replies are the parent's: forget them,
+    and put SIGTERM back to its default, as it was before a loop took it (:func:`enter`)."""
+    _terms.clear()
+    if _TERM is not None and isinstance(getattr(_getsignal(_TERM), "__self__", None), _LoopTerm):
+        _setsignal(_TERM, _DFL)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)

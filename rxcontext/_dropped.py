@@ -119,3 +119,14 @@ def dropped(store: object, context_id: str) -> list[asyncio.Future[None]]:
         for d in drivers
         if d.loop is loop and d.settled is not None and not d.settled.done()
     ]
+
+
+def _forked() -> None:
+    """In a forked child: the lock is new (a parent's thread may have held it at the fork).
+    The parent's drivers stay noted: none is of a loop that runs here, so none is waited for."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)

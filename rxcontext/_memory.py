@@ -14,6 +14,7 @@ Elsewhere (not glibc) this does nothing.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import cast
@@ -41,6 +42,16 @@ def _malloc_trim() -> Callable[[int], int] | None:
 _trim: Callable[[int], int] | None = None
 _looked = False
 _lock = threading.Lock()
+
+
+def _forked() -> None:
+    """In a forked child: the lock is new (a parent's thread may have held it at the fork)."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def let_go(chars: int) -> bool:

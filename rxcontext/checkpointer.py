@@ -19,6 +19,7 @@ virtual (a ``TestScheduler``), on that scheduler's clock so tests decide when ti
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
@@ -232,6 +233,17 @@ _checkpointers: weakref.WeakKeyDictionary[Any, dict[tuple[int, float], Checkpoin
     weakref.WeakKeyDictionary()
 )
 _registry_lock = threading.Lock()
+
+
+def _forked() -> None:
+    """In a forked child: the registry's lock is new (a parent's thread may have held it
+    at the fork); each checkpointer resets itself (:meth:`Checkpointer._forked`)."""
+    global _registry_lock
+    _registry_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def checkpointer_for(

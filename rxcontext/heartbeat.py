@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 import weakref
@@ -440,6 +441,17 @@ class Heartbeat(ServesStore):
 _heartbeats: weakref.WeakKeyDictionary[Any, Heartbeat] = weakref.WeakKeyDictionary()
 _hints: weakref.WeakKeyDictionary[Any, StopHint] = weakref.WeakKeyDictionary()
 _registry_lock = threading.Lock()
+
+
+def _forked() -> None:
+    """In a forked child: the registry's lock is new (a parent's thread may have held it
+    at the fork); each heartbeat resets itself (:meth:`Heartbeat._forked`)."""
+    global _registry_lock
+    _registry_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def heartbeat_for(store: Store) -> Heartbeat:

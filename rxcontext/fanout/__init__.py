@@ -9,6 +9,7 @@ depends on the fan-out.
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from typing import Any
@@ -25,6 +26,16 @@ _users: dict[int, int] = {}
 """``id(fanout)``: how many stores it is attached to that are neither closed nor collected
 (an entry lives only while that count is positive, so while their hooks hold the fan-out:
 its id cannot be reused meanwhile)."""
+
+
+def _forked() -> None:
+    """In a forked child: the lock is new (a parent's thread may have held it at the fork)."""
+    global _users_lock
+    _users_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def open_fanout(spec: str | Fanout | None, **options: Any) -> Fanout | None:

@@ -18,7 +18,9 @@ Real OpenAI SDK over a replaying transport.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,11 +54,16 @@ class Locked:
         self.cw.add_prompt("count")
         self.locker = sqlite3.connect(self.path, isolation_level=None, timeout=0.1)
         self.refused = 0
+        self.before_commit: Callable[[], None] | None = None
+        """Run once as the reply's commit begins (a signal, a cancel, landing in its wait)."""
         for name in ("save_checkpoint", "commit_reply"):
             setattr(self.store, name, self._counting(getattr(self.store, name)))
 
     def _counting(self, write: Callable[..., Any]) -> Callable[..., Any]:
         def counted(*args: Any, **kwargs: Any) -> Any:
+            if write.__name__ == "commit_reply" and self.before_commit is not None:
+                self.before_commit, arrive = None, self.before_commit
+                arrive()
             try:
                 return write(*args, **kwargs)
             except StoreBusy:
@@ -140,3 +147,70 @@ def test_asyncio_the_users_exception_leaving_the_loop_reaches_them(
     assert raised.value is error and error.__context__ is None
     assert db.refused == 1
     assert db.kept() == (ReplyState.INTERRUPTED, delivered_up_to(kind))
+
+
+def on_the_main_thread() -> None:
+    if threading.current_thread() is not threading.main_thread():  # pragma: no cover
+        pytest.skip("signal handlers run on the main thread")
+
+
+def test_sync_ctrl_c_during_the_final_commits_lock_wait_waits_once(tmp_path: Path) -> None:
+    """Ctrl-C lands as the commit on the final DONE waits for the lock (held until the
+    write ends, then raised): the refused commit's checkpoint is kept at once. Before the
+    fix the commit was tried again (a second wait) as the KeyboardInterrupt went by."""
+    on_the_main_thread()
+    db = Locked(tmp_path)
+    db.before_commit = lambda: signal.raise_signal(signal.SIGINT)
+    errors: list[Exception] = []
+
+    def on_next(chunk: Chunk) -> None:
+        if chunk.kind is ChunkKind.DONE:
+            db.lock()
+
+    with pytest.raises(KeyboardInterrupt) as raised:
+        db.cw.stream().subscribe(on_next, errors.append)
+    assert errors == []
+    assert db.refused == 1  # one wait for the lock, not two
+    assert isinstance(raised.value.__cause__, StoreBusy), repr(raised.value.__cause__)
+    assert db.kept() == (ReplyState.INTERRUPTED, "".join(TEXT))
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+def test_asyncio_a_cancel_during_the_final_commits_lock_wait_reaches_the_task(
+    tmp_path: Path, how: str
+) -> None:
+    """The task is cancelled (``task.cancel()``, an ``asyncio.timeout`` expiring, what
+    ``asyncio.run`` does on Ctrl-C) while the commit on the final DONE waits for the lock in
+    its worker thread: the task gets its ``CancelledError`` (the timeout its
+    ``TimeoutError``), the refusal as its cause, after one wait; the refused commit's
+    checkpoint is kept. Before the fix the commit was tried again (a second wait) and its
+    ``StoreBusy`` replaced the cancellation."""
+    db = Locked(tmp_path)
+    caught: list[asyncio.CancelledError] = []
+
+    async def consume() -> None:
+        try:
+            async for chunk in db.cw.astream():
+                if chunk.kind is ChunkKind.DONE:
+                    db.lock()
+        except asyncio.CancelledError as error:
+            caught.append(error)
+            raise
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        if how == "cancel":
+            task = asyncio.ensure_future(consume())
+            db.before_commit = lambda: loop.call_soon_threadsafe(task.cancel)
+            await task
+        else:
+            async with asyncio.timeout(None) as bound:
+                db.before_commit = lambda: loop.call_soon_threadsafe(bound.reschedule, 0.0)
+                await consume()
+
+    with pytest.raises(asyncio.CancelledError if how == "cancel" else TimeoutError):
+        asyncio.run(main())
+    assert db.refused == 1  # one wait for the lock, not two
+    [error] = caught
+    assert isinstance(error.__cause__, StoreBusy), repr(error.__cause__)
+    assert db.kept() == (ReplyState.INTERRUPTED, "".join(TEXT))

@@ -719,12 +719,15 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
         raise failure from failure.__cause__  # what fail() chained (a raising on_error hook)
     except BaseException as error:  # GeneratorExit (closed early), CancelledError
         await watch.landed()
+        # A cancel that came while the final commit waited for a lock that refused it gets
+        # the refusal as its cause, after that one wait (ReplyPersister._interrupt).
+        stopping = None if isinstance(error, GeneratorExit) else error
         if persister.finished:
             pass
         elif persister.whole(answers_calls):  # let go holding the final DONE: it is whole
-            await off_loop(persister.commit_whole)
+            await off_loop(persister.commit_whole, stopping)
         else:
-            await off_loop(persister.interrupt, None if isinstance(error, GeneratorExit) else error)
+            await off_loop(persister.interrupt, stopping)
         raise
     finally:
         _dropped.end(stopper)  # settled: a request waiting for it goes on

@@ -47,6 +47,7 @@ import sys
 import threading
 import time
 import weakref
+from asyncio import CancelledError
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from os import urandom
@@ -90,6 +91,10 @@ __all__ = [
 ]
 
 _J = TypeVar("_J")
+
+_STOPPING = (KeyboardInterrupt, SystemExit, CancelledError)
+"""What stops a reply from outside it (Ctrl-C, SIGTERM's exit, a task's cancel): the
+user's, raised to them unchanged whatever the store says (:meth:`ReplyPersister._interrupt`)."""
 
 
 def describe_error(error: BaseException | None) -> str:
@@ -330,6 +335,10 @@ class ReplyPersister:
     is busy: :attr:`pending`)."""
     _held: Callable[[], None] | None = None
     """Lets go of the reply's hold (:meth:`_hold`), while a final write is under way."""
+    _refused: StoreBusy | None = None
+    """The reply's commit a lock refused, after its wait (a Ctrl-C held through it, or a
+    cancel that came while it waited, ends the reply next): the final checkpoint is kept at
+    once, not tried again (:meth:`commit_whole`, :meth:`interrupt`)."""
     attention = False
     """Set by the timer when the driver must act at its next chunk (flush, or stop)."""
     lost: RxContextError | None = None
@@ -866,8 +875,12 @@ class ReplyPersister:
 
         Returns the stored checkpoint; None when the reply had already ended (completed,
         interrupted by a dispose from another thread, or taken over by another worker).
+        A Ctrl-C (SIGTERM's ``SystemExit``, a task's cancel) that came while the reply's
+        commit waited for a lock that refused it is not followed by a second wait: the
+        checkpoint is kept (:attr:`pending`), the refusal its cause (see :meth:`_interrupt`).
         """
-        return self._interrupt(describe_error(error), error)
+        refused = self._refused if isinstance(error, _STOPPING) else None
+        return self._interrupt(describe_error(error), error, refused=refused)
 
     def _interrupt(
         self,
@@ -880,7 +893,13 @@ class ReplyPersister:
         """Write the final checkpoint (``why``); ``held``: the exception being handled when
         ``error`` is not passed (a Ctrl-C in the subscriber's code). ``refused``: the commit
         this checkpoint replaces was just refused by a lock, after its wait: it is kept at
-        once, not tried again (one wait for the lock, not two)."""
+        once, not tried again (one wait for the lock, not two).
+
+        A refusal is raised, but never in place of what is stopping the reply: a Ctrl-C
+        (SIGTERM's ``SystemExit``) is raised with it as its cause; a task's
+        ``CancelledError`` gets it as its cause and is left to the asyncio driver that
+        caught it to raise (None is returned), so the task ends cancelled (an
+        ``asyncio.timeout`` says ``TimeoutError``) as it would without the lock."""
         with deferred(), self._write:  # a Ctrl-C waits too
             if not self._finish() or self.ticket is None:
                 return None
@@ -899,10 +918,13 @@ class ReplyPersister:
                     "runs or as the store closes"
                 )
                 refused.__cause__ = busy.__cause__
-                # A Ctrl-C (or SIGTERM's SystemExit) that ended the reply is the user's: they
-                # get it, the refusal as its cause, as they would without the lock.
+                # A Ctrl-C (or SIGTERM's SystemExit, a cancel) that ended the reply is the
+                # user's: they get it, the refusal as its cause, as they would without the lock.
                 stopping = held or error
-                if isinstance(stopping, (KeyboardInterrupt, SystemExit)):
+                if isinstance(stopping, CancelledError):
+                    stopping.__cause__ = refused
+                    return None
+                if isinstance(stopping, _STOPPING):
                     raise stopping from refused
                 raise refused from busy.__cause__
         return self._interrupted(saved, error)
@@ -1028,15 +1050,23 @@ class ReplyPersister:
         stored but not valid for its schema stays stored; one that could not be stored is
         interrupted instead (its checkpoint holds every chunk delivered). A commit a lock
         refused is not followed by a second wait: its checkpoint is kept (:attr:`pending`)
-        and the refusal raised (``held``, a Ctrl-C that let go, with it as its cause)."""
-        try:
-            self.complete(self.reply(), last=True)
-        except StoreBusy as busy:
-            if not self.finished:
-                self._interrupt(describe_error(busy), busy, held=held, refused=busy)
-        except Exception as error:
-            if not self.finished:
-                self.interrupt(error)
+        and the refusal raised (``held``, a Ctrl-C that let go, with it as its cause; a
+        task's ``CancelledError``, see :meth:`_interrupt`). Nor is a commit tried again
+        once a lock refused it (``held`` came while it waited: a Ctrl-C the write held, a
+        cancel of the task awaiting it)."""
+        refused = self._refused
+        if refused is None:
+            try:
+                self.complete(self.reply(), last=True)
+                return
+            except StoreBusy as busy:
+                refused = busy
+            except Exception as error:
+                if not self.finished:
+                    self.interrupt(error)
+                return
+        if not self.finished:
+            self._interrupt(describe_error(refused), refused, held=held, refused=refused)
 
     def let_go(self, answers_calls: bool) -> Checkpoint | None:
         """The subscriber let go while the driver was idle (its asyncio task ended holding a
@@ -1266,7 +1296,8 @@ class ReplyPersister:
         except StoreBusy:
             raise  # still held: the failure path's final checkpoint follows (and lets go)
         except BaseException:
-            self.release_hold()
+            if self._refused is None:  # else a Ctrl-C the refused write held: as above
+                self.release_hold()
             raise
         self.release_hold()
         return done
@@ -1340,11 +1371,15 @@ class ReplyPersister:
                     reply = replace(reply, text=records[0].content)
                 if parts.get("thinking"):
                     reply = _with_stored_thinking(reply, records[0])
-            except BaseException:
+            except BaseException as failed:
                 # Nothing was stored: the reply is not over, so the failure path's final
                 # write (its checkpoint, every chunk delivered) must still happen.
                 with self._claim:
                     self.finished = False
+                if isinstance(failed, StoreBusy):
+                    # After its wait: that write does not wait again, whatever ends the
+                    # reply (a Ctrl-C this block holds is raised in this one's place).
+                    self._refused = failed
                 raise
             self.records = [*self.records, *records]
             # The store's copies of a long reply are freed: hand them back (rxcontext/_memory.py).

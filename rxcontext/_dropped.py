@@ -19,11 +19,17 @@ entry goes with its driver, and with its loop when that is closed with the close
 generator dropped in a reference cycle is only dropped when the cyclic collector runs, and
 the blocking ``stream()`` / ``call()`` cannot wait for a loop's task: both build their
 request as before (the dropped reply left out until it settles).
+
+That collector runs on whatever allocation sets it off, one made while this module's lock
+is held included (on the same thread: the lock is not reentrant). So :func:`note` takes no
+lock: it appends to a queue (atomic under the GIL) that :func:`dropped` and :func:`end`
+take in under the lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import sys
 import threading
@@ -49,6 +55,9 @@ _lock = threading.Lock()
 _running: weakref.WeakKeyDictionary[Any, tuple[object, str]] = weakref.WeakKeyDictionary()
 """The drivers whose generator was dropped while they ran, each by its reply's database and
 context, until they end (or are gone: a loop closed without running their close)."""
+_noted: collections.deque[tuple[weakref.ref[Any], tuple[object, str]]] = collections.deque()
+"""What :func:`note` saw since :func:`dropped` or :func:`end` last took it in (weakly: an
+entry goes with its driver here too)."""
 
 
 def _database(store: object) -> object:
@@ -76,11 +85,19 @@ def note(driver: Driver) -> None:
         return
     persister = driver.run.persister
     key = (_database(persister.store), persister.context_id)
-    with _lock:
-        _forget_closed()
-        if driver.settled is None:
-            driver.settled = loop.create_future()
-        _running[driver] = key
+    if driver.settled is None:
+        driver.settled = loop.create_future()
+    _noted.append((weakref.ref(driver), key))  # no lock: see the module's docstring
+
+
+def _take_noted() -> None:
+    """Move what :func:`note` queued into ``_running`` (held by ``_lock``); a driver that
+    ended meanwhile (:func:`end` sets ``ended`` before it takes the lock) is left out."""
+    while _noted:
+        ref, key = _noted.popleft()
+        driver = ref()
+        if driver is not None and not driver.ended:
+            _running[driver] = key
 
 
 def _forget_closed() -> None:
@@ -98,6 +115,7 @@ def end(driver: Driver) -> None:
     if settled is None:
         return
     with _lock:
+        _take_noted()
         _running.pop(driver, None)
     if not settled.done():
         settled.set_result(None)
@@ -107,11 +125,12 @@ def dropped(store: object, context_id: str) -> list[asyncio.Future[None]]:
     """What to wait for before a new reply in this context: the ends of its replies whose
     streams were dropped on the running loop (interrupted, or committed if they held the
     final ``DONE``). Usually none: nothing to await on the way to the first chunk."""
-    if not _running:
+    if not _running and not _noted:
         return []
     key = (_database(store), context_id)
     loop = asyncio.get_running_loop()
     with _lock:
+        _take_noted()
         _forget_closed()
         drivers = [d for d, k in _running.items() if k == key]
     return [

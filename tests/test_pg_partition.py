@@ -240,3 +240,56 @@ def test_the_probe_still_tells_a_session_gone_from_one_at_work(pg_url: str) -> N
             assert at_work(through(proxy, pg_url), {"connect_timeout": 2}, 0.5)(conn) is None
         finally:
             proxy.close()
+
+
+def _as_role(url: str, role: str) -> str:
+    """``url`` with its user replaced by ``role``."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{role}@{rest.split('@', 1)[1]}"
+
+
+def test_a_lock_wait_goes_on_when_the_server_refuses_the_probe_a_connection(
+    pg_url: str,
+) -> None:
+    """A lock pile-up uses up connections exactly when a write waits past its budget: the
+    server refuses the probe's (here the role's CONNECTION LIMIT, FATAL 53300 "too many
+    connections"; ``max_connections`` reached is the same). The server answered, so it is
+    reachable: the call goes on waiting. Before the fix any error of the probe counted as
+    no answer, and the lock wait was cut as a partition."""
+    import os
+
+    import psycopg
+
+    role = f"rxct_{os.getpid()}_limited"
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        admin.execute(
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"'
+        )
+        admin.execute(f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
+        try:
+            store = rxcontext.open(_as_role(pg_url, role), retry_budget=0.5, pool_size=1)
+            cw = ContextWindow(store, None, context="crowded")
+            cw.add_prompt("before")  # the pool's one connection is open: the role's last
+            admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT 1')
+            answers: list[bool | None] = []
+            asked = threading.Event()
+            _observed(store._runner, answers, asked)  # type: ignore[attr-defined]
+            with psycopg.connect(pg_url) as other:
+                other.execute("SELECT 1 FROM contexts WHERE name = 'crowded' FOR UPDATE")
+                adding, out = _in_thread(lambda: cw.add_prompt("after"))
+                assert asked.wait(HANG), "the deadline never came"
+                other.rollback()
+            adding.join(HANG)
+            assert not adding.is_alive()
+            assert answers[0] is True, answers
+            assert "error" not in out, repr(out.get("error"))
+            assert [r.content for r in cw.live_records()] == ["before", "after"]
+            store.close()
+        finally:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid, 30000) FROM pg_stat_activity WHERE usename = %s",
+                (role,),
+            )
+            admin.execute(f'DROP OWNED BY "{role}"')
+            admin.execute(f'DROP ROLE "{role}"')

@@ -19,8 +19,11 @@ When the time is up before the server answered:
   gone: its answer, if any, gets a short grace, then the call is cut. Not found behind a
   pooler (PgBouncer gives clients pids of its own: the question cannot name our session),
   the server reachable is all that can be told, and the call goes on waiting. A server
-  the probe cannot reach (its connect is bounded by ``connect_timeout``, its question
-  after connecting by a short bound) is a partition;
+  that refuses the probe's connection (too many connections, a role's ``CONNECTION
+  LIMIT``: a lock pile-up uses up connections exactly when writes wait) answered, so it is
+  reachable: the call goes on waiting too. A server the probe cannot reach (its connect
+  is bounded by ``connect_timeout``, its question after connecting by a short bound) is a
+  partition;
 * a background attempt (:meth:`Runner.attempt <.pg_run.Runner.attempt>`) never asks: its
   writes wait for no lock (``lock_timeout``), so no answer in time is a partition.
 
@@ -32,6 +35,7 @@ discards a closed connection and makes a new one) and :class:`Unanswered` is rai
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -126,9 +130,11 @@ def at_work(
 
     True: the server answered and our session is there, in any state (at work, waiting for
     a lock, or idle with its answer still on the way), or it cannot be named (a pooler's
-    pid): go on waiting. False: the server answered and, on a direct connection, our
-    session is gone. None: the server could not be reached within the bounds (a
-    partition).
+    pid), or the server refused the probe's connection (it answered: it is reachable, our
+    session cannot be looked up): go on waiting. False: the server answered and, on a
+    direct connection, our session is gone. None: the server could not be reached within
+    the bounds, or only the network answered (connection refused or reset): a partition,
+    or a server down.
 
     Connecting is bounded by ``connect_timeout`` (in ``kwargs``; a slow link's handshake
     and authentication take several round trips), the question after connecting by
@@ -146,8 +152,11 @@ def at_work(
                 # not found is then one the question could not name, not one that is gone.
                 pooled = probe.pgconn.backend_pid != (row[1] if row else None)
                 answer.append(bool(row and row[0]) or pooled)
-        except psycopg.Error:
-            return
+        except psycopg.Error as exc:
+            # The server refused the probe (too many connections, a role's limit): it
+            # answered, so it is reachable; only a network's failure or silence is not.
+            if _server_said(exc):
+                answer.append(True)
         finally:
             connected.set()
 
@@ -165,6 +174,17 @@ def at_work(
 
     return check
 
+
+def _server_said(exc: psycopg.Error) -> bool:
+    """Whether ``exc`` carries the server's own word: a SQLSTATE, or a refused connection's
+    message from the server (libpq quotes it as ``SEVERITY:  text``, two spaces: "FATAL:
+    too many connections for role …"; a connect's failure has no SQLSTATE in psycopg), not
+    a failure of the network alone (refused, reset, timed out)."""
+    return exc.sqlstate is not None or _SEVERITY.search(str(exc)) is not None
+
+
+_SEVERITY = re.compile(r"(?:^|: )\w+:  \S", re.MULTILINE)
+"""A server's message in libpq's text: its severity (localized: any word), two spaces."""
 
 _CONNECT_DEFAULT = 5.0
 """Seconds the probe's connect may take when ``kwargs`` sets no ``connect_timeout``."""

@@ -18,6 +18,10 @@ One proxy per client process (or per client) to fault: give the client
 * :meth:`stall_replies`: the server's bytes to the connections open now are held (a reply
   still in flight on a slow link, the server done with it), new connections unaffected;
   :meth:`heal` delivers them.
+* :meth:`hold_statements`: what a client sends containing ``marker`` (part of a
+  statement's text) is held, on open and new connections, until :meth:`heal`; connects
+  and other statements go through (a pooler that accepts a client and queues its
+  statement while every server connection is busy).
 * :meth:`lose_commit_acks`: a PostgreSQL connection whose client sent ``marker`` (part of
   a statement's text) gets every reply until the server's ``COMMIT`` tag, then is closed
   without it: the transaction committed on the server, the client lost the connection
@@ -48,6 +52,9 @@ class TcpProxy:
         self._closed = False
         self._marker: bytes | None = None
         self._gates: list[threading.Event] = []
+        self._held: bytes | None = None
+        self._release = threading.Event()
+        self._release.set()
         self.connect_delay = 0.0
         self.acks_lost = 0
         self.on_ack_lost: list[threading.Event] = []
@@ -68,10 +75,17 @@ class TcpProxy:
     def heal(self) -> None:
         """Forward again, what was held first."""
         self._open.set()
+        self._held = None
+        self._release.set()
         with self._lock:
             gates = list(self._gates)
         for gate in gates:
             gate.set()
+
+    def hold_statements(self, marker: bytes) -> None:
+        """Hold what a client sends containing ``marker`` (until :meth:`heal`)."""
+        self._held = marker
+        self._release.clear()
 
     def stall_replies(self) -> None:
         """Hold what the server sends to the connections open now (until :meth:`heal`)."""
@@ -145,6 +159,9 @@ class TcpProxy:
                 self._open.wait()  # partitioned while reading: hold it until healed
                 if not up:
                     gate.wait()  # stalled replies: held until healed
+                held = self._held
+                if up and held is not None and held in data:
+                    self._release.wait()  # a statement queued: held until healed
                 marker = self._marker
                 if up and marker is not None and marker in data:
                     marked[0] = True  # before it is sent: the server's reply comes after

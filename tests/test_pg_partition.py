@@ -293,3 +293,35 @@ def test_a_lock_wait_goes_on_when_the_server_refuses_the_probe_a_connection(
             )
             admin.execute(f'DROP OWNED BY "{role}"')
             admin.execute(f'DROP ROLE "{role}"')
+
+
+def test_a_lock_wait_goes_on_when_the_probe_connects_but_its_question_is_queued(
+    pg_url: str, proxy: TcpProxy
+) -> None:
+    """Behind PgBouncer in transaction mode the lock waiters hold every server connection
+    of its pool: the probe connects (to the pooler) but its question waits in the pooler's
+    queue past its bound (the proxy holds the question here, the connect goes through).
+    The connect succeeding is the server side answering, so the call goes on waiting; a
+    partition stops the connect itself (the other tests here). Before the fix a question
+    unanswered in time counted as a partition, and every waiter was cut."""
+    import psycopg
+
+    store = rxcontext.open(through(proxy, pg_url), retry_budget=0.5)
+    cw = ContextWindow(store, None, context="queued")
+    cw.add_prompt("before")
+    answers: list[bool | None] = []
+    asked = threading.Event()
+    _observed(store._runner, answers, asked)  # type: ignore[attr-defined]
+    proxy.hold_statements(b"pg_stat_activity")  # the probe's question, queued
+    with psycopg.connect(pg_url) as other:
+        other.execute("SELECT 1 FROM contexts WHERE name = 'queued' FOR UPDATE")
+        adding, out = _in_thread(lambda: cw.add_prompt("after"))
+        assert asked.wait(HANG), "the deadline never came"
+        other.rollback()
+    proxy.heal()
+    adding.join(HANG)
+    assert not adding.is_alive()
+    assert answers[0] is True, answers
+    assert "error" not in out, repr(out.get("error"))
+    assert [r.content for r in cw.live_records()] == ["before", "after"]
+    store.close()

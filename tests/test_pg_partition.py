@@ -9,6 +9,9 @@ after which the connection is broken and dropped, and the subscriber gets a
 :class:`~rxcontext.StoreError` (as the cause of the ``StreamInterrupted`` when the
 checkpoint could not be written either). The waits below are bounds for a hang, far above
 the budget; nothing is timed.
+
+``-m faults`` adds a run through a real PgBouncer of the test's own (skipped, saying so,
+without the ``pgbouncer`` binary; the default run models it with the proxy).
 """
 
 from __future__ import annotations
@@ -324,4 +327,84 @@ def test_a_lock_wait_goes_on_when_the_probe_connects_but_its_question_is_queued(
     assert answers[0] is True, answers
     assert "error" not in out, repr(out.get("error"))
     assert [r.content for r in cw.live_records()] == ["before", "after"]
+    store.close()
+
+
+@pytest.fixture
+def pgbouncer(pg_url: str, tmp_path: Any) -> Iterator[str]:
+    """A PgBouncer of the test's own (transaction mode, two server connections) in front of
+    the test's database; its URL. Skips, saying so, without a ``pgbouncer`` binary."""
+    import os
+    import pwd
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    import psycopg
+
+    binary = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
+    if binary is None:
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = pg_url.split("@", 1)[1].split("/", 1)[0]
+    host, _, server_port = server.partition(":")
+    user = pg_url.split("://", 1)[1].split("@", 1)[0]
+    (tmp_path / "users.txt").write_text(f'"{user}" ""\n')
+    (tmp_path / "pgbouncer.ini").write_text(
+        f"[databases]\n* = host={host} port={server_port or 5432}\n"
+        f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {tmp_path / 'users.txt'}\npool_mode = transaction\n"
+        "default_pool_size = 2\nignore_startup_parameters = extra_float_digits,options\n"
+    )
+    cmd = [binary, str(tmp_path / "pgbouncer.ini")]
+    if os.geteuid() == 0:  # PgBouncer refuses to run as root
+        pw = pwd.getpwnam("postgres")
+        os.chown(tmp_path, pw.pw_uid, pw.pw_gid)
+        cmd[1:1] = ["-u", "postgres"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = pg_url.replace(server, f"127.0.0.1:{port}", 1)
+    try:
+        for _ in range(200):  # its start: a process of its own, polled (at most 10 s)
+            try:
+                psycopg.connect(url, connect_timeout=2).close()
+                break
+            except psycopg.OperationalError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(HANG)
+
+
+@pytest.mark.faults
+def test_lock_waiters_filling_pgbouncers_pool_are_not_cut(pgbouncer: str, pg_url: str) -> None:
+    """The real thing the proxy test above models: two writes wait past their budget for a
+    row lock another session holds, through PgBouncer in transaction mode whose two server
+    connections they hold; the probe's question waits in PgBouncer's queue. Both writes go
+    on and succeed once the lock is gone (before the fix both were cut)."""
+    import psycopg
+
+    store = rxcontext.open(pgbouncer, retry_budget=0.5, pool_size=2)
+    cws = [ContextWindow(store, None, context=f"pooled{i}") for i in range(2)]
+    for cw in cws:
+        cw.add_prompt("before")
+    answers: list[bool | None] = []
+    asked = threading.Event()
+    _observed(store._runner, answers, asked)  # type: ignore[attr-defined]
+    with psycopg.connect(pg_url) as other:
+        other.execute("SELECT 1 FROM contexts WHERE name LIKE 'pooled%' FOR UPDATE")
+        adding = [_in_thread(lambda cw=cw: cw.add_prompt("after")) for cw in cws]
+        assert asked.wait(HANG), "the deadline never came"
+        other.rollback()
+    for thread, out in adding:
+        thread.join(HANG)
+        assert not thread.is_alive()
+        assert "error" not in out, repr(out.get("error"))
+    assert answers and all(answers), answers
+    for cw in cws:
+        assert [r.content for r in cw.live_records()] == ["before", "after"]
     store.close()

@@ -21,9 +21,13 @@ When the time is up before the server answered:
   the server reachable is all that can be told, and the call goes on waiting. A server
   that refuses the probe's connection (too many connections, a role's ``CONNECTION
   LIMIT``: a lock pile-up uses up connections exactly when writes wait) answered, so it is
-  reachable: the call goes on waiting too. A server the probe cannot reach (its connect
-  is bounded by ``connect_timeout``, its question after connecting by a short bound) is a
-  partition;
+  reachable: the call goes on waiting too, as it does when the probe connects but its
+  question is not answered within a short bound (queued behind a pooler whose server
+  connections the lock waiters hold all, or a slow server: a partition stops the connect
+  itself, whose handshake needs the server's replies). Only a server the probe cannot
+  connect to within ``connect_timeout`` (or one the network refuses: down) is a
+  partition, and behind a pooler that is the pooler: a link lost between the pooler and
+  the server is waited on until the pooler ends the call's connection;
 * a background attempt (:meth:`Runner.attempt <.pg_run.Runner.attempt>`) never asks: its
   writes wait for no lock (``lock_timeout``), so no answer in time is a partition.
 
@@ -131,10 +135,11 @@ def at_work(
     True: the server answered and our session is there, in any state (at work, waiting for
     a lock, or idle with its answer still on the way), or it cannot be named (a pooler's
     pid), or the server refused the probe's connection (it answered: it is reachable, our
-    session cannot be looked up): go on waiting. False: the server answered and, on a
-    direct connection, our session is gone. None: the server could not be reached within
-    the bounds, or only the network answered (connection refused or reset): a partition,
-    or a server down.
+    session cannot be looked up), or the probe connected and its question was not
+    answered within ``within`` (queued behind a pooler, or a slow server): go on waiting.
+    False: the server answered and, on a direct connection, our session is gone. None:
+    the server could not be connected to within ``connect_timeout``, or only the network
+    answered (connection refused or reset): a partition, or a server down.
 
     Connecting is bounded by ``connect_timeout`` (in ``kwargs``; a slow link's handshake
     and authentication take several round trips), the question after connecting by
@@ -142,9 +147,10 @@ def at_work(
     bounds at most; the thread ends by then too."""
     connect_within = float(kwargs.get("connect_timeout") or 0) or _CONNECT_DEFAULT
 
-    def ask(pid: int, connected: threading.Event, answer: list[bool]) -> None:
+    def ask(pid: int, connected: threading.Event, reached: list[bool], answer: list[bool]) -> None:
         try:
             with BoundedConnection.connect(url, **kwargs) as probe:
+                reached.append(True)
                 connected.set()
                 probe.bound(time.monotonic() + within)
                 row = probe.execute(_STILL_THERE, (pid,)).fetchone()
@@ -162,15 +168,24 @@ def at_work(
 
     def check(conn: BoundedConnection) -> bool | None:
         answer: list[bool] = []
+        reached: list[bool] = []
         connected = threading.Event()
         thread = threading.Thread(
-            target=ask, args=(conn.pgconn.backend_pid, connected, answer), name="rxcontext-pg-probe"
+            target=ask,
+            args=(conn.pgconn.backend_pid, connected, reached, answer),
+            name="rxcontext-pg-probe",
         )
         thread.daemon = True
         thread.start()
         connected.wait(connect_within + within)  # psycopg's connect_timeout, with a margin
         thread.join(within)
-        return answer[0] if answer else None
+        if answer:
+            return answer[0]
+        # Connected, the question not answered in time: the server side is reachable (a
+        # partition stops the connect: its handshake needs the server's replies), the
+        # question is queued (behind a pooler whose server connections are all taken, by
+        # the very lock waiters asked about) or the server is slow.
+        return True if reached else None
 
     return check
 

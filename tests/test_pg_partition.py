@@ -408,3 +408,36 @@ def test_lock_waiters_filling_pgbouncers_pool_are_not_cut(pgbouncer: str, pg_url
     for cw in cws:
         assert [r.content for r in cw.live_records()] == ["before", "after"]
     store.close()
+
+
+def test_a_zero_retry_budget_leaves_a_healthy_store_alone(pg_url: str) -> None:
+    """``retry_budget=0`` (fail fast: no retries) bounds retries, not how long a healthy
+    server may take to answer. Before the fix the background attempts' bound was the budget
+    (0: every attempt was cut and its connection closed, so a streaming reply's lease went
+    unrenewed) and so was the wait before the probe and between its asks (every statement
+    of every call opened a probe connection: 20 calls, about 130)."""
+    store = rxcontext.open(pg_url, retry_budget=0)
+    runner = store._runner  # type: ignore[attr-defined]
+    answers: list[bool | None] = []
+    _observed(runner, answers, threading.Event())
+    cw = ContextWindow(store, None, context="failfast")
+    for i in range(10):
+        cw.add_prompt(f"p{i}")
+    assert len(cw.live_records()) == 10
+    assert len(answers) < 10, f"{len(answers)} probes for 10 calls to a healthy server"
+    assert runner.attempt(lambda conn, _: conn.execute("SELECT 1").fetchone()) == (1,)
+    store.close()
+
+
+def test_a_reply_streams_past_its_lease_with_a_zero_retry_budget(pg_url: str) -> None:
+    """The heartbeat's renewals are background attempts: with ``retry_budget=0`` they were
+    all cut before the fix, and a reply streaming longer than ``lease_ttl`` ended with
+    ``OwnershipLost``."""
+    store = rxcontext.open(pg_url, retry_budget=0, lease_ttl=1.0)
+    words = [Chunk(ChunkKind.TEXT, f"w{i} ") for i in range(25)]
+    model = ScriptedModel([[*words, Chunk(ChunkKind.DONE, finish_reason="stop")]], delay=0.1)
+    cw = ContextWindow(store, model, context="leased", retry=None)
+    cw.add_prompt("go")
+    cw.stream().run()  # 2.5 s: renewed twice or more, or its lease runs out
+    assert cw.live_records()[-1].content == "".join(w.text for w in words)
+    store.close()

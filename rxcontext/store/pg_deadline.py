@@ -10,26 +10,28 @@ waits with a timeout), which costs nothing on the normal path — no thread, no 
 When the time is up before the server answered:
 
 * a call (:meth:`Runner.run <.pg_run.Runner.run>`, whose deadline is the end of its
-  ``retry_budget``) first asks the server, over a new connection, whether our session is
-  still there (``pg_stat_activity``). Found, in any state, the call goes on waiting: a
-  write waiting for a lock another session holds (final writes wait for locks however
-  long, see docs/guarantees.md), a statement at work, or a session that has sent its
-  answer which is still on its way (a big result on a slow link). Not found on a direct
-  connection (the probe's own pid is the server's ``pg_backend_pid()``), the session is
-  gone: its answer, if any, gets a short grace, then the call is cut. Not found behind a
-  pooler (PgBouncer gives clients pids of its own: the question cannot name our session),
-  the server reachable is all that can be told, and the call goes on waiting. A server
-  that refuses the probe's connection (too many connections, a role's ``CONNECTION
-  LIMIT``: a lock pile-up uses up connections exactly when writes wait) answered, so it is
-  reachable: the call goes on waiting too, as it does when the probe connects but its
-  question is not answered within a short bound (queued behind a pooler whose server
-  connections the lock waiters hold all, or a slow server: a partition stops the connect
-  itself, whose handshake needs the server's replies). Only a server the probe cannot
-  connect to within ``connect_timeout`` (or one the network refuses: down) is a
-  partition, and behind a pooler that is the pooler: a link lost between the pooler and
-  the server is waited on until the pooler ends the call's connection;
+  ``retry_budget``, 1 s at least: :data:`~.pg_run.PATIENCE`) first asks the server, over a
+  new connection, whether our session is still there (``pg_stat_activity``). Found, in any
+  state, the call goes on waiting: a write waiting for a lock another session holds (final
+  writes wait for locks however long, see docs/guarantees.md), a statement at work, or a
+  session that has sent its answer which is still on its way (a big result on a slow
+  link). Not found on a direct connection (the probe's own pid is the server's
+  ``pg_backend_pid()``), the session is gone: its answer, if any, gets a short grace, then
+  the call is cut. Not found behind a pooler (PgBouncer gives clients pids of its own: the
+  question cannot name our session), the server reachable is all that can be told, and the
+  call goes on waiting. A server that refuses the probe's connection (too many
+  connections, a role's ``CONNECTION LIMIT``: a lock pile-up uses up connections exactly
+  when writes wait) answered, so it is reachable: the call goes on waiting too, as it does
+  when the probe connects but its question is not answered within a short bound (queued
+  behind a pooler whose server connections the lock waiters hold all, or a slow server: a
+  partition stops the connect itself, whose handshake needs the server's replies). Only a
+  server the probe cannot connect to within ``connect_timeout`` (or one the network
+  refuses: down) is a partition, and behind a pooler that is the pooler: a link lost
+  between the pooler and the server is waited on until the pooler ends the call's
+  connection;
 * a background attempt (:meth:`Runner.attempt <.pg_run.Runner.attempt>`) never asks: its
-  writes wait for no lock (``lock_timeout``), so no answer in time is a partition.
+  writes wait for no lock (``lock_timeout``), so no answer within 1 s (whatever the
+  ``retry_budget``: :data:`~.pg_run.ATTEMPT_BOUND`) is a partition.
 
 Then the connection is closed at once (its state on the server is unknown; the pool
 discards a closed connection and makes a new one) and :class:`Unanswered` is raised: an

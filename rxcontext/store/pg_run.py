@@ -53,8 +53,15 @@ __all__ = ["Conn", "Cursor", "Later", "Runner", "Stored", "redact", "transient"]
 
 Conn = psycopg.Connection[Any]
 ATTEMPT_BOUND = 1.0
-"""Seconds a background attempt waits for the server's answer (at most ``retry_budget``):
-its writes wait for no lock, so a longer silence is a partition (:mod:`.pg_deadline`)."""
+"""Seconds a background attempt waits for the server's answer, whatever the
+``retry_budget``: its writes wait for no lock, so a longer silence is a partition
+(:mod:`.pg_deadline`). (It was the budget when shorter: ``retry_budget=0`` then cut every
+heartbeat write of a healthy store, and a reply's lease ran out.)"""
+PATIENCE = 1.0
+"""The least seconds a call waits for the server's answer before it asks whether the call
+is at work there, and then between asks; ``retry_budget`` when longer. A short budget
+(0: fail fast) bounds the retries, not a healthy server's pace: tied to it, every
+statement of every call opened a probe connection."""
 PROBE_BOUND = 0.5
 """Seconds the server has to say whether a silent call is still at work there (after
 connecting, which ``connect_timeout`` bounds)."""
@@ -186,7 +193,8 @@ class Runner:
     ) -> None:
         self.where = where
         self.retry_budget = retry_budget
-        self.attempt_bound = min(retry_budget, ATTEMPT_BOUND)
+        self.attempt_bound = ATTEMPT_BOUND
+        self.patience = max(retry_budget, PATIENCE)
         self._at_work = at_work(url, kwargs, PROBE_BOUND)
 
         def new_pool() -> ConnectionPool[Conn]:
@@ -297,7 +305,9 @@ class Runner:
         the module docstring); the body may return :class:`Later`.
         """
         pool = self.pool()
-        deadline = time.monotonic() + self.retry_budget
+        started = time.monotonic()
+        deadline = started + self.retry_budget
+        answer_by = started + self.patience  # the deadline, or later for a short budget
         delay = 0.02
         ambiguous = False
         attempts = 0
@@ -315,7 +325,7 @@ class Runner:
                 with pool.connection(timeout=timeout) as conn:
                     assert isinstance(conn, BoundedConnection)
                     # The server may take longer while our session is there (pg_deadline).
-                    conn.bound(deadline, self._at_work, self.retry_budget)
+                    conn.bound(answer_by, self._at_work, self.patience)
                     try:
                         if not tx:
                             return body(conn, ambiguous)
@@ -425,16 +435,19 @@ def prepare_with_retry(
     own refusal (unknown database or role, bad password) at once; that and any other error
     no retry can mend raise at once.
     """
-    deadline = time.monotonic() + retry_budget
+    started = time.monotonic()
+    deadline = started + retry_budget
+    patience = max(retry_budget, PATIENCE)
     delay = 0.02
     while True:
         doing = "connect to"
         try:
             conn = BoundedConnection.connect(url, **kwargs)
             doing = "prepare"
-            # A silent server (a partition) ends the attempt at the budget; a step waiting
-            # for a lock on a server that answers goes on (see migrate's own lock waits).
-            conn.bound(deadline, at_work(url, kwargs, PROBE_BOUND), retry_budget)
+            # A silent server (a partition) ends the attempt at the budget (PATIENCE at
+            # least); a step waiting for a lock on a server that answers goes on (see
+            # migrate's own lock waits).
+            conn.bound(started + patience, at_work(url, kwargs, PROBE_BOUND), patience)
             try:
                 return prepare(conn)
             finally:

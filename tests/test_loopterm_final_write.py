@@ -1,0 +1,138 @@
+"""SIGTERM at its default under asyncio while a reply's final write is under way.
+
+The reply's end (its commit, or its final checkpoint) runs in a worker thread and may wait
+for another process's write lock. The persister marks the reply ``finished`` as that write
+begins; SIGTERM meanwhile found it so and killed the process at once, mid-write: the reply
+the consumer had whole was lost (its checkpoint holding nothing). As for any store write the
+reply is in, the process must die once the write ends, the reply stored.
+
+The child runs in a process of its own, real signals; each step waits for a line of the
+child's (bounded: a hung child fails the test).
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from test_signals import _lines, _until
+
+import rxcontext
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="needs POSIX SIGTERM"
+)
+
+# The consumer waits (os.read of stdin, blocking its loop) at the last text chunk while the
+# parent takes the write lock; it then lets the driver on to the reply's end (argv[2]: the
+# model ends it, so it is committed, or fails, so its checkpoint is written) and traces the
+# store's statements: COMMITTING as the final write's transaction begins (the lock is held,
+# so it waits). From then a line on stdin makes the loop print PONG two iterations later:
+# SIGTERM sent before that line has been handed to the loop by then (its handler runs as
+# the loop's select returns), and what it queued ran.
+FINAL_WRITE = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    import rxcontext
+    from rxcontext import Chunk, ChunkKind, ContextWindow
+    from rxcontext.providers import ScriptedModel
+
+    store = rxcontext.open(sys.argv[1], busy_timeout=60)
+    chunks = [Chunk(ChunkKind.TEXT, f"<{i}>") for i in range(3)]
+    end = ValueError("cut")  # not sent again (retry=None): its checkpoint is written
+    if sys.argv[2] == "commit":
+        end = Chunk(ChunkKind.DONE, finish_reason="stop")
+    model = ScriptedModel([[*chunks, end]])
+    cw = ContextWindow(store, model, "sig", retry=None, checkpoint_every=None)
+    cw.add_prompt("q")
+
+    def trace(sql):
+        if sql.startswith("BEGIN IMMEDIATE"):
+            store._db().set_trace_callback(None)
+            print("COMMITTING", flush=True)
+
+    def ping():
+        os.read(0, 100)
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(0)
+        loop.call_soon(lambda: print("PONG", flush=True))
+
+    async def main():
+        async for c in cw.astream():
+            if c.text:
+                print("d", c.text, flush=True)
+            if c.text == "<2>":
+                print("WAIT", flush=True)
+                os.read(0, 100)  # the parent takes the write lock meanwhile
+                asyncio.get_running_loop().add_reader(0, ping)
+                store._db().set_trace_callback(trace)
+        print("DONE", flush=True)
+
+    asyncio.run(main())
+    print("SURVIVED", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("end", ["commit", "checkpoint"])
+def test_sigterm_during_the_final_write_waits_for_it_then_kills(tmp_path: Path, end: str) -> None:
+    path = tmp_path / "t.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", FINAL_WRITE, str(path), end],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert child.stdin is not None
+    try:
+        next_line = _lines(child)
+        shown: list[str] = []
+        _until(next_line, "WAIT", shown)
+        lock = sqlite3.connect(path, isolation_level=None, timeout=30)
+        lock.execute("BEGIN IMMEDIATE")
+        try:
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            _until(next_line, "COMMITTING")  # finished, and waiting for the lock
+            child.send_signal(signal.SIGTERM)
+            child.stdin.write("ping\n")
+            child.stdin.flush()
+            # The loop, finding the reply finished, used to kill the process at once: the
+            # output ended here, the final write never made.
+            assert next_line() == "PONG", child.stderr.read()  # type: ignore[union-attr]
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        rest = []
+        while (line := next_line()) is not None:
+            rest.append(line)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == -signal.SIGTERM, child.stderr.read()  # type: ignore[union-attr]
+    assert rest == []  # it died by SIGTERM once the commit ended, nothing more ran
+    store = rxcontext.open(path)
+    try:
+        context = store.get_context_by_name("sig").id
+        checkpoints = store.checkpoints(context)
+        records = store.records(context)
+        assert "".join(shown) == "<0><1><2>"
+        if end == "commit":
+            assert checkpoints == []
+            assert [r.content for r in records] == ["q", "<0><1><2>"]
+            assert records[1].type is rxcontext.RecordType.MODEL_RESP
+        else:
+            (cp,) = checkpoints
+            assert (cp.state.value, cp.text) == ("interrupted", "<0><1><2>")
+            assert [r.content for r in records] == ["q"]
+    finally:
+        store.close()

@@ -375,17 +375,41 @@ class _Stopper:
         """SIGTERM (:mod:`rxcontext._loopterm`): stop the reply as :meth:`_on_loop` does; a
         future done once it is saved when that is at once (its consumer holds a chunk, or
         it has ended), None when the driver ends it (and then leaves)."""
-        assert self.loop is not None
+        loop = self.loop
+        assert loop is not None
         persister = self.run.persister
         agen = self.agen
-        if persister.finished or agen is None or getattr(agen, "ag_frame", None) is None:
-            done: asyncio.Future[Any] = self.loop.create_future()
+        done: asyncio.Future[Any] = loop.create_future()
+        if persister.finished:
+            # Its final write (the commit, or the checkpoint) may be under way in a worker
+            # thread, waiting for a lock: done once it ends, not before.
+            def told() -> None:
+                with contextlib.suppress(RuntimeError):  # a closed loop: nothing to wait for
+                    loop.call_soon_threadsafe(self._final_written, done, error)
+
+            if not persister.when_final_written(told):
+                done.set_result(None)
+            return done
+        if agen is None or getattr(agen, "ag_frame", None) is None:
             done.set_result(None)
             return done
         if persister.stop is not None:
             return None  # a stop is under way: the driver ends the reply
         persister.stop = error
         return self._end(agen, error)
+
+    def _final_written(self, done: asyncio.Future[Any], error: ReplyStopped) -> None:
+        """On the loop: the final write :meth:`terminate` waits for ended. Stored (or kept
+        pending), ``done`` is; a commit that failed leaves the reply to its failure path's
+        checkpoint, ended for SIGTERM as any other reply is."""
+        if done.done():
+            return
+        if self.run.persister.finished:
+            done.set_result(None)
+            return
+        again = self.terminate(error)
+        if again is not None:  # (None: the driver ends the reply and leaves)
+            again.add_done_callback(functools.partial(_settle, done))
 
     def request(self, error: ReplyStopped) -> None:
         self.asked = error
@@ -441,6 +465,11 @@ class _Stopper:
             self.cancelled = False
             if self.task.uncancel() == 0:
                 self.check()
+
+
+def _settle(done: asyncio.Future[Any], _: object) -> None:
+    if not done.done():
+        done.set_result(None)
 
 
 async def _probe() -> AsyncGenerator[None, None]:

@@ -48,7 +48,7 @@ import threading
 import time
 import weakref
 from asyncio import CancelledError
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from os import urandom
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -339,6 +339,9 @@ class ReplyPersister:
     """The reply's commit a lock refused, after its wait (a Ctrl-C held through it, or a
     cancel that came while it waited, ends the reply next): the final checkpoint is kept at
     once, not tried again (:meth:`commit_whole`, :meth:`interrupt`)."""
+    _landing: list[Callable[[], None]] | None = None
+    """Who is told when the final write under way ends (:meth:`when_final_written`), from
+    :meth:`_finish` until then. Under ``_claim``."""
     attention = False
     """Set by the timer when the driver must act at its next chunk (flush, or stop)."""
     lost: RxContextError | None = None
@@ -863,11 +866,39 @@ class ReplyPersister:
     # -- endings --------------------------------------------------------------------------
 
     def _finish(self) -> bool:
-        """Become the one final writer; False if somebody already was. Holds ``_write``."""
+        """Become the one final writer; False if somebody already was. Holds ``_write``.
+        (Through :meth:`_final_write`, which tells who waits once that write ended.)"""
         with self._claim:
             if self.finished:
                 return False
             self.finished = True
+            self._landing = []
+            return True
+
+    @contextlib.contextmanager
+    def _final_write(self, claim: bool = True) -> Iterator[bool]:
+        """For the block: whether it is the final write (:meth:`_finish`, if ``claim``).
+        Once a final write ends (stored, kept pending, or failed: ``finished`` is then
+        False again), who waits for it is told (:meth:`when_final_written`)."""
+        claimed = claim and self._finish()
+        try:
+            yield claimed
+        finally:
+            if claimed:
+                with self._claim:
+                    waiting, self._landing = self._landing, None
+                for told in waiting or ():
+                    told()
+
+    def when_final_written(self, told: Callable[[], None]) -> bool:
+        """Call ``told`` (in the writing thread) once the final write under way ends;
+        False, calling nothing, when none is (not begun, or over). ``finished`` is set
+        as that write begins: SIGTERM under asyncio, finding the reply finished, waits
+        for the write to end before the process dies (:mod:`rxcontext._loopterm`)."""
+        with self._claim:
+            if self._landing is None:
+                return False
+            self._landing.append(told)
             return True
 
     def interrupt(self, error: BaseException | None) -> Checkpoint | None:
@@ -900,8 +931,8 @@ class ReplyPersister:
         ``CancelledError`` gets it as its cause and is left to the asyncio driver that
         caught it to raise (None is returned), so the task ends cancelled (an
         ``asyncio.timeout`` says ``TimeoutError``) as it would without the lock."""
-        with deferred(), self._write:  # a Ctrl-C waits too
-            if not self._finish() or self.ticket is None:
+        with deferred(), self._write, self._final_write() as claimed:  # a Ctrl-C waits too
+            if not claimed or self.ticket is None:
                 return None
             self._hold()  # until written or given up (:meth:`_write_final`)
             self._final = (self._draft(why), error)
@@ -1323,8 +1354,12 @@ class ReplyPersister:
         # not the checkpoint's text, and once it lands the store fences that write (the
         # reply's row is no longer streaming). A tool round's commit still waits: the next
         # round's checkpoint starts from it.
-        with deferred(), self._write if not last or from_parts else contextlib.nullcontext():
-            if last and not self._finish():
+        with (
+            deferred(),
+            self._write if not last or from_parts else contextlib.nullcontext(),
+            self._final_write(last) as claimed,
+        ):
+            if last and not claimed:
                 return False
             if not last and self.finished:
                 return False

@@ -63,8 +63,9 @@ class Ending(Protocol):
     """What a reply's driver offers: end the reply for SIGTERM (see :func:`enter`)."""
 
     def terminate(self, error: ReplyStopped) -> asyncio.Future[Any] | None:
-        """End the reply with ``error``: a future done once its checkpoint is written (or
-        nothing is to be written), or None when the driver ends it and calls :func:`leave`."""
+        """End the reply with ``error``: a future done once its checkpoint is written, its
+        final write under way ended, or nothing is to be written; or None when the driver
+        ends it and calls :func:`leave`."""
         ...
 
 

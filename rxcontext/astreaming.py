@@ -374,7 +374,8 @@ class _Stopper:
     def terminate(self, error: ReplyStopped) -> asyncio.Future[Any] | None:
         """SIGTERM (:mod:`rxcontext._loopterm`): stop the reply as :meth:`_on_loop` does; a
         future done once it is saved when that is at once (its consumer holds a chunk, or
-        it has ended), None when the driver ends it (and then leaves)."""
+        it has ended) or once its final write under way ends, None when the driver ends it
+        (and then leaves)."""
         loop = self.loop
         assert loop is not None
         persister = self.run.persister

@@ -178,6 +178,104 @@ def test_sigterm_through_the_hand_over_s_handler_after_the_reply_kills(case: str
     assert lines == (["LIBRARY"] if case == "chained" else [])
 
 
+PUT_BACK_ACROSS = textwrap.dedent(
+    """
+    import asyncio, signal, sys
+    import rxcontext
+    from rxcontext import Chunk, ChunkKind, ContextWindow
+    from rxcontext.providers import ScriptedModel
+
+    path, first = sys.argv[1], sys.argv[2]
+    T = lambda text: Chunk(ChunkKind.TEXT, text)
+    DONE = Chunk(ChunkKind.DONE, finish_reason="stop")
+    chunks = [T(f"<{i}>") for i in range(50)]
+    store = rxcontext.open(path)
+    model = ScriptedModel([[T("a"), DONE], [*chunks, DONE]])
+    cw = ContextWindow(store, model, "sig", retry=None, checkpoint_every=None)
+    cw.add_prompt("q")
+    found = []
+
+    def swap(c):  # a library swaps in its own SIGTERM handler during the reply
+        if not found:
+            found.append(signal.signal(signal.SIGTERM, lambda s, f: None))
+
+    def show(c):
+        if c.text:
+            print("d", c.text, flush=True)
+        return c.text == "<4>"
+
+    def wait_in_on_next(c):
+        if show(c):
+            print("WAIT", flush=True)
+            sys.stdin.readline()  # SIGTERM lands in the program's own code
+
+    async def areply(sees, holds=False):
+        async for c in cw.astream():
+            sees(c)
+            if holds and show(c):
+                print("WAIT", flush=True)
+                await asyncio.Event().wait()  # it holds the chunk at SIGTERM
+
+    if first == "sync":
+        cw.stream().subscribe(swap)
+    else:
+        asyncio.run(areply(swap))
+    signal.signal(signal.SIGTERM, found[0])  # ... and puts back what it found
+    cw.add_prompt("q2")
+    if first == "sync":
+        asyncio.run(areply(lambda c: None, holds=True))
+    else:
+        cw.stream().subscribe(wait_in_on_next)
+    print("SURVIVED", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("first", ["sync", "async"])
+def test_sigterm_after_a_put_back_across_sync_and_asyncio_keeps_what_was_delivered(
+    tmp_path: Path, first: str
+) -> None:
+    """The put-back pattern above, then a reply of the other kind (``first``: the one the
+    library swapped in its handler during), SIGTERM at its default: the checkpoint holds
+    what was delivered and the process dies by SIGTERM. rxcontext's own handler put back
+    after its reply used to pass for the program's: after a blocking reply, the asyncio
+    reply took the ended run's handler for one of the program's and left SIGTERM to it,
+    which killed at once; after an asyncio one, the blocking reply passed SIGTERM on to the
+    ended loop's handler, which killed at once too. Both checkpoints held ``''``."""
+    path = tmp_path / "t.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", PUT_BACK_ACROSS, str(path), first],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert child.stdout is not None and child.stdin is not None
+    try:
+        shown: list[str] = []
+        for line in child.stdout:  # (bounded: the communicate below kills a hung child)
+            if line.startswith("d "):
+                shown.append(line[2:].rstrip("\n"))
+            elif line == "WAIT\n":
+                break
+        child.send_signal(signal.SIGTERM)  # os.kill
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == -signal.SIGTERM, (out, err[-2000:])
+    assert out == ""  # nothing more was delivered, no exception reached the program
+    store = rxcontext.open(path)
+    try:
+        (cp,) = store.checkpoints(store.get_context_by_name("sig").id)
+        assert cp.text == "".join(shown) == "<0><1><2><3><4>"
+        assert cp.error == "Terminated: SIGTERM"
+    finally:
+        store.close()
+
+
 # --- 2. at most one held signal of each kind -----------------------------------------------
 
 

@@ -15,20 +15,21 @@ Once all are saved the default is restored and SIGTERM sent again: the process d
 it as it would have (no exception reaches the program). A second SIGTERM meanwhile kills at
 once.
 
-Not ``loop.add_signal_handler``: asyncio checks the signal against every valid one each
-time a handler is added or removed (about 0.2 ms each here), which every reply would pay;
-``signal.signal`` at the C level costs about a microsecond. A handler the program
-installed (``signal.signal``, or ``loop.add_signal_handler``, also one added while a reply
-streams) is used as it is. Loops on other threads and other systems than POSIX are left
-alone: there SIGTERM kills at once, as before. SIGTERM also kills at once on a loop stepped
-with ``run_until_complete`` (a sync bridge over ``astream``) that it finds stopped between
-two steps, its replies keeping their last periodic write. One that SIGTERM
+Not ``loop.add_signal_handler``: asyncio checks the signal against every valid one each time
+a handler is added or removed (about 0.2 ms each here), which every reply would pay;
+``signal.signal`` at the C level costs about a microsecond. A handler the program installed
+(``signal.signal``, or ``loop.add_signal_handler``, also one added while a reply streams) is
+used as it is; one of rxcontext's own that the program put back after a reply is taken for
+what it stands for (``_signals._stands_for``). Loops on other threads and other systems than
+POSIX are left alone: there SIGTERM kills at once, as before. SIGTERM also kills at once on
+a loop stepped with ``run_until_complete`` (a sync bridge over ``astream``) that it finds
+stopped between two steps, its replies keeping their last periodic write. One that SIGTERM
 finds in a step's last iteration (running, so the hand-over is queued, but stopping before
 it runs) is watched: from SIGTERM on, a thread waits for the hand-over to run and, should
 the loop stop first, sends SIGTERM to the main thread again, which then kills at once as
 between two steps (no thread before SIGTERM: a reply costs what it did). PID 1 (a
-container's init) is left alone too: the kernel drops a SIGTERM at its default there, so
-it would not have died, and its replies go on.
+container's init) is left alone too: the kernel drops a SIGTERM at its default there, so it
+would not have died, and its replies go on.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import weakref
 from types import FrameType
 from typing import Any, Protocol
 
-from ._signals import _DFL, _MAIN, _getsignal, _setsignal  # the C functions, no enums
+from ._signals import _DFL, _MAIN, _getsignal, _setsignal, _stands_for  # C functions, no enums
 from .errors import ReplyStopped
 
 __all__ = ["Terminated", "enter", "leave"]
@@ -78,6 +79,11 @@ class _LoopTerm:
         self.terminated = False
         self.resent: threading.Event | None = None
         """The hand-over whose watchdog sent SIGTERM again, until the handler takes it."""
+
+    @property
+    def ended(self) -> bool:
+        """Whether it waits for no reply (or its loop is closed): it would kill at once."""
+        return not self.replies or self.loop.is_closed()
 
     def handler(self, signum: int, frame: FrameType | None) -> None:
         """The signal handler (main thread, between two bytecodes): over to the loop."""
@@ -175,8 +181,11 @@ def enter(reply: Ending) -> None:
     term = _terms.get(loop)
     installed = _getsignal(_TERM)
     if term is None or installed != term.handler:
-        # Ours only over the default, or over one a closed or other loop left behind.
-        if installed != _DFL and not isinstance(getattr(installed, "__self__", None), _LoopTerm):
+        # Ours only over the default, or over one a closed or other loop left behind; also
+        # over an ended handler of rxcontext's that stands for the default (put back by the
+        # program after a reply: taken for the program's own, it killed at once).
+        stands = _stands_for(installed, _TERM)
+        if stands != _DFL and not isinstance(getattr(stands, "__self__", None), _LoopTerm):
             return  # the program's own handler
         if term is None:
             term = _terms[loop] = _LoopTerm(loop)

@@ -216,15 +216,12 @@ class HandOver:
         if threading.current_thread() is _MAIN:
             run = _Handler(self)
             for signum in _DEFERRED:
-                handler = _getsignal(signum)
-                while type(handler) is _Handler and handler.guard is None:
-                    # An ended run's handler, put back by a program that swapped in its
-                    # own (from on_next) for the reply: save what it passes signals on
-                    # to, or each reply would add a link to the chain (RecursionError at
-                    # Ctrl-C after some thousand replies).
-                    ended, handler = handler, handler.saved.get(signum, _DFL)
-                    if handler == ended.die:
-                        handler = _DFL  # (SIGTERM at its default)
+                # What an ended handler of rxcontext's, put back by the program, stands
+                # for: saved itself, each reply would add a link to the chain
+                # (RecursionError at Ctrl-C after some thousand replies), and one that
+                # stands for SIGTERM's default would pass for the program's (it kills at
+                # once, nothing saved).
+                handler = _stands_for(_getsignal(signum), signum)
                 if callable(handler):
                     run.saved[signum] = handler
                     _setsignal(signum, run)
@@ -289,6 +286,29 @@ class HandOver:
             run = self._run
             assert run is not None  # (only its handler holds signals)
             _run_all(run.saved, pending, on=True)
+
+
+def _stands_for(handler: Any, signum: int) -> Any:
+    """What ``handler``, installed for ``signum``, stands for when it is rxcontext's own and
+    its work is over, put back by a program that swapped in its own handler during a reply
+    and then put back what it had found: an ended run's :class:`_Handler` (of the blocking
+    API) passes signals on to what it replaced, SIGTERM's default where it stood for it;
+    the SIGTERM handler of an asyncio loop (:mod:`._loopterm`) that waits for no reply, or
+    whose loop is closed, stands for the default too (it kills at once). Anything else
+    stands for itself. The next reply, of either kind, decides by what it stands for: taken
+    for the program's own, it left SIGTERM to a handler that killed at once, nothing saved;
+    and the chain of handlers stays one link deep."""
+    while type(handler) is _Handler and handler.guard is None:
+        ended, handler = handler, handler.saved.get(signum, _DFL)
+        if handler == ended.die:
+            return _DFL
+    if signum == _TERM and getattr(handler, "__self__", None) is not None:  # a bound method
+        from ._loopterm import _LoopTerm  # (imports this module)
+
+        owner = handler.__self__
+        if type(owner) is _LoopTerm and handler == owner.handler and owner.ended:
+            return _DFL
+    return handler
 
 
 class _Handler:

@@ -72,7 +72,8 @@ class deferred:  # lower case: used as ``with deferred():``, as when it was a fu
             raise
 
     def _hold(self, signum: int, frame: FrameType | None) -> None:
-        """Hold the signal; a second SIGTERM at its default kills at once instead."""
+        """Hold the signal; a second SIGTERM at its default kills at once instead (as this
+        runs: see :func:`_again_at_default` for SQLite's lock wait)."""
         again = not _add(self._pending, signum, frame)
         if signum == _TERM and _again_at_default(self._saved[signum], signum, again):
             _die(signum)  # a second SIGTERM at its default: no more waiting for the write
@@ -108,7 +109,10 @@ def _again_at_default(handler: Any, signum: int, again: bool) -> bool:
     """Whether a SIGTERM (``signum``) that ``handler`` (the one a write or a fold replaced)
     would get is a second one at SIGTERM's default: ``again`` (one is held already), or the
     first was taken already (a reply's driver, or the asyncio loop's, is ending its replies
-    for it). Then it kills at once, as the docs say, never waiting for a write (a lock)."""
+    for it). Then it kills at once, as the docs say, never waiting for a write (a lock) —
+    once it runs: a Python handler runs on the main thread between two bytecodes, so not
+    while SQLite waits for another process's lock in its own C code (``busy_timeout``);
+    there it runs as that wait ends. PostgreSQL's waits (psycopg's, in Python) let it run."""
     while type(handler) is _Handler:  # (an inner reply's passes it on to an outer one's)
         forward = handler.saved.get(signum)
         if forward == handler.die:
@@ -191,10 +195,11 @@ class HandOver:
     periodic write. While the driver runs it is handled like Ctrl-C instead, raising
     :class:`Terminated`; once the driver saved what was delivered and let go of the reply,
     :meth:`terminate` restores the default and sends SIGTERM again, so the process dies by
-    it as it would have (no exception reaches the program). A second SIGTERM meanwhile
-    kills at once. A handler the program installed is used as is. As PID 1 (a container's
-    init, where the kernel drops a SIGTERM at its default) SIGTERM is not taken over: it
-    does nothing, as it would have done without rxcontext.
+    it as it would have (no exception reaches the program). A second SIGTERM meanwhile kills
+    at once (during SQLite's wait for a lock, once that wait ends: a Python handler does not
+    run in its C code). A handler the program installed is used as is. As PID 1 (a
+    container's init, where the kernel drops a SIGTERM at its default) SIGTERM is not taken
+    over: it does nothing, as it would have done without rxcontext.
 
     Each run installs a handler of its own (:class:`_Handler`), which outlives the run. A
     reply started from another's ``on_next`` decides alone: its hand-over passes a signal

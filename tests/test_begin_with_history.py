@@ -6,18 +6,21 @@ the next read, and a cache that moved meanwhile never takes an older read."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import rxcontext
 import rxcontext.operators
-from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType, ReplyExists
+from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType, ReplyExists, ReplyState
 from rxcontext.history import HistoryCache, request_history
 from rxcontext.providers import ScriptedModel
-from rxcontext.store import RecordDraft, ReplyTicket
-from rxcontext.store.owner import worker_id
+from rxcontext.store import CheckpointDraft, RecordDraft, ReplyTicket
+from rxcontext.store.owner import _start_time, worker_id
 
 
 def _prompt(store: Any, context_id: str, text: str) -> None:
@@ -322,3 +325,118 @@ def test_a_begin_asked_no_read_makes_none(target: str) -> None:
         assert (read, ticket.checkpoint_id, pos) == (None, row.id, row.pos)
     finally:
         store.close()
+
+
+# A reply's busy state can change while the context's version stays where the begin read
+# it: a cut or a claim writes only the reply's row, and an owner's death or a lease running
+# out writes nothing. The first request must see the replies busy when it reads, as every
+# request does, not those of the begin's snapshot.
+
+_ROUND = ["{}", "round of beside"]
+
+
+def _first_request_beside(
+    target: str,
+    mode: str,
+    *,
+    owner: str | None = None,
+    cut_before: bool = False,
+    between: Callable[[Any, ReplyTicket], None],
+) -> list[str]:
+    """What a window's reply sends first, with a reply "beside" of another process that
+    stored a tool round (cut before the begin, if asked) and ``between`` done to it after
+    the begin and before the request (in ``on_start``)."""
+    store, other = rxcontext.open(target), rxcontext.open(target)
+    try:
+        model = ScriptedModel([[Chunk(ChunkKind.TEXT, "ok")]], repeat_last=True)
+        cw = ContextWindow(store, model, context="c", checkpoint_every=None)
+        cw.add_prompt("q1")
+        cw.call()
+        cw.add_prompt("q2")
+        cw.call()  # its request read the first reply's records: the cache has met replies
+        ctx = cw.context
+        beside = other.begin_reply(ctx.id, "beside", owner=owner or worker_id())
+        ticket = ReplyTicket(beside.id, beside.epoch, beside.owner)
+        other.commit_reply(
+            ctx.id,
+            [
+                RecordDraft(RecordType.TOOL_CALL, "{}", tool_call_id="c1", tool_name="f"),
+                RecordDraft(RecordType.TOOL_OUTPUT, _ROUND[1], tool_call_id="c1", tool_name="f"),
+            ],
+            reply=ticket,
+            end="round",
+        )
+        if cut_before:
+            assert other.save_checkpoint(
+                ticket, CheckpointDraft("", chunks=0), state=ReplyState.INTERRUPTED
+            )
+        cw.add_prompt("q3")
+        hook = rxcontext.operators.middleware(on_start=lambda: between(other, ticket))
+        model.requests.clear()
+        if mode == "call":
+            cw.call(hook)
+        else:
+
+            async def go() -> None:
+                async for _ in cw.astream(hook):
+                    pass
+
+            asyncio.run(go())
+        return [str(r.content) for r in model.requests[0].records]
+    finally:
+        store.close()
+        other.close()
+
+
+@pytest.mark.parametrize("mode", ["call", "astream"])
+def test_a_reply_cut_before_the_first_request_is_in_it(target: str, mode: str) -> None:
+    """Streaming at the begin, cut (its row alone written) before the request: its stored
+    tool round is history now, and a request leaving it out would leave it out of a
+    server-side thread for good."""
+
+    def cut(other: Any, ticket: ReplyTicket) -> None:
+        assert other.save_checkpoint(
+            ticket, CheckpointDraft("", chunks=0), state=ReplyState.INTERRUPTED
+        )
+
+    sent = _first_request_beside(target, mode, between=cut)
+    assert sent == ["q1", "ok", "q2", "ok", *_ROUND, "q3"]
+
+
+@pytest.mark.parametrize("mode", ["call", "astream"])
+def test_a_reply_claimed_before_the_first_request_is_left_out(target: str, mode: str) -> None:
+    """Interrupted at the begin, claimed for a resume (its row alone written) before the
+    request: it is being generated again, its round not history (module docstring)."""
+
+    def claim(other: Any, ticket: ReplyTicket) -> None:
+        other.claim_checkpoint(ticket.checkpoint_id, owner="another-worker")
+
+    sent = _first_request_beside(target, mode, cut_before=True, between=claim)
+    assert sent == ["q1", "ok", "q2", "ok", "q3"]
+
+
+@pytest.mark.parametrize("mode", ["call", "astream"])
+def test_a_reply_whose_owner_died_before_the_first_request_is_in_it(target: str, mode: str) -> None:
+    """Its owner (a process of this host) ends after the begin: nothing is written, yet the
+    reply is not busy any more (as when a lease runs out), and its round is history."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        start = _start_time(child.pid)
+        if start is None:
+            pytest.skip("needs /proc to name another live process of this host")
+        owner = f"{worker_id().split(':')[0]}:{child.pid}:{start}"
+
+        def die(other: Any, ticket: ReplyTicket) -> None:
+            assert other.get_checkpoint(ticket.checkpoint_id).state is ReplyState.STREAMING
+            assert child.stdin is not None
+            child.stdin.close()
+            child.wait(10)
+
+        sent = _first_request_beside(target, mode, owner=owner, between=die)
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()
+        child.wait(10)
+    assert sent == ["q1", "ok", "q2", "ok", *_ROUND, "q3"]

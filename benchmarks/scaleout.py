@@ -283,8 +283,6 @@ def run_owner(worker: int, out: Path) -> None:
     store.commit_reply = timed_commit
     _timed(store, "save_checkpoints", checkpoint_call, inside)
     _timed(store, "begin_reply", begin_call, inside)
-    # A window's reply begins with its first request's history read in the same call.
-    _timed(store, "begin_reply_with_history", begin_call, inside)
     from rxcontext.fanout import fanout_for
 
     fanout: Any = fanout_for(store)

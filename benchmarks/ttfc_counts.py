@@ -6,7 +6,6 @@ middleware hook. Cases: ``new`` (a new window per reply: its cache has met no re
 ``same`` (one window: its fourth reply's cache has met replies), sync and asyncio.
 
     PYTHONPATH=<tree> python benchmarks/ttfc_counts.py [postgresql://.../own_db]
-    NOREAD=1 ...   # the begin without the history read (what it buys is the difference)
 """
 
 from __future__ import annotations
@@ -62,27 +61,11 @@ def one(cw: ContextWindow, mode: str) -> int:
     return got[0]
 
 
-def without_read(store: Any) -> None:
-    from rxcontext.store import ReplyTicket
-
-    raw = store._begin
-
-    def begin(context_id: str, reply_id: str, **kw: Any) -> Any:
-        out = raw(context_id, reply_id, kw["owner"], None)
-        if URL is None:
-            return ReplyTicket(out[0], 1, kw["owner"]), out[1], None
-        return ReplyTicket(out[0].id, out[0].epoch, out[0].owner), out[0].pos, None
-
-    store.begin_reply_with_history = begin
-
-
 def run(case: str, mode: str) -> tuple[int, int, int]:
     if URL is None:
         store = rxcontext.open(os.path.join(tempfile.mkdtemp(), "c.db"), lease_ttl=600)
     else:
         store = rxcontext.open(URL, lease_ttl=600, pool_size=1)
-    if os.environ.get("NOREAD"):
-        without_read(store)
     model = ScriptedModel([CHUNKS], repeat_last=True)
     tag = f"{os.getpid()}-{case}-{mode}"
     shared = ContextWindow(store, model, context=f"w{tag}")

@@ -84,14 +84,12 @@ class RoundRequests:
         tools = self.tools
         cursor = self.cursor
         history = self.history
-        primed, persister.primed = persister.primed, None  # (read by the begin, once)
         records = request_history(
             self.store,
             context_id,
             upto=persister.pos,
             reply_id=persister.reply_id,
             cache=history,
-            primed=primed,
         )
         if self.threads:  # what the request's server-side thread holds
             persister.thread_version = history.version

@@ -31,7 +31,6 @@ from .store.base import RecordDraft, Store
 __all__ = [
     "INTERRUPTED_TOOL_OUTPUT",
     "HistoryCache",
-    "Primed",
     "answered_again",
     "busy_replies",
     "request_history",
@@ -91,18 +90,6 @@ def unanswered_calls(records: Sequence[Record]) -> list[Record]:
     return _pairs(records)[1]
 
 
-class Primed:
-    """A history read made in a reply's begin transaction (:meth:`HistoryCache.prime`),
-    for its first request: the context's ``version`` it read, and the ids of the replies
-    busy then (None when not read with it: the cache had met no reply's records)."""
-
-    __slots__ = ("busy", "version")
-
-    def __init__(self, version: int, busy: set[str] | None) -> None:
-        self.version = version
-        self.busy = busy
-
-
 class HistoryCache:
     """A context's live records, kept in memory and brought up to date from the store's
     version on each read: a request re-reads only the records written or changed since the
@@ -133,36 +120,8 @@ class HistoryCache:
         first): another thread's read of this shared cache in between does not move it."""
         return getattr(self._served, "version", None)
 
-    @property
-    def since(self) -> int | None:
-        """The version the cache holds (None before its first read): what a read made
-        elsewhere (:meth:`prime`) reads the changes since."""
-        return self._version
-
-    def prime(
-        self, since: int | None, version: int, changed: Sequence[Record], busy: set[str] | None
-    ) -> Primed | None:
-        """Take in a read made elsewhere in one snapshot (a reply's begin transaction): the
-        records changed between versions ``since`` (what :attr:`since` was when it was
-        asked) and ``version``. None, and nothing taken in, if the cache has moved from
-        ``since`` meanwhile (another thread's read: this one may be older) or another
-        thread holds it now. The next :meth:`live` still asks the store's version (a write
-        after the begin, an ``on_start`` hook's, is read then); if it serves this version
-        unchanged, the :class:`Primed` busy replies hold for it."""
-        if not self._lock.acquire(blocking=False):
-            return None
-        try:
-            if self._version != since:
-                return None
-            self._take(version, changed)
-            return Primed(version, busy)
-        finally:
-            self._lock.release()
-
     def live(self, upto: int | None = None) -> list[Record]:
-        """The live records in order (those at positions up to ``upto``, if given): a copy.
-        The store's version is asked each time (one statement): a cache :meth:`prime` brought
-        to the store's version reads no record, yet a write made since is never missed."""
+        """The live records in order (those at positions up to ``upto``, if given): a copy."""
         if not self._lock.acquire(blocking=False):
             # Another thread's read holds the cache, and may be waiting for the store. A
             # thread that holds the store already (SQLiteStore.at_once: the event loop's)
@@ -174,24 +133,21 @@ class HistoryCache:
             self._lock.acquire()
         try:
             version, changed = self.store.history(self.context_id, since=self._version)
-            self._take(version, changed)
-            self._served.version = self._version
+            if not self.replies and any(r.reply_id is not None for r in changed):
+                self.replies = True
+            if self._version is None:
+                self._live = [r for r in changed if r.live]
+                self._keys = [(r.pos, r.id) for r in self._live]
+            else:
+                for r in changed:
+                    self._merge(r)
+            self._version = version
+            self._served.version = version
             if upto is None:
                 return list(self._live)
             return self._live[: bisect.bisect_right(self._keys, (upto, float("inf")))]
         finally:
             self._lock.release()
-
-    def _take(self, version: int, changed: Sequence[Record]) -> None:
-        if not self.replies and any(r.reply_id is not None for r in changed):
-            self.replies = True
-        if self._version is None:
-            self._live = [r for r in changed if r.live]
-            self._keys = [(r.pos, r.id) for r in self._live]
-        else:
-            for r in changed:
-                self._merge(r)
-        self._version = version
 
     def _merge(self, record: Record) -> None:
         key = (record.pos, record.id)
@@ -262,37 +218,25 @@ def request_history(
     upto: int | None,
     reply_id: str | None,
     cache: HistoryCache | None = None,
-    primed: Primed | None = None,
 ) -> list[Record]:
     """The live records a reply at position ``upto`` sends (see the module docstring).
 
-    ``primed``: the reply's begin read the history into ``cache`` (:meth:`HistoryCache.prime`).
-    The records are read all the same (the store's version is asked: a write since the begin
-    is in them); if the read served the begin's version, nothing changed since, and the busy
-    replies the begin read in that snapshot hold: they are not asked again. Otherwise
-    (another write, or another request moved the shared cache on) the request is read as
-    any other."""
+    Which replies are busy is asked at each request, never taken from an earlier read: a
+    reply's busy state changes with no record written and no version moved (a cut or a
+    claim writes its row alone; an owner's death or a lease running out writes nothing)."""
 
     def read() -> list[Record]:
         if cache is not None:
             return cache.live(upto)
         return store.records(context_id, live_only=True, upto=upto)
 
+    # Which replies are busy is asked before the records are read: a reply that ends in
+    # between is then left out whole, never carried half (a round without its answer).
     busy: set[str | None] | None = None
-    once = False
-    if primed is not None and primed.busy is not None and cache is not None:
-        records = read()
-        once = cache.version == primed.version
-    if once:
-        assert primed is not None and primed.busy is not None
-        busy = {r for r in primed.busy if r != reply_id}
-    else:  # not the begin's read (if any): its busy replies are not this one's
-        # Which replies are busy is asked before the records are read: a reply that ends in
-        # between is then left out whole, never carried half (a round without its answer).
-        if cache is not None and cache.replies:
-            busy = busy_replies(store, context_id) - {reply_id}
-        records = read()
-    while busy and not once:
+    if cache is not None and cache.replies:
+        busy = busy_replies(store, context_id) - {reply_id}
+    records = read()
+    while busy:
         # Asked again after the read: a reply that ended in between was stored before it, so
         # a commit's thread check (records changed since the read) would never see that the
         # request left it out, and the response's server-side thread would lack it for good.

@@ -75,7 +75,6 @@ from .store.owner import worker_id
 from .usage_by_model import USAGE_BY_MODEL, Part, by_model, natively, parse, parts_of
 
 if TYPE_CHECKING:
-    from .history import HistoryCache, Primed
     from .tracing import ReplyTrace
 
 __all__ = [
@@ -362,11 +361,6 @@ class ReplyPersister:
     nullable (see :meth:`OutputSchema.validate`)."""
     trace: ReplyTrace | None = None
     """The reply's tracing span (:mod:`rxcontext.tracing`), told of its begin and end."""
-    history: HistoryCache | None = None
-    """The window's history cache of this context: the begin reads the first request's
-    history into it in its own transaction, where the store can (:meth:`begin`)."""
-    primed: Primed | None = None
-    """What the begin read into :attr:`history` for the first request (taken by it)."""
     # Empty tuples until a reply has some (as the defaults above): three lists made for
     # every reply and nearly always left empty until its end were three more objects the
     # cyclic collector tracks while it streams (docs/benchmarks.md, many streams).
@@ -441,33 +435,11 @@ class ReplyPersister:
                 self.trace.begin(self.reply_id)
             return
         reply_id = self.reply_id or new_reply_id()
-        cache = self.history
-        both = getattr(self.store, "begin_reply_with_history", None) if cache is not None else None
         with deferred():
-            if both is None:
-                checkpoint = self.store.begin_reply(self.context_id, reply_id, owner=worker_id())
-                self.reply_id = reply_id
-                self.pos = checkpoint.pos
-                self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch, checkpoint.owner)
-            else:
-                assert cache is not None
-                since = cache.since
-                # Read with the busy replies alone: without them the first request's version
-                # read costs what the history's would, and the begin's read saves nothing.
-                replies = cache.replies
-                ticket, pos, read = both(
-                    self.context_id,
-                    reply_id,
-                    owner=worker_id(),
-                    since=since,
-                    busy=replies,
-                    read=replies,
-                )
-                self.reply_id = reply_id
-                self.pos = pos
-                self.ticket = ticket
-                if read is not None:
-                    self.primed = cache.prime(since, *read)
+            checkpoint = self.store.begin_reply(self.context_id, reply_id, owner=worker_id())
+            self.reply_id = reply_id
+            self.pos = checkpoint.pos
+            self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch, checkpoint.owner)
         self._open_channel(None)
         if self.trace is not None:
             self.trace.begin(self.reply_id)

@@ -662,7 +662,7 @@ class ContextWindow:
         )
         persister.trace = trace
 
-        history = persister.history = self._history(context_id)
+        history = self._history(context_id)
         request = RoundRequests(
             store,
             context_id,

@@ -75,7 +75,7 @@ from .pg_writes import WRITE, CheckpointWrite, Ledger, batch_statement
 if TYPE_CHECKING:
     from .pg_run import Runner
 
-__all__ = ["HistoryRead", "PostgresReplies"]
+__all__ = ["PostgresReplies"]
 
 _Then = Callable[[Conn, Checkpoint, str, bool], Any]
 
@@ -103,31 +103,16 @@ def busy_in(conn: Conn, context_id: str) -> set[str]:
     transaction that has locked the context, the answer holds until it ends)."""
     if impossible_id(context_id):
         return set()
-    return _busy_of(conn.execute(_BUSY, (context_id,)).fetchall())
-
-
-_BUSY = (
-    "SELECT c.reply_id, c.owner, c.lease_until, clock_timestamp()"
-    f" FROM checkpoints c WHERE {_ACTIVE}"
-)
-
-
-def _busy_of(found: Sequence[Sequence[Any]]) -> set[str]:
+    found = conn.execute(
+        "SELECT c.reply_id, c.owner, c.lease_until, clock_timestamp()"
+        f" FROM checkpoints c WHERE {_ACTIVE}",
+        (context_id,),
+    ).fetchall()
     return {
         dec(r)
         for r, owner, lease, now in found
         if owner_alive(owner, rows.utc_opt(lease), rows.utc(now))
     }
-
-
-_CHANGED = (
-    f"SELECT {rows.RECORD_COLUMNS} FROM records WHERE context_id = %s AND rev > %s ORDER BY pos, id"
-)
-"""A context's records changed since a version (``history``'s, under the context's lock)."""
-
-HistoryRead = tuple[int, list[Record], set[str] | None]
-"""What :meth:`PostgresReplies.begin_reply_with_history` read: the context's version, the
-records changed since the version asked about, the busy reply ids (if asked)."""
 
 
 class PostgresReplies:
@@ -251,47 +236,13 @@ class PostgresReplies:
 
     def begin_reply(self, context_id: str, reply_id: str, *, owner: str) -> Checkpoint:
         """Reserve the next position for a reply and create its ``STREAMING`` row (epoch 1)."""
-        return self._begin(context_id, reply_id, owner, None)[0]
-
-    def begin_reply_with_history(
-        self,
-        context_id: str,
-        reply_id: str,
-        *,
-        owner: str,
-        since: int | None,
-        busy: bool,
-        read: bool = True,
-    ) -> tuple[ReplyTicket, int, HistoryRead | None]:
-        """:meth:`begin_reply`, and in its transaction (under the context's lock, which
-        every write to the context takes: nothing changes it in between) what
-        :meth:`history` ``(since=since)`` reads, with :meth:`busy_reply_ids` too if
-        ``busy``. The read is None when it was not made (not asked: ``read=False``; a
-        retry that found its first try's row stored).
-
-        Store-internal (the history cache of a reply's request, :mod:`rxcontext.history`):
-        its statements go in the begin's round trip; the first request still asks the
-        context's version, but if nothing changed since this snapshot it does not ask the
-        busy replies again (one round trip fewer). It gives the row's ticket and position
-        rather than the :class:`Checkpoint`."""
-        begun, got = self._begin(context_id, reply_id, owner, (since, busy) if read else None)
-        assert begun.pos is not None
-        return ReplyTicket(begun.id, begun.epoch, begun.owner), begun.pos, got
-
-    def _begin(
-        self,
-        context_id: str,
-        reply_id: str,
-        owner: str,
-        read: tuple[int | None, bool] | None,
-    ) -> tuple[Checkpoint, HistoryRead | None]:
         if not isinstance(reply_id, str) or not reply_id:
             raise TypeError("reply_id must be a non-empty str")
         check_name(reply_id, "reply id")  # a lone surrogate too, before the transaction
         rid = enc(reply_id)
         token = uuid.uuid4().hex
 
-        def body(conn: Conn, ambiguous: bool) -> tuple[Checkpoint, HistoryRead | None]:
+        def body(conn: Conn, ambiguous: bool) -> Checkpoint:
             if ambiguous:  # our first try may have landed: find it under the context lock
                 lock_context(conn, context_id)
                 mine = conn.execute(
@@ -299,10 +250,9 @@ class PostgresReplies:
                     (rid, token),
                 ).fetchone()
                 if mine is not None:
-                    raise Stored((rows.checkpoint(mine), None))
+                    raise Stored(rows.checkpoint(mine))
             # One round trip (with BEGIN): the lock takes the position, the insert reads it
-            # from the locked row; an id already used inserts nothing (and rolls back). The
-            # history's read and the busy replies' go with them, under the lock.
+            # from the locked row; an id already used inserts nothing (and rolls back).
             locking = send_lock(conn, context_id, 1)
             inserting = conn.execute(
                 "INSERT INTO checkpoints (context_id, reply_id, state, pos, owner, epoch,"
@@ -314,25 +264,14 @@ class PostgresReplies:
                 f" ON CONFLICT (reply_id) DO NOTHING RETURNING {rows.CHECKPOINT_COLUMNS}",
                 (rid, owner, self.lease_ttl, token, context_id, rid),
             )
-            reading = asking = None
-            if read is not None:
-                since = -1 if read[0] is None else read[0]
-                reading = conn.execute(_CHANGED, (context_id, since))
-                if read[1]:
-                    asking = conn.execute(_BUSY, (context_id,))
-            lock = locked(locking, context_id)
+            locked(locking, context_id)
             row = inserting.fetchone()
             if row is None:  # the transaction rolls back: no position was taken
                 raise ReplyExists(f"reply id {reply_id!r} was already used (reply ids are unique)")
-            history: HistoryRead | None = None
-            if reading is not None:
-                changed = rows.records_of(conn, reading.fetchall())
-                ids = _busy_of(asking.fetchall()) if asking is not None else None
-                history = (lock.version, changed, ids)
-            return rows.checkpoint(row), history
+            return rows.checkpoint(row)
 
-        begun: tuple[Checkpoint, HistoryRead | None] = self._runner.run(body, pipeline=True)
-        self._ledger.start(begun[0].id)
+        begun: Checkpoint = self._runner.run(body, pipeline=True)
+        self._ledger.start(begun.id)
         return begun
 
     def _lock_for(self, conn: Conn, checkpoint_id: int) -> str | None:

@@ -998,36 +998,30 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             ).fetchone()
             if row is None:
                 raise ContextNotFound(f"no context with id {context_id!r} (was it deleted?)")
-            return int(row[0]), self._changed(db, context_id, since, int(row[0]), int(row[1]))
-
-    def _changed(
-        self, db: sqlite3.Connection, context_id: str, since: int | None, version: int, tokens: int
-    ) -> list[Record]:
-        """:meth:`history`'s records, read on ``db`` (under the store's lock) with the
-        context's ``version`` and live ``tokens`` read in the same transaction."""
-        if since is not None and since >= version:
-            return []
-        after = -1 if since is None else since
-        if self._at_once is None or self._at_once != threading.get_ident():
-            found = db.execute(_HISTORY, (context_id, after)).fetchall()
-            return blobs.records_of(db, found)
-        if tokens > AT_ONCE_TOKENS:  # a few long records are a long read too
-            raise NotNow("a long history: not at once")
-        # Dead records come back too (all of them on a window's first read, those just
-        # set dead on a later one), and no total bounds their text: none is read here.
-        # Counted on ``live`` alone, which a row's header holds (0 and 1 take no bytes
-        # of its body), so no record's text is walked through to find it.
-        count, live = db.execute(_AT_ONCE_COUNT, (context_id, after)).fetchone()
-        if count > AT_ONCE_RECORDS:
-            raise NotNow("a long history: not at once")
-        if live < count:
-            raise NotNow("dead records, of unknown length: not at once")
-        found = db.execute(
-            _HISTORY + " LIMIT ?", (context_id, after, AT_ONCE_RECORDS + 1)
-        ).fetchall()
-        if len(found) > AT_ONCE_RECORDS or any(r[14] for r in found):
-            raise NotNow("a long history, or attachments: not at once")
-        return blobs.records_of(db, found)
+            version = int(row[0])
+            if since is not None and since >= version:
+                return version, []
+            after = -1 if since is None else since
+            if self._at_once is None or self._at_once != threading.get_ident():
+                found = db.execute(_HISTORY, (context_id, after)).fetchall()
+                return version, blobs.records_of(db, found)
+            if int(row[1]) > AT_ONCE_TOKENS:  # a few long records are a long read too
+                raise NotNow("a long history: not at once")
+            # Dead records come back too (all of them on a window's first read, those just
+            # set dead on a later one), and no total bounds their text: none is read here.
+            # Counted on ``live`` alone, which a row's header holds (0 and 1 take no bytes
+            # of its body), so no record's text is walked through to find it.
+            count, live = db.execute(_AT_ONCE_COUNT, (context_id, after)).fetchone()
+            if count > AT_ONCE_RECORDS:
+                raise NotNow("a long history: not at once")
+            if live < count:
+                raise NotNow("dead records, of unknown length: not at once")
+            found = db.execute(
+                _HISTORY + " LIMIT ?", (context_id, after, AT_ONCE_RECORDS + 1)
+            ).fetchall()
+            if len(found) > AT_ONCE_RECORDS or any(r[14] for r in found):
+                raise NotNow("a long history, or attachments: not at once")
+            return version, blobs.records_of(db, found)
 
     def live_tokens(self, context_id: str) -> int:
         """Estimated tokens of the live records (kept on every write, read in one row)."""

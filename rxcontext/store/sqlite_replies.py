@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from ..chunks import Usage
 from ..errors import (
     CheckpointNotFound,
-    ContextNotFound,
     OwnershipLost,
     ReplyExists,
     StoreBusy,
@@ -48,7 +47,7 @@ from .base import (
 )
 from .owner import local_pid, owner_alive, process_gone, worker_id
 
-__all__ = ["HistoryRead", "SQLiteReplies"]
+__all__ = ["SQLiteReplies"]
 
 _LIVE = ("streaming", "resuming")
 _ACTIVE = "context_id = ? AND state IN ('streaming', 'resuming')"
@@ -90,18 +89,6 @@ _BEGIN = (
 )
 """A reply's new row, unless its id was used by a stored record (the row's own unique index
 refuses an id another reply's row has)."""
-
-
-_POSITION = (
-    "UPDATE contexts SET next_pos = next_pos + 1, version = version + 1 WHERE id = ?"
-    " RETURNING next_pos - 1, version, live_tokens"
-)
-"""A reply's position (``_allocate`` of one), with the context's new version and live
-tokens (what a history read in the same transaction needs: no second look at the row)."""
-
-HistoryRead = tuple[int, list[Record], set[str] | None]
-"""What :meth:`SQLiteReplies.begin_reply_with_history` read: the context's version, the
-records changed since the version asked about, the busy reply ids (if asked)."""
 
 
 _BULK_UPDATE = (
@@ -221,14 +208,6 @@ class SQLiteReplies:
             thinking_from: long.Long | None = None,
         ) -> Record: ...
         def lean(self, db: sqlite3.Connection) -> AbstractContextManager[None]: ...
-        def _changed(
-            self,
-            db: sqlite3.Connection,
-            context_id: str,
-            since: int | None,
-            version: int,
-            tokens: int,
-        ) -> list[Record]: ...
         def release_background(self) -> None: ...
 
     def _lease(self) -> str:
@@ -329,23 +308,38 @@ class SQLiteReplies:
         """The ids of :meth:`active_replies`, without reading their rows' text (a request
         asks for them: a long reply streaming in the context cost every request its text)."""
         with self._read() as db:
-            return self._busy_in(db, context_id)
-
-    def _busy_in(self, db: sqlite3.Connection, context_id: str) -> set[str]:
-        found = db.execute(
-            f"SELECT id, reply_id, owner, lease_until FROM checkpoints WHERE {_ACTIVE}",
-            (context_id,),
-        ).fetchall()
+            found = db.execute(
+                f"SELECT id, reply_id, owner, lease_until FROM checkpoints WHERE {_ACTIVE}",
+                (context_id,),
+            ).fetchall()
         return {r for cid, r, owner, lease in found if self._owned(cid, owner, rows.time_of(lease))}
 
     # -- writing --------------------------------------------------------------------------
 
     def begin_reply(self, context_id: str, reply_id: str, *, owner: str) -> Checkpoint:
         """Reserve the next position for a reply and create its ``STREAMING`` row (epoch 1)."""
-        cid, pos, now, _ = self._begin(context_id, reply_id, owner, None)
+        if not isinstance(reply_id, str) or not reply_id:
+            raise TypeError("reply_id must be a non-empty str")
+        check_name(reply_id, "reply id")
+        # On every reply's way to its first chunk: two statements in the transaction (the
+        # position, then the row with the reply-id check in it), one clock read, and the
+        # Checkpoint made from what was written (only its id comes back).
+        at = self.clock()
+        now = rows.stamp(at)
+        lease = rows.stamp(at + timedelta(seconds=self.lease_ttl))
+        with self._tx() as db:
+            pos = self._allocate(db, context_id)
+            try:
+                row = db.execute(
+                    _BEGIN, (context_id, now, now, reply_id, pos, owner, lease, reply_id)
+                ).fetchone()
+            except sqlite3.IntegrityError:
+                row = None
+            if row is None:  # a stored record or another reply's row has this id
+                raise ReplyExists(f"reply id {reply_id!r} was already used (reply ids are unique)")
         stamp = rows.read_time(now)
         return Checkpoint(
-            id=cid,
+            id=row[0],
             context_id=context_id,
             text="",
             thinking="",
@@ -360,77 +354,6 @@ class SQLiteReplies:
             epoch=1,
             owner=owner,
         )
-
-    def begin_reply_with_history(
-        self,
-        context_id: str,
-        reply_id: str,
-        *,
-        owner: str,
-        since: int | None,
-        busy: bool,
-        read: bool = True,
-    ) -> tuple[ReplyTicket, int, HistoryRead | None]:
-        """:meth:`begin_reply`, and in its transaction (one snapshot, no write between)
-        what :meth:`history` ``(since=since)`` reads, with :meth:`busy_reply_ids` too if
-        ``busy``. The read is None where it is not made: not asked (``read=False``), or in
-        :meth:`at_once` one that would not be at once (the reply's row is written all the
-        same).
-
-        Store-internal (the history cache of a reply's request, :mod:`rxcontext.history`):
-        the first request still asks the context's version, but if nothing changed since
-        this snapshot it asks neither the records nor the busy replies again (one lock
-        fewer). It gives the row's ticket and position rather than a :class:`Checkpoint`
-        (which the reply's begin did not use)."""
-        cid, pos, _, got = self._begin(context_id, reply_id, owner, (since, busy) if read else None)
-        return ReplyTicket(cid, 1, owner), pos, got
-
-    def _begin(
-        self,
-        context_id: str,
-        reply_id: str,
-        owner: str,
-        read: tuple[int | None, bool] | None,
-    ) -> tuple[int, int, str, HistoryRead | None]:
-        """The row's id, its position, its time as stored, and the read (if asked)."""
-        if not isinstance(reply_id, str) or not reply_id:
-            raise TypeError("reply_id must be a non-empty str")
-        check_name(reply_id, "reply id")
-        # On every reply's way to its first chunk: two statements in the transaction (the
-        # position, then the row with the reply-id check in it) and one clock read.
-        at = self.clock()
-        now = rows.stamp(at)
-        lease = rows.stamp(at + timedelta(seconds=self.lease_ttl))
-        history: HistoryRead | None = None
-        with self._tx() as db:
-            found = db.execute(_POSITION, (context_id,)).fetchone()
-            if found is None:
-                raise ContextNotFound(f"no context with id {context_id!r} (was it deleted?)")
-            pos, version, tokens = found
-            try:
-                row = db.execute(
-                    _BEGIN, (context_id, now, now, reply_id, pos, owner, lease, reply_id)
-                ).fetchone()
-            except sqlite3.IntegrityError:
-                row = None
-            if row is None:  # a stored record or another reply's row has this id
-                raise ReplyExists(f"reply id {reply_id!r} was already used (reply ids are unique)")
-            if read is not None:
-                since, busy = read
-                try:
-                    # Only this begin moved the version since ``since`` (and wrote no record):
-                    # nothing changed, nothing to read.
-                    changed = (
-                        []
-                        if since == version - 1
-                        else self._changed(db, context_id, since, version, tokens)
-                    )
-                except StoreBusy:  # NotNow: the row stays, only the read is made elsewhere
-                    pass
-                else:
-                    ids = self._busy_in(db, context_id) if busy else None
-                    history = (version, changed, ids)
-        return row[0], pos, now, history
 
     @staticmethod
     def _update_params(

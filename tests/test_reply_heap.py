@@ -7,8 +7,9 @@ streaming reply holds for the collector"). Counted with the collector off: the o
 tracks with the replies suspended, each holding its first delivered chunk, minus those
 tracked before they began (asyncio's own share included: the task's, the generators'). 44.8
 a reply here: 43.8 once the wait for dropped streams stopped noting every reply as it began
-(48.8 before; now nothing until one is dropped, rxcontext/_dropped.py), +1.0 since with the
-check of the begin's history version (23b7d12); 71 before the request builder (a closure of
+(48.8 before; now nothing until one is dropped, rxcontext/_dropped.py), +1.0 since 23b7d12
+(the check of the begin's history version), still 44.8 after the begin's history read was
+removed (1c5d013; measured twice); 71 before the request builder (a closure of
 13 objects), the heartbeat's fence (4), the builder's alarm (4) and lists made empty for
 every reply were cut.
 """

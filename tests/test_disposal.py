@@ -68,10 +68,31 @@ class Watched(ScriptedModel):
             self.stopped.set()
 
 
+class HeldAtEnd(Watched):
+    """A Watched whose stream reads its last text chunk only once ``disposed`` is set: a
+    dispose always lands before the reply can end, however late the disposing thread runs.
+    Every chunk before that one comes as it would (no gate): the dispose still races them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.disposed = threading.Event()
+
+    def iter_chunks(self, request: Request) -> Iterator[Chunk]:
+        with contextlib.closing(super().iter_chunks(request)) as chunks:
+            for i, chunk in enumerate(chunks):
+                if i == N - 1:
+                    self.disposed.wait(10)  # (a test that never disposes fails on its reply)
+                yield chunk
+
+
 def window(
-    store: rxcontext.Store | None = None, delay: float = 0.0, **kw: Any
+    store: rxcontext.Store | None = None,
+    delay: float = 0.0,
+    *,
+    model_type: type[Watched] = Watched,
+    **kw: Any,
 ) -> tuple[ContextWindow, Watched]:
-    model = Watched([[*(T(f"<{i}>") for i in range(N)), Chunk(ChunkKind.DONE)]], delay=delay)
+    model = model_type([[*(T(f"<{i}>") for i in range(N)), Chunk(ChunkKind.DONE)]], delay=delay)
     cw = ContextWindow(store or rxcontext.open(":memory:"), model, "d", retry=None, **kw)
     cw.add_prompt("go")
     return cw, model
@@ -378,7 +399,11 @@ def test_dispose_from_another_thread_at_random_moments_keeps_the_checkpoint_exac
     rng = random.Random(7)
     pool = ThreadPoolScheduler(1)
     for _ in range(150):
-        cw, model = window(delay=0.0001)  # a chunk every 0.1 ms: the dispose lands mid-stream
+        # A chunk every 0.1 ms: the dispose lands mid-stream, between or during deliveries.
+        # A disposing thread starved past the other ~40 ms (a loaded machine) would find the
+        # reply completed and nothing to checkpoint: the model holds its last chunk for it.
+        cw, model = window(delay=0.0001, model_type=HeldAtEnd)
+        assert isinstance(model, HeldAtEnd)
         got: list[str] = []
         enough = threading.Event()
         wanted = rng.randrange(1, 40)
@@ -390,11 +415,12 @@ def test_dispose_from_another_thread_at_random_moments_keeps_the_checkpoint_exac
 
         sub = cw.stream().subscribe(on_next, scheduler=pool)
         assert enough.wait(10)
-        sub.dispose()  # the producer is still delivering: no gate, a real race
+        sub.dispose()  # the producer is still delivering (or waits for its last chunk)
+        model.disposed.set()
         assert model.stopped.wait(10)
+        assert replies(cw) == [] and len(got) < N
         (cp,) = cw.checkpoints()
         assert cp.text == "".join(got), (len(cp.text), len("".join(got)))
-        assert replies(cw) == [] and len(got) < N
 
 
 # -- a cancelled asyncio consumer ----------------------------------------------------------------

@@ -20,6 +20,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -214,3 +217,109 @@ def test_asyncio_a_cancel_during_the_final_commits_lock_wait_reaches_the_task(
     [error] = caught
     assert isinstance(error.__cause__, StoreBusy), repr(error.__cause__)
     assert db.kept() == (ReplyState.INTERRUPTED, "".join(TEXT))
+
+
+SIGTERM_CHILD = textwrap.dedent(
+    """
+    import os, signal, sqlite3, sys
+    import rxcontext
+    from rxcontext import Chunk, ChunkKind, ContextWindow, StoreBusy, Tool
+    from rxcontext.providers import ScriptedModel
+
+    path, round_, blocked = sys.argv[1], sys.argv[2], sys.argv[3] == "blocked"
+    T = lambda s: Chunk(ChunkKind.TEXT, s)
+    call = Chunk(ChunkKind.TOOL_CALL, '{"q": "x"}', index=0, id="c1", name="look")
+    script = {
+        "whole": [[T("one "), T("two"), Chunk(ChunkKind.DONE, finish_reason="stop")]],
+        "tool": [
+            [T("one "), T("two"), call, Chunk(ChunkKind.DONE, finish_reason="tool_calls")],
+            [T("three"), Chunk(ChunkKind.DONE, finish_reason="stop")],
+        ],
+    }[round_]
+    if blocked:  # in every thread (they inherit it): the process outlives its death by it
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    store = rxcontext.open(path, busy_timeout=0.3)
+    cw = ContextWindow(store, ScriptedModel(script), "c", retry=None)
+    cw.add_tool(Tool("look", "look").string("q", "q"), lambda args: "seen")
+    cw.add_prompt("count")
+    locker = sqlite3.connect(path, isolation_level=None, timeout=0.1)
+
+    def counting(write):
+        def counted(*args, **kwargs):
+            if write.__name__ == "commit_reply":  # SIGTERM, held while the write lasts
+                if blocked:  # what the signal would run, the kernel's SIGTERM staying blocked
+                    signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+                else:
+                    os.kill(os.getpid(), signal.SIGTERM)
+            try:
+                return write(*args, **kwargs)
+            except StoreBusy:
+                if kwargs.get("wait", True):  # the heartbeat's tries wait for nothing
+                    print("REFUSED", write.__name__, flush=True)
+                raise
+
+        return counted
+
+    store.commit_reply = counting(store.commit_reply)
+    store.save_checkpoint = counting(store.save_checkpoint)
+
+    def on_next(chunk):
+        if chunk.kind is ChunkKind.DONE:
+            locker.execute("BEGIN IMMEDIATE")
+
+    try:
+        cw.stream().subscribe(on_next, lambda e: print("ON_ERROR", type(e).__name__, flush=True))
+    except BaseException as error:
+        chain = []
+        while error is not None:
+            chain.append(type(error).__name__)
+            error = error.__cause__ or error.__context__
+        print("RAISED", *chain, flush=True)
+        raise
+    print("RETURNED", flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="needs SIGTERM")
+@pytest.mark.parametrize("round_", ["whole", "tool"])
+def test_sync_sigterm_during_the_final_commits_lock_wait_waits_once(
+    tmp_path: Path, round_: str
+) -> None:
+    """SIGTERM at its default (``kill``, ``docker stop``) lands as the reply's commit (its
+    final DONE, or a tool round's) waits for the lock: as with Ctrl-C the refused commit's
+    checkpoint is kept at once, and the process dies by SIGTERM after that one wait. Before
+    the fix the driver's ``Terminated`` was not counted among what stops a reply from
+    outside: after a tool round's refused commit the checkpoint waited for the lock again,
+    and on the final DONE the refusal (``StoreBusy``) replaced the ``Terminated``."""
+    child = subprocess.run(
+        [sys.executable, "-c", SIGTERM_CHILD, str(tmp_path / "db.sqlite"), round_, "free"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert child.returncode == -signal.SIGTERM, child.stderr
+    assert child.stdout.splitlines() == ["REFUSED commit_reply"]  # one wait, then death
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="needs SIGTERM")
+@pytest.mark.parametrize("round_", ["whole", "tool"])
+def test_sync_sigterm_during_the_final_commits_lock_wait_is_what_ends_the_reply(
+    tmp_path: Path, round_: str
+) -> None:
+    """As above, with SIGTERM blocked (its handler called as the signal would), so the
+    process outlives the driver's death by it and ends with ``SystemExit(143)``: what the
+    driver let go meanwhile is its ``__context__``, the driver's ``Terminated`` with the
+    refusal as its cause, never the refusal alone."""
+    child = subprocess.run(
+        [sys.executable, "-c", SIGTERM_CHILD, str(tmp_path / "db.sqlite"), round_, "blocked"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert child.returncode == 128 + signal.SIGTERM, child.stderr
+    # (then the store's close, as the process exits, tries the kept checkpoint again)
+    assert child.stdout.splitlines()[:2] == [
+        "REFUSED commit_reply",
+        "RAISED SystemExit Terminated StoreBusy OperationalError",
+    ], child.stderr

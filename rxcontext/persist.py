@@ -54,7 +54,7 @@ from os import urandom
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._memory import let_go
-from ._signals import deferred
+from ._signals import Terminated, deferred
 from .chunks import Chunk, ChunkKind, Reply, ReplyBuilder, Usage
 from .errors import (
     ModelRefused,
@@ -91,9 +91,10 @@ __all__ = [
 
 _J = TypeVar("_J")
 
-_STOPPING = (KeyboardInterrupt, SystemExit, CancelledError)
-"""What stops a reply from outside it (Ctrl-C, SIGTERM's exit, a task's cancel): the
-user's, raised to them unchanged whatever the store says (:meth:`ReplyPersister._interrupt`)."""
+_STOPPING = (KeyboardInterrupt, SystemExit, Terminated, CancelledError)
+"""What stops a reply from outside it (Ctrl-C, SIGTERM's exit or, at its default, the sync
+driver's :class:`~rxcontext._signals.Terminated`, a task's cancel): the user's, raised to
+them unchanged whatever the store says (:meth:`ReplyPersister._interrupt`)."""
 
 
 def describe_error(error: BaseException | None) -> str:
@@ -878,9 +879,9 @@ class ReplyPersister:
 
         Returns the stored checkpoint; None when the reply had already ended (completed,
         interrupted by a dispose from another thread, or taken over by another worker).
-        A Ctrl-C (SIGTERM's ``SystemExit``, a task's cancel) that came while the reply's
-        commit waited for a lock that refused it is not followed by a second wait: the
-        checkpoint is kept (:attr:`pending`), the refusal its cause (see :meth:`_interrupt`).
+        A Ctrl-C (SIGTERM's ``SystemExit`` or ``Terminated``, a task's cancel) that came while
+        the reply's commit waited for a lock that refused it is not followed by a second wait:
+        the checkpoint is kept (:attr:`pending`), the refusal its cause (see :meth:`_interrupt`).
         """
         refused = self._refused if isinstance(error, _STOPPING) else None
         return self._interrupt(describe_error(error), error, refused=refused)
@@ -899,7 +900,7 @@ class ReplyPersister:
         once, not tried again (one wait for the lock, not two).
 
         A refusal is raised, but never in place of what is stopping the reply: a Ctrl-C
-        (SIGTERM's ``SystemExit``) is raised with it as its cause; a task's
+        (SIGTERM's ``SystemExit`` or ``Terminated``) is raised with it as its cause; a task's
         ``CancelledError`` gets it as its cause and is left to the asyncio driver that
         caught it to raise (None is returned), so the task ends cancelled (an
         ``asyncio.timeout`` says ``TimeoutError``) as it would without the lock."""
@@ -921,8 +922,8 @@ class ReplyPersister:
                     "runs or as the store closes"
                 )
                 refused.__cause__ = busy.__cause__
-                # A Ctrl-C (or SIGTERM's SystemExit, a cancel) that ended the reply is the
-                # user's: they get it, the refusal as its cause, as they would without the lock.
+                # A Ctrl-C (SIGTERM's SystemExit or Terminated, a cancel) that ended the reply
+                # is the user's: they get it, the refusal as its cause, as without the lock.
                 stopping = held or error
                 if isinstance(stopping, CancelledError):
                     stopping.__cause__ = refused

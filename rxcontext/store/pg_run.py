@@ -59,9 +59,10 @@ ATTEMPT_BOUND = 1.0
 heartbeat write of a healthy store, and a reply's lease ran out.)"""
 PATIENCE = 1.0
 """The least seconds a call waits for the server's answer before it asks whether the call
-is at work there, and then between asks; ``retry_budget`` when longer. A short budget
-(0: fail fast) bounds the retries, not a healthy server's pace: tied to it, every
-statement of every call opened a probe connection."""
+is at work there, and then between asks, and for a pooled connection; ``retry_budget``
+when longer. A short budget (0: fail fast) bounds the retries, not a healthy server's
+pace: tied to it, every statement of every call opened a probe connection, and a call
+finding the pool busy with other calls failed after 50 ms."""
 PROBE_BOUND = 0.5
 """Seconds the server has to say whether a silent call is still at work there (after
 connecting, which ``connect_timeout`` bounds)."""
@@ -196,6 +197,9 @@ class Runner:
         self.attempt_bound = ATTEMPT_BOUND
         self.patience = max(retry_budget, PATIENCE)
         self._at_work = at_work(url, kwargs, PROBE_BOUND)
+        self._lent: set[Conn] = set()
+        """The pooled connections this store's calls hold: all of them, when a call finds
+        none free, is a pool busy with other calls, not a server that cannot be reached."""
 
         def new_pool() -> ConnectionPool[Conn]:
             return ConnectionPool(
@@ -231,6 +235,7 @@ class Runner:
             # locks a parent's thread may have held at the fork: marked closed, it returns.
             self._pool._closed = True
         self._fork_lock = threading.Lock()
+        self._lent = set()  # (held by the parent's threads, none of which runs here)
 
     @property
     def closed(self) -> bool:
@@ -321,9 +326,13 @@ class Runner:
             attempts += 1
             committing = False
             try:
-                timeout = max(deadline - time.monotonic(), 0.05)
+                # A busy pool (the store's other calls hold every connection) is waited for
+                # as the server is: 1 s at least, whatever a shorter budget.
+                timeout = max(answer_by - time.monotonic(), 0.05)
                 with pool.connection(timeout=timeout) as conn:
                     assert isinstance(conn, BoundedConnection)
+                    lent = self._lent
+                    lent.add(conn)
                     # The server may take longer while our session is there (pg_deadline).
                     conn.bound(answer_by, self._at_work, self.patience)
                     try:
@@ -339,6 +348,7 @@ class Runner:
                         return result
                     finally:
                         conn.bound(None)
+                        lent.discard(conn)
             except Stored as done:
                 return done.value
             except psycopg.Error as exc:
@@ -347,7 +357,7 @@ class Runner:
                 ambiguous = ambiguous or committing
                 now = time.monotonic()
                 if now + delay >= deadline:
-                    raise self._exhausted(exc, attempts, ambiguous) from exc
+                    raise self._exhausted(exc, attempts, ambiguous, now - started) from exc
                 time.sleep(delay * (0.5 + _jitter.random() / 2))
                 delay = min(delay * 2, 1.0)
                 if self._pool is None:
@@ -375,11 +385,14 @@ class Runner:
         try:
             with pool.connection(timeout=wait) as conn:
                 assert isinstance(conn, BoundedConnection)
+                lent = self._lent
+                lent.add(conn)
                 conn.bound(time.monotonic() + self.attempt_bound)
                 try:
                     return _pipelined(conn, setup, body, False, _nothing)  # type: ignore[no-any-return]
                 finally:
                     conn.bound(None)
+                    lent.discard(conn)
         except Stored as done:
             return done.value  # type: ignore[no-any-return]
         except (pgerr.LockNotAvailable, pgerr.QueryCanceled):
@@ -389,30 +402,44 @@ class Runner:
                 return None
             raise StoreError(f"database error on {self.where}: {first_line(exc)}") from exc
 
-    def _exhausted(self, exc: BaseException, attempts: int, ambiguous: bool) -> StoreError:
+    def _exhausted(
+        self, exc: BaseException, attempts: int, ambiguous: bool, waited: float
+    ) -> StoreError:
+        """The error for a call that gave up after ``waited`` seconds: what it waited for,
+        that long (more than a budget under :data:`PATIENCE`), and what to do next."""
+        budget = self.retry_budget
+        floor = f", at least {PATIENCE:g} s is waited" if budget < PATIENCE else ""
+        tried = f"retry budget {budget:g} s{floor}; {attempts} attempt{'s' * (attempts != 1)}"
         if isinstance(exc, pgerr.LockNotAvailable) and not ambiguous:
             return StoreBusy(
                 f"PostgreSQL at {self.where} refused a lock this write needs: another session"
-                f" held it past the lock_timeout ({attempts} attempts within the retry budget"
-                f" of {self.retry_budget:g} s; {first_line(exc)}); nothing was written."
-                " Try again once that session is done"
+                f" held it past the lock_timeout, for {waited:.1f} s ({tried};"
+                f" {first_line(exc)}); nothing was written. Try again once that session is done"
             )
-        if isinstance(exc, PoolTimeout):
-            reason = f"no connection within {self.retry_budget:g} s"
-        elif isinstance(exc, Unanswered):
-            reason = "no answer (a network partition?), the connection was closed"
-        else:
-            reason = first_line(exc)
         outcome = (
             "the connection was lost while committing, so the last write may or may not be"
             " stored: retry it with the same commit_id to settle it"
             if ambiguous
             else "nothing was written"
         )
+        if isinstance(exc, PoolTimeout):
+            pool = self._pool
+            size = pool.max_size if pool is not None else 0
+            if size and len(self._lent) >= size:
+                return StoreError(
+                    f"PostgreSQL at {self.where}: no pooled connection came free in"
+                    f" {waited:.1f} s ({tried}): all {size} (pool_size) were busy with this"
+                    f" store's other calls; {outcome}. Make fewer calls at once, or open the"
+                    " store with a larger pool_size, then try again"
+                )
+            reason = "no connection could be opened"
+        elif isinstance(exc, Unanswered):
+            reason = "no answer (a network partition?), the connection was closed"
+        else:
+            reason = first_line(exc)
         return StoreError(
-            f"PostgreSQL at {self.where} did not answer within the retry budget of"
-            f" {self.retry_budget:g} s ({attempts} attempts; last error: {reason}); {outcome}."
-            " Check that the server is up, then try again"
+            f"PostgreSQL at {self.where} did not answer in {waited:.1f} s ({tried}; last"
+            f" error: {reason}); {outcome}. Check that the server is up, then try again"
         )
 
 

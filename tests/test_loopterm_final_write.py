@@ -136,3 +136,160 @@ def test_sigterm_during_the_final_write_waits_for_it_then_kills(tmp_path: Path, 
             assert [r.content for r in records] == ["q"]
     finally:
         store.close()
+
+
+# The reply's commit fails (a trigger of the child's connection: not a lock) after SIGTERM
+# was handed to the loop, and commit_whole writes its checkpoint in the same worker thread:
+# the consumer let go holding the final DONE (argv[2]: ``aclose`` it, or the ``task``
+# advancing it ended). The loop is blocked (a reader callback waiting on stdin) from before
+# the commit goes on until that checkpoint's write waits for the parent's lock again: the
+# commit's failure was told to SIGTERM's wait, then the checkpoint took the reply as
+# finished, so the loop, finding it finished, killed the process mid-checkpoint. The
+# worker stops at the checkpoint's BEGIN (argv[3], a pipe's read end) while the parent
+# takes the lock.
+COMMIT_FAILS = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    import rxcontext
+    from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType
+    from rxcontext.providers import ScriptedModel
+
+    store = rxcontext.open(sys.argv[1], busy_timeout=60)
+    chunks = [Chunk(ChunkKind.TEXT, f"<{i}>") for i in range(3)]
+    model = ScriptedModel([[*chunks, Chunk(ChunkKind.DONE, finish_reason="stop")]])
+    cw = ContextWindow(store, model, "sig", retry=None, checkpoint_every=None)
+    cw.add_prompt("q")
+    gate = int(sys.argv[3])
+    begins = []
+
+    def trace(sql):
+        if sql.startswith("BEGIN IMMEDIATE"):
+            begins.append(sql)
+            if len(begins) == 1:
+                print("COMMITTING", flush=True)
+            else:
+                store._db().set_trace_callback(None)
+                print("CHECKPOINTING", flush=True)
+                os.read(gate, 100)  # the parent takes the lock meanwhile
+
+    def block():
+        os.read(0, 100)
+        print("BLOCKED", flush=True)
+        os.read(0, 100)  # the loop runs nothing until the parent's next line
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(0)
+        # Two iterations after what the worker queued meanwhile (the commit's failure told
+        # SIGTERM's wait) and what that did (a future's callbacks run an iteration later).
+        loop.call_soon(loop.call_soon, lambda: print("PONG", flush=True))
+
+    def phases():
+        os.read(0, 100)
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(0)
+        loop.call_soon(lambda: print("PONG", flush=True))
+        loop.add_reader(0, block)
+
+    async def consume(agen):
+        async for c in agen:
+            if c.text:
+                print("d", c.text, flush=True)
+            if c.kind is ChunkKind.DONE:
+                print("WAIT", flush=True)
+                os.read(0, 100)  # the parent takes the write lock meanwhile
+                store._db().execute(
+                    "CREATE TEMP TRIGGER no_records BEFORE INSERT ON main.records"
+                    f" WHEN NEW.source = {int(RecordType.MODEL_RESP)}"
+                    " BEGIN SELECT RAISE(ABORT, 'no'); END"
+                )
+                store._db().set_trace_callback(trace)
+                asyncio.get_running_loop().add_reader(0, phases)
+                return
+
+    async def main():
+        agen = cw.astream()
+        if sys.argv[2] == "aclose":
+            await consume(agen)
+            try:
+                await agen.aclose()
+            except Exception as error:
+                print("aclose:", error, flush=True)
+        else:
+            await asyncio.create_task(consume(agen))
+            await asyncio.Event().wait()  # the process dies by SIGTERM meanwhile
+        print("DONE", flush=True)
+
+    asyncio.run(main())
+    print("SURVIVED", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("let_go", ["aclose", "task"])
+def test_sigterm_waits_for_the_checkpoint_after_a_failed_commit_whole(
+    tmp_path: Path, let_go: str
+) -> None:
+    import os
+
+    path = tmp_path / "t.db"
+    gate_read, gate_write = os.pipe()
+    child = subprocess.Popen(
+        [sys.executable, "-c", COMMIT_FAILS, str(path), let_go, str(gate_read)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        pass_fds=(gate_read,),
+    )
+    os.close(gate_read)
+    assert child.stdin is not None
+
+    def say(line: str) -> None:
+        assert child.stdin is not None
+        child.stdin.write(line + "\n")
+        child.stdin.flush()
+
+    try:
+        next_line = _lines(child)
+        shown: list[str] = []
+        _until(next_line, "WAIT", shown)
+        lock = sqlite3.connect(path, isolation_level=None, timeout=30)
+        lock.execute("BEGIN IMMEDIATE")
+        try:
+            say("go")
+            _until(next_line, "COMMITTING")  # the commit waits for the lock
+            child.send_signal(signal.SIGTERM)
+            say("ping")
+            assert next_line() == "PONG"  # handed to the loop: it waits for the commit
+            say("block")
+            assert next_line() == "BLOCKED"  # the loop runs nothing from here
+            lock.execute("ROLLBACK")  # the commit goes on, and fails
+            assert next_line() == "CHECKPOINTING", child.stderr.read()  # type: ignore[union-attr]
+            lock.execute("BEGIN IMMEDIATE")
+            os.write(gate_write, b"go\n")  # the checkpoint waits for the lock
+            say("unblock")  # the loop runs what the commit's failure queued, then PONG
+            # It used to die here, the checkpoint's write still waiting for the lock.
+            assert next_line() == "PONG", child.stderr.read()  # type: ignore[union-attr]
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        rest = []
+        while (line := next_line()) is not None:
+            rest.append(line)
+        child.wait(30)
+    finally:
+        os.close(gate_write)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == -signal.SIGTERM, child.stderr.read()  # type: ignore[union-attr]
+    assert rest == []  # it died by SIGTERM once the checkpoint was written
+    store = rxcontext.open(path)
+    try:
+        context = store.get_context_by_name("sig").id
+        (cp,) = store.checkpoints(context)
+        assert "".join(shown) == "<0><1><2>"
+        assert (cp.state.value, cp.text) == ("interrupted", "<0><1><2>")
+        assert [r.content for r in store.records(context)] == ["q"]
+    finally:
+        store.close()

@@ -381,15 +381,18 @@ class _Stopper:
         persister = self.run.persister
         agen = self.agen
         done: asyncio.Future[Any] = loop.create_future()
-        if persister.finished:
-            # Its final write (the commit, or the checkpoint) may be under way in a worker
-            # thread, waiting for a lock: done once it ends, not before.
-            def told() -> None:
-                with contextlib.suppress(RuntimeError):  # a closed loop: nothing to wait for
-                    loop.call_soon_threadsafe(self._final_written, done, error)
 
-            if not persister.when_final_written(told):
-                done.set_result(None)
+        # Its final write (the commit, or the checkpoint; after a commit that failed, its
+        # checkpoint still to come) may be under way in a worker thread, waiting for a
+        # lock: done once it ends, not before.
+        def told() -> None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nothing to wait for
+                loop.call_soon_threadsafe(_settle, done, None)
+
+        if persister.when_final_written(told):
+            return done
+        if persister.finished:  # stored, or kept pending
+            done.set_result(None)
             return done
         if agen is None or getattr(agen, "ag_frame", None) is None:
             done.set_result(None)
@@ -398,19 +401,6 @@ class _Stopper:
             return None  # a stop is under way: the driver ends the reply
         persister.stop = error
         return self._end(agen, error)
-
-    def _final_written(self, done: asyncio.Future[Any], error: ReplyStopped) -> None:
-        """On the loop: the final write :meth:`terminate` waits for ended. Stored (or kept
-        pending), ``done`` is; a commit that failed leaves the reply to its failure path's
-        checkpoint, ended for SIGTERM as any other reply is."""
-        if done.done():
-            return
-        if self.run.persister.finished:
-            done.set_result(None)
-            return
-        again = self.terminate(error)
-        if again is not None:  # (None: the driver ends the reply and leaves)
-            again.add_done_callback(functools.partial(_settle, done))
 
     def request(self, error: ReplyStopped) -> None:
         self.asked = error

@@ -845,21 +845,29 @@ class ReplyPersister:
             if self.finished:
                 return False
             self.finished = True
-            self._landing = []
+            if self._landing is None:  # (else a failed commit's, handed on: see below)
+                self._landing = []
             return True
 
     @contextlib.contextmanager
     def _final_write(self, claim: bool = True) -> Iterator[bool]:
         """For the block: whether it is the final write (:meth:`_finish`, if ``claim``).
-        Once a final write ends (stored, kept pending, or failed: ``finished`` is then
-        False again), who waits for it is told (:meth:`when_final_written`)."""
+        Once a final write ends (stored, or kept pending), who waits for it is told
+        (:meth:`when_final_written`). A commit that failed (``finished`` is then False
+        again) is not the reply's end: who waits is handed on to the failure path's final
+        write, its checkpoint, and told once that one ends. Told at the failed commit,
+        SIGTERM under asyncio found the checkpoint's claim (``finished`` again) and killed
+        the process while that checkpoint waited for a lock (the same worker thread writes
+        it, in :meth:`commit_whole`)."""
         claimed = claim and self._finish()
         try:
             yield claimed
         finally:
             if claimed:
                 with self._claim:
-                    waiting, self._landing = self._landing, None
+                    waiting = None
+                    if self.finished:
+                        waiting, self._landing = self._landing, None
                 for told in waiting or ():
                     told()
 
@@ -867,7 +875,9 @@ class ReplyPersister:
         """Call ``told`` (in the writing thread) once the final write under way ends;
         False, calling nothing, when none is (not begun, or over). ``finished`` is set
         as that write begins: SIGTERM under asyncio, finding the reply finished, waits
-        for the write to end before the process dies (:mod:`rxcontext._loopterm`)."""
+        for the write to end before the process dies (:mod:`rxcontext._loopterm`). After
+        a commit that failed, until its failure path's checkpoint is written, one is
+        under way too (``finished`` False meanwhile)."""
         with self._claim:
             if self._landing is None:
                 return False

@@ -293,3 +293,109 @@ def test_sigterm_waits_for_the_checkpoint_after_a_failed_commit_whole(
         assert [r.content for r in store.records(context)] == ["q"]
     finally:
         store.close()
+
+
+# The reply's commit waits for the parent's lock, which refuses it (busy_timeout), SIGTERM
+# having been handed to the loop before that wait began (the worker stops at the commit's
+# BEGIN, argv[2] a pipe's read end, until the parent saw PONG). Every BEGIN IMMEDIATE of the
+# child is printed as it starts.
+REFUSED = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    import rxcontext
+    from rxcontext import Chunk, ChunkKind, ContextWindow
+    from rxcontext.providers import ScriptedModel
+
+    store = rxcontext.open(sys.argv[1], busy_timeout=1)
+    done = Chunk(ChunkKind.DONE, finish_reason="stop")
+    model = ScriptedModel([[Chunk(ChunkKind.TEXT, "<0>"), done]])
+    cw = ContextWindow(store, model, "sig", retry=None, checkpoint_every=None)
+    cw.add_prompt("q")
+    gate = int(sys.argv[2])
+    begins = []
+
+    def trace(sql):
+        if sql.startswith("BEGIN IMMEDIATE"):
+            begins.append(sql)
+            print("BEGIN", flush=True)
+            if len(begins) == 1:
+                os.read(gate, 100)  # SIGTERM is handed to the loop meanwhile
+
+    def ping():
+        os.read(0, 100)
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(0)
+        loop.call_soon(lambda: print("PONG", flush=True))
+
+    async def main():
+        async for c in cw.astream():
+            if c.text:
+                print("d", c.text, flush=True)
+                print("WAIT", flush=True)
+                os.read(0, 100)  # the parent takes the write lock meanwhile
+                asyncio.get_running_loop().add_reader(0, ping)
+                store._db().set_trace_callback(trace)
+        print("DONE", flush=True)
+
+    asyncio.run(main())
+    print("SURVIVED", flush=True)
+    """
+)
+
+
+def test_sigterm_during_a_refused_final_commit_waits_for_the_lock_once(tmp_path: Path) -> None:
+    """A refused commit's checkpoint is kept at once, not waited for again (as for Ctrl-C,
+    and SIGTERM under the blocking API): the process dies after one ``busy_timeout``, not
+    two (10 s with the defaults, all of Docker's grace period)."""
+    import os
+
+    path = tmp_path / "t.db"
+    gate_read, gate_write = os.pipe()
+    child = subprocess.Popen(
+        [sys.executable, "-c", REFUSED, str(path), str(gate_read)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        pass_fds=(gate_read,),
+    )
+    os.close(gate_read)
+    assert child.stdin is not None
+    try:
+        next_line = _lines(child)
+        shown: list[str] = []
+        _until(next_line, "WAIT", shown)
+        lock = sqlite3.connect(path, isolation_level=None, timeout=30)
+        lock.execute("BEGIN IMMEDIATE")
+        try:
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            _until(next_line, "BEGIN")  # the commit: finished, at its BEGIN
+            child.send_signal(signal.SIGTERM)
+            child.stdin.write("ping\n")
+            child.stdin.flush()
+            assert next_line() == "PONG"  # handed to the loop: it waits for the final write
+            os.write(gate_write, b"go\n")  # the commit waits for the lock, refused
+            rest = []
+            while (line := next_line()) is not None:
+                rest.append(line)
+            child.wait(30)
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+    finally:
+        os.close(gate_write)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == -signal.SIGTERM, child.stderr.read()  # type: ignore[union-attr]
+    # It used to wait for the lock again, for the checkpoint (a second BEGIN), then die.
+    assert rest == []
+    store = rxcontext.open(path)
+    try:
+        context = store.get_context_by_name("sig").id
+        assert "".join(shown) == "<0>"
+        assert [r.content for r in store.records(context)] == ["q"]  # not committed
+    finally:
+        store.close()

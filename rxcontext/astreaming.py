@@ -390,6 +390,8 @@ class _Stopper:
                 loop.call_soon_threadsafe(_settle, done, None)
 
         if persister.when_final_written(told):
+            if persister.stop is None:  # a commit a lock refuses is not waited for twice
+                persister.stop = error
             return done
         if persister.finished:  # stored, or kept pending
             done.set_result(None)

@@ -53,6 +53,7 @@ from dataclasses import replace
 from os import urandom
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from ._loopterm import Terminated as LoopTerminated
 from ._memory import let_go
 from ._signals import Terminated, deferred
 from .chunks import Chunk, ChunkKind, Reply, ReplyBuilder, Usage
@@ -892,8 +893,12 @@ class ReplyPersister:
         A Ctrl-C (SIGTERM's ``SystemExit`` or ``Terminated``, a task's cancel) that came while
         the reply's commit waited for a lock that refused it is not followed by a second wait:
         the checkpoint is kept (:attr:`pending`), the refusal its cause (see :meth:`_interrupt`).
+        Nor is SIGTERM at its default under asyncio, which the reply's :attr:`stop` says
+        (:mod:`rxcontext._loopterm`: the process dies once the reply's final write ends;
+        the checkpoint here is the failure path's, ``error`` the refusal).
         """
-        refused = self._refused if isinstance(error, _STOPPING) else None
+        stopping = isinstance(error, _STOPPING) or isinstance(self.stop, LoopTerminated)
+        refused = self._refused if stopping else None
         return self._interrupt(describe_error(error), error, refused=refused)
 
     def _interrupt(

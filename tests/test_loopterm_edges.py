@@ -111,3 +111,85 @@ def test_sigterm_in_the_last_iteration_of_a_step_still_kills(tmp_path: Path) -> 
         out = child.stdout.read()
         assert child.returncode == -signal.SIGTERM, (out, child.stderr.read())  # type: ignore[union-attr]
         assert "STILL ALIVE" not in out
+
+
+# Between two steps, the sync side runs a blocking reply of another window (argv[2]: ``term``,
+# its subscriber waits at the third chunk for SIGTERM; ``end``, it runs to its end).
+BRIDGE_THEN_BLOCKING = STEPPED + textwrap.dedent(
+    """
+    print("got", loop.run_until_complete(steps.__anext__()).text, flush=True)
+    texts = [Chunk(ChunkKind.TEXT, f"[{i}]") for i in range(5)]
+    other = ContextWindow(
+        store,
+        ScriptedModel([[*texts, Chunk(ChunkKind.DONE, finish_reason="stop")]]),
+        "blocking",
+        retry=None,
+        checkpoint_every=3600,
+    )
+    other.add_prompt("q")
+
+    def on_next(chunk):
+        if chunk.text:
+            print("d", chunk.text, flush=True)
+        if chunk.text == "[2]" and sys.argv[2] == "term":
+            print("WAIT", flush=True)
+            sys.stdin.readline()  # SIGTERM lands here, in the subscriber's code
+
+    other.stream().subscribe(on_next)
+    handler = signal.getsignal(signal.SIGTERM)
+    print("handler", type(getattr(handler, "__self__", None)).__name__, flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("end", ["term", "end"])
+def test_a_blocking_reply_between_two_steps_keeps_what_it_delivered_at_sigterm(
+    tmp_path: Path, end: str
+) -> None:
+    """The loop's SIGTERM handler, stopped between two steps, would kill at once (it still
+    waits for the stepped reply): the blocking reply takes SIGTERM as at its default, saves
+    what it delivered, and the process dies by it; the loop's handler is put back after."""
+    db = tmp_path / "t.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", BRIDGE_THEN_BLOCKING, str(db), end],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "got <0>"
+        lines = []
+        if end == "term":
+            while (line := child.stdout.readline().strip()) != "WAIT":
+                assert line, child.stderr.read()  # type: ignore[union-attr]
+                lines.append(line)
+            child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(BOUND)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the child still runs")
+        lines += child.stdout.read().splitlines()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    import rxcontext
+
+    store = rxcontext.open(db)
+    try:
+        context = store.get_context_by_name("blocking").id
+        if end == "term":
+            assert child.returncode == -signal.SIGTERM, child.stderr.read()  # type: ignore[union-attr]
+            assert lines == ["d [0]", "d [1]", "d [2]"]
+            # It used to hold '': the loop's handler killed at once, nothing saved.
+            (cp,) = store.checkpoints(context)
+            assert (cp.state.value, cp.text) == ("interrupted", "[0][1][2]")
+        else:
+            assert child.returncode == 0, child.stderr.read()  # type: ignore[union-attr]
+            assert lines[-1] == "handler _LoopTerm"  # the loop's, for its next steps
+            assert [r.content for r in store.records(context)] == ["q", "[0][1][2][3][4]"]
+    finally:
+        store.close()

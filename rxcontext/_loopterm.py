@@ -23,7 +23,8 @@ used as it is; one of rxcontext's own that the program put back after a reply is
 what it stands for (``_signals._stands_for``). Loops on other threads and other systems than
 POSIX are left alone: there SIGTERM kills at once, as before. SIGTERM also kills at once on
 a loop stepped with ``run_until_complete`` (a sync bridge over ``astream``) that it finds
-stopped between two steps, its replies keeping their last periodic write. One that SIGTERM
+stopped between two steps, its replies keeping their last periodic write (a blocking reply run
+there takes SIGTERM as at its default, saved first: ``_signals._stopped_loop``). One that SIGTERM
 finds in a step's last iteration (running, so the hand-over is queued, but stopping before
 it runs) is watched: from SIGTERM on, a thread waits for the hand-over to run and, should
 the loop stop first, sends SIGTERM to the main thread again, which then kills at once as

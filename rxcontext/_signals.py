@@ -226,7 +226,9 @@ class HandOver:
                 # (RecursionError at Ctrl-C after some thousand replies), and one that
                 # stands for SIGTERM's default would pass for the program's (it kills at
                 # once, nothing saved).
-                handler = _stands_for(_getsignal(signum), signum)
+                handler = after = _stands_for(_getsignal(signum), signum)
+                if signum == _TERM and _stopped_loop(handler):
+                    handler = _DFL  # as at the default, the loop's put back after
                 if callable(handler):
                     run.saved[signum] = handler
                     _setsignal(signum, run)
@@ -234,6 +236,7 @@ class HandOver:
                     # (As PID 1, a container's init, the kernel drops a default SIGTERM:
                     # the process would not die by it, so it is left to do nothing.)
                     run.saved[signum] = run.die
+                    run.after = after
                     _setsignal(signum, run)
             if run.saved:
                 self._run = run
@@ -250,7 +253,7 @@ class HandOver:
         for signum, handler in saved.items():
             # A handler the program installed meanwhile (from a hook, or on_next) stays.
             if _getsignal(signum) is run:
-                _setsignal(signum, _DFL if handler == die else handler)
+                _setsignal(signum, run.after if handler == die else handler)
         held, self.held = self.held, []
         if held:  # (an exception left a fold with a signal held: deliver it, never drop it)
             pending = [(s, f) for s, f in held if saved[s] != die]
@@ -306,7 +309,8 @@ def _stands_for(handler: Any, signum: int) -> Any:
     while type(handler) is _Handler and handler.guard is None:
         ended, handler = handler, handler.saved.get(signum, _DFL)
         if handler == ended.die:
-            return _DFL
+            handler = ended.after  # the default, or a loop's that stood for it
+            break
     if signum == _TERM and getattr(handler, "__self__", None) is not None:  # a bound method
         from ._loopterm import _LoopTerm  # (imports this module)
 
@@ -326,12 +330,14 @@ class _Handler:
     it is replaced by what it forwards to: the chain stays one link deep, reply after
     reply."""
 
-    __slots__ = ("guard", "saved")
+    __slots__ = ("after", "guard", "saved")
 
     def __init__(self, guard: HandOver) -> None:
         self.guard: HandOver | None = guard
         """The hand-over while its run lasts, then None."""
         self.saved: dict[int, Any] = {}
+        self.after: Any = _DFL
+        """What SIGTERM's default, where :attr:`die` took it, stood for: put back after."""
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         guard = self.guard
@@ -355,6 +361,23 @@ class _Handler:
             guard._terminate(signum, frame)
         else:
             _die(signum)
+
+
+def _stopped_loop(handler: Any) -> bool:
+    """Whether ``handler`` (what SIGTERM's stands for) is the handler of an asyncio loop
+    that waits for replies (:mod:`._loopterm`) but is not running: stepped by a sync bridge
+    (``run_until_complete``) and stopped between two steps, it would kill at once, this
+    blocking reply's delivered chunks lost. So the blocking reply takes SIGTERM as at its
+    default (saved, then the process dies by it, the loop's replies keeping their last
+    periodic write, as SIGTERM between two steps leaves them), and puts the loop's handler
+    back after. (A loop running, this call in one of its callbacks, is left its own: see
+    docs/guarantees.md, a blocking reply inside an ``astream()`` consumer.)"""
+    if getattr(handler, "__self__", None) is None:  # (a bound method: a loop's might be)
+        return False
+    from ._loopterm import _LoopTerm  # (imports this module)
+
+    owner = handler.__self__
+    return type(owner) is _LoopTerm and handler == owner.handler and not owner.loop.is_running()
 
 
 def _die(signum: int) -> None:

@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.e2e  # a program built on the library: run with -m e2e (setup.cfg)
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 

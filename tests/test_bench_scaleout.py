@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import redistest
 
+pytestmark = pytest.mark.e2e  # a program built on the library: run with -m e2e (setup.cfg)
+
 pytest.importorskip("redis")
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "scaleout.py"

@@ -45,7 +45,7 @@ def test_the_browser_test_fails_in_ci_without_a_browser() -> None:
     env.update(PATH=str(Path(sys.executable).parent), CI="true")  # no chromium on this PATH
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rsf", "-p", "no:cacheprovider", "-n", "0",
-         str(ROOT / "tests" / "test_webchat.py"), "-k", "complete_reply"],
+         "-m", "e2e", str(ROOT / "tests" / "test_webchat.py"), "-k", "complete_reply"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert "no Chromium for the web chat test" in result.stdout, result.stdout

@@ -45,6 +45,8 @@ from needs import unavailable
 import rxcontext
 from rxcontext import RecordType, ReplyState
 
+pytestmark = pytest.mark.e2e  # a program built on the library: run with -m e2e (setup.cfg)
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 EXAMPLE = EXAMPLES / "05_webchat.py"

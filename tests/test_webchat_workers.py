@@ -51,6 +51,8 @@ from webchat.bot import answer
 import rxcontext
 from rxcontext import RecordType, ReplyState
 
+pytestmark = pytest.mark.e2e  # a program built on the library: run with -m e2e (setup.cfg)
+
 browser_path = test_webchat.browser_path  # the same Chromium fixtures
 browser = test_webchat.browser
 

@@ -26,6 +26,8 @@ from rxcontext import RecordType
 from rxcontext.cli import default_db
 from rxcontext.providers.replay import ScriptedReply, chat_sse
 
+pytestmark = pytest.mark.e2e  # a program built on the library: run with -m e2e (setup.cfg)
+
 # -- demo -------------------------------------------------------------------------------------
 
 

@@ -22,6 +22,8 @@ import rxcontext
 from rxcontext import ContextWindow, StreamInterrupted
 from rxcontext.providers import ScriptedModel
 
+pytestmark = pytest.mark.e2e  # a program built on the library: run with -m e2e (setup.cfg)
+
 # -- a cut reply, checkpoints, resume -----------------------------------------------------------
 
 

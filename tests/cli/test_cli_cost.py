@@ -19,6 +19,8 @@ from rxcontext import Chunk, ChunkKind, ContextWindow, Usage
 from rxcontext.cost import context_cost, format_usd, price
 from rxcontext.providers import ScriptedModel
 
+pytestmark = pytest.mark.e2e  # a program built on the library: run with -m e2e (setup.cfg)
+
 pytest.importorskip("genai_prices", reason="needs rxcontext[prices]")
 
 USAGE = Usage.of(120_000, 4_000)

@@ -28,6 +28,8 @@ from rxcontext.cli.errors import describe, unreadable_value
 from rxcontext.providers import ScriptedModel
 from rxcontext.store.base import RecordDraft
 
+pytestmark = pytest.mark.e2e  # a program built on the library: run with -m e2e (setup.cfg)
+
 # -- errors a user can meet -------------------------------------------------------------------
 
 

@@ -31,6 +31,8 @@ import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, StreamInterrupted
 from rxcontext.providers import ScriptedModel
 
+pytestmark = pytest.mark.e2e  # a program built on the library: run with -m e2e (setup.cfg)
+
 CONTEXT = "notes [/INST]"
 SYSTEM = "Answer in [/usr/local/bin] style."
 PROMPT = "[link=https://evil.example]click me[/link] and \x1b]0;pwned\x07 a title"

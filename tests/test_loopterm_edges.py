@@ -193,3 +193,75 @@ def test_a_blocking_reply_between_two_steps_keeps_what_it_delivered_at_sigterm(
             assert [r.content for r in store.records(context)] == ["q", "[0][1][2][3][4]"]
     finally:
         store.close()
+
+
+# Between two steps a blocking reply runs; its subscriber notes the SIGTERM handler it finds
+# (the reply's own), which the program puts back after the reply, then steps the loop again.
+PUT_BACK_THEN_STEPPED = STEPPED + textwrap.dedent(
+    """
+    print("got", loop.run_until_complete(steps.__anext__()).text, flush=True)
+    other = ContextWindow(
+        store,
+        ScriptedModel([[Chunk(ChunkKind.TEXT, "x"), Chunk(ChunkKind.DONE, finish_reason="stop")]]),
+        "blocking",
+        retry=None,
+    )
+    other.add_prompt("q")
+    found = []
+    other.stream().subscribe(lambda chunk: found.append(signal.getsignal(signal.SIGTERM)))
+    signal.signal(signal.SIGTERM, found[0])  # the program puts back what it found
+
+    async def more():
+        for _ in range(3):
+            print("d", (await steps.__anext__()).text, flush=True)
+        print("WAIT", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+    loop.run_until_complete(more())
+    print("STILL ALIVE", flush=True)
+    """
+)
+
+
+def test_a_blocking_replys_handler_put_back_hands_sigterm_to_the_stepped_loop(
+    tmp_path: Path,
+) -> None:
+    """The blocking reply's handler, put back by the program after it, stands for the
+    loop's (which it replaced as at SIGTERM's default): SIGTERM while the loop runs again
+    reaches the loop's handler, which saves what the stepped reply delivered, then dies by
+    it. It used to die at once (the ended handler took SIGTERM for its default), the stepped
+    reply's checkpoint holding ''."""
+    db = tmp_path / "t.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", PUT_BACK_THEN_STEPPED, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert child.stdout is not None
+        lines = []
+        while (line := child.stdout.readline().strip()) != "WAIT":
+            assert line, child.stderr.read()  # type: ignore[union-attr]
+            lines.append(line)
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(BOUND)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the child still runs")
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert lines == ["got <0>", "d <1>", "d <2>", "d <3>"]
+    assert child.returncode == -signal.SIGTERM, child.stderr.read()  # type: ignore[union-attr]
+    import rxcontext
+
+    store = rxcontext.open(db)
+    try:
+        (cp,) = store.checkpoints(store.get_context_by_name("sig").id)
+        assert (cp.state.value, cp.text) == ("interrupted", "<0><1><2><3>")
+    finally:
+        store.close()

@@ -355,10 +355,14 @@ class _Handler:
         _pass_on(self.saved[signum], signum, frame)
 
     def die(self, signum: int, frame: FrameType | None) -> None:
-        """SIGTERM at its default: see :class:`HandOver`; after the run, die by it."""
+        """SIGTERM at its default: see :class:`HandOver`; after the run, what that default
+        stood for gets it (:attr:`after`: a stepped loop's handler, found stopped), else
+        die by it."""
         guard = self.guard
         if guard is not None:
             guard._terminate(signum, frame)
+        elif callable(self.after):  # (put back by the program: the loop saves its replies)
+            _pass_on(self.after, signum, frame)
         else:
             _die(signum)
 

@@ -31,6 +31,8 @@ from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType, StoreError
 from rxcontext import operators as rxops
 from rxcontext.providers import ScriptedModel
 
+pytestmark = pytest.mark.slow  # seconds of real deadlines and faults: a step of its own (setup.cfg)
+
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
 import pgserver  # noqa: E402
 

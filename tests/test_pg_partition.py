@@ -30,6 +30,8 @@ from rxcontext import Chunk, ChunkKind, ContextWindow, StoreError, StreamInterru
 from rxcontext import operators as rxops
 from rxcontext.providers import ScriptedModel
 
+pytestmark = pytest.mark.slow  # seconds of real deadlines and faults: a step of its own (setup.cfg)
+
 pytest.importorskip("psycopg", reason="the postgres extra is not installed")
 
 HANG = 60.0  # seconds: far above every bound below (retry_budget 1 s); only a hang fails

@@ -37,7 +37,10 @@ import pytest
 
 import rxcontext
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+pytestmark = [
+    pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals"),
+    pytest.mark.slow,  # seconds of real signals to child processes: a step of its own (setup.cfg)
+]
 
 CHILD = textwrap.dedent(
     """

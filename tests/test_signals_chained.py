@@ -34,7 +34,7 @@ from rxcontext._signals import HandOver, _Handler, deferred
 from rxcontext.providers import ScriptedModel
 
 # SIGINT and SIGTERM as a plain program has them, put back after each test.
-pytestmark = [*_posix_main_thread, pytest.mark.usefixtures("handlers")]
+pytestmark = [*_posix_main_thread, pytest.mark.usefixtures("handlers"), pytest.mark.slow]
 
 # --- 1. a kept handler that chains to the hand-over's --------------------------------------
 

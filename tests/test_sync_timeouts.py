@@ -26,6 +26,8 @@ import rxcontext
 from rxcontext import ContextWindow, DeadlineExceeded, IdleTimeout, StreamInterrupted, Timeouts
 from rxcontext.providers import AnthropicModel, GeminiModel, OpenAIModel, OpenAIResponsesModel
 
+pytestmark = pytest.mark.slow  # seconds of real deadlines and faults: a step of its own (setup.cfg)
+
 KEY = "sk-test-silent-0123456789"
 BOUND = 30.0
 """How long the test waits for the call (the SDK's own read timeout is 600 s)."""

@@ -41,9 +41,10 @@ from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType, ReplyState
 from rxcontext.providers import ScriptedModel
 from tests.stores import scalar
 
-pytestmark = pytest.mark.skipif(
-    not hasattr(signal, "SIGSTOP"), reason="needs SIGKILL/SIGSTOP (POSIX)"
-)
+pytestmark = [
+    pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGKILL/SIGSTOP (POSIX)"),
+    pytest.mark.slow,  # seconds of killed and stopped processes: a step of its own (setup.cfg)
+]
 
 TTL = 1.0
 PAUSE_TTL = 0.5  # the SIGSTOP tests wait for this lease to run out

@@ -13,6 +13,7 @@ The child runs in its own process; waits are bounded (a hung child fails the tes
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -265,3 +266,65 @@ def test_a_blocking_replys_handler_put_back_hands_sigterm_to_the_stepped_loop(
         assert (cp.state.value, cp.text) == ("interrupted", "<0><1><2><3>")
     finally:
         store.close()
+
+
+FORKED_IN_A_STEP = PUT_BACK_THEN_STEPPED.replace(
+    '    print("WAIT", flush=True)\n'
+    "    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)\n",
+    "    r, w = os.pipe()\n"
+    "    pid = os.fork()  # (multiprocessing's fork start method, from a coroutine)\n"
+    "    if pid == 0:\n"
+    "        os.read(r, 1)  # the child waits for SIGTERM; nobody writes\n"
+    "        os._exit(3)\n"
+    "    os.kill(pid, signal.SIGTERM)\n"
+    "    _, status = os.waitpid(pid, 0)\n"
+    '    print("child", os.WTERMSIG(status) if os.WIFSIGNALED(status) else None, flush=True)\n'
+    "    os._exit(0)\n",
+)
+
+
+def test_a_child_forked_in_a_step_after_a_put_back_dies_by_sigterm(tmp_path: Path) -> None:
+    """A child forked from the stepped loop (its copy of the loop never runs again) with
+    the blocking reply's handler put back: that handler passes SIGTERM on to the loop's,
+    which in the child must die by it, not queue it to a loop that never runs (the child
+    lived on)."""
+    assert FORKED_IN_A_STEP != PUT_BACK_THEN_STEPPED
+    db = tmp_path / "t.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", FORKED_IN_A_STEP, str(db)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = child.communicate(timeout=BOUND)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        pytest.fail("the forked child lived on after SIGTERM")
+    assert out.splitlines()[-1] == f"child {int(signal.SIGTERM)}", out + err
+
+
+def test_a_second_sigterm_behind_a_put_back_handler_is_a_second_one() -> None:
+    """Behind an ended blocking reply's handler put back over a stepped loop's, a second
+    SIGTERM (the loop took the first) kills at once during a store write, as with the
+    loop's handler installed directly: it was held until the write ended."""
+    import asyncio
+
+    from rxcontext import _signals
+    from rxcontext._loopterm import _LoopTerm
+
+    loop = asyncio.new_event_loop()
+    try:
+        term = _LoopTerm(loop)
+        term.terminated = True  # the first SIGTERM was taken: its replies are being saved
+        ended = _signals._Handler(_signals.HandOver())
+        ended.guard = None  # its run is over
+        ended.saved[signal.SIGTERM] = ended.die
+        ended.after = term.handler  # what HandOver leaves over a stopped loop's handler
+        assert _signals._again_at_default(term.handler, signal.SIGTERM, False)
+        assert _signals._again_at_default(ended, signal.SIGTERM, False)
+    finally:
+        loop.close()

@@ -272,10 +272,13 @@ FORKED_IN_A_STEP = PUT_BACK_THEN_STEPPED.replace(
     '    print("WAIT", flush=True)\n'
     "    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)\n",
     "    r, w = os.pipe()\n"
+    "    ready, up = os.pipe()\n"
     "    pid = os.fork()  # (multiprocessing's fork start method, from a coroutine)\n"
     "    if pid == 0:\n"
+    "        os.write(up, b'.')  # (a signal before the child's own start is dropped)\n"
     "        os.read(r, 1)  # the child waits for SIGTERM; nobody writes\n"
     "        os._exit(3)\n"
+    "    os.read(ready, 1)\n"
     "    os.kill(pid, signal.SIGTERM)\n"
     "    _, status = os.waitpid(pid, 0)\n"
     '    print("child", os.WTERMSIG(status) if os.WIFSIGNALED(status) else None, flush=True)\n'

@@ -80,6 +80,8 @@ class _LoopTerm:
         self.terminated = False
         self.resent: threading.Event | None = None
         """The hand-over whose watchdog sent SIGTERM again, until the handler takes it."""
+        self.pid = os.getpid()
+        """The process whose loop it is (a forked child's copy never runs: it dies)."""
 
     @property
     def ended(self) -> bool:
@@ -88,6 +90,9 @@ class _LoopTerm:
 
     def handler(self, signum: int, frame: FrameType | None) -> None:
         """The signal handler (main thread, between two bytecodes): over to the loop."""
+        if os.getpid() != self.pid:  # reached in a forked child (through a handler put
+            self.die()  # back that passes SIGTERM on here): its copy of the loop never runs
+            return
         resent, self.resent = self.resent, None
         if resent is not None and resent.is_set():
             return  # the watchdog's, but the hand-over ran meanwhile

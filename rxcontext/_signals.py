@@ -117,6 +117,9 @@ def _again_at_default(handler: Any, signum: int, again: bool) -> bool:
         forward = handler.saved.get(signum)
         if forward == handler.die:
             guard = handler.guard
+            if guard is None and callable(handler.after):
+                handler = handler.after  # (its die passes SIGTERM on there: a loop's)
+                continue
             return again or (guard is not None and guard.terminated)
         handler = forward
     from ._loopterm import _LoopTerm  # (imports this module; only ever on a SIGTERM)

@@ -57,7 +57,8 @@ BRIDGE = STEPPED + textwrap.dedent(
 
 @contextlib.contextmanager
 def running(script: str, db: Path) -> Iterator[subprocess.Popen[str]]:
-    """``script`` in a child process of its own (killed on the way out if it still runs)."""
+    """``script`` in a child process of its own (its session killed on the way out if it
+    still runs: a child it forked too)."""
     child = subprocess.Popen(
         [sys.executable, "-c", script, str(db)],
         stdin=subprocess.PIPE,
@@ -70,7 +71,7 @@ def running(script: str, db: Path) -> Iterator[subprocess.Popen[str]]:
         yield child
     finally:
         if child.poll() is None:
-            child.kill()
+            os.killpg(child.pid, signal.SIGKILL)
             child.wait()
 
 
@@ -233,15 +234,7 @@ def test_a_blocking_replys_handler_put_back_hands_sigterm_to_the_stepped_loop(
     it. It used to die at once (the ended handler took SIGTERM for its default), the stepped
     reply's checkpoint holding ''."""
     db = tmp_path / "t.db"
-    child = subprocess.Popen(
-        [sys.executable, "-c", PUT_BACK_THEN_STEPPED, str(db)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
+    with running(PUT_BACK_THEN_STEPPED, db) as child:
         assert child.stdout is not None
         lines = []
         while (line := child.stdout.readline().strip()) != "WAIT":
@@ -252,10 +245,6 @@ def test_a_blocking_replys_handler_put_back_hands_sigterm_to_the_stepped_loop(
             child.wait(BOUND)
         except subprocess.TimeoutExpired:
             pytest.fail("the child still runs")
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
     assert lines == ["got <0>", "d <1>", "d <2>", "d <3>"]
     assert child.returncode == -signal.SIGTERM, child.stderr.read()  # type: ignore[union-attr]
     import rxcontext
@@ -292,21 +281,11 @@ def test_a_child_forked_in_a_step_after_a_put_back_dies_by_sigterm(tmp_path: Pat
     which in the child must die by it, not queue it to a loop that never runs (the child
     lived on)."""
     assert FORKED_IN_A_STEP != PUT_BACK_THEN_STEPPED
-    db = tmp_path / "t.db"
-    child = subprocess.Popen(
-        [sys.executable, "-c", FORKED_IN_A_STEP, str(db)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = child.communicate(timeout=BOUND)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.communicate()
-        pytest.fail("the forked child lived on after SIGTERM")
+    with running(FORKED_IN_A_STEP, tmp_path / "t.db") as child:
+        try:
+            out, err = child.communicate(timeout=BOUND)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the forked child lived on after SIGTERM")
     assert out.splitlines()[-1] == f"child {int(signal.SIGTERM)}", out + err
 
 

@@ -387,7 +387,7 @@ class _Stopper:
         # lock: done once it ends, not before.
         def told() -> None:
             with contextlib.suppress(RuntimeError):  # a closed loop: nothing to wait for
-                loop.call_soon_threadsafe(_settle, done, None)
+                loop.call_soon_threadsafe(_settle, done)
 
         if persister.when_final_written(told):
             if persister.stop is None:  # a commit a lock refuses is not waited for twice
@@ -460,7 +460,8 @@ class _Stopper:
                 self.check()
 
 
-def _settle(done: asyncio.Future[Any], _: object) -> None:
+def _settle(done: asyncio.Future[Any]) -> None:
+    """On the loop: ``done`` is done (unless it was already)."""
     if not done.done():
         done.set_result(None)
 

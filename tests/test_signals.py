@@ -376,7 +376,11 @@ def test_a_second_ctrl_c_while_the_first_is_handled_still_leaves_the_checkpoint(
     child.wait(30)
     assert seen is not None, child.stderr.read()
     assert seen["active"] == []
-    assert seen["checkpoints"] == ["".join(shown)]
+    # A Ctrl-C that lands in the subscriber's own code (inside its print, before the line
+    # is out) counts that chunk as delivered, as documented: the checkpoint then holds
+    # one chunk more than the lines read here (seen in a run at load: <25> after ...<24>).
+    printed = "".join(shown)
+    assert seen["checkpoints"] in ([printed], [printed + f"<{len(shown)}>"])
 
 
 def test_a_ctrl_c_as_the_driver_starts_its_own_write_never_leaves_the_write_lock_held(

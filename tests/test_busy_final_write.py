@@ -301,3 +301,57 @@ def test_a_hold_is_seen_by_another_process_until_it_is_let_go(tmp_path: Any) -> 
         assert child.stdin is not None
         child.stdin.close()
         assert child.wait(WAIT) == 0
+
+
+@pytest.mark.parametrize("read", ["find_reply", "checkpoints", "get_checkpoint"])
+def test_a_reader_never_sees_a_held_reply_written_and_let_go_under_its_read_as_orphaned(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    """A reader reads a reply's row, then asks whether its owner holds it (its lease ran
+    out): the owner's pending final write can land, and its hold go, between the two. The
+    reader must not then judge the row it read before that write as orphaned: that showed
+    another worker the reply interrupted with less than its user was shown (the CI failure
+    of the ``completed`` case above: ``''`` for ``<0><1><2><3><4><end>``)."""
+    from datetime import timedelta
+
+    from rxcontext.store import CheckpointDraft, ReplyTicket, sqlite_holds
+    from rxcontext.store.owner import worker_id
+
+    db = str(tmp_path / "db.sqlite")
+    at = [rxcontext.open(":memory:").clock()]
+    owner = rxcontext.open(db, clock=lambda: at[0], lease_ttl=1.0)
+    reader = rxcontext.open(db, clock=lambda: at[0], lease_ttl=1.0)
+    try:
+        cid = owner.get_or_create_context("c").id
+        begun = owner.begin_reply(cid, "r", owner=worker_id())
+        ticket = ReplyTicket(begun.id, begun.epoch)
+        assert owner.save_checkpoint(ticket, CheckpointDraft("<0>"))
+        release = owner.hold_reply(ticket)  # its final write is pending
+        at[0] += timedelta(seconds=5)  # its lease ran out under another process's lock
+        assert reader.find_reply("r").state is ReplyState.STREAMING  # held: still its owner's
+        real = sqlite_holds.held
+        landed: list[bool] = []
+
+        def held_after_the_write_lands(*args: Any, **kw: Any) -> bool:
+            if not landed:  # between the reader's read and its question, once
+                landed.append(True)
+                assert owner.save_checkpoint(
+                    ticket, CheckpointDraft("<1>"), state=ReplyState.INTERRUPTED
+                )
+                release()
+            return real(*args, **kw)
+
+        monkeypatch.setattr(sqlite_holds, "held", held_after_the_write_lands)
+        if read == "find_reply":
+            found = reader.find_reply("r")
+        elif read == "checkpoints":
+            [found] = reader.checkpoints(cid)
+        else:
+            found = reader.get_checkpoint(begun.id)
+        assert landed
+        assert found is not None
+        assert found.state is ReplyState.INTERRUPTED
+        assert found.text == "<0><1>", found.text
+    finally:
+        owner.close()
+        reader.close()

@@ -241,20 +241,38 @@ class SQLiteReplies:
                 thinking.append(k)
         return text, thinking
 
-    def _load(self, db: sqlite3.Connection, row: rows.Row) -> Checkpoint:
+    def _load(self, db: sqlite3.Connection, row: rows.Row) -> Checkpoint | None:
+        """The checkpoint of ``row``, judged; None if its row went meanwhile (see below)."""
+        orphaned = False
+        for reread in range(_REREADS + 1):
+            orphaned = ReplyState(row[14]).live and not self._owned(
+                row[0], row[17], rows.time_of(row[18])
+            )
+            if not orphaned or reread == _REREADS:
+                break
+            # Its owner neither renews it nor holds it. It may have held it when the row
+            # was read, and let go only now: its final write landed in between (a hold is
+            # let go after its write commits). So read the row again: unchanged, it was
+            # orphaned all along; changed, judge what was written.
+            again = db.execute(
+                f"SELECT {rows.CHECKPOINT_COLUMNS} FROM checkpoints WHERE id = ?", (row[0],)
+            ).fetchone()
+            if again is None:  # it completed (its row goes) or its context was deleted
+                return None
+            if again == row:
+                break
+            row = again
         text, thinking = self._parts(db, row[0])
         cp = rows.checkpoint(row, row[2] + "".join(text), row[3] + "".join(thinking))
-        if cp.state.live and not self._owned(cp.id, cp.owner, rows.time_of(row[18])):
-            # Its process is gone: say what the next claim or sweep will make of it.
-            return _as_orphan(cp)
-        return cp
+        # Its process is gone: say what the next claim or sweep will make of it.
+        return _as_orphan(cp) if orphaned else cp
 
     def _select(self, where: str, args: tuple[Any, ...]) -> list[Checkpoint]:
         with self._read() as db:
             found = db.execute(
                 f"SELECT {rows.CHECKPOINT_COLUMNS} FROM checkpoints WHERE {where}", args
             ).fetchall()
-            return [self._load(db, r) for r in found]
+            return [cp for cp in (self._load(db, r) for r in found) if cp is not None]
 
     def get_checkpoint(self, checkpoint_id: int) -> Checkpoint:
         """One reply's checkpoint by id, or :class:`CheckpointNotFound`."""
@@ -649,9 +667,9 @@ class SQLiteReplies:
             f"SELECT {rows.CHECKPOINT_COLUMNS} FROM checkpoints WHERE id = ?",
             (checkpoint_key(checkpoint_id),),
         ).fetchone()
-        if row is None:
+        cp = None if row is None else self._load(db, row)  # (in a write: it stays)
+        if cp is None:
             raise CheckpointNotFound(f"no checkpoint with id {checkpoint_id!r}")
-        cp = self._load(db, row)
         refusal = settle_refusal(cp, verb)
         if refusal is not None:
             raise refusal
@@ -730,6 +748,11 @@ def _spent(db: sqlite3.Connection, cp: Checkpoint) -> None:
 
 def _replace_state(cp: Checkpoint, state: ReplyState, epoch: int, owner: str | None) -> Checkpoint:
     return replace(cp, state=state, epoch=epoch, owner=owner)
+
+
+_REREADS = 3
+"""How often a reader reads again a live row it judged orphaned, while the row changes
+(:meth:`SQLiteReplies._load`); each time takes a write that landed in between."""
 
 
 def _as_orphan(cp: Checkpoint) -> Checkpoint:

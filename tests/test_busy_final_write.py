@@ -355,3 +355,89 @@ def test_a_reader_never_sees_a_held_reply_written_and_let_go_under_its_read_as_o
     finally:
         owner.close()
         reader.close()
+
+
+@pytest.mark.parametrize("read", ["find_reply", "get_checkpoint", "active_replies"])
+def test_a_reader_sees_a_replys_row_and_its_text_as_of_one_moment(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    """A checkpoint's row and its text's parts are two reads: another process's write landing
+    between them showed a row with text it did not have yet (or, at a commit, no longer
+    had: ``''``). They are read in one snapshot."""
+    from rxcontext.store import CheckpointDraft, ReplyTicket
+    from rxcontext.store.owner import worker_id
+    from rxcontext.store.sqlite_replies import SQLiteReplies
+
+    db = str(tmp_path / "db.sqlite")
+    owner = rxcontext.open(db)
+    reader = rxcontext.open(db)
+    try:
+        cid = owner.get_or_create_context("c").id
+        begun = owner.begin_reply(cid, "r", owner=worker_id())
+        ticket = ReplyTicket(begun.id, begun.epoch)
+        assert owner.save_checkpoint(ticket, CheckpointDraft("<0>", chunks=1))
+        real = SQLiteReplies._parts
+        landed: list[bool] = []
+
+        def parts_after_a_write(db: Any, checkpoint_id: int) -> Any:
+            if not landed:  # between the reader's row and its parts, once
+                landed.append(True)
+                assert owner.save_checkpoint(ticket, CheckpointDraft("<1>", chunks=2))
+            return real(db, checkpoint_id)
+
+        monkeypatch.setattr(SQLiteReplies, "_parts", staticmethod(parts_after_a_write))
+        if read == "find_reply":
+            found = reader.find_reply("r")
+        elif read == "get_checkpoint":
+            found = reader.get_checkpoint(begun.id)
+        else:
+            [found] = reader.active_replies(cid)
+        assert landed
+        assert found is not None
+        assert (found.chunks, found.text) == (1, "<0>"), found
+    finally:
+        owner.close()
+        reader.close()
+
+
+def test_stats_never_count_a_held_reply_completed_under_their_read_as_open(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``context_stats`` reads the live rows, then asks their holds: a reply whose final
+    commit landed, and hold went, between the two was counted as an open checkpoint."""
+    from datetime import timedelta
+
+    from rxcontext.store import RecordDraft, ReplyTicket, sqlite_holds
+    from rxcontext.store.owner import worker_id
+
+    db = str(tmp_path / "db.sqlite")
+    at = [rxcontext.open(":memory:").clock()]
+    owner = rxcontext.open(db, clock=lambda: at[0], lease_ttl=1.0)
+    reader = rxcontext.open(db, clock=lambda: at[0], lease_ttl=1.0)
+    try:
+        cid = owner.get_or_create_context("c").id
+        begun = owner.begin_reply(cid, "r", owner=worker_id())
+        ticket = ReplyTicket(begun.id, begun.epoch)
+        release = owner.hold_reply(ticket)  # its final commit is under way
+        at[0] += timedelta(seconds=5)
+        assert reader.context_stats(cid).open_checkpoints == 0  # held: still its owner's
+        real = sqlite_holds.held
+        landed: list[bool] = []
+
+        def held_after_the_commit_lands(*args: Any, **kw: Any) -> bool:
+            if not landed:
+                landed.append(True)
+                owner.commit_reply(
+                    cid, [RecordDraft(RecordType.MODEL_RESP, "done")], reply=ticket, end="done"
+                )
+                release()
+            return real(*args, **kw)
+
+        monkeypatch.setattr(sqlite_holds, "held", held_after_the_commit_lands)
+        stats = reader.context_stats(cid)
+        assert landed
+        assert stats.open_checkpoints == 0
+        assert stats.replies == 1
+    finally:
+        owner.close()
+        reader.close()

@@ -228,6 +228,24 @@ def _refused_message(path: str) -> str:
     )
 
 
+_CONTEXT_STATS = (
+    "SELECT c.id, c.name, COUNT(r.id), COALESCE(SUM(r.live), 0),"
+    " COALESCE(SUM(CASE WHEN r.live THEN r.est_tokens ELSE 0 END), 0),"
+    " COALESCE(SUM(r.est_tokens), 0),"
+    " COALESCE(SUM(r.source = 0), 0), COALESCE(SUM(r.source = 1), 0),"
+    " COALESCE(SUM(r.source = 2), 0), COALESCE(SUM(r.source = 3), 0),"
+    " (SELECT COUNT(*) FROM checkpoints k WHERE k.context_id = c.id"
+    "   AND k.state = 'interrupted'),"
+    " (SELECT json_group_array(json_array(k.id, k.owner,"
+    "   COALESCE(k.lease_until > ?1, 0))) FROM checkpoints k"
+    "   WHERE k.context_id = c.id AND k.state IN ('streaming', 'resuming')),"
+    f" {rows.USAGE_COLUMNS}, MAX(r.ts)"
+    " FROM contexts c LEFT JOIN records r ON r.context_id = c.id"
+    " WHERE c.id = ?2 GROUP BY c.id"
+)
+"""A context's aggregate numbers in one query (:meth:`SQLiteStore.context_stats`)."""
+
+
 class SQLiteStore(SQLiteReplies, SQLiteLeases):
     """The SQLite implementation of :class:`~rxcontext.store.base.Store`.
 
@@ -762,31 +780,31 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         ones whose lease ran out (unless their owner holds them for a final write, see
         :mod:`.sqlite_holds`) and leased ones whose owner's process on this host is gone
         (the query gives the live rows, a handful, to ask)."""
-        now = rows.stamp(self.clock())
-        with self._read() as db:
-            row = db.execute(
-                "SELECT c.id, c.name, COUNT(r.id), COALESCE(SUM(r.live), 0),"
-                " COALESCE(SUM(CASE WHEN r.live THEN r.est_tokens ELSE 0 END), 0),"
-                " COALESCE(SUM(r.est_tokens), 0),"
-                " COALESCE(SUM(r.source = 0), 0), COALESCE(SUM(r.source = 1), 0),"
-                " COALESCE(SUM(r.source = 2), 0), COALESCE(SUM(r.source = 3), 0),"
-                " (SELECT COUNT(*) FROM checkpoints k WHERE k.context_id = c.id"
-                "   AND k.state = 'interrupted'),"
-                " (SELECT json_group_array(json_array(k.id, k.owner,"
-                "   COALESCE(k.lease_until > ?1, 0))) FROM checkpoints k"
-                "   WHERE k.context_id = c.id AND k.state IN ('streaming', 'resuming')),"
-                f" {rows.USAGE_COLUMNS}, MAX(r.ts)"
-                " FROM contexts c LEFT JOIN records r ON r.context_id = c.id"
-                " WHERE c.id = ?2 GROUP BY c.id",
-                (now, context_id),
-            ).fetchone()
-        if row is None:
-            raise ContextNotFound(f"no context with id {context_id!r}")
-        live: list[tuple[int, str | None, int]] = json.loads(row[11])
-        orphans = sum(
-            not self._held(cid, owner) if not leased else process_gone(owner)
-            for cid, owner, leased in live
-        )
+        for reread in range(3):
+            now = rows.stamp(self.clock())
+            with self._read() as db:
+                row = db.execute(_CONTEXT_STATS, (now, context_id)).fetchone()
+                if row is None:
+                    raise ContextNotFound(f"no context with id {context_id!r}")
+                live: list[tuple[int, str | None, int]] = json.loads(row[11])
+                orphaned = [
+                    (cid, owner, leased)
+                    for cid, owner, leased in live
+                    if (not self._held(cid, owner) if not leased else process_gone(owner))
+                ]
+                # A row its owner held when read may have been written, and let go, before
+                # the hold was asked (its final write: completed, or interrupted): read
+                # again while one such row changed (see SQLiteReplies._load).
+                if not orphaned or db.in_transaction or reread == 2:
+                    break
+                again = db.execute(
+                    "SELECT id, owner, COALESCE(lease_until > ?, 0) FROM checkpoints"
+                    " WHERE context_id = ? AND state IN ('streaming', 'resuming')",
+                    (now, context_id),
+                ).fetchall()
+                if {tuple(o) for o in orphaned} <= {tuple(a) for a in again}:
+                    break
+        orphans = len(orphaned)
         return ContextStats(
             context_id=row[0],
             name=row[1],

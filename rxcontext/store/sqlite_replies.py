@@ -241,38 +241,54 @@ class SQLiteReplies:
                 thinking.append(k)
         return text, thinking
 
-    def _load(self, db: sqlite3.Connection, row: rows.Row) -> Checkpoint | None:
-        """The checkpoint of ``row``, judged; None if its row went meanwhile (see below)."""
+    def _rows(
+        self, db: sqlite3.Connection, where: str, args: tuple[Any, ...]
+    ) -> list[tuple[rows.Row, list[str], list[str]]]:
+        """The rows ``where`` selects, each with its text's parts, as of one moment: row and
+        parts are two reads, and another process's write landing between them showed a row
+        with text it did not have yet (or, at a commit, no longer had)."""
+        began = not db.in_transaction  # (in one already: it is the snapshot)
+        if began:
+            db.execute("BEGIN")  # a read transaction: its first read fixes the snapshot
+        try:
+            found = db.execute(
+                f"SELECT {rows.CHECKPOINT_COLUMNS} FROM checkpoints WHERE {where}", args
+            ).fetchall()
+            return [(r, *self._parts(db, r[0])) for r in found]
+        finally:
+            if began:
+                db.execute("COMMIT")  # nothing was written: this only ends the snapshot
+
+    def _load(
+        self, db: sqlite3.Connection, row: rows.Row, text: list[str], thinking: list[str]
+    ) -> Checkpoint | None:
+        """The checkpoint of ``row`` (``text``/``thinking``: its parts), judged; None if its
+        row went meanwhile (see below). Asked after the row's snapshot has ended."""
         orphaned = False
         for reread in range(_REREADS + 1):
             orphaned = ReplyState(row[14]).live and not self._owned(
                 row[0], row[17], rows.time_of(row[18])
             )
-            if not orphaned or reread == _REREADS:
-                break
+            if not orphaned or reread == _REREADS or db.in_transaction:
+                break  # (in a transaction the row cannot have changed: it is a snapshot)
             # Its owner neither renews it nor holds it. It may have held it when the row
             # was read, and let go only now: its final write landed in between (a hold is
             # let go after its write commits). So read the row again: unchanged, it was
             # orphaned all along; changed, judge what was written.
-            again = db.execute(
-                f"SELECT {rows.CHECKPOINT_COLUMNS} FROM checkpoints WHERE id = ?", (row[0],)
-            ).fetchone()
-            if again is None:  # it completed (its row goes) or its context was deleted
+            again = self._rows(db, "id = ?", (row[0],))
+            if not again:  # it completed (its row goes) or its context was deleted
                 return None
-            if again == row:
+            if again[0][0] == row:
                 break
-            row = again
-        text, thinking = self._parts(db, row[0])
+            row, text, thinking = again[0]
         cp = rows.checkpoint(row, row[2] + "".join(text), row[3] + "".join(thinking))
         # Its process is gone: say what the next claim or sweep will make of it.
         return _as_orphan(cp) if orphaned else cp
 
     def _select(self, where: str, args: tuple[Any, ...]) -> list[Checkpoint]:
         with self._read() as db:
-            found = db.execute(
-                f"SELECT {rows.CHECKPOINT_COLUMNS} FROM checkpoints WHERE {where}", args
-            ).fetchall()
-            return [cp for cp in (self._load(db, r) for r in found) if cp is not None]
+            found = self._rows(db, where, args)  # (its snapshot ended before the holds are asked)
+            return [cp for cp in (self._load(db, *r) for r in found) if cp is not None]
 
     def get_checkpoint(self, checkpoint_id: int) -> Checkpoint:
         """One reply's checkpoint by id, or :class:`CheckpointNotFound`."""
@@ -667,7 +683,7 @@ class SQLiteReplies:
             f"SELECT {rows.CHECKPOINT_COLUMNS} FROM checkpoints WHERE id = ?",
             (checkpoint_key(checkpoint_id),),
         ).fetchone()
-        cp = None if row is None else self._load(db, row)  # (in a write: it stays)
+        cp = None if row is None else self._load(db, row, *self._parts(db, row[0]))
         if cp is None:
             raise CheckpointNotFound(f"no checkpoint with id {checkpoint_id!r}")
         refusal = settle_refusal(cp, verb)

@@ -145,7 +145,16 @@ def run(
         # passes of each generation (on whichever thread they ran; gc.callbacks, thread CPU).
         where: dict[str, list[dict[str, float]]] = {k: [] for k in split}
         collector = {"cpu": [0.0, 0.0, 0.0], "passes": [0, 0, 0]}
+        # The collector's CPU by the kind of thread whose allocation set off the pass (a
+        # full pass started in the checkpointer's thread is in that thread's CPU too).
+        gc_by_thread: dict[str, float] = {}
         started: dict[int, float] = {}
+
+        def kind_of(thread: threading.Thread) -> str:
+            if thread is threading.main_thread():
+                return "loop"
+            name = thread.name.split("_")[0].split("-")
+            return "-".join(name[:2]) if name[0] == "rxcontext" else name[0]
 
         def on_collect(phase: str, info: dict[str, int]) -> None:
             if phase == "start":
@@ -154,29 +163,41 @@ def run(
                 spent = time.thread_time() - started.pop(threading.get_ident(), time.thread_time())
                 collector["cpu"][info["generation"]] += spent
                 collector["passes"][info["generation"]] += 1
+                kind = kind_of(threading.current_thread())
+                gc_by_thread[kind] = gc_by_thread.get(kind, 0.0) + spent
 
         gc.callbacks.append(on_collect)
         ticks = os.sysconf("SC_CLK_TCK")
 
         def by_thread() -> dict[str, float]:
             # CPU seconds of each living thread but the loop's, by what it serves (Linux's
-            # /proc, in clock ticks: 10 ms, fine beside seconds of run): a thread that
-            # ended during a run is not counted (the executor's and the timers' live on).
+            # /proc, in clock ticks: 10 ms, fine beside seconds of run), and the voluntary
+            # context switches of every thread (the loop's included) under "<kind> vcsw": a
+            # thread that ended during a run is not counted (the executor's and the timers'
+            # live on).
             out: dict[str, float] = {}
             for thread in threading.enumerate():
-                if thread is threading.main_thread() or thread.native_id is None:
+                if thread.native_id is None:
                     continue
+                kind = kind_of(thread)
                 try:
                     with open(f"/proc/self/task/{thread.native_id}/stat") as f:
                         fields = f.read().rsplit(")", 1)[1].split()
+                    with open(f"/proc/self/task/{thread.native_id}/status") as f:
+                        status = f.read()
                 except OSError:
                     continue
-                name = thread.name.split("_")[0].split("-")
-                kind = "-".join(name[:2]) if name[0] == "rxcontext" else name[0]
-                out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+                if kind != "loop":
+                    out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+                for line in status.splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        key = f"{kind} vcsw"
+                        out[key] = out.get(key, 0.0) + int(line.split()[1]) / 1e6
             return out
 
-        def usage() -> tuple[float, float, int, float, list[float], list[int], dict[str, float]]:
+        def usage() -> tuple[
+            float, float, int, float, list[float], list[int], dict[str, float], dict[str, float]
+        ]:
             r = resource.getrusage(resource.RUSAGE_SELF)
             return (
                 r.ru_utime,
@@ -186,6 +207,7 @@ def run(
                 list(collector["cpu"]),
                 list(collector["passes"]),
                 by_thread(),
+                dict(gc_by_thread),
             )
 
         def note(kind: str, before: Any, cpu: float, n: int) -> None:
@@ -210,6 +232,10 @@ def run(
                     "threads": {
                         k: round((v - before[6].get(k, 0.0)) / n * 1e6, 1)
                         for k, v in after[6].items()
+                    },
+                    "gc_by_thread": {
+                        k: round((v - before[7].get(k, 0.0)) / n * 1e6, 1)
+                        for k, v in after[7].items()
                     },
                 }
             )

@@ -1555,12 +1555,14 @@ class ReplyPersister:
 _PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
 
 
-def _pairs_in(thinking: str, start: int) -> list[int]:
+def _pairs_in(thinking: str, start: int) -> tuple[int, ...]:
     """Where ``thinking`` (from position ``start`` of the reasoning) has a surrogate pair
-    (a provider cut an emoji between two deltas): positions of the high halves."""
+    (a provider cut an emoji between two deltas): positions of the high halves. A tuple,
+    the empty one nearly always: every periodic write keeps it until the next, and a new
+    list a reply a tick would be promoted to the collector's oldest generation each time."""
     if thinking.isascii():
-        return []
-    return [start + m.start() for m in _PAIR.finditer(thinking)]
+        return ()
+    return tuple(start + m.start() for m in _PAIR.finditer(thinking))
 
 
 def _with_stored_thinking(reply: Reply, record: Record) -> Reply:

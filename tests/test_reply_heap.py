@@ -22,6 +22,7 @@ from pathlib import Path
 
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, Usage
+from rxcontext.checkpointer import checkpointer_for
 from rxcontext.providers import ScriptedModel
 
 REPLIES = 50
@@ -64,3 +65,58 @@ def test_suspended_replies_hold_few_tracked_objects(tmp_path: Path) -> None:
 
         held = asyncio.run(main())
     assert held < 46, f"{held:.1f} tracked objects a suspended reply"
+
+
+def test_a_periodic_write_leaves_no_tracked_object_a_reply(tmp_path: Path) -> None:
+    """The checkpointer's tick (every ``checkpoint_every``, for every streaming reply at
+    once) leaves nothing the collector tracks per reply: an object it made that lives until
+    the next tick survives every generation-1 pass in between, so it is promoted to the
+    oldest generation each tick (5,000 streams: 5,000 a tick toward a full pass). An ASCII
+    reply's surrogate-pair positions were a new empty list a write."""
+    every = 3600.0  # the checkpointer's own thread never ticks in the test's time
+    with rxcontext.open(tmp_path / "heap.db") as store:
+        windows = []
+        for i in range(REPLIES):
+            chunks = [Chunk(ChunkKind.TEXT, f"[{i}:{k}] ") for k in range(4)]
+            chunks.append(Chunk(ChunkKind.DONE, usage=Usage.of(3, 4), finish_reason="stop"))
+            model = ScriptedModel([chunks])
+            cw = ContextWindow(store, model, context=f"c{i}", checkpoint_every=every)
+            cw.add_prompt("Write.")
+            windows.append(cw)
+        checkpointer = checkpointer_for(store, every)
+
+        async def main() -> list[float]:
+            streams = [cw.astream() for cw in windows]
+            left: list[float] = []
+            was_enabled = gc.isenabled()
+            try:
+                for _ in range(3):  # the first ticks make what a reply keeps to its end
+                    for stream in streams:  # each reply has new text: each tick writes it
+                        assert (await anext(stream)).text.startswith("[")
+                    gc.collect()
+                    gc.disable()
+                    old = gc.get_objects()  # kept alive: no new object reuses their ids
+                    known = {id(o) for o in old}
+                    ticks = checkpointer.ticks
+                    checkpointer.tick()
+                    assert checkpointer.ticks == ticks + 1
+                    gc.collect(0)  # tuples of numbers alone are untracked here
+                    made = [o for o in gc.get_objects() if id(o) not in known]
+                    left.append(len(made) / REPLIES)
+                    del old, made
+                    gc.enable()
+                for stream in streams:
+                    async for _ in stream:
+                        pass
+            finally:
+                if was_enabled:
+                    gc.enable()
+                else:
+                    gc.disable()
+            return left
+
+        left = asyncio.run(main())
+        for i, cw in enumerate(windows):
+            assert cw.live_records()[-1].content == "".join(f"[{i}:{k}] " for k in range(4))
+            assert not cw.checkpoints()
+    assert left[-1] < 0.5, f"{left} tracked objects a reply left by each tick"

@@ -437,11 +437,21 @@ class ReplyPersister:
                 self.trace.begin(self.reply_id)
             return
         reply_id = self.reply_id or new_reply_id()
+        me = worker_id()
+        # The SQLite store's ticket-only begin: the same row, without the Checkpoint
+        # begin_reply builds from it (only its id and position are used here).
+        ticket_only = getattr(self.store, "begin_reply_ticket", None)
         with deferred():
-            checkpoint = self.store.begin_reply(self.context_id, reply_id, owner=worker_id())
+            if ticket_only is not None:
+                checkpoint_id, pos = ticket_only(self.context_id, reply_id, me)
+                ticket = ReplyTicket(checkpoint_id, 1, me)  # (a begun row's epoch)
+            else:
+                checkpoint = self.store.begin_reply(self.context_id, reply_id, owner=me)
+                pos = checkpoint.pos
+                ticket = ReplyTicket(checkpoint.id, checkpoint.epoch, checkpoint.owner)
             self.reply_id = reply_id
-            self.pos = checkpoint.pos
-            self.ticket = ReplyTicket(checkpoint.id, checkpoint.epoch, checkpoint.owner)
+            self.pos = pos
+            self.ticket = ticket
         self._open_channel(None)
         if self.trace is not None:
             self.trace.begin(self.reply_id)

@@ -96,11 +96,74 @@ class Record:
     attachments: tuple[Attachment, ...] = ()
     inherited: bool = False
 
+    # Every request's history read makes one per record it reads (a new window's first
+    # request, every record): the constructor dataclass generates for a frozen class calls
+    # object.__setattr__ per field; writing the slots through their descriptors (as
+    # Chunk's) takes less than half the time. Same signature, same values.
+    def __init__(
+        self,
+        id: int,
+        context_id: str,
+        type: RecordType,
+        content: str,
+        live: bool,
+        est_tokens: int,
+        timestamp: datetime,
+        response_id: str | None = None,
+        streamed: bool = False,
+        tool_call_id: str | None = None,
+        tool_name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        pos: int = 0,
+        reply_id: str | None = None,
+        attachments: tuple[Attachment, ...] = (),
+        inherited: bool = False,
+    ) -> None:
+        _r_id(self, id)
+        _r_context_id(self, context_id)
+        _r_type(self, type)
+        _r_content(self, content)
+        _r_live(self, live)
+        _r_est_tokens(self, est_tokens)
+        _r_timestamp(self, timestamp)
+        _r_response_id(self, response_id)
+        _r_streamed(self, streamed)
+        _r_tool_call_id(self, tool_call_id)
+        _r_tool_name(self, tool_name)
+        _r_metadata(self, {} if metadata is None else metadata)
+        _r_pos(self, pos)
+        _r_reply_id(self, reply_id)
+        _r_attachments(self, attachments)
+        _r_inherited(self, inherited)
+
     @classmethod
     def unsaved(cls, context_id: str, type: RecordType, content: str) -> Record:
         """A record sent to a model but never stored (id -1): a continuation prompt, say."""
         return cls(-1, context_id, type, content, True, 0, datetime.now(UTC))
 
+
+def _slot_setter(cls: type, name: str) -> Any:
+    return cls.__dict__[name].__set__
+
+
+(
+    _r_id,
+    _r_context_id,
+    _r_type,
+    _r_content,
+    _r_live,
+    _r_est_tokens,
+    _r_timestamp,
+    _r_response_id,
+    _r_streamed,
+    _r_tool_call_id,
+    _r_tool_name,
+    _r_metadata,
+    _r_pos,
+    _r_reply_id,
+    _r_attachments,
+    _r_inherited,
+) = (_slot_setter(Record, f) for f in Record.__dataclass_fields__)
 
 TOOL_ERROR = "error"
 """``TOOL_OUTPUT`` metadata key: True when the output reports that the call failed (its

@@ -121,6 +121,41 @@ class Request:
     call: CallOptions = NO_OPTIONS
     cursor: ResumeCursor | None = field(default=None, compare=False, repr=False)
 
+    # One per request, on every reply's way to its first chunk: the slots written through
+    # their descriptors, not object.__setattr__ per field as dataclass's constructor for a
+    # frozen class does (as Chunk's and Record's). Same signature, same values.
+    def __init__(
+        self,
+        records: Sequence[Record],
+        tools: Sequence[Tool] = (),
+        previous_response_id: str | None = None,
+        max_output_tokens: int | None = None,
+        options: Mapping[str, Any] | None = None,
+        fallback: Request | None = None,
+        call: CallOptions = NO_OPTIONS,
+        cursor: ResumeCursor | None = None,
+    ) -> None:
+        _q_records(self, records)
+        _q_tools(self, tools)
+        _q_previous_response_id(self, previous_response_id)
+        _q_max_output_tokens(self, max_output_tokens)
+        _q_options(self, {} if options is None else options)
+        _q_fallback(self, fallback)
+        _q_call(self, call)
+        _q_cursor(self, cursor)
+
+
+(
+    _q_records,
+    _q_tools,
+    _q_previous_response_id,
+    _q_max_output_tokens,
+    _q_options,
+    _q_fallback,
+    _q_call,
+    _q_cursor,
+) = (Request.__dict__[f].__set__ for f in Request.__dataclass_fields__)
+
 
 @runtime_checkable
 class Model(Protocol):

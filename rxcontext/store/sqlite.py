@@ -491,55 +491,31 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         if self._at_once is not None and self._at_once == threading.get_ident():
             raise NotNow(f"{what}: not at once")
 
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                yield self._db()
-            except sqlite3.Error as exc:
-                raise StoreError(f"database error: {exc}") from exc
+    def _read(self) -> _Reading:
+        """``with self._read() as db``: the foreground connection under the store's lock;
+        an SQLite error in the block raises :class:`~rxcontext.StoreError`."""
+        return _Reading(self)
 
-    @contextmanager
-    def _tx(
-        self, *, durable: bool = False, background: bool = False
-    ) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, durable: bool = False, background: bool = False) -> _Writing:
         """One write transaction, whole or not at all even under Ctrl-C.
 
         ``durable`` commits with ``synchronous=FULL``. ``background`` writes through the
         background connection, which waits for another process's lock only briefly (the
         caller tries again later) and never holds up the foreground connection.
         """
-        lock = self._bg_lock if background and not self._memory else self._lock
-        if durable:
-            self.not_now("a durable commit")
-        with deferred(), lock:
-            db = self._background() if background else self._db()
-            try:
-                if db.in_transaction:  # left open by an earlier failure: never build on it
-                    db.execute("ROLLBACK")
-                if durable:
-                    db.execute("PRAGMA synchronous = FULL")
-                try:
-                    db.execute("BEGIN IMMEDIATE")
-                    yield db
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                msg = str(exc)
-                if "readonly" in msg:
-                    raise StoreError(f"{self.path!r} is read-only: {msg}") from exc
-                if "locked" in msg or "busy" in msg:
-                    raise StoreBusy(
-                        f"{self.path!r} is locked by another process (waited "
-                        f"{self.busy_timeout if not background else _BG_BUSY:g} s): {msg}"
-                    ) from exc
-                raise StoreError(f"database error: {msg}") from exc
-            finally:
-                if durable and self._conn is not None:
-                    db.execute("PRAGMA synchronous = NORMAL")
+        return _Writing(self, durable, background)
+
+    def _tx_failed(self, exc: sqlite3.Error, background: bool) -> StoreError:
+        """What a write transaction's SQLite error raises."""
+        msg = str(exc)
+        if "readonly" in msg:
+            return StoreError(f"{self.path!r} is read-only: {msg}")
+        if "locked" in msg or "busy" in msg:
+            return StoreBusy(
+                f"{self.path!r} is locked by another process (waited "
+                f"{self.busy_timeout if not background else _BG_BUSY:g} s): {msg}"
+            )
+        return StoreError(f"database error: {msg}")
 
     def _background(self) -> sqlite3.Connection:
         if self._memory:
@@ -1210,3 +1186,115 @@ def _break_thread(db: sqlite3.Connection, context_id: str) -> None:
 def _name_arg(name: object) -> None:
     if not isinstance(name, str) or not name:
         raise TypeError(f"a context name must be a non-empty str, not {name!r}")
+
+
+class _Reading:
+    """:meth:`SQLiteStore._read`. A class, not a ``@contextmanager`` generator: every
+    request reads its history through one (and a window with replies asks for the busy ones
+    twice), where the generator's machinery cost about what the rest of the read did in
+    Python (issue 14)."""
+
+    __slots__ = ("_lock", "_store")
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+        self._lock = store._lock
+
+    def __enter__(self) -> sqlite3.Connection:
+        lock = self._lock
+        lock.acquire()
+        try:
+            return self._store._db()
+        except sqlite3.Error as exc:  # (a forked child's own connection, opened here)
+            lock.release()
+            raise StoreError(f"database error: {exc}") from exc
+        except BaseException:
+            lock.release()
+            raise
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        try:
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"database error: {exc}") from exc
+        finally:
+            self._lock.release()
+
+
+class _Writing:
+    """:meth:`SQLiteStore._tx`: signals held (:func:`deferred`), the store's lock (the
+    background one for ``background``), ``BEGIN IMMEDIATE``; at the end ``COMMIT``, or
+    ``ROLLBACK`` if the block raised; an SQLite error raises :class:`StoreError` (or
+    :class:`StoreBusy`). A class, not a ``@contextmanager`` generator, for the reason
+    :class:`_Reading` gives: every reply begins with one on its way to its first chunk."""
+
+    __slots__ = ("_background", "_db", "_deferred", "_durable", "_lock", "_store")
+
+    def __init__(self, store: SQLiteStore, durable: bool, background: bool) -> None:
+        self._store = store
+        self._durable = durable
+        self._background = background
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self._store
+        background = self._background
+        durable = self._durable
+        lock = store._bg_lock if background and not store._memory else store._lock
+        if durable:
+            store.not_now("a durable commit")
+        held = self._deferred = deferred()
+        held.__enter__()
+        try:  # (as ``with deferred(), lock:``)
+            lock.acquire()
+            try:
+                db = store._background() if background else store._db()
+            except BaseException:
+                lock.release()
+                raise
+        except BaseException:
+            held.__exit__(None, None, None)
+            raise
+        self._lock = lock
+        self._db = db
+        try:
+            if db.in_transaction:  # left open by an earlier failure: never build on it
+                db.execute("ROLLBACK")
+            if durable:
+                db.execute("PRAGMA synchronous = FULL")
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except BaseException as error:
+            self.__exit__(type(error), error, None)
+            raise
+        return db
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        store = self._store
+        db = self._db
+        try:
+            try:
+                if exc is None:
+                    try:
+                        db.execute("COMMIT")
+                    except BaseException:
+                        if db.in_transaction:
+                            db.execute("ROLLBACK")
+                        raise
+                else:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    if isinstance(exc, sqlite3.Error):
+                        raise store._tx_failed(exc, self._background) from exc
+            except sqlite3.Error as error:
+                raise store._tx_failed(error, self._background) from error
+            finally:
+                if self._durable and store._conn is not None:
+                    db.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            try:
+                self._lock.release()
+            finally:
+                self._deferred.__exit__(None, None, None)

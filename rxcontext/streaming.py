@@ -56,6 +56,7 @@ from reactivex.scheduler import (
     TrampolineScheduler,
     VirtualTimeScheduler,
 )
+from reactivex.scheduler.scheduleditem import ScheduledItem
 
 from ._observers import subscriber, tell_disposed
 from ._signals import HandOver
@@ -823,7 +824,10 @@ class _ReplyObservable(Observable[Chunk]):
         """As ``Observable.subscribe`` (an observer, or callbacks)."""
         producer = self._producer
         trampoline = CurrentThreadScheduler.singleton()
-        if producer is None or scheduler is not None or not trampoline.schedule_required():
+        # The thread's trampoline, looked up once (schedule_required and schedule would
+        # each look it up again: the current thread, a weak dictionary).
+        tramp = trampoline.get_trampoline()
+        if producer is None or scheduler is not None or not tramp.idle():
             return super().subscribe(on_next, on_error, on_completed, scheduler=scheduler)
         if isinstance(on_next, abc.ObserverBase) or callable(getattr(on_next, "on_next", None)):
             on_next, on_error, on_completed = (
@@ -835,5 +839,8 @@ class _ReplyObservable(Observable[Chunk]):
         flag = _Flag()
         # Wired before the producer runs, as RxPY's first item would have wired it.
         observer.subscription = Disposable(flag.dispose)
-        trampoline.schedule(producer(observer, flag, trampoline))
+        # What trampoline.schedule(action) does, due now: its item run by the thread's
+        # trampoline (idle: it runs it here, then anything scheduled meanwhile).
+        action = producer(observer, flag, trampoline)
+        tramp.run(ScheduledItem(trampoline, None, action, trampoline.now))
         return Disposable(observer.dispose)

@@ -199,25 +199,29 @@ class _SyncDriver:
         self.flag = flag
         self.scheduler = scheduler
         self.time = scheduler if scheduler is not None else run.scheduler
-        self.rounds = 0
-        self.attempt = 0
-        self.request: Request | None = None
-        self.started = False
         self.lock = threading.Lock()
         self.ending = threading.Lock()
         """Held while a stopped reply is ended (see :meth:`_end_stopped`)."""
-        self.tools_running = False
-        self.waiting = False
-        self.timer: abc.DisposableBase | None = None
         self.guard = HandOver()
-        self.breaker: Breaker | None = None
-        """The current attempt's: a dispose shuts the connection its read waits on."""
-        self.reader = 0
-        """The thread reading it (a dispose on it, ``take(n)``, is not waiting for a read:
-        the stream is closed as it ends, its connection kept if it was read to its end)."""
         flag.on_dispose = self._on_dispose
         tell_disposed(self.watch, flag.dispose)
         run.on_stop = self._on_stop
+
+    # Starting values, as class defaults: each assignment in __init__ was a few bytecodes
+    # on every reply's way to its first chunk. None is read per chunk (the loop reads
+    # locals), where a class default's read costs more than an instance's.
+    rounds = 0
+    attempt = 0
+    request: Request | None = None
+    started = False
+    tools_running = False
+    waiting = False
+    timer: abc.DisposableBase | None = None
+    breaker: Breaker | None = None
+    """The current attempt's: a dispose shuts the connection its read waits on."""
+    reader = 0
+    """The thread reading it (a dispose on it, ``take(n)``, is not waiting for a read:
+    the stream is closed as it ends, its connection kept if it was read to its end)."""
 
     def _gone(self) -> bool:
         """Whether the subscriber went away (a dispose, or a stopped observer chain)."""

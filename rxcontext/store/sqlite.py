@@ -448,7 +448,8 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             if self._bg_conn is not None:
                 self._bg_conn.execute("PRAGMA shrink_memory")
 
-    def at_once(self) -> _AtOnce:
+    @contextmanager
+    def at_once(self) -> Iterator[bool]:
         """Hold the store for the calling thread if nothing holds it now; yield whether it
         was. Inside, nothing waits and nothing syncs to disk: a lock another process or
         connection holds raises :class:`~rxcontext.StoreBusy` at once (busy timeout 0), a
@@ -461,7 +462,25 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
 
         For the asyncio driver, which opens a reply and reads its history on the event
         loop's thread when this lets it, and in a worker thread otherwise."""
-        return _AtOnce(self)
+        if not self._lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            db = self._conn if self._conn is None else self._db()
+            if db is None or self._at_once is not None:  # closed, or this thread is in one
+                yield False
+                return
+            try:  # (a signal between the two PRAGMAs still finds them restored)
+                db.execute("PRAGMA busy_timeout = 0")
+                db.execute("PRAGMA wal_autocheckpoint = 0")
+                self._at_once = threading.get_ident()
+                yield True
+            finally:
+                self._at_once = None
+                db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                db.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}")
+        finally:
+            self._lock.release()
 
     def not_now(self, what: str) -> None:
         """Raise :class:`NotNow` if the calling thread is in :meth:`at_once`: ``what``
@@ -1279,51 +1298,3 @@ class _Writing:
                 self._lock.release()
             finally:
                 self._deferred.__exit__(None, None, None)
-
-
-class _AtOnce:
-    """:meth:`SQLiteStore.at_once` (``with store.at_once() as free``). A class, not a
-    ``@contextmanager`` generator: every asyncio reply's begin and first request go through
-    one, on the event loop's thread."""
-
-    __slots__ = ("_db", "_held", "_store")
-
-    def __init__(self, store: SQLiteStore) -> None:
-        self._store = store
-        self._held = False
-        self._db: sqlite3.Connection | None = None
-
-    def __enter__(self) -> bool:
-        store = self._store
-        lock = store._lock
-        if not lock.acquire(blocking=False):
-            return False
-        self._held = True
-        try:
-            db = store._conn if store._conn is None else store._db()
-            if db is None or store._at_once is not None:  # closed, or this thread is in one
-                return False
-            self._db = db
-            # (a signal between the two PRAGMAs still finds them restored)
-            db.execute("PRAGMA busy_timeout = 0")
-            db.execute("PRAGMA wal_autocheckpoint = 0")
-            store._at_once = threading.get_ident()
-            return True
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        store = self._store
-        db, self._db = self._db, None
-        try:
-            if db is not None:
-                store._at_once = None
-                try:
-                    db.execute(f"PRAGMA busy_timeout = {int(store.busy_timeout * 1000)}")
-                finally:
-                    db.execute(f"PRAGMA wal_autocheckpoint = {store._autocheckpoint}")
-        finally:
-            if self._held:
-                self._held = False
-                store._lock.release()

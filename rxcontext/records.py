@@ -62,6 +62,20 @@ class ReplyState(StrEnum):
         return self in (ReplyState.COMPLETED, ReplyState.DISCARDED)
 
 
+class _Fresh:
+    """The default of a mapping field whose constructor is written by hand: a new empty
+    dict each time, shown ``<factory>`` in the signature as dataclass shows its own (an
+    explicit None stays None, as with the generated constructor)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<factory>"
+
+
+FRESH: Any = _Fresh()
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     """One entry of a context's history.
@@ -113,7 +127,7 @@ class Record:
         streamed: bool = False,
         tool_call_id: str | None = None,
         tool_name: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] = FRESH,
         pos: int = 0,
         reply_id: str | None = None,
         attachments: tuple[Attachment, ...] = (),
@@ -130,7 +144,7 @@ class Record:
         _r_streamed(self, streamed)
         _r_tool_call_id(self, tool_call_id)
         _r_tool_name(self, tool_name)
-        _r_metadata(self, {} if metadata is None else metadata)
+        _r_metadata(self, {} if metadata is FRESH else metadata)
         _r_pos(self, pos)
         _r_reply_id(self, reply_id)
         _r_attachments(self, attachments)

@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..chunks import Chunk, Reply, ReplyBuilder
 from ..options import NO_OPTIONS, CallOptions
-from ..records import Record
+from ..records import FRESH, Record
 from ..tools import Tool
 
 __all__ = ["NATIVE_RESUME_KEY", "Model", "Request", "ResumeCursor", "reply_from_chunks"]
@@ -130,7 +130,7 @@ class Request:
         tools: Sequence[Tool] = (),
         previous_response_id: str | None = None,
         max_output_tokens: int | None = None,
-        options: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] = FRESH,
         fallback: Request | None = None,
         call: CallOptions = NO_OPTIONS,
         cursor: ResumeCursor | None = None,
@@ -139,7 +139,7 @@ class Request:
         _q_tools(self, tools)
         _q_previous_response_id(self, previous_response_id)
         _q_max_output_tokens(self, max_output_tokens)
-        _q_options(self, {} if options is None else options)
+        _q_options(self, {} if options is FRESH else options)
         _q_fallback(self, fallback)
         _q_call(self, call)
         _q_cursor(self, cursor)

@@ -491,10 +491,19 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         if self._at_once is not None and self._at_once == threading.get_ident():
             raise NotNow(f"{what}: not at once")
 
-    def _read(self) -> _Reading:
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
         """``with self._read() as db``: the foreground connection under the store's lock;
-        an SQLite error in the block raises :class:`~rxcontext.StoreError`."""
-        return _Reading(self)
+        an SQLite error in the block raises :class:`~rxcontext.StoreError`. A generator, not
+        a class (as :meth:`_tx` is): a Ctrl-C landing just after the lock's acquire, or as
+        the block ends, left a class's lock held for good (every other thread of the store
+        then blocked), where the generator's ``with`` lets go as it is closed; a read holds
+        no signals back (:func:`deferred`), so nothing else covers those two points."""
+        with self._lock:
+            try:
+                yield self._db()
+            except sqlite3.Error as exc:
+                raise StoreError(f"database error: {exc}") from exc
 
     def _tx(self, *, durable: bool = False, background: bool = False) -> _Writing:
         """One write transaction, whole or not at all even under Ctrl-C.
@@ -1188,44 +1197,14 @@ def _name_arg(name: object) -> None:
         raise TypeError(f"a context name must be a non-empty str, not {name!r}")
 
 
-class _Reading:
-    """:meth:`SQLiteStore._read`. A class, not a ``@contextmanager`` generator: every
-    request reads its history through one (and a window with replies asks for the busy ones
-    twice), where the generator's machinery cost about what the rest of the read did in
-    Python (issue 14)."""
-
-    __slots__ = ("_lock", "_store")
-
-    def __init__(self, store: SQLiteStore) -> None:
-        self._store = store
-        self._lock = store._lock
-
-    def __enter__(self) -> sqlite3.Connection:
-        lock = self._lock
-        lock.acquire()
-        try:
-            return self._store._db()
-        except sqlite3.Error as exc:  # (a forked child's own connection, opened here)
-            lock.release()
-            raise StoreError(f"database error: {exc}") from exc
-        except BaseException:
-            lock.release()
-            raise
-
-    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
-        try:
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"database error: {exc}") from exc
-        finally:
-            self._lock.release()
-
-
 class _Writing:
     """:meth:`SQLiteStore._tx`: signals held (:func:`deferred`), the store's lock (the
     background one for ``background``), ``BEGIN IMMEDIATE``; at the end ``COMMIT``, or
     ``ROLLBACK`` if the block raised; an SQLite error raises :class:`StoreError` (or
-    :class:`StoreBusy`). A class, not a ``@contextmanager`` generator, for the reason
-    :class:`_Reading` gives: every reply begins with one on its way to its first chunk."""
+    :class:`StoreBusy`). A class, not a ``@contextmanager`` generator: every reply begins
+    with one on its way to its first chunk, where the generator's machinery cost about what
+    the rest did in Python (issue 14). Signals are held (:func:`deferred`) from before the
+    lock is taken until after it is let go, so none can land between (unlike ``_read``)."""
 
     __slots__ = ("_background", "_db", "_deferred", "_durable", "_lock", "_store")
 

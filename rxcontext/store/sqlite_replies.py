@@ -380,6 +380,7 @@ class SQLiteReplies:
         as before (what it does beside the row is its own: an audit, a check)."""
         if type(self).begin_reply is not SQLiteReplies.begin_reply:
             begun = self.begin_reply(context_id, reply_id, owner=owner)
+            assert begun.pos is not None  # (a begun reply has its position)
             return begun.id, begun.pos
         checkpoint_id, pos, _ = self._begin(context_id, reply_id, owner)
         return checkpoint_id, pos

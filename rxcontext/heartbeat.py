@@ -22,8 +22,9 @@ silence for a minute sends no chunk — and that is this module's job:
   store's lease has not: the reply is then given up only if one more renewal fails, and
   stores renew a lease only while it has not run out (by the database's clock), so a
   renewal that succeeds proves nobody could have seen the reply interrupted;
-* a reply whose final write found the database locked by another process (its commit, or
-  the checkpoint of its failure, raised ``StoreBusy`` to the subscriber) is served until
+* a reply whose final write found the database locked by another process, or (PostgreSQL)
+  every pooled connection busy with the store's other calls (its commit, or the checkpoint
+  of its failure, raised ``StoreBusy`` to the subscriber) is served until
   its final checkpoint — what was delivered, ``INTERRUPTED`` — is written: tried at every
   poll (a renewal first: a cheap write that finds whether the lock is gone), then once
   more by ``store.close()`` and at the process's exit. Its lease may well run out
@@ -360,7 +361,8 @@ class Heartbeat(ServesStore):
                 if last:
                     _log.warning(
                         "the final checkpoint of reply %r could not be written (the database "
-                        "is locked by another process): it holds its last periodic write",
+                        "is still busy: locked by another session, or every pooled connection "
+                        "in use): it holds its last periodic write",
                         persister.reply_id,
                     )
                     persister.release_hold()  # given up: the lease decides from here

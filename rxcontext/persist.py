@@ -20,8 +20,9 @@ two locks, so the hot path takes no lock at all:
   of them always sees the other, so a snapshot never sees half a chunk;
 * the final write (commit or interrupt) happens once and sets ``finished`` (under
   ``_claim``); a later writer finds it set and does nothing. If the database is locked
-  by another process then (``StoreBusy``), the final checkpoint is kept (``pending``) and
-  the heartbeat writes it once the lock is gone (:meth:`ReplyPersister.write_pending`),
+  by another process then, or its pool busy (``StoreBusy``), the final checkpoint is kept
+  (``pending``) and the heartbeat writes it once the database is free
+  (:meth:`ReplyPersister.write_pending`),
   so it still holds exactly what was delivered. Periodic writes hold
   ``_write``, and so do the interrupt and a tool round's commit, which must come after
   them; the last round's commit does not wait for one in flight (see :meth:`complete`).

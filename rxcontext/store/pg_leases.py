@@ -79,9 +79,11 @@ class PostgresLeases:
         waits for the locks it needs however long, unless the user set a ``lock_timeout``
         (database, role or connection): then a lock held past it refuses the write
         (``StoreBusy``, after retries within ``retry_budget``) and the write is kept
-        pending, as on SQLite. The reply's lease stays renewed meanwhile: renewals lock
+        pending, as on SQLite; so is a write that found every pooled connection busy with
+        the store's other calls. The reply's lease stays renewed meanwhile: renewals lock
         only the reply's own row, which no final write of another holds for long (a
-        session that locks that row itself past the lease is not covered). A failure to
+        session that locks that row itself past the lease is not covered; nor is a pool
+        kept busy past the lease, which starves every renewal of the store). A failure to
         reach the server is not a wait: the write is given up (``StoreError``)."""
         self._runner.pool()  # a closed store refuses, as it refuses every call
         return _nothing

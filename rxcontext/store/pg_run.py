@@ -9,8 +9,10 @@ nothing, so a failure never leaves half a write.
 A lock the server refused (SQLSTATE 55P03, lock not available: a ``lock_timeout`` the user
 set for the database, role or connection ran out while another session held the lock) is
 the database being busy, not failing: it is tried again within the same budget, then
-:class:`~rxcontext.StoreBusy` says so, as SQLite's busy database does. A reply's final
-write refused so is kept and written once the lock is gone
+:class:`~rxcontext.StoreBusy` says so, as SQLite's busy database does. So does a pool
+whose every connection stayed busy with the store's other calls (waited for 1 s at least):
+nothing was written and a later attempt succeeds. A reply's final write refused either way
+is kept and written once the lock is gone or a connection is free
 (:meth:`~rxcontext.persist.ReplyPersister.write_pending`).
 
 A failure *during COMMIT* is ambiguous: the server may have committed. The retry then runs
@@ -426,7 +428,11 @@ class Runner:
             pool = self._pool
             size = pool.max_size if pool is not None else 0
             if size and len(self._lent) >= size:
-                return StoreError(
+                # Busy, not failing, as a refused lock is: a reply's final write is kept
+                # and written once a connection is free (unless this retry was settling
+                # a lost COMMIT: then what is stored is unknown, as for the lock).
+                busy = StoreError if ambiguous else StoreBusy
+                return busy(
                     f"PostgreSQL at {self.where}: no pooled connection came free in"
                     f" {waited:.1f} s ({tried}): all {size} (pool_size) were busy with this"
                     f" store's other calls; {outcome}. Make fewer calls at once, or open the"

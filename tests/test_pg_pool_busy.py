@@ -1,0 +1,125 @@
+"""A reply's final write that finds every pooled connection busy is kept, as a locked one is.
+
+A store's pool (``pool_size``) is shared by all its calls. When every connection is held by
+the store's other calls at the moment a reply ends, the reply's final write (its commit, or
+the checkpoint of its failure) waits for one (1 s at least) and is refused: nothing was
+written, the server is healthy, and a later attempt succeeds. That is the store being
+busy, as a lock refused by ``lock_timeout`` is (tests/test_pg_lock_timeout.py): the
+subscriber gets ``StoreBusy`` and the final checkpoint, exactly the text it was shown, is
+kept and written once a connection is free (by the heartbeat's next round, or as the store
+closes). Before the fix the refusal was a plain ``StoreError``: the final checkpoint was
+tried once more (another wait on the still busy pool) and then given up, so the text the
+user was shown was lost (the row stayed as its periodic writes left it).
+
+The other calls are the store's own (its runner, as every store call runs), started from
+inside the model's stream after the reply showed its text; each says when it holds its
+connection and holds it until the test lets it go. The waits are bounds, not sleeps.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import rxcontext
+from rxcontext import Chunk, ChunkKind, ContextWindow, ReplyState, StoreBusy
+from rxcontext.heartbeat import heartbeat_for
+from rxcontext.providers import ScriptedModel
+
+pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+
+T = Chunk
+POOL = 2
+BOUND = 30.0  # seconds: far past the 1 s pool wait; only a hang reaches it
+
+
+class Crowding(ScriptedModel):
+    """Shows five chunks, then the store's other calls take every pooled connection (until
+    ``gate`` is set), then the reply ends (``completed``: its commit finds the pool busy)
+    or its connection is cut (``cut``: the checkpoint of that failure finds it busy)."""
+
+    def __init__(self, store: Any, gate: threading.Event, end: str) -> None:
+        super().__init__([])
+        self.store = store
+        self.gate = gate
+        self.end = end
+        self.holders: list[threading.Thread] = []
+
+    def iter_chunks(self, request: Any) -> Iterator[Chunk]:
+        for i in range(5):
+            yield T(ChunkKind.TEXT, f"<{i}>")
+        self.holders = [self._hold_a_connection() for _ in range(POOL)]
+        yield T(ChunkKind.TEXT, "<end>")
+        if self.end == "cut":
+            raise ConnectionError("the model's connection was cut")
+        yield T(ChunkKind.DONE, finish_reason="stop")
+
+    def _hold_a_connection(self) -> threading.Thread:
+        held = threading.Event()
+
+        def body(conn: Any, _: bool) -> None:
+            held.set()
+            assert self.gate.wait(BOUND)
+
+        holder = threading.Thread(target=lambda: self.store._runner.run(body), daemon=True)
+        holder.start()
+        assert held.wait(BOUND), "a call never got a pooled connection"
+        return holder
+
+
+@pytest.mark.parametrize(("end", "writer"), [("completed", "close"), ("cut", "heartbeat")])
+def test_a_final_write_finding_the_pool_busy_is_kept_not_dropped(
+    pg_url: str, end: str, writer: str
+) -> None:
+    """``writer``: who writes the kept checkpoint once the pool is free: ``store.close()``,
+    or the heartbeat's next round while the store stays open."""
+    store = rxcontext.open(pg_url, retry_budget=0.5, pool_size=POOL)
+    other = rxcontext.open(pg_url)  # another worker, with a pool of its own
+    gate = threading.Event()
+    model = Crowding(store, gate, end)
+    try:
+        cw = ContextWindow(store, model, "c", retry=None)
+        cw.add_prompt("go")
+        shown: list[str] = []
+        errors: list[BaseException] = []
+        cw.stream(reply_id="r").subscribe(
+            lambda c: shown.append(c.text) if c.kind is ChunkKind.TEXT else None, errors.append
+        )
+        assert "".join(shown) == "<0><1><2><3><4><end>"
+        [error] = errors
+        # Meanwhile the reply is its owner's, live, for everyone else.
+        found = other.find_reply("r")
+        assert found is not None and found.state is ReplyState.STREAMING, found
+        written = threading.Event()
+        heartbeat = heartbeat_for(store)
+
+        def after_round() -> None:
+            if not any(b.persister.pending for b in list(heartbeat._beats.values())):
+                written.set()
+
+        heartbeat.listeners.append(after_round)
+        gate.set()
+        for holder in model.holders:
+            holder.join(BOUND)
+        if writer == "heartbeat":
+            heartbeat.poke()
+            assert written.wait(BOUND), "the heartbeat never wrote the kept checkpoint"
+            found = store.find_reply("r")
+            assert found is not None and found.state is ReplyState.INTERRUPTED, found
+            assert found.text == "".join(shown)
+        store.close()  # writes the kept checkpoint, if the heartbeat has not
+        found = other.find_reply("r")
+        assert found is not None and found.state is ReplyState.INTERRUPTED, found
+        assert found.text == "".join(shown)
+        # Busy, as a lock refusal is: the text is kept, and the message says why and what to do.
+        busy = error if isinstance(error, StoreBusy) else error.__cause__
+        assert isinstance(busy, StoreBusy), repr(error)
+        message = str(busy)
+        assert f"all {POOL} (pool_size) were busy" in message and "kept" in message, message
+    finally:
+        gate.set()
+        store.close()
+        other.close()

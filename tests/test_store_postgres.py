@@ -1538,3 +1538,20 @@ def test_the_pools_reconnect_jitter_leaves_the_global_random_alone() -> None:
     before = random.getstate()
     BasePool._jitter(60.0, -0.05, 0.0)
     assert random.getstate() == before
+
+
+def test_closing_a_fail_fast_store_waits_for_its_pool_threads(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``retry_budget=0`` (fail fast) bounds a call's retries, not how long ``close()`` lets
+    the pool's own threads stop: it gets 1 s at least, as background attempts do. Before the
+    fix the pool was closed with a 0 s timeout, so psycopg_pool warned "couldn't stop thread
+    ... within 0 seconds" on every close of a healthy store, and left its threads running."""
+    store = rxcontext.open(pg_url, retry_budget=0)
+    rxcontext.ContextWindow(store, None, context="c").add_prompt("hello")
+    pool = store._runner.pool()
+    threads = [*pool._workers, pool._sched_runner]
+    with caplog.at_level("WARNING", logger="psycopg.pool"):
+        store.close()
+    assert not [r for r in caplog.records if "couldn't stop" in r.getMessage()], caplog.text
+    assert not [t for t in threads if t is not None and t.is_alive()], threads

@@ -250,7 +250,10 @@ class Runner:
         if inherited:
             _forks.keep(pool)
         elif pool is not None:
-            pool.close(timeout=min(5.0, self.retry_budget))  # workers connecting in a partition
+            # The pool's threads get as long to stop as a call gets for an answer (1 s at
+            # least: a budget of 0 had psycopg_pool warn "couldn't stop thread ... within 0
+            # seconds" on every close); 5 s at most, for workers connecting in a partition.
+            pool.close(timeout=min(5.0, self.patience))
 
     def pool(self) -> ConnectionPool[Conn]:
         pool = self._pool

@@ -18,14 +18,16 @@ connection and holds it until the test lets it go. The waits are bounds, not sle
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 import rxcontext
-from rxcontext import Chunk, ChunkKind, ContextWindow, ReplyState, StoreBusy
+from rxcontext import Chunk, ChunkKind, ContextWindow, ReplyState, StoreBusy, StoreError
 from rxcontext.heartbeat import heartbeat_for
 from rxcontext.providers import ScriptedModel
 
@@ -123,3 +125,83 @@ def test_a_final_write_finding_the_pool_busy_is_kept_not_dropped(
         gate.set()
         store.close()
         other.close()
+
+
+def test_a_connection_passing_between_calls_still_counts_as_busy(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection a call gives back while another waits is handed by the pool straight to
+    the waiter, which holds it from then on, though its thread has yet to run. A call timing
+    out in that gap found every connection busy all the same, so it is ``StoreBusy``. Before
+    the fix the store counted a connection busy only from when the receiving call's code ran:
+    in the gap the pool looked idle to it, and the timeout was told as a server down ("did
+    not answer ... Check that the server is up"), a plain ``StoreError``; a reply's final
+    write refused so was dropped (the reviewer's churn: 370 of 4,854 timeouts, and 3 of 10
+    runs of 60 replies lost the text of 40 to 60).
+
+    The gap is held open, not raced: psycopg_pool logs "connection given by" in the
+    receiving call's thread before it returns the connection to the store, and a filter on
+    that log stops the thread there until the test lets it go."""
+    from rxcontext.store import pg_run
+
+    monkeypatch.setattr(pg_run, "PATIENCE", 0.2)  # how long the call waits for the pool
+    store = rxcontext.open(pg_url, retry_budget=0, pool_size=1)
+    runner = store._runner
+    pool = runner.pool()
+    gate = threading.Event()  # lets the holder give its connection back
+    held = threading.Event()
+    in_gap = threading.Event()  # the receiver has the connection; its store code has not run
+    let_go = threading.Event()
+
+    def holding(conn: Any, _: bool) -> None:
+        held.set()
+        assert gate.wait(BOUND)
+
+    receiver_ran: list[bool] = []
+    receiver = threading.Thread(
+        target=lambda: runner.run(lambda conn, _: receiver_ran.append(True)), daemon=True
+    )
+
+    def stop_the_receiver(record: logging.LogRecord) -> bool:
+        if threading.current_thread() is receiver and record.msg.startswith("connection given"):
+            in_gap.set()
+            assert let_go.wait(BOUND)
+        return True
+
+    logger = logging.getLogger("psycopg.pool")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addFilter(stop_the_receiver)
+    holder = threading.Thread(target=lambda: runner.run(holding), daemon=True)
+    try:
+        holder.start()
+        assert held.wait(BOUND)
+        receiver.start()
+        assert _until(lambda: pool.get_stats().get("requests_waiting", 0) == 1)
+        gate.set()  # the holder gives it back: the pool hands it to the waiting receiver
+        assert in_gap.wait(BOUND), "the waiting call was never given the connection"
+        holder.join(BOUND)
+        assert not holder.is_alive()
+        with pytest.raises(StoreError) as refused:
+            runner.run(lambda conn, _: None)
+        assert isinstance(refused.value, StoreBusy), str(refused.value)
+        assert "all 1 (pool_size) were busy" in str(refused.value), str(refused.value)
+    finally:
+        gate.set()
+        let_go.set()
+        logger.removeFilter(stop_the_receiver)
+        logger.setLevel(level)
+        holder.join(BOUND)
+        receiver.join(BOUND)
+        store.close()
+    assert receiver_ran == [True]
+
+
+def _until(done: Callable[[], bool], bound: float = BOUND) -> bool:
+    """Whether ``done()`` came true within ``bound`` seconds (asked every millisecond)."""
+    deadline = time.monotonic() + bound
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        threading.Event().wait(0.001)
+    return True

@@ -35,7 +35,7 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar, overload
 
 import psycopg
@@ -200,8 +200,9 @@ class Runner:
         self.patience = max(retry_budget, PATIENCE)
         self._at_work = at_work(url, kwargs, PROBE_BOUND)
         self._lent: set[Conn] = set()
-        """The pooled connections this store's calls hold: all of them, when a call finds
-        none free, is a pool busy with other calls, not a server that cannot be reached."""
+        """The pooled connections this store's calls hold, or the pool has handed from one
+        to the next (:meth:`_lend`): all of them, when a call finds none free, is a pool busy
+        with other calls, not a server that cannot be reached."""
 
         def new_pool() -> ConnectionPool[Conn]:
             return ConnectionPool(
@@ -334,10 +335,7 @@ class Runner:
                 # A busy pool (the store's other calls hold every connection) is waited for
                 # as the server is: 1 s at least, whatever a shorter budget.
                 timeout = max(answer_by - time.monotonic(), 0.05)
-                with pool.connection(timeout=timeout) as conn:
-                    assert isinstance(conn, BoundedConnection)
-                    lent = self._lent
-                    lent.add(conn)
+                with self._lend(pool, timeout) as conn:
                     # The server may take longer while our session is there (pg_deadline).
                     conn.bound(answer_by, self._at_work, self.patience)
                     try:
@@ -353,7 +351,6 @@ class Runner:
                         return result
                     finally:
                         conn.bound(None)
-                        lent.discard(conn)
             except Stored as done:
                 return done.value
             except psycopg.Error as exc:
@@ -388,16 +385,12 @@ class Runner:
         """
         pool = self.pool()
         try:
-            with pool.connection(timeout=wait) as conn:
-                assert isinstance(conn, BoundedConnection)
-                lent = self._lent
-                lent.add(conn)
+            with self._lend(pool, wait) as conn:
                 conn.bound(time.monotonic() + self.attempt_bound)
                 try:
                     return _pipelined(conn, setup, body, False, _nothing)  # type: ignore[no-any-return]
                 finally:
                     conn.bound(None)
-                    lent.discard(conn)
         except Stored as done:
             return done.value  # type: ignore[no-any-return]
         except (pgerr.LockNotAvailable, pgerr.QueryCanceled):
@@ -406,6 +399,35 @@ class Runner:
             if transient(exc):
                 return None
             raise StoreError(f"database error on {self.where}: {first_line(exc)}") from exc
+
+    @contextlib.contextmanager
+    def _lend(self, pool: ConnectionPool[Conn], timeout: float) -> Iterator[BoundedConnection]:
+        """A pooled connection (``pool.connection()``), counted in :attr:`_lent` while a call
+        of this store holds it, or the pool has handed it to the next.
+
+        It stays counted after it is given back unless it went back idle into the pool (or
+        was closed): a call waiting for one is handed it inside ``putconn``, and holds it
+        from then on, though its own thread only runs, and counts it, later. Counted from
+        then only, a connection passing from call to call looked free in between, so a call
+        timing out then on a pool busy all along was told the server was down (a plain
+        ``StoreError``), and a reply's final write refused so was dropped.
+        """
+        lent = self._lent
+        given: Conn | None = None
+        try:
+            with pool.connection(timeout=timeout) as conn:
+                assert isinstance(conn, BoundedConnection)
+                given = conn
+                lent.add(conn)
+                yield conn
+        finally:
+            # Given back: idle, closed, or held by another call (maybe not running yet).
+            # Under the pool's own lock: no call takes it from idle between look and discard
+            # (psycopg_pool's private ``_lock`` and idle deque ``_pool``, as of 3.3).
+            if given is not None:
+                with pool._lock:
+                    if given.closed or given in pool._pool:
+                        lent.discard(given)
 
     def _exhausted(
         self, exc: BaseException, attempts: int, ambiguous: bool, waited: float

@@ -212,8 +212,8 @@ class Heartbeat(ServesStore):
 
     def close(self) -> None:
         """Stop the thread and wait for it (the store is closing), then try once more the
-        final checkpoints a busy database refused (waiting up to the store's
-        ``busy_timeout``)."""
+        final checkpoints a busy database refused (waiting for the database once: the
+        store's ``busy_timeout``, or for a pooled connection; see :meth:`_write_pending`)."""
         with self._lock:
             self._closed = True
             pending = [b for b in self._beats.values() if b.persister.pending]
@@ -225,8 +225,8 @@ class Heartbeat(ServesStore):
         self._write_pending(pending, last=True)
 
     def write_pending(self) -> None:
-        """Try now, once more, the final checkpoints a busy database refused (waiting up to
-        the store's ``busy_timeout``): the process exits."""
+        """Try now, once more, the final checkpoints a busy database refused (waiting for
+        the database once, as :meth:`close`): the process exits."""
         with self._lock:
             pending = [b for b in self._beats.values() if b.persister.pending]
         self._write_pending(pending, last=True)
@@ -345,19 +345,26 @@ class Heartbeat(ServesStore):
 
     def _write_pending(self, beats: list[_Beat], *, last: bool = False) -> None:
         """Write the final checkpoints a busy database refused; a beat whose driver let it
-        go ends once its checkpoint is written (or found taken over)."""
+        go ends once its checkpoint is written (or found taken over).
+
+        As the store closes (``last``) one write waits for the database, until one is
+        refused: it is still busy, so the rest are tried once each without waiting (each
+        waiting in turn, ``close()`` took the wait once a reply, 15 s for 5 replies on a
+        pool a hung call held)."""
+        wait = last
         for beat in beats:
             persister = beat.persister
             try:
                 # Never waiting, but as the store closes (``last``): a wait here would
                 # hold up the renewals of every other reply of this worker.
-                written = persister.write_pending(wait=last)
+                written = persister.write_pending(wait=wait)
             except StoreClosedError:
                 raise
             except Exception:
                 _log.exception("writing the final checkpoint of %r failed", persister.reply_id)
                 written = False
             if written is None:
+                wait = False  # still busy: the others are not waited for again
                 if last:
                     _log.warning(
                         "the final checkpoint of reply %r could not be written (the database "

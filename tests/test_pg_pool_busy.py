@@ -205,3 +205,78 @@ def _until(done: Callable[[], bool], bound: float = BOUND) -> bool:
             return False
         threading.Event().wait(0.001)
     return True
+
+
+class Waiting(ScriptedModel):
+    """Shows one chunk, says so, then ends (``completed``) once ``go`` is set."""
+
+    def __init__(self, shown: threading.Semaphore, go: threading.Event) -> None:
+        super().__init__([])
+        self.shown = shown
+        self.go = go
+
+    def iter_chunks(self, request: Any) -> Iterator[Chunk]:
+        yield T(ChunkKind.TEXT, "hello")
+        self.shown.release()
+        assert self.go.wait(BOUND)
+        yield T(ChunkKind.DONE, finish_reason="stop")
+
+
+@pytest.mark.slow
+def test_closing_waits_once_for_a_pool_held_past_several_pending_replies(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Several replies' final writes were refused by a pool a hung call holds (a lock wait
+    with no ``lock_timeout``, say): ``store.close()`` tries each once more, but waits for the
+    pool once (1 s, the least a call waits), not once a reply: the first refusal shows the
+    pool still busy, so the others are tried without waiting, then given up and logged. Before
+    the fix each waited in turn: 5 replies on ``retry_budget=3`` took 15 s to close (the
+    reviewer's), here 4 replies 4 s."""
+    replies = 4
+    store = rxcontext.open(pg_url, retry_budget=0, pool_size=1)
+    patience = store._runner.patience
+    shown = threading.Semaphore(0)
+    go = threading.Event()
+    gate = threading.Event()
+    held = threading.Event()
+    errors: list[BaseException] = []
+    streams = []
+    try:
+        for i in range(replies):
+            cw = ContextWindow(store, Waiting(shown, go), f"c{i}", retry=None)
+            cw.add_prompt("go")
+            stream = threading.Thread(
+                target=lambda cw=cw, i=i: cw.stream(reply_id=f"r{i}").subscribe(
+                    lambda c: None, errors.append
+                ),
+                daemon=True,
+            )
+            stream.start()
+            streams.append(stream)
+        for _ in range(replies):
+            assert shown.acquire(timeout=BOUND)
+
+        def hung(conn: Any, _: bool) -> None:
+            held.set()
+            assert gate.wait(BOUND)
+
+        threading.Thread(target=lambda: store._runner.run(hung), daemon=True).start()
+        assert held.wait(BOUND)
+        go.set()  # every reply ends; its commit finds the pool held
+        for stream in streams:
+            stream.join(BOUND)
+        assert [type(e) for e in errors] == [StoreBusy] * replies, errors
+        with caplog.at_level("WARNING", logger="rxcontext"):
+            started = time.monotonic()
+            closing = threading.Thread(target=store.close, daemon=True)
+            closing.start()
+            closing.join(BOUND)
+            took = time.monotonic() - started
+        assert not closing.is_alive(), "store.close() hung"
+        given_up = [r for r in caplog.records if "could not be written" in r.getMessage()]
+        assert len(given_up) == replies, caplog.text
+        assert took < 2 * patience, f"close() took {took:.1f} s: it waited once a reply"
+    finally:
+        go.set()
+        gate.set()
+        store.close()

@@ -23,6 +23,7 @@ __all__ = [
     "ModelRefused",
     "NotADatabaseError",
     "OwnershipLost",
+    "PoolBusy",
     "ProviderError",
     "ReplyBusy",
     "ReplyExists",
@@ -82,7 +83,17 @@ class UnsupportedURL(StoreError, ValueError):
 
 
 class StoreBusy(StoreError):
-    """Another process held the database's write lock for longer than the store waits."""
+    """The database was busy for longer than the store waits, and a later attempt can
+    succeed: another process held SQLite's write lock past the
+    ``busy_timeout``, another session held a PostgreSQL lock past a ``lock_timeout`` you
+    set, or (:class:`PoolBusy`) every pooled PostgreSQL connection was busy with the
+    store's own other calls. A reply's final write refused so is kept and written later."""
+
+
+class PoolBusy(StoreBusy):
+    """Every pooled PostgreSQL connection (``pool_size``) stayed busy with the store's own
+    other calls for as long as a call waits for one: make fewer calls at once, or open the
+    store with a larger ``pool_size``. No other process is involved."""
 
 
 class SchemaTooNew(StoreError):

@@ -942,7 +942,7 @@ class ReplyPersister:
             except StoreBusy as busy:
                 # Kept (:attr:`pending`), and the reply held: the heartbeat writes it once
                 # the database is free.
-                refused = StoreBusy(
+                refused = type(busy)(  # PoolBusy stays PoolBusy (its own remedy)
                     f"{busy}; what was delivered is kept and written as the reply's checkpoint "
                     "(interrupted) as soon as the database can be written, while this process "
                     "runs or as the store closes"

@@ -21,6 +21,7 @@ from ..errors import (
     DeadlineExceeded,
     MissingDependency,
     NotADatabaseError,
+    PoolBusy,
     ProviderError,
     RxContextError,
     SchemaTooNew,
@@ -102,6 +103,8 @@ def describe(exc: BaseException, base_url: str | None, db: Path | None = None) -
         return str(exc), "pass --db with the path of an rxcontext database, or of a new file"
     if isinstance(exc, SchemaTooNew):
         return str(exc), "upgrade rxcontext (pip install -U rxcontext) to open this database"
+    if isinstance(exc, PoolBusy):  # the store's own calls, no other process
+        return str(exc), "make fewer calls at once, or open the store with a larger pool_size"
     if isinstance(exc, StoreBusy):
         return str(exc), "another process holds the database: let it finish, then try again"
     if isinstance(exc, StoreError) and str(exc).startswith(

@@ -45,7 +45,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .. import _forks
-from ..errors import StoreBusy, StoreClosedError, StoreError
+from ..errors import PoolBusy, StoreBusy, StoreClosedError, StoreError
 from .pg_deadline import BoundedConnection, Unanswered, at_work
 from .pg_url import ambiguous, redact_text
 
@@ -456,7 +456,7 @@ class Runner:
                 # Busy, not failing, as a refused lock is: a reply's final write is kept
                 # and written once a connection is free (unless this retry was settling
                 # a lost COMMIT: then what is stored is unknown, as for the lock).
-                busy = StoreError if ambiguous else StoreBusy
+                busy = StoreError if ambiguous else PoolBusy
                 return busy(
                     f"PostgreSQL at {self.where}: no pooled connection came free in"
                     f" {waited:.1f} s ({tried}): all {size} (pool_size) were busy with this"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,37 @@ def test_a_postgresql_database_error_gets_no_sqlite_file_hint(pg_url: str) -> No
     message, hint = describe(failed.value, None, Path(pg_url))
     assert message.startswith("database error on postgresql://") and "context_tools" in message
     assert "file" not in hint
+
+
+def test_a_pool_busy_with_the_stores_own_calls_is_not_told_as_another_process(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call that found every pooled connection busy with the store's other calls is told
+    to make fewer calls at once or use a larger ``pool_size`` (``PoolBusy``, a
+    ``StoreBusy``). Before the fix every ``StoreBusy`` got the hint for another process's
+    lock, "another process holds the database: let it finish", wrong here: no other process
+    is involved, and waiting for one changes nothing."""
+    from rxcontext.store import pg_run
+
+    monkeypatch.setattr(pg_run, "PATIENCE", 0.2)  # how long the call waits for the pool
+    gate = threading.Event()
+    held = threading.Event()
+
+    def holding(conn: object, _: bool) -> None:  # another of the store's calls, a slow one
+        held.set()
+        assert gate.wait(30)
+
+    with rxcontext.open(pg_url, retry_budget=0, pool_size=1) as store:
+        holder = threading.Thread(target=lambda: store._runner.run(holding), daemon=True)
+        holder.start()
+        try:
+            assert held.wait(30)
+            with pytest.raises(rxcontext.StoreBusy) as refused:
+                store.get_or_create_context("a")  # the store's only connection is held
+        finally:
+            gate.set()
+            holder.join(30)
+    assert isinstance(refused.value, rxcontext.PoolBusy), repr(refused.value)
+    message, hint = describe(refused.value, None, Path(pg_url))
+    assert "(pool_size) were busy" in message, message
+    assert "pool_size" in hint and "another process" not in hint, hint

@@ -79,6 +79,9 @@ __all__ = [
 _log = logging.getLogger("rxcontext.heartbeat")
 
 STOP_POLL = 0.25
+RETRY_EVERY = 0.05
+"""Seconds between the rounds in which a closing store tries again, without waiting, the
+final checkpoints a busy database refused (see :meth:`Heartbeat._write_pending`)."""
 LINGER = 5.0
 """Seconds the thread waits for the next reply after the last one ended: replies one after
 another then share one thread (starting one costs ~120 µs of a reply's time to first
@@ -347,36 +350,65 @@ class Heartbeat(ServesStore):
         """Write the final checkpoints a busy database refused; a beat whose driver let it
         go ends once its checkpoint is written (or found taken over).
 
-        As the store closes (``last``) one write waits for the database, until one is
-        refused: it is still busy, so the rest are tried once each without waiting (each
-        waiting in turn, ``close()`` took the wait once a reply, 15 s for 5 replies on a
-        pool a hung call held)."""
+        Never waiting but as the store closes (``last``): a wait here would hold up the
+        renewals of every other reply of this worker. As it closes, the first write waits
+        for the database (``busy_timeout``, or for a pooled connection); once one is refused
+        the database is still busy, so none waits again (each waiting in turn, ``close()``
+        took the wait once a reply, 15 s for 5 replies on a pool a hung call held), but every
+        write still pending, the refused one included, is tried again without waiting, in
+        rounds :data:`RETRY_EVERY` apart, until as long again as that first wait took (a
+        lock that goes meanwhile loses nothing); what is still refused then is given up and
+        logged. A write failing otherwise (the server down) ends the rounds: the rest get
+        their try without waiting."""
         wait = last
-        for beat in beats:
-            persister = beat.persister
-            try:
-                # Never waiting, but as the store closes (``last``): a wait here would
-                # hold up the renewals of every other reply of this worker.
-                written = persister.write_pending(wait=wait)
-            except StoreClosedError:
-                raise
-            except Exception:
-                _log.exception("writing the final checkpoint of %r failed", persister.reply_id)
-                written = False
-            if written is None:
-                wait = False  # still busy: the others are not waited for again
-                if last:
-                    _log.warning(
-                        "the final checkpoint of reply %r could not be written (the database "
-                        "is still busy: locked by another session, or every pooled connection "
-                        "in use): it holds its last periodic write",
-                        persister.reply_id,
-                    )
-                    persister.release_hold()  # given up: the lease decides from here
-                continue
-            with self._lock:
-                if beat.released:
-                    self._beats.pop(id(persister), None)
+        deadline: float | None = None  # the rounds' end, from the first refusal
+        left = beats
+        while True:
+            refused: list[_Beat] = []
+            for beat in left:
+                persister = beat.persister
+                began = time.monotonic()
+                try:
+                    written = persister.write_pending(wait=wait)
+                except StoreClosedError:
+                    raise
+                except Exception:
+                    _log.exception("writing the final checkpoint of %r failed", persister.reply_id)
+                    written = False
+                    if last:
+                        wait = False  # the store fails as a whole: nobody waits for it
+                        deadline = time.monotonic()
+                if written is None:
+                    refused.append(beat)
+                    if wait:
+                        wait = False  # still busy: no write waits again
+                        now = time.monotonic()
+                        deadline = now + (now - began)
+                        _log.info(
+                            "the database is still busy: trying the %d final checkpoint(s) "
+                            "left again without waiting, for %.2g s more",
+                            len(left) - left.index(beat),
+                            now - began,
+                        )
+                    continue
+                with self._lock:
+                    if beat.released:
+                        self._beats.pop(id(persister), None)
+            if not last or not refused:
+                return
+            left = refused
+            pause = (deadline if deadline is not None else 0.0) - time.monotonic()
+            if pause <= 0:
+                break
+            time.sleep(min(RETRY_EVERY, pause))
+        for beat in left:
+            _log.warning(
+                "the final checkpoint of reply %r could not be written (the database is still "
+                "busy: locked by another session, or every pooled connection in use): it "
+                "holds its last periodic write",
+                beat.persister.reply_id,
+            )
+            beat.persister.release_hold()  # given up: the lease decides from here
 
     def _fence(self, beats: list[_Beat], now: float) -> None:
         """Give up the replies whose lease may have run out by this process's clock, unless

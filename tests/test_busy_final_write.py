@@ -26,6 +26,7 @@ Synchronisation is by lines on the child's stdout/stdin; every wait is bounded.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import signal
@@ -46,6 +47,7 @@ from rxcontext import (
     RecordType,
     ReplyBusy,
     ReplyState,
+    StoreBusy,
 )
 from rxcontext.providers import ScriptedModel
 
@@ -441,3 +443,100 @@ def test_stats_never_count_a_held_reply_completed_under_their_read_as_open(
     finally:
         owner.close()
         reader.close()
+
+
+class _Waiting(ScriptedModel):
+    """Shows one chunk, says so, then ends (``completed``) once ``go`` is set."""
+
+    def __init__(self, shown: threading.Semaphore, go: threading.Event) -> None:
+        super().__init__([])
+        self.shown = shown
+        self.go = go
+
+    def iter_chunks(self, request: Any) -> Any:
+        yield Chunk(ChunkKind.TEXT, "hello")
+        self.shown.release()
+        assert self.go.wait(WAIT)
+        yield Chunk(ChunkKind.DONE, finish_reason="stop")
+
+
+class _OnFirstRecord(logging.Handler):
+    """Runs ``then`` (once) at the first record the heartbeat logs."""
+
+    def __init__(self, then: Any) -> None:
+        super().__init__(logging.INFO)
+        self.then = then
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        if len(self.records) == 1:
+            self.then()
+
+
+def test_closing_writes_every_pending_reply_once_the_lock_goes_soon_after_the_first_wait(
+    tmp_path: Any,
+) -> None:
+    """Three replies' final writes were refused by another connection's lock; the lock goes
+    just after ``store.close()``'s first write waited ``busy_timeout`` and was refused (the
+    first thing the heartbeat logs). Every reply's text is stored: after the first refusal
+    ``close()`` keeps trying all the pending writes, the refused one included, without
+    waiting, until about one ``busy_timeout`` more. Before the fix the refused one was given
+    up at once and the others were tried once each (the reviewer's sqlite_close.py, lock gone
+    1.5 s into close() with busy_timeout=1: all three lost; before e0fead0 r0 alone)."""
+    replies = 3
+    db = str(tmp_path / "db.sqlite")
+    store = rxcontext.open(db, busy_timeout=0.08, lease_ttl=1.0)
+    shown = threading.Semaphore(0)
+    go = threading.Event()
+    errors: list[BaseException] = []
+    streams = []
+    lock = sqlite3.connect(db, timeout=10, check_same_thread=False)
+    released = threading.Event()
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            lock.commit()
+
+    handler = _OnFirstRecord(release)
+    logger = logging.getLogger("rxcontext.heartbeat")
+    level = logger.level
+    try:
+        for i in range(replies):
+            cw = ContextWindow(store, _Waiting(shown, go), f"c{i}", retry=None)
+            cw.add_prompt("go")
+            stream = threading.Thread(
+                target=lambda cw=cw, i=i: cw.stream(reply_id=f"r{i}").subscribe(
+                    lambda c: None, errors.append
+                ),
+                daemon=True,
+            )
+            stream.start()
+            streams.append(stream)
+        for _ in range(replies):
+            assert shown.acquire(timeout=WAIT)
+        lock.execute("BEGIN IMMEDIATE")
+        go.set()  # every reply ends; its commit, then its failure's checkpoint, are refused
+        for stream in streams:
+            stream.join(WAIT)
+            assert not stream.is_alive()
+        assert len(errors) == replies and all(isinstance(e, StoreBusy) for e in errors), errors
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        store.close()
+        assert released.is_set(), "close() logged nothing: no write was refused"
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        go.set()
+        release()
+        lock.close()
+        store.close()
+    given_up = [r for r in handler.records if "could not be written" in r.getMessage()]
+    assert given_up == [], [r.getMessage() for r in given_up]
+    with rxcontext.open(db) as again:
+        for i in range(replies):
+            checkpoint = again.find_reply(f"r{i}")
+            assert checkpoint is not None, f"r{i}"
+            assert (checkpoint.state, checkpoint.text) == (ReplyState.INTERRUPTED, "hello"), i

@@ -90,9 +90,25 @@ class deferred:  # lower case: used as ``with deferred():``, as when it was a fu
         global _depth
         _depth = 0
         saved = self._saved
-        for signum, handler in saved.items():
-            _setsignal(signum, handler)
-        _run_all(saved, self._pending)
+        left = list(saved.items())
+        came: BaseException | None = None
+        while left:
+            # A signal landing once its handler is back raises here (Ctrl-C): the others
+            # go back all the same (before, SIGTERM's stayed this write's holder for good).
+            try:
+                while left:
+                    signum, handler = left[-1]
+                    _setsignal(signum, handler)
+                    left.pop()
+            except BaseException as error:
+                came = error if came is None else came
+        if came is None:
+            _run_all(saved, self._pending)
+            return
+        try:  # what was held came first; then what came as the handlers went back
+            _run_all(saved, self._pending)
+        finally:
+            raise came
 
 
 def _add(pending: list[tuple[int, FrameType | None]], signum: int, frame: FrameType | None) -> bool:

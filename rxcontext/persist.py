@@ -441,7 +441,13 @@ class ReplyPersister:
         me = worker_id()
         # The SQLite store's ticket-only begin: the same row, without the Checkpoint
         # begin_reply builds from it (only its id and position are used here).
+        # (Only where begin_reply is the store's own: a subclass's, a wrapper's or one set
+        # on the instance does more than the row, and is called.)
         ticket_only = getattr(self.store, "begin_reply_ticket", None)
+        if ticket_only is not None and (
+            getattr(self.store.begin_reply, "__func__", None) is not ticket_only.plain
+        ):
+            ticket_only = None
         with deferred():
             if ticket_only is not None:
                 checkpoint_id, pos = ticket_only(self.context_id, reply_id, me)

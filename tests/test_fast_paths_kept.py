@@ -30,7 +30,25 @@ from rxcontext.providers.base import Request
 from rxcontext.records import Record
 
 
-def test_a_store_subclass_begin_reply_is_called_for_every_reply(tmp_path: Any) -> None:
+class _Proxy:
+    """A store wrapper that forwards what it does not override."""
+
+    def __init__(self, inner: SQLiteStore, calls: list[str]) -> None:
+        self._inner = inner
+        self._calls = calls
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def begin_reply(self, context_id: str, reply_id: str, *, owner: str) -> Any:
+        self._calls.append(reply_id)
+        return self._inner.begin_reply(context_id, reply_id, owner=owner)
+
+
+@pytest.mark.parametrize("how", ["subclass", "on-the-instance", "wrapper"])
+def test_a_stores_own_begin_reply_is_called_for_every_reply(tmp_path: Any, how: str) -> None:
+    """A subclass's, one set on the instance (a timer, a test's monkeypatch) and a
+    wrapper's ``begin_reply`` are called: the ticket-only begin skipped each."""
     calls: list[str] = []
 
     class Audited(SQLiteStore):
@@ -38,7 +56,22 @@ def test_a_store_subclass_begin_reply_is_called_for_every_reply(tmp_path: Any) -
             calls.append(reply_id)
             return super().begin_reply(context_id, reply_id, owner=owner)
 
-    store = Audited(str(tmp_path / "s.db"))
+    if how == "subclass":
+        store: Any = Audited(str(tmp_path / "s.db"))
+        inner = store
+    else:
+        inner = SQLiteStore(str(tmp_path / "s.db"))
+        if how == "wrapper":
+            store = _Proxy(inner, calls)
+        else:
+            store = inner
+            plain = inner.begin_reply
+
+            def timed(context_id: str, reply_id: str, *, owner: str) -> Any:
+                calls.append(reply_id)
+                return plain(context_id, reply_id, owner=owner)
+
+            inner.begin_reply = timed  # type: ignore[method-assign]
     try:
         model = ScriptedModel(
             [[Chunk(ChunkKind.TEXT, "a"), Chunk(ChunkKind.DONE)]], repeat_last=True
@@ -48,7 +81,7 @@ def test_a_store_subclass_begin_reply_is_called_for_every_reply(tmp_path: Any) -
         assert cw.call(reply_id="r1").text == "a"
         assert calls == ["r1"]
     finally:
-        store.close()
+        inner.close()
 
 
 def test_hand_written_constructors_keep_none_and_the_fresh_default() -> None:
@@ -75,7 +108,7 @@ class _Hit(BaseException):
 @pytest.mark.slow
 @pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 @pytest.mark.parametrize("which", ["_read", "at_once", "_tx"])
-def test_a_ctrl_c_anywhere_in_a_store_block_never_leaves_its_lock_held(
+def test_a_ctrl_c_anywhere_in_a_store_block_never_leaves_its_lock_or_settings_held(
     tmp_path: Any, which: str
 ) -> None:
     store = SQLiteStore(str(tmp_path / "x.db"))
@@ -94,6 +127,16 @@ def test_a_ctrl_c_anywhere_in_a_store_block_never_leaves_its_lock_held(
             signal.pthread_kill(main, signal.SIGINT)
 
     block = {"_read": store._read, "at_once": store.at_once, "_tx": store._tx}[which]
+    db = store._db()
+    want = (
+        db.execute("PRAGMA busy_timeout").fetchone()[0],
+        db.execute("PRAGMA wal_autocheckpoint").fetchone()[0],
+    )
+
+    def term(signum: int, frame: Any) -> None:
+        pass
+
+    old_term = signal.signal(signal.SIGTERM, term)
     old = signal.signal(signal.SIGINT, handler)
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
@@ -118,10 +161,59 @@ def test_a_ctrl_c_anywhere_in_a_store_block_never_leaves_its_lock_held(
             if store._at_once is not None:
                 leaks.append("at_once")
                 store._at_once = None
+            db = store._db()
+            pragmas = (
+                db.execute("PRAGMA busy_timeout").fetchone()[0],
+                db.execute("PRAGMA wal_autocheckpoint").fetchone()[0],
+            )
+            if pragmas != want:  # at_once's, put back
+                leaks.append(f"pragmas {pragmas}")
+                db.execute(f"PRAGMA busy_timeout = {want[0]}")
+                db.execute(f"PRAGMA wal_autocheckpoint = {want[1]}")
+            if signal.getsignal(signal.SIGTERM) is not term:
+                leaks.append("sigterm")
+                signal.signal(signal.SIGTERM, term)
     finally:
         done.set()
         thread.join(5)
         signal.signal(signal.SIGINT, old)
+        signal.signal(signal.SIGTERM, old_term)
         store.close()
     assert hits >= 50, hits  # (the signals did land)
     assert leaks == [], (which, hits, leaks)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_a_ctrl_c_as_a_write_puts_the_handlers_back_puts_every_one_back(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """A Ctrl-C landing once SIGINT's handler is back, before SIGTERM's is: the write's
+    holding handler stayed SIGTERM's for good (the program's own never ran again)."""
+    from rxcontext import _signals
+
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    got: list[int] = []
+    old_term = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    real = _signals._setsignal
+    sent: list[bool] = []
+
+    def setsignal(signum: int, handler: Any) -> Any:
+        done = real(signum, handler)
+        if signum == signal.SIGINT and handler is signal.default_int_handler and not sent:
+            sent.append(True)
+            signal.raise_signal(signal.SIGINT)  # lands at the next bytecode
+        return done
+
+    monkeypatch.setattr(_signals, "_setsignal", setsignal)
+    try:
+        with pytest.raises(KeyboardInterrupt), store._tx() as db:
+            db.execute("SELECT 1")
+        assert sent
+        monkeypatch.setattr(_signals, "_setsignal", real)
+        assert signal.getsignal(signal.SIGTERM) is not None
+        assert getattr(signal.getsignal(signal.SIGTERM), "__self__", None) is None
+        signal.raise_signal(signal.SIGTERM)
+        assert got == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        store.close()

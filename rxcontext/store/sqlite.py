@@ -476,9 +476,12 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
                 self._at_once = threading.get_ident()
                 yield True
             finally:
-                self._at_once = None
-                db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-                db.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}")
+                # Signals held: a Ctrl-C between the two left the WAL never checkpointed
+                # again (wal_autocheckpoint 0, the WAL growing without bound).
+                with deferred():
+                    self._at_once = None
+                    db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                    db.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}")
         finally:
             self._lock.release()
 

@@ -140,6 +140,7 @@ class Heartbeat(ServesStore):
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._at_close: set[int] = set()  # the pending replies close() writes (or logs)
         self._poked = False
         self.renewals = 0
         """Renewal writes made (for tests)."""
@@ -201,11 +202,18 @@ class Heartbeat(ServesStore):
                 beat.released = True
                 return
             self._beats.pop(id(persister), None)
+            late = self._closed and persister.pending and id(persister) not in self._at_close
             if persister.finished:
                 # The fence (a method of the beat, which holds the persister) is a cycle
                 # only the cyclic collector would free; an ended reply commits nothing more.
                 persister.fence = None
         persister.release_hold()  # no final write under way any more (if one held it)
+        if late:  # refused once the store had begun to close: nothing will write it
+            _log.warning(
+                "the final checkpoint of reply %r could not be written (the database was "
+                "busy and the store closed meanwhile): it holds its last periodic write",
+                persister.reply_id,
+            )
 
     def poke(self) -> None:
         """Look for stop requests now (a fast channel's hint arrived)."""
@@ -220,6 +228,7 @@ class Heartbeat(ServesStore):
         with self._lock:
             self._closed = True
             pending = [b for b in self._beats.values() if b.persister.pending]
+            self._at_close = {id(b.persister) for b in pending}
             self._beats.clear()
             self._wake.notify_all()
             thread = self._thread
@@ -383,12 +392,15 @@ class Heartbeat(ServesStore):
                     if wait:
                         wait = False  # still busy: no write waits again
                         now = time.monotonic()
-                        deadline = now + (now - began)
+                        # As long again as it waited, at most the store's own wait: the
+                        # time also counts a queue behind other replies' own final writes.
+                        more = min(now - began, _wait_of(self.store, now - began))
+                        deadline = now + more
                         _log.info(
                             "the database is still busy: trying the %d final checkpoint(s) "
                             "left again without waiting, for %.2g s more",
                             len(left) - left.index(beat),
-                            now - began,
+                            more,
                         )
                     continue
                 with self._lock:
@@ -554,3 +566,12 @@ def request_stop(store: Store, reply_id: str) -> bool:
     if here is not None:
         here.poke()  # the owner may be this process: no need to wait for its poll
     return True
+
+
+def _wait_of(store: Any, otherwise: float) -> float:
+    """How long ``store`` waits for a busy database: SQLite's ``busy_timeout``, or
+    PostgreSQL's wait for a pooled connection or a lock (``otherwise`` if neither)."""
+    wait = getattr(store, "busy_timeout", None)
+    if wait is None:
+        wait = getattr(getattr(store, "_runner", None), "patience", None)
+    return float(wait) if isinstance(wait, int | float) else otherwise

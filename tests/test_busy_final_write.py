@@ -540,3 +540,61 @@ def test_closing_writes_every_pending_reply_once_the_lock_goes_soon_after_the_fi
             checkpoint = again.find_reply(f"r{i}")
             assert checkpoint is not None, f"r{i}"
             assert (checkpoint.state, checkpoint.text) == (ReplyState.INTERRUPTED, "hello"), i
+
+
+def test_closing_tries_again_for_at_most_the_stores_own_wait(tmp_path: Any) -> None:
+    """The no-wait rounds after close()'s first refusal last as long again as that first
+    write waited, at most the store's ``busy_timeout``: the first write's time also counted
+    its queue behind the store's lock (other replies' own final writes, waiting in turn),
+    and close() then went on trying for that long (6.7 s more for 8 replies with
+    ``busy_timeout=0.5``, a review's repro). Here the queue is the store's lock, held by
+    another thread for a moment as close() begins."""
+    db = str(tmp_path / "db.sqlite")
+    store = rxcontext.open(db, busy_timeout=0.05, lease_ttl=1.0)
+    shown = threading.Semaphore(0)
+    go = threading.Event()
+    errors: list[BaseException] = []
+    lock = sqlite3.connect(db, timeout=10, check_same_thread=False)
+    handler = _OnFirstRecord(lambda: None)
+    logger = logging.getLogger("rxcontext.heartbeat")
+    level = logger.level
+    holding = threading.Event()
+    let_go = threading.Event()
+
+    def hold_the_store() -> None:
+        with store._read():  # the queue: another reply's final write under way
+            holding.set()
+            let_go.wait(WAIT)
+
+    try:
+        cw = ContextWindow(store, _Waiting(shown, go), "c", retry=None)
+        cw.add_prompt("go")
+        stream = threading.Thread(
+            target=lambda: cw.stream(reply_id="r").subscribe(lambda c: None, errors.append),
+            daemon=True,
+        )
+        stream.start()
+        assert shown.acquire(timeout=WAIT)
+        lock.execute("BEGIN IMMEDIATE")
+        go.set()
+        stream.join(WAIT)
+        assert not stream.is_alive()
+        assert len(errors) == 1 and isinstance(errors[0], StoreBusy), errors
+        holder = threading.Thread(target=hold_the_store, daemon=True)
+        holder.start()
+        assert holding.wait(WAIT)
+        # The store's lock goes 0.3 s on: the first write queues that long, then waits 0.05 s.
+        threading.Timer(0.3, let_go.set).start()
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        store.close()
+        holder.join(WAIT)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        let_go.set()
+        lock.close()
+        store.close()
+    [busy] = [r for r in handler.records if "still busy: trying" in r.getMessage()]
+    more = busy.args[1]  # type: ignore[index]
+    assert 0 < more <= 0.05, busy.getMessage()

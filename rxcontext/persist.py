@@ -445,7 +445,8 @@ class ReplyPersister:
         # on the instance does more than the row, and is called.)
         ticket_only = getattr(self.store, "begin_reply_ticket", None)
         if ticket_only is not None and (
-            getattr(self.store.begin_reply, "__func__", None) is not ticket_only.plain
+            getattr(self.store.begin_reply, "__func__", None)
+            is not getattr(ticket_only, "plain", ticket_only)
         ):
             ticket_only = None
         with deferred():

@@ -476,12 +476,27 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
                 self._at_once = threading.get_ident()
                 yield True
             finally:
-                # Signals held: a Ctrl-C between the two left the WAL never checkpointed
-                # again (wal_autocheckpoint 0, the WAL growing without bound).
-                with deferred():
-                    self._at_once = None
-                    db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-                    db.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}")
+                # Both put back even if a Ctrl-C lands among them (raised once both ran): a
+                # Ctrl-C between them left the WAL never checkpointed again (the WAL grew
+                # without bound). Not a function, nor deferred(): a call's entry is where a
+                # signal's handler runs, and that would be before the loop.
+                self._at_once = None
+                back = [
+                    f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}",
+                    f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}",
+                ]
+                came: BaseException | None = None
+                while back:
+                    try:
+                        while back:
+                            db.execute(back[-1])  # (again after a Ctrl-C: the same value)
+                            back.pop()
+                    except sqlite3.Error:
+                        raise
+                    except BaseException as error:
+                        came = error if came is None else came
+                if came is not None:
+                    raise came
         finally:
             self._lock.release()
 

@@ -470,6 +470,13 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             if db is None or self._at_once is not None:  # closed, or this thread is in one
                 yield False
                 return
+            # Made before: a signal's handler runs at a call (an int(), an f-string's
+            # format), so the finally must start with the loop.
+            back = [
+                f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}",
+                f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}",
+            ]
+            came: BaseException | None = None
             try:  # (a signal between the two PRAGMAs still finds them restored)
                 db.execute("PRAGMA busy_timeout = 0")
                 db.execute("PRAGMA wal_autocheckpoint = 0")
@@ -481,11 +488,6 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
                 # without bound). Not a function, nor deferred(): a call's entry is where a
                 # signal's handler runs, and that would be before the loop.
                 self._at_once = None
-                back = [
-                    f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}",
-                    f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}",
-                ]
-                came: BaseException | None = None
                 while back:
                     try:
                         while back:

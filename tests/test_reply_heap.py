@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 from pathlib import Path
 
 import rxcontext
@@ -123,3 +124,65 @@ def test_a_periodic_write_leaves_no_tracked_object_a_reply(tmp_path: Path) -> No
     # may make objects of their own while a tick is counted, never fewer (1.16 a tick
     # before the fix, every tick; 0.56 once at a load of 15 with 0.2 the tick before).
     assert min(left[1:]) < 0.5, f"{left} tracked objects a reply left by each tick"
+
+
+def test_a_periodic_tick_holds_few_tracked_objects_a_reply(tmp_path: Path) -> None:
+    """While a tick writes every streaming reply at once, what it holds per reply until its
+    transaction ends is alive at every collection the tick sets off: the generation-1 passes
+    promote it to the oldest generation (5,000 streams: thousands a tick toward a full pass
+    over the whole heap, which stops the event loop). Counted with the collector off: the
+    most tracked objects alive at once during the tick, sampled at every call and return
+    (docs/benchmarks.md, "a tick's objects"). 5.0 a reply before: the draft, two pair
+    tuples, and the bulk statement's two row tuples."""
+    every = 3600.0  # the checkpointer's own thread never ticks in the test's time
+    replies = 200
+    with rxcontext.open(tmp_path / "heap.db") as store:
+        windows = []
+        for i in range(replies):
+            chunks = [Chunk(ChunkKind.TEXT, f"[{i}:{k}] ") for k in range(3)]
+            chunks.append(Chunk(ChunkKind.DONE, usage=Usage.of(3, 3), finish_reason="stop"))
+            model = ScriptedModel([chunks])
+            cw = ContextWindow(store, model, context=f"c{i}", checkpoint_every=every)
+            cw.add_prompt("Write.")
+            windows.append(cw)
+        checkpointer = checkpointer_for(store, every)
+
+        async def main() -> list[float]:
+            streams = [cw.astream() for cw in windows]
+            peaks: list[float] = []
+            was_enabled = gc.isenabled()
+            try:
+                for _ in range(2):  # the first tick makes what a reply keeps to its end
+                    for stream in streams:  # each reply has new text: each tick writes it
+                        assert (await anext(stream)).text.startswith("[")
+                    peak = 0
+
+                    def sample(frame: object, event: str, arg: object) -> None:
+                        nonlocal peak
+                        peak = max(peak, gc.get_count()[0])
+
+                    gc.collect()
+                    gc.disable()
+                    sys.setprofile(sample)
+                    try:
+                        checkpointer.tick()
+                    finally:
+                        sys.setprofile(None)
+                        gc.enable()
+                    peaks.append(peak / replies)
+                for stream in streams:
+                    async for _ in stream:
+                        pass
+            finally:
+                if was_enabled:
+                    gc.enable()
+                else:
+                    gc.disable()
+            return peaks
+
+        peaks = asyncio.run(main())
+        for i, cw in enumerate(windows):
+            assert cw.live_records()[-1].content == "".join(f"[{i}:{k}] " for k in range(3))
+            assert not cw.checkpoints()
+    assert checkpointer.ticks >= 2
+    assert peaks[-1] < 2.5, f"{peaks} tracked objects alive at once a reply during each tick"

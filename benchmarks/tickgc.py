@@ -12,8 +12,8 @@ Per tick, per reply written (the last tick; the first ones make what a reply kee
 - ``promoted``: objects that survived the generation-1 passes run during the tick with the
   default thresholds, i.e. moved to the oldest generation; each counts toward Python 3.11's
   full-pass trigger (promotions since the last full pass > 25 % of the oldest generation);
-  counted with ``gc.callbacks`` as the young generations' size at a pass's start minus
-  what it collected;
+  counted with ``gc.callbacks`` as the oldest generation's growth over each generation-1
+  pass (tuples of atoms the pass untracks are not promoted, and not counted);
 - ``left``: tracked objects still alive after the tick and a generation-0 pass.
 
 Prints JSON.
@@ -64,18 +64,18 @@ def _peak_during(fn: Any) -> int:
 def _promoted_during(fn: Any) -> dict[str, int]:
     """Survivors of the generation-1 passes run while ``fn()`` runs (default thresholds)."""
     counts = {"gen0_passes": 0, "gen1_passes": 0, "gen2_passes": 0, "promoted": 0}
-    young = 0
+    oldest = 0
 
     def on_collect(phase: str, info: dict[str, Any]) -> None:
-        nonlocal young
+        nonlocal oldest
         generation = info["generation"]
         if phase == "start":
             if generation == 1:
-                young = len(gc.get_objects(0)) + len(gc.get_objects(1)) - 1  # the list
+                oldest = len(gc.get_objects(2))
         else:
             counts[f"gen{generation}_passes"] += 1
             if generation == 1:
-                counts["promoted"] += young - info["collected"]
+                counts["promoted"] += len(gc.get_objects(2)) - oldest
 
     gc.collect()
     gc.callbacks.append(on_collect)

@@ -23,7 +23,8 @@ import os
 import threading
 import time
 import weakref
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
 
 from reactivex import abc
 from reactivex.scheduler import VirtualTimeScheduler
@@ -31,7 +32,7 @@ from reactivex.scheduler import VirtualTimeScheduler
 from . import _forks
 from .errors import CheckpointNotFound, ContextNotFound, OwnershipLost, StoreClosedError
 from .persist import ReplyPersister
-from .store.base import CheckpointDraft, Store
+from .store.base import CheckpointDraft, ReplyTicket, Store
 
 __all__ = ["LINGER", "Checkpointer", "checkpointer_for"]
 
@@ -152,7 +153,13 @@ class Checkpointer(ServesStore):
         self.ticks += 1
         with self._lock:
             replies = list(self._replies.values())
-        batch: list[tuple[ReplyPersister, CheckpointDraft]] = []
+        # Two lists side by side, not a pair a reply: everything the tick makes per reply
+        # lives until its transaction ends, through every collector pass its own
+        # allocations set off, and so is promoted to the oldest generation: thousands a
+        # tick, toward a full pass over the whole heap (docs/benchmarks.md, "a tick's
+        # objects"). The store gets its pairs one at a time (_Writes).
+        written_by: list[ReplyPersister] = []
+        drafts: list[CheckpointDraft] = []
         for persister in replies:
             if not persister.periodic_lock():
                 continue  # its final write is happening right now
@@ -164,26 +171,25 @@ class Checkpointer(ServesStore):
             if draft is None:
                 persister.periodic_done(None, None)
             else:
-                batch.append((persister, draft))
+                written_by.append(persister)
+                drafts.append(draft)
         results: list[bool] | None = None
         try:
-            if batch:
-                assert all(p.ticket is not None for p, _ in batch)
-                results = self.store.save_checkpoints(
-                    [(p.ticket, d) for p, d in batch]  # type: ignore[misc]
-                )
+            if drafts:
+                assert all(p.ticket is not None for p in written_by)
+                results = self.store.save_checkpoints(_Writes(written_by, drafts))
         except StoreClosedError:
             results = None
         except Exception:
             _log.exception("periodic checkpoint write failed; retrying at the next interval")
             results = None
         finally:
-            for i, (persister, draft) in enumerate(batch):
+            for i, persister in enumerate(written_by):
                 written = results[i] if results is not None else None
                 if written is False and not persister.finished:  # not a reply just committed
                     persister.lost = _why_lost(self.store, persister)
-                persister.periodic_done(draft, written)
-        for persister, _ in batch:
+                persister.periodic_done(drafts[i], written)
+        for persister in written_by:
             # A long backlog is written a bounded part at a time (ReplyPersister._draft).
             while persister.behind():
                 if not self._write_one(persister):
@@ -211,6 +217,38 @@ class Checkpointer(ServesStore):
                 persister.lost = _why_lost(self.store, persister)
             persister.periodic_done(draft, written)
         return bool(written)
+
+
+class _Writes(Sequence[tuple[ReplyTicket, CheckpointDraft]]):
+    """A tick's ``(ticket, draft)`` pairs for :meth:`Store.save_checkpoints`, each made when
+    read (and let go of at once) rather than all held until the transaction ends."""
+
+    __slots__ = ("_drafts", "_persisters")
+
+    def __init__(self, persisters: list[ReplyPersister], drafts: list[CheckpointDraft]) -> None:
+        self._persisters = persisters
+        self._drafts = drafts
+
+    def __len__(self) -> int:
+        return len(self._drafts)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[ReplyTicket, CheckpointDraft]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[tuple[ReplyTicket, CheckpointDraft]]: ...
+    def __getitem__(
+        self, i: int | slice
+    ) -> tuple[ReplyTicket, CheckpointDraft] | list[tuple[ReplyTicket, CheckpointDraft]]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        ticket = self._persisters[i].ticket
+        assert ticket is not None
+        return ticket, self._drafts[i]
+
+    def __iter__(self) -> Iterator[tuple[ReplyTicket, CheckpointDraft]]:
+        for persister, draft in zip(self._persisters, self._drafts, strict=True):
+            assert persister.ticket is not None
+            yield persister.ticket, draft
 
 
 def _why_lost(store: Store, persister: ReplyPersister) -> OwnershipLost | ContextNotFound:

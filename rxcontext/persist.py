@@ -312,7 +312,11 @@ class ReplyPersister:
     # write appends what came after (taken from the builder, never kept twice).
     _text_mark = 0
     _thinking_mark = 0
-    _inflight = (0, 0)  # the marks once the write being made lands
+    # The marks once the write being made lands. Plain ints, not a pair: a tick makes these
+    # for every streaming reply, and a new tuple each is one more tracked object a reply
+    # toward the tick's collector passes (docs/benchmarks.md, "a tick's objects").
+    _inflight_text = 0
+    _inflight_thinking = 0
     # The builder let go of the text (thinking) before the text (thinking) mark (a long
     # reply on a store that commits it from the checkpoint's parts: _let_go_landed); the
     # commit does so.
@@ -320,9 +324,10 @@ class ReplyPersister:
     _thinking_from_parts = False
     # A long backlog is written a bounded part at a time (not joined whole beside the
     # builder's blocks): the checkpointer writes again while the text mark is behind
-    # where the text stood at its tick's first write (_catch_to).
+    # where the text stood at its tick's first write (_catch_text, _catch_thinking).
     _behind = False
-    _catch_to = (0, 0)  # text, thinking
+    _catch_text = 0
+    _catch_thinking = 0
     _let_go_due = False  # a landed write's text to let go of, at attend()
     _flush_due = False  # the timer found the driver busy: it writes, at attend()
     _grown = False  # a long reply grew by a part since: it writes, at attend()
@@ -568,14 +573,14 @@ class ReplyPersister:
         if cap is not None and b.text_length() - self._text_mark > cap:
             text = b.text_slice(self._text_mark, cap)
             text_end = self._text_mark + len(text)
-            self._behind = text_end < self._catch_to[0]
+            self._behind = text_end < self._catch_text
             self._written = -1  # the rest is still to write
         else:
             text, text_end = b.text_from(self._text_mark)
         if cap is not None and b.thinking_length() - self._thinking_mark > cap:
             thinking = b.thinking_slice(self._thinking_mark, cap)
             thinking_end = self._thinking_mark + len(thinking)
-            self._behind = self._behind or thinking_end < self._catch_to[1]
+            self._behind = self._behind or thinking_end < self._catch_thinking
             self._written = -1
         else:
             thinking, thinking_end = b.thinking_from(self._thinking_mark)
@@ -591,7 +596,7 @@ class ReplyPersister:
         if thinking and "\ud800" <= thinking[-1] <= "\udbff":
             held["thinking"] = ord(thinking[-1])
             thinking, thinking_end = thinking[:-1], thinking_end - 1
-        self._inflight = (text_end, thinking_end)
+        self._inflight_text, self._inflight_thinking = text_end, thinking_end
         self._inflight_pairs = _pairs_in(thinking, self._thinking_mark)
         delivered = b.chunks - self._seeded
         split = self._usage_by_model()
@@ -641,10 +646,17 @@ class ReplyPersister:
 
     def _landed(self) -> None:
         """The write :meth:`_draft` made is stored: the checkpoint holds its text now."""
-        self._text_mark, self._thinking_mark = self._inflight
+        self._text_mark, self._thinking_mark = self._inflight_text, self._inflight_thinking
         if self._inflight_pairs:
             self._pairs = [*self._pairs, *self._inflight_pairs]
             self._inflight_pairs = ()
+
+    def _nothing_inflight(self) -> bool:
+        """The write :meth:`_draft` made moves no mark (only a pair's high half was left)."""
+        return (
+            self._inflight_text == self._text_mark
+            and self._inflight_thinking == self._thinking_mark
+        )
 
     def _cap(self) -> int | None:
         """The most characters of text, and of thinking, a periodic write takes (see
@@ -663,11 +675,13 @@ class ReplyPersister:
         land stops it: the commit takes the rest from the builder."""
         assert self.ticket is not None
         self._let_go_landed(start=False)  # a write may have landed while a chunk was folded
-        self._catch_to = to = (self.builder.text_length(), self.builder.thinking_length())
+        self._catch_text = self.builder.text_length()
+        self._catch_thinking = self.builder.thinking_length()
+        to = (self._catch_text, self._catch_thinking)
         cap = self._cap()
         while cap is not None and (self._text_mark, self._thinking_mark) < to:
             draft = self._draft(IN_PROGRESS)
-            if self._inflight == (self._text_mark, self._thinking_mark):
+            if self._nothing_inflight():
                 return  # only a pair's high half is left: the commit takes it
             written = self.store.save_checkpoints([(self.ticket, draft)])
             if not (written and written[0]):
@@ -756,7 +770,7 @@ class ReplyPersister:
                     return None
                 if not self._behind:  # the tick's first write: how far it catches up
                     b = self.builder
-                    self._catch_to = (b.text_length(), b.thinking_length())
+                    self._catch_text, self._catch_thinking = b.text_length(), b.thinking_length()
                 self._written = self.builder.chunks
                 return self._draft(IN_PROGRESS)
             finally:
@@ -845,7 +859,7 @@ class ReplyPersister:
         while True:
             self._written = b.chunks
             draft = self._draft(IN_PROGRESS)
-            if self._inflight == (self._text_mark, self._thinking_mark):
+            if self._nothing_inflight():
                 return draft, [True]  # only a pair's high half: it waits for the other
             written = self.store.save_checkpoints([(self.ticket, draft)])
             if not (written and written[0]):

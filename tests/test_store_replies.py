@@ -720,3 +720,46 @@ def test_a_checkpoint_id_no_row_can_have_is_not_found(store: Store, bad: int) ->
     ):
         with pytest.raises(CheckpointNotFound):
             call()
+
+
+def test_a_bulk_periodic_write_encodes_its_rows_as_the_json_module_does(tmp_path: Any) -> None:
+    """SQLite's periodic writes of many replies go into one statement as JSON arrays, each
+    row encoded as it is made (so a tick holds no row tuples: docs/benchmarks.md, "a tick's
+    objects"): the arrays are what ``json`` makes of the rows whole, and the text stored is
+    what was sent, quotes, backslashes, control characters and non-ASCII included."""
+    import json
+
+    from rxcontext.store import sqlite_replies
+
+    texts = ["plain", 'a "quote" \\ back', "tab\tnew\nline\x01", "café ☕ 🎉", ""]
+    with rxcontext.open(tmp_path / "bulk.db") as store:
+        writes = []
+        for i, text in enumerate(texts):
+            ctx = store.get_or_create_context(f"c{i}")
+            cp = store.begin_reply(ctx.id, f"r{i}", owner="me")
+            draft = CheckpointDraft(
+                append_text=text,
+                append_thinking="thought é" if i % 2 else "",
+                usage=Usage.of(3, i) if i % 2 else None,
+                chunks=i,
+                response_id=f"resp-{i}" if i else None,
+                metadata={"model": "m-ü", "n": 1.5} if i else {},
+                tool_calls=[{"id": "t", "name": "w", "arguments": '{"c": "é"}'}] if i == 3 else (),
+            )
+            writes.append((ReplyTicket(cp.id, cp.epoch), draft))
+        bulk = sqlite_replies._bulk_payloads(writes)
+        assert bulk is not None
+        updates, parts, rest = bulk
+        dump = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        assert updates == dump(json.loads(updates)) and len(json.loads(updates)) == len(texts)
+        assert parts == dump(json.loads(parts)) and rest == []
+        assert store.save_checkpoints(writes) == [True] * len(texts)
+        assert store.save_checkpoints(writes) == [True] * len(texts)  # appended again
+        for (ticket, draft), text in zip(writes, texts, strict=True):
+            cp = store.get_checkpoint(ticket.checkpoint_id)
+            assert cp.text == text * 2
+            assert cp.thinking == draft.append_thinking * 2
+            assert cp.usage == draft.usage
+            assert cp.chunks == draft.chunks
+            assert cp.response_id == draft.response_id
+            assert dict(cp.metadata) == dict(draft.metadata)

@@ -38,6 +38,7 @@ import threading
 from typing import IO, Any
 
 import pytest
+from ending import Waiting, start_replies
 
 import rxcontext
 from rxcontext import (
@@ -445,21 +446,6 @@ def test_stats_never_count_a_held_reply_completed_under_their_read_as_open(
         reader.close()
 
 
-class _Waiting(ScriptedModel):
-    """Shows one chunk, says so, then ends (``completed``) once ``go`` is set."""
-
-    def __init__(self, shown: threading.Semaphore, go: threading.Event) -> None:
-        super().__init__([])
-        self.shown = shown
-        self.go = go
-
-    def iter_chunks(self, request: Any) -> Any:
-        yield Chunk(ChunkKind.TEXT, "hello")
-        self.shown.release()
-        assert self.go.wait(WAIT)
-        yield Chunk(ChunkKind.DONE, finish_reason="stop")
-
-
 class _OnFirstRecord(logging.Handler):
     """Runs ``then`` (once) at the first record the heartbeat logs."""
 
@@ -487,7 +473,6 @@ def test_closing_writes_every_pending_reply_once_the_lock_goes_soon_after_the_fi
     replies = 3
     db = str(tmp_path / "db.sqlite")
     store = rxcontext.open(db, busy_timeout=0.08, lease_ttl=1.0)
-    shown = threading.Semaphore(0)
     go = threading.Event()
     errors: list[BaseException] = []
     streams = []
@@ -503,19 +488,7 @@ def test_closing_writes_every_pending_reply_once_the_lock_goes_soon_after_the_fi
     logger = logging.getLogger("rxcontext.heartbeat")
     level = logger.level
     try:
-        for i in range(replies):
-            cw = ContextWindow(store, _Waiting(shown, go), f"c{i}", retry=None)
-            cw.add_prompt("go")
-            stream = threading.Thread(
-                target=lambda cw=cw, i=i: cw.stream(reply_id=f"r{i}").subscribe(
-                    lambda c: None, errors.append
-                ),
-                daemon=True,
-            )
-            stream.start()
-            streams.append(stream)
-        for _ in range(replies):
-            assert shown.acquire(timeout=WAIT)
+        streams = start_replies(store, replies, go, errors, WAIT)
         lock.execute("BEGIN IMMEDIATE")
         go.set()  # every reply ends; its commit, then its failure's checkpoint, are refused
         for stream in streams:
@@ -567,7 +540,7 @@ def test_closing_tries_again_for_at_most_the_stores_own_wait(tmp_path: Any) -> N
             let_go.wait(WAIT)
 
     try:
-        cw = ContextWindow(store, _Waiting(shown, go), "c", retry=None)
+        cw = ContextWindow(store, Waiting(shown, go, WAIT), "c", retry=None)
         cw.add_prompt("go")
         stream = threading.Thread(
             target=lambda: cw.stream(reply_id="r").subscribe(lambda c: None, errors.append),

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from ending import start_replies
 
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, ReplyState, StoreBusy, StoreError
@@ -207,21 +208,6 @@ def _until(done: Callable[[], bool], bound: float = BOUND) -> bool:
     return True
 
 
-class Waiting(ScriptedModel):
-    """Shows one chunk, says so, then ends (``completed``) once ``go`` is set."""
-
-    def __init__(self, shown: threading.Semaphore, go: threading.Event) -> None:
-        super().__init__([])
-        self.shown = shown
-        self.go = go
-
-    def iter_chunks(self, request: Any) -> Iterator[Chunk]:
-        yield T(ChunkKind.TEXT, "hello")
-        self.shown.release()
-        assert self.go.wait(BOUND)
-        yield T(ChunkKind.DONE, finish_reason="stop")
-
-
 @pytest.mark.slow
 def test_closing_waits_once_for_a_pool_held_past_several_pending_replies(
     pg_url: str, caplog: pytest.LogCaptureFixture
@@ -235,7 +221,6 @@ def test_closing_waits_once_for_a_pool_held_past_several_pending_replies(
     replies = 4
     store = rxcontext.open(pg_url, retry_budget=0, pool_size=1)
     patience = store._runner.patience
-    shown = threading.Semaphore(0)
     go = threading.Event()
     gate = threading.Event()
     held = threading.Event()
@@ -243,19 +228,7 @@ def test_closing_waits_once_for_a_pool_held_past_several_pending_replies(
     streams = []
     holder: threading.Thread | None = None
     try:
-        for i in range(replies):
-            cw = ContextWindow(store, Waiting(shown, go), f"c{i}", retry=None)
-            cw.add_prompt("go")
-            stream = threading.Thread(
-                target=lambda cw=cw, i=i: cw.stream(reply_id=f"r{i}").subscribe(
-                    lambda c: None, errors.append
-                ),
-                daemon=True,
-            )
-            stream.start()
-            streams.append(stream)
-        for _ in range(replies):
-            assert shown.acquire(timeout=BOUND)
+        streams = start_replies(store, replies, go, errors, BOUND)
 
         def hung(conn: Any, _: bool) -> None:
             held.set()
@@ -311,7 +284,6 @@ def test_closing_waits_once_for_a_server_gone_past_several_pending_replies(
         parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host, query=query)
     )
     store = rxcontext.open(url, retry_budget=1, pool_size=1)
-    shown = threading.Semaphore(0)
     go = threading.Event()
     gate = threading.Event()
     held = threading.Event()
@@ -328,19 +300,7 @@ def test_closing_waits_once_for_a_server_gone_past_several_pending_replies(
             store._runner.run(hung)
 
     try:
-        for i in range(replies):
-            cw = ContextWindow(store, Waiting(shown, go), f"c{i}", retry=None)
-            cw.add_prompt("go")
-            stream = threading.Thread(
-                target=lambda cw=cw, i=i: cw.stream(reply_id=f"r{i}").subscribe(
-                    lambda c: None, errors.append
-                ),
-                daemon=True,
-            )
-            stream.start()
-            streams.append(stream)
-        for _ in range(replies):
-            assert shown.acquire(timeout=BOUND)
+        streams = start_replies(store, replies, go, errors, BOUND)
         holder = threading.Thread(target=hold, daemon=True)
         holder.start()
         assert held.wait(BOUND)

@@ -1,0 +1,54 @@
+"""Replies that end on a signal from the test: each shows one chunk, says so, then waits.
+
+For tests of what happens to several replies' final writes at once (a lock, a busy pool,
+a closing store): :func:`start_replies` starts them in threads of their own and returns
+once each has shown its chunk; setting ``go`` ends them all (``completed``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from rxcontext import Chunk, ChunkKind, ContextWindow
+from rxcontext.providers import ScriptedModel
+
+
+class Waiting(ScriptedModel):
+    """Shows one chunk (``hello``), says so, then ends (``completed``) once ``go`` is set."""
+
+    def __init__(self, shown: threading.Semaphore, go: threading.Event, bound: float) -> None:
+        super().__init__([])
+        self.shown = shown
+        self.go = go
+        self.bound = bound
+
+    def iter_chunks(self, request: Any) -> Iterator[Chunk]:
+        yield Chunk(ChunkKind.TEXT, "hello")
+        self.shown.release()
+        assert self.go.wait(self.bound)
+        yield Chunk(ChunkKind.DONE, finish_reason="stop")
+
+
+def start_replies(
+    store: Any, replies: int, go: threading.Event, errors: list[BaseException], bound: float
+) -> list[threading.Thread]:
+    """Replies ``r0``… in contexts ``c0``… of ``store``, each streamed in a thread of its
+    own (their errors appended to ``errors``); returns once each has shown its chunk."""
+    shown = threading.Semaphore(0)
+    streams = []
+    for i in range(replies):
+        cw = ContextWindow(store, Waiting(shown, go, bound), f"c{i}", retry=None)
+        cw.add_prompt("go")
+        stream = threading.Thread(
+            target=lambda cw=cw, i=i: cw.stream(reply_id=f"r{i}").subscribe(
+                lambda c: None, errors.append
+            ),
+            daemon=True,
+        )
+        stream.start()
+        streams.append(stream)
+    for _ in range(replies):
+        assert shown.acquire(timeout=bound)
+    return streams

@@ -234,3 +234,43 @@ def test_a_ctrl_c_as_a_write_puts_the_handlers_back_puts_every_one_back(
     finally:
         signal.signal(signal.SIGTERM, old_term)
         store.close()
+
+
+def test_a_ctrl_c_as_at_once_takes_the_stores_lock_lets_go_of_it(tmp_path: Any) -> None:
+    """A signal's handler runs as a call returns: a Ctrl-C as at_once's acquire of the
+    store's lock returned, before the block that lets go of it, left the lock held for good
+    (every other thread of the store blocked). The lock here is the store's own, its
+    acquire followed by a Ctrl-C at once."""
+    import _thread
+
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    real = store._lock
+
+    class Interrupted:
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            got = real.acquire(blocking, timeout)
+            _thread.interrupt_main()  # lands as this call returns
+            return got
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    store._lock = Interrupted()  # type: ignore[assignment]
+    try:
+        with pytest.raises(KeyboardInterrupt), store.at_once():
+            pass
+    finally:
+        store._lock = real
+    assert not real._is_owned()  # type: ignore[attr-defined]
+    got: list[bool] = []
+
+    def take() -> None:  # another thread of the store gets it
+        got.append(real.acquire(timeout=10))
+        if got[-1]:
+            real.release()
+
+    other = threading.Thread(target=take)
+    other.start()
+    other.join()
+    assert got == [True]
+    store.close()

@@ -462,7 +462,18 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
 
         For the asyncio driver, which opens a reply and reads its history on the event
         loop's thread when this lets it, and in a worker thread otherwise."""
-        if not self._lock.acquire(blocking=False):
+        lock = self._lock
+        mine = lock._is_owned()  # type: ignore[attr-defined]  # (re-entrant: ours already?)
+        try:
+            free = lock.acquire(blocking=False)
+        except BaseException:
+            # A Ctrl-C as the acquire returned (a handler runs there, before the try below
+            # is entered): let go of what it took, or every other thread of the store
+            # blocked for good.
+            if not mine and lock._is_owned():  # type: ignore[attr-defined]
+                lock.release()
+            raise
+        if not free:
             yield False
             return
         try:
@@ -500,7 +511,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
                 if came is not None:
                     raise came
         finally:
-            self._lock.release()
+            lock.release()
 
     def not_now(self, what: str) -> None:
         """Raise :class:`NotNow` if the calling thread is in :meth:`at_once`: ``what``

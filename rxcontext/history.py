@@ -104,13 +104,13 @@ class HistoryCache:
         being generated: :func:`request_history` then asks which replies are busy first)."""
         self._live: list[Record] = []
         self._keys: list[tuple[int, int]] = []  # (pos, id) of _live, for bisect
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # (an RLock: a Ctrl-C's cleanup asks if it is ours)
         self._served = threading.local()  # per thread: the version its last read served
 
     def _forked(self) -> None:
         """In a forked child (:meth:`ContextWindow._forked`): a lock a parent's thread may
         have held, made anew, and what the cache held (perhaps half taken in) dropped."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._served = threading.local()
         self._version, self.replies, self._live, self._keys = None, False, [], []
 
@@ -122,15 +122,24 @@ class HistoryCache:
 
     def live(self, upto: int | None = None) -> list[Record]:
         """The live records in order (those at positions up to ``upto``, if given): a copy."""
-        if not self._lock.acquire(blocking=False):
-            # Another thread's read holds the cache, and may be waiting for the store. A
-            # thread that holds the store already (SQLiteStore.at_once: the event loop's)
-            # must not wait for it: the store's ``not_now`` refuses, and the read is made
-            # in a worker thread, which waits as any reader does.
-            not_now = getattr(self.store, "not_now", None)
-            if not_now is not None:
-                not_now("the history cache, held by another thread")
-            self._lock.acquire()
+        lock = self._lock
+        mine = lock._is_owned()  # type: ignore[attr-defined]
+        try:
+            if not lock.acquire(blocking=False):
+                # Another thread's read holds the cache, and may be waiting for the store.
+                # A thread that holds the store already (SQLiteStore.at_once: the event
+                # loop's) must not wait for it: the store's ``not_now`` refuses, and the
+                # read is made in a worker thread, which waits as any reader does.
+                not_now = getattr(self.store, "not_now", None)
+                if not_now is not None:
+                    not_now("the history cache, held by another thread")
+                lock.acquire()
+        except BaseException:
+            # A Ctrl-C as an acquire returned (a handler runs there, before the try below):
+            # let go of what it took, or this window's next request waited for good.
+            if not mine and lock._is_owned():  # type: ignore[attr-defined]
+                lock.release()
+            raise
         try:
             version, changed = self.store.history(self.context_id, since=self._version)
             if not self.replies and any(r.reply_id is not None for r in changed):
@@ -147,7 +156,7 @@ class HistoryCache:
                 return list(self._live)
             return self._live[: bisect.bisect_right(self._keys, (upto, float("inf")))]
         finally:
-            self._lock.release()
+            lock.release()
 
     def _merge(self, record: Record) -> None:
         key = (record.pos, record.id)

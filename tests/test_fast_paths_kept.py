@@ -274,3 +274,44 @@ def test_a_ctrl_c_as_at_once_takes_the_stores_lock_lets_go_of_it(tmp_path: Any) 
     other.join()
     assert got == [True]
     store.close()
+
+
+def test_a_ctrl_c_as_a_history_read_takes_its_lock_lets_go_of_it(tmp_path: Any) -> None:
+    """The history cache's lock, as at_once's: a Ctrl-C as its acquire returned left it
+    held, and the window's next request waited for good."""
+    import _thread
+
+    from rxcontext.history import HistoryCache
+
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    try:
+        cache = HistoryCache(store, store.get_or_create_context("c").id)
+        real = cache._lock
+
+        class Interrupted:
+            def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+                got = real.acquire(blocking, timeout)
+                _thread.interrupt_main()  # lands as this call returns
+                return got
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+        cache._lock = Interrupted()  # type: ignore[assignment]
+        with pytest.raises(KeyboardInterrupt):
+            cache.live()
+        cache._lock = real
+        got: list[bool] = []
+
+        def read() -> None:  # another thread's request reads the history
+            got.append(real.acquire(timeout=10))
+            if got[-1]:
+                real.release()
+
+        other = threading.Thread(target=read)
+        other.start()
+        other.join()
+        assert got == [True]
+        assert cache.live() == []
+    finally:
+        store.close()

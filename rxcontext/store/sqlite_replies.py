@@ -719,11 +719,8 @@ class SQLiteReplies:
 
     def _settleable(self, db: sqlite3.Connection, checkpoint_id: int, verb: str) -> Checkpoint:
         """The reply, if it is interrupted (or orphaned); else the error that says why not."""
-        row = db.execute(
-            f"SELECT {rows.CHECKPOINT_COLUMNS} FROM checkpoints WHERE id = ?",
-            (checkpoint_key(checkpoint_id),),
-        ).fetchone()
-        cp = None if row is None else self._load(db, row, *self._parts(db, row[0]))
+        found = self._rows(db, "id = ?", (checkpoint_key(checkpoint_id),))
+        cp = self._load(db, *found[0]) if found else None  # (in a write: it stays)
         if cp is None:
             raise CheckpointNotFound(f"no checkpoint with id {checkpoint_id!r}")
         refusal = settle_refusal(cp, verb)

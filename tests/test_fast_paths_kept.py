@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import _thread
 import dataclasses
 import gc
 import inspect
@@ -236,82 +237,69 @@ def test_a_ctrl_c_as_a_write_puts_the_handlers_back_puts_every_one_back(
         store.close()
 
 
+class _Interrupted:
+    """A real lock whose acquire is followed at once by a Ctrl-C: it lands as the call
+    returns, as a signal's handler runs after a call (``_thread.interrupt_main``)."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got: bool = self._real.acquire(blocking, timeout)
+        _thread.interrupt_main()
+        return got
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def _another_thread_takes(lock: Any) -> bool:
+    """Whether another thread gets ``lock`` (within 10 s), letting go of it again."""
+    got: list[bool] = []
+
+    def take() -> None:
+        got.append(lock.acquire(timeout=10))
+        if got[-1]:
+            lock.release()
+
+    other = threading.Thread(target=take)
+    other.start()
+    other.join()
+    return got == [True]
+
+
 def test_a_ctrl_c_as_at_once_takes_the_stores_lock_lets_go_of_it(tmp_path: Any) -> None:
     """A signal's handler runs as a call returns: a Ctrl-C as at_once's acquire of the
     store's lock returned, before the block that lets go of it, left the lock held for good
     (every other thread of the store blocked). The lock here is the store's own, its
     acquire followed by a Ctrl-C at once."""
-    import _thread
-
     store = SQLiteStore(str(tmp_path / "x.db"))
     real = store._lock
-
-    class Interrupted:
-        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-            got = real.acquire(blocking, timeout)
-            _thread.interrupt_main()  # lands as this call returns
-            return got
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
-
-    store._lock = Interrupted()  # type: ignore[assignment]
+    store._lock = _Interrupted(real)  # type: ignore[assignment]
     try:
         with pytest.raises(KeyboardInterrupt), store.at_once():
             pass
     finally:
         store._lock = real
     assert not real._is_owned()  # type: ignore[attr-defined]
-    got: list[bool] = []
-
-    def take() -> None:  # another thread of the store gets it
-        got.append(real.acquire(timeout=10))
-        if got[-1]:
-            real.release()
-
-    other = threading.Thread(target=take)
-    other.start()
-    other.join()
-    assert got == [True]
+    assert _another_thread_takes(real)  # another thread of the store gets it
     store.close()
 
 
 def test_a_ctrl_c_as_a_history_read_takes_its_lock_lets_go_of_it(tmp_path: Any) -> None:
     """The history cache's lock, as at_once's: a Ctrl-C as its acquire returned left it
     held, and the window's next request waited for good."""
-    import _thread
-
     from rxcontext.history import HistoryCache
 
     store = SQLiteStore(str(tmp_path / "x.db"))
     try:
         cache = HistoryCache(store, store.get_or_create_context("c").id)
         real = cache._lock
-
-        class Interrupted:
-            def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-                got = real.acquire(blocking, timeout)
-                _thread.interrupt_main()  # lands as this call returns
-                return got
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(real, name)
-
-        cache._lock = Interrupted()  # type: ignore[assignment]
+        cache._lock = _Interrupted(real)  # type: ignore[assignment]
         with pytest.raises(KeyboardInterrupt):
             cache.live()
         cache._lock = real
-        got: list[bool] = []
-
-        def read() -> None:  # another thread's request reads the history
-            got.append(real.acquire(timeout=10))
-            if got[-1]:
-                real.release()
-
-        other = threading.Thread(target=read)
-        other.start()
-        other.join()
-        assert got == [True]
+        assert _another_thread_takes(real)  # another thread's request reads the history
         assert cache.live() == []
     finally:
         store.close()

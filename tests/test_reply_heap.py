@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from pathlib import Path
+from typing import Any
 
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, Usage
@@ -34,6 +35,33 @@ def script(i: int) -> list[Chunk]:
         Chunk(ChunkKind.TEXT, "two"),
         Chunk(ChunkKind.DONE, usage=Usage.of(3, 2), finish_reason="stop"),
     ]
+
+
+TICKS_ONLY = 3600.0
+"""``checkpoint_every`` of the tick tests: the checkpointer's own thread never ticks in the
+test's time, only the test does."""
+
+
+def ticked_windows(store: Any, replies: int, chunks: int) -> list[ContextWindow]:
+    """``replies`` windows of ``store``, each prompted, to stream ``chunks`` text chunks
+    (``[i:k] ``) and end; checkpointed only by the test's ticks."""
+    windows = []
+    for i in range(replies):
+        played = [Chunk(ChunkKind.TEXT, f"[{i}:{k}] ") for k in range(chunks)]
+        played.append(Chunk(ChunkKind.DONE, usage=Usage.of(3, chunks), finish_reason="stop"))
+        cw = ContextWindow(
+            store, ScriptedModel([played]), context=f"c{i}", checkpoint_every=TICKS_ONLY
+        )
+        cw.add_prompt("Write.")
+        windows.append(cw)
+    return windows
+
+
+def assert_stored_whole(windows: list[ContextWindow], chunks: int) -> None:
+    """Each window's reply stored whole, no checkpoint left."""
+    for i, cw in enumerate(windows):
+        assert cw.live_records()[-1].content == "".join(f"[{i}:{k}] " for k in range(chunks))
+        assert not cw.checkpoints()
 
 
 def test_suspended_replies_hold_few_tracked_objects(tmp_path: Path) -> None:
@@ -73,17 +101,9 @@ def test_a_periodic_write_leaves_no_tracked_object_a_reply(tmp_path: Path) -> No
     the next tick survives every generation-1 pass in between, so it is promoted to the
     oldest generation each tick (5,000 streams: 5,000 a tick toward a full pass). An ASCII
     reply's surrogate-pair positions were a new empty list a write."""
-    every = 3600.0  # the checkpointer's own thread never ticks in the test's time
     with rxcontext.open(tmp_path / "heap.db") as store:
-        windows = []
-        for i in range(REPLIES):
-            chunks = [Chunk(ChunkKind.TEXT, f"[{i}:{k}] ") for k in range(4)]
-            chunks.append(Chunk(ChunkKind.DONE, usage=Usage.of(3, 4), finish_reason="stop"))
-            model = ScriptedModel([chunks])
-            cw = ContextWindow(store, model, context=f"c{i}", checkpoint_every=every)
-            cw.add_prompt("Write.")
-            windows.append(cw)
-        checkpointer = checkpointer_for(store, every)
+        windows = ticked_windows(store, REPLIES, 4)
+        checkpointer = checkpointer_for(store, TICKS_ONLY)
 
         async def main() -> list[float]:
             streams = [cw.astream() for cw in windows]
@@ -116,9 +136,7 @@ def test_a_periodic_write_leaves_no_tracked_object_a_reply(tmp_path: Path) -> No
             return left
 
         left = asyncio.run(main())
-        for i, cw in enumerate(windows):
-            assert cw.live_records()[-1].content == "".join(f"[{i}:{k}] " for k in range(4))
-            assert not cw.checkpoints()
+        assert_stored_whole(windows, 4)
     # The least of the later ticks: the store's other threads (the heartbeat's renewals)
     # may make objects of their own while a tick is counted, never fewer (1.16 a tick
     # before the fix, every tick; 0.56 once at a load of 15 with 0.2 the tick before).
@@ -135,18 +153,10 @@ def test_a_periodic_tick_promotes_few_objects_a_reply(tmp_path: Path) -> None:
     generation-1 pass during a tick, per reply written. Tuples of numbers and strings are
     untracked by the first pass that sees them, so they are not promoted. 3.0 a reply before
     (docs/benchmarks.md, "a tick's objects"): the draft and two pair tuples holding it."""
-    every = 3600.0  # the checkpointer's own thread never ticks in the test's time
     replies = 200
     with rxcontext.open(tmp_path / "heap.db") as store:
-        windows = []
-        for i in range(replies):
-            chunks = [Chunk(ChunkKind.TEXT, f"[{i}:{k}] ") for k in range(3)]
-            chunks.append(Chunk(ChunkKind.DONE, usage=Usage.of(3, 3), finish_reason="stop"))
-            model = ScriptedModel([chunks])
-            cw = ContextWindow(store, model, context=f"c{i}", checkpoint_every=every)
-            cw.add_prompt("Write.")
-            windows.append(cw)
-        checkpointer = checkpointer_for(store, every)
+        windows = ticked_windows(store, replies, 3)
+        checkpointer = checkpointer_for(store, TICKS_ONLY)
 
         async def main() -> list[float]:
             streams = [cw.astream() for cw in windows]
@@ -186,8 +196,6 @@ def test_a_periodic_tick_promotes_few_objects_a_reply(tmp_path: Path) -> None:
             return promoted
 
         promoted = asyncio.run(main())
-        for i, cw in enumerate(windows):
-            assert cw.live_records()[-1].content == "".join(f"[{i}:{k}] " for k in range(3))
-            assert not cw.checkpoints()
+        assert_stored_whole(windows, 3)
     assert checkpointer.ticks >= 2
     assert promoted[-1] < 1.5, f"{promoted} objects a reply promoted by each tick"

@@ -23,7 +23,14 @@ from ..records import Checkpoint, Context, Record, RecordType, ReplyState
 from ..tokens import estimate_record_tokens
 from . import _pg_blobs as blobs
 from ._sqlite_blobs import checked
-from ._sqlite_rows import USAGE_COLUMNS, USAGE_FIELDS, record_metadata, storable, to_json
+from ._sqlite_rows import (
+    USAGE_COLUMNS,
+    USAGE_FIELDS,
+    record_metadata,
+    storable,
+    storable_sized,
+    to_json,
+)
 from ._thinking import pack
 from .base import TOTAL_MAX, CheckpointDraft, RecordDraft
 from .pg_codec import dec, dec_opt, enc, enc_opt
@@ -191,10 +198,10 @@ class Draft:
             raise TypeError(f"record content must be a str, not {type(draft.content).__name__}")
         self.draft = draft
         self.type = RecordType(draft.type)
-        self.content = storable(draft.content)
+        self.content, size = storable_sized(draft.content)
         self.metadata = to_json(dict(pack(draft.metadata)))
         self.attachments = checked(draft.attachments)
-        self.est = estimate_record_tokens(self.content, self.attachments)
+        self.est = estimate_record_tokens("", self.attachments) + (size + 3) // 4
         # Strings UTF-8 refuses (lone surrogates in ids or names) fail here, as on SQLite,
         # before the transaction starts.
         for text in (draft.response_id, draft.tool_call_id, draft.tool_name):

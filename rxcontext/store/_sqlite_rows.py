@@ -11,6 +11,7 @@ from typing import Any
 from ..attachments import Attachment
 from ..chunks import Usage
 from ..records import Checkpoint, Context, Record, RecordType, ReplyState
+from ..tokens import utf8_size
 from ._thinking import unpack
 from .base import TOTAL_MAX, usage_counts
 
@@ -71,15 +72,25 @@ def storable(text: str) -> str:
     joined reply then holds a surrogate pair that UTF-8 refuses, and the whole reply would
     be lost at commit. Text without surrogates (nearly all) is returned as is.
     """
+    return storable_sized(text)[0]
+
+
+def storable_sized(text: str) -> tuple[str, int]:
+    """:func:`storable` of ``text`` and the result's size in UTF-8 bytes (what
+    :func:`~rxcontext.tokens.estimate_tokens` counts), from the one encode the check makes:
+    a record's content was encoded whole twice, to check it and then to size it
+    (docs/benchmarks.md, fix/anthsdk4)."""
     if text.isascii():
-        return text
+        return text, len(text)
+    size = 0
     try:
         # A slice at a time: checking a long reply must not copy it whole.
         for i in range(0, len(text), _SLICE):
-            text[i : i + _SLICE].encode("utf-8")
+            size += len(text[i : i + _SLICE].encode("utf-8"))
     except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return text, utf8_size(text)
+    return text, size
 
 
 _SLICE = 1 << 16

@@ -909,10 +909,10 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             # Its pieces are storable: its UTF-8 size is what estimate_tokens counts.
             est = estimate_record_tokens("", attachments) + (body_from.size + 3) // 4
         else:
-            content = rows.storable(draft.content)
+            content, size = rows.storable_sized(draft.content)
             # Long values go in a slice at a time (store/_sqlite_long.py): no whole copies.
             body = long.text_value(content)
-            est = estimate_record_tokens(content, attachments)
+            est = estimate_record_tokens("", attachments) + (size + 3) // 4
         # In UTC, as every time here: an import's local times sort and read as PostgreSQL's.
         ts = rows.stamp(draft.timestamp) if draft.timestamp is not None else self.now()
         cur = db.execute(

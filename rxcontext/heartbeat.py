@@ -202,13 +202,17 @@ class Heartbeat(ServesStore):
                 beat.released = True
                 return
             self._beats.pop(id(persister), None)
-            late = self._closed and persister.pending and id(persister) not in self._at_close
+            # A reply close() took is its to write (or to give up, and say so): a final
+            # write refused while close() waited for it (see close()) is not late.
+            closing = id(persister) in self._at_close
+            late = self._closed and persister.pending and not closing
             if persister.finished:
                 # The fence (a method of the beat, which holds the persister) is a cycle
                 # only the cyclic collector would free; an ended reply commits nothing more.
                 persister.fence = None
-        persister.release_hold()  # no final write under way any more (if one held it)
-        if late:  # refused once the store had begun to close: nothing will write it
+        if not (closing and persister.pending):  # else close()'s write lets go of it
+            persister.release_hold()  # no final write under way any more (if one held it)
+        if late:  # refused after close() had looked at it: nothing will write it
             _log.warning(
                 "the final checkpoint of reply %r could not be written (the database was "
                 "busy and the store closed meanwhile): it holds its last periodic write",
@@ -224,17 +228,49 @@ class Heartbeat(ServesStore):
     def close(self) -> None:
         """Stop the thread and wait for it (the store is closing), then try once more the
         final checkpoints a busy database refused (waiting for the database once: the
-        store's ``busy_timeout``, or for a pooled connection; see :meth:`_write_pending`)."""
+        store's ``busy_timeout``, or for a pooled connection; see :meth:`_write_pending`).
+
+        A final write under way as the store closes (a reply's commit on another thread,
+        waiting for a lock or a pooled connection) is waited for first (:meth:`_settle`):
+        refused, its checkpoint is written here too. Before, the pending replies were
+        taken as close() began, and such a reply's checkpoint was given up (only logged):
+        the text its user was shown was lost."""
         with self._lock:
             self._closed = True
-            pending = [b for b in self._beats.values() if b.persister.pending]
-            self._at_close = {id(b.persister) for b in pending}
+            beats = list(self._beats.values())
+            self._at_close = {id(b.persister) for b in beats}  # see unregister()
             self._beats.clear()
             self._wake.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
-        self._write_pending(pending, last=True)
+        refused = self._settle(beats)
+        with self._lock:
+            # Whether a final write is pending and whether unregister() calls it late are
+            # decided under one lock: a refusal from here on is late, and logged there.
+            pending = [b for b in beats if b.persister.pending]
+            self._at_close = {id(b.persister) for b in pending}
+        self._write_pending(pending, last=True, busy=refused)
+
+    def _settle(self, beats: list[_Beat]) -> bool:
+        """Wait for the final writes of ``beats`` under way to end (a commit; after a
+        refused one, its checkpoint, which is then kept at once): whether one was refused
+        (the database is still busy).
+
+        Such a write waits at most twice the store's own wait (``busy_timeout``, or for a
+        pooled connection) once it has the store's connection or lock: its commit, then the
+        checkpoint of that failure. The wait here ends after three times that (a write
+        queued behind another call of the store): a bound, not a schedule. A write that
+        ends later, refused, is logged as given up (:meth:`unregister`)."""
+        ended = threading.Semaphore(0)
+        under_way = [b for b in beats if b.persister.when_final_written(ended.release)]
+        if not under_way:
+            return False
+        deadline = time.monotonic() + 3 * _wait_of(self.store, self.ttl)
+        for _ in under_way:
+            if not ended.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                break
+        return any(b.persister.pending for b in under_way)
 
     def write_pending(self) -> None:
         """Try now, once more, the final checkpoints a busy database refused (waiting for
@@ -355,7 +391,7 @@ class Heartbeat(ServesStore):
                 self._lose(beat, _why_lost(self.store, beat.persister))
         return True
 
-    def _write_pending(self, beats: list[_Beat], *, last: bool = False) -> None:
+    def _write_pending(self, beats: list[_Beat], *, last: bool = False, busy: bool = False) -> None:
         """Write the final checkpoints a busy database refused; a beat whose driver let it
         go ends once its checkpoint is written (or found taken over).
 
@@ -368,9 +404,20 @@ class Heartbeat(ServesStore):
         rounds :data:`RETRY_EVERY` apart, until as long again as that first wait took (a
         lock that goes meanwhile loses nothing); what is still refused then is given up and
         logged. A write failing otherwise (the server down) ends the rounds: the rest get
-        their try without waiting."""
-        wait = last
+        their try without waiting. ``busy``: a final write under way as the store closed was
+        just refused after its wait (:meth:`close`), which stands for the first wait: none
+        waits, and the rounds last the store's own wait."""
+        wait = last and not busy
         deadline: float | None = None  # the rounds' end, from the first refusal
+        if last and busy and beats:
+            more = _wait_of(self.store, self.ttl)
+            deadline = time.monotonic() + more
+            _log.info(
+                "the database is busy (a final write under way as the store closed was "
+                "refused): trying the %d final checkpoint(s) left without waiting, for %.2g s",
+                len(beats),
+                more,
+            )
         left = beats
         while True:
             refused: list[_Beat] = []

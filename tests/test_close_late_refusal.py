@@ -10,7 +10,8 @@ The steps are ordered, not raced: the reply's commit queues behind the store's l
 a thread of the test holds (another call of the store under way); ``close()`` begins, and
 the heartbeat's thread ends (``Heartbeat.serving`` says False: ``close()`` has marked itself
 closed and taken its replies); then the store's lock goes and the commit waits
-``busy_timeout`` for the other connection's lock, and is refused. The other connection lets
+``busy_timeout`` for the other connection's lock, and is refused (and so is the checkpoint
+of that failure, after a wait of its own: the user gets ``StoreBusy``). The other connection lets
 go at the heartbeat's first log record (``close()`` found the database still busy) —
 or never (``held``: then the reply keeps its last periodic write, and a warning names it).
 """

@@ -409,6 +409,7 @@ class Heartbeat(ServesStore):
         waits, and the rounds last the store's own wait."""
         wait = last and not busy
         deadline: float | None = None  # the rounds' end, from the first refusal
+        failed = False  # a write failed otherwise: the store, not a lock
         if last and busy and beats:
             more = _wait_of(self.store, self.ttl)
             deadline = time.monotonic() + more
@@ -434,6 +435,7 @@ class Heartbeat(ServesStore):
                     if last:
                         wait = False  # the store fails as a whole: nobody waits for it
                         deadline = time.monotonic()
+                        failed = True
                 if written is None:
                     refused.append(beat)
                     if wait:
@@ -460,12 +462,19 @@ class Heartbeat(ServesStore):
             if pause <= 0:
                 break
             time.sleep(min(RETRY_EVERY, pause))
+        why = (
+            "the store failed as it closed (the server down or unreachable: see the error "
+            "above), and was not tried again"
+            if failed
+            else "the database is still busy: locked by another session, or every pooled "
+            "connection in use"
+        )
         for beat in left:
             _log.warning(
-                "the final checkpoint of reply %r could not be written (the database is still "
-                "busy: locked by another session, or every pooled connection in use): it "
-                "holds its last periodic write",
+                "the final checkpoint of reply %r could not be written (%s): it holds its "
+                "last periodic write",
                 beat.persister.reply_id,
+                why,
             )
             beat.persister.release_hold()  # given up: the lease decides from here
 

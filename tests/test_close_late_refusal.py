@@ -165,3 +165,77 @@ def test_a_commit_refused_after_close_began_is_written_by_close(tmp_path: Any, l
         # silent, and the row holds its last periodic write (its lease decides from here).
         assert len(given_up) == 1 and "'r'" in given_up[0], given_up
         assert found.text in ("", "hello"), found.text
+
+
+def test_a_commit_refused_by_a_busy_pool_after_close_began_is_written_by_close(
+    pg_url: str,
+) -> None:
+    """The same on PostgreSQL: the reply's commit waits for a pooled connection (every one
+    held by another call of the store) as ``close()`` begins, and is refused (``PoolBusy``,
+    then the checkpoint of that failure too). The connection is let go at the heartbeat's
+    first log record: ``close()``, which waited for that write, writes the checkpoint. (The
+    order of the commit's refusal and ``close()``'s start is not held here as above: the
+    SQLite test is the one that fails without the fix whatever the timing.)"""
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+    from ending import start_replies
+
+    store = rxcontext.open(pg_url, retry_budget=0, pool_size=1, lease_ttl=600.0)
+    heartbeat = heartbeat_for(store)
+    heartbeat.poll_every = 600.0  # its thread takes no connection of its own meanwhile
+    ended = threading.Event()
+    heartbeat.serving.append(lambda on: None if on else ended.set())
+    go = threading.Event()
+    gate = threading.Event()  # lets the other call give its connection back
+    held = threading.Event()
+    asked = threading.Event()  # the reply's commit asked the pool for a connection
+    errors: list[BaseException] = []
+    streams: list[threading.Thread] = []
+
+    def hung(conn: Any, _: bool) -> None:
+        held.set()
+        assert gate.wait(WAIT)
+
+    def asking(record: logging.LogRecord) -> bool:
+        mine = bool(streams) and threading.current_thread() is streams[0]
+        if mine and str(record.msg).startswith("connection requested"):
+            asked.set()
+        return True
+
+    handler = _Records(gate.set)
+    logger = logging.getLogger("rxcontext.heartbeat")
+    pool_logger = logging.getLogger("psycopg.pool")
+    levels = logger.level, pool_logger.level
+    holder = threading.Thread(target=lambda: store._runner.run(hung), daemon=True)
+    closing = threading.Thread(target=store.close, daemon=True)
+    try:
+        streams[:] = start_replies(store, 1, go, errors, WAIT)
+        holder.start()
+        assert held.wait(WAIT)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        pool_logger.setLevel(logging.INFO)
+        pool_logger.addFilter(asking)
+        go.set()  # the reply ends: its commit waits for the pool
+        assert asked.wait(WAIT), "the reply's commit never asked the pool for a connection"
+        closing.start()
+        assert ended.wait(WAIT), "close() never ended the heartbeat's thread"
+        streams[0].join(WAIT)
+        assert not streams[0].is_alive()
+        closing.join(WAIT)
+        assert not closing.is_alive(), "store.close() hung"
+    finally:
+        pool_logger.removeFilter(asking)
+        logger.removeHandler(handler)
+        logger.setLevel(levels[0])
+        pool_logger.setLevel(levels[1])
+        go.set()
+        gate.set()
+        holder.join(WAIT)
+        store.close()
+    assert [type(e) for e in errors] == [rxcontext.PoolBusy], errors
+    given_up = [r.getMessage() for r in handler.records if "could not be written" in r.getMessage()]
+    assert given_up == [], given_up
+    with rxcontext.open(pg_url) as again:
+        found = again.find_reply("r0")
+    assert found is not None
+    assert (found.state, found.text) == (ReplyState.INTERRUPTED, "hello"), found

@@ -1,0 +1,294 @@
+"""``store.close()`` where the failure path of a refused commit cannot run until it returns.
+
+A reply's last commit refused by a busy database (another connection's write lock, after
+``busy_timeout``) is not the end of its final write: its failure path writes the checkpoint
+(what was delivered, interrupted), on the driver's thread, after the on_error hooks. When
+``store.close()`` runs on that thread (in an on_error hook) or blocks it (a sync close on the
+event loop of an asyncio reply), close() waited for that checkpoint, which could only come
+once it returned: it waited three times ``busy_timeout``, then the store closed and the
+checkpoint failed (``StoreClosedError``): the text the user was shown was lost. Now close()
+keeps that checkpoint itself at the refusal and writes it.
+
+And a second ``store.close()`` while the first one writes such a checkpoint waits for it: it
+closed the connection under the first one (``StoreClosedError`` out of the first close(),
+the text lost, its holds kept).
+
+The other connection lets go at the heartbeat's first log record (close() found the
+database busy and tries again): whoever writes the checkpoint then, the row must hold the
+text. No sleeps: the order comes from the driver's own hooks and the store's statements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+from typing import Any
+
+import pytest
+
+import rxcontext
+from rxcontext import Chunk, ChunkKind, ContextWindow, ReplyState, StoreBusy
+from rxcontext.heartbeat import heartbeat_for
+from rxcontext.operators import Middleware
+from rxcontext.providers import ScriptedModel
+
+WAIT = 30.0  # bound on every wait for another thread; only a hang reaches it
+BUSY = 0.2  # busy_timeout: the commit's wait for the other connection's lock
+
+
+class _Release(logging.Handler):
+    """At the heartbeat's first record (close() found the database busy), the other
+    connection lets go; every record is kept."""
+
+    def __init__(self, other: sqlite3.Connection) -> None:
+        super().__init__(logging.INFO)
+        self.other = other
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        if self.other.in_transaction:
+            self.other.execute("ROLLBACK")
+
+    def given_up(self) -> list[str]:
+        return [r.getMessage() for r in self.records if "could not be written" in r.getMessage()]
+
+
+@pytest.fixture
+def setup(tmp_path: Any) -> Any:
+    db = str(tmp_path / "db.sqlite")
+    store = rxcontext.open(db, busy_timeout=BUSY, lease_ttl=600.0)
+    heartbeat_for(store).poll_every = 600.0  # its thread makes no call of its own meanwhile
+    other = sqlite3.connect(db, timeout=WAIT, check_same_thread=False, isolation_level=None)
+    handler = _Release(other)
+    logger = logging.getLogger("rxcontext.heartbeat")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield db, store, other, handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+        store.close()
+
+
+def _window(store: Any) -> ContextWindow:
+    model = ScriptedModel(
+        [[Chunk(ChunkKind.TEXT, "hello"), Chunk(ChunkKind.DONE, finish_reason="stop")]]
+    )
+    cw = ContextWindow(store, model, "c", retry=None, checkpoint_every=None)
+    cw.add_prompt("go")
+    return cw
+
+
+def _stored(db: str) -> tuple[ReplyState, str]:
+    with rxcontext.open(db) as again:
+        found = again.find_reply("r")
+    assert found is not None
+    return found.state, found.text
+
+
+def test_close_in_an_on_error_hook_writes_the_refused_commits_checkpoint(setup: Any) -> None:
+    db, store, other, handler = setup
+    closed: list[str] = []
+
+    def on_chunk(chunk: Chunk) -> None:
+        if chunk.text == "hello":
+            other.execute("BEGIN IMMEDIATE")  # another process's write: the commit is refused
+
+    def on_error(error: BaseException) -> None:
+        store.close()  # "the database is unusable: shut down"
+        closed.append(type(error).__name__)
+
+    errors: list[BaseException] = []
+    _window(store).stream(Middleware(on_chunk=on_chunk, on_error=on_error), reply_id="r").subscribe(
+        lambda c: None, errors.append
+    )
+    assert closed == ["StoreBusy"], closed
+    # The refusal, noting that close() kept the checkpoint (before: StoreClosedError, the
+    # failure path's checkpoint written on a closed store).
+    assert [type(e) for e in errors] == [StoreBusy], errors
+    assert handler.given_up() == []
+    assert _stored(db) == (ReplyState.INTERRUPTED, "hello")
+
+
+def test_a_sync_close_on_the_event_loop_writes_the_refused_commits_checkpoint(
+    setup: Any,
+) -> None:
+    db, store, other, handler = setup
+    committing = threading.Event()
+
+    def trace(sql: str) -> None:
+        if sql.startswith("BEGIN IMMEDIATE") and threading.current_thread() is not loop_thread:
+            committing.set()  # the reply's commit, in the executor, waits for the lock
+
+    loop_thread = threading.current_thread()
+    cw = _window(store)
+    errors: list[BaseException] = []
+
+    async def reply() -> None:
+        try:
+            async for chunk in cw.astream(reply_id="r"):
+                if chunk.text == "hello":
+                    other.execute("BEGIN IMMEDIATE")
+                    store._db().set_trace_callback(trace)
+        except Exception as error:
+            errors.append(error)
+
+    async def closer() -> None:
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, committing.wait, WAIT)
+        store.close()  # sync, on the loop: an app's shutdown path
+
+    async def main() -> None:
+        await asyncio.wait_for(asyncio.gather(reply(), closer()), WAIT)
+
+    asyncio.run(main())
+    assert [type(e) for e in errors] == [StoreBusy], errors
+    assert handler.given_up() == []
+    assert _stored(db) == (ReplyState.INTERRUPTED, "hello")
+
+
+def test_a_second_close_waits_for_the_first(setup: Any) -> None:
+    db, store, other, handler = setup
+    heartbeat = heartbeat_for(store)
+    ended = threading.Event()  # the first close() ended the heartbeat's thread
+    heartbeat.serving.append(lambda on: None if on else ended.set())
+    committing = threading.Event()
+    outcomes: dict[str, str] = {}
+
+    def close(name: str) -> None:
+        try:
+            store.close()
+            outcomes[name] = "ok"
+        except BaseException as error:  # the outcome is the test's
+            outcomes[name] = type(error).__name__
+
+    first = threading.Thread(target=close, args=("first",), daemon=True)
+    second = threading.Thread(target=close, args=("second",), daemon=True)
+    driver = threading.current_thread()
+
+    def trace(sql: str) -> None:
+        mine = sql.startswith("BEGIN IMMEDIATE") and threading.current_thread() is driver
+        if mine and not committing.is_set():
+            committing.set()
+            first.start()  # close() begins while the commit waits for the lock
+
+    def on_chunk(chunk: Chunk) -> None:
+        if chunk.text == "hello":
+            other.execute("BEGIN IMMEDIATE")
+            store._db().set_trace_callback(trace)
+
+    def on_error(error: BaseException) -> None:
+        # The commit was refused; the first close() is under way: a second one, as another
+        # thread's shutdown path, while this driver's thread waits for it.
+        assert ended.wait(WAIT), "the first close() never ended the heartbeat's thread"
+        second.start()
+        second.join(WAIT)
+        assert not second.is_alive(), "the second store.close() hung"
+
+    errors: list[BaseException] = []
+    _window(store).stream(Middleware(on_chunk=on_chunk, on_error=on_error), reply_id="r").subscribe(
+        lambda c: None, errors.append
+    )
+    first.join(WAIT)
+    assert not first.is_alive(), "the first store.close() hung"
+    assert outcomes == {"first": "ok", "second": "ok"}, outcomes
+    assert [type(e) for e in errors] == [StoreBusy], errors
+    assert handler.given_up() == []
+    assert _stored(db) == (ReplyState.INTERRUPTED, "hello")
+
+
+class _Watched:
+    """The store's own lock: ``then`` runs when ``thread`` first asks for it (once armed)."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.thread: threading.Thread | None = None
+        self.queued = threading.Event()
+        self.then: Any = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self.thread is threading.current_thread() and not self.queued.is_set():
+            self.queued.set()
+            self.then()
+        got: bool = self._real.acquire(blocking, timeout)
+        return got
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._real.release()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def test_a_checkpoint_still_being_written_when_the_wait_runs_out_is_left_to_its_writer(
+    setup: Any,
+) -> None:
+    """close() waits for a final write under way for three times the store's wait at most.
+    A failure path's checkpoint still queued then (behind another call of the store) is its
+    writer's to end: close() took it as pending, could not take its write, gave it up (a
+    warning that it could not be written) and let go of its hold while it could still be
+    written."""
+    db, store, other, handler = setup
+    watched = _Watched(store._lock)
+    store._lock = watched
+    let_go = threading.Event()
+    holding = threading.Event()
+    store.on_close(let_go.set)  # after the heartbeat's: once its close() has returned
+
+    def hold_the_store() -> None:
+        with store._read():  # another call of the store under way
+            holding.set()
+            assert let_go.wait(WAIT)
+
+    holder = threading.Thread(target=hold_the_store, daemon=True)
+    closing = threading.Thread(target=store.close, daemon=True)
+
+    def on_chunk(chunk: Chunk) -> None:
+        if chunk.text == "hello":
+            other.execute("BEGIN IMMEDIATE")  # the commit is refused
+
+    def on_error(error: BaseException) -> None:
+        other.execute("ROLLBACK")  # the checkpoint that follows could be written...
+        holder.start()  # ...but queues behind another call of the store
+        assert holding.wait(WAIT)
+        watched.thread = threading.current_thread()  # close() begins once it queued
+
+    watched.then = closing.start
+
+    ended = threading.Event()
+    heartbeat_for(store).serving.append(lambda on: None if on else ended.set())
+    errors: list[BaseException] = []
+
+    def stream() -> None:
+        _window(store).stream(
+            Middleware(on_chunk=on_chunk, on_error=on_error), reply_id="r"
+        ).subscribe(lambda c: None, errors.append)
+
+    driver = threading.Thread(target=stream, daemon=True)
+    try:
+        driver.start()
+        driver.join(WAIT)
+        assert not driver.is_alive()
+        closing.join(WAIT)
+        assert not closing.is_alive(), "store.close() hung"
+    finally:
+        let_go.set()
+        holder.join(WAIT)
+    assert watched.queued.is_set()
+    # Written, or failed as the store closed under it (said to the user): never given up
+    # by close() while it was under way.
+    assert handler.given_up() == [], handler.given_up()
+    assert len(errors) == 1, errors
+    if _stored(db)[1] != "hello":
+        assert isinstance(errors[0], rxcontext.StoreClosedError), errors

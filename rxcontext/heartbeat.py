@@ -247,30 +247,44 @@ class Heartbeat(ServesStore):
         refused = self._settle(beats)
         with self._lock:
             # Whether a final write is pending and whether unregister() calls it late are
-            # decided under one lock: a refusal from here on is late, and logged there.
-            pending = [b for b in beats if b.persister.pending]
+            # decided under one lock: a refusal from here on is late, and logged there. A
+            # write still under way (the wait ran out) is its writer's: not taken here.
+            pending = [b for b in beats if b.persister.pending and not b.persister.final_under_way]
             self._at_close = {id(b.persister) for b in pending}
         self._write_pending(pending, last=True, busy=refused)
 
     def _settle(self, beats: list[_Beat]) -> bool:
-        """Wait for the final writes of ``beats`` under way to end (a commit; after a
-        refused one, its checkpoint, which is then kept at once): whether one was refused
-        (the database is still busy).
+        """Wait for the final writes of ``beats`` under way to end (a commit, or the
+        checkpoint of a failure): whether one was refused (the database is still busy).
 
-        Such a write waits at most twice the store's own wait (``busy_timeout``, or for a
-        pooled connection) once it has the store's connection or lock: its commit, then the
-        checkpoint of that failure. The wait here ends after three times that (a write
-        queued behind another call of the store): a bound, not a schedule. A write that
-        ends later, refused, is logged as given up (:meth:`unregister`)."""
-        ended = threading.Semaphore(0)
-        under_way = [b for b in beats if b.persister.when_final_written(ended.release)]
-        if not under_way:
-            return False
+        A last commit a busy database refused keeps its checkpoint at once
+        (:meth:`ReplyPersister.keep_refused`): its failure path, which would write it, runs
+        on the driver's thread after the on_error hooks, maybe the one closing the store
+        (a hook) or one this blocks (an event loop); waited for, it never came.
+
+        Such a write waits at most the store's own wait (``busy_timeout``, or for a pooled
+        connection) once it has the store's connection or lock. The wait here ends after
+        three times that (a write queued behind another call of the store): a bound, not
+        a schedule. A write that ends later, refused, is logged as given up
+        (:meth:`unregister`)."""
         deadline = time.monotonic() + 3 * _wait_of(self.store, self.ttl)
-        for _ in under_way:
-            if not ended.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        seen: set[int] = set()
+        while True:
+            for b in beats:
+                if b.persister.keep_refused():
+                    seen.add(id(b))
+            ended = threading.Semaphore(0)
+            under_way = [
+                b for b in beats if b.persister.when_final_written(ended.release, handed_on=False)
+            ]
+            if not under_way:
                 break
-        return any(b.persister.pending for b in under_way)
+            seen.update(id(b) for b in under_way)
+            if not all(
+                ended.acquire(timeout=max(0.0, deadline - time.monotonic())) for _ in under_way
+            ):
+                break
+        return any(b.persister.pending for b in beats if id(b) in seen)
 
     def write_pending(self) -> None:
         """Try now, once more, the final checkpoints a busy database refused (waiting for

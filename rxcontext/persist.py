@@ -346,9 +346,10 @@ class ReplyPersister:
     """The reply's commit a lock refused, after its wait (a Ctrl-C held through it, or a
     cancel that came while it waited, ends the reply next): the final checkpoint is kept at
     once, not tried again (:meth:`commit_whole`, :meth:`interrupt`)."""
-    _landing: list[Callable[[], None]] | None = None
+    _landing: list[tuple[Callable[[], None], bool]] | None = None
     """Who is told when the final write under way ends (:meth:`when_final_written`), from
-    :meth:`_finish` until then. Under ``_claim``."""
+    :meth:`_finish` until then, and whether through a failed commit's failure path (else
+    told at that failure too). Under ``_claim``."""
     attention = False
     """Set by the timer when the driver must act at its next chunk (flush, or stop)."""
     lost: RxContextError | None = None
@@ -898,24 +899,61 @@ class ReplyPersister:
         finally:
             if claimed:
                 with self._claim:
-                    waiting = None
+                    waiting: list[tuple[Callable[[], None], bool]] = []
                     if self.finished:
-                        waiting, self._landing = self._landing, None
-                for told in waiting or ():
+                        waiting, self._landing = self._landing or [], None
+                    elif self._landing:  # handed on: who does not wait for that is told now
+                        waiting = [w for w in self._landing if not w[1]]
+                        self._landing = [w for w in self._landing if w[1]]
+                for told, _ in waiting:
                     told()
 
-    def when_final_written(self, told: Callable[[], None]) -> bool:
+    def when_final_written(self, told: Callable[[], None], *, handed_on: bool = True) -> bool:
         """Call ``told`` (in the writing thread) once the final write under way ends;
         False, calling nothing, when none is (not begun, or over). ``finished`` is set
         as that write begins: SIGTERM under asyncio, finding the reply finished, waits
         for the write to end before the process dies (:mod:`rxcontext._loopterm`). After
         a commit that failed, until its failure path's checkpoint is written, one is
-        under way too (``finished`` False meanwhile)."""
+        under way too (``finished`` False meanwhile).
+
+        ``handed_on=False``: told at a commit that failed too, and no write is under way
+        between that failure and its failure path's checkpoint (which the driver's thread
+        writes after the on_error hooks: a closing store must not wait for it, see
+        :meth:`keep_refused`)."""
         with self._claim:
-            if self._landing is None:
+            if self._landing is None or not (handed_on or self.finished):
                 return False
-            self._landing.append(told)
+            self._landing.append((told, handed_on))
             return True
+
+    @property
+    def final_under_way(self) -> bool:
+        """Whether a final write is under way (or a failed commit's failure path is to
+        write the checkpoint): see :meth:`when_final_written`."""
+        return self._landing is not None
+
+    def keep_refused(self) -> bool:
+        """The store closes: a last commit a busy database refused, whose failure path has
+        not begun, keeps its checkpoint (what was delivered, interrupted) now, as
+        :attr:`pending`, for ``close()`` to write. That path runs on the driver's thread
+        after the on_error hooks: the thread closing the store (a hook), or one it blocks
+        (the event loop of an asyncio reply): waited for, it never came, and the text its
+        user was shown was lost. The failure path then finds the reply ended and raises
+        the refusal, with a note. True if kept."""
+        refused = self._refused
+        with self._claim:
+            if refused is None or self.finished or self._landing is None:
+                return False
+        try:
+            self._interrupt(describe_error(refused), refused, refused=refused)
+        except StoreBusy:
+            refused.add_note(
+                "rxcontext: the store closed meanwhile: what was delivered was kept and "
+                "written as the reply's checkpoint (interrupted) by store.close(), if the "
+                "database could be written by then"
+            )
+            return self.pending
+        return False
 
     def interrupt(self, error: BaseException | None) -> Checkpoint | None:
         """Write what was delivered as the reply's checkpoint, mark it ``INTERRUPTED``.

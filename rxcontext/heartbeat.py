@@ -424,6 +424,7 @@ class Heartbeat(ServesStore):
         wait = last and not busy
         deadline: float | None = None  # the rounds' end, from the first refusal
         failed = False  # a write failed otherwise: the store, not a lock
+        unreached: set[int] = set()  # refused once that happened: the store's failure too
         if last and busy and beats:
             more = _wait_of(self.store, self.ttl)
             deadline = time.monotonic() + more
@@ -452,6 +453,8 @@ class Heartbeat(ServesStore):
                         failed = True
                 if written is None:
                     refused.append(beat)
+                    if failed:
+                        unreached.add(id(beat))
                     if wait:
                         wait = False  # still busy: no write waits again
                         now = time.monotonic()
@@ -476,14 +479,16 @@ class Heartbeat(ServesStore):
             if pause <= 0:
                 break
             time.sleep(min(RETRY_EVERY, pause))
-        why = (
-            "the store failed as it closed (the server down or unreachable: see the error "
-            "above), and was not tried again"
-            if failed
-            else "the database is still busy: locked by another session, or every pooled "
-            "connection in use"
-        )
         for beat in left:
+            # A write refused by a lock before another failed otherwise was refused by a
+            # lock: only those refused after it are the store's failure.
+            why = (
+                "the store failed as it closed (the server down or unreachable: see the error "
+                "above), and was not tried again"
+                if id(beat) in unreached
+                else "the database is still busy: locked by another session, or every pooled "
+                "connection in use"
+            )
             _log.warning(
                 "the final checkpoint of reply %r could not be written (%s): it holds its "
                 "last periodic write",

@@ -3,15 +3,19 @@
 ``close()`` writes the final checkpoints a busy database refused (tests/test_busy_final_write.py).
 It took the set of those once, as it began; a reply whose commit was already under way then
 (waiting for the store's lock, then for another connection's write lock) and was refused
-after that was in nobody's set: its driver only logged that it could not be written, and the
-text its user was shown was lost (the row kept its last periodic write).
+after that was in nobody's set: the text its user was shown was lost (the row kept its last
+periodic write). On main the SQLite test fails either way, as the threads run: the driver's
+checkpoint refused after close() took its set, only logged ("could not be written"); or,
+close() done first, that checkpoint written on a closed store (the user gets
+``StoreClosedError``, not ``StoreBusy``).
 
 The steps are ordered, not raced: the reply's commit queues behind the store's lock, which
 a thread of the test holds (another call of the store under way); ``close()`` begins, and
 the heartbeat's thread ends (``Heartbeat.serving`` says False: ``close()`` has marked itself
 closed and taken its replies); then the store's lock goes and the commit waits
-``busy_timeout`` for the other connection's lock, and is refused (and so is the checkpoint
-of that failure, after a wait of its own: the user gets ``StoreBusy``). The other connection lets
+``busy_timeout`` for the other connection's lock, and is refused: ``close()`` keeps its
+checkpoint at once, or, if the failure path claimed it first, waits for it (refused too, after
+a wait of its own); the user gets ``StoreBusy`` either way. The other connection lets
 go at the heartbeat's first log record (``close()`` found the database still busy) —
 or never (``held``: then the reply keeps its last periodic write, and a warning names it).
 """

@@ -14,7 +14,6 @@ lease was fresh (``tests/test_pg_lease_ambiguous.py``).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -72,7 +71,6 @@ class PostgresLeases:
         _runner: Runner
         lease_ttl: float
         _close_hooks: list[Callable[[], None]]
-        _closing: threading.RLock
 
         def find_reply(self, reply_id: str) -> Checkpoint | None: ...
 
@@ -184,14 +182,9 @@ class PostgresLeases:
         self._close_hooks.append(hook)
 
     def _run_close_hooks(self) -> None:
-        """Run the close hooks (once). A second close() meanwhile (another thread's shutdown
-        path) waits for them: it closed the connections under the first one's final
-        writes, and close() is idempotent, not a race (``_closing`` is reentrant: a hook
-        may close the store too)."""
-        with self._closing:
-            hooks, self._close_hooks[:] = list(self._close_hooks), []
-            for hook in hooks:
-                hook()
+        hooks, self._close_hooks[:] = list(self._close_hooks), []
+        for hook in hooks:
+            hook()
 
 
 def _nothing() -> None:

@@ -26,7 +26,6 @@ The reply lifecycle (begin, checkpoint, commit, claim, keep, discard) is in
 from __future__ import annotations
 
 import contextlib
-import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -118,7 +117,6 @@ class PostgresStore(PostgresReplies, PostgresLeases):
             )
         self.lease_ttl = check_lease_ttl(lease_ttl)
         self._close_hooks: list[Callable[[], None]] = []
-        self._closing = threading.RLock()  # see _run_close_hooks
         kwargs: dict[str, Any] = {
             "autocommit": True,
             # psycopg's default threshold; None: never (PgBouncer transaction mode < 1.21)

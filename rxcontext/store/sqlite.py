@@ -268,7 +268,6 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         """Wall clock for timestamps and leases (never for order)."""
         self.lease_ttl = check_lease_ttl(lease_ttl)
         self._close_hooks: list[Callable[[], None]] = []
-        self._closing = threading.RLock()  # see _run_close_hooks
         self.busy_timeout = busy_timeout
         self._memory = self.path == ":memory:" or self.path.startswith("file::memory:")
         self._holds = None if self._memory else holds_path(self.path)
@@ -329,7 +328,6 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         self._lock = threading.RLock()
         self._bg_lock = threading.Lock()
         self._fork_lock = threading.Lock()
-        self._closing = threading.RLock()
         self._at_once = None
         self._lean = False
         if self._memory or self._conn is None or self._inherited:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
@@ -46,7 +45,6 @@ class SQLiteLeases:
         from ..records import Checkpoint
 
         _close_hooks: list[Callable[[], None]]
-        _closing: threading.RLock
         _holds: str | None
 
         def _lease(self) -> str: ...
@@ -132,11 +130,6 @@ class SQLiteLeases:
         self._close_hooks.append(hook)
 
     def _run_close_hooks(self) -> None:
-        """Run the close hooks (once). A second close() meanwhile (another thread's shutdown
-        path) waits for them: it closed the connections under the first one's final
-        writes, and close() is idempotent, not a race (``_closing`` is reentrant: a hook
-        may close the store too)."""
-        with self._closing:
-            hooks, self._close_hooks[:] = list(self._close_hooks), []
-            for hook in hooks:
-                hook()
+        hooks, self._close_hooks[:] = list(self._close_hooks), []
+        for hook in hooks:
+            hook()

@@ -435,6 +435,7 @@ class Heartbeat(ServesStore):
                 more,
             )
         left = beats
+        closed = False  # another store.close() closed the store under this one
         while True:
             refused: list[_Beat] = []
             for beat in left:
@@ -443,7 +444,15 @@ class Heartbeat(ServesStore):
                 try:
                     written = persister.write_pending(wait=wait)
                 except StoreClosedError:
-                    raise
+                    if not last:
+                        raise
+                    # A second store.close() (another thread's shutdown path, or an
+                    # on_error hook on this heartbeat's thread) closed the connections
+                    # under this one: what is left cannot be written; it is given up, and
+                    # said so (close() is idempotent: it never raises for that).
+                    closed = True
+                    refused.extend(left[left.index(beat) :])
+                    break
                 except Exception:
                     _log.exception("writing the final checkpoint of %r failed", persister.reply_id)
                     written = False
@@ -475,6 +484,8 @@ class Heartbeat(ServesStore):
             if not last or not refused:
                 return
             left = refused
+            if closed:
+                break
             pause = (deadline if deadline is not None else 0.0) - time.monotonic()
             if pause <= 0:
                 break
@@ -482,13 +493,18 @@ class Heartbeat(ServesStore):
         for beat in left:
             # A write refused by a lock before another failed otherwise was refused by a
             # lock: only those refused after it are the store's failure.
-            why = (
-                "the store failed as it closed (the server down or unreachable: see the error "
-                "above), and was not tried again"
-                if id(beat) in unreached
-                else "the database is still busy: locked by another session, or every pooled "
-                "connection in use"
-            )
+            if id(beat) in unreached:
+                why = (
+                    "the store failed as it closed (the server down or unreachable: see the "
+                    "error above), and was not tried again"
+                )
+            elif closed:
+                why = "another store.close() closed the store meanwhile"
+            else:
+                why = (
+                    "the database is still busy: locked by another session, or every pooled "
+                    "connection in use"
+                )
             _log.warning(
                 "the final checkpoint of reply %r could not be written (%s): it holds its "
                 "last periodic write",

@@ -940,8 +940,8 @@ class ReplyPersister:
         (the event loop of an asyncio reply): waited for, it never came, and the text its
         user was shown was lost. The failure path then finds the reply ended and raises
         the refusal, with a note. True if kept."""
-        refused = self._refused
         with self._claim:
+            refused = self._refused  # set with ``finished`` (_complete)
             if refused is None or self.finished or self._landing is None:
                 return False
         try:
@@ -1469,10 +1469,12 @@ class ReplyPersister:
                 # write (its checkpoint, every chunk delivered) must still happen.
                 with self._claim:
                     self.finished = False
-                if isinstance(failed, StoreBusy):
-                    # After its wait: that write does not wait again, whatever ends the
-                    # reply (a Ctrl-C this block holds is raised in this one's place).
-                    self._refused = failed
+                    if isinstance(failed, StoreBusy):
+                        # After its wait: that write does not wait again, whatever ends the
+                        # reply (a Ctrl-C this block holds is raised in this one's place).
+                        # Set with ``finished`` (one lock): a store.close() between the two
+                        # saw neither a refusal to keep nor a write under way (keep_refused).
+                        self._refused = failed
                 raise
             self.records = [*self.records, *records]
             # The store's copies of a long reply are freed: hand them back (rxcontext/_memory.py).

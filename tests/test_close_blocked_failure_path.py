@@ -54,9 +54,11 @@ class _Release(logging.Handler):
         super().__init__(logging.INFO)
         self.other = other
         self.records: list[logging.LogRecord] = []
+        self.first = threading.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
+        self.first.set()
         if self.other.in_transaction:
             self.other.execute("ROLLBACK")
 
@@ -167,9 +169,6 @@ def test_a_second_close_meanwhile_raises_nothing_and_loses_nothing_silently(
     setup: Any,
 ) -> None:
     db, store, other, handler = setup
-    heartbeat = heartbeat_for(store)
-    ended = threading.Event()  # the first close() ended the heartbeat's thread
-    heartbeat.serving.append(lambda on: None if on else ended.set())
     committing = threading.Event()
     outcomes: dict[str, str] = {}
 
@@ -196,9 +195,12 @@ def test_a_second_close_meanwhile_raises_nothing_and_loses_nothing_silently(
             store._db().set_trace_callback(trace)
 
     def on_error(error: BaseException) -> None:
-        # The commit was refused; the first close() is under way: a second one, as another
-        # thread's shutdown path, while this driver's thread waits for it.
-        assert ended.wait(WAIT), "the first close() never ended the heartbeat's thread"
+        # The commit was refused; the first close() kept its checkpoint and is writing it
+        # (its first log record): a second one, as another thread's shutdown path, while
+        # this driver's thread waits for it. (Before the first close() kept it, the second
+        # would close the store under the failure path's own write: StoreClosedError to
+        # the subscriber, as for any reply whose store is closed under it.)
+        assert handler.first.wait(WAIT), "the first close() never began writing"
         second.start()
         second.join(WAIT)
         assert not second.is_alive(), "the second store.close() hung"

@@ -7,6 +7,7 @@ once each has shown its chunk; setting ``go`` ends them all (``completed``).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -52,3 +53,45 @@ def start_replies(
     for _ in range(replies):
         assert shown.acquire(timeout=bound)
     return streams
+
+
+class OnFirstRecord(logging.Handler):
+    """Keeps the records logged to it; ``then`` runs (once) at the first."""
+
+    def __init__(self, then: Any) -> None:
+        super().__init__(logging.INFO)
+        self.then = then
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        if len(self.records) == 1:
+            self.then()
+
+
+class Watched:
+    """A store's own lock, telling ``queued`` when ``thread`` first asks for it (once
+    ``thread`` is set), and then running ``then`` if one is given."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.thread: threading.Thread | None = None
+        self.queued = threading.Event()
+        self.then: Any = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self.thread is threading.current_thread() and not self.queued.is_set():
+            self.queued.set()
+            if self.then is not None:
+                self.then()
+        got: bool = self._real.acquire(blocking, timeout)
+        return got
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._real.release()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)

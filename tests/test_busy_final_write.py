@@ -38,7 +38,7 @@ import threading
 from typing import IO, Any
 
 import pytest
-from ending import Waiting, start_replies
+from ending import OnFirstRecord, Waiting, start_replies
 
 import rxcontext
 from rxcontext import (
@@ -446,20 +446,6 @@ def test_stats_never_count_a_held_reply_completed_under_their_read_as_open(
         reader.close()
 
 
-class _OnFirstRecord(logging.Handler):
-    """Runs ``then`` (once) at the first record the heartbeat logs."""
-
-    def __init__(self, then: Any) -> None:
-        super().__init__(logging.INFO)
-        self.then = then
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-        if len(self.records) == 1:
-            self.then()
-
-
 def test_closing_writes_every_pending_reply_once_the_lock_goes_soon_after_the_first_wait(
     tmp_path: Any,
 ) -> None:
@@ -484,7 +470,7 @@ def test_closing_writes_every_pending_reply_once_the_lock_goes_soon_after_the_fi
             released.set()
             lock.commit()
 
-    handler = _OnFirstRecord(release)
+    handler = OnFirstRecord(release)
     logger = logging.getLogger("rxcontext.heartbeat")
     level = logger.level
     try:
@@ -528,7 +514,7 @@ def test_closing_tries_again_for_at_most_the_stores_own_wait(tmp_path: Any) -> N
     go = threading.Event()
     errors: list[BaseException] = []
     lock = sqlite3.connect(db, timeout=10, check_same_thread=False)
-    handler = _OnFirstRecord(lambda: None)
+    handler = OnFirstRecord(lambda: None)
     logger = logging.getLogger("rxcontext.heartbeat")
     level = logger.level
     holding = threading.Event()

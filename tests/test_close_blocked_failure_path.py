@@ -34,6 +34,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
+from ending import Watched
 
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, ReplyState, StoreBusy
@@ -219,32 +220,6 @@ def test_a_second_close_meanwhile_raises_nothing_and_loses_nothing_silently(
     assert stored or told, (_stored(db), handler.given_up())
 
 
-class _Watched:
-    """The store's own lock: ``then`` runs when ``thread`` first asks for it (once armed)."""
-
-    def __init__(self, real: Any) -> None:
-        self._real = real
-        self.thread: threading.Thread | None = None
-        self.queued = threading.Event()
-        self.then: Any = None
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        if self.thread is threading.current_thread() and not self.queued.is_set():
-            self.queued.set()
-            self.then()
-        got: bool = self._real.acquire(blocking, timeout)
-        return got
-
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self._real.release()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-
 def test_a_checkpoint_still_being_written_when_the_wait_runs_out_is_left_to_its_writer(
     setup: Any,
 ) -> None:
@@ -254,7 +229,7 @@ def test_a_checkpoint_still_being_written_when_the_wait_runs_out_is_left_to_its_
     warning that it could not be written) and let go of its hold while it could still be
     written."""
     db, store, other, handler = setup
-    watched = _Watched(store._lock)
+    watched = Watched(store._lock)
     store._lock = watched
     let_go = threading.Event()
     holding = threading.Event()

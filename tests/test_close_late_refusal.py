@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from ending import Waiting
+from ending import OnFirstRecord, Waiting, Watched
 
 import rxcontext
 from rxcontext import Chunk, ContextWindow, ReplyState, StoreBusy
@@ -49,44 +49,6 @@ class _Recording(Waiting):
         yield from super().iter_chunks(request)
 
 
-class _Watched:
-    """The store's own lock, telling ``queued`` when ``thread`` asks for it (once armed)."""
-
-    def __init__(self, real: Any) -> None:
-        self._real = real
-        self.thread: threading.Thread | None = None
-        self.queued = threading.Event()
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        if self.thread is threading.current_thread():
-            self.queued.set()
-        got: bool = self._real.acquire(blocking, timeout)
-        return got
-
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self._real.release()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-
-class _Records(logging.Handler):
-    """The heartbeat's records; ``then`` runs (once) at the first."""
-
-    def __init__(self, then: Any) -> None:
-        super().__init__(logging.INFO)
-        self.then = then
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-        if len(self.records) == 1:
-            self.then()
-
-
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("lock", ["goes", "held"])
 def test_a_commit_refused_after_close_began_is_written_by_close(tmp_path: Any, lock: str) -> None:
@@ -94,7 +56,7 @@ def test_a_commit_refused_after_close_began_is_written_by_close(tmp_path: Any, l
     store = rxcontext.open(db, busy_timeout=BUSY, lease_ttl=600.0)
     heartbeat = heartbeat_for(store)
     heartbeat.poll_every = 600.0  # its thread makes no call of its own meanwhile
-    watched = _Watched(store._lock)
+    watched = Watched(store._lock)
     store._lock = watched  # before any call: every call takes it
     ended = threading.Event()
     heartbeat.serving.append(lambda on: None if on else ended.set())
@@ -109,7 +71,7 @@ def test_a_commit_refused_after_close_began_is_written_by_close(tmp_path: Any, l
             released.set()
             other.execute("COMMIT")
 
-    handler = _Records(release)
+    handler = OnFirstRecord(release)
     logger = logging.getLogger("rxcontext.heartbeat")
     level = logger.level
     holding = threading.Event()
@@ -205,7 +167,7 @@ def test_a_commit_refused_by_a_busy_pool_after_close_began_is_written_by_close(
             asked.set()
         return True
 
-    handler = _Records(gate.set)
+    handler = OnFirstRecord(gate.set)
     logger = logging.getLogger("rxcontext.heartbeat")
     pool_logger = logging.getLogger("psycopg.pool")
     levels = logger.level, pool_logger.level

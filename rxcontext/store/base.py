@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol
 from ..attachments import Attachment
 from ..chunks import Usage
 from ..errors import CheckpointResolved, ReplyBusy
-from ..records import Checkpoint, Context, ContextStats, Record, RecordType, ReplyState
+from ..records import FRESH, Checkpoint, Context, ContextStats, Record, RecordType, ReplyState
 from ..usage_by_model import USAGE_BY_MODEL
 
 __all__ = [
@@ -189,6 +189,41 @@ class CheckpointDraft:
     chunks: int = 0
     response_id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    # Every periodic tick makes one per streaming reply (thousands a tick at many streams):
+    # written through the slots' descriptors, as Record's, rather than the generated
+    # constructor's object.__setattr__ per field. Same signature, same values.
+    def __init__(
+        self,
+        append_text: str = "",
+        append_thinking: str = "",
+        tool_calls: Sequence[Mapping[str, Any]] = (),
+        usage: Usage | None = None,
+        error: str | None = None,
+        chunks: int = 0,
+        response_id: str | None = None,
+        metadata: Mapping[str, Any] = FRESH,
+    ) -> None:
+        _d_append_text(self, append_text)
+        _d_append_thinking(self, append_thinking)
+        _d_tool_calls(self, tool_calls)
+        _d_usage(self, usage)
+        _d_error(self, error)
+        _d_chunks(self, chunks)
+        _d_response_id(self, response_id)
+        _d_metadata(self, {} if metadata is FRESH else metadata)
+
+
+(
+    _d_append_text,
+    _d_append_thinking,
+    _d_tool_calls,
+    _d_usage,
+    _d_error,
+    _d_chunks,
+    _d_response_id,
+    _d_metadata,
+) = (CheckpointDraft.__dict__[f].__set__ for f in CheckpointDraft.__dataclass_fields__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -333,6 +333,7 @@ class ReplyPersister:
     _grown = False  # a long reply grew by a part since: it writes, at attend()
     _written = 0  # builder.chunks at the last checkpoint write (-1: write again)
     _keys_cache: tuple[tuple[str | None, Any], dict[str, Any]] | None = None
+    _store_long: int | None = None  # the store's long_text (_new_builder)
     # The exactness protocol (module docstring).
     busy = False
     _claimed = False
@@ -560,47 +561,56 @@ class ReplyPersister:
 
     # -- snapshots ------------------------------------------------------------------------
 
-    def _draft(self, error: str | None) -> CheckpointDraft:
+    def _draft(self, error: str | None, catch: bool = False) -> CheckpointDraft:
         """What the checkpoint does not hold yet: the text and thinking delivered past the
         marks (O(that text)); the marks move when the write lands (:meth:`_landed`).
 
         A periodic write of a reply that can be committed from its checkpoint
         (:meth:`_long_at`, and no native resume point to keep in step) takes at most that
         many characters of text: a long backlog is written in bounded parts
-        (:meth:`behind`), the builder letting go of each as it lands."""
+        (:meth:`behind`), the builder letting go of each as it lands. ``catch``: the
+        tick's first write, which sets how far the tick catches up (the whole text now)."""
         b = self.builder
         self._behind = False
         cap = self._cap() if error == IN_PROGRESS else None
-        if cap is not None and b.text_length() - self._text_mark > cap:
-            text = b.text_slice(self._text_mark, cap)
-            text_end = self._text_mark + len(text)
+        # One read of each (the builder's lengths come with it): a tick makes this for
+        # every streaming reply.
+        mark = self._text_mark
+        text, text_length = b.text_from(mark, cap)
+        text_end = mark + len(text)
+        mark = self._thinking_mark
+        thinking, thinking_length = b.thinking_from(mark, cap)
+        thinking_end = mark + len(thinking)
+        if catch:
+            self._catch_text, self._catch_thinking = text_length, thinking_length
+        if text_end < text_length:  # cut at the cap: the rest is still to write
             self._behind = text_end < self._catch_text
-            self._written = -1  # the rest is still to write
-        else:
-            text, text_end = b.text_from(self._text_mark)
-        if cap is not None and b.thinking_length() - self._thinking_mark > cap:
-            thinking = b.thinking_slice(self._thinking_mark, cap)
-            thinking_end = self._thinking_mark + len(thinking)
+            self._written = -1
+        if thinking_end < thinking_length:
             self._behind = self._behind or thinking_end < self._catch_thinking
             self._written = -1
-        else:
-            thinking, thinking_end = b.thinking_from(self._thinking_mark)
         # A pair's high half waits for its low half (a provider may cut an emoji between two
         # deltas): stored alone, it could only be replaced and the character lost. A
         # periodic write stores it with its low half, at the next write; until then, and
         # in a final write, it is kept beside the text (HELD_KEY), where the point of a
         # native resume, just after it, expects it.
-        held: dict[str, int] = {}
+        # (The checks below that nearly always fail are made here, not by a call: a tick
+        # makes this for every streaming reply.)
+        held: dict[str, int] | None = None
         if text and "\ud800" <= text[-1] <= "\udbff":
-            held["text"] = ord(text[-1])
+            held = {"text": ord(text[-1])}
             text, text_end = text[:-1], text_end - 1
-        if thinking and "\ud800" <= thinking[-1] <= "\udbff":
-            held["thinking"] = ord(thinking[-1])
-            thinking, thinking_end = thinking[:-1], thinking_end - 1
+        if thinking:
+            if "\ud800" <= thinking[-1] <= "\udbff":
+                held = held or {}
+                held["thinking"] = ord(thinking[-1])
+                thinking, thinking_end = thinking[:-1], thinking_end - 1
+            self._inflight_pairs = _pairs_in(thinking, self._thinking_mark)
+        else:
+            self._inflight_pairs = ()
         self._inflight_text, self._inflight_thinking = text_end, thinking_end
-        self._inflight_pairs = _pairs_in(thinking, self._thinking_mark)
         delivered = b.chunks - self._seeded
-        split = self._usage_by_model()
+        split = self._usage_by_model() if self._resume is not None else None
         response_id = b.response_id
         point = self._cursor.point(delivered) if self._cursor is not None else None
         metadata: dict[str, Any]
@@ -622,15 +632,18 @@ class ReplyPersister:
         else:
             metadata = self._keys_metadata()
         calls = b.tool_fragments()
+        usage = b.usage
+        if self._resume is not None or self._set_aside is not None:
+            usage = _plus(self._billed(), usage)
         return CheckpointDraft(
-            append_text=text,
-            append_thinking=thinking,
-            tool_calls=_json_safe(calls) if calls else (),
-            usage=_plus(self._billed(), b.usage),
-            error=error,
-            chunks=delivered,
-            response_id=response_id,
-            metadata=metadata,
+            text,
+            thinking,
+            _json_safe(calls) if calls else (),
+            usage,
+            error,
+            delivered,
+            response_id,
+            metadata,
         )
 
     def _keys_metadata(self) -> dict[str, Any]:
@@ -699,7 +712,7 @@ class ReplyPersister:
         (validated whole)."""
         if self.every is None or self._claim_resume is not None or self.output_schema is not None:
             return None
-        return cast("int | None", getattr(self.store, "long_text", None))
+        return self._store_long
 
     def _long_enough(self) -> bool:
         """Whether the checkpoint holds enough text or thinking for the builder to let go."""
@@ -710,7 +723,8 @@ class ReplyPersister:
         """A round's builder; on a store that commits a long reply from its checkpoint, it
         says when the reply grew by another such part (:meth:`_part_grown`)."""
         builder = ReplyBuilder()
-        at = cast("int | None", getattr(self.store, "long_text", None))
+        # Read here once (a store's property): every periodic write asks (_long_at).
+        at = self._store_long = cast("int | None", getattr(self.store, "long_text", None))
         if at is not None and self.every is not None:
             builder.set_alarm(_Alarm(self), at)
         return builder
@@ -769,11 +783,9 @@ class ReplyPersister:
                     return None
                 if not self._dirty():
                     return None
-                if not self._behind:  # the tick's first write: how far it catches up
-                    b = self.builder
-                    self._catch_text, self._catch_thinking = b.text_length(), b.thinking_length()
                 self._written = self.builder.chunks
-                return self._draft(IN_PROGRESS)
+                # Not behind: the tick's first write (it sets how far the tick catches up).
+                return self._draft(IN_PROGRESS, catch=not self._behind)
             finally:
                 self._claimed = False
 

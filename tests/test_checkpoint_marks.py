@@ -42,8 +42,15 @@ def test_text_from_is_the_suffix_at_any_point(steps: list[tuple[str, str]], data
             builder.build()  # joins the parts in place
         start = data.draw(st.integers(0, len(text)))
         assert builder.text_from(start) == (text[start:], len(text))
+        limit = data.draw(st.integers(0, 12))  # a bounded part (a long backlog's)
+        assert builder.text_from(start, limit) == (text[start : start + limit], len(text))
         start = data.draw(st.integers(0, len(thinking)))
         assert builder.thinking_from(start) == (thinking[start:], len(thinking))
+        limit = data.draw(st.integers(0, 12))
+        assert builder.thinking_from(start, limit) == (
+            thinking[start : start + limit],
+            len(thinking),
+        )
 
 
 def test_one_thinking_block_shares_the_thinking_text() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -27,7 +28,7 @@ from rxcontext import (
 )
 from rxcontext.interop import fork_context
 from rxcontext.store import CheckpointDraft, RecordDraft, ReplyTicket, Store
-from rxcontext.store.base import ORPHANED
+from rxcontext.store.base import IN_PROGRESS, ORPHANED
 from rxcontext.store.owner import worker_id
 from rxcontext.store.sqlite_replies import BULK_CHARS
 
@@ -515,6 +516,63 @@ def test_a_batch_keeps_a_replys_writes_in_order_when_its_first_is_written_apart(
     assert store.get_checkpoint(b.checkpoint_id).text == "other"
 
 
+def test_a_batch_binds_once_only_what_every_row_shares(tmp_path: Any) -> None:
+    """SQLite's one-statement batch binds a column once when every row has the same value
+    in it, and reads it from each row otherwise: whichever row first differs (the second,
+    the last, one in between) and in whichever column (the epoch of a resumed reply, a
+    usage, a response id, the metadata, tool calls, an error), each checkpoint is stored
+    as writing its draft alone stores it."""
+    base = CheckpointDraft("t", chunks=1, metadata={"model": "m"}, error=IN_PROGRESS)
+    variants = {
+        "usage": {"usage": Usage.of(1, 2)},
+        "response_id": {"response_id": "resp"},
+        "metadata": {"metadata": {"model": "other"}},
+        "tool_calls": {"tool_calls": [{"index": 0, "id": "c", "name": "f", "arguments": ""}]},
+        "error": {"error": "boom"},
+        "none": {"response_id": None, "metadata": {}},
+    }
+    with rxcontext.open(tmp_path / "shared.db") as store:
+        n = 0
+        for name, change in variants.items():
+            for where in (1, 2, 4):  # the second, one in between, the last of five
+                n += 1
+                ctx = store.get_or_create_context(f"resumed{n}")
+                old = begin(store, ctx.id, f"old{n}", DEAD)
+                store.claim_checkpoint(old.checkpoint_id, owner=worker_id())
+                claimed = store.get_checkpoint(old.checkpoint_id)
+                resumed = ReplyTicket(claimed.id, claimed.epoch, claimed.owner)
+                assert resumed.epoch != 1
+                pairs = []
+                for i in range(5):
+                    ctx = store.get_or_create_context(f"c{n}-{i}")
+                    single = begin(store, ctx.id, f"s{n}-{i}")
+                    batched = begin(store, ctx.id, f"b{n}-{i}")
+                    draft = replace(base, **change) if i == where else base  # type: ignore[arg-type]
+                    draft = replace(draft, chunks=i + 1, append_text=f"t{i} é")
+                    assert store.save_checkpoints([(single, draft)]) == [True]
+                    pairs.append((single, batched, draft))
+                batch = [(b, d) for _, b, d in pairs]
+                if name == "none":  # and a resumed reply's epoch, in the middle
+                    batch[2] = (resumed, batch[2][1])
+                assert store.save_checkpoints(batch) == [True] * 5
+                for i, (single, batched, _) in enumerate(pairs):
+                    got = store.get_checkpoint(
+                        (resumed if name == "none" and i == 2 else batched).checkpoint_id
+                    )
+                    want = store.get_checkpoint(single.checkpoint_id)
+                    assert (got.text, got.usage, got.response_id, got.error) == (
+                        want.text,
+                        want.usage,
+                        want.response_id,
+                        want.error,
+                    )
+                    assert (got.chunks, got.metadata, got.tool_calls) == (
+                        want.chunks,
+                        want.metadata,
+                        want.tool_calls,
+                    )
+
+
 def test_deleting_a_context_fences_its_replies(store: Store):
     ctx = store.get_or_create_context("c")
     ticket = begin(store, ctx.id, "r")
@@ -749,10 +807,13 @@ def test_a_bulk_periodic_write_encodes_its_rows_as_the_json_module_does(tmp_path
             writes.append((ReplyTicket(cp.id, cp.epoch), draft))
         bulk = sqlite_replies._bulk_payloads(writes)
         assert bulk is not None
-        updates, parts, rest = bulk
+        updates, binds, parts, rest = bulk
         dump = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
         assert updates == dump(json.loads(updates)) and len(json.loads(updates)) == len(texts)
-        assert parts == dump(json.loads(parts)) and rest == []
+        assert parts is not None and parts == dump(json.loads(parts)) and rest == []
+        assert len(json.loads(parts)) == len(texts) - 1  # the last has no text
+        # Only the epoch and the error are the same in every row: bound once.
+        assert binds == (False, None) * 2 + (True, None) + (False, None) * 2 + (True, cp.epoch)
         assert store.save_checkpoints(writes) == [True] * len(texts)
         assert store.save_checkpoints(writes) == [True] * len(texts)  # appended again
         for (ticket, draft), text in zip(writes, texts, strict=True):

@@ -72,7 +72,7 @@ from .providers.base import NATIVE_RESUME_KEY, ResumeCursor
 from .records import Checkpoint, Record, RecordType, ReplyState
 from .schema import OutputSchema, SchemaFailure
 from .store._sqlite_rows import storable
-from .store.base import IN_PROGRESS, CheckpointDraft, RecordDraft, ReplyTicket, Store
+from .store.base import IN_PROGRESS, CheckpointDraft, RecordDraft, ReplyTicket, Store, new_draft
 from .store.owner import worker_id
 from .usage_by_model import USAGE_BY_MODEL, Part, by_model, natively, parse, parts_of
 
@@ -635,7 +635,7 @@ class ReplyPersister:
         usage = b.usage
         if self._resume is not None or self._set_aside is not None:
             usage = _plus(self._billed(), usage)
-        return CheckpointDraft(
+        return new_draft(
             text,
             thinking,
             _json_safe(calls) if calls else (),

@@ -781,10 +781,11 @@ def test_a_checkpoint_id_no_row_can_have_is_not_found(store: Store, bad: int) ->
 
 
 def test_a_bulk_periodic_write_encodes_its_rows_as_the_json_module_does(tmp_path: Any) -> None:
-    """SQLite's periodic writes of many replies go into one statement as JSON arrays, each
-    row encoded as it is made (so a tick holds no row tuples: docs/benchmarks.md, "a tick's
-    objects"): the arrays are what ``json`` makes of the rows whole, and the text stored is
-    what was sent, quotes, backslashes, control characters and non-ASCII included."""
+    """SQLite's periodic writes of many replies go into one statement per table as JSON,
+    each row encoded as it is made (so a tick holds no row tuples: docs/benchmarks.md, "a
+    tick's objects"): the JSON is what ``json`` makes of the rows whole, the parts' text
+    is beside it in UTF-8 where their spans say, and the text stored is what was sent,
+    quotes, backslashes, control characters and non-ASCII included."""
     import json
 
     from rxcontext.store import sqlite_replies
@@ -810,8 +811,18 @@ def test_a_bulk_periodic_write_encodes_its_rows_as_the_json_module_does(tmp_path
         updates, binds, parts, rest = bulk
         dump = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
         assert updates == dump(json.loads(updates)) and len(json.loads(updates)) == len(texts)
-        assert parts is not None and parts == dump(json.loads(parts)) and rest == []
-        assert len(json.loads(parts)) == len(texts) - 1  # the last has no text
+        assert parts is not None and rest == []
+        spans, blob = parts
+        assert spans == dump(json.loads(spans))
+        assert len(json.loads(spans)) == len(texts) - 1  # the last has no text
+        # The parts' text and thinking, one after another in UTF-8, where the spans say.
+        got = []
+        for span in json.loads(spans).values():
+            for at in span if isinstance(span, list) else [span]:
+                start, size = at >> sqlite_replies._AT, at & ((1 << sqlite_replies._AT) - 1)
+                got.append(blob[start : start + size].decode())
+        want = [p for t, d in zip(texts, writes, strict=True) for p in (t, d[1].append_thinking)]
+        assert "".join(got) == "".join(want) and len(blob) == len("".join(want).encode())
         # Only the epoch and the error are the same in every row: bound once.
         assert binds == (False, None) * 2 + (True, None) + (False, None) * 2 + (True, cp.epoch)
         assert store.save_checkpoints(writes) == [True] * len(texts)

@@ -279,3 +279,65 @@ def test_a_cut_between_the_halves_of_a_surrogate_pair_keeps_the_half_beside_the_
     assert cp.metadata[HELD_KEY] == {field: 0xD83D}
     reply = cw.resume_call(cp.id)
     assert getattr(reply, field) == "AB"
+
+
+def test_ticks_of_many_replies_store_exactly_what_each_delivered(tmp_path) -> None:
+    """Periodic ticks over several replies (SQLite writes them in one statement per table)
+    store, after each tick, exactly the text and thinking each reply delivered: non-ASCII,
+    emoji, and a surrogate pair cut between two deltas on either side of a tick (its high
+    half waits for the next tick, in the text and in the thinking)."""
+    from reactivex.testing import TestScheduler
+
+    from rxcontext.checkpointer import Checkpointer
+    from rxcontext.persist import ReplyPersister
+
+    T, K = ChunkKind.TEXT, ChunkKind.THINKING
+    ticks = [
+        [[(T, "café "), (T, "\ud83d")], [(K, "naïve \ud83e")], [(T, "日本"), (K, "x")], []],
+        [[(T, "\ude00 fin")], [(K, "\udd14 ok"), (T, "é")], [(T, "\U0001f600")], [(T, "a")]],
+        [[(T, "\ud83d"), (T, "\ude01")], [(T, "\ud83d")], [(K, "ü")], [(T, "b")]],
+        [[], [(T, "\ude02!")], [], []],
+    ]
+    with rxcontext.open(tmp_path / "ticks.db") as store:
+        timer = Checkpointer(store, 1.0, scheduler=TestScheduler())
+        replies = []
+        for i in range(len(ticks[0])):
+            ctx = store.get_or_create_context(f"c{i}")
+            p = ReplyPersister(store, ctx.id, checkpoint_every=1.0)
+            p.begin()
+            timer.register(p)
+            replies.append(p)
+        sent = [["", ""] for _ in replies]
+        for deltas in ticks:
+            for i, (p, chunks) in enumerate(zip(replies, deltas, strict=True)):
+                for kind, delta in chunks:
+                    p.add(Chunk(kind, delta))
+                    sent[i][kind is K] += delta
+            timer.tick()
+            for p, (text, thinking) in zip(replies, sent, strict=True):
+                assert p.ticket is not None
+                cp = store.get_checkpoint(p.ticket.checkpoint_id)
+                # A high half at the end waits for its low half (the next tick's).
+                want = [
+                    s[:-1] if s and "\ud800" <= s[-1] <= "\udbff" else s for s in (text, thinking)
+                ]
+                joined = [s.encode("utf-16", "surrogatepass").decode("utf-16") for s in want]
+                assert [cp.text, cp.thinking] == joined
+        assert store.get_checkpoint(replies[1].ticket.checkpoint_id).text == "é\U0001f602!"
+
+
+def test_a_tick_s_drafts_are_the_drafts_the_constructor_makes() -> None:
+    """The persister makes its drafts through ``new_draft`` (a shell of the same slots made
+    a CheckpointDraft): the same value, type and frozenness as ``CheckpointDraft(...)``."""
+    import dataclasses
+
+    from rxcontext import Usage
+    from rxcontext.store.base import CheckpointDraft, new_draft
+
+    values = ("té", "x", ({"id": "c"},), Usage.of(1, 2), "in progress", 3, "r", {"m": 1})
+    made = new_draft(*values)
+    assert made == CheckpointDraft(*values) and type(made) is CheckpointDraft
+    assert repr(made) == repr(CheckpointDraft(*values))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.chunks = 4  # type: ignore[misc]
+    assert dataclasses.replace(made, chunks=4) == CheckpointDraft(*values[:5], 4, *values[6:])

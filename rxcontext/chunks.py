@@ -11,7 +11,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from itertools import accumulate
+from itertools import accumulate, count
 from typing import Any
 
 __all__ = ["Chunk", "ChunkKind", "Reply", "ReplyBuilder", "ToolCall", "Usage"]
@@ -411,6 +411,12 @@ class _ThinkingBlock:
         self.redacted: str | None = None
 
 
+_SHAPES = count(1)
+"""Each new shape of a builder's parts (:meth:`ReplyBuilder._reshape`): ``next`` is one
+atomic step, so two threads never make the same one."""
+_NOT_KNOWN = (0, 0, 0)
+"""A read that knows nothing of the parts (shape 0 is no builder's)."""
+
 _COALESCE = 256
 """Deltas kept as separate strings before they are joined into one block.
 
@@ -526,13 +532,16 @@ class ReplyBuilder:
         "_finish_reason",
         "_metadata",
         "_response_id",
+        "_shape",
         "_text",
         "_text_fresh",
         "_text_gone",
+        "_text_known",
         "_thinking",
         "_thinking_blocks",
         "_thinking_fresh",
         "_thinking_gone",
+        "_thinking_known",
         "_thinking_open",
         "_unwritten",
         "_usage",
@@ -542,6 +551,11 @@ class ReplyBuilder:
     def __init__(self) -> None:
         self._text: list[str] = []
         self._text_fresh = 0  # deltas at the end of _text not yet coalesced
+        # What a checkpoint's read of the text (thinking) last found, (shape, parts,
+        # length): the first ``parts`` of it hold ``length`` characters while the parts
+        # are only appended to, which :meth:`_reshape` (a join, a let-go, a rewind) ends.
+        self._shape = 0
+        self._text_known = self._thinking_known = _NOT_KNOWN
         self._text_gone = 0  # characters let go from the front of the text (let_go_text)
         # Empty tuples until a reply has reasoning (a tool round before): most replies
         # never do, and three lists made for each were three more objects the cyclic
@@ -624,7 +638,9 @@ class ReplyBuilder:
                 self._text.append(text)
                 self._text_fresh += 1
                 if self._text_fresh == _COALESCE:
+                    self._reshape()
                     _coalesce(self._text)
+                    self._reshape()
                     self._text_fresh = 0
                     if self._alarm is not None:
                         self._sound(self._text[-1])
@@ -643,7 +659,9 @@ class ReplyBuilder:
                 parts.append(chunk.text)
                 self._thinking_fresh += 1
                 if self._thinking_fresh == _COALESCE:
+                    self._reshape()
                     _coalesce(parts)
+                    self._reshape()
                     self._thinking_fresh = 0
                     if self._alarm is not None:
                         self._sound(parts[-1])
@@ -732,27 +750,47 @@ class ReplyBuilder:
         keep = max(0, chunk.index)
         text = self.text
         if keep < len(text):
+            self._reshape()
             self._text[:] = [text[:keep]] if keep else []
+            self._reshape()
         thinking_keep = chunk.metadata.get("thinking")
         if isinstance(thinking_keep, int):
             thinking = self.thinking
             if thinking_keep < len(thinking):
+                self._reshape()
                 self._thinking = [thinking[: max(0, thinking_keep)]] if thinking_keep > 0 else ()
+                self._reshape()
                 self._thinking_blocks.clear()
                 self._earlier_blocks = []
                 self._thinking_open = None
+
+    def _reshape(self) -> None:
+        """The text's or thinking's parts change other than by an append: what a read of
+        them knew (:meth:`_from`) no longer holds. Called before the change and after it,
+        so a read on another thread meanwhile neither uses nor keeps what it knew."""
+        self._shape = next(_SHAPES)
 
     @property
     def text(self) -> str:
         """The text so far."""
         self._text_fresh = 0
-        return _joined(self._text)
+        if len(self._text) < 2:
+            return _joined(self._text)
+        self._reshape()
+        text = _joined(self._text)
+        self._reshape()
+        return text
 
     @property
     def thinking(self) -> str:
         """The reasoning text so far."""
         self._thinking_fresh = 0
-        return _joined(self._thinking)
+        if len(self._thinking) < 2:
+            return _joined(self._thinking)
+        self._reshape()
+        thinking = _joined(self._thinking)
+        self._reshape()
+        return thinking
 
     def text_from(self, start: int, limit: int | None = None) -> tuple[str, int]:
         """The text from character ``start`` on, and the whole text's length (for a
@@ -760,9 +798,7 @@ class ReplyBuilder:
         that many characters of it (joined from the blocks they are in only), for a
         checkpoint written a bounded part at a time."""
         gone = self._text_gone
-        if not gone:
-            return _tail(self._text, start, limit)
-        text, end = _tail(self._text, start - gone, limit)
+        text, end = self._from(False, start - gone, limit)
         return text, end + gone
 
     def text_slice(self, start: int, limit: int) -> str:
@@ -779,7 +815,10 @@ class ReplyBuilder:
         persister commits a long reply from there, :mod:`rxcontext.persist`). Afterwards
         :attr:`text` and :meth:`build` hold only the rest, :attr:`text_gone` says how much
         went; :meth:`text_from` keeps counting from the reply's start."""
-        if _drop(self._text, upto - self._text_gone):
+        self._reshape()
+        dropped = _drop(self._text, upto - self._text_gone)
+        self._reshape()
+        if dropped:
             self._text_fresh = min(self._text_fresh, len(self._text))
             self._text_gone = upto
 
@@ -795,10 +834,39 @@ class ReplyBuilder:
     def thinking_from(self, start: int, limit: int | None = None) -> tuple[str, int]:
         """As :meth:`text_from`, for the reasoning text."""
         gone = self._thinking_gone
-        if not gone:
-            return _tail(self._thinking, start, limit)
-        thinking, end = _tail(self._thinking, start - gone, limit)
+        thinking, end = self._from(True, start - gone, limit)
         return thinking, end + gone
+
+    def _from(self, thinking: bool, start: int, limit: int | None) -> tuple[str, int]:
+        """:func:`_tail` of the text's (the thinking's) parts; where the read before
+        ended where this one starts and the parts were only appended to since (nearly
+        every periodic write), only the parts appended since are measured and joined:
+        a checkpoint's cost follows the new text, not every part the builder holds."""
+        shape = self._shape
+        parts = list(self._thinking if thinking else self._text)  # one atomic step
+        known = self._thinking_known if thinking else self._text_known
+        if not parts:
+            return "", 0
+        if self._shape != shape:  # reshaped while copied: the copy is whole, no more
+            return _tail(parts, start, limit)
+        at, counted, length = known
+        if at == shape and counted <= len(parts) and start == length:
+            new = parts[counted:]
+            end = length + sum(map(len, new))
+            if limit is None or end - start <= limit:
+                known = (shape, len(parts), end)
+                if thinking:
+                    self._thinking_known = known
+                else:
+                    self._text_known = known
+                return "".join(new), end
+        text, end = _tail(parts, start, limit)
+        known = (shape, len(parts), end)
+        if thinking:
+            self._thinking_known = known
+        else:
+            self._text_known = known
+        return text, end
 
     def thinking_slice(self, start: int, limit: int) -> str:
         """As :meth:`text_slice`, for the reasoning text."""
@@ -812,7 +880,10 @@ class ReplyBuilder:
         """As :meth:`let_go_text`, for the reasoning text: afterwards :attr:`thinking` and
         :meth:`build` hold only the rest (thinking blocks keep where their text was)."""
         parts = self._thinking
-        if _drop(parts if parts else [], upto - self._thinking_gone):
+        self._reshape()
+        dropped = _drop(parts if parts else [], upto - self._thinking_gone)
+        self._reshape()
+        if dropped:
             self._thinking_fresh = min(self._thinking_fresh, len(self._thinking))
             self._thinking_gone = upto
 

@@ -53,6 +53,91 @@ def test_text_from_is_the_suffix_at_any_point(steps: list[tuple[str, str]], data
         )
 
 
+_tick_step = st.one_of(
+    st.tuples(st.just("text"), st.text(max_size=3)),
+    st.tuples(st.just("thinking"), st.text(max_size=3)),
+    st.tuples(st.sampled_from(["build", "read", "let_go", "rewind"]), st.just("")),
+)
+
+
+@given(st.lists(_tick_step, max_size=4 * _COALESCE), st.data())
+def test_reads_that_follow_each_other_take_what_came_between(
+    steps: list[tuple[str, str]], data
+) -> None:
+    """A checkpoint's reads, each from where the one before ended (as periodic writes go),
+    take exactly the text and thinking added in between, whatever happened to the parts
+    meanwhile: blocks joined every ``_COALESCE`` deltas, a build's join in place, a
+    let-go of what a checkpoint holds, a rewind; and a read from elsewhere (a bounded
+    part, a write that did not land) starts over."""
+    builder = ReplyBuilder()
+    text, thinking = "", ""
+    marks = [0, 0]
+    for kind, delta in steps:
+        if kind == "text":
+            builder.add(Chunk(ChunkKind.TEXT, delta))
+            text += delta
+        elif kind == "thinking":
+            builder.add(Chunk(ChunkKind.THINKING, delta))
+            thinking += delta
+        elif kind == "build":
+            builder.build()
+        elif kind == "let_go":
+            builder.let_go_text(min(marks[0], len(text)))
+            builder.let_go_thinking(min(marks[1], len(thinking)))
+        elif kind == "rewind" and not builder.text_gone:  # (a rewind counts from there)
+            keep = data.draw(st.integers(0, len(text)))
+            builder.add(Chunk(ChunkKind.REWIND, index=keep))
+            text = text[:keep]
+            marks[0] = min(marks[0], keep)
+        elif kind == "read":
+            for i, (whole, read) in enumerate(
+                ((text, builder.text_from), (thinking, builder.thinking_from))
+            ):
+                start = marks[i]
+                if data.draw(st.booleans()):  # now and then, from elsewhere
+                    gone = builder.text_gone if i == 0 else builder.thinking_gone
+                    start = data.draw(st.integers(gone, len(whole)))
+                limit = data.draw(st.one_of(st.none(), st.integers(0, 6)))
+                got = read(start, limit)
+                want = whole[start:] if limit is None else whole[start : start + limit]
+                assert got == (want, len(whole))
+                marks[i] = start + len(want)
+
+
+@pytest.mark.parametrize("between", ["build", "coalesce", "let_go", "rewind"])
+def test_a_read_after_the_parts_were_reshaped_takes_what_came_between(between: str) -> None:
+    """The cases of the test above that a few examples may miss: after a read, the parts
+    are joined (a build, a block of ``_COALESCE`` deltas), let go of, or rewound, then
+    more deltas come; the next read from where the last ended takes exactly those."""
+    builder = ReplyBuilder()
+    for delta in ["a", "b", "c"]:
+        builder.add(Chunk(ChunkKind.TEXT, delta))
+        builder.add(Chunk(ChunkKind.THINKING, delta))
+    assert builder.text_from(0) == ("abc", 3) and builder.thinking_from(0) == ("abc", 3)
+    text, thinking, mark = "abc", "abc", 3
+    if between == "build":
+        builder.build()
+    elif between == "coalesce":
+        for i in range(_COALESCE):
+            builder.add(Chunk(ChunkKind.TEXT, str(i % 10)))
+            builder.add(Chunk(ChunkKind.THINKING, str(i % 10)))
+            text += str(i % 10)
+            thinking += str(i % 10)
+    elif between == "let_go":
+        builder.let_go_text(2)
+        builder.let_go_thinking(2)
+    else:
+        builder.add(Chunk(ChunkKind.REWIND, index=2, metadata={"thinking": 2}))
+        text, thinking, mark = "ab", "ab", 2
+    for delta in ["d", "e", "f", "g"]:
+        builder.add(Chunk(ChunkKind.TEXT, delta))
+        builder.add(Chunk(ChunkKind.THINKING, delta))
+        text += delta
+        thinking += delta
+    assert builder.text_from(mark) == (text[mark:], len(text))
+    assert builder.thinking_from(mark) == (thinking[mark:], len(thinking))
+
+
 def test_one_thinking_block_shares_the_thinking_text() -> None:
     builder = ReplyBuilder()
     for i in range(3 * _COALESCE + 1):

@@ -834,6 +834,8 @@ class ReplyBuilder:
     def thinking_from(self, start: int, limit: int | None = None) -> tuple[str, int]:
         """As :meth:`text_from`, for the reasoning text."""
         gone = self._thinking_gone
+        if not self._thinking:  # (most replies: no reasoning)
+            return "", gone
         thinking, end = self._from(True, start - gone, limit)
         return thinking, end + gone
 

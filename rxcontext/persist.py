@@ -717,7 +717,7 @@ class ReplyPersister:
     def _long_enough(self) -> bool:
         """Whether the checkpoint holds enough text or thinking for the builder to let go."""
         at = self._long_at()
-        return at is not None and max(self._text_mark, self._thinking_mark) >= at
+        return at is not None and (self._text_mark >= at or self._thinking_mark >= at)
 
     def _new_builder(self) -> ReplyBuilder:
         """A round's builder; on a store that commits a long reply from its checkpoint, it
@@ -791,7 +791,7 @@ class ReplyPersister:
 
     def periodic_lock(self) -> bool:
         """For the timer: try to become this reply's writer for a moment (never blocks)."""
-        return self._write.acquire(blocking=False)
+        return self._write.acquire(False)  # (positional: no keyword parsing, every tick)
 
     def periodic_done(self, draft: CheckpointDraft | None, written: bool | None) -> None:
         """For the timer: its write ended (``written``: True, False if fenced, None if the

@@ -155,6 +155,14 @@ def model_keys(model_name: str | None) -> dict[str, str | None]:
     return {"model": model or provider or None, "provider": provider or None}
 
 
+@functools.lru_cache(maxsize=64)
+def _keys_of(model_name: str | None) -> dict[str, Any]:
+    """A checkpoint's metadata holding only ``model_name``'s keys (:func:`model_keys`): one
+    dict for the writes of every reply of that model (read, never changed), so a tick's
+    batch encodes it once (SQLite's ``_bulk_payloads`` knows it by identity)."""
+    return _json_safe(model_keys(model_name)) if model_name is not None else {}
+
+
 def reply_metadata(
     reply: Reply,
     *,
@@ -650,7 +658,10 @@ class ReplyPersister:
         """A checkpoint's metadata when it holds only the model's keys (nearly every
         periodic write): built and checked once, then the same dict every tick (drafts are
         read, never changed), so thousands of replies' ticks make one object a write, not
-        three, for the collector to count."""
+        three, for the collector to count. The same dict for every reply of a model
+        (:func:`_keys_of`), but for a native round's (its checkpoint's model)."""
+        if not self._native or self._made_by is None:
+            return _keys_of(self.model_name)
         source = (self.model_name, self._made_by if self._native else None)
         cached = self._keys_cache
         if cached is None or cached[0] != source:

@@ -155,9 +155,16 @@ _THREAD_SET = (
 reply was written or changed since its request read the history."""
 
 
-def _checkpoint_values(draft: CheckpointDraft) -> tuple[Any, ...]:
+_COMPUTE: Any = object()
+
+
+def _checkpoint_values(draft: CheckpointDraft, metadata: Any = _COMPUTE) -> tuple[Any, ...]:
+    """The checkpoint columns a draft sets, in :data:`_UPDATE`'s order (``metadata``: its
+    metadata's column value when the caller has it already)."""
     calls = draft.tool_calls
     usage = draft.usage
+    if metadata is _COMPUTE:
+        metadata = rows.to_json(dict(draft.metadata)) if draft.metadata else None
     return (
         rows.storable(json.dumps(list(calls), ensure_ascii=False)) if calls else _EMPTY_CALLS,
         # Counts alone (no cycle to look for): the C encoder made once, as a row's.
@@ -165,7 +172,7 @@ def _checkpoint_values(draft: CheckpointDraft) -> tuple[Any, ...]:
         rows.storable(draft.error) if draft.error is not None else None,
         draft.chunks,
         draft.response_id,
-        rows.to_json(dict(draft.metadata)) if draft.metadata else None,
+        metadata,
     )
 
 
@@ -199,6 +206,8 @@ def _bulk_payloads(
     shared: tuple[int, ...] = _SHARED
     probe: Callable[[tuple[Any, ...]], Any] | None = _PROBE
     common: Any = None
+    metadata: Any = _COMPUTE
+    metadata_json: str | None = None
     for i, (ticket, draft) in enumerate(writes):
         cid = ticket.checkpoint_id
         text, thinking = draft.append_text, draft.append_thinking
@@ -216,7 +225,12 @@ def _bulk_payloads(
             rest.append(i)
             continue
         seen.add(cid)
-        row = (ticket.epoch, *_checkpoint_values(draft))
+        # The same metadata as the row before (the persister hands every write of a reply
+        # the same dict, and replies of one model the same keys): its JSON once.
+        if draft.metadata is not metadata:
+            metadata = draft.metadata
+            metadata_json = rows.to_json(dict(metadata)) if metadata else None
+        row = (ticket.epoch, *_checkpoint_values(draft, metadata_json))
         if not first:
             first = row
             common = _PROBE(row)

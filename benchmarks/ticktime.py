@@ -3,7 +3,10 @@ open replies in a file-backed WAL SQLite store, each with new text.
 
     python benchmarks/ticktime.py --replies 5000 --ticks 5
 
-Every reply gets ``--chunks`` text chunks between two ticks; each tick is timed with
+Every reply gets ``--chunks`` text chunks between two ticks (``--usage``: and a usage
+chunk, each reply's own counts, as a provider's stream reports them as it goes;
+``--model``: the replies name a model, so each checkpoint carries its keys in its
+metadata, as a window's do); each tick is timed with
 ``time.thread_time()`` (the tick runs on this thread), and so is the store's
 ``save_checkpoints`` inside it. Prints the medians per reply written, in microseconds, as
 JSON. The checkpoint text is checked at the end.
@@ -25,13 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loopstall import begun_replies
 
 import rxcontext
-from rxcontext import Chunk, ChunkKind
+from rxcontext import Chunk, ChunkKind, Usage
 from rxcontext.checkpointer import Checkpointer
 
 
-def run(replies: int, ticks: int, chunks: int) -> dict[str, Any]:
+def run(
+    replies: int, ticks: int, chunks: int, model: str | None = None, usage: bool = False
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, rxcontext.open(Path(tmp) / "t.db") as store:
         persisters = begun_replies(store, replies)
+        for p in persisters:
+            p.model_name = model
         timer = Checkpointer(store, 1.0)
         for p in persisters:
             timer._replies[id(p)] = p  # ticks are called here, not on the timer's thread
@@ -47,10 +54,12 @@ def run(replies: int, ticks: int, chunks: int) -> dict[str, Any]:
         store.save_checkpoints = timed_save  # type: ignore[method-assign]
         chunk = Chunk(ChunkKind.TEXT, "word café ")
         totals: list[float] = []
-        for _ in range(ticks):
-            for p in persisters:
+        for tick in range(ticks):
+            for i, p in enumerate(persisters):
                 for _ in range(chunks):
                     p.add(chunk)
+                if usage:
+                    p.add(Chunk(ChunkKind.USAGE, usage=Usage.of(40 + i, chunks * (tick + 1))))
             start = time.thread_time()
             timer.tick()
             totals.append(time.thread_time() - start)
@@ -61,6 +70,8 @@ def run(replies: int, ticks: int, chunks: int) -> dict[str, Any]:
         "replies": replies,
         "ticks": ticks,
         "chunks": chunks,
+        "model": model,
+        "usage": usage,
         "tick_us_per_write": statistics.median(totals) / replies * 1e6,
         "save_us_per_write": statistics.median(saves) / replies * 1e6,
     }
@@ -71,8 +82,10 @@ def main() -> None:
     parser.add_argument("--replies", type=int, default=5000)
     parser.add_argument("--ticks", type=int, default=5)
     parser.add_argument("--chunks", type=int, default=20)
+    parser.add_argument("--model", default=None, help="a model name the replies carry")
+    parser.add_argument("--usage", action="store_true", help="a usage chunk a tick a reply")
     args = parser.parse_args()
-    print(json.dumps(run(args.replies, args.ticks, args.chunks)))
+    print(json.dumps(run(args.replies, args.ticks, args.chunks, args.model, args.usage)))
 
 
 if __name__ == "__main__":

@@ -366,11 +366,16 @@ def test_a_cut_between_the_halves_of_a_surrogate_pair_keeps_the_half_beside_the_
     assert getattr(reply, field) == "AB"
 
 
-def test_ticks_of_many_replies_store_exactly_what_each_delivered(tmp_path) -> None:
+@pytest.mark.parametrize("encoding", [None, "UTF-16le", "UTF-16be"])
+def test_ticks_of_many_replies_store_exactly_what_each_delivered(tmp_path, encoding) -> None:
     """Periodic ticks over several replies (SQLite writes them in one statement per table)
     store, after each tick, exactly the text and thinking each reply delivered: non-ASCII,
     emoji, and a surrogate pair cut between two deltas on either side of a tick (its high
-    half waits for the next tick, in the text and in the thinking)."""
+    half waits for the next tick, in the text and in the thinking). Also in a database file
+    its user made in UTF-16 before rxcontext opened it (SQLite reads text in the file's
+    own encoding)."""
+    import sqlite3
+
     from reactivex.testing import TestScheduler
 
     from rxcontext.checkpointer import Checkpointer
@@ -383,7 +388,16 @@ def test_ticks_of_many_replies_store_exactly_what_each_delivered(tmp_path) -> No
         [[(T, "\ud83d"), (T, "\ude01")], [(T, "\ud83d")], [(K, "ü")], [(T, "b")]],
         [[], [(T, "\ude02!")], [], []],
     ]
+    if encoding is not None:
+        made = sqlite3.connect(tmp_path / "ticks.db")
+        made.execute(f"PRAGMA encoding = '{encoding}'")
+        made.execute("CREATE TABLE t (x)")  # the encoding is the file's from here on
+        made.execute("DROP TABLE t")
+        made.close()
     with rxcontext.open(tmp_path / "ticks.db") as store:
+        if encoding is not None:
+            with store._read() as db:
+                assert db.execute("PRAGMA encoding").fetchone()[0] == encoding
         timer = Checkpointer(store, 1.0, scheduler=TestScheduler())
         replies = []
         for i in range(len(ticks[0])):

@@ -53,7 +53,7 @@ from .sqlite_holds import attach as attach_holds
 from .sqlite_holds import detach as detach_holds
 from .sqlite_holds import holds_path
 from .sqlite_leases import SQLiteLeases
-from .sqlite_replies import SQLiteReplies
+from .sqlite_replies import CODECS, SQLiteReplies
 
 __all__ = ["SQLiteStore", "open_store"]
 
@@ -300,6 +300,8 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             raise
         self._conn: sqlite3.Connection | None = conn
         self._autocheckpoint = int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        # Fixed now the schema is in it (a file its user made in UTF-16 stays so).
+        self._codec = CODECS[conn.execute("PRAGMA encoding").fetchone()[0]]
         attach_holds(self._holds)  # until close(): its descriptor stays open till then
         self._inherited = False
         """A forked child's connection is the parent's until its first use (:meth:`_forked`)."""

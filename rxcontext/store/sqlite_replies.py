@@ -116,7 +116,7 @@ them) is bound once, ``?N`` true and ``?N+1`` its value, and not read from each 
 
 _AT = 19
 """Bits of a packed span (:data:`_BULK_APPEND`) that hold its length in bytes (a part in the
-batch has at most ``BULK_CHARS`` characters, at most 4 bytes each)."""
+batch has at most ``BULK_CHARS`` characters, at most 4 bytes each in UTF-8 or UTF-16)."""
 _SPAN = f"CAST(substr(?2, ({{v}} >> {_AT}) + 1, {{v}} & {(1 << _AT) - 1}) AS TEXT)"
 _BULK_APPEND = (
     "INSERT INTO checkpoint_parts (checkpoint_id, seq, text, thinking)"
@@ -133,11 +133,15 @@ _BULK_APPEND = (
     + " END"
     " FROM json_each(?1) AS j"
 )
-"""Many checkpoints' next parts in one statement: their text and thinking as UTF-8, one
+"""Many checkpoints' next parts in one statement: their text and thinking in the
+database's encoding (the cast reads a blob in it: UTF-16 in a file its user made so), one
 after another in one blob (``?2``), and where each is in it, ``{"<id>": span, ...}``, or
 ``"<id>": [text span, thinking span]`` for a part with thinking; a span is its offset in
 bytes shifted left by :data:`_AT`, plus its length. Not as JSON strings: the escaping
 (~35 instructions a character) and SQLite's parse of it were most of the statement."""
+
+CODECS = {"UTF-8": "utf-8", "UTF-16le": "utf-16-le", "UTF-16be": "utf-16-be"}
+"""Python's codec of each ``PRAGMA encoding`` (a file's, fixed once it has a table)."""
 
 _SHARED = (0, 1, 2, 3, 5, 6)
 """The columns of a bulk update's row (:data:`_BULK_UPDATE`) a batch may bind once, in the
@@ -183,10 +187,11 @@ batch with (a long reply's part goes through its own statement, as it did)."""
 
 def _bulk_payloads(
     writes: Sequence[tuple[ReplyTicket, CheckpointDraft]],
+    codec: str = "utf-8",
 ) -> tuple[str, tuple[Any, ...], tuple[str, bytes] | None, list[int]] | None:
     """What :data:`_BULK_UPDATE` and :data:`_BULK_APPEND` take (the update's JSON object
-    and its bound columns, ``?3`` on; the parts' spans and text, None for no part to
-    append), and the positions of the
+    and its bound columns, ``?3`` on; the parts' spans and text in ``codec``, the
+    database's, None for no part to append), and the positions of the
     writes left out of them (to write one at a time): a NUL character (SQLite's JSON
     functions cut text there), more than ``BULK_CHARS`` characters, a checkpoint with an
     earlier write in the batch (in the rows or apart: its writes must land in order). None
@@ -240,13 +245,13 @@ def _bulk_payloads(
             common = probe(first) if probe is not None else None
         updates.append(f'"{cid}":{_row(row)}')
         if thinking:
-            t, th = _utf8(text), _utf8(thinking)
+            t, th = _encoded(text, codec), _encoded(thinking, codec)
             at = size + len(t)
             parts.append(f'"{cid}":[{size << _AT | len(t)},{at << _AT | len(th)}]')
             texts += (t, th)
             size = at + len(th)
         elif text:
-            t = _utf8(text)
+            t = _encoded(text, codec)
             parts.append(f'"{cid}":{size << _AT | len(t)}')
             texts.append(t)
             size += len(t)
@@ -263,13 +268,13 @@ def _bulk_payloads(
     )
 
 
-def _utf8(text: str) -> bytes:
-    """``text`` as SQLite stores it (:func:`rows.storable`), in UTF-8: one encode, which
-    is also the check (a surrogate cannot be encoded)."""
+def _encoded(text: str, codec: str) -> bytes:
+    """``text`` as SQLite stores it (:func:`rows.storable`), in ``codec``: one encode,
+    which is also the check (a lone surrogate cannot be encoded, in UTF-8 or UTF-16)."""
     try:
-        return text.encode()
+        return text.encode(codec)
     except UnicodeEncodeError:
-        return rows.storable(text).encode()
+        return rows.storable(text).encode(codec)
 
 
 _PROBE = itemgetter(*_SHARED)
@@ -298,6 +303,8 @@ class SQLiteReplies:
         clock: Callable[[], datetime]
         lease_ttl: float
         _holds: str | None
+        _codec: str
+        """The database's text encoding, as Python's codec (:data:`CODECS`)."""
 
         def now(self) -> str: ...
         def _tx(
@@ -585,7 +592,7 @@ class SQLiteReplies:
     ) -> list[bool] | None:
         """Periodic writes in one background transaction; None if the database was busy."""
         # Built before the transaction: the database is locked for the statements alone.
-        bulk = _bulk_payloads(writes) if len(writes) > 1 else None
+        bulk = _bulk_payloads(writes, self._codec) if len(writes) > 1 else None
         try:
             with self._tx(background=True) as db:
                 now = self.now()

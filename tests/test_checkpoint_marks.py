@@ -440,3 +440,48 @@ def test_a_tick_s_drafts_are_the_drafts_the_constructor_makes() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.chunks = 4  # type: ignore[misc]
     assert dataclasses.replace(made, chunks=4) == CheckpointDraft(*values[:5], 4, *values[6:])
+
+
+def test_a_store_cannot_change_the_metadata_a_tick_shares_between_replies(tmp_path) -> None:
+    """Replies of one model hand their periodic writes the same metadata object (its JSON is
+    made once a tick): it is read-only (``CheckpointDraft.metadata`` is a Mapping), so a
+    user's store that changes it in place fails loudly instead of writing its change into
+    every other reply's checkpoint; and ``json.dumps`` still encodes it."""
+    import json
+
+    from reactivex.testing import TestScheduler
+
+    from rxcontext.checkpointer import Checkpointer
+    from rxcontext.persist import ReplyPersister
+    from rxcontext.store.sqlite import SQLiteStore
+
+    refused: list[str] = []
+
+    class Tagging(SQLiteStore):
+        def save_checkpoints(self, writes):  # type: ignore[no-untyped-def]
+            for ticket, draft in writes:
+                assert json.loads(json.dumps(draft.metadata)) == dict(draft.metadata)
+                try:
+                    draft.metadata["tagged"] = ticket.checkpoint_id  # type: ignore[index]
+                except TypeError as exc:
+                    refused.append(str(exc))
+            return super().save_checkpoints(writes)
+
+    with Tagging(tmp_path / "tag.db") as store:
+        timer = Checkpointer(store, 1.0, scheduler=TestScheduler())
+        replies = []
+        for i, model in enumerate(["openai:gpt-x", "openai:gpt-x", None, None]):
+            ctx = store.get_or_create_context(f"c{i}")
+            p = ReplyPersister(store, ctx.id, checkpoint_every=1.0, model_name=model)
+            p.begin()
+            timer.register(p)
+            replies.append(p)
+        for tick in range(2):
+            for p in replies:
+                p.add(Chunk(ChunkKind.TEXT, f"t{tick} "))
+            timer.tick()
+        assert len(refused) == 2 * len(replies)
+        for p in replies:
+            assert p.ticket is not None
+            cp = store.get_checkpoint(p.ticket.checkpoint_id)
+            assert cp.text == "t0 t1 " and "tagged" not in cp.metadata

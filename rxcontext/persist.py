@@ -155,12 +155,33 @@ def model_keys(model_name: str | None) -> dict[str, str | None]:
     return {"model": model or provider or None, "provider": provider or None}
 
 
+class _SharedKeys(dict[str, Any]):
+    """A draft's metadata handed to many writes (of one reply, or every reply of a model):
+    read-only, so a store that changes ``CheckpointDraft.metadata`` (a Mapping) in place
+    fails instead of changing the other writes'. A dict still (``json.dumps``, the C
+    encoder, ``dict()`` take it as one); a copy is a plain dict."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a checkpoint draft's metadata is shared with other writes: copy it")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def copy(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __reduce__(self) -> Any:
+        return (dict, (dict(self),))
+
+
 @functools.lru_cache(maxsize=64)
 def _keys_of(model_name: str | None) -> dict[str, Any]:
     """A checkpoint's metadata holding only ``model_name``'s keys (:func:`model_keys`): one
-    dict for the writes of every reply of that model (read, never changed), so a tick's
-    batch encodes it once (SQLite's ``_bulk_payloads`` knows it by identity)."""
-    return _json_safe(model_keys(model_name)) if model_name is not None else {}
+    read-only dict for the writes of every reply of that model, so a tick's batch encodes
+    it once (SQLite's ``_bulk_payloads`` knows it by identity)."""
+    return _SharedKeys(_json_safe(model_keys(model_name)) if model_name is not None else {})
 
 
 def reply_metadata(
@@ -666,7 +687,7 @@ class ReplyPersister:
         cached = self._keys_cache
         if cached is None or cached[0] != source:
             keys = self._model_keys() if self.model_name is not None else {}
-            cached = self._keys_cache = (source, _json_safe(dict(keys)))
+            cached = self._keys_cache = (source, _SharedKeys(_json_safe(dict(keys))))
         return cached[1]
 
     def _landed(self) -> None:

@@ -8,12 +8,17 @@ holding a long reasoning text is first built whole as a ``str`` as well (twice t
 stored format keeps it in ``thinking`` and in its block), then parsed back for the returned
 record (two more copies).
 
-A long value here goes in as a placeholder of its UTF-8 size instead
+A long value here goes in as a placeholder of its size instead
 (``CAST(zeroblob(n) AS TEXT)``: SQLite's zeroed value and the record, freed when the insert
 ends), and its slices, encoded one at a time, are written over the placeholder through a blob
 handle (:meth:`sqlite3.Connection.blobopen`, which writes a TEXT value in place). The stored
 value is the same TEXT, byte for byte, as binding the whole ``str`` would store
 (``tests/test_store.py``); nothing of it is held whole but the caller's own text.
+
+A blob handle reads and writes the row's bytes as they are: in the database's own encoding
+(``PRAGMA encoding``, UTF-16 in a file its user made so before ``rxcontext.open``), which
+:func:`write`, :func:`read` and :func:`stored_size` take as Python's codec
+(``tests/test_long_utf16.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any, cast
 from . import _sqlite_rows as rows
 from ._thinking import unpack
 
-__all__ = ["LONG", "Long", "gather", "json_value", "read", "text_value", "write"]
+__all__ = ["LONG", "Long", "gather", "json_value", "read", "stored_size", "text_value", "write"]
 
 LONG = 1 << 20
 """Characters from which a value is written in slices."""
@@ -156,12 +161,30 @@ def _has_long(values: Iterable[Any]) -> bool:
     return False
 
 
-def write(db: sqlite3.Connection, table: str, column: str, rowid: int, value: Long) -> None:
-    """Write ``value`` over its placeholder in ``table``'s row ``rowid``."""
+def stored_size(value: Long, codec: str) -> int:
+    """``value``'s size in bytes in the database's encoding ``codec`` (its placeholder's):
+    :attr:`Long.size` in UTF-8; else counted a piece at a time."""
+    if codec == "utf-8":
+        return value.size
+    return sum(len(p.encode(codec)) for p in value.pieces())
+
+
+def write(
+    db: sqlite3.Connection, table: str, column: str, rowid: int, value: Long, codec: str
+) -> None:
+    """Write ``value`` over its placeholder in ``table``'s row ``rowid``, encoded in the
+    database's encoding ``codec`` (its placeholder sized so: :func:`stored_size`). A
+    placeholder of another size fails (and so does the transaction) rather than store the
+    value cut short or padded with NULs."""
     with db.blobopen(table, column, rowid) as blob:
+        at = 0
         for piece in value.pieces():
             if piece:
-                blob.write(piece.encode())
+                data = piece.encode(codec)
+                blob.write(data)  # ValueError past the placeholder's end
+                at += len(data)
+        if at != len(blob):
+            raise AssertionError(f"wrote {at} bytes over a placeholder of {len(blob)}")
 
 
 READ = 1 << 16
@@ -176,18 +199,29 @@ _WIDEST = (  # a lead byte of each width of character, widest first, and its wid
 )
 
 
-def read(db: sqlite3.Connection, table: str, column: str, rowid: int) -> str:
-    """The TEXT value in ``table``'s row ``rowid``, read a slice at a time through a blob
-    handle, without a second whole copy: no bytes of the whole beside the ``str`` (as
-    selecting it would make), no list of pieces joined.
+def read(db: sqlite3.Connection, table: str, column: str, rowid: int, codec: str) -> str:
+    """The TEXT value in ``table``'s row ``rowid``, in the database's encoding ``codec``,
+    read a slice at a time through a blob handle, without a second whole copy: no bytes of
+    the whole beside the ``str`` (as selecting it would make), no list of pieces joined.
 
     On CPython the ``str`` is made at its final length and width first (counted from the
     UTF-8 bytes, a first pass) and each decoded slice copied into it (``PyUnicode_New``,
     ``PyUnicode_CopyCharacters``, through ``ctypes``): growing it by ``+=`` resizes in
     place only while the allocator can extend it, and else copies it whole, beside the old.
-    Elsewhere it grows by ``+=``: the same text, more memory.
+    Elsewhere it grows by ``+=``: the same text, more memory. In UTF-16 the blob is read
+    twice, decoded both times (:func:`gather`: its length and width, then its characters).
     """
     with db.blobopen(table, column, rowid, readonly=True) as blob:
+        if codec != "utf-8":
+
+            def pieces() -> Iterator[str]:
+                blob.seek(0)
+                decode = codecs.getincrementaldecoder(codec)().decode
+                while data := blob.read(READ):
+                    yield decode(data)
+                yield decode(b"", True)
+
+            return gather(pieces)
         fill = _filler()
         if fill is not None:
             chars, widest = 0, 0x7F

@@ -71,19 +71,27 @@ _INSERT_RECORD = (
 )
 """The record's insert (a long value goes in empty: :data:`_LONG_VALUES`)."""
 
+_PLACEHOLDER = {True: "CAST(zeroblob(?) AS TEXT)", False: "CAST(substr(zeroblob(?), 1) AS TEXT)"}
+"""A TEXT of ``?`` bytes, in a UTF-8 file (True) and in a UTF-16 one. A cast reads a blob in
+the file's encoding, but SQLite reads ``zeroblob(n)``'s own value as UTF-8 (its length made
+even in UTF-16 first): in UTF-16, ``2 * (n & ~1)`` bytes. A function's blob result, as
+``substr``'s, is read in the file's encoding: ``n`` bytes (one more copy of them)."""
+
 _LONG_VALUES = {
-    (long_content, long_metadata): "UPDATE records SET "
+    (utf8, long_content, long_metadata): "UPDATE records SET "
     + ", ".join(
         [
-            f"{c} = CAST(zeroblob(?) AS TEXT)"
+            f"{c} = {_PLACEHOLDER[utf8]}"
             for c, on in (("content", long_content), ("metadata", long_metadata))
             if on
         ]
     )
     + " WHERE id = ?"
+    for utf8 in (True, False)
     for long_content, long_metadata in ((True, False), (False, True), (True, True))
 }
-"""A record's long values as TEXT placeholders of their UTF-8 size (each ``?``), which
+"""A record's long values as TEXT placeholders of their size in the database's encoding
+(each ``?``: :func:`_sqlite_long.stored_size`; keyed by whether that is UTF-8 first), which
 :func:`_sqlite_long.write` then writes over. An update, after the insert: a ``BEFORE INSERT``
 trigger (``records_refuse_older_writers``) makes SQLite copy the new row for it, one more
 whole copy of a long value beside its placeholder and the row's record (a 10 MB value
@@ -939,23 +947,28 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             ),
         )
         assert cur.lastrowid is not None
-        sizes = [v.size for v in (body, metadata) if isinstance(v, long.Long)]
+        codec = self._codec  # the blob handle writes and reads the file's own encoding
+        sizes = [long.stored_size(v, codec) for v in (body, metadata) if isinstance(v, long.Long)]
         if sizes:
             with self.lean(db):
                 # Sizing the values freed their slices (and a reply's own memory may be free
                 # still): hand it back before SQLite's copies of the placeholder.
                 let_go(sum(sizes))
                 db.execute(
-                    _LONG_VALUES[isinstance(body, long.Long), isinstance(metadata, long.Long)],
+                    _LONG_VALUES[
+                        codec == "utf-8",
+                        isinstance(body, long.Long),
+                        isinstance(metadata, long.Long),
+                    ],
                     (*sizes, cur.lastrowid),
                 )
                 if isinstance(body, long.Long):
-                    long.write(db, "records", "content", cur.lastrowid, body)
+                    long.write(db, "records", "content", cur.lastrowid, body, codec)
                 if isinstance(metadata, long.Long):
-                    long.write(db, "records", "metadata", cur.lastrowid, metadata)
+                    long.write(db, "records", "metadata", cur.lastrowid, metadata, codec)
                 let_go(sum(sizes))
                 if content is None:
-                    content = long.read(db, "records", "content", cur.lastrowid)
+                    content = long.read(db, "records", "content", cur.lastrowid, codec)
                 if callable(read_back):  # after the writes: not beside SQLite's copies
                     read_back = read_back()
         assert content is not None

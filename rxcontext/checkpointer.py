@@ -41,6 +41,20 @@ LINGER = 5.0
 
 _log = logging.getLogger("rxcontext.checkpointer")
 
+SLICE = 0.001
+"""Seconds a tick on the checkpointer's thread runs Python (snapshots, the store's rows
+before its transaction, the results after it) before it pauses for ``PAUSE``."""
+
+PAUSE = 0.00005
+"""Seconds the tick then sleeps: its GIL goes to a thread that waits for it (an event
+loop whose timer is due) at once, not after the interpreter's switch interval (5 ms, a
+thread holding the GIL gives it up only when another has waited that long)."""
+
+_EVERY = 32
+"""Replies between two looks at the clock (a reply is a few microseconds of a tick)."""
+
+_sleep = time.sleep  # (the tests see the pauses through it)
+
 
 class ServesStore:
     """A per-store background worker: it holds its store weakly, as the registries that
@@ -160,7 +174,15 @@ class Checkpointer(ServesStore):
         # objects"). The store gets its pairs one at a time (_Writes).
         written_by: list[ReplyPersister] = []
         drafts: list[CheckpointDraft] = []
-        for persister in replies:
+        # Pauses (a thread's tick only: a virtual one runs on the test's clock) hold no lock
+        # that a loop's thread waits for: ``_lock`` is not held, and a reply's ``_write``,
+        # held from its snapshot to its periodic_done, is only tried by the driver (attend)
+        # and waited for only by a commit from its checkpoint, in a worker thread, which
+        # waits for this tick's transaction anyway.
+        pause = _Pause() if self.scheduler is None else None
+        for n, persister in enumerate(replies):
+            if pause is not None and not n % _EVERY:
+                pause()
             if not persister.periodic_lock():
                 continue  # its final write is happening right now
             try:
@@ -177,7 +199,7 @@ class Checkpointer(ServesStore):
         try:
             if drafts:
                 assert all(p.ticket is not None for p in written_by)
-                results = self.store.save_checkpoints(_Writes(written_by, drafts))
+                results = self.store.save_checkpoints(_Writes(written_by, drafts, pause))
         except StoreClosedError:
             results = None
         except Exception:
@@ -185,6 +207,8 @@ class Checkpointer(ServesStore):
             results = None
         finally:
             for i, persister in enumerate(written_by):
+                if pause is not None and not i % _EVERY:
+                    pause()
                 written = results[i] if results is not None else None
                 if written is False and not persister.finished:  # not a reply just committed
                     persister.lost = _why_lost(self.store, persister)
@@ -219,15 +243,38 @@ class Checkpointer(ServesStore):
         return bool(written)
 
 
+class _Pause:
+    """Sleeps ``PAUSE`` once ``SLICE`` seconds went by since it last did (or was made)."""
+
+    __slots__ = ("_until",)
+
+    def __init__(self) -> None:
+        self._until = time.perf_counter() + SLICE
+
+    def __call__(self) -> None:
+        if time.perf_counter() >= self._until:
+            _sleep(PAUSE)
+            self._until = time.perf_counter() + SLICE
+
+
 class _Writes(Sequence[tuple[ReplyTicket, CheckpointDraft]]):
     """A tick's ``(ticket, draft)`` pairs for :meth:`Store.save_checkpoints`, each made when
-    read (and let go of at once) rather than all held until the transaction ends."""
+    read (and let go of at once) rather than all held until the transaction ends. Read in
+    order the first time (the stores make their rows from them before their transaction
+    opens), it pauses as the tick does (``pause``); never after (SQLite's row-by-row
+    writes, inside the transaction, once one of the batch was fenced)."""
 
-    __slots__ = ("_drafts", "_persisters")
+    __slots__ = ("_drafts", "_pause", "_persisters")
 
-    def __init__(self, persisters: list[ReplyPersister], drafts: list[CheckpointDraft]) -> None:
+    def __init__(
+        self,
+        persisters: list[ReplyPersister],
+        drafts: list[CheckpointDraft],
+        pause: _Pause | None = None,
+    ) -> None:
         self._persisters = persisters
         self._drafts = drafts
+        self._pause = pause
 
     def __len__(self) -> int:
         return len(self._drafts)
@@ -246,7 +293,10 @@ class _Writes(Sequence[tuple[ReplyTicket, CheckpointDraft]]):
         return ticket, self._drafts[i]
 
     def __iter__(self) -> Iterator[tuple[ReplyTicket, CheckpointDraft]]:
-        for persister, draft in zip(self._persisters, self._drafts, strict=True):
+        pause, self._pause = self._pause, None
+        for n, (persister, draft) in enumerate(zip(self._persisters, self._drafts, strict=True)):
+            if pause is not None and not n % _EVERY:
+                pause()
             assert persister.ticket is not None
             yield persister.ticket, draft
 

@@ -97,3 +97,34 @@ def test_replies_that_finish_or_grow_while_a_tick_is_paused_are_stored_once_exac
             else:
                 assert records == []
                 assert store.get_checkpoint(p.ticket.checkpoint_id).text == sent[i]
+
+
+def test_a_tick_writing_one_reply_never_pauses_inside_the_stores_transaction(
+    tmp_path, monkeypatch
+) -> None:
+    """A tick with one reply to write: SQLite reads its one pair first inside its
+    transaction (no batch is built before it), so a pause there would hold the database's
+    write lock, and the store's, while it sleeps. None happens there."""
+    monkeypatch.setattr(cp_module, "SLICE", 0.0)
+    with rxcontext.open(tmp_path / "one.db") as store:
+        timer = Checkpointer(store, 1.0)
+        replies = []
+        for i in range(40):
+            p = ReplyPersister(store, store.get_or_create_context(f"c{i}").id, checkpoint_every=1.0)
+            p.begin()
+            p.add(Chunk(ChunkKind.TEXT, f"[{i}]"))
+            timer._replies[id(p)] = p
+            replies.append(p)
+        timer.tick()  # every reply written once: nothing new left but what comes next
+        replies[7].add(Chunk(ChunkKind.TEXT, " more"))
+        inside: list[bool] = []
+
+        def pause(seconds: float) -> None:
+            conn = store._bg_conn
+            inside.append(conn is not None and conn.in_transaction)
+
+        monkeypatch.setattr(cp_module, "_sleep", pause)
+        timer.tick()
+        assert inside and not any(inside), inside
+        assert replies[7].ticket is not None
+        assert store.get_checkpoint(replies[7].ticket.checkpoint_id).text == "[7] more"

@@ -260,9 +260,10 @@ class _Pause:
 class _Writes(Sequence[tuple[ReplyTicket, CheckpointDraft]]):
     """A tick's ``(ticket, draft)`` pairs for :meth:`Store.save_checkpoints`, each made when
     read (and let go of at once) rather than all held until the transaction ends. Read in
-    order the first time (the stores make their rows from them before their transaction
-    opens), it pauses as the tick does (``pause``); never after (SQLite's row-by-row
-    writes, inside the transaction, once one of the batch was fenced)."""
+    order the first time (the stores make a batch's rows from them before their
+    transaction opens), it pauses as the tick does (``pause``), never at the first pair
+    (SQLite reads a single write's pair inside its transaction) and never after (SQLite's
+    row-by-row writes, inside the transaction, once one of the batch was fenced)."""
 
     __slots__ = ("_drafts", "_pause", "_persisters")
 
@@ -295,7 +296,9 @@ class _Writes(Sequence[tuple[ReplyTicket, CheckpointDraft]]):
     def __iter__(self) -> Iterator[tuple[ReplyTicket, CheckpointDraft]]:
         pause, self._pause = self._pause, None
         for n, (persister, draft) in enumerate(zip(self._persisters, self._drafts, strict=True)):
-            if pause is not None and not n % _EVERY:
+            # Never at the first pair: a store may read one alone inside its transaction
+            # (SQLite's single write), and the tick paused just before the store's call.
+            if pause is not None and n and not n % _EVERY:
                 pause()
             assert persister.ticket is not None
             yield persister.ticket, draft

@@ -474,7 +474,10 @@ class Store(Protocol):
     ) -> list[bool] | None:
         """Periodic writes of many replies in one transaction, off the foreground path.
 
-        None (nothing written; try again later) when the database is busy.
+        None (nothing written; try again later) when the database is busy. A checkpointer
+        thread's ``writes`` pause briefly (50 µs a millisecond of work, never at the first
+        pair) while they are first iterated, to let an event loop have the GIL: a store
+        makes its rows from them before it opens its transaction, as this package's do.
         """
         ...
 

@@ -149,3 +149,20 @@ def test_an_interrupted_long_reply_resumes_exactly(
         assert reply.text == whole + "more"
         (record,) = [r for r in cw.records() if r.type is RecordType.MODEL_RESP]
         assert record.content == whole + "more"
+
+
+def test_a_long_value_that_does_not_fill_its_placeholder_fails_as_a_store_error(
+    small_long: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An internal mismatch (the placeholder sized otherwise than the bytes written) fails
+    the record's write with a StoreError that says nothing was stored, not a bare
+    AssertionError from deep inside; the records already stored stay."""
+    real = _sqlite_long.stored_size
+    monkeypatch.setattr(_sqlite_long, "stored_size", lambda value, codec: real(value, codec) + 2)
+    with _open(tmp_path / "m.db", None) as store:
+        ctx = store.get_or_create_context("long")
+        kept = store.add_record(ctx.id, RecordDraft(RecordType.PROMPT, "short"))
+        with pytest.raises(rxcontext.StoreError, match="not stored") as raised:
+            store.add_record(ctx.id, RecordDraft(RecordType.PROMPT, UNIT * 20))
+        assert not isinstance(raised.value, AssertionError)
+        assert store.records(ctx.id) == [kept]

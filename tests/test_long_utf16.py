@@ -151,14 +151,15 @@ def test_an_interrupted_long_reply_resumes_exactly(
         assert record.content == whole + "more"
 
 
+@pytest.mark.parametrize("off", [2, -2])
 def test_a_long_value_that_does_not_fill_its_placeholder_fails_as_a_store_error(
-    small_long: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_long: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, off: int
 ) -> None:
-    """An internal mismatch (the placeholder sized otherwise than the bytes written) fails
+    """An internal mismatch (the placeholder larger or smaller than the bytes written) fails
     the record's write with a StoreError that says nothing was stored, not a bare
     AssertionError from deep inside; the records already stored stay."""
     real = _sqlite_long.stored_size
-    monkeypatch.setattr(_sqlite_long, "stored_size", lambda value, codec: real(value, codec) + 2)
+    monkeypatch.setattr(_sqlite_long, "stored_size", lambda value, codec: real(value, codec) + off)
     with _open(tmp_path / "m.db", None) as store:
         ctx = store.get_or_create_context("long")
         kept = store.add_record(ctx.id, RecordDraft(RecordType.PROMPT, "short"))

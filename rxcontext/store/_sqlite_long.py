@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, cast
 
+from ..errors import StoreError
 from . import _sqlite_rows as rows
 from ._thinking import unpack
 
@@ -181,10 +182,18 @@ def write(
         for piece in value.pieces():
             if piece:
                 data = piece.encode(codec)
-                blob.write(data)  # ValueError past the placeholder's end
+                if at + len(data) > len(blob):
+                    break  # past the placeholder's end (the blob handle's ValueError)
+                blob.write(data)
                 at += len(data)
-        if at != len(blob):
-            raise AssertionError(f"wrote {at} bytes over a placeholder of {len(blob)}")
+        else:
+            if at == len(blob):
+                return
+        # A defect of ours: raised, the transaction fails and nothing of it is stored.
+        raise StoreError(
+            f"a long value of {table}.{column} was not stored: its bytes do not fill its "
+            f"placeholder of {len(blob)} exactly (please report this)"
+        )
 
 
 READ = 1 << 16

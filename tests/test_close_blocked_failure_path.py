@@ -405,3 +405,33 @@ def test_a_close_as_the_refused_commits_driver_lets_go_of_the_reply_keeps_its_ch
     assert [type(e) for e in errors] == [StoreBusy], errors
     assert handler.given_up() == []
     assert _stored(db) == (ReplyState.INTERRUPTED, "hello")
+
+
+def test_a_store_closed_under_a_live_reply_says_which_reply_was_not_stored(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store closed while a reply streams (here by the app's own hook): the reply's error
+    stays the store's StoreClosedError, and it, and a warning, name the reply whose
+    delivered text could not be stored (before: only "store … is closed; open it again")."""
+    store = rxcontext.open(tmp_path / "gone.db")
+    script = [
+        Chunk(ChunkKind.TEXT, "hello"),
+        Chunk(ChunkKind.TEXT, " world"),
+        Chunk(ChunkKind.DONE, finish_reason="stop"),
+    ]
+    cw = ContextWindow(store, ScriptedModel([script]), "c", retry=None)
+    cw.add_prompt("hi")
+
+    def on_chunk(chunk: Chunk) -> None:
+        if chunk.text == "hello":
+            store.close()
+
+    errors: list[BaseException] = []
+    with caplog.at_level(logging.WARNING, logger="rxcontext"):
+        cw.stream(Middleware(on_chunk=on_chunk), reply_id="gone-r").subscribe(
+            lambda c: None, errors.append
+        )
+    assert [type(e).__name__ for e in errors] == ["StoreClosedError"], errors
+    notes = getattr(errors[0], "__notes__", [])
+    assert any("'gone-r'" in n and "not stored" in n for n in notes), notes
+    assert any("'gone-r'" in r.getMessage() for r in caplog.records), caplog.records

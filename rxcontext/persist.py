@@ -43,6 +43,7 @@ import bisect
 import contextlib
 import functools
 import json
+import logging
 import re
 import sys
 import threading
@@ -64,6 +65,7 @@ from .errors import (
     RxContextError,
     SchemaValidationError,
     StoreBusy,
+    StoreClosedError,
     StoreError,
     StreamInterrupted,
 )
@@ -90,6 +92,8 @@ __all__ = [
     "reply_drafts",
     "reply_metadata",
 ]
+
+_log = logging.getLogger("rxcontext.persist")
 
 _J = TypeVar("_J")
 
@@ -1042,6 +1046,16 @@ class ReplyPersister:
                 if refused is not None:
                     raise refused
                 saved = self._write_final()
+            except StoreClosedError as closed:
+                # The store was closed under the live reply (the app's shutdown path, a
+                # hook): its error stays the store's, but says which reply lost what.
+                lost = (
+                    f"reply {self.reply_id!r} was not stored: the store was closed while it "
+                    f"streamed, and what it delivered ({self.builder.chunks} chunk(s)) is lost"
+                )
+                closed.add_note(f"rxcontext: {lost}")
+                _log.warning("%s", lost)
+                raise
             except StoreBusy as busy:
                 # Kept (:attr:`pending`), and the reply held: the heartbeat writes it once
                 # the database is free.

@@ -1051,7 +1051,7 @@ class ReplyPersister:
                 # hook): its error stays the store's, but says which reply lost what.
                 lost = (
                     f"reply {self.reply_id!r} was not stored: the store was closed while it "
-                    f"streamed, and what it delivered ({self.builder.chunks} chunk(s)) is lost"
+                    "streamed, and what it delivered is lost"
                 )
                 closed.add_note(f"rxcontext: {lost}")
                 _log.warning("%s", lost)

@@ -852,22 +852,18 @@ class ReplyBuilder:
         if self._shape != shape:  # reshaped while copied: the copy is whole, no more
             return _tail(parts, start, limit)
         at, counted, length = known
+        text: str | None = None
         if at == shape and counted <= len(parts) and start == length:
             new = parts[counted:]
             end = length + sum(map(len, new))
             if limit is None or end - start <= limit:
-                known = (shape, len(parts), end)
-                if thinking:
-                    self._thinking_known = known
-                else:
-                    self._text_known = known
-                return "".join(new), end
-        text, end = _tail(parts, start, limit)
-        known = (shape, len(parts), end)
+                text = "".join(new)
+        if text is None:
+            text, end = _tail(parts, start, limit)
         if thinking:
-            self._thinking_known = known
+            self._thinking_known = (shape, len(parts), end)
         else:
-            self._text_known = known
+            self._text_known = (shape, len(parts), end)
         return text, end
 
     def thinking_slice(self, start: int, limit: int) -> str:

@@ -6,7 +6,7 @@ Plain frozen values; the SQL that reads and writes them lives in :mod:`rxcontext
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -74,6 +74,12 @@ class _Fresh:
 
 
 FRESH: Any = _Fresh()
+
+
+def slot_setters(cls: type) -> tuple[Any, ...]:
+    """The ``__set__`` of each field's slot of the slotted dataclass ``cls``, in field
+    order: what a hand-written constructor of a frozen one writes its fields with."""
+    return tuple(cls.__dict__[f.name].__set__ for f in fields(cls))
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +162,6 @@ class Record:
         return cls(-1, context_id, type, content, True, 0, datetime.now(UTC))
 
 
-def _slot_setter(cls: type, name: str) -> Any:
-    return cls.__dict__[name].__set__
-
-
 (
     _r_id,
     _r_context_id,
@@ -177,7 +179,7 @@ def _slot_setter(cls: type, name: str) -> Any:
     _r_reply_id,
     _r_attachments,
     _r_inherited,
-) = (_slot_setter(Record, f) for f in Record.__dataclass_fields__)
+) = slot_setters(Record)
 
 TOOL_ERROR = "error"
 """``TOOL_OUTPUT`` metadata key: True when the output reports that the call failed (its

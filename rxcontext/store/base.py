@@ -24,7 +24,16 @@ from typing import Any, Literal, Protocol
 from ..attachments import Attachment
 from ..chunks import Usage
 from ..errors import CheckpointResolved, ReplyBusy
-from ..records import FRESH, Checkpoint, Context, ContextStats, Record, RecordType, ReplyState
+from ..records import (
+    FRESH,
+    Checkpoint,
+    Context,
+    ContextStats,
+    Record,
+    RecordType,
+    ReplyState,
+    slot_setters,
+)
 from ..usage_by_model import USAGE_BY_MODEL
 
 __all__ = [
@@ -223,7 +232,7 @@ class CheckpointDraft:
     _d_chunks,
     _d_response_id,
     _d_metadata,
-) = (CheckpointDraft.__dict__[f].__set__ for f in CheckpointDraft.__dataclass_fields__)
+) = slot_setters(CheckpointDraft)
 
 
 class _DraftSlots:

@@ -41,6 +41,8 @@ __all__ = [
     "estimate_attachment_tokens",
     "estimate_record_tokens",
     "estimate_tokens",
+    "sized_record_tokens",
+    "tokens_of_size",
     "utf8_size",
 ]
 
@@ -63,6 +65,12 @@ def estimate_tokens(text: str) -> int:
         return 0
     # ASCII text is one byte a character: no need to encode (a copy of a long reply).
     size = len(text) if text.isascii() else utf8_size(text)
+    return tokens_of_size(size)
+
+
+def tokens_of_size(size: int) -> int:
+    """Estimated tokens of a text of ``size`` UTF-8 bytes (what :func:`estimate_tokens`
+    counts of it), for a caller that has the size already."""
     return (size + 3) // 4
 
 
@@ -98,10 +106,20 @@ def estimate_attachment_tokens(attachment: Attachment) -> int:
         return -(-len(data) // _MEDIA_BYTES_PER_TOKEN)
     # Text: UTF-8 bytes are what estimate_tokens counts of the decoded text (not decoded:
     # a long file is not copied for it).
-    return (len(data) + 3) // 4
+    return tokens_of_size(len(data))
 
 
 def estimate_record_tokens(content: str, attachments: Iterable[Attachment] = ()) -> int:
     """Estimated tokens of a record: its text and its attachments (what a store keeps as
     the record's ``est_tokens``)."""
-    return estimate_tokens(content) + sum(estimate_attachment_tokens(a) for a in attachments)
+    return estimate_tokens(content) + _attachments_tokens(attachments)
+
+
+def sized_record_tokens(size: int, attachments: Iterable[Attachment] = ()) -> int:
+    """:func:`estimate_record_tokens` of a record whose text has ``size`` UTF-8 bytes, for
+    a store that has the size from its own encode of the text (not encoded again)."""
+    return tokens_of_size(size) + _attachments_tokens(attachments)
+
+
+def _attachments_tokens(attachments: Iterable[Attachment]) -> int:
+    return sum(estimate_attachment_tokens(a) for a in attachments)

@@ -20,7 +20,7 @@ from ..attachments import Attachment
 from ..chunks import Usage
 from ..errors import ContextNotFound
 from ..records import Checkpoint, Context, Record, RecordType, ReplyState
-from ..tokens import estimate_record_tokens
+from ..tokens import sized_record_tokens
 from . import _pg_blobs as blobs
 from ._sqlite_blobs import checked
 from ._sqlite_rows import (
@@ -201,7 +201,7 @@ class Draft:
         self.content, size = storable_sized(draft.content)
         self.metadata = to_json(dict(pack(draft.metadata)))
         self.attachments = checked(draft.attachments)
-        self.est = estimate_record_tokens("", self.attachments) + (size + 3) // 4
+        self.est = sized_record_tokens(size, self.attachments)
         # Strings UTF-8 refuses (lone surrogates in ids or names) fail here, as on SQLite,
         # before the transaction starts.
         for text in (draft.response_id, draft.tool_call_id, draft.tool_name):

@@ -40,7 +40,7 @@ from ..errors import (
     StoreError,
 )
 from ..records import Context, ContextStats, Record, RecordType
-from ..tokens import estimate_record_tokens
+from ..tokens import sized_record_tokens
 from . import _sqlite_blobs as blobs
 from . import _sqlite_long as long
 from . import _sqlite_rows as rows
@@ -917,12 +917,12 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         if body_from is not None:
             content, body = None, body_from
             # Its pieces are storable: its UTF-8 size is what estimate_tokens counts.
-            est = estimate_record_tokens("", attachments) + (body_from.size + 3) // 4
+            est = sized_record_tokens(body_from.size, attachments)
         else:
             content, size = rows.storable_sized(draft.content)
             # Long values go in a slice at a time (store/_sqlite_long.py): no whole copies.
             body = long.text_value(content)
-            est = estimate_record_tokens("", attachments) + (size + 3) // 4
+            est = sized_record_tokens(size, attachments)
         # In UTC, as every time here: an import's local times sort and read as PostgreSQL's.
         ts = rows.stamp(draft.timestamp) if draft.timestamp is not None else self.now()
         cur = db.execute(

@@ -181,8 +181,8 @@ class Checkpointer(ServesStore):
         # waits for this tick's transaction anyway.
         pause = _Pause() if self.scheduler is None else None
         for n, persister in enumerate(replies):
-            if pause is not None and not n % _EVERY:
-                pause()
+            if pause is not None:
+                pause(n)
             if not persister.periodic_lock():
                 continue  # its final write is happening right now
             try:
@@ -207,8 +207,8 @@ class Checkpointer(ServesStore):
             results = None
         finally:
             for i, persister in enumerate(written_by):
-                if pause is not None and not i % _EVERY:
-                    pause()
+                if pause is not None:
+                    pause(i)
                 written = results[i] if results is not None else None
                 if written is False and not persister.finished:  # not a reply just committed
                     persister.lost = _why_lost(self.store, persister)
@@ -244,15 +244,16 @@ class Checkpointer(ServesStore):
 
 
 class _Pause:
-    """Sleeps ``PAUSE`` once ``SLICE`` seconds went by since it last did (or was made)."""
+    """Sleeps ``PAUSE`` once ``SLICE`` seconds went by since it last did (or was made),
+    looking at the clock at every :data:`_EVERY`-th reply ``n`` of a loop."""
 
     __slots__ = ("_until",)
 
     def __init__(self) -> None:
         self._until = time.perf_counter() + SLICE
 
-    def __call__(self) -> None:
-        if time.perf_counter() >= self._until:
+    def __call__(self, n: int) -> None:
+        if not n % _EVERY and time.perf_counter() >= self._until:
             _sleep(PAUSE)
             self._until = time.perf_counter() + SLICE
 
@@ -298,8 +299,8 @@ class _Writes(Sequence[tuple[ReplyTicket, CheckpointDraft]]):
         for n, (persister, draft) in enumerate(zip(self._persisters, self._drafts, strict=True)):
             # Never at the first pair: a store may read one alone inside its transaction
             # (SQLite's single write), and the tick paused just before the store's call.
-            if pause is not None and n and not n % _EVERY:
-                pause()
+            if pause is not None and n:
+                pause(n)
             assert persister.ticket is not None
             yield persister.ticket, draft
 

@@ -242,12 +242,7 @@ def test_closing_waits_once_for_a_pool_held_past_several_pending_replies(
             stream.join(BOUND)
         assert [type(e) for e in errors] == [rxcontext.PoolBusy] * replies, errors
         with caplog.at_level("WARNING", logger="rxcontext"):
-            started = time.monotonic()
-            closing = threading.Thread(target=store.close, daemon=True)
-            closing.start()
-            closing.join(BOUND)
-            took = time.monotonic() - started
-        assert not closing.is_alive(), "store.close() hung"
+            took = _close_timed(store)
         given_up = [r for r in caplog.records if "could not be written" in r.getMessage()]
         assert len(given_up) == replies, caplog.text
         assert took < 3 * patience, f"close() took {took:.1f} s: it waited once a reply"
@@ -313,12 +308,7 @@ def test_closing_waits_once_for_a_server_gone_past_several_pending_replies(
         holder.join(BOUND)
         assert not holder.is_alive()
         with caplog.at_level("WARNING", logger="rxcontext"):
-            started = time.monotonic()
-            closing = threading.Thread(target=store.close, daemon=True)
-            closing.start()
-            closing.join(BOUND)
-            took = time.monotonic() - started
-        assert not closing.is_alive(), "store.close() hung"
+            took = _close_timed(store)
         failed = [r for r in caplog.records if "final checkpoint of" in r.getMessage()]
         assert [r.levelname for r in failed] == ["ERROR"] + ["WARNING"] * (replies - 1), [
             r.getMessage() for r in failed
@@ -337,3 +327,15 @@ def test_closing_waits_once_for_a_server_gone_past_several_pending_replies(
             holder.join(BOUND)
         store.close()
         proxy.close()
+
+
+def _close_timed(store: Any) -> float:
+    """``store.close()`` on a thread of its own, which must end within ``BOUND``: the
+    seconds it took."""
+    started = time.monotonic()
+    closing = threading.Thread(target=store.close, daemon=True)
+    closing.start()
+    closing.join(BOUND)
+    took = time.monotonic() - started
+    assert not closing.is_alive(), "store.close() hung"
+    return took

@@ -823,8 +823,15 @@ def test_a_bulk_periodic_write_encodes_its_rows_as_the_json_module_does(tmp_path
                 got.append(blob[start : start + size].decode())
         want = [p for t, d in zip(texts, writes, strict=True) for p in (t, d[1].append_thinking)]
         assert "".join(got) == "".join(want) and len(blob) == len("".join(want).encode())
-        # Only the epoch and the error are the same in every row: bound once.
-        assert binds == (False, None) * 2 + (True, None) + (False, None) * 2 + (True, cp.epoch)
+        # Only the epoch and the error are the same in every row: bound once; the first
+        # row's values are bound, and the first row (every row alike it) is its chunk count.
+        assert binds == (False, "[]", False, None, True, None, False, None, False, None) + (
+            True,
+            cp.epoch,
+        )
+        rows = json.loads(updates)
+        assert rows[str(writes[0][0].checkpoint_id)] == 0
+        assert all(isinstance(r, list) for r in list(rows.values())[1:])
         assert store.save_checkpoints(writes) == [True] * len(texts)
         assert store.save_checkpoints(writes) == [True] * len(texts)  # appended again
         for (ticket, draft), text in zip(writes, texts, strict=True):

@@ -218,6 +218,8 @@ def _bulk_payloads(
     shared: tuple[int, ...] = _SHARED
     probe: Callable[[tuple[Any, ...]], Any] | None = _PROBE
     common: Any = None
+    odd: Callable[[tuple[Any, ...]], Any] = _PROBE
+    odd_first: Any = None
     metadata: Any = _COMPUTE
     metadata_json: str | None = None
     for i, (ticket, draft) in enumerate(writes):
@@ -245,14 +247,20 @@ def _bulk_payloads(
         row = (ticket.epoch, *_checkpoint_values(draft, metadata_json))
         if not first:
             first = row
-            common = whole = _PROBE(row)
-            alike = True
-        else:
-            alike = _PROBE(row) == whole
-            if not alike and probe is not None and probe(row) != common:
-                shared = tuple(k for k in shared if row[k] == first[k])
-                probe = itemgetter(*shared) if shared else None
-                common = probe(first) if probe is not None else None
+            common = _PROBE(row)
+            alike = same = True
+        elif probe is _PROBE:  # no column has differed yet: one compare says both
+            alike = same = probe(row) == common
+        else:  # alike: the same in the shared columns and in those that left them
+            same = probe is None or probe(row) == common
+            alike = same and odd(row) == odd_first
+        if not same:
+            assert probe is not None
+            shared = tuple(k for k in shared if row[k] == first[k])
+            probe = itemgetter(*shared) if shared else None
+            common = probe(first) if probe is not None else None
+            odd = itemgetter(*(k for k in _SHARED if k not in shared))
+            odd_first = odd(first)
         chunks = row[4]
         if alike and type(chunks) is int:
             # Every column but its chunk count is the first row's (bound once): the row is

@@ -849,3 +849,24 @@ def test_a_bulk_periodic_write_encodes_its_rows_as_the_json_module_does(tmp_path
             assert cp.chunks == draft.chunks
             assert cp.response_id == draft.response_id
             assert dict(cp.metadata) == dict(draft.metadata)
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        Usage.of(40, 20),
+        Usage(1, 2, 3, 4, 5, 6, 7),
+        Usage(2**63 - 1, 0, 2**63 - 1),
+        Usage(True, 2),  # type: ignore[arg-type]  # not every count an int: the encoder's
+        Usage(1.5, 2),  # type: ignore[arg-type]
+    ],
+)
+def test_a_checkpoint_usage_is_the_json_of_its_counts(usage: Usage) -> None:
+    """SQLite writes a checkpoint's usage from a template where every count is an int: the
+    same text as the JSON encoder makes of ``usage.to_dict()``, every field in order."""
+    import json
+
+    from rxcontext.store import sqlite_replies
+
+    dump = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    assert sqlite_replies._usage_json(usage) == dump(usage.to_dict())

@@ -18,7 +18,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from json.encoder import c_make_encoder as _c_encoder  # type: ignore[attr-defined]
 from json.encoder import encode_basestring
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
 
 from ..chunks import Usage
@@ -179,7 +179,7 @@ def _checkpoint_values(draft: CheckpointDraft, metadata: Any = _COMPUTE) -> tupl
     return (
         rows.storable(json.dumps(list(calls), ensure_ascii=False)) if calls else _EMPTY_CALLS,
         # Counts alone (no cycle to look for): the C encoder made once, as a row's.
-        _row(usage.to_dict()) if usage else None,
+        _usage_json(usage) if usage else None,
         rows.storable(draft.error) if draft.error is not None else None,
         draft.chunks,
         draft.response_id,
@@ -311,6 +311,21 @@ _encode_row = (
     if _c_encoder is None
     else _c_encoder(None, _ENCODER.default, encode_basestring, None, ":", ",", False, False, True)
 )
+
+
+_USAGE_COUNTS = attrgetter(*Usage.__dataclass_fields__)
+_USAGE_JSON = "{" + ",".join(f'"{k}":%s' for k in Usage.__dataclass_fields__) + "}"
+_INTS = {int}
+
+
+def _usage_json(usage: Usage) -> str:
+    """``_row(usage.to_dict())``, the same text: when every count is an ``int`` (as
+    :meth:`Usage.of` makes them; an int's ``str`` is its JSON), one ``%`` of a template:
+    about half the encoder's time, and a tick writes this for every reply with a usage."""
+    counts = _USAGE_COUNTS(usage)
+    if set(map(type, counts)) == _INTS:
+        return _USAGE_JSON % counts
+    return _row(usage.to_dict())
 
 
 def _row(row: tuple[Any, ...] | dict[str, int]) -> str:

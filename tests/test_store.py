@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -1370,3 +1370,25 @@ def test_stored_thinking_spans_round_trip_any_blocks(thinking: str, cuts: list[t
     packed = pack(meta)
     assert meta == {"thinking": thinking, "thinking_blocks": blocks}  # not changed
     assert unpack(json.loads(json.dumps(packed))) == meta
+
+
+@given(
+    st.datetimes(
+        timezones=st.one_of(
+            st.none(),
+            st.just(UTC),
+            st.builds(
+                lambda minutes: timezone(timedelta(minutes=minutes)),
+                st.integers(min_value=-23 * 60, max_value=23 * 60),
+            ),
+        ),
+        min_value=datetime(2, 1, 1),
+        max_value=datetime(9998, 12, 30),
+    )
+)
+def test_a_stored_time_is_written_as_isoformat_writes_it_in_utc(when: datetime):
+    # The store formats its times itself (every reply's begin writes two), as this did.
+    from rxcontext.store import _sqlite_rows as sqlrows
+
+    aware = when.replace(tzinfo=UTC) if when.tzinfo is None else when
+    assert sqlrows.stamp(when) == aware.astimezone(UTC).isoformat(timespec="microseconds")

@@ -88,10 +88,11 @@ _BEGIN = (
     " owner, epoch, lease_until)"
     " SELECT ?, '', ?, ?, ?, 'streaming', ?, ?, 1, ?"
     " WHERE NOT EXISTS (SELECT 1 FROM records WHERE reply_id = ?)"
-    " RETURNING id"
 )
 """A reply's new row, unless its id was used by a stored record (the row's own unique index
-refuses an id another reply's row has)."""
+refuses an id another reply's row has). Its id is the cursor's ``lastrowid`` when it
+inserted one row: a ``RETURNING`` clause made SQLite run it as a sub-program writing an
+ephemeral table, on every reply's way to its first chunk (issue 14)."""
 
 
 _ALIKE = "?{n} OR j.type = 'integer'"
@@ -557,14 +558,16 @@ class SQLiteReplies:
         with self._tx() as db:
             pos = self._allocate(db, context_id)
             try:
-                row = db.execute(
+                cur = db.execute(
                     _BEGIN, (context_id, now, now, reply_id, pos, owner, lease, reply_id)
-                ).fetchone()
+                )
             except sqlite3.IntegrityError:
-                row = None
-            if row is None:  # a stored record or another reply's row has this id
+                cur = None
+            if cur is None or cur.rowcount != 1:  # a stored record or another reply's row
                 raise ReplyExists(f"reply id {reply_id!r} was already used (reply ids are unique)")
-        return row[0], pos, now
+            checkpoint_id = cur.lastrowid
+        assert checkpoint_id is not None
+        return checkpoint_id, pos, now
 
     @staticmethod
     def _update_params(

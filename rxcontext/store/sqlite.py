@@ -1041,7 +1041,20 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
     def history(self, context_id: str, *, since: int | None = None) -> tuple[int, list[Record]]:
         """The context's version, and its records (live and dead) written or changed since
         version ``since`` (all of them when None), in conversation order."""
+        after = -1 if since is None else since
         with self._read() as db:
+            if self._at_once is None or self._at_once != threading.get_ident():
+                # The version and the records in one statement (one read of one snapshot):
+                # on every request's way, where two were a statement's round into sqlite3
+                # more (issue 14). No row: no context; a row of NULL record columns: the
+                # context with no record changed since.
+                found = db.execute(_VERSION_HISTORY, (context_id, after)).fetchall()
+                if not found:
+                    raise ContextNotFound(f"no context with id {context_id!r} (was it deleted?)")
+                version = int(found[0][_VERSION_AT])
+                if (since is not None and since >= version) or found[0][0] is None:
+                    return version, []
+                return version, blobs.records_of(db, found)
             row = db.execute(
                 "SELECT version, live_tokens FROM contexts WHERE id = ?", (context_id,)
             ).fetchone()
@@ -1050,10 +1063,6 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             version = int(row[0])
             if since is not None and since >= version:
                 return version, []
-            after = -1 if since is None else since
-            if self._at_once is None or self._at_once != threading.get_ident():
-                found = db.execute(_HISTORY, (context_id, after)).fetchall()
-                return version, blobs.records_of(db, found)
             if int(row[1]) > AT_ONCE_TOKENS:  # a few long records are a long read too
                 raise NotNow("a long history: not at once")
             # Dead records come back too (all of them on a window's first read, those just
@@ -1217,6 +1226,20 @@ _HISTORY = (
     f"SELECT {rows.RECORD_COLUMNS} FROM records WHERE context_id = ? AND rev > ? ORDER BY pos, id"
 )
 """A context's records changed since a version, in history order (``store.history``)."""
+
+_VERSION_HISTORY = (
+    "SELECT "
+    + ", ".join(f"r.{c.strip()}" for c in rows.RECORD_COLUMNS.split(","))
+    + ", c.version FROM contexts c"
+    " LEFT JOIN records r INDEXED BY idx_records_context_rev"
+    " ON r.context_id = c.id AND r.rev > ?2"
+    " WHERE c.id = ?1 ORDER BY r.pos, r.id"
+)
+"""The context's version with :data:`_HISTORY`'s rows (its columns, then the version),
+read in one statement: one row of NULL record columns when none changed. The records are
+found by their change version's index, as :data:`_HISTORY`'s are (the planner would walk
+the context's every record in order of position instead, for a join)."""
+_VERSION_AT = len(rows.RECORD_COLUMNS.split(","))
 
 _AT_ONCE_COUNT = (
     "SELECT count(*), coalesce(sum(live), 0) FROM (SELECT live FROM records"

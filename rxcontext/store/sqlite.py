@@ -1055,9 +1055,12 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
                 if (since is not None and since >= version) or found[0][0] is None:
                     return version, []
                 return version, blobs.records_of(db, found)
-            row = db.execute(
-                "SELECT version, live_tokens FROM contexts WHERE id = ?", (context_id,)
-            ).fetchone()
+            # Dead records come back too (all of them on a window's first read, those just
+            # set dead on a later one), and no total bounds their text: none is read here.
+            # Counted on ``live`` alone, which a row's header holds (0 and 1 take no bytes
+            # of its body), so no record's text is walked through to find it. Asked with
+            # the version, in one statement (issue 14: one round into sqlite3 fewer).
+            row = db.execute(_AT_ONCE_COUNT, (context_id, after)).fetchone()
             if row is None:
                 raise ContextNotFound(f"no context with id {context_id!r} (was it deleted?)")
             version = int(row[0])
@@ -1065,11 +1068,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
                 return version, []
             if int(row[1]) > AT_ONCE_TOKENS:  # a few long records are a long read too
                 raise NotNow("a long history: not at once")
-            # Dead records come back too (all of them on a window's first read, those just
-            # set dead on a later one), and no total bounds their text: none is read here.
-            # Counted on ``live`` alone, which a row's header holds (0 and 1 take no bytes
-            # of its body), so no record's text is walked through to find it.
-            count, live = db.execute(_AT_ONCE_COUNT, (context_id, after)).fetchone()
+            count, live = row[2], row[3]
             if count > AT_ONCE_RECORDS:
                 raise NotNow("a long history: not at once")
             if live < count:
@@ -1242,11 +1241,14 @@ the context's every record in order of position instead, for a join)."""
 _VERSION_AT = len(rows.RECORD_COLUMNS.split(","))
 
 _AT_ONCE_COUNT = (
-    "SELECT count(*), coalesce(sum(live), 0) FROM (SELECT live FROM records"
-    f" WHERE context_id = ? AND rev > ? LIMIT {AT_ONCE_RECORDS + 1})"
+    "SELECT c.version, c.live_tokens, n.count, n.live FROM contexts c,"
+    " (SELECT count(*) AS count, coalesce(sum(live), 0) AS live FROM (SELECT live FROM records"
+    f" WHERE context_id = ?1 AND rev > ?2 LIMIT {AT_ONCE_RECORDS + 1})) n"
+    " WHERE c.id = ?1"
 )
-"""How many records (up to one over the bound) a history read would return, and how many
-of them are live: read from the index and the rows' headers, never their text."""
+"""The context's version and live tokens, and how many records (up to one over the bound)
+a history read would return and how many of them are live: read from the index and the
+rows' headers, never their text. No row: no context."""
 
 
 def open_store(path: str | os.PathLike[str] = ":memory:", **kwargs: Any) -> SQLiteStore:

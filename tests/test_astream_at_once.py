@@ -276,3 +276,45 @@ def test_records_gone_dead_since_the_last_read_are_read_in_a_worker_thread(
         jobs, _ = first_chunk(cw, CountingExecutor())
         assert jobs == 1
         assert [r.content for r in model.requests[1].records] == ["one two", "and now?"]
+
+
+def test_the_store_waits_and_checkpoints_again_after_an_at_once_stretch(tmp_path: Path) -> None:
+    # Inside at_once nothing waits and no commit checkpoints the WAL; the foreground
+    # connection gets the store's settings back before any use outside it (they are given
+    # back lazily, not as at_once ends), on every thread, a read's and a write's.
+    store = rxcontext.open(str(tmp_path / "c.db"), busy_timeout=3.0)
+    wanted = (3000, store._autocheckpoint)
+    assert wanted[1] > 0
+
+    def settings(db: sqlite3.Connection) -> tuple[int, int]:
+        busy = db.execute("PRAGMA busy_timeout").fetchone()[0]
+        return busy, db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+
+    seen: list[tuple[int, int]] = []
+    for use in ("read", "write", "read on a thread", "write on a thread", "close"):
+        with store.at_once() as free:
+            assert free
+            with store._read() as db:  # (its own reads and writes: still at once)
+                assert settings(db) == (0, 0)
+            with store._tx() as db:
+                assert settings(db) == (0, 0)
+
+        def outside(use: str = use) -> None:
+            if use.startswith("read"):
+                with store._read() as db:
+                    seen.append(settings(db))
+            else:
+                with store._tx() as db:
+                    seen.append(settings(db))
+
+        if use == "close":
+            store.close()  # (the WAL checkpointed by the close, as before)
+            assert not (tmp_path / "c.db-wal").exists()
+            continue
+        if use.endswith("thread"):
+            thread = threading.Thread(target=outside)
+            thread.start()
+            thread.join()
+        else:
+            outside()
+    assert seen == [wanted] * 4

@@ -308,6 +308,10 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             raise
         self._conn: sqlite3.Connection | None = conn
         self._autocheckpoint = int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        self._lent = False
+        """Whether the foreground connection may still have :meth:`at_once`'s settings (no
+        busy wait, no WAL checkpoint at a commit): the next use outside it gives the
+        store's back first (:meth:`_given_back`), under the store's lock."""
         # Fixed now the schema is in it (a file its user made in UTF-16 stays so).
         self._codec = CODECS[conn.execute("PRAGMA encoding").fetchone()[0]]
         attach_holds(self._holds)  # until close(): its descriptor stays open till then
@@ -367,7 +371,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             if self._inherited and conn is not None:
                 conn = self._connect(self.busy_timeout)
                 conn.execute("PRAGMA synchronous = NORMAL")
-                self._conn, self._inherited = conn, False
+                self._conn, self._inherited, self._lent = conn, False, False
         if conn is None:
             raise StoreClosedError(
                 f"store {self.path!r} is closed; open it again with rxcontext.open()"
@@ -404,6 +408,8 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
                     self._bg_conn.close()
                     self._bg_conn = None
             if self._conn is not None:
+                if self._lent and not self._inherited:
+                    self._given_back(self._conn)  # (its close checkpoints the WAL)
                 with self._fork_lock:
                     conn, self._conn = self._conn, None
                     inherited, self._inherited = self._inherited, False
@@ -491,35 +497,21 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             if db is None or self._at_once is not None:  # closed, or this thread is in one
                 yield False
                 return
-            # Made before: a signal's handler runs at a call (an int(), an f-string's
-            # format), so the finally must start with the loop.
-            back = [
-                f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}",
-                f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}",
-            ]
-            came: BaseException | None = None
-            try:  # (a signal between the two PRAGMAs still finds them restored)
+            # Set once, and given back lazily: by the next use of the connection outside
+            # (``_read``, ``_tx``, ``close``: _given_back), not as this ends. On an asyncio
+            # reply's way to its first chunk these are SQLite statements it compiles anew
+            # at each run (~11,000 instructions each); given back at its first write
+            # outside (its commit, in a worker thread), set again at the next reply's.
+            # Marked before they run: a Ctrl-C between them still finds them given back.
+            if not self._lent:
+                self._lent = True
                 db.execute("PRAGMA busy_timeout = 0")
                 db.execute("PRAGMA wal_autocheckpoint = 0")
-                self._at_once = threading.get_ident()
+            self._at_once = threading.get_ident()
+            try:
                 yield True
             finally:
-                # Both put back even if a Ctrl-C lands among them (raised once both ran): a
-                # Ctrl-C between them left the WAL never checkpointed again (the WAL grew
-                # without bound). Not a function, nor deferred(): a call's entry is where a
-                # signal's handler runs, and that would be before the loop.
                 self._at_once = None
-                while back:
-                    try:
-                        while back:
-                            db.execute(back[-1])  # (again after a Ctrl-C: the same value)
-                            back.pop()
-                    except sqlite3.Error:
-                        raise
-                    except BaseException as error:
-                        came = error if came is None else came
-                if came is not None:
-                    raise came
         finally:
             lock.release()
 
@@ -542,9 +534,19 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         no signals back (:func:`deferred`), so nothing else covers those two points."""
         with self._lock:
             try:
-                yield self._db()
+                db = self._db()
+                if self._lent and self._at_once is None:
+                    self._given_back(db)
+                yield db
             except sqlite3.Error as exc:
                 raise StoreError(f"database error: {exc}") from exc
+
+    def _given_back(self, db: sqlite3.Connection) -> None:
+        """The store's busy wait and WAL checkpoints on the foreground connection ``db``
+        again, after :meth:`at_once` (under the store's lock, outside it)."""
+        db.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}")
+        db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        self._lent = False
 
     def _tx(self, *, durable: bool = False, background: bool = False) -> _Writing:
         """One write transaction, whole or not at all even under Ctrl-C.
@@ -1306,6 +1308,8 @@ class _Writing:
         self._lock = lock
         self._db = db
         try:
+            if store._lent and lock is store._lock and store._at_once is None:
+                store._given_back(db)  # (the foreground connection, after at_once)
             if db.in_transaction:  # left open by an earlier failure: never build on it
                 db.execute("ROLLBACK")
             if durable:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import linecache
 import sqlite3
 import sys
 import threading
@@ -18,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, RecordType
@@ -318,3 +321,65 @@ def test_the_store_waits_and_checkpoints_again_after_an_at_once_stretch(tmp_path
         else:
             outside()
     assert seen == [wanted] * 4
+
+
+def _interrupt_before(function: str, needle: str) -> None:
+    """Raise KeyboardInterrupt, as a signal's handler would, before the line of
+    ``function`` that contains ``needle`` runs (a line trace: the same point every run)."""
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+        if event == "line" and needle in line:
+            sys.settrace(None)
+            raise KeyboardInterrupt
+        return local
+
+    def calls(frame: Any, event: str, arg: Any) -> Any:
+        return local if frame.f_code.co_name == function else None
+
+    sys.settrace(calls)
+
+
+@pytest.mark.parametrize(
+    ("function", "needle", "use"),
+    [
+        ("_given_back", "busy_timeout", "a read"),  # half given back
+        ("at_once", "wal_autocheckpoint = 0", "at_once"),  # half set
+    ],
+)
+def test_a_ctrl_c_between_the_two_pragmas_leaves_no_half_setting(
+    tmp_path: Path, function: str, needle: str, use: str
+) -> None:
+    # The next at_once runs with both of its settings (no busy wait, no WAL checkpoint at
+    # a commit: a commit on the loop must not checkpoint and sync), and the next use
+    # outside it with both of the store's, whichever PRAGMA a Ctrl-C fell between.
+    store = rxcontext.open(str(tmp_path / "c.db"), busy_timeout=3.0)
+
+    def settings() -> tuple[int, int]:
+        db = store._conn
+        assert db is not None
+        busy = db.execute("PRAGMA busy_timeout").fetchone()[0]
+        return busy, db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+
+    with store.at_once() as free:
+        assert free
+    if use == "at_once":
+        with store._read():  # all given back first
+            pass
+    _interrupt_before(function, needle)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            if use == "at_once":
+                with store.at_once():
+                    pass
+            else:
+                with store._read():
+                    pass
+    finally:
+        sys.settrace(None)
+    with store.at_once() as free:
+        assert free
+        assert settings() == (0, 0)
+    with store._read():
+        assert settings() == (3000, store._autocheckpoint)
+    store.close()

@@ -312,6 +312,11 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
         """Whether the foreground connection may still have :meth:`at_once`'s settings (no
         busy wait, no WAL checkpoint at a commit): the next use outside it gives the
         store's back first (:meth:`_given_back`), under the store's lock."""
+        self._lent_whole = False
+        """Whether both of :meth:`at_once`'s settings are in effect (both PRAGMAs ran and
+        none was given back since): only then does the next ``at_once`` skip them. A
+        Ctrl-C between two PRAGMAs leaves this False and :attr:`_lent` True, so both
+        sides set theirs again."""
         # Fixed now the schema is in it (a file its user made in UTF-16 stays so).
         self._codec = CODECS[conn.execute("PRAGMA encoding").fetchone()[0]]
         attach_holds(self._holds)  # until close(): its descriptor stays open till then
@@ -371,6 +376,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             if self._inherited and conn is not None:
                 conn = self._connect(self.busy_timeout)
                 conn.execute("PRAGMA synchronous = NORMAL")
+                self._lent_whole = False  # (a new connection: the store's settings)
                 self._conn, self._inherited, self._lent = conn, False, False
         if conn is None:
             raise StoreClosedError(
@@ -503,10 +509,11 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
             # at each run (~11,000 instructions each); given back at its first write
             # outside (its commit, in a worker thread), set again at the next reply's.
             # Marked before they run: a Ctrl-C between them still finds them given back.
-            if not self._lent:
+            if not self._lent_whole:
                 self._lent = True
                 db.execute("PRAGMA busy_timeout = 0")
                 db.execute("PRAGMA wal_autocheckpoint = 0")
+                self._lent_whole = True
             self._at_once = threading.get_ident()
             try:
                 yield True
@@ -544,6 +551,7 @@ class SQLiteStore(SQLiteReplies, SQLiteLeases):
     def _given_back(self, db: sqlite3.Connection) -> None:
         """The store's busy wait and WAL checkpoints on the foreground connection ``db``
         again, after :meth:`at_once` (under the store's lock, outside it)."""
+        self._lent_whole = False
         db.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}")
         db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         self._lent = False

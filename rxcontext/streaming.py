@@ -62,7 +62,7 @@ from ._observers import subscriber, tell_disposed
 from ._signals import HandOver
 from ._toolthreads import ROUND_WORKERS, UNWIND_SECONDS, RoundTasks, in_threads
 from ._watchdog import watching
-from .chunks import Chunk, ChunkKind, ToolCall
+from .chunks import _COALESCE, Chunk, ChunkKind, ToolCall
 from .errors import ReplyStopped, StreamInterrupted, StreamTimeout
 from .operators import PLAIN_CHUNK, Middleware, async_refused
 from .providers._abort import Breaker, breaking
@@ -80,6 +80,10 @@ __all__ = [
 
 
 _BLOCKING = "the blocking stream(), call() and resume() run hooks"
+_TEXT = ChunkKind.TEXT  # a module global: an attribute of the enum class is slower
+_LAST_FRESH = _COALESCE - 1
+"""The sync driver folds a text delta itself while the builder's next append would not
+join a block (``ReplyBuilder.add`` does that)."""
 
 
 class _Cancelled(Exception):
@@ -544,6 +548,8 @@ class _SyncDriver:
                             # builder.add once the attempt's first chunk went through
                             # p.add, if that is all p.add does (folds_plainly).
                             fold: Callable[[Chunk], None] | None = None
+                            b = p.builder  # (taken again with fold)
+                            texts = b._text
                             for chunk in it:
                                 if lone is not None:
                                     only = lone.only_on_chunk
@@ -592,12 +598,27 @@ class _SyncDriver:
                                     p.busy = False
                                     self._release_raising()
                                     raise
-                                if fold is not None:
-                                    fold(chunk)  # p.add past the attempt's first chunk
-                                else:
+                                if fold is None:
                                     p.add(chunk)
+                                    delivered = True  # (looked at only if this attempt fails)
                                     if p.folds_plainly:
-                                        fold = p.builder.add
+                                        b = p.builder
+                                        fold, texts = b.add, b._text
+                                elif (
+                                    chunk.kind is _TEXT
+                                    and b._text_fresh < _LAST_FRESH
+                                    and not chunk.metadata
+                                ):
+                                    # b.add(chunk) of a text delta, written out (one call
+                                    # less a chunk): ReplyBuilder.add's TEXT branch short of
+                                    # a block's join. Change both.
+                                    b.chunks += 1
+                                    text = chunk.text
+                                    if text:
+                                        texts.append(text)
+                                        b._text_fresh += 1
+                                else:
+                                    fold(chunk)  # p.add past the attempt's first chunk
                                 p.busy = False
                                 guard.critical = False
                                 if guard.held:
@@ -606,7 +627,6 @@ class _SyncDriver:
                                     p.attend()
                                 if flag.disposed or watch.is_stopped:
                                     raise _Cancelled  # disposed by the subscriber's own on_next
-                                delivered = True
                         else:
                             with watching(self.time, breaker) as watched:
                                 while True:

@@ -29,8 +29,10 @@ from rxcontext import (
     Usage,
 )
 from rxcontext import operators as rxops
+from rxcontext.chunks import ReplyBuilder
 from rxcontext.cost import context_cost
 from rxcontext.providers import ScriptedModel
+from rxcontext.providers.base import reply_from_chunks
 from rxcontext.store.owner import worker_id
 
 pytestmark = pytest.mark.usefixtures("both_stores")
@@ -174,6 +176,44 @@ def test_disposing_after_k_chunks_checkpoints_exactly_k_chunks(parts, data):
         assert cp.error == "cancelled"
         assert model.closed == 1  # the provider stream was closed
         assert replies(cw) == []
+
+
+def _long_script() -> list[Chunk]:
+    """Text deltas past two of the builder's block joins (256 deltas each), with an empty
+    delta, text that carries metadata, and reasoning between them."""
+    chunks = [T(f"{i % 10}") for i in range(600)]
+    chunks[3] = T("")
+    chunks[254] = Chunk(ChunkKind.TEXT, "m", metadata={"citations": [1]})
+    chunks[300] = Chunk(ChunkKind.THINKING, "hmm")
+    return [*chunks, DONE]
+
+
+@pytest.mark.parametrize("k", [1, 2, 255, 256, 257, 258, 300, 512, 513, 600])
+def test_the_sync_drivers_own_text_fold_checkpoints_exactly_k_chunks(k: int) -> None:
+    """The sync driver folds most text deltas itself (one call less a chunk): what it
+    folds is what the builder folds, across its block joins."""
+    script = _long_script()
+    cw, _ = window(script)
+    got: list[Chunk] = []
+    cw.stream().pipe(ops.take(k)).subscribe(got.append)
+    assert got == script[:k]
+    (cp,) = cw.checkpoints()
+    want = ReplyBuilder()
+    for chunk in script[:k]:
+        want.add(chunk)
+    assert cp.text == want.text == "".join(c.text for c in got if c.kind is ChunkKind.TEXT)
+    assert cp.chunks == k
+    assert cp.thinking == want.thinking
+
+
+def test_the_sync_drivers_own_text_fold_stores_the_whole_reply() -> None:
+    script = _long_script()
+    cw, _ = window(script)
+    reply = cw.call()
+    want = reply_from_chunks(script)
+    assert reply.text == want.text
+    assert reply.metadata == want.metadata == {"citations": [1]}
+    assert replies(cw) == [want.text]
 
 
 def test_dispose_from_another_thread_stops_and_checkpoints():

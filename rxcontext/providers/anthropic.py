@@ -541,18 +541,20 @@ def _sdk_chunks(
                             try:
                                 delta = fields["delta"]
                                 index = fields["index"]
-                                plain = (
+                                if (
                                     type(delta) is _TEXT_DELTA
                                     and type(index) is int
                                     and fields["type"] == "content_block_delta"
-                                )
-                                if plain:
+                                ):
                                     got = delta.__dict__
                                     text = got["text"]
-                                    plain = type(text) is str and got["type"] == "text_delta"
+                                    if type(text) is not str or got["type"] != "text_delta":
+                                        text = None
+                                else:
+                                    text = None
                             except KeyError:
-                                plain = False  # a field missing: _sdk_event says which
-                            if plain:
+                                text = None  # a field missing: _sdk_event says which
+                            if text is not None:
                                 if text:
                                     # new_chunk(_TEXT, text, index), without the call
                                     c = ChunkShell()

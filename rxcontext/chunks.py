@@ -629,7 +629,10 @@ class ReplyBuilder:
         return usage
 
     def add(self, chunk: Chunk) -> None:
-        """Fold one chunk in."""
+        """Fold one chunk in.
+
+        The sync driver's untimed loop (``streaming._SyncDriver._advance``) holds a copy of
+        the TEXT branch short of a block's join, for a chunk without metadata: change both."""
         self.chunks += 1
         kind = chunk.kind
         if kind is _TEXT:  # a module global: an attribute of the enum class is slower

@@ -30,7 +30,12 @@ lasts long enough for many of their rounds: counted per chunk they would add a c
 grows with the machine's load. (A client-request dump holds the calling thread only; the
 timer threads' totals are in the files callgrind writes at exit, ``--keep`` to see them.)
 The store's lease is long (``lease_ttl=600``) so that a slow run under valgrind cannot lose
-its replies to self-fencing.
+its replies to self-fencing. For the same reason the pipeline's windows checkpoint every
+:data:`EVERY` seconds, the default second stretched by valgrind's slowdown: a periodic write
+that finds the driver busy is handed to the driver's own thread (``attend()``), so at the
+default second a count took 0 to 2 of them (~1,900 instructions an event each, more at a
+higher load) where a stream of this length at full speed (a few milliseconds) almost never
+meets one.
 
     python benchmarks/callgrind_sdk.py                       # OpenAI Chat and Anthropic
     python benchmarks/callgrind_sdk.py --providers openai_chat,anthropic,gemini,openai_responses
@@ -54,6 +59,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 WARM_REPLIES = 8
+EVERY = 50.0
+"""The pipeline's ``checkpoint_every`` under valgrind: the default 1 s at its ~50x slowdown."""
 """Replies made per consumer before counting: past CPython's quickening threshold."""
 _HELPER = r"""
 #include <valgrind/callgrind.h>
@@ -85,7 +92,10 @@ def child(providers: list[str], short: int, long: int, tmp: Path) -> None:
             model = provider.model("sdk")
             for _ in range(WARM_REPLIES):
                 assert provider.sdk_sync() == stream.text
-                assert h.pipeline_sync(h.fresh_window(store, model)) == stream.text
+                assert (
+                    h.pipeline_sync(h.fresh_window(store, model, checkpoint_every=EVERY))
+                    == stream.text
+                )
             for n in (short, long):
                 stream = make_stream(name, n)
                 provider = h.BUILDERS[name](stream)
@@ -93,8 +103,13 @@ def child(providers: list[str], short: int, long: int, tmp: Path) -> None:
                 for consumer in ("sdk", "pipeline"):
                     pipeline = consumer == "pipeline"
                     if pipeline:  # warm-up, and the text is right
-                        assert h.pipeline_sync(h.fresh_window(store, model)) == stream.text
-                        cw = h.fresh_window(store, model)  # set up outside the count
+                        assert (
+                            h.pipeline_sync(h.fresh_window(store, model, checkpoint_every=EVERY))
+                            == stream.text
+                        )
+                        cw = h.fresh_window(
+                            store, model, checkpoint_every=EVERY
+                        )  # set up outside the count
                         cg.rx_zero()
                         got = h.pipeline_sync(cw)
                     else:

@@ -59,9 +59,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 WARM_REPLIES = 8
+"""Replies made per consumer before counting: past CPython's quickening threshold."""
 EVERY = 50.0
 """The pipeline's ``checkpoint_every`` under valgrind: the default 1 s at its ~50x slowdown."""
-"""Replies made per consumer before counting: past CPython's quickening threshold."""
 _HELPER = r"""
 #include <valgrind/callgrind.h>
 void rx_zero(void) { CALLGRIND_ZERO_STATS; }

@@ -371,11 +371,13 @@ class _SyncDriver:
         else:
             self.run.persister.interrupt(error)
 
-    def _deliver(self, chunk: Chunk, fold: bool = True) -> None:
-        """Hand ``chunk`` to the subscriber if it still wants it; then fold it in.
+    def _hand(self, chunk: Chunk, fold: bool = True) -> None:
+        """Hand ``chunk`` to the subscriber if it still wants it; then fold it in. Once this
+        returns, ``chunk`` was delivered: a round failing afterwards (in :meth:`_attended`,
+        say) is not sent again.
 
-        :meth:`_advance`'s untimed loop holds a copy of this (one call less a chunk):
-        change both."""
+        :meth:`_advance`'s untimed loop holds a copy of this and of :meth:`_attended` (one
+        call less a chunk): change both."""
         p = self.persister
         guard = self.guard
         flag = self.flag
@@ -408,9 +410,13 @@ class _SyncDriver:
         guard.critical = False
         if guard.held:
             guard.release()  # delivers the signal held meanwhile
-        if p.attention:
-            p.attend()
-        if flag.disposed or watch.is_stopped:
+
+    def _attended(self) -> None:
+        """After a chunk's fold: the checkpoint write the timer handed the driver, and the
+        subscriber's own dispose (``take(n)``, say)."""
+        if self.persister.attention:
+            self.persister.attend()
+        if self.flag.disposed or self.watch.is_stopped:
             raise _Cancelled  # disposed by the subscriber's own on_next (take(n), say)
 
     def _showing(self) -> Callable[[Chunk], None]:
@@ -429,7 +435,7 @@ class _SyncDriver:
         folded, never sent again for); a signal landing in it (``KeyboardInterrupt``, a
         ``SystemExit`` from a SIGTERM handler) finds the chunk delivered to the program's
         code (``cw.call(middleware(on_chunk=show))`` shows it there): folded, as a signal
-        in ``on_next`` leaves it (:meth:`_deliver`), before the driver saves the checkpoint."""
+        in ``on_next`` leaves it (:meth:`_hand`), before the driver saves the checkpoint."""
         if isinstance(error, Exception):
             self.hook_raised = True
             return
@@ -489,7 +495,7 @@ class _SyncDriver:
         hooks = run.hooks
         timeouts = run.timeouts
         timed = timeouts.timed
-        deliver = self._deliver
+        hand, attended = self._hand, self._attended
         it: Iterator[Chunk] | None = None
         delivered = False
         try:
@@ -526,7 +532,8 @@ class _SyncDriver:
                     with breaking(breaker):
                         it = run.chunks(request)
                         if not timed:
-                            # _deliver(chunk), written out: the per-chunk path of most streams.
+                            # _hand(chunk) and _attended(), written out: the per-chunk path
+                            # of most streams.
                             p, guard, flag, watch = (
                                 self.persister,
                                 self.guard,
@@ -667,8 +674,9 @@ class _SyncDriver:
                                     except BaseException as error:
                                         self._hook_failed(chunk, error)
                                         raise
-                                    deliver(chunk)
-                                    delivered = True
+                                    hand(chunk)
+                                    delivered = True  # before the write the timer handed
+                                    attended()  # the driver: a failed one is not sent again
                     if self.flag.disposed or self.watch.is_stopped:
                         raise _Cancelled  # its read ended by the dispose, or as it came
                 except _Cancelled:
@@ -705,7 +713,8 @@ class _SyncDriver:
                 for chunk in run.result_chunks(results):
                     for hook in hooks:
                         hook.chunk(chunk)
-                    deliver(chunk, fold=False)
+                    hand(chunk, fold=False)
+                    attended()
             if persister.stop is None and self._gone():
                 return None  # the subscriber let go holding the DONE: stored, nobody to tell
             for hook in hooks:

@@ -630,3 +630,56 @@ def test_resuming_an_empty_checkpoint_resends_the_original_request():
     assert cw.store.get_checkpoint(cp_id).text == ""
     assert cw.resume_call(cp_id).text == "whole"
     assert [r.content for r in model.requests[1].records] == ["hi"]
+
+
+class _Blip(ConnectionError):
+    """A transient error the default retry policy sends the request again for."""
+
+
+@pytest.mark.parametrize("path", ["untimed", "timed", "async"])
+def test_a_driver_write_failing_after_the_first_chunk_does_not_send_the_request_again(
+    path: str,
+) -> None:
+    # The first chunk reached the subscriber; then the driver's own checkpoint write
+    # (attend: a write the timer handed it) fails with a transient error. The round is
+    # not sent again (its text would reach the subscriber twice, and be stored twice), on
+    # both sync loops and on asyncio alike: the reply ends interrupted, holding "a".
+    from rxcontext import RetryPolicy, StreamInterrupted, Timeouts
+    from rxcontext.checkpointer import checkpointer_for
+
+    timed = {"timeouts": Timeouts(first_chunk=30, idle=30)} if path == "timed" else {}
+    script = [T("a"), T("b"), DONE]
+    cw, model = window(
+        script,
+        script,
+        checkpoint_every=3600.0,
+        retry=RetryPolicy(max_attempts=2, initial_delay=0, jitter=0),
+        **timed,
+    )
+    store = cw.store
+    seen: list[str] = []
+
+    def on_chunk(chunk: Chunk) -> None:
+        if not seen:  # the timer asks the driver to write once this chunk is folded
+            (p,) = checkpointer_for(store, 3600.0)._replies.values()
+            real = p.attend
+
+            def attend() -> None:
+                p.attend = real
+                p.attention = False
+                raise _Blip("the store's connection dropped")
+
+            p.attend = attend
+            p.attention = True
+        seen.append(chunk.text)
+
+    hook = rxops.middleware(on_chunk=on_chunk)
+    with pytest.raises(StreamInterrupted) as caught:
+        if path == "async":
+            asyncio.run(cw.acall(hook))
+        else:
+            cw.call(hook)
+    assert len(model.requests) == 1
+    assert seen == ["a"]
+    assert caught.value.checkpoint is not None
+    assert caught.value.checkpoint.text == "a"

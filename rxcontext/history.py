@@ -105,20 +105,43 @@ class HistoryCache:
         self._live: list[Record] = []
         self._keys: list[tuple[int, int]] = []  # (pos, id) of _live, for bisect
         self._lock = threading.RLock()  # (an RLock: a Ctrl-C's cleanup asks if it is ours)
-        self._served = threading.local()  # per thread: the version its last read served
+        # The version each thread's last read served: the first thread to read keeps its
+        # own here, any other in a thread-local made when one reads. One thread (nearly
+        # always: a window's replies on one loop) thus makes no ``threading.local``: five
+        # objects (its dict, two weak references, a callback) the cyclic collector tracks
+        # for the window's life, thousands at once when thousands of windows stream. The
+        # thread is held (not its id, which a later thread may reuse).
+        self._first: threading.Thread | None = None
+        self._first_version: int | None = None
+        self._others: threading.local | None = None
 
     def _forked(self) -> None:
         """In a forked child (:meth:`ContextWindow._forked`): a lock a parent's thread may
         have held, made anew, and what the cache held (perhaps half taken in) dropped."""
         self._lock = threading.RLock()
-        self._served = threading.local()
+        self._first, self._first_version, self._others = None, None, None
         self._version, self.replies, self._live, self._keys = None, False, [], []
 
     @property
     def version(self) -> int | None:
         """The context's version the calling thread's last read served (None before its
         first): another thread's read of this shared cache in between does not move it."""
-        return getattr(self._served, "version", None)
+        if self._first is threading.current_thread():
+            return self._first_version
+        others = self._others
+        return getattr(others, "version", None) if others is not None else None
+
+    def _served(self, version: int) -> None:
+        """Note ``version`` as served to the calling thread (under the lock)."""
+        thread = threading.current_thread()
+        if self._first is None:
+            self._first = thread
+        if self._first is thread:
+            self._first_version = version
+            return
+        if self._others is None:
+            self._others = threading.local()
+        self._others.version = version
 
     def live(self, upto: int | None = None) -> list[Record]:
         """The live records in order (those at positions up to ``upto``, if given): a copy."""
@@ -151,7 +174,7 @@ class HistoryCache:
                 for r in changed:
                     self._merge(r)
             self._version = version
-            self._served.version = version
+            self._served(version)
             if upto is None:
                 return list(self._live)
             return self._live[: bisect.bisect_right(self._keys, (upto, float("inf")))]

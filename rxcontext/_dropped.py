@@ -121,23 +121,26 @@ def end(driver: Driver) -> None:
         settled.set_result(None)
 
 
-def dropped(store: object, context_id: str) -> list[asyncio.Future[None]]:
+def dropped(store: object, context_id: str) -> tuple[asyncio.Future[None], ...]:
     """What to wait for before a new reply in this context: the ends of its replies whose
     streams were dropped on the running loop (interrupted, or committed if they held the
-    final ``DONE``). Usually none: nothing to await on the way to the first chunk."""
+    final ``DONE``). Usually none: nothing to await on the way to the first chunk. A tuple:
+    the driver keeps it for the whole reply, and the empty one is no object of its own."""
     if not _running and not _noted:
-        return []
+        return ()
     key = (_database(store), context_id)
     loop = asyncio.get_running_loop()
     with _lock:
         _take_noted()
         _forget_closed()
         drivers = [d for d, k in _running.items() if k == key]
-    return [
-        d.settled
-        for d in drivers
-        if d.loop is loop and d.settled is not None and not d.settled.done()
-    ]
+    return tuple(
+        [
+            d.settled
+            for d in drivers
+            if d.loop is loop and d.settled is not None and not d.settled.done()
+        ]
+    )
 
 
 def _forked() -> None:

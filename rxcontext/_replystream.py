@@ -4,8 +4,8 @@ An async generator that raised (a cancellation thrown into it, a model error it 
 is finished, and advanced again it raises ``StopAsyncIteration``: the end of a reply that
 was stored. A consumer that goes on after an error — ``asyncio.wait_for(anext(stream), 30)``
 in a keep-alive loop, whose timeout cancels the read and cuts the reply — would end its loop
-normally with a truncated text nothing stored. :class:`ReplyStream` keeps the generator's
-own ``__anext__`` on the hot path and looks at how the reply ended only once it has ended:
+normally with a truncated text nothing stored. :class:`ReplyStream` takes the generator's
+own step (``anext``) on the hot path and looks at how the reply ended only once it has ended:
 after a reply that completed it ends as before; after one that was cut it raises
 :class:`~rxcontext.StreamInterrupted` with the reply's checkpoint, every time.
 """
@@ -36,11 +36,10 @@ class ReplyStream(AsyncGenerator[Chunk, None]):
     (``StopAsyncIteration``), as a closed generator does.
     """
 
-    __slots__ = ("_agen", "_closed", "_next", "_run")
+    __slots__ = ("_agen", "_closed", "_run")
 
     def __init__(self, agen: AsyncGenerator[Chunk, None], run: Run) -> None:
         self._agen = cast("types.AsyncGeneratorType[Chunk, None]", agen)
-        self._next = agen.__anext__
         self._run = run
         self._closed = False
 
@@ -50,7 +49,9 @@ class ReplyStream(AsyncGenerator[Chunk, None]):
     def __anext__(self) -> Coroutine[Any, Any, Chunk]:
         if self._agen.ag_frame is None and not self._closed:  # it ended: how?
             return self._after_end()
-        return self._next()
+        # anext(): the generator's own step, with no bound ``__anext__`` kept for it (one
+        # object more a suspended reply for the cyclic collector) and fewer instructions.
+        return anext(self._agen)
 
     def asend(self, value: None) -> Coroutine[Any, Any, Chunk]:
         if self._agen.ag_frame is None and not self._closed:

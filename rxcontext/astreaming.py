@@ -124,13 +124,16 @@ class _Watch:
     def follow(self, task: asyncio.Task[Any] | None) -> None:
         """Watch ``task`` (the one advancing the driver now) instead; None: no task."""
         if self.task is not None:
-            self.task.remove_done_callback(self._ended)
+            self.task.remove_done_callback(self)
         self.task = task
         if task is not None:
             self.stopper.task = task
-            task.add_done_callback(self._ended)
+            # The watch itself is the callback: a bound method would be one more object
+            # the cyclic collector tracks for as long as the reply streams.
+            task.add_done_callback(self)
 
-    def _ended(self, task: asyncio.Task[Any]) -> None:
+    def __call__(self, task: asyncio.Task[Any]) -> None:
+        """The watched task ended (its done-callback)."""
         if task is not self.task:
             return  # called late: another task advanced the driver since
         self.task = None
@@ -589,7 +592,6 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                 if due is not None and clock() >= due:
                     raise run.deadline_passed()
                 attempt += 1
-                run.requests.append(request)
                 persister.sent()
                 shows = persister.carries()  # its usage chunks shown with the reply's billing
                 it = watch.model = run.achunks(request)

@@ -116,12 +116,12 @@ class _Beat:
     released: bool = False
     """The driver let the reply go while its final checkpoint was still pending."""
 
-    def fence(self) -> None:
+    def __call__(self) -> None:
         """The persister's fence: before a commit, raise if the lease may have run out.
 
-        A bound method (one object a reply) rather than a closure over the beat (four:
-        its function, cell tuple and cells), which the cyclic collector would track for
-        as long as the reply streams."""
+        The beat itself (no object more a reply) rather than a bound method (one) or a
+        closure over the beat (four: its function, cell tuple and cells), which the cyclic
+        collector would track for as long as the reply streams."""
         self.heartbeat._check(self)
 
 
@@ -182,7 +182,7 @@ class Heartbeat(ServesStore):
         with self._lock:
             if self._closed:
                 return
-            persister.fence = beat.fence
+            persister.fence = beat
             self._beats[id(persister)] = beat
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -207,7 +207,7 @@ class Heartbeat(ServesStore):
             closing = id(persister) in self._at_close
             late = self._closed and persister.pending and not closing
             if persister.finished:
-                # The fence (a method of the beat, which holds the persister) is a cycle
+                # The fence (the beat, which holds the persister) is a cycle
                 # only the cyclic collector would free; an ended reply commits nothing more.
                 persister.fence = None
         if not (closing and persister.pending):  # else close()'s write lets go of it

@@ -260,6 +260,7 @@ def batch_text(
 
 _HOOKS = ("on_start", "on_chunk", "on_complete", "on_error", "on_tool_call", "on_tool_result")
 _CHUNK_HOOKS = frozenset(("on_chunk", "on_tool_call", "on_tool_result"))
+_NONE_AWAITED: frozenset[str] = frozenset()
 _TOOL_CALL = ChunkKind.TOOL_CALL
 _TOOL_RESULT = ChunkKind.TOOL_RESULT
 
@@ -341,8 +342,15 @@ class Middleware:
     def _decide(self) -> None:
         # A hook not given is no coroutine function: asked only about those given (the
         # middleware is often made per call, on the way to the first chunk).
-        awaited = frozenset(
-            name for name in _HOOKS if (hook := getattr(self, name)) is not None and is_async(hook)
+        # None awaited (nearly always): the shared empty set, not one more object the
+        # cyclic collector tracks for a middleware made per call, as long as its reply.
+        awaited = (
+            frozenset(
+                name
+                for name in _HOOKS
+                if (hook := getattr(self, name)) is not None and is_async(hook)
+            )
+            or _NONE_AWAITED
         )
         object.__setattr__(self, "awaited", awaited)
         object.__setattr__(self, "awaits_chunks", not awaited.isdisjoint(_CHUNK_HOOKS))

@@ -109,7 +109,6 @@ class Run:
     max_tool_rounds: int = 8
     streaming: bool = True
     parallel_tools: bool = True
-    requests: list[Request] = field(default_factory=list)
     retry: RetryPolicy | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     scheduler: abc.SchedulerBase | None = None
@@ -445,7 +444,6 @@ def _with_fallback(run: Run, request: Request, full: Request) -> Iterator[Chunk]
     """A threaded request; if the provider refuses it before any chunk, the full one, once."""
 
     def full_history() -> Iterator[Chunk]:
-        run.requests.append(full)
         return run.chunks(full)
 
     return before_first_chunk(
@@ -457,7 +455,6 @@ def _awith_fallback(run: Run, request: Request, full: Request) -> AsyncIterator[
     """The asyncio twin of :func:`_with_fallback`."""
 
     def full_history() -> AsyncIterator[Chunk]:
-        run.requests.append(full)
         return run.achunks(full)
 
     return abefore_first_chunk(

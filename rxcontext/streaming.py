@@ -521,7 +521,6 @@ class _SyncDriver:
                 if self.flag.disposed or self.watch.is_stopped:
                     raise _Cancelled  # (looked at after the breaker is set: see _on_dispose)
                 self.attempt += 1
-                run.requests.append(request)
                 delivered = False
                 persister.sent()
                 # The hooks see the USAGE chunks as the subscriber does (the reply's billing

@@ -11,19 +11,25 @@ a reply here: 43.8 once the wait for dropped streams stopped noting every reply 
 (the check of the begin's history version), still 44.8 after the begin's history read was
 removed (1c5d013; measured twice); 71 before the request builder (a closure of
 13 objects), the heartbeat's fence (4), the builder's alarm (4) and lists made empty for
-every reply were cut.
+every reply were cut. 34.8 once the history cache's per-thread version kept no
+``threading.local`` for its first thread (5), the task's done-callback was the watch itself
+and the fence the beat itself (not bound methods: 2), and the driver kept no empty list for
+the dropped streams it waits for, no list of the requests it sent, no bound ``__anext__``
+and no empty frozenset of a middleware's awaited hooks (4).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 from pathlib import Path
 from typing import Any
 
 import rxcontext
 from rxcontext import Chunk, ChunkKind, ContextWindow, Usage
 from rxcontext.checkpointer import checkpointer_for
+from rxcontext.history import HistoryCache
 from rxcontext.providers import ScriptedModel
 
 REPLIES = 50
@@ -92,7 +98,7 @@ def test_suspended_replies_hold_few_tracked_objects(tmp_path: Path) -> None:
             return held
 
         held = asyncio.run(main())
-    assert held < 46, f"{held:.1f} tracked objects a suspended reply"
+    assert held < 37, f"{held:.1f} tracked objects a suspended reply"
 
 
 def test_a_periodic_write_leaves_no_tracked_object_a_reply(tmp_path: Path) -> None:
@@ -199,3 +205,63 @@ def test_a_periodic_tick_promotes_few_objects_a_reply(tmp_path: Path) -> None:
         assert_stored_whole(windows, 3)
     assert checkpointer.ticks >= 2
     assert promoted[-1] < 1.5, f"{promoted} objects a reply promoted by each tick"
+
+
+def test_a_history_cache_read_on_one_thread_holds_few_tracked_objects(tmp_path: Path) -> None:
+    """A window's history cache lives as long as the window, one a context streaming (5,000
+    at once at 5,000 streams). Its per-thread version (what a thread's last read served) was
+    a ``threading.local``: five tracked objects more (the local, its dict, two weak
+    references and a callback), though a window's replies nearly always read from one
+    thread."""
+    with rxcontext.open(tmp_path / "heap.db") as store:
+        cw = ContextWindow(store, ScriptedModel([script(0)]), context="c")
+        cw.add_prompt("Write.")
+        context_id = cw._context.id
+        gc.collect()
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            before = len(gc.get_objects())
+            cache = HistoryCache(store, context_id)
+            records = cache.live()
+            made = len(gc.get_objects()) - before
+        finally:
+            if was_enabled:
+                gc.enable()
+        assert [r.content for r in records] == ["Write."]
+        # 11 here: the cache, its lock, its two lists, the key tuple, the record, the copy
+        # read and the read's leftovers (the SQLite connection's weak references to its
+        # cursors, pruned by the hundred: never more than now); 16 with the thread-local.
+        assert made < 13, f"{made} tracked objects a cache read once"
+
+
+def test_a_history_cache_serves_each_thread_its_own_version(tmp_path: Path) -> None:
+    """The version a thread's read served is that thread's, whichever thread read first:
+    another thread's later read does not move it, and a thread that never read has none."""
+    with rxcontext.open(tmp_path / "heap.db") as store:
+        cw = ContextWindow(store, ScriptedModel([script(0)]), context="c")
+        cw.add_prompt("Write.")
+        cache = HistoryCache(store, cw._context.id)
+        assert cache.version is None
+        cache.live()
+        first = cache.version
+        assert first is not None
+        seen: dict[str, int | None] = {}
+
+        def other(name: str) -> None:
+            seen[name + " before"] = cache.version
+            cw.add_prompt(f"From {name}.")  # the context's version moves
+            cache.live()
+            seen[name] = cache.version
+
+        for name in ("second", "third"):
+            thread = threading.Thread(target=other, args=(name,))
+            thread.start()
+            thread.join()
+        assert cache.version == first  # the first thread's, unmoved by the others' reads
+        assert seen["second before"] is None and seen["third before"] is None
+        assert seen["second"] is not None and seen["third"] is not None
+        assert first < seen["second"] < seen["third"]
+        cache.live()
+        assert cache.version == seen["third"]
+        assert [r.content for r in cache.live()] == ["Write.", "From second.", "From third."]

@@ -110,7 +110,11 @@ class HistoryCache:
         # always: a window's replies on one loop) thus makes no ``threading.local``: five
         # objects (its dict, two weak references, a callback) the cyclic collector tracks
         # for the window's life, thousands at once when thousands of windows stream. The
-        # thread is held (not its id, which a later thread may reuse).
+        # thread object is held, not its id, which a later thread may reuse; but a thread
+        # ``threading`` did not start (a C extension's) gets a placeholder object that a
+        # later such thread with the same id gets too, and with it this version. Harmless
+        # for the one caller (``_requests``), which reads ``version`` right after its own
+        # read on the same thread.
         self._first: threading.Thread | None = None
         self._first_version: int | None = None
         self._others: threading.local | None = None

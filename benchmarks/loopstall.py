@@ -44,6 +44,20 @@ def begun_replies(store: Any, replies: int) -> list[ReplyPersister]:
     return persisters
 
 
+def hand_ticked(
+    store: Any, replies: int, model: str | None
+) -> tuple[Checkpointer, list[ReplyPersister]]:
+    """:func:`begun_replies` of ``model`` in a :class:`Checkpointer` whose ticks the caller
+    makes on its own thread (``timer.tick()``), not on the timer's."""
+    persisters = begun_replies(store, replies)
+    for p in persisters:
+        p.model_name = model
+    timer = Checkpointer(store, 1.0)
+    for p in persisters:
+        timer._replies[id(p)] = p
+    return timer, persisters
+
+
 def run(replies: int, seconds: float, checkpoints: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, rxcontext.open(Path(tmp) / "l.db") as store:
         persisters = begun_replies(store, replies)

@@ -25,23 +25,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loopstall import begun_replies
+from loopstall import hand_ticked
 
 import rxcontext
 from rxcontext import Chunk, ChunkKind, Usage
-from rxcontext.checkpointer import Checkpointer
 
 
 def run(
     replies: int, ticks: int, chunks: int, model: str | None = None, usage: bool = False
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, rxcontext.open(Path(tmp) / "t.db") as store:
-        persisters = begun_replies(store, replies)
-        for p in persisters:
-            p.model_name = model
-        timer = Checkpointer(store, 1.0)
-        for p in persisters:
-            timer._replies[id(p)] = p  # ticks are called here, not on the timer's thread
+        timer, persisters = hand_ticked(store, replies, model)
         save = store.save_checkpoints
         saves: list[float] = []
 

@@ -179,15 +179,26 @@ def test_a_ctrl_c_anywhere_in_a_store_block_never_leaves_its_lock_or_settings_he
             if store._at_once is not None:
                 leaks.append("at_once")
                 store._at_once = None
-            db = store._db()
-            pragmas = (
-                db.execute("PRAGMA busy_timeout").fetchone()[0],
-                db.execute("PRAGMA wal_autocheckpoint").fetchone()[0],
-            )
+            # at_once's settings stay on the connection until its next use outside
+            # (given back lazily): what counts is what that use, and the next at_once, see.
+            with store._read() as db:
+                pragmas = (
+                    db.execute("PRAGMA busy_timeout").fetchone()[0],
+                    db.execute("PRAGMA wal_autocheckpoint").fetchone()[0],
+                )
             if pragmas != want:  # at_once's, put back
                 leaks.append(f"pragmas {pragmas}")
                 db.execute(f"PRAGMA busy_timeout = {want[0]}")
                 db.execute(f"PRAGMA wal_autocheckpoint = {want[1]}")
+            with store.at_once() as free:
+                assert free
+                db = store._db()
+                lent = (
+                    db.execute("PRAGMA busy_timeout").fetchone()[0],
+                    db.execute("PRAGMA wal_autocheckpoint").fetchone()[0],
+                )
+            if lent != (0, 0):
+                leaks.append(f"at_once's pragmas {lent}")
             if signal.getsignal(signal.SIGTERM) is not term:
                 leaks.append("sigterm")
                 signal.signal(signal.SIGTERM, term)

@@ -105,6 +105,14 @@ def _stored(db: str) -> tuple[ReplyState, str]:
     return found.state, found.text
 
 
+def _refused_and_kept(errors: list[BaseException], handler: Any, db: Any) -> None:
+    """The reply's error was the commit's refusal, no warning said its text was given up,
+    and close() wrote the refused commit's checkpoint: interrupted, holding "hello"."""
+    assert [type(e) for e in errors] == [StoreBusy], errors
+    assert handler.given_up() == []
+    assert _stored(db) == (ReplyState.INTERRUPTED, "hello")
+
+
 def test_close_in_an_on_error_hook_writes_the_refused_commits_checkpoint(setup: Any) -> None:
     db, store, other, handler = setup
     closed: list[str] = []
@@ -124,9 +132,7 @@ def test_close_in_an_on_error_hook_writes_the_refused_commits_checkpoint(setup: 
     assert closed == ["StoreBusy"], closed
     # The refusal, noting that close() kept the checkpoint (before: StoreClosedError, the
     # failure path's checkpoint written on a closed store).
-    assert [type(e) for e in errors] == [StoreBusy], errors
-    assert handler.given_up() == []
-    assert _stored(db) == (ReplyState.INTERRUPTED, "hello")
+    _refused_and_kept(errors, handler, db)
 
 
 def test_a_sync_close_on_the_event_loop_writes_the_refused_commits_checkpoint(
@@ -161,9 +167,7 @@ def test_a_sync_close_on_the_event_loop_writes_the_refused_commits_checkpoint(
         await asyncio.wait_for(asyncio.gather(reply(), closer()), WAIT)
 
     asyncio.run(main())
-    assert [type(e) for e in errors] == [StoreBusy], errors
-    assert handler.given_up() == []
-    assert _stored(db) == (ReplyState.INTERRUPTED, "hello")
+    _refused_and_kept(errors, handler, db)
 
 
 def test_a_second_close_meanwhile_raises_nothing_and_loses_nothing_silently(
@@ -402,9 +406,7 @@ def test_a_close_as_the_refused_commits_driver_lets_go_of_the_reply_keeps_its_ch
         sys.settrace(before)
     assert closing.ident is not None, "the driver never reached that line"
     assert not closing.is_alive(), "store.close() hung"
-    assert [type(e) for e in errors] == [StoreBusy], errors
-    assert handler.given_up() == []
-    assert _stored(db) == (ReplyState.INTERRUPTED, "hello")
+    _refused_and_kept(errors, handler, db)
 
 
 def test_a_store_closed_under_a_live_reply_says_which_reply_was_not_stored(

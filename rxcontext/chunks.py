@@ -777,23 +777,23 @@ class ReplyBuilder:
     def text(self) -> str:
         """The text so far."""
         self._text_fresh = 0
-        if len(self._text) < 2:
-            return _joined(self._text)
-        self._reshape()
-        text = _joined(self._text)
-        self._reshape()
-        return text
+        return self._read_parts(self._text)
 
     @property
     def thinking(self) -> str:
         """The reasoning text so far."""
         self._thinking_fresh = 0
-        if len(self._thinking) < 2:
-            return _joined(self._thinking)
+        return self._read_parts(self._thinking)
+
+    def _read_parts(self, parts: Sequence[str]) -> str:
+        """``parts`` joined in place (:func:`_joined`), its shape change noted around the
+        join when there is one to make."""
+        if len(parts) < 2:
+            return _joined(parts)
         self._reshape()
-        thinking = _joined(self._thinking)
+        joined = _joined(parts)
         self._reshape()
-        return thinking
+        return joined
 
     def text_from(self, start: int, limit: int | None = None) -> tuple[str, int]:
         """The text from character ``start`` on, and the whole text's length (for a

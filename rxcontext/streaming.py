@@ -554,8 +554,6 @@ class _SyncDriver:
                             # builder.add once the attempt's first chunk went through
                             # p.add, if that is all p.add does (folds_plainly).
                             fold: Callable[[Chunk], None] | None = None
-                            b = p.builder  # (taken again with fold)
-                            texts = b._text
                             for chunk in it:
                                 if lone is not None:
                                     only = lone.only_on_chunk

@@ -42,17 +42,23 @@ def start_replies(
     for i in range(replies):
         cw = ContextWindow(store, Waiting(shown, go, bound), f"c{i}", retry=None)
         cw.add_prompt("go")
-        stream = threading.Thread(
-            target=lambda cw=cw, i=i: cw.stream(reply_id=f"r{i}").subscribe(
-                lambda c: None, errors.append
-            ),
-            daemon=True,
-        )
-        stream.start()
-        streams.append(stream)
+        streams.append(stream_in_thread(cw, f"r{i}", errors))
     for _ in range(replies):
         assert shown.acquire(timeout=bound)
     return streams
+
+
+def stream_in_thread(
+    cw: ContextWindow, reply_id: str, errors: list[BaseException]
+) -> threading.Thread:
+    """``cw.stream(reply_id=reply_id)`` subscribed in a (daemon) thread of its own, started;
+    its error, if any, appended to ``errors``."""
+    stream = threading.Thread(
+        target=lambda: cw.stream(reply_id=reply_id).subscribe(lambda c: None, errors.append),
+        daemon=True,
+    )
+    stream.start()
+    return stream
 
 
 class OnFirstRecord(logging.Handler):

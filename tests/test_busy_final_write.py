@@ -38,7 +38,7 @@ import threading
 from typing import IO, Any
 
 import pytest
-from ending import OnFirstRecord, Waiting, start_replies
+from ending import OnFirstRecord, Waiting, start_replies, stream_in_thread
 
 import rxcontext
 from rxcontext import (
@@ -528,11 +528,7 @@ def test_closing_tries_again_for_at_most_the_stores_own_wait(tmp_path: Any) -> N
     try:
         cw = ContextWindow(store, Waiting(shown, go, WAIT), "c", retry=None)
         cw.add_prompt("go")
-        stream = threading.Thread(
-            target=lambda: cw.stream(reply_id="r").subscribe(lambda c: None, errors.append),
-            daemon=True,
-        )
-        stream.start()
+        stream = stream_in_thread(cw, "r", errors)
         assert shown.acquire(timeout=WAIT)
         lock.execute("BEGIN IMMEDIATE")
         go.set()

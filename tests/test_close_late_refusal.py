@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from ending import OnFirstRecord, Waiting, Watched
+from ending import OnFirstRecord, Waiting, Watched, stream_in_thread
 
 import rxcontext
 from rxcontext import Chunk, ContextWindow, ReplyState, StoreBusy
@@ -88,11 +88,7 @@ def test_a_commit_refused_after_close_began_is_written_by_close(tmp_path: Any, l
     try:
         cw = ContextWindow(store, model, "c", retry=None)
         cw.add_prompt("go")
-        stream = threading.Thread(
-            target=lambda: cw.stream(reply_id="r").subscribe(lambda c: None, errors.append),
-            daemon=True,
-        )
-        stream.start()
+        stream = stream_in_thread(cw, "r", errors)
         assert shown.acquire(timeout=WAIT)
         other.execute("BEGIN IMMEDIATE")  # another process's write (a backup, a long write)
         holder.start()

@@ -41,8 +41,8 @@ def splicing(client: openai.OpenAI | openai.AsyncOpenAI) -> bool:
 
 def _stand_in(client: openai.OpenAI | openai.AsyncOpenAI, key: str, history: list[bytes]) -> Any:
     if isinstance(client, openai.AsyncOpenAI):
-        return AsyncSplicingClient(client, key, history, encode_body)
-    return SplicingClient(client, key, history, encode_body)
+        return AsyncSplicingClient(client, key, encode_body, history)
+    return SplicingClient(client, key, encode_body, history)
 
 
 def chat_client(client: openai.OpenAI | openai.AsyncOpenAI, history: list[bytes]) -> Any:

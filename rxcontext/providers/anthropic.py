@@ -104,7 +104,7 @@ from ._error_body import tap
 from ._extra import MODEL, STREAM, refuse_keys, refused_history, refused_system, with_tools
 from ._options import anthropic_options
 from ._sse import SSEDecoder
-from ._stainless import HISTORY, AsyncSplicingClient, SplicingClient
+from ._stainless import HISTORY, AsyncSplicingClient, Posting, Splice, SplicingClient, StandIns
 from .base import Request, reply_from_chunks
 
 __all__ = ["DEFAULT_MAX_TOKENS", "AnthropicModel", "build_messages"]
@@ -192,6 +192,8 @@ class AnthropicModel:
         self._async_client: Lazy[anthropic.AsyncAnthropic] = Lazy(
             lambda: anthropic.AsyncAnthropic(max_retries=0), async_client
         )
+        self._stand_ins = StandIns(_stand_in)
+        self._astand_ins = StandIns(_stand_in)
 
     @property
     def name(self) -> str:
@@ -251,62 +253,76 @@ class AnthropicModel:
                 body["tool_choice"] = {"type": "none"}
         return body
 
-    def _prepared(self, client: _C, request: Request) -> tuple[_C, dict[str, Any]]:
-        """The client to call and the ``messages.create`` arguments for ``request``.
+    def _prepared(
+        self, client: _C, request: Request, stand_ins: StandIns
+    ) -> tuple[_C, dict[str, Any], list[bytes] | None]:
+        """The client to call, the ``messages.create`` arguments for ``request`` and the
+        history to splice (None: none).
 
-        A plain client gets the history already encoded, spliced into the body by a stand-in
-        (see :mod:`._history`); others get :meth:`request_body`.
+        A plain client gets the history already encoded, spliced into the body by its
+        stand-in (see :mod:`._history`, :mod:`._stainless`: the call is made inside
+        ``Splice(history)``); others get :meth:`request_body`.
         """
         if not splicing(client):
-            return client, self.request_body(request)
+            return client, self.request_body(request), None
         system, history = self._history.encode(request.records)
         body = self._body(request, system, HISTORY)
         if self._mark_history(body, request) and history:
             history = mark_last_message_json(history)  # a copy: the cached list stays
-        spliced: Any
-        if isinstance(client, anthropic.AsyncAnthropic):
-            spliced = AsyncSplicingClient(client, "messages", history, encode_body)
-            spliced.messages = anthropic.resources.messages.AsyncMessages(spliced)
-        else:
-            spliced = SplicingClient(client, "messages", history, encode_body)
-            spliced.messages = anthropic.resources.messages.Messages(spliced)
-        return spliced, sdk_kwargs(body)
+        return stand_ins.get(client), sdk_kwargs(body), history
 
     # -- streaming ---------------------------------------------------------------------
 
     def iter_chunks(self, request: Request) -> Iterator[Chunk]:
         """Stream ``request`` with the sync client; closing the generator closes the stream."""
-        client, body = self._prepared(self._client.get(), request)
+        client, body, history = self._prepared(self._client.get(), request, self._stand_ins)
         if self.wire == "fast":
-            return _guard(_fast_chunks(client, body), _secrets(client))
-        return _sdk_chunks(client, body, _secrets(client))
+            return _guard(_fast_chunks(client, body, history), _secrets(client))
+        return _sdk_chunks(client, body, history, _secrets(client))
 
     def aiter_chunks(self, request: Request) -> AsyncIterator[Chunk]:
         """The asyncio twin of :meth:`iter_chunks`."""
-        client, body = self._prepared(self._async_client.get(), request)
+        client, body, history = self._prepared(self._async_client.get(), request, self._astand_ins)
         if self.wire == "fast":
-            return _aguard(_afast_chunks(client, body), _secrets(client))
-        return _aguard(_asdk_chunks(client, body), _secrets(client))
+            return _aguard(_afast_chunks(client, body, history), _secrets(client))
+        return _aguard(_asdk_chunks(client, body, history), _secrets(client))
 
     # -- non-streaming -----------------------------------------------------------------
 
     def complete(self, request: Request) -> Reply:
         """One non-streaming ``messages.create`` call, reduced like a stream."""
-        client, body = self._prepared(self._client.get(), request)
+        client, body, history = self._prepared(self._client.get(), request, self._stand_ins)
         try:
-            message = client.messages.create(**body)
+            with Splice(history):
+                message = client.messages.create(**body)
         except Exception as exc:
             raise _classify(exc, _secrets(client)) from exc
         return reply_from_chunks(_message_chunks(message))
 
     async def acomplete(self, request: Request) -> Reply:
         """The asyncio twin of :meth:`complete`."""
-        client, body = self._prepared(self._async_client.get(), request)
+        client, body, history = self._prepared(self._async_client.get(), request, self._astand_ins)
         try:
-            message = await client.messages.create(**body)
+            with Splice(history):
+                message = await client.messages.create(**body)
         except Exception as exc:
             raise _classify(exc, _secrets(client)) from exc
         return reply_from_chunks(_message_chunks(message))
+
+
+def _stand_in(client: anthropic.Anthropic | anthropic.AsyncAnthropic) -> Any:
+    """``client``'s splicing stand-in: its ``messages`` a resource of the SDK's on it, with
+    the resource's ``with_streaming_response`` (``functools.wraps`` of two methods) made
+    here, once, not per request."""
+    stand_in: Any
+    if isinstance(client, anthropic.AsyncAnthropic):
+        stand_in = AsyncSplicingClient(client, "messages", encode_body)
+        stand_in.messages = anthropic.resources.messages.AsyncMessages(stand_in)
+    else:
+        stand_in = SplicingClient(client, "messages", encode_body)
+        stand_in.messages = anthropic.resources.messages.Messages(stand_in)
+    stand_in.messages.with_streaming_response  # noqa: B018 (a cached property, made now)
+    return stand_in
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -521,12 +537,16 @@ class _Turn:
 
 
 def _sdk_chunks(
-    client: anthropic.Anthropic, body: dict[str, Any], secrets: tuple[str | None, ...]
+    client: anthropic.Anthropic,
+    body: dict[str, Any],
+    history: list[bytes] | None,
+    secrets: tuple[str | None, ...],
 ) -> Iterator[Chunk]:
     # Guarded as _guard guards the fast wire's chunks, but in this generator's own frame:
     # one generator level less for every chunk on this path.
     try:
-        stream = client.messages.create(**body, stream=True)
+        with Splice(history):
+            stream = client.messages.create(**body, stream=True)
         try:
             turn = _Turn(secrets)
             kept = tap(stream.response)
@@ -592,9 +612,10 @@ any other goes through :func:`_sdk_event`, with its checks and errors."""
 
 
 async def _asdk_chunks(
-    client: anthropic.AsyncAnthropic, body: dict[str, Any]
+    client: anthropic.AsyncAnthropic, body: dict[str, Any], history: list[bytes] | None
 ) -> AsyncGenerator[Chunk, None]:
-    stream = await client.messages.create(**body, stream=True)
+    with Splice(history):
+        stream = await client.messages.create(**body, stream=True)
     try:
         turn = _Turn(_secrets(client))
         kept = tap(stream.response)
@@ -765,10 +786,13 @@ def _sdk_read(turn: _Turn, event: Any) -> list[Chunk]:
 # -- wire="fast": SSE frames straight to chunks --------------------------------------------
 
 
-def _fast_chunks(client: anthropic.Anthropic, body: dict[str, Any]) -> Iterator[Chunk]:
+def _fast_chunks(
+    client: anthropic.Anthropic, body: dict[str, Any], history: list[bytes] | None
+) -> Iterator[Chunk]:
     # The SDK builds, authenticates and sends the request and raises HTTP errors on entry.
+    opening = client.messages.with_streaming_response.create(**body, stream=True)
     with (
-        client.messages.with_streaming_response.create(**body, stream=True) as response,
+        Posting(opening, history) as response,
         noted(response.http_response),
     ):
         http = response.http_response
@@ -793,9 +817,10 @@ def _fast_chunks(client: anthropic.Anthropic, body: dict[str, Any]) -> Iterator[
 
 
 async def _afast_chunks(
-    client: anthropic.AsyncAnthropic, body: dict[str, Any]
+    client: anthropic.AsyncAnthropic, body: dict[str, Any], history: list[bytes] | None
 ) -> AsyncGenerator[Chunk, None]:
-    async with client.messages.with_streaming_response.create(**body, stream=True) as response:
+    opening = client.messages.with_streaming_response.create(**body, stream=True)
+    async with Posting(opening, history) as response:
         http = response.http_response
         kept = tap(http)
         decoder = SSEDecoder("anthropic")

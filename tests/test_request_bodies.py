@@ -690,3 +690,16 @@ def test_threads_sharing_a_model_and_a_context_send_the_sdks_bytes(provider: str
         # Each thread's bodies, in its order, are the SDK's for its plan's records.
         expected = sorted([want[cut] for cut in plan] for plan in plans)
         assert sorted(recorder.by_thread.values()) == expected
+
+
+def test_anthropic_omitted_values_are_dropped_as_the_sdk_drops_them() -> None:
+    """``omit`` / ``NOT_GIVEN`` as a keyword's value, in ``extra_body`` over a body key and
+    inside a nested value: the spliced body leaves out what the SDK's own leaves out."""
+    records = history(13)
+    requests = [
+        Request(records, options={"metadata": anthropic.omit, "top_k": anthropic.NOT_GIVEN}),
+        Request(records, options={"extra_body": {"max_tokens": anthropic.omit, "custom": 1}}),
+        Request(records, options={"extra_body": {"custom": {"a": anthropic.omit, "b": 2}}}),
+    ]
+    for mode in MODES:
+        compare("anthropic", "fast", mode, requests, temperature=anthropic.omit)

@@ -320,9 +320,16 @@ _CREATE_KEYWORDS: frozenset[str] | None = None
 
 def encode_body(body: Mapping[str, Any], extra_json: Mapping[str, Any] | None) -> bytes:
     """What the SDK sends for ``body`` and ``extra_body``: merged, prepared, encoded."""
-    merged = {**body, **(extra_json or {})}
-    merged = {k: v for k, v in merged.items() if not isinstance(v, anthropic.Omit)}
+    merged = {**body, **extra_json} if extra_json else body
+    # The SDK's create passes every keyword not given as ``omit``: dropped here by their
+    # exact type (cheaper than prepare_request_data's per-value isinstance, which still
+    # drops any other Omit or NotGiven the same way).
+    omitted = _OMIT
+    merged = {k: v for k, v in merged.items() if type(v) is not omitted}
     return openapi_dumps(prepare_request_data(merged, location="body"))
+
+
+_OMIT = anthropic.Omit
 
 
 def splicing(client: anthropic.Anthropic | anthropic.AsyncAnthropic) -> bool:

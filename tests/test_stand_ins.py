@@ -203,3 +203,18 @@ def test_a_stand_in_called_outside_a_splice_refuses_to_send():
     with pytest.raises(RuntimeError, match="outside a Splice"):
         stand_in.post("/v1/messages", body={"messages": []}, options={})
     assert posted == []
+
+
+def test_a_client_given_a_recording_tracer_provider_is_not_spliced_from_that_request_on():
+    """``splicing`` asks at each request whether the SDK's spans may record (they read the
+    body): a client given a real tracer provider after its first request is sent the SDK's
+    own body from then on, and spliced again once it is taken away."""
+    sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
+    from rxcontext.providers._anthropic_request import splicing
+
+    client = anthropic.Anthropic(api_key=KEY, max_retries=0, http_client=httpx2.Client())
+    assert splicing(client)
+    client._open_telemetry["tracer_provider"] = sdk_trace.TracerProvider()
+    assert not splicing(client)
+    del client._open_telemetry["tracer_provider"]
+    assert splicing(client)

@@ -154,6 +154,8 @@ def test_the_client_key_url_and_headers_are_read_at_each_request():
     assert KEY in sent[0] and "sk-ant-another" in sent[1] and KEY not in sent[1]
     assert first.headers["x-team"] == "one" and second.headers["x-team"] == "two"
     assert str(second.url) == "http://elsewhere.invalid/v2/v1/messages"
+    stand_in = model._stand_ins.get(client)
+    assert (stand_in.api_key, stand_in.auth_token) == ("sk-ant-another", client.auth_token)
 
 
 def test_a_stand_in_is_never_shared_between_clients():

@@ -703,3 +703,20 @@ def test_anthropic_omitted_values_are_dropped_as_the_sdk_drops_them() -> None:
     ]
     for mode in MODES:
         compare("anthropic", "fast", mode, requests, temperature=anthropic.omit)
+
+
+@pytest.mark.parametrize("provider", ["openai_chat", "openai_responses", "anthropic"])
+def test_not_given_in_extra_body_is_stripped_as_the_sdk_strips_it(provider: str) -> None:
+    """The SDKs strip ``NOT_GIVEN`` from ``extra_body``'s top level before they merge it, so
+    one over a body key leaves the body's value in place (and one over a new key adds
+    nothing): the spliced body must keep that value too."""
+    sdk = anthropic if provider == "anthropic" else openai
+    key = {"openai_chat": "messages", "openai_responses": "input"}.get(provider, "messages")
+    records = history(9)
+    requests = [
+        Request(records, options={"extra_body": {"max_tokens": sdk.NOT_GIVEN}}),
+        Request(records, options={"extra_body": {key: sdk.NOT_GIVEN, "custom": 1}}),
+        Request(records, options={"extra_body": {"custom": sdk.NOT_GIVEN}}),
+    ]
+    for mode in MODES:
+        compare(provider, "fast", mode, requests, max_tokens=64)

@@ -28,7 +28,13 @@ __all__ = ["chat_client", "encode_body", "responses_client", "splicing"]
 
 def encode_body(body: Mapping[str, Any], extra_json: Mapping[str, Any] | None) -> bytes:
     """What the SDK sends for ``body`` (already transformed) and ``extra_body``."""
-    merged = {**body, **(extra_json or {})}
+    # The SDK strips NOT_GIVEN from extra_body's top level before it merges it (a NOT_GIVEN
+    # over a body key leaves the body's value), and omit from the merged body.
+    if extra_json:
+        given = {k: v for k, v in extra_json.items() if not isinstance(v, openai.NotGiven)}
+        merged = {**body, **given}
+    else:
+        merged = {**body}
     merged = {k: v for k, v in merged.items() if not isinstance(v, openai.Omit)}
     return openapi_dumps(merged)
 

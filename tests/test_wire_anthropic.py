@@ -633,3 +633,56 @@ def test_invalid_utf8_fails_when_its_event_ends_as_in_the_sdk() -> None:
 
 def test_fast_is_the_default() -> None:
     assert AnthropicModel("claude-test", client=anthropic.Anthropic(api_key=KEY)).wire == "fast"
+
+
+def _traced(read: Any) -> tuple[list[Any], list[tuple[str, dict[str, Any]]]]:
+    """What ``read(client)`` returned, and the spans of a client whose OpenTelemetry spans
+    record (the SDK's stream observer is then on the response's body), their attributes
+    but the times."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    body = message_body(("content_block_delta", _j(_text_delta(text="lo"))), ("ping", b"{}"))
+    client = anthropic.Anthropic(
+        api_key=KEY,
+        max_retries=0,
+        http_client=httpx2.Client(transport=Split([body]).transport),
+        open_telemetry={"tracer_provider": provider},
+    )
+    got = read(client)
+    spans = [
+        (s.name, {k: v for k, v in (s.attributes or {}).items() if "time" not in k})
+        for s in exporter.get_finished_spans()
+    ]
+    return got, spans
+
+
+def test_sdk_wire_keeps_the_sdk_stream_observer() -> None:
+    """wire="sdk" reads the events past ``Stream.__iter__`` only when that would just pass
+    them on (rxcontext.providers.anthropic._events): with the client's spans recording, its
+    observer sees every event, and the span ends as when the program iterates the stream."""
+
+    def bare(client: anthropic.Anthropic) -> list[Any]:
+        with client.messages.create(
+            model="claude-test",
+            max_tokens=10,
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+        ) as stream:
+            return [event.type for event in stream]
+
+    def ours(client: anthropic.Anthropic) -> list[Any]:
+        model = AnthropicModel("claude-test", client=client, max_tokens=10, wire="sdk")
+        return [c.text for c in model.iter_chunks(HI) if c.kind is ChunkKind.TEXT]
+
+    events, bare_spans = _traced(bare)
+    chunks, our_spans = _traced(ours)
+    assert events[-1] == "message_delta" and chunks == ["Hel", "lo"]
+    assert len(bare_spans) == 1
+    attributes = bare_spans[0][1]
+    assert any("usage" in key for key in attributes), attributes  # the observer's work
+    assert our_spans == bare_spans

@@ -552,7 +552,7 @@ def _sdk_chunks(
             kept = tap(stream.response)
             try:
                 with noted(stream.response):
-                    for event in stream:
+                    for event in _events(stream):
                         # Most events: a text delta, read from the models' __dict__ (type(),
                         # not .__class__: on a pydantic model every attribute read, even
                         # __class__, goes through CPython's slow __getattr__ slot).
@@ -602,6 +602,29 @@ def _sdk_chunks(
             raise
         raise err from exc
 
+
+def _events(stream: anthropic.Stream[Any]) -> Iterator[Any]:
+    """What :func:`_sdk_chunks` iterates for ``stream``'s events: the SDK's own generator
+    of them (``Stream._iterator``) when ``Stream.__iter__`` would only pass each on, else
+    the stream itself.
+
+    ``Stream.__iter__`` yields every item of ``_iterator``, first handing it to the tracing
+    observer on the response's body (``_observer``: set when the client's OpenTelemetry
+    spans record, before ``create`` returns the stream, and never changed while it is
+    read). Without one it adds a generator level and two attribute look-ups to every event
+    and nothing else, so the items are read from ``_iterator`` directly. With an observer,
+    a subclass's own ``__iter__``, or an SDK whose ``Stream`` has not these two members,
+    the stream is iterated as the SDK's users iterate it."""
+    if _PASSES_ON and type(stream).__iter__ is _STREAM_ITER and stream._observer is None:
+        return stream._iterator
+    return stream
+
+
+_STREAM_ITER = anthropic.Stream.__iter__
+_PASSES_ON = isinstance(getattr(anthropic.Stream, "_observer", None), property) and hasattr(
+    anthropic.Stream, "_iterator"
+)
+"""Whether the SDK's ``Stream`` has the members :func:`_events` looks at."""
 
 _DELTA_EVENT = anthropic.types.RawContentBlockDeltaEvent
 _TEXT_DELTA = anthropic.types.TextDelta

@@ -686,3 +686,24 @@ def test_sdk_wire_keeps_the_sdk_stream_observer() -> None:
     attributes = bare_spans[0][1]
     assert any("usage" in key for key in attributes), attributes  # the observer's work
     assert our_spans == bare_spans
+
+
+def test_sdk_wire_iterates_a_stream_whose_iter_does_more_as_its_users_do() -> None:
+    """The read past ``Stream.__iter__`` is taken only for an ``__iter__`` that uses the
+    names of the SDK it was written against: one that does anything more per event (here,
+    counts them) is iterated as the SDK's users iterate it."""
+    from rxcontext.providers.anthropic import _only_passes_on
+
+    if not (hasattr(anthropic.Stream, "_iterator") and hasattr(anthropic.Stream, "_observer")):
+        pytest.skip("this anthropic SDK's Stream has no _iterator/_observer: never bypassed")
+    assert _only_passes_on(anthropic.Stream)
+
+    class Counting(anthropic.Stream):  # type: ignore[type-arg]
+        def __iter__(self) -> Any:
+            for item in self._iterator:
+                if (observer := self._observer) is not None:
+                    observer.item(item)
+                self.seen = getattr(self, "seen", 0) + 1
+                yield item
+
+    assert not _only_passes_on(Counting)

@@ -620,11 +620,23 @@ def _events(stream: anthropic.Stream[Any]) -> Iterator[Any]:
     return stream
 
 
+def _only_passes_on(stream_type: type) -> bool:
+    """Whether ``stream_type`` (the SDK's ``Stream``) has the members :func:`_events` looks
+    at, and an ``__iter__`` that only passes its items on: the names it uses are those of
+    the SDK read when this was written (it reads ``_iterator``, hands each item to
+    ``_observer``'s ``item``, and nothing else), so an SDK whose ``__iter__`` does more per
+    event is iterated as its users iterate it."""
+    code = getattr(getattr(stream_type, "__iter__", None), "__code__", None)
+    return (
+        isinstance(getattr(stream_type, "_observer", None), property)
+        and hasattr(stream_type, "_iterator")
+        and code is not None
+        and code.co_names == ("_iterator", "_observer", "item")
+    )
+
+
 _STREAM_ITER = anthropic.Stream.__iter__
-_PASSES_ON = isinstance(getattr(anthropic.Stream, "_observer", None), property) and hasattr(
-    anthropic.Stream, "_iterator"
-)
-"""Whether the SDK's ``Stream`` has the members :func:`_events` looks at."""
+_PASSES_ON = _only_passes_on(anthropic.Stream)
 
 _DELTA_EVENT = anthropic.types.RawContentBlockDeltaEvent
 _TEXT_DELTA = anthropic.types.TextDelta

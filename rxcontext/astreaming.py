@@ -653,6 +653,12 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                         persister.busy = True
                         if persister._claimed:
                             persister.wait_claim()
+                        if chunk.kind is ChunkKind.REWIND:  # (rare: a replayed watch)
+                            try:
+                                persister.admit_rewind(chunk)  # refused: never delivered
+                            except BaseException:
+                                persister.busy = False
+                                raise
                         persister.add(chunk)  # delivered the moment it is yielded
                         persister.busy = False
                         delivered = True

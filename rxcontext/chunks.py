@@ -14,6 +14,8 @@ from enum import StrEnum
 from itertools import accumulate, count
 from typing import Any
 
+from .errors import RewindRefused
+
 __all__ = ["Chunk", "ChunkKind", "Reply", "ReplyBuilder", "ToolCall", "Usage"]
 
 
@@ -749,23 +751,40 @@ class ReplyBuilder:
         self._thinking_open = block
 
     def _rewind(self, chunk: Chunk) -> None:
-        """Cut the text back to ``chunk.index`` characters (thinking to its metadata's)."""
+        """Cut the text back to ``chunk.index`` characters of the reply (thinking to its
+        metadata's), counted from its start, what was let go of included
+        (:meth:`let_go_text`). Back past what was let go of it raises
+        :class:`~rxcontext.RewindRefused`, changing nothing (the chunk not counted)."""
         keep = max(0, chunk.index)
-        text = self.text
-        if keep < len(text):
+        cut_text = keep < self.text_length()
+        asked = chunk.metadata.get("thinking")
+        thinking_keep = max(0, asked) if isinstance(asked, int) else self.thinking_length()
+        cut_thinking = thinking_keep < self.thinking_length()
+        if (cut_text and keep < self._text_gone) or (
+            cut_thinking and thinking_keep < self._thinking_gone
+        ):
+            self.chunks -= 1
+            raise RewindRefused(
+                f"a REWIND to text {chunk.index}"
+                + (f", thinking {asked}" if cut_thinking else "")
+                + f" goes back past what the builder let go of (text {self._text_gone},"
+                f" thinking {self._thinking_gone} characters)"
+            )
+        if cut_text:
+            text = self.text
+            held = keep - self._text_gone
             self._reshape()
-            self._text[:] = [text[:keep]] if keep else []
+            self._text[:] = [text[:held]] if held else []
             self._reshape()
-        thinking_keep = chunk.metadata.get("thinking")
-        if isinstance(thinking_keep, int):
+        if cut_thinking:
             thinking = self.thinking
-            if thinking_keep < len(thinking):
-                self._reshape()
-                self._thinking = [thinking[: max(0, thinking_keep)]] if thinking_keep > 0 else ()
-                self._reshape()
-                self._thinking_blocks.clear()
-                self._earlier_blocks = []
-                self._thinking_open = None
+            held = thinking_keep - self._thinking_gone
+            self._reshape()
+            self._thinking = [thinking[:held]] if held else ()
+            self._reshape()
+            self._thinking_blocks.clear()
+            self._earlier_blocks = []
+            self._thinking_open = None
 
     def _reshape(self) -> None:
         """The text's or thinking's parts change other than by an append: what a read of

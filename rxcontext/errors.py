@@ -30,6 +30,7 @@ __all__ = [
     "ReplyNotFound",
     "ReplyStopped",
     "ReplySuperseded",
+    "RewindRefused",
     "RxContextError",
     "SchemaError",
     "SchemaTooNew",
@@ -158,6 +159,21 @@ class ReplyStopped(RxContextError):
     The ``__cause__`` of the :class:`StreamInterrupted` its owner's subscriber gets: the
     checkpoint holds exactly what that subscriber received, and the reply can be resumed,
     kept or discarded like any interrupted one.
+    """
+
+
+class RewindRefused(RxContextError):
+    """A ``ChunkKind.REWIND`` in a reply's own stream (a model that replays what a watcher
+    got) goes back to before text the reply's checkpoint already holds: that text is
+    written by appending, and may have been let go of in memory, so the reply cannot go
+    back there and stay exact.
+
+    Refused before it is delivered: it is the ``__cause__`` of the
+    :class:`StreamInterrupted` the subscriber gets, whose checkpoint holds exactly what the
+    subscriber received (up to the rewind), resumable, keepable and discardable like any
+    interrupted reply. A rewind to no earlier than what the checkpoint holds is applied.
+    (A :class:`~rxcontext.chunks.ReplyBuilder` raises it, unchanged, for a rewind to before
+    the text it let go of.)
     """
 
 

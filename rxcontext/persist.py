@@ -62,6 +62,7 @@ from .chunks import Chunk, ChunkKind, Reply, ReplyBuilder, Usage
 from .errors import (
     ModelRefused,
     OwnershipLost,
+    RewindRefused,
     RxContextError,
     SchemaValidationError,
     StoreBusy,
@@ -579,6 +580,29 @@ class ReplyPersister:
             return chunk
         carried = self._billed()
         return chunk if carried is None else replace(chunk, usage=carried + chunk.usage)
+
+    def admit_rewind(self, chunk: Chunk) -> None:
+        """A ``REWIND`` chunk (a model that replays what a watcher got), before it is
+        delivered, the driver busy (no checkpoint write begins until it is folded): raise
+        :class:`~rxcontext.RewindRefused` where it goes back to before text (thinking) the
+        checkpoint holds, or the write under way will: that is written by appending, and
+        the builder may have let go of it, so the reply could not go back there and stay
+        exact. Its checkpoint then holds what was delivered before it. A rewind to no
+        earlier is folded as any chunk (the builder cuts what it holds past that point)."""
+        keep = max(0, chunk.index)
+        text_at, thinking_at = self._text_mark, self._thinking_mark
+        if self._write.locked():  # a write may be under way: what it takes counts too
+            text_at = max(text_at, self._inflight_text)
+            thinking_at = max(thinking_at, self._inflight_thinking)
+        thinking = chunk.metadata.get("thinking")
+        if keep < text_at or (isinstance(thinking, int) and max(0, thinking) < thinking_at):
+            raise RewindRefused(
+                f"reply {self.reply_id!r}: a REWIND to text {chunk.index}"
+                + (f", thinking {thinking}" if isinstance(thinking, int) else "")
+                + f" goes back before what its checkpoint holds (text {text_at},"
+                f" thinking {thinking_at} characters), which cannot be taken back; the reply"
+                " ends with its checkpoint of what was delivered before it"
+            )
 
     def passed(self, chunk: Chunk) -> None:
         """A chunk was delivered that is not part of the reply's fold (a tool's result):

@@ -81,6 +81,7 @@ __all__ = [
 
 _BLOCKING = "the blocking stream(), call() and resume() run hooks"
 _TEXT = ChunkKind.TEXT  # a module global: an attribute of the enum class is slower
+_REWIND = ChunkKind.REWIND
 _LAST_FRESH = _COALESCE - 1
 """The sync driver folds a text delta itself while the builder's next append would not
 join a block (``ReplyBuilder.add`` does that)."""
@@ -390,6 +391,8 @@ class _SyncDriver:
             p.busy = False
             guard.release()
             raise _Cancelled
+        if chunk.kind is _REWIND and fold:
+            self._admit(chunk)
         try:
             self.out(chunk)
         except BaseException as error:
@@ -410,6 +413,17 @@ class _SyncDriver:
         guard.critical = False
         if guard.held:
             guard.release()  # delivers the signal held meanwhile
+
+    def _admit(self, chunk: Chunk) -> None:
+        """A ``REWIND``, before it is delivered (the persister busy): one the persister
+        cannot honour is refused (:meth:`~rxcontext.persist.ReplyPersister.admit_rewind`),
+        neither delivered nor folded; its error ends the reply, as a hook's would."""
+        try:
+            self.persister.admit_rewind(chunk)
+        except BaseException:
+            self.persister.busy = False
+            self._release_raising()
+            raise
 
     def _attended(self) -> None:
         """After a chunk's fold: the checkpoint write the timer handed the driver, and the
@@ -594,6 +608,8 @@ class _SyncDriver:
                                     p.busy = False
                                     guard.release()
                                     raise _Cancelled
+                                if chunk.kind is _REWIND:  # (rare: a replayed watch)
+                                    self._admit(chunk)
                                 try:
                                     emit(chunk)
                                 except BaseException as error:

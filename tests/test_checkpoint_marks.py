@@ -84,8 +84,8 @@ def test_reads_that_follow_each_other_take_what_came_between(
         elif kind == "let_go":
             builder.let_go_text(min(marks[0], len(text)))
             builder.let_go_thinking(min(marks[1], len(thinking)))
-        elif kind == "rewind" and not builder.text_gone:  # (a rewind counts from there)
-            keep = data.draw(st.integers(0, len(text)))
+        elif kind == "rewind":  # (from the reply's start; never back past a let-go)
+            keep = data.draw(st.integers(builder.text_gone, len(text)))
             builder.add(Chunk(ChunkKind.REWIND, index=keep))
             text = text[:keep]
             marks[0] = min(marks[0], keep)

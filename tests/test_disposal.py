@@ -49,6 +49,25 @@ from rxcontext.providers.base import Request
 
 N = 400  # chunks in the reply: far more than any test lets through
 
+_opened: list[rxcontext.Store] = []
+
+
+def memory_store() -> rxcontext.Store:
+    """An in-memory store, closed after the test (:func:`close_stores`)."""
+    store = rxcontext.open(":memory:")
+    _opened.append(store)
+    return store
+
+
+@pytest.fixture(autouse=True)
+def close_stores() -> Iterator[None]:
+    """Close the stores the test opened: left open, each kept its checkpointer's and its
+    heartbeat's threads waking (hundreds of them, this module's parametrised tests) until
+    they were collected, allocating beside the tests that ran next in the process."""
+    yield
+    while _opened:
+        _opened.pop().close()
+
 
 def T(text: str) -> Chunk:
     return Chunk(ChunkKind.TEXT, text)
@@ -93,7 +112,7 @@ def window(
     **kw: Any,
 ) -> tuple[ContextWindow, Watched]:
     model = model_type([[*(T(f"<{i}>") for i in range(N)), Chunk(ChunkKind.DONE)]], delay=delay)
-    cw = ContextWindow(store or rxcontext.open(":memory:"), model, "d", retry=None, **kw)
+    cw = ContextWindow(store or memory_store(), model, "d", retry=None, **kw)
     cw.add_prompt("go")
     return cw, model
 
@@ -261,9 +280,7 @@ class Served(Replay):
 def openai_window() -> tuple[ContextWindow, Served]:
     replay = Served(chat_stream(WORDS))
     client = openai.OpenAI(api_key=KEY, max_retries=0, http_client=replay.client())
-    cw = ContextWindow(
-        rxcontext.open(":memory:"), OpenAIModel("m", client=client), "op", retry=None
-    )
+    cw = ContextWindow(memory_store(), OpenAIModel("m", client=client), "op", retry=None)
     cw.add_prompt("count")
     return cw, replay
 
@@ -470,7 +487,7 @@ def test_a_consumer_cancelled_while_it_awaits_finds_its_checkpoint_saved(closing
 
 @pytest.mark.parametrize("where", ["this-thread", "worker-thread"])
 def test_deleting_the_context_mid_reply_ends_the_stream_with_a_clear_error(where):
-    store = rxcontext.open(":memory:")
+    store = memory_store()
     cw, _ = window(store)
     other = ContextWindow(store, None, "elsewhere")
 

@@ -106,3 +106,4 @@ def test_the_design_snippet_runs():
     assert got == ["hi"]
     assert cw.checkpoints() == []
     assert [r.type for r in cw.live_records()][-1] is RecordType.MODEL_RESP
+    store.close()  # (left open, its heartbeat's thread outlived the test)

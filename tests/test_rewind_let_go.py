@@ -15,6 +15,7 @@ builder let go raised ``IndexError``."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,174 @@ def test_a_builders_rewind_counts_from_the_replys_start_after_a_let_go() -> None
         assert builder.text_from(4) == ("efXY", 8) and builder.thinking_from(4) == ("e", 5)
     builder.add(Chunk(ChunkKind.REWIND, index=4))  # to exactly what it let go of
     assert (builder.text_length(), builder.text) == (4, "")
+
+
+def _short(ts: TestScheduler, path: Path, **kw: Any) -> tuple[ContextWindow, list[Chunk]]:
+    script = [
+        Chunk(ChunkKind.TEXT, "Hello wrold"),
+        Chunk(ChunkKind.TEXT, "!"),
+        Chunk(ChunkKind.REWIND, index=6),
+        Chunk(ChunkKind.TEXT, "world!"),
+        DONE,
+    ]
+    cw = ContextWindow(
+        rxcontext.open(path),
+        ScriptedModel([script]),
+        "rewind",
+        checkpoint_every=1.0,
+        scheduler=ts,
+        **kw,
+    )
+    cw.add_prompt("go")
+    return cw, script
+
+
+class _LandsIn:
+    """A middleware hook that, on the REWIND, starts a periodic write of all the text the
+    reply has (what the checkpoints' timer does: the write lock, then the snapshot), and
+    lands it (the store's write, then ``periodic_done``, which releases the lock) as the
+    ``at``-th bytecode of ``ReplyPersister.admit_rewind`` is about to run, or as it returns
+    if it runs fewer: the timer's thread landing its write at that point of the driver's."""
+
+    def __init__(self, cw: ContextWindow, ts: TestScheduler, at: int) -> None:
+        self.cw, self.ts, self.at = cw, ts, at
+        self.count = 0
+        self.landed_at: str | None = None
+
+    def __call__(self, chunk: Chunk) -> None:
+        if chunk.kind is not ChunkKind.REWIND:
+            return
+        (p,) = checkpointer_for(self.cw.store, 1.0, self.ts)._replies.values()
+        assert p.periodic_lock()
+        draft = p.snapshot()
+        if draft is None or draft.append_text != "Hello wrold!":
+            p.periodic_done(draft, None)  # (releases the lock: the reply can end)
+            raise AssertionError(f"no write of all the text: {draft!r}")
+        code = type(p).admit_rewind.__code__
+
+        def land(event: str) -> None:
+            self.landed_at = event
+            sys.settrace(None)
+            assert p.ticket is not None
+            (written,) = p.store.save_checkpoints([(p.ticket, draft)])
+            p.periodic_done(draft, written)
+
+        def local(frame: Any, event: str, arg: Any) -> Any:
+            if event == "opcode":
+                self.count += 1
+                if self.count == self.at:
+                    land(f"opcode {self.at}")
+            elif event == "return":
+                land("return")
+            return local
+
+        def calls(frame: Any, event: str, arg: Any) -> Any:
+            if event != "call" or frame.f_code is not code:
+                return None
+            frame.f_trace_opcodes = True
+            frame.f_trace_lines = False
+            return local
+
+        sys.settrace(calls)
+
+
+def test_a_write_landing_while_a_rewind_is_admitted_is_counted(tmp_path: Path) -> None:
+    # A periodic write of "Hello wrold!" is under way as the REWIND (to 6) comes; wherever
+    # in admit_rewind it lands (every bytecode, then its return), the rewind goes back
+    # before what the checkpoint holds, or is about to: refused, never delivered, and the
+    # checkpoint is exactly what was. (Before, a write landing between the marks' read and
+    # the lock's look was missed: the rewind admitted against the old mark, the checkpoint
+    # then held "Hello wrold!" while the subscriber had "Hello world!".)
+    at = 0
+    while True:
+        at += 1
+        ts = TestScheduler()
+        cw, _ = _short(ts, tmp_path / f"r{at}.db")
+        lands = _LandsIn(cw, ts, at)
+        got: list[Chunk] = []
+        errors: list[BaseException] = []
+        previous = sys.gettrace()
+        try:
+            cw.stream(rxops.middleware(on_chunk=lands)).subscribe(
+                got.append, errors.append, scheduler=CurrentThreadScheduler()
+            )
+        finally:
+            sys.settrace(previous)
+        where = lands.landed_at
+        assert where is not None
+        assert len(errors) == 1, f"landed at {where}: not refused; stored {_stored(cw)!r}"
+        (error,) = errors
+        assert isinstance(error, StreamInterrupted)
+        assert isinstance(error.__cause__, rxcontext.RewindRefused), (where, error.__cause__)
+        assert all(c.kind is not ChunkKind.REWIND for c in got)
+        assert text_of(got) == "Hello wrold!"
+        assert error.checkpoint.text == "Hello wrold!", where
+        cw.store.close()
+        if where == "return":
+            break
+        assert at < 500
+
+
+class _SignalOnRewind:
+    """A middleware hook that, like _Ticks with phase 1, writes the checkpoint (all the text)
+    before the REWIND, then raises ``signal`` in the hook on it: a Ctrl-C (or SIGTERM's
+    SystemExit) landing in the program's hook."""
+
+    def __init__(self, ticks: _Ticks, signal: type[BaseException]) -> None:
+        self.ticks, self.signal = ticks, signal
+        self.persister: Any = None
+
+    def __call__(self, chunk: Chunk) -> None:
+        self.ticks(chunk)
+        if chunk.kind is ChunkKind.REWIND:
+            (self.persister,) = checkpointer_for(
+                self.ticks.cw.store, 1.0, self.ticks.ts
+            )._replies.values()
+            raise self.signal
+
+
+@pytest.mark.parametrize("signal", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("path", ["untimed", "timed", "asyncio"])
+def test_a_signal_in_a_hook_on_a_refused_rewind_goes_on(
+    tmp_path: Path, path: str, signal: type[BaseException]
+) -> None:
+    # The REWIND (to 10) is one the persister refuses; a signal lands in the hook that has
+    # it. The signal is what the program gets (as for any other chunk), the rewind is not
+    # folded, the persister is not left busy, and the checkpoint holds what was delivered
+    # before it. (Before, the driver folded it without asking: the builder's RewindRefused
+    # replaced the signal, and the persister stayed busy.)
+    ts = TestScheduler()
+    kw: dict[str, Any] = {"timeouts": rxcontext.Timeouts(idle=60)} if path == "timed" else {}
+    cw = ContextWindow(
+        rxcontext.open(tmp_path / "r.db"),
+        ScriptedModel([_script(10)]),
+        "rewind",
+        checkpoint_every=1.0,
+        scheduler=ts,
+        **kw,
+    )
+    cw.add_prompt("go")
+    hook = _SignalOnRewind(_Ticks(cw, ts, phase=1), signal)
+    got: list[Chunk] = []
+    errors: list[BaseException] = []
+    with pytest.raises(signal):
+        if path == "asyncio":
+
+            async def consume() -> None:
+                async for chunk in cw.astream(rxops.middleware(on_chunk=hook)):
+                    got.append(chunk)
+
+            asyncio.run(consume())
+        else:
+            cw.stream(rxops.middleware(on_chunk=hook)).subscribe(
+                got.append, errors.append, scheduler=CurrentThreadScheduler()
+            )
+    assert errors == []
+    p = hook.persister
+    assert p is not None and p.finished and not p.busy
+    whole = "".join(OLD)
+    assert text_of(got) == whole
+    (checkpoint,) = cw.checkpoints()
+    assert checkpoint.text == storable(whole)
+    assert _stored(cw) == []
+    cw.store.close()

@@ -590,10 +590,14 @@ class ReplyPersister:
         exact. Its checkpoint then holds what was delivered before it. A rewind to no
         earlier is folded as any chunk (the builder cuts what it holds past that point)."""
         keep = max(0, chunk.index)
-        text_at, thinking_at = self._text_mark, self._thinking_mark
-        if self._write.locked():  # a write may be under way: what it takes counts too
-            text_at = max(text_at, self._inflight_text)
-            thinking_at = max(thinking_at, self._inflight_thinking)
+        # What the last write drafted counts, landed or not, whatever the lock says: the
+        # timer's write may land (marks := in-flight, lock released) between any two reads
+        # here, and asking the lock after reading the marks missed it. The in-flight marks
+        # cannot move meanwhile (a draft is made only while the driver is not busy, or by
+        # the driver); they are never below the marks (the marks only ever become them),
+        # and above them only after a write that failed, which then refuses a little more.
+        text_at = max(self._text_mark, self._inflight_text)
+        thinking_at = max(self._thinking_mark, self._inflight_thinking)
         thinking = chunk.metadata.get("thinking")
         if keep < text_at or (isinstance(thinking, int) and max(0, thinking) < thinking_at):
             raise RewindRefused(
@@ -1358,6 +1362,7 @@ class ReplyPersister:
         if self._seeded:
             self.builder = self._new_builder()
             self._text_mark = self._thinking_mark = 0
+            self._inflight_text = self._inflight_thinking = 0  # (admit_rewind reads them)
             self._pairs = ()
             self._seeded = self._written = 0
 
@@ -1689,6 +1694,7 @@ class ReplyPersister:
         with self._claim:
             self.builder = self._new_builder()
             self._text_mark = self._thinking_mark = 0
+            self._inflight_text = self._inflight_thinking = 0  # (admit_rewind reads them)
             self._pairs = ()
             self._seeded = self._written = 0
             self._set_aside = None

@@ -646,7 +646,11 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
                             persister.busy = True
                             if persister._claimed:
                                 persister.wait_claim()
-                            if not persister.finished:
+                            # A REWIND it refuses is not folded: the cancel goes on, not
+                            # the refusal (the checkpoint holds what came before it).
+                            if not persister.finished and (
+                                chunk.kind is not ChunkKind.REWIND or persister.admits_rewind(chunk)
+                            ):
                                 persister.add(chunk)
                             persister.busy = False
                             raise

@@ -608,6 +608,15 @@ class ReplyPersister:
                 " ends with its checkpoint of what was delivered before it"
             )
 
+    def admits_rewind(self, chunk: Chunk) -> bool:
+        """Whether :meth:`admit_rewind` admits ``chunk`` (for a driver ending on a signal
+        in a hook that had it: the signal goes on, a refused rewind is just not folded)."""
+        try:
+            self.admit_rewind(chunk)
+        except RewindRefused:
+            return False
+        return True
+
     def passed(self, chunk: Chunk) -> None:
         """A chunk was delivered that is not part of the reply's fold (a tool's result):
         watchers get it too."""

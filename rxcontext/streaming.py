@@ -449,7 +449,9 @@ class _SyncDriver:
         folded, never sent again for); a signal landing in it (``KeyboardInterrupt``, a
         ``SystemExit`` from a SIGTERM handler) finds the chunk delivered to the program's
         code (``cw.call(middleware(on_chunk=show))`` shows it there): folded, as a signal
-        in ``on_next`` leaves it (:meth:`_hand`), before the driver saves the checkpoint."""
+        in ``on_next`` leaves it (:meth:`_hand`), before the driver saves the checkpoint.
+        A ``REWIND`` the persister refuses is not folded (the signal goes on, not the
+        refusal: the checkpoint holds what came before it)."""
         if isinstance(error, Exception):
             self.hook_raised = True
             return
@@ -459,8 +461,8 @@ class _SyncDriver:
         p.busy = True
         if p._claimed:
             p.wait_claim()
-        if not p.finished:  # (ended from another thread meanwhile: nothing to add to)
-            p.add(chunk)
+        if not p.finished and (chunk.kind is not _REWIND or p.admits_rewind(chunk)):
+            p.add(chunk)  # (finished: ended from another thread meanwhile)
         p.busy = False
         self._release_raising()
 

@@ -30,7 +30,7 @@ from provider_rules import model_for
 from replay import Replay
 
 import rxcontext
-from rxcontext import ChunkKind, ContextWindow, ReplyState, checkpointer, heartbeat
+from rxcontext import ChunkKind, ContextWindow, ReplyState, _loopterm, checkpointer, heartbeat
 
 JOBS = 3
 EVERY = 0.05
@@ -61,6 +61,9 @@ def assert_unregistered(store: Any) -> None:
     assert not timer._replies, f"{len(timer._replies)} replies left in the checkpointer"
     assert not beat._beats, f"{len(beat._beats)} replies left in the heartbeat"
     assert timer._thread is None and beat._thread is None
+    # Nor does a closed loop's SIGTERM hand-over hold them (it is let go of first).
+    held = [r for t in list(_loopterm._terms.values()) for r in t.replies]
+    assert not [r for r in held if r.run.persister.store is store]  # type: ignore[attr-defined]
 
 
 def run_jobs(cw: ContextWindow, job: Any, jobs: int = JOBS) -> None:

@@ -46,7 +46,7 @@ from typing import Any, Protocol
 from ._signals import _DFL, _MAIN, _getsignal, _setsignal, _stands_for  # C functions, no enums
 from .errors import ReplyStopped
 
-__all__ = ["Terminated", "enter", "leave"]
+__all__ = ["Terminated", "enter", "forget", "leave"]
 
 _TERM: int | None = None
 if os.name == "posix":
@@ -208,6 +208,23 @@ def leave(reply: Ending) -> None:
     term = _terms.get(loop)
     if term is not None and reply in term.replies:
         term.settle(reply)
+
+
+def forget(reply: Ending, loop: asyncio.AbstractEventLoop | None) -> None:
+    """From any thread: ``reply``'s driver was let go without its end, its loop closed
+    (:mod:`rxcontext._abandoned`): no SIGTERM waits for it, and the closed loop's entry
+    (which held the loop and, through its replies, their runs and persisters) goes once it
+    waits for none. Only for a closed loop (nothing runs on it to race with). The handler
+    stays installed until the next reply's replaces it (``signal.signal`` is for the main
+    thread only): over a closed loop it kills at once, as SIGTERM's default does."""
+    if loop is None or not loop.is_closed():
+        return
+    term = _terms.get(loop)
+    if term is None:
+        return
+    term.replies.discard(reply)
+    if not term.replies:
+        _terms.pop(loop, None)
 
 
 def _forked() -> None:

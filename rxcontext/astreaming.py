@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from reactivex import abc
 
-from . import _dropped, _loopterm
+from . import _abandoned, _dropped, _loopterm
 from ._replystream import ReplyStream
 from .chunks import Chunk, ChunkKind, ToolCall
 from .errors import ReplyStopped, RxContextError, StoreError, StreamInterrupted
@@ -127,7 +127,7 @@ class _Watch:
             self.task.remove_done_callback(self)
         self.task = task
         if task is not None:
-            self.stopper.task = task
+            self.stopper._task = weakref.ref(task)
             # The watch itself is the callback: a bound method would be one more object
             # the cyclic collector tracks for as long as the reply streams.
             task.add_done_callback(self)
@@ -184,6 +184,24 @@ class _Watch:
             "stream interrupted: the task that held its last chunk ended without closing "
             f"it, and its checkpoint {checkpoint.id} was saved then; the stream cannot go on",
         )
+
+
+class _Unended(_Watch):
+    """The watch of a driver whose end has not run; the end makes it a plain
+    :class:`_Watch` (``__class__``: a finaliser that every reply ran cost it ~5,000
+    instructions, one swapped out costs none measurable).
+
+    Only the driver's frame holds its watch (the tasks it watches hold it while the driver
+    runs, and nothing outside holds them: the stopper's reference to its task is weak). If
+    that frame is let go with the driver's end never run (its loop closed first, a consumer
+    still holding a chunk in a task the loop never runs again), the reply is ended elsewhere
+    (:mod:`._abandoned`). One that never began has nothing to end."""
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        if self.stopper.run.opened:
+            _abandoned.settle(self.stopper, self.answers_calls)
 
 
 async def _run_tools_async(
@@ -322,13 +340,13 @@ class _Stopper:
     __slots__ = (
         "__weakref__",
         "_agen",
+        "_task",
         "asked",
         "cancelled",
         "ended",
         "loop",
         "run",
         "settled",
-        "task",
     )
 
     def __init__(self, run: Run) -> None:
@@ -338,7 +356,11 @@ class _Stopper:
         # dropped without closing alive, its response open, until the loop shuts down.
         self._agen: weakref.ref[AsyncGenerator[Chunk, None]] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.task: asyncio.Task[Any] | None = None
+        # Weak too: a consumer's task still pending as its loop is closed (the loop never
+        # runs it again) holds the driver's frame, whose end must then be told
+        # (:mod:`._abandoned`): held from here (through the heartbeat, or the loop's SIGTERM
+        # hand-over), that frame was never let go.
+        self._task: weakref.ref[asyncio.Task[Any]] | None = None
         self.cancelled = False
         self.asked: ReplyStopped | None = None
         """The stop, as soon as the heartbeat hands it over: a blocking approval hook may
@@ -346,6 +368,11 @@ class _Stopper:
         self.ended = False
         self.settled: asyncio.Future[None] | None = None
         """Made by :func:`._dropped.note` if the generator is dropped while the driver runs."""
+
+    @property
+    def task(self) -> asyncio.Task[Any] | None:
+        """The task advancing the driver (the one its watch follows), while it exists."""
+        return self._task() if self._task is not None else None
 
     @property
     def agen(self) -> AsyncGenerator[Chunk, None] | None:
@@ -366,7 +393,6 @@ class _Stopper:
         loop closes the generator once dropped, the drop is told (:mod:`._dropped`): the
         weak reference to it gets this stopper as its callback (no object more a reply)."""
         self.loop = loop = asyncio.get_running_loop()
-        self.task = asyncio.current_task()
         agen = self.agen
         if agen is not None and _dropped.finalised_by(loop):
             self._agen = weakref.ref(agen, self)
@@ -457,9 +483,10 @@ class _Stopper:
         """A cancellation arrived while reading: the stop's own becomes the stop. Only its
         own: if the task was cancelled from elsewhere too (a shutdown, a timeout, in the
         same loop turn), that cancellation goes on (the checkpoint is saved all the same)."""
-        if self.cancelled and self.task is not None:
+        task = self.task
+        if self.cancelled and task is not None:
             self.cancelled = False
-            if self.task.uncancel() == 0:
+            if task.uncancel() == 0:
                 self.check()
 
 
@@ -560,7 +587,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
     it: AsyncIterator[Chunk] | None = None
     hook_raised = False
     answers_calls = bool(run.tools)
-    watch = _Watch(persister, stopper, answers_calls)
+    watch: _Watch = _Unended(persister, stopper, answers_calls)
     # A reply of this context whose stream was dropped unclosed is settled first, as the
     # blocking twin's dispose settles it at once: its history is then the same.
     if dropped := _dropped.dropped(persister.store, persister.context_id):
@@ -568,7 +595,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
     if run.budget_check is not None:  # as stream() checks at subscription: nothing begun
         await off_loop(run.budget_check)
     stopper.start()
-    watch.follow(stopper.task)
+    watch.follow(asyncio.current_task())  # the stopper's task too
     try:
         # A tuple: an empty one (nearly always) is no object to keep while the reply streams.
         starts = tuple([hook for hook in hooks if hook.on_start is not None])
@@ -770,6 +797,7 @@ async def _drive(run: Run, stopper: _Stopper) -> AsyncGenerator[Chunk, None]:
         if it is not None:
             await watch.close(it)
         run.close()
+        watch.__class__ = _Watch  # ended: nothing left for a finaliser to do
         _loopterm.leave(stopper)
 
 

@@ -188,8 +188,9 @@ class _Watch:
 
 class _Unended(_Watch):
     """The watch of a driver whose end has not run; the end makes it a plain
-    :class:`_Watch` (``__class__``: a finaliser that every reply ran cost it ~5,000
-    instructions, one swapped out costs none measurable).
+    :class:`_Watch` (``__class__``: a finaliser that every reply ran cost a reply ~5,000
+    instructions; the swap, with the subclass, ~1,200 with the stopper's weak task: see
+    docs/benchmarks.md, fix/dropreg).
 
     Only the driver's frame holds its watch (the tasks it watches hold it while the driver
     runs, and nothing outside holds them: the stopper's reference to its task is weak). If

@@ -22,6 +22,12 @@ checkpointer's: none reentrant). So nothing is done there but starting a thread 
 ``_thread``: no lock of ``threading`` a collection could find held), which does the rest.
 Only replies so let go pay for it; a driver that ended changed its watch's class.
 
+A forked child holds copies of the parent's drivers, which its collector may let go (its
+copy of a reply live in the parent, or of a driver the parent let go and has not collected
+yet): those are not ended there (the stopper's ``forks``, :data:`._forks.generation` as the
+driver started), else the child ended the parent's reply in the shared database (a live one
+``INTERRUPTED`` under the parent, a let-go one ended twice).
+
 The frame may also be found unreachable with its generator's close still to run on a loop
 that runs (its finaliser schedules it, and so brings it back): the finaliser here then runs
 too, and both end the reply; one of the two final writes is made (the reply's claim), the
@@ -36,7 +42,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from . import _loopterm
+from . import _forks, _loopterm
 
 if TYPE_CHECKING:
     from .astreaming import _Stopper
@@ -51,7 +57,10 @@ _ROUNDS = 4
 
 def settle(stopper: _Stopper, answers_calls: bool) -> None:
     """The driver of ``stopper`` was let go without its end: end its reply in a thread of
-    its own."""
+    its own. Not in a forked child whose copy of the parent's driver was let go: the
+    reply is the parent's (live there, or let go there too and ended by the parent)."""
+    if stopper.forks != _forks.generation:
+        return
     # RuntimeError: the interpreter is shutting down (its daemon threads are gone too).
     with contextlib.suppress(RuntimeError):
         _thread.start_new_thread(_end, (stopper, answers_calls))

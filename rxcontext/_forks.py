@@ -36,6 +36,10 @@ class Forkable(Protocol):
 _registered: weakref.WeakSet[Any] = weakref.WeakSet()
 _kept: list[Any] = []
 
+generation = 0
+"""How many forks this process is from the one that imported this module: what began
+under another generation (a reply, copied with the parent's memory) is the parent's."""
+
 
 def on_fork(obj: Forkable) -> None:
     """Call ``obj._forked()`` in every child forked from this process while ``obj`` lives."""
@@ -48,6 +52,8 @@ def keep(*inherited: Any) -> None:
 
 
 def _after_fork_in_child() -> None:
+    global generation
+    generation += 1
     for obj in list(_registered):
         try:
             obj._forked()

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from reactivex import abc
 
-from . import _abandoned, _dropped, _loopterm
+from . import _abandoned, _dropped, _forks, _loopterm
 from ._replystream import ReplyStream
 from .chunks import Chunk, ChunkKind, ToolCall
 from .errors import ReplyStopped, RxContextError, StoreError, StreamInterrupted
@@ -345,6 +345,7 @@ class _Stopper:
         "asked",
         "cancelled",
         "ended",
+        "forks",
         "loop",
         "run",
         "settled",
@@ -394,6 +395,9 @@ class _Stopper:
         loop closes the generator once dropped, the drop is told (:mod:`._dropped`): the
         weak reference to it gets this stopper as its callback (no object more a reply)."""
         self.loop = loop = asyncio.get_running_loop()
+        # The process the reply begins in (it is opened after this): a forked child's copy
+        # of the driver, let go there, must not end it (:func:`._abandoned.settle`).
+        self.forks = _forks.generation
         agen = self.agen
         if agen is not None and _dropped.finalised_by(loop):
             self._agen = weakref.ref(agen, self)

@@ -17,11 +17,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import gc
-import json
 import os
-import select
-import signal
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +25,8 @@ import pytest
 from crafted_text import text_body
 from provider_rules import model_for
 from replay import Replay
-from watching import WAIT, until
+from test_fork import _in_child
+from watching import until
 
 import rxcontext
 from rxcontext import ChunkKind, ContextWindow, ReplyState
@@ -40,41 +37,6 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def window(store: Any, context: str) -> ContextWindow:
     replay = Replay(text_body("chat", ["one ", "two"]))
     return ContextWindow(store, model_for("chat", replay), context, retry=None)
-
-
-def in_child(job: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``job`` in a forked child; what it returned (or the error it raised), read back
-    through a pipe within ``2 * WAIT`` seconds (a child that hangs is killed)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never back into pytest
-        code = 1
-        try:
-            os.close(r)
-            try:
-                out = job()
-            except BaseException as exc:
-                out = {"error": f"{type(exc).__name__}: {exc}"}
-            os.write(w, json.dumps(out).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    data = b""
-    try:
-        while True:
-            ready, _, _ = select.select([r], [], [], 2 * WAIT)
-            if not ready:
-                os.kill(pid, signal.SIGKILL)
-                pytest.fail(f"the forked child gave no answer within {2 * WAIT:g} s")
-            piece = os.read(r, 65536)
-            if not piece:
-                break
-            data += piece
-    finally:
-        os.close(r)
-        os.waitpid(pid, 0)
-    return dict(json.loads(data))
 
 
 def rows(store: Any, cw: ContextWindow) -> dict[str, Any]:
@@ -137,7 +99,7 @@ def test_a_child_forked_while_a_driver_is_let_go_uncollected_and_a_reply_is_live
             # An end started for one of them (in a thread of its own) is waited for.
             return {"ended": until(lambda: _thread._count() <= running)}
 
-        assert in_child(child) == {"ended": True}
+        assert _in_child(child) == {"ended": True}
         # The child wrote nothing for the parent's replies.
         assert {"gone": rows(store, gone), "live": rows(store, live)} == before
 

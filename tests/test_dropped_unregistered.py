@@ -51,6 +51,14 @@ def window(store: Any, jobs: int = JOBS) -> ContextWindow:
     return ContextWindow(store, model_for("chat", replay), "c", retry=None, checkpoint_every=EVERY)
 
 
+def assert_interrupted(store: Any, cw: ContextWindow) -> None:
+    """Nothing registered; every job's reply ended ``INTERRUPTED`` with what it delivered."""
+    assert_unregistered(store)
+    points = cw.checkpoints()
+    assert [(p.state, p.text) for p in points] == [(ReplyState.INTERRUPTED, "one ")] * JOBS
+    assert cw.active_replies() == []
+
+
 def assert_unregistered(store: Any) -> None:
     """Nothing of the store's replies is registered, and both threads have ended."""
     timer = checkpointer.checkpointer_for(store, EVERY)
@@ -90,10 +98,7 @@ def test_a_stream_dropped_mid_reply_on_a_loop_then_closed_leaves_nothing_registe
     try:
         cw = window(store)
         run_jobs(cw, lambda cw, _: break_on(ChunkKind.TEXT, cw))
-        assert_unregistered(store)
-        points = cw.checkpoints()
-        assert [(p.state, p.text) for p in points] == [(ReplyState.INTERRUPTED, "one ")] * JOBS
-        assert cw.active_replies() == []
+        assert_interrupted(store, cw)
     finally:
         store.close()
 
@@ -143,10 +148,7 @@ def test_a_loop_closed_while_its_consumer_holds_a_chunk_leaves_the_reply_resumab
         run_jobs(cw, hold_a_chunk)
         pending.clear()
         gc.collect()  # the tasks, their consumers and the drivers are a cycle
-        assert_unregistered(store)
-        points = cw.checkpoints()
-        assert [(p.state, p.text) for p in points] == [(ReplyState.INTERRUPTED, "one ")] * JOBS
-        assert cw.active_replies() == []
+        assert_interrupted(store, cw)
     finally:
         store.close()
 
@@ -169,9 +171,7 @@ def test_a_stream_kept_past_its_loops_close_leaves_nothing_registered_once_let_g
         run_jobs(cw, keep)
         kept.clear()
         gc.collect()
-        assert_unregistered(store)
-        points = cw.checkpoints()
-        assert [(p.state, p.text) for p in points] == [(ReplyState.INTERRUPTED, "one ")] * JOBS
+        assert_interrupted(store, cw)
     finally:
         store.close()
 

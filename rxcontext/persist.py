@@ -1369,11 +1369,16 @@ class ReplyPersister:
         """Native resume failed before any chunk: this round is a continuation after all."""
         self._native = False
         if self._seeded:
-            self.builder = self._new_builder()
-            self._text_mark = self._thinking_mark = 0
-            self._inflight_text = self._inflight_thinking = 0  # (admit_rewind reads them)
-            self._pairs = ()
-            self._seeded = self._written = 0
+            self._fresh_builder()
+
+    def _fresh_builder(self) -> None:
+        """A new builder, and the marks of what was written from the last one reset (a
+        round that starts again from nothing)."""
+        self.builder = self._new_builder()
+        self._text_mark = self._thinking_mark = 0
+        self._inflight_text = self._inflight_thinking = 0  # (admit_rewind reads them)
+        self._pairs = ()
+        self._seeded = self._written = 0
 
     # -- completion -----------------------------------------------------------------------
 
@@ -1701,11 +1706,7 @@ class ReplyPersister:
 
     def _next_round(self) -> None:
         with self._claim:
-            self.builder = self._new_builder()
-            self._text_mark = self._thinking_mark = 0
-            self._inflight_text = self._inflight_thinking = 0  # (admit_rewind reads them)
-            self._pairs = ()
-            self._seeded = self._written = 0
+            self._fresh_builder()
             self._set_aside = None
             self._from_parts = self._thinking_from_parts = False
         if self._cursor is not None:

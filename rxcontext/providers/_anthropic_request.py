@@ -18,6 +18,7 @@ import anthropic
 from ..records import Record, RecordType, tool_failed
 from ._attachments import anthropic_blocks
 from ._history import HistoryCache, compact_json
+from ._stainless import given
 
 try:  # the SDK's own body preparation and encoder, so spliced bodies match it exactly
     from anthropic._utils._json import openapi_dumps
@@ -322,7 +323,7 @@ def encode_body(body: Mapping[str, Any], extra_json: Mapping[str, Any] | None) -
     """What the SDK sends for ``body`` and ``extra_body``: merged, prepared, encoded."""
     # The SDK strips NOT_GIVEN from extra_body's top level before it merges it (a NOT_GIVEN
     # over a body key leaves the body's value), and omit from the merged body.
-    merged = {**body, **_given(extra_json)} if extra_json else body
+    merged = {**body, **given(extra_json, anthropic.NotGiven)} if extra_json else body
     # The SDK's create passes every keyword not given as ``omit``: dropped here by their
     # exact type (cheaper than prepare_request_data's per-value isinstance, which still
     # drops any other Omit or NotGiven the same way).
@@ -332,13 +333,6 @@ def encode_body(body: Mapping[str, Any], extra_json: Mapping[str, Any] | None) -
 
 
 _OMIT = anthropic.Omit
-
-
-def _given(extra_json: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``extra_json`` without its top-level NOT_GIVEN values (the SDK's strip_not_given)."""
-    if any(isinstance(v, anthropic.NotGiven) for v in extra_json.values()):
-        return {k: v for k, v in extra_json.items() if not isinstance(v, anthropic.NotGiven)}
-    return extra_json
 
 
 def splicing(client: anthropic.Anthropic | anthropic.AsyncAnthropic) -> bool:

@@ -16,7 +16,7 @@ import openai
 from openai.resources.chat.completions import AsyncCompletions, Completions
 from openai.resources.responses import AsyncResponses, Responses
 
-from ._stainless import AsyncSplicingClient, SplicingClient
+from ._stainless import AsyncSplicingClient, SplicingClient, given
 
 try:  # the SDK's own encoder, so spliced bodies match what it sends exactly
     from openai._utils._json import openapi_dumps
@@ -30,11 +30,7 @@ def encode_body(body: Mapping[str, Any], extra_json: Mapping[str, Any] | None) -
     """What the SDK sends for ``body`` (already transformed) and ``extra_body``."""
     # The SDK strips NOT_GIVEN from extra_body's top level before it merges it (a NOT_GIVEN
     # over a body key leaves the body's value), and omit from the merged body.
-    if extra_json:
-        given = {k: v for k, v in extra_json.items() if not isinstance(v, openai.NotGiven)}
-        merged = {**body, **given}
-    else:
-        merged = {**body}
+    merged = {**body, **given(extra_json, openai.NotGiven)} if extra_json else body
     merged = {k: v for k, v in merged.items() if not isinstance(v, openai.Omit)}
     return openapi_dumps(merged)
 

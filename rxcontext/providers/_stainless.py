@@ -37,6 +37,7 @@ __all__ = [
     "Splice",
     "SplicingClient",
     "StandIns",
+    "given",
 ]
 
 HISTORY: list[Any] = [MARKER]
@@ -46,6 +47,15 @@ _TOKEN = compact_json(HISTORY)
 
 EncodeBody = Callable[[Mapping[str, Any], Mapping[str, Any] | None], bytes]
 """``(body, extra_json) -> bytes``: what the SDK sends for ``body`` merged with ``extra_body``."""
+
+
+def given(extra_json: Mapping[str, Any], not_given: type) -> Mapping[str, Any]:
+    """``extra_json`` (``extra_body``) without its top-level values of the SDK's
+    ``not_given`` type: the SDKs strip those before they merge it into the body (a
+    ``NOT_GIVEN`` over a body key leaves the body's value)."""
+    if any(isinstance(v, not_given) for v in extra_json.values()):
+        return {k: v for k, v in extra_json.items() if not isinstance(v, not_given)}
+    return extra_json
 
 
 _SPLICED: ContextVar[list[bytes] | None] = ContextVar("rxcontext_spliced", default=None)
